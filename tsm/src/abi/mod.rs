@@ -1,0 +1,214 @@
+//! The two ABIs. Each is a table of leaves (number, name, registers, errors, handler); the
+//! dispatchers here are the only code that writes status registers, and they report every call
+//! once through [`Platform::log_call`].
+
+pub mod guest;
+pub mod host;
+mod host_mem;
+
+use crate::addr::GuestPhysAddr;
+use crate::error::{TsmError, TsmResult};
+use crate::platform::{CallRecord, Platform};
+use crate::status::{Operand, Status};
+use crate::Tsm;
+
+/// The registers of one call. In: RAX = leaf, the others inputs. Out: RAX = status, the others
+/// outputs; registers a leaf does not name as outputs come back zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Regs {
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+}
+
+impl Regs {
+    /// A call of `leaf` with RCX, RDX, R8, R9 set.
+    pub const fn call(leaf: u64, rcx: u64, rdx: u64, r8: u64, r9: u64) -> Regs {
+        Regs { rax: leaf, rcx, rdx, r8, r9, r10: 0, r11: 0, r12: 0, r13: 0 }
+    }
+
+    /// The status in RAX.
+    pub const fn status(&self) -> Status {
+        Status(self.rax)
+    }
+}
+
+/// A register named in a leaf's table row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Reg {
+    Rcx,
+    Rdx,
+    R8,
+    R9,
+    R10,
+    R11,
+    R12,
+    R13,
+}
+
+impl Reg {
+    /// The register's name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reg::Rcx => "RCX",
+            Reg::Rdx => "RDX",
+            Reg::R8 => "R8",
+            Reg::R9 => "R9",
+            Reg::R10 => "R10",
+            Reg::R11 => "R11",
+            Reg::R12 => "R12",
+            Reg::R13 => "R13",
+        }
+    }
+}
+
+/// The documentation half of a table row.
+#[derive(Clone, Copy, Debug)]
+pub struct LeafSpec {
+    /// Leaf number (RAX). TDX's number where TDX has the leaf; seamless-only leaves from 0x8000.
+    pub number: u64,
+    /// TDX-style name.
+    pub name: &'static str,
+    /// What the leaf does.
+    pub summary: &'static str,
+    /// Input registers.
+    pub inputs: &'static [(Reg, &'static str)],
+    /// Output registers on success.
+    pub outputs: &'static [(Reg, &'static str)],
+    /// State the call requires, in words.
+    pub requires: &'static str,
+    /// The errors and warnings it returns, in the order the checks run.
+    pub errors: &'static [(Status, &'static str)],
+}
+
+/// What a guest call ended in when it made the vCPU leave guest mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TdExit {
+    /// TDG.VP.VMCALL: a request to the host; R10..R13 as the guest set them.
+    Vmcall {
+        /// R10 to R13 of the guest.
+        args: [u64; 4],
+    },
+    /// An access or ACCEPT hit an entry the host must fix (TDX: EPT-violation TD exit).
+    EptViolation {
+        /// The GPA the guest used.
+        gpa: GuestPhysAddr,
+        /// The level the guest asked for.
+        requested_level: u8,
+        /// The level the walk reached.
+        level: u8,
+        /// The raw entry found there.
+        entry: u64,
+    },
+}
+
+/// The result of a guest call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestReturn {
+    /// Registers as the guest sees them after the call (RAX = status).
+    pub regs: Regs,
+    /// `Some` if the vCPU left guest mode; the host sees this as VP.ENTER's return.
+    pub exit: Option<TdExit>,
+}
+
+/// Decodes RCX as TDX's "GPA and level": level in bits 2:0, bits 11:3 zero, GPA in bits 51:12.
+pub(crate) fn gpa_level(rcx: u64, max_level: u8) -> TsmResult<(GuestPhysAddr, u8)> {
+    let level = (rcx & 7) as u8;
+    if rcx & 0xFF8 != 0 || level > max_level {
+        return Err(TsmError::OperandInvalid(Operand::Rcx));
+    }
+    let gpa = GuestPhysAddr::new(rcx & !0xFFF).ok_or(TsmError::OperandInvalid(Operand::Rcx))?;
+    Ok((gpa, level))
+}
+
+/// Decodes a register as a GPA aligned to `align` bytes.
+pub(crate) fn gpa_aligned(raw: u64, align: u64, op: Operand) -> TsmResult<GuestPhysAddr> {
+    let gpa = GuestPhysAddr::new(raw).ok_or(TsmError::OperandInvalid(op))?;
+    if raw & (align - 1) != 0 {
+        return Err(TsmError::OperandInvalid(op));
+    }
+    Ok(gpa)
+}
+
+/// Writes the status of a result into RAX, and S-EPT details into RCX/RDX for state errors.
+fn finish(result: TsmResult<Status>, out: &mut Regs) {
+    match result {
+        Ok(status) => out.rax = status.0,
+        Err(e) => {
+            *out = Regs::default();
+            out.rax = e.status().0;
+            if let Some((entry, level_state)) = e.sept_details() {
+                out.rcx = entry;
+                out.rdx = level_state;
+            }
+        }
+    }
+}
+
+impl<P: Platform> Tsm<P> {
+    /// Executes one host (SEAMCALL-shaped) call.
+    pub fn host_call(&mut self, regs: &Regs) -> Regs {
+        let start = self.call_clock();
+        let mut out = Regs::default();
+        let leaf = Self::HOST_LEAVES.iter().find(|l| l.spec.number == regs.rax);
+        let (name, result) = match leaf {
+            Some(l) => (l.spec.name, (l.handler)(self, regs, &mut out)),
+            None => ("unknown", Err(TsmError::UnknownLeaf)),
+        };
+        finish(result, &mut out);
+        self.log(false, regs.rax, name, out.rax, start);
+        out
+    }
+
+    /// Executes one guest (TDCALL-shaped) call made by the vCPU whose TDVPR is `tdvpr`. The
+    /// caller (the firmware) knows which vCPU is running; the TSM checks it is in guest mode.
+    pub fn guest_call(&mut self, tdvpr: u64, regs: &Regs) -> GuestReturn {
+        let start = self.call_clock();
+        let mut out = Regs::default();
+        let leaf = Self::GUEST_LEAVES.iter().find(|l| l.spec.number == regs.rax);
+        let name = leaf.map_or("unknown", |l| l.spec.name);
+        let mut exit = None;
+        let result = match self.guest_context(tdvpr) {
+            Err(e) => Err(e),
+            Ok(ctx) => match leaf {
+                None => Err(TsmError::UnknownLeaf),
+                Some(l) => match (l.handler)(self, ctx, regs, &mut out) {
+                    Ok(guest::Step::Done(status)) => Ok(status),
+                    Ok(guest::Step::Exit(e)) => {
+                        self.leave_guest(ctx);
+                        exit = Some(e);
+                        Ok(Status::SUCCESS)
+                    }
+                    Err(e) => Err(e),
+                },
+            },
+        };
+        finish(result, &mut out);
+        self.log(true, regs.rax, name, out.rax, start);
+        GuestReturn { regs: out, exit }
+    }
+
+    fn call_clock(&self) -> u64 {
+        if self.platform.call_log_enabled() {
+            self.platform.now_ns()
+        } else {
+            0
+        }
+    }
+
+    fn log(&mut self, guest: bool, leaf: u64, name: &'static str, status: u64, start: u64) {
+        if self.platform.call_log_enabled() {
+            let elapsed_ns = self.platform.now_ns().saturating_sub(start);
+            let record = CallRecord { guest, leaf, name, status, elapsed_ns };
+            self.platform.log_call(&record);
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! ABI status words, shaped like the TDX module's (see `tdx_error_codes_defs.h`):
+//! bit 63 error, bit 62 non-recoverable (retrying the same call cannot succeed), bits 47:40 the
+//! class, bits 39:32 the code within the class, bits 31:0 details: the operand id of the bad
+//! argument. Warnings have bit 63 clear: the call did nothing and the caller may go on.
+//!
+//! Values are the TDX module's wherever TDX has the condition; seamless-only conditions live in
+//! class `0xF0`, which TDX does not use.
+
+use core::fmt;
+
+/// A status word as returned in RAX.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Status(pub u64);
+
+macro_rules! statuses {
+    ($($(#[$doc:meta])* $name:ident = $value:expr;)*) => {
+        impl Status {
+            $($(#[$doc])* pub const $name: Status = Status($value);)*
+
+            /// The TDX-style name of the status without its operand, if it is a known one.
+            pub fn name(self) -> Option<&'static str> {
+                match self.0 & Status::CODE_MASK {
+                    $(v if v == $value => Some(stringify!($name)),)*
+                    _ => None,
+                }
+            }
+
+            /// Every status the TSM can return, for documentation and tests.
+            pub const ALL: &'static [(&'static str, Status)] = &[$((stringify!($name), Status($value)),)*];
+        }
+    };
+}
+
+statuses! {
+    /// The call succeeded.
+    SUCCESS = 0;
+    /// Unknown leaf or an operand that is malformed (reserved bits, alignment, range).
+    OPERAND_INVALID = 0xC000_0100_0000_0000;
+    /// An address operand lies outside the memory the TSM manages or may read.
+    OPERAND_ADDR_RANGE_ERROR = 0xC000_0101_0000_0000;
+    /// The object named by the operand is in use; retry later. Never blocks.
+    OPERAND_BUSY = 0x8000_0200_0000_0000;
+    /// TRACK: a vCPU still runs in the previous TLB epoch; kick the vCPUs and retry.
+    PREVIOUS_TLB_EPOCH_BUSY = 0x8000_0201_0000_0000;
+    /// The platform entropy source failed; retry.
+    RND_NO_ENTROPY = 0x8000_0203_0000_0000;
+    /// The page's PAMT type is not the one the operand requires.
+    PAGE_METADATA_INCORRECT = 0xC000_0300_0000_0000;
+    /// Warning: RECLAIM of a page that is already free.
+    PAGE_ALREADY_FREE = 0x0000_0301_0000_0000;
+    /// The page is owned by another TD.
+    PAGE_NOT_OWNED_BY_TD = 0xC000_0302_0000_0000;
+    /// The page to donate is not free (already owned by the TSM or a TD).
+    PAGE_NOT_FREE = 0xC000_0303_0000_0000;
+    /// The TD still owns pages other than its TDR.
+    TD_ASSOCIATED_PAGES_EXIST = 0xC000_0400_0000_0000;
+    /// The TSM has not been configured (TDH.SYS.CONFIG) yet.
+    SYS_NOT_READY = 0xC000_0505_0000_0000;
+    /// TDH.SYS.CONFIG was already done.
+    SYS_CONFIG_NOT_PENDING = 0xC000_050C_0000_0000;
+    /// The TD has not been initialized (TDH.MNG.INIT) yet.
+    TD_NOT_INITIALIZED = 0xC000_0600_0000_0000;
+    /// The TD is already initialized.
+    TD_INITIALIZED = 0xC000_0601_0000_0000;
+    /// The TD's measurement is not finalized yet (TDH.MR.FINALIZE).
+    TD_NOT_FINALIZED = 0xC000_0602_0000_0000;
+    /// The TD's measurement is finalized: build-time calls are over.
+    TD_FINALIZED = 0xC000_0603_0000_0000;
+    /// The TD's lifecycle state does not allow the call (for example RECLAIM before teardown).
+    LIFECYCLE_STATE_INCORRECT = 0xC000_0607_0000_0000;
+    /// The number of TDCS pages is wrong for the call.
+    TDCX_NUM_INCORRECT = 0xC000_0610_0000_0000;
+    /// The TD already has its maximum number of vCPUs.
+    MAX_VCPUS_EXCEEDED = 0xC000_0705_0000_0000;
+    /// A vCPU of the TD is still in guest mode; kick it and retry.
+    FLUSHVP_NOT_DONE = 0x8000_0824_0000_0000;
+    /// A TDMR is malformed, overlaps another or the TSM's own memory.
+    INVALID_TDMR = 0xC000_0A00_0000_0000;
+    /// A PAMT area is malformed or too small.
+    INVALID_PAMT = 0xC000_0A10_0000_0000;
+    /// A PAMT area overlaps another PAMT area or lies outside the TDMRs.
+    PAMT_OVERLAP = 0xC000_0A12_0000_0000;
+    /// The S-EPT walk stopped above the requested level (RCX: entry found, RDX: level/state).
+    EPT_WALK_FAILED = 0xC000_0B00_0000_0000;
+    /// The S-EPT entry is free but must not be.
+    EPT_ENTRY_FREE = 0xC000_0B01_0000_0000;
+    /// The S-EPT entry must be free but is not.
+    EPT_ENTRY_NOT_FREE = 0xC000_0B02_0000_0000;
+    /// The S-EPT entry must be a leaf but points to a table.
+    EPT_ENTRY_NOT_LEAF = 0xC000_0B04_0000_0000;
+    /// The S-EPT entry must point to a table but is a leaf.
+    EPT_ENTRY_LEAF = 0xC000_0B05_0000_0000;
+    /// The range must be blocked (TDH.MEM.RANGE.BLOCK) first.
+    GPA_RANGE_NOT_BLOCKED = 0xC000_0B06_0000_0000;
+    /// Warning: the range is already blocked; nothing changed.
+    GPA_RANGE_ALREADY_BLOCKED = 0x0000_0B07_0000_0000;
+    /// The block epoch is not retired: TDH.MEM.TRACK and vCPU exits are needed first.
+    TLB_TRACKING_NOT_DONE = 0xC000_0B08_0000_0000;
+    /// PROMOTE: the 512 entries are not uniform, contiguous and aligned.
+    EPT_INVALID_PROMOTE_CONDITIONS = 0xC000_0B09_0000_0000;
+    /// Warning: the page is already accepted; nothing changed.
+    PAGE_ALREADY_ACCEPTED = 0x0000_0B0A_0000_0000;
+    /// The page is mapped at another size than requested.
+    PAGE_SIZE_MISMATCH = 0xC000_0B0B_0000_0000;
+    /// The S-EPT entry's state does not allow the call.
+    EPT_ENTRY_STATE_INCORRECT = 0xC000_0B0D_0000_0000;
+    /// SEPT.REMOVE: the table still maps something.
+    EPT_PAGE_NOT_FREE = 0xC000_0B0E_0000_0000;
+    /// VERIFYREPORT: the REPORTMACSTRUCT's MAC does not verify.
+    INVALID_REPORTMACSTRUCT = 0xC000_1001_0000_0000;
+    /// seamless: every TD slot of the TSM is in use.
+    TD_SLOTS_EXHAUSTED = 0xC000_F000_0000_0000;
+    /// seamless: a guest call named a vCPU that is not in guest mode.
+    VCPU_NOT_IN_GUEST = 0xC000_F001_0000_0000;
+    /// seamless: the TSM found its own metadata inconsistent; the TSM stops serving the TD.
+    METADATA_CORRUPT = 0x6000_F002_0000_0000;
+}
+
+impl Status {
+    /// Mask of the bits that name the status (everything but the operand id).
+    pub const CODE_MASK: u64 = 0xFFFF_FFFF_0000_0000;
+
+    /// True for errors (bit 63); warnings and success are not errors.
+    pub const fn is_error(self) -> bool {
+        self.0 >> 63 == 1
+    }
+
+    /// True when retrying the same call cannot succeed (bit 62).
+    pub const fn is_non_recoverable(self) -> bool {
+        (self.0 >> 62) & 1 == 1
+    }
+
+    /// The status without the operand id.
+    pub const fn code(self) -> Status {
+        Status(self.0 & Self::CODE_MASK)
+    }
+
+    /// The operand id in bits 31:0.
+    pub const fn operand_id(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The status with `operand` in bits 31:0.
+    pub const fn with_operand(self, operand: Operand) -> Status {
+        Status((self.0 & Self::CODE_MASK) | operand as u64)
+    }
+}
+
+impl fmt::Debug for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.code().name() {
+            Some(name) if self.operand_id() != 0 => {
+                write!(f, "{name}({:#018x}, operand {:#x})", self.0, self.operand_id())
+            }
+            Some(name) => write!(f, "{name}({:#018x})", self.0),
+            None => write!(f, "Status({:#018x})", self.0),
+        }
+    }
+}
+
+/// Operand ids, as the TDX module numbers them: general-purpose registers by their encoding,
+/// TSM objects from 0x80.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Operand {
+    /// No particular operand.
+    None = 0,
+    /// RCX.
+    Rcx = 1,
+    /// RDX.
+    Rdx = 2,
+    /// R8.
+    R8 = 8,
+    /// R9.
+    R9 = 9,
+    /// R10.
+    R10 = 10,
+    /// The TD's root page (TDR).
+    Tdr = 0x80,
+    /// The TD's control pages (TDCS).
+    Tdcs = 0x81,
+    /// A vCPU's root page (TDVPR).
+    Tdvpr = 0x82,
+    /// The TD's secure EPT.
+    Sept = 0x92,
+    /// TD_PARAMS.ATTRIBUTES (seamless id).
+    TdParamsAttributes = 0xC0,
+    /// TD_PARAMS.XFAM (seamless id).
+    TdParamsXfam = 0xC1,
+    /// TD_PARAMS.MAX_VCPUS (seamless id).
+    TdParamsMaxVcpus = 0xC2,
+    /// TD_PARAMS.EPTP_CONTROLS (seamless id).
+    TdParamsEptpControls = 0xC3,
+    /// TD_PARAMS.CONFIG_FLAGS (seamless id).
+    TdParamsConfigFlags = 0xC4,
+    /// TD_PARAMS reserved bytes (seamless id).
+    TdParamsReserved = 0xC5,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_keep_tdx_shape() {
+        assert!(Status::OPERAND_BUSY.is_error() && !Status::OPERAND_BUSY.is_non_recoverable());
+        assert!(!Status::PAGE_ALREADY_ACCEPTED.is_error());
+        assert!(!Status::GPA_RANGE_ALREADY_BLOCKED.is_error());
+        let s = Status::OPERAND_INVALID.with_operand(Operand::R8);
+        assert_eq!(s.0, 0xC000_0100_0000_0008);
+        assert_eq!(s.code(), Status::OPERAND_INVALID);
+        assert_eq!(s.code().name(), Some("OPERAND_INVALID"));
+    }
+
+    #[test]
+    fn every_code_is_distinct() {
+        for (i, (_, a)) in Status::ALL.iter().enumerate() {
+            for (_, b) in &Status::ALL[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+}
