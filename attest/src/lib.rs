@@ -1,0 +1,18 @@
+//! Report and measurement formats shared by the TSM and the host-side verifier.
+//!
+//! Both sides link this crate so that they agree byte for byte:
+//!
+//! * [`mrtd`] computes the TDX build-time measurement (MRTD) from the sequence of
+//!   TDH.MEM.PAGE.ADD and TDH.MR.EXTEND calls; the TSM feeds it as the host calls arrive, a host
+//!   tool feeds it from the image it is about to load, and the two values must match.
+//! * [`tdreport`] lays out the 1024-byte TDREPORT_STRUCT as `#[repr(C)]` zerocopy structs with
+//!   compile-time size and offset checks, and parses it from untrusted bytes without panicking.
+//!
+//! The crate is `no_std` (the `std` feature only adds conveniences for host tools) and has no
+//! `unsafe`.
+
+#![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod mrtd;
+pub mod tdreport;
