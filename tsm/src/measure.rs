@@ -8,6 +8,8 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256, Sha384};
 
+use attest::tdreport::{TdReport, REPORT_TYPE_TDX_V0};
+
 use crate::addr::Pfn;
 use crate::platform::PhysMem;
 use crate::state::TsmIdentity;
@@ -26,19 +28,7 @@ pub const MR_RTMR0: usize = 192;
 /// Number of RTMRs.
 pub const RTMRS: usize = 4;
 
-/// Bytes of TDREPORT_STRUCT.
-pub const TDREPORT_BYTES: usize = 1024;
-/// Bytes of REPORTMACSTRUCT.
-pub const REPORTMAC_BYTES: usize = 256;
-/// REPORTMACSTRUCT bytes covered by the MAC (everything before the MAC field).
-pub const MAC_COVERED: usize = 224;
-/// REPORTTYPE.TYPE of a TDX report.
-pub const REPORT_TYPE_TDX: u8 = 0x81;
-
-const TEE_TCB_INFO: usize = 256;
-const TEE_TCB_INFO_BYTES: usize = 239;
-const TDINFO: usize = 512;
-const TDINFO_BYTES: usize = 512;
+pub use attest::tdreport::{MAC_COVERED, REPORTMAC_BYTES, TDREPORT_BYTES};
 
 /// Writes one 48-byte register into the measurement page.
 pub fn write_mr<M: PhysMem>(mem: &mut M, page: Pfn, offset: usize, value: &[u8; 48]) {
@@ -67,7 +57,8 @@ pub fn rtmr_extend<M: PhysMem>(mem: &mut M, page: Pfn, index: usize, data: &[u8;
     write_mr(mem, page, offset, &new);
 }
 
-/// Lays out a TDREPORT_STRUCT and MACs it.
+/// Lays out a TDREPORT_STRUCT (the `attest::tdreport` layout, whose offsets are asserted at
+/// compile time) and MACs it.
 pub fn tdreport<M: PhysMem>(
     mem: &M,
     mr_page: Pfn,
@@ -76,35 +67,28 @@ pub fn tdreport<M: PhysMem>(
     key: &[u8; 32],
     report_data: &[u8; 64],
 ) -> [u8; TDREPORT_BYTES] {
-    let mut r = [0u8; TDREPORT_BYTES];
-    // TEE_TCB_INFO: VALID marks TEE_TCB_SVN, MRSEAM, MRSIGNERSEAM, ATTRIBUTES as filled.
-    let tcb = &mut r[TEE_TCB_INFO..TEE_TCB_INFO + TEE_TCB_INFO_BYTES];
-    tcb[0] = 0b1111;
-    tcb[8..10].copy_from_slice(&identity.svn.to_le_bytes());
-    tcb[24..72].copy_from_slice(&identity.mrseam);
-    tcb[72..120].copy_from_slice(&identity.mrsigner);
-    // TDINFO.
-    let info = &mut r[TDINFO..TDINFO + TDINFO_BYTES];
-    info[0..8].copy_from_slice(&params.attributes.to_le_bytes());
-    info[8..16].copy_from_slice(&params.xfam.to_le_bytes());
-    info[16..64].copy_from_slice(&read_mr(mem, mr_page, MR_MRTD));
-    info[64..112].copy_from_slice(&read_mr(mem, mr_page, MR_CONFIG_ID));
-    info[112..160].copy_from_slice(&read_mr(mem, mr_page, MR_OWNER));
-    info[160..208].copy_from_slice(&read_mr(mem, mr_page, MR_OWNER_CONFIG));
-    for i in 0..RTMRS {
-        info[208 + 48 * i..256 + 48 * i].copy_from_slice(&read_mr(mem, mr_page, MR_RTMR0 + 48 * i));
+    let mut r = TdReport::zeroed();
+    // TEE_TCB_INFO: VALID marks TEE_TCB_SVN, MRSEAM, MRSIGNERSEAM and ATTRIBUTES as filled.
+    r.tee_tcb_info.set_valid(0b1111);
+    r.tee_tcb_info.tee_tcb_svn[..2].copy_from_slice(&identity.svn.to_le_bytes());
+    r.tee_tcb_info.mr_seam = identity.mrseam;
+    r.tee_tcb_info.mr_signer_seam = identity.mrsigner;
+    let info = &mut r.td_info;
+    info.set_attributes(params.attributes);
+    info.set_xfam(params.xfam);
+    info.mr_td = read_mr(mem, mr_page, MR_MRTD);
+    info.mr_config_id = read_mr(mem, mr_page, MR_CONFIG_ID);
+    info.mr_owner = read_mr(mem, mr_page, MR_OWNER);
+    info.mr_owner_config = read_mr(mem, mr_page, MR_OWNER_CONFIG);
+    for (i, rtmr) in info.rtmr.iter_mut().enumerate() {
+        *rtmr = read_mr(mem, mr_page, MR_RTMR0 + 48 * i);
     }
-    // REPORTMACSTRUCT.
-    let tcb_hash: [u8; 48] = Sha384::digest(&r[TEE_TCB_INFO..TEE_TCB_INFO + TEE_TCB_INFO_BYTES]).into();
-    let info_hash: [u8; 48] = Sha384::digest(&r[TDINFO..TDINFO + TDINFO_BYTES]).into();
-    r[0] = REPORT_TYPE_TDX;
-    r[16..18].copy_from_slice(&identity.svn.to_le_bytes());
-    r[32..80].copy_from_slice(&tcb_hash);
-    r[80..128].copy_from_slice(&info_hash);
-    r[128..192].copy_from_slice(report_data);
-    let mac = report_mac(key, &r[..MAC_COVERED]);
-    r[MAC_COVERED..REPORTMAC_BYTES].copy_from_slice(&mac);
-    r
+    r.report_mac.report_type = REPORT_TYPE_TDX_V0;
+    r.report_mac.cpu_svn[..2].copy_from_slice(&identity.svn.to_le_bytes());
+    r.report_mac.report_data = *report_data;
+    r.update_hashes();
+    r.report_mac.mac = report_mac(key, r.report_mac.mac_covered());
+    r.to_bytes()
 }
 
 /// HMAC-SHA-256 of the covered REPORTMACSTRUCT bytes.
@@ -123,8 +107,8 @@ pub fn report_mac(key: &[u8; 32], covered: &[u8]) -> [u8; 32] {
 pub fn verify_report_mac(key: &[u8; 32], mac_struct: &[u8; REPORTMAC_BYTES]) -> bool {
     match <Hmac<Sha256> as KeyInit>::new_from_slice(key) {
         Ok(mut m) => {
-            m.update(&mac_struct[..MAC_COVERED]);
-            m.verify_slice(&mac_struct[MAC_COVERED..]).is_ok()
+            m.update(&mac_struct[MAC_COVERED]);
+            m.verify_slice(&mac_struct[MAC_COVERED.end..]).is_ok()
         }
         Err(_) => false,
     }

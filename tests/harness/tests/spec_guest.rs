@@ -214,6 +214,11 @@ fn mr_report_happy_path_layout_and_mac() {
     assert_eq!(&r[32..80], &tcb_hash);
     assert_eq!(&r[80..128], &info_hash);
     assert_eq!(&r[256 + 24..256 + 72], &[0x5e; 48], "MRSEAM from the TSM identity");
+    // The verifier's parser agrees with the layout.
+    let parsed = attest::tdreport::TdReport::read_from(&r).unwrap();
+    assert!(parsed.is_tdx_v0() && parsed.tee_info_hash_ok() && parsed.tee_tcb_info_hash_ok());
+    assert_eq!(parsed.report_mac.report_data, data);
+    assert_eq!(parsed.td_info.xfam(), 3);
     // VERIFYREPORT accepts the REPORTMACSTRUCT in place, and rejects a tampered copy.
     let v = td.vcpus[0];
     ok(m.guest(v, g::MR_VERIFYREPORT, 0x1000, 0, 0).regs, "VERIFYREPORT");
