@@ -48,7 +48,8 @@ pub enum SeptState {
 }
 
 impl SeptState {
-    const fn from_code(code: u64) -> Option<SeptState> {
+    /// The state with code `code` (bits 55:52 of an entry, bits 15:8 of a level/state word).
+    pub const fn from_code(code: u64) -> Option<SeptState> {
         Some(match code {
             0 => SeptState::Free,
             1 => SeptState::NlMapped,

@@ -34,6 +34,25 @@ pub enum Lifecycle {
     Teardown,
 }
 
+impl Lifecycle {
+    /// Refuses unless the TD is in `want`, with the status TDX gives for each mismatch: the one
+    /// table of lifecycle legality.
+    ///
+    /// # Errors
+    /// `TdInitialized`, `TdNotInitialized`, `TdFinalized`, `TdNotFinalized` or `Lifecycle`.
+    pub const fn require(self, want: Lifecycle) -> TsmResult<()> {
+        use Lifecycle::*;
+        match (want, self) {
+            (Created, Created) | (Initialized, Initialized) | (Runnable, Runnable) | (Teardown, Teardown) => Ok(()),
+            (_, Teardown) | (Teardown, _) => Err(TsmError::Lifecycle),
+            (Created, Initialized | Runnable) => Err(TsmError::TdInitialized),
+            (Initialized | Runnable, Created) => Err(TsmError::TdNotInitialized),
+            (Initialized, Runnable) => Err(TsmError::TdFinalized),
+            (Runnable, Initialized) => Err(TsmError::TdNotFinalized),
+        }
+    }
+}
+
 /// TLB epoch tracking for one translation domain (the CPU TLBs today; the IOTLB of the trusted
 /// IOMMU joins as a second `Tracker` so that a block is retired only when both are).
 ///
@@ -271,6 +290,19 @@ impl Td {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lifecycle_require_names_the_mismatch() {
+        use Lifecycle::*;
+        for l in [Created, Initialized, Runnable, Teardown] {
+            assert_eq!(l.require(l), Ok(()));
+            assert_eq!(Teardown.require(if l == Teardown { Created } else { l }), Err(TsmError::Lifecycle));
+        }
+        assert_eq!(Runnable.require(Created), Err(TsmError::TdInitialized));
+        assert_eq!(Created.require(Runnable), Err(TsmError::TdNotInitialized));
+        assert_eq!(Runnable.require(Initialized), Err(TsmError::TdFinalized));
+        assert_eq!(Initialized.require(Runnable), Err(TsmError::TdNotFinalized));
+    }
 
     #[test]
     fn track_waits_for_previous_epoch() {

@@ -23,19 +23,7 @@ fn machine() -> Machine {
 fn state_of(m: &mut Machine, td: &TdHandle, gpa: u64, level: u8) -> SeptState {
     let r = m.host(leaf::MEM_SEPT_RD, gpa_level(gpa, level), td.tdr, 0, 0);
     ok(r, "SEPT.RD");
-    let code = (r.rdx >> 8) as u8;
-    [
-        SeptState::Free,
-        SeptState::NlMapped,
-        SeptState::NlBlocked,
-        SeptState::Pending,
-        SeptState::Mapped,
-        SeptState::Blocked,
-        SeptState::PendingBlocked,
-        SeptState::MmioPending,
-        SeptState::MmioMapped,
-        SeptState::MmioBlocked,
-    ][usize::from(code)]
+    SeptState::from_code((r.rdx >> 8) & 0xFF).unwrap()
 }
 
 fn pamt(m: &Machine, pa: u64) -> tsm::pamt::PamtEntry {

@@ -690,11 +690,7 @@ impl<P: Platform> Tsm<P> {
         let page = self.donated_page(regs.rcx, Operand::Rcx)?;
         let idx = self.td_index(regs.rdx, Operand::Rdx)?;
         let td = self.td(idx)?;
-        match td.lifecycle {
-            Lifecycle::Created => {}
-            Lifecycle::Initialized | Lifecycle::Runnable => return Err(TsmError::TdInitialized),
-            Lifecycle::Teardown => return Err(TsmError::Lifecycle),
-        }
+        td.lifecycle.require(Lifecycle::Created)?;
         if td.tdcs_count >= TDCS_PAGES {
             return Err(TsmError::TdcxNum);
         }
@@ -713,11 +709,7 @@ impl<P: Platform> Tsm<P> {
         self.sys()?;
         let idx = self.td_index(regs.rcx, Operand::Rcx)?;
         let td = self.td(idx)?;
-        match td.lifecycle {
-            Lifecycle::Created => {}
-            Lifecycle::Initialized | Lifecycle::Runnable => return Err(TsmError::TdInitialized),
-            Lifecycle::Teardown => return Err(TsmError::Lifecycle),
-        }
+        td.lifecycle.require(Lifecycle::Created)?;
         if td.tdcs_count != TDCS_PAGES {
             return Err(TsmError::TdcxNum);
         }
@@ -742,12 +734,7 @@ impl<P: Platform> Tsm<P> {
         self.sys()?;
         let idx = self.td_index(regs.rcx, Operand::Rcx)?;
         let td = self.td(idx)?;
-        match td.lifecycle {
-            Lifecycle::Initialized => {}
-            Lifecycle::Created => return Err(TsmError::TdNotInitialized),
-            Lifecycle::Runnable => return Err(TsmError::TdFinalized),
-            Lifecycle::Teardown => return Err(TsmError::Lifecycle),
-        }
+        td.lifecycle.require(Lifecycle::Initialized)?;
         // ALL CHECKS PASSED: nothing below can fail.
         let mrtd = td.mrtd.clone().finalize();
         let mr_page = td.tdcs[crate::td::TDCS_MR];
@@ -798,11 +785,7 @@ impl<P: Platform> Tsm<P> {
         self.sys()?;
         let (idx, v) = self.vcpu_index(regs.rcx, Operand::Rcx)?;
         let td = self.td(idx)?;
-        match td.lifecycle {
-            Lifecycle::Runnable => {}
-            Lifecycle::Created | Lifecycle::Initialized => return Err(TsmError::TdNotFinalized),
-            Lifecycle::Teardown => return Err(TsmError::Lifecycle),
-        }
+        td.lifecycle.require(Lifecycle::Runnable)?;
         if td.vcpus[v].is_some_and(|c| c.in_guest.is_some()) {
             return Err(TsmError::Busy(Operand::Tdvpr));
         }

@@ -44,12 +44,7 @@ impl<P: Platform> Tsm<P> {
         let (gpa, level) = gpa_level(regs.rcx, 0)?;
         let idx = self.td_index(regs.rdx, Operand::Rdx)?;
         let td = self.td(idx)?;
-        match td.lifecycle {
-            Lifecycle::Initialized => {}
-            Lifecycle::Created => return Err(TsmError::TdNotInitialized),
-            Lifecycle::Runnable => return Err(TsmError::TdFinalized),
-            Lifecycle::Teardown => return Err(TsmError::Lifecycle),
-        }
+        td.lifecycle.require(Lifecycle::Initialized)?;
         Self::private_gpa(td, gpa, PageSize::Size4K.bytes(), Operand::Rcx)?;
         let page = self.donated_page(regs.r8, Operand::R8)?;
         let source = Self::page_operand(regs.r9, Operand::R9)?;
@@ -95,12 +90,7 @@ impl<P: Platform> Tsm<P> {
         let size = Self::leaf_size_of(level)?;
         let idx = self.td_index(regs.rdx, Operand::Rdx)?;
         let td = self.td(idx)?;
-        match td.lifecycle {
-            Lifecycle::Runnable => {}
-            Lifecycle::Created => return Err(TsmError::TdNotInitialized),
-            Lifecycle::Initialized => return Err(TsmError::TdNotFinalized),
-            Lifecycle::Teardown => return Err(TsmError::Lifecycle),
-        }
+        td.lifecycle.require(Lifecycle::Runnable)?;
         Self::private_gpa(td, gpa, size.bytes(), Operand::Rcx)?;
         let page = match size {
             PageSize::Size4K => self.donated_page(regs.r8, Operand::R8)?,
@@ -326,12 +316,7 @@ impl<P: Platform> Tsm<P> {
         let gpa = gpa_aligned(regs.rcx, 256, Operand::Rcx)?;
         let idx = self.td_index(regs.rdx, Operand::Rdx)?;
         let td = self.td(idx)?;
-        match td.lifecycle {
-            Lifecycle::Initialized => {}
-            Lifecycle::Created => return Err(TsmError::TdNotInitialized),
-            Lifecycle::Runnable => return Err(TsmError::TdFinalized),
-            Lifecycle::Teardown => return Err(TsmError::Lifecycle),
-        }
+        td.lifecycle.require(Lifecycle::Initialized)?;
         Self::private_gpa(td, gpa, 256, Operand::Rcx)?;
         let w = self.walk_to(td, gpa.align_down(PageSize::Size4K), 0, Operand::Rcx)?;
         Self::legal(SeptOp::MrExtend, &w)?;
