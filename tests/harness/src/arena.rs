@@ -347,6 +347,11 @@ impl HostPlatform {
         self
     }
 
+    /// Starts or stops keeping every [`CallRecord`] (see [`HostPlatform::with_call_log`]).
+    pub fn keep_call_log(&mut self, keep: bool) {
+        self.keep_log = keep;
+    }
+
     /// Turns the whole per-call log off (no clock reads, no counts), as benchmarks want.
     pub fn set_call_log_enabled(&mut self, enabled: bool) {
         self.log_enabled = enabled;

@@ -617,3 +617,59 @@ fn sept_rd_reports_where_a_walk_stops() {
     let r = m.host(leaf::MEM_SEPT_RD, gpa_level(0, 4), td.tdr, 0, 0);
     expect_op(&r, Status::OPERAND_INVALID, Operand::Rcx);
 }
+
+// ---- check order -----------------------------------------------------------------------------
+
+#[test]
+fn aug_checks_run_in_the_documented_order() {
+    let mut m = machine();
+    let td = m.running_td();
+    let mut building = m.create_td(&seamless_harness::driver::default_params());
+    m.add_vcpu(&mut building);
+    let page = m.page();
+    let shared = gpa_level(1 << 47, 0);
+    // Each call breaks two rules; the earlier one in the table is reported.
+    let r = m.host(leaf::MEM_PAGE_AUG, shared | 0x8, td.tdcs[0], td.tdr, 0);
+    expect_op(&r, Status::OPERAND_INVALID, Operand::Rcx);
+    let r = m.host(leaf::MEM_PAGE_AUG, shared, td.tdcs[0], td.tdr, 0);
+    expect_op(&r, Status::PAGE_METADATA_INCORRECT, Operand::Rdx);
+    let r = m.host(leaf::MEM_PAGE_AUG, shared, building.tdr, td.tdr, 0);
+    expect(&r, Status::TD_NOT_FINALIZED);
+    let r = m.host(leaf::MEM_PAGE_AUG, shared, td.tdr, td.tdr, 0);
+    expect_op(&r, Status::OPERAND_INVALID, Operand::Rcx);
+    let r = m.host(leaf::MEM_PAGE_AUG, gpa_level(1 << 30, 0), td.tdr, td.tdr, 0);
+    expect_op(&r, Status::PAGE_NOT_FREE, Operand::R8);
+    let r = m.host(leaf::MEM_PAGE_AUG, gpa_level(1 << 30, 0), td.tdr, page, 0);
+    expect_op(&r, Status::EPT_WALK_FAILED, Operand::Rcx);
+}
+
+#[test]
+fn remove_checks_run_in_the_documented_order() {
+    let mut m = machine();
+    let td = m.running_td();
+    m.aug_accept(&td, 0x1000, PageSize::Size4K);
+    // Misaligned GPA beats the TDR check's success and the state errors.
+    expect_op(
+        &m.host(leaf::MEM_PAGE_REMOVE, gpa_level(0x1000, 1), td.tdr, 0, 0),
+        Status::OPERAND_INVALID,
+        Operand::Rcx,
+    );
+    // Not blocked is reported before tracking (which is not done either).
+    expect(&m.host(leaf::MEM_PAGE_REMOVE, gpa_level(0x1000, 0), td.tdr, 0, 0), Status::GPA_RANGE_NOT_BLOCKED);
+    ok(m.host(leaf::MEM_RANGE_BLOCK, gpa_level(0x1000, 0), td.tdr, 0, 0), "BLOCK");
+    expect(&m.host(leaf::MEM_PAGE_REMOVE, gpa_level(0x1000, 0), td.tdr, 0, 0), Status::TLB_TRACKING_NOT_DONE);
+}
+
+#[test]
+fn vp_kick_rejects_non_vcpus_and_is_idempotent() {
+    let mut m = machine();
+    let td = m.running_td();
+    expect_op(&m.host(leaf::VP_KICK, td.tdr, 0, 0, 0), Status::PAGE_METADATA_INCORRECT, Operand::Rcx);
+    expect_op(&m.host(leaf::VP_KICK, td.vcpus[0] + 4, 0, 0, 0), Status::OPERAND_INVALID, Operand::Rcx);
+    let r = m.host(leaf::VP_KICK, td.vcpus[0], 0, 0, 0);
+    ok(r, "KICK");
+    assert_eq!(r.rcx, 1, "was in guest mode");
+    let r = m.host(leaf::VP_KICK, td.vcpus[0], 0, 0, 0);
+    ok(r, "KICK again");
+    assert_eq!(r.rcx, 0);
+}

@@ -355,3 +355,27 @@ fn teardown_reclaims_every_donated_page_and_leaks_nothing() {
         assert!(m.read(f << 12, 4096).iter().all(|&b| b == 0) || f << 12 >= m.pamt_base(), "frame {f:#x} not scrubbed");
     }
 }
+
+#[test]
+fn the_dispatchers_report_every_call_once() {
+    let mut m = machine();
+    let td = m.running_td();
+    m.tsm.platform_mut().keep_call_log(true);
+    m.tsm.platform_mut().clear_calls();
+    m.host(leaf::MEM_TRACK, td.tdr, 0, 0, 0);
+    m.host(leaf::MEM_TRACK, td.tdr, 0, 0, 0);
+    m.guest(td.vcpus[0], tsm::abi::guest::leaf::VP_INFO, 0, 0, 0);
+    m.host(0x7777, 0, 0, 0, 0);
+    let log: Vec<_> = m.tsm.platform().calls().iter().map(|c| (c.guest, c.name, Status(c.status).code())).collect();
+    assert_eq!(
+        log,
+        [
+            (false, "TDH.MEM.TRACK", Status::SUCCESS),
+            (false, "TDH.MEM.TRACK", Status::PREVIOUS_TLB_EPOCH_BUSY),
+            (true, "TDG.VP.INFO", Status::SUCCESS),
+            (false, "unknown", Status::OPERAND_INVALID),
+        ]
+    );
+    let counts = m.tsm.platform().call_counts();
+    assert_eq!((counts.success, counts.recoverable, counts.non_recoverable), (2, 1, 1));
+}
