@@ -120,22 +120,31 @@ impl HostMem {
     }
 
     /// The frame's words.
+    #[inline]
     fn page(&self, pfn: Pfn) -> &[u64] {
         let i = self.word_index(pfn);
         &self.words[i..i + WORDS_PER_PAGE]
     }
 
     /// The frame's words, mutably.
+    #[inline]
     fn page_mut(&mut self, pfn: Pfn) -> &mut [u64] {
         let i = self.word_index(pfn);
         &mut self.words[i..i + WORDS_PER_PAGE]
     }
 
+    #[inline]
     fn word_index(&self, pfn: Pfn) -> usize {
         match pfn.checked_offset_from(self.base) {
             Some(off) if off < self.frames => self.start + off as usize * WORDS_PER_PAGE,
-            _ => panic!("{pfn:?} is outside the arena ({:?} + {:#x} frames)", self.base, self.frames),
+            _ => self.outside(pfn),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn outside(&self, pfn: Pfn) -> ! {
+        panic!("{pfn:?} is outside the arena ({:?} + {:#x} frames)", self.base, self.frames)
     }
 
     /// A copy of the frame's 4096 bytes.
