@@ -11,6 +11,7 @@
 
 pub mod abi;
 pub mod addr;
+pub mod doe;
 pub mod error;
 pub mod measure;
 pub mod pamt;
