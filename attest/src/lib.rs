@@ -11,8 +11,10 @@
 //! The crate is `no_std` (the `std` feature only adds conveniences for host tools) and has no
 //! `unsafe`.
 
-#![cfg_attr(not(feature = "std"), no_std)]
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![forbid(unsafe_code)]
 
 pub mod mrtd;
+pub mod report;
+pub mod sign;
 pub mod tdreport;
