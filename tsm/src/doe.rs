@@ -157,15 +157,15 @@ pub fn decode_as(buf: &[u8], ty: ObjectType) -> Result<&[u8], DoeError> {
     Ok(o.payload)
 }
 
-/// What a sans-IO exchange wants next.
+/// What a sans-IO exchange wants next; `E` is the protocol's error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action<'a> {
+pub enum Action<'a, E> {
     /// Write this object to the mailbox and call `step` with the answer.
     Send(&'a [u8]),
     /// Finished.
     Done,
     /// Failed; the state machine stays failed.
-    Failed(DoeError),
+    Failed(E),
 }
 
 /// The protocols a device's DOE mailbox offers, found by walking discovery from index 0.
@@ -203,7 +203,7 @@ impl Discovery {
         }
     }
 
-    fn ask(&mut self) -> Action<'_> {
+    fn ask(&mut self) -> Action<'_, DoeError> {
         // Discovery version 0: QEMU's DOE capability is version 1.
         let payload = [self.index, 0, 0, 0];
         match encode(ObjectType::Discovery, &payload, &mut self.request) {
@@ -212,13 +212,13 @@ impl Discovery {
         }
     }
 
-    fn fail(&mut self, e: DoeError) -> Action<'_> {
+    fn fail(&mut self, e: DoeError) -> Action<'_, DoeError> {
         self.state = DiscoveryState::Failed(e);
         Action::Failed(e)
     }
 
     /// The first request (index 0).
-    pub fn start(&mut self) -> Action<'_> {
+    pub fn start(&mut self) -> Action<'_, DoeError> {
         self.index = 0;
         self.count = 0;
         self.state = DiscoveryState::Asking;
@@ -226,7 +226,7 @@ impl Discovery {
     }
 
     /// Consumes the device's answer to the last request.
-    pub fn step(&mut self, response: &[u8]) -> Action<'_> {
+    pub fn step(&mut self, response: &[u8]) -> Action<'_, DoeError> {
         match self.state {
             DiscoveryState::Asking => {}
             DiscoveryState::Done => return Action::Done,

@@ -17,6 +17,7 @@ pub mod measure;
 pub mod pamt;
 pub mod platform;
 pub mod sept;
+pub mod spdm;
 pub mod status;
 pub mod td;
 

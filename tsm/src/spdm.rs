@@ -1,0 +1,639 @@
+//! SPDM requester (DSP0274 1.2, 1.3 when the device offers it), sans-IO. This first part runs the
+//! negotiation that every connection starts with: GET_VERSION, GET_CAPABILITIES and
+//! NEGOTIATE_ALGORITHMS, keeping the VCA transcript (message A) exactly as later signatures cover
+//! it: the exact SPDM message bytes, never the DOE padding.
+//!
+//! The TSM asks for one suite and accepts nothing else: ECDSA P-384 with SHA-384, secp384r1,
+//! AES-256-GCM, the SPDM key schedule, DMTF measurements hashed with SHA-384, opaque data
+//! format 1 (what TDISP devices are required to support).
+
+use core::fmt;
+
+use crate::doe::{self, Action, DoeError, ObjectType};
+
+/// SPDM 1.0, the version GET_VERSION and VERSION always carry.
+pub const V10: u8 = 0x10;
+/// SPDM 1.2.
+pub const V12: u8 = 0x12;
+/// SPDM 1.3.
+pub const V13: u8 = 0x13;
+
+/// Request and response codes.
+#[allow(missing_docs)]
+pub mod code {
+    pub const GET_VERSION: u8 = 0x84;
+    pub const VERSION: u8 = 0x04;
+    pub const GET_CAPABILITIES: u8 = 0xE1;
+    pub const CAPABILITIES: u8 = 0x61;
+    pub const NEGOTIATE_ALGORITHMS: u8 = 0xE3;
+    pub const ALGORITHMS: u8 = 0x63;
+    pub const ERROR: u8 = 0x7F;
+}
+
+/// Capability flags of CAPABILITIES / GET_CAPABILITIES.
+#[allow(missing_docs)]
+pub mod cap {
+    pub const CERT: u32 = 0x2;
+    pub const CHAL: u32 = 0x4;
+    pub const MEAS_MASK: u32 = 0x18;
+    pub const MEAS_SIG: u32 = 0x10;
+    pub const ENCRYPT: u32 = 0x40;
+    pub const MAC: u32 = 0x80;
+    pub const KEY_EX: u32 = 0x200;
+}
+
+/// What the TSM announces as requester: sessions with encryption and MAC, nothing else.
+pub const REQUESTER_FLAGS: u32 = cap::ENCRYPT | cap::MAC | cap::KEY_EX;
+/// What a device must offer: certificates, CHALLENGE, signed measurements, sessions.
+pub const REQUIRED_RESPONDER_FLAGS: u32 = cap::CERT | cap::CHAL | cap::MEAS_SIG | cap::ENCRYPT | cap::MAC | cap::KEY_EX;
+/// The TSM's DataTransferSize and MaxSPDMmsgSize (fits QEMU's 0x1200-byte socket limit).
+pub const TRANSFER_SIZE: u32 = 0x1000;
+
+/// The suite the TSM negotiates (SPDM bit encodings).
+#[allow(missing_docs)]
+pub mod alg {
+    pub const BASE_ASYM_ECDSA_P384: u32 = 0x80;
+    pub const BASE_HASH_SHA384: u32 = 0x02;
+    pub const MEAS_SPEC_DMTF: u8 = 0x01;
+    pub const MEAS_HASH_SHA384: u32 = 0x04;
+    pub const OPAQUE_FMT1: u8 = 0x02;
+    pub const DHE_SECP384R1: u16 = 0x10;
+    pub const AEAD_AES_256_GCM: u16 = 0x02;
+    pub const KEY_SCHEDULE_SPDM: u16 = 0x01;
+    pub const TYPE_DHE: u8 = 2;
+    pub const TYPE_AEAD: u8 = 3;
+    pub const TYPE_REQ_BASE_ASYM: u8 = 4;
+    pub const TYPE_KEY_SCHEDULE: u8 = 5;
+}
+
+/// Bytes the VCA transcript may take (VERSION with up to 16 entries, ALGORITHMS up to 128).
+pub const VCA_MAX: usize = 4 + 38 + 20 + 20 + 44 + 128;
+
+/// Why a negotiation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpdmError {
+    /// The DOE object around the message was malformed.
+    Doe(DoeError),
+    /// The message is shorter than its fields, or longer than its fields plus DOE padding.
+    BadLength {
+        /// Response code.
+        code: u8,
+        /// Bytes received (padding included).
+        len: usize,
+    },
+    /// The response carries another SPDM version than the one negotiated.
+    WrongVersion {
+        /// Version byte received.
+        got: u8,
+        /// Version expected.
+        want: u8,
+    },
+    /// The response code is not the answer to the request.
+    UnexpectedResponse {
+        /// Code received.
+        got: u8,
+        /// Code expected.
+        want: u8,
+    },
+    /// The device answered ERROR.
+    Responder {
+        /// ErrorCode.
+        code: u8,
+        /// ErrorData.
+        data: u8,
+    },
+    /// The device offers neither SPDM 1.2 nor 1.3.
+    NoCommonVersion,
+    /// The device lacks capabilities the TSM needs.
+    MissingCapabilities {
+        /// The missing flags.
+        missing: u32,
+    },
+    /// DataTransferSize below 42 or above MaxSPDMmsgSize.
+    BadTransferSize {
+        /// DataTransferSize.
+        data_transfer: u32,
+        /// MaxSPDMmsgSize.
+        max_message: u32,
+    },
+    /// The device selected something the TSM did not offer (or did not select what it must).
+    BadSelection {
+        /// Which field.
+        field: &'static str,
+        /// The value selected.
+        got: u32,
+    },
+    /// Nonzero padding after a message.
+    DirtyPadding,
+    /// `step` was called in a state that expects no answer.
+    NotWaiting,
+}
+
+impl fmt::Display for SpdmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpdmError::Doe(e) => write!(f, "DOE: {e}"),
+            SpdmError::BadLength { code, len } => write!(f, "SPDM response {code:#04x} has a bad length ({len} bytes)"),
+            SpdmError::WrongVersion { got, want } => write!(f, "SPDM version {got:#04x}, expected {want:#04x}"),
+            SpdmError::UnexpectedResponse { got, want } => write!(f, "SPDM response {got:#04x}, expected {want:#04x}"),
+            SpdmError::Responder { code, data } => write!(f, "device answered ERROR {code:#04x} (data {data:#04x})"),
+            SpdmError::NoCommonVersion => f.write_str("device offers neither SPDM 1.2 nor 1.3"),
+            SpdmError::MissingCapabilities { missing } => write!(f, "device lacks capabilities {missing:#x}"),
+            SpdmError::BadTransferSize { data_transfer, max_message } => {
+                write!(f, "DataTransferSize {data_transfer} with MaxSPDMmsgSize {max_message}")
+            }
+            SpdmError::BadSelection { field, got } => write!(f, "device selected {field} = {got:#x}"),
+            SpdmError::DirtyPadding => f.write_str("nonzero bytes after the SPDM message"),
+            SpdmError::NotWaiting => f.write_str("no request is outstanding"),
+        }
+    }
+}
+
+impl From<DoeError> for SpdmError {
+    fn from(e: DoeError) -> Self {
+        SpdmError::Doe(e)
+    }
+}
+
+/// What negotiation settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    /// SPDM version (0x12 or 0x13).
+    pub version: u8,
+    /// The device's capability flags.
+    pub responder_flags: u32,
+    /// The device's DataTransferSize.
+    pub data_transfer_size: u32,
+    /// The device's MaxSPDMmsgSize.
+    pub max_message_size: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Idle,
+    WaitVersion,
+    WaitCapabilities,
+    WaitAlgorithms,
+    Done,
+    Failed(SpdmError),
+}
+
+/// The negotiation state machine: `start`, then `step` with each answer until `Done`.
+#[derive(Clone, Debug)]
+pub struct Negotiation {
+    state: State,
+    version: u8,
+    flags: u32,
+    data_transfer_size: u32,
+    max_message_size: u32,
+    vca: [u8; VCA_MAX],
+    vca_len: usize,
+    out: [u8; 64],
+}
+
+impl Default for Negotiation {
+    fn default() -> Self {
+        Negotiation::new()
+    }
+}
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The exact message of `len` bytes at the start of a DOE payload; the rest must be DOE padding
+/// (fewer than 4 zero bytes).
+fn exact(payload: &[u8], len: usize, code: u8) -> Result<&[u8], SpdmError> {
+    if payload.len() < len || payload.len() - len >= 4 {
+        return Err(SpdmError::BadLength { code, len: payload.len() });
+    }
+    if payload[len..].iter().any(|&b| b != 0) {
+        return Err(SpdmError::DirtyPadding);
+    }
+    Ok(&payload[..len])
+}
+
+impl Negotiation {
+    /// A negotiation that has not started.
+    pub const fn new() -> Negotiation {
+        Negotiation {
+            state: State::Idle,
+            version: V10,
+            flags: 0,
+            data_transfer_size: 0,
+            max_message_size: 0,
+            vca: [0; VCA_MAX],
+            vca_len: 0,
+            out: [0; 64],
+        }
+    }
+
+    /// The settled parameters, once done.
+    pub fn negotiated(&self) -> Option<Negotiated> {
+        (self.state == State::Done).then_some(Negotiated {
+            version: self.version,
+            responder_flags: self.flags,
+            data_transfer_size: self.data_transfer_size,
+            max_message_size: self.max_message_size,
+        })
+    }
+
+    /// The VCA transcript so far: exact messages, no DOE padding.
+    pub fn vca(&self) -> &[u8] {
+        &self.vca[..self.vca_len]
+    }
+
+    fn record(&mut self, msg: &[u8]) -> Result<(), SpdmError> {
+        let end = self.vca_len + msg.len();
+        if end > VCA_MAX {
+            return Err(SpdmError::BadLength { code: msg.get(1).copied().unwrap_or(0), len: msg.len() });
+        }
+        self.vca[self.vca_len..end].copy_from_slice(msg);
+        self.vca_len = end;
+        Ok(())
+    }
+
+    /// Records `msg` in the transcript and frames it for the mailbox.
+    fn send(&mut self, msg: &[u8], next: State) -> Action<'_, SpdmError> {
+        if let Err(e) = self.record(msg) {
+            return self.fail(e);
+        }
+        let mut frame = [0u8; 64];
+        match doe::encode(ObjectType::Spdm, msg, &mut frame) {
+            Ok(n) => {
+                self.out[..n].copy_from_slice(&frame[..n]);
+                self.state = next;
+                Action::Send(&self.out[..n])
+            }
+            Err(e) => self.fail(SpdmError::Doe(e)),
+        }
+    }
+
+    fn fail(&mut self, e: SpdmError) -> Action<'_, SpdmError> {
+        self.state = State::Failed(e);
+        Action::Failed(e)
+    }
+
+    /// The error a failed negotiation stopped on.
+    pub fn error(&self) -> Option<SpdmError> {
+        match self.state {
+            State::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// GET_VERSION: resets the device's connection state and starts over.
+    pub fn start(&mut self) -> Action<'_, SpdmError> {
+        self.vca_len = 0;
+        self.version = V10;
+        self.send(&[V10, code::GET_VERSION, 0, 0], State::WaitVersion)
+    }
+
+    /// Consumes the DOE object the device answered with.
+    pub fn step(&mut self, response: &[u8]) -> Action<'_, SpdmError> {
+        let result = self.handle(response);
+        match result {
+            Ok(()) => self.next(),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn next(&mut self) -> Action<'_, SpdmError> {
+        match self.state {
+            State::WaitCapabilities => {
+                let mut m = [0u8; 20];
+                m[0] = self.version;
+                m[1] = code::GET_CAPABILITIES;
+                m[8..12].copy_from_slice(&REQUESTER_FLAGS.to_le_bytes());
+                m[12..16].copy_from_slice(&TRANSFER_SIZE.to_le_bytes());
+                m[16..20].copy_from_slice(&TRANSFER_SIZE.to_le_bytes());
+                self.state = State::Idle;
+                self.send(&m, State::WaitCapabilities)
+            }
+            State::WaitAlgorithms => {
+                let mut m = [0u8; 44];
+                m[0] = self.version;
+                m[1] = code::NEGOTIATE_ALGORITHMS;
+                m[2] = 3; // DHE, AEAD, KeySchedule; no ReqBaseAsymAlg (not mutually authenticated)
+                m[4..6].copy_from_slice(&44u16.to_le_bytes());
+                m[6] = alg::MEAS_SPEC_DMTF;
+                m[7] = alg::OPAQUE_FMT1;
+                m[8..12].copy_from_slice(&alg::BASE_ASYM_ECDSA_P384.to_le_bytes());
+                m[12..16].copy_from_slice(&alg::BASE_HASH_SHA384.to_le_bytes());
+                let tables = [
+                    (alg::TYPE_DHE, alg::DHE_SECP384R1),
+                    (alg::TYPE_AEAD, alg::AEAD_AES_256_GCM),
+                    (alg::TYPE_KEY_SCHEDULE, alg::KEY_SCHEDULE_SPDM),
+                ];
+                for (i, (ty, bits)) in tables.into_iter().enumerate() {
+                    let at = 32 + 4 * i;
+                    m[at] = ty;
+                    m[at + 1] = 0x20; // two fixed bytes, no external algorithms
+                    m[at + 2..at + 4].copy_from_slice(&bits.to_le_bytes());
+                }
+                self.state = State::Idle;
+                self.send(&m, State::WaitAlgorithms)
+            }
+            State::Done => Action::Done,
+            State::Failed(e) => Action::Failed(e),
+            State::Idle | State::WaitVersion => Action::Done,
+        }
+    }
+
+    /// Parses one answer; on success leaves `state` at the next request to send.
+    fn handle(&mut self, response: &[u8]) -> Result<(), SpdmError> {
+        let payload = doe::decode_as(response, ObjectType::Spdm)?;
+        if payload.len() < 4 {
+            return Err(SpdmError::BadLength { code: payload.get(1).copied().unwrap_or(0), len: payload.len() });
+        }
+        let want = match self.state {
+            State::WaitVersion => code::VERSION,
+            State::WaitCapabilities => code::CAPABILITIES,
+            State::WaitAlgorithms => code::ALGORITHMS,
+            State::Idle | State::Done | State::Failed(_) => return Err(SpdmError::NotWaiting),
+        };
+        let (ver, got) = (payload[0], payload[1]);
+        if ver != self.version {
+            return Err(SpdmError::WrongVersion { got: ver, want: self.version });
+        }
+        if got == code::ERROR {
+            return Err(SpdmError::Responder { code: payload[2], data: payload[3] });
+        }
+        if got != want {
+            return Err(SpdmError::UnexpectedResponse { got, want });
+        }
+        match want {
+            code::VERSION => self.on_version(payload),
+            code::CAPABILITIES => self.on_capabilities(payload),
+            _ => self.on_algorithms(payload),
+        }
+    }
+
+    fn on_version(&mut self, p: &[u8]) -> Result<(), SpdmError> {
+        let n = usize::from(*p.get(5).ok_or(SpdmError::BadLength { code: code::VERSION, len: p.len() })?);
+        let msg = exact(p, 6 + 2 * n, code::VERSION)?;
+        let offered = |v: u8| (0..n).any(|i| (le16(msg, 6 + 2 * i) >> 8) as u8 == v);
+        self.version = if offered(V13) {
+            V13
+        } else if offered(V12) {
+            V12
+        } else {
+            return Err(SpdmError::NoCommonVersion);
+        };
+        self.record(msg)?;
+        self.state = State::WaitCapabilities;
+        Ok(())
+    }
+
+    fn on_capabilities(&mut self, p: &[u8]) -> Result<(), SpdmError> {
+        let msg = exact(p, 20, code::CAPABILITIES)?;
+        let flags = le32(msg, 8);
+        let (data_transfer, max_message) = (le32(msg, 12), le32(msg, 16));
+        let missing = REQUIRED_RESPONDER_FLAGS & !flags;
+        let meas = flags & cap::MEAS_MASK;
+        if missing != 0 || meas != cap::MEAS_SIG {
+            return Err(SpdmError::MissingCapabilities { missing: missing | (cap::MEAS_SIG & !meas) });
+        }
+        if data_transfer < 42 || data_transfer > max_message {
+            return Err(SpdmError::BadTransferSize { data_transfer, max_message });
+        }
+        self.record(msg)?;
+        self.flags = flags;
+        self.data_transfer_size = data_transfer;
+        self.max_message_size = max_message;
+        self.state = State::WaitAlgorithms;
+        Ok(())
+    }
+
+    fn on_algorithms(&mut self, p: &[u8]) -> Result<(), SpdmError> {
+        if p.len() < 36 {
+            return Err(SpdmError::BadLength { code: code::ALGORITHMS, len: p.len() });
+        }
+        let tables = usize::from(p[2]);
+        let length = usize::from(le16(p, 4));
+        if length != 36 + 4 * tables {
+            return Err(SpdmError::BadLength { code: code::ALGORITHMS, len: length });
+        }
+        let msg = exact(p, length, code::ALGORITHMS)?;
+        let bad = |field: &'static str, got: u32| Err(SpdmError::BadSelection { field, got });
+        if msg[6] != alg::MEAS_SPEC_DMTF {
+            return bad("MeasurementSpecificationSel", u32::from(msg[6]));
+        }
+        if msg[7] & 0x0F != alg::OPAQUE_FMT1 {
+            return bad("OtherParamsSelection", u32::from(msg[7]));
+        }
+        if le32(msg, 8) != alg::MEAS_HASH_SHA384 {
+            return bad("MeasurementHashAlgo", le32(msg, 8));
+        }
+        if le32(msg, 12) != alg::BASE_ASYM_ECDSA_P384 {
+            return bad("BaseAsymSel", le32(msg, 12));
+        }
+        if le32(msg, 16) != alg::BASE_HASH_SHA384 {
+            return bad("BaseHashSel", le32(msg, 16));
+        }
+        if msg[32] != 0 || msg[33] != 0 {
+            return bad("ExtAsymSelCount/ExtHashSelCount", u32::from(msg[32]) | u32::from(msg[33]) << 8);
+        }
+        let mut seen = [false; 3];
+        for i in 0..tables {
+            let t = &msg[36 + 4 * i..40 + 4 * i];
+            let bits = le16(t, 2);
+            let (slot, want, field) = match t[0] {
+                alg::TYPE_DHE => (0, alg::DHE_SECP384R1, "DHE"),
+                alg::TYPE_AEAD => (1, alg::AEAD_AES_256_GCM, "AEAD"),
+                alg::TYPE_KEY_SCHEDULE => (2, alg::KEY_SCHEDULE_SPDM, "KeySchedule"),
+                alg::TYPE_REQ_BASE_ASYM if bits == 0 => continue,
+                other => return bad("AlgStruct type", u32::from(other)),
+            };
+            if t[1] != 0x20 || bits != want || seen[slot] {
+                return bad(field, u32::from(bits));
+            }
+            seen[slot] = true;
+        }
+        if let Some(missing) = seen.iter().position(|s| !s) {
+            return bad(["DHE", "AEAD", "KeySchedule"][missing], 0);
+        }
+        self.record(msg)?;
+        self.state = State::Done;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wrap(msg: &[u8]) -> std::vec::Vec<u8> {
+        let mut out = std::vec![0u8; doe::object_len(msg.len())];
+        doe::encode(ObjectType::Spdm, msg, &mut out).unwrap();
+        out
+    }
+
+    extern crate std;
+
+    fn version(entries: &[u16]) -> std::vec::Vec<u8> {
+        let mut m = std::vec![V10, code::VERSION, 0, 0, 0, entries.len() as u8];
+        for e in entries {
+            m.extend_from_slice(&e.to_le_bytes());
+        }
+        m
+    }
+
+    fn capabilities(ver: u8, flags: u32, dts: u32, max: u32) -> std::vec::Vec<u8> {
+        let mut m = std::vec![0u8; 20];
+        m[0] = ver;
+        m[1] = code::CAPABILITIES;
+        m[8..12].copy_from_slice(&flags.to_le_bytes());
+        m[12..16].copy_from_slice(&dts.to_le_bytes());
+        m[16..20].copy_from_slice(&max.to_le_bytes());
+        m
+    }
+
+    fn algorithms(ver: u8) -> std::vec::Vec<u8> {
+        let mut m = std::vec![0u8; 48];
+        m[0] = ver;
+        m[1] = code::ALGORITHMS;
+        m[2] = 3;
+        m[4..6].copy_from_slice(&48u16.to_le_bytes());
+        m[6] = 1;
+        m[7] = 2;
+        m[8..12].copy_from_slice(&4u32.to_le_bytes());
+        m[12..16].copy_from_slice(&0x80u32.to_le_bytes());
+        m[16..20].copy_from_slice(&2u32.to_le_bytes());
+        m[36..40].copy_from_slice(&[2, 0x20, 0x10, 0]);
+        m[40..44].copy_from_slice(&[3, 0x20, 0x02, 0]);
+        m[44..48].copy_from_slice(&[5, 0x20, 0x01, 0]);
+        m
+    }
+
+    const FLAGS: u32 = 0x2F6;
+
+    fn sent(a: Action<'_, SpdmError>) -> std::vec::Vec<u8> {
+        match a {
+            Action::Send(b) => doe::decode_as(b, ObjectType::Spdm).unwrap().to_vec(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Runs the negotiation against canned answers; returns the state machine.
+    fn run(answers: &[std::vec::Vec<u8>]) -> Negotiation {
+        let mut n = Negotiation::new();
+        let mut last = n.start();
+        for a in answers {
+            if !matches!(last, Action::Send(_)) {
+                break;
+            }
+            last = n.step(&wrap(a));
+        }
+        n
+    }
+
+    #[test]
+    fn happy_path_negotiates_1_2_and_keeps_the_exact_vca() {
+        let mut n = Negotiation::new();
+        assert_eq!(sent(n.start()), [0x10, 0x84, 0, 0]);
+        let v = version(&[0x1000, 0x1100, 0x1200]);
+        let caps_req = sent(n.step(&wrap(&v)));
+        assert_eq!(caps_req[..2], [0x12, 0xE1]);
+        assert_eq!(le32(&caps_req, 8), 0x2C0);
+        let caps = capabilities(0x12, FLAGS, 0x1000, 0x1000);
+        let alg_req = sent(n.step(&wrap(&caps)));
+        assert_eq!(alg_req.len(), 44);
+        assert_eq!(&alg_req[32..], &[2, 0x20, 0x10, 0, 3, 0x20, 0x02, 0, 5, 0x20, 0x01, 0]);
+        let algs = algorithms(0x12);
+        assert_eq!(n.step(&wrap(&algs)), Action::Done);
+        let got = n.negotiated().unwrap();
+        assert_eq!((got.version, got.responder_flags), (0x12, FLAGS));
+        // VCA = the six exact messages; VERSION is 12 bytes although its DOE payload is padded.
+        let mut vca = std::vec![0x10, 0x84, 0, 0];
+        vca.extend_from_slice(&v);
+        vca.extend_from_slice(&caps_req);
+        vca.extend_from_slice(&caps);
+        vca.extend_from_slice(&alg_req);
+        vca.extend_from_slice(&algs);
+        assert_eq!(n.vca(), &vca[..]);
+    }
+
+    #[test]
+    fn prefers_1_3_when_offered() {
+        let n = run(&[version(&[0x1200, 0x1300]), capabilities(0x13, FLAGS, 0x1000, 0x1000), algorithms(0x13)]);
+        assert_eq!(n.negotiated().unwrap().version, 0x13);
+    }
+
+    #[test]
+    fn each_bad_answer_fails_with_its_own_error() {
+        let cases: std::vec::Vec<(std::vec::Vec<std::vec::Vec<u8>>, SpdmError)> = std::vec![
+            (std::vec![version(&[0x1000, 0x1100])], SpdmError::NoCommonVersion),
+            (std::vec![std::vec![0x10, 0x7F, 0x41, 0]], SpdmError::Responder { code: 0x41, data: 0 }),
+            (std::vec![std::vec![0x12, 0x04, 0, 0, 0, 1, 0, 0x12]], SpdmError::WrongVersion { got: 0x12, want: 0x10 }),
+            (std::vec![std::vec![0x10, 0x61, 0, 0]], SpdmError::UnexpectedResponse { got: 0x61, want: 0x04 }),
+            (std::vec![std::vec![0x10, 0x04, 0, 0, 0, 3, 0, 0x12]], SpdmError::BadLength { code: 0x04, len: 8 }),
+            (std::vec![[version(&[0x1100, 0x1200]), std::vec![7]].concat()], SpdmError::DirtyPadding,),
+            (
+                std::vec![version(&[0x1200]), capabilities(0x12, FLAGS & !cap::KEY_EX, 0x1000, 0x1000)],
+                SpdmError::MissingCapabilities { missing: cap::KEY_EX },
+            ),
+            (
+                std::vec![version(&[0x1200]), capabilities(0x12, FLAGS & !cap::MEAS_MASK | 0x08, 0x1000, 0x1000)],
+                SpdmError::MissingCapabilities { missing: cap::MEAS_SIG },
+            ),
+            (
+                std::vec![version(&[0x1200]), capabilities(0x12, FLAGS, 41, 0x1000)],
+                SpdmError::BadTransferSize { data_transfer: 41, max_message: 0x1000 },
+            ),
+            (
+                std::vec![version(&[0x1200]), capabilities(0x12, FLAGS, 0x1000, 0x800)],
+                SpdmError::BadTransferSize { data_transfer: 0x1000, max_message: 0x800 },
+            ),
+        ];
+        for (answers, want) in cases {
+            let n = run(&answers);
+            assert_eq!(n.error(), Some(want), "{answers:x?}");
+            assert!(n.negotiated().is_none());
+        }
+    }
+
+    #[test]
+    fn algorithms_must_select_exactly_the_suite() {
+        let prefix = [version(&[0x1200]), capabilities(0x12, FLAGS, 0x1000, 0x1000)];
+        let mutate = |f: &dyn Fn(&mut std::vec::Vec<u8>)| {
+            let mut a = algorithms(0x12);
+            f(&mut a);
+            let mut answers = prefix.to_vec();
+            answers.push(a);
+            run(&answers).error()
+        };
+        let sel = |field, got| Some(SpdmError::BadSelection { field, got });
+        assert_eq!(mutate(&|a| a[12] = 0x10), sel("BaseAsymSel", 0x10));
+        assert_eq!(mutate(&|a| a[16] = 0x01), sel("BaseHashSel", 0x01));
+        assert_eq!(mutate(&|a| a[8] = 0x02), sel("MeasurementHashAlgo", 0x02));
+        assert_eq!(mutate(&|a| a[7] = 0x01), sel("OtherParamsSelection", 0x01));
+        assert_eq!(mutate(&|a| a[6] = 0x00), sel("MeasurementSpecificationSel", 0));
+        assert_eq!(mutate(&|a| a[38] = 0x08), sel("DHE", 0x08));
+        assert_eq!(mutate(&|a| a[42] = 0x04), sel("AEAD", 0x04));
+        assert_eq!(mutate(&|a| a[44] = 3), sel("AEAD", 0x01), "a second AEAD table");
+        assert_eq!(mutate(&|a| a[44] = 9), sel("AlgStruct type", 9));
+        assert_eq!(mutate(&|a| a[4] = 44), Some(SpdmError::BadLength { code: 0x63, len: 44 }));
+        assert_eq!(mutate(&|a| a.push(1)), Some(SpdmError::BadLength { code: 0x63, len: 52 }), "beyond padding");
+        assert_eq!(
+            mutate(&|a| {
+                a[2] = 2;
+                a[4] = 44;
+                a.truncate(44);
+            }),
+            sel("KeySchedule", 0)
+        );
+    }
+
+    #[test]
+    fn a_finished_or_failed_negotiation_ignores_more_answers() {
+        let mut n = run(&[version(&[0x1000])]);
+        assert_eq!(n.error(), Some(SpdmError::NoCommonVersion));
+        assert!(matches!(n.step(&wrap(&version(&[0x1200]))), Action::Failed(_)));
+        assert_eq!(n.error(), Some(SpdmError::NotWaiting));
+    }
+}
