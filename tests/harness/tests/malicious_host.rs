@@ -167,3 +167,21 @@ fn one_td_cannot_touch_another_tds_mappings() {
     let r = rejects(&mut m, &[a.tdr, b.tdr], Status::PAGE_METADATA_INCORRECT, |m| m.host(h::VP_ENTER, a.tdr, 0, 0, 0));
     expect_op(&r, Status::PAGE_METADATA_INCORRECT, Operand::Rcx);
 }
+
+#[test]
+fn a_torn_down_tds_tables_are_never_walked_again() {
+    // RECLAIM hands S-EPT table pages back to the host, which may then write pointers into them;
+    // no call may walk the TD's S-EPT after teardown started.
+    let (mut m, a, _) = two_tds();
+    m.aug_accept(&a, 0x1000, PageSize::Size4K);
+    let pt = m.host(h::MEM_SEPT_RD, gpa_level(0, 1), a.tdr, 0, 0).rcx & 0x000F_FFFF_FFFF_F000;
+    ok(m.host(h::VP_KICK, a.vcpus[0], 0, 0, 0), "KICK");
+    ok(m.host(h::MNG_VPFLUSHDONE, a.tdr, 0, 0, 0), "VPFLUSHDONE");
+    ok(m.host(h::PHYMEM_PAGE_RECLAIM, pt, 0, 0, 0), "RECLAIM the page table");
+    // The host now owns the frame and forges a table entry pointing far outside memory.
+    m.write(pt + 8, &(0x000F_FFFF_FFFF_F000u64 | 1 << 52 | 7).to_le_bytes());
+    for leaf in [h::MEM_SEPT_RD, h::MEM_RANGE_BLOCK, h::MEM_PAGE_REMOVE, h::MEM_RANGE_UNBLOCK] {
+        let r = m.host(leaf, gpa_level(0x1000, 0), a.tdr, 0, 0);
+        expect_op(&r, Status::LIFECYCLE_STATE_INCORRECT, Operand::None);
+    }
+}

@@ -298,9 +298,9 @@ impl<P: Platform> Tsm<P> {
         let (gpa, level) = gpa_level(regs.rcx, MAX_LEVEL)?;
         let idx = self.td_index(regs.rdx, Operand::Rdx)?;
         let td = self.td(idx)?;
-        if td.lifecycle == Lifecycle::Created {
-            return Err(TsmError::TdNotInitialized);
-        }
+        // Not in teardown either: RECLAIM may already have handed table pages back to the host,
+        // and a walk must never follow a pointer the host could have written.
+        Self::require_built(td)?;
         if level > td.root_level() {
             return Err(TsmError::OperandInvalid(Operand::Rcx));
         }
