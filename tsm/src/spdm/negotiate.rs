@@ -1,5 +1,4 @@
-//! SPDM requester (DSP0274 1.2, 1.3 when the device offers it), sans-IO. This first part runs the
-//! negotiation that every connection starts with: GET_VERSION, GET_CAPABILITIES and
+//! The negotiation every SPDM connection starts with: GET_VERSION, GET_CAPABILITIES and
 //! NEGOTIATE_ALGORITHMS, keeping the VCA transcript (message A) exactly as later signatures cover
 //! it: the exact SPDM message bytes, never the DOE padding.
 //!

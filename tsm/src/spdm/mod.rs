@@ -1,0 +1,9 @@
+//! SPDM requester (DSP0274 1.2, 1.3 when the device offers it), sans-IO.
+//!
+//! - [`negotiate`]: GET_VERSION, GET_CAPABILITIES, NEGOTIATE_ALGORITHMS and the VCA transcript.
+//! - [`chain`]: the SPDM certificate-chain format, checked and its leaf key extracted.
+
+pub mod chain;
+pub mod negotiate;
+
+pub use negotiate::*;
