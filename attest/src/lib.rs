@@ -14,6 +14,7 @@
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod evidence;
 pub mod mrtd;
 pub mod report;
 pub mod sign;
