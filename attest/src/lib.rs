@@ -19,3 +19,4 @@ pub mod mrtd;
 pub mod report;
 pub mod sign;
 pub mod tdreport;
+pub mod verify;
