@@ -808,4 +808,28 @@ pub(crate) mod tests {
         assert_eq!(r.devices().len(), 0);
         assert_eq!(Report::parse(&r.to_bytes()), Ok(&r));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_on_random_bytes(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1300)) {
+            match Report::parse(&b) {
+                Ok(r) => proptest::prop_assert_eq!(r.as_bytes(), &b[..]),
+                Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn parse_never_panics_on_a_mutated_report(
+            writes in proptest::collection::vec((0usize..REPORT_BYTES, proptest::prelude::any::<u8>()), 1..6),
+        ) {
+            let mut b = sample().to_bytes();
+            for (at, v) in writes {
+                b[at] = v;
+            }
+            if let Ok(r) = Report::parse(&b) {
+                proptest::prop_assert!(r.devices().len() <= MAX_DEVICES);
+                proptest::prop_assert!(r.devices().iter().all(|d| d.tdi_state().is_some()));
+            }
+        }
+    }
 }
