@@ -2,8 +2,10 @@
 //!
 //! - [`negotiate`]: GET_VERSION, GET_CAPABILITIES, NEGOTIATE_ALGORITHMS and the VCA transcript.
 //! - [`chain`]: the SPDM certificate-chain format, checked and its leaf key extracted.
+//! - [`sig`]: the SPDM 1.2+ signing prefix and the verification of device signatures.
 
 pub mod chain;
 pub mod negotiate;
+pub mod sig;
 
 pub use negotiate::*;
