@@ -7,6 +7,15 @@
 //!   tool feeds it from the image it is about to load, and the two values must match.
 //! * [`tdreport`] lays out the 1024-byte TDREPORT_STRUCT as `#[repr(C)]` zerocopy structs with
 //!   compile-time size and offset checks, and parses it from untrusted bytes without panicking.
+//! * [`report`] is seamless's own signed report (1200 bytes): TSM and TD identity, the verifier's
+//!   nonce, and per assigned device its TDISP state, SPDM algorithms and evidence digests.
+//! * [`sign`] signs and verifies it (ECDSA P-384 over SHA-384) and derives the TSM's attestation
+//!   key from the platform secret (HKDF-SHA-384).
+//! * [`evidence`] is the bundle of device evidence that travels beside the report, bound to it by
+//!   those digests.
+//! * [`verify`] checks a report and its bundle against a policy, in layers, recording every check.
+//!
+//! `docs/attestation.md` describes the formats byte by byte and lists the check ids.
 //!
 //! The crate is `no_std` (the `std` feature only adds conveniences for host tools) and has no
 //! `unsafe`.
