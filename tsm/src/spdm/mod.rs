@@ -1,9 +1,11 @@
 //! SPDM requester (DSP0274 1.2, 1.3 when the device offers it), sans-IO.
 //!
 //! - [`negotiate`]: GET_VERSION, GET_CAPABILITIES, NEGOTIATE_ALGORITHMS and the VCA transcript.
+//! - [`cert`]: GET_DIGESTS and chunked GET_CERTIFICATE for slot 0, with message B.
 //! - [`chain`]: the SPDM certificate-chain format, checked and its leaf key extracted.
 //! - [`sig`]: the SPDM 1.2+ signing prefix and the verification of device signatures.
 
+pub mod cert;
 pub mod chain;
 pub mod negotiate;
 pub mod sig;

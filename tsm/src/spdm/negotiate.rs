@@ -24,6 +24,10 @@ pub mod code {
     pub const VERSION: u8 = 0x04;
     pub const GET_CAPABILITIES: u8 = 0xE1;
     pub const CAPABILITIES: u8 = 0x61;
+    pub const GET_DIGESTS: u8 = 0x81;
+    pub const DIGESTS: u8 = 0x01;
+    pub const GET_CERTIFICATE: u8 = 0x82;
+    pub const CERTIFICATE: u8 = 0x02;
     pub const NEGOTIATE_ALGORITHMS: u8 = 0xE3;
     pub const ALGORITHMS: u8 = 0x63;
     pub const ERROR: u8 = 0x7F;
@@ -126,6 +130,20 @@ pub enum SpdmError {
     DirtyPadding,
     /// `step` was called in a state that expects no answer.
     NotWaiting,
+    /// DIGESTS does not list slot 0.
+    NoSlot0,
+    /// A CERTIFICATE portion that is empty, longer than asked, for another slot, or whose
+    /// remainder contradicts the earlier ones.
+    BadPortion,
+    /// The chain is larger than the TSM keeps.
+    ChainTooLarge {
+        /// Bytes the device announced.
+        total: usize,
+    },
+    /// The chain read does not hash to the slot's digest from DIGESTS.
+    DigestMismatch,
+    /// The chain is malformed.
+    Chain(crate::spdm::chain::ChainError),
 }
 
 impl fmt::Display for SpdmError {
@@ -144,6 +162,11 @@ impl fmt::Display for SpdmError {
             SpdmError::BadSelection { field, got } => write!(f, "device selected {field} = {got:#x}"),
             SpdmError::DirtyPadding => f.write_str("nonzero bytes after the SPDM message"),
             SpdmError::NotWaiting => f.write_str("no request is outstanding"),
+            SpdmError::NoSlot0 => f.write_str("device has no certificate chain in slot 0"),
+            SpdmError::BadPortion => f.write_str("CERTIFICATE portion is inconsistent"),
+            SpdmError::ChainTooLarge { total } => write!(f, "certificate chain of {total} bytes is too large"),
+            SpdmError::DigestMismatch => f.write_str("certificate chain does not match its DIGESTS entry"),
+            SpdmError::Chain(e) => write!(f, "certificate chain: {e}"),
         }
     }
 }
@@ -196,17 +219,39 @@ impl Default for Negotiation {
     }
 }
 
-fn le16(b: &[u8], at: usize) -> u16 {
+pub(crate) fn le16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
-fn le32(b: &[u8], at: usize) -> u32 {
+pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The SPDM payload of a device's DOE answer, checked to be the response `want` in `version`.
+///
+/// # Errors
+/// DOE framing errors, a short header, another version, the device's ERROR, another code.
+pub(crate) fn response_payload(response: &[u8], version: u8, want: u8) -> Result<&[u8], SpdmError> {
+    let payload = doe::decode_as(response, ObjectType::Spdm)?;
+    if payload.len() < 4 {
+        return Err(SpdmError::BadLength { code: payload.get(1).copied().unwrap_or(0), len: payload.len() });
+    }
+    let (ver, got) = (payload[0], payload[1]);
+    if ver != version {
+        return Err(SpdmError::WrongVersion { got: ver, want: version });
+    }
+    if got == code::ERROR {
+        return Err(SpdmError::Responder { code: payload[2], data: payload[3] });
+    }
+    if got != want {
+        return Err(SpdmError::UnexpectedResponse { got, want });
+    }
+    Ok(payload)
 }
 
 /// The exact message of `len` bytes at the start of a DOE payload; the rest must be DOE padding
 /// (fewer than 4 zero bytes).
-fn exact(payload: &[u8], len: usize, code: u8) -> Result<&[u8], SpdmError> {
+pub(crate) fn exact(payload: &[u8], len: usize, code: u8) -> Result<&[u8], SpdmError> {
     if payload.len() < len || payload.len() - len >= 4 {
         return Err(SpdmError::BadLength { code, len: payload.len() });
     }
@@ -345,26 +390,13 @@ impl Negotiation {
 
     /// Parses one answer; on success leaves `state` at the next request to send.
     fn handle(&mut self, response: &[u8]) -> Result<(), SpdmError> {
-        let payload = doe::decode_as(response, ObjectType::Spdm)?;
-        if payload.len() < 4 {
-            return Err(SpdmError::BadLength { code: payload.get(1).copied().unwrap_or(0), len: payload.len() });
-        }
         let want = match self.state {
             State::WaitVersion => code::VERSION,
             State::WaitCapabilities => code::CAPABILITIES,
             State::WaitAlgorithms => code::ALGORITHMS,
             State::Idle | State::Done | State::Failed(_) => return Err(SpdmError::NotWaiting),
         };
-        let (ver, got) = (payload[0], payload[1]);
-        if ver != self.version {
-            return Err(SpdmError::WrongVersion { got: ver, want: self.version });
-        }
-        if got == code::ERROR {
-            return Err(SpdmError::Responder { code: payload[2], data: payload[3] });
-        }
-        if got != want {
-            return Err(SpdmError::UnexpectedResponse { got, want });
-        }
+        let payload = response_payload(response, self.version, want)?;
         match want {
             code::VERSION => self.on_version(payload),
             code::CAPABILITIES => self.on_capabilities(payload),
