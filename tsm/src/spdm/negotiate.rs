@@ -28,6 +28,8 @@ pub mod code {
     pub const DIGESTS: u8 = 0x01;
     pub const GET_CERTIFICATE: u8 = 0x82;
     pub const CERTIFICATE: u8 = 0x02;
+    pub const GET_MEASUREMENTS: u8 = 0xE0;
+    pub const MEASUREMENTS: u8 = 0x60;
     pub const NEGOTIATE_ALGORITHMS: u8 = 0xE3;
     pub const ALGORITHMS: u8 = 0x63;
     pub const ERROR: u8 = 0x7F;
@@ -144,6 +146,19 @@ pub enum SpdmError {
     DigestMismatch,
     /// The chain is malformed.
     Chain(crate::spdm::chain::ChainError),
+    /// A measurement block is malformed (index given), or the blocks do not fill the record.
+    BadMeasurementBlock {
+        /// Position of the block in the record.
+        block: usize,
+    },
+    /// Two blocks carry the same index.
+    DuplicateMeasurementIndex(u8),
+    /// The device echoed another RequesterContext (SPDM 1.3).
+    ContextMismatch,
+    /// The signature is refused.
+    Signature(crate::spdm::sig::SigError),
+    /// The transcript exceeds what the TSM keeps as evidence.
+    TranscriptTooLarge,
 }
 
 impl fmt::Display for SpdmError {
@@ -167,6 +182,11 @@ impl fmt::Display for SpdmError {
             SpdmError::ChainTooLarge { total } => write!(f, "certificate chain of {total} bytes is too large"),
             SpdmError::DigestMismatch => f.write_str("certificate chain does not match its DIGESTS entry"),
             SpdmError::Chain(e) => write!(f, "certificate chain: {e}"),
+            SpdmError::BadMeasurementBlock { block } => write!(f, "measurement block {block} is malformed"),
+            SpdmError::DuplicateMeasurementIndex(i) => write!(f, "measurement index {i} appears twice"),
+            SpdmError::ContextMismatch => f.write_str("device echoed another RequesterContext"),
+            SpdmError::Signature(e) => write!(f, "device signature: {e:?}"),
+            SpdmError::TranscriptTooLarge => f.write_str("measurement transcript too large to keep"),
         }
     }
 }
