@@ -1,6 +1,6 @@
 //! GET_DIGESTS and GET_CERTIFICATE (chunked) for slot 0, sans-IO: reads the device's certificate
-//! chain, checks it against its DIGESTS entry and its format, and keeps message B (every
-//! message of the exchange, exact bytes) as a running SHA-384 for CHALLENGE's transcript.
+//! chain, checks it against its DIGESTS entry and its format, and keeps VCA ‖ B (B: every
+//! message of the exchange, exact bytes) as a running SHA-384 for CHALLENGE's transcript M1.
 
 use sha2::{Digest, Sha384};
 
@@ -35,12 +35,13 @@ pub struct CertRetrieval {
     total: usize,
     asked: usize,
     transcript: Sha384,
+    vca_transcript: Sha384,
     out: [u8; 16],
 }
 
 impl CertRetrieval {
-    /// An exchange over a negotiated connection.
-    pub fn new(negotiated: &Negotiated) -> CertRetrieval {
+    /// An exchange over a negotiated connection whose VCA transcript is `vca`.
+    pub fn new(negotiated: &Negotiated, vca: &[u8]) -> CertRetrieval {
         let device = usize::try_from(negotiated.data_transfer_size).unwrap_or(usize::MAX);
         let ours = TRANSFER_SIZE as usize;
         // CERTIFICATE's 8-byte header must fit the smaller DataTransferSize too.
@@ -54,7 +55,8 @@ impl CertRetrieval {
             len: 0,
             total: 0,
             asked: 0,
-            transcript: Sha384::new(),
+            transcript: Sha384::new_with_prefix(vca),
+            vca_transcript: Sha384::new_with_prefix(vca),
             out: [0; 16],
         }
     }
@@ -90,7 +92,7 @@ impl CertRetrieval {
     pub fn start(&mut self) -> Action<'_, SpdmError> {
         self.len = 0;
         self.total = 0;
-        self.transcript = Sha384::new();
+        self.transcript = self.vca_transcript.clone();
         self.send(&[self.version, code::GET_DIGESTS, 0, 0], State::WaitDigests)
     }
 
@@ -168,7 +170,7 @@ impl CertRetrieval {
         }
     }
 
-    /// SHA-384 state over message B so far (for CHALLENGE's M1 = VCA ‖ B ‖ C).
+    /// SHA-384 state over VCA ‖ B so far (CHALLENGE continues it into M1 = VCA ‖ B ‖ C).
     pub fn transcript(&self) -> &Sha384 {
         &self.transcript
     }
@@ -246,7 +248,7 @@ mod tests {
     }
 
     fn run(device: &Device, dts: u32, tamper: impl Fn(usize, &mut Vec<u8>)) -> (CertRetrieval, Vec<Vec<u8>>) {
-        let mut c = CertRetrieval::new(&negotiated(dts));
+        let mut c = CertRetrieval::new(&negotiated(dts), b"vca");
         let mut sent = Vec::new();
         let mut req = match c.start() {
             Action::Send(r) => r.to_vec(),
@@ -369,10 +371,10 @@ mod tests {
     }
 
     #[test]
-    fn message_b_covers_every_exchanged_message() {
+    fn the_transcript_is_vca_then_every_exchanged_message() {
         let d = good_device(500);
-        let mut c = CertRetrieval::new(&negotiated(0x1000));
-        let mut b = Sha384::new();
+        let mut c = CertRetrieval::new(&negotiated(0x1000), b"vca");
+        let mut b = Sha384::new_with_prefix(b"vca");
         let mut req = match c.start() {
             Action::Send(r) => r.to_vec(),
             other => panic!("{other:?}"),

@@ -2,12 +2,14 @@
 //!
 //! - [`negotiate`]: GET_VERSION, GET_CAPABILITIES, NEGOTIATE_ALGORITHMS and the VCA transcript.
 //! - [`cert`]: GET_DIGESTS and chunked GET_CERTIFICATE for slot 0, with message B.
+//! - [`challenge`]: CHALLENGE / CHALLENGE_AUTH: the device proves its leaf key over M1.
 //! - [`chain`]: the SPDM certificate-chain format, checked and its leaf key extracted.
 //! - [`meas`]: signed GET_MEASUREMENTS of every index, kept as evidence.
 //! - [`sig`]: the SPDM 1.2+ signing prefix and the verification of device signatures.
 
 pub mod cert;
 pub mod chain;
+pub mod challenge;
 pub mod meas;
 pub mod negotiate;
 pub mod sig;

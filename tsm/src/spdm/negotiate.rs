@@ -28,6 +28,8 @@ pub mod code {
     pub const DIGESTS: u8 = 0x01;
     pub const GET_CERTIFICATE: u8 = 0x82;
     pub const CERTIFICATE: u8 = 0x02;
+    pub const CHALLENGE: u8 = 0x83;
+    pub const CHALLENGE_AUTH: u8 = 0x03;
     pub const GET_MEASUREMENTS: u8 = 0xE0;
     pub const MEASUREMENTS: u8 = 0x60;
     pub const NEGOTIATE_ALGORITHMS: u8 = 0xE3;
@@ -159,6 +161,8 @@ pub enum SpdmError {
     Signature(crate::spdm::sig::SigError),
     /// The transcript exceeds what the TSM keeps as evidence.
     TranscriptTooLarge,
+    /// CHALLENGE_AUTH names another chain than the one read from the device.
+    CertChainHashMismatch,
 }
 
 impl fmt::Display for SpdmError {
@@ -187,6 +191,7 @@ impl fmt::Display for SpdmError {
             SpdmError::ContextMismatch => f.write_str("device echoed another RequesterContext"),
             SpdmError::Signature(e) => write!(f, "device signature: {e:?}"),
             SpdmError::TranscriptTooLarge => f.write_str("measurement transcript too large to keep"),
+            SpdmError::CertChainHashMismatch => f.write_str("CHALLENGE_AUTH names another certificate chain"),
         }
     }
 }
