@@ -107,7 +107,18 @@ pub const fn object_len(payload_len: usize) -> usize {
 /// # Errors
 /// [`DoeError::TooLarge`] if the object exceeds `out` or 2^20 bytes.
 pub fn encode(ty: ObjectType, payload: &[u8], out: &mut [u8]) -> Result<usize, DoeError> {
-    let len = object_len(payload.len());
+    let len = frame(ty, payload.len(), out)?;
+    out[HEADER_BYTES..HEADER_BYTES + payload.len()].copy_from_slice(payload);
+    Ok(len)
+}
+
+/// Writes the header and the zero padding of an object whose `payload_len` payload bytes the
+/// caller puts (or already put) at `out[HEADER_BYTES..]`; returns the object's length.
+///
+/// # Errors
+/// [`DoeError::TooLarge`] if the object exceeds `out` or 2^20 bytes.
+pub fn frame(ty: ObjectType, payload_len: usize, out: &mut [u8]) -> Result<usize, DoeError> {
+    let len = object_len(payload_len);
     if len > out.len() || len > MAX_OBJECT_BYTES {
         return Err(DoeError::TooLarge { needed: len });
     }
@@ -116,8 +127,7 @@ pub fn encode(ty: ObjectType, payload: &[u8], out: &mut [u8]) -> Result<usize, D
     out[2] = ty as u8;
     out[3] = 0;
     out[4..8].copy_from_slice(&dws.to_le_bytes());
-    out[HEADER_BYTES..HEADER_BYTES + payload.len()].copy_from_slice(payload);
-    out[HEADER_BYTES + payload.len()..len].fill(0);
+    out[HEADER_BYTES + payload_len..len].fill(0);
     Ok(len)
 }
 

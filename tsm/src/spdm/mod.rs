@@ -4,14 +4,18 @@
 //! - [`cert`]: GET_DIGESTS and chunked GET_CERTIFICATE for slot 0, with message B.
 //! - [`challenge`]: CHALLENGE / CHALLENGE_AUTH: the device proves its leaf key over M1.
 //! - [`chain`]: the SPDM certificate-chain format, checked and its leaf key extracted.
+//! - [`keys`]: the SPDM 1.2+ key schedule (handshake and data keys, finished keys, KEY_UPDATE).
 //! - [`meas`]: signed GET_MEASUREMENTS of every index, kept as evidence.
+//! - [`secured`]: DSP0277 secured messages over DOE with AES-256-GCM.
 //! - [`sig`]: the SPDM 1.2+ signing prefix and the verification of device signatures.
 
 pub mod cert;
 pub mod chain;
 pub mod challenge;
+pub mod keys;
 pub mod meas;
 pub mod negotiate;
+pub mod secured;
 pub mod sig;
 
 pub use negotiate::*;
