@@ -119,11 +119,16 @@ impl HandshakeKeys {
         }
     }
 
+    /// The finished key of the requester (`true`) or responder.
+    pub fn finished_key(&self, requester: bool) -> [u8; H] {
+        let secret = if requester { &self.request.secret } else { &self.response.secret };
+        expand(self.version, secret, b"finished", &[])
+    }
+
     /// HMAC-SHA-384 of `transcript_hash` under the finished key of the requester (`true`) or
     /// responder: RequesterVerifyData / ResponderVerifyData.
     pub fn verify_data(&self, requester: bool, transcript_hash: &[u8; H]) -> [u8; H] {
-        let secret = if requester { &self.request.secret } else { &self.response.secret };
-        let finished: [u8; H] = expand(self.version, secret, b"finished", &[]);
+        let finished = self.finished_key(requester);
         let mut out = [0u8; H];
         if let Ok(mut mac) = <Hmac<Sha384> as KeyInit>::new_from_slice(&finished) {
             mac.update(transcript_hash);

@@ -7,6 +7,7 @@
 //! - [`keys`]: the SPDM 1.2+ key schedule (handshake and data keys, finished keys, KEY_UPDATE).
 //! - [`meas`]: signed GET_MEASUREMENTS of every index, kept as evidence.
 //! - [`secured`]: DSP0277 secured messages over DOE with AES-256-GCM.
+//! - [`session`]: KEY_EXCHANGE and FINISH: an ECDHE P-384 session with application keys.
 //! - [`sig`]: the SPDM 1.2+ signing prefix and the verification of device signatures.
 
 pub mod cert;
@@ -16,6 +17,7 @@ pub mod keys;
 pub mod meas;
 pub mod negotiate;
 pub mod secured;
+pub mod session;
 pub mod sig;
 
 pub use negotiate::*;

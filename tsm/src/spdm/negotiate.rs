@@ -30,6 +30,12 @@ pub mod code {
     pub const CERTIFICATE: u8 = 0x02;
     pub const CHALLENGE: u8 = 0x83;
     pub const CHALLENGE_AUTH: u8 = 0x03;
+    pub const KEY_EXCHANGE: u8 = 0xE4;
+    pub const KEY_EXCHANGE_RSP: u8 = 0x64;
+    pub const FINISH: u8 = 0xE5;
+    pub const FINISH_RSP: u8 = 0x65;
+    pub const END_SESSION: u8 = 0xEC;
+    pub const END_SESSION_ACK: u8 = 0x6C;
     pub const GET_MEASUREMENTS: u8 = 0xE0;
     pub const MEASUREMENTS: u8 = 0x60;
     pub const NEGOTIATE_ALGORITHMS: u8 = 0xE3;
@@ -163,6 +169,16 @@ pub enum SpdmError {
     TranscriptTooLarge,
     /// CHALLENGE_AUTH names another chain than the one read from the device.
     CertChainHashMismatch,
+    /// The device's ECDH public key is not a point of P-384.
+    BadExchangeData,
+    /// The opaque data does not select a secured-message version the TSM offered.
+    BadOpaqueData,
+    /// ResponderVerifyData does not match: the device does not hold the session's keys.
+    VerifyDataMismatch,
+    /// The device asked for what the TSM did not offer (mutual authentication, heartbeat).
+    UnrequestedFeature,
+    /// A secured message was refused.
+    Secured(crate::spdm::secured::SecuredError),
 }
 
 impl fmt::Display for SpdmError {
@@ -192,6 +208,11 @@ impl fmt::Display for SpdmError {
             SpdmError::Signature(e) => write!(f, "device signature: {e:?}"),
             SpdmError::TranscriptTooLarge => f.write_str("measurement transcript too large to keep"),
             SpdmError::CertChainHashMismatch => f.write_str("CHALLENGE_AUTH names another certificate chain"),
+            SpdmError::BadExchangeData => f.write_str("device's ECDH key is not a P-384 point"),
+            SpdmError::BadOpaqueData => f.write_str("device selected no secured-message version the TSM offered"),
+            SpdmError::VerifyDataMismatch => f.write_str("ResponderVerifyData does not match"),
+            SpdmError::UnrequestedFeature => f.write_str("device asked for a feature the TSM did not offer"),
+            SpdmError::Secured(e) => write!(f, "secured message: {e:?}"),
         }
     }
 }

@@ -1,0 +1,501 @@
+//! KEY_EXCHANGE and FINISH (DSP0274 §10.17, §10.18), sans-IO: an SPDM session with ECDHE P-384,
+//! the responder authenticated by its leaf key and by ResponderVerifyData, FINISH sent under the
+//! handshake keys, and the application keys derived from TH2. No mutual authentication, no
+//! heartbeat, handshake not in the clear, secured-message versions 1.1 and 1.2 offered through
+//! opaque data format 1 (1.3 is left out so no AEAD-limit element is needed).
+//!
+//! ```text
+//! TH_sig = VCA ‖ H(chain) ‖ KEY_EXCHANGE ‖ KEY_EXCHANGE_RSP (up to Signature)
+//! TH1    = … ‖ Signature                       → handshake keys, ResponderVerifyData
+//! FINISH: RequesterVerifyData = HMAC(req finished key, H(TH1 ‖ ResponderVerifyData ‖ FINISH header))
+//! TH2    = TH1 ‖ ResponderVerifyData ‖ FINISH ‖ FINISH_RSP → application keys
+//! ```
+
+use hmac::{Hmac, KeyInit, Mac};
+use p384::ecdsa::VerifyingKey;
+use p384::elliptic_curve::sec1::ToSec1Point;
+use p384::{NonZeroScalar, PublicKey};
+use sha2::{Digest, Sha384};
+
+use crate::doe::{self, Action, ObjectType};
+use crate::spdm::keys::{DirectionKeys, HandshakeKeys, H};
+use crate::spdm::negotiate::{code, exact, le16, response_payload, Negotiated, SpdmError};
+use crate::spdm::secured::{self, SecuredError};
+use crate::spdm::sig::{self, Context, SIGNATURE_BYTES};
+
+/// The TSM's half of every SessionID.
+pub const REQ_SESSION_ID: u16 = 0xFFFF;
+/// Opaque data format 1 offering secured-message versions 1.1 and 1.2.
+pub const OFFERED_OPAQUE: [u8; 16] = [1, 0, 0, 0, 0, 0, 7, 0, 1, 1, 2, 0x00, 0x11, 0x00, 0x12, 0];
+/// Bytes of KEY_EXCHANGE as the TSM sends it.
+pub const KEY_EXCHANGE_BYTES: usize = 40 + 96 + 2 + OFFERED_OPAQUE.len();
+
+/// An established session: its id and the application keys of both directions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// SessionID: the TSM's half in bits 15:0, the device's in bits 31:16.
+    pub id: u32,
+    /// Keys of what the TSM sends.
+    pub request: DirectionKeys,
+    /// Keys of what the device sends.
+    pub response: DirectionKeys,
+    version: u8,
+}
+
+impl Session {
+    /// Encrypts an SPDM message for the device into a DOE object; returns its length.
+    ///
+    /// # Errors
+    /// [`SpdmError::Secured`].
+    pub fn seal(&mut self, message: &[u8], out: &mut [u8]) -> Result<usize, SpdmError> {
+        secured::seal(&mut self.request, self.id, message, out).map_err(SpdmError::Secured)
+    }
+
+    /// Decrypts a DOE object from the device.
+    ///
+    /// # Errors
+    /// [`SpdmError::Secured`]; the session is unchanged.
+    pub fn open<'o>(&mut self, object: &[u8], out: &'o mut [u8]) -> Result<&'o [u8], SpdmError> {
+        secured::open(&mut self.response, self.id, object, out).map_err(SpdmError::Secured)
+    }
+
+    /// KEY_UPDATE(UpdateAllKeys) once both sides agreed on it: both directions move on.
+    pub fn update_keys(&mut self) {
+        self.request = self.request.updated(self.version);
+        self.response = self.response.updated(self.version);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Idle,
+    WaitKeyExchangeRsp,
+    WaitFinishRsp,
+    Done,
+    Failed(SpdmError),
+}
+
+/// The KEY_EXCHANGE / FINISH handshake.
+#[derive(Clone, Debug)]
+pub struct KeyExchange {
+    version: u8,
+    key: VerifyingKey,
+    ephemeral: NonZeroScalar,
+    random: [u8; 32],
+    th: Sha384,
+    state: State,
+    handshake: Option<HandshakeKeys>,
+    session_id: u32,
+    session: Option<Session>,
+    out: [u8; 256],
+}
+
+impl KeyExchange {
+    /// A handshake after negotiation (`vca`) and certificate retrieval (`chain_digest`, the
+    /// leaf `key`), with the TSM's ephemeral secret and random data drawn from its entropy.
+    ///
+    /// # Errors
+    /// [`SpdmError::BadExchangeData`] if `ephemeral` is not a valid P-384 scalar (draw again).
+    pub fn new(
+        negotiated: &Negotiated,
+        vca: &[u8],
+        chain_digest: &[u8; H],
+        key: VerifyingKey,
+        ephemeral: [u8; 48],
+        random: [u8; 32],
+    ) -> Result<KeyExchange, SpdmError> {
+        let scalar = NonZeroScalar::try_from(&ephemeral[..]).map_err(|_| SpdmError::BadExchangeData)?;
+        let mut th = Sha384::new();
+        th.update(vca);
+        th.update(chain_digest);
+        Ok(KeyExchange {
+            version: negotiated.version,
+            key,
+            ephemeral: scalar,
+            random,
+            th,
+            state: State::Idle,
+            handshake: None,
+            session_id: 0,
+            session: None,
+            out: [0; 256],
+        })
+    }
+
+    fn fail(&mut self, e: SpdmError) -> Action<'_, SpdmError> {
+        self.state = State::Failed(e);
+        Action::Failed(e)
+    }
+
+    /// KEY_EXCHANGE, in the clear.
+    pub fn start(&mut self) -> Action<'_, SpdmError> {
+        let mut m = [0u8; KEY_EXCHANGE_BYTES];
+        m[0] = self.version;
+        m[1] = code::KEY_EXCHANGE;
+        m[4..6].copy_from_slice(&REQ_SESSION_ID.to_le_bytes());
+        m[8..40].copy_from_slice(&self.random);
+        let public = PublicKey::from_secret_scalar(&self.ephemeral).to_uncompressed_point();
+        m[40..136].copy_from_slice(&public[1..]);
+        m[136..138].copy_from_slice(&(OFFERED_OPAQUE.len() as u16).to_le_bytes());
+        m[138..].copy_from_slice(&OFFERED_OPAQUE);
+        self.th.update(m);
+        match doe::encode(ObjectType::Spdm, &m, &mut self.out) {
+            Ok(n) => {
+                self.state = State::WaitKeyExchangeRsp;
+                Action::Send(&self.out[..n])
+            }
+            Err(e) => self.fail(SpdmError::Doe(e)),
+        }
+    }
+
+    /// Consumes KEY_EXCHANGE_RSP (then sends FINISH) or FINISH_RSP (then done).
+    pub fn step(&mut self, response: &[u8]) -> Action<'_, SpdmError> {
+        let result = match self.state {
+            State::WaitKeyExchangeRsp => self.on_key_exchange_rsp(response),
+            State::WaitFinishRsp => self.on_finish_rsp(response),
+            State::Done => return Action::Done,
+            State::Failed(e) => return Action::Failed(e),
+            State::Idle => Err(SpdmError::NotWaiting),
+        };
+        match result {
+            Err(e) => self.fail(e),
+            Ok(Some(n)) => {
+                self.state = State::WaitFinishRsp;
+                Action::Send(&self.out[..n])
+            }
+            Ok(None) => {
+                self.state = State::Done;
+                Action::Done
+            }
+        }
+    }
+
+    /// Checks KEY_EXCHANGE_RSP and builds FINISH; returns the FINISH object's length.
+    fn on_key_exchange_rsp(&mut self, response: &[u8]) -> Result<Option<usize>, SpdmError> {
+        let p = response_payload(response, self.version, code::KEY_EXCHANGE_RSP)?;
+        let opaque_at = 40 + 96;
+        if p.len() < opaque_at + 2 {
+            return Err(SpdmError::BadLength { code: code::KEY_EXCHANGE_RSP, len: p.len() });
+        }
+        let opaque_len = usize::from(le16(p, opaque_at));
+        let sig_at = opaque_at + 2 + opaque_len;
+        let verify_at = sig_at + SIGNATURE_BYTES;
+        let msg = exact(p, verify_at + H, code::KEY_EXCHANGE_RSP)?;
+        if msg[2] != 0 || msg[6] != 0 {
+            return Err(SpdmError::UnrequestedFeature);
+        }
+        check_opaque(&msg[opaque_at + 2..sig_at])?;
+        let mut point = [0u8; 97];
+        point[0] = 0x04;
+        point[1..].copy_from_slice(&msg[40..136]);
+        let peer = PublicKey::from_sec1_bytes(&point).map_err(|_| SpdmError::BadExchangeData)?;
+        // TH_sig, then the signature.
+        let mut th = self.th.clone();
+        th.update(&msg[..sig_at]);
+        let th_sig: [u8; H] = th.clone().finalize().into();
+        let mut signature = [0u8; SIGNATURE_BYTES];
+        signature.copy_from_slice(&msg[sig_at..verify_at]);
+        sig::verify(self.version, Context::KeyExchangeRsp, &th_sig, &self.key, &signature)
+            .map_err(SpdmError::Signature)?;
+        // TH1, the handshake keys, and the device's proof that it derived them.
+        th.update(&msg[sig_at..verify_at]);
+        let th1: [u8; H] = th.clone().finalize().into();
+        let shared = p384::ecdh::diffie_hellman(self.ephemeral, peer.as_affine());
+        let mut secret = [0u8; H];
+        secret.copy_from_slice(shared.raw_secret_bytes());
+        let hs = HandshakeKeys::derive(self.version, &secret, &th1);
+        secret.fill(0);
+        let finished = hs.finished_key(false);
+        let mut mac =
+            <Hmac<Sha384> as KeyInit>::new_from_slice(&finished).map_err(|_| SpdmError::VerifyDataMismatch)?;
+        mac.update(&th1);
+        mac.verify_slice(&msg[verify_at..]).map_err(|_| SpdmError::VerifyDataMismatch)?;
+        th.update(&msg[verify_at..]);
+        // FINISH: header ‖ RequesterVerifyData over TH1 ‖ ResponderVerifyData ‖ FINISH header.
+        let mut finish = [0u8; 4 + H];
+        finish[0] = self.version;
+        finish[1] = code::FINISH;
+        th.update(&finish[..4]);
+        let th_finish: [u8; H] = th.clone().finalize().into();
+        finish[4..].copy_from_slice(&hs.verify_data(true, &th_finish));
+        th.update(&finish[4..]);
+        self.session_id = u32::from(REQ_SESSION_ID) | u32::from(le16(msg, 4)) << 16;
+        let mut request = hs.request.clone();
+        let n = secured::seal(&mut request, self.session_id, &finish, &mut self.out).map_err(SpdmError::Secured)?;
+        // ALL CHECKS PASSED: commit.
+        self.th = th;
+        let mut hs = hs;
+        hs.request = request;
+        self.handshake = Some(hs);
+        Ok(Some(n))
+    }
+
+    fn on_finish_rsp(&mut self, response: &[u8]) -> Result<Option<usize>, SpdmError> {
+        let hs = self.handshake.as_ref().ok_or(SpdmError::NotWaiting)?;
+        let mut keys = hs.response.clone();
+        let mut buf = [0u8; 64];
+        let msg = secured::open(&mut keys, self.session_id, response, &mut buf).map_err(SpdmError::Secured)?;
+        if msg.len() < 4 {
+            return Err(SpdmError::BadLength { code: code::FINISH_RSP, len: msg.len() });
+        }
+        if msg[0] != self.version {
+            return Err(SpdmError::WrongVersion { got: msg[0], want: self.version });
+        }
+        if msg[1] == code::ERROR {
+            return Err(SpdmError::Responder { code: msg[2], data: msg[3] });
+        }
+        if msg[1] != code::FINISH_RSP {
+            return Err(SpdmError::UnexpectedResponse { got: msg[1], want: code::FINISH_RSP });
+        }
+        if msg.len() != 4 {
+            return Err(SpdmError::BadLength { code: code::FINISH_RSP, len: msg.len() });
+        }
+        let mut th = self.th.clone();
+        th.update(msg);
+        let th2: [u8; H] = th.finalize().into();
+        let app = hs.application(&th2);
+        self.session =
+            Some(Session { id: self.session_id, request: app.request, response: app.response, version: self.version });
+        Ok(None)
+    }
+
+    /// The session, once established.
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    /// The error the handshake stopped on.
+    pub fn error(&self) -> Option<SpdmError> {
+        match self.state {
+            State::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The responder's opaque data must select version 1.1 or 1.2 (format 1, one DMTF element).
+fn check_opaque(o: &[u8]) -> Result<(), SpdmError> {
+    let bad = SpdmError::BadOpaqueData;
+    if o.len() < 12 || !o.len().is_multiple_of(4) || o[0] != 1 || o[4] != 0 || o[5] != 0 {
+        return Err(bad);
+    }
+    let len = usize::from(le16(o, 6));
+    if len != 4 || o[8] != 1 || o[9] != 0 {
+        return Err(bad);
+    }
+    match le16(o, 10) {
+        0x1100 | 0x1200 => {}
+        _ => return Err(bad),
+    }
+    if o[12..].iter().any(|&b| b != 0) {
+        return Err(bad);
+    }
+    Ok(())
+}
+
+impl From<SecuredError> for SpdmError {
+    fn from(e: SecuredError) -> Self {
+        SpdmError::Secured(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spdm::keys::ApplicationKeys;
+    use p384::ecdsa::signature::Signer;
+    use p384::ecdsa::{Signature, SigningKey};
+
+    extern crate std;
+    use std::vec::Vec;
+
+    const VCA: &[u8] = b"VCA of this connection";
+    const CHAIN: [u8; 48] = [0xCE; 48];
+    const OPAQUE_1_2: [u8; 12] = [1, 0, 0, 0, 0, 0, 4, 0, 1, 0, 0x00, 0x12];
+
+    fn negotiated() -> Negotiated {
+        Negotiated { version: 0x12, responder_flags: 0x2F6, data_transfer_size: 0x1000, max_message_size: 0x1000 }
+    }
+
+    fn wrap(msg: &[u8]) -> Vec<u8> {
+        let mut out = std::vec![0u8; doe::object_len(msg.len())];
+        doe::encode(ObjectType::Spdm, msg, &mut out).unwrap();
+        out
+    }
+
+    /// The device side, built on the same key schedule and secured-message code (which have tests
+    /// of their own): this checks the handshake's transcripts, signatures, verify data and flow.
+    /// Interoperability with another SPDM stack is for the tests against a real responder.
+    struct Device {
+        sign: SigningKey,
+        eph: NonZeroScalar,
+        th: Sha384,
+        hs: Option<HandshakeKeys>,
+        app: Option<ApplicationKeys>,
+        id: u32,
+    }
+
+    impl Device {
+        fn new() -> Device {
+            Device {
+                sign: SigningKey::from_slice(&[0x61; 48]).unwrap(),
+                eph: NonZeroScalar::try_from(&[0x62u8; 48][..]).unwrap(),
+                th: Sha384::new_with_prefix(VCA).chain_update(CHAIN),
+                hs: None,
+                app: None,
+                id: 0,
+            }
+        }
+
+        fn key_exchange_rsp(&mut self, request: &[u8], tamper: &dyn Fn(&mut Vec<u8>), signer: &SigningKey) -> Vec<u8> {
+            let req = &doe::decode_as(request, ObjectType::Spdm).unwrap()[..KEY_EXCHANGE_BYTES];
+            self.th.update(req);
+            let mut m = std::vec![0x12, code::KEY_EXCHANGE_RSP, 0, 0, 0xFE, 0xFF, 0, 0];
+            m.extend_from_slice(&[0x77; 32]);
+            m.extend_from_slice(&PublicKey::from_secret_scalar(&self.eph).to_uncompressed_point()[1..]);
+            m.extend_from_slice(&(OPAQUE_1_2.len() as u16).to_le_bytes());
+            m.extend_from_slice(&OPAQUE_1_2);
+            tamper(&mut m);
+            self.th.update(&m);
+            let th_sig: [u8; 48] = self.th.clone().finalize().into();
+            let mut signed = [0u8; 148];
+            signed[..100].copy_from_slice(&sig::prefix(0x12, Context::KeyExchangeRsp).unwrap());
+            signed[100..].copy_from_slice(&th_sig);
+            let s: Signature = signer.sign(&signed);
+            m.extend_from_slice(&s.to_bytes());
+            self.th.update(s.to_bytes());
+            let th1: [u8; 48] = self.th.clone().finalize().into();
+            let mut point = [0u8; 97];
+            point[0] = 4;
+            point[1..].copy_from_slice(&req[40..136]);
+            let peer = PublicKey::from_sec1_bytes(&point).unwrap();
+            let shared = p384::ecdh::diffie_hellman(self.eph, peer.as_affine());
+            let mut secret = [0u8; 48];
+            secret.copy_from_slice(shared.raw_secret_bytes());
+            let hs = HandshakeKeys::derive(0x12, &secret, &th1);
+            let rvd = hs.verify_data(false, &th1);
+            m.extend_from_slice(&rvd);
+            self.th.update(rvd);
+            self.hs = Some(hs);
+            self.id = 0xFFFE_FFFF;
+            m
+        }
+
+        fn finish_rsp(&mut self, finish: &[u8]) -> Vec<u8> {
+            let mut hs = self.hs.take().unwrap();
+            let mut buf = [0u8; 128];
+            let msg = secured::open(&mut hs.request, self.id, finish, &mut buf).unwrap().to_vec();
+            assert_eq!(msg.len(), 52);
+            self.th.update(&msg[..4]);
+            let want = hs.verify_data(true, &self.th.clone().finalize().into());
+            assert_eq!(msg[4..], want, "RequesterVerifyData");
+            self.th.update(&msg[4..]);
+            let rsp = [0x12, code::FINISH_RSP, 0, 0];
+            self.th.update(rsp);
+            let mut out = std::vec![0u8; 128];
+            let n = secured::seal(&mut hs.response, self.id, &rsp, &mut out).unwrap();
+            out.truncate(n);
+            self.app = Some(hs.application(&self.th.clone().finalize().into()));
+            out
+        }
+    }
+
+    fn handshake(
+        tamper: &dyn Fn(&mut Vec<u8>),
+        after: &dyn Fn(&mut Vec<u8>),
+        signer: Option<SigningKey>,
+    ) -> (KeyExchange, Device) {
+        let mut dev = Device::new();
+        let signer = signer.unwrap_or_else(|| dev.sign.clone());
+        let vk = VerifyingKey::from(&dev.sign);
+        let mut kx = KeyExchange::new(&negotiated(), VCA, &CHAIN, vk, [0x55; 48], [0x66; 32]).unwrap();
+        let request = match kx.start() {
+            Action::Send(r) => r.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        let mut rsp = dev.key_exchange_rsp(&request, tamper, &signer);
+        after(&mut rsp);
+        let finish = match kx.step(&wrap(&rsp)) {
+            Action::Send(f) => f.to_vec(),
+            _ => return (kx, dev),
+        };
+        let finish_rsp = dev.finish_rsp(&finish);
+        let _ = kx.step(&finish_rsp);
+        (kx, dev)
+    }
+
+    #[test]
+    fn a_session_is_established_and_carries_messages_both_ways() {
+        let no = &|_: &mut Vec<u8>| {};
+        let (kx, dev) = handshake(no, no, None);
+        assert_eq!(kx.error(), None);
+        let mut s = kx.session().unwrap().clone();
+        assert_eq!(s.id, 0xFFFE_FFFF);
+        let mut app = dev.app.unwrap();
+        let mut obj = [0u8; 128];
+        let n = s.seal(b"TDISP GET_VERSION", &mut obj).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(secured::open(&mut app.request, s.id, &obj[..n], &mut buf).unwrap(), b"TDISP GET_VERSION");
+        let n = secured::seal(&mut app.response, s.id, b"TDISP VERSION", &mut obj).unwrap();
+        assert_eq!(s.open(&obj[..n], &mut buf).unwrap(), b"TDISP VERSION");
+        // After KEY_UPDATE on both sides the old keys no longer open anything.
+        s.update_keys();
+        let n = s.seal(b"after update", &mut obj).unwrap();
+        assert!(secured::open(&mut app.request, s.id, &obj[..n], &mut buf).is_err());
+        let mut upd = app.request.updated(0x12);
+        assert_eq!(secured::open(&mut upd, s.id, &obj[..n], &mut buf).unwrap(), b"after update");
+    }
+
+    #[test]
+    fn each_defect_of_the_device_fails_the_handshake() {
+        let no = &|_: &mut Vec<u8>| {};
+        let stranger = SigningKey::from_slice(&[0x13; 48]).unwrap();
+        assert_eq!(handshake(no, no, Some(stranger)).0.error(), Some(SpdmError::Signature(sig::SigError::Mismatch)));
+        let (kx, _) = handshake(
+            no,
+            &|m| {
+                let n = m.len();
+                m[n - 1] ^= 1
+            },
+            None,
+        );
+        assert_eq!(kx.error(), Some(SpdmError::VerifyDataMismatch));
+        assert!(kx.session().is_none());
+        assert_eq!(handshake(&|m| m[149] = 0x13, no, None).0.error(), Some(SpdmError::BadOpaqueData));
+        assert_eq!(handshake(&|m| m[2] = 0xF0, no, None).0.error(), Some(SpdmError::UnrequestedFeature));
+        assert_eq!(handshake(&|m| m[6] = 1, no, None).0.error(), Some(SpdmError::UnrequestedFeature));
+        assert_eq!(handshake(&|m| m[60] ^= 1, no, None).0.error(), Some(SpdmError::BadExchangeData));
+        assert!(matches!(handshake(&|m| m.truncate(100), no, None).0.error(), Some(SpdmError::BadLength { .. })));
+    }
+
+    #[test]
+    fn a_forged_finish_rsp_is_refused() {
+        let dev = Device::new();
+        let vk = VerifyingKey::from(&dev.sign);
+        let mut dev = dev;
+        let mut kx = KeyExchange::new(&negotiated(), VCA, &CHAIN, vk, [0x55; 48], [0x66; 32]).unwrap();
+        let request = match kx.start() {
+            Action::Send(r) => r.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        let signer = dev.sign.clone();
+        let rsp = dev.key_exchange_rsp(&request, &|_| {}, &signer);
+        assert!(matches!(kx.step(&wrap(&rsp)), Action::Send(_)));
+        // A FINISH_RSP sealed with a key the device does not share with the TSM.
+        let mut wrong = DirectionKeys::from_secret(0x12, [1; 48]);
+        let mut out = [0u8; 64];
+        let n = secured::seal(&mut wrong, 0xFFFE_FFFF, &[0x12, code::FINISH_RSP, 0, 0], &mut out).unwrap();
+        assert!(matches!(kx.step(&out[..n]), Action::Failed(SpdmError::Secured(SecuredError::Authentication))));
+        assert!(kx.session().is_none());
+    }
+
+    #[test]
+    fn an_invalid_ephemeral_scalar_is_refused() {
+        let vk = VerifyingKey::from(&SigningKey::from_slice(&[0x61; 48]).unwrap());
+        assert_eq!(
+            KeyExchange::new(&negotiated(), VCA, &CHAIN, vk, [0; 48], [0; 32]).err(),
+            Some(SpdmError::BadExchangeData)
+        );
+        assert!(KeyExchange::new(&negotiated(), VCA, &CHAIN, vk, [0xFF; 48], [0; 32]).is_err(), "not below the order");
+    }
+}
