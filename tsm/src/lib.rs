@@ -20,6 +20,7 @@ pub mod sept;
 pub mod spdm;
 pub mod status;
 pub mod td;
+pub mod tdisp;
 
 mod state;
 
