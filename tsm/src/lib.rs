@@ -13,6 +13,7 @@ pub mod abi;
 pub mod addr;
 pub mod doe;
 pub mod error;
+pub mod idekm;
 pub mod measure;
 pub mod pamt;
 pub mod platform;
