@@ -162,6 +162,11 @@ impl CertRetrieval {
         Action::Done
     }
 
+    /// The chain's bytes (SPDM format), once done.
+    pub fn chain_bytes(&self) -> Option<&[u8]> {
+        (self.state == State::Done).then_some(&self.chain[..self.len])
+    }
+
     /// The checked chain, once done.
     pub fn chain(&self) -> Option<CertChain<'_>> {
         match self.state {

@@ -1,6 +1,7 @@
 //! SPDM requester (DSP0274 1.2, 1.3 when the device offers it), sans-IO.
 //!
 //! - [`negotiate`]: GET_VERSION, GET_CAPABILITIES, NEGOTIATE_ALGORITHMS and the VCA transcript.
+//! - [`connect`]: the whole connection (discovery to session) as one state machine.
 //! - [`cert`]: GET_DIGESTS and chunked GET_CERTIFICATE for slot 0, with message B.
 //! - [`challenge`]: CHALLENGE / CHALLENGE_AUTH: the device proves its leaf key over M1.
 //! - [`chain`]: the SPDM certificate-chain format, checked and its leaf key extracted.
@@ -13,6 +14,7 @@
 pub mod cert;
 pub mod chain;
 pub mod challenge;
+pub mod connect;
 pub mod keys;
 pub mod meas;
 pub mod negotiate;

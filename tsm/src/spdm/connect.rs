@@ -1,0 +1,347 @@
+//! The whole SPDM connection of a device, as one sans-IO state machine: DOE discovery,
+//! negotiation, certificates, CHALLENGE, signed measurements, then KEY_EXCHANGE / FINISH. This is
+//! what a resumable SPDM.CONNECT host call runs: each `step` returns the next object to move
+//! through the mailbox, until the device is connected or the connection failed for a named
+//! reason. The randomness (nonces, ephemeral key) comes in up front from the TSM's entropy.
+
+use crate::doe::{Action, Discovery, DoeError, ObjectType};
+use crate::spdm::cert::CertRetrieval;
+use crate::spdm::chain::CertChain;
+use crate::spdm::challenge::Challenge;
+use crate::spdm::meas::Measurements;
+use crate::spdm::negotiate::{Negotiated, Negotiation, SpdmError};
+use crate::spdm::session::{KeyExchange, Session};
+
+/// The fresh values a connection consumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectRandom {
+    /// CHALLENGE nonce.
+    pub challenge_nonce: [u8; 32],
+    /// GET_MEASUREMENTS nonce.
+    pub measurement_nonce: [u8; 32],
+    /// SPDM 1.3 RequesterContext.
+    pub context: [u8; 8],
+    /// ECDHE ephemeral scalar (redraw if refused).
+    pub ephemeral: [u8; 48],
+    /// KEY_EXCHANGE random data.
+    pub random: [u8; 32],
+}
+
+/// Where the connection stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Walking DOE discovery.
+    Discovery,
+    /// VERSION / CAPABILITIES / ALGORITHMS.
+    Negotiation,
+    /// DIGESTS / CERTIFICATE.
+    Certificates,
+    /// CHALLENGE.
+    Challenge,
+    /// Signed MEASUREMENTS.
+    Measurements,
+    /// KEY_EXCHANGE / FINISH.
+    Session,
+    /// Connected: the session is up and the evidence kept.
+    Connected,
+}
+
+/// Why a connection failed, and at which stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectError {
+    /// The DOE discovery walk failed.
+    Discovery(DoeError),
+    /// The mailbox does not offer SPDM and secured SPDM.
+    NoSpdm,
+    /// An SPDM exchange failed.
+    Spdm(Stage, SpdmError),
+}
+
+/// The connection.
+#[derive(Clone, Debug)]
+pub struct Connect {
+    stage: Stage,
+    random: ConnectRandom,
+    discovery: Discovery,
+    negotiation: Negotiation,
+    certificates: Option<CertRetrieval>,
+    challenge: Option<Challenge>,
+    measurements: Option<Measurements>,
+    key_exchange: Option<KeyExchange>,
+    failed: Option<ConnectError>,
+    out: [u8; 256],
+}
+
+/// What one step produced: an object to send (its length in `out`), completion, or failure.
+enum Next {
+    Send(usize),
+    Done,
+    Failed(ConnectError),
+}
+
+fn copy_out<E>(out: &mut [u8; 256], action: Action<'_, E>, fail: impl FnOnce(E) -> ConnectError) -> Next {
+    match action {
+        Action::Send(b) if b.len() <= out.len() => {
+            out[..b.len()].copy_from_slice(b);
+            Next::Send(b.len())
+        }
+        Action::Send(b) => Next::Failed(ConnectError::Discovery(DoeError::TooLarge { needed: b.len() })),
+        Action::Done => Next::Done,
+        Action::Failed(e) => Next::Failed(fail(e)),
+    }
+}
+
+impl Connect {
+    /// A connection that has not started.
+    pub fn new(random: ConnectRandom) -> Connect {
+        Connect {
+            stage: Stage::Discovery,
+            random,
+            discovery: Discovery::new(),
+            negotiation: Negotiation::new(),
+            certificates: None,
+            challenge: None,
+            measurements: None,
+            key_exchange: None,
+            failed: None,
+            out: [0; 256],
+        }
+    }
+
+    /// Where the connection stands.
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// The reason it failed, if it did.
+    pub fn error(&self) -> Option<ConnectError> {
+        self.failed
+    }
+
+    /// The first object to send.
+    pub fn start(&mut self) -> Action<'_, ConnectError> {
+        let next = copy_out(&mut self.out, self.discovery.start(), ConnectError::Discovery);
+        self.finish(next)
+    }
+
+    /// Consumes the device's answer to the last object.
+    pub fn step(&mut self, response: &[u8]) -> Action<'_, ConnectError> {
+        if let Some(e) = self.failed {
+            return Action::Failed(e);
+        }
+        let stage = self.stage;
+        let spdm = move |e| ConnectError::Spdm(stage, e);
+        let next = match self.stage {
+            Stage::Discovery => copy_out(&mut self.out, self.discovery.step(response), ConnectError::Discovery),
+            Stage::Negotiation => copy_out(&mut self.out, self.negotiation.step(response), spdm),
+            Stage::Certificates => match self.certificates.as_mut() {
+                Some(c) => copy_out(&mut self.out, c.step(response), spdm),
+                None => Next::Failed(spdm(SpdmError::NotWaiting)),
+            },
+            Stage::Challenge => match self.challenge.as_mut() {
+                Some(c) => copy_out(&mut self.out, c.step(response), spdm),
+                None => Next::Failed(spdm(SpdmError::NotWaiting)),
+            },
+            Stage::Measurements => match self.measurements.as_mut() {
+                Some(m) => copy_out(&mut self.out, m.step(response), spdm),
+                None => Next::Failed(spdm(SpdmError::NotWaiting)),
+            },
+            Stage::Session => match self.key_exchange.as_mut() {
+                Some(k) => copy_out(&mut self.out, k.step(response), spdm),
+                None => Next::Failed(spdm(SpdmError::NotWaiting)),
+            },
+            Stage::Connected => Next::Done,
+        };
+        self.finish(next)
+    }
+
+    /// Moves to the next stage when one finishes, starting it; turns the result into an action.
+    fn finish(&mut self, mut next: Next) -> Action<'_, ConnectError> {
+        while let Next::Done = next {
+            if self.stage == Stage::Connected {
+                break;
+            }
+            next = self.advance();
+        }
+        match next {
+            Next::Send(n) => Action::Send(&self.out[..n]),
+            Next::Done => Action::Done,
+            Next::Failed(e) => {
+                self.failed = Some(e);
+                Action::Failed(e)
+            }
+        }
+    }
+
+    fn advance(&mut self) -> Next {
+        let r = self.random;
+        match self.stage {
+            Stage::Discovery => {
+                if !self.discovery.supports(ObjectType::Spdm) || !self.discovery.supports(ObjectType::SecuredSpdm) {
+                    return Next::Failed(ConnectError::NoSpdm);
+                }
+                self.stage = Stage::Negotiation;
+                let stage = self.stage;
+                copy_out(&mut self.out, self.negotiation.start(), move |e| ConnectError::Spdm(stage, e))
+            }
+            Stage::Negotiation => {
+                let Some(n) = self.negotiation.negotiated() else {
+                    return Next::Failed(ConnectError::Spdm(Stage::Negotiation, SpdmError::NotWaiting));
+                };
+                self.stage = Stage::Certificates;
+                let c = self.certificates.insert(CertRetrieval::new(&n, self.negotiation.vca()));
+                copy_out(&mut self.out, c.start(), |e| ConnectError::Spdm(Stage::Certificates, e))
+            }
+            Stage::Certificates => {
+                let (Some(n), Some(c)) = (self.negotiation.negotiated(), self.certificates.as_ref()) else {
+                    return Next::Failed(ConnectError::Spdm(Stage::Certificates, SpdmError::NotWaiting));
+                };
+                let Some(chain) = c.chain() else {
+                    return Next::Failed(ConnectError::Spdm(Stage::Certificates, SpdmError::NotWaiting));
+                };
+                let ch = Challenge::new(
+                    &n,
+                    c.transcript().clone(),
+                    *chain.digest(),
+                    *chain.leaf_key(),
+                    r.challenge_nonce,
+                    r.context,
+                );
+                self.stage = Stage::Challenge;
+                let ch = self.challenge.insert(ch);
+                copy_out(&mut self.out, ch.start(), |e| ConnectError::Spdm(Stage::Challenge, e))
+            }
+            Stage::Challenge => {
+                let (Some(n), Some(chain)) = (self.negotiation.negotiated(), self.chain()) else {
+                    return Next::Failed(ConnectError::Spdm(Stage::Challenge, SpdmError::NotWaiting));
+                };
+                let key = *chain.leaf_key();
+                let m = Measurements::new(&n, self.negotiation.vca(), key, r.measurement_nonce, r.context);
+                self.stage = Stage::Measurements;
+                let m = self.measurements.insert(m);
+                copy_out(&mut self.out, m.start(), |e| ConnectError::Spdm(Stage::Measurements, e))
+            }
+            Stage::Measurements => {
+                let (Some(n), Some(chain)) = (self.negotiation.negotiated(), self.chain()) else {
+                    return Next::Failed(ConnectError::Spdm(Stage::Measurements, SpdmError::NotWaiting));
+                };
+                let (digest, key) = (*chain.digest(), *chain.leaf_key());
+                let kx = match KeyExchange::new(&n, self.negotiation.vca(), &digest, key, r.ephemeral, r.random) {
+                    Ok(kx) => kx,
+                    Err(e) => return Next::Failed(ConnectError::Spdm(Stage::Session, e)),
+                };
+                self.stage = Stage::Session;
+                let kx = self.key_exchange.insert(kx);
+                copy_out(&mut self.out, kx.start(), |e| ConnectError::Spdm(Stage::Session, e))
+            }
+            Stage::Session => {
+                self.stage = Stage::Connected;
+                Next::Done
+            }
+            Stage::Connected => Next::Done,
+        }
+    }
+
+    /// The negotiated parameters.
+    pub fn negotiated(&self) -> Option<Negotiated> {
+        self.negotiation.negotiated()
+    }
+
+    /// The VCA transcript.
+    pub fn vca(&self) -> &[u8] {
+        self.negotiation.vca()
+    }
+
+    /// The device's checked certificate chain.
+    pub fn chain(&self) -> Option<CertChain<'_>> {
+        self.certificates.as_ref()?.chain()
+    }
+
+    /// The chain's bytes, as evidence.
+    pub fn chain_bytes(&self) -> Option<&[u8]> {
+        self.certificates.as_ref()?.chain_bytes()
+    }
+
+    /// The signed measurement exchange, as evidence.
+    pub fn measurements(&self) -> Option<&[u8]> {
+        self.measurements.as_ref()?.exchange()
+    }
+
+    /// The session, once connected.
+    pub fn session(&self) -> Option<&Session> {
+        match self.stage {
+            Stage::Connected => self.key_exchange.as_ref()?.session(),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doe;
+
+    extern crate std;
+    use std::vec::Vec;
+
+    fn random() -> ConnectRandom {
+        ConnectRandom {
+            challenge_nonce: [1; 32],
+            measurement_nonce: [2; 32],
+            context: [3; 8],
+            ephemeral: [4; 48],
+            random: [5; 32],
+        }
+    }
+
+    fn discovery_answer(request: &[u8], table: &[(u16, u8)]) -> Vec<u8> {
+        let index = usize::from(doe::decode_as(request, ObjectType::Discovery).unwrap()[0]);
+        let (vendor, ty) = table[index];
+        let next = if index + 1 < table.len() { index as u8 + 1 } else { 0 };
+        let v = vendor.to_le_bytes();
+        let mut out = std::vec![0u8; 12];
+        doe::encode(ObjectType::Discovery, &[v[0], v[1], ty, next], &mut out).unwrap();
+        out
+    }
+
+    fn walk(table: &[(u16, u8)]) -> (Connect, Vec<u8>) {
+        let mut c = Connect::new(random());
+        let mut req = match c.start() {
+            Action::Send(r) => r.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        while c.stage() == Stage::Discovery {
+            match c.step(&discovery_answer(&req, table)) {
+                Action::Send(r) => req = r.to_vec(),
+                _ => break,
+            }
+        }
+        (c, req)
+    }
+
+    #[test]
+    fn discovery_leads_to_get_version() {
+        let (c, req) = walk(&[(1, 0), (1, 1), (1, 2)]);
+        assert_eq!(c.stage(), Stage::Negotiation);
+        assert_eq!(doe::decode_as(&req, ObjectType::Spdm).unwrap(), &[0x10, 0x84, 0, 0]);
+        assert!(c.session().is_none() && c.chain().is_none() && c.measurements().is_none());
+    }
+
+    #[test]
+    fn a_mailbox_without_secured_spdm_is_refused() {
+        let (mut c, _) = walk(&[(1, 0), (1, 1)]);
+        assert_eq!(c.error(), Some(ConnectError::NoSpdm));
+        assert_eq!(c.step(&[]), Action::Failed(ConnectError::NoSpdm), "stays failed");
+    }
+
+    #[test]
+    fn an_spdm_failure_names_its_stage() {
+        let (mut c, _) = walk(&[(1, 0), (1, 1), (1, 2)]);
+        let mut err = std::vec![0u8; 12];
+        doe::encode(ObjectType::Spdm, &[0x10, 0x7F, 0x41, 0], &mut err).unwrap();
+        assert_eq!(
+            c.step(&err),
+            Action::Failed(ConnectError::Spdm(Stage::Negotiation, SpdmError::Responder { code: 0x41, data: 0 }))
+        );
+    }
+}
