@@ -39,19 +39,8 @@ pub mod lock_flags {
     pub const KNOWN: u16 = 0x1F;
 }
 
-/// The TDI states of TDISP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum TdiState {
-    /// Configuration may change; no report.
-    ConfigUnlocked = 0,
-    /// Configuration locked, report valid, not running.
-    ConfigLocked = 1,
-    /// Running: T=1 traffic accepted.
-    Run = 2,
-    /// A locked configuration was broken; STOP is needed.
-    Error = 3,
-}
+/// The TDI states of TDISP: the attestation report records the same values.
+pub use attest::report::TdiState;
 
 /// The interface a message is about: function id = RID (15:0), segment (23:16), segment valid (24).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -347,13 +336,7 @@ pub fn decode<'a>(spdm_version: u8, iface: InterfaceId, want: u8, m: &'a [u8]) -
         }
         msg::GET_DEVICE_INTERFACE_STATE => {
             len(17)?;
-            Response::State(match t[16] {
-                0 => TdiState::ConfigUnlocked,
-                1 => TdiState::ConfigLocked,
-                2 => TdiState::Run,
-                3 => TdiState::Error,
-                other => return Err(TdispError::State(other)),
-            })
+            Response::State(TdiState::from_u8(t[16]).ok_or(TdispError::State(t[16]))?)
         }
         msg::START_INTERFACE => {
             len(16)?;

@@ -5,17 +5,10 @@
 use p384::ecdsa::VerifyingKey;
 use sha2::{Digest, Sha384};
 
-use crate::doe::{self, Action, ObjectType};
+use crate::doe::Action;
 use crate::spdm::negotiate::{code, exact, le16, response_payload, Negotiated, SpdmError, V13};
 use crate::spdm::sig::{self, Context, SIGNATURE_BYTES};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Idle,
-    Waiting,
-    Done,
-    Failed(SpdmError),
-}
+use crate::spdm::Exchange;
 
 /// One CHALLENGE exchange (no measurement summary hash requested).
 #[derive(Clone, Debug)]
@@ -26,8 +19,7 @@ pub struct Challenge {
     nonce: [u8; 32],
     context: [u8; 8],
     transcript: Sha384,
-    state: State,
-    out: [u8; 64],
+    exchange: Exchange,
 }
 
 impl Challenge {
@@ -48,14 +40,8 @@ impl Challenge {
             nonce,
             context,
             transcript,
-            state: State::Idle,
-            out: [0; 64],
+            exchange: Exchange::new(),
         }
-    }
-
-    fn fail(&mut self, e: SpdmError) -> Action<'_, SpdmError> {
-        self.state = State::Failed(e);
-        Action::Failed(e)
     }
 
     /// CHALLENGE for slot 0.
@@ -71,30 +57,16 @@ impl Challenge {
             36
         };
         self.transcript.update(&m[..len]);
-        match doe::encode(ObjectType::Spdm, &m[..len], &mut self.out) {
-            Ok(n) => {
-                self.state = State::Waiting;
-                Action::Send(&self.out[..n])
-            }
-            Err(e) => self.fail(SpdmError::Doe(e)),
-        }
+        self.exchange.send(&m[..len])
     }
 
     /// Consumes CHALLENGE_AUTH.
     pub fn step(&mut self, response: &[u8]) -> Action<'_, SpdmError> {
-        match self.state {
-            State::Waiting => {}
-            State::Done => return Action::Done,
-            State::Failed(e) => return Action::Failed(e),
-            State::Idle => return self.fail(SpdmError::NotWaiting),
+        if let Some(action) = self.exchange.unexpected() {
+            return action;
         }
-        match self.check(response) {
-            Ok(()) => {
-                self.state = State::Done;
-                Action::Done
-            }
-            Err(e) => self.fail(e),
-        }
+        let result = self.check(response);
+        self.exchange.settle(result)
     }
 
     fn check(&mut self, response: &[u8]) -> Result<(), SpdmError> {
@@ -126,21 +98,19 @@ impl Challenge {
 
     /// True once the device proved its key.
     pub fn done(&self) -> bool {
-        self.state == State::Done
+        self.exchange.done()
     }
 
     /// The error the exchange stopped on.
     pub fn error(&self) -> Option<SpdmError> {
-        match self.state {
-            State::Failed(e) => Some(e),
-            _ => None,
-        }
+        self.exchange.error()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::doe::{self, ObjectType};
     use p384::ecdsa::signature::Signer;
     use p384::ecdsa::{Signature, SigningKey};
 

@@ -6,22 +6,15 @@
 use p384::ecdsa::VerifyingKey;
 use sha2::{Digest, Sha384};
 
-use crate::doe::{self, Action, ObjectType};
+use crate::doe::Action;
 use crate::spdm::negotiate::{code, le16, response_payload, Negotiated, SpdmError, V13};
 use crate::spdm::sig::{self, Context, SIGNATURE_BYTES};
+use crate::spdm::Exchange;
 
 /// Bytes of the measurement exchange (request and response) the TSM keeps.
 pub const EXCHANGE_MAX: usize = 4096;
 /// Measurement blocks a record may hold (indices 1..=0xFE plus the special ones).
 pub const MAX_BLOCKS: usize = 255;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Idle,
-    Waiting,
-    Done,
-    Failed(SpdmError),
-}
 
 /// One signed GET_MEASUREMENTS(all) exchange.
 #[derive(Clone, Debug)]
@@ -31,11 +24,10 @@ pub struct Measurements {
     nonce: [u8; 32],
     context: [u8; 8],
     vca_hash: Sha384,
-    state: State,
+    status: Exchange,
     exchange: [u8; EXCHANGE_MAX],
     request_len: usize,
     len: usize,
-    out: [u8; 64],
 }
 
 impl Measurements {
@@ -50,17 +42,11 @@ impl Measurements {
             nonce,
             context,
             vca_hash,
-            state: State::Idle,
+            status: Exchange::new(),
             exchange: [0; EXCHANGE_MAX],
             request_len: 0,
             len: 0,
-            out: [0; 64],
         }
-    }
-
-    fn fail(&mut self, e: SpdmError) -> Action<'_, SpdmError> {
-        self.state = State::Failed(e);
-        Action::Failed(e)
     }
 
     /// GET_MEASUREMENTS with a signature, all indices, slot 0.
@@ -81,30 +67,16 @@ impl Measurements {
         self.exchange[..len].copy_from_slice(&m[..len]);
         self.request_len = len;
         self.len = len;
-        match doe::encode(ObjectType::Spdm, &m[..len], &mut self.out) {
-            Ok(n) => {
-                self.state = State::Waiting;
-                Action::Send(&self.out[..n])
-            }
-            Err(e) => self.fail(SpdmError::Doe(e)),
-        }
+        self.status.send(&m[..len])
     }
 
     /// Consumes MEASUREMENTS.
     pub fn step(&mut self, response: &[u8]) -> Action<'_, SpdmError> {
-        match self.state {
-            State::Waiting => {}
-            State::Done => return Action::Done,
-            State::Failed(e) => return Action::Failed(e),
-            State::Idle => return self.fail(SpdmError::NotWaiting),
+        if let Some(action) = self.status.unexpected() {
+            return action;
         }
-        match self.check(response) {
-            Ok(()) => {
-                self.state = State::Done;
-                Action::Done
-            }
-            Err(e) => self.fail(e),
-        }
+        let result = self.check(response);
+        self.status.settle(result)
     }
 
     fn check(&mut self, response: &[u8]) -> Result<(), SpdmError> {
@@ -151,15 +123,12 @@ impl Measurements {
 
     /// The signed exchange (GET_MEASUREMENTS ‖ MEASUREMENTS, signature included), once done.
     pub fn exchange(&self) -> Option<&[u8]> {
-        (self.state == State::Done).then_some(&self.exchange[..self.len])
+        self.status.done().then_some(&self.exchange[..self.len])
     }
 
     /// The error the exchange stopped on.
     pub fn error(&self) -> Option<SpdmError> {
-        match self.state {
-            State::Failed(e) => Some(e),
-            _ => None,
-        }
+        self.status.error()
     }
 }
 
@@ -194,6 +163,7 @@ fn check_record(record: &[u8], blocks: usize) -> Result<(), SpdmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::doe::{self, ObjectType};
     use p384::ecdsa::signature::Signer;
     use p384::ecdsa::{Signature, SigningKey};
 

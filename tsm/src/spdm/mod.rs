@@ -23,3 +23,74 @@ pub mod session;
 pub mod sig;
 
 pub use negotiate::*;
+
+use crate::doe::{self, Action, ObjectType};
+
+/// The bookkeeping of one request/response exchange: the framed request, and whether an answer
+/// is awaited, arrived, or failed.
+#[derive(Clone, Debug)]
+pub(crate) struct Exchange {
+    state: ExchangeState,
+    out: [u8; 64],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ExchangeState {
+    Idle,
+    Waiting,
+    Done,
+    Failed(SpdmError),
+}
+
+impl Exchange {
+    pub(crate) const fn new() -> Exchange {
+        Exchange { state: ExchangeState::Idle, out: [0; 64] }
+    }
+
+    /// Frames `msg` as a DOE object and waits for its answer.
+    pub(crate) fn send(&mut self, msg: &[u8]) -> Action<'_, SpdmError> {
+        match doe::encode(ObjectType::Spdm, msg, &mut self.out) {
+            Ok(n) => {
+                self.state = ExchangeState::Waiting;
+                Action::Send(&self.out[..n])
+            }
+            Err(e) => self.settle(Err(SpdmError::Doe(e))),
+        }
+    }
+
+    /// `None` while an answer is awaited; otherwise what `step` must return without looking at
+    /// the answer.
+    pub(crate) fn unexpected(&mut self) -> Option<Action<'static, SpdmError>> {
+        match self.state {
+            ExchangeState::Waiting => None,
+            ExchangeState::Done => Some(Action::Done),
+            ExchangeState::Failed(e) => Some(Action::Failed(e)),
+            ExchangeState::Idle => Some(self.settle(Err(SpdmError::NotWaiting))),
+        }
+    }
+
+    /// Records the outcome of checking the answer.
+    pub(crate) fn settle(&mut self, result: Result<(), SpdmError>) -> Action<'static, SpdmError> {
+        match result {
+            Ok(()) => {
+                self.state = ExchangeState::Done;
+                Action::Done
+            }
+            Err(e) => {
+                self.state = ExchangeState::Failed(e);
+                Action::Failed(e)
+            }
+        }
+    }
+
+    pub(crate) fn done(&self) -> bool {
+        self.state == ExchangeState::Done
+    }
+
+    pub(crate) fn error(&self) -> Option<SpdmError> {
+        match self.state {
+            ExchangeState::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+}
