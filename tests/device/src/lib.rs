@@ -1,0 +1,99 @@
+//! `tdisp-device`: the project's emulated TDISP device. It is the security endpoint QEMU's NVMe
+//! device forwards its DOE mailbox to (the `spdm_port` socket protocol): an SPDM 1.2/1.3
+//! responder with its own P-384 certificates and signed measurements. (Sessions, TDISP and
+//! IDE_KM come next.)
+//!
+//! [`Device::handle`] takes one DOE object as QEMU forwards it and returns the reply object;
+//! [`server`] speaks QEMU's socket framing around it. The responder logic is written here; the DOE
+//! framing and the signing prefix are shared with the TSM (`tsm::doe`, `tsm::spdm::sig`), which is
+//! the other end of the same wire.
+
+pub mod certs;
+pub mod config;
+pub mod rng;
+pub mod server;
+pub mod spdm;
+
+pub use certs::{CertError, Identity};
+pub use config::{Config, InterfaceConfig, MeasurementBlock, MmioRange};
+
+use tsm::doe::{self, ObjectType, VENDOR_PCI_SIG};
+
+/// The device: its identity and the SPDM connection. Cloning snapshots the whole state.
+#[derive(Clone, Debug)]
+pub struct Device {
+    config: Config,
+    identity: Identity,
+    rng: rng::Rng,
+    conn: spdm::Connection,
+}
+
+/// The DOE discovery table, as QEMU's NVMe device and spdm-emu have it: (vendor, type).
+pub const DISCOVERY: [(u16, u8); 3] = [
+    (VENDOR_PCI_SIG, ObjectType::Discovery as u8),
+    (VENDOR_PCI_SIG, ObjectType::Spdm as u8),
+    (VENDOR_PCI_SIG, ObjectType::SecuredSpdm as u8),
+];
+
+impl Device {
+    /// A device with a fresh identity from `config.seed`.
+    ///
+    /// # Errors
+    /// [`CertError`] if the certificates cannot be made.
+    pub fn new(config: Config) -> Result<Device, CertError> {
+        let mut rng = rng::Rng::new(config.seed);
+        let identity = Identity::generate(&mut rng)?;
+        Ok(Device::with_identity(config, identity, rng))
+    }
+
+    /// A device with a given identity.
+    pub fn with_identity(config: Config, identity: Identity, rng: rng::Rng) -> Device {
+        Device { config, identity, rng, conn: spdm::Connection::new() }
+    }
+
+    /// One DOE object in, the reply object out; `None` = no response (QEMU's `NORMAL` with length
+    /// 0): a malformed object or an unknown protocol.
+    pub fn handle(&mut self, object: &[u8]) -> Option<Vec<u8>> {
+        let o = doe::decode(object).ok()?;
+        if o.vendor != VENDOR_PCI_SIG {
+            return None;
+        }
+        match o.ty {
+            0x00 => discovery(o.payload),
+            0x01 => Some(plain_object(ObjectType::Spdm, &self.spdm(o.payload))),
+            _ => None,
+        }
+    }
+
+    /// The identity (certificates and leaf key).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// DOE discovery (PCIe r6 §6.30.1.1): entry `index` of [`DISCOVERY`] with the next index, or
+/// vendor 0xFFFF for an index past the end (as QEMU answers).
+fn discovery(payload: &[u8]) -> Option<Vec<u8>> {
+    let index = usize::from(*payload.first()?);
+    let (vendor, ty, next) = match DISCOVERY.get(index) {
+        Some(&(vendor, ty)) => (vendor, ty, if index + 1 < DISCOVERY.len() { index as u8 + 1 } else { 0 }),
+        None => (0xFFFF, 0xFF, 0),
+    };
+    let v = vendor.to_le_bytes();
+    Some(plain_object(ObjectType::Discovery, &[v[0], v[1], ty, next]))
+}
+
+/// Frames an SPDM message as a plain DOE object.
+pub(crate) fn plain_object(ty: ObjectType, message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; doe::object_len(message.len())];
+    match doe::encode(ty, message, &mut out) {
+        Ok(n) => out.truncate(n),
+        Err(_) => out.clear(),
+    }
+    out
+}

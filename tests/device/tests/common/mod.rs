@@ -1,0 +1,148 @@
+//! Test support: the device in-process or behind its socket, and the TSM's sans-IO requester
+//! driven against it.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+
+use p384::ecdsa::VerifyingKey;
+use sha2::Sha384;
+use tdisp_device::server::{self, command, TRANSPORT_PCI_DOE};
+use tdisp_device::{Config, Device};
+use tsm::doe::Discovery;
+use tsm::spdm::cert::CertRetrieval;
+use tsm::spdm::challenge::Challenge;
+use tsm::spdm::meas::Measurements;
+use tsm::spdm::{Negotiated, Negotiation, SpdmError};
+
+/// Something that carries one DOE object to the device and brings the reply back (empty = none).
+pub trait Transport {
+    fn exchange(&mut self, object: &[u8]) -> Vec<u8>;
+}
+
+impl Transport for Device {
+    fn exchange(&mut self, object: &[u8]) -> Vec<u8> {
+        self.handle(object).unwrap_or_default()
+    }
+}
+
+/// A socket client speaking QEMU's framing, as QEMU's `spdm_socket_rsp` does.
+pub struct Client {
+    pub stream: TcpStream,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { stream }
+    }
+
+    pub fn send(&mut self, command: u32, transport: u32, payload: &[u8]) -> server::Frame {
+        server::write_frame(&mut self.stream, command, transport, payload).unwrap();
+        server::read_frame(&mut self.stream).unwrap().expect("a reply frame")
+    }
+
+    pub fn shutdown(mut self) {
+        server::write_frame(&mut self.stream, command::SHUTDOWN, TRANSPORT_PCI_DOE, &[]).unwrap();
+    }
+}
+
+impl Transport for Client {
+    fn exchange(&mut self, object: &[u8]) -> Vec<u8> {
+        let f = self.send(command::NORMAL, TRANSPORT_PCI_DOE, object);
+        assert_eq!((f.command, f.transport), (command::NORMAL, TRANSPORT_PCI_DOE));
+        f.payload
+    }
+}
+
+/// The device serving one 127.0.0.1:0 listener on a thread until SHUTDOWN.
+pub fn spawn(config: Config) -> (u16, JoinHandle<Device>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut device = Device::new(config).unwrap();
+    let handle = std::thread::spawn(move || {
+        server::serve(&listener, &mut device, false).unwrap();
+        device
+    });
+    (port, handle)
+}
+
+/// Runs a sans-IO exchange (`start`, then `step` with each reply) to its end.
+#[macro_export]
+macro_rules! drive {
+    ($t:expr, $sm:expr) => {{
+        let mut request = match $sm.start() {
+            tsm::doe::Action::Send(b) => b.to_vec(),
+            other => panic!("start: {other:?}"),
+        };
+        loop {
+            let reply = $crate::common::Transport::exchange($t, &request);
+            match $sm.step(&reply) {
+                tsm::doe::Action::Send(b) => request = b.to_vec(),
+                tsm::doe::Action::Done => break Ok(()),
+                tsm::doe::Action::Failed(e) => break Err(e),
+            }
+        }
+    }};
+}
+
+pub fn discover(t: &mut impl Transport) -> Discovery {
+    let mut d = Discovery::new();
+    let r: Result<(), _> = drive!(t, d);
+    r.unwrap();
+    d
+}
+
+/// What an authenticated connection established.
+pub struct Connected {
+    pub negotiated: Negotiated,
+    pub vca: Vec<u8>,
+    pub chain: Vec<u8>,
+    pub chain_digest: [u8; 48],
+    pub key: VerifyingKey,
+    pub transcript: Sha384,
+}
+
+pub fn negotiate(t: &mut impl Transport) -> Result<(Negotiated, Vec<u8>), SpdmError> {
+    let mut n = Negotiation::new();
+    drive!(t, n)?;
+    Ok((n.negotiated().unwrap(), n.vca().to_vec()))
+}
+
+/// VCA and certificates.
+pub fn authenticate(t: &mut impl Transport) -> Connected {
+    let (negotiated, vca) = negotiate(t).unwrap();
+    let mut c = Box::new(CertRetrieval::new(&negotiated, &vca));
+    let r: Result<(), SpdmError> = drive!(t, c);
+    r.unwrap();
+    let chain = c.chain().unwrap();
+    let (chain_digest, key) = (*chain.digest(), *chain.leaf_key());
+    let bytes = chain.certs().concat();
+    let transcript = c.transcript().clone();
+    Connected { negotiated, vca, chain: bytes, chain_digest, key, transcript }
+}
+
+pub fn challenge(t: &mut impl Transport, c: &Connected) -> Result<(), SpdmError> {
+    let mut ch = Challenge::new(&c.negotiated, c.transcript.clone(), c.chain_digest, c.key, [0x11; 32], [0x22; 8]);
+    drive!(t, ch)
+}
+
+pub fn measure(t: &mut impl Transport, c: &Connected) -> Result<Vec<u8>, SpdmError> {
+    let mut m = Box::new(Measurements::new(&c.negotiated, &c.vca, c.key, [0x33; 32], [0x44; 8]));
+    drive!(t, m)?;
+    Ok(m.exchange().unwrap().to_vec())
+}
+
+/// SPDM message framed as a plain DOE object.
+pub fn spdm_object(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; tsm::doe::object_len(message.len())];
+    tsm::doe::encode(tsm::doe::ObjectType::Spdm, message, &mut out).unwrap();
+    out
+}
+
+/// The SPDM message of a plain DOE reply (with its DOE padding).
+pub fn spdm_payload(object: &[u8]) -> Vec<u8> {
+    tsm::doe::decode_as(object, tsm::doe::ObjectType::Spdm).unwrap().to_vec()
+}

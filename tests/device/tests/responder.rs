@@ -1,0 +1,179 @@
+//! The responder against the specs, in-process: each bad request gets its specific SPDM ERROR or
+//! TDISP_ERROR (names follow `<request>_rejects_<condition>`), and the state changes a request
+//! must or must not make.
+
+// Test-only crate: helpers outside `#[test]` functions may panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use tdisp_device::{Config, Device};
+use tsm::tdisp::{InterfaceId, Request};
+
+fn device() -> Device {
+    Device::new(Config::default()).unwrap()
+}
+
+/// Sends one SPDM message in the clear; returns the reply message (DOE padding included).
+fn ask(d: &mut Device, m: &[u8]) -> Vec<u8> {
+    spdm_payload(&d.handle(&spdm_object(m)).expect("a reply"))
+}
+
+fn negotiated(d: &mut Device) -> u8 {
+    negotiate(d).unwrap().0.version
+}
+
+#[test]
+fn discovery_lists_the_table_and_refuses_indices_past_it() {
+    let mut d = device();
+    let reply = d.handle(&[1, 0, 0, 0, 3, 0, 0, 0, 3, 0, 0, 0]).unwrap();
+    assert_eq!(reply, [1, 0, 0, 0, 3, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0]);
+    assert_eq!(d.handle(&[1, 0, 0, 0, 3, 0, 0, 0]), None, "length mismatch: no response");
+    assert_eq!(d.handle(&[2, 0, 1, 0, 3, 0, 0, 0, 0x10, 0x84, 0, 0]), None, "another vendor");
+}
+
+#[test]
+fn get_version_rejects_a_version_other_than_1_0() {
+    let mut d = device();
+    assert_eq!(ask(&mut d, &[0x12, 0x84, 0, 0]), [0x10, 0x7F, 0x41, 0]);
+}
+
+#[test]
+fn requests_before_get_version_are_unexpected() {
+    let mut d = device();
+    assert_eq!(ask(&mut d, &[0x12, 0x81, 0, 0]), [0x10, 0x7F, 0x04, 0]);
+}
+
+#[test]
+fn get_capabilities_rejects_a_version_not_offered() {
+    let mut d = device();
+    let v = ask(&mut d, &[0x10, 0x84, 0, 0]);
+    assert_eq!(v, [0x10, 0x04, 0, 0, 0, 2, 0x00, 0x12, 0x00, 0x13, 0, 0]);
+    let mut caps = [0u8; 20];
+    caps[..2].copy_from_slice(&[0x11, 0xE1]);
+    assert_eq!(ask(&mut d, &caps), [0x10, 0x7F, 0x41, 0]);
+}
+
+#[test]
+fn get_capabilities_rejects_inconsistent_sizes() {
+    let mut d = device();
+    ask(&mut d, &[0x10, 0x84, 0, 0]);
+    let mut caps = [0u8; 20];
+    caps[..2].copy_from_slice(&[0x12, 0xE1]);
+    caps[8..12].copy_from_slice(&0x2C0u32.to_le_bytes());
+    caps[12..16].copy_from_slice(&0x800u32.to_le_bytes());
+    caps[16..20].copy_from_slice(&0x1000u32.to_le_bytes());
+    assert_eq!(ask(&mut d, &caps), [0x12, 0x7F, 0x01, 0], "DataTransferSize != MaxSPDMmsgSize without CHUNK");
+}
+
+#[test]
+fn negotiate_algorithms_before_capabilities_is_unexpected() {
+    let mut d = device();
+    ask(&mut d, &[0x10, 0x84, 0, 0]);
+    let mut m = [0u8; 32];
+    m[..2].copy_from_slice(&[0x12, 0xE3]);
+    assert_eq!(ask(&mut d, &m), [0x10, 0x7F, 0x04, 0], "no version settled yet: errors carry 1.0");
+}
+
+#[test]
+fn negotiate_algorithms_rejects_a_request_without_the_suite() {
+    let mut d = device();
+    ask(&mut d, &[0x10, 0x84, 0, 0]);
+    let mut caps = [0u8; 20];
+    caps[..2].copy_from_slice(&[0x13, 0xE1]);
+    caps[8..12].copy_from_slice(&0x2C0u32.to_le_bytes());
+    caps[12..16].copy_from_slice(&0x1000u32.to_le_bytes());
+    caps[16..20].copy_from_slice(&0x1000u32.to_le_bytes());
+    assert_eq!(ask(&mut d, &caps)[1], 0x61);
+    let mut m = vec![0u8; 44];
+    m[..4].copy_from_slice(&[0x13, 0xE3, 3, 0]);
+    m[4..6].copy_from_slice(&44u16.to_le_bytes());
+    m[6] = 1;
+    m[7] = 2;
+    m[8..12].copy_from_slice(&0x10u32.to_le_bytes()); // ECDSA P-256 only
+    m[12..16].copy_from_slice(&0x02u32.to_le_bytes());
+    m[32..].copy_from_slice(&[2, 0x20, 0x10, 0, 3, 0x20, 0x02, 0, 5, 0x20, 0x01, 0]);
+    assert_eq!(ask(&mut d, &m), [0x13, 0x7F, 0x01, 0]);
+    m[8] = 0x80;
+    m[32..36].copy_from_slice(&[3, 0x20, 0x02, 0]); // two AEAD tables: not ascending
+    assert_eq!(ask(&mut d, &m), [0x13, 0x7F, 0x01, 0]);
+    m[32..36].copy_from_slice(&[2, 0x20, 0x10, 0]);
+    let ok = ask(&mut d, &m);
+    assert_eq!(&ok[..4], &[0x13, 0x63, 3, 0]);
+}
+
+#[test]
+fn get_digests_before_negotiation_is_unexpected() {
+    let mut d = device();
+    ask(&mut d, &[0x10, 0x84, 0, 0]);
+    assert_eq!(ask(&mut d, &[0x12, 0x81, 0, 0]), [0x10, 0x7F, 0x04, 0]);
+}
+
+#[test]
+fn requests_in_another_version_get_version_mismatch() {
+    let mut d = device();
+    let v = negotiated(&mut d);
+    assert_eq!(v, 0x13);
+    assert_eq!(ask(&mut d, &[0x12, 0x81, 0, 0]), [0x13, 0x7F, 0x41, 0]);
+}
+
+#[test]
+fn unknown_and_session_only_requests() {
+    let mut d = device();
+    negotiated(&mut d);
+    assert_eq!(ask(&mut d, &[0x13, 0xE8, 0, 0]), [0x13, 0x7F, 0x07, 0xE8], "HEARTBEAT is unsupported");
+    assert_eq!(ask(&mut d, &[0x13, 0xEC, 0, 0]), [0x13, 0x7F, 0x0B, 0], "END_SESSION needs a session");
+    let mut tdisp = [0u8; 64];
+    let n = tsm::tdisp::encode(0x13, InterfaceId(0x18), &Request::GetVersion, &mut tdisp).unwrap();
+    assert_eq!(ask(&mut d, &tdisp[..n]), [0x13, 0x7F, 0x0B, 0], "no TDISP in the clear");
+    assert_eq!(ask(&mut d, &[0x13, 0xE5, 0, 0]), [0x13, 0x7F, 0x04, 0], "FINISH in the clear");
+    assert_eq!(ask(&mut d, &[0x13, 0xE4, 0, 0]), [0x13, 0x7F, 0x07, 0xE4], "no KEY_EXCHANGE yet");
+}
+
+#[test]
+fn get_certificate_honours_offset_and_length() {
+    let mut d = device();
+    negotiated(&mut d);
+    let chain = d.identity().chain.clone();
+    let r = ask(&mut d, &[0x13, 0x82, 0, 0, 10, 0, 100, 0]);
+    assert_eq!(
+        &r[..8],
+        &[0x13, 0x02, 0, 0, 100, 0, 0, 0][..6]
+            .iter()
+            .chain(&((chain.len() - 110) as u16).to_le_bytes())
+            .copied()
+            .collect::<Vec<_>>()[..]
+    );
+    assert_eq!(&r[8..108], &chain[10..110]);
+    assert_eq!(ask(&mut d, &[0x13, 0x82, 1, 0, 0, 0, 100, 0]), [0x13, 0x7F, 0x01, 0], "slot 1");
+    let past = (chain.len() as u16).to_le_bytes();
+    assert_eq!(
+        ask(&mut d, &[0x13, 0x82, 0, 0, past[0], past[1], 100, 0]),
+        [0x13, 0x7F, 0x01, 0],
+        "offset past the end"
+    );
+}
+
+#[test]
+fn get_measurements_counts_and_picks_single_indices() {
+    let mut d = device();
+    negotiated(&mut d);
+    let r = ask(&mut d, &[0x13, 0xE0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!((r[2], r[4]), (3, 0), "operation 0: the count, no blocks");
+    let r = ask(&mut d, &[0x13, 0xE0, 0, 3, 1, 2, 3, 4, 5, 6, 7, 8]);
+    let block = Config::default().measurements[2].encode();
+    assert_eq!(r[4], 1);
+    assert_eq!(&r[8..8 + block.len()], &block[..]);
+    assert_eq!(&r[8 + block.len() + 34..8 + block.len() + 42], &[1, 2, 3, 4, 5, 6, 7, 8], "RequesterContext echoed");
+    assert_eq!(ask(&mut d, &[0x13, 0xE0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0]), [0x13, 0x7F, 0x01, 0], "no index 9");
+}
+
+#[test]
+fn challenge_and_measurements_verify_after_each_other() {
+    let mut d = device();
+    let c = authenticate(&mut d);
+    challenge(&mut d, &c).unwrap();
+    measure(&mut d, &c).unwrap();
+    measure(&mut d, &c).unwrap();
+}
