@@ -1,17 +1,21 @@
 //! `tdisp-device`: the project's emulated TDISP device. It is the security endpoint QEMU's NVMe
 //! device forwards its DOE mailbox to (the `spdm_port` socket protocol): an SPDM 1.2/1.3
-//! responder with its own P-384 certificates and signed measurements. (Sessions, TDISP and
-//! IDE_KM come next.)
+//! responder with its own P-384 certificates and signed measurements, and secured sessions
+//! (DSP0277). (TDISP and IDE_KM inside them come next.)
 //!
 //! [`Device::handle`] takes one DOE object as QEMU forwards it and returns the reply object;
 //! [`server`] speaks QEMU's socket framing around it. The responder logic is written here; the DOE
-//! framing and the signing prefix are shared with the TSM (`tsm::doe`, `tsm::spdm::sig`), which is
-//! the other end of the same wire.
+//! framing, the SPDM key schedule, the secured-message codec and the signing prefix are shared
+//! with the TSM (`tsm::doe`, `tsm::spdm::{keys, secured, sig}`), which is the other end of the
+//! same wire.
+
+use std::collections::HashMap;
 
 pub mod certs;
 pub mod config;
 pub mod rng;
 pub mod server;
+mod session;
 pub mod spdm;
 
 pub use certs::{CertError, Identity};
@@ -19,13 +23,14 @@ pub use config::{Config, InterfaceConfig, MeasurementBlock, MmioRange};
 
 use tsm::doe::{self, ObjectType, VENDOR_PCI_SIG};
 
-/// The device: its identity and the SPDM connection. Cloning snapshots the whole state.
+/// The device: connection and sessions. Cloning snapshots the whole state.
 #[derive(Clone, Debug)]
 pub struct Device {
     config: Config,
     identity: Identity,
     rng: rng::Rng,
     conn: spdm::Connection,
+    sessions: HashMap<u32, session::Session>,
 }
 
 /// The DOE discovery table, as QEMU's NVMe device and spdm-emu have it: (vendor, type).
@@ -48,11 +53,11 @@ impl Device {
 
     /// A device with a given identity.
     pub fn with_identity(config: Config, identity: Identity, rng: rng::Rng) -> Device {
-        Device { config, identity, rng, conn: spdm::Connection::new() }
+        Device { config, identity, rng, conn: spdm::Connection::new(), sessions: HashMap::new() }
     }
 
     /// One DOE object in, the reply object out; `None` = no response (QEMU's `NORMAL` with length
-    /// 0): a malformed object or an unknown protocol.
+    /// 0): a malformed object, an unknown protocol, or a secured message of an unknown session.
     pub fn handle(&mut self, object: &[u8]) -> Option<Vec<u8>> {
         let o = doe::decode(object).ok()?;
         if o.vendor != VENDOR_PCI_SIG {
@@ -60,7 +65,8 @@ impl Device {
         }
         match o.ty {
             0x00 => discovery(o.payload),
-            0x01 => Some(plain_object(ObjectType::Spdm, &self.spdm(o.payload))),
+            0x01 => Some(session::plain_object(ObjectType::Spdm, &self.spdm(o.payload))),
+            0x02 => self.secured(object, o.payload),
             _ => None,
         }
     }
@@ -74,6 +80,11 @@ impl Device {
     pub fn config(&self) -> &Config {
         &self.config
     }
+
+    /// Number of live sessions (handshake or application phase).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
 }
 
 /// DOE discovery (PCIe r6 §6.30.1.1): entry `index` of [`DISCOVERY`] with the next index, or
@@ -85,15 +96,5 @@ fn discovery(payload: &[u8]) -> Option<Vec<u8>> {
         None => (0xFFFF, 0xFF, 0),
     };
     let v = vendor.to_le_bytes();
-    Some(plain_object(ObjectType::Discovery, &[v[0], v[1], ty, next]))
-}
-
-/// Frames an SPDM message as a plain DOE object.
-pub(crate) fn plain_object(ty: ObjectType, message: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; doe::object_len(message.len())];
-    match doe::encode(ty, message, &mut out) {
-        Ok(n) => out.truncate(n),
-        Err(_) => out.clear(),
-    }
-    out
+    Some(session::plain_object(ObjectType::Discovery, &[v[0], v[1], ty, next]))
 }

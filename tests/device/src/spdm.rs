@@ -1,5 +1,5 @@
-//! The SPDM 1.2/1.3 responder in the clear (DSP0274): VCA, certificates, CHALLENGE and signed
-//! measurements. Every transcript keeps the exact message bytes, never the DOE
+//! The SPDM 1.2/1.3 responder in the clear (DSP0274): VCA, certificates, CHALLENGE, signed
+//! measurements and KEY_EXCHANGE. Every transcript keeps the exact message bytes, never the DOE
 //! padding a request arrives with (wire-formats.md pitfall 1): each request's length is computed
 //! from its own fields and any bytes after it are ignored.
 
@@ -17,7 +17,9 @@ pub mod error_code {
     pub const INVALID_REQUEST: u8 = 0x01;
     pub const UNEXPECTED_REQUEST: u8 = 0x04;
     pub const UNSPECIFIED: u8 = 0x05;
+    pub const DECRYPT_ERROR: u8 = 0x06;
     pub const UNSUPPORTED_REQUEST: u8 = 0x07;
+    pub const SESSION_LIMIT_EXCEEDED: u8 = 0x0A;
     pub const SESSION_REQUIRED: u8 = 0x0B;
     pub const VERSION_MISMATCH: u8 = 0x41;
 }
@@ -29,6 +31,8 @@ pub const RESPONDER_FLAGS: u32 = 0x2F6;
 pub const TRANSFER_SIZE: u32 = 0x1000;
 /// Largest CERTIFICATE portion.
 pub const CERT_PORTION_MAX: usize = TRANSFER_SIZE as usize - 8;
+/// Sessions the device holds at once.
+pub const MAX_SESSIONS: usize = 4;
 
 const REQ_FLAG_KEY_EX: u32 = 0x200;
 const REQ_FLAG_MAC: u32 = 0x80;
@@ -156,6 +160,10 @@ impl Device {
                 ordered(Phase::Negotiated)?;
                 self.get_measurements(m)
             }
+            code::KEY_EXCHANGE => {
+                ordered(Phase::Negotiated)?;
+                self.key_exchange(m)
+            }
             code::FINISH => Err(unexpected(version)),
             code::END_SESSION | VENDOR_DEFINED_REQUEST => Err(error(version, error_code::SESSION_REQUIRED, 0)),
             other => Err(error(version, error_code::UNSUPPORTED_REQUEST, other)),
@@ -163,7 +171,8 @@ impl Device {
     }
 
     fn get_version(&mut self) -> Vec<u8> {
-        // GET_VERSION resets the connection (DSP0274 §10.3).
+        // GET_VERSION resets the connection; sessions end with it (DSP0274 §10.3).
+        self.end_all_sessions();
         self.conn = Connection::new();
         let versions = &self.config.spdm_versions;
         let mut r = vec![0x10, code::VERSION, 0, 0, 0, versions.len() as u8];

@@ -1,6 +1,5 @@
-//! The conversation over the socket, as the TSM will hold it through QEMU: DOE discovery, VCA,
-//! certificates, CHALLENGE, signed measurements. Requester side: the TSM's own sans-IO state
-//! machines.
+//! The whole conversation over the socket, as the TSM will hold it through QEMU: DOE discovery,
+//! VCA, certificates, CHALLENGE, signed measurements, a session, END_SESSION. Requester side: the TSM's own sans-IO state machines.
 
 // Test-only crate: helpers outside `#[test]` functions may panic too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -33,8 +32,13 @@ fn conversation(config: Config) {
     assert_eq!(rsp[4] as usize, config.measurements.len());
     assert_eq!(&rsp[8..8 + record.len()], &record[..]);
 
+    let mut s = key_exchange(&mut t, &c).unwrap();
+    let ack = secured(&mut t, &mut s, &[v, 0xEC, 0, 0]).unwrap();
+    assert_eq!(ack, [v, 0x6C, 0, 0]);
+
     t.shutdown();
-    server.join().unwrap();
+    let device = server.join().unwrap();
+    assert_eq!(device.session_count(), 0);
 }
 
 #[test]

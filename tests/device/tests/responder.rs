@@ -128,7 +128,6 @@ fn unknown_and_session_only_requests() {
     let n = tsm::tdisp::encode(0x13, InterfaceId(0x18), &Request::GetVersion, &mut tdisp).unwrap();
     assert_eq!(ask(&mut d, &tdisp[..n]), [0x13, 0x7F, 0x0B, 0], "no TDISP in the clear");
     assert_eq!(ask(&mut d, &[0x13, 0xE5, 0, 0]), [0x13, 0x7F, 0x04, 0], "FINISH in the clear");
-    assert_eq!(ask(&mut d, &[0x13, 0xE4, 0, 0]), [0x13, 0x7F, 0x07, 0xE4], "no KEY_EXCHANGE yet");
 }
 
 #[test]
@@ -176,4 +175,41 @@ fn challenge_and_measurements_verify_after_each_other() {
     challenge(&mut d, &c).unwrap();
     measure(&mut d, &c).unwrap();
     measure(&mut d, &c).unwrap();
+}
+
+#[test]
+fn secured_messages_of_an_unknown_session_get_no_response() {
+    let mut d = device();
+    let (_, mut s) = open_session(&mut d);
+    s.id ^= 0x0001_0000;
+    let mut out = [0u8; 128];
+    let n = s.seal(&[0x13, 0xEC, 0, 0], &mut out).unwrap();
+    assert_eq!(d.handle(&out[..n]), None);
+    assert_eq!(d.session_count(), 1);
+}
+
+#[test]
+fn a_message_that_does_not_decrypt_ends_the_session() {
+    let mut d = device();
+    let (_, mut s) = open_session(&mut d);
+    let mut out = [0u8; 128];
+    let n = s.seal(&[0x13, 0xEC, 0, 0], &mut out).unwrap();
+    out[14] ^= 1; // inside the ciphertext
+    let reply = d.handle(&out[..n]).expect("ERROR(DecryptError) inside the session");
+    let mut buf = [0u8; 64];
+    assert_eq!(s.open(&reply, &mut buf).unwrap(), [0x13, 0x7F, 0x06, 0]);
+    assert_eq!(d.session_count(), 0);
+}
+
+#[test]
+fn end_session_ends_the_session_and_get_version_ends_them_all() {
+    let mut d = device();
+    let (_, mut s) = open_session(&mut d);
+    assert_eq!(secured(&mut d, &mut s, &[0x13, 0xE5, 0, 0]).unwrap(), [0x13, 0x7F, 0x04, 0], "FINISH again");
+    assert_eq!(secured(&mut d, &mut s, &[0x13, 0xEC, 0, 0]).unwrap(), [0x13, 0x6C, 0, 0]);
+    assert_eq!(d.session_count(), 0);
+    open_session(&mut d);
+    assert_eq!(d.session_count(), 1);
+    negotiate(&mut d).unwrap();
+    assert_eq!(d.session_count(), 0);
 }

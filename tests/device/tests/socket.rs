@@ -14,6 +14,7 @@ use common::*;
 use proptest::prelude::*;
 use tdisp_device::server::{command, TRANSPORT_PCI_DOE};
 use tdisp_device::{Config, Device};
+use tsm::spdm::session::Session;
 
 #[test]
 fn shutdown_ends_the_server() {
@@ -75,22 +76,21 @@ fn one_exchange_on_loopback_costs_well_under_a_millisecond() {
     server.join().unwrap();
 }
 
-/// A negotiated device, and valid objects of every kind it answers, to mutate.
-fn fixture() -> &'static (Device, Vec<Vec<u8>>) {
-    static FIXTURE: OnceLock<(Device, Vec<Vec<u8>>)> = OnceLock::new();
+/// A device with a live session, and valid objects of every kind it answers, to mutate.
+fn fixture() -> &'static (Device, Vec<Vec<u8>>, Session) {
+    static FIXTURE: OnceLock<(Device, Vec<Vec<u8>>, Session)> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let mut d = Device::new(Config::default()).unwrap();
-        negotiate(&mut d).unwrap();
+        let (c, s) = open_session(&mut d);
+        let mut sealed = [0u8; 128];
+        let n = s.clone().seal(&[c.negotiated.version, 0xEC, 0, 0], &mut sealed).unwrap();
         let seeds = vec![
             vec![1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0],
             spdm_object(&[0x10, 0x84, 0, 0]),
             spdm_object(&[0x13, 0x82, 0, 0, 0, 0, 0, 4]),
-            spdm_object(&[
-                0x13, 0xE0, 1, 0xFF, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
-                24, 25, 26, 27, 28, 29, 30, 31, 32, 0, 1, 2, 3, 4, 5, 6, 7, 8,
-            ]),
+            sealed[..n].to_vec(),
         ];
-        (d, seeds)
+        (d, seeds, s)
     })
 }
 
@@ -105,7 +105,7 @@ proptest! {
 
     #[test]
     fn mutated_objects_never_panic(which in 0usize..4, at in any::<usize>(), value in any::<u8>(), cut in any::<usize>()) {
-        let (device, seeds) = fixture();
+        let (device, seeds, _) = fixture();
         let mut object = seeds[which].clone();
         let i = at % object.len();
         object[i] = value;
@@ -121,5 +121,26 @@ proptest! {
         fixed[4..8].copy_from_slice(&((2 + payload.len() / 4) as u32).to_le_bytes());
         fixed.extend_from_slice(&payload);
         let _ = d.handle(&fixed);
+    }
+
+    /// Random messages inside the session: SPDM, VENDOR_DEFINED headers, TDISP and IDE_KM bodies.
+    #[test]
+    fn random_secured_messages_never_panic(
+        code in prop_oneof![Just(0xECu8), Just(0xFE), Just(0xE5), any::<u8>()],
+        protocol in 0u8..3,
+        body in proptest::collection::vec(any::<u8>(), 0..80),
+        fix_length in any::<bool>(),
+    ) {
+        let (device, _, session) = fixture();
+        let (mut d, mut s) = (device.clone(), session.clone());
+        let mut m = vec![0x13, code, 0, 0, 3, 0, 2, 1, 0, 0, 0, protocol];
+        m.extend_from_slice(&body);
+        if fix_length {
+            let len = (m.len() - 11) as u16;
+            m[9..11].copy_from_slice(&len.to_le_bytes());
+        }
+        let mut out = [0u8; 256];
+        let n = s.seal(&m, &mut out).unwrap();
+        let _ = d.handle(&out[..n]);
     }
 }

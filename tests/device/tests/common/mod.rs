@@ -14,6 +14,7 @@ use tsm::doe::Discovery;
 use tsm::spdm::cert::CertRetrieval;
 use tsm::spdm::challenge::Challenge;
 use tsm::spdm::meas::Measurements;
+use tsm::spdm::session::{KeyExchange, Session};
 use tsm::spdm::{Negotiated, Negotiation, SpdmError};
 
 /// Something that carries one DOE object to the device and brings the reply back (empty = none).
@@ -133,6 +134,31 @@ pub fn measure(t: &mut impl Transport, c: &Connected) -> Result<Vec<u8>, SpdmErr
     let mut m = Box::new(Measurements::new(&c.negotiated, &c.vca, c.key, [0x33; 32], [0x44; 8]));
     drive!(t, m)?;
     Ok(m.exchange().unwrap().to_vec())
+}
+
+pub fn key_exchange(t: &mut impl Transport, c: &Connected) -> Result<Session, SpdmError> {
+    let mut k = Box::new(KeyExchange::new(&c.negotiated, &c.vca, &c.chain_digest, c.key, [0x55; 48], [0x66; 32])?);
+    drive!(t, k)?;
+    Ok(k.session().unwrap().clone())
+}
+
+/// Negotiation, certificates and a session.
+pub fn open_session(t: &mut impl Transport) -> (Connected, Session) {
+    let c = authenticate(t);
+    let s = key_exchange(t, &c).unwrap();
+    (c, s)
+}
+
+/// One SPDM message through the session; the decrypted reply (or the raw reply if it does not open).
+pub fn secured(t: &mut impl Transport, s: &mut Session, message: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+    let mut out = vec![0u8; 8192];
+    let n = s.seal(message, &mut out).unwrap();
+    let reply = t.exchange(&out[..n]);
+    let mut buf = vec![0u8; 8192];
+    match s.open(&reply, &mut buf) {
+        Ok(m) => Ok(m.to_vec()),
+        Err(_) => Err(reply),
+    }
 }
 
 /// SPDM message framed as a plain DOE object.

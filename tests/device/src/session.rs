@@ -1,0 +1,286 @@
+//! SPDM sessions (DSP0274 §10.17-10.18, DSP0277 over DOE): KEY_EXCHANGE in the clear, then FINISH
+//! under the handshake keys, then the application phase carrying END_SESSION (the PCI-SIG
+//! VENDOR_DEFINED messages, TDISP and IDE_KM, come next). The key schedule and the secured-message codec are the
+//! TSM's own (`tsm::spdm::keys`, `tsm::spdm::secured`): they are shared transport code, while the
+//! responder's decisions and transcripts are written here.
+//!
+//! ```text
+//! TH_sig = VCA ‖ H(chain) ‖ KEY_EXCHANGE ‖ KEY_EXCHANGE_RSP up to Signature
+//! TH1    = TH_sig ‖ Signature → handshake keys, ResponderVerifyData
+//! TH2    = TH1 ‖ ResponderVerifyData ‖ FINISH ‖ FINISH_RSP → application keys
+//! ```
+
+use p384::elliptic_curve::sec1::ToSec1Point;
+use p384::PublicKey;
+use sha2::{Digest, Sha384};
+use tsm::doe::{self, ObjectType};
+use tsm::spdm::code;
+use tsm::spdm::keys::{DirectionKeys, HandshakeKeys, H};
+use tsm::spdm::secured;
+use tsm::spdm::sig::Context;
+
+use crate::spdm::{error, error_code, le16, le32, MAX_SESSIONS, VENDOR_DEFINED_REQUEST};
+use crate::Device;
+
+/// The keys a session currently uses.
+#[derive(Clone, Debug)]
+pub(crate) enum Phase {
+    /// KEY_EXCHANGE_RSP sent; only FINISH is expected. `th` is TH1 ‖ ResponderVerifyData.
+    Handshake { keys: Box<HandshakeKeys>, th: Sha384 },
+    /// FINISH_RSP sent: application keys.
+    Application { request: DirectionKeys, response: DirectionKeys },
+}
+
+/// One session.
+#[derive(Clone, Debug)]
+pub(crate) struct Session {
+    pub(crate) version: u8,
+    pub(crate) phase: Phase,
+}
+
+impl Session {
+    fn keys(&mut self) -> (&mut DirectionKeys, &mut DirectionKeys) {
+        match &mut self.phase {
+            Phase::Handshake { keys, .. } => {
+                let k = keys.as_mut();
+                (&mut k.request, &mut k.response)
+            }
+            Phase::Application { request, response } => (request, response),
+        }
+    }
+}
+
+/// What happens to the session once its response is sealed.
+enum After {
+    Stay,
+    /// FINISH succeeded: switch to these keys.
+    Application(Box<(DirectionKeys, DirectionKeys)>),
+    /// END_SESSION or a failed FINISH: the session is gone.
+    End,
+}
+
+/// The secured-message versions of DSP0277 the device speaks, best first.
+const SECURED_VERSIONS: [u16; 2] = [0x1200, 0x1100];
+
+/// The version-selection element of opaque data format 1 (DSP0274 Table 99 / DSP0277 §8.2).
+fn version_selection(version: u16) -> [u8; 12] {
+    let v = version.to_le_bytes();
+    [1, 0, 0, 0, 0, 0, 4, 0, 1, 0, v[0], v[1]]
+}
+
+/// The best secured-message version the requester's opaque data (format 1) offers.
+fn select_secured_version(o: &[u8]) -> Option<u16> {
+    if o.len() < 4 {
+        return None;
+    }
+    let mut at = 4;
+    let mut offered = Vec::new();
+    for _ in 0..o[0] {
+        let head = o.get(at..at + 2)?;
+        at += 2 + usize::from(head[1]);
+        let len = usize::from(le16(o.get(at..at + 2)?, 0));
+        at += 2;
+        let data = o.get(at..at + len)?;
+        at = (at + len).div_ceil(4) * 4;
+        if head[0] == 0 && data.len() >= 3 && data[0] == 1 && data[1] == 1 {
+            let n = usize::from(data[2]);
+            let list = data.get(3..3 + 2 * n)?;
+            offered.extend(list.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) & 0xFF00));
+        }
+    }
+    SECURED_VERSIONS.into_iter().find(|v| offered.contains(v))
+}
+
+impl Device {
+    /// KEY_EXCHANGE → KEY_EXCHANGE_RSP (in the clear; handshake not in the clear, no mutual auth).
+    pub(crate) fn key_exchange(&mut self, m: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+        let ver = self.conn.version;
+        let invalid = || error(ver, error_code::INVALID_REQUEST, 0);
+        if self.conn.requester_flags & 0x200 == 0 {
+            return Err(error(ver, error_code::UNSUPPORTED_REQUEST, code::KEY_EXCHANGE));
+        }
+        let fixed = 40 + 96 + 2;
+        if m.len() < fixed {
+            return Err(invalid());
+        }
+        let msg = m.get(..fixed + usize::from(le16(m, 136))).ok_or_else(invalid)?;
+        let (summary, slot) = (msg[2], msg[3]);
+        if slot != 0 || !matches!(summary, 0 | 1 | 0xFF) {
+            return Err(invalid());
+        }
+        let secured_version = select_secured_version(&msg[fixed..]).ok_or_else(invalid)?;
+        let mut point = [0u8; 97];
+        point[0] = 0x04;
+        point[1..].copy_from_slice(&msg[40..136]);
+        let peer = PublicKey::from_sec1_bytes(&point).map_err(|_| invalid())?;
+        if self.sessions.len() >= MAX_SESSIONS {
+            return Err(error(ver, error_code::SESSION_LIMIT_EXCEEDED, 0));
+        }
+        let req_id = u32::from(le16(msg, 4));
+        let rsp_id = (0..=0xFFFFu32)
+            .rev()
+            .find(|r| !self.sessions.contains_key(&(req_id | r << 16)))
+            .ok_or_else(|| error(ver, error_code::SESSION_LIMIT_EXCEEDED, 0))?;
+        let id = req_id | rsp_id << 16;
+
+        let ephemeral = self.rng.scalar();
+        let public = PublicKey::from_secret_scalar(&ephemeral).to_uncompressed_point();
+        let mut r = vec![ver, code::KEY_EXCHANGE_RSP, 0, 0];
+        r.extend_from_slice(&(rsp_id as u16).to_le_bytes());
+        r.extend_from_slice(&[0, 0]); // no mutual authentication, no requester slot
+        r.extend_from_slice(&self.rng.bytes::<32>());
+        r.extend_from_slice(&public[1..]);
+        if summary != 0 {
+            r.extend_from_slice(&self.measurement_summary(summary));
+        }
+        let opaque = version_selection(secured_version);
+        r.extend_from_slice(&(opaque.len() as u16).to_le_bytes());
+        r.extend_from_slice(&opaque);
+        let mut th = Sha384::new();
+        th.update(&self.conn.vca);
+        th.update(self.identity.chain_digest);
+        th.update(msg);
+        th.update(&r);
+        let signature = self.sign(Context::KeyExchangeRsp, &th.clone().finalize().into())?;
+        r.extend_from_slice(&signature);
+        th.update(signature);
+        let th1: [u8; H] = th.clone().finalize().into();
+        let shared = p384::ecdh::diffie_hellman(ephemeral, peer.as_affine());
+        let mut secret = [0u8; H];
+        secret.copy_from_slice(shared.raw_secret_bytes());
+        let keys = HandshakeKeys::derive(ver, &secret, &th1);
+        secret.fill(0);
+        let verify = keys.verify_data(false, &th1);
+        r.extend_from_slice(&verify);
+        th.update(verify);
+        // ALL CHECKS PASSED
+        self.sessions.insert(id, Session { version: ver, phase: Phase::Handshake { keys: Box::new(keys), th } });
+        Ok(r)
+    }
+
+    /// A secured DOE object (type 2) → the secured reply, or nothing for an unknown session (as
+    /// libspdm: the message cannot be authenticated, so it is not answered).
+    pub(crate) fn secured(&mut self, object: &[u8], payload: &[u8]) -> Option<Vec<u8>> {
+        let id = le32(payload.get(..4)?, 0);
+        let session = self.sessions.get_mut(&id)?;
+        let version = session.version;
+        let (request_keys, _) = session.keys();
+        let mut plain = vec![0u8; payload.len()];
+        let (reply, after) = match secured::open(request_keys, id, object, &mut plain) {
+            Ok(msg) => {
+                let msg = msg.to_vec();
+                self.in_session(id, version, &msg)
+            }
+            // DSP0277 / libspdm: ERROR(DecryptError) under the session's keys, then the session ends.
+            Err(_) => (error(version, error_code::DECRYPT_ERROR, 0), After::End),
+        };
+        let session = self.sessions.get_mut(&id)?;
+        let (_, response_keys) = session.keys();
+        let mut out = vec![0u8; doe::object_len(secured::HEADER_BYTES + 2 + reply.len() + secured::TAG_BYTES)];
+        let sealed = secured::seal(response_keys, id, &reply, &mut out).ok();
+        match after {
+            After::Stay => {}
+            After::Application(keys) => {
+                let (request, response) = *keys;
+                session.phase = Phase::Application { request, response };
+            }
+            After::End => self.end_session(id),
+        }
+        sealed.map(|n| {
+            out.truncate(n);
+            out
+        })
+    }
+
+    fn in_session(&mut self, id: u32, version: u8, m: &[u8]) -> (Vec<u8>, After) {
+        if m.len() < 4 {
+            return (error(version, error_code::INVALID_REQUEST, 0), After::Stay);
+        }
+        if m[0] != version {
+            return (error(version, error_code::VERSION_MISMATCH, 0), After::Stay);
+        }
+        let handshake = matches!(self.sessions.get(&id).map(|s| &s.phase), Some(Phase::Handshake { .. }));
+        match (m[1], handshake) {
+            (code::FINISH, true) => self.finish(id, version, m),
+            (code::END_SESSION, false) => {
+                if m.len() != 4 {
+                    return (error(version, error_code::INVALID_REQUEST, 0), After::Stay);
+                }
+                (vec![version, code::END_SESSION_ACK, 0, 0], After::End)
+            }
+            (VENDOR_DEFINED_REQUEST, false) => (self.vendor_defined(id, version, m), After::Stay),
+            (
+                code::GET_VERSION
+                | code::GET_CAPABILITIES
+                | code::NEGOTIATE_ALGORITHMS
+                | code::GET_DIGESTS
+                | code::GET_CERTIFICATE
+                | code::CHALLENGE
+                | code::GET_MEASUREMENTS
+                | code::KEY_EXCHANGE
+                | code::FINISH
+                | code::END_SESSION
+                | VENDOR_DEFINED_REQUEST,
+                _,
+            ) => (error(version, error_code::UNEXPECTED_REQUEST, 0), After::Stay),
+            (other, _) => (error(version, error_code::UNSUPPORTED_REQUEST, other), After::Stay),
+        }
+    }
+
+    fn finish(&mut self, id: u32, version: u8, m: &[u8]) -> (Vec<u8>, After) {
+        let Some(Phase::Handshake { keys, th }) = self.sessions.get(&id).map(|s| &s.phase) else {
+            return (error(version, error_code::UNEXPECTED_REQUEST, 0), After::Stay);
+        };
+        // No mutual authentication: no signature, exactly header ‖ RequesterVerifyData.
+        if m.len() != 4 + H || m[2] & 1 != 0 {
+            return (error(version, error_code::INVALID_REQUEST, 0), After::Stay);
+        }
+        let mut th_finish = th.clone();
+        th_finish.update(&m[..4]);
+        let expected = keys.verify_data(true, &th_finish.finalize().into());
+        if m[4..] != expected {
+            return (error(version, error_code::DECRYPT_ERROR, 0), After::End);
+        }
+        let reply = vec![version, code::FINISH_RSP, 0, 0];
+        let mut th2 = th.clone();
+        th2.update(m);
+        th2.update(&reply);
+        let app = keys.application(&th2.finalize().into());
+        (reply, After::Application(Box::new((app.request, app.response))))
+    }
+
+    /// VENDOR_DEFINED_REQUEST for PCI-SIG (StandardID 3, VendorID 0x0001) → the protocol's reply.
+    fn vendor_defined(&mut self, _id: u32, version: u8, m: &[u8]) -> Vec<u8> {
+        if m.len() < 11 || le16(m, 4) != 3 || m[6] != 2 || m[7..9] != [1, 0] {
+            return error(version, error_code::UNSUPPORTED_REQUEST, VENDOR_DEFINED_REQUEST);
+        }
+        let len = usize::from(le16(m, 9));
+        if len == 0 || m.len() != 11 + len {
+            return error(version, error_code::INVALID_REQUEST, 0);
+        }
+        error(version, error_code::UNSUPPORTED_REQUEST, VENDOR_DEFINED_REQUEST)
+    }
+
+    /// Ends session `id`: its keys are forgotten.
+    pub(crate) fn end_session(&mut self, id: u32) {
+        self.sessions.remove(&id);
+    }
+
+    /// Ends every session (GET_VERSION resets the connection).
+    pub(crate) fn end_all_sessions(&mut self) {
+        let ids: Vec<u32> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.end_session(id);
+        }
+    }
+}
+
+/// Frames an SPDM message as a plain DOE object.
+pub(crate) fn plain_object(ty: ObjectType, message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; doe::object_len(message.len())];
+    match doe::encode(ty, message, &mut out) {
+        Ok(n) => out.truncate(n),
+        Err(_) => out.clear(),
+    }
+    out
+}
