@@ -1,13 +1,13 @@
 //! `tdisp-device`: the project's emulated TDISP device. It is the security endpoint QEMU's NVMe
 //! device forwards its DOE mailbox to (the `spdm_port` socket protocol): an SPDM 1.2/1.3
-//! responder with its own P-384 certificates and signed measurements, and secured sessions
-//! (DSP0277). (TDISP and IDE_KM inside them come next.)
+//! responder with its own P-384 certificates and signed measurements, secured sessions (DSP0277),
+//! and inside them the TDISP 1.0 responder (IDE_KM comes next).
 //!
 //! [`Device::handle`] takes one DOE object as QEMU forwards it and returns the reply object;
 //! [`server`] speaks QEMU's socket framing around it. The responder logic is written here; the DOE
-//! framing, the SPDM key schedule, the secured-message codec and the signing prefix are shared
-//! with the TSM (`tsm::doe`, `tsm::spdm::{keys, secured, sig}`), which is the other end of the
-//! same wire.
+//! framing, the SPDM key schedule, the secured-message codec, the signing prefix and the TDISP
+//! constants are shared with the TSM (`tsm::doe`, `tsm::spdm::{keys, secured, sig}`,
+//! `tsm::tdisp`), which is the other end of the same wire.
 
 use std::collections::HashMap;
 
@@ -17,13 +17,15 @@ pub mod rng;
 pub mod server;
 mod session;
 pub mod spdm;
+pub mod tdisp;
 
 pub use certs::{CertError, Identity};
 pub use config::{Config, InterfaceConfig, MeasurementBlock, MmioRange};
+pub use tdisp::Tdi;
 
 use tsm::doe::{self, ObjectType, VENDOR_PCI_SIG};
 
-/// The device: connection and sessions. Cloning snapshots the whole state.
+/// The device: connection, sessions and TDIs. Cloning snapshots the whole state.
 #[derive(Clone, Debug)]
 pub struct Device {
     config: Config,
@@ -31,6 +33,7 @@ pub struct Device {
     rng: rng::Rng,
     conn: spdm::Connection,
     sessions: HashMap<u32, session::Session>,
+    tdis: Vec<Tdi>,
 }
 
 /// The DOE discovery table, as QEMU's NVMe device and spdm-emu have it: (vendor, type).
@@ -53,7 +56,8 @@ impl Device {
 
     /// A device with a given identity.
     pub fn with_identity(config: Config, identity: Identity, rng: rng::Rng) -> Device {
-        Device { config, identity, rng, conn: spdm::Connection::new(), sessions: HashMap::new() }
+        let tdis = config.interfaces.iter().cloned().map(Tdi::new).collect();
+        Device { config, identity, rng, conn: spdm::Connection::new(), sessions: HashMap::new(), tdis }
     }
 
     /// One DOE object in, the reply object out; `None` = no response (QEMU's `NORMAL` with length
@@ -81,9 +85,19 @@ impl Device {
         &self.config
     }
 
+    /// The TDIs.
+    pub fn tdis(&self) -> &[Tdi] {
+        &self.tdis
+    }
+
     /// Number of live sessions (handshake or application phase).
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// What a session's end does beyond forgetting its keys.
+    fn session_ended(&mut self, id: u32) {
+        self.tdis_session_ended(id);
     }
 }
 

@@ -1,6 +1,6 @@
 //! SPDM sessions (DSP0274 §10.17-10.18, DSP0277 over DOE): KEY_EXCHANGE in the clear, then FINISH
-//! under the handshake keys, then the application phase carrying END_SESSION (the PCI-SIG
-//! VENDOR_DEFINED messages, TDISP and IDE_KM, come next). The key schedule and the secured-message codec are the
+//! under the handshake keys, then the application phase carrying END_SESSION and the PCI-SIG
+//! VENDOR_DEFINED messages (TDISP; IDE_KM comes next). The key schedule and the secured-message codec are the
 //! TSM's own (`tsm::spdm::keys`, `tsm::spdm::secured`): they are shared transport code, while the
 //! responder's decisions and transcripts are written here.
 //!
@@ -19,7 +19,7 @@ use tsm::spdm::keys::{DirectionKeys, HandshakeKeys, H};
 use tsm::spdm::secured;
 use tsm::spdm::sig::Context;
 
-use crate::spdm::{error, error_code, le16, le32, MAX_SESSIONS, VENDOR_DEFINED_REQUEST};
+use crate::spdm::{error, error_code, le16, le32, MAX_SESSIONS, VENDOR_DEFINED_REQUEST, VENDOR_DEFINED_RESPONSE};
 use crate::Device;
 
 /// The keys a session currently uses.
@@ -250,7 +250,7 @@ impl Device {
     }
 
     /// VENDOR_DEFINED_REQUEST for PCI-SIG (StandardID 3, VendorID 0x0001) → the protocol's reply.
-    fn vendor_defined(&mut self, _id: u32, version: u8, m: &[u8]) -> Vec<u8> {
+    fn vendor_defined(&mut self, id: u32, version: u8, m: &[u8]) -> Vec<u8> {
         if m.len() < 11 || le16(m, 4) != 3 || m[6] != 2 || m[7..9] != [1, 0] {
             return error(version, error_code::UNSUPPORTED_REQUEST, VENDOR_DEFINED_REQUEST);
         }
@@ -258,12 +258,23 @@ impl Device {
         if len == 0 || m.len() != 11 + len {
             return error(version, error_code::INVALID_REQUEST, 0);
         }
-        error(version, error_code::UNSUPPORTED_REQUEST, VENDOR_DEFINED_REQUEST)
+        let (protocol, body) = (m[11], &m[12..]);
+        let reply = match protocol {
+            crate::tdisp::PROTOCOL_ID => self.tdisp(id, body),
+            _ => return error(version, error_code::UNSUPPORTED_REQUEST, VENDOR_DEFINED_REQUEST),
+        };
+        let mut r = vec![version, VENDOR_DEFINED_RESPONSE, 0, 0, 3, 0, 2, 1, 0];
+        r.extend_from_slice(&((1 + reply.len()) as u16).to_le_bytes());
+        r.push(protocol);
+        r.extend_from_slice(&reply);
+        r
     }
 
-    /// Ends session `id`: its keys are forgotten.
+    /// Ends session `id`: its keys are forgotten, and the TDIs it locked go to ERROR
+    /// (TDISP §11.4.5).
     pub(crate) fn end_session(&mut self, id: u32) {
         self.sessions.remove(&id);
+        self.session_ended(id);
     }
 
     /// Ends every session (GET_VERSION resets the connection).

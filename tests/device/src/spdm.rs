@@ -417,6 +417,9 @@ impl Device {
 
 /// VENDOR_DEFINED_REQUEST.
 pub(crate) const VENDOR_DEFINED_REQUEST: u8 = 0xFE;
+/// VENDOR_DEFINED_RESPONSE.
+pub(crate) const VENDOR_DEFINED_RESPONSE: u8 = 0x7E;
+
 fn unexpected(version: u8) -> Vec<u8> {
     error(version, error_code::UNEXPECTED_REQUEST, 0)
 }

@@ -1,5 +1,6 @@
 //! The whole conversation over the socket, as the TSM will hold it through QEMU: DOE discovery,
-//! VCA, certificates, CHALLENGE, signed measurements, a session, END_SESSION. Requester side: the TSM's own sans-IO state machines.
+//! VCA, certificates, CHALLENGE, signed measurements, a session, TDISP lock → report → start →
+//! stop, END_SESSION. Requester side: the TSM's own sans-IO state machines.
 
 // Test-only crate: helpers outside `#[test]` functions may panic too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -7,8 +8,50 @@
 mod common;
 
 use common::*;
-use tdisp_device::Config;
+use tdisp_device::{Config, MmioRange};
 use tsm::doe::ObjectType;
+use tsm::tdisp::{InterfaceId, InterfaceReport, Request, Response, TdiState};
+
+fn lock_report_start(t: &mut impl Transport, s: &mut tsm::spdm::session::Session, v: u8, config: &Config) {
+    let iface = InterfaceId(config.interfaces[0].function_id);
+    let call = |t: &mut _, s: &mut _, r: &Request<'_>| tdisp_call(t, s, v, iface, r).unwrap();
+    assert_eq!(call(t, s, &Request::GetVersion), Response::Version(&[0x10]));
+    match call(t, s, &Request::GetCapabilities) {
+        Response::Capabilities { requests, lock_flags, address_width } => {
+            assert_eq!(requests[0], 0xFE);
+            assert_eq!((lock_flags, address_width), (0x17, 52));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(call(t, s, &Request::GetState), Response::State(TdiState::ConfigUnlocked));
+    let lock = Request::Lock { flags: 0x4, default_stream: 0, mmio_reporting_offset: 0xD000_0000, p2p_mask: 0 };
+    let Response::Locked { nonce } = call(t, s, &lock) else { panic!("lock") };
+    assert_eq!(call(t, s, &Request::GetState), Response::State(TdiState::ConfigLocked));
+
+    let mut report = Vec::new();
+    loop {
+        let r = Request::GetReport { offset: report.len() as u16, length: 0x400 };
+        let Response::ReportPortion { portion, remainder } = call(t, s, &r) else { panic!("report") };
+        assert!(portion.len() <= 64, "64-byte portions");
+        report.extend_from_slice(portion);
+        if remainder == 0 {
+            break;
+        }
+    }
+    let parsed = InterfaceReport::parse(&report).unwrap();
+    let want: Vec<MmioRange> = config.interfaces[0].mmio.clone();
+    assert_eq!(parsed.ranges().len(), want.len(), "LOCK_MSIX reports the MSI-X ranges too");
+    for (got, want) in parsed.ranges().iter().zip(&want) {
+        assert_eq!(got.first_page, want.first_page + 0xD0000, "offset added to the address");
+        assert_eq!((got.pages, got.attributes, got.range_id), (want.pages, want.attributes, want.range_id));
+    }
+    assert_eq!(parsed.device_info, &config.interfaces[0].device_info[..]);
+
+    assert_eq!(call(t, s, &Request::Start { nonce: &nonce }), Response::Started);
+    assert_eq!(call(t, s, &Request::GetState), Response::State(TdiState::Run));
+    assert_eq!(call(t, s, &Request::Stop), Response::Stopped);
+    assert_eq!(call(t, s, &Request::GetState), Response::State(TdiState::ConfigUnlocked));
+}
 
 fn conversation(config: Config) {
     let (port, server) = spawn(config.clone());
@@ -33,6 +76,7 @@ fn conversation(config: Config) {
     assert_eq!(&rsp[8..8 + record.len()], &record[..]);
 
     let mut s = key_exchange(&mut t, &c).unwrap();
+    lock_report_start(&mut t, &mut s, v, &config);
     let ack = secured(&mut t, &mut s, &[v, 0xEC, 0, 0]).unwrap();
     assert_eq!(ack, [v, 0x6C, 0, 0]);
 

@@ -9,7 +9,8 @@ mod common;
 
 use common::*;
 use tdisp_device::{Config, Device};
-use tsm::tdisp::{InterfaceId, Request};
+use tsm::spdm::session::Session;
+use tsm::tdisp::{DeviceError, InterfaceId, Request, Response, TdiState, TdispError};
 
 fn device() -> Device {
     Device::new(Config::default()).unwrap()
@@ -188,10 +189,16 @@ fn secured_messages_of_an_unknown_session_get_no_response() {
     assert_eq!(d.session_count(), 1);
 }
 
+fn lock(d: &mut Device, s: &mut Session) -> Result<Response<'static>, TdispError> {
+    let lock = Request::Lock { flags: 0, default_stream: 0, mmio_reporting_offset: 0, p2p_mask: 0 };
+    tdisp_call(d, s, 0x13, InterfaceId(0x18), &lock)
+}
+
 #[test]
-fn a_message_that_does_not_decrypt_ends_the_session() {
+fn a_message_that_does_not_decrypt_ends_the_session_and_errors_the_tdi() {
     let mut d = device();
     let (_, mut s) = open_session(&mut d);
+    assert!(matches!(lock(&mut d, &mut s), Ok(Response::Locked { .. })));
     let mut out = [0u8; 128];
     let n = s.seal(&[0x13, 0xEC, 0, 0], &mut out).unwrap();
     out[14] ^= 1; // inside the ciphertext
@@ -199,6 +206,118 @@ fn a_message_that_does_not_decrypt_ends_the_session() {
     let mut buf = [0u8; 64];
     assert_eq!(s.open(&reply, &mut buf).unwrap(), [0x13, 0x7F, 0x06, 0]);
     assert_eq!(d.session_count(), 0);
+    assert_eq!(d.tdis()[0].state, TdiState::Error);
+}
+
+#[test]
+fn end_session_moves_locked_tdis_to_error_and_stop_recovers() {
+    let mut d = device();
+    let (_, mut s) = open_session(&mut d);
+    assert!(matches!(lock(&mut d, &mut s), Ok(Response::Locked { .. })));
+    assert_eq!(secured(&mut d, &mut s, &[0x13, 0xEC, 0, 0]).unwrap(), [0x13, 0x6C, 0, 0]);
+    assert_eq!(d.tdis()[0].state, TdiState::Error);
+    let (_, mut s) = open_session(&mut d);
+    let iface = InterfaceId(0x18);
+    assert_eq!(tdisp_call(&mut d, &mut s, 0x13, iface, &Request::GetState), Ok(Response::State(TdiState::Error)));
+    assert_eq!(tdisp_call(&mut d, &mut s, 0x13, iface, &Request::Stop), Ok(Response::Stopped));
+    assert_eq!(d.tdis()[0].state, TdiState::ConfigUnlocked);
+}
+
+fn device_error(e: DeviceError) -> Result<Response<'static>, TdispError> {
+    Err(TdispError::Device(e))
+}
+
+#[test]
+fn lock_interface_rejects_a_locked_tdi_and_unknown_flags() {
+    let mut d = device();
+    let (_, mut s) = open_session(&mut d);
+    let p2p = Request::Lock { flags: 0x8, default_stream: 0, mmio_reporting_offset: 0, p2p_mask: 0 };
+    assert_eq!(tdisp_call(&mut d, &mut s, 0x13, InterfaceId(0x18), &p2p), device_error(DeviceError::InvalidRequest));
+    assert!(matches!(lock(&mut d, &mut s), Ok(Response::Locked { .. })));
+    assert_eq!(lock(&mut d, &mut s), device_error(DeviceError::InvalidInterfaceState));
+}
+
+#[test]
+fn start_interface_rejects_a_wrong_nonce_and_stays_locked() {
+    let mut d = device();
+    let (_, mut s) = open_session(&mut d);
+    let Ok(Response::Locked { nonce }) = lock(&mut d, &mut s) else { panic!() };
+    let mut wrong = nonce;
+    wrong[0] ^= 1;
+    let iface = InterfaceId(0x18);
+    assert_eq!(
+        tdisp_call(&mut d, &mut s, 0x13, iface, &Request::Start { nonce: &wrong }),
+        device_error(DeviceError::InvalidNonce)
+    );
+    assert_eq!(d.tdis()[0].state, TdiState::ConfigLocked);
+    assert_eq!(tdisp_call(&mut d, &mut s, 0x13, iface, &Request::Start { nonce: &nonce }), Ok(Response::Started));
+    assert_eq!(
+        tdisp_call(&mut d, &mut s, 0x13, iface, &Request::Start { nonce: &nonce }),
+        device_error(DeviceError::InvalidInterfaceState),
+        "the nonce is spent and the TDI runs"
+    );
+}
+
+#[test]
+fn get_report_rejects_an_unlocked_tdi() {
+    let mut d = device();
+    let (_, mut s) = open_session(&mut d);
+    let r = Request::GetReport { offset: 0, length: 64 };
+    assert_eq!(
+        tdisp_call(&mut d, &mut s, 0x13, InterfaceId(0x18), &r),
+        device_error(DeviceError::InvalidInterfaceState)
+    );
+}
+
+#[test]
+fn tdisp_rejects_an_unknown_interface() {
+    let mut d = device();
+    let (_, mut s) = open_session(&mut d);
+    assert_eq!(
+        tdisp_call(&mut d, &mut s, 0x13, InterfaceId(0x19), &Request::GetState),
+        device_error(DeviceError::InvalidInterface)
+    );
+}
+
+/// A raw TDISP message (after the ProtocolID) through the session; the TDISP reply.
+fn raw_tdisp(d: &mut Device, s: &mut Session, t: &[u8]) -> Vec<u8> {
+    let mut m = vec![0x13, 0xFE, 0, 0, 3, 0, 2, 1, 0];
+    m.extend_from_slice(&((1 + t.len()) as u16).to_le_bytes());
+    m.push(1);
+    m.extend_from_slice(t);
+    let r = secured(d, s, &m).unwrap();
+    r[12..].to_vec()
+}
+
+fn tdisp_error_of(reply: &[u8]) -> (u8, u32, u32) {
+    let le = |at: usize| u32::from_le_bytes([reply[at], reply[at + 1], reply[at + 2], reply[at + 3]]);
+    (reply[1], le(16), le(20))
+}
+
+#[test]
+fn tdisp_rejects_padding_other_versions_and_unsupported_requests() {
+    let mut d = device();
+    let (_, mut s) = open_session(&mut d);
+    let mut get_state = vec![0x10, 0x85, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    assert_eq!(raw_tdisp(&mut d, &mut s, &get_state).len(), 17);
+    get_state.push(0);
+    assert_eq!(tdisp_error_of(&raw_tdisp(&mut d, &mut s, &get_state)), (0x7F, 0x0001, 0), "padded");
+    get_state.pop();
+    get_state[0] = 0x20;
+    assert_eq!(tdisp_error_of(&raw_tdisp(&mut d, &mut s, &get_state)), (0x7F, 0x0041, 0), "TDISP 2.0");
+    let bind = [0x10, 0x88, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    assert_eq!(tdisp_error_of(&raw_tdisp(&mut d, &mut s, &bind)), (0x7F, 0x0007, 0x88), "BIND_P2P");
+}
+
+#[test]
+fn stop_is_legal_in_every_state() {
+    let mut d = device();
+    let (_, mut s) = open_session(&mut d);
+    let iface = InterfaceId(0x18);
+    assert_eq!(tdisp_call(&mut d, &mut s, 0x13, iface, &Request::Stop), Ok(Response::Stopped), "from UNLOCKED");
+    assert!(matches!(lock(&mut d, &mut s), Ok(Response::Locked { .. })));
+    assert_eq!(tdisp_call(&mut d, &mut s, 0x13, iface, &Request::Stop), Ok(Response::Stopped), "from LOCKED");
+    assert!(d.tdis()[0].nonce.is_none());
 }
 
 #[test]

@@ -16,6 +16,7 @@ use tsm::spdm::challenge::Challenge;
 use tsm::spdm::meas::Measurements;
 use tsm::spdm::session::{KeyExchange, Session};
 use tsm::spdm::{Negotiated, Negotiation, SpdmError};
+use tsm::tdisp::{self, InterfaceId, Request, Response, TdispError};
 
 /// Something that carries one DOE object to the device and brings the reply back (empty = none).
 pub trait Transport {
@@ -159,6 +160,39 @@ pub fn secured(t: &mut impl Transport, s: &mut Session, message: &[u8]) -> Resul
         Ok(m) => Ok(m.to_vec()),
         Err(_) => Err(reply),
     }
+}
+
+/// One TDISP request through the session, decoded.
+pub fn tdisp_call(
+    t: &mut impl Transport,
+    s: &mut Session,
+    version: u8,
+    iface: InterfaceId,
+    request: &Request<'_>,
+) -> Result<Response<'static>, TdispError> {
+    let mut out = [0u8; 128];
+    let n = tdisp::encode(version, iface, request, &mut out).unwrap();
+    let reply = secured(t, s, &out[..n]).expect("a secured reply");
+    let reply: &'static [u8] = Box::leak(reply.into_boxed_slice());
+    tdisp::decode(version, iface, request.code(), reply)
+}
+
+/// An IDE_KM object wrapped in VENDOR_DEFINED_REQUEST.
+pub fn idekm_request(version: u8, object: &[u8]) -> Vec<u8> {
+    let mut m = vec![version, 0xFE, 0, 0, 3, 0, 2, 1, 0];
+    m.extend_from_slice(&((1 + object.len()) as u16).to_le_bytes());
+    m.push(0x00);
+    m.extend_from_slice(object);
+    m
+}
+
+/// The IDE_KM object of a VENDOR_DEFINED_RESPONSE.
+pub fn idekm_reply(m: &[u8]) -> &[u8] {
+    assert_eq!(m[1], 0x7E, "VENDOR_DEFINED_RESPONSE: {m:x?}");
+    assert_eq!(m[4..9], [3, 0, 2, 1, 0]);
+    assert_eq!(usize::from(u16::from_le_bytes([m[9], m[10]])), m.len() - 11);
+    assert_eq!(m[11], 0x00);
+    &m[12..]
 }
 
 /// SPDM message framed as a plain DOE object.
