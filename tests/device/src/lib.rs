@@ -1,7 +1,7 @@
 //! `tdisp-device`: the project's emulated TDISP device. It is the security endpoint QEMU's NVMe
 //! device forwards its DOE mailbox to (the `spdm_port` socket protocol): an SPDM 1.2/1.3
 //! responder with its own P-384 certificates and signed measurements, secured sessions (DSP0277),
-//! and inside them the TDISP 1.0 responder (IDE_KM comes next).
+//! and inside them the TDISP 1.0 and IDE_KM responders.
 //!
 //! [`Device::handle`] takes one DOE object as QEMU forwards it and returns the reply object;
 //! [`server`] speaks QEMU's socket framing around it. The responder logic is written here; the DOE
@@ -9,10 +9,11 @@
 //! constants are shared with the TSM (`tsm::doe`, `tsm::spdm::{keys, secured, sig}`,
 //! `tsm::tdisp`), which is the other end of the same wire.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub mod certs;
 pub mod config;
+pub mod idekm;
 pub mod rng;
 pub mod server;
 mod session;
@@ -21,11 +22,12 @@ pub mod tdisp;
 
 pub use certs::{CertError, Identity};
 pub use config::{Config, InterfaceConfig, MeasurementBlock, MmioRange};
+pub use idekm::{IdeKey, KeySlot};
 pub use tdisp::Tdi;
 
 use tsm::doe::{self, ObjectType, VENDOR_PCI_SIG};
 
-/// The device: connection, sessions and TDIs. Cloning snapshots the whole state.
+/// The device: connection, sessions, TDIs and IDE keys. Cloning snapshots the whole state.
 #[derive(Clone, Debug)]
 pub struct Device {
     config: Config,
@@ -34,6 +36,7 @@ pub struct Device {
     conn: spdm::Connection,
     sessions: HashMap<u32, session::Session>,
     tdis: Vec<Tdi>,
+    ide_keys: BTreeMap<KeySlot, IdeKey>,
 }
 
 /// The DOE discovery table, as QEMU's NVMe device and spdm-emu have it: (vendor, type).
@@ -57,7 +60,15 @@ impl Device {
     /// A device with a given identity.
     pub fn with_identity(config: Config, identity: Identity, rng: rng::Rng) -> Device {
         let tdis = config.interfaces.iter().cloned().map(Tdi::new).collect();
-        Device { config, identity, rng, conn: spdm::Connection::new(), sessions: HashMap::new(), tdis }
+        Device {
+            config,
+            identity,
+            rng,
+            conn: spdm::Connection::new(),
+            sessions: HashMap::new(),
+            tdis,
+            ide_keys: BTreeMap::new(),
+        }
     }
 
     /// One DOE object in, the reply object out; `None` = no response (QEMU's `NORMAL` with length
@@ -90,6 +101,11 @@ impl Device {
         &self.tdis
     }
 
+    /// The IDE keys programmed over live sessions.
+    pub fn ide_keys(&self) -> &BTreeMap<KeySlot, IdeKey> {
+        &self.ide_keys
+    }
+
     /// Number of live sessions (handshake or application phase).
     pub fn session_count(&self) -> usize {
         self.sessions.len()
@@ -98,6 +114,7 @@ impl Device {
     /// What a session's end does beyond forgetting its keys.
     fn session_ended(&mut self, id: u32) {
         self.tdis_session_ended(id);
+        self.ide_session_ended(id);
     }
 }
 

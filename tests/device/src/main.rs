@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use tdisp_device::{server, Config, Device};
 
 const HELP: &str = "\
-tdisp-device: an emulated TDISP device (SPDM 1.2/1.3 responder with secured sessions and TDISP
-1.0; IDE_KM to come) speaking QEMU's spdm_port socket protocol with the PCI_DOE transport.
+tdisp-device: an emulated TDISP device (SPDM 1.2/1.3 responder with secured sessions, TDISP 1.0
+and IDE_KM) speaking QEMU's spdm_port socket protocol with the PCI_DOE transport.
 
 usage: tdisp-device [options]
 

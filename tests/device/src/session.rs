@@ -1,6 +1,6 @@
 //! SPDM sessions (DSP0274 §10.17-10.18, DSP0277 over DOE): KEY_EXCHANGE in the clear, then FINISH
 //! under the handshake keys, then the application phase carrying END_SESSION and the PCI-SIG
-//! VENDOR_DEFINED messages (TDISP; IDE_KM comes next). The key schedule and the secured-message codec are the
+//! VENDOR_DEFINED messages (TDISP, IDE_KM). The key schedule and the secured-message codec are the
 //! TSM's own (`tsm::spdm::keys`, `tsm::spdm::secured`): they are shared transport code, while the
 //! responder's decisions and transcripts are written here.
 //!
@@ -261,6 +261,13 @@ impl Device {
         let (protocol, body) = (m[11], &m[12..]);
         let reply = match protocol {
             crate::tdisp::PROTOCOL_ID => self.tdisp(id, body),
+            crate::idekm::PROTOCOL_ID => match self.idekm(id, body) {
+                Ok(r) => r,
+                Err(code) => {
+                    let data = if code == error_code::UNSUPPORTED_REQUEST { VENDOR_DEFINED_REQUEST } else { 0 };
+                    return error(version, code, data);
+                }
+            },
             _ => return error(version, error_code::UNSUPPORTED_REQUEST, VENDOR_DEFINED_REQUEST),
         };
         let mut r = vec![version, VENDOR_DEFINED_RESPONSE, 0, 0, 3, 0, 2, 1, 0];
@@ -270,8 +277,8 @@ impl Device {
         r
     }
 
-    /// Ends session `id`: its keys are forgotten, and the TDIs it locked go to ERROR
-    /// (TDISP §11.4.5).
+    /// Ends session `id`: its keys are forgotten, its IDE keys become invalid, and the TDIs it
+    /// locked go to ERROR (TDISP §11.4.5).
     pub(crate) fn end_session(&mut self, id: u32) {
         self.sessions.remove(&id);
         self.session_ended(id);

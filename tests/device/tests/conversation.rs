@@ -1,6 +1,6 @@
 //! The whole conversation over the socket, as the TSM will hold it through QEMU: DOE discovery,
-//! VCA, certificates, CHALLENGE, signed measurements, a session, TDISP lock → report → start →
-//! stop, END_SESSION. Requester side: the TSM's own sans-IO state machines.
+//! VCA, certificates, CHALLENGE, signed measurements, a session, IDE_KM, TDISP lock → report →
+//! start → stop, END_SESSION. Requester side: the TSM's own sans-IO state machines.
 
 // Test-only crate: helpers outside `#[test]` functions may panic too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -53,6 +53,25 @@ fn lock_report_start(t: &mut impl Transport, s: &mut tsm::spdm::session::Session
     assert_eq!(call(t, s, &Request::GetState), Response::State(TdiState::ConfigUnlocked));
 }
 
+fn ide_km(t: &mut impl Transport, s: &mut tsm::spdm::session::Session, v: u8) {
+    let reply = secured(t, s, &idekm_request(v, &[0x00, 0, 0])).unwrap();
+    let q = idekm_reply(&reply);
+    assert_eq!((q[0], q[2], q[6]), (0x01, 0, 0), "QUERY_RESP for port 0, MaxPortIndex 0");
+    assert_eq!(q.len(), 7 + 4 * 7);
+    for direction in [0x00u8, 0x02] {
+        for sub in [0x00u8, 0x10, 0x20] {
+            let ks = sub | direction;
+            let mut kp = vec![0x02, 0, 0, 1, 0, ks, 0];
+            kp.extend_from_slice(&[ks ^ 0xA5; 32]);
+            kp.extend_from_slice(&[0x01; 8]);
+            let reply = secured(t, s, &idekm_request(v, &kp)).unwrap();
+            assert_eq!(idekm_reply(&reply), &[0x03, 0, 0, 1, 0, ks, 0], "KP_ACK ok");
+            let reply = secured(t, s, &idekm_request(v, &[0x04, 0, 0, 1, 0, ks, 0])).unwrap();
+            assert_eq!(idekm_reply(&reply), &[0x06, 0, 0, 1, 0, ks, 0], "K_GOSTOP_ACK");
+        }
+    }
+}
+
 fn conversation(config: Config) {
     let (port, server) = spawn(config.clone());
     let mut t = Client::connect(port);
@@ -76,6 +95,7 @@ fn conversation(config: Config) {
     assert_eq!(&rsp[8..8 + record.len()], &record[..]);
 
     let mut s = key_exchange(&mut t, &c).unwrap();
+    ide_km(&mut t, &mut s, v);
     lock_report_start(&mut t, &mut s, v, &config);
     let ack = secured(&mut t, &mut s, &[v, 0xEC, 0, 0]).unwrap();
     assert_eq!(ack, [v, 0x6C, 0, 0]);
@@ -83,6 +103,7 @@ fn conversation(config: Config) {
     t.shutdown();
     let device = server.join().unwrap();
     assert_eq!(device.session_count(), 0);
+    assert!(device.ide_keys().is_empty(), "keys go with the session");
 }
 
 #[test]
@@ -93,4 +114,18 @@ fn full_conversation_over_the_socket_spdm_1_3() {
 #[test]
 fn full_conversation_over_the_socket_spdm_1_2() {
     conversation(Config { spdm_versions: vec![0x12], ..Config::default() });
+}
+
+#[test]
+fn ide_keys_are_recorded_per_stream_and_sub_stream() {
+    let mut d = tdisp_device::Device::new(Config::default()).unwrap();
+    let (c, mut s) = open_session(&mut d);
+    ide_km(&mut d, &mut s, c.negotiated.version);
+    let keys = d.ide_keys();
+    assert_eq!(keys.len(), 6);
+    for (slot, key) in keys {
+        assert_eq!((slot.session, slot.stream), (s.id, 1));
+        assert_eq!(key.key, [slot.key_sub_stream ^ 0xA5; 32]);
+        assert!(key.active);
+    }
 }

@@ -321,6 +321,31 @@ fn stop_is_legal_in_every_state() {
 }
 
 #[test]
+fn key_prog_acks_each_failure_with_its_status() {
+    let mut d = device();
+    let (_, mut s) = open_session(&mut d);
+    let mut kp = vec![0x02, 0, 0, 1, 0, 0x12, 0];
+    kp.extend_from_slice(&[0; 40]);
+    let ack = |d: &mut Device, s: &mut Session, kp: &[u8]| {
+        idekm_reply(&secured(d, s, &idekm_request(0x13, kp)).unwrap()).to_vec()
+    };
+    assert_eq!(ack(&mut d, &mut s, &kp)[4], 0, "ok");
+    kp[6] = 1;
+    assert_eq!(ack(&mut d, &mut s, &kp)[4], 2, "unsupported port");
+    kp[6] = 0;
+    kp[5] = 0x32;
+    assert_eq!(ack(&mut d, &mut s, &kp)[4], 3, "sub-stream 3");
+    kp[5] = 0x12;
+    kp.pop();
+    assert_eq!(ack(&mut d, &mut s, &kp)[4], 1, "incorrect length");
+    assert_eq!(d.ide_keys().len(), 1);
+    let unknown = secured(&mut d, &mut s, &idekm_request(0x13, &[0x07, 0, 0])).unwrap();
+    assert_eq!(unknown, [0x13, 0x7F, 0x07, 0xFE], "an IDE_KM object the device does not know");
+    let query = secured(&mut d, &mut s, &idekm_request(0x13, &[0x00, 0, 1])).unwrap();
+    assert_eq!(query, [0x13, 0x7F, 0x01, 0], "QUERY for a port the device lacks");
+}
+
+#[test]
 fn end_session_ends_the_session_and_get_version_ends_them_all() {
     let mut d = device();
     let (_, mut s) = open_session(&mut d);
