@@ -116,7 +116,7 @@ impl Device {
             if ver != 0x10 {
                 return Err(error(0x10, error_code::VERSION_MISMATCH, 0));
             }
-            return Ok(self.get_version());
+            return Ok(self.get_version(&m[..4]));
         }
         match self.conn.phase {
             Phase::NotStarted => return Err(error(0x10, error_code::UNEXPECTED_REQUEST, 0)),
@@ -170,7 +170,7 @@ impl Device {
         }
     }
 
-    fn get_version(&mut self) -> Vec<u8> {
+    fn get_version(&mut self, request: &[u8]) -> Vec<u8> {
         // GET_VERSION resets the connection; sessions end with it (DSP0274 §10.3).
         self.end_all_sessions();
         self.conn = Connection::new();
@@ -179,7 +179,7 @@ impl Device {
         for v in versions {
             r.extend_from_slice(&(u16::from(*v) << 8).to_le_bytes());
         }
-        self.conn.vca.extend_from_slice(&[0x10, code::GET_VERSION, 0, 0]);
+        self.conn.vca.extend_from_slice(request);
         self.conn.vca.extend_from_slice(&r);
         self.conn.phase = Phase::AfterVersion;
         r
