@@ -288,12 +288,9 @@ pub fn decode<'a>(spdm_version: u8, iface: InterfaceId, want: u8, m: &'a [u8]) -
     if t[0] != VERSION_10 {
         return Err(TdispError::Version(t[0]));
     }
-    let function = u32::from_le_bytes([t[4], t[5], t[6], t[7]]);
-    if function != iface.0 || t[8..16].iter().any(|&b| b != 0) {
-        return Err(TdispError::Interface(function));
-    }
     let got = t[1];
-    let len = |n: usize| if t.len() == n { Ok(()) } else { Err(TdispError::Length { code: got, len: t.len() }) };
+    // A TDISP_ERROR is reported as such even when it names another interface (a device may
+    // answer INVALID_INTERFACE with whatever id it understood).
     if got == msg::TDISP_ERROR {
         if t.len() < 24 {
             return Err(TdispError::Length { code: got, len: t.len() });
@@ -302,6 +299,11 @@ pub fn decode<'a>(spdm_version: u8, iface: InterfaceId, want: u8, m: &'a [u8]) -
         let data = u32::from_le_bytes([t[20], t[21], t[22], t[23]]);
         return Err(TdispError::Device(DeviceError::from_code(code, data)));
     }
+    let function = u32::from_le_bytes([t[4], t[5], t[6], t[7]]);
+    if function != iface.0 || t[8..16].iter().any(|&b| b != 0) {
+        return Err(TdispError::Interface(function));
+    }
+    let len = |n: usize| if t.len() == n { Ok(()) } else { Err(TdispError::Length { code: got, len: t.len() }) };
     if got != want & 0x7F {
         return Err(TdispError::Unexpected { got, want: want & 0x7F });
     }
@@ -570,6 +572,9 @@ mod tests {
         e[0] = 7;
         e[4] = 0x86;
         assert_eq!(d(&response(0x7F, &e)), Err(TdispError::Device(DeviceError::UnsupportedRequest(0x86))));
+        let mut e = response(0x7F, &[0x01, 0x01, 0, 0, 0, 0, 0, 0]);
+        e[16] = 0x01; // another function id
+        assert_eq!(d(&e), Err(TdispError::Device(DeviceError::InvalidInterface)), "the device's error wins");
         for n in 0..ok.len() {
             assert!(d(&ok[..n]).is_err());
         }
