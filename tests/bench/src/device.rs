@@ -1,0 +1,121 @@
+//! The device-protocol figures: a whole SPDM connection in-process, TDISP lock → report → start
+//! in-process, and one exchange with `tdisp-device` over the loopback socket.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::time::Instant;
+
+use tdisp_device::server::{self, command, TRANSPORT_PCI_DOE};
+use tdisp_device::{Config, Device};
+use tsm::doe::Action;
+use tsm::spdm::connect::{Connect, ConnectRandom, Stage};
+use tsm::spdm::session::Session;
+use tsm::tdisp::{self, InterfaceId, Request, Response};
+
+use crate::Figures;
+
+fn random(i: u8) -> ConnectRandom {
+    ConnectRandom {
+        challenge_nonce: [i; 32],
+        measurement_nonce: [i ^ 1; 32],
+        context: [i; 8],
+        ephemeral: [0x40 | (i & 0x3F); 48],
+        random: [i; 32],
+    }
+}
+
+fn connect(device: &mut Device, i: u8) -> Connect {
+    let mut c = Connect::new(random(i));
+    let mut request = match c.start() {
+        Action::Send(b) => b.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    loop {
+        let reply = device.handle(&request).unwrap_or_default();
+        match c.step(&reply) {
+            Action::Send(b) => request = b.to_vec(),
+            Action::Done => break,
+            Action::Failed(e) => panic!("connect failed: {e:?}"),
+        }
+    }
+    assert_eq!(c.stage(), Stage::Connected);
+    c
+}
+
+fn tdisp_call(device: &mut Device, s: &mut Session, v: u8, iface: InterfaceId, r: &Request<'_>) -> Vec<u8> {
+    let mut msg = [0u8; 128];
+    let n = tdisp::encode(v, iface, r, &mut msg).unwrap();
+    let mut obj = [0u8; 256];
+    let m = s.seal(&msg[..n], &mut obj).unwrap();
+    let reply = device.handle(&obj[..m]).unwrap();
+    let mut buf = vec![0u8; 4096];
+    s.open(&reply, &mut buf).unwrap().to_vec()
+}
+
+fn lock_report_start(device: &mut Device, c: &Connect) {
+    let v = c.negotiated().unwrap().version;
+    let iface = InterfaceId(device.config().interfaces[0].function_id);
+    let mut s = c.session().unwrap().clone();
+    let lock = Request::Lock { flags: 0x4, default_stream: 0, mmio_reporting_offset: 0, p2p_mask: 0 };
+    let reply = tdisp_call(device, &mut s, v, iface, &lock);
+    let Ok(Response::Locked { nonce }) = tdisp::decode(v, iface, lock.code(), &reply) else { panic!("lock") };
+    let mut report = Vec::new();
+    loop {
+        let r = Request::GetReport { offset: report.len() as u16, length: 0x400 };
+        let reply = tdisp_call(device, &mut s, v, iface, &r);
+        let Ok(Response::ReportPortion { portion, remainder }) = tdisp::decode(v, iface, r.code(), &reply) else {
+            panic!("report")
+        };
+        report.extend_from_slice(portion);
+        if remainder == 0 {
+            break;
+        }
+    }
+    tdisp::InterfaceReport::parse(&report).unwrap();
+    let start = Request::Start { nonce: &nonce };
+    let reply = tdisp_call(device, &mut s, v, iface, &start);
+    assert_eq!(tdisp::decode(v, iface, start.code(), &reply), Ok(Response::Started));
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs the device benchmarks.
+pub fn run(figs: &mut Figures) {
+    let mut connects = Vec::new();
+    let mut tdisp = Vec::new();
+    for i in 0..10u8 {
+        let mut device = Device::new(Config::default()).unwrap();
+        let t = Instant::now();
+        let c = connect(&mut device, i);
+        connects.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        lock_report_start(&mut device, &c);
+        tdisp.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    figs.record("spdm_connect_ms", median(connects), "ms");
+    figs.record("tdisp_lock_report_start_ms", median(tdisp), "ms");
+
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut device = Device::new(Config::default()).unwrap();
+    let server = std::thread::spawn(move || server::serve(&listener, &mut device, true));
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut get_version = [0u8; 12];
+    tsm::doe::encode(tsm::doe::ObjectType::Spdm, &[0x10, 0x84, 0, 0], &mut get_version).unwrap();
+    let mut times = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let t = Instant::now();
+        server::write_frame(&mut stream, command::NORMAL, TRANSPORT_PCI_DOE, &get_version).unwrap();
+        let f = server::read_frame(&mut stream).unwrap().unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(f.command, command::NORMAL);
+    }
+    server::write_frame(&mut stream, command::SHUTDOWN, TRANSPORT_PCI_DOE, &[]).unwrap();
+    let _ = server.join();
+    figs.record("device_roundtrip_us_median", median(times), "us");
+}
