@@ -59,6 +59,41 @@ impl Session {
         secured::open(&mut self.response, self.id, object, out).map_err(SpdmError::Secured)
     }
 
+    /// END_SESSION, sealed with the application keys, into `out`; returns the object's length.
+    ///
+    /// # Errors
+    /// [`SpdmError::Secured`].
+    pub fn end(&mut self, out: &mut [u8]) -> Result<usize, SpdmError> {
+        let msg = [self.version, code::END_SESSION, 0, 0];
+        self.seal(&msg, out)
+    }
+
+    /// Checks the device's END_SESSION_ACK; after it the session's keys are no longer used.
+    ///
+    /// # Errors
+    /// [`SpdmError::Secured`], the device's ERROR, another response or size.
+    pub fn check_end_ack(&mut self, object: &[u8]) -> Result<(), SpdmError> {
+        let mut buf = [0u8; 16];
+        let version = self.version;
+        let msg = self.open(object, &mut buf)?;
+        if msg.len() < 4 {
+            return Err(SpdmError::BadLength { code: code::END_SESSION_ACK, len: msg.len() });
+        }
+        if msg[0] != version {
+            return Err(SpdmError::WrongVersion { got: msg[0], want: version });
+        }
+        if msg[1] == code::ERROR {
+            return Err(SpdmError::Responder { code: msg[2], data: msg[3] });
+        }
+        if msg[1] != code::END_SESSION_ACK {
+            return Err(SpdmError::UnexpectedResponse { got: msg[1], want: code::END_SESSION_ACK });
+        }
+        if msg.len() != 4 {
+            return Err(SpdmError::BadLength { code: code::END_SESSION_ACK, len: msg.len() });
+        }
+        Ok(())
+    }
+
     /// KEY_UPDATE(UpdateAllKeys) once both sides agreed on it: both directions move on.
     pub fn update_keys(&mut self) {
         self.request = self.request.updated(self.version);
@@ -438,6 +473,15 @@ mod tests {
         assert_eq!(secured::open(&mut app.request, s.id, &obj[..n], &mut buf).unwrap(), b"TDISP GET_VERSION");
         let n = secured::seal(&mut app.response, s.id, b"TDISP VERSION", &mut obj).unwrap();
         assert_eq!(s.open(&obj[..n], &mut buf).unwrap(), b"TDISP VERSION");
+        // END_SESSION and its acknowledgement travel under the application keys.
+        let mut end = s.clone();
+        let n = end.end(&mut obj).unwrap();
+        let mut dev_app = app.clone();
+        assert_eq!(secured::open(&mut dev_app.request, s.id, &obj[..n], &mut buf).unwrap(), &[0x12, 0xEC, 0, 0]);
+        let n = secured::seal(&mut dev_app.response, s.id, &[0x12, 0x6C, 0, 0], &mut obj).unwrap();
+        assert_eq!(end.check_end_ack(&obj[..n]), Ok(()));
+        let n = secured::seal(&mut dev_app.response, s.id, &[0x12, 0x7F, 0x06, 0], &mut obj).unwrap();
+        assert_eq!(end.check_end_ack(&obj[..n]), Err(SpdmError::Responder { code: 6, data: 0 }));
         // After KEY_UPDATE on both sides the old keys no longer open anything.
         s.update_keys();
         let n = s.seal(b"after update", &mut obj).unwrap();
