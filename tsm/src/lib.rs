@@ -13,6 +13,7 @@ pub mod abi;
 pub mod addr;
 pub mod doe;
 pub mod error;
+pub mod ide;
 pub mod idekm;
 pub mod measure;
 pub mod pamt;
