@@ -430,7 +430,7 @@ impl Negotiation {
             }
             State::Done => Action::Done,
             State::Failed(e) => Action::Failed(e),
-            State::Idle | State::WaitVersion => Action::Done,
+            State::Idle | State::WaitVersion => self.fail(SpdmError::NotWaiting),
         }
     }
 
