@@ -109,6 +109,109 @@ pub enum TsmError {
     VcpuNotInGuest,
     /// TSM metadata is inconsistent.
     Corrupt,
+    /// The PDEV's state forbids the call.
+    PdevState,
+    /// The TDI's state forbids the call.
+    TdiState,
+    /// A device answer came in with no request outstanding.
+    NoRequestOutstanding,
+    /// The device's answer failed a check; the object named is now in ERROR.
+    Device(Operand, DeviceFault),
+    /// TDI.START without the guest's authorisation.
+    NotAuthorised,
+    /// TDI.START with an authorisation for an earlier lock.
+    AuthorisationStale,
+    /// The TDI has private MMIO mapped.
+    HasMappedMmio,
+    /// The TDI has a DMA remapping entry.
+    HasMappedDma,
+    /// The TD has TDIs bound.
+    TdHasDevices,
+    /// The PDEV has IDE streams.
+    HasIdeStreams,
+    /// The PDEV has TDIs.
+    HasTdis,
+    /// The IDE stream's state forbids the call.
+    IdeStreamState,
+    /// The MMIO pages are not what the interface report names.
+    MmioNotInReport(Operand),
+    /// The MMIO page belongs to no TDI of the TD.
+    MmioOwner(Operand),
+    /// The MMIO range was revoked.
+    MmioRevoked,
+    /// The GPA breaks the range's placement.
+    MmioGpaMismatch,
+    /// The page mapped is not the one at that offset of the range.
+    MmioHpaOffset,
+    /// Range index or offset outside the report.
+    MmioOutOfRange(Operand),
+    /// No TDI of the TD has that function.
+    TdiNotPresent(Operand),
+    /// The DMA remapping entry's state forbids the call.
+    DmarState,
+    /// No PDEV or TDI slot left.
+    DeviceSlotsExhausted,
+    /// The function already has a PDEV or TDI.
+    FunctionInUse(Operand),
+    /// The answer does not open under the session keys; nothing changed.
+    AnswerNotAuthentic(crate::spdm::SpdmError),
+}
+
+/// Which step of a device protocol failed: returned in RCX with `DEVICE_ERROR` so that a host
+/// sees where the device went wrong without decoding TSM internals (docs/abi.md lists them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceFault {
+    /// SPDM.CONNECT failed (the connection's own error says at which stage).
+    Connect(crate::spdm::connect::ConnectError),
+    /// A secured message from the device did not open (wrong session, MAC, length).
+    Secured(crate::spdm::SpdmError),
+    /// A secured message carried something other than the SPDM answer expected.
+    Spdm(crate::spdm::SpdmError),
+    /// A TDISP answer was refused (TDISP_ERROR included).
+    Tdisp(crate::tdisp::TdispError),
+    /// The TDI reported a state other than the one its request leads to.
+    TdiState(crate::tdisp::TdiState),
+    /// The DEVICE_INTERFACE_REPORT was refused.
+    Report(crate::tdisp::ReportError),
+    /// The device cannot lock with the flags asked for.
+    LockFlags(u16),
+    /// An IDE_KM answer was refused.
+    IdeKm(crate::idekm::IdeKmError),
+    /// The root port refused a key operation the device acknowledged.
+    RootPort(crate::ide::IdeError),
+    /// The host abandoned the exchange (SPDM.MNG ABORT): what the device did is unknown.
+    Aborted,
+    /// The exporter revoked the TDI's MMIO (DMABUF.REVOKE) while it was locked or running.
+    Revoked,
+    /// The IDE stream the TDI's traffic runs over was blocked.
+    StreamBlocked,
+}
+
+impl DeviceFault {
+    /// The code returned in RCX: protocol in bits 15:8, step detail in 7:0.
+    pub const fn code(&self) -> u64 {
+        match self {
+            DeviceFault::Connect(e) => {
+                let stage = match e {
+                    crate::spdm::connect::ConnectError::Discovery(_) => 0,
+                    crate::spdm::connect::ConnectError::NoSpdm => 1,
+                    crate::spdm::connect::ConnectError::Spdm(stage, _) => 2 + *stage as u64,
+                };
+                0x100 | stage
+            }
+            DeviceFault::Secured(_) => 0x200,
+            DeviceFault::Spdm(_) => 0x201,
+            DeviceFault::Tdisp(_) => 0x300,
+            DeviceFault::TdiState(s) => 0x310 | *s as u64,
+            DeviceFault::Report(_) => 0x320,
+            DeviceFault::LockFlags(_) => 0x330,
+            DeviceFault::IdeKm(_) => 0x400,
+            DeviceFault::RootPort(_) => 0x410,
+            DeviceFault::Aborted => 0x500,
+            DeviceFault::Revoked => 0x600,
+            DeviceFault::StreamBlocked => 0x610,
+        }
+    }
 }
 
 impl TsmError {
@@ -159,6 +262,29 @@ impl TsmError {
             TdSlotsExhausted => Status::TD_SLOTS_EXHAUSTED,
             VcpuNotInGuest => Status::VCPU_NOT_IN_GUEST.with_operand(Operand::Tdvpr),
             Corrupt => Status::METADATA_CORRUPT,
+            PdevState => Status::PDEV_STATE_INCORRECT.with_operand(Operand::Pdev),
+            TdiState => Status::TDI_STATE_INCORRECT.with_operand(Operand::Tdi),
+            NoRequestOutstanding => Status::NO_REQUEST_OUTSTANDING.with_operand(Operand::R8),
+            Device(op, _) => Status::DEVICE_ERROR.with_operand(op),
+            NotAuthorised => Status::TDI_NOT_AUTHORISED.with_operand(Operand::Tdi),
+            AuthorisationStale => Status::TDI_AUTHORISATION_STALE.with_operand(Operand::Tdi),
+            HasMappedMmio => Status::TDI_HAS_MAPPED_MMIO.with_operand(Operand::Tdi),
+            HasMappedDma => Status::TDI_HAS_MAPPED_DMA.with_operand(Operand::Tdi),
+            TdHasDevices => Status::TD_HAS_ATTACHED_DEVICES.with_operand(Operand::Tdr),
+            HasIdeStreams => Status::PDEV_HAS_IDE_STREAMS.with_operand(Operand::Pdev),
+            HasTdis => Status::PDEV_HAS_TDIS.with_operand(Operand::Pdev),
+            IdeStreamState => Status::IDE_STREAM_STATE_INCORRECT.with_operand(Operand::IdeStream),
+            MmioNotInReport(op) => Status::MMIO_NOT_IN_REPORT.with_operand(op),
+            MmioOwner(op) => Status::MMIO_OWNER_MISMATCH.with_operand(op),
+            MmioRevoked => Status::MMIO_REVOKED.with_operand(Operand::Tdi),
+            MmioGpaMismatch => Status::MMIO_GPA_MISMATCH.with_operand(Operand::Rcx),
+            MmioHpaOffset => Status::MMIO_INVALID_HPA_OFFSET.with_operand(Operand::R9),
+            MmioOutOfRange(op) => Status::MMIO_OUT_OF_RANGE.with_operand(op),
+            TdiNotPresent(op) => Status::TDI_NOT_PRESENT.with_operand(op),
+            DmarState => Status::DMAR_STATE_INCORRECT.with_operand(Operand::Tdi),
+            DeviceSlotsExhausted => Status::DEVICE_SLOTS_EXHAUSTED,
+            FunctionInUse(op) => Status::FUNCTION_IN_USE.with_operand(op),
+            AnswerNotAuthentic(_) => Status::ANSWER_NOT_AUTHENTIC.with_operand(Operand::R8),
         }
     }
 
@@ -166,6 +292,7 @@ impl TsmError {
     pub const fn sept_details(&self) -> Option<(u64, u64)> {
         match self {
             TsmError::Sept(_, fault) => Some((fault.entry, fault.level_state())),
+            TsmError::Device(_, fault) => Some((fault.code(), 0)),
             _ => None,
         }
     }

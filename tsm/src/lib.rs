@@ -11,17 +11,20 @@
 
 pub mod abi;
 pub mod addr;
+pub mod devices;
 pub mod doe;
 pub mod error;
 pub mod ide;
 pub mod idekm;
 pub mod measure;
 pub mod pamt;
+pub mod pdev;
 pub mod platform;
 pub mod sept;
 pub mod spdm;
 pub mod status;
 pub mod td;
+pub mod tdi;
 pub mod tdisp;
 
 mod state;

@@ -29,6 +29,10 @@ pub enum PageType {
     Tdvpr = 6,
     /// An S-EPT table page (PT_EPT).
     Sept = 8,
+    /// A PDEV's control page: the identity of a device's SPDM context (TDX: SPDM_MT).
+    Pdev = 0x10,
+    /// A TDI's control page (TDX: TDI_CS / DEVIFCS); owned by the TD it is bound to.
+    Tdi = 0x11,
 }
 
 impl PageType {
@@ -41,6 +45,8 @@ impl PageType {
             5 => PageType::Tdcs,
             6 => PageType::Tdvpr,
             8 => PageType::Sept,
+            0x10 => PageType::Pdev,
+            0x11 => PageType::Tdi,
             _ => return None,
         })
     }

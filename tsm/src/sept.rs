@@ -187,6 +187,14 @@ pub enum SeptOp {
     Accept,
     /// A guest or TSM access to private memory through the S-EPT (MR.REPORT buffers).
     Access,
+    /// TDH.MMIO.MAP: map a TDI's MMIO page at a free entry (MMIO_PENDING).
+    MmioMap,
+    /// TDH.MMIO.BLOCK.
+    MmioBlock,
+    /// TDH.MMIO.UNMAP: free a blocked MMIO leaf.
+    MmioUnmap,
+    /// TDG.MMIO.ACCEPT.
+    MmioAccept,
 }
 
 /// What an operation may do with the entry it found.
@@ -218,9 +226,32 @@ pub const fn legality(op: SeptOp, state: SeptState) -> Legality {
         (O::SeptRemove, S::Free) => Refuse(EntryFree),
         (O::SeptRemove, _) => Refuse(EntryLeaf),
 
-        (O::Block, S::NlMapped | S::Mapped | S::Pending | S::MmioPending | S::MmioMapped) => Proceed,
-        (O::Block, S::NlBlocked | S::Blocked | S::PendingBlocked | S::MmioBlocked) => AlreadyDone,
+        (O::Block, S::NlMapped | S::Mapped | S::Pending) => Proceed,
+        (O::Block, S::NlBlocked | S::Blocked | S::PendingBlocked) => AlreadyDone,
         (O::Block, S::Free) => Refuse(EntryFree),
+        // Device MMIO is blocked with TDH.MMIO.BLOCK, which keeps its epoch in the TDI's range.
+        (O::Block, S::MmioPending | S::MmioMapped | S::MmioBlocked) => Refuse(StateIncorrect),
+
+        (O::MmioMap, S::Free) => Proceed,
+        (O::MmioMap, _) => Refuse(EntryNotFree),
+
+        (O::MmioBlock, S::MmioPending | S::MmioMapped) => Proceed,
+        (O::MmioBlock, S::MmioBlocked) => AlreadyDone,
+        (O::MmioBlock, S::Free) => Refuse(EntryFree),
+        (O::MmioBlock, S::NlMapped | S::NlBlocked) => Refuse(EntryNotLeaf),
+        (O::MmioBlock, S::Pending | S::Mapped | S::Blocked | S::PendingBlocked) => Refuse(StateIncorrect),
+
+        (O::MmioUnmap, S::MmioBlocked) => Proceed,
+        (O::MmioUnmap, S::MmioPending | S::MmioMapped) => Refuse(NotBlocked),
+        (O::MmioUnmap, S::Free) => Refuse(EntryFree),
+        (O::MmioUnmap, S::NlMapped | S::NlBlocked) => Refuse(EntryNotLeaf),
+        (O::MmioUnmap, S::Pending | S::Mapped | S::Blocked | S::PendingBlocked) => Refuse(StateIncorrect),
+
+        (O::MmioAccept, S::MmioPending) => Proceed,
+        (O::MmioAccept, S::MmioMapped) => AlreadyDone,
+        (O::MmioAccept, S::NlMapped) => Refuse(SizeMismatch),
+        (O::MmioAccept, S::Free | S::MmioBlocked | S::NlBlocked) => ExitToHost,
+        (O::MmioAccept, S::Pending | S::Mapped | S::Blocked | S::PendingBlocked) => Refuse(StateIncorrect),
 
         (O::Unblock, S::NlBlocked | S::Blocked | S::PendingBlocked) => Proceed,
         (O::Unblock, S::NlMapped | S::Mapped | S::Pending | S::MmioPending | S::MmioMapped) => Refuse(NotBlocked),

@@ -4,10 +4,12 @@
 use crate::addr::{FrameRange, GuestPhysAddr, HostPhysAddr, PageSize, Pfn};
 use crate::error::{SeptErrorKind, TsmError, TsmResult};
 use crate::pamt::{PageType, Pamt, PamtEntry, PamtLookupError};
+use crate::pdev::{Pdev, MAX_PDEVS};
 use crate::platform::Platform;
 use crate::sept::{self, Walk, WalkResult};
 use crate::status::Operand;
 use crate::td::{Lifecycle, Td, MAX_TDS};
+use crate::tdi::{Tdi, MAX_TDIS};
 
 /// Memory ranges the TSM itself lives in, which no TDMR may include.
 pub const MAX_PRIVATE_RANGES: usize = 4;
@@ -61,6 +63,8 @@ pub struct Tsm<P: Platform> {
     pub(crate) private_count: usize,
     pub(crate) sys: Option<Sys>,
     pub(crate) tds: [Option<Td>; MAX_TDS],
+    pub(crate) pdevs: [Option<Pdev>; MAX_PDEVS],
+    pub(crate) tdis: [Option<Tdi>; MAX_TDIS],
 }
 
 impl<P: Platform> Tsm<P> {
@@ -82,6 +86,8 @@ impl<P: Platform> Tsm<P> {
             private_count: count,
             sys: None,
             tds: core::array::from_fn(|_| None),
+            pdevs: core::array::from_fn(|_| None),
+            tdis: core::array::from_fn(|_| None),
         }
     }
 

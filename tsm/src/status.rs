@@ -114,6 +114,60 @@ statuses! {
     VCPU_NOT_IN_GUEST = 0xC000_F001_0000_0000;
     /// seamless: the TSM found its own metadata inconsistent; the TSM stops serving the TD.
     METADATA_CORRUPT = 0x6000_F002_0000_0000;
+    /// seamless, not an error: a resumable device call wants this message moved to the device.
+    /// R8 holds its length in the message page; call again with the device's answer.
+    DEVICE_REQUEST = 0x0000_F100_0000_0000;
+    /// The PDEV's state does not allow the call (for example CONNECT twice, TDI.CREATE before
+    /// the device is connected).
+    PDEV_STATE_INCORRECT = 0xC000_F101_0000_0000;
+    /// The TDI's state does not allow the call (TDX_DEVIF_TDISP_INVALID_STATE).
+    TDI_STATE_INCORRECT = 0xC000_F102_0000_0000;
+    /// A device answer was handed in but no request is outstanding.
+    NO_REQUEST_OUTSTANDING = 0xC000_F103_0000_0000;
+    /// The device's answer failed a check: the PDEV (or TDI) is now ERROR. RCX names the
+    /// protocol step (see docs/abi.md).
+    DEVICE_ERROR = 0xC000_F104_0000_0000;
+    /// TDI.START without the guest's authorisation.
+    TDI_NOT_AUTHORISED = 0xC000_F105_0000_0000;
+    /// TDI.START with an authorisation given for an earlier lock of the interface.
+    TDI_AUTHORISATION_STALE = 0xC000_F106_0000_0000;
+    /// The TDI still has private MMIO mapped (TDX_DEVIF_HAS_MAPPED_MMIO).
+    TDI_HAS_MAPPED_MMIO = 0xC000_F107_0000_0000;
+    /// The TDI still has a DMA remapping entry (TDX_DEVIF_HAS_MAPPED_DMA).
+    TDI_HAS_MAPPED_DMA = 0xC000_F108_0000_0000;
+    /// The TD still has TDIs bound (TDX_TD_HAS_ATTACHED_DEVICES).
+    TD_HAS_ATTACHED_DEVICES = 0xC000_F109_0000_0000;
+    /// The PDEV still has IDE streams (TDX_SPDM_HAS_ACTIVE_IDE_STREAMS).
+    PDEV_HAS_IDE_STREAMS = 0xC000_F10A_0000_0000;
+    /// The PDEV still has TDIs.
+    PDEV_HAS_TDIS = 0xC000_F10B_0000_0000;
+    /// The IDE stream's state does not allow the call (DELETE before BLOCK, KM on a blocked
+    /// stream, LOCK over a stream without live keys).
+    IDE_STREAM_STATE_INCORRECT = 0xC000_F10C_0000_0000;
+    /// DMABUF.IMPORT: the pages are not the range the locked interface report names.
+    MMIO_NOT_IN_REPORT = 0xC000_F10D_0000_0000;
+    /// MMIO.MAP: the MMIO page belongs to no TDI of this TD (TDX_MMIO_DEVIF_OWNER_MISMATCH).
+    MMIO_OWNER_MISMATCH = 0xC000_F10E_0000_0000;
+    /// The MMIO range was revoked by its exporter; it can only be unmapped.
+    MMIO_REVOKED = 0xC000_F10F_0000_0000;
+    /// MMIO.MAP: the GPA breaks the range's linear placement fixed by its first mapping.
+    MMIO_GPA_MISMATCH = 0xC000_F110_0000_0000;
+    /// MMIO.ACCEPT: the page mapped there is not the one at that offset of the range
+    /// (TDX_MMIO_INVALID_HPA_OFFSET).
+    MMIO_INVALID_HPA_OFFSET = 0xC000_F111_0000_0000;
+    /// MMIO.ACCEPT: range index or offset outside the report (MMIO_PAGE_NOT_IN_ASSOC_RANGE).
+    MMIO_OUT_OF_RANGE = 0xC000_F112_0000_0000;
+    /// Guest: no TDI of this TD has that function id (TDI_NOT_PRESENT).
+    TDI_NOT_PRESENT = 0xC000_F113_0000_0000;
+    /// The DMA remapping entry's state does not allow the call (DMAR_INVALID_MAPPING_STATE).
+    DMAR_STATE_INCORRECT = 0xC000_F114_0000_0000;
+    /// Every PDEV or TDI slot of the TSM is in use.
+    DEVICE_SLOTS_EXHAUSTED = 0xC000_F115_0000_0000;
+    /// The function already has a PDEV or TDI.
+    FUNCTION_IN_USE = 0xC000_F116_0000_0000;
+    /// The answer handed in does not open under the session's keys (replayed, forged, another
+    /// session's): nothing changed, the request is still outstanding.
+    ANSWER_NOT_AUTHENTIC = 0x8000_F117_0000_0000;
 }
 
 impl Status {
@@ -183,6 +237,14 @@ pub enum Operand {
     Tdvpr = 0x82,
     /// The TD's secure EPT.
     Sept = 0x92,
+    /// A PDEV (the device's SPDM context; seamless id).
+    Pdev = 0xA0,
+    /// A TDI (seamless id).
+    Tdi = 0xA1,
+    /// An IDE stream of a PDEV (seamless id).
+    IdeStream = 0xA2,
+    /// The device's answer (seamless id).
+    Device = 0xA3,
     /// TD_PARAMS.ATTRIBUTES (seamless id).
     TdParamsAttributes = 0xC0,
     /// TD_PARAMS.XFAM (seamless id).

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod arena;
+pub mod assign;
 pub mod driver;
 
 pub use arena::*;

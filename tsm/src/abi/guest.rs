@@ -49,6 +49,9 @@ pub mod leaf {
     pub const MR_REPORT: u64 = 4;
     pub const MEM_PAGE_ACCEPT: u64 = 6;
     pub const MR_VERIFYREPORT: u64 = 22;
+    pub const TDI_RD: u64 = 67;
+    pub const MMIO_ACCEPT: u64 = 71;
+    pub const TDI_START: u64 = 0x8001;
 }
 
 const CALLER: (Status, &str) = (Status::VCPU_NOT_IN_GUEST, "the calling vCPU is not in guest mode (firmware bug)");
@@ -161,6 +164,9 @@ impl<P: Platform> Tsm<P> {
             },
             handler: Self::mr_verifyreport,
         },
+        Self::TDG_TDI_RD,
+        Self::TDG_MMIO_ACCEPT,
+        Self::TDG_TDI_START,
     ];
 
     /// The calling vCPU, which must be in guest mode.
@@ -185,7 +191,7 @@ impl<P: Platform> Tsm<P> {
     }
 
     /// The frame backing a private GPA the guest names as a buffer; it must be MAPPED.
-    fn guest_frame(&self, td: &Td, gpa: GuestPhysAddr, op: Operand) -> TsmResult<Pfn> {
+    pub(crate) fn guest_frame(&self, td: &Td, gpa: GuestPhysAddr, op: Operand) -> TsmResult<Pfn> {
         match self.walk(td, gpa, 0)? {
             WalkResult::Reached(w) => match legality(SeptOp::Access, w.entry.state()) {
                 Legality::Proceed => Ok(w.entry.pfn()),

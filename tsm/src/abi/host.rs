@@ -53,7 +53,26 @@ pub mod leaf {
     pub const MEM_TRACK: u64 = 38;
     pub const MEM_RANGE_UNBLOCK: u64 = 39;
     pub const SYS_CONFIG: u64 = 45;
+    pub const SPDM_CREATE: u64 = 130;
+    pub const SPDM_DELETE: u64 = 131;
+    pub const IDE_STREAM_CREATE: u64 = 132;
+    pub const IDE_STREAM_BLOCK: u64 = 133;
+    pub const IDE_STREAM_DELETE: u64 = 134;
+    pub const IDE_STREAM_KM: u64 = 135;
+    pub const TDI_CREATE: u64 = 137;
+    pub const TDI_REMOVE: u64 = 138;
+    pub const SPDM_CONNECT: u64 = 142;
+    pub const SPDM_DISCONNECT: u64 = 143;
+    pub const SPDM_MNG: u64 = 144;
+    pub const MMIO_MAP: u64 = 158;
+    pub const MMIO_BLOCK: u64 = 159;
+    pub const MMIO_UNMAP: u64 = 160;
     pub const VP_KICK: u64 = 0x8000;
+    pub const TDI_LOCK: u64 = 0x8010;
+    pub const TDI_START: u64 = 0x8011;
+    pub const TDI_STOP: u64 = 0x8012;
+    pub const DMABUF_IMPORT: u64 = 0x8013;
+    pub const DMABUF_REVOKE: u64 = 0x8014;
 }
 
 /// Bytes of one TDMR_INFO entry: base, size, PAMT base, PAMT size (u64 each).
@@ -317,6 +336,7 @@ impl<P: Platform> Tsm<P> {
                     (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDR page"),
                     (Status::LIFECYCLE_STATE_INCORRECT, "already torn down"),
                     (Status::FLUSHVP_NOT_DONE, "a vCPU is in guest mode: kick it"),
+                    (Status::TD_HAS_ATTACHED_DEVICES, "a TDI is still bound to the TD (remove it first)"),
                 ],
             },
             handler: Self::mng_vpflushdone,
@@ -557,6 +577,20 @@ impl<P: Platform> Tsm<P> {
             },
             handler: Self::sys_config,
         },
+        Self::SPDM_CREATE,
+        Self::SPDM_DELETE,
+        Self::IDE_STREAM_CREATE,
+        Self::IDE_STREAM_BLOCK,
+        Self::IDE_STREAM_DELETE,
+        Self::IDE_STREAM_KM,
+        Self::TDI_CREATE,
+        Self::TDI_REMOVE,
+        Self::SPDM_CONNECT,
+        Self::SPDM_DISCONNECT,
+        Self::SPDM_MNG,
+        Self::MMIO_MAP,
+        Self::MMIO_BLOCK,
+        Self::MMIO_UNMAP,
         HostLeaf {
             spec: LeafSpec {
                 number: leaf::VP_KICK,
@@ -574,6 +608,11 @@ impl<P: Platform> Tsm<P> {
             },
             handler: Self::vp_kick,
         },
+        Self::TDI_LOCK,
+        Self::TDI_START,
+        Self::TDI_STOP,
+        Self::DMABUF_IMPORT,
+        Self::DMABUF_REVOKE,
     ];
 
     // ---- TSM ---------------------------------------------------------------------------------
@@ -754,6 +793,9 @@ impl<P: Platform> Tsm<P> {
         if td.any_vcpu_in_guest() {
             return Err(TsmError::FlushVpNotDone);
         }
+        if self.td_has_tdis(idx) {
+            return Err(TsmError::TdHasDevices);
+        }
         // ALL CHECKS PASSED: nothing below can fail.
         self.td_mut(idx)?.lifecycle = Lifecycle::Teardown;
         Ok(Status::SUCCESS)
@@ -828,7 +870,8 @@ impl<P: Platform> Tsm<P> {
         let e = self.pamt_of(pfn, Operand::Rcx)?;
         match e.ty {
             PageType::Free => return Ok(Status::PAGE_ALREADY_FREE),
-            PageType::Reserved => return Err(TsmError::PageMetadata(Operand::Rcx)),
+            // PDEV and TDI pages go back through SPDM.DELETE and TDI.REMOVE, in their order.
+            PageType::Reserved | PageType::Pdev | PageType::Tdi => return Err(TsmError::PageMetadata(Operand::Rcx)),
             PageType::Regular | PageType::Tdr | PageType::Tdcs | PageType::Tdvpr | PageType::Sept => {}
         }
         let idx = if e.ty == PageType::Tdr { self.slot_of_tdr(pfn, e)? } else { self.owner_index(e)? };

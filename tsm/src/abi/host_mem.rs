@@ -16,7 +16,7 @@ const MAX_LEVEL: u8 = 4;
 
 impl<P: Platform> Tsm<P> {
     /// Decodes RCX (GPA and level) and RDX (TDR); requires an initialized, live TD.
-    fn mem_prologue(&self, regs: &Regs) -> TsmResult<(usize, GuestPhysAddr, u8)> {
+    pub(crate) fn mem_prologue(&self, regs: &Regs) -> TsmResult<(usize, GuestPhysAddr, u8)> {
         self.sys()?;
         let (gpa, level) = gpa_level(regs.rcx, MAX_LEVEL)?;
         let idx = self.td_index(regs.rdx, Operand::Rdx)?;
@@ -25,7 +25,7 @@ impl<P: Platform> Tsm<P> {
     }
 
     /// Applies the legality table; `Ok(true)` means "already done" (a warning).
-    fn legal(op: SeptOp, w: &Walk) -> TsmResult<bool> {
+    pub(crate) fn legal(op: SeptOp, w: &Walk) -> TsmResult<bool> {
         match legality(op, w.entry.state()) {
             Legality::Proceed => Ok(false),
             Legality::AlreadyDone => Ok(true),

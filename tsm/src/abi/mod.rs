@@ -3,8 +3,11 @@
 //! once through [`Platform::log_call`].
 
 pub mod guest;
+mod guest_tdi;
 pub mod host;
 mod host_mem;
+pub mod host_pdev;
+pub mod host_tdi;
 
 use crate::addr::GuestPhysAddr;
 use crate::error::{TsmError, TsmResult};

@@ -1,0 +1,222 @@
+//! Guest leaves of device assignment: TDG.TDI.RD (state and digests, from the TSM, never from
+//! the host), TDG.TDI.START (the guest's authorisation of START, bound to one lock) and
+//! TDG.MMIO.ACCEPT (MMIO_PENDING → MMIO_MAPPED only for the page the report puts there).
+
+use crate::abi::guest::{Ctx, GuestLeaf, Step};
+use crate::abi::{gpa_aligned, gpa_level, LeafSpec, Reg, Regs, TdExit};
+use crate::addr::PageSize;
+use crate::error::{SeptErrorKind, TsmError, TsmResult};
+use crate::platform::Platform;
+use crate::sept::{self, legality, Legality, SeptEntry, SeptOp, SeptState, WalkResult};
+use crate::status::{Operand, Status};
+use crate::tdi::{DmarState, TdiState};
+use crate::Tsm;
+
+use super::guest::leaf;
+use super::host_tdi::PASID_VALID;
+
+/// TDG.TDI.RD fields (RDX).
+#[allow(missing_docs)]
+pub mod field {
+    pub const STATE: u64 = 0;
+    pub const LOCK_GENERATION: u64 = 1;
+    pub const REPORT_DIGEST: u64 = 2;
+    pub const EVIDENCE_DIGESTS: u64 = 3;
+    pub const REPORTING_OFFSET: u64 = 4;
+    pub const RANGE_COUNT: u64 = 5;
+    pub const LOCK_FLAGS: u64 = 6;
+    pub const DMAR_STATE: u64 = 7;
+    pub const SPDM_VERSION: u64 = 8;
+}
+
+const CALLER: (Status, &str) = (Status::VCPU_NOT_IN_GUEST, "the calling vCPU is not in guest mode (firmware bug)");
+
+impl<P: Platform> Tsm<P> {
+    pub(crate) const TDG_TDI_RD: GuestLeaf<P> = GuestLeaf {
+        spec: LeafSpec {
+            number: leaf::TDI_RD,
+            name: "TDG.TDI.RD",
+            summary: "Reads a field of one of the TD's TDIs from the TSM. RDX: 0 TDISP state, 1 lock generation, 2 SHA-384 of the interface report (48 bytes to R8), 3 SHA-384 of the certificate chain then of the signed measurement transcript (96 bytes to R8), 4 MMIO_REPORTING_OFFSET, 5 range count, 6 lock flags, 7 DMA entry state (0 none, 1 added, 2 accepted, 3 blocked), 8 SPDM version. Scalars come back in R9.",
+            inputs: &[
+                (Reg::Rcx, "function id (24:0); PASID (51:32) if bit 63 is set"),
+                (Reg::Rdx, "field"),
+                (Reg::R8, "digest fields: GPA of the output (64-byte aligned, MAPPED)"),
+            ],
+            outputs: &[(Reg::R9, "scalar fields: the value")],
+            requires: "Report digest: TDI CONFIG_LOCKED or RUN.",
+            errors: &[
+                CALLER,
+                (Status::TDI_NOT_PRESENT, "no TDI of this TD has that function"),
+                (Status::OPERAND_INVALID, "RDX not a field"),
+                (Status::TDI_STATE_INCORRECT, "report digest of a TDI that is not locked"),
+                (Status::OPERAND_INVALID, "R8 misaligned, beyond width or shared"),
+                (Status::EPT_WALK_FAILED, "R8 not mapped"),
+                (Status::EPT_ENTRY_STATE_INCORRECT, "R8 not MAPPED"),
+            ],
+        },
+        handler: Self::tdg_tdi_rd,
+    };
+
+    pub(crate) const TDG_MMIO_ACCEPT: GuestLeaf<P> = GuestLeaf {
+        spec: LeafSpec {
+            number: leaf::MMIO_ACCEPT,
+            name: "TDG.MMIO.ACCEPT",
+            summary: "Accepts an MMIO_PENDING page (4K or 2M) as MMIO_MAPPED, only if it is the page at that offset of that range of the locked report. Already accepted is a warning; a missing, free or blocked mapping exits to the host.",
+            inputs: &[
+                (Reg::Rcx, "GPA (51:12) and level (2:0): 0 = 4K, 1 = 2M"),
+                (Reg::Rdx, "range index in the interface report"),
+                (Reg::R8, "function id (24:0); PASID (51:32) if bit 63 is set"),
+                (Reg::R9, "byte offset of the page within the range"),
+            ],
+            outputs: &[],
+            requires: "TDI CONFIG_LOCKED or RUN; the entry MMIO_PENDING at the requested level.",
+            errors: &[
+                CALLER,
+                (Status::OPERAND_INVALID, "RCX reserved bits, level above 1, misaligned, beyond width or shared"),
+                (Status::TDI_NOT_PRESENT, "no TDI of this TD has that function (R8)"),
+                (Status::TDI_STATE_INCORRECT, "TDI not CONFIG_LOCKED or RUN"),
+                (Status::MMIO_OUT_OF_RANGE, "RDX names no range (RDX), or the page lies outside it (R9)"),
+                (Status::MMIO_REVOKED, "the range was revoked"),
+                (Status::PAGE_SIZE_MISMATCH, "mapped at another size (RCX/RDX: the entry)"),
+                (Status::EPT_ENTRY_STATE_INCORRECT, "private memory there, not MMIO"),
+                (Status::MMIO_INVALID_HPA_OFFSET, "the page mapped there is not the one at that offset"),
+                (Status::PAGE_ALREADY_ACCEPTED, "warning: already MMIO_MAPPED with the right page"),
+            ],
+        },
+        handler: Self::tdg_mmio_accept,
+    };
+
+    pub(crate) const TDG_TDI_START: GuestLeaf<P> = GuestLeaf {
+        spec: LeafSpec {
+            number: leaf::TDI_START,
+            name: "SEAMLESS.TDG.TDI.START",
+            summary: "The guest authorises START of a locked TDI, for one lock generation (TDG.TDI.RD field 1): after checking the report against its digest. An authorisation for an earlier lock does not let the host start a later one.",
+            inputs: &[(Reg::Rcx, "function id (24:0); PASID (51:32) if bit 63 is set"), (Reg::Rdx, "the lock generation authorised")],
+            outputs: &[],
+            requires: "TDI CONFIG_LOCKED.",
+            errors: &[
+                CALLER,
+                (Status::TDI_NOT_PRESENT, "no TDI of this TD has that function"),
+                (Status::TDI_STATE_INCORRECT, "TDI not CONFIG_LOCKED"),
+                (Status::TDI_AUTHORISATION_STALE, "RDX is not the current lock generation"),
+            ],
+        },
+        handler: Self::tdg_tdi_start,
+    };
+
+    /// The TDI of the calling TD with the function (and PASID) encoded in `raw`.
+    fn guest_tdi(&self, ctx: Ctx, raw: u64, op: Operand) -> TsmResult<usize> {
+        let function = (raw & crate::pdev::FUNCTION_ID_MASK) as u32;
+        let pasid = (raw & PASID_VALID != 0).then_some(((raw >> 32) & 0xF_FFFF) as u32);
+        self.tdis
+            .iter()
+            .position(|t| matches!(t, Some(t) if t.td == ctx.td && t.function == function && t.pasid == pasid))
+            .ok_or(TsmError::TdiNotPresent(op))
+    }
+
+    fn tdg_tdi_rd(&mut self, ctx: Ctx, regs: &Regs, out: &mut Regs) -> TsmResult<Step> {
+        let t = self.guest_tdi(ctx, regs.rcx, Operand::Rcx)?;
+        let tdi = self.tdi(t)?;
+        let evidence = self.pdev(tdi.pdev)?.evidence;
+        let scalar = match regs.rdx {
+            field::STATE => Some(tdi.state.tdisp() as u64),
+            field::LOCK_GENERATION => Some(u64::from(tdi.generation)),
+            field::REPORTING_OFFSET => Some(tdi.reporting_offset),
+            field::RANGE_COUNT => Some(tdi.range_count as u64),
+            field::LOCK_FLAGS => Some(u64::from(tdi.lock_flags)),
+            field::DMAR_STATE => Some(match tdi.dmar {
+                DmarState::None => 0,
+                DmarState::Added => 1,
+                DmarState::Accepted => 2,
+                DmarState::Blocked { .. } => 3,
+            }),
+            field::SPDM_VERSION => Some(u64::from(evidence.map_or(0, |e| e.negotiated.version))),
+            field::REPORT_DIGEST | field::EVIDENCE_DIGESTS => None,
+            _ => return Err(TsmError::OperandInvalid(Operand::Rdx)),
+        };
+        if let Some(v) = scalar {
+            out.r9 = v;
+            return Ok(Step::Done(Status::SUCCESS));
+        }
+        let mut bytes = [0u8; 96];
+        let len = if regs.rdx == field::REPORT_DIGEST {
+            if !matches!(tdi.state, TdiState::Locked | TdiState::Run) {
+                return Err(TsmError::TdiState);
+            }
+            bytes[..48].copy_from_slice(&tdi.report_digest);
+            48
+        } else {
+            let e = evidence.ok_or(TsmError::Corrupt)?;
+            bytes[..48].copy_from_slice(&e.chain_digest);
+            bytes[48..].copy_from_slice(&e.measurements_digest);
+            96
+        };
+        let td = self.td(ctx.td)?;
+        let gpa = gpa_aligned(regs.r8, 64, Operand::R8)?;
+        Self::private_gpa(td, gpa, 64, Operand::R8)?;
+        let frame = self.guest_frame(td, gpa, Operand::R8)?;
+        // ALL CHECKS PASSED: nothing below can fail.
+        self.platform.write_bytes(frame, gpa.page_offset() as usize, &bytes[..len]);
+        Ok(Step::Done(Status::SUCCESS))
+    }
+
+    fn tdg_tdi_start(&mut self, ctx: Ctx, regs: &Regs, _out: &mut Regs) -> TsmResult<Step> {
+        let t = self.guest_tdi(ctx, regs.rcx, Operand::Rcx)?;
+        let tdi = self.tdi(t)?;
+        if tdi.state != TdiState::Locked {
+            return Err(TsmError::TdiState);
+        }
+        if regs.rdx != u64::from(tdi.generation) {
+            return Err(TsmError::AuthorisationStale);
+        }
+        // ALL CHECKS PASSED: nothing below can fail.
+        let tdi = self.tdi_mut(t)?;
+        tdi.authorised = Some(tdi.generation);
+        Ok(Step::Done(Status::SUCCESS))
+    }
+
+    fn tdg_mmio_accept(&mut self, ctx: Ctx, regs: &Regs, _out: &mut Regs) -> TsmResult<Step> {
+        let td = self.td(ctx.td)?;
+        let (gpa, level) = gpa_level(regs.rcx, 1)?;
+        let size = PageSize::from_level(level).ok_or(TsmError::OperandInvalid(Operand::Rcx))?;
+        Self::private_gpa(td, gpa, size.bytes(), Operand::Rcx)?;
+        let t = self.guest_tdi(ctx, regs.r8, Operand::R8)?;
+        let tdi = self.tdi(t)?;
+        if !matches!(tdi.state, TdiState::Locked | TdiState::Run) {
+            return Err(TsmError::TdiState);
+        }
+        let r = usize::try_from(regs.rdx).ok().filter(|&r| r < tdi.range_count);
+        let range = tdi.ranges[r.ok_or(TsmError::MmioOutOfRange(Operand::Rdx))?];
+        let inside = regs.r9.is_multiple_of(size.bytes())
+            && (regs.r9 >> 12).checked_add(size.frames()).is_some_and(|end| end <= range.pages);
+        if !inside {
+            return Err(TsmError::MmioOutOfRange(Operand::R9));
+        }
+        if range.revoked {
+            return Err(TsmError::MmioRevoked);
+        }
+        let expected = range.first + (regs.r9 >> 12);
+        let exit = |w: &sept::Walk| {
+            Step::Exit(TdExit::EptViolation { gpa, requested_level: level, level: w.level, entry: w.entry.raw() })
+        };
+        let w = match self.walk(td, gpa, level)? {
+            WalkResult::Reached(w) => w,
+            WalkResult::Stopped(w) if w.entry.state().is_leaf() => {
+                return Err(TsmError::Sept(Operand::Rcx, w.fault(SeptErrorKind::SizeMismatch)));
+            }
+            WalkResult::Stopped(w) => return Ok(exit(&w)),
+        };
+        let right_page = w.entry.pfn().raw() == expected;
+        match legality(SeptOp::MmioAccept, w.entry.state()) {
+            Legality::Proceed if right_page => {}
+            Legality::Proceed => return Err(TsmError::MmioHpaOffset),
+            Legality::AlreadyDone if right_page => return Ok(Step::Done(Status::PAGE_ALREADY_ACCEPTED)),
+            Legality::AlreadyDone => return Err(TsmError::MmioHpaOffset),
+            Legality::ExitToHost => return Ok(exit(&w)),
+            Legality::Refuse(kind) => return Err(TsmError::Sept(Operand::Rcx, w.fault(kind))),
+        }
+        // ALL CHECKS PASSED: nothing below can fail.
+        sept::write(&mut self.platform, w.slot, SeptEntry::new(SeptState::MmioMapped, w.entry.pfn(), level));
+        Ok(Step::Done(Status::SUCCESS))
+    }
+}

@@ -1,0 +1,877 @@
+//! Host leaves of the TDI (CREATE, LOCK, START, STOP, REMOVE), of the device's private MMIO
+//! (DMABUF.IMPORT / REVOKE) and of its S-EPT mappings (MMIO.MAP / BLOCK / UNMAP).
+//!
+//! The rules the anchors enforce, each with its own status: one outstanding TDISP request per
+//! device; START only after the guest authorised the current lock; MMIO mapped only from a
+//! range of the locked report the host imported, into the TD the TDI is bound to, linearly;
+//! MMIO unmapped only after BLOCK, TLB tracking and STOP; REMOVE only with nothing mapped; a
+//! device answer that fails, or a revoke, puts the TDI in ERROR and blocks its mappings.
+
+use sha2::{Digest, Sha384};
+
+use crate::abi::{LeafSpec, Reg, Regs};
+use crate::addr::{FrameRange, GuestPhysAddr, PageSize, Pfn};
+use crate::error::{DeviceFault, SeptErrorKind, TsmError, TsmResult};
+use crate::pamt::{PageType, PamtEntry};
+use crate::pdev::{PdevState, Pending, MSG_BYTES, PLAIN_BYTES};
+use crate::platform::Platform;
+use crate::sept::{self, SeptEntry, SeptOp, SeptState, WalkResult};
+use crate::status::{Operand, Status};
+use crate::td::Lifecycle;
+use crate::tdi::{DmarState, Tdi, TdiDone, TdiFlow, TdiNext, TdiOp, TdiState, RANGE_NON_TEE, REPORT_MAX};
+use crate::tdisp::{lock_flags, InterfaceId, InterfaceReport};
+use crate::Tsm;
+
+use super::host::{leaf, HostLeaf};
+use super::host_pdev::Msg;
+
+/// R9 of TDI.CREATE: PASID valid (bit 63) and PASID (51:32) beside the function id.
+pub const PASID_VALID: u64 = 1 << 63;
+
+const SYS: (Status, &str) = (Status::SYS_NOT_READY, "TDH.SYS.CONFIG not done");
+const TDI_RCX: [(Status, &str); 3] = [
+    (Status::OPERAND_INVALID, "RCX not a 4K-aligned address"),
+    (Status::OPERAND_ADDR_RANGE_ERROR, "RCX outside the TDMRs"),
+    (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDI page"),
+];
+const MSG: [(Status, &str); 5] = [
+    (Status::OPERAND_INVALID, "RDX not 4K aligned, or R8 above 4096"),
+    (Status::OPERAND_ADDR_RANGE_ERROR, "RDX not host memory the TSM may use"),
+    (Status::PAGE_METADATA_INCORRECT, "RDX a page the TSM or a TD owns"),
+    (Status::OPERAND_BUSY, "another request of the device is outstanding, or R8 = 0 while this one is"),
+    (Status::NO_REQUEST_OUTSTANDING, "R8 non-zero but nothing is outstanding"),
+];
+const DEVICE: [(Status, &str); 3] = [
+    (Status::DEVICE_REQUEST, "not an error: move R8 bytes to the device, call again with its answer"),
+    (Status::ANSWER_NOT_AUTHENTIC, "the answer does not open under the session keys; nothing changed"),
+    (
+        Status::DEVICE_ERROR,
+        "the device's answer failed a check; the TDI is now ERROR, its mappings blocked (RCX: step)",
+    ),
+];
+const MSG_IN: [(Reg, &str); 2] = [
+    (Reg::Rdx, "message page (host memory, 4K aligned)"),
+    (Reg::R8, "bytes of the device's answer in it; 0 on the first call"),
+];
+const MMIO_GPA: (Reg, &str) = (Reg::Rcx, "GPA (51:12) and level (2:0): 0 = 4K, 1 = 2M");
+const MMIO_PROLOGUE: [(Status, &str); 7] = [
+    SYS,
+    (Status::OPERAND_INVALID, "RCX reserved bits set or level above 1"),
+    (Status::OPERAND_INVALID, "RDX not a 4K-aligned address"),
+    (Status::OPERAND_ADDR_RANGE_ERROR, "RDX outside the TDMRs"),
+    (Status::PAGE_METADATA_INCORRECT, "RDX is not a TDR page"),
+    (Status::TD_NOT_FINALIZED, "TDH.MR.FINALIZE not done"),
+    (Status::OPERAND_INVALID, "GPA misaligned, beyond the TD's width or shared"),
+];
+
+impl<P: Platform> Tsm<P> {
+    pub(crate) const TDI_CREATE: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::TDI_CREATE,
+            name: "TDH.TDI.CREATE",
+            summary: "Creates a TDI of a connected PDEV, bound to one TD for its whole life; the control page is owned by the TD. The identity is the function id, plus a PASID for a Scalable-IOV assignable interface.",
+            inputs: &[
+                (Reg::Rcx, "TDR page"),
+                (Reg::Rdx, "PDEV page"),
+                (Reg::R8, "page to donate (the TDI page)"),
+                (Reg::R9, "function id (24:0); PASID (51:32) if bit 63 is set"),
+            ],
+            outputs: &[],
+            requires: "TD initialized, not torn down; PDEV CONNECTED.",
+            errors: &[
+                SYS,
+                (Status::OPERAND_INVALID, "RCX not a 4K-aligned address"),
+                (Status::OPERAND_ADDR_RANGE_ERROR, "RCX outside the TDMRs"),
+                (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDR page"),
+                (Status::TD_NOT_INITIALIZED, "TDH.MNG.INIT not done"),
+                (Status::LIFECYCLE_STATE_INCORRECT, "TD torn down"),
+                (Status::PAGE_METADATA_INCORRECT, "RDX is not a PDEV page"),
+                (Status::PDEV_STATE_INCORRECT, "PDEV not CONNECTED"),
+                (Status::PAGE_NOT_FREE, "R8 page not free"),
+                (Status::OPERAND_INVALID, "R9 reserved bits set, or the function is on another segment than the PDEV"),
+                (Status::FUNCTION_IN_USE, "that function and PASID already have a TDI"),
+                (Status::DEVICE_SLOTS_EXHAUSTED, "every TDI slot in use"),
+            ],
+        },
+        handler: Self::tdi_create,
+    };
+
+    pub(crate) const TDI_REMOVE: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::TDI_REMOVE,
+            name: "TDH.TDI.REMOVE",
+            summary: "Removes a TDI; its page goes back to the host, zeroed. The last step of the unbind order STOP → MMIO unmap → DMAR remove → TDI remove.",
+            inputs: &[(Reg::Rcx, "TDI page")],
+            outputs: &[(Reg::Rcx, "the page released")],
+            requires: "TDI CONFIG_UNLOCKED (never locked, or stopped); no MMIO mapped; no DMA remapping entry.",
+            errors: &[
+                SYS,
+                TDI_RCX[0],
+                TDI_RCX[1],
+                TDI_RCX[2],
+                (Status::OPERAND_BUSY, "a TDISP request of the TDI is outstanding"),
+                (Status::TDI_STATE_INCORRECT, "TDI LOCKED, RUN or ERROR (STOP first)"),
+                (Status::TDI_HAS_MAPPED_MMIO, "MMIO pages still mapped"),
+                (Status::TDI_HAS_MAPPED_DMA, "a DMA remapping entry remains"),
+            ],
+        },
+        handler: Self::tdi_remove,
+    };
+
+    pub(crate) const TDI_LOCK: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::TDI_LOCK,
+            name: "SEAMLESS.TDI.LOCK",
+            summary: "Resumable, inside the session: GET_VERSION, GET_CAPABILITIES, LOCK_INTERFACE (the TSM picks a random MMIO_REPORTING_OFFSET and keeps the nonce), GET_DEVICE_INTERFACE_STATE = CONFIG_LOCKED, then the whole DEVICE_INTERFACE_REPORT in portions, parsed and checked (bounded, sorted, non-overlapping ranges, known bits). On success the report is written to the message page for the host to hand to the guest.",
+            inputs: &[(Reg::Rcx, "TDI page"), MSG_IN[0], MSG_IN[1], (Reg::R9, "first call: LOCK flags (15:0), IDE stream index (23:16)")],
+            outputs: &[
+                (Reg::R8, "DEVICE_REQUEST: bytes of the request; SUCCESS: bytes of the interface report in the message page"),
+                (Reg::Rcx, "SUCCESS: the lock generation (the guest authorises START for it)"),
+            ],
+            requires: "TDI CONFIG_UNLOCKED with nothing mapped; PDEV CONNECTED; the stream SECURE.",
+            errors: &[
+                SYS,
+                TDI_RCX[0],
+                TDI_RCX[1],
+                TDI_RCX[2],
+                MSG[0],
+                MSG[1],
+                MSG[2],
+                MSG[3],
+                MSG[4],
+                (Status::TDI_STATE_INCORRECT, "TDI not CONFIG_UNLOCKED"),
+                (Status::TDI_HAS_MAPPED_MMIO, "MMIO of an earlier lock still mapped"),
+                (Status::TDI_HAS_MAPPED_DMA, "a DMA remapping entry remains"),
+                (Status::OPERAND_INVALID, "R9: unknown lock flags, BIND_P2P, reserved bits, or no such stream"),
+                (Status::PDEV_STATE_INCORRECT, "PDEV not CONNECTED"),
+                (Status::IDE_STREAM_STATE_INCORRECT, "the stream has no live keys"),
+                (Status::RND_NO_ENTROPY, "no entropy for the reporting offset"),
+                DEVICE[0],
+                DEVICE[1],
+                DEVICE[2],
+            ],
+        },
+        handler: Self::tdi_lock,
+    };
+
+    pub(crate) const TDI_START: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::TDI_START,
+            name: "SEAMLESS.TDI.START",
+            summary: "Resumable, inside the session: START_INTERFACE with the lock's nonce (the host never sees it), then GET_DEVICE_INTERFACE_STATE = RUN.",
+            inputs: &[(Reg::Rcx, "TDI page"), MSG_IN[0], MSG_IN[1]],
+            outputs: &[(Reg::R8, "DEVICE_REQUEST: bytes of the request")],
+            requires: "TDI CONFIG_LOCKED; the guest authorised START for the current lock (TDG.TDI.START).",
+            errors: &[
+                SYS,
+                TDI_RCX[0],
+                TDI_RCX[1],
+                TDI_RCX[2],
+                MSG[0],
+                MSG[1],
+                MSG[2],
+                MSG[3],
+                MSG[4],
+                (Status::TDI_STATE_INCORRECT, "TDI not CONFIG_LOCKED"),
+                (Status::TDI_NOT_AUTHORISED, "the guest has not authorised START"),
+                (Status::TDI_AUTHORISATION_STALE, "the guest authorised an earlier lock"),
+                (Status::PDEV_STATE_INCORRECT, "PDEV not CONNECTED"),
+                (Status::IDE_STREAM_STATE_INCORRECT, "the stream has no live keys"),
+                DEVICE[0],
+                DEVICE[1],
+                DEVICE[2],
+            ],
+        },
+        handler: Self::tdi_start,
+    };
+
+    pub(crate) const TDI_STOP: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::TDI_STOP,
+            name: "SEAMLESS.TDI.STOP",
+            summary: "Resumable, inside the session: STOP_INTERFACE, then GET_DEVICE_INTERFACE_STATE = CONFIG_UNLOCKED. The nonce and the guest's authorisation are dropped. When the PDEV has no session any more (ERROR, STOPPED) the TSM stops the TDI on its own side at once, without device traffic.",
+            inputs: &[(Reg::Rcx, "TDI page"), MSG_IN[0], MSG_IN[1]],
+            outputs: &[(Reg::R8, "DEVICE_REQUEST: bytes of the request")],
+            requires: "TDI CONFIG_LOCKED, RUN or ERROR.",
+            errors: &[
+                SYS,
+                TDI_RCX[0],
+                TDI_RCX[1],
+                TDI_RCX[2],
+                MSG[0],
+                MSG[1],
+                MSG[2],
+                MSG[3],
+                MSG[4],
+                (Status::TDI_STATE_INCORRECT, "TDI CONFIG_UNLOCKED"),
+                DEVICE[0],
+                DEVICE[1],
+                DEVICE[2],
+            ],
+        },
+        handler: Self::tdi_stop,
+    };
+
+    pub(crate) const DMABUF_IMPORT: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::DMABUF_IMPORT,
+            name: "SEAMLESS.DMABUF.IMPORT",
+            summary: "Hands the TSM the host frames of one MMIO range the host exported as a host-inaccessible dma-buf. They must be exactly the range of the locked report (its page minus the reporting offset, its size), TEE memory, outside the TDMRs and the TSM. From then on they belong to the TDI: no host call maps them anywhere else.",
+            inputs: &[
+                (Reg::Rcx, "TDI page"),
+                (Reg::Rdx, "first frame of the range (4K aligned)"),
+                (Reg::R8, "4K pages"),
+                (Reg::R9, "range index in the interface report"),
+            ],
+            outputs: &[],
+            requires: "TDI CONFIG_LOCKED or RUN.",
+            errors: &[
+                SYS,
+                TDI_RCX[0],
+                TDI_RCX[1],
+                TDI_RCX[2],
+                (Status::TDI_STATE_INCORRECT, "TDI not CONFIG_LOCKED or RUN"),
+                (Status::MMIO_NOT_IN_REPORT, "R9 names no range, or a non-TEE range"),
+                (Status::OPERAND_INVALID, "RDX not 4K aligned"),
+                (Status::MMIO_NOT_IN_REPORT, "RDX/R8 are not the range's frames and size"),
+                (Status::OPERAND_ADDR_RANGE_ERROR, "the frames touch the TDMRs or the TSM's memory"),
+                (Status::PAGE_NOT_FREE, "the frames are already imported (by this or another TDI)"),
+            ],
+        },
+        handler: Self::dmabuf_import,
+    };
+
+    pub(crate) const DMABUF_REVOKE: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::DMABUF_REVOKE,
+            name: "SEAMLESS.DMABUF.REVOKE",
+            summary: "The exporter's revoke (FLR, memory-space disable, close). Terminal while the TDI is locked or running: the TDI goes to ERROR, every S-EPT mapping of the range is blocked (MMIO_BLOCKED) and the DMA entry blocked; the frames stay the TDI's until STOP, TLB tracking and MMIO.UNMAP of every page.",
+            inputs: &[(Reg::Rcx, "TDI page"), (Reg::Rdx, "range index")],
+            outputs: &[(Reg::Rcx, "4K pages of the range still mapped (now blocked)")],
+            requires: "The range imported.",
+            errors: &[
+                SYS,
+                TDI_RCX[0],
+                TDI_RCX[1],
+                TDI_RCX[2],
+                (Status::MMIO_NOT_IN_REPORT, "RDX names no imported range"),
+            ],
+        },
+        handler: Self::dmabuf_revoke,
+    };
+
+    pub(crate) const MMIO_MAP: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::MMIO_MAP,
+            name: "TDH.MMIO.MAP",
+            summary: "Maps an imported MMIO page (4K or 2M) of a TDI bound to the TD at a private GPA as MMIO_PENDING, for the guest to accept. A range is placed linearly: its first mapping fixes where, so each MMIO frame has exactly one GPA.",
+            inputs: &[MMIO_GPA, (Reg::Rdx, "TDR page"), (Reg::R8, "MMIO frame (host physical, aligned to the size)")],
+            outputs: &[],
+            requires: "TD RUNNABLE; the TDI CONFIG_LOCKED or RUN over a SECURE stream; the entry FREE with its tables present.",
+            errors: &[
+                MMIO_PROLOGUE[0],
+                MMIO_PROLOGUE[1],
+                MMIO_PROLOGUE[2],
+                MMIO_PROLOGUE[3],
+                MMIO_PROLOGUE[4],
+                MMIO_PROLOGUE[5],
+                MMIO_PROLOGUE[6],
+                (Status::OPERAND_INVALID, "R8 misaligned"),
+                (Status::MMIO_NOT_IN_REPORT, "R8 (or part of the 2M) in no imported range"),
+                (Status::MMIO_OWNER_MISMATCH, "R8 belongs to a TDI of another TD"),
+                (Status::TDI_STATE_INCORRECT, "the TDI is not CONFIG_LOCKED or RUN"),
+                (Status::MMIO_REVOKED, "the range was revoked"),
+                (Status::IDE_STREAM_STATE_INCORRECT, "the TDI's stream has no live keys"),
+                (Status::MMIO_GPA_MISMATCH, "the GPA breaks the range's placement"),
+                (Status::EPT_WALK_FAILED, "a table on the path is missing"),
+                (Status::EPT_ENTRY_NOT_FREE, "the GPA is mapped"),
+            ],
+        },
+        handler: Self::mmio_map,
+    };
+
+    pub(crate) const MMIO_BLOCK: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::MMIO_BLOCK,
+            name: "TDH.MMIO.BLOCK",
+            summary: "Blocks an MMIO leaf (MMIO_PENDING or MMIO_MAPPED → MMIO_BLOCKED) and records the TD's TLB epoch in the TDI's range.",
+            inputs: &[MMIO_GPA, (Reg::Rdx, "TDR page")],
+            outputs: &[],
+            requires: "An MMIO leaf at the GPA and level.",
+            errors: &[
+                MMIO_PROLOGUE[0],
+                MMIO_PROLOGUE[1],
+                MMIO_PROLOGUE[2],
+                MMIO_PROLOGUE[3],
+                MMIO_PROLOGUE[4],
+                MMIO_PROLOGUE[5],
+                MMIO_PROLOGUE[6],
+                (Status::EPT_WALK_FAILED, "a table on the path is missing"),
+                (Status::EPT_ENTRY_FREE, "nothing mapped there"),
+                (Status::EPT_ENTRY_STATE_INCORRECT, "not an MMIO leaf"),
+                (Status::GPA_RANGE_ALREADY_BLOCKED, "warning: already blocked, nothing changed"),
+            ],
+        },
+        handler: Self::mmio_block,
+    };
+
+    pub(crate) const MMIO_UNMAP: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::MMIO_UNMAP,
+            name: "TDH.MMIO.UNMAP",
+            summary: "Frees a blocked MMIO leaf once the TLB epoch of its block is retired, and only when the TDI is stopped (CONFIG_UNLOCKED, from RUN or ERROR). The frame stays the TDI's until the TDI is locked again or removed.",
+            inputs: &[MMIO_GPA, (Reg::Rdx, "TDR page")],
+            outputs: &[(Reg::R8, "the MMIO frame unmapped")],
+            requires: "MMIO_BLOCKED; TLB tracking done; TDI CONFIG_UNLOCKED.",
+            errors: &[
+                MMIO_PROLOGUE[0],
+                MMIO_PROLOGUE[1],
+                MMIO_PROLOGUE[2],
+                MMIO_PROLOGUE[3],
+                MMIO_PROLOGUE[4],
+                MMIO_PROLOGUE[5],
+                MMIO_PROLOGUE[6],
+                (Status::EPT_WALK_FAILED, "a table on the path is missing"),
+                (Status::EPT_ENTRY_FREE, "nothing mapped there"),
+                (Status::GPA_RANGE_NOT_BLOCKED, "not blocked (MMIO.BLOCK first)"),
+                (Status::EPT_ENTRY_STATE_INCORRECT, "not an MMIO leaf"),
+                (Status::TDI_STATE_INCORRECT, "the TDI is not CONFIG_UNLOCKED (STOP first)"),
+                (Status::TLB_TRACKING_NOT_DONE, "the block's epoch is not retired (TRACK and vCPU exits first)"),
+            ],
+        },
+        handler: Self::mmio_unmap,
+    };
+
+    // ---- lookups and shared state changes ---------------------------------------------------
+
+    /// The slot of the TDI whose page an operand names.
+    pub(crate) fn tdi_index(&self, raw: u64, op: Operand) -> TsmResult<usize> {
+        let pfn = Self::page_operand(raw, op)?;
+        let e = self.pamt_of(pfn, op)?;
+        if e.ty != PageType::Tdi {
+            return Err(TsmError::PageMetadata(op));
+        }
+        let idx = usize::from(e.aux);
+        match self.tdis.get(idx) {
+            Some(Some(t)) if t.page == pfn => Ok(idx),
+            _ => Err(TsmError::Corrupt),
+        }
+    }
+
+    pub(crate) fn tdi(&self, idx: usize) -> TsmResult<&Tdi> {
+        self.tdis.get(idx).and_then(Option::as_ref).ok_or(TsmError::Corrupt)
+    }
+
+    pub(crate) fn tdi_mut(&mut self, idx: usize) -> TsmResult<&mut Tdi> {
+        self.tdis.get_mut(idx).and_then(Option::as_mut).ok_or(TsmError::Corrupt)
+    }
+
+    /// Moves a TDI to ERROR: the flow and nonce are dropped, every MMIO mapping is blocked and
+    /// the DMA entry blocked. Nothing is freed: that waits for STOP and tracking.
+    pub(crate) fn tdi_failed(&mut self, t: usize, fault: DeviceFault) {
+        let Some(Some(tdi)) = self.tdis.get_mut(t) else { return };
+        tdi.state = TdiState::Error;
+        tdi.fault = Some(fault);
+        tdi.flow = None;
+        tdi.nonce = [0; 32];
+        tdi.authorised = None;
+        let (p, td) = (tdi.pdev, tdi.td);
+        if matches!(tdi.dmar, DmarState::Added | DmarState::Accepted) {
+            let epoch = self.tds.get(td).and_then(Option::as_ref).map_or(0, |d| d.tlb.epoch());
+            if let Some(Some(tdi)) = self.tdis.get_mut(t) {
+                tdi.dmar = DmarState::Blocked { bepoch: epoch };
+            }
+        }
+        if let Some(Some(pdev)) = self.pdevs.get_mut(p) {
+            if pdev.pending == Pending::Tdi(t) {
+                pdev.pending = Pending::None;
+            }
+        }
+        for r in 0..crate::tdisp::MAX_RANGES {
+            self.block_range(t, r);
+        }
+    }
+
+    /// Blocks every S-EPT leaf of range `r` of TDI `t` that still maps it, recording the epoch.
+    fn block_range(&mut self, t: usize, r: usize) {
+        let Some(Some(tdi)) = self.tdis.get(t) else { return };
+        let Some(range) = tdi.ranges().get(r).copied() else { return };
+        let (Some(base), true) = (range.gpa_base, range.mapped > 0) else { return };
+        let Some(Some(td)) = self.tds.get(tdi.td) else { return };
+        let (root, level, epoch) = (td.sept_root(), td.root_level(), td.tlb.epoch());
+        let end = base.saturating_add(range.pages << 12);
+        let mut gpa = base;
+        while gpa < end {
+            let Some(g) = GuestPhysAddr::new(gpa) else { break };
+            let found = match sept::walk(&self.platform, root, level, g, 0) {
+                Ok(WalkResult::Reached(w) | WalkResult::Stopped(w)) => w,
+                Err(_) => break,
+            };
+            let state = found.entry.state();
+            if matches!(state, SeptState::MmioPending | SeptState::MmioMapped)
+                && range.contains(found.entry.pfn().raw())
+            {
+                let blocked = SeptEntry::new(SeptState::MmioBlocked, found.entry.pfn(), found.level);
+                sept::write(&mut self.platform, found.slot, blocked);
+            }
+            let step = sept::coverage(found.level);
+            gpa = (gpa & !(step - 1)).saturating_add(step);
+        }
+        if let Some(Some(tdi)) = self.tdis.get_mut(t) {
+            tdi.ranges[r].bepoch = epoch;
+        }
+    }
+
+    /// The TDI and range that own MMIO frame `pfn`, if it was imported.
+    fn mmio_owner(&self, pfn: u64) -> Option<(usize, usize)> {
+        self.tdis
+            .iter()
+            .enumerate()
+            .find_map(|(t, tdi)| tdi.as_ref().and_then(|tdi| tdi.imported_range(pfn)).map(|r| (t, r)))
+    }
+
+    /// True if the TDI's IDE stream holds live keys.
+    fn tdi_stream_secure(&self, tdi: &Tdi) -> bool {
+        let Some(Some(pdev)) = self.pdevs.get(tdi.pdev) else { return false };
+        pdev.streams
+            .iter()
+            .position(|s| matches!(s, Some(s) if s.id == tdi.stream))
+            .is_some_and(|i| pdev.stream_secure(i))
+    }
+
+    // ---- TDI --------------------------------------------------------------------------------
+
+    fn tdi_create(&mut self, regs: &Regs, _out: &mut Regs) -> TsmResult<Status> {
+        self.sys()?;
+        let td_idx = self.td_index(regs.rcx, Operand::Rcx)?;
+        Self::require_built(self.td(td_idx)?)?;
+        let p = self.pdev_index(regs.rdx, Operand::Rdx)?;
+        let pdev = self.pdev(p)?;
+        if pdev.state != PdevState::Connected {
+            return Err(TsmError::PdevState);
+        }
+        let page = self.donated_page(regs.r8, Operand::R8)?;
+        let r9 = regs.r9;
+        let function = (r9 & 0xFFFF_FFFF) as u32;
+        let pasid = (r9 & PASID_VALID != 0).then_some(((r9 >> 32) & 0xF_FFFF) as u32);
+        let reserved = 0x7FF0_0000_0000_0000 | (0xFFFF_FFFF & !crate::pdev::FUNCTION_ID_MASK);
+        if r9 & reserved != 0 || (function >> 16) != (pdev.function >> 16) {
+            return Err(TsmError::OperandInvalid(Operand::R9));
+        }
+        if self.tdis.iter().flatten().any(|t| t.function == function && t.pasid == pasid) {
+            return Err(TsmError::FunctionInUse(Operand::R9));
+        }
+        let slot = self.tdis.iter().position(Option::is_none).ok_or(TsmError::DeviceSlotsExhausted)?;
+        let tdr = self.td(td_idx)?.tdr;
+        // ALL CHECKS PASSED: nothing below can fail.
+        self.platform.zero(page);
+        self.set_meta(page, PamtEntry { aux: slot as u8, ..PamtEntry::owned(PageType::Tdi, tdr) });
+        self.td_mut(td_idx)?.owned_frames += 1;
+        self.pdev_mut(p)?.tdis += 1;
+        self.tdis[slot] = Some(Tdi::new(page, td_idx, tdr, p, function, pasid));
+        Ok(Status::SUCCESS)
+    }
+
+    fn tdi_remove(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        self.sys()?;
+        let t = self.tdi_index(regs.rcx, Operand::Rcx)?;
+        let tdi = self.tdi(t)?;
+        if self.pdev(tdi.pdev)?.pending == Pending::Tdi(t) {
+            return Err(TsmError::Busy(Operand::Tdi));
+        }
+        if tdi.state != TdiState::Unlocked {
+            return Err(TsmError::TdiState);
+        }
+        if tdi.mapped_pages() != 0 {
+            return Err(TsmError::HasMappedMmio);
+        }
+        if tdi.dmar != DmarState::None {
+            return Err(TsmError::HasMappedDma);
+        }
+        let (page, td, p) = (tdi.page, tdi.td, tdi.pdev);
+        // ALL CHECKS PASSED: nothing below can fail.
+        self.platform.zero(page);
+        self.set_meta(page, PamtEntry::FREE);
+        let td = self.td_mut(td)?;
+        td.owned_frames = td.owned_frames.saturating_sub(1);
+        let pdev = self.pdev_mut(p)?;
+        pdev.tdis = pdev.tdis.saturating_sub(1);
+        self.tdis[t] = None;
+        out.rcx = page.addr().raw();
+        Ok(Status::SUCCESS)
+    }
+
+    /// Checks a TDI call against the device's outstanding request: `Ok(true)` to continue.
+    fn tdi_resume(&self, t: usize, op: fn(&TdiOp) -> bool, msg: &Msg) -> TsmResult<bool> {
+        let tdi = self.tdi(t)?;
+        let pdev = self.pdev(tdi.pdev)?;
+        let resuming = Self::resume(pdev, Pending::Tdi(t), msg)?;
+        if resuming && !tdi.flow.as_ref().is_some_and(|f| op(&f.op())) {
+            return Err(TsmError::Busy(Operand::Tdi));
+        }
+        Ok(resuming)
+    }
+
+    fn tdi_lock(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        self.sys()?;
+        let t = self.tdi_index(regs.rcx, Operand::Rcx)?;
+        let msg = self.msg_operands(regs.rdx, regs.r8)?;
+        if self.tdi_resume(t, |o| matches!(o, TdiOp::Lock { .. }), &msg)? {
+            return self.tdi_continue(t, &msg, out);
+        }
+        let tdi = self.tdi(t)?;
+        if tdi.state != TdiState::Unlocked {
+            return Err(TsmError::TdiState);
+        }
+        if tdi.mapped_pages() != 0 {
+            return Err(TsmError::HasMappedMmio);
+        }
+        if tdi.dmar != DmarState::None {
+            return Err(TsmError::HasMappedDma);
+        }
+        let flags = (regs.r9 & 0xFFFF) as u16;
+        let stream = ((regs.r9 >> 16) & 0xFF) as usize;
+        let pdev = self.pdev(tdi.pdev)?;
+        let bad_flags = flags & !lock_flags::KNOWN != 0 || flags & lock_flags::BIND_P2P != 0 || regs.r9 >> 24 != 0;
+        let Some(Some(s)) = pdev.streams.get(stream).filter(|_| !bad_flags) else {
+            return Err(TsmError::OperandInvalid(Operand::R9));
+        };
+        let stream_id = s.id;
+        if pdev.state != PdevState::Connected {
+            return Err(TsmError::PdevState);
+        }
+        if !pdev.stream_secure(stream) {
+            return Err(TsmError::IdeStreamState);
+        }
+        let (version, iface, p) = (pdev.version(), InterfaceId(tdi.function), tdi.pdev);
+        let mut r = [0u8; 2];
+        self.platform.fill(&mut r).map_err(|_| TsmError::NoEntropy)?;
+        // A random reporting offset in bits 47:36, never zero (TDX: per TD, random).
+        let offset = (u64::from(u16::from_le_bytes(r) & 0xFFF) | 1) << 36;
+        // ALL CHECKS PASSED: nothing below can fail but the device.
+        let flow = TdiFlow::new(TdiOp::Lock { flags, stream: stream_id, offset }, version, iface, [0; 32]);
+        let tdi = self.tdi_mut(t)?;
+        tdi.flow = Some(flow);
+        tdi.lock_flags = flags;
+        tdi.stream = stream_id;
+        tdi.reporting_offset = offset;
+        tdi.report_len = 0;
+        tdi.range_count = 0;
+        tdi.fault = None;
+        self.pdev_mut(p)?.pending = Pending::Tdi(t);
+        self.tdi_send(t, &msg, out)
+    }
+
+    fn tdi_start(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        self.sys()?;
+        let t = self.tdi_index(regs.rcx, Operand::Rcx)?;
+        let msg = self.msg_operands(regs.rdx, regs.r8)?;
+        if self.tdi_resume(t, |o| *o == TdiOp::Start, &msg)? {
+            return self.tdi_continue(t, &msg, out);
+        }
+        let tdi = self.tdi(t)?;
+        if tdi.state != TdiState::Locked {
+            return Err(TsmError::TdiState);
+        }
+        match tdi.authorised {
+            None => return Err(TsmError::NotAuthorised),
+            Some(g) if g != tdi.generation => return Err(TsmError::AuthorisationStale),
+            Some(_) => {}
+        }
+        let pdev = self.pdev(tdi.pdev)?;
+        if pdev.state != PdevState::Connected {
+            return Err(TsmError::PdevState);
+        }
+        if !self.tdi_stream_secure(tdi) {
+            return Err(TsmError::IdeStreamState);
+        }
+        let flow = TdiFlow::new(TdiOp::Start, pdev.version(), InterfaceId(tdi.function), tdi.nonce);
+        let p = tdi.pdev;
+        // ALL CHECKS PASSED: nothing below can fail but the device.
+        self.tdi_mut(t)?.flow = Some(flow);
+        self.pdev_mut(p)?.pending = Pending::Tdi(t);
+        self.tdi_send(t, &msg, out)
+    }
+
+    fn tdi_stop(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        self.sys()?;
+        let t = self.tdi_index(regs.rcx, Operand::Rcx)?;
+        let msg = self.msg_operands(regs.rdx, regs.r8)?;
+        if self.tdi_resume(t, |o| *o == TdiOp::Stop, &msg)? {
+            return self.tdi_continue(t, &msg, out);
+        }
+        let tdi = self.tdi(t)?;
+        if tdi.state == TdiState::Unlocked {
+            return Err(TsmError::TdiState);
+        }
+        let pdev = self.pdev(tdi.pdev)?;
+        let (version, iface, p) = (pdev.version(), InterfaceId(tdi.function), tdi.pdev);
+        if pdev.state != PdevState::Connected {
+            // ALL CHECKS PASSED: no session left to ask the device through; stop locally.
+            self.tdi_unlocked(t)?;
+            return Ok(Status::SUCCESS);
+        }
+        // ALL CHECKS PASSED: nothing below can fail but the device.
+        self.tdi_mut(t)?.flow = Some(TdiFlow::new(TdiOp::Stop, version, iface, [0; 32]));
+        self.pdev_mut(p)?.pending = Pending::Tdi(t);
+        self.tdi_send(t, &msg, out)
+    }
+
+    fn tdi_unlocked(&mut self, t: usize) -> TsmResult<()> {
+        let tdi = self.tdi_mut(t)?;
+        tdi.state = TdiState::Unlocked;
+        tdi.flow = None;
+        tdi.nonce = [0; 32];
+        tdi.authorised = None;
+        Ok(())
+    }
+
+    /// Encodes the TDI flow's current request, seals it and hands it to the host.
+    fn tdi_send(&mut self, t: usize, msg: &Msg, out: &mut Regs) -> TsmResult<Status> {
+        let mut plain = [0u8; PLAIN_BYTES];
+        let tdi = self.tdi(t)?;
+        let p = tdi.pdev;
+        let encoded = tdi.flow.as_ref().ok_or(TsmError::Corrupt)?.encode(&mut plain);
+        let mut obj = [0u8; MSG_BYTES];
+        match encoded.and_then(|n| self.seal_for(p, &plain[..n], &mut obj)) {
+            Ok(n) => Ok(self.send_request(msg, &obj[..n], out)),
+            Err(f) => {
+                self.tdi_failed(t, f);
+                Err(TsmError::Device(Operand::Tdi, f))
+            }
+        }
+    }
+
+    fn tdi_continue(&mut self, t: usize, msg: &Msg, out: &mut Regs) -> TsmResult<Status> {
+        let p = self.tdi(t)?.pdev;
+        let answer = self.read_answer(msg);
+        let mut plain = [0u8; MSG_BYTES];
+        let m = self.open_answer(p, &answer, &mut plain)?;
+        // ALL CHECKS PASSED: the authentic answer drives the flow.
+        let tdi = self.tdi_mut(t)?;
+        let Some(flow) = tdi.flow.as_mut() else { return Err(TsmError::Corrupt) };
+        let next = flow.answer(m, &mut tdi.report);
+        let done = match next {
+            Ok(TdiNext::Continue) => return self.tdi_send(t, msg, out),
+            Ok(TdiNext::Done(d)) => d,
+            Err(f) => {
+                self.tdi_failed(t, f);
+                return Err(TsmError::Device(Operand::Tdi, f));
+            }
+        };
+        self.pdev_mut(p)?.pending = Pending::None;
+        match done {
+            TdiDone::Locked { nonce, report_len } => self.tdi_locked(t, nonce, report_len, msg, out),
+            TdiDone::Started => {
+                let tdi = self.tdi_mut(t)?;
+                tdi.state = TdiState::Run;
+                tdi.flow = None;
+                Ok(Status::SUCCESS)
+            }
+            TdiDone::Stopped => {
+                self.tdi_unlocked(t)?;
+                Ok(Status::SUCCESS)
+            }
+        }
+    }
+
+    fn tdi_locked(&mut self, t: usize, nonce: [u8; 32], len: usize, msg: &Msg, out: &mut Regs) -> TsmResult<Status> {
+        let tdi = self.tdi_mut(t)?;
+        let report = &tdi.report[..len.min(REPORT_MAX)];
+        let ranges = InterfaceReport::parse(report).map_err(DeviceFault::Report).and_then(|r| {
+            Tdi::host_ranges(&r, tdi.reporting_offset)
+                .map_err(|_| DeviceFault::Report(crate::tdisp::ReportError::Range { index: 0 }))
+        });
+        let (ranges, count) = match ranges {
+            Ok(r) => r,
+            Err(f) => {
+                self.tdi_failed(t, f);
+                return Err(TsmError::Device(Operand::Tdi, f));
+            }
+        };
+        tdi.report_digest = Sha384::digest(report).into();
+        tdi.report_len = len;
+        tdi.ranges = ranges;
+        tdi.range_count = count;
+        tdi.nonce = nonce;
+        tdi.generation = tdi.generation.wrapping_add(1);
+        tdi.authorised = None;
+        tdi.state = TdiState::Locked;
+        tdi.flow = None;
+        let generation = tdi.generation;
+        let mut copy = [0u8; REPORT_MAX];
+        copy[..len].copy_from_slice(&tdi.report[..len]);
+        self.platform.write_bytes(msg.page, 0, &copy[..len]);
+        out.r8 = len as u64;
+        out.rcx = u64::from(generation);
+        Ok(Status::SUCCESS)
+    }
+
+    // ---- dma-buf ----------------------------------------------------------------------------
+
+    fn dmabuf_import(&mut self, regs: &Regs, _out: &mut Regs) -> TsmResult<Status> {
+        self.sys()?;
+        let t = self.tdi_index(regs.rcx, Operand::Rcx)?;
+        let tdi = self.tdi(t)?;
+        if !matches!(tdi.state, TdiState::Locked | TdiState::Run) {
+            return Err(TsmError::TdiState);
+        }
+        let r = usize::try_from(regs.r9).ok().filter(|&r| r < tdi.range_count);
+        let r = r.ok_or(TsmError::MmioNotInReport(Operand::R9))?;
+        let range = tdi.ranges[r];
+        if range.attributes & RANGE_NON_TEE != 0 {
+            return Err(TsmError::MmioNotInReport(Operand::R9));
+        }
+        let first = Self::page_operand(regs.rdx, Operand::Rdx)?;
+        if first.raw() != range.first || regs.r8 != range.pages {
+            return Err(TsmError::MmioNotInReport(Operand::Rdx));
+        }
+        let frames = FrameRange { start: first, count: range.pages };
+        if self.is_private(frames) || self.tdmrs().iter().any(|m| m.frames.overlaps(frames)) {
+            return Err(TsmError::AddrRange(Operand::Rdx));
+        }
+        let taken = self
+            .tdis
+            .iter()
+            .flatten()
+            .flat_map(|o| o.ranges().iter())
+            .any(|o| o.imported && o.first < range.first + range.pages && range.first < o.first + o.pages);
+        if taken {
+            return Err(TsmError::PageNotFree(Operand::Rdx));
+        }
+        // ALL CHECKS PASSED: nothing below can fail.
+        self.tdi_mut(t)?.ranges[r].imported = true;
+        Ok(Status::SUCCESS)
+    }
+
+    fn dmabuf_revoke(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        self.sys()?;
+        let t = self.tdi_index(regs.rcx, Operand::Rcx)?;
+        let tdi = self.tdi(t)?;
+        let r = usize::try_from(regs.rdx).ok().filter(|&r| r < tdi.range_count && tdi.ranges[r].imported);
+        let r = r.ok_or(TsmError::MmioNotInReport(Operand::Rdx))?;
+        let live = matches!(tdi.state, TdiState::Locked | TdiState::Run);
+        // ALL CHECKS PASSED: nothing below can fail.
+        self.tdi_mut(t)?.ranges[r].revoked = true;
+        if live {
+            self.tdi_failed(t, DeviceFault::Revoked);
+        } else {
+            self.block_range(t, r);
+        }
+        out.rcx = self.tdi(t)?.ranges[r].mapped;
+        Ok(Status::SUCCESS)
+    }
+
+    // ---- MMIO in the S-EPT ------------------------------------------------------------------
+
+    /// RCX (GPA and a 4K or 2M level) and RDX (TDR of a finalized TD), with the GPA checked.
+    fn mmio_prologue(&self, regs: &Regs) -> TsmResult<(usize, GuestPhysAddr, PageSize)> {
+        let (idx, gpa, level) = self.mem_prologue(regs)?;
+        let size = match level {
+            0 => PageSize::Size4K,
+            1 => PageSize::Size2M,
+            _ => return Err(TsmError::OperandInvalid(Operand::Rcx)),
+        };
+        let td = self.td(idx)?;
+        td.lifecycle.require(Lifecycle::Runnable)?;
+        Self::private_gpa(td, gpa, size.bytes(), Operand::Rcx)?;
+        Ok((idx, gpa, size))
+    }
+
+    fn mmio_map(&mut self, regs: &Regs, _out: &mut Regs) -> TsmResult<Status> {
+        let (idx, gpa, size) = self.mmio_prologue(regs)?;
+        let pfn = Self::page_operand(regs.r8, Operand::R8)?;
+        if !pfn.is_aligned(size) {
+            return Err(TsmError::OperandInvalid(Operand::R8));
+        }
+        let (t, r) = self.mmio_owner(pfn.raw()).ok_or(TsmError::MmioNotInReport(Operand::R8))?;
+        let tdi = self.tdi(t)?;
+        if tdi.td != idx {
+            return Err(TsmError::MmioOwner(Operand::R8));
+        }
+        let range = tdi.ranges[r];
+        if !range.contains(pfn.raw() + size.frames() - 1) {
+            return Err(TsmError::MmioNotInReport(Operand::R8));
+        }
+        if !matches!(tdi.state, TdiState::Locked | TdiState::Run) {
+            return Err(TsmError::TdiState);
+        }
+        if range.revoked {
+            return Err(TsmError::MmioRevoked);
+        }
+        if !self.tdi_stream_secure(tdi) {
+            return Err(TsmError::IdeStreamState);
+        }
+        let delta = (pfn.raw() - range.first) << 12;
+        let base = match range.gpa_base {
+            Some(b) if b.checked_add(delta) == Some(gpa.raw()) => b,
+            None if gpa.raw() >= delta => gpa.raw() - delta,
+            _ => return Err(TsmError::MmioGpaMismatch),
+        };
+        let td = self.td(idx)?;
+        let w = self.walk_to(td, gpa, size.level(), Operand::Rcx)?;
+        Self::legal(SeptOp::MmioMap, &w)?;
+        // ALL CHECKS PASSED: nothing below can fail.
+        sept::write(&mut self.platform, w.slot, SeptEntry::new(SeptState::MmioPending, pfn, size.level()));
+        let range = &mut self.tdi_mut(t)?.ranges[r];
+        range.gpa_base = Some(base);
+        range.mapped += size.frames();
+        Ok(Status::SUCCESS)
+    }
+
+    fn mmio_block(&mut self, regs: &Regs, _out: &mut Regs) -> TsmResult<Status> {
+        let (idx, gpa, size) = self.mmio_prologue(regs)?;
+        let td = self.td(idx)?;
+        let w = self.walk_to(td, gpa, size.level(), Operand::Rcx)?;
+        if Self::legal(SeptOp::MmioBlock, &w)? {
+            return Ok(Status::GPA_RANGE_ALREADY_BLOCKED);
+        }
+        let (t, r) = self.mmio_owner(w.entry.pfn().raw()).ok_or(TsmError::Corrupt)?;
+        let epoch = td.tlb.epoch();
+        // ALL CHECKS PASSED: nothing below can fail.
+        sept::write(&mut self.platform, w.slot, SeptEntry::new(SeptState::MmioBlocked, w.entry.pfn(), size.level()));
+        self.tdi_mut(t)?.ranges[r].bepoch = epoch;
+        Ok(Status::SUCCESS)
+    }
+
+    fn mmio_unmap(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        let (idx, gpa, size) = self.mmio_prologue(regs)?;
+        let td = self.td(idx)?;
+        let w = self.walk_to(td, gpa, size.level(), Operand::Rcx)?;
+        Self::legal(SeptOp::MmioUnmap, &w)?;
+        let pfn = w.entry.pfn();
+        let (t, r) = self.mmio_owner(pfn.raw()).ok_or(TsmError::Corrupt)?;
+        let tdi = self.tdi(t)?;
+        if tdi.state != TdiState::Unlocked {
+            return Err(TsmError::TdiState);
+        }
+        if !td.tlb.is_tracked(tdi.ranges[r].bepoch) {
+            return Err(TsmError::Sept(Operand::Rcx, w.fault(SeptErrorKind::TrackingNotDone)));
+        }
+        // ALL CHECKS PASSED: nothing below can fail.
+        sept::write(&mut self.platform, w.slot, SeptEntry::FREE);
+        let range = &mut self.tdi_mut(t)?.ranges[r];
+        range.mapped = range.mapped.saturating_sub(size.frames());
+        if range.mapped == 0 {
+            range.gpa_base = None;
+        }
+        out.r8 = pfn.addr().raw();
+        Ok(Status::SUCCESS)
+    }
+
+    /// The TDIs bound to the TD in slot `td`.
+    pub(crate) fn td_has_tdis(&self, td: usize) -> bool {
+        self.tdis.iter().flatten().any(|t| t.td == td)
+    }
+
+    /// TDI slots in use (for diagnostics).
+    pub fn tdi_count(&self) -> usize {
+        self.tdis.iter().flatten().count()
+    }
+
+    /// The PDEV page of a TDI, for hosts that lost track (diagnostics).
+    pub fn tdi_pdev_page(&self, tdi_page: Pfn) -> Option<Pfn> {
+        let tdi = self.tdis.iter().flatten().find(|t| t.page == tdi_page)?;
+        Some(self.pdevs.get(tdi.pdev)?.as_ref()?.page)
+    }
+}

@@ -1,0 +1,154 @@
+//! PDEV: the TSM's context for one physical device function it talks to over SPDM (TDX
+//! Connect's SPDM object, SEV-TIO's device context, CCA's PDEV). It owns the SPDM connection and
+//! its evidence, the secured session once connected, the device's IDE streams, and the one
+//! outstanding request the device may have (every device exchange goes through it).
+//!
+//! ```text
+//!          SPDM.CONNECT (resumable)          SPDM.DISCONNECT (END_SESSION, resumable)
+//!   New ───────────────────────────▶ Connected ───────────────────────────▶ Stopped
+//!    │                                   │                                     │
+//!    └──── a device answer fails ───────▶ Error ◀── a secured answer fails ─────┘ (n/a)
+//! ```
+//! SPDM.DELETE takes a PDEV in New, Stopped or Error, with no IDE stream and no TDI.
+
+pub mod km;
+
+use crate::error::DeviceFault;
+use crate::ide::RootPortStream;
+use crate::spdm::connect::Connect;
+use crate::spdm::session::Session;
+use crate::spdm::Negotiated;
+
+pub use km::{KmFlow, KmNext, KmOp};
+
+/// PDEVs the TSM can hold at once.
+pub const MAX_PDEVS: usize = 4;
+/// IDE streams per PDEV.
+pub const MAX_STREAMS: usize = 2;
+/// Bytes of the host's message page: the largest object moved in one step.
+pub const MSG_BYTES: usize = 4096;
+/// Largest plaintext SPDM message the TSM sends inside the session.
+pub const PLAIN_BYTES: usize = 128;
+
+/// Where a PDEV stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PdevState {
+    /// Created; no SPDM traffic yet, or SPDM.CONNECT in progress.
+    New,
+    /// Authenticated, measured, in a secured session: the evidence is kept.
+    Connected,
+    /// The session was ended (END_SESSION acknowledged).
+    Stopped,
+    /// A device answer failed a check, or the host abandoned an exchange: no further device
+    /// traffic; only SPDM.DELETE (after the TDIs and streams are gone).
+    Error,
+}
+
+/// What the device's one outstanding request belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// Nothing is outstanding.
+    None,
+    /// SPDM.CONNECT.
+    Connect,
+    /// SPDM.DISCONNECT: END_SESSION.
+    End,
+    /// IDE.STREAM.KM on a stream.
+    Km(usize),
+    /// A TDI's TDISP request (its flow lives in the TDI).
+    Tdi(usize),
+}
+
+/// The state of one IDE stream, from the root port's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamState {
+    /// Created; no keys yet (or keys being programmed).
+    Created,
+    /// Both ends hold live keys of the current key set.
+    Secure,
+    /// Keys stopped (KM STOP): no traffic, may be keyed again.
+    Stopped,
+    /// STREAM.BLOCK: the root port's end is disabled; only DELETE remains.
+    Blocked,
+    /// An IDE_KM answer failed: only BLOCK and DELETE remain.
+    Error,
+}
+
+/// One selective IDE stream between the root port and the device.
+#[derive(Clone, Debug)]
+pub struct IdeStream {
+    /// Stream ID.
+    pub id: u8,
+    /// The root port's register block.
+    pub rp: RootPortStream,
+    /// State.
+    pub state: StreamState,
+    /// The key set in use once secure.
+    pub key_set_1: bool,
+    /// The running IDE_KM flow.
+    pub flow: Option<KmFlow>,
+}
+
+/// Digests of the device evidence the PDEV keeps, fixed at connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PdevEvidence {
+    /// Negotiated SPDM version and algorithms.
+    pub negotiated: Negotiated,
+    /// SHA-384 of the certificate chain (SPDM chain format, as read).
+    pub chain_digest: [u8; 48],
+    /// SHA-384 of the signed measurement exchange (request and response).
+    pub measurements_digest: [u8; 48],
+}
+
+/// A PDEV.
+#[derive(Clone, Debug)]
+pub struct Pdev {
+    /// Its control page (PAMT type `Pdev`).
+    pub page: crate::addr::Pfn,
+    /// Function id: RID in 15:0, segment 23:16, segment valid bit 24.
+    pub function: u32,
+    /// State.
+    pub state: PdevState,
+    /// The connection: state machine, then the evidence it gathered.
+    pub conn: Connect,
+    /// The secured session, from Connected on.
+    pub session: Option<Session>,
+    /// Digests of the evidence, from Connected on.
+    pub evidence: Option<PdevEvidence>,
+    /// The outstanding request.
+    pub pending: Pending,
+    /// IDE streams.
+    pub streams: [Option<IdeStream>; MAX_STREAMS],
+    /// TDIs created on this PDEV.
+    pub tdis: usize,
+    /// Why it went to Error.
+    pub fault: Option<DeviceFault>,
+}
+
+/// Function ids carry RID (15:0), segment (23:16) and the segment-valid bit (24).
+pub const FUNCTION_ID_MASK: u64 = 0x01FF_FFFF;
+
+impl Pdev {
+    /// The SPDM version negotiated (0 before).
+    pub fn version(&self) -> u8 {
+        self.evidence.map_or(0, |e| e.negotiated.version)
+    }
+
+    /// Number of IDE streams.
+    pub fn stream_count(&self) -> usize {
+        self.streams.iter().flatten().count()
+    }
+
+    /// True if the stream `index` is secure (live keys on both ends).
+    pub fn stream_secure(&self, index: usize) -> bool {
+        matches!(self.streams.get(index), Some(Some(s)) if s.state == StreamState::Secure && s.rp.secure(s.key_set_1))
+    }
+}
+
+/// Seals a plaintext message of the session into a DOE object in `out`.
+///
+/// # Errors
+/// [`DeviceFault::Secured`] if the message cannot be sealed (sequence exhausted).
+pub fn seal(session: &mut Session, message: &[u8], out: &mut [u8]) -> Result<usize, DeviceFault> {
+    session.seal(message, out).map_err(DeviceFault::Secured)
+}
