@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod assign;
 mod device;
 mod sept;
 mod x86_64_map;
@@ -132,10 +133,21 @@ fn main() -> ExitCode {
     if cfg!(debug_assertions) {
         eprintln!("warning: seamless-bench is a debug build; figures are meaningless (use --release)");
     }
+    // `seamless-bench [GROUP...]` runs only the named groups (sept, device, assign); no
+    // argument runs them all.
+    let groups: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let want = |g: &str| groups.is_empty() || groups.iter().any(|a| a == g);
     let mut figs = Figures::new();
-    let x86_64_ns = x86_64_map::run(&mut figs);
-    sept::run(&mut figs, x86_64_ns);
-    device::run(&mut figs);
+    if want("sept") {
+        let x86_64_ns = x86_64_map::run(&mut figs);
+        sept::run(&mut figs, x86_64_ns);
+    }
+    if want("device") {
+        device::run(&mut figs);
+    }
+    if want("assign") {
+        assign::run(&mut figs);
+    }
     match figs.write_results() {
         Ok(path) => {
             eprintln!("wrote {}", path.display());

@@ -12,8 +12,8 @@ use tsm::{Regs, Status};
 
 use crate::driver::{gpa_level, ok, Machine, TdHandle};
 
-/// Host physical address of the device's BAR0 (below the arena: not convertible memory).
-pub const BAR_BASE: u64 = 0xE000_0000;
+/// Host physical address of the device's BAR0 (far above the arena: not convertible memory).
+pub const BAR_BASE: u64 = 0x80_0000_0000;
 /// Pages of BAR0 in the default test device.
 pub const BAR0_PAGES: u32 = 16;
 /// Guest physical address the tests place BAR0 at.
@@ -25,15 +25,22 @@ pub const LOCK_FLAGS: u64 = 0x5;
 
 /// A device whose one TDI reports BAR0 (16 pages at [`BAR_BASE`]), an MSI-X table and PBA page.
 pub fn device_config() -> Config {
+    device_config_bar(BAR0_PAGES)
+}
+
+/// The same device with a BAR0 of `pages` 4K pages; the MSI-X table and PBA follow 0xF0 pages
+/// after it.
+pub fn device_config_bar(pages: u32) -> Config {
     let bar = BAR_BASE >> 12;
+    let msix = bar + u64::from(pages) + 0xF0;
     Config {
         interfaces: vec![InterfaceConfig {
             function_id: FUNCTION,
             interface_info: 0x0002,
             mmio: vec![
-                MmioRange { first_page: bar, pages: BAR0_PAGES, attributes: 0, range_id: 0 },
-                MmioRange { first_page: bar + 0x100, pages: 1, attributes: 0x1, range_id: 2 },
-                MmioRange { first_page: bar + 0x101, pages: 1, attributes: 0x2, range_id: 2 },
+                MmioRange { first_page: bar, pages, attributes: 0, range_id: 0 },
+                MmioRange { first_page: msix, pages: 1, attributes: 0x1, range_id: 2 },
+                MmioRange { first_page: msix + 1, pages: 1, attributes: 0x2, range_id: 2 },
             ],
             device_info: b"seamless tdisp-device".to_vec(),
         }],
