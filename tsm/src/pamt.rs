@@ -29,6 +29,9 @@ pub enum PageType {
     Tdvpr = 6,
     /// An S-EPT table page (PT_EPT).
     Sept = 8,
+    /// A table of the trusted IOMMU (root, context, PASID directory or PASID table): owner =
+    /// the IOMMU's root-table frame, `level` = its `iommu::FrameRole` (seamless number).
+    IommuTable = 0x10,
 }
 
 impl PageType {
@@ -41,6 +44,7 @@ impl PageType {
             5 => PageType::Tdcs,
             6 => PageType::Tdvpr,
             8 => PageType::Sept,
+            0x10 => PageType::IommuTable,
             _ => return None,
         })
     }

@@ -828,7 +828,8 @@ impl<P: Platform> Tsm<P> {
         let e = self.pamt_of(pfn, Operand::Rcx)?;
         match e.ty {
             PageType::Free => return Ok(Status::PAGE_ALREADY_FREE),
-            PageType::Reserved => return Err(TsmError::PageMetadata(Operand::Rcx)),
+            // IOMMU tables come back through the IOMMU's own teardown, never through RECLAIM.
+            PageType::Reserved | PageType::IommuTable => return Err(TsmError::PageMetadata(Operand::Rcx)),
             PageType::Regular | PageType::Tdr | PageType::Tdcs | PageType::Tdvpr | PageType::Sept => {}
         }
         let idx = if e.ty == PageType::Tdr { self.slot_of_tdr(pfn, e)? } else { self.owner_index(e)? };
