@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod device;
+mod iommu;
 mod sept;
 mod x86_64_map;
 
@@ -136,6 +137,7 @@ fn main() -> ExitCode {
     let x86_64_ns = x86_64_map::run(&mut figs);
     sept::run(&mut figs, x86_64_ns);
     device::run(&mut figs);
+    iommu::run(&mut figs);
     match figs.write_results() {
         Ok(path) => {
             eprintln!("wrote {}", path.display());

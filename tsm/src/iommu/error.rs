@@ -71,8 +71,6 @@ pub enum IommuError {
     TrackingNotDone,
     /// No domain with this DID.
     DomainNotFound,
-    /// An IOTLB user still holds the previous epoch.
-    IotlbEpochBusy,
     /// DMAR entries still exist: the IOMMU cannot be torn down.
     EntriesExist,
     /// The IOMMU was torn down (or never set up).

@@ -579,17 +579,19 @@ impl Iommu {
     }
 
     /// The trusted invalidation queue's domain-selective invalidation (PASID cache, IOTLB and
-    /// device TLB of DID `did`; TDH.IQ.INV in TDX Connect), completed synchronously: advances
-    /// the domain's IOTLB epoch and records `cpu_epoch`, the owning TD's current CPU epoch.
+    /// device TLB of DID `did`; TDH.IQ.INV in TDX Connect): advances the domain's IOTLB epoch
+    /// and records `cpu_epoch`, the owning TD's current CPU epoch.
+    ///
+    /// The invalidation completes within the call (submit and wait descriptor in one), so no
+    /// IOTLB user can still hold the previous epoch and the IOTLB tracker never has references;
+    /// a model of asynchronous completion or of ATS device TLBs would take them with
+    /// [`Tracker::enter`] and refuse here while [`Tracker::can_advance`] is false, as TRACK does.
     ///
     /// # Errors
-    /// `DomainNotFound`; `IotlbEpochBusy` if an IOTLB user still holds the previous epoch.
+    /// `DomainNotFound`.
     pub fn invalidate(&mut self, did: DomainId, cpu_epoch: u64) -> Result<(), IommuError> {
         let di = self.domain_index(did).ok_or(IommuError::DomainNotFound)?;
         let d = self.domains[di].as_mut().ok_or(IommuError::Corrupt)?;
-        if !d.iotlb.can_advance() {
-            return Err(IommuError::IotlbEpochBusy);
-        }
         // ALL CHECKS PASSED: nothing below can fail.
         d.iotlb.advance();
         d.flushed_cpu_epoch = d.flushed_cpu_epoch.max(cpu_epoch);
