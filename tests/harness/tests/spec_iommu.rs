@@ -129,6 +129,35 @@ fn install_rejects_when_every_entry_slot_is_used() {
 }
 
 #[test]
+fn install_rejects_a_domain_beyond_the_last_slot() {
+    // One domain per TD and as many slots as the TSM has TD slots: only reachable with more TDRs
+    // than the TSM holds, so the owners are fabricated in the PAMT (TDR + TDCS root each).
+    let mut w = World::new();
+    let mut iommu = w.setup();
+    let td = w.td.clone();
+    for i in 0..=tsm::iommu::MAX_DOMAINS as u16 {
+        let (tdr, root) = (pfn(w.m.page()), pfn(w.m.page()));
+        let mem = w.m.tsm.platform_mut();
+        w.pamt.set(mem, tdr, PamtEntry::owned(PageType::Tdr, tdr));
+        w.pamt.set(mem, root, PamtEntry::owned(PageType::Tdcs, tdr));
+        let req = tsm::iommu::DmarRequest {
+            owner: tdr,
+            sept_root: root,
+            domain: DomainId(100 + i),
+            ..w.request(&td, key(rid(5, 0, 0), Some(u32::from(i) + 1)), 1)
+        };
+        let frames = w.frames();
+        if usize::from(i) < tsm::iommu::MAX_DOMAINS {
+            iommu.install(w.m.tsm.platform_mut(), &w.pamt, &req, &frames).unwrap();
+        } else {
+            rejects(&mut w, &mut iommu, IommuError::DomainsExhausted, |w, i| {
+                i.install(w.m.tsm.platform_mut(), &w.pamt, &req, &frames)
+            });
+        }
+    }
+}
+
+#[test]
 fn install_rejects_tables_that_are_not_the_iommus() {
     let mut w = World::new();
     let mut iommu = w.setup();
