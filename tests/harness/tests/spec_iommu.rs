@@ -489,3 +489,18 @@ fn reclaim_gives_back_every_frame_deepest_first() {
     assert_eq!(back[0], FrameRole::PasidTable, "deepest first");
     assert_eq!(back.iter().filter(|r| **r == FrameRole::ContextTable).count(), 3);
 }
+
+#[test]
+fn host_reclaim_refuses_iommu_table_frames() {
+    use tsm::abi::host::leaf;
+    use tsm::Status;
+    let mut w = World::new();
+    let iommu = w.setup();
+    let root = iommu.root().addr().raw();
+    let rd = w.m.host(leaf::PHYMEM_PAGE_RDMD, root, 0, 0, 0);
+    assert_eq!((rd.status(), rd.rcx, rd.rdx), (Status::SUCCESS, PageType::IommuTable as u64, root));
+    let writes = w.writes();
+    let r = w.m.host(leaf::PHYMEM_PAGE_RECLAIM, root, 0, 0, 0);
+    assert_eq!(r.status().code(), Status::PAGE_METADATA_INCORRECT);
+    assert_eq!(w.writes(), writes);
+}
