@@ -16,6 +16,7 @@ pub mod doe;
 pub mod error;
 pub mod ide;
 pub mod idekm;
+pub mod iommu;
 pub mod measure;
 pub mod pamt;
 pub mod pdev;

@@ -33,6 +33,9 @@ pub enum PageType {
     Pdev = 0x10,
     /// A TDI's control page (TDX: TDI_CS / DEVIFCS); owned by the TD it is bound to.
     Tdi = 0x11,
+    /// A table of the trusted IOMMU (root, context, PASID directory or PASID table): owner =
+    /// the IOMMU's root-table frame, `level` = its `iommu::FrameRole` (seamless number).
+    IommuTable = 0x12,
 }
 
 impl PageType {
@@ -47,6 +50,7 @@ impl PageType {
             8 => PageType::Sept,
             0x10 => PageType::Pdev,
             0x11 => PageType::Tdi,
+            0x12 => PageType::IommuTable,
             _ => return None,
         })
     }

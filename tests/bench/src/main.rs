@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 mod assign;
 mod device;
+mod iommu;
 mod sept;
 mod x86_64_map;
 
@@ -133,7 +134,7 @@ fn main() -> ExitCode {
     if cfg!(debug_assertions) {
         eprintln!("warning: seamless-bench is a debug build; figures are meaningless (use --release)");
     }
-    // `seamless-bench [GROUP...]` runs only the named groups (sept, device, assign); no
+    // `seamless-bench [GROUP...]` runs only the named groups (sept, device, assign, iommu); no
     // argument runs them all.
     let groups: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let want = |g: &str| groups.is_empty() || groups.iter().any(|a| a == g);
@@ -147,6 +148,9 @@ fn main() -> ExitCode {
     }
     if want("assign") {
         assign::run(&mut figs);
+    }
+    if want("iommu") {
+        iommu::run(&mut figs);
     }
     match figs.write_results() {
         Ok(path) => {

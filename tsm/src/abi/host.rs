@@ -870,8 +870,11 @@ impl<P: Platform> Tsm<P> {
         let e = self.pamt_of(pfn, Operand::Rcx)?;
         match e.ty {
             PageType::Free => return Ok(Status::PAGE_ALREADY_FREE),
-            // PDEV and TDI pages go back through SPDM.DELETE and TDI.REMOVE, in their order.
-            PageType::Reserved | PageType::Pdev | PageType::Tdi => return Err(TsmError::PageMetadata(Operand::Rcx)),
+            // PDEV and TDI pages go back through SPDM.DELETE and TDI.REMOVE, in their order; IOMMU
+            // tables through the IOMMU's own teardown.
+            PageType::Reserved | PageType::Pdev | PageType::Tdi | PageType::IommuTable => {
+                return Err(TsmError::PageMetadata(Operand::Rcx))
+            }
             PageType::Regular | PageType::Tdr | PageType::Tdcs | PageType::Tdvpr | PageType::Sept => {}
         }
         let idx = if e.ty == PageType::Tdr { self.slot_of_tdr(pfn, e)? } else { self.owner_index(e)? };
