@@ -3,10 +3,11 @@
 
 use crate::addr::Pfn;
 use crate::error::DeviceFault;
+use crate::iommu::DmarState;
 use crate::pdev::{Pdev, PdevEvidence, PdevState, Pending, StreamState, MAX_STREAMS};
 use crate::platform::Platform;
 use crate::spdm::session::Session;
-use crate::tdi::{DmarState, MmioRange, TdiState};
+use crate::tdi::{MmioRange, TdiState};
 use crate::tdisp::MAX_RANGES;
 use crate::Tsm;
 
@@ -46,8 +47,8 @@ pub struct TdiSummary {
     pub ranges: [MmioRange; MAX_RANGES],
     /// How many.
     pub range_count: usize,
-    /// DMA entry.
-    pub dmar: DmarState,
+    /// DMA entry in the trusted IOMMU.
+    pub dmar: Option<DmarState>,
     /// A flow is running.
     pub flow: bool,
     /// Why it failed.
@@ -106,7 +107,7 @@ impl<P: Platform> Tsm<P> {
             report_digest: t.report_digest,
             ranges: t.ranges,
             range_count: t.range_count,
-            dmar: t.dmar,
+            dmar: self.tdi_dmar(t),
             flow: t.flow.is_some(),
             fault: t.fault,
         })

@@ -155,6 +155,41 @@ pub enum TsmError {
     FunctionInUse(Operand),
     /// The answer does not open under the session keys; nothing changed.
     AnswerNotAuthentic(crate::spdm::SpdmError),
+    /// The trusted IOMMU refused (its own error says which frame or state).
+    Iommu(crate::iommu::IommuError),
+    /// The TDI is bound to another TD.
+    TdiNotBound,
+}
+
+/// The register that named a donated IOMMU table frame in TDH.IOMMU.SETUP / TDH.DMAR.ADD.
+const fn frame_operand(role: crate::iommu::FrameRole) -> Operand {
+    match role {
+        crate::iommu::FrameRole::RootTable => Operand::Rcx,
+        crate::iommu::FrameRole::ContextTable => Operand::R8,
+        crate::iommu::FrameRole::PasidDirectory => Operand::R9,
+        crate::iommu::FrameRole::PasidTable => Operand::R10,
+    }
+}
+
+/// The one translation of the IOMMU's errors to status words.
+const fn iommu_status(e: crate::iommu::IommuError) -> Status {
+    use crate::iommu::IommuError as E;
+    match e {
+        E::FrameMissing(role) | E::FrameDuplicate(role) => Status::OPERAND_INVALID.with_operand(frame_operand(role)),
+        E::FrameNotConvertible(role) => Status::OPERAND_ADDR_RANGE_ERROR.with_operand(frame_operand(role)),
+        E::FrameNotFree(role) => Status::PAGE_NOT_FREE.with_operand(frame_operand(role)),
+        E::PasidReserved | E::PasidOutOfRange => Status::OPERAND_INVALID.with_operand(Operand::Tdi),
+        E::DomainsExhausted | E::BindingsExhausted => Status::DEVICE_SLOTS_EXHAUSTED,
+        E::EntryInUse(_) | E::EntryNotFound | E::NotOwner | E::EntryBlocked | E::NotBlocked | E::DomainNotFound => {
+            Status::DMAR_STATE_INCORRECT.with_operand(Operand::Tdi)
+        }
+        E::TrackingNotDone => Status::TLB_TRACKING_NOT_DONE.with_operand(Operand::Tdi),
+        E::EntriesExist | E::NotSetUp => Status::IOMMU_STATE_INCORRECT,
+        // The DID, the S-EPT root and the table walk all come from the TSM's own state.
+        E::DomainIdInvalid | E::DomainInUse | E::DomainMismatch | E::SeptRootInvalid | E::Corrupt => {
+            Status::METADATA_CORRUPT
+        }
+    }
 }
 
 /// Which step of a device protocol failed: returned in RCX with `DEVICE_ERROR` so that a host
@@ -285,6 +320,8 @@ impl TsmError {
             DeviceSlotsExhausted => Status::DEVICE_SLOTS_EXHAUSTED,
             FunctionInUse(op) => Status::FUNCTION_IN_USE.with_operand(op),
             AnswerNotAuthentic(_) => Status::ANSWER_NOT_AUTHENTIC.with_operand(Operand::R8),
+            Iommu(e) => iommu_status(e),
+            TdiNotBound => Status::TDI_NOT_BOUND_TO_TD.with_operand(Operand::Rdx),
         }
     }
 

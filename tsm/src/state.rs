@@ -65,6 +65,8 @@ pub struct Tsm<P: Platform> {
     pub(crate) tds: [Option<Td>; MAX_TDS],
     pub(crate) pdevs: [Option<Pdev>; MAX_PDEVS],
     pub(crate) tdis: [Option<Tdi>; MAX_TDIS],
+    /// The trusted IOMMU, once TDH.IOMMU.SETUP donated its root table.
+    pub(crate) iommu: Option<crate::iommu::Iommu>,
 }
 
 impl<P: Platform> Tsm<P> {
@@ -88,6 +90,7 @@ impl<P: Platform> Tsm<P> {
             tds: core::array::from_fn(|_| None),
             pdevs: core::array::from_fn(|_| None),
             tdis: core::array::from_fn(|_| None),
+            iommu: None,
         }
     }
 
@@ -289,9 +292,15 @@ impl<P: Platform> Tsm<P> {
         Ok(self.pamt_of(w.entry.pfn(), Operand::Sept)?.bepoch)
     }
 
-    /// Requires the block recorded for `w` to be retired by TLB tracking.
+    /// True if a block of the TD's S-EPT made in CPU epoch `bepoch` is retired: by TLB
+    /// tracking, and by an IOTLB invalidation when the trusted IOMMU translates through it.
+    pub(crate) fn retired(&self, td: &Td, bepoch: u64) -> bool {
+        td.tlb.is_tracked(bepoch) && self.iommu.as_ref().is_none_or(|i| i.is_tracked(td.tdr, bepoch))
+    }
+
+    /// Requires the block recorded for `w` to be retired by TLB (and IOTLB) tracking.
     pub(crate) fn require_tracked(&self, td: &Td, w: &Walk, op: Operand) -> TsmResult<()> {
-        if td.tlb.is_tracked(self.bepoch_of(w)?) {
+        if self.retired(td, self.bepoch_of(w)?) {
             Ok(())
         } else {
             Err(TsmError::Sept(op, w.fault(SeptErrorKind::TrackingNotDone)))

@@ -168,6 +168,10 @@ statuses! {
     /// The answer handed in does not open under the session's keys (replayed, forged, another
     /// session's): nothing changed, the request is still outstanding.
     ANSWER_NOT_AUTHENTIC = 0x8000_F117_0000_0000;
+    /// The trusted IOMMU is not set up, already set up, or still has DMA entries.
+    IOMMU_STATE_INCORRECT = 0xC000_F118_0000_0000;
+    /// The TDI named is bound to another TD than the one named.
+    TDI_NOT_BOUND_TO_TD = 0xC000_F119_0000_0000;
 }
 
 impl Status {

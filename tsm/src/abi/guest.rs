@@ -50,6 +50,7 @@ pub mod leaf {
     pub const MEM_PAGE_ACCEPT: u64 = 6;
     pub const MR_VERIFYREPORT: u64 = 22;
     pub const TDI_RD: u64 = 67;
+    pub const DMAR_ACCEPT: u64 = 70;
     pub const MMIO_ACCEPT: u64 = 71;
     pub const TDI_START: u64 = 0x8001;
 }
@@ -165,6 +166,7 @@ impl<P: Platform> Tsm<P> {
             handler: Self::mr_verifyreport,
         },
         Self::TDG_TDI_RD,
+        Self::TDG_DMAR_ACCEPT,
         Self::TDG_MMIO_ACCEPT,
         Self::TDG_TDI_START,
     ];

@@ -6,10 +6,11 @@ use crate::abi::guest::{Ctx, GuestLeaf, Step};
 use crate::abi::{gpa_aligned, gpa_level, LeafSpec, Reg, Regs, TdExit};
 use crate::addr::PageSize;
 use crate::error::{SeptErrorKind, TsmError, TsmResult};
+use crate::iommu::DmarState;
 use crate::platform::Platform;
 use crate::sept::{self, legality, Legality, SeptEntry, SeptOp, SeptState, WalkResult};
 use crate::status::{Operand, Status};
-use crate::tdi::{DmarState, TdiState};
+use crate::tdi::TdiState;
 use crate::Tsm;
 
 use super::guest::leaf;
@@ -55,6 +56,25 @@ impl<P: Platform> Tsm<P> {
             ],
         },
         handler: Self::tdg_tdi_rd,
+    };
+
+    pub(crate) const TDG_DMAR_ACCEPT: GuestLeaf<P> = GuestLeaf {
+        spec: LeafSpec {
+            number: leaf::DMAR_ACCEPT,
+            name: "TDG.DMAR.ACCEPT",
+            summary: "The guest accepts its TDI's DMA remapping entry: the PASID entry becomes present and the device's DMA reaches the TD's accepted private memory (and nothing else) through the S-EPT. Already accepted is a warning.",
+            inputs: &[(Reg::Rcx, "function id (24:0); PASID (51:32) if bit 63 is set")],
+            outputs: &[],
+            requires: "TDI CONFIG_LOCKED or RUN; its entry added, not blocked.",
+            errors: &[
+                CALLER,
+                (Status::TDI_NOT_PRESENT, "no TDI of this TD has that function"),
+                (Status::TDI_STATE_INCORRECT, "TDI not CONFIG_LOCKED or RUN"),
+                (Status::DMAR_STATE_INCORRECT, "no entry, or blocked"),
+                (Status::PAGE_ALREADY_ACCEPTED, "warning: already accepted, nothing changed"),
+            ],
+        },
+        handler: Self::tdg_dmar_accept,
     };
 
     pub(crate) const TDG_MMIO_ACCEPT: GuestLeaf<P> = GuestLeaf {
@@ -124,11 +144,11 @@ impl<P: Platform> Tsm<P> {
             field::REPORTING_OFFSET => Some(tdi.reporting_offset),
             field::RANGE_COUNT => Some(tdi.range_count as u64),
             field::LOCK_FLAGS => Some(u64::from(tdi.lock_flags)),
-            field::DMAR_STATE => Some(match tdi.dmar {
-                DmarState::None => 0,
-                DmarState::Added => 1,
-                DmarState::Accepted => 2,
-                DmarState::Blocked { .. } => 3,
+            field::DMAR_STATE => Some(match self.tdi_dmar(tdi) {
+                None => 0,
+                Some(DmarState::Added) => 1,
+                Some(DmarState::Accepted) => 2,
+                Some(DmarState::Blocked) => 3,
             }),
             field::SPDM_VERSION => Some(u64::from(evidence.map_or(0, |e| e.negotiated.version))),
             field::REPORT_DIGEST | field::EVIDENCE_DIGESTS => None,
@@ -158,6 +178,23 @@ impl<P: Platform> Tsm<P> {
         // ALL CHECKS PASSED: nothing below can fail.
         self.platform.write_bytes(frame, gpa.page_offset() as usize, &bytes[..len]);
         Ok(Step::Done(Status::SUCCESS))
+    }
+
+    fn tdg_dmar_accept(&mut self, ctx: Ctx, regs: &Regs, _out: &mut Regs) -> TsmResult<Step> {
+        let t = self.guest_tdi(ctx, regs.rcx, Operand::Rcx)?;
+        let tdi = self.tdi(t)?;
+        if !matches!(tdi.state, TdiState::Locked | TdiState::Run) {
+            return Err(TsmError::TdiState);
+        }
+        let not_found = TsmError::Iommu(crate::iommu::IommuError::EntryNotFound);
+        let key = tdi.dmar_key().ok_or(not_found)?;
+        let tdr = tdi.tdr;
+        let iommu = self.iommu.as_mut().ok_or(not_found)?;
+        // `accept` checks first and writes nothing when it fails.
+        Ok(Step::Done(match iommu.accept(&mut self.platform, tdr, key).map_err(TsmError::Iommu)? {
+            crate::iommu::Done::Changed => Status::SUCCESS,
+            crate::iommu::Done::AlreadyDone => Status::PAGE_ALREADY_ACCEPTED,
+        }))
     }
 
     fn tdg_tdi_start(&mut self, ctx: Ctx, regs: &Regs, _out: &mut Regs) -> TsmResult<Step> {

@@ -53,6 +53,8 @@ pub mod leaf {
     pub const MEM_TRACK: u64 = 38;
     pub const MEM_RANGE_UNBLOCK: u64 = 39;
     pub const SYS_CONFIG: u64 = 45;
+    pub const IOMMU_SETUP: u64 = 128;
+    pub const IOMMU_CLEAR: u64 = 129;
     pub const SPDM_CREATE: u64 = 130;
     pub const SPDM_DELETE: u64 = 131;
     pub const IDE_STREAM_CREATE: u64 = 132;
@@ -64,9 +66,13 @@ pub mod leaf {
     pub const SPDM_CONNECT: u64 = 142;
     pub const SPDM_DISCONNECT: u64 = 143;
     pub const SPDM_MNG: u64 = 144;
+    pub const DMAR_ADD: u64 = 150;
+    pub const DMAR_BLOCK: u64 = 151;
+    pub const DMAR_REMOVE: u64 = 153;
     pub const MMIO_MAP: u64 = 158;
     pub const MMIO_BLOCK: u64 = 159;
     pub const MMIO_UNMAP: u64 = 160;
+    pub const IQ_INV_REQUEST: u64 = 161;
     pub const VP_KICK: u64 = 0x8000;
     pub const TDI_LOCK: u64 = 0x8010;
     pub const TDI_START: u64 = 0x8011;
@@ -577,6 +583,8 @@ impl<P: Platform> Tsm<P> {
             },
             handler: Self::sys_config,
         },
+        Self::IOMMU_SETUP,
+        Self::IOMMU_CLEAR,
         Self::SPDM_CREATE,
         Self::SPDM_DELETE,
         Self::IDE_STREAM_CREATE,
@@ -588,9 +596,13 @@ impl<P: Platform> Tsm<P> {
         Self::SPDM_CONNECT,
         Self::SPDM_DISCONNECT,
         Self::SPDM_MNG,
+        Self::DMAR_ADD,
+        Self::DMAR_BLOCK,
+        Self::DMAR_REMOVE,
         Self::MMIO_MAP,
         Self::MMIO_BLOCK,
         Self::MMIO_UNMAP,
+        Self::IQ_INV_REQUEST,
         HostLeaf {
             spec: LeafSpec {
                 number: leaf::VP_KICK,

@@ -18,7 +18,7 @@ use crate::platform::Platform;
 use crate::sept::{self, SeptEntry, SeptOp, SeptState, WalkResult};
 use crate::status::{Operand, Status};
 use crate::td::Lifecycle;
-use crate::tdi::{DmarState, Tdi, TdiDone, TdiFlow, TdiNext, TdiOp, TdiState, RANGE_NON_TEE, REPORT_MAX};
+use crate::tdi::{Tdi, TdiDone, TdiFlow, TdiNext, TdiOp, TdiState, RANGE_NON_TEE, REPORT_MAX};
 use crate::tdisp::{lock_flags, InterfaceId, InterfaceReport};
 use crate::Tsm;
 
@@ -375,12 +375,10 @@ impl<P: Platform> Tsm<P> {
         tdi.flow = None;
         tdi.nonce = [0; 32];
         tdi.authorised = None;
-        let (p, td) = (tdi.pdev, tdi.td);
-        if matches!(tdi.dmar, DmarState::Added | DmarState::Accepted) {
-            let epoch = self.tds.get(td).and_then(Option::as_ref).map_or(0, |d| d.tlb.epoch());
-            if let Some(Some(tdi)) = self.tdis.get_mut(t) {
-                tdi.dmar = DmarState::Blocked { bepoch: epoch };
-            }
+        let (p, key) = (tdi.pdev, tdi.dmar_key());
+        // DMA stops at once: the entry's present bit is cleared (already blocked is fine).
+        if let (Some(iommu), Some(key)) = (self.iommu.as_mut(), key) {
+            let _ = iommu.block(&mut self.platform, key);
         }
         if let Some(Some(pdev)) = self.pdevs.get_mut(p) {
             if pdev.pending == Pending::Tdi(t) {
@@ -485,7 +483,7 @@ impl<P: Platform> Tsm<P> {
         if tdi.mapped_pages() != 0 {
             return Err(TsmError::HasMappedMmio);
         }
-        if tdi.dmar != DmarState::None {
+        if self.tdi_dmar(tdi).is_some() {
             return Err(TsmError::HasMappedDma);
         }
         let (page, td, p) = (tdi.page, tdi.td, tdi.pdev);
@@ -526,7 +524,7 @@ impl<P: Platform> Tsm<P> {
         if tdi.mapped_pages() != 0 {
             return Err(TsmError::HasMappedMmio);
         }
-        if tdi.dmar != DmarState::None {
+        if self.tdi_dmar(tdi).is_some() {
             return Err(TsmError::HasMappedDma);
         }
         let flags = (regs.r9 & 0xFFFF) as u16;
@@ -845,7 +843,7 @@ impl<P: Platform> Tsm<P> {
         if tdi.state != TdiState::Unlocked {
             return Err(TsmError::TdiState);
         }
-        if !td.tlb.is_tracked(tdi.ranges[r].bepoch) {
+        if !self.retired(td, tdi.ranges[r].bepoch) {
             return Err(TsmError::Sept(Operand::Rcx, w.fault(SeptErrorKind::TrackingNotDone)));
         }
         // ALL CHECKS PASSED: nothing below can fail.
@@ -857,6 +855,11 @@ impl<P: Platform> Tsm<P> {
         }
         out.r8 = pfn.addr().raw();
         Ok(Status::SUCCESS)
+    }
+
+    /// The state of the TDI's DMA remapping entry, if it has one.
+    pub(crate) fn tdi_dmar(&self, tdi: &Tdi) -> Option<crate::iommu::DmarState> {
+        Some(self.iommu.as_ref()?.binding(tdi.dmar_key()?)?.state)
     }
 
     /// The TDIs bound to the TD in slot `td`.

@@ -54,22 +54,6 @@ impl TdiState {
     }
 }
 
-/// The DMA remapping entry of a TDI (the trusted IOMMU's context / PASID entry).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DmarState {
-    /// No entry.
-    None,
-    /// Added by the host; not present: DMA is refused.
-    Added,
-    /// Accepted by the guest: present, DMA to private memory allowed.
-    Accepted,
-    /// Blocked: not present; removable once the IOTLB epoch is retired.
-    Blocked {
-        /// IOTLB epoch of the block.
-        bepoch: u64,
-    },
-}
-
 /// One MMIO range of the locked report, and what the host did with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct MmioRange {
@@ -140,8 +124,6 @@ pub struct Tdi {
     pub ranges: [MmioRange; MAX_RANGES],
     /// How many.
     pub range_count: usize,
-    /// The DMA remapping entry.
-    pub dmar: DmarState,
     /// The running TDISP flow.
     pub flow: Option<TdiFlow>,
     /// Why it went to Error.
@@ -174,10 +156,19 @@ impl Tdi {
             report_digest: [0; 48],
             ranges: [MmioRange::default(); MAX_RANGES],
             range_count: 0,
-            dmar: DmarState::None,
             flow: None,
             fault: None,
         }
+    }
+
+    /// The key of the TDI's DMA remapping entry in the trusted IOMMU: its RID, and its PASID for
+    /// a Scalable-IOV interface.
+    pub fn dmar_key(&self) -> Option<crate::iommu::DmarKey> {
+        let pasid = match self.pasid {
+            Some(p) => Some(crate::iommu::Pasid::new(p)?),
+            None => None,
+        };
+        Some(crate::iommu::DmarKey { rid: crate::iommu::Rid::from_raw(self.function as u16), pasid })
     }
 
     /// The ranges of the current report.

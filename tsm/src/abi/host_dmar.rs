@@ -1,0 +1,260 @@
+//! Host leaves of the trusted IOMMU: IOMMU.SETUP and CLEAR, DMAR.ADD / BLOCK / REMOVE, and the
+//! trusted invalidation queue (IQ.INV.REQUEST). The entries live in `crate::iommu`; their second
+//! stage is the TD's own S-EPT, so every S-EPT block of a TD with entries needs an invalidation
+//! before it is retired (`Tsm::retired`).
+
+use crate::abi::{LeafSpec, Reg, Regs};
+use crate::addr::Pfn;
+use crate::error::{TsmError, TsmResult};
+use crate::iommu::{DmarRequest, DomainId, Done, Frames, Iommu, SeptLevels};
+use crate::platform::Platform;
+use crate::status::{Operand, Status};
+use crate::tdi::TdiState;
+use crate::Tsm;
+
+use super::host::{leaf, HostLeaf};
+
+const SYS: (Status, &str) = (Status::SYS_NOT_READY, "TDH.SYS.CONFIG not done");
+const TDI_RCX: [(Status, &str); 3] = [
+    (Status::OPERAND_INVALID, "RCX not a 4K-aligned address"),
+    (Status::OPERAND_ADDR_RANGE_ERROR, "RCX outside the TDMRs"),
+    (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDI page"),
+];
+const NO_IOMMU: (Status, &str) = (Status::IOMMU_STATE_INCORRECT, "TDH.IOMMU.SETUP not done");
+
+impl<P: Platform> Tsm<P> {
+    pub(crate) const IOMMU_SETUP: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::IOMMU_SETUP,
+            name: "TDH.IOMMU.SETUP",
+            summary: "Takes the trusted IOMMU (VT-d, scalable mode): a donated page becomes its root table. Context, PASID directory and PASID table frames come with TDH.DMAR.ADD.",
+            inputs: &[(Reg::Rcx, "page to donate (the root table)")],
+            outputs: &[],
+            requires: "No trusted IOMMU yet.",
+            errors: &[
+                SYS,
+                (Status::IOMMU_STATE_INCORRECT, "already set up"),
+                (Status::OPERAND_INVALID, "RCX not a 4K-aligned address"),
+                (Status::OPERAND_ADDR_RANGE_ERROR, "RCX outside the TDMRs"),
+                (Status::PAGE_NOT_FREE, "RCX page not free"),
+            ],
+        },
+        handler: Self::iommu_setup,
+    };
+
+    pub(crate) const IOMMU_CLEAR: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::IOMMU_CLEAR,
+            name: "TDH.IOMMU.CLEAR",
+            summary: "Tears the trusted IOMMU down one table frame per call, deepest first, each zeroed and free again; the root table comes back last (RDX = 0) and the IOMMU is gone.",
+            inputs: &[],
+            outputs: &[(Reg::Rcx, "the frame released"), (Reg::Rdx, "its role: 0 root, 1 context table, 2 PASID directory, 3 PASID table")],
+            requires: "No DMA remapping entry left.",
+            errors: &[SYS, (Status::IOMMU_STATE_INCORRECT, "not set up, or entries remain")],
+        },
+        handler: Self::iommu_clear,
+    };
+
+    pub(crate) const DMAR_ADD: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::DMAR_ADD,
+            name: "TDH.DMAR.ADD",
+            summary: "Adds the TDI's DMA remapping entry (RID, and PASID for a Scalable-IOV interface): a PASID entry, second stage only, whose table pointer is the TD's S-EPT root, written not present. DMA passes only once the guest accepts it (TDG.DMAR.ACCEPT). Frames for missing tables are taken from R8..R10 (0 = none given); unneeded frames stay the host's.",
+            inputs: &[
+                (Reg::Rcx, "TDR page"),
+                (Reg::Rdx, "TDI page"),
+                (Reg::R8, "frame for a new context table, or 0"),
+                (Reg::R9, "frame for a new PASID directory, or 0"),
+                (Reg::R10, "frame for a new PASID table, or 0"),
+            ],
+            outputs: &[(Reg::Rcx, "frames consumed: bit 0 context table, bit 1 PASID directory, bit 2 PASID table")],
+            requires: "IOMMU set up; TD RUNNABLE; the TDI bound to it, CONFIG_LOCKED or RUN, without an entry.",
+            errors: &[
+                SYS,
+                (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDR page"),
+                (Status::TD_NOT_FINALIZED, "TDH.MR.FINALIZE not done"),
+                (Status::PAGE_METADATA_INCORRECT, "RDX is not a TDI page"),
+                (Status::TDI_NOT_BOUND_TO_TD, "the TDI is bound to another TD"),
+                (Status::TDI_STATE_INCORRECT, "TDI not CONFIG_LOCKED or RUN"),
+                NO_IOMMU,
+                (Status::OPERAND_INVALID, "a table frame the entry needs is missing (operand: its register), or R8..R10 not 4K aligned"),
+                (Status::OPERAND_ADDR_RANGE_ERROR, "a frame outside the TDMRs"),
+                (Status::PAGE_NOT_FREE, "a frame not free"),
+                (Status::DMAR_STATE_INCORRECT, "the TDI already has an entry"),
+                (Status::DEVICE_SLOTS_EXHAUSTED, "no entry slot left"),
+            ],
+        },
+        handler: Self::dmar_add,
+    };
+
+    pub(crate) const DMAR_BLOCK: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::DMAR_BLOCK,
+            name: "TDH.DMAR.BLOCK",
+            summary: "Blocks the TDI's DMA remapping entry (present bit cleared): no DMA passes; the entry is removable after an IOTLB invalidation.",
+            inputs: &[(Reg::Rcx, "TDI page")],
+            outputs: &[],
+            requires: "An entry, not blocked.",
+            errors: &[
+                SYS,
+                TDI_RCX[0],
+                TDI_RCX[1],
+                TDI_RCX[2],
+                NO_IOMMU,
+                (Status::DMAR_STATE_INCORRECT, "no entry"),
+                (Status::GPA_RANGE_ALREADY_BLOCKED, "warning: already blocked, nothing changed"),
+            ],
+        },
+        handler: Self::dmar_block,
+    };
+
+    pub(crate) const DMAR_REMOVE: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::DMAR_REMOVE,
+            name: "TDH.DMAR.REMOVE",
+            summary: "Removes a blocked DMA remapping entry once an invalidation (TDH.IQ.INV.REQUEST) retired its block; the PASID entry is zeroed.",
+            inputs: &[(Reg::Rcx, "TDI page")],
+            outputs: &[],
+            requires: "Entry BLOCKED; IOTLB invalidated since.",
+            errors: &[
+                SYS,
+                TDI_RCX[0],
+                TDI_RCX[1],
+                TDI_RCX[2],
+                NO_IOMMU,
+                (Status::DMAR_STATE_INCORRECT, "no entry, or not blocked"),
+                (Status::TLB_TRACKING_NOT_DONE, "no invalidation since the block"),
+            ],
+        },
+        handler: Self::dmar_remove,
+    };
+
+    pub(crate) const IQ_INV_REQUEST: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::IQ_INV_REQUEST,
+            name: "TDH.IQ.INV.REQUEST",
+            summary: "The trusted invalidation queue: invalidates the PASID cache and IOTLB of the TD's domain and waits for completion. Retires DMAR blocks made before it, and, for the IOTLB, S-EPT blocks made before the TD's latest TRACK.",
+            inputs: &[(Reg::Rcx, "TDR page")],
+            outputs: &[],
+            requires: "IOMMU set up; the TD has entries.",
+            errors: &[
+                SYS,
+                (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDR page"),
+                NO_IOMMU,
+                (Status::DMAR_STATE_INCORRECT, "the TD has no entries"),
+            ],
+        },
+        handler: Self::iq_inv_request,
+    };
+
+    fn iommu_mut(&mut self) -> TsmResult<&mut Iommu> {
+        self.iommu.as_mut().ok_or(TsmError::Iommu(crate::iommu::IommuError::NotSetUp))
+    }
+
+    fn iommu_setup(&mut self, regs: &Regs, _out: &mut Regs) -> TsmResult<Status> {
+        let pamt = *self.pamt()?;
+        if self.iommu.is_some() {
+            return Err(TsmError::Iommu(crate::iommu::IommuError::EntriesExist));
+        }
+        let root = self.donated_page(regs.rcx, Operand::Rcx)?;
+        let iommu = Iommu::setup(&mut self.platform, &pamt, root).map_err(TsmError::Iommu)?;
+        self.iommu = Some(iommu);
+        Ok(Status::SUCCESS)
+    }
+
+    fn iommu_clear(&mut self, _regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        let pamt = *self.pamt()?;
+        let (frame, role) = Iommu::reclaim(&mut self.iommu, &mut self.platform, &pamt).map_err(TsmError::Iommu)?;
+        out.rcx = frame.addr().raw();
+        out.rdx = role as u64;
+        Ok(Status::SUCCESS)
+    }
+
+    fn frame_operand(raw: u64, op: Operand) -> TsmResult<Option<Pfn>> {
+        if raw == 0 {
+            return Ok(None);
+        }
+        Self::page_operand(raw, op).map(Some)
+    }
+
+    fn dmar_add(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        let pamt = *self.pamt()?;
+        let td_idx = self.td_index(regs.rcx, Operand::Rcx)?;
+        let td = self.td(td_idx)?;
+        td.lifecycle.require(crate::td::Lifecycle::Runnable)?;
+        let t = self.tdi_index(regs.rdx, Operand::Rdx)?;
+        let tdi = self.tdi(t)?;
+        if tdi.td != td_idx {
+            return Err(TsmError::TdiNotBound);
+        }
+        if !matches!(tdi.state, TdiState::Locked | TdiState::Run) {
+            return Err(TsmError::TdiState);
+        }
+        if self.iommu.is_none() {
+            return Err(TsmError::Iommu(crate::iommu::IommuError::NotSetUp));
+        }
+        let key = tdi.dmar_key().ok_or(TsmError::Iommu(crate::iommu::IommuError::PasidOutOfRange))?;
+        let frames = Frames {
+            context_table: Self::frame_operand(regs.r8, Operand::R8)?,
+            pasid_dir: Self::frame_operand(regs.r9, Operand::R9)?,
+            pasid_table: Self::frame_operand(regs.r10, Operand::R10)?,
+        };
+        let levels = SeptLevels::from_root_level(td.root_level()).ok_or(TsmError::Corrupt)?;
+        let request = DmarRequest {
+            key,
+            owner: td.tdr,
+            sept_root: td.sept_root(),
+            levels,
+            // One DID per TD: its slot, from 1 (DID 0 is reserved).
+            domain: DomainId(td_idx as u16 + 1),
+            cpu_epoch: td.tlb.epoch(),
+        };
+        // `install` checks everything first and writes nothing when it fails.
+        let used = {
+            let iommu = self.iommu.as_mut().ok_or(TsmError::Corrupt)?;
+            iommu.install(&mut self.platform, &pamt, &request, &frames).map_err(TsmError::Iommu)?
+        };
+        out.rcx = u64::from(used.context_table) | u64::from(used.pasid_dir) << 1 | u64::from(used.pasid_table) << 2;
+        Ok(Status::SUCCESS)
+    }
+
+    /// The TDI a DMAR leaf names, and its entry's key.
+    fn dmar_target(&self, regs: &Regs) -> TsmResult<crate::iommu::DmarKey> {
+        self.sys()?;
+        let t = self.tdi_index(regs.rcx, Operand::Rcx)?;
+        let key = self.tdi(t)?.dmar_key().ok_or(TsmError::Iommu(crate::iommu::IommuError::EntryNotFound))?;
+        if self.iommu.is_none() {
+            return Err(TsmError::Iommu(crate::iommu::IommuError::NotSetUp));
+        }
+        Ok(key)
+    }
+
+    fn dmar_block(&mut self, regs: &Regs, _out: &mut Regs) -> TsmResult<Status> {
+        let key = self.dmar_target(regs)?;
+        let iommu = self.iommu.as_mut().ok_or(TsmError::Corrupt)?;
+        // `block` checks first and writes nothing when it fails.
+        Ok(match iommu.block(&mut self.platform, key).map_err(TsmError::Iommu)? {
+            Done::Changed => Status::SUCCESS,
+            Done::AlreadyDone => Status::GPA_RANGE_ALREADY_BLOCKED,
+        })
+    }
+
+    fn dmar_remove(&mut self, regs: &Regs, _out: &mut Regs) -> TsmResult<Status> {
+        let key = self.dmar_target(regs)?;
+        let iommu = self.iommu.as_mut().ok_or(TsmError::Corrupt)?;
+        // `remove` checks first and writes nothing when it fails.
+        iommu.remove(&mut self.platform, key).map_err(TsmError::Iommu)?;
+        Ok(Status::SUCCESS)
+    }
+
+    fn iq_inv_request(&mut self, regs: &Regs, _out: &mut Regs) -> TsmResult<Status> {
+        self.sys()?;
+        let td_idx = self.td_index(regs.rcx, Operand::Rcx)?;
+        let td = self.td(td_idx)?;
+        let (tdr, epoch) = (td.tdr, td.tlb.epoch());
+        let iommu = self.iommu_mut()?;
+        let domain = iommu.domain_of(tdr).ok_or(TsmError::Iommu(crate::iommu::IommuError::DomainNotFound))?;
+        iommu.invalidate(domain.did, epoch).map_err(TsmError::Iommu)?;
+        Ok(Status::SUCCESS)
+    }
+}
