@@ -24,8 +24,9 @@ pub mod error_code {
     pub const VERSION_MISMATCH: u8 = 0x41;
 }
 
-/// The responder's capability flags: CERT | CHAL | MEAS_SIG | MEAS_FRESH | ENCRYPT | MAC | KEY_EX.
-pub const RESPONDER_FLAGS: u32 = 0x2F6;
+/// The responder's capability flags: CERT | CHAL | MEAS_SIG | MEAS_FRESH | ENCRYPT | MAC | KEY_EX |
+/// KEY_UPD.
+pub const RESPONDER_FLAGS: u32 = 0x42F6;
 /// DataTransferSize and MaxSPDMmsgSize: below QEMU's 0x1200-byte socket limit with room for the
 /// DOE header and the secured-message overhead.
 pub const TRANSFER_SIZE: u32 = 0x1000;
@@ -165,7 +166,9 @@ impl Device {
                 self.key_exchange(m)
             }
             code::FINISH => Err(unexpected(version)),
-            code::END_SESSION | VENDOR_DEFINED_REQUEST => Err(error(version, error_code::SESSION_REQUIRED, 0)),
+            code::END_SESSION | code::KEY_UPDATE | VENDOR_DEFINED_REQUEST => {
+                Err(error(version, error_code::SESSION_REQUIRED, 0))
+            }
             other => Err(error(version, error_code::UNSUPPORTED_REQUEST, other)),
         }
     }
