@@ -19,6 +19,7 @@ use tsm::spdm::keys::{DirectionKeys, HandshakeKeys, H};
 use tsm::spdm::secured;
 use tsm::spdm::sig::Context;
 
+use crate::faults::Faults;
 use crate::spdm::{error, error_code, le16, le32, MAX_SESSIONS, VENDOR_DEFINED_REQUEST, VENDOR_DEFINED_RESPONSE};
 use crate::Device;
 
@@ -141,7 +142,9 @@ impl Device {
             r.extend_from_slice(&self.measurement_summary(summary));
         }
         let opaque = version_selection(secured_version);
-        r.extend_from_slice(&(opaque.len() as u16).to_le_bytes());
+        // The overlong-length fault announces 4 opaque bytes more than there are.
+        let extra = if self.overlong(crate::faults::Reply::KeyExchangeRsp) { 4 } else { 0 };
+        r.extend_from_slice(&(opaque.len() as u16 + extra).to_le_bytes());
         r.extend_from_slice(&opaque);
         let mut th = Sha384::new();
         th.update(&self.conn.vca);
@@ -171,16 +174,33 @@ impl Device {
         let id = le32(payload.get(..4)?, 0);
         let session = self.sessions.get_mut(&id)?;
         let version = session.version;
-        let (reply, after) = match open_request(session, id, object) {
+        let (mut reply, after) = match open_request(session, id, object) {
             Some((msg, Key::Current)) => self.in_session(id, version, &msg),
             Some((msg, Key::Previous)) => self.key_update_retry(id, version, &msg),
             // DSP0277 / libspdm: ERROR(DecryptError) under the session's keys, then the session ends.
             None => (error(version, error_code::DECRYPT_ERROR, 0), After::End),
         };
+        let faults = self.config.faults.clone();
+        let dropped = Faults::hits(faults.drop_response, &reply);
+        if Faults::hits(faults.truncate, &reply) {
+            reply.truncate(crate::faults::truncated_len(reply.len()));
+        }
+        let overlong = Faults::hits(faults.overlong_length, &reply);
+        let in_record = overlong && !crate::faults::overlong_field(&mut reply);
+        // The wrong-session-id fault names the session with the other half of the id changed.
+        let seal_id = if faults.wrong_session_id { id ^ 0x0001_0000 } else { id };
         let session = self.sessions.get_mut(&id)?;
         let (_, response_keys) = session.keys();
         let mut out = vec![0u8; doe::object_len(secured::HEADER_BYTES + 2 + reply.len() + secured::TAG_BYTES)];
-        let sealed = secured::seal(response_keys, id, &reply, &mut out).ok();
+        let mut sealed = secured::seal(response_keys, seal_id, &reply, &mut out).ok();
+        if in_record && out.len() >= 14 {
+            // The secured message's Length field announces 4 bytes more than the record holds.
+            let len = u16::from_le_bytes([out[12], out[13]]).wrapping_add(4);
+            out[12..14].copy_from_slice(&len.to_le_bytes());
+        }
+        if dropped {
+            sealed = None;
+        }
         match after {
             After::Stay => {}
             After::Application(keys) => {
