@@ -274,7 +274,7 @@ impl Device {
         (reply, After::Application(Box::new((app.request, app.response))))
     }
 
-    /// KEY_UPDATE (DSP0274 §10.21) under the current request key. UpdateKey moves the request
+    /// KEY_UPDATE (DSP0274 KEY_UPDATE request and KEY_UPDATE_ACK response) under the current request key. UpdateKey moves the request
     /// key; UpdateAllKeys moves both, the response key before the ACK is sealed, so the ACK
     /// travels under the new response key; VerifyNewKey (which must come under the new request
     /// key, after an update) drops the old request key.

@@ -320,3 +320,47 @@ fn the_fault_switches_parse_from_the_command_line() {
         }
     );
 }
+
+#[test]
+fn idekm_replies_truncated_or_over_long_fail_the_codec() {
+    use tsm::idekm::{self, IdeKmError, KeySlot};
+    let slot = KeySlot { key_set_1: false, transmit: false, sub_stream: 0 };
+    let prog = idekm::Request::KeyProg { stream: 1, slot, port: 0, key: &[7; 32], ifv: &[1; 8] };
+    for (faults, want) in [
+        (Faults { truncate: Some(Reply::IdeKm), ..Faults::default() }, IdeKmError::Length),
+        (Faults { overlong_length: Some(Reply::IdeKm), ..Faults::default() }, IdeKmError::Length),
+    ] {
+        let mut d = device(faults, 0x13);
+        let (n, mut s) = session(&mut d);
+        let v = n.version;
+        let mut out = [0u8; 128];
+        let len = idekm::encode(v, &idekm::Request::Query { port: 0 }, &mut out).unwrap();
+        let reply = secured(&mut d, &mut s, &out[..len]).unwrap();
+        assert_eq!(idekm::decode_query(v, 0, &reply).err(), Some(want), "QUERY_RESP");
+        let len = idekm::encode(v, &prog, &mut out).unwrap();
+        let reply = secured(&mut d, &mut s, &out[..len]).unwrap();
+        assert_eq!(idekm::check_ack(v, &prog, &reply), Err(want), "KP_ACK");
+    }
+}
+
+#[test]
+fn end_session_ack_faults_fail_the_check() {
+    for (faults, want) in [
+        (
+            Faults { drop_response: Some(Reply::EndSessionAck), ..Faults::default() },
+            SpdmError::Secured(SecuredError::Doe(DoeError::Truncated { len: 0 })),
+        ),
+        (Faults { truncate: Some(Reply::EndSessionAck), ..Faults::default() }, bad_length(0x6C, 2)),
+        (
+            Faults { overlong_length: Some(Reply::EndSessionAck), ..Faults::default() },
+            SpdmError::Secured(SecuredError::Length),
+        ),
+    ] {
+        let mut d = device(faults, 0x13);
+        let (_, mut s) = session(&mut d);
+        let mut out = [0u8; 64];
+        let n = s.end(&mut out).unwrap();
+        let reply = d.exchange(&out[..n]);
+        assert_eq!(s.check_end_ack(&reply), Err(want));
+    }
+}

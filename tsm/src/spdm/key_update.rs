@@ -1,4 +1,4 @@
-//! KEY_UPDATE / KEY_UPDATE_ACK (DSP0274 1.2 §10.21, "KEY_UPDATE request and KEY_UPDATE_ACK
+//! KEY_UPDATE / KEY_UPDATE_ACK (DSP0274 1.2 and 1.3, "KEY_UPDATE request and KEY_UPDATE_ACK
 //! response"), sans-IO, inside an established session. Both sides must have announced KEY_UPD_CAP.
 //!
 //! ```text
