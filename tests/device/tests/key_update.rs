@@ -176,3 +176,44 @@ fn a_failed_key_update_leaves_no_session_on_the_tsm_side() {
     assert!(ku.session().is_none());
     assert!(ku.into_session().is_none());
 }
+
+#[test]
+fn the_device_refuses_key_update_from_a_requester_without_key_upd_cap() {
+    use tsm::spdm::cert::CertRetrieval;
+    use tsm::spdm::session::KeyExchange;
+    let mut d = Device::new(Config::default()).unwrap();
+    // VCA by hand, announcing ENCRYPT | MAC | KEY_EX only; each response without DOE padding.
+    fn ask(d: &mut Device, vca: &mut Vec<u8>, m: &[u8], exact: fn(&[u8]) -> usize) -> Vec<u8> {
+        let r = spdm_payload(&d.handle(&spdm_object(m)).unwrap());
+        let r = r[..exact(&r)].to_vec();
+        vca.extend_from_slice(m);
+        vca.extend_from_slice(&r);
+        r
+    }
+    let mut vca = Vec::new();
+    let version = ask(&mut d, &mut vca, &[0x10, 0x84, 0, 0], |r| 6 + 2 * usize::from(r[5]));
+    assert_eq!(version[1], 0x04);
+    let mut caps = vec![0x13, 0xE1, 0, 0, 0, 0, 0, 0];
+    caps.extend_from_slice(&0x2C0u32.to_le_bytes());
+    caps.extend_from_slice(&0x1000u32.to_le_bytes());
+    caps.extend_from_slice(&0x1000u32.to_le_bytes());
+    let rsp = ask(&mut d, &mut vca, &caps, |_| 20);
+    let flags = u32::from_le_bytes([rsp[8], rsp[9], rsp[10], rsp[11]]);
+    let mut algs = vec![0x13, 0xE3, 3, 0, 44, 0, 1, 2];
+    algs.extend_from_slice(&0x80u32.to_le_bytes());
+    algs.extend_from_slice(&0x02u32.to_le_bytes());
+    algs.extend_from_slice(&[0; 16]);
+    algs.extend_from_slice(&[2, 0x20, 0x10, 0, 3, 0x20, 0x02, 0, 5, 0x20, 0x01, 0]);
+    let rsp = ask(&mut d, &mut vca, &algs, |r| usize::from(u16::from_le_bytes([r[4], r[5]])));
+    assert_eq!(rsp[1], 0x63);
+    let n = Negotiated { version: 0x13, responder_flags: flags, data_transfer_size: 0x1000, max_message_size: 0x1000 };
+    let mut c = Box::new(CertRetrieval::new(&n, &vca));
+    let r: Result<(), SpdmError> = drive!(&mut d, c);
+    r.unwrap();
+    let chain = c.chain().unwrap();
+    let mut k = Box::new(KeyExchange::new(&n, &vca, chain.digest(), *chain.leaf_key(), [4; 48], [5; 32]).unwrap());
+    let r: Result<(), SpdmError> = drive!(&mut d, k);
+    r.unwrap();
+    let mut s = k.session().unwrap().clone();
+    assert_eq!(secured(&mut d, &mut s, &[0x13, 0xE9, 2, 1]).unwrap(), [0x13, 0x7F, 0x07, 0xE9], "UnsupportedRequest");
+}
