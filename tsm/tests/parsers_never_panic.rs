@@ -122,6 +122,33 @@ proptest! {
     }
 
     #[test]
+    fn key_update_answers(ack in proptest::collection::vec(any::<u8>(), 0..40), object in proptest::collection::vec(any::<u8>(), 0..80)) {
+        use tsm::spdm::key_update::{check_ack, KeyOperation, KeyUpdate};
+        for op in [KeyOperation::UpdateKey, KeyOperation::UpdateAllKeys, KeyOperation::VerifyNewKey] {
+            let r = check_ack(0x12, op, 0x5A, &ack);
+            // Only the exact echo is an ACK.
+            prop_assert_eq!(r.is_ok(), ack == [0x12, 0x69, op as u8, 0x5A]);
+        }
+        // Random objects and random sealed plaintexts as the device's answer.
+        let keys = DirectionKeys::from_secret(0x12, [9; 48]);
+        let session = spdm::session::Session::new(7, keys.clone(), keys.clone(), 0x12);
+        let n = Negotiated { responder_flags: 0x42F6, ..negotiated() };
+        for op in [KeyOperation::UpdateKey, KeyOperation::UpdateAllKeys] {
+            let mut ku = KeyUpdate::new(session.clone(), &n, op, [1, 2]).unwrap();
+            ku.start();
+            let _ = ku.step(&object);
+            prop_assert!(ku.session().is_none() || ku.error().is_none());
+            let mut ku = KeyUpdate::new(session.clone(), &n, op, [1, 2]).unwrap();
+            ku.start();
+            let mut rsp = if op == KeyOperation::UpdateAllKeys { keys.updated(0x12) } else { keys.clone() };
+            let mut sealed = [0u8; 128];
+            let len = secured::seal(&mut rsp, 7, &ack, &mut sealed).unwrap();
+            let _ = ku.step(&sealed[..len]);
+            prop_assert_eq!(ku.error().is_none(), ack == [0x12, 0x69, op as u8, 1]);
+        }
+    }
+
+    #[test]
     fn tdisp_and_idekm_answers(t in vdm_like(1), k in vdm_like(0), report in proptest::collection::vec(any::<u8>(), 0..300)) {
         for code in [0x81u8, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87] {
             let _ = tdisp::decode(0x12, InterfaceId(0xBEEF), code, &t);

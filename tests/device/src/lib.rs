@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 
 pub mod certs;
 pub mod config;
+pub mod faults;
 pub mod idekm;
 pub mod rng;
 pub mod server;
@@ -22,6 +23,7 @@ pub mod tdisp;
 
 pub use certs::{CertError, Identity};
 pub use config::{Config, InterfaceConfig, MeasurementBlock, MmioRange};
+pub use faults::{Faults, Reply, Signed};
 pub use idekm::{IdeKey, KeySlot};
 pub use tdisp::Tdi;
 
@@ -54,13 +56,21 @@ impl Device {
     pub fn new(config: Config) -> Result<Device, CertError> {
         let mut rng = rng::Rng::new(config.seed);
         let identity = Identity::generate(&mut rng)?;
-        Ok(Device::with_identity(config, identity, rng))
+        Device::with_identity(config, identity, rng)
     }
 
-    /// A device with a given identity.
-    pub fn with_identity(config: Config, identity: Identity, rng: rng::Rng) -> Device {
+    /// A device with a given identity (re-signed by a stray key under the broken-chain fault).
+    ///
+    /// # Errors
+    /// [`CertError`] if the broken-chain fault cannot re-sign the chain.
+    pub fn with_identity(config: Config, identity: Identity, mut rng: rng::Rng) -> Result<Device, CertError> {
+        let identity = if config.faults.broken_chain {
+            identity.with_foreign_issuer(&p384::ecdsa::SigningKey::from(rng.scalar()))?
+        } else {
+            identity
+        };
         let tdis = config.interfaces.iter().cloned().map(Tdi::new).collect();
-        Device {
+        Ok(Device {
             config,
             identity,
             rng,
@@ -68,7 +78,7 @@ impl Device {
             sessions: HashMap::new(),
             tdis,
             ide_keys: BTreeMap::new(),
-        }
+        })
     }
 
     /// One DOE object in, the reply object out; `None` = no response (QEMU's `NORMAL` with length
@@ -80,7 +90,10 @@ impl Device {
         }
         match o.ty {
             0x00 => discovery(o.payload),
-            0x01 => Some(session::plain_object(ObjectType::Spdm, &self.spdm(o.payload))),
+            0x01 => {
+                let reply = self.spdm(o.payload);
+                self.plain_reply(reply)
+            }
             0x02 => self.secured(object, o.payload),
             _ => None,
         }
@@ -109,6 +122,29 @@ impl Device {
     /// Number of live sessions (handshake or application phase).
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Frames a plain SPDM response, applying the reply faults.
+    fn plain_reply(&self, mut msg: Vec<u8>) -> Option<Vec<u8>> {
+        let f = &self.config.faults;
+        if Faults::hits(f.drop_response, &msg) {
+            return None;
+        }
+        if Faults::hits(f.truncate, &msg) {
+            msg.truncate(faults::truncated_len(msg.len()));
+        }
+        // Signed messages get their bad length field before signing (spdm.rs, session.rs).
+        let signed =
+            matches!(Reply::of(&msg), Some(Reply::ChallengeAuth | Reply::Measurements | Reply::KeyExchangeRsp));
+        let overlong = Faults::hits(f.overlong_length, &msg) && !signed;
+        let in_framing = overlong && !faults::overlong_field(&mut msg);
+        let mut object = session::plain_object(ObjectType::Spdm, &msg);
+        if in_framing && object.len() >= 8 {
+            // The DOE header announces one DW more than the object holds.
+            let dws = u32::from_le_bytes([object[4], object[5], object[6], object[7]]) + 1;
+            object[4..8].copy_from_slice(&dws.to_le_bytes());
+        }
+        Some(object)
     }
 
     /// What a session's end does beyond forgetting its keys.

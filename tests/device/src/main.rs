@@ -1,38 +1,92 @@
 //! `tdisp-device`: the emulated TDISP device behind QEMU's `spdm_port` (see `--help`).
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tdisp_device::{server, Config, Device};
+use tdisp_device::rng::Rng;
+use tdisp_device::{server, Config, Device, Identity};
 
 const HELP: &str = "\
-tdisp-device: an emulated TDISP device (SPDM 1.2/1.3 responder with secured sessions, TDISP 1.0
-and IDE_KM) speaking QEMU's spdm_port socket protocol with the PCI_DOE transport.
+tdisp-device: an emulated TDISP device (SPDM 1.2/1.3 responder with secured sessions and
+KEY_UPDATE, TDISP 1.0 and IDE_KM) speaking QEMU's spdm_port socket protocol with the PCI_DOE
+transport. It binds 127.0.0.1 only.
 
 usage: tdisp-device [options]
 
-options:
-  --port N            TCP port on 127.0.0.1 (default 2323, spdm-emu's); 0 picks a free port.
-                      The device prints `listening on 127.0.0.1:<port>` once it accepts.
-  --once              exit after the first connection ends (default: keep serving until SHUTDOWN)
-  --root-out PATH     write the root certificate (DER) there, for a verifier to trust
-  --seed HEX          64 hex digits seeding the device's random generator (keys, certificates,
-                      nonces); default: drawn from the OS
-  --spdm-version V    offer only SPDM version V (1.2 or 1.3); default: both
-  --function-id ID    the TDI's INTERFACE_ID.FUNCTION_ID (requester ID; hex with 0x, or decimal);
-                      default 0x18 (00:03.0)
-  -h, --help          this text
+listening:
+  --port N              TCP port on 127.0.0.1 (default 2323, spdm-emu's); 0 picks a free port.
+                        The device prints `listening on 127.0.0.1:<port>` once it accepts.
+  --once                exit after the first connection ends (default: serve one connection
+                        after another, keeping the device's state, until QEMU's SHUTDOWN)
+
+what the device is:
+  --config FILE         a TOML file with the SPDM versions, the measurement blocks (index, type,
+                        digest or raw value) and the TDIs with their MMIO ranges; see
+                        tests/device/README.md. Applied first; the options below override it.
+  --spdm-version V      offer only SPDM version V (1.2 or 1.3); default: both
+  --function-id ID      every TDI's INTERFACE_ID.FUNCTION_ID (requester ID; hex with 0x, or
+                        decimal); default 0x18 (00:03.0)
+  --seed HEX            64 hex digits seeding the device's random generator (nonces, ephemeral
+                        keys, generated certificates); default: drawn from the OS
+
+identity (default: a root, an intermediate CA and a leaf generated from the seed at each start):
+  --state-dir DIR       keep the identity in DIR: generated at the first start and written as
+                        root.der, intermediate.der, leaf.der, leaf.key (PKCS#8); read back at
+                        every later start, whatever the seed
+  --root FILE           the root certificate (DER) ...
+  --intermediate FILE   ... an intermediate CA certificate (DER; repeat, root side first) ...
+  --leaf FILE           ... the leaf certificate (DER) ...
+  --leaf-key FILE       ... and the leaf's private key (PKCS#8 or SEC1 DER): use these files
+                        instead of generating; the chain must chain and the key be the leaf's
+  --root-out PATH       write the root certificate (DER) there, for a verifier to trust
+
+fault switches, for tests (repeat --fault for several):
+  --fault SPEC          misbehave on purpose; SPEC is one of
+                          bad-signature=challenge-auth|measurements|key-exchange-rsp
+                          wrong-measurement=INDEX
+                          truncate=REPLY  overlong-length=REPLY  drop-response=REPLY
+                          wrong-session-id  overlapping-ranges  error-after-lock
+                          refuse-start  broken-chain
+                        where REPLY is one of
+                          version capabilities algorithms digests certificate
+                          challenge-auth measurements key-exchange-rsp finish-rsp
+                          key-update-ack end-session-ack idekm tdisp-version
+                          tdisp-capabilities tdisp-lock tdisp-report tdisp-state
+                          tdisp-start tdisp-stop
+                        bad-signature signs the right transcript and flips one bit;
+                        wrong-measurement flips one bit of that block's value and signs it;
+                        truncate cuts a quarter (>= 4 bytes) off, framed or sealed correctly;
+                        overlong-length makes the reply's length field larger than the message;
+                        drop-response answers nothing (an empty NORMAL frame);
+                        wrong-session-id seals secured replies under another session id;
+                        overlapping-ranges makes the interface report's 2nd range overlap the 1st;
+                        error-after-lock moves the TDI to ERROR right after LOCK_INTERFACE;
+                        refuse-start answers START_INTERFACE with TDISP_ERROR UNSPECIFIED;
+                        broken-chain signs the certificate after the root with a stray key
+
+  -h, --help            this text
 
 Run it before QEMU, which connects at start-up:
-  tdisp-device --port 2323 &
+  tdisp-device --port 2323 --state-dir /var/tmp/tdisp-device &
   qemu-system-x86_64 -M q35 ... -drive file=img,if=none,id=nvme0 \\
       -device nvme,drive=nvme0,serial=deadbeef,spdm_port=2323
 ";
+
+#[derive(Default)]
+struct Files {
+    root: Option<PathBuf>,
+    intermediates: Vec<PathBuf>,
+    leaf: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
 
 struct Options {
     port: u16,
     once: bool,
     root_out: Option<String>,
+    state_dir: Option<PathBuf>,
+    files: Files,
     config: Config,
 }
 
@@ -55,7 +109,14 @@ fn parse_seed(s: &str) -> Option<[u8; 32]> {
 }
 
 fn parse(args: &[String]) -> Result<Option<Options>, String> {
-    let mut o = Options { port: 2323, once: false, root_out: None, config: Config::default() };
+    // The configuration file first, so every other option overrides it wherever it stands.
+    let mut config = Config::default();
+    if let Some(i) = args.iter().position(|a| a == "--config") {
+        let path = args.get(i + 1).ok_or("--config needs a value")?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        config = Config::from_toml(&text).map_err(|e| format!("{path}: {e}"))?;
+    }
+    let mut o = Options { port: 2323, once: false, root_out: None, state_dir: None, files: Files::default(), config };
     let mut seeded = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -64,7 +125,16 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "-h" | "--help" => return Ok(None),
             "--port" => o.port = value("--port")?.parse().map_err(|_| "--port takes 0..65535".to_string())?,
             "--once" => o.once = true,
+            "--config" => {
+                value("--config")?;
+            }
             "--root-out" => o.root_out = Some(value("--root-out")?),
+            "--state-dir" => o.state_dir = Some(value("--state-dir")?.into()),
+            "--root" => o.files.root = Some(value("--root")?.into()),
+            "--intermediate" => o.files.intermediates.push(value("--intermediate")?.into()),
+            "--leaf" => o.files.leaf = Some(value("--leaf")?.into()),
+            "--leaf-key" => o.files.key = Some(value("--leaf-key")?.into()),
+            "--fault" => o.config.faults.apply_spec(&value("--fault")?)?,
             "--seed" => {
                 o.config.seed = parse_seed(&value("--seed")?).ok_or("--seed takes 64 hex digits")?;
                 seeded = true;
@@ -85,14 +155,37 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             other => return Err(format!("unknown option {other} (see --help)")),
         }
     }
+    let f = &o.files;
+    let any_file = f.root.is_some() || f.leaf.is_some() || f.key.is_some() || !f.intermediates.is_empty();
+    if any_file && (f.root.is_none() || f.leaf.is_none() || f.key.is_none()) {
+        return Err("--root, --leaf and --leaf-key go together".into());
+    }
+    if any_file && o.state_dir.is_some() {
+        return Err("--state-dir and certificate files exclude each other".into());
+    }
     if !seeded {
         getrandom::fill(&mut o.config.seed).map_err(|e| format!("no OS randomness: {e}"))?;
     }
     Ok(Some(o))
 }
 
+fn identity(o: &Options, rng: &mut Rng) -> Result<Identity, String> {
+    let f = &o.files;
+    let result = match (&f.root, &f.leaf, &f.key, &o.state_dir) {
+        (Some(root), Some(leaf), Some(key), _) => {
+            let inter: Vec<&std::path::Path> = f.intermediates.iter().map(PathBuf::as_path).collect();
+            Identity::from_files(root, &inter, leaf, key)
+        }
+        (_, _, _, Some(dir)) => Identity::from_state_dir(dir, rng),
+        _ => Identity::generate(rng),
+    };
+    result.map_err(|e| e.to_string())
+}
+
 fn run(o: Options) -> Result<(), String> {
-    let mut device = Device::new(o.config).map_err(|e| e.to_string())?;
+    let mut rng = Rng::new(o.config.seed);
+    let identity = identity(&o, &mut rng)?;
+    let mut device = Device::with_identity(o.config, identity, rng).map_err(|e| e.to_string())?;
     if let Some(path) = &o.root_out {
         std::fs::write(path, &device.identity().root_der).map_err(|e| format!("{path}: {e}"))?;
     }
@@ -118,5 +211,34 @@ fn main() -> ExitCode {
             eprintln!("tdisp-device: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_names_every_fault_and_reply() {
+        for (name, _) in tdisp_device::faults::REPLY_NAMES {
+            assert!(HELP.contains(&format!(" {name}")), "{name}");
+        }
+        for spec in tdisp_device::faults::SPECS.split_whitespace() {
+            let name = spec.split('=').next().unwrap_or(spec);
+            assert!(HELP.contains(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn options_parse_and_conflicts_are_refused() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let o = parse(&args(&["--port", "0", "--fault", "refuse-start", "--seed", &"ab".repeat(32)])).unwrap().unwrap();
+        assert!(o.config.faults.refuse_start);
+        assert_eq!((o.port, o.config.seed), (0, [0xAB; 32]));
+        assert!(parse(&args(&["--help"])).unwrap().is_none());
+        assert!(parse(&args(&["--root", "r.der"])).is_err(), "files go together");
+        assert!(parse(&args(&["--root", "r", "--leaf", "l", "--leaf-key", "k", "--state-dir", "d"])).is_err());
+        assert!(parse(&args(&["--fault", "truncate=x"])).is_err());
+        assert!(parse(&args(&["--config"])).is_err());
     }
 }

@@ -19,6 +19,7 @@ use tsm::spdm::keys::{DirectionKeys, HandshakeKeys, H};
 use tsm::spdm::secured;
 use tsm::spdm::sig::Context;
 
+use crate::faults::Faults;
 use crate::spdm::{error, error_code, le16, le32, MAX_SESSIONS, VENDOR_DEFINED_REQUEST, VENDOR_DEFINED_RESPONSE};
 use crate::Device;
 
@@ -27,8 +28,15 @@ use crate::Device;
 pub(crate) enum Phase {
     /// KEY_EXCHANGE_RSP sent; only FINISH is expected. `th` is TH1 ‖ ResponderVerifyData.
     Handshake { keys: Box<HandshakeKeys>, th: Sha384 },
-    /// FINISH_RSP sent: application keys.
-    Application { request: DirectionKeys, response: DirectionKeys },
+    /// FINISH_RSP sent: application keys. After KEY_UPDATE(UpdateKey / UpdateAllKeys) and until
+    /// VerifyNewKey, `previous_request` keeps the old request key (a requester whose ACK was lost
+    /// resends the same update under it) and `pending` the update's (operation, tag).
+    Application {
+        request: DirectionKeys,
+        response: DirectionKeys,
+        previous_request: Option<DirectionKeys>,
+        pending: Option<(u8, u8)>,
+    },
 }
 
 /// One session.
@@ -45,7 +53,7 @@ impl Session {
                 let k = keys.as_mut();
                 (&mut k.request, &mut k.response)
             }
-            Phase::Application { request, response } => (request, response),
+            Phase::Application { request, response, .. } => (request, response),
         }
     }
 }
@@ -134,7 +142,9 @@ impl Device {
             r.extend_from_slice(&self.measurement_summary(summary));
         }
         let opaque = version_selection(secured_version);
-        r.extend_from_slice(&(opaque.len() as u16).to_le_bytes());
+        // The overlong-length fault announces 4 opaque bytes more than there are.
+        let extra = if self.overlong(crate::faults::Reply::KeyExchangeRsp) { 4 } else { 0 };
+        r.extend_from_slice(&(opaque.len() as u16 + extra).to_le_bytes());
         r.extend_from_slice(&opaque);
         let mut th = Sha384::new();
         th.update(&self.conn.vca);
@@ -164,25 +174,38 @@ impl Device {
         let id = le32(payload.get(..4)?, 0);
         let session = self.sessions.get_mut(&id)?;
         let version = session.version;
-        let (request_keys, _) = session.keys();
-        let mut plain = vec![0u8; payload.len()];
-        let (reply, after) = match secured::open(request_keys, id, object, &mut plain) {
-            Ok(msg) => {
-                let msg = msg.to_vec();
-                self.in_session(id, version, &msg)
-            }
+        let (mut reply, after) = match open_request(session, id, object) {
+            Some((msg, Key::Current)) => self.in_session(id, version, &msg),
+            Some((msg, Key::Previous)) => self.key_update_retry(id, version, &msg),
             // DSP0277 / libspdm: ERROR(DecryptError) under the session's keys, then the session ends.
-            Err(_) => (error(version, error_code::DECRYPT_ERROR, 0), After::End),
+            None => (error(version, error_code::DECRYPT_ERROR, 0), After::End),
         };
+        let faults = self.config.faults.clone();
+        let dropped = Faults::hits(faults.drop_response, &reply);
+        if Faults::hits(faults.truncate, &reply) {
+            reply.truncate(crate::faults::truncated_len(reply.len()));
+        }
+        let overlong = Faults::hits(faults.overlong_length, &reply);
+        let in_record = overlong && !crate::faults::overlong_field(&mut reply);
+        // The wrong-session-id fault names the session with the other half of the id changed.
+        let seal_id = if faults.wrong_session_id { id ^ 0x0001_0000 } else { id };
         let session = self.sessions.get_mut(&id)?;
         let (_, response_keys) = session.keys();
         let mut out = vec![0u8; doe::object_len(secured::HEADER_BYTES + 2 + reply.len() + secured::TAG_BYTES)];
-        let sealed = secured::seal(response_keys, id, &reply, &mut out).ok();
+        let mut sealed = secured::seal(response_keys, seal_id, &reply, &mut out).ok();
+        if in_record && out.len() >= 14 {
+            // The secured message's Length field announces 4 bytes more than the record holds.
+            let len = u16::from_le_bytes([out[12], out[13]]).wrapping_add(4);
+            out[12..14].copy_from_slice(&len.to_le_bytes());
+        }
+        if dropped {
+            sealed = None;
+        }
         match after {
             After::Stay => {}
             After::Application(keys) => {
                 let (request, response) = *keys;
-                session.phase = Phase::Application { request, response };
+                session.phase = Phase::Application { request, response, previous_request: None, pending: None };
             }
             After::End => self.end_session(id),
         }
@@ -209,6 +232,7 @@ impl Device {
                 (vec![version, code::END_SESSION_ACK, 0, 0], After::End)
             }
             (VENDOR_DEFINED_REQUEST, false) => (self.vendor_defined(id, version, m), After::Stay),
+            (code::KEY_UPDATE, false) => (self.key_update(id, version, m), After::Stay),
             (
                 code::GET_VERSION
                 | code::GET_CAPABILITIES
@@ -220,6 +244,7 @@ impl Device {
                 | code::KEY_EXCHANGE
                 | code::FINISH
                 | code::END_SESSION
+                | code::KEY_UPDATE
                 | VENDOR_DEFINED_REQUEST,
                 _,
             ) => (error(version, error_code::UNEXPECTED_REQUEST, 0), After::Stay),
@@ -247,6 +272,57 @@ impl Device {
         th2.update(&reply);
         let app = keys.application(&th2.finalize().into());
         (reply, After::Application(Box::new((app.request, app.response))))
+    }
+
+    /// KEY_UPDATE (DSP0274 KEY_UPDATE request and KEY_UPDATE_ACK response) under the current request key. UpdateKey moves the request
+    /// key; UpdateAllKeys moves both, the response key before the ACK is sealed, so the ACK
+    /// travels under the new response key; VerifyNewKey (which must come under the new request
+    /// key, after an update) drops the old request key.
+    fn key_update(&mut self, id: u32, version: u8, m: &[u8]) -> Vec<u8> {
+        if self.conn.requester_flags & REQ_FLAG_KEY_UPD == 0 {
+            return error(version, error_code::UNSUPPORTED_REQUEST, code::KEY_UPDATE);
+        }
+        let Some(Phase::Application { request, response, previous_request, pending }) =
+            self.sessions.get_mut(&id).map(|s| &mut s.phase)
+        else {
+            return error(version, error_code::UNEXPECTED_REQUEST, 0);
+        };
+        if m.len() != 4 {
+            return error(version, error_code::INVALID_REQUEST, 0);
+        }
+        let (operation, tag) = (m[2], m[3]);
+        match (operation, *pending) {
+            (KEY_UPDATE_KEY | KEY_UPDATE_ALL_KEYS, None) => {
+                // ALL CHECKS PASSED
+                *previous_request = Some(request.clone());
+                *request = request.updated(version);
+                if operation == KEY_UPDATE_ALL_KEYS {
+                    *response = response.updated(version);
+                }
+                *pending = Some((operation, tag));
+            }
+            (KEY_UPDATE_VERIFY_NEW_KEY, Some(_)) => {
+                *previous_request = None;
+                *pending = None;
+            }
+            // An update while one is unverified, VerifyNewKey without one, or no operation.
+            _ => return error(version, error_code::INVALID_REQUEST, 0),
+        }
+        vec![version, code::KEY_UPDATE_ACK, operation, tag]
+    }
+
+    /// A message that opened only under the old request key: the requester did not get the ACK
+    /// of its update and resends it (same operation and tag), which is answered again without
+    /// moving the keys further. Anything else under the old key ends the session.
+    fn key_update_retry(&mut self, id: u32, version: u8, m: &[u8]) -> (Vec<u8>, After) {
+        let pending = match self.sessions.get(&id).map(|s| &s.phase) {
+            Some(Phase::Application { pending: Some(p), .. }) => *p,
+            _ => return (error(version, error_code::DECRYPT_ERROR, 0), After::End),
+        };
+        if m.len() == 4 && m[0] == version && m[1] == code::KEY_UPDATE && (m[2], m[3]) == pending {
+            return (vec![version, code::KEY_UPDATE_ACK, m[2], m[3]], After::Stay);
+        }
+        (error(version, error_code::DECRYPT_ERROR, 0), After::End)
     }
 
     /// VENDOR_DEFINED_REQUEST for PCI-SIG (StandardID 3, VendorID 0x0001) → the protocol's reply.
@@ -291,6 +367,39 @@ impl Device {
             self.end_session(id);
         }
     }
+}
+
+const REQ_FLAG_KEY_UPD: u32 = 0x4000;
+const KEY_UPDATE_KEY: u8 = 1;
+const KEY_UPDATE_ALL_KEYS: u8 = 2;
+const KEY_UPDATE_VERIFY_NEW_KEY: u8 = 3;
+
+/// Which request key opened a message.
+enum Key {
+    Current,
+    /// The key before an unverified KEY_UPDATE.
+    Previous,
+}
+
+/// Opens a request of `session`: under the current request key, or else under the key before an
+/// unverified KEY_UPDATE. A message that opens under the current key after an update shows the
+/// requester moved: the old key is dropped. `None` if neither key opens it.
+fn open_request(session: &mut Session, id: u32, object: &[u8]) -> Option<(Vec<u8>, Key)> {
+    let mut plain = vec![0u8; object.len()];
+    let (request_keys, _) = session.keys();
+    if let Ok(msg) = secured::open(request_keys, id, object, &mut plain) {
+        let msg = msg.to_vec();
+        if let Phase::Application { previous_request, .. } = &mut session.phase {
+            *previous_request = None;
+        }
+        return Some((msg, Key::Current));
+    }
+    if let Phase::Application { previous_request: Some(old), .. } = &mut session.phase {
+        if let Ok(msg) = secured::open(old, id, object, &mut plain) {
+            return Some((msg.to_vec(), Key::Previous));
+        }
+    }
+    None
 }
 
 /// Frames an SPDM message as a plain DOE object.

@@ -9,6 +9,8 @@ use sha2::{Digest, Sha384};
 use tsm::spdm::code;
 use tsm::spdm::sig::{self, Context, SIGNATURE_BYTES};
 
+use crate::config::MeasurementBlock;
+use crate::faults::{Reply, Signed};
 use crate::Device;
 
 /// SPDM ERROR codes (DSP0274 Table 58).
@@ -24,8 +26,9 @@ pub mod error_code {
     pub const VERSION_MISMATCH: u8 = 0x41;
 }
 
-/// The responder's capability flags: CERT | CHAL | MEAS_SIG | MEAS_FRESH | ENCRYPT | MAC | KEY_EX.
-pub const RESPONDER_FLAGS: u32 = 0x2F6;
+/// The responder's capability flags: CERT | CHAL | MEAS_SIG | MEAS_FRESH | ENCRYPT | MAC | KEY_EX |
+/// KEY_UPD.
+pub const RESPONDER_FLAGS: u32 = 0x42F6;
 /// DataTransferSize and MaxSPDMmsgSize: below QEMU's 0x1200-byte socket limit with room for the
 /// DOE header and the secured-message overhead.
 pub const TRANSFER_SIZE: u32 = 0x1000;
@@ -165,7 +168,9 @@ impl Device {
                 self.key_exchange(m)
             }
             code::FINISH => Err(unexpected(version)),
-            code::END_SESSION | VENDOR_DEFINED_REQUEST => Err(error(version, error_code::SESSION_REQUIRED, 0)),
+            code::END_SESSION | code::KEY_UPDATE | VENDOR_DEFINED_REQUEST => {
+                Err(error(version, error_code::SESSION_REQUIRED, 0))
+            }
             other => Err(error(version, error_code::UNSUPPORTED_REQUEST, other)),
         }
     }
@@ -316,11 +321,30 @@ impl Device {
         Ok(r)
     }
 
+    /// The measurement blocks as the device reports them: the configured ones, one bit of one
+    /// value flipped under the wrong-measurement fault.
+    pub(crate) fn reported_measurements(&self) -> Vec<MeasurementBlock> {
+        let mut blocks = self.config.measurements.clone();
+        if let Some(index) = self.config.faults.wrong_measurement {
+            for b in blocks.iter_mut().filter(|b| b.index == index) {
+                if let Some(first) = b.value.first_mut() {
+                    *first ^= 0x01;
+                }
+            }
+        }
+        blocks
+    }
+
+    /// Whether the overlong-length fault hits `reply`.
+    pub(crate) fn overlong(&self, reply: Reply) -> bool {
+        self.config.faults.overlong_length == Some(reply)
+    }
+
     /// SHA-384 over the measurement blocks a summary of `kind` covers (0xFF all, 1 the immutable
     /// ROM ones), as libspdm computes it.
     pub(crate) fn measurement_summary(&self, kind: u8) -> [u8; 48] {
         let mut h = Sha384::new();
-        for b in &self.config.measurements {
+        for b in &self.reported_measurements() {
             if kind == 0xFF || b.value_type & 0x7F == 0 {
                 h.update(b.encode());
             }
@@ -338,6 +362,9 @@ impl Device {
         let signature: Signature = self.identity.leaf_key.sign(&message);
         let mut out = [0u8; SIGNATURE_BYTES];
         out.copy_from_slice(&signature.to_bytes());
+        if self.config.faults.bad_signature == Some(Signed::of(context)) {
+            out[SIGNATURE_BYTES - 1] ^= 0x01;
+        }
         Ok(out)
     }
 
@@ -355,7 +382,9 @@ impl Device {
         if summary != 0 {
             r.extend_from_slice(&self.measurement_summary(summary));
         }
-        r.extend_from_slice(&0u16.to_le_bytes()); // no opaque data
+        // No opaque data (the overlong-length fault announces 256 bytes of it).
+        let opaque_len: u16 = if self.overlong(Reply::ChallengeAuth) { 0x100 } else { 0 };
+        r.extend_from_slice(&opaque_len.to_le_bytes());
         if ver >= 0x13 {
             r.extend_from_slice(&msg[36..44]);
         }
@@ -382,15 +411,18 @@ impl Device {
             return Err(invalid());
         }
         let operation = msg[3];
-        let blocks: Vec<&crate::config::MeasurementBlock> = match operation {
+        let reported = self.reported_measurements();
+        let blocks: Vec<&MeasurementBlock> = match operation {
             0 => Vec::new(),
-            0xFF => self.config.measurements.iter().collect(),
-            index => vec![self.config.measurements.iter().find(|b| b.index == index).ok_or_else(invalid)?],
+            0xFF => reported.iter().collect(),
+            index => vec![reported.iter().find(|b| b.index == index).ok_or_else(invalid)?],
         };
         let record: Vec<u8> = blocks.iter().flat_map(|b| b.encode()).collect();
-        let total = if operation == 0 { self.config.measurements.len() as u8 } else { 0 };
+        let total = if operation == 0 { reported.len() as u8 } else { 0 };
         let mut r = vec![ver, code::MEASUREMENTS, total, 0, blocks.len() as u8];
-        r.extend_from_slice(&(record.len() as u32).to_le_bytes()[..3]);
+        // The overlong-length fault announces one byte more record than there is.
+        let record_len = record.len() as u32 + u32::from(self.overlong(Reply::Measurements));
+        r.extend_from_slice(&record_len.to_le_bytes()[..3]);
         r.extend_from_slice(&record);
         r.extend_from_slice(&self.rng.bytes::<32>());
         r.extend_from_slice(&0u16.to_le_bytes()); // no opaque data

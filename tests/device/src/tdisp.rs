@@ -19,6 +19,7 @@ pub const PROTOCOL_ID: u8 = 0x01;
 pub mod error_code {
     pub const INVALID_REQUEST: u32 = 0x0001;
     pub const INVALID_INTERFACE_STATE: u32 = 0x0004;
+    pub const UNSPECIFIED: u32 = 0x0005;
     pub const UNSUPPORTED_REQUEST: u32 = 0x0007;
     pub const VERSION_MISMATCH: u32 = 0x0041;
     pub const INVALID_INTERFACE: u32 = 0x0101;
@@ -56,9 +57,20 @@ impl Tdi {
 /// The DEVICE_INTERFACE_REPORT (TDISP §11.3.11) of `iface` locked with `flags` and
 /// `mmio_offset`. The offset is added to each range's address (page << 12) and the sum reported in
 /// pages; MSI-X table and PBA ranges are listed only when LOCK_MSIX locks them.
-pub fn build_report(iface: &InterfaceConfig, flags: u16, mmio_offset: u64) -> Vec<u8> {
+///
+/// With `overlapping` (the overlapping-ranges fault) the second range starts on the first's
+/// last page (a copy of the first is added if only one is reported).
+pub fn build_report(iface: &InterfaceConfig, flags: u16, mmio_offset: u64, overlapping: bool) -> Vec<u8> {
     let lock_msix = flags & 0x4 != 0;
-    let ranges: Vec<_> = iface.mmio.iter().filter(|r| lock_msix || r.attributes & 0x3 == 0).collect();
+    let mut ranges: Vec<_> = iface.mmio.iter().filter(|r| lock_msix || r.attributes & 0x3 == 0).copied().collect();
+    if overlapping {
+        if let Some(&first) = ranges.first() {
+            if ranges.len() == 1 {
+                ranges.push(first);
+            }
+            ranges[1].first_page = first.first_page + u64::from(first.pages.max(1)) - 1;
+        }
+    }
     let mut r = Vec::with_capacity(20 + 16 * ranges.len() + iface.device_info.len());
     r.extend_from_slice(&iface.interface_info.to_le_bytes());
     r.extend_from_slice(&[0, 0]);
@@ -167,7 +179,8 @@ impl Device {
                 }
                 let mut offset = [0u8; 8];
                 offset.copy_from_slice(&body[4..12]);
-                let report = build_report(&tdi.config, flags, u64::from_le_bytes(offset));
+                let report =
+                    build_report(&tdi.config, flags, u64::from_le_bytes(offset), self.config.faults.overlapping_ranges);
                 let mut nonce = [0u8; 32];
                 self.rng.fill(&mut nonce);
                 // ALL CHECKS PASSED
@@ -178,6 +191,12 @@ impl Device {
                 tdi.nonce = Some(nonce);
                 tdi.report = report;
                 tdi.session = Some(session);
+                if self.config.faults.error_after_lock {
+                    // As if the locked configuration broke at once (TDISP §11.4.4): LOCKED → ERROR
+                    // destroys the nonce.
+                    tdi.state = Error;
+                    tdi.nonce = None;
+                }
                 Ok(response(function, 0x03, &nonce))
             }
             msg::GET_DEVICE_INTERFACE_REPORT => {
@@ -196,6 +215,9 @@ impl Device {
             }
             msg::GET_DEVICE_INTERFACE_STATE => Ok(response(function, 0x05, &[state as u8])),
             msg::START_INTERFACE => {
+                if self.config.faults.refuse_start {
+                    return Err((error_code::UNSPECIFIED, 0));
+                }
                 if tdi.nonce.as_ref().map(|n| &n[..]) != Some(body) {
                     return Err((error_code::INVALID_NONCE, 0));
                 }

@@ -170,7 +170,8 @@ impl CertRetrieval {
     /// The checked chain, once done.
     pub fn chain(&self) -> Option<CertChain<'_>> {
         match self.state {
-            State::Done => CertChain::parse(&self.chain[..self.len]).ok(),
+            // Checked whole, signatures included, when the last portion arrived.
+            State::Done => CertChain::reread(&self.chain[..self.len]).ok(),
             _ => None,
         }
     }

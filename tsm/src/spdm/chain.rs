@@ -2,15 +2,17 @@
 //! `Length u16 | reserved u16 | RootHash[H] | DER certificates, root first, leaf last`.
 //!
 //! The TSM checks that the chain is well formed (every certificate a complete DER SEQUENCE, the
-//! root hash matching the first certificate, the length matching the bytes) and takes the leaf's
-//! P-384 public key, which must sign the device's CHALLENGE_AUTH and MEASUREMENTS. Whether the
-//! root is one to trust is the verifier's judgement, not the TSM's: the TSM records the chain and
-//! its SHA-384 for the attestation report.
+//! root hash matching the first certificate, the length matching the bytes), that it chains (each
+//! certificate after the root is signed by the key of the one before it: ECDSA P-384 with SHA-384
+//! or SHA-256), and takes the leaf's P-384 public key, which must sign the device's
+//! CHALLENGE_AUTH, MEASUREMENTS and KEY_EXCHANGE_RSP. Whether the root is one to trust (and its
+//! self-signature, validity dates, extensions) is the verifier's judgement, not the TSM's: the
+//! TSM records the chain and its SHA-384 for the attestation report.
 
 use core::fmt;
 
 use der::asn1::AnyRef;
-use der::{Decode, Encode, Header, Reader, SliceReader, Tag};
+use der::{Decode, Encode, Header, Reader, SliceReader, Tag, Tagged};
 use p384::ecdsa::VerifyingKey;
 use p384::pkcs8::DecodePublicKey;
 use sha2::{Digest, Sha384};
@@ -50,6 +52,23 @@ pub enum ChainError {
     RootHashMismatch,
     /// The leaf's key is not an ECDSA P-384 key, or the leaf's fields do not parse.
     LeafKey,
+    /// Certificate `index` (an issuer) carries no ECDSA P-384 key to check the next one with.
+    IssuerKey {
+        /// Position in the chain, 0 = root.
+        index: usize,
+    },
+    /// Certificate `index` is signed with an algorithm other than ECDSA with SHA-384 or SHA-256,
+    /// or its signature fields do not parse.
+    SignatureAlgorithm {
+        /// Position in the chain.
+        index: usize,
+    },
+    /// Certificate `index` is not signed by the key of the certificate before it: the chain does
+    /// not chain.
+    Signature {
+        /// Position in the chain.
+        index: usize,
+    },
 }
 
 impl fmt::Display for ChainError {
@@ -65,6 +84,13 @@ impl fmt::Display for ChainError {
             ChainError::Der { index } => write!(f, "certificate {index} is not a complete DER SEQUENCE"),
             ChainError::RootHashMismatch => f.write_str("RootHash is not the hash of the root certificate"),
             ChainError::LeafKey => f.write_str("the leaf certificate does not carry an ECDSA P-384 key"),
+            ChainError::IssuerKey { index } => write!(f, "certificate {index} carries no ECDSA P-384 issuer key"),
+            ChainError::SignatureAlgorithm { index } => {
+                write!(f, "certificate {index} is not signed with ECDSA and SHA-384 or SHA-256")
+            }
+            ChainError::Signature { index } => {
+                write!(f, "certificate {index} is not signed by the certificate before it")
+            }
         }
     }
 }
@@ -84,6 +110,16 @@ impl<'a> CertChain<'a> {
     /// # Errors
     /// The first [`ChainError`] found, in the order of the fields.
     pub fn parse(chain: &'a [u8]) -> Result<CertChain<'a>, ChainError> {
+        CertChain::parse_inner(chain, true)
+    }
+
+    /// A chain [`CertChain::parse`] accepted before, read again without checking the signatures
+    /// once more (the bytes are the TSM's own copy and have not changed).
+    pub(crate) fn reread(chain: &'a [u8]) -> Result<CertChain<'a>, ChainError> {
+        CertChain::parse_inner(chain, false)
+    }
+
+    fn parse_inner(chain: &'a [u8], check_links: bool) -> Result<CertChain<'a>, ChainError> {
         if chain.len() < HEADER_BYTES {
             return Err(ChainError::TooShort { len: chain.len() });
         }
@@ -114,6 +150,9 @@ impl<'a> CertChain<'a> {
             return Err(ChainError::RootHashMismatch);
         }
         let leaf_key = leaf_key(certs[count - 1]).ok_or(ChainError::LeafKey)?;
+        for index in (1..count).filter(|_| check_links) {
+            check_link(certs[index - 1], certs[index], index)?;
+        }
         Ok(CertChain { certs, count, leaf_key, digest: Sha384::digest(chain).into() })
     }
 
@@ -145,6 +184,57 @@ fn sequence_len(bytes: &[u8]) -> Option<usize> {
     let body = usize::try_from(header.length()).ok()?;
     let total = usize::try_from(header.encoded_len().ok()?).ok()?.checked_add(body)?;
     (total <= bytes.len()).then_some(total)
+}
+
+/// ecdsa-with-SHA384 (1.2.840.10045.4.3.3) and ecdsa-with-SHA256 (1.2.840.10045.4.3.2), as DER
+/// OBJECT IDENTIFIER contents.
+const ECDSA_SHA384: &[u8] = &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x03];
+const ECDSA_SHA256: &[u8] = &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x02];
+
+/// The parts of a certificate a signature check needs: the encoded tbsCertificate, the signature
+/// algorithm's OID, and the signature (DER ECDSA-Sig-Value).
+fn signed_parts(cert: &[u8]) -> der::Result<(&[u8], &[u8], &[u8])> {
+    let mut r = SliceReader::new(cert)?;
+    let parts = r.sequence(|c: &mut SliceReader<'_>| -> der::Result<(&[u8], &[u8], &[u8])> {
+        let tbs = c.tlv_bytes()?;
+        let oid = c.sequence(|a: &mut SliceReader<'_>| -> der::Result<&[u8]> {
+            let oid = AnyRef::decode(a)?;
+            if oid.tag() != Tag::ObjectIdentifier {
+                return Err(Tag::ObjectIdentifier.value_error().into());
+            }
+            // ECDSA algorithm identifiers carry no parameters.
+            if !a.is_finished() {
+                return Err(Tag::Sequence.value_error().into());
+            }
+            Ok(oid.value())
+        })?;
+        let bits = AnyRef::decode(c)?;
+        if bits.tag() != Tag::BitString || bits.value().first() != Some(&0) {
+            return Err(Tag::BitString.value_error().into());
+        }
+        Ok((tbs, oid, &bits.value()[1..]))
+    })?;
+    r.finish()?;
+    Ok(parts)
+}
+
+/// Checks that `child` (at `index`) is signed by `issuer`'s key.
+fn check_link(issuer: &[u8], child: &[u8], index: usize) -> Result<(), ChainError> {
+    use p384::ecdsa::signature::hazmat::PrehashVerifier;
+    use p384::ecdsa::Signature;
+    let key = leaf_key(issuer).ok_or(ChainError::IssuerKey { index: index - 1 })?;
+    let (tbs, oid, signature) = signed_parts(child).map_err(|_| ChainError::SignatureAlgorithm { index })?;
+    let signature = Signature::from_der(signature).map_err(|_| ChainError::SignatureAlgorithm { index })?;
+    let ok = match oid {
+        ECDSA_SHA384 => key.verify_prehash(&Sha384::digest(tbs), &signature).is_ok(),
+        ECDSA_SHA256 => key.verify_prehash(&sha2::Sha256::digest(tbs), &signature).is_ok(),
+        _ => return Err(ChainError::SignatureAlgorithm { index }),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ChainError::Signature { index })
+    }
 }
 
 /// The P-384 key in a certificate: Certificate → tbsCertificate → subjectPublicKeyInfo.
@@ -244,6 +334,24 @@ mod tests {
         // A leaf that is a SEQUENCE but no certificate.
         let fake = chain(&[ROOT, &[0x30, 0x03, 0x02, 0x01, 0x00]]);
         assert_eq!(CertChain::parse(&fake).unwrap_err(), ChainError::LeafKey);
+    }
+
+    #[test]
+    fn a_chain_that_does_not_chain_is_refused() {
+        // The leaf signs itself only as far as its key goes: not signed by the leaf before it.
+        assert_eq!(CertChain::parse(&chain(&[ROOT, LEAF, LEAF])).unwrap_err(), ChainError::Signature { index: 2 });
+        // The root is not signed by the leaf.
+        assert_eq!(CertChain::parse(&chain(&[LEAF, ROOT])).unwrap_err(), ChainError::Signature { index: 1 });
+        // One bit of the leaf's signature.
+        let mut leaf = LEAF.to_vec();
+        let last = leaf.len() - 1;
+        leaf[last] ^= 1;
+        assert_eq!(CertChain::parse(&chain(&[ROOT, &leaf])).unwrap_err(), ChainError::Signature { index: 1 });
+        // A leaf signed with an algorithm the TSM does not know (1.2.840.10045.5.3.3).
+        let mut leaf = LEAF.to_vec();
+        let at = leaf.windows(ECDSA_SHA384.len()).rposition(|w| w == ECDSA_SHA384).unwrap();
+        leaf[at + 6] = 0x05;
+        assert_eq!(CertChain::parse(&chain(&[ROOT, &leaf])).unwrap_err(), ChainError::SignatureAlgorithm { index: 1 });
     }
 
     #[test]

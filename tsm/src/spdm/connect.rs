@@ -212,7 +212,8 @@ impl Connect {
                 copy_out(&mut self.out, ch.start(), |e| ConnectError::Spdm(Stage::Challenge, e))
             }
             Stage::Challenge => {
-                let (Some(n), Some(chain)) = (self.negotiation.negotiated(), self.chain()) else {
+                let chain = self.certificates.as_ref().and_then(CertRetrieval::chain);
+                let (Some(n), Some(chain)) = (self.negotiation.negotiated(), chain) else {
                     return Next::Failed(ConnectError::Spdm(Stage::Challenge, SpdmError::NotWaiting));
                 };
                 let key = *chain.leaf_key();
@@ -222,7 +223,8 @@ impl Connect {
                 copy_out(&mut self.out, m.start(), |e| ConnectError::Spdm(Stage::Measurements, e))
             }
             Stage::Measurements => {
-                let (Some(n), Some(chain)) = (self.negotiation.negotiated(), self.chain()) else {
+                let chain = self.certificates.as_ref().and_then(CertRetrieval::chain);
+                let (Some(n), Some(chain)) = (self.negotiation.negotiated(), chain) else {
                     return Next::Failed(ConnectError::Spdm(Stage::Measurements, SpdmError::NotWaiting));
                 };
                 let (digest, key) = (*chain.digest(), *chain.leaf_key());
@@ -252,19 +254,24 @@ impl Connect {
         self.negotiation.vca()
     }
 
-    /// The device's checked certificate chain.
+    /// The device's checked certificate chain; `None` once the connection failed (nothing of a
+    /// failed connection is evidence).
     pub fn chain(&self) -> Option<CertChain<'_>> {
-        self.certificates.as_ref()?.chain()
+        self.evidence()?.certificates.as_ref()?.chain()
     }
 
-    /// The chain's bytes, as evidence.
+    /// The chain's bytes, as evidence; `None` once the connection failed.
     pub fn chain_bytes(&self) -> Option<&[u8]> {
-        self.certificates.as_ref()?.chain_bytes()
+        self.evidence()?.certificates.as_ref()?.chain_bytes()
     }
 
-    /// The signed measurement exchange, as evidence.
+    /// The signed measurement exchange, as evidence; `None` once the connection failed.
     pub fn measurements(&self) -> Option<&[u8]> {
-        self.measurements.as_ref()?.exchange()
+        self.evidence()?.measurements.as_ref()?.exchange()
+    }
+
+    fn evidence(&self) -> Option<&Connect> {
+        self.failed.is_none().then_some(self)
     }
 
     /// The session, once connected.

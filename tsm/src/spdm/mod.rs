@@ -5,6 +5,7 @@
 //! - [`cert`]: GET_DIGESTS and chunked GET_CERTIFICATE for slot 0, with message B.
 //! - [`challenge`]: CHALLENGE / CHALLENGE_AUTH: the device proves its leaf key over M1.
 //! - [`chain`]: the SPDM certificate-chain format, checked and its leaf key extracted.
+//! - [`key_update`]: KEY_UPDATE / KEY_UPDATE_ACK inside a session, resumable like the others.
 //! - [`keys`]: the SPDM 1.2+ key schedule (handshake and data keys, finished keys, KEY_UPDATE).
 //! - [`meas`]: signed GET_MEASUREMENTS of every index, kept as evidence.
 //! - [`secured`]: DSP0277 secured messages over DOE with AES-256-GCM.
@@ -15,6 +16,7 @@ pub mod cert;
 pub mod chain;
 pub mod challenge;
 pub mod connect;
+pub mod key_update;
 pub mod keys;
 pub mod meas;
 pub mod negotiate;

@@ -36,6 +36,8 @@ pub mod code {
     pub const FINISH_RSP: u8 = 0x65;
     pub const END_SESSION: u8 = 0xEC;
     pub const END_SESSION_ACK: u8 = 0x6C;
+    pub const KEY_UPDATE: u8 = 0xE9;
+    pub const KEY_UPDATE_ACK: u8 = 0x69;
     pub const GET_MEASUREMENTS: u8 = 0xE0;
     pub const MEASUREMENTS: u8 = 0x60;
     pub const NEGOTIATE_ALGORITHMS: u8 = 0xE3;
@@ -53,10 +55,12 @@ pub mod cap {
     pub const ENCRYPT: u32 = 0x40;
     pub const MAC: u32 = 0x80;
     pub const KEY_EX: u32 = 0x200;
+    pub const KEY_UPD: u32 = 0x4000;
 }
 
-/// What the TSM announces as requester: sessions with encryption and MAC, nothing else.
-pub const REQUESTER_FLAGS: u32 = cap::ENCRYPT | cap::MAC | cap::KEY_EX;
+/// What the TSM announces as requester: sessions with encryption and MAC, and KEY_UPDATE inside
+/// them (`0x42C0`); no mutual authentication, heartbeat or handshake in the clear.
+pub const REQUESTER_FLAGS: u32 = cap::ENCRYPT | cap::MAC | cap::KEY_EX | cap::KEY_UPD;
 /// What a device must offer: certificates, CHALLENGE, signed measurements, sessions.
 pub const REQUIRED_RESPONDER_FLAGS: u32 = cap::CERT | cap::CHAL | cap::MEAS_SIG | cap::ENCRYPT | cap::MAC | cap::KEY_EX;
 /// The TSM's DataTransferSize and MaxSPDMmsgSize (fits QEMU's 0x1200-byte socket limit).
@@ -179,6 +183,15 @@ pub enum SpdmError {
     UnrequestedFeature,
     /// A secured message was refused.
     Secured(crate::spdm::secured::SecuredError),
+    /// KEY_UPDATE may only start with UpdateKey or UpdateAllKeys (VerifyNewKey follows them).
+    BadKeyOperation(u8),
+    /// KEY_UPDATE_ACK names another operation or tag than the request.
+    KeyUpdateAckMismatch {
+        /// KeyOperation received.
+        operation: u8,
+        /// Tag received.
+        tag: u8,
+    },
 }
 
 impl fmt::Display for SpdmError {
@@ -213,6 +226,10 @@ impl fmt::Display for SpdmError {
             SpdmError::VerifyDataMismatch => f.write_str("ResponderVerifyData does not match"),
             SpdmError::UnrequestedFeature => f.write_str("device asked for a feature the TSM did not offer"),
             SpdmError::Secured(e) => write!(f, "secured message: {e:?}"),
+            SpdmError::BadKeyOperation(op) => write!(f, "KEY_UPDATE cannot start with operation {op}"),
+            SpdmError::KeyUpdateAckMismatch { operation, tag } => {
+                write!(f, "KEY_UPDATE_ACK for operation {operation} tag {tag:#04x} answers another request")
+            }
         }
     }
 }
@@ -616,7 +633,7 @@ mod tests {
         let v = version(&[0x1000, 0x1100, 0x1200]);
         let caps_req = sent(n.step(&wrap(&v)));
         assert_eq!(caps_req[..2], [0x12, 0xE1]);
-        assert_eq!(le32(&caps_req, 8), 0x2C0);
+        assert_eq!(le32(&caps_req, 8), 0x42C0);
         let caps = capabilities(0x12, FLAGS, 0x1000, 0x1000);
         let alg_req = sent(n.step(&wrap(&caps)));
         assert_eq!(alg_req.len(), 44);

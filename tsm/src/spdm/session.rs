@@ -43,6 +43,12 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session from its id, the application keys of both directions and the SPDM version
+    /// (what FINISH_RSP establishes; also how a test stands in for the device's side).
+    pub fn new(id: u32, request: DirectionKeys, response: DirectionKeys, version: u8) -> Session {
+        Session { id, request, response, version }
+    }
+
     /// Encrypts an SPDM message for the device into a DOE object; returns its length.
     ///
     /// # Errors
@@ -94,7 +100,13 @@ impl Session {
         Ok(())
     }
 
-    /// KEY_UPDATE(UpdateAllKeys) once both sides agreed on it: both directions move on.
+    /// The SPDM version the session's messages carry.
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
+    /// Both directions move to their next keys (what a completed UpdateAllKeys leaves); the
+    /// exchange itself is [`crate::spdm::key_update::KeyUpdate`].
     pub fn update_keys(&mut self) {
         self.request = self.request.updated(self.version);
         self.response = self.response.updated(self.version);
