@@ -133,9 +133,17 @@ impl<P: Platform> Tsm<P> {
             device: p.evidence?,
             chain: p.conn.chain_bytes()?,
             vca: p.conn.vca(),
-            measurements: p.conn.measurements()?,
+            measurements: p.measurements()?,
             report: &t.report[..t.report_len],
             report_digest: t.report_digest,
         })
+    }
+}
+
+impl<P: Platform> Tsm<P> {
+    /// The trusted IOMMU, once set up: its tables are what a DMA request is translated through
+    /// ([`crate::iommu::Iommu::translate`]).
+    pub fn iommu(&self) -> Option<&crate::iommu::Iommu> {
+        self.iommu.as_ref()
     }
 }

@@ -109,6 +109,12 @@ impl Device {
         &self.config
     }
 
+    /// The fault switches, to turn one on in the middle of a conversation (a device that goes
+    /// bad after it was authenticated).
+    pub fn faults_mut(&mut self) -> &mut Faults {
+        &mut self.config.faults
+    }
+
     /// The TDIs.
     pub fn tdis(&self) -> &[Tdi] {
         &self.tdis

@@ -211,3 +211,41 @@ impl Machine {
             .count()
     }
 }
+
+impl Machine {
+    /// TDH.IOMMU.SETUP with a fresh root table; asserts success.
+    pub fn iommu_setup(&mut self) -> u64 {
+        let root = self.page();
+        ok(self.host(h::IOMMU_SETUP, root, 0, 0, 0), "IOMMU.SETUP");
+        root
+    }
+
+    /// TDH.DMAR.ADD for the TDI, offering a fresh frame for every table; frames it did not take
+    /// go back to the host's pool. Returns the call's registers.
+    pub fn dmar_add(&mut self, td: &TdHandle, a: &Assignment) -> Regs {
+        let frames = [self.page(), self.page(), self.page()];
+        let call = Regs { r10: frames[2], ..Regs::call(h::DMAR_ADD, td.tdr, a.tdi, frames[0], frames[1]) };
+        let r = self.tsm.host_call(&call);
+        let used = if r.status() == Status::SUCCESS { r.rcx } else { 0 };
+        for (i, &f) in frames.iter().enumerate() {
+            if used & 1 << i == 0 {
+                self.release(f);
+            }
+        }
+        r
+    }
+
+    /// TDH.IOMMU.CLEAR until the root table comes back; returns how many frames came back.
+    pub fn iommu_clear(&mut self) -> usize {
+        let mut n = 0;
+        loop {
+            let r = self.host(h::IOMMU_CLEAR, 0, 0, 0, 0);
+            ok(r, "IOMMU.CLEAR");
+            n += 1;
+            self.release(r.rcx);
+            if r.rdx == 0 {
+                return n;
+            }
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! The whole device-assignment flow in-process, through the real dispatchers, with the real
 //! device responder: TD create → connect → IDE → TDI lock → report → import → map → guest accept
-//! → authorise → start → evidence → stop → unmap → remove → disconnect → teardown, with every
-//! page reclaimed.
+//! → DMAR add and accept → authorise → start → DMA lands in private memory → evidence → stop →
+//! unmap → DMAR remove → TDI remove → disconnect → teardown, with every page reclaimed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -32,7 +32,8 @@ fn a_device_is_assigned_used_and_released_with_nothing_left_behind() {
     let mut m = Machine::configured(64 * MIB);
     let frames_before = m.frames_in_use();
     let mut td = m.running_td();
-    m.aug_accept(&td, 0x1000, tsm::addr::PageSize::Size4K);
+    let private = m.aug_accept(&td, 0x1000, tsm::addr::PageSize::Size4K);
+    m.iommu_setup();
     let mut dev = Device::new(device_config()).unwrap();
 
     // Connect: the PDEV keeps the device's evidence.
@@ -96,12 +97,21 @@ fn a_device_is_assigned_used_and_released_with_nothing_left_behind() {
         assert_eq!(r.rcx & 0x000F_FFFF_FFFF_F000, BAR_BASE + i * 4096, "each GPA maps its own BAR page");
     }
 
+    // The trusted DMA entry: added by the host, accepted by the guest.
+    ok(m.dmar_add(&td, &a), "DMAR.ADD");
+    let rid = tsm::iommu::Rid::from_raw(FUNCTION as u16);
+    let dma = |m: &Machine, iova| m.tsm.iommu().unwrap().translate(m.tsm.platform(), rid, None, iova, true);
+    assert!(dma(&m, 0x1000).is_err(), "no DMA before the guest accepts");
+    assert_eq!(m.guest(td.vcpus[0], g::DMAR_ACCEPT, FN, 0, 0).regs.status(), Status::SUCCESS);
+
     // Authorise and start.
     m.authorise(&td, &a);
     ok(m.pump(&mut dev, h::TDI_START, a.tdi, a.msg, 0), "TDI.START");
     assert_eq!(m.tsm.tdi_summary(pfn(a.tdi)).unwrap().state, TdiState::Run);
     assert_eq!(m.guest(td.vcpus[0], g::TDI_RD, FN, 0, 0).regs.r9, 2, "RUN, read from the TSM");
     assert_eq!(dev.tdis()[0].state, tsm::tdisp::TdiState::Run, "the device runs too");
+
+    assert_eq!(dma(&m, 0x1008).unwrap().hpa.raw(), private + 8, "the device's DMA lands in private memory");
 
     // Evidence for attestation.
     let ev = m.tsm.tdi_evidence(pfn(a.tdi)).unwrap();
@@ -110,19 +120,23 @@ fn a_device_is_assigned_used_and_released_with_nothing_left_behind() {
     assert_eq!(ev.report, &a.report[..]);
     assert_eq!(ev.function, FUNCTION);
 
-    // Unbind in the enforced order: STOP → block → track → unmap → remove.
+    // Unbind in the enforced order: STOP → block MMIO and DMA → track and invalidate → unmap MMIO →
+    // remove the DMA entry → remove the TDI.
     ok(m.pump(&mut dev, h::TDI_STOP, a.tdi, a.msg, 0), "TDI.STOP");
     assert_eq!(dev.tdis()[0].state, tsm::tdisp::TdiState::ConfigUnlocked);
     for i in 0..u64::from(BAR0_PAGES) {
         ok(m.host(h::MMIO_BLOCK, gpa_level(BAR_GPA + i * 4096, 0), td.tdr, 0, 0), "MMIO.BLOCK");
     }
+    ok(m.host(h::DMAR_BLOCK, a.tdi, 0, 0, 0), "DMAR.BLOCK");
     ok(m.host(h::VP_KICK, td.vcpus[0], 0, 0, 0), "KICK");
     ok(m.host(h::MEM_TRACK, td.tdr, 0, 0, 0), "TRACK");
+    ok(m.host(h::IQ_INV_REQUEST, td.tdr, 0, 0, 0), "IQ.INV");
     for i in 0..u64::from(BAR0_PAGES) {
         let r = m.host(h::MMIO_UNMAP, gpa_level(BAR_GPA + i * 4096, 0), td.tdr, 0, 0);
         ok(r, "MMIO.UNMAP");
         assert_eq!(r.r8, BAR_BASE + i * 4096);
     }
+    ok(m.host(h::DMAR_REMOVE, a.tdi, 0, 0, 0), "DMAR.REMOVE");
     ok(m.host(h::TDI_REMOVE, a.tdi, 0, 0, 0), "TDI.REMOVE");
     ok(m.pump(&mut dev, h::IDE_STREAM_KM, a.pdev, a.msg, a.stream | 2 << 8), "KM STOP");
     assert!(dev.ide_keys().values().all(|k| !k.active), "the device stopped its keys");
@@ -133,6 +147,7 @@ fn a_device_is_assigned_used_and_released_with_nothing_left_behind() {
     ok(m.host(h::SPDM_DELETE, a.pdev, 0, 0, 0), "SPDM.DELETE");
     m.teardown(&td);
     td.vcpus.clear();
+    assert_eq!(m.iommu_clear(), 4, "the IOMMU's tables come back");
     assert_eq!(m.frames_in_use(), frames_before, "every donated page came back");
 }
 

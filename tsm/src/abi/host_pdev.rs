@@ -16,6 +16,7 @@ use sha2::{Digest, Sha384};
 
 use crate::abi::{LeafSpec, Reg, Regs};
 use crate::addr::Pfn;
+use crate::doe::Action;
 use crate::error::{DeviceFault, TsmError, TsmResult};
 use crate::ide::RootPortStream;
 use crate::pamt::{PageType, PamtEntry};
@@ -34,9 +35,11 @@ use crate::Tsm;
 use super::host::leaf;
 use super::host::HostLeaf;
 
-/// SPDM.MNG operations.
+/// SPDM.MNG operations (TDX's numbering; HEARTBEAT = 0 is not offered).
 #[allow(missing_docs)]
 pub mod mng {
+    pub const KEY_UPDATE: u64 = 1;
+    pub const RECOLLECT: u64 = 2;
     pub const ABORT: u64 = 3;
 }
 
@@ -280,10 +283,10 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::SPDM_MNG,
             name: "TDH.SPDM.MNG",
-            summary: "Session management. Operation 3, ABORT: abandons the outstanding exchange (a lost or late answer). What the device did is unknown, so the PDEV goes to ERROR (and the TDI or stream whose exchange it was); no device traffic.",
-            inputs: &[(Reg::Rcx, "PDEV page"), (Reg::R9, "operation: 3 ABORT")],
-            outputs: &[],
-            requires: "ABORT: a request outstanding.",
+            summary: "Session management, resumable. 1 KEY_UPDATE: KEY_UPDATE(UpdateAllKeys) then VerifyNewKey: both directions move to the next keys (an answer under keys it should not use is refused and changes nothing). 2 RECOLLECT: fresh signed GET_MEASUREMENTS of every index with a new nonce; on success the evidence binds the new transcript, on failure the old evidence stays. 3 ABORT: abandons the outstanding exchange (a lost or late answer); what the device did is unknown, so the PDEV goes to ERROR (and the TDI or stream whose exchange it was); no device traffic.",
+            inputs: &[(Reg::Rcx, "PDEV page"), MSG_IN[0], MSG_IN[1], (Reg::R9, "operation: 1 KEY_UPDATE, 2 RECOLLECT, 3 ABORT")],
+            outputs: &[MSG_OUT],
+            requires: "KEY_UPDATE, RECOLLECT: PDEV CONNECTED. ABORT: a request outstanding.",
             errors: &[
                 SYS,
                 PDEV_RCX[0],
@@ -291,6 +294,16 @@ impl<P: Platform> Tsm<P> {
                 PDEV_RCX[2],
                 (Status::OPERAND_INVALID, "R9 not a supported operation"),
                 (Status::NO_REQUEST_OUTSTANDING, "ABORT with nothing outstanding"),
+                MSG_ERRORS[0],
+                MSG_ERRORS[1],
+                MSG_ERRORS[2],
+                BUSY,
+                MSG_ERRORS[3],
+                (Status::PDEV_STATE_INCORRECT, "PDEV not CONNECTED, or the device does not offer KEY_UPD"),
+                (Status::RND_NO_ENTROPY, "no entropy for the tags or the nonce"),
+                DEVICE[0],
+                DEVICE[1],
+                DEVICE[2],
             ],
         },
         handler: Self::spdm_mng,
@@ -415,6 +428,8 @@ impl<P: Platform> Tsm<P> {
             streams: core::array::from_fn(|_| None),
             tdis: 0,
             fault: None,
+            key_update: None,
+            remeasure: None,
         });
         Ok(Status::SUCCESS)
     }
@@ -552,12 +567,18 @@ impl<P: Platform> Tsm<P> {
         }
     }
 
-    fn spdm_mng(&mut self, regs: &Regs, _out: &mut Regs) -> TsmResult<Status> {
+    fn spdm_mng(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
         self.sys()?;
         let p = self.pdev_index(regs.rcx, Operand::Rcx)?;
-        if regs.r9 != mng::ABORT {
-            return Err(TsmError::OperandInvalid(Operand::R9));
+        match regs.r9 {
+            mng::ABORT => self.spdm_abort(p),
+            mng::KEY_UPDATE => self.spdm_key_update(p, regs, out),
+            mng::RECOLLECT => self.spdm_recollect(p, regs, out),
+            _ => Err(TsmError::OperandInvalid(Operand::R9)),
         }
+    }
+
+    fn spdm_abort(&mut self, p: usize) -> TsmResult<Status> {
         let pending = self.pdev(p)?.pending;
         if pending == Pending::None {
             return Err(TsmError::NoRequestOutstanding);
@@ -571,9 +592,11 @@ impl<P: Platform> Tsm<P> {
                 }
             }
             Pending::Tdi(t) => self.tdi_failed(t, DeviceFault::Aborted),
-            Pending::None | Pending::Connect | Pending::End => {}
+            Pending::None | Pending::Connect | Pending::End | Pending::KeyUpdate | Pending::Measure => {}
         }
         let _ = self.pdev_failed(p, DeviceFault::Aborted);
+        let pdev = self.pdev_mut(p)?;
+        pdev.key_update = None;
         // Every TDI of the PDEV loses its session: none may stay LOCKED or RUN.
         for t in 0..self.tdis.len() {
             if matches!(&self.tdis[t], Some(tdi) if tdi.pdev == p && matches!(tdi.state, TdiState::Locked | TdiState::Run))
@@ -582,6 +605,118 @@ impl<P: Platform> Tsm<P> {
             }
         }
         Ok(Status::SUCCESS)
+    }
+
+    fn spdm_key_update(&mut self, p: usize, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        let msg = self.msg_operands(regs.rdx, regs.r8)?;
+        let mut request = [0u8; PLAIN_BYTES];
+        if Self::resume(self.pdev(p)?, Pending::KeyUpdate, &msg)? {
+            let answer = self.read_answer(&msg);
+            let pdev = self.pdev_mut(p)?;
+            let ku = pdev.key_update.as_mut().ok_or(TsmError::Corrupt)?;
+            let saved = ku.clone();
+            let next = match ku.step(answer.get()) {
+                Action::Send(b) if b.len() <= request.len() => {
+                    request[..b.len()].copy_from_slice(b);
+                    Ok(Some(b.len()))
+                }
+                Action::Send(_) => Err(SpdmError::Secured(crate::spdm::secured::SecuredError::Buffer)),
+                Action::Done => Ok(None),
+                Action::Failed(e) => Err(e),
+            };
+            return match next {
+                Ok(Some(n)) => Ok(self.send_request(&msg, &request[..n], out)),
+                Ok(None) => {
+                    let ku = pdev.key_update.take().ok_or(TsmError::Corrupt)?;
+                    pdev.session = ku.into_session();
+                    pdev.pending = Pending::None;
+                    Ok(Status::SUCCESS)
+                }
+                // An answer the keys do not open is the host's or a replay: nothing changed.
+                Err(e @ SpdmError::Secured(_)) => {
+                    pdev.key_update = Some(saved);
+                    Err(TsmError::AnswerNotAuthentic(e))
+                }
+                Err(e) => {
+                    pdev.key_update = None;
+                    Err(self.pdev_failed(p, DeviceFault::Spdm(e)))
+                }
+            };
+        }
+        let pdev = self.pdev(p)?;
+        let (Some(session), Some(evidence), PdevState::Connected) = (pdev.session.clone(), pdev.evidence, pdev.state)
+        else {
+            return Err(TsmError::PdevState);
+        };
+        let mut tags = [0u8; 2];
+        self.platform.fill(&mut tags).map_err(|_| TsmError::NoEntropy)?;
+        let op = crate::spdm::key_update::KeyOperation::UpdateAllKeys;
+        let mut ku = crate::spdm::key_update::KeyUpdate::new(session, &evidence.negotiated, op, tags)
+            .map_err(|_| TsmError::PdevState)?;
+        // ALL CHECKS PASSED: nothing below can fail but the device.
+        let n = match ku.start() {
+            Action::Send(b) if b.len() <= request.len() => {
+                request[..b.len()].copy_from_slice(b);
+                b.len()
+            }
+            _ => return Err(self.pdev_failed(p, DeviceFault::Spdm(SpdmError::NotWaiting))),
+        };
+        let pdev = self.pdev_mut(p)?;
+        pdev.session = None;
+        pdev.key_update = Some(ku);
+        pdev.pending = Pending::KeyUpdate;
+        Ok(self.send_request(&msg, &request[..n], out))
+    }
+
+    fn spdm_recollect(&mut self, p: usize, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        let msg = self.msg_operands(regs.rdx, regs.r8)?;
+        let mut request = [0u8; MSG_BYTES];
+        let action = if Self::resume(self.pdev(p)?, Pending::Measure, &msg)? {
+            let answer = self.read_answer(&msg);
+            let pdev = self.pdev_mut(p)?;
+            let m = pdev.remeasure.as_mut().ok_or(TsmError::Corrupt)?;
+            copy_spdm(m.step(answer.get()), &mut request)
+        } else {
+            let pdev = self.pdev(p)?;
+            let (Some(evidence), Some(chain), PdevState::Connected) = (pdev.evidence, pdev.conn.chain(), pdev.state)
+            else {
+                return Err(TsmError::PdevState);
+            };
+            let key = *chain.leaf_key();
+            let mut nonce = [0u8; 32];
+            let mut context = [0u8; 8];
+            self.platform.fill(&mut nonce).map_err(|_| TsmError::NoEntropy)?;
+            self.platform.fill(&mut context).map_err(|_| TsmError::NoEntropy)?;
+            // ALL CHECKS PASSED: nothing below can fail but the device.
+            let pdev = self.pdev_mut(p)?;
+            let m = crate::spdm::meas::Measurements::new(&evidence.negotiated, pdev.conn.vca(), key, nonce, context);
+            let m = pdev.remeasure.insert(m);
+            let action = copy_spdm(m.start(), &mut request);
+            pdev.pending = Pending::Measure;
+            action
+        };
+        let pdev = self.pdev_mut(p)?;
+        match action {
+            Ok(Some(n)) => Ok(self.send_request(&msg, &request[..n], out)),
+            Ok(None) => {
+                let digest: [u8; 48] = match pdev.remeasure.as_ref().and_then(|m| m.exchange()) {
+                    Some(e) => Sha384::digest(e).into(),
+                    None => return Err(TsmError::Corrupt),
+                };
+                if let Some(ev) = pdev.evidence.as_mut() {
+                    ev.measurements_digest = digest;
+                }
+                pdev.pending = Pending::None;
+                Ok(Status::SUCCESS)
+            }
+            // The old evidence stays: a re-collection that fails proves nothing new, and the
+            // answer cannot be told from the host's (measurements travel in the clear).
+            Err(e) => {
+                pdev.remeasure = None;
+                pdev.pending = Pending::None;
+                Err(TsmError::Device(Operand::Pdev, DeviceFault::Spdm(e)))
+            }
+        }
     }
 
     // ---- IDE streams ------------------------------------------------------------------------
@@ -747,6 +882,19 @@ impl<P: Platform> Tsm<P> {
             }
         }
         TsmError::Device(Operand::IdeStream, fault)
+    }
+}
+
+/// An SPDM exchange's step with its request copied out: `Some(len)` to send, `None` when done.
+fn copy_spdm(action: Action<'_, SpdmError>, out: &mut [u8; MSG_BYTES]) -> Result<Option<usize>, SpdmError> {
+    match action {
+        Action::Send(b) if b.len() <= out.len() => {
+            out[..b.len()].copy_from_slice(b);
+            Ok(Some(b.len()))
+        }
+        Action::Send(b) => Err(SpdmError::Doe(crate::doe::DoeError::TooLarge { needed: b.len() })),
+        Action::Done => Ok(None),
+        Action::Failed(e) => Err(e),
     }
 }
 

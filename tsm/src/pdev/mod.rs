@@ -55,6 +55,10 @@ pub enum Pending {
     End,
     /// IDE.STREAM.KM on a stream.
     Km(usize),
+    /// SPDM.MNG KEY_UPDATE.
+    KeyUpdate,
+    /// SPDM.MNG RECOLLECT: fresh signed measurements.
+    Measure,
     /// A TDI's TDISP request (its flow lives in the TDI).
     Tdi(usize),
 }
@@ -123,6 +127,10 @@ pub struct Pdev {
     pub tdis: usize,
     /// Why it went to Error.
     pub fault: Option<DeviceFault>,
+    /// A running KEY_UPDATE; it holds the session until it ends.
+    pub key_update: Option<crate::spdm::key_update::KeyUpdate>,
+    /// The latest re-collection of signed measurements (SPDM.MNG RECOLLECT), once one ran.
+    pub remeasure: Option<crate::spdm::meas::Measurements>,
 }
 
 /// Function ids carry RID (15:0), segment (23:16) and the segment-valid bit (24).
@@ -132,6 +140,15 @@ impl Pdev {
     /// The SPDM version negotiated (0 before).
     pub fn version(&self) -> u8 {
         self.evidence.map_or(0, |e| e.negotiated.version)
+    }
+
+    /// The signed measurement exchange the evidence binds: the latest re-collection, else the
+    /// connection's.
+    pub fn measurements(&self) -> Option<&[u8]> {
+        match &self.remeasure {
+            Some(m) => m.exchange(),
+            None => self.conn.measurements(),
+        }
     }
 
     /// Number of IDE streams.

@@ -1,0 +1,311 @@
+//! The device side of assignment through the real ABI: session management (KEY_UPDATE,
+//! RECOLLECT) and the malicious device, with each of `tdisp-device`'s fault switches. A device
+//! that misbehaves never gets its TDI to RUN, nothing of it stays mapped, and the TSM keeps why.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use seamless_harness::assign::{device_config, pfn, Assignment, BAR_GPA, FUNCTION, LOCK_FLAGS};
+use seamless_harness::driver::{gpa_level, ok, Machine, TdHandle};
+use tdisp_device::Device;
+use tsm::abi::guest::leaf as g;
+use tsm::abi::host::leaf as h;
+use tsm::abi::host_pdev::mng;
+use tsm::error::DeviceFault;
+use tsm::pdev::{PdevState, Pending};
+use tsm::sept::SeptState;
+use tsm::spdm::connect::{ConnectError, Stage};
+use tsm::spdm::SpdmError;
+use tsm::tdi::TdiState;
+use tsm::{Operand, Status};
+
+const MIB: u64 = 1 << 20;
+
+fn device(fault: &str) -> Device {
+    let mut c = device_config();
+    if !fault.is_empty() {
+        c.faults.apply_spec(fault).unwrap();
+    }
+    Device::new(c).unwrap()
+}
+
+fn machine() -> (Machine, TdHandle) {
+    let mut m = Machine::configured(64 * MIB);
+    let td = m.running_td();
+    (m, td)
+}
+
+/// Creates the PDEV and pumps SPDM.CONNECT; returns the PDEV and message pages and the result.
+fn connect(m: &mut Machine, dev: &mut Device) -> (u64, u64, tsm::Regs) {
+    let pdev = m.page();
+    ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+    let msg = m.scratch();
+    let r = m.pump(dev, h::SPDM_CONNECT, pdev, msg, 0);
+    (pdev, msg, r)
+}
+
+/// Connect, IDE and bind with `dev`, asserting success.
+fn bound(m: &mut Machine, td: &TdHandle, dev: &mut Device) -> Assignment {
+    let mut a = m.connect(dev);
+    m.ide_setup(dev, &mut a);
+    m.bind(td, &mut a);
+    a
+}
+
+fn tdi_state(m: &Machine, a: &Assignment) -> TdiState {
+    m.tsm.tdi_summary(pfn(a.tdi)).unwrap().state
+}
+
+/// A connection fault: CONNECT fails with DEVICE_ERROR naming the stage, the PDEV is ERROR with
+/// the reason kept and no evidence, and no TDI can be created on it.
+fn connect_fails(fault: &str, stage: Stage, check: impl Fn(&SpdmError) -> bool) {
+    let (mut m, td) = machine();
+    let mut dev = device(fault);
+    let (pdev, _, r) = connect(&mut m, &mut dev);
+    assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Pdev), "{fault}: {r:x?}");
+    let s = m.tsm.pdev_summary(pfn(pdev)).unwrap();
+    assert_eq!(s.state, PdevState::Error, "{fault}");
+    assert!(s.session.is_none() && s.evidence.is_none(), "{fault}: nothing half-done is kept");
+    match s.fault {
+        Some(DeviceFault::Connect(ConnectError::Spdm(got, e))) => {
+            assert_eq!(got, stage, "{fault}: {e:?}");
+            assert!(check(&e), "{fault}: {e:?}");
+            assert_eq!(r.rcx, 0x102 + stage as u64, "RCX names the stage");
+        }
+        other => panic!("{fault}: {other:?}"),
+    }
+    let page = m.page();
+    let refused = m.host(h::TDI_CREATE, td.tdr, pdev, page, u64::from(FUNCTION));
+    assert_eq!(refused.status(), Status::PDEV_STATE_INCORRECT.with_operand(Operand::Pdev));
+    ok(m.host(h::SPDM_DELETE, pdev, 0, 0, 0), "a failed PDEV can be deleted");
+}
+
+#[test]
+fn a_bad_signature_fails_the_connection_where_it_was_signed() {
+    let sig = |e: &SpdmError| matches!(e, SpdmError::Signature(_));
+    connect_fails("bad-signature=challenge-auth", Stage::Challenge, sig);
+    connect_fails("bad-signature=measurements", Stage::Measurements, sig);
+    connect_fails("bad-signature=key-exchange-rsp", Stage::Session, sig);
+}
+
+#[test]
+fn a_chain_that_does_not_chain_is_refused() {
+    connect_fails("broken-chain", Stage::Certificates, |e| matches!(e, SpdmError::Chain(_)));
+}
+
+#[test]
+fn truncated_and_overlong_answers_fail_the_connection() {
+    let length = |e: &SpdmError| matches!(e, SpdmError::BadLength { .. } | SpdmError::Doe(_) | SpdmError::Secured(_));
+    connect_fails("truncate=measurements", Stage::Measurements, length);
+    connect_fails("truncate=certificate", Stage::Certificates, |e| {
+        length(e) || matches!(e, SpdmError::BadPortion | SpdmError::Chain(_) | SpdmError::DigestMismatch)
+    });
+    connect_fails("overlong-length=measurements", Stage::Measurements, |e| {
+        length(e) || matches!(e, SpdmError::BadMeasurementBlock { .. })
+    });
+    connect_fails("overlong-length=algorithms", Stage::Negotiation, length);
+}
+
+#[test]
+fn a_wrong_measurement_connects_but_the_evidence_says_so() {
+    // The TSM cannot know reference values: it records the signed transcript byte for byte, and
+    // the verifier compares it with the policy. Same seeds: the runs differ only by the fault.
+    let run = |fault: &str| {
+        let (mut m, _) = machine();
+        let mut dev = device(fault);
+        let (pdev, _, r) = connect(&mut m, &mut dev);
+        ok(r, "CONNECT");
+        m.tsm.pdev_summary(pfn(pdev)).unwrap().evidence.unwrap()
+    };
+    let (good, bad) = (run(""), run("wrong-measurement=2"));
+    assert_eq!(good.chain_digest, bad.chain_digest);
+    assert_ne!(good.measurements_digest, bad.measurements_digest);
+}
+
+#[test]
+fn an_interface_report_with_overlapping_ranges_puts_the_tdi_in_error() {
+    let (mut m, td) = machine();
+    let mut dev = device("overlapping-ranges");
+    let mut a = bound(&mut m, &td, &mut dev);
+    let r = m.pump(&mut dev, h::TDI_LOCK, a.tdi, a.msg, LOCK_FLAGS | a.stream << 16);
+    assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Tdi));
+    assert_eq!(r.rcx, 0x320, "RCX: the report step");
+    let s = m.tsm.tdi_summary(pfn(a.tdi)).unwrap();
+    assert_eq!(s.state, TdiState::Error);
+    assert!(matches!(s.fault, Some(DeviceFault::Report(tsm::tdisp::ReportError::Range { index: 1 }))), "{:?}", s.fault);
+    assert_eq!(s.range_count, 0, "no range of a refused report is kept");
+    // Nothing can be imported or mapped, and the guest sees ERROR.
+    let bar = seamless_harness::assign::BAR_BASE;
+    assert_eq!(
+        m.host(h::DMABUF_IMPORT, a.tdi, bar, 16, 0).status(),
+        Status::TDI_STATE_INCORRECT.with_operand(Operand::Tdi)
+    );
+    assert_eq!(m.guest(td.vcpus[0], g::TDI_RD, u64::from(FUNCTION), 0, 0).regs.r9, 3);
+    // STOP, then the TDI can go; a re-lock of a fixed device would start over.
+    ok(m.pump(&mut dev, h::TDI_STOP, a.tdi, a.msg, 0), "STOP");
+    ok(m.host(h::TDI_REMOVE, a.tdi, 0, 0, 0), "REMOVE");
+    a.tdi = 0;
+}
+
+#[test]
+fn a_tdi_that_falls_into_error_after_lock_is_caught_by_the_state_check() {
+    let (mut m, td) = machine();
+    let mut dev = device("error-after-lock");
+    let a = bound(&mut m, &td, &mut dev);
+    let r = m.pump(&mut dev, h::TDI_LOCK, a.tdi, a.msg, LOCK_FLAGS | a.stream << 16);
+    assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Tdi));
+    let s = m.tsm.tdi_summary(pfn(a.tdi)).unwrap();
+    assert_eq!(s.fault, Some(DeviceFault::TdiState(tsm::tdisp::TdiState::Error)));
+    assert_eq!(s.state, TdiState::Error);
+}
+
+#[test]
+fn a_refused_start_leaves_nothing_mapped_and_dma_blocked() {
+    let (mut m, td) = machine();
+    let mut dev = device("refuse-start");
+    let mut a = bound(&mut m, &td, &mut dev);
+    m.lock(&mut dev, &mut a);
+    m.import_all(&a);
+    m.map_range(&td, &a, 0, BAR_GPA);
+    m.accept_range(&td, &a, 0, BAR_GPA);
+    m.authorise(&td, &a);
+    let r = m.pump(&mut dev, h::TDI_START, a.tdi, a.msg, 0);
+    assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Tdi));
+    let s = m.tsm.tdi_summary(pfn(a.tdi)).unwrap();
+    assert_eq!(s.state, TdiState::Error, "never RUN");
+    assert!(matches!(s.fault, Some(DeviceFault::Tdisp(tsm::tdisp::TdispError::Device(_)))), "{:?}", s.fault);
+    for i in 0..16 {
+        let rd = m.host(h::MEM_SEPT_RD, gpa_level(BAR_GPA + i * 4096, 0), td.tdr, 0, 0);
+        assert_eq!((rd.rdx >> 8) as u8, SeptState::MmioBlocked as u8, "page {i}: no access left");
+    }
+}
+
+#[test]
+fn answers_under_another_session_id_never_open_and_the_host_can_only_abort() {
+    let (mut m, td) = machine();
+    let mut dev = device("");
+    let a = bound(&mut m, &td, &mut dev);
+    // The authenticated device starts sealing under another session id.
+    dev.faults_mut().wrong_session_id = true;
+    let r = m.pump(&mut dev, h::TDI_LOCK, a.tdi, a.msg, LOCK_FLAGS | a.stream << 16);
+    assert_eq!(r.status(), Status::ANSWER_NOT_AUTHENTIC.with_operand(Operand::R8), "{r:x?}");
+    assert_eq!(tdi_state(&m, &a), TdiState::Unlocked, "nothing moved");
+    assert_eq!(m.tsm.pdev_summary(pfn(a.pdev)).unwrap().pending, Pending::Tdi(0));
+    ok(m.host(h::SPDM_MNG, a.pdev, 0, 0, mng::ABORT), "ABORT");
+    assert_eq!(tdi_state(&m, &a), TdiState::Error);
+    assert_eq!(m.tsm.pdev_summary(pfn(a.pdev)).unwrap().state, PdevState::Error);
+    // With no session left, STOP is local, and the TDI and PDEV can go.
+    ok(m.host(h::TDI_STOP, a.tdi, a.msg, 0, 0), "local STOP");
+    ok(m.host(h::TDI_REMOVE, a.tdi, 0, 0, 0), "REMOVE");
+}
+
+#[test]
+fn a_wrong_session_id_inside_a_live_session_is_not_authentic() {
+    let (mut m, td) = machine();
+    let mut dev = device("wrong-session-id");
+    // The connection itself fails: FINISH_RSP comes sealed under the wrong id.
+    let (pdev, _, r) = connect(&mut m, &mut dev);
+    assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Pdev), "{r:x?}");
+    assert!(matches!(
+        m.tsm.pdev_summary(pfn(pdev)).unwrap().fault,
+        Some(DeviceFault::Connect(ConnectError::Spdm(Stage::Session, _)))
+    ));
+    let _ = td;
+}
+
+#[test]
+fn a_dropped_answer_leaves_the_request_outstanding_until_the_host_aborts() {
+    let (mut m, td) = machine();
+    let mut dev = device("drop-response=tdisp-report");
+    let a = bound(&mut m, &td, &mut dev);
+    let r = m.pump(&mut dev, h::TDI_LOCK, a.tdi, a.msg, LOCK_FLAGS | a.stream << 16);
+    assert_eq!(r.status(), Status::DEVICE_REQUEST, "no answer came");
+    // Any other device call waits; the TDI is not locked for the TSM.
+    let busy = m.host(h::TDI_STOP, a.tdi, a.msg, 0, 0);
+    assert_eq!(busy.status(), Status::OPERAND_BUSY.with_operand(Operand::Pdev));
+    assert_eq!(tdi_state(&m, &a), TdiState::Unlocked);
+    ok(m.host(h::SPDM_MNG, a.pdev, 0, 0, mng::ABORT), "ABORT");
+    let s = m.tsm.tdi_summary(pfn(a.tdi)).unwrap();
+    assert_eq!((s.state, s.fault), (TdiState::Error, Some(DeviceFault::Aborted)));
+}
+
+#[test]
+fn key_update_moves_both_directions_and_the_session_goes_on() {
+    let (mut m, td) = machine();
+    let mut dev = device("");
+    let mut a = bound(&mut m, &td, &mut dev);
+    let before = m.tsm.pdev_summary(pfn(a.pdev)).unwrap().session.unwrap();
+    ok(m.pump(&mut dev, h::SPDM_MNG, a.pdev, a.msg, mng::KEY_UPDATE), "KEY_UPDATE");
+    let after = m.tsm.pdev_summary(pfn(a.pdev)).unwrap().session.unwrap();
+    assert_eq!(after.id, before.id);
+    assert_ne!(after.request, before.request);
+    assert_ne!(after.response, before.response);
+    // TDISP still runs inside the updated session.
+    m.lock(&mut dev, &mut a);
+    assert_eq!(tdi_state(&m, &a), TdiState::Locked);
+}
+
+#[test]
+fn a_key_update_answer_that_does_not_open_changes_nothing() {
+    let (mut m, td) = machine();
+    let mut dev = device("");
+    let a = bound(&mut m, &td, &mut dev);
+    let r = m.host(h::SPDM_MNG, a.pdev, a.msg, 0, mng::KEY_UPDATE);
+    assert_eq!(r.status(), Status::DEVICE_REQUEST);
+    let request = m.read(a.msg, r.r8 as usize);
+    let mut answer = dev.handle(&request).unwrap();
+    answer[16] ^= 1;
+    m.write(a.msg, &answer);
+    let before = format!("{:?}", m.tsm.device_summaries());
+    let r = m.host(h::SPDM_MNG, a.pdev, a.msg, answer.len() as u64, mng::KEY_UPDATE);
+    assert_eq!(r.status(), Status::ANSWER_NOT_AUTHENTIC.with_operand(Operand::R8));
+    assert_eq!(before, format!("{:?}", m.tsm.device_summaries()));
+    answer[16] ^= 1;
+    m.write(a.msg, &answer);
+    let mut len = answer.len() as u64;
+    loop {
+        let r = m.host(h::SPDM_MNG, a.pdev, a.msg, len, mng::KEY_UPDATE);
+        if r.status() != Status::DEVICE_REQUEST {
+            ok(r, "the real answer completes KEY_UPDATE");
+            break;
+        }
+        let reply = dev.handle(&m.read(a.msg, r.r8 as usize)).unwrap();
+        m.write(a.msg, &reply);
+        len = reply.len() as u64;
+    }
+    let _ = td;
+}
+
+#[test]
+fn recollect_binds_fresh_measurements_into_the_evidence() {
+    let (mut m, td) = machine();
+    let mut dev = device("");
+    let mut a = bound(&mut m, &td, &mut dev);
+    m.lock(&mut dev, &mut a);
+    let first = m.tsm.pdev_summary(pfn(a.pdev)).unwrap().evidence.unwrap();
+    ok(m.pump(&mut dev, h::SPDM_MNG, a.pdev, a.msg, mng::RECOLLECT), "RECOLLECT");
+    let fresh = m.tsm.pdev_summary(pfn(a.pdev)).unwrap().evidence.unwrap();
+    assert_ne!(first.measurements_digest, fresh.measurements_digest, "a new nonce, a new transcript");
+    let ev = m.tsm.tdi_evidence(pfn(a.tdi)).unwrap();
+    assert_eq!(<[u8; 48]>::from(<sha2::Sha384 as sha2::Digest>::digest(ev.measurements)), fresh.measurements_digest);
+    // And the guest reads the new digest from the TSM.
+    m.aug_accept(&td, 0x1000, tsm::addr::PageSize::Size4K);
+    let r = m.guest(td.vcpus[0], g::TDI_RD, u64::from(FUNCTION), 3, 0x1000);
+    assert_eq!(r.regs.status(), Status::SUCCESS);
+}
+
+#[test]
+fn a_failed_recollection_keeps_the_old_evidence() {
+    let (mut m, td) = machine();
+    let mut dev = device("");
+    let a = bound(&mut m, &td, &mut dev);
+    let first = m.tsm.pdev_summary(pfn(a.pdev)).unwrap().evidence.unwrap();
+    // The device starts signing its measurements wrongly.
+    dev.faults_mut().apply_spec("bad-signature=measurements").unwrap();
+    let r = m.pump(&mut dev, h::SPDM_MNG, a.pdev, a.msg, mng::RECOLLECT);
+    assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Pdev), "{r:x?}");
+    assert!(m.tsm.pdev_summary(pfn(a.pdev)).unwrap().fault.is_none(), "the PDEV itself is fine");
+    let s = m.tsm.pdev_summary(pfn(a.pdev)).unwrap();
+    assert_eq!(s.state, PdevState::Connected);
+    assert_eq!(s.evidence.unwrap(), first);
+    assert_eq!(s.pending, Pending::None);
+}

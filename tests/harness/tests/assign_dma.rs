@@ -1,0 +1,163 @@
+//! The device's DMA through the trusted IOMMU, set up through the real ABI and answered by the
+//! IOMMU walker: "may this RID DMA to this IOVA, and where does it land". DMA reaches only the
+//! bound TD's accepted private pages; before the guest's DMAR.ACCEPT, after a block, after a
+//! revoke it faults. And the unbind order for DMA: block, invalidate, remove.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use seamless_harness::assign::{device_config, pfn, Assignment, BAR_GPA, FUNCTION};
+use seamless_harness::driver::{gpa_level, ok, Machine, TdHandle};
+use tdisp_device::Device;
+use tsm::abi::guest::leaf as g;
+use tsm::abi::host::leaf as h;
+use tsm::addr::PageSize;
+use tsm::iommu::{DmaFault, FaultReason, Rid, Translation};
+use tsm::{Operand, Regs, Status};
+
+const MIB: u64 = 1 << 20;
+const FN: u64 = FUNCTION as u64;
+
+fn dma(m: &Machine, iova: u64) -> Result<Translation, DmaFault> {
+    let iommu = m.tsm.iommu().expect("IOMMU set up");
+    iommu.translate(m.tsm.platform(), Rid::from_raw(FUNCTION as u16), None, iova, true)
+}
+
+fn reason(r: Result<Translation, DmaFault>) -> FaultReason {
+    r.expect_err("DMA must fault").reason
+}
+
+/// Two TDs, the IOMMU, and a TDI of the first TD locked, its BAR mapped and accepted.
+fn world() -> (Machine, TdHandle, TdHandle, Device, Assignment, u64) {
+    let mut m = Machine::configured(64 * MIB);
+    let td = m.running_td();
+    let other = m.running_td();
+    let private = m.aug_accept(&td, 0x1000, PageSize::Size4K);
+    m.aug_accept(&other, 0x1000, PageSize::Size4K);
+    m.iommu_setup();
+    let mut dev = Device::new(device_config()).unwrap();
+    let mut a = m.connect(&mut dev);
+    m.ide_setup(&mut dev, &mut a);
+    m.bind(&td, &mut a);
+    m.lock(&mut dev, &mut a);
+    m.import_all(&a);
+    m.map_range(&td, &a, 0, BAR_GPA);
+    m.accept_range(&td, &a, 0, BAR_GPA);
+    (m, td, other, dev, a, private)
+}
+
+#[test]
+fn dma_reaches_only_accepted_private_pages_of_the_bound_td_and_only_once_accepted() {
+    let (mut m, td, other, mut dev, a, private) = world();
+    assert_eq!(reason(dma(&m, 0x1000)), FaultReason::RootNotPresent, "no entry yet");
+
+    let r = m.dmar_add(&td, &a);
+    ok(r, "DMAR.ADD");
+    assert_eq!(r.rcx, 0b111, "context table, PASID directory and PASID table were needed");
+    assert_eq!(reason(dma(&m, 0x1000)), FaultReason::PasidEntryNotPresent, "added, not accepted");
+    assert_eq!(m.guest(td.vcpus[0], g::TDI_RD, FN, 7, 0).regs.r9, 1, "the guest sees ADDED");
+
+    let r = m.guest(td.vcpus[0], g::DMAR_ACCEPT, FN, 0, 0);
+    assert_eq!(r.regs.status(), Status::SUCCESS);
+    assert_eq!(m.guest(td.vcpus[0], g::DMAR_ACCEPT, FN, 0, 0).regs.status(), Status::PAGE_ALREADY_ACCEPTED);
+    let t = dma(&m, 0x1234).unwrap();
+    assert_eq!(t.hpa.raw(), private + 0x234, "lands in the TD's own page");
+    assert_eq!(t.page_size, PageSize::Size4K);
+
+    // Not a pending page, not unmapped GPAs, not the device's own MMIO, not shared GPAs.
+    m.map_tables(&td, 0x5000, 0);
+    let pending = m.page();
+    ok(m.host(h::MEM_PAGE_AUG, gpa_level(0x5000, 0), td.tdr, pending, 0), "AUG");
+    assert!(dma(&m, 0x5000).is_err(), "pending: the guest has not accepted it");
+    assert!(dma(&m, 0x9000).is_err(), "nothing mapped there");
+    assert_eq!(
+        reason(dma(&m, BAR_GPA)),
+        FaultReason::SeptNotPrivateMemory(tsm::sept::SeptState::MmioMapped),
+        "no P2P into private MMIO"
+    );
+    assert_eq!(reason(dma(&m, 1 << 47)), FaultReason::SharedGpa);
+    // The other TD's memory is in no translation of this device.
+    let other_page = m.host(h::MEM_SEPT_RD, gpa_level(0x1000, 0), other.tdr, 0, 0).rcx & 0x000F_FFFF_FFFF_F000;
+    for gpa in (0..2 * MIB).step_by(4096) {
+        if let Ok(t) = dma(&m, gpa) {
+            assert_ne!(t.hpa.raw() & !0xFFF, other_page, "GPA {gpa:#x} reaches the other TD");
+        }
+    }
+
+    // Running, then a revoke: DMA stops at once.
+    m.authorise(&td, &a);
+    ok(m.pump(&mut dev, h::TDI_START, a.tdi, a.msg, 0), "START");
+    assert!(dma(&m, 0x1000).is_ok());
+    ok(m.host(h::DMABUF_REVOKE, a.tdi, 0, 0, 0), "REVOKE");
+    assert_eq!(reason(dma(&m, 0x1000)), FaultReason::PasidEntryNotPresent, "blocked with the TDI");
+    assert_eq!(m.guest(td.vcpus[0], g::TDI_RD, FN, 7, 0).regs.r9, 3, "BLOCKED");
+}
+
+#[test]
+fn dmar_add_binds_only_to_the_tdis_own_td_and_needs_its_frames() {
+    let (mut m, td, other, _dev, a, _) = world();
+    let frames = [m.page(), m.page(), m.page()];
+    let call = |tdr: u64, r8: u64, r9: u64, r10: u64| Regs { r10, ..Regs::call(h::DMAR_ADD, tdr, a.tdi, r8, r9) };
+    let before = m.tsm.platform().mem.writes();
+    let r = m.tsm.host_call(&call(other.tdr, frames[0], frames[1], frames[2]));
+    assert_eq!(r.status(), Status::TDI_NOT_BOUND_TO_TD.with_operand(Operand::Rdx), "a RID bound to another TD");
+    let r = m.tsm.host_call(&call(td.tdr, 0, frames[1], frames[2]));
+    assert_eq!(r.status(), Status::OPERAND_INVALID.with_operand(Operand::R8), "the context table is missing");
+    let r = m.tsm.host_call(&call(td.tdr, frames[0], td.tdr, frames[2]));
+    assert_eq!(r.status(), Status::PAGE_NOT_FREE.with_operand(Operand::R9), "a TDR as PASID directory");
+    assert_eq!(before, m.tsm.platform().mem.writes(), "refused calls wrote nothing");
+    assert!(m.tsm.tdi_summary(pfn(a.tdi)).unwrap().dmar.is_none());
+    ok(m.tsm.host_call(&call(td.tdr, frames[0], frames[1], frames[2])), "DMAR.ADD");
+    let r = m.dmar_add(&td, &a);
+    assert_eq!(r.status(), Status::DMAR_STATE_INCORRECT.with_operand(Operand::Tdi), "one entry per TDI");
+}
+
+#[test]
+fn dma_entries_go_away_in_order_and_sept_removal_waits_for_the_iotlb() {
+    let (mut m, td, _other, mut dev, a, _) = world();
+    ok(m.dmar_add(&td, &a), "DMAR.ADD");
+    assert_eq!(m.guest(td.vcpus[0], g::DMAR_ACCEPT, FN, 0, 0).regs.status(), Status::SUCCESS);
+    // The IOMMU walks the S-EPT itself: removing a private page needs TRACK *and* an IOTLB
+    // invalidation, or the device could still use a cached translation.
+    ok(m.host(h::MEM_RANGE_BLOCK, gpa_level(0x1000, 0), td.tdr, 0, 0), "BLOCK");
+    ok(m.host(h::VP_KICK, td.vcpus[0], 0, 0, 0), "KICK");
+    ok(m.host(h::MEM_TRACK, td.tdr, 0, 0, 0), "TRACK");
+    let r = m.host(h::MEM_PAGE_REMOVE, gpa_level(0x1000, 0), td.tdr, 0, 0);
+    assert_eq!(r.status(), Status::TLB_TRACKING_NOT_DONE.with_operand(Operand::Rcx), "IOTLB not invalidated");
+    ok(m.host(h::IQ_INV_REQUEST, td.tdr, 0, 0, 0), "IQ.INV");
+    ok(m.host(h::MEM_PAGE_REMOVE, gpa_level(0x1000, 0), td.tdr, 0, 0), "REMOVE");
+    assert!(dma(&m, 0x1000).is_err(), "the removed page is unreachable");
+
+    // TDI.REMOVE waits for the entry; the entry for BLOCK and an invalidation.
+    ok(m.pump(&mut dev, h::TDI_STOP, a.tdi, a.msg, 0), "STOP");
+    m.enter(td.vcpus[0]);
+    let s = |m: &mut Machine, leaf| m.host(leaf, a.tdi, 0, 0, 0).status();
+    for i in 0..16 {
+        ok(m.host(h::MMIO_BLOCK, gpa_level(BAR_GPA + i * 4096, 0), td.tdr, 0, 0), "MMIO.BLOCK");
+    }
+    ok(m.host(h::VP_KICK, td.vcpus[0], 0, 0, 0), "KICK");
+    ok(m.host(h::MEM_TRACK, td.tdr, 0, 0, 0), "TRACK");
+    let r = m.host(h::MMIO_UNMAP, gpa_level(BAR_GPA, 0), td.tdr, 0, 0);
+    assert_eq!(
+        r.status(),
+        Status::TLB_TRACKING_NOT_DONE.with_operand(Operand::Rcx),
+        "MMIO unmap waits for the IOTLB too"
+    );
+    ok(m.host(h::IQ_INV_REQUEST, td.tdr, 0, 0, 0), "IQ.INV");
+    for i in 0..16 {
+        ok(m.host(h::MMIO_UNMAP, gpa_level(BAR_GPA + i * 4096, 0), td.tdr, 0, 0), "MMIO.UNMAP");
+    }
+    assert_eq!(s(&mut m, h::TDI_REMOVE), Status::TDI_HAS_MAPPED_DMA.with_operand(Operand::Tdi));
+    assert_eq!(s(&mut m, h::DMAR_REMOVE), Status::DMAR_STATE_INCORRECT.with_operand(Operand::Tdi), "not blocked");
+    ok(m.host(h::DMAR_BLOCK, a.tdi, 0, 0, 0), "DMAR.BLOCK");
+    assert_eq!(s(&mut m, h::DMAR_BLOCK), Status::GPA_RANGE_ALREADY_BLOCKED);
+    assert_eq!(s(&mut m, h::DMAR_REMOVE), Status::TLB_TRACKING_NOT_DONE.with_operand(Operand::Tdi));
+    ok(m.host(h::IQ_INV_REQUEST, td.tdr, 0, 0, 0), "IQ.INV");
+    ok(m.host(h::DMAR_REMOVE, a.tdi, 0, 0, 0), "DMAR.REMOVE");
+    ok(m.host(h::TDI_REMOVE, a.tdi, 0, 0, 0), "TDI.REMOVE");
+    assert_eq!(
+        m.host(h::IQ_INV_REQUEST, td.tdr, 0, 0, 0).status(),
+        Status::DMAR_STATE_INCORRECT.with_operand(Operand::Tdi)
+    );
+    assert_eq!(m.iommu_clear(), 4, "PASID table, directory, context table, root");
+    assert_eq!(m.host(h::IOMMU_CLEAR, 0, 0, 0, 0).status(), Status::IOMMU_STATE_INCORRECT);
+}
