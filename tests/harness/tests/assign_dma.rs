@@ -161,3 +161,30 @@ fn dma_entries_go_away_in_order_and_sept_removal_waits_for_the_iotlb() {
     assert_eq!(m.iommu_clear(), 4, "PASID table, directory, context table, root");
     assert_eq!(m.host(h::IOMMU_CLEAR, 0, 0, 0, 0).status(), Status::IOMMU_STATE_INCORRECT);
 }
+
+#[test]
+fn a_scalable_iov_interface_gets_a_pasid_granular_entry() {
+    let mut m = Machine::configured(64 * MIB);
+    let td = m.running_td();
+    let private = m.aug_accept(&td, 0x1000, PageSize::Size4K);
+    m.iommu_setup();
+    let mut dev = Device::new(device_config()).unwrap();
+    let mut a = m.connect(&mut dev);
+    m.ide_setup(&mut dev, &mut a);
+    // The TDI is the function's PASID 5 (an assignable interface), not the whole function.
+    let page = m.page();
+    let pasid = tsm::abi::host_tdi::PASID_VALID | 5 << 32;
+    ok(m.host(h::TDI_CREATE, td.tdr, a.pdev, page, FN | pasid), "TDI.CREATE with PASID");
+    a.tdi = page;
+    m.lock(&mut dev, &mut a);
+    ok(m.dmar_add(&td, &a), "DMAR.ADD");
+    let r = m.guest(td.vcpus[0], g::DMAR_ACCEPT, FN, 0, 0);
+    assert_eq!(r.regs.status(), Status::TDI_NOT_PRESENT.with_operand(Operand::Rcx), "the guest names the PASID too");
+    assert_eq!(m.guest(td.vcpus[0], g::DMAR_ACCEPT, FN | pasid, 0, 0).regs.status(), Status::SUCCESS);
+    let iommu = m.tsm.iommu().unwrap();
+    let rid = Rid::from_raw(FUNCTION as u16);
+    let with = iommu.translate(m.tsm.platform(), rid, tsm::iommu::Pasid::new(5), 0x1000, true).unwrap();
+    assert_eq!(with.hpa.raw(), private);
+    assert!(iommu.translate(m.tsm.platform(), rid, None, 0x1000, true).is_err(), "requests without PASID: no entry");
+    assert!(iommu.translate(m.tsm.platform(), rid, tsm::iommu::Pasid::new(6), 0x1000, true).is_err(), "another PASID");
+}
