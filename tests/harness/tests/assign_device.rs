@@ -286,7 +286,7 @@ fn recollect_binds_fresh_measurements_into_the_evidence() {
     let fresh = m.tsm.pdev_summary(pfn(a.pdev)).unwrap().evidence.unwrap();
     assert_ne!(first.measurements_digest, fresh.measurements_digest, "a new nonce, a new transcript");
     let ev = m.tsm.tdi_evidence(pfn(a.tdi)).unwrap();
-    assert_eq!(<[u8; 48]>::from(<sha2::Sha384 as sha2::Digest>::digest(ev.measurements)), fresh.measurements_digest);
+    assert_eq!(attest::evidence::transcript_digest(ev.vca, ev.measurements), fresh.measurements_digest);
     // And the guest reads the new digest from the TSM.
     m.aug_accept(&td, 0x1000, tsm::addr::PageSize::Size4K);
     let r = m.guest(td.vcpus[0], g::TDI_RD, u64::from(FUNCTION), 3, 0x1000);

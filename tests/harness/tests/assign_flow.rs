@@ -116,7 +116,7 @@ fn a_device_is_assigned_used_and_released_with_nothing_left_behind() {
     // Evidence for attestation.
     let ev = m.tsm.tdi_evidence(pfn(a.tdi)).unwrap();
     assert_eq!(ev.state, tsm::tdisp::TdiState::Run);
-    assert_eq!(<[u8; 48]>::from(Sha384::digest(ev.measurements)), e.measurements_digest);
+    assert_eq!(attest::evidence::transcript_digest(ev.vca, ev.measurements), e.measurements_digest);
     assert_eq!(ev.report, &a.report[..]);
     assert_eq!(ev.function, FUNCTION);
 

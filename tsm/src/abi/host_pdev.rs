@@ -12,8 +12,6 @@
 //! under the session keys is `ANSWER_NOT_AUTHENTIC` and changes nothing; an authentic answer
 //! that fails a check is `DEVICE_ERROR` and moves the object to ERROR (RCX: the step).
 
-use sha2::{Digest, Sha384};
-
 use crate::abi::{LeafSpec, Reg, Regs};
 use crate::addr::Pfn;
 use crate::doe::Action;
@@ -509,7 +507,7 @@ impl<P: Platform> Tsm<P> {
                 let evidence = PdevEvidence {
                     negotiated,
                     chain_digest: *chain.digest(),
-                    measurements_digest: Sha384::digest(meas).into(),
+                    measurements_digest: attest::evidence::transcript_digest(pdev.conn.vca(), meas),
                 };
                 pdev.session = Some(session.clone());
                 pdev.evidence = Some(evidence);
@@ -699,8 +697,8 @@ impl<P: Platform> Tsm<P> {
         match action {
             Ok(Some(n)) => Ok(self.send_request(&msg, &request[..n], out)),
             Ok(None) => {
-                let digest: [u8; 48] = match pdev.remeasure.as_ref().and_then(|m| m.exchange()) {
-                    Some(e) => Sha384::digest(e).into(),
+                let digest = match pdev.remeasure.as_ref().and_then(|m| m.exchange()) {
+                    Some(e) => attest::evidence::transcript_digest(pdev.conn.vca(), e),
                     None => return Err(TsmError::Corrupt),
                 };
                 if let Some(ev) = pdev.evidence.as_mut() {

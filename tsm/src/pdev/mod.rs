@@ -100,7 +100,8 @@ pub struct PdevEvidence {
     pub negotiated: Negotiated,
     /// SHA-384 of the certificate chain (SPDM chain format, as read).
     pub chain_digest: [u8; 48],
-    /// SHA-384 of the signed measurement exchange (request and response).
+    /// SHA-384 of the measurement transcript the attestation report binds: the VCA's length,
+    /// the VCA, and the signed GET_MEASUREMENTS exchange (`attest::evidence::transcript_digest`).
     pub measurements_digest: [u8; 48],
 }
 
