@@ -13,12 +13,14 @@ usage: ./run.sh [command] [args...]
 
 commands:
   (none)         run the TD lifecycle demo (tests/harness/examples/td-lifecycle.rs)
-  test [args]    install missing Rust prerequisites, run the workspace tests (args go to
-                 `cargo test`), then build the TSM and the firmware for x86_64-unknown-none
+  test [args]    install missing prerequisites (Rust target and components, QEMU), run the
+                 workspace tests (args go to `cargo test`), then build the TSM and the
+                 firmware for x86_64-unknown-none
   bench [args]   run the benchmarks in release mode: prints `bench <name> <value> <unit>`
                  lines and writes target/bench/results.json
-  boot           build the firmware and boot it in QEMU (needs qemu-system-x86_64)
-  setup          only install missing Rust prerequisites (target, clippy, rustfmt)
+  boot           build the firmware and boot it in QEMU (installs QEMU when missing)
+  setup          only install missing prerequisites (target, clippy, rustfmt, QEMU >= 9.1)
+  qemu           only check for (and install when missing) QEMU >= 9.1 with NVMe spdm_port
   help           show this help
 USAGE
 }
@@ -55,8 +57,120 @@ prereqs() {
     fi
 }
 
+# QEMU: q35 with an NVMe device whose DOE mailbox reaches an SPDM responder (`spdm_port`,
+# QEMU >= 9.1). Debian bookworm ships 7.2; bookworm-backports carries QEMU 10.
+QEMU=${QEMU:-qemu-system-x86_64}
+QEMU_MIN_MAJOR=9
+QEMU_MIN_MINOR=1
+
+# Prints why the QEMU on PATH is not usable, or nothing if it is.
+qemu_problem() {
+    if ! command -v "$QEMU" >/dev/null 2>&1; then
+        echo "$QEMU is not on PATH"
+        return
+    fi
+    local version major minor
+    version=$("$QEMU" --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p')
+    if [[ -z $version ]]; then
+        echo "$QEMU --version did not print a QEMU version"
+        return
+    fi
+    major=${version%%.*}
+    minor=${version#*.}
+    if ((major < QEMU_MIN_MAJOR || (major == QEMU_MIN_MAJOR && minor < QEMU_MIN_MINOR))); then
+        echo "$QEMU is version $version; the NVMe DOE mailbox (spdm_port) needs >= $QEMU_MIN_MAJOR.$QEMU_MIN_MINOR"
+        return
+    fi
+    if ! "$QEMU" -M q35 -device nvme,help 2>/dev/null | grep -q 'spdm_port'; then
+        echo "$QEMU $version has no spdm_port property on -device nvme"
+    fi
+}
+
+# The mirror the system already uses for bookworm (deb822 or one-line sources), read at run
+# time so that no host name lives in the repository.
+debian_mirror() {
+    local f uri
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [[ -r $f ]] || continue
+        uri=$(awk '
+            /^[[:space:]]*$/ { if (u != "" && s ~ /(^| )bookworm( |$)/) { print u; exit } u = ""; s = "" }
+            /^URIs:/ { u = $2 }
+            /^Suites:/ { $1 = ""; s = $0 " " }
+            END { if (u != "" && s ~ /(^| )bookworm( |$)/) print u }' "$f" | head -n 1)
+        if [[ -n $uri ]]; then
+            echo "$uri"
+            return
+        fi
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [[ -r $f ]] || continue
+        uri=$(awk '$1 == "deb" && $3 == "bookworm" { print $2; exit }' "$f")
+        if [[ -n $uri ]]; then
+            echo "$uri"
+            return
+        fi
+    done
+}
+
+# Makes sure a usable QEMU is there: installs it from bookworm-backports on Debian bookworm
+# (as root or with sudo), otherwise says exactly what is missing.
+ensure_qemu() {
+    local problem
+    problem=$(qemu_problem)
+    [[ -z $problem ]] && return 0
+    echo "note: $problem" >&2
+    local codename="" id=""
+    if [[ -r /etc/os-release ]]; then
+        id=$(. /etc/os-release && echo "${ID:-}")
+        codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    fi
+    local sudo=()
+    if ((EUID != 0)); then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo=(sudo)
+        else
+            sudo=(unavailable)
+        fi
+    fi
+    if [[ $id != debian || $codename != bookworm || ${sudo[0]:-} == unavailable ]]; then
+        echo "error: missing prerequisite: qemu-system-x86_64 >= $QEMU_MIN_MAJOR.$QEMU_MIN_MINOR whose" >&2
+        echo "       '-device nvme,help' lists spdm_port (QEMU 10 is known to work)." >&2
+        if [[ $id == debian && $codename == bookworm ]]; then
+            echo "       Debian bookworm: run this as root (or with passwordless sudo) to install" >&2
+            echo "       qemu-system-x86 from bookworm-backports, or do it by hand." >&2
+        else
+            echo "       Install it with your distribution's package manager (package names:" >&2
+            echo "       qemu-system-x86 on Debian/Ubuntu, qemu-system-x86-core on Fedora), or set" >&2
+            echo "       QEMU=/path/to/qemu-system-x86_64." >&2
+        fi
+        exit 2
+    fi
+    local mirror
+    mirror=$(debian_mirror)
+    if [[ -z $mirror ]]; then
+        echo "error: no apt source for bookworm found in /etc/apt; cannot enable bookworm-backports" >&2
+        exit 2
+    fi
+    local list=/etc/apt/sources.list.d/seamless-bookworm-backports.sources
+    section "apt: enable bookworm-backports ($list) and install qemu-system-x86"
+    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+            "$mirror" | "${sudo[@]}" tee "$list" >/dev/null
+    fi
+    "${sudo[@]}" apt-get update -q
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends \
+        -t bookworm-backports qemu-system-x86
+    problem=$(qemu_problem)
+    if [[ -n $problem ]]; then
+        echo "error: after installing qemu-system-x86 from bookworm-backports: $problem" >&2
+        exit 2
+    fi
+    "$QEMU" --version | head -n 1
+}
+
 cmd_test() {
     prereqs
+    ensure_qemu
     section "cargo test --workspace $*"
     cargo test --workspace "$@"
     section "cargo build -p tsm --target $BARE_TARGET (no_std, no heap)"
@@ -74,10 +188,7 @@ cmd_bench() {
 
 cmd_boot() {
     prereqs
-    if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
-        echo "error: missing prerequisite: qemu-system-x86_64 (Debian: apt-get install qemu-system-x86)" >&2
-        exit 2
-    fi
+    ensure_qemu
     section "cargo build -p firmware --target $BARE_TARGET --release"
     cargo build -p firmware --target "$BARE_TARGET" --release
     local firmware=${CARGO_TARGET_DIR:-target}/$BARE_TARGET/release/firmware
@@ -85,7 +196,7 @@ cmd_boot() {
     # TCG: KVM on the development machines is nested (kvm_pvm) and much slower.
     # isa-debug-exit makes QEMU exit with (code << 1) | 1: 33 is success, 35 failure.
     local status=0
-    timeout 60 qemu-system-x86_64 -M q35 -kernel "$firmware" -display none -nodefaults \
+    timeout 60 "$QEMU" -M q35 -kernel "$firmware" -display none -nodefaults \
         -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 -no-reboot || status=$?
     if ((status != 33)); then
         echo "error: firmware exited with QEMU status $status (33 is success)" >&2
@@ -113,7 +224,11 @@ case "$command" in
     test) cmd_test "$@" ;;
     bench) cmd_bench "$@" ;;
     boot) cmd_boot "$@" ;;
-    setup) prereqs ;;
+    setup)
+        prereqs
+        ensure_qemu
+        ;;
+    qemu) ensure_qemu ;;
     help | -h | --help) usage ;;
     *)
         echo "error: unknown command '$command'" >&2
