@@ -1,0 +1,104 @@
+//! The run configuration the host passes through fw_cfg (`opt/seamless/config`): `key=value`
+//! lines, `#` comments. Unknown keys and bad values are errors the firmware reports before it
+//! does anything, never silently ignored.
+
+use core::fmt;
+
+/// fw_cfg file of the run configuration.
+pub const CONFIG_FILE: &str = "opt/seamless/config";
+/// fw_cfg file of the platform secret (32 bytes; the attestation key is derived from it).
+pub const SECRET_FILE: &str = "opt/seamless/platform-secret";
+
+/// What the firmware does after boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Configure the TSM, create the PDEV of the NVMe function and run SPDM.CONNECT over DOE.
+    Connect,
+    /// Stop once the TSM is ready (no device needed).
+    Boot,
+    /// Provoke a page fault, to show the exception report.
+    Fault,
+}
+
+/// The run configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunConfig {
+    /// What to do.
+    pub mode: Mode,
+    /// DOE response timeout, milliseconds (PCIe: 1000).
+    pub doe_timeout_ms: u64,
+    /// Largest TDMR, MiB.
+    pub tdmr_max_mib: u64,
+    /// Log every ABI call on the defmt channel.
+    pub log_calls: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> RunConfig {
+        RunConfig { mode: Mode::Connect, doe_timeout_ms: 1000, tdmr_max_mib: 64, log_calls: true }
+    }
+}
+
+/// A line the firmware does not understand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub what: &'static str,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{CONFIG_FILE} line {}: {}", self.line, self.what)
+    }
+}
+
+fn number(v: &str, min: u64, max: u64) -> Option<u64> {
+    v.parse::<u64>().ok().filter(|n| (min..=max).contains(n))
+}
+
+impl RunConfig {
+    /// Parses the configuration text; absent keys keep their defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for the first line that is not UTF-8, not `key=value`, an unknown key or
+    /// an out-of-range value.
+    pub fn parse(text: &[u8]) -> Result<RunConfig, ConfigError> {
+        let mut c = RunConfig::default();
+        let text = core::str::from_utf8(text).map_err(|_| ConfigError { line: 1, what: "not UTF-8" })?;
+        for (i, raw) in text.lines().enumerate() {
+            let line = i + 1;
+            let l = raw.split('#').next().unwrap_or("").trim();
+            if l.is_empty() {
+                continue;
+            }
+            let err = |what| ConfigError { line, what };
+            let (key, value) = l.split_once('=').ok_or(err("not key=value"))?;
+            let value = value.trim();
+            match key.trim() {
+                "mode" => {
+                    c.mode = match value {
+                        "connect" => Mode::Connect,
+                        "boot" => Mode::Boot,
+                        "fault" => Mode::Fault,
+                        _ => return Err(err("mode is connect, boot or fault")),
+                    }
+                }
+                "doe_timeout_ms" => {
+                    c.doe_timeout_ms = number(value, 1, 60_000).ok_or(err("doe_timeout_ms is 1..60000"))?
+                }
+                "tdmr_max_mib" => c.tdmr_max_mib = number(value, 4, 4096).ok_or(err("tdmr_max_mib is 4..4096"))?,
+                "log_calls" => {
+                    c.log_calls = match value {
+                        "on" | "1" | "true" => true,
+                        "off" | "0" | "false" => false,
+                        _ => return Err(err("log_calls is on or off")),
+                    }
+                }
+                _ => return Err(err("unknown key")),
+            }
+        }
+        Ok(c)
+    }
+}
