@@ -18,8 +18,15 @@ commands:
                  firmware for x86_64-unknown-none
   bench [args]   run the benchmarks in release mode: prints `bench <name> <value> <unit>`
                  lines and writes target/bench/results.json
-  boot           build the firmware and boot it in QEMU (installs QEMU when missing)
-  setup          only install missing prerequisites (target, clippy, rustfmt, QEMU >= 9.1)
+  boot [options] build the firmware and tdisp-device, boot the firmware in QEMU (TCG) with the
+                 device behind the NVMe DOE mailbox, decode its defmt log; files in target/run/
+                   --mode M     connect (default: SPDM.CONNECT), boot (stop at TSM ready),
+                                fault (show the exception report)
+                   --keep       keep QEMU's command line in target/run/qemu.cmd
+  e2e [args]     build the firmware and run tests/e2e (QEMU end-to-end tests; args go to
+                 `cargo test`)
+  setup          only install missing prerequisites (target, clippy, rustfmt, QEMU >= 9.1,
+                 defmt-print)
   qemu           only check for (and install when missing) QEMU >= 9.1 with NVMe spdm_port
   help           show this help
 USAGE
@@ -168,15 +175,33 @@ ensure_qemu() {
     "$QEMU" --version | head -n 1
 }
 
+# defmt-print decodes the firmware's log (COM2) on the host.
+ensure_defmt_print() {
+    if ! command -v defmt-print >/dev/null 2>&1; then
+        section "cargo install defmt-print --locked (decodes the firmware's defmt log)"
+        cargo install defmt-print --locked
+    fi
+}
+
+# The firmware's defmt level: without DEFMT_LOG only error! would be compiled in.
+export DEFMT_LOG=${DEFMT_LOG:-debug}
+FIRMWARE=${CARGO_TARGET_DIR:-target}/$BARE_TARGET/release/firmware
+
+build_firmware() {
+    section "cargo build -p firmware --target $BARE_TARGET --release (DEFMT_LOG=$DEFMT_LOG)"
+    cargo build -p firmware --target "$BARE_TARGET" --release
+}
+
 cmd_test() {
     prereqs
     ensure_qemu
+    ensure_defmt_print
+    # tests/e2e boots this image.
+    build_firmware
     section "cargo test --workspace $*"
     cargo test --workspace "$@"
     section "cargo build -p tsm --target $BARE_TARGET (no_std, no heap)"
     cargo build -p tsm --target "$BARE_TARGET"
-    section "cargo build -p firmware --target $BARE_TARGET --release"
-    cargo build -p firmware --target "$BARE_TARGET" --release
     section "test: all passed"
 }
 
@@ -186,22 +211,112 @@ cmd_bench() {
     cargo run --release -p seamless-bench -- "$@"
 }
 
+# Kills the background job we started (by its PID), if it still runs.
+stop_pid() {
+    local pid=$1
+    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
+}
+
 cmd_boot() {
+    local mode=connect keep=0
+    while (($#)); do
+        case $1 in
+            --mode)
+                mode=${2:-}
+                shift 2 || { echo "error: --mode needs a value" >&2; exit 2; }
+                ;;
+            --keep) keep=1; shift ;;
+            *)
+                echo "error: unknown boot option '$1' (see ./run.sh help)" >&2
+                exit 2
+                ;;
+        esac
+    done
+    case $mode in
+        connect | boot | fault) ;;
+        *)
+            echo "error: --mode is connect, boot or fault (got '$mode')" >&2
+            exit 2
+            ;;
+    esac
     prereqs
     ensure_qemu
-    section "cargo build -p firmware --target $BARE_TARGET --release"
-    cargo build -p firmware --target "$BARE_TARGET" --release
-    local firmware=${CARGO_TARGET_DIR:-target}/$BARE_TARGET/release/firmware
-    section "qemu-system-x86_64 -kernel $firmware"
+    ensure_defmt_print
+    build_firmware
+    local out=${CARGO_TARGET_DIR:-target}/run
+    mkdir -p "$out"
+    rm -f "$out/serial.log" "$out/defmt.bin" "$out/firmware.log" "$out/device.log" "$out/qemu.cmd"
+    # The platform secret fw_cfg hands the firmware (32 bytes); made once, kept across runs.
+    [[ -s $out/platform-secret.bin ]] || head -c 32 /dev/urandom >"$out/platform-secret.bin"
+    printf 'mode=%s\n' "$mode" >"$out/config.txt"
+
+    local qemu_args=(-M q35 -accel tcg -cpu max -m 256M -nodefaults -display none -no-reboot
+        -kernel "$FIRMWARE" -serial "file:$out/serial.log" -serial "file:$out/defmt.bin"
+        -device isa-debug-exit,iobase=0xf4,iosize=0x04
+        -fw_cfg "name=opt/seamless/config,file=$out/config.txt"
+        -fw_cfg "name=opt/seamless/platform-secret,file=$out/platform-secret.bin")
+    DEVICE_PID=""
+    if [[ $mode == connect ]]; then
+        section "cargo build -p tdisp-device"
+        cargo build -q -p tdisp-device
+        local device=${CARGO_TARGET_DIR:-target}/debug/tdisp-device
+        # QEMU connects to the responder at start-up: it must listen first.
+        "$device" --port 0 --once >"$out/device.log" 2>&1 &
+        DEVICE_PID=$!
+        trap 'stop_pid "$DEVICE_PID"' EXIT
+        local port="" i
+        for ((i = 0; i < 200; i++)); do
+            port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$out/device.log")
+            [[ -n $port ]] && break
+            kill -0 "$DEVICE_PID" 2>/dev/null || break
+            sleep 0.05
+        done
+        if [[ -z $port ]]; then
+            echo "error: tdisp-device did not start listening:" >&2
+            cat "$out/device.log" >&2
+            exit 1
+        fi
+        echo "tdisp-device listening on 127.0.0.1:$port"
+        # addr=3: 00:03.0, the function id the device's TDI reports by default.
+        qemu_args+=(-device "nvme,serial=seamless,addr=3,spdm_port=$port")
+    fi
+    ((keep)) && printf '%q ' "$QEMU" "${qemu_args[@]}" >"$out/qemu.cmd"
+
+    section "$QEMU -M q35 -accel tcg -kernel $FIRMWARE (mode $mode)"
     # TCG: KVM on the development machines is nested (kvm_pvm) and much slower.
     # isa-debug-exit makes QEMU exit with (code << 1) | 1: 33 is success, 35 failure.
-    local status=0
-    timeout 60 "$QEMU" -M q35 -kernel "$firmware" -display none -nodefaults \
-        -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 -no-reboot || status=$?
+    local status=0 start end
+    start=$(date +%s%N)
+    timeout 60 "$QEMU" "${qemu_args[@]}" || status=$?
+    end=$(date +%s%N)
+    stop_pid "$DEVICE_PID"
+    tr -d '\r' <"$out/serial.log"
+    section "firmware log (COM2, defmt-print -e $FIRMWARE)"
+    if defmt-print -e "$FIRMWARE" <"$out/defmt.bin" >"$out/firmware.log"; then
+        cat "$out/firmware.log"
+    else
+        echo "warning: defmt-print could not decode $out/defmt.bin" >&2
+    fi
+    section "figures"
+    sed -n 's/\r$//; s/^figure /bench /p' "$out/serial.log"
+    echo "bench qemu_wall_ms $(((end - start) / 1000000)) ms"
+    echo "files: $out/{serial.log,defmt.bin,firmware.log,device.log,config.txt}"
     if ((status != 33)); then
         echo "error: firmware exited with QEMU status $status (33 is success)" >&2
         exit 1
     fi
+}
+
+cmd_e2e() {
+    prereqs
+    ensure_qemu
+    ensure_defmt_print
+    build_firmware
+    section "cargo test -p seamless-e2e $*"
+    cargo test -p seamless-e2e "$@"
 }
 
 cmd_default() {
@@ -224,9 +339,11 @@ case "$command" in
     test) cmd_test "$@" ;;
     bench) cmd_bench "$@" ;;
     boot) cmd_boot "$@" ;;
+    e2e) cmd_e2e "$@" ;;
     setup)
         prereqs
         ensure_qemu
+        ensure_defmt_print
         ;;
     qemu) ensure_qemu ;;
     help | -h | --help) usage ;;
