@@ -102,3 +102,57 @@ impl RunConfig {
         Ok(c)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        RunConfig::parse(text.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn parse_rejects_text_that_is_not_utf8() {
+        assert_eq!(RunConfig::parse(&[0xff, b'=']).unwrap_err(), ConfigError { line: 1, what: "not UTF-8" });
+    }
+
+    #[test]
+    fn parse_rejects_a_line_without_equals() {
+        assert_eq!(err("mode=boot\nverbose\n"), ConfigError { line: 2, what: "not key=value" });
+    }
+
+    #[test]
+    fn parse_rejects_unknown_keys() {
+        assert_eq!(err("# c\n\nturbo=on"), ConfigError { line: 3, what: "unknown key" });
+    }
+
+    #[test]
+    fn parse_rejects_out_of_range_values() {
+        assert_eq!(err("mode=fast").what, "mode is connect, boot or fault");
+        assert_eq!(err("doe_timeout_ms=0").what, "doe_timeout_ms is 1..60000");
+        assert_eq!(err("doe_timeout_ms=60001").what, "doe_timeout_ms is 1..60000");
+        assert_eq!(err("doe_timeout_ms=-1").what, "doe_timeout_ms is 1..60000");
+        assert_eq!(err("tdmr_max_mib=2").what, "tdmr_max_mib is 4..4096");
+        assert_eq!(err("log_calls=maybe").what, "log_calls is on or off");
+    }
+
+    #[test]
+    fn fw_cfg_names_are_what_qemu_accepts() {
+        // QEMU warns about names outside opt/ and refuses names past 55 characters.
+        for name in [CONFIG_FILE, SECRET_FILE] {
+            assert!(name.starts_with("opt/") && name.len() <= 55, "{name}");
+        }
+    }
+
+    #[test]
+    fn parse_happy_path() {
+        assert_eq!(RunConfig::parse(b"").unwrap(), RunConfig::default());
+        let c = RunConfig::parse(
+            b"# run\n mode = boot  # stop early\ndoe_timeout_ms=50\ntdmr_max_mib=128\nlog_calls=off\n",
+        )
+        .unwrap();
+        assert_eq!(c, RunConfig { mode: Mode::Boot, doe_timeout_ms: 50, tdmr_max_mib: 128, log_calls: false });
+        assert_eq!(RunConfig::parse(b"mode=fault").unwrap().mode, Mode::Fault);
+        assert_eq!(RunConfig::parse(b"mode=connect\r\n").unwrap().mode, Mode::Connect);
+    }
+}

@@ -21,13 +21,13 @@
 
 #[cfg(target_os = "none")]
 mod arch;
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", test))]
 mod config;
 #[cfg(target_os = "none")]
 mod drivers;
 #[cfg(target_os = "none")]
 mod host;
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", test))]
 mod memmap;
 #[cfg(target_os = "none")]
 mod platform;

@@ -195,3 +195,112 @@ impl Layout {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const IMAGE: (u64, u64) = (MIB, MIB + 0xE9000);
+
+    fn map(ranges: &[(u64, u64, u32)]) -> MemoryMap {
+        let mut m = MemoryMap::default();
+        for &(base, size, ty) in ranges {
+            m.push(MemoryRange { base, size, kind: RangeKind::from_raw(ty) });
+        }
+        m
+    }
+
+    /// QEMU q35 with -m 256M, as the firmware sees it.
+    fn q35_256m() -> MemoryMap {
+        map(&[
+            (0, 0x9fc00, 1),
+            (0x9fc00, 0x400, 2),
+            (0xf0000, 0x10000, 2),
+            (MIB, 0xffd8000 - MIB, 1),
+            (0xffd8000, 0x28000, 2),
+        ])
+    }
+
+    #[test]
+    fn carve_rejects_an_image_outside_ram() {
+        let m = map(&[(0, 0x9fc00, 1), (16 * MIB, 64 * MIB, 1)]);
+        assert_eq!(Layout::carve(&m, IMAGE, u64::MAX), Err(LayoutError::ImageNotInRam));
+    }
+
+    #[test]
+    fn carve_rejects_a_range_without_room_for_a_4m_tdmr() {
+        // RAM to 7 MiB: the TDMR could only be 4..6 MiB.
+        let m = map(&[(MIB, 6 * MIB, 1)]);
+        let err = Layout::carve(&m, IMAGE, u64::MAX).unwrap_err();
+        assert_eq!(err, LayoutError::TooLittleRam { available: 7 * MIB - 0x1e9000 });
+        // One 2 MiB step more and it fits.
+        let m = map(&[(MIB, 7 * MIB, 1)]);
+        assert_eq!(Layout::carve(&m, IMAGE, u64::MAX).unwrap().tdmr, (4 * MIB, 8 * MIB));
+    }
+
+    #[test]
+    fn carve_rejects_a_cap_below_4m() {
+        assert!(matches!(Layout::carve(&q35_256m(), IMAGE, 3 * MIB), Err(LayoutError::TooLittleRam { .. })));
+    }
+
+    #[test]
+    fn carve_happy_path_q35() {
+        let l = Layout::carve(&q35_256m(), IMAGE, 64 * MIB).unwrap();
+        assert_eq!(l.image, IMAGE);
+        assert_eq!(l.host, (0x1e9000, 0x2e9000));
+        assert_eq!(l.tdmr, (4 * MIB, 68 * MIB));
+        // 16 bytes per 4K frame of the TDMR, at its end.
+        assert_eq!(l.pamt, (68 * MIB - 256 * 1024, 68 * MIB));
+    }
+
+    #[test]
+    fn carve_uses_the_whole_range_rounded_down_to_2m() {
+        let l = Layout::carve(&q35_256m(), IMAGE, u64::MAX).unwrap();
+        assert_eq!(l.tdmr, (4 * MIB, 254 * MIB));
+        assert_eq!(l.tdmr.0 % (2 * MIB), 0);
+        assert_eq!(l.tdmr.1 % (2 * MIB), 0);
+        assert!(l.host.1 <= l.tdmr.0 && l.image.1 <= l.host.0);
+        let frames = (l.tdmr.1 - l.tdmr.0) >> 12;
+        assert_eq!(l.pamt.1 - l.pamt.0, (frames * 16).next_multiple_of(4096));
+        assert_eq!(l.pamt.1, l.tdmr.1);
+    }
+
+    #[test]
+    fn carve_stops_at_4g() {
+        let m = map(&[(MIB, 8 << 30, 1)]);
+        let l = Layout::carve(&m, IMAGE, u64::MAX).unwrap();
+        assert_eq!(l.tdmr.1, 4 << 30);
+    }
+
+    #[test]
+    fn memory_map_drops_entries_past_its_capacity_and_skips_empty_ones() {
+        let mut m = MemoryMap::default();
+        m.push(MemoryRange { base: 0, size: 0, kind: RangeKind::Ram });
+        for i in 0..MAX_RANGES as u64 + 3 {
+            m.push(MemoryRange { base: i * MIB, size: MIB, kind: RangeKind::Ram });
+        }
+        assert_eq!(m.ranges().len(), MAX_RANGES);
+        assert_eq!(m.dropped, 3);
+        assert_eq!(m.ram_bytes(), MAX_RANGES as u64 * MIB);
+    }
+
+    #[test]
+    fn range_kinds_follow_e820() {
+        let kinds: Vec<_> = [1, 2, 3, 4, 5, 7, 9].into_iter().map(RangeKind::from_raw).collect();
+        assert_eq!(
+            kinds,
+            [
+                RangeKind::Ram,
+                RangeKind::Reserved,
+                RangeKind::AcpiReclaimable,
+                RangeKind::AcpiNvs,
+                RangeKind::Unusable,
+                RangeKind::Persistent,
+                RangeKind::Other(9)
+            ]
+        );
+        let names: Vec<_> = kinds.iter().map(|k| k.name()).collect();
+        assert_eq!(names, ["ram", "reserved", "acpi", "acpi-nvs", "unusable", "pmem", "other"]);
+    }
+}
