@@ -25,6 +25,11 @@ mod arch;
 mod config;
 #[cfg(target_os = "none")]
 mod drivers;
+/// Host tests: the drivers whose logic runs against a model of the device.
+#[cfg(all(test, not(target_os = "none")))]
+mod drivers {
+    pub mod doe;
+}
 #[cfg(target_os = "none")]
 mod host;
 #[cfg(any(target_os = "none", test))]

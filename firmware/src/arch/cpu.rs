@@ -44,9 +44,3 @@ pub fn cr3() -> u64 {
     unsafe { asm!("mov {}, cr3", out(reg) value, options(nomem, nostack, preserves_flags)) };
     value
 }
-
-/// Spins for a moment (PAUSE).
-#[inline]
-pub fn relax() {
-    core::hint::spin_loop();
-}

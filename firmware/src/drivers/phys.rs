@@ -107,6 +107,16 @@ impl Mmio {
     }
 }
 
+impl super::doe::Registers for Mmio {
+    fn read(&self, offset: u64) -> u32 {
+        self.read_u32(offset)
+    }
+
+    fn write(&self, offset: u64, value: u32) {
+        self.write_u32(offset, value);
+    }
+}
+
 /// RAM frames the firmware does not itself use: the PVH map's RAM ranges at or above 1 MiB and
 /// below 4 GiB, minus the image. Reached through the direct map.
 #[derive(Clone, Copy, Debug)]

@@ -103,16 +103,6 @@ impl Tsc {
     pub fn ticks_to_ns(&self, ticks: u64) -> u64 {
         (u128::from(ticks) * 1_000_000_000 / u128::from(self.hz.max(1))) as u64
     }
-
-    /// The counter value `us` microseconds from now.
-    pub fn deadline_us(&self, us: u64) -> u64 {
-        rdtsc().saturating_add((u128::from(us) * u128::from(self.hz) / 1_000_000) as u64)
-    }
-
-    /// True once the counter passed `deadline`.
-    pub fn passed(&self, deadline: u64) -> bool {
-        rdtsc() >= deadline
-    }
 }
 
 /// TSC ticks while PIT channel 2 counts down [`CALIBRATION_MS`] in mode 0 (OUT2 rises at
@@ -141,4 +131,10 @@ fn pit_measure() -> Option<u64> {
     let ticks = rdtsc().wrapping_sub(start);
     gate.write_u8(saved);
     Some(ticks)
+}
+
+impl super::doe::Micros for Tsc {
+    fn now_us(&self) -> u64 {
+        self.ticks_to_us(rdtsc())
+    }
 }

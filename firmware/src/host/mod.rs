@@ -10,7 +10,7 @@ use tsm::pdev::MSG_BYTES;
 use tsm::{Regs, Status, Tsm};
 
 use crate::drivers::doe::{DoeError, Mailbox};
-use crate::drivers::phys::Frames;
+use crate::drivers::phys::{Frames, Mmio};
 use crate::drivers::tsc::Tsc;
 use crate::memmap::Layout;
 use crate::platform::FirmwarePlatform;
@@ -172,7 +172,7 @@ impl Host {
     pub fn pump(
         &mut self,
         tsm: &mut Tsm<FirmwarePlatform>,
-        doe: &mut Mailbox,
+        doe: &mut Mailbox<Mmio>,
         tsc: &Tsc,
         (name, leaf_no, rcx, r9): (&'static str, u64, u64, u64),
         msg: u64,
