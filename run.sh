@@ -21,7 +21,8 @@ commands:
   boot [options] build the firmware and tdisp-device, boot the firmware in QEMU (TCG) with the
                  device behind the NVMe DOE mailbox, decode its defmt log; files in target/run/
                    --mode M     connect (default: SPDM.CONNECT), boot (stop at TSM ready),
-                                fault (show the exception report)
+                                fault (show the exception report), overflow
+                                (overflow the boot stack into its guard page)
                    --keep       keep QEMU's command line in target/run/qemu.cmd
   e2e [args]     build the firmware and run tests/e2e (QEMU end-to-end tests; args go to
                  `cargo test`)
@@ -236,9 +237,9 @@ cmd_boot() {
         esac
     done
     case $mode in
-        connect | boot | fault) ;;
+        connect | boot | fault | overflow) ;;
         *)
-            echo "error: --mode is connect, boot or fault (got '$mode')" >&2
+            echo "error: --mode is connect, boot, fault or overflow (got '$mode')" >&2
             exit 2
             ;;
     esac

@@ -18,6 +18,8 @@ pub enum Mode {
     Boot,
     /// Provoke a page fault, to show the exception report.
     Fault,
+    /// Overflow the boot stack, to show the guard page and the #DF stack at work.
+    Overflow,
 }
 
 /// The run configuration.
@@ -82,7 +84,8 @@ impl RunConfig {
                         "connect" => Mode::Connect,
                         "boot" => Mode::Boot,
                         "fault" => Mode::Fault,
-                        _ => return Err(err("mode is connect, boot or fault")),
+                        "overflow" => Mode::Overflow,
+                        _ => return Err(err("mode is connect, boot, fault or overflow")),
                     }
                 }
                 "doe_timeout_ms" => {
@@ -128,7 +131,7 @@ mod tests {
 
     #[test]
     fn parse_rejects_out_of_range_values() {
-        assert_eq!(err("mode=fast").what, "mode is connect, boot or fault");
+        assert_eq!(err("mode=fast").what, "mode is connect, boot, fault or overflow");
         assert_eq!(err("doe_timeout_ms=0").what, "doe_timeout_ms is 1..60000");
         assert_eq!(err("doe_timeout_ms=60001").what, "doe_timeout_ms is 1..60000");
         assert_eq!(err("doe_timeout_ms=-1").what, "doe_timeout_ms is 1..60000");
@@ -153,6 +156,7 @@ mod tests {
         .unwrap();
         assert_eq!(c, RunConfig { mode: Mode::Boot, doe_timeout_ms: 50, tdmr_max_mib: 128, log_calls: false });
         assert_eq!(RunConfig::parse(b"mode=fault").unwrap().mode, Mode::Fault);
+        assert_eq!(RunConfig::parse(b"mode=overflow").unwrap().mode, Mode::Overflow);
         assert_eq!(RunConfig::parse(b"mode=connect\r\n").unwrap().mode, Mode::Connect);
     }
 }

@@ -66,9 +66,16 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     report_memmap(&boot.memmap);
 
     let (config, secret) = read_fw_cfg();
-    if config.mode == Mode::Fault {
-        say!("mode fault: reading an unmapped address");
-        arch::provoke_page_fault();
+    match config.mode {
+        Mode::Fault => {
+            say!("mode fault: reading an unmapped address");
+            arch::provoke_page_fault()
+        }
+        Mode::Overflow => {
+            say!("mode overflow: pushing until the boot stack overflows");
+            arch::provoke_stack_overflow()
+        }
+        Mode::Connect | Mode::Boot => {}
     }
 
     let image = arch::image_range();

@@ -134,6 +134,9 @@ boot_pdpt:
     .skip 4096
 boot_pd:
     .skip 4 * 4096
+    .global boot_stack_guard
+boot_stack_guard:               /* unmapped by Rust (arch::paging): an overflow faults here */
+    .skip 4096
 boot_stack:
     .skip 512 * 1024            /* the TSM object (about 100 KiB) lives on it */
 boot_stack_top:

@@ -177,6 +177,10 @@ extern "C" fn exception(frame: &TrapFrame) -> ! {
     } else {
         let _ = writeln!(out, "  cr2={:#018x}", super::cpu::cr2());
     }
+    let guard = super::paging::stack_guard();
+    if (guard..guard + 4096).contains(&super::cpu::cr2()) {
+        let _ = writeln!(out, "  cr2 is in the boot stack's guard page: stack overflow");
+    }
     let f = frame;
     let _ = writeln!(
         out,

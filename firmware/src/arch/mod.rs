@@ -53,10 +53,11 @@ pub fn init_cpu() {
         return;
     }
     // SAFETY: first and only call (the flag above), on the one CPU, interrupts off since
-    // `_start32`.
+    // `_start32`; nothing uses the guard page.
     unsafe {
         gdt::init();
         idt::init();
+        paging::unmap_stack_guard();
     }
 }
 
@@ -115,6 +116,15 @@ pub fn halt_forever() -> ! {
         // SAFETY: HLT only pauses the CPU until the next interrupt; it touches no memory.
         unsafe { core::arch::asm!("hlt", options(nomem, nostack, preserves_flags)) };
     }
+}
+
+/// Pushes until the boot stack overflows into its guard page (run configuration
+/// `mode=overflow`). Never returns: the fault becomes a double fault, which reports on its own
+/// stack and ends the VM.
+pub fn provoke_stack_overflow() -> ! {
+    // SAFETY: the pushes only write the boot stack and then fault on the unmapped guard page
+    // below it; the #DF handler never returns here, so the clobbered stack is never used again.
+    unsafe { core::arch::asm!("2:", "push rax", "jmp 2b", options(noreturn)) }
 }
 
 /// Reads an address no page table maps, to show the page-fault report (run configuration

@@ -112,6 +112,15 @@ fn exceptions_are_reported_readably() {
     assert!(o.console.contains("rip=0x"), "{}", o.console);
 }
 
+#[test]
+fn a_stack_overflow_hits_the_guard_page_and_is_reported_from_the_double_fault_stack() {
+    let qemu = qemu_or_skip!();
+    let o = Boot { config: Some("mode=overflow\n".into()), ..Boot::default() }.run(&qemu, "stack_overflow");
+    o.expect_status(35);
+    assert!(o.console.contains("exception #DF (double fault), vector 8, error code 0x0"), "{}", o.console);
+    assert!(o.console.contains("cr2 is in the boot stack's guard page: stack overflow"), "{}", o.console);
+}
+
 /// A responder that answers every request with "no response" (NORMAL, length 0): QEMU then
 /// sets neither Data Object Ready nor ERROR, so only the DOE timeout and ABORT get out.
 fn dropping_responder() -> (u16, std::thread::JoinHandle<u32>) {
