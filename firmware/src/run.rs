@@ -18,7 +18,7 @@ use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
 use crate::drivers::{log, pvh};
 use crate::host::{Host, PumpStats};
-use crate::memmap::{Layout, MemoryMap};
+use crate::memmap::{Layout, MemoryMap, RangeKind};
 use crate::platform::FirmwarePlatform;
 
 /// NVMe: mass storage, non-volatile memory controller, NVM Express.
@@ -93,7 +93,9 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         (layout.pamt.1 - layout.pamt.0) >> 10,
         layout.pamt.0
     );
-    arch::init_mmio_attributes(low_ram_end(&boot.memmap));
+    let mmio_start = low_ram_end(&boot.memmap);
+    arch::init_mmio_attributes(mmio_start);
+    defmt::info!("uncached from {=u64:#x} to 4 GiB", mmio_start);
 
     let rng = Rdrand::new().unwrap_or_else(|_| fail("entropy", &"CPUID says no RDRAND (QEMU: use -cpu max)"));
     let frames = Frames::new(&boot.memmap);
@@ -136,9 +138,11 @@ fn report_memmap(map: &MemoryMap) {
     }
 }
 
-/// The end of RAM below 4 GiB, rounded up to 2 MiB: where the MMIO hole starts.
+/// The end of RAM below 4 GiB, rounded up to 2 MiB (the 2 MiB page holding RAM's last byte
+/// stays cacheable): where the MMIO hole starts.
 fn low_ram_end(map: &MemoryMap) -> u64 {
-    let end = map.ranges().iter().map(|r| r.end()).filter(|&e| e <= 4 << 30).max().unwrap_or(4 << 30);
+    let ram_ends = map.ranges().iter().filter(|r| r.kind == RangeKind::Ram).map(|r| r.end());
+    let end = ram_ends.filter(|&e| e <= 4 << 30).max().unwrap_or(4 << 30);
     end.next_multiple_of(2 << 20)
 }
 
