@@ -188,7 +188,8 @@ impl Function {
         // Decoding off while the BARs read back all ones.
         self.write(COMMAND, command & !0x3);
         let result = self.size_bars(window, out);
-        self.write(COMMAND, (command & !0x3) | COMMAND_MEMORY);
+        // Decoding back as it was, plus memory space.
+        self.write(COMMAND, command | COMMAND_MEMORY);
         result
     }
 
