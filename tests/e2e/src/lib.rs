@@ -147,6 +147,8 @@ pub struct Boot {
     pub spdm_port: Option<u16>,
     /// Guest RAM, MiB (default 256).
     pub memory_mib: Option<u32>,
+    /// `-cpu` model (default `max`, which has RDRAND).
+    pub cpu: Option<String>,
 }
 
 /// What a boot produced.
@@ -198,7 +200,9 @@ impl Boot {
         let com1 = dir.join("serial.log");
         let com2 = dir.join("defmt.bin");
         let mut cmd = Command::new(&qemu.0);
-        cmd.args(["-M", "q35", "-accel", "tcg", "-cpu", "max", "-nodefaults", "-display", "none", "-no-reboot"])
+        cmd.args(["-M", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot"])
+            .arg("-cpu")
+            .arg(self.cpu.as_deref().unwrap_or("max"))
             .arg("-m")
             .arg(format!("{}M", self.memory_mib.unwrap_or(256)))
             .arg("-kernel")

@@ -42,6 +42,10 @@ fn spdm_connect_happy_path() {
     let ready = o.figure("boot_to_tsm_ready_ms").expect("boot_to_tsm_ready_ms");
     let image = o.figure("firmware_image_kib").expect("firmware_image_kib");
     assert!(connect > 0.0 && ready > 0.0 && image > 0.0);
+    // The firmware's clock agrees with the host's: what it measured fits in QEMU's wall time
+    // (a TSC calibrated too slow would report more milliseconds than passed).
+    let wall_ms = o.wall.as_secs_f64() * 1000.0;
+    assert!(ready + connect < wall_ms, "ready {ready} ms + connect {connect} ms vs QEMU wall {wall_ms} ms");
     print_figures(&o);
     println!("qemu wall {:?}", o.wall);
 
@@ -100,6 +104,16 @@ fn tdmr_too_small_for_the_ram_is_rejected() {
     let o = Boot { config: Some("mode=boot\n".into()), memory_mib: Some(8), ..Boot::default() }.run(&qemu, "small_ram");
     o.expect_status(35);
     assert!(o.console.contains("error: memory layout: only"), "{}", o.console);
+}
+
+#[test]
+fn a_cpu_without_rdrand_is_refused() {
+    let qemu = qemu_or_skip!();
+    let boot = Boot { config: Some("mode=boot\n".into()), cpu: Some("max,rdrand=off".into()), ..Boot::default() };
+    let o = boot.run(&qemu, "no_rdrand");
+    o.expect_status(35);
+    assert!(o.console.contains("error: entropy: CPUID says no RDRAND"), "{}", o.console);
+    assert!(!o.console.contains("tsm: configured"), "{}", o.console);
 }
 
 #[test]
