@@ -8,6 +8,7 @@ use std::net::{Ipv4Addr, TcpListener};
 
 use seamless_e2e::{decode_defmt, Boot, DeviceServer, Qemu};
 use tdisp_device::server::{command, read_frame, write_frame, TRANSPORT_PCI_DOE};
+use tdisp_device::{Config, Device};
 
 macro_rules! qemu_or_skip {
     () => {
@@ -172,4 +173,42 @@ fn a_device_that_drops_requests_times_out_and_exits_cleanly() {
     );
     assert!(o.console.contains("(aborted) after 3 exchanges"), "{}", o.console);
     assert_eq!(responder.join().expect("responder"), 1, "requests the responder saw");
+}
+
+/// The real device for `answers` requests, then the responder process "dies": the socket closes.
+fn vanishing_responder(answers: usize) -> (u16, std::thread::JoinHandle<usize>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let t = std::thread::spawn(move || {
+        let mut device = Device::new(Config::default()).expect("device");
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut answered = 0;
+        while answered < answers {
+            let Ok(Some(f)) = read_frame(&mut s) else { break };
+            let reply = device.handle(&f.payload).unwrap_or_default();
+            if write_frame(&mut s, command::NORMAL, TRANSPORT_PCI_DOE, &reply).is_err() {
+                break;
+            }
+            answered += 1;
+        }
+        answered
+    });
+    (port, t)
+}
+
+#[test]
+fn a_responder_that_disappears_mid_handshake_is_reported_and_the_firmware_exits_cleanly() {
+    let qemu = qemu_or_skip!();
+    // GET_VERSION and GET_CAPABILITIES answered, then the socket closes.
+    let (port, responder) = vanishing_responder(2);
+    let boot = Boot { spdm_port: Some(port), config: Some("doe_timeout_ms=100\n".into()), ..Boot::default() };
+    let o = boot.run(&qemu, "vanishing_responder");
+    assert_eq!(responder.join().expect("responder"), 2, "requests answered");
+    o.expect_status(35);
+    assert!(
+        o.console.contains("error: SPDM.CONNECT: TDH.SPDM.CONNECT: DOE mailbox: no response within"),
+        "{}",
+        o.console
+    );
+    assert!(o.console.contains("(aborted) after 5 exchanges"), "{}", o.console);
 }
