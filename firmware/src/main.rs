@@ -1,53 +1,59 @@
 //! The seamless firmware: a PVH image that QEMU boots directly (`-kernel`), hosting the TSM.
 //!
-//! For now it proves that the `tsm` crate builds and links for bare metal: it prints
-//! `seamless firmware: tsm <version>` on COM1 and exits QEMU through `isa-debug-exit`
-//! (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`), which makes QEMU exit with status 33 on
-//! success and 35 on failure (`(code << 1) | 1`).
+//! Boot: `arch` takes the CPU from the PVH entry to long mode with SSE, its own GDT/TSS and an
+//! IDT that reports every exception. `drivers` read the PVH memory map, calibrate the TSC, read
+//! the run configuration and platform secret from fw_cfg, and find QEMU's NVMe function, its
+//! BARs and its DOE mailbox through ECAM. `platform` implements the TSM's traits; `host` is the
+//! untrusted host agent, which configures the TSM over a TDMR carved from the memory map and
+//! runs SPDM.CONNECT by ferrying each DEVICE_REQUEST through the DOE mailbox to the responder
+//! behind QEMU's `spdm_port`.
 //!
-//! Everything that touches the machine lives in `arch`, the only module allowed `unsafe`.
+//! COM1 carries the plain-text console (with `figure <name> <value> <unit>` lines), COM2 the
+//! defmt log (decode with `defmt-print -e <this ELF>`). QEMU exits through `isa-debug-exit`
+//! (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`): status 33 on success, 35 on failure.
 //!
-//! Built for any other target (as `cargo clippy --workspace` and `cargo test --workspace` do),
-//! the crate is an ordinary program that only says where the real image comes from, so that
-//! workspace-wide host commands work without excluding it.
+//! `unsafe` lives in `arch` and `drivers` only. Built for any other target (as `cargo clippy
+//! --workspace` and `cargo test --workspace` do), the crate is an ordinary program that only
+//! says where the real image comes from.
 
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![deny(unsafe_code)]
 
-// The TSM is linked in to prove it builds for bare metal; the firmware does not drive it yet.
-use tsm as _;
-
 #[cfg(target_os = "none")]
 mod arch;
-
+#[cfg(any(target_os = "none", test))]
+mod config;
 #[cfg(target_os = "none")]
-use core::fmt::Write;
+mod drivers;
+/// Host tests: the drivers whose logic runs against a model of the device.
+#[cfg(all(test, not(target_os = "none")))]
+mod drivers {
+    pub mod doe;
+}
 #[cfg(target_os = "none")]
-use core::panic::PanicInfo;
-
+mod host;
+#[cfg(any(target_os = "none", test))]
+mod memmap;
 #[cfg(target_os = "none")]
-use arch::serial::Com1;
+mod platform;
 #[cfg(target_os = "none")]
-use arch::ExitCode;
+mod run;
 
 /// The workspace version, which the TSM shares.
 const TSM_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Called by `arch` in 64-bit mode with the boot stack set up; `start_info` is the physical
-/// address of the PVH `hvm_start_info`.
 #[cfg(target_os = "none")]
-fn main(_start_info: u64) -> ! {
-    let mut com1 = Com1::init();
-    let _ = writeln!(com1, "seamless firmware: tsm {TSM_VERSION}");
-    arch::exit_qemu(ExitCode::Success)
+fn main(start_info: arch::StartInfoAddr) -> ! {
+    run::run(start_info)
 }
 
 #[cfg(target_os = "none")]
 #[panic_handler]
-fn panic(info: &PanicInfo<'_>) -> ! {
-    let mut com1 = Com1::init();
-    let _ = writeln!(com1, "seamless firmware: panic: {info}");
-    arch::exit_qemu(ExitCode::Failure)
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    use core::fmt::Write;
+    let mut com1 = drivers::serial::Uart::com1();
+    let _ = writeln!(com1, "\nseamless firmware: panic: {info}");
+    arch::exit_qemu(arch::ExitCode::Failure)
 }
 
 /// The host build: not the firmware.

@@ -1,7 +1,11 @@
 /* PVH boot path: QEMU enters _start32 in 32-bit protected mode, paging off, with EBX holding
- * the physical address of hvm_start_info. We build identity page tables for the low 4 GiB
- * (2 MiB pages: the default qemu64 CPU has no 1 GiB pages), enter long mode and call
- * rust_main(start_info) on a boot stack. Tables and stack are in .bss. */
+ * the physical address of hvm_start_info. We read the TSC first (boot time is measured from
+ * here), build page tables that map the low 4 GiB twice with 2 MiB pages (the default qemu64
+ * CPU has no 1 GiB pages): identity at 0 and the direct map at DIRECT_MAP_BASE
+ * (0xffff800000000000, PML4 slot 256, sharing the same PDPT), enable SSE the way the compiler's
+ * target-feature code expects it (CR0.EM=0, CR0.MP=1, CR4.OSFXSR, CR4.OSXMMEXCPT), enter long
+ * mode and call rust_main(start_info) on the boot stack. Tables and stack are in .bss; Rust
+ * replaces this GDT with its own (with a TSS) and installs the IDT. */
 
 /* ELF note telling QEMU (and Xen) the 32-bit entry point. QEMU reads the descriptor as a
  * size_t, so it is 8 bytes; the note's alignment must be 4 (see linker.ld). */
@@ -16,7 +20,10 @@
 
     .set PTE_PRESENT_WRITABLE, 0x3
     .set PTE_LARGE, 0x80
-    .set CR4_PAE, 0x20
+    .set CR4_PAE_OSFXSR_OSXMMEXCPT, 0x620
+    .set CR0_EM, 0x4
+    .set CR0_MP, 0x2
+    .set DIRECT_MAP_SLOT, 256   /* PML4 index of 0xffff800000000000 */
     .set MSR_EFER, 0xc0000080
     .set EFER_LME, 0x100
     .set CR0_PE_PG, 0x80000001
@@ -29,6 +36,9 @@ _start32:
     cli
     cld
     mov %ebx, %esi              /* keep hvm_start_info for rust_main */
+    rdtsc                       /* boot_tsc: where boot_to_tsm_ready starts */
+    mov %eax, boot_tsc
+    mov %edx, boot_tsc + 4
     mov $boot_stack_top, %esp
 
     /* Zero the tables: do not rely on the loader having cleared .bss. */
@@ -55,10 +65,18 @@ _start32:
     add $8, %edi
     loop 2b
     movl $(boot_pdpt + PTE_PRESENT_WRITABLE), boot_pml4
+    movl $(boot_pdpt + PTE_PRESENT_WRITABLE), boot_pml4 + DIRECT_MAP_SLOT * 8
 
-    /* Long mode: PAE, CR3, EFER.LME, then paging. */
+    /* SSE: no x87 emulation trap, monitor coprocessor, FXSAVE and SIMD exceptions enabled. */
+    mov %cr0, %eax
+    and $~CR0_EM, %eax
+    or $CR0_MP, %eax
+    mov %eax, %cr0
+    fninit
+
+    /* Long mode: PAE (with the SSE bits), CR3, EFER.LME, then paging. */
     mov %cr4, %eax
-    or $CR4_PAE, %eax
+    or $CR4_PAE_OSFXSR_OSXMMEXCPT, %eax
     mov %eax, %cr4
     mov $boot_pml4, %eax
     mov %eax, %cr3
@@ -98,14 +116,27 @@ boot_gdt_ptr:
     .word boot_gdt_end - boot_gdt - 1
     .long boot_gdt
 
+    .section .data.boot, "aw"
+    .p2align 3
+    .global boot_tsc
+boot_tsc:
+    .quad 0
+
     .section .bss.boot, "aw", @nobits
     .p2align 12
+    .global boot_pml4
+    .global boot_pd
+    .global boot_stack
+    .global boot_stack_top
 boot_pml4:
     .skip 4096
 boot_pdpt:
     .skip 4096
 boot_pd:
     .skip 4 * 4096
+    .global boot_stack_guard
+boot_stack_guard:               /* unmapped by Rust (arch::paging): an overflow faults here */
+    .skip 4096
 boot_stack:
-    .skip 64 * 1024
+    .skip 512 * 1024            /* the TSM object (about 100 KiB) lives on it */
 boot_stack_top:

@@ -1,20 +1,91 @@
-//! Everything that touches the machine: the PVH boot path, port I/O, the COM1 UART and the QEMU
-//! exit device. The only module of the firmware with `unsafe`.
+//! Everything that touches the CPU: the PVH boot path, GDT/TSS, IDT and exception reports,
+//! paging, port I/O, CPUID/RDTSC/RDRAND, and the QEMU exit device. With `drivers`, the only code
+//! of the firmware allowed `unsafe`; each block says why it is sound.
 
 #![allow(unsafe_code)]
 
+pub mod cpu;
+pub mod gdt;
+pub mod idt;
+pub mod paging;
 pub mod port;
-pub mod serial;
+
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use port::Port;
 
 core::arch::global_asm!(include_str!("boot.S"), options(att_syntax));
 
+unsafe extern "C" {
+    static __image_start: u8;
+    static __load_end: u8;
+    static __image_end: u8;
+    /// TSC at `_start32`, written by boot.S before anything else.
+    #[link_name = "boot_tsc"]
+    static BOOT_TSC: u64;
+}
+
+/// The physical address of the PVH `hvm_start_info`, as QEMU passed it in EBX. Only the entry
+/// point makes one, so holding one means the address came from the loader.
+#[derive(Clone, Copy, Debug)]
+pub struct StartInfoAddr(u32);
+
+impl StartInfoAddr {
+    /// The physical address.
+    pub fn get(self) -> u64 {
+        u64::from(self.0)
+    }
+}
+
 /// The Rust entry point, called by `_start64` in `boot.S` in long mode, on the boot stack, with
-/// interrupts off and the low 4 GiB identity-mapped.
+/// interrupts off, SSE on and the low 4 GiB mapped at 0 and at the direct map.
 #[unsafe(no_mangle)]
 extern "C" fn rust_main(start_info: u32) -> ! {
-    crate::main(u64::from(start_info))
+    crate::main(StartInfoAddr(start_info))
+}
+
+static INIT: AtomicBool = AtomicBool::new(false);
+
+/// Loads the firmware's own GDT (with a TSS and IST stacks) and the IDT that reports every
+/// exception. Later calls do nothing.
+pub fn init_cpu() {
+    if INIT.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    // SAFETY: first and only call (the flag above), on the one CPU, interrupts off since
+    // `_start32`; nothing uses the guard page.
+    unsafe {
+        gdt::init();
+        idt::init();
+        paging::unmap_stack_guard();
+    }
+}
+
+/// Makes the MMIO hole `[start, 4 GiB)` uncacheable (see [`paging::set_mmio_uncached`]). Later
+/// calls do nothing.
+pub fn init_mmio_attributes(start: u64) {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    // SAFETY: once (the flag), one CPU; nothing holds references into MMIO.
+    unsafe { paging::set_mmio_uncached(start) };
+}
+
+/// The TSC value `_start32` read.
+pub fn boot_tsc() -> u64 {
+    // SAFETY: written once by boot.S before any Rust code ran; only read afterwards.
+    unsafe { core::ptr::read_volatile(&raw const BOOT_TSC) }
+}
+
+/// The firmware's own memory `[start, end)`: image, data, .bss (page tables, stacks).
+pub fn image_range() -> (u64, u64) {
+    (&raw const __image_start as u64, &raw const __image_end as u64)
+}
+
+/// Bytes QEMU loads from the image file (up to the end of .data; .bss is zero-filled).
+pub fn loaded_bytes() -> u64 {
+    &raw const __load_end as u64 - &raw const __image_start as u64
 }
 
 /// What QEMU's `isa-debug-exit` device reports: QEMU exits with status `(code << 1) | 1`.
@@ -45,4 +116,24 @@ pub fn halt_forever() -> ! {
         // SAFETY: HLT only pauses the CPU until the next interrupt; it touches no memory.
         unsafe { core::arch::asm!("hlt", options(nomem, nostack, preserves_flags)) };
     }
+}
+
+/// Pushes until the boot stack overflows into its guard page (run configuration
+/// `mode=overflow`). Never returns: the fault becomes a double fault, which reports on its own
+/// stack and ends the VM.
+pub fn provoke_stack_overflow() -> ! {
+    // SAFETY: the pushes only write the boot stack and then fault on the unmapped guard page
+    // below it; the #DF handler never returns here, so the clobbered stack is never used again.
+    unsafe { core::arch::asm!("2:", "push rax", "jmp 2b", options(noreturn)) }
+}
+
+/// Reads an address no page table maps, to show the page-fault report (run configuration
+/// `mode=fault`). Never returns: the #PF handler ends the VM.
+pub fn provoke_page_fault() -> ! {
+    // Above the 4 GiB identity map and below the direct map: not present in any table.
+    const UNMAPPED: u64 = 0x0000_7f00_dead_b000;
+    // SAFETY: the address is not mapped, so the load raises #PF before reading anything; the
+    // handler reports and exits QEMU without returning here.
+    unsafe { core::ptr::read_volatile(UNMAPPED as *const u64) };
+    halt_forever()
 }

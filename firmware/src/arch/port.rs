@@ -40,6 +40,12 @@ impl Port {
         value
     }
 
+    /// `out dx, ax`.
+    pub fn write_u16(&self, value: u16) {
+        // SAFETY: as for `write_u8`.
+        unsafe { asm!("out dx, ax", in("dx") self.0, in("ax") value, options(nomem, nostack, preserves_flags)) };
+    }
+
     /// `out dx, eax`.
     pub fn write_u32(&self, value: u32) {
         // SAFETY: as for `write_u8`.

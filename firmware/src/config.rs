@@ -1,0 +1,162 @@
+//! The run configuration the host passes through fw_cfg (`opt/seamless/config`): `key=value`
+//! lines, `#` comments. Unknown keys and bad values are errors the firmware reports before it
+//! does anything, never silently ignored.
+
+use core::fmt;
+
+/// fw_cfg file of the run configuration.
+pub const CONFIG_FILE: &str = "opt/seamless/config";
+/// fw_cfg file of the platform secret (32 bytes; the attestation key is derived from it).
+pub const SECRET_FILE: &str = "opt/seamless/platform-secret";
+
+/// What the firmware does after boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Configure the TSM, create the PDEV of the NVMe function and run SPDM.CONNECT over DOE.
+    Connect,
+    /// Stop once the TSM is ready (no device needed).
+    Boot,
+    /// Provoke a page fault, to show the exception report.
+    Fault,
+    /// Overflow the boot stack, to show the guard page and the #DF stack at work.
+    Overflow,
+}
+
+/// The run configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunConfig {
+    /// What to do.
+    pub mode: Mode,
+    /// DOE response timeout, milliseconds (PCIe: 1000).
+    pub doe_timeout_ms: u64,
+    /// Largest TDMR, MiB.
+    pub tdmr_max_mib: u64,
+    /// Log every ABI call on the defmt channel.
+    pub log_calls: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> RunConfig {
+        RunConfig { mode: Mode::Connect, doe_timeout_ms: 1000, tdmr_max_mib: 64, log_calls: true }
+    }
+}
+
+/// A line the firmware does not understand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub what: &'static str,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{CONFIG_FILE} line {}: {}", self.line, self.what)
+    }
+}
+
+fn number(v: &str, min: u64, max: u64) -> Option<u64> {
+    v.parse::<u64>().ok().filter(|n| (min..=max).contains(n))
+}
+
+impl RunConfig {
+    /// Parses the configuration text; absent keys keep their defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for the first line that is not UTF-8, not `key=value`, an unknown key or
+    /// an out-of-range value.
+    pub fn parse(text: &[u8]) -> Result<RunConfig, ConfigError> {
+        let mut c = RunConfig::default();
+        let text = core::str::from_utf8(text).map_err(|_| ConfigError { line: 1, what: "not UTF-8" })?;
+        for (i, raw) in text.lines().enumerate() {
+            let line = i + 1;
+            let l = raw.split('#').next().unwrap_or("").trim();
+            if l.is_empty() {
+                continue;
+            }
+            let err = |what| ConfigError { line, what };
+            let (key, value) = l.split_once('=').ok_or(err("not key=value"))?;
+            let value = value.trim();
+            match key.trim() {
+                "mode" => {
+                    c.mode = match value {
+                        "connect" => Mode::Connect,
+                        "boot" => Mode::Boot,
+                        "fault" => Mode::Fault,
+                        "overflow" => Mode::Overflow,
+                        _ => return Err(err("mode is connect, boot, fault or overflow")),
+                    }
+                }
+                "doe_timeout_ms" => {
+                    c.doe_timeout_ms = number(value, 1, 60_000).ok_or(err("doe_timeout_ms is 1..60000"))?
+                }
+                "tdmr_max_mib" => c.tdmr_max_mib = number(value, 4, 4096).ok_or(err("tdmr_max_mib is 4..4096"))?,
+                "log_calls" => {
+                    c.log_calls = match value {
+                        "on" | "1" | "true" => true,
+                        "off" | "0" | "false" => false,
+                        _ => return Err(err("log_calls is on or off")),
+                    }
+                }
+                _ => return Err(err("unknown key")),
+            }
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        RunConfig::parse(text.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn parse_rejects_text_that_is_not_utf8() {
+        assert_eq!(RunConfig::parse(&[0xff, b'=']).unwrap_err(), ConfigError { line: 1, what: "not UTF-8" });
+    }
+
+    #[test]
+    fn parse_rejects_a_line_without_equals() {
+        assert_eq!(err("mode=boot\nverbose\n"), ConfigError { line: 2, what: "not key=value" });
+    }
+
+    #[test]
+    fn parse_rejects_unknown_keys() {
+        assert_eq!(err("# c\n\nturbo=on"), ConfigError { line: 3, what: "unknown key" });
+    }
+
+    #[test]
+    fn parse_rejects_out_of_range_values() {
+        assert_eq!(err("mode=fast").what, "mode is connect, boot, fault or overflow");
+        assert_eq!(err("doe_timeout_ms=0").what, "doe_timeout_ms is 1..60000");
+        assert_eq!(err("doe_timeout_ms=60001").what, "doe_timeout_ms is 1..60000");
+        assert_eq!(err("doe_timeout_ms=-1").what, "doe_timeout_ms is 1..60000");
+        assert_eq!(err("tdmr_max_mib=2").what, "tdmr_max_mib is 4..4096");
+        assert_eq!(err("log_calls=maybe").what, "log_calls is on or off");
+    }
+
+    #[test]
+    fn fw_cfg_names_are_what_qemu_accepts() {
+        // QEMU warns about names outside opt/ and refuses names past 55 characters.
+        for name in [CONFIG_FILE, SECRET_FILE] {
+            assert!(name.starts_with("opt/") && name.len() <= 55, "{name}");
+        }
+    }
+
+    #[test]
+    fn parse_happy_path() {
+        assert_eq!(RunConfig::parse(b"").unwrap(), RunConfig::default());
+        let c = RunConfig::parse(
+            b"# run\n mode = boot  # stop early\ndoe_timeout_ms=50\ntdmr_max_mib=128\nlog_calls=off\n",
+        )
+        .unwrap();
+        assert_eq!(c, RunConfig { mode: Mode::Boot, doe_timeout_ms: 50, tdmr_max_mib: 128, log_calls: false });
+        assert_eq!(RunConfig::parse(b"mode=fault").unwrap().mode, Mode::Fault);
+        assert_eq!(RunConfig::parse(b"mode=overflow").unwrap().mode, Mode::Overflow);
+        assert_eq!(RunConfig::parse(b"mode=connect\r\n").unwrap().mode, Mode::Connect);
+    }
+}

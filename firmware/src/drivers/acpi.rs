@@ -1,0 +1,124 @@
+//! Just enough ACPI to find the PCIe ECAM: RSDP → XSDT (or RSDT) → MCFG, with checksums.
+
+use core::fmt;
+
+use super::phys::{read_firmware_bytes, OutOfRange};
+
+/// ECAM of QEMU's q35 when no MCFG is found: `MCH_HOST_BRIDGE_PCIEXBAR_DEFAULT` (0xB0000000,
+/// 256 buses, QEMU `hw/pci-host/q35.c`), which is what QEMU's own MCFG announces by default.
+pub const Q35_DEFAULT_ECAM: Ecam = Ecam { base: 0xB000_0000, segment: 0, start_bus: 0, end_bus: 255 };
+
+/// One ECAM window (one MCFG allocation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ecam {
+    /// Physical address of bus 0's configuration space (even if `start_bus` is higher).
+    pub base: u64,
+    /// PCI segment.
+    pub segment: u16,
+    /// First bus decoded.
+    pub start_bus: u8,
+    /// Last bus decoded.
+    pub end_bus: u8,
+}
+
+/// Why no MCFG was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcpiError {
+    /// The loader gave no RSDP.
+    NoRsdp,
+    /// A table is not in readable memory.
+    Unreadable(OutOfRange),
+    /// A signature or checksum is wrong.
+    Bad(&'static str),
+    /// No MCFG in the XSDT/RSDT.
+    NoMcfg,
+}
+
+impl fmt::Display for AcpiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AcpiError::NoRsdp => write!(f, "no RSDP from the loader"),
+            AcpiError::Unreadable(r) => write!(f, "ACPI table at {:#x}+{:#x} not readable", r.addr, r.len),
+            AcpiError::Bad(what) => write!(f, "bad {what}"),
+            AcpiError::NoMcfg => write!(f, "no MCFG table"),
+        }
+    }
+}
+
+const HEADER: usize = 36;
+/// Tables longer than this are refused (MCFG and XSDT are tiny).
+const MAX_TABLE: usize = 1024;
+
+fn checksum_ok(bytes: &[u8]) -> bool {
+    bytes.iter().fold(0u8, |a, &b| a.wrapping_add(b)) == 0
+}
+
+/// Reads the table at `addr` into `buf`, checks its length and checksum; returns its length.
+fn table(addr: u64, buf: &mut [u8; MAX_TABLE]) -> Result<usize, AcpiError> {
+    read_firmware_bytes(addr, &mut buf[..HEADER]).map_err(AcpiError::Unreadable)?;
+    let len = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+    if !(HEADER..=MAX_TABLE).contains(&len) {
+        return Err(AcpiError::Bad("table length"));
+    }
+    read_firmware_bytes(addr, &mut buf[..len]).map_err(AcpiError::Unreadable)?;
+    if !checksum_ok(&buf[..len]) {
+        return Err(AcpiError::Bad("table checksum"));
+    }
+    Ok(len)
+}
+
+/// The first ECAM allocation of the MCFG reached from the RSDP at `rsdp`.
+///
+/// # Errors
+/// [`AcpiError`] naming the first thing missing or wrong.
+pub fn find_ecam(rsdp: u64) -> Result<Ecam, AcpiError> {
+    if rsdp == 0 {
+        return Err(AcpiError::NoRsdp);
+    }
+    let mut r = [0u8; 36];
+    read_firmware_bytes(rsdp, &mut r[..20]).map_err(AcpiError::Unreadable)?;
+    if &r[..8] != b"RSD PTR " || !checksum_ok(&r[..20]) {
+        return Err(AcpiError::Bad("RSDP"));
+    }
+    let revision = r[15];
+    let (root, entry_bytes) = if revision >= 2 {
+        read_firmware_bytes(rsdp, &mut r).map_err(AcpiError::Unreadable)?;
+        let xsdt = u64::from_le_bytes([r[24], r[25], r[26], r[27], r[28], r[29], r[30], r[31]]);
+        if xsdt != 0 && checksum_ok(&r) {
+            (xsdt, 8)
+        } else {
+            (u64::from(u32::from_le_bytes([r[16], r[17], r[18], r[19]])), 4)
+        }
+    } else {
+        (u64::from(u32::from_le_bytes([r[16], r[17], r[18], r[19]])), 4)
+    };
+    let mut root_buf = [0u8; MAX_TABLE];
+    let len = table(root, &mut root_buf)?;
+    let sig: &[u8] = if entry_bytes == 8 { b"XSDT" } else { b"RSDT" };
+    if &root_buf[..4] != sig {
+        return Err(AcpiError::Bad("XSDT/RSDT signature"));
+    }
+    let mut t = [0u8; MAX_TABLE];
+    for entry in root_buf[HEADER..len].chunks_exact(entry_bytes) {
+        let mut a = [0u8; 8];
+        a[..entry_bytes].copy_from_slice(entry);
+        let addr = u64::from_le_bytes(a);
+        let mut sig = [0u8; 4];
+        read_firmware_bytes(addr, &mut sig).map_err(AcpiError::Unreadable)?;
+        if &sig != b"MCFG" {
+            continue;
+        }
+        let tlen = table(addr, &mut t)?;
+        // Header, 8 reserved bytes, then 16-byte allocations.
+        let alloc =
+            t.get(HEADER + 8..tlen).and_then(|a| a.get(..16)).ok_or(AcpiError::Bad("MCFG without allocations"))?;
+        let base = u64::from_le_bytes([alloc[0], alloc[1], alloc[2], alloc[3], alloc[4], alloc[5], alloc[6], alloc[7]]);
+        return Ok(Ecam {
+            base,
+            segment: u16::from_le_bytes([alloc[8], alloc[9]]),
+            start_bus: alloc[10],
+            end_bus: alloc[11],
+        });
+    }
+    Err(AcpiError::NoMcfg)
+}

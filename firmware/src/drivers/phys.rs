@@ -1,0 +1,237 @@
+//! Raw access to physical memory, in three shapes, each with the check that makes it sound:
+//!
+//! - [`read_firmware_bytes`]: reads tables the loader and QEMU left in RAM (hvm_start_info, its
+//!   memory map, ACPI) through the identity map, refusing the firmware's own image;
+//! - [`Mmio`]: a device register window (ECAM, BARs), 32-bit volatile accesses, bounds-checked;
+//! - [`Frames`]: RAM frames outside the image, through the direct map, for `tsm::platform::PhysMem`
+//!   and for the host agent's own pages.
+//!
+//! Why these accesses cannot break Rust's rules: the firmware has no heap, so every Rust object
+//! (statics, stacks, page tables) lies in the image `[__image_start, __image_end)`; memory outside
+//! it is never borrowed, and the firmware runs on one CPU, so raw reads and writes there race with
+//! nothing.
+
+use crate::arch::paging::{DIRECT_MAP_BASE, MAPPED_BYTES};
+use crate::memmap::{MemoryMap, RangeKind, MAX_RANGES};
+
+/// A physical range the accessor refuses: in the image, past the mapped 4 GiB, or wrapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutOfRange {
+    /// First byte asked for.
+    pub addr: u64,
+    /// Bytes asked for.
+    pub len: u64,
+}
+
+fn outside_image(addr: u64, len: u64) -> Result<u64, OutOfRange> {
+    let err = OutOfRange { addr, len };
+    let end = addr.checked_add(len).ok_or(err)?;
+    let (img_start, img_end) = crate::arch::image_range();
+    if end > MAPPED_BYTES || (addr < img_end && end > img_start) {
+        return Err(err);
+    }
+    Ok(end)
+}
+
+/// Copies `buf.len()` bytes of physical memory at `addr` (below 4 GiB, outside the image).
+///
+/// # Errors
+/// [`OutOfRange`] if the range touches the image, passes 4 GiB or wraps.
+pub fn read_firmware_bytes(addr: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
+    outside_image(addr, buf.len() as u64)?;
+    for (i, b) in buf.iter_mut().enumerate() {
+        // SAFETY: the identity map covers 0..4 GiB; the byte is outside every Rust object (the
+        // check above); a volatile read neither races (one CPU) nor lets the compiler invent
+        // accesses.
+        *b = unsafe { core::ptr::read_volatile((addr + i as u64) as *const u8) };
+    }
+    Ok(())
+}
+
+/// A window of device registers, accessed as 32-bit little-endian words through the identity
+/// map (uncached: `arch::init_mmio_attributes`).
+#[derive(Debug)]
+pub struct Mmio {
+    base: u64,
+    len: u64,
+}
+
+impl Mmio {
+    /// The window `[base, base + len)`.
+    ///
+    /// # Safety
+    /// The range must be device registers (not RAM holding Rust objects) below 4 GiB whose
+    /// accesses cannot break memory safety: no DMA set up through them, no change to memory
+    /// the firmware uses. No other code may drive them in a conflicting way.
+    pub unsafe fn new(base: u64, len: u64) -> Mmio {
+        Mmio { base, len }
+    }
+
+    /// A sub-window `[offset, offset + len)`, or `None` if it does not fit.
+    pub fn window(&self, offset: u64, len: u64) -> Option<Mmio> {
+        let end = offset.checked_add(len)?;
+        (end <= self.len).then(|| Mmio { base: self.base + offset, len })
+    }
+
+    fn check(&self, offset: u64) -> u64 {
+        // An offset outside the window or misaligned is a driver bug, never device input: the
+        // drivers compute offsets from constants and from the 12-bit capability pointers they
+        // validate first.
+        assert!(
+            offset.is_multiple_of(4) && offset + 4 <= self.len,
+            "MMIO access at {offset:#x} outside a window of {:#x}",
+            self.len
+        );
+        self.base + offset
+    }
+
+    /// Reads the 32-bit register at `offset`.
+    ///
+    /// # Panics
+    /// If `offset` is misaligned or outside the window (a driver bug).
+    pub fn read_u32(&self, offset: u64) -> u32 {
+        let addr = self.check(offset);
+        // SAFETY: inside the device window (checked), aligned; the constructor's contract makes
+        // the access harmless to memory safety.
+        unsafe { core::ptr::read_volatile(addr as *const u32) }
+    }
+
+    /// Writes the 32-bit register at `offset`.
+    ///
+    /// # Panics
+    /// As for [`Mmio::read_u32`].
+    pub fn write_u32(&self, offset: u64, value: u32) {
+        let addr = self.check(offset);
+        // SAFETY: as for `read_u32`.
+        unsafe { core::ptr::write_volatile(addr as *mut u32, value) };
+    }
+}
+
+impl super::doe::Registers for Mmio {
+    fn read(&self, offset: u64) -> u32 {
+        self.read_u32(offset)
+    }
+
+    fn write(&self, offset: u64, value: u32) {
+        self.write_u32(offset, value);
+    }
+}
+
+/// RAM frames the firmware does not itself use: the PVH map's RAM ranges at or above 1 MiB and
+/// below 4 GiB, minus the image. Reached through the direct map.
+#[derive(Clone, Copy, Debug)]
+pub struct Frames {
+    ranges: [(u64, u64); MAX_RANGES],
+    count: usize,
+}
+
+/// Frames below this are left to the BIOS and the loader (start_info, ACPI pointers).
+const LOW_LIMIT: u64 = 1 << 20;
+
+impl Frames {
+    /// The usable frames of `map`.
+    pub fn new(map: &MemoryMap) -> Frames {
+        let (img_start, img_end) = crate::arch::image_range();
+        let mut ranges = [(0, 0); MAX_RANGES];
+        let mut count = 0;
+        let mut push = |s: u64, e: u64| {
+            let s = s.next_multiple_of(4096);
+            let e = e & !0xFFF;
+            if s < e && count < MAX_RANGES {
+                ranges[count] = (s, e);
+                count += 1;
+            }
+        };
+        for r in map.ranges().iter().filter(|r| r.kind == RangeKind::Ram) {
+            let start = r.base.max(LOW_LIMIT);
+            let end = r.end().min(MAPPED_BYTES);
+            // Split around the image.
+            push(start, end.min(img_start));
+            push(start.max(img_end), end);
+        }
+        Frames { ranges, count }
+    }
+
+    /// True if `[addr, addr + len)` lies inside one usable range.
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        let Some(end) = addr.checked_add(len) else { return false };
+        self.ranges[..self.count].iter().any(|&(s, e)| s <= addr && end <= e)
+    }
+
+    /// The usable ranges `(start, end)`.
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.ranges[..self.count]
+    }
+
+    fn ptr(&self, addr: u64, len: usize) -> *mut u8 {
+        // A range outside the usable frames is a caller bug (the TSM checks `contains` first,
+        // the host agent only uses pages it carved from these ranges): stop rather than touch
+        // memory a Rust object may live in.
+        assert!(self.contains(addr, len as u64), "physical access {addr:#x}+{len:#x} outside usable RAM");
+        (DIRECT_MAP_BASE + addr) as *mut u8
+    }
+
+    /// Copies physical memory at `addr` into `buf`.
+    ///
+    /// # Panics
+    /// If the range is not inside one usable range.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) {
+        let src = self.ptr(addr, buf.len());
+        // SAFETY: `src..src+len` is usable RAM in the direct map (checked), outside every Rust
+        // object, so it cannot overlap `buf` (on the stack or in the image); one CPU.
+        unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+    }
+
+    /// Copies `data` into physical memory at `addr`.
+    ///
+    /// # Panics
+    /// As for [`Frames::read`].
+    pub fn write(&self, addr: u64, data: &[u8]) {
+        let dst = self.ptr(addr, data.len());
+        // SAFETY: as for `read`, in the other direction.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+    }
+
+    /// Reads the little-endian u64 at `addr` (8-byte aligned).
+    ///
+    /// # Panics
+    /// As for [`Frames::read`], or if `addr` is misaligned.
+    pub fn read_u64(&self, addr: u64) -> u64 {
+        assert!(addr.is_multiple_of(8), "misaligned u64 read at {addr:#x}");
+        let src = self.ptr(addr, 8).cast::<u64>();
+        // SAFETY: aligned (checked), usable RAM outside every Rust object (checked).
+        unsafe { src.read() }
+    }
+
+    /// Writes the little-endian u64 at `addr` (8-byte aligned).
+    ///
+    /// # Panics
+    /// As for [`Frames::read_u64`].
+    pub fn write_u64(&self, addr: u64, value: u64) {
+        assert!(addr.is_multiple_of(8), "misaligned u64 write at {addr:#x}");
+        let dst = self.ptr(addr, 8).cast::<u64>();
+        // SAFETY: as for `read_u64`.
+        unsafe { dst.write(value) };
+    }
+
+    /// Zeroes `len` bytes at `addr`.
+    ///
+    /// # Panics
+    /// As for [`Frames::read`].
+    pub fn zero(&self, addr: u64, len: usize) {
+        let dst = self.ptr(addr, len);
+        // SAFETY: as for `write`.
+        unsafe { core::ptr::write_bytes(dst, 0, len) };
+    }
+
+    /// Copies `len` bytes from `src` to `dst` (disjoint ranges).
+    ///
+    /// # Panics
+    /// As for [`Frames::read`], for either range, or if they overlap.
+    pub fn copy(&self, dst: u64, src: u64, len: usize) {
+        assert!(dst.abs_diff(src) >= len as u64, "overlapping copy {src:#x} -> {dst:#x}");
+        let (d, s) = (self.ptr(dst, len), self.ptr(src, len));
+        // SAFETY: both ranges usable RAM (checked) and disjoint (checked).
+        unsafe { core::ptr::copy_nonoverlapping(s, d, len) };
+    }
+}

@@ -1,0 +1,116 @@
+//! The TSM's platform traits over the machine: physical memory through the direct map (only the
+//! RAM frames the firmware does not use itself), RDRAND, the TSC, and a defmt record per ABI call.
+
+use tsm::addr::Pfn;
+use tsm::platform::{CallRecord, Clock, Entropy, EntropyError, PhysMem, Platform, WORDS_PER_PAGE};
+
+use crate::drivers::phys::Frames;
+use crate::drivers::rng::Rdrand;
+use crate::drivers::tsc::Tsc;
+
+const PAGE: usize = 4096;
+
+/// What the TSM runs on.
+#[derive(Debug)]
+pub struct FirmwarePlatform {
+    frames: Frames,
+    rng: Rdrand,
+    tsc: Tsc,
+    /// Whether to log every ABI call (defmt, COM2).
+    pub log_calls: bool,
+    /// Entropy requests that failed.
+    pub entropy_failures: u64,
+}
+
+impl FirmwarePlatform {
+    /// The platform over `frames`, with RDRAND and the calibrated TSC.
+    pub fn new(frames: Frames, rng: Rdrand, tsc: Tsc) -> FirmwarePlatform {
+        FirmwarePlatform { frames, rng, tsc, log_calls: true, entropy_failures: 0 }
+    }
+
+    fn base(pfn: Pfn) -> u64 {
+        pfn.addr().raw()
+    }
+
+    // The trait's contract keeps the TSM inside a frame and inside `contains`; the `Frames`
+    // accessors check it again (and stop the firmware on a TSM bug) because memory safety rests on it.
+    fn word(pfn: Pfn, index: usize) -> u64 {
+        assert!(index < WORDS_PER_PAGE, "word {index} past the frame");
+        Self::base(pfn) + index as u64 * 8
+    }
+
+    fn span(pfn: Pfn, offset: usize, len: usize) -> u64 {
+        assert!(offset.checked_add(len).is_some_and(|e| e <= PAGE), "bytes {offset:#x}+{len:#x} cross the frame");
+        Self::base(pfn) + offset as u64
+    }
+}
+
+impl PhysMem for FirmwarePlatform {
+    fn contains(&self, pfn: Pfn) -> bool {
+        self.frames.contains(Self::base(pfn), PAGE as u64)
+    }
+
+    fn read_u64(&self, pfn: Pfn, index: usize) -> u64 {
+        self.frames.read_u64(Self::word(pfn, index))
+    }
+
+    fn write_u64(&mut self, pfn: Pfn, index: usize, value: u64) {
+        self.frames.write_u64(Self::word(pfn, index), value);
+    }
+
+    fn read_bytes(&self, pfn: Pfn, offset: usize, buf: &mut [u8]) {
+        self.frames.read(Self::span(pfn, offset, buf.len()), buf);
+    }
+
+    fn write_bytes(&mut self, pfn: Pfn, offset: usize, data: &[u8]) {
+        self.frames.write(Self::span(pfn, offset, data.len()), data);
+    }
+
+    fn zero(&mut self, pfn: Pfn) {
+        self.frames.zero(Self::base(pfn), PAGE);
+    }
+
+    fn copy(&mut self, dst: Pfn, src: Pfn) {
+        self.frames.copy(Self::base(dst), Self::base(src), PAGE);
+    }
+}
+
+impl Entropy for FirmwarePlatform {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyError> {
+        self.rng.fill(buf).map_err(|_| {
+            self.entropy_failures += 1;
+            EntropyError
+        })
+    }
+}
+
+impl Clock for FirmwarePlatform {
+    fn now_ns(&self) -> u64 {
+        self.tsc.ticks_to_ns(self.tsc.now().wrapping_sub(crate::arch::boot_tsc()))
+    }
+}
+
+impl Platform for FirmwarePlatform {
+    fn call_log_enabled(&self) -> bool {
+        self.log_calls
+    }
+
+    fn log_call(&mut self, r: &CallRecord) {
+        if r.status == 0 {
+            defmt::debug!(
+                "{=str} {=str} ok in {=u64} ns",
+                if r.guest { "guest" } else { "host" },
+                r.name,
+                r.elapsed_ns
+            );
+        } else {
+            defmt::debug!(
+                "{=str} {=str} status {=u64:#x} in {=u64} ns",
+                if r.guest { "guest" } else { "host" },
+                r.name,
+                r.status,
+                r.elapsed_ns
+            );
+        }
+    }
+}
