@@ -306,7 +306,10 @@ fn add_page(b: &mut MrtdBuilder, gpa: u64, page: &[u8; PAGE_BYTES], measured: bo
 /// the address space.
 pub fn flat_mrtd(base: u64, bytes: &[u8]) -> Result<[u8; MRTD_BYTES], ImageError> {
     let pages = bytes.len().div_ceil(PAGE_BYTES) as u64;
-    if bytes.is_empty() || !base.is_multiple_of(PAGE_BYTES as u64) || base.checked_add(pages * PAGE_BYTES as u64).is_none() {
+    if bytes.is_empty()
+        || !base.is_multiple_of(PAGE_BYTES as u64)
+        || base.checked_add(pages * PAGE_BYTES as u64).is_none()
+    {
         return Err(ImageError::BadFlatImage);
     }
     let mut b = MrtdBuilder::new();

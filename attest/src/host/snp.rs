@@ -124,6 +124,22 @@ pub fn verify(
         link("snp.report.signature", (&certs.vcek, &report).verify(), "report signed by the VCEK (ECDSA P-384)"),
     ];
 
+    // sev reads only the low 48 bytes of r and s: the rest, and the reserved tail, must be zero or
+    // a changed byte there would go unnoticed.
+    let stray = ours.signature_r[48..]
+        .iter()
+        .chain(&ours.signature_s[48..])
+        .chain(ours.signature_reserved.iter())
+        .filter(|&&b| b != 0)
+        .count();
+    rows.push(Row::compare(
+        "snp.report.signature_encoding",
+        stray == 0,
+        "r, s zero past 48 bytes; reserved zero",
+        format!("{stray} non-zero bytes"),
+        "bytes outside the signature are set",
+    ));
+
     let key_info = u32::from_le_bytes(ours.key_info);
     let signing_key = (key_info >> 2) & 0x7;
     rows.push(Row::compare(
