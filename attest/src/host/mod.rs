@@ -7,8 +7,11 @@
 //! * [`x509`]: building those certificates and checking the native chain with ring.
 //! * [`ring_verify`]: the report signature checked with ring, for [`crate::verify::verify_with`].
 //! * [`snp`]: the SNP-format export checked with the `sev` crate against an ARK/ASK/VCEK chain.
+//! * [`device`]: the device-side checks of a bundle (chain to the vendor root, the device's
+//!   measurement signature, reference values, the interface report).
 //! * [`hex`]: hex in and out.
 
+pub mod device;
 pub mod hex;
 pub mod policy;
 pub mod provision;

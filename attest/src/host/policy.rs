@@ -4,9 +4,13 @@
 //! Unknown keys are errors (a misspelt key must not silently drop a check). Integers are TOML
 //! integers or strings (`"0x…"` or decimal), since a 64-bit mask does not fit a TOML integer.
 
+use std::path::Path;
+
 use serde::Deserialize;
 
-use super::hex;
+use super::device::{DeviceReference, InterfaceExpectation, RangeExpectation, Reference};
+use super::{hex, x509};
+use crate::evidence::Evidence;
 use crate::report::{FunctionId, Report, MAX_DEVICES, RTMRS};
 use crate::verify::{AllowedAlgorithms, DevicePolicy, MaskedValue, Policy};
 
@@ -76,11 +80,50 @@ struct Algorithms {
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
+struct MeasurementSection {
+    index: Int,
+    digests: Option<Vec<String>>,
+    raw: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RangeSection {
+    pages: Option<Int>,
+    attributes: Option<Int>,
+    range_id: Option<Int>,
+    first_page: Option<Int>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct InterfaceSection {
+    interface_info: Option<Masked>,
+    mmio_range: Option<Vec<RangeSection>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
 struct DeviceSection {
     function_id: Option<String>,
     required_lock_flags: Flags,
     min_spdm_version: String,
+    vendor_root_sha384: Option<String>,
+    vendor_root: Option<String>,
     algorithms: Algorithms,
+    #[serde(default)]
+    measurement: Vec<MeasurementSection>,
+    interface_report: Option<InterfaceSection>,
+}
+
+/// A policy as the file gives it: the engine's [`Policy`] and, per device entry, the device-side
+/// reference values ([`super::device`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPolicy {
+    /// What the `no_std` engine checks.
+    pub policy: Policy,
+    /// Device-side references, by device entry.
+    pub devices: Vec<Option<DeviceReference>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -170,12 +213,104 @@ fn lock_flags(f: &Flags, field: &str) -> Result<u16, String> {
     }
 }
 
-/// Reads a policy file.
+fn values(list: &[String], field: &str) -> Result<Vec<Vec<u8>>, String> {
+    if list.is_empty() {
+        return Err(format!("{field}: no values (give at least one alternative)"));
+    }
+    list.iter().enumerate().map(|(j, v)| hex::decode(v).map_err(|e| format!("{field}[{j}]: {e}"))).collect()
+}
+
+fn device_reference(d: &DeviceSection, i: usize, base: Option<&Path>) -> Result<DeviceReference, String> {
+    let f = |name: &str| format!("device[{i}].{name}");
+    let vendor_root_sha384 = match (&d.vendor_root_sha384, &d.vendor_root) {
+        (Some(_), Some(_)) => {
+            return Err(format!("{}: give vendor_root or vendor_root_sha384, not both", f("vendor_root")))
+        }
+        (Some(h), None) => Some(hex::decode_array::<48>(h).map_err(|e| format!("{}: {e}", f("vendor_root_sha384")))?),
+        (None, Some(p)) => {
+            let path = base.map(|b| b.join(p)).unwrap_or_else(|| p.into());
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {}: {e}", f("vendor_root"), path.display()))?;
+            let cert = x509::read_cert(&bytes).map_err(|e| format!("{}: {}: {e}", f("vendor_root"), path.display()))?;
+            Some(x509::fingerprint(&cert).map_err(|e| e.0)?)
+        }
+        (None, None) => None,
+    };
+    let mut measurements = Vec::new();
+    for (j, m) in d.measurement.iter().enumerate() {
+        let field = format!("device[{i}].measurement[{j}]");
+        let index = int(&m.index, &format!("{field}.index"), 0xfe)? as u8;
+        if index == 0 {
+            return Err(format!("{field}.index: 0 is no measurement index"));
+        }
+        if measurements.iter().any(|(x, _)| *x == index) {
+            return Err(format!("{field}.index: {index} listed twice"));
+        }
+        let r = match (&m.digests, &m.raw) {
+            (Some(v), None) => Reference::Digests(values(v, &format!("{field}.digests"))?),
+            (None, Some(v)) => Reference::Raw(values(v, &format!("{field}.raw"))?),
+            _ => return Err(format!("{field}: give exactly one of digests or raw")),
+        };
+        measurements.push((index, r));
+    }
+    let interface_report = match &d.interface_report {
+        None => None,
+        Some(s) => {
+            let interface_info =
+                s.interface_info.as_ref().map(|m| masked(m, &f("interface_report.interface_info"))).transpose()?;
+            let mmio_ranges = match &s.mmio_range {
+                None => None,
+                Some(list) => Some(
+                    list.iter()
+                        .enumerate()
+                        .map(|(j, r)| {
+                            let g = |v: &Option<Int>, name: &str, max: u64| {
+                                v.as_ref()
+                                    .map(|v| int(v, &f(&format!("interface_report.mmio_range[{j}].{name}")), max))
+                                    .transpose()
+                            };
+                            Ok(RangeExpectation {
+                                pages: g(&r.pages, "pages", u64::from(u32::MAX))?.map(|v| v as u32),
+                                attributes: g(&r.attributes, "attributes", 0xffff)?.map(|v| v as u16),
+                                range_id: g(&r.range_id, "range_id", 0xffff)?.map(|v| v as u16),
+                                first_page: g(&r.first_page, "first_page", u64::MAX)?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, String>>()?,
+                ),
+            };
+            Some(InterfaceExpectation { interface_info, mmio_ranges })
+        }
+    };
+    Ok(DeviceReference { vendor_root_sha384, measurements, interface_report })
+}
+
+/// Reads a policy file's text; `vendor_root` paths are relative to `base` (the policy file's
+/// directory).
 ///
 /// # Errors
 /// The TOML error (with its line and column), or the field whose value is wrong and why.
-pub fn parse(text: &str) -> Result<Policy, String> {
+pub fn parse_file(text: &str, base: Option<&Path>) -> Result<HostPolicy, String> {
     let file: PolicyFile = toml::from_str(text).map_err(|e| format!("policy: {}", e.to_string().trim_end()))?;
+    let policy = engine_policy(&file)?;
+    let devices = file
+        .device
+        .iter()
+        .enumerate()
+        .map(|(i, d)| device_reference(d, i, base).map(Some))
+        .collect::<Result<_, _>>()?;
+    Ok(HostPolicy { policy, devices })
+}
+
+/// Reads a policy file's text into the engine's [`Policy`] (device references are checked, then
+/// dropped; [`parse_file`] keeps them).
+///
+/// # Errors
+/// As [`parse_file`].
+pub fn parse(text: &str) -> Result<Policy, String> {
+    parse_file(text, None).map(|p| p.policy)
+}
+
+fn engine_policy(file: &PolicyFile) -> Result<Policy, String> {
     if file.version != POLICY_VERSION {
         return Err(format!("policy: version {} (this reader knows {POLICY_VERSION})", file.version));
     }
@@ -224,8 +359,9 @@ fn flag_names(bits: u16) -> String {
     format!("[{}]", names.join(", "))
 }
 
-/// A reference policy for `report`: every value it shows, pinned, for people to review and edit.
-pub fn reference_policy(report: &Report, source: &str) -> String {
+/// A reference policy for `report` (and the device evidence of `evidence`): every value they
+/// show, pinned, for people to review and edit.
+pub fn reference_policy(report: &Report, evidence: Option<&Evidence<'_>>, source: &str) -> String {
     let mut s = String::new();
     let mut line = |l: String| {
         s.push_str(&l);
@@ -261,6 +397,11 @@ pub fn reference_policy(report: &Report, source: &str) -> String {
         line("# Names: NO_FW_UPDATE, SYSTEM_CACHE_LINE_SIZE, LOCK_MSIX, BIND_P2P, ALL_REQUEST_REDIRECT.".into());
         line(format!("required_lock_flags = {}", flag_names(d.lock_flags())));
         line(format!("min_spdm_version = \"{}.{}\"", d.spdm_version >> 4, d.spdm_version & 0xf));
+        let reference = evidence.map(|e| super::device::reference_from(e, i));
+        if let Some(root) = reference.as_ref().and_then(|r| r.vendor_root_sha384) {
+            line("# SHA-384 of the device vendor root certificate (DER); or vendor_root = \"file.pem\".".into());
+            line(format!("vendor_root_sha384 = \"{}\"", hex::encode(&root)));
+        }
         line("# Allowed selections in the SPDM ALGORITHMS encoding; the device must have negotiated".into());
         line("# exactly one bit of each set (0: nothing may be negotiated).".into());
         line("[device.algorithms]".into());
@@ -271,6 +412,37 @@ pub fn reference_policy(report: &Report, source: &str) -> String {
         line(format!("aead = \"{:#x}\"               # 0x02 = AES-256-GCM", a.aead));
         line(format!("key_schedule = \"{:#x}\"       # 0x01 = SPDM", a.key_schedule));
         line(format!("measurement_spec = \"{:#x}\"   # 0x01 = DMTF", a.measurement_spec));
+        let Some(reference) = reference else { continue };
+        for (index, r) in &reference.measurements {
+            line(String::new());
+            line("[[device.measurement]]".into());
+            line(format!("index = {index}"));
+            let (key, values) = match r {
+                Reference::Digests(v) => ("digests", v),
+                Reference::Raw(v) => ("raw", v),
+            };
+            let list: Vec<String> = values.iter().map(|v| format!("\"{}\"", hex::encode(v))).collect();
+            line(format!("{key} = [{}]   # alternatives: add more accepted values here", list.join(", ")));
+        }
+        if let Some(ir) = &reference.interface_report {
+            line(String::new());
+            line("[device.interface_report]".into());
+            if let Some(m) = ir.interface_info {
+                line(format!("interface_info = {{ mask = \"{:#x}\", value = \"{:#x}\" }}", m.mask, m.value));
+            }
+            for r in ir.mmio_ranges.iter().flatten() {
+                line(String::new());
+                line("[[device.interface_report.mmio_range]]".into());
+                line("# first_page depends on where the host put the BARs; pin it only if that is fixed.".into());
+                if let (Some(p), Some(a), Some(id)) = (r.pages, r.attributes, r.range_id) {
+                    line(format!("pages = {p}"));
+                    line(format!(
+                        "attributes = \"{a:#x}\"   # bit0 MSI-X table, bit1 PBA, bit2 non-TEE, bit3 updatable"
+                    ));
+                    line(format!("range_id = {id}"));
+                }
+            }
+        }
     }
     s
 }
@@ -283,7 +455,7 @@ mod tests {
     #[test]
     fn reference_policy_reads_back_as_the_report_s_values() {
         let r = sample();
-        let text = reference_policy(&r, "test");
+        let text = reference_policy(&r, None, "test");
         let p = parse(&text).unwrap();
         assert_eq!(p.mr_td, r.td.mr_td);
         assert_eq!(p.mr_seam, Some(r.tsm.mr_seam));

@@ -15,14 +15,13 @@
 //!    measurement_hash, dhe, aead, key_schedule, measurement_spec}`,
 //!    `deviceN.binding.{cert_chain, measurements, interface_report}`.
 //!
-//! Not checked yet, and therefore not emitted (a check that is not run is not listed as passed):
-//! the device certificate chain to the device vendor's root, the device's SPDM signature over its
-//! measurement transcript, each measurement index against reference values, and the interface
-//! report's MMIO ranges and attributes. They need the device protocol parsers and X.509; each will
-//! arrive as more [`DeviceCheck`] variants (`deviceN.cert_chain.root`,
-//! `deviceN.measurements.signature`, `deviceN.measurement.<index>`,
-//! `deviceN.interface_report.<property>`) without changing the existing ids. Until then a
-//! verdict of "verified" means: the TSM vouches for these devices and these exact blobs.
+//! Not checked here: the device certificate chain to the device vendor's root, the device's SPDM
+//! signature over its measurement transcript, each measurement index against reference values,
+//! and the interface report's MMIO ranges and attributes. They need X.509 and reference values of
+//! any size, so the host runs them (`crate::host::device`, feature `std`: ids
+//! `deviceN.cert_chain.*`, `deviceN.measurements.*`, `deviceN.measurement.<index>`,
+//! `deviceN.interface_report.*`), and the `attest` tool lists them after this engine's checks. A
+//! verdict of this engine alone means: the TSM vouches for these devices and these exact blobs.
 
 mod check;
 mod policy;

@@ -109,21 +109,69 @@ pub fn other_platform() -> &'static Platform {
     P.get_or_init(|| provision("other"))
 }
 
-/// One device's evidence and the report entry bound to it.
-pub fn device_evidence(index: u8, w: &mut EvidenceWriter) -> DeviceEntry {
-    let chain: Vec<u8> = (0..700u32).map(|i| (i as u8) ^ index).collect();
-    let vca = vec![0x10 + index; 60];
-    let meas: Vec<u8> = (0..200u8).map(|i| i.wrapping_mul(3) ^ index).collect();
-    let ir = vec![0x40 + index; 40];
-    w.push(RecordType::CertChain, index, &chain).unwrap();
-    w.push(RecordType::Vca, index, &vca).unwrap();
-    w.push(RecordType::Measurements, index, &meas).unwrap();
-    w.push(RecordType::InterfaceReport, index, &ir).unwrap();
+/// The evidence of a real SPDM conversation: the TSM's requester (`tsm::spdm::connect`) against
+/// the emulated device (`tdisp-device`), in process.
+#[derive(Debug, Clone)]
+pub struct RealEvidence {
+    pub chain: Vec<u8>,
+    pub vca: Vec<u8>,
+    pub measurements: Vec<u8>,
+    pub interface_report: Vec<u8>,
+    pub version: u8,
+    pub function_id: u32,
+    pub root_der: Vec<u8>,
+}
+
+/// Lock flags the fixture's device was locked with: NO_FW_UPDATE.
+pub const LOCK_FLAGS: u16 = 0x1;
+
+pub fn real_evidence() -> &'static RealEvidence {
+    use tsm::doe::Action;
+    use tsm::spdm::connect::{Connect, ConnectRandom};
+    static E: OnceLock<RealEvidence> = OnceLock::new();
+    E.get_or_init(|| {
+        let mut device = tdisp_device::Device::new(tdisp_device::Config::default()).unwrap();
+        let mut c = Connect::new(ConnectRandom {
+            challenge_nonce: [0x11; 32],
+            measurement_nonce: [0x22; 32],
+            context: [0x33; 8],
+            ephemeral: [0x44; 48],
+            random: [0x55; 32],
+        });
+        let mut request = match c.start() {
+            Action::Send(b) => b.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        loop {
+            let reply = device.handle(&request).unwrap_or_default();
+            match c.step(&reply) {
+                Action::Send(b) => request = b.to_vec(),
+                Action::Done => break,
+                Action::Failed(e) => panic!("connect failed: {e:?}"),
+            }
+        }
+        let iface = &device.config().interfaces[0];
+        // The device's own DEVICE_INTERFACE_REPORT builder, as it answers once locked.
+        let interface_report = tdisp_device::tdisp::build_report(iface, LOCK_FLAGS, 0);
+        RealEvidence {
+            chain: c.chain_bytes().unwrap().to_vec(),
+            vca: c.vca().to_vec(),
+            measurements: c.measurements().unwrap().to_vec(),
+            interface_report,
+            version: c.negotiated().unwrap().version,
+            function_id: iface.function_id,
+            root_der: device.identity().root_der.clone(),
+        }
+    })
+}
+
+/// The report entry bound to `e`'s blobs.
+pub fn entry_for(e: &RealEvidence) -> DeviceEntry {
     let mut d = DeviceEntry::zeroed();
-    d.set_function_id(FunctionId::new(0, 0x0100 + u16::from(index) * 8));
+    d.set_function_id(FunctionId(attest::report::FUNCTION_ID_VALID | e.function_id));
     d.set_tdi_state(TdiState::Run);
-    d.spdm_version = 0x12;
-    d.set_lock_flags(0x1);
+    d.spdm_version = e.version;
+    d.set_lock_flags(LOCK_FLAGS);
     d.set_algorithms(&SpdmAlgorithms {
         base_asym: 0x80,
         base_hash: 0x02,
@@ -133,10 +181,38 @@ pub fn device_evidence(index: u8, w: &mut EvidenceWriter) -> DeviceEntry {
         key_schedule: 0x01,
         measurement_spec: 0x01,
     });
-    d.cert_chain_sha384 = sha384(&chain);
-    d.measurements_transcript_sha384 = transcript_digest(&vca, &meas);
-    d.interface_report_sha384 = sha384(&ir);
+    d.cert_chain_sha384 = sha384(&e.chain);
+    d.measurements_transcript_sha384 = transcript_digest(&e.vca, &e.measurements);
+    d.interface_report_sha384 = sha384(&e.interface_report);
     d
+}
+
+/// A bundle of `e` for device 0.
+pub fn bundle_for(e: &RealEvidence) -> Vec<u8> {
+    let mut w = EvidenceWriter::new();
+    w.push(RecordType::CertChain, 0, &e.chain).unwrap();
+    w.push(RecordType::Vca, 0, &e.vca).unwrap();
+    w.push(RecordType::Measurements, 0, &e.measurements).unwrap();
+    w.push(RecordType::InterfaceReport, 0, &e.interface_report).unwrap();
+    w.finish()
+}
+
+/// A report for device `entry` with the fixture's TD, signed by `platform`'s attestation key.
+pub fn signed_report(platform: &Platform, entry: DeviceEntry) -> Report {
+    let mut report = Report::new();
+    report.tsm.set_svn(7);
+    report.tsm.mr_seam = MRSEAM;
+    report.td.mr_td = [0x7d; 48];
+    for (i, r) in report.td.rtmr.iter_mut().enumerate() {
+        *r = [0x10 + i as u8; 48];
+    }
+    report.td.set_attributes(0x1000_0000);
+    report.td.set_xfam(0xe7);
+    report.report_data = NONCE;
+    report.set_devices(&[entry]).unwrap();
+    let ak = attest::sign::derive_attestation_key(&platform.blob.secret, &MRSEAM);
+    attest::sign::sign(&mut report, &ak).unwrap();
+    report
 }
 
 /// A signed report with its bundle, policy and SNP export, on [`platform`].
@@ -185,25 +261,12 @@ pub fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let platform = platform();
         let dir = scratch("fixture");
-        let mut w = EvidenceWriter::new();
-        let entry = device_evidence(0, &mut w);
-        let mut report = Report::new();
-        report.tsm.set_svn(7);
-        report.tsm.mr_seam = MRSEAM;
-        report.td.mr_td = [0x7d; 48];
-        for (i, r) in report.td.rtmr.iter_mut().enumerate() {
-            *r = [0x10 + i as u8; 48];
-        }
-        report.td.set_attributes(0x1000_0000);
-        report.td.set_xfam(0xe7);
-        report.report_data = NONCE;
-        report.set_devices(&[entry]).unwrap();
-        let ak = attest::sign::derive_attestation_key(&platform.blob.secret, &MRSEAM);
-        attest::sign::sign(&mut report, &ak).unwrap();
+        let real = real_evidence();
+        let report = signed_report(platform, entry_for(real));
         let report_path = dir.join("report.bin");
         std::fs::write(&report_path, report.to_bytes()).unwrap();
         let evidence = dir.join("evidence.bin");
-        std::fs::write(&evidence, w.finish()).unwrap();
+        std::fs::write(&evidence, bundle_for(real)).unwrap();
         let policy = dir.join("policy.toml");
         let r = run(&[
             s("policy"),

@@ -148,18 +148,27 @@ fn cmd_policy(mut a: Args) -> Result<Outcome, Unusable> {
     a.finish()?;
     let report = read_report(&report_path)?;
     let mut source = format!("report {report_path}");
-    if let Some(e) = &evidence_path {
-        let bytes = read_evidence(e)?;
-        let ev = Evidence::parse(&bytes).map_err(|err| format!("evidence {e}: {err}"))?;
-        if let Err(err) = evidence::binds(&report, &ev) {
-            eprintln!("attest: the bundle does not bind to the report ({err}); refusing to derive a policy from it");
-            return Ok(Outcome::Rejected);
+    let bytes = evidence_path.as_deref().map(read_evidence).transpose()?;
+    let ev = match (&bytes, &evidence_path) {
+        (Some(b), Some(e)) => {
+            let ev = Evidence::parse(b).map_err(|err| format!("evidence {e}: {err}"))?;
+            if let Err(err) = evidence::binds(&report, &ev) {
+                eprintln!(
+                    "attest: the bundle does not bind to the report ({err}); refusing to derive a policy from it"
+                );
+                return Ok(Outcome::Rejected);
+            }
+            source.push_str(&format!(" and evidence {e} (bound by its digests)"));
+            Some(ev)
         }
-        source.push_str(&format!(" and evidence {e} (bound by its digests)"));
-    } else if !report.devices().is_empty() {
-        eprintln!("attest: note: no --evidence given; the device entries are taken from the report alone");
-    }
-    let text = policy::reference_policy(&report, &source);
+        _ => {
+            if !report.devices().is_empty() {
+                eprintln!("attest: note: no --evidence given; the device entries are taken from the report alone");
+            }
+            None
+        }
+    };
+    let text = policy::reference_policy(&report, ev.as_ref(), &source);
     match out {
         Some(path) => {
             std::fs::write(&path, text).map_err(|e| format!("--out {path}: {e}"))?;

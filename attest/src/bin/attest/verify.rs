@@ -34,7 +34,9 @@ pub fn cmd_verify(mut a: Args) -> Result<Outcome, Unusable> {
     let evidence = evidence_path.as_deref().map(read_evidence).transpose()?;
     let policy_text = read(&policy_path, "policy")?;
     let policy_text = String::from_utf8(policy_text).map_err(|_| format!("policy {policy_path}: not UTF-8 text"))?;
-    let policy = policy::parse(&policy_text).map_err(|e| format!("{policy_path}: {e}"))?;
+    let base = Path::new(&policy_path).parent();
+    let host_policy = policy::parse_file(&policy_text, base).map_err(|e| format!("{policy_path}: {e}"))?;
+    let policy = host_policy.policy;
     let root =
         x509::read_cert(&read(&root_path, "root certificate")?).map_err(|e| format!("--root {root_path}: {e}"))?;
     let ak_path = match ak_path {
@@ -86,6 +88,9 @@ pub fn cmd_verify(mut a: Args) -> Result<Outcome, Unusable> {
     let inputs = Inputs { report: &report, evidence: evidence.as_deref(), key: &ak_key, nonce: nonce.as_ref() };
     let verdict = verify::verify_with(&inputs, &policy, &|r| ring_key.verify(r));
     rows.extend(verdict.checks().iter().map(Row::from));
+    let parsed = evidence.as_deref().and_then(|b| attest::evidence::Evidence::parse(b).ok());
+    let mut cache = attest::host::device::ChainCache::default();
+    rows.extend(attest::host::device::check(&report, parsed.as_ref(), &host_policy.devices, &mut cache));
 
     let root_fp = x509::fingerprint(&root).map_err(|e| e.0)?;
     let header = [
