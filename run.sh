@@ -68,6 +68,8 @@ cmd_test() {
 
 cmd_bench() {
     prereqs
+    # attest_verify_process_ms times the release `attest` binary.
+    cargo build --release -q -p attest --features std --bin attest
     section "cargo run --release -p seamless-bench $*"
     cargo run --release -p seamless-bench -- "$@"
 }

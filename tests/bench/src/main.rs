@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod attestation;
 mod device;
 mod sept;
 mod x86_64_map;
@@ -136,6 +137,7 @@ fn main() -> ExitCode {
     let x86_64_ns = x86_64_map::run(&mut figs);
     sept::run(&mut figs, x86_64_ns);
     device::run(&mut figs);
+    attestation::run(&mut figs);
     match figs.write_results() {
         Ok(path) => {
             eprintln!("wrote {}", path.display());
