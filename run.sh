@@ -59,6 +59,8 @@ cmd_test() {
     prereqs
     section "cargo test --workspace $*"
     cargo test --workspace "$@"
+    section "cargo build -p attest --target $BARE_TARGET (the no_std core the firmware links)"
+    cargo build -p attest --target "$BARE_TARGET"
     section "cargo build -p tsm --target $BARE_TARGET (no_std, no heap)"
     cargo build -p tsm --target "$BARE_TARGET"
     section "cargo build -p firmware --target $BARE_TARGET --release"

@@ -283,3 +283,19 @@ fn the_cli_rejects_a_device_mismatch_with_exit_1() {
     let r = run(&f.verify_with("--policy", p.to_str().unwrap(), &[]));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
 }
+
+#[test]
+fn a_transcript_of_another_version_than_the_report_s_fails() {
+    let e = real_evidence();
+    let mut entry = entry_for(e);
+    entry.spdm_version = 0x12;
+    assert_ne!(e.version, 0x12, "the device negotiates 1.3");
+    let report = signed_report(platform(), entry);
+    let bundle = bundle_for(e);
+    let ev = Evidence::parse(&bundle).unwrap();
+    let rows = check(&report, Some(&ev), &[Some(reference())], &mut ChainCache::default());
+    only(&rows, "device0.measurements.format", Some("SPDM 1.2 as the report says"), Some("1.3"));
+    // The blocks are not judged on a transcript that is not the report's, and say so.
+    let m1 = rows.iter().find(|r| r.id == "device0.measurement.1").unwrap();
+    assert_eq!((m1.status, m1.reason.as_str()), (Status::Skipped, "malformed measurements"));
+}

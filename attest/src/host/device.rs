@@ -450,6 +450,10 @@ fn check_measurements(
                 "transcript of another version",
             ));
             rows.push(Row::new(&id("signature"), Status::Skipped, "-", "-", "malformed measurements"));
+            for (index, _) in refs {
+                let rid = format!("device{n}.measurement.{index}");
+                rows.push(Row::new(&rid, Status::Skipped, "-", "-", "malformed measurements"));
+            }
             return;
         }
         Err(e) => {
@@ -729,4 +733,129 @@ pub fn reference_from(evidence: &Evidence<'_>, n: usize) -> DeviceReference {
             ),
         });
     DeviceReference { vendor_root_sha384: root, measurements, interface_report }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn block(index: u8, value_type: u8, value: &[u8]) -> Vec<u8> {
+        let mut b = vec![index, 0x01];
+        b.extend_from_slice(&((3 + value.len()) as u16).to_le_bytes());
+        b.push(value_type);
+        b.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        b.extend_from_slice(value);
+        b
+    }
+
+    /// GET_MEASUREMENTS (1.2, signature requested) ‖ MEASUREMENTS with `blocks` and a dummy
+    /// signature.
+    fn exchange(blocks: &[Vec<u8>]) -> Vec<u8> {
+        let mut m = vec![0x12, 0xE0, 0x01, 0xFF];
+        m.extend_from_slice(&[0x11; 32]);
+        m.push(0);
+        let rec: Vec<u8> = blocks.concat();
+        m.extend_from_slice(&[0x12, 0x60, 0, 0, blocks.len() as u8]);
+        m.extend_from_slice(&(rec.len() as u32).to_le_bytes()[..3]);
+        m.extend_from_slice(&rec);
+        m.extend_from_slice(&[0x22; 32]);
+        m.extend_from_slice(&[0, 0]);
+        m.extend_from_slice(&[0x33; 96]);
+        m
+    }
+
+    #[test]
+    fn measurements_parse_and_each_defect_is_named() {
+        let good = exchange(&[block(1, 0x01, &[0xAA; 48]), block(3, 0x83, b"cfg")]);
+        let m = parse_measurements(&good).unwrap();
+        assert_eq!((m.version, m.request_len, m.blocks.len()), (0x12, 37, 2));
+        assert_eq!(m.blocks[1], Block { index: 3, value_type: 0x83, value: b"cfg".to_vec() });
+        let cases: [(Vec<u8>, &str); 6] = [
+            (vec![], "shorter than a GET_MEASUREMENTS header"),
+            (
+                {
+                    let mut b = good.clone();
+                    b[1] = 0xE1;
+                    b
+                },
+                "not GET_MEASUREMENTS",
+            ),
+            (
+                {
+                    let mut b = good.clone();
+                    b[0] = 0x11;
+                    b
+                },
+                "signed measurements need 1.2 or 1.3",
+            ),
+            (
+                {
+                    let mut b = good.clone();
+                    b.push(0);
+                    b
+                },
+                "a P-384 signature make",
+            ),
+            (exchange(&[block(1, 1, &[1]), block(1, 1, &[2])]), "index 1 appears twice"),
+            (
+                {
+                    let mut b = good.clone();
+                    b[37 + 4] = 3;
+                    b
+                },
+                "block 2 runs past the record",
+            ),
+        ];
+        for (bytes, want) in cases {
+            let e = parse_measurements(&bytes).unwrap_err();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn chains_and_interface_reports_name_their_defects() {
+        assert!(parse_chain(&[0; 10]).unwrap_err().contains("shorter than the 52-byte header"));
+        let mut c = vec![0u8; 52];
+        c[0] = 52;
+        assert!(parse_chain(&c).unwrap_err().contains("no certificate"));
+        c[0] = 53;
+        assert!(parse_chain(&c).unwrap_err().contains("Length field says 53"));
+        let mut r = vec![0u8; 20];
+        assert_eq!(parse_interface_report(&r).unwrap().ranges.len(), 0);
+        r[12] = 1;
+        assert!(parse_interface_report(&r).unwrap_err().contains("1 MMIO ranges do not fit"));
+        r[12] = 0;
+        r[2] = 1;
+        assert!(parse_interface_report(&r).unwrap_err().contains("reserved"));
+    }
+
+    #[test]
+    fn the_signing_prefix_is_dsp0274_s() {
+        let p = signing_prefix(0x13);
+        assert_eq!(&p[..64], b"dmtf-spdm-v1.3.*dmtf-spdm-v1.3.*dmtf-spdm-v1.3.*dmtf-spdm-v1.3.*");
+        assert_eq!(&p[64..70], &[0; 6]);
+        assert_eq!(&p[70..], b"responder-measurements signing");
+    }
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(b in proptest::collection::vec(any::<u8>(), 0..400), patch in any::<u8>()) {
+            let _ = parse_chain(&b);
+            let _ = parse_interface_report(&b);
+            let _ = parse_measurements(&b);
+            let mut m = exchange(&[block(1, 1, &b[..b.len().min(60)])]);
+            let at = usize::from(patch) % m.len();
+            m[at] ^= patch | 1;
+            let _ = parse_measurements(&m);
+            let mut c = b.clone();
+            if c.len() >= 52 {
+                let n = c.len() as u16;
+                c[..2].copy_from_slice(&n.to_le_bytes());
+                c[2..4].fill(0);
+                c[52] = 0x30;
+            }
+            let _ = parse_chain(&c);
+        }
+    }
 }
