@@ -57,6 +57,7 @@ fn real_evidence_passes_every_device_check() {
             "device0.cert_chain.format",
             "device0.cert_chain.root",
             "device0.cert_chain.signatures",
+            "device0.cert_chain.validity",
             "device0.measurements.format",
             "device0.measurements.signature",
             "device0.measurement.1",
@@ -206,6 +207,8 @@ fn a_broken_chain_link_fails_and_leaves_no_key_to_trust() {
     let rows = rows_with(reference(), &e);
     let ids: Vec<&str> = failures(&rows).iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, ["device0.cert_chain.signatures", "device0.measurements.signature"], "{rows:#?}");
+    let validity = rows.iter().find(|r| r.id == "device0.cert_chain.validity").unwrap();
+    assert_eq!((validity.status, validity.reason.as_str()), (Status::Skipped, "chain does not verify"));
     assert!(failures(&rows)[0].actual.contains("certificate 1"), "{}", failures(&rows)[0].actual);
 }
 
@@ -230,6 +233,24 @@ fn malformed_blobs_fail_their_format_checks() {
     let mut e = base.clone();
     e.interface_report.push(0);
     only(&rows_with(reference(), &e), "device0.interface_report.format", None, None);
+}
+
+#[test]
+fn a_chain_not_valid_now_fails_and_leaves_no_key_to_trust() {
+    let e = real_evidence();
+    let report = signed_report(platform(), entry_for(e));
+    let bundle = bundle_for(e);
+    let ev = Evidence::parse(&bundle).unwrap();
+    let mut cache = ChainCache::default();
+    // The device's certificates are valid from 2024-01-01 (1_704_067_200).
+    let before = std::time::Duration::from_secs(1_704_067_199);
+    for _ in 0..2 {
+        // Cold, then from the cache: validity is judged every time.
+        let rows = attest::host::device::check_at(&report, Some(&ev), &[Some(reference())], &mut cache, before);
+        let ids: Vec<&str> = failures(&rows).iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["device0.cert_chain.validity", "device0.measurements.signature"], "{rows:#?}");
+        assert!(failures(&rows)[0].actual.contains("valid 1704067200s"), "{}", failures(&rows)[0].actual);
+    }
 }
 
 #[test]

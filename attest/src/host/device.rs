@@ -9,6 +9,7 @@
 //! * `deviceN.cert_chain.root`: the chain's root is the device vendor root the policy names.
 //! * `deviceN.cert_chain.signatures`: the root is self-signed and each certificate is signed by
 //!   the one before it (ECDSA P-384 SHA-384, ring); the leaf carries a P-384 key.
+//! * `deviceN.cert_chain.validity`: now is inside every certificate's validity period.
 //! * `deviceN.measurements.format`: the MEASUREMENTS record is a signed GET_MEASUREMENTS request
 //!   and its MEASUREMENTS response, of the SPDM version the report names, with well-formed DMTF
 //!   blocks.
@@ -25,6 +26,7 @@
 //! digest the report itself binds), so a verifier that sees the device again skips it.
 
 use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ring::signature::{UnparsedPublicKey, ECDSA_P384_SHA384_FIXED};
 use sha2::{Digest, Sha384};
@@ -289,15 +291,22 @@ fn signing_prefix(version: u8) -> [u8; 100] {
     p
 }
 
-/// Chains that verified, by SHA-384: their leaf key, and the root's SHA-384.
-#[derive(Debug, Default)]
-pub struct ChainCache {
-    verified: HashMap<[u8; 48], (Vec<u8>, [u8; 48])>,
+/// A chain that verified.
+#[derive(Debug, Clone)]
+struct Verified {
+    /// The leaf's SEC1 key.
+    key: Vec<u8>,
+    /// SHA-384 of the root certificate.
+    root: [u8; 48],
+    /// The intersection of the certificates' validity periods (Unix time).
+    valid: (Duration, Duration),
 }
 
-/// What a chain check gives the later checks.
-struct ChainResult {
-    leaf_key: Option<Vec<u8>>,
+/// Chains that verified, by SHA-384: their leaf key, root and validity. Validity is checked again
+/// at every use; only the signatures are remembered.
+#[derive(Debug, Default)]
+pub struct ChainCache {
+    verified: HashMap<[u8; 48], Verified>,
 }
 
 fn check_chain(
@@ -306,81 +315,65 @@ fn check_chain(
     bytes: Option<&[u8]>,
     want_root: Option<&[u8; 48]>,
     cache: &mut ChainCache,
-) -> ChainResult {
+    now: Duration,
+) -> Option<Vec<u8>> {
     let id = |c: &str| format!("device{n}.cert_chain.{c}");
-    let none = ChainResult { leaf_key: None };
     let Some(bytes) = bytes else {
-        for c in ["format", "root", "signatures"] {
+        for c in ["format", "root", "signatures", "validity"] {
             rows.push(Row::new(&id(c), Status::Fail, "a CERT_CHAIN record", "missing", "record missing"));
         }
-        return none;
+        return None;
     };
+    let links = "each certificate signed by the one before";
     let digest: [u8; 48] = Sha384::digest(bytes).into();
-    let (leaf_key, root_digest) = match cache.verified.get(&digest) {
-        Some((key, root)) => {
-            rows.push(Row::new(
-                &id("format"),
-                Status::Pass,
-                "an SPDM certificate chain",
-                "well-formed",
-                "seen before: verified chain, by SHA-384",
-            ));
-            (key.clone(), *root)
+    let verified = match cache.verified.get(&digest) {
+        Some(v) => {
+            let seen = "seen before: verified chain, by SHA-384";
+            rows.push(Row::new(&id("format"), Status::Pass, "an SPDM certificate chain", "well-formed", seen));
+            push_root(rows, &id("root"), want_root, &v.root);
+            rows.push(Row::new(&id("signatures"), Status::Pass, links, "verifies", seen));
+            v.clone()
         }
         None => {
             let chain = match parse_chain(bytes) {
                 Ok(c) => c,
                 Err(e) => {
                     rows.push(Row::new(&id("format"), Status::Fail, "an SPDM certificate chain", e, "malformed chain"));
-                    rows.push(Row::new(&id("root"), Status::Skipped, "-", "-", "malformed chain"));
-                    rows.push(Row::new(&id("signatures"), Status::Skipped, "-", "-", "malformed chain"));
-                    return none;
+                    for c in ["root", "signatures", "validity"] {
+                        rows.push(Row::new(&id(c), Status::Skipped, "-", "-", "malformed chain"));
+                    }
+                    return None;
                 }
             };
-            rows.push(Row::new(
-                &id("format"),
-                Status::Pass,
-                "an SPDM certificate chain",
-                format!("{} certificates", chain.certs.len()),
-                "well-formed",
-            ));
-            let root_digest: [u8; 48] = Sha384::digest(&chain.certs[0]).into();
+            let count = format!("{} certificates", chain.certs.len());
+            rows.push(Row::new(&id("format"), Status::Pass, "an SPDM certificate chain", count, "well-formed"));
+            let root: [u8; 48] = Sha384::digest(&chain.certs[0]).into();
+            push_root(rows, &id("root"), want_root, &root);
             match verify_links(&chain) {
-                Ok(key) => {
-                    cache.verified.insert(digest, (key.clone(), root_digest));
-                    push_root(rows, &id("root"), want_root, &root_digest);
-                    rows.push(Row::new(
-                        &id("signatures"),
-                        Status::Pass,
-                        "each certificate signed by the one before",
-                        "verifies",
-                        "ECDSA P-384 (ring)",
-                    ));
-                    return ChainResult { leaf_key: Some(key) };
+                Ok(v) => {
+                    rows.push(Row::new(&id("signatures"), Status::Pass, links, "verifies", "ECDSA P-384 (ring)"));
+                    cache.verified.insert(digest, v.clone());
+                    v
                 }
                 Err(e) => {
-                    push_root(rows, &id("root"), want_root, &root_digest);
-                    rows.push(Row::new(
-                        &id("signatures"),
-                        Status::Fail,
-                        "each certificate signed by the one before",
-                        e,
-                        "chain does not verify",
-                    ));
-                    return none;
+                    rows.push(Row::new(&id("signatures"), Status::Fail, links, e, "chain does not verify"));
+                    rows.push(Row::new(&id("validity"), Status::Skipped, "-", "-", "chain does not verify"));
+                    return None;
                 }
             }
         }
     };
-    push_root(rows, &id("root"), want_root, &root_digest);
-    rows.push(Row::new(
-        &id("signatures"),
-        Status::Pass,
-        "each certificate signed by the one before",
-        "verifies",
-        "seen before: verified chain, by SHA-384",
+    let (from, to) = verified.valid;
+    let ok = from <= now && now <= to;
+    let window = format!("valid {}s .. {}s (Unix time); now {}s", from.as_secs(), to.as_secs(), now.as_secs());
+    rows.push(Row::compare(
+        &id("validity"),
+        ok,
+        "now within every certificate's validity",
+        window,
+        "a certificate is not valid now",
     ));
-    ChainResult { leaf_key: Some(leaf_key) }
+    ok.then_some(verified.key)
 }
 
 fn push_root(rows: &mut Vec<Row>, id: &str, want: Option<&[u8; 48]>, got: &[u8; 48]) {
@@ -398,20 +391,25 @@ fn push_root(rows: &mut Vec<Row>, id: &str, want: Option<&[u8; 48]>, got: &[u8; 
     }
 }
 
-/// Checks every link of `chain`; the leaf's SEC1 key.
-fn verify_links(chain: &Chain) -> Result<Vec<u8>, String> {
+/// Checks every link of `chain`.
+fn verify_links(chain: &Chain) -> Result<Verified, String> {
     let certs: Vec<x509_cert::Certificate> = chain
         .certs
         .iter()
         .enumerate()
         .map(|(i, der)| x509::read_cert(der).map_err(|e| format!("certificate {i}: {e}")))
         .collect::<Result<_, _>>()?;
+    let mut valid = (Duration::ZERO, Duration::MAX);
     for (i, cert) in certs.iter().enumerate() {
         let issuer = if i == 0 { cert } else { &certs[i - 1] };
         x509::check_signed_by(cert, issuer).map_err(|e| format!("certificate {i}: {e}"))?;
+        let v = cert.tbs_certificate().validity();
+        valid = (valid.0.max(v.not_before.to_unix_duration()), valid.1.min(v.not_after.to_unix_duration()));
     }
     let leaf = certs.last().ok_or("empty chain")?;
-    x509::p384_key_bytes(leaf).map_err(|e| format!("leaf: {e}"))
+    let key = x509::p384_key_bytes(leaf).map_err(|e| format!("leaf: {e}"))?;
+    let root = Sha384::digest(&chain.certs[0]).into();
+    Ok(Verified { key, root, valid })
 }
 
 fn check_measurements(
@@ -662,12 +660,24 @@ fn check_interface(rows: &mut Vec<Row>, n: usize, bytes: Option<&[u8]>, want: Op
     }
 }
 
-/// Runs the device-side checks of every device entry of `report` on `evidence`.
+/// Runs the device-side checks of every device entry of `report` on `evidence`, now.
 pub fn check(
     report: &Report,
     evidence: Option<&Evidence<'_>>,
     refs: &[Option<DeviceReference>],
     cache: &mut ChainCache,
+) -> Vec<Row> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    check_at(report, evidence, refs, cache, now)
+}
+
+/// [`check`] at Unix time `now` (certificate validity is judged against it).
+pub fn check_at(
+    report: &Report,
+    evidence: Option<&Evidence<'_>>,
+    refs: &[Option<DeviceReference>],
+    cache: &mut ChainCache,
+    now: Duration,
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     for (n, entry) in report.devices().iter().enumerate() {
@@ -675,14 +685,15 @@ pub fn check(
         let r = refs.get(n).and_then(Option::as_ref);
         let empty = DeviceReference::default();
         let r_or = r.unwrap_or(&empty);
-        let chain = check_chain(&mut rows, n, get(RecordType::CertChain), r_or.vendor_root_sha384.as_ref(), cache);
+        let root = r_or.vendor_root_sha384.as_ref();
+        let leaf_key = check_chain(&mut rows, n, get(RecordType::CertChain), root, cache, now);
         check_measurements(
             &mut rows,
             n,
             entry,
             get(RecordType::Vca),
             get(RecordType::Measurements),
-            chain.leaf_key.as_deref(),
+            leaf_key.as_deref(),
             &r_or.measurements,
         );
         check_interface(&mut rows, n, get(RecordType::InterfaceReport), r_or.interface_report.as_ref());

@@ -94,7 +94,11 @@ pub fn cmd_verify(mut a: Args) -> Result<Outcome, Unusable> {
 
     let root_fp = x509::fingerprint(&root).map_err(|e| e.0)?;
     let header = [
-        format!("trust root: {root_path} ({}; SHA-384 {})", x509::subject(&root), hex::encode(&root_fp)),
+        format!(
+            "trust root: {root_path} ({}; SHA-384 {}): user-supplied, nothing is pinned",
+            x509::subject(&root),
+            hex::encode(&root_fp)
+        ),
         format!(
             "attestation key: {ak_path} ({}; key SHA-384 {})",
             x509::subject(&ak),
@@ -107,6 +111,7 @@ pub fn cmd_verify(mut a: Args) -> Result<Outcome, Unusable> {
         "subject": x509::subject(&root),
         "sha384": hex::encode(&root_fp),
         "attestation_key_certificate": ak_path,
+        "pinned": false,
     });
     Ok(output(&header, trust, &rows, json))
 }
@@ -124,7 +129,7 @@ fn verify_snp(mut a: Args, snp_path: &str) -> Result<Outcome, Unusable> {
         .map_err(|e| format!("{snp_path}: {e}"))?;
     let header = [
         format!(
-            "trust root: {} ({}; SHA-384 {})",
+            "trust root: {} ({}; SHA-384 {}): user-supplied ARK, not AMD's pinned roots",
             certs.ark_path.display(),
             certs.ark_subject,
             hex::encode(&certs.ark_fingerprint)
@@ -136,6 +141,7 @@ fn verify_snp(mut a: Args, snp_path: &str) -> Result<Outcome, Unusable> {
         "path": certs.ark_path.display().to_string(),
         "subject": certs.ark_subject,
         "sha384": hex::encode(&certs.ark_fingerprint),
+        "pinned": false,
     });
     Ok(output(&header, trust, &rows, json))
 }
