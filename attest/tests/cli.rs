@@ -458,3 +458,23 @@ fn the_binary_is_the_one_cargo_built() {
     let out = Command::new(env!("CARGO_BIN_EXE_attest")).arg("help").output().unwrap();
     assert!(out.status.success());
 }
+
+#[test]
+fn a_reader_that_stops_early_does_not_change_the_verdict() {
+    use std::process::Stdio;
+    let f = fixture();
+    for (args, want) in [(f.verify_args(&[]), 0), (f.verify_with("--nonce", &"ee".repeat(64), &[]), 1)] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_attest"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end before the tool writes: its write meets a broken pipe.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(want), "{stderr}");
+        assert!(!stderr.contains("internal error") && !stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -5,11 +5,22 @@
 //! 2 unusable input (a file that is missing, malformed or of the wrong kind; a bad option). It
 //! never panics on input; a panic anyway (a bug) is caught and reported as exit 2.
 
+/// Appends a formatted line to the output buffer ([`out::flush`] writes it).
+macro_rules! outln {
+    () => { $crate::out::push(String::from("\n")) };
+    ($($arg:tt)*) => { $crate::out::push(format!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Appends formatted text to the output buffer.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::out::push(format!($($arg)*)) };
+}
+
 mod args;
+mod out;
 mod show;
 mod verify;
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use attest::evidence::{self, Evidence};
@@ -90,13 +101,13 @@ fn cmd_provision(mut a: Args) -> Result<Outcome, Unusable> {
     a.finish()?;
     let s = provision::provision(std::path::Path::new(&out), &provision::Params { mrseam, tsm_svn, force })
         .map_err(|e| format!("provision: {e}"))?;
-    println!("provisioned an emulated platform in {out}");
-    println!("  keys derived for MRSEAM {} and TSM SVN {tsm_svn}", hex::encode(&mrseam));
+    outln!("provisioned an emulated platform in {out}");
+    outln!("  keys derived for MRSEAM {} and TSM SVN {tsm_svn}", hex::encode(&mrseam));
     for f in &s.files {
-        println!("  wrote {}", f.display());
+        outln!("  wrote {}", f.display());
     }
-    println!("  {}", provision::describe(&s));
-    println!("  the private keys of the root, ARK and ASK were not kept; platform-secret.bin is the only secret");
+    outln!("  {}", provision::describe(&s));
+    outln!("  the private keys of the root, ARK and ASK were not kept; platform-secret.bin is the only secret");
     Ok(Outcome::Done)
 }
 
@@ -119,9 +130,9 @@ fn cmd_measure(mut a: Args) -> Result<Outcome, Unusable> {
     };
     if json {
         let v = serde_json::json!({ "image": path, "pages": pages, "mrtd": hex::encode(&mrtd) });
-        println!("{v:#}");
+        outln!("{v:#}");
     } else {
-        println!("{}", hex::encode(&mrtd));
+        outln!("{}", hex::encode(&mrtd));
         eprintln!("MRTD of {path}: {pages} pages, measured as the TSM measures TDH.MEM.PAGE.ADD and TDH.MR.EXTEND");
     }
     Ok(Outcome::Done)
@@ -174,7 +185,7 @@ fn cmd_policy(mut a: Args) -> Result<Outcome, Unusable> {
             std::fs::write(&path, text).map_err(|e| format!("--out {path}: {e}"))?;
             eprintln!("wrote {path}; review it before use");
         }
-        None => print!("{text}"),
+        None => out!("{text}"),
     }
     Ok(Outcome::Done)
 }
@@ -191,7 +202,7 @@ fn run(argv: Vec<String>) -> Result<Outcome, Unusable> {
         "policy" => cmd_policy(a),
         "measure" => cmd_measure(a),
         "help" | "-h" | "--help" => {
-            println!("{USAGE}");
+            outln!("{USAGE}");
             Ok(Outcome::Done)
         }
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
@@ -205,7 +216,9 @@ fn main() -> ExitCode {
     }));
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let result = std::panic::catch_unwind(|| run(argv));
-    let _ = std::io::stdout().flush();
+    // The output goes out in one write after the verdict is known, so a reader that stops early
+    // (`| head`) neither breaks the tool nor changes its exit status.
+    out::flush();
     match result {
         Ok(Ok(Outcome::Done)) => ExitCode::SUCCESS,
         Ok(Ok(Outcome::Rejected)) => ExitCode::from(1),

@@ -74,10 +74,10 @@ fn print_tree(v: &Value, indent: usize) {
             for (k, x) in m {
                 match x {
                     Value::Object(_) | Value::Array(_) => {
-                        println!("{pad}{k}:");
+                        outln!("{pad}{k}:");
                         print_tree(x, indent + 2);
                     }
-                    _ => println!("{pad}{k}: {}", scalar(x)),
+                    _ => outln!("{pad}{k}: {}", scalar(x)),
                 }
             }
         }
@@ -85,14 +85,14 @@ fn print_tree(v: &Value, indent: usize) {
             for (i, x) in a.iter().enumerate() {
                 match x {
                     Value::Object(_) | Value::Array(_) => {
-                        println!("{pad}[{i}]");
+                        outln!("{pad}[{i}]");
                         print_tree(x, indent + 2);
                     }
-                    _ => println!("{pad}[{i}] {}", scalar(x)),
+                    _ => outln!("{pad}[{i}] {}", scalar(x)),
                 }
             }
         }
-        _ => println!("{pad}{}", scalar(v)),
+        _ => outln!("{pad}{}", scalar(v)),
     }
 }
 
@@ -142,7 +142,7 @@ pub fn cmd_show(mut a: Args) -> Result<Outcome, Unusable> {
     }
     let v = Value::Object(out);
     if json_out {
-        println!("{v:#}");
+        outln!("{v:#}");
     } else {
         print_tree(&v, 0);
     }

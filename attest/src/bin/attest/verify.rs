@@ -168,16 +168,16 @@ fn output(header: &[String], trust: serde_json::Value, rows: &[Row], json: bool)
             "failed": failed,
             "checks": checks,
         });
-        println!("{v:#}");
+        outln!("{v:#}");
     } else {
         for h in header {
-            println!("{h}");
+            outln!("{h}");
         }
-        println!();
+        outln!();
         let w = rows.iter().map(|r| r.id.len()).max().unwrap_or(2).max(2);
-        println!("{:w$}  {:7}  {:30}  {:30}  REASON", "ID", "STATUS", "EXPECTED", "ACTUAL");
+        outln!("{:w$}  {:7}  {:30}  {:30}  REASON", "ID", "STATUS", "EXPECTED", "ACTUAL");
         for r in rows {
-            println!(
+            outln!(
                 "{:w$}  {:7}  {:30}  {:30}  {}",
                 r.id,
                 r.status.to_string(),
@@ -186,12 +186,12 @@ fn output(header: &[String], trust: serde_json::Value, rows: &[Row], json: bool)
                 r.reason
             );
         }
-        println!();
+        outln!();
         let skipped = rows.iter().filter(|r| r.status == Status::Skipped).count();
         if verified {
-            println!("VERIFIED: {} checks, none failed, {skipped} skipped (listed above with why)", rows.len());
+            outln!("VERIFIED: {} checks, none failed, {skipped} skipped (listed above with why)", rows.len());
         } else {
-            println!("REJECTED: {failed} of {} checks failed, {skipped} skipped", rows.len());
+            outln!("REJECTED: {failed} of {} checks failed, {skipped} skipped", rows.len());
         }
     }
     if verified {
