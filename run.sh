@@ -201,6 +201,8 @@ cmd_test() {
     build_firmware
     section "cargo test --workspace $*"
     cargo test --workspace "$@"
+    section "cargo build -p attest --target $BARE_TARGET (the no_std core the firmware links)"
+    cargo build -p attest --target "$BARE_TARGET"
     section "cargo build -p tsm --target $BARE_TARGET (no_std, no heap)"
     cargo build -p tsm --target "$BARE_TARGET"
     section "test: all passed"
@@ -208,6 +210,8 @@ cmd_test() {
 
 cmd_bench() {
     prereqs
+    # attest_verify_process_ms times the release `attest` binary.
+    cargo build --release -q -p attest --features std --bin attest
     section "cargo run --release -p seamless-bench $*"
     cargo run --release -p seamless-bench -- "$@"
 }

@@ -14,18 +14,30 @@
 //! * [`evidence`] is the bundle of device evidence that travels beside the report, bound to it by
 //!   those digests.
 //! * [`verify`] checks a report and its bundle against a policy, in layers, recording every check.
+//! * [`snp`] builds and signs the SNP-format export (a 1184-byte SEV-SNP attestation report that
+//!   stands for a native report) with the emulated VCEK.
+//! * [`platform`] is the platform secret blob the firmware receives at boot.
+//! * [`image`] is the guest image format and loading convention behind `attest measure`.
+//! * `host` (feature `std`) holds what only host tools need: the TOML policy, provisioning,
+//!   X.509 chains, ring verification and the `sev` crate's SNP checks; the `attest` binary is
+//!   built on it.
 //!
 //! `docs/attestation.md` describes the formats byte by byte and lists the check ids.
 //!
-//! The crate is `no_std` (the `std` feature only adds conveniences for host tools) and has no
-//! `unsafe`.
+//! The crate is `no_std` without the `std` feature (which adds the host side and the `attest`
+//! binary) and has no `unsafe`.
 
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![forbid(unsafe_code)]
 
 pub mod evidence;
+#[cfg(feature = "std")]
+pub mod host;
+pub mod image;
 pub mod mrtd;
+pub mod platform;
 pub mod report;
 pub mod sign;
+pub mod snp;
 pub mod tdreport;
 pub mod verify;

@@ -40,7 +40,8 @@ pub const MAX_DEVICES: usize = 4;
 pub const MAGIC: [u8; 8] = *b"SEAMRPT\0";
 /// The report version this crate writes and reads.
 pub const VERSION: u16 = 1;
-/// `ReportHeader::flavour` of the native report (an SNP-format export is another flavour).
+/// `ReportHeader::flavour` of the native report, the only one (the SNP-format export, [`crate::snp`], is
+/// a format of its own).
 pub const FLAVOUR_NATIVE: u16 = 1;
 
 /// Bytes of [`ReportHeader`].

@@ -80,11 +80,27 @@ pub fn verify(report: &Report, key: &VerifyingKey) -> Result<(), SignatureError>
 /// counter then moves on. That happens with probability about 2^-190 per try, so in practice the
 /// first try is the key; the loop has no exit but success, and no panic path.
 pub fn derive_attestation_key(platform_secret: &[u8; 32], tsm_measurement: &[u8; DIGEST_BYTES]) -> SigningKey {
+    derive_key(KEY_INFO, platform_secret, tsm_measurement)
+}
+
+/// HKDF-SHA-384 info prefix of the emulated VCEK, the key that signs the SNP-format export
+/// ([`crate::snp`]). Same derivation as [`derive_attestation_key`] under another label, so the two
+/// keys are independent and neither reveals the other.
+pub const VCEK_KEY_INFO: &[u8] = b"seamless/attest/snp-vcek/p384/v1";
+
+/// Derives the emulated VCEK from the platform secret and the TSM measurement: the derivation of
+/// [`derive_attestation_key`] with info prefix [`VCEK_KEY_INFO`]. As AMD's VCEK depends on the
+/// chip and the firmware TCB, this one depends on the platform and the TSM image.
+pub fn derive_vcek_key(platform_secret: &[u8; 32], tsm_measurement: &[u8; DIGEST_BYTES]) -> SigningKey {
+    derive_key(VCEK_KEY_INFO, platform_secret, tsm_measurement)
+}
+
+fn derive_key(label: &[u8], platform_secret: &[u8; 32], tsm_measurement: &[u8; DIGEST_BYTES]) -> SigningKey {
     let hkdf = Hkdf::<Sha384>::new(Some(KEY_SALT), platform_secret);
     let mut counter: u32 = 0;
     loop {
         let mut okm = [0u8; DIGEST_BYTES];
-        let expanded = hkdf.expand_multi_info(&[KEY_INFO, tsm_measurement, &counter.to_le_bytes()], &mut okm);
+        let expanded = hkdf.expand_multi_info(&[label, tsm_measurement, &counter.to_le_bytes()], &mut okm);
         if expanded.is_ok() {
             if let Ok(key) = SigningKey::from_bytes(&okm.into()) {
                 okm.fill(0);
@@ -175,6 +191,14 @@ mod tests {
         assert_eq!(a, derive_attestation_key(&[1; 32], &[0x5e; 48]));
         assert_ne!(a, derive_attestation_key(&[2; 32], &[0x5e; 48]));
         assert_ne!(a, derive_attestation_key(&[1; 32], &[0x5f; 48]));
+    }
+
+    #[test]
+    fn vcek_and_attestation_key_differ() {
+        let (s, m) = ([1u8; 32], [0x5e; 48]);
+        assert_ne!(derive_vcek_key(&s, &m), derive_attestation_key(&s, &m));
+        assert_eq!(derive_vcek_key(&s, &m), derive_vcek_key(&s, &m));
+        assert_ne!(derive_vcek_key(&s, &m), derive_vcek_key(&[2; 32], &m));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! What a verifier requires of a report, as plain Rust (the TOML form comes with the CLI).
+//! What a verifier requires of a report, in memory (`crate::host::policy` reads it from TOML).
 
 use crate::report::{FunctionId, DIGEST_BYTES, MAX_DEVICES, RTMRS};
 
@@ -52,7 +52,7 @@ pub struct DevicePolicy {
     pub algorithms: AllowedAlgorithms,
 }
 
-/// What the verifier requires of a report. Plain Rust for now; a TOML form comes with the CLI.
+/// What the verifier requires of a report (the policy file's `[tsm]`, `[td]` and `[[device]]` keys).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
     /// Lowest TSM SVN accepted; `None` skips `tsm.svn`.

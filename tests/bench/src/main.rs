@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod assign;
+mod attestation;
 mod device;
 mod iommu;
 mod sept;
@@ -134,7 +135,7 @@ fn main() -> ExitCode {
     if cfg!(debug_assertions) {
         eprintln!("warning: seamless-bench is a debug build; figures are meaningless (use --release)");
     }
-    // `seamless-bench [GROUP...]` runs only the named groups (sept, device, assign, iommu); no
+    // `seamless-bench [GROUP...]` runs only the named groups (sept, device, assign, iommu, attestation); no
     // argument runs them all.
     let groups: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let want = |g: &str| groups.is_empty() || groups.iter().any(|a| a == g);
@@ -151,6 +152,9 @@ fn main() -> ExitCode {
     }
     if want("iommu") {
         iommu::run(&mut figs);
+    }
+    if want("attestation") {
+        attestation::run(&mut figs);
     }
     match figs.write_results() {
         Ok(path) => {
