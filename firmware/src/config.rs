@@ -6,7 +6,8 @@ use core::fmt;
 
 /// fw_cfg file of the run configuration.
 pub const CONFIG_FILE: &str = "opt/seamless/config";
-/// fw_cfg file of the platform secret (32 bytes; the attestation key is derived from it).
+/// fw_cfg file of the platform secret: `attest::platform::SecretBlob`, 128 bytes, as `attest
+/// provision` writes it (the TSM derives its attestation keys from it).
 pub const SECRET_FILE: &str = "opt/seamless/platform-secret";
 
 /// What the firmware does after boot.

@@ -4,6 +4,7 @@
 use core::fmt::{self, Write};
 
 use tsm::addr::{FrameRange, Pfn};
+use attest::platform::{SecretBlob, BLOB_BYTES};
 use tsm::{Tsm, TsmIdentity};
 
 use crate::arch::{self, ExitCode, StartInfoAddr};
@@ -122,6 +123,9 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     say!("figure firmware_image_kib {} KiB", arch::loaded_bytes().div_ceil(1024));
     defmt::info!("TSM ready {=u64} us after PVH entry", ready);
     let _ = secret;
+    if matches!(config.mode, Mode::Assign) && secret.is_none() {
+        fail("assign", &"no platform secret in fw_cfg (attest provision writes platform-secret.bin)");
+    }
 
     if config.mode == Mode::Boot {
         say!("seamless firmware: boot done");
@@ -155,7 +159,7 @@ fn low_ram_end(map: &MemoryMap) -> u64 {
 }
 
 /// The run configuration (defaults when absent) and the platform secret (if provisioned).
-fn read_fw_cfg() -> (RunConfig, Option<[u8; 32]>) {
+fn read_fw_cfg() -> (RunConfig, Option<[u8; BLOB_BYTES]>) {
     let fw = match FwCfg::new() {
         Ok(f) => f,
         Err(e) => {
@@ -169,23 +173,28 @@ fn read_fw_cfg() -> (RunConfig, Option<[u8; 32]>) {
         Err(FwCfgError::NotFound) => RunConfig::default(),
         Err(e) => fail(CONFIG_FILE, &e),
     };
-    let mut s = [0u8; 33];
+    let mut s = [0u8; BLOB_BYTES + 1];
     let secret = match fw.read_file(SECRET_FILE, &mut s) {
-        Ok(32) => {
-            let mut k = [0u8; 32];
-            k.copy_from_slice(&s[..32]);
-            Some(k)
-        }
-        Ok(n) => fail(SECRET_FILE, &format_args!("{n} bytes, expected 32")),
+        Ok(BLOB_BYTES) => match SecretBlob::read_from(&s[..BLOB_BYTES]) {
+            Ok(_) => {
+                let mut k = [0u8; BLOB_BYTES];
+                k.copy_from_slice(&s[..BLOB_BYTES]);
+                Some(k)
+            }
+            Err(e) => fail(SECRET_FILE, &e),
+        },
+        Ok(n) => fail(SECRET_FILE, &format_args!("{n} bytes, expected {BLOB_BYTES} (attest provision writes it)")),
         Err(FwCfgError::NotFound) => None,
-        Err(FwCfgError::TooLarge { size }) => fail(SECRET_FILE, &format_args!("{size} bytes, expected 32")),
+        Err(FwCfgError::TooLarge { size }) => {
+            fail(SECRET_FILE, &format_args!("{size} bytes, expected {BLOB_BYTES} (attest provision writes it)"))
+        }
         Err(e) => fail(SECRET_FILE, &e),
     };
     say!(
         "fw_cfg: mode {:?}, DOE timeout {} ms, platform secret {}",
         config.mode,
         config.doe_timeout_ms,
-        if secret.is_some() { "provisioned (32 bytes)" } else { "not provisioned" }
+        if secret.is_some() { "provisioned (128-byte blob)" } else { "not provisioned" }
     );
     (config, secret)
 }
