@@ -159,6 +159,8 @@ pub enum TsmError {
     Iommu(crate::iommu::IommuError),
     /// The TDI is bound to another TD.
     TdiNotBound,
+    /// The TSM has no platform secret: it cannot sign reports.
+    NotProvisioned,
 }
 
 /// The register that named a donated IOMMU table frame in TDH.IOMMU.SETUP / TDH.DMAR.ADD.
@@ -322,6 +324,7 @@ impl TsmError {
             AnswerNotAuthentic(_) => Status::ANSWER_NOT_AUTHENTIC.with_operand(Operand::R8),
             Iommu(e) => iommu_status(e),
             TdiNotBound => Status::TDI_NOT_BOUND_TO_TD.with_operand(Operand::Rdx),
+            NotProvisioned => Status::ATTESTATION_NOT_PROVISIONED,
         }
     }
 

@@ -11,6 +11,7 @@
 
 pub mod abi;
 pub mod addr;
+pub mod attestation;
 pub mod devices;
 pub mod doe;
 pub mod error;

@@ -67,6 +67,8 @@ pub struct Tsm<P: Platform> {
     pub(crate) tdis: [Option<Tdi>; MAX_TDIS],
     /// The trusted IOMMU, once TDH.IOMMU.SETUP donated its root table.
     pub(crate) iommu: Option<crate::iommu::Iommu>,
+    /// The attestation keys, once the firmware provisioned the platform secret.
+    pub(crate) keys: Option<crate::attestation::Keys>,
 }
 
 impl<P: Platform> Tsm<P> {
@@ -91,6 +93,7 @@ impl<P: Platform> Tsm<P> {
             pdevs: core::array::from_fn(|_| None),
             tdis: core::array::from_fn(|_| None),
             iommu: None,
+            keys: None,
         }
     }
 

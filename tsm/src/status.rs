@@ -172,6 +172,8 @@ statuses! {
     IOMMU_STATE_INCORRECT = 0xC000_F118_0000_0000;
     /// The TDI named is bound to another TD than the one named.
     TDI_NOT_BOUND_TO_TD = 0xC000_F119_0000_0000;
+    /// The TSM was given no platform secret at boot: it has no key to sign reports with.
+    ATTESTATION_NOT_PROVISIONED = 0xC000_F11A_0000_0000;
 }
 
 impl Status {

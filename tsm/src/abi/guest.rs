@@ -53,6 +53,7 @@ pub mod leaf {
     pub const DMAR_ACCEPT: u64 = 70;
     pub const MMIO_ACCEPT: u64 = 71;
     pub const TDI_START: u64 = 0x8001;
+    pub const MR_ATTEST: u64 = 0x8002;
 }
 
 const CALLER: (Status, &str) = (Status::VCPU_NOT_IN_GUEST, "the calling vCPU is not in guest mode (firmware bug)");
@@ -169,6 +170,7 @@ impl<P: Platform> Tsm<P> {
         Self::TDG_DMAR_ACCEPT,
         Self::TDG_MMIO_ACCEPT,
         Self::TDG_TDI_START,
+        Self::TDG_MR_ATTEST,
     ];
 
     /// The calling vCPU, which must be in guest mode.

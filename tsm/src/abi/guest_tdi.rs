@@ -124,6 +124,52 @@ impl<P: Platform> Tsm<P> {
         handler: Self::tdg_tdi_start,
     };
 
+    pub(crate) const TDG_MR_ATTEST: GuestLeaf<P> = GuestLeaf {
+        spec: LeafSpec {
+            number: leaf::MR_ATTEST,
+            name: "SEAMLESS.TDG.MR.ATTEST",
+            summary: "Writes the TD's attestation report, signed by the TSM's attestation key: the native 1200-byte report (TSM identity, MRTD, RTMRs, attributes, the 64-byte REPORTDATA, and per TDI bound to the TD its function, TDISP state, lock flags, SPDM version and algorithms, and the SHA-384 of its certificate chain, measurement transcript and interface report), or its 1184-byte SNP-format export signed by the emulated VCEK.",
+            inputs: &[
+                (Reg::Rcx, "GPA of the output page (4K aligned, MAPPED)"),
+                (Reg::Rdx, "GPA of the 64-byte REPORTDATA (64-byte aligned)"),
+                (Reg::R8, "format: 0 native report, 1 SNP-format export"),
+            ],
+            outputs: &[(Reg::R9, "bytes written")],
+            requires: "The TSM provisioned with its platform secret; both GPAs MAPPED.",
+            errors: &[
+                CALLER,
+                (Status::OPERAND_INVALID, "RCX/RDX misaligned, beyond width or shared"),
+                (Status::OPERAND_INVALID, "R8 not a format"),
+                (Status::EPT_WALK_FAILED, "a buffer not mapped"),
+                (Status::EPT_ENTRY_STATE_INCORRECT, "a buffer not MAPPED"),
+                (Status::ATTESTATION_NOT_PROVISIONED, "no platform secret: no key"),
+            ],
+        },
+        handler: Self::tdg_mr_attest,
+    };
+
+    fn tdg_mr_attest(&mut self, ctx: Ctx, regs: &Regs, out: &mut Regs) -> TsmResult<Step> {
+        let td = self.td(ctx.td)?;
+        let out_gpa = gpa_aligned(regs.rcx, 4096, Operand::Rcx)?;
+        Self::private_gpa(td, out_gpa, 4096, Operand::Rcx)?;
+        let data_gpa = gpa_aligned(regs.rdx, 64, Operand::Rdx)?;
+        Self::private_gpa(td, data_gpa, 64, Operand::Rdx)?;
+        let format = crate::attestation::Format::from_raw(regs.r8).ok_or(TsmError::OperandInvalid(Operand::R8))?;
+        let out_frame = self.guest_frame(td, out_gpa, Operand::Rcx)?;
+        let data_frame = self.guest_frame(td, data_gpa, Operand::Rdx)?;
+        if !self.provisioned() {
+            return Err(TsmError::NotProvisioned);
+        }
+        let mut report_data = [0u8; 64];
+        self.platform.read_bytes(data_frame, data_gpa.page_offset() as usize, &mut report_data);
+        let mut report = [0u8; attest::report::REPORT_BYTES];
+        let n = self.signed_report(td, &report_data, format, &mut report)?;
+        // ALL CHECKS PASSED: nothing below can fail.
+        self.platform.write_bytes(out_frame, 0, &report[..n]);
+        out.r9 = n as u64;
+        Ok(Step::Done(Status::SUCCESS))
+    }
+
     /// The TDI of the calling TD with the function (and PASID) encoded in `raw`.
     fn guest_tdi(&self, ctx: Ctx, raw: u64, op: Operand) -> TsmResult<usize> {
         let function = (raw & crate::pdev::FUNCTION_ID_MASK) as u32;
