@@ -470,7 +470,9 @@ interface_info = { mask = "0xffff", value = "0x2" }
 pages = 4
 attributes = "0x0"
 range_id = 0
-first_page = "$bar_page"
+# first_page is left out: the report's FIRST_PAGE carries the device's MMIO_REPORTING_OFFSET,
+# which the device picks. The TSM takes the offset off and maps only pages of BAR0 (at
+# $bar_page, where the firmware placed it), and the guest checked what it reads there.
 TOML
 }
 

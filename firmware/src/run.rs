@@ -3,8 +3,8 @@
 
 use core::fmt::{self, Write};
 
-use tsm::addr::{FrameRange, Pfn};
 use attest::platform::{SecretBlob, BLOB_BYTES};
+use tsm::addr::{FrameRange, Pfn};
 use tsm::{Tsm, TsmIdentity};
 
 use crate::arch::{self, ExitCode, StartInfoAddr};
@@ -122,9 +122,15 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     say!("figure boot_to_tsm_ready_ms {} ms", Ms(ready));
     say!("figure firmware_image_kib {} KiB", arch::loaded_bytes().div_ceil(1024));
     defmt::info!("TSM ready {=u64} us after PVH entry", ready);
-    let _ = secret;
-    if matches!(config.mode, Mode::Assign) && secret.is_none() {
-        fail("assign", &"no platform secret in fw_cfg (attest provision writes platform-secret.bin)");
+    match secret {
+        Some(blob) => match tsm.provision(&blob) {
+            Ok(()) => say!("tsm: provisioned: attestation key derived from the platform secret"),
+            Err(e) => fail("TSM provisioning", &format_args!("{e:?}")),
+        },
+        None if config.mode == Mode::Assign => {
+            fail("assign", &"no platform secret in fw_cfg (attest provision writes platform-secret.bin)")
+        }
+        None => {}
     }
 
     if config.mode == Mode::Boot {

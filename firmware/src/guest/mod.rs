@@ -39,8 +39,6 @@ pub mod vmcall {
     pub const REPORT_READY: u64 = 0x5EA1_0003;
 }
 
-/// SEAMLESS.TDG.MR.ATTEST: the lead's attestation leaf.
-pub const MR_ATTEST: u64 = 0x8002;
 /// Bytes of the native report (`attest::report::Report`).
 pub const REPORT_BYTES: usize = 1200;
 
@@ -420,7 +418,7 @@ impl<'a> Guest<'a> {
         let reportdata = self.layout.work + PAGE;
         let out = self.layout.work + 2 * PAGE;
         self.mem.write(tsm, reportdata, &nonce)?;
-        self.call(tsm, "SEAMLESS.TDG.MR.ATTEST", Regs::call(MR_ATTEST, out, reportdata, 0, 0))?;
+        self.call(tsm, "SEAMLESS.TDG.MR.ATTEST", Regs::call(g::MR_ATTEST, out, reportdata, 0, 0))?;
         let mut report = [0u8; REPORT_BYTES];
         self.mem.read(tsm, out, &mut report)?;
         self.shared.put(&report);
