@@ -33,11 +33,12 @@ const IDENTITY: TsmIdentity = TsmIdentity { svn: 1, mrseam: [0; 48], mrsigner: [
 
 macro_rules! say {
     ($($arg:tt)*) => {{
-        let _ = writeln!(Uart::com1_attached(), $($arg)*);
+        let _ = writeln!($crate::drivers::serial::Uart::com1_attached(), $($arg)*);
     }};
 }
 
 mod assign;
+mod attack;
 
 /// Milliseconds with three decimals, from microseconds.
 pub(crate) struct Ms(pub u64);
@@ -141,6 +142,10 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         Mode::Assign => {
             let nvme = open_nvme(&boot, &config, &tsc, mmio_start);
             assign::run(&config, &tsc, &mut tsm, &mut host, nvme, ready)
+        }
+        Mode::Attack => {
+            let nvme = open_nvme(&boot, &config, &tsc, mmio_start);
+            attack::run(&tsc, &mut tsm, &mut host, nvme, image.0)
         }
         _ => connect(&boot, &config, &tsc, &mut tsm, &mut host, mmio_start),
     }

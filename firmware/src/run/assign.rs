@@ -242,8 +242,8 @@ pub fn run(
     say!("figure attestation_qemu_ms {} ms", Ms(attest_us));
 
     tl.begin("teardown");
-    let pages =
-        host.teardown(tsm, &mut mailbox, tsc, &td, &d, bar_pages, &mut stats).unwrap_or_else(|e| fail("teardown", &e));
+    host.teardown(tsm, &mut mailbox, tsc, &td, &d, bar_pages, &mut stats).unwrap_or_else(|e| fail("teardown", &e));
+    let pages = host.check_all_free(tsm).unwrap_or_else(|e| fail("teardown", &e));
     tl.end();
     pump_summary(tsc, &stats);
     say!("teardown: TDI stopped and removed, stream and session closed, TD destroyed; all {pages} donated pages free again");
