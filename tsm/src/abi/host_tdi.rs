@@ -22,18 +22,14 @@ use crate::tdi::{Tdi, TdiDone, TdiFlow, TdiNext, TdiOp, TdiState, RANGE_NON_TEE,
 use crate::tdisp::{lock_flags, InterfaceId, InterfaceReport};
 use crate::Tsm;
 
+use super::rows::*;
+
 use super::host::{leaf, HostLeaf};
 use super::host_pdev::Msg;
 
 /// R9 of TDI.CREATE: PASID valid (bit 63) and PASID (51:32) beside the function id.
 pub const PASID_VALID: u64 = 1 << 63;
 
-const SYS: (Status, &str) = (Status::SYS_NOT_READY, "TDH.SYS.CONFIG not done");
-const TDI_RCX: [(Status, &str); 3] = [
-    (Status::OPERAND_INVALID, "RCX not a 4K-aligned address"),
-    (Status::OPERAND_ADDR_RANGE_ERROR, "RCX outside the TDMRs"),
-    (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDI page"),
-];
 const MSG: [(Status, &str); 5] = [
     (Status::OPERAND_INVALID, "RDX not 4K aligned, or R8 above 4096"),
     (Status::OPERAND_ADDR_RANGE_ERROR, "RDX not host memory the TSM may use"),
@@ -48,10 +44,6 @@ const DEVICE: [(Status, &str); 3] = [
         Status::DEVICE_ERROR,
         "the device's answer failed a check; the TDI is now ERROR, its mappings blocked (RCX: step)",
     ),
-];
-const MSG_IN: [(Reg, &str); 2] = [
-    (Reg::Rdx, "message page (host memory, 4K aligned)"),
-    (Reg::R8, "bytes of the device's answer in it; 0 on the first call"),
 ];
 const MMIO_GPA: (Reg, &str) = (Reg::Rcx, "GPA (51:12) and level (2:0): 0 = 4K, 1 = 2M");
 const MMIO_PROLOGUE: [(Status, &str); 7] = [
