@@ -181,7 +181,7 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::TDI_STOP,
             name: "SEAMLESS.TDI.STOP",
-            summary: "Resumable, inside the session: STOP_INTERFACE, then GET_DEVICE_INTERFACE_STATE = CONFIG_UNLOCKED. The nonce and the guest's authorisation are dropped. When the PDEV has no session any more (ERROR, STOPPED) the TSM stops the TDI on its own side at once, without device traffic.",
+            summary: "Resumable, inside the session: STOP_INTERFACE, then GET_DEVICE_INTERFACE_STATE = CONFIG_UNLOCKED. The nonce and the guest's authorisation are dropped, and every MMIO leaf and the DMA entry of the TDI are blocked at once: an unlocked device is the host's to reconfigure. When the PDEV has no session any more (ERROR, STOPPED) the TSM stops the TDI on its own side at once, without device traffic.",
             inputs: &[(Reg::Rcx, "TDI page"), MSG_IN[0], MSG_IN[1]],
             outputs: &[(Reg::R8, "DEVICE_REQUEST: bytes of the request")],
             requires: "TDI CONFIG_LOCKED, RUN or ERROR.",
@@ -607,12 +607,23 @@ impl<P: Platform> Tsm<P> {
         self.tdi_send(t, &msg, out)
     }
 
+    /// A stopped TDI: CONFIG_UNLOCKED, its nonce and authorisation gone, and nothing of it
+    /// reachable any more. An unlocked device is the host's to reconfigure, so the guest's MMIO
+    /// leaves are blocked and its DMA entry too, at once; the host then tracks and unmaps.
     fn tdi_unlocked(&mut self, t: usize) -> TsmResult<()> {
         let tdi = self.tdi_mut(t)?;
         tdi.state = TdiState::Unlocked;
         tdi.flow = None;
         tdi.nonce = [0; 32];
         tdi.authorised = None;
+        let key = tdi.dmar_key();
+        if let (Some(iommu), Some(key)) = (self.iommu.as_mut(), key) {
+            // No entry, or blocked already: nothing to do.
+            let _ = iommu.block(&mut self.platform, key);
+        }
+        for r in 0..crate::tdisp::MAX_RANGES {
+            self.block_range(t, r);
+        }
         Ok(())
     }
 
