@@ -580,8 +580,9 @@ cmd_demo() {
         local mrtd root_sha vstatus=0
         mrtd=$("$bin/attest" measure "$out/guest.img" 2>/dev/null)
         echo "attest measure $out/guest.img: MRTD $mrtd"
-        root_sha=$(sha384sum "$plat/device/root.der" 2>/dev/null | cut -d' ' -f1)
-        [[ -n $root_sha ]] || root_sha=${DEMO_VENDOR_ROOT_SHA384:-}
+        # The device vendor's root: DEMO_VENDOR_ROOT_SHA384 for another responder, else the root
+        # tdisp-device keeps in its state directory.
+        root_sha=${DEMO_VENDOR_ROOT_SHA384:-$(sha384sum "$plat/device/root.der" 2>/dev/null | cut -d' ' -f1)}
         demo_policy_toml "$mrtd" "$root_sha" "$bar_page" >"$out/policy.toml"
         local verify=("$bin/attest" verify --report "$out/report.bin" --evidence "$out/evidence.bin"
             --policy "$out/policy.toml" --root "$plat/root.pem" --ak-cert "$plat/tsm-ak.pem" --nonce "$nonce")
