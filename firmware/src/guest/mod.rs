@@ -309,6 +309,23 @@ impl<'a> Guest<'a> {
         }
     }
 
+    /// Reads a device register at `gpa` through the guest's accessor (what a driver in the TD
+    /// does; the attack mode checks what it refuses).
+    ///
+    /// # Errors
+    /// As for [`GuestMemory::mmio_read_u32`].
+    pub fn read_register(&self, tsm: &mut Tsm<FirmwarePlatform>, gpa: u64) -> Result<u32, GuestError> {
+        self.mem.mmio_read_u32(tsm, gpa)
+    }
+
+    /// Reads private memory at `gpa` through the guest's accessor.
+    ///
+    /// # Errors
+    /// As for [`GuestMemory::read`].
+    pub fn read_private(&self, tsm: &mut Tsm<FirmwarePlatform>, gpa: u64, buf: &mut [u8]) -> Result<(), GuestError> {
+        self.mem.read(tsm, gpa, buf)
+    }
+
     /// TDG.MEM.PAGE.ACCEPT of the work pages the host AUGed.
     ///
     /// # Errors

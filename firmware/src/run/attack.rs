@@ -17,10 +17,11 @@ use super::{fail, spdm_connect, Nvme};
 use crate::arch::{self, ExitCode};
 use crate::drivers::phys::Frames;
 use crate::drivers::tsc::Tsc;
-use crate::guest::{image, Guest, GuestLayout, GuestMemory, Shared};
+use crate::guest::{image, Guest, GuestError, GuestLayout, GuestMemory, Shared};
 use crate::host::assign::{DevicePages, TdPages, BAR_GPA, LOCK_FLAGS, WORK_GPA, WORK_PAGES};
 use crate::host::{Host, PumpStats};
 use crate::platform::FirmwarePlatform;
+use tsm::sept::SeptState;
 
 const PAGE: u64 = 4096;
 
@@ -89,6 +90,20 @@ impl Cases {
         );
         if !ok {
             defmt::error!("attack {=str}: status {=u64:#x}, wanted {=u64:#x}", name, got.0, want.0);
+        }
+    }
+
+    /// A guest access that its S-EPT accessor must refuse, finding the leaf in `state`.
+    fn accessor(&mut self, name: &str, got: Result<(), GuestError>, state: SeptState) {
+        self.total += 1;
+        let ok = matches!(got, Err(GuestError::NotMapped { state: found, .. }) if found == state as u8);
+        if ok {
+            self.rejected += 1;
+        }
+        match got {
+            Err(e) if ok => say!("attack {:2} {name}: refused by the guest's accessor: {e}", self.total),
+            Err(e) => say!("attack {:2} {name}: NOT AS EXPECTED: {e}", self.total),
+            Ok(()) => say!("attack {:2} {name}: NOT AS EXPECTED: the access went through", self.total),
         }
     }
 
@@ -440,6 +455,14 @@ pub fn run(tsc: &Tsc, tsm: &mut Tsm<FirmwarePlatform>, host: &mut Host, nvme: Nv
         op(Status::EPT_ENTRY_STATE_INCORRECT, Operand::Rcx),
         Regs::call(g::MR_ATTEST, BAR_GPA, WORK_GPA + PAGE, 0, 0),
     );
+
+    // ---- The guest's own accessor: mapped by the host is not usable by the guest.
+    let got = guest.read_register(tsm, BAR_GPA).map(|_| ());
+    c.accessor("guest: a register read before MMIO.ACCEPT", got, SeptState::MmioPending);
+    let got = guest.read_register(tsm, WORK_GPA).map(|_| ());
+    c.accessor("guest: private memory read as a device register", got, SeptState::Mapped);
+    let got = guest.read_private(tsm, BAR_GPA, &mut [0; 8]);
+    c.accessor("guest: a device page read as private memory", got, SeptState::MmioPending);
 
     // ---- The guest accepts and authorises; what is still refused.
     guest.accept_mmio(tsm, bar_pages).unwrap_or_else(|e| fail("guest: MMIO.ACCEPT", &e));
