@@ -18,7 +18,8 @@ commands:
                  workspace tests (args go to `cargo test`), then build the TSM and the
                  firmware for x86_64-unknown-none
   bench [args]   run the benchmarks in release mode: prints `bench <name> <value> <unit>`
-                 lines and writes target/bench/results.json
+                 lines and writes target/bench/results.json; without args also runs the demo
+                 once and adds the firmware's figures (boot_to_tsm_ready_ms, ..., demo_total_s)
   boot [options] build the firmware and tdisp-device, boot the firmware in QEMU (TCG) with the
                  device behind the NVMe DOE mailbox, decode its defmt log; files in target/run/
                    --mode M     connect (default: SPDM.CONNECT), assign (the whole flow,
@@ -217,6 +218,38 @@ cmd_bench() {
     cargo build --release -q -p attest --features std --bin attest
     section "cargo run --release -p seamless-bench $*"
     cargo run --release -p seamless-bench -- "$@"
+    # The firmware's figures come from one demo run in QEMU (a full run only: no filter given).
+    (($#)) && return 0
+    local problem results=${CARGO_TARGET_DIR:-target}/bench/results.json
+    problem=$(qemu_problem)
+    if [[ -n $problem ]] || ! command -v defmt-print >/dev/null || ! command -v ss >/dev/null; then
+        echo "note: the demo's figures are left out (${problem:-defmt-print or ss missing}; ./run.sh setup installs them)"
+        return 0
+    fi
+    section "the demo's figures (./run.sh, the firmware in QEMU under TCG; log in target/run/demo.log)"
+    local log=${CARGO_TARGET_DIR:-target}/run/demo.log
+    mkdir -p "${CARGO_TARGET_DIR:-target}/run"
+    if ! (cmd_demo) >"$log" 2>&1; then
+        echo "error: the demo failed; see $log" >&2
+        exit 1
+    fi
+    grep '^bench ' "$log"
+    bench_merge "$results" <"$log"
+}
+
+# Adds the `bench NAME VALUE UNIT` lines on stdin to the flat results.json ($1) that
+# seamless-bench wrote: one `"NAME": {"value": VALUE, "unit": "UNIT"}` member each.
+bench_merge() {
+    local file=$1 add
+    [[ -s $file ]] || return 0
+    add=$(awk '$1 == "bench" { printf "%s  \"%s\": {\"value\": %s, \"unit\": \"%s\"}", sep, $2, $3, $4; sep = ",\n" }')
+    [[ -n $add ]] || return 0
+    awk -v add="$add" '{ line[NR] = $0 } END {
+        for (i = 1; i < NR - 1; i++) print line[i]
+        if (NR >= 2) print line[NR - 1] (line[NR - 1] ~ /^[[:space:]]*\{[[:space:]]*$/ ? "" : ",")
+        print add
+        print line[NR]
+    }' "$file" >"$file.tmp" && mv "$file.tmp" "$file"
 }
 
 # Kills the background job we started (by its PID), if it still runs.
