@@ -40,7 +40,11 @@ pub mod vmcall {
 }
 
 /// Bytes of the native report (`attest::report::Report`).
-pub const REPORT_BYTES: usize = 1200;
+pub const REPORT_BYTES: usize = attest::report::REPORT_BYTES;
+/// Bytes of its SNP-format export.
+pub const SNP_BYTES: usize = attest::snp::SNP_REPORT_BYTES;
+/// What REPORT_READY hands over: the native report, then the SNP-format export.
+pub const REPORTS_BYTES: usize = REPORT_BYTES + SNP_BYTES;
 
 /// What stopped the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -422,23 +426,30 @@ impl<'a> Guest<'a> {
         self.vmcall(tsm, vmcall::GET_NONCE, 0)
     }
 
-    /// Puts the challenge in REPORTDATA, calls SEAMLESS.TDG.MR.ATTEST and hands the signed
-    /// report to the host through the shared page.
+    /// Puts the challenge in REPORTDATA, calls SEAMLESS.TDG.MR.ATTEST for the native report and
+    /// for its SNP-format export, and hands both to the host through the shared page.
     ///
     /// # Errors
-    /// [`GuestError`].
+    /// [`GuestError`]; [`GuestError::BadSharedLength`] if the TSM wrote another size.
     pub fn attest(&self, tsm: &mut Tsm<FirmwarePlatform>) -> Result<Step, GuestError> {
         let mut nonce = [0u8; 64];
         if self.shared.take(&mut nonce)? != 64 {
             return Err(GuestError::BadSharedLength(0));
         }
         let reportdata = self.layout.work + PAGE;
-        let out = self.layout.work + 2 * PAGE;
+        let native = self.layout.work + 2 * PAGE;
+        let snp = self.layout.work + 3 * PAGE;
         self.mem.write(tsm, reportdata, &nonce)?;
-        self.call(tsm, "SEAMLESS.TDG.MR.ATTEST", Regs::call(g::MR_ATTEST, out, reportdata, 0, 0))?;
-        let mut report = [0u8; REPORT_BYTES];
-        self.mem.read(tsm, out, &mut report)?;
-        self.shared.put(&report);
-        self.vmcall(tsm, vmcall::REPORT_READY, REPORT_BYTES as u64)
+        let mut both = [0u8; REPORTS_BYTES];
+        let (first, second) = both.split_at_mut(REPORT_BYTES);
+        for (format, out, buf) in [(0, native, first), (1, snp, second)] {
+            let r = self.call(tsm, "SEAMLESS.TDG.MR.ATTEST", Regs::call(g::MR_ATTEST, out, reportdata, format, 0))?;
+            if r.r9 != buf.len() as u64 {
+                return Err(GuestError::BadSharedLength(r.r9));
+            }
+            self.mem.read(tsm, out, buf)?;
+        }
+        self.shared.put(&both);
+        self.vmcall(tsm, vmcall::REPORT_READY, REPORTS_BYTES as u64)
     }
 }

@@ -17,10 +17,10 @@ use crate::guest::{self, GuestError, Step};
 use crate::platform::FirmwarePlatform;
 
 const PAGE: u64 = 4096;
-/// The guest's accepted work pages (digests, REPORTDATA, the report).
+/// The guest's accepted work pages (digests, REPORTDATA, the native report, its SNP export).
 pub const WORK_GPA: u64 = 0x10_0000;
 /// How many.
-pub const WORK_PAGES: u64 = 3;
+pub const WORK_PAGES: u64 = 4;
 /// Where BAR0 appears in the guest.
 pub const BAR_GPA: u64 = 0x4000_0000;
 /// S-EPT root level for GPAW 48.
@@ -296,7 +296,8 @@ impl Host {
     }
 
     /// Serves the guest's VMCALL `args` (the guest stopped on it), then resumes the vCPU. The
-    /// report the guest hands over (REPORT_READY) is copied to `report`.
+    /// reports the guest hands over (REPORT_READY: native, then the SNP export) are copied to
+    /// `report`.
     ///
     /// # Errors
     /// [`FlowError::UnexpectedExit`] for a request the host does not know.
@@ -309,7 +310,7 @@ impl Host {
         shared: &guest::Shared,
         d: &DevicePages,
         nonce: &[u8; 64],
-        report: &mut [u8; guest::REPORT_BYTES],
+        report: &mut [u8; guest::REPORTS_BYTES],
     ) -> Result<(), FlowError> {
         let Step::Vmcall(args) = step;
         match args[0] {

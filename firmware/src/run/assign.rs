@@ -180,7 +180,7 @@ pub fn run(
         d.generation,
         d.report_len
     );
-    let mut report = [0u8; guest::REPORT_BYTES];
+    let mut report = [0u8; guest::REPORTS_BYTES];
     let step = guest.read_tdi(tsm).unwrap_or_else(|e| fail("guest: TDI read", &e));
     host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &config.nonce, &mut report)
         .unwrap_or_else(|e| fail("host: VMCALL", &e));
@@ -235,10 +235,16 @@ pub fn run(
         w.push(kind, 0, data).unwrap_or_else(|e| fail("evidence", &format_args!("{e:?}")));
     }
     let bundle_len = w.bytes().len();
-    emit("report.bin", &report);
+    emit("report.bin", &report[..guest::REPORT_BYTES]);
+    emit("report-snp.bin", &report[guest::REPORT_BYTES..]);
     emit("evidence.bin", &bundle[..bundle_len]);
     let attest_us = tl.end();
-    say!("attestation: report {} bytes over the verifier's nonce, evidence {} bytes", report.len(), bundle_len);
+    say!(
+        "attestation: report {} bytes and its SNP-format export {} bytes over the verifier's nonce, evidence {} bytes",
+        guest::REPORT_BYTES,
+        guest::SNP_BYTES,
+        bundle_len
+    );
     say!("figure attestation_qemu_ms {} ms", Ms(attest_us));
 
     tl.begin("teardown");

@@ -254,7 +254,7 @@ pub fn run(tsc: &Tsc, tsm: &mut Tsm<FirmwarePlatform>, host: &mut Host, nvme: Nv
     d.generation = r.rcx;
     d.report_len = (r.r8 as usize).min(tsm::pdev::MSG_BYTES);
     let step = guest.read_tdi(tsm).unwrap_or_else(|e| fail("guest: TDI read", &e));
-    let mut report = [0u8; crate::guest::REPORT_BYTES];
+    let mut report = [0u8; crate::guest::REPORTS_BYTES];
     host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &[0; 64], &mut report)
         .unwrap_or_else(|e| fail("host: VMCALL", &e));
     guest.check_report().unwrap_or_else(|e| fail("guest: report check", &e));

@@ -496,3 +496,28 @@ pub fn verify(o: &Outcome, platform: &Path, vendor_root_der: &[u8], nonce: &[u8;
     assert!(status == 0 || status == 1, "attest verify: exit {status}: {err}");
     Verdict { status, json }
 }
+
+/// `attest verify --snp` of the run's SNP-format export against the platform's emulated AMD
+/// chain, bound to its native report and `nonce` (after [`verify`] decoded the artifacts).
+///
+/// # Panics
+/// If the tool cannot run or calls its input unusable.
+pub fn verify_snp(o: &Outcome, platform: &Path, nonce: &[u8; 64]) -> Verdict {
+    let (snp, report) = (o.dir.join("report-snp.bin"), o.dir.join("report.bin"));
+    let nonce = hex(nonce);
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "verify".as_ref(),
+        "--snp".as_ref(),
+        snp.as_os_str(),
+        "--certs".as_ref(),
+        platform.as_os_str(),
+        "--report".as_ref(),
+        report.as_os_str(),
+        "--nonce".as_ref(),
+        nonce.as_ref(),
+        "--json".as_ref(),
+    ];
+    let (status, json, err) = run_tool("attest", &args);
+    assert!(status == 0 || status == 1, "attest verify --snp: exit {status}: {err}");
+    Verdict { status, json }
+}

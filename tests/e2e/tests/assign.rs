@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use seamless_e2e::{assign_config, assign_device, provision, verify, Boot, DeviceServer, Outcome, Qemu};
+use seamless_e2e::{assign_config, assign_device, provision, verify, verify_snp, Boot, DeviceServer, Outcome, Qemu};
 use tdisp_device::{Config, Device, Reply, Signed};
 
 macro_rules! qemu_or_skip {
@@ -55,6 +55,7 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
         "tdi: RUN",
         "equal to the host's read",
         "artifact report.bin: 1200 bytes on COM3",
+        "artifact report-snp.bin: 1184 bytes on COM3",
         "seamless firmware: assign done",
     ] {
         assert!(o.console.contains(line), "missing {line:?} in:\n{}", o.console);
@@ -76,6 +77,9 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
     let v = verify(&o, &platform, &device.identity().root_der, &nonce);
     assert_eq!(v.status, 0, "attest verify rejected:\n{}", v.json);
     assert_eq!(v.failed(), Vec::<String>::new());
+    // The SNP-format export of the same report verifies against the emulated AMD chain.
+    let v = verify_snp(&o, &platform, &nonce);
+    assert_eq!(v.status, 0, "attest verify --snp rejected:\n{}", v.json);
     // Another nonce: the same report is stale.
     let v = verify(&o, &platform, &device.identity().root_der, &[0x5A; 64]);
     assert_eq!(v.status, 1, "{}", v.json);
