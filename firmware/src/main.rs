@@ -53,6 +53,8 @@ mod memmap;
 mod platform;
 #[cfg(target_os = "none")]
 mod run;
+#[cfg(any(target_os = "none", test))]
+mod timeline;
 
 /// The workspace version, which the TSM shares.
 const TSM_VERSION: &str = env!("CARGO_PKG_VERSION");

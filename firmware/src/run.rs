@@ -1,7 +1,7 @@
 //! The firmware's run, phase by phase: each phase prints one readable line on COM1 and logs the
 //! details with defmt on COM2; the first failure is reported and QEMU exits with status 35.
 
-use core::fmt::{self, Write};
+use core::fmt;
 
 use attest::platform::{SecretBlob, BLOB_BYTES};
 use tsm::addr::{FrameRange, Pfn};
@@ -33,6 +33,7 @@ const IDENTITY: TsmIdentity = TsmIdentity { svn: 1, mrseam: [0; 48], mrsigner: [
 
 macro_rules! say {
     ($($arg:tt)*) => {{
+        use core::fmt::Write as _;
         let _ = writeln!($crate::drivers::serial::Uart::com1_attached(), $($arg)*);
     }};
 }

@@ -79,6 +79,10 @@ pub struct TdPages {
     pub tdr: u64,
     /// vCPU 0's TDVPR.
     pub vcpu: u64,
+    /// Image pages added with TDH.MEM.PAGE.ADD.
+    pub added: u32,
+    /// Of those, the pages measured with TDH.MR.EXTEND.
+    pub measured: u32,
 }
 
 /// What the device-side steps left behind.
@@ -163,6 +167,7 @@ impl Host {
         let vcpu = self.tdmr_page()?;
         self.call(tsm, "TDH.VP.CREATE", Regs::call(leaf::VP_CREATE, vcpu, tdr, 0, 0))?;
         let src = self.scratch()?;
+        let (mut added, mut measured) = (0, 0);
         for region in image.regions() {
             for i in 0..region.pages {
                 let (gpa, content) = region.page(i);
@@ -170,7 +175,9 @@ impl Host {
                 self.mem.write(src, &content);
                 let page = self.tdmr_page()?;
                 self.call(tsm, "TDH.MEM.PAGE.ADD", Regs::call(leaf::MEM_PAGE_ADD, gpa, tdr, page, src))?;
+                added += 1;
                 if region.measured {
+                    measured += 1;
                     for chunk in 0..16 {
                         self.call(tsm, "TDH.MR.EXTEND", Regs::call(leaf::MR_EXTEND, gpa + chunk * 256, tdr, 0, 0))?;
                     }
@@ -185,7 +192,7 @@ impl Host {
             self.call(tsm, "TDH.MEM.PAGE.AUG", Regs::call(leaf::MEM_PAGE_AUG, gpa, tdr, page, 0))?;
         }
         self.enter(tsm, vcpu)?;
-        Ok(TdPages { tdr, vcpu })
+        Ok(TdPages { tdr, vcpu, added, measured })
     }
 
     /// VP.ENTER.

@@ -3,8 +3,6 @@
 //! and a TD would: the host enters the vCPU, the guest runs until it needs the host (a VMCALL),
 //! the host serves the request and enters again.
 
-use core::fmt::Write;
-
 use attest::evidence::RecordType;
 
 use super::{fail, pump_summary, spdm_connect, Ms, Nvme};
@@ -19,23 +17,20 @@ use crate::host::assign::{DevicePages, BAR_GPA, WORK_GPA, WORK_PAGES};
 use crate::host::evidence::BundleWriter;
 use crate::host::{Host, PumpStats};
 use crate::platform::FirmwarePlatform;
+use crate::timeline::Phases;
 use tsm::Tsm;
 
-/// Phases of the timeline, at most.
-const MAX_PHASES: usize = 12;
-
-/// The phases and their timings (firmware TSC, microseconds since PVH entry).
+/// The phases, timed as they run (firmware TSC, microseconds since PVH entry).
 #[derive(Debug)]
 pub struct Timeline {
     tsc: Tsc,
-    phases: [(&'static str, u64, u64); MAX_PHASES],
-    count: usize,
+    phases: Phases,
     open: Option<(&'static str, u64)>,
 }
 
 impl Timeline {
     pub fn new(tsc: Tsc) -> Timeline {
-        Timeline { tsc, phases: [("", 0, 0); MAX_PHASES], count: 0, open: None }
+        Timeline { tsc, phases: Phases::default(), open: None }
     }
 
     fn now_us(&self) -> u64 {
@@ -53,53 +48,16 @@ impl Timeline {
     pub fn end(&mut self) -> u64 {
         let Some((name, start)) = self.open.take() else { return 0 };
         let dur = self.now_us().saturating_sub(start);
-        if self.count < MAX_PHASES {
-            self.phases[self.count] = (name, start, dur);
-            self.count += 1;
-        }
+        self.record(name, start, dur);
         say!("phase {name}: {} ms", Ms(dur));
         dur
     }
 
     /// Adds a phase measured elsewhere.
     pub fn record(&mut self, name: &'static str, start: u64, dur: u64) {
-        if self.count < MAX_PHASES {
-            self.phases[self.count] = (name, start, dur);
-            self.count += 1;
+        if !self.phases.push(name, start, dur) {
+            defmt::warn!("timeline full: phase {=str} not recorded", name);
         }
-    }
-
-    /// The timeline as JSON into `buf`; returns the bytes written.
-    pub fn json(&self, buf: &mut [u8], ready_us: u64, result: &str) -> usize {
-        let mut w = SliceWriter { buf, len: 0 };
-        let _ = write!(w, "{{\"schema\":\"seamless-timeline/1\",\"clock\":\"firmware TSC, ms since PVH entry\",");
-        let _ = write!(w, "\"boot_to_tsm_ready_ms\":{},\"result\":\"{result}\",\"phases\":[", Ms(ready_us));
-        for (i, (name, start, dur)) in self.phases[..self.count].iter().enumerate() {
-            let _ = write!(
-                w,
-                "{}{{\"name\":\"{name}\",\"start_ms\":{},\"duration_ms\":{}}}",
-                if i == 0 { "" } else { "," },
-                Ms(*start),
-                Ms(*dur)
-            );
-        }
-        let _ = writeln!(w, "]}}");
-        w.len
-    }
-}
-
-struct SliceWriter<'a> {
-    buf: &'a mut [u8],
-    len: usize,
-}
-
-impl Write for SliceWriter<'_> {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        let b = s.as_bytes();
-        let end = self.len.checked_add(b.len()).filter(|&e| e <= self.buf.len()).ok_or(core::fmt::Error)?;
-        self.buf[self.len..end].copy_from_slice(b);
-        self.len = end;
-        Ok(())
     }
 }
 
@@ -157,9 +115,11 @@ pub fn run(
     guest.accept_memory(tsm).unwrap_or_else(|e| fail("guest: accept", &e));
     host.iommu_setup(tsm).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
     say!(
-        "td: TDR {:#x}, image {} bytes measured (attest measure recomputes MRTD), {} work pages accepted by the guest",
+        "td: TDR {:#x}; guest image ({} bytes): {} pages added, {} measured (MRTD: what attest measure computes); {} pages AUGed and accepted by the guest",
         td.tdr,
         image::IMAGE_BYTES,
+        td.added,
+        td.measured,
         WORK_PAGES
     );
 
@@ -254,8 +214,10 @@ pub fn run(
     pump_summary(tsc, &stats);
     say!("teardown: TDI stopped and removed, stream and session closed, TD destroyed; all {pages} donated pages free again");
     let mut json = [0u8; 2048];
-    let n = tl.json(&mut json, ready_us, "completed");
-    emit("timeline.json", &json[..n]);
+    match tl.phases.json(&mut json, ready_us, "completed") {
+        Ok(n) => emit("timeline.json", &json[..n]),
+        Err(_) => say!("timeline: does not fit its buffer; not sent"),
+    }
     say!("seamless firmware: assign done");
     arch::exit_qemu(ExitCode::Success)
 }
