@@ -387,9 +387,11 @@ pub fn provision(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("platform-secret.bin")).expect("platform secret")
 }
 
-/// The run configuration of an assignment run with `nonce`.
-pub fn assign_config(mode: &str, nonce: &[u8; 64]) -> String {
-    format!("mode={mode}\nnvme_bar0={BAR0:#x}\nnonce={}\nlog_calls=off\ndoe_timeout_ms=300\n", hex(nonce))
+/// The run configuration of an assignment run with `nonce` and a DOE timeout of
+/// `doe_timeout_ms` (PCIe's 1000 unless a test waits for a timeout on purpose: parallel QEMUs on
+/// a loaded machine must not time out by accident).
+pub fn assign_config(mode: &str, nonce: &[u8; 64], doe_timeout_ms: u32) -> String {
+    format!("mode={mode}\nnvme_bar0={BAR0:#x}\nnonce={}\nlog_calls=off\ndoe_timeout_ms={doe_timeout_ms}\n", hex(nonce))
 }
 
 /// The verifier's policy for [`assign_device`], derived from the device's config, the device's

@@ -22,12 +22,24 @@ macro_rules! qemu_or_skip {
 
 /// One assignment run against a device with `config`.
 fn run(qemu: &Qemu, name: &str, mode: &str, config: Config, nonce: &[u8; 64]) -> (Outcome, Device, std::path::PathBuf) {
+    run_with_timeout(qemu, name, mode, config, nonce, 1000)
+}
+
+/// The same with the DOE timeout set.
+fn run_with_timeout(
+    qemu: &Qemu,
+    name: &str,
+    mode: &str,
+    config: Config,
+    nonce: &[u8; 64],
+    doe_timeout_ms: u32,
+) -> (Outcome, Device, std::path::PathBuf) {
     let platform = std::env::temp_dir().join(format!("seamless-e2e-platform-{name}-{}", std::process::id()));
     let secret = provision(&platform);
     let device = DeviceServer::with_config(config);
     let boot = Boot {
         spdm_port: Some(device.port),
-        config: Some(assign_config(mode, nonce)),
+        config: Some(assign_config(mode, nonce, doe_timeout_ms)),
         secret: Some(secret),
         ..Boot::default()
     };
@@ -118,7 +130,7 @@ fn a_dropped_lock_response_stops_the_flow_before_the_tdi_runs() {
     let qemu = qemu_or_skip!();
     let mut c = assign_device(false);
     c.faults.drop_response = Some(Reply::Tdisp(0x83));
-    let (o, device, _) = run(&qemu, "fault_drop_lock", "assign", c, &[3; 64]);
+    let (o, device, _) = run_with_timeout(&qemu, "fault_drop_lock", "assign", c, &[3; 64], 200);
     o.expect_status(35);
     assert!(o.console.contains("error: TDI lock: TDH.TDI.LOCK: DOE mailbox:"), "{}", o.console);
     assert!(!tdi_ran(&o, &device));
