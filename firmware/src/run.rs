@@ -50,9 +50,14 @@ impl fmt::Display for Ms {
     }
 }
 
-pub(crate) fn fail(what: &str, why: &dyn fmt::Display) -> ! {
+/// Reports the failure of `what` on COM1 (and defmt) without stopping.
+pub(crate) fn report_failure(what: &str, why: &dyn fmt::Display) {
     say!("seamless firmware: error: {what}: {why}");
     defmt::error!("{=str} failed", what);
+}
+
+pub(crate) fn fail(what: &str, why: &dyn fmt::Display) -> ! {
+    report_failure(what, why);
     arch::exit_qemu(ExitCode::Failure)
 }
 
@@ -322,29 +327,42 @@ fn spdm_connect(
     bdf: crate::drivers::pci::Bdf,
     mailbox: &mut Mailbox<Mmio>,
 ) -> (u64, u64, u64) {
-    let rid = bdf.rid();
-    let pdev = host.pdev_create(tsm, rid).unwrap_or_else(|e| fail("PDEV", &e));
+    let pdev = host.pdev_create(tsm, bdf.rid()).unwrap_or_else(|e| fail("PDEV", &e));
     let msg = host.scratch().unwrap_or_else(|e| fail("message page", &e));
+    let total =
+        spdm_connect_pdev(tsc, tsm, host, bdf, mailbox, (pdev, msg)).unwrap_or_else(|e| fail("SPDM.CONNECT", &e));
+    (pdev, msg, total)
+}
+
+/// SPDM.CONNECT of the PDEV `pdev` with the message page `msg`; returns its duration in µs.
+///
+/// # Errors
+/// [`HostError`] of the call (a mailbox failure was aborted).
+fn spdm_connect_pdev(
+    tsc: &Tsc,
+    tsm: &mut Tsm<FirmwarePlatform>,
+    host: &Host,
+    bdf: crate::drivers::pci::Bdf,
+    mailbox: &mut Mailbox<Mmio>,
+    (pdev, msg): (u64, u64),
+) -> Result<u64, crate::host::HostError> {
+    let rid = bdf.rid();
     say!("spdm: PDEV for {bdf} (function id {rid:#06x}) at {pdev:#x}; SPDM.CONNECT over the DOE mailbox");
     let mut stats = PumpStats::default();
     let leaf = ("TDH.SPDM.CONNECT", tsm::abi::host::leaf::SPDM_CONNECT, pdev, 0);
     let result = host.pump(tsm, mailbox, tsc, leaf, msg, &mut stats);
     let total = tsc.ticks_to_us(stats.total_ticks);
     pump_summary(tsc, &stats);
-    match result {
-        Ok(_) => {
-            say!(
-                "spdm: connected: SPDM {}.{}, secure session up, in {} ms",
-                stats.spdm_version >> 4,
-                stats.spdm_version & 0xF,
-                Ms(total)
-            );
-            say!("figure spdm_connect_qemu_ms {} ms", Ms(total));
-            defmt::info!("SPDM.CONNECT done in {=u64} us, {=u32} exchanges", total, stats.exchanges);
-            (pdev, msg, total)
-        }
-        Err(e) => fail("SPDM.CONNECT", &e),
-    }
+    result?;
+    say!(
+        "spdm: connected: SPDM {}.{}, secure session up, in {} ms",
+        stats.spdm_version >> 4,
+        stats.spdm_version & 0xF,
+        Ms(total)
+    );
+    say!("figure spdm_connect_qemu_ms {} ms", Ms(total));
+    defmt::info!("SPDM.CONNECT done in {=u64} us, {=u32} exchanges", total, stats.exchanges);
+    Ok(total)
 }
 
 /// Runs SPDM.CONNECT and stops.
