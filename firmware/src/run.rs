@@ -85,7 +85,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             say!("mode overflow: pushing until the boot stack overflows");
             arch::provoke_stack_overflow()
         }
-        Mode::Connect | Mode::Assign | Mode::Attack | Mode::Boot => {}
+        Mode::Connect | Mode::Assign | Mode::Revoke | Mode::Attack | Mode::Boot => {}
     }
 
     let image = arch::image_range();
@@ -134,7 +134,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             Ok(()) => say!("tsm: provisioned: attestation key derived from the platform secret"),
             Err(e) => fail("TSM provisioning", &format_args!("{e:?}")),
         },
-        None if config.mode == Mode::Assign => {
+        None if matches!(config.mode, Mode::Assign | Mode::Revoke) => {
             fail("assign", &"no platform secret in fw_cfg (attest provision writes platform-secret.bin)")
         }
         None => {}
@@ -145,7 +145,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         arch::exit_qemu(ExitCode::Success);
     }
     match config.mode {
-        Mode::Assign => {
+        Mode::Assign | Mode::Revoke => {
             let nvme = open_nvme(&boot, &config, &tsc, mmio_start);
             assign::run(&config, &tsc, &mut tsm, &mut host, nvme, ready)
         }

@@ -356,6 +356,15 @@ impl Host {
         check("TDH.DMAR.ADD", r).map(|_| ())
     }
 
+    /// SEAMLESS.DMABUF.REVOKE of report range 0 (the exporter's FLR or close); returns the
+    /// pages it blocked.
+    ///
+    /// # Errors
+    /// [`HostError`].
+    pub fn dmabuf_revoke(&self, tsm: &mut Tsm<FirmwarePlatform>, d: &DevicePages) -> Result<u64, HostError> {
+        Ok(self.call(tsm, "SEAMLESS.DMABUF.REVOKE", Regs::call(leaf::DMABUF_REVOKE, d.tdi, 0, 0, 0))?.rcx)
+    }
+
     /// Serves the guest's VMCALL `args` (the guest stopped on it), then resumes the vCPU. The
     /// reports the guest hands over (REPORT_READY: native, then the SNP export) are copied to
     /// `report`.

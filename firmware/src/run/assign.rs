@@ -7,7 +7,7 @@ use attest::evidence::RecordType;
 
 use super::{fail, pump_summary, report_failure, spdm_connect_pdev, Ms, Nvme};
 use crate::arch::{self, ExitCode};
-use crate::config::RunConfig;
+use crate::config::{Mode, RunConfig};
 use crate::drivers::phys::Frames;
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
@@ -57,6 +57,27 @@ impl Timeline {
     pub fn record(&mut self, name: &'static str, start: u64, dur: u64) {
         if !self.phases.push(name, start, dur) {
             defmt::warn!("timeline full: phase {=str} not recorded", name);
+        }
+    }
+}
+
+/// TDISP state ERROR as TDG.TDI.RD reports it.
+const TDISP_ERROR: u64 = 3;
+
+/// What the guest saw after a revoke, when it did not see the revoke.
+#[derive(Debug)]
+enum RevokeUnseen {
+    /// TDG.TDI.RD reported this state, not ERROR.
+    State(u64),
+    /// The accessor still read BAR0 (this value).
+    Read(u32),
+}
+
+impl core::fmt::Display for RevokeUnseen {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RevokeUnseen::State(s) => write!(f, "TDG.TDI.RD says state {s}, not ERROR, after the revoke"),
+            RevokeUnseen::Read(v) => write!(f, "the accessor still read BAR0 ({v:#x}) after the revoke"),
         }
     }
 }
@@ -204,6 +225,22 @@ pub fn run(
     );
     if (cap, vs) != (host_cap, host_vs) {
         fail("guest: device registers", &"the private mapping shows other registers than BAR0");
+    }
+    if config.mode == Mode::Revoke {
+        // The guest waits in GET_NONCE: resume it, then the exporter revokes the BAR under it.
+        or_cleanup!(
+            host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &config.nonce, &mut report),
+            "host: VMCALL"
+        );
+        let blocked = or_cleanup!(host.dmabuf_revoke(tsm, &d), "DMABUF.REVOKE");
+        say!("dmabuf: BAR0 revoked by the exporter while the TDI runs; {blocked} mapped pages blocked");
+        let (state, read) = or_cleanup!(guest.probe_revoked(tsm), "guest: TDI read after the revoke");
+        match read {
+            Err(e) if state == TDISP_ERROR => say!("guest: TDI.RD says ERROR; its MMIO accessor refuses BAR0: {e}"),
+            Err(_) => or_cleanup!(Err::<(), _>(RevokeUnseen::State(state)), "guest: after the revoke"),
+            Ok(v) => or_cleanup!(Err::<(), _>(RevokeUnseen::Read(v)), "guest: after the revoke"),
+        }
+        or_cleanup!(Err::<(), _>("BAR0 revoked while RUN; the TDI is in ERROR"), "TDI");
     }
 
     tl.begin("attestation");

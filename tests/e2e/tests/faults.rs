@@ -105,6 +105,27 @@ fn a_session_torn_down_during_lock_errors_the_tdi_and_cleanup_reclaims_everythin
 }
 
 #[test]
+fn a_dmabuf_revoke_while_run_errors_the_tdi_the_guest_sees_it_and_teardown_reclaims_everything() {
+    let qemu = qemu_or_skip!();
+    let (o, device) = run(&qemu, "fault_revoke", "revoke", assign_device(false), 1000);
+    assert!(o.console.contains("tdi: RUN"), "{}", o.console);
+    assert!(
+        o.console.contains("dmabuf: BAR0 revoked by the exporter while the TDI runs; 4 mapped pages blocked"),
+        "{}",
+        o.console
+    );
+    assert!(o.console.contains("guest: TDI.RD says ERROR; its MMIO accessor refuses BAR0: "), "{}", o.console);
+    o.expect_status(35);
+    assert!(o.console.contains("seamless firmware: error: TDI: BAR0 revoked while RUN"), "{}", o.console);
+    let cleanup = o.console.lines().find(|l| l.starts_with("cleanup after the failure: ")).expect("cleanup line");
+    assert!(cleanup.contains("donated pages free again") && !cleanup.contains("still held"), "{cleanup}");
+    // STOP still reached the device (the PDEV stayed CONNECTED), and the session was ended.
+    let states: Vec<String> = device.tdis().iter().map(|t| format!("{:?}", t.state)).collect();
+    assert_eq!(states, ["ConfigUnlocked"]);
+    assert_eq!(device.session_count(), 0);
+}
+
+#[test]
 fn qemu_killed_mid_connect_leaves_the_device_serving_a_new_connection() {
     let qemu = qemu_or_skip!();
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
