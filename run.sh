@@ -26,7 +26,10 @@ commands:
                                 as the demo runs it), attack (the malicious-host cases),
                                 boot (stop at TSM ready),
                                 fault (show the exception report), overflow
-                                (overflow the boot stack into its guard page)
+                                (overflow the boot stack into its guard page),
+                                revoke (assign, then a dma-buf revoke while RUN)
+                   --fault SPEC a tdisp-device fault switch (repeatable; tdisp-device --help)
+                   --doe-timeout MS  the firmware's DOE timeout (default 1000)
                    --keep       keep QEMU's command line in target/run/qemu.cmd
   e2e [args]     build the firmware and run tests/e2e (QEMU end-to-end tests; args go to
                  `cargo test`)
@@ -261,13 +264,29 @@ stop_pid() {
     fi
 }
 
+# The cause the firmware reported on COM1 (its first `seamless firmware: error:` line), or what
+# its absence means.
+firmware_cause() {
+    local cause
+    cause=$(sed -n 's/\r$//; s/^seamless firmware: error: //p' "$1" 2>/dev/null | head -n 1)
+    echo "${cause:-no error reported on COM1 (QEMU killed, crashed or timed out)}"
+}
+
 cmd_boot() {
-    local mode=connect keep=0
+    local mode=connect keep=0 doe_timeout=1000 faults=()
     while (($#)); do
         case $1 in
             --mode)
                 mode=${2:-}
                 shift 2 || { echo "error: --mode needs a value" >&2; exit 2; }
+                ;;
+            --fault)
+                faults+=(--fault "${2:-}")
+                shift 2 || { echo "error: --fault needs a value" >&2; exit 2; }
+                ;;
+            --doe-timeout)
+                doe_timeout=${2:-}
+                shift 2 || { echo "error: --doe-timeout needs a value" >&2; exit 2; }
                 ;;
             --keep) keep=1; shift ;;
             *)
@@ -277,9 +296,9 @@ cmd_boot() {
         esac
     done
     case $mode in
-        connect | assign | attack | boot | fault | overflow) ;;
+        connect | assign | revoke | attack | boot | fault | overflow) ;;
         *)
-            echo "error: --mode is connect, assign, attack, boot, fault or overflow (got '$mode')" >&2
+            echo "error: --mode is connect, assign, revoke, attack, boot, fault or overflow (got '$mode')" >&2
             exit 2
             ;;
     esac
@@ -297,8 +316,8 @@ cmd_boot() {
         cargo build -q -p attest --features std --bin attest
         "${CARGO_TARGET_DIR:-target}/debug/attest" provision --out "$plat"
     fi
-    printf 'mode=%s\nnvme_bar0=%s\n' "$mode" "$DEMO_BAR0" >"$out/config.txt"
-    [[ $mode == assign ]] && printf 'nonce=%s\n' "$(od -An -tx1 -N64 /dev/urandom | tr -d ' \n')" >>"$out/config.txt"
+    printf 'mode=%s\nnvme_bar0=%s\ndoe_timeout_ms=%s\n' "$mode" "$DEMO_BAR0" "$doe_timeout" >"$out/config.txt"
+    [[ $mode == assign || $mode == revoke ]] && printf 'nonce=%s\n' "$(od -An -tx1 -N64 /dev/urandom | tr -d ' \n')" >>"$out/config.txt"
 
     local qemu_args=(-M q35 -accel tcg -cpu max -m 256M -nodefaults -display none -no-reboot
         -kernel "$FIRMWARE" -serial "file:$out/serial.log" -serial "file:$out/defmt.bin"
@@ -307,13 +326,15 @@ cmd_boot() {
         -fw_cfg "name=opt/seamless/config,file=$out/config.txt"
         -fw_cfg "name=opt/seamless/platform-secret,file=$plat/platform-secret.bin")
     DEVICE_PID=""
-    if [[ $mode == connect || $mode == assign || $mode == attack ]]; then
+    if [[ $mode == connect || $mode == assign || $mode == revoke || $mode == attack ]]; then
         section "cargo build -p tdisp-device"
         cargo build -q -p tdisp-device
         local device=${CARGO_TARGET_DIR:-target}/debug/tdisp-device
         # QEMU connects to the responder at start-up: it must listen first.
         demo_device_toml "$(printf '%#x' $((DEMO_BAR0 >> 12)))" >"$out/device.toml"
-        "$device" --port 0 --once --config "$out/device.toml" >"$out/device.log" 2>&1 &
+        # The log exists before the background job opens it: the port poll below reads it.
+        : >"$out/device.log"
+        "$device" --port 0 --once --config "$out/device.toml" "${faults[@]}" >"$out/device.log" 2>&1 &
         DEVICE_PID=$!
         trap 'stop_pid "$DEVICE_PID"' EXIT
         local port="" i
@@ -354,7 +375,7 @@ cmd_boot() {
     echo "bench qemu_wall_ms $(((end - start) / 1000000)) ms"
     echo "files: $out/{serial.log,defmt.bin,firmware.log,device.log,config.txt}"
     if ((status != 33)); then
-        echo "error: firmware exited with QEMU status $status (33 is success)" >&2
+        echo "error: firmware exited with QEMU status $status (33 is success): $(firmware_cause "$out/serial.log")" >&2
         exit 1
     fi
 }
@@ -562,6 +583,8 @@ cmd_demo() {
     trap 'stop_pid "$DEVICE_PID"' EXIT
     if [[ -z $responder ]]; then
         mkdir -p "$plat/device"
+        # The log exists before the background job opens it: the port poll below reads it.
+        : >"$out/device.log"
         "$bin/tdisp-device" --port 0 --once --config "$out/device.toml" --state-dir "$plat/device" \
             >"$out/device.log" 2>&1 &
         DEVICE_PID=$!
@@ -657,7 +680,7 @@ cmd_demo() {
         return 0
     fi
     if ((!flow_ok)); then
-        section "verdict: FAILED: the flow did not complete (QEMU status $status; 33 is success)"
+        section "verdict: FAILED: the flow did not complete (QEMU status $status; 33 is success): $(firmware_cause "$out/serial.log")"
     else
         section "verdict: REJECTED by the verifier (the failed checks are in $out/verify.json)"
     fi

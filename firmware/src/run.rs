@@ -50,9 +50,14 @@ impl fmt::Display for Ms {
     }
 }
 
-pub(crate) fn fail(what: &str, why: &dyn fmt::Display) -> ! {
+/// Reports the failure of `what` on COM1 (and defmt) without stopping.
+pub(crate) fn report_failure(what: &str, why: &dyn fmt::Display) {
     say!("seamless firmware: error: {what}: {why}");
     defmt::error!("{=str} failed", what);
+}
+
+pub(crate) fn fail(what: &str, why: &dyn fmt::Display) -> ! {
+    report_failure(what, why);
     arch::exit_qemu(ExitCode::Failure)
 }
 
@@ -80,7 +85,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             say!("mode overflow: pushing until the boot stack overflows");
             arch::provoke_stack_overflow()
         }
-        Mode::Connect | Mode::Assign | Mode::Attack | Mode::Boot => {}
+        Mode::Connect | Mode::Assign | Mode::Revoke | Mode::Attack | Mode::Boot => {}
     }
 
     let image = arch::image_range();
@@ -129,7 +134,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             Ok(()) => say!("tsm: provisioned: attestation key derived from the platform secret"),
             Err(e) => fail("TSM provisioning", &format_args!("{e:?}")),
         },
-        None if config.mode == Mode::Assign => {
+        None if matches!(config.mode, Mode::Assign | Mode::Revoke) => {
             fail("assign", &"no platform secret in fw_cfg (attest provision writes platform-secret.bin)")
         }
         None => {}
@@ -140,7 +145,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         arch::exit_qemu(ExitCode::Success);
     }
     match config.mode {
-        Mode::Assign => {
+        Mode::Assign | Mode::Revoke => {
             let nvme = open_nvme(&boot, &config, &tsc, mmio_start);
             assign::run(&config, &tsc, &mut tsm, &mut host, nvme, ready)
         }
@@ -322,29 +327,42 @@ fn spdm_connect(
     bdf: crate::drivers::pci::Bdf,
     mailbox: &mut Mailbox<Mmio>,
 ) -> (u64, u64, u64) {
-    let rid = bdf.rid();
-    let pdev = host.pdev_create(tsm, rid).unwrap_or_else(|e| fail("PDEV", &e));
+    let pdev = host.pdev_create(tsm, bdf.rid()).unwrap_or_else(|e| fail("PDEV", &e));
     let msg = host.scratch().unwrap_or_else(|e| fail("message page", &e));
+    let total =
+        spdm_connect_pdev(tsc, tsm, host, bdf, mailbox, (pdev, msg)).unwrap_or_else(|e| fail("SPDM.CONNECT", &e));
+    (pdev, msg, total)
+}
+
+/// SPDM.CONNECT of the PDEV `pdev` with the message page `msg`; returns its duration in µs.
+///
+/// # Errors
+/// [`HostError`] of the call (a mailbox failure was aborted).
+fn spdm_connect_pdev(
+    tsc: &Tsc,
+    tsm: &mut Tsm<FirmwarePlatform>,
+    host: &Host,
+    bdf: crate::drivers::pci::Bdf,
+    mailbox: &mut Mailbox<Mmio>,
+    (pdev, msg): (u64, u64),
+) -> Result<u64, crate::host::HostError> {
+    let rid = bdf.rid();
     say!("spdm: PDEV for {bdf} (function id {rid:#06x}) at {pdev:#x}; SPDM.CONNECT over the DOE mailbox");
     let mut stats = PumpStats::default();
     let leaf = ("TDH.SPDM.CONNECT", tsm::abi::host::leaf::SPDM_CONNECT, pdev, 0);
     let result = host.pump(tsm, mailbox, tsc, leaf, msg, &mut stats);
     let total = tsc.ticks_to_us(stats.total_ticks);
     pump_summary(tsc, &stats);
-    match result {
-        Ok(_) => {
-            say!(
-                "spdm: connected: SPDM {}.{}, secure session up, in {} ms",
-                stats.spdm_version >> 4,
-                stats.spdm_version & 0xF,
-                Ms(total)
-            );
-            say!("figure spdm_connect_qemu_ms {} ms", Ms(total));
-            defmt::info!("SPDM.CONNECT done in {=u64} us, {=u32} exchanges", total, stats.exchanges);
-            (pdev, msg, total)
-        }
-        Err(e) => fail("SPDM.CONNECT", &e),
-    }
+    result?;
+    say!(
+        "spdm: connected: SPDM {}.{}, secure session up, in {} ms",
+        stats.spdm_version >> 4,
+        stats.spdm_version & 0xF,
+        Ms(total)
+    );
+    say!("figure spdm_connect_qemu_ms {} ms", Ms(total));
+    defmt::info!("SPDM.CONNECT done in {=u64} us, {=u32} exchanges", total, stats.exchanges);
+    Ok(total)
 }
 
 /// Runs SPDM.CONNECT and stops.

@@ -165,11 +165,15 @@ impl<R: Registers> Mailbox<R> {
         for dw in request.chunks_exact(4) {
             self.regs.write(WRITE_MAILBOX, u32::from_le_bytes([dw[0], dw[1], dw[2], dw[3]]));
         }
-        self.regs.write(CONTROL, CONTROL_GO);
+        // The clock starts before GO: QEMU holds the vCPU inside the GO write until the
+        // responder answers, so a late answer is already there when polling begins, and only
+        // the time since GO shows it came past the deadline.
         let start = clock.now_us();
+        self.regs.write(CONTROL, CONTROL_GO);
         let s = match self.wait(clock, |s| s & (STATUS_READY | STATUS_ERROR) != 0) {
-            Ok(s) => s,
-            Err(_) => {
+            Ok(s) if clock.now_us().saturating_sub(start) <= self.timeout_us => s,
+            // An answer after the deadline is not taken (§6.30.2): ABORT discards it.
+            Ok(_) | Err(_) => {
                 let waited_us = clock.now_us().saturating_sub(start);
                 self.abort(clock)?;
                 return Err(DoeError::Timeout { waited_us });
@@ -230,6 +234,9 @@ mod tests {
         Announce(u32),
         /// Answers, then withdraws the object after the first two DWs are read.
         Withdraw,
+        /// Answers, but holds the GO write for this many µs first (QEMU's vCPU waiting for a
+        /// slow responder).
+        Late(u64),
     }
 
     /// QEMU's `pcie_doe.c`, reduced to what the driver can observe.
@@ -319,6 +326,11 @@ mod tests {
                             *self.read_mbox.borrow_mut() = request;
                             self.ready.set(true);
                         }
+                        Behaviour::Late(us) => {
+                            STALL_US.with(|s| s.set(s.get() + us));
+                            *self.read_mbox.borrow_mut() = request;
+                            self.ready.set(true);
+                        }
                         Behaviour::Drop => self.reset(),
                         Behaviour::Error => self.error.set(true),
                         Behaviour::Announce(n) => {
@@ -345,12 +357,18 @@ mod tests {
         }
     }
 
-    /// A clock that advances 10 µs per reading.
+    std::thread_local! {
+        /// Time the modelled function held the vCPU, added to the clock at its next reading.
+        static STALL_US: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// A clock that advances 10 µs per reading (plus any stall of the function).
     struct Clock(Cell<u64>);
 
     impl Micros for Clock {
         fn now_us(&self) -> u64 {
-            self.0.set(self.0.get() + 10);
+            let stall = STALL_US.with(|s| s.replace(0));
+            self.0.set(self.0.get() + 10 + stall);
             self.0.get()
         }
     }
@@ -417,6 +435,17 @@ mod tests {
         // The mailbox works again afterwards.
         let m2 = Model::new(Behaviour::Echo);
         assert_eq!(run(&m2, &REQUEST, &mut [0; 64]), Ok(12));
+    }
+
+    #[test]
+    fn exchange_refuses_an_answer_that_came_past_the_deadline() {
+        let m = Model::new(Behaviour::Late(2 * TIMEOUT_US));
+        let r = run(&m, &REQUEST, &mut [0; 64]);
+        assert!(matches!(r, Err(DoeError::Timeout { waited_us }) if waited_us >= 2 * TIMEOUT_US), "{r:?}");
+        assert_eq!((m.gos.get(), m.aborts.get()), (1, 1), "the late answer is discarded with ABORT");
+        // Late, but within the deadline: taken.
+        let m = Model::new(Behaviour::Late(TIMEOUT_US / 2));
+        assert_eq!(run(&m, &REQUEST, &mut [0; 64]), Ok(12));
     }
 
     #[test]

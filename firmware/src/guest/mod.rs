@@ -426,6 +426,16 @@ impl<'a> Guest<'a> {
         self.vmcall(tsm, vmcall::GET_NONCE, 0)
     }
 
+    /// What the guest sees of its device after the host revoked the BAR: the TDISP state from
+    /// TDG.TDI.RD and what its accessor does with a read of BAR0's first register.
+    ///
+    /// # Errors
+    /// [`GuestError`] of TDG.TDI.RD.
+    pub fn probe_revoked(&self, tsm: &mut Tsm<FirmwarePlatform>) -> Result<(u64, Result<u32, GuestError>), GuestError> {
+        let state = self.tdi_rd(tsm, 0, 0)?;
+        Ok((state, self.mem.mmio_read_u32(tsm, self.layout.bar_gpa)))
+    }
+
     /// Puts the challenge in REPORTDATA, calls SEAMLESS.TDG.MR.ATTEST for the native report and
     /// for its SNP-format export, and hands both to the host through the shared page.
     ///

@@ -100,6 +100,59 @@ pub struct DevicePages {
     pub generation: u64,
     /// Interface report length in the message page.
     pub report_len: usize,
+    /// Whether the IDE stream was created (its index may be 0).
+    pub ide: bool,
+    /// BAR pages mapped with MMIO.MAP.
+    pub mapped: u64,
+    /// Whether the DMA remapping entry was added.
+    pub dma: bool,
+}
+
+/// What [`Host::cleanup`] did after a failed flow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cleanup {
+    /// Teardown calls the TSM refused (the object's state did not allow them).
+    pub refused: u32,
+    /// The first refusal.
+    pub first_refusal: Option<HostError>,
+    /// Donated pages that read back free.
+    pub free: u64,
+    /// Donated pages still held by the TSM.
+    pub held: u64,
+    /// The first of those.
+    pub first_held: u64,
+}
+
+impl Cleanup {
+    fn note(&mut self, r: Result<(), HostError>) {
+        if let Err(e) = r {
+            if self.refused == 0 {
+                self.first_refusal = Some(e);
+            }
+            self.refused += 1;
+        }
+    }
+}
+
+impl core::fmt::Display for Cleanup {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.first_refusal {
+            None => f.write_str("every teardown call succeeded")?,
+            Some(e) => write!(f, "{} teardown calls refused, the first: {e}", self.refused)?,
+        }
+        if self.held == 0 {
+            write!(f, "; all {} donated pages free again", self.free)
+        } else {
+            write!(
+                f,
+                "; {} of {} donated pages free again, {} still held (the first at {:#x})",
+                self.free,
+                self.free + self.held,
+                self.held,
+                self.first_held
+            )
+        }
+    }
 }
 
 /// A block call: done now, or done already (by STOP).
@@ -226,6 +279,7 @@ impl Host {
     ) -> Result<(), HostError> {
         let r = self.call(tsm, "TDH.IDE.STREAM.CREATE", Regs::call(leaf::IDE_STREAM_CREATE, d.pdev, 1, 0, 0))?;
         d.stream = r.rcx;
+        d.ide = true;
         self.pump(tsm, doe, tsc, ("TDH.IDE.STREAM.KM SETUP", leaf::IDE_STREAM_KM, d.pdev, d.stream), d.msg, stats)?;
         Ok(())
     }
@@ -300,6 +354,15 @@ impl Host {
             }
         }
         check("TDH.DMAR.ADD", r).map(|_| ())
+    }
+
+    /// SEAMLESS.DMABUF.REVOKE of report range 0 (the exporter's FLR or close); returns the
+    /// pages it blocked.
+    ///
+    /// # Errors
+    /// [`HostError`].
+    pub fn dmabuf_revoke(&self, tsm: &mut Tsm<FirmwarePlatform>, d: &DevicePages) -> Result<u64, HostError> {
+        Ok(self.call(tsm, "SEAMLESS.DMABUF.REVOKE", Regs::call(leaf::DMABUF_REVOKE, d.tdi, 0, 0, 0))?.rcx)
     }
 
     /// Serves the guest's VMCALL `args` (the guest stopped on it), then resumes the vCPU. The
@@ -386,6 +449,86 @@ impl Host {
         self.destroy_td(tsm, td)?;
         self.iommu_clear(tsm)?;
         Ok(())
+    }
+
+    /// The teardown after a failed flow: each step of [`Host::teardown`] for what exists (per
+    /// `td` and `d`), tried in the same order and kept going past a refusal (a call the TSM
+    /// refuses changes nothing), then every donated page checked with RDMD.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cleanup(
+        &mut self,
+        tsm: &mut Tsm<FirmwarePlatform>,
+        doe: &mut Mailbox<Mmio>,
+        tsc: &Tsc,
+        td: Option<&TdPages>,
+        d: &DevicePages,
+        stats: &mut PumpStats,
+    ) -> Cleanup {
+        let mut c = Cleanup::default();
+        if d.tdi != 0 {
+            let r = self.pump(tsm, doe, tsc, ("TDH.TDI.STOP", leaf::TDI_STOP, d.tdi, 0), d.msg, stats);
+            c.note(r.map(|_| ()));
+            for i in 0..d.mapped {
+                if let Some(td) = td {
+                    let r = tsm.host_call(&Regs::call(leaf::MMIO_BLOCK, BAR_GPA + i * PAGE, td.tdr, 0, 0));
+                    c.note(blocked("TDH.MMIO.BLOCK", r));
+                }
+            }
+            if d.dma {
+                c.note(blocked("TDH.DMAR.BLOCK", tsm.host_call(&Regs::call(leaf::DMAR_BLOCK, d.tdi, 0, 0, 0))));
+            }
+            if let Some(td) = td {
+                if d.mapped > 0 || d.dma {
+                    c.note(self.call(tsm, "TDH.VP.KICK", Regs::call(leaf::VP_KICK, td.vcpu, 0, 0, 0)).map(|_| ()));
+                    c.note(self.call(tsm, "TDH.MEM.TRACK", Regs::call(leaf::MEM_TRACK, td.tdr, 0, 0, 0)).map(|_| ()));
+                    let r = self.call(tsm, "TDH.IQ.INV.REQUEST", Regs::call(leaf::IQ_INV_REQUEST, td.tdr, 0, 0, 0));
+                    c.note(r.map(|_| ()));
+                }
+                for i in 0..d.mapped {
+                    let r = Regs::call(leaf::MMIO_UNMAP, BAR_GPA + i * PAGE, td.tdr, 0, 0);
+                    c.note(self.call(tsm, "TDH.MMIO.UNMAP", r).map(|_| ()));
+                }
+            }
+            if d.dma {
+                c.note(self.call(tsm, "TDH.DMAR.REMOVE", Regs::call(leaf::DMAR_REMOVE, d.tdi, 0, 0, 0)).map(|_| ()));
+            }
+            c.note(self.call(tsm, "TDH.TDI.REMOVE", Regs::call(leaf::TDI_REMOVE, d.tdi, 0, 0, 0)).map(|_| ()));
+        }
+        if d.ide {
+            let km = ("TDH.IDE.STREAM.KM STOP", leaf::IDE_STREAM_KM, d.pdev, d.stream | 2 << 8);
+            c.note(self.pump(tsm, doe, tsc, km, d.msg, stats).map(|_| ()));
+            let r = Regs::call(leaf::IDE_STREAM_BLOCK, d.pdev, d.stream, 0, 0);
+            c.note(self.call(tsm, "TDH.IDE.STREAM.BLOCK", r).map(|_| ()));
+            let r = Regs::call(leaf::IDE_STREAM_DELETE, d.pdev, d.stream, 0, 0);
+            c.note(self.call(tsm, "TDH.IDE.STREAM.DELETE", r).map(|_| ()));
+        }
+        if d.pdev != 0 {
+            // A PDEV in ERROR (after ABORT) is not CONNECTED: DISCONNECT is refused and DELETE
+            // takes it as it is.
+            let r = self.pump(tsm, doe, tsc, ("TDH.SPDM.DISCONNECT", leaf::SPDM_DISCONNECT, d.pdev, 0), d.msg, stats);
+            c.note(r.map(|_| ()));
+            c.note(self.call(tsm, "TDH.SPDM.DELETE", Regs::call(leaf::SPDM_DELETE, d.pdev, 0, 0, 0)).map(|_| ()));
+        }
+        if let Some(td) = td {
+            c.note(self.destroy_td(tsm, td));
+        }
+        c.note(self.iommu_clear(tsm).map(|_| ()));
+        let (start, end) = self.tdmr_used();
+        let mut p = start;
+        while p < end {
+            match self.call(tsm, "TDH.PHYMEM.PAGE.RDMD", Regs::call(leaf::PHYMEM_PAGE_RDMD, p, 0, 0, 0)) {
+                Ok(md) if md.rcx == 0 => c.free += 1,
+                r => {
+                    if c.held == 0 {
+                        c.first_held = p;
+                    }
+                    c.held += 1;
+                    c.note(r.map(|_| ()));
+                }
+            }
+            p += PAGE;
+        }
+        c
     }
 
     /// Kick, VPFLUSHDONE, RECLAIM of every page the TD owns (found with RDMD), then its TDR.

@@ -31,6 +31,9 @@ pub struct Host {
     tdmr_start: u64,
     free: [u64; FREE_SLOTS],
     free_count: usize,
+    /// The PDEV the host created (0: none yet): TDH.SPDM.MNG ABORT names it, whichever leaf's
+    /// request is given up.
+    pdev: u64,
 }
 
 /// Pages the host keeps for reuse after the TSM handed them back.
@@ -58,6 +61,16 @@ pub enum HostError {
         /// Exchanges completed before it.
         exchanges: u32,
     },
+    /// An answer did not open under the session keys (ANSWER_NOT_AUTHENTIC: the TSM changed
+    /// nothing); the host gave up on the request with TDH.SPDM.MNG ABORT.
+    NotAuthentic {
+        /// The leaf's name.
+        leaf: &'static str,
+        /// Exchanges completed before it.
+        exchanges: u32,
+        /// What ABORT returned.
+        abort: Status,
+    },
     /// The host ran out of its own or of TDMR pages.
     OutOfPages,
 }
@@ -76,6 +89,11 @@ impl fmt::Display for HostError {
             HostError::Doe { leaf, error, exchanges } => {
                 write!(f, "{leaf}: DOE mailbox: {error} after {exchanges} exchanges")
             }
+            HostError::NotAuthentic { leaf, exchanges, abort } => write!(
+                f,
+                "{leaf} returned ANSWER_NOT_AUTHENTIC after {exchanges} exchanges; request withdrawn with TDH.SPDM.MNG ABORT ({})",
+                abort.name().unwrap_or("unknown status")
+            ),
             HostError::OutOfPages => write!(f, "the host ran out of pages"),
         }
     }
@@ -120,6 +138,7 @@ impl Host {
             tdmr_start: layout.tdmr.0,
             free: [0; FREE_SLOTS],
             free_count: 0,
+            pdev: 0,
         }
     }
 
@@ -195,7 +214,15 @@ impl Host {
     pub fn pdev_create(&mut self, tsm: &mut Tsm<FirmwarePlatform>, rid: u16) -> Result<u64, HostError> {
         let page = self.tdmr_page()?;
         check("TDH.SPDM.CREATE", tsm.host_call(&Regs::call(leaf::SPDM_CREATE, page, u64::from(rid), 0, 0)))?;
+        self.pdev = page;
         Ok(page)
+    }
+
+    /// TDH.SPDM.MNG ABORT of the request outstanding on the host's PDEV (`rcx`, the call's own
+    /// operand, before the PDEV is known).
+    fn abort(&self, tsm: &mut Tsm<FirmwarePlatform>, rcx: u64) -> Regs {
+        let pdev = if self.pdev != 0 { self.pdev } else { rcx };
+        tsm.host_call(&Regs::call(leaf::SPDM_MNG, pdev, 0, 0, tsm::abi::host_pdev::mng::ABORT))
     }
 
     /// Calls the resumable leaf `leaf_no` until it stops asking, moving each request through the
@@ -222,6 +249,13 @@ impl Host {
             let t = tsc.now();
             let r = tsm.host_call(&Regs::call(leaf_no, rcx, msg, len, r9));
             stats.tsm_ticks += tsc.now().wrapping_sub(t);
+            if r.status().code() == Status::ANSWER_NOT_AUTHENTIC {
+                // Corrupted or forged on the way: another try would get the same answer (the
+                // device moved on), so the request is given up and the object goes to ERROR.
+                let abort = self.abort(tsm, rcx);
+                stats.total_ticks = tsc.now().wrapping_sub(start);
+                return Err(HostError::NotAuthentic { leaf: name, exchanges: stats.exchanges, abort: abort.status() });
+            }
             if r.status() != Status::DEVICE_REQUEST {
                 stats.total_ticks = tsc.now().wrapping_sub(start);
                 return check(name, r);
@@ -243,7 +277,7 @@ impl Host {
             let got = match got {
                 Ok(got) => got,
                 Err(error) => {
-                    let _ = tsm.host_call(&Regs::call(leaf::SPDM_MNG, rcx, 0, 0, tsm::abi::host_pdev::mng::ABORT));
+                    let _ = self.abort(tsm, rcx);
                     stats.total_ticks = tsc.now().wrapping_sub(start);
                     return Err(HostError::Doe { leaf: name, error, exchanges: stats.exchanges });
                 }

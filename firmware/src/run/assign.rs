@@ -5,9 +5,9 @@
 
 use attest::evidence::RecordType;
 
-use super::{fail, pump_summary, spdm_connect, Ms, Nvme};
+use super::{fail, pump_summary, report_failure, spdm_connect_pdev, Ms, Nvme};
 use crate::arch::{self, ExitCode};
-use crate::config::RunConfig;
+use crate::config::{Mode, RunConfig};
 use crate::drivers::phys::Frames;
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
@@ -57,6 +57,27 @@ impl Timeline {
     pub fn record(&mut self, name: &'static str, start: u64, dur: u64) {
         if !self.phases.push(name, start, dur) {
             defmt::warn!("timeline full: phase {=str} not recorded", name);
+        }
+    }
+}
+
+/// TDISP state ERROR as TDG.TDI.RD reports it.
+const TDISP_ERROR: u64 = 3;
+
+/// What the guest saw after a revoke, when it did not see the revoke.
+#[derive(Debug)]
+enum RevokeUnseen {
+    /// TDG.TDI.RD reported this state, not ERROR.
+    State(u64),
+    /// The accessor still read BAR0 (this value).
+    Read(u32),
+}
+
+impl core::fmt::Display for RevokeUnseen {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RevokeUnseen::State(s) => write!(f, "TDG.TDI.RD says state {s}, not ERROR, after the revoke"),
+            RevokeUnseen::Read(v) => write!(f, "the accessor still read BAR0 ({v:#x}) after the revoke"),
         }
     }
 }
@@ -124,27 +145,46 @@ pub fn run(
     );
 
     tl.end();
+
+    // From here on a failure is reported, then everything that exists is torn down again in
+    // the teardown's order and every donated page checked, then QEMU exits with 35.
+    let mut d = DevicePages::default();
+    let mut stats = PumpStats::default();
+    macro_rules! or_cleanup {
+        ($r:expr, $what:expr) => {
+            match $r {
+                Ok(v) => v,
+                Err(e) => {
+                    report_failure($what, &e);
+                    let c = host.cleanup(tsm, &mut mailbox, tsc, Some(&td), &d, &mut stats);
+                    say!("cleanup after the failure: {c}");
+                    arch::exit_qemu(ExitCode::Failure)
+                }
+            }
+        };
+    }
     let t = tl.now_us();
-    let (pdev, msg, connect_us) = spdm_connect(tsc, tsm, host, bdf, &mut mailbox);
+    d.pdev = or_cleanup!(host.pdev_create(tsm, bdf.rid()), "PDEV");
+    d.msg = or_cleanup!(host.scratch(), "message page");
+    let connect_us = or_cleanup!(spdm_connect_pdev(tsc, tsm, host, bdf, &mut mailbox, (d.pdev, d.msg)), "SPDM.CONNECT");
     tl.record("spdm_connect", t, connect_us);
 
     tl.begin("tdi_lock_report");
-    let mut d = DevicePages { pdev, msg, ..DevicePages::default() };
-    let mut stats = PumpStats::default();
-    host.ide_setup(tsm, &mut mailbox, tsc, &mut d, &mut stats).unwrap_or_else(|e| fail("IDE setup", &e));
+    or_cleanup!(host.ide_setup(tsm, &mut mailbox, tsc, &mut d, &mut stats), "IDE setup");
     say!("ide: stream {} created, keys programmed (IDE_KM) and live", d.stream);
-    host.bind_and_lock(tsm, &mut mailbox, tsc, &td, function, &mut d, &mut stats)
-        .unwrap_or_else(|e| fail("TDI lock", &e));
+    or_cleanup!(host.bind_and_lock(tsm, &mut mailbox, tsc, &td, function, &mut d, &mut stats), "TDI lock");
     say!(
         "tdi: bound to the TD and CONFIG_LOCKED (generation {}); interface report {} bytes",
         d.generation,
         d.report_len
     );
     let mut report = [0u8; guest::REPORTS_BYTES];
-    let step = guest.read_tdi(tsm).unwrap_or_else(|e| fail("guest: TDI read", &e));
-    host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &config.nonce, &mut report)
-        .unwrap_or_else(|e| fail("host: VMCALL", &e));
-    guest.check_report().unwrap_or_else(|e| fail("guest: report check", &e));
+    let step = or_cleanup!(guest.read_tdi(tsm), "guest: TDI read");
+    or_cleanup!(
+        host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &config.nonce, &mut report),
+        "host: VMCALL"
+    );
+    or_cleanup!(guest.check_report(), "guest: report check");
     say!(
         "guest: TDI CONFIG_LOCKED, generation {}; the host's report ({} bytes) matches the TSM's digest {}",
         guest.findings.generation,
@@ -155,15 +195,26 @@ pub fn run(
     say!("figure tdi_lock_report_qemu_ms {} ms", Ms(lock_us));
 
     tl.begin("map_accept_start");
-    host.import_and_map(tsm, &td, &d, bar).unwrap_or_else(|e| fail("import and map", &e));
-    guest.accept_mmio(tsm, bar_pages).unwrap_or_else(|e| fail("guest: MMIO.ACCEPT", &e));
+    or_cleanup!(host.import_and_map(tsm, &td, &d, bar), "import and map");
+    d.mapped = bar_pages;
+    or_cleanup!(guest.accept_mmio(tsm, bar_pages), "guest: MMIO.ACCEPT");
     say!("mmio: BAR0 {:#x} ({bar_pages} pages) imported, mapped at GPA {BAR_GPA:#x}, accepted by the guest", bar.0);
-    host.dmar_add(tsm, &td, &d).unwrap_or_else(|e| fail("DMAR.ADD", &e));
-    guest.accept_dma_and_authorise(tsm).unwrap_or_else(|e| fail("guest: DMAR.ACCEPT / authorise", &e));
+    or_cleanup!(host.dmar_add(tsm, &td, &d), "DMAR.ADD");
+    d.dma = true;
+    or_cleanup!(guest.accept_dma_and_authorise(tsm), "guest: DMAR.ACCEPT / authorise");
     say!("dma: entry added by the host, accepted by the guest; the guest authorised START");
-    host.pump(tsm, &mut mailbox, tsc, ("TDH.TDI.START", tsm::abi::host::leaf::TDI_START, d.tdi, 0), d.msg, &mut stats)
-        .unwrap_or_else(|e| fail("TDI.START", &e));
-    let step = guest.use_device(tsm).unwrap_or_else(|e| fail("guest: device", &e));
+    or_cleanup!(
+        host.pump(
+            tsm,
+            &mut mailbox,
+            tsc,
+            ("TDH.TDI.START", tsm::abi::host::leaf::TDI_START, d.tdi, 0),
+            d.msg,
+            &mut stats
+        ),
+        "TDI.START"
+    );
+    let step = or_cleanup!(guest.use_device(tsm), "guest: device");
     let start_us = tl.end();
     say!("tdi: RUN");
     say!("figure map_accept_start_qemu_ms {} ms", Ms(start_us));
@@ -175,13 +226,33 @@ pub fn run(
     if (cap, vs) != (host_cap, host_vs) {
         fail("guest: device registers", &"the private mapping shows other registers than BAR0");
     }
+    if config.mode == Mode::Revoke {
+        // The guest waits in GET_NONCE: resume it, then the exporter revokes the BAR under it.
+        or_cleanup!(
+            host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &config.nonce, &mut report),
+            "host: VMCALL"
+        );
+        let blocked = or_cleanup!(host.dmabuf_revoke(tsm, &d), "DMABUF.REVOKE");
+        say!("dmabuf: BAR0 revoked by the exporter while the TDI runs; {blocked} mapped pages blocked");
+        let (state, read) = or_cleanup!(guest.probe_revoked(tsm), "guest: TDI read after the revoke");
+        match read {
+            Err(e) if state == TDISP_ERROR => say!("guest: TDI.RD says ERROR; its MMIO accessor refuses BAR0: {e}"),
+            Err(_) => or_cleanup!(Err::<(), _>(RevokeUnseen::State(state)), "guest: after the revoke"),
+            Ok(v) => or_cleanup!(Err::<(), _>(RevokeUnseen::Read(v)), "guest: after the revoke"),
+        }
+        or_cleanup!(Err::<(), _>("BAR0 revoked while RUN; the TDI is in ERROR"), "TDI");
+    }
 
     tl.begin("attestation");
-    host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &config.nonce, &mut report)
-        .unwrap_or_else(|e| fail("host: VMCALL", &e));
-    let step = guest.attest(tsm).unwrap_or_else(|e| fail("guest: attest", &e));
-    host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &config.nonce, &mut report)
-        .unwrap_or_else(|e| fail("host: VMCALL", &e));
+    or_cleanup!(
+        host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &config.nonce, &mut report),
+        "host: VMCALL"
+    );
+    let step = or_cleanup!(guest.attest(tsm), "guest: attest");
+    or_cleanup!(
+        host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &config.nonce, &mut report),
+        "host: VMCALL"
+    );
     let mut bundle = [0u8; 16 * 1024];
     let ev = tsm.tdi_evidence(tsm::addr::Pfn::new(d.tdi >> 12).unwrap_or(tsm::addr::Pfn::ZERO));
     let Some(ev) = ev else { fail("evidence", &"the TSM has no evidence for the TDI") };
@@ -208,8 +279,8 @@ pub fn run(
     say!("figure attestation_qemu_ms {} ms", Ms(attest_us));
 
     tl.begin("teardown");
-    host.teardown(tsm, &mut mailbox, tsc, &td, &d, bar_pages, &mut stats).unwrap_or_else(|e| fail("teardown", &e));
-    let pages = host.check_all_free(tsm).unwrap_or_else(|e| fail("teardown", &e));
+    or_cleanup!(host.teardown(tsm, &mut mailbox, tsc, &td, &d, bar_pages, &mut stats), "teardown");
+    let pages = or_cleanup!(host.check_all_free(tsm), "teardown");
     tl.end();
     pump_summary(tsc, &stats);
     say!("teardown: TDI stopped and removed, stream and session closed, TD destroyed; all {pages} donated pages free again");

@@ -156,6 +156,16 @@ pub struct Faults {
     pub refuse_start: bool,
     /// The certificate after the root is signed by a stray key, not its issuer's.
     pub broken_chain: bool,
+    /// Wait this many milliseconds before sending each answer (a responder slower than the
+    /// requester's DOE timeout). Applied by [`crate::server`], which owns the socket.
+    pub late_ms: Option<u64>,
+    /// Flip one bit of this response after it was framed (and, if secured, sealed): what a bit
+    /// error on the way looks like. A secured answer then fails its AEAD tag; a plain one its
+    /// signature or its parse.
+    pub corrupt: Option<Reply>,
+    /// When the request this response would answer arrives under a session, forget the session
+    /// (its TDIs go to ERROR, its IDE keys die) and answer nothing.
+    pub end_session_on: Option<Reply>,
 }
 
 /// The `--fault` specifications, for `--help`.
@@ -163,7 +173,8 @@ pub const SPECS: &str = "\
   bad-signature=challenge-auth|measurements|key-exchange-rsp
   wrong-measurement=INDEX
   truncate=REPLY   overlong-length=REPLY   drop-response=REPLY
-  wrong-session-id   overlapping-ranges   error-after-lock   refuse-start   broken-chain";
+  wrong-session-id   overlapping-ranges   error-after-lock   refuse-start   broken-chain
+  late=MS   corrupt=REPLY   end-session-on=REPLY";
 
 impl Faults {
     /// Switches one fault on from its command-line form, e.g. `truncate=measurements`,
@@ -205,6 +216,12 @@ impl Faults {
             "error-after-lock" => self.error_after_lock = flag(arg)?,
             "refuse-start" => self.refuse_start = flag(arg)?,
             "broken-chain" => self.broken_chain = flag(arg)?,
+            "late" => {
+                let ms = arg.and_then(|a| a.parse::<u64>().ok()).filter(|&m| (1..=60_000).contains(&m));
+                self.late_ms = Some(ms.ok_or("--fault late=MS (1..=60000)")?);
+            }
+            "corrupt" => self.corrupt = Some(reply(arg)?),
+            "end-session-on" => self.end_session_on = Some(reply(arg)?),
             other => return Err(format!("unknown fault {other} (see --help)")),
         }
         Ok(())
@@ -212,6 +229,29 @@ impl Faults {
 
     pub(crate) fn hits(slot: Option<Reply>, msg: &[u8]) -> bool {
         slot.is_some() && slot == Reply::of(msg)
+    }
+}
+
+/// The response a request inside a session would get (`None` for anything unnamed): FINISH,
+/// END_SESSION, KEY_UPDATE, and the PCI-SIG VENDOR_DEFINED requests of TDISP and IDE_KM.
+pub(crate) fn answer_to(request: &[u8]) -> Option<Reply> {
+    Some(match *request.get(1)? {
+        code::FINISH => Reply::FinishRsp,
+        code::KEY_UPDATE => Reply::KeyUpdateAck,
+        code::END_SESSION => Reply::EndSessionAck,
+        0xFE => match *request.get(11)? {
+            crate::tdisp::PROTOCOL_ID => Reply::Tdisp(*request.get(13)? | 0x80),
+            crate::idekm::PROTOCOL_ID => Reply::IdeKm,
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// Flips one bit of `object` at byte `at` (nothing if it is shorter).
+pub(crate) fn flip_bit(object: &mut [u8], at: usize) {
+    if let Some(b) = object.get_mut(at) {
+        *b ^= 0x10;
     }
 }
 
@@ -258,6 +298,9 @@ mod tests {
             "error-after-lock",
             "refuse-start",
             "broken-chain",
+            "late=300",
+            "corrupt=tdisp-lock",
+            "end-session-on=tdisp-lock",
         ] {
             f.apply_spec(spec).unwrap();
         }
@@ -274,11 +317,24 @@ mod tests {
                 error_after_lock: true,
                 refuse_start: true,
                 broken_chain: true,
+                late_ms: Some(300),
+                corrupt: Some(Reply::Tdisp(0x83)),
+                end_session_on: Some(Reply::Tdisp(0x83)),
             }
         );
-        for bad in
-            ["truncate", "truncate=nothing", "bad-signature=finish", "wrong-measurement=0", "refuse-start=1", "x"]
-        {
+        for bad in [
+            "truncate",
+            "truncate=nothing",
+            "bad-signature=finish",
+            "wrong-measurement=0",
+            "refuse-start=1",
+            "x",
+            "late",
+            "late=0",
+            "late=soon",
+            "corrupt",
+            "end-session-on=nothing",
+        ] {
             assert!(Faults::default().apply_spec(bad).is_err(), "{bad}");
         }
     }
@@ -293,5 +349,13 @@ mod tests {
         assert_eq!(truncated_len(4), 2);
         assert_eq!(truncated_len(100), 75);
         assert_eq!(truncated_len(10), 6);
+        let lock = [0x12, 0xFE, 0, 0, 3, 0, 2, 1, 0, 17, 0, 1, 0x10, 0x03];
+        assert_eq!(answer_to(&lock), Some(Reply::Tdisp(0x83)));
+        assert_eq!(answer_to(&[0x12, 0xEC, 0, 0]), Some(Reply::EndSessionAck));
+        assert_eq!(answer_to(&[0x12, 0x84, 0, 0]), None, "GET_VERSION is never under a session");
+        let mut o = [0u8; 4];
+        flip_bit(&mut o, 2);
+        flip_bit(&mut o, 9);
+        assert_eq!(o, [0, 0, 0x10, 0]);
     }
 }

@@ -144,11 +144,16 @@ impl Device {
             matches!(Reply::of(&msg), Some(Reply::ChallengeAuth | Reply::Measurements | Reply::KeyExchangeRsp));
         let overlong = Faults::hits(f.overlong_length, &msg) && !signed;
         let in_framing = overlong && !faults::overlong_field(&mut msg);
+        let corrupt = Faults::hits(f.corrupt, &msg);
         let mut object = session::plain_object(ObjectType::Spdm, &msg);
         if in_framing && object.len() >= 8 {
             // The DOE header announces one DW more than the object holds.
             let dws = u32::from_le_bytes([object[4], object[5], object[6], object[7]]) + 1;
             object[4..8].copy_from_slice(&dws.to_le_bytes());
+        }
+        if corrupt {
+            // One bit in the middle of the message (not in the DOE padding).
+            faults::flip_bit(&mut object, doe::HEADER_BYTES + msg.len() / 2);
         }
         Some(object)
     }

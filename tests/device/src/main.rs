@@ -47,7 +47,8 @@ fault switches, for tests (repeat --fault for several):
                           wrong-measurement=INDEX
                           truncate=REPLY  overlong-length=REPLY  drop-response=REPLY
                           wrong-session-id  overlapping-ranges  error-after-lock
-                          refuse-start  broken-chain
+                          refuse-start  broken-chain  late=MS
+                          corrupt=REPLY  end-session-on=REPLY
                         where REPLY is one of
                           version capabilities algorithms digests certificate
                           challenge-auth measurements key-exchange-rsp finish-rsp
@@ -63,7 +64,11 @@ fault switches, for tests (repeat --fault for several):
                         overlapping-ranges makes the interface report's 2nd range overlap the 1st;
                         error-after-lock moves the TDI to ERROR right after LOCK_INTERFACE;
                         refuse-start answers START_INTERFACE with TDISP_ERROR UNSPECIFIED;
-                        broken-chain signs the certificate after the root with a stray key
+                        broken-chain signs the certificate after the root with a stray key;
+                        late waits MS milliseconds before sending each answer;
+                        corrupt flips one bit of that reply after framing and sealing;
+                        end-session-on forgets the session when the request of that reply
+                        arrives under it, and answers nothing
 
   -h, --help            this text
 

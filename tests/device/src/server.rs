@@ -130,6 +130,10 @@ pub fn serve_connection(device: &mut Device, mut stream: TcpStream) -> io::Resul
         match frame.command {
             command::NORMAL => {
                 let reply = if frame.transport == TRANSPORT_PCI_DOE { device.handle(&frame.payload) } else { None };
+                if let Some(ms) = device.config().faults.late_ms {
+                    // The late fault: QEMU (and its vCPU) waits this long for the answer.
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                }
                 write_frame(&mut stream, command::NORMAL, TRANSPORT_PCI_DOE, reply.as_deref().unwrap_or(&[]))?;
             }
             command::TEST => write_frame(&mut stream, command::TEST, frame.transport, SERVER_HELLO)?,

@@ -174,7 +174,15 @@ impl Device {
         let id = le32(payload.get(..4)?, 0);
         let session = self.sessions.get_mut(&id)?;
         let version = session.version;
-        let (mut reply, after) = match open_request(session, id, object) {
+        let opened = open_request(session, id, object);
+        if let Some((msg, _)) = &opened {
+            if self.ends_session_on(msg) {
+                // The end-session-on fault: the device forgets the session and answers nothing.
+                self.end_session(id);
+                return None;
+            }
+        }
+        let (mut reply, after) = match opened {
             Some((msg, Key::Current)) => self.in_session(id, version, &msg),
             Some((msg, Key::Previous)) => self.key_update_retry(id, version, &msg),
             // DSP0277 / libspdm: ERROR(DecryptError) under the session's keys, then the session ends.
@@ -193,6 +201,7 @@ impl Device {
         let (_, response_keys) = session.keys();
         let mut out = vec![0u8; doe::object_len(secured::HEADER_BYTES + 2 + reply.len() + secured::TAG_BYTES)];
         let mut sealed = secured::seal(response_keys, seal_id, &reply, &mut out).ok();
+        let corrupt = Faults::hits(faults.corrupt, &reply);
         if in_record && out.len() >= 14 {
             // The secured message's Length field announces 4 bytes more than the record holds.
             let len = u16::from_le_bytes([out[12], out[13]]).wrapping_add(4);
@@ -200,6 +209,10 @@ impl Device {
         }
         if dropped {
             sealed = None;
+        }
+        if corrupt {
+            // One bit of the ciphertext (its first byte, past the DOE and secured headers).
+            crate::faults::flip_bit(&mut out, doe::HEADER_BYTES + secured::HEADER_BYTES);
         }
         match after {
             After::Stay => {}
@@ -351,6 +364,12 @@ impl Device {
         r.push(protocol);
         r.extend_from_slice(&reply);
         r
+    }
+
+    /// Whether the end-session-on fault fires on this request.
+    fn ends_session_on(&self, request: &[u8]) -> bool {
+        let slot = self.config.faults.end_session_on;
+        slot.is_some() && slot == crate::faults::answer_to(request)
     }
 
     /// Ends session `id`: its keys are forgotten, its IDE keys become invalid, and the TDIs it

@@ -364,3 +364,56 @@ fn end_session_ack_faults_fail_the_check() {
         assert_eq!(s.check_end_ack(&reply), Err(want));
     }
 }
+
+#[test]
+fn a_plain_reply_corrupted_after_framing_fails_its_stage() {
+    for (reply, stage) in [(Reply::Measurements, Stage::Measurements), (Reply::ChallengeAuth, Stage::Challenge)] {
+        let mut d = device(Faults { corrupt: Some(reply), ..Faults::default() }, 0x13);
+        let c = connect(&mut d);
+        assert!(matches!(c.error(), Some(ConnectError::Spdm(s, _)) if s == stage), "{reply}: {:?}", c.error());
+        assert_failed(&c, c.error().unwrap());
+    }
+}
+
+#[test]
+fn a_secured_reply_corrupted_after_sealing_does_not_open() {
+    let mut d = device(Faults { corrupt: Some(Reply::Tdisp(0x83)), ..Faults::default() }, 0x13);
+    let (n, mut s) = session(&mut d);
+    let v = n.version;
+    assert!(matches!(tdisp_call(&mut d, &mut s, v, iface(), &Request::GetVersion), Ok(Response::Version(_))));
+    let mut out = [0u8; 128];
+    let len = tsm::tdisp::encode(v, iface(), &LOCK, &mut out).unwrap();
+    // An answer came, but it does not open under the session's keys (the AEAD tag fails).
+    let Err(sealed) = secured(&mut d, &mut s, &out[..len]) else { panic!("the corrupted answer opened") };
+    assert!(sealed.len() > 8, "an answer was sent");
+    // The device did lock: only the answer was damaged on the way.
+    assert_eq!(d.tdis()[0].state, TdiState::ConfigLocked);
+}
+
+#[test]
+fn end_session_on_lock_forgets_the_session_and_answers_nothing() {
+    let mut d = device(Faults { end_session_on: Some(Reply::Tdisp(0x83)), ..Faults::default() }, 0x13);
+    let (n, mut s) = session(&mut d);
+    let v = n.version;
+    assert!(matches!(tdisp_call(&mut d, &mut s, v, iface(), &Request::GetVersion), Ok(Response::Version(_))));
+    assert_eq!(d.session_count(), 1);
+    let mut out = [0u8; 128];
+    let len = tsm::tdisp::encode(v, iface(), &LOCK, &mut out).unwrap();
+    assert_eq!(secured(&mut d, &mut s, &out[..len]), Err(Vec::new()), "no answer at all");
+    assert_eq!(d.session_count(), 0);
+    assert_eq!(d.tdis()[0].state, TdiState::ConfigUnlocked, "LOCK was never processed");
+}
+
+#[test]
+fn a_late_device_waits_before_each_answer_over_the_socket() {
+    let (port, server) =
+        spawn(Config { faults: Faults { late_ms: Some(40), ..Faults::default() }, ..Config::default() });
+    let mut client = Client::connect(port);
+    let t = std::time::Instant::now();
+    let (n, _) = negotiate(&mut client).unwrap();
+    // GET_VERSION, GET_CAPABILITIES, NEGOTIATE_ALGORITHMS: each answer held 40 ms.
+    assert!(t.elapsed() >= std::time::Duration::from_millis(120), "{:?}", t.elapsed());
+    assert_eq!(n.version, 0x13);
+    client.shutdown();
+    server.join().unwrap();
+}

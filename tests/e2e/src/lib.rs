@@ -149,6 +149,8 @@ pub struct Boot {
     pub memory_mib: Option<u32>,
     /// `-cpu` model (default `max`, which has RDRAND).
     pub cpu: Option<String>,
+    /// Set from another thread to kill QEMU (SIGKILL) mid-run; the outcome's status is then -1.
+    pub kill: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A valid platform secret blob (`attest::platform::SecretBlob`) that no verifier trusts: for
@@ -242,6 +244,10 @@ impl Boot {
         let status = loop {
             if let Some(s) = child.try_wait().expect("wait for QEMU") {
                 break s;
+            }
+            if self.kill.as_ref().is_some_and(|k| k.load(std::sync::atomic::Ordering::SeqCst)) {
+                child.kill().expect("SIGKILL QEMU");
+                break child.wait().expect("wait for the killed QEMU");
             }
             if start.elapsed() > BOOT_TIMEOUT {
                 let _ = child.kill();
