@@ -209,7 +209,8 @@ fn a_broken_chain_link_fails_and_leaves_no_key_to_trust() {
     assert_eq!(ids, ["device0.cert_chain.signatures", "device0.measurements.signature"], "{rows:#?}");
     let validity = rows.iter().find(|r| r.id == "device0.cert_chain.validity").unwrap();
     assert_eq!((validity.status, validity.reason.as_str()), (Status::Skipped, "chain does not verify"));
-    assert!(failures(&rows)[0].actual.contains("certificate 1"), "{}", failures(&rows)[0].actual);
+    // root (0) → intermediate (1) → leaf (2): the leaf is the one whose signature broke.
+    assert!(failures(&rows)[0].actual.contains("certificate 2"), "{}", failures(&rows)[0].actual);
 }
 
 #[test]

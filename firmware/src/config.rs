@@ -6,7 +6,8 @@ use core::fmt;
 
 /// fw_cfg file of the run configuration.
 pub const CONFIG_FILE: &str = "opt/seamless/config";
-/// fw_cfg file of the platform secret (32 bytes; the attestation key is derived from it).
+/// fw_cfg file of the platform secret: `attest::platform::SecretBlob`, 128 bytes, as `attest
+/// provision` writes it (the TSM derives its attestation keys from it).
 pub const SECRET_FILE: &str = "opt/seamless/platform-secret";
 
 /// What the firmware does after boot.
@@ -14,6 +15,13 @@ pub const SECRET_FILE: &str = "opt/seamless/platform-secret";
 pub enum Mode {
     /// Configure the TSM, create the PDEV of the NVMe function and run SPDM.CONNECT over DOE.
     Connect,
+    /// The whole device assignment: a measured TD, the NVMe function's TDI locked, mapped,
+    /// accepted and started, the guest's attestation report and the evidence out on COM3, and
+    /// everything torn down again.
+    Assign,
+    /// The malicious host: every attack case against the real TSM, each expected refused with
+    /// its exact status.
+    Attack,
     /// Stop once the TSM is ready (no device needed).
     Boot,
     /// Provoke a page fault, to show the exception report.
@@ -33,11 +41,27 @@ pub struct RunConfig {
     pub tdmr_max_mib: u64,
     /// Log every ABI call on the defmt channel.
     pub log_calls: bool,
+    /// Where the firmware places the NVMe function's BAR0 (the device's interface report names
+    /// this page, so it must be known before QEMU starts).
+    pub nvme_bar0: u64,
+    /// The verifier's challenge: the guest puts it in REPORTDATA.
+    pub nonce: [u8; 64],
 }
+
+/// Default BAR0 address: the first 16 KiB of q35's 32-bit PCI hole above the ECAM window, which
+/// nothing else uses when the firmware boots (SeaBIOS allocates from the top of the hole).
+pub const DEFAULT_NVME_BAR0: u64 = 0xC000_0000;
 
 impl Default for RunConfig {
     fn default() -> RunConfig {
-        RunConfig { mode: Mode::Connect, doe_timeout_ms: 1000, tdmr_max_mib: 64, log_calls: true }
+        RunConfig {
+            mode: Mode::Connect,
+            doe_timeout_ms: 1000,
+            tdmr_max_mib: 64,
+            log_calls: true,
+            nvme_bar0: DEFAULT_NVME_BAR0,
+            nonce: [0; 64],
+        }
     }
 }
 
@@ -58,6 +82,24 @@ impl fmt::Display for ConfigError {
 
 fn number(v: &str, min: u64, max: u64) -> Option<u64> {
     v.parse::<u64>().ok().filter(|n| (min..=max).contains(n))
+}
+
+fn hex_u64(v: &str) -> Option<u64> {
+    u64::from_str_radix(v.strip_prefix("0x")?, 16).ok()
+}
+
+fn hex_bytes<const N: usize>(v: &str) -> Option<[u8; N]> {
+    let v = v.as_bytes();
+    if v.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(v.chunks_exact(2)) {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        *o = (hi << 4 | lo) as u8;
+    }
+    Some(out)
 }
 
 impl RunConfig {
@@ -82,10 +124,12 @@ impl RunConfig {
                 "mode" => {
                     c.mode = match value {
                         "connect" => Mode::Connect,
+                        "assign" => Mode::Assign,
+                        "attack" => Mode::Attack,
                         "boot" => Mode::Boot,
                         "fault" => Mode::Fault,
                         "overflow" => Mode::Overflow,
-                        _ => return Err(err("mode is connect, boot, fault or overflow")),
+                        _ => return Err(err("mode is connect, assign, attack, boot, fault or overflow")),
                     }
                 }
                 "doe_timeout_ms" => {
@@ -99,6 +143,12 @@ impl RunConfig {
                         _ => return Err(err("log_calls is on or off")),
                     }
                 }
+                "nvme_bar0" => {
+                    c.nvme_bar0 = hex_u64(value)
+                        .filter(|b| b.is_multiple_of(4096) && *b >= 1 << 31 && *b < 0xFEC0_0000)
+                        .ok_or(err("nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000"))?
+                }
+                "nonce" => c.nonce = hex_bytes::<64>(value).ok_or(err("nonce is 128 hex digits"))?,
                 _ => return Err(err("unknown key")),
             }
         }
@@ -131,7 +181,12 @@ mod tests {
 
     #[test]
     fn parse_rejects_out_of_range_values() {
-        assert_eq!(err("mode=fast").what, "mode is connect, boot, fault or overflow");
+        assert_eq!(err("mode=fast").what, "mode is connect, assign, attack, boot, fault or overflow");
+        assert_eq!(err("nvme_bar0=0xc0000800").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
+        assert_eq!(err("nvme_bar0=3221225472").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
+        assert_eq!(err("nvme_bar0=0xfec00000").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
+        assert_eq!(err("nonce=00").what, "nonce is 128 hex digits");
+        assert_eq!(err(&format!("nonce={}", "g".repeat(128))).what, "nonce is 128 hex digits");
         assert_eq!(err("doe_timeout_ms=0").what, "doe_timeout_ms is 1..60000");
         assert_eq!(err("doe_timeout_ms=60001").what, "doe_timeout_ms is 1..60000");
         assert_eq!(err("doe_timeout_ms=-1").what, "doe_timeout_ms is 1..60000");
@@ -154,7 +209,22 @@ mod tests {
             b"# run\n mode = boot  # stop early\ndoe_timeout_ms=50\ntdmr_max_mib=128\nlog_calls=off\n",
         )
         .unwrap();
-        assert_eq!(c, RunConfig { mode: Mode::Boot, doe_timeout_ms: 50, tdmr_max_mib: 128, log_calls: false });
+        assert_eq!(
+            c,
+            RunConfig {
+                mode: Mode::Boot,
+                doe_timeout_ms: 50,
+                tdmr_max_mib: 128,
+                log_calls: false,
+                ..RunConfig::default()
+            }
+        );
+        let c =
+            RunConfig::parse(format!("mode=assign\nnvme_bar0=0xc0004000\nnonce={}01\n", "ab".repeat(63)).as_bytes())
+                .unwrap();
+        assert_eq!((c.mode, c.nvme_bar0), (Mode::Assign, 0xC000_4000));
+        assert_eq!((c.nonce[0], c.nonce[62], c.nonce[63]), (0xab, 0xab, 0x01));
+        assert_eq!(RunConfig::parse(b"mode=attack").unwrap().mode, Mode::Attack);
         assert_eq!(RunConfig::parse(b"mode=fault").unwrap().mode, Mode::Fault);
         assert_eq!(RunConfig::parse(b"mode=overflow").unwrap().mode, Mode::Overflow);
         assert_eq!(RunConfig::parse(b"mode=connect\r\n").unwrap().mode, Mode::Connect);

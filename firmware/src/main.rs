@@ -30,14 +30,31 @@ mod drivers;
 mod drivers {
     pub mod doe;
 }
+mod frame;
+#[cfg(target_os = "none")]
+mod guest;
+/// Host tests and the host build's tools: the guest image.
+#[cfg(not(target_os = "none"))]
+mod guest {
+    pub mod image;
+}
 #[cfg(target_os = "none")]
 mod host;
+#[cfg(not(target_os = "none"))]
+mod tools;
+/// Host tests: the evidence writer.
+#[cfg(all(test, not(target_os = "none")))]
+mod host {
+    pub mod evidence;
+}
 #[cfg(any(target_os = "none", test))]
 mod memmap;
 #[cfg(target_os = "none")]
 mod platform;
 #[cfg(target_os = "none")]
 mod run;
+#[cfg(any(target_os = "none", test))]
+mod timeline;
 
 /// The workspace version, which the TSM shares.
 const TSM_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -56,9 +73,13 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     arch::exit_qemu(arch::ExitCode::Failure)
 }
 
-/// The host build: not the firmware.
+/// The host build: not the firmware, but its host-side tools (`guest-image`, `artifacts`).
 #[cfg(not(target_os = "none"))]
 fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.is_empty() {
+        return tools::main(&args);
+    }
     eprintln!(
         "seamless firmware {TSM_VERSION}: this is a bare-metal image; build it with \
          `cargo build -p firmware --target x86_64-unknown-none --release` and boot it with \

@@ -1,8 +1,9 @@
 //! The firmware's run, phase by phase: each phase prints one readable line on COM1 and logs the
 //! details with defmt on COM2; the first failure is reported and QEMU exits with status 35.
 
-use core::fmt::{self, Write};
+use core::fmt;
 
+use attest::platform::{SecretBlob, BLOB_BYTES};
 use tsm::addr::{FrameRange, Pfn};
 use tsm::{Tsm, TsmIdentity};
 
@@ -12,7 +13,7 @@ use crate::drivers::acpi::{self, Q35_DEFAULT_ECAM};
 use crate::drivers::doe::{self, Mailbox};
 use crate::drivers::fw_cfg::{FwCfg, FwCfgError};
 use crate::drivers::pci::{Bar, Pcie};
-use crate::drivers::phys::Frames;
+use crate::drivers::phys::{Frames, Mmio};
 use crate::drivers::rng::Rdrand;
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
@@ -32,12 +33,16 @@ const IDENTITY: TsmIdentity = TsmIdentity { svn: 1, mrseam: [0; 48], mrsigner: [
 
 macro_rules! say {
     ($($arg:tt)*) => {{
-        let _ = writeln!(Uart::com1_attached(), $($arg)*);
+        use core::fmt::Write as _;
+        let _ = writeln!($crate::drivers::serial::Uart::com1_attached(), $($arg)*);
     }};
 }
 
+mod assign;
+mod attack;
+
 /// Milliseconds with three decimals, from microseconds.
-struct Ms(u64);
+pub(crate) struct Ms(pub u64);
 
 impl fmt::Display for Ms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -45,7 +50,7 @@ impl fmt::Display for Ms {
     }
 }
 
-fn fail(what: &str, why: &dyn fmt::Display) -> ! {
+pub(crate) fn fail(what: &str, why: &dyn fmt::Display) -> ! {
     say!("seamless firmware: error: {what}: {why}");
     defmt::error!("{=str} failed", what);
     arch::exit_qemu(ExitCode::Failure)
@@ -75,7 +80,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             say!("mode overflow: pushing until the boot stack overflows");
             arch::provoke_stack_overflow()
         }
-        Mode::Connect | Mode::Boot => {}
+        Mode::Connect | Mode::Assign | Mode::Attack | Mode::Boot => {}
     }
 
     let image = arch::image_range();
@@ -119,13 +124,32 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     say!("figure boot_to_tsm_ready_ms {} ms", Ms(ready));
     say!("figure firmware_image_kib {} KiB", arch::loaded_bytes().div_ceil(1024));
     defmt::info!("TSM ready {=u64} us after PVH entry", ready);
-    let _ = secret;
+    match secret {
+        Some(blob) => match tsm.provision(&blob) {
+            Ok(()) => say!("tsm: provisioned: attestation key derived from the platform secret"),
+            Err(e) => fail("TSM provisioning", &format_args!("{e:?}")),
+        },
+        None if config.mode == Mode::Assign => {
+            fail("assign", &"no platform secret in fw_cfg (attest provision writes platform-secret.bin)")
+        }
+        None => {}
+    }
 
     if config.mode == Mode::Boot {
         say!("seamless firmware: boot done");
         arch::exit_qemu(ExitCode::Success);
     }
-    connect(&boot, &config, &tsc, &mut tsm, &mut host)
+    match config.mode {
+        Mode::Assign => {
+            let nvme = open_nvme(&boot, &config, &tsc, mmio_start);
+            assign::run(&config, &tsc, &mut tsm, &mut host, nvme, ready)
+        }
+        Mode::Attack => {
+            let nvme = open_nvme(&boot, &config, &tsc, mmio_start);
+            attack::run(&tsc, &mut tsm, &mut host, nvme, image.0)
+        }
+        _ => connect(&boot, &config, &tsc, &mut tsm, &mut host, mmio_start),
+    }
 }
 
 fn report_memmap(map: &MemoryMap) {
@@ -147,7 +171,7 @@ fn low_ram_end(map: &MemoryMap) -> u64 {
 }
 
 /// The run configuration (defaults when absent) and the platform secret (if provisioned).
-fn read_fw_cfg() -> (RunConfig, Option<[u8; 32]>) {
+fn read_fw_cfg() -> (RunConfig, Option<[u8; BLOB_BYTES]>) {
     let fw = match FwCfg::new() {
         Ok(f) => f,
         Err(e) => {
@@ -161,29 +185,43 @@ fn read_fw_cfg() -> (RunConfig, Option<[u8; 32]>) {
         Err(FwCfgError::NotFound) => RunConfig::default(),
         Err(e) => fail(CONFIG_FILE, &e),
     };
-    let mut s = [0u8; 33];
+    let mut s = [0u8; BLOB_BYTES + 1];
     let secret = match fw.read_file(SECRET_FILE, &mut s) {
-        Ok(32) => {
-            let mut k = [0u8; 32];
-            k.copy_from_slice(&s[..32]);
-            Some(k)
-        }
-        Ok(n) => fail(SECRET_FILE, &format_args!("{n} bytes, expected 32")),
+        Ok(BLOB_BYTES) => match SecretBlob::read_from(&s[..BLOB_BYTES]) {
+            Ok(_) => {
+                let mut k = [0u8; BLOB_BYTES];
+                k.copy_from_slice(&s[..BLOB_BYTES]);
+                Some(k)
+            }
+            Err(e) => fail(SECRET_FILE, &e),
+        },
+        Ok(n) => fail(SECRET_FILE, &format_args!("{n} bytes, expected {BLOB_BYTES} (attest provision writes it)")),
         Err(FwCfgError::NotFound) => None,
-        Err(FwCfgError::TooLarge { size }) => fail(SECRET_FILE, &format_args!("{size} bytes, expected 32")),
+        Err(FwCfgError::TooLarge { size }) => {
+            fail(SECRET_FILE, &format_args!("{size} bytes, expected {BLOB_BYTES} (attest provision writes it)"))
+        }
         Err(e) => fail(SECRET_FILE, &e),
     };
     say!(
         "fw_cfg: mode {:?}, DOE timeout {} ms, platform secret {}",
         config.mode,
         config.doe_timeout_ms,
-        if secret.is_some() { "provisioned (32 bytes)" } else { "not provisioned" }
+        if secret.is_some() { "provisioned (128-byte blob)" } else { "not provisioned" }
     );
     (config, secret)
 }
 
-/// Finds the NVMe function and its DOE mailbox, creates its PDEV and runs SPDM.CONNECT.
-fn connect(boot: &pvh::BootInfo, config: &RunConfig, tsc: &Tsc, tsm: &mut Tsm<FirmwarePlatform>, host: &mut Host) -> ! {
+/// The NVMe function, as the host agent found and set it up.
+struct Nvme {
+    bdf: crate::drivers::pci::Bdf,
+    bar0: Bar,
+    regs: Mmio,
+    mailbox: Mailbox<Mmio>,
+}
+
+/// Finds the NVMe function, places BAR0 where the run configuration says, and opens its DOE
+/// mailbox.
+fn open_nvme(boot: &pvh::BootInfo, config: &RunConfig, tsc: &Tsc, mmio_start: u64) -> Nvme {
     let ecam = match acpi::find_ecam(boot.rsdp) {
         Ok(e) => e,
         Err(e) => {
@@ -219,11 +257,21 @@ fn connect(boot: &pvh::BootInfo, config: &RunConfig, tsc: &Tsc, tsm: &mut Tsm<Fi
     };
     let Some(nvme) = pcie.function(bdf) else { fail("PCIe", &"the NVMe function vanished") };
     let (vendor, device) = nvme.ids();
-    let mut window = (BAR_WINDOW.0.max(ecam.base + ((u64::from(ecam.end_bus) + 1) << 20)), BAR_WINDOW.1);
+    let window_start = BAR_WINDOW.0.max(ecam.base + ((u64::from(ecam.end_bus) + 1) << 20)).max(mmio_start);
+    let mut window = (window_start, BAR_WINDOW.1);
     let mut bars: [Option<Bar>; 6] = [None; 6];
     if let Err(e) = nvme.setup_bars(&mut window, &mut bars) {
         fail("NVMe BARs", &e);
     }
+    let Some(mut bar0) = bars[0] else { fail("NVMe", &"no memory BAR0") };
+    if bar0.base != config.nvme_bar0 {
+        let from = bar0.base;
+        if let Err(e) = nvme.move_bar(&mut bar0, config.nvme_bar0, (window_start, BAR_WINDOW.1)) {
+            fail("NVMe BAR0", &e);
+        }
+        defmt::info!("NVMe BAR0 moved from {=u64:#x} to {=u64:#x}", from, bar0.base);
+    }
+    bars[0] = Some(bar0);
     let Some(doe_at) = nvme.find_ext_cap(crate::drivers::pci::EXT_CAP_DOE) else {
         fail("NVMe", &"no DOE extended capability (QEMU: -device nvme,...,spdm_port=<port>)")
     };
@@ -241,36 +289,50 @@ fn connect(boot: &pvh::BootInfo, config: &RunConfig, tsc: &Tsc, tsm: &mut Tsm<Fi
             if b.prefetchable { " prefetchable" } else { "" }
         );
     }
-    let Some(regs) = nvme.registers(doe_at, doe::CAP_BYTES) else {
+    let Some(regs) = nvme.bar_registers(&bar0, (window_start, BAR_WINDOW.1)) else {
+        fail("NVMe", &"BAR0 outside the MMIO hole")
+    };
+    let Some(doe_regs) = nvme.registers(doe_at, doe::CAP_BYTES) else {
         fail("NVMe", &"DOE capability past the configuration space")
     };
-    let mut mailbox = Mailbox::new(regs, config.doe_timeout_ms * 1000);
+    let mut mailbox = Mailbox::new(doe_regs, config.doe_timeout_ms * 1000);
     if let Err(e) = mailbox.abort(tsc) {
         fail("DOE", &e);
     }
     defmt::info!("DOE capabilities {=u32:#x}", mailbox.capabilities());
+    Nvme { bdf, bar0, regs, mailbox }
+}
 
+fn pump_summary(tsc: &Tsc, s: &PumpStats) {
+    say!(
+        "spdm: {} DOE exchanges, {} bytes to the device, {} bytes back; {} ms in the mailbox, {} ms in the TSM",
+        s.exchanges,
+        s.bytes_out,
+        s.bytes_in,
+        Ms(tsc.ticks_to_us(s.doe_ticks)),
+        Ms(tsc.ticks_to_us(s.tsm_ticks))
+    );
+}
+
+/// Creates the NVMe function's PDEV and runs SPDM.CONNECT; returns the PDEV and message pages.
+fn spdm_connect(
+    tsc: &Tsc,
+    tsm: &mut Tsm<FirmwarePlatform>,
+    host: &mut Host,
+    bdf: crate::drivers::pci::Bdf,
+    mailbox: &mut Mailbox<Mmio>,
+) -> (u64, u64, u64) {
     let rid = bdf.rid();
     let pdev = host.pdev_create(tsm, rid).unwrap_or_else(|e| fail("PDEV", &e));
     let msg = host.scratch().unwrap_or_else(|e| fail("message page", &e));
     say!("spdm: PDEV for {bdf} (function id {rid:#06x}) at {pdev:#x}; SPDM.CONNECT over the DOE mailbox");
     let mut stats = PumpStats::default();
     let leaf = ("TDH.SPDM.CONNECT", tsm::abi::host::leaf::SPDM_CONNECT, pdev, 0);
-    let result = host.pump(tsm, &mut mailbox, tsc, leaf, msg, &mut stats);
+    let result = host.pump(tsm, mailbox, tsc, leaf, msg, &mut stats);
     let total = tsc.ticks_to_us(stats.total_ticks);
-    let summary = |s: &PumpStats| {
-        say!(
-            "spdm: {} DOE exchanges, {} bytes to the device, {} bytes back; {} ms in the mailbox, {} ms in the TSM",
-            s.exchanges,
-            s.bytes_out,
-            s.bytes_in,
-            Ms(tsc.ticks_to_us(s.doe_ticks)),
-            Ms(tsc.ticks_to_us(s.tsm_ticks))
-        );
-    };
+    pump_summary(tsc, &stats);
     match result {
         Ok(_) => {
-            summary(&stats);
             say!(
                 "spdm: connected: SPDM {}.{}, secure session up, in {} ms",
                 stats.spdm_version >> 4,
@@ -279,12 +341,23 @@ fn connect(boot: &pvh::BootInfo, config: &RunConfig, tsc: &Tsc, tsm: &mut Tsm<Fi
             );
             say!("figure spdm_connect_qemu_ms {} ms", Ms(total));
             defmt::info!("SPDM.CONNECT done in {=u64} us, {=u32} exchanges", total, stats.exchanges);
-            say!("seamless firmware: connect done");
-            arch::exit_qemu(ExitCode::Success)
+            (pdev, msg, total)
         }
-        Err(e) => {
-            summary(&stats);
-            fail("SPDM.CONNECT", &e)
-        }
+        Err(e) => fail("SPDM.CONNECT", &e),
     }
+}
+
+/// Runs SPDM.CONNECT and stops.
+fn connect(
+    boot: &pvh::BootInfo,
+    config: &RunConfig,
+    tsc: &Tsc,
+    tsm: &mut Tsm<FirmwarePlatform>,
+    host: &mut Host,
+    mmio_start: u64,
+) -> ! {
+    let mut nvme = open_nvme(boot, config, tsc, mmio_start);
+    spdm_connect(tsc, tsm, host, nvme.bdf, &mut nvme.mailbox);
+    say!("seamless firmware: connect done");
+    arch::exit_qemu(ExitCode::Success)
 }

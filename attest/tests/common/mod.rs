@@ -46,8 +46,21 @@ pub fn hex(b: &[u8]) -> String {
     attest::host::hex::encode(b)
 }
 
-/// A fresh directory for this test process.
+/// A fresh directory for this test process. Directories that earlier test processes (no longer
+/// running) left behind are removed first: they hold platform secrets, if only test ones.
 pub fn scratch(name: &str) -> PathBuf {
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let file = e.file_name();
+            let Some(rest) = file.to_str().and_then(|f| f.strip_prefix("attest-cli-")) else { continue };
+            let pid = rest.split('-').next().unwrap_or("");
+            let gone =
+                pid.parse::<u32>().is_ok_and(|p| p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists());
+            if gone {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let d = std::env::temp_dir().join(format!("attest-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();

@@ -267,6 +267,43 @@ impl Function {
         None
     }
 
+    /// Moves the memory BAR `bar` to `base` (aligned to its size, inside `window`, below 4 GiB),
+    /// with memory decoding off while the address changes. The run configuration fixes BAR0's
+    /// address so that the device's interface report can name it before QEMU starts.
+    ///
+    /// # Errors
+    /// [`BarError::BadPlacement`] if `base` is misaligned or the BAR would leave `window`.
+    pub fn move_bar(&self, bar: &mut Bar, base: u64, window: (u64, u64)) -> Result<(), BarError> {
+        let end = base.checked_add(bar.size).ok_or(BarError::BadPlacement { index: bar.index, base })?;
+        if !base.is_multiple_of(bar.size.max(4096)) || base < window.0 || end > window.1 || end > 1 << 32 {
+            return Err(BarError::BadPlacement { index: bar.index, base });
+        }
+        let off = BAR0 + u64::from(bar.index) * 4;
+        let command = self.read(COMMAND);
+        self.write(COMMAND, command & !0x3);
+        let low = self.read(off) & 0xF;
+        self.write(off, (base as u32) | low);
+        if bar.wide {
+            self.write(off + 4, (base >> 32) as u32);
+        }
+        self.write(COMMAND, command | COMMAND_MEMORY);
+        bar.base = base;
+        Ok(())
+    }
+
+    /// The registers of a memory BAR below 4 GiB that [`Function::setup_bars`] or
+    /// [`Function::move_bar`] placed in `window` (the MMIO hole, mapped uncached), or `None`.
+    pub fn bar_registers(&self, bar: &Bar, window: (u64, u64)) -> Option<Mmio> {
+        let end = bar.base.checked_add(bar.size)?;
+        if bar.base < window.0 || end > window.1 || end > 1 << 32 {
+            return None;
+        }
+        // SAFETY: the range is this function's own BAR, in the MMIO hole above RAM (so no Rust
+        // object lives there); the firmware only reads its registers (NVMe CAP and VS), which
+        // starts no DMA and changes no memory.
+        Some(unsafe { Mmio::new(bar.base, bar.size) })
+    }
+
     /// The configuration registers `[offset, offset + len)`, for a capability's driver.
     pub fn registers(&self, offset: u64, len: u64) -> Option<Mmio> {
         self.cfg.window(offset, len)
@@ -285,6 +322,13 @@ pub enum BarError {
     },
     /// A 64-bit BAR claims slot 5, which has no upper half.
     WideInLastSlot,
+    /// A requested address that is misaligned or outside the window.
+    BadPlacement {
+        /// BAR index.
+        index: u8,
+        /// The address asked for.
+        base: u64,
+    },
 }
 
 impl fmt::Display for BarError {
@@ -292,6 +336,9 @@ impl fmt::Display for BarError {
         match self {
             BarError::NoRoom { index, size } => write!(f, "BAR{index} of {size:#x} bytes does not fit the MMIO window"),
             BarError::WideInLastSlot => write!(f, "64-bit BAR in slot 5"),
+            BarError::BadPlacement { index, base } => {
+                write!(f, "BAR{index} cannot go at {base:#x}: misaligned or outside the MMIO window")
+            }
         }
     }
 }

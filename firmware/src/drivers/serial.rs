@@ -1,5 +1,5 @@
 //! 16550 UARTs, polled, 115200 8N1: COM1 (0x3f8) carries the plain-text console, COM2 (0x2f8)
-//! the defmt log stream.
+//! the defmt log stream, COM3 (0x3e8) the framed artifacts (`crate::frame`).
 
 use core::fmt;
 
@@ -7,6 +7,7 @@ use crate::arch::port::Port;
 
 const COM1: u16 = 0x3f8;
 const COM2: u16 = 0x2f8;
+const COM3: u16 = 0x3e8;
 
 // Register offsets from the base port.
 const DATA: u16 = 0; // THR on write; DLL while LCR.DLAB = 1
@@ -59,6 +60,13 @@ impl Uart {
     pub fn com2() -> Uart {
         // SAFETY: 0x2f8..0x2ff are the registers of the COM2 16550; as for COM1.
         unsafe { Uart::init(Port::new(COM2)) }
+    }
+
+    /// COM3, programmed the same way: the artifact port.
+    pub fn com3() -> Uart {
+        // SAFETY: 0x3e8..0x3ef are the registers of the COM3 16550 (QEMU's third `-serial` on
+        // the ISA bus); as for COM1.
+        unsafe { Uart::init(Port::new(COM3)) }
     }
 
     /// # Safety

@@ -5,6 +5,9 @@
 
 use core::fmt;
 
+pub mod assign;
+pub mod evidence;
+
 use tsm::abi::host::{leaf, TDMR_INFO_BYTES};
 use tsm::pdev::MSG_BYTES;
 use tsm::{Regs, Status, Tsm};
@@ -25,7 +28,13 @@ pub struct Host {
     host_end: u64,
     tdmr_next: u64,
     tdmr_end: u64,
+    tdmr_start: u64,
+    free: [u64; FREE_SLOTS],
+    free_count: usize,
 }
+
+/// Pages the host keeps for reuse after the TSM handed them back.
+const FREE_SLOTS: usize = 64;
 
 /// A host step that did not succeed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,7 +100,7 @@ pub struct PumpStats {
     pub spdm_version: u8,
 }
 
-fn check(leaf: &'static str, r: Regs) -> Result<Regs, HostError> {
+pub(crate) fn check(leaf: &'static str, r: Regs) -> Result<Regs, HostError> {
     if r.status() == Status::SUCCESS {
         Ok(r)
     } else {
@@ -108,6 +117,9 @@ impl Host {
             host_end: layout.host.1,
             tdmr_next: layout.tdmr.0,
             tdmr_end: layout.pamt.0,
+            tdmr_start: layout.tdmr.0,
+            free: [0; FREE_SLOTS],
+            free_count: 0,
         }
     }
 
@@ -130,12 +142,35 @@ impl Host {
     /// # Errors
     /// [`HostError::OutOfPages`].
     pub fn tdmr_page(&mut self) -> Result<u64, HostError> {
+        if self.free_count > 0 {
+            self.free_count -= 1;
+            return Ok(self.free[self.free_count]);
+        }
         let p = self.tdmr_next;
         if p + PAGE > self.tdmr_end {
             return Err(HostError::OutOfPages);
         }
         self.tdmr_next += PAGE;
         Ok(p)
+    }
+
+    /// Takes back a TDMR page the TSM did not use or gave back (kept for reuse while there is
+    /// room; a page that does not fit stays free in the TSM and is simply not reused).
+    pub fn release(&mut self, page: u64) {
+        if self.free_count < FREE_SLOTS {
+            self.free[self.free_count] = page;
+            self.free_count += 1;
+        }
+    }
+
+    /// The TDMR pages the host has handed out at least once: `[start, end)`.
+    pub fn tdmr_used(&self) -> (u64, u64) {
+        (self.tdmr_start, self.tdmr_next)
+    }
+
+    /// The host's view of physical memory.
+    pub fn frames(&self) -> Frames {
+        self.mem
     }
 
     /// TDH.SYS.CONFIG with one TDMR (the layout's) and its PAMT at its end.
@@ -170,7 +205,7 @@ impl Host {
     /// # Errors
     /// [`HostError`]: the final status if it is not SUCCESS, or the mailbox failure.
     pub fn pump(
-        &mut self,
+        &self,
         tsm: &mut Tsm<FirmwarePlatform>,
         doe: &mut Mailbox<Mmio>,
         tsc: &Tsc,

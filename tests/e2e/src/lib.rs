@@ -151,6 +151,12 @@ pub struct Boot {
     pub cpu: Option<String>,
 }
 
+/// A valid platform secret blob (`attest::platform::SecretBlob`) that no verifier trusts: for
+/// runs that do not attest.
+pub fn throwaway_secret() -> Vec<u8> {
+    attest::platform::SecretBlob::new([0x42; 32], [0; 8], [0x17; 64]).to_bytes().to_vec()
+}
+
 /// What a boot produced.
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -166,6 +172,8 @@ pub struct Outcome {
     pub dir: PathBuf,
     /// Wall time of the QEMU process.
     pub wall: Duration,
+    /// The raw artifact stream from COM3 (framed files).
+    pub artifacts: Vec<u8>,
 }
 
 impl Outcome {
@@ -199,6 +207,7 @@ impl Boot {
         std::fs::create_dir_all(&dir).expect("run folder");
         let com1 = dir.join("serial.log");
         let com2 = dir.join("defmt.bin");
+        let com3 = dir.join("artifacts.bin");
         let mut cmd = Command::new(&qemu.0);
         cmd.args(["-M", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot"])
             .arg("-cpu")
@@ -211,6 +220,8 @@ impl Boot {
             .arg(format!("file:{}", com1.display()))
             .arg("-serial")
             .arg(format!("file:{}", com2.display()))
+            .arg("-serial")
+            .arg(format!("file:{}", com3.display()))
             .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         if let Some(port) = self.spdm_port {
             cmd.arg("-device").arg(format!("nvme,serial=seamless,addr={NVME_ADDR},spdm_port={port}"));
@@ -251,6 +262,7 @@ impl Boot {
             status: status.code().unwrap_or(-1),
             console: std::fs::read_to_string(&com1).unwrap_or_default().replace('\r', ""),
             defmt: std::fs::read(&com2).unwrap_or_default(),
+            artifacts: std::fs::read(&com3).unwrap_or_default(),
             stderr,
             dir,
             wall,
@@ -283,4 +295,231 @@ pub fn decode_defmt(stream: &[u8]) -> Option<String> {
     let out = child.wait_with_output().expect("defmt-print");
     assert!(out.status.success(), "defmt-print failed: {}", String::from_utf8_lossy(&out.stderr));
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A host tool of the workspace (`attest` with its `std` feature, or the firmware crate's host
+/// build with `guest-image` and `artifacts`), built with cargo on first use.
+///
+/// # Panics
+/// If the build fails.
+pub fn tool(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let path = target_dir().join("debug").join(name);
+    if !built.iter().any(|b| b == name) {
+        let args: &[&str] = match name {
+            "attest" => &["build", "-q", "-p", "attest", "--features", "std", "--bin", "attest"],
+            "firmware" => &["build", "-q", "-p", "firmware"],
+            _ => panic!("no tool {name}"),
+        };
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(args)
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "building {name} failed");
+        built.push(name.to_string());
+    }
+    path
+}
+
+/// Runs a tool; returns its exit status and standard output.
+///
+/// # Panics
+/// If it cannot start.
+pub fn run_tool(name: &str, args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let out = Command::new(tool(name)).args(args).output().expect("run tool");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Where the firmware places BAR0 in these tests (the run configuration's `nvme_bar0`).
+pub const BAR0: u64 = 0xC000_0000;
+/// The firmware text whose SHA-384 is the device's measurement 1.
+pub const FW_TEXT: &str = "seamless e2e device firmware 1.0";
+/// The device's measurement 2, a raw value.
+pub const CONFIG_TEXT: &str = "queues=4";
+
+fn sha384(bytes: &[u8]) -> [u8; 48] {
+    let mut h = <sha2::Sha384 as sha2::Digest>::new();
+    sha2::Digest::update(&mut h, bytes);
+    sha2::Digest::finalize(h).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The device the assignment tests use: measurements from [`FW_TEXT`] and [`CONFIG_TEXT`], one
+/// TDI on 00:03.0 whose report lists BAR0's four pages at [`BAR0`] (and, with `second_range`, a
+/// second range after it, so that `overlapping-ranges` has something to overlap).
+pub fn assign_device(second_range: bool) -> Config {
+    let mut mmio = vec![tdisp_device::MmioRange { first_page: BAR0 >> 12, pages: 4, attributes: 0, range_id: 0 }];
+    if second_range {
+        mmio.push(tdisp_device::MmioRange { first_page: (BAR0 >> 12) + 0x10, pages: 1, attributes: 0, range_id: 1 });
+    }
+    Config {
+        measurements: vec![
+            tdisp_device::MeasurementBlock { index: 1, value_type: 0x01, value: sha384(FW_TEXT.as_bytes()).to_vec() },
+            tdisp_device::MeasurementBlock { index: 2, value_type: 0x83, value: CONFIG_TEXT.as_bytes().to_vec() },
+        ],
+        interfaces: vec![tdisp_device::InterfaceConfig {
+            function_id: tdisp_device::config::DEFAULT_FUNCTION_ID,
+            interface_info: 0x2,
+            mmio,
+            device_info: b"seamless e2e".to_vec(),
+        }],
+        ..Config::default()
+    }
+}
+
+/// A provisioned platform (`attest provision`) in `dir`.
+///
+/// # Panics
+/// If provisioning fails.
+pub fn provision(dir: &Path) -> Vec<u8> {
+    let _ = std::fs::remove_dir_all(dir);
+    let (status, _, err) = run_tool("attest", &["provision".as_ref(), "--out".as_ref(), dir.as_os_str()]);
+    assert_eq!(status, 0, "attest provision: {err}");
+    std::fs::read(dir.join("platform-secret.bin")).expect("platform secret")
+}
+
+/// The run configuration of an assignment run with `nonce` and a DOE timeout of
+/// `doe_timeout_ms` (PCIe's 1000 unless a test waits for a timeout on purpose: parallel QEMUs on
+/// a loaded machine must not time out by accident).
+pub fn assign_config(mode: &str, nonce: &[u8; 64], doe_timeout_ms: u32) -> String {
+    format!("mode={mode}\nnvme_bar0={BAR0:#x}\nnonce={}\nlog_calls=off\ndoe_timeout_ms={doe_timeout_ms}\n", hex(nonce))
+}
+
+/// The verifier's policy for [`assign_device`], derived from the device's config, the device's
+/// vendor root and `attest measure` of the guest image: never from the report.
+pub fn policy(mrtd: &str, vendor_root_der: &[u8]) -> String {
+    format!(
+        r#"version = 1
+[tsm]
+min_svn = 1
+mrseam = "{zeros}"
+[td]
+mrtd = "{mrtd}"
+attributes = {{ mask = "0xffffffffffffffff", value = "0x0" }}
+[[device]]
+function_id = "0000:00:03.0"
+required_lock_flags = ["NO_FW_UPDATE"]
+min_spdm_version = "1.3"
+vendor_root_sha384 = "{root}"
+[device.algorithms]
+base_asym = "0x80"
+base_hash = "0x2"
+measurement_hash = "0x4"
+dhe = "0x10"
+aead = "0x2"
+key_schedule = "0x1"
+measurement_spec = "0x1"
+[[device.measurement]]
+index = 1
+digests = ["{m1}"]
+[[device.measurement]]
+index = 2
+raw = ["{m2}"]
+[device.interface_report]
+interface_info = {{ mask = "0xffff", value = "0x2" }}
+[[device.interface_report.mmio_range]]
+pages = 4
+attributes = "0x0"
+range_id = 0
+"#,
+        zeros = "0".repeat(96),
+        root = hex(&sha384(vendor_root_der)),
+        m1 = hex(&sha384(FW_TEXT.as_bytes())),
+        m2 = hex(CONFIG_TEXT.as_bytes()),
+    )
+}
+
+/// What `attest verify --json` said about a run's artifacts.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    /// Its exit status (0 verified, 1 rejected, 2 unusable input).
+    pub status: i32,
+    /// The JSON.
+    pub json: String,
+}
+
+impl Verdict {
+    /// The ids of the checks that failed.
+    ///
+    /// # Panics
+    /// If the output is not the verifier's JSON.
+    pub fn failed(&self) -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&self.json).expect("verify --json output");
+        let checks = v["checks"].as_array().expect("checks");
+        checks.iter().filter(|c| c["status"] == "fail").filter_map(|c| c["id"].as_str().map(str::to_string)).collect()
+    }
+}
+
+/// Decodes the run's COM3 artifacts (`firmware artifacts`) into its folder, writes the policy,
+/// and runs `attest verify` on them.
+///
+/// # Panics
+/// If the artifacts do not decode or the tools cannot run.
+pub fn verify(o: &Outcome, platform: &Path, vendor_root_der: &[u8], nonce: &[u8; 64]) -> Verdict {
+    let stream = o.dir.join("artifacts.bin");
+    let (status, _, err) = run_tool("firmware", &["artifacts".as_ref(), stream.as_os_str(), o.dir.as_os_str()]);
+    assert_eq!(status, 0, "firmware artifacts: {err}");
+    let image = o.dir.join("guest.img");
+    let (status, _, err) = run_tool("firmware", &["guest-image".as_ref(), image.as_os_str()]);
+    assert_eq!(status, 0, "firmware guest-image: {err}");
+    let (status, mrtd, err) = run_tool("attest", &["measure".as_ref(), image.as_os_str()]);
+    assert_eq!(status, 0, "attest measure: {err}");
+    let policy_path = o.dir.join("policy.toml");
+    std::fs::write(&policy_path, policy(mrtd.trim(), vendor_root_der)).expect("policy");
+    let (report, evidence) = (o.dir.join("report.bin"), o.dir.join("evidence.bin"));
+    let (root, ak) = (platform.join("root.pem"), platform.join("tsm-ak.pem"));
+    let nonce = hex(nonce);
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "verify".as_ref(),
+        "--report".as_ref(),
+        report.as_os_str(),
+        "--evidence".as_ref(),
+        evidence.as_os_str(),
+        "--policy".as_ref(),
+        policy_path.as_os_str(),
+        "--root".as_ref(),
+        root.as_os_str(),
+        "--ak-cert".as_ref(),
+        ak.as_os_str(),
+        "--nonce".as_ref(),
+        nonce.as_ref(),
+        "--json".as_ref(),
+    ];
+    let (status, json, err) = run_tool("attest", &args);
+    assert!(status == 0 || status == 1, "attest verify: exit {status}: {err}");
+    Verdict { status, json }
+}
+
+/// `attest verify --snp` of the run's SNP-format export against the platform's emulated AMD
+/// chain, bound to its native report and `nonce` (after [`verify`] decoded the artifacts).
+///
+/// # Panics
+/// If the tool cannot run or calls its input unusable.
+pub fn verify_snp(o: &Outcome, platform: &Path, nonce: &[u8; 64]) -> Verdict {
+    let (snp, report) = (o.dir.join("report-snp.bin"), o.dir.join("report.bin"));
+    let nonce = hex(nonce);
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "verify".as_ref(),
+        "--snp".as_ref(),
+        snp.as_os_str(),
+        "--certs".as_ref(),
+        platform.as_os_str(),
+        "--report".as_ref(),
+        report.as_os_str(),
+        "--nonce".as_ref(),
+        nonce.as_ref(),
+        "--json".as_ref(),
+    ];
+    let (status, json, err) = run_tool("attest", &args);
+    assert!(status == 0 || status == 1, "attest verify --snp: exit {status}: {err}");
+    Verdict { status, json }
 }

@@ -29,13 +29,13 @@ fn print_figures(o: &seamless_e2e::Outcome) {
 fn spdm_connect_happy_path() {
     let qemu = qemu_or_skip!();
     let device = DeviceServer::start();
-    let boot = Boot { spdm_port: Some(device.port), secret: Some(vec![0x42; 32]), ..Boot::default() };
+    let boot = Boot { spdm_port: Some(device.port), secret: Some(seamless_e2e::throwaway_secret()), ..Boot::default() };
     let o = boot.run(&qemu, "spdm_connect_happy_path");
     let device = device.finish();
     o.expect_status(33);
     assert!(o.console.contains("NVMe 1b36:0010 at 00:03.0"), "{}", o.console);
     assert!(o.console.contains("DOE capability at 0x100"), "{}", o.console);
-    assert!(o.console.contains("platform secret provisioned (32 bytes)"), "{}", o.console);
+    assert!(o.console.contains("platform secret provisioned (128-byte blob)"), "{}", o.console);
     assert!(o.console.contains("spdm: connected: SPDM 1."), "{}", o.console);
     // The device, not just the firmware, saw the handshake through to a secure session.
     assert_eq!(device.session_count(), 1, "sessions the device holds");
@@ -90,12 +90,18 @@ fn run_configuration_rejects_unknown_keys_and_values() {
 }
 
 #[test]
-fn platform_secret_of_the_wrong_size_is_rejected() {
+fn platform_secret_of_the_wrong_size_or_form_is_rejected() {
     let qemu = qemu_or_skip!();
     let o = Boot { config: Some("mode=boot\n".into()), secret: Some(vec![1; 31]), ..Boot::default() }
         .run(&qemu, "short_secret");
     o.expect_status(35);
-    assert!(o.console.contains("opt/seamless/platform-secret: 31 bytes, expected 32"), "{}", o.console);
+    assert!(o.console.contains("opt/seamless/platform-secret: 31 bytes, expected 128"), "{}", o.console);
+    // The right size, but not a blob: refused before the TSM sees it.
+    let o = Boot { config: Some("mode=boot\n".into()), secret: Some(vec![1; 128]), ..Boot::default() }
+        .run(&qemu, "bad_blob");
+    o.expect_status(35);
+    assert!(o.console.contains("opt/seamless/platform-secret: "), "{}", o.console);
+    assert!(!o.console.contains("tsm: provisioned"), "{}", o.console);
 }
 
 #[test]

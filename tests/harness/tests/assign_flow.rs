@@ -120,14 +120,15 @@ fn a_device_is_assigned_used_and_released_with_nothing_left_behind() {
     assert_eq!(ev.report, &a.report[..]);
     assert_eq!(ev.function, FUNCTION);
 
-    // Unbind in the enforced order: STOP → block MMIO and DMA → track and invalidate → unmap MMIO →
-    // remove the DMA entry → remove the TDI.
+    // Unbind in the enforced order: STOP (which blocks the TDI's MMIO and DMA at once) → track
+    // and invalidate → unmap MMIO → remove the DMA entry → remove the TDI.
     ok(m.pump(&mut dev, h::TDI_STOP, a.tdi, a.msg, 0), "TDI.STOP");
     assert_eq!(dev.tdis()[0].state, tsm::tdisp::TdiState::ConfigUnlocked);
     for i in 0..u64::from(BAR0_PAGES) {
-        ok(m.host(h::MMIO_BLOCK, gpa_level(BAR_GPA + i * 4096, 0), td.tdr, 0, 0), "MMIO.BLOCK");
+        assert_eq!(sept_state(&mut m, td.tdr, BAR_GPA + i * 4096), SeptState::MmioBlocked as u8, "blocked at STOP");
     }
-    ok(m.host(h::DMAR_BLOCK, a.tdi, 0, 0, 0), "DMAR.BLOCK");
+    assert!(dma(&m, 0x1000).is_err(), "no DMA from a stopped TDI");
+    assert_eq!(m.host(h::DMAR_BLOCK, a.tdi, 0, 0, 0).status(), Status::GPA_RANGE_ALREADY_BLOCKED);
     ok(m.host(h::VP_KICK, td.vcpus[0], 0, 0, 0), "KICK");
     ok(m.host(h::MEM_TRACK, td.tdr, 0, 0, 0), "TRACK");
     ok(m.host(h::IQ_INV_REQUEST, td.tdr, 0, 0, 0), "IQ.INV");

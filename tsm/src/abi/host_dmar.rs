@@ -12,14 +12,10 @@ use crate::status::{Operand, Status};
 use crate::tdi::TdiState;
 use crate::Tsm;
 
+use super::rows::*;
+
 use super::host::{leaf, HostLeaf};
 
-const SYS: (Status, &str) = (Status::SYS_NOT_READY, "TDH.SYS.CONFIG not done");
-const TDI_RCX: [(Status, &str); 3] = [
-    (Status::OPERAND_INVALID, "RCX not a 4K-aligned address"),
-    (Status::OPERAND_ADDR_RANGE_ERROR, "RCX outside the TDMRs"),
-    (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDI page"),
-];
 const NO_IOMMU: (Status, &str) = (Status::IOMMU_STATE_INCORRECT, "TDH.IOMMU.SETUP not done");
 
 impl<P: Platform> Tsm<P> {

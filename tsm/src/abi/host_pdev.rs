@@ -30,6 +30,8 @@ use crate::status::{Operand, Status};
 use crate::tdi::TdiState;
 use crate::Tsm;
 
+use super::rows::*;
+
 use super::host::leaf;
 use super::host::HostLeaf;
 
@@ -41,15 +43,10 @@ pub mod mng {
     pub const ABORT: u64 = 3;
 }
 
-const SYS: (Status, &str) = (Status::SYS_NOT_READY, "TDH.SYS.CONFIG not done");
 const PDEV_RCX: [(Status, &str); 3] = [
     (Status::OPERAND_INVALID, "RCX not a 4K-aligned address"),
     (Status::OPERAND_ADDR_RANGE_ERROR, "RCX outside the TDMRs"),
     (Status::PAGE_METADATA_INCORRECT, "RCX is not a PDEV page"),
-];
-const MSG_IN: [(Reg, &str); 2] = [
-    (Reg::Rdx, "message page (host memory, 4K aligned)"),
-    (Reg::R8, "bytes of the device's answer in it; 0 on the first call"),
 ];
 const MSG_OUT: (Reg, &str) = (Reg::R8, "DEVICE_REQUEST: bytes of the request written to the message page");
 const MSG_ERRORS: [(Status, &str); 4] = [

@@ -22,18 +22,14 @@ use crate::tdi::{Tdi, TdiDone, TdiFlow, TdiNext, TdiOp, TdiState, RANGE_NON_TEE,
 use crate::tdisp::{lock_flags, InterfaceId, InterfaceReport};
 use crate::Tsm;
 
+use super::rows::*;
+
 use super::host::{leaf, HostLeaf};
 use super::host_pdev::Msg;
 
 /// R9 of TDI.CREATE: PASID valid (bit 63) and PASID (51:32) beside the function id.
 pub const PASID_VALID: u64 = 1 << 63;
 
-const SYS: (Status, &str) = (Status::SYS_NOT_READY, "TDH.SYS.CONFIG not done");
-const TDI_RCX: [(Status, &str); 3] = [
-    (Status::OPERAND_INVALID, "RCX not a 4K-aligned address"),
-    (Status::OPERAND_ADDR_RANGE_ERROR, "RCX outside the TDMRs"),
-    (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDI page"),
-];
 const MSG: [(Status, &str); 5] = [
     (Status::OPERAND_INVALID, "RDX not 4K aligned, or R8 above 4096"),
     (Status::OPERAND_ADDR_RANGE_ERROR, "RDX not host memory the TSM may use"),
@@ -48,10 +44,6 @@ const DEVICE: [(Status, &str); 3] = [
         Status::DEVICE_ERROR,
         "the device's answer failed a check; the TDI is now ERROR, its mappings blocked (RCX: step)",
     ),
-];
-const MSG_IN: [(Reg, &str); 2] = [
-    (Reg::Rdx, "message page (host memory, 4K aligned)"),
-    (Reg::R8, "bytes of the device's answer in it; 0 on the first call"),
 ];
 const MMIO_GPA: (Reg, &str) = (Reg::Rcx, "GPA (51:12) and level (2:0): 0 = 4K, 1 = 2M");
 const MMIO_PROLOGUE: [(Status, &str); 7] = [
@@ -189,7 +181,7 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::TDI_STOP,
             name: "SEAMLESS.TDI.STOP",
-            summary: "Resumable, inside the session: STOP_INTERFACE, then GET_DEVICE_INTERFACE_STATE = CONFIG_UNLOCKED. The nonce and the guest's authorisation are dropped. When the PDEV has no session any more (ERROR, STOPPED) the TSM stops the TDI on its own side at once, without device traffic.",
+            summary: "Resumable, inside the session: STOP_INTERFACE, then GET_DEVICE_INTERFACE_STATE = CONFIG_UNLOCKED. The nonce and the guest's authorisation are dropped, and every MMIO leaf and the DMA entry of the TDI are blocked at once: an unlocked device is the host's to reconfigure. When the PDEV has no session any more (ERROR, STOPPED) the TSM stops the TDI on its own side at once, without device traffic.",
             inputs: &[(Reg::Rcx, "TDI page"), MSG_IN[0], MSG_IN[1]],
             outputs: &[(Reg::R8, "DEVICE_REQUEST: bytes of the request")],
             requires: "TDI CONFIG_LOCKED, RUN or ERROR.",
@@ -615,12 +607,23 @@ impl<P: Platform> Tsm<P> {
         self.tdi_send(t, &msg, out)
     }
 
+    /// A stopped TDI: CONFIG_UNLOCKED, its nonce and authorisation gone, and nothing of it
+    /// reachable any more. An unlocked device is the host's to reconfigure, so the guest's MMIO
+    /// leaves are blocked and its DMA entry too, at once; the host then tracks and unmaps.
     fn tdi_unlocked(&mut self, t: usize) -> TsmResult<()> {
         let tdi = self.tdi_mut(t)?;
         tdi.state = TdiState::Unlocked;
         tdi.flow = None;
         tdi.nonce = [0; 32];
         tdi.authorised = None;
+        let key = tdi.dmar_key();
+        if let (Some(iommu), Some(key)) = (self.iommu.as_mut(), key) {
+            // No entry, or blocked already: nothing to do.
+            let _ = iommu.block(&mut self.platform, key);
+        }
+        for r in 0..crate::tdisp::MAX_RANGES {
+            self.block_range(t, r);
+        }
         Ok(())
     }
 

@@ -16,6 +16,26 @@ use crate::platform::{CallRecord, Platform};
 use crate::status::{Operand, Status};
 use crate::Tsm;
 
+/// Table rows several device leaves share.
+pub(crate) mod rows {
+    use super::Reg;
+    use crate::status::Status;
+
+    /// TDH.SYS.CONFIG not done.
+    pub(crate) const SYS: (Status, &str) = (Status::SYS_NOT_READY, "TDH.SYS.CONFIG not done");
+    /// RCX naming a TDI page.
+    pub(crate) const TDI_RCX: [(Status, &str); 3] = [
+        (Status::OPERAND_INVALID, "RCX not a 4K-aligned address"),
+        (Status::OPERAND_ADDR_RANGE_ERROR, "RCX outside the TDMRs"),
+        (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDI page"),
+    ];
+    /// The message page of a resumable call.
+    pub(crate) const MSG_IN: [(Reg, &str); 2] = [
+        (Reg::Rdx, "message page (host memory, 4K aligned)"),
+        (Reg::R8, "bytes of the device's answer in it; 0 on the first call"),
+    ];
+}
+
 /// The registers of one call. In: RAX = leaf, the others inputs. Out: RAX = status, the others
 /// outputs; registers a leaf does not name as outputs come back zero.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -50,47 +50,30 @@ pub fn cmd_verify(mut a: Args) -> Result<Outcome, Unusable> {
         .map_err(|e| format!("attestation-key certificate {ak_path}: {e}"))?;
     let ak_key = x509::p384_key(&ak).map_err(|e| format!("attestation-key certificate {ak_path}: {e}"))?;
 
-    let now = SystemTime::now();
-    let mut rows = Vec::new();
-    let sig = |id: &str, r: Result<(), x509::CertError>, what: &str| match r {
-        Ok(()) => Row::new(id, Status::Pass, what, "verifies", "ECDSA P-384 (ring)"),
-        Err(e) => Row::new(id, Status::Fail, what, e.0, "certificate signature invalid"),
-    };
-    let valid = |id: &str, r: Result<(), x509::CertError>| match r {
-        Ok(()) => Row::new(id, Status::Pass, "now within validity", "within", "matches"),
-        Err(e) => Row::new(id, Status::Fail, "now within validity", e.0, "certificate not valid now"),
-    };
-    rows.push(sig("chain.root.signature", x509::check_signed_by(&root, &root), "root self-signed"));
-    rows.push(valid("chain.root.validity", x509::check_validity(&root, now)));
-    let (issuer, root_subject) = (ak.tbs_certificate().issuer().to_string(), x509::subject(&root));
-    rows.push(Row::compare(
-        "chain.tsm_ak.issuer",
-        issuer == root_subject,
-        root_subject,
-        issuer,
-        "issued by another CA",
-    ));
-    rows.push(sig("chain.tsm_ak.signature", x509::check_signed_by(&ak, &root), "signed by the root"));
-    rows.push(valid("chain.tsm_ak.validity", x509::check_validity(&ak, now)));
-    let got = hex::encode(&report.tsm.mr_seam);
-    rows.push(match provision::certified_for(&ak).0 {
-        Some(m) => Row::compare(
-            "chain.tsm_ak.mrseam",
-            m == report.tsm.mr_seam,
-            hex::encode(&m),
-            got,
-            "the key was certified for another TSM image",
-        ),
-        None => Row::new("chain.tsm_ak.mrseam", Status::Skipped, "-", got, "certificate names no MRSEAM"),
+    // The device evidence is independent of the native chain and report: check it on a second
+    // thread (on one core it just interleaves). Rows keep their order either way.
+    let device_refs = &host_policy.devices;
+    let report_ref = &report;
+    let evidence_ref = evidence.as_deref();
+    let (mut rows, device_rows) = std::thread::scope(|scope| {
+        let devices = scope.spawn(move || {
+            let parsed = evidence_ref.and_then(|b| attest::evidence::Evidence::parse(b).ok());
+            let mut cache = attest::host::device::ChainCache::default();
+            attest::host::device::check(report_ref, parsed.as_ref(), device_refs, &mut cache)
+        });
+        let rows = native_checks(&root, &ak, &ak_key, report_ref, evidence_ref, &policy, nonce.as_ref());
+        let device_rows = devices.join().unwrap_or_else(|_| {
+            vec![Row::new(
+                "device.checks",
+                Status::Fail,
+                "device checks ran",
+                "internal error",
+                "a bug: please report it",
+            )]
+        });
+        (rows, device_rows)
     });
-
-    let ring_key = RingKey::new(&ak_key);
-    let inputs = Inputs { report: &report, evidence: evidence.as_deref(), key: &ak_key, nonce: nonce.as_ref() };
-    let verdict = verify::verify_with(&inputs, &policy, &|r| ring_key.verify(r));
-    rows.extend(verdict.checks().iter().map(Row::from));
-    let parsed = evidence.as_deref().and_then(|b| attest::evidence::Evidence::parse(b).ok());
-    let mut cache = attest::host::device::ChainCache::default();
-    rows.extend(attest::host::device::check(&report, parsed.as_ref(), &host_policy.devices, &mut cache));
+    rows.extend(device_rows);
 
     let root_fp = x509::fingerprint(&root).map_err(|e| e.0)?;
     let header = [
@@ -114,6 +97,57 @@ pub fn cmd_verify(mut a: Args) -> Result<Outcome, Unusable> {
         "pinned": false,
     });
     Ok(output(&header, trust, &rows, json))
+}
+
+/// Layer 1's chain to the root, then the engine's checks.
+fn native_checks(
+    root: &x509_cert::Certificate,
+    ak: &x509_cert::Certificate,
+    ak_key: &attest::sign::VerifyingKey,
+    report: &attest::report::Report,
+    evidence: Option<&[u8]>,
+    policy: &verify::Policy,
+    nonce: Option<&[u8; 64]>,
+) -> Vec<Row> {
+    let now = SystemTime::now();
+    let mut rows = Vec::new();
+    let sig = |id: &str, r: Result<(), x509::CertError>, what: &str| match r {
+        Ok(()) => Row::new(id, Status::Pass, what, "verifies", "ECDSA P-384 (ring)"),
+        Err(e) => Row::new(id, Status::Fail, what, e.0, "certificate signature invalid"),
+    };
+    let valid = |id: &str, r: Result<(), x509::CertError>| match r {
+        Ok(()) => Row::new(id, Status::Pass, "now within validity", "within", "matches"),
+        Err(e) => Row::new(id, Status::Fail, "now within validity", e.0, "certificate not valid now"),
+    };
+    rows.push(sig("chain.root.signature", x509::check_signed_by(root, root), "root self-signed"));
+    rows.push(valid("chain.root.validity", x509::check_validity(root, now)));
+    let (issuer, root_subject) = (ak.tbs_certificate().issuer().to_string(), x509::subject(root));
+    rows.push(Row::compare(
+        "chain.tsm_ak.issuer",
+        issuer == root_subject,
+        root_subject,
+        issuer,
+        "issued by another CA",
+    ));
+    rows.push(sig("chain.tsm_ak.signature", x509::check_signed_by(ak, root), "signed by the root"));
+    rows.push(valid("chain.tsm_ak.validity", x509::check_validity(ak, now)));
+    let got = hex::encode(&report.tsm.mr_seam);
+    rows.push(match provision::certified_for(ak).0 {
+        Some(m) => Row::compare(
+            "chain.tsm_ak.mrseam",
+            m == report.tsm.mr_seam,
+            hex::encode(&m),
+            got,
+            "the key was certified for another TSM image",
+        ),
+        None => Row::new("chain.tsm_ak.mrseam", Status::Skipped, "-", got, "certificate names no MRSEAM"),
+    });
+
+    let ring_key = RingKey::new(ak_key);
+    let inputs = Inputs { report, evidence, key: ak_key, nonce };
+    let verdict = verify::verify_with(&inputs, policy, &|r| ring_key.verify(r));
+    rows.extend(verdict.checks().iter().map(Row::from));
+    rows
 }
 
 fn verify_snp(mut a: Args, snp_path: &str) -> Result<Outcome, Unusable> {

@@ -1,0 +1,223 @@
+//! Mode `assign`: the whole device assignment, phase by phase, with the firmware's own timings.
+//! The host agent (`crate::host`) and the guest (`crate::guest`) take turns exactly where a VMM
+//! and a TD would: the host enters the vCPU, the guest runs until it needs the host (a VMCALL),
+//! the host serves the request and enters again.
+
+use attest::evidence::RecordType;
+
+use super::{fail, pump_summary, spdm_connect, Ms, Nvme};
+use crate::arch::{self, ExitCode};
+use crate::config::RunConfig;
+use crate::drivers::phys::Frames;
+use crate::drivers::serial::Uart;
+use crate::drivers::tsc::Tsc;
+use crate::frame;
+use crate::guest::{self, image, Guest, GuestLayout, GuestMemory, Shared};
+use crate::host::assign::{DevicePages, BAR_GPA, WORK_GPA, WORK_PAGES};
+use crate::host::evidence::BundleWriter;
+use crate::host::{Host, PumpStats};
+use crate::platform::FirmwarePlatform;
+use crate::timeline::Phases;
+use tsm::Tsm;
+
+/// The phases, timed as they run (firmware TSC, microseconds since PVH entry).
+#[derive(Debug)]
+pub struct Timeline {
+    tsc: Tsc,
+    phases: Phases,
+    open: Option<(&'static str, u64)>,
+}
+
+impl Timeline {
+    pub fn new(tsc: Tsc) -> Timeline {
+        Timeline { tsc, phases: Phases::default(), open: None }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.tsc.ticks_to_us(self.tsc.now().wrapping_sub(arch::boot_tsc()))
+    }
+
+    /// Starts a phase (ending the one before).
+    pub fn begin(&mut self, name: &'static str) {
+        self.end();
+        self.open = Some((name, self.now_us()));
+        defmt::info!("phase {=str}", name);
+    }
+
+    /// Ends the open phase; returns its duration in microseconds.
+    pub fn end(&mut self) -> u64 {
+        let Some((name, start)) = self.open.take() else { return 0 };
+        let dur = self.now_us().saturating_sub(start);
+        self.record(name, start, dur);
+        say!("phase {name}: {} ms", Ms(dur));
+        dur
+    }
+
+    /// Adds a phase measured elsewhere.
+    pub fn record(&mut self, name: &'static str, start: u64, dur: u64) {
+        if !self.phases.push(name, start, dur) {
+            defmt::warn!("timeline full: phase {=str} not recorded", name);
+        }
+    }
+}
+
+/// Sends one artifact on COM3.
+pub fn emit(name: &str, data: &[u8]) {
+    let mut com3 = Uart::com3();
+    if let Err(e) = frame::encode(name, data, &mut |b| com3.write_bytes(b)) {
+        say!("artifact {name}: cannot frame it: {e:?}");
+        return;
+    }
+    say!("artifact {name}: {} bytes on COM3", data.len());
+}
+
+fn hex48(d: &[u8; 48]) -> impl core::fmt::Display + '_ {
+    struct H<'a>(&'a [u8]);
+    impl core::fmt::Display for H<'_> {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            for b in &self.0[..8] {
+                write!(f, "{b:02x}")?;
+            }
+            f.write_str("...")
+        }
+    }
+    H(d)
+}
+
+/// The flow; never returns.
+#[allow(clippy::too_many_lines)]
+pub fn run(
+    config: &RunConfig,
+    tsc: &Tsc,
+    tsm: &mut Tsm<FirmwarePlatform>,
+    host: &mut Host,
+    nvme: Nvme,
+    ready_us: u64,
+) -> ! {
+    let Nvme { bdf, bar0, regs, mut mailbox } = nvme;
+    let mut tl = Timeline::new(*tsc);
+    let function = u32::from(bdf.rid());
+    let bar = (bar0.base, bar0.size);
+    let bar_pages = bar.1 / 4096;
+    let frames: Frames = host.frames();
+
+    // The host's own look at the controller, before anything is assigned.
+    let host_cap = u64::from(regs.read_u32(4)) << 32 | u64::from(regs.read_u32(0));
+    let host_vs = regs.read_u32(8);
+    say!("host: NVMe CAP {host_cap:#018x} VS {host_vs:#010x} (read by the host before assignment)");
+
+    tl.begin("td_build");
+    let td = host.build_td(tsm, &image::IMAGE).unwrap_or_else(|e| fail("TD build", &e));
+    let shared_page = host.scratch().unwrap_or_else(|e| fail("shared page", &e));
+    let mem = GuestMemory::new(td.tdr, frames, Some((&regs, bar.0, bar.1)));
+    let layout = GuestLayout { work: WORK_GPA, work_pages: WORK_PAGES, bar_gpa: BAR_GPA };
+    let mut guest = Guest::new(td.vcpu, function, layout, mem, Shared::new(frames, shared_page));
+    guest.accept_memory(tsm).unwrap_or_else(|e| fail("guest: accept", &e));
+    host.iommu_setup(tsm).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
+    say!(
+        "td: TDR {:#x}; guest image ({} bytes): {} pages added, {} measured (MRTD: what attest measure computes); {} pages AUGed and accepted by the guest",
+        td.tdr,
+        image::IMAGE_BYTES,
+        td.added,
+        td.measured,
+        WORK_PAGES
+    );
+
+    tl.end();
+    let t = tl.now_us();
+    let (pdev, msg, connect_us) = spdm_connect(tsc, tsm, host, bdf, &mut mailbox);
+    tl.record("spdm_connect", t, connect_us);
+
+    tl.begin("tdi_lock_report");
+    let mut d = DevicePages { pdev, msg, ..DevicePages::default() };
+    let mut stats = PumpStats::default();
+    host.ide_setup(tsm, &mut mailbox, tsc, &mut d, &mut stats).unwrap_or_else(|e| fail("IDE setup", &e));
+    say!("ide: stream {} created, keys programmed (IDE_KM) and live", d.stream);
+    host.bind_and_lock(tsm, &mut mailbox, tsc, &td, function, &mut d, &mut stats)
+        .unwrap_or_else(|e| fail("TDI lock", &e));
+    say!(
+        "tdi: bound to the TD and CONFIG_LOCKED (generation {}); interface report {} bytes",
+        d.generation,
+        d.report_len
+    );
+    let mut report = [0u8; guest::REPORTS_BYTES];
+    let step = guest.read_tdi(tsm).unwrap_or_else(|e| fail("guest: TDI read", &e));
+    host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &config.nonce, &mut report)
+        .unwrap_or_else(|e| fail("host: VMCALL", &e));
+    guest.check_report().unwrap_or_else(|e| fail("guest: report check", &e));
+    say!(
+        "guest: TDI CONFIG_LOCKED, generation {}; the host's report ({} bytes) matches the TSM's digest {}",
+        guest.findings.generation,
+        guest.findings.report_len,
+        hex48(&guest.findings.report_digest)
+    );
+    let lock_us = tl.end();
+    say!("figure tdi_lock_report_qemu_ms {} ms", Ms(lock_us));
+
+    tl.begin("map_accept_start");
+    host.import_and_map(tsm, &td, &d, bar).unwrap_or_else(|e| fail("import and map", &e));
+    guest.accept_mmio(tsm, bar_pages).unwrap_or_else(|e| fail("guest: MMIO.ACCEPT", &e));
+    say!("mmio: BAR0 {:#x} ({bar_pages} pages) imported, mapped at GPA {BAR_GPA:#x}, accepted by the guest", bar.0);
+    host.dmar_add(tsm, &td, &d).unwrap_or_else(|e| fail("DMAR.ADD", &e));
+    guest.accept_dma_and_authorise(tsm).unwrap_or_else(|e| fail("guest: DMAR.ACCEPT / authorise", &e));
+    say!("dma: entry added by the host, accepted by the guest; the guest authorised START");
+    host.pump(tsm, &mut mailbox, tsc, ("TDH.TDI.START", tsm::abi::host::leaf::TDI_START, d.tdi, 0), d.msg, &mut stats)
+        .unwrap_or_else(|e| fail("TDI.START", &e));
+    let step = guest.use_device(tsm).unwrap_or_else(|e| fail("guest: device", &e));
+    let start_us = tl.end();
+    say!("tdi: RUN");
+    say!("figure map_accept_start_qemu_ms {} ms", Ms(start_us));
+    let (cap, vs) = (guest.findings.cap, guest.findings.vs);
+    say!(
+        "guest: NVMe CAP {cap:#018x} VS {vs:#010x} through its MMIO_MAPPED leaves: {}",
+        if (cap, vs) == (host_cap, host_vs) { "equal to the host's read" } else { "DIFFERENT from the host's read" }
+    );
+    if (cap, vs) != (host_cap, host_vs) {
+        fail("guest: device registers", &"the private mapping shows other registers than BAR0");
+    }
+
+    tl.begin("attestation");
+    host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &config.nonce, &mut report)
+        .unwrap_or_else(|e| fail("host: VMCALL", &e));
+    let step = guest.attest(tsm).unwrap_or_else(|e| fail("guest: attest", &e));
+    host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &config.nonce, &mut report)
+        .unwrap_or_else(|e| fail("host: VMCALL", &e));
+    let mut bundle = [0u8; 16 * 1024];
+    let ev = tsm.tdi_evidence(tsm::addr::Pfn::new(d.tdi >> 12).unwrap_or(tsm::addr::Pfn::ZERO));
+    let Some(ev) = ev else { fail("evidence", &"the TSM has no evidence for the TDI") };
+    let mut w = BundleWriter::new(&mut bundle).unwrap_or_else(|e| fail("evidence", &format_args!("{e:?}")));
+    for (kind, data) in [
+        (RecordType::CertChain, ev.chain),
+        (RecordType::Vca, ev.vca),
+        (RecordType::Measurements, ev.measurements),
+        (RecordType::InterfaceReport, ev.report),
+    ] {
+        w.push(kind, 0, data).unwrap_or_else(|e| fail("evidence", &format_args!("{e:?}")));
+    }
+    let bundle_len = w.bytes().len();
+    emit("report.bin", &report[..guest::REPORT_BYTES]);
+    emit("report-snp.bin", &report[guest::REPORT_BYTES..]);
+    emit("evidence.bin", &bundle[..bundle_len]);
+    let attest_us = tl.end();
+    say!(
+        "attestation: report {} bytes and its SNP-format export {} bytes over the verifier's nonce, evidence {} bytes",
+        guest::REPORT_BYTES,
+        guest::SNP_BYTES,
+        bundle_len
+    );
+    say!("figure attestation_qemu_ms {} ms", Ms(attest_us));
+
+    tl.begin("teardown");
+    host.teardown(tsm, &mut mailbox, tsc, &td, &d, bar_pages, &mut stats).unwrap_or_else(|e| fail("teardown", &e));
+    let pages = host.check_all_free(tsm).unwrap_or_else(|e| fail("teardown", &e));
+    tl.end();
+    pump_summary(tsc, &stats);
+    say!("teardown: TDI stopped and removed, stream and session closed, TD destroyed; all {pages} donated pages free again");
+    let mut json = [0u8; 2048];
+    match tl.phases.json(&mut json, ready_us, "completed") {
+        Ok(n) => emit("timeline.json", &json[..n]),
+        Err(_) => say!("timeline: does not fit its buffer; not sent"),
+    }
+    say!("seamless firmware: assign done");
+    arch::exit_qemu(ExitCode::Success)
+}

@@ -1,0 +1,177 @@
+//! The whole device assignment in QEMU (mode `assign`), the device faults that must stop it or
+//! make the verifier refuse, and the malicious host (mode `attack`).
+//!
+//! Each run: `attest provision` makes a platform, `tdisp-device` serves a device whose report
+//! lists BAR0 where the firmware places it, the firmware runs the flow with the test's nonce, and
+//! the artifacts from COM3 are verified with the `attest` tool against a policy derived from the
+//! device's config and `attest measure` of the guest image.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use seamless_e2e::{assign_config, assign_device, provision, verify, verify_snp, Boot, DeviceServer, Outcome, Qemu};
+use tdisp_device::{Config, Device, Reply, Signed};
+
+macro_rules! qemu_or_skip {
+    () => {
+        match Qemu::find() {
+            Some(q) => q,
+            None => return,
+        }
+    };
+}
+
+/// One assignment run against a device with `config`.
+fn run(qemu: &Qemu, name: &str, mode: &str, config: Config, nonce: &[u8; 64]) -> (Outcome, Device, std::path::PathBuf) {
+    run_with_timeout(qemu, name, mode, config, nonce, 1000)
+}
+
+/// The same with the DOE timeout set.
+fn run_with_timeout(
+    qemu: &Qemu,
+    name: &str,
+    mode: &str,
+    config: Config,
+    nonce: &[u8; 64],
+    doe_timeout_ms: u32,
+) -> (Outcome, Device, std::path::PathBuf) {
+    let platform = std::env::temp_dir().join(format!("seamless-e2e-platform-{name}-{}", std::process::id()));
+    let secret = provision(&platform);
+    let device = DeviceServer::with_config(config);
+    let boot = Boot {
+        spdm_port: Some(device.port),
+        config: Some(assign_config(mode, nonce, doe_timeout_ms)),
+        secret: Some(secret),
+        ..Boot::default()
+    };
+    let o = boot.run(qemu, name);
+    (o, device.finish(), platform)
+}
+
+/// Whether the TDI ever ran: the firmware says so, or the device's interface is (still) in RUN.
+fn tdi_ran(o: &Outcome, device: &Device) -> bool {
+    o.console.contains("tdi: RUN") || device.tdis().iter().any(|t| format!("{:?}", t.state) == "Run")
+}
+
+#[test]
+fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
+    let qemu = qemu_or_skip!();
+    let nonce = [0xA5; 64];
+    let (o, device, platform) = run(&qemu, "assign_happy_path", "assign", assign_device(false), &nonce);
+    o.expect_status(33);
+    for line in [
+        "tsm: provisioned: attestation key derived from the platform secret",
+        "pci: NVMe BAR0 0xc0000000 size 0x4000",
+        "matches the TSM's digest",
+        "accepted by the guest",
+        "the guest authorised START",
+        "tdi: RUN",
+        "equal to the host's read",
+        "artifact report.bin: 1200 bytes on COM3",
+        "artifact report-snp.bin: 1184 bytes on COM3",
+        "seamless firmware: assign done",
+    ] {
+        assert!(o.console.contains(line), "missing {line:?} in:\n{}", o.console);
+    }
+    // Every page the host donated reads back free (the firmware checks each with RDMD).
+    let freed = o.console.lines().find(|l| l.starts_with("teardown: ")).expect("teardown line");
+    assert!(freed.contains("donated pages free again"), "{freed}");
+    // The device saw the whole life of its interface: started, then stopped again.
+    assert_eq!(device.session_count(), 0, "the session was ended at teardown");
+    for f in [
+        "boot_to_tsm_ready_ms",
+        "spdm_connect_qemu_ms",
+        "tdi_lock_report_qemu_ms",
+        "map_accept_start_qemu_ms",
+        "attestation_qemu_ms",
+    ] {
+        assert!(o.figure(f).is_some_and(|v| v > 0.0), "figure {f} in:\n{}", o.console);
+    }
+    let v = verify(&o, &platform, &device.identity().root_der, &nonce);
+    assert_eq!(v.status, 0, "attest verify rejected:\n{}", v.json);
+    assert_eq!(v.failed(), Vec::<String>::new());
+    // The SNP-format export of the same report verifies against the emulated AMD chain.
+    let v = verify_snp(&o, &platform, &nonce);
+    assert_eq!(v.status, 0, "attest verify --snp rejected:\n{}", v.json);
+    // Another nonce: the same report is stale.
+    let v = verify(&o, &platform, &device.identity().root_der, &[0x5A; 64]);
+    assert_eq!(v.status, 1, "{}", v.json);
+    assert_eq!(v.failed(), ["report.nonce"], "only the nonce is wrong");
+    let _ = std::fs::remove_dir_all(platform);
+}
+
+#[test]
+fn a_device_with_a_bad_measurements_signature_is_never_started() {
+    let qemu = qemu_or_skip!();
+    let mut c = assign_device(false);
+    c.faults.bad_signature = Some(Signed::Measurements);
+    let (o, device, _) = run(&qemu, "fault_bad_signature", "assign", c, &[1; 64]);
+    o.expect_status(35);
+    assert!(o.console.contains("error: SPDM.CONNECT: TDH.SPDM.CONNECT returned DEVICE_ERROR"), "{}", o.console);
+    assert!(!tdi_ran(&o, &device));
+}
+
+#[test]
+fn a_device_reporting_a_wrong_measurement_is_rejected_by_the_verifier_naming_it() {
+    let qemu = qemu_or_skip!();
+    let nonce = [2; 64];
+    let mut c = assign_device(false);
+    c.faults.wrong_measurement = Some(1);
+    let (o, device, platform) = run(&qemu, "fault_wrong_measurement", "assign", c, &nonce);
+    // The measurement is signed as true: the TSM cannot tell, the verifier can.
+    o.expect_status(33);
+    let v = verify(&o, &platform, &device.identity().root_der, &nonce);
+    assert_eq!(v.status, 1, "{}", v.json);
+    assert_eq!(v.failed(), ["device0.measurement.1"], "exactly the measurement check fails");
+    let _ = std::fs::remove_dir_all(platform);
+}
+
+#[test]
+fn a_dropped_lock_response_stops_the_flow_before_the_tdi_runs() {
+    let qemu = qemu_or_skip!();
+    let mut c = assign_device(false);
+    c.faults.drop_response = Some(Reply::Tdisp(0x83));
+    let (o, device, _) = run_with_timeout(&qemu, "fault_drop_lock", "assign", c, &[3; 64], 200);
+    o.expect_status(35);
+    assert!(o.console.contains("error: TDI lock: TDH.TDI.LOCK: DOE mailbox:"), "{}", o.console);
+    assert!(!tdi_ran(&o, &device));
+}
+
+#[test]
+fn a_report_with_overlapping_ranges_is_refused_at_lock() {
+    let qemu = qemu_or_skip!();
+    let mut c = assign_device(true);
+    c.faults.overlapping_ranges = true;
+    let (o, device, _) = run(&qemu, "fault_overlapping", "assign", c, &[4; 64]);
+    o.expect_status(35);
+    assert!(o.console.contains("error: TDI lock: TDH.TDI.LOCK returned DEVICE_ERROR"), "{}", o.console);
+    assert!(!o.console.contains("mmio: BAR0"), "nothing mapped:\n{}", o.console);
+    assert!(!tdi_ran(&o, &device));
+}
+
+#[test]
+fn a_device_refusing_start_never_runs_the_tdi() {
+    let qemu = qemu_or_skip!();
+    let mut c = assign_device(false);
+    c.faults.refuse_start = true;
+    let (o, device, _) = run(&qemu, "fault_refuse_start", "assign", c, &[5; 64]);
+    o.expect_status(35);
+    assert!(o.console.contains("error: TDI.START: TDH.TDI.START returned DEVICE_ERROR"), "{}", o.console);
+    assert!(!tdi_ran(&o, &device));
+}
+
+#[test]
+fn attack_mode_every_malicious_host_case_is_rejected_in_the_real_firmware() {
+    let qemu = qemu_or_skip!();
+    let (o, _, platform) = run(&qemu, "attack", "attack", assign_device(false), &[0; 64]);
+    o.expect_status(33);
+    let total = o.figure("attack_cases_total").expect("attack_cases_total");
+    let rejected = o.figure("attack_cases_rejected").expect("attack_cases_rejected");
+    assert!(total >= 15.0, "{total} cases");
+    assert_eq!(rejected, total, "{}", o.console);
+    let refused = |l: &&str| l.contains(": rejected with ") || l.contains(": refused by the guest's accessor: ");
+    let lines = o.console.lines().filter(|l| l.starts_with("attack ")).filter(refused).count();
+    assert_eq!(lines, total as usize, "one line per refused case:\n{}", o.console);
+    assert!(!o.console.contains("NOT AS EXPECTED"), "{}", o.console);
+    assert!(o.console.contains("teardown reclaimed all"), "{}", o.console);
+    let _ = std::fs::remove_dir_all(platform);
+}
