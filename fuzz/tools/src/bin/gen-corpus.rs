@@ -7,9 +7,9 @@ use std::fs;
 use std::path::Path;
 
 use seamless_fuzz_tools::evidence::{attestation, platform_dir, provision_platform};
-use seamless_fuzz_tools::fuzz_dir;
 use seamless_fuzz_tools::record::recording;
 use seamless_fuzz_tools::wire::join;
+use seamless_fuzz_tools::{frame, fuzz_dir};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = fuzz_dir().join("corpus").join(target);
@@ -66,5 +66,14 @@ fn main() {
     write("attest_policy", "reference", a.policy.as_bytes());
     write("attest_verify", "genuine", &join(&[&a.report[..], &a.evidence[..], a.policy.as_bytes(), &a.nonce[..]]));
     write("attest_snp", "export", &join(&[&a.snp[..], &a.report[..], &a.nonce[..]]));
+    // The artifacts as the firmware frames them on COM3, and as name/data pairs.
+    let files: [(&str, &[u8]); 3] =
+        [("report.bin", &a.report), ("evidence.bin", &a.evidence), ("snp-report.bin", &a.snp)];
+    let mut stream = Vec::new();
+    for (name, data) in files {
+        frame::encode(name, data, &mut |b| stream.extend_from_slice(b)).expect("frame");
+    }
+    write("serial_frames", "com3-stream", &stream);
+    write("serial_frames", "files", &join(&files.iter().flat_map(|(n, d)| [n.as_bytes(), *d]).collect::<Vec<_>>()));
     println!("corpora written under {}", Path::new(&fuzz_dir()).join("corpus").display());
 }
