@@ -208,6 +208,7 @@ cmd_test() {
     build_firmware
     section "cargo test --workspace $*"
     cargo test --workspace "$@"
+    [[ ${SEAMLESS_SKIP_FUZZ:-0} == 1 ]] || { section "fuzz/run.sh 10 (short fuzz pass; SEAMLESS_SKIP_FUZZ=1 skips it)" && fuzz/run.sh 10; }
     section "cargo build -p attest --target $BARE_TARGET (the no_std core the firmware links)"
     cargo build -p attest --target "$BARE_TARGET"
     section "cargo build -p tsm --target $BARE_TARGET (no_std, no heap)"
@@ -699,6 +700,7 @@ case "$command" in
     bench) cmd_bench "$@" ;;
     boot) cmd_boot "$@" ;;
     e2e) cmd_e2e "$@" ;;
+    fuzz) fuzz/run.sh "$@" ;;
     setup)
         prereqs
         ensure_qemu
