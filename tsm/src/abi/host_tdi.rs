@@ -10,7 +10,7 @@
 use sha2::{Digest, Sha384};
 
 use crate::abi::{LeafSpec, Reg, Regs};
-use crate::addr::{FrameRange, GuestPhysAddr, PageSize, Pfn};
+use crate::addr::{FrameRange, GuestPhysAddr, PageSize};
 use crate::error::{DeviceFault, SeptErrorKind, TsmError, TsmResult};
 use crate::pamt::{PageType, PamtEntry};
 use crate::pdev::{PdevState, Pending, MSG_BYTES, PLAIN_BYTES};
@@ -868,16 +868,5 @@ impl<P: Platform> Tsm<P> {
     /// The TDIs bound to the TD in slot `td`.
     pub(crate) fn td_has_tdis(&self, td: usize) -> bool {
         self.tdis.iter().flatten().any(|t| t.td == td)
-    }
-
-    /// TDI slots in use (for diagnostics).
-    pub fn tdi_count(&self) -> usize {
-        self.tdis.iter().flatten().count()
-    }
-
-    /// The PDEV page of a TDI, for hosts that lost track (diagnostics).
-    pub fn tdi_pdev_page(&self, tdi_page: Pfn) -> Option<Pfn> {
-        let tdi = self.tdis.iter().flatten().find(|t| t.page == tdi_page)?;
-        Some(self.pdevs.get(tdi.pdev)?.as_ref()?.page)
     }
 }

@@ -107,17 +107,20 @@ impl TdiFlow {
     /// # Errors
     /// [`DeviceFault::Tdisp`] if `out` is too small (a TSM bug).
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, DeviceFault> {
-        let request = match (self.step, self.op) {
-            (Step::Version, _) => Request::GetVersion,
-            (Step::Capabilities, _) => Request::GetCapabilities,
-            (Step::Lock, TdiOp::Lock { flags, stream, offset }) => {
+        let request = match self.step {
+            Step::Version => Request::GetVersion,
+            Step::Capabilities => Request::GetCapabilities,
+            Step::Lock => {
+                // Only a LOCK flow reaches this step (`new` starts START and STOP elsewhere).
+                let TdiOp::Lock { flags, stream, offset } = self.op else {
+                    return Err(DeviceFault::Tdisp(tdisp::TdispError::Buffer));
+                };
                 Request::Lock { flags, default_stream: stream, mmio_reporting_offset: offset, p2p_mask: 0 }
             }
-            (Step::Lock, _) => Request::GetState,
-            (Step::State(_), _) => Request::GetState,
-            (Step::Report, _) => Request::GetReport { offset: self.report_len as u16, length: PORTION },
-            (Step::Start, _) => Request::Start { nonce: &self.nonce },
-            (Step::Stop, _) => Request::Stop,
+            Step::State(_) => Request::GetState,
+            Step::Report => Request::GetReport { offset: self.report_len as u16, length: PORTION },
+            Step::Start => Request::Start { nonce: &self.nonce },
+            Step::Stop => Request::Stop,
         };
         tdisp::encode(self.version, self.iface, &request, out).map_err(DeviceFault::Tdisp)
     }
