@@ -15,6 +15,7 @@ pub mod attestation;
 pub mod devices;
 pub mod doe;
 pub mod error;
+pub mod faults;
 pub mod ide;
 pub mod idekm;
 pub mod iommu;

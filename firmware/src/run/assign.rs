@@ -18,6 +18,7 @@ use crate::host::evidence::BundleWriter;
 use crate::host::{Host, PumpStats};
 use crate::platform::FirmwarePlatform;
 use crate::timeline::Phases;
+use crate::world::host::HostWorld;
 use tsm::Tsm;
 
 /// The phases, timed as they run (firmware TSC, microseconds since PVH entry).
@@ -111,7 +112,7 @@ pub fn run(
     config: &RunConfig,
     tsc: &Tsc,
     tsm: &mut Tsm<FirmwarePlatform>,
-    host: &mut Host,
+    (host, world): (&mut Host, &mut HostWorld),
     nvme: Nvme,
     ready_us: u64,
 ) -> ! {
@@ -194,6 +195,9 @@ pub fn run(
     let lock_us = tl.end();
     say!("figure tdi_lock_report_qemu_ms {} ms", Ms(lock_us));
 
+    let cc = or_cleanup!(super::worlds::bar_before_import(world, tsm, tsc, bar.0), "host world: BAR0");
+    say!("world: host world reads BAR0 CC = {cc:#x} before the import: the BAR is still the host's");
+
     tl.begin("map_accept_start");
     or_cleanup!(host.import_and_map(tsm, &td, &d, bar), "import and map");
     d.mapped = bar_pages;
@@ -226,6 +230,12 @@ pub fn run(
     if (cap, vs) != (host_cap, host_vs) {
         fail("guest: device registers", &"the private mapping shows other registers than BAR0");
     }
+    let (objects, logged) =
+        or_cleanup!(super::worlds::attacks(world, tsm, tsc, frames, (td.tdr, bar.0, &regs)), "host world attacks");
+    say!(
+        "world: the host world attacked {objects} protected objects: {} accesses refused in hardware, {logged} fault-log entries read back, the host carried on",
+        2 * objects
+    );
     if config.mode == Mode::Revoke {
         // The guest waits in GET_NONCE: resume it, then the exporter revokes the BAR under it.
         or_cleanup!(

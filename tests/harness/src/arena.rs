@@ -331,6 +331,9 @@ pub struct HostPlatform {
     keep_log: bool,
     log: Vec<CallRecord>,
     counts: CallCounts,
+    /// The host's map as the firmware keeps it (`PhysMem::ownership_changed`): the frames the
+    /// host may not touch because the PAMT gives them to the TSM or a TD.
+    pub host_denied: std::collections::BTreeSet<Pfn>,
 }
 
 impl HostPlatform {
@@ -346,6 +349,7 @@ impl HostPlatform {
             keep_log: false,
             log: Vec::new(),
             counts: CallCounts::default(),
+            host_denied: std::collections::BTreeSet::new(),
         }
     }
 
@@ -422,6 +426,14 @@ impl PhysMem for HostPlatform {
     #[inline]
     fn copy(&mut self, dst: Pfn, src: Pfn) {
         self.mem.copy(dst, src);
+    }
+
+    fn ownership_changed(&mut self, pfn: Pfn, host_owned: bool) {
+        if host_owned {
+            self.host_denied.remove(&pfn);
+        } else {
+            self.host_denied.insert(pfn);
+        }
     }
 }
 
