@@ -141,6 +141,33 @@ pub struct Pdev {
 
 /// Function ids carry RID (15:0), segment (23:16) and the segment-valid bit (24).
 pub const FUNCTION_ID_MASK: u64 = 0x01FF_FFFF;
+/// Bit 24 of a function id: the segment in bits 23:16 is valid (TDISP FUNCTION_ID).
+pub const SEGMENT_VALID: u32 = 1 << 24;
+
+/// A PCIe requester: the segment and the requester id (bus, device, function) in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Requester {
+    /// PCI segment (0 when the function id leaves it unsaid).
+    pub segment: u8,
+    /// Requester id: bus (15:8), device and function (7:0).
+    pub rid: u16,
+}
+
+/// The requester a function id names, or `None` if the id is malformed: bits outside
+/// [`FUNCTION_ID_MASK`], or a segment in bits 23:16 without the segment-valid bit (TDISP
+/// FUNCTION_ID: the segment is meaningful only when bit 24 says so). Both encodings of a function
+/// on segment 0 (bit 24 clear, or set with segment 0) name the same requester, so ids are
+/// compared through this, never raw: two spellings of one function are one function.
+pub const fn requester(function: u64) -> Option<Requester> {
+    if function & !FUNCTION_ID_MASK != 0 {
+        return None;
+    }
+    let (segment, valid) = (((function >> 16) & 0xFF) as u8, function & SEGMENT_VALID as u64 != 0);
+    if segment != 0 && !valid {
+        return None;
+    }
+    Some(Requester { segment, rid: function as u16 })
+}
 
 impl Pdev {
     /// The SPDM version negotiated (0 before).
