@@ -84,7 +84,7 @@ fn json_lists_every_check_with_expected_actual_and_reason() {
     let ids: Vec<&str> = checks.iter().map(|c| c["id"].as_str().unwrap()).collect();
     for id in [
         "device0.cert_chain.root",
-        "device0.cert_chain.signatures",
+        "device0.cert_chain.path",
         "device0.measurements.signature",
         "device0.measurement.1",
         "device0.measurement.3",
