@@ -218,6 +218,10 @@ impl HostWorld {
         // The per-call defmt record would dominate the round trip being measured.
         let log_calls = core::mem::replace(&mut tsm.platform_mut().log_calls, false);
         loop {
+            // A frame the map could not follow would leave the host a page it gave away: stop.
+            if tsm.platform().host_map_broken {
+                return Err(WorldError::OutOfTsmMemory);
+            }
             if tsm.platform_mut().host_npt.as_mut().is_some_and(|n| core::mem::take(&mut n.flush)) {
                 self.world.flush_tlb();
             }

@@ -15,7 +15,8 @@ use crate::arch::svm::{self, exit, vmcb, Gprs, Vmcb};
 pub enum WorldError {
     /// SVM is missing; the text names the fix.
     Svm(svm::SvmUnavailable),
-    /// The TSM's pool of VMCBs or nested-table frames is exhausted.
+    /// The TSM's pool of VMCBs or nested-table frames is exhausted (also when the host's map
+    /// could not follow an ownership change: the world is stopped rather than run on it).
     OutOfTsmMemory,
     /// The host had no page left for the world's image or tables.
     OutOfHostPages,
