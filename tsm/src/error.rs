@@ -161,6 +161,10 @@ pub enum TsmError {
     TdiNotBound,
     /// The TSM has no platform secret: it cannot sign reports.
     NotProvisioned,
+    /// A guest buffer would cross the end of its page.
+    CrossesPage(Operand),
+    /// The TD has as many TDIs as its report holds.
+    TdMaxTdis,
 }
 
 /// The register that named a donated IOMMU table frame in TDH.IOMMU.SETUP / TDH.DMAR.ADD.
@@ -330,6 +334,8 @@ impl TsmError {
             Iommu(e) => iommu_status(e),
             TdiNotBound => Status::TDI_NOT_BOUND_TO_TD.with_operand(Operand::Rdx),
             NotProvisioned => Status::ATTESTATION_NOT_PROVISIONED,
+            CrossesPage(op) => Status::BUFFER_CROSSES_PAGE.with_operand(op),
+            TdMaxTdis => Status::TD_MAX_TDIS_EXCEEDED.with_operand(Operand::Rcx),
         }
     }
 

@@ -430,6 +430,7 @@ impl<P: Platform> Tsm<P> {
             fault: None,
             key_update: None,
             remeasure: None,
+            remeasured: None,
         });
         Ok(Status::SUCCESS)
     }
@@ -692,12 +693,8 @@ impl<P: Platform> Tsm<P> {
         match action {
             Ok(Some(n)) => Ok(self.send_request(&msg, &request[..n], out)),
             Ok(None) => {
-                let digest = match pdev.remeasure.as_ref().and_then(|m| m.exchange()) {
-                    Some(e) => attest::evidence::transcript_digest(pdev.conn.vca(), e),
-                    None => return Err(TsmError::Corrupt),
-                };
-                if let Some(ev) = pdev.evidence.as_mut() {
-                    ev.measurements_digest = digest;
+                if !pdev.recollect_done() {
+                    return Err(TsmError::Corrupt);
                 }
                 pdev.pending = Pending::None;
                 Ok(Status::SUCCESS)
@@ -705,7 +702,7 @@ impl<P: Platform> Tsm<P> {
             // The old evidence stays: a re-collection that fails proves nothing new, and the
             // answer cannot be told from the host's (measurements travel in the clear).
             Err(e) => {
-                pdev.remeasure = None;
+                pdev.recollect_dropped();
                 pdev.pending = Pending::None;
                 Err(TsmError::Device(Operand::Pdev, DeviceFault::Spdm(e)))
             }

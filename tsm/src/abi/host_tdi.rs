@@ -77,6 +77,7 @@ impl<P: Platform> Tsm<P> {
                 (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDR page"),
                 (Status::TD_NOT_INITIALIZED, "TDH.MNG.INIT not done"),
                 (Status::LIFECYCLE_STATE_INCORRECT, "TD torn down"),
+                (Status::TD_MAX_TDIS_EXCEEDED, "the TD has as many TDIs as its attestation report has device entries (4)"),
                 (Status::PAGE_METADATA_INCORRECT, "RDX is not a PDEV page"),
                 (Status::PDEV_STATE_INCORRECT, "PDEV not CONNECTED"),
                 (Status::PAGE_NOT_FREE, "R8 page not free"),
@@ -463,6 +464,7 @@ impl<P: Platform> Tsm<P> {
         self.sys()?;
         let td_idx = self.td_index(regs.rcx, Operand::Rcx)?;
         Self::require_built(self.td(td_idx)?)?;
+        self.require_report_room(td_idx)?;
         let p = self.pdev_index(regs.rdx, Operand::Rdx)?;
         let pdev = self.pdev(p)?;
         if pdev.state != PdevState::Connected {

@@ -130,8 +130,13 @@ pub struct Pdev {
     pub fault: Option<DeviceFault>,
     /// A running KEY_UPDATE; it holds the session until it ends.
     pub key_update: Option<crate::spdm::key_update::KeyUpdate>,
-    /// The latest re-collection of signed measurements (SPDM.MNG RECOLLECT), once one ran.
+    /// The re-collection of signed measurements in progress (SPDM.MNG RECOLLECT): never
+    /// evidence until it succeeds.
     pub remeasure: Option<crate::spdm::meas::Measurements>,
+    /// The last re-collection that succeeded: the exchange `evidence.measurements_digest` binds
+    /// once one did (before, the connection's). Kept apart from the one in progress so that a
+    /// failed or abandoned RECOLLECT leaves the evidence and its digest as they were.
+    pub remeasured: Option<crate::spdm::meas::Measurements>,
 }
 
 /// Function ids carry RID (15:0), segment (23:16) and the segment-valid bit (24).
@@ -170,13 +175,30 @@ impl Pdev {
         self.evidence.map_or(0, |e| e.negotiated.version)
     }
 
-    /// The signed measurement exchange the evidence binds: the latest re-collection, else the
-    /// connection's.
+    /// The signed measurement exchange the evidence binds: the last successful re-collection,
+    /// else the connection's. Never the one in progress.
     pub fn measurements(&self) -> Option<&[u8]> {
-        match &self.remeasure {
+        match &self.remeasured {
             Some(m) => m.exchange(),
             None => self.conn.measurements(),
         }
+    }
+
+    /// RECOLLECT finished: the exchange in progress becomes the evidence, and the digest moves
+    /// to it in the same step, so the bytes handed out always hash to the digest reports sign.
+    /// Returns false, changing nothing, if no complete re-collection is in progress (a TSM bug).
+    pub fn recollect_done(&mut self) -> bool {
+        let (Some(m), Some(evidence)) = (&self.remeasure, self.evidence.as_mut()) else { return false };
+        let Some(exchange) = m.exchange() else { return false };
+        evidence.measurements_digest = attest::evidence::transcript_digest(self.conn.vca(), exchange);
+        self.remeasured = self.remeasure.take();
+        true
+    }
+
+    /// RECOLLECT failed or was abandoned: the exchange in progress is dropped; the evidence
+    /// (the last good exchange and its digest) stays.
+    pub fn recollect_dropped(&mut self) {
+        self.remeasure = None;
     }
 
     /// Number of IDE streams.
