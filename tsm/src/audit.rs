@@ -475,9 +475,12 @@ impl<P: Platform> Tsm<P> {
             for (r, range) in tdi.ranges().iter().enumerate().filter(|(_, r)| r.imported) {
                 let ram = Pfn::new(range.first).is_none_or(|start| {
                     let frames = FrameRange { start, count: range.pages };
+                    // Frame by frame for the platform's RAM, bounded (a report range is a
+                    // u32 of pages): the first 4 GiB of the range and its last frame.
+                    let probe = (0..range.pages.min(1 << 20)).chain(range.pages.checked_sub(1));
                     self.is_private(frames)
                         || self.tdmrs().iter().any(|t| t.frames.overlaps(frames))
-                        || (0..range.pages).any(|k| start.checked_add(k).is_none_or(|f| self.platform.contains(f)))
+                        || probe.into_iter().any(|k| start.checked_add(k).is_none_or(|f| self.platform.contains(f)))
                 });
                 if ram {
                     return Err(Violation::ImportedRam { tdi: tdi.page, range: r });

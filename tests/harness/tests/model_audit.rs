@@ -147,3 +147,29 @@ fn a_run_tdi_the_device_stopped_is_caught_by_the_device_check() {
     let e = audit::check_device(&m.tsm, &fresh).unwrap_err();
     assert!(e.contains("ConfigUnlocked"), "{e}");
 }
+
+#[test]
+fn host_ram_imported_as_private_mmio_is_caught() {
+    // The host programs BAR0 over RAM it backs (outside the TDMRs and the TSM), the device
+    // reports it honestly (#16 defect 5). IMPORT must refuse it; if it does not, the audit
+    // names it.
+    let ram = seamless_harness::driver::ARENA_BASE + MIB;
+    let mut config = device_config();
+    config.interfaces[0].mmio[0].first_page = ram >> 12;
+    let mut device = Device::new(config).unwrap();
+    let mut m = Machine::configured(16 * MIB);
+    let td = m.running_td();
+    let mut a = m.connect(&mut device);
+    m.ide_setup(&mut device, &mut a);
+    m.bind(&td, &mut a);
+    m.lock(&mut device, &mut a);
+    assert_eq!(audit::check(&m.tsm), Ok(()));
+    let range = m.tsm.tdi_summary(pfn(a.tdi)).unwrap().ranges[0];
+    assert_eq!(range.first << 12, ram);
+    let r = m.host(h::DMABUF_IMPORT, a.tdi, ram, range.pages, 0);
+    if r.status() == tsm::Status::SUCCESS {
+        assert_eq!(audit::check(&m.tsm), Err(Violation::ImportedRam { tdi: pfn(a.tdi), range: 0 }));
+    } else {
+        assert_eq!(audit::check(&m.tsm), Ok(()));
+    }
+}
