@@ -13,8 +13,9 @@
 //!   TD, at the one GPA the range's placement gives it, never convertible memory; an
 //!   MMIO_PENDING or MMIO_MAPPED leaf belongs to a TDI in CONFIG_LOCKED or RUN whose range was
 //!   not revoked; each range's count of mapped pages is what the S-EPT holds;
-//! - **imported MMIO is not RAM** ([`Tsm::audit_imports`]): no imported frame is convertible
-//!   memory, TSM memory or memory the platform backs as RAM;
+//! - **imported MMIO is device MMIO** ([`Tsm::audit_imports`]): every imported range lies in
+//!   one of the platform's MMIO windows, and no frame of it is convertible memory, TSM memory
+//!   or memory the platform backs as RAM;
 //! - **one TDI per interface** ([`Tsm::audit_interfaces`]): TDISP addresses an interface by its
 //!   function id, so a function id is bound to at most one TDI (whatever its PASID);
 //! - **RUN is live** ([`Tsm::audit_running`]): a TDI in RUN has a connected PDEV with a live
@@ -174,7 +175,8 @@ pub enum Violation {
         /// Pages the range records.
         recorded: u64,
     },
-    /// An imported MMIO range is RAM: convertible, the TSM's or memory the platform backs.
+    /// An imported MMIO range is not device MMIO: outside the platform's MMIO windows, or
+    /// convertible, the TSM's or memory the platform backs.
     ImportedRam {
         /// The TDI.
         tdi: Pfn,
@@ -469,18 +471,18 @@ impl<P: Platform> Tsm<P> {
         Ok(())
     }
 
-    /// No imported range is RAM: not convertible, not the TSM's, not memory the platform backs.
+    /// Every imported range is device MMIO: inside one of the platform's MMIO windows, and no
+    /// frame of it convertible, the TSM's or memory the platform backs.
     pub fn audit_imports(&self) -> Result<(), Violation> {
+        let Some(sys) = self.sys.as_ref() else { return Ok(()) };
         for tdi in self.tdis.iter().flatten() {
             for (r, range) in tdi.ranges().iter().enumerate().filter(|(_, r)| r.imported) {
                 let ram = Pfn::new(range.first).is_none_or(|start| {
                     let frames = FrameRange { start, count: range.pages };
-                    // Frame by frame for the platform's RAM, bounded (a report range is a
-                    // u32 of pages): the first 4 GiB of the range and its last frame.
-                    let probe = (0..range.pages.min(1 << 20)).chain(range.pages.checked_sub(1));
-                    self.is_private(frames)
+                    !sys.in_mmio_window(frames)
+                        || self.is_private(frames)
                         || self.tdmrs().iter().any(|t| t.frames.overlaps(frames))
-                        || probe.into_iter().any(|k| start.checked_add(k).is_none_or(|f| self.platform.contains(f)))
+                        || self.platform.is_ram(frames)
                 });
                 if ram {
                     return Err(Violation::ImportedRam { tdi: tdi.page, range: r });
