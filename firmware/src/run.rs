@@ -18,9 +18,12 @@ use crate::drivers::rng::Rdrand;
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
 use crate::drivers::{log, pvh};
-use crate::host::{Host, PumpStats};
+use crate::host::{DoeLink, Host, HostCpu};
 use crate::memmap::{Layout, MemoryMap, RangeKind};
 use crate::platform::FirmwarePlatform;
+use tsm::td::TdParams;
+use tsm_client::host::device::{self, Assignment};
+use tsm_client::host::{HostError, PumpStats};
 
 /// NVMe: mass storage, non-volatile memory controller, NVM Express.
 const NVME_CLASS: (u8, u8, u8) = (0x01, 0x08, 0x02);
@@ -40,6 +43,28 @@ macro_rules! say {
 
 mod assign;
 mod attack;
+
+/// The guest's accepted work pages (digests, REPORTDATA, the native report, its SNP export).
+pub const WORK_GPA: u64 = 0x10_0000;
+/// How many.
+pub const WORK_PAGES: u64 = 4;
+/// Where BAR0 appears in the guest.
+pub const BAR_GPA: u64 = 0x4000_0000;
+/// TDISP lock flags: NO_FW_UPDATE.
+pub const LOCK_FLAGS: u64 = 0x1;
+
+/// The demo's TD: GPAW 48, one vCPU, no attributes.
+pub(crate) fn td_params() -> TdParams {
+    TdParams {
+        attributes: 0,
+        xfam: 3,
+        max_vcpus: 1,
+        gpaw: 48,
+        mr_config_id: [0; 48],
+        mr_owner: [0; 48],
+        mr_owner_config: [0; 48],
+    }
+}
 
 /// Milliseconds with three decimals, from microseconds.
 pub(crate) struct Ms(pub u64);
@@ -117,7 +142,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     let private = FrameRange { start: Pfn::new(image.0 >> 12).unwrap_or(Pfn::ZERO), count: (image.1 - image.0) >> 12 };
     let mut tsm = Tsm::new(platform, IDENTITY, &[private]);
     let mut host = Host::new(frames, &layout);
-    if let Err(e) = host.sys_config(&mut tsm, &layout) {
+    if let Err(e) = crate::host::sys_config(&mut HostCpu::new(&mut tsm, &mut host, tsc), &layout) {
         fail("TSM configuration", &e);
     }
     let ready = tsc.ticks_to_us(tsc.now().wrapping_sub(arch::boot_tsc()));
@@ -308,51 +333,43 @@ fn open_nvme(boot: &pvh::BootInfo, config: &RunConfig, tsc: &Tsc, mmio_start: u6
     Nvme { bdf, bar0, regs, mailbox }
 }
 
-fn pump_summary(tsc: &Tsc, s: &PumpStats) {
+/// The mailbox's summary: what `stats` moved, and the TSC ticks `(in the mailbox, in the TSM)`.
+fn pump_summary(tsc: &Tsc, s: &PumpStats, (doe_ticks, tsm_ticks): (u64, u64)) {
     say!(
         "spdm: {} DOE exchanges, {} bytes to the device, {} bytes back; {} ms in the mailbox, {} ms in the TSM",
         s.exchanges,
         s.bytes_out,
         s.bytes_in,
-        Ms(tsc.ticks_to_us(s.doe_ticks)),
-        Ms(tsc.ticks_to_us(s.tsm_ticks))
+        Ms(tsc.ticks_to_us(doe_ticks)),
+        Ms(tsc.ticks_to_us(tsm_ticks))
     );
 }
 
-/// Creates the NVMe function's PDEV and runs SPDM.CONNECT; returns the PDEV and message pages.
-fn spdm_connect(
-    tsc: &Tsc,
-    tsm: &mut Tsm<FirmwarePlatform>,
-    host: &mut Host,
-    bdf: crate::drivers::pci::Bdf,
-    mailbox: &mut Mailbox<Mmio>,
-) -> (u64, u64, u64) {
-    let pdev = host.pdev_create(tsm, bdf.rid()).unwrap_or_else(|e| fail("PDEV", &e));
-    let msg = host.scratch().unwrap_or_else(|e| fail("message page", &e));
-    let total =
-        spdm_connect_pdev(tsc, tsm, host, bdf, mailbox, (pdev, msg)).unwrap_or_else(|e| fail("SPDM.CONNECT", &e));
-    (pdev, msg, total)
+/// Creates the NVMe function's PDEV and runs SPDM.CONNECT; returns the assignment begun.
+fn spdm_connect(cpu: &mut HostCpu<'_>, doe: &mut DoeLink<'_>, bdf: crate::drivers::pci::Bdf) -> Assignment {
+    let a = device::pdev_create(cpu, u32::from(bdf.rid())).unwrap_or_else(|e| fail("PDEV", &e));
+    spdm_connect_pdev(cpu, doe, bdf, &a).unwrap_or_else(|e| fail("SPDM.CONNECT", &e));
+    a
 }
 
-/// SPDM.CONNECT of the PDEV `pdev` with the message page `msg`; returns its duration in µs.
+/// SPDM.CONNECT of the assignment's PDEV; returns its duration in µs.
 ///
 /// # Errors
 /// [`HostError`] of the call (a mailbox failure was aborted).
 fn spdm_connect_pdev(
-    tsc: &Tsc,
-    tsm: &mut Tsm<FirmwarePlatform>,
-    host: &Host,
+    cpu: &mut HostCpu<'_>,
+    doe: &mut DoeLink<'_>,
     bdf: crate::drivers::pci::Bdf,
-    mailbox: &mut Mailbox<Mmio>,
-    (pdev, msg): (u64, u64),
-) -> Result<u64, crate::host::HostError> {
+    a: &Assignment,
+) -> Result<u64, HostError> {
     let rid = bdf.rid();
-    say!("spdm: PDEV for {bdf} (function id {rid:#06x}) at {pdev:#x}; SPDM.CONNECT over the DOE mailbox");
+    let tsc = cpu.tsc();
+    say!("spdm: PDEV for {bdf} (function id {rid:#06x}) at {:#x}; SPDM.CONNECT over the DOE mailbox", a.pdev);
     let mut stats = PumpStats::default();
-    let leaf = ("TDH.SPDM.CONNECT", tsm::abi::host::leaf::SPDM_CONNECT, pdev, 0);
-    let result = host.pump(tsm, mailbox, tsc, leaf, msg, &mut stats);
-    let total = tsc.ticks_to_us(stats.total_ticks);
-    pump_summary(tsc, &stats);
+    let (start, doe0, tsm0) = (tsc.now(), doe.ticks, cpu.tsm_ticks);
+    let result = device::connect(cpu, doe, a, &mut stats);
+    let total = tsc.ticks_to_us(tsc.now().wrapping_sub(start));
+    pump_summary(&tsc, &stats, (doe.ticks - doe0, cpu.tsm_ticks - tsm0));
     result?;
     say!(
         "spdm: connected: SPDM {}.{}, secure session up, in {} ms",
@@ -375,7 +392,8 @@ fn connect(
     mmio_start: u64,
 ) -> ! {
     let mut nvme = open_nvme(boot, config, tsc, mmio_start);
-    spdm_connect(tsc, tsm, host, nvme.bdf, &mut nvme.mailbox);
+    let mut cpu = HostCpu::new(tsm, host, *tsc);
+    spdm_connect(&mut cpu, &mut DoeLink::new(&mut nvme.mailbox, *tsc), nvme.bdf);
     say!("seamless firmware: connect done");
     arch::exit_qemu(ExitCode::Success)
 }
