@@ -12,7 +12,7 @@ use tsm::addr::Pfn;
 use tsm::Status;
 use tsm_client::guest;
 use tsm_client::host::device::{self, Assignment};
-use tsm_client::host::unbind::{self, Holdings};
+use tsm_client::host::unbind::{self, Holdings, Policy, Unbound};
 use tsm_client::host::{HostError, PumpStats};
 
 const MIB: u64 = 1 << 20;
@@ -64,28 +64,47 @@ fn flow(m: &mut Machine, dev: &mut Device, td: &TdHandle, steps: usize) -> Assig
     a
 }
 
-fn holdings<'a>(td: &'a tsm_client::host::td::TdPages, vcpus: &'a [u64]) -> Holdings<'a> {
-    Holdings { td: Some((td, vcpus)), iommu: true }
+/// A machine with a running TD and the IOMMU set up, a device, and the first `steps` steps of
+/// the flow done.
+struct Fixture {
+    m: Machine,
+    td: TdHandle,
+    dev: Device,
+    a: Assignment,
+}
+
+impl Fixture {
+    fn after(steps: usize) -> Fixture {
+        let mut m = Machine::configured(64 * MIB);
+        let td = m.running_td();
+        m.iommu_setup();
+        let mut dev = Device::new(device_config()).unwrap();
+        let a = flow(&mut m, &mut dev, &td, steps);
+        Fixture { m, td, dev, a }
+    }
+
+    /// The one unbind order under `policy`.
+    fn unbind(&mut self, policy: Policy) -> Result<Unbound, HostError> {
+        let pages = self.td.pages();
+        let holdings = Holdings { td: Some((&pages, &self.td.vcpus)), iommu: true };
+        let doe = &mut DeviceMailbox(&mut self.dev);
+        let stats = &mut PumpStats::default();
+        match policy {
+            Policy::Strict => unbind::teardown(&mut self.m, doe, &self.a, holdings, stats).map(|()| Unbound::default()),
+            Policy::Lenient => Ok(unbind::cleanup(&mut self.m, doe, &self.a, holdings, stats)),
+        }
+    }
 }
 
 #[test]
 fn teardown_of_the_whole_flow_gives_every_page_back() {
-    let mut m = Machine::configured(64 * MIB);
-    let td = m.running_td();
-    m.iommu_setup();
-    let mut dev = Device::new(device_config()).unwrap();
-    let a = flow(&mut m, &mut dev, &td, STEPS.len());
-    assert_eq!(m.tsm.tdi_summary(Pfn::new(a.tdi >> 12).unwrap()).unwrap().state, tsm::tdi::TdiState::Run);
+    let mut f = Fixture::after(STEPS.len());
+    let state = f.m.tsm.tdi_summary(Pfn::new(f.a.tdi >> 12).unwrap()).unwrap().state;
+    assert_eq!(state, tsm::tdi::TdiState::Run);
 
-    let pages = td.pages();
-    let r = unbind::teardown(
-        &mut m,
-        &mut DeviceMailbox(&mut dev),
-        &a,
-        holdings(&pages, &td.vcpus),
-        &mut PumpStats::default(),
-    );
-    assert_eq!(r, Ok(()));
+    let r = f.unbind(Policy::Strict);
+    assert_eq!(r.map(|u| u.refused), Ok(0));
+    let Fixture { mut m, dev, .. } = f;
     assert_eq!(m.frames_in_use(), 0, "every donated page came back");
     assert_eq!(dev.session_count(), 0, "the device ended the session");
     assert!(dev.ide_keys().values().all(|k| !k.active), "the device stopped its keys");
@@ -95,20 +114,9 @@ fn teardown_of_the_whole_flow_gives_every_page_back() {
 #[test]
 fn cleanup_after_a_failure_at_every_step_gives_every_page_back() {
     for steps in 0..=STEPS.len() {
-        let mut m = Machine::configured(64 * MIB);
-        let td = m.running_td();
-        m.iommu_setup();
-        let mut dev = Device::new(device_config()).unwrap();
-        let a = flow(&mut m, &mut dev, &td, steps);
-
-        let pages = td.pages();
-        let out = unbind::cleanup(
-            &mut m,
-            &mut DeviceMailbox(&mut dev),
-            &a,
-            holdings(&pages, &td.vcpus),
-            &mut PumpStats::default(),
-        );
+        let mut f = Fixture::after(steps);
+        let out = f.unbind(Policy::Lenient).unwrap();
+        let Fixture { m, dev, .. } = f;
         let after = if steps == 0 { "nothing" } else { STEPS[steps - 1] };
         assert_eq!(out.pages.held, 0, "after {after}: {out}");
         assert_eq!(m.frames_in_use(), 0, "after {after}: {out}");
@@ -122,33 +130,15 @@ fn cleanup_after_a_failure_at_every_step_gives_every_page_back() {
 
 #[test]
 fn teardown_stops_at_the_first_refusal_and_cleanup_goes_on() {
-    let mut m = Machine::configured(64 * MIB);
-    let td = m.running_td();
-    m.iommu_setup();
-    let mut dev = Device::new(device_config()).unwrap();
     // A TDI created, never locked: TDI.STOP is refused.
-    let a = flow(&mut m, &mut dev, &td, 4);
-    let pages = td.pages();
-
-    let r = unbind::teardown(
-        &mut m,
-        &mut DeviceMailbox(&mut dev),
-        &a,
-        holdings(&pages, &td.vcpus),
-        &mut PumpStats::default(),
-    );
+    let mut f = Fixture::after(4);
+    let r = f.unbind(Policy::Strict);
     let Err(HostError::Call { leaf, status, .. }) = r else { panic!("{r:?}") };
     assert_eq!((leaf, status.code()), ("TDH.TDI.STOP", Status::TDI_STATE_INCORRECT));
-    assert!(m.tsm.tdi_summary(Pfn::new(a.tdi >> 12).unwrap()).is_some(), "the strict walk stopped there");
+    assert!(f.m.tsm.tdi_summary(Pfn::new(f.a.tdi >> 12).unwrap()).is_some(), "the strict walk stopped there");
 
-    let out = unbind::cleanup(
-        &mut m,
-        &mut DeviceMailbox(&mut dev),
-        &a,
-        holdings(&pages, &td.vcpus),
-        &mut PumpStats::default(),
-    );
+    let out = f.unbind(Policy::Lenient).unwrap();
     assert_eq!(out.refused, 1, "{out}");
     assert_eq!(out.pages.held, 0, "{out}");
-    assert_eq!(m.frames_in_use(), 0);
+    assert_eq!(f.m.frames_in_use(), 0);
 }
