@@ -200,6 +200,13 @@ build_firmware() {
     cargo build -p firmware --target "$BARE_TARGET" --release
 }
 
+# Boots $FIRMWARE with QEMU's one command line (tests/e2e's `Boot::command`, through the
+# seamless-qemu launcher); returns QEMU's status (33 success, 35 failure).
+launch_qemu() {
+    cargo build -q -p seamless-e2e --bin seamless-qemu
+    SEAMLESS_FIRMWARE=$FIRMWARE QEMU=$QEMU "${CARGO_TARGET_DIR:-target}/debug/seamless-qemu" "$@"
+}
+
 cmd_test() {
     prereqs
     ensure_qemu
@@ -320,12 +327,8 @@ cmd_boot() {
     printf 'mode=%s\nnvme_bar0=%s\ndoe_timeout_ms=%s\n' "$mode" "$DEMO_BAR0" "$doe_timeout" >"$out/config.txt"
     [[ $mode == assign || $mode == revoke ]] && printf 'nonce=%s\n' "$(od -An -tx1 -N64 /dev/urandom | tr -d ' \n')" >>"$out/config.txt"
 
-    local qemu_args=(-M q35 -accel tcg -cpu max -m 256M -nodefaults -display none -no-reboot
-        -kernel "$FIRMWARE" -serial "file:$out/serial.log" -serial "file:$out/defmt.bin"
-        -serial "file:$out/artifacts.bin"
-        -device isa-debug-exit,iobase=0xf4,iosize=0x04
-        -fw_cfg "name=opt/seamless/config,file=$out/config.txt"
-        -fw_cfg "name=opt/seamless/platform-secret,file=$plat/platform-secret.bin")
+    # QEMU's command line is written once, in tests/e2e (`Boot::command`); seamless-qemu runs it.
+    local launch=(--out "$out" --config "$out/config.txt" --secret "$plat/platform-secret.bin")
     DEVICE_PID=""
     if [[ $mode == connect || $mode == assign || $mode == revoke || $mode == attack ]]; then
         section "cargo build -p tdisp-device"
@@ -352,16 +355,16 @@ cmd_boot() {
         fi
         echo "tdisp-device listening on 127.0.0.1:$port"
         # addr=3: 00:03.0, the function id the device's TDI reports by default.
-        qemu_args+=(-device "nvme,serial=seamless,addr=3,spdm_port=$port")
+        launch+=(--port "$port")
     fi
-    ((keep)) && printf '%q ' "$QEMU" "${qemu_args[@]}" >"$out/qemu.cmd"
+    ((keep)) && launch+=(--keep)
 
-    section "$QEMU -M q35 -accel tcg -kernel $FIRMWARE (mode $mode)"
+    section "seamless-qemu: $QEMU -M q35 -accel tcg -kernel $FIRMWARE (mode $mode)"
     # TCG: KVM on the development machines is nested (kvm_pvm) and much slower.
     # isa-debug-exit makes QEMU exit with (code << 1) | 1: 33 is success, 35 failure.
     local status=0 start end
     start=$(date +%s%N)
-    timeout 60 "$QEMU" "${qemu_args[@]}" || status=$?
+    launch_qemu "${launch[@]}" || status=$?
     end=$(date +%s%N)
     stop_pid "$DEVICE_PID"
     tr -d '\r' <"$out/serial.log"
@@ -611,17 +614,11 @@ cmd_demo() {
         echo "responder: '$cmd' on 127.0.0.1:$port"
     fi
 
-    local qemu_args=(-M q35 -accel tcg -cpu max -m 256M -nodefaults -display none -no-reboot
-        -kernel "$FIRMWARE" -serial "file:$out/serial.log" -serial "file:$out/defmt.bin"
-        -serial "file:$out/artifacts.bin"
-        -device isa-debug-exit,iobase=0xf4,iosize=0x04
-        -fw_cfg "name=opt/seamless/config,file=$out/config.txt"
-        -fw_cfg "name=opt/seamless/platform-secret,file=$plat/platform-secret.bin"
-        -device "nvme,serial=seamless,addr=3,spdm_port=$port")
-    ((keep)) && printf '%q ' "$QEMU" "${qemu_args[@]}" >"$out/qemu.cmd"
+    local launch=(--out "$out" --config "$out/config.txt" --secret "$plat/platform-secret.bin" --port "$port")
+    ((keep)) && launch+=(--keep)
     section "QEMU (TCG): the firmware; NVMe 00:03.0 with its DOE mailbox at 127.0.0.1:$port"
     local status=0
-    timeout 60 "$QEMU" "${qemu_args[@]}" || status=$?
+    launch_qemu "${launch[@]}" || status=$?
     stop_pid "$DEVICE_PID"
     tr -d '\r' <"$out/serial.log" | grep -v '^figure ' || true
     defmt-print -e "$FIRMWARE" <"$out/defmt.bin" >"$out/firmware.log" 2>/dev/null ||
