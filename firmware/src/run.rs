@@ -75,6 +75,43 @@ impl fmt::Display for Ms {
     }
 }
 
+/// Bytes into a fixed buffer (what does not fit is an error).
+struct BufWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl fmt::Write for BufWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        self.buf.get_mut(self.len..end).ok_or(fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// One figure: a readable `figure NAME VALUE UNIT` line on COM1, and the same as a frame on COM3
+/// (file `figure.NAME` holding `VALUE UNIT`), which is what the host reads: results travel as
+/// framed data, not as console lines parsed back.
+pub(crate) fn figure(name: &str, value: &dyn fmt::Display, unit: &str) {
+    use fmt::Write as _;
+    say!("figure {name} {value} {unit}");
+    let (mut file, mut data) = ([0u8; crate::frame::MAX_NAME], [0u8; 64]);
+    let mut f = BufWriter { buf: &mut file, len: 0 };
+    let named = write!(f, "figure.{name}").map(|()| f.len);
+    let mut d = BufWriter { buf: &mut data, len: 0 };
+    let valued = write!(d, "{value} {unit}").map(|()| d.len);
+    let (Ok(n), Ok(v)) = (named, valued) else {
+        say!("figure {name}: does not fit a frame; not sent on COM3");
+        return;
+    };
+    let name = core::str::from_utf8(&file[..n]).unwrap_or("figure");
+    let mut com3 = Uart::com3();
+    if let Err(e) = crate::frame::encode(name, &data[..v], &mut |b| com3.write_bytes(b)) {
+        say!("figure {name}: cannot frame it: {e:?}");
+    }
+}
+
 /// Reports the failure of `what` on COM1 (and defmt) without stopping.
 pub(crate) fn report_failure(what: &str, why: &dyn fmt::Display) {
     say!("seamless firmware: error: {what}: {why}");
@@ -151,8 +188,8 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         (layout.tdmr.1 - layout.tdmr.0) >> 20,
         Ms(ready)
     );
-    say!("figure boot_to_tsm_ready_ms {} ms", Ms(ready));
-    say!("figure firmware_image_kib {} KiB", arch::loaded_bytes().div_ceil(1024));
+    figure("boot_to_tsm_ready_ms", &Ms(ready), "ms");
+    figure("firmware_image_kib", &arch::loaded_bytes().div_ceil(1024), "KiB");
     defmt::info!("TSM ready {=u64} us after PVH entry", ready);
     match secret {
         Some(blob) => match tsm.provision(&blob) {
@@ -377,7 +414,7 @@ fn spdm_connect_pdev(
         stats.spdm_version & 0xF,
         Ms(total)
     );
-    say!("figure spdm_connect_qemu_ms {} ms", Ms(total));
+    figure("spdm_connect_qemu_ms", &Ms(total), "ms");
     defmt::info!("SPDM.CONNECT done in {=u64} us, {=u32} exchanges", total, stats.exchanges);
     Ok(total)
 }

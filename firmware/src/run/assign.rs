@@ -229,7 +229,7 @@ impl<'m> Demo<'_, 'm> {
             hex48(&f.report_digest)
         );
         let lock_us = tl.end();
-        say!("figure tdi_lock_report_qemu_ms {} ms", Ms(lock_us));
+        super::figure("tdi_lock_report_qemu_ms", &Ms(lock_us), "ms");
         Ok(())
     }
 
@@ -249,7 +249,7 @@ impl<'m> Demo<'_, 'm> {
         let step = self.guest(|g, v| g.use_device(v)).step("guest: device")?;
         let start_us = tl.end();
         say!("tdi: RUN");
-        say!("figure map_accept_start_qemu_ms {} ms", Ms(start_us));
+        super::figure("map_accept_start_qemu_ms", &Ms(start_us), "ms");
         Ok(step)
     }
 
@@ -300,7 +300,7 @@ impl<'m> Demo<'_, 'm> {
             guest::SNP_BYTES,
             bundle_len
         );
-        say!("figure attestation_qemu_ms {} ms", Ms(attest_us));
+        super::figure("attestation_qemu_ms", &Ms(attest_us), "ms");
         Ok(())
     }
 }

@@ -568,8 +568,8 @@ pub fn run(tsc: &Tsc, tsm: &mut Tsm<FirmwarePlatform>, host: &mut Host, nvme: Nv
         .unwrap_or_else(|e| fail("teardown of the other TD", &e));
     let pages = td::check_all_free(&mut at.cpu).unwrap_or_else(|e| fail("teardown", &e));
     say!("attack: the flow still completed; teardown reclaimed all {pages} donated pages");
-    say!("figure attack_cases_total {total} cases");
-    say!("figure attack_cases_rejected {rejected} cases");
+    super::figure("attack_cases_total", &total, "cases");
+    super::figure("attack_cases_rejected", &rejected, "cases");
     say!("attack_cases_total {total}");
     say!("attack_cases_rejected {rejected}");
     if rejected != total {
