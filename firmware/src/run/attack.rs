@@ -123,7 +123,7 @@ const fn accept(range: u64, function: u64, offset: u64, gpa: u64) -> Regs {
     Regs { r9: offset, ..Regs::call(g::MMIO_ACCEPT, gpa, range, function, 0) }
 }
 
-/// The 49 cases, stage by stage.
+/// The 50 cases, stage by stage.
 const STAGES: &[Stage] = &[
     Stage {
         advance: Advance::Connected,
@@ -276,6 +276,11 @@ const STAGES: &[Stage] = &[
             guest("guest: TDG.TDI.RD digest into MMIO", op(Status::EPT_ENTRY_STATE_INCORRECT, Operand::R8), |c| {
                 Regs::call(g::TDI_RD, c.fn_id, 2, BAR_GPA, 0)
             }),
+            guest(
+                "guest: TDG.TDI.RD evidence digests across the end of a page",
+                op(Status::BUFFER_CROSSES_PAGE, Operand::R8),
+                |c| Regs::call(g::TDI_RD, c.fn_id, 3, WORK_GPA + 0xFC0, 0),
+            ),
             guest("guest: MR.ATTEST output into MMIO", op(Status::EPT_ENTRY_STATE_INCORRECT, Operand::Rcx), |_| {
                 Regs::call(g::MR_ATTEST, BAR_GPA, WORK_GPA + PAGE, 0, 0)
             }),
