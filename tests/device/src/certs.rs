@@ -141,7 +141,12 @@ impl Identity {
 
         let profile = DevId::new(intermediate_name, leaf_name, None).map_err(err)?;
         let serial = SerialNumber::new(&[0x03]).map_err(err)?;
-        let builder = CertificateBuilder::new(profile, serial, validity()?, spki(&leaf_key)?).map_err(err)?;
+        let mut builder = CertificateBuilder::new(profile, serial, validity()?, spki(&leaf_key)?).map_err(err)?;
+        // SPDM 1.3 (DSP0274 1.3 §10.6.1, Table 42) makes basicConstraints mandatory in the leaf,
+        // CA false; libspdm's requester refuses a 1.3 chain without it. The DevID profile adds none.
+        builder
+            .add_extension(&x509_cert::ext::pkix::BasicConstraints { ca: false, path_len_constraint: None })
+            .map_err(err)?;
         let leaf_der = builder.build::<_, DerSignature>(&intermediate_key).map_err(err)?.to_der().map_err(err)?;
 
         Identity::from_chain(leaf_key, root_der, vec![intermediate], leaf_der)

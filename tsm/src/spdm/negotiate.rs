@@ -38,6 +38,8 @@ pub mod code {
     pub const END_SESSION_ACK: u8 = 0x6C;
     pub const KEY_UPDATE: u8 = 0xE9;
     pub const KEY_UPDATE_ACK: u8 = 0x69;
+    pub const HEARTBEAT: u8 = 0xE8;
+    pub const HEARTBEAT_ACK: u8 = 0x68;
     pub const GET_MEASUREMENTS: u8 = 0xE0;
     pub const MEASUREMENTS: u8 = 0x60;
     pub const NEGOTIATE_ALGORITHMS: u8 = 0xE3;
