@@ -152,8 +152,11 @@ fn tsm_connects_to_libspdm_responder_default_versions() {
 /// device's root (its sample-key directory is copied and the P-384 CA files replaced). Its
 /// output and the whole conversation are kept in `SPDM_RECORD_DIR` when set
 /// (`tests/interop/`).
-fn libspdm_requester_against_tdisp_device(version: &str) {
-    let name = format!("libspdm-requester-{version}");
+fn libspdm_requester_against_tdisp_device(version: &str, meas_sum: &str) {
+    let name = match meas_sum {
+        "ALL" => format!("libspdm-requester-{version}"),
+        other => format!("libspdm-requester-{version}-meas-sum-{}", other.to_lowercase()),
+    };
     let Some(bin) = peer(&name) else { return };
     let work = std::env::temp_dir().join(format!("seamless-{name}-{}", std::process::id()));
     let keys = work.join("ecp384");
@@ -193,7 +196,7 @@ fn libspdm_requester_against_tdisp_device(version: &str) {
     });
     let out = Command::new(bin.join("spdm_requester_emu"))
         .current_dir(&work)
-        .args(["--trans", "PCI_DOE", "--port", &port.to_string(), "--ver", version])
+        .args(["--trans", "PCI_DOE", "--port", &port.to_string(), "--ver", version, "--meas_sum", meas_sum])
         .args(["--exe_conn", "DIGEST,CERT,CHAL,MEAS", "--exe_session", "KEY_EX,KEY_UPDATE,HEARTBEAT,MEAS"])
         .output()
         .unwrap();
@@ -202,8 +205,8 @@ fn libspdm_requester_against_tdisp_device(version: &str) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     if let Some(dir) = std::env::var_os("SPDM_RECORD_DIR") {
         let head = format!(
-            "# spdm_requester_emu --trans PCI_DOE --ver {version} --exe_conn DIGEST,CERT,CHAL,MEAS \
-             --exe_session KEY_EX,KEY_UPDATE,HEARTBEAT,MEAS against tdisp-device; exit {:?}\n",
+            "# spdm_requester_emu --trans PCI_DOE --ver {version} --meas_sum {meas_sum} --exe_conn \
+             DIGEST,CERT,CHAL,MEAS --exe_session KEY_EX,KEY_UPDATE,HEARTBEAT,MEAS against tdisp-device; exit {:?}\n",
             out.status.code()
         );
         let mut conversation = String::new();
@@ -223,10 +226,21 @@ fn libspdm_requester_against_tdisp_device(version: &str) {
 
 #[test]
 fn libspdm_requester_runs_its_flows_against_tdisp_device_spdm_1_2() {
-    libspdm_requester_against_tdisp_device("1.2");
+    libspdm_requester_against_tdisp_device("1.2", "ALL");
 }
 
 #[test]
 fn libspdm_requester_runs_its_flows_against_tdisp_device_spdm_1_3() {
-    libspdm_requester_against_tdisp_device("1.3");
+    libspdm_requester_against_tdisp_device("1.3", "ALL");
+}
+
+/// CHALLENGE_AUTH and KEY_EXCHANGE_RSP with each measurement summary hash type libspdm asks for
+/// (none, TCB; all is the default above), checked by libspdm's signature verification.
+#[test]
+fn libspdm_requester_accepts_every_measurement_summary_hash_type() {
+    for version in ["1.2", "1.3"] {
+        for meas_sum in ["NO", "TCB"] {
+            libspdm_requester_against_tdisp_device(version, meas_sum);
+        }
+    }
 }
