@@ -32,5 +32,5 @@ pub mod tdisp;
 mod state;
 
 pub use abi::{GuestReturn, Regs, TdExit};
-pub use state::{TdSummary, Tsm, TsmIdentity, MAX_PRIVATE_RANGES};
+pub use state::{TdSummary, Tsm, TsmIdentity, MAX_MMIO_WINDOWS, MAX_PRIVATE_RANGES};
 pub use status::{Operand, Status};
