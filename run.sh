@@ -19,7 +19,9 @@ commands:
                  firmware for x86_64-unknown-none
   bench [args]   run the benchmarks in release mode: prints `bench <name> <value> <unit>`
                  lines and writes target/bench/results.json; without args also runs the demo
-                 once and adds the firmware's figures (boot_to_tsm_ready_ms, ..., demo_total_s)
+                 once and adds the firmware's figures (boot_to_tsm_ready_ms, ..., demo_total_s);
+                 `bench --peers` adds DMTF libspdm's requester/responder pair for comparison
+                 (spdm_connect_vs_libspdm; needs SPDM_EMU_BIN = spdm-emu's build/bin)
   boot [options] build the firmware and tdisp-device, boot the firmware in QEMU (TCG) with the
                  device behind the NVMe DOE mailbox, decode its defmt log; files in target/run/
                    --mode M     connect (default: SPDM.CONNECT), assign (the whole flow,
