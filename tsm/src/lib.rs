@@ -12,6 +12,7 @@
 pub mod abi;
 pub mod addr;
 pub mod attestation;
+pub mod audit;
 pub mod devices;
 pub mod doe;
 pub mod error;

@@ -387,7 +387,7 @@ impl<P: Platform> Tsm<P> {
     /// the IDE stream with ID `stream`, if one is named) goes to ERROR through
     /// [`Tsm::tdi_failed`], its MMIO and DMA blocked. The device does the same on its side: TDISP
     /// moves a locked or running TDI to ERROR when an IDE stream it is bound to goes insecure or
-    /// its SPDM session ends (TDISP 1.0 §11.2.6, the DSM's rules). Every path that takes live
+    /// its SPDM session ends (the DSM rules of TDISP, PCIe 6.x ch. 11). Every path that takes live
     /// keys from a stream (KM STOP, a failed KM exchange, STREAM.BLOCK) or the session from a
     /// PDEV (`pdev_failed`: a failed KEY_UPDATE, ABORT, any failed secured answer) ends here.
     pub(crate) fn tdis_lost(&mut self, p: usize, stream: Option<u8>, fault: DeviceFault) {
@@ -479,10 +479,11 @@ impl<P: Platform> Tsm<P> {
             crate::pdev::requester(u64::from(pdev.function)).is_some_and(|p| p.segment == r.segment)
         };
         let requester = requester.filter(|&r| on_pdev_segment(r)).ok_or(TsmError::OperandInvalid(Operand::R9))?;
-        // TDISP addresses an interface by INTERFACE_ID, whose only field is the FUNCTION_ID
-        // (TDISP 1.0 §11.3.1): LOCK, START and STOP of any TDI of this function reach the same
-        // interface, whatever PASID the TDI's DMA is tagged with. So a function is bound to at
-        // most one TDI; a second one, a "PASID twin", could unlock the first one's interface.
+        // TDISP (PCIe 6.x ch. 11) addresses an interface by the INTERFACE_ID in every message's
+        // header, whose only field is the FUNCTION_ID: LOCK, START and STOP of any TDI of this
+        // function reach the same interface, whatever PASID the TDI's DMA is tagged with. So a
+        // function is bound to at most one TDI; a second one, a "PASID twin", could unlock the
+        // first one's interface while the TSM still had it RUN.
         if self.tdis.iter().flatten().any(|t| t.requester() == Some(requester)) {
             return Err(TsmError::FunctionInUse(Operand::R9));
         }
