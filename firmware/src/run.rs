@@ -315,10 +315,10 @@ fn host_world(
         r.faults,
         r.log_entries
     );
-    say!("figure svm_vmexit_floor_ns {} ns", r.floor_ns);
-    say!("figure seamcall_roundtrip_ns {} ns", r.seamcall_ns);
+    figure("svm_vmexit_floor_ns", &r.floor_ns, "ns");
+    figure("seamcall_roundtrip_ns", &r.seamcall_ns, "ns");
     let ratio = (r.seamcall_ns * 100).checked_div(r.floor_ns).unwrap_or(0);
-    say!("figure seamcall_vs_floor {}.{:02} x", ratio / 100, ratio % 100);
+    figure("seamcall_vs_floor", &format_args!("{}.{:02}", ratio / 100, ratio % 100), "x");
     world
 }
 
