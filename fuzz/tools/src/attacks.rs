@@ -826,6 +826,7 @@ device_cases! {
     device_bad_signature_measurements => with(|f| f.bad_signature = Some(Signed::Measurements)),
     device_bad_signature_key_exchange_rsp => with(|f| f.bad_signature = Some(Signed::KeyExchangeRsp)),
     device_broken_chain => with(|f| f.broken_chain = true),
+    device_impostor_leaf => with(|f| f.impostor_leaf = true),
     device_wrong_session_id => with(|f| f.wrong_session_id = true),
     device_overlapping_ranges => with(|f| f.overlapping_ranges = true),
     device_error_after_lock => with(|f| f.error_after_lock = true),
