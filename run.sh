@@ -338,10 +338,9 @@ cmd_boot() {
     # The platform secret fw_cfg hands the firmware (attest provision's 128-byte blob); made
     # once, kept across runs, shared with the demo.
     local plat=${CARGO_TARGET_DIR:-target}/platform
-    if [[ ! -s $plat/platform-secret.bin ]]; then
-        cargo build -q -p attest --features std --bin attest
-        "${CARGO_TARGET_DIR:-target}/debug/attest" provision --out "$plat"
-    fi
+    cargo build -q -p attest --features std --bin attest
+    cargo build -q -p firmware
+    provision_platform "$plat" "${CARGO_TARGET_DIR:-target}/debug"
     printf 'mode=%s\nnvme_bar0=%s\ndoe_timeout_ms=%s\n' "$mode" "$DEMO_BAR0" "$doe_timeout" >"$out/config.txt"
     [[ $mode == assign || $mode == revoke ]] && printf 'nonce=%s\n' "$(od -An -tx1 -N64 /dev/urandom | tr -d ' \n')" >>"$out/config.txt"
 
@@ -500,10 +499,23 @@ mmio = [ { first_page = $bar_page, pages = 4, attributes = 0, range_id = 0 } ]
 TOML
 }
 
+# Provisions the platform in $1 (tools in $2) for the firmware as built: the attestation key is
+# derived from the platform secret and MRSEAM, so a new image needs a new key and certificate
+# (as a TCB update does on TDX and SEV-SNP). $1/mrseam records the MRSEAM provisioned for.
+provision_platform() {
+    local plat=$1 bin=$2 mrseam
+    mrseam=$("$bin/firmware" mrseam "$FIRMWARE")
+    if [[ ! -s $plat/platform-secret.bin || $(cat "$plat/mrseam" 2>/dev/null) != "$mrseam" ]]; then
+        section "attest provision --out $plat --mrseam $mrseam (firmware mrseam $FIRMWARE)"
+        "$bin/attest" provision --out "$plat" --mrseam "$mrseam" --force
+        echo "$mrseam" >"$plat/mrseam"
+    fi
+}
+
 # Writes the verifier's policy: MRTD from `attest measure` of the guest image, the TSM identity
 # the firmware runs with, the device's vendor root, algorithms, measurements and BAR placement.
 demo_policy_toml() {
-    local mrtd=$1 root_sha=$2 bar_page=$3
+    local mrtd=$1 root_sha=$2 bar_page=$3 mrseam=$4
     cat <<TOML
 # Written by ./run.sh from sources other than the report: attest measure of the guest image, the
 # firmware's TSM identity, the device's configuration and vendor root.
@@ -511,7 +523,7 @@ version = 1
 
 [tsm]
 min_svn = 1
-mrseam = "$(printf '0%.0s' {1..96})"
+mrseam = "$mrseam"
 
 [td]
 mrtd = "$mrtd"
@@ -589,10 +601,7 @@ cmd_demo() {
         "$out"/{firmware.log,serial.log} \
         "$out"/{defmt.bin,artifacts.bin,device.log,qemu.cmd,config.txt,device.toml,guest.img,vendor-root.der} \
         "$out"/figure.*
-    if [[ ! -s $plat/platform-secret.bin ]]; then
-        section "attest provision --out $plat (no platform yet)"
-        "$bin/attest" provision --out "$plat"
-    fi
+    provision_platform "$plat" "$bin"
 
     # The verifier's challenge, the run configuration, the guest image, the device's config.
     local nonce bar_page
@@ -660,7 +669,7 @@ cmd_demo() {
         # The device vendor's root: DEMO_VENDOR_ROOT_SHA384 for another responder, else the root
         # tdisp-device keeps in its state directory.
         root_sha=${DEMO_VENDOR_ROOT_SHA384:-$(sha384sum "$plat/device/root.der" 2>/dev/null | cut -d' ' -f1)}
-        demo_policy_toml "$mrtd" "$root_sha" "$bar_page" >"$out/policy.toml"
+        demo_policy_toml "$mrtd" "$root_sha" "$bar_page" "$("$bin/firmware" mrseam "$FIRMWARE")" >"$out/policy.toml"
         local verify=("$bin/attest" verify --report "$out/report.bin" --evidence "$out/evidence.bin"
             --policy "$out/policy.toml" --root "$plat/root.pem" --ak-cert "$plat/tsm-ak.pem" --nonce "$nonce")
         "${verify[@]}" --json >"$out/verify.json" || vstatus=$?

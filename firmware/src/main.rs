@@ -55,6 +55,8 @@ mod platform;
 mod run;
 #[cfg(any(target_os = "none", test))]
 mod timeline;
+#[cfg(target_os = "none")]
+mod world;
 
 /// The workspace version, which the TSM shares.
 const TSM_VERSION: &str = env!("CARGO_PKG_VERSION");

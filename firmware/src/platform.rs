@@ -25,12 +25,28 @@ pub struct FirmwarePlatform {
     pub log_calls: bool,
     /// Entropy requests that failed.
     pub entropy_failures: u64,
+    /// The host world's nested map, once the host world exists: it follows the PAMT
+    /// ([`PhysMem::ownership_changed`]).
+    pub host_npt: Option<crate::world::npt::Npt>,
+    /// A frame the host map could not follow (the nested-table pool ran out): the firmware
+    /// stops the host world rather than run it on a stale map.
+    pub host_map_broken: bool,
 }
 
 impl FirmwarePlatform {
     /// The platform over `frames` of the memory map `memmap`, with RDRAND and the calibrated TSC.
     pub fn new(frames: Frames, memmap: MemoryMap, rng: Rdrand, tsc: Tsc) -> FirmwarePlatform {
-        FirmwarePlatform { frames, rng, tsc, memmap, mmio_window: None, log_calls: true, entropy_failures: 0 }
+        FirmwarePlatform {
+            frames,
+            rng,
+            tsc,
+            memmap,
+            mmio_window: None,
+            log_calls: true,
+            entropy_failures: 0,
+            host_npt: None,
+            host_map_broken: false,
+        }
     }
 
     /// Names the host bridge's MMIO aperture `[start, end)` (4K aligned), which the TSM reads at
@@ -84,6 +100,21 @@ impl PhysMem for FirmwarePlatform {
 
     fn copy(&mut self, dst: Pfn, src: Pfn) {
         self.frames.copy(Self::base(dst), Self::base(src), PAGE);
+    }
+
+    fn ownership_changed(&mut self, pfn: Pfn, host_owned: bool) {
+        let Some(npt) = self.host_npt.as_mut() else { return };
+        let at = Self::base(pfn);
+        // RAM comes back write-back; anything else (BAR frames a TDI imported) uncached.
+        let ty = if self.frames.contains(at, PAGE as u64) {
+            crate::world::npt::MemType::WriteBack
+        } else {
+            crate::world::npt::MemType::Uncached
+        };
+        let done = if host_owned { npt.map(at, at + PAGE as u64, ty) } else { npt.unmap(at, at + PAGE as u64) };
+        if done.is_err() {
+            self.host_map_broken = true;
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use crate::drivers::{log, pvh};
 use crate::host::{DoeLink, Host, HostCpu};
 use crate::memmap::{Layout, MemoryMap, RangeKind};
 use crate::platform::FirmwarePlatform;
+use crate::world::host::HostWorld;
 use tsm::td::TdParams;
 use tsm_client::host::device::{self, Assignment};
 use tsm_client::host::{HostError, PumpStats};
@@ -30,9 +31,8 @@ const NVME_CLASS: (u8, u8, u8) = (0x01, 0x08, 0x02);
 /// Free MMIO space for BARs the BIOS left unassigned: q35's 32-bit PCI hole above the ECAM and
 /// below the IOAPIC.
 const BAR_WINDOW: (u64, u64) = (0xC000_0000, 0xFEC0_0000);
-/// The identity the TSM reports. MRSEAM is not measured yet (the attestation milestone measures
-/// the image); zero says so plainly instead of pretending.
-const IDENTITY: TsmIdentity = TsmIdentity { svn: 1, mrseam: [0; 48], mrsigner: [0; 48] };
+/// The TSM's security version.
+const TSM_SVN: u16 = 1;
 
 macro_rules! say {
     ($($arg:tt)*) => {{
@@ -43,6 +43,7 @@ macro_rules! say {
 
 mod assign;
 mod attack;
+mod worlds;
 
 /// The guest's accepted work pages (digests, REPORTDATA, the native report, its SNP export).
 pub const WORK_GPA: u64 = 0x10_0000;
@@ -125,9 +126,16 @@ pub(crate) fn fail(what: &str, why: &dyn fmt::Display) -> ! {
 
 /// Boots, configures the TSM and runs the configured mode; never returns.
 pub fn run(start_info: StartInfoAddr) -> ! {
+    // MRSEAM first, before any Rust code wrote a static and long before the host world runs.
+    let mrseam = measure_image();
     let _ = Uart::com1();
     say!("seamless firmware {}: PVH entry", crate::TSM_VERSION);
     arch::init_cpu();
+    // The TSM owns the machine only if it can run everything else as an SVM guest: without SVM
+    // there is no TSM to boot, so stop before reading anything.
+    if let Err(e) = arch::svm::enable() {
+        fail("SVM", &e);
+    }
 
     let boot = pvh::read(start_info).unwrap_or_else(|e| fail("PVH start info", &e));
     let tsc = Tsc::calibrate().unwrap_or_else(|_| fail("TSC", &"no frequency from CPUID 0x15, the PIT or CPUID 0x16"));
@@ -181,7 +189,9 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     platform.set_mmio_window(window);
     defmt::info!("host bridge MMIO window {=u64:#x}..{=u64:#x}", window.0, window.1);
     let private = FrameRange { start: Pfn::new(image.0 >> 12).unwrap_or(Pfn::ZERO), count: (image.1 - image.0) >> 12 };
-    let mut tsm = Tsm::new(platform, IDENTITY, &[private]);
+    say!("tsm: MRSEAM {} (SHA-384 of the image as loaded; firmware mrseam FILE recomputes it)", Hex(&mrseam));
+    let identity = TsmIdentity { svn: TSM_SVN, mrseam, mrsigner: [0; 48] };
+    let mut tsm = Tsm::new(platform, identity, &[private]);
     let mut host = Host::new(frames, &layout);
     if let Err(e) = crate::host::sys_config(&mut HostCpu::new(&mut tsm, &mut host, tsc), &layout) {
         fail("TSM configuration", &e);
@@ -206,6 +216,8 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         None => {}
     }
 
+    let mut world = host_world(&boot.memmap, &layout, mmio_start, &tsc, &mut tsm, &mut host);
+
     if config.mode == Mode::Boot {
         say!("seamless firmware: boot done");
         arch::exit_qemu(ExitCode::Success);
@@ -213,7 +225,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     match config.mode {
         Mode::Assign | Mode::Revoke => {
             let nvme = open_nvme(&boot, &config, &tsc, (ecam, window));
-            assign::run(&config, &tsc, &mut tsm, &mut host, nvme, ready)
+            assign::run(&config, &tsc, &mut tsm, (&mut host, &mut world), nvme, ready)
         }
         Mode::Attack => {
             let nvme = open_nvme(&boot, &config, &tsc, (ecam, window));
@@ -221,6 +233,93 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         }
         _ => connect(&boot, &config, &tsc, &mut tsm, &mut host, (ecam, window)),
     }
+}
+
+/// MRSEAM: SHA-384 over the image as QEMU loaded it (`arch::loaded_image`).
+fn measure_image() -> [u8; 48] {
+    use sha2::{Digest, Sha384};
+    let mut h = Sha384::new();
+    arch::loaded_image(&mut |chunk| h.update(chunk));
+    h.finalize().into()
+}
+
+/// Bytes as lowercase hex.
+struct Hex<'a>(&'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// Iterations and rounds of the host world's measured loops.
+const PROBE_LOOPS: (u64, u64) = (50, 10);
+
+/// Builds the host world (stopping at once if the CPU lacks SVM) and runs its probe: the bare
+/// exit floor, the SEAMCALL round trip, and reads and writes of TSM memory, the PAMT and the
+/// VT-d registers, each of which must fault without changing a byte.
+fn host_world(
+    map: &MemoryMap,
+    layout: &Layout,
+    mmio_start: u64,
+    tsc: &Tsc,
+    tsm: &mut Tsm<FirmwarePlatform>,
+    host: &mut Host,
+) -> HostWorld {
+    let frames = host.frames();
+    let mut page = || tsm_client::HostMemory::scratch(host);
+    let mut world =
+        HostWorld::build(tsm, map, layout, mmio_start, frames, &mut page).unwrap_or_else(|e| fail("host world", &e));
+    let tables = tsm.platform().host_npt.as_ref().map_or(0, |n| n.tables_used());
+    say!(
+        "world: SVM revision {}, {} ASIDs, nRIP save {}: the TSM alone runs in host mode; the host world's nested map uses {tables} tables",
+        world.caps.revision,
+        world.caps.asids,
+        if world.caps.nrip { "yes" } else { "no (RIP advanced by the TSM)" }
+    );
+    let tsm_target = layout.image.0 + 0x1000;
+    let targets = [tsm_target, layout.pamt.0, 0xFED9_0000];
+    let mut before = [[0u8; 16]; 2];
+    arch::read_image(tsm_target, &mut before[0]);
+    frames.read(layout.pamt.0, &mut before[1]);
+    let r = world.run_probe(tsm, tsc, PROBE_LOOPS, &targets).unwrap_or_else(|e| fail("host world", &e));
+    let mut after = [[0u8; 16]; 2];
+    arch::read_image(tsm_target, &mut after[0]);
+    frames.read(layout.pamt.0, &mut after[1]);
+    say!(
+        "world: host world: {} SEAMCALLs, {} exits; best of {} rounds of {}: VMMCALL floor {} ns, SEAMCALL(TDH.SYS.INFO) {} ns",
+        r.seamcalls,
+        r.exits,
+        r.rounds,
+        r.iterations,
+        r.floor_ns,
+        r.seamcall_ns
+    );
+    let expected = 2 * targets.len() as u64;
+    if r.faults != expected || r.handled != expected || r.log_entries != expected || before != after {
+        fail(
+            "host world isolation",
+            &format_args!(
+                "{} of {expected} accesses faulted, {} #MC handled, {} fault-log entries read, bytes {}",
+                r.faults,
+                r.handled,
+                r.log_entries,
+                if before == after { "unchanged" } else { "CHANGED" }
+            ),
+        );
+    }
+    say!(
+        "world: host world read and wrote TSM memory {tsm_target:#x}, the PAMT {:#x}, VT-d {:#x}: {} refused (nested page fault -> #MC, handled), bytes unchanged; the host read {} entries back from the fault log",
+        layout.pamt.0,
+        targets[2],
+        r.faults,
+        r.log_entries
+    );
+    figure("svm_vmexit_floor_ns", &r.floor_ns, "ns");
+    figure("seamcall_roundtrip_ns", &r.seamcall_ns, "ns");
+    let ratio = (r.seamcall_ns * 100).checked_div(r.floor_ns).unwrap_or(0);
+    figure("seamcall_vs_floor", &format_args!("{}.{:02}", ratio / 100, ratio % 100), "x");
+    world
 }
 
 fn report_memmap(map: &MemoryMap) {

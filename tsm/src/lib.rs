@@ -16,6 +16,7 @@ pub mod audit;
 pub mod devices;
 pub mod doe;
 pub mod error;
+pub mod faults;
 pub mod ide;
 pub mod idekm;
 pub mod iommu;

@@ -203,6 +203,7 @@ impl Pamt {
             let [w0, w1] = entry.encode();
             mem.write_u64(frame, idx, w0);
             mem.write_u64(frame, idx + 1, w1);
+            mem.ownership_changed(pfn, entry.ty == PageType::Free);
         }
     }
 

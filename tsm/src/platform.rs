@@ -26,6 +26,14 @@ pub trait PhysMem {
     fn zero(&mut self, pfn: Pfn);
     /// Copies the whole frame `src` to `dst` (distinct frames).
     fn copy(&mut self, dst: Pfn, src: Pfn);
+
+    /// Called whenever the host gains or loses a frame: by the PAMT whenever an entry is
+    /// written (the host may touch the frame iff the entry is Free), and for device MMIO by
+    /// DMABUF.IMPORT (the range's frames leave the host) and by the TDI's end or re-lock (they
+    /// come back). A platform that runs the host in a world of its own keeps the host's map equal
+    /// to this here, so a page leaves the host in the very call that donates it and comes back
+    /// in the call that reclaims it. The default does nothing.
+    fn ownership_changed(&mut self, _pfn: Pfn, _host_owned: bool) {}
 }
 
 /// The platform could not produce random bytes (for example RDRAND kept failing).

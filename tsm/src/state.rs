@@ -94,6 +94,8 @@ pub struct Tsm<P: Platform> {
     pub(crate) iommu: Option<crate::iommu::Iommu>,
     /// The attestation keys, once the firmware provisioned the platform secret.
     pub(crate) keys: Option<crate::attestation::Keys>,
+    /// Accesses of the host world its nested map refused (SEAMLESS.HOST.FAULT.RD).
+    pub(crate) host_faults: crate::faults::FaultLog,
 }
 
 impl<P: Platform> Tsm<P> {
@@ -119,6 +121,7 @@ impl<P: Platform> Tsm<P> {
             tdis: core::array::from_fn(|_| None),
             iommu: None,
             keys: None,
+            host_faults: crate::faults::FaultLog::default(),
         }
     }
 

@@ -109,20 +109,22 @@ _start64:
     .p2align 3
 boot_gdt:
     .quad 0                     /* null */
-    .quad 0x00af9a000000ffff    /* 0x08: 64-bit code, DPL 0 */
-    .quad 0x00cf92000000ffff    /* 0x10: data, DPL 0 */
+    /* The accessed bits are preset: loading a selector would otherwise make the CPU write them,
+     * changing loaded bytes before MRSEAM is taken. */
+    .quad 0x00af9b000000ffff    /* 0x08: 64-bit code, DPL 0 */
+    .quad 0x00cf93000000ffff    /* 0x10: data, DPL 0 */
 boot_gdt_end:
 boot_gdt_ptr:
     .word boot_gdt_end - boot_gdt - 1
     .long boot_gdt
 
-    .section .data.boot, "aw"
+    .section .bss.boot, "aw", @nobits
+    /* In .bss, not .data: written before MRSEAM is taken, so it must not be a loaded byte. */
     .p2align 3
     .global boot_tsc
 boot_tsc:
-    .quad 0
+    .skip 8
 
-    .section .bss.boot, "aw", @nobits
     .p2align 12
     .global boot_pml4
     .global boot_pd

@@ -9,6 +9,7 @@ pub mod gdt;
 pub mod idt;
 pub mod paging;
 pub mod port;
+pub mod svm;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -86,6 +87,39 @@ pub fn image_range() -> (u64, u64) {
 /// Bytes QEMU loads from the image file (up to the end of .data; .bss is zero-filled).
 pub fn loaded_bytes() -> u64 {
     &raw const __load_end as u64 - &raw const __image_start as u64
+}
+
+/// Feeds the image as QEMU loaded it, `[__image_start, __load_end)` (the Xen note, code,
+/// read-only data and the initial .data), to `sink` in chunks. Called first thing at boot, before
+/// any Rust code wrote a static, this is what MRSEAM measures; `firmware mrseam FILE` lays the
+/// ELF's PT_LOAD segments out the same way.
+pub fn loaded_image(sink: &mut dyn FnMut(&[u8])) {
+    let start = &raw const __image_start as u64;
+    let mut chunk = [0u8; 512];
+    let mut at = 0;
+    let total = loaded_bytes();
+    while at < total {
+        let n = (total - at).min(chunk.len() as u64) as usize;
+        read_image(start + at, &mut chunk[..n]);
+        sink(&chunk[..n]);
+        at += n as u64;
+    }
+}
+
+/// Copies bytes of the firmware's own image at `addr` (checking an attack left them alone);
+/// bytes outside the image read as zero.
+pub fn read_image(addr: u64, buf: &mut [u8]) {
+    let (start, end) = image_range();
+    for (i, b) in buf.iter_mut().enumerate() {
+        let a = addr + i as u64;
+        *b = if (start..end).contains(&a) {
+            // SAFETY: inside the identity-mapped image; a volatile byte read of memory Rust
+            // objects may occupy is a plain copy (one CPU, no reference formed, nothing written).
+            unsafe { core::ptr::read_volatile(a as *const u8) }
+        } else {
+            0
+        };
+    }
 }
 
 /// What QEMU's `isa-debug-exit` device reports: QEMU exits with status `(code << 1) | 1`.

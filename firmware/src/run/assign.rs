@@ -20,6 +20,7 @@ use super::{
 };
 use crate::arch::{self, ExitCode};
 use crate::config::{Mode, RunConfig};
+use crate::drivers::phys::{Frames, Mmio};
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
 use crate::frame;
@@ -28,6 +29,7 @@ use crate::host::evidence::BundleWriter;
 use crate::host::{DoeLink, Host, HostCpu};
 use crate::platform::FirmwarePlatform;
 use crate::timeline::Phases;
+use crate::world::host::HostWorld;
 use tsm::Tsm;
 
 /// The phases, timed as they run (firmware TSC, microseconds since PVH entry).
@@ -132,6 +134,12 @@ impl fmt::Display for Why {
     }
 }
 
+impl From<&'static str> for Why {
+    fn from(e: &'static str) -> Why {
+        Why::Said(e)
+    }
+}
+
 impl From<HostError> for Why {
     fn from(e: HostError) -> Why {
         Why::Host(e)
@@ -175,6 +183,11 @@ struct Demo<'a, 'm> {
     stats: PumpStats,
     report: [u8; guest::REPORTS_BYTES],
     nonce: [u8; 64],
+    /// The host world, which attacks the assignment with its own loads and stores.
+    world: &'a mut HostWorld,
+    /// BAR0's registers, to check the host world changed nothing.
+    regs: &'m Mmio,
+    frames: Frames,
 }
 
 impl<'m> Demo<'_, 'm> {
@@ -237,6 +250,9 @@ impl<'m> Demo<'_, 'm> {
     /// reads the registers through its mapping. Returns the guest's step (GET_NONCE).
     fn start(&mut self, bar: (u64, u64), tl: &mut Timeline) -> Result<Step, Failed> {
         let pages = bar.1 / 4096;
+        let cc = super::worlds::bar_before_import(self.world, self.cpu.tsm, &self.cpu.tsc(), bar.0)
+            .step("host world: BAR0")?;
+        say!("world: host world reads BAR0 CC = {cc:#x} before the import: the BAR is still the host's");
         tl.begin("map_accept_start");
         device::import(&mut self.cpu, &self.a, 0, bar.0, pages).step("import and map")?;
         device::map_mmio(&mut self.cpu, &self.td.td, &mut self.a, (bar.0, pages), BAR_GPA).step("import and map")?;
@@ -310,7 +326,7 @@ pub fn run(
     config: &RunConfig,
     tsc: &Tsc,
     tsm: &mut Tsm<FirmwarePlatform>,
-    host: &mut Host,
+    (host, world): (&mut Host, &mut HostWorld),
     nvme: Nvme,
     ready_us: u64,
 ) -> ! {
@@ -358,6 +374,9 @@ pub fn run(
         stats: PumpStats::default(),
         report: [0; guest::REPORTS_BYTES],
         nonce: config.nonce,
+        world,
+        regs: &regs,
+        frames,
     };
     let result = assign(&mut demo, config, bdf, bar, (host_cap, host_vs), &mut tl);
     if let Err(f) = result {
@@ -403,6 +422,15 @@ fn assign(
     if (cap, vs) != host_read {
         fail("guest: device registers", &"the private mapping shows other registers than BAR0");
     }
+    let tdr = demo.td.td.tdr;
+    let tsc = demo.cpu.tsc();
+    let (objects, logged) =
+        super::worlds::attacks(demo.world, demo.cpu.tsm, &tsc, demo.frames, (tdr, bar.0, demo.regs))
+            .step("host world attacks")?;
+    say!(
+        "world: the host world attacked {objects} protected objects: {} accesses refused in hardware, {logged} fault-log entries read back, the host carried on",
+        2 * objects
+    );
     if config.mode == Mode::Revoke {
         return demo.revoke(step);
     }

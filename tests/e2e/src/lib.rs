@@ -411,9 +411,21 @@ pub fn assign_device(second_range: bool) -> Config {
 /// If provisioning fails.
 pub fn provision(dir: &Path) -> Vec<u8> {
     let _ = std::fs::remove_dir_all(dir);
-    let (status, _, err) = run_tool("attest", &["provision".as_ref(), "--out".as_ref(), dir.as_os_str()]);
+    let m = mrseam();
+    let args = ["provision".as_ref(), "--out".as_ref(), dir.as_os_str(), "--mrseam".as_ref(), m.as_ref()];
+    let (status, _, err) = run_tool("attest", &args);
     assert_eq!(status, 0, "attest provision: {err}");
     std::fs::read(dir.join("platform-secret.bin")).expect("platform secret")
+}
+
+/// MRSEAM of the image these tests boot, as `firmware mrseam FILE` recomputes it from the file.
+///
+/// # Panics
+/// If the tool fails.
+pub fn mrseam() -> String {
+    let (status, out, err) = run_tool("firmware", &["mrseam".as_ref(), firmware().as_os_str()]);
+    assert_eq!(status, 0, "firmware mrseam: {err}");
+    out.trim().to_string()
 }
 
 /// The run configuration of an assignment run with `nonce` and a DOE timeout of
@@ -430,7 +442,7 @@ pub fn policy(mrtd: &str, vendor_root_der: &[u8]) -> String {
         r#"version = 1
 [tsm]
 min_svn = 1
-mrseam = "{zeros}"
+mrseam = "{mrseam}"
 [td]
 mrtd = "{mrtd}"
 attributes = {{ mask = "0xffffffffffffffff", value = "0x0" }}
@@ -460,7 +472,7 @@ pages = 4
 attributes = "0x0"
 range_id = 0
 "#,
-        zeros = "0".repeat(96),
+        mrseam = mrseam(),
         root = hex(&sha384(vendor_root_der)),
         m1 = hex(&sha384(FW_TEXT.as_bytes())),
         m2 = hex(CONFIG_TEXT.as_bytes()),

@@ -69,8 +69,26 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
         "artifact report.bin: 1200 bytes on COM3",
         "artifact report-snp.bin: 1184 bytes on COM3",
         "seamless firmware: assign done",
+        // The host world in hardware: its BAR before the import, every protected object after.
+        "before the import: the BAR is still the host's",
+        "world: the host world attacked 9 protected objects: 18 accesses refused in hardware, 18 fault-log entries read back, the host carried on",
     ] {
         assert!(o.console.contains(line), "missing {line:?} in:\n{}", o.console);
+    }
+    for object in [
+        "imported BAR0 (CC)",
+        "TD private page",
+        "TDR",
+        "TDCS",
+        "S-EPT table",
+        "IOMMU table",
+        "PAMT",
+        "TSM memory",
+        "VT-d registers",
+    ] {
+        let line = format!("world: host world -> {object} at ");
+        let found = o.console.lines().find(|l| l.starts_with(&line)).unwrap_or_else(|| panic!("no {line:?}"));
+        assert!(found.ends_with("read and write refused, bytes unchanged"), "{found}");
     }
     // Every page the host donated reads back free (the firmware checks each with RDMD).
     let freed = o.console.lines().find(|l| l.starts_with("teardown: ")).expect("teardown line");

@@ -337,6 +337,9 @@ pub struct HostPlatform {
     keep_log: bool,
     log: Vec<CallRecord>,
     counts: CallCounts,
+    /// The host's map as the firmware keeps it (`PhysMem::ownership_changed`): the frames the
+    /// host may not touch because the PAMT gives them to the TSM or a TD.
+    pub host_denied: std::collections::BTreeSet<Pfn>,
 }
 
 impl HostPlatform {
@@ -354,6 +357,7 @@ impl HostPlatform {
             keep_log: false,
             log: Vec::new(),
             counts: CallCounts::default(),
+            host_denied: std::collections::BTreeSet::new(),
         }
     }
 
@@ -435,6 +439,14 @@ impl PhysMem for HostPlatform {
     #[inline]
     fn copy(&mut self, dst: Pfn, src: Pfn) {
         self.mem.copy(dst, src);
+    }
+
+    fn ownership_changed(&mut self, pfn: Pfn, host_owned: bool) {
+        if host_owned {
+            self.host_denied.remove(&pfn);
+        } else {
+            self.host_denied.insert(pfn);
+        }
     }
 }
 

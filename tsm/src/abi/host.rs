@@ -74,6 +74,7 @@ pub mod leaf {
     pub const MMIO_UNMAP: u64 = 160;
     pub const IQ_INV_REQUEST: u64 = 161;
     pub const VP_KICK: u64 = 0x8000;
+    pub const HOST_FAULT_RD: u64 = 0x8001;
     pub const TDI_LOCK: u64 = 0x8010;
     pub const TDI_START: u64 = 0x8011;
     pub const TDI_STOP: u64 = 0x8012;
@@ -620,6 +621,25 @@ impl<P: Platform> Tsm<P> {
             },
             handler: Self::vp_kick,
         },
+        HostLeaf {
+            spec: LeafSpec {
+                number: leaf::HOST_FAULT_RD,
+                name: "SEAMLESS.HOST.FAULT.RD",
+                summary: "seamless only: takes the oldest unread entry of the host fault log, an access of the host world that its nested page table refused (the host got #MC at that instruction, nothing was read or written). Allowed before TDH.SYS.CONFIG.",
+                inputs: &[],
+                outputs: &[
+                    (Reg::Rcx, "physical address accessed (0 if the log is empty)"),
+                    (Reg::Rdx, "bit 0: write; bits 15:8: what it is (a PAMT type, 0xF0 TSM memory, 0xF2 MMIO a TDI imported, 0xF1 anything else)"),
+                    (Reg::R8, "the owner's page address (the TDR for TD pages, the TDI for imported MMIO), 0 if none"),
+                    (Reg::R9, "1 if an entry was returned"),
+                    (Reg::R10, "the host's RIP at the access"),
+                    (Reg::R11, "faults recorded since boot (the log keeps the latest 32)"),
+                ],
+                requires: "-",
+                errors: &[],
+            },
+            handler: Self::host_fault_rd,
+        },
         Self::TDI_LOCK,
         Self::TDI_START,
         Self::TDI_STOP,
@@ -628,6 +648,24 @@ impl<P: Platform> Tsm<P> {
     ];
 
     // ---- TSM ---------------------------------------------------------------------------------
+
+    fn host_fault_rd(&mut self, _in: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        // Nothing to check: the log is the caller's own history.
+        // ALL CHECKS PASSED
+        out.r11 = self.host_faults.total;
+        if let Some(f) = self.host_faults.pop() {
+            out.rcx = f.addr.raw();
+            out.rdx = u64::from(f.write) | (u64::from(f.target.code()) << 8);
+            out.r8 = match f.target {
+                crate::faults::FaultTarget::Page { owner, .. } => owner.addr().raw(),
+                crate::faults::FaultTarget::ImportedMmio { tdi } => tdi.addr().raw(),
+                crate::faults::FaultTarget::Tsm | crate::faults::FaultTarget::NotHostMemory => 0,
+            };
+            out.r9 = 1;
+            out.r10 = f.rip;
+        }
+        Ok(Status::SUCCESS)
+    }
 
     fn sys_info(&mut self, _in: &Regs, out: &mut Regs) -> TsmResult<Status> {
         out.rcx = TDCS_PAGES as u64;

@@ -10,7 +10,7 @@
 use sha2::{Digest, Sha384};
 
 use crate::abi::{LeafSpec, Reg, Regs};
-use crate::addr::{FrameRange, GuestPhysAddr, PageSize};
+use crate::addr::{FrameRange, GuestPhysAddr, PageSize, Pfn};
 use crate::error::{DeviceFault, SeptErrorKind, TsmError, TsmResult};
 use crate::pamt::{PageType, PamtEntry};
 use crate::pdev::{PdevState, Pending, MSG_BYTES, PLAIN_BYTES};
@@ -442,7 +442,7 @@ impl<P: Platform> Tsm<P> {
     }
 
     /// The TDI and range that own MMIO frame `pfn`, if it was imported.
-    fn mmio_owner(&self, pfn: u64) -> Option<(usize, usize)> {
+    pub(crate) fn mmio_owner(&self, pfn: u64) -> Option<(usize, usize)> {
         self.tdis
             .iter()
             .enumerate()
@@ -516,6 +516,7 @@ impl<P: Platform> Tsm<P> {
         }
         let (page, td, p) = (tdi.page, tdi.td, tdi.pdev);
         // ALL CHECKS PASSED: nothing below can fail.
+        self.give_back_imported(t);
         self.platform.zero(page);
         self.set_meta(page, PamtEntry::FREE);
         let td = self.td_mut(td)?;
@@ -582,6 +583,8 @@ impl<P: Platform> Tsm<P> {
         tdi.stream = stream_id;
         tdi.reporting_offset = offset;
         tdi.report_len = 0;
+        self.give_back_imported(t);
+        let tdi = self.tdi_mut(t)?;
         tdi.range_count = 0;
         tdi.fault = None;
         self.pdev_mut(p)?.pending = Pending::Tdi(t);
@@ -782,7 +785,26 @@ impl<P: Platform> Tsm<P> {
         }
         // ALL CHECKS PASSED: nothing below can fail.
         self.tdi_mut(t)?.ranges[r].imported = true;
+        for f in frames.start.raw()..frames.start.raw() + frames.count {
+            if let Some(pfn) = Pfn::new(f) {
+                self.platform.ownership_changed(pfn, false);
+            }
+        }
         Ok(Status::SUCCESS)
+    }
+
+    /// Hands the frames of every range TDI `t` imported back to the host's map (the TDI goes,
+    /// or a new lock replaces its ranges): the counterpart of DMABUF.IMPORT's removal.
+    fn give_back_imported(&mut self, t: usize) {
+        let Some(tdi) = self.tdis.get(t).and_then(Option::as_ref) else { return };
+        let ranges = tdi.ranges;
+        for r in ranges.iter().take(tdi.range_count).filter(|r| r.imported) {
+            for f in r.first..r.first.saturating_add(r.pages) {
+                if let Some(pfn) = Pfn::new(f) {
+                    self.platform.ownership_changed(pfn, true);
+                }
+            }
+        }
     }
 
     fn dmabuf_revoke(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {

@@ -1,0 +1,365 @@
+//! The host world: the untrusted VMM's code as an SVM guest behind a nested table that is the
+//! identity map of what the host owns: its RAM (everything outside the TSM image and the TDMR
+//! frames the PAMT does not list as free), and the MMIO hole minus the VT-d registers. The map
+//! follows the PAMT: `FirmwarePlatform` drops a frame from it in the call that donates it and
+//! maps it again in the call that gives it back (`PhysMem::ownership_changed`).
+//!
+//! The host reaches the TSM only by SEAMCALL (`66 0f 01 cf`: #UD under TCG, the bytes at RIP are
+//! checked through the host's own page tables and nested map), leaf in RAX, operands and results
+//! in exactly the registers of the ABI table (`Tsm::host_call`). An access outside the map is a
+//! nested page fault: nothing is read or written, the TSM records it in its host fault log
+//! (TDH.SYS.FAULT.RD reads it back) and delivers #MC (vector 18) at the faulting instruction.
+//!
+//! Today the world runs the probe of `arch/host_probe.S` (exit floor, SEAMCALL round trip, the
+//! accesses the TSM must refuse); the host agent itself still runs in the image.
+
+use tsm::abi::Regs;
+use tsm::addr::{HostPhysAddr, Pfn};
+use tsm::pamt::PageType;
+use tsm::Tsm;
+
+use super::npt::{MemType, Npt};
+use super::{Exit, World, WorldError};
+use crate::arch::svm::{self, vmcb, Segment};
+use crate::drivers::phys::Frames;
+use crate::drivers::tsc::Tsc;
+use crate::memmap::{Layout, MemoryMap, RangeKind};
+use crate::platform::FirmwarePlatform;
+
+const PAGE: u64 = 4096;
+/// The VT-d register page (DMAR/DRHD): whoever writes it owns DMA.
+const VTD_REGS: u64 = 0xFED9_0000;
+/// SEAMCALL's encoding.
+const SEAMCALL: [u8; 4] = [0x66, 0x0f, 0x01, 0xcf];
+/// #UD and #MC.
+const VECTOR_UD: u8 = 6;
+const VECTOR_MC: u8 = 18;
+/// Most targets the probe takes.
+pub const MAX_TARGETS: usize = 16;
+
+/// What the probe measured and saw.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeReport {
+    /// Mean bare VMMCALL round trip, ns.
+    pub floor_ns: u64,
+    /// Mean SEAMCALL(TDH.SYS.INFO) round trip, ns.
+    pub seamcall_ns: u64,
+    /// Iterations of each loop per round.
+    pub iterations: u64,
+    /// Rounds (each figure is the best round's mean: TCG on a shared machine is noisy).
+    pub rounds: u64,
+    /// Nested page faults the TSM turned into #MC.
+    pub faults: u64,
+    /// #MCs the probe's handler counted (R15 at the end).
+    pub handled: u64,
+    /// Entries the probe read back from the fault log with SEAMLESS.HOST.FAULT.RD.
+    pub log_entries: u64,
+    /// World switches (exits) in the run.
+    pub exits: u64,
+    /// SEAMCALLs served.
+    pub seamcalls: u64,
+    /// What the probe's read of each target returned (0 for a read that faulted).
+    pub reads: [u64; MAX_TARGETS],
+}
+
+/// The host world and the host pages its image and tables use.
+#[derive(Debug)]
+pub struct HostWorld {
+    /// What CPUID said about SVM.
+    pub caps: svm::SvmCaps,
+    world: World,
+    params: u64,
+    /// The probe's entry point and initial stack pointer: each run starts over.
+    entry: (u64, u64),
+    frames: Frames,
+}
+
+impl HostWorld {
+    /// Enables SVM (stopping at once with the fix named if the CPU lacks it), builds the host's
+    /// nested map from the memory map and the PAMT, hands it to the platform so that it follows
+    /// every donation, and loads the probe into host pages taken with `page`.
+    ///
+    /// # Errors
+    /// [`WorldError`].
+    pub fn build(
+        tsm: &mut Tsm<FirmwarePlatform>,
+        map: &MemoryMap,
+        layout: &Layout,
+        mmio_start: u64,
+        frames: Frames,
+        page: &mut dyn FnMut() -> Option<u64>,
+    ) -> Result<HostWorld, WorldError> {
+        let caps = svm::enable().map_err(WorldError::Svm)?;
+        let pool = svm::take_npt_pool().ok_or(WorldError::OutOfTsmMemory)?;
+        let mut npt = Npt::new(pool);
+        let oom = |_| WorldError::OutOfTsmMemory;
+        for r in map.ranges().iter().filter(|r| r.kind == RangeKind::Ram) {
+            let (s, e) = (r.base.next_multiple_of(PAGE), r.end() & !(PAGE - 1));
+            for (a, b) in [(s, e.min(layout.image.0)), (s.max(layout.image.1), e)] {
+                // Outside the TDMR only: its frames follow the PAMT below.
+                for (x, y) in [(a, b.min(layout.tdmr.0)), (a.max(layout.tdmr.1), b)] {
+                    if x < y {
+                        npt.map(x, y, MemType::WriteBack).map_err(oom)?;
+                    }
+                }
+            }
+        }
+        let mut at = layout.tdmr.0;
+        while at < layout.tdmr.1 {
+            let free = Pfn::new(at >> 12).and_then(|p| tsm.pamt_entry(p)).is_some_and(|e| e.ty == PageType::Free);
+            if free {
+                npt.map(at, at + PAGE, MemType::WriteBack).map_err(oom)?;
+            }
+            at += PAGE;
+        }
+        npt.map(mmio_start, VTD_REGS, MemType::Uncached).map_err(oom)?;
+        npt.map(VTD_REGS + PAGE, 4 << 30, MemType::Uncached).map_err(oom)?;
+        let root = npt.root();
+        tsm.platform_mut().host_npt = Some(npt);
+
+        let mut take = || page().ok_or(WorldError::OutOfHostPages);
+        let (code, mc_offset) = svm::host_probe();
+        let code_page = take()?;
+        let stack = take()?;
+        let pml4 = take()?;
+        let pdpt = take()?;
+        let tables = take()?;
+        let params = take()?;
+        frames.write(code_page, code);
+        // Identity map of the low 4 GiB with 1 GiB pages (present, writable).
+        frames.write_u64(pml4, pdpt | 0x3);
+        for i in 0..4u64 {
+            frames.write_u64(pdpt + i * 8, (i << 30) | 0x83);
+        }
+        // GDT: null, 64-bit code (0x08), data (0x10); IDT at +0x100 with the #MC gate.
+        frames.write_u64(tables, 0);
+        frames.write_u64(tables + 8, 0x00AF_9A00_0000_FFFF);
+        frames.write_u64(tables + 16, 0x00CF_9200_0000_FFFF);
+        let handler = code_page + mc_offset as u64;
+        let gate = tables + 0x100 + u64::from(VECTOR_MC) * 16;
+        frames.write_u64(gate, (handler & 0xFFFF) | (0x08 << 16) | (0x8E00 << 32) | ((handler >> 16) & 0xFFFF) << 48);
+        frames.write_u64(gate + 8, handler >> 32);
+
+        let mut world = World::new()?;
+        let v = world.vmcb();
+        v.write_u32(vmcb::INTERCEPT_EXCEPTIONS, 1 << VECTOR_UD);
+        v.write_u32(
+            vmcb::INTERCEPT_MISC1,
+            vmcb::MISC1_HLT | vmcb::MISC1_MSR | vmcb::MISC1_SHUTDOWN | vmcb::MISC1_INVLPGA,
+        );
+        // The guest's EFER.SVME must be 1 (a VMRUN consistency check), so every SVM instruction
+        // is intercepted and answered with #UD: the host world has no virtualization of its own.
+        v.write_u32(
+            vmcb::INTERCEPT_MISC2,
+            vmcb::MISC2_VMRUN
+                | vmcb::MISC2_VMMCALL
+                | vmcb::MISC2_VMLOAD
+                | vmcb::MISC2_VMSAVE
+                | vmcb::MISC2_STGI
+                | vmcb::MISC2_CLGI
+                | vmcb::MISC2_SKINIT,
+        );
+        v.write_u64(vmcb::MSRPM_BASE, svm::msrpm_intercept_all());
+        v.write_u32(vmcb::GUEST_ASID, 1);
+        v.write_u8(vmcb::TLB_CONTROL, vmcb::TLB_FLUSH_ALL);
+        v.write_u64(vmcb::NP_ENABLE, 1);
+        v.write_u64(vmcb::N_CR3, root);
+        let code64 = Segment { selector: 0x08, attrib: 0x0A9B, limit: 0xFFFF_FFFF, base: 0 };
+        let data = Segment { selector: 0x10, attrib: 0x0C93, limit: 0xFFFF_FFFF, base: 0 };
+        v.set_segment(vmcb::CS, code64);
+        for seg in [vmcb::ES, vmcb::SS, vmcb::DS, vmcb::FS, vmcb::GS] {
+            v.set_segment(seg, data);
+        }
+        v.set_segment(vmcb::GDTR, Segment { selector: 0, attrib: 0, limit: 23, base: tables });
+        v.set_segment(vmcb::IDTR, Segment { selector: 0, attrib: 0, limit: 32 * 16 - 1, base: tables + 0x100 });
+        v.set_segment(vmcb::TR, Segment { selector: 0, attrib: 0x008B, limit: 0x67, base: 0 });
+        v.write_u64(vmcb::EFER, (1 << 8) | (1 << 10) | (1 << 11) | (1 << 12)); // LME, LMA, NXE, SVME
+        v.write_u64(vmcb::CR0, 0x8005_0033); // PG, WP, NE, ET, MP, PE
+        v.write_u64(vmcb::CR3, pml4);
+        v.write_u64(vmcb::CR4, 0x620); // PAE, OSFXSR, OSXMMEXCPT
+        v.write_u64(vmcb::DR6, 0xFFFF_0FF0);
+        v.write_u64(vmcb::DR7, 0x400);
+        v.write_u64(vmcb::G_PAT, 0x0007_0406_0007_0406);
+        v.write_u64(vmcb::RFLAGS, 0x2);
+        v.write_u64(vmcb::RIP, code_page);
+        v.write_u64(vmcb::RSP, stack + PAGE);
+        world.gprs.rdi = params;
+        Ok(HostWorld { caps, world, params, entry: (code_page, stack + PAGE), frames })
+    }
+
+    /// Runs the probe: `rounds` of `iterations` of each measured loop (none if `rounds` is 0),
+    /// then a read and a write of each of `targets` (at most [`MAX_TARGETS`]), then it drains
+    /// the fault log.
+    ///
+    /// # Errors
+    /// [`WorldError`] if the world stops in a way the TSM does not serve.
+    pub fn run_probe(
+        &mut self,
+        tsm: &mut Tsm<FirmwarePlatform>,
+        tsc: &Tsc,
+        (iterations, rounds): (u64, u64),
+        targets: &[u64],
+    ) -> Result<ProbeReport, WorldError> {
+        let iterations = iterations.max(1);
+        let v = self.world.vmcb();
+        v.write_u64(vmcb::RIP, self.entry.0);
+        v.write_u64(vmcb::RSP, self.entry.1);
+        v.write_u64(vmcb::RFLAGS, 0x2);
+        self.world.gprs.rdi = self.params;
+        self.frames.write_u64(self.params, iterations);
+        self.frames.write_u64(self.params + 8, rounds);
+        for (i, &t) in targets.iter().take(MAX_TARGETS).enumerate() {
+            self.frames.write_u64(self.params + 16 + i as u64 * 8, t);
+        }
+        self.frames.write_u64(self.params + 16 + targets.len().min(MAX_TARGETS) as u64 * 8, 0);
+        let mut report = ProbeReport { iterations, rounds, ..ProbeReport::default() };
+        let (mut mark, mut floor, mut seamcall) = (0u64, u64::MAX, u64::MAX);
+        let first = self.world.exits;
+        // The per-call defmt record would dominate the round trip being measured.
+        let log_calls = core::mem::replace(&mut tsm.platform_mut().log_calls, false);
+        loop {
+            // A frame the map could not follow would leave the host a page it gave away: stop.
+            if tsm.platform().host_map_broken {
+                return Err(WorldError::OutOfTsmMemory);
+            }
+            if tsm.platform_mut().host_npt.as_mut().is_some_and(|n| core::mem::take(&mut n.flush)) {
+                self.world.flush_tlb();
+            }
+            match self.world.run() {
+                Exit::Vmmcall => {
+                    let f = self.world.rax();
+                    self.world.skip(3);
+                    let now = tsc.now();
+                    match f {
+                        1 => mark = now,
+                        2 => {
+                            floor = floor.min(now.wrapping_sub(mark));
+                            mark = now;
+                        }
+                        3 => seamcall = seamcall.min(now.wrapping_sub(mark)),
+                        4 => {
+                            report.handled = self.world.gprs.r15;
+                            report.log_entries = self.world.gprs.rbp;
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                Exit::Exception { vector: VECTOR_UD, .. } => {
+                    if self.fetch4(tsm) == Some(SEAMCALL) {
+                        self.seamcall(tsm);
+                        report.seamcalls += 1;
+                    } else {
+                        self.world.inject_exception(VECTOR_UD);
+                    }
+                }
+                Exit::NestedPageFault { gpa, error } => {
+                    let rip = self.world.rip();
+                    let fault = tsm.record_host_fault(HostPhysAddr::new(gpa).unwrap_or_default(), error & 2 != 0, rip);
+                    defmt::info!(
+                        "host world: access to {=u64:#x} ({=str}) at RIP {=u64:#x} refused: #MC",
+                        gpa,
+                        fault.what(),
+                        rip
+                    );
+                    self.world.inject_exception(VECTOR_MC);
+                    report.faults += 1;
+                }
+                Exit::Msr { write } => {
+                    // No MSR is the host world's: reads see 0, writes are dropped.
+                    if !write {
+                        self.world.set_rax(0);
+                        self.world.gprs.rdx = 0;
+                    }
+                    self.world.skip(2);
+                }
+                Exit::SvmInstruction => self.world.inject_exception(VECTOR_UD),
+                Exit::Hlt => break,
+                Exit::Invalid => return Err(WorldError::InvalidVmcb),
+                other => {
+                    let code = match other {
+                        Exit::Exception { vector, .. } => svm::exit::EXCEPTION_BASE + u64::from(vector),
+                        Exit::Shutdown => svm::exit::SHUTDOWN,
+                        Exit::Other(c) => c,
+                        _ => 0,
+                    };
+                    return Err(WorldError::Died { code, info1: 0, rip: self.world.rip() });
+                }
+            }
+        }
+        tsm.platform_mut().log_calls = log_calls;
+        for (i, r) in report.reads.iter_mut().enumerate().take(targets.len().min(MAX_TARGETS)) {
+            *r = self.frames.read_u64(self.params + 0x810 + i as u64 * 8);
+        }
+        if rounds > 0 {
+            report.floor_ns = tsc.ticks_to_ns(floor) / iterations;
+            report.seamcall_ns = tsc.ticks_to_ns(seamcall) / iterations;
+        }
+        report.exits = self.world.exits - first;
+        Ok(report)
+    }
+
+    /// SEAMCALL: the ABI's input registers from the world, `Tsm::host_call`, and exactly the
+    /// ABI's output registers back (RAX status, RCX, RDX, R8..R13); the others keep the host's
+    /// values. RIP moves past the 4 bytes.
+    fn seamcall(&mut self, tsm: &mut Tsm<FirmwarePlatform>) {
+        let g = &self.world.gprs;
+        let regs = Regs {
+            rax: self.world.rax(),
+            rcx: g.rcx,
+            rdx: g.rdx,
+            r8: g.r8,
+            r9: g.r9,
+            r10: g.r10,
+            r11: g.r11,
+            r12: g.r12,
+            r13: g.r13,
+        };
+        let out = tsm.host_call(&regs);
+        let g = &mut self.world.gprs;
+        (g.rcx, g.rdx, g.r8, g.r9, g.r10, g.r11, g.r12, g.r13) =
+            (out.rcx, out.rdx, out.r8, out.r9, out.r10, out.r11, out.r12, out.r13);
+        self.world.set_rax(out.rax);
+        self.world.skip(4);
+    }
+
+    /// The 4 bytes at the world's RIP, read through its own page tables and only from frames its
+    /// nested map grants (a table or code page it does not own reads as nothing).
+    fn fetch4(&self, tsm: &Tsm<FirmwarePlatform>) -> Option<[u8; 4]> {
+        let npt = tsm.platform().host_npt.as_ref()?;
+        let rip = self.world.rip();
+        let mut out = [0u8; 4];
+        // One walk unless the 4 bytes cross into the next page.
+        let split = (4 - (rip & (PAGE - 1)).saturating_sub(PAGE - 4) as usize).min(4);
+        let (head, tail) = out.split_at_mut(split);
+        self.frames.read(self.translate(npt, rip)?, head);
+        if !tail.is_empty() {
+            self.frames.read(self.translate(npt, rip.wrapping_add(split as u64))?, tail);
+        }
+        Some(out)
+    }
+
+    /// The guest-physical address of `linear` by a 4-level walk of the world's CR3, each table
+    /// read only if the host's map grants it.
+    fn translate(&self, npt: &Npt, linear: u64) -> Option<u64> {
+        let mut table = self.world.cr3() & 0x000F_FFFF_FFFF_F000;
+        for (shift, large_ok) in [(39u32, false), (30, true), (21, true), (12, false)] {
+            let at = table + ((linear >> shift) & 511) * 8;
+            if !npt.maps(at) || !self.frames.contains(at, 8) {
+                return None;
+            }
+            let e = self.frames.read_u64(at);
+            if e & 1 == 0 {
+                return None;
+            }
+            let base = e & 0x000F_FFFF_FFFF_F000;
+            if shift == 12 || (large_ok && e & 0x80 != 0) {
+                let mask = (1u64 << shift) - 1;
+                let pa = (base & !mask) | (linear & mask);
+                return (npt.maps(pa) && self.frames.contains(pa, 1)).then_some(pa);
+            }
+            table = base;
+        }
+        None
+    }
+}
