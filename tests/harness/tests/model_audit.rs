@@ -126,7 +126,7 @@ fn an_mmio_leaf_the_range_does_not_count_is_caught() {
 }
 
 #[test]
-fn a_run_tdi_the_device_stopped_is_caught_by_the_device_check() {
+fn a_device_ahead_of_the_tsm_on_an_outstanding_stop_is_not_a_violation() {
     let (mut m, mut device, _, a) = running();
     // The device hears STOP_INTERFACE and the TSM never sees the answer: the TSM is waiting
     // (a flow is outstanding), so the device may be ahead of it: no violation yet.
@@ -140,6 +140,10 @@ fn a_run_tdi_the_device_stopped_is_caught_by_the_device_check() {
     assert_eq!(r.status(), tsm::Status::SUCCESS);
     assert_eq!(audit::check(&m.tsm), Ok(()));
     assert_eq!(audit::check_device(&m.tsm, &device), Ok(()));
+}
+
+#[test]
+fn a_device_that_is_not_run_under_a_run_tdi_is_caught_by_the_device_check() {
     // A device that is not RUN while the TSM confirmed RUN (what the PASID twin's STOP did)
     // is what the check names: here, a device that never heard of the lock.
     let (m, _, _, _) = running();
