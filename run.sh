@@ -19,7 +19,9 @@ commands:
                  firmware for x86_64-unknown-none
   bench [args]   run the benchmarks in release mode: prints `bench <name> <value> <unit>`
                  lines and writes target/bench/results.json; without args also runs the demo
-                 once and adds the firmware's figures (boot_to_tsm_ready_ms, ..., demo_total_s)
+                 once and adds the firmware's figures (boot_to_tsm_ready_ms, ..., demo_total_s);
+                 `bench --peers` adds DMTF libspdm's requester/responder pair for comparison
+                 (spdm_connect_vs_libspdm; needs SPDM_EMU_BIN = spdm-emu's build/bin)
   boot [options] build the firmware and tdisp-device, boot the firmware in QEMU (TCG) with the
                  device behind the NVMe DOE mailbox, decode its defmt log; files in target/run/
                    --mode M     connect (default: SPDM.CONNECT), assign (the whole flow,
@@ -200,6 +202,28 @@ build_firmware() {
     cargo build -p firmware --target "$BARE_TARGET" --release
 }
 
+# Decodes the COM3 stream of the run in $1 (`firmware artifacts`: every frame checked) into
+# files there: the report, the evidence, timeline.json and one figure.NAME per figure.
+unframe_artifacts() {
+    cargo build -q -p firmware
+    "${CARGO_TARGET_DIR:-target}/debug/firmware" artifacts "$1/artifacts.bin" "$1" >/dev/null
+}
+
+# The firmware's figures, from their COM3 frames (figure.NAME holds "VALUE UNIT").
+print_figures() {
+    local f
+    for f in "$1"/figure.*; do
+        [[ -e $f ]] && echo "bench ${f##*/figure.} $(cat "$f")"
+    done
+}
+
+# Boots $FIRMWARE with QEMU's one command line (tests/e2e's `Boot::command`, through the
+# seamless-qemu launcher); returns QEMU's status (33 success, 35 failure).
+launch_qemu() {
+    cargo build -q -p seamless-e2e --bin seamless-qemu
+    SEAMLESS_FIRMWARE=$FIRMWARE QEMU=$QEMU "${CARGO_TARGET_DIR:-target}/debug/seamless-qemu" "$@"
+}
+
 cmd_test() {
     prereqs
     ensure_qemu
@@ -310,6 +334,7 @@ cmd_boot() {
     local out=${CARGO_TARGET_DIR:-target}/run
     mkdir -p "$out"
     rm -f "$out/serial.log" "$out/defmt.bin" "$out/firmware.log" "$out/device.log" "$out/qemu.cmd"
+    rm -f "$out"/figure.*
     # The platform secret fw_cfg hands the firmware (attest provision's 128-byte blob); made
     # once, kept across runs, shared with the demo.
     local plat=${CARGO_TARGET_DIR:-target}/platform
@@ -320,12 +345,8 @@ cmd_boot() {
     printf 'mode=%s\nnvme_bar0=%s\ndoe_timeout_ms=%s\n' "$mode" "$DEMO_BAR0" "$doe_timeout" >"$out/config.txt"
     [[ $mode == assign || $mode == revoke ]] && printf 'nonce=%s\n' "$(od -An -tx1 -N64 /dev/urandom | tr -d ' \n')" >>"$out/config.txt"
 
-    local qemu_args=(-M q35 -accel tcg -cpu max -m 256M -nodefaults -display none -no-reboot
-        -kernel "$FIRMWARE" -serial "file:$out/serial.log" -serial "file:$out/defmt.bin"
-        -serial "file:$out/artifacts.bin"
-        -device isa-debug-exit,iobase=0xf4,iosize=0x04
-        -fw_cfg "name=opt/seamless/config,file=$out/config.txt"
-        -fw_cfg "name=opt/seamless/platform-secret,file=$plat/platform-secret.bin")
+    # QEMU's command line is written once, in tests/e2e (`Boot::command`); seamless-qemu runs it.
+    local launch=(--out "$out" --config "$out/config.txt" --secret "$plat/platform-secret.bin")
     DEVICE_PID=""
     if [[ $mode == connect || $mode == assign || $mode == revoke || $mode == attack ]]; then
         section "cargo build -p tdisp-device"
@@ -352,16 +373,16 @@ cmd_boot() {
         fi
         echo "tdisp-device listening on 127.0.0.1:$port"
         # addr=3: 00:03.0, the function id the device's TDI reports by default.
-        qemu_args+=(-device "nvme,serial=seamless,addr=3,spdm_port=$port")
+        launch+=(--port "$port")
     fi
-    ((keep)) && printf '%q ' "$QEMU" "${qemu_args[@]}" >"$out/qemu.cmd"
+    ((keep)) && launch+=(--keep)
 
-    section "$QEMU -M q35 -accel tcg -kernel $FIRMWARE (mode $mode)"
+    section "seamless-qemu: $QEMU -M q35 -accel tcg -kernel $FIRMWARE (mode $mode)"
     # TCG: KVM on the development machines is nested (kvm_pvm) and much slower.
     # isa-debug-exit makes QEMU exit with (code << 1) | 1: 33 is success, 35 failure.
     local status=0 start end
     start=$(date +%s%N)
-    timeout 60 "$QEMU" "${qemu_args[@]}" || status=$?
+    launch_qemu "${launch[@]}" || status=$?
     end=$(date +%s%N)
     stop_pid "$DEVICE_PID"
     tr -d '\r' <"$out/serial.log"
@@ -372,7 +393,8 @@ cmd_boot() {
         echo "warning: defmt-print could not decode $out/defmt.bin" >&2
     fi
     section "figures"
-    sed -n 's/\r$//; s/^figure /bench /p' "$out/serial.log"
+    unframe_artifacts "$out" || echo "warning: the COM3 artifact stream did not decode" >&2
+    print_figures "$out"
     echo "bench qemu_wall_ms $(((end - start) / 1000000)) ms"
     echo "files: $out/{serial.log,defmt.bin,firmware.log,device.log,config.txt}"
     if ((status != 33)); then
@@ -565,7 +587,8 @@ cmd_demo() {
     mkdir -p "$out"
     rm -f "$out"/{report.bin,report-snp.bin,evidence.bin,policy.toml,verify.json,verify-snp.json,timeline.json} \
         "$out"/{firmware.log,serial.log} \
-        "$out"/{defmt.bin,artifacts.bin,device.log,qemu.cmd,config.txt,device.toml,guest.img,vendor-root.der}
+        "$out"/{defmt.bin,artifacts.bin,device.log,qemu.cmd,config.txt,device.toml,guest.img,vendor-root.der} \
+        "$out"/figure.*
     if [[ ! -s $plat/platform-secret.bin ]]; then
         section "attest provision --out $plat (no platform yet)"
         "$bin/attest" provision --out "$plat"
@@ -611,17 +634,11 @@ cmd_demo() {
         echo "responder: '$cmd' on 127.0.0.1:$port"
     fi
 
-    local qemu_args=(-M q35 -accel tcg -cpu max -m 256M -nodefaults -display none -no-reboot
-        -kernel "$FIRMWARE" -serial "file:$out/serial.log" -serial "file:$out/defmt.bin"
-        -serial "file:$out/artifacts.bin"
-        -device isa-debug-exit,iobase=0xf4,iosize=0x04
-        -fw_cfg "name=opt/seamless/config,file=$out/config.txt"
-        -fw_cfg "name=opt/seamless/platform-secret,file=$plat/platform-secret.bin"
-        -device "nvme,serial=seamless,addr=3,spdm_port=$port")
-    ((keep)) && printf '%q ' "$QEMU" "${qemu_args[@]}" >"$out/qemu.cmd"
+    local launch=(--out "$out" --config "$out/config.txt" --secret "$plat/platform-secret.bin" --port "$port")
+    ((keep)) && launch+=(--keep)
     section "QEMU (TCG): the firmware; NVMe 00:03.0 with its DOE mailbox at 127.0.0.1:$port"
     local status=0
-    timeout 60 "$QEMU" "${qemu_args[@]}" || status=$?
+    launch_qemu "${launch[@]}" || status=$?
     stop_pid "$DEVICE_PID"
     tr -d '\r' <"$out/serial.log" | grep -v '^figure ' || true
     defmt-print -e "$FIRMWARE" <"$out/defmt.bin" >"$out/firmware.log" 2>/dev/null ||
@@ -631,7 +648,8 @@ cmd_demo() {
 
     local flow_ok=0 verified=0
     ((status == 33)) && flow_ok=1
-    if ((flow_ok)) && ! "$bin/firmware" artifacts "$out/artifacts.bin" "$out" >/dev/null; then
+    # The report, the evidence, the timeline and the figures all leave as COM3 frames.
+    if ! unframe_artifacts "$out"; then
         flow_ok=0
     fi
     if ((flow_ok)); then
@@ -670,7 +688,7 @@ cmd_demo() {
         echo "  (no timeline: the flow did not complete)"
     fi
     section "figures"
-    sed -n 's/\r$//; s/^figure /bench /p' "$out/serial.log"
+    print_figures "$out"
     local total_ms=$(((demo_end - demo_start) / 1000000))
     printf 'bench demo_total_s %d.%03d s\n' $((total_ms / 1000)) $((total_ms % 1000))
     ((keep)) || rm -f "$out/defmt.bin" "$out/artifacts.bin"

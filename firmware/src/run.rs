@@ -18,9 +18,12 @@ use crate::drivers::rng::Rdrand;
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
 use crate::drivers::{log, pvh};
-use crate::host::{Host, PumpStats};
+use crate::host::{DoeLink, Host, HostCpu};
 use crate::memmap::{Layout, MemoryMap, RangeKind};
 use crate::platform::FirmwarePlatform;
+use tsm::td::TdParams;
+use tsm_client::host::device::{self, Assignment};
+use tsm_client::host::{HostError, PumpStats};
 
 /// NVMe: mass storage, non-volatile memory controller, NVM Express.
 const NVME_CLASS: (u8, u8, u8) = (0x01, 0x08, 0x02);
@@ -41,12 +44,71 @@ macro_rules! say {
 mod assign;
 mod attack;
 
+/// The guest's accepted work pages (digests, REPORTDATA, the native report, its SNP export).
+pub const WORK_GPA: u64 = 0x10_0000;
+/// How many.
+pub const WORK_PAGES: u64 = 4;
+/// Where BAR0 appears in the guest.
+pub const BAR_GPA: u64 = 0x4000_0000;
+/// TDISP lock flags: NO_FW_UPDATE.
+pub const LOCK_FLAGS: u64 = 0x1;
+
+/// The demo's TD: GPAW 48, one vCPU, no attributes.
+pub(crate) fn td_params() -> TdParams {
+    TdParams {
+        attributes: 0,
+        xfam: 3,
+        max_vcpus: 1,
+        gpaw: 48,
+        mr_config_id: [0; 48],
+        mr_owner: [0; 48],
+        mr_owner_config: [0; 48],
+    }
+}
+
 /// Milliseconds with three decimals, from microseconds.
 pub(crate) struct Ms(pub u64);
 
 impl fmt::Display for Ms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{:03}", self.0 / 1000, self.0 % 1000)
+    }
+}
+
+/// Bytes into a fixed buffer (what does not fit is an error).
+struct BufWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl fmt::Write for BufWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        self.buf.get_mut(self.len..end).ok_or(fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// One figure: a readable `figure NAME VALUE UNIT` line on COM1, and the same as a frame on COM3
+/// (file `figure.NAME` holding `VALUE UNIT`), which is what the host reads: results travel as
+/// framed data, not as console lines parsed back.
+pub(crate) fn figure(name: &str, value: &dyn fmt::Display, unit: &str) {
+    use fmt::Write as _;
+    say!("figure {name} {value} {unit}");
+    let (mut file, mut data) = ([0u8; crate::frame::MAX_NAME], [0u8; 64]);
+    let mut f = BufWriter { buf: &mut file, len: 0 };
+    let named = write!(f, "figure.{name}").map(|()| f.len);
+    let mut d = BufWriter { buf: &mut data, len: 0 };
+    let valued = write!(d, "{value} {unit}").map(|()| d.len);
+    let (Ok(n), Ok(v)) = (named, valued) else {
+        say!("figure {name}: does not fit a frame; not sent on COM3");
+        return;
+    };
+    let name = core::str::from_utf8(&file[..n]).unwrap_or("figure");
+    let mut com3 = Uart::com3();
+    if let Err(e) = crate::frame::encode(name, &data[..v], &mut |b| com3.write_bytes(b)) {
+        say!("figure {name}: cannot frame it: {e:?}");
     }
 }
 
@@ -121,7 +183,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     let private = FrameRange { start: Pfn::new(image.0 >> 12).unwrap_or(Pfn::ZERO), count: (image.1 - image.0) >> 12 };
     let mut tsm = Tsm::new(platform, IDENTITY, &[private]);
     let mut host = Host::new(frames, &layout);
-    if let Err(e) = host.sys_config(&mut tsm, &layout) {
+    if let Err(e) = crate::host::sys_config(&mut HostCpu::new(&mut tsm, &mut host, tsc), &layout) {
         fail("TSM configuration", &e);
     }
     let ready = tsc.ticks_to_us(tsc.now().wrapping_sub(arch::boot_tsc()));
@@ -130,8 +192,8 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         (layout.tdmr.1 - layout.tdmr.0) >> 20,
         Ms(ready)
     );
-    say!("figure boot_to_tsm_ready_ms {} ms", Ms(ready));
-    say!("figure firmware_image_kib {} KiB", arch::loaded_bytes().div_ceil(1024));
+    figure("boot_to_tsm_ready_ms", &Ms(ready), "ms");
+    figure("firmware_image_kib", &arch::loaded_bytes().div_ceil(1024), "KiB");
     defmt::info!("TSM ready {=u64} us after PVH entry", ready);
     match secret {
         Some(blob) => match tsm.provision(&blob) {
@@ -321,51 +383,43 @@ fn open_nvme(boot: &pvh::BootInfo, config: &RunConfig, tsc: &Tsc, (ecam, window)
     Nvme { bdf, bar0, regs, mailbox }
 }
 
-fn pump_summary(tsc: &Tsc, s: &PumpStats) {
+/// The mailbox's summary: what `stats` moved, and the TSC ticks `(in the mailbox, in the TSM)`.
+fn pump_summary(tsc: &Tsc, s: &PumpStats, (doe_ticks, tsm_ticks): (u64, u64)) {
     say!(
         "spdm: {} DOE exchanges, {} bytes to the device, {} bytes back; {} ms in the mailbox, {} ms in the TSM",
         s.exchanges,
         s.bytes_out,
         s.bytes_in,
-        Ms(tsc.ticks_to_us(s.doe_ticks)),
-        Ms(tsc.ticks_to_us(s.tsm_ticks))
+        Ms(tsc.ticks_to_us(doe_ticks)),
+        Ms(tsc.ticks_to_us(tsm_ticks))
     );
 }
 
-/// Creates the NVMe function's PDEV and runs SPDM.CONNECT; returns the PDEV and message pages.
-fn spdm_connect(
-    tsc: &Tsc,
-    tsm: &mut Tsm<FirmwarePlatform>,
-    host: &mut Host,
-    bdf: crate::drivers::pci::Bdf,
-    mailbox: &mut Mailbox<Mmio>,
-) -> (u64, u64, u64) {
-    let pdev = host.pdev_create(tsm, bdf.rid()).unwrap_or_else(|e| fail("PDEV", &e));
-    let msg = host.scratch().unwrap_or_else(|e| fail("message page", &e));
-    let total =
-        spdm_connect_pdev(tsc, tsm, host, bdf, mailbox, (pdev, msg)).unwrap_or_else(|e| fail("SPDM.CONNECT", &e));
-    (pdev, msg, total)
+/// Creates the NVMe function's PDEV and runs SPDM.CONNECT; returns the assignment begun.
+fn spdm_connect(cpu: &mut HostCpu<'_>, doe: &mut DoeLink<'_>, bdf: crate::drivers::pci::Bdf) -> Assignment {
+    let a = device::pdev_create(cpu, u32::from(bdf.rid())).unwrap_or_else(|e| fail("PDEV", &e));
+    spdm_connect_pdev(cpu, doe, bdf, &a).unwrap_or_else(|e| fail("SPDM.CONNECT", &e));
+    a
 }
 
-/// SPDM.CONNECT of the PDEV `pdev` with the message page `msg`; returns its duration in µs.
+/// SPDM.CONNECT of the assignment's PDEV; returns its duration in µs.
 ///
 /// # Errors
 /// [`HostError`] of the call (a mailbox failure was aborted).
 fn spdm_connect_pdev(
-    tsc: &Tsc,
-    tsm: &mut Tsm<FirmwarePlatform>,
-    host: &Host,
+    cpu: &mut HostCpu<'_>,
+    doe: &mut DoeLink<'_>,
     bdf: crate::drivers::pci::Bdf,
-    mailbox: &mut Mailbox<Mmio>,
-    (pdev, msg): (u64, u64),
-) -> Result<u64, crate::host::HostError> {
+    a: &Assignment,
+) -> Result<u64, HostError> {
     let rid = bdf.rid();
-    say!("spdm: PDEV for {bdf} (function id {rid:#06x}) at {pdev:#x}; SPDM.CONNECT over the DOE mailbox");
+    let tsc = cpu.tsc();
+    say!("spdm: PDEV for {bdf} (function id {rid:#06x}) at {:#x}; SPDM.CONNECT over the DOE mailbox", a.pdev);
     let mut stats = PumpStats::default();
-    let leaf = ("TDH.SPDM.CONNECT", tsm::abi::host::leaf::SPDM_CONNECT, pdev, 0);
-    let result = host.pump(tsm, mailbox, tsc, leaf, msg, &mut stats);
-    let total = tsc.ticks_to_us(stats.total_ticks);
-    pump_summary(tsc, &stats);
+    let (start, doe0, tsm0) = (tsc.now(), doe.ticks, cpu.tsm_ticks);
+    let result = device::connect(cpu, doe, a, &mut stats);
+    let total = tsc.ticks_to_us(tsc.now().wrapping_sub(start));
+    pump_summary(&tsc, &stats, (doe.ticks - doe0, cpu.tsm_ticks - tsm0));
     result?;
     say!(
         "spdm: connected: SPDM {}.{}, secure session up, in {} ms",
@@ -373,7 +427,7 @@ fn spdm_connect_pdev(
         stats.spdm_version & 0xF,
         Ms(total)
     );
-    say!("figure spdm_connect_qemu_ms {} ms", Ms(total));
+    figure("spdm_connect_qemu_ms", &Ms(total), "ms");
     defmt::info!("SPDM.CONNECT done in {=u64} us, {=u32} exchanges", total, stats.exchanges);
     Ok(total)
 }
@@ -388,7 +442,8 @@ fn connect(
     pci: (acpi::Ecam, (u64, u64)),
 ) -> ! {
     let mut nvme = open_nvme(boot, config, tsc, pci);
-    spdm_connect(tsc, tsm, host, nvme.bdf, &mut nvme.mailbox);
+    let mut cpu = HostCpu::new(tsm, host, *tsc);
+    spdm_connect(&mut cpu, &mut DoeLink::new(&mut nvme.mailbox, *tsc), nvme.bdf);
     say!("seamless firmware: connect done");
     arch::exit_qemu(ExitCode::Success)
 }

@@ -13,7 +13,7 @@ use tsm::tdisp::{self, InterfaceId, InterfaceReport};
 use tsm::{idekm, spdm};
 
 fn negotiated() -> Negotiated {
-    Negotiated { version: 0x12, responder_flags: 0x2F6, data_transfer_size: 0x1000, max_message_size: 0x1000 }
+    Negotiated::p384(0x12, 0x2F6, 0x1000, 0x1000)
 }
 
 fn spdm_object(msg: &[u8]) -> Vec<u8> {

@@ -1,22 +1,21 @@
-//! The host agent: the untrusted VMM's part, which reaches the TSM only through the host ABI
-//! (`Tsm::host_call` with raw registers, as SEAMCALL would) and owns the host pages between the
-//! image and the TDMR. It configures the TSM over the TDMR, donates pages, and ferries every
-//! DEVICE_REQUEST of a resumable call through the device's DOE mailbox.
+//! The host agent: the untrusted VMM's part. Its sequence of calls is `tsm_client::host` (the
+//! same code the harness drives); this module is its transport and its memory. [`HostCpu`] is
+//! SEAMCALL as a direct call into `Tsm::host_call` with raw registers (a host world will execute
+//! the instruction instead), [`DoeLink`] the device's DOE mailbox, and [`Host`] the host's pages
+//! between the image and the TDMR.
 
-use core::fmt;
-
-pub mod assign;
 pub mod evidence;
 
-use tsm::abi::host::{leaf, TDMR_INFO_BYTES};
-use tsm::pdev::MSG_BYTES;
-use tsm::{Regs, Status, Tsm};
+use tsm::{Regs, Tsm};
+use tsm_client::{Doe, DoeError, HostMemory, Seamcall};
 
-use crate::drivers::doe::{DoeError, Mailbox};
+use crate::drivers::doe::Mailbox;
 use crate::drivers::phys::{Frames, Mmio};
 use crate::drivers::tsc::Tsc;
 use crate::memmap::Layout;
 use crate::platform::FirmwarePlatform;
+
+pub use tsm_client::host::HostError;
 
 const PAGE: u64 = 4096;
 
@@ -31,100 +30,10 @@ pub struct Host {
     tdmr_start: u64,
     free: [u64; FREE_SLOTS],
     free_count: usize,
-    /// The PDEV the host created (0: none yet): TDH.SPDM.MNG ABORT names it, whichever leaf's
-    /// request is given up.
-    pdev: u64,
 }
 
 /// Pages the host keeps for reuse after the TSM handed them back.
 const FREE_SLOTS: usize = 64;
-
-/// A host step that did not succeed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HostError {
-    /// A host ABI call returned an error.
-    Call {
-        /// The leaf's name.
-        leaf: &'static str,
-        /// The status in RAX.
-        status: Status,
-        /// RCX as returned (details of some errors).
-        rcx: u64,
-    },
-    /// The DOE mailbox failed during a resumable call (the request was then aborted with
-    /// SPDM.MNG ABORT).
-    Doe {
-        /// The leaf's name.
-        leaf: &'static str,
-        /// The mailbox error.
-        error: DoeError,
-        /// Exchanges completed before it.
-        exchanges: u32,
-    },
-    /// An answer did not open under the session keys (ANSWER_NOT_AUTHENTIC: the TSM changed
-    /// nothing); the host gave up on the request with TDH.SPDM.MNG ABORT.
-    NotAuthentic {
-        /// The leaf's name.
-        leaf: &'static str,
-        /// Exchanges completed before it.
-        exchanges: u32,
-        /// What ABORT returned.
-        abort: Status,
-    },
-    /// The host ran out of its own or of TDMR pages.
-    OutOfPages,
-}
-
-impl fmt::Display for HostError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HostError::Call { leaf, status, rcx } => {
-                write!(
-                    f,
-                    "{leaf} returned {} ({:#018x}), rcx {rcx:#x}",
-                    status.name().unwrap_or("unknown status"),
-                    status.0
-                )
-            }
-            HostError::Doe { leaf, error, exchanges } => {
-                write!(f, "{leaf}: DOE mailbox: {error} after {exchanges} exchanges")
-            }
-            HostError::NotAuthentic { leaf, exchanges, abort } => write!(
-                f,
-                "{leaf} returned ANSWER_NOT_AUTHENTIC after {exchanges} exchanges; request withdrawn with TDH.SPDM.MNG ABORT ({})",
-                abort.name().unwrap_or("unknown status")
-            ),
-            HostError::OutOfPages => write!(f, "the host ran out of pages"),
-        }
-    }
-}
-
-/// What one resumable call moved, and how long it took.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PumpStats {
-    /// Requests ferried to the device.
-    pub exchanges: u32,
-    /// Bytes sent to the device.
-    pub bytes_out: u64,
-    /// Bytes received from it.
-    pub bytes_in: u64,
-    /// TSC ticks inside the DOE mailbox (QEMU, the socket and the responder).
-    pub doe_ticks: u64,
-    /// TSC ticks inside the TSM's calls.
-    pub tsm_ticks: u64,
-    /// TSC ticks of the whole call, first request to final status.
-    pub total_ticks: u64,
-    /// SPDM version byte of the last plain SPDM response seen (0 if none).
-    pub spdm_version: u8,
-}
-
-pub(crate) fn check(leaf: &'static str, r: Regs) -> Result<Regs, HostError> {
-    if r.status() == Status::SUCCESS {
-        Ok(r)
-    } else {
-        Err(HostError::Call { leaf, status: r.status(), rcx: r.rcx })
-    }
-}
 
 impl Host {
     /// The host over `layout`'s host pages and TDMR.
@@ -138,159 +47,165 @@ impl Host {
             tdmr_start: layout.tdmr.0,
             free: [0; FREE_SLOTS],
             free_count: 0,
-            pdev: 0,
         }
-    }
-
-    /// One of the host's own pages (outside the TDMRs), zeroed.
-    ///
-    /// # Errors
-    /// [`HostError::OutOfPages`].
-    pub fn scratch(&mut self) -> Result<u64, HostError> {
-        let p = self.host_next;
-        if p + PAGE > self.host_end {
-            return Err(HostError::OutOfPages);
-        }
-        self.host_next += PAGE;
-        self.mem.zero(p, PAGE as usize);
-        Ok(p)
-    }
-
-    /// A TDMR page to donate (never donated before).
-    ///
-    /// # Errors
-    /// [`HostError::OutOfPages`].
-    pub fn tdmr_page(&mut self) -> Result<u64, HostError> {
-        if self.free_count > 0 {
-            self.free_count -= 1;
-            return Ok(self.free[self.free_count]);
-        }
-        let p = self.tdmr_next;
-        if p + PAGE > self.tdmr_end {
-            return Err(HostError::OutOfPages);
-        }
-        self.tdmr_next += PAGE;
-        Ok(p)
-    }
-
-    /// Takes back a TDMR page the TSM did not use or gave back (kept for reuse while there is
-    /// room; a page that does not fit stays free in the TSM and is simply not reused).
-    pub fn release(&mut self, page: u64) {
-        if self.free_count < FREE_SLOTS {
-            self.free[self.free_count] = page;
-            self.free_count += 1;
-        }
-    }
-
-    /// The TDMR pages the host has handed out at least once: `[start, end)`.
-    pub fn tdmr_used(&self) -> (u64, u64) {
-        (self.tdmr_start, self.tdmr_next)
     }
 
     /// The host's view of physical memory.
     pub fn frames(&self) -> Frames {
         self.mem
     }
+}
 
-    /// TDH.SYS.CONFIG with one TDMR (the layout's) and its PAMT at its end.
-    ///
-    /// # Errors
-    /// [`HostError`] if a page or the call fails.
-    pub fn sys_config(&mut self, tsm: &mut Tsm<FirmwarePlatform>, layout: &Layout) -> Result<(), HostError> {
-        let info = self.scratch()?;
-        let words = [layout.tdmr.0, layout.tdmr.1 - layout.tdmr.0, layout.pamt.0, layout.pamt.1 - layout.pamt.0];
-        let mut bytes = [0u8; TDMR_INFO_BYTES];
-        for (chunk, w) in bytes.chunks_exact_mut(8).zip(words) {
-            chunk.copy_from_slice(&w.to_le_bytes());
+impl HostMemory for Host {
+    fn read(&mut self, pa: u64, buf: &mut [u8]) {
+        self.mem.read(pa, buf);
+    }
+
+    fn write(&mut self, pa: u64, data: &[u8]) {
+        self.mem.write(pa, data);
+    }
+
+    /// A TDMR page to donate: one the TSM gave back, else one never donated.
+    fn donate(&mut self) -> Option<u64> {
+        if self.free_count > 0 {
+            self.free_count -= 1;
+            return Some(self.free[self.free_count]);
         }
-        self.mem.write(info, &bytes);
-        check("TDH.SYS.CONFIG", tsm.host_call(&Regs::call(leaf::SYS_CONFIG, info, 1, 0, 0))).map(|_| ())
+        let p = self.tdmr_next;
+        if p + PAGE > self.tdmr_end {
+            return None;
+        }
+        self.tdmr_next += PAGE;
+        Some(p)
     }
 
-    /// TDH.SPDM.CREATE for the function `rid` (segment 0); returns the PDEV page.
-    ///
-    /// # Errors
-    /// [`HostError`] if a page or the call fails.
-    pub fn pdev_create(&mut self, tsm: &mut Tsm<FirmwarePlatform>, rid: u16) -> Result<u64, HostError> {
-        let page = self.tdmr_page()?;
-        check("TDH.SPDM.CREATE", tsm.host_call(&Regs::call(leaf::SPDM_CREATE, page, u64::from(rid), 0, 0)))?;
-        self.pdev = page;
-        Ok(page)
+    /// One of the host's own pages (outside the TDMRs), zeroed.
+    fn scratch(&mut self) -> Option<u64> {
+        let p = self.host_next;
+        if p + PAGE > self.host_end {
+            return None;
+        }
+        self.host_next += PAGE;
+        self.mem.zero(p, PAGE as usize);
+        Some(p)
     }
 
-    /// TDH.SPDM.MNG ABORT of the request outstanding on the host's PDEV (`rcx`, the call's own
-    /// operand, before the PDEV is known).
-    fn abort(&self, tsm: &mut Tsm<FirmwarePlatform>, rcx: u64) -> Regs {
-        let pdev = if self.pdev != 0 { self.pdev } else { rcx };
-        tsm.host_call(&Regs::call(leaf::SPDM_MNG, pdev, 0, 0, tsm::abi::host_pdev::mng::ABORT))
-    }
-
-    /// Calls the resumable leaf `leaf_no` until it stops asking, moving each request through the
-    /// mailbox and its answer back through the message page `msg`. On a mailbox failure the
-    /// outstanding request is withdrawn with TDH.SPDM.MNG ABORT.
-    ///
-    /// # Errors
-    /// [`HostError`]: the final status if it is not SUCCESS, or the mailbox failure.
-    pub fn pump(
-        &self,
-        tsm: &mut Tsm<FirmwarePlatform>,
-        doe: &mut Mailbox<Mmio>,
-        tsc: &Tsc,
-        (name, leaf_no, rcx, r9): (&'static str, u64, u64, u64),
-        msg: u64,
-        stats: &mut PumpStats,
-    ) -> Result<Regs, HostError> {
-        let start = tsc.now();
-        let mut len = 0u64;
-        let mut request = [0u8; MSG_BYTES];
-        // The mailbox refuses answers larger than this buffer, so every answer fits the page.
-        let mut answer = [0u8; MSG_BYTES];
-        loop {
-            let t = tsc.now();
-            let r = tsm.host_call(&Regs::call(leaf_no, rcx, msg, len, r9));
-            stats.tsm_ticks += tsc.now().wrapping_sub(t);
-            if r.status().code() == Status::ANSWER_NOT_AUTHENTIC {
-                // Corrupted or forged on the way: another try would get the same answer (the
-                // device moved on), so the request is given up and the object goes to ERROR.
-                let abort = self.abort(tsm, rcx);
-                stats.total_ticks = tsc.now().wrapping_sub(start);
-                return Err(HostError::NotAuthentic { leaf: name, exchanges: stats.exchanges, abort: abort.status() });
-            }
-            if r.status() != Status::DEVICE_REQUEST {
-                stats.total_ticks = tsc.now().wrapping_sub(start);
-                return check(name, r);
-            }
-            let n = (r.r8 as usize).min(MSG_BYTES);
-            self.mem.read(msg, &mut request[..n]);
-            let t = tsc.now();
-            let got = doe.exchange(tsc, &request[..n], &mut answer);
-            let ticks = tsc.now().wrapping_sub(t);
-            stats.doe_ticks += ticks;
-            defmt::debug!(
-                "{=str}: DOE exchange {=u32}: {=usize} bytes out, {=usize} back, {=u64} us",
-                name,
-                stats.exchanges + 1,
-                n,
-                *got.as_ref().unwrap_or(&0),
-                tsc.ticks_to_us(ticks)
-            );
-            let got = match got {
-                Ok(got) => got,
-                Err(error) => {
-                    let _ = self.abort(tsm, rcx);
-                    stats.total_ticks = tsc.now().wrapping_sub(start);
-                    return Err(HostError::Doe { leaf: name, error, exchanges: stats.exchanges });
-                }
-            };
-            stats.exchanges += 1;
-            stats.bytes_out += n as u64;
-            stats.bytes_in += got as u64;
-            // A plain SPDM object (vendor 1, type 1): byte 8 is SPDMVersion.
-            if got > 8 && answer[..4] == [0x01, 0x00, 0x01, 0x00] {
-                stats.spdm_version = answer[8];
-            }
-            self.mem.write(msg, &answer[..got]);
-            len = got as u64;
+    /// Kept for reuse while there is room; a page that does not fit stays free in the TSM and
+    /// is simply not reused.
+    fn release(&mut self, page: u64) {
+        if self.free_count < FREE_SLOTS {
+            self.free[self.free_count] = page;
+            self.free_count += 1;
         }
     }
+
+    fn donated(&self) -> (u64, u64) {
+        (self.tdmr_start, self.tdmr_next)
+    }
+}
+
+/// The host agent's CPU: SEAMCALL as a direct call into the TSM, with the host's memory beside
+/// it. Counts the TSC ticks spent inside the TSM.
+#[derive(Debug)]
+pub struct HostCpu<'a> {
+    /// The TSM.
+    pub tsm: &'a mut Tsm<FirmwarePlatform>,
+    /// The host's pages.
+    pub host: &'a mut Host,
+    tsc: Tsc,
+    /// TSC ticks inside the TSM's calls so far.
+    pub tsm_ticks: u64,
+}
+
+impl<'a> HostCpu<'a> {
+    /// The host agent over `tsm` and `host`.
+    pub fn new(tsm: &'a mut Tsm<FirmwarePlatform>, host: &'a mut Host, tsc: Tsc) -> HostCpu<'a> {
+        HostCpu { tsm, host, tsc, tsm_ticks: 0 }
+    }
+
+    /// The clock it counts with.
+    pub fn tsc(&self) -> Tsc {
+        self.tsc
+    }
+
+    /// One call, its registers as they came back.
+    pub fn raw(&mut self, regs: Regs) -> Regs {
+        tsm_client::host::raw(self, regs)
+    }
+}
+
+impl Seamcall for HostCpu<'_> {
+    fn seamcall(&mut self, regs: &mut Regs) {
+        let t = self.tsc.now();
+        *regs = self.tsm.host_call(regs);
+        self.tsm_ticks += self.tsc.now().wrapping_sub(t);
+    }
+}
+
+impl HostMemory for HostCpu<'_> {
+    fn read(&mut self, pa: u64, buf: &mut [u8]) {
+        self.host.read(pa, buf);
+    }
+    fn write(&mut self, pa: u64, data: &[u8]) {
+        self.host.write(pa, data);
+    }
+    fn donate(&mut self) -> Option<u64> {
+        self.host.donate()
+    }
+    fn scratch(&mut self) -> Option<u64> {
+        self.host.scratch()
+    }
+    fn release(&mut self, pa: u64) {
+        self.host.release(pa);
+    }
+    fn donated(&self) -> (u64, u64) {
+        self.host.donated()
+    }
+}
+
+/// The NVMe function's DOE mailbox as the host ferries requests through it; counts the
+/// exchanges and the TSC ticks inside the mailbox (QEMU, the socket and the responder).
+#[derive(Debug)]
+pub struct DoeLink<'a> {
+    mailbox: &'a mut Mailbox<Mmio>,
+    tsc: Tsc,
+    /// Exchanges so far.
+    pub exchanges: u32,
+    /// TSC ticks inside the mailbox so far.
+    pub ticks: u64,
+}
+
+impl<'a> DoeLink<'a> {
+    /// The link over `mailbox`.
+    pub fn new(mailbox: &'a mut Mailbox<Mmio>, tsc: Tsc) -> DoeLink<'a> {
+        DoeLink { mailbox, tsc, exchanges: 0, ticks: 0 }
+    }
+}
+
+impl Doe for DoeLink<'_> {
+    fn exchange(&mut self, request: &[u8], answer: &mut [u8]) -> Result<usize, DoeError> {
+        let t = self.tsc.now();
+        let got = self.mailbox.exchange(&self.tsc, request, answer);
+        let ticks = self.tsc.now().wrapping_sub(t);
+        self.ticks += ticks;
+        self.exchanges += 1;
+        defmt::debug!(
+            "DOE exchange {=u32}: {=usize} bytes out, {=usize} back, {=u64} us",
+            self.exchanges,
+            request.len(),
+            *got.as_ref().unwrap_or(&0),
+            self.tsc.ticks_to_us(ticks)
+        );
+        got
+    }
+}
+
+/// TDH.SYS.CONFIG with one TDMR (the layout's) and its PAMT at its end.
+///
+/// # Errors
+/// [`HostError`] if a page or the call fails.
+pub fn sys_config(cpu: &mut HostCpu<'_>, layout: &Layout) -> Result<(), HostError> {
+    let tdmr = [layout.tdmr.0, layout.tdmr.1 - layout.tdmr.0, layout.pamt.0, layout.pamt.1 - layout.pamt.0];
+    let r = tsm_client::host::sys_config(cpu, &[tdmr])?;
+    tsm_client::host::check("TDH.SYS.CONFIG", r).map(|_| ())
 }

@@ -1,21 +1,31 @@
 //! Mode `assign`: the whole device assignment, phase by phase, with the firmware's own timings.
-//! The host agent (`crate::host`) and the guest (`crate::guest`) take turns exactly where a VMM
-//! and a TD would: the host enters the vCPU, the guest runs until it needs the host (a VMCALL),
-//! the host serves the request and enters again.
+//! The host's calls are `tsm_client::host`'s and the guest's `tsm_client::guest`'s, over the
+//! firmware's transports; they take turns exactly where a VMM and a TD would: the host enters
+//! the vCPU, the guest runs until it needs the host (a VMCALL), the host serves the request and
+//! enters again. A failure is reported, then everything that exists is taken apart in the one
+//! unbind order (`tsm_client::host::unbind`) and every donated page checked; QEMU exits with 35.
+
+use core::fmt;
 
 use attest::evidence::RecordType;
+use tsm_client::guest::{tdi_state, Step};
+use tsm_client::host::device::{self, Assignment, Vmcalls};
+use tsm_client::host::td::{self, BuiltTd};
+use tsm_client::host::unbind::{self, Holdings, Policy, Unbound};
+use tsm_client::host::{scratch, PumpStats};
+use tsm_client::{GuestError, HostError};
 
-use super::{fail, pump_summary, report_failure, spdm_connect_pdev, Ms, Nvme};
+use super::{
+    fail, pump_summary, report_failure, spdm_connect_pdev, td_params, Ms, Nvme, BAR_GPA, WORK_GPA, WORK_PAGES,
+};
 use crate::arch::{self, ExitCode};
 use crate::config::{Mode, RunConfig};
-use crate::drivers::phys::Frames;
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
 use crate::frame;
-use crate::guest::{self, image, Guest, GuestLayout, GuestMemory, Shared};
-use crate::host::assign::{DevicePages, BAR_GPA, WORK_GPA, WORK_PAGES};
+use crate::guest::{self, image, Guest, GuestLayout, GuestMemory, TdVcpu};
 use crate::host::evidence::BundleWriter;
-use crate::host::{Host, PumpStats};
+use crate::host::{DoeLink, Host, HostCpu};
 use crate::platform::FirmwarePlatform;
 use crate::timeline::Phases;
 use tsm::Tsm;
@@ -61,9 +71,6 @@ impl Timeline {
     }
 }
 
-/// TDISP state ERROR as TDG.TDI.RD reports it.
-const TDISP_ERROR: u64 = 3;
-
 /// What the guest saw after a revoke, when it did not see the revoke.
 #[derive(Debug)]
 enum RevokeUnseen {
@@ -105,8 +112,200 @@ fn hex48(d: &[u8; 48]) -> impl core::fmt::Display + '_ {
     H(d)
 }
 
+/// Why a step failed.
+#[derive(Debug)]
+enum Why {
+    Host(HostError),
+    Guest(GuestError),
+    Revoke(RevokeUnseen),
+    Said(&'static str),
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Why::Host(e) => e.fmt(f),
+            Why::Guest(e) => e.fmt(f),
+            Why::Revoke(e) => e.fmt(f),
+            Why::Said(s) => f.write_str(s),
+        }
+    }
+}
+
+impl From<HostError> for Why {
+    fn from(e: HostError) -> Why {
+        Why::Host(e)
+    }
+}
+
+impl From<GuestError> for Why {
+    fn from(e: GuestError) -> Why {
+        Why::Guest(e)
+    }
+}
+
+/// A step that failed: what it was and why.
+#[derive(Debug)]
+struct Failed {
+    what: &'static str,
+    why: Why,
+}
+
+trait StepResult<T> {
+    /// Names the step whose result this is.
+    fn step(self, what: &'static str) -> Result<T, Failed>;
+}
+
+impl<T, E: Into<Why>> StepResult<T> for Result<T, E> {
+    fn step(self, what: &'static str) -> Result<T, Failed> {
+        self.map_err(|e| Failed { what, why: e.into() })
+    }
+}
+
+/// Everything the demo holds while it runs: the host agent's CPU and mailbox, the TD, the guest
+/// and what exists of the assignment (which the cleanup takes apart).
+struct Demo<'a, 'm> {
+    cpu: HostCpu<'a>,
+    doe: DoeLink<'a>,
+    td: BuiltTd,
+    mem: &'m GuestMemory<'m>,
+    shared: u64,
+    guest: Guest,
+    a: Assignment,
+    stats: PumpStats,
+    report: [u8; guest::REPORTS_BYTES],
+    nonce: [u8; 64],
+}
+
+impl<'m> Demo<'_, 'm> {
+    /// Runs the guest step `f` on the vCPU.
+    fn guest<T>(&mut self, f: impl FnOnce(&mut Guest, &mut TdVcpu<'_, 'm>) -> T) -> T {
+        let mut guest = self.guest;
+        let mut vcpu = TdVcpu::new(self.cpu.tsm, self.td.vcpu, self.mem, self.shared);
+        let r = f(&mut guest, &mut vcpu);
+        self.guest = guest;
+        r
+    }
+
+    /// The host serves the VMCALL the guest stopped on, and enters the vCPU again.
+    fn serve(&mut self, step: Step) -> Result<(), Failed> {
+        let Step::Vmcall(args) = step else { return Ok(()) };
+        let mut v = Vmcalls { shared: self.shared, nonce: &self.nonce, reports: &mut self.report };
+        device::serve_vmcall(&mut self.cpu, self.td.vcpu, args, &self.a, &mut v).step("host: VMCALL")
+    }
+
+    /// Takes the assignment apart in the one unbind order: strictly after a completed flow, as
+    /// far as it goes after a failure (then every donated page is checked).
+    fn unbind(&mut self, policy: Policy) -> Result<Unbound, HostError> {
+        let (td, vcpu) = (self.td.td, [self.td.vcpu]);
+        let holdings = Holdings { td: Some((&td, &vcpu)), iommu: true };
+        match policy {
+            Policy::Strict => unbind::teardown(&mut self.cpu, &mut self.doe, &self.a, holdings, &mut self.stats)
+                .map(|()| Unbound::default()),
+            Policy::Lenient => Ok(unbind::cleanup(&mut self.cpu, &mut self.doe, &self.a, holdings, &mut self.stats)),
+        }
+    }
+
+    /// IDE, TDI.CREATE and LOCK; the guest reads the TDI and checks the host's report.
+    fn lock(&mut self, function: u32, tl: &mut Timeline) -> Result<(), Failed> {
+        tl.begin("tdi_lock_report");
+        device::ide_setup(&mut self.cpu, &mut self.doe, &mut self.a, &mut self.stats).step("IDE setup")?;
+        say!("ide: stream {} created, keys programmed (IDE_KM) and live", self.a.stream);
+        device::bind(&mut self.cpu, self.td.td.tdr, function, &mut self.a).step("TDI lock")?;
+        device::lock(&mut self.cpu, &mut self.doe, super::LOCK_FLAGS, &mut self.a, &mut self.stats).step("TDI lock")?;
+        say!(
+            "tdi: bound to the TD and CONFIG_LOCKED (generation {}); interface report {} bytes",
+            self.a.generation,
+            self.a.report_len
+        );
+        let step = self.guest(|g, v| g.read_tdi(v)).step("guest: TDI read")?;
+        self.serve(step)?;
+        self.guest(|g, v| g.check_report(v)).step("guest: report check")?;
+        let f = self.guest.findings;
+        say!(
+            "guest: TDI CONFIG_LOCKED, generation {}; the host's report ({} bytes) matches the TSM's digest {}",
+            f.generation,
+            f.report_len,
+            hex48(&f.report_digest)
+        );
+        let lock_us = tl.end();
+        super::figure("tdi_lock_report_qemu_ms", &Ms(lock_us), "ms");
+        Ok(())
+    }
+
+    /// Import and map BAR0, the guest's accepts, DMAR.ADD, the authorisation and START; the guest
+    /// reads the registers through its mapping. Returns the guest's step (GET_NONCE).
+    fn start(&mut self, bar: (u64, u64), tl: &mut Timeline) -> Result<Step, Failed> {
+        let pages = bar.1 / 4096;
+        tl.begin("map_accept_start");
+        device::import(&mut self.cpu, &self.a, 0, bar.0, pages).step("import and map")?;
+        device::map_mmio(&mut self.cpu, &self.td.td, &mut self.a, (bar.0, pages), BAR_GPA).step("import and map")?;
+        self.guest(|g, v| g.accept_mmio(v, pages)).step("guest: MMIO.ACCEPT")?;
+        say!("mmio: BAR0 {:#x} ({pages} pages) imported, mapped at GPA {BAR_GPA:#x}, accepted by the guest", bar.0);
+        device::dmar_add(&mut self.cpu, &self.td.td, &mut self.a).step("DMAR.ADD")?;
+        self.guest(|g, v| g.accept_dma_and_authorise(v)).step("guest: DMAR.ACCEPT / authorise")?;
+        say!("dma: entry added by the host, accepted by the guest; the guest authorised START");
+        device::start(&mut self.cpu, &mut self.doe, &self.a, &mut self.stats).step("TDI.START")?;
+        let step = self.guest(|g, v| g.use_device(v)).step("guest: device")?;
+        let start_us = tl.end();
+        say!("tdi: RUN");
+        super::figure("map_accept_start_qemu_ms", &Ms(start_us), "ms");
+        Ok(step)
+    }
+
+    /// Mode `revoke`: the exporter revokes the BAR under the running TDI; the guest must see it.
+    fn revoke(&mut self, step: Step) -> Result<(), Failed> {
+        // The guest waits in GET_NONCE: resume it, then the exporter revokes the BAR under it.
+        self.serve(step)?;
+        let blocked = device::dmabuf_revoke(&mut self.cpu, &self.a).step("DMABUF.REVOKE")?;
+        say!("dmabuf: BAR0 revoked by the exporter while the TDI runs; {blocked} mapped pages blocked");
+        let (state, read) = self.guest(|g, v| g.probe_revoked(v)).step("guest: TDI read after the revoke")?;
+        let unseen = match read {
+            Err(e) if state == tdi_state::ERROR => {
+                say!("guest: TDI.RD says ERROR; its MMIO accessor refuses BAR0: {e}");
+                return Err(Failed { what: "TDI", why: Why::Said("BAR0 revoked while RUN; the TDI is in ERROR") });
+            }
+            Err(_) => RevokeUnseen::State(state),
+            Ok(v) => RevokeUnseen::Read(v),
+        };
+        Err(Failed { what: "guest: after the revoke", why: Why::Revoke(unseen) })
+    }
+
+    /// The guest's reports over the verifier's nonce, and the evidence; all sent on COM3.
+    fn attest(&mut self, step: Step, tl: &mut Timeline) -> Result<(), Failed> {
+        tl.begin("attestation");
+        self.serve(step)?;
+        let step = self.guest(|g, v| g.attest(v)).step("guest: attest")?;
+        self.serve(step)?;
+        let mut bundle = [0u8; 16 * 1024];
+        let ev = self.cpu.tsm.tdi_evidence(tsm::addr::Pfn::new(self.a.tdi >> 12).unwrap_or(tsm::addr::Pfn::ZERO));
+        let Some(ev) = ev else { fail("evidence", &"the TSM has no evidence for the TDI") };
+        let mut w = BundleWriter::new(&mut bundle).unwrap_or_else(|e| fail("evidence", &format_args!("{e:?}")));
+        for (kind, data) in [
+            (RecordType::CertChain, ev.chain),
+            (RecordType::Vca, ev.vca),
+            (RecordType::Measurements, ev.measurements),
+            (RecordType::InterfaceReport, ev.report),
+        ] {
+            w.push(kind, 0, data).unwrap_or_else(|e| fail("evidence", &format_args!("{e:?}")));
+        }
+        let bundle_len = w.bytes().len();
+        emit("report.bin", &self.report[..guest::REPORT_BYTES]);
+        emit("report-snp.bin", &self.report[guest::REPORT_BYTES..]);
+        emit("evidence.bin", &bundle[..bundle_len]);
+        let attest_us = tl.end();
+        say!(
+            "attestation: report {} bytes and its SNP-format export {} bytes over the verifier's nonce, evidence {} bytes",
+            guest::REPORT_BYTES,
+            guest::SNP_BYTES,
+            bundle_len
+        );
+        super::figure("attestation_qemu_ms", &Ms(attest_us), "ms");
+        Ok(())
+    }
+}
+
 /// The flow; never returns.
-#[allow(clippy::too_many_lines)]
 pub fn run(
     config: &RunConfig,
     tsc: &Tsc,
@@ -119,8 +318,8 @@ pub fn run(
     let mut tl = Timeline::new(*tsc);
     let function = u32::from(bdf.rid());
     let bar = (bar0.base, bar0.size);
-    let bar_pages = bar.1 / 4096;
-    let frames: Frames = host.frames();
+    let frames = host.frames();
+    let mut cpu = HostCpu::new(tsm, host, *tsc);
 
     // The host's own look at the controller, before anything is assigned.
     let host_cap = u64::from(regs.read_u32(4)) << 32 | u64::from(regs.read_u32(0));
@@ -128,162 +327,47 @@ pub fn run(
     say!("host: NVMe CAP {host_cap:#018x} VS {host_vs:#010x} (read by the host before assignment)");
 
     tl.begin("td_build");
-    let td = host.build_td(tsm, &image::IMAGE).unwrap_or_else(|e| fail("TD build", &e));
-    let shared_page = host.scratch().unwrap_or_else(|e| fail("shared page", &e));
-    let mem = GuestMemory::new(td.tdr, frames, Some((&regs, bar.0, bar.1)));
-    let layout = GuestLayout { work: WORK_GPA, work_pages: WORK_PAGES, bar_gpa: BAR_GPA };
-    let mut guest = Guest::new(td.vcpu, function, layout, mem, Shared::new(frames, shared_page));
-    guest.accept_memory(tsm).unwrap_or_else(|e| fail("guest: accept", &e));
-    host.iommu_setup(tsm).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
+    let built = td::build(&mut cpu, &image::IMAGE, &td_params(), (WORK_GPA, WORK_PAGES))
+        .unwrap_or_else(|e| fail("TD build", &e));
+    let shared = scratch(&mut cpu).unwrap_or_else(|e| fail("shared page", &e));
+    let mem = GuestMemory::new(built.td.tdr, frames, Some((&regs, bar.0, bar.1)));
+    let guest = Guest::new(function, GuestLayout { work: WORK_GPA, work_pages: WORK_PAGES, bar_gpa: BAR_GPA });
+    guest
+        .accept_memory(&mut TdVcpu::new(cpu.tsm, built.vcpu, &mem, shared))
+        .unwrap_or_else(|e| fail("guest: accept", &e));
+    device::iommu_setup(&mut cpu).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
     say!(
         "td: TDR {:#x}; guest image ({} bytes): {} pages added, {} measured (MRTD: what attest measure computes); {} pages AUGed and accepted by the guest",
-        td.tdr,
+        built.td.tdr,
         image::IMAGE_BYTES,
-        td.added,
-        td.measured,
+        built.added,
+        built.measured,
         WORK_PAGES
     );
-
     tl.end();
 
-    // From here on a failure is reported, then everything that exists is torn down again in
-    // the teardown's order and every donated page checked, then QEMU exits with 35.
-    let mut d = DevicePages::default();
-    let mut stats = PumpStats::default();
-    macro_rules! or_cleanup {
-        ($r:expr, $what:expr) => {
-            match $r {
-                Ok(v) => v,
-                Err(e) => {
-                    report_failure($what, &e);
-                    let c = host.cleanup(tsm, &mut mailbox, tsc, Some(&td), &d, &mut stats);
-                    say!("cleanup after the failure: {c}");
-                    arch::exit_qemu(ExitCode::Failure)
-                }
-            }
-        };
-    }
-    let t = tl.now_us();
-    d.pdev = or_cleanup!(host.pdev_create(tsm, bdf.rid()), "PDEV");
-    d.msg = or_cleanup!(host.scratch(), "message page");
-    let connect_us = or_cleanup!(spdm_connect_pdev(tsc, tsm, host, bdf, &mut mailbox, (d.pdev, d.msg)), "SPDM.CONNECT");
-    tl.record("spdm_connect", t, connect_us);
-
-    tl.begin("tdi_lock_report");
-    or_cleanup!(host.ide_setup(tsm, &mut mailbox, tsc, &mut d, &mut stats), "IDE setup");
-    say!("ide: stream {} created, keys programmed (IDE_KM) and live", d.stream);
-    or_cleanup!(host.bind_and_lock(tsm, &mut mailbox, tsc, &td, function, &mut d, &mut stats), "TDI lock");
-    say!(
-        "tdi: bound to the TD and CONFIG_LOCKED (generation {}); interface report {} bytes",
-        d.generation,
-        d.report_len
-    );
-    let mut report = [0u8; guest::REPORTS_BYTES];
-    let step = or_cleanup!(guest.read_tdi(tsm), "guest: TDI read");
-    or_cleanup!(
-        host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &config.nonce, &mut report),
-        "host: VMCALL"
-    );
-    or_cleanup!(guest.check_report(), "guest: report check");
-    say!(
-        "guest: TDI CONFIG_LOCKED, generation {}; the host's report ({} bytes) matches the TSM's digest {}",
-        guest.findings.generation,
-        guest.findings.report_len,
-        hex48(&guest.findings.report_digest)
-    );
-    let lock_us = tl.end();
-    say!("figure tdi_lock_report_qemu_ms {} ms", Ms(lock_us));
-
-    tl.begin("map_accept_start");
-    or_cleanup!(host.import_and_map(tsm, &td, &d, bar), "import and map");
-    d.mapped = bar_pages;
-    or_cleanup!(guest.accept_mmio(tsm, bar_pages), "guest: MMIO.ACCEPT");
-    say!("mmio: BAR0 {:#x} ({bar_pages} pages) imported, mapped at GPA {BAR_GPA:#x}, accepted by the guest", bar.0);
-    or_cleanup!(host.dmar_add(tsm, &td, &d), "DMAR.ADD");
-    d.dma = true;
-    or_cleanup!(guest.accept_dma_and_authorise(tsm), "guest: DMAR.ACCEPT / authorise");
-    say!("dma: entry added by the host, accepted by the guest; the guest authorised START");
-    or_cleanup!(
-        host.pump(
-            tsm,
-            &mut mailbox,
-            tsc,
-            ("TDH.TDI.START", tsm::abi::host::leaf::TDI_START, d.tdi, 0),
-            d.msg,
-            &mut stats
-        ),
-        "TDI.START"
-    );
-    let step = or_cleanup!(guest.use_device(tsm), "guest: device");
-    let start_us = tl.end();
-    say!("tdi: RUN");
-    say!("figure map_accept_start_qemu_ms {} ms", Ms(start_us));
-    let (cap, vs) = (guest.findings.cap, guest.findings.vs);
-    say!(
-        "guest: NVMe CAP {cap:#018x} VS {vs:#010x} through its MMIO_MAPPED leaves: {}",
-        if (cap, vs) == (host_cap, host_vs) { "equal to the host's read" } else { "DIFFERENT from the host's read" }
-    );
-    if (cap, vs) != (host_cap, host_vs) {
-        fail("guest: device registers", &"the private mapping shows other registers than BAR0");
-    }
-    if config.mode == Mode::Revoke {
-        // The guest waits in GET_NONCE: resume it, then the exporter revokes the BAR under it.
-        or_cleanup!(
-            host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &config.nonce, &mut report),
-            "host: VMCALL"
-        );
-        let blocked = or_cleanup!(host.dmabuf_revoke(tsm, &d), "DMABUF.REVOKE");
-        say!("dmabuf: BAR0 revoked by the exporter while the TDI runs; {blocked} mapped pages blocked");
-        let (state, read) = or_cleanup!(guest.probe_revoked(tsm), "guest: TDI read after the revoke");
-        match read {
-            Err(e) if state == TDISP_ERROR => say!("guest: TDI.RD says ERROR; its MMIO accessor refuses BAR0: {e}"),
-            Err(_) => or_cleanup!(Err::<(), _>(RevokeUnseen::State(state)), "guest: after the revoke"),
-            Ok(v) => or_cleanup!(Err::<(), _>(RevokeUnseen::Read(v)), "guest: after the revoke"),
+    let doe = DoeLink::new(&mut mailbox, *tsc);
+    let mut demo = Demo {
+        cpu,
+        doe,
+        td: built,
+        mem: &mem,
+        shared,
+        guest,
+        a: Assignment::default(),
+        stats: PumpStats::default(),
+        report: [0; guest::REPORTS_BYTES],
+        nonce: config.nonce,
+    };
+    let result = assign(&mut demo, config, bdf, bar, (host_cap, host_vs), &mut tl);
+    if let Err(f) = result {
+        report_failure(f.what, &f.why);
+        match demo.unbind(Policy::Lenient) {
+            Ok(c) => say!("cleanup after the failure: {c}"),
+            Err(e) => say!("cleanup after the failure: {e}"),
         }
-        or_cleanup!(Err::<(), _>("BAR0 revoked while RUN; the TDI is in ERROR"), "TDI");
+        arch::exit_qemu(ExitCode::Failure)
     }
-
-    tl.begin("attestation");
-    or_cleanup!(
-        host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &config.nonce, &mut report),
-        "host: VMCALL"
-    );
-    let step = or_cleanup!(guest.attest(tsm), "guest: attest");
-    or_cleanup!(
-        host.serve_vmcall(tsm, &td, step, &Shared::new(frames, shared_page), &d, &config.nonce, &mut report),
-        "host: VMCALL"
-    );
-    let mut bundle = [0u8; 16 * 1024];
-    let ev = tsm.tdi_evidence(tsm::addr::Pfn::new(d.tdi >> 12).unwrap_or(tsm::addr::Pfn::ZERO));
-    let Some(ev) = ev else { fail("evidence", &"the TSM has no evidence for the TDI") };
-    let mut w = BundleWriter::new(&mut bundle).unwrap_or_else(|e| fail("evidence", &format_args!("{e:?}")));
-    for (kind, data) in [
-        (RecordType::CertChain, ev.chain),
-        (RecordType::Vca, ev.vca),
-        (RecordType::Measurements, ev.measurements),
-        (RecordType::InterfaceReport, ev.report),
-    ] {
-        w.push(kind, 0, data).unwrap_or_else(|e| fail("evidence", &format_args!("{e:?}")));
-    }
-    let bundle_len = w.bytes().len();
-    emit("report.bin", &report[..guest::REPORT_BYTES]);
-    emit("report-snp.bin", &report[guest::REPORT_BYTES..]);
-    emit("evidence.bin", &bundle[..bundle_len]);
-    let attest_us = tl.end();
-    say!(
-        "attestation: report {} bytes and its SNP-format export {} bytes over the verifier's nonce, evidence {} bytes",
-        guest::REPORT_BYTES,
-        guest::SNP_BYTES,
-        bundle_len
-    );
-    say!("figure attestation_qemu_ms {} ms", Ms(attest_us));
-
-    tl.begin("teardown");
-    or_cleanup!(host.teardown(tsm, &mut mailbox, tsc, &td, &d, bar_pages, &mut stats), "teardown");
-    let pages = or_cleanup!(host.check_all_free(tsm), "teardown");
-    tl.end();
-    pump_summary(tsc, &stats);
-    say!("teardown: TDI stopped and removed, stream and session closed, TD destroyed; all {pages} donated pages free again");
     let mut json = [0u8; 2048];
     match tl.phases.json(&mut json, ready_us, "completed") {
         Ok(n) => emit("timeline.json", &json[..n]),
@@ -291,4 +375,45 @@ pub fn run(
     }
     say!("seamless firmware: assign done");
     arch::exit_qemu(ExitCode::Success)
+}
+
+/// The assignment after the TD is built: connect, lock, start, (revoke,) attest, teardown.
+fn assign(
+    demo: &mut Demo<'_, '_>,
+    config: &RunConfig,
+    bdf: crate::drivers::pci::Bdf,
+    bar: (u64, u64),
+    host_read: (u64, u32),
+    tl: &mut Timeline,
+) -> Result<(), Failed> {
+    let t = tl.now_us();
+    demo.a = device::pdev_create(&mut demo.cpu, u32::from(bdf.rid())).step("PDEV")?;
+    let connect_us = spdm_connect_pdev(&mut demo.cpu, &mut demo.doe, bdf, &demo.a).step("SPDM.CONNECT")?;
+    tl.record("spdm_connect", t, connect_us);
+    let after_connect = (demo.doe.ticks, demo.cpu.tsm_ticks);
+
+    demo.lock(u32::from(bdf.rid()), tl)?;
+    let step = demo.start(bar, tl)?;
+    let f = demo.guest.findings;
+    let (cap, vs) = (f.cap, f.vs);
+    say!(
+        "guest: NVMe CAP {cap:#018x} VS {vs:#010x} through its MMIO_MAPPED leaves: {}",
+        if (cap, vs) == host_read { "equal to the host's read" } else { "DIFFERENT from the host's read" }
+    );
+    if (cap, vs) != host_read {
+        fail("guest: device registers", &"the private mapping shows other registers than BAR0");
+    }
+    if config.mode == Mode::Revoke {
+        return demo.revoke(step);
+    }
+    demo.attest(step, tl)?;
+
+    tl.begin("teardown");
+    demo.unbind(Policy::Strict).step("teardown")?;
+    let pages = td::check_all_free(&mut demo.cpu).step("teardown")?;
+    tl.end();
+    let ticks = (demo.doe.ticks - after_connect.0, demo.cpu.tsm_ticks - after_connect.1);
+    pump_summary(&demo.cpu.tsc(), &demo.stats, ticks);
+    say!("teardown: TDI stopped and removed, stream and session closed, TD destroyed; all {pages} donated pages free again");
+    Ok(())
 }

@@ -598,6 +598,82 @@ fn guest_reads_another_tds_tdi() -> Result<(), String> {
     guest_refused(&mut w.m, &t, r.regs.status(), |m| m.guest(other, g::TDI_RD, FN, 0, 0))
 }
 
+// ---- issue #16, defects 4, 6, 8, 9 ------------------------------------------------------------
+
+fn guest_tdi_rd_output_across_a_page() -> Result<(), String> {
+    let mut w = running();
+    w.m.aug_accept(&w.td, 0x7000, PageSize::Size4K);
+    let t = w.tdrs();
+    let vcpu = w.td.vcpus[0];
+    guest_refused(&mut w.m, &t, Status::BUFFER_CROSSES_PAGE.with_operand(Operand::R8), |m| {
+        m.guest(vcpu, g::TDI_RD, FN, 3, 0x7FC0)
+    })
+}
+
+fn host_binds_a_fifth_tdi_to_one_td() -> Result<(), String> {
+    let mut w = connected();
+    let per_td = tsm::devices::MAX_TDIS_PER_TD as u64;
+    for i in 0..per_td {
+        let page = w.m.page();
+        let r = w.m.host(h::TDI_CREATE, w.td.tdr, w.a.pdev, page, FN + i);
+        if r.status() != Status::SUCCESS {
+            return Err(format!("setup: TDI.CREATE {i}: {:?}", r.status()));
+        }
+    }
+    let t = w.tdrs();
+    let (tdr, pdev, page) = (w.td.tdr, w.a.pdev, w.m.page());
+    refused(&mut w.m, &t, Status::TD_MAX_TDIS_EXCEEDED.with_operand(Operand::Rcx), |m| {
+        m.host(h::TDI_CREATE, tdr, pdev, page, FN + per_td)
+    })
+}
+
+fn guest_accepts_another_interfaces_page() -> Result<(), String> {
+    // Interface C (FN + 1) reports A's frames; A imported them, C imported nothing.
+    let mut config = device_config();
+    let mut c = config.interfaces[0].clone();
+    c.function_id = FUNCTION + 1;
+    config.interfaces.push(c);
+    let mut m = Machine::configured(64 * MIB);
+    let td = m.running_td();
+    let mut dev = Device::new(config).map_err(|e| format!("{e:?}"))?;
+    let mut a = m.connect(&mut dev);
+    m.ide_setup(&mut dev, &mut a);
+    m.bind(&td, &mut a);
+    m.lock(&mut dev, &mut a);
+    m.import_all(&a);
+    let mut c = a.clone();
+    c.tdi = m.page();
+    let r = m.host(h::TDI_CREATE, td.tdr, a.pdev, c.tdi, FN + 1);
+    if r.status() != Status::SUCCESS {
+        return Err(format!("setup: TDI.CREATE of C: {:?}", r.status()));
+    }
+    m.lock(&mut dev, &mut c);
+    m.map_range(&td, &a, 0, BAR_GPA);
+    let call = Regs::call(g::MMIO_ACCEPT, gpa_level(BAR_GPA, 0), 0, FN + 1, 0);
+    guest_refused(&mut m, &[td.tdr], Status::MMIO_OWNER_MISMATCH.with_operand(Operand::R8), |m| {
+        m.tsm.guest_call(td.vcpus[0], &call)
+    })
+}
+
+fn device_fails_a_recollect_after_a_good_one() -> Result<(), String> {
+    let mut w = running();
+    let (pdev, msg) = (w.a.pdev, w.a.msg);
+    let recollect = tsm::abi::host_pdev::mng::RECOLLECT;
+    if w.m.pump(&mut w.dev, h::SPDM_MNG, pdev, msg, recollect).status() != Status::SUCCESS {
+        return Err("setup: the good RECOLLECT failed".into());
+    }
+    w.dev.faults_mut().apply_spec("bad-signature=measurements")?;
+    if w.m.pump(&mut w.dev, h::SPDM_MNG, pdev, msg, recollect).status() == Status::SUCCESS {
+        return Err("a badly signed RECOLLECT succeeded".into());
+    }
+    let digest = w.m.tsm.pdev_summary(pfn(pdev)).and_then(|s| s.evidence).ok_or("no evidence")?.measurements_digest;
+    let ev = w.m.tsm.tdi_evidence(pfn(w.a.tdi)).ok_or("no evidence handed out")?;
+    if attest::evidence::transcript_digest(ev.vca, ev.measurements) != digest {
+        return Err("the measurement bytes handed out no longer hash to the digest reports sign".into());
+    }
+    Ok(())
+}
+
 /// The attestation of a TD with a running device: report, bundle, reference policy, key, nonce.
 struct Attested {
     report: Report,
@@ -852,6 +928,13 @@ const HOST_CASES: &[Case] = &[
         run: guest_accepts_mmio_at_the_wrong_offset,
     },
     Case { name: "guest_reads_another_tds_tdi", side: Side::Host, run: guest_reads_another_tds_tdi },
+    Case { name: "guest_tdi_rd_output_across_a_page", side: Side::Host, run: guest_tdi_rd_output_across_a_page },
+    Case { name: "host_binds_a_fifth_tdi_to_one_td", side: Side::Host, run: host_binds_a_fifth_tdi_to_one_td },
+    Case {
+        name: "guest_accepts_another_interfaces_page",
+        side: Side::Host,
+        run: guest_accepts_another_interfaces_page,
+    },
     Case { name: "host_swaps_the_interface_report", side: Side::Host, run: host_swaps_the_interface_report },
     Case { name: "host_swaps_the_measurements", side: Side::Host, run: host_swaps_the_measurements },
     Case { name: "host_drops_the_device_evidence", side: Side::Host, run: host_drops_the_device_evidence },
@@ -859,11 +942,18 @@ const HOST_CASES: &[Case] = &[
     Case { name: "host_replays_an_old_report", side: Side::Host, run: host_replays_an_old_report },
 ];
 
-const EXTRA_DEVICE_CASES: &[Case] = &[Case {
-    name: "device_wrong_measurement_fails_the_verifier",
-    side: Side::Device,
-    run: device_wrong_measurement_fails_the_verifier,
-}];
+const EXTRA_DEVICE_CASES: &[Case] = &[
+    Case {
+        name: "device_wrong_measurement_fails_the_verifier",
+        side: Side::Device,
+        run: device_wrong_measurement_fails_the_verifier,
+    },
+    Case {
+        name: "device_fails_a_recollect_after_a_good_one",
+        side: Side::Device,
+        run: device_fails_a_recollect_after_a_good_one,
+    },
+];
 
 /// Every case: host first, then device.
 pub fn cases() -> Vec<&'static Case> {

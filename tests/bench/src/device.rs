@@ -112,7 +112,7 @@ fn crypto_ms() -> f64 {
     3.0 * sign + 5.0 * verify + 2.0 * dh
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

@@ -15,6 +15,7 @@ mod assign;
 mod attestation;
 mod device;
 mod iommu;
+mod peers;
 mod sept;
 mod x86_64_map;
 
@@ -155,6 +156,10 @@ fn main() -> ExitCode {
     }
     if want("attestation") {
         attestation::run(&mut figs);
+    }
+    // `--peers`: the reference implementations for comparison (they are not in the repository).
+    if std::env::args().any(|a| a == "--peers") {
+        peers::run(&mut figs);
     }
     match figs.write_results() {
         Ok(path) => {

@@ -122,11 +122,27 @@ impl Identity {
     /// # Errors
     /// [`CertError`] if a certificate cannot be encoded.
     pub fn generate(rng: &mut Rng) -> Result<Identity, CertError> {
+        Identity::generate_chain(rng, 1, 0)
+    }
+
+    /// A fresh root, `intermediates` CAs (at least one) and a leaf from `rng`; with `padding` > 0
+    /// every CA's name carries an organisational unit of that many characters, which makes
+    /// chains as long as a test needs (a chain over 4 KiB, read in several GET_CERTIFICATE
+    /// portions). `generate_chain(rng, 1, 0)` is [`Identity::generate`].
+    ///
+    /// # Errors
+    /// [`CertError`] if a certificate cannot be encoded or the chain exceeds 64 KiB.
+    pub fn generate_chain(rng: &mut Rng, intermediates: usize, padding: usize) -> Result<Identity, CertError> {
+        let intermediates = intermediates.max(1);
         let root_key = SigningKey::from(rng.scalar());
-        let intermediate_key = SigningKey::from(rng.scalar());
+        let ca_keys: Vec<SigningKey> = (0..intermediates).map(|_| SigningKey::from(rng.scalar())).collect();
         let leaf_key = SigningKey::from(rng.scalar());
         let root_name = Name::from_str("CN=seamless tdisp-device root,O=seamless,C=XX").map_err(err)?;
-        let intermediate_name = Name::from_str("CN=seamless tdisp-device CA,O=seamless,C=XX").map_err(err)?;
+        let ou = if padding > 0 { format!(",OU={}", "p".repeat(padding)) } else { String::new() };
+        let ca_name = |i: usize| {
+            let n = if intermediates == 1 { String::new() } else { format!(" {i}") };
+            Name::from_str(&format!("CN=seamless tdisp-device CA{n}{ou},O=seamless,C=XX")).map_err(err)
+        };
         let leaf_name = Name::from_str("CN=seamless tdisp-device leaf,O=seamless,C=XX").map_err(err)?;
 
         let profile = Root::new(false, root_name.clone()).map_err(err)?;
@@ -134,23 +150,34 @@ impl Identity {
         let builder = CertificateBuilder::new(profile, serial, validity()?, spki(&root_key)?).map_err(err)?;
         let root_der = builder.build::<_, DerSignature>(&root_key).map_err(err)?.to_der().map_err(err)?;
 
-        let profile = Subordinate {
-            issuer: root_name,
-            subject: intermediate_name.clone(),
-            path_len_constraint: Some(0),
-            emits_ocsp_response: false,
-            client_auth: false,
-        };
-        let serial = SerialNumber::new(&[0x02]).map_err(err)?;
-        let builder = CertificateBuilder::new(profile, serial, validity()?, spki(&intermediate_key)?).map_err(err)?;
-        let intermediate = builder.build::<_, DerSignature>(&root_key).map_err(err)?.to_der().map_err(err)?;
+        let mut cas = Vec::with_capacity(intermediates);
+        let (mut issuer, mut issuer_key) = (root_name, &root_key);
+        for (i, key) in ca_keys.iter().enumerate() {
+            let subject = ca_name(i)?;
+            let profile = Subordinate {
+                issuer,
+                subject: subject.clone(),
+                path_len_constraint: Some((intermediates - 1 - i) as u8),
+                emits_ocsp_response: false,
+                client_auth: false,
+            };
+            let serial = SerialNumber::new(&[0x02 + i as u8 * 0x10]).map_err(err)?;
+            let builder = CertificateBuilder::new(profile, serial, validity()?, spki(key)?).map_err(err)?;
+            cas.push(builder.build::<_, DerSignature>(issuer_key).map_err(err)?.to_der().map_err(err)?);
+            (issuer, issuer_key) = (subject, key);
+        }
 
-        let profile = DevId::new(intermediate_name, leaf_name, None).map_err(err)?;
+        let profile = DevId::new(issuer, leaf_name, None).map_err(err)?;
         let serial = SerialNumber::new(&[0x03]).map_err(err)?;
-        let builder = CertificateBuilder::new(profile, serial, validity()?, spki(&leaf_key)?).map_err(err)?;
-        let leaf_der = builder.build::<_, DerSignature>(&intermediate_key).map_err(err)?.to_der().map_err(err)?;
+        let mut builder = CertificateBuilder::new(profile, serial, validity()?, spki(&leaf_key)?).map_err(err)?;
+        // SPDM 1.3 (DSP0274 1.3 §10.6.1, Table 42) makes basicConstraints mandatory in the leaf,
+        // CA false; libspdm's requester refuses a 1.3 chain without it. The DevID profile adds none.
+        builder
+            .add_extension(&x509_cert::ext::pkix::BasicConstraints { ca: false, path_len_constraint: None })
+            .map_err(err)?;
+        let leaf_der = builder.build::<_, DerSignature>(issuer_key).map_err(err)?.to_der().map_err(err)?;
 
-        Identity::from_chain(leaf_key, root_der, vec![intermediate], leaf_der)
+        Identity::from_chain(leaf_key, root_der, cas, leaf_der)
     }
 
     /// An identity from a leaf key and the DER certificates of a root and a leaf.

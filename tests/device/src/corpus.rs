@@ -174,12 +174,24 @@ pub fn corpus(rng: &mut Rng) -> Result<Vec<Case>, CertError> {
     })?;
     let unknown = extension("1.3.6.1.4.1.412.274.99", false)?;
     case("good chain, unknown non-critical extension", Ok(()), &|s| s[2].extra.push(unknown.clone()))?;
+    // A critical extKeyUsage (libspdm's sample CA and leaf have TLS purposes in one): understood.
+    let eku = extension("2.5.29.37", true)?;
+    case("good chain, critical extKeyUsage", Ok(()), &|s| {
+        s[1].extra.push(eku.clone());
+        s[2].extra.push(eku.clone());
+    })?;
     case("CA=false issuer", Err(ChainError::NotCa { index: 1 }), &|s| s[1].basic = Some(no_ca.clone()))?;
     case("issuer without basicConstraints", Err(ChainError::NotCa { index: 1 }), &|s| s[1].basic = None)?;
     case("missing keyCertSign", Err(ChainError::KeyUsage { index: 1 }), &|s| {
         s[1].usage = Some(KeyUsage(KeyUsages::DigitalSignature | KeyUsages::CRLSign))
     })?;
     case("issuer without keyUsage", Err(ChainError::KeyUsage { index: 1 }), &|s| s[1].usage = None)?;
+    // The trust anchor's extensions are inputs to path validation (RFC 5280 §6.1.1 d): a root
+    // without keyUsage is one (libspdm's sample roots); a root that restricts itself is held to it.
+    case("good chain, root without keyUsage", Ok(()), &|s| s[0].usage = None)?;
+    case("root without keyCertSign", Err(ChainError::KeyUsage { index: 0 }), &|s| {
+        s[0].usage = Some(KeyUsage(KeyUsages::DigitalSignature.into()))
+    })?;
     case("path length exceeded", Err(ChainError::PathLength { index: 0 }), &|s| s[0].basic = ca(Some(0)))?;
     case("name mismatch", Err(ChainError::IssuerName { index: 2 }), &|s| s[2].issuer = name("CN=corpus other CA"))?;
     case("root not self-issued", Err(ChainError::IssuerName { index: 0 }), &|s| {

@@ -20,7 +20,9 @@ use tsm::spdm::secured;
 use tsm::spdm::sig::Context;
 
 use crate::faults::Faults;
-use crate::spdm::{error, error_code, le16, le32, MAX_SESSIONS, VENDOR_DEFINED_REQUEST, VENDOR_DEFINED_RESPONSE};
+use crate::spdm::{
+    error, error_code, le16, le32, FLAG_HBEAT, MAX_SESSIONS, VENDOR_DEFINED_REQUEST, VENDOR_DEFINED_RESPONSE,
+};
 use crate::Device;
 
 /// The keys a session currently uses.
@@ -39,11 +41,16 @@ pub(crate) enum Phase {
     },
 }
 
+/// The HeartbeatPeriod (seconds) offered to a requester with HBEAT_CAP.
+pub(crate) const HEARTBEAT_PERIOD_S: u8 = 60;
+
 /// One session.
 #[derive(Clone, Debug)]
 pub(crate) struct Session {
     pub(crate) version: u8,
     pub(crate) phase: Phase,
+    /// The unsigned measurement exchanges in this session since its last signed one.
+    pub(crate) l1: Vec<u8>,
 }
 
 impl Session {
@@ -133,7 +140,10 @@ impl Device {
 
         let ephemeral = self.rng.scalar();
         let public = PublicKey::from_secret_scalar(&ephemeral).to_uncompressed_point();
-        let mut r = vec![ver, code::KEY_EXCHANGE_RSP, 0, 0];
+        // HeartbeatPeriod: only where both sides announced HBEAT_CAP (0 = no heartbeat). The
+        // device does not end a silent session on its own: the spec lets it, not requires it.
+        let period = if self.conn.requester_flags & FLAG_HBEAT != 0 { HEARTBEAT_PERIOD_S } else { 0 };
+        let mut r = vec![ver, code::KEY_EXCHANGE_RSP, period, 0];
         r.extend_from_slice(&(rsp_id as u16).to_le_bytes());
         r.extend_from_slice(&[0, 0]); // no mutual authentication, no requester slot
         r.extend_from_slice(&self.rng.bytes::<32>());
@@ -164,7 +174,8 @@ impl Device {
         r.extend_from_slice(&verify);
         th.update(verify);
         // ALL CHECKS PASSED
-        self.sessions.insert(id, Session { version: ver, phase: Phase::Handshake { keys: Box::new(keys), th } });
+        self.sessions
+            .insert(id, Session { version: ver, phase: Phase::Handshake { keys: Box::new(keys), th }, l1: Vec::new() });
         Ok(r)
     }
 
@@ -236,6 +247,12 @@ impl Device {
             return (error(version, error_code::VERSION_MISMATCH, 0), After::Stay);
         }
         let handshake = matches!(self.sessions.get(&id).map(|s| &s.phase), Some(Phase::Handshake { .. }));
+        if m[1] != code::GET_MEASUREMENTS {
+            // L1 covers consecutive measurement exchanges only.
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.l1.clear();
+            }
+        }
         match (m[1], handshake) {
             (code::FINISH, true) => self.finish(id, version, m),
             (code::END_SESSION, false) => {
@@ -246,6 +263,10 @@ impl Device {
             }
             (VENDOR_DEFINED_REQUEST, false) => (self.vendor_defined(id, version, m), After::Stay),
             (code::KEY_UPDATE, false) => (self.key_update(id, version, m), After::Stay),
+            (code::GET_MEASUREMENTS, false) => match self.get_measurements(m, Some(id)) {
+                Ok(r) | Err(r) => (r, After::Stay),
+            },
+            (code::HEARTBEAT, false) => (self.heartbeat(version, m), After::Stay),
             (
                 code::GET_VERSION
                 | code::GET_CAPABILITIES
@@ -258,6 +279,7 @@ impl Device {
                 | code::FINISH
                 | code::END_SESSION
                 | code::KEY_UPDATE
+                | code::HEARTBEAT
                 | VENDOR_DEFINED_REQUEST,
                 _,
             ) => (error(version, error_code::UNEXPECTED_REQUEST, 0), After::Stay),
@@ -291,6 +313,17 @@ impl Device {
     /// key; UpdateAllKeys moves both, the response key before the ACK is sealed, so the ACK
     /// travels under the new response key; VerifyNewKey (which must come under the new request
     /// key, after an update) drops the old request key.
+    /// HEARTBEAT (DSP0274 1.2 §10.19): only where both sides announced HBEAT_CAP.
+    fn heartbeat(&self, version: u8, m: &[u8]) -> Vec<u8> {
+        if self.conn.requester_flags & FLAG_HBEAT == 0 {
+            return error(version, error_code::UNSUPPORTED_REQUEST, code::HEARTBEAT);
+        }
+        if m.len() != 4 {
+            return error(version, error_code::INVALID_REQUEST, 0);
+        }
+        vec![version, code::HEARTBEAT_ACK, 0, 0]
+    }
+
     fn key_update(&mut self, id: u32, version: u8, m: &[u8]) -> Vec<u8> {
         if self.conn.requester_flags & REQ_FLAG_KEY_UPD == 0 {
             return error(version, error_code::UNSUPPORTED_REQUEST, code::KEY_UPDATE);

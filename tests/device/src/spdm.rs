@@ -27,8 +27,8 @@ pub mod error_code {
 }
 
 /// The responder's capability flags: CERT | CHAL | MEAS_SIG | MEAS_FRESH | ENCRYPT | MAC | KEY_EX |
-/// KEY_UPD.
-pub const RESPONDER_FLAGS: u32 = 0x42F6;
+/// HBEAT | KEY_UPD.
+pub const RESPONDER_FLAGS: u32 = 0x62F6;
 /// DataTransferSize and MaxSPDMmsgSize: below QEMU's 0x1200-byte socket limit with room for the
 /// DOE header and the secured-message overhead.
 pub const TRANSFER_SIZE: u32 = 0x1000;
@@ -41,6 +41,8 @@ const REQ_FLAG_KEY_EX: u32 = 0x200;
 const REQ_FLAG_MAC: u32 = 0x80;
 const REQ_FLAG_ENCRYPT: u32 = 0x40;
 const REQ_FLAG_CHUNK: u32 = 0x20000;
+/// HBEAT_CAP, of either side.
+pub(crate) const FLAG_HBEAT: u32 = 0x2000;
 
 /// Where the connection is in the negotiation (DSP0274 §10.1 ordering).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,14 +163,14 @@ impl Device {
             }
             code::GET_MEASUREMENTS => {
                 ordered(Phase::Negotiated)?;
-                self.get_measurements(m)
+                self.get_measurements(m, None)
             }
             code::KEY_EXCHANGE => {
                 ordered(Phase::Negotiated)?;
                 self.key_exchange(m)
             }
             code::FINISH => Err(unexpected(version)),
-            code::END_SESSION | code::KEY_UPDATE | VENDOR_DEFINED_REQUEST => {
+            code::END_SESSION | code::KEY_UPDATE | code::HEARTBEAT | VENDOR_DEFINED_REQUEST => {
                 Err(error(version, error_code::SESSION_REQUIRED, 0))
             }
             other => Err(error(version, error_code::UNSUPPORTED_REQUEST, other)),
@@ -400,7 +402,27 @@ impl Device {
         Ok(r)
     }
 
-    fn get_measurements(&mut self, m: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+    /// GET_MEASUREMENTS in the clear (`session` None) or inside a session: each keeps its own L1
+    /// (libspdm's `message_m` of the connection or of the session); both begin with the VCA
+    /// (DSP0274 1.2 §10.11, "L1/L2 transcript").
+    pub(crate) fn get_measurements(&mut self, m: &[u8], session: Option<u32>) -> Result<Vec<u8>, Vec<u8>> {
+        let mut l1 = match session {
+            Some(id) => self.sessions.get_mut(&id).map(|s| std::mem::take(&mut s.l1)).unwrap_or_default(),
+            None => std::mem::take(&mut self.conn.l1),
+        };
+        let r = self.measurements_over(m, &mut l1);
+        match session {
+            Some(id) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.l1 = l1;
+                }
+            }
+            None => self.conn.l1 = l1,
+        }
+        r
+    }
+
+    fn measurements_over(&mut self, m: &[u8], l1_kept: &mut Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
         let ver = self.conn.version;
         let signed = m[2] & 0x01 != 0;
         let context = if ver >= 0x13 { 8 } else { 0 };
@@ -430,19 +452,19 @@ impl Device {
             r.extend_from_slice(&msg[len - 8..len]);
         }
         if !signed {
-            self.conn.l1.extend_from_slice(msg);
-            self.conn.l1.extend_from_slice(&r);
+            l1_kept.extend_from_slice(msg);
+            l1_kept.extend_from_slice(&r);
             return Ok(r);
         }
         let mut l1 = Sha384::new();
         l1.update(&self.conn.vca);
-        l1.update(&self.conn.l1);
+        l1.update(&*l1_kept);
         l1.update(msg);
         l1.update(&r);
         let signature = self.sign(Context::Measurements, &l1.finalize().into())?;
         r.extend_from_slice(&signature);
         // ALL CHECKS PASSED
-        self.conn.l1.clear();
+        l1_kept.clear();
         Ok(r)
     }
 }

@@ -90,3 +90,25 @@ fn a_device_that_stops_answering_fails_at_its_stage() {
     assert!(matches!(c.error(), Some(ConnectError::Spdm(Stage::Certificates, SpdmError::Doe(_)))), "{:?}", c.error());
     assert!(c.session().is_none());
 }
+
+/// A certificate chain over 4 KiB (root, five CAs with long names, leaf) is read in 1 KiB
+/// GET_CERTIFICATE portions, checked link by link, and kept whole as evidence.
+#[test]
+fn a_certificate_chain_over_4_kib_connects() {
+    use tdisp_device::{rng::Rng, Identity};
+    for version in [0x12, 0x13] {
+        let config = Config { spdm_versions: vec![version], ..Config::default() };
+        let mut rng = Rng::new(config.seed);
+        let identity = Identity::generate_chain(&mut rng, 5, 400).unwrap();
+        let chain = identity.chain.clone();
+        assert!(chain.len() > 4096 && chain.len() <= tsm::spdm::cert::CHAIN_MAX, "{} bytes", chain.len());
+        let mut device = Device::with_identity(config, identity, rng).unwrap();
+        let (c, exchanges) = run(&mut device);
+        assert_eq!(c.error(), None, "SPDM {version:#x}");
+        assert_eq!(c.stage(), Stage::Connected);
+        assert_eq!(c.chain_bytes(), Some(&chain[..]));
+        assert_eq!(c.chain().unwrap().certs().len(), 7);
+        // Discovery 3, VCA 3, GET_DIGESTS, five portions, CHALLENGE, MEASUREMENTS, KEY_EXCHANGE, FINISH.
+        assert_eq!(exchanges, 3 + 3 + 1 + chain.len().div_ceil(1024) + 4);
+    }
+}

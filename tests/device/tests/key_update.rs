@@ -206,7 +206,7 @@ fn the_device_refuses_key_update_from_a_requester_without_key_upd_cap() {
     algs.extend_from_slice(&[2, 0x20, 0x10, 0, 3, 0x20, 0x02, 0, 5, 0x20, 0x01, 0]);
     let rsp = ask(&mut d, &mut vca, &algs, |r| usize::from(u16::from_le_bytes([r[4], r[5]])));
     assert_eq!(rsp[1], 0x63);
-    let n = Negotiated { version: 0x13, responder_flags: flags, data_transfer_size: 0x1000, max_message_size: 0x1000 };
+    let n = Negotiated::p384(0x13, flags, 0x1000, 0x1000);
     let mut c = Box::new(CertRetrieval::new(&n, &vca));
     let r: Result<(), SpdmError> = drive!(&mut d, c);
     r.unwrap();

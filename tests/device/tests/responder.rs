@@ -123,7 +123,8 @@ fn requests_in_another_version_get_version_mismatch() {
 fn unknown_and_session_only_requests() {
     let mut d = device();
     negotiated(&mut d);
-    assert_eq!(ask(&mut d, &[0x13, 0xE8, 0, 0]), [0x13, 0x7F, 0x07, 0xE8], "HEARTBEAT is unsupported");
+    assert_eq!(ask(&mut d, &[0x13, 0xE8, 0, 0]), [0x13, 0x7F, 0x0B, 0], "HEARTBEAT needs a session");
+    assert_eq!(ask(&mut d, &[0x13, 0xEA, 0, 0]), [0x13, 0x7F, 0x07, 0xEA], "no encapsulated requests");
     assert_eq!(ask(&mut d, &[0x13, 0xEC, 0, 0]), [0x13, 0x7F, 0x0B, 0], "END_SESSION needs a session");
     let mut tdisp = [0u8; 64];
     let n = tsm::tdisp::encode(0x13, InterfaceId(0x18), &Request::GetVersion, &mut tdisp).unwrap();
@@ -176,6 +177,41 @@ fn challenge_and_measurements_verify_after_each_other() {
     challenge(&mut d, &c).unwrap();
     measure(&mut d, &c).unwrap();
     measure(&mut d, &c).unwrap();
+}
+
+/// GET_MEASUREMENTS inside a session (DSP0274 1.2 §10.11): signed over the VCA and the
+/// session's own measurement exchanges; the clear-text L1 is not touched.
+#[test]
+fn get_measurements_in_a_session_is_signed_over_the_session_transcript() {
+    use tsm::doe::{self, Action, ObjectType};
+    use tsm::spdm::meas::Measurements;
+    let mut d = device();
+    let (c, mut s) = open_session(&mut d);
+    // An unsigned exchange first: it belongs to the session's L1.
+    let count = secured(&mut d, &mut s, &[0x13, 0xE0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9]).unwrap();
+    assert_eq!((count[1], count[2]), (0x60, 3));
+    let mut m = Measurements::new(&c.negotiated, &c.vca, c.key, [0x6E; 32], [0x4C; 8]);
+    let Action::Send(request) = m.start() else { panic!("no request") };
+    let request = doe::decode_as(request, ObjectType::Spdm).unwrap()[..45].to_vec();
+    let reply = secured(&mut d, &mut s, &request).unwrap();
+    // The signature covers VCA ‖ the unsigned pair ‖ this pair: the TSM's one-shot check
+    // (VCA ‖ this pair) must therefore fail, and succeed once the session's L1 is empty.
+    assert!(matches!(m.step(&spdm_object(&reply)), Action::Failed(_)), "the unsigned pair is in L1");
+    let mut m = Measurements::new(&c.negotiated, &c.vca, c.key, [0x6E; 32], [0x4C; 8]);
+    let Action::Send(request) = m.start() else { panic!("no request") };
+    let request = doe::decode_as(request, ObjectType::Spdm).unwrap()[..45].to_vec();
+    let reply = secured(&mut d, &mut s, &request).unwrap();
+    let _ = m.step(&spdm_object(&reply));
+    assert_eq!(m.error(), None);
+    assert!(m.exchange().is_some());
+}
+
+#[test]
+fn heartbeat_needs_a_requester_that_announced_it() {
+    let mut d = device();
+    let (_, mut s) = open_session(&mut d);
+    // The TSM announces no HBEAT_CAP: the device does not take heartbeats from it.
+    assert_eq!(secured(&mut d, &mut s, &[0x13, 0xE8, 0, 0]).unwrap(), [0x13, 0x7F, 0x07, 0xE8]);
 }
 
 #[test]

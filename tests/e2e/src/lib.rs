@@ -151,6 +151,12 @@ pub struct Boot {
     pub cpu: Option<String>,
     /// Set from another thread to kill QEMU (SIGKILL) mid-run; the outcome's status is then -1.
     pub kill: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// The run's folder (default: `target/e2e/<name>`, emptied first); when given, only the
+    /// files the run writes are replaced.
+    pub dir: Option<PathBuf>,
+    /// More QEMU arguments, appended as they are (a branch's `-device intel-iommu,...` or a
+    /// drive image is one line here).
+    pub extra: Vec<String>,
 }
 
 /// A valid platform secret blob (`attest::platform::SecretBlob`) that no verifier trusts: for
@@ -198,18 +204,14 @@ impl Outcome {
 }
 
 impl Boot {
-    /// Boots the firmware in QEMU (TCG) and waits for it to exit; `name` names the run's folder
-    /// under `target/e2e/`.
+    /// QEMU's command line for this boot, the one place it is written: q35 under TCG, the
+    /// firmware as a PVH kernel, COM1 (console), COM2 (defmt) and COM3 (framed artifacts) into
+    /// files in `dir`, isa-debug-exit, the NVMe device with its DOE mailbox at `spdm_port`, the
+    /// run configuration and platform secret over fw_cfg (written into `dir`), then `extra`.
     ///
     /// # Panics
-    /// If QEMU cannot start, or runs past [`BOOT_TIMEOUT`] (it is then killed).
-    pub fn run(&self, qemu: &Qemu, name: &str) -> Outcome {
-        let dir = target_dir().join("e2e").join(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("run folder");
-        let com1 = dir.join("serial.log");
-        let com2 = dir.join("defmt.bin");
-        let com3 = dir.join("artifacts.bin");
+    /// If the fw_cfg files cannot be written.
+    pub fn command(&self, qemu: &Qemu, dir: &Path) -> Command {
         let mut cmd = Command::new(&qemu.0);
         cmd.args(["-M", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot"])
             .arg("-cpu")
@@ -217,14 +219,11 @@ impl Boot {
             .arg("-m")
             .arg(format!("{}M", self.memory_mib.unwrap_or(256)))
             .arg("-kernel")
-            .arg(firmware())
-            .arg("-serial")
-            .arg(format!("file:{}", com1.display()))
-            .arg("-serial")
-            .arg(format!("file:{}", com2.display()))
-            .arg("-serial")
-            .arg(format!("file:{}", com3.display()))
-            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+            .arg(firmware());
+        for com in ["serial.log", "defmt.bin", "artifacts.bin"] {
+            cmd.arg("-serial").arg(format!("file:{}", dir.join(com).display()));
+        }
+        cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         if let Some(port) = self.spdm_port {
             cmd.arg("-device").arg(format!("nvme,serial=seamless,addr={NVME_ADDR},spdm_port={port}"));
         }
@@ -238,6 +237,30 @@ impl Boot {
             std::fs::write(&path, s).expect("secret file");
             cmd.arg("-fw_cfg").arg(format!("name=opt/seamless/platform-secret,file={}", path.display()));
         }
+        cmd.args(&self.extra);
+        cmd
+    }
+
+    /// Boots the firmware in QEMU (TCG) and waits for it to exit; `name` names the run's folder
+    /// under `target/e2e/`.
+    ///
+    /// # Panics
+    /// If QEMU cannot start, or runs past [`BOOT_TIMEOUT`] (it is then killed).
+    pub fn run(&self, qemu: &Qemu, name: &str) -> Outcome {
+        let dir = match &self.dir {
+            Some(d) => d.clone(),
+            None => {
+                let d = target_dir().join("e2e").join(name);
+                let _ = std::fs::remove_dir_all(&d);
+                d
+            }
+        };
+        std::fs::create_dir_all(&dir).expect("run folder");
+        let (com1, com2, com3) = (dir.join("serial.log"), dir.join("defmt.bin"), dir.join("artifacts.bin"));
+        for f in [&com1, &com2, &com3] {
+            let _ = std::fs::remove_file(f);
+        }
+        let mut cmd = self.command(qemu, &dir);
         let start = Instant::now();
         let mut child =
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start QEMU");

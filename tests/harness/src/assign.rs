@@ -5,12 +5,13 @@
 //! TSM never reads or writes MMIO, it only maps it.
 
 use tdisp_device::{Config, Device, InterfaceConfig, MmioRange};
-use tsm::abi::guest::leaf as g;
-use tsm::abi::host::leaf as h;
 use tsm::addr::Pfn;
-use tsm::{Regs, Status};
+use tsm::Regs;
+use tsm_client::host::device::{self as flow, Assignment as Progress};
+use tsm_client::host::{td as flow_td, DeviceLeaf, PumpStats};
+use tsm_client::{Doe, DoeError};
 
-use crate::driver::{gpa_level, ok, Machine, TdHandle};
+use crate::driver::{Machine, TdHandle};
 
 /// Host physical address of the device's BAR0 (far above the arena: not convertible memory).
 pub const BAR_BASE: u64 = 0x80_0000_0000;
@@ -65,59 +66,79 @@ pub struct Assignment {
     pub report: Vec<u8>,
 }
 
+impl Assignment {
+    /// The assignment as `tsm_client` tracks it (nothing mapped, no DMA entry).
+    pub fn progress(&self) -> Progress {
+        Progress {
+            pdev: self.pdev,
+            msg: self.msg,
+            ide: self.stream != 0,
+            stream: self.stream,
+            tdi: self.tdi,
+            generation: self.generation,
+            report_len: self.report.len(),
+            ..Progress::default()
+        }
+    }
+}
+
+/// The in-process device as the host's DOE mailbox: `None` from the device (a dropped answer)
+/// is the mailbox's timeout.
+#[derive(Debug)]
+pub struct DeviceMailbox<'a>(pub &'a mut Device);
+
+impl Doe for DeviceMailbox<'_> {
+    fn exchange(&mut self, request: &[u8], answer: &mut [u8]) -> Result<usize, DoeError> {
+        let got = self.0.handle(request).ok_or(DoeError::Timeout { waited_us: 0 })?;
+        assert!(got.len() <= answer.len(), "answer fits the message page");
+        answer[..got.len()].copy_from_slice(&got);
+        Ok(got.len())
+    }
+}
+
+fn must<T>(r: Result<T, tsm_client::HostError>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
 impl Machine {
     /// Calls a resumable device leaf, moving every request to `device` and its answer back,
     /// until the call stops asking. `None` from the device (a dropped answer) ends the pump with
     /// the DEVICE_REQUEST still outstanding.
     pub fn pump(&mut self, device: &mut Device, leaf: u64, rcx: u64, msg: u64, r9: u64) -> Regs {
-        let mut len = 0;
-        loop {
-            let r = self.tsm.host_call(&Regs::call(leaf, rcx, msg, len, r9));
-            if r.status() != Status::DEVICE_REQUEST {
-                return r;
-            }
-            let request = self.read(msg, r.r8 as usize);
-            match device.handle(&request) {
-                Some(answer) => {
-                    assert!(answer.len() <= 4096, "answer fits the message page");
-                    self.write(msg, &answer);
-                    len = answer.len() as u64;
-                }
-                None => return r,
-            }
+        let l = DeviceLeaf { name: "pump", leaf, rcx, r9 };
+        match tsm_client::host::pump(self, &mut DeviceMailbox(device), l, msg, &mut PumpStats::default()) {
+            Ok(r) => r,
+            Err(stalled) => stalled.regs,
         }
     }
 
     /// SPDM.CREATE and a full SPDM.CONNECT; asserts success.
     pub fn connect(&mut self, device: &mut Device) -> Assignment {
-        let pdev = self.page();
-        ok(self.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
-        let msg = self.scratch();
-        ok(self.pump(device, h::SPDM_CONNECT, pdev, msg, 0), "SPDM.CONNECT");
-        Assignment { pdev, msg, stream: 0, tdi: 0, generation: 0, report: Vec::new() }
+        let p = must(flow::pdev_create(self, FUNCTION));
+        must(flow::connect(self, &mut DeviceMailbox(device), &p, &mut PumpStats::default()));
+        Assignment { pdev: p.pdev, msg: p.msg, stream: 0, tdi: 0, generation: 0, report: Vec::new() }
     }
 
     /// IDE.STREAM.CREATE and KM SETUP; asserts success.
     pub fn ide_setup(&mut self, device: &mut Device, a: &mut Assignment) {
-        let r = self.host(h::IDE_STREAM_CREATE, a.pdev, 1, 0, 0);
-        ok(r, "IDE.STREAM.CREATE");
-        a.stream = r.rcx;
-        ok(self.pump(device, h::IDE_STREAM_KM, a.pdev, a.msg, a.stream), "IDE.STREAM.KM SETUP");
+        let mut p = a.progress();
+        must(flow::ide_setup(self, &mut DeviceMailbox(device), &mut p, &mut PumpStats::default()));
+        a.stream = p.stream;
     }
 
     /// TDI.CREATE bound to `td`; asserts success.
     pub fn bind(&mut self, td: &TdHandle, a: &mut Assignment) {
-        let page = self.page();
-        ok(self.host(h::TDI_CREATE, td.tdr, a.pdev, page, u64::from(FUNCTION)), "TDI.CREATE");
-        a.tdi = page;
+        let mut p = a.progress();
+        must(flow::bind(self, td.tdr, FUNCTION, &mut p));
+        a.tdi = p.tdi;
     }
 
     /// TDI.LOCK with [`LOCK_FLAGS`] over the stream; asserts success, keeps the report.
     pub fn lock(&mut self, device: &mut Device, a: &mut Assignment) {
-        let r = self.pump(device, h::TDI_LOCK, a.tdi, a.msg, LOCK_FLAGS | a.stream << 16);
-        ok(r, "TDI.LOCK");
-        a.generation = r.rcx;
-        a.report = self.read(a.msg, r.r8 as usize);
+        let mut p = a.progress();
+        must(flow::lock(self, &mut DeviceMailbox(device), LOCK_FLAGS, &mut p, &mut PumpStats::default()));
+        a.generation = p.generation;
+        a.report = self.read(a.msg, p.report_len);
     }
 
     /// DMABUF.IMPORT of every TEE range of the report; asserts success.
@@ -125,7 +146,7 @@ impl Machine {
         let s = self.tsm.tdi_summary(pfn(a.tdi)).expect("TDI");
         for (i, range) in s.ranges[..s.range_count].iter().enumerate() {
             if range.attributes & 0x4 == 0 {
-                ok(self.host(h::DMABUF_IMPORT, a.tdi, range.first << 12, range.pages, i as u64), "DMABUF.IMPORT");
+                must(flow::import(self, &a.progress(), i as u64, range.first << 12, range.pages));
             }
         }
     }
@@ -134,30 +155,22 @@ impl Machine {
     pub fn map_range(&mut self, td: &TdHandle, a: &Assignment, r: usize, gpa: u64) {
         let s = self.tsm.tdi_summary(pfn(a.tdi)).expect("TDI");
         let range = s.ranges[r];
-        for i in 0..range.pages {
-            self.map_tables(td, gpa + i * 4096, 0);
-            let hpa = (range.first + i) << 12;
-            ok(self.host(h::MMIO_MAP, gpa_level(gpa + i * 4096, 0), td.tdr, hpa, 0), "MMIO.MAP");
-        }
+        must(flow::map_mmio(self, &td.pages(), &mut a.progress(), (range.first << 12, range.pages), gpa));
     }
 
     /// The guest accepts every page of range `r` mapped at `gpa`.
     pub fn accept_range(&mut self, td: &TdHandle, a: &Assignment, r: usize, gpa: u64) {
         let s = self.tsm.tdi_summary(pfn(a.tdi)).expect("TDI");
-        for i in 0..s.ranges[r].pages {
-            let call = Regs {
-                r9: i * 4096,
-                ..Regs::call(g::MMIO_ACCEPT, gpa_level(gpa + i * 4096, 0), r as u64, u64::from(FUNCTION), 0)
-            };
-            let ret = self.tsm.guest_call(td.vcpus[0], &call);
-            assert_eq!(ret.regs.status(), Status::SUCCESS, "MMIO.ACCEPT {ret:x?}");
-        }
+        let pages = s.ranges[r].pages;
+        let got =
+            tsm_client::guest::accept_mmio(&mut self.vcpu(td.vcpus[0]), u64::from(FUNCTION), r as u64, gpa, pages);
+        assert_eq!(got, Ok(()), "MMIO.ACCEPT");
     }
 
     /// The guest authorises START for the current lock; asserts success.
     pub fn authorise(&mut self, td: &TdHandle, a: &Assignment) {
-        let r = self.guest(td.vcpus[0], g::TDI_START, u64::from(FUNCTION), a.generation, 0);
-        assert_eq!(r.regs.status(), Status::SUCCESS, "TDG.TDI.START {r:x?}");
+        let got = tsm_client::guest::authorise_start(&mut self.vcpu(td.vcpus[0]), u64::from(FUNCTION), a.generation);
+        assert_eq!(got, Ok(()), "TDG.TDI.START");
     }
 
     /// Everything up to a running TDI with BAR0 mapped and accepted at [`BAR_GPA`].
@@ -170,7 +183,7 @@ impl Machine {
         self.map_range(td, &a, 0, BAR_GPA);
         self.accept_range(td, &a, 0, BAR_GPA);
         self.authorise(td, &a);
-        ok(self.pump(device, h::TDI_START, a.tdi, a.msg, 0), "TDI.START");
+        must(flow::start(self, &mut DeviceMailbox(device), &a.progress(), &mut PumpStats::default()));
         a
     }
 }
@@ -184,24 +197,7 @@ impl Machine {
     /// Tears a TD down the way a VMM does: kick its vCPUs, VPFLUSHDONE, RECLAIM every page it
     /// owns, then its TDR. Asserts every step.
     pub fn teardown(&mut self, td: &TdHandle) {
-        for &v in &td.vcpus {
-            ok(self.host(h::VP_KICK, v, 0, 0, 0), "VP.KICK");
-        }
-        ok(self.host(h::MNG_VPFLUSHDONE, td.tdr, 0, 0, 0), "VPFLUSHDONE");
-        for f in crate::driver::TDMR_BASE >> 12..self.pamt_base() >> 12 {
-            let frame = pfn(f << 12);
-            let Some(meta) = self.tsm.pamt_entry(frame) else { continue };
-            let head = tsm::addr::PageSize::from_level(meta.level).is_some_and(|s| frame.is_aligned(s));
-            let regular_tail = meta.ty == tsm::pamt::PageType::Regular && !head;
-            if meta.ty != tsm::pamt::PageType::Free
-                && meta.owner.addr().raw() == td.tdr
-                && f << 12 != td.tdr
-                && !regular_tail
-            {
-                ok(self.host(h::PHYMEM_PAGE_RECLAIM, f << 12, 0, 0, 0), "RECLAIM");
-            }
-        }
-        ok(self.host(h::PHYMEM_PAGE_RECLAIM, td.tdr, 0, 0, 0), "RECLAIM TDR");
+        must(flow_td::destroy(self, td.tdr, &td.vcpus));
     }
 
     /// Frames of the TDMR that are neither free nor the PAMT (0 after a clean teardown).
@@ -215,37 +211,17 @@ impl Machine {
 impl Machine {
     /// TDH.IOMMU.SETUP with a fresh root table; asserts success.
     pub fn iommu_setup(&mut self) -> u64 {
-        let root = self.page();
-        ok(self.host(h::IOMMU_SETUP, root, 0, 0, 0), "IOMMU.SETUP");
-        root
+        must(flow::iommu_setup(self))
     }
 
     /// TDH.DMAR.ADD for the TDI, offering a fresh frame for every table; frames it did not take
     /// go back to the host's pool. Returns the call's registers.
     pub fn dmar_add(&mut self, td: &TdHandle, a: &Assignment) -> Regs {
-        let frames = [self.page(), self.page(), self.page()];
-        let call = Regs { r10: frames[2], ..Regs::call(h::DMAR_ADD, td.tdr, a.tdi, frames[0], frames[1]) };
-        let r = self.tsm.host_call(&call);
-        let used = if r.status() == Status::SUCCESS { r.rcx } else { 0 };
-        for (i, &f) in frames.iter().enumerate() {
-            if used & 1 << i == 0 {
-                self.release(f);
-            }
-        }
-        r
+        must(flow::dmar_add_raw(self, td.tdr, a.tdi))
     }
 
     /// TDH.IOMMU.CLEAR until the root table comes back; returns how many frames came back.
     pub fn iommu_clear(&mut self) -> usize {
-        let mut n = 0;
-        loop {
-            let r = self.host(h::IOMMU_CLEAR, 0, 0, 0, 0);
-            ok(r, "IOMMU.CLEAR");
-            n += 1;
-            self.release(r.rcx);
-            if r.rdx == 0 {
-                return n;
-            }
-        }
+        must(flow::iommu_clear(self)) as usize
     }
 }

@@ -10,11 +10,12 @@
 //! ```
 //! The PAMT sits at the end of the TDMR so that 1G-aligned blocks at `TDMR_BASE` stay donatable.
 
-use tsm::abi::{guest, host};
 use tsm::addr::{FrameRange, HostPhysAddr, PageSize, Pfn};
 use tsm::pamt::Tdmr;
 use tsm::td::TdParams;
-use tsm::{GuestReturn, Regs, Status, Tsm, TsmIdentity};
+use tsm::{GuestReturn, Regs, Status, TdExit, Tsm, TsmIdentity};
+use tsm_client::host::td::{self as flow_td, TdPages};
+use tsm_client::{HostMemory, Seamcall, Tdcall};
 
 use crate::arena::{HostMem, HostPlatform};
 
@@ -109,10 +110,7 @@ impl Machine {
 
     /// Calls TDH.SYS.CONFIG with the given TDMR_INFO entries.
     pub fn sys_config_with(&mut self, tdmrs: &[[u64; 4]]) -> Regs {
-        let page = self.scratch();
-        let bytes: Vec<u8> = tdmrs.iter().flatten().flat_map(|w| w.to_le_bytes()).collect();
-        self.write(page, &bytes);
-        self.host(host::leaf::SYS_CONFIG, page, tdmrs.len() as u64, 0, 0)
+        tsm_client::host::sys_config(self, tdmrs).expect("TDMR_INFO fits a page")
     }
 
     /// One host call.
@@ -156,6 +154,11 @@ impl Machine {
         self.free4k.push(pa);
     }
 
+    /// How many TDMR pages the host has handed out at least once.
+    pub fn donated_pages(&self) -> u64 {
+        (self.cursor - TDMR_BASE) / 4096
+    }
+
     /// The PAMT area's address.
     pub fn pamt_base(&self) -> u64 {
         self.pamt_base
@@ -185,63 +188,36 @@ impl Machine {
 
     /// MNG.CREATE, two ADDCX and MNG.INIT with `params`; asserts success.
     pub fn create_td(&mut self, params: &TdParams) -> TdHandle {
-        let tdr = self.page();
-        ok(self.host(host::leaf::MNG_CREATE, tdr, 0, 0, 0), "MNG.CREATE");
-        let tdcs = [self.page(), self.page()];
-        for p in tdcs {
-            ok(self.host(host::leaf::MNG_ADDCX, p, tdr, 0, 0), "MNG.ADDCX");
-        }
-        let params_pa = self.scratch();
-        self.write(params_pa, &params.encode());
-        ok(self.host(host::leaf::MNG_INIT, tdr, params_pa, 0, 0), "MNG.INIT");
-        let root_level = if params.gpaw == 52 { 4 } else { 3 };
-        TdHandle { tdr, tdcs, vcpus: Vec::new(), root_level }
+        let td = flow_td::create(self, params).unwrap_or_else(|e| panic!("{e}"));
+        TdHandle { tdr: td.tdr, tdcs: td.tdcs, vcpus: Vec::new(), root_level: td.root_level }
     }
 
     /// VP.CREATE; asserts success.
     pub fn add_vcpu(&mut self, td: &mut TdHandle) -> u64 {
-        let tdvpr = self.page();
-        ok(self.host(host::leaf::VP_CREATE, tdvpr, td.tdr, 0, 0), "VP.CREATE");
+        let tdvpr = flow_td::vp_create(self, &td.pages()).unwrap_or_else(|e| panic!("{e}"));
         td.vcpus.push(tdvpr);
         tdvpr
     }
 
     /// Adds the missing S-EPT tables on the path to `gpa` so that a leaf can sit at `leaf_level`.
     pub fn map_tables(&mut self, td: &TdHandle, gpa: u64, leaf_level: u8) {
-        for level in (leaf_level + 1..=td.root_level).rev() {
-            let rd = self.host(host::leaf::MEM_SEPT_RD, gpa_level(gpa & !(coverage(level) - 1), level), td.tdr, 0, 0);
-            if rd.status() == Status::SUCCESS && (rd.rdx >> 8) as u8 == tsm::sept::SeptState::Free as u8 {
-                let page = self.page();
-                let aligned = gpa & !(coverage(level) - 1);
-                ok(self.host(host::leaf::MEM_SEPT_ADD, gpa_level(aligned, level), td.tdr, page, 0), "SEPT.ADD");
-            }
-        }
+        flow_td::map_tables(self, &td.pages(), gpa, leaf_level).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// PAGE.ADD of `content` at `gpa` (tables added as needed) and MR.EXTEND of its 16 chunks
     /// when `extend`; asserts success.
     pub fn add_page(&mut self, td: &TdHandle, gpa: u64, content: &[u8; 4096], extend: bool) -> u64 {
-        self.map_tables(td, gpa, 0);
-        let src = self.scratch();
-        self.write(src, content);
-        let page = self.page();
-        ok(self.host(host::leaf::MEM_PAGE_ADD, gpa_level(gpa, 0), td.tdr, page, src), "PAGE.ADD");
-        if extend {
-            for chunk in 0..16 {
-                ok(self.host(host::leaf::MR_EXTEND, gpa + chunk * 256, td.tdr, 0, 0), "MR.EXTEND");
-            }
-        }
-        page
+        flow_td::add_page(self, &td.pages(), gpa, content, extend).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// MR.FINALIZE; asserts success.
     pub fn finalize(&mut self, td: &TdHandle) {
-        ok(self.host(host::leaf::MR_FINALIZE, td.tdr, 0, 0, 0), "MR.FINALIZE");
+        flow_td::finalize(self, &td.pages()).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// VP.ENTER; asserts success.
     pub fn enter(&mut self, tdvpr: u64) {
-        ok(self.host(host::leaf::VP_ENTER, tdvpr, 0, 0, 0), "VP.ENTER");
+        flow_td::enter(self, tdvpr).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// A finalized TD with one vCPU in guest mode and S-EPT tables for GPAs 0..2M (4K leaves).
@@ -257,20 +233,72 @@ impl Machine {
     /// AUG at `gpa`/`size` then ACCEPT by the TD's first vCPU (which must be in guest mode);
     /// asserts success and returns the page's address.
     pub fn aug_accept(&mut self, td: &TdHandle, gpa: u64, size: PageSize) -> u64 {
-        self.map_tables(td, gpa, size.level());
         let page = self.block(size);
-        ok(self.host(host::leaf::MEM_PAGE_AUG, gpa_level(gpa, size.level()), td.tdr, page, 0), "PAGE.AUG");
-        let r = self.guest(td.vcpus[0], guest::leaf::MEM_PAGE_ACCEPT, gpa_level(gpa, size.level()), 0, 0);
-        assert_eq!(r.regs.status(), Status::SUCCESS, "ACCEPT {r:?}");
-        assert_eq!(r.exit, None);
+        flow_td::aug(self, &td.pages(), gpa, size.level(), page).unwrap_or_else(|e| panic!("{e}"));
+        let r = tsm_client::guest::accept(&mut self.vcpu(td.vcpus[0]), gpa, size.level());
+        assert_eq!(r, Ok(()), "ACCEPT");
         page
+    }
+
+    /// The vCPU whose TDVPR is `tdvpr`, as a TDCALL transport for `tsm_client::guest`.
+    pub fn vcpu(&mut self, tdvpr: u64) -> Vcpu<'_> {
+        Vcpu { tsm: &mut self.tsm, tdvpr }
     }
 }
 
-/// Bytes covered by one S-EPT entry at `level`.
-pub const fn coverage(level: u8) -> u64 {
-    1 << (12 + 9 * level as u32)
+impl TdHandle {
+    /// The TD as `tsm_client` names it.
+    pub fn pages(&self) -> TdPages {
+        TdPages { tdr: self.tdr, tdcs: self.tdcs, root_level: self.root_level }
+    }
 }
+
+/// SEAMCALL as a direct call into the TSM.
+impl Seamcall for Machine {
+    fn seamcall(&mut self, regs: &mut Regs) {
+        *regs = self.tsm.host_call(regs);
+    }
+}
+
+/// The host's pages: the TDMR's for donation, the scratch area's for inputs.
+impl HostMemory for Machine {
+    fn read(&mut self, pa: u64, buf: &mut [u8]) {
+        let pfn = Pfn::new(pa >> 12).expect("pfn");
+        tsm::platform::PhysMem::read_bytes(self.tsm.platform(), pfn, (pa & 0xFFF) as usize, buf);
+    }
+    fn write(&mut self, pa: u64, data: &[u8]) {
+        Machine::write(self, pa, data);
+    }
+    fn donate(&mut self) -> Option<u64> {
+        Some(self.page())
+    }
+    fn scratch(&mut self) -> Option<u64> {
+        Some(Machine::scratch(self))
+    }
+    fn release(&mut self, pa: u64) {
+        Machine::release(self, pa);
+    }
+    fn donated(&self) -> (u64, u64) {
+        (TDMR_BASE, self.cursor)
+    }
+}
+
+/// One vCPU of a TD: TDCALL as a direct call into `Tsm::guest_call`.
+#[derive(Debug)]
+pub struct Vcpu<'a> {
+    tsm: &'a mut Tsm<HostPlatform>,
+    tdvpr: u64,
+}
+
+impl Tdcall for Vcpu<'_> {
+    fn tdcall(&mut self, regs: &mut Regs) -> Option<TdExit> {
+        let r = self.tsm.guest_call(self.tdvpr, regs);
+        *regs = r.regs;
+        r.exit
+    }
+}
+
+pub use tsm_client::host::td::coverage;
 
 /// Asserts a call succeeded, naming it on failure.
 pub fn ok(r: Regs, what: &str) {

@@ -213,7 +213,7 @@ mod tests {
     }
 
     fn negotiated(dts: u32) -> Negotiated {
-        Negotiated { version: 0x12, responder_flags: 0x2F6, data_transfer_size: dts, max_message_size: dts }
+        Negotiated::p384(0x12, 0x2F6, dts, dts)
     }
 
     fn wrap(msg: &[u8]) -> Vec<u8> {

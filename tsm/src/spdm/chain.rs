@@ -13,9 +13,10 @@
 //!    whatever the time is now; whether every certificate is valid *now* is the verifier's
 //!    check, at verification time;
 //! 3. no extension appears twice, and none it does not understand is critical (it understands
-//!    basicConstraints and keyUsage);
+//!    basicConstraints, keyUsage and extKeyUsage, whose purposes it does not restrict);
 //! 4. an issuer (every certificate but the last) is a CA (basicConstraints cA TRUE) whose
-//!    keyUsage asserts keyCertSign and whose pathLenConstraint, if any, allows the CA
+//!    keyUsage asserts keyCertSign (the root, the trust anchor, may carry no keyUsage at all,
+//!    RFC 5280 §6.1.1 d) and whose pathLenConstraint, if any, allows the CA
 //!    certificates below it; the leaf is no CA (basicConstraints absent or cA FALSE) and its
 //!    keyUsage asserts digitalSignature, the use SPDM makes of it;
 //! 5. its issuer name is its issuer's subject name (the root's is its own), byte for byte;
@@ -317,7 +318,11 @@ fn check_certificate(f: &Fields<'_>, index: usize, count: usize) -> Result<(), C
         if !ca {
             return Err(ChainError::NotCa { index });
         }
-        if !ext.asserts(KEY_CERT_SIGN) {
+        // The root is the trust anchor, whose extensions path validation takes as given (RFC 5280
+        // §6.1.1 d): without keyUsage it is accepted, as DMTF libspdm's sample roots have none;
+        // a keyUsage it does carry must allow certificate signing (§6.1.4 n).
+        let anchor_unrestricted = index == 0 && ext.key_usage.is_none();
+        if !ext.asserts(KEY_CERT_SIGN) && !anchor_unrestricted {
             return Err(ChainError::KeyUsage { index });
         }
         // The CA certificates below this one: every certificate after it but the leaf.

@@ -124,7 +124,7 @@ mod tests {
     }
 
     fn negotiated(version: u8) -> Negotiated {
-        Negotiated { version, responder_flags: 0x2F6, data_transfer_size: 0x1000, max_message_size: 0x1000 }
+        Negotiated::p384(version, 0x2F6, 0x1000, 0x1000)
     }
 
     fn wrap(msg: &[u8]) -> Vec<u8> {

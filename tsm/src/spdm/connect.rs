@@ -4,7 +4,7 @@
 //! through the mailbox, until the device is connected or the connection failed for a named
 //! reason. The randomness (nonces, ephemeral key) comes in up front from the TSM's entropy.
 
-use crate::doe::{Action, Discovery, DoeError, ObjectType};
+use crate::doe::{self, Action, Discovery, DoeError, ObjectType};
 use crate::spdm::cert::CertRetrieval;
 use crate::spdm::chain::CertChain;
 use crate::spdm::challenge::Challenge;
@@ -57,6 +57,16 @@ pub enum ConnectError {
     Spdm(Stage, SpdmError),
 }
 
+/// ERROR codes a responder uses to say "later" (DSP0274 1.2 Table 48).
+const ERROR_BUSY: u8 = 0x03;
+const ERROR_RESPONSE_NOT_READY: u8 = 0x42;
+/// RESPOND_IF_READY.
+const RESPOND_IF_READY: u8 = 0xFF;
+/// Times one request may be answered Busy or ResponseNotReady before the TSM gives up. The TSM
+/// never waits itself: each retry is one more DOE exchange the host makes, and the host's DOE
+/// timeout bounds each of them; this bounds how many.
+pub const MAX_RETRIES: u8 = 8;
+
 /// The connection.
 #[derive(Clone, Debug)]
 pub struct Connect {
@@ -69,6 +79,11 @@ pub struct Connect {
     measurements: Option<Measurements>,
     key_exchange: Option<KeyExchange>,
     failed: Option<ConnectError>,
+    /// The last request of a stage (the DOE object), kept to resend it after Busy.
+    request: [u8; 256],
+    request_len: usize,
+    /// Busy / ResponseNotReady answers to the current request so far.
+    retries: u8,
     out: [u8; 256],
 }
 
@@ -104,6 +119,9 @@ impl Connect {
             measurements: None,
             key_exchange: None,
             failed: None,
+            request: [0; 256],
+            request_len: 0,
+            retries: 0,
             out: [0; 256],
         }
     }
@@ -131,6 +149,12 @@ impl Connect {
         }
         let stage = self.stage;
         let spdm = move |e| ConnectError::Spdm(stage, e);
+        match self.later(response) {
+            Ok(None) => {}
+            Ok(Some(n)) => return self.finish(Next::Send(n)),
+            Err(e) => return self.finish(Next::Failed(spdm(e))),
+        }
+        self.retries = 0;
         let next = match self.stage {
             Stage::Discovery => copy_out(&mut self.out, self.discovery.step(response), ConnectError::Discovery),
             Stage::Negotiation => copy_out(&mut self.out, self.negotiation.step(response), spdm),
@@ -155,6 +179,50 @@ impl Connect {
         self.finish(next)
     }
 
+    /// Busy and ResponseNotReady, the answers that ask the requester to come back (DSP0274 1.2
+    /// §10.13 and §10.14): `Ok(Some(n))` = send `out[..n]` (the request again after Busy,
+    /// RESPOND_IF_READY after ResponseNotReady); `Ok(None)` = the answer is for the stage. The
+    /// stages never see these ERRORs, so their transcripts hold only the request and its final
+    /// response, as the spec has them. Answers in a secured session (FINISH_RSP) are not looked
+    /// at here: the session stage opens them.
+    ///
+    /// # Errors
+    /// ResponseNotReady for another request than the one outstanding, or more than
+    /// [`MAX_RETRIES`] of them in a row.
+    fn later(&mut self, response: &[u8]) -> Result<Option<usize>, SpdmError> {
+        if self.stage == Stage::Discovery || self.request_len == 0 {
+            return Ok(None);
+        }
+        let Ok(p) = doe::decode_as(response, ObjectType::Spdm) else { return Ok(None) };
+        let Ok(request) = doe::decode_as(&self.request[..self.request_len], ObjectType::Spdm) else { return Ok(None) };
+        let (Some(&version), Some(&request_code)) = (request.first(), request.get(1)) else { return Ok(None) };
+        let (code, not_ready) = match p {
+            [v, 0x7F, ERROR_BUSY, ..] if *v == version => (ERROR_BUSY, None),
+            [v, 0x7F, ERROR_RESPONSE_NOT_READY, _, _, code, token, _, ..] if *v == version => {
+                (ERROR_RESPONSE_NOT_READY, Some((*code, *token)))
+            }
+            _ => return Ok(None),
+        };
+        if self.retries >= MAX_RETRIES {
+            return Err(SpdmError::NotReadyTooLong { request: request_code, error: code });
+        }
+        self.retries += 1;
+        match not_ready {
+            None => {
+                let n = self.request_len;
+                self.out[..n].copy_from_slice(&self.request[..n]);
+                Ok(Some(n))
+            }
+            Some((code, _)) if code != request_code => {
+                Err(SpdmError::NotReadyForAnother { request: request_code, got: code })
+            }
+            Some((code, token)) => {
+                let n = doe::encode(ObjectType::Spdm, &[version, RESPOND_IF_READY, code, token], &mut self.out)?;
+                Ok(Some(n))
+            }
+        }
+    }
+
     /// Moves to the next stage when one finishes, starting it; turns the result into an action.
     fn finish(&mut self, mut next: Next) -> Action<'_, ConnectError> {
         while let Next::Done = next {
@@ -162,6 +230,14 @@ impl Connect {
                 break;
             }
             next = self.advance();
+        }
+        if let Next::Send(n) = next {
+            // A RESPOND_IF_READY is not the request to resend after Busy.
+            let respond_if_ready = self.out.get(9) == Some(&RESPOND_IF_READY) && self.out.get(2) == Some(&1);
+            if !respond_if_ready {
+                self.request[..n].copy_from_slice(&self.out[..n]);
+                self.request_len = n;
+            }
         }
         match next {
             Next::Send(n) => Action::Send(&self.out[..n]),
@@ -349,6 +425,73 @@ mod tests {
         assert_eq!(
             c.step(&err),
             Action::Failed(ConnectError::Spdm(Stage::Negotiation, SpdmError::Responder { code: 0x41, data: 0 }))
+        );
+    }
+
+    fn spdm(msg: &[u8]) -> Vec<u8> {
+        let mut out = std::vec![0u8; doe::object_len(msg.len())];
+        doe::encode(ObjectType::Spdm, msg, &mut out).unwrap();
+        out
+    }
+
+    fn sent(a: Action<'_, ConnectError>) -> Vec<u8> {
+        match a {
+            Action::Send(b) => doe::decode_as(b, ObjectType::Spdm).unwrap().to_vec(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const VERSION_1_2: [u8; 8] = [0x10, 0x04, 0, 0, 0, 1, 0x00, 0x12];
+
+    #[test]
+    fn response_not_ready_is_followed_by_respond_if_ready_and_the_late_answer_counts() {
+        let (mut c, req) = walk(&[(1, 0), (1, 1), (1, 2)]);
+        assert_eq!(doe::decode_as(&req, ObjectType::Spdm).unwrap(), &[0x10, 0x84, 0, 0]);
+        // ERROR ResponseNotReady: RDTExponent 3, RequestCode GET_VERSION, Token 0x5A, RDTM 2.
+        let r = sent(c.step(&spdm(&[0x10, 0x7F, 0x42, 0, 3, 0x84, 0x5A, 2])));
+        assert_eq!(r, [0x10, 0xFF, 0x84, 0x5A], "RESPOND_IF_READY with the request code and token");
+        let r = sent(c.step(&spdm(&VERSION_1_2)));
+        assert_eq!(r[..2], [0x12, 0xE1], "the late VERSION is the answer: GET_CAPABILITIES follows");
+        // The transcript holds GET_VERSION and VERSION, never the ERROR or RESPOND_IF_READY.
+        assert_eq!(&c.negotiation.vca()[..12], &[&[0x10, 0x84, 0, 0][..], &VERSION_1_2].concat()[..]);
+    }
+
+    #[test]
+    fn busy_resends_the_same_request() {
+        let (mut c, _) = walk(&[(1, 0), (1, 1), (1, 2)]);
+        sent(c.step(&spdm(&VERSION_1_2)));
+        let caps = sent(c.step(&spdm(&[0x12, 0x7F, 0x03, 0])));
+        assert_eq!(caps[..2], [0x12, 0xE1], "GET_CAPABILITIES again");
+        let again = sent(c.step(&spdm(&[0x12, 0x7F, 0x03, 0])));
+        assert_eq!(again, caps);
+        assert_eq!(c.negotiation.vca().len(), 12 + 20, "the request counted once");
+    }
+
+    #[test]
+    fn a_device_that_is_never_ready_fails_with_its_own_error() {
+        let (mut c, _) = walk(&[(1, 0), (1, 1), (1, 2)]);
+        let busy = spdm(&[0x10, 0x7F, 0x03, 0]);
+        for _ in 0..MAX_RETRIES {
+            sent(c.step(&busy));
+        }
+        assert_eq!(
+            c.step(&busy),
+            Action::Failed(ConnectError::Spdm(
+                Stage::Negotiation,
+                SpdmError::NotReadyTooLong { request: 0x84, error: 0x03 }
+            ))
+        );
+    }
+
+    #[test]
+    fn response_not_ready_for_another_request_is_refused() {
+        let (mut c, _) = walk(&[(1, 0), (1, 1), (1, 2)]);
+        assert_eq!(
+            c.step(&spdm(&[0x10, 0x7F, 0x42, 0, 3, 0xE1, 0x5A, 2])),
+            Action::Failed(ConnectError::Spdm(
+                Stage::Negotiation,
+                SpdmError::NotReadyForAnother { request: 0x84, got: 0xE1 }
+            ))
         );
     }
 }

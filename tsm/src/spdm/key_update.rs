@@ -266,7 +266,7 @@ mod tests {
     const ID: u32 = 0xFFFE_FFFF;
 
     fn negotiated(flags: u32) -> Negotiated {
-        Negotiated { version: 0x12, responder_flags: flags, data_transfer_size: 0x1000, max_message_size: 0x1000 }
+        Negotiated::p384(0x12, flags, 0x1000, 0x1000)
     }
 
     /// A session and the device's copy of its keys (request, response).

@@ -7,7 +7,7 @@ use p384::ecdsa::VerifyingKey;
 use sha2::{Digest, Sha384};
 
 use crate::doe::Action;
-use crate::spdm::negotiate::{code, le16, response_payload, Negotiated, SpdmError, V13};
+use crate::spdm::negotiate::{code, le16, response_payload, MeasurementHash, Negotiated, SpdmError, V13};
 use crate::spdm::sig::{self, Context, SIGNATURE_BYTES};
 use crate::spdm::Exchange;
 
@@ -20,6 +20,7 @@ pub const MAX_BLOCKS: usize = 255;
 #[derive(Clone, Debug)]
 pub struct Measurements {
     version: u8,
+    hash: MeasurementHash,
     key: VerifyingKey,
     nonce: [u8; 32],
     context: [u8; 8],
@@ -38,6 +39,7 @@ impl Measurements {
         vca_hash.update(vca);
         Measurements {
             version: negotiated.version,
+            hash: negotiated.measurement_hash,
             key,
             nonce,
             context,
@@ -100,7 +102,7 @@ impl Measurements {
         if msg[3] & 0x0F != 0 {
             return Err(SpdmError::BadSelection { field: "MEASUREMENTS SlotID", got: u32::from(msg[3] & 0x0F) });
         }
-        check_record(&msg[8..record_end], blocks)?;
+        check_record(&msg[8..record_end], blocks, self.hash)?;
         if self.version >= V13 && msg[context_at..sig_at] != self.context {
             return Err(SpdmError::ContextMismatch);
         }
@@ -134,7 +136,9 @@ impl Measurements {
 
 /// Checks that `record` holds exactly `blocks` well-formed DMTF measurement blocks with distinct
 /// indices: `Index | Spec (0x01) | Size u16 | ValueType | ValueSize u16 | Value`, Size = 3 + ValueSize.
-fn check_record(record: &[u8], blocks: usize) -> Result<(), SpdmError> {
+/// A digest (ValueType bit 7 clear) has the size of the negotiated measurement hash; with
+/// raw bit streams only, every block is raw (DSP0274 1.2 Table 45).
+fn check_record(record: &[u8], blocks: usize, hash: MeasurementHash) -> Result<(), SpdmError> {
     let mut seen = [false; 256];
     let mut at = 0;
     for block in 0..blocks {
@@ -143,6 +147,10 @@ fn check_record(record: &[u8], blocks: usize) -> Result<(), SpdmError> {
         let (index, size, value_size) = (head[0], usize::from(le16(head, 2)), usize::from(le16(head, 5)));
         if head[1] != 0x01 || size != 3 + value_size || index == 0 {
             return Err(bad);
+        }
+        let raw = head[4] & 0x80 != 0;
+        if !raw && hash.digest_bytes() != Some(value_size) {
+            return Err(SpdmError::BadMeasurementDigest { index, len: value_size });
         }
         let end = at + 4 + size;
         if end > record.len() {
@@ -177,13 +185,18 @@ mod tests {
     }
 
     fn negotiated(version: u8) -> Negotiated {
-        Negotiated { version, responder_flags: 0x2F6, data_transfer_size: 0x1000, max_message_size: 0x1000 }
+        Negotiated::p384(version, 0x2F6, 0x1000, 0x1000)
     }
 
     fn block(index: u8, value: &[u8]) -> Vec<u8> {
+        // A SHA-384 digest of mutable firmware, or else a raw bit stream of the device mode.
+        typed_block(index, if value.len() == 48 { 0x01 } else { 0x85 }, value)
+    }
+
+    fn typed_block(index: u8, value_type: u8, value: &[u8]) -> Vec<u8> {
         let mut b = std::vec![index, 0x01];
         b.extend_from_slice(&((3 + value.len()) as u16).to_le_bytes());
-        b.push(0x01); // mutable firmware, digest
+        b.push(value_type);
         b.extend_from_slice(&(value.len() as u16).to_le_bytes());
         b.extend_from_slice(value);
         b
@@ -317,6 +330,31 @@ mod tests {
             .error(),
             Some(SpdmError::BadLength { .. })
         ));
+    }
+
+    /// The responder picks the measurement hash; a digest block has its size, and with raw
+    /// bit streams only there is no digest at all.
+    #[test]
+    fn digests_have_the_size_of_the_negotiated_measurement_hash() {
+        use MeasurementHash::*;
+        for (hash, len, ok) in [
+            (Sha256, 32, true),
+            (Sha512, 64, true),
+            (Sha384, 48, true),
+            (Sha256, 48, false),
+            (RawBitStreamOnly, 48, false),
+        ] {
+            let n = Negotiated { measurement_hash: hash, ..negotiated(0x12) };
+            let mut m = Measurements::new(&n, VCA, VerifyingKey::from(&key()), [0x11; 32], [0; 8]);
+            let request = match m.start() {
+                Action::Send(r) => doe::decode_as(r, ObjectType::Spdm).unwrap()[..37].to_vec(),
+                other => panic!("{other:?}"),
+            };
+            let record = [typed_block(1, 0x01, &std::vec![0xAA; len]), typed_block(2, 0x83, b"raw config")];
+            let _ = m.step(&wrap(&answer(0x12, &request, &record, &|_| {})));
+            let want = if ok { None } else { Some(SpdmError::BadMeasurementDigest { index: 1, len }) };
+            assert_eq!(m.error(), want, "{hash:?} with a {len}-byte digest");
+        }
     }
 
     #[test]

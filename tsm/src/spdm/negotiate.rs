@@ -38,6 +38,8 @@ pub mod code {
     pub const END_SESSION_ACK: u8 = 0x6C;
     pub const KEY_UPDATE: u8 = 0xE9;
     pub const KEY_UPDATE_ACK: u8 = 0x69;
+    pub const HEARTBEAT: u8 = 0xE8;
+    pub const HEARTBEAT_ACK: u8 = 0x68;
     pub const GET_MEASUREMENTS: u8 = 0xE0;
     pub const MEASUREMENTS: u8 = 0x60;
     pub const NEGOTIATE_ALGORITHMS: u8 = 0xE3;
@@ -72,8 +74,13 @@ pub mod alg {
     pub const BASE_ASYM_ECDSA_P384: u32 = 0x80;
     pub const BASE_HASH_SHA384: u32 = 0x02;
     pub const MEAS_SPEC_DMTF: u8 = 0x01;
+    pub const MEAS_HASH_RAW_BIT_STREAM: u32 = 0x01;
+    pub const MEAS_HASH_SHA256: u32 = 0x02;
     pub const MEAS_HASH_SHA384: u32 = 0x04;
+    pub const MEAS_HASH_SHA512: u32 = 0x08;
     pub const OPAQUE_FMT1: u8 = 0x02;
+    /// OtherParamsSelection bit 4 (SPDM 1.3): the responder takes part in multi-key connections.
+    pub const MULTI_KEY_CONN: u8 = 0x10;
     pub const DHE_SECP384R1: u16 = 0x10;
     pub const AEAD_AES_256_GCM: u16 = 0x02;
     pub const KEY_SCHEDULE_SPDM: u16 = 0x01;
@@ -163,6 +170,14 @@ pub enum SpdmError {
         /// Position of the block in the record.
         block: usize,
     },
+    /// A digest block whose size is not the negotiated measurement hash's (or a digest when
+    /// only raw bit streams were negotiated).
+    BadMeasurementDigest {
+        /// The block's index.
+        index: u8,
+        /// Its value's size.
+        len: usize,
+    },
     /// Two blocks carry the same index.
     DuplicateMeasurementIndex(u8),
     /// The device echoed another RequesterContext (SPDM 1.3).
@@ -183,6 +198,21 @@ pub enum SpdmError {
     UnrequestedFeature,
     /// A secured message was refused.
     Secured(crate::spdm::secured::SecuredError),
+    /// The device answered Busy or ResponseNotReady to one request more than
+    /// [`crate::spdm::connect::MAX_RETRIES`] times in a row.
+    NotReadyTooLong {
+        /// The request.
+        request: u8,
+        /// The last ERROR code (0x03 Busy, 0x42 ResponseNotReady).
+        error: u8,
+    },
+    /// ResponseNotReady names another request than the one outstanding.
+    NotReadyForAnother {
+        /// The request outstanding.
+        request: u8,
+        /// The RequestCode in the ERROR.
+        got: u8,
+    },
     /// KEY_UPDATE may only start with UpdateKey or UpdateAllKeys (VerifyNewKey follows them).
     BadKeyOperation(u8),
     /// KEY_UPDATE_ACK names another operation or tag than the request.
@@ -216,6 +246,9 @@ impl fmt::Display for SpdmError {
             SpdmError::DigestMismatch => f.write_str("certificate chain does not match its DIGESTS entry"),
             SpdmError::Chain(e) => write!(f, "certificate chain: {e}"),
             SpdmError::BadMeasurementBlock { block } => write!(f, "measurement block {block} is malformed"),
+            SpdmError::BadMeasurementDigest { index, len } => {
+                write!(f, "measurement block {index} holds a {len}-byte digest, not of the negotiated hash")
+            }
             SpdmError::DuplicateMeasurementIndex(i) => write!(f, "measurement index {i} appears twice"),
             SpdmError::ContextMismatch => f.write_str("device echoed another RequesterContext"),
             SpdmError::Signature(e) => write!(f, "device signature: {e:?}"),
@@ -226,6 +259,12 @@ impl fmt::Display for SpdmError {
             SpdmError::VerifyDataMismatch => f.write_str("ResponderVerifyData does not match"),
             SpdmError::UnrequestedFeature => f.write_str("device asked for a feature the TSM did not offer"),
             SpdmError::Secured(e) => write!(f, "secured message: {e:?}"),
+            SpdmError::NotReadyTooLong { request, error } => {
+                write!(f, "device answered ERROR {error:#04x} to request {request:#04x} too many times")
+            }
+            SpdmError::NotReadyForAnother { request, got } => {
+                write!(f, "ResponseNotReady names request {got:#04x}, not the outstanding {request:#04x}")
+            }
             SpdmError::BadKeyOperation(op) => write!(f, "KEY_UPDATE cannot start with operation {op}"),
             SpdmError::KeyUpdateAckMismatch { operation, tag } => {
                 write!(f, "KEY_UPDATE_ACK for operation {operation} tag {tag:#04x} answers another request")
@@ -240,6 +279,44 @@ impl From<DoeError> for SpdmError {
     }
 }
 
+/// How the device hashes its measurements: the responder's pick (DSP0274 1.2 §10.4, the
+/// MeasurementHashAlgo field of ALGORITHMS); the requester offers nothing for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MeasurementHash {
+    /// Raw bit streams only: every block carries its value, none a digest.
+    RawBitStreamOnly,
+    /// SHA-256 digests (32 bytes).
+    Sha256,
+    /// SHA-384 digests (48 bytes).
+    Sha384,
+    /// SHA-512 digests (64 bytes).
+    Sha512,
+}
+
+impl MeasurementHash {
+    /// The selection in ALGORITHMS: exactly one bit; SHA3 and SM3 are refused (the TSM's
+    /// verifier has neither).
+    pub fn from_selection(bits: u32) -> Option<MeasurementHash> {
+        match bits {
+            alg::MEAS_HASH_RAW_BIT_STREAM => Some(MeasurementHash::RawBitStreamOnly),
+            alg::MEAS_HASH_SHA256 => Some(MeasurementHash::Sha256),
+            alg::MEAS_HASH_SHA384 => Some(MeasurementHash::Sha384),
+            alg::MEAS_HASH_SHA512 => Some(MeasurementHash::Sha512),
+            _ => None,
+        }
+    }
+
+    /// Bytes of a digest block's value; `None` when only raw bit streams are allowed.
+    pub const fn digest_bytes(self) -> Option<usize> {
+        match self {
+            MeasurementHash::RawBitStreamOnly => None,
+            MeasurementHash::Sha256 => Some(32),
+            MeasurementHash::Sha384 => Some(48),
+            MeasurementHash::Sha512 => Some(64),
+        }
+    }
+}
+
 /// What negotiation settled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Negotiated {
@@ -251,6 +328,26 @@ pub struct Negotiated {
     pub data_transfer_size: u32,
     /// The device's MaxSPDMmsgSize.
     pub max_message_size: u32,
+    /// The device's measurement hash.
+    pub measurement_hash: MeasurementHash,
+    /// SPDM 1.3 multi-key connection (OtherParamsSelection bit 4): DIGESTS then carries the key
+    /// pair ID, certificate info and key usage of every slot.
+    pub multi_key_conn: bool,
+}
+
+impl Negotiated {
+    /// The TSM's suite at `version` with the given device parameters and a SHA-384 measurement
+    /// hash, no multi-key connection (what tests and the TSM's own device use).
+    pub const fn p384(version: u8, responder_flags: u32, data_transfer_size: u32, max_message_size: u32) -> Negotiated {
+        Negotiated {
+            version,
+            responder_flags,
+            data_transfer_size,
+            max_message_size,
+            measurement_hash: MeasurementHash::Sha384,
+            multi_key_conn: false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,6 +368,8 @@ pub struct Negotiation {
     flags: u32,
     data_transfer_size: u32,
     max_message_size: u32,
+    measurement_hash: MeasurementHash,
+    multi_key_conn: bool,
     vca: [u8; VCA_MAX],
     vca_len: usize,
     out: [u8; 64],
@@ -333,6 +432,8 @@ impl Negotiation {
             flags: 0,
             data_transfer_size: 0,
             max_message_size: 0,
+            measurement_hash: MeasurementHash::Sha384,
+            multi_key_conn: false,
             vca: [0; VCA_MAX],
             vca_len: 0,
             out: [0; 64],
@@ -346,6 +447,8 @@ impl Negotiation {
             responder_flags: self.flags,
             data_transfer_size: self.data_transfer_size,
             max_message_size: self.max_message_size,
+            measurement_hash: self.measurement_hash,
+            multi_key_conn: self.multi_key_conn,
         })
     }
 
@@ -503,13 +606,27 @@ impl Negotiation {
         Ok(())
     }
 
+    /// ALGORITHMS (DSP0274 1.2 §10.4): the device picks one of what the TSM offered, and the
+    /// measurement hash on its own. Refused: a selection the TSM did not offer (each field named),
+    /// a measurement hash the verifier lacks, extended algorithms (none were offered), a table of
+    /// a requested type twice or missing. Accepted: any measurement hash among SHA-256/384/512 or
+    /// raw bit streams, the 1.3 multi-key bit, and well-formed tables of types the TSM did not
+    /// request (a responder may answer ReqBaseAsymAlg with nothing selected, or list others).
     fn on_algorithms(&mut self, p: &[u8]) -> Result<(), SpdmError> {
         if p.len() < 36 {
             return Err(SpdmError::BadLength { code: code::ALGORITHMS, len: p.len() });
         }
-        let tables = usize::from(p[2]);
         let length = usize::from(le16(p, 4));
-        if length != 36 + 4 * tables {
+        // The size the structure itself gives (extended selections, then every table with its
+        // external entries): a Length that disagrees is named by its own value, a message cut
+        // short by the bytes that came.
+        let short = SpdmError::BadLength { code: code::ALGORITHMS, len: p.len() };
+        let mut end = 36 + 4 * (usize::from(p[32]) + usize::from(p[33]));
+        for _ in 0..p[2] {
+            let t = p.get(end..end + 4).ok_or(short)?;
+            end += 4 + 4 * usize::from(t[1] & 0x0F);
+        }
+        if end != length {
             return Err(SpdmError::BadLength { code: code::ALGORITHMS, len: length });
         }
         let msg = exact(p, length, code::ALGORITHMS)?;
@@ -517,33 +634,51 @@ impl Negotiation {
         if msg[6] != alg::MEAS_SPEC_DMTF {
             return bad("MeasurementSpecificationSel", u32::from(msg[6]));
         }
-        if msg[7] & 0x0F != alg::OPAQUE_FMT1 {
-            return bad("OtherParamsSelection", u32::from(msg[7]));
+        let other = msg[7];
+        let multi_key = self.version >= V13 && other & alg::MULTI_KEY_CONN != 0;
+        if other & 0x0F != alg::OPAQUE_FMT1
+            || other & !(0x0F | alg::MULTI_KEY_CONN) != 0
+            || (other & 0x10 != 0 && !multi_key)
+        {
+            return bad("OtherParamsSelection", u32::from(other));
         }
-        if le32(msg, 8) != alg::MEAS_HASH_SHA384 {
+        let Some(measurement_hash) = MeasurementHash::from_selection(le32(msg, 8)) else {
             return bad("MeasurementHashAlgo", le32(msg, 8));
-        }
+        };
         if le32(msg, 12) != alg::BASE_ASYM_ECDSA_P384 {
             return bad("BaseAsymSel", le32(msg, 12));
         }
         if le32(msg, 16) != alg::BASE_HASH_SHA384 {
             return bad("BaseHashSel", le32(msg, 16));
         }
+        if self.version >= V13 && msg[31] != 0 {
+            return bad("MELspecificationSel", u32::from(msg[31]));
+        }
         if msg[32] != 0 || msg[33] != 0 {
             return bad("ExtAsymSelCount/ExtHashSelCount", u32::from(msg[32]) | u32::from(msg[33]) << 8);
         }
         let mut seen = [false; 3];
-        for i in 0..tables {
-            let t = &msg[36 + 4 * i..40 + 4 * i];
-            let bits = le16(t, 2);
-            let (slot, want, field) = match t[0] {
+        let mut at = 36;
+        for _ in 0..msg[2] {
+            // In bounds: the walk above measured these tables.
+            let t = msg.get(at..at + 4).ok_or(short)?;
+            let (ty, count, bits) = (t[0], t[1], le16(t, 2));
+            // FixedAlgCount (bits 7:4) is 2 for every defined table; external entries follow.
+            let external = usize::from(count & 0x0F);
+            at += 4 + 4 * external;
+            let (slot, want, field) = match ty {
                 alg::TYPE_DHE => (0, alg::DHE_SECP384R1, "DHE"),
                 alg::TYPE_AEAD => (1, alg::AEAD_AES_256_GCM, "AEAD"),
                 alg::TYPE_KEY_SCHEDULE => (2, alg::KEY_SCHEDULE_SPDM, "KeySchedule"),
-                alg::TYPE_REQ_BASE_ASYM if bits == 0 => continue,
+                // Requester signing is for mutual authentication, which the TSM does not offer:
+                // nothing may be selected there.
+                alg::TYPE_REQ_BASE_ASYM if bits == 0 && external == 0 => continue,
+                alg::TYPE_REQ_BASE_ASYM => return bad("ReqBaseAsymAlg", u32::from(bits)),
+                // A table of a type the TSM did not request selects nothing it will use.
+                _ if count >> 4 == 2 => continue,
                 other => return bad("AlgStruct type", u32::from(other)),
             };
-            if t[1] != 0x20 || bits != want || seen[slot] {
+            if count != 0x20 || bits != want || seen[slot] {
                 return bad(field, u32::from(bits));
             }
             seen[slot] = true;
@@ -552,6 +687,8 @@ impl Negotiation {
             return bad(["DHE", "AEAD", "KeySchedule"][missing], 0);
         }
         self.record(msg)?;
+        self.measurement_hash = measurement_hash;
+        self.multi_key_conn = multi_key;
         self.state = State::Done;
         Ok(())
     }
@@ -704,14 +841,33 @@ mod tests {
         let sel = |field, got| Some(SpdmError::BadSelection { field, got });
         assert_eq!(mutate(&|a| a[12] = 0x10), sel("BaseAsymSel", 0x10));
         assert_eq!(mutate(&|a| a[16] = 0x01), sel("BaseHashSel", 0x01));
-        assert_eq!(mutate(&|a| a[8] = 0x02), sel("MeasurementHashAlgo", 0x02));
+        assert_eq!(mutate(&|a| a[8] = 0x10), sel("MeasurementHashAlgo", 0x10), "SHA3-256");
+        assert_eq!(mutate(&|a| a[8] = 0x06), sel("MeasurementHashAlgo", 0x06), "two at once");
+        assert_eq!(mutate(&|a| a[8] = 0x00), sel("MeasurementHashAlgo", 0), "none although MEAS_CAP");
         assert_eq!(mutate(&|a| a[7] = 0x01), sel("OtherParamsSelection", 0x01));
         assert_eq!(mutate(&|a| a[6] = 0x00), sel("MeasurementSpecificationSel", 0));
         assert_eq!(mutate(&|a| a[38] = 0x08), sel("DHE", 0x08));
         assert_eq!(mutate(&|a| a[42] = 0x04), sel("AEAD", 0x04));
         assert_eq!(mutate(&|a| a[44] = 3), sel("AEAD", 0x01), "a second AEAD table");
-        assert_eq!(mutate(&|a| a[44] = 9), sel("AlgStruct type", 9));
+        assert_eq!(mutate(&|a| a[44] = 9), sel("KeySchedule", 0), "an unrequested table instead");
+        assert_eq!(
+            mutate(&|a| {
+                a[44] = 9;
+                a[45] = 0x30
+            }),
+            sel("AlgStruct type", 9),
+            "a table of no defined shape"
+        );
+        assert_eq!(mutate(&|a| a[44] = 4), sel("ReqBaseAsymAlg", 1), "mutual authentication");
+        assert_eq!(mutate(&|a| a[7] = 0x12), sel("OtherParamsSelection", 0x12), "multi-key in SPDM 1.2");
+        assert_eq!(mutate(&|a| a[7] = 0x22), sel("OtherParamsSelection", 0x22), "reserved bit");
         assert_eq!(mutate(&|a| a[4] = 44), Some(SpdmError::BadLength { code: 0x63, len: 44 }));
+        assert_eq!(
+            mutate(&|a| a[41] = 0x21),
+            Some(SpdmError::BadLength { code: 0x63, len: 48 }),
+            "one external entry more"
+        );
+        assert_eq!(mutate(&|a| a[2] = 4), Some(SpdmError::BadLength { code: 0x63, len: 48 }), "a table more than sent");
         assert_eq!(mutate(&|a| a.push(1)), Some(SpdmError::BadLength { code: 0x63, len: 52 }), "beyond padding");
         assert_eq!(
             mutate(&|a| {
@@ -721,6 +877,40 @@ mod tests {
             }),
             sel("KeySchedule", 0)
         );
+    }
+
+    /// Every choice the spec leaves to the responder and the TSM can honour is accepted.
+    #[test]
+    fn algorithms_accepts_the_responders_own_choices() {
+        let prefix = |v: u8| [version(&[0x1200, 0x1300]), capabilities(v, FLAGS, 0x1000, 0x1000)];
+        let accept = |v: u8, f: &dyn Fn(&mut std::vec::Vec<u8>)| {
+            let mut a = algorithms(v);
+            f(&mut a);
+            let mut answers = prefix(v).to_vec();
+            answers.push(a);
+            let n = run(&answers);
+            assert_eq!(n.error(), None);
+            n.negotiated().unwrap()
+        };
+        for (bits, want) in [
+            (0x01, MeasurementHash::RawBitStreamOnly),
+            (0x02, MeasurementHash::Sha256),
+            (0x04, MeasurementHash::Sha384),
+            (0x08, MeasurementHash::Sha512),
+        ] {
+            assert_eq!(accept(0x13, &|a| a[8] = bits).measurement_hash, want);
+        }
+        assert!(accept(0x13, &|a| a[7] = 0x12).multi_key_conn, "1.3 multi-key connection");
+        assert!(!accept(0x13, &|_| {}).multi_key_conn);
+        // libspdm echoes a ReqBaseAsymAlg table with nothing selected; others may list tables of
+        // types the TSM did not ask for, even with external entries.
+        let extra = |a: &mut std::vec::Vec<u8>| {
+            a[2] = 5;
+            a.extend_from_slice(&[4, 0x20, 0, 0, 7, 0x21, 0, 0, 0xAA, 0xBB, 0xCC, 0xDD]);
+            let len = a.len() as u16;
+            a[4..6].copy_from_slice(&len.to_le_bytes());
+        };
+        assert_eq!(accept(0x13, &extra).version, 0x13);
     }
 
     #[test]

@@ -361,7 +361,7 @@ mod tests {
     const OPAQUE_1_2: [u8; 12] = [1, 0, 0, 0, 0, 0, 4, 0, 1, 0, 0x00, 0x12];
 
     fn negotiated() -> Negotiated {
-        Negotiated { version: 0x12, responder_flags: 0x2F6, data_transfer_size: 0x1000, max_message_size: 0x1000 }
+        Negotiated::p384(0x12, 0x2F6, 0x1000, 0x1000)
     }
 
     fn wrap(msg: &[u8]) -> Vec<u8> {

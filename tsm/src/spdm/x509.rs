@@ -10,6 +10,10 @@ use der::{Decode, Reader, SliceReader, Tag, TagNumber, Tagged};
 const BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1D, 0x13];
 /// id-ce-keyUsage (2.5.29.15).
 const KEY_USAGE: &[u8] = &[0x55, 0x1D, 0x0F];
+/// id-ce-extKeyUsage (2.5.29.37): understood, so it may be critical (DMTF libspdm's sample CA
+/// and leaf mark theirs so); the TSM does not restrict on its purposes, as libspdm does not
+/// when no SPDM purpose (1.3.6.1.4.1.412.274.3/4) is listed.
+const EXTENDED_KEY_USAGE: &[u8] = &[0x55, 0x1D, 0x25];
 
 /// keyUsage bits (RFC 5280 §4.2.1.3).
 pub(crate) const DIGITAL_SIGNATURE: usize = 0;
@@ -119,6 +123,7 @@ fn extensions(r: &mut SliceReader<'_>) -> der::Result<Extensions> {
     seq.sequence(|list: &mut SliceReader<'_>| -> der::Result<()> {
         let mut seen_basic = false;
         let mut seen_usage = false;
+        let mut seen_extended = false;
         while !list.is_finished() {
             list.sequence(|e: &mut SliceReader<'_>| -> der::Result<()> {
                 let oid = AnyRef::decode(e)?;
@@ -140,6 +145,10 @@ fn extensions(r: &mut SliceReader<'_>) -> der::Result<Extensions> {
                         out.duplicate |= seen_usage;
                         seen_usage = true;
                         out.key_usage = Some(key_usage(value.value())?);
+                    }
+                    EXTENDED_KEY_USAGE => {
+                        out.duplicate |= seen_extended;
+                        seen_extended = true;
                     }
                     _ => out.unknown_critical |= critical,
                 }

@@ -5,8 +5,9 @@
 //!
 //! Certificate by certificate, root first: an X.509 v3 certificate whose two signature algorithm
 //! fields agree (ECDSA with SHA-384 or SHA-256); a validity period (notBefore ≤ notAfter); no
-//! extension twice and no critical one other than basicConstraints and keyUsage; an issuer (every
-//! certificate but the last) is a CA with keyCertSign whose pathLenConstraint allows the CAs
+//! extension twice and no critical one other than basicConstraints, keyUsage and extKeyUsage; an issuer (every
+//! certificate but the last) is a CA with keyCertSign (a root without keyUsage passes: the trust
+//! anchor's extensions are inputs, RFC 5280 §6.1.1 d) whose pathLenConstraint allows the CAs
 //! below it, the leaf is no CA and has digitalSignature; its issuer name is its issuer's subject
 //! (the root's its own); it is signed by its issuer's P-384 key (the root by its own). Then the
 //! leaf's key is P-384, and at use, now lies inside every certificate's validity.
@@ -34,6 +35,9 @@ const ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.84
 const BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
 /// id-ce-keyUsage.
 const KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
+/// id-ce-extKeyUsage: understood (it may be critical, as in DMTF libspdm's sample chains); no
+/// purpose is required of it, as the TSM requires none.
+const EXTENDED_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
 
 /// A rule certificate `index` (0 = root) breaks; the names are the TSM's `ChainError`'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -137,6 +141,8 @@ fn extensions(cert: &Certificate) -> Result<Extensions, ()> {
             out.basic = Some(BasicConstraints::from_der(value).map_err(|_| ())?);
         } else if e.extn_id == KEY_USAGE {
             out.usage = Some(KeyUsage::from_der(value).map_err(|_| ())?);
+        } else if e.extn_id == EXTENDED_KEY_USAGE {
+            // Understood; see EXTENDED_KEY_USAGE.
         } else {
             out.bad |= e.critical;
         }
@@ -168,7 +174,10 @@ fn check_certificate(cert: &Certificate, index: usize, count: usize) -> Result<(
         if !ca {
             return Err(PathFault::NotCa { index });
         }
-        if !ext.usage.is_some_and(|u| u.key_cert_sign()) {
+        // The root, the trust anchor, may carry no keyUsage (RFC 5280 §6.1.1 d; DMTF libspdm's
+        // sample roots have none); one it carries must allow certificate signing.
+        let anchor_unrestricted = index == 0 && ext.usage.is_none();
+        if !ext.usage.is_some_and(|u| u.key_cert_sign()) && !anchor_unrestricted {
             return Err(PathFault::KeyUsage { index });
         }
         let below = count - 2 - index;

@@ -1,0 +1,299 @@
+//! Device assignment, the host's part: the PDEV created and connected over SPDM, an IDE stream
+//! with keys, the TDI created for a TD and locked (the interface report stays in the message
+//! page), its MMIO imported and mapped, the trusted IOMMU's entry added, the TDI started once the
+//! guest authorised it; and the host's side of the guest's VMCALLs.
+
+use tsm::abi::host::leaf;
+use tsm::pdev::MSG_BYTES;
+use tsm::{Regs, Status};
+
+use super::td::{enter, map_tables, TdPages};
+use super::{call, check, device_call, donate, raw, scratch, DeviceLeaf, HostError, HostMemory, PumpStats, Seamcall};
+use crate::doe::Doe;
+use crate::{shared, PAGE};
+
+/// An assignment as far as it got: what exists, so that [`super::unbind`] takes apart exactly
+/// that. A zero page (or `false`) means the step did not happen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Assignment {
+    /// PDEV page.
+    pub pdev: u64,
+    /// Message page (the host's, outside the TDMRs).
+    pub msg: u64,
+    /// Whether the IDE stream was created (its index may be 0).
+    pub ide: bool,
+    /// IDE stream index.
+    pub stream: u64,
+    /// TDI page.
+    pub tdi: u64,
+    /// Lock generation.
+    pub generation: u64,
+    /// Interface report length in the message page, right after TDI.LOCK.
+    pub report_len: usize,
+    /// GPA of the first MMIO page mapped.
+    pub mmio_gpa: u64,
+    /// MMIO pages mapped with MMIO.MAP, from `mmio_gpa` on.
+    pub mapped: u64,
+    /// Whether the DMA remapping entry was added.
+    pub dma: bool,
+}
+
+impl Assignment {
+    fn leaf(&self, name: &'static str, leaf: u64, rcx: u64, r9: u64) -> DeviceLeaf {
+        DeviceLeaf { name, leaf, rcx, r9 }
+    }
+}
+
+/// TDH.IOMMU.SETUP with a fresh root table; returns it.
+///
+/// # Errors
+/// [`HostError`].
+pub fn iommu_setup<H: Seamcall + HostMemory + ?Sized>(h: &mut H) -> Result<u64, HostError> {
+    let root = donate(h)?;
+    call(h, "TDH.IOMMU.SETUP", Regs::call(leaf::IOMMU_SETUP, root, 0, 0, 0))?;
+    Ok(root)
+}
+
+/// TDH.IOMMU.CLEAR until the root table comes back, each frame given back to the host; returns
+/// how many frames came back.
+///
+/// # Errors
+/// [`HostError`].
+pub fn iommu_clear<H: Seamcall + HostMemory + ?Sized>(h: &mut H) -> Result<u64, HostError> {
+    let mut n = 0;
+    loop {
+        let r = call(h, "TDH.IOMMU.CLEAR", Regs::call(leaf::IOMMU_CLEAR, 0, 0, 0, 0))?;
+        n += 1;
+        h.release(r.rcx);
+        if r.rdx == 0 {
+            return Ok(n);
+        }
+    }
+}
+
+/// TDH.SPDM.CREATE for the function `function` and a message page; the assignment begins.
+///
+/// # Errors
+/// [`HostError`].
+pub fn pdev_create<H: Seamcall + HostMemory + ?Sized>(h: &mut H, function: u32) -> Result<Assignment, HostError> {
+    let pdev = donate(h)?;
+    call(h, "TDH.SPDM.CREATE", Regs::call(leaf::SPDM_CREATE, pdev, u64::from(function), 0, 0))?;
+    let mut a = Assignment { pdev, ..Assignment::default() };
+    a.msg = scratch(h)?;
+    Ok(a)
+}
+
+/// TDH.SPDM.CONNECT through the mailbox.
+///
+/// # Errors
+/// [`HostError`].
+pub fn connect<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
+    h: &mut H,
+    doe: &mut D,
+    a: &Assignment,
+    stats: &mut PumpStats,
+) -> Result<(), HostError> {
+    let l = a.leaf("TDH.SPDM.CONNECT", leaf::SPDM_CONNECT, a.pdev, 0);
+    device_call(h, doe, a.pdev, l, a.msg, stats).map(|_| ())
+}
+
+/// IDE.STREAM.CREATE and KM SETUP.
+///
+/// # Errors
+/// [`HostError`].
+pub fn ide_setup<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
+    h: &mut H,
+    doe: &mut D,
+    a: &mut Assignment,
+    stats: &mut PumpStats,
+) -> Result<(), HostError> {
+    let r = call(h, "TDH.IDE.STREAM.CREATE", Regs::call(leaf::IDE_STREAM_CREATE, a.pdev, 1, 0, 0))?;
+    a.stream = r.rcx;
+    a.ide = true;
+    let l = a.leaf("TDH.IDE.STREAM.KM SETUP", leaf::IDE_STREAM_KM, a.pdev, a.stream);
+    device_call(h, doe, a.pdev, l, a.msg, stats).map(|_| ())
+}
+
+/// TDI.CREATE of `function`'s interface, bound to the TD `tdr`.
+///
+/// # Errors
+/// [`HostError`].
+pub fn bind<H: Seamcall + HostMemory + ?Sized>(
+    h: &mut H,
+    tdr: u64,
+    function: u32,
+    a: &mut Assignment,
+) -> Result<(), HostError> {
+    let tdi = donate(h)?;
+    call(h, "TDH.TDI.CREATE", Regs::call(leaf::TDI_CREATE, tdr, a.pdev, tdi, u64::from(function)))?;
+    a.tdi = tdi;
+    Ok(())
+}
+
+/// TDI.LOCK with `flags` over the stream; the report stays in the message page.
+///
+/// # Errors
+/// [`HostError`].
+pub fn lock<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
+    h: &mut H,
+    doe: &mut D,
+    flags: u64,
+    a: &mut Assignment,
+    stats: &mut PumpStats,
+) -> Result<(), HostError> {
+    let l = a.leaf("TDH.TDI.LOCK", leaf::TDI_LOCK, a.tdi, flags | a.stream << 16);
+    let r = device_call(h, doe, a.pdev, l, a.msg, stats)?;
+    a.generation = r.rcx;
+    a.report_len = usize::try_from(r.r8).unwrap_or(MSG_BYTES).min(MSG_BYTES);
+    Ok(())
+}
+
+/// DMABUF.IMPORT of report range `range`: `pages` frames from `hpa`.
+///
+/// # Errors
+/// [`HostError`].
+pub fn import<H: Seamcall + ?Sized>(
+    h: &mut H,
+    a: &Assignment,
+    range: u64,
+    hpa: u64,
+    pages: u64,
+) -> Result<(), HostError> {
+    call(h, "TDH.DMABUF.IMPORT", Regs::call(leaf::DMABUF_IMPORT, a.tdi, hpa, pages, range)).map(|_| ())
+}
+
+/// MMIO.MAP of `pages` frames from `hpa` at `gpa` onwards (S-EPT tables added as needed);
+/// counted in `a.mapped` as they succeed.
+///
+/// # Errors
+/// [`HostError`].
+pub fn map_mmio<H: Seamcall + HostMemory + ?Sized>(
+    h: &mut H,
+    td: &TdPages,
+    a: &mut Assignment,
+    (hpa, pages): (u64, u64),
+    gpa: u64,
+) -> Result<(), HostError> {
+    if a.mapped == 0 {
+        a.mmio_gpa = gpa;
+    }
+    for i in 0..pages {
+        map_tables(h, td, gpa + i * PAGE, 0)?;
+        call(h, "TDH.MMIO.MAP", Regs::call(leaf::MMIO_MAP, gpa + i * PAGE, td.tdr, hpa + i * PAGE, 0))?;
+        a.mapped += 1;
+    }
+    Ok(())
+}
+
+/// TDH.DMAR.ADD for the TDI, offering a fresh frame for every table; the frames it did not take
+/// go back to the host. Returns the call's registers, whatever their status.
+///
+/// # Errors
+/// [`HostError::OutOfPages`].
+pub fn dmar_add_raw<H: Seamcall + HostMemory + ?Sized>(h: &mut H, tdr: u64, tdi: u64) -> Result<Regs, HostError> {
+    let frames = [donate(h)?, donate(h)?, donate(h)?];
+    let r = raw(h, Regs { r10: frames[2], ..Regs::call(leaf::DMAR_ADD, tdr, tdi, frames[0], frames[1]) });
+    let used = if r.status() == Status::SUCCESS { r.rcx } else { 0 };
+    for (i, &f) in frames.iter().enumerate() {
+        if used & 1 << i == 0 {
+            h.release(f);
+        }
+    }
+    Ok(r)
+}
+
+/// TDH.DMAR.ADD that must succeed.
+///
+/// # Errors
+/// [`HostError`].
+pub fn dmar_add<H: Seamcall + HostMemory + ?Sized>(
+    h: &mut H,
+    td: &TdPages,
+    a: &mut Assignment,
+) -> Result<(), HostError> {
+    check("TDH.DMAR.ADD", dmar_add_raw(h, td.tdr, a.tdi)?)?;
+    a.dma = true;
+    Ok(())
+}
+
+/// TDH.TDI.START (the guest must have authorised it).
+///
+/// # Errors
+/// [`HostError`].
+pub fn start<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
+    h: &mut H,
+    doe: &mut D,
+    a: &Assignment,
+    stats: &mut PumpStats,
+) -> Result<(), HostError> {
+    let l = a.leaf("TDH.TDI.START", leaf::TDI_START, a.tdi, 0);
+    device_call(h, doe, a.pdev, l, a.msg, stats).map(|_| ())
+}
+
+/// SEAMLESS.DMABUF.REVOKE of report range 0 (the exporter's FLR or close); returns the pages it
+/// blocked.
+///
+/// # Errors
+/// [`HostError`].
+pub fn dmabuf_revoke<H: Seamcall + ?Sized>(h: &mut H, a: &Assignment) -> Result<u64, HostError> {
+    Ok(call(h, "SEAMLESS.DMABUF.REVOKE", Regs::call(leaf::DMABUF_REVOKE, a.tdi, 0, 0, 0))?.rcx)
+}
+
+/// VMCALL requests (R10) the demo's guest makes and the host serves.
+pub mod vmcall {
+    /// Put the interface report of the TDI in the shared page (R11: function id).
+    pub const GET_REPORT: u64 = 0x5EA1_0001;
+    /// Put the verifier's challenge (64 bytes) in the shared page.
+    pub const GET_NONCE: u64 = 0x5EA1_0002;
+    /// The signed report is in the shared page (R11: its length).
+    pub const REPORT_READY: u64 = 0x5EA1_0003;
+}
+
+/// What the host answers the guest's VMCALLs with, and where it keeps what the guest hands over.
+#[derive(Debug)]
+pub struct Vmcalls<'a> {
+    /// The shared page (host address).
+    pub shared: u64,
+    /// The verifier's challenge.
+    pub nonce: &'a [u8; 64],
+    /// Where REPORT_READY's data goes.
+    pub reports: &'a mut [u8],
+}
+
+/// Serves the guest's VMCALL `args` (R10..R13), then resumes the vCPU with VP.ENTER:
+/// GET_REPORT puts the interface report from the message page in the shared page, GET_NONCE
+/// the challenge, REPORT_READY copies what the guest handed over to `v.reports`.
+///
+/// # Errors
+/// [`HostError::UnknownVmcall`], [`HostError::SharedLength`], or VP.ENTER's error.
+pub fn serve_vmcall<H: Seamcall + HostMemory + ?Sized>(
+    h: &mut H,
+    vcpu: u64,
+    args: [u64; 4],
+    a: &Assignment,
+    v: &mut Vmcalls<'_>,
+) -> Result<(), HostError> {
+    match args[0] {
+        vmcall::GET_REPORT => {
+            let mut buf = [0u8; MSG_BYTES];
+            let n = a.report_len.min(shared::CAPACITY);
+            h.read(a.msg, &mut buf[..n]);
+            put_shared(h, v.shared, &buf[..n]);
+        }
+        vmcall::GET_NONCE => put_shared(h, v.shared, v.nonce),
+        vmcall::REPORT_READY => {
+            let mut len = [0u8; 8];
+            h.read(v.shared, &mut len);
+            let n = shared::checked_len(u64::from_le_bytes(len), v.reports.len()).map_err(HostError::SharedLength)?;
+            h.read(v.shared + 8, &mut v.reports[..n]);
+        }
+        other => return Err(HostError::UnknownVmcall(other)),
+    }
+    enter(h, vcpu)
+}
+
+fn put_shared<H: HostMemory + ?Sized>(h: &mut H, page: u64, data: &[u8]) {
+    let (len, data) = shared::frame(data);
+    h.write(page, &len.to_le_bytes());
+    h.write(page + 8, data);
+}

@@ -1,0 +1,290 @@
+//! The host's sequence of calls (the untrusted VMM's role): [`td`] builds, enters and destroys
+//! TDs; [`device`] connects a device and assigns one of its interfaces to a TD; [`unbind`] is the
+//! one order in which an assignment comes apart, for the teardown and for the cleanup after a
+//! failure alike. Every step returns the TSM's refusal as a [`HostError`] naming the leaf.
+
+use core::fmt;
+
+pub mod device;
+pub mod td;
+pub mod unbind;
+
+use tsm::abi::host::leaf;
+use tsm::abi::host_pdev::mng;
+use tsm::pdev::MSG_BYTES;
+use tsm::{Regs, Status};
+
+use crate::doe::{Doe, DoeError};
+
+/// One host call: the ABI's registers in (RAX = leaf), the ABI's registers out (RAX = status).
+/// A host world implements it with SEAMCALL; the firmware's agent and the harness with a direct
+/// call into `Tsm::host_call`.
+pub trait Seamcall {
+    /// Makes the call; `regs` holds the outputs afterwards.
+    fn seamcall(&mut self, regs: &mut Regs);
+}
+
+/// The host's memory: its own pages (inputs to calls, message pages) and the convertible pages
+/// it donates to the TSM.
+pub trait HostMemory {
+    /// Reads host physical memory at `pa` (within one page).
+    fn read(&mut self, pa: u64, buf: &mut [u8]);
+    /// Writes host physical memory at `pa` (within one page).
+    fn write(&mut self, pa: u64, data: &[u8]);
+    /// A convertible 4K page to donate; `None` when the host has none left.
+    fn donate(&mut self) -> Option<u64>;
+    /// One of the host's own pages (not convertible), for a call's input or a message page.
+    fn scratch(&mut self) -> Option<u64>;
+    /// Takes back a page the TSM did not use or gave back.
+    fn release(&mut self, pa: u64);
+    /// The convertible pages the host has handed out at least once: `[start, end)`, which
+    /// TDH.PHYMEM.PAGE.RDMD walks to find what a TD owns and what is still held.
+    fn donated(&self) -> (u64, u64);
+}
+
+/// A host step that did not succeed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostError {
+    /// A host ABI call returned an error.
+    Call {
+        /// The leaf's name.
+        leaf: &'static str,
+        /// The status in RAX.
+        status: Status,
+        /// RCX as returned (details of some errors).
+        rcx: u64,
+    },
+    /// The DOE mailbox failed during a resumable call (the request was then aborted with
+    /// SPDM.MNG ABORT).
+    Doe {
+        /// The leaf's name.
+        leaf: &'static str,
+        /// The mailbox error.
+        error: DoeError,
+        /// Exchanges completed before it.
+        exchanges: u32,
+    },
+    /// An answer did not open under the session keys (ANSWER_NOT_AUTHENTIC: the TSM changed
+    /// nothing); the host gave up on the request with TDH.SPDM.MNG ABORT.
+    NotAuthentic {
+        /// The leaf's name.
+        leaf: &'static str,
+        /// Exchanges completed before it.
+        exchanges: u32,
+        /// What ABORT returned.
+        abort: Status,
+    },
+    /// The host ran out of its own or of convertible pages.
+    OutOfPages,
+    /// The guest image did not parse.
+    Image(attest::image::ImageError),
+    /// The TD made a VMCALL the host does not serve (R10).
+    UnknownVmcall(u64),
+    /// The TD left the shared page with a length that cannot be right.
+    SharedLength(u64),
+    /// Pages still held by the TSM after teardown.
+    Leaked {
+        /// The first one.
+        page: u64,
+        /// How many.
+        count: u64,
+    },
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostError::Call { leaf, status, rcx } => {
+                write!(
+                    f,
+                    "{leaf} returned {} ({:#018x}), rcx {rcx:#x}",
+                    status.name().unwrap_or("unknown status"),
+                    status.0
+                )
+            }
+            HostError::Doe { leaf, error, exchanges } => {
+                write!(f, "{leaf}: DOE mailbox: {error} after {exchanges} exchanges")
+            }
+            HostError::NotAuthentic { leaf, exchanges, abort } => write!(
+                f,
+                "{leaf} returned ANSWER_NOT_AUTHENTIC after {exchanges} exchanges; request withdrawn with TDH.SPDM.MNG ABORT ({})",
+                abort.name().unwrap_or("unknown status")
+            ),
+            HostError::OutOfPages => f.write_str("the host ran out of pages"),
+            HostError::Image(e) => write!(f, "guest image: {e}"),
+            HostError::UnknownVmcall(r) => write!(f, "the TD made VMCALL {r:#x}, which the host does not serve"),
+            HostError::SharedLength(n) => write!(f, "shared page: length {n} does not fit"),
+            HostError::Leaked { page, count } => write!(f, "{count} pages not reclaimed, the first at {page:#x}"),
+        }
+    }
+}
+
+/// `Ok(r)` if the call succeeded, else the error naming `leaf`.
+///
+/// # Errors
+/// [`HostError::Call`].
+pub fn check(leaf: &'static str, r: Regs) -> Result<Regs, HostError> {
+    if r.status() == Status::SUCCESS {
+        Ok(r)
+    } else {
+        Err(HostError::Call { leaf, status: r.status(), rcx: r.rcx })
+    }
+}
+
+/// One host call, its registers returned as they came back.
+pub fn raw<H: Seamcall + ?Sized>(h: &mut H, regs: Regs) -> Regs {
+    let mut r = regs;
+    h.seamcall(&mut r);
+    r
+}
+
+/// One host call that must succeed.
+///
+/// # Errors
+/// [`HostError::Call`].
+pub fn call<H: Seamcall + ?Sized>(h: &mut H, name: &'static str, regs: Regs) -> Result<Regs, HostError> {
+    check(name, raw(h, regs))
+}
+
+/// A convertible page to donate.
+///
+/// # Errors
+/// [`HostError::OutOfPages`].
+pub fn donate<H: HostMemory + ?Sized>(h: &mut H) -> Result<u64, HostError> {
+    h.donate().ok_or(HostError::OutOfPages)
+}
+
+/// One of the host's own pages.
+///
+/// # Errors
+/// [`HostError::OutOfPages`].
+pub fn scratch<H: HostMemory + ?Sized>(h: &mut H) -> Result<u64, HostError> {
+    h.scratch().ok_or(HostError::OutOfPages)
+}
+
+/// What resumable calls moved through the mailbox.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PumpStats {
+    /// Requests ferried to the device.
+    pub exchanges: u32,
+    /// Bytes sent to the device.
+    pub bytes_out: u64,
+    /// Bytes received from it.
+    pub bytes_in: u64,
+    /// SPDM version byte of the last plain SPDM response seen (0 if none).
+    pub spdm_version: u8,
+}
+
+/// A resumable call the mailbox could not complete: the TSM's last answer (a
+/// `DEVICE_REQUEST`, still outstanding) and what the mailbox said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stalled {
+    /// The registers of the call that asked for the exchange.
+    pub regs: Regs,
+    /// The mailbox's failure.
+    pub error: DoeError,
+}
+
+/// A resumable device leaf: its name, number, RCX and R9 (R8 carries the answer's length and
+/// RDX the message page).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceLeaf {
+    /// The leaf's name.
+    pub name: &'static str,
+    /// Its number.
+    pub leaf: u64,
+    /// RCX: the object it acts on.
+    pub rcx: u64,
+    /// R9: its operation.
+    pub r9: u64,
+}
+
+/// Calls a resumable device leaf until it stops asking, moving each request from the message
+/// page `msg` through the mailbox and its answer back. Returns the final registers, whatever
+/// their status; a mailbox failure leaves the request outstanding ([`Stalled`]).
+///
+/// # Errors
+/// [`Stalled`].
+pub fn pump<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
+    h: &mut H,
+    doe: &mut D,
+    l: DeviceLeaf,
+    msg: u64,
+    stats: &mut PumpStats,
+) -> Result<Regs, Stalled> {
+    let mut len = 0u64;
+    let mut request = [0u8; MSG_BYTES];
+    // The mailbox refuses answers larger than this buffer, so every answer fits the page.
+    let mut answer = [0u8; MSG_BYTES];
+    loop {
+        let r = raw(h, Regs::call(l.leaf, l.rcx, msg, len, l.r9));
+        if r.status() != Status::DEVICE_REQUEST {
+            return Ok(r);
+        }
+        let n = usize::try_from(r.r8).unwrap_or(MSG_BYTES).min(MSG_BYTES);
+        h.read(msg, &mut request[..n]);
+        let got = doe.exchange(&request[..n], &mut answer).map_err(|error| Stalled { regs: r, error })?;
+        let got = got.min(MSG_BYTES);
+        stats.exchanges += 1;
+        stats.bytes_out += n as u64;
+        stats.bytes_in += got as u64;
+        // A plain SPDM object (vendor 1, type 1): byte 8 is SPDMVersion.
+        if got > 8 && answer[..4] == [0x01, 0x00, 0x01, 0x00] {
+            stats.spdm_version = answer[8];
+        }
+        h.write(msg, &answer[..got]);
+        len = got as u64;
+    }
+}
+
+/// A resumable call that must succeed, as a VMM makes it: pumped through the mailbox; an
+/// answer that does not open (ANSWER_NOT_AUTHENTIC) or a mailbox failure makes the host give
+/// the request up with TDH.SPDM.MNG ABORT on `pdev` (another try would get the same answer: the
+/// device moved on).
+///
+/// # Errors
+/// [`HostError`]: the final status if it is not SUCCESS, or the mailbox failure.
+pub fn device_call<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
+    h: &mut H,
+    doe: &mut D,
+    pdev: u64,
+    l: DeviceLeaf,
+    msg: u64,
+    stats: &mut PumpStats,
+) -> Result<Regs, HostError> {
+    let before = stats.exchanges;
+    match pump(h, doe, l, msg, stats) {
+        Ok(r) if r.status().code() == Status::ANSWER_NOT_AUTHENTIC => {
+            let abort = raw(h, Regs::call(leaf::SPDM_MNG, pdev, 0, 0, mng::ABORT));
+            Err(HostError::NotAuthentic { leaf: l.name, exchanges: stats.exchanges - before, abort: abort.status() })
+        }
+        Ok(r) => check(l.name, r),
+        Err(s) => {
+            let _ = raw(h, Regs::call(leaf::SPDM_MNG, pdev, 0, 0, mng::ABORT));
+            Err(HostError::Doe { leaf: l.name, error: s.error, exchanges: stats.exchanges - before })
+        }
+    }
+}
+
+/// TDH.SYS.CONFIG with the TDMR_INFO entries `tdmrs` (base, size, PAMT base, PAMT size each),
+/// written to one of the host's pages. Returns the call's registers, whatever their status.
+///
+/// # Errors
+/// [`HostError::OutOfPages`], or more entries than a page holds ([`HostError::Call`] is not
+/// made: [`Status::OPERAND_INVALID`] is reported as the TSM would).
+pub fn sys_config<H: Seamcall + HostMemory + ?Sized>(h: &mut H, tdmrs: &[[u64; 4]]) -> Result<Regs, HostError> {
+    let page = scratch(h)?;
+    if tdmrs.len() * 32 > PAGE_BYTES {
+        return Err(HostError::Call { leaf: "TDH.SYS.CONFIG", status: Status::OPERAND_INVALID, rcx: 0 });
+    }
+    for (i, tdmr) in tdmrs.iter().enumerate() {
+        let mut bytes = [0u8; 32];
+        for (chunk, w) in bytes.chunks_exact_mut(8).zip(tdmr) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+        h.write(page + 32 * i as u64, &bytes);
+    }
+    Ok(raw(h, Regs::call(leaf::SYS_CONFIG, page, tdmrs.len() as u64, 0, 0)))
+}
+
+const PAGE_BYTES: usize = crate::PAGE as usize;

@@ -1,0 +1,36 @@
+//! The callers' side of the TSM's two ABIs, written once.
+//!
+//! The host's sequence of calls for one device assignment (build and measure a TD, connect the
+//! device, program an IDE stream, bind and lock the TDI, import and map its MMIO, add the DMA
+//! entry, start it, and the one unbind order that both the teardown and the cleanup after a
+//! failure follow) lives in [`host`]; the guest's sequence (accept memory, read the TDI, check
+//! the host's report against the TSM's digest, accept MMIO and DMA, authorise START, use the
+//! device, attest) in [`guest`]. Both reach the TSM only through a transport:
+//!
+//! - [`Seamcall`]: one host call, the ABI's registers in and out. The firmware's host agent and
+//!   the test harness implement it with a direct call into `Tsm::host_call`; a host world
+//!   implements it with the SEAMCALL instruction.
+//! - [`Tdcall`]: one guest call, likewise over `Tsm::guest_call` or TDCALL.
+//! - [`Doe`]: one exchange with the device's DOE mailbox (PCIe 6.x §6.30), which the host ferries
+//!   each `DEVICE_REQUEST` through.
+//! - [`HostMemory`] and [`GuestMemory`]: the pages each side owns and what it reads and writes.
+//!
+//! The crate is `no_std`, without heap and without `unsafe`: it is the same code in a bare-metal
+//! host world, in the firmware and in host-side tests, so what the tests prove of a flow is what
+//! the firmware runs.
+
+#![no_std]
+#![forbid(unsafe_code)]
+
+pub mod doe;
+pub mod guest;
+pub mod host;
+pub mod shared;
+
+pub use doe::{Doe, DoeError};
+pub use guest::{GuestError, GuestMemory, Tdcall};
+pub use host::{HostError, HostMemory, Seamcall};
+pub use tsm::{Regs, Status, TdExit};
+
+/// Bytes of a page.
+pub const PAGE: u64 = 4096;

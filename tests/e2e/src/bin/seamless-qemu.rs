@@ -1,0 +1,69 @@
+//! `seamless-qemu`: boots the firmware in QEMU with the command line the end-to-end tests use
+//! ([`seamless_e2e::Boot::command`]), so `./run.sh`, `./run.sh boot` and `tests/e2e` run one
+//! QEMU command line, written once.
+//!
+//! ```text
+//! seamless-qemu --out DIR [--config FILE] [--secret FILE] [--port N] [--keep] [--arg ARG]...
+//! ```
+//!
+//! `--out`: where COM1 (`serial.log`), COM2 (`defmt.bin`) and COM3 (`artifacts.bin`) go;
+//! `--config` / `--secret`: `opt/seamless/config` and `opt/seamless/platform-secret` over fw_cfg;
+//! `--port`: the NVMe device's DOE mailbox reaches the SPDM responder listening on
+//! 127.0.0.1:N; `--keep`: QEMU's command line also goes to `DIR/qemu.cmd`; `--arg`: one more
+//! QEMU argument (repeatable). The firmware image is `SEAMLESS_FIRMWARE` or the release build;
+//! QEMU is `$QEMU` or `qemu-system-x86_64`. Exits with QEMU's status (33: the firmware
+//! succeeded, 35: it failed), 2 on a usage error, 1 when QEMU cannot run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use seamless_e2e::{Boot, Qemu};
+
+fn usage(why: &str) -> ExitCode {
+    eprintln!("seamless-qemu: {why}");
+    eprintln!("usage: seamless-qemu --out DIR [--config FILE] [--secret FILE] [--port N] [--keep] [--arg ARG]...");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let mut boot = Boot::default();
+    let mut keep = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        let r: Result<(), String> = match a.as_str() {
+            "--out" => value("--out").map(|v| boot.dir = Some(PathBuf::from(v))),
+            "--config" => value("--config").and_then(|v| {
+                std::fs::read_to_string(&v).map(|c| boot.config = Some(c)).map_err(|e| format!("{v}: {e}"))
+            }),
+            "--secret" => value("--secret")
+                .and_then(|v| std::fs::read(&v).map(|s| boot.secret = Some(s)).map_err(|e| format!("{v}: {e}"))),
+            "--port" => value("--port").and_then(|v| {
+                v.parse().map(|p| boot.spdm_port = Some(p)).map_err(|_| format!("--port {v}: not a port"))
+            }),
+            "--arg" => value("--arg").map(|v| boot.extra.push(v)),
+            "--keep" => {
+                keep = true;
+                Ok(())
+            }
+            other => Err(format!("unknown option {other}")),
+        };
+        if let Err(why) = r {
+            return usage(&why);
+        }
+    }
+    let Some(dir) = boot.dir.clone() else { return usage("--out is required") };
+    let Some(qemu) = Qemu::find() else { return ExitCode::from(1) };
+    if keep {
+        let cmd = boot.command(&qemu, &dir);
+        let line: Vec<String> = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', "'\\''")))
+            .collect();
+        if let Err(e) = std::fs::write(dir.join("qemu.cmd"), line.join(" ")) {
+            eprintln!("seamless-qemu: {}: {e}", dir.join("qemu.cmd").display());
+        }
+    }
+    let outcome = boot.run(&qemu, "launch");
+    u8::try_from(outcome.status).map_or(ExitCode::FAILURE, ExitCode::from)
+}
