@@ -7,6 +7,7 @@
 
 use seamless_harness::assign::{device_config, pfn, Assignment, BAR_BASE, BAR_GPA, FUNCTION, LOCK_FLAGS};
 use seamless_harness::driver::{gpa_level, ok, Machine, TdHandle};
+use seamless_harness::unchanged::{guest_refused, refused};
 use tdisp_device::Device;
 use tsm::abi::guest::leaf as g;
 use tsm::abi::host::leaf as h;
@@ -17,42 +18,6 @@ use tsm::{GuestReturn, Operand, Regs, Status, TdExit};
 
 const MIB: u64 = 1 << 20;
 const FN: u64 = FUNCTION as u64;
-
-/// Everything a refused call must leave as it was.
-#[derive(Debug, PartialEq)]
-struct Snapshot {
-    writes: u64,
-    tds: Vec<Option<tsm::TdSummary>>,
-    devices: String,
-}
-
-fn snapshot(m: &Machine, tdrs: &[u64]) -> Snapshot {
-    Snapshot {
-        writes: m.tsm.platform().mem.writes(),
-        tds: tdrs.iter().map(|&t| m.tsm.td_summary(pfn(t))).collect(),
-        devices: format!("{:?}", m.tsm.device_summaries()),
-    }
-}
-
-/// Runs a host call that must fail with exactly `status` and change nothing.
-#[track_caller]
-fn refused(m: &mut Machine, tdrs: &[u64], status: Status, call: impl FnOnce(&mut Machine) -> Regs) -> Regs {
-    let before = snapshot(m, tdrs);
-    let r = call(m);
-    assert_eq!(r.status(), status, "got {:?}, wanted {status:?}", r.status());
-    assert!(before == snapshot(m, tdrs), "a refused call changed the machine");
-    r
-}
-
-/// The same for a guest call.
-#[track_caller]
-fn guest_refused(m: &mut Machine, tdrs: &[u64], status: Status, call: impl FnOnce(&mut Machine) -> GuestReturn) {
-    let before = snapshot(m, tdrs);
-    let r = call(m);
-    assert_eq!(r.regs.status(), status, "got {:?}, wanted {status:?}", r.regs.status());
-    assert_eq!(r.exit, None);
-    assert!(before == snapshot(m, tdrs), "a refused guest call changed the machine");
-}
 
 fn accept(m: &mut Machine, td: &TdHandle, gpa: u64, level: u8, range: u64, function: u64, offset: u64) -> GuestReturn {
     let call = Regs { r9: offset, ..Regs::call(g::MMIO_ACCEPT, gpa_level(gpa, level), range, function, 0) };

@@ -7,6 +7,7 @@
 
 use seamless_harness::assign::{device_config, pfn, Assignment, BAR0_PAGES, BAR_BASE, BAR_GPA, FUNCTION};
 use seamless_harness::driver::{gpa_level, ok, Machine, TdHandle, ARENA_BASE};
+use seamless_harness::unchanged::{refused, snapshot};
 use tdisp_device::Device;
 use tdisp_device::Reply;
 use tsm::abi::guest::leaf as g;
@@ -24,31 +25,6 @@ const FN: u64 = FUNCTION as u64;
 /// KM operations in R9 (15:8).
 const KM_REFRESH: u64 = 1 << 8;
 const KM_STOP: u64 = 2 << 8;
-
-/// Everything a refused call must leave as it was.
-#[derive(Debug, PartialEq)]
-struct Snapshot {
-    writes: u64,
-    tds: Vec<Option<tsm::TdSummary>>,
-    devices: String,
-}
-
-fn snapshot(m: &Machine, tdrs: &[u64]) -> Snapshot {
-    Snapshot {
-        writes: m.tsm.platform().mem.writes(),
-        tds: tdrs.iter().map(|&t| m.tsm.td_summary(pfn(t))).collect(),
-        devices: format!("{:?}", m.tsm.device_summaries()),
-    }
-}
-
-/// Runs a host call that must fail with exactly `status` and change nothing.
-#[track_caller]
-fn refused(m: &mut Machine, tdrs: &[u64], status: Status, call: impl FnOnce(&mut Machine) -> Regs) {
-    let before = snapshot(m, tdrs);
-    let r = call(m);
-    assert_eq!(r.status(), status, "got {:?}, wanted {status:?} ({r:x?})", r.status());
-    assert!(before == snapshot(m, tdrs), "a refused call changed the machine");
-}
 
 struct World {
     m: Machine,

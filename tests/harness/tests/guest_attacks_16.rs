@@ -15,6 +15,7 @@ use attest::platform::SecretBlob;
 use attest::report::Report;
 use seamless_harness::assign::{device_config, pfn, Assignment, BAR_GPA, FUNCTION};
 use seamless_harness::driver::{gpa_level, ok, Machine, TdHandle};
+use seamless_harness::unchanged::{guest_refused, refused};
 use tdisp_device::Device;
 use tsm::abi::guest::leaf as g;
 use tsm::abi::host::leaf as h;
@@ -23,43 +24,10 @@ use tsm::addr::PageSize;
 use tsm::devices::MAX_TDIS_PER_TD;
 use tsm::pdev::Pending;
 use tsm::sept::SeptState;
-use tsm::{GuestReturn, Operand, Regs, Status};
+use tsm::{Operand, Regs, Status};
 
 const MIB: u64 = 1 << 20;
 const FN: u64 = FUNCTION as u64;
-
-/// Everything a refused call must leave as it was.
-#[derive(Debug, PartialEq)]
-struct Snapshot {
-    writes: u64,
-    tds: Vec<Option<tsm::TdSummary>>,
-    devices: String,
-}
-
-fn snapshot(m: &Machine, tdrs: &[u64]) -> Snapshot {
-    Snapshot {
-        writes: m.tsm.platform().mem.writes(),
-        tds: tdrs.iter().map(|&t| m.tsm.td_summary(pfn(t))).collect(),
-        devices: format!("{:?}", m.tsm.device_summaries()),
-    }
-}
-
-#[track_caller]
-fn refused(m: &mut Machine, tdrs: &[u64], status: Status, call: impl FnOnce(&mut Machine) -> Regs) {
-    let before = snapshot(m, tdrs);
-    let r = call(m);
-    assert_eq!(r.status(), status, "got {:?}, wanted {status:?}", r.status());
-    assert!(before == snapshot(m, tdrs), "a refused call changed the machine");
-}
-
-#[track_caller]
-fn guest_refused(m: &mut Machine, tdrs: &[u64], status: Status, call: impl FnOnce(&mut Machine) -> GuestReturn) {
-    let before = snapshot(m, tdrs);
-    let r = call(m);
-    assert_eq!(r.regs.status(), status, "got {:?}, wanted {status:?}", r.regs.status());
-    assert_eq!(r.exit, None);
-    assert!(before == snapshot(m, tdrs), "a refused guest call changed the machine");
-}
 
 fn blob() -> SecretBlob {
     SecretBlob::new([0x42; 32], [3, 0, 0, 0, 0, 0, 8, 115], [0xc1; 64])
