@@ -324,6 +324,7 @@ cmd_boot() {
         -kernel "$FIRMWARE" -serial "file:$out/serial.log" -serial "file:$out/defmt.bin"
         -serial "file:$out/artifacts.bin"
         -device isa-debug-exit,iobase=0xf4,iosize=0x04
+        -device intel-iommu,x-scalable-mode=on,intremap=off
         -fw_cfg "name=opt/seamless/config,file=$out/config.txt"
         -fw_cfg "name=opt/seamless/platform-secret,file=$plat/platform-secret.bin")
     DEVICE_PID=""
@@ -351,8 +352,12 @@ cmd_boot() {
             exit 1
         fi
         echo "tdisp-device listening on 127.0.0.1:$port"
+        # The drive the TD reads in modes assign and revoke (known content, attest::disk).
+        cargo build -q -p firmware
+        "${CARGO_TARGET_DIR:-target}/debug/firmware" disk-image "$out/disk.img"
         # addr=3: 00:03.0, the function id the device's TDI reports by default.
-        qemu_args+=(-device "nvme,serial=seamless,addr=3,spdm_port=$port")
+        qemu_args+=(-drive "file=$out/disk.img,if=none,id=disk,format=raw"
+            -device "nvme,serial=seamless,addr=3,spdm_port=$port,drive=disk")
     fi
     ((keep)) && printf '%q ' "$QEMU" "${qemu_args[@]}" >"$out/qemu.cmd"
 
@@ -577,6 +582,8 @@ cmd_demo() {
     bar_page=$(printf '%#x' $((DEMO_BAR0 >> 12)))
     printf 'mode=assign\nnvme_bar0=%s\nnonce=%s\nlog_calls=off\n' "$DEMO_BAR0" "$nonce" >"$out/config.txt"
     "$bin/firmware" guest-image "$out/guest.img"
+    # The drive the TD reads through the IOMMU: 1 MiB of known, self-naming blocks.
+    "$bin/firmware" disk-image "$out/disk.img"
     demo_device_toml "$bar_page" >"$out/device.toml"
 
     local port=""
@@ -615,9 +622,11 @@ cmd_demo() {
         -kernel "$FIRMWARE" -serial "file:$out/serial.log" -serial "file:$out/defmt.bin"
         -serial "file:$out/artifacts.bin"
         -device isa-debug-exit,iobase=0xf4,iosize=0x04
+        -device intel-iommu,x-scalable-mode=on,intremap=off
         -fw_cfg "name=opt/seamless/config,file=$out/config.txt"
         -fw_cfg "name=opt/seamless/platform-secret,file=$plat/platform-secret.bin"
-        -device "nvme,serial=seamless,addr=3,spdm_port=$port")
+        -drive "file=$out/disk.img,if=none,id=disk,format=raw"
+        -device "nvme,serial=seamless,addr=3,spdm_port=$port,drive=disk")
     ((keep)) && printf '%q ' "$QEMU" "${qemu_args[@]}" >"$out/qemu.cmd"
     section "QEMU (TCG): the firmware; NVMe 00:03.0 with its DOE mailbox at 127.0.0.1:$port"
     local status=0

@@ -17,6 +17,7 @@ use crate::drivers::phys::{Frames, Mmio};
 use crate::drivers::rng::Rdrand;
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
+use crate::drivers::vtd::Vtd;
 use crate::drivers::{log, pvh};
 use crate::host::{Host, PumpStats};
 use crate::memmap::{Layout, MemoryMap, RangeKind};
@@ -112,7 +113,8 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     for &(s, e) in frames.ranges() {
         defmt::info!("usable RAM {=u64:#x}..{=u64:#x}", s, e);
     }
-    let mut platform = FirmwarePlatform::new(frames, rng, tsc);
+    let vtd = open_vtd(&boot, mmio_start, tsc);
+    let mut platform = FirmwarePlatform::new(frames, rng, tsc, vtd);
     platform.log_calls = config.log_calls;
     let private = FrameRange { start: Pfn::new(image.0 >> 12).unwrap_or(Pfn::ZERO), count: (image.1 - image.0) >> 12 };
     let mut tsm = Tsm::new(platform, IDENTITY, &[private]);
@@ -154,6 +156,37 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             attack::run(&tsc, &mut tsm, &mut host, nvme, image.0)
         }
         _ => connect(&boot, &config, &tsc, &mut tsm, &mut host, mmio_start),
+    }
+}
+
+/// The DMA remapping unit ACPI DMAR names, if any: the TSM takes it at IOMMU.SETUP.
+fn open_vtd(boot: &pvh::BootInfo, mmio_start: u64, tsc: Tsc) -> Option<Vtd> {
+    let drhd = match acpi::find_drhd(boot.rsdp) {
+        Ok(d) => d,
+        Err(e) => {
+            say!("vt-d: {e}; no DMA remapping (device DMA cannot be confined)");
+            return None;
+        }
+    };
+    match Vtd::open(drhd, mmio_start, tsc) {
+        Ok(v) => {
+            let c = v.capabilities();
+            say!(
+                "vt-d: DRHD segment {} registers {:#x} (HAW {} bits{}): CAP {:#018x} ECAP {:#018x}, SAGAW {:#x}",
+                drhd.segment,
+                drhd.registers,
+                drhd.host_address_width,
+                if drhd.include_all { ", all devices" } else { "" },
+                c.cap,
+                c.ecap,
+                c.sagaw()
+            );
+            Some(v)
+        }
+        Err(e) => {
+            say!("vt-d: {e}; no DMA remapping");
+            None
+        }
     }
 }
 
@@ -277,6 +310,7 @@ fn open_nvme(boot: &pvh::BootInfo, config: &RunConfig, tsc: &Tsc, mmio_start: u6
         defmt::info!("NVMe BAR0 moved from {=u64:#x} to {=u64:#x}", from, bar0.base);
     }
     bars[0] = Some(bar0);
+    nvme.enable_bus_master();
     let Some(doe_at) = nvme.find_ext_cap(crate::drivers::pci::EXT_CAP_DOE) else {
         fail("NVMe", &"no DOE extended capability (QEMU: -device nvme,...,spdm_port=<port>)")
     };

@@ -174,6 +174,12 @@ statuses! {
     TDI_NOT_BOUND_TO_TD = 0xC000_F119_0000_0000;
     /// The TSM was given no platform secret at boot: it has no key to sign reports with.
     ATTESTATION_NOT_PROVISIONED = 0xC000_F11A_0000_0000;
+    /// The DMA remapping unit is absent, lacks a capability the TSM needs (queued invalidation,
+    /// scalable mode, second-stage translation), or did not complete a command in time.
+    IOMMU_UNIT_ERROR = 0xC000_F120_0000_0000;
+    /// DMAR.ADD: the TD's S-EPT depth is one the remapping unit's CAP.SAGAW lacks (a GPAW-52,
+    /// 5-level S-EPT on a 48-bit unit such as QEMU's intel-iommu).
+    DMAR_WIDTH_UNSUPPORTED = 0xC000_F121_0000_0000;
 }
 
 impl Status {

@@ -16,6 +16,7 @@
 use core::fmt;
 
 pub mod image;
+pub mod nvme;
 
 use sha2::{Digest, Sha384};
 use tsm::abi::guest::leaf as g;
@@ -190,6 +191,26 @@ impl<'a> GuestMemory<'a> {
         match self.device {
             Some((regs, base, len)) if hpa >= base && hpa + 4 <= base + len && hpa.is_multiple_of(4) => {
                 Ok(regs.read_u32(hpa - base))
+            }
+            _ => Err(GuestError::MmioOutside { gpa, hpa }),
+        }
+    }
+}
+
+impl GuestMemory<'_> {
+    /// Writes the 32-bit device register at `gpa`.
+    ///
+    /// # Errors
+    /// As for [`GuestMemory::mmio_read_u32`].
+    pub fn mmio_write_u32(&self, tsm: &mut Tsm<FirmwarePlatform>, gpa: u64, value: u32) -> Result<(), GuestError> {
+        let hpa = match self.resolve(tsm, gpa)? {
+            Leaf::Mmio(hpa) => hpa + (gpa & 0xFFF),
+            Leaf::Ram(_) => return Err(GuestError::NotMapped { gpa, state: SeptState::Mapped as u8 }),
+        };
+        match self.device {
+            Some((regs, base, len)) if hpa >= base && hpa + 4 <= base + len && hpa.is_multiple_of(4) => {
+                regs.write_u32(hpa - base, value);
+                Ok(())
             }
             _ => Err(GuestError::MmioOutside { gpa, hpa }),
         }
@@ -424,6 +445,43 @@ impl<'a> Guest<'a> {
         self.findings.cap = u64::from(hi) << 32 | u64::from(lo);
         self.findings.vs = self.mem.mmio_read_u32(tsm, bar + 8)?;
         self.vmcall(tsm, vmcall::GET_NONCE, 0)
+    }
+
+    /// Drives the NVMe controller from the TD: admin and I/O queues in the private pages after
+    /// the first four work pages, Identify, then READs of `blocks` blocks from LBA 0, every
+    /// byte through the IOMMU walking the S-EPT.
+    ///
+    /// # Errors
+    /// [`nvme::NvmeError`].
+    /// Then one READ to each GPA of `stray` (pages the device must not reach), whose completion
+    /// statuses go into `statuses`.
+    pub fn read_disk(
+        &self,
+        tsm: &mut Tsm<FirmwarePlatform>,
+        blocks: u64,
+        stray: &[u64],
+        statuses: &mut [u16],
+    ) -> Result<nvme::NvmeFindings, nvme::NvmeError> {
+        let page = |i: u64| self.layout.work + (4 + i) * PAGE;
+        let layout = nvme::NvmeLayout {
+            bar: self.layout.bar_gpa,
+            asq: page(0),
+            acq: page(1),
+            identify: page(2),
+            iosq: page(3),
+            iocq: page(4),
+            data: page(5),
+            data_pages: self.layout.work_pages.saturating_sub(4 + 5),
+        };
+        let mut d = nvme::NvmeDriver::new(&self.mem, layout);
+        d.enable(tsm)?;
+        let mut f = d.identify_and_create_queues(tsm)?;
+        f.digest = d.read_blocks(tsm, blocks)?;
+        f.read_blocks = blocks;
+        for (gpa, status) in stray.iter().zip(statuses.iter_mut()) {
+            *status = d.read_to(tsm, *gpa)?;
+        }
+        Ok(f)
     }
 
     /// What the guest sees of its device after the host revoked the BAR: the TDISP state from

@@ -17,10 +17,11 @@ use crate::guest::{self, GuestError, Step};
 use crate::platform::FirmwarePlatform;
 
 const PAGE: u64 = 4096;
-/// The guest's accepted work pages (digests, REPORTDATA, the native report, its SNP export).
+/// The guest's accepted work pages (digests, REPORTDATA, the native report, its SNP export),
+/// then its NVMe driver's queues, identify page and data pages (`guest::nvme`).
 pub const WORK_GPA: u64 = 0x10_0000;
-/// How many.
-pub const WORK_PAGES: u64 = 4;
+/// How many: 4, then 5 for the NVMe queues and identify data, then 15 data pages.
+pub const WORK_PAGES: u64 = 4 + 5 + 15;
 /// Where BAR0 appears in the guest.
 pub const BAR_GPA: u64 = 0x4000_0000;
 /// S-EPT root level for GPAW 48.

@@ -92,6 +92,20 @@ pub fn emit(name: &str, data: &[u8]) {
     say!("artifact {name}: {} bytes on COM3", data.len());
 }
 
+/// Printable ASCII of an NVMe identify string, trailing spaces dropped.
+struct Ascii<'a>(&'a [u8]);
+
+impl core::fmt::Display for Ascii<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let end = self.0.iter().rposition(|&c| c != b' ' && c != 0).map_or(0, |i| i + 1);
+        for &c in &self.0[..end] {
+            let c = if c.is_ascii_graphic() || c == b' ' { c as char } else { '.' };
+            write!(f, "{c}")?;
+        }
+        Ok(())
+    }
+}
+
 fn hex48(d: &[u8; 48]) -> impl core::fmt::Display + '_ {
     struct H<'a>(&'a [u8]);
     impl core::fmt::Display for H<'_> {
@@ -103,6 +117,78 @@ fn hex48(d: &[u8; 48]) -> impl core::fmt::Display + '_ {
         }
     }
     H(d)
+}
+
+/// DMA the device must not land, by the TD's own commands after its read: a page the TD never
+/// accepted (no S-EPT leaf), its device's MMIO page, and a shared GPA (bit 47). Each with what
+/// QEMU's unit reports (VT-d fault reasons: 0x05 no write permission on a non-present entry,
+/// 0x0C a reserved bit: the MMIO leaf's DMA block bit 62).
+const STRAY: [(u64, &str); 3] = [
+    (WORK_GPA + WORK_PAGES * 4096, "a page the TD never accepted"),
+    (BAR_GPA, "the TD's own device MMIO page"),
+    ((1 << 47) | WORK_GPA, "a shared GPA"),
+];
+
+/// Faults the TSM's log counted since IOMMU.SETUP, read by the host through its leaf (which
+/// first drains the unit's fault recording registers).
+fn fault_count(tsm: &mut Tsm<FirmwarePlatform>) -> u64 {
+    tsm.host_call(&tsm::Regs::call(tsm::abi::host::leaf::IOMMU_FAULT_RD, 0, 0, 0, 0)).rcx
+}
+
+/// The host's view of the stray DMA: each command completed (status 0 at the controller), and
+/// each left exactly one fault record naming the NVMe function and the page.
+fn report_stray_dma(
+    tsm: &mut Tsm<FirmwarePlatform>,
+    function: u32,
+    before: u64,
+    statuses: &[u16],
+) -> Result<(), &'static str> {
+    for (i, ((gpa, what), status)) in STRAY.iter().zip(statuses).enumerate() {
+        let n = before + i as u64;
+        let r = tsm.host_call(&tsm::Regs::call(tsm::abi::host::leaf::IOMMU_FAULT_RD, n, 0, 0, 0));
+        if r.r9 != 1 {
+            return Err("a stray DMA left no fault record");
+        }
+        let (sid, reason) = (r.rdx & 0xFFFF, r.rdx >> 16 & 0xFF);
+        say!(
+            "dma fault: READ into {what} (GPA {gpa:#x}): NVMe status {status:#x}; the unit refused it: source {sid:#06x}, page {:#x}, VT-d reason {reason:#04x}",
+            r.r8
+        );
+        if sid != u64::from(function) || r.r8 != gpa & !0xFFF {
+            return Err("a fault record names another source or page");
+        }
+    }
+    Ok(())
+}
+
+/// Prints what the guest's NVMe driver found and read, checks the digest against the drive's
+/// known content and that the read itself faulted nowhere, and the throughput figure.
+fn report_disk(f: &guest::nvme::NvmeFindings, dma_us: u64, faults: u64) -> Result<(), &'static str> {
+    say!(
+        "guest: NVMe {:04x} \"{}\" serial \"{}\", namespace 1: {} blocks of {} bytes (Identify DMA'd into private pages)",
+        f.vid,
+        Ascii(&f.model),
+        Ascii(&f.serial),
+        f.blocks,
+        f.block_bytes
+    );
+    let want = attest::disk::digest(0, f.read_blocks);
+    let kib = f.read_blocks * 512 / 1024;
+    say!(
+        "guest: read {kib} KiB (LBA 0..{}) into private memory through QEMU's IOMMU walking the S-EPT; SHA-384 {} {}",
+        f.read_blocks,
+        hex48(&f.digest),
+        if f.digest == want { "= the drive's known content" } else { "DIFFERS from the drive's content" }
+    );
+    if f.digest != want {
+        return Err("the data read is not the drive's content");
+    }
+    if faults != 0 {
+        return Err("the read left IOMMU faults");
+    }
+    let rate_kib_s = (kib * 1_000_000).checked_div(dma_us.max(1)).unwrap_or(0);
+    say!("figure nvme_read_mib_s_private {}.{:03} MiB/s", rate_kib_s / 1024, (rate_kib_s % 1024) * 1000 / 1024);
+    Ok(())
 }
 
 /// The flow; never returns.
@@ -128,13 +214,15 @@ pub fn run(
     say!("host: NVMe CAP {host_cap:#018x} VS {host_vs:#010x} (read by the host before assignment)");
 
     tl.begin("td_build");
+    // The TSM takes the remapping unit before the TD has a private page: from here on no device
+    // DMA lands anywhere without a DMAR entry the guest accepted.
+    host.iommu_setup(tsm).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
     let td = host.build_td(tsm, &image::IMAGE).unwrap_or_else(|e| fail("TD build", &e));
     let shared_page = host.scratch().unwrap_or_else(|e| fail("shared page", &e));
     let mem = GuestMemory::new(td.tdr, frames, Some((&regs, bar.0, bar.1)));
     let layout = GuestLayout { work: WORK_GPA, work_pages: WORK_PAGES, bar_gpa: BAR_GPA };
     let mut guest = Guest::new(td.vcpu, function, layout, mem, Shared::new(frames, shared_page));
     guest.accept_memory(tsm).unwrap_or_else(|e| fail("guest: accept", &e));
-    host.iommu_setup(tsm).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
     say!(
         "td: TDR {:#x}; guest image ({} bytes): {} pages added, {} measured (MRTD: what attest measure computes); {} pages AUGed and accepted by the guest",
         td.tdr,
@@ -225,6 +313,27 @@ pub fn run(
     );
     if (cap, vs) != (host_cap, host_vs) {
         fail("guest: device registers", &"the private mapping shows other registers than BAR0");
+    }
+    if config.mode == Mode::Assign {
+        tl.begin("nvme_dma");
+        let mut statuses = [0u16; STRAY.len()];
+        let before = fault_count(tsm);
+        let f = or_cleanup!(
+            guest.read_disk(tsm, attest::disk::DEMO_BLOCKS, &STRAY.map(|(gpa, _)| gpa), &mut statuses),
+            "guest: NVMe"
+        );
+        let dma_us = tl.end();
+        let read_faults = fault_count(tsm).saturating_sub(before).saturating_sub(STRAY.len() as u64);
+        or_cleanup!(report_disk(&f, dma_us, read_faults), "guest: NVMe read");
+        or_cleanup!(report_stray_dma(tsm, function, before, &statuses), "DMA fault cases");
+        // One domain-selective invalidation with its wait, as the host asks for it.
+        let t0 = tsc.now();
+        let r = tsm.host_call(&tsm::Regs::call(tsm::abi::host::leaf::IQ_INV_REQUEST, td.tdr, 0, 0, 0));
+        let inv_ns = tsc.ticks_to_ns(tsc.now().wrapping_sub(t0));
+        if r.status() != tsm::Status::SUCCESS {
+            or_cleanup!(Err::<(), _>("TDH.IQ.INV.REQUEST failed"), "IQ.INV");
+        }
+        say!("figure iommu_inv_us {}.{:03} us", inv_ns / 1000, inv_ns % 1000);
     }
     if config.mode == Mode::Revoke {
         // The guest waits in GET_NONCE: resume it, then the exporter revokes the BAR under it.

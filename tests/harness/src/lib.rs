@@ -11,5 +11,6 @@
 pub mod arena;
 pub mod assign;
 pub mod driver;
+pub mod unit;
 
 pub use arena::*;
