@@ -84,7 +84,7 @@ fn json_lists_every_check_with_expected_actual_and_reason() {
     let ids: Vec<&str> = checks.iter().map(|c| c["id"].as_str().unwrap()).collect();
     for id in [
         "device0.cert_chain.root",
-        "device0.cert_chain.signatures",
+        "device0.cert_chain.path",
         "device0.measurements.signature",
         "device0.measurement.1",
         "device0.measurement.3",
@@ -112,9 +112,33 @@ fn a_stale_nonce_is_rejected_with_exit_1_and_every_other_check_still_runs() {
     assert_eq!(failed[0]["expected"], other);
     assert_eq!(failed[0]["actual"], hex(&NONCE));
     assert_eq!(v["checks"].as_array().unwrap().len(), ALL_CHECKS);
-    let r = run(&f.verify_args(&[]).into_iter().filter(|a| a != "--nonce" && *a != hex(&NONCE)).collect::<Vec<_>>());
-    assert_eq!(r.code, 0, "no nonce: freshness skipped, not failed");
+}
+
+/// The fixture's `verify` arguments without `--nonce HEX`.
+fn without_nonce(args: Vec<String>) -> Vec<String> {
+    args.into_iter().filter(|a| a != "--nonce" && *a != hex(&NONCE)).collect()
+}
+
+#[test]
+fn a_verdict_without_a_nonce_is_not_silently_verified() {
+    let f = fixture();
+    // No nonce and no opt-out: unusable, not VERIFIED (a replayed report would pass).
+    expect_unusable(&without_nonce(f.verify_args(&[])), "missing --nonce HEX");
+    expect_unusable(&f.verify_args(&["--no-nonce"]), "--nonce and --no-nonce: give one");
+    // The explicit opt-out verifies, and the verdict says what it left out.
+    let r = run(&without_nonce(f.verify_args(&["--no-nonce"])));
+    assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("no nonce given: freshness not checked"));
+    let last = r.stdout.lines().last().unwrap();
+    assert!(last.starts_with("VERIFIED, NOT CHECKED: freshness (--no-nonce"), "{last}");
+    let r = run(&without_nonce(f.verify_args(&["--no-nonce", "--json"])));
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["verified"], true);
+    assert!(v["not_checked"][0].as_str().unwrap().starts_with("freshness"), "{v}");
+    // With the nonce, nothing is left out.
+    let r = run(&f.verify_args(&["--json"]));
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["not_checked"], serde_json::json!([]));
 }
 
 #[test]
@@ -303,7 +327,7 @@ fn the_snp_export_verifies_and_a_flipped_bit_is_rejected() {
     high[0x2A0 + 60] = 1;
     let p = f.dir.join("snp-high.bin");
     std::fs::write(&p, high).unwrap();
-    let r = run(&[s("verify"), s("--snp"), path(&p), s("--certs"), certs.clone()]);
+    let r = run(&[s("verify"), s("--snp"), path(&p), s("--certs"), certs.clone(), s("--no-nonce")]);
     assert_eq!(r.code, 1, "a byte sev ignores is still caught");
     assert!(r.stdout.lines().any(|l| l.starts_with("snp.report.signature_encoding") && l.contains(" fail ")));
     for (byte, bit) in [(0x50usize, 0u8), (0x90, 7), (0x1A0, 3), (0x2A0, 1), (0x2E8, 6)] {
@@ -311,7 +335,7 @@ fn the_snp_export_verifies_and_a_flipped_bit_is_rejected() {
         b[byte] ^= 1 << bit;
         let p = f.dir.join(format!("snp-flip-{byte:x}.bin"));
         std::fs::write(&p, b).unwrap();
-        let r = run(&[s("verify"), s("--snp"), path(&p), s("--certs"), certs.clone(), s("--json")]);
+        let r = run(&[s("verify"), s("--snp"), path(&p), s("--certs"), certs.clone(), s("--no-nonce"), s("--json")]);
         assert_eq!(r.code, 1, "flip {byte:#x}.{bit}: {}", r.stderr);
         let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
         let sig = v["checks"].as_array().unwrap().iter().find(|c| c["id"] == "snp.report.signature").unwrap().clone();
@@ -322,18 +346,68 @@ fn the_snp_export_verifies_and_a_flipped_bit_is_rejected() {
     other.td.mr_td[0] ^= 1;
     let p = f.dir.join("other-native.bin");
     std::fs::write(&p, other.to_bytes()).unwrap();
-    let r = run(&[s("verify"), s("--snp"), path(&snp), s("--certs"), certs.clone(), s("--report"), path(&p)]);
+    let r = run(&[
+        s("verify"),
+        s("--snp"),
+        path(&snp),
+        s("--certs"),
+        certs.clone(),
+        s("--report"),
+        path(&p),
+        s("--no-nonce"),
+    ]);
     assert_eq!(r.code, 1);
     assert!(r.stdout.lines().any(|l| l.starts_with("snp.report_data.native_digest") && l.contains(" fail ")));
     // Unusable: truncated, empty, no certificate directory.
     for (bytes, message) in [(good[..1000].to_vec(), "SNP report must be 1184 bytes, got 1000"), (vec![], "got 0")] {
         std::fs::write(f.dir.join("snp-bad.bin"), bytes).unwrap();
         expect_unusable(
-            &[s("verify"), s("--snp"), path(&f.dir.join("snp-bad.bin")), s("--certs"), certs.clone()],
+            &[s("verify"), s("--snp"), path(&f.dir.join("snp-bad.bin")), s("--certs"), certs.clone(), s("--no-nonce")],
             message,
         );
     }
-    expect_unusable(&[s("verify"), s("--snp"), path(&snp), s("--certs"), s("/nonexistent")], "no ark.pem or ark.der");
+    expect_unusable(
+        &[s("verify"), s("--snp"), path(&snp), s("--certs"), s("/nonexistent"), s("--no-nonce")],
+        "no ark.pem or ark.der",
+    );
+}
+
+#[test]
+fn verify_snp_compares_the_whole_nonce_and_names_what_it_does_not_check() {
+    let f = fixture();
+    let certs = f.platform.dir.to_str().unwrap().to_owned();
+    let snp = f.dir.join("snp.bin");
+    // A nonce that agrees with the TD's in the 16 bytes the export carries and differs after:
+    // without the native report it cannot be told apart, so the tool refuses to judge.
+    let mut stale = NONCE;
+    stale[40] ^= 1;
+    let base = [s("verify"), s("--snp"), path(&snp), s("--certs"), certs];
+    let args = |extra: &[String]| base.iter().chain(extra).cloned().collect::<Vec<_>>();
+    expect_unusable(&args(&[s("--nonce"), hex(&stale)]), "verify --snp --nonce needs --report R");
+    expect_unusable(&args(&[]), "missing --nonce HEX");
+    // With the native report, all 64 bytes are compared: rejected.
+    let r = run(&args(&[s("--report"), path(&f.report_path), s("--nonce"), hex(&stale), s("--json")]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let failed: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["report.nonce"]);
+    // A good one verifies, and the verdict says the policy was not applied.
+    let r = run(&args(&[s("--report"), path(&f.report_path), s("--nonce"), hex(&NONCE)]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let last = r.stdout.lines().last().unwrap();
+    assert!(last.starts_with("VERIFIED, NOT CHECKED: the policy (verify --snp applies none"), "{last}");
+    let r = run(&args(&[s("--no-nonce"), s("--json")]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let n: Vec<&str> = v["not_checked"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    assert_eq!(n.len(), 3, "{n:?}");
+    assert!(n[1].starts_with("the binding to a native report") && n[2].starts_with("freshness"), "{n:?}");
 }
 
 #[test]
@@ -435,7 +509,7 @@ fn random_bytes_in_every_input_never_panic() {
                 f.verify_with("--evidence", &p, &[]),
                 f.verify_with("--policy", &p, &[]),
                 f.verify_with("--root", &p, &[]),
-                vec![s("verify"), s("--snp"), p.clone(), s("--certs"), path(&f.platform.dir)],
+                vec![s("verify"), s("--snp"), p.clone(), s("--certs"), path(&f.platform.dir), s("--no-nonce")],
                 vec![s("show"), s("--report"), p.clone()],
                 vec![s("show"), s("--evidence"), p.clone()],
                 vec![s("measure"), p.clone()],

@@ -56,7 +56,7 @@ fn real_evidence_passes_every_device_check() {
         [
             "device0.cert_chain.format",
             "device0.cert_chain.root",
-            "device0.cert_chain.signatures",
+            "device0.cert_chain.path",
             "device0.cert_chain.validity",
             "device0.measurements.format",
             "device0.measurements.signature",
@@ -206,11 +206,33 @@ fn a_broken_chain_link_fails_and_leaves_no_key_to_trust() {
     e.chain[n - 1] ^= 1;
     let rows = rows_with(reference(), &e);
     let ids: Vec<&str> = failures(&rows).iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(ids, ["device0.cert_chain.signatures", "device0.measurements.signature"], "{rows:#?}");
+    assert_eq!(ids, ["device0.cert_chain.path", "device0.measurements.signature"], "{rows:#?}");
     let validity = rows.iter().find(|r| r.id == "device0.cert_chain.validity").unwrap();
-    assert_eq!((validity.status, validity.reason.as_str()), (Status::Skipped, "chain does not verify"));
+    assert_eq!((validity.status, validity.reason.as_str()), (Status::Skipped, "not a valid path"));
     // root (0) → intermediate (1) → leaf (2): the leaf is the one whose signature broke.
     assert!(failures(&rows)[0].actual.contains("certificate 2"), "{}", failures(&rows)[0].actual);
+}
+
+#[test]
+fn an_end_entity_certificate_cannot_issue_the_device_certificate() {
+    // The device's own chain, root -> CA -> leaf, extended by an impostor's certificate signed
+    // with the leaf's key: every signature verifies and the root is the policy's, but the leaf
+    // is no CA, and the device's CA (pathLenConstraint 0) now has a certificate that issues
+    // below it. Both rules are listed; the measurements the real leaf signed then have no key to
+    // verify under.
+    let device = tdisp_device::Device::new(tdisp_device::Config::default()).unwrap();
+    let impostor = tdisp_device::corpus::impostor(device.identity(), &mut tdisp_device::rng::Rng::new([9; 32]));
+    let mut e = real_evidence().clone();
+    e.chain = impostor.unwrap().chain;
+    let rows = rows_with(reference(), &e);
+    let ids: Vec<&str> = failures(&rows).iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["device0.cert_chain.path", "device0.measurements.signature"], "{rows:#?}");
+    let path = failures(&rows)[0];
+    assert_eq!(
+        path.actual,
+        "certificate 1's pathLenConstraint is exceeded; certificate 2 issues a certificate but is not a CA",
+        "{path:#?}"
+    );
 }
 
 #[test]
@@ -265,7 +287,7 @@ fn a_verified_chain_is_remembered_by_its_digest() {
     let first = check(&report, Some(&ev), &refs, &mut cache);
     let second = check(&report, Some(&ev), &refs, &mut cache);
     assert!(failures(&first).is_empty() && failures(&second).is_empty());
-    let sig = second.iter().find(|r| r.id == "device0.cert_chain.signatures").unwrap();
+    let sig = second.iter().find(|r| r.id == "device0.cert_chain.path").unwrap();
     assert_eq!(sig.reason, "seen before: verified chain, by SHA-384");
     // A changed chain is another digest: checked again, and it fails.
     let mut bad = e.clone();
@@ -275,7 +297,7 @@ fn a_verified_chain_is_remembered_by_its_digest() {
     let bundle = bundle_for(&bad);
     let ev = Evidence::parse(&bundle).unwrap();
     let rows = check(&report, Some(&ev), &refs, &mut cache);
-    assert!(rows.iter().any(|r| r.id == "device0.cert_chain.signatures" && r.status == Status::Fail));
+    assert!(rows.iter().any(|r| r.id == "device0.cert_chain.path" && r.status == Status::Fail));
 }
 
 #[test]

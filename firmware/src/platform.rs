@@ -2,7 +2,7 @@
 //! RAM frames the firmware does not use itself), RDRAND, the TSC, the VT-d unit's registers, and
 //! a defmt record per ABI call.
 
-use tsm::addr::Pfn;
+use tsm::addr::{FrameRange, Pfn};
 use tsm::iommu::hw::{Capabilities, InvDescriptor};
 use tsm::platform::{
     CallRecord, Clock, DmaRemapping, Entropy, EntropyError, PhysMem, Platform, UnitError, WORDS_PER_PAGE,
@@ -12,6 +12,7 @@ use crate::drivers::phys::Frames;
 use crate::drivers::rng::Rdrand;
 use crate::drivers::tsc::Tsc;
 use crate::drivers::vtd::Vtd;
+use crate::memmap::{MemoryMap, RangeKind};
 
 const PAGE: usize = 4096;
 
@@ -23,6 +24,10 @@ pub struct FirmwarePlatform {
     tsc: Tsc,
     /// The remapping unit, if ACPI DMAR names one.
     vtd: Option<Vtd>,
+    /// The loader's memory map: what the platform backs with memory.
+    memmap: MemoryMap,
+    /// The host bridge's MMIO aperture (none until [`FirmwarePlatform::set_mmio_window`]).
+    mmio_window: Option<FrameRange>,
     /// Whether to log every ABI call (defmt, COM2).
     pub log_calls: bool,
     /// Entropy requests that failed.
@@ -30,13 +35,21 @@ pub struct FirmwarePlatform {
 }
 
 impl FirmwarePlatform {
-    /// The platform over `frames`, with RDRAND, the calibrated TSC and the remapping unit.
-    pub fn new(frames: Frames, rng: Rdrand, tsc: Tsc, vtd: Option<Vtd>) -> FirmwarePlatform {
-        FirmwarePlatform { frames, rng, tsc, vtd, log_calls: true, entropy_failures: 0 }
+    /// The platform over `frames` of the memory map `memmap`, with RDRAND, the calibrated TSC
+    /// and the remapping unit.
+    pub fn new(frames: Frames, memmap: MemoryMap, rng: Rdrand, tsc: Tsc, vtd: Option<Vtd>) -> FirmwarePlatform {
+        FirmwarePlatform { frames, rng, tsc, vtd, memmap, mmio_window: None, log_calls: true, entropy_failures: 0 }
     }
 
     fn unit(&mut self) -> Result<&mut Vtd, UnitError> {
         self.vtd.as_mut().ok_or(UnitError::Absent)
+    }
+
+    /// Names the host bridge's MMIO aperture `[start, end)` (4K aligned), which the TSM reads at
+    /// TDH.SYS.CONFIG: the only place it takes private MMIO from.
+    pub fn set_mmio_window(&mut self, (start, end): (u64, u64)) {
+        self.mmio_window =
+            Pfn::new(start >> 12).map(|s| FrameRange { start: s, count: end.saturating_sub(start) >> 12 });
     }
 
     fn base(pfn: Pfn) -> u64 {
@@ -136,6 +149,21 @@ impl DmaRemapping for FirmwarePlatform {
 }
 
 impl Platform for FirmwarePlatform {
+    fn mmio_windows(&self) -> &[FrameRange] {
+        self.mmio_window.as_slice()
+    }
+
+    /// Any range of the memory map backed by memory (RAM, ACPI tables and NVS, bad or
+    /// persistent memory), usable by the TSM or not; reserved ranges and holes are not.
+    fn is_ram(&self, range: FrameRange) -> bool {
+        let start = range.start.addr().raw();
+        let end = start.saturating_add(range.count.saturating_mul(PAGE as u64));
+        self.memmap.ranges().iter().any(|r| {
+            let backed = !matches!(r.kind, RangeKind::Reserved | RangeKind::Other(_));
+            backed && r.base < end && start < r.end()
+        })
+    }
+
     fn call_log_enabled(&self) -> bool {
         self.log_calls
     }

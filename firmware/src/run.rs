@@ -114,8 +114,12 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         defmt::info!("usable RAM {=u64:#x}..{=u64:#x}", s, e);
     }
     let vtd = open_vtd(&boot, mmio_start, tsc);
-    let mut platform = FirmwarePlatform::new(frames, rng, tsc, vtd);
+    let mut platform = FirmwarePlatform::new(frames, boot.memmap, rng, tsc, vtd);
     platform.log_calls = config.log_calls;
+    let ecam = find_ecam(&boot);
+    let window = bar_window(&ecam, mmio_start);
+    platform.set_mmio_window(window);
+    defmt::info!("host bridge MMIO window {=u64:#x}..{=u64:#x}", window.0, window.1);
     let private = FrameRange { start: Pfn::new(image.0 >> 12).unwrap_or(Pfn::ZERO), count: (image.1 - image.0) >> 12 };
     let mut tsm = Tsm::new(platform, IDENTITY, &[private]);
     let mut host = Host::new(frames, &layout);
@@ -148,14 +152,14 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     }
     match config.mode {
         Mode::Assign | Mode::Revoke => {
-            let nvme = open_nvme(&boot, &config, &tsc, mmio_start);
+            let nvme = open_nvme(&boot, &config, &tsc, (ecam, window));
             assign::run(&config, &tsc, &mut tsm, &mut host, nvme, ready)
         }
         Mode::Attack => {
-            let nvme = open_nvme(&boot, &config, &tsc, mmio_start);
+            let nvme = open_nvme(&boot, &config, &tsc, (ecam, window));
             attack::run(&tsc, &mut tsm, &mut host, nvme, image.0)
         }
-        _ => connect(&boot, &config, &tsc, &mut tsm, &mut host, mmio_start),
+        _ => connect(&boot, &config, &tsc, &mut tsm, &mut host, (ecam, window)),
     }
 }
 
@@ -257,16 +261,28 @@ struct Nvme {
     mailbox: Mailbox<Mmio>,
 }
 
-/// Finds the NVMe function, places BAR0 where the run configuration says, and opens its DOE
-/// mailbox.
-fn open_nvme(boot: &pvh::BootInfo, config: &RunConfig, tsc: &Tsc, mmio_start: u64) -> Nvme {
-    let ecam = match acpi::find_ecam(boot.rsdp) {
+/// The PCIe ECAM window, from ACPI's MCFG (q35's default if the table is missing).
+fn find_ecam(boot: &pvh::BootInfo) -> acpi::Ecam {
+    match acpi::find_ecam(boot.rsdp) {
         Ok(e) => e,
         Err(e) => {
             say!("pci: {e}; using q35's default ECAM at {:#x}", Q35_DEFAULT_ECAM.base);
             Q35_DEFAULT_ECAM
         }
-    };
+    }
+}
+
+/// The host bridge's 32-bit MMIO aperture, where BARs live: q35's PCI hole, from past the ECAM
+/// window MCFG names and past low RAM, up to the IOAPIC. The TSM takes private MMIO only from
+/// here (and never where the memory map says RAM).
+fn bar_window(ecam: &acpi::Ecam, mmio_start: u64) -> (u64, u64) {
+    let ecam_end = ecam.base.saturating_add((u64::from(ecam.end_bus) + 1) << 20);
+    (BAR_WINDOW.0.max(ecam_end).max(mmio_start), BAR_WINDOW.1)
+}
+
+/// Finds the NVMe function, places BAR0 where the run configuration says (inside `window`), and
+/// opens its DOE mailbox.
+fn open_nvme(boot: &pvh::BootInfo, config: &RunConfig, tsc: &Tsc, (ecam, window): (acpi::Ecam, (u64, u64))) -> Nvme {
     let pcie = Pcie::open(ecam, &boot.memmap)
         .unwrap_or_else(|e| fail("PCIe", &format_args!("ECAM at {:#x} overlaps RAM or passes 4 GiB", e.base)));
     let mut found = None;
@@ -295,16 +311,15 @@ fn open_nvme(boot: &pvh::BootInfo, config: &RunConfig, tsc: &Tsc, mmio_start: u6
     };
     let Some(nvme) = pcie.function(bdf) else { fail("PCIe", &"the NVMe function vanished") };
     let (vendor, device) = nvme.ids();
-    let window_start = BAR_WINDOW.0.max(ecam.base + ((u64::from(ecam.end_bus) + 1) << 20)).max(mmio_start);
-    let mut window = (window_start, BAR_WINDOW.1);
+    let mut free = window;
     let mut bars: [Option<Bar>; 6] = [None; 6];
-    if let Err(e) = nvme.setup_bars(&mut window, &mut bars) {
+    if let Err(e) = nvme.setup_bars(&mut free, &mut bars) {
         fail("NVMe BARs", &e);
     }
     let Some(mut bar0) = bars[0] else { fail("NVMe", &"no memory BAR0") };
     if bar0.base != config.nvme_bar0 {
         let from = bar0.base;
-        if let Err(e) = nvme.move_bar(&mut bar0, config.nvme_bar0, (window_start, BAR_WINDOW.1)) {
+        if let Err(e) = nvme.move_bar(&mut bar0, config.nvme_bar0, window) {
             fail("NVMe BAR0", &e);
         }
         defmt::info!("NVMe BAR0 moved from {=u64:#x} to {=u64:#x}", from, bar0.base);
@@ -328,9 +343,7 @@ fn open_nvme(boot: &pvh::BootInfo, config: &RunConfig, tsc: &Tsc, mmio_start: u6
             if b.prefetchable { " prefetchable" } else { "" }
         );
     }
-    let Some(regs) = nvme.bar_registers(&bar0, (window_start, BAR_WINDOW.1)) else {
-        fail("NVMe", &"BAR0 outside the MMIO hole")
-    };
+    let Some(regs) = nvme.bar_registers(&bar0, window) else { fail("NVMe", &"BAR0 outside the MMIO hole") };
     let Some(doe_regs) = nvme.registers(doe_at, doe::CAP_BYTES) else {
         fail("NVMe", &"DOE capability past the configuration space")
     };
@@ -406,9 +419,9 @@ fn connect(
     tsc: &Tsc,
     tsm: &mut Tsm<FirmwarePlatform>,
     host: &mut Host,
-    mmio_start: u64,
+    pci: (acpi::Ecam, (u64, u64)),
 ) -> ! {
-    let mut nvme = open_nvme(boot, config, tsc, mmio_start);
+    let mut nvme = open_nvme(boot, config, tsc, pci);
     spdm_connect(tsc, tsm, host, nvme.bdf, &mut nvme.mailbox);
     say!("seamless firmware: connect done");
     arch::exit_qemu(ExitCode::Success)

@@ -103,8 +103,9 @@ impl<P: Platform> Tsm<P> {
     }
 
     /// The unsigned native report of TD slot `td` over `report_data`: TSM identity, TD
-    /// identity, and one device entry per TDI bound to the TD (in slot order, at most
-    /// [`MAX_DEVICES`]).
+    /// identity, and one device entry per TDI bound to the TD (in slot order). TDI.CREATE
+    /// keeps a TD at [`MAX_DEVICES`] TDIs; a TD with more is refused (`METADATA_CORRUPT`), never
+    /// reported with some of its devices left out.
     pub(crate) fn native_report(&self, td: &Td, report_data: &[u8; REPORT_DATA_BYTES]) -> TsmResult<Report> {
         let params = td.params.ok_or(TsmError::Corrupt)?;
         let mr = td.tdcs[TDCS_MR];
@@ -125,7 +126,7 @@ impl<P: Platform> Tsm<P> {
         let mut devices = [DeviceEntry::zeroed(); MAX_DEVICES];
         let mut count = 0;
         for tdi in self.tdis.iter().flatten().filter(|t| t.tdr == td.tdr) {
-            let Some(dst) = devices.get_mut(count) else { break };
+            let dst = devices.get_mut(count).ok_or(TsmError::Corrupt)?;
             let pdev = self.pdev(tdi.pdev)?;
             let e = pdev.evidence.ok_or(TsmError::Corrupt)?;
             let mut d = DeviceEntry::zeroed();

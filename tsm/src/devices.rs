@@ -2,7 +2,7 @@
 //! device evidence the attestation report binds (the blobs and their digests).
 
 use crate::addr::Pfn;
-use crate::error::DeviceFault;
+use crate::error::{DeviceFault, TsmError, TsmResult};
 use crate::iommu::DmarState;
 use crate::pdev::{Pdev, PdevEvidence, PdevState, Pending, StreamState, MAX_STREAMS};
 use crate::platform::Platform;
@@ -90,7 +90,25 @@ fn summary(p: &Pdev) -> PdevSummary {
     }
 }
 
+/// TDIs one TD may have bound: as many as its attestation report has device entries, so that
+/// every interface that can reach the TD's memory is in the report the verifier sees
+/// (`attest::report::MAX_DEVICES`; TDI.CREATE refuses the next one).
+pub const MAX_TDIS_PER_TD: usize = attest::report::MAX_DEVICES;
+
 impl<P: Platform> Tsm<P> {
+    /// The number of TDIs bound to the TD in slot `td`.
+    pub(crate) fn tdis_bound_to(&self, td: usize) -> usize {
+        self.tdis.iter().flatten().filter(|t| t.td == td).count()
+    }
+
+    /// Refuses a further TDI for the TD in slot `td` once its report is full.
+    pub(crate) fn require_report_room(&self, td: usize) -> TsmResult<()> {
+        if self.tdis_bound_to(td) >= MAX_TDIS_PER_TD {
+            return Err(TsmError::TdMaxTdis);
+        }
+        Ok(())
+    }
+
     /// The summary of the PDEV whose page is `page`.
     pub fn pdev_summary(&self, page: Pfn) -> Option<PdevSummary> {
         self.pdevs.iter().flatten().find(|p| p.page == page).map(summary)

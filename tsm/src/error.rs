@@ -161,6 +161,10 @@ pub enum TsmError {
     TdiNotBound,
     /// The TSM has no platform secret: it cannot sign reports.
     NotProvisioned,
+    /// A guest buffer would cross the end of its page.
+    CrossesPage(Operand),
+    /// The TD has as many TDIs as its report holds.
+    TdMaxTdis,
 }
 
 /// The register that named a donated IOMMU table frame in TDH.IOMMU.SETUP / TDH.DMAR.ADD.
@@ -180,7 +184,9 @@ const fn iommu_status(e: crate::iommu::IommuError) -> Status {
         E::FrameMissing(role) | E::FrameDuplicate(role) => Status::OPERAND_INVALID.with_operand(frame_operand(role)),
         E::FrameNotConvertible(role) => Status::OPERAND_ADDR_RANGE_ERROR.with_operand(frame_operand(role)),
         E::FrameNotFree(role) => Status::PAGE_NOT_FREE.with_operand(frame_operand(role)),
-        E::PasidReserved | E::PasidOutOfRange => Status::OPERAND_INVALID.with_operand(Operand::Tdi),
+        E::PasidReserved | E::PasidOutOfRange | E::SegmentNotServed => {
+            Status::OPERAND_INVALID.with_operand(Operand::Tdi)
+        }
         E::DomainsExhausted | E::BindingsExhausted => Status::DEVICE_SLOTS_EXHAUSTED,
         E::EntryInUse(_) | E::EntryNotFound | E::NotOwner | E::EntryBlocked | E::NotBlocked | E::DomainNotFound => {
             Status::DMAR_STATE_INCORRECT.with_operand(Operand::Tdi)
@@ -224,6 +230,8 @@ pub enum DeviceFault {
     Revoked,
     /// The IDE stream the TDI's traffic runs over was blocked.
     StreamBlocked,
+    /// The keys of the IDE stream the TDI's traffic runs over were stopped (IDE.STREAM.KM STOP).
+    StreamStopped,
 }
 
 impl DeviceFault {
@@ -249,6 +257,7 @@ impl DeviceFault {
             DeviceFault::Aborted => 0x500,
             DeviceFault::Revoked => 0x600,
             DeviceFault::StreamBlocked => 0x610,
+            DeviceFault::StreamStopped => 0x620,
         }
     }
 }
@@ -327,6 +336,8 @@ impl TsmError {
             Iommu(e) => iommu_status(e),
             TdiNotBound => Status::TDI_NOT_BOUND_TO_TD.with_operand(Operand::Rdx),
             NotProvisioned => Status::ATTESTATION_NOT_PROVISIONED,
+            CrossesPage(op) => Status::BUFFER_CROSSES_PAGE.with_operand(op),
+            TdMaxTdis => Status::TD_MAX_TDIS_EXCEEDED.with_operand(Operand::Rcx),
         }
     }
 

@@ -12,6 +12,7 @@
 pub mod abi;
 pub mod addr;
 pub mod attestation;
+pub mod audit;
 pub mod devices;
 pub mod doe;
 pub mod error;
@@ -32,5 +33,5 @@ pub mod tdisp;
 mod state;
 
 pub use abi::{GuestReturn, Regs, TdExit};
-pub use state::{TdSummary, Tsm, TsmIdentity, MAX_PRIVATE_RANGES};
+pub use state::{TdSummary, Tsm, TsmIdentity, MAX_MMIO_WINDOWS, MAX_PRIVATE_RANGES};
 pub use status::{Operand, Status};

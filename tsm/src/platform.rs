@@ -1,7 +1,7 @@
 //! The seams between the TSM and the machine. `firmware` implements them for QEMU; the test
 //! harness implements them over a memory arena. The TSM reaches hardware only through these.
 
-use crate::addr::Pfn;
+use crate::addr::{FrameRange, Pfn};
 
 /// Number of 64-bit words in a 4 KiB frame.
 pub const WORDS_PER_PAGE: usize = 512;
@@ -126,6 +126,21 @@ pub struct CallRecord {
 
 /// Everything the TSM needs from the machine.
 pub trait Platform: PhysMem + Entropy + Clock + DmaRemapping + 'static {
+    /// The platform's MMIO windows: the apertures of its PCI host bridges, where device BARs
+    /// live, as the firmware learnt them from what it trusts (ACPI, the host bridge), never from
+    /// the host. TDH.SYS.CONFIG keeps them; DMABUF.IMPORT takes private MMIO only from inside
+    /// one. None by default, and then no private MMIO at all.
+    fn mmio_windows(&self) -> &[FrameRange] {
+        &[]
+    }
+
+    /// True if any frame of `range` is RAM: memory the platform backs, whether or not
+    /// [`PhysMem::contains`] lets the TSM reach it. Private MMIO never is. The default asks
+    /// `contains` frame by frame; a platform that knows its memory map answers from it.
+    fn is_ram(&self, range: FrameRange) -> bool {
+        (0..range.count).any(|i| range.start.checked_add(i).is_some_and(|f| self.contains(f)))
+    }
+
     /// False to skip the per-call clock reads and [`Platform::log_call`] (benchmarks).
     fn call_log_enabled(&self) -> bool {
         true

@@ -353,6 +353,33 @@ pub fn walk<M: PhysMem>(
     gpa: GuestPhysAddr,
     target: u8,
 ) -> Result<WalkResult, CorruptEntry> {
+    walk_through(mem, root, root_level, gpa, target, |s| matches!(s, SeptState::NlMapped))
+}
+
+/// Like [`walk`], but passes `NL_BLOCKED` entries too. A blocked table still holds its entries,
+/// and UNBLOCK makes them reachable again as they are, so code that must reach every leaf under
+/// a GPA whatever the host did above it (blocking a stopped TDI's MMIO) walks through blocks.
+///
+/// # Errors
+/// [`CorruptEntry`] if an entry on the path does not decode.
+pub fn walk_tables<M: PhysMem>(
+    mem: &M,
+    root: Pfn,
+    root_level: u8,
+    gpa: GuestPhysAddr,
+    target: u8,
+) -> Result<WalkResult, CorruptEntry> {
+    walk_through(mem, root, root_level, gpa, target, SeptState::is_table)
+}
+
+fn walk_through<M: PhysMem>(
+    mem: &M,
+    root: Pfn,
+    root_level: u8,
+    gpa: GuestPhysAddr,
+    target: u8,
+    passes: fn(SeptState) -> bool,
+) -> Result<WalkResult, CorruptEntry> {
     let mut table = root;
     let mut level = root_level;
     loop {
@@ -362,7 +389,7 @@ pub fn walk<M: PhysMem>(
         if level == target {
             return Ok(WalkResult::Reached(here));
         }
-        if !matches!(entry.state(), SeptState::NlMapped) || level == 0 {
+        if !passes(entry.state()) || level == 0 {
             return Ok(WalkResult::Stopped(here));
         }
         table = entry.pfn();

@@ -25,12 +25,37 @@ pub struct TsmIdentity {
     pub mrsigner: [u8; 48],
 }
 
+/// MMIO windows the TSM keeps from the platform (more are ignored: fewer windows only refuse
+/// more imports).
+pub const MAX_MMIO_WINDOWS: usize = 4;
+
 /// State that exists once TDH.SYS.CONFIG succeeded.
 #[derive(Debug)]
 pub(crate) struct Sys {
     pub(crate) pamt: Pamt,
     /// Key of the TDREPORT MAC; never leaves the TSM.
     pub(crate) report_key: [u8; 32],
+    /// The platform's MMIO windows ([`Platform::mmio_windows`]), fixed at configuration.
+    mmio: [FrameRange; MAX_MMIO_WINDOWS],
+    mmio_count: usize,
+}
+
+impl Sys {
+    /// The state of a configured TSM, keeping the platform's MMIO `windows`.
+    pub(crate) fn new(pamt: Pamt, report_key: [u8; 32], windows: &[FrameRange]) -> Sys {
+        let mut mmio = [FrameRange::default(); MAX_MMIO_WINDOWS];
+        let mut mmio_count = 0;
+        for (dst, src) in mmio.iter_mut().zip(windows) {
+            *dst = *src;
+            mmio_count += 1;
+        }
+        Sys { pamt, report_key, mmio, mmio_count }
+    }
+
+    /// True if every frame of `range` lies inside one MMIO window of the platform.
+    pub(crate) fn in_mmio_window(&self, range: FrameRange) -> bool {
+        self.mmio[..self.mmio_count].iter().any(|w| w.covers(range))
+    }
 }
 
 /// A read-only view of a TD for tests and diagnostics.

@@ -146,7 +146,8 @@ statuses! {
     IDE_STREAM_STATE_INCORRECT = 0xC000_F10C_0000_0000;
     /// DMABUF.IMPORT: the pages are not the range the locked interface report names.
     MMIO_NOT_IN_REPORT = 0xC000_F10D_0000_0000;
-    /// MMIO.MAP: the MMIO page belongs to no TDI of this TD (TDX_MMIO_DEVIF_OWNER_MISMATCH).
+    /// MMIO.MAP: the MMIO page belongs to no TDI of this TD; MMIO.ACCEPT: the page mapped there
+    /// was not imported by the TDI the guest named (TDX_MMIO_DEVIF_OWNER_MISMATCH).
     MMIO_OWNER_MISMATCH = 0xC000_F10E_0000_0000;
     /// The MMIO range was revoked by its exporter; it can only be unmapped.
     MMIO_REVOKED = 0xC000_F10F_0000_0000;
@@ -174,12 +175,18 @@ statuses! {
     TDI_NOT_BOUND_TO_TD = 0xC000_F119_0000_0000;
     /// The TSM was given no platform secret at boot: it has no key to sign reports with.
     ATTESTATION_NOT_PROVISIONED = 0xC000_F11A_0000_0000;
+    /// A buffer the guest named (its GPA and the leaf's length) would run past the end of its
+    /// 4K page: refused before anything is read or written. The operand names the register.
+    BUFFER_CROSSES_PAGE = 0xC000_F120_0000_0000;
+    /// TDI.CREATE: the TD already has as many TDIs bound as its attestation report has device
+    /// entries (`attest::report::MAX_DEVICES`): a further one would run unseen by the verifier.
+    TD_MAX_TDIS_EXCEEDED = 0xC000_F121_0000_0000;
     /// The DMA remapping unit is absent, lacks a capability the TSM needs (queued invalidation,
     /// scalable mode, second-stage translation), or did not complete a command in time.
-    IOMMU_UNIT_ERROR = 0xC000_F120_0000_0000;
+    IOMMU_UNIT_ERROR = 0xC000_F130_0000_0000;
     /// DMAR.ADD: the TD's S-EPT depth is one the remapping unit's CAP.SAGAW lacks (a GPAW-52,
     /// 5-level S-EPT on a 48-bit unit such as QEMU's intel-iommu).
-    DMAR_WIDTH_UNSUPPORTED = 0xC000_F121_0000_0000;
+    DMAR_WIDTH_UNSUPPORTED = 0xC000_F131_0000_0000;
 }
 
 impl Status {

@@ -159,11 +159,19 @@ fn digest(v: &str, field: &str) -> Result<[u8; 48], String> {
     hex::decode_array::<48>(v).map_err(|e| format!("{field}: {e}"))
 }
 
+/// A masked value; a value with bits outside its mask is refused: those bits would be ignored,
+/// and a policy that reads stricter than it is checks less than its author meant.
 fn masked(m: &Masked, field: &str) -> Result<MaskedValue, String> {
-    Ok(MaskedValue {
-        mask: int(&m.mask, &format!("{field}.mask"), u64::MAX)?,
-        value: int(&m.value, &format!("{field}.value"), u64::MAX)?,
-    })
+    let mask = int(&m.mask, &format!("{field}.mask"), u64::MAX)?;
+    let value = int(&m.value, &format!("{field}.value"), u64::MAX)?;
+    let outside = value & !mask;
+    if outside != 0 {
+        return Err(format!(
+            "{field}.value: {value:#x} sets bits {outside:#x} outside mask {mask:#x}, which would be ignored \
+             (add them to the mask, or clear them)"
+        ));
+    }
+    Ok(MaskedValue { mask, value })
 }
 
 /// Parses `SSSS:BB:DD.F` (as the verifier prints function ids).
@@ -511,6 +519,24 @@ mod tests {
             let e = parse(text).unwrap_err();
             assert!(e.contains(want), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_value_bit_outside_its_mask_is_refused_not_ignored() {
+        // `{ mask = 0, value = 1 }` reads as "bit 0 set" but checks nothing.
+        let e = parse(&min().replace("attributes = { mask = 0, value = 0 }", "attributes = { mask = 0, value = 1 }"))
+            .unwrap_err();
+        assert!(e.contains("td.attributes.value: 0x1 sets bits 0x1 outside mask 0x0"), "{e}");
+        let e = parse(&(min() + "xfam = { mask = \"0xff\", value = \"0x1e7\" }\n")).unwrap_err();
+        assert!(e.contains("td.xfam.value: 0x1e7 sets bits 0x100 outside mask 0xff"), "{e}");
+        let device = "[[device]]\nrequired_lock_flags = 1\nmin_spdm_version = \"1.2\"\n[device.algorithms]\nbase_asym=0\nbase_hash=0\nmeasurement_hash=0\ndhe=0\naead=0\nkey_schedule=0\nmeasurement_spec=0\n[device.interface_report]\ninterface_info = { mask = 0x1, value = 0x3 }\n";
+        let e = parse(&(min() + device)).unwrap_err();
+        assert!(
+            e.contains("device[0].interface_report.interface_info.value: 0x3 sets bits 0x2 outside mask 0x1"),
+            "{e}"
+        );
+        // Inside the mask, it parses.
+        assert!(parse(&(min() + "xfam = { mask = \"0xff\", value = \"0xe7\" }\n")).is_ok());
     }
 
     #[test]

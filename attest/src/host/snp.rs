@@ -104,7 +104,10 @@ fn spl(cert: &x509_cert::Certificate, oid: &str) -> Option<u8> {
 }
 
 /// Checks an SNP-format export against `certs`; with `native`, also that it stands for that
-/// report; with `nonce`, that it is fresh.
+/// report; with `nonce`, that it is fresh: the export's REPORT_DATA holds the first 16 of the 64
+/// nonce bytes (`snp.report_data.nonce`), and only `native` holds all 64 (`report.nonce`), so a
+/// caller that wants freshness passes both (`attest verify --snp` requires it). No policy is
+/// applied here.
 ///
 /// # Errors
 /// Unusable input: not 1184 bytes, or bytes the `sev` crate does not parse as a report.
@@ -227,10 +230,12 @@ pub fn verify(
     }
     match nonce {
         Some(nonce) => {
+            // The export holds 16 of the 64 bytes; the native report, which the export binds by
+            // its digest, holds all 64 (`report.nonce`). The CLI asks for --report with --nonce.
             rows.push(Row::compare(
                 "snp.report_data.nonce",
                 rd[NONCE_PREFIX] == nonce[..NONCE_PREFIX.len()],
-                hex::encode(&nonce[..NONCE_PREFIX.len()]),
+                format!("{} (the first 16 of 64 bytes)", hex::encode(&nonce[..NONCE_PREFIX.len()])),
                 hex::encode(&rd[NONCE_PREFIX]),
                 "stale or foreign report",
             ));

@@ -450,6 +450,13 @@ pub fn run(tsc: &Tsc, tsm: &mut Tsm<FirmwarePlatform>, host: &mut Host, nvme: Nv
     );
     c.guest(
         tsm,
+        "guest: TDG.TDI.RD evidence digests across the end of a page",
+        td.vcpu,
+        op(Status::BUFFER_CROSSES_PAGE, Operand::R8),
+        Regs::call(g::TDI_RD, fn_id, 3, WORK_GPA + 0xFC0, 0),
+    );
+    c.guest(
+        tsm,
         "guest: MR.ATTEST output into MMIO",
         td.vcpu,
         op(Status::EPT_ENTRY_STATE_INCORRECT, Operand::Rcx),

@@ -486,6 +486,94 @@ fn host_revokes_then_remaps() -> Result<(), String> {
     })
 }
 
+// Issue #16, host side.
+
+fn host_pasid_twin_of_a_running_tdi() -> Result<(), String> {
+    let mut w = running();
+    let t = w.tdrs();
+    let (other, pdev, page) = (w.other.tdr, w.a.pdev, w.m.page());
+    let twin = FN | tsm::abi::host_tdi::PASID_VALID | 7 << 32;
+    refused(&mut w.m, &t, Status::FUNCTION_IN_USE.with_operand(Operand::R9), |m| {
+        m.host(h::TDI_CREATE, other, pdev, page, twin)
+    })
+}
+
+/// A setup step that must succeed.
+fn must(r: Regs, what: &str) -> Result<(), String> {
+    match r.status() {
+        Status::SUCCESS => Ok(()),
+        s => Err(format!("setup: {what} {s:?}")),
+    }
+}
+
+fn host_blocks_the_table_above_mmio_then_stops() -> Result<(), String> {
+    let mut w = running();
+    let (tdr, tdi, msg, vcpu) = (w.td.tdr, w.a.tdi, w.a.msg, w.td.vcpus[0]);
+    must(w.m.host(h::MEM_RANGE_BLOCK, gpa_level(BAR_GPA, 1), tdr, 0, 0), "BLOCK the table")?;
+    must(w.m.pump(&mut w.dev, h::TDI_STOP, tdi, msg, 0), "STOP")?;
+    must(w.m.host(h::VP_KICK, vcpu, 0, 0, 0), "KICK")?;
+    must(w.m.host(h::MEM_TRACK, tdr, 0, 0, 0), "TRACK")?;
+    must(w.m.host(h::MEM_RANGE_UNBLOCK, gpa_level(BAR_GPA, 1), tdr, 0, 0), "UNBLOCK the table")?;
+    let rd = w.m.host(h::MEM_SEPT_RD, gpa_level(BAR_GPA, 0), tdr, 0, 0);
+    match tsm::sept::SeptState::from_code((rd.rdx >> 8) & 0xFF) {
+        Some(tsm::sept::SeptState::MmioBlocked) => Ok(()),
+        s => Err(format!("the stopped TDI's MMIO is {s:?} after the table was unblocked")),
+    }
+}
+
+fn host_stops_ide_keys_under_a_running_tdi() -> Result<(), String> {
+    let mut w = running();
+    let (pdev, msg, stream) = (w.a.pdev, w.a.msg, w.a.stream);
+    must(w.m.pump(&mut w.dev, h::IDE_STREAM_KM, pdev, msg, stream | 2 << 8), "KM STOP")?;
+    match w.state() {
+        TdiState::Error => Ok(()),
+        s => Err(format!("the TDI is {s:?} over a stream without keys")),
+    }
+}
+
+fn host_programs_a_bar_over_ram() -> Result<(), String> {
+    let mut m = Machine::configured(64 * MIB);
+    let td = m.running_td();
+    let mut config = device_config();
+    let ram = (seamless_harness::driver::ARENA_BASE + MIB) >> 12;
+    let first = config.interfaces[0].mmio[0].first_page;
+    for r in &mut config.interfaces[0].mmio {
+        r.first_page = r.first_page - first + ram;
+    }
+    let mut dev = Device::new(config).map_err(|e| format!("{e:?}"))?;
+    let mut a = m.connect(&mut dev);
+    m.ide_setup(&mut dev, &mut a);
+    m.bind(&td, &mut a);
+    m.lock(&mut dev, &mut a);
+    let s = m.tsm.tdi_summary(pfn(a.tdi)).ok_or("no TDI")?;
+    let (tdi, first, pages) = (a.tdi, s.ranges[0].first << 12, s.ranges[0].pages);
+    refused(&mut m, &[td.tdr], Status::OPERAND_ADDR_RANGE_ERROR.with_operand(Operand::Rdx), |m| {
+        m.host(h::DMABUF_IMPORT, tdi, first, pages, 0)
+    })
+}
+
+fn host_binds_a_function_on_another_segment() -> Result<(), String> {
+    let mut m = Machine::configured(64 * MIB);
+    let td = m.running_td();
+    m.iommu_setup();
+    let function = FN | 1 << 24 | 1 << 16;
+    let mut config = device_config();
+    config.interfaces[0].function_id = function as u32;
+    let mut dev = Device::new(config).map_err(|e| format!("{e:?}"))?;
+    let (pdev, msg, tdi) = (m.page(), m.scratch(), m.page());
+    must(m.host(h::SPDM_CREATE, pdev, function, 0, 0), "SPDM.CREATE")?;
+    must(m.pump(&mut dev, h::SPDM_CONNECT, pdev, msg, 0), "SPDM.CONNECT")?;
+    let mut a = Assignment { pdev, msg, stream: 0, tdi, generation: 0, report: Vec::new() };
+    m.ide_setup(&mut dev, &mut a);
+    must(m.host(h::TDI_CREATE, td.tdr, pdev, tdi, function), "TDI.CREATE")?;
+    m.lock(&mut dev, &mut a);
+    let r = m.dmar_add(&td, &a);
+    if r.status() != Status::OPERAND_INVALID.with_operand(Operand::Tdi) {
+        return Err(format!("DMAR.ADD for segment 1: {:?}", r.status()));
+    }
+    Ok(())
+}
+
 fn guest_accepts_mmio_at_the_wrong_offset() -> Result<(), String> {
     let mut w = locked();
     let td = w.td.clone();
@@ -741,6 +829,23 @@ const HOST_CASES: &[Case] = &[
     Case { name: "host_maps_mmio_over_a_private_page", side: Side::Host, run: host_maps_mmio_over_a_private_page },
     Case { name: "host_unmaps_mmio_of_a_running_tdi", side: Side::Host, run: host_unmaps_mmio_of_a_running_tdi },
     Case { name: "host_revokes_then_remaps", side: Side::Host, run: host_revokes_then_remaps },
+    Case { name: "host_pasid_twin_of_a_running_tdi", side: Side::Host, run: host_pasid_twin_of_a_running_tdi },
+    Case {
+        name: "host_blocks_the_table_above_mmio_then_stops",
+        side: Side::Host,
+        run: host_blocks_the_table_above_mmio_then_stops,
+    },
+    Case {
+        name: "host_stops_ide_keys_under_a_running_tdi",
+        side: Side::Host,
+        run: host_stops_ide_keys_under_a_running_tdi,
+    },
+    Case { name: "host_programs_a_bar_over_ram", side: Side::Host, run: host_programs_a_bar_over_ram },
+    Case {
+        name: "host_binds_a_function_on_another_segment",
+        side: Side::Host,
+        run: host_binds_a_function_on_another_segment,
+    },
     Case {
         name: "guest_accepts_mmio_at_the_wrong_offset",
         side: Side::Host,

@@ -2,17 +2,15 @@
 //! sequences through the harness's [`Machine`] (the real dispatchers over simulated memory), with
 //! device assignment behind the message page (an in-process `tdisp-device` answers every
 //! DEVICE_REQUEST; the input may corrupt, replay or forge answers). After every single call the
-//! invariants are read off the machine (what `tests/harness/tests/hostile_registers.rs` and
-//! `model.rs` check):
+//! invariants are read off the machine:
 //! - the status is a documented one;
 //! - a failed call wrote nothing and changed no TD, PDEV or TDI (DEVICE_ERROR excepted: it
 //!   records the device's fault, which is the point of it);
-//! - no frame is reachable twice through the S-EPTs, every frame an S-EPT reaches is owned by
-//!   its TD with the PAMT's type, MMIO is never convertible memory, and no guest or table frame
-//!   is owned but unreachable;
-//! - the PAMT's count of each TD's frames equals the TD's own accounting.
+//! - the TSM's global invariants (`tsm::audit`, through `seamless_harness::audit`): memory and
+//!   MMIO ownership, one TDI per interface, RUN is live, every TDI in its TD's report, evidence
+//!   that hashes to the signed digests;
+//! - a TDI the TSM holds in RUN is RUN on the device.
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use attest::platform::SecretBlob;
@@ -21,11 +19,8 @@ use seamless_harness::driver::{gpa_level, Machine, TdHandle, TDMR_BASE};
 use tdisp_device::Device;
 use tsm::abi::guest::leaf as g;
 use tsm::abi::host::leaf as h;
-use tsm::addr::{PageSize, Pfn};
+use tsm::addr::PageSize;
 use tsm::devices::{PdevSummary, TdiSummary};
-use tsm::pamt::PageType;
-use tsm::platform::PhysMem;
-use tsm::sept::{SeptEntry, SeptState};
 use tsm::{Regs, Status, TdSummary, Tsm};
 
 use crate::wire::Reader;
@@ -165,64 +160,15 @@ impl World {
         self.check_invariants();
     }
 
-    /// The ownership invariants, read off the machine.
+    /// The global invariants (`tsm::audit`: memory and MMIO ownership, one TDI per interface,
+    /// RUN is live, reports list every TDI and their evidence hashes right), and the device
+    /// agrees with what the TSM last confirmed of each running interface.
     pub fn check_invariants(&self) {
-        let tsm = &self.m.tsm;
-        let mem = &tsm.platform().mem;
-        let tdmr = TDMR_BASE >> 12..self.m.pamt_base() >> 12;
-        let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
-        for td in &self.tds {
-            let tdr = td.tdr;
-            let Some(summary) = tsm.td_summary(pfn(tdr)) else { continue };
-            let mut stack = vec![(summary.sept_root, summary.root_level)];
-            while let Some((table, level)) = stack.pop() {
-                for i in 0..512 {
-                    let e = SeptEntry::decode(mem.read_u64(table, i)).expect("an S-EPT entry decodes");
-                    let st = e.state();
-                    if st == SeptState::Free {
-                        continue;
-                    }
-                    let f = e.pfn();
-                    if matches!(st, SeptState::MmioPending | SeptState::MmioMapped | SeptState::MmioBlocked) {
-                        assert!(tsm.pamt_entry(f).is_none(), "MMIO leaf on convertible memory {f:?}");
-                        assert!(seen.insert(f.raw(), tdr).is_none(), "MMIO frame {f:?} mapped twice");
-                        continue;
-                    }
-                    let meta = tsm.pamt_entry(f).expect("S-EPT points into the TDMRs");
-                    assert_eq!(meta.owner.addr().raw(), tdr, "S-EPT entry reaches a frame its TD does not own");
-                    if st.is_table() {
-                        assert_eq!(meta.ty, PageType::Sept);
-                        assert!(seen.insert(f.raw(), tdr).is_none(), "table frame {f:?} reachable twice");
-                        stack.push((f, level - 1));
-                    } else {
-                        let size = PageSize::from_level(level).expect("leaf level");
-                        for k in 0..size.frames() {
-                            let x = f.checked_add(k).expect("frame");
-                            let meta = tsm.pamt_entry(x).expect("in the TDMR");
-                            assert_eq!((meta.ty, meta.level, meta.owner.addr().raw()), (PageType::Regular, level, tdr));
-                            assert!(seen.insert(x.raw(), tdr).is_none(), "frame {x:?} has two owners or mappings");
-                        }
-                    }
-                }
-            }
-            let owned = tdmr
-                .clone()
-                .filter(|&f| {
-                    let e = tsm.pamt_entry(Pfn::new(f).expect("pfn")).expect("pamt");
-                    e.ty != PageType::Free
-                        && e.ty != PageType::Reserved
-                        && e.owner.addr().raw() == tdr
-                        && f << 12 != tdr
-                })
-                .count() as u64;
-            assert_eq!(owned, summary.owned_frames, "PAMT and TD accounting disagree");
+        if let Err(v) = seamless_harness::audit::check(&self.m.tsm) {
+            panic!("invariant broken after call {}: {v:?}", self.calls);
         }
-        for f in tdmr {
-            let meta = tsm.pamt_entry(Pfn::new(f).expect("pfn")).expect("pamt");
-            let ours = self.tds.iter().any(|t| t.tdr == meta.owner.addr().raw());
-            if ours && (meta.ty == PageType::Regular || meta.ty == PageType::Sept) {
-                assert!(seen.contains_key(&f), "frame {f:#x} owned as guest memory but unreachable (leaked)");
-            }
+        if let Err(e) = seamless_harness::audit::check_device(&self.m.tsm, &self.device) {
+            panic!("after call {}: {e}", self.calls);
         }
     }
 

@@ -41,6 +41,12 @@ impl fmt::Display for CertError {
 
 impl std::error::Error for CertError {}
 
+impl CertError {
+    pub(crate) fn new(e: impl fmt::Display) -> CertError {
+        CertError(e.to_string())
+    }
+}
+
 fn err(e: impl fmt::Display) -> CertError {
     CertError(e.to_string())
 }

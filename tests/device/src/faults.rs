@@ -156,6 +156,10 @@ pub struct Faults {
     pub refuse_start: bool,
     /// The certificate after the root is signed by a stray key, not its issuer's.
     pub broken_chain: bool,
+    /// An end-entity certificate issues the device certificate: the chain goes on past the real
+    /// leaf to an impostor's certificate signed with the leaf's key, and the device signs with
+    /// the impostor's key ([`crate::corpus::impostor`]). Every signature verifies.
+    pub impostor_leaf: bool,
     /// Wait this many milliseconds before sending each answer (a responder slower than the
     /// requester's DOE timeout). Applied by [`crate::server`], which owns the socket.
     pub late_ms: Option<u64>,
@@ -174,7 +178,7 @@ pub const SPECS: &str = "\
   wrong-measurement=INDEX
   truncate=REPLY   overlong-length=REPLY   drop-response=REPLY
   wrong-session-id   overlapping-ranges   error-after-lock   refuse-start   broken-chain
-  late=MS   corrupt=REPLY   end-session-on=REPLY";
+  impostor-leaf   late=MS   corrupt=REPLY   end-session-on=REPLY";
 
 impl Faults {
     /// Switches one fault on from its command-line form, e.g. `truncate=measurements`,
@@ -216,6 +220,7 @@ impl Faults {
             "error-after-lock" => self.error_after_lock = flag(arg)?,
             "refuse-start" => self.refuse_start = flag(arg)?,
             "broken-chain" => self.broken_chain = flag(arg)?,
+            "impostor-leaf" => self.impostor_leaf = flag(arg)?,
             "late" => {
                 let ms = arg.and_then(|a| a.parse::<u64>().ok()).filter(|&m| (1..=60_000).contains(&m));
                 self.late_ms = Some(ms.ok_or("--fault late=MS (1..=60000)")?);
@@ -298,6 +303,7 @@ mod tests {
             "error-after-lock",
             "refuse-start",
             "broken-chain",
+            "impostor-leaf",
             "late=300",
             "corrupt=tdisp-lock",
             "end-session-on=tdisp-lock",
@@ -317,6 +323,7 @@ mod tests {
                 error_after_lock: true,
                 refuse_start: true,
                 broken_chain: true,
+                impostor_leaf: true,
                 late_ms: Some(300),
                 corrupt: Some(Reply::Tdisp(0x83)),
                 end_session_on: Some(Reply::Tdisp(0x83)),

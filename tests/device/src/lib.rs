@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 
 pub mod certs;
 pub mod config;
+pub mod corpus;
 pub mod faults;
 pub mod idekm;
 pub mod rng;
@@ -59,7 +60,8 @@ impl Device {
         Device::with_identity(config, identity, rng)
     }
 
-    /// A device with a given identity (re-signed by a stray key under the broken-chain fault).
+    /// A device with a given identity (re-signed by a stray key under the broken-chain fault,
+    /// extended by an impostor under the impostor-leaf fault).
     ///
     /// # Errors
     /// [`CertError`] if the broken-chain fault cannot re-sign the chain.
@@ -69,6 +71,7 @@ impl Device {
         } else {
             identity
         };
+        let identity = if config.faults.impostor_leaf { corpus::impostor(&identity, &mut rng)? } else { identity };
         let tdis = config.interfaces.iter().cloned().map(Tdi::new).collect();
         Ok(Device {
             config,

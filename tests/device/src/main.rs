@@ -47,7 +47,7 @@ fault switches, for tests (repeat --fault for several):
                           wrong-measurement=INDEX
                           truncate=REPLY  overlong-length=REPLY  drop-response=REPLY
                           wrong-session-id  overlapping-ranges  error-after-lock
-                          refuse-start  broken-chain  late=MS
+                          refuse-start  broken-chain  impostor-leaf  late=MS
                           corrupt=REPLY  end-session-on=REPLY
                         where REPLY is one of
                           version capabilities algorithms digests certificate
@@ -65,6 +65,8 @@ fault switches, for tests (repeat --fault for several):
                         error-after-lock moves the TDI to ERROR right after LOCK_INTERFACE;
                         refuse-start answers START_INTERFACE with TDISP_ERROR UNSPECIFIED;
                         broken-chain signs the certificate after the root with a stray key;
+                        impostor-leaf extends the chain past the leaf with a certificate the
+                        leaf's key signs, and signs with that certificate's key;
                         late waits MS milliseconds before sending each answer;
                         corrupt flips one bit of that reply after framing and sealing;
                         end-session-on forgets the session when the request of that reply

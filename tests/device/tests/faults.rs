@@ -88,6 +88,18 @@ fn a_chain_that_does_not_chain_fails_the_certificates() {
 }
 
 #[test]
+fn an_end_entity_certificate_cannot_issue_the_device_certificate() {
+    // root -> CA -> the device's leaf -> impostor, signed with the leaf's key: every signature
+    // verifies, and the device signs CHALLENGE_AUTH with the impostor's key. The first rule the
+    // chain breaks is its CA's pathLenConstraint 0 (the leaf now issues below it); the next, the
+    // leaf is no CA (`attest/tests/device.rs` lists both).
+    fails(
+        Faults { impostor_leaf: true, ..Faults::default() },
+        spdm(Stage::Certificates, SpdmError::Chain(ChainError::PathLength { index: 1 })),
+    );
+}
+
+#[test]
 fn wrong_session_id_fails_the_session() {
     // The session is 0xFFFF_FFFF (the device's half 0xFFFF, as libspdm's first); the fault names
     // 0xFFFE_FFFF instead.

@@ -7,7 +7,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use tsm::addr::{HostPhysAddr, Pfn, PAGE_SIZE_4K};
+use tsm::addr::{FrameRange, HostPhysAddr, Pfn, PAGE_SIZE_4K};
 use zerocopy::IntoBytes;
 
 use tsm::iommu::hw::{Capabilities, InvDescriptor};
@@ -323,12 +323,18 @@ impl CallCounts {
     }
 }
 
+/// The simulated machine's host-bridge aperture: 512 GiB from 512 GiB, far above the arena
+/// (device BARs live here, [`crate::assign::BAR_BASE`] among them).
+pub const MMIO_WINDOW: (u64, u64) = (0x80_0000_0000, 0x80_0000_0000);
+
 /// The platform the tests give the TSM: [`HostMem`], a seeded (deterministic, **test-only**)
-/// entropy source that can be made to fail, a monotonic clock and a call log.
+/// entropy source that can be made to fail, a monotonic clock, a call log, and the MMIO windows
+/// it tells the TSM about ([`MMIO_WINDOW`] unless a test says otherwise).
 #[derive(Debug)]
 pub struct HostPlatform {
     /// The simulated physical memory.
     pub mem: HostMem,
+    mmio_windows: Vec<FrameRange>,
     rng: SplitMix64,
     entropy_failing: bool,
     epoch: Instant,
@@ -344,8 +350,10 @@ impl HostPlatform {
     /// A platform over `mem` whose entropy is the SplitMix64 stream from `seed`. The call log
     /// counts calls per status class but keeps no records (see [`HostPlatform::with_call_log`]).
     pub fn new(mem: HostMem, seed: u64) -> HostPlatform {
+        let window = Pfn::new(MMIO_WINDOW.0 >> 12).map(|start| FrameRange { start, count: MMIO_WINDOW.1 >> 12 });
         HostPlatform {
             mem,
+            mmio_windows: window.into_iter().collect(),
             rng: SplitMix64(seed),
             entropy_failing: false,
             epoch: Instant::now(),
@@ -372,6 +380,11 @@ impl HostPlatform {
     /// Turns the whole per-call log off (no clock reads, no counts), as benchmarks want.
     pub fn set_call_log_enabled(&mut self, enabled: bool) {
         self.log_enabled = enabled;
+    }
+
+    /// Replaces the MMIO windows the platform reports (the TSM reads them at TDH.SYS.CONFIG).
+    pub fn set_mmio_windows(&mut self, windows: &[FrameRange]) {
+        self.mmio_windows = windows.to_vec();
     }
 
     /// While `failing`, [`Entropy::fill`] returns [`EntropyError`] and leaves the buffer alone.
@@ -488,6 +501,14 @@ impl DmaRemapping for HostPlatform {
 }
 
 impl Platform for HostPlatform {
+    fn mmio_windows(&self) -> &[FrameRange] {
+        &self.mmio_windows
+    }
+
+    fn is_ram(&self, range: FrameRange) -> bool {
+        range.overlaps(FrameRange { start: self.mem.base, count: self.mem.frames })
+    }
+
     #[inline]
     fn call_log_enabled(&self) -> bool {
         self.log_enabled

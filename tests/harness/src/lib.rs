@@ -10,6 +10,7 @@
 
 pub mod arena;
 pub mod assign;
+pub mod audit;
 pub mod driver;
 pub mod unit;
 

@@ -1,7 +1,8 @@
 //! Model-based test: random sequences of host and guest calls on two running TDs, each checked
 //! against a small reference model of the S-EPT, page ownership and TLB epochs; after every step
 //! the invariants hold on the real machine:
-//! - no physical frame has two owners or is mapped twice;
+//! - the TSM's own audit (`tsm::audit`, which holds these rules for every test): no physical
+//!   frame has two owners or is mapped twice;
 //! - every S-EPT leaf and table points at frames its TD owns, with the PAMT's type and level;
 //! - PAMT and S-EPT agree (frames a TD owns = frames its S-EPT reaches + control pages);
 //! - a removed or free frame is not reachable;
@@ -447,46 +448,13 @@ impl World {
         }
     }
 
-    /// The invariants, read off the real machine.
+    /// The invariants: the TSM's own audit (ownership, PAMT and S-EPT agree, nothing reached
+    /// twice, nothing leaked), then the model's view of each TD against the machine.
     fn check_invariants(&self) {
-        let mem = &self.m.tsm.platform().mem;
-        let mut seen: BTreeMap<u64, u64> = BTreeMap::new(); // frame -> owner TDR
+        seamless_harness::audit::assert_invariants(&self.m.tsm, &"a step of the memory model");
         for td in &self.tds {
             let tdr = td.handle.tdr;
-            let root = Pfn::new(td.handle.tdcs[0] >> 12).unwrap();
-            let mut stack = vec![(root, td.handle.root_level)];
-            let mut reg_frames = 0u64;
-            let mut tables = 0u64;
-            while let Some((table, level)) = stack.pop() {
-                for i in 0..512 {
-                    let e = SeptEntry::decode(mem.read_u64(table, i)).expect("entry decodes");
-                    let st = e.state();
-                    if st == SeptState::Free {
-                        continue;
-                    }
-                    let pfn = e.pfn();
-                    let meta = self.m.tsm.pamt_entry(pfn).expect("S-EPT points into the TDMRs");
-                    assert_eq!(meta.owner.addr().raw(), tdr, "entry points at a frame another TD or the host owns");
-                    if st.is_table() {
-                        assert_eq!(meta.ty, PageType::Sept);
-                        assert!(seen.insert(pfn.raw(), tdr).is_none(), "table frame reachable twice");
-                        tables += 1;
-                        stack.push((pfn, level - 1));
-                    } else {
-                        let size = PageSize::from_level(level).expect("leaf level");
-                        for k in 0..size.frames() {
-                            let f = pfn.checked_add(k).unwrap();
-                            let meta = self.m.tsm.pamt_entry(f).unwrap();
-                            assert_eq!((meta.ty, meta.level, meta.owner.addr().raw()), (PageType::Regular, level, tdr));
-                            assert!(seen.insert(f.raw(), tdr).is_none(), "frame {f:?} mapped twice");
-                        }
-                        reg_frames += size.frames();
-                    }
-                }
-            }
-            // PAMT agrees: frames owned = reachable guest frames + tables + 2 TDCS + 1 TDVPR.
             let summary = self.m.tsm.td_summary(Pfn::new(tdr >> 12).unwrap()).unwrap();
-            assert_eq!(summary.owned_frames, reg_frames + tables + 3, "PAMT and S-EPT disagree");
             assert_eq!(summary.epoch, td.epoch);
             assert_eq!(summary.vcpus_in_guest, usize::from(td.in_guest.is_some()));
             // The model's leaves are what the S-EPT holds.
@@ -502,13 +470,6 @@ impl World {
                     let r = entry_at(&self.m, tdr, gpa);
                     assert_eq!((r.state(), r.pfn().addr().raw()), (l.state, l.page), "gpa {gpa:#x}");
                 }
-            }
-        }
-        // A frame no entry reaches is not owned as guest memory.
-        for f in TDMR_BASE >> 12..self.m.pamt_base() >> 12 {
-            let meta = self.m.tsm.pamt_entry(Pfn::new(f).unwrap()).unwrap();
-            if meta.ty == PageType::Regular || meta.ty == PageType::Sept {
-                assert!(seen.contains_key(&f), "frame {f:#x} owned but unreachable (leaked)");
             }
         }
     }

@@ -28,6 +28,16 @@ pub enum Step {
     Exit(TdExit),
 }
 
+/// A buffer a guest leaf reads or writes: `N` bytes of private memory the TD accepted, inside
+/// one 4K frame. [`Tsm::guest_buf`] is the only way to make one and checks every rule first, so
+/// a guest leaf cannot hand [`crate::platform::PhysMem`] a byte range that leaves its frame
+/// (which the trait forbids and the firmware stops on): the guest's GPA cannot reach it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GuestBuf<const N: usize> {
+    frame: Pfn,
+    offset: usize,
+}
+
 /// A guest handler.
 pub type GuestHandler<P> = fn(&mut Tsm<P>, Ctx, &Regs, &mut Regs) -> TsmResult<Step>;
 
@@ -194,6 +204,46 @@ impl<P: Platform> Tsm<P> {
         }
     }
 
+    /// Decodes a register as a private GPA of the TD aligned to `align` bytes (a power of two).
+    pub(crate) fn guest_operand(td: &Td, raw: u64, align: u64, op: Operand) -> TsmResult<GuestPhysAddr> {
+        let gpa = gpa_aligned(raw, align, op)?;
+        Self::private_gpa(td, gpa, align, op)?;
+        Ok(gpa)
+    }
+
+    /// The `N`-byte buffer at the GPA in `raw`: aligned to `align` bytes (a power of two),
+    /// private, inside one 4K page, and MAPPED. Checks in this order, each error naming `op`:
+    /// `OPERAND_INVALID` (misaligned, beyond the width or shared), `BUFFER_CROSSES_PAGE`, then
+    /// the S-EPT errors of [`Tsm::guest_frame`].
+    pub(crate) fn guest_buf<const N: usize>(
+        &self,
+        td: &Td,
+        raw: u64,
+        align: u64,
+        op: Operand,
+    ) -> TsmResult<GuestBuf<N>> {
+        let gpa = Self::guest_operand(td, raw, align, op)?;
+        let offset = gpa.page_offset() as usize;
+        if offset.checked_add(N).is_none_or(|end| end > PageSize::Size4K.bytes() as usize) {
+            return Err(TsmError::CrossesPage(op));
+        }
+        let frame = self.guest_frame(td, gpa, op)?;
+        Ok(GuestBuf { frame, offset })
+    }
+
+    /// The bytes of a checked guest buffer.
+    pub(crate) fn read_guest<const N: usize>(&self, buf: GuestBuf<N>) -> [u8; N] {
+        let mut bytes = [0u8; N];
+        self.platform.read_bytes(buf.frame, buf.offset, &mut bytes);
+        bytes
+    }
+
+    /// Writes the first `len` bytes of `data` (all of them if `len` is larger) to a checked guest
+    /// buffer.
+    pub(crate) fn write_guest<const N: usize>(&mut self, buf: GuestBuf<N>, data: &[u8; N], len: usize) {
+        self.platform.write_bytes(buf.frame, buf.offset, &data[..len.min(N)]);
+    }
+
     /// The frame backing a private GPA the guest names as a buffer; it must be MAPPED.
     pub(crate) fn guest_frame(&self, td: &Td, gpa: GuestPhysAddr, op: Operand) -> TsmResult<Pfn> {
         match self.walk(td, gpa, 0)? {
@@ -228,47 +278,39 @@ impl<P: Platform> Tsm<P> {
 
     fn mr_rtmr_extend(&mut self, ctx: Ctx, regs: &Regs, _out: &mut Regs) -> TsmResult<Step> {
         let td = self.td(ctx.td)?;
-        let gpa = gpa_aligned(regs.rcx, 64, Operand::Rcx)?;
-        Self::private_gpa(td, gpa, 64, Operand::Rcx)?;
+        Self::guest_operand(td, regs.rcx, 64, Operand::Rcx)?;
         let index = usize::try_from(regs.rdx).ok().filter(|&i| i < measure::RTMRS);
         let index = index.ok_or(TsmError::OperandInvalid(Operand::Rdx))?;
-        let frame = self.guest_frame(td, gpa, Operand::Rcx)?;
+        let buf = self.guest_buf::<48>(td, regs.rcx, 64, Operand::Rcx)?;
         let mr_page = td.tdcs[TDCS_MR];
         // ALL CHECKS PASSED: nothing below can fail.
-        let mut data = [0u8; 48];
-        self.platform.read_bytes(frame, gpa.page_offset() as usize, &mut data);
+        let data = self.read_guest(buf);
         measure::rtmr_extend(&mut self.platform, mr_page, index, &data);
         Ok(Step::Done(Status::SUCCESS))
     }
 
     fn mr_report(&mut self, ctx: Ctx, regs: &Regs, _out: &mut Regs) -> TsmResult<Step> {
         let td = self.td(ctx.td)?;
-        let out_gpa = gpa_aligned(regs.rcx, 1024, Operand::Rcx)?;
-        Self::private_gpa(td, out_gpa, 1024, Operand::Rcx)?;
-        let data_gpa = gpa_aligned(regs.rdx, 64, Operand::Rdx)?;
-        Self::private_gpa(td, data_gpa, 64, Operand::Rdx)?;
+        Self::guest_operand(td, regs.rcx, 1024, Operand::Rcx)?;
+        Self::guest_operand(td, regs.rdx, 64, Operand::Rdx)?;
         if regs.r8 != 0 {
             return Err(TsmError::OperandInvalid(Operand::R8));
         }
-        let out_frame = self.guest_frame(td, out_gpa, Operand::Rcx)?;
-        let data_frame = self.guest_frame(td, data_gpa, Operand::Rdx)?;
+        let out = self.guest_buf::<{ measure::TDREPORT_BYTES }>(td, regs.rcx, 1024, Operand::Rcx)?;
+        let data = self.guest_buf::<64>(td, regs.rdx, 64, Operand::Rdx)?;
         let params = td.params.ok_or(TsmError::Corrupt)?;
         let key = self.sys()?.report_key;
         // ALL CHECKS PASSED: nothing below can fail.
-        let mut report_data = [0u8; 64];
-        self.platform.read_bytes(data_frame, data_gpa.page_offset() as usize, &mut report_data);
+        let report_data = self.read_guest(data);
         let report = measure::tdreport(&self.platform, td.tdcs[TDCS_MR], &params, &self.identity, &key, &report_data);
-        self.platform.write_bytes(out_frame, out_gpa.page_offset() as usize, &report);
+        self.write_guest(out, &report, measure::TDREPORT_BYTES);
         Ok(Step::Done(Status::SUCCESS))
     }
 
     fn mr_verifyreport(&mut self, ctx: Ctx, regs: &Regs, _out: &mut Regs) -> TsmResult<Step> {
         let td = self.td(ctx.td)?;
-        let gpa = gpa_aligned(regs.rcx, 256, Operand::Rcx)?;
-        Self::private_gpa(td, gpa, 256, Operand::Rcx)?;
-        let frame = self.guest_frame(td, gpa, Operand::Rcx)?;
-        let mut mac_struct = [0u8; measure::REPORTMAC_BYTES];
-        self.platform.read_bytes(frame, gpa.page_offset() as usize, &mut mac_struct);
+        let buf = self.guest_buf::<{ measure::REPORTMAC_BYTES }>(td, regs.rcx, 256, Operand::Rcx)?;
+        let mac_struct = self.read_guest(buf);
         if !measure::verify_report_mac(&self.sys()?.report_key, &mac_struct) {
             return Err(TsmError::InvalidReportMac);
         }

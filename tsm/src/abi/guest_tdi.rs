@@ -3,7 +3,7 @@
 //! TDG.MMIO.ACCEPT (MMIO_PENDING → MMIO_MAPPED only for the page the report puts there).
 
 use crate::abi::guest::{Ctx, GuestLeaf, Step};
-use crate::abi::{gpa_aligned, gpa_level, LeafSpec, Reg, Regs, TdExit};
+use crate::abi::{gpa_level, LeafSpec, Reg, Regs, TdExit};
 use crate::addr::PageSize;
 use crate::error::{SeptErrorKind, TsmError, TsmResult};
 use crate::iommu::DmarState;
@@ -51,6 +51,7 @@ impl<P: Platform> Tsm<P> {
                 (Status::OPERAND_INVALID, "RDX not a field"),
                 (Status::TDI_STATE_INCORRECT, "report digest of a TDI that is not locked"),
                 (Status::OPERAND_INVALID, "R8 misaligned, beyond width or shared"),
+                (Status::BUFFER_CROSSES_PAGE, "the field would run past the end of R8's page (96 bytes at offset 0xFC0)"),
                 (Status::EPT_WALK_FAILED, "R8 not mapped"),
                 (Status::EPT_ENTRY_STATE_INCORRECT, "R8 not MAPPED"),
             ],
@@ -99,6 +100,7 @@ impl<P: Platform> Tsm<P> {
                 (Status::MMIO_REVOKED, "the range was revoked"),
                 (Status::PAGE_SIZE_MISMATCH, "mapped at another size (RCX/RDX: the entry)"),
                 (Status::EPT_ENTRY_STATE_INCORRECT, "private memory there, not MMIO"),
+                (Status::MMIO_OWNER_MISMATCH, "the page mapped there was not imported by that TDI (R8)"),
                 (Status::MMIO_INVALID_HPA_OFFSET, "the page mapped there is not the one at that offset"),
                 (Status::PAGE_ALREADY_ACCEPTED, "warning: already MMIO_MAPPED with the right page"),
             ],
@@ -150,22 +152,19 @@ impl<P: Platform> Tsm<P> {
 
     fn tdg_mr_attest(&mut self, ctx: Ctx, regs: &Regs, out: &mut Regs) -> TsmResult<Step> {
         let td = self.td(ctx.td)?;
-        let out_gpa = gpa_aligned(regs.rcx, 4096, Operand::Rcx)?;
-        Self::private_gpa(td, out_gpa, 4096, Operand::Rcx)?;
-        let data_gpa = gpa_aligned(regs.rdx, 64, Operand::Rdx)?;
-        Self::private_gpa(td, data_gpa, 64, Operand::Rdx)?;
+        Self::guest_operand(td, regs.rcx, 4096, Operand::Rcx)?;
+        Self::guest_operand(td, regs.rdx, 64, Operand::Rdx)?;
         let format = crate::attestation::Format::from_raw(regs.r8).ok_or(TsmError::OperandInvalid(Operand::R8))?;
-        let out_frame = self.guest_frame(td, out_gpa, Operand::Rcx)?;
-        let data_frame = self.guest_frame(td, data_gpa, Operand::Rdx)?;
+        let dst = self.guest_buf::<{ attest::report::REPORT_BYTES }>(td, regs.rcx, 4096, Operand::Rcx)?;
+        let data = self.guest_buf::<64>(td, regs.rdx, 64, Operand::Rdx)?;
         if !self.provisioned() {
             return Err(TsmError::NotProvisioned);
         }
-        let mut report_data = [0u8; 64];
-        self.platform.read_bytes(data_frame, data_gpa.page_offset() as usize, &mut report_data);
+        let report_data = self.read_guest(data);
         let mut report = [0u8; attest::report::REPORT_BYTES];
         let n = self.signed_report(td, &report_data, format, &mut report)?;
         // ALL CHECKS PASSED: nothing below can fail.
-        self.platform.write_bytes(out_frame, 0, &report[..n]);
+        self.write_guest(dst, &report, n);
         out.r9 = n as u64;
         Ok(Step::Done(Status::SUCCESS))
     }
@@ -204,25 +203,26 @@ impl<P: Platform> Tsm<P> {
             out.r9 = v;
             return Ok(Step::Done(Status::SUCCESS));
         }
-        let mut bytes = [0u8; 96];
-        let len = if regs.rdx == field::REPORT_DIGEST {
+        let td = self.td(ctx.td)?;
+        // Digests go to private memory at a 64-byte aligned GPA; a 96-byte field at page offset
+        // 0xFC0 would leave the page, so `guest_buf` refuses it before anything is written.
+        if regs.rdx == field::REPORT_DIGEST {
             if !matches!(tdi.state, TdiState::Locked | TdiState::Run) {
                 return Err(TsmError::TdiState);
             }
-            bytes[..48].copy_from_slice(&tdi.report_digest);
-            48
+            let digest = tdi.report_digest;
+            let out = self.guest_buf::<48>(td, regs.r8, 64, Operand::R8)?;
+            // ALL CHECKS PASSED: nothing below can fail.
+            self.write_guest(out, &digest, digest.len());
         } else {
             let e = evidence.ok_or(TsmError::Corrupt)?;
+            let mut bytes = [0u8; 96];
             bytes[..48].copy_from_slice(&e.chain_digest);
             bytes[48..].copy_from_slice(&e.measurements_digest);
-            96
-        };
-        let td = self.td(ctx.td)?;
-        let gpa = gpa_aligned(regs.r8, 64, Operand::R8)?;
-        Self::private_gpa(td, gpa, 64, Operand::R8)?;
-        let frame = self.guest_frame(td, gpa, Operand::R8)?;
-        // ALL CHECKS PASSED: nothing below can fail.
-        self.platform.write_bytes(frame, gpa.page_offset() as usize, &bytes[..len]);
+            let out = self.guest_buf::<96>(td, regs.r8, 64, Operand::R8)?;
+            // ALL CHECKS PASSED: nothing below can fail.
+            self.write_guest(out, &bytes, bytes.len());
+        }
         Ok(Step::Done(Status::SUCCESS))
     }
 
@@ -269,7 +269,8 @@ impl<P: Platform> Tsm<P> {
             return Err(TsmError::TdiState);
         }
         let r = usize::try_from(regs.rdx).ok().filter(|&r| r < tdi.range_count);
-        let range = tdi.ranges[r.ok_or(TsmError::MmioOutOfRange(Operand::Rdx))?];
+        let r = r.ok_or(TsmError::MmioOutOfRange(Operand::Rdx))?;
+        let range = tdi.ranges[r];
         let inside = regs.r9.is_multiple_of(size.bytes())
             && (regs.r9 >> 12).checked_add(size.frames()).is_some_and(|end| end <= range.pages);
         if !inside {
@@ -289,8 +290,13 @@ impl<P: Platform> Tsm<P> {
             }
             WalkResult::Stopped(w) => return Ok(exit(&w)),
         };
+        // The page must be one the named TDI imported: a device may report another interface's
+        // frames, and the guest's accept must not vouch for an interface that imported nothing.
+        // The offset check then puts it in the named range (a report's ranges never overlap).
+        let owned = tdi.imported_range(w.entry.pfn().raw()).is_some();
         let right_page = w.entry.pfn().raw() == expected;
         match legality(SeptOp::MmioAccept, w.entry.state()) {
+            Legality::Proceed | Legality::AlreadyDone if !owned => return Err(TsmError::MmioOwner(Operand::R8)),
             Legality::Proceed if right_page => {}
             Legality::Proceed => return Err(TsmError::MmioHpaOffset),
             Legality::AlreadyDone if right_page => return Ok(Step::Done(Status::PAGE_ALREADY_ACCEPTED)),

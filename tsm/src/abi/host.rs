@@ -684,7 +684,7 @@ impl<P: Platform> Tsm<P> {
         // ALL CHECKS PASSED: nothing below can fail.
         let pamt = Pamt::new(tdmrs);
         pamt.format(&mut self.platform);
-        self.sys = Some(Sys { pamt, report_key });
+        self.sys = Some(Sys::new(pamt, report_key, self.platform.mmio_windows()));
         Ok(Status::SUCCESS)
     }
 

@@ -78,6 +78,7 @@ impl<P: Platform> Tsm<P> {
                 (Status::TDI_NOT_BOUND_TO_TD, "the TDI is bound to another TD"),
                 (Status::TDI_STATE_INCORRECT, "TDI not CONFIG_LOCKED or RUN"),
                 NO_IOMMU,
+                (Status::OPERAND_INVALID, "the TDI's function is on another PCI segment than the IOMMU's (segment 0), or its PASID past 20 bits (operand: TDI)"),
                 (Status::OPERAND_INVALID, "a table frame the entry needs is missing (operand: its register), or R8..R10 not 4K aligned"),
                 (Status::OPERAND_ADDR_RANGE_ERROR, "a frame outside the TDMRs"),
                 (Status::PAGE_NOT_FREE, "a frame not free"),
@@ -210,7 +211,7 @@ impl<P: Platform> Tsm<P> {
         if self.iommu.is_none() {
             return Err(TsmError::Iommu(crate::iommu::IommuError::NotSetUp));
         }
-        let key = tdi.dmar_key().ok_or(TsmError::Iommu(crate::iommu::IommuError::PasidOutOfRange))?;
+        let key = tdi.try_dmar_key().map_err(TsmError::Iommu)?;
         let frames = Frames {
             context_table: Self::frame_operand(regs.r8, Operand::R8)?,
             pasid_dir: Self::frame_operand(regs.r9, Operand::R9)?,

@@ -20,8 +20,7 @@ use crate::ide::RootPortStream;
 use crate::pamt::{PageType, PamtEntry};
 use crate::pdev::km::KeyMaterial;
 use crate::pdev::{
-    self, IdeStream, KmFlow, KmNext, KmOp, Pdev, PdevEvidence, PdevState, Pending, StreamState, FUNCTION_ID_MASK,
-    MSG_BYTES, PLAIN_BYTES,
+    self, IdeStream, KmFlow, KmNext, KmOp, Pdev, PdevEvidence, PdevState, Pending, StreamState, MSG_BYTES, PLAIN_BYTES,
 };
 use crate::platform::Platform;
 use crate::spdm::connect::{Connect, ConnectRandom};
@@ -88,7 +87,7 @@ impl<P: Platform> Tsm<P> {
             number: leaf::SPDM_CREATE,
             name: "TDH.SPDM.CREATE",
             summary: "Creates the PDEV of a device function: the TSM's SPDM context for it, identified by a donated control page.",
-            inputs: &[(Reg::Rcx, "page to donate (the PDEV page)"), (Reg::Rdx, "function id: RID (15:0), segment (23:16), segment valid (24)")],
+            inputs: &[(Reg::Rcx, "page to donate (the PDEV page)"), (Reg::Rdx, "function id: RID (15:0), segment (23:16) if segment valid (24)")],
             outputs: &[],
             requires: "-",
             errors: &[
@@ -96,8 +95,8 @@ impl<P: Platform> Tsm<P> {
                 (Status::OPERAND_INVALID, "RCX not a 4K-aligned address"),
                 (Status::OPERAND_ADDR_RANGE_ERROR, "RCX outside the TDMRs"),
                 (Status::PAGE_NOT_FREE, "RCX page not free"),
-                (Status::OPERAND_INVALID, "RDX reserved bits set"),
-                (Status::FUNCTION_IN_USE, "the function already has a PDEV"),
+                (Status::OPERAND_INVALID, "RDX reserved bits set, or a segment without the segment-valid bit"),
+                (Status::FUNCTION_IN_USE, "the function (however its segment is spelt) already has a PDEV"),
                 (Status::DEVICE_SLOTS_EXHAUSTED, "every PDEV slot in use"),
             ],
         },
@@ -192,7 +191,7 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::IDE_STREAM_KM,
             name: "TDH.IDE.STREAM.KM",
-            summary: "Resumable IDE_KM over the PDEV's session. SETUP: QUERY, KEY_PROG of a fresh key per slot (six: RX/TX × PR/NPR/CPL), K_SET_GO of each; REFRESH: the other key set, GO, then STOP of the old; STOP: K_SET_STOP of each slot. The root port's slot is programmed as the device acknowledges it.",
+            summary: "Resumable IDE_KM over the PDEV's session. SETUP: QUERY, KEY_PROG of a fresh key per slot (six: RX/TX × PR/NPR/CPL), K_SET_GO of each; REFRESH: the other key set, GO, then STOP of the old; STOP: K_SET_STOP of each slot. The root port's slot is programmed as the device acknowledges it. A stream without live keys carries no TDI: STOP first moves every TDI locked or running over the stream to ERROR (its MMIO and DMA blocked; TDISP does the same when a bound stream goes insecure), and a failed exchange puts the stream and those TDIs in ERROR.",
             inputs: &[(Reg::Rcx, "PDEV page"), MSG_IN[0], MSG_IN[1], (Reg::R9, "stream index (7:0), operation (15:8): 0 SETUP, 1 REFRESH, 2 STOP")],
             outputs: &[MSG_OUT],
             requires: "PDEV CONNECTED. SETUP: stream CREATED or STOPPED; REFRESH, STOP: stream SECURE.",
@@ -278,7 +277,7 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::SPDM_MNG,
             name: "TDH.SPDM.MNG",
-            summary: "Session management, resumable. 1 KEY_UPDATE: KEY_UPDATE(UpdateAllKeys) then VerifyNewKey: both directions move to the next keys (an answer under keys it should not use is refused and changes nothing). 2 RECOLLECT: fresh signed GET_MEASUREMENTS of every index with a new nonce; on success the evidence binds the new transcript, on failure the old evidence stays. 3 ABORT: abandons the outstanding exchange (a lost or late answer); what the device did is unknown, so the PDEV goes to ERROR (and the TDI or stream whose exchange it was); no device traffic.",
+            summary: "Session management, resumable. 1 KEY_UPDATE: KEY_UPDATE(UpdateAllKeys) then VerifyNewKey: both directions move to the next keys (an answer under keys it should not use is refused and changes nothing; an authentic answer that fails ends the session: the PDEV, its live streams and its locked or running TDIs go to ERROR). 2 RECOLLECT: fresh signed GET_MEASUREMENTS of every index with a new nonce; on success the evidence binds the new transcript, on failure the old evidence stays. 3 ABORT: abandons the outstanding exchange (a lost or late answer); what the device did is unknown, so the PDEV goes to ERROR (and the TDI or stream whose exchange it was); no device traffic.",
             inputs: &[(Reg::Rcx, "PDEV page"), MSG_IN[0], MSG_IN[1], (Reg::R9, "operation: 1 KEY_UPDATE, 2 RECOLLECT, 3 ABORT")],
             outputs: &[MSG_OUT],
             requires: "KEY_UPDATE, RECOLLECT: PDEV CONNECTED. ABORT: a request outstanding.",
@@ -375,21 +374,26 @@ impl<P: Platform> Tsm<P> {
         session.open(answer.get(), plain).map_err(TsmError::AnswerNotAuthentic)
     }
 
-    /// Moves the PDEV to ERROR with `fault`; the session is dropped.
+    /// Moves the PDEV to ERROR with `fault`; the session is dropped. Without the session the
+    /// device's IDE keys and its locked interfaces are gone too (TDISP: the DSM makes the
+    /// session's streams insecure and its TDIs ERROR): live streams go to ERROR and every TDI
+    /// locked or running through the PDEV to ERROR, its MMIO and DMA blocked.
     pub(crate) fn pdev_failed(&mut self, p: usize, fault: DeviceFault) -> TsmError {
         if let Some(Some(pdev)) = self.pdevs.get_mut(p) {
             pdev.state = PdevState::Error;
             pdev.pending = Pending::None;
             pdev.session = None;
             pdev.fault = Some(fault);
+            for stream in pdev.streams.iter_mut().flatten().filter(|s| s.state == StreamState::Secure) {
+                stream.state = StreamState::Error;
+            }
         }
+        self.tdis_lost(p, None, fault);
         TsmError::Device(Operand::Pdev, fault)
     }
 
     fn function_operand(raw: u64, op: Operand) -> TsmResult<u32> {
-        if raw & !FUNCTION_ID_MASK != 0 {
-            return Err(TsmError::OperandInvalid(op));
-        }
+        pdev::requester(raw).ok_or(TsmError::OperandInvalid(op))?;
         Ok(raw as u32)
     }
 
@@ -399,7 +403,8 @@ impl<P: Platform> Tsm<P> {
         self.sys()?;
         let page = self.donated_page(regs.rcx, Operand::Rcx)?;
         let function = Self::function_operand(regs.rdx, Operand::Rdx)?;
-        if self.pdevs.iter().flatten().any(|p| p.function == function) {
+        let requester = pdev::requester(u64::from(function));
+        if self.pdevs.iter().flatten().any(|p| pdev::requester(u64::from(p.function)) == requester) {
             return Err(TsmError::FunctionInUse(Operand::Rdx));
         }
         let slot = self.pdevs.iter().position(Option::is_none).ok_or(TsmError::DeviceSlotsExhausted)?;
@@ -425,6 +430,7 @@ impl<P: Platform> Tsm<P> {
             fault: None,
             key_update: None,
             remeasure: None,
+            remeasured: None,
         });
         Ok(Status::SUCCESS)
     }
@@ -589,16 +595,9 @@ impl<P: Platform> Tsm<P> {
             Pending::Tdi(t) => self.tdi_failed(t, DeviceFault::Aborted),
             Pending::None | Pending::Connect | Pending::End | Pending::KeyUpdate | Pending::Measure => {}
         }
+        // Every TDI of the PDEV loses its session with it: none stays LOCKED or RUN.
         let _ = self.pdev_failed(p, DeviceFault::Aborted);
-        let pdev = self.pdev_mut(p)?;
-        pdev.key_update = None;
-        // Every TDI of the PDEV loses its session: none may stay LOCKED or RUN.
-        for t in 0..self.tdis.len() {
-            if matches!(&self.tdis[t], Some(tdi) if tdi.pdev == p && matches!(tdi.state, TdiState::Locked | TdiState::Run))
-            {
-                self.tdi_failed(t, DeviceFault::Aborted);
-            }
-        }
+        self.pdev_mut(p)?.key_update = None;
         Ok(Status::SUCCESS)
     }
 
@@ -694,12 +693,8 @@ impl<P: Platform> Tsm<P> {
         match action {
             Ok(Some(n)) => Ok(self.send_request(&msg, &request[..n], out)),
             Ok(None) => {
-                let digest = match pdev.remeasure.as_ref().and_then(|m| m.exchange()) {
-                    Some(e) => attest::evidence::transcript_digest(pdev.conn.vca(), e),
-                    None => return Err(TsmError::Corrupt),
-                };
-                if let Some(ev) = pdev.evidence.as_mut() {
-                    ev.measurements_digest = digest;
+                if !pdev.recollect_done() {
+                    return Err(TsmError::Corrupt);
                 }
                 pdev.pending = Pending::None;
                 Ok(Status::SUCCESS)
@@ -707,7 +702,7 @@ impl<P: Platform> Tsm<P> {
             // The old evidence stays: a re-collection that fails proves nothing new, and the
             // answer cannot be told from the host's (measurements travel in the clear).
             Err(e) => {
-                pdev.remeasure = None;
+                pdev.recollect_dropped();
                 pdev.pending = Pending::None;
                 Err(TsmError::Device(Operand::Pdev, DeviceFault::Spdm(e)))
             }
@@ -757,13 +752,7 @@ impl<P: Platform> Tsm<P> {
             stream.rp.block();
             stream.state = StreamState::Blocked;
         }
-        for t in 0..self.tdis.len() {
-            let hit = matches!(&self.tdis[t], Some(tdi) if tdi.pdev == p && tdi.stream == id
-                && matches!(tdi.state, TdiState::Locked | TdiState::Run));
-            if hit {
-                self.tdi_failed(t, DeviceFault::StreamBlocked);
-            }
-        }
+        self.tdis_lost(p, Some(id), DeviceFault::StreamBlocked);
         Ok(Status::SUCCESS)
     }
 
@@ -818,6 +807,10 @@ impl<P: Platform> Tsm<P> {
             }
         }
         // ALL CHECKS PASSED: nothing below can fail but the device.
+        if op == KmOp::Stop {
+            // The first K_SET_STOP takes the stream's keys away: whatever runs over it stops first.
+            self.tdis_lost(p, Some(id), DeviceFault::StreamStopped);
+        }
         let flow = KmFlow::new(op, version, id, 0, set_1, material);
         let mut plain = [0u8; PLAIN_BYTES];
         let encoded = flow.encode(&mut plain);
@@ -868,13 +861,20 @@ impl<P: Platform> Tsm<P> {
         }
     }
 
+    /// A KM exchange failed: the stream's keys are in an unknown state, so it goes to ERROR and
+    /// what runs over it with it.
     fn km_failed(&mut self, p: usize, s: usize, fault: DeviceFault) -> TsmError {
+        let mut id = None;
         if let Some(Some(pdev)) = self.pdevs.get_mut(p) {
             pdev.pending = Pending::None;
             if let Some(Some(stream)) = pdev.streams.get_mut(s) {
                 stream.state = StreamState::Error;
                 stream.flow = None;
+                id = Some(stream.id);
             }
+        }
+        if let Some(id) = id {
+            self.tdis_lost(p, Some(id), fault);
         }
         TsmError::Device(Operand::IdeStream, fault)
     }

@@ -61,7 +61,7 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::TDI_CREATE,
             name: "TDH.TDI.CREATE",
-            summary: "Creates a TDI of a connected PDEV, bound to one TD for its whole life; the control page is owned by the TD. The identity is the function id, plus a PASID for a Scalable-IOV assignable interface.",
+            summary: "Creates a TDI of a connected PDEV, bound to one TD for its whole life; the control page is owned by the TD. The interface is the function, as TDISP's INTERFACE_ID names it: one TDI per function, whatever the PASID (which only tags the TDI's DMA).",
             inputs: &[
                 (Reg::Rcx, "TDR page"),
                 (Reg::Rdx, "PDEV page"),
@@ -77,11 +77,12 @@ impl<P: Platform> Tsm<P> {
                 (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDR page"),
                 (Status::TD_NOT_INITIALIZED, "TDH.MNG.INIT not done"),
                 (Status::LIFECYCLE_STATE_INCORRECT, "TD torn down"),
+                (Status::TD_MAX_TDIS_EXCEEDED, "the TD has as many TDIs as its attestation report has device entries (4)"),
                 (Status::PAGE_METADATA_INCORRECT, "RDX is not a PDEV page"),
                 (Status::PDEV_STATE_INCORRECT, "PDEV not CONNECTED"),
                 (Status::PAGE_NOT_FREE, "R8 page not free"),
-                (Status::OPERAND_INVALID, "R9 reserved bits set, or the function is on another segment than the PDEV"),
-                (Status::FUNCTION_IN_USE, "that function and PASID already have a TDI"),
+                (Status::OPERAND_INVALID, "R9 reserved bits set, a segment without the segment-valid bit, or another segment than the PDEV's"),
+                (Status::FUNCTION_IN_USE, "the interface (the function, with any PASID) already has a TDI"),
                 (Status::DEVICE_SLOTS_EXHAUSTED, "every TDI slot in use"),
             ],
         },
@@ -208,7 +209,7 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::DMABUF_IMPORT,
             name: "SEAMLESS.DMABUF.IMPORT",
-            summary: "Hands the TSM the host frames of one MMIO range the host exported as a host-inaccessible dma-buf. They must be exactly the range of the locked report (its page minus the reporting offset, its size), TEE memory, outside the TDMRs and the TSM. From then on they belong to the TDI: no host call maps them anywhere else.",
+            summary: "Hands the TSM the host frames of one MMIO range the host exported as a host-inaccessible dma-buf. They must be exactly the range of the locked report (its page minus the reporting offset, its size), TEE memory, and device MMIO: inside one of the platform's MMIO windows (its host bridges' apertures, which the TSM learnt from the firmware at configuration), none of it RAM, outside the TDMRs and the TSM. From then on they belong to the TDI: no host call maps them anywhere else.",
             inputs: &[
                 (Reg::Rcx, "TDI page"),
                 (Reg::Rdx, "first frame of the range (4K aligned)"),
@@ -226,7 +227,7 @@ impl<P: Platform> Tsm<P> {
                 (Status::MMIO_NOT_IN_REPORT, "R9 names no range, or a non-TEE range"),
                 (Status::OPERAND_INVALID, "RDX not 4K aligned"),
                 (Status::MMIO_NOT_IN_REPORT, "RDX/R8 are not the range's frames and size"),
-                (Status::OPERAND_ADDR_RANGE_ERROR, "the frames touch the TDMRs or the TSM's memory"),
+                (Status::OPERAND_ADDR_RANGE_ERROR, "the frames are not device MMIO: outside the platform's MMIO windows, or RAM, the TDMRs or the TSM's memory"),
                 (Status::PAGE_NOT_FREE, "the frames are already imported (by this or another TDI)"),
             ],
         },
@@ -382,7 +383,31 @@ impl<P: Platform> Tsm<P> {
         }
     }
 
+    /// What a TDI depends on is gone: every TDI of PDEV `p` that is CONFIG_LOCKED or RUN (over
+    /// the IDE stream with ID `stream`, if one is named) goes to ERROR through
+    /// [`Tsm::tdi_failed`], its MMIO and DMA blocked. The device does the same on its side: TDISP
+    /// moves a locked or running TDI to ERROR when an IDE stream it is bound to goes insecure or
+    /// its SPDM session ends (the DSM rules of TDISP, PCIe 6.x ch. 11). Every path that takes live
+    /// keys from a stream (KM STOP, a failed KM exchange, STREAM.BLOCK) or the session from a
+    /// PDEV (`pdev_failed`: a failed KEY_UPDATE, ABORT, any failed secured answer) ends here.
+    pub(crate) fn tdis_lost(&mut self, p: usize, stream: Option<u8>, fault: DeviceFault) {
+        for t in 0..self.tdis.len() {
+            let hit = matches!(&self.tdis[t], Some(tdi) if tdi.pdev == p
+                && stream.is_none_or(|id| tdi.stream == id)
+                && matches!(tdi.state, TdiState::Locked | TdiState::Run));
+            if hit {
+                self.tdi_failed(t, fault);
+            }
+        }
+    }
+
     /// Blocks every S-EPT leaf of range `r` of TDI `t` that still maps it, recording the epoch.
+    ///
+    /// The walk passes blocked tables ([`sept::walk_tables`]): a leaf under an `NL_BLOCKED`
+    /// entry is out of reach only until the host unblocks the table, which revives the entries
+    /// beneath exactly as they are. Blocking the leaves themselves is what keeps a stopped or
+    /// failed TDI's MMIO dead, whatever the host did above them: `MMIO_BLOCKED` only goes on to
+    /// MMIO.UNMAP, never back.
     fn block_range(&mut self, t: usize, r: usize) {
         let Some(Some(tdi)) = self.tdis.get(t) else { return };
         let Some(range) = tdi.ranges().get(r).copied() else { return };
@@ -393,9 +418,13 @@ impl<P: Platform> Tsm<P> {
         let mut gpa = base;
         while gpa < end {
             let Some(g) = GuestPhysAddr::new(gpa) else { break };
-            let found = match sept::walk(&self.platform, root, level, g, 0) {
+            let found = match sept::walk_tables(&self.platform, root, level, g, 0) {
                 Ok(WalkResult::Reached(w) | WalkResult::Stopped(w)) => w,
-                Err(_) => break,
+                // Corrupt TSM metadata: go on page by page rather than skip what lies beyond.
+                Err(_) => {
+                    gpa = (gpa & !0xFFF).saturating_add(0x1000);
+                    continue;
+                }
             };
             let state = found.entry.state();
             if matches!(state, SeptState::MmioPending | SeptState::MmioMapped)
@@ -435,6 +464,7 @@ impl<P: Platform> Tsm<P> {
         self.sys()?;
         let td_idx = self.td_index(regs.rcx, Operand::Rcx)?;
         Self::require_built(self.td(td_idx)?)?;
+        self.require_report_room(td_idx)?;
         let p = self.pdev_index(regs.rdx, Operand::Rdx)?;
         let pdev = self.pdev(p)?;
         if pdev.state != PdevState::Connected {
@@ -444,11 +474,17 @@ impl<P: Platform> Tsm<P> {
         let r9 = regs.r9;
         let function = (r9 & 0xFFFF_FFFF) as u32;
         let pasid = (r9 & PASID_VALID != 0).then_some(((r9 >> 32) & 0xF_FFFF) as u32);
-        let reserved = 0x7FF0_0000_0000_0000 | (0xFFFF_FFFF & !crate::pdev::FUNCTION_ID_MASK);
-        if r9 & reserved != 0 || (function >> 16) != (pdev.function >> 16) {
-            return Err(TsmError::OperandInvalid(Operand::R9));
-        }
-        if self.tdis.iter().flatten().any(|t| t.function == function && t.pasid == pasid) {
+        let requester = crate::pdev::requester(r9 & 0xFFFF_FFFF).filter(|_| r9 & 0x7FF0_0000_0000_0000 == 0);
+        let on_pdev_segment = |r: crate::pdev::Requester| {
+            crate::pdev::requester(u64::from(pdev.function)).is_some_and(|p| p.segment == r.segment)
+        };
+        let requester = requester.filter(|&r| on_pdev_segment(r)).ok_or(TsmError::OperandInvalid(Operand::R9))?;
+        // TDISP (PCIe 6.x ch. 11) addresses an interface by the INTERFACE_ID in every message's
+        // header, whose only field is the FUNCTION_ID: LOCK, START and STOP of any TDI of this
+        // function reach the same interface, whatever PASID the TDI's DMA is tagged with. So a
+        // function is bound to at most one TDI; a second one, a "PASID twin", could unlock the
+        // first one's interface while the TSM still had it RUN.
+        if self.tdis.iter().flatten().any(|t| t.requester() == Some(requester)) {
             return Err(TsmError::FunctionInUse(Operand::R9));
         }
         let slot = self.tdis.iter().position(Option::is_none).ok_or(TsmError::DeviceSlotsExhausted)?;
@@ -728,7 +764,11 @@ impl<P: Platform> Tsm<P> {
             return Err(TsmError::MmioNotInReport(Operand::Rdx));
         }
         let frames = FrameRange { start: first, count: range.pages };
-        if self.is_private(frames) || self.tdmrs().iter().any(|m| m.frames.overlaps(frames)) {
+        // Private MMIO must be device MMIO: inside a host-bridge window the platform named, and
+        // none of it RAM, which the host could read behind the TD's back. The device reports
+        // what the host programmed into its BAR, so the report alone proves nothing.
+        let device_mmio = self.sys()?.in_mmio_window(frames) && !self.platform.is_ram(frames);
+        if !device_mmio || self.is_private(frames) || self.tdmrs().iter().any(|m| m.frames.overlaps(frames)) {
             return Err(TsmError::AddrRange(Operand::Rdx));
         }
         let taken = self

@@ -47,6 +47,8 @@ pub enum IommuError {
     PasidReserved,
     /// The PASID is beyond the one-frame PASID directory (PASIDs below 32768).
     PasidOutOfRange,
+    /// The function is on another PCI segment than the one the unit remaps ([`super::SEGMENT`]).
+    SegmentNotServed,
     /// DID 0 is reserved.
     DomainIdInvalid,
     /// The S-EPT root is not a TDCS page of the owning TD, or the owner is not a TDR.

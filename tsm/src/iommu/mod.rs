@@ -35,6 +35,11 @@ pub use walk::{translate, DmaFault, FaultReason, Translation};
 
 use core::fmt;
 
+/// The PCI segment the trusted IOMMU remaps. A VT-d remapping unit serves one segment (its DRHD
+/// names it) and indexes its root table by bus alone, so a RID is a complete key only within that
+/// segment: DMAR.ADD refuses functions of any other segment rather than alias them onto this one.
+pub const SEGMENT: u8 = 0;
+
 /// A PCIe requester id: bus in bits 15:8, device and function (devfn) in bits 7:0.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Rid(u16);

@@ -130,12 +130,44 @@ pub struct Pdev {
     pub fault: Option<DeviceFault>,
     /// A running KEY_UPDATE; it holds the session until it ends.
     pub key_update: Option<crate::spdm::key_update::KeyUpdate>,
-    /// The latest re-collection of signed measurements (SPDM.MNG RECOLLECT), once one ran.
+    /// The re-collection of signed measurements in progress (SPDM.MNG RECOLLECT): never
+    /// evidence until it succeeds.
     pub remeasure: Option<crate::spdm::meas::Measurements>,
+    /// The last re-collection that succeeded: the exchange `evidence.measurements_digest` binds
+    /// once one did (before, the connection's). Kept apart from the one in progress so that a
+    /// failed or abandoned RECOLLECT leaves the evidence and its digest as they were.
+    pub remeasured: Option<crate::spdm::meas::Measurements>,
 }
 
 /// Function ids carry RID (15:0), segment (23:16) and the segment-valid bit (24).
 pub const FUNCTION_ID_MASK: u64 = 0x01FF_FFFF;
+/// Bit 24 of a function id: the segment in bits 23:16 is valid (TDISP FUNCTION_ID).
+pub const SEGMENT_VALID: u32 = 1 << 24;
+
+/// A PCIe requester: the segment and the requester id (bus, device, function) in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Requester {
+    /// PCI segment (0 when the function id leaves it unsaid).
+    pub segment: u8,
+    /// Requester id: bus (15:8), device and function (7:0).
+    pub rid: u16,
+}
+
+/// The requester a function id names, or `None` if the id is malformed: bits outside
+/// [`FUNCTION_ID_MASK`], or a segment in bits 23:16 without the segment-valid bit (TDISP
+/// FUNCTION_ID: the segment is meaningful only when bit 24 says so). Both encodings of a function
+/// on segment 0 (bit 24 clear, or set with segment 0) name the same requester, so ids are
+/// compared through this, never raw: two spellings of one function are one function.
+pub const fn requester(function: u64) -> Option<Requester> {
+    if function & !FUNCTION_ID_MASK != 0 {
+        return None;
+    }
+    let (segment, valid) = (((function >> 16) & 0xFF) as u8, function & SEGMENT_VALID as u64 != 0);
+    if segment != 0 && !valid {
+        return None;
+    }
+    Some(Requester { segment, rid: function as u16 })
+}
 
 impl Pdev {
     /// The SPDM version negotiated (0 before).
@@ -143,13 +175,30 @@ impl Pdev {
         self.evidence.map_or(0, |e| e.negotiated.version)
     }
 
-    /// The signed measurement exchange the evidence binds: the latest re-collection, else the
-    /// connection's.
+    /// The signed measurement exchange the evidence binds: the last successful re-collection,
+    /// else the connection's. Never the one in progress.
     pub fn measurements(&self) -> Option<&[u8]> {
-        match &self.remeasure {
+        match &self.remeasured {
             Some(m) => m.exchange(),
             None => self.conn.measurements(),
         }
+    }
+
+    /// RECOLLECT finished: the exchange in progress becomes the evidence, and the digest moves
+    /// to it in the same step, so the bytes handed out always hash to the digest reports sign.
+    /// Returns false, changing nothing, if no complete re-collection is in progress (a TSM bug).
+    pub fn recollect_done(&mut self) -> bool {
+        let (Some(m), Some(evidence)) = (&self.remeasure, self.evidence.as_mut()) else { return false };
+        let Some(exchange) = m.exchange() else { return false };
+        evidence.measurements_digest = attest::evidence::transcript_digest(self.conn.vca(), exchange);
+        self.remeasured = self.remeasure.take();
+        true
+    }
+
+    /// RECOLLECT failed or was abandoned: the exchange in progress is dropped; the evidence
+    /// (the last good exchange and its digest) stays.
+    pub fn recollect_dropped(&mut self) {
+        self.remeasure = None;
     }
 
     /// Number of IDE streams.

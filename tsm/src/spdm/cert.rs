@@ -199,10 +199,11 @@ mod tests {
     use std::vec::Vec;
 
     const ROOT: &[u8] = include_bytes!("../../tests/fixtures/root.der");
+    const CA: &[u8] = include_bytes!("../../tests/fixtures/ca.der");
     const LEAF: &[u8] = include_bytes!("../../tests/fixtures/leaf.der");
 
     fn chain() -> Vec<u8> {
-        let body = [ROOT, LEAF].concat();
+        let body = [ROOT, CA, LEAF].concat();
         let mut out = Vec::new();
         out.extend_from_slice(&((HEADER_BYTES + body.len()) as u16).to_le_bytes());
         out.extend_from_slice(&[0, 0]);
@@ -286,9 +287,10 @@ mod tests {
         let (c, sent) = run(&d, 0x1000, |_, _| {});
         assert_eq!(c.error(), None);
         let chain = c.chain().unwrap();
-        assert_eq!(chain.certs(), &[ROOT, LEAF]);
-        // 922-byte chain, 1024-byte chunks: GET_DIGESTS and one GET_CERTIFICATE.
-        assert_eq!(sent.len(), 2);
+        assert_eq!(chain.certs(), &[ROOT, CA, LEAF]);
+        // 1498-byte chain, 1024-byte chunks: GET_DIGESTS and two GET_CERTIFICATEs.
+        assert_eq!(d.chain.len(), 1498);
+        assert_eq!(sent.len(), 3);
         // A device that answers at most 100 bytes at a time, and a small DataTransferSize.
         let (c, sent) = run(&good_device(100), 0x1000, |_, _| {});
         assert!(c.chain().is_some());

@@ -2,25 +2,47 @@
 //! `Length u16 | reserved u16 | RootHash[H] | DER certificates, root first, leaf last`.
 //!
 //! The TSM checks that the chain is well formed (every certificate a complete DER SEQUENCE, the
-//! root hash matching the first certificate, the length matching the bytes), that it chains (each
-//! certificate after the root is signed by the key of the one before it: ECDSA P-384 with SHA-384
-//! or SHA-256), and takes the leaf's P-384 public key, which must sign the device's
-//! CHALLENGE_AUTH, MEASUREMENTS and KEY_EXCHANGE_RSP. Whether the root is one to trust (and its
-//! self-signature, validity dates, extensions) is the verifier's judgement, not the TSM's: the
-//! TSM records the chain and its SHA-384 for the attestation report.
+//! root hash matching the first certificate, the length matching the bytes) and validates it as a
+//! certification path (RFC 5280 §6.1, the parts that apply to an SPDM chain, DSP0274's
+//! certificate requirements), certificate by certificate, root first:
+//!
+//! 1. it is an X.509 v3 certificate whose two signature algorithm fields agree, ECDSA with
+//!    SHA-384 or SHA-256;
+//! 2. its validity is a period (notBefore ≤ notAfter) that has not ended before
+//!    [`VALIDITY_FLOOR`]: the TSM has no trusted clock, so it refuses only what has expired
+//!    whatever the time is now; whether every certificate is valid *now* is the verifier's
+//!    check, at verification time;
+//! 3. no extension appears twice, and none it does not understand is critical (it understands
+//!    basicConstraints and keyUsage);
+//! 4. an issuer (every certificate but the last) is a CA (basicConstraints cA TRUE) whose
+//!    keyUsage asserts keyCertSign and whose pathLenConstraint, if any, allows the CA
+//!    certificates below it; the leaf is no CA (basicConstraints absent or cA FALSE) and its
+//!    keyUsage asserts digitalSignature, the use SPDM makes of it;
+//! 5. its issuer name is its issuer's subject name (the root's is its own), byte for byte;
+//! 6. it is signed by its issuer's P-384 key (the root by its own).
+//!
+//! The leaf's P-384 public key must then sign the device's CHALLENGE_AUTH, MEASUREMENTS and
+//! KEY_EXCHANGE_RSP. Whether the root is one to trust is the verifier's judgement, not the
+//! TSM's: the TSM records the chain and its SHA-384 for the attestation report, and the verifier
+//! (`attest`) applies the same rules, plus validity at its own time and the root's pinning;
+//! `attest/tests/chain_rules.rs` holds both to the same verdicts over a corpus of chains.
 
 use core::fmt;
 
-use der::asn1::AnyRef;
-use der::{Decode, Encode, Header, Reader, SliceReader, Tag, Tagged};
+use der::{Decode, Encode, Header, SliceReader, Tag};
 use p384::ecdsa::VerifyingKey;
 use p384::pkcs8::DecodePublicKey;
 use sha2::{Digest, Sha384};
+
+use crate::spdm::x509::{Fields, DIGITAL_SIGNATURE, KEY_CERT_SIGN};
 
 /// Bytes of the chain header (Length, reserved, RootHash for SHA-384).
 pub const HEADER_BYTES: usize = 4 + 48;
 /// Certificates a chain may hold.
 pub const MAX_CERTS: usize = 8;
+/// 2026-01-01T00:00:00Z, Unix seconds: a time the TSM knows has passed without a clock (it was
+/// written then). A certificate whose notAfter is earlier has expired whatever the time is now.
+pub const VALIDITY_FLOOR: u64 = 1_767_225_600;
 
 /// Why a certificate chain is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +72,56 @@ pub enum ChainError {
     },
     /// RootHash is not the SHA-384 of the first certificate.
     RootHashMismatch,
-    /// The leaf's key is not an ECDSA P-384 key, or the leaf's fields do not parse.
+    /// Certificate `index` is a DER SEQUENCE but not an X.509 certificate of RFC 5280's shape.
+    Malformed {
+        /// Position in the chain, 0 = root.
+        index: usize,
+    },
+    /// Certificate `index` is not an X.509 v3 certificate (DSP0274 requires v3).
+    Version {
+        /// Position in the chain.
+        index: usize,
+    },
+    /// Certificate `index`'s validity ends before it begins, or before [`VALIDITY_FLOOR`].
+    Validity {
+        /// Position in the chain.
+        index: usize,
+    },
+    /// Certificate `index` carries a critical extension the TSM does not understand (RFC 5280
+    /// §4.2), or one extension twice.
+    CriticalExtension {
+        /// Position in the chain.
+        index: usize,
+    },
+    /// Certificate `index` issues the next one but is not a CA: basicConstraints absent or cA
+    /// FALSE (an end-entity certificate cannot issue certificates).
+    NotCa {
+        /// Position in the chain.
+        index: usize,
+    },
+    /// Certificate `index`'s pathLenConstraint allows fewer CA certificates below it than the
+    /// chain holds.
+    PathLength {
+        /// Position in the chain.
+        index: usize,
+    },
+    /// The leaf (at `index`) is a CA certificate.
+    LeafIsCa {
+        /// Position in the chain.
+        index: usize,
+    },
+    /// Certificate `index`'s keyUsage is absent or lacks its role's bit: keyCertSign for an
+    /// issuer, digitalSignature for the leaf.
+    KeyUsage {
+        /// Position in the chain.
+        index: usize,
+    },
+    /// Certificate `index`'s issuer name is not its issuer's subject name (the root's own).
+    IssuerName {
+        /// Position in the chain.
+        index: usize,
+    },
+    /// The leaf's key is not an ECDSA P-384 key.
     LeafKey,
     /// Certificate `index` (an issuer) carries no ECDSA P-384 key to check the next one with.
     IssuerKey {
@@ -58,13 +129,13 @@ pub enum ChainError {
         index: usize,
     },
     /// Certificate `index` is signed with an algorithm other than ECDSA with SHA-384 or SHA-256,
-    /// or its signature fields do not parse.
+    /// its two algorithm fields differ, or its signature does not parse.
     SignatureAlgorithm {
         /// Position in the chain.
         index: usize,
     },
-    /// Certificate `index` is not signed by the key of the certificate before it: the chain does
-    /// not chain.
+    /// Certificate `index` is not signed by the key of the certificate before it (the root by
+    /// its own key): the chain does not chain.
     Signature {
         /// Position in the chain.
         index: usize,
@@ -83,13 +154,34 @@ impl fmt::Display for ChainError {
             ChainError::TooManyCerts => write!(f, "certificate chain holds more than {MAX_CERTS} certificates"),
             ChainError::Der { index } => write!(f, "certificate {index} is not a complete DER SEQUENCE"),
             ChainError::RootHashMismatch => f.write_str("RootHash is not the hash of the root certificate"),
+            ChainError::Malformed { index } => write!(f, "certificate {index} is not an X.509 certificate"),
+            ChainError::Version { index } => write!(f, "certificate {index} is not an X.509 v3 certificate"),
+            ChainError::Validity { index } => {
+                write!(f, "certificate {index}'s validity ends before it begins or has ended (before 2026)")
+            }
+            ChainError::CriticalExtension { index } => {
+                write!(f, "certificate {index} carries an unknown critical extension or one extension twice")
+            }
+            ChainError::NotCa { index } => {
+                write!(f, "certificate {index} issues a certificate but is not a CA (basicConstraints)")
+            }
+            ChainError::PathLength { index } => {
+                write!(f, "certificate {index}'s pathLenConstraint allows fewer CAs than the chain holds")
+            }
+            ChainError::LeafIsCa { index } => write!(f, "the leaf certificate {index} is a CA certificate"),
+            ChainError::KeyUsage { index } => {
+                write!(f, "certificate {index}'s keyUsage lacks keyCertSign (issuer) or digitalSignature (leaf)")
+            }
+            ChainError::IssuerName { index } => {
+                write!(f, "certificate {index}'s issuer name is not its issuer's subject name")
+            }
             ChainError::LeafKey => f.write_str("the leaf certificate does not carry an ECDSA P-384 key"),
             ChainError::IssuerKey { index } => write!(f, "certificate {index} carries no ECDSA P-384 issuer key"),
             ChainError::SignatureAlgorithm { index } => {
                 write!(f, "certificate {index} is not signed with ECDSA and SHA-384 or SHA-256")
             }
             ChainError::Signature { index } => {
-                write!(f, "certificate {index} is not signed by the certificate before it")
+                write!(f, "certificate {index} is not signed by its issuer (the root by itself)")
             }
         }
     }
@@ -149,10 +241,20 @@ impl<'a> CertChain<'a> {
         if root_hash[..] != chain[4..HEADER_BYTES] {
             return Err(ChainError::RootHashMismatch);
         }
-        let leaf_key = leaf_key(certs[count - 1]).ok_or(ChainError::LeafKey)?;
-        for index in (1..count).filter(|_| check_links) {
-            check_link(certs[index - 1], certs[index], index)?;
+        let mut issuer: Option<Fields<'a>> = None;
+        for (index, cert) in certs[..count].iter().enumerate() {
+            let f = Fields::parse(cert).map_err(|_| ChainError::Malformed { index })?;
+            check_certificate(&f, index, count)?;
+            let by = issuer.unwrap_or(f);
+            if f.issuer != by.subject {
+                return Err(ChainError::IssuerName { index });
+            }
+            if check_links {
+                check_signature(&by, &f, index)?;
+            }
+            issuer = Some(f);
         }
+        let leaf_key = leaf_key(certs[count - 1]).ok_or(ChainError::LeafKey)?;
         Ok(CertChain { certs, count, leaf_key, digest: Sha384::digest(chain).into() })
     }
 
@@ -190,44 +292,61 @@ fn sequence_len(bytes: &[u8]) -> Option<usize> {
 /// OBJECT IDENTIFIER contents.
 const ECDSA_SHA384: &[u8] = &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x03];
 const ECDSA_SHA256: &[u8] = &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x02];
+/// An ECDSA AlgorithmIdentifier is its OID alone (RFC 5758 §3.2: parameters absent).
+const ECDSA_ALGORITHM_LEN: usize = 2 + 2 + 8;
 
-/// The parts of a certificate a signature check needs: the encoded tbsCertificate, the signature
-/// algorithm's OID, and the signature (DER ECDSA-Sig-Value).
-fn signed_parts(cert: &[u8]) -> der::Result<(&[u8], &[u8], &[u8])> {
-    let mut r = SliceReader::new(cert)?;
-    let parts = r.sequence(|c: &mut SliceReader<'_>| -> der::Result<(&[u8], &[u8], &[u8])> {
-        let tbs = c.tlv_bytes()?;
-        let oid = c.sequence(|a: &mut SliceReader<'_>| -> der::Result<&[u8]> {
-            let oid = AnyRef::decode(a)?;
-            if oid.tag() != Tag::ObjectIdentifier {
-                return Err(Tag::ObjectIdentifier.value_error().into());
-            }
-            // ECDSA algorithm identifiers carry no parameters.
-            if !a.is_finished() {
-                return Err(Tag::Sequence.value_error().into());
-            }
-            Ok(oid.value())
-        })?;
-        let bits = AnyRef::decode(c)?;
-        if bits.tag() != Tag::BitString || bits.value().first() != Some(&0) {
-            return Err(Tag::BitString.value_error().into());
+/// The rules of one certificate at `index` of a chain of `count`, in the order the module
+/// documentation gives (1 to 4); names and signatures need the issuer too.
+fn check_certificate(f: &Fields<'_>, index: usize, count: usize) -> Result<(), ChainError> {
+    if f.version != 2 {
+        return Err(ChainError::Version { index });
+    }
+    let known = f.algorithm_oid == ECDSA_SHA384 || f.algorithm_oid == ECDSA_SHA256;
+    if !known || f.algorithm.len() != ECDSA_ALGORITHM_LEN || f.tbs_algorithm != f.algorithm {
+        return Err(ChainError::SignatureAlgorithm { index });
+    }
+    if f.not_before > f.not_after || f.not_after < VALIDITY_FLOOR {
+        return Err(ChainError::Validity { index });
+    }
+    let ext = &f.extensions;
+    if ext.unknown_critical || ext.duplicate {
+        return Err(ChainError::CriticalExtension { index });
+    }
+    let ca = ext.basic.is_some_and(|b| b.ca);
+    if index + 1 < count {
+        if !ca {
+            return Err(ChainError::NotCa { index });
         }
-        Ok((tbs, oid, &bits.value()[1..]))
-    })?;
-    r.finish()?;
-    Ok(parts)
+        if !ext.asserts(KEY_CERT_SIGN) {
+            return Err(ChainError::KeyUsage { index });
+        }
+        // The CA certificates below this one: every certificate after it but the leaf.
+        let below = count - 2 - index;
+        if ext.basic.and_then(|b| b.path_len).is_some_and(|n| usize::from(n) < below) {
+            return Err(ChainError::PathLength { index });
+        }
+    } else {
+        if ca {
+            return Err(ChainError::LeafIsCa { index });
+        }
+        if !ext.asserts(DIGITAL_SIGNATURE) {
+            return Err(ChainError::KeyUsage { index });
+        }
+    }
+    Ok(())
 }
 
 /// Checks that `child` (at `index`) is signed by `issuer`'s key.
-fn check_link(issuer: &[u8], child: &[u8], index: usize) -> Result<(), ChainError> {
+fn check_signature(issuer: &Fields<'_>, child: &Fields<'_>, index: usize) -> Result<(), ChainError> {
     use p384::ecdsa::signature::hazmat::PrehashVerifier;
     use p384::ecdsa::Signature;
-    let key = leaf_key(issuer).ok_or(ChainError::IssuerKey { index: index - 1 })?;
-    let (tbs, oid, signature) = signed_parts(child).map_err(|_| ChainError::SignatureAlgorithm { index })?;
-    let signature = Signature::from_der(signature).map_err(|_| ChainError::SignatureAlgorithm { index })?;
-    let ok = match oid {
-        ECDSA_SHA384 => key.verify_prehash(&Sha384::digest(tbs), &signature).is_ok(),
-        ECDSA_SHA256 => key.verify_prehash(&sha2::Sha256::digest(tbs), &signature).is_ok(),
+    let key = p384::PublicKey::from_public_key_der(issuer.spki)
+        .map(VerifyingKey::from)
+        .map_err(|_| ChainError::IssuerKey { index: index.saturating_sub(1) })?;
+    let signature = Signature::from_der(child.signature).map_err(|_| ChainError::SignatureAlgorithm { index })?;
+    let ok = match child.algorithm_oid {
+        ECDSA_SHA384 => key.verify_prehash(&Sha384::digest(child.tbs), &signature).is_ok(),
+        ECDSA_SHA256 => key.verify_prehash(&sha2::Sha256::digest(child.tbs), &signature).is_ok(),
         _ => return Err(ChainError::SignatureAlgorithm { index }),
     };
     if ok {
@@ -239,38 +358,8 @@ fn check_link(issuer: &[u8], child: &[u8], index: usize) -> Result<(), ChainErro
 
 /// The P-384 key in a certificate: Certificate → tbsCertificate → subjectPublicKeyInfo.
 fn leaf_key(cert: &[u8]) -> Option<VerifyingKey> {
-    let spki = spki_of(cert).ok()?;
-    let mut buf = [0u8; 256];
-    let der_spki = spki.encode_to_slice(&mut buf).ok()?;
-    p384::PublicKey::from_public_key_der(der_spki).ok().map(VerifyingKey::from)
-}
-
-fn spki_of(cert: &[u8]) -> der::Result<AnyRef<'_>> {
-    let mut r = SliceReader::new(cert)?;
-    let spki = r.sequence(|c: &mut SliceReader<'_>| -> der::Result<AnyRef<'_>> {
-        let spki = c.sequence(|tbs: &mut SliceReader<'_>| -> der::Result<AnyRef<'_>> {
-            // [0] EXPLICIT version, serialNumber, signature, issuer, validity, subject.
-            let version = Tag::ContextSpecific { constructed: true, number: der::TagNumber(0) };
-            if Tag::peek(tbs)? == version {
-                AnyRef::decode(tbs)?;
-            }
-            for _ in 0..5 {
-                AnyRef::decode(tbs)?;
-            }
-            let spki = AnyRef::decode(tbs)?;
-            // issuerUniqueID, subjectUniqueID, extensions: not needed.
-            while !tbs.is_finished() {
-                AnyRef::decode(tbs)?;
-            }
-            Ok(spki)
-        })?;
-        // signatureAlgorithm, signatureValue.
-        AnyRef::decode(c)?;
-        AnyRef::decode(c)?;
-        Ok(spki)
-    })?;
-    r.finish()?;
-    Ok(spki)
+    let spki = Fields::parse(cert).ok()?.spki;
+    p384::PublicKey::from_public_key_der(spki).ok().map(VerifyingKey::from)
 }
 
 #[cfg(test)]
@@ -281,8 +370,10 @@ mod tests {
     use std::vec::Vec;
 
     const ROOT: &[u8] = include_bytes!("../../tests/fixtures/root.der");
+    const CA: &[u8] = include_bytes!("../../tests/fixtures/ca.der");
     const LEAF: &[u8] = include_bytes!("../../tests/fixtures/leaf.der");
     const LEAF_PUB: &[u8] = include_bytes!("../../tests/fixtures/leaf.pub.der");
+    const IMPOSTOR: &[u8] = include_bytes!("../../tests/fixtures/impostor.der");
 
     fn chain(certs: &[&[u8]]) -> Vec<u8> {
         let body: Vec<u8> = certs.concat();
@@ -296,19 +387,28 @@ mod tests {
 
     #[test]
     fn a_good_chain_yields_its_leaf_key_and_digest() {
-        let bytes = chain(&[ROOT, LEAF]);
+        let bytes = chain(&[ROOT, CA, LEAF]);
         let c = CertChain::parse(&bytes).unwrap();
-        assert_eq!(c.certs(), &[ROOT, LEAF]);
+        assert_eq!(c.certs(), &[ROOT, CA, LEAF]);
         let want = p384::PublicKey::from_public_key_der(LEAF_PUB).unwrap();
         assert_eq!(c.leaf_key(), &VerifyingKey::from(want));
         assert_eq!(c.digest()[..], Sha384::digest(&bytes)[..]);
-        // A chain of the root alone is well formed; its leaf is the root.
-        assert!(CertChain::parse(&chain(&[ROOT])).is_ok());
+    }
+
+    #[test]
+    fn an_end_entity_certificate_cannot_issue_a_device_certificate() {
+        // root -> CA -> device leaf (CA:FALSE, digitalSignature only) -> impostor signed with the
+        // leaf's key: every signature verifies, but the leaf is no CA.
+        let bytes = chain(&[ROOT, CA, LEAF, IMPOSTOR]);
+        assert_eq!(CertChain::parse(&bytes).unwrap_err(), ChainError::NotCa { index: 2 });
+        // A CA used as the leaf, and the root alone (a CA too): the leaf's rules refuse them.
+        assert_eq!(CertChain::parse(&chain(&[ROOT, CA])).unwrap_err(), ChainError::LeafIsCa { index: 1 });
+        assert_eq!(CertChain::parse(&chain(&[ROOT])).unwrap_err(), ChainError::LeafIsCa { index: 0 });
     }
 
     #[test]
     fn each_malformation_has_its_error() {
-        let good = chain(&[ROOT, LEAF]);
+        let good = chain(&[ROOT, CA, LEAF]);
         assert_eq!(CertChain::parse(&good[..40]).unwrap_err(), ChainError::TooShort { len: 40 });
         let short = &good[..good.len() - 1];
         assert_eq!(
@@ -325,39 +425,50 @@ mod tests {
         header_only[0..2].copy_from_slice(&(HEADER_BYTES as u16).to_le_bytes());
         assert_eq!(CertChain::parse(&header_only).unwrap_err(), ChainError::Empty);
         // The leaf cut short: its DER length runs past the chain.
-        let cut = chain(&[ROOT, &LEAF[..LEAF.len() - 10]]);
-        assert_eq!(CertChain::parse(&cut).unwrap_err(), ChainError::Der { index: 1 });
+        let cut = chain(&[ROOT, CA, &LEAF[..LEAF.len() - 10]]);
+        assert_eq!(CertChain::parse(&cut).unwrap_err(), ChainError::Der { index: 2 });
         let not_seq = chain(&[ROOT, &[0x02, 0x01, 0x00]]);
         assert_eq!(CertChain::parse(&not_seq).unwrap_err(), ChainError::Der { index: 1 });
         let nine: Vec<&[u8]> = std::vec![ROOT; 9];
         assert_eq!(CertChain::parse(&chain(&nine)).unwrap_err(), ChainError::TooManyCerts);
         // A leaf that is a SEQUENCE but no certificate.
         let fake = chain(&[ROOT, &[0x30, 0x03, 0x02, 0x01, 0x00]]);
-        assert_eq!(CertChain::parse(&fake).unwrap_err(), ChainError::LeafKey);
+        assert_eq!(CertChain::parse(&fake).unwrap_err(), ChainError::Malformed { index: 1 });
     }
 
     #[test]
     fn a_chain_that_does_not_chain_is_refused() {
-        // The leaf signs itself only as far as its key goes: not signed by the leaf before it.
-        assert_eq!(CertChain::parse(&chain(&[ROOT, LEAF, LEAF])).unwrap_err(), ChainError::Signature { index: 2 });
-        // The root is not signed by the leaf.
-        assert_eq!(CertChain::parse(&chain(&[LEAF, ROOT])).unwrap_err(), ChainError::Signature { index: 1 });
+        // The leaf where the CA should be: its issuer is the CA, not the root.
+        assert_eq!(CertChain::parse(&chain(&[ROOT, LEAF])).unwrap_err(), ChainError::IssuerName { index: 1 });
+        // The root is not signed by anyone but itself: a CA first is not self-issued.
+        assert_eq!(CertChain::parse(&chain(&[CA, LEAF])).unwrap_err(), ChainError::IssuerName { index: 0 });
         // One bit of the leaf's signature.
         let mut leaf = LEAF.to_vec();
         let last = leaf.len() - 1;
         leaf[last] ^= 1;
-        assert_eq!(CertChain::parse(&chain(&[ROOT, &leaf])).unwrap_err(), ChainError::Signature { index: 1 });
-        // A leaf signed with an algorithm the TSM does not know (1.2.840.10045.5.3.3).
+        assert_eq!(CertChain::parse(&chain(&[ROOT, CA, &leaf])).unwrap_err(), ChainError::Signature { index: 2 });
+        // A leaf whose two algorithm fields disagree: tbsCertificate.signature names an
+        // algorithm the TSM does not know (1.2.840.10045.5.3.3), then signatureAlgorithm does.
+        let mut leaf = LEAF.to_vec();
+        let at = leaf.windows(ECDSA_SHA384.len()).position(|w| w == ECDSA_SHA384).unwrap();
+        leaf[at + 6] = 0x05;
+        assert_eq!(
+            CertChain::parse(&chain(&[ROOT, CA, &leaf])).unwrap_err(),
+            ChainError::SignatureAlgorithm { index: 2 }
+        );
         let mut leaf = LEAF.to_vec();
         let at = leaf.windows(ECDSA_SHA384.len()).rposition(|w| w == ECDSA_SHA384).unwrap();
         leaf[at + 6] = 0x05;
-        assert_eq!(CertChain::parse(&chain(&[ROOT, &leaf])).unwrap_err(), ChainError::SignatureAlgorithm { index: 1 });
+        assert_eq!(
+            CertChain::parse(&chain(&[ROOT, CA, &leaf])).unwrap_err(),
+            ChainError::SignatureAlgorithm { index: 2 }
+        );
     }
 
     #[test]
     fn no_byte_string_panics_the_parser() {
-        let good = chain(&[ROOT, LEAF]);
-        // Every truncation and every single-byte corruption of the leaf's region.
+        let good = chain(&[ROOT, CA, LEAF]);
+        // Every truncation and every single-byte corruption.
         for n in 0..good.len() {
             let _ = CertChain::parse(&good[..n]);
         }

@@ -4,7 +4,8 @@
 //! - [`connect`]: the whole connection (discovery to session) as one state machine.
 //! - [`cert`]: GET_DIGESTS and chunked GET_CERTIFICATE for slot 0, with message B.
 //! - [`challenge`]: CHALLENGE / CHALLENGE_AUTH: the device proves its leaf key over M1.
-//! - [`chain`]: the SPDM certificate-chain format, checked and its leaf key extracted.
+//! - [`chain`]: the SPDM certificate-chain format, validated as a certification path (RFC 5280),
+//!   and its leaf key; `x509` reads the certificate fields the rules need.
 //! - [`key_update`]: KEY_UPDATE / KEY_UPDATE_ACK inside a session, resumable like the others.
 //! - [`keys`]: the SPDM 1.2+ key schedule (handshake and data keys, finished keys, KEY_UPDATE).
 //! - [`meas`]: signed GET_MEASUREMENTS of every index, kept as evidence.
@@ -23,6 +24,7 @@ pub mod negotiate;
 pub mod secured;
 pub mod session;
 pub mod sig;
+pub(crate) mod x509;
 
 pub use negotiate::*;
 

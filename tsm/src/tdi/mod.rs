@@ -18,6 +18,7 @@ pub mod flow;
 
 use crate::addr::Pfn;
 use crate::error::DeviceFault;
+use crate::iommu::IommuError;
 use crate::tdisp::{InterfaceReport, MAX_RANGES};
 
 pub use flow::{TdiDone, TdiFlow, TdiNext, TdiOp, REPORT_MAX};
@@ -161,14 +162,34 @@ impl Tdi {
         }
     }
 
+    /// The requester the TDI's function names (segment and RID): the interface, as TDISP
+    /// addresses it. `None` only for a malformed id, which TDI.CREATE refuses.
+    pub fn requester(&self) -> Option<crate::pdev::Requester> {
+        crate::pdev::requester(u64::from(self.function))
+    }
+
     /// The key of the TDI's DMA remapping entry in the trusted IOMMU: its RID, and its PASID for
     /// a Scalable-IOV interface.
-    pub fn dmar_key(&self) -> Option<crate::iommu::DmarKey> {
+    ///
+    /// # Errors
+    /// [`IommuError::SegmentNotServed`] if the function is on another PCI segment than the one
+    /// the trusted IOMMU remaps (the key is a RID, which names a function only within its
+    /// segment); [`IommuError::PasidOutOfRange`] for a PASID past 20 bits.
+    pub fn try_dmar_key(&self) -> Result<crate::iommu::DmarKey, IommuError> {
+        let requester = self.requester().ok_or(IommuError::SegmentNotServed)?;
+        if requester.segment != crate::iommu::SEGMENT {
+            return Err(IommuError::SegmentNotServed);
+        }
         let pasid = match self.pasid {
-            Some(p) => Some(crate::iommu::Pasid::new(p)?),
+            Some(p) => Some(crate::iommu::Pasid::new(p).ok_or(IommuError::PasidOutOfRange)?),
             None => None,
         };
-        Some(crate::iommu::DmarKey { rid: crate::iommu::Rid::from_raw(self.function as u16), pasid })
+        Ok(crate::iommu::DmarKey { rid: crate::iommu::Rid::from_raw(requester.rid), pasid })
+    }
+
+    /// [`Tdi::try_dmar_key`], for lookups: a TDI without a key has no entry.
+    pub fn dmar_key(&self) -> Option<crate::iommu::DmarKey> {
+        self.try_dmar_key().ok()
     }
 
     /// The ranges of the current report.

@@ -37,10 +37,14 @@ commands:
   provision --out DIR [--mrseam HEX] [--tsm-svn N] [--force]
       create the emulated platform: vendor root, TSM attestation-key certificate, ARK, ASK,
       VCEK, and the platform secret blob the firmware receives at boot
-  verify --report R --evidence E --policy P --root CERT [--ak-cert CERT] [--nonce HEX] [--json]
-      check a native report and its evidence bundle in layers; every check is listed
-  verify --snp S --certs DIR [--report R] [--nonce HEX] [--json]
-      check an SNP-format export against an ARK/ASK/VCEK directory
+  verify --report R --evidence E --policy P --root CERT [--ak-cert CERT] (--nonce HEX | --no-nonce)
+         [--json]
+      check a native report and its evidence bundle in layers; every check is listed. The nonce
+      is the 64 bytes the TD was given; --no-nonce skips freshness, and the verdict says so
+  verify --snp S --certs DIR (--report R --nonce HEX | [--report R] --no-nonce) [--json]
+      check an SNP-format export against an ARK/ASK/VCEK directory: chain, signature, TCB, chip
+      id, and with --report its binding to that native report, whose nonce is compared whole.
+      No policy is applied; the verdict names what was not checked
   show [--report R] [--evidence E] [--snp S] [--json]
       dump a report, a bundle and/or an SNP export
   policy init --report R [--evidence E] [--out FILE]

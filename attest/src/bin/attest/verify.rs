@@ -16,6 +16,22 @@ pub const SCHEMA: &str = "seamless-attest-verify/1";
 
 const OFFLINE: &str = "offline: nothing was fetched; revocation was not checked (no CRL is given or used)";
 
+/// What `--no-nonce` leaves out, as the verdict names it.
+const NOT_FRESH: &str = "freshness (--no-nonce: no nonce compared, the report may be a replay)";
+
+/// The nonce the TD was given (`--nonce HEX`), or none when the user opts out with `--no-nonce`:
+/// without either, a verdict would be silently not fresh.
+fn nonce_option(a: &mut Args) -> Result<Option<[u8; 64]>, Unusable> {
+    let nonce = a.value("--nonce")?.map(|n| parse_nonce(&n)).transpose()?;
+    match (nonce, a.flag("--no-nonce")) {
+        (Some(_), true) => Err("--nonce and --no-nonce: give one".into()),
+        (None, false) => Err("missing --nonce HEX (the 64 bytes the TD was given); --no-nonce accepts a report \
+                              without a freshness check, and the verdict says so"
+            .into()),
+        (nonce, _) => Ok(nonce),
+    }
+}
+
 pub fn cmd_verify(mut a: Args) -> Result<Outcome, Unusable> {
     if let Some(snp) = a.value("--snp")? {
         return verify_snp(a, &snp);
@@ -25,7 +41,7 @@ pub fn cmd_verify(mut a: Args) -> Result<Outcome, Unusable> {
     let policy_path = a.required("--policy")?;
     let root_path = a.required("--root")?;
     let ak_path = a.value("--ak-cert")?;
-    let nonce = a.value("--nonce")?.map(|n| parse_nonce(&n)).transpose()?;
+    let nonce = nonce_option(&mut a)?;
     let json = a.flag("--json");
     a.finish()?;
 
@@ -96,7 +112,8 @@ pub fn cmd_verify(mut a: Args) -> Result<Outcome, Unusable> {
         "attestation_key_certificate": ak_path,
         "pinned": false,
     });
-    Ok(output(&header, trust, &rows, json))
+    let not_checked: Vec<String> = nonce.is_none().then(|| NOT_FRESH.to_owned()).into_iter().collect();
+    Ok(output(&header, trust, &rows, json, &not_checked))
 }
 
 /// Layer 1's chain to the root, then the engine's checks.
@@ -150,12 +167,21 @@ fn native_checks(
     rows
 }
 
+/// The SNP export alone: its chain, signature, TCB and chip id; with `--report`, its binding to
+/// that native report (the native digest in REPORT_DATA); freshness by the native report's 64
+/// nonce bytes. The export's REPORT_DATA holds only 16 of them, so `--nonce` needs `--report`.
+/// No policy is applied: the verdict says so.
 fn verify_snp(mut a: Args, snp_path: &str) -> Result<Outcome, Unusable> {
     let certs_dir = a.required("--certs")?;
     let report_path = a.value("--report")?;
-    let nonce = a.value("--nonce")?.map(|n| parse_nonce(&n)).transpose()?;
+    let nonce = nonce_option(&mut a)?;
     let json = a.flag("--json");
     a.finish()?;
+    if nonce.is_some() && report_path.is_none() {
+        return Err("verify --snp --nonce needs --report R: the export's REPORT_DATA holds 16 of the nonce's 64 \
+                    bytes; the native report holds all 64, and the export binds its digest"
+            .into());
+    }
     let bytes = read(snp_path, "SNP report")?;
     let native = report_path.as_deref().map(read_report).transpose()?;
     let certs = SnpCerts::load(Path::new(&certs_dir))?;
@@ -177,10 +203,20 @@ fn verify_snp(mut a: Args, snp_path: &str) -> Result<Outcome, Unusable> {
         "sha384": hex::encode(&certs.ark_fingerprint),
         "pinned": false,
     });
-    Ok(output(&header, trust, &rows, json))
+    let mut not_checked =
+        vec!["the policy (verify --snp applies none: run attest verify --policy on the native report)".to_owned()];
+    if native.is_none() {
+        not_checked.push("the binding to a native report (no --report)".to_owned());
+    }
+    if nonce.is_none() {
+        not_checked.push(NOT_FRESH.to_owned());
+    }
+    Ok(output(&header, trust, &rows, json, &not_checked))
 }
 
-fn output(header: &[String], trust: serde_json::Value, rows: &[Row], json: bool) -> Outcome {
+/// Prints the verdict; `not_checked` names what this verification left out by design or by the
+/// user's choice, in the verdict line and in JSON.
+fn output(header: &[String], trust: serde_json::Value, rows: &[Row], json: bool, not_checked: &[String]) -> Outcome {
     let failed = rows.iter().filter(|r| r.status == Status::Fail).count();
     let verified = failed == 0;
     if json {
@@ -200,12 +236,16 @@ fn output(header: &[String], trust: serde_json::Value, rows: &[Row], json: bool)
             "offline": true,
             "revocation": "not checked",
             "failed": failed,
+            "not_checked": not_checked,
             "checks": checks,
         });
         outln!("{v:#}");
     } else {
         for h in header {
             outln!("{h}");
+        }
+        for n in not_checked {
+            outln!("not checked: {n}");
         }
         outln!();
         let w = rows.iter().map(|r| r.id.len()).max().unwrap_or(2).max(2);
@@ -222,7 +262,13 @@ fn output(header: &[String], trust: serde_json::Value, rows: &[Row], json: bool)
         }
         outln!();
         let skipped = rows.iter().filter(|r| r.status == Status::Skipped).count();
-        if verified {
+        if verified && !not_checked.is_empty() {
+            outln!(
+                "VERIFIED, NOT CHECKED: {}: {} checks, none failed, {skipped} skipped (listed above with why)",
+                not_checked.join("; "),
+                rows.len()
+            );
+        } else if verified {
             outln!("VERIFIED: {} checks, none failed, {skipped} skipped (listed above with why)", rows.len());
         } else {
             outln!("REJECTED: {failed} of {} checks failed, {skipped} skipped", rows.len());

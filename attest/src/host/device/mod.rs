@@ -7,8 +7,12 @@
 //! * `deviceN.cert_chain.format`: the SPDM chain (DSP0274 10.6.1: Length u16, reserved, RootHash,
 //!   DER certificates root first) is well formed and RootHash is the root's SHA-384.
 //! * `deviceN.cert_chain.root`: the chain's root is the device vendor root the policy names.
-//! * `deviceN.cert_chain.signatures`: the root is self-signed and each certificate is signed by
-//!   the one before it (ECDSA P-384 SHA-384, ring); the leaf carries a P-384 key.
+//! * `deviceN.cert_chain.path`: the chain is a certification path ([`path`]: RFC 5280 §6.1 as it
+//!   applies to SPDM chains, the rules the TSM applies too): every issuer a CA with keyCertSign
+//!   within its pathLenConstraint, the leaf no CA and with digitalSignature, names chaining, no
+//!   unknown critical extension, the root self-signed and each certificate signed by the one
+//!   before it (ECDSA P-384, SHA-384 or SHA-256, ring); the leaf carries a P-384 key. Every
+//!   broken rule is listed.
 //! * `deviceN.cert_chain.validity`: now is inside every certificate's validity period.
 //! * `deviceN.measurements.format`: the MEASUREMENTS record is a signed GET_MEASUREMENTS request
 //!   and its MEASUREMENTS response, of the SPDM version the report names, with well-formed DMTF
@@ -32,13 +36,14 @@ use ring::signature::{UnparsedPublicKey, ECDSA_P384_SHA384_FIXED};
 use sha2::{Digest, Sha384};
 
 mod parse;
+pub mod path;
 
 use parse::signing_prefix;
 pub use parse::{
     parse_chain, parse_interface_report, parse_measurements, Block, Chain, InterfaceReport, Measurements, Range,
 };
 
-use super::{hex, x509, Row};
+use super::{hex, Row};
 use crate::evidence::{Evidence, RecordType};
 use crate::report::{DeviceEntry, Report};
 use crate::verify::{MaskedValue, Status};
@@ -92,8 +97,8 @@ struct Verified {
     key: Vec<u8>,
     /// SHA-384 of the root certificate.
     root: [u8; 48],
-    /// The intersection of the certificates' validity periods (Unix time).
-    valid: (Duration, Duration),
+    /// The path, with each certificate's validity period (Unix time).
+    path: path::ValidPath,
 }
 
 /// Chains that verified, by SHA-384: their leaf key, root and validity. Validity is checked again
@@ -113,19 +118,19 @@ fn check_chain(
 ) -> Option<Vec<u8>> {
     let id = |c: &str| format!("device{n}.cert_chain.{c}");
     let Some(bytes) = bytes else {
-        for c in ["format", "root", "signatures", "validity"] {
+        for c in ["format", "root", "path", "validity"] {
             rows.push(Row::new(&id(c), Status::Fail, "a CERT_CHAIN record", "missing", "record missing"));
         }
         return None;
     };
-    let links = "each certificate signed by the one before";
+    let links = "a certification path: CA issuers, keyUsage, names, signatures (RFC 5280 6.1)";
     let digest: [u8; 48] = Sha384::digest(bytes).into();
     let verified = match cache.verified.get(&digest) {
         Some(v) => {
             let seen = "seen before: verified chain, by SHA-384";
             rows.push(Row::new(&id("format"), Status::Pass, "an SPDM certificate chain", "well-formed", seen));
             push_root(rows, &id("root"), want_root, &v.root);
-            rows.push(Row::new(&id("signatures"), Status::Pass, links, "verifies", seen));
+            rows.push(Row::new(&id("path"), Status::Pass, links, "valid", seen));
             v.clone()
         }
         None => {
@@ -133,7 +138,7 @@ fn check_chain(
                 Ok(c) => c,
                 Err(e) => {
                     rows.push(Row::new(&id("format"), Status::Fail, "an SPDM certificate chain", e, "malformed chain"));
-                    for c in ["root", "signatures", "validity"] {
+                    for c in ["root", "path", "validity"] {
                         rows.push(Row::new(&id(c), Status::Skipped, "-", "-", "malformed chain"));
                     }
                     return None;
@@ -143,22 +148,24 @@ fn check_chain(
             rows.push(Row::new(&id("format"), Status::Pass, "an SPDM certificate chain", count, "well-formed"));
             let root: [u8; 48] = Sha384::digest(&chain.certs[0]).into();
             push_root(rows, &id("root"), want_root, &root);
-            match verify_links(&chain) {
-                Ok(v) => {
-                    rows.push(Row::new(&id("signatures"), Status::Pass, links, "verifies", "ECDSA P-384 (ring)"));
+            match path::validate(&chain.certs) {
+                Ok(path) => {
+                    rows.push(Row::new(&id("path"), Status::Pass, links, "valid", "ECDSA P-384 (ring)"));
+                    let v = Verified { key: path.leaf_key.clone(), root, path };
                     cache.verified.insert(digest, v.clone());
                     v
                 }
-                Err(e) => {
-                    rows.push(Row::new(&id("signatures"), Status::Fail, links, e, "chain does not verify"));
-                    rows.push(Row::new(&id("validity"), Status::Skipped, "-", "-", "chain does not verify"));
+                Err(faults) => {
+                    let all: Vec<String> = faults.iter().map(ToString::to_string).collect();
+                    rows.push(Row::new(&id("path"), Status::Fail, links, all.join("; "), "not a valid path"));
+                    rows.push(Row::new(&id("validity"), Status::Skipped, "-", "-", "not a valid path"));
                     return None;
                 }
             }
         }
     };
-    let (from, to) = verified.valid;
-    let ok = from <= now && now <= to;
+    let (from, to) = verified.path.window();
+    let ok = verified.path.valid_at(now).is_ok();
     let window = format!("valid {}s .. {}s (Unix time); now {}s", from.as_secs(), to.as_secs(), now.as_secs());
     rows.push(Row::compare(
         &id("validity"),
@@ -183,27 +190,6 @@ fn push_root(rows: &mut Vec<Row>, id: &str, want: Option<&[u8; 48]>, got: &[u8; 
             "policy names no device vendor root",
         )),
     }
-}
-
-/// Checks every link of `chain`.
-fn verify_links(chain: &Chain) -> Result<Verified, String> {
-    let certs: Vec<x509_cert::Certificate> = chain
-        .certs
-        .iter()
-        .enumerate()
-        .map(|(i, der)| x509::read_cert(der).map_err(|e| format!("certificate {i}: {e}")))
-        .collect::<Result<_, _>>()?;
-    let mut valid = (Duration::ZERO, Duration::MAX);
-    for (i, cert) in certs.iter().enumerate() {
-        let issuer = if i == 0 { cert } else { &certs[i - 1] };
-        x509::check_signed_by(cert, issuer).map_err(|e| format!("certificate {i}: {e}"))?;
-        let v = cert.tbs_certificate().validity();
-        valid = (valid.0.max(v.not_before.to_unix_duration()), valid.1.min(v.not_after.to_unix_duration()));
-    }
-    let leaf = certs.last().ok_or("empty chain")?;
-    let key = x509::p384_key_bytes(leaf).map_err(|e| format!("leaf: {e}"))?;
-    let root = Sha384::digest(&chain.certs[0]).into();
-    Ok(Verified { key, root, valid })
 }
 
 fn check_measurements(
