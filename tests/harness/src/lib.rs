@@ -12,5 +12,6 @@ pub mod arena;
 pub mod assign;
 pub mod audit;
 pub mod driver;
+pub mod unit;
 
 pub use arena::*;
