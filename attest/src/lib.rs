@@ -30,6 +30,7 @@
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod disk;
 pub mod evidence;
 #[cfg(feature = "std")]
 pub mod host;

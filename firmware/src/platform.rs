@@ -1,12 +1,17 @@
 //! The TSM's platform traits over the machine: physical memory through the direct map (only the
-//! RAM frames the firmware does not use itself), RDRAND, the TSC, and a defmt record per ABI call.
+//! RAM frames the firmware does not use itself), RDRAND, the TSC, the VT-d unit's registers, and
+//! a defmt record per ABI call.
 
 use tsm::addr::{FrameRange, Pfn};
-use tsm::platform::{CallRecord, Clock, Entropy, EntropyError, PhysMem, Platform, WORDS_PER_PAGE};
+use tsm::iommu::hw::{Capabilities, InvDescriptor};
+use tsm::platform::{
+    CallRecord, Clock, DmaRemapping, Entropy, EntropyError, PhysMem, Platform, UnitError, WORDS_PER_PAGE,
+};
 
 use crate::drivers::phys::Frames;
 use crate::drivers::rng::Rdrand;
 use crate::drivers::tsc::Tsc;
+use crate::drivers::vtd::Vtd;
 use crate::memmap::{MemoryMap, RangeKind};
 
 const PAGE: usize = 4096;
@@ -17,6 +22,8 @@ pub struct FirmwarePlatform {
     frames: Frames,
     rng: Rdrand,
     tsc: Tsc,
+    /// The remapping unit, if ACPI DMAR names one.
+    vtd: Option<Vtd>,
     /// The loader's memory map: what the platform backs with memory.
     memmap: MemoryMap,
     /// The host bridge's MMIO aperture (none until [`FirmwarePlatform::set_mmio_window`]).
@@ -34,12 +41,14 @@ pub struct FirmwarePlatform {
 }
 
 impl FirmwarePlatform {
-    /// The platform over `frames` of the memory map `memmap`, with RDRAND and the calibrated TSC.
-    pub fn new(frames: Frames, memmap: MemoryMap, rng: Rdrand, tsc: Tsc) -> FirmwarePlatform {
+    /// The platform over `frames` of the memory map `memmap`, with RDRAND, the calibrated TSC
+    /// and the remapping unit.
+    pub fn new(frames: Frames, memmap: MemoryMap, rng: Rdrand, tsc: Tsc, vtd: Option<Vtd>) -> FirmwarePlatform {
         FirmwarePlatform {
             frames,
             rng,
             tsc,
+            vtd,
             memmap,
             mmio_window: None,
             log_calls: true,
@@ -47,6 +56,10 @@ impl FirmwarePlatform {
             host_npt: None,
             host_map_broken: false,
         }
+    }
+
+    fn unit(&mut self) -> Result<&mut Vtd, UnitError> {
+        self.vtd.as_mut().ok_or(UnitError::Absent)
     }
 
     /// Names the host bridge's MMIO aperture `[start, end)` (4K aligned), which the TSM reads at
@@ -130,6 +143,40 @@ impl Entropy for FirmwarePlatform {
 impl Clock for FirmwarePlatform {
     fn now_ns(&self) -> u64 {
         self.tsc.ticks_to_ns(self.tsc.now().wrapping_sub(crate::arch::boot_tsc()))
+    }
+}
+
+impl DmaRemapping for FirmwarePlatform {
+    fn remapping_capabilities(&self) -> Option<Capabilities> {
+        self.vtd.as_ref().map(Vtd::capabilities)
+    }
+
+    fn set_root_table(&mut self, rtaddr: u64) -> Result<(), UnitError> {
+        self.unit()?.set_root_table(rtaddr)
+    }
+
+    fn enable_queue(&mut self) -> Result<(), UnitError> {
+        self.unit()?.enable_queue()
+    }
+
+    fn wait_status_address(&self) -> u64 {
+        self.vtd.as_ref().map_or(0, Vtd::wait_status_address)
+    }
+
+    fn wait_status(&self) -> u32 {
+        self.vtd.as_ref().map_or(0, Vtd::wait_status)
+    }
+
+    fn submit(&mut self, descriptors: &[InvDescriptor]) -> Result<(), UnitError> {
+        self.unit()?.submit(descriptors)
+    }
+
+    fn set_translation(&mut self, enabled: bool) -> Result<(), UnitError> {
+        self.unit()?.set_translation(enabled)
+    }
+
+    fn take_fault(&mut self) -> Option<(u64, u64)> {
+        self.vtd.as_mut().and_then(Vtd::take_fault)
     }
 }
 

@@ -17,6 +17,7 @@ use crate::drivers::phys::{Frames, Mmio};
 use crate::drivers::rng::Rdrand;
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
+use crate::drivers::vtd::Vtd;
 use crate::drivers::{log, pvh};
 use crate::host::{DoeLink, Host, HostCpu};
 use crate::memmap::{Layout, MemoryMap, RangeKind};
@@ -45,10 +46,11 @@ mod assign;
 mod attack;
 mod worlds;
 
-/// The guest's accepted work pages (digests, REPORTDATA, the native report, its SNP export).
+/// The guest's accepted work pages: digests, REPORTDATA, the native report, its SNP export;
+/// then the NVMe driver's five (admin and I/O queues, Identify) and fifteen of READ data.
 pub const WORK_GPA: u64 = 0x10_0000;
 /// How many.
-pub const WORK_PAGES: u64 = 4;
+pub const WORK_PAGES: u64 = 4 + 5 + 15;
 /// Where BAR0 appears in the guest.
 pub const BAR_GPA: u64 = 0x4000_0000;
 /// TDISP lock flags: NO_FW_UPDATE.
@@ -182,7 +184,8 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     for &(s, e) in frames.ranges() {
         defmt::info!("usable RAM {=u64:#x}..{=u64:#x}", s, e);
     }
-    let mut platform = FirmwarePlatform::new(frames, boot.memmap, rng, tsc);
+    let vtd = open_vtd(&boot, mmio_start, tsc);
+    let mut platform = FirmwarePlatform::new(frames, boot.memmap, rng, tsc, vtd);
     platform.log_calls = config.log_calls;
     let ecam = find_ecam(&boot);
     let window = bar_window(&ecam, mmio_start);
@@ -322,6 +325,37 @@ fn host_world(
     world
 }
 
+/// The DMA remapping unit ACPI DMAR names, if any: the TSM takes it at IOMMU.SETUP.
+fn open_vtd(boot: &pvh::BootInfo, mmio_start: u64, tsc: Tsc) -> Option<Vtd> {
+    let drhd = match acpi::find_drhd(boot.rsdp) {
+        Ok(d) => d,
+        Err(e) => {
+            say!("vt-d: {e}; no DMA remapping (device DMA cannot be confined)");
+            return None;
+        }
+    };
+    match Vtd::open(drhd, mmio_start, tsc) {
+        Ok(v) => {
+            let c = v.capabilities();
+            say!(
+                "vt-d: DRHD segment {} registers {:#x} (HAW {} bits{}): CAP {:#018x} ECAP {:#018x}, SAGAW {:#x}",
+                drhd.segment,
+                drhd.registers,
+                drhd.host_address_width,
+                if drhd.include_all { ", all devices" } else { "" },
+                c.cap,
+                c.ecap,
+                c.sagaw()
+            );
+            Some(v)
+        }
+        Err(e) => {
+            say!("vt-d: {e}; no DMA remapping");
+            None
+        }
+    }
+}
+
 fn report_memmap(map: &MemoryMap) {
     say!("memory map: {} ranges, {} MiB RAM", map.ranges().len(), map.ram_bytes() >> 20);
     for r in map.ranges() {
@@ -453,6 +487,7 @@ fn open_nvme(boot: &pvh::BootInfo, config: &RunConfig, tsc: &Tsc, (ecam, window)
         defmt::info!("NVMe BAR0 moved from {=u64:#x} to {=u64:#x}", from, bar0.base);
     }
     bars[0] = Some(bar0);
+    nvme.enable_bus_master();
     let Some(doe_at) = nvme.find_ext_cap(crate::drivers::pci::EXT_CAP_DOE) else {
         fail("NVMe", &"no DOE extended capability (QEMU: -device nvme,...,spdm_port=<port>)")
     };

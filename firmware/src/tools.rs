@@ -3,6 +3,8 @@
 //!
 //! - `firmware guest-image FILE`: writes the guest image the host agent loads, for
 //!   `attest measure FILE`;
+//! - `firmware disk-image FILE`: writes the demo's raw drive image (`attest::disk`: 1 MiB of
+//!   self-naming blocks), which QEMU's NVMe controller serves and the TD reads and checks;
 //! - `firmware artifacts STREAM DIR`: checks the COM3 stream frame by frame (`crate::frame`) and
 //!   writes each file into DIR; any damage is an error and writes nothing;
 //! - `firmware mrseam ELF`: prints MRSEAM, the SHA-384 the firmware takes over its own image as
@@ -12,7 +14,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: firmware guest-image FILE | firmware artifacts STREAM DIR | firmware mrseam ELF";
+const USAGE: &str =
+    "usage: firmware guest-image FILE | firmware disk-image FILE | firmware artifacts STREAM DIR | firmware mrseam ELF";
 
 /// Runs a tool; prints errors and returns the exit status.
 pub fn main(args: &[String]) -> ExitCode {
@@ -30,6 +33,7 @@ fn run(args: &[String]) -> Result<(), String> {
         [cmd, file] if cmd == "guest-image" => {
             std::fs::write(file, crate::guest::image::IMAGE).map_err(|e| format!("{file}: {e}"))
         }
+        [cmd, file] if cmd == "disk-image" => std::fs::write(file, disk_image()).map_err(|e| format!("{file}: {e}")),
         [cmd, stream, dir] if cmd == "artifacts" => {
             let bytes = std::fs::read(stream).map_err(|e| format!("{stream}: {e}"))?;
             let names = unframe(&bytes, Path::new(dir))?;
@@ -94,6 +98,17 @@ pub fn mrseam(elf: &[u8]) -> Result<[u8; 48], String> {
         image[at..at + data.len()].copy_from_slice(data);
     }
     Ok(Sha384::digest(&image).into())
+}
+
+/// The demo drive's bytes: [`attest::disk::DEMO_BLOCKS`] blocks of known content.
+pub fn disk_image() -> Vec<u8> {
+    let mut out = Vec::with_capacity(attest::disk::DEMO_BLOCKS as usize * attest::disk::BLOCK_BYTES);
+    let mut b = [0u8; attest::disk::BLOCK_BYTES];
+    for lba in 0..attest::disk::DEMO_BLOCKS {
+        attest::disk::block(lba, &mut b);
+        out.extend_from_slice(&b);
+    }
+    out
 }
 
 /// Decodes `stream` and writes its files into `dir`; returns their names and sizes.

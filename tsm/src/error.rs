@@ -197,6 +197,8 @@ const fn iommu_status(e: crate::iommu::IommuError) -> Status {
         E::DomainIdInvalid | E::DomainInUse | E::DomainMismatch | E::SeptRootInvalid | E::Corrupt => {
             Status::METADATA_CORRUPT
         }
+        E::WidthUnsupported { .. } => Status::DMAR_WIDTH_UNSUPPORTED.with_operand(Operand::Rcx),
+        E::Unsuitable(_) | E::Unit(_) => Status::IOMMU_UNIT_ERROR,
     }
 }
 

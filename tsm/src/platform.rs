@@ -55,6 +55,68 @@ pub trait Clock {
     fn now_ns(&self) -> u64;
 }
 
+/// Why the remapping unit did not do what it was told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitError {
+    /// The platform has no remapping unit the TSM can own.
+    Absent,
+    /// A status bit (GSTS.RTPS, QIES, TES) did not follow its command in time.
+    Timeout,
+    /// The unit reported an invalidation queue error (FSTS.IQE, ITE or ICE): it stopped
+    /// fetching descriptors.
+    QueueError,
+    /// The queue has no room for the descriptors (more than one page of them).
+    QueueFull,
+}
+
+/// The DMA remapping unit (Intel VT-d) whose registers the TSM alone programs. The platform only
+/// moves values in and out of registers and the invalidation queue; which values, in which order,
+/// and whether an invalidation completed, the TSM decides (`tsm::iommu::Iommu`). A platform with
+/// no unit returns [`UnitError::Absent`] (and `None` for the capabilities).
+pub trait DmaRemapping {
+    /// CAP_REG and ECAP_REG, or `None` without a unit (ACPI DMAR names none).
+    fn remapping_capabilities(&self) -> Option<crate::iommu::hw::Capabilities>;
+
+    /// Writes RTADDR_REG and latches it (GCMD.SRTP); returns once GSTS.RTPS is set.
+    ///
+    /// # Errors
+    /// [`UnitError::Timeout`], [`UnitError::Absent`].
+    fn set_root_table(&mut self, rtaddr: u64) -> Result<(), UnitError>;
+
+    /// Turns the invalidation queue on (256-bit descriptors) if it is off; returns once
+    /// GSTS.QIES is set.
+    ///
+    /// # Errors
+    /// [`UnitError::Timeout`], [`UnitError::Absent`].
+    fn enable_queue(&mut self) -> Result<(), UnitError>;
+
+    /// The physical address of the 4-byte word invalidation wait descriptors write their status
+    /// to: memory only the TSM's platform uses, never host- or guest-reachable.
+    fn wait_status_address(&self) -> u64;
+
+    /// The current value of that word.
+    fn wait_status(&self) -> u32;
+
+    /// Appends `descriptors` to the invalidation queue and moves the tail past them; returns once
+    /// the unit's head reached the tail.
+    ///
+    /// # Errors
+    /// [`UnitError::QueueError`] if the unit reported a queue error (the platform clears it and
+    /// resets the tail to the head), [`UnitError::Timeout`], [`UnitError::QueueFull`],
+    /// [`UnitError::Absent`].
+    fn submit(&mut self, descriptors: &[crate::iommu::hw::InvDescriptor]) -> Result<(), UnitError>;
+
+    /// Sets or clears GCMD.TE; returns once GSTS.TES follows.
+    ///
+    /// # Errors
+    /// [`UnitError::Timeout`], [`UnitError::Absent`].
+    fn set_translation(&mut self, enabled: bool) -> Result<(), UnitError>;
+
+    /// Reads the next fault recording register with F set as `(low, high)` words, clears it (and
+    /// FSTS.PPF / PFO once none is left); `None` when no fault is recorded.
+    fn take_fault(&mut self) -> Option<(u64, u64)>;
+}
+
 /// What the dispatcher reports once per ABI call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CallRecord {
@@ -71,7 +133,7 @@ pub struct CallRecord {
 }
 
 /// Everything the TSM needs from the machine.
-pub trait Platform: PhysMem + Entropy + Clock + 'static {
+pub trait Platform: PhysMem + Entropy + Clock + DmaRemapping + 'static {
     /// The platform's MMIO windows: the apertures of its PCI host bridges, where device BARs
     /// live, as the firmware learnt them from what it trusts (ACPI, the host bridge), never from
     /// the host. TDH.SYS.CONFIG keeps them; DMABUF.IMPORT takes private MMIO only from inside

@@ -18,6 +18,11 @@ const MEMTYPE_WB: u64 = 6 << 3;
 const IGNORE_PAT: u64 = 1 << 6;
 const PAGE_SIZE_BIT: u64 = 1 << 7;
 const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+/// Bit 62 on a present MMIO leaf: ignored by the CPU's EPT walk, a reserved bit for VT-d's
+/// second-stage walk (fault reason 0x0C, `../shared/reference/worlds.md` §2). The unit walks the
+/// S-EPT itself, so this is what keeps a device's DMA out of the TD's MMIO mappings (another
+/// device's registers, or its own) while the vCPU reaches them.
+pub const DMA_BLOCK: u64 = 1 << 62;
 const STATE_SHIFT: u32 = 52;
 const STATE_MASK: u64 = 0xF << STATE_SHIFT;
 
@@ -125,7 +130,7 @@ impl SeptEntry {
             SeptState::Mapped => RWX | MEMTYPE_WB | IGNORE_PAT | ps | pa,
             SeptState::Blocked => MEMTYPE_WB | IGNORE_PAT | ps | pa,
             SeptState::Pending | SeptState::PendingBlocked => ps | pa,
-            SeptState::MmioMapped => RW | IGNORE_PAT | ps | pa,
+            SeptState::MmioMapped => RW | IGNORE_PAT | ps | pa | DMA_BLOCK,
             SeptState::MmioPending | SeptState::MmioBlocked => IGNORE_PAT | ps | pa,
         };
         let raw = if matches!(state, SeptState::Free) { 0 } else { hw | ((state as u64) << STATE_SHIFT) };
@@ -435,6 +440,50 @@ mod tests {
         assert_eq!(SeptEntry::new(SeptState::Mapped, pfn, 0).raw() & PAGE_SIZE_BIT, 0);
         assert_ne!(SeptEntry::new(SeptState::Mapped, pfn, 1).raw() & PAGE_SIZE_BIT, 0);
         assert!(SeptEntry::decode(0xA << STATE_SHIFT).is_none());
+    }
+
+    /// VT-d's second-stage walk (QEMU `vtd_slpte_nonzero_rsvd`, measured in
+    /// `../shared/reference/worlds.md` §2) reads these very entries: bit 62 set on a leaf, bit 11
+    /// set on a table entry or an address bit at or above the unit's 48-bit width is a reserved
+    /// field fault, and a write needs W at every level of the path. Asserted for every state at
+    /// every level an entry of that state may sit at, with the highest frame below 2^48. The one
+    /// present entry that carries bit 62 is the MMIO leaf, on purpose: DMA must fault there.
+    #[test]
+    fn every_state_encodes_as_a_vt_d_second_stage_entry() {
+        const BIT11: u64 = 1 << 11;
+        const BIT62: u64 = 1 << 62;
+        const ABOVE_48: u64 = 0x000F_0000_0000_0000;
+        let frames = [Pfn::new(1).unwrap(), Pfn::new((1 << 36) - 1).unwrap(), Pfn::new(0x12345).unwrap()];
+        for s in ALL {
+            let levels: &[u8] = match s {
+                SeptState::Free => &[0, 1, 2, 3, 4],
+                SeptState::NlMapped | SeptState::NlBlocked => &[1, 2, 3, 4],
+                _ => &[0, 1, 2],
+            };
+            for &level in levels {
+                for pfn in frames {
+                    let raw = SeptEntry::new(s, pfn, level).raw();
+                    let dma_blocked = s == SeptState::MmioMapped;
+                    assert_eq!(raw & BIT62 != 0, dma_blocked, "{s:?} level {level}: bit 62 (VT-d reserved)");
+                    assert_eq!(raw & BIT11, 0, "{s:?} level {level}: bit 11 set (reserved on VT-d tables)");
+                    assert_eq!(raw & ABOVE_48, 0, "{s:?} level {level}: address bits at or above 48");
+                    let present = raw & RWX != 0;
+                    match s {
+                        // The DMA-writable path: W on every table entry and on the leaf.
+                        SeptState::NlMapped | SeptState::Mapped => assert_eq!(raw & RW, RW, "{s:?} level {level}"),
+                        // MMIO leaves are present for the CPU, and reserved for VT-d (bit 62).
+                        SeptState::MmioMapped => assert!(present),
+                        _ => assert!(!present, "{s:?} level {level}: present for VT-d (R or W set)"),
+                    }
+                    if s.is_leaf() && level > 0 {
+                        assert_ne!(raw & PAGE_SIZE_BIT, 0, "{s:?} level {level}: a large leaf without PS");
+                    }
+                    if s.is_table() {
+                        assert_eq!(raw & PAGE_SIZE_BIT, 0, "{s:?} level {level}: a table entry with PS");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -181,6 +181,12 @@ statuses! {
     /// TDI.CREATE: the TD already has as many TDIs bound as its attestation report has device
     /// entries (`attest::report::MAX_DEVICES`): a further one would run unseen by the verifier.
     TD_MAX_TDIS_EXCEEDED = 0xC000_F121_0000_0000;
+    /// The DMA remapping unit is absent, lacks a capability the TSM needs (queued invalidation,
+    /// scalable mode, second-stage translation), or did not complete a command in time.
+    IOMMU_UNIT_ERROR = 0xC000_F130_0000_0000;
+    /// DMAR.ADD: the TD's S-EPT depth is one the remapping unit's CAP.SAGAW lacks (a GPAW-52,
+    /// 5-level S-EPT on a 48-bit unit such as QEMU's intel-iommu).
+    DMAR_WIDTH_UNSUPPORTED = 0xC000_F131_0000_0000;
 }
 
 impl Status {

@@ -1,4 +1,5 @@
-//! Just enough ACPI to find the PCIe ECAM: RSDP → XSDT (or RSDT) → MCFG, with checksums.
+//! Just enough ACPI to find the PCIe ECAM and the DMA remapping unit: RSDP → XSDT (or RSDT) →
+//! MCFG and DMAR, with checksums.
 
 use core::fmt;
 
@@ -32,6 +33,8 @@ pub enum AcpiError {
     Bad(&'static str),
     /// No MCFG in the XSDT/RSDT.
     NoMcfg,
+    /// No DMAR (or no DRHD in it): QEMU without `-device intel-iommu`.
+    NoDmar,
 }
 
 impl fmt::Display for AcpiError {
@@ -41,6 +44,7 @@ impl fmt::Display for AcpiError {
             AcpiError::Unreadable(r) => write!(f, "ACPI table at {:#x}+{:#x} not readable", r.addr, r.len),
             AcpiError::Bad(what) => write!(f, "bad {what}"),
             AcpiError::NoMcfg => write!(f, "no MCFG table"),
+            AcpiError::NoDmar => write!(f, "no DMAR table with a DRHD (QEMU: -device intel-iommu)"),
         }
     }
 }
@@ -67,11 +71,10 @@ fn table(addr: u64, buf: &mut [u8; MAX_TABLE]) -> Result<usize, AcpiError> {
     Ok(len)
 }
 
-/// The first ECAM allocation of the MCFG reached from the RSDP at `rsdp`.
-///
-/// # Errors
-/// [`AcpiError`] naming the first thing missing or wrong.
-pub fn find_ecam(rsdp: u64) -> Result<Ecam, AcpiError> {
+/// Finds the table with signature `want` reached from the RSDP at `rsdp`, reads it into `out`
+/// (length and checksum checked) and returns its length; `Ok(None)` if no table has that
+/// signature.
+fn find_table(rsdp: u64, want: &[u8; 4], out: &mut [u8; MAX_TABLE]) -> Result<Option<usize>, AcpiError> {
     if rsdp == 0 {
         return Err(AcpiError::NoRsdp);
     }
@@ -98,27 +101,75 @@ pub fn find_ecam(rsdp: u64) -> Result<Ecam, AcpiError> {
     if &root_buf[..4] != sig {
         return Err(AcpiError::Bad("XSDT/RSDT signature"));
     }
-    let mut t = [0u8; MAX_TABLE];
     for entry in root_buf[HEADER..len].chunks_exact(entry_bytes) {
         let mut a = [0u8; 8];
         a[..entry_bytes].copy_from_slice(entry);
         let addr = u64::from_le_bytes(a);
         let mut sig = [0u8; 4];
         read_firmware_bytes(addr, &mut sig).map_err(AcpiError::Unreadable)?;
-        if &sig != b"MCFG" {
-            continue;
+        if &sig == want {
+            return table(addr, out).map(Some);
         }
-        let tlen = table(addr, &mut t)?;
-        // Header, 8 reserved bytes, then 16-byte allocations.
-        let alloc =
-            t.get(HEADER + 8..tlen).and_then(|a| a.get(..16)).ok_or(AcpiError::Bad("MCFG without allocations"))?;
-        let base = u64::from_le_bytes([alloc[0], alloc[1], alloc[2], alloc[3], alloc[4], alloc[5], alloc[6], alloc[7]]);
-        return Ok(Ecam {
-            base,
-            segment: u16::from_le_bytes([alloc[8], alloc[9]]),
-            start_bus: alloc[10],
-            end_bus: alloc[11],
-        });
     }
-    Err(AcpiError::NoMcfg)
+    Ok(None)
+}
+
+/// The first ECAM allocation of the MCFG reached from the RSDP at `rsdp`.
+///
+/// # Errors
+/// [`AcpiError`] naming the first thing missing or wrong.
+pub fn find_ecam(rsdp: u64) -> Result<Ecam, AcpiError> {
+    let mut t = [0u8; MAX_TABLE];
+    let tlen = find_table(rsdp, b"MCFG", &mut t)?.ok_or(AcpiError::NoMcfg)?;
+    // Header, 8 reserved bytes, then 16-byte allocations.
+    let alloc = t.get(HEADER + 8..tlen).and_then(|a| a.get(..16)).ok_or(AcpiError::Bad("MCFG without allocations"))?;
+    let base = u64::from_le_bytes([alloc[0], alloc[1], alloc[2], alloc[3], alloc[4], alloc[5], alloc[6], alloc[7]]);
+    Ok(Ecam { base, segment: u16::from_le_bytes([alloc[8], alloc[9]]), start_bus: alloc[10], end_bus: alloc[11] })
+}
+
+/// One DMA remapping hardware unit definition (DRHD) of the DMAR table (VT-d §8.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drhd {
+    /// The PCI segment the unit serves.
+    pub segment: u16,
+    /// Physical address of its register set.
+    pub registers: u64,
+    /// INCLUDE_PCI_ALL: the unit serves every device of the segment not named by another DRHD.
+    pub include_all: bool,
+    /// DMAR host address width: HAW + 1 bits.
+    pub host_address_width: u8,
+}
+
+/// The first DRHD of the DMAR table reached from the RSDP at `rsdp`.
+///
+/// # Errors
+/// [`AcpiError::NoDmar`] without a DMAR table or without a DRHD in it; [`AcpiError`] naming
+/// anything else missing or wrong.
+pub fn find_drhd(rsdp: u64) -> Result<Drhd, AcpiError> {
+    let mut t = [0u8; MAX_TABLE];
+    let tlen = find_table(rsdp, b"DMAR", &mut t)?.ok_or(AcpiError::NoDmar)?;
+    // Header, host address width (1), flags (1), 10 reserved bytes, then remapping structures:
+    // type (2), length (2), body.
+    let haw = *t.get(HEADER).ok_or(AcpiError::Bad("DMAR too short"))?;
+    let mut at = HEADER + 12;
+    while at + 4 <= tlen {
+        let kind = u16::from_le_bytes([t[at], t[at + 1]]);
+        let len = usize::from(u16::from_le_bytes([t[at + 2], t[at + 3]]));
+        if len < 4 || at + len > tlen {
+            return Err(AcpiError::Bad("DMAR remapping structure length"));
+        }
+        if kind == 0 {
+            let d = t.get(at..at + 16).ok_or(AcpiError::Bad("DRHD too short"))?;
+            let mut reg = [0u8; 8];
+            reg.copy_from_slice(&d[8..16]);
+            return Ok(Drhd {
+                segment: u16::from_le_bytes([d[6], d[7]]),
+                registers: u64::from_le_bytes(reg),
+                include_all: d[4] & 1 != 0,
+                host_address_width: haw.saturating_add(1),
+            });
+        }
+        at += len;
+    }
+    Err(AcpiError::NoDmar)
 }

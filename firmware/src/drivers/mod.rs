@@ -1,5 +1,5 @@
 //! The platform's devices: UARTs and the defmt logger, PVH start info and ACPI, physical memory
-//! access, PCIe ECAM and the DOE mailbox, fw_cfg, RDRAND, the TSC. With `arch`, the only code of
+//! access, PCIe ECAM and the DOE mailbox, fw_cfg, RDRAND, the TSC, the VT-d remapping unit. With `arch`, the only code of
 //! the firmware allowed `unsafe`; each block says why it is sound.
 
 #![allow(unsafe_code)]
@@ -14,3 +14,4 @@ pub mod pvh;
 pub mod rng;
 pub mod serial;
 pub mod tsc;
+pub mod vtd;

@@ -18,6 +18,7 @@ const HEADER_TYPE: u64 = 0x0C; // byte 2 of the DW
 const BAR0: u64 = 0x10;
 const BUS_NUMBERS: u64 = 0x18; // type 1: primary, secondary, subordinate
 const COMMAND_MEMORY: u32 = 0x2;
+const COMMAND_BUS_MASTER: u32 = 0x4;
 const EXT_CAP_START: u64 = 0x100;
 const CONFIG_BYTES: u64 = 4096;
 /// Extended capabilities followed at most (there is room for about 1000 of 4 bytes).
@@ -191,6 +192,14 @@ impl Function {
         // Decoding back as it was, plus memory space.
         self.write(COMMAND, command | COMMAND_MEMORY);
         result
+    }
+
+    /// Sets the command register's Bus Master Enable: the function may issue DMA. Part of the
+    /// configuration the host sets before TDISP LOCK freezes it; every request it then makes
+    /// goes through the remapping unit.
+    pub fn enable_bus_master(&self) {
+        let command = self.read(COMMAND);
+        self.write(COMMAND, command | COMMAND_BUS_MASTER);
     }
 
     fn size_bars(&self, window: &mut (u64, u64), out: &mut [Option<Bar>; 6]) -> Result<(), BarError> {

@@ -154,8 +154,8 @@ pub struct Boot {
     /// The run's folder (default: `target/e2e/<name>`, emptied first); when given, only the
     /// files the run writes are replaced.
     pub dir: Option<PathBuf>,
-    /// More QEMU arguments, appended as they are (a branch's `-device intel-iommu,...` or a
-    /// drive image is one line here).
+    /// More QEMU arguments, appended as they are (the remapping unit and the NVMe drive image
+    /// are already on the command line).
     pub extra: Vec<String>,
 }
 
@@ -224,8 +224,14 @@ impl Boot {
             cmd.arg("-serial").arg(format!("file:{}", dir.join(com).display()));
         }
         cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+        // The remapping unit the TSM takes at IOMMU.SETUP (48-bit, scalable mode).
+        cmd.args(["-device", "intel-iommu,x-scalable-mode=on,intremap=off"]);
         if let Some(port) = self.spdm_port {
-            cmd.arg("-device").arg(format!("nvme,serial=seamless,addr={NVME_ADDR},spdm_port={port}"));
+            // The drive the TD reads through the IOMMU: known content (attest::disk).
+            let disk = dir.join("disk.img");
+            std::fs::write(&disk, disk_image()).expect("disk image");
+            cmd.arg("-drive").arg(format!("file={},if=none,id=disk,format=raw", disk.display()));
+            cmd.arg("-device").arg(format!("nvme,serial=seamless,addr={NVME_ADDR},spdm_port={port},drive=disk"));
         }
         if let Some(c) = &self.config {
             let path = dir.join("config.txt");
@@ -563,4 +569,15 @@ pub fn verify_snp(o: &Outcome, platform: &Path, nonce: &[u8; 64]) -> Verdict {
     let (status, json, err) = run_tool("attest", &args);
     assert!(status == 0 || status == 1, "attest verify --snp: exit {status}: {err}");
     Verdict { status, json }
+}
+
+/// The demo drive's bytes (`attest::disk`), as `firmware disk-image` writes them.
+pub fn disk_image() -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut b = [0u8; attest::disk::BLOCK_BYTES];
+    for lba in 0..attest::disk::DEMO_BLOCKS {
+        attest::disk::block(lba, &mut b);
+        out.extend_from_slice(&b);
+    }
+    out
 }

@@ -66,6 +66,11 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
         "the guest authorised START",
         "tdi: RUN",
         "equal to the host's read",
+        // The TD's NVMe driver: Identify and 1 MiB of READs DMA'd into private pages through
+        // QEMU's intel-iommu walking the S-EPT, checked against the drive's known content.
+        "guest: NVMe 1b36 \"QEMU NVMe Ctrl\" serial \"seamless\", namespace 1: 2048 blocks of 512 bytes",
+        "into private memory through QEMU's IOMMU walking the S-EPT; SHA-384",
+        "= the drive's known content",
         "artifact report.bin: 1200 bytes on COM3",
         "artifact report-snp.bin: 1184 bytes on COM3",
         "seamless firmware: assign done",
@@ -90,6 +95,25 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
         let found = o.console.lines().find(|l| l.starts_with(&line)).unwrap_or_else(|| panic!("no {line:?}"));
         assert!(found.ends_with("read and write refused, bytes unchanged"), "{found}");
     }
+    // DMA that must not land: each completes at the controller with status 0, and the unit's
+    // fault record (read by the host through IOMMU.FAULT.RD) names the NVMe function (00:03.0),
+    // the page and the reason: 0x05 for no S-EPT permission, 0x0C for the MMIO leaf's bit 62.
+    for (what, page, reason) in [
+        ("a page the TD never accepted", "0x118000", "0x05"),
+        ("the TD's own device MMIO page", "0x40000000", "0x0c"),
+        ("a shared GPA", "0x800000100000", "0x05"),
+    ] {
+        let line = o.console.lines().find(|l| l.starts_with("dma fault: READ into ") && l.contains(what));
+        let line = line.unwrap_or_else(|| {
+            panic!(
+                "no fault line for {what} in:
+{}",
+                o.console
+            )
+        });
+        let expect = format!("NVMe status 0x0; the unit refused it: source 0x0018, page {page}, VT-d reason {reason}");
+        assert!(line.contains(&expect), "{line}");
+    }
     // Every page the host donated reads back free (the firmware checks each with RDMD).
     let freed = o.console.lines().find(|l| l.starts_with("teardown: ")).expect("teardown line");
     assert!(freed.contains("donated pages free again"), "{freed}");
@@ -101,6 +125,8 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
         "tdi_lock_report_qemu_ms",
         "map_accept_start_qemu_ms",
         "attestation_qemu_ms",
+        "nvme_read_mib_s_private",
+        "iommu_inv_us",
     ] {
         assert!(o.figure(f).is_some_and(|v| v > 0.0), "figure {f} in:\n{}", o.console);
     }

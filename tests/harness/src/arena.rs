@@ -10,7 +10,12 @@ use std::time::Instant;
 use tsm::addr::{FrameRange, HostPhysAddr, Pfn, PAGE_SIZE_4K};
 use zerocopy::IntoBytes;
 
-use tsm::platform::{CallRecord, Clock, Entropy, EntropyError, PhysMem, Platform, WORDS_PER_PAGE};
+use tsm::iommu::hw::{Capabilities, InvDescriptor};
+use tsm::platform::{
+    CallRecord, Clock, DmaRemapping, Entropy, EntropyError, PhysMem, Platform, UnitError, WORDS_PER_PAGE,
+};
+
+use crate::unit::{ModelUnit, STATUS_ADDRESS};
 
 /// Bytes in a frame, as a `usize`.
 const PAGE_BYTES: usize = PAGE_SIZE_4K as usize;
@@ -340,6 +345,8 @@ pub struct HostPlatform {
     /// The host's map as the firmware keeps it (`PhysMem::ownership_changed`): the frames the
     /// host may not touch because the PAMT gives them to the TSM or a TD.
     pub host_denied: std::collections::BTreeSet<Pfn>,
+    /// The remapping unit the TSM programs (QEMU's capabilities by default).
+    pub unit: ModelUnit,
 }
 
 impl HostPlatform {
@@ -358,6 +365,7 @@ impl HostPlatform {
             log: Vec::new(),
             counts: CallCounts::default(),
             host_denied: std::collections::BTreeSet::new(),
+            unit: ModelUnit::default(),
         }
     }
 
@@ -467,6 +475,40 @@ impl Clock for HostPlatform {
     #[inline]
     fn now_ns(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+impl DmaRemapping for HostPlatform {
+    fn remapping_capabilities(&self) -> Option<Capabilities> {
+        self.unit.caps
+    }
+
+    fn set_root_table(&mut self, rtaddr: u64) -> Result<(), UnitError> {
+        self.unit.set_root_table(rtaddr)
+    }
+
+    fn enable_queue(&mut self) -> Result<(), UnitError> {
+        self.unit.enable_queue()
+    }
+
+    fn wait_status_address(&self) -> u64 {
+        STATUS_ADDRESS
+    }
+
+    fn wait_status(&self) -> u32 {
+        self.unit.status
+    }
+
+    fn submit(&mut self, descriptors: &[InvDescriptor]) -> Result<(), UnitError> {
+        self.unit.submit(descriptors)
+    }
+
+    fn set_translation(&mut self, enabled: bool) -> Result<(), UnitError> {
+        self.unit.set_translation(enabled)
+    }
+
+    fn take_fault(&mut self) -> Option<(u64, u64)> {
+        self.unit.take_fault()
     }
 }
 

@@ -67,8 +67,9 @@ pub struct TdHandle {
 /// still has.
 #[derive(Debug)]
 pub struct Machine {
-    /// The TSM under test.
-    pub tsm: Tsm<HostPlatform>,
+    /// The TSM under test, on the heap: it is large (device message buffers, the IOMMU's fault
+    /// log), and tests hold several machines on a test thread's stack.
+    pub tsm: Box<Tsm<HostPlatform>>,
     tdmr_bytes: u64,
     pamt_base: u64,
     cursor: u64,
@@ -83,7 +84,7 @@ impl Machine {
         let base = HostPhysAddr::new(ARENA_BASE).expect("arena base");
         let mem = HostMem::new(base, 4 * MIB + tdmr_bytes);
         let private = FrameRange { start: Pfn::new(PRIVATE_BASE >> 12).expect("pfn"), count: 256 };
-        let tsm = Tsm::new(HostPlatform::new(mem, 0x5eed), IDENTITY, &[private]);
+        let tsm = Box::new(Tsm::new(HostPlatform::new(mem, 0x5eed), IDENTITY, &[private]));
         let pamt_frames = Tdmr::pamt_frames_needed(tdmr_bytes >> 12);
         let pamt_base = TDMR_BASE + tdmr_bytes - pamt_frames * 4096;
         Machine { tsm, tdmr_bytes, pamt_base, cursor: TDMR_BASE, free4k: Vec::new(), scratch_next: SCRATCH_BASE }

@@ -13,5 +13,6 @@ pub mod assign;
 pub mod audit;
 pub mod driver;
 pub mod unchanged;
+pub mod unit;
 
 pub use arena::*;

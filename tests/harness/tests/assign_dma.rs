@@ -191,3 +191,51 @@ fn a_scalable_iov_interface_gets_a_pasid_granular_entry() {
     assert!(iommu.translate(m.tsm.platform(), rid, None, 0x1000, true).is_err(), "requests without PASID: no entry");
     assert!(iommu.translate(m.tsm.platform(), rid, tsm::iommu::Pasid::new(6), 0x1000, true).is_err(), "another PASID");
 }
+
+#[test]
+fn dmar_add_rejects_a_gpaw_52_td_with_the_units_width_status() {
+    let mut m = Machine::configured(64 * MIB);
+    let params = tsm::td::TdParams { gpaw: 52, ..seamless_harness::driver::default_params() };
+    let mut td = m.create_td(&params);
+    let vcpu = m.add_vcpu(&mut td);
+    m.map_tables(&td, 0, 0);
+    m.finalize(&td);
+    m.enter(vcpu);
+    m.iommu_setup();
+    let mut dev = Device::new(device_config()).unwrap();
+    let mut a = m.connect(&mut dev);
+    m.ide_setup(&mut dev, &mut a);
+    m.bind(&td, &mut a);
+    m.lock(&mut dev, &mut a);
+    let frames_before = m.frames_in_use();
+    let r = m.dmar_add(&td, &a);
+    // QEMU's unit: SAGAW 39 and 48 bits; the TD's S-EPT has 5 levels.
+    assert_eq!(r.status(), Status::DMAR_WIDTH_UNSUPPORTED.with_operand(Operand::Rcx));
+    assert_eq!(m.frames_in_use(), frames_before, "a refused DMAR.ADD consumed frames");
+    assert!(m.tsm.iommu().unwrap().bindings().next().is_none());
+}
+
+#[test]
+fn iommu_fault_rd_drains_the_units_records_into_a_log_the_host_reads() {
+    let mut m = Machine::configured(64 * MIB);
+    let r = m.host(h::IOMMU_FAULT_RD, 0, 0, 0, 0);
+    assert_eq!(r.status(), Status::IOMMU_STATE_INCORRECT, "no IOMMU yet");
+    m.iommu_setup();
+    let r = m.host(h::IOMMU_FAULT_RD, 0, 0, 0, 0);
+    assert_eq!((r.status(), r.rcx, r.r9), (Status::SUCCESS, 0, 0), "no fault yet");
+    // A write to a page the TD never accepted: QEMU reports reason 0x05 (run1.log case 07).
+    m.tsm.platform_mut().unit.record_fault(0x18, 0x20_1234, 0x05);
+    let r = m.host(h::IOMMU_FAULT_RD, 0, 0, 0, 0);
+    assert_eq!((r.status(), r.rcx, r.r9), (Status::SUCCESS, 1, 1));
+    assert_eq!((r.rdx & 0xFFFF, r.rdx >> 16 & 0xFF, r.rdx >> 24 & 1), (0x18, 0x05, 1));
+    assert_eq!(r.r8, 0x20_1000);
+    assert!(m.tsm.platform().unit.faults.is_empty(), "the unit's record was not cleared");
+    // More faults than the log keeps: the oldest go, the count goes on.
+    for i in 0..tsm::iommu::FAULT_LOG as u64 + 2 {
+        m.tsm.platform_mut().unit.record_fault(0x18, i << 12, 0x0C);
+    }
+    let r = m.host(h::IOMMU_FAULT_RD, 0, 0, 0, 0);
+    assert_eq!((r.rcx, r.r9), (tsm::iommu::FAULT_LOG as u64 + 3, 0), "fault 0 was overwritten");
+    let r = m.host(h::IOMMU_FAULT_RD, r.rcx - 1, 0, 0, 0);
+    assert_eq!((r.r9, r.r8, r.rdx >> 16 & 0xFF), (1, (tsm::iommu::FAULT_LOG as u64 + 1) << 12, 0x0C));
+}

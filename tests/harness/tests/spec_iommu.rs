@@ -9,12 +9,15 @@ mod iommu_support;
 
 use iommu_support::{key, pfn, rejects, rid, World};
 use seamless_harness::driver::SCRATCH_BASE;
+use seamless_harness::unit::{UnitFault, STATUS_ADDRESS};
 use tsm::addr::PageSize;
 use tsm::iommu::format::{self, ContextEntry, PasidDirEntry, PasidEntry, RootHalf};
+use tsm::iommu::hw::{InvDescriptor, Unsuitable, GLOBAL_INVALIDATION};
 use tsm::iommu::{
     DmarState, DomainId, Done, FaultReason, FrameRole, Frames, Iommu, IommuError, Needs, SeptLevels, MAX_BINDINGS,
 };
 use tsm::pamt::{PageType, PamtEntry};
+use tsm::platform::UnitError;
 
 // ---- IOMMU.SETUP ------------------------------------------------------------------------------
 
@@ -47,6 +50,48 @@ fn setup_happy_path() {
     let e = w.m.tsm.pamt_entry(pfn(root)).unwrap();
     assert_eq!((e.ty, e.owner, e.level), (PageType::IommuTable, pfn(root), FrameRole::RootTable as u8));
     assert_eq!(iommu.table_frames(), 0);
+    // The unit: scalable-mode root table, queue on, everything invalidated and confirmed by a
+    // wait, then translation on.
+    let unit = &w.m.tsm.platform().unit;
+    assert_eq!(unit.rtaddr, Some(root | 1 << 10));
+    assert!(unit.queue_enabled && unit.translating);
+    let waited = InvDescriptor::wait(STATUS_ADDRESS, unit.status);
+    assert_eq!(unit.executed, [&GLOBAL_INVALIDATION[..], &[waited]].concat());
+    assert!(iommu.translating());
+}
+
+#[test]
+fn setup_rejects_a_platform_without_a_unit() {
+    let mut w = World::new();
+    let root = w.m.page();
+    w.m.tsm.platform_mut().unit.caps = None;
+    let r = Iommu::setup(w.m.tsm.platform_mut(), &w.pamt, pfn(root));
+    assert_eq!(r.err(), Some(IommuError::Unit(UnitError::Absent)));
+    assert_eq!(w.m.tsm.pamt_entry(pfn(root)).unwrap().ty, PageType::Free);
+}
+
+#[test]
+fn setup_rejects_a_unit_without_scalable_mode() {
+    let mut w = World::new();
+    let root = w.m.page();
+    let writes = w.writes();
+    // QEMU's intel-iommu without x-scalable-mode: QI and PT only.
+    w.m.tsm.platform_mut().unit.caps.as_mut().unwrap().ecap = 0xF42;
+    let r = Iommu::setup(w.m.tsm.platform_mut(), &w.pamt, pfn(root));
+    assert_eq!(r.err(), Some(IommuError::Unsuitable(Unsuitable::NoScalableMode)));
+    assert_eq!(w.writes(), writes);
+    assert_eq!(w.m.tsm.platform().unit.rtaddr, None, "the unit was touched");
+}
+
+#[test]
+fn setup_leaves_translation_off_when_the_wait_never_completes() {
+    let mut w = World::new();
+    let root = w.m.page();
+    w.m.tsm.platform_mut().unit.fault = UnitFault::NoStatusWrite;
+    let r = Iommu::setup(w.m.tsm.platform_mut(), &w.pamt, pfn(root));
+    assert_eq!(r.err(), Some(IommuError::Unit(UnitError::Timeout)));
+    assert!(!w.m.tsm.platform().unit.translating);
+    assert_eq!(w.m.tsm.pamt_entry(pfn(root)).unwrap().ty, PageType::Free);
 }
 
 // ---- DMAR.ADD (install) -----------------------------------------------------------------------
@@ -348,7 +393,7 @@ fn block_happy_path_records_the_iotlb_epoch() {
     let td = w.td.clone();
     let k = key(rid(1, 0, 0), None);
     w.bind(&mut iommu, &td, k, 7);
-    iommu.invalidate(DomainId(7), w.epoch(&td)).unwrap();
+    w.invalidate(&mut iommu, &td, 7).unwrap();
     let epoch = iommu.domain(DomainId(7)).unwrap().iotlb.epoch();
     iommu.block(w.m.tsm.platform_mut(), k).unwrap();
     let b = iommu.binding(k).unwrap();
@@ -371,7 +416,7 @@ fn remove_rejects_in_check_order() {
     rejects(&mut w, &mut iommu, IommuError::NotBlocked, |w, i| i.remove(w.m.tsm.platform_mut(), k));
     iommu.block(w.m.tsm.platform_mut(), k).unwrap();
     rejects(&mut w, &mut iommu, IommuError::TrackingNotDone, |w, i| i.remove(w.m.tsm.platform_mut(), k));
-    iommu.invalidate(DomainId(7), w.epoch(&td)).unwrap();
+    w.invalidate(&mut iommu, &td, 7).unwrap();
     let b = iommu.binding(k).unwrap();
     let good = w.read(b.table, b.index * 8 + 7);
     w.poke(b.table, b.index * 8 + 7, 1);
@@ -391,7 +436,7 @@ fn remove_happy_path_frees_the_entry_and_the_last_one_the_domain() {
     for k in [k1, k2] {
         iommu.block(w.m.tsm.platform_mut(), k).unwrap();
     }
-    iommu.invalidate(DomainId(7), w.epoch(&td)).unwrap();
+    w.invalidate(&mut iommu, &td, 7).unwrap();
     let b = iommu.binding(k1).unwrap();
     iommu.remove(w.m.tsm.platform_mut(), k1).unwrap();
     assert!((0..8).all(|i| w.read(b.table, b.index * 8 + i) == 0), "PASID entry zeroed");
@@ -404,13 +449,65 @@ fn remove_happy_path_frees_the_entry_and_the_last_one_the_domain() {
     assert_eq!(iommu.needs(w.m.tsm.platform(), &w.pamt, k1), Ok(Needs::default()));
 }
 
+#[test]
+fn install_rejects_a_gpaw_52_td_the_units_sagaw_cannot_walk() {
+    let mut w = World::new();
+    let mut iommu = w.setup();
+    let params = tsm::td::TdParams { gpaw: 52, ..seamless_harness::driver::default_params() };
+    let td = w.running_td_with(&params);
+    let want = IommuError::WidthUnsupported { sagaw: 0b0110 };
+    rejects(&mut w, &mut iommu, want, |w, i| w.install(i, &td, key(rid(1, 0, 0), None), 7));
+}
+
 // ---- IQ.INV and tracking ----------------------------------------------------------------------
+
+#[test]
+fn invalidate_queues_pasid_cache_and_iotlb_of_the_domain_then_a_wait() {
+    let mut w = World::new();
+    let mut iommu = w.setup();
+    let td = w.td.clone();
+    w.bind(&mut iommu, &td, key(rid(1, 0, 0), None), 7);
+    let before = w.m.tsm.platform().unit.executed.len();
+    w.invalidate(&mut iommu, &td, 7).unwrap();
+    let unit = &w.m.tsm.platform().unit;
+    let expect = [
+        InvDescriptor::pasid_cache_domain(DomainId(7)),
+        InvDescriptor::iotlb_domain(DomainId(7)),
+        InvDescriptor::wait(STATUS_ADDRESS, unit.status),
+    ];
+    assert_eq!(unit.executed[before..], expect);
+}
+
+#[test]
+fn invalidate_retires_nothing_without_the_waits_status_write() {
+    let mut w = World::new();
+    let mut iommu = w.setup();
+    let td = w.td.clone();
+    let k = key(rid(1, 0, 0), None);
+    w.bind(&mut iommu, &td, k, 7);
+    iommu.block(w.m.tsm.platform_mut(), k).unwrap();
+    for (fault, want) in
+        [(UnitFault::NoStatusWrite, UnitError::Timeout), (UnitFault::QueueError, UnitError::QueueError)]
+    {
+        w.m.tsm.platform_mut().unit.fault = fault;
+        let epoch = w.epoch(&td);
+        rejects(&mut w, &mut iommu, IommuError::Unit(want), |w, i| {
+            i.invalidate(w.m.tsm.platform_mut(), DomainId(7), epoch)
+        });
+        rejects(&mut w, &mut iommu, IommuError::TrackingNotDone, |w, i| i.remove(w.m.tsm.platform_mut(), k));
+    }
+    w.m.tsm.platform_mut().unit.fault = UnitFault::None;
+    w.invalidate(&mut iommu, &td, 7).unwrap();
+    iommu.remove(w.m.tsm.platform_mut(), k).unwrap();
+}
 
 #[test]
 fn invalidate_rejects_an_unknown_domain() {
     let mut w = World::new();
     let mut iommu = w.setup();
-    rejects(&mut w, &mut iommu, IommuError::DomainNotFound, |_, i| i.invalidate(DomainId(7), 1));
+    rejects(&mut w, &mut iommu, IommuError::DomainNotFound, |w, i| {
+        i.invalidate(w.m.tsm.platform_mut(), DomainId(7), 1)
+    });
 }
 
 #[test]
@@ -426,11 +523,11 @@ fn sept_blocks_of_a_td_with_dmar_entries_need_track_then_invalidation() {
     let bepoch = w.epoch(&td);
     w.sept_block(&td, 0x1000);
     assert!(!iommu.is_tracked(owner, bepoch));
-    iommu.invalidate(DomainId(7), w.epoch(&td)).unwrap();
+    w.invalidate(&mut iommu, &td, 7).unwrap();
     assert!(!iommu.is_tracked(owner, bepoch), "an invalidation in the block's own epoch may precede it");
     w.kick_and_track(&td);
     assert!(!iommu.is_tracked(owner, bepoch), "TRACK retires the CPU TLB only");
-    iommu.invalidate(DomainId(7), w.epoch(&td)).unwrap();
+    w.invalidate(&mut iommu, &td, 7).unwrap();
     assert!(iommu.is_tracked(owner, bepoch));
     // Another TD is not concerned.
     let other = w.second_td();
@@ -463,7 +560,7 @@ fn reclaim_gives_back_every_frame_deepest_first() {
         w.bind(&mut iommu, &td, k, 7);
         iommu.block(w.m.tsm.platform_mut(), k).unwrap();
     }
-    iommu.invalidate(DomainId(7), w.epoch(&td)).unwrap();
+    w.invalidate(&mut iommu, &td, 7).unwrap();
     for k in keys {
         iommu.remove(w.m.tsm.platform_mut(), k).unwrap();
     }
@@ -473,9 +570,16 @@ fn reclaim_gives_back_every_frame_deepest_first() {
     assert_eq!(owned, 3 + 1 + 3 + 3);
     let root = iommu.root();
     let mut slot = Some(iommu);
+    // A unit that does not confirm the global invalidation keeps every frame in place.
+    w.m.tsm.platform_mut().unit.fault = UnitFault::NoStatusWrite;
+    let r = Iommu::reclaim(&mut slot, w.m.tsm.platform_mut(), &w.pamt);
+    assert_eq!(r, Err(IommuError::Unit(UnitError::Timeout)));
+    assert_eq!(slot.as_ref().map(Iommu::table_frames), Some(owned));
+    w.m.tsm.platform_mut().unit.fault = UnitFault::None;
     let mut back = Vec::new();
     loop {
         let (frame, role) = Iommu::reclaim(&mut slot, w.m.tsm.platform_mut(), &w.pamt).unwrap();
+        assert!(!w.m.tsm.platform().unit.translating, "a frame came back while the unit translates");
         assert!(w.m.tsm.platform().mem.is_zero_page(frame));
         assert_eq!(w.m.tsm.pamt_entry(frame), Some(PamtEntry::FREE));
         back.push(role);

@@ -80,6 +80,7 @@ pub mod leaf {
     pub const TDI_STOP: u64 = 0x8012;
     pub const DMABUF_IMPORT: u64 = 0x8013;
     pub const DMABUF_REVOKE: u64 = 0x8014;
+    pub const IOMMU_FAULT_RD: u64 = 0x8030;
 }
 
 /// Bytes of one TDMR_INFO entry: base, size, PAMT base, PAMT size (u64 each).
@@ -645,6 +646,7 @@ impl<P: Platform> Tsm<P> {
         Self::TDI_STOP,
         Self::DMABUF_IMPORT,
         Self::DMABUF_REVOKE,
+        Self::IOMMU_FAULT_RD,
     ];
 
     // ---- TSM ---------------------------------------------------------------------------------

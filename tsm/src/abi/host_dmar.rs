@@ -23,7 +23,7 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::IOMMU_SETUP,
             name: "TDH.IOMMU.SETUP",
-            summary: "Takes the trusted IOMMU (VT-d, scalable mode): a donated page becomes its root table. Context, PASID directory and PASID table frames come with TDH.DMAR.ADD.",
+            summary: "Takes the trusted IOMMU (VT-d, scalable mode): a donated page becomes its root table, and the TSM programs the unit: RTADDR in scalable mode, the invalidation queue, a global invalidation confirmed by a wait descriptor, translation on. From then on a device without a DMA remapping entry faults. Context, PASID directory and PASID table frames come with TDH.DMAR.ADD.",
             inputs: &[(Reg::Rcx, "page to donate (the root table)")],
             outputs: &[],
             requires: "No trusted IOMMU yet.",
@@ -33,6 +33,7 @@ impl<P: Platform> Tsm<P> {
                 (Status::OPERAND_INVALID, "RCX not a 4K-aligned address"),
                 (Status::OPERAND_ADDR_RANGE_ERROR, "RCX outside the TDMRs"),
                 (Status::PAGE_NOT_FREE, "RCX page not free"),
+                (Status::IOMMU_UNIT_ERROR, "no remapping unit, one without queued invalidation, scalable mode or second-stage translation, or a command it did not complete (translation left off, the page stays free)"),
             ],
         },
         handler: Self::iommu_setup,
@@ -46,7 +47,11 @@ impl<P: Platform> Tsm<P> {
             inputs: &[],
             outputs: &[(Reg::Rcx, "the frame released"), (Reg::Rdx, "its role: 0 root, 1 context table, 2 PASID directory, 3 PASID table")],
             requires: "No DMA remapping entry left.",
-            errors: &[SYS, (Status::IOMMU_STATE_INCORRECT, "not set up, or entries remain")],
+            errors: &[
+                SYS,
+                (Status::IOMMU_STATE_INCORRECT, "not set up, or entries remain"),
+                (Status::IOMMU_UNIT_ERROR, "the unit did not confirm translation off and the global invalidation (first call; nothing released)"),
+            ],
         },
         handler: Self::iommu_clear,
     };
@@ -77,6 +82,7 @@ impl<P: Platform> Tsm<P> {
                 (Status::OPERAND_INVALID, "a table frame the entry needs is missing (operand: its register), or R8..R10 not 4K aligned"),
                 (Status::OPERAND_ADDR_RANGE_ERROR, "a frame outside the TDMRs"),
                 (Status::PAGE_NOT_FREE, "a frame not free"),
+                (Status::DMAR_WIDTH_UNSUPPORTED, "the TD's S-EPT depth is not in the unit's CAP.SAGAW: a GPAW-52 TD (5-level S-EPT) on a 48-bit unit"),
                 (Status::DMAR_STATE_INCORRECT, "the TDI already has an entry"),
                 (Status::DEVICE_SLOTS_EXHAUSTED, "no entry slot left"),
             ],
@@ -105,6 +111,24 @@ impl<P: Platform> Tsm<P> {
         handler: Self::dmar_block,
     };
 
+    pub(crate) const IOMMU_FAULT_RD: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::IOMMU_FAULT_RD,
+            name: "SEAMLESS.IOMMU.FAULT.RD",
+            summary: "seamless only: reads the remapping unit's fault recording registers into the TSM's fault log (and clears them in the unit), then returns fault number RCX of the log. A DMA the unit refused still completes at the device (QEMU's NVMe reports status 0), so these records are the proof that it did not land. The log keeps the last 16 faults.",
+            inputs: &[(Reg::Rcx, "fault number (0 = the first since TDH.IOMMU.SETUP)")],
+            outputs: &[
+                (Reg::Rcx, "faults recorded since TDH.IOMMU.SETUP"),
+                (Reg::Rdx, "the fault: source id (15:0), VT-d fault reason (23:16), write (24), PASID present (25), PASID (51:32)"),
+                (Reg::R8, "the fault: page address the request went to"),
+                (Reg::R9, "1 if RDX/R8 hold fault RCX-in, 0 if the log does not hold it (not yet, or overwritten)"),
+            ],
+            requires: "IOMMU set up.",
+            errors: &[SYS, NO_IOMMU],
+        },
+        handler: Self::iommu_fault_rd,
+    };
+
     pub(crate) const DMAR_REMOVE: HostLeaf<P> = HostLeaf {
         spec: LeafSpec {
             number: leaf::DMAR_REMOVE,
@@ -130,7 +154,7 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::IQ_INV_REQUEST,
             name: "TDH.IQ.INV.REQUEST",
-            summary: "The trusted invalidation queue: invalidates the PASID cache and IOTLB of the TD's domain and waits for completion. Retires DMAR blocks made before it, and, for the IOTLB, S-EPT blocks made before the TD's latest TRACK.",
+            summary: "The trusted invalidation queue: queues domain-selective PASID-cache and IOTLB invalidation descriptors for the TD's domain and a wait descriptor, and returns only once the unit wrote the wait's status. Retires DMAR blocks made before it, and, for the IOTLB, S-EPT blocks made before the TD's latest TRACK. Reads the unit's fault records into the fault log.",
             inputs: &[(Reg::Rcx, "TDR page")],
             outputs: &[],
             requires: "IOMMU set up; the TD has entries.",
@@ -139,14 +163,11 @@ impl<P: Platform> Tsm<P> {
                 (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDR page"),
                 NO_IOMMU,
                 (Status::DMAR_STATE_INCORRECT, "the TD has no entries"),
+                (Status::IOMMU_UNIT_ERROR, "the unit did not complete the invalidation (nothing retired)"),
             ],
         },
         handler: Self::iq_inv_request,
     };
-
-    fn iommu_mut(&mut self) -> TsmResult<&mut Iommu> {
-        self.iommu.as_mut().ok_or(TsmError::Iommu(crate::iommu::IommuError::NotSetUp))
-    }
 
     fn iommu_setup(&mut self, regs: &Regs, _out: &mut Regs) -> TsmResult<Status> {
         let pamt = *self.pamt()?;
@@ -244,14 +265,43 @@ impl<P: Platform> Tsm<P> {
         Ok(Status::SUCCESS)
     }
 
+    /// Moves the unit's fault records into the TSM's log. Run at every ABI call: a unit has few
+    /// fault recording registers (QEMU's has one) and drops faults while they are full, so the
+    /// TSM empties them whenever it runs.
+    pub(crate) fn drain_dma_faults(&mut self) {
+        if let Some(iommu) = self.iommu.as_mut() {
+            iommu.collect_faults(&mut self.platform);
+        }
+    }
+
+    fn iommu_fault_rd(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        self.sys()?;
+        let iommu = self.iommu.as_mut().ok_or(TsmError::Iommu(crate::iommu::IommuError::NotSetUp))?;
+        // ALL CHECKS PASSED: nothing below can fail.
+        iommu.collect_faults(&mut self.platform);
+        out.rcx = iommu.fault_count();
+        if let Some(f) = iommu.fault(regs.rcx) {
+            out.rdx = u64::from(f.source_id)
+                | u64::from(f.reason) << 16
+                | u64::from(f.write) << 24
+                | u64::from(f.pasid.is_some()) << 25
+                | u64::from(f.pasid.unwrap_or(0)) << 32;
+            out.r8 = f.address;
+            out.r9 = 1;
+        }
+        Ok(Status::SUCCESS)
+    }
+
     fn iq_inv_request(&mut self, regs: &Regs, _out: &mut Regs) -> TsmResult<Status> {
         self.sys()?;
         let td_idx = self.td_index(regs.rcx, Operand::Rcx)?;
         let td = self.td(td_idx)?;
         let (tdr, epoch) = (td.tdr, td.tlb.epoch());
-        let iommu = self.iommu_mut()?;
+        let iommu = self.iommu.as_mut().ok_or(TsmError::Iommu(crate::iommu::IommuError::NotSetUp))?;
         let domain = iommu.domain_of(tdr).ok_or(TsmError::Iommu(crate::iommu::IommuError::DomainNotFound))?;
-        iommu.invalidate(domain.did, epoch).map_err(TsmError::Iommu)?;
+        // `invalidate` retires nothing unless the unit confirmed the invalidation.
+        iommu.invalidate(&mut self.platform, domain.did, epoch).map_err(TsmError::Iommu)?;
+        iommu.collect_faults(&mut self.platform);
         Ok(Status::SUCCESS)
     }
 }

@@ -181,6 +181,7 @@ impl<P: Platform> Tsm<P> {
     /// Executes one host (SEAMCALL-shaped) call.
     pub fn host_call(&mut self, regs: &Regs) -> Regs {
         let start = self.call_clock();
+        self.drain_dma_faults();
         let mut out = Regs::default();
         let leaf = Self::HOST_LEAVES.iter().find(|l| l.spec.number == regs.rax);
         let (name, result) = match leaf {
@@ -196,6 +197,7 @@ impl<P: Platform> Tsm<P> {
     /// caller (the firmware) knows which vCPU is running; the TSM checks it is in guest mode.
     pub fn guest_call(&mut self, tdvpr: u64, regs: &Regs) -> GuestReturn {
         let start = self.call_clock();
+        self.drain_dma_faults();
         let mut out = Regs::default();
         let leaf = Self::GUEST_LEAVES.iter().find(|l| l.spec.number == regs.rax);
         let name = leaf.map_or("unknown", |l| l.spec.name);

@@ -1,7 +1,9 @@
 //! The IOMMU's leaf error. The ABI leaves map each variant to a status word, with the operand id
 //! of the register that named the bad input ([`FrameRole`] says which donated frame it was).
 
+use super::hw::Unsuitable;
 use super::DmarState;
+use crate::platform::UnitError;
 
 /// Which donated frame an error is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,4 +81,14 @@ pub enum IommuError {
     NotSetUp,
     /// The IOMMU's tables disagree with its bookkeeping.
     Corrupt,
+    /// The TD's S-EPT depth is not one the unit walks: its CAP.SAGAW (this value) lacks the
+    /// width (QEMU's intel-iommu: 39 and 48 bits, so no GPAW-52 TD can share its S-EPT).
+    WidthUnsupported {
+        /// CAP.SAGAW.
+        sagaw: u8,
+    },
+    /// The unit lacks a capability the TSM needs.
+    Unsuitable(Unsuitable),
+    /// The unit is absent or did not complete a command.
+    Unit(UnitError),
 }

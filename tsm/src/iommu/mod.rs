@@ -21,12 +21,15 @@
 mod dmar;
 mod error;
 pub mod format;
+pub mod hw;
+mod program;
 mod reclaim;
 mod unit;
 pub mod walk;
 
 pub use dmar::{dmar_legality, Binding, DmarLegality, DmarOp, DmarState, Domain};
 pub use error::{FrameRole, IommuError};
+pub use program::FAULT_LOG;
 pub use unit::{DmarRequest, Done, Frames, Iommu, Needs, MAX_BINDINGS, MAX_DOMAINS};
 pub use walk::{translate, DmaFault, FaultReason, Translation};
 

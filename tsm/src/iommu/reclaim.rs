@@ -9,7 +9,7 @@
 
 use crate::addr::Pfn;
 use crate::pamt::{Pamt, PamtEntry};
-use crate::platform::PhysMem;
+use crate::platform::{Clock, DmaRemapping, PhysMem};
 
 use super::format::{
     ContextEntry, PasidDirEntry, RootHalf, CONTEXT_ENTRIES, CONTEXT_WORDS, PASID_DIR_ENTRIES_PER_FRAME, ROOT_ENTRIES,
@@ -73,7 +73,7 @@ impl Iommu {
     /// `NotSetUp` for an empty slot, `EntriesExist` while any DMAR entry exists, `Corrupt` if a
     /// table pointer leads outside the IOMMU's frames or a table holds an entry while no DMAR
     /// entry is left.
-    pub fn reclaim<M: PhysMem>(
+    pub fn reclaim<M: PhysMem + DmaRemapping + Clock>(
         slot: &mut Option<Iommu>,
         mem: &mut M,
         pamt: &Pamt,
@@ -82,6 +82,9 @@ impl Iommu {
         if iommu.bindings().next().is_some() {
             return Err(IommuError::EntriesExist);
         }
+        // The first call gives the unit back (translation off, caches invalidated) before any
+        // frame is released; a unit that does not confirm keeps every frame where it is.
+        iommu.release_unit(mem)?;
         let victim = iommu.victim(mem, pamt)?;
         if let Some(Victim::PasidTable { table, .. }) = victim {
             // Every remove zeroed its entry: with no binding left the table must be all zero.

@@ -7,7 +7,7 @@
 
 use crate::addr::Pfn;
 use crate::pamt::{PageType, Pamt, PamtEntry, PamtLookupError};
-use crate::platform::PhysMem;
+use crate::platform::{Clock, DmaRemapping, PhysMem, UnitError};
 use crate::td::{Tracker, MAX_TDS};
 
 use super::dmar::{dmar_legality, Binding, DmarLegality, DmarOp, DmarState, Domain};
@@ -15,6 +15,8 @@ use super::format::{
     root_word, ContextEntry, PasidDirEntry, PasidEntry, RootHalf, CONTEXT_ENTRIES, CONTEXT_WORDS, PASIDS_PER_DIRECTORY,
     PASID_TABLE_ENTRIES, PASID_WORDS, PDTS_ONE_FRAME, RID_PASID,
 };
+use super::hw::Capabilities;
+use super::program::UnitState;
 use super::walk::{self, DmaFault, Translation};
 use super::{DmarKey, DomainId, FrameRole, IommuError, Pasid, Rid, SeptLevels};
 
@@ -138,6 +140,10 @@ pub struct Iommu {
     pub(super) domains: [Option<Domain>; MAX_DOMAINS],
     /// Table frames owned besides the root.
     pub(super) table_frames: u32,
+    /// The unit's capabilities, read at IOMMU.SETUP.
+    pub(super) caps: Capabilities,
+    /// The unit's registers: wait sequence, translation state, the faults read back.
+    pub(super) unit: UnitState,
 }
 
 /// The PAMT entry of a table frame of the IOMMU whose root table is `root`.
@@ -169,12 +175,39 @@ impl Iommu {
     ///
     /// # Errors
     /// `FrameNotConvertible(RootTable)`, `FrameNotFree(RootTable)`, `Corrupt` (PAMT unreadable).
-    pub fn setup<M: PhysMem>(mem: &mut M, pamt: &Pamt, root: Pfn) -> Result<Iommu, IommuError> {
-        check_donated(mem, pamt, root, FrameRole::RootTable)?;
-        // ALL CHECKS PASSED: nothing below can fail.
-        mem.zero(root);
-        pamt.set(mem, root, table_meta(root, FrameRole::RootTable));
-        Ok(Iommu { root, bindings: [None; MAX_BINDINGS], domains: [None; MAX_DOMAINS], table_frames: 0 })
+    ///
+    /// The unit is then programmed ([`Iommu::take_unit`]): the zeroed root table in scalable
+    /// mode, the invalidation queue, a global invalidation and translation on. Until this call
+    /// the unit is the platform's (translation off); from it on, a request that no DMAR entry
+    /// names faults at the root table.
+    ///
+    /// # Errors
+    /// `FrameNotConvertible(RootTable)`, `FrameNotFree(RootTable)`, `Corrupt` (PAMT unreadable),
+    /// `Unsuitable` (the unit lacks a capability), `Unit` (absent, or a command did not
+    /// complete: the unit is left translating nothing and the frame stays free).
+    pub fn setup<P: PhysMem + DmaRemapping + Clock>(p: &mut P, pamt: &Pamt, root: Pfn) -> Result<Iommu, IommuError> {
+        check_donated(p, pamt, root, FrameRole::RootTable)?;
+        let caps = p.remapping_capabilities().ok_or(IommuError::Unit(UnitError::Absent))?;
+        caps.check().map_err(IommuError::Unsuitable)?;
+        let mut iommu = Iommu {
+            root,
+            bindings: [None; MAX_BINDINGS],
+            domains: [None; MAX_DOMAINS],
+            table_frames: 0,
+            caps,
+            unit: UnitState::default(),
+        };
+        // ALL CHECKS PASSED for the TSM's state. Zeroing a free frame changes nothing the host
+        // can tell; if the unit fails below, the frame stays free and the unit translates nothing.
+        p.zero(root);
+        iommu.take_unit(p)?;
+        pamt.set(p, root, table_meta(root, FrameRole::RootTable));
+        Ok(iommu)
+    }
+
+    /// The unit's capabilities.
+    pub const fn capabilities(&self) -> Capabilities {
+        self.caps
     }
 
     /// The root table (what the unit's RTADDR register would hold, with RTADDR.TTM = scalable).
@@ -375,7 +408,7 @@ impl Iommu {
     /// consumed.
     ///
     /// Checks, in order: the key (`PasidReserved`, `PasidOutOfRange`), `DomainIdInvalid`,
-    /// `SeptRootInvalid`, `EntryInUse`, the domain (`DomainInUse`, `DomainMismatch`,
+    /// `SeptRootInvalid`, `WidthUnsupported` (the unit's SAGAW lacks the S-EPT's depth), `EntryInUse`, the domain (`DomainInUse`, `DomainMismatch`,
     /// `DomainsExhausted`), `BindingsExhausted`, the tables on the path (`Corrupt`), then the
     /// needed frames in path order (context table, PASID directory, PASID table): each
     /// `FrameMissing`, `FrameNotConvertible`, `FrameNotFree`, `FrameDuplicate`.
@@ -394,6 +427,10 @@ impl Iommu {
             return Err(IommuError::DomainIdInvalid);
         }
         Self::check_sept_root(mem, pamt, req)?;
+        if !self.caps.walks(req.levels) {
+            // The unit walks the S-EPT itself: a 5-level S-EPT (GPAW 52) needs SAGAW bit 3.
+            return Err(IommuError::WidthUnsupported { sagaw: self.caps.sagaw() });
+        }
         if let Some(b) = self.binding(req.key) {
             return Err(IommuError::EntryInUse(b.state));
         }
@@ -578,23 +615,34 @@ impl Iommu {
         Ok(())
     }
 
-    /// The trusted invalidation queue's domain-selective invalidation (PASID cache, IOTLB and
-    /// device TLB of DID `did`; TDH.IQ.INV in TDX Connect): advances the domain's IOTLB epoch
-    /// and records `cpu_epoch`, the owning TD's current CPU epoch.
+    /// The trusted invalidation queue's domain-selective invalidation (TDH.IQ.INV in TDX Connect):
+    /// PASID-cache and IOTLB invalidation descriptors for DID `did`, then a wait descriptor
+    /// whose status write the TSM checks; only then does the domain's IOTLB epoch advance and
+    /// record `cpu_epoch`, the owning TD's current CPU epoch.
     ///
-    /// The invalidation completes within the call (submit and wait descriptor in one), so no
-    /// IOTLB user can still hold the previous epoch and the IOTLB tracker never has references;
-    /// a model of asynchronous completion or of ATS device TLBs would take them with
-    /// [`Tracker::enter`] and refuse here while [`Tracker::can_advance`] is false, as TRACK does.
+    /// The invalidation completes within the call, so no IOTLB user can still hold the previous
+    /// epoch and the IOTLB tracker never has references; a model of ATS device TLBs would take
+    /// them with [`Tracker::enter`] and refuse here while [`Tracker::can_advance`] is false, as
+    /// TRACK does.
     ///
     /// # Errors
-    /// `DomainNotFound`.
-    pub fn invalidate(&mut self, did: DomainId, cpu_epoch: u64) -> Result<(), IommuError> {
+    /// `DomainNotFound`; `Unit` if the unit did not complete the invalidation (nothing retired).
+    pub fn invalidate<P: DmaRemapping + Clock>(
+        &mut self,
+        p: &mut P,
+        did: DomainId,
+        cpu_epoch: u64,
+    ) -> Result<(), IommuError> {
         let di = self.domain_index(did).ok_or(IommuError::DomainNotFound)?;
-        let d = self.domains[di].as_mut().ok_or(IommuError::Corrupt)?;
-        // ALL CHECKS PASSED: nothing below can fail.
-        d.iotlb.advance();
-        d.flushed_cpu_epoch = d.flushed_cpu_epoch.max(cpu_epoch);
+        if self.domains[di].is_none() {
+            return Err(IommuError::Corrupt);
+        }
+        self.invalidate_unit(p, &super::hw::domain_invalidation(did))?;
+        // ALL CHECKS PASSED (and the unit confirmed the invalidation): nothing below can fail.
+        if let Some(d) = self.domains[di].as_mut() {
+            d.iotlb.advance();
+            d.flushed_cpu_epoch = d.flushed_cpu_epoch.max(cpu_epoch);
+        }
         Ok(())
     }
 

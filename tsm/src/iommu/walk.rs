@@ -83,7 +83,9 @@ pub enum FaultReason {
     /// or a leaf where none may sit (0x7A).
     SeptReserved,
     /// The S-EPT leaf is present but is not private memory the guest accepted (MMIO_MAPPED):
-    /// the trusted IOMMU never lets a device reach another device's MMIO (seamless 0xF0).
+    /// the trusted IOMMU never lets a device reach another device's MMIO (seamless 0xF0). A VT-d
+    /// unit reports the same refusal as a reserved-bit fault (0x0C): the MMIO leaf carries
+    /// [`crate::sept::DMA_BLOCK`].
     SeptNotPrivateMemory(SeptState),
 }
 

@@ -95,6 +95,12 @@ impl World {
         iommu.accept(self.m.tsm.platform_mut(), pfn(td.tdr), key).unwrap();
     }
 
+    /// IQ.INV of DID `did` in `td`'s current CPU epoch.
+    pub fn invalidate(&mut self, iommu: &mut Iommu, td: &TdHandle, did: u16) -> Result<(), IommuError> {
+        let epoch = self.epoch(td);
+        iommu.invalidate(self.m.tsm.platform_mut(), DomainId(did), epoch)
+    }
+
     pub fn writes(&self) -> u64 {
         self.m.tsm.platform().mem.writes()
     }
