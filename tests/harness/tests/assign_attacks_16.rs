@@ -119,6 +119,21 @@ fn a_second_pdev_spelling_the_same_function_is_refused() {
     });
 }
 
+/// The guest names its TDI the way the TSM compares functions, as requesters: both spellings of
+/// a segment-0 function find the one TDI, and another segment's spelling finds none.
+#[test]
+fn the_guest_finds_its_tdi_under_either_spelling_of_the_function() {
+    let mut w = running();
+    let vcpu = w.td.vcpus[0];
+    let plain = w.m.guest(vcpu, g::TDI_RD, FN, 0, 0);
+    let valid = w.m.guest(vcpu, g::TDI_RD, FN | 1 << 24, 0, 0);
+    assert_eq!(plain.regs.status(), Status::SUCCESS);
+    assert_eq!(valid.regs.status(), Status::SUCCESS);
+    assert_eq!(plain.regs.r9, valid.regs.r9, "the same TDI's state");
+    let r = w.m.guest(vcpu, g::TDI_RD, FN | 1 << 24 | 1 << 16, 0, 0);
+    assert_eq!(r.regs.status(), Status::TDI_NOT_PRESENT.with_operand(Operand::Rcx), "segment 1 is another function");
+}
+
 // ---- defect 2: MMIO under a blocked table ---------------------------------------------------
 
 /// The host blocks the level-1 table entry above the BAR, then `cut` stops or revokes the TDI;

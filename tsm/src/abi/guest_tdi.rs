@@ -169,13 +169,18 @@ impl<P: Platform> Tsm<P> {
         Ok(Step::Done(Status::SUCCESS))
     }
 
-    /// The TDI of the calling TD with the function (and PASID) encoded in `raw`.
+    /// The TDI of the calling TD with the function (and PASID) encoded in `raw`. Functions are
+    /// compared as requesters, as TDI.CREATE compares them, so either spelling of a segment-0
+    /// function finds its TDI.
     fn guest_tdi(&self, ctx: Ctx, raw: u64, op: Operand) -> TsmResult<usize> {
-        let function = (raw & crate::pdev::FUNCTION_ID_MASK) as u32;
+        let requester =
+            crate::pdev::requester(raw & crate::pdev::FUNCTION_ID_MASK).ok_or(TsmError::TdiNotPresent(op))?;
         let pasid = (raw & PASID_VALID != 0).then_some(((raw >> 32) & 0xF_FFFF) as u32);
         self.tdis
             .iter()
-            .position(|t| matches!(t, Some(t) if t.td == ctx.td && t.function == function && t.pasid == pasid))
+            .position(
+                |t| matches!(t, Some(t) if t.td == ctx.td && t.requester() == Some(requester) && t.pasid == pasid),
+            )
             .ok_or(TsmError::TdiNotPresent(op))
     }
 
