@@ -98,9 +98,14 @@ impl<P: Platform> Tsm<P> {
             spec: LeafSpec {
                 number: leaf::VP_ENTER,
                 name: "TDH.VP.ENTER",
-                summary: "Puts the vCPU in guest mode in the TD's current TLB epoch. seamless runs host and guest on one CPU: the call returns at once and the guest runs through the guest ABI until a guest call exits (TDG.VP.VMCALL, an EPT violation) or the host kicks the vCPU.",
+                summary: "Puts the vCPU in guest mode in the TD's current TLB epoch. Where the firmware runs the TD as an SVM guest (its TD world) the call returns only at the next TD exit, RAX the VMX exit reason in bits 31:0 under status class SUCCESS (77 TDG.VP.VMCALL, 48 EPT violation, 2 triple fault), the registers below and nothing else of the TD (`TdExit::host_regs`); for a TD whose guest still runs in the firmware's image it returns at once and the guest runs through the guest ABI until a guest call exits or the host kicks the vCPU.",
                 inputs: &[(Reg::Rcx, "TDVPR page address")],
-                outputs: &[],
+                outputs: &[
+                    (Reg::Rcx, "VMCALL: exposed-register mask 0x3C00; EPT violation: the S-EPT entry found"),
+                    (Reg::Rdx, "EPT violation: level found (2:0), level asked (10:8)"),
+                    (Reg::R8, "EPT violation: the GPA"),
+                    (Reg::R10, "VMCALL: R10..R13 as the TD set them (R11..R13 likewise)"),
+                ],
                 requires: "TD finalized (RUNNABLE); vCPU not in guest mode.",
                 errors: &[
                     (Status::SYS_NOT_READY, "TDH.SYS.CONFIG not done"),
@@ -870,7 +875,7 @@ impl<P: Platform> Tsm<P> {
         let entry = PamtEntry { aux: index as u8, ..PamtEntry::owned(PageType::Tdvpr, tdr) };
         self.set_meta(page, entry);
         let td = self.td_mut(idx)?;
-        td.vcpus[index] = Some(Vcpu { tdvpr: page, in_guest: None });
+        td.vcpus[index] = Some(Vcpu { tdvpr: page, in_guest: None, ve: None });
         td.owned_frames += 1;
         out.rcx = index as u64;
         Ok(Status::SUCCESS)

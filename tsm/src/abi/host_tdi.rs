@@ -413,7 +413,7 @@ impl<P: Platform> Tsm<P> {
         let Some(range) = tdi.ranges().get(r).copied() else { return };
         let (Some(base), true) = (range.gpa_base, range.mapped > 0) else { return };
         let Some(Some(td)) = self.tds.get(tdi.td) else { return };
-        let (root, level, epoch) = (td.sept_root(), td.root_level(), td.tlb.epoch());
+        let (root, level, epoch, tdr) = (td.sept_root(), td.root_level(), td.tlb.epoch(), td.tdr);
         let end = base.saturating_add(range.pages << 12);
         let mut gpa = base;
         while gpa < end {
@@ -432,6 +432,9 @@ impl<P: Platform> Tsm<P> {
             {
                 let blocked = SeptEntry::new(SeptState::MmioBlocked, found.entry.pfn(), found.level);
                 sept::write(&mut self.platform, found.slot, blocked);
+                let bytes = sept::coverage(found.level);
+                let leaf = GuestPhysAddr::new(gpa & !(bytes - 1)).unwrap_or(g);
+                self.platform.sept_changed(tdr, Some((leaf, bytes)));
             }
             let step = sept::coverage(found.level);
             gpa = (gpa & !(step - 1)).saturating_add(step);
@@ -890,9 +893,10 @@ impl<P: Platform> Tsm<P> {
             return Ok(Status::GPA_RANGE_ALREADY_BLOCKED);
         }
         let (t, r) = self.mmio_owner(w.entry.pfn().raw()).ok_or(TsmError::Corrupt)?;
-        let epoch = td.tlb.epoch();
+        let (epoch, tdr) = (td.tlb.epoch(), td.tdr);
         // ALL CHECKS PASSED: nothing below can fail.
         sept::write(&mut self.platform, w.slot, SeptEntry::new(SeptState::MmioBlocked, w.entry.pfn(), size.level()));
+        self.platform.sept_changed(tdr, Some((gpa, size.bytes())));
         self.tdi_mut(t)?.ranges[r].bepoch = epoch;
         Ok(Status::SUCCESS)
     }
