@@ -147,7 +147,8 @@ pub struct Frame<'a> {
 /// # Errors
 /// [`DecodeError`] for the first bad frame; `each` is then never called.
 pub fn decode<'a>(stream: &'a [u8], each: &mut dyn FnMut(Frame<'a>)) -> Result<usize, DecodeError> {
-    let mut frames: [Option<Frame<'a>>; 16] = [None; 16];
+    // Every figure is a frame: a demo run sends about twenty.
+    let mut frames: [Option<Frame<'a>>; 32] = [None; 32];
     let mut count = 0;
     let mut at = 0;
     while at < stream.len() {

@@ -44,6 +44,7 @@ macro_rules! say {
 
 mod assign;
 mod attack;
+mod td_world;
 mod worlds;
 
 /// The guest's accepted work pages: digests, REPORTDATA, the native report, its SNP export;
@@ -322,6 +323,17 @@ fn host_world(
     figure("seamcall_roundtrip_ns", &r.seamcall_ns, "ns");
     let ratio = (r.seamcall_ns * 100).checked_div(r.floor_ns).unwrap_or(0);
     figure("seamcall_vs_floor", &format_args!("{}.{:02}", ratio / 100, ratio % 100), "x");
+    let td = td_world::run(tsm, host, *tsc).unwrap_or_else(|e| fail("probe TD", &e));
+    say!(
+        "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; {} #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page); a page blocked and tracked while in use exited on its next touch; SEAMCALL in the TD #UD; no secret register reached the host; the host's memory exited as an EPT violation; {} VP.ENTERs, {} world switches",
+        td.ves,
+        td.entries,
+        td.switches
+    );
+    figure("tdcall_roundtrip_ns", &td.tdcall_ns, "ns");
+    let ratio = (td.tdcall_ns * 100).checked_div(r.floor_ns).unwrap_or(0);
+    figure("tdcall_vs_floor", &format_args!("{}.{:02}", ratio / 100, ratio % 100), "x");
+    figure("world_switches", &(r.exits + td.switches), "exits");
     world
 }
 

@@ -115,6 +115,8 @@ pub struct Vcpu {
     /// The #VE delivered to the vCPU and not yet read by TDG.VP.VEINFO.GET (TDX's VE_INFO with
     /// its VALID word set).
     pub ve: Option<VeInfo>,
+    /// TDH.VP.ENTERs so far: 1 on the first, when the vCPU starts from TDX's initial state.
+    pub entries: u64,
 }
 
 /// What TDG.VP.VEINFO.GET returns about the last #VE (TDX module spec, "#VE Information").

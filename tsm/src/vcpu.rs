@@ -24,6 +24,9 @@ pub struct RunningVcpu {
     pub gpaw: u8,
     /// The vCPU's index in its TD.
     pub index: usize,
+    /// TDH.VP.ENTERs of this vCPU so far, this one included: 1 means it starts from TDX's
+    /// initial state.
+    pub entries: u64,
 }
 
 /// The S-EPT leaf that translates a private GPA, in any leaf state.
@@ -37,6 +40,8 @@ pub struct PrivateLeaf {
     pub frame: Pfn,
     /// Its size.
     pub size: PageSize,
+    /// The raw S-EPT entry (what an EPT-violation exit reports).
+    pub entry: u64,
 }
 
 /// A private GPA with no leaf: where the walk stopped (an EPT-violation TD exit reports it).
@@ -53,7 +58,8 @@ impl<P: Platform> Tsm<P> {
     pub fn running_vcpu(&self, tdvpr: u64) -> Option<RunningVcpu> {
         let Ctx { td, vcpu } = self.guest_context(tdvpr).ok()?;
         let t = self.td(td).ok()?;
-        Some(RunningVcpu { tdr: t.tdr, gpaw: t.gpaw(), index: vcpu })
+        let entries = t.vcpus.get(vcpu).copied().flatten()?.entries;
+        Some(RunningVcpu { tdr: t.tdr, gpaw: t.gpaw(), index: vcpu, entries })
     }
 
     /// The leaf of the running vCPU's S-EPT that translates private `gpa` (shared bit clear,
@@ -78,7 +84,7 @@ impl<P: Platform> Tsm<P> {
             return Err(NoLeaf { level: w.level, entry: w.entry.raw() });
         };
         let base = GuestPhysAddr::new(gpa.raw() & !(sept::coverage(w.level) - 1)).ok_or(NONE)?;
-        Ok(PrivateLeaf { state, gpa: base, frame: w.entry.pfn(), size })
+        Ok(PrivateLeaf { state, gpa: base, frame: w.entry.pfn(), size, entry: w.entry.raw() })
     }
 
     /// Takes the vCPU out of guest mode for an exit the platform decided (an access its S-EPT

@@ -137,7 +137,14 @@ impl<'a> HostCpu<'a> {
 impl Seamcall for HostCpu<'_> {
     fn seamcall(&mut self, regs: &mut Regs) {
         let t = self.tsc.now();
+        let input = *regs;
         *regs = self.tsm.host_call(regs);
+        // VP.ENTER of a TD that runs in a TD world returns at its next exit.
+        if input.rax == tsm::abi::host::leaf::VP_ENTER && regs.rax == 0 {
+            if let Some(exit) = crate::world::td::enter(self.tsm, input.rcx, &input) {
+                *regs = exit;
+            }
+        }
         self.tsm_ticks += self.tsc.now().wrapping_sub(t);
     }
 }

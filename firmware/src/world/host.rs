@@ -116,6 +116,7 @@ impl HostWorld {
         npt.map(VTD_REGS + PAGE, 4 << 30, MemType::Uncached).map_err(oom)?;
         let root = npt.root();
         tsm.platform_mut().host_npt = Some(npt);
+        tsm.platform_mut().td = Some(super::td::TdWorlds::new()?);
 
         let mut take = || page().ok_or(WorldError::OutOfHostPages);
         let (code, mc_offset) = svm::host_probe();

@@ -105,7 +105,7 @@ fn running_vcpu_and_vcpu_exit() {
     let td = m.running_td();
     let v = td.vcpus[0];
     let r = m.tsm.running_vcpu(v).unwrap();
-    assert_eq!((r.tdr, r.gpaw, r.index), (tdr_pfn(td.tdr), 48, 0));
+    assert_eq!((r.tdr, r.gpaw, r.index, r.entries), (tdr_pfn(td.tdr), 48, 0, 1));
     assert_eq!(m.tsm.running_vcpu(td.tdr), None, "a TDR is no vCPU");
     m.tsm.vcpu_exit(v);
     assert_eq!(m.tsm.running_vcpu(v), None);
@@ -113,6 +113,8 @@ fn running_vcpu_and_vcpu_exit() {
     // The vCPU is out: TRACK can retire the epoch it ran in.
     ok(m.host(h::MEM_TRACK, td.tdr, 0, 0, 0), "TRACK");
     ok(m.host(h::MEM_TRACK, td.tdr, 0, 0, 0), "TRACK again");
+    m.enter(v);
+    assert_eq!(m.tsm.running_vcpu(v).unwrap().entries, 2, "the next entry resumes");
 }
 
 #[test]

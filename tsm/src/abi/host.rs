@@ -875,7 +875,7 @@ impl<P: Platform> Tsm<P> {
         let entry = PamtEntry { aux: index as u8, ..PamtEntry::owned(PageType::Tdvpr, tdr) };
         self.set_meta(page, entry);
         let td = self.td_mut(idx)?;
-        td.vcpus[index] = Some(Vcpu { tdvpr: page, in_guest: None, ve: None });
+        td.vcpus[index] = Some(Vcpu { tdvpr: page, in_guest: None, ve: None, entries: 0 });
         td.owned_frames += 1;
         out.rcx = index as u64;
         Ok(Status::SUCCESS)
@@ -894,6 +894,7 @@ impl<P: Platform> Tsm<P> {
         let epoch = td.tlb.enter();
         if let Some(c) = td.vcpus[v].as_mut() {
             c.in_guest = Some(epoch);
+            c.entries = c.entries.saturating_add(1);
         }
         Ok(Status::SUCCESS)
     }
