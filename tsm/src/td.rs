@@ -263,6 +263,9 @@ pub struct Td {
     pub tlb: Tracker,
     /// Frames owned by the TD, other than its TDR.
     pub owned_frames: u64,
+    /// The root of the host's table for the shared half (SEAMLESS.SHARED.EPT.SET): host
+    /// memory, walked by the platform that runs the TD, never trusted for anything private.
+    pub shared_root: Option<Pfn>,
 }
 
 impl Td {
@@ -278,6 +281,7 @@ impl Td {
             mrtd: MrtdBuilder::new(),
             tlb: Tracker::default(),
             owned_frames: 0,
+            shared_root: None,
         }
     }
 

@@ -27,6 +27,9 @@ pub struct RunningVcpu {
     /// TDH.VP.ENTERs of this vCPU so far, this one included: 1 means it starts from TDX's
     /// initial state.
     pub entries: u64,
+    /// The root of the host's table for the shared half, if the host named one. Host memory:
+    /// every frame reached through it must be checked to be the host's.
+    pub shared_root: Option<Pfn>,
 }
 
 /// The S-EPT leaf that translates a private GPA, in any leaf state.
@@ -59,7 +62,7 @@ impl<P: Platform> Tsm<P> {
         let Ctx { td, vcpu } = self.guest_context(tdvpr).ok()?;
         let t = self.td(td).ok()?;
         let entries = t.vcpus.get(vcpu).copied().flatten()?.entries;
-        Some(RunningVcpu { tdr: t.tdr, gpaw: t.gpaw(), index: vcpu, entries })
+        Some(RunningVcpu { tdr: t.tdr, gpaw: t.gpaw(), index: vcpu, entries, shared_root: t.shared_root })
     }
 
     /// The leaf of the running vCPU's S-EPT that translates private `gpa` (shared bit clear,

@@ -10,11 +10,14 @@
  * Results page: 0x00 GPAW, 0x08 vCPU index, 0x10 CPUID.0 EAX, 0x14 vendor (EBX EDX ECX),
  *   0x20 CPUID.1 ECX, 0x24 CPUID.0x21 (EBX EDX ECX), 0x30 the PENDING page's word after the
  *   #VE handler accepted it, 0x38 best round of TDG.VP.INFO (TSC ticks), 0x40 iterations,
- *   0x48 rounds, 0x50 the blocked page's word once it came back, 0xE8 #UDs (SEAMCALL),
+ *   0x48 rounds, 0x50 the blocked page's word once it came back, 0x58 and 0x60 the two shared
+ *   pages' words, 0xE8 #UDs (SEAMCALL),
  *   0xF0 ACCEPT status in the #VE handler, 0xF8 #VEs, 0x100.. one 0x30-byte record per #VE:
  *   VEINFO.GET's RAX, RCX, RDX, R8, R9, R10.
  * Host protocol, TDG.VP.VMCALL R10: 0x100 + k reports words 3k..3k+2 of the results page in
  *   R11..R13; 0x200 asks the host to BLOCK and TRACK the page in R11 (then the TD touches it);
+ *   0x400 asks the host for its shared table (SEAMLESS.SHARED.EPT.SET; GPA 1 << 47 is linear
+ *   4 GiB in the TD);
  *   0x300 leaves a secret in every register the ABI does not expose, and the host answers in
  *   R11 an address of its own memory, which the TD then reads. */
         .section .rodata.td_probe, "a"
@@ -31,6 +34,8 @@ start32:
         mov dword ptr [edi + 8], 0x40000083
         mov dword ptr [edi + 16], 0x80000083
         mov dword ptr [edi + 24], 0xC0000083
+        mov dword ptr [edi + 32], 0x00000083  /* 4..5 GiB -> the shared GPA 1 << 47 */
+        mov dword ptr [edi + 36], 0x8000
         mov eax, cr4
         or eax, 0x620                    /* PAE, OSFXSR, OSXMMEXCPT */
         mov cr4, eax
@@ -126,6 +131,18 @@ long64:
         .byte 0x66, 0x0f, 0x01, 0xcc     /* TDG.VP.VMCALL */
         mov rax, [0x805000]
         mov [r15 + 0x50], rax
+
+        /* The shared half: the host names its table, the TD reads two shared pages. The
+         * second the host first points at a TD private page: refused (an exit), then fixed. */
+        mov r10d, 0x400
+        xor eax, eax
+        .byte 0x66, 0x0f, 0x01, 0xcc     /* TDG.VP.VMCALL */
+        mov rax, 0x100900000
+        mov rax, [rax]
+        mov [r15 + 0x58], rax
+        mov rax, 0x100901000
+        mov rax, [rax]
+        mov [r15 + 0x60], rax
 
         /* SEAMCALL from a TD: #UD. */
         .byte 0x66, 0x0f, 0x01, 0xcf

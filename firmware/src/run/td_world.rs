@@ -28,6 +28,10 @@ const BLOCKED_GPA: u64 = 0x80_5000;
 const PENDING_GPA: u64 = 0x80_6000;
 /// Words the TD reports (22 VMCALLs of three).
 const WORDS: usize = 66;
+/// The shared GPAs the TD reads (bit 47 is GPAW 48's shared bit).
+const SHARED_GPA: u64 = 1 << 47 | 0x90_0000;
+/// What the host's two shared pages hold.
+const SHARED_WORDS: [u64; 2] = [0x5A4E_D000_0000_000A, 0x5A4E_D000_0000_000B];
 /// The secret the TD spreads over its registers before the last VMCALL.
 const SECRET: u64 = 0x5EC2_E700_0000_0000;
 /// VMX exit reasons of the #VEs the probe causes, in order, with their instruction lengths.
@@ -113,7 +117,7 @@ pub fn run(
     let first = cpu.tsm.platform().td.as_ref().map_or(0, |w| w.switches);
     // The per-call defmt record would dominate the round trip being measured.
     let log_calls = core::mem::replace(&mut cpu.tsm.platform_mut().log_calls, false);
-    let result = drive(&mut cpu, &td, vcpu, mine);
+    let result = drive(&mut cpu, &td, vcpu, (mine, pending));
     cpu.tsm.platform_mut().log_calls = log_calls;
     let (words, entries) = result?;
     // Torn down like any TD: the pages go back, the TD world's slots with them.
@@ -133,11 +137,12 @@ fn drive(
     cpu: &mut HostCpu<'_>,
     td: &flow_td::TdPages,
     vcpu: u64,
-    mine: u64,
+    (mine, private): (u64, u64),
 ) -> Result<([u64; WORDS], u64), TdProbeError> {
     let mut words = [0u64; WORDS];
     let (mut answer, mut entries, mut blocked, mut block_exit, mut leak_checked) =
         (Regs::default(), 0, false, false, false);
+    let (mut shared, mut alias_refused) = (None, false);
     loop {
         let mut call = Regs {
             r10: answer.r10,
@@ -172,6 +177,19 @@ fn drive(
                     Regs::call(leaf::MEM_RANGE_UNBLOCK, gpa.raw(), td.tdr, 0, 0),
                 )?;
             }
+            TdExit::Vmcall { args: [0x400, ..] } => {
+                // The host's shared table: the first page its own, the second a TD private page.
+                let s = shared_table(cpu, private)?;
+                let set = Regs::call(leaf::SHARED_EPT_SET, td.tdr, s.root, 0, 0);
+                flow_td_call(cpu, "SEAMLESS.SHARED.EPT.SET", set)?;
+                shared = Some(s);
+            }
+            TdExit::EptViolation { gpa, .. } if gpa.raw() == SHARED_GPA + PAGE => {
+                // The shared walk reached a TD private page and refused it: point it at the host's.
+                let s: SharedTable = shared.ok_or(TdProbeError::Check("no shared table"))?;
+                cpu.write(s.pt + (((SHARED_GPA >> 12) & 511) + 1) * 8, &(s.data[1] | 7).to_le_bytes());
+                alias_refused = true;
+            }
             TdExit::Vmcall { args: [0x300, 0x1111, 0x2222, 0x3333] } => {
                 // Only the exit reason, the mask and R10..R13: none of the TD's secrets.
                 let leaked = [call.rdx, call.r8, call.r9].iter().any(|&r| r != 0) || call.rcx != TdExit::VMCALL_EXPOSED;
@@ -191,7 +209,39 @@ fn drive(
         }
     }
     check(leak_checked && block_exit, "the probe TD skipped a step")?;
+    check(alias_refused, "a shared GPA reached a TD private page")?;
+    let read = words[11] == SHARED_WORDS[0] && words[12] == SHARED_WORDS[1];
+    check(read, "the shared pages did not read as the host wrote them")?;
     Ok((words, entries))
+}
+
+/// The host's shared table in its own pages.
+#[derive(Clone, Copy, Debug)]
+struct SharedTable {
+    root: u64,
+    pt: u64,
+    data: [u64; 2],
+}
+
+/// A 4-level table for [`SHARED_GPA`]: the first page maps a host page holding
+/// `SHARED_WORDS[0]`, the second the TD private frame `private` (which the TSM must refuse).
+fn shared_table(cpu: &mut HostCpu<'_>, private: u64) -> Result<SharedTable, TdProbeError> {
+    let mut page = || cpu.scratch().ok_or(TdProbeError::Host(HostError::OutOfPages));
+    let (root, pdpt, pd, pt) = (page()?, page()?, page()?, page()?);
+    let data = [page()?, page()?];
+    let slot = |table: u64, shift: u32| table + ((SHARED_GPA >> shift) & 511) * 8;
+    for (at, to) in [
+        (slot(root, 39), pdpt),
+        (slot(pdpt, 30), pd),
+        (slot(pd, 21), pt),
+        (slot(pt, 12), data[0]),
+        (slot(pt, 12) + 8, private),
+    ] {
+        cpu.write(at, &(to | 7).to_le_bytes());
+    }
+    cpu.write(data[0], &SHARED_WORDS[0].to_le_bytes());
+    cpu.write(data[1], &SHARED_WORDS[1].to_le_bytes());
+    Ok(SharedTable { root, pt, data })
 }
 
 /// One host call that must succeed.

@@ -166,7 +166,8 @@ impl Npt {
     /// # Errors
     /// [`OutOfTables`]: the pool is exhausted.
     pub fn map_leaf(&mut self, gpa: u64, hpa: u64, large: bool, ty: MemType) -> Result<(), OutOfTables> {
-        if gpa >= LIMIT {
+        // Four levels: any GPA below 2^48, the shared half of a GPAW-48 TD included.
+        if gpa >= 1 << 48 {
             return Err(OutOfTables);
         }
         let pd = self.pd(gpa)?;

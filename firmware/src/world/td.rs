@@ -72,6 +72,9 @@ pub mod reason {
 struct TdTable {
     tdr: Option<Pfn>,
     npt: Npt,
+    /// It holds translations of the shared half, taken from the host's table, which the host
+    /// may change between entries: dropped at the next TDH.VP.ENTER.
+    shared_used: bool,
 }
 
 /// One TD vCPU's world.
@@ -82,6 +85,10 @@ struct TdVcpu {
     world: World,
     /// The TD left by TDG.VP.VMCALL: the next entry hands it the host's R10..R13.
     vmcall_pending: bool,
+    /// The shared bit (GPA bit GPAW-1).
+    shared: u64,
+    /// The root of the host's table for the shared half, as of this entry.
+    shared_root: Option<Pfn>,
 }
 
 /// The TD worlds: the derived tables and the vCPU contexts. Lives in the platform, which
@@ -107,7 +114,7 @@ impl TdWorlds {
     /// [`WorldError::OutOfTsmMemory`] on a second call.
     pub fn new() -> Result<TdWorlds, WorldError> {
         let pool = svm::take_td_npt_pool().ok_or(WorldError::OutOfTsmMemory)?;
-        let tables = pool.each_mut().map(|t| TdTable { tdr: None, npt: Npt::new(t) });
+        let tables = pool.each_mut().map(|t| TdTable { tdr: None, npt: Npt::new(t), shared_used: false });
         svm::iopm_intercept_all();
         Ok(TdWorlds { tables, vcpus: [const { None }; VCPU_SLOTS], switches: 0, ves: 0, resets: 0, created: 0 })
     }
@@ -166,6 +173,13 @@ pub fn enter(tsm: &mut Tsm<FirmwarePlatform>, tdvpr: u64, host_in: &Regs) -> Opt
             }
         }
     };
+    (v.shared, v.shared_root) = (1 << (vcpu.gpaw - 1), vcpu.shared_root);
+    if let Some(t) = tsm.platform_mut().td.as_mut().and_then(|w| w.tables.iter_mut().find(|t| t.tdr == Some(vcpu.tdr)))
+    {
+        if core::mem::take(&mut t.shared_used) {
+            t.npt.reset();
+        }
+    }
     if vcpu.entries == 1 {
         initial_state(&mut v.world, vcpu.gpaw, vcpu.index);
         v.vmcall_pending = false;
@@ -214,7 +228,7 @@ fn new_vcpu(tsm: &mut Tsm<FirmwarePlatform>, tdvpr: u64, tdr: Pfn) -> Result<TdV
             world
         }
     };
-    Ok(TdVcpu { tdvpr, tdr, world, vmcall_pending: false })
+    Ok(TdVcpu { tdvpr, tdr, world, vmcall_pending: false, shared: 0, shared_root: None })
 }
 
 /// TDX's initial vCPU state (TDVF's entry contract), and the intercepts of a TD.
@@ -344,7 +358,9 @@ fn nested_fault(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu, gpa: u64, error
             .map(|gpa| TdExit::EptViolation { gpa, requested_level: 0, level, entry })
             .unwrap_or(TdExit::TripleFault)
     };
-    // The shared half maps through a table the host provides; seamless has none yet.
+    if gpa & v.shared != 0 {
+        return shared_fault(tsm, v, gpa);
+    }
     let leaf = match tsm.private_leaf(tdvpr, gpa) {
         Ok(l) => l,
         Err(NoLeaf { level, entry }) => {
@@ -388,6 +404,56 @@ fn nested_fault(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu, gpa: u64, error
         }
     }
     w.resets += resets;
+    None
+}
+
+/// A fault in the shared half: the host's table (SEAMLESS.SHARED.EPT.SET), walked with every
+/// table and the final frame checked to be in the host's own nested map, so a shared GPA can
+/// only ever reach what the host owns, never a TD's private page or the TSM's memory. Anything
+/// else exits to the host as an EPT violation.
+fn shared_fault(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu, gpa: u64) -> Option<TdExit> {
+    let page = gpa & !(PAGE - 1);
+    let found = v.shared_root.and_then(|root| {
+        let p = tsm.platform();
+        let (host, frames) = (p.host_npt.as_ref()?, p.frames());
+        let owned = |pa: u64| host.maps(pa) && frames.contains(pa & !(PAGE - 1), PAGE);
+        let mut table = root.addr().raw();
+        for shift in [39u32, 30, 21, 12] {
+            let at = table + ((gpa >> shift) & 511) * 8;
+            if !owned(at) {
+                return None;
+            }
+            let e = frames.read_u64(at);
+            if e & 1 == 0 {
+                return None;
+            }
+            let base = e & 0x000F_FFFF_FFFF_F000;
+            if shift == 12 || (shift == 21 && e & 0x80 != 0) {
+                let hpa = (base & !((1u64 << shift) - 1)) | (page & ((1u64 << shift) - 1));
+                let ty = if frames.contains(hpa, PAGE) { MemType::WriteBack } else { MemType::Uncached };
+                return host.maps(hpa).then_some((hpa, ty));
+            }
+            table = base;
+        }
+        None
+    });
+    let tdvpr = v.tdvpr;
+    let Some((hpa, ty)) = found else {
+        let exit = tsm::addr::GuestPhysAddr::new(page)
+            .map(|gpa| TdExit::EptViolation { gpa, requested_level: 0, level: 0, entry: 0 })
+            .unwrap_or(TdExit::TripleFault);
+        return Some(exit_now(tsm, tdvpr, exit));
+    };
+    let w = tsm.platform_mut().td.as_mut()?;
+    let t = w.tables.iter_mut().find(|t| t.tdr == Some(v.tdr))?;
+    t.shared_used = true;
+    if t.npt.map_leaf(page, hpa, false, ty).is_err() {
+        t.npt.reset();
+        w.resets += 1;
+        if t.npt.map_leaf(page, hpa, false, ty).is_err() {
+            return Some(exit_now(tsm, tdvpr, TdExit::TripleFault));
+        }
+    }
     None
 }
 

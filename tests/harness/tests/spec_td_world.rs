@@ -163,3 +163,36 @@ fn td_exit_registers_carry_the_exit_and_nothing_else() {
     assert_eq!(TdExit::from_host_regs(&TdExit::TripleFault.host_regs()), Some(TdExit::TripleFault));
     assert_eq!(TdExit::from_host_regs(&Regs::default()), None, "SUCCESS alone is no TD exit");
 }
+
+#[test]
+fn shared_ept_set_rejects_bad_operands() {
+    use seamless_harness::driver::PRIVATE_BASE;
+    use tsm::Operand;
+    let mut m = Machine::configured(32 * MIB);
+    let td = m.running_td();
+    let host = m.scratch();
+    let r = m.host(h::SHARED_EPT_SET, td.tdr, host + 8, 0, 0);
+    common::expect_op(&r, Status::OPERAND_INVALID, Operand::Rdx);
+    let r = m.host(h::SHARED_EPT_SET, td.vcpus[0], host, 0, 0);
+    common::expect_op(&r, Status::PAGE_METADATA_INCORRECT, Operand::Rcx);
+    let private = m.aug_accept(&td, 0x3000, PageSize::Size4K);
+    let r = m.host(h::SHARED_EPT_SET, td.tdr, private, 0, 0);
+    common::expect_op(&r, Status::PAGE_METADATA_INCORRECT, Operand::Rdx);
+    let r = m.host(h::SHARED_EPT_SET, td.tdr, PRIVATE_BASE, 0, 0);
+    common::expect_op(&r, Status::OPERAND_ADDR_RANGE_ERROR, Operand::Rdx);
+    let fresh = m.page();
+    ok(m.host(h::MNG_CREATE, fresh, 0, 0, 0), "MNG.CREATE");
+    expect(&m.host(h::SHARED_EPT_SET, fresh, host, 0, 0), Status::TD_NOT_INITIALIZED);
+    assert_eq!(m.tsm.running_vcpu(td.vcpus[0]).unwrap().shared_root, None, "nothing changed");
+}
+
+#[test]
+fn shared_ept_set_happy_path_names_and_removes_the_hosts_table() {
+    let mut m = Machine::configured(32 * MIB);
+    let td = m.running_td();
+    let host = m.scratch();
+    ok(m.host(h::SHARED_EPT_SET, td.tdr, host, 0, 0), "SHARED.EPT.SET");
+    assert_eq!(m.tsm.running_vcpu(td.vcpus[0]).unwrap().shared_root, Some(Pfn::new(host >> 12).unwrap()));
+    ok(m.host(h::SHARED_EPT_SET, td.tdr, 0, 0, 0), "SHARED.EPT.SET 0");
+    assert_eq!(m.tsm.running_vcpu(td.vcpus[0]).unwrap().shared_root, None);
+}

@@ -75,6 +75,7 @@ pub mod leaf {
     pub const IQ_INV_REQUEST: u64 = 161;
     pub const VP_KICK: u64 = 0x8000;
     pub const HOST_FAULT_RD: u64 = 0x8001;
+    pub const SHARED_EPT_SET: u64 = 0x8002;
     pub const TDI_LOCK: u64 = 0x8010;
     pub const TDI_START: u64 = 0x8011;
     pub const TDI_STOP: u64 = 0x8012;
@@ -646,6 +647,27 @@ impl<P: Platform> Tsm<P> {
             },
             handler: Self::host_fault_rd,
         },
+        HostLeaf {
+            spec: LeafSpec {
+                number: leaf::SHARED_EPT_SET,
+                name: "SEAMLESS.SHARED.EPT.SET",
+                summary: "seamless only (TDX: the shared EPTP the VMM writes with TDH.VP.WR): names the root of the host's table for the TD's shared half (GPA bit GPAW-1), an x86-64 4-level table in host memory with 4K or 2M leaves. The TSM walks it on the TD's shared accesses and maps only frames the host owns, so shared never aliases private; the TD's view of it is dropped at every TDH.VP.ENTER, so the host's changes between entries take effect. RDX 0 removes it.",
+                inputs: &[(Reg::Rcx, "TDR page address"), (Reg::Rdx, "the table's root page (host memory), or 0")],
+                outputs: &[],
+                requires: "TD initialized, not torn down.",
+                errors: &[
+                    (Status::SYS_NOT_READY, "TDH.SYS.CONFIG not done"),
+                    (Status::OPERAND_INVALID, "RCX/RDX not 4K-aligned addresses"),
+                    (Status::OPERAND_ADDR_RANGE_ERROR, "RCX outside the TDMRs"),
+                    (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDR page"),
+                    (Status::TD_NOT_INITIALIZED, "TDH.MNG.INIT not done"),
+                    (Status::LIFECYCLE_STATE_INCORRECT, "TD torn down"),
+                    (Status::OPERAND_ADDR_RANGE_ERROR, "RDX outside the memory the TSM reaches, or TSM memory"),
+                    (Status::PAGE_METADATA_INCORRECT, "RDX a page the host gave away (to a TD or the TSM)"),
+                ],
+            },
+            handler: Self::shared_ept_set,
+        },
         Self::TDI_LOCK,
         Self::TDI_START,
         Self::TDI_STOP,
@@ -896,6 +918,22 @@ impl<P: Platform> Tsm<P> {
             c.in_guest = Some(epoch);
             c.entries = c.entries.saturating_add(1);
         }
+        Ok(Status::SUCCESS)
+    }
+
+    fn shared_ept_set(&mut self, regs: &Regs, _out: &mut Regs) -> TsmResult<Status> {
+        self.sys()?;
+        let idx = self.td_index(regs.rcx, Operand::Rcx)?;
+        let root = match regs.rdx {
+            0 => None,
+            raw => Some(Self::page_operand(raw, Operand::Rdx)?),
+        };
+        Self::require_built(self.td(idx)?)?;
+        if let Some(pfn) = root {
+            self.host_page(pfn, Operand::Rdx)?;
+        }
+        // ALL CHECKS PASSED: nothing below can fail.
+        self.td_mut(idx)?.shared_root = root;
         Ok(Status::SUCCESS)
     }
 
