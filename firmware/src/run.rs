@@ -300,6 +300,9 @@ fn host_world(
         r.seamcall_ns
     );
     let expected = 2 * targets.len() as u64;
+    if r.tdcall_ud != 1 {
+        fail("host world", &format_args!("TDCALL from the host world: {} #UD, want 1", r.tdcall_ud));
+    }
     if r.faults != expected || r.handled != expected || r.log_entries != expected || before != after {
         fail(
             "host world isolation",
@@ -312,6 +315,7 @@ fn host_world(
             ),
         );
     }
+    say!("world: host world executed TDCALL: #UD, the guest ABI is not the host's");
     say!(
         "world: host world read and wrote TSM memory {tsm_target:#x}, the PAMT {:#x}, VT-d {:#x}: {} refused (nested page fault -> #MC, handled), bytes unchanged; the host read {} entries back from the fault log",
         layout.pamt.0,

@@ -442,11 +442,12 @@ unsafe extern "C" {
     static host_probe_start: u8;
     static host_probe_end: u8;
     static host_probe_mc: u8;
+    static host_probe_ud: u8;
 }
 
-/// The host world's probe program (`host_probe.S`): its bytes, and the offset of its #MC
-/// handler. The TSM copies it into a host page; it never runs in host mode.
-pub fn host_probe() -> (&'static [u8], usize) {
+/// The host world's probe program (`host_probe.S`): its bytes, and the offsets of its #MC and
+/// #UD handlers. The TSM copies it into a host page; it never runs in host mode.
+pub fn host_probe() -> (&'static [u8], usize, usize) {
     let start = &raw const host_probe_start;
     // SAFETY: the two labels bracket the probe's bytes in .rodata, which nothing writes.
     let len = unsafe { (&raw const host_probe_end).offset_from(start) } as usize;
@@ -454,7 +455,9 @@ pub fn host_probe() -> (&'static [u8], usize) {
     let bytes = unsafe { core::slice::from_raw_parts(start, len) };
     // SAFETY: both labels are in the same section.
     let mc = unsafe { (&raw const host_probe_mc).offset_from(start) } as usize;
-    (bytes, mc)
+    // SAFETY: both labels are in the same section.
+    let ud = unsafe { (&raw const host_probe_ud).offset_from(start) } as usize;
+    (bytes, mc, ud)
 }
 
 core::arch::global_asm!(include_str!("td_probe.S"));

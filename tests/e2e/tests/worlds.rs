@@ -33,6 +33,11 @@ fn host_world_access_to_tsm_pamt_and_vtd_faults_and_changes_nothing() {
         "{}",
         o.console
     );
+    assert!(
+        o.console.contains("world: host world executed TDCALL: #UD, the guest ABI is not the host's"),
+        "{}",
+        o.console
+    );
     // The host carried on after the faults: it reached the end of its program.
     assert!(o.console.contains("seamless firmware: boot done"), "{}", o.console);
     let floor = o.figure("svm_vmexit_floor_ns").expect("svm_vmexit_floor_ns");
