@@ -376,7 +376,7 @@ fn memory_map_splits_ram_at_its_edges_and_bounds_the_list() {
     assert_eq!(MemoryMap::new(&many[..62], &t).map(|m| m.ranges().len()), Ok(64));
     let no_hob = crafted(0, false);
     assert_eq!(MemoryMap::new(&[(0, 4 * MIB)], &Tdvf::parse(&no_hob).unwrap()), Err(tdvf::MapError::NoTdHob));
-    for bad in [[(0x800, 4 * MIB)], [(0, 0)], [(0, 4 * MIB + 1)], [(u64::MAX & !0xFFF, 0x2000)]] {
+    for bad in [[(0x800, 4 * MIB)], [(0, 0)], [(0, 4 * MIB + 1)], [(!0xFFFu64, 0x2000)]] {
         assert_eq!(MemoryMap::new(&bad, &t), Err(tdvf::MapError::BadRam { index: 0 }), "{bad:x?}");
     }
     // A section astride two RAM ranges lies inside neither.
