@@ -210,6 +210,8 @@ struct Demo<'a, 'm> {
     /// BAR0's registers, to check the host world changed nothing.
     regs: &'m Mmio,
     frames: Frames,
+    /// The host's own read of the drive through the host domain (KiB/s), before assignment.
+    host_kib_s: Option<u64>,
 }
 
 impl<'m> Demo<'_, 'm> {
@@ -355,7 +357,12 @@ impl<'m> Demo<'_, 'm> {
             .step("guest: NVMe")?;
         let dma_us = tl.end();
         let read_faults = faults_elsewhere(self.cpu.tsm, before);
-        report_disk(&f, dma_us, read_faults).step("guest: NVMe read")?;
+        let private_kib_s = report_disk(&f, dma_us, read_faults).step("guest: NVMe read")?;
+        if let Some(host) = self.host_kib_s {
+            // The TD's DMA through its S-EPT against the host's through the host map, same READs.
+            let permille = (private_kib_s * 1000).checked_div(host).unwrap_or(0);
+            super::figure("dma_private_vs_host", &format_args!("{}.{:03}", permille / 1000, permille % 1000), "ratio");
+        }
         report_stray_dma(self.cpu.tsm, function, before, &statuses).step("DMA fault cases")?;
         let tsc = self.cpu.tsc();
         let t0 = tsc.now();
@@ -425,8 +432,9 @@ fn report_stray_dma(
 }
 
 /// Prints what the guest's NVMe driver found and read, checks the digest against the drive's
-/// known content and that the read itself faulted nowhere, and the throughput figure.
-fn report_disk(f: &guest::nvme::NvmeFindings, dma_us: u64, faults: u64) -> Result<(), &'static str> {
+/// known content and that the read itself faulted nowhere, and the throughput figure (returned,
+/// in KiB/s).
+fn report_disk(f: &guest::nvme::NvmeFindings, dma_us: u64, faults: u64) -> Result<u64, &'static str> {
     say!(
         "guest: NVMe {:04x} \"{}\" serial \"{}\", namespace 1: {} blocks of {} bytes (Identify DMA'd into private pages)",
         f.vid,
@@ -455,7 +463,64 @@ fn report_disk(f: &guest::nvme::NvmeFindings, dma_us: u64, faults: u64) -> Resul
         &format_args!("{}.{:03}", rate_kib_s / 1024, (rate_kib_s % 1024) * 1000 / 1024),
         "MiB/s",
     );
-    Ok(())
+    Ok(rate_kib_s)
+}
+
+/// The host, still owning the NVMe controller, reads the same blocks as the TD will into its own
+/// pages through the host domain: HOST.ATTACH of the function (its second stage = the host map),
+/// the read, the digest check, then HOST.DETACH, whose invalidation completed before it returned
+/// (the controller is the TD's from DMAR.ADD on). Returns the rate in KiB/s.
+fn host_read(cpu: &mut HostCpu<'_>, regs: &Mmio, function: u32) -> Result<u64, Why> {
+    use tsm::abi::host::leaf;
+    let donate = tsm_client::host::donate;
+    let f = [donate(cpu)?, donate(cpu)?, donate(cpu)?];
+    let r = cpu.tsm.host_call(&tsm::Regs {
+        r10: f[2],
+        ..tsm::Regs::call(leaf::IOMMU_HOST_ATTACH, u64::from(function), 0, f[0], f[1])
+    });
+    if r.status() != tsm::Status::SUCCESS {
+        say!("host: SEAMLESS.IOMMU.HOST.ATTACH returned {:#x}", r.rax);
+        return Err(Why::Said("SEAMLESS.IOMMU.HOST.ATTACH failed"));
+    }
+    for (i, &frame) in f.iter().enumerate() {
+        if r.rcx & (1 << i) == 0 {
+            tsm_client::host::HostMemory::release(cpu, frame);
+        }
+    }
+    let mut pages = super::host_nvme::HostPages { queues: [0; 4], data: [0; 15] };
+    for p in pages.queues.iter_mut().chain(pages.data.iter_mut()) {
+        *p = scratch(cpu)?;
+    }
+    let blocks = attest::disk::DEMO_BLOCKS;
+    let tsc = cpu.tsc();
+    let read = super::host_nvme::read(regs, cpu.host.frames(), &tsc, &pages, blocks);
+    let r = cpu.tsm.host_call(&tsm::Regs::call(leaf::IOMMU_HOST_DETACH, u64::from(function), 0, 0, 0));
+    let read = read.map_err(|e| {
+        say!("host: NVMe read through the host domain: {e}");
+        Why::Said("the host's own NVMe read failed")
+    })?;
+    if r.status() != tsm::Status::SUCCESS {
+        say!("host: SEAMLESS.IOMMU.HOST.DETACH returned {:#x}", r.rax);
+        return Err(Why::Said("SEAMLESS.IOMMU.HOST.DETACH failed"));
+    }
+    let want = attest::disk::digest(0, blocks);
+    let kib = blocks * 512 / 1024;
+    say!(
+        "host: read {kib} KiB (LBA 0..{blocks}) into its own pages through the host domain (QEMU's IOMMU walking the host map); SHA-384 {} {}",
+        hex48(&read.digest),
+        if read.digest == want { "= the drive's known content" } else { "DIFFERS from the drive's content" }
+    );
+    if read.digest != want {
+        return Err(Why::Said("the host read other data than the drive's"));
+    }
+    say!("dma: the NVMe function left the host domain (entry zeroed, invalidation confirmed)");
+    let rate_kib_s = (kib * 1_000_000).checked_div(read.us.max(1)).unwrap_or(0);
+    super::figure(
+        "nvme_read_mib_s_host",
+        &format_args!("{}.{:03}", rate_kib_s / 1024, (rate_kib_s % 1024) * 1000 / 1024),
+        "MiB/s",
+    );
+    Ok(rate_kib_s)
 }
 
 /// The flow; never returns.
@@ -483,6 +548,8 @@ pub fn run(
     // The TSM takes the remapping unit before the TD has a private page: from here on no device
     // DMA lands anywhere without a DMAR entry the guest accepted.
     device::iommu_setup(&mut cpu).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
+    let host_kib_s = (config.mode == Mode::Assign)
+        .then(|| host_read(&mut cpu, &regs, function).unwrap_or_else(|e| fail("host NVMe read", &e)));
     let built = td::build(&mut cpu, &image::IMAGE, &td_params(), (WORK_GPA, WORK_PAGES))
         .unwrap_or_else(|e| fail("TD build", &e));
     let shared = scratch(&mut cpu).unwrap_or_else(|e| fail("shared page", &e));
@@ -516,6 +583,7 @@ pub fn run(
         world,
         regs: &regs,
         frames,
+        host_kib_s,
     };
     let result = assign(&mut demo, config, bdf, bar, (host_cap, host_vs), &mut tl);
     if let Err(f) = result {
