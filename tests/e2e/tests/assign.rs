@@ -74,6 +74,8 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
         // The host's own read of the same blocks, before assignment, through the host domain.
         "into its own pages through the host domain (QEMU's IOMMU walking the host map); SHA-384",
         "dma: the NVMe function left the host domain (entry zeroed, invalidation confirmed)",
+        // The guest reads its own device's fault records through its leaf.
+        "guest: SEAMLESS.TDG.IOMMU.FAULT.RD shows its device's ",
         "artifact report.bin: 1200 bytes on COM3",
         "artifact report-snp.bin: 1184 bytes on COM3",
         "seamless firmware: assign done",

@@ -294,3 +294,25 @@ fn a_revoke_the_unit_does_not_confirm_still_blocks_but_retires_nothing() {
     ok(m.pump(&mut dev, h::TDI_STOP, a.tdi, a.msg, 0), "STOP (its own invalidation completes)");
     ok(m.host(h::DMAR_REMOVE, a.tdi, 0, 0, 0), "DMAR.REMOVE once an invalidation completed");
 }
+
+#[test]
+fn the_guest_reads_the_faults_of_its_own_device_and_no_one_elses() {
+    let (mut m, td, other, _dev, a, _) = world();
+    let rd = |m: &mut Machine, vcpu: u64, function: u64, n: u64| m.guest(vcpu, g::IOMMU_FAULT_RD, function, n, 0).regs;
+    // A function no TDI of the TD has.
+    let r = rd(&mut m, td.vcpus[0], FN + 1, 0);
+    assert_eq!(r.status(), Status::TDI_NOT_PRESENT.with_operand(Operand::Rcx));
+    let r = rd(&mut m, other.vcpus[0], FN, 0);
+    assert_eq!(r.status(), Status::TDI_NOT_PRESENT.with_operand(Operand::Rcx), "another TD's device");
+    ok(m.dmar_add(&td, &a), "DMAR.ADD");
+    // The device's refused write into a page the TD never accepted, then another requester's.
+    m.tsm.platform_mut().unit.record_fault(FUNCTION as u16, 0x9000, 0x05);
+    m.tsm.platform_mut().unit.record_fault(0x28, 0x5000, 0x39);
+    let r = rd(&mut m, td.vcpus[0], FN, 0);
+    assert_eq!((r.status(), r.rcx, r.r9), (Status::SUCCESS, 2, 1), "both drained by the guest's call");
+    assert_eq!((r.rdx & 0xFFFF, r.rdx >> 16 & 0xFF, r.r8), (FN, 0x05, 0x9000));
+    let r = rd(&mut m, td.vcpus[0], FN, 1);
+    assert_eq!((r.rcx, r.r9, r.rdx, r.r8), (2, 0, 0, 0), "another requester's fault is not the guest's");
+    // The host sees both.
+    assert_eq!(m.host(h::IOMMU_FAULT_RD, 1, 0, 0, 0).r9, 1);
+}
