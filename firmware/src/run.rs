@@ -44,6 +44,7 @@ macro_rules! say {
 
 mod assign;
 mod attack;
+mod host_nvme;
 mod td_world;
 mod worlds;
 
