@@ -309,3 +309,22 @@ fn a_failed_recollection_keeps_the_old_evidence() {
     assert_eq!(s.evidence.unwrap(), first);
     assert_eq!(s.pending, Pending::None);
 }
+
+#[test]
+fn an_abort_during_recollect_ends_the_exchange_and_keeps_the_evidence() {
+    let (mut m, td) = machine();
+    let mut dev = device("");
+    let a = bound(&mut m, &td, &mut dev);
+    let first = m.tsm.pdev_summary(pfn(a.pdev)).unwrap().evidence.unwrap();
+    let r = m.host(h::SPDM_MNG, a.pdev, a.msg, 0, mng::RECOLLECT);
+    assert_eq!(r.status(), Status::DEVICE_REQUEST, "GET_MEASUREMENTS out, no answer yet");
+    assert_eq!(m.tsm.pdev_summary(pfn(a.pdev)).unwrap().pending, Pending::Measure);
+    ok(m.host(h::SPDM_MNG, a.pdev, 0, 0, mng::ABORT), "ABORT");
+    let s = m.tsm.pdev_summary(pfn(a.pdev)).unwrap();
+    assert_eq!((s.state, s.pending, s.fault), (PdevState::Error, Pending::None, Some(DeviceFault::Aborted)));
+    assert_eq!(s.evidence.unwrap(), first, "the abandoned re-collection is no evidence");
+    // Nothing of the exchange is left behind for the audit to find.
+    seamless_harness::audit::assert_invariants(&m.tsm, &"ABORT during RECOLLECT");
+    let again = m.host(h::SPDM_MNG, a.pdev, 0, 0, mng::ABORT);
+    assert_eq!(again.status(), Status::NO_REQUEST_OUTSTANDING.with_operand(Operand::R8));
+}
