@@ -608,7 +608,8 @@ impl<P: Platform> Tsm<P> {
     }
 }
 
-/// True if PDEV `p` has no exchange, or one its owner can still run: CONNECT while NEW, the
+/// True if PDEV `p` has no exchange, or one its owner can still run: CONNECT while NEW (its
+/// measurements inside the session it just established), the
 /// PDEV's other flows while CONNECTED (KEY_UPDATE holding the session, the others beside it),
 /// IDE_KM for a stream of the PDEV that is not BLOCKED or ERROR, TDISP for a TDI of this PDEV.
 fn exchange_live(p: usize, pdev: &Pdev, tdis: &[Option<Tdi>]) -> bool {
@@ -616,7 +617,8 @@ fn exchange_live(p: usize, pdev: &Pdev, tdis: &[Option<Tdi>]) -> bool {
     let session = pdev.state == PdevState::Connected && pdev.session.is_some();
     match (x.owner(), x.flow()) {
         (Owner::Pdev, Flow::Connect) => pdev.state == PdevState::New,
-        (Owner::Pdev, Flow::EndSession(_) | Flow::Recollect(_)) => session,
+        (Owner::Pdev, Flow::Measure(m)) if m.connecting => pdev.state == PdevState::New && pdev.session.is_some(),
+        (Owner::Pdev, Flow::EndSession(_) | Flow::Measure(_)) => session,
         (Owner::Pdev, Flow::KeyUpdate(_)) => pdev.state == PdevState::Connected && pdev.session.is_none(),
         (Owner::Stream(s), Flow::IdeKm(_)) => {
             let keyable =
@@ -658,7 +660,7 @@ mod tests {
             streams: core::array::from_fn(|_| None),
             tdis: 0,
             fault: None,
-            remeasured: None,
+            measured: None,
         }
     }
 

@@ -328,3 +328,77 @@ fn an_abort_during_recollect_ends_the_exchange_and_keeps_the_evidence() {
     let again = m.host(h::SPDM_MNG, a.pdev, 0, 0, mng::ABORT);
     assert_eq!(again.status(), Status::NO_REQUEST_OUTSTANDING.with_operand(Operand::R8));
 }
+
+/// DOE object type of a request the TSM wrote (PCIe DOE header: vendor 0x0001, type in byte 2).
+fn doe_type(object: &[u8]) -> u8 {
+    object[2]
+}
+
+#[test]
+fn connect_measures_the_device_inside_the_session() {
+    let (mut m, _td) = machine();
+    let mut dev = device("");
+    let pdev = m.page();
+    ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+    let msg = m.scratch();
+    // Drive CONNECT by hand and look at every request on the wire.
+    let (mut r, mut clear, mut secured) = (m.host(h::SPDM_CONNECT, pdev, msg, 0, 0), Vec::new(), 0);
+    while r.status() == Status::DEVICE_REQUEST {
+        let request = m.read(msg, r.r8 as usize);
+        match doe_type(&request) {
+            1 => clear.push(request[9]),
+            2 => secured += 1,
+            _ => {}
+        }
+        let answer = dev.handle(&request).unwrap();
+        m.write(msg, &answer);
+        r = m.host(h::SPDM_CONNECT, pdev, msg, answer.len() as u64, 0);
+    }
+    ok(r, "SPDM.CONNECT");
+    const GET_MEASUREMENTS: u8 = 0xE0;
+    assert!(!clear.contains(&GET_MEASUREMENTS), "no GET_MEASUREMENTS in the clear: {clear:x?}");
+    // FINISH and GET_MEASUREMENTS travel sealed.
+    assert_eq!(secured, 2, "FINISH, then GET_MEASUREMENTS inside the session");
+    let s = m.tsm.pdev_summary(pfn(pdev)).unwrap();
+    assert_eq!((s.state, s.pending), (PdevState::Connected, Pending::None));
+    let e = s.evidence.unwrap();
+    assert!(e.measurements_in_session, "the evidence says where the measurements were taken");
+    // The signed exchange kept is the one the digest binds.
+    seamless_harness::audit::assert_invariants(&m.tsm, &"CONNECT");
+}
+
+#[test]
+fn an_in_session_measurement_answer_that_does_not_open_changes_nothing() {
+    let (mut m, _td) = machine();
+    let mut dev = device("");
+    let pdev = m.page();
+    ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+    let msg = m.scratch();
+    let mut r = m.host(h::SPDM_CONNECT, pdev, msg, 0, 0);
+    let mut sealed = 0;
+    loop {
+        assert_eq!(r.status(), Status::DEVICE_REQUEST, "{r:x?}");
+        let request = m.read(msg, r.r8 as usize);
+        sealed += usize::from(doe_type(&request) == 2);
+        let mut answer = dev.handle(&request).unwrap();
+        if sealed == 2 {
+            // The answer to GET_MEASUREMENTS, tampered with on its way through the host.
+            let last = answer.len() - 1;
+            answer[last] ^= 1;
+            m.write(msg, &answer);
+            let before = format!("{:?}", m.tsm.device_summaries());
+            let bad = m.host(h::SPDM_CONNECT, pdev, msg, answer.len() as u64, 0);
+            assert_eq!(bad.status(), Status::ANSWER_NOT_AUTHENTIC.with_operand(Operand::R8), "{bad:x?}");
+            assert_eq!(before, format!("{:?}", m.tsm.device_summaries()), "nothing changed");
+            assert_eq!(m.tsm.pdev_summary(pfn(pdev)).unwrap().pending, Pending::Connect);
+            answer[last] ^= 1;
+        }
+        m.write(msg, &answer);
+        r = m.host(h::SPDM_CONNECT, pdev, msg, answer.len() as u64, 0);
+        if r.status() != Status::DEVICE_REQUEST {
+            break;
+        }
+    }
+    ok(r, "the real answer completes SPDM.CONNECT");
+    assert!(m.tsm.pdev_summary(pfn(pdev)).unwrap().evidence.unwrap().measurements_in_session);
+}

@@ -29,10 +29,11 @@ use sha2::{Digest, Sha384};
 
 use crate::abi::Regs;
 use crate::addr::Pfn;
-use crate::doe::{Action, DoeError};
+use crate::doe::{self, Action, DoeError, ObjectType};
 use crate::error::{DeviceFault, TsmError, TsmResult};
-use crate::pdev::{Exchange, Flow, Owner, PdevEvidence, PdevState, StreamState, MSG_BYTES};
+use crate::pdev::{Exchange, Flow, Measure, Owner, PdevState, StreamState, MSG_BYTES};
 use crate::platform::Platform;
+use crate::spdm::connect::{ConnectError, Stage};
 use crate::spdm::SpdmError;
 use crate::status::{Operand, Status};
 use crate::tdi::{MmioRange, Tdi, TdiDone, TdiOp, TdiState, REPORT_MAX};
@@ -78,8 +79,9 @@ impl Call {
             (Call::Connect, Flow::Connect, _)
             | (Call::Disconnect, Flow::EndSession(_), _)
             | (Call::KeyUpdate, Flow::KeyUpdate(_), _)
-            | (Call::Recollect, Flow::Recollect(_), _)
             | (Call::IdeKm, Flow::IdeKm(_), _) => true,
+            (Call::Connect, Flow::Measure(m), _) => m.connecting,
+            (Call::Recollect, Flow::Measure(m), _) => !m.connecting,
             (Call::Tdi(t, call), Flow::Tdisp(f), Owner::Tdi(owner)) => {
                 t == owner
                     && matches!(
@@ -120,6 +122,37 @@ fn settle<E>(action: Action<'_, E>, fault: fn(E) -> DeviceFault, out: &mut [u8; 
 
 const fn same(f: DeviceFault) -> DeviceFault {
     f
+}
+
+/// Steps a measurement exchange. `Measurements` speaks DOE objects of the clear channel; inside
+/// the session the engine seals and opens, so the plaintext answer is wrapped into an SPDM
+/// object for it and its request unwrapped back to the SPDM message to seal. The bytes it
+/// signs and keeps are the SPDM messages either way (L1 = VCA ‖ request ‖ response).
+fn step_measure(m: &mut Measure, input: Option<&[u8]>, out: &mut [u8; MSG_BYTES]) -> Step {
+    let fault = if m.connecting { connect_measure_fault } else { DeviceFault::Spdm };
+    let mut object = [0u8; MSG_BYTES];
+    let input = match input {
+        Some(a) if m.in_session => match doe::encode(ObjectType::Spdm, a, &mut object) {
+            Ok(n) => Some(&object[..n]),
+            Err(e) => return Step::Failed(fault(SpdmError::Doe(e))),
+        },
+        a => a,
+    };
+    let action = match input {
+        None => m.exchange.start(),
+        Some(a) => m.exchange.step(a),
+    };
+    match action {
+        Action::Send(b) if m.in_session => match doe::decode_as(b, ObjectType::Spdm) {
+            Ok(msg) => settle(Action::<SpdmError>::Send(msg), fault, out),
+            Err(e) => Step::Failed(fault(SpdmError::Doe(e))),
+        },
+        action => settle(action, fault, out),
+    }
+}
+
+fn connect_measure_fault(e: SpdmError) -> DeviceFault {
+    DeviceFault::Connect(ConnectError::Spdm(Stage::Measurements, e))
 }
 
 impl<P: Platform> Tsm<P> {
@@ -206,13 +239,7 @@ impl<P: Platform> Tsm<P> {
                 };
                 settle(action, DeviceFault::Connect, buf)
             }
-            (Flow::Recollect(m), _) => {
-                let action = match input {
-                    None => m.start(),
-                    Some(a) => m.step(a),
-                };
-                settle(action, DeviceFault::Spdm, buf)
-            }
+            (Flow::Measure(m), _) => step_measure(m, input, buf),
             (Flow::KeyUpdate(ku), _) => match input {
                 None => settle(ku.start(), DeviceFault::Spdm, buf),
                 Some(a) => {
@@ -283,32 +310,35 @@ impl<P: Platform> Tsm<P> {
                 Err(f) => Err(self.device_fault(p, f)),
             };
         }
-        // ALL CHECKS PASSED: nothing below can fail.
+        // ALL CHECKS PASSED: nothing below can fail but the device.
         let pdev = self.pdev_mut(p)?;
         let x = pdev.exchange.take().ok_or(TsmError::Corrupt)?;
         match (x.owner(), x.into_flow()) {
             (_, Flow::Connect) => {
-                let (Some(negotiated), Some(chain), Some(meas), Some(session)) =
-                    (pdev.conn.negotiated(), pdev.conn.chain(), pdev.conn.measurements(), pdev.conn.session())
-                else {
-                    return Err(TsmError::Corrupt);
-                };
-                let evidence = PdevEvidence {
-                    negotiated,
-                    chain_digest: *chain.digest(),
-                    measurements_digest: attest::evidence::transcript_digest(pdev.conn.vca(), meas),
-                };
-                pdev.session = Some(session.clone());
-                pdev.evidence = Some(evidence);
-                pdev.state = PdevState::Connected;
+                pdev.session = Some(pdev.conn.session().ok_or(TsmError::Corrupt)?.clone());
+                // The session is up: the measurements it owes are taken inside it, in the same
+                // resumable call.
+                if let Some(m) = pdev.conn.session_measurements() {
+                    pdev.exchange = Some(Exchange::connect_measurements(m));
+                    return self.advance(p, None, msg, out);
+                }
+                let meas = pdev.conn.measurements().ok_or(TsmError::Corrupt)?;
+                let digest = attest::evidence::transcript_digest(pdev.conn.vca(), meas);
+                pdev.connected(digest, false)?;
+            }
+            (_, Flow::Measure(m)) if m.connecting => {
+                let meas = m.exchange.exchange().ok_or(TsmError::Corrupt)?;
+                let digest = attest::evidence::transcript_digest(pdev.conn.vca(), meas);
+                pdev.connected(digest, true)?;
+                pdev.measured = Some(m.exchange);
             }
             (_, Flow::EndSession(_)) => {
                 pdev.state = PdevState::Stopped;
                 pdev.session = None;
             }
             (_, Flow::KeyUpdate(ku)) => pdev.session = ku.into_session(),
-            (_, Flow::Recollect(m)) => {
-                if !pdev.recollect_done(m) {
+            (_, Flow::Measure(m)) => {
+                if !pdev.recollect_done(m.exchange) {
                     return Err(TsmError::Corrupt);
                 }
             }
@@ -380,7 +410,7 @@ impl<P: Platform> Tsm<P> {
     pub(crate) fn device_fault(&mut self, p: usize, fault: DeviceFault) -> TsmError {
         let Some(Some(pdev)) = self.pdevs.get_mut(p) else { return TsmError::Corrupt };
         let Some(x) = pdev.exchange.as_ref() else { return TsmError::Corrupt };
-        let (owner, recollect) = (x.owner(), matches!(x.flow(), Flow::Recollect(_)));
+        let (owner, recollect) = (x.owner(), matches!(x.flow(), Flow::Measure(m) if !m.connecting));
         pdev.exchange = None;
         match owner {
             Owner::Pdev if recollect => TsmError::Device(Operand::Pdev, fault),

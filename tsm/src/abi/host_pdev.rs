@@ -194,7 +194,7 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::SPDM_CONNECT,
             name: "TDH.SPDM.CONNECT",
-            summary: "Resumable SPDM connection: DOE discovery, VERSION / CAPABILITIES / ALGORITHMS, DIGESTS and CERTIFICATE (chain checked, leaf key kept), CHALLENGE, signed MEASUREMENTS of every index, KEY_EXCHANGE / FINISH. On success the PDEV is CONNECTED and keeps the evidence (chain, measurement transcript and their SHA-384).",
+            summary: "Resumable SPDM connection: DOE discovery, VERSION / CAPABILITIES / ALGORITHMS, DIGESTS and CERTIFICATE (chain checked, leaf key kept), CHALLENGE, KEY_EXCHANGE / FINISH, then signed MEASUREMENTS of every index inside the session. On success the PDEV is CONNECTED and keeps the evidence (chain, measurement transcript and their SHA-384; reports record that the measurements were taken inside the session).",
             inputs: &[(Reg::Rcx, "PDEV page"), MSG_IN[0], MSG_IN[1]],
             outputs: &[MSG_OUT],
             requires: "PDEV NEW.",
@@ -250,7 +250,7 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::SPDM_MNG,
             name: "TDH.SPDM.MNG",
-            summary: "Session management, resumable. 1 KEY_UPDATE: KEY_UPDATE(UpdateAllKeys) then VerifyNewKey: both directions move to the next keys (an answer under keys it should not use is refused and changes nothing; an authentic answer that fails ends the session: the PDEV, its live streams and its locked or running TDIs go to ERROR). 2 RECOLLECT: fresh signed GET_MEASUREMENTS of every index with a new nonce; on success the evidence binds the new transcript, on failure the old evidence stays. 3 ABORT: abandons the outstanding exchange (a lost or late answer); what the device did is unknown, so the PDEV goes to ERROR (and the TDI or stream whose exchange it was); no device traffic.",
+            summary: "Session management, resumable. 1 KEY_UPDATE: KEY_UPDATE(UpdateAllKeys) then VerifyNewKey: both directions move to the next keys (an answer under keys it should not use is refused and changes nothing; an authentic answer that fails ends the session: the PDEV, its live streams and its locked or running TDIs go to ERROR). 2 RECOLLECT: fresh signed GET_MEASUREMENTS of every index with a new nonce, inside the session when the connection's were; on success the evidence binds the new transcript, on failure the old evidence stays. 3 ABORT: abandons the outstanding exchange (a lost or late answer); what the device did is unknown, so the PDEV goes to ERROR (and the TDI or stream whose exchange it was); no device traffic.",
             inputs: &[(Reg::Rcx, "PDEV page"), MSG_IN[0], MSG_IN[1], (Reg::R9, "operation: 1 KEY_UPDATE, 2 RECOLLECT, 3 ABORT")],
             outputs: &[MSG_OUT],
             requires: "KEY_UPDATE, RECOLLECT: PDEV CONNECTED. ABORT: a request outstanding.",
@@ -336,7 +336,7 @@ impl<P: Platform> Tsm<P> {
             streams: core::array::from_fn(|_| None),
             tdis: 0,
             fault: None,
-            remeasured: None,
+            measured: None,
         });
         Ok(Status::SUCCESS)
     }
@@ -394,7 +394,10 @@ impl<P: Platform> Tsm<P> {
         }
         let random = self.connect_random()?;
         // ALL CHECKS PASSED: nothing below can fail but the device.
-        self.pdev_mut(p)?.conn = Connect::new(random);
+        let pdev = self.pdev_mut(p)?;
+        pdev.conn = Connect::new(random);
+        // TDISP devices are measured after KEY_EXCHANGE, inside the session.
+        pdev.conn.measure_in_session();
         self.begin(p, Exchange::connect(), &msg, out)
     }
 
@@ -466,8 +469,10 @@ impl<P: Platform> Tsm<P> {
         self.platform.fill(&mut nonce).map_err(|_| TsmError::NoEntropy)?;
         self.platform.fill(&mut context).map_err(|_| TsmError::NoEntropy)?;
         // ALL CHECKS PASSED: nothing below can fail but the device.
+        // Where the connection took its measurements, so the evidence says one thing of all its
+        // bytes.
         let m = Measurements::new(&evidence.negotiated, self.pdev(p)?.conn.vca(), key, nonce, context);
-        self.begin(p, Exchange::recollect(m), &msg, out)
+        self.begin(p, Exchange::recollect(m, evidence.measurements_in_session), &msg, out)
     }
 
     // ---- IDE streams ------------------------------------------------------------------------

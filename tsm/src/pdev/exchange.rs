@@ -61,8 +61,8 @@ pub enum Flow {
     EndSession(EndSession),
     /// KEY_UPDATE; it holds the session until it ends.
     KeyUpdate(KeyUpdate),
-    /// Fresh signed measurements: never evidence until the exchange succeeds.
-    Recollect(Measurements),
+    /// Signed measurements: never evidence until the exchange succeeds.
+    Measure(Measure),
     /// IDE_KM inside the session.
     IdeKm(KmFlow),
     /// TDISP inside the session.
@@ -92,9 +92,17 @@ impl Exchange {
         Exchange { owner: Owner::Pdev, flow: Flow::KeyUpdate(ku) }
     }
 
-    /// RECOLLECT of the PDEV's measurements.
-    pub fn recollect(m: Measurements) -> Exchange {
-        Exchange { owner: Owner::Pdev, flow: Flow::Recollect(m) }
+    /// The signed measurements SPDM.CONNECT takes inside the session it just established.
+    pub fn connect_measurements(m: Measurements) -> Exchange {
+        Exchange {
+            owner: Owner::Pdev,
+            flow: Flow::Measure(Measure { exchange: m, in_session: true, connecting: true }),
+        }
+    }
+
+    /// RECOLLECT of the PDEV's measurements, inside the session or in the clear.
+    pub fn recollect(m: Measurements, in_session: bool) -> Exchange {
+        Exchange { owner: Owner::Pdev, flow: Flow::Measure(Measure { exchange: m, in_session, connecting: false }) }
     }
 
     /// IDE_KM on the stream in slot `stream`.
@@ -128,10 +136,14 @@ impl Exchange {
     }
 
     /// True if the engine seals the flow's requests and opens its answers under the PDEV's
-    /// session. CONNECT and RECOLLECT travel in the clear; KEY_UPDATE changes the keys, so it
-    /// seals and opens itself.
+    /// session. CONNECT travels in the clear until its session exists, measurements wherever
+    /// they were asked for; KEY_UPDATE changes the keys, so it seals and opens itself.
     pub const fn sealed(&self) -> bool {
-        matches!(self.flow, Flow::EndSession(_) | Flow::IdeKm(_) | Flow::Tdisp(_))
+        match &self.flow {
+            Flow::EndSession(_) | Flow::IdeKm(_) | Flow::Tdisp(_) => true,
+            Flow::Measure(m) => m.in_session,
+            Flow::Connect | Flow::KeyUpdate(_) => false,
+        }
     }
 
     /// The summary's view.
@@ -140,7 +152,8 @@ impl Exchange {
             (Flow::Connect, _) => Pending::Connect,
             (Flow::EndSession(_), _) => Pending::End,
             (Flow::KeyUpdate(_), _) => Pending::KeyUpdate,
-            (Flow::Recollect(_), _) => Pending::Measure,
+            (Flow::Measure(m), _) if m.connecting => Pending::Connect,
+            (Flow::Measure(_), _) => Pending::Measure,
             (Flow::IdeKm(_), Owner::Stream(s)) => Pending::Km(s),
             (Flow::Tdisp(_), Owner::Tdi(t)) => Pending::Tdi(t),
             // The constructors make these impossible; the audit says so if one appears.
@@ -155,6 +168,18 @@ impl Exchange {
             _ => None,
         }
     }
+}
+
+/// A signed GET_MEASUREMENTS exchange and where it runs.
+#[derive(Clone, Debug)]
+pub struct Measure {
+    /// The exchange (it speaks DOE objects of the clear channel; inside the session the engine
+    /// moves its messages in and out of secured ones).
+    pub exchange: Measurements,
+    /// Inside the secured session.
+    pub in_session: bool,
+    /// Part of SPDM.CONNECT (else SPDM.MNG RECOLLECT).
+    pub connecting: bool,
 }
 
 /// END_SESSION / END_SESSION_ACK (DSP0274 §10.17), sans-IO like the others.

@@ -20,7 +20,7 @@ use crate::spdm::connect::Connect;
 use crate::spdm::session::Session;
 use crate::spdm::Negotiated;
 
-pub use exchange::{Exchange, Flow, Owner, Pending};
+pub use exchange::{Exchange, Flow, Measure, Owner, Pending};
 pub use km::{KmFlow, KmOp};
 
 /// PDEVs the TSM can hold at once.
@@ -84,6 +84,9 @@ pub struct PdevEvidence {
     /// SHA-384 of the measurement transcript the attestation report binds: the VCA's length,
     /// the VCA, and the signed GET_MEASUREMENTS exchange (`attest::evidence::transcript_digest`).
     pub measurements_digest: [u8; 48],
+    /// The measurements were taken inside the secured session (after KEY_EXCHANGE / FINISH),
+    /// not in the clear before it. The attestation report records it.
+    pub measurements_in_session: bool,
 }
 
 /// A PDEV.
@@ -109,10 +112,11 @@ pub struct Pdev {
     pub tdis: usize,
     /// Why it went to Error.
     pub fault: Option<DeviceFault>,
-    /// The last re-collection that succeeded: the exchange `evidence.measurements_digest` binds
-    /// once one did (before, the connection's). The one in progress is the PDEV's exchange, so
-    /// a failed or abandoned RECOLLECT leaves the evidence and its digest as they were.
-    pub remeasured: Option<crate::spdm::meas::Measurements>,
+    /// The signed measurement exchange `evidence.measurements_digest` binds when it is not the
+    /// connection's clear one: taken inside the session at connection, or the last re-collection
+    /// that succeeded. The one in progress is the PDEV's exchange, so a failed or abandoned
+    /// RECOLLECT leaves the evidence and its digest as they were.
+    pub measured: Option<crate::spdm::meas::Measurements>,
 }
 
 /// Function ids carry RID (15:0), segment (23:16) and the segment-valid bit (24).
@@ -154,7 +158,7 @@ impl Pdev {
     /// The signed measurement exchange the evidence binds: the last successful re-collection,
     /// else the connection's. Never the one in progress.
     pub fn measurements(&self) -> Option<&[u8]> {
-        match &self.remeasured {
+        match &self.measured {
             Some(m) => m.exchange(),
             None => self.conn.measurements(),
         }
@@ -167,8 +171,27 @@ impl Pdev {
         let Some(evidence) = self.evidence.as_mut() else { return false };
         let Some(exchange) = m.exchange() else { return false };
         evidence.measurements_digest = attest::evidence::transcript_digest(self.conn.vca(), exchange);
-        self.remeasured = Some(m);
+        self.measured = Some(m);
         true
+    }
+
+    /// The connection finished with its measurements (`digest`, taken inside the session or
+    /// not): the PDEV is CONNECTED and keeps the evidence. The session is already in place.
+    ///
+    /// # Errors
+    /// `Corrupt` if the connection has no negotiated parameters or chain (a TSM bug).
+    pub fn connected(&mut self, digest: [u8; 48], in_session: bool) -> Result<(), crate::error::TsmError> {
+        let (Some(negotiated), Some(chain)) = (self.conn.negotiated(), self.conn.chain()) else {
+            return Err(crate::error::TsmError::Corrupt);
+        };
+        self.evidence = Some(PdevEvidence {
+            negotiated,
+            chain_digest: *chain.digest(),
+            measurements_digest: digest,
+            measurements_in_session: in_session,
+        });
+        self.state = PdevState::Connected;
+        Ok(())
     }
 
     /// The outstanding exchange's view for the summary.
