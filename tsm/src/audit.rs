@@ -618,7 +618,7 @@ fn exchange_live(p: usize, pdev: &Pdev, tdis: &[Option<Tdi>]) -> bool {
     match (x.owner(), x.flow()) {
         (Owner::Pdev, Flow::Connect) => pdev.state == PdevState::New,
         (Owner::Pdev, Flow::Measure(m)) if m.connecting => pdev.state == PdevState::New && pdev.session.is_some(),
-        (Owner::Pdev, Flow::EndSession(_) | Flow::Measure(_)) => session,
+        (Owner::Pdev, Flow::EndSession(_) | Flow::Heartbeat(_) | Flow::Measure(_)) => session,
         (Owner::Pdev, Flow::KeyUpdate(_)) => pdev.state == PdevState::Connected && pdev.session.is_none(),
         (Owner::Stream(s), Flow::IdeKm(_)) => {
             let keyable =

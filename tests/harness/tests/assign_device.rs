@@ -402,3 +402,63 @@ fn an_in_session_measurement_answer_that_does_not_open_changes_nothing() {
     ok(r, "the real answer completes SPDM.CONNECT");
     assert!(m.tsm.pdev_summary(pfn(pdev)).unwrap().evidence.unwrap().measurements_in_session);
 }
+
+#[test]
+fn heartbeat_keeps_the_session_the_device_asked_for() {
+    let (mut m, _td) = machine();
+    let mut dev = device("");
+    let a = m.connect(&mut dev);
+    let before = m.tsm.pdev_summary(pfn(a.pdev)).unwrap().session.unwrap();
+    // tdisp-device asks a requester with HBEAT_CAP for a heartbeat every 60 s.
+    assert_eq!(before.heartbeat_period(), 60);
+    ok(m.pump(&mut dev, h::SPDM_MNG, a.pdev, a.msg, mng::HEARTBEAT), "HEARTBEAT");
+    let s = m.tsm.pdev_summary(pfn(a.pdev)).unwrap();
+    assert_eq!((s.state, s.pending, s.fault), (PdevState::Connected, Pending::None, None));
+    let after = s.session.unwrap();
+    assert_eq!(after.request.sequence, before.request.sequence + 1, "one message sealed");
+    assert_eq!(after.response.sequence, before.response.sequence + 1, "one answer opened");
+    seamless_harness::audit::assert_invariants(&m.tsm, &"HEARTBEAT");
+}
+
+#[test]
+fn heartbeat_needs_a_connected_pdev() {
+    let (mut m, _td) = machine();
+    let pdev = m.page();
+    ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+    let msg = m.scratch();
+    let r = m.host(h::SPDM_MNG, pdev, msg, 0, mng::HEARTBEAT);
+    assert_eq!(r.status(), Status::PDEV_STATE_INCORRECT.with_operand(Operand::Pdev), "{r:x?}");
+    assert_eq!(m.tsm.pdev_summary(pfn(pdev)).unwrap().pending, Pending::None);
+}
+
+#[test]
+fn a_wrong_heartbeat_ack_is_the_devices_fault() {
+    let (mut m, td) = machine();
+    let mut dev = device("");
+    let a = bound(&mut m, &td, &mut dev);
+    dev.faults_mut().apply_spec("truncate=heartbeat-ack").unwrap();
+    let r = m.pump(&mut dev, h::SPDM_MNG, a.pdev, a.msg, mng::HEARTBEAT);
+    assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Pdev), "{r:x?}");
+    let s = m.tsm.pdev_summary(pfn(a.pdev)).unwrap();
+    assert_eq!((s.state, s.pending), (PdevState::Error, Pending::None));
+    assert!(
+        matches!(s.fault, Some(DeviceFault::Spdm(SpdmError::UnexpectedResponse { want: 0x68, .. }))),
+        "{:?}",
+        s.fault
+    );
+    assert!(s.session.is_none(), "the session is gone with it");
+    seamless_harness::audit::assert_invariants(&m.tsm, &"a wrong HEARTBEAT_ACK");
+}
+
+#[test]
+fn a_missed_heartbeat_leaves_the_request_outstanding_until_the_host_aborts() {
+    let (mut m, td) = machine();
+    let mut dev = device("drop-response=heartbeat-ack");
+    let a = bound(&mut m, &td, &mut dev);
+    let r = m.pump(&mut dev, h::SPDM_MNG, a.pdev, a.msg, mng::HEARTBEAT);
+    assert_eq!(r.status(), Status::DEVICE_REQUEST, "no answer came");
+    assert_eq!(m.tsm.pdev_summary(pfn(a.pdev)).unwrap().pending, Pending::Heartbeat);
+    ok(m.host(h::SPDM_MNG, a.pdev, 0, 0, mng::ABORT), "ABORT");
+    let s = m.tsm.pdev_summary(pfn(a.pdev)).unwrap();
+    assert_eq!((s.state, s.fault), (PdevState::Error, Some(DeviceFault::Aborted)));
+}

@@ -58,6 +58,8 @@ pub(crate) enum Call {
     KeyUpdate,
     /// SPDM.MNG RECOLLECT.
     Recollect,
+    /// SPDM.MNG HEARTBEAT.
+    Heartbeat,
     /// IDE.STREAM.KM: continues the IDE_KM exchange of whichever stream it is.
     IdeKm,
     /// TDI.LOCK / START / STOP of the TDI in this slot.
@@ -79,6 +81,7 @@ impl Call {
             (Call::Connect, Flow::Connect, _)
             | (Call::Disconnect, Flow::EndSession(_), _)
             | (Call::KeyUpdate, Flow::KeyUpdate(_), _)
+            | (Call::Heartbeat, Flow::Heartbeat(_), _)
             | (Call::IdeKm, Flow::IdeKm(_), _) => true,
             (Call::Connect, Flow::Measure(m), _) => m.connecting,
             (Call::Recollect, Flow::Measure(m), _) => !m.connecting,
@@ -254,7 +257,7 @@ impl<P: Platform> Tsm<P> {
                     }
                 }
             },
-            (Flow::EndSession(e), _) => {
+            (Flow::EndSession(e) | Flow::Heartbeat(e), _) => {
                 let action = match input {
                     None => e.start(),
                     Some(a) => e.step(a),
@@ -337,6 +340,8 @@ impl<P: Platform> Tsm<P> {
                 pdev.session = None;
             }
             (_, Flow::KeyUpdate(ku)) => pdev.session = ku.into_session(),
+            // The device is alive and in step: nothing to record.
+            (_, Flow::Heartbeat(_)) => {}
             (_, Flow::Measure(m)) => {
                 if !pdev.recollect_done(m.exchange) {
                     return Err(TsmError::Corrupt);
@@ -401,7 +406,8 @@ impl<P: Platform> Tsm<P> {
 
     /// Records `fault` of PDEV `p`'s outstanding exchange against its owner, ends the exchange,
     /// and returns the call's error:
-    /// - the PDEV's own exchange (CONNECT, END_SESSION, KEY_UPDATE): the PDEV goes to ERROR
+    /// - the PDEV's own exchange (CONNECT, END_SESSION, KEY_UPDATE, HEARTBEAT: a heartbeat the
+    ///   device answers wrongly is its fault): the PDEV goes to ERROR
     ///   ([`Tsm::pdev_failed`]); a failed RECOLLECT only drops the re-collection, since the old
     ///   evidence still holds and the answer, in the clear, cannot be told from the host's;
     /// - a stream's IDE_KM: its keys are in an unknown state, so the stream goes to ERROR, and

@@ -26,9 +26,10 @@ use super::exchange::Call;
 use super::host::leaf;
 use super::host::HostLeaf;
 
-/// SPDM.MNG operations (TDX's numbering; HEARTBEAT = 0 is not offered).
+/// SPDM.MNG operations (TDX's numbering).
 #[allow(missing_docs)]
 pub mod mng {
+    pub const HEARTBEAT: u64 = 0;
     pub const KEY_UPDATE: u64 = 1;
     pub const RECOLLECT: u64 = 2;
     pub const ABORT: u64 = 3;
@@ -250,10 +251,10 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::SPDM_MNG,
             name: "TDH.SPDM.MNG",
-            summary: "Session management, resumable. 1 KEY_UPDATE: KEY_UPDATE(UpdateAllKeys) then VerifyNewKey: both directions move to the next keys (an answer under keys it should not use is refused and changes nothing; an authentic answer that fails ends the session: the PDEV, its live streams and its locked or running TDIs go to ERROR). 2 RECOLLECT: fresh signed GET_MEASUREMENTS of every index with a new nonce, inside the session when the connection's were; on success the evidence binds the new transcript, on failure the old evidence stays. 3 ABORT: abandons the outstanding exchange (a lost or late answer); what the device did is unknown, so the PDEV goes to ERROR (and the TDI or stream whose exchange it was); no device traffic.",
-            inputs: &[(Reg::Rcx, "PDEV page"), MSG_IN[0], MSG_IN[1], (Reg::R9, "operation: 1 KEY_UPDATE, 2 RECOLLECT, 3 ABORT")],
+            summary: "Session management, resumable. 0 HEARTBEAT: HEARTBEAT / HEARTBEAT_ACK inside the session, for a device that asked for a HeartbeatPeriod in KEY_EXCHANGE_RSP (the TSM announces HBEAT_CAP); the host calls it at least once per period (the session's period is in the PDEV summary), or the device may end the session. A missed or wrong HEARTBEAT_ACK is the device's fault: the PDEV, its live streams and its locked or running TDIs go to ERROR (a lost answer: the host ABORTs). 1 KEY_UPDATE: KEY_UPDATE(UpdateAllKeys) then VerifyNewKey: both directions move to the next keys (an answer under keys it should not use is refused and changes nothing; an authentic answer that fails ends the session: the PDEV, its live streams and its locked or running TDIs go to ERROR). 2 RECOLLECT: fresh signed GET_MEASUREMENTS of every index with a new nonce, inside the session when the connection's were; on success the evidence binds the new transcript, on failure the old evidence stays. 3 ABORT: abandons the outstanding exchange (a lost or late answer); what the device did is unknown, so the PDEV goes to ERROR (and the TDI or stream whose exchange it was); no device traffic.",
+            inputs: &[(Reg::Rcx, "PDEV page"), MSG_IN[0], MSG_IN[1], (Reg::R9, "operation: 0 HEARTBEAT, 1 KEY_UPDATE, 2 RECOLLECT, 3 ABORT")],
             outputs: &[MSG_OUT],
-            requires: "KEY_UPDATE, RECOLLECT: PDEV CONNECTED. ABORT: a request outstanding.",
+            requires: "HEARTBEAT, KEY_UPDATE, RECOLLECT: PDEV CONNECTED. ABORT: a request outstanding.",
             errors: &[
                 SYS,
                 PDEV_RCX[0],
@@ -266,7 +267,7 @@ impl<P: Platform> Tsm<P> {
                 MSG_ERRORS[2],
                 BUSY,
                 MSG_ERRORS[3],
-                (Status::PDEV_STATE_INCORRECT, "PDEV not CONNECTED, or the device does not offer KEY_UPD"),
+                (Status::PDEV_STATE_INCORRECT, "PDEV not CONNECTED, or the device does not offer KEY_UPD (KEY_UPDATE) or asked for no heartbeat (HEARTBEAT)"),
                 (Status::RND_NO_ENTROPY, "no entropy for the tags or the nonce"),
                 DEVICE[0],
                 DEVICE[1],
@@ -396,8 +397,10 @@ impl<P: Platform> Tsm<P> {
         // ALL CHECKS PASSED: nothing below can fail but the device.
         let pdev = self.pdev_mut(p)?;
         pdev.conn = Connect::new(random);
-        // TDISP devices are measured after KEY_EXCHANGE, inside the session.
+        // TDISP devices are measured after KEY_EXCHANGE, inside the session; and the session
+        // is kept alive with HEARTBEAT if the device asks for it.
         pdev.conn.measure_in_session();
+        pdev.conn.offer_heartbeat();
         self.begin(p, Exchange::connect(), &msg, out)
     }
 
@@ -428,10 +431,26 @@ impl<P: Platform> Tsm<P> {
         let p = self.pdev_index(regs.rcx, Operand::Rcx)?;
         match regs.r9 {
             mng::ABORT => self.abort_exchange(p),
+            mng::HEARTBEAT => self.spdm_heartbeat(p, regs, out),
             mng::KEY_UPDATE => self.spdm_key_update(p, regs, out),
             mng::RECOLLECT => self.spdm_recollect(p, regs, out),
             _ => Err(TsmError::OperandInvalid(Operand::R9)),
         }
+    }
+
+    fn spdm_heartbeat(&mut self, p: usize, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        let msg = self.msg_operands(regs.rdx, regs.r8)?;
+        if self.resume(p, Call::Heartbeat, &msg)? {
+            return self.communicate(p, &msg, out);
+        }
+        let pdev = self.pdev(p)?;
+        let asked = pdev.session.as_ref().is_some_and(|s| s.heartbeat_period() != 0);
+        if pdev.state != PdevState::Connected || !asked {
+            return Err(TsmError::PdevState);
+        }
+        let version = pdev.version();
+        // ALL CHECKS PASSED: nothing below can fail but the device.
+        self.begin(p, Exchange::heartbeat(version), &msg, out)
     }
 
     fn spdm_key_update(&mut self, p: usize, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {

@@ -33,6 +33,8 @@ pub enum Pending {
     KeyUpdate,
     /// SPDM.MNG RECOLLECT: fresh signed measurements.
     Measure,
+    /// SPDM.MNG HEARTBEAT.
+    Heartbeat,
     /// A TDI's TDISP request.
     Tdi(usize),
 }
@@ -58,7 +60,9 @@ pub enum Flow {
     /// gathers (chain, VCA, measurements) outlives the exchange.
     Connect,
     /// END_SESSION inside the session.
-    EndSession(EndSession),
+    EndSession(SessionMessage),
+    /// HEARTBEAT inside the session: the keep-alive the device asked for.
+    Heartbeat(SessionMessage),
     /// KEY_UPDATE; it holds the session until it ends.
     KeyUpdate(KeyUpdate),
     /// Signed measurements: never evidence until the exchange succeeds.
@@ -84,7 +88,12 @@ impl Exchange {
 
     /// END_SESSION of the PDEV's session at SPDM `version`.
     pub const fn end_session(version: u8) -> Exchange {
-        Exchange { owner: Owner::Pdev, flow: Flow::EndSession(EndSession::new(version)) }
+        Exchange { owner: Owner::Pdev, flow: Flow::EndSession(SessionMessage::end_session(version)) }
+    }
+
+    /// HEARTBEAT of the PDEV's session at SPDM `version`.
+    pub const fn heartbeat(version: u8) -> Exchange {
+        Exchange { owner: Owner::Pdev, flow: Flow::Heartbeat(SessionMessage::heartbeat(version)) }
     }
 
     /// KEY_UPDATE of the PDEV's session.
@@ -140,7 +149,7 @@ impl Exchange {
     /// they were asked for; KEY_UPDATE changes the keys, so it seals and opens itself.
     pub const fn sealed(&self) -> bool {
         match &self.flow {
-            Flow::EndSession(_) | Flow::IdeKm(_) | Flow::Tdisp(_) => true,
+            Flow::EndSession(_) | Flow::Heartbeat(_) | Flow::IdeKm(_) | Flow::Tdisp(_) => true,
             Flow::Measure(m) => m.in_session,
             Flow::Connect | Flow::KeyUpdate(_) => false,
         }
@@ -151,6 +160,7 @@ impl Exchange {
         match (&self.flow, self.owner) {
             (Flow::Connect, _) => Pending::Connect,
             (Flow::EndSession(_), _) => Pending::End,
+            (Flow::Heartbeat(_), _) => Pending::Heartbeat,
             (Flow::KeyUpdate(_), _) => Pending::KeyUpdate,
             (Flow::Measure(m), _) if m.connecting => Pending::Connect,
             (Flow::Measure(_), _) => Pending::Measure,
@@ -182,21 +192,31 @@ pub struct Measure {
     pub connecting: bool,
 }
 
-/// END_SESSION / END_SESSION_ACK (DSP0274 §10.17), sans-IO like the others.
+/// A session request of four bytes answered by its four-byte ACK: END_SESSION /
+/// END_SESSION_ACK (DSP0274 §10.17) and HEARTBEAT / HEARTBEAT_ACK (§10.19), sans-IO like the
+/// others.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EndSession {
+pub struct SessionMessage {
     version: u8,
     out: [u8; 4],
+    ack: u8,
 }
 
 const END_SESSION: u8 = 0xEC;
 const END_SESSION_ACK: u8 = 0x6C;
+const HEARTBEAT: u8 = 0xE8;
+const HEARTBEAT_ACK: u8 = 0x68;
 const ERROR: u8 = 0x7F;
 
-impl EndSession {
+impl SessionMessage {
     /// END_SESSION at SPDM `version` (no attributes: the device may drop its cached state).
-    pub const fn new(version: u8) -> EndSession {
-        EndSession { version, out: [version, END_SESSION, 0, 0] }
+    pub const fn end_session(version: u8) -> SessionMessage {
+        SessionMessage { version, out: [version, END_SESSION, 0, 0], ack: END_SESSION_ACK }
+    }
+
+    /// HEARTBEAT at SPDM `version`.
+    pub const fn heartbeat(version: u8) -> SessionMessage {
+        SessionMessage { version, out: [version, HEARTBEAT, 0, 0], ack: HEARTBEAT_ACK }
     }
 
     /// The request (plaintext; the engine seals it).
@@ -204,17 +224,17 @@ impl EndSession {
         Action::Send(&self.out)
     }
 
-    /// Checks END_SESSION_ACK.
+    /// Checks the ACK: the version, the code, four bytes.
     pub fn step(&mut self, m: &[u8]) -> Action<'_, DeviceFault> {
-        let v = self.version;
+        let (v, ack) = (self.version, self.ack);
         match m {
-            [mv, END_SESSION_ACK, _, _] if *mv == v => Action::Done,
+            [mv, code, _, _] if *mv == v && *code == ack => Action::Done,
             [mv, ERROR, code, data] if *mv == v => {
                 Action::Failed(DeviceFault::Spdm(SpdmError::Responder { code: *code, data: *data }))
             }
             _ => Action::Failed(DeviceFault::Spdm(SpdmError::UnexpectedResponse {
                 got: m.get(1).copied().unwrap_or(0),
-                want: END_SESSION_ACK,
+                want: ack,
             })),
         }
     }
@@ -226,7 +246,7 @@ mod tests {
 
     #[test]
     fn end_session_accepts_only_its_ack_at_its_version() {
-        let mut e = EndSession::new(0x12);
+        let mut e = SessionMessage::end_session(0x12);
         assert_eq!(e.start(), Action::Send(&[0x12, 0xEC, 0, 0]));
         assert_eq!(e.step(&[0x12, 0x6C, 0, 0]), Action::Done);
         assert_eq!(
@@ -240,6 +260,21 @@ mod tests {
             Action::Failed(DeviceFault::Spdm(SpdmError::UnexpectedResponse { got: 0x6C, want: 0x6C })),
             "short"
         );
+    }
+
+    #[test]
+    fn heartbeat_wants_heartbeat_ack() {
+        let mut h = SessionMessage::heartbeat(0x13);
+        assert_eq!(h.start(), Action::Send(&[0x13, 0xE8, 0, 0]));
+        assert_eq!(h.step(&[0x13, 0x68, 0, 0]), Action::Done);
+        let wrong = Action::Failed(DeviceFault::Spdm(SpdmError::UnexpectedResponse { got: 0x6C, want: 0x68 }));
+        assert_eq!(h.step(&[0x13, 0x6C, 0, 0]), wrong, "END_SESSION_ACK is no HEARTBEAT_ACK");
+        assert_eq!(
+            h.step(&[0x13, 0x7F, 0x04, 0]),
+            Action::Failed(DeviceFault::Spdm(SpdmError::Responder { code: 0x04, data: 0 }))
+        );
+        assert_eq!(Exchange::heartbeat(0x13).pending(), Pending::Heartbeat);
+        assert!(Exchange::heartbeat(0x13).sealed());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::spdm::cert::CertRetrieval;
 use crate::spdm::chain::CertChain;
 use crate::spdm::challenge::Challenge;
 use crate::spdm::meas::Measurements;
-use crate::spdm::negotiate::{Negotiated, Negotiation, SpdmError};
+use crate::spdm::negotiate::{cap, Negotiated, Negotiation, SpdmError};
 use crate::spdm::session::{KeyExchange, Session};
 
 /// The fresh values a connection consumes.
@@ -81,6 +81,8 @@ pub struct Connect {
     /// Take the signed measurements inside the session, after FINISH, rather than before
     /// KEY_EXCHANGE in the clear ([`Connect::measure_in_session`]).
     in_session: bool,
+    /// HBEAT_CAP announced ([`Connect::offer_heartbeat`]).
+    heartbeat: bool,
     failed: Option<ConnectError>,
     /// The last request of a stage (the DOE object), kept to resend it after Busy.
     request: [u8; 256],
@@ -122,6 +124,7 @@ impl Connect {
             measurements: None,
             key_exchange: None,
             in_session: false,
+            heartbeat: false,
             failed: None,
             request: [0; 256],
             request_len: 0,
@@ -135,6 +138,14 @@ impl Connect {
     /// wants a device measured after KEY_EXCHANGE. Call before [`Connect::start`].
     pub fn measure_in_session(&mut self) {
         self.in_session = true;
+    }
+
+    /// Announces HBEAT_CAP: a device that also announces it may ask for a HeartbeatPeriod in
+    /// KEY_EXCHANGE_RSP, which the session then carries ([`Session::heartbeat_period`]). Call
+    /// before [`Connect::start`].
+    pub fn offer_heartbeat(&mut self) {
+        self.heartbeat = true;
+        self.negotiation.offer_heartbeat();
     }
 
     /// True if the measurements are taken inside the session ([`Connect::measure_in_session`]).
@@ -346,10 +357,13 @@ impl Connect {
             return Next::Failed(ConnectError::Spdm(self.stage, SpdmError::NotWaiting));
         };
         let (digest, key) = (*chain.digest(), *chain.leaf_key());
-        let kx = match KeyExchange::new(&n, self.negotiation.vca(), &digest, key, r.ephemeral, r.random) {
+        let mut kx = match KeyExchange::new(&n, self.negotiation.vca(), &digest, key, r.ephemeral, r.random) {
             Ok(kx) => kx,
             Err(e) => return Next::Failed(ConnectError::Spdm(Stage::Session, e)),
         };
+        if self.heartbeat && n.responder_flags & cap::HBEAT != 0 {
+            kx.accept_heartbeat();
+        }
         self.stage = Stage::Session;
         let kx = self.key_exchange.insert(kx);
         copy_out(&mut self.out, kx.start(), |e| ConnectError::Spdm(Stage::Session, e))
