@@ -481,11 +481,9 @@ impl<P: Platform> Tsm<P> {
         tdi.fault = Some(fault);
         tdi.nonce = [0; 32];
         tdi.authorised = None;
-        let (p, key) = (tdi.pdev, tdi.dmar_key());
-        // DMA stops at once: the entry's present bit is cleared (already blocked is fine).
-        if let (Some(iommu), Some(key)) = (self.iommu.as_mut(), key) {
-            let _ = iommu.block(&mut self.platform, key);
-        }
+        let p = tdi.pdev;
+        // DMA stops at once: the entry's present bit is cleared and the IOTLB invalidated.
+        self.cut_dma(t);
         if let Some(Some(pdev)) = self.pdevs.get_mut(p) {
             if pdev.exchange.as_ref().is_some_and(|x| x.owner() == Owner::Tdi(t)) {
                 pdev.exchange = None;
