@@ -2,6 +2,7 @@
 //! dispatchers here are the only code that writes status registers, and they report every call
 //! once through [`Platform::log_call`].
 
+mod exchange;
 pub mod guest;
 mod guest_tdi;
 pub mod host;
