@@ -140,6 +140,22 @@ fn tsm_connects_to_libspdm_responder_spdm_1_3_p384() {
     assert_spdm_emu_device("1.3", &o);
 }
 
+/// The P-256 suite: ECDSA P-256 with SHA-256 (spdm-emu's `ecp256` sample chain), secp256r1,
+/// AES-128-GCM.
+const P256: [&str; 8] = ["--asym", "ECDSA_P256", "--hash", "SHA_256", "--dhe", "SECP_256_R1", "--aead", "AES_128_GCM"];
+
+#[test]
+fn tsm_connects_to_libspdm_responder_spdm_1_2_p256() {
+    let o = connect_to_libspdm("libspdm-1.2-p256", &[&["--ver", "1.2"][..], &P256].concat());
+    assert_spdm_emu_device("1.2 P-256", &o);
+}
+
+#[test]
+fn tsm_connects_to_libspdm_responder_spdm_1_3_p256() {
+    let o = connect_to_libspdm("libspdm-1.3-p256", &[&["--ver", "1.3"][..], &P256].concat());
+    assert_spdm_emu_device("1.3 P-256", &o);
+}
+
 #[test]
 fn tsm_connects_to_libspdm_responder_default_versions() {
     let o = connect_to_libspdm("libspdm-default-p384", &[]);
