@@ -168,22 +168,31 @@ fn tsm_connects_to_libspdm_responder_default_versions() {
 /// device's root (its sample-key directory is copied and the P-384 CA files replaced). Its
 /// output and the whole conversation are kept in `SPDM_RECORD_DIR` when set
 /// (`tests/interop/`).
-fn libspdm_requester_against_tdisp_device(version: &str, meas_sum: &str) {
+fn libspdm_requester_against_tdisp_device(version: &str, meas_sum: &str, p256: bool) {
     let name = match meas_sum {
         "ALL" => format!("libspdm-requester-{version}"),
         other => format!("libspdm-requester-{version}-meas-sum-{}", other.to_lowercase()),
     };
+    let name = if p256 { format!("{name}-p256") } else { name };
     let Some(bin) = peer(&name) else { return };
     let work = std::env::temp_dir().join(format!("seamless-{name}-{}", std::process::id()));
-    let keys = work.join("ecp384");
+    let curve = if p256 { "ecp256" } else { "ecp384" };
+    let keys = work.join(curve);
     std::fs::create_dir_all(&keys).unwrap();
-    for entry in std::fs::read_dir(bin.join("ecp384")).unwrap() {
+    for entry in std::fs::read_dir(bin.join(curve)).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), keys.join(entry.file_name())).unwrap();
     }
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let mut device = Device::new(Config::default()).unwrap();
+    let mut device = if p256 {
+        // tdisp-device --suite p256: a P-256 root, CA and leaf.
+        let mut rng = tdisp_device::rng::Rng::new([0x25; 32]);
+        let identity = tdisp_device::Identity::generate_p256(&mut rng).unwrap();
+        Device::with_identity(Config::default(), identity, rng).unwrap()
+    } else {
+        Device::new(Config::default()).unwrap()
+    };
     std::fs::write(keys.join("ca.cert.der"), &device.identity().root_der).unwrap();
     std::fs::write(keys.join("ca1.cert.der"), &device.identity().root_der).unwrap();
     // The device's server loop, keeping every DOE object both ways (one connection).
@@ -214,6 +223,7 @@ fn libspdm_requester_against_tdisp_device(version: &str, meas_sum: &str) {
         .current_dir(&work)
         .args(["--trans", "PCI_DOE", "--port", &port.to_string(), "--ver", version, "--meas_sum", meas_sum])
         .args(["--exe_conn", "DIGEST,CERT,CHAL,MEAS", "--exe_session", "KEY_EX,KEY_UPDATE,HEARTBEAT,MEAS"])
+        .args(if p256 { &P256[..] } else { &[] })
         .output()
         .unwrap();
     let log = server.join().unwrap();
@@ -222,7 +232,8 @@ fn libspdm_requester_against_tdisp_device(version: &str, meas_sum: &str) {
     if let Some(dir) = std::env::var_os("SPDM_RECORD_DIR") {
         let head = format!(
             "# spdm_requester_emu --trans PCI_DOE --ver {version} --meas_sum {meas_sum} --exe_conn \
-             DIGEST,CERT,CHAL,MEAS --exe_session KEY_EX,KEY_UPDATE,HEARTBEAT,MEAS against tdisp-device; exit {:?}\n",
+             DIGEST,CERT,CHAL,MEAS --exe_session KEY_EX,KEY_UPDATE,HEARTBEAT,MEAS{} against tdisp-device; exit {:?}\n",
+            if p256 { format!(" {}", P256.join(" ")) } else { String::new() },
             out.status.code()
         );
         let mut conversation = String::new();
@@ -242,12 +253,21 @@ fn libspdm_requester_against_tdisp_device(version: &str, meas_sum: &str) {
 
 #[test]
 fn libspdm_requester_runs_its_flows_against_tdisp_device_spdm_1_2() {
-    libspdm_requester_against_tdisp_device("1.2", "ALL");
+    libspdm_requester_against_tdisp_device("1.2", "ALL", false);
 }
 
 #[test]
 fn libspdm_requester_runs_its_flows_against_tdisp_device_spdm_1_3() {
-    libspdm_requester_against_tdisp_device("1.3", "ALL");
+    libspdm_requester_against_tdisp_device("1.3", "ALL", false);
+}
+
+/// The same against tdisp-device with a P-256 identity, the requester restricted to the P-256
+/// suite (it trusts the device's P-256 root in place of its `ecp256` sample CA).
+#[test]
+fn libspdm_requester_runs_its_flows_against_a_p256_tdisp_device() {
+    for version in ["1.2", "1.3"] {
+        libspdm_requester_against_tdisp_device(version, "ALL", true);
+    }
 }
 
 /// CHALLENGE_AUTH and KEY_EXCHANGE_RSP with each measurement summary hash type libspdm asks for
@@ -256,7 +276,7 @@ fn libspdm_requester_runs_its_flows_against_tdisp_device_spdm_1_3() {
 fn libspdm_requester_accepts_every_measurement_summary_hash_type() {
     for version in ["1.2", "1.3"] {
         for meas_sum in ["NO", "TCB"] {
-            libspdm_requester_against_tdisp_device(version, meas_sum);
+            libspdm_requester_against_tdisp_device(version, meas_sum, false);
         }
     }
 }
