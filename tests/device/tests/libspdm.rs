@@ -156,6 +156,27 @@ fn tsm_connects_to_libspdm_responder_spdm_1_3_p256() {
     assert_spdm_emu_device("1.3 P-256", &o);
 }
 
+/// A responder that signs only with RSA (RSASSA-3072, spdm-emu's `rsa3072` sample chain) meets
+/// the TSM's floor: the TSM offers no RSA, so the two share no signing algorithm and SPDM.CONNECT
+/// stops at negotiation, before any certificate is read.
+#[test]
+fn an_rsa_only_libspdm_responder_is_refused_at_negotiation() {
+    use tsm::spdm::connect::{ConnectError, Stage};
+    use tsm::spdm::SpdmError;
+    let Some(bin) = peer("an_rsa_only_libspdm_responder_is_refused_at_negotiation") else { return };
+    let args = ["--ver", "1.2", "--asym", "RSASSA_3072", "--hash", "SHA_384"];
+    let (_responder, mut client) = Responder::start(&bin, free_port(), &args);
+    let outcome = libspdm_flow::converse(&mut client);
+    // libspdm finds no common signing algorithm and answers NEGOTIATE_ALGORITHMS with ERROR
+    // InvalidRequest (a responder that selected RSA anyway would fail `BadSelection`, as the
+    // unit tests of negotiate.rs show).
+    assert_eq!(
+        outcome.connect,
+        Some(Err(ConnectError::Spdm(Stage::Negotiation, SpdmError::Responder { code: 0x01, data: 0 })))
+    );
+    assert_eq!((outcome.idekm, outcome.tdisp), (None, None));
+}
+
 #[test]
 fn tsm_connects_to_libspdm_responder_default_versions() {
     let o = connect_to_libspdm("libspdm-default-p384", &[]);
