@@ -19,7 +19,9 @@ const ASQ: u64 = 0x28;
 const ACQ: u64 = 0x30;
 const DOORBELLS: u64 = 0x1000;
 const ENTRIES: u16 = 16;
-const POLLS: u32 = 2_000_000;
+/// How long the host waits for the controller or a completion: a deadline on the clock, not a
+/// count of polls, since a poll under TCG takes a time that depends on the machine's load.
+const TIMEOUT_S: u64 = 5;
 const OP_CREATE_SQ: u8 = 0x01;
 const OP_CREATE_CQ: u8 = 0x05;
 const OP_READ: u8 = 0x02;
@@ -77,9 +79,15 @@ struct Driver<'a> {
     regs: &'a Mmio,
     mem: Frames,
     stride: u64,
+    tsc: &'a Tsc,
 }
 
 impl Driver<'_> {
+    /// The clock reading at which a wait that starts now gives up.
+    fn deadline(&self) -> u64 {
+        self.tsc.now().saturating_add(self.tsc.hz().saturating_mul(TIMEOUT_S))
+    }
+
     fn set64(&self, off: u64, v: u64) {
         self.regs.write_u32(off, v as u32);
         self.regs.write_u32(off + 4, (v >> 32) as u32);
@@ -87,7 +95,8 @@ impl Driver<'_> {
 
     fn wait_ready(&self, ready: bool) -> Result<(), HostNvmeError> {
         let mut csts = 0;
-        for _ in 0..POLLS {
+        let end = self.deadline();
+        while self.tsc.now() < end {
             csts = self.regs.read_u32(CSTS);
             if csts & 2 != 0 {
                 break;
@@ -119,7 +128,8 @@ impl Driver<'_> {
 
     fn complete(&self, q: &mut Queue, opcode: u8) -> Result<(), HostNvmeError> {
         let at = q.cq + u64::from(q.head) * 16;
-        for _ in 0..POLLS {
+        let end = self.deadline();
+        while self.tsc.now() < end {
             let dw3 = (self.mem.read_u64(at + 8) >> 32) as u32;
             if (dw3 >> 16 & 1 != 0) != q.phase {
                 continue;
@@ -150,7 +160,7 @@ impl Driver<'_> {
 /// [`HostNvmeError`].
 pub fn read(regs: &Mmio, mem: Frames, tsc: &Tsc, pages: &HostPages, blocks: u64) -> Result<HostRead, HostNvmeError> {
     let cap_hi = regs.read_u32(CAP + 4);
-    let d = Driver { regs, mem, stride: 4 << (cap_hi & 0xF) };
+    let d = Driver { regs, mem, stride: 4 << (cap_hi & 0xF), tsc };
     regs.write_u32(CC, 0);
     d.wait_ready(false)?;
     for p in pages.queues {
