@@ -24,7 +24,7 @@ use crate::drivers::phys::{Frames, Mmio};
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
 use crate::frame;
-use crate::guest::{self, image, Guest, GuestLayout, GuestMemory, TdVcpu};
+use crate::guest::{self, Guest, GuestLayout, GuestMemory, TdVcpu};
 use crate::host::evidence::BundleWriter;
 use crate::host::{DoeLink, Host, HostCpu};
 use crate::platform::FirmwarePlatform;
@@ -465,6 +465,7 @@ pub fn run(
     tsm: &mut Tsm<FirmwarePlatform>,
     (host, world): (&mut Host, &mut HostWorld),
     nvme: Nvme,
+    image: &[u8],
     ready_us: u64,
 ) -> ! {
     let Nvme { bdf, bar0, regs, mut mailbox } = nvme;
@@ -483,8 +484,8 @@ pub fn run(
     // The TSM takes the remapping unit before the TD has a private page: from here on no device
     // DMA lands anywhere without a DMAR entry the guest accepted.
     device::iommu_setup(&mut cpu).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
-    let built = td::build(&mut cpu, &image::IMAGE, &td_params(), (WORK_GPA, WORK_PAGES))
-        .unwrap_or_else(|e| fail("TD build", &e));
+    let built =
+        td::build(&mut cpu, image, &td_params(), (WORK_GPA, WORK_PAGES)).unwrap_or_else(|e| fail("TD build", &e));
     let shared = scratch(&mut cpu).unwrap_or_else(|e| fail("shared page", &e));
     let mem = GuestMemory::new(built.td.tdr, frames, Some((&regs, bar.0, bar.1)));
     let guest = Guest::new(function, GuestLayout { work: WORK_GPA, work_pages: WORK_PAGES, bar_gpa: BAR_GPA });
@@ -492,9 +493,9 @@ pub fn run(
         .accept_memory(&mut TdVcpu::new(cpu.tsm, built.vcpu, &mem, shared))
         .unwrap_or_else(|e| fail("guest: accept", &e));
     say!(
-        "td: TDR {:#x}; guest image ({} bytes): {} pages added, {} measured (MRTD: what attest measure computes); {} pages AUGed and accepted by the guest",
+        "td: TDR {:#x}; guest image ({} bytes, from fw_cfg): {} pages added, {} measured (MRTD: what attest measure computes); {} pages AUGed and accepted by the guest",
         built.td.tdr,
-        image::IMAGE_BYTES,
+        image.len(),
         built.added,
         built.measured,
         WORK_PAGES

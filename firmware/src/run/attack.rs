@@ -26,7 +26,7 @@ use tsm_client::GuestError;
 use super::{fail, spdm_connect, td_params, Nvme, BAR_GPA, LOCK_FLAGS, WORK_GPA, WORK_PAGES};
 use crate::arch::{self, ExitCode};
 use crate::drivers::tsc::Tsc;
-use crate::guest::{image, Guest, GuestLayout, GuestMemory, TdVcpu};
+use crate::guest::{Guest, GuestLayout, GuestMemory, TdVcpu};
 use crate::host::{DoeLink, Host, HostCpu};
 use crate::platform::FirmwarePlatform;
 
@@ -506,7 +506,14 @@ impl<'m> Attack<'_, 'm> {
 }
 
 /// The attack run; never returns.
-pub fn run(tsc: &Tsc, tsm: &mut Tsm<FirmwarePlatform>, host: &mut Host, nvme: Nvme, private_pa: u64) -> ! {
+pub fn run(
+    tsc: &Tsc,
+    tsm: &mut Tsm<FirmwarePlatform>,
+    host: &mut Host,
+    nvme: Nvme,
+    image: &[u8],
+    private_pa: u64,
+) -> ! {
     let Nvme { bdf, bar0, regs, mut mailbox } = nvme;
     let function = u32::from(bdf.rid());
     let frames = host.frames();
@@ -516,8 +523,8 @@ pub fn run(tsc: &Tsc, tsm: &mut Tsm<FirmwarePlatform>, host: &mut Host, nvme: Nv
     let pages = |e: tsm_client::HostError| -> ! { fail("pages", &e) };
 
     let work = (WORK_GPA, WORK_PAGES);
-    let td = td::build(&mut cpu, &image::IMAGE, &td_params(), work).unwrap_or_else(|e| fail("TD build", &e));
-    let other = td::build(&mut cpu, &image::IMAGE, &td_params(), work).unwrap_or_else(|e| fail("second TD build", &e));
+    let td = td::build(&mut cpu, image, &td_params(), work).unwrap_or_else(|e| fail("TD build", &e));
+    let other = td::build(&mut cpu, image, &td_params(), work).unwrap_or_else(|e| fail("second TD build", &e));
     let shared = scratch(&mut cpu).unwrap_or_else(|e| pages(e));
     let layout = GuestLayout { work: WORK_GPA, work_pages: WORK_PAGES, bar_gpa: BAR_GPA };
     let mem = GuestMemory::new(td.td.tdr, frames, Some((&regs, bar0.base, bar0.size)));
