@@ -1,43 +1,55 @@
-//! The guest's console: COM1 (port 0x3F8) through TDG.VP.VMCALL<IO>, one byte per call, as
-//! TDVF's `BaseIoLibIntrinsicSev` does in a TD. The host world serves each call with its own
-//! OUT to COM1, so the guest's lines land in the run's console (`serial.log`) beside the
-//! firmware's, each prefixed `td: `. Issuing the TDVMCALL directly (rather than an OUT that
-//! raises #VE and is then converted) halves the exits per byte. The host sees every byte: the
-//! console is for diagnostics, never for anything secret.
+//! The guest's console: its text goes to the host sixteen bytes per TDG.VP.VMCALL, request
+//! CONSOLE (`tsm_client::console` is the format, one copy for both sides); the host writes the
+//! bytes to its own COM1, so the TD's lines (each prefixed `td: `) land in the run's console
+//! beside the firmware's. Not GHCI's TDVMCALL<IO> to port 0x3F8 as TDVF does: that call puts
+//! the port in R14 and the byte in R15, and TDG.VP.VMCALL hands the host R10..R13 only. The
+//! host sees every byte: the console is for diagnostics, never for anything secret.
 
 use core::fmt;
 
+use tsm::abi::guest::leaf;
+use tsm_client::host::device::vmcall;
+
 use crate::arch;
-use crate::tdcall::{io_write, tdvmcall_result, TdcallError};
+use crate::tdcall::TdcallRegs;
 
-/// COM1's data port.
-const COM1: u16 = 0x3F8;
+/// RCX of the call: the registers the request exposes (R10..R13).
+const EXPOSE_R10_R13: u64 = 0x3C00;
 
-/// The console; writes fail only if the TSM or the host refuses the TDVMCALL.
+/// The console; a write fails only if the TSM refuses the TDCALL.
 #[derive(Debug)]
 pub struct Console;
 
 impl Console {
-    /// Writes one byte to COM1.
+    /// Sends `bytes`, sixteen per call.
     ///
     /// # Errors
-    /// [`TdcallError`] from the TDVMCALL.
-    pub fn put(&mut self, b: u8) -> Result<(), TdcallError> {
-        let mut r = io_write(COM1, 1, u32::from(b));
-        arch::tdcall(&mut r);
-        tdvmcall_result(&r)
+    /// The TDCALL's status.
+    pub fn send(&mut self, mut bytes: &[u8]) -> Result<(), u64> {
+        while !bytes.is_empty() {
+            let ([count, lo, hi], n) = tsm_client::console::pack(bytes);
+            let mut r = TdcallRegs {
+                rax: leaf::VP_VMCALL,
+                rcx: EXPOSE_R10_R13,
+                r10: vmcall::CONSOLE,
+                r11: count,
+                r12: lo,
+                r13: hi,
+                ..TdcallRegs::default()
+            };
+            arch::tdcall(&mut r);
+            if r.rax != 0 {
+                return Err(r.rax);
+            }
+            bytes = &bytes[n..];
+        }
+        Ok(())
     }
 }
 
 impl fmt::Write for Console {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        for b in s.bytes() {
-            if b == b'\n' {
-                self.put(b'\r').map_err(|_| fmt::Error)?;
-            }
-            self.put(b).map_err(|_| fmt::Error)?;
-        }
-        Ok(())
+        self.send(s.as_bytes()).map_err(|_| fmt::Error)
     }
 }
 

@@ -8,7 +8,8 @@
 //! page tables and enters long mode), then `td::main`. Its own IDT serves #VE (vector 20)
 //! through TDG.VP.VEINFO.GET and a TDVMCALL to the host ([`ve`]); every other exception is
 //! fatal. It reaches the TSM only through TDCALL ([`tdcall`], executed in [`arch`]) and the host
-//! only through TDG.VP.VMCALL; its console is COM1 through TDVMCALL<IO> ([`console`]).
+//! only through TDG.VP.VMCALL; its console goes to the host sixteen bytes per VMCALL
+//! ([`console`]).
 //!
 //! Built for any other target (as `cargo clippy --workspace` and `cargo test --workspace` do),
 //! the crate is an ordinary program that says where the real image comes from, and runs the

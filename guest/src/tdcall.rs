@@ -131,11 +131,6 @@ pub fn tdvmcall_result(r: &TdcallRegs) -> Result<(), TdcallError> {
     Ok(())
 }
 
-/// TDG.VP.VMCALL<IO>: a write of `size` bytes of `value` to `port`.
-pub const fn io_write(port: u16, size: u8, value: u32) -> TdcallRegs {
-    tdvmcall(tdvmcall::IO, [size as u64, 1, port as u64, value as u64])
-}
-
 /// What TDG.VP.INFO says of the TD.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TdInfo {
@@ -174,15 +169,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tdvmcall_io_is_ghci_shaped() {
-        let w = io_write(0x3F8, 1, 0x41);
+    fn tdvmcall_is_ghci_shaped() {
+        let w = tdvmcall(tdvmcall::IO, [1, 1, 0x3F8, 0x41]);
         assert_eq!((w.rax, w.rcx, w.r10, w.r11), (0, 0xFC00, 0, 30));
         assert_eq!((w.r12, w.r13, w.r14, w.r15), (1, 1, 0x3F8, 0x41));
     }
 
     #[test]
     fn tdvmcall_result_names_the_side_that_failed() {
-        let mut r = io_write(0x3F8, 1, 0);
+        let mut r = tdvmcall(tdvmcall::IO, [1, 1, 0x3F8, 0]);
         r.rax = 0;
         r.r10 = 0;
         assert_eq!(tdvmcall_result(&r), Ok(()));

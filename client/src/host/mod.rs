@@ -82,6 +82,8 @@ pub enum HostError {
     UnknownVmcall(u64),
     /// The TD left the shared page with a length that cannot be right.
     SharedLength(u64),
+    /// The TD's console call carried a byte count that cannot be right (R11).
+    ConsoleLength(u64),
     /// Pages still held by the TSM after teardown.
     Leaked {
         /// The first one.
@@ -114,6 +116,7 @@ impl fmt::Display for HostError {
             HostError::Image(e) => write!(f, "guest image: {e}"),
             HostError::UnknownVmcall(r) => write!(f, "the TD made VMCALL {r:#x}, which the host does not serve"),
             HostError::SharedLength(n) => write!(f, "shared page: length {n} does not fit"),
+            HostError::ConsoleLength(n) => write!(f, "TD console: {n} bytes is not 1..=16"),
             HostError::Leaked { page, count } => write!(f, "{count} pages not reclaimed, the first at {page:#x}"),
         }
     }

@@ -225,7 +225,8 @@ impl<'m> Demo<'_, 'm> {
     /// The host serves the VMCALL the guest stopped on, and enters the vCPU again.
     fn serve(&mut self, step: Step) -> Result<(), Failed> {
         let Step::Vmcall(args) = step else { return Ok(()) };
-        let mut v = Vmcalls { shared: self.shared, nonce: &self.nonce, reports: &mut self.report };
+        let mut com1 = |b: &[u8]| Uart::com1().write_bytes(b);
+        let mut v = Vmcalls { shared: self.shared, nonce: &self.nonce, reports: &mut self.report, console: &mut com1 };
         device::serve_vmcall(&mut self.cpu, self.td.vcpu, args, &self.a, &mut v).step("host: VMCALL")
     }
 

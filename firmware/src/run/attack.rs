@@ -462,7 +462,9 @@ impl<'m> Attack<'_, 'm> {
                 let step = guest.read_tdi(&mut self.vcpu(self.td.vcpu)).unwrap_or_else(|e| fail("guest: TDI read", &e));
                 if let tsm_client::guest::Step::Vmcall(args) = step {
                     let mut reports = [0u8; crate::guest::REPORTS_BYTES];
-                    let mut v = Vmcalls { shared: self.shared, nonce: &[0; 64], reports: &mut reports };
+                    let mut drop = |_: &[u8]| {};
+                    let mut v =
+                        Vmcalls { shared: self.shared, nonce: &[0; 64], reports: &mut reports, console: &mut drop };
                     device::serve_vmcall(&mut self.cpu, self.td.vcpu, args, &self.a, &mut v)
                         .unwrap_or_else(|e| fail("host: VMCALL", &e));
                 }
