@@ -98,10 +98,11 @@ pub fn main(gpaw: u32, vcpu: u32) -> ! {
         info.max_vcpus,
         info.shared_bit()
     );
-    // CPUID is a #VE in a TD: this one goes through the handler and a TDVMCALL.
+    // Leaf 0: the TSM answers it as a TDX module presents it; a leaf it does not synthesise
+    // would come back through #VE and TDVMCALL<CPUID>.
     let cpuid = x86::cpuid::CpuId::new();
     if let Some(v) = cpuid.get_vendor_info() {
-        say!("CPUID vendor \"{}\" (through #VE and TDVMCALL<CPUID>)", v.as_str());
+        say!("CPUID vendor \"{}\"", v.as_str());
     }
     let mut td = Td { shared_bit: info.shared_bit() };
     let l = DEMO_LAYOUT;
@@ -120,6 +121,7 @@ pub fn main(gpaw: u32, vcpu: u32) -> ! {
         }
     }
     say!("accepted {} private pages at {:#x} with TDG.MEM.PAGE.ACCEPT; all read zero", l.work_pages, l.work);
+    say!("done: halting with interrupts blocked (HLT, through #VE and TDVMCALL<HLT>)");
     loop {
         arch::hlt();
     }
@@ -139,7 +141,7 @@ pub fn trap(frame: &mut TrapFrame) {
         fatal("TDG.VP.VEINFO.GET", &format_args!("status {:#018x}", r.rax));
     }
     let info = VeInfo::decode(&r);
-    let ctx = Context { rax: frame.rax, rbx: frame.rbx, rcx: frame.rcx, rdx: frame.rdx };
+    let ctx = Context { rax: frame.rax, rbx: frame.rbx, rcx: frame.rcx, rdx: frame.rdx, rflags: frame.rflags };
     let action = ve::decode(&info, &ctx).unwrap_or_else(|f| fatal("#VE", &f));
     let mut out = ve::request(&action, &ctx);
     arch::tdcall(&mut out);
@@ -148,6 +150,8 @@ pub fn trap(frame: &mut TrapFrame) {
     }
     let c = ve::complete(&action, &ctx, &out);
     (frame.rax, frame.rbx, frame.rcx, frame.rdx) = (c.rax, c.rbx, c.rcx, c.rdx);
+    // A HLT with interrupts blocked returns only if the host resumes a vCPU it was told can
+    // never wake: step over it all the same, as the instruction would on a wake-up.
     frame.rip += u64::from(info.length);
 }
 

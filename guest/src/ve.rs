@@ -57,7 +57,11 @@ pub struct Context {
     pub rbx: u64,
     pub rcx: u64,
     pub rdx: u64,
+    pub rflags: u64,
 }
+
+/// RFLAGS.IF.
+const RFLAGS_IF: u64 = 1 << 9;
 
 /// What a #VE asks of the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,8 +166,9 @@ pub fn request(action: &Action, ctx: &Context) -> TdcallRegs {
     use crate::tdcall::tdvmcall as f;
     match *action {
         Action::Cpuid { leaf, subleaf } => tdvmcall(f::CPUID, [u64::from(leaf), u64::from(subleaf), 0, 0]),
-        // The guest halts with interrupts enabled in its idle loop, so the host may wake it.
-        Action::Hlt => tdvmcall(f::HLT, [0, 0, 0, 0]),
+        // GHCI: R12 says whether interrupts are blocked (RFLAGS.IF clear at the HLT): a vCPU
+        // that halts so can never be woken, and the host may treat it as stopped.
+        Action::Hlt => tdvmcall(f::HLT, [u64::from(ctx.rflags & RFLAGS_IF == 0), 0, 0, 0]),
         Action::Io { port, size, write } => {
             let mask = size_mask(size);
             let value = if write { ctx.rax & mask } else { 0 };
@@ -231,13 +236,13 @@ mod tests {
 
     #[test]
     fn cpuid_goes_to_the_host_and_fills_four_registers() {
-        let ctx = Context { rax: 0xFFFF_FFFF_0000_0001, rbx: 7, rcx: 0x1_0000_0002, rdx: 9 };
+        let ctx = Context { rax: 0xFFFF_FFFF_0000_0001, rbx: 7, rcx: 0x1_0000_0002, rdx: 9, rflags: 0x2 };
         let a = decode(&info(reason::CPUID, 0, 2), &ctx).unwrap();
         assert_eq!(a, Action::Cpuid { leaf: 1, subleaf: 2 });
         let r = request(&a, &ctx);
         assert_eq!((r.r11, r.r12, r.r13), (10, 1, 2));
         let out = TdcallRegs { r12: 0x1_0000_00AA, r13: 0xBB, r14: 0xCC, r15: 0xDD, ..TdcallRegs::default() };
-        assert_eq!(complete(&a, &ctx, &out), Context { rax: 0xAA, rbx: 0xBB, rcx: 0xCC, rdx: 0xDD });
+        assert_eq!(complete(&a, &ctx, &out), Context { rax: 0xAA, rbx: 0xBB, rcx: 0xCC, rdx: 0xDD, rflags: 0x2 });
     }
 
     #[test]
@@ -275,12 +280,14 @@ mod tests {
     }
 
     #[test]
-    fn hlt_asks_the_host_to_halt() {
-        let ctx = Context::default();
-        let h = decode(&info(reason::HLT, 0, 1), &ctx).unwrap();
-        let r = request(&h, &ctx);
-        assert_eq!((r.r10, r.r11, r.r12), (0, 12, 0));
-        assert_eq!(complete(&h, &ctx, &TdcallRegs::default()), ctx);
+    fn hlt_asks_the_host_to_halt_saying_whether_interrupts_are_blocked() {
+        let blocked = Context { rflags: 0x2, ..Context::default() };
+        let h = decode(&info(reason::HLT, 0, 1), &blocked).unwrap();
+        let r = request(&h, &blocked);
+        assert_eq!((r.r10, r.r11, r.r12), (0, 12, 1));
+        assert_eq!(complete(&h, &blocked, &TdcallRegs::default()), blocked);
+        let open = Context { rflags: 0x202, ..Context::default() };
+        assert_eq!(request(&h, &open).r12, 0);
     }
 
     #[test]
