@@ -36,7 +36,7 @@ commands:
   e2e [args]     build the firmware and run tests/e2e (QEMU end-to-end tests; args go to
                  `cargo test`)
   setup          only install missing prerequisites (target, clippy, rustfmt, QEMU >= 9.1,
-                 defmt-print)
+                 Debian's ovmf (OVMF.fd, a TDVF), defmt-print)
   qemu           only check for (and install when missing) QEMU >= 9.1 with NVMe spdm_port
   help           show this help
 USAGE
@@ -185,6 +185,39 @@ ensure_qemu() {
     "$QEMU" --version | head -n 1
 }
 
+# Debian's OVMF.fd (package ovmf, edk2 2022.11) is a TDVF: the host-side TD build tests load it
+# (tests/harness/tests/tdvf_build.rs) and `attest measure` reads it. OVMF_FD names another copy.
+OVMF_FD=${OVMF_FD:-/usr/share/ovmf/OVMF.fd}
+export OVMF_FD
+
+# Makes sure $OVMF_FD is there: installs Debian's ovmf package (as root or with sudo), otherwise
+# says exactly what is missing.
+ensure_ovmf() {
+    [[ -r $OVMF_FD ]] && return 0
+    local id="" sudo=()
+    [[ -r /etc/os-release ]] && id=$(. /etc/os-release && echo "${ID:-}")
+    if ((EUID != 0)); then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo=(sudo)
+        else
+            sudo=(unavailable)
+        fi
+    fi
+    if [[ $OVMF_FD != /usr/share/ovmf/OVMF.fd || ! ($id == debian || $id == ubuntu) || ${sudo[0]:-} == unavailable ]]; then
+        echo "error: missing prerequisite: $OVMF_FD (OVMF with TDVF metadata, as Debian's package" >&2
+        echo "       ovmf 2022.11 installs it at /usr/share/ovmf/OVMF.fd). Install the ovmf package as" >&2
+        echo "       root (apt-get install ovmf), or set OVMF_FD=/path/to/OVMF.fd." >&2
+        exit 2
+    fi
+    section "apt-get install ovmf (Debian's OVMF.fd, a TDVF, for the TD build tests)"
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends ovmf ||
+        { "${sudo[@]}" apt-get update -q && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends ovmf; }
+    if [[ ! -r $OVMF_FD ]]; then
+        echo "error: the ovmf package is installed but $OVMF_FD is not there" >&2
+        exit 2
+    fi
+}
+
 # defmt-print decodes the firmware's log (COM2) on the host.
 ensure_defmt_print() {
     if ! command -v defmt-print >/dev/null 2>&1; then
@@ -230,6 +263,7 @@ launch_qemu() {
 cmd_test() {
     prereqs
     ensure_qemu
+    ensure_ovmf
     ensure_defmt_print
     # tests/e2e boots this image.
     build_firmware
@@ -734,6 +768,7 @@ case "$command" in
     setup)
         prereqs
         ensure_qemu
+        ensure_ovmf
         ensure_defmt_print
         ;;
     qemu) ensure_qemu ;;

@@ -287,7 +287,7 @@ impl<'a> Image<'a> {
     }
 }
 
-fn add_page(b: &mut MrtdBuilder, gpa: u64, page: &[u8; PAGE_BYTES], measured: bool) {
+pub(crate) fn add_page(b: &mut MrtdBuilder, gpa: u64, page: &[u8; PAGE_BYTES], measured: bool) {
     b.page_add(gpa);
     if measured {
         for (i, chunk) in page.chunks_exact(CHUNK_BYTES).enumerate() {

@@ -18,6 +18,8 @@
 //!   stands for a native report) with the emulated VCEK.
 //! * [`platform`] is the platform secret blob the firmware receives at boot.
 //! * [`image`] is the guest image format and loading convention behind `attest measure`.
+//! * [`tdvf`] locates and checks the TDVF metadata of an OVMF image and replays its loading, so
+//!   `attest measure OVMF.fd` gives the MRTD of a TD built from it.
 //! * `host` (feature `std`) holds what only host tools need: the TOML policy, provisioning,
 //!   X.509 chains, ring verification and the `sev` crate's SNP checks; the `attest` binary is
 //!   built on it.
@@ -41,4 +43,5 @@ pub mod report;
 pub mod sign;
 pub mod snp;
 pub mod tdreport;
+pub mod tdvf;
 pub mod verify;

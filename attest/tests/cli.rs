@@ -496,6 +496,60 @@ fn measure_prints_the_image_s_mrtd() {
 }
 
 #[test]
+fn measure_reads_an_ovmf_image_by_its_tdvf_metadata() {
+    let dir = scratch("measure-tdvf");
+    // A crafted OVMF-shaped image: BFV measured, CFV, a TD_HOB and TEMP_MEM.
+    let mut img = attest::tdvf::encode(
+        0x8000,
+        0x7000,
+        &[
+            (0x2000, 0x6000, 0xFFFF_A000, 0x6000, 0, 1),
+            (0, 0x2000, 0xFFFF_8000, 0x2000, 1, 0),
+            (0, 0, 0x80_9000, 0x2000, 2, 0),
+            (0, 0, 0x80_0000, 0x6000, 3, 0),
+        ],
+    );
+    img[..0x7000].iter_mut().enumerate().for_each(|(i, b)| *b = (i * 5) as u8);
+    let p = dir.join("ovmf.fd");
+    std::fs::write(&p, &img).unwrap();
+    let want = hex(&attest::tdvf::Tdvf::parse(&img).unwrap().mrtd());
+    for args in [vec![s("measure"), path(&p)], vec![s("measure"), path(&p), s("--tdvf")]] {
+        let r = run(&args);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.stdout.trim(), want);
+        assert!(r.stderr.contains("TD_HOB   GPA 0x00809000"), "{}", r.stderr);
+        assert!(r.stderr.contains("PAGE.ADD + MR.EXTEND"), "{}", r.stderr);
+    }
+    let r = run(&[s("measure"), path(&p), s("--json")]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        (v["format"].as_str(), v["pages"].as_u64(), v["measured_pages"].as_u64()),
+        (Some("tdvf"), Some(16), Some(6))
+    );
+    assert_eq!(v["mrtd"], want);
+    // A malformed table is refused by name; so is --tdvf on a file without one.
+    let mut bad = img.clone();
+    bad[0x7000 + 16 + 32 * 2 + 8] = 0x10;
+    std::fs::write(dir.join("bad.fd"), &bad).unwrap();
+    expect_unusable(
+        &[s("measure"), path(&dir.join("bad.fd"))],
+        "TDVF section 2: memory address 0x809010 is not 4 KiB aligned",
+    );
+    let plain = dir.join("plain.bin");
+    std::fs::write(&plain, [0u8; 4096]).unwrap();
+    expect_unusable(&[s("measure"), path(&plain), s("--tdvf")], "no OVMF GUIDed table footer");
+    expect_unusable(&[s("measure"), path(&p), s("--tdvf"), s("--flat"), s("0")], "two different layouts");
+    // Debian's OVMF.fd, when installed: the MRTD is the parser's, and the 4 MiB build is refused.
+    if let Ok(real) = std::fs::read("/usr/share/ovmf/OVMF.fd") {
+        let r = run(&[s("measure"), s("/usr/share/ovmf/OVMF.fd")]);
+        assert_eq!(r.stdout.trim(), hex(&attest::tdvf::Tdvf::parse(&real).unwrap().mrtd()));
+        expect_unusable(&[s("measure"), s("/usr/share/OVMF/OVMF_CODE_4M.fd")], "built without TDX");
+    } else {
+        eprintln!("skipped the Debian OVMF.fd part: /usr/share/ovmf/OVMF.fd is absent (`./run.sh setup` installs it)");
+    }
+}
+
+#[test]
 fn random_bytes_in_every_input_never_panic() {
     let f = fixture();
     for seed in 0..12u64 {

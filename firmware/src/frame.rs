@@ -116,6 +116,11 @@ pub enum DecodeError {
         /// Offset of the second.
         offset: usize,
     },
+    /// More frames than [`MAX_FRAMES`].
+    TooMany {
+        /// Offset of the first frame past the limit.
+        offset: usize,
+    },
 }
 
 impl fmt::Display for DecodeError {
@@ -129,6 +134,7 @@ impl fmt::Display for DecodeError {
             }
             DecodeError::BadChecksum { offset } => write!(f, "frame at offset {offset}: CRC-32 mismatch"),
             DecodeError::Duplicate { offset } => write!(f, "frame at offset {offset}: a second file of that name"),
+            DecodeError::TooMany { offset } => write!(f, "frame at offset {offset}: more than {MAX_FRAMES} frames"),
         }
     }
 }
@@ -142,12 +148,15 @@ pub struct Frame<'a> {
     pub data: &'a [u8],
 }
 
+/// Frames one stream may hold: the demo's four artifacts and its figures, with room to spare.
+pub const MAX_FRAMES: usize = 32;
+
 /// Decodes a whole stream; calls `each` for every frame once the stream checked out entirely.
 ///
 /// # Errors
 /// [`DecodeError`] for the first bad frame; `each` is then never called.
 pub fn decode<'a>(stream: &'a [u8], each: &mut dyn FnMut(Frame<'a>)) -> Result<usize, DecodeError> {
-    let mut frames: [Option<Frame<'a>>; 16] = [None; 16];
+    let mut frames: [Option<Frame<'a>>; MAX_FRAMES] = [None; MAX_FRAMES];
     let mut count = 0;
     let mut at = 0;
     while at < stream.len() {
@@ -186,7 +195,7 @@ pub fn decode<'a>(stream: &'a [u8], each: &mut dyn FnMut(Frame<'a>)) -> Result<u
             return Err(DecodeError::Duplicate { offset });
         }
         if count == frames.len() {
-            return Err(DecodeError::Duplicate { offset });
+            return Err(DecodeError::TooMany { offset });
         }
         frames[count] = Some(Frame { name, data });
         count += 1;

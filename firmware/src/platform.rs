@@ -128,6 +128,16 @@ impl PhysMem for FirmwarePlatform {
         if done.is_err() {
             self.host_map_broken = true;
         }
+        // The nested map is also the host domain's second stage (`DmaRemapping::host_map`): a
+        // device the host keeps may hold the frame's translation in the IOTLB until it is
+        // invalidated, which happens before the TSM goes on with the frame.
+        if !host_owned {
+            if let Some(vtd) = self.vtd.as_mut() {
+                if vtd.invalidate_host_page(at).is_err() {
+                    self.host_map_broken = true;
+                }
+            }
+        }
     }
 }
 
@@ -157,6 +167,13 @@ impl DmaRemapping for FirmwarePlatform {
 
     fn enable_queue(&mut self) -> Result<(), UnitError> {
         self.unit()?.enable_queue()
+    }
+
+    /// The host world's nested table: its format (present = bit 0, write = bit 1, U, PWT/PCD,
+    /// PS = bit 7; no bit 11, 52 or above) is one a VT-d second stage reads with the same
+    /// meaning, and it is an identity map of exactly the host's memory in the TSM's own pages.
+    fn host_map(&self) -> Option<Pfn> {
+        self.host_npt.as_ref().and_then(|n| Pfn::new(n.root() >> 12))
     }
 
     fn wait_status_address(&self) -> u64 {

@@ -44,6 +44,7 @@ macro_rules! say {
 
 mod assign;
 mod attack;
+mod host_nvme;
 mod worlds;
 
 /// The guest's accepted work pages (`tsm_client::guest::DEMO_LAYOUT`, which the guest image

@@ -187,7 +187,12 @@ const fn iommu_status(e: crate::iommu::IommuError) -> Status {
         E::PasidReserved | E::PasidOutOfRange | E::SegmentNotServed => {
             Status::OPERAND_INVALID.with_operand(Operand::Tdi)
         }
-        E::DomainsExhausted | E::BindingsExhausted => Status::DEVICE_SLOTS_EXHAUSTED,
+        E::DomainsExhausted | E::BindingsExhausted | E::HostDevicesExhausted => Status::DEVICE_SLOTS_EXHAUSTED,
+        // DMAR.ADD of a function the host keeps (the TDI names it).
+        E::HostDevice => Status::DMAR_STATE_INCORRECT.with_operand(Operand::Tdi),
+        // HOST.ATTACH of a function with DMAR entries (RCX names it).
+        E::NotHostDevice => Status::DMAR_STATE_INCORRECT.with_operand(Operand::Rcx),
+        E::NoHostMap => Status::IOMMU_STATE_INCORRECT,
         E::EntryInUse(_) | E::EntryNotFound | E::NotOwner | E::EntryBlocked | E::NotBlocked | E::DomainNotFound => {
             Status::DMAR_STATE_INCORRECT.with_operand(Operand::Tdi)
         }

@@ -77,6 +77,18 @@ pub trait DmaRemapping {
     /// CAP_REG and ECAP_REG, or `None` without a unit (ACPI DMAR names none).
     fn remapping_capabilities(&self) -> Option<crate::iommu::hw::Capabilities>;
 
+    /// The root of the platform's **host map**: the identity map of exactly the frames the host
+    /// owns, 4-level, in an encoding a VT-d second stage accepts (R = bit 0, W = bit 1, PS = bit
+    /// 7, no reserved bit), in memory the host cannot write; `None` if the platform keeps none.
+    /// The host domain's entries point at it (`tsm::iommu::HOST_DID`). The platform keeps it equal
+    /// to the PAMT through [`PhysMem::ownership_changed`], and when a frame leaves the host it
+    /// also invalidates the unit's cached translations of that frame in the host domain
+    /// ([`crate::iommu::hw::InvDescriptor::iotlb_page`] with a wait descriptor) before that call
+    /// returns: from then on no device of the host reaches the frame.
+    fn host_map(&self) -> Option<Pfn> {
+        None
+    }
+
     /// Writes RTADDR_REG and latches it (GCMD.SRTP); returns once GSTS.RTPS is set.
     ///
     /// # Errors

@@ -1,5 +1,5 @@
 //! The host's sequence of calls (the untrusted VMM's role): [`td`] builds, enters and destroys
-//! TDs; [`device`] connects a device and assigns one of its interfaces to a TD; [`unbind`] is the
+//! TDs; [`tdvf`] builds one whose firmware is an OVMF image (TDVF) and writes its TD HOB; [`device`] connects a device and assigns one of its interfaces to a TD; [`unbind`] is the
 //! one order in which an assignment comes apart, for the teardown and for the cleanup after a
 //! failure alike. Every step returns the TSM's refusal as a [`HostError`] naming the leaf.
 
@@ -7,6 +7,7 @@ use core::fmt;
 
 pub mod device;
 pub mod td;
+pub mod tdvf;
 pub mod unbind;
 
 use tsm::abi::host::leaf;
@@ -35,6 +36,11 @@ pub trait HostMemory {
     fn donate(&mut self) -> Option<u64>;
     /// One of the host's own pages (not convertible), for a call's input or a message page.
     fn scratch(&mut self) -> Option<u64>;
+    /// A convertible, 2 MiB-aligned block of 2 MiB to donate for a 2 MiB PAGE.AUG; `None` (the
+    /// default) when the host has none, and the caller AUGs 4 KiB pages instead.
+    fn donate_2m(&mut self) -> Option<u64> {
+        None
+    }
     /// Takes back a page the TSM did not use or gave back.
     fn release(&mut self, pa: u64);
     /// The convertible pages the host has handed out at least once: `[start, end)`, which
@@ -78,6 +84,17 @@ pub enum HostError {
     OutOfPages,
     /// The guest image did not parse.
     Image(attest::image::ImageError),
+    /// The TDVF image's metadata was refused.
+    Tdvf(attest::tdvf::TdvfError),
+    /// The TD's RAM cannot hold the TDVF's sections as laid out.
+    TdMemory(tdvf::MapError),
+    /// A TDVF TD asked for with MAX_VCPUS other than 1 (see [`tdvf::build`]).
+    TdvfVcpus(u16),
+    /// The TD HOB does not fit its section.
+    TdHobTooSmall {
+        /// Bytes the list needs.
+        needed: u64,
+    },
     /// The TD made a VMCALL the host does not serve (R10).
     UnknownVmcall(u64),
     /// The TD left the shared page with a length that cannot be right.
@@ -114,6 +131,12 @@ impl fmt::Display for HostError {
             ),
             HostError::OutOfPages => f.write_str("the host ran out of pages"),
             HostError::Image(e) => write!(f, "guest image: {e}"),
+            HostError::Tdvf(e) => write!(f, "TDVF image: {e}"),
+            HostError::TdMemory(e) => write!(f, "TD memory: {e}"),
+            HostError::TdvfVcpus(n) => {
+                write!(f, "a TDVF TD needs MAX_VCPUS 1 (edk2 2022.11 reads TDG.VP.INFO's vCPU counts swapped), got {n}")
+            }
+            HostError::TdHobTooSmall { needed } => write!(f, "the TD HOB needs {needed} bytes, more than its section"),
             HostError::UnknownVmcall(r) => write!(f, "the TD made VMCALL {r:#x}, which the host does not serve"),
             HostError::SharedLength(n) => write!(f, "shared page: length {n} does not fit"),
             HostError::ConsoleLength(n) => write!(f, "TD console: {n} bytes is not 1..=16"),

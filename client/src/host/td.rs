@@ -104,8 +104,24 @@ pub fn add_page<H: Seamcall + HostMemory + ?Sized>(
     content: &[u8; PAGE as usize],
     measure: bool,
 ) -> Result<u64, HostError> {
-    map_tables(h, td, gpa, 0)?;
     let src = scratch(h)?;
+    add_page_from(h, td, gpa, content, measure, src)
+}
+
+/// [`add_page`] through the host's page `src` as the source (a loader adding many pages reuses
+/// one).
+///
+/// # Errors
+/// [`HostError`].
+pub fn add_page_from<H: Seamcall + HostMemory + ?Sized>(
+    h: &mut H,
+    td: &TdPages,
+    gpa: u64,
+    content: &[u8; PAGE as usize],
+    measure: bool,
+    src: u64,
+) -> Result<u64, HostError> {
+    map_tables(h, td, gpa, 0)?;
     h.write(src, content);
     let page = donate(h)?;
     call(h, "TDH.MEM.PAGE.ADD", Regs::call(leaf::MEM_PAGE_ADD, gpa, td.tdr, page, src))?;

@@ -49,17 +49,23 @@ const TIMEOUT_US: u64 = 100_000;
 #[repr(C, align(4096))]
 struct QueuePage([u64; 512]);
 
-/// The invalidation queue and the wait status word, in the image.
+/// The invalidation queue and the wait status words, in the image: the TSM's, and the
+/// platform's own for the host map's page invalidations.
 struct QueueMemory {
     page: UnsafeCell<QueuePage>,
     status: UnsafeCell<u32>,
+    host_map_status: UnsafeCell<u32>,
 }
 
 // SAFETY: one CPU; only `Vtd` touches them, through volatile accesses, and only one `Vtd` exists
 // (`Vtd::find` hands it out once, guarded by `TAKEN`).
 unsafe impl Sync for QueueMemory {}
 
-static QUEUE: QueueMemory = QueueMemory { page: UnsafeCell::new(QueuePage([0; 512])), status: UnsafeCell::new(0) };
+static QUEUE: QueueMemory = QueueMemory {
+    page: UnsafeCell::new(QueuePage([0; 512])),
+    status: UnsafeCell::new(0),
+    host_map_status: UnsafeCell::new(0),
+};
 static TAKEN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// The unit's register set and the driver's queue position.
@@ -70,6 +76,8 @@ pub struct Vtd {
     tsc: Tsc,
     /// The next free queue slot, in bytes (what IQT_REG holds after a submission).
     tail: u64,
+    /// The status value of the platform's latest host-map wait descriptor.
+    host_map_sequence: u32,
 }
 
 /// Why no unit was opened.
@@ -113,7 +121,7 @@ impl Vtd {
         let regs = unsafe { Mmio::new(base, REGISTER_BYTES) };
         let read64 = |off: u64| u64::from(regs.read_u32(off)) | u64::from(regs.read_u32(off + 4)) << 32;
         let caps = Capabilities { cap: read64(CAP), ecap: read64(ECAP) };
-        Ok(Vtd { regs, caps, tsc, tail: 0 })
+        Ok(Vtd { regs, caps, tsc, tail: 0, host_map_sequence: 0 })
     }
 
     /// CAP and ECAP.
@@ -211,6 +219,27 @@ impl Vtd {
             return Err(UnitError::QueueError);
         }
         drained
+    }
+
+    /// Invalidates the host domain's cached translation of the 4 KiB page at `addr` and waits
+    /// for the wait descriptor's status write: what `DmaRemapping::host_map` asks of the
+    /// platform when a frame leaves the host. Nothing to do while the unit does not translate
+    /// (before IOMMU.SETUP and after IOMMU.CLEAR it caches nothing).
+    ///
+    /// # Errors
+    /// [`UnitError`] if the queue refused it or the status write never came.
+    pub fn invalidate_host_page(&mut self, addr: u64) -> Result<(), UnitError> {
+        if self.regs.read_u32(GSTS) & (TE | QIE) != TE | QIE {
+            return Ok(());
+        }
+        self.host_map_sequence = self.host_map_sequence.wrapping_add(1).max(1);
+        let seq = self.host_map_sequence;
+        let status = QUEUE.host_map_status.get();
+        let batch = [InvDescriptor::iotlb_page(tsm::iommu::HOST_DID, addr), InvDescriptor::wait(status as u64, seq)];
+        self.submit(&batch)?;
+        // SAFETY: the platform's status word is a static only this driver reads and the unit
+        // writes; a volatile read sees the unit's write.
+        self.wait_for(|_| unsafe { core::ptr::read_volatile(status) } == seq)
     }
 
     /// See `DmaRemapping::set_translation`.

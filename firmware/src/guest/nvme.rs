@@ -337,6 +337,25 @@ impl<'m, 'a> NvmeDriver<'m, 'a> {
         }
     }
 
+    /// Queues one 4 KiB READ (LBA 8 * i) into each of `dsts` and rings the doorbell without
+    /// waiting: the commands are outstanding when it returns (the revocation case). At most
+    /// `ENTRIES - 1` at a time.
+    ///
+    /// # Errors
+    /// [`NvmeError`].
+    pub fn submit_reads(&mut self, tsm: &mut Tsm<FirmwarePlatform>, dsts: &[u64]) -> Result<(), NvmeError> {
+        let mut q = self.io;
+        for (i, &dst) in dsts.iter().take(usize::from(ENTRIES - 1)).enumerate() {
+            let lba = i as u64 * (PAGE / 512);
+            let cid = q.next_cid;
+            q.next_cid = q.next_cid.wrapping_add(1);
+            self.push(tsm, &mut q, &sqe(OP_READ, cid, 1, dst, [lba as u32, 0, (PAGE / 512 - 1) as u32]))?;
+        }
+        self.ring(tsm, &q)?;
+        self.io = q;
+        Ok(())
+    }
+
     /// READs `blocks` blocks from LBA 0 into the data pages, batch by batch (one 4 KiB READ per
     /// data page), hashing each batch after its completions arrived. Returns the digest.
     ///

@@ -7,6 +7,8 @@
 
 use core::fmt;
 
+use sha2::{Digest, Sha384};
+
 use attest::evidence::RecordType;
 use tsm_client::guest::{tdi_state, Step};
 use tsm_client::host::device::{self, Assignment, Vmcalls};
@@ -210,6 +212,11 @@ struct Demo<'a, 'm> {
     /// BAR0's registers, to check the host world changed nothing.
     regs: &'m Mmio,
     frames: Frames,
+    /// The host's own read of the drive through the host domain (KiB/s), before assignment.
+    host_kib_s: Option<u64>,
+    /// The NVMe function and the fault count before the guest's stray READs, for the guest's
+    /// own look at the fault log.
+    strays: Option<(u32, u64)>,
 }
 
 impl<'m> Demo<'_, 'm> {
@@ -293,11 +300,11 @@ impl<'m> Demo<'_, 'm> {
     }
 
     /// Mode `revoke`: the exporter revokes the BAR under the running TDI; the guest must see it.
-    fn revoke(&mut self, step: Step) -> Result<(), Failed> {
-        // The guest waits in GET_NONCE: resume it, then the exporter revokes the BAR under it.
+    fn revoke(&mut self, step: Step, function: u32) -> Result<(), Failed> {
+        // The guest waits in GET_NONCE: resume it, then the exporter revokes the BAR under it
+        // while the guest's device has READs outstanding.
         self.serve(step)?;
-        let blocked = device::dmabuf_revoke(&mut self.cpu, &self.a).step("DMABUF.REVOKE")?;
-        say!("dmabuf: BAR0 revoked by the exporter while the TDI runs; {blocked} mapped pages blocked");
+        self.revoke_under_dma(function)?;
         let (state, read) = self.guest(|g, v| g.probe_revoked(v)).step("guest: TDI read after the revoke")?;
         let unseen = match read {
             Err(e) if state == tdi_state::ERROR => {
@@ -310,10 +317,93 @@ impl<'m> Demo<'_, 'm> {
         Err(Failed { what: "guest: after the revoke", why: Why::Revoke(unseen) })
     }
 
+    /// The revocation while DMA is live: the guest's driver brings the controller up (its
+    /// queues in private pages), fills its data pages with a marker and leaves one 4 KiB READ
+    /// outstanding into each; the exporter revokes the BAR at once. DMABUF.REVOKE blocks the
+    /// DMA entry and invalidates the IOTLB before it returns, so whatever the data pages hold
+    /// at its return (drive data that landed before, or the marker) must be what they hold
+    /// once the device is done: checked after the fault log stopped growing.
+    fn revoke_under_dma(&mut self, function: u32) -> Result<(), Failed> {
+        const PAGES: usize = WORK_PAGES as usize - 9;
+        const MARK: [u8; 4096] = [0xA5; 4096];
+        let page = |i: u64| WORK_GPA + (4 + i) * 4096;
+        let nl = guest::nvme::NvmeLayout {
+            bar: BAR_GPA,
+            asq: page(0),
+            acq: page(1),
+            identify: page(2),
+            iosq: page(3),
+            iocq: page(4),
+            data: page(5),
+            data_pages: PAGES as u64,
+        };
+        let dsts: [u64; PAGES] = core::array::from_fn(|i| nl.data + i as u64 * 4096);
+        let mut d = guest::nvme::NvmeDriver::new(self.mem, nl);
+        d.enable(self.cpu.tsm).step("guest: NVMe")?;
+        d.identify_and_create_queues(self.cpu.tsm).step("guest: NVMe")?;
+        for &dst in &dsts {
+            self.mem.write(self.cpu.tsm, dst, &MARK).map_err(guest::nvme::NvmeError::from).step("guest: NVMe")?;
+        }
+        let before = fault_count(self.cpu.tsm);
+        d.submit_reads(self.cpu.tsm, &dsts).step("guest: NVMe")?;
+        let blocked = device::dmabuf_revoke(&mut self.cpu, &self.a).step("DMABUF.REVOKE")?;
+        let at_return = self.page_digests(&dsts)?;
+        say!("dmabuf: BAR0 revoked by the exporter while the TDI runs, {PAGES} READs outstanding; {blocked} mapped pages blocked");
+        // The device finishes on its own time: wait until the fault log stops growing.
+        let tsc = self.cpu.tsc();
+        let (mut last, mut stable_since) = (fault_count(self.cpu.tsm), tsc.now());
+        let start = tsc.now();
+        while tsc.ticks_to_us(tsc.now().wrapping_sub(stable_since)) < 100_000
+            && tsc.ticks_to_us(tsc.now().wrapping_sub(start)) < 2_000_000
+        {
+            let n = fault_count(self.cpu.tsm);
+            if n != last {
+                (last, stable_since) = (n, tsc.now());
+            }
+        }
+        let after = self.page_digests(&dsts)?;
+        let mut landed = 0;
+        let mut mark_digest = Sha384::new();
+        mark_digest.update(MARK);
+        let mark: [u8; 48] = mark_digest.finalize().into();
+        for (i, (r, a)) in at_return.iter().zip(&after).enumerate() {
+            if r != a {
+                say!("dma: data page {i} changed after DMABUF.REVOKE returned");
+                return Err(Failed {
+                    what: "revoke under DMA",
+                    why: Why::Said("DMA landed after the revoke returned"),
+                });
+            }
+            landed += u32::from(*r != mark);
+        }
+        let refused = (before..last)
+            .filter(|&n| fault_record(self.cpu.tsm, n).is_some_and(|(sid, _, _)| sid == u64::from(function)))
+            .count();
+        say!(
+            "dma: after the revoke returned nothing landed: {landed} of {PAGES} pages hold data that landed before it, the rest the marker; {refused} DMA requests of the device refused since (fault records)"
+        );
+        Ok(())
+    }
+
+    /// SHA-384 of each private page at `gpas`, read as the guest.
+    fn page_digests<const N: usize>(&mut self, gpas: &[u64; N]) -> Result<[[u8; 48]; N], Failed> {
+        let mut out = [[0u8; 48]; N];
+        let mut buf = [0u8; 4096];
+        for (d, &gpa) in out.iter_mut().zip(gpas) {
+            self.mem.read(self.cpu.tsm, gpa, &mut buf).map_err(guest::nvme::NvmeError::from).step("guest: read")?;
+            *d = Sha384::digest(buf).into();
+        }
+        Ok(out)
+    }
+
     /// The guest's reports over the verifier's nonce, and the evidence; all sent on COM3.
     fn attest(&mut self, step: Step, tl: &mut Timeline) -> Result<(), Failed> {
         tl.begin("attestation");
         self.serve(step)?;
+        if let Some((function, before)) = self.strays {
+            let seen = self.guest(|_, v| guest_sees_strays(v, function, before)).step("guest: DMA faults")?;
+            say!("guest: SEAMLESS.TDG.IOMMU.FAULT.RD shows its device's {seen} fault records, naming each stray page");
+        }
         let step = self.guest(|g, v| g.attest(v)).step("guest: attest")?;
         self.serve(step)?;
         let mut bundle = [0u8; 16 * 1024];
@@ -356,8 +446,15 @@ impl<'m> Demo<'_, 'm> {
             .step("guest: NVMe")?;
         let dma_us = tl.end();
         let read_faults = faults_elsewhere(self.cpu.tsm, before);
-        report_disk(&f, dma_us, read_faults).step("guest: NVMe read")?;
+        let private_kib_s = report_disk(&f, dma_us, read_faults).step("guest: NVMe read")?;
+        if let Some(host) = self.host_kib_s {
+            // The TD's DMA through its S-EPT against the host's through the host map, same READs.
+            let permille = (private_kib_s * 1000).checked_div(host).unwrap_or(0);
+            super::figure("dma_private_vs_host", &format_args!("{}.{:03}", permille / 1000, permille % 1000), "ratio");
+        }
         report_stray_dma(self.cpu.tsm, function, before, &statuses).step("DMA fault cases")?;
+        // The guest looks at them itself once it runs again (it waits in a VMCALL now).
+        self.strays = Some((function, before));
         let tsc = self.cpu.tsc();
         let t0 = tsc.now();
         let r = self.cpu.tsm.host_call(&tsm::Regs::call(tsm::abi::host::leaf::IQ_INV_REQUEST, self.td.td.tdr, 0, 0, 0));
@@ -425,9 +522,41 @@ fn report_stray_dma(
     Ok(())
 }
 
+/// The guest's own look at the fault log (SEAMLESS.TDG.IOMMU.FAULT.RD, its TDI's requester
+/// only): every stray page must be named by a record of its device. Returns the records seen.
+fn guest_sees_strays(v: &mut TdVcpu<'_, '_>, function: u32, before: u64) -> Result<u64, &'static str> {
+    use tsm_client::Tdcall as _;
+    let call = |v: &mut TdVcpu<'_, '_>, n: u64| {
+        let mut r = tsm::Regs::call(tsm::abi::guest::leaf::IOMMU_FAULT_RD, u64::from(function), n, 0, 0);
+        let exit = v.tdcall(&mut r);
+        (exit.is_none() && r.status() == tsm::Status::SUCCESS).then_some(r)
+    };
+    let count = call(v, 0).ok_or("SEAMLESS.TDG.IOMMU.FAULT.RD failed")?.rcx;
+    let mut seen = 0;
+    let mut pages = [false; STRAY.len()];
+    for n in before..count {
+        let r = call(v, n).ok_or("SEAMLESS.TDG.IOMMU.FAULT.RD failed")?;
+        if r.r9 != 1 {
+            continue;
+        }
+        if r.rdx & 0xFFFF != u64::from(function) {
+            return Err("the guest was shown another requester's fault");
+        }
+        seen += 1;
+        for (hit, (gpa, _)) in pages.iter_mut().zip(STRAY) {
+            *hit |= r.r8 == gpa & !0xFFF;
+        }
+    }
+    if pages.contains(&false) {
+        return Err("a stray DMA left no fault record the guest can read");
+    }
+    Ok(seen)
+}
+
 /// Prints what the guest's NVMe driver found and read, checks the digest against the drive's
-/// known content and that the read itself faulted nowhere, and the throughput figure.
-fn report_disk(f: &guest::nvme::NvmeFindings, dma_us: u64, faults: u64) -> Result<(), &'static str> {
+/// known content and that the read itself faulted nowhere, and the throughput figure (returned,
+/// in KiB/s).
+fn report_disk(f: &guest::nvme::NvmeFindings, dma_us: u64, faults: u64) -> Result<u64, &'static str> {
     say!(
         "guest: NVMe {:04x} \"{}\" serial \"{}\", namespace 1: {} blocks of {} bytes (Identify DMA'd into private pages)",
         f.vid,
@@ -456,7 +585,64 @@ fn report_disk(f: &guest::nvme::NvmeFindings, dma_us: u64, faults: u64) -> Resul
         &format_args!("{}.{:03}", rate_kib_s / 1024, (rate_kib_s % 1024) * 1000 / 1024),
         "MiB/s",
     );
-    Ok(())
+    Ok(rate_kib_s)
+}
+
+/// The host, still owning the NVMe controller, reads the same blocks as the TD will into its own
+/// pages through the host domain: HOST.ATTACH of the function (its second stage = the host map),
+/// the read, the digest check, then HOST.DETACH, whose invalidation completed before it returned
+/// (the controller is the TD's from DMAR.ADD on). Returns the rate in KiB/s.
+fn host_read(cpu: &mut HostCpu<'_>, regs: &Mmio, function: u32) -> Result<u64, Why> {
+    use tsm::abi::host::leaf;
+    let donate = tsm_client::host::donate;
+    let f = [donate(cpu)?, donate(cpu)?, donate(cpu)?];
+    let r = cpu.tsm.host_call(&tsm::Regs {
+        r10: f[2],
+        ..tsm::Regs::call(leaf::IOMMU_HOST_ATTACH, u64::from(function), 0, f[0], f[1])
+    });
+    if r.status() != tsm::Status::SUCCESS {
+        say!("host: SEAMLESS.IOMMU.HOST.ATTACH returned {:#x}", r.rax);
+        return Err(Why::Said("SEAMLESS.IOMMU.HOST.ATTACH failed"));
+    }
+    for (i, &frame) in f.iter().enumerate() {
+        if r.rcx & (1 << i) == 0 {
+            tsm_client::host::HostMemory::release(cpu, frame);
+        }
+    }
+    let mut pages = super::host_nvme::HostPages { queues: [0; 4], data: [0; 15] };
+    for p in pages.queues.iter_mut().chain(pages.data.iter_mut()) {
+        *p = scratch(cpu)?;
+    }
+    let blocks = attest::disk::DEMO_BLOCKS;
+    let tsc = cpu.tsc();
+    let read = super::host_nvme::read(regs, cpu.host.frames(), &tsc, &pages, blocks);
+    let r = cpu.tsm.host_call(&tsm::Regs::call(leaf::IOMMU_HOST_DETACH, u64::from(function), 0, 0, 0));
+    let read = read.map_err(|e| {
+        say!("host: NVMe read through the host domain: {e}");
+        Why::Said("the host's own NVMe read failed")
+    })?;
+    if r.status() != tsm::Status::SUCCESS {
+        say!("host: SEAMLESS.IOMMU.HOST.DETACH returned {:#x}", r.rax);
+        return Err(Why::Said("SEAMLESS.IOMMU.HOST.DETACH failed"));
+    }
+    let want = attest::disk::digest(0, blocks);
+    let kib = blocks * 512 / 1024;
+    say!(
+        "host: read {kib} KiB (LBA 0..{blocks}) into its own pages through the host domain (QEMU's IOMMU walking the host map); SHA-384 {} {}",
+        hex48(&read.digest),
+        if read.digest == want { "= the drive's known content" } else { "DIFFERS from the drive's content" }
+    );
+    if read.digest != want {
+        return Err(Why::Said("the host read other data than the drive's"));
+    }
+    say!("dma: the NVMe function left the host domain (entry zeroed, invalidation confirmed)");
+    let rate_kib_s = (kib * 1_000_000).checked_div(read.us.max(1)).unwrap_or(0);
+    super::figure(
+        "nvme_read_mib_s_host",
+        &format_args!("{}.{:03}", rate_kib_s / 1024, (rate_kib_s % 1024) * 1000 / 1024),
+        "MiB/s",
+    );
+    Ok(rate_kib_s)
 }
 
 /// The flow; never returns.
@@ -485,6 +671,8 @@ pub fn run(
     // The TSM takes the remapping unit before the TD has a private page: from here on no device
     // DMA lands anywhere without a DMAR entry the guest accepted.
     device::iommu_setup(&mut cpu).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
+    let host_kib_s = (config.mode == Mode::Assign)
+        .then(|| host_read(&mut cpu, &regs, function).unwrap_or_else(|e| fail("host NVMe read", &e)));
     let built =
         td::build(&mut cpu, image, &td_params(), (WORK_GPA, WORK_PAGES)).unwrap_or_else(|e| fail("TD build", &e));
     let shared = scratch(&mut cpu).unwrap_or_else(|e| fail("shared page", &e));
@@ -518,6 +706,8 @@ pub fn run(
         world,
         regs: &regs,
         frames,
+        host_kib_s,
+        strays: None,
     };
     let result = assign(&mut demo, config, bdf, bar, (host_cap, host_vs), &mut tl);
     if let Err(f) = result {
@@ -576,7 +766,7 @@ fn assign(
         2 * objects
     );
     if config.mode == Mode::Revoke {
-        return demo.revoke(step);
+        return demo.revoke(step, u32::from(bdf.rid()));
     }
     demo.attest(step, tl)?;
 

@@ -17,6 +17,7 @@ mod device;
 mod iommu;
 mod peers;
 mod sept;
+mod tdvf;
 mod x86_64_map;
 
 /// Collects the figures of one run: each is printed when recorded and all are written as JSON
@@ -136,7 +137,7 @@ fn main() -> ExitCode {
     if cfg!(debug_assertions) {
         eprintln!("warning: seamless-bench is a debug build; figures are meaningless (use --release)");
     }
-    // `seamless-bench [GROUP...]` runs only the named groups (sept, device, assign, iommu, attestation); no
+    // `seamless-bench [GROUP...]` runs only the named groups (sept, device, assign, iommu, attestation, tdvf); no
     // argument runs them all.
     let groups: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let want = |g: &str| groups.is_empty() || groups.iter().any(|a| a == g);
@@ -156,6 +157,9 @@ fn main() -> ExitCode {
     }
     if want("attestation") {
         attestation::run(&mut figs);
+    }
+    if want("tdvf") {
+        tdvf::run(&mut figs);
     }
     // `--peers`: the reference implementations for comparison (they are not in the repository).
     if std::env::args().any(|a| a == "--peers") {

@@ -71,6 +71,11 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
         "guest: NVMe 1b36 \"QEMU NVMe Ctrl\" serial \"seamless\", namespace 1: 2048 blocks of 512 bytes",
         "into private memory through QEMU's IOMMU walking the S-EPT; SHA-384",
         "= the drive's known content",
+        // The host's own read of the same blocks, before assignment, through the host domain.
+        "into its own pages through the host domain (QEMU's IOMMU walking the host map); SHA-384",
+        "dma: the NVMe function left the host domain (entry zeroed, invalidation confirmed)",
+        // The guest reads its own device's fault records through its leaf.
+        "guest: SEAMLESS.TDG.IOMMU.FAULT.RD shows its device's ",
         "artifact report.bin: 1200 bytes on COM3",
         "artifact report-snp.bin: 1184 bytes on COM3",
         "seamless firmware: assign done",
@@ -126,6 +131,8 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
         "map_accept_start_qemu_ms",
         "attestation_qemu_ms",
         "nvme_read_mib_s_private",
+        "nvme_read_mib_s_host",
+        "dma_private_vs_host",
         "iommu_inv_us",
     ] {
         assert!(o.figure(f).is_some_and(|v| v > 0.0), "figure {f} in:\n{}", o.console);

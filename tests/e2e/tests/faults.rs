@@ -109,11 +109,17 @@ fn a_dmabuf_revoke_while_run_errors_the_tdi_the_guest_sees_it_and_teardown_recla
     let qemu = qemu_or_skip!();
     let (o, device) = run(&qemu, "fault_revoke", "revoke", assign_device(false), 1000);
     assert!(o.console.contains("tdi: RUN"), "{}", o.console);
+    // Revoked with the guest's READs outstanding: the call returned only once the DMA entry was
+    // blocked and the IOTLB invalidated, so no data page changed after it returned.
     assert!(
-        o.console.contains("dmabuf: BAR0 revoked by the exporter while the TDI runs; 4 mapped pages blocked"),
+        o.console.contains(
+            "dmabuf: BAR0 revoked by the exporter while the TDI runs, 15 READs outstanding; 4 mapped pages blocked"
+        ),
         "{}",
         o.console
     );
+    let line = o.console.lines().find(|l| l.starts_with("dma: after the revoke returned nothing landed: "));
+    assert!(line.is_some(), "{}", o.console);
     assert!(o.console.contains("guest: TDI.RD says ERROR; its MMIO accessor refuses BAR0: "), "{}", o.console);
     o.expect_status(35);
     assert!(o.console.contains("seamless firmware: error: TDI: BAR0 revoked while RUN"), "{}", o.console);

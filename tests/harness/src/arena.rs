@@ -347,6 +347,12 @@ pub struct HostPlatform {
     pub host_denied: std::collections::BTreeSet<Pfn>,
     /// The remapping unit the TSM programs (QEMU's capabilities by default).
     pub unit: ModelUnit,
+    /// The host map (`DmaRemapping::host_map`), once [`HostPlatform::enable_host_map`] built
+    /// it; then `ownership_changed` keeps it, and records each frame that left it in
+    /// [`HostPlatform::host_map_invalidations`] (the page invalidation the firmware queues).
+    pub host_map: Option<crate::hostmap::HostMap>,
+    /// Frames whose host-domain translations the platform invalidated as they left the host.
+    pub host_map_invalidations: Vec<Pfn>,
 }
 
 impl HostPlatform {
@@ -366,6 +372,8 @@ impl HostPlatform {
             counts: CallCounts::default(),
             host_denied: std::collections::BTreeSet::new(),
             unit: ModelUnit::default(),
+            host_map: None,
+            host_map_invalidations: Vec::new(),
         }
     }
 
@@ -394,6 +402,24 @@ impl HostPlatform {
     /// While `failing`, [`Entropy::fill`] returns [`EntropyError`] and leaves the buffer alone.
     pub fn set_entropy_failing(&mut self, failing: bool) {
         self.entropy_failing = failing;
+    }
+
+    /// Builds the host map with its tables in the `pool_frames` frames at `pool` (memory the
+    /// host does not own): every arena frame from `first` on that the host owns now (not in
+    /// [`HostPlatform::host_denied`], not a table frame) is mapped to itself.
+    ///
+    /// # Panics
+    /// If the pool is too small for the arena.
+    pub fn enable_host_map(&mut self, pool: Pfn, pool_frames: u64, first: Pfn) {
+        let mut map = crate::hostmap::HostMap::new(&mut self.mem, pool, pool_frames);
+        let end = self.mem.base_pfn().raw() + self.mem.frames();
+        for raw in first.raw()..end {
+            let pfn = Pfn::new(raw).expect("arena frame");
+            if !map.is_table(pfn) && !self.host_denied.contains(&pfn) {
+                map.set(&mut self.mem, pfn, true).expect("host map pool");
+            }
+        }
+        self.host_map = Some(map);
     }
 
     /// Calls counted per status class.
@@ -455,6 +481,16 @@ impl PhysMem for HostPlatform {
         } else {
             self.host_denied.insert(pfn);
         }
+        if let Some(map) = self.host_map.as_mut() {
+            if map.is_table(pfn) {
+                return;
+            }
+            // A pool too small is a harness bug, not an input.
+            map.set(&mut self.mem, pfn, host_owned).expect("host map pool");
+            if !host_owned {
+                self.host_map_invalidations.push(pfn);
+            }
+        }
     }
 }
 
@@ -481,6 +517,10 @@ impl Clock for HostPlatform {
 impl DmaRemapping for HostPlatform {
     fn remapping_capabilities(&self) -> Option<Capabilities> {
         self.unit.caps
+    }
+
+    fn host_map(&self) -> Option<Pfn> {
+        self.host_map.as_ref().map(crate::hostmap::HostMap::root)
     }
 
     fn set_root_table(&mut self, rtaddr: u64) -> Result<(), UnitError> {

@@ -276,6 +276,9 @@ impl HostMemory for Machine {
     fn scratch(&mut self) -> Option<u64> {
         Some(Machine::scratch(self))
     }
+    fn donate_2m(&mut self) -> Option<u64> {
+        Some(self.block(PageSize::Size2M))
+    }
     fn release(&mut self, pa: u64) {
         Machine::release(self, pa);
     }

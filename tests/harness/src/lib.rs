@@ -12,6 +12,7 @@ pub mod arena;
 pub mod assign;
 pub mod audit;
 pub mod driver;
+pub mod hostmap;
 pub mod unchanged;
 pub mod unit;
 

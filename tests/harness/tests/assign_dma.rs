@@ -239,3 +239,80 @@ fn iommu_fault_rd_drains_the_units_records_into_a_log_the_host_reads() {
     let r = m.host(h::IOMMU_FAULT_RD, r.rcx - 1, 0, 0, 0);
     assert_eq!((r.r9, r.r8, r.rdx >> 16 & 0xFF), (1, (tsm::iommu::FAULT_LOG as u64 + 1) << 12, 0x0C));
 }
+
+/// The unit's descriptors since `from`: the TD's domain invalidation and a wait, confirmed.
+fn invalidated_since(m: &Machine, td: &TdHandle, from: usize) -> bool {
+    let iommu = m.tsm.iommu().expect("IOMMU");
+    let did = iommu.domain_of(pfn(td.tdr)).expect("the TD's domain").did;
+    let unit = &m.tsm.platform().unit;
+    let wait = tsm::iommu::hw::InvDescriptor::wait(seamless_harness::unit::STATUS_ADDRESS, unit.status);
+    unit.executed[from..] == [&tsm::iommu::hw::domain_invalidation(did)[..], &[wait]].concat()
+}
+
+#[test]
+fn a_revoke_or_a_stop_returns_only_once_the_units_iotlb_forgot_the_tdi() {
+    // Revoke while RUN: the entry is blocked and the domain invalidated within the call, so
+    // no translation cached before it survives the return (no IQ.INV needed for that).
+    let (mut m, td, _other, mut dev, a, _) = world();
+    ok(m.dmar_add(&td, &a), "DMAR.ADD");
+    assert_eq!(m.guest(td.vcpus[0], g::DMAR_ACCEPT, FN, 0, 0).regs.status(), Status::SUCCESS);
+    m.authorise(&td, &a);
+    ok(m.pump(&mut dev, h::TDI_START, a.tdi, a.msg, 0), "START");
+    let before = m.tsm.platform().unit.executed.len();
+    ok(m.host(h::DMABUF_REVOKE, a.tdi, 0, 0, 0), "REVOKE");
+    assert!(invalidated_since(&m, &td, before), "REVOKE returned before the IOTLB was invalidated");
+    assert_eq!(reason(dma(&m, 0x1000)), FaultReason::PasidEntryNotPresent);
+    // The block is retired by that invalidation: REMOVE needs no IQ.INV of its own.
+    ok(m.pump(&mut dev, h::TDI_STOP, a.tdi, a.msg, 0), "STOP");
+    ok(m.host(h::DMAR_REMOVE, a.tdi, 0, 0, 0), "DMAR.REMOVE");
+
+    // STOP of a running TDI: the same before it returns.
+    let (mut m, td, _other, mut dev, a, _) = world();
+    ok(m.dmar_add(&td, &a), "DMAR.ADD");
+    assert_eq!(m.guest(td.vcpus[0], g::DMAR_ACCEPT, FN, 0, 0).regs.status(), Status::SUCCESS);
+    m.authorise(&td, &a);
+    ok(m.pump(&mut dev, h::TDI_START, a.tdi, a.msg, 0), "START");
+    let before = m.tsm.platform().unit.executed.len();
+    ok(m.pump(&mut dev, h::TDI_STOP, a.tdi, a.msg, 0), "STOP");
+    assert!(invalidated_since(&m, &td, before), "STOP returned before the IOTLB was invalidated");
+    assert!(dma(&m, 0x1000).is_err());
+}
+
+#[test]
+fn a_revoke_the_unit_does_not_confirm_still_blocks_but_retires_nothing() {
+    let (mut m, td, _other, mut dev, a, _) = world();
+    ok(m.dmar_add(&td, &a), "DMAR.ADD");
+    assert_eq!(m.guest(td.vcpus[0], g::DMAR_ACCEPT, FN, 0, 0).regs.status(), Status::SUCCESS);
+    m.authorise(&td, &a);
+    ok(m.pump(&mut dev, h::TDI_START, a.tdi, a.msg, 0), "START");
+    m.tsm.platform_mut().unit.fault = seamless_harness::unit::UnitFault::NoStatusWrite;
+    ok(m.host(h::DMABUF_REVOKE, a.tdi, 0, 0, 0), "REVOKE");
+    assert_eq!(reason(dma(&m, 0x1000)), FaultReason::PasidEntryNotPresent, "blocked all the same");
+    let r = m.host(h::DMAR_REMOVE, a.tdi, 0, 0, 0);
+    assert_eq!(r.status(), Status::TLB_TRACKING_NOT_DONE.with_operand(Operand::Tdi), "the block is not retired");
+    m.tsm.platform_mut().unit.fault = seamless_harness::unit::UnitFault::None;
+    ok(m.pump(&mut dev, h::TDI_STOP, a.tdi, a.msg, 0), "STOP (its own invalidation completes)");
+    ok(m.host(h::DMAR_REMOVE, a.tdi, 0, 0, 0), "DMAR.REMOVE once an invalidation completed");
+}
+
+#[test]
+fn the_guest_reads_the_faults_of_its_own_device_and_no_one_elses() {
+    let (mut m, td, other, _dev, a, _) = world();
+    let rd = |m: &mut Machine, vcpu: u64, function: u64, n: u64| m.guest(vcpu, g::IOMMU_FAULT_RD, function, n, 0).regs;
+    // A function no TDI of the TD has.
+    let r = rd(&mut m, td.vcpus[0], FN + 1, 0);
+    assert_eq!(r.status(), Status::TDI_NOT_PRESENT.with_operand(Operand::Rcx));
+    let r = rd(&mut m, other.vcpus[0], FN, 0);
+    assert_eq!(r.status(), Status::TDI_NOT_PRESENT.with_operand(Operand::Rcx), "another TD's device");
+    ok(m.dmar_add(&td, &a), "DMAR.ADD");
+    // The device's refused write into a page the TD never accepted, then another requester's.
+    m.tsm.platform_mut().unit.record_fault(FUNCTION as u16, 0x9000, 0x05);
+    m.tsm.platform_mut().unit.record_fault(0x28, 0x5000, 0x39);
+    let r = rd(&mut m, td.vcpus[0], FN, 0);
+    assert_eq!((r.status(), r.rcx, r.r9), (Status::SUCCESS, 2, 1), "both drained by the guest's call");
+    assert_eq!((r.rdx & 0xFFFF, r.rdx >> 16 & 0xFF, r.r8), (FN, 0x05, 0x9000));
+    let r = rd(&mut m, td.vcpus[0], FN, 1);
+    assert_eq!((r.rcx, r.r9, r.rdx, r.r8), (2, 0, 0, 0), "another requester's fault is not the guest's");
+    // The host sees both.
+    assert_eq!(m.host(h::IOMMU_FAULT_RD, 1, 0, 0, 0).r9, 1);
+}

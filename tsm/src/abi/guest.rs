@@ -64,6 +64,7 @@ pub mod leaf {
     pub const MMIO_ACCEPT: u64 = 71;
     pub const TDI_START: u64 = 0x8001;
     pub const MR_ATTEST: u64 = 0x8002;
+    pub const IOMMU_FAULT_RD: u64 = 0x8003;
 }
 
 const CALLER: (Status, &str) = (Status::VCPU_NOT_IN_GUEST, "the calling vCPU is not in guest mode (firmware bug)");
@@ -181,6 +182,7 @@ impl<P: Platform> Tsm<P> {
         Self::TDG_MMIO_ACCEPT,
         Self::TDG_TDI_START,
         Self::TDG_MR_ATTEST,
+        Self::TDG_IOMMU_FAULT_RD,
     ];
 
     /// The calling vCPU, which must be in guest mode.

@@ -78,6 +78,31 @@ impl<P: Platform> Tsm<P> {
         handler: Self::tdg_dmar_accept,
     };
 
+    pub(crate) const TDG_IOMMU_FAULT_RD: GuestLeaf<P> = GuestLeaf {
+        spec: LeafSpec {
+            number: leaf::IOMMU_FAULT_RD,
+            name: "SEAMLESS.TDG.IOMMU.FAULT.RD",
+            summary: "seamless only: the guest's view of the trusted IOMMU's fault log (the host's is SEAMLESS.IOMMU.FAULT.RD). Drains the unit's fault recording registers into the log, then returns fault number RDX if the log holds it and its source is the TDI's own requester: a DMA of its device that the unit refused (a page the TD never accepted, its MMIO, a shared GPA, after a block). Faults of other requesters read as not held. The device completes such a command with status 0, so this is how the guest learns it did not land.",
+            inputs: &[
+                (Reg::Rcx, "function id (24:0); PASID (51:32) if bit 63 is set"),
+                (Reg::Rdx, "fault number (0 = the first since TDH.IOMMU.SETUP)"),
+            ],
+            outputs: &[
+                (Reg::Rcx, "faults recorded since TDH.IOMMU.SETUP (every requester's)"),
+                (Reg::Rdx, "the fault: source id (15:0), VT-d fault reason (23:16), write (24), PASID present (25), PASID (51:32)"),
+                (Reg::R8, "the fault: page address (the IOVA, a GPA of the TD) the request went to"),
+                (Reg::R9, "1 if RDX/R8 hold fault RDX-in, 0 if the log does not hold it or it is another requester's"),
+            ],
+            requires: "A TDI of this TD with that function; the IOMMU set up.",
+            errors: &[
+                CALLER,
+                (Status::TDI_NOT_PRESENT, "no TDI of this TD has that function"),
+                (Status::DMAR_STATE_INCORRECT, "no trusted IOMMU (TDH.IOMMU.SETUP not done)"),
+            ],
+        },
+        handler: Self::tdg_iommu_fault_rd,
+    };
+
     pub(crate) const TDG_MMIO_ACCEPT: GuestLeaf<P> = GuestLeaf {
         spec: LeafSpec {
             number: leaf::MMIO_ACCEPT,
@@ -246,6 +271,27 @@ impl<P: Platform> Tsm<P> {
             crate::iommu::Done::Changed => Status::SUCCESS,
             crate::iommu::Done::AlreadyDone => Status::PAGE_ALREADY_ACCEPTED,
         }))
+    }
+
+    fn tdg_iommu_fault_rd(&mut self, ctx: Ctx, regs: &Regs, out: &mut Regs) -> TsmResult<Step> {
+        let t = self.guest_tdi(ctx, regs.rcx, Operand::Rcx)?;
+        let requester = self.tdi(t)?.requester().map(|r| r.rid);
+        let not_set_up = TsmError::Iommu(crate::iommu::IommuError::EntryNotFound);
+        let iommu = self.iommu.as_mut().ok_or(not_set_up)?;
+        // ALL CHECKS PASSED: nothing below can fail.
+        iommu.collect_faults(&mut self.platform);
+        out.rcx = iommu.fault_count();
+        let own = iommu.fault(regs.rdx).filter(|f| Some(f.source_id) == requester);
+        if let Some(f) = own {
+            out.rdx = u64::from(f.source_id)
+                | u64::from(f.reason) << 16
+                | u64::from(f.write) << 24
+                | u64::from(f.pasid.is_some()) << 25
+                | u64::from(f.pasid.unwrap_or(0)) << 32;
+            out.r8 = f.address;
+            out.r9 = 1;
+        }
+        Ok(Step::Done(Status::SUCCESS))
     }
 
     fn tdg_tdi_start(&mut self, ctx: Ctx, regs: &Regs, _out: &mut Regs) -> TsmResult<Step> {

@@ -81,6 +81,8 @@ pub mod leaf {
     pub const DMABUF_IMPORT: u64 = 0x8013;
     pub const DMABUF_REVOKE: u64 = 0x8014;
     pub const IOMMU_FAULT_RD: u64 = 0x8030;
+    pub const IOMMU_HOST_ATTACH: u64 = 0x8031;
+    pub const IOMMU_HOST_DETACH: u64 = 0x8032;
 }
 
 /// Bytes of one TDMR_INFO entry: base, size, PAMT base, PAMT size (u64 each).
@@ -647,6 +649,8 @@ impl<P: Platform> Tsm<P> {
         Self::DMABUF_IMPORT,
         Self::DMABUF_REVOKE,
         Self::IOMMU_FAULT_RD,
+        Self::IOMMU_HOST_ATTACH,
+        Self::IOMMU_HOST_DETACH,
     ];
 
     // ---- TSM ---------------------------------------------------------------------------------

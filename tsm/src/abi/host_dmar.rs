@@ -129,6 +129,53 @@ impl<P: Platform> Tsm<P> {
         handler: Self::iommu_fault_rd,
     };
 
+    pub(crate) const IOMMU_HOST_ATTACH: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::IOMMU_HOST_ATTACH,
+            name: "SEAMLESS.IOMMU.HOST.ATTACH",
+            summary: "seamless only: puts a function the host keeps in the host domain. Its RID_PASID entry is present at once, DID = the host domain's, second stage = the platform's host map: the identity map of exactly the memory the host owns, which follows the PAMT (never TSM, PAMT, S-EPT, IOMMU-table or TD-private frames). Frames for missing tables are taken from R8..R10 as for TDH.DMAR.ADD.",
+            inputs: &[
+                (Reg::Rcx, "the function: requester id (15:0), segment (23:16) = 0"),
+                (Reg::R8, "frame for a new context table, or 0"),
+                (Reg::R9, "frame for a new PASID directory, or 0"),
+                (Reg::R10, "frame for a new PASID table, or 0"),
+            ],
+            outputs: &[(Reg::Rcx, "frames consumed: bit 0 context table, bit 1 PASID directory, bit 2 PASID table")],
+            requires: "IOMMU set up; the platform keeps a host map; the function has no DMA remapping entry.",
+            errors: &[
+                SYS,
+                (Status::OPERAND_INVALID, "RCX has bits above the requester id, or R8..R10 not 4K aligned, or a frame the entry needs is missing (operand: its register)"),
+                NO_IOMMU,
+                (Status::DMAR_STATE_INCORRECT, "the function is in the host domain already"),
+                (Status::DMAR_STATE_INCORRECT, "the function has DMA remapping entries (operand RCX)"),
+                (Status::IOMMU_STATE_INCORRECT, "the platform keeps no host map the unit can walk"),
+                (Status::DEVICE_SLOTS_EXHAUSTED, "no host-domain slot left"),
+                (Status::OPERAND_ADDR_RANGE_ERROR, "a frame outside the TDMRs"),
+                (Status::PAGE_NOT_FREE, "a frame not free"),
+            ],
+        },
+        handler: Self::iommu_host_attach,
+    };
+
+    pub(crate) const IOMMU_HOST_DETACH: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::IOMMU_HOST_DETACH,
+            name: "SEAMLESS.IOMMU.HOST.DETACH",
+            summary: "seamless only: takes a function out of the host domain: its entry is zeroed, the host domain's PASID cache and IOTLB invalidated and the wait descriptor checked before the call returns, so no DMA of the function passes afterwards. Only then can the function get a DMA remapping entry (TDH.DMAR.ADD).",
+            inputs: &[(Reg::Rcx, "the function: requester id (15:0), segment (23:16) = 0")],
+            outputs: &[],
+            requires: "The function in the host domain.",
+            errors: &[
+                SYS,
+                (Status::OPERAND_INVALID, "RCX has bits above the requester id"),
+                NO_IOMMU,
+                (Status::DMAR_STATE_INCORRECT, "the function is not in the host domain"),
+                (Status::IOMMU_UNIT_ERROR, "the unit did not confirm the invalidation: the entry is zeroed, the function stays out of reach of DMAR.ADD until a DETACH completes"),
+            ],
+        },
+        handler: Self::iommu_host_detach,
+    };
+
     pub(crate) const DMAR_REMOVE: HostLeaf<P> = HostLeaf {
         spec: LeafSpec {
             number: leaf::DMAR_REMOVE,
@@ -289,6 +336,37 @@ impl<P: Platform> Tsm<P> {
             out.r8 = f.address;
             out.r9 = 1;
         }
+        Ok(Status::SUCCESS)
+    }
+
+    /// RCX as a function of the segment the unit remaps.
+    fn host_function(raw: u64) -> TsmResult<crate::iommu::Rid> {
+        if raw >> 16 != u64::from(crate::iommu::SEGMENT) {
+            return Err(TsmError::OperandInvalid(Operand::Rcx));
+        }
+        Ok(crate::iommu::Rid::from_raw(raw as u16))
+    }
+
+    fn iommu_host_attach(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        let pamt = *self.pamt()?;
+        let rid = Self::host_function(regs.rcx)?;
+        let frames = Frames {
+            context_table: Self::frame_operand(regs.r8, Operand::R8)?,
+            pasid_dir: Self::frame_operand(regs.r9, Operand::R9)?,
+            pasid_table: Self::frame_operand(regs.r10, Operand::R10)?,
+        };
+        let iommu = self.iommu.as_mut().ok_or(TsmError::Iommu(crate::iommu::IommuError::NotSetUp))?;
+        // `host_attach` checks everything first and writes nothing when it fails.
+        let used = iommu.host_attach(&mut self.platform, &pamt, rid, &frames).map_err(TsmError::Iommu)?;
+        out.rcx = u64::from(used.context_table) | u64::from(used.pasid_dir) << 1 | u64::from(used.pasid_table) << 2;
+        Ok(Status::SUCCESS)
+    }
+
+    fn iommu_host_detach(&mut self, regs: &Regs, _out: &mut Regs) -> TsmResult<Status> {
+        self.sys()?;
+        let rid = Self::host_function(regs.rcx)?;
+        let iommu = self.iommu.as_mut().ok_or(TsmError::Iommu(crate::iommu::IommuError::NotSetUp))?;
+        iommu.host_detach(&mut self.platform, rid).map_err(TsmError::Iommu)?;
         Ok(Status::SUCCESS)
     }
 

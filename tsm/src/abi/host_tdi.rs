@@ -182,7 +182,7 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::TDI_STOP,
             name: "SEAMLESS.TDI.STOP",
-            summary: "Resumable, inside the session: STOP_INTERFACE, then GET_DEVICE_INTERFACE_STATE = CONFIG_UNLOCKED. The nonce and the guest's authorisation are dropped, and every MMIO leaf and the DMA entry of the TDI are blocked at once: an unlocked device is the host's to reconfigure. When the PDEV has no session any more (ERROR, STOPPED) the TSM stops the TDI on its own side at once, without device traffic.",
+            summary: "Resumable, inside the session: STOP_INTERFACE, then GET_DEVICE_INTERFACE_STATE = CONFIG_UNLOCKED. The nonce and the guest's authorisation are dropped, and every MMIO leaf and the DMA entry of the TDI are blocked at once, and the TD's IOTLB domain invalidated with a checked wait before the call returns (no DMA of the TDI lands afterwards, not even through a cached translation): an unlocked device is the host's to reconfigure. When the PDEV has no session any more (ERROR, STOPPED) the TSM stops the TDI on its own side at once, without device traffic.",
             inputs: &[(Reg::Rcx, "TDI page"), MSG_IN[0], MSG_IN[1]],
             outputs: &[(Reg::R8, "DEVICE_REQUEST: bytes of the request")],
             requires: "TDI CONFIG_LOCKED, RUN or ERROR.",
@@ -238,7 +238,7 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::DMABUF_REVOKE,
             name: "SEAMLESS.DMABUF.REVOKE",
-            summary: "The exporter's revoke (FLR, memory-space disable, close). Terminal while the TDI is locked or running: the TDI goes to ERROR, every S-EPT mapping of the range is blocked (MMIO_BLOCKED) and the DMA entry blocked; the frames stay the TDI's until STOP, TLB tracking and MMIO.UNMAP of every page.",
+            summary: "The exporter's revoke (FLR, memory-space disable, close). Terminal while the TDI is locked or running: the TDI goes to ERROR, every S-EPT mapping of the range is blocked (MMIO_BLOCKED) and the DMA entry blocked, the TD's IOTLB domain invalidated with a checked wait before the call returns, so no DMA of the TDI lands once it returned (a unit that does not confirm retires nothing); the frames stay the TDI's until STOP, TLB tracking and MMIO.UNMAP of every page.",
             inputs: &[(Reg::Rcx, "TDI page"), (Reg::Rdx, "range index")],
             outputs: &[(Reg::Rcx, "4K pages of the range still mapped (now blocked)")],
             requires: "The range imported.",
@@ -368,11 +368,9 @@ impl<P: Platform> Tsm<P> {
         tdi.flow = None;
         tdi.nonce = [0; 32];
         tdi.authorised = None;
-        let (p, key) = (tdi.pdev, tdi.dmar_key());
-        // DMA stops at once: the entry's present bit is cleared (already blocked is fine).
-        if let (Some(iommu), Some(key)) = (self.iommu.as_mut(), key) {
-            let _ = iommu.block(&mut self.platform, key);
-        }
+        let p = tdi.pdev;
+        // DMA stops at once: the entry's present bit is cleared and the IOTLB invalidated.
+        self.cut_dma(t);
         if let Some(Some(pdev)) = self.pdevs.get_mut(p) {
             if pdev.pending == Pending::Tdi(t) {
                 pdev.pending = Pending::None;
@@ -380,6 +378,29 @@ impl<P: Platform> Tsm<P> {
         }
         for r in 0..crate::tdisp::MAX_RANGES {
             self.block_range(t, r);
+        }
+    }
+
+    /// Cuts TDI `t`'s DMA before the calling leaf returns: its DMAR entry is blocked (present
+    /// bit clear; already blocked is fine) and the TD's domain invalidated, PASID cache and
+    /// IOTLB, with a wait descriptor the TSM checks. So once a revoke, a STOP or a failure
+    /// that errors the TDI returns, no DMA of the TDI lands, not even through a translation
+    /// cached before the block. A unit that does not confirm the invalidation retires nothing
+    /// (the TDI's block stays unretired and DMAR.REMOVE waits for an IQ.INV that completes);
+    /// the entry is blocked either way.
+    fn cut_dma(&mut self, t: usize) {
+        let Some(Some(tdi)) = self.tdis.get(t) else { return };
+        let (key, td) = (tdi.dmar_key(), tdi.td);
+        let Some(key) = key else { return };
+        let Ok(td) = self.td(td) else { return };
+        let (tdr, epoch) = (td.tdr, td.tlb.epoch());
+        let Some(iommu) = self.iommu.as_mut() else { return };
+        if iommu.binding(key).is_none() {
+            return;
+        }
+        let _ = iommu.block(&mut self.platform, key);
+        if let Some(domain) = iommu.domain_of(tdr) {
+            let _ = iommu.invalidate(&mut self.platform, domain.did, epoch);
         }
     }
 
@@ -655,11 +676,7 @@ impl<P: Platform> Tsm<P> {
         tdi.flow = None;
         tdi.nonce = [0; 32];
         tdi.authorised = None;
-        let key = tdi.dmar_key();
-        if let (Some(iommu), Some(key)) = (self.iommu.as_mut(), key) {
-            // No entry, or blocked already: nothing to do.
-            let _ = iommu.block(&mut self.platform, key);
-        }
+        self.cut_dma(t);
         for r in 0..crate::tdisp::MAX_RANGES {
             self.block_range(t, r);
         }

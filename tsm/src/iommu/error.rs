@@ -65,6 +65,16 @@ pub enum IommuError {
     EntryInUse(DmarState),
     /// No DMAR entry for this RID/PASID.
     EntryNotFound,
+    /// The function is in the host domain (attached, or detached with the invalidation not yet
+    /// confirmed): it cannot have a DMAR entry until SEAMLESS.IOMMU.HOST.DETACH completed.
+    HostDevice,
+    /// The function already has DMAR entries: a TD's device is never in the host domain.
+    NotHostDevice,
+    /// No host device slot left.
+    HostDevicesExhausted,
+    /// The platform keeps no host map the unit could walk (no host world), or its root is a
+    /// frame the host could write.
+    NoHostMap,
     /// The DMAR entry belongs to another TD.
     NotOwner,
     /// The DMAR entry is blocked: it can only be removed.

@@ -45,6 +45,11 @@ impl Capabilities {
         self.sagaw() & bit != 0
     }
 
+    /// CAP.ND (bits 2:0): the unit has 2^(4 + 2 * ND) domain ids.
+    pub const fn domains(self) -> u32 {
+        1 << (4 + 2 * (self.cap & 7))
+    }
+
     /// CAP.FRO (bits 33:24): offset of the first fault recording register, in 16-byte units.
     pub const fn fault_record_offset(self) -> u64 {
         ((self.cap >> 24) & 0x3FF) * 16
@@ -127,6 +132,13 @@ impl InvDescriptor {
     /// IOTLB invalidation, domain-selective (G = 10b): every translation tagged `did`.
     pub const fn iotlb_domain(did: DomainId) -> InvDescriptor {
         InvDescriptor([TYPE_IOTLB | 2 << GRANULARITY_SHIFT | Self::DRAIN | Self::did(did), 0, 0, 0])
+    }
+
+    /// IOTLB invalidation, page-selective within domain (G = 11b): the 4 KiB page at `addr` of
+    /// `did` (AM = 0, IH = 0). Needs CAP.PSI (QEMU's unit has it). The platform queues it for
+    /// [`super::HOST_DID`] when a frame leaves the host map.
+    pub const fn iotlb_page(did: DomainId, addr: u64) -> InvDescriptor {
+        InvDescriptor([TYPE_IOTLB | 3 << GRANULARITY_SHIFT | Self::DRAIN | Self::did(did), addr & !0xFFF, 0, 0])
     }
 
     /// DR and DW (bits 7:6): pending DMA reads and writes drain before the invalidation completes.
@@ -220,6 +232,7 @@ mod tests {
         assert!(!QEMU.walks(SeptLevels::Five), "SAGAW {:#x}", QEMU.sagaw());
         assert_eq!(QEMU.fault_record_offset(), 0x220);
         assert_eq!(QEMU.fault_records(), 1);
+        assert_eq!(QEMU.domains(), 1 << 16);
     }
 
     #[test]
@@ -236,6 +249,8 @@ mod tests {
         assert_eq!(d.0[0], 0x2 | 2 << 4 | 0b11 << 6 | 7 << 16);
         assert_eq!(InvDescriptor::context_global().0, [0x11, 0, 0, 0]);
         assert_eq!(InvDescriptor::pasid_iotlb(DomainId(1), 5).0[0], 0x6 | 1 << 16 | 5 << 32);
+        let page = InvDescriptor::iotlb_page(DomainId(9), 0x1234_5678);
+        assert_eq!(page.0, [0x2 | 3 << 4 | 0b11 << 6 | 9 << 16, 0x1234_5000, 0, 0]);
         let w = InvDescriptor::wait(0x1234_5678, 0xAB);
         assert_eq!(w.status_write(), Some((0x1234_5678, 0xAB)));
         assert_eq!(w.0[0] & 0xFF, 0x65);

@@ -21,6 +21,7 @@
 mod dmar;
 mod error;
 pub mod format;
+mod host;
 pub mod hw;
 mod program;
 mod reclaim;
@@ -29,6 +30,7 @@ pub mod walk;
 
 pub use dmar::{dmar_legality, Binding, DmarLegality, DmarOp, DmarState, Domain};
 pub use error::{FrameRole, IommuError};
+pub use host::{HostDevice, HostState, HOST_DID, MAX_HOST_DEVICES};
 pub use program::FAULT_LOG;
 pub use unit::{DmarRequest, Done, Frames, Iommu, Needs, MAX_BINDINGS, MAX_DOMAINS};
 pub use walk::{translate, DmaFault, FaultReason, Translation};

@@ -70,7 +70,7 @@ impl Iommu {
     /// `slot`. The host calls until the root comes back.
     ///
     /// # Errors
-    /// `NotSetUp` for an empty slot, `EntriesExist` while any DMAR entry exists, `Corrupt` if a
+    /// `NotSetUp` for an empty slot, `EntriesExist` while any DMAR entry or host-domain function exists, `Corrupt` if a
     /// table pointer leads outside the IOMMU's frames or a table holds an entry while no DMAR
     /// entry is left.
     pub fn reclaim<M: PhysMem + DmaRemapping + Clock>(
@@ -79,7 +79,7 @@ impl Iommu {
         pamt: &Pamt,
     ) -> Result<(Pfn, FrameRole), IommuError> {
         let iommu = slot.as_mut().ok_or(IommuError::NotSetUp)?;
-        if iommu.bindings().next().is_some() {
+        if iommu.bindings().next().is_some() || iommu.host_devices() != 0 {
             return Err(IommuError::EntriesExist);
         }
         // The first call gives the unit back (translation off, caches invalidated) before any

@@ -84,20 +84,20 @@ pub enum Done {
 
 /// A table on an install's path: there already, or still to be created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Planned {
+pub(super) enum Planned {
     Existing(Pfn),
     Missing,
 }
 
 /// A table on an install's path once the frames are checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum At {
+pub(super) enum At {
     Existing(Pfn),
     New(Pfn),
 }
 
 impl At {
-    const fn pfn(self) -> Pfn {
+    pub(super) const fn pfn(self) -> Pfn {
         match self {
             At::Existing(p) | At::New(p) => p,
         }
@@ -106,18 +106,18 @@ impl At {
 
 /// Where an install writes, found by walking the tables.
 #[derive(Clone, Copy, Debug)]
-struct Plan {
-    root_word: usize,
-    ctx: Planned,
-    ctx_index: usize,
-    dir: Planned,
-    dir_index: usize,
-    table: Planned,
-    entry_index: usize,
+pub(super) struct Plan {
+    pub(super) root_word: usize,
+    pub(super) ctx: Planned,
+    pub(super) ctx_index: usize,
+    pub(super) dir: Planned,
+    pub(super) dir_index: usize,
+    pub(super) table: Planned,
+    pub(super) entry_index: usize,
 }
 
 impl Plan {
-    fn needs(&self) -> Needs {
+    pub(super) fn needs(&self) -> Needs {
         Needs {
             context_table: self.ctx == Planned::Missing,
             pasid_dir: self.dir == Planned::Missing,
@@ -144,6 +144,8 @@ pub struct Iommu {
     pub(super) caps: Capabilities,
     /// The unit's registers: wait sequence, translation state, the faults read back.
     pub(super) unit: UnitState,
+    /// Functions the host keeps, translated through the host domain ([`super::host`]).
+    pub(super) host: [Option<super::host::HostDevice>; super::host::MAX_HOST_DEVICES],
 }
 
 /// The PAMT entry of a table frame of the IOMMU whose root table is `root`.
@@ -152,7 +154,7 @@ pub(super) const fn table_meta(root: Pfn, role: FrameRole) -> PamtEntry {
 }
 
 /// A frame the host donates: convertible, backed and free.
-fn check_donated<M: PhysMem>(mem: &M, pamt: &Pamt, f: Pfn, role: FrameRole) -> Result<(), IommuError> {
+pub(super) fn check_donated<M: PhysMem>(mem: &M, pamt: &Pamt, f: Pfn, role: FrameRole) -> Result<(), IommuError> {
     match pamt.get(mem, f) {
         Err(PamtLookupError::NotConvertible) => Err(IommuError::FrameNotConvertible(role)),
         Err(PamtLookupError::Corrupt) => Err(IommuError::Corrupt),
@@ -162,7 +164,7 @@ fn check_donated<M: PhysMem>(mem: &M, pamt: &Pamt, f: Pfn, role: FrameRole) -> R
     }
 }
 
-fn read_words<M: PhysMem, const N: usize>(mem: &M, table: Pfn, first: usize) -> [u64; N] {
+pub(super) fn read_words<M: PhysMem, const N: usize>(mem: &M, table: Pfn, first: usize) -> [u64; N] {
     let mut w = [0u64; N];
     for (i, v) in w.iter_mut().enumerate() {
         *v = mem.read_u64(table, first + i);
@@ -196,6 +198,7 @@ impl Iommu {
             table_frames: 0,
             caps,
             unit: UnitState::default(),
+            host: [None; super::host::MAX_HOST_DEVICES],
         };
         // ALL CHECKS PASSED for the TSM's state. Zeroing a free frame changes nothing the host
         // can tell; if the unit fails below, the frame stays free and the unit translates nothing.
@@ -273,7 +276,7 @@ impl Iommu {
         self.bindings.iter().position(|b| b.is_some_and(|b| b.key == key))
     }
 
-    fn check_key(key: DmarKey) -> Result<(), IommuError> {
+    pub(super) fn check_key(key: DmarKey) -> Result<(), IommuError> {
         match key.pasid {
             Some(p) if p.raw() == RID_PASID => Err(IommuError::PasidReserved),
             Some(p) if p.raw() >= PASIDS_PER_DIRECTORY => Err(IommuError::PasidOutOfRange),
@@ -290,7 +293,7 @@ impl Iommu {
     }
 
     /// Walks the tables towards `key`'s PASID entry, recording which tables exist.
-    fn plan<M: PhysMem>(&self, mem: &M, pamt: &Pamt, key: DmarKey) -> Result<Plan, IommuError> {
+    pub(super) fn plan<M: PhysMem>(&self, mem: &M, pamt: &Pamt, key: DmarKey) -> Result<Plan, IommuError> {
         let pasid = key.table_pasid();
         let mut plan = Plan {
             root_word: root_word(key.rid.bus(), key.rid.devfn()),
@@ -338,6 +341,7 @@ impl Iommu {
     /// `PasidReserved`, `PasidOutOfRange`, `EntryInUse`, `Corrupt`.
     pub fn needs<M: PhysMem>(&self, mem: &M, pamt: &Pamt, key: DmarKey) -> Result<Needs, IommuError> {
         Self::check_key(key)?;
+        self.check_not_host(key.rid)?;
         if let Some(b) = self.binding(key) {
             return Err(IommuError::EntryInUse(b.state));
         }
@@ -381,7 +385,7 @@ impl Iommu {
     }
 
     /// Resolves a planned table with the donated frame, checking the frame.
-    fn resolve<M: PhysMem>(
+    pub(super) fn resolve<M: PhysMem>(
         mem: &M,
         pamt: &Pamt,
         planned: Planned,
@@ -408,7 +412,8 @@ impl Iommu {
     /// consumed.
     ///
     /// Checks, in order: the key (`PasidReserved`, `PasidOutOfRange`), `DomainIdInvalid`,
-    /// `SeptRootInvalid`, `WidthUnsupported` (the unit's SAGAW lacks the S-EPT's depth), `EntryInUse`, the domain (`DomainInUse`, `DomainMismatch`,
+    /// `SeptRootInvalid`, `WidthUnsupported` (the unit's SAGAW lacks the S-EPT's depth), `EntryInUse`, `HostDevice`
+    /// (the function is in the host domain), the domain (`DomainInUse`, `DomainMismatch`,
     /// `DomainsExhausted`), `BindingsExhausted`, the tables on the path (`Corrupt`), then the
     /// needed frames in path order (context table, PASID directory, PASID table): each
     /// `FrameMissing`, `FrameNotConvertible`, `FrameNotFree`, `FrameDuplicate`.
@@ -423,7 +428,7 @@ impl Iommu {
         frames: &Frames,
     ) -> Result<Needs, IommuError> {
         Self::check_key(req.key)?;
-        if req.domain.0 == 0 {
+        if req.domain.0 == 0 || req.domain == super::HOST_DID {
             return Err(IommuError::DomainIdInvalid);
         }
         Self::check_sept_root(mem, pamt, req)?;
@@ -434,6 +439,7 @@ impl Iommu {
         if let Some(b) = self.binding(req.key) {
             return Err(IommuError::EntryInUse(b.state));
         }
+        self.check_not_host(req.key.rid)?;
         let domain = self.domain_slot(req)?;
         let slot = self.bindings.iter().position(Option::is_none).ok_or(IommuError::BindingsExhausted)?;
         let plan = self.plan(mem, pamt, req.key)?;
@@ -444,32 +450,8 @@ impl Iommu {
         let consumed = plan.needs();
         // ALL CHECKS PASSED: nothing below can fail.
 
-        // Bottom up, so that no present pointer ever leads to a table not yet formatted.
-        for (at, role) in
-            [(table, FrameRole::PasidTable), (dir, FrameRole::PasidDirectory), (ctx, FrameRole::ContextTable)]
-        {
-            if let At::New(f) = at {
-                mem.zero(f);
-                pamt.set(mem, f, table_meta(self.root, role));
-            }
-        }
         let entry = PasidEntry::second_stage(req.sept_root, req.levels, req.domain, false).encode();
-        for (i, w) in entry.iter().enumerate() {
-            mem.write_u64(table.pfn(), plan.entry_index * PASID_WORDS + i, *w);
-        }
-        if let At::New(t) = table {
-            mem.write_u64(dir.pfn(), plan.dir_index, PasidDirEntry::pointing_to(t).encode());
-        }
-        if let At::New(d) = dir {
-            let ce = ContextEntry::pointing_to(d).encode();
-            for (i, w) in ce.iter().enumerate() {
-                mem.write_u64(ctx.pfn(), plan.ctx_index * CONTEXT_WORDS + i, *w);
-            }
-        }
-        if let At::New(c) = ctx {
-            mem.write_u64(self.root, plan.root_word, RootHalf::pointing_to(c).encode());
-        }
-        self.table_frames += consumed.count();
+        self.write_path(mem, pamt, &plan, (ctx, dir, table), &entry);
         self.bindings[slot] = Some(Binding {
             key: req.key,
             owner: req.owner,
@@ -498,6 +480,43 @@ impl Iommu {
             }
         }
         Ok(consumed)
+    }
+
+    /// Commits an install's path: the new tables (zeroed, PAMT-owned), then `entry` in its PASID
+    /// table slot, then the pointers to the new tables, bottom up, so that no present pointer
+    /// ever leads to a table not yet formatted. Counts the new frames.
+    pub(super) fn write_path<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        pamt: &Pamt,
+        plan: &Plan,
+        (ctx, dir, table): (At, At, At),
+        entry: &[u64; PASID_WORDS],
+    ) {
+        for (at, role) in
+            [(table, FrameRole::PasidTable), (dir, FrameRole::PasidDirectory), (ctx, FrameRole::ContextTable)]
+        {
+            if let At::New(f) = at {
+                mem.zero(f);
+                pamt.set(mem, f, table_meta(self.root, role));
+            }
+        }
+        for (i, w) in entry.iter().enumerate() {
+            mem.write_u64(table.pfn(), plan.entry_index * PASID_WORDS + i, *w);
+        }
+        if let At::New(t) = table {
+            mem.write_u64(dir.pfn(), plan.dir_index, PasidDirEntry::pointing_to(t).encode());
+        }
+        if let At::New(d) = dir {
+            let ce = ContextEntry::pointing_to(d).encode();
+            for (i, w) in ce.iter().enumerate() {
+                mem.write_u64(ctx.pfn(), plan.ctx_index * CONTEXT_WORDS + i, *w);
+            }
+        }
+        if let At::New(c) = ctx {
+            mem.write_u64(self.root, plan.root_word, RootHalf::pointing_to(c).encode());
+        }
+        self.table_frames += plan.needs().count();
     }
 
     fn domain_index(&self, did: DomainId) -> Option<usize> {

@@ -67,6 +67,9 @@ pub enum FaultReason {
     PasidEntryInvalid,
     /// The IOVA lies above 2^AW - 1 (0x83, address beyond the maximum).
     AddressBeyondWidth,
+    /// An entry of the host map (the host domain's second stage) is not present: the frame is
+    /// not the host's (0x79, as the unit reports it).
+    HostMapNotPresent,
     /// The IOVA has the shared-GPA bit (or a higher one) set: the trusted IOMMU only translates
     /// private GPAs (seamless 0xF1).
     SharedGpa,
@@ -111,7 +114,7 @@ impl FaultReason {
             PasidEntryReserved => 0x5A,
             PasidEntryInvalid => 0x5B,
             SeptAccess => 0x78,
-            SeptNotPresent(_) | SeptPermission => 0x79,
+            SeptNotPresent(_) | SeptPermission | HostMapNotPresent => 0x79,
             SeptReserved => 0x7A,
             SeptRootInvalid => 0x7B,
             AddressBeyondWidth => 0x83,
@@ -239,17 +242,66 @@ pub fn translate<M: PhysMem>(
     if iova >> levels.input_bits() != 0 {
         return Err(DmaFault::at(FaultReason::AddressBeyondWidth, pw[0]).with_fpd(fpd));
     }
-    if iova >> (levels.gpaw() - 1) != 0 {
-        return Err(DmaFault::at(FaultReason::SharedGpa, pw[0]).with_fpd(fpd));
-    }
     if !mem.contains(pe.sept_root) {
         return Err(DmaFault::at(FaultReason::SeptRootInvalid, pw[0]).with_fpd(fpd));
+    }
+    if pe.did == super::HOST_DID {
+        // The host domain: IOVA = host physical address, through the platform's host map.
+        return walk_host_map(mem, pe.sept_root, levels.root_level(), iova, write).map_err(|f| f.with_fpd(fpd));
+    }
+    if iova >> (levels.gpaw() - 1) != 0 {
+        return Err(DmaFault::at(FaultReason::SharedGpa, pw[0]).with_fpd(fpd));
     }
     walk_sept(mem, pe.sept_root, levels.root_level(), iova, write, pe.did).map_err(|f| f.with_fpd(fpd))
 }
 
 const R: u64 = 1;
 const W: u64 = 1 << 1;
+const PS: u64 = 1 << 7;
+/// Address bits of a second-stage entry below 2^48.
+const SL_ADDR: u64 = 0x0000_FFFF_FFFF_F000;
+
+/// The second-stage walk over the host map: a plain VT-d second-stage table (R, W, PS for 2 MiB
+/// and 1 GiB leaves), as the unit walks it; the TSM's S-EPT states do not apply.
+fn walk_host_map<M: PhysMem>(
+    mem: &M,
+    root: Pfn,
+    root_level: u8,
+    iova: u64,
+    write: bool,
+) -> Result<Translation, DmaFault> {
+    let need = if write { W } else { R };
+    let mut table = root;
+    let mut level = root_level;
+    loop {
+        let raw = mem.read_u64(table, ((iova >> (12 + 9 * u32::from(level))) & 511) as usize);
+        if raw & (R | W) == 0 {
+            return Err(DmaFault::sept(FaultReason::HostMapNotPresent, raw, level));
+        }
+        if raw & need == 0 {
+            return Err(DmaFault::sept(FaultReason::SeptPermission, raw, level));
+        }
+        let leaf = level == 0 || (raw & PS != 0 && level <= 2);
+        if raw & PS != 0 && !leaf {
+            return Err(DmaFault::sept(FaultReason::SeptReserved, raw, level));
+        }
+        let next = Pfn::new((raw & SL_ADDR) >> 12).ok_or(DmaFault::sept(FaultReason::SeptReserved, raw, level))?;
+        if leaf {
+            let page_size = match PageSize::from_level(level) {
+                Some(s) => s,
+                None => return Err(DmaFault::sept(FaultReason::SeptReserved, raw, level)),
+            };
+            let hpa = (raw & SL_ADDR & !(page_size.bytes() - 1)) | (iova & (page_size.bytes() - 1));
+            let hpa = HostPhysAddr::new(hpa).ok_or(DmaFault::sept(FaultReason::SeptReserved, raw, level))?;
+            return Ok(Translation { hpa, page_size, domain: super::HOST_DID });
+        }
+        if !mem.contains(next) {
+            return Err(DmaFault::sept(FaultReason::SeptAccess, raw, level));
+        }
+        table = next;
+        level -= 1;
+    }
+}
 
 /// The second-stage walk over the S-EPT (EPT format, which VT-d second-stage tables share):
 /// per entry, present (R or W), then the permission the request needs, then the exact encoding

@@ -27,6 +27,7 @@ use attest::evidence::{self, Evidence};
 use attest::host::{hex, policy, provision};
 use attest::image;
 use attest::report::Report;
+use attest::tdvf;
 
 use args::Args;
 
@@ -49,8 +50,10 @@ commands:
       dump a report, a bundle and/or an SNP export
   policy init --report R [--evidence E] [--out FILE]
       write a reference policy (TOML) from a known-good report and bundle, for review
-  measure IMAGE [--flat GPA] [--json]
-      recompute the MRTD of a TD built from a guest image, as the TSM measures it
+  measure IMAGE [--flat GPA | --tdvf] [--json]
+      recompute the MRTD of a TD built from a guest image, as the TSM measures it: a seamless
+      image, a flat binary loaded at GPA, or an OVMF image with TDVF metadata (detected by its
+      GUIDed table, or forced with --tdvf), loaded as a TDX VMM loads it
   help
       this text
 
@@ -117,27 +120,59 @@ fn cmd_provision(mut a: Args) -> Result<Outcome, Unusable> {
 
 fn cmd_measure(mut a: Args) -> Result<Outcome, Unusable> {
     let flat = a.value("--flat")?;
+    let force_tdvf = a.flag("--tdvf");
     let json = a.flag("--json");
     let path = a.positional("IMAGE")?;
     a.finish()?;
+    if flat.is_some() && force_tdvf {
+        return Err("--flat and --tdvf are two different layouts: give one".into());
+    }
     let bytes = read(&path, "image")?;
-    let (mrtd, pages) = match flat {
+    // A seamless image starts with its magic; an OVMF image ends with its GUIDed table.
+    let is_tdvf = force_tdvf || (flat.is_none() && !bytes.starts_with(&image::MAGIC) && tdvf::looks_like_ovmf(&bytes));
+    let (mrtd, pages, measured, format) = match flat {
         Some(gpa) => {
             let base = parse_u64(&gpa).map_err(|e| format!("--flat: {e}"))?;
             let m = image::flat_mrtd(base, &bytes).map_err(|e| format!("image {path}: {e}"))?;
-            (m, bytes.len().div_ceil(attest::mrtd::PAGE_BYTES) as u64)
+            let pages = bytes.len().div_ceil(attest::mrtd::PAGE_BYTES) as u64;
+            (m, pages, pages, "flat")
+        }
+        None if is_tdvf => {
+            let t = tdvf::Tdvf::parse(&bytes).map_err(|e| format!("TDVF image {path}: {e}"))?;
+            let (pages, measured) = t.page_counts();
+            if !json {
+                eprintln!("TDVF descriptor at file offset {:#x}; sections in load order:", t.descriptor_offset());
+                for s in t.sections() {
+                    eprintln!(
+                        "  {:<8} GPA {:#010x} size {:#08x}  file {:#08x}+{:#08x}  {}",
+                        s.ty.name(),
+                        s.gpa,
+                        s.size,
+                        s.data_offset,
+                        s.raw_size,
+                        if s.measured() { "PAGE.ADD + MR.EXTEND" } else { "PAGE.ADD" }
+                    );
+                }
+            }
+            (t.mrtd(), pages, measured, "tdvf")
         }
         None => {
             let img = image::Image::parse(&bytes).map_err(|e| format!("image {path}: {e}"))?;
-            (img.mrtd(), img.regions().map(|r| u64::from(r.pages)).sum())
+            let pages = img.regions().map(|r| u64::from(r.pages)).sum();
+            let measured = img.regions().filter(|r| r.measured).map(|r| u64::from(r.pages)).sum();
+            (img.mrtd(), pages, measured, "seamless")
         }
     };
     if json {
-        let v = serde_json::json!({ "image": path, "pages": pages, "mrtd": hex::encode(&mrtd) });
+        let v = serde_json::json!({
+            "image": path, "format": format, "pages": pages, "measured_pages": measured, "mrtd": hex::encode(&mrtd)
+        });
         outln!("{v:#}");
     } else {
         outln!("{}", hex::encode(&mrtd));
-        eprintln!("MRTD of {path}: {pages} pages, measured as the TSM measures TDH.MEM.PAGE.ADD and TDH.MR.EXTEND");
+        eprintln!(
+            "MRTD of {path} ({format} layout): {pages} pages added, {measured} measured, as the TSM measures TDH.MEM.PAGE.ADD and TDH.MR.EXTEND"
+        );
     }
     Ok(Outcome::Done)
 }
