@@ -137,8 +137,13 @@ pub struct DeviceEntry {
     pub key_schedule: [u8; 2],
     /// ALGORITHMS.MeasurementSpecificationSel (0x01 = DMTF).
     pub measurement_spec: u8,
+    /// How the measurements were taken: [`MEASURED_IN_SESSION`] if GET_MEASUREMENTS ran inside
+    /// the SPDM secured session (after KEY_EXCHANGE / FINISH), clear if it ran before it in the
+    /// clear. The transcript is the same bytes either way, so only the TSM can say; other bits
+    /// are zero.
+    pub measurement_flags: u8,
     /// Reserved, zero.
-    pub reserved: [u8; 5],
+    pub reserved: [u8; 4],
     /// SHA-384 of the SPDM certificate chain ([`crate::evidence::RecordType::CertChain`]).
     pub cert_chain_sha384: [u8; DIGEST_BYTES],
     /// SHA-384 of the measurement transcript: VCA and the signed GET_MEASUREMENTS exchange
@@ -200,7 +205,8 @@ const _: () = assert!(offset_of!(DeviceEntry, dhe) == 20);
 const _: () = assert!(offset_of!(DeviceEntry, aead) == 22);
 const _: () = assert!(offset_of!(DeviceEntry, key_schedule) == 24);
 const _: () = assert!(offset_of!(DeviceEntry, measurement_spec) == 26);
-const _: () = assert!(offset_of!(DeviceEntry, reserved) == 27);
+const _: () = assert!(offset_of!(DeviceEntry, measurement_flags) == 27);
+const _: () = assert!(offset_of!(DeviceEntry, reserved) == 28);
 const _: () = assert!(offset_of!(DeviceEntry, cert_chain_sha384) == 32);
 const _: () = assert!(offset_of!(DeviceEntry, measurements_transcript_sha384) == 80);
 const _: () = assert!(offset_of!(DeviceEntry, interface_report_sha384) == 128);
@@ -293,6 +299,8 @@ pub enum Field {
     TsmReserved,
     /// `DeviceEntry::reserved` of the entry.
     DeviceReserved(u8),
+    /// Bits of `DeviceEntry::measurement_flags` other than [`MEASURED_IN_SESSION`].
+    DeviceMeasurementFlags(u8),
     /// A whole device entry past the device count.
     UnusedDevice(u8),
 }
@@ -303,6 +311,7 @@ impl fmt::Display for Field {
             Field::HeaderReserved => f.write_str("header.reserved"),
             Field::TsmReserved => f.write_str("tsm.reserved"),
             Field::DeviceReserved(i) => write!(f, "device{i}.reserved"),
+            Field::DeviceMeasurementFlags(i) => write!(f, "device{i}.measurement_flags"),
             Field::UnusedDevice(i) => write!(f, "device{i} (unused entry)"),
         }
     }
@@ -463,7 +472,20 @@ pub struct SpdmAlgorithms {
     pub measurement_spec: u8,
 }
 
+/// `DeviceEntry::measurement_flags`: the measurements were taken inside the secured session.
+pub const MEASURED_IN_SESSION: u8 = 0x01;
+
 impl DeviceEntry {
+    /// True if the device's measurements were taken inside the SPDM secured session.
+    pub fn measured_in_session(&self) -> bool {
+        self.measurement_flags & MEASURED_IN_SESSION != 0
+    }
+
+    /// Records where the measurements were taken.
+    pub fn set_measured_in_session(&mut self, in_session: bool) {
+        self.measurement_flags = if in_session { MEASURED_IN_SESSION } else { 0 };
+    }
+
     /// An all-zero (unused) entry.
     pub fn zeroed() -> DeviceEntry {
         DeviceEntry::new_zeroed()
@@ -598,6 +620,9 @@ impl Report {
             }
             if !all_zero(&d.reserved) {
                 return Err(FormatError::NonZeroReserved(Field::DeviceReserved(device)));
+            }
+            if d.measurement_flags & !MEASURED_IN_SESSION != 0 {
+                return Err(FormatError::NonZeroReserved(Field::DeviceMeasurementFlags(device)));
             }
         }
         Ok(())
@@ -769,7 +794,7 @@ pub(crate) mod tests {
             assert_eq!(Report::parse(&v[..len]), Err(FormatError::WrongLength { expected: 1200, found: len }));
         }
         type Case = (fn(&mut [u8; REPORT_BYTES]), FormatError);
-        let cases: [Case; 12] = [
+        let cases: [Case; 13] = [
             (|b| b[0] = b'X', FormatError::BadMagic(*b"XEAMRPT\0")),
             (|b| b[8] = 2, FormatError::UnsupportedVersion(2)),
             (|b| b[9] = 1, FormatError::UnsupportedVersion(0x101)),
@@ -782,6 +807,7 @@ pub(crate) mod tests {
             (|b| b[400 + 3] = 0, FormatError::InvalidFunctionId { device: 0, function_id: 0x100 }),
             (|b| b[400 + 4] = 4, FormatError::UnknownTdiState { device: 0, state: 4 }),
             (|b| b[400 + 176 + 31] = 9, FormatError::NonZeroReserved(Field::DeviceReserved(1))),
+            (|b| b[400 + 176 + 27] = 2, FormatError::NonZeroReserved(Field::DeviceMeasurementFlags(1))),
         ];
         for (i, (mutate, err)) in cases.into_iter().enumerate() {
             assert_eq!(Report::parse(&with(mutate)), Err(err), "case {i}");
@@ -795,6 +821,8 @@ pub(crate) mod tests {
             Report::parse(&with(|b| b[400 + 3] = 3)),
             Err(FormatError::InvalidFunctionId { device: 0, function_id: 0x0300_0100 })
         );
+        // Bit 0 of the measurement flags is the one defined bit.
+        assert!(Report::parse(&with(|b| b[400 + 27] = 1)).is_ok_and(|r| r.devices()[0].measured_in_session()));
         // Lowering the count turns an entry in use into a non-zero unused one.
         assert_eq!(Report::parse(&with(|b| b[14] = 1)), Err(FormatError::NonZeroReserved(Field::UnusedDevice(1))));
     }

@@ -353,7 +353,7 @@ fn le64(b: &[u8], at: usize) -> Option<u64> {
 /// [`TdvfError::NoTableFooter`], [`TdvfError::BadTableLength`], [`TdvfError::BadTableEntry`].
 pub fn table_entry<'a>(bytes: &'a [u8], want: &[u8; 16]) -> Result<Option<&'a [u8]>, TdvfError> {
     let footer = bytes.len().checked_sub(FOOTER_FROM_END).ok_or(TdvfError::NoTableFooter)?;
-    if bytes.get(footer..footer + 16) != Some(&want_footer()[..]) {
+    if bytes.get(footer..footer + 16) != Some(&TABLE_FOOTER_GUID[..]) {
         return Err(TdvfError::NoTableFooter);
     }
     let len_at = footer.checked_sub(2).ok_or(TdvfError::NoTableFooter)?;
@@ -376,10 +376,6 @@ pub fn table_entry<'a>(bytes: &'a [u8], want: &[u8; 16]) -> Result<Option<&'a [u
         left -= len;
     }
     Ok(None)
-}
-
-const fn want_footer() -> [u8; 16] {
-    TABLE_FOOTER_GUID
 }
 
 /// A checked TDVF image: its sections in table order, borrowing the file.

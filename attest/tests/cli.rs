@@ -9,9 +9,9 @@ use std::process::Command;
 
 use common::*;
 
-/// 6 chain checks; the engine's 14 report checks and 14 for the device; the device side: chain 4,
+/// 6 chain checks; the engine's 14 report checks and 15 for the device; the device side: chain 4,
 /// measurements 2, 3 blocks, interface report format, INTERFACE_INFO, range count, 4 per range.
-const ALL_CHECKS: usize = 6 + 14 + 14 + 4 + 2 + 3 + 3 + 4;
+const ALL_CHECKS: usize = 6 + 14 + 15 + 4 + 2 + 3 + 3 + 4;
 
 #[test]
 fn help_and_unknown_commands() {

@@ -2,7 +2,7 @@
 //! RAM frames the firmware does not use itself), RDRAND, the TSC, the VT-d unit's registers, and
 //! a defmt record per ABI call.
 
-use tsm::addr::{FrameRange, Pfn};
+use tsm::addr::{FrameRange, GuestPhysAddr, Pfn};
 use tsm::iommu::hw::{Capabilities, InvDescriptor};
 use tsm::platform::{
     CallRecord, Clock, DmaRemapping, Entropy, EntropyError, PhysMem, Platform, UnitError, WORDS_PER_PAGE,
@@ -38,6 +38,8 @@ pub struct FirmwarePlatform {
     /// A frame the host map could not follow (the nested-table pool ran out): the firmware
     /// stops the host world rather than run it on a stale map.
     pub host_map_broken: bool,
+    /// The TD worlds (derived nested tables and vCPU contexts), once SVM is on.
+    pub td: Option<crate::world::td::TdWorlds>,
 }
 
 impl FirmwarePlatform {
@@ -55,7 +57,13 @@ impl FirmwarePlatform {
             entropy_failures: 0,
             host_npt: None,
             host_map_broken: false,
+            td: None,
         }
+    }
+
+    /// The physical memory the platform reaches.
+    pub fn frames(&self) -> Frames {
+        self.frames
     }
 
     fn unit(&mut self) -> Result<&mut Vtd, UnitError> {
@@ -116,6 +124,11 @@ impl PhysMem for FirmwarePlatform {
     }
 
     fn ownership_changed(&mut self, pfn: Pfn, host_owned: bool) {
+        if host_owned {
+            if let Some(td) = self.td.as_mut() {
+                td.forget(pfn);
+            }
+        }
         let Some(npt) = self.host_npt.as_mut() else { return };
         let at = Self::base(pfn);
         // RAM comes back write-back; anything else (BAR frames a TDI imported) uncached.
@@ -215,6 +228,12 @@ impl Platform for FirmwarePlatform {
 
     fn call_log_enabled(&self) -> bool {
         self.log_calls
+    }
+
+    fn sept_changed(&mut self, tdr: Pfn, range: Option<(GuestPhysAddr, u64)>) {
+        if let Some(td) = self.td.as_mut() {
+            td.sept_changed(tdr, range.map(|(gpa, bytes)| (gpa.raw(), bytes)));
+        }
     }
 
     fn log_call(&mut self, r: &CallRecord) {

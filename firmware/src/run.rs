@@ -45,6 +45,7 @@ macro_rules! say {
 mod assign;
 mod attack;
 mod host_nvme;
+mod td_world;
 mod worlds;
 
 /// The guest's accepted work pages (`tsm_client::guest::DEMO_LAYOUT`, which the guest image
@@ -304,6 +305,9 @@ fn host_world(
         r.seamcall_ns
     );
     let expected = 2 * targets.len() as u64;
+    if r.tdcall_ud != 1 {
+        fail("host world", &format_args!("TDCALL from the host world: {} #UD, want 1", r.tdcall_ud));
+    }
     if r.faults != expected || r.handled != expected || r.log_entries != expected || before != after {
         fail(
             "host world isolation",
@@ -316,6 +320,7 @@ fn host_world(
             ),
         );
     }
+    say!("world: host world executed TDCALL: #UD, the guest ABI is not the host's");
     say!(
         "world: host world read and wrote TSM memory {tsm_target:#x}, the PAMT {:#x}, VT-d {:#x}: {} refused (nested page fault -> #MC, handled), bytes unchanged; the host read {} entries back from the fault log",
         layout.pamt.0,
@@ -327,6 +332,17 @@ fn host_world(
     figure("seamcall_roundtrip_ns", &r.seamcall_ns, "ns");
     let ratio = (r.seamcall_ns * 100).checked_div(r.floor_ns).unwrap_or(0);
     figure("seamcall_vs_floor", &format_args!("{}.{:02}", ratio / 100, ratio % 100), "x");
+    let td = td_world::run(tsm, host, *tsc).unwrap_or_else(|e| fail("probe TD", &e));
+    say!(
+        "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; {} #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page); a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page; SEAMCALL in the TD #UD; no secret register reached the host; the host's memory exited as an EPT violation; {} VP.ENTERs, {} world switches",
+        td.ves,
+        td.entries,
+        td.switches
+    );
+    figure("tdcall_roundtrip_ns", &td.tdcall_ns, "ns");
+    let ratio = (td.tdcall_ns * 100).checked_div(r.floor_ns).unwrap_or(0);
+    figure("tdcall_vs_floor", &format_args!("{}.{:02}", ratio / 100, ratio % 100), "x");
+    figure("world_switches", &(r.exits + td.switches), "exits");
     world
 }
 

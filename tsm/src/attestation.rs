@@ -135,6 +135,7 @@ impl<P: Platform> Tsm<P> {
             d.spdm_version = e.negotiated.version;
             d.set_lock_flags(tdi.lock_flags);
             d.set_algorithms(&NEGOTIATED_SUITE);
+            d.set_measured_in_session(e.measurements_in_session);
             d.cert_chain_sha384 = e.chain_digest;
             d.measurements_transcript_sha384 = e.measurements_digest;
             d.interface_report_sha384 = tdi.report_digest;

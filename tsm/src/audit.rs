@@ -21,6 +21,11 @@
 //! - **RUN is live** ([`Tsm::audit_running`]): a TDI in RUN has a connected PDEV with a live
 //!   session and live keys on its IDE stream; a TDI that is neither CONFIG_LOCKED nor RUN has no
 //!   DMA entry that passes DMA;
+//! - **one exchange per device, owned by a live object** ([`Tsm::audit_exchanges`]): a PDEV's
+//!   outstanding exchange (at most one, by construction) belongs to the PDEV in a state where
+//!   its flow can run (CONNECT while NEW, the others while CONNECTED), to one of its streams
+//!   that can still be keyed or stopped, or to a TDI of this PDEV, over a live session; no flow
+//!   outlives the object or the session it runs in (an ABORT, a failure or a teardown ends it);
 //! - **the report lists every TDI** and **the evidence hashes to what it signs**
 //!   ([`Tsm::audit_reports`]): each built TD's native report lists every TDI bound to it (or
 //!   cannot be produced at all), each entry carries the TDI's state and digests, and the evidence
@@ -38,11 +43,11 @@ use sha2::{Digest, Sha384};
 use crate::addr::{FrameRange, PageSize, Pfn};
 use crate::iommu::DmarState;
 use crate::pamt::PageType;
-use crate::pdev::PdevState;
+use crate::pdev::{Flow, IdeStream, Owner, Pdev, PdevState, StreamState};
 use crate::platform::Platform;
 use crate::sept::{SeptEntry, SeptState};
 use crate::td::{Lifecycle, Td, MAX_TDS};
-use crate::tdi::{TdiState, MAX_TDIS};
+use crate::tdi::{Tdi, TdiState, MAX_TDIS};
 use crate::tdisp::MAX_RANGES;
 use crate::Tsm;
 
@@ -225,6 +230,16 @@ pub enum Violation {
         /// What disagrees.
         part: EvidencePart,
     },
+    /// A PDEV's outstanding exchange belongs to no live object, or to one whose state cannot
+    /// run it (an exchange left behind by ABORT, a failure or a teardown).
+    ExchangeOrphaned {
+        /// The PDEV.
+        pdev: Pfn,
+        /// What the exchange was, as the PDEV summary names it.
+        pending: crate::pdev::Pending,
+        /// The PDEV's state.
+        state: PdevState,
+    },
     /// The report binds a TDI's evidence that the TSM cannot hand out.
     EvidenceMissing {
         /// The TDI.
@@ -252,13 +267,13 @@ pub struct BoundInterface {
 impl<P: Platform> Tsm<P> {
     /// Every TDI, in slot order, as the audit sees it (tests compare it with the device).
     pub fn bound_interfaces(&self) -> impl Iterator<Item = BoundInterface> + '_ {
-        self.tdis.iter().flatten().map(|t| BoundInterface {
+        self.tdis.iter().enumerate().filter_map(|(i, t)| t.as_ref().map(|t| (i, t))).map(|(i, t)| BoundInterface {
             page: t.page,
             tdr: t.tdr,
             function: t.function,
             pasid: t.pasid,
             state: t.state,
-            flow: t.flow.is_some(),
+            flow: self.tdi_exchanging(t, i),
         })
     }
 
@@ -278,6 +293,7 @@ impl<P: Platform> Tsm<P> {
         self.audit_imports()?;
         self.audit_interfaces()?;
         self.audit_running()?;
+        self.audit_exchanges()?;
         self.audit_reports()
     }
 
@@ -516,8 +532,7 @@ impl<P: Platform> Tsm<P> {
             }
             let pdev = self.pdevs.get(tdi.pdev).and_then(Option::as_ref);
             // A KEY_UPDATE in progress holds the session; it is still live.
-            let live = pdev
-                .is_some_and(|p| p.state == PdevState::Connected && (p.session.is_some() || p.key_update.is_some()));
+            let live = pdev.is_some_and(|p| p.state == PdevState::Connected && p.live_session());
             if !live {
                 return Err(Violation::RunWithoutSession { tdi: tdi.page });
             }
@@ -529,6 +544,21 @@ impl<P: Platform> Tsm<P> {
             });
             if !keys {
                 return Err(Violation::RunWithoutKeys { tdi: tdi.page });
+            }
+        }
+        Ok(())
+    }
+
+    /// A PDEV's one outstanding exchange is owned by a live object that can still run it.
+    pub fn audit_exchanges(&self) -> Result<(), Violation> {
+        for (p, pdev) in self.pdevs.iter().enumerate() {
+            let Some(pdev) = pdev else { continue };
+            if !exchange_live(p, pdev, &self.tdis) {
+                return Err(Violation::ExchangeOrphaned {
+                    pdev: pdev.page,
+                    pending: pdev.pending(),
+                    state: pdev.state,
+                });
             }
         }
         Ok(())
@@ -575,5 +605,96 @@ impl<P: Platform> Tsm<P> {
             }
         }
         Ok(())
+    }
+}
+
+/// True if PDEV `p` has no exchange, or one its owner can still run: CONNECT while NEW (its
+/// measurements inside the session it just established), the
+/// PDEV's other flows while CONNECTED (KEY_UPDATE holding the session, the others beside it),
+/// IDE_KM for a stream of the PDEV that is not BLOCKED or ERROR, TDISP for a TDI of this PDEV.
+fn exchange_live(p: usize, pdev: &Pdev, tdis: &[Option<Tdi>]) -> bool {
+    let Some(x) = pdev.exchange.as_ref() else { return true };
+    let session = pdev.state == PdevState::Connected && pdev.session.is_some();
+    match (x.owner(), x.flow()) {
+        (Owner::Pdev, Flow::Connect) => pdev.state == PdevState::New,
+        (Owner::Pdev, Flow::Measure(m)) if m.connecting => pdev.state == PdevState::New && pdev.session.is_some(),
+        (Owner::Pdev, Flow::EndSession(_) | Flow::Heartbeat(_) | Flow::Measure(_)) => session,
+        (Owner::Pdev, Flow::KeyUpdate(_)) => pdev.state == PdevState::Connected && pdev.session.is_none(),
+        (Owner::Stream(s), Flow::IdeKm(_)) => {
+            let keyable =
+                |st: &IdeStream| matches!(st.state, StreamState::Created | StreamState::Stopped | StreamState::Secure);
+            session && pdev.streams.get(s).and_then(Option::as_ref).is_some_and(keyable)
+        }
+        (Owner::Tdi(t), Flow::Tdisp(_)) => {
+            session && tdis.get(t).and_then(Option::as_ref).is_some_and(|tdi| tdi.pdev == p)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pdev::km::KeyMaterial;
+    use crate::pdev::{Exchange, KmFlow, KmOp};
+    use crate::spdm::connect::{Connect, ConnectRandom};
+    use crate::tdi::{TdiFlow, TdiOp};
+    use crate::tdisp::InterfaceId;
+
+    fn pdev(state: PdevState, exchange: Option<Exchange>) -> Pdev {
+        let random = ConnectRandom {
+            challenge_nonce: [0; 32],
+            measurement_nonce: [0; 32],
+            context: [0; 8],
+            ephemeral: [0; 48],
+            random: [0; 32],
+        };
+        Pdev {
+            page: Pfn::new(0x100).unwrap_or(Pfn::ZERO),
+            function: 0x100,
+            state,
+            conn: Connect::new(random),
+            session: None,
+            evidence: None,
+            exchange,
+            streams: core::array::from_fn(|_| None),
+            tdis: 0,
+            fault: None,
+            measured: None,
+        }
+    }
+
+    #[test]
+    fn a_pdev_without_an_exchange_is_sound() {
+        assert!(exchange_live(0, &pdev(PdevState::Error, None), &[]));
+    }
+
+    #[test]
+    fn connect_runs_only_while_new() {
+        assert!(exchange_live(0, &pdev(PdevState::New, Some(Exchange::connect())), &[]));
+        assert!(!exchange_live(0, &pdev(PdevState::Error, Some(Exchange::connect())), &[]));
+    }
+
+    #[test]
+    fn a_session_flow_left_behind_on_a_failed_pdev_is_orphaned() {
+        // What ABORT during RECOLLECT used to leave: a PDEV in ERROR, its session gone, and the
+        // exchange still allocated.
+        let p = pdev(PdevState::Error, Some(Exchange::end_session(0x12)));
+        assert!(!exchange_live(0, &p, &[]));
+        let p = pdev(PdevState::Connected, Some(Exchange::end_session(0x12)));
+        assert!(!exchange_live(0, &p, &[]), "connected but no session to run it in");
+    }
+
+    #[test]
+    fn an_exchange_of_a_stream_or_tdi_that_is_gone_is_orphaned() {
+        let material = KeyMaterial { keys: [[0; 32]; 6], ifvs: [[0; 8]; 6] };
+        let km = KmFlow::new(KmOp::Setup, 0x12, 1, 0, false, material);
+        assert!(!exchange_live(0, &pdev(PdevState::Connected, Some(Exchange::ide_km(0, km))), &[]));
+        let flow = TdiFlow::new(TdiOp::Stop, 0x12, InterfaceId(0x100), [0; 32]);
+        assert!(!exchange_live(
+            0,
+            &pdev(PdevState::Connected, Some(Exchange::tdisp(3, flow))),
+            &[None, None, None, None]
+        ));
     }
 }

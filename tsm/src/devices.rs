@@ -81,7 +81,7 @@ pub struct TdiEvidence<'a> {
 fn summary(p: &Pdev) -> PdevSummary {
     PdevSummary {
         state: p.state,
-        pending: p.pending,
+        pending: p.pending(),
         session: p.session.clone(),
         evidence: p.evidence,
         streams: core::array::from_fn(|i| p.streams[i].as_ref().map(|s| (s.state, s.key_set_1))),
@@ -116,7 +116,8 @@ impl<P: Platform> Tsm<P> {
 
     /// The summary of the TDI whose page is `page`.
     pub fn tdi_summary(&self, page: Pfn) -> Option<TdiSummary> {
-        let t = self.tdis.iter().flatten().find(|t| t.page == page)?;
+        let (i, t) =
+            self.tdis.iter().enumerate().find_map(|(i, t)| t.as_ref().filter(|t| t.page == page).map(|t| (i, t)))?;
         Some(TdiSummary {
             state: t.state,
             generation: t.generation,
@@ -126,7 +127,7 @@ impl<P: Platform> Tsm<P> {
             ranges: t.ranges,
             range_count: t.range_count,
             dmar: self.tdi_dmar(t),
-            flow: t.flow.is_some(),
+            flow: self.tdi_exchanging(t, i),
             fault: t.fault,
         })
     }

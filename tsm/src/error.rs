@@ -107,6 +107,8 @@ pub enum TsmError {
     TdSlotsExhausted,
     /// A guest call from a vCPU not in guest mode.
     VcpuNotInGuest,
+    /// VEINFO.GET with no #VE delivered since the last read.
+    NoValidVeInfo,
     /// TSM metadata is inconsistent.
     Corrupt,
     /// The PDEV's state forbids the call.
@@ -314,6 +316,7 @@ impl TsmError {
             InvalidReportMac => Status::INVALID_REPORTMACSTRUCT.with_operand(Operand::Rcx),
             TdSlotsExhausted => Status::TD_SLOTS_EXHAUSTED,
             VcpuNotInGuest => Status::VCPU_NOT_IN_GUEST.with_operand(Operand::Tdvpr),
+            NoValidVeInfo => Status::NO_VALID_VE_INFO,
             Corrupt => Status::METADATA_CORRUPT,
             PdevState => Status::PDEV_STATE_INCORRECT.with_operand(Operand::Pdev),
             TdiState => Status::TDI_STATE_INCORRECT.with_operand(Operand::Tdi),

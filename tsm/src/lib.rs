@@ -30,6 +30,7 @@ pub mod status;
 pub mod td;
 pub mod tdi;
 pub mod tdisp;
+pub mod vcpu;
 
 mod state;
 

@@ -1,7 +1,7 @@
 //! The seams between the TSM and the machine. `firmware` implements them for QEMU; the test
 //! harness implements them over a memory arena. The TSM reaches hardware only through these.
 
-use crate::addr::{FrameRange, Pfn};
+use crate::addr::{FrameRange, GuestPhysAddr, Pfn};
 
 /// Number of 64-bit words in a 4 KiB frame.
 pub const WORDS_PER_PAGE: usize = 512;
@@ -168,4 +168,12 @@ pub trait Platform: PhysMem + Entropy + Clock + DmaRemapping + 'static {
 
     /// Called once per ABI call, after the handler ran (the firmware logs it with defmt).
     fn log_call(&mut self, _record: &CallRecord) {}
+
+    /// Called when the S-EPT of the TD whose TDR is `tdr` stops granting, or changes the size
+    /// of, the translations of `range` (first GPA, bytes): BLOCK, REMOVE, DEMOTE, PROMOTE,
+    /// MMIO.BLOCK and the blocks of a revoked TDI; and at TRACK with `None`, every translation
+    /// of the TD. A platform that runs the TD behind a table derived from the S-EPT (the
+    /// firmware's nested tables) drops those entries here, before the TD runs again, so the TD
+    /// never touches memory the S-EPT forbids at that moment. The default does nothing.
+    fn sept_changed(&mut self, _tdr: Pfn, _range: Option<(GuestPhysAddr, u64)>) {}
 }

@@ -70,6 +70,8 @@ statuses! {
     LIFECYCLE_STATE_INCORRECT = 0xC000_0607_0000_0000;
     /// The number of TDCS pages is wrong for the call.
     TDCX_NUM_INCORRECT = 0xC000_0610_0000_0000;
+    /// TDG.VP.VEINFO.GET: no #VE was delivered since the last read (TDX_NO_VALID_VE_INFO).
+    NO_VALID_VE_INFO = 0xC000_0704_0000_0000;
     /// The TD already has its maximum number of vCPUs.
     MAX_VCPUS_EXCEEDED = 0xC000_0705_0000_0000;
     /// A vCPU of the TD is still in guest mode; kick it and retry.

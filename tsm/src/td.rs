@@ -112,6 +112,29 @@ pub struct Vcpu {
     pub tdvpr: Pfn,
     /// `Some(epoch)` while in guest mode, with the epoch it entered in.
     pub in_guest: Option<u64>,
+    /// The #VE delivered to the vCPU and not yet read by TDG.VP.VEINFO.GET (TDX's VE_INFO with
+    /// its VALID word set).
+    pub ve: Option<VeInfo>,
+    /// TDH.VP.ENTERs so far: 1 on the first, when the vCPU starts from TDX's initial state.
+    pub entries: u64,
+}
+
+/// What TDG.VP.VEINFO.GET returns about the last #VE (TDX module spec, "#VE Information").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VeInfo {
+    /// The VMX basic exit reason the #VE stands for (10 CPUID, 12 HLT, 30 I/O, 31/32 RDMSR/
+    /// WRMSR, 48 EPT violation).
+    pub exit_reason: u32,
+    /// Exit qualification (for I/O: size, direction and port as VMX encodes them).
+    pub qualification: u64,
+    /// Guest linear address (EPT violations; 0 when unknown).
+    pub gla: u64,
+    /// Guest physical address (EPT violations).
+    pub gpa: u64,
+    /// Length of the instruction that caused the #VE (the guest adds it to RIP to skip it).
+    pub instruction_length: u32,
+    /// VMX instruction information.
+    pub instruction_info: u32,
 }
 
 /// The TD parameters of TDH.MNG.INIT, decoded from the host's TD_PARAMS page.
@@ -240,6 +263,9 @@ pub struct Td {
     pub tlb: Tracker,
     /// Frames owned by the TD, other than its TDR.
     pub owned_frames: u64,
+    /// The root of the host's table for the shared half (SEAMLESS.SHARED.EPT.SET): host
+    /// memory, walked by the platform that runs the TD, never trusted for anything private.
+    pub shared_root: Option<Pfn>,
 }
 
 impl Td {
@@ -255,6 +281,7 @@ impl Td {
             mrtd: MrtdBuilder::new(),
             tlb: Tracker::default(),
             owned_frames: 0,
+            shared_root: None,
         }
     }
 

@@ -112,6 +112,8 @@ struct DeviceSection {
     vendor_root: Option<String>,
     algorithms: Algorithms,
     #[serde(default)]
+    measurements_in_session: bool,
+    #[serde(default)]
     measurement: Vec<MeasurementSection>,
     interface_report: Option<InterfaceSection>,
 }
@@ -352,6 +354,7 @@ fn engine_policy(file: &PolicyFile) -> Result<Policy, String> {
                 key_schedule: alg(&a.key_schedule, "key_schedule", u64::from(u16::MAX))? as u16,
                 measurement_spec: alg(&a.measurement_spec, "measurement_spec", u64::from(u8::MAX))? as u8,
             },
+            measurements_in_session: d.measurements_in_session,
         });
     }
     Ok(policy)
@@ -405,6 +408,8 @@ pub fn reference_policy(report: &Report, evidence: Option<&Evidence<'_>>, source
         line("# Names: NO_FW_UPDATE, SYSTEM_CACHE_LINE_SIZE, LOCK_MSIX, BIND_P2P, ALL_REQUEST_REDIRECT.".into());
         line(format!("required_lock_flags = {}", flag_names(d.lock_flags())));
         line(format!("min_spdm_version = \"{}.{}\"", d.spdm_version >> 4, d.spdm_version & 0xf));
+        line("# The device was measured inside the SPDM session (after KEY_EXCHANGE), not in the clear.".into());
+        line(format!("measurements_in_session = {}", d.measured_in_session()));
         let reference = evidence.map(|e| super::device::reference_from(e, i));
         if let Some(root) = reference.as_ref().and_then(|r| r.vendor_root_sha384) {
             line("# SHA-384 of the device vendor root certificate (DER); or vendor_root = \"file.pem\".".into());

@@ -75,12 +75,15 @@ pub enum DeviceCheck {
     SpdmVersion,
     /// The negotiated algorithm is one the policy allows.
     Algorithm(Algorithm),
+    /// The measurements were taken inside the SPDM secured session, if the policy requires it
+    /// (reported either way).
+    MeasurementsInSession,
     /// The bundle's blob hashes to the report's digest.
     Binding(Blob),
 }
 
 /// Every device check, in output order.
-pub const DEVICE_CHECKS: [DeviceCheck; 14] = [
+pub const DEVICE_CHECKS: [DeviceCheck; 15] = [
     DeviceCheck::FunctionId,
     DeviceCheck::State,
     DeviceCheck::LockFlags,
@@ -92,6 +95,7 @@ pub const DEVICE_CHECKS: [DeviceCheck; 14] = [
     DeviceCheck::Algorithm(Algorithm::Aead),
     DeviceCheck::Algorithm(Algorithm::KeySchedule),
     DeviceCheck::Algorithm(Algorithm::MeasurementSpec),
+    DeviceCheck::MeasurementsInSession,
     DeviceCheck::Binding(Blob::CertChain),
     DeviceCheck::Binding(Blob::Measurements),
     DeviceCheck::Binding(Blob::InterfaceReport),
@@ -169,6 +173,7 @@ impl fmt::Display for CheckId {
                     DeviceCheck::LockFlags => f.write_str("lock_flags"),
                     DeviceCheck::SpdmVersion => f.write_str("spdm_version"),
                     DeviceCheck::Algorithm(a) => write!(f, "algorithms.{}", a.name()),
+                    DeviceCheck::MeasurementsInSession => f.write_str("measurements_in_session"),
                     DeviceCheck::Binding(b) => write!(f, "binding.{}", b.name()),
                 }
             }

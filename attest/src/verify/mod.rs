@@ -415,6 +415,20 @@ fn device(
         );
     }
 
+    let check = id(DeviceCheck::MeasurementsInSession);
+    let at = Value::Text(if entry.measured_in_session() { "inside the session" } else { "in the clear" });
+    match policy {
+        Some(p) if p.measurements_in_session => v.compare(
+            check,
+            entry.measured_in_session(),
+            Value::Text("inside the session"),
+            at,
+            "measured in the clear, before KEY_EXCHANGE",
+        ),
+        Some(_) => v.push(check, Status::Skipped, Value::None, at, "policy does not require the session"),
+        None => v.push(check, Status::Fail, Value::None, at, NO_POLICY),
+    }
+
     for blob in BLOBS {
         let check = id(DeviceCheck::Binding(blob));
         let digest = match blob {

@@ -50,6 +50,9 @@ pub struct DevicePolicy {
     pub min_spdm_version: u8,
     /// Allowed algorithms.
     pub algorithms: AllowedAlgorithms,
+    /// The measurements must have been taken inside the SPDM secured session; `false` only
+    /// reports where they were taken (`deviceN.measurements_in_session` skipped).
+    pub measurements_in_session: bool,
 }
 
 /// What the verifier requires of a report (the policy file's `[tsm]`, `[td]` and `[[device]]` keys).

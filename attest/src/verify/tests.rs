@@ -27,12 +27,17 @@ fn good_device_policy(d: &DeviceEntry) -> DevicePolicy {
             key_schedule: 0x01,
             measurement_spec: 0x01,
         },
+        measurements_in_session: true,
     }
 }
 
 /// A signed report, its bundle, and a policy everything passes.
 fn fixture() -> (Report, Vec<u8>, Policy) {
     let (mut r, b) = bound_pair();
+    let n = r.devices().len();
+    for d in &mut r.devices[..n] {
+        d.set_measured_in_session(true);
+    }
     sign(&mut r, &key()).unwrap();
     let mut p = Policy::new(r.td.mr_td, MaskedValue { mask: 0x1000_0001, value: 0x1000_0000 });
     p.min_tsm_svn = Some(7);
@@ -97,7 +102,7 @@ fn skipped_checks_say_why() {
     p.mr_seam = None;
     p.rtmr = [None; 4];
     p.xfam = None;
-    p.devices[0] = Some(DevicePolicy { function_id: None, ..p.devices[0].unwrap() });
+    p.devices[0] = Some(DevicePolicy { function_id: None, measurements_in_session: false, ..p.devices[0].unwrap() });
     let v = run(&r, Some(&b), &p, None);
     assert!(v.verified());
     let skipped: Vec<String> =
@@ -113,8 +118,14 @@ fn skipped_checks_say_why() {
             "td.rtmr2",
             "td.rtmr3",
             "td.xfam",
-            "device0.function_id"
+            "device0.function_id",
+            "device0.measurements_in_session"
         ]
+    );
+    let at = v.get(CheckId::Device(0, DeviceCheck::MeasurementsInSession)).unwrap();
+    assert_eq!(
+        (at.actual.to_string(), at.reason),
+        ("inside the session".into(), "policy does not require the session")
     );
     assert_eq!(v.get(CheckId::ReportNonce).unwrap().reason, "no nonce given: freshness not checked");
 }
@@ -169,6 +180,9 @@ fn each_policy_mismatch_fails_under_its_own_id() {
         p.devices[0] = Some(DevicePolicy { required_lock_flags: 0x5, ..p.devices[0].unwrap() })
     });
     expect_only_failure("device1.lock_flags", "bits 0x1 set", "0x4", |r, _| r.devices[1].set_lock_flags(0x4));
+    expect_only_failure("device1.measurements_in_session", "inside the session", "in the clear", |r, _| {
+        r.devices[1].set_measured_in_session(false)
+    });
     expect_only_failure("device0.spdm_version", "1.3", "1.2", |_, p| {
         p.devices[0] = Some(DevicePolicy { min_spdm_version: 0x13, ..p.devices[0].unwrap() })
     });
@@ -210,7 +224,7 @@ fn a_device_without_policy_fails_its_policy_checks_but_not_the_others() {
     p.devices[2] = p.devices[0];
     let v = run(&r, Some(&b), &p, Some(&NONCE));
     let failed: Vec<String> = v.failures().map(|c| c.id.to_string()).collect();
-    assert_eq!(failed.len(), 1 + 2 + 7);
+    assert_eq!(failed.len(), 1 + 2 + 7 + 1);
     assert!(failed.iter().all(|id| id.starts_with("device1.")));
     assert!(v.failures().all(|c| c.reason == "no policy for this device entry"));
     assert_eq!(v.get(CheckId::Device(1, DeviceCheck::State)).unwrap().status, Status::Pass);

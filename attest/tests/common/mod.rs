@@ -194,6 +194,8 @@ pub fn entry_for(e: &RealEvidence) -> DeviceEntry {
         key_schedule: 0x01,
         measurement_spec: 0x01,
     });
+    // Measured inside the session, as the TSM's SPDM.CONNECT does.
+    d.set_measured_in_session(true);
     d.cert_chain_sha384 = sha384(&e.chain);
     d.measurements_transcript_sha384 = transcript_digest(&e.vca, &e.measurements);
     d.interface_report_sha384 = sha384(&e.interface_report);

@@ -264,7 +264,7 @@ pub struct BuiltTdvf {
     pub vcpu: u64,
     /// The memory map the TD HOB describes.
     pub map: MemoryMap,
-    /// Pages added with TDH.MEM.PAGE.ADD, and of those measured.
+    /// Pages added with TDH.MEM.PAGE.ADD.
     pub added: u64,
     /// Pages measured with TDH.MR.EXTEND.
     pub measured: u64,

@@ -5,12 +5,13 @@
  * map becomes #MC in the host world, whose handler resumes at the fixup in R14 and counts in R15.
  *
  * In: RDI = parameter page: [0] iterations, [8..] target addresses, zero-terminated.
- * Then it drains the TSM's host fault log with SEAMLESS.HOST.FAULT.RD.
+ * Then it executes TDCALL once (the TSM reflects #UD; the #UD handler counts it at [RDI + 0x808]
+ * and skips the 4 bytes) and drains the TSM's host fault log with SEAMLESS.HOST.FAULT.RD.
  * VMMCALL RAX: 0 nothing, 1/2/3 phase marks (floor, seamcall, attacks), 4 done (R15 = #MCs
  * taken, RBP = fault-log entries read). */
         .section .rodata.host_probe, "a"
         .balign 16
-        .globl host_probe_start, host_probe_end, host_probe_mc
+        .globl host_probe_start, host_probe_end, host_probe_mc, host_probe_ud
 host_probe_start:
         xor r15d, r15d
         mov rbp, [rdi + 8]               /* rounds; 0: only the accesses */
@@ -53,7 +54,8 @@ host_probe_start:
         mov rax, [rdx - 1]
 13:     mov [rsi + 0x800], rax
         jmp 6b
-7:      xor ebp, ebp                     /* read the fault log back: RBP = entries */
+7:      .byte 0x66, 0x0f, 0x01, 0xcc     /* TDCALL from the host: #UD, counted at [RDI + 0x808] */
+        xor ebp, ebp                     /* read the fault log back: RBP = entries */
 8:      mov eax, 0x8001                  /* SEAMLESS.HOST.FAULT.RD */
         .byte 0x66, 0x0f, 0x01, 0xcf
         test r9, r9
@@ -67,5 +69,9 @@ host_probe_start:
 host_probe_mc:
         mov [rsp], r14
         inc r15
+        iretq
+host_probe_ud:
+        inc qword ptr [rdi + 0x808]
+        add qword ptr [rsp], 4
         iretq
 host_probe_end:

@@ -301,6 +301,8 @@ pub unsafe fn run(vmcb: &mut Vmcb, gprs: &mut Gprs) {
         asm!(
             "push rbx",
             "push rbp",
+            "mov rax, cr0",
+            "push rax",                   // the TSM's CR0, written again right after the exit
             "push rdi",                   // &mut Gprs, found again after the exit
             "push rsi",                   // the host VMSAVE page
             "clgi",
@@ -323,6 +325,14 @@ pub unsafe fn run(vmcb: &mut Vmcb, gprs: &mut Gprs) {
             "mov r15, [rdi + 0x68]",
             "mov rdi, [rdi + 0x20]",
             "vmrun rax",
+            // QEMU's #VMEXIT loads the host's CR0 before its CR4: from a guest with paging off,
+            // EFER.LME set and CR4.PAE clear (TDX's initial state, or anything a guest sets), the
+            // CR0 load is dropped and the TSM would run on with paging off. Writing CR0 again,
+            // now that CR4 is the TSM's, repairs it; on hardware it is the value already there.
+            "push rax",
+            "mov rax, [rsp + 24]",
+            "mov cr0, rax",
+            "pop rax",
             "vmsave rax",                 // the world's segment state back into its VMCB
             "push rdi",                   // guest RDI
             "mov rdi, [rsp + 16]",        // &mut Gprs
@@ -345,6 +355,7 @@ pub unsafe fn run(vmcb: &mut Vmcb, gprs: &mut Gprs) {
             "vmload rax",
             "stgi",
             "pop rdi",
+            "pop rbp",                    // the saved CR0
             "pop rbp",
             "pop rbx",
             in("rdi") gprs as *mut Gprs,
@@ -383,8 +394,31 @@ pub fn take_npt_pool() -> Option<&'static mut [PageTable; NPT_TABLES]> {
     Some(unsafe { &mut *NPT_POOL.0.get() })
 }
 
-/// VMCBs for the worlds: the host world and, later, one per entered TD vCPU.
-pub const VMCBS: usize = 4;
+/// VMCBs for the worlds: the host world and one per TD vCPU slot (`world::td::VCPU_SLOTS`).
+pub const VMCBS: usize = 6;
+
+/// Nested-table frames of each TD's derived table (`world::td`): a cache of the S-EPT, reset
+/// when it runs out, so the size bounds only how much a TD touches between two resets.
+pub const TD_NPT_TABLES: usize = 48;
+/// TDs whose derived tables the TSM keeps at once.
+pub const TD_NPT_SLOTS: usize = 2;
+
+struct TdNptPool(UnsafeCell<[[PageTable; TD_NPT_TABLES]; TD_NPT_SLOTS]>);
+// SAFETY: handed out once (`TD_NPT_TAKEN`), on the one CPU.
+unsafe impl Sync for TdNptPool {}
+static TD_NPT_POOL: TdNptPool =
+    TdNptPool(UnsafeCell::new([const { [const { PageTable([0; 512]) }; TD_NPT_TABLES] }; TD_NPT_SLOTS]));
+static TD_NPT_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// The TDs' nested-table frames, once; `None` after the first call.
+pub fn take_td_npt_pool() -> Option<&'static mut [[PageTable; TD_NPT_TABLES]; TD_NPT_SLOTS]> {
+    if TD_NPT_TAKEN.swap(true, Ordering::SeqCst) {
+        return None;
+    }
+    // SAFETY: the flag makes this the only reference ever created to the pool; the image is
+    // identity-mapped, so the tables' addresses are their physical addresses.
+    Some(unsafe { &mut *TD_NPT_POOL.0.get() })
+}
 
 struct VmcbPool(UnsafeCell<[Vmcb; VMCBS]>);
 // SAFETY: each VMCB is handed out once (`VMCB_NEXT`), on the one CPU.
@@ -408,11 +442,12 @@ unsafe extern "C" {
     static host_probe_start: u8;
     static host_probe_end: u8;
     static host_probe_mc: u8;
+    static host_probe_ud: u8;
 }
 
-/// The host world's probe program (`host_probe.S`): its bytes, and the offset of its #MC
-/// handler. The TSM copies it into a host page; it never runs in host mode.
-pub fn host_probe() -> (&'static [u8], usize) {
+/// The host world's probe program (`host_probe.S`): its bytes, and the offsets of its #MC and
+/// #UD handlers. The TSM copies it into a host page; it never runs in host mode.
+pub fn host_probe() -> (&'static [u8], usize, usize) {
     let start = &raw const host_probe_start;
     // SAFETY: the two labels bracket the probe's bytes in .rodata, which nothing writes.
     let len = unsafe { (&raw const host_probe_end).offset_from(start) } as usize;
@@ -420,7 +455,42 @@ pub fn host_probe() -> (&'static [u8], usize) {
     let bytes = unsafe { core::slice::from_raw_parts(start, len) };
     // SAFETY: both labels are in the same section.
     let mc = unsafe { (&raw const host_probe_mc).offset_from(start) } as usize;
-    (bytes, mc)
+    // SAFETY: both labels are in the same section.
+    let ud = unsafe { (&raw const host_probe_ud).offset_from(start) } as usize;
+    (bytes, mc, ud)
+}
+
+core::arch::global_asm!(include_str!("td_probe.S"));
+
+unsafe extern "C" {
+    static td_probe_start: u8;
+    static td_probe_end: u8;
+}
+
+/// The probe TD (`td_probe.S`): 8 KiB the host PAGE.ADDs at GPA 0xFFFFE000, so that its last 16
+/// bytes hold the reset vector. The TSM never runs it in host mode.
+pub fn td_probe() -> &'static [u8] {
+    let start = &raw const td_probe_start;
+    // SAFETY: the two labels bracket the probe's bytes in .rodata, which nothing writes.
+    let len = unsafe { (&raw const td_probe_end).offset_from(start) } as usize;
+    // SAFETY: as above: `len` bytes of read-only data from `start`.
+    unsafe { core::slice::from_raw_parts(start, len) }
+}
+
+struct Iopm(UnsafeCell<[u8; 12288]>);
+// SAFETY: written once by `iopm_intercept_all` before any TD runs; then only the CPU reads it.
+unsafe impl Sync for Iopm {}
+#[repr(C, align(4096))]
+struct AlignedIopm(Iopm);
+static IOPM: AlignedIopm = AlignedIopm(Iopm(UnsafeCell::new([0; 12288])));
+
+/// The I/O permission map that intercepts every port (APM vol. 2 §15.10.1), in the TSM's
+/// memory: a TD touches no port; each access becomes a #VE.
+pub fn iopm_intercept_all() -> u64 {
+    let map = IOPM.0 .0.get();
+    // SAFETY: one CPU; no world runs while the map is filled (every caller builds a world).
+    unsafe { (*map).fill(0xFF) };
+    map as u64
 }
 
 struct Msrpm(UnsafeCell<[u8; 8192]>);

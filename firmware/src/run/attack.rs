@@ -25,6 +25,7 @@ use tsm_client::GuestError;
 
 use super::{fail, spdm_connect, td_params, Nvme, BAR_GPA, LOCK_FLAGS, WORK_GPA, WORK_PAGES};
 use crate::arch::{self, ExitCode};
+use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
 use crate::guest::{Guest, GuestLayout, GuestMemory, TdVcpu};
 use crate::host::{DoeLink, Host, HostCpu};
@@ -525,17 +526,23 @@ pub fn run(
     let pages = |e: tsm_client::HostError| -> ! { fail("pages", &e) };
 
     let work = (WORK_GPA, WORK_PAGES);
-    let td = td::build(&mut cpu, image, &td_params(), work).unwrap_or_else(|e| fail("TD build", &e));
-    let other = td::build(&mut cpu, image, &td_params(), work).unwrap_or_else(|e| fail("second TD build", &e));
+    let mut com1 = |b: &[u8]| Uart::com1().write_bytes(b);
+    let td = td::build(&mut cpu, image, &td_params(), work, &mut com1).unwrap_or_else(|e| fail("TD build", &e));
+    let other =
+        td::build(&mut cpu, image, &td_params(), work, &mut com1).unwrap_or_else(|e| fail("second TD build", &e));
+    if (td.ran, other.ran) != (td::Ran::Halted, td::Ran::Halted) {
+        fail("TD build", &"the guest image did not run in the TD world");
+    }
+    // Both guests accepted their pages in their TD worlds and halted; the stand-in plays the
+    // TDs' part in the cases below.
+    cpu.worlds = false;
+    for v in [td.vcpu, other.vcpu] {
+        td::enter(&mut cpu, v).unwrap_or_else(|e| fail("VP.ENTER", &e));
+    }
     let shared = scratch(&mut cpu).unwrap_or_else(|e| pages(e));
     let layout = GuestLayout { work: WORK_GPA, work_pages: WORK_PAGES, bar_gpa: BAR_GPA };
     let mem = GuestMemory::new(td.td.tdr, frames, Some((&regs, bar0.base, bar0.size)));
-    let other_mem = GuestMemory::new(other.td.tdr, frames, None);
     let guest = Guest::new(function, layout);
-    guest.accept_memory(&mut TdVcpu::new(cpu.tsm, td.vcpu, &mem, shared)).unwrap_or_else(|e| fail("guest: accept", &e));
-    guest
-        .accept_memory(&mut TdVcpu::new(cpu.tsm, other.vcpu, &other_mem, shared))
-        .unwrap_or_else(|e| fail("other guest: accept", &e));
     device::iommu_setup(&mut cpu).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
     let mut a = spdm_connect(&mut cpu, &mut doe, bdf);
     device::ide_setup(&mut cpu, &mut doe, &mut a, &mut stats).unwrap_or_else(|e| fail("IDE setup", &e));

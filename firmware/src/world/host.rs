@@ -60,6 +60,9 @@ pub struct ProbeReport {
     pub seamcalls: u64,
     /// What the probe's read of each target returned (0 for a read that faulted).
     pub reads: [u64; MAX_TARGETS],
+    /// #UDs the probe's handler counted for its one TDCALL (1: the host cannot call the guest
+    /// ABI).
+    pub tdcall_ud: u64,
 }
 
 /// The host world and the host pages its image and tables use.
@@ -116,9 +119,10 @@ impl HostWorld {
         npt.map(VTD_REGS + PAGE, 4 << 30, MemType::Uncached).map_err(oom)?;
         let root = npt.root();
         tsm.platform_mut().host_npt = Some(npt);
+        tsm.platform_mut().td = Some(super::td::TdWorlds::new()?);
 
         let mut take = || page().ok_or(WorldError::OutOfHostPages);
-        let (code, mc_offset) = svm::host_probe();
+        let (code, mc_offset, ud_offset) = svm::host_probe();
         let code_page = take()?;
         let stack = take()?;
         let pml4 = take()?;
@@ -135,10 +139,13 @@ impl HostWorld {
         frames.write_u64(tables, 0);
         frames.write_u64(tables + 8, 0x00AF_9A00_0000_FFFF);
         frames.write_u64(tables + 16, 0x00CF_9200_0000_FFFF);
-        let handler = code_page + mc_offset as u64;
-        let gate = tables + 0x100 + u64::from(VECTOR_MC) * 16;
-        frames.write_u64(gate, (handler & 0xFFFF) | (0x08 << 16) | (0x8E00 << 32) | ((handler >> 16) & 0xFFFF) << 48);
-        frames.write_u64(gate + 8, handler >> 32);
+        for (vector, offset) in [(VECTOR_MC, mc_offset), (VECTOR_UD, ud_offset)] {
+            let handler = code_page + offset as u64;
+            let gate = tables + 0x100 + u64::from(vector) * 16;
+            frames
+                .write_u64(gate, (handler & 0xFFFF) | (0x08 << 16) | (0x8E00 << 32) | ((handler >> 16) & 0xFFFF) << 48);
+            frames.write_u64(gate + 8, handler >> 32);
+        }
 
         let mut world = World::new()?;
         let v = world.vmcb();
@@ -212,6 +219,7 @@ impl HostWorld {
             self.frames.write_u64(self.params + 16 + i as u64 * 8, t);
         }
         self.frames.write_u64(self.params + 16 + targets.len().min(MAX_TARGETS) as u64 * 8, 0);
+        self.frames.write_u64(self.params + 0x808, 0);
         let mut report = ProbeReport { iterations, rounds, ..ProbeReport::default() };
         let (mut mark, mut floor, mut seamcall) = (0u64, u64::MAX, u64::MAX);
         let first = self.world.exits;
@@ -291,6 +299,7 @@ impl HostWorld {
         for (i, r) in report.reads.iter_mut().enumerate().take(targets.len().min(MAX_TARGETS)) {
             *r = self.frames.read_u64(self.params + 0x810 + i as u64 * 8);
         }
+        report.tdcall_ud = self.frames.read_u64(self.params + 0x808);
         if rounds > 0 {
             report.floor_ns = tsc.ticks_to_ns(floor) / iterations;
             report.seamcall_ns = tsc.ticks_to_ns(seamcall) / iterations;

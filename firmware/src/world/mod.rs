@@ -7,6 +7,7 @@
 
 pub mod host;
 pub mod npt;
+pub mod td;
 
 use crate::arch::svm::{self, exit, vmcb, Gprs, Vmcb};
 
@@ -179,6 +180,11 @@ impl World {
     /// Sets guest RAX.
     pub fn set_rax(&mut self, value: u64) {
         self.vmcb.write_u64(vmcb::RAX, value);
+    }
+
+    /// The 8 bytes at `offset` of the VMCB (a save-area field).
+    pub fn read(&self, offset: usize) -> u64 {
+        self.vmcb.read_u64(offset)
     }
 
     /// Guest CR3.

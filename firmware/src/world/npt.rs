@@ -3,7 +3,7 @@
 //! fixed pool in the TSM's own memory. 2 MiB leaves where a whole region belongs to the world,
 //! 4 KiB leaves where ownership changes inside one (a page donated to a TD, the image's edges).
 
-use crate::arch::svm::{PageTable, NPT_TABLES};
+use crate::arch::svm::PageTable;
 
 const PRESENT: u64 = 1 << 0;
 const WRITE: u64 = 1 << 1;
@@ -43,7 +43,7 @@ pub struct OutOfTables;
 /// One nested page table and the frames it may use.
 #[derive(Debug)]
 pub struct Npt {
-    tables: &'static mut [PageTable; NPT_TABLES],
+    tables: &'static mut [PageTable],
     used: usize,
     /// Set when a translation was removed: the next VMRUN of a world on this table must flush
     /// the TLB (TCG flushes on every VMRUN anyway; hardware does not).
@@ -52,7 +52,7 @@ pub struct Npt {
 
 impl Npt {
     /// An empty table (nothing mapped) over `tables`.
-    pub fn new(tables: &'static mut [PageTable; NPT_TABLES]) -> Npt {
+    pub fn new(tables: &'static mut [PageTable]) -> Npt {
         for t in tables.iter_mut() {
             t.0 = [0; 512];
         }
@@ -81,7 +81,7 @@ impl Npt {
     }
 
     fn alloc(&mut self) -> Result<usize, OutOfTables> {
-        if self.used == NPT_TABLES {
+        if self.used == self.tables.len() {
             return Err(OutOfTables);
         }
         self.used += 1;
@@ -158,6 +158,77 @@ impl Npt {
             }
         }
         Ok(())
+    }
+
+    /// Maps one leaf: GPA `gpa` to host frame `hpa`, 4 KiB or (`large`) 2 MiB, both aligned to
+    /// the size (a TD's table, derived from its S-EPT: not an identity map).
+    ///
+    /// # Errors
+    /// [`OutOfTables`]: the pool is exhausted.
+    pub fn map_leaf(&mut self, gpa: u64, hpa: u64, large: bool, ty: MemType) -> Result<(), OutOfTables> {
+        // Four levels: any GPA below 2^48, the shared half of a GPAW-48 TD included.
+        if gpa >= 1 << 48 {
+            return Err(OutOfTables);
+        }
+        let pd = self.pd(gpa)?;
+        let slot = ((gpa >> 21) & 511) as usize;
+        if large {
+            self.tables[pd].0[slot] = (hpa & ADDR) | PRESENT | WRITE | USER | LARGE | ty.bits();
+            return Ok(());
+        }
+        let pt = self.child(pd, slot)?;
+        self.tables[pt].0[((gpa >> 12) & 511) as usize] = (hpa & ADDR) | PRESENT | WRITE | USER | ty.bits();
+        Ok(())
+    }
+
+    /// Drops every leaf that maps any of `[start, end)`: a 2 MiB leaf goes whole, never split
+    /// (the table is a cache; the next fault fills again what is still granted). Needs no frame.
+    pub fn zap(&mut self, start: u64, end: u64) {
+        self.flush = true;
+        let mut at = start & !(PAGE - 1);
+        while at < end.min(LIMIT) {
+            let next = (at | (TWO_MIB - 1)) + 1;
+            let Some(pd) = self.existing(at) else {
+                at = next;
+                continue;
+            };
+            let slot = ((at >> 21) & 511) as usize;
+            let e = self.tables[pd].0[slot];
+            if e & PRESENT != 0 && e & LARGE != 0 {
+                self.tables[pd].0[slot] = 0;
+                at = next;
+                continue;
+            }
+            if let Some(pt) = (e & PRESENT != 0).then(|| self.index_of(e & ADDR)).flatten() {
+                while at < next.min(end) {
+                    self.tables[pt].0[((at >> 12) & 511) as usize] = 0;
+                    at += PAGE;
+                }
+            }
+            at = next;
+        }
+    }
+
+    /// Drops everything: the empty table again, every frame back in the pool.
+    pub fn reset(&mut self) {
+        for t in self.tables[..self.used].iter_mut() {
+            t.0 = [0; 512];
+        }
+        self.used = 1;
+        self.flush = true;
+    }
+
+    /// The page directory for `gpa` if the walk to it exists.
+    fn existing(&self, gpa: u64) -> Option<usize> {
+        let mut t = 0;
+        for shift in [39u32, 30] {
+            let e = self.tables[t].0[((gpa >> shift) & 511) as usize];
+            if e & PRESENT == 0 || e & LARGE != 0 {
+                return None;
+            }
+            t = self.index_of(e & ADDR)?;
+        }
+        Some(t)
     }
 
     /// True if the world may write the 4K page holding `gpa` (the map is an identity map, so the

@@ -58,6 +58,8 @@ pub enum Reply {
     KeyUpdateAck,
     /// END_SESSION_ACK (secured).
     EndSessionAck,
+    /// HEARTBEAT_ACK (secured).
+    HeartbeatAck,
     /// The TDISP response to the request of this type (0x81 GET_VERSION … 0x87 STOP_INTERFACE).
     Tdisp(u8),
     /// Every IDE_KM response.
@@ -65,7 +67,7 @@ pub enum Reply {
 }
 
 /// Command-line names of the replies.
-pub const REPLY_NAMES: [(&str, Reply); 19] = [
+pub const REPLY_NAMES: [(&str, Reply); 20] = [
     ("version", Reply::Version),
     ("capabilities", Reply::Capabilities),
     ("algorithms", Reply::Algorithms),
@@ -77,6 +79,7 @@ pub const REPLY_NAMES: [(&str, Reply); 19] = [
     ("finish-rsp", Reply::FinishRsp),
     ("key-update-ack", Reply::KeyUpdateAck),
     ("end-session-ack", Reply::EndSessionAck),
+    ("heartbeat-ack", Reply::HeartbeatAck),
     ("tdisp-version", Reply::Tdisp(0x81)),
     ("tdisp-capabilities", Reply::Tdisp(0x82)),
     ("tdisp-lock", Reply::Tdisp(0x83)),
@@ -102,6 +105,7 @@ impl Reply {
             code::FINISH_RSP => Reply::FinishRsp,
             code::KEY_UPDATE_ACK => Reply::KeyUpdateAck,
             code::END_SESSION_ACK => Reply::EndSessionAck,
+            code::HEARTBEAT_ACK => Reply::HeartbeatAck,
             0x7E => match *msg.get(11)? {
                 crate::tdisp::PROTOCOL_ID => Reply::Tdisp(*msg.get(13)? | 0x80),
                 crate::idekm::PROTOCOL_ID => Reply::IdeKm,

@@ -52,7 +52,7 @@ fault switches, for tests (repeat --fault for several):
                         where REPLY is one of
                           version capabilities algorithms digests certificate
                           challenge-auth measurements key-exchange-rsp finish-rsp
-                          key-update-ack end-session-ack idekm tdisp-version
+                          key-update-ack end-session-ack heartbeat-ack idekm tdisp-version
                           tdisp-capabilities tdisp-lock tdisp-report tdisp-state
                           tdisp-start tdisp-stop
                         bad-signature signs the right transcript and flips one bit;

@@ -179,7 +179,9 @@ pub struct Boot {
     pub guest: Option<PathBuf>,
     /// Guest RAM, MiB (default 256).
     pub memory_mib: Option<u32>,
-    /// `-cpu` model (default `max`, which has RDRAND).
+    /// `-cpu` model (default `max,phys-bits=48`: `max` has RDRAND and SVM; TCG's default of 40
+    /// physical address bits would make GPA bit 47, the shared bit of a GPAW-48 TD, a reserved
+    /// bit of the TD's own page tables).
     pub cpu: Option<String>,
     /// Set from another thread to kill QEMU (SIGKILL) mid-run; the outcome's status is then -1.
     pub kill: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
@@ -248,7 +250,7 @@ impl Boot {
         let mut cmd = Command::new(&qemu.0);
         cmd.args(["-M", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot"])
             .arg("-cpu")
-            .arg(self.cpu.as_deref().unwrap_or("max"))
+            .arg(self.cpu.as_deref().unwrap_or("max,phys-bits=48"))
             .arg("-m")
             .arg(format!("{}M", self.memory_mib.unwrap_or(256)))
             .arg("-kernel")

@@ -76,6 +76,9 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
         "dma: the NVMe function left the host domain (entry zeroed, invalidation confirmed)",
         // The guest reads its own device's fault records through its leaf.
         "guest: SEAMLESS.TDG.IOMMU.FAULT.RD shows its device's ",
+        // The differential test: QEMU's unit and tsm::iommu::translate on the same states,
+        // the last after TDH.DMAR.BLOCK.
+        "differential: QEMU's unit and tsm::iommu::translate agree on all 6 cases",
         "artifact report.bin: 1200 bytes on COM3",
         "artifact report-snp.bin: 1184 bytes on COM3",
         "seamless firmware: assign done",

@@ -87,8 +87,10 @@ fn a_secured_answer_corrupted_in_flight_is_not_authentic_and_the_host_aborts() {
 fn a_plain_answer_corrupted_in_flight_fails_its_signature() {
     let qemu = qemu_or_skip!();
     let mut c = assign_device(false);
-    c.faults.corrupt = Some(Reply::Measurements);
-    let (o, device) = run(&qemu, "fault_corrupt_measurements", "assign", c, 1000);
+    // CHALLENGE_AUTH: the last signed answer in the clear (MEASUREMENTS travel sealed inside the
+    // session since SPDM.CONNECT measures there; corrupted, they no longer open at all).
+    c.faults.corrupt = Some(Reply::ChallengeAuth);
+    let (o, device) = run(&qemu, "fault_corrupt_challenge_auth", "assign", c, 1000);
     assert_failed_and_cleaned(&o, "SPDM.CONNECT: TDH.SPDM.CONNECT returned DEVICE_ERROR");
     assert_eq!(device.session_count(), 0);
 }

@@ -33,6 +33,11 @@ fn host_world_access_to_tsm_pamt_and_vtd_faults_and_changes_nothing() {
         "{}",
         o.console
     );
+    assert!(
+        o.console.contains("world: host world executed TDCALL: #UD, the guest ABI is not the host's"),
+        "{}",
+        o.console
+    );
     // The host carried on after the faults: it reached the end of its program.
     assert!(o.console.contains("seamless firmware: boot done"), "{}", o.console);
     let floor = o.figure("svm_vmexit_floor_ns").expect("svm_vmexit_floor_ns");
@@ -66,4 +71,33 @@ fn mrseam_the_firmware_measures_is_the_one_recomputed_from_the_file() {
     assert_eq!(measured.len(), 96, "{line}");
     assert_ne!(measured, "0".repeat(96), "MRSEAM is measured, not zero");
     assert_eq!(measured, seamless_e2e::mrseam(), "firmware mrseam FILE recomputes it");
+}
+
+/// The probe TD (`firmware/src/arch/td_probe.S`) in its TD world: entered at the reset vector in
+/// TDX's initial state, CPUID as a TDX module presents it, #VE with exact VE info for CPUID, HLT,
+/// I/O, MSR and a PENDING page (a GPA never accepted), TDCALL by #UD, a page blocked and tracked
+/// while the TD uses it (its next touch exits to the host), the shared half through the host's
+/// table (SEAMLESS.SHARED.EPT.SET), whose entry naming a TD private page is refused, SEAMCALL
+/// from the TD (#UD), secrets
+/// in every register before VMCALL (none reaches the host), and the host's memory (an EPT
+/// violation, never its bytes). The firmware checks each and stops with status 35 on the
+/// first that fails; the figures travel as COM3 frames.
+#[test]
+fn the_probe_td_runs_in_its_td_world_and_every_td_attack_is_refused() {
+    let qemu = qemu_or_skip!();
+    let o = Boot { config: Some("mode=boot\n".into()), ..Boot::default() }.run(&qemu, "td_world");
+    o.expect_status(33);
+    for what in [
+        "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; 5 #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page)",
+        "a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page",
+        "SEAMCALL in the TD #UD; no secret register reached the host; the host's memory exited as an EPT violation",
+    ] {
+        assert!(o.console.contains(what), "{what}:\n{}", o.console);
+    }
+    let tdcall = o.figure("tdcall_roundtrip_ns").expect("tdcall_roundtrip_ns");
+    let floor = o.figure("svm_vmexit_floor_ns").expect("svm_vmexit_floor_ns");
+    let ratio = o.figure("tdcall_vs_floor").expect("tdcall_vs_floor");
+    let switches = o.figure("world_switches").expect("world_switches");
+    assert!(tdcall > 0.0 && floor > 0.0 && ratio > 0.0, "TDCALL {tdcall} ns, floor {floor} ns, ratio {ratio}");
+    assert!(switches > 0.0, "world switches {switches}");
 }

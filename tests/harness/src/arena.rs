@@ -7,7 +7,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use tsm::addr::{FrameRange, HostPhysAddr, Pfn, PAGE_SIZE_4K};
+use tsm::addr::{FrameRange, GuestPhysAddr, HostPhysAddr, Pfn, PAGE_SIZE_4K};
 use zerocopy::IntoBytes;
 
 use tsm::iommu::hw::{Capabilities, InvDescriptor};
@@ -347,6 +347,9 @@ pub struct HostPlatform {
     pub host_denied: std::collections::BTreeSet<Pfn>,
     /// The remapping unit the TSM programs (QEMU's capabilities by default).
     pub unit: ModelUnit,
+    /// Every `Platform::sept_changed` call, in order: what a TD world's derived table would
+    /// have dropped.
+    pub sept_changes: Vec<(Pfn, Option<(GuestPhysAddr, u64)>)>,
     /// The host map (`DmaRemapping::host_map`), once [`HostPlatform::enable_host_map`] built
     /// it; then `ownership_changed` keeps it, and records each frame that left it in
     /// [`HostPlatform::host_map_invalidations`] (the page invalidation the firmware queues).
@@ -372,6 +375,7 @@ impl HostPlatform {
             counts: CallCounts::default(),
             host_denied: std::collections::BTreeSet::new(),
             unit: ModelUnit::default(),
+            sept_changes: Vec::new(),
             host_map: None,
             host_map_invalidations: Vec::new(),
         }
@@ -564,6 +568,10 @@ impl Platform for HostPlatform {
     #[inline]
     fn call_log_enabled(&self) -> bool {
         self.log_enabled
+    }
+
+    fn sept_changed(&mut self, tdr: Pfn, range: Option<(GuestPhysAddr, u64)>) {
+        self.sept_changes.push((tdr, range));
     }
 
     fn log_call(&mut self, record: &CallRecord) {

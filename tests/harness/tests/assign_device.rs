@@ -309,3 +309,156 @@ fn a_failed_recollection_keeps_the_old_evidence() {
     assert_eq!(s.evidence.unwrap(), first);
     assert_eq!(s.pending, Pending::None);
 }
+
+#[test]
+fn an_abort_during_recollect_ends_the_exchange_and_keeps_the_evidence() {
+    let (mut m, td) = machine();
+    let mut dev = device("");
+    let a = bound(&mut m, &td, &mut dev);
+    let first = m.tsm.pdev_summary(pfn(a.pdev)).unwrap().evidence.unwrap();
+    let r = m.host(h::SPDM_MNG, a.pdev, a.msg, 0, mng::RECOLLECT);
+    assert_eq!(r.status(), Status::DEVICE_REQUEST, "GET_MEASUREMENTS out, no answer yet");
+    assert_eq!(m.tsm.pdev_summary(pfn(a.pdev)).unwrap().pending, Pending::Measure);
+    ok(m.host(h::SPDM_MNG, a.pdev, 0, 0, mng::ABORT), "ABORT");
+    let s = m.tsm.pdev_summary(pfn(a.pdev)).unwrap();
+    assert_eq!((s.state, s.pending, s.fault), (PdevState::Error, Pending::None, Some(DeviceFault::Aborted)));
+    assert_eq!(s.evidence.unwrap(), first, "the abandoned re-collection is no evidence");
+    // Nothing of the exchange is left behind for the audit to find.
+    seamless_harness::audit::assert_invariants(&m.tsm, &"ABORT during RECOLLECT");
+    let again = m.host(h::SPDM_MNG, a.pdev, 0, 0, mng::ABORT);
+    assert_eq!(again.status(), Status::NO_REQUEST_OUTSTANDING.with_operand(Operand::R8));
+}
+
+/// DOE object type of a request the TSM wrote (PCIe DOE header: vendor 0x0001, type in byte 2).
+fn doe_type(object: &[u8]) -> u8 {
+    object[2]
+}
+
+#[test]
+fn connect_measures_the_device_inside_the_session() {
+    let (mut m, _td) = machine();
+    let mut dev = device("");
+    let pdev = m.page();
+    ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+    let msg = m.scratch();
+    // Drive CONNECT by hand and look at every request on the wire.
+    let (mut r, mut clear, mut secured) = (m.host(h::SPDM_CONNECT, pdev, msg, 0, 0), Vec::new(), 0);
+    while r.status() == Status::DEVICE_REQUEST {
+        let request = m.read(msg, r.r8 as usize);
+        match doe_type(&request) {
+            1 => clear.push(request[9]),
+            2 => secured += 1,
+            _ => {}
+        }
+        let answer = dev.handle(&request).unwrap();
+        m.write(msg, &answer);
+        r = m.host(h::SPDM_CONNECT, pdev, msg, answer.len() as u64, 0);
+    }
+    ok(r, "SPDM.CONNECT");
+    const GET_MEASUREMENTS: u8 = 0xE0;
+    assert!(!clear.contains(&GET_MEASUREMENTS), "no GET_MEASUREMENTS in the clear: {clear:x?}");
+    // FINISH and GET_MEASUREMENTS travel sealed.
+    assert_eq!(secured, 2, "FINISH, then GET_MEASUREMENTS inside the session");
+    let s = m.tsm.pdev_summary(pfn(pdev)).unwrap();
+    assert_eq!((s.state, s.pending), (PdevState::Connected, Pending::None));
+    let e = s.evidence.unwrap();
+    assert!(e.measurements_in_session, "the evidence says where the measurements were taken");
+    // The signed exchange kept is the one the digest binds.
+    seamless_harness::audit::assert_invariants(&m.tsm, &"CONNECT");
+}
+
+#[test]
+fn an_in_session_measurement_answer_that_does_not_open_changes_nothing() {
+    let (mut m, _td) = machine();
+    let mut dev = device("");
+    let pdev = m.page();
+    ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+    let msg = m.scratch();
+    let mut r = m.host(h::SPDM_CONNECT, pdev, msg, 0, 0);
+    let mut sealed = 0;
+    loop {
+        assert_eq!(r.status(), Status::DEVICE_REQUEST, "{r:x?}");
+        let request = m.read(msg, r.r8 as usize);
+        sealed += usize::from(doe_type(&request) == 2);
+        let mut answer = dev.handle(&request).unwrap();
+        if sealed == 2 {
+            // The answer to GET_MEASUREMENTS, tampered with on its way through the host.
+            let last = answer.len() - 1;
+            answer[last] ^= 1;
+            m.write(msg, &answer);
+            let before = format!("{:?}", m.tsm.device_summaries());
+            let bad = m.host(h::SPDM_CONNECT, pdev, msg, answer.len() as u64, 0);
+            assert_eq!(bad.status(), Status::ANSWER_NOT_AUTHENTIC.with_operand(Operand::R8), "{bad:x?}");
+            assert_eq!(before, format!("{:?}", m.tsm.device_summaries()), "nothing changed");
+            assert_eq!(m.tsm.pdev_summary(pfn(pdev)).unwrap().pending, Pending::Connect);
+            answer[last] ^= 1;
+        }
+        m.write(msg, &answer);
+        r = m.host(h::SPDM_CONNECT, pdev, msg, answer.len() as u64, 0);
+        if r.status() != Status::DEVICE_REQUEST {
+            break;
+        }
+    }
+    ok(r, "the real answer completes SPDM.CONNECT");
+    assert!(m.tsm.pdev_summary(pfn(pdev)).unwrap().evidence.unwrap().measurements_in_session);
+}
+
+#[test]
+fn heartbeat_keeps_the_session_the_device_asked_for() {
+    let (mut m, _td) = machine();
+    let mut dev = device("");
+    let a = m.connect(&mut dev);
+    let before = m.tsm.pdev_summary(pfn(a.pdev)).unwrap().session.unwrap();
+    // tdisp-device asks a requester with HBEAT_CAP for a heartbeat every 60 s.
+    assert_eq!(before.heartbeat_period(), 60);
+    ok(m.pump(&mut dev, h::SPDM_MNG, a.pdev, a.msg, mng::HEARTBEAT), "HEARTBEAT");
+    let s = m.tsm.pdev_summary(pfn(a.pdev)).unwrap();
+    assert_eq!((s.state, s.pending, s.fault), (PdevState::Connected, Pending::None, None));
+    let after = s.session.unwrap();
+    assert_eq!(after.request.sequence, before.request.sequence + 1, "one message sealed");
+    assert_eq!(after.response.sequence, before.response.sequence + 1, "one answer opened");
+    seamless_harness::audit::assert_invariants(&m.tsm, &"HEARTBEAT");
+}
+
+#[test]
+fn heartbeat_needs_a_connected_pdev() {
+    let (mut m, _td) = machine();
+    let pdev = m.page();
+    ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+    let msg = m.scratch();
+    let r = m.host(h::SPDM_MNG, pdev, msg, 0, mng::HEARTBEAT);
+    assert_eq!(r.status(), Status::PDEV_STATE_INCORRECT.with_operand(Operand::Pdev), "{r:x?}");
+    assert_eq!(m.tsm.pdev_summary(pfn(pdev)).unwrap().pending, Pending::None);
+}
+
+#[test]
+fn a_wrong_heartbeat_ack_is_the_devices_fault() {
+    let (mut m, td) = machine();
+    let mut dev = device("");
+    let a = bound(&mut m, &td, &mut dev);
+    dev.faults_mut().apply_spec("truncate=heartbeat-ack").unwrap();
+    let r = m.pump(&mut dev, h::SPDM_MNG, a.pdev, a.msg, mng::HEARTBEAT);
+    assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Pdev), "{r:x?}");
+    let s = m.tsm.pdev_summary(pfn(a.pdev)).unwrap();
+    assert_eq!((s.state, s.pending), (PdevState::Error, Pending::None));
+    assert!(
+        matches!(s.fault, Some(DeviceFault::Spdm(SpdmError::UnexpectedResponse { want: 0x68, .. }))),
+        "{:?}",
+        s.fault
+    );
+    assert!(s.session.is_none(), "the session is gone with it");
+    seamless_harness::audit::assert_invariants(&m.tsm, &"a wrong HEARTBEAT_ACK");
+}
+
+#[test]
+fn a_missed_heartbeat_leaves_the_request_outstanding_until_the_host_aborts() {
+    let (mut m, td) = machine();
+    let mut dev = device("drop-response=heartbeat-ack");
+    let a = bound(&mut m, &td, &mut dev);
+    let r = m.pump(&mut dev, h::SPDM_MNG, a.pdev, a.msg, mng::HEARTBEAT);
+    assert_eq!(r.status(), Status::DEVICE_REQUEST, "no answer came");
+    assert_eq!(m.tsm.pdev_summary(pfn(a.pdev)).unwrap().pending, Pending::Heartbeat);
+    ok(m.host(h::SPDM_MNG, a.pdev, 0, 0, mng::ABORT), "ABORT");
+    let s = m.tsm.pdev_summary(pfn(a.pdev)).unwrap();
+    assert_eq!((s.state, s.fault), (PdevState::Error, Some(DeviceFault::Aborted)));
+}

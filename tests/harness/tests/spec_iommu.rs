@@ -289,12 +289,15 @@ fn install_happy_path_writes_vt_d_structures() {
     // PASID directory entry 70 >> 6 = 1.
     assert_eq!(PasidDirEntry::decode(w.read(dir, 1)), Ok(PasidDirEntry::pointing_to(table)));
     assert_eq!(w.read(dir, 0), 0);
-    // PASID entry 70 & 63 = 6: second stage only over the TD's S-EPT root, not present yet.
+    // PASID entry 70 & 63 = 6: not present yet, so word 0 is all zero (the S-EPT root, AW and
+    // PGTT come with P, in one store, at the guest's accept: QEMU's unit walks a PASID entry's
+    // table whatever P says); word 1 already holds the DID, PWSNP and PGSNP.
     let pw: [u64; 8] = core::array::from_fn(|i| w.read(table, 6 * 8 + i));
-    let pe = PasidEntry::decode(&pw).unwrap();
-    assert_eq!(pe, PasidEntry::second_stage(req.sept_root, SeptLevels::Four, DomainId(0x42), false));
-    assert_eq!(pw[0] & 0xFFF, 2 << 6 | 2 << 2, "PGTT second stage only, AW 48-bit, P clear");
-    assert_eq!(pw[0] & format::ADDR_MASK, req.sept_root.addr().raw(), "the TD's own S-EPT root");
+    assert_eq!(pw, PasidEntry::second_stage(req.sept_root, SeptLevels::Four, DomainId(0x42), false).encode());
+    assert_eq!(pw[..2], [0, 0x42 | 1 << 23 | 1 << 24], "nothing a unit could walk before the accept");
+    let present = PasidEntry::second_stage(req.sept_root, SeptLevels::Four, DomainId(0x42), true).word0();
+    assert_eq!(present & 0xFFF, 2 << 6 | 2 << 2 | 1, "at accept: PGTT second stage only, AW 48-bit, P");
+    assert_eq!(present & format::ADDR_MASK, req.sept_root.addr().raw(), "the TD's own S-EPT root");
     for (f, role) in [(ctx, FrameRole::ContextTable), (dir, FrameRole::PasidDirectory), (table, FrameRole::PasidTable)]
     {
         assert_eq!(

@@ -56,6 +56,7 @@ pub mod leaf {
     pub const VP_VMCALL: u64 = 0;
     pub const VP_INFO: u64 = 1;
     pub const MR_RTMR_EXTEND: u64 = 2;
+    pub const VP_VEINFO_GET: u64 = 3;
     pub const MR_REPORT: u64 = 4;
     pub const MEM_PAGE_ACCEPT: u64 = 6;
     pub const MR_VERIFYREPORT: u64 = 22;
@@ -118,6 +119,24 @@ impl<P: Platform> Tsm<P> {
                 ],
             },
             handler: Self::mr_rtmr_extend,
+        },
+        GuestLeaf {
+            spec: LeafSpec {
+                number: leaf::VP_VEINFO_GET,
+                name: "TDG.VP.VEINFO.GET",
+                summary: "Reads, and clears, the information of the last #VE (vector 20) the TSM delivered to this vCPU: CPUID leaves it does not synthesise, HLT, port I/O, MSR accesses, and accesses to PENDING pages.",
+                inputs: &[],
+                outputs: &[
+                    (Reg::Rcx, "exit reason (31:0): 10 CPUID, 12 HLT, 30 I/O, 31 RDMSR, 32 WRMSR, 48 EPT violation"),
+                    (Reg::Rdx, "exit qualification"),
+                    (Reg::R8, "guest linear address (0: not known)"),
+                    (Reg::R9, "guest physical address"),
+                    (Reg::R10, "instruction length (31:0), instruction information (63:32)"),
+                ],
+                requires: "A #VE delivered and not read yet.",
+                errors: &[CALLER, (Status::NO_VALID_VE_INFO, "no #VE since the last VEINFO.GET")],
+            },
+            handler: Self::vp_veinfo_get,
         },
         GuestLeaf {
             spec: LeafSpec {
@@ -275,6 +294,22 @@ impl<P: Platform> Tsm<P> {
         out.rdx = params.attributes;
         out.r8 = td.vcpu_count() as u64 | u64::from(params.max_vcpus) << 32;
         out.r9 = ctx.vcpu as u64;
+        Ok(Step::Done(Status::SUCCESS))
+    }
+
+    fn vp_veinfo_get(&mut self, ctx: Ctx, _regs: &Regs, out: &mut Regs) -> TsmResult<Step> {
+        let td = self.td(ctx.td)?;
+        let ve = td.vcpus.get(ctx.vcpu).copied().flatten().and_then(|v| v.ve);
+        let ve = ve.ok_or(TsmError::NoValidVeInfo)?;
+        // ALL CHECKS PASSED: nothing below can fail.
+        if let Some(Some(v)) = self.td_mut(ctx.td)?.vcpus.get_mut(ctx.vcpu) {
+            v.ve = None;
+        }
+        out.rcx = u64::from(ve.exit_reason);
+        out.rdx = ve.qualification;
+        out.r8 = ve.gla;
+        out.r9 = ve.gpa;
+        out.r10 = u64::from(ve.instruction_length) | u64::from(ve.instruction_info) << 32;
         Ok(Step::Done(Status::SUCCESS))
     }
 

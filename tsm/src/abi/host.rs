@@ -75,6 +75,7 @@ pub mod leaf {
     pub const IQ_INV_REQUEST: u64 = 161;
     pub const VP_KICK: u64 = 0x8000;
     pub const HOST_FAULT_RD: u64 = 0x8001;
+    pub const SHARED_EPT_SET: u64 = 0x8002;
     pub const TDI_LOCK: u64 = 0x8010;
     pub const TDI_START: u64 = 0x8011;
     pub const TDI_STOP: u64 = 0x8012;
@@ -100,9 +101,14 @@ impl<P: Platform> Tsm<P> {
             spec: LeafSpec {
                 number: leaf::VP_ENTER,
                 name: "TDH.VP.ENTER",
-                summary: "Puts the vCPU in guest mode in the TD's current TLB epoch. seamless runs host and guest on one CPU: the call returns at once and the guest runs through the guest ABI until a guest call exits (TDG.VP.VMCALL, an EPT violation) or the host kicks the vCPU.",
+                summary: "Puts the vCPU in guest mode in the TD's current TLB epoch. Where the firmware runs the TD as an SVM guest (its TD world) the call returns only at the next TD exit, RAX the VMX exit reason in bits 31:0 under status class SUCCESS (77 TDG.VP.VMCALL, 48 EPT violation, 2 triple fault), the registers below and nothing else of the TD (`TdExit::host_regs`); for a TD whose guest still runs in the firmware's image it returns at once and the guest runs through the guest ABI until a guest call exits or the host kicks the vCPU.",
                 inputs: &[(Reg::Rcx, "TDVPR page address")],
-                outputs: &[],
+                outputs: &[
+                    (Reg::Rcx, "VMCALL: exposed-register mask 0x3C00; EPT violation: the S-EPT entry found"),
+                    (Reg::Rdx, "EPT violation: level found (2:0), level asked (10:8)"),
+                    (Reg::R8, "EPT violation: the GPA"),
+                    (Reg::R10, "VMCALL: R10..R13 as the TD set them (R11..R13 likewise)"),
+                ],
                 requires: "TD finalized (RUNNABLE); vCPU not in guest mode.",
                 errors: &[
                     (Status::SYS_NOT_READY, "TDH.SYS.CONFIG not done"),
@@ -643,6 +649,27 @@ impl<P: Platform> Tsm<P> {
             },
             handler: Self::host_fault_rd,
         },
+        HostLeaf {
+            spec: LeafSpec {
+                number: leaf::SHARED_EPT_SET,
+                name: "SEAMLESS.SHARED.EPT.SET",
+                summary: "seamless only (TDX: the shared EPTP the VMM writes with TDH.VP.WR): names the root of the host's table for the TD's shared half (GPA bit GPAW-1), an x86-64 4-level table in host memory with 4K or 2M leaves. The TSM walks it on the TD's shared accesses and maps only frames the host owns, so shared never aliases private; the TD's view of it is dropped at every TDH.VP.ENTER, so the host's changes between entries take effect. RDX 0 removes it.",
+                inputs: &[(Reg::Rcx, "TDR page address"), (Reg::Rdx, "the table's root page (host memory), or 0")],
+                outputs: &[],
+                requires: "TD initialized, not torn down.",
+                errors: &[
+                    (Status::SYS_NOT_READY, "TDH.SYS.CONFIG not done"),
+                    (Status::OPERAND_INVALID, "RCX/RDX not 4K-aligned addresses"),
+                    (Status::OPERAND_ADDR_RANGE_ERROR, "RCX outside the TDMRs"),
+                    (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDR page"),
+                    (Status::TD_NOT_INITIALIZED, "TDH.MNG.INIT not done"),
+                    (Status::LIFECYCLE_STATE_INCORRECT, "TD torn down"),
+                    (Status::OPERAND_ADDR_RANGE_ERROR, "RDX outside the memory the TSM reaches, or TSM memory"),
+                    (Status::PAGE_METADATA_INCORRECT, "RDX a page the host gave away (to a TD or the TSM)"),
+                ],
+            },
+            handler: Self::shared_ept_set,
+        },
         Self::TDI_LOCK,
         Self::TDI_START,
         Self::TDI_STOP,
@@ -874,7 +901,7 @@ impl<P: Platform> Tsm<P> {
         let entry = PamtEntry { aux: index as u8, ..PamtEntry::owned(PageType::Tdvpr, tdr) };
         self.set_meta(page, entry);
         let td = self.td_mut(idx)?;
-        td.vcpus[index] = Some(Vcpu { tdvpr: page, in_guest: None });
+        td.vcpus[index] = Some(Vcpu { tdvpr: page, in_guest: None, ve: None, entries: 0 });
         td.owned_frames += 1;
         out.rcx = index as u64;
         Ok(Status::SUCCESS)
@@ -893,7 +920,24 @@ impl<P: Platform> Tsm<P> {
         let epoch = td.tlb.enter();
         if let Some(c) = td.vcpus[v].as_mut() {
             c.in_guest = Some(epoch);
+            c.entries = c.entries.saturating_add(1);
         }
+        Ok(Status::SUCCESS)
+    }
+
+    fn shared_ept_set(&mut self, regs: &Regs, _out: &mut Regs) -> TsmResult<Status> {
+        self.sys()?;
+        let idx = self.td_index(regs.rcx, Operand::Rcx)?;
+        let root = match regs.rdx {
+            0 => None,
+            raw => Some(Self::page_operand(raw, Operand::Rdx)?),
+        };
+        Self::require_built(self.td(idx)?)?;
+        if let Some(pfn) = root {
+            self.host_page(pfn, Operand::Rdx)?;
+        }
+        // ALL CHECKS PASSED: nothing below can fail.
+        self.td_mut(idx)?.shared_root = root;
         Ok(Status::SUCCESS)
     }
 

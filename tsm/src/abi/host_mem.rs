@@ -127,8 +127,10 @@ impl<P: Platform> Tsm<P> {
         let mut meta = self.pamt_of(target, Operand::Sept)?;
         let epoch = td.tlb.epoch();
         // ALL CHECKS PASSED: nothing below can fail.
+        let (tdr, bytes) = (td.tdr, sept::coverage(level));
         let blocked = SeptEntry::new(w.entry.state().blocked(), target, level);
         sept::write(&mut self.platform, w.slot, blocked);
+        self.platform.sept_changed(tdr, Some((gpa, bytes)));
         meta.bepoch = epoch;
         self.set_meta(target, meta);
         Ok(Status::SUCCESS)
@@ -142,8 +144,10 @@ impl<P: Platform> Tsm<P> {
         if !td.tlb.can_advance() {
             return Err(TsmError::PrevEpochBusy);
         }
+        let tdr = td.tdr;
         // ALL CHECKS PASSED: nothing below can fail.
         self.td_mut(idx)?.tlb.advance();
+        self.platform.sept_changed(tdr, None);
         Ok(Status::SUCCESS)
     }
 
@@ -174,8 +178,10 @@ impl<P: Platform> Tsm<P> {
         Self::legal(SeptOp::PageRemove, &w)?;
         self.require_tracked(td, &w, Operand::Rcx)?;
         let page = w.entry.pfn();
+        let tdr = td.tdr;
         // ALL CHECKS PASSED: nothing below can fail.
         sept::write(&mut self.platform, w.slot, SeptEntry::FREE);
+        self.platform.sept_changed(tdr, Some((gpa, size.bytes())));
         self.scrub(page, size.frames());
         self.set_meta_block(page, size, PamtEntry::FREE);
         let td = self.td_mut(idx)?;
@@ -210,6 +216,7 @@ impl<P: Platform> Tsm<P> {
             self.platform.write_u64(table, i, e.raw());
         }
         sept::write(&mut self.platform, w.slot, SeptEntry::new(SeptState::NlMapped, table, level));
+        self.platform.sept_changed(owner, Some((gpa, size.bytes())));
         self.set_meta(table, PamtEntry::owned(PageType::Sept, owner));
         let meta = PamtEntry { level: child_level, ..PamtEntry::owned(PageType::Regular, owner) };
         self.set_meta_block(first, size, meta);
@@ -233,6 +240,7 @@ impl<P: Platform> Tsm<P> {
         let owner = td.tdr;
         // ALL CHECKS PASSED: nothing below can fail.
         sept::write(&mut self.platform, w.slot, SeptEntry::new(state, first, level));
+        self.platform.sept_changed(owner, Some((gpa, size.bytes())));
         self.platform.zero(table);
         self.set_meta(table, PamtEntry::FREE);
         let meta = PamtEntry { level, ..PamtEntry::owned(PageType::Regular, owner) };

@@ -1,42 +1,35 @@
 //! Host leaves of the PDEV (SPDM.CREATE, CONNECT, DISCONNECT, MNG, DELETE) and of its IDE
-//! streams (IDE.STREAM.CREATE, KM, BLOCK, DELETE), and the message-page protocol every resumable
-//! device call shares.
-//!
-//! **Resumable calls.** RDX names a host page (the message page), R8 the length of the device's
-//! answer in it. The first call of an operation passes R8 = 0; the TSM writes the first request
-//! into the page and returns `DEVICE_REQUEST` with its length in R8. The host moves it through
-//! the device's DOE mailbox, writes the answer into the page and calls the same leaf again with
-//! R8 = the answer's length, until the call returns `SUCCESS` or an error. One request is
-//! outstanding per device: any other device call on the PDEV meanwhile is `OPERAND_BUSY`; an
-//! answer with nothing outstanding is `NO_REQUEST_OUTSTANDING`. An answer that does not open
-//! under the session keys is `ANSWER_NOT_AUTHENTIC` and changes nothing; an authentic answer
-//! that fails a check is `DEVICE_ERROR` and moves the object to ERROR (RCX: the step).
+//! streams (IDE.STREAM.CREATE, KM, BLOCK, DELETE). The resumable ones check their operands and
+//! state, then hand an exchange to the engine (`super::exchange`), which carries it out over the
+//! message page: R8 = 0 starts, R8 = the answer's length continues; `DEVICE_REQUEST` asks the
+//! host to move R8 bytes to the device. An answer that does not open under the session keys is
+//! `ANSWER_NOT_AUTHENTIC` and changes nothing; an authentic answer that fails a check is
+//! `DEVICE_ERROR` and moves the object to ERROR (RCX: the step).
 
 use crate::abi::{LeafSpec, Reg, Regs};
-use crate::addr::Pfn;
-use crate::doe::Action;
 use crate::error::{DeviceFault, TsmError, TsmResult};
 use crate::ide::RootPortStream;
 use crate::pamt::{PageType, PamtEntry};
 use crate::pdev::km::KeyMaterial;
-use crate::pdev::{
-    self, IdeStream, KmFlow, KmNext, KmOp, Pdev, PdevEvidence, PdevState, Pending, StreamState, MSG_BYTES, PLAIN_BYTES,
-};
+use crate::pdev::{self, Exchange, IdeStream, KmFlow, KmOp, Pdev, PdevState, Pending, StreamState};
 use crate::platform::Platform;
 use crate::spdm::connect::{Connect, ConnectRandom};
-use crate::spdm::SpdmError;
+use crate::spdm::key_update::{KeyOperation, KeyUpdate};
+use crate::spdm::meas::Measurements;
 use crate::status::{Operand, Status};
 use crate::tdi::TdiState;
 use crate::Tsm;
 
 use super::rows::*;
 
+use super::exchange::Call;
 use super::host::leaf;
 use super::host::HostLeaf;
 
-/// SPDM.MNG operations (TDX's numbering; HEARTBEAT = 0 is not offered).
+/// SPDM.MNG operations (TDX's numbering).
 #[allow(missing_docs)]
 pub mod mng {
+    pub const HEARTBEAT: u64 = 0;
     pub const KEY_UPDATE: u64 = 1;
     pub const RECOLLECT: u64 = 2;
     pub const ABORT: u64 = 3;
@@ -61,25 +54,6 @@ const DEVICE: [(Status, &str); 3] = [
     (Status::ANSWER_NOT_AUTHENTIC, "the answer does not open under the session keys; nothing changed"),
     (Status::DEVICE_ERROR, "the device's answer failed a check; the object is now ERROR (RCX: step)"),
 ];
-
-/// The message page of a resumable call, and the bytes of the answer in it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Msg {
-    pub(crate) page: Pfn,
-    pub(crate) len: usize,
-}
-
-/// A device answer moved out of host memory (copied once, then only the copy is read).
-pub(crate) struct Answer {
-    pub(crate) bytes: [u8; MSG_BYTES],
-    pub(crate) len: usize,
-}
-
-impl Answer {
-    pub(crate) fn get(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
 
 impl<P: Platform> Tsm<P> {
     pub(crate) const SPDM_CREATE: HostLeaf<P> = HostLeaf {
@@ -221,7 +195,7 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::SPDM_CONNECT,
             name: "TDH.SPDM.CONNECT",
-            summary: "Resumable SPDM connection: DOE discovery, VERSION / CAPABILITIES / ALGORITHMS, DIGESTS and CERTIFICATE (chain checked, leaf key kept), CHALLENGE, signed MEASUREMENTS of every index, KEY_EXCHANGE / FINISH. On success the PDEV is CONNECTED and keeps the evidence (chain, measurement transcript and their SHA-384).",
+            summary: "Resumable SPDM connection: DOE discovery, VERSION / CAPABILITIES / ALGORITHMS, DIGESTS and CERTIFICATE (chain checked, leaf key kept), CHALLENGE, KEY_EXCHANGE / FINISH, then signed MEASUREMENTS of every index inside the session. On success the PDEV is CONNECTED and keeps the evidence (chain, measurement transcript and their SHA-384; reports record that the measurements were taken inside the session).",
             inputs: &[(Reg::Rcx, "PDEV page"), MSG_IN[0], MSG_IN[1]],
             outputs: &[MSG_OUT],
             requires: "PDEV NEW.",
@@ -277,10 +251,10 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::SPDM_MNG,
             name: "TDH.SPDM.MNG",
-            summary: "Session management, resumable. 1 KEY_UPDATE: KEY_UPDATE(UpdateAllKeys) then VerifyNewKey: both directions move to the next keys (an answer under keys it should not use is refused and changes nothing; an authentic answer that fails ends the session: the PDEV, its live streams and its locked or running TDIs go to ERROR). 2 RECOLLECT: fresh signed GET_MEASUREMENTS of every index with a new nonce; on success the evidence binds the new transcript, on failure the old evidence stays. 3 ABORT: abandons the outstanding exchange (a lost or late answer); what the device did is unknown, so the PDEV goes to ERROR (and the TDI or stream whose exchange it was); no device traffic.",
-            inputs: &[(Reg::Rcx, "PDEV page"), MSG_IN[0], MSG_IN[1], (Reg::R9, "operation: 1 KEY_UPDATE, 2 RECOLLECT, 3 ABORT")],
+            summary: "Session management, resumable. 0 HEARTBEAT: HEARTBEAT / HEARTBEAT_ACK inside the session, for a device that asked for a HeartbeatPeriod in KEY_EXCHANGE_RSP (the TSM announces HBEAT_CAP); the host calls it at least once per period (the session's period is in the PDEV summary), or the device may end the session. A missed or wrong HEARTBEAT_ACK is the device's fault: the PDEV, its live streams and its locked or running TDIs go to ERROR (a lost answer: the host ABORTs). 1 KEY_UPDATE: KEY_UPDATE(UpdateAllKeys) then VerifyNewKey: both directions move to the next keys (an answer under keys it should not use is refused and changes nothing; an authentic answer that fails ends the session: the PDEV, its live streams and its locked or running TDIs go to ERROR). 2 RECOLLECT: fresh signed GET_MEASUREMENTS of every index with a new nonce, inside the session when the connection's were; on success the evidence binds the new transcript, on failure the old evidence stays. 3 ABORT: abandons the outstanding exchange (a lost or late answer); what the device did is unknown, so the PDEV goes to ERROR (and the TDI or stream whose exchange it was); no device traffic.",
+            inputs: &[(Reg::Rcx, "PDEV page"), MSG_IN[0], MSG_IN[1], (Reg::R9, "operation: 0 HEARTBEAT, 1 KEY_UPDATE, 2 RECOLLECT, 3 ABORT")],
             outputs: &[MSG_OUT],
-            requires: "KEY_UPDATE, RECOLLECT: PDEV CONNECTED. ABORT: a request outstanding.",
+            requires: "HEARTBEAT, KEY_UPDATE, RECOLLECT: PDEV CONNECTED. ABORT: a request outstanding.",
             errors: &[
                 SYS,
                 PDEV_RCX[0],
@@ -293,7 +267,7 @@ impl<P: Platform> Tsm<P> {
                 MSG_ERRORS[2],
                 BUSY,
                 MSG_ERRORS[3],
-                (Status::PDEV_STATE_INCORRECT, "PDEV not CONNECTED, or the device does not offer KEY_UPD"),
+                (Status::PDEV_STATE_INCORRECT, "PDEV not CONNECTED, or the device does not offer KEY_UPD (KEY_UPDATE) or asked for no heartbeat (HEARTBEAT)"),
                 (Status::RND_NO_ENTROPY, "no entropy for the tags or the nonce"),
                 DEVICE[0],
                 DEVICE[1],
@@ -325,71 +299,6 @@ impl<P: Platform> Tsm<P> {
 
     pub(crate) fn pdev_mut(&mut self, idx: usize) -> TsmResult<&mut Pdev> {
         self.pdevs.get_mut(idx).and_then(Option::as_mut).ok_or(TsmError::Corrupt)
-    }
-
-    /// The message page and answer length of a resumable call (RDX, R8).
-    pub(crate) fn msg_operands(&self, rdx: u64, r8: u64) -> TsmResult<Msg> {
-        let page = Self::page_operand(rdx, Operand::Rdx)?;
-        let len = usize::try_from(r8).ok().filter(|&l| l <= MSG_BYTES).ok_or(TsmError::OperandInvalid(Operand::R8))?;
-        self.host_page(page, Operand::Rdx)?;
-        Ok(Msg { page, len })
-    }
-
-    /// Checks the call against the PDEV's outstanding request: `Ok(true)` to continue `mine`
-    /// with the answer, `Ok(false)` to start it.
-    pub(crate) fn resume(pdev: &Pdev, mine: Pending, msg: &Msg) -> TsmResult<bool> {
-        match pdev.pending {
-            Pending::None if msg.len == 0 => Ok(false),
-            Pending::None => Err(TsmError::NoRequestOutstanding),
-            p if p == mine && msg.len != 0 => Ok(true),
-            _ => Err(TsmError::Busy(Operand::Pdev)),
-        }
-    }
-
-    /// Copies the device's answer out of the message page.
-    pub(crate) fn read_answer(&self, msg: &Msg) -> Answer {
-        let mut a = Answer { bytes: [0; MSG_BYTES], len: msg.len };
-        self.platform.read_bytes(msg.page, 0, &mut a.bytes[..msg.len]);
-        a
-    }
-
-    /// Writes a request to the message page: `DEVICE_REQUEST` with its length in R8.
-    pub(crate) fn send_request(&mut self, msg: &Msg, request: &[u8], out: &mut Regs) -> Status {
-        self.platform.write_bytes(msg.page, 0, request);
-        out.r8 = request.len() as u64;
-        Status::DEVICE_REQUEST
-    }
-
-    /// Seals a plaintext message for the PDEV's session into `obj`.
-    pub(crate) fn seal_for(&mut self, p: usize, plain: &[u8], obj: &mut [u8; MSG_BYTES]) -> Result<usize, DeviceFault> {
-        let Some(Some(pdev)) = self.pdevs.get_mut(p) else { return Err(DeviceFault::Aborted) };
-        let Some(session) = pdev.session.as_mut() else { return Err(DeviceFault::Aborted) };
-        pdev::seal(session, plain, obj)
-    }
-
-    /// Opens the answer under the PDEV's session into `plain`. A failure changes nothing.
-    pub(crate) fn open_answer<'b>(&mut self, p: usize, answer: &Answer, plain: &'b mut [u8]) -> TsmResult<&'b [u8]> {
-        let pdev = self.pdev_mut(p)?;
-        let session = pdev.session.as_mut().ok_or(TsmError::Corrupt)?;
-        session.open(answer.get(), plain).map_err(TsmError::AnswerNotAuthentic)
-    }
-
-    /// Moves the PDEV to ERROR with `fault`; the session is dropped. Without the session the
-    /// device's IDE keys and its locked interfaces are gone too (TDISP: the DSM makes the
-    /// session's streams insecure and its TDIs ERROR): live streams go to ERROR and every TDI
-    /// locked or running through the PDEV to ERROR, its MMIO and DMA blocked.
-    pub(crate) fn pdev_failed(&mut self, p: usize, fault: DeviceFault) -> TsmError {
-        if let Some(Some(pdev)) = self.pdevs.get_mut(p) {
-            pdev.state = PdevState::Error;
-            pdev.pending = Pending::None;
-            pdev.session = None;
-            pdev.fault = Some(fault);
-            for stream in pdev.streams.iter_mut().flatten().filter(|s| s.state == StreamState::Secure) {
-                stream.state = StreamState::Error;
-            }
-        }
-        self.tdis_lost(p, None, fault);
-        TsmError::Device(Operand::Pdev, fault)
     }
 
     fn function_operand(raw: u64, op: Operand) -> TsmResult<u32> {
@@ -424,13 +333,11 @@ impl<P: Platform> Tsm<P> {
             }),
             session: None,
             evidence: None,
-            pending: Pending::None,
+            exchange: None,
             streams: core::array::from_fn(|_| None),
             tdis: 0,
             fault: None,
-            key_update: None,
-            remeasure: None,
-            remeasured: None,
+            measured: None,
         });
         Ok(Status::SUCCESS)
     }
@@ -439,7 +346,7 @@ impl<P: Platform> Tsm<P> {
         self.sys()?;
         let p = self.pdev_index(regs.rcx, Operand::Rcx)?;
         let pdev = self.pdev(p)?;
-        if pdev.pending != Pending::None {
+        if pdev.exchange.is_some() {
             return Err(TsmError::Busy(Operand::Pdev));
         }
         if pdev.state == PdevState::Connected {
@@ -480,72 +387,29 @@ impl<P: Platform> Tsm<P> {
         self.sys()?;
         let p = self.pdev_index(regs.rcx, Operand::Rcx)?;
         let msg = self.msg_operands(regs.rdx, regs.r8)?;
-        let resuming = Self::resume(self.pdev(p)?, Pending::Connect, &msg)?;
-        let mut request = [0u8; MSG_BYTES];
-        let action = if resuming {
-            let answer = self.read_answer(&msg);
-            // ALL CHECKS PASSED: the answer now drives the connection.
-            let pdev = self.pdev_mut(p)?;
-            copy_action(pdev.conn.step(answer.get()), &mut request)
-        } else {
-            if self.pdev(p)?.state != PdevState::New {
-                return Err(TsmError::PdevState);
-            }
-            let random = self.connect_random()?;
-            // ALL CHECKS PASSED: nothing below can fail but the device.
-            let pdev = self.pdev_mut(p)?;
-            pdev.conn = Connect::new(random);
-            pdev.pending = Pending::Connect;
-            copy_action(pdev.conn.start(), &mut request)
-        };
-        match action {
-            Step::Send(n) => Ok(self.send_request(&msg, &request[..n], out)),
-            Step::Done => {
-                let pdev = self.pdev_mut(p)?;
-                let (Some(negotiated), Some(chain), Some(meas), Some(session)) =
-                    (pdev.conn.negotiated(), pdev.conn.chain(), pdev.conn.measurements(), pdev.conn.session())
-                else {
-                    return Err(TsmError::Corrupt);
-                };
-                let evidence = PdevEvidence {
-                    negotiated,
-                    chain_digest: *chain.digest(),
-                    measurements_digest: attest::evidence::transcript_digest(pdev.conn.vca(), meas),
-                };
-                pdev.session = Some(session.clone());
-                pdev.evidence = Some(evidence);
-                pdev.state = PdevState::Connected;
-                pdev.pending = Pending::None;
-                Ok(Status::SUCCESS)
-            }
-            Step::Failed(e) => Err(self.pdev_failed(p, DeviceFault::Connect(e))),
+        if self.resume(p, Call::Connect, &msg)? {
+            return self.communicate(p, &msg, out);
         }
+        if self.pdev(p)?.state != PdevState::New {
+            return Err(TsmError::PdevState);
+        }
+        let random = self.connect_random()?;
+        // ALL CHECKS PASSED: nothing below can fail but the device.
+        let pdev = self.pdev_mut(p)?;
+        pdev.conn = Connect::new(random);
+        // TDISP devices are measured after KEY_EXCHANGE, inside the session; and the session
+        // is kept alive with HEARTBEAT if the device asks for it.
+        pdev.conn.measure_in_session();
+        pdev.conn.offer_heartbeat();
+        self.begin(p, Exchange::connect(), &msg, out)
     }
 
     fn spdm_disconnect(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
         self.sys()?;
         let p = self.pdev_index(regs.rcx, Operand::Rcx)?;
         let msg = self.msg_operands(regs.rdx, regs.r8)?;
-        let resuming = Self::resume(self.pdev(p)?, Pending::End, &msg)?;
-        let version = self.pdev(p)?.version();
-        if resuming {
-            let answer = self.read_answer(&msg);
-            let mut plain = [0u8; PLAIN_BYTES];
-            let m = self.open_answer(p, &answer, &mut plain)?;
-            // ALL CHECKS PASSED: the authentic answer decides.
-            let fault = match m {
-                [v, 0x6C, _, _] if *v == version => None,
-                [v, 0x7F, code, data] if *v == version => Some(SpdmError::Responder { code: *code, data: *data }),
-                _ => Some(SpdmError::UnexpectedResponse { got: m.get(1).copied().unwrap_or(0), want: 0x6C }),
-            };
-            if let Some(e) = fault {
-                return Err(self.pdev_failed(p, DeviceFault::Spdm(e)));
-            }
-            let pdev = self.pdev_mut(p)?;
-            pdev.state = PdevState::Stopped;
-            pdev.pending = Pending::None;
-            pdev.session = None;
-            return Ok(Status::SUCCESS);
+        if self.resume(p, Call::Disconnect, &msg)? {
+            return self.communicate(p, &msg, out);
         }
         let pdev = self.pdev(p)?;
         if pdev.state != PdevState::Connected {
@@ -557,85 +421,42 @@ impl<P: Platform> Tsm<P> {
         if pdev.streams.iter().flatten().any(|s| s.state == StreamState::Secure) {
             return Err(TsmError::IdeStreamState);
         }
+        let version = pdev.version();
         // ALL CHECKS PASSED: nothing below can fail but the device.
-        let mut obj = [0u8; MSG_BYTES];
-        match self.seal_for(p, &[version, 0xEC, 0, 0], &mut obj) {
-            Ok(n) => {
-                self.pdev_mut(p)?.pending = Pending::End;
-                Ok(self.send_request(&msg, &obj[..n], out))
-            }
-            Err(f) => Err(self.pdev_failed(p, f)),
-        }
+        self.begin(p, Exchange::end_session(version), &msg, out)
     }
 
     fn spdm_mng(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
         self.sys()?;
         let p = self.pdev_index(regs.rcx, Operand::Rcx)?;
         match regs.r9 {
-            mng::ABORT => self.spdm_abort(p),
+            mng::ABORT => self.abort_exchange(p),
+            mng::HEARTBEAT => self.spdm_heartbeat(p, regs, out),
             mng::KEY_UPDATE => self.spdm_key_update(p, regs, out),
             mng::RECOLLECT => self.spdm_recollect(p, regs, out),
             _ => Err(TsmError::OperandInvalid(Operand::R9)),
         }
     }
 
-    fn spdm_abort(&mut self, p: usize) -> TsmResult<Status> {
-        let pending = self.pdev(p)?.pending;
-        if pending == Pending::None {
-            return Err(TsmError::NoRequestOutstanding);
+    fn spdm_heartbeat(&mut self, p: usize, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        let msg = self.msg_operands(regs.rdx, regs.r8)?;
+        if self.resume(p, Call::Heartbeat, &msg)? {
+            return self.communicate(p, &msg, out);
         }
-        // ALL CHECKS PASSED: nothing below can fail.
-        match pending {
-            Pending::Km(s) => {
-                if let Some(Some(stream)) = self.pdev_mut(p)?.streams.get_mut(s) {
-                    stream.state = StreamState::Error;
-                    stream.flow = None;
-                }
-            }
-            Pending::Tdi(t) => self.tdi_failed(t, DeviceFault::Aborted),
-            Pending::None | Pending::Connect | Pending::End | Pending::KeyUpdate | Pending::Measure => {}
+        let pdev = self.pdev(p)?;
+        let asked = pdev.session.as_ref().is_some_and(|s| s.heartbeat_period() != 0);
+        if pdev.state != PdevState::Connected || !asked {
+            return Err(TsmError::PdevState);
         }
-        // Every TDI of the PDEV loses its session with it: none stays LOCKED or RUN.
-        let _ = self.pdev_failed(p, DeviceFault::Aborted);
-        self.pdev_mut(p)?.key_update = None;
-        Ok(Status::SUCCESS)
+        let version = pdev.version();
+        // ALL CHECKS PASSED: nothing below can fail but the device.
+        self.begin(p, Exchange::heartbeat(version), &msg, out)
     }
 
     fn spdm_key_update(&mut self, p: usize, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
         let msg = self.msg_operands(regs.rdx, regs.r8)?;
-        let mut request = [0u8; PLAIN_BYTES];
-        if Self::resume(self.pdev(p)?, Pending::KeyUpdate, &msg)? {
-            let answer = self.read_answer(&msg);
-            let pdev = self.pdev_mut(p)?;
-            let ku = pdev.key_update.as_mut().ok_or(TsmError::Corrupt)?;
-            let saved = ku.clone();
-            let next = match ku.step(answer.get()) {
-                Action::Send(b) if b.len() <= request.len() => {
-                    request[..b.len()].copy_from_slice(b);
-                    Ok(Some(b.len()))
-                }
-                Action::Send(_) => Err(SpdmError::Secured(crate::spdm::secured::SecuredError::Buffer)),
-                Action::Done => Ok(None),
-                Action::Failed(e) => Err(e),
-            };
-            return match next {
-                Ok(Some(n)) => Ok(self.send_request(&msg, &request[..n], out)),
-                Ok(None) => {
-                    let ku = pdev.key_update.take().ok_or(TsmError::Corrupt)?;
-                    pdev.session = ku.into_session();
-                    pdev.pending = Pending::None;
-                    Ok(Status::SUCCESS)
-                }
-                // An answer the keys do not open is the host's or a replay: nothing changed.
-                Err(e @ SpdmError::Secured(_)) => {
-                    pdev.key_update = Some(saved);
-                    Err(TsmError::AnswerNotAuthentic(e))
-                }
-                Err(e) => {
-                    pdev.key_update = None;
-                    Err(self.pdev_failed(p, DeviceFault::Spdm(e)))
-                }
-            };
+        if self.resume(p, Call::KeyUpdate, &msg)? {
+            return self.communicate(p, &msg, out);
         }
         let pdev = self.pdev(p)?;
         let (Some(session), Some(evidence), PdevState::Connected) = (pdev.session.clone(), pdev.evidence, pdev.state)
@@ -644,69 +465,33 @@ impl<P: Platform> Tsm<P> {
         };
         let mut tags = [0u8; 2];
         self.platform.fill(&mut tags).map_err(|_| TsmError::NoEntropy)?;
-        let op = crate::spdm::key_update::KeyOperation::UpdateAllKeys;
-        let mut ku = crate::spdm::key_update::KeyUpdate::new(session, &evidence.negotiated, op, tags)
-            .map_err(|_| TsmError::PdevState)?;
-        // ALL CHECKS PASSED: nothing below can fail but the device.
-        let n = match ku.start() {
-            Action::Send(b) if b.len() <= request.len() => {
-                request[..b.len()].copy_from_slice(b);
-                b.len()
-            }
-            _ => return Err(self.pdev_failed(p, DeviceFault::Spdm(SpdmError::NotWaiting))),
-        };
-        let pdev = self.pdev_mut(p)?;
-        pdev.session = None;
-        pdev.key_update = Some(ku);
-        pdev.pending = Pending::KeyUpdate;
-        Ok(self.send_request(&msg, &request[..n], out))
+        let op = KeyOperation::UpdateAllKeys;
+        let ku = KeyUpdate::new(session, &evidence.negotiated, op, tags).map_err(|_| TsmError::PdevState)?;
+        // ALL CHECKS PASSED: nothing below can fail but the device. The exchange holds the
+        // session until it ends.
+        self.pdev_mut(p)?.session = None;
+        self.begin(p, Exchange::key_update(ku), &msg, out)
     }
 
     fn spdm_recollect(&mut self, p: usize, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
         let msg = self.msg_operands(regs.rdx, regs.r8)?;
-        let mut request = [0u8; MSG_BYTES];
-        let action = if Self::resume(self.pdev(p)?, Pending::Measure, &msg)? {
-            let answer = self.read_answer(&msg);
-            let pdev = self.pdev_mut(p)?;
-            let m = pdev.remeasure.as_mut().ok_or(TsmError::Corrupt)?;
-            copy_spdm(m.step(answer.get()), &mut request)
-        } else {
-            let pdev = self.pdev(p)?;
-            let (Some(evidence), Some(chain), PdevState::Connected) = (pdev.evidence, pdev.conn.chain(), pdev.state)
-            else {
-                return Err(TsmError::PdevState);
-            };
-            let key = *chain.leaf_key();
-            let mut nonce = [0u8; 32];
-            let mut context = [0u8; 8];
-            self.platform.fill(&mut nonce).map_err(|_| TsmError::NoEntropy)?;
-            self.platform.fill(&mut context).map_err(|_| TsmError::NoEntropy)?;
-            // ALL CHECKS PASSED: nothing below can fail but the device.
-            let pdev = self.pdev_mut(p)?;
-            let m = crate::spdm::meas::Measurements::new(&evidence.negotiated, pdev.conn.vca(), key, nonce, context);
-            let m = pdev.remeasure.insert(m);
-            let action = copy_spdm(m.start(), &mut request);
-            pdev.pending = Pending::Measure;
-            action
-        };
-        let pdev = self.pdev_mut(p)?;
-        match action {
-            Ok(Some(n)) => Ok(self.send_request(&msg, &request[..n], out)),
-            Ok(None) => {
-                if !pdev.recollect_done() {
-                    return Err(TsmError::Corrupt);
-                }
-                pdev.pending = Pending::None;
-                Ok(Status::SUCCESS)
-            }
-            // The old evidence stays: a re-collection that fails proves nothing new, and the
-            // answer cannot be told from the host's (measurements travel in the clear).
-            Err(e) => {
-                pdev.recollect_dropped();
-                pdev.pending = Pending::None;
-                Err(TsmError::Device(Operand::Pdev, DeviceFault::Spdm(e)))
-            }
+        if self.resume(p, Call::Recollect, &msg)? {
+            return self.communicate(p, &msg, out);
         }
+        let pdev = self.pdev(p)?;
+        let (Some(evidence), Some(chain), PdevState::Connected) = (pdev.evidence, pdev.conn.chain(), pdev.state) else {
+            return Err(TsmError::PdevState);
+        };
+        let key = *chain.leaf_key();
+        let mut nonce = [0u8; 32];
+        let mut context = [0u8; 8];
+        self.platform.fill(&mut nonce).map_err(|_| TsmError::NoEntropy)?;
+        self.platform.fill(&mut context).map_err(|_| TsmError::NoEntropy)?;
+        // ALL CHECKS PASSED: nothing below can fail but the device.
+        // Where the connection took its measurements, so the evidence says one thing of all its
+        // bytes.
+        let m = Measurements::new(&evidence.negotiated, self.pdev(p)?.conn.vca(), key, nonce, context);
+        self.begin(p, Exchange::recollect(m, evidence.measurements_in_session), &msg, out)
     }
 
     // ---- IDE streams ------------------------------------------------------------------------
@@ -731,8 +516,7 @@ impl<P: Platform> Tsm<P> {
         }
         let slot = pdev.streams.iter().position(Option::is_none).ok_or(TsmError::DeviceSlotsExhausted)?;
         // ALL CHECKS PASSED: nothing below can fail.
-        let stream =
-            IdeStream { id, rp: RootPortStream::new(id), state: StreamState::Created, key_set_1: false, flow: None };
+        let stream = IdeStream { id, rp: RootPortStream::new(id), state: StreamState::Created, key_set_1: false };
         self.pdev_mut(p)?.streams[slot] = Some(stream);
         out.rcx = slot as u64;
         Ok(Status::SUCCESS)
@@ -743,7 +527,7 @@ impl<P: Platform> Tsm<P> {
         let p = self.pdev_index(regs.rcx, Operand::Rcx)?;
         let pdev = self.pdev(p)?;
         let s = Self::stream_operand(pdev, regs.rdx, Operand::Rdx)?;
-        if pdev.pending == Pending::Km(s) {
+        if pdev.pending() == Pending::Km(s) {
             return Err(TsmError::Busy(Operand::IdeStream));
         }
         let id = pdev.streams[s].as_ref().map_or(0, |st| st.id);
@@ -773,15 +557,10 @@ impl<P: Platform> Tsm<P> {
         self.sys()?;
         let p = self.pdev_index(regs.rcx, Operand::Rcx)?;
         let msg = self.msg_operands(regs.rdx, regs.r8)?;
-        let pdev = self.pdev(p)?;
-        let mine = match pdev.pending {
-            Pending::Km(s) => Pending::Km(s),
-            _ => Pending::None,
-        };
-        if Self::resume(pdev, mine, &msg)? {
-            let Pending::Km(s) = mine else { return Err(TsmError::Corrupt) };
-            return self.km_continue(p, s, &msg, out);
+        if self.resume(p, Call::IdeKm, &msg)? {
+            return self.communicate(p, &msg, out);
         }
+        let pdev = self.pdev(p)?;
         let s = Self::stream_operand(pdev, regs.r9 & 0xFF, Operand::R9)?;
         let op = KmOp::from_raw((regs.r9 >> 8) & 0xFF).filter(|_| regs.r9 >> 16 == 0);
         let op = op.ok_or(TsmError::OperandInvalid(Operand::R9))?;
@@ -811,107 +590,11 @@ impl<P: Platform> Tsm<P> {
             // The first K_SET_STOP takes the stream's keys away: whatever runs over it stops first.
             self.tdis_lost(p, Some(id), DeviceFault::StreamStopped);
         }
-        let flow = KmFlow::new(op, version, id, 0, set_1, material);
-        let mut plain = [0u8; PLAIN_BYTES];
-        let encoded = flow.encode(&mut plain);
-        let stream = self.pdev_mut(p)?.streams[s].as_mut().ok_or(TsmError::Corrupt)?;
         if op == KmOp::Setup {
+            let stream = self.pdev_mut(p)?.streams[s].as_mut().ok_or(TsmError::Corrupt)?;
             stream.rp = RootPortStream::new(id);
         }
-        stream.flow = Some(flow);
-        self.pdev_mut(p)?.pending = Pending::Km(s);
-        match encoded {
-            Ok(n) => self.km_send(p, s, &plain[..n], &msg, out),
-            Err(f) => Err(self.km_failed(p, s, f)),
-        }
-    }
-
-    fn km_continue(&mut self, p: usize, s: usize, msg: &Msg, out: &mut Regs) -> TsmResult<Status> {
-        let answer = self.read_answer(msg);
-        let mut buf = [0u8; PLAIN_BYTES];
-        let m = self.open_answer(p, &answer, &mut buf)?;
-        // ALL CHECKS PASSED: the authentic answer drives the flow.
-        let mut plain = [0u8; PLAIN_BYTES];
-        let stream = self.pdev_mut(p)?.streams[s].as_mut().ok_or(TsmError::Corrupt)?;
-        let flow = stream.flow.as_mut().ok_or(TsmError::Corrupt)?;
-        let next = flow.answer(m, &mut stream.rp).and_then(|n| match n {
-            KmNext::Continue => flow.encode(&mut plain).map(Some),
-            KmNext::Done { key_set_1 } => {
-                stream.state = if flow.op() == KmOp::Stop { StreamState::Stopped } else { StreamState::Secure };
-                stream.key_set_1 = key_set_1;
-                Ok(None)
-            }
-        });
-        match next {
-            Ok(Some(n)) => self.km_send(p, s, &plain[..n], msg, out),
-            Ok(None) => {
-                stream.flow = None;
-                self.pdev_mut(p)?.pending = Pending::None;
-                Ok(Status::SUCCESS)
-            }
-            Err(f) => Err(self.km_failed(p, s, f)),
-        }
-    }
-
-    fn km_send(&mut self, p: usize, s: usize, plain: &[u8], msg: &Msg, out: &mut Regs) -> TsmResult<Status> {
-        let mut obj = [0u8; MSG_BYTES];
-        match self.seal_for(p, plain, &mut obj) {
-            Ok(n) => Ok(self.send_request(msg, &obj[..n], out)),
-            Err(f) => Err(self.km_failed(p, s, f)),
-        }
-    }
-
-    /// A KM exchange failed: the stream's keys are in an unknown state, so it goes to ERROR and
-    /// what runs over it with it.
-    fn km_failed(&mut self, p: usize, s: usize, fault: DeviceFault) -> TsmError {
-        let mut id = None;
-        if let Some(Some(pdev)) = self.pdevs.get_mut(p) {
-            pdev.pending = Pending::None;
-            if let Some(Some(stream)) = pdev.streams.get_mut(s) {
-                stream.state = StreamState::Error;
-                stream.flow = None;
-                id = Some(stream.id);
-            }
-        }
-        if let Some(id) = id {
-            self.tdis_lost(p, Some(id), fault);
-        }
-        TsmError::Device(Operand::IdeStream, fault)
-    }
-}
-
-/// An SPDM exchange's step with its request copied out: `Some(len)` to send, `None` when done.
-fn copy_spdm(action: Action<'_, SpdmError>, out: &mut [u8; MSG_BYTES]) -> Result<Option<usize>, SpdmError> {
-    match action {
-        Action::Send(b) if b.len() <= out.len() => {
-            out[..b.len()].copy_from_slice(b);
-            Ok(Some(b.len()))
-        }
-        Action::Send(b) => Err(SpdmError::Doe(crate::doe::DoeError::TooLarge { needed: b.len() })),
-        Action::Done => Ok(None),
-        Action::Failed(e) => Err(e),
-    }
-}
-
-/// A connection step with its request copied out of the state machine.
-enum Step {
-    Send(usize),
-    Done,
-    Failed(crate::spdm::connect::ConnectError),
-}
-
-fn copy_action(action: crate::doe::Action<'_, crate::spdm::connect::ConnectError>, out: &mut [u8; MSG_BYTES]) -> Step {
-    match action {
-        crate::doe::Action::Send(b) if b.len() <= out.len() => {
-            out[..b.len()].copy_from_slice(b);
-            Step::Send(b.len())
-        }
-        crate::doe::Action::Send(b) => {
-            Step::Failed(crate::spdm::connect::ConnectError::Discovery(crate::doe::DoeError::TooLarge {
-                needed: b.len(),
-            }))
-        }
-        crate::doe::Action::Done => Step::Done,
-        crate::doe::Action::Failed(e) => Step::Failed(e),
+        let flow = KmFlow::new(op, version, id, 0, set_1, material);
+        self.begin(p, Exchange::ide_km(s, flow), &msg, out)
     }
 }

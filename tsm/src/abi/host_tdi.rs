@@ -7,25 +7,23 @@
 //! MMIO unmapped only after BLOCK, TLB tracking and STOP; REMOVE only with nothing mapped; a
 //! device answer that fails, or a revoke, puts the TDI in ERROR and blocks its mappings.
 
-use sha2::{Digest, Sha384};
-
 use crate::abi::{LeafSpec, Reg, Regs};
 use crate::addr::{FrameRange, GuestPhysAddr, PageSize, Pfn};
 use crate::error::{DeviceFault, SeptErrorKind, TsmError, TsmResult};
 use crate::pamt::{PageType, PamtEntry};
-use crate::pdev::{PdevState, Pending, MSG_BYTES, PLAIN_BYTES};
+use crate::pdev::{Exchange, PdevState};
 use crate::platform::Platform;
 use crate::sept::{self, SeptEntry, SeptOp, SeptState, WalkResult};
 use crate::status::{Operand, Status};
 use crate::td::Lifecycle;
-use crate::tdi::{Tdi, TdiDone, TdiFlow, TdiNext, TdiOp, TdiState, RANGE_NON_TEE, REPORT_MAX};
-use crate::tdisp::{lock_flags, InterfaceId, InterfaceReport};
+use crate::tdi::{Tdi, TdiFlow, TdiOp, TdiState, RANGE_NON_TEE};
+use crate::tdisp::{lock_flags, InterfaceId};
 use crate::Tsm;
 
 use super::rows::*;
 
+use super::exchange::{Call, TdiCall};
 use super::host::{leaf, HostLeaf};
-use super::host_pdev::Msg;
 
 /// R9 of TDI.CREATE: PASID valid (bit 63) and PASID (51:32) beside the function id.
 pub const PASID_VALID: u64 = 1 << 63;
@@ -359,28 +357,6 @@ impl<P: Platform> Tsm<P> {
         self.tdis.get_mut(idx).and_then(Option::as_mut).ok_or(TsmError::Corrupt)
     }
 
-    /// Moves a TDI to ERROR: the flow and nonce are dropped, every MMIO mapping is blocked and
-    /// the DMA entry blocked. Nothing is freed: that waits for STOP and tracking.
-    pub(crate) fn tdi_failed(&mut self, t: usize, fault: DeviceFault) {
-        let Some(Some(tdi)) = self.tdis.get_mut(t) else { return };
-        tdi.state = TdiState::Error;
-        tdi.fault = Some(fault);
-        tdi.flow = None;
-        tdi.nonce = [0; 32];
-        tdi.authorised = None;
-        let p = tdi.pdev;
-        // DMA stops at once: the entry's present bit is cleared and the IOTLB invalidated.
-        self.cut_dma(t);
-        if let Some(Some(pdev)) = self.pdevs.get_mut(p) {
-            if pdev.pending == Pending::Tdi(t) {
-                pdev.pending = Pending::None;
-            }
-        }
-        for r in 0..crate::tdisp::MAX_RANGES {
-            self.block_range(t, r);
-        }
-    }
-
     /// Cuts TDI `t`'s DMA before the calling leaf returns: its DMAR entry is blocked (present
     /// bit clear; already blocked is fine) and the TD's domain invalidated, PASID cache and
     /// IOTLB, with a wait descriptor the TSM checks. So once a revoke, a STOP or a failure
@@ -388,7 +364,7 @@ impl<P: Platform> Tsm<P> {
     /// cached before the block. A unit that does not confirm the invalidation retires nothing
     /// (the TDI's block stays unretired and DMAR.REMOVE waits for an IQ.INV that completes);
     /// the entry is blocked either way.
-    fn cut_dma(&mut self, t: usize) {
+    pub(crate) fn cut_dma(&mut self, t: usize) {
         let Some(Some(tdi)) = self.tdis.get(t) else { return };
         let (key, td) = (tdi.dmar_key(), tdi.td);
         let Some(key) = key else { return };
@@ -404,24 +380,6 @@ impl<P: Platform> Tsm<P> {
         }
     }
 
-    /// What a TDI depends on is gone: every TDI of PDEV `p` that is CONFIG_LOCKED or RUN (over
-    /// the IDE stream with ID `stream`, if one is named) goes to ERROR through
-    /// [`Tsm::tdi_failed`], its MMIO and DMA blocked. The device does the same on its side: TDISP
-    /// moves a locked or running TDI to ERROR when an IDE stream it is bound to goes insecure or
-    /// its SPDM session ends (the DSM rules of TDISP, PCIe 6.x ch. 11). Every path that takes live
-    /// keys from a stream (KM STOP, a failed KM exchange, STREAM.BLOCK) or the session from a
-    /// PDEV (`pdev_failed`: a failed KEY_UPDATE, ABORT, any failed secured answer) ends here.
-    pub(crate) fn tdis_lost(&mut self, p: usize, stream: Option<u8>, fault: DeviceFault) {
-        for t in 0..self.tdis.len() {
-            let hit = matches!(&self.tdis[t], Some(tdi) if tdi.pdev == p
-                && stream.is_none_or(|id| tdi.stream == id)
-                && matches!(tdi.state, TdiState::Locked | TdiState::Run));
-            if hit {
-                self.tdi_failed(t, fault);
-            }
-        }
-    }
-
     /// Blocks every S-EPT leaf of range `r` of TDI `t` that still maps it, recording the epoch.
     ///
     /// The walk passes blocked tables ([`sept::walk_tables`]): a leaf under an `NL_BLOCKED`
@@ -429,12 +387,12 @@ impl<P: Platform> Tsm<P> {
     /// beneath exactly as they are. Blocking the leaves themselves is what keeps a stopped or
     /// failed TDI's MMIO dead, whatever the host did above them: `MMIO_BLOCKED` only goes on to
     /// MMIO.UNMAP, never back.
-    fn block_range(&mut self, t: usize, r: usize) {
+    pub(crate) fn block_range(&mut self, t: usize, r: usize) {
         let Some(Some(tdi)) = self.tdis.get(t) else { return };
         let Some(range) = tdi.ranges().get(r).copied() else { return };
         let (Some(base), true) = (range.gpa_base, range.mapped > 0) else { return };
         let Some(Some(td)) = self.tds.get(tdi.td) else { return };
-        let (root, level, epoch) = (td.sept_root(), td.root_level(), td.tlb.epoch());
+        let (root, level, epoch, tdr) = (td.sept_root(), td.root_level(), td.tlb.epoch(), td.tdr);
         let end = base.saturating_add(range.pages << 12);
         let mut gpa = base;
         while gpa < end {
@@ -453,6 +411,9 @@ impl<P: Platform> Tsm<P> {
             {
                 let blocked = SeptEntry::new(SeptState::MmioBlocked, found.entry.pfn(), found.level);
                 sept::write(&mut self.platform, found.slot, blocked);
+                let bytes = sept::coverage(found.level);
+                let leaf = GuestPhysAddr::new(gpa & !(bytes - 1)).unwrap_or(g);
+                self.platform.sept_changed(tdr, Some((leaf, bytes)));
             }
             let step = sept::coverage(found.level);
             gpa = (gpa & !(step - 1)).saturating_add(step);
@@ -523,7 +484,7 @@ impl<P: Platform> Tsm<P> {
         self.sys()?;
         let t = self.tdi_index(regs.rcx, Operand::Rcx)?;
         let tdi = self.tdi(t)?;
-        if self.pdev(tdi.pdev)?.pending == Pending::Tdi(t) {
+        if self.tdi_exchanging(tdi, t) {
             return Err(TsmError::Busy(Operand::Tdi));
         }
         if tdi.state != TdiState::Unlocked {
@@ -549,23 +510,13 @@ impl<P: Platform> Tsm<P> {
         Ok(Status::SUCCESS)
     }
 
-    /// Checks a TDI call against the device's outstanding request: `Ok(true)` to continue.
-    fn tdi_resume(&self, t: usize, op: fn(&TdiOp) -> bool, msg: &Msg) -> TsmResult<bool> {
-        let tdi = self.tdi(t)?;
-        let pdev = self.pdev(tdi.pdev)?;
-        let resuming = Self::resume(pdev, Pending::Tdi(t), msg)?;
-        if resuming && !tdi.flow.as_ref().is_some_and(|f| op(&f.op())) {
-            return Err(TsmError::Busy(Operand::Tdi));
-        }
-        Ok(resuming)
-    }
-
     fn tdi_lock(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
         self.sys()?;
         let t = self.tdi_index(regs.rcx, Operand::Rcx)?;
         let msg = self.msg_operands(regs.rdx, regs.r8)?;
-        if self.tdi_resume(t, |o| matches!(o, TdiOp::Lock { .. }), &msg)? {
-            return self.tdi_continue(t, &msg, out);
+        let p = self.tdi(t)?.pdev;
+        if self.resume(p, Call::Tdi(t, TdiCall::Lock), &msg)? {
+            return self.communicate(p, &msg, out);
         }
         let tdi = self.tdi(t)?;
         if tdi.state != TdiState::Unlocked {
@@ -591,7 +542,7 @@ impl<P: Platform> Tsm<P> {
         if !pdev.stream_secure(stream) {
             return Err(TsmError::IdeStreamState);
         }
-        let (version, iface, p) = (pdev.version(), InterfaceId(tdi.function), tdi.pdev);
+        let (version, iface) = (pdev.version(), InterfaceId(tdi.function));
         let mut r = [0u8; 2];
         self.platform.fill(&mut r).map_err(|_| TsmError::NoEntropy)?;
         // A random reporting offset in bits 47:36, never zero (TDX: per TD, random).
@@ -599,7 +550,6 @@ impl<P: Platform> Tsm<P> {
         // ALL CHECKS PASSED: nothing below can fail but the device.
         let flow = TdiFlow::new(TdiOp::Lock { flags, stream: stream_id, offset }, version, iface, [0; 32]);
         let tdi = self.tdi_mut(t)?;
-        tdi.flow = Some(flow);
         tdi.lock_flags = flags;
         tdi.stream = stream_id;
         tdi.reporting_offset = offset;
@@ -608,16 +558,16 @@ impl<P: Platform> Tsm<P> {
         let tdi = self.tdi_mut(t)?;
         tdi.range_count = 0;
         tdi.fault = None;
-        self.pdev_mut(p)?.pending = Pending::Tdi(t);
-        self.tdi_send(t, &msg, out)
+        self.begin(p, Exchange::tdisp(t, flow), &msg, out)
     }
 
     fn tdi_start(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
         self.sys()?;
         let t = self.tdi_index(regs.rcx, Operand::Rcx)?;
         let msg = self.msg_operands(regs.rdx, regs.r8)?;
-        if self.tdi_resume(t, |o| *o == TdiOp::Start, &msg)? {
-            return self.tdi_continue(t, &msg, out);
+        let p = self.tdi(t)?.pdev;
+        if self.resume(p, Call::Tdi(t, TdiCall::Start), &msg)? {
+            return self.communicate(p, &msg, out);
         }
         let tdi = self.tdi(t)?;
         if tdi.state != TdiState::Locked {
@@ -636,44 +586,39 @@ impl<P: Platform> Tsm<P> {
             return Err(TsmError::IdeStreamState);
         }
         let flow = TdiFlow::new(TdiOp::Start, pdev.version(), InterfaceId(tdi.function), tdi.nonce);
-        let p = tdi.pdev;
         // ALL CHECKS PASSED: nothing below can fail but the device.
-        self.tdi_mut(t)?.flow = Some(flow);
-        self.pdev_mut(p)?.pending = Pending::Tdi(t);
-        self.tdi_send(t, &msg, out)
+        self.begin(p, Exchange::tdisp(t, flow), &msg, out)
     }
 
     fn tdi_stop(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
         self.sys()?;
         let t = self.tdi_index(regs.rcx, Operand::Rcx)?;
         let msg = self.msg_operands(regs.rdx, regs.r8)?;
-        if self.tdi_resume(t, |o| *o == TdiOp::Stop, &msg)? {
-            return self.tdi_continue(t, &msg, out);
+        let p = self.tdi(t)?.pdev;
+        if self.resume(p, Call::Tdi(t, TdiCall::Stop), &msg)? {
+            return self.communicate(p, &msg, out);
         }
         let tdi = self.tdi(t)?;
         if tdi.state == TdiState::Unlocked {
             return Err(TsmError::TdiState);
         }
         let pdev = self.pdev(tdi.pdev)?;
-        let (version, iface, p) = (pdev.version(), InterfaceId(tdi.function), tdi.pdev);
+        let (version, iface) = (pdev.version(), InterfaceId(tdi.function));
         if pdev.state != PdevState::Connected {
             // ALL CHECKS PASSED: no session left to ask the device through; stop locally.
             self.tdi_unlocked(t)?;
             return Ok(Status::SUCCESS);
         }
         // ALL CHECKS PASSED: nothing below can fail but the device.
-        self.tdi_mut(t)?.flow = Some(TdiFlow::new(TdiOp::Stop, version, iface, [0; 32]));
-        self.pdev_mut(p)?.pending = Pending::Tdi(t);
-        self.tdi_send(t, &msg, out)
+        self.begin(p, Exchange::tdisp(t, TdiFlow::new(TdiOp::Stop, version, iface, [0; 32])), &msg, out)
     }
 
     /// A stopped TDI: CONFIG_UNLOCKED, its nonce and authorisation gone, and nothing of it
     /// reachable any more. An unlocked device is the host's to reconfigure, so the guest's MMIO
     /// leaves are blocked and its DMA entry too, at once; the host then tracks and unmaps.
-    fn tdi_unlocked(&mut self, t: usize) -> TsmResult<()> {
+    pub(crate) fn tdi_unlocked(&mut self, t: usize) -> TsmResult<()> {
         let tdi = self.tdi_mut(t)?;
         tdi.state = TdiState::Unlocked;
-        tdi.flow = None;
         tdi.nonce = [0; 32];
         tdi.authorised = None;
         self.cut_dma(t);
@@ -681,87 +626,6 @@ impl<P: Platform> Tsm<P> {
             self.block_range(t, r);
         }
         Ok(())
-    }
-
-    /// Encodes the TDI flow's current request, seals it and hands it to the host.
-    fn tdi_send(&mut self, t: usize, msg: &Msg, out: &mut Regs) -> TsmResult<Status> {
-        let mut plain = [0u8; PLAIN_BYTES];
-        let tdi = self.tdi(t)?;
-        let p = tdi.pdev;
-        let encoded = tdi.flow.as_ref().ok_or(TsmError::Corrupt)?.encode(&mut plain);
-        let mut obj = [0u8; MSG_BYTES];
-        match encoded.and_then(|n| self.seal_for(p, &plain[..n], &mut obj)) {
-            Ok(n) => Ok(self.send_request(msg, &obj[..n], out)),
-            Err(f) => {
-                self.tdi_failed(t, f);
-                Err(TsmError::Device(Operand::Tdi, f))
-            }
-        }
-    }
-
-    fn tdi_continue(&mut self, t: usize, msg: &Msg, out: &mut Regs) -> TsmResult<Status> {
-        let p = self.tdi(t)?.pdev;
-        let answer = self.read_answer(msg);
-        let mut plain = [0u8; MSG_BYTES];
-        let m = self.open_answer(p, &answer, &mut plain)?;
-        // ALL CHECKS PASSED: the authentic answer drives the flow.
-        let tdi = self.tdi_mut(t)?;
-        let Some(flow) = tdi.flow.as_mut() else { return Err(TsmError::Corrupt) };
-        let next = flow.answer(m, &mut tdi.report);
-        let done = match next {
-            Ok(TdiNext::Continue) => return self.tdi_send(t, msg, out),
-            Ok(TdiNext::Done(d)) => d,
-            Err(f) => {
-                self.tdi_failed(t, f);
-                return Err(TsmError::Device(Operand::Tdi, f));
-            }
-        };
-        self.pdev_mut(p)?.pending = Pending::None;
-        match done {
-            TdiDone::Locked { nonce, report_len } => self.tdi_locked(t, nonce, report_len, msg, out),
-            TdiDone::Started => {
-                let tdi = self.tdi_mut(t)?;
-                tdi.state = TdiState::Run;
-                tdi.flow = None;
-                Ok(Status::SUCCESS)
-            }
-            TdiDone::Stopped => {
-                self.tdi_unlocked(t)?;
-                Ok(Status::SUCCESS)
-            }
-        }
-    }
-
-    fn tdi_locked(&mut self, t: usize, nonce: [u8; 32], len: usize, msg: &Msg, out: &mut Regs) -> TsmResult<Status> {
-        let tdi = self.tdi_mut(t)?;
-        let report = &tdi.report[..len.min(REPORT_MAX)];
-        let ranges = InterfaceReport::parse(report).map_err(DeviceFault::Report).and_then(|r| {
-            Tdi::host_ranges(&r, tdi.reporting_offset)
-                .map_err(|_| DeviceFault::Report(crate::tdisp::ReportError::Range { index: 0 }))
-        });
-        let (ranges, count) = match ranges {
-            Ok(r) => r,
-            Err(f) => {
-                self.tdi_failed(t, f);
-                return Err(TsmError::Device(Operand::Tdi, f));
-            }
-        };
-        tdi.report_digest = Sha384::digest(report).into();
-        tdi.report_len = len;
-        tdi.ranges = ranges;
-        tdi.range_count = count;
-        tdi.nonce = nonce;
-        tdi.generation = tdi.generation.wrapping_add(1);
-        tdi.authorised = None;
-        tdi.state = TdiState::Locked;
-        tdi.flow = None;
-        let generation = tdi.generation;
-        let mut copy = [0u8; REPORT_MAX];
-        copy[..len].copy_from_slice(&tdi.report[..len]);
-        self.platform.write_bytes(msg.page, 0, &copy[..len]);
-        out.r8 = len as u64;
-        out.rcx = u64::from(generation);
-        Ok(Status::SUCCESS)
     }
 
     // ---- dma-buf ----------------------------------------------------------------------------
@@ -907,9 +771,10 @@ impl<P: Platform> Tsm<P> {
             return Ok(Status::GPA_RANGE_ALREADY_BLOCKED);
         }
         let (t, r) = self.mmio_owner(w.entry.pfn().raw()).ok_or(TsmError::Corrupt)?;
-        let epoch = td.tlb.epoch();
+        let (epoch, tdr) = (td.tlb.epoch(), td.tdr);
         // ALL CHECKS PASSED: nothing below can fail.
         sept::write(&mut self.platform, w.slot, SeptEntry::new(SeptState::MmioBlocked, w.entry.pfn(), size.level()));
+        self.platform.sept_changed(tdr, Some((gpa, size.bytes())));
         self.tdi_mut(t)?.ranges[r].bepoch = epoch;
         Ok(Status::SUCCESS)
     }

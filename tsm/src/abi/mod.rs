@@ -2,6 +2,7 @@
 //! dispatchers here are the only code that writes status registers, and they report every call
 //! once through [`Platform::log_call`].
 
+mod exchange;
 pub mod guest;
 mod guest_tdi;
 pub mod host;
@@ -132,6 +133,60 @@ pub enum TdExit {
         /// The raw entry found there.
         entry: u64,
     },
+    /// The vCPU shut down (triple fault): it cannot run again.
+    TripleFault,
+}
+
+impl TdExit {
+    /// VMX basic exit reason of a TDCALL(TDG.VP.VMCALL) TD exit.
+    pub const REASON_TDCALL: u64 = 77;
+    /// VMX basic exit reason of an EPT violation.
+    pub const REASON_EPT_VIOLATION: u64 = 48;
+    /// VMX basic exit reason of a triple fault.
+    pub const REASON_TRIPLE_FAULT: u64 = 2;
+    /// The registers GHCI's TDG.VP.VMCALL exposes to the host (RCX's bit per GPR): R10..R13,
+    /// the ones the request carries. The guest's own mask is not honoured: no other register
+    /// of the TD ever reaches the host.
+    pub const VMCALL_EXPOSED: u64 = 0x3C00;
+
+    /// The registers TDH.VP.ENTER returns to the host for this exit, and nothing else of the
+    /// TD: RAX the VMX exit reason (status class SUCCESS), then for TDG.VP.VMCALL RCX the
+    /// exposed-register mask and R10..R13 the request; for an EPT violation R8 the GPA, RCX
+    /// the S-EPT entry found and RDX its level (2:0) and the level asked for (10:8). Every
+    /// other register is zero.
+    pub fn host_regs(&self) -> Regs {
+        let mut r = Regs::default();
+        match *self {
+            TdExit::Vmcall { args } => {
+                r.rax = Self::REASON_TDCALL;
+                r.rcx = Self::VMCALL_EXPOSED;
+                [r.r10, r.r11, r.r12, r.r13] = args;
+            }
+            TdExit::EptViolation { gpa, requested_level, level, entry } => {
+                r.rax = Self::REASON_EPT_VIOLATION;
+                r.rcx = entry;
+                r.rdx = u64::from(level) | u64::from(requested_level) << 8;
+                r.r8 = gpa.raw();
+            }
+            TdExit::TripleFault => r.rax = Self::REASON_TRIPLE_FAULT,
+        }
+        r
+    }
+
+    /// The exit that [`TdExit::host_regs`] encoded, or `None` if `r` is not a TD exit.
+    pub fn from_host_regs(r: &Regs) -> Option<TdExit> {
+        match r.rax {
+            Self::REASON_TDCALL => Some(TdExit::Vmcall { args: [r.r10, r.r11, r.r12, r.r13] }),
+            Self::REASON_EPT_VIOLATION => Some(TdExit::EptViolation {
+                gpa: GuestPhysAddr::new(r.r8)?,
+                requested_level: ((r.rdx >> 8) & 7) as u8,
+                level: (r.rdx & 7) as u8,
+                entry: r.rcx,
+            }),
+            Self::REASON_TRIPLE_FAULT => Some(TdExit::TripleFault),
+            _ => None,
+        }
+    }
 }
 
 /// The result of a guest call.

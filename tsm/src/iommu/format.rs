@@ -274,8 +274,16 @@ impl PasidEntry {
         }
     }
 
-    /// Word 0 alone (the one that holds P).
+    /// Word 0 alone (the one that holds P). A not-present entry's word 0 is all zero: its
+    /// table pointer, AW and PGTT are written only together with P (one 64-bit store at
+    /// TDG.DMAR.ACCEPT) and cleared with it (DMAR.BLOCK). VT-d ignores them while P = 0, but
+    /// QEMU's unit (10.0) does not check P of the PASID entry on the second-stage path: it
+    /// walks SSPTPTR whatever P says. The differential test against it found that (a write
+    /// after DMAR.BLOCK landed); with PGTT = 0 the unit refuses the request.
     pub const fn word0(self) -> u64 {
+        if !self.present {
+            return 0;
+        }
         (self.sept_root.addr().raw() & ADDR_MASK)
             | ((self.pgtt & 7) << Self::PGTT_SHIFT)
             | ((self.aw & 7) << Self::AW_SHIFT)
@@ -386,8 +394,11 @@ mod tests {
         assert_eq!(&w[2..], &[0; 6]);
         assert_eq!(PasidEntry::decode(&w), Ok(e));
         assert_eq!(e.levels(), Some(SeptLevels::Five));
-        let four = PasidEntry::second_stage(pfn(1), SeptLevels::Four, DomainId(1), false);
+        let four = PasidEntry::second_stage(pfn(1), SeptLevels::Four, DomainId(1), true);
         assert_eq!((four.word0() >> 2) & 7, 0b010);
+        // Not present: word 0 carries nothing a unit could walk; word 1 keeps the DID.
+        let absent = PasidEntry { present: false, ..four }.encode();
+        assert_eq!(absent[..2], [0, 1 | 1 << 23 | 1 << 24]);
         for (word, bit) in [(0, 5), (0, 9), (0, 10), (0, 63), (1, 16), (1, 25), (2, 0), (7, 63)] {
             let mut bad = w;
             bad[word] |= 1 << bit;

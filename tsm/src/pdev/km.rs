@@ -10,6 +10,7 @@
 //! always hold the same key; keys are drawn from the TSM's entropy when the call starts and
 //! dropped with the flow.
 
+use crate::doe::Action;
 use crate::error::DeviceFault;
 use crate::ide::RootPortStream;
 use crate::idekm::{self, KeySlot, Request};
@@ -53,7 +54,7 @@ impl core::fmt::Debug for KeyMaterial {
 }
 
 /// One running IDE_KM flow.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KmFlow {
     op: KmOp,
     version: u8,
@@ -63,18 +64,19 @@ pub struct KmFlow {
     set_1: bool,
     step: usize,
     material: KeyMaterial,
+    out: [u8; super::PLAIN_BYTES],
 }
 
-/// What a flow does after an answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KmNext {
-    /// Send the next request.
-    Continue,
-    /// Finished: the key set now in use (SETUP, REFRESH) or stopped (STOP).
-    Done {
-        /// The key set that is live (or was stopped).
-        key_set_1: bool,
-    },
+impl core::fmt::Debug for KmFlow {
+    // The last request may be a KEY_PROG: its bytes hold a key, so they are not printed.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("KmFlow")
+            .field("op", &self.op)
+            .field("stream", &self.stream)
+            .field("set_1", &self.set_1)
+            .field("step", &self.step)
+            .finish_non_exhaustive()
+    }
 }
 
 impl KmFlow {
@@ -85,7 +87,7 @@ impl KmFlow {
             KmOp::Refresh => !current_set_1,
             KmOp::Stop => current_set_1,
         };
-        KmFlow { op, version, stream, port, set_1, step: 0, material }
+        KmFlow { op, version, stream, port, set_1, step: 0, material, out: [0; super::PLAIN_BYTES] }
     }
 
     /// The operation.
@@ -127,12 +129,39 @@ impl KmFlow {
         }
     }
 
-    /// Encodes the current request into `out`.
-    ///
-    /// # Errors
-    /// [`DeviceFault::IdeKm`] if `out` is too small (a TSM bug).
-    pub fn encode(&self, out: &mut [u8]) -> Result<usize, DeviceFault> {
-        idekm::encode(self.version, &self.request(), out).map_err(DeviceFault::IdeKm)
+    /// The key set the flow programs (SETUP, REFRESH) or stops (STOP): once done, the set that
+    /// is live (or was stopped).
+    pub fn key_set_1(&self) -> bool {
+        self.set_1
+    }
+
+    /// The first request (plaintext; the engine seals it).
+    pub fn start(&mut self) -> Action<'_, DeviceFault> {
+        self.send()
+    }
+
+    /// Checks the device's answer to the current request, mirrors it into the root port `rp`,
+    /// and names the next request.
+    pub fn step(&mut self, m: &[u8], rp: &mut RootPortStream) -> Action<'_, DeviceFault> {
+        if let Err(f) = self.answer(m, rp) {
+            return Action::Failed(f);
+        }
+        if self.step < self.steps() {
+            self.send()
+        } else {
+            Action::Done
+        }
+    }
+
+    fn send(&mut self) -> Action<'_, DeviceFault> {
+        let mut out = [0u8; super::PLAIN_BYTES];
+        match idekm::encode(self.version, &self.request(), &mut out) {
+            Ok(n) => {
+                self.out = out;
+                Action::Send(&self.out[..n])
+            }
+            Err(e) => Action::Failed(DeviceFault::IdeKm(e)),
+        }
     }
 
     /// Checks the device's answer to the current request and mirrors it into the root port.
@@ -140,7 +169,7 @@ impl KmFlow {
     /// # Errors
     /// [`DeviceFault::IdeKm`] for a wrong answer, [`DeviceFault::RootPort`] if the root port
     /// refuses what the device acknowledged.
-    pub fn answer(&mut self, m: &[u8], rp: &mut RootPortStream) -> Result<KmNext, DeviceFault> {
+    fn answer(&mut self, m: &[u8], rp: &mut RootPortStream) -> Result<(), DeviceFault> {
         let request = self.request();
         match request {
             Request::Query { port } => {
@@ -160,10 +189,6 @@ impl KmFlow {
             }
         }
         self.step += 1;
-        if self.step < self.steps() {
-            Ok(KmNext::Continue)
-        } else {
-            Ok(KmNext::Done { key_set_1: self.set_1 })
-        }
+        Ok(())
     }
 }

@@ -11,6 +11,7 @@
 //! ```
 //! SPDM.DELETE takes a PDEV in New, Stopped or Error, with no IDE stream and no TDI.
 
+pub mod exchange;
 pub mod km;
 
 use crate::error::DeviceFault;
@@ -19,7 +20,8 @@ use crate::spdm::connect::Connect;
 use crate::spdm::session::Session;
 use crate::spdm::Negotiated;
 
-pub use km::{KmFlow, KmNext, KmOp};
+pub use exchange::{Exchange, Flow, Measure, Owner, Pending};
+pub use km::{KmFlow, KmOp};
 
 /// PDEVs the TSM can hold at once.
 pub const MAX_PDEVS: usize = 4;
@@ -42,25 +44,6 @@ pub enum PdevState {
     /// A device answer failed a check, or the host abandoned an exchange: no further device
     /// traffic; only SPDM.DELETE (after the TDIs and streams are gone).
     Error,
-}
-
-/// What the device's one outstanding request belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pending {
-    /// Nothing is outstanding.
-    None,
-    /// SPDM.CONNECT.
-    Connect,
-    /// SPDM.DISCONNECT: END_SESSION.
-    End,
-    /// IDE.STREAM.KM on a stream.
-    Km(usize),
-    /// SPDM.MNG KEY_UPDATE.
-    KeyUpdate,
-    /// SPDM.MNG RECOLLECT: fresh signed measurements.
-    Measure,
-    /// A TDI's TDISP request (its flow lives in the TDI).
-    Tdi(usize),
 }
 
 /// The state of one IDE stream, from the root port's point of view.
@@ -89,8 +72,6 @@ pub struct IdeStream {
     pub state: StreamState,
     /// The key set in use once secure.
     pub key_set_1: bool,
-    /// The running IDE_KM flow.
-    pub flow: Option<KmFlow>,
 }
 
 /// Digests of the device evidence the PDEV keeps, fixed at connection.
@@ -103,6 +84,9 @@ pub struct PdevEvidence {
     /// SHA-384 of the measurement transcript the attestation report binds: the VCA's length,
     /// the VCA, and the signed GET_MEASUREMENTS exchange (`attest::evidence::transcript_digest`).
     pub measurements_digest: [u8; 48],
+    /// The measurements were taken inside the secured session (after KEY_EXCHANGE / FINISH),
+    /// not in the clear before it. The attestation report records it.
+    pub measurements_in_session: bool,
 }
 
 /// A PDEV.
@@ -120,23 +104,19 @@ pub struct Pdev {
     pub session: Option<Session>,
     /// Digests of the evidence, from Connected on.
     pub evidence: Option<PdevEvidence>,
-    /// The outstanding request.
-    pub pending: Pending,
+    /// The one outstanding exchange with the device, and whose it is.
+    pub exchange: Option<Exchange>,
     /// IDE streams.
     pub streams: [Option<IdeStream>; MAX_STREAMS],
     /// TDIs created on this PDEV.
     pub tdis: usize,
     /// Why it went to Error.
     pub fault: Option<DeviceFault>,
-    /// A running KEY_UPDATE; it holds the session until it ends.
-    pub key_update: Option<crate::spdm::key_update::KeyUpdate>,
-    /// The re-collection of signed measurements in progress (SPDM.MNG RECOLLECT): never
-    /// evidence until it succeeds.
-    pub remeasure: Option<crate::spdm::meas::Measurements>,
-    /// The last re-collection that succeeded: the exchange `evidence.measurements_digest` binds
-    /// once one did (before, the connection's). Kept apart from the one in progress so that a
-    /// failed or abandoned RECOLLECT leaves the evidence and its digest as they were.
-    pub remeasured: Option<crate::spdm::meas::Measurements>,
+    /// The signed measurement exchange `evidence.measurements_digest` binds when it is not the
+    /// connection's clear one: taken inside the session at connection, or the last re-collection
+    /// that succeeded. The one in progress is the PDEV's exchange, so a failed or abandoned
+    /// RECOLLECT leaves the evidence and its digest as they were.
+    pub measured: Option<crate::spdm::meas::Measurements>,
 }
 
 /// Function ids carry RID (15:0), segment (23:16) and the segment-valid bit (24).
@@ -178,27 +158,50 @@ impl Pdev {
     /// The signed measurement exchange the evidence binds: the last successful re-collection,
     /// else the connection's. Never the one in progress.
     pub fn measurements(&self) -> Option<&[u8]> {
-        match &self.remeasured {
+        match &self.measured {
             Some(m) => m.exchange(),
             None => self.conn.measurements(),
         }
     }
 
-    /// RECOLLECT finished: the exchange in progress becomes the evidence, and the digest moves
-    /// to it in the same step, so the bytes handed out always hash to the digest reports sign.
-    /// Returns false, changing nothing, if no complete re-collection is in progress (a TSM bug).
-    pub fn recollect_done(&mut self) -> bool {
-        let (Some(m), Some(evidence)) = (&self.remeasure, self.evidence.as_mut()) else { return false };
+    /// RECOLLECT finished: the exchange `m` becomes the evidence, and the digest moves to it in
+    /// the same step, so the bytes handed out always hash to the digest reports sign. Returns
+    /// false, changing nothing, if `m` is not a complete exchange (a TSM bug).
+    pub fn recollect_done(&mut self, m: crate::spdm::meas::Measurements) -> bool {
+        let Some(evidence) = self.evidence.as_mut() else { return false };
         let Some(exchange) = m.exchange() else { return false };
         evidence.measurements_digest = attest::evidence::transcript_digest(self.conn.vca(), exchange);
-        self.remeasured = self.remeasure.take();
+        self.measured = Some(m);
         true
     }
 
-    /// RECOLLECT failed or was abandoned: the exchange in progress is dropped; the evidence
-    /// (the last good exchange and its digest) stays.
-    pub fn recollect_dropped(&mut self) {
-        self.remeasure = None;
+    /// The connection finished with its measurements (`digest`, taken inside the session or
+    /// not): the PDEV is CONNECTED and keeps the evidence. The session is already in place.
+    ///
+    /// # Errors
+    /// `Corrupt` if the connection has no negotiated parameters or chain (a TSM bug).
+    pub fn connected(&mut self, digest: [u8; 48], in_session: bool) -> Result<(), crate::error::TsmError> {
+        let (Some(negotiated), Some(chain)) = (self.conn.negotiated(), self.conn.chain()) else {
+            return Err(crate::error::TsmError::Corrupt);
+        };
+        self.evidence = Some(PdevEvidence {
+            negotiated,
+            chain_digest: *chain.digest(),
+            measurements_digest: digest,
+            measurements_in_session: in_session,
+        });
+        self.state = PdevState::Connected;
+        Ok(())
+    }
+
+    /// The outstanding exchange's view for the summary.
+    pub fn pending(&self) -> Pending {
+        self.exchange.as_ref().map_or(Pending::None, Exchange::pending)
+    }
+
+    /// The live session: the PDEV's, or the one a KEY_UPDATE in progress holds.
+    pub fn live_session(&self) -> bool {
+        self.session.is_some() || matches!(self.exchange.as_ref().map(Exchange::flow), Some(Flow::KeyUpdate(_)))
     }
 
     /// Number of IDE streams.
@@ -210,12 +213,4 @@ impl Pdev {
     pub fn stream_secure(&self, index: usize) -> bool {
         matches!(self.streams.get(index), Some(Some(s)) if s.state == StreamState::Secure && s.rp.secure(s.key_set_1))
     }
-}
-
-/// Seals a plaintext message of the session into a DOE object in `out`.
-///
-/// # Errors
-/// [`DeviceFault::Secured`] if the message cannot be sealed (sequence exhausted).
-pub fn seal(session: &mut Session, message: &[u8], out: &mut [u8]) -> Result<usize, DeviceFault> {
-    session.seal(message, out).map_err(DeviceFault::Secured)
 }

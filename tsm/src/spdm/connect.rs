@@ -9,7 +9,7 @@ use crate::spdm::cert::CertRetrieval;
 use crate::spdm::chain::CertChain;
 use crate::spdm::challenge::Challenge;
 use crate::spdm::meas::Measurements;
-use crate::spdm::negotiate::{Negotiated, Negotiation, SpdmError};
+use crate::spdm::negotiate::{cap, Negotiated, Negotiation, SpdmError};
 use crate::spdm::session::{KeyExchange, Session};
 
 /// The fresh values a connection consumes.
@@ -78,6 +78,11 @@ pub struct Connect {
     challenge: Option<Challenge>,
     measurements: Option<Measurements>,
     key_exchange: Option<KeyExchange>,
+    /// Take the signed measurements inside the session, after FINISH, rather than before
+    /// KEY_EXCHANGE in the clear ([`Connect::measure_in_session`]).
+    in_session: bool,
+    /// HBEAT_CAP announced ([`Connect::offer_heartbeat`]).
+    heartbeat: bool,
     failed: Option<ConnectError>,
     /// The last request of a stage (the DOE object), kept to resend it after Busy.
     request: [u8; 256],
@@ -118,12 +123,47 @@ impl Connect {
             challenge: None,
             measurements: None,
             key_exchange: None,
+            in_session: false,
+            heartbeat: false,
             failed: None,
             request: [0; 256],
             request_len: 0,
             retries: 0,
             out: [0; 256],
         }
+    }
+
+    /// Leaves GET_MEASUREMENTS out of the connection: it ends with the session, and the caller
+    /// takes the signed measurements inside it ([`Connect::session_measurements`]), as TDISP
+    /// wants a device measured after KEY_EXCHANGE. Call before [`Connect::start`].
+    pub fn measure_in_session(&mut self) {
+        self.in_session = true;
+    }
+
+    /// Announces HBEAT_CAP: a device that also announces it may ask for a HeartbeatPeriod in
+    /// KEY_EXCHANGE_RSP, which the session then carries ([`Session::heartbeat_period`]). Call
+    /// before [`Connect::start`].
+    pub fn offer_heartbeat(&mut self) {
+        self.heartbeat = true;
+        self.negotiation.offer_heartbeat();
+    }
+
+    /// True if the measurements are taken inside the session ([`Connect::measure_in_session`]).
+    pub fn measures_in_session(&self) -> bool {
+        self.in_session
+    }
+
+    /// The signed measurement exchange the connection still owes once connected, to run inside
+    /// its session: the connection's nonce, context and VCA, the chain's leaf key. `None`
+    /// unless connected and measuring in the session.
+    pub fn session_measurements(&self) -> Option<Measurements> {
+        if !self.in_session || self.stage != Stage::Connected || self.failed.is_some() {
+            return None;
+        }
+        let n = self.negotiation.negotiated()?;
+        let key = *self.certificates.as_ref()?.chain()?.leaf_key();
+        let r = self.random;
+        Some(Measurements::new(&n, self.negotiation.vca(), key, r.measurement_nonce, r.context))
     }
 
     /// Where the connection stands.
@@ -287,6 +327,7 @@ impl Connect {
                 let ch = self.challenge.insert(ch);
                 copy_out(&mut self.out, ch.start(), |e| ConnectError::Spdm(Stage::Challenge, e))
             }
+            Stage::Challenge if self.in_session => self.start_session(),
             Stage::Challenge => {
                 let chain = self.certificates.as_ref().and_then(CertRetrieval::chain);
                 let (Some(n), Some(chain)) = (self.negotiation.negotiated(), chain) else {
@@ -298,26 +339,34 @@ impl Connect {
                 let m = self.measurements.insert(m);
                 copy_out(&mut self.out, m.start(), |e| ConnectError::Spdm(Stage::Measurements, e))
             }
-            Stage::Measurements => {
-                let chain = self.certificates.as_ref().and_then(CertRetrieval::chain);
-                let (Some(n), Some(chain)) = (self.negotiation.negotiated(), chain) else {
-                    return Next::Failed(ConnectError::Spdm(Stage::Measurements, SpdmError::NotWaiting));
-                };
-                let (digest, key) = (*chain.digest(), *chain.leaf_key());
-                let kx = match KeyExchange::new(&n, self.negotiation.vca(), &digest, key, r.ephemeral, r.random) {
-                    Ok(kx) => kx,
-                    Err(e) => return Next::Failed(ConnectError::Spdm(Stage::Session, e)),
-                };
-                self.stage = Stage::Session;
-                let kx = self.key_exchange.insert(kx);
-                copy_out(&mut self.out, kx.start(), |e| ConnectError::Spdm(Stage::Session, e))
-            }
+            Stage::Measurements => self.start_session(),
             Stage::Session => {
                 self.stage = Stage::Connected;
                 Next::Done
             }
             Stage::Connected => Next::Done,
         }
+    }
+
+    /// KEY_EXCHANGE, after the measurements (or after CHALLENGE when they are taken inside the
+    /// session).
+    fn start_session(&mut self) -> Next {
+        let r = self.random;
+        let chain = self.certificates.as_ref().and_then(CertRetrieval::chain);
+        let (Some(n), Some(chain)) = (self.negotiation.negotiated(), chain) else {
+            return Next::Failed(ConnectError::Spdm(self.stage, SpdmError::NotWaiting));
+        };
+        let (digest, key) = (*chain.digest(), *chain.leaf_key());
+        let mut kx = match KeyExchange::new(&n, self.negotiation.vca(), &digest, key, r.ephemeral, r.random) {
+            Ok(kx) => kx,
+            Err(e) => return Next::Failed(ConnectError::Spdm(Stage::Session, e)),
+        };
+        if self.heartbeat && n.responder_flags & cap::HBEAT != 0 {
+            kx.accept_heartbeat();
+        }
+        self.stage = Stage::Session;
+        let kx = self.key_exchange.insert(kx);
+        copy_out(&mut self.out, kx.start(), |e| ConnectError::Spdm(Stage::Session, e))
     }
 
     /// The negotiated parameters.

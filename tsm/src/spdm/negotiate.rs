@@ -57,6 +57,7 @@ pub mod cap {
     pub const ENCRYPT: u32 = 0x40;
     pub const MAC: u32 = 0x80;
     pub const KEY_EX: u32 = 0x200;
+    pub const HBEAT: u32 = 0x2000;
     pub const KEY_UPD: u32 = 0x4000;
 }
 
@@ -366,6 +367,8 @@ pub struct Negotiation {
     state: State,
     version: u8,
     flags: u32,
+    /// What the TSM announces: [`REQUESTER_FLAGS`], with HBEAT_CAP if it offers heartbeats.
+    requester_flags: u32,
     data_transfer_size: u32,
     max_message_size: u32,
     measurement_hash: MeasurementHash,
@@ -430,6 +433,7 @@ impl Negotiation {
             state: State::Idle,
             version: V10,
             flags: 0,
+            requester_flags: REQUESTER_FLAGS,
             data_transfer_size: 0,
             max_message_size: 0,
             measurement_hash: MeasurementHash::Sha384,
@@ -438,6 +442,12 @@ impl Negotiation {
             vca_len: 0,
             out: [0; 64],
         }
+    }
+
+    /// Announces HBEAT_CAP as well: the TSM keeps a session alive with HEARTBEAT when the
+    /// device asks for it (a HeartbeatPeriod in KEY_EXCHANGE_RSP). Call before starting.
+    pub fn offer_heartbeat(&mut self) {
+        self.requester_flags |= cap::HBEAT;
     }
 
     /// The settled parameters, once done.
@@ -518,7 +528,7 @@ impl Negotiation {
                 let mut m = [0u8; 20];
                 m[0] = self.version;
                 m[1] = code::GET_CAPABILITIES;
-                m[8..12].copy_from_slice(&REQUESTER_FLAGS.to_le_bytes());
+                m[8..12].copy_from_slice(&self.requester_flags.to_le_bytes());
                 m[12..16].copy_from_slice(&TRANSFER_SIZE.to_le_bytes());
                 m[16..20].copy_from_slice(&TRANSFER_SIZE.to_le_bytes());
                 self.state = State::Idle;

@@ -40,13 +40,22 @@ pub struct Session {
     /// Keys of what the device sends.
     pub response: DirectionKeys,
     version: u8,
+    /// HeartbeatPeriod of KEY_EXCHANGE_RSP (seconds; 0: no heartbeat).
+    heartbeat_period: u8,
 }
 
 impl Session {
     /// A session from its id, the application keys of both directions and the SPDM version
     /// (what FINISH_RSP establishes; also how a test stands in for the device's side).
     pub fn new(id: u32, request: DirectionKeys, response: DirectionKeys, version: u8) -> Session {
-        Session { id, request, response, version }
+        Session { id, request, response, version, heartbeat_period: 0 }
+    }
+
+    /// The HeartbeatPeriod the device asked for in KEY_EXCHANGE_RSP, in seconds (DSP0274
+    /// §10.19: the requester sends HEARTBEAT at least that often, or the device may end the
+    /// session); 0 when no heartbeat was asked for.
+    pub fn heartbeat_period(&self) -> u8 {
+        self.heartbeat_period
     }
 
     /// Encrypts an SPDM message for the device into a DOE object; returns its length.
@@ -134,6 +143,10 @@ pub struct KeyExchange {
     handshake: Option<HandshakeKeys>,
     session_id: u32,
     session: Option<Session>,
+    /// The requester offered HBEAT_CAP and the responder announced it: a HeartbeatPeriod is
+    /// accepted.
+    heartbeat: bool,
+    heartbeat_period: u8,
     out: [u8; 256],
 }
 
@@ -165,8 +178,16 @@ impl KeyExchange {
             handshake: None,
             session_id: 0,
             session: None,
+            heartbeat: false,
+            heartbeat_period: 0,
             out: [0; 256],
         })
+    }
+
+    /// Accepts a HeartbeatPeriod in KEY_EXCHANGE_RSP: both sides announced HBEAT_CAP. Without
+    /// it a period is refused as [`SpdmError::UnrequestedFeature`].
+    pub fn accept_heartbeat(&mut self) {
+        self.heartbeat = true;
     }
 
     fn fail(&mut self, e: SpdmError) -> Action<'_, SpdmError> {
@@ -228,9 +249,10 @@ impl KeyExchange {
         let sig_at = opaque_at + 2 + opaque_len;
         let verify_at = sig_at + SIGNATURE_BYTES;
         let msg = exact(p, verify_at + H, code::KEY_EXCHANGE_RSP)?;
-        if msg[2] != 0 || msg[6] != 0 {
+        if (msg[2] != 0 && !self.heartbeat) || msg[6] != 0 {
             return Err(SpdmError::UnrequestedFeature);
         }
+        self.heartbeat_period = msg[2];
         check_opaque(&msg[opaque_at + 2..sig_at])?;
         let mut point = [0u8; 97];
         point[0] = 0x04;
@@ -301,8 +323,13 @@ impl KeyExchange {
         th.update(msg);
         let th2: [u8; H] = th.finalize().into();
         let app = hs.application(&th2);
-        self.session =
-            Some(Session { id: self.session_id, request: app.request, response: app.response, version: self.version });
+        self.session = Some(Session {
+            id: self.session_id,
+            request: app.request,
+            response: app.response,
+            version: self.version,
+            heartbeat_period: self.heartbeat_period,
+        });
         Ok(None)
     }
 

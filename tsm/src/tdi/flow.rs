@@ -11,7 +11,9 @@
 //! The state read back after each transition is the TSM's own confirmation: a device that
 //! acknowledges START but does not run is caught here, not by the guest.
 
+use crate::doe::Action;
 use crate::error::DeviceFault;
+use crate::pdev::PLAIN_BYTES;
 use crate::tdisp::{self, InterfaceId, InterfaceReport, Request, Response, TdiState, VERSION_10};
 
 /// Largest interface report the TSM keeps: 32 ranges and 1 KiB of device-specific information.
@@ -64,15 +66,6 @@ pub enum TdiDone {
     Stopped,
 }
 
-/// What a flow does after an answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TdiNext {
-    /// Send the next request.
-    Continue,
-    /// Finished.
-    Done(TdiDone),
-}
-
 /// One running TDISP flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TdiFlow {
@@ -83,6 +76,8 @@ pub struct TdiFlow {
     nonce: [u8; 32],
     report_len: usize,
     remainder: Option<u16>,
+    done: Option<TdiDone>,
+    out: [u8; PLAIN_BYTES],
 }
 
 impl TdiFlow {
@@ -94,7 +89,7 @@ impl TdiFlow {
             TdiOp::Start => Step::Start,
             TdiOp::Stop => Step::Stop,
         };
-        TdiFlow { op, version, iface, step, nonce, report_len: 0, remainder: None }
+        TdiFlow { op, version, iface, step, nonce, report_len: 0, remainder: None, done: None, out: [0; PLAIN_BYTES] }
     }
 
     /// The operation.
@@ -102,11 +97,42 @@ impl TdiFlow {
         self.op
     }
 
+    /// What the flow learnt, once it finished.
+    pub fn done(&self) -> Option<TdiDone> {
+        self.done
+    }
+
+    /// The first request (plaintext; the engine seals it).
+    pub fn start(&mut self) -> Action<'_, DeviceFault> {
+        self.send()
+    }
+
+    /// Checks the device's answer (report portions are appended to `report`) and names the
+    /// next request; [`Action::Done`] once [`TdiFlow::done`] says what was reached.
+    pub fn step(&mut self, m: &[u8], report: &mut [u8; REPORT_MAX]) -> Action<'_, DeviceFault> {
+        match self.answer(m, report) {
+            Ok(Some(d)) => {
+                self.done = Some(d);
+                Action::Done
+            }
+            Ok(None) => self.send(),
+            Err(f) => Action::Failed(f),
+        }
+    }
+
+    fn send(&mut self) -> Action<'_, DeviceFault> {
+        let mut out = [0u8; PLAIN_BYTES];
+        match self.encode(&mut out) {
+            Ok(n) => {
+                self.out = out;
+                Action::Send(&self.out[..n])
+            }
+            Err(f) => Action::Failed(f),
+        }
+    }
+
     /// Encodes the current request into `out`.
-    ///
-    /// # Errors
-    /// [`DeviceFault::Tdisp`] if `out` is too small (a TSM bug).
-    pub fn encode(&self, out: &mut [u8]) -> Result<usize, DeviceFault> {
+    fn encode(&self, out: &mut [u8]) -> Result<usize, DeviceFault> {
         let request = match self.step {
             Step::Version => Request::GetVersion,
             Step::Capabilities => Request::GetCapabilities,
@@ -137,11 +163,8 @@ impl TdiFlow {
         }
     }
 
-    /// Checks the device's answer; report portions are appended to `report`.
-    ///
-    /// # Errors
-    /// A [`DeviceFault`] naming what was wrong; the flow must then be dropped.
-    pub fn answer(&mut self, m: &[u8], report: &mut [u8; REPORT_MAX]) -> Result<TdiNext, DeviceFault> {
+    /// Checks the device's answer; report portions are appended to `report`. `Some` once done.
+    fn answer(&mut self, m: &[u8], report: &mut [u8; REPORT_MAX]) -> Result<Option<TdiDone>, DeviceFault> {
         let response = tdisp::decode(self.version, self.iface, self.code(), m).map_err(DeviceFault::Tdisp)?;
         let (next, done) = match (self.step, response) {
             (Step::Version, Response::Version(v)) if v.contains(&VERSION_10) => (Step::Capabilities, None),
@@ -190,9 +213,6 @@ impl TdiFlow {
             (_, _) => return Err(DeviceFault::Tdisp(tdisp::TdispError::Version(0))),
         };
         self.step = next;
-        Ok(match done {
-            Some(d) => TdiNext::Done(d),
-            None => TdiNext::Continue,
-        })
+        Ok(done)
     }
 }

@@ -21,7 +21,7 @@ use crate::error::DeviceFault;
 use crate::iommu::IommuError;
 use crate::tdisp::{InterfaceReport, MAX_RANGES};
 
-pub use flow::{TdiDone, TdiFlow, TdiNext, TdiOp, REPORT_MAX};
+pub use flow::{TdiDone, TdiFlow, TdiOp, REPORT_MAX};
 
 /// TDIs the TSM can hold at once.
 pub const MAX_TDIS: usize = 8;
@@ -125,8 +125,6 @@ pub struct Tdi {
     pub ranges: [MmioRange; MAX_RANGES],
     /// How many.
     pub range_count: usize,
-    /// The running TDISP flow.
-    pub flow: Option<TdiFlow>,
     /// Why it went to Error.
     pub fault: Option<DeviceFault>,
 }
@@ -157,7 +155,6 @@ impl Tdi {
             report_digest: [0; 48],
             ranges: [MmioRange::default(); MAX_RANGES],
             range_count: 0,
-            flow: None,
             fault: None,
         }
     }

@@ -1,0 +1,280 @@
+//! The probe TD (`arch/td_probe.S`) in a TD world: the in-image host builds it with the same
+//! calls as any TD (create, PAGE.ADD of its 8 KiB at the top of 4 GiB and of its data pages,
+//! FINALIZE, one page AUGed and never accepted), then drives it with TDH.VP.ENTER, answering
+//! its TDG.VP.VMCALLs. What it checks: TDX's initial state, CPUID as a TDX module presents it,
+//! #VE with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page), the TDCALL round trip, a page
+//! blocked and tracked while the TD uses it (the next touch exits), SEAMCALL from the TD
+//! (#UD), secrets the TD leaves in registers before VMCALL (none reaches the host), and the
+//! host's own memory (an EPT-violation exit, never its bytes).
+
+use tsm::abi::host::leaf;
+use tsm::{Regs, TdExit};
+use tsm_client::host::td as flow_td;
+use tsm_client::host::HostError;
+use tsm_client::HostMemory;
+
+use crate::arch::svm;
+use crate::drivers::tsc::Tsc;
+use crate::host::{Host, HostCpu};
+use crate::run::td_params;
+
+const PAGE: u64 = 4096;
+/// Where the probe's 8 KiB go: its last 16 bytes are the reset vector.
+const CODE_GPA: u64 = 0xFFFF_E000;
+/// PML4, PDPT, stack, IDT, results, the page the host blocks.
+const DATA_GPA: u64 = 0x80_0000;
+const DATA_PAGES: u64 = 6;
+const BLOCKED_GPA: u64 = 0x80_5000;
+const PENDING_GPA: u64 = 0x80_6000;
+/// Words the TD reports (22 VMCALLs of three).
+const WORDS: usize = 66;
+/// The shared GPAs the TD reads (bit 47 is GPAW 48's shared bit).
+const SHARED_GPA: u64 = 1 << 47 | 0x90_0000;
+/// What the host's two shared pages hold.
+const SHARED_WORDS: [u64; 2] = [0x5A4E_D000_0000_000A, 0x5A4E_D000_0000_000B];
+/// The secret the TD spreads over its registers before the last VMCALL.
+const SECRET: u64 = 0x5EC2_E700_0000_0000;
+/// VMX exit reasons of the #VEs the probe causes, in order, with their instruction lengths.
+const EXPECTED_VES: [(u64, u64); 5] = [(10, 2), (12, 1), (30, 2), (31, 2), (48, 0)];
+
+/// What the probe TD measured and showed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TdProbeReport {
+    /// Mean TDCALL(TDG.VP.INFO) round trip of the best round, ns.
+    pub tdcall_ns: u64,
+    /// #VEs the TD took, each with the VE info it read back.
+    pub ves: u64,
+    /// World switches (TD #VMEXITs) in the run.
+    pub switches: u64,
+    /// TDH.VP.ENTERs the host made.
+    pub entries: u64,
+}
+
+/// Why the probe TD run failed.
+#[derive(Clone, Copy, Debug)]
+pub enum TdProbeError {
+    /// A host call failed.
+    Host(HostError),
+    /// A check of the probe failed.
+    Check(&'static str),
+}
+
+impl core::fmt::Display for TdProbeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            TdProbeError::Host(e) => write!(f, "{e}"),
+            TdProbeError::Check(what) => write!(f, "{what}"),
+        }
+    }
+}
+
+impl From<HostError> for TdProbeError {
+    fn from(e: HostError) -> TdProbeError {
+        TdProbeError::Host(e)
+    }
+}
+
+fn check(ok: bool, what: &'static str) -> Result<(), TdProbeError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(TdProbeError::Check(what))
+    }
+}
+
+/// Builds the probe TD and runs it to its end (the read of the host's memory).
+///
+/// # Errors
+/// [`TdProbeError`]: the first call or check that failed.
+pub fn run(
+    tsm: &mut tsm::Tsm<crate::platform::FirmwarePlatform>,
+    host: &mut Host,
+    tsc: Tsc,
+) -> Result<TdProbeReport, TdProbeError> {
+    let mut cpu = HostCpu::new(tsm, host, tsc);
+    let td = flow_td::create(&mut cpu, &td_params())?;
+    let vcpu = flow_td::vp_create(&mut cpu, &td)?;
+    let code = svm::td_probe();
+    check(code.len() == 2 * PAGE as usize, "the probe TD is not 8 KiB")?;
+    for (i, chunk) in code.chunks_exact(PAGE as usize).enumerate() {
+        let mut page = [0u8; PAGE as usize];
+        page.copy_from_slice(chunk);
+        flow_td::add_page(&mut cpu, &td, CODE_GPA + i as u64 * PAGE, &page, true)?;
+    }
+    for i in 0..DATA_PAGES {
+        flow_td::add_page(&mut cpu, &td, DATA_GPA + i * PAGE, &[0; PAGE as usize], false)?;
+    }
+    flow_td::finalize(&mut cpu, &td)?;
+    let pending = cpu.donate().ok_or(HostError::OutOfPages)?;
+    flow_td::aug(&mut cpu, &td, PENDING_GPA, 0, pending)?;
+    // The host's own page the TD will be told to read, with a value it must never see.
+    let mut mine = cpu.scratch().ok_or(HostError::OutOfPages)?;
+    while (DATA_GPA..PENDING_GPA + PAGE).contains(&mine) {
+        mine = cpu.scratch().ok_or(HostError::OutOfPages)?;
+    }
+    cpu.write(mine, &0x4057_0000_0000_0001u64.to_le_bytes());
+
+    let first = cpu.tsm.platform().td.as_ref().map_or(0, |w| w.switches);
+    // The per-call defmt record would dominate the round trip being measured.
+    let log_calls = core::mem::replace(&mut cpu.tsm.platform_mut().log_calls, false);
+    let result = drive(&mut cpu, &td, vcpu, (mine, pending));
+    cpu.tsm.platform_mut().log_calls = log_calls;
+    let (words, entries) = result?;
+    // Torn down like any TD: the pages go back, the TD world's slots with them.
+    flow_td::destroy(&mut cpu, td.tdr, &[vcpu])?;
+    let mut back = [0u8; 8];
+    cpu.read(mine, &mut back);
+    check(u64::from_le_bytes(back) == 0x4057_0000_0000_0001, "the host's page changed")?;
+    verify(&words)?;
+    let switches = cpu.tsm.platform().td.as_ref().map_or(0, |w| w.switches) - first;
+    let (ticks, iterations) = (words[7], words[8].max(1));
+    Ok(TdProbeReport { tdcall_ns: tsc.ticks_to_ns(ticks) / iterations, ves: words[31], switches, entries })
+}
+
+/// Enters the probe TD until its last exit, answering its VMCALLs; returns the words it
+/// reported and the number of entries.
+fn drive(
+    cpu: &mut HostCpu<'_>,
+    td: &flow_td::TdPages,
+    vcpu: u64,
+    (mine, private): (u64, u64),
+) -> Result<([u64; WORDS], u64), TdProbeError> {
+    let mut words = [0u64; WORDS];
+    let (mut answer, mut entries, mut blocked, mut block_exit, mut leak_checked) =
+        (Regs::default(), 0, false, false, false);
+    let (mut shared, mut alias_refused) = (None, false);
+    loop {
+        let mut call = Regs {
+            r10: answer.r10,
+            r11: answer.r11,
+            r12: answer.r12,
+            r13: answer.r13,
+            ..Regs::call(leaf::VP_ENTER, vcpu, 0, 0, 0)
+        };
+        answer = Regs::default();
+        tsm_client::Seamcall::seamcall(cpu, &mut call);
+        entries += 1;
+        check(entries < 200, "the probe TD does not end")?;
+        let exit = TdExit::from_host_regs(&call).ok_or(TdProbeError::Check("VP.ENTER returned no TD exit"))?;
+        match exit {
+            TdExit::Vmcall { args: [k @ 0x100..0x116, a, b, c] } => {
+                let i = (k as usize - 0x100) * 3;
+                words[i..i + 3].copy_from_slice(&[a, b, c]);
+            }
+            TdExit::Vmcall { args: [0x200, gpa, ..] } => {
+                check(gpa == BLOCKED_GPA, "the TD asked to block another page")?;
+                flow_td_call(cpu, "TDH.MEM.RANGE.BLOCK", Regs::call(leaf::MEM_RANGE_BLOCK, gpa, td.tdr, 0, 0))?;
+                flow_td_call(cpu, "TDH.MEM.TRACK", Regs::call(leaf::MEM_TRACK, td.tdr, 0, 0, 0))?;
+                blocked = true;
+            }
+            TdExit::EptViolation { gpa, .. } if blocked && gpa.raw() == BLOCKED_GPA => {
+                // The TD touched the blocked page: it exited instead. Give the page back.
+                block_exit = true;
+                blocked = false;
+                flow_td_call(
+                    cpu,
+                    "TDH.MEM.RANGE.UNBLOCK",
+                    Regs::call(leaf::MEM_RANGE_UNBLOCK, gpa.raw(), td.tdr, 0, 0),
+                )?;
+            }
+            TdExit::Vmcall { args: [0x400, ..] } => {
+                // The host's shared table: the first page its own, the second a TD private page.
+                let s = shared_table(cpu, private)?;
+                let set = Regs::call(leaf::SHARED_EPT_SET, td.tdr, s.root, 0, 0);
+                flow_td_call(cpu, "SEAMLESS.SHARED.EPT.SET", set)?;
+                shared = Some(s);
+            }
+            TdExit::EptViolation { gpa, .. } if gpa.raw() == SHARED_GPA + PAGE => {
+                // The shared walk reached a TD private page and refused it: point it at the host's.
+                let s: SharedTable = shared.ok_or(TdProbeError::Check("no shared table"))?;
+                cpu.write(s.pt + (((SHARED_GPA >> 12) & 511) + 1) * 8, &(s.data[1] | 7).to_le_bytes());
+                alias_refused = true;
+            }
+            TdExit::Vmcall { args: [0x300, 0x1111, 0x2222, 0x3333] } => {
+                // Only the exit reason, the mask and R10..R13: none of the TD's secrets.
+                let leaked = [call.rdx, call.r8, call.r9].iter().any(|&r| r != 0) || call.rcx != TdExit::VMCALL_EXPOSED;
+                check(!leaked, "a TD register the ABI does not expose reached the host")?;
+                check(
+                    ![call.rcx, call.rdx, call.r8, call.r9].iter().any(|r| r & SECRET == SECRET),
+                    "a secret reached the host",
+                )?;
+                leak_checked = true;
+                answer.r11 = mine;
+            }
+            TdExit::EptViolation { gpa, .. } if gpa.raw() == mine => break,
+            other => {
+                say!("world: probe TD: unexpected exit {:?} after {} entries", other, entries);
+                return Err(TdProbeError::Check("the probe TD exited in a way it should not"));
+            }
+        }
+    }
+    check(leak_checked && block_exit, "the probe TD skipped a step")?;
+    check(alias_refused, "a shared GPA reached a TD private page")?;
+    let read = words[11] == SHARED_WORDS[0] && words[12] == SHARED_WORDS[1];
+    check(read, "the shared pages did not read as the host wrote them")?;
+    Ok((words, entries))
+}
+
+/// The host's shared table in its own pages.
+#[derive(Clone, Copy, Debug)]
+struct SharedTable {
+    root: u64,
+    pt: u64,
+    data: [u64; 2],
+}
+
+/// A 4-level table for [`SHARED_GPA`]: the first page maps a host page holding
+/// `SHARED_WORDS[0]`, the second the TD private frame `private` (which the TSM must refuse).
+fn shared_table(cpu: &mut HostCpu<'_>, private: u64) -> Result<SharedTable, TdProbeError> {
+    let mut page = || cpu.scratch().ok_or(TdProbeError::Host(HostError::OutOfPages));
+    let (root, pdpt, pd, pt) = (page()?, page()?, page()?, page()?);
+    let data = [page()?, page()?];
+    let slot = |table: u64, shift: u32| table + ((SHARED_GPA >> shift) & 511) * 8;
+    for (at, to) in [
+        (slot(root, 39), pdpt),
+        (slot(pdpt, 30), pd),
+        (slot(pd, 21), pt),
+        (slot(pt, 12), data[0]),
+        (slot(pt, 12) + 8, private),
+    ] {
+        cpu.write(at, &(to | 7).to_le_bytes());
+    }
+    cpu.write(data[0], &SHARED_WORDS[0].to_le_bytes());
+    cpu.write(data[1], &SHARED_WORDS[1].to_le_bytes());
+    Ok(SharedTable { root, pt, data })
+}
+
+/// One host call that must succeed.
+fn flow_td_call(cpu: &mut HostCpu<'_>, name: &'static str, regs: Regs) -> Result<(), TdProbeError> {
+    tsm_client::host::call(cpu, name, regs).map(|_| ()).map_err(TdProbeError::Host)
+}
+
+/// The checks on the TD's results page (word = offset / 8).
+fn verify(w: &[u64; WORDS]) -> Result<(), TdProbeError> {
+    check(w[0] == 48 && w[1] == 0, "TDX's initial state: EBX = GPAW, ESI = vCPU index")?;
+    let max_leaf = w[2] as u32;
+    let mut vendor = [0u8; 12];
+    vendor[..4].copy_from_slice(&((w[2] >> 32) as u32).to_le_bytes());
+    vendor[4..].copy_from_slice(&w[3].to_le_bytes());
+    check(max_leaf >= 0x21 && &vendor == b"GenuineIntel", "CPUID.0 is not GenuineIntel with max leaf >= 0x21")?;
+    check(w[4] as u32 & (1 << 31) != 0, "CPUID.1:ECX[31] is clear")?;
+    let mut tdx = [0u8; 12];
+    tdx[..4].copy_from_slice(&((w[4] >> 32) as u32).to_le_bytes());
+    tdx[4..].copy_from_slice(&w[5].to_le_bytes());
+    check(&tdx == b"IntelTDX    ", "CPUID.0x21 is not \"IntelTDX    \"")?;
+    check(w[6] == 0, "the PENDING page did not read as zero once accepted")?;
+    check(w[10] == 0x5A5A_C0DE_0000_0001, "the blocked page lost its contents")?;
+    check(w[29] == 2, "SEAMCALL in the TD was not #UD")?;
+    check(w[30] == 0, "the #VE handler's ACCEPT failed")?;
+    check(w[31] == EXPECTED_VES.len() as u64, "not one #VE per event")?;
+    for (i, (reason, len)) in EXPECTED_VES.iter().enumerate() {
+        let r = &w[32 + i * 6..38 + i * 6];
+        // RAX status, RCX reason, RDX qualification, R8 GLA, R9 GPA, R10 length.
+        check(r[0] == 0 && r[1] == *reason && r[5] & 0xFFFF_FFFF == *len, "a #VE's info is not exact")?;
+    }
+    let pending = &w[32 + 4 * 6..38 + 4 * 6];
+    check(pending[2] == 1 && pending[4] == PENDING_GPA, "the PENDING page's #VE did not name a read of its GPA")?;
+    let io = &w[32 + 2 * 6..38 + 2 * 6];
+    check(io[2] == (0x80 << 16) | 1 << 3, "the I/O #VE did not name an IN of one byte from port 0x80")?;
+    Ok(())
+}

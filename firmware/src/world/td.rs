@@ -1,0 +1,602 @@
+//! The TD world: TDH.VP.ENTER runs the vCPU as an SVM guest until an exit that goes to the
+//! host, and returns that exit in TDX's exit registers (`TdExit::host_regs`), nothing else of
+//! the TD.
+//!
+//! - **State.** Each TD vCPU has its own VMCB and ASID, kept across entries. The first entry
+//!   starts from TDX's initial state, which TDVF expects (`../shared/reference/worlds.md` §4):
+//!   RIP 0xFFFFFFF0, 32-bit flat protected mode, paging off, EFER.LME = 1 (and SVME, which
+//!   VMRUN requires of every guest), EBX = GPAW, ESI = the vCPU index.
+//! - **Memory.** The nested table is derived from the S-EPT, one per TD, shared by its vCPUs:
+//!   only MAPPED (write-back) and MMIO_MAPPED (uncached) leaves, 4K or 2M, filled on nested
+//!   page faults from `Tsm::private_leaf` and dropped whenever the S-EPT loses a translation
+//!   (`Platform::sept_changed`: BLOCK, REMOVE, DEMOTE, PROMOTE, MMIO.BLOCK, and everything at
+//!   TRACK). A PENDING page is a #VE; a GPA with no granting leaf exits to the host as TDX's
+//!   EPT violation. The table is a cache: when its frames run out it is reset and refilled.
+//! - **TDCALL** (`66 0f 01 cc`) is a #UD intercept: the 4 bytes at RIP are read through the TD's
+//!   own page tables and S-EPT (MAPPED leaves only), then `Tsm::guest_call` runs it. SEAMCALL,
+//!   VMMCALL and every SVM instruction in a TD are #UD, as SEAMCALL is in a TDX TD.
+//! - **#VE** (vector 20): CPUID leaves the TSM does not synthesise, HLT, port I/O, MSR accesses
+//!   and accesses to PENDING pages, with the information TDG.VP.VEINFO.GET returns.
+//!   CPUID leaves 0, 1, 0x21 and 0x8000_0000/1/8 are answered at once, as a TDX module
+//!   presents them (GenuineIntel, CPUID.1:ECX[31], leaf 0x21 "IntelTDX    "), because TDVF asks
+//!   them before it has an IDT.
+//!
+//! A TD runs in this world when its image covers the reset vector (a MAPPED page at GPA
+//! 0xFFFFF000 at its first entry). The demo's guest, still code in the firmware image, has no
+//! such page: its VP.ENTER returns at once and it calls the guest ABI directly, until the guest
+//! becomes its own binary.
+
+use tsm::addr::Pfn;
+use tsm::sept::SeptState;
+use tsm::td::VeInfo;
+use tsm::vcpu::NoLeaf;
+use tsm::{Regs, TdExit, Tsm};
+use x86::cpuid::native_cpuid::cpuid_count;
+
+use super::npt::{MemType, Npt};
+use super::{Exit, World, WorldError};
+use crate::arch::svm::{self, vmcb, Segment, TD_NPT_SLOTS};
+use crate::drivers::phys::Frames;
+use crate::platform::FirmwarePlatform;
+
+/// TD vCPUs the TSM runs at once (each keeps a VMCB).
+pub const VCPU_SLOTS: usize = 5;
+const PAGE: u64 = 4096;
+/// The page that holds the reset vector (0xFFFFFFF0).
+const RESET_PAGE: u64 = 0xFFFF_F000;
+const RESET_VECTOR: u64 = 0xFFFF_FFF0;
+const TDCALL: [u8; 4] = [0x66, 0x0f, 0x01, 0xcc];
+const VECTOR_UD: u8 = 6;
+const VECTOR_DF: u8 = 8;
+/// Virtualization exception.
+pub const VECTOR_VE: u8 = 20;
+
+/// VMX basic exit reasons a #VE reports (Intel SDM vol. 3 appendix C).
+pub mod reason {
+    /// CPUID.
+    pub const CPUID: u32 = 10;
+    /// HLT.
+    pub const HLT: u32 = 12;
+    /// IN, OUT, INS, OUTS.
+    pub const IO: u32 = 30;
+    /// RDMSR.
+    pub const RDMSR: u32 = 31;
+    /// WRMSR.
+    pub const WRMSR: u32 = 32;
+    /// EPT violation.
+    pub const EPT_VIOLATION: u32 = 48;
+}
+
+/// One TD's derived nested table.
+#[derive(Debug)]
+struct TdTable {
+    tdr: Option<Pfn>,
+    npt: Npt,
+    /// It holds translations of the shared half, taken from the host's table, which the host
+    /// may change between entries: dropped at the next TDH.VP.ENTER.
+    shared_used: bool,
+}
+
+/// One TD vCPU's world.
+#[derive(Debug)]
+struct TdVcpu {
+    tdvpr: u64,
+    tdr: Pfn,
+    world: World,
+    /// The TD left by TDG.VP.VMCALL: the next entry hands it the host's R10..R13.
+    vmcall_pending: bool,
+    /// The shared bit (GPA bit GPAW-1).
+    shared: u64,
+    /// The root of the host's table for the shared half, as of this entry.
+    shared_root: Option<Pfn>,
+}
+
+/// The TD worlds: the derived tables and the vCPU contexts. Lives in the platform, which
+/// forwards `sept_changed` to [`TdWorlds::sept_changed`].
+#[derive(Debug)]
+pub struct TdWorlds {
+    tables: [TdTable; TD_NPT_SLOTS],
+    vcpus: [Option<TdVcpu>; VCPU_SLOTS],
+    /// #VMEXITs of TD vCPUs so far: the world switches of the TD worlds.
+    pub switches: u64,
+    /// #VEs delivered so far.
+    pub ves: u64,
+    /// Times a derived table ran out of frames and was reset.
+    pub resets: u64,
+    /// VMCBs taken for TD vCPUs.
+    created: u32,
+}
+
+impl TdWorlds {
+    /// The TD worlds over the TSM's pool of TD table frames (taken once).
+    ///
+    /// # Errors
+    /// [`WorldError::OutOfTsmMemory`] on a second call.
+    pub fn new() -> Result<TdWorlds, WorldError> {
+        let pool = svm::take_td_npt_pool().ok_or(WorldError::OutOfTsmMemory)?;
+        let tables = pool.each_mut().map(|t| TdTable { tdr: None, npt: Npt::new(t), shared_used: false });
+        svm::iopm_intercept_all();
+        Ok(TdWorlds { tables, vcpus: [const { None }; VCPU_SLOTS], switches: 0, ves: 0, resets: 0, created: 0 })
+    }
+
+    /// The S-EPT of TD `tdr` lost the translations of `range` (`None`: all of them): drop them
+    /// from its derived table.
+    pub fn sept_changed(&mut self, tdr: Pfn, range: Option<(u64, u64)>) {
+        for t in self.tables.iter_mut().filter(|t| t.tdr == Some(tdr)) {
+            match range {
+                Some((start, bytes)) => t.npt.zap(start, start.saturating_add(bytes)),
+                None => t.npt.reset(),
+            }
+        }
+    }
+
+    /// Frame `pfn` went back to the host (PAMT entry free): if it was a TD's TDR, its derived
+    /// table goes (a later TD with the same TDR starts empty); if it was a TDVPR, its vCPU's
+    /// slot is free for another (the VMCB stays, re-initialised at that vCPU's first entry).
+    pub fn forget(&mut self, pfn: Pfn) {
+        for t in self.tables.iter_mut().filter(|t| t.tdr == Some(pfn)) {
+            t.tdr = None;
+            t.npt.reset();
+        }
+        for v in self.vcpus.iter_mut().flatten().filter(|v| v.tdvpr >> 12 == pfn.raw()) {
+            v.tdvpr = 0;
+        }
+    }
+
+    fn table(&mut self, tdr: Pfn) -> Option<&mut Npt> {
+        self.tables.iter_mut().find(|t| t.tdr == Some(tdr)).map(|t| &mut t.npt)
+    }
+}
+
+/// Runs the vCPU whose TDVPR is `tdvpr` after a successful TDH.VP.ENTER (`host_in`: the host's
+/// registers of that call) until an exit to the host, and returns the registers VP.ENTER hands
+/// back. `None` if the vCPU does not run in a TD world (its TD has no reset-vector page, or
+/// no TD world exists): then VP.ENTER's own return stands.
+pub fn enter(tsm: &mut Tsm<FirmwarePlatform>, tdvpr: u64, host_in: &Regs) -> Option<Regs> {
+    let vcpu = tsm.running_vcpu(tdvpr)?;
+    let mut v = match take_vcpu(tsm, tdvpr, vcpu.tdr) {
+        Some(v) => v,
+        None => {
+            let code = tsm.private_leaf(tdvpr, RESET_PAGE).is_ok_and(|l| l.state == SeptState::Mapped);
+            if !code {
+                return None;
+            }
+            // A vCPU entered before without a world (more vCPUs than slots) has lost its
+            // state: it cannot resume.
+            match new_vcpu(tsm, tdvpr, vcpu.tdr).ok().filter(|_| vcpu.entries == 1) {
+                Some(v) => v,
+                None => {
+                    defmt::error!("TD world: no VMCB or table for the vCPU");
+                    tsm.vcpu_exit(tdvpr);
+                    return Some(TdExit::TripleFault.host_regs());
+                }
+            }
+        }
+    };
+    (v.shared, v.shared_root) = (1 << (vcpu.gpaw - 1), vcpu.shared_root);
+    if let Some(t) = tsm.platform_mut().td.as_mut().and_then(|w| w.tables.iter_mut().find(|t| t.tdr == Some(vcpu.tdr)))
+    {
+        if core::mem::take(&mut t.shared_used) {
+            t.npt.reset();
+        }
+    }
+    if vcpu.entries == 1 {
+        initial_state(&mut v.world, vcpu.gpaw, vcpu.index);
+        v.vmcall_pending = false;
+    } else if core::mem::take(&mut v.vmcall_pending) {
+        let g = &mut v.world.gprs;
+        (g.r10, g.r11, g.r12, g.r13) = (host_in.r10, host_in.r11, host_in.r12, host_in.r13);
+        v.world.set_rax(0);
+    }
+    let exit = run(tsm, &mut v);
+    let regs = exit.host_regs();
+    if let Some(w) = tsm.platform_mut().td.as_mut() {
+        if let Some(slot) = w.vcpus.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(v);
+        }
+    }
+    Some(regs)
+}
+
+/// The vCPU's world out of its slot (put back by [`enter`]).
+fn take_vcpu(tsm: &mut Tsm<FirmwarePlatform>, tdvpr: u64, tdr: Pfn) -> Option<TdVcpu> {
+    let w = tsm.platform_mut().td.as_mut()?;
+    let found = w.vcpus.iter().position(|s| s.as_ref().is_some_and(|v| v.tdvpr == tdvpr && v.tdr == tdr))?;
+    w.vcpus[found].take()
+}
+
+/// A world for a vCPU entered for the first time: a freed slot's VMCB (or a fresh one), and its
+/// TD's derived table (a free table slot if the TD has none yet).
+fn new_vcpu(tsm: &mut Tsm<FirmwarePlatform>, tdvpr: u64, tdr: Pfn) -> Result<TdVcpu, WorldError> {
+    let w = tsm.platform_mut().td.as_mut().ok_or(WorldError::OutOfTsmMemory)?;
+    if w.table(tdr).is_none() {
+        let free = w.tables.iter_mut().find(|t| t.tdr.is_none()).ok_or(WorldError::OutOfTsmMemory)?;
+        free.tdr = Some(tdr);
+        free.npt.reset();
+    }
+    let reuse = w.vcpus.iter_mut().find(|s| s.as_ref().is_some_and(|v| v.tdvpr == 0)).and_then(Option::take);
+    // A VMCB keeps its ASID for life (the host world has 1): two vCPUs never share one.
+    let world = match reuse {
+        Some(v) => v.world,
+        None => {
+            if w.vcpus.iter().all(Option::is_some) {
+                return Err(WorldError::OutOfTsmMemory);
+            }
+            let mut world = World::new()?;
+            w.created += 1;
+            world.vmcb().write_u32(vmcb::GUEST_ASID, 1 + w.created);
+            world
+        }
+    };
+    Ok(TdVcpu { tdvpr, tdr, world, vmcall_pending: false, shared: 0, shared_root: None })
+}
+
+/// TDX's initial vCPU state (TDVF's entry contract), and the intercepts of a TD.
+fn initial_state(world: &mut World, gpaw: u8, index: usize) {
+    world.gprs = svm::Gprs::default();
+    let asid = world.vmcb().read_u64(vmcb::GUEST_ASID) as u32;
+    let v = world.vmcb();
+    v.clear();
+    v.write_u32(vmcb::INTERCEPT_EXCEPTIONS, 1 << VECTOR_UD);
+    v.write_u32(
+        vmcb::INTERCEPT_MISC1,
+        vmcb::MISC1_CPUID
+            | vmcb::MISC1_HLT
+            | vmcb::MISC1_IOIO
+            | vmcb::MISC1_MSR
+            | vmcb::MISC1_SHUTDOWN
+            | vmcb::MISC1_INVLPGA,
+    );
+    v.write_u32(
+        vmcb::INTERCEPT_MISC2,
+        vmcb::MISC2_VMRUN
+            | vmcb::MISC2_VMMCALL
+            | vmcb::MISC2_VMLOAD
+            | vmcb::MISC2_VMSAVE
+            | vmcb::MISC2_STGI
+            | vmcb::MISC2_CLGI
+            | vmcb::MISC2_SKINIT,
+    );
+    v.write_u64(vmcb::IOPM_BASE, svm::iopm_intercept_all());
+    v.write_u64(vmcb::MSRPM_BASE, svm::msrpm_intercept_all());
+    v.write_u32(vmcb::GUEST_ASID, asid);
+    v.write_u8(vmcb::TLB_CONTROL, vmcb::TLB_FLUSH_ALL);
+    v.write_u64(vmcb::NP_ENABLE, 1);
+    let code32 = Segment { selector: 0x08, attrib: 0x0C9B, limit: 0xFFFF_FFFF, base: 0 };
+    let data = Segment { selector: 0x10, attrib: 0x0C93, limit: 0xFFFF_FFFF, base: 0 };
+    v.set_segment(vmcb::CS, code32);
+    for seg in [vmcb::ES, vmcb::SS, vmcb::DS, vmcb::FS, vmcb::GS] {
+        v.set_segment(seg, data);
+    }
+    v.set_segment(vmcb::GDTR, Segment { selector: 0, attrib: 0, limit: 0xFFFF, base: 0 });
+    v.set_segment(vmcb::IDTR, Segment { selector: 0, attrib: 0, limit: 0xFFFF, base: 0 });
+    v.set_segment(vmcb::TR, Segment { selector: 0, attrib: 0x008B, limit: 0xFFFF, base: 0 });
+    v.set_segment(vmcb::LDTR, Segment { selector: 0, attrib: 0x0082, limit: 0xFFFF, base: 0 });
+    v.write_u64(vmcb::EFER, (1 << 8) | (1 << 12)); // LME (TDX sets it), SVME (VMRUN needs it)
+    v.write_u64(vmcb::CR0, 0x31); // PE, ET, NE
+    v.write_u64(vmcb::CR4, 0x40); // MCE
+    v.write_u64(vmcb::DR6, 0xFFFF_0FF0);
+    v.write_u64(vmcb::DR7, 0x400);
+    v.write_u64(vmcb::G_PAT, 0x0007_0406_0007_0406);
+    v.write_u64(vmcb::RFLAGS, 0x2);
+    v.write_u64(vmcb::RIP, RESET_VECTOR);
+    world.gprs.rbx = u64::from(gpaw);
+    world.gprs.rsi = index as u64;
+}
+
+/// Runs the vCPU until an exit that goes to the host.
+fn run(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) -> TdExit {
+    let tdvpr = v.tdvpr;
+    loop {
+        let Some(w) = tsm.platform_mut().td.as_mut() else { return exit_now(tsm, tdvpr, TdExit::TripleFault) };
+        let Some(npt) = w.table(v.tdr) else { return exit_now(tsm, tdvpr, TdExit::TripleFault) };
+        let (root, flush) = (npt.root(), core::mem::take(&mut npt.flush));
+        w.switches += 1;
+        v.world.vmcb().write_u64(vmcb::N_CR3, root);
+        if flush {
+            v.world.flush_tlb();
+        }
+        match v.world.run() {
+            Exit::NestedPageFault { gpa, error } => {
+                if let Some(exit) = nested_fault(tsm, v, gpa, error) {
+                    return exit;
+                }
+            }
+            Exit::Exception { vector: VECTOR_UD, .. } => {
+                if fetch4(tsm, v) == Some(TDCALL) {
+                    if let Some(exit) = tdcall(tsm, v) {
+                        return exit;
+                    }
+                } else {
+                    // SEAMCALL, VMMCALL or anything else undefined: #UD, as in a TDX TD.
+                    v.world.inject_exception(VECTOR_UD);
+                }
+            }
+            Exit::Cpuid => cpuid(tsm, v),
+            Exit::Hlt => ve(tsm, v, VeInfo { exit_reason: reason::HLT, instruction_length: 1, ..VeInfo::default() }),
+            Exit::Io { info1, next_rip } => {
+                let len = next_rip.wrapping_sub(v.world.rip()) as u32;
+                let info = VeInfo {
+                    exit_reason: reason::IO,
+                    qualification: io_qualification(info1),
+                    instruction_length: len,
+                    ..VeInfo::default()
+                };
+                ve(tsm, v, info);
+            }
+            Exit::Msr { write } => {
+                let exit_reason = if write { reason::WRMSR } else { reason::RDMSR };
+                ve(tsm, v, VeInfo { exit_reason, instruction_length: 2, ..VeInfo::default() });
+            }
+            Exit::Vmmcall | Exit::SvmInstruction => v.world.inject_exception(VECTOR_UD),
+            other @ (Exit::Shutdown | Exit::Invalid | Exit::Exception { .. } | Exit::Other(_)) => {
+                let code = match other {
+                    Exit::Exception { vector, .. } => svm::exit::EXCEPTION_BASE + u64::from(vector),
+                    Exit::Shutdown => svm::exit::SHUTDOWN,
+                    Exit::Other(c) => c,
+                    _ => svm::exit::INVALID,
+                };
+                defmt::warn!("TD vCPU stopped: exit {=u64:#x} at RIP {=u64:#x}", code, v.world.rip());
+                return exit_now(tsm, tdvpr, TdExit::TripleFault);
+            }
+        }
+    }
+}
+
+/// An exit the platform decided: the vCPU leaves guest mode.
+fn exit_now(tsm: &mut Tsm<FirmwarePlatform>, tdvpr: u64, exit: TdExit) -> TdExit {
+    tsm.vcpu_exit(tdvpr);
+    exit
+}
+
+/// A nested page fault: fill the derived table from a granting S-EPT leaf, deliver #VE for a
+/// PENDING page, or exit to the host as an EPT violation.
+fn nested_fault(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu, gpa: u64, error: u64) -> Option<TdExit> {
+    let tdvpr = v.tdvpr;
+    let violation = |level: u8, entry: u64| {
+        tsm::addr::GuestPhysAddr::new(gpa & !(PAGE - 1))
+            .map(|gpa| TdExit::EptViolation { gpa, requested_level: 0, level, entry })
+            .unwrap_or(TdExit::TripleFault)
+    };
+    if gpa & v.shared != 0 {
+        return shared_fault(tsm, v, gpa);
+    }
+    let leaf = match tsm.private_leaf(tdvpr, gpa) {
+        Ok(l) => l,
+        Err(NoLeaf { level, entry }) => {
+            defmt::debug!("TD world: access to {=u64:#x} has no granting leaf: EPT violation", gpa);
+            return Some(exit_now(tsm, tdvpr, violation(level, entry)));
+        }
+    };
+    let ty = match leaf.state {
+        SeptState::Mapped => MemType::WriteBack,
+        SeptState::MmioMapped => MemType::Uncached,
+        SeptState::Pending => {
+            let qualification = if error & 2 != 0 {
+                2
+            } else if error & 0x10 != 0 {
+                4
+            } else {
+                1
+            };
+            let info = VeInfo { exit_reason: reason::EPT_VIOLATION, qualification, gpa, ..VeInfo::default() };
+            ve(tsm, v, info);
+            return None;
+        }
+        _ => return Some(exit_now(tsm, tdvpr, violation(leaf.size.level(), leaf.entry))),
+    };
+    let large = leaf.size.level() == 1;
+    let (gpa_base, hpa) = if large || leaf.size.level() == 0 {
+        (leaf.gpa.raw(), leaf.frame.addr().raw())
+    } else {
+        // A 1G leaf: map the 4K page that faulted.
+        let off = (gpa & !(PAGE - 1)) - leaf.gpa.raw();
+        (gpa & !(PAGE - 1), leaf.frame.addr().raw() + off)
+    };
+    let w = tsm.platform_mut().td.as_mut()?;
+    let mut resets = 0;
+    let npt = w.table(v.tdr)?;
+    if npt.map_leaf(gpa_base, hpa, large, ty).is_err() {
+        npt.reset();
+        resets += 1;
+        if npt.map_leaf(gpa_base, hpa, large, ty).is_err() {
+            return Some(exit_now(tsm, tdvpr, TdExit::TripleFault));
+        }
+    }
+    w.resets += resets;
+    None
+}
+
+/// A fault in the shared half: the host's table (SEAMLESS.SHARED.EPT.SET), walked with every
+/// table and the final frame checked to be in the host's own nested map, so a shared GPA can
+/// only ever reach what the host owns, never a TD's private page or the TSM's memory. Anything
+/// else exits to the host as an EPT violation.
+fn shared_fault(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu, gpa: u64) -> Option<TdExit> {
+    let page = gpa & !(PAGE - 1);
+    let found = v.shared_root.and_then(|root| {
+        let p = tsm.platform();
+        let (host, frames) = (p.host_npt.as_ref()?, p.frames());
+        let owned = |pa: u64| host.maps(pa) && frames.contains(pa & !(PAGE - 1), PAGE);
+        let mut table = root.addr().raw();
+        for shift in [39u32, 30, 21, 12] {
+            let at = table + ((gpa >> shift) & 511) * 8;
+            if !owned(at) {
+                return None;
+            }
+            let e = frames.read_u64(at);
+            if e & 1 == 0 {
+                return None;
+            }
+            let base = e & 0x000F_FFFF_FFFF_F000;
+            if shift == 12 || (shift == 21 && e & 0x80 != 0) {
+                let hpa = (base & !((1u64 << shift) - 1)) | (page & ((1u64 << shift) - 1));
+                let ty = if frames.contains(hpa, PAGE) { MemType::WriteBack } else { MemType::Uncached };
+                return host.maps(hpa).then_some((hpa, ty));
+            }
+            table = base;
+        }
+        None
+    });
+    let tdvpr = v.tdvpr;
+    let Some((hpa, ty)) = found else {
+        let exit = tsm::addr::GuestPhysAddr::new(page)
+            .map(|gpa| TdExit::EptViolation { gpa, requested_level: 0, level: 0, entry: 0 })
+            .unwrap_or(TdExit::TripleFault);
+        return Some(exit_now(tsm, tdvpr, exit));
+    };
+    let w = tsm.platform_mut().td.as_mut()?;
+    let t = w.tables.iter_mut().find(|t| t.tdr == Some(v.tdr))?;
+    t.shared_used = true;
+    if t.npt.map_leaf(page, hpa, false, ty).is_err() {
+        t.npt.reset();
+        w.resets += 1;
+        if t.npt.map_leaf(page, hpa, false, ty).is_err() {
+            return Some(exit_now(tsm, tdvpr, TdExit::TripleFault));
+        }
+    }
+    None
+}
+
+/// Delivers #VE (vector 20) with `info` for VEINFO.GET; RIP stays at the instruction (the TD's
+/// handler adds the length). A #VE before the last one was read is #DF, as TDX does.
+fn ve(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu, info: VeInfo) {
+    if tsm.deliver_ve(v.tdvpr, info) {
+        if let Some(w) = tsm.platform_mut().td.as_mut() {
+            w.ves += 1;
+        }
+        v.world.inject_exception(VECTOR_VE);
+    } else {
+        v.world.inject_exception(VECTOR_DF);
+    }
+}
+
+/// SVM's IOIO EXITINFO1 as VMX's I/O exit qualification: size - 1 (2:0), IN (3), string (4),
+/// REP (5), port (31:16).
+fn io_qualification(info1: u64) -> u64 {
+    let size = match (info1 >> 4) & 7 {
+        1 => 0,
+        2 => 1,
+        _ => 3,
+    };
+    size | (info1 & 1) << 3 | ((info1 >> 2) & 1) << 4 | ((info1 >> 3) & 1) << 5 | (info1 & 0xFFFF_0000)
+}
+
+/// CPUID as a TDX module presents it for the leaves TDVF asks before it has an IDT; any other
+/// leaf is a #VE (the TD asks the host with TDG.VP.VMCALL<Instruction.CPUID> if it wants to).
+fn cpuid(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) {
+    let leaf = v.world.rax() as u32;
+    let sub = v.world.gprs.rcx as u32;
+    let index = tsm.running_vcpu(v.tdvpr).map_or(0, |r| r.index as u32);
+    let host = || cpuid_count(leaf, sub);
+    let answer = match leaf {
+        // Max leaf 0x21, "GenuineIntel".
+        0 => Some([0x21, 0x756E_6547, 0x6C65_746E, 0x4965_6E69]),
+        1 => {
+            let h = host();
+            Some([h.eax, (h.ebx & 0x00FF_FFFF) | index << 24, h.ecx | 1 << 31, h.edx])
+        }
+        // "IntelTDX    ".
+        0x21 if sub == 0 => Some([0, 0x6574_6E49, 0x2020_2020, 0x5844_546C]),
+        0x8000_0000 => Some([0x8000_0008, 0, 0, 0]),
+        0x8000_0001 | 0x8000_0008 => {
+            let h = host();
+            Some([h.eax, h.ebx, h.ecx, h.edx])
+        }
+        _ => None,
+    };
+    match answer {
+        Some([a, b, c, d]) => {
+            v.world.set_rax(u64::from(a));
+            (v.world.gprs.rbx, v.world.gprs.rcx, v.world.gprs.rdx) = (u64::from(b), u64::from(c), u64::from(d));
+            v.world.skip(2);
+        }
+        None => ve(tsm, v, VeInfo { exit_reason: reason::CPUID, instruction_length: 2, ..VeInfo::default() }),
+    }
+}
+
+/// TDCALL: the leaf's registers into `Tsm::guest_call`, its results back. A VMCALL exit moves
+/// RIP past the TDCALL (the host's answer comes at the next entry); an EPT violation leaves it
+/// on the TDCALL, which runs again once the host fixed the mapping, as in TDX.
+fn tdcall(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) -> Option<TdExit> {
+    let gp = &v.world.gprs;
+    let regs = Regs {
+        rax: v.world.rax(),
+        rcx: gp.rcx,
+        rdx: gp.rdx,
+        r8: gp.r8,
+        r9: gp.r9,
+        r10: gp.r10,
+        r11: gp.r11,
+        r12: gp.r12,
+        r13: gp.r13,
+    };
+    let back = tsm.guest_call(v.tdvpr, &regs);
+    match back.exit {
+        None => {
+            let (o, gp) = (back.regs, &mut v.world.gprs);
+            (gp.rcx, gp.rdx, gp.r8, gp.r9, gp.r10, gp.r11, gp.r12, gp.r13) =
+                (o.rcx, o.rdx, o.r8, o.r9, o.r10, o.r11, o.r12, o.r13);
+            v.world.set_rax(o.rax);
+            v.world.skip(4);
+            None
+        }
+        Some(exit @ TdExit::Vmcall { .. }) => {
+            v.world.skip(4);
+            v.vmcall_pending = true;
+            Some(exit)
+        }
+        Some(exit) => Some(exit),
+    }
+}
+
+/// The 4 bytes at the TD's RIP, read through its own page tables and S-EPT: only frames of
+/// MAPPED private leaves (a table or code page the TD has not accepted reads as nothing). One
+/// translation unless the bytes cross a page.
+fn fetch4(tsm: &Tsm<FirmwarePlatform>, v: &TdVcpu) -> Option<[u8; 4]> {
+    let frames = tsm.platform().frames();
+    let mut out = [0u8; 4];
+    let rip = v.world.rip();
+    let split = (PAGE - (rip & (PAGE - 1))).min(4) as usize;
+    let (head, tail) = out.split_at_mut(split);
+    frames.read(linear_to_hpa(tsm, v, frames, rip)?, head);
+    if !tail.is_empty() {
+        frames.read(linear_to_hpa(tsm, v, frames, rip.wrapping_add(split as u64))?, tail);
+    }
+    Some(out)
+}
+
+/// The host address of the TD's private GPA `gpa`, if a MAPPED leaf grants it.
+fn private_hpa(tsm: &Tsm<FirmwarePlatform>, tdvpr: u64, frames: Frames, gpa: u64) -> Option<u64> {
+    let leaf = tsm.private_leaf(tdvpr, gpa).ok().filter(|l| l.state == SeptState::Mapped)?;
+    let pa = leaf.frame.addr().raw() + (gpa - leaf.gpa.raw());
+    frames.contains(pa, 1).then_some(pa)
+}
+
+/// A linear address of the TD (flat segments) to a host address: identity with paging off,
+/// a 4-level walk in long mode, each table read only through a MAPPED private leaf. Legacy
+/// 32-bit paging is not walked (no TDCALL there: TDVF goes to long mode first).
+fn linear_to_hpa(tsm: &Tsm<FirmwarePlatform>, v: &TdVcpu, frames: Frames, linear: u64) -> Option<u64> {
+    let vm = &v.world;
+    let cr0 = vm.read(vmcb::CR0);
+    if cr0 & (1 << 31) == 0 {
+        return private_hpa(tsm, v.tdvpr, frames, linear & 0xFFFF_FFFF);
+    }
+    if vm.read(vmcb::EFER) & (1 << 10) == 0 {
+        return None;
+    }
+    let mut table = vm.cr3() & 0x000F_FFFF_FFFF_F000;
+    for (shift, large_ok) in [(39u32, false), (30, true), (21, true), (12, false)] {
+        let at = private_hpa(tsm, v.tdvpr, frames, table + ((linear >> shift) & 511) * 8)?;
+        let e = frames.read_u64(at);
+        if e & 1 == 0 {
+            return None;
+        }
+        let base = e & 0x000F_FFFF_FFFF_F000;
+        if shift == 12 || (large_ok && e & 0x80 != 0) {
+            let mask = (1u64 << shift) - 1;
+            return private_hpa(tsm, v.tdvpr, frames, (base & !mask) | (linear & mask));
+        }
+        table = base;
+    }
+    None
+}
