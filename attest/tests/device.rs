@@ -343,3 +343,32 @@ fn a_transcript_of_another_version_than_the_report_s_fails() {
     let m1 = rows.iter().find(|r| r.id == "device0.measurement.1").unwrap();
     assert_eq!((m1.status, m1.reason.as_str()), (Status::Skipped, "malformed measurements"));
 }
+
+/// Evidence from a P-256 device (ECDSA P-256 over SHA-256, a SHA-256 RootHash, secp256r1,
+/// AES-128-GCM) passes every device check when the report names that suite; the signature is
+/// checked with the P-256 leaf over the SHA-256 transcript, and one flipped bit fails it.
+#[test]
+fn p256_evidence_passes_and_its_signature_is_checked() {
+    let e = real_evidence_p256();
+    assert_eq!((e.algorithms.base_asym, e.algorithms.base_hash), (0x10, 0x01));
+    assert_eq!((e.algorithms.dhe, e.algorithms.aead), (0x08, 0x01));
+    let r = DeviceReference { vendor_root_sha384: Some(attest::evidence::sha384(&e.root_der)), ..reference() };
+    let rows = rows_with(r.clone(), e);
+    assert!(failures(&rows).is_empty(), "{rows:#?}");
+    let path = rows.iter().find(|r| r.id == "device0.cert_chain.path").unwrap();
+    assert_eq!(path.reason, "leaf ECDSA P-256 (ring)");
+    let mut bad = e.clone();
+    let n = bad.measurements.len();
+    bad.measurements[n - 1] ^= 1;
+    only(&rows_with(r.clone(), &bad), "device0.measurements.signature", None, Some("does not verify"));
+    // The same evidence under a report that claims the P-384 suite: the record does not parse as
+    // P-384 (its signature is 64 bytes) and the RootHash is no SHA-384.
+    let report =
+        signed_report(platform(), entry_for(&RealEvidence { algorithms: real_evidence().algorithms, ..e.clone() }));
+    let bundle = bundle_for(e);
+    let ev = Evidence::parse(&bundle).unwrap();
+    let rows = check(&report, Some(&ev), &[Some(r)], &mut ChainCache::default());
+    let ids: Vec<&str> = failures(&rows).iter().map(|r| r.id.as_str()).collect();
+    assert!(ids.contains(&"device0.cert_chain.format"), "{rows:#?}");
+    assert!(ids.contains(&"device0.measurements.format"), "{rows:#?}");
+}

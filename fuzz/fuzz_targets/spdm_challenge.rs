@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let mut c = Challenge::new(
         &r.negotiated,
         r.cert_transcript.clone(),
-        r.chain_digest,
+        &r.chain_digest,
         r.key,
         CHALLENGE_NONCE,
         CHALLENGE_CONTEXT,

@@ -16,7 +16,7 @@ use p384::ecdsa::SigningKey;
 use crate::error::{TsmError, TsmResult};
 use crate::measure;
 use crate::platform::Platform;
-use crate::spdm::alg;
+use crate::spdm::{alg, MeasurementHash, Negotiated};
 use crate::td::{Td, TDCS_MR};
 use crate::Tsm;
 
@@ -65,16 +65,26 @@ impl Format {
     }
 }
 
-/// The algorithms every connected device negotiated: the only suite the TSM accepts.
-pub const NEGOTIATED_SUITE: SpdmAlgorithms = SpdmAlgorithms {
-    base_asym: alg::BASE_ASYM_ECDSA_P384,
-    base_hash: alg::BASE_HASH_SHA384,
-    measurement_hash: alg::MEAS_HASH_SHA384,
-    dhe: alg::DHE_SECP384R1,
-    aead: alg::AEAD_AES_256_GCM,
-    key_schedule: alg::KEY_SCHEDULE_SPDM,
-    measurement_spec: alg::MEAS_SPEC_DMTF,
-};
+/// The algorithms a connected device negotiated, as the report records them: the suite
+/// ALGORITHMS selected and the measurement hash the device picked. (The report binds the chain
+/// and the measurement transcript by SHA-384 whatever the suite: those digests are the TSM's own,
+/// not the device's.)
+pub fn negotiated_algorithms(n: &Negotiated) -> SpdmAlgorithms {
+    SpdmAlgorithms {
+        base_asym: n.suite.asym.bit(),
+        base_hash: n.suite.hash.bit(),
+        measurement_hash: match n.measurement_hash {
+            MeasurementHash::RawBitStreamOnly => alg::MEAS_HASH_RAW_BIT_STREAM,
+            MeasurementHash::Sha256 => alg::MEAS_HASH_SHA256,
+            MeasurementHash::Sha384 => alg::MEAS_HASH_SHA384,
+            MeasurementHash::Sha512 => alg::MEAS_HASH_SHA512,
+        },
+        dhe: n.suite.dhe.bit(),
+        aead: n.suite.aead.bit(),
+        key_schedule: alg::KEY_SCHEDULE_SPDM,
+        measurement_spec: alg::MEAS_SPEC_DMTF,
+    }
+}
 
 impl<P: Platform> Tsm<P> {
     /// Hands the TSM its platform secret (the firmware reads it from fw_cfg at boot, before it
@@ -134,7 +144,7 @@ impl<P: Platform> Tsm<P> {
             d.set_tdi_state(tdi.state.tdisp());
             d.spdm_version = e.negotiated.version;
             d.set_lock_flags(tdi.lock_flags);
-            d.set_algorithms(&NEGOTIATED_SUITE);
+            d.set_algorithms(&negotiated_algorithms(&e.negotiated));
             d.set_measured_in_session(e.measurements_in_session);
             d.cert_chain_sha384 = e.chain_digest;
             d.measurements_transcript_sha384 = e.measurements_digest;

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use tsm::doe::{self, Action, ObjectType};
 use tsm::spdm::cert::CertRetrieval;
 use tsm::spdm::chain::CertChain;
-use tsm::spdm::keys::DirectionKeys;
+use tsm::spdm::keys::{DirectionKeys, Schedule};
 use tsm::spdm::{secured, Negotiated, Negotiation};
 use tsm::tdisp::{self, InterfaceId, InterfaceReport};
 use tsm::{idekm, spdm};
@@ -94,29 +94,29 @@ proptest! {
     #[test]
     fn challenge_measurements_key_exchange(auth in spdm_like(0x03), meas in spdm_like(0x60), kx in spdm_like(0x64)) {
         let key = p384::ecdsa::VerifyingKey::from(&p384::ecdsa::SigningKey::from_slice(&[7u8; 48]).unwrap());
-        let mut c = spdm::challenge::Challenge::new(&negotiated(), Default::default(), [0; 48], key, [1; 32], [0; 8]);
+        let mut c = spdm::challenge::Challenge::new(&negotiated(), Default::default(), &[0; 48], key.into(), [1; 32], [0; 8]);
         c.start();
         let _ = c.step(&auth);
-        let mut m = spdm::meas::Measurements::new(&negotiated(), b"vca", key, [2; 32], [0; 8]);
+        let mut m = spdm::meas::Measurements::new(&negotiated(), b"vca", key.into(), [2; 32], [0; 8]);
         m.start();
         let _ = m.step(&meas);
-        let mut k = spdm::session::KeyExchange::new(&negotiated(), b"vca", &[0; 48], key, [3; 48], [4; 32]).unwrap();
+        let mut k = spdm::session::KeyExchange::new(&negotiated(), b"vca", &[0; 48], key.into(), [3; 48], [4; 32]).unwrap();
         k.start();
         let _ = k.step(&kx);
     }
 
     #[test]
     fn secured_messages(bytes in proptest::collection::vec(any::<u8>(), 0..200), flip in any::<prop::sample::Index>()) {
-        let mut keys = DirectionKeys::from_secret(0x12, [9; 48]);
+        let mut keys = DirectionKeys::from_secret(Schedule::p384(0x12), &[9; 48]);
         let mut out = [0u8; 256];
         let _ = secured::open(&mut keys, 7, &bytes, &mut out);
         // A sealed message with one bit flipped never opens.
-        let mut tx = DirectionKeys::from_secret(0x12, [9; 48]);
+        let mut tx = DirectionKeys::from_secret(Schedule::p384(0x12), &[9; 48]);
         let mut obj = [0u8; 128];
         let n = secured::seal(&mut tx, 7, b"a TDISP message", &mut obj).unwrap();
         let bit = flip.index(n * 8);
         obj[bit / 8] ^= 1 << (bit % 8);
-        let mut rx = DirectionKeys::from_secret(0x12, [9; 48]);
+        let mut rx = DirectionKeys::from_secret(Schedule::p384(0x12), &[9; 48]);
         prop_assert!(secured::open(&mut rx, 7, &obj[..n], &mut out).is_err());
         prop_assert_eq!(rx.sequence, 0);
     }
@@ -130,7 +130,7 @@ proptest! {
             prop_assert_eq!(r.is_ok(), ack == [0x12, 0x69, op as u8, 0x5A]);
         }
         // Random objects and random sealed plaintexts as the device's answer.
-        let keys = DirectionKeys::from_secret(0x12, [9; 48]);
+        let keys = DirectionKeys::from_secret(Schedule::p384(0x12), &[9; 48]);
         let session = spdm::session::Session::new(7, keys.clone(), keys.clone(), 0x12);
         let n = Negotiated { responder_flags: 0x42F6, ..negotiated() };
         for op in [KeyOperation::UpdateKey, KeyOperation::UpdateAllKeys] {
@@ -140,7 +140,7 @@ proptest! {
             prop_assert!(ku.session().is_none() || ku.error().is_none());
             let mut ku = KeyUpdate::new(session.clone(), &n, op, [1, 2]).unwrap();
             ku.start();
-            let mut rsp = if op == KeyOperation::UpdateAllKeys { keys.updated(0x12) } else { keys.clone() };
+            let mut rsp = if op == KeyOperation::UpdateAllKeys { keys.updated() } else { keys.clone() };
             let mut sealed = [0u8; 128];
             let len = secured::seal(&mut rsp, 7, &ack, &mut sealed).unwrap();
             let _ = ku.step(&sealed[..len]);

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use tsm::spdm::keys::{DirectionKeys, HandshakeKeys};
+use tsm::spdm::keys::{DirectionKeys, HandshakeKeys, Schedule};
 use tsm::spdm::secured;
 
 fn vectors() -> HashMap<&'static str, Vec<u8>> {
@@ -27,7 +27,7 @@ fn arr<const N: usize>(v: &[u8]) -> [u8; N] {
 #[test]
 fn the_key_schedule_matches_an_independent_implementation() {
     let v = vectors();
-    let hs = HandshakeKeys::derive(0x12, &arr(&v["input.shared"]), &arr(&v["input.th1"]));
+    let hs = HandshakeKeys::derive(Schedule::p384(0x12), &arr::<48>(&v["input.shared"]), &arr::<48>(&v["input.th1"]));
     assert_eq!(hs.request.secret.to_vec(), v["req_hs_secret"]);
     assert_eq!(hs.response.secret.to_vec(), v["rsp_hs_secret"]);
     assert_eq!(hs.request.key.to_vec(), v["req_hs.key"]);
@@ -36,15 +36,15 @@ fn the_key_schedule_matches_an_independent_implementation() {
     assert_eq!(hs.response.iv.to_vec(), v["rsp_hs.iv"]);
     assert_eq!(hs.finished_key(true).to_vec(), v["req_hs.finished"]);
     assert_eq!(hs.finished_key(false).to_vec(), v["rsp_hs.finished"]);
-    assert_eq!(hs.verify_data(false, &arr(&v["input.th1"])).to_vec(), v["rsp_verify_data"]);
-    assert_eq!(hs.verify_data(true, &arr(&v["input.finish_th"])).to_vec(), v["req_verify_data"]);
-    let app = hs.application(&arr(&v["input.th2"]));
+    assert_eq!(hs.verify_data(false, &arr::<48>(&v["input.th1"])).to_vec(), v["rsp_verify_data"]);
+    assert_eq!(hs.verify_data(true, &arr::<48>(&v["input.finish_th"])).to_vec(), v["req_verify_data"]);
+    let app = hs.application(&arr::<48>(&v["input.th2"]));
     assert_eq!(app.request.secret.to_vec(), v["req_app_secret"]);
     assert_eq!(app.response.secret.to_vec(), v["rsp_app_secret"]);
     assert_eq!(app.export_master.to_vec(), v["export_master"]);
     assert_eq!(app.request.key.to_vec(), v["req_app.key"]);
     assert_eq!(app.request.iv.to_vec(), v["req_app.iv"]);
-    let up = app.request.updated(0x12);
+    let up = app.request.updated();
     assert_eq!(up.secret.to_vec(), v["req_app.updated_secret"]);
     assert_eq!(up.key.to_vec(), v["req_app.updated_key"]);
 }
@@ -52,12 +52,12 @@ fn the_key_schedule_matches_an_independent_implementation() {
 #[test]
 fn a_secured_message_matches_an_independent_implementation() {
     let v = vectors();
-    let mut keys = DirectionKeys::from_secret(0x12, arr(&v["req_app_secret"]));
+    let mut keys = DirectionKeys::from_secret(Schedule::p384(0x12), &arr::<48>(&v["req_app_secret"]));
     keys.sequence = 5;
     let mut out = [0u8; 128];
     let n = secured::seal(&mut keys, 0xFFFE_FFFF, &v["secured.message"], &mut out).unwrap();
     assert_eq!(out[..n].to_vec(), v["secured.object_seq5"]);
-    let mut rx = DirectionKeys::from_secret(0x12, arr(&v["req_app_secret"]));
+    let mut rx = DirectionKeys::from_secret(Schedule::p384(0x12), &arr::<48>(&v["req_app_secret"]));
     rx.sequence = 5;
     let mut buf = [0u8; 64];
     assert_eq!(

@@ -198,17 +198,42 @@ pub fn fingerprint(cert: &Certificate) -> Result<[u8; 48], CertError> {
 /// # Errors
 /// [`CertError`] if the key is not an EC P-384 key.
 pub fn p384_key_bytes(cert: &Certificate) -> Result<Vec<u8>, CertError> {
+    match ec_key_bytes(cert)? {
+        (Curve::P384, bytes) => Ok(bytes),
+        (Curve::P256, _) => Err(CertError("EC key is not on secp384r1 (P-384)".into())),
+    }
+}
+
+/// secp256r1 (P-256).
+pub const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+
+/// The NIST curves a device key may be on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Curve {
+    /// secp256r1.
+    P256,
+    /// secp384r1.
+    P384,
+}
+
+/// The SEC1 bytes of a certificate's P-256 or P-384 key, with its curve.
+///
+/// # Errors
+/// [`CertError`] if the key is not an EC key on one of them.
+pub fn ec_key_bytes(cert: &Certificate) -> Result<(Curve, Vec<u8>), CertError> {
     let spki = cert.tbs_certificate().subject_public_key_info();
     if spki.algorithm.oid != EC_PUBLIC_KEY {
         return Err(CertError(format!("key algorithm {} is not id-ecPublicKey", spki.algorithm.oid)));
     }
     let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
-    if curve != Some(SECP384R1) {
-        return Err(CertError("EC key is not on secp384r1 (P-384)".into()));
-    }
+    let curve = match curve {
+        Some(SECP384R1) => Curve::P384,
+        Some(SECP256R1) => Curve::P256,
+        _ => return Err(CertError("EC key is neither on secp256r1 (P-256) nor on secp384r1 (P-384)".into())),
+    };
     let bytes =
         spki.subject_public_key.as_bytes().ok_or_else(|| CertError("key bit string is not whole bytes".into()))?;
-    Ok(bytes.to_vec())
+    Ok((curve, bytes.to_vec()))
 }
 
 /// The P-384 key of a certificate.

@@ -133,17 +133,32 @@ pub struct RealEvidence {
     pub version: u8,
     pub function_id: u32,
     pub root_der: Vec<u8>,
+    /// What the connection negotiated, as the report records it.
+    pub algorithms: SpdmAlgorithms,
 }
 
 /// Lock flags the fixture's device was locked with: NO_FW_UPDATE.
 pub const LOCK_FLAGS: u16 = 0x1;
 
 pub fn real_evidence() -> &'static RealEvidence {
-    use tsm::doe::Action;
-    use tsm::spdm::connect::{Connect, ConnectRandom};
+    static E: OnceLock<RealEvidence> = OnceLock::new();
+    E.get_or_init(|| evidence_of(tdisp_device::Device::new(tdisp_device::Config::default()).unwrap()))
+}
+
+/// The same with a device of a P-256 identity (ECDSA P-256, SHA-256, secp256r1, AES-128-GCM).
+pub fn real_evidence_p256() -> &'static RealEvidence {
     static E: OnceLock<RealEvidence> = OnceLock::new();
     E.get_or_init(|| {
-        let mut device = tdisp_device::Device::new(tdisp_device::Config::default()).unwrap();
+        let mut rng = tdisp_device::rng::Rng::new([0x56; 32]);
+        let identity = tdisp_device::Identity::generate_p256(&mut rng).unwrap();
+        evidence_of(tdisp_device::Device::with_identity(tdisp_device::Config::default(), identity, rng).unwrap())
+    })
+}
+
+fn evidence_of(mut device: tdisp_device::Device) -> RealEvidence {
+    use tsm::doe::Action;
+    use tsm::spdm::connect::{Connect, ConnectRandom};
+    {
         let mut c = Connect::new(ConnectRandom {
             challenge_nonce: [0x11; 32],
             measurement_nonce: [0x22; 32],
@@ -174,8 +189,9 @@ pub fn real_evidence() -> &'static RealEvidence {
             version: c.negotiated().unwrap().version,
             function_id: iface.function_id,
             root_der: device.identity().root_der.clone(),
+            algorithms: tsm::attestation::negotiated_algorithms(&c.negotiated().unwrap()),
         }
-    })
+    }
 }
 
 /// The report entry bound to `e`'s blobs.
@@ -185,15 +201,7 @@ pub fn entry_for(e: &RealEvidence) -> DeviceEntry {
     d.set_tdi_state(TdiState::Run);
     d.spdm_version = e.version;
     d.set_lock_flags(LOCK_FLAGS);
-    d.set_algorithms(&SpdmAlgorithms {
-        base_asym: 0x80,
-        base_hash: 0x02,
-        measurement_hash: 0x04,
-        dhe: 0x10,
-        aead: 0x02,
-        key_schedule: 0x01,
-        measurement_spec: 0x01,
-    });
+    d.set_algorithms(&e.algorithms);
     // Measured inside the session, as the TSM's SPDM.CONNECT does.
     d.set_measured_in_session(true);
     d.cert_chain_sha384 = sha384(&e.chain);

@@ -10,8 +10,6 @@
 use std::fmt::Debug;
 use std::sync::OnceLock;
 
-use p384::ecdsa::VerifyingKey;
-use sha2::Sha384;
 use tdisp_device::{Config, Device};
 use tsm::doe::{Action, Discovery};
 use tsm::spdm::cert::CertRetrieval;
@@ -193,13 +191,13 @@ pub struct Recording {
     /// VCA: the exact bytes of the negotiation.
     pub vca: Vec<u8>,
     /// The transcript after the certificate exchange (what CHALLENGE continues).
-    pub cert_transcript: Sha384,
+    pub cert_transcript: tsm::spdm::suite::Transcript,
     /// SHA-384 of the certificate chain.
-    pub chain_digest: [u8; 48],
+    pub chain_digest: Vec<u8>,
     /// The chain as SPDM carries it (header, root hash, certificates).
     pub chain: Vec<u8>,
     /// The leaf certificate's key.
-    pub key: VerifyingKey,
+    pub key: tsm::spdm::sig::LeafKey,
     /// The session right after KEY_EXCHANGE/FINISH: sequence numbers at 0.
     pub session: Session,
     /// The interface id of the device's TDI.
@@ -267,11 +265,11 @@ fn record() -> Recording {
     let cert = w.drive(&mut *c);
     let cert_transcript = c.transcript().clone();
     let parsed = c.chain().expect("chain");
-    let (chain_digest, key) = (*parsed.digest(), *parsed.leaf_key());
+    let (chain_digest, key) = (parsed.hash().to_vec(), *parsed.leaf_key());
     let chain = c.chain_bytes().expect("chain bytes").to_vec();
 
     let mut ch =
-        Challenge::new(&negotiated, cert_transcript.clone(), chain_digest, key, CHALLENGE_NONCE, CHALLENGE_CONTEXT);
+        Challenge::new(&negotiated, cert_transcript.clone(), &chain_digest, key, CHALLENGE_NONCE, CHALLENGE_CONTEXT);
     let challenge = w.drive(&mut ch);
     let mut m = Box::new(Measurements::new(&negotiated, &vca, key, MEAS_NONCE, MEAS_CONTEXT));
     let meas = w.drive(&mut *m);

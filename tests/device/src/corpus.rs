@@ -253,7 +253,9 @@ pub fn impostor(identity: &Identity, rng: &mut Rng) -> Result<Identity, CertErro
         extra: Vec::new(),
         validity: (NOT_BEFORE, None),
     };
-    let cert = build(&spec, 4, &key, &identity.leaf_key)?;
+    let leaf_key =
+        identity.leaf_key.p384().ok_or_else(|| CertError::new("the impostor fault needs a P-384 identity"))?;
+    let cert = build(&spec, 4, &key, leaf_key)?;
     let mut intermediates = identity.intermediates_der.clone();
     intermediates.push(identity.leaf_der.clone());
     Identity::from_chain(key, identity.root_der.clone(), intermediates, cert)

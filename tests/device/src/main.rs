@@ -40,6 +40,10 @@ identity (default: a root, an intermediate CA and a leaf generated from the seed
   --leaf-key FILE       ... and the leaf's private key (PKCS#8 or SEC1 DER): use these files
                         instead of generating; the chain must chain and the key be the leaf's
   --root-out PATH       write the root certificate (DER) there, for a verifier to trust
+  --suite p384|p256     the suite of a generated identity: p384 (default: ECDSA P-384 with
+                        SHA-384, secp384r1, AES-256-GCM) or p256 (ECDSA P-256 with SHA-256,
+                        secp256r1, AES-128-GCM); with certificate files, the leaf key's curve
+                        decides
 
 fault switches, for tests (repeat --fault for several):
   --fault SPEC          misbehave on purpose; SPEC is one of
@@ -95,6 +99,7 @@ struct Options {
     state_dir: Option<PathBuf>,
     files: Files,
     config: Config,
+    p256: bool,
 }
 
 fn parse_u32(s: &str) -> Option<u32> {
@@ -123,7 +128,15 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
         config = Config::from_toml(&text).map_err(|e| format!("{path}: {e}"))?;
     }
-    let mut o = Options { port: 2323, once: false, root_out: None, state_dir: None, files: Files::default(), config };
+    let mut o = Options {
+        port: 2323,
+        once: false,
+        root_out: None,
+        state_dir: None,
+        files: Files::default(),
+        config,
+        p256: false,
+    };
     let mut seeded = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -137,6 +150,13 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             }
             "--root-out" => o.root_out = Some(value("--root-out")?),
             "--state-dir" => o.state_dir = Some(value("--state-dir")?.into()),
+            "--suite" => {
+                o.p256 = match value("--suite")?.as_str() {
+                    "p384" => false,
+                    "p256" => true,
+                    other => return Err(format!("unknown suite {other} (p384 or p256)")),
+                }
+            }
             "--root" => o.files.root = Some(value("--root")?.into()),
             "--intermediate" => o.files.intermediates.push(value("--intermediate")?.into()),
             "--leaf" => o.files.leaf = Some(value("--leaf")?.into()),
@@ -183,7 +203,9 @@ fn identity(o: &Options, rng: &mut Rng) -> Result<Identity, String> {
             let inter: Vec<&std::path::Path> = f.intermediates.iter().map(PathBuf::as_path).collect();
             Identity::from_files(root, &inter, leaf, key)
         }
+        (_, _, _, Some(dir)) if o.p256 => Identity::from_state_dir_with(dir, rng, Identity::generate_p256),
         (_, _, _, Some(dir)) => Identity::from_state_dir(dir, rng),
+        _ if o.p256 => Identity::generate_p256(rng),
         _ => Identity::generate(rng),
     };
     result.map_err(|e| e.to_string())

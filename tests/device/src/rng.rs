@@ -50,4 +50,14 @@ impl Rng {
             }
         }
     }
+
+    /// A P-256 secret scalar.
+    pub fn scalar256(&mut self) -> p256::NonZeroScalar {
+        loop {
+            let b: [u8; 32] = self.bytes();
+            if let Ok(s) = p256::NonZeroScalar::try_from(&b[..]) {
+                return s;
+            }
+        }
+    }
 }

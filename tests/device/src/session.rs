@@ -10,14 +10,12 @@
 //! TH2    = TH1 ‖ ResponderVerifyData ‖ FINISH ‖ FINISH_RSP → application keys
 //! ```
 
-use p384::elliptic_curve::sec1::ToSec1Point;
-use p384::PublicKey;
-use sha2::{Digest, Sha384};
 use tsm::doe::{self, ObjectType};
 use tsm::spdm::code;
-use tsm::spdm::keys::{DirectionKeys, HandshakeKeys, H};
+use tsm::spdm::keys::{DirectionKeys, HandshakeKeys, Schedule};
 use tsm::spdm::secured;
 use tsm::spdm::sig::Context;
+use tsm::spdm::suite::Transcript;
 
 use crate::faults::Faults;
 use crate::spdm::{
@@ -29,7 +27,7 @@ use crate::Device;
 #[derive(Clone, Debug)]
 pub(crate) enum Phase {
     /// KEY_EXCHANGE_RSP sent; only FINISH is expected. `th` is TH1 ‖ ResponderVerifyData.
-    Handshake { keys: Box<HandshakeKeys>, th: Sha384 },
+    Handshake { keys: Box<HandshakeKeys>, th: Transcript },
     /// FINISH_RSP sent: application keys. After KEY_UPDATE(UpdateKey / UpdateAllKeys) and until
     /// VerifyNewKey, `previous_request` keeps the old request key (a requester whose ACK was lost
     /// resends the same update under it) and `pending` the update's (operation, tag).
@@ -106,6 +104,63 @@ fn select_secured_version(o: &[u8]) -> Option<u16> {
     SECURED_VERSIONS.into_iter().find(|v| offered.contains(v))
 }
 
+/// The requester's ECDHE public key, in the group of the device's suite.
+enum Peer {
+    P256(p256::PublicKey),
+    P384(p384::PublicKey),
+}
+
+/// The device's ephemeral secret.
+enum Ephemeral {
+    P256(p256::NonZeroScalar),
+    P384(p384::NonZeroScalar),
+}
+
+impl Peer {
+    /// `X ‖ Y` of 64 (secp256r1) or 96 (secp384r1) bytes, if a point of the curve.
+    fn new(xy: &[u8]) -> Option<Peer> {
+        let mut point = vec![0x04];
+        point.extend_from_slice(xy);
+        match xy.len() {
+            64 => p256::PublicKey::from_sec1_bytes(&point).ok().map(Peer::P256),
+            96 => p384::PublicKey::from_sec1_bytes(&point).ok().map(Peer::P384),
+            _ => None,
+        }
+    }
+
+    /// A fresh ephemeral secret in the same group, and its `X ‖ Y`.
+    fn ephemeral(&self, rng: &mut crate::rng::Rng) -> (Ephemeral, Vec<u8>) {
+        match self {
+            Peer::P256(_) => {
+                use p256::elliptic_curve::sec1::ToSec1Point;
+                let s = rng.scalar256();
+                let p = p256::PublicKey::from_secret_scalar(&s).to_uncompressed_point();
+                (Ephemeral::P256(s), p[1..].to_vec())
+            }
+            Peer::P384(_) => {
+                use p384::elliptic_curve::sec1::ToSec1Point;
+                let s = rng.scalar();
+                let p = p384::PublicKey::from_secret_scalar(&s).to_uncompressed_point();
+                (Ephemeral::P384(s), p[1..].to_vec())
+            }
+        }
+    }
+
+    /// The ECDH shared secret.
+    fn shared(&self, ephemeral: &Ephemeral) -> Vec<u8> {
+        match (self, ephemeral) {
+            (Peer::P256(p), Ephemeral::P256(s)) => {
+                p256::ecdh::diffie_hellman(s, p.as_affine()).raw_secret_bytes().to_vec()
+            }
+            (Peer::P384(p), Ephemeral::P384(s)) => {
+                p384::ecdh::diffie_hellman(s, p.as_affine()).raw_secret_bytes().to_vec()
+            }
+            // `ephemeral` always comes from this peer's `ephemeral`.
+            _ => Vec::new(),
+        }
+    }
+}
+
 impl Device {
     /// KEY_EXCHANGE → KEY_EXCHANGE_RSP (in the clear; handshake not in the clear, no mutual auth).
     pub(crate) fn key_exchange(&mut self, m: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
@@ -114,20 +169,19 @@ impl Device {
         if self.conn.requester_flags & 0x200 == 0 {
             return Err(error(ver, error_code::UNSUPPORTED_REQUEST, code::KEY_EXCHANGE));
         }
-        let fixed = 40 + 96 + 2;
+        let suite = self.identity.suite;
+        let d = suite.dhe.exchange_bytes();
+        let fixed = 40 + d + 2;
         if m.len() < fixed {
             return Err(invalid());
         }
-        let msg = m.get(..fixed + usize::from(le16(m, 136))).ok_or_else(invalid)?;
+        let msg = m.get(..fixed + usize::from(le16(m, 40 + d))).ok_or_else(invalid)?;
         let (summary, slot) = (msg[2], msg[3]);
         if slot != 0 || !matches!(summary, 0 | 1 | 0xFF) {
             return Err(invalid());
         }
         let secured_version = select_secured_version(&msg[fixed..]).ok_or_else(invalid)?;
-        let mut point = [0u8; 97];
-        point[0] = 0x04;
-        point[1..].copy_from_slice(&msg[40..136]);
-        let peer = PublicKey::from_sec1_bytes(&point).map_err(|_| invalid())?;
+        let peer = Peer::new(&msg[40..40 + d]).ok_or_else(invalid)?;
         if self.sessions.len() >= MAX_SESSIONS {
             return Err(error(ver, error_code::SESSION_LIMIT_EXCEEDED, 0));
         }
@@ -138,8 +192,7 @@ impl Device {
             .ok_or_else(|| error(ver, error_code::SESSION_LIMIT_EXCEEDED, 0))?;
         let id = req_id | rsp_id << 16;
 
-        let ephemeral = self.rng.scalar();
-        let public = PublicKey::from_secret_scalar(&ephemeral).to_uncompressed_point();
+        let (ephemeral, public) = peer.ephemeral(&mut self.rng);
         // HeartbeatPeriod: only where both sides announced HBEAT_CAP (0 = no heartbeat). The
         // device does not end a silent session on its own: the spec lets it, not requires it.
         let period = if self.conn.requester_flags & FLAG_HBEAT != 0 { HEARTBEAT_PERIOD_S } else { 0 };
@@ -147,7 +200,7 @@ impl Device {
         r.extend_from_slice(&(rsp_id as u16).to_le_bytes());
         r.extend_from_slice(&[0, 0]); // no mutual authentication, no requester slot
         r.extend_from_slice(&self.rng.bytes::<32>());
-        r.extend_from_slice(&public[1..]);
+        r.extend_from_slice(&public);
         if summary != 0 {
             r.extend_from_slice(&self.measurement_summary(summary));
         }
@@ -156,20 +209,17 @@ impl Device {
         let extra = if self.overlong(crate::faults::Reply::KeyExchangeRsp) { 4 } else { 0 };
         r.extend_from_slice(&(opaque.len() as u16 + extra).to_le_bytes());
         r.extend_from_slice(&opaque);
-        let mut th = Sha384::new();
+        let mut th = self.transcript();
         th.update(&self.conn.vca);
-        th.update(self.identity.chain_digest);
+        th.update(&self.identity.chain_digest);
         th.update(msg);
         th.update(&r);
-        let signature = self.sign(Context::KeyExchangeRsp, &th.clone().finalize().into())?;
+        let signature = self.sign(Context::KeyExchangeRsp, &th.current())?;
         r.extend_from_slice(&signature);
-        th.update(signature);
-        let th1: [u8; H] = th.clone().finalize().into();
-        let shared = p384::ecdh::diffie_hellman(ephemeral, peer.as_affine());
-        let mut secret = [0u8; H];
-        secret.copy_from_slice(shared.raw_secret_bytes());
-        let keys = HandshakeKeys::derive(ver, &secret, &th1);
-        secret.fill(0);
+        th.update(&signature);
+        let th1 = th.current();
+        let secret = peer.shared(&ephemeral);
+        let keys = HandshakeKeys::derive(Schedule::new(ver, &suite), &secret, &th1);
         let verify = keys.verify_data(false, &th1);
         r.extend_from_slice(&verify);
         th.update(verify);
@@ -295,20 +345,20 @@ impl Device {
             return (error(version, error_code::UNEXPECTED_REQUEST, 0), After::Stay);
         };
         // No mutual authentication: no signature, exactly header ‖ RequesterVerifyData.
-        if m.len() != 4 + H || m[2] & 1 != 0 {
+        if m.len() != 4 + self.identity.suite.hash.bytes() || m[2] & 1 != 0 {
             return (error(version, error_code::INVALID_REQUEST, 0), After::Stay);
         }
         let mut th_finish = th.clone();
         th_finish.update(&m[..4]);
-        let expected = keys.verify_data(true, &th_finish.finalize().into());
-        if m[4..] != expected {
+        let expected = keys.verify_data(true, &th_finish.finalize());
+        if m[4..] != expected[..] {
             return (error(version, error_code::DECRYPT_ERROR, 0), After::End);
         }
         let reply = vec![version, code::FINISH_RSP, 0, 0];
         let mut th2 = th.clone();
         th2.update(m);
         th2.update(&reply);
-        let app = keys.application(&th2.finalize().into());
+        let app = keys.application(&th2.finalize());
         (reply, After::Application(Box::new((app.request, app.response))))
     }
 
@@ -344,9 +394,9 @@ impl Device {
             (KEY_UPDATE_KEY | KEY_UPDATE_ALL_KEYS, None) => {
                 // ALL CHECKS PASSED
                 *previous_request = Some(request.clone());
-                *request = request.updated(version);
+                *request = request.updated();
                 if operation == KEY_UPDATE_ALL_KEYS {
-                    *response = response.updated(version);
+                    *response = response.updated();
                 }
                 *pending = Some((operation, tag));
             }

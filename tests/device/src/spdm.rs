@@ -3,11 +3,9 @@
 //! padding a request arrives with (wire-formats.md pitfall 1): each request's length is computed
 //! from its own fields and any bytes after it are ignored.
 
-use p384::ecdsa::signature::Signer;
-use p384::ecdsa::Signature;
-use sha2::{Digest, Sha384};
 use tsm::spdm::code;
-use tsm::spdm::sig::{self, Context, SIGNATURE_BYTES};
+use tsm::spdm::sig::{self, Context};
+use tsm::spdm::suite::Transcript;
 
 use crate::config::MeasurementBlock;
 use crate::faults::{Reply, Signed};
@@ -253,12 +251,15 @@ impl Device {
         }
         let offered = |ty: u8, bit: u16| tables.iter().any(|&(t, s)| t == ty && s & bit != 0);
         let sessions = self.conn.requester_flags & REQ_FLAG_KEY_EX != 0;
-        let suite = le32(msg, 8) & alg::BASE_ASYM_ECDSA_P384 != 0
-            && le32(msg, 12) & alg::BASE_HASH_SHA384 != 0
+        // The identity's suite is the only one the device serves (its chain's RootHash is in that
+        // suite's hash).
+        let own = self.identity.suite;
+        let suite = le32(msg, 8) & own.asym.bit() != 0
+            && le32(msg, 12) & own.hash.bit() != 0
             && msg[6] & alg::MEAS_SPEC_DMTF != 0
             && msg[7] & alg::OPAQUE_FMT1 != 0;
-        let session_suite = offered(alg::TYPE_DHE, alg::DHE_SECP384R1)
-            && offered(alg::TYPE_AEAD, alg::AEAD_AES_256_GCM)
+        let session_suite = offered(alg::TYPE_DHE, own.dhe.bit())
+            && offered(alg::TYPE_AEAD, own.aead.bit())
             && offered(alg::TYPE_KEY_SCHEDULE, alg::KEY_SCHEDULE_SPDM);
         if !suite || (sessions && !session_suite) {
             return Err(invalid());
@@ -272,12 +273,12 @@ impl Device {
         r[6] = alg::MEAS_SPEC_DMTF;
         r[7] = alg::OPAQUE_FMT1;
         r[8..12].copy_from_slice(&alg::MEAS_HASH_SHA384.to_le_bytes());
-        r[12..16].copy_from_slice(&alg::BASE_ASYM_ECDSA_P384.to_le_bytes());
-        r[16..20].copy_from_slice(&alg::BASE_HASH_SHA384.to_le_bytes());
+        r[12..16].copy_from_slice(&own.asym.bit().to_le_bytes());
+        r[16..20].copy_from_slice(&own.hash.bit().to_le_bytes());
         for (i, &(ty, _)) in tables.iter().enumerate() {
             let selected = match ty {
-                alg::TYPE_DHE => alg::DHE_SECP384R1,
-                alg::TYPE_AEAD => alg::AEAD_AES_256_GCM,
+                alg::TYPE_DHE => own.dhe.bit(),
+                alg::TYPE_AEAD => own.aead.bit(),
                 alg::TYPE_KEY_SCHEDULE => alg::KEY_SCHEDULE_SPDM,
                 _ => 0, // ReqBaseAsymAlg: no mutual authentication
             };
@@ -342,30 +343,38 @@ impl Device {
         self.config.faults.overlong_length == Some(reply)
     }
 
-    /// SHA-384 over the measurement blocks a summary of `kind` covers (0xFF all, 1 the immutable
-    /// ROM ones), as libspdm computes it.
-    pub(crate) fn measurement_summary(&self, kind: u8) -> [u8; 48] {
-        let mut h = Sha384::new();
+    /// The suite's hash over the measurement blocks a summary of `kind` covers (0xFF all, 1 the
+    /// immutable ROM ones), as libspdm computes it.
+    pub(crate) fn measurement_summary(&self, kind: u8) -> Vec<u8> {
+        let mut h = self.transcript();
         for b in &self.reported_measurements() {
             if kind == 0xFF || b.value_type & 0x7F == 0 {
                 h.update(b.encode());
             }
         }
-        h.finalize().into()
+        h.finalize().to_vec()
     }
 
-    /// Signs SHA-384(`transcript`) with the 1.2+ prefix for `context`.
-    pub(crate) fn sign(&self, context: Context, transcript_hash: &[u8; 48]) -> Result<[u8; SIGNATURE_BYTES], Vec<u8>> {
+    /// An empty transcript in the suite's hash.
+    pub(crate) fn transcript(&self) -> Transcript {
+        Transcript::new(self.identity.suite.hash)
+    }
+
+    /// Signs `transcript_hash` (the suite's hash of the transcript) with the 1.2+ prefix for
+    /// `context`: ECDSA over the suite's hash of prefix ‖ transcript hash.
+    pub(crate) fn sign(&self, context: Context, transcript_hash: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
         let ver = self.conn.version;
         let prefix = sig::prefix(ver, context).map_err(|_| error(ver, error_code::UNSPECIFIED, 0))?;
-        let mut message = Vec::with_capacity(prefix.len() + 48);
+        let mut message = Vec::with_capacity(prefix.len() + transcript_hash.len());
         message.extend_from_slice(&prefix);
         message.extend_from_slice(transcript_hash);
-        let signature: Signature = self.identity.leaf_key.sign(&message);
-        let mut out = [0u8; SIGNATURE_BYTES];
-        out.copy_from_slice(&signature.to_bytes());
+        let digest = self.identity.suite.hash.digest(&message);
+        let mut out =
+            self.identity.leaf_key.sign_prehash(&digest).map_err(|_| error(ver, error_code::UNSPECIFIED, 0))?;
         if self.config.faults.bad_signature == Some(Signed::of(context)) {
-            out[SIGNATURE_BYTES - 1] ^= 0x01;
+            if let Some(last) = out.last_mut() {
+                *last ^= 0x01;
+            }
         }
         Ok(out)
     }
@@ -390,12 +399,12 @@ impl Device {
         if ver >= 0x13 {
             r.extend_from_slice(&msg[36..44]);
         }
-        let mut m1 = Sha384::new();
+        let mut m1 = self.transcript();
         m1.update(&self.conn.vca);
         m1.update(&self.conn.b);
         m1.update(msg);
         m1.update(&r);
-        let signature = self.sign(Context::ChallengeAuth, &m1.finalize().into())?;
+        let signature = self.sign(Context::ChallengeAuth, &m1.finalize())?;
         r.extend_from_slice(&signature);
         // ALL CHECKS PASSED
         self.conn.b.clear();
@@ -456,12 +465,12 @@ impl Device {
             l1_kept.extend_from_slice(&r);
             return Ok(r);
         }
-        let mut l1 = Sha384::new();
+        let mut l1 = self.transcript();
         l1.update(&self.conn.vca);
         l1.update(&*l1_kept);
         l1.update(msg);
         l1.update(&r);
-        let signature = self.sign(Context::Measurements, &l1.finalize().into())?;
+        let signature = self.sign(Context::Measurements, &l1.finalize())?;
         r.extend_from_slice(&signature);
         // ALL CHECKS PASSED
         l1_kept.clear();

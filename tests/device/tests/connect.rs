@@ -112,3 +112,66 @@ fn a_certificate_chain_over_4_kib_connects() {
         assert_eq!(exchanges, 3 + 3 + 1 + chain.len().div_ceil(1024) + 4);
     }
 }
+
+/// A device with a P-256 identity: the TSM takes its pick of the offered suites (ECDSA P-256,
+/// SHA-256, secp256r1, AES-128-GCM) at SPDM 1.2 and 1.3, verifies every signature with the P-256
+/// leaf, reads the SHA-256 RootHash and DIGESTS, and carries secured messages with AES-128-GCM.
+/// The evidence digest stays SHA-384, the TSM's own.
+#[test]
+fn a_p256_device_connects_with_the_p256_suite() {
+    use tdisp_device::{rng::Rng, Identity};
+    use tsm::spdm::suite::Suite;
+    for version in [0x12, 0x13] {
+        let config = Config { spdm_versions: vec![version], ..Config::default() };
+        let mut rng = Rng::new([0x25; 32]);
+        let identity = Identity::generate_p256(&mut rng).unwrap();
+        assert_eq!(identity.suite, Suite::P256);
+        let mut device = Device::with_identity(config, identity, rng).unwrap();
+        let (c, _) = run(&mut device);
+        assert_eq!(c.error(), None);
+        assert_eq!(c.stage(), Stage::Connected);
+        let n = c.negotiated().unwrap();
+        assert_eq!((n.version, n.suite), (version, Suite::P256));
+        let chain = c.chain().unwrap();
+        assert_eq!(chain.hash().len(), 32, "the chain hashed with SHA-256 for the transcripts");
+        assert_eq!(Sha384::digest(c.chain_bytes().unwrap())[..], chain.digest()[..], "SHA-384 as evidence");
+        let meas = c.measurements().unwrap();
+        let response = &meas[if version == 0x13 { 45 } else { 37 }..];
+        assert_eq!(response[1], 0x60);
+        // The session works both ways under AES-128-GCM keys.
+        let mut s = c.session().unwrap().clone();
+        assert_eq!(s.request.key().len(), 16);
+        let mut obj = [0u8; 64];
+        let n = s.end(&mut obj).unwrap();
+        let ack = device.exchange(&obj[..n]);
+        assert_eq!(s.check_end_ack(&ack), Ok(()));
+    }
+}
+
+/// A device that serves only P-256 meets a TSM that offers it; one whose leaf key is on another
+/// curve than the one it selected is refused at the certificate stage with the fault named.
+#[test]
+fn a_leaf_key_of_another_curve_than_selected_is_refused() {
+    use tdisp_device::{rng::Rng, Identity};
+    let mut rng = Rng::new([0x26; 32]);
+    let p256 = Identity::generate_p256(&mut rng).unwrap();
+    // The P-256 chain, served by a device that claims the P-384 suite (its RootHash then in
+    // SHA-384, so only the leaf's curve is wrong).
+    let mut p384 = Identity::generate(&mut rng).unwrap();
+    let forged = Identity::from_chain(
+        p384.leaf_key.clone(),
+        p256.root_der.clone(),
+        p256.intermediates_der.clone(),
+        p256.leaf_der.clone(),
+    )
+    .unwrap();
+    p384.chain = forged.chain;
+    p384.chain_digest = forged.chain_digest;
+    let mut device = Device::with_identity(Config::default(), p384, rng).unwrap();
+    let (c, _) = run(&mut device);
+    assert_eq!(
+        c.error(),
+        Some(ConnectError::Spdm(Stage::Certificates, SpdmError::LeafKeyAlgorithm { got: 0x10 })),
+        "a P-256 leaf under BaseAsymSel P-384"
+    );
+}

@@ -132,7 +132,7 @@ fn the_device_answers_a_resent_update_under_the_old_key_without_moving_again() {
     again.request.sequence = first.request.sequence;
     let len = again.seal(&[v, 0xE9, 2, 7], &mut out).unwrap();
     let reply = d.handle(&out[..len]).unwrap();
-    let mut rsp = s.response.updated(v);
+    let mut rsp = s.response.updated();
     rsp.sequence = 1;
     let mut buf = vec![0u8; 64];
     assert_eq!(secured::open(&mut rsp, s.id, &reply, &mut buf).unwrap(), [v, 0x69, 2, 7]);
@@ -152,7 +152,7 @@ fn the_device_refuses_verify_new_key_without_an_update_and_a_second_update_befor
     assert_eq!(secured(&mut d, &mut s, &[v, 0xE9, 9, 1]).unwrap(), [v, 0x7F, 0x01, 0], "no such operation");
     assert_eq!(secured(&mut d, &mut s, &[v, 0xE9, 1, 1, 0]).unwrap(), [v, 0x7F, 0x01, 0], "exact size");
     assert_eq!(secured(&mut d, &mut s, &[v, 0xE9, 1, 1]).unwrap(), [v, 0x69, 1, 1]);
-    s.request = s.request.updated(v);
+    s.request = s.request.updated();
     assert_eq!(secured(&mut d, &mut s, &[v, 0xE9, 2, 2]).unwrap(), [v, 0x7F, 0x01, 0], "update before verify");
     assert_eq!(secured(&mut d, &mut s, &[v, 0xE9, 3, 3]).unwrap(), [v, 0x69, 3, 3]);
 }
@@ -211,7 +211,7 @@ fn the_device_refuses_key_update_from_a_requester_without_key_upd_cap() {
     let r: Result<(), SpdmError> = drive!(&mut d, c);
     r.unwrap();
     let chain = c.chain().unwrap();
-    let mut k = Box::new(KeyExchange::new(&n, &vca, chain.digest(), *chain.leaf_key(), [4; 48], [5; 32]).unwrap());
+    let mut k = Box::new(KeyExchange::new(&n, &vca, &chain.hash(), *chain.leaf_key(), [4; 48], [5; 32]).unwrap());
     let r: Result<(), SpdmError> = drive!(&mut d, k);
     r.unwrap();
     let mut s = k.session().unwrap().clone();

@@ -140,6 +140,43 @@ fn tsm_connects_to_libspdm_responder_spdm_1_3_p384() {
     assert_spdm_emu_device("1.3", &o);
 }
 
+/// The P-256 suite: ECDSA P-256 with SHA-256 (spdm-emu's `ecp256` sample chain), secp256r1,
+/// AES-128-GCM.
+const P256: [&str; 8] = ["--asym", "ECDSA_P256", "--hash", "SHA_256", "--dhe", "SECP_256_R1", "--aead", "AES_128_GCM"];
+
+#[test]
+fn tsm_connects_to_libspdm_responder_spdm_1_2_p256() {
+    let o = connect_to_libspdm("libspdm-1.2-p256", &[&["--ver", "1.2"][..], &P256].concat());
+    assert_spdm_emu_device("1.2 P-256", &o);
+}
+
+#[test]
+fn tsm_connects_to_libspdm_responder_spdm_1_3_p256() {
+    let o = connect_to_libspdm("libspdm-1.3-p256", &[&["--ver", "1.3"][..], &P256].concat());
+    assert_spdm_emu_device("1.3 P-256", &o);
+}
+
+/// A responder that signs only with RSA (RSASSA-3072, spdm-emu's `rsa3072` sample chain) meets
+/// the TSM's floor: the TSM offers no RSA, so the two share no signing algorithm and SPDM.CONNECT
+/// stops at negotiation, before any certificate is read.
+#[test]
+fn an_rsa_only_libspdm_responder_is_refused_at_negotiation() {
+    use tsm::spdm::connect::{ConnectError, Stage};
+    use tsm::spdm::SpdmError;
+    let Some(bin) = peer("an_rsa_only_libspdm_responder_is_refused_at_negotiation") else { return };
+    let args = ["--ver", "1.2", "--asym", "RSASSA_3072", "--hash", "SHA_384"];
+    let (_responder, mut client) = Responder::start(&bin, free_port(), &args);
+    let outcome = libspdm_flow::converse(&mut client);
+    // libspdm finds no common signing algorithm and answers NEGOTIATE_ALGORITHMS with ERROR
+    // InvalidRequest (a responder that selected RSA anyway would fail `BadSelection`, as the
+    // unit tests of negotiate.rs show).
+    assert_eq!(
+        outcome.connect,
+        Some(Err(ConnectError::Spdm(Stage::Negotiation, SpdmError::Responder { code: 0x01, data: 0 })))
+    );
+    assert_eq!((outcome.idekm, outcome.tdisp), (None, None));
+}
+
 #[test]
 fn tsm_connects_to_libspdm_responder_default_versions() {
     let o = connect_to_libspdm("libspdm-default-p384", &[]);
@@ -152,22 +189,31 @@ fn tsm_connects_to_libspdm_responder_default_versions() {
 /// device's root (its sample-key directory is copied and the P-384 CA files replaced). Its
 /// output and the whole conversation are kept in `SPDM_RECORD_DIR` when set
 /// (`tests/interop/`).
-fn libspdm_requester_against_tdisp_device(version: &str, meas_sum: &str) {
+fn libspdm_requester_against_tdisp_device(version: &str, meas_sum: &str, p256: bool) {
     let name = match meas_sum {
         "ALL" => format!("libspdm-requester-{version}"),
         other => format!("libspdm-requester-{version}-meas-sum-{}", other.to_lowercase()),
     };
+    let name = if p256 { format!("{name}-p256") } else { name };
     let Some(bin) = peer(&name) else { return };
     let work = std::env::temp_dir().join(format!("seamless-{name}-{}", std::process::id()));
-    let keys = work.join("ecp384");
+    let curve = if p256 { "ecp256" } else { "ecp384" };
+    let keys = work.join(curve);
     std::fs::create_dir_all(&keys).unwrap();
-    for entry in std::fs::read_dir(bin.join("ecp384")).unwrap() {
+    for entry in std::fs::read_dir(bin.join(curve)).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), keys.join(entry.file_name())).unwrap();
     }
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let mut device = Device::new(Config::default()).unwrap();
+    let mut device = if p256 {
+        // tdisp-device --suite p256: a P-256 root, CA and leaf.
+        let mut rng = tdisp_device::rng::Rng::new([0x25; 32]);
+        let identity = tdisp_device::Identity::generate_p256(&mut rng).unwrap();
+        Device::with_identity(Config::default(), identity, rng).unwrap()
+    } else {
+        Device::new(Config::default()).unwrap()
+    };
     std::fs::write(keys.join("ca.cert.der"), &device.identity().root_der).unwrap();
     std::fs::write(keys.join("ca1.cert.der"), &device.identity().root_der).unwrap();
     // The device's server loop, keeping every DOE object both ways (one connection).
@@ -198,6 +244,7 @@ fn libspdm_requester_against_tdisp_device(version: &str, meas_sum: &str) {
         .current_dir(&work)
         .args(["--trans", "PCI_DOE", "--port", &port.to_string(), "--ver", version, "--meas_sum", meas_sum])
         .args(["--exe_conn", "DIGEST,CERT,CHAL,MEAS", "--exe_session", "KEY_EX,KEY_UPDATE,HEARTBEAT,MEAS"])
+        .args(if p256 { &P256[..] } else { &[] })
         .output()
         .unwrap();
     let log = server.join().unwrap();
@@ -206,7 +253,8 @@ fn libspdm_requester_against_tdisp_device(version: &str, meas_sum: &str) {
     if let Some(dir) = std::env::var_os("SPDM_RECORD_DIR") {
         let head = format!(
             "# spdm_requester_emu --trans PCI_DOE --ver {version} --meas_sum {meas_sum} --exe_conn \
-             DIGEST,CERT,CHAL,MEAS --exe_session KEY_EX,KEY_UPDATE,HEARTBEAT,MEAS against tdisp-device; exit {:?}\n",
+             DIGEST,CERT,CHAL,MEAS --exe_session KEY_EX,KEY_UPDATE,HEARTBEAT,MEAS{} against tdisp-device; exit {:?}\n",
+            if p256 { format!(" {}", P256.join(" ")) } else { String::new() },
             out.status.code()
         );
         let mut conversation = String::new();
@@ -226,12 +274,21 @@ fn libspdm_requester_against_tdisp_device(version: &str, meas_sum: &str) {
 
 #[test]
 fn libspdm_requester_runs_its_flows_against_tdisp_device_spdm_1_2() {
-    libspdm_requester_against_tdisp_device("1.2", "ALL");
+    libspdm_requester_against_tdisp_device("1.2", "ALL", false);
 }
 
 #[test]
 fn libspdm_requester_runs_its_flows_against_tdisp_device_spdm_1_3() {
-    libspdm_requester_against_tdisp_device("1.3", "ALL");
+    libspdm_requester_against_tdisp_device("1.3", "ALL", false);
+}
+
+/// The same against tdisp-device with a P-256 identity, the requester restricted to the P-256
+/// suite (it trusts the device's P-256 root in place of its `ecp256` sample CA).
+#[test]
+fn libspdm_requester_runs_its_flows_against_a_p256_tdisp_device() {
+    for version in ["1.2", "1.3"] {
+        libspdm_requester_against_tdisp_device(version, "ALL", true);
+    }
 }
 
 /// CHALLENGE_AUTH and KEY_EXCHANGE_RSP with each measurement summary hash type libspdm asks for
@@ -240,7 +297,7 @@ fn libspdm_requester_runs_its_flows_against_tdisp_device_spdm_1_3() {
 fn libspdm_requester_accepts_every_measurement_summary_hash_type() {
     for version in ["1.2", "1.3"] {
         for meas_sum in ["NO", "TCB"] {
-            libspdm_requester_against_tdisp_device(version, meas_sum);
+            libspdm_requester_against_tdisp_device(version, meas_sum, false);
         }
     }
 }

@@ -25,7 +25,10 @@ fn recordings() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().ends_with("-p384.txt"))
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("libspdm-1.") && (name.ends_with("-p384.txt") || name.ends_with("-p256.txt"))
+        })
         .collect();
     files.sort();
     files
@@ -41,7 +44,7 @@ fn replay(path: &Path, tamper: Option<Tamper>) -> (Outcome, Replay) {
 #[test]
 fn every_recorded_libspdm_conversation_replays_whole() {
     let files = recordings();
-    assert!(files.len() >= 2, "the SPDM 1.2 and 1.3 recordings");
+    assert!(files.len() >= 4, "the SPDM 1.2 and 1.3 recordings, P-384 and P-256");
     for path in files {
         let (o, r) = replay(&path, None);
         let name = path.display();

@@ -1,12 +1,12 @@
 //! GET_DIGESTS and GET_CERTIFICATE (chunked) for slot 0, sans-IO: reads the device's certificate
 //! chain, checks it against its DIGESTS entry and its format, and keeps VCA ‖ B (B: every
-//! message of the exchange, exact bytes) as a running SHA-384 for CHALLENGE's transcript M1.
-
-use sha2::{Digest, Sha384};
+//! message of the exchange, exact bytes) as a running hash (the negotiated one) for CHALLENGE's
+//! transcript M1.
 
 use crate::doe::{self, Action, ObjectType};
 use crate::spdm::chain::CertChain;
 use crate::spdm::negotiate::{code, exact, le16, response_payload, Negotiated, SpdmError, TRANSFER_SIZE};
+use crate::spdm::suite::{Asym, BaseHash, Transcript, MAX_HASH};
 
 /// Bytes of certificate chain the TSM keeps for a device.
 pub const CHAIN_MAX: usize = 8192;
@@ -29,13 +29,15 @@ pub struct CertRetrieval {
     version: u8,
     chunk: usize,
     state: State,
-    digest: [u8; 48],
+    hash: BaseHash,
+    asym: Asym,
+    digest: [u8; MAX_HASH],
     chain: [u8; CHAIN_MAX],
     len: usize,
     total: usize,
     asked: usize,
-    transcript: Sha384,
-    vca_transcript: Sha384,
+    transcript: Transcript,
+    vca_transcript: Transcript,
     out: [u8; 16],
 }
 
@@ -50,13 +52,15 @@ impl CertRetrieval {
             version: negotiated.version,
             chunk,
             state: State::Idle,
-            digest: [0; 48],
+            hash: negotiated.suite.hash,
+            asym: negotiated.suite.asym,
+            digest: [0; MAX_HASH],
             chain: [0; CHAIN_MAX],
             len: 0,
             total: 0,
             asked: 0,
-            transcript: Sha384::new_with_prefix(vca),
-            vca_transcript: Sha384::new_with_prefix(vca),
+            transcript: Transcript::with_prefix(negotiated.suite.hash, vca),
+            vca_transcript: Transcript::with_prefix(negotiated.suite.hash, vca),
             out: [0; 16],
         }
     }
@@ -116,11 +120,12 @@ impl CertRetrieval {
         let p = response_payload(response, self.version, code::DIGESTS)?;
         let mask = p[3];
         let n = mask.count_ones() as usize;
-        let msg = exact(p, 4 + 48 * n, code::DIGESTS)?;
+        let h = self.hash.bytes();
+        let msg = exact(p, 4 + h * n, code::DIGESTS)?;
         if mask & 1 == 0 {
             return Err(SpdmError::NoSlot0);
         }
-        self.digest.copy_from_slice(&msg[4..52]);
+        self.digest[..h].copy_from_slice(&msg[4..4 + h]);
         self.transcript.update(msg);
         Ok(())
     }
@@ -152,11 +157,16 @@ impl CertRetrieval {
 
     fn finish(&mut self) -> Action<'_, SpdmError> {
         let chain = &self.chain[..self.len];
-        if Sha384::digest(chain)[..] != self.digest {
+        if self.hash.digest(chain)[..] != self.digest[..self.hash.bytes()] {
             return self.fail(SpdmError::DigestMismatch);
         }
-        if let Err(e) = CertChain::parse(chain) {
-            return self.fail(SpdmError::Chain(e));
+        match CertChain::parse_for(chain, self.hash) {
+            Err(e) => return self.fail(SpdmError::Chain(e)),
+            Ok(c) if c.leaf_key().asym() != self.asym => {
+                let got = c.leaf_key().asym().bit();
+                return self.fail(SpdmError::LeafKeyAlgorithm { got });
+            }
+            Ok(_) => {}
         }
         self.state = State::Done;
         Action::Done
@@ -171,13 +181,13 @@ impl CertRetrieval {
     pub fn chain(&self) -> Option<CertChain<'_>> {
         match self.state {
             // Checked whole, signatures included, when the last portion arrived.
-            State::Done => CertChain::reread(&self.chain[..self.len]).ok(),
+            State::Done => CertChain::reread(&self.chain[..self.len], self.hash).ok(),
             _ => None,
         }
     }
 
-    /// SHA-384 state over VCA ‖ B so far (CHALLENGE continues it into M1 = VCA ‖ B ‖ C).
-    pub fn transcript(&self) -> &Sha384 {
+    /// The hash state over VCA ‖ B so far (CHALLENGE continues it into M1 = VCA ‖ B ‖ C).
+    pub fn transcript(&self) -> &Transcript {
         &self.transcript
     }
 
@@ -194,6 +204,7 @@ impl CertRetrieval {
 mod tests {
     use super::*;
     use crate::spdm::chain::HEADER_BYTES;
+    use sha2::{Digest, Sha384};
 
     extern crate std;
     use std::vec::Vec;
@@ -396,6 +407,6 @@ mod tests {
                 _ => break,
             }
         }
-        assert_eq!(c.transcript().clone().finalize(), b.finalize());
+        assert_eq!(c.transcript().clone().finalize()[..], b.finalize()[..]);
     }
 }

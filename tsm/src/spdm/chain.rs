@@ -20,9 +20,9 @@
 //!    certificates below it; the leaf is no CA (basicConstraints absent or cA FALSE) and its
 //!    keyUsage asserts digitalSignature, the use SPDM makes of it;
 //! 5. its issuer name is its issuer's subject name (the root's is its own), byte for byte;
-//! 6. it is signed by its issuer's P-384 key (the root by its own).
+//! 6. it is signed by its issuer's P-256 or P-384 key (the root by its own).
 //!
-//! The leaf's P-384 public key must then sign the device's CHALLENGE_AUTH, MEASUREMENTS and
+//! The leaf's public key (P-256 or P-384, the curve ALGORITHMS selected) must then sign the device's CHALLENGE_AUTH, MEASUREMENTS and
 //! KEY_EXCHANGE_RSP. Whether the root is one to trust is the verifier's judgement, not the
 //! TSM's: the TSM records the chain and its SHA-384 for the attestation report, and the verifier
 //! (`attest`) applies the same rules, plus validity at its own time and the root's pinning;
@@ -31,13 +31,14 @@
 use core::fmt;
 
 use der::{Decode, Encode, Header, SliceReader, Tag};
-use p384::ecdsa::VerifyingKey;
-use p384::pkcs8::DecodePublicKey;
 use sha2::{Digest, Sha384};
 
+use crate::spdm::sig::LeafKey;
+use crate::spdm::suite::BaseHash;
 use crate::spdm::x509::{Fields, DIGITAL_SIGNATURE, KEY_CERT_SIGN};
 
-/// Bytes of the chain header (Length, reserved, RootHash for SHA-384).
+/// Bytes of the chain header (Length, reserved, RootHash) for SHA-384; with SHA-256 the
+/// RootHash takes 32 bytes.
 pub const HEADER_BYTES: usize = 4 + 48;
 /// Certificates a chain may hold.
 pub const MAX_CERTS: usize = 8;
@@ -177,7 +178,9 @@ impl fmt::Display for ChainError {
                 write!(f, "certificate {index}'s issuer name is not its issuer's subject name")
             }
             ChainError::LeafKey => f.write_str("the leaf certificate does not carry an ECDSA P-384 key"),
-            ChainError::IssuerKey { index } => write!(f, "certificate {index} carries no ECDSA P-384 issuer key"),
+            ChainError::IssuerKey { index } => {
+                write!(f, "certificate {index} carries no ECDSA P-256 or P-384 issuer key")
+            }
             ChainError::SignatureAlgorithm { index } => {
                 write!(f, "certificate {index} is not signed with ECDSA and SHA-384 or SHA-256")
             }
@@ -193,27 +196,38 @@ impl fmt::Display for ChainError {
 pub struct CertChain<'a> {
     certs: [&'a [u8]; MAX_CERTS],
     count: usize,
-    leaf_key: VerifyingKey,
+    leaf_key: LeafKey,
+    root_hash: BaseHash,
+    bytes: &'a [u8],
     digest: [u8; 48],
 }
 
 impl<'a> CertChain<'a> {
-    /// Checks a chain in the SPDM format.
+    /// Checks a chain in the SPDM format whose RootHash is a SHA-384.
     ///
     /// # Errors
     /// The first [`ChainError`] found, in the order of the fields.
     pub fn parse(chain: &'a [u8]) -> Result<CertChain<'a>, ChainError> {
-        CertChain::parse_inner(chain, true)
+        CertChain::parse_inner(chain, BaseHash::Sha384, true)
     }
 
-    /// A chain [`CertChain::parse`] accepted before, read again without checking the signatures
-    /// once more (the bytes are the TSM's own copy and have not changed).
-    pub(crate) fn reread(chain: &'a [u8]) -> Result<CertChain<'a>, ChainError> {
-        CertChain::parse_inner(chain, false)
+    /// Checks a chain in the SPDM format whose RootHash is in the negotiated `hash`.
+    ///
+    /// # Errors
+    /// The first [`ChainError`] found, in the order of the fields.
+    pub fn parse_for(chain: &'a [u8], hash: BaseHash) -> Result<CertChain<'a>, ChainError> {
+        CertChain::parse_inner(chain, hash, true)
     }
 
-    fn parse_inner(chain: &'a [u8], check_links: bool) -> Result<CertChain<'a>, ChainError> {
-        if chain.len() < HEADER_BYTES {
+    /// A chain [`CertChain::parse_for`] accepted before, read again without checking the
+    /// signatures once more (the bytes are the TSM's own copy and have not changed).
+    pub(crate) fn reread(chain: &'a [u8], hash: BaseHash) -> Result<CertChain<'a>, ChainError> {
+        CertChain::parse_inner(chain, hash, false)
+    }
+
+    fn parse_inner(chain: &'a [u8], hash: BaseHash, check_links: bool) -> Result<CertChain<'a>, ChainError> {
+        let header_bytes = 4 + hash.bytes();
+        if chain.len() < header_bytes {
             return Err(ChainError::TooShort { len: chain.len() });
         }
         let header = usize::from(u16::from_le_bytes([chain[0], chain[1]]));
@@ -225,7 +239,7 @@ impl<'a> CertChain<'a> {
         }
         let mut certs: [&[u8]; MAX_CERTS] = [&[]; MAX_CERTS];
         let mut count = 0;
-        let mut rest = &chain[HEADER_BYTES..];
+        let mut rest = &chain[header_bytes..];
         if rest.is_empty() {
             return Err(ChainError::Empty);
         }
@@ -238,8 +252,7 @@ impl<'a> CertChain<'a> {
             rest = &rest[len..];
             count += 1;
         }
-        let root_hash: [u8; 48] = Sha384::digest(certs[0]).into();
-        if root_hash[..] != chain[4..HEADER_BYTES] {
+        if hash.digest(certs[0])[..] != chain[4..header_bytes] {
             return Err(ChainError::RootHashMismatch);
         }
         let mut issuer: Option<Fields<'a>> = None;
@@ -256,7 +269,7 @@ impl<'a> CertChain<'a> {
             issuer = Some(f);
         }
         let leaf_key = leaf_key(certs[count - 1]).ok_or(ChainError::LeafKey)?;
-        Ok(CertChain { certs, count, leaf_key, digest: Sha384::digest(chain).into() })
+        Ok(CertChain { certs, count, leaf_key, root_hash: hash, bytes: chain, digest: Sha384::digest(chain).into() })
     }
 
     /// The certificates, root first.
@@ -265,14 +278,20 @@ impl<'a> CertChain<'a> {
     }
 
     /// The leaf's public key.
-    pub fn leaf_key(&self) -> &VerifyingKey {
+    pub fn leaf_key(&self) -> &LeafKey {
         &self.leaf_key
     }
 
-    /// SHA-384 of the whole chain (header included): what CHALLENGE_AUTH's CertChainHash and
-    /// the attestation report carry.
+    /// SHA-384 of the whole chain (header included): what the attestation report binds,
+    /// whatever hash the connection negotiated.
     pub fn digest(&self) -> &[u8; 48] {
         &self.digest
+    }
+
+    /// The whole chain in the hash its RootHash uses (the negotiated one): what DIGESTS,
+    /// CHALLENGE_AUTH's CertChainHash and the session transcript carry.
+    pub fn hash(&self) -> crate::spdm::suite::Secret {
+        self.root_hash.digest(self.bytes)
     }
 }
 
@@ -343,33 +362,29 @@ fn check_certificate(f: &Fields<'_>, index: usize, count: usize) -> Result<(), C
 
 /// Checks that `child` (at `index`) is signed by `issuer`'s key.
 fn check_signature(issuer: &Fields<'_>, child: &Fields<'_>, index: usize) -> Result<(), ChainError> {
-    use p384::ecdsa::signature::hazmat::PrehashVerifier;
-    use p384::ecdsa::Signature;
-    let key = p384::PublicKey::from_public_key_der(issuer.spki)
-        .map(VerifyingKey::from)
-        .map_err(|_| ChainError::IssuerKey { index: index.saturating_sub(1) })?;
-    let signature = Signature::from_der(child.signature).map_err(|_| ChainError::SignatureAlgorithm { index })?;
-    let ok = match child.algorithm_oid {
-        ECDSA_SHA384 => key.verify_prehash(&Sha384::digest(child.tbs), &signature).is_ok(),
-        ECDSA_SHA256 => key.verify_prehash(&sha2::Sha256::digest(child.tbs), &signature).is_ok(),
+    let key = LeafKey::from_spki(issuer.spki).ok_or(ChainError::IssuerKey { index: index.saturating_sub(1) })?;
+    let digest = match child.algorithm_oid {
+        ECDSA_SHA384 => BaseHash::Sha384.digest(child.tbs),
+        ECDSA_SHA256 => BaseHash::Sha256.digest(child.tbs),
         _ => return Err(ChainError::SignatureAlgorithm { index }),
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(ChainError::Signature { index })
+    match key.verify_prehash(&digest, child.signature, true) {
+        Ok(()) => Ok(()),
+        Err(true) => Err(ChainError::SignatureAlgorithm { index }),
+        Err(false) => Err(ChainError::Signature { index }),
     }
 }
 
-/// The P-384 key in a certificate: Certificate → tbsCertificate → subjectPublicKeyInfo.
-fn leaf_key(cert: &[u8]) -> Option<VerifyingKey> {
-    let spki = Fields::parse(cert).ok()?.spki;
-    p384::PublicKey::from_public_key_der(spki).ok().map(VerifyingKey::from)
+/// The P-256 or P-384 key in a certificate: Certificate → tbsCertificate →
+/// subjectPublicKeyInfo.
+fn leaf_key(cert: &[u8]) -> Option<LeafKey> {
+    LeafKey::from_spki(Fields::parse(cert).ok()?.spki)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use p384::pkcs8::DecodePublicKey;
 
     extern crate std;
     use std::vec::Vec;
@@ -396,8 +411,23 @@ mod tests {
         let c = CertChain::parse(&bytes).unwrap();
         assert_eq!(c.certs(), &[ROOT, CA, LEAF]);
         let want = p384::PublicKey::from_public_key_der(LEAF_PUB).unwrap();
-        assert_eq!(c.leaf_key(), &VerifyingKey::from(want));
+        assert_eq!(c.leaf_key(), &LeafKey::P384(want.into()));
         assert_eq!(c.digest()[..], Sha384::digest(&bytes)[..]);
+        assert_eq!(c.hash()[..], Sha384::digest(&bytes)[..]);
+    }
+
+    #[test]
+    fn a_sha256_root_hash_is_read_when_sha256_was_negotiated() {
+        let body: Vec<u8> = [ROOT, CA, LEAF].concat();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&((4 + 32 + body.len()) as u16).to_le_bytes());
+        bytes.extend_from_slice(&[0, 0]);
+        bytes.extend_from_slice(&sha2::Sha256::digest(ROOT));
+        bytes.extend_from_slice(&body);
+        let c = CertChain::parse_for(&bytes, BaseHash::Sha256).unwrap();
+        assert_eq!(c.hash()[..], sha2::Sha256::digest(&bytes)[..]);
+        assert_eq!(c.digest()[..], Sha384::digest(&bytes)[..], "the report binds SHA-384 whatever the suite");
+        assert!(CertChain::parse(&bytes).is_err(), "a SHA-256 RootHash is no SHA-384 one");
     }
 
     #[test]

@@ -2,41 +2,41 @@
 //! of the chain's leaf. The device signs M1 = VCA ‖ B ‖ C, where B is the certificate exchange and
 //! C is CHALLENGE ‖ CHALLENGE_AUTH without the signature.
 
-use p384::ecdsa::VerifyingKey;
-use sha2::{Digest, Sha384};
-
 use crate::doe::Action;
 use crate::spdm::negotiate::{code, exact, le16, response_payload, Negotiated, SpdmError, V13};
-use crate::spdm::sig::{self, Context, SIGNATURE_BYTES};
+use crate::spdm::sig::{self, Context, LeafKey};
+use crate::spdm::suite::{Secret, Suite, Transcript};
 use crate::spdm::Exchange;
 
 /// One CHALLENGE exchange (no measurement summary hash requested).
 #[derive(Clone, Debug)]
 pub struct Challenge {
     version: u8,
-    key: VerifyingKey,
-    chain_digest: [u8; 48],
+    suite: Suite,
+    key: LeafKey,
+    chain_hash: Secret,
     nonce: [u8; 32],
     context: [u8; 8],
-    transcript: Sha384,
+    transcript: Transcript,
     exchange: Exchange,
 }
 
 impl Challenge {
     /// A challenge continuing `transcript` (VCA ‖ B, from the certificate exchange), expecting
-    /// the chain whose SHA-384 is `chain_digest` and whose leaf key is `key`.
+    /// the chain whose hash (the negotiated one) is `chain_hash` and whose leaf key is `key`.
     pub fn new(
         negotiated: &Negotiated,
-        transcript: Sha384,
-        chain_digest: [u8; 48],
-        key: VerifyingKey,
+        transcript: Transcript,
+        chain_hash: &[u8],
+        key: LeafKey,
         nonce: [u8; 32],
         context: [u8; 8],
     ) -> Challenge {
         Challenge {
             version: negotiated.version,
+            suite: negotiated.suite,
             key,
-            chain_digest,
+            chain_hash: Secret::new(chain_hash),
             nonce,
             context,
             transcript,
@@ -72,17 +72,18 @@ impl Challenge {
     fn check(&mut self, response: &[u8]) -> Result<(), SpdmError> {
         let p = response_payload(response, self.version, code::CHALLENGE_AUTH)?;
         // Header, CertChainHash, Nonce; no measurement summary hash was asked for.
-        let opaque_at = 4 + 48 + 32;
+        let h = self.suite.hash.bytes();
+        let opaque_at = 4 + h + 32;
         if p.len() < opaque_at + 2 {
             return Err(SpdmError::BadLength { code: code::CHALLENGE_AUTH, len: p.len() });
         }
         let context_at = opaque_at + 2 + usize::from(le16(p, opaque_at));
         let sig_at = if self.version >= V13 { context_at + 8 } else { context_at };
-        let msg = exact(p, sig_at + SIGNATURE_BYTES, code::CHALLENGE_AUTH)?;
+        let msg = exact(p, sig_at + self.suite.asym.signature_bytes(), code::CHALLENGE_AUTH)?;
         if msg[2] & 0x0F != 0 || msg[3] & 1 == 0 {
             return Err(SpdmError::NoSlot0);
         }
-        if msg[4..52] != self.chain_digest {
+        if msg[4..4 + h] != self.chain_hash[..] {
             return Err(SpdmError::CertChainHashMismatch);
         }
         if self.version >= V13 && msg[context_at..sig_at] != self.context {
@@ -90,10 +91,9 @@ impl Challenge {
         }
         let mut m1 = self.transcript.clone();
         m1.update(&msg[..sig_at]);
-        let hash: [u8; 48] = m1.finalize().into();
-        let mut signature = [0u8; SIGNATURE_BYTES];
-        signature.copy_from_slice(&msg[sig_at..]);
-        sig::verify(self.version, Context::ChallengeAuth, &hash, &self.key, &signature).map_err(SpdmError::Signature)
+        let hash = m1.finalize();
+        sig::verify(self.version, Context::ChallengeAuth, &hash, &self.key, &msg[sig_at..])
+            .map_err(SpdmError::Signature)
     }
 
     /// True once the device proved its key.
@@ -112,7 +112,8 @@ mod tests {
     use super::*;
     use crate::doe::{self, ObjectType};
     use p384::ecdsa::signature::Signer;
-    use p384::ecdsa::{Signature, SigningKey};
+    use p384::ecdsa::{Signature, SigningKey, VerifyingKey};
+    use sha2::{Digest, Sha384};
 
     extern crate std;
     use std::vec::Vec;
@@ -135,8 +136,9 @@ mod tests {
 
     fn run(version: u8, tamper: &dyn Fn(&mut Vec<u8>), after: &dyn Fn(&mut Vec<u8>)) -> Challenge {
         let prior = Sha384::new_with_prefix(b"VCA and B");
-        let mut c =
-            Challenge::new(&negotiated(version), prior.clone(), DIGEST, VerifyingKey::from(&key()), [7; 32], [8; 8]);
+        let leaf = LeafKey::P384(VerifyingKey::from(&key()));
+        let transcript = Transcript::Sha384(prior.clone());
+        let mut c = Challenge::new(&negotiated(version), transcript, &DIGEST, leaf, [7; 32], [8; 8]);
         let len = if version >= V13 { 44 } else { 36 };
         let request = match c.start() {
             Action::Send(r) => doe::decode_as(r, ObjectType::Spdm).unwrap()[..len].to_vec(),

@@ -318,7 +318,7 @@ impl Connect {
                 let ch = Challenge::new(
                     &n,
                     c.transcript().clone(),
-                    *chain.digest(),
+                    &chain.hash(),
                     *chain.leaf_key(),
                     r.challenge_nonce,
                     r.context,
@@ -356,8 +356,8 @@ impl Connect {
         let (Some(n), Some(chain)) = (self.negotiation.negotiated(), chain) else {
             return Next::Failed(ConnectError::Spdm(self.stage, SpdmError::NotWaiting));
         };
-        let (digest, key) = (*chain.digest(), *chain.leaf_key());
-        let mut kx = match KeyExchange::new(&n, self.negotiation.vca(), &digest, key, r.ephemeral, r.random) {
+        let (hash, key) = (chain.hash(), *chain.leaf_key());
+        let mut kx = match KeyExchange::new(&n, self.negotiation.vca(), &hash, key, r.ephemeral, r.random) {
             Ok(kx) => kx,
             Err(e) => return Next::Failed(ConnectError::Spdm(Stage::Session, e)),
         };

@@ -180,11 +180,8 @@ impl KeyUpdate {
         let s = self.session.as_ref().ok_or(SpdmError::NotWaiting)?;
         let version = s.version();
         // UpdateAllKeys: the ACK already comes under the responder's new key.
-        let mut response_keys = if self.operation == KeyOperation::UpdateAllKeys {
-            s.response.updated(version)
-        } else {
-            s.response.clone()
-        };
+        let mut response_keys =
+            if self.operation == KeyOperation::UpdateAllKeys { s.response.updated() } else { s.response.clone() };
         let mut buf = [0u8; 16];
         let opened = secured::open(&mut response_keys, s.id, response, &mut buf);
         let msg = match opened {
@@ -207,7 +204,7 @@ impl KeyUpdate {
         // The device moved; now the TSM's sending direction moves, and proves it.
         let mut next = s.clone();
         next.response = response_keys;
-        next.request = next.request.updated(version);
+        next.request = next.request.updated();
         let verify = request(version, KeyOperation::VerifyNewKey, self.tags[1]);
         let n = next.seal(&verify, &mut self.out)?;
         // ALL CHECKS PASSED: commit.
@@ -271,8 +268,8 @@ mod tests {
 
     /// A session and the device's copy of its keys (request, response).
     fn pair() -> (Session, DirectionKeys, DirectionKeys) {
-        let req = DirectionKeys::from_secret(0x12, [0x21; 48]);
-        let rsp = DirectionKeys::from_secret(0x12, [0x22; 48]);
+        let req = DirectionKeys::from_secret(crate::spdm::keys::Schedule::p384(0x12), &[0x21; 48]);
+        let rsp = DirectionKeys::from_secret(crate::spdm::keys::Schedule::p384(0x12), &[0x22; 48]);
         (Session::new(ID, req.clone(), rsp.clone(), 0x12), req, rsp)
     }
 
@@ -303,9 +300,9 @@ mod tests {
         let mut ku = KeyUpdate::new(s, &negotiated(0x42F6), op, [0xA1, 0xB2]).unwrap();
         let m = open(&mut dreq, &sent(ku.start()));
         assert_eq!(m, [0x12, 0xE9, op.code(), 0xA1]);
-        dreq = dreq.updated(0x12);
+        dreq = dreq.updated();
         if op == KeyOperation::UpdateAllKeys {
-            drsp = drsp.updated(0x12);
+            drsp = drsp.updated();
         }
         let mut ack = std::vec![0x12, 0x69, op.code(), 0xA1];
         tamper(1, &mut ack);

@@ -3,12 +3,10 @@
 //! signature with the leaf key of the device's chain, and keeps the whole signed exchange as
 //! evidence for the attestation report (a verifier re-checks the signature and every value).
 
-use p384::ecdsa::VerifyingKey;
-use sha2::{Digest, Sha384};
-
 use crate::doe::Action;
 use crate::spdm::negotiate::{code, le16, response_payload, MeasurementHash, Negotiated, SpdmError, V13};
-use crate::spdm::sig::{self, Context, SIGNATURE_BYTES};
+use crate::spdm::sig::{self, Context, LeafKey};
+use crate::spdm::suite::{Asym, Transcript};
 use crate::spdm::Exchange;
 
 /// Bytes of the measurement exchange (request and response) the TSM keeps.
@@ -21,10 +19,11 @@ pub const MAX_BLOCKS: usize = 255;
 pub struct Measurements {
     version: u8,
     hash: MeasurementHash,
-    key: VerifyingKey,
+    asym: Asym,
+    key: LeafKey,
     nonce: [u8; 32],
     context: [u8; 8],
-    vca_hash: Sha384,
+    vca_hash: Transcript,
     status: Exchange,
     exchange: [u8; EXCHANGE_MAX],
     request_len: usize,
@@ -34,12 +33,12 @@ pub struct Measurements {
 impl Measurements {
     /// An exchange on a negotiated connection whose VCA is `vca`, signed by `key` (the leaf of
     /// the device's chain), with the TSM's fresh `nonce` (and RequesterContext for SPDM 1.3).
-    pub fn new(negotiated: &Negotiated, vca: &[u8], key: VerifyingKey, nonce: [u8; 32], context: [u8; 8]) -> Self {
-        let mut vca_hash = Sha384::new();
-        vca_hash.update(vca);
+    pub fn new(negotiated: &Negotiated, vca: &[u8], key: LeafKey, nonce: [u8; 32], context: [u8; 8]) -> Self {
+        let vca_hash = Transcript::with_prefix(negotiated.suite.hash, vca);
         Measurements {
             version: negotiated.version,
             hash: negotiated.measurement_hash,
+            asym: negotiated.suite.asym,
             key,
             nonce,
             context,
@@ -97,7 +96,7 @@ impl Measurements {
         let opaque_len = usize::from(le16(p, opaque_at));
         let context_at = opaque_at + 2 + opaque_len;
         let sig_at = if self.version >= V13 { context_at + 8 } else { context_at };
-        let total = sig_at + SIGNATURE_BYTES;
+        let total = sig_at + self.asym.signature_bytes();
         let msg = crate::spdm::negotiate::exact(p, total, code::MEASUREMENTS)?;
         if msg[3] & 0x0F != 0 {
             return Err(SpdmError::BadSelection { field: "MEASUREMENTS SlotID", got: u32::from(msg[3] & 0x0F) });
@@ -114,10 +113,9 @@ impl Measurements {
         let mut l1 = self.vca_hash.clone();
         l1.update(&self.exchange[..start]);
         l1.update(&msg[..sig_at]);
-        let hash: [u8; 48] = l1.finalize().into();
-        let mut signature = [0u8; SIGNATURE_BYTES];
-        signature.copy_from_slice(&msg[sig_at..]);
-        sig::verify(self.version, Context::Measurements, &hash, &self.key, &signature).map_err(SpdmError::Signature)?;
+        let hash = l1.finalize();
+        sig::verify(self.version, Context::Measurements, &hash, &self.key, &msg[sig_at..])
+            .map_err(SpdmError::Signature)?;
         self.exchange[start..start + total].copy_from_slice(msg);
         self.len = start + total;
         Ok(())
@@ -173,7 +171,8 @@ mod tests {
     use super::*;
     use crate::doe::{self, ObjectType};
     use p384::ecdsa::signature::Signer;
-    use p384::ecdsa::{Signature, SigningKey};
+    use p384::ecdsa::{Signature, SigningKey, VerifyingKey};
+    use sha2::{Digest, Sha384};
 
     extern crate std;
     use std::vec::Vec;
@@ -236,7 +235,13 @@ mod tests {
         tamper: &dyn Fn(&mut Vec<u8>),
         after: &dyn Fn(&mut Vec<u8>),
     ) -> Measurements {
-        let mut m = Measurements::new(&negotiated(version), VCA, VerifyingKey::from(&key()), [0x11; 32], [0x22; 8]);
+        let mut m = Measurements::new(
+            &negotiated(version),
+            VCA,
+            LeafKey::P384(VerifyingKey::from(&key())),
+            [0x11; 32],
+            [0x22; 8],
+        );
         let exact = if version >= V13 { 45 } else { 37 };
         let request = match m.start() {
             // The DOE payload is padded to a DW; the transcript has the exact request.
@@ -345,7 +350,7 @@ mod tests {
             (RawBitStreamOnly, 48, false),
         ] {
             let n = Negotiated { measurement_hash: hash, ..negotiated(0x12) };
-            let mut m = Measurements::new(&n, VCA, VerifyingKey::from(&key()), [0x11; 32], [0; 8]);
+            let mut m = Measurements::new(&n, VCA, LeafKey::P384(VerifyingKey::from(&key())), [0x11; 32], [0; 8]);
             let request = match m.start() {
                 Action::Send(r) => doe::decode_as(r, ObjectType::Spdm).unwrap()[..37].to_vec(),
                 other => panic!("{other:?}"),
@@ -359,7 +364,8 @@ mod tests {
 
     #[test]
     fn truncations_never_panic() {
-        let mut m = Measurements::new(&negotiated(0x12), VCA, VerifyingKey::from(&key()), [0x11; 32], [0; 8]);
+        let mut m =
+            Measurements::new(&negotiated(0x12), VCA, LeafKey::P384(VerifyingKey::from(&key())), [0x11; 32], [0; 8]);
         let request = match m.start() {
             Action::Send(r) => doe::decode_as(r, ObjectType::Spdm).unwrap()[..37].to_vec(),
             other => panic!("{other:?}"),

@@ -9,9 +9,10 @@
 //! - [`key_update`]: KEY_UPDATE / KEY_UPDATE_ACK inside a session, resumable like the others.
 //! - [`keys`]: the SPDM 1.2+ key schedule (handshake and data keys, finished keys, KEY_UPDATE).
 //! - [`meas`]: signed GET_MEASUREMENTS of every index, kept as evidence.
-//! - [`secured`]: DSP0277 secured messages over DOE with AES-256-GCM.
-//! - [`session`]: KEY_EXCHANGE and FINISH: an ECDHE P-384 session with application keys.
+//! - [`secured`]: DSP0277 secured messages over DOE with AES-128-GCM or AES-256-GCM.
+//! - [`session`]: KEY_EXCHANGE and FINISH: an ECDHE (secp256r1 or secp384r1) session.
 //! - [`sig`]: the SPDM 1.2+ signing prefix and the verification of device signatures.
+//! - [`suite`]: the suites the TSM negotiates, and its floor.
 
 pub mod cert;
 pub mod chain;
@@ -24,6 +25,7 @@ pub mod negotiate;
 pub mod secured;
 pub mod session;
 pub mod sig;
+pub mod suite;
 pub(crate) mod x509;
 
 pub use negotiate::*;

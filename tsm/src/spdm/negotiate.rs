@@ -2,13 +2,15 @@
 //! NEGOTIATE_ALGORITHMS, keeping the VCA transcript (message A) exactly as later signatures cover
 //! it: the exact SPDM message bytes, never the DOE padding.
 //!
-//! The TSM asks for one suite and accepts nothing else: ECDSA P-384 with SHA-384, secp384r1,
-//! AES-256-GCM, the SPDM key schedule, DMTF measurements hashed with SHA-384, opaque data
-//! format 1 (what TDISP devices are required to support).
+//! The TSM offers the suites of [`crate::spdm::suite`] (ECDSA P-256/P-384, SHA-256/384,
+//! secp256r1/secp384r1, AES-128/256-GCM: its floor is the 128-bit level) with the SPDM key
+//! schedule and opaque data format 1 (what TDISP devices are required to support), and takes the
+//! responder's pick of each; the measurement hash is the responder's own choice.
 
 use core::fmt;
 
 use crate::doe::{self, Action, DoeError, ObjectType};
+use crate::spdm::suite::{Aead, Asym, BaseHash, Dhe, Suite};
 
 /// SPDM 1.0, the version GET_VERSION and VERSION always carry.
 pub const V10: u8 = 0x10;
@@ -69,10 +71,12 @@ pub const REQUIRED_RESPONDER_FLAGS: u32 = cap::CERT | cap::CHAL | cap::MEAS_SIG 
 /// The TSM's DataTransferSize and MaxSPDMmsgSize (fits QEMU's 0x1200-byte socket limit).
 pub const TRANSFER_SIZE: u32 = 0x1000;
 
-/// The suite the TSM negotiates (SPDM bit encodings).
+/// SPDM algorithm bit encodings (the suites themselves: [`crate::spdm::suite`]).
 #[allow(missing_docs)]
 pub mod alg {
+    pub const BASE_ASYM_ECDSA_P256: u32 = 0x10;
     pub const BASE_ASYM_ECDSA_P384: u32 = 0x80;
+    pub const BASE_HASH_SHA256: u32 = 0x01;
     pub const BASE_HASH_SHA384: u32 = 0x02;
     pub const MEAS_SPEC_DMTF: u8 = 0x01;
     pub const MEAS_HASH_RAW_BIT_STREAM: u32 = 0x01;
@@ -82,7 +86,9 @@ pub mod alg {
     pub const OPAQUE_FMT1: u8 = 0x02;
     /// OtherParamsSelection bit 4 (SPDM 1.3): the responder takes part in multi-key connections.
     pub const MULTI_KEY_CONN: u8 = 0x10;
+    pub const DHE_SECP256R1: u16 = 0x08;
     pub const DHE_SECP384R1: u16 = 0x10;
+    pub const AEAD_AES_128_GCM: u16 = 0x01;
     pub const AEAD_AES_256_GCM: u16 = 0x02;
     pub const KEY_SCHEDULE_SPDM: u16 = 0x01;
     pub const TYPE_DHE: u8 = 2;
@@ -164,6 +170,11 @@ pub enum SpdmError {
     },
     /// The chain read does not hash to the slot's digest from DIGESTS.
     DigestMismatch,
+    /// The chain's leaf key is not of the signing algorithm ALGORITHMS selected.
+    LeafKeyAlgorithm {
+        /// The BaseAsymAlgo bit of the leaf's key.
+        got: u32,
+    },
     /// The chain is malformed.
     Chain(crate::spdm::chain::ChainError),
     /// A measurement block is malformed (index given), or the blocks do not fill the record.
@@ -189,7 +200,7 @@ pub enum SpdmError {
     TranscriptTooLarge,
     /// CHALLENGE_AUTH names another chain than the one read from the device.
     CertChainHashMismatch,
-    /// The device's ECDH public key is not a point of P-384.
+    /// The device's ECDH public key is not a point of the negotiated group.
     BadExchangeData,
     /// The opaque data does not select a secured-message version the TSM offered.
     BadOpaqueData,
@@ -245,6 +256,9 @@ impl fmt::Display for SpdmError {
             SpdmError::BadPortion => f.write_str("CERTIFICATE portion is inconsistent"),
             SpdmError::ChainTooLarge { total } => write!(f, "certificate chain of {total} bytes is too large"),
             SpdmError::DigestMismatch => f.write_str("certificate chain does not match its DIGESTS entry"),
+            SpdmError::LeafKeyAlgorithm { got } => {
+                write!(f, "leaf key is of BaseAsymAlgo {got:#x}, not the one ALGORITHMS selected")
+            }
             SpdmError::Chain(e) => write!(f, "certificate chain: {e}"),
             SpdmError::BadMeasurementBlock { block } => write!(f, "measurement block {block} is malformed"),
             SpdmError::BadMeasurementDigest { index, len } => {
@@ -255,7 +269,7 @@ impl fmt::Display for SpdmError {
             SpdmError::Signature(e) => write!(f, "device signature: {e:?}"),
             SpdmError::TranscriptTooLarge => f.write_str("measurement transcript too large to keep"),
             SpdmError::CertChainHashMismatch => f.write_str("CHALLENGE_AUTH names another certificate chain"),
-            SpdmError::BadExchangeData => f.write_str("device's ECDH key is not a P-384 point"),
+            SpdmError::BadExchangeData => f.write_str("device's ECDH key is not a point of the negotiated group"),
             SpdmError::BadOpaqueData => f.write_str("device selected no secured-message version the TSM offered"),
             SpdmError::VerifyDataMismatch => f.write_str("ResponderVerifyData does not match"),
             SpdmError::UnrequestedFeature => f.write_str("device asked for a feature the TSM did not offer"),
@@ -334,6 +348,8 @@ pub struct Negotiated {
     /// SPDM 1.3 multi-key connection (OtherParamsSelection bit 4): DIGESTS then carries the key
     /// pair ID, certificate info and key usage of every slot.
     pub multi_key_conn: bool,
+    /// The suite ALGORITHMS selected.
+    pub suite: Suite,
 }
 
 impl Negotiated {
@@ -347,7 +363,14 @@ impl Negotiated {
             max_message_size,
             measurement_hash: MeasurementHash::Sha384,
             multi_key_conn: false,
+            suite: Suite::P384,
         }
+    }
+
+    /// The same parameters with another suite.
+    pub const fn with_suite(mut self, suite: Suite) -> Negotiated {
+        self.suite = suite;
+        self
     }
 }
 
@@ -373,6 +396,7 @@ pub struct Negotiation {
     max_message_size: u32,
     measurement_hash: MeasurementHash,
     multi_key_conn: bool,
+    suite: Suite,
     vca: [u8; VCA_MAX],
     vca_len: usize,
     out: [u8; 64],
@@ -438,6 +462,7 @@ impl Negotiation {
             max_message_size: 0,
             measurement_hash: MeasurementHash::Sha384,
             multi_key_conn: false,
+            suite: Suite::P384,
             vca: [0; VCA_MAX],
             vca_len: 0,
             out: [0; 64],
@@ -459,6 +484,7 @@ impl Negotiation {
             max_message_size: self.max_message_size,
             measurement_hash: self.measurement_hash,
             multi_key_conn: self.multi_key_conn,
+            suite: self.suite,
         })
     }
 
@@ -542,11 +568,11 @@ impl Negotiation {
                 m[4..6].copy_from_slice(&44u16.to_le_bytes());
                 m[6] = alg::MEAS_SPEC_DMTF;
                 m[7] = alg::OPAQUE_FMT1;
-                m[8..12].copy_from_slice(&alg::BASE_ASYM_ECDSA_P384.to_le_bytes());
-                m[12..16].copy_from_slice(&alg::BASE_HASH_SHA384.to_le_bytes());
+                m[8..12].copy_from_slice(&Asym::OFFERED.to_le_bytes());
+                m[12..16].copy_from_slice(&BaseHash::OFFERED.to_le_bytes());
                 let tables = [
-                    (alg::TYPE_DHE, alg::DHE_SECP384R1),
-                    (alg::TYPE_AEAD, alg::AEAD_AES_256_GCM),
+                    (alg::TYPE_DHE, Dhe::OFFERED),
+                    (alg::TYPE_AEAD, Aead::OFFERED),
                     (alg::TYPE_KEY_SCHEDULE, alg::KEY_SCHEDULE_SPDM),
                 ];
                 for (i, (ty, bits)) in tables.into_iter().enumerate() {
@@ -655,12 +681,12 @@ impl Negotiation {
         let Some(measurement_hash) = MeasurementHash::from_selection(le32(msg, 8)) else {
             return bad("MeasurementHashAlgo", le32(msg, 8));
         };
-        if le32(msg, 12) != alg::BASE_ASYM_ECDSA_P384 {
+        let Some(asym) = Asym::from_selection(le32(msg, 12)) else {
             return bad("BaseAsymSel", le32(msg, 12));
-        }
-        if le32(msg, 16) != alg::BASE_HASH_SHA384 {
+        };
+        let Some(hash) = BaseHash::from_selection(le32(msg, 16)) else {
             return bad("BaseHashSel", le32(msg, 16));
-        }
+        };
         if self.version >= V13 && msg[31] != 0 {
             return bad("MELspecificationSel", u32::from(msg[31]));
         }
@@ -668,6 +694,7 @@ impl Negotiation {
             return bad("ExtAsymSelCount/ExtHashSelCount", u32::from(msg[32]) | u32::from(msg[33]) << 8);
         }
         let mut seen = [false; 3];
+        let (mut dhe, mut aead) = (Dhe::Secp384r1, Aead::Aes256Gcm);
         let mut at = 36;
         for _ in 0..msg[2] {
             // In bounds: the walk above measured these tables.
@@ -676,10 +703,10 @@ impl Negotiation {
             // FixedAlgCount (bits 7:4) is 2 for every defined table; external entries follow.
             let external = usize::from(count & 0x0F);
             at += 4 + 4 * external;
-            let (slot, want, field) = match ty {
-                alg::TYPE_DHE => (0, alg::DHE_SECP384R1, "DHE"),
-                alg::TYPE_AEAD => (1, alg::AEAD_AES_256_GCM, "AEAD"),
-                alg::TYPE_KEY_SCHEDULE => (2, alg::KEY_SCHEDULE_SPDM, "KeySchedule"),
+            let (slot, ok, field) = match ty {
+                alg::TYPE_DHE => (0, Dhe::from_selection(bits).map(|d| dhe = d).is_some(), "DHE"),
+                alg::TYPE_AEAD => (1, Aead::from_selection(bits).map(|a| aead = a).is_some(), "AEAD"),
+                alg::TYPE_KEY_SCHEDULE => (2, bits == alg::KEY_SCHEDULE_SPDM, "KeySchedule"),
                 // Requester signing is for mutual authentication, which the TSM does not offer:
                 // nothing may be selected there.
                 alg::TYPE_REQ_BASE_ASYM if bits == 0 && external == 0 => continue,
@@ -688,7 +715,7 @@ impl Negotiation {
                 _ if count >> 4 == 2 => continue,
                 other => return bad("AlgStruct type", u32::from(other)),
             };
-            if count != 0x20 || bits != want || seen[slot] {
+            if count != 0x20 || !ok || seen[slot] {
                 return bad(field, u32::from(bits));
             }
             seen[slot] = true;
@@ -699,6 +726,7 @@ impl Negotiation {
         self.record(msg)?;
         self.measurement_hash = measurement_hash;
         self.multi_key_conn = multi_key;
+        self.suite = Suite { asym, hash, dhe, aead };
         self.state = State::Done;
         Ok(())
     }
@@ -784,7 +812,11 @@ mod tests {
         let caps = capabilities(0x12, FLAGS, 0x1000, 0x1000);
         let alg_req = sent(n.step(&wrap(&caps)));
         assert_eq!(alg_req.len(), 44);
-        assert_eq!(&alg_req[32..], &[2, 0x20, 0x10, 0, 3, 0x20, 0x02, 0, 5, 0x20, 0x01, 0]);
+        // Offered: P-256 and P-384, SHA-256 and SHA-384; secp256r1 and secp384r1, AES-128-GCM
+        // and AES-256-GCM, the SPDM key schedule.
+        assert_eq!(le32(&alg_req, 8), 0x90);
+        assert_eq!(le32(&alg_req, 12), 0x03);
+        assert_eq!(&alg_req[32..], &[2, 0x20, 0x18, 0, 3, 0x20, 0x03, 0, 5, 0x20, 0x01, 0]);
         let algs = algorithms(0x12);
         assert_eq!(n.step(&wrap(&algs)), Action::Done);
         let got = n.negotiated().unwrap();
@@ -849,15 +881,26 @@ mod tests {
             run(&answers).error()
         };
         let sel = |field, got| Some(SpdmError::BadSelection { field, got });
-        assert_eq!(mutate(&|a| a[12] = 0x10), sel("BaseAsymSel", 0x10));
-        assert_eq!(mutate(&|a| a[16] = 0x01), sel("BaseHashSel", 0x01));
+        // Below the floor or outside what the TSM verifies: RSASSA-2048/3072/4096, RSAPSS-3072,
+        // ECDSA P-521, SM2, EdDSA; SHA-512, SHA3, SM3; two at once; none.
+        for bits in [0x01, 0x02, 0x04, 0x08, 0x20, 0x40, 0x100, 0x200, 0x400, 0x800, 0x90, 0] {
+            assert_eq!(mutate(&|a| a[12..16].copy_from_slice(&u32::to_le_bytes(bits))), sel("BaseAsymSel", bits));
+        }
+        for bits in [0x04, 0x08, 0x10, 0x20, 0x40, 0x03, 0] {
+            assert_eq!(mutate(&|a| a[16] = bits), sel("BaseHashSel", u32::from(bits)));
+        }
+        // FFDHE groups, secp521r1, SM2; ChaCha20-Poly1305, SM4; two at once.
+        for bits in [0x01, 0x02, 0x04, 0x20, 0x40, 0x18] {
+            assert_eq!(mutate(&|a| a[38] = bits), sel("DHE", u32::from(bits)));
+        }
+        for bits in [0x04, 0x08, 0x03] {
+            assert_eq!(mutate(&|a| a[42] = bits), sel("AEAD", u32::from(bits)));
+        }
         assert_eq!(mutate(&|a| a[8] = 0x10), sel("MeasurementHashAlgo", 0x10), "SHA3-256");
         assert_eq!(mutate(&|a| a[8] = 0x06), sel("MeasurementHashAlgo", 0x06), "two at once");
         assert_eq!(mutate(&|a| a[8] = 0x00), sel("MeasurementHashAlgo", 0), "none although MEAS_CAP");
         assert_eq!(mutate(&|a| a[7] = 0x01), sel("OtherParamsSelection", 0x01));
         assert_eq!(mutate(&|a| a[6] = 0x00), sel("MeasurementSpecificationSel", 0));
-        assert_eq!(mutate(&|a| a[38] = 0x08), sel("DHE", 0x08));
-        assert_eq!(mutate(&|a| a[42] = 0x04), sel("AEAD", 0x04));
         assert_eq!(mutate(&|a| a[44] = 3), sel("AEAD", 0x01), "a second AEAD table");
         assert_eq!(mutate(&|a| a[44] = 9), sel("KeySchedule", 0), "an unrequested table instead");
         assert_eq!(
@@ -911,6 +954,23 @@ mod tests {
             assert_eq!(accept(0x13, &|a| a[8] = bits).measurement_hash, want);
         }
         assert!(accept(0x13, &|a| a[7] = 0x12).multi_key_conn, "1.3 multi-key connection");
+        // Each suite field is the responder's pick among the offered ones, in any combination.
+        assert_eq!(accept(0x13, &|_| {}).suite, Suite::P384);
+        let p256 = |a: &mut std::vec::Vec<u8>| {
+            a[12] = 0x10;
+            a[16] = 0x01;
+            a[38] = 0x08;
+            a[42] = 0x01;
+        };
+        assert_eq!(accept(0x13, &p256).suite, Suite::P256);
+        let mixed = accept(0x13, &|a| {
+            a[16] = 0x01;
+            a[42] = 0x01;
+        });
+        assert_eq!(
+            mixed.suite,
+            Suite { asym: Asym::EcdsaP384, hash: BaseHash::Sha256, dhe: Dhe::Secp384r1, aead: Aead::Aes128Gcm }
+        );
         assert!(!accept(0x13, &|_| {}).multi_key_conn);
         // libspdm echoes a ReqBaseAsymAlg table with nothing selected; others may list tables of
         // types the TSM did not ask for, even with external entries.

@@ -1,4 +1,5 @@
-//! DSP0277 secured messages over PCI DOE (object type 2), AES-256-GCM:
+//! DSP0277 secured messages over PCI DOE (object type 2), AES-128-GCM or AES-256-GCM (the AEAD
+//! the keys were derived for):
 //!
 //! ```text
 //! SessionID u32 | Length u16 = 2 + AppLen + 16 | ENC(AppLen u16 ‖ message) | MAC[16] | DOE padding
@@ -8,10 +9,39 @@
 //! sequence numbers from 0 per key; a message that does not authenticate changes nothing.
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use aes_gcm::{Aes128Gcm, Aes256Gcm, Nonce, Tag};
 
 use crate::doe::{self, DoeError, ObjectType};
 use crate::spdm::keys::DirectionKeys;
+use crate::spdm::suite::Aead;
+
+/// Encrypts `data` in place under the keys' current nonce; returns the tag.
+fn encrypt(keys: &DirectionKeys, aad: &[u8], data: &mut [u8]) -> Result<Tag, SecuredError> {
+    let nonce = Nonce::from(keys.nonce());
+    let tag = match keys.schedule.aead {
+        Aead::Aes128Gcm => Aes128Gcm::new_from_slice(keys.key())
+            .map_err(|_| SecuredError::Buffer)?
+            .encrypt_inout_detached(&nonce, aad, data.into()),
+        Aead::Aes256Gcm => Aes256Gcm::new_from_slice(keys.key())
+            .map_err(|_| SecuredError::Buffer)?
+            .encrypt_inout_detached(&nonce, aad, data.into()),
+    };
+    tag.map_err(|_| SecuredError::Buffer)
+}
+
+/// Decrypts `data` in place under the keys' current nonce if `tag` authenticates it.
+fn decrypt(keys: &DirectionKeys, aad: &[u8], data: &mut [u8], tag: &Tag) -> Result<(), SecuredError> {
+    let nonce = Nonce::from(keys.nonce());
+    let ok = match keys.schedule.aead {
+        Aead::Aes128Gcm => Aes128Gcm::new_from_slice(keys.key())
+            .map_err(|_| SecuredError::Authentication)?
+            .decrypt_inout_detached(&nonce, aad, data.into(), tag),
+        Aead::Aes256Gcm => Aes256Gcm::new_from_slice(keys.key())
+            .map_err(|_| SecuredError::Authentication)?
+            .decrypt_inout_detached(&nonce, aad, data.into(), tag),
+    };
+    ok.map_err(|_| SecuredError::Authentication)
+}
 
 /// Bytes of the MAC.
 pub const TAG_BYTES: usize = 16;
@@ -70,13 +100,9 @@ pub fn seal(keys: &mut DirectionKeys, session: u32, message: &[u8], out: &mut [u
     let enc = p + HEADER_BYTES;
     out[enc..enc + 2].copy_from_slice(&app_len.to_le_bytes());
     out[enc + 2..enc + 2 + message.len()].copy_from_slice(message);
-    let cipher = Aes256Gcm::new(&keys.key.into());
-    let nonce = Nonce::from(keys.nonce());
     let (head, rest) = out.split_at_mut(enc);
     let (data, tail) = rest.split_at_mut(2 + message.len());
-    let tag = cipher
-        .encrypt_inout_detached(&nonce, &head[p..p + HEADER_BYTES], data.into())
-        .map_err(|_| SecuredError::Buffer)?;
+    let tag = encrypt(keys, &head[p..p + HEADER_BYTES], data)?;
     tail[..TAG_BYTES].copy_from_slice(&tag);
     doe::frame(ObjectType::SecuredSpdm, HEADER_BYTES + body, out)?;
     keys.sequence += 1;
@@ -119,9 +145,7 @@ pub fn open<'o>(
     let buf = &mut out[..data_len];
     buf.copy_from_slice(&payload[HEADER_BYTES..HEADER_BYTES + data_len]);
     let tag = Tag::try_from(&payload[HEADER_BYTES + data_len..end]).map_err(|_| SecuredError::Length)?;
-    let cipher = Aes256Gcm::new(&keys.key.into());
-    let nonce = Nonce::from(keys.nonce());
-    if cipher.decrypt_inout_detached(&nonce, &payload[..HEADER_BYTES], (&mut *buf).into(), &tag).is_err() {
+    if decrypt(keys, &payload[..HEADER_BYTES], buf, &tag).is_err() {
         buf.fill(0);
         return Err(SecuredError::Authentication);
     }
@@ -137,12 +161,14 @@ pub fn open<'o>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spdm::keys::Schedule;
+    use crate::spdm::suite::Suite;
 
     extern crate std;
     use std::vec::Vec;
 
     fn keys() -> DirectionKeys {
-        DirectionKeys::from_secret(0x12, [0x33; 48])
+        DirectionKeys::from_secret(Schedule::p384(0x12), &[0x33; 48])
     }
 
     fn seal_vec(k: &mut DirectionKeys, session: u32, msg: &[u8]) -> Vec<u8> {
@@ -194,9 +220,9 @@ mod tests {
         assert!(open(&mut rx, 7, &o, &mut out).is_ok());
         assert_eq!(open(&mut rx, 7, &o, &mut out), Err(SecuredError::Authentication));
         // The other direction's keys or an updated key do not open it.
-        let mut other = DirectionKeys::from_secret(0x12, [0x34; 48]);
+        let mut other = DirectionKeys::from_secret(Schedule::p384(0x12), &[0x34; 48]);
         assert_eq!(open(&mut other, 7, &o, &mut out), Err(SecuredError::Authentication));
-        let mut updated = keys().updated(0x12);
+        let mut updated = keys().updated();
         assert_eq!(open(&mut updated, 7, &o, &mut out), Err(SecuredError::Authentication));
         assert_eq!(
             open(&mut keys(), 7, &o[..o.len() - 4], &mut out),
@@ -214,15 +240,35 @@ mod tests {
         // Re-encrypt with a forged inner length using the same key and sequence number 0.
         let mut forged = keys();
         let o = &mut out[..n];
-        let cipher = Aes256Gcm::new(&forged.key.into());
-        let nonce = Nonce::from(forged.nonce());
         let mut inner = [0u8; 6];
         inner[..2].copy_from_slice(&100u16.to_le_bytes());
-        let tag = cipher.encrypt_inout_detached(&nonce, &o[8..14], (&mut inner[..]).into()).unwrap();
+        let tag = encrypt(&forged, &o[8..14], &mut inner).unwrap();
         o[14..20].copy_from_slice(&inner);
         o[20..36].copy_from_slice(&tag);
         let mut buf = [0u8; 64];
         assert_eq!(open(&mut forged, 1, o, &mut buf), Err(SecuredError::ApplicationLength));
         assert_eq!(forged.sequence, 0);
+    }
+
+    #[test]
+    fn aes_128_gcm_keys_seal_with_aes_128() {
+        let k = DirectionKeys::from_secret(Schedule::new(0x12, &Suite::P256), &[0x33; 32]);
+        let (mut tx, mut rx) = (k.clone(), k.clone());
+        let o = seal_vec(&mut tx, 7, b"KEY_UPDATE");
+        let mut out = [0u8; 64];
+        assert_eq!(open(&mut rx, 7, &o, &mut out).unwrap(), b"KEY_UPDATE");
+        // AES-128-GCM by hand over the same bytes: nonce, AAD = SessionID ‖ Length.
+        let mut data = [0u8; 12];
+        data[..2].copy_from_slice(&10u16.to_le_bytes());
+        data[2..].copy_from_slice(b"KEY_UPDATE");
+        let tag = Aes128Gcm::new_from_slice(k.key())
+            .unwrap()
+            .encrypt_inout_detached(&Nonce::from(k.nonce()), &o[8..14], (&mut data[..]).into())
+            .unwrap();
+        assert_eq!(&o[14..26], &data);
+        assert_eq!(&o[26..42], &tag[..]);
+        // AES-256 keys from the same secret do not open it.
+        let mut wrong = DirectionKeys::from_secret(Schedule::p384(0x12), &[0x33; 32]);
+        assert_eq!(open(&mut wrong, 7, &o, &mut out), Err(SecuredError::Authentication));
     }
 }

@@ -1,4 +1,5 @@
-//! KEY_EXCHANGE and FINISH (DSP0274 §10.17, §10.18), sans-IO: an SPDM session with ECDHE P-384,
+//! KEY_EXCHANGE and FINISH (DSP0274 §10.17, §10.18), sans-IO: an SPDM session with ECDHE
+//! (secp256r1 or secp384r1, as ALGORITHMS selected),
 //! the responder authenticated by its leaf key and by ResponderVerifyData, FINISH sent under the
 //! handshake keys, and the application keys derived from TH2. No mutual authentication, no
 //! heartbeat, handshake not in the clear, secured-message versions 1.1 and 1.2 offered through
@@ -11,24 +12,74 @@
 //! TH2    = TH1 ‖ ResponderVerifyData ‖ FINISH ‖ FINISH_RSP → application keys
 //! ```
 
-use hmac::{Hmac, KeyInit, Mac};
-use p384::ecdsa::VerifyingKey;
-use p384::elliptic_curve::sec1::ToSec1Point;
-use p384::{NonZeroScalar, PublicKey};
-use sha2::{Digest, Sha384};
-
 use crate::doe::{self, Action, ObjectType};
-use crate::spdm::keys::{DirectionKeys, HandshakeKeys, H};
+use crate::spdm::keys::{DirectionKeys, HandshakeKeys, Schedule};
 use crate::spdm::negotiate::{code, exact, le16, response_payload, Negotiated, SpdmError};
 use crate::spdm::secured::{self, SecuredError};
-use crate::spdm::sig::{self, Context, SIGNATURE_BYTES};
+use crate::spdm::sig::{self, Context, LeafKey};
+use crate::spdm::suite::{Dhe, Secret, Suite, Transcript, MAX_EXCHANGE, MAX_HASH};
 
 /// The TSM's half of every SessionID.
 pub const REQ_SESSION_ID: u16 = 0xFFFF;
 /// Opaque data format 1 offering secured-message versions 1.1 and 1.2.
 pub const OFFERED_OPAQUE: [u8; 16] = [1, 0, 0, 0, 0, 0, 7, 0, 1, 1, 2, 0x00, 0x11, 0x00, 0x12, 0];
-/// Bytes of KEY_EXCHANGE as the TSM sends it.
-pub const KEY_EXCHANGE_BYTES: usize = 40 + 96 + 2 + OFFERED_OPAQUE.len();
+/// Bytes of KEY_EXCHANGE as the TSM sends it with secp384r1 (secp256r1: 32 fewer).
+pub const KEY_EXCHANGE_BYTES: usize = 40 + MAX_EXCHANGE + 2 + OFFERED_OPAQUE.len();
+
+/// The TSM's ephemeral ECDHE secret in the negotiated group.
+#[derive(Clone, Debug)]
+enum Ephemeral {
+    P256(p256::NonZeroScalar),
+    P384(p384::NonZeroScalar),
+}
+
+impl Ephemeral {
+    /// The scalar from the TSM's entropy (the first 32 bytes for secp256r1).
+    fn new(dhe: Dhe, bytes: &[u8; 48]) -> Result<Ephemeral, SpdmError> {
+        let bad = |_| SpdmError::BadExchangeData;
+        match dhe {
+            Dhe::Secp256r1 => p256::NonZeroScalar::try_from(&bytes[..32]).map(Ephemeral::P256).map_err(bad),
+            Dhe::Secp384r1 => p384::NonZeroScalar::try_from(&bytes[..]).map(Ephemeral::P384).map_err(bad),
+        }
+    }
+
+    /// ExchangeData: the public point `X ‖ Y` into `out`; returns its length.
+    fn public(&self, out: &mut [u8; MAX_EXCHANGE]) -> usize {
+        match self {
+            Ephemeral::P256(s) => {
+                use p256::elliptic_curve::sec1::ToSec1Point;
+                let p = p256::PublicKey::from_secret_scalar(s).to_uncompressed_point();
+                out[..64].copy_from_slice(&p[1..]);
+                64
+            }
+            Ephemeral::P384(s) => {
+                use p384::elliptic_curve::sec1::ToSec1Point;
+                let p = p384::PublicKey::from_secret_scalar(s).to_uncompressed_point();
+                out[..96].copy_from_slice(&p[1..]);
+                96
+            }
+        }
+    }
+
+    /// The ECDH shared secret (the X coordinate) with the device's `X ‖ Y`.
+    fn shared(&self, peer: &[u8]) -> Result<Secret, SpdmError> {
+        let mut point = [0u8; 1 + MAX_EXCHANGE];
+        point[0] = 0x04;
+        point[1..1 + peer.len()].copy_from_slice(peer);
+        let point = &point[..1 + peer.len()];
+        let bad = |_| SpdmError::BadExchangeData;
+        match self {
+            Ephemeral::P256(s) => {
+                let peer = p256::PublicKey::from_sec1_bytes(point).map_err(bad)?;
+                Ok(Secret::new(p256::ecdh::diffie_hellman(s, peer.as_affine()).raw_secret_bytes()))
+            }
+            Ephemeral::P384(s) => {
+                let peer = p384::PublicKey::from_sec1_bytes(point).map_err(bad)?;
+                Ok(Secret::new(p384::ecdh::diffie_hellman(s, peer.as_affine()).raw_secret_bytes()))
+            }
+        }
+    }
+}
 
 /// An established session: its id and the application keys of both directions.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,8 +168,8 @@ impl Session {
     /// Both directions move to their next keys (what a completed UpdateAllKeys leaves); the
     /// exchange itself is [`crate::spdm::key_update::KeyUpdate`].
     pub fn update_keys(&mut self) {
-        self.request = self.request.updated(self.version);
-        self.response = self.response.updated(self.version);
+        self.request = self.request.updated();
+        self.response = self.response.updated();
     }
 }
 
@@ -135,10 +186,11 @@ enum State {
 #[derive(Clone, Debug)]
 pub struct KeyExchange {
     version: u8,
-    key: VerifyingKey,
-    ephemeral: NonZeroScalar,
+    suite: Suite,
+    key: LeafKey,
+    ephemeral: Ephemeral,
     random: [u8; 32],
-    th: Sha384,
+    th: Transcript,
     state: State,
     handshake: Option<HandshakeKeys>,
     session_id: u32,
@@ -151,25 +203,29 @@ pub struct KeyExchange {
 }
 
 impl KeyExchange {
-    /// A handshake after negotiation (`vca`) and certificate retrieval (`chain_digest`, the
-    /// leaf `key`), with the TSM's ephemeral secret and random data drawn from its entropy.
+    /// A handshake after negotiation (`vca`) and certificate retrieval (`chain_hash`, the chain
+    /// in the negotiated hash; the leaf `key`), with the TSM's ephemeral secret and random data
+    /// drawn from its entropy.
     ///
     /// # Errors
-    /// [`SpdmError::BadExchangeData`] if `ephemeral` is not a valid P-384 scalar (draw again).
+    /// [`SpdmError::BadExchangeData`] if `ephemeral` is not a valid scalar of the negotiated
+    /// group (draw again).
     pub fn new(
         negotiated: &Negotiated,
         vca: &[u8],
-        chain_digest: &[u8; H],
-        key: VerifyingKey,
+        chain_hash: &[u8],
+        key: LeafKey,
         ephemeral: [u8; 48],
         random: [u8; 32],
     ) -> Result<KeyExchange, SpdmError> {
-        let scalar = NonZeroScalar::try_from(&ephemeral[..]).map_err(|_| SpdmError::BadExchangeData)?;
-        let mut th = Sha384::new();
+        let suite = negotiated.suite;
+        let scalar = Ephemeral::new(suite.dhe, &ephemeral)?;
+        let mut th = Transcript::new(suite.hash);
         th.update(vca);
-        th.update(chain_digest);
+        th.update(chain_hash);
         Ok(KeyExchange {
             version: negotiated.version,
+            suite,
             key,
             ephemeral: scalar,
             random,
@@ -202,12 +258,15 @@ impl KeyExchange {
         m[1] = code::KEY_EXCHANGE;
         m[4..6].copy_from_slice(&REQ_SESSION_ID.to_le_bytes());
         m[8..40].copy_from_slice(&self.random);
-        let public = PublicKey::from_secret_scalar(&self.ephemeral).to_uncompressed_point();
-        m[40..136].copy_from_slice(&public[1..]);
-        m[136..138].copy_from_slice(&(OFFERED_OPAQUE.len() as u16).to_le_bytes());
-        m[138..].copy_from_slice(&OFFERED_OPAQUE);
+        let mut public = [0u8; MAX_EXCHANGE];
+        let d = self.ephemeral.public(&mut public);
+        m[40..40 + d].copy_from_slice(&public[..d]);
+        m[40 + d..42 + d].copy_from_slice(&(OFFERED_OPAQUE.len() as u16).to_le_bytes());
+        let end = 42 + d + OFFERED_OPAQUE.len();
+        m[42 + d..end].copy_from_slice(&OFFERED_OPAQUE);
+        let m = &m[..end];
         self.th.update(m);
-        match doe::encode(ObjectType::Spdm, &m, &mut self.out) {
+        match doe::encode(ObjectType::Spdm, m, &mut self.out) {
             Ok(n) => {
                 self.state = State::WaitKeyExchangeRsp;
                 Action::Send(&self.out[..n])
@@ -241,56 +300,48 @@ impl KeyExchange {
     /// Checks KEY_EXCHANGE_RSP and builds FINISH; returns the FINISH object's length.
     fn on_key_exchange_rsp(&mut self, response: &[u8]) -> Result<Option<usize>, SpdmError> {
         let p = response_payload(response, self.version, code::KEY_EXCHANGE_RSP)?;
-        let opaque_at = 40 + 96;
+        let d = self.suite.dhe.exchange_bytes();
+        let h = self.suite.hash.bytes();
+        let opaque_at = 40 + d;
         if p.len() < opaque_at + 2 {
             return Err(SpdmError::BadLength { code: code::KEY_EXCHANGE_RSP, len: p.len() });
         }
         let opaque_len = usize::from(le16(p, opaque_at));
         let sig_at = opaque_at + 2 + opaque_len;
-        let verify_at = sig_at + SIGNATURE_BYTES;
-        let msg = exact(p, verify_at + H, code::KEY_EXCHANGE_RSP)?;
+        let verify_at = sig_at + self.suite.asym.signature_bytes();
+        let msg = exact(p, verify_at + h, code::KEY_EXCHANGE_RSP)?;
         if (msg[2] != 0 && !self.heartbeat) || msg[6] != 0 {
             return Err(SpdmError::UnrequestedFeature);
         }
         self.heartbeat_period = msg[2];
         check_opaque(&msg[opaque_at + 2..sig_at])?;
-        let mut point = [0u8; 97];
-        point[0] = 0x04;
-        point[1..].copy_from_slice(&msg[40..136]);
-        let peer = PublicKey::from_sec1_bytes(&point).map_err(|_| SpdmError::BadExchangeData)?;
         // TH_sig, then the signature.
         let mut th = self.th.clone();
         th.update(&msg[..sig_at]);
-        let th_sig: [u8; H] = th.clone().finalize().into();
-        let mut signature = [0u8; SIGNATURE_BYTES];
-        signature.copy_from_slice(&msg[sig_at..verify_at]);
-        sig::verify(self.version, Context::KeyExchangeRsp, &th_sig, &self.key, &signature)
+        let th_sig = th.current();
+        sig::verify(self.version, Context::KeyExchangeRsp, &th_sig, &self.key, &msg[sig_at..verify_at])
             .map_err(SpdmError::Signature)?;
         // TH1, the handshake keys, and the device's proof that it derived them.
         th.update(&msg[sig_at..verify_at]);
-        let th1: [u8; H] = th.clone().finalize().into();
-        let shared = p384::ecdh::diffie_hellman(self.ephemeral, peer.as_affine());
-        let mut secret = [0u8; H];
-        secret.copy_from_slice(shared.raw_secret_bytes());
-        let hs = HandshakeKeys::derive(self.version, &secret, &th1);
-        secret.fill(0);
-        let finished = hs.finished_key(false);
-        let mut mac =
-            <Hmac<Sha384> as KeyInit>::new_from_slice(&finished).map_err(|_| SpdmError::VerifyDataMismatch)?;
-        mac.update(&th1);
-        mac.verify_slice(&msg[verify_at..]).map_err(|_| SpdmError::VerifyDataMismatch)?;
+        let th1 = th.current();
+        let shared = self.ephemeral.shared(&msg[40..40 + d])?;
+        let hs = HandshakeKeys::derive(Schedule::new(self.version, &self.suite), &shared, &th1);
+        if !constant_time_eq(&hs.verify_data(false, &th1), &msg[verify_at..]) {
+            return Err(SpdmError::VerifyDataMismatch);
+        }
         th.update(&msg[verify_at..]);
         // FINISH: header ‖ RequesterVerifyData over TH1 ‖ ResponderVerifyData ‖ FINISH header.
-        let mut finish = [0u8; 4 + H];
+        let mut finish = [0u8; 4 + MAX_HASH];
         finish[0] = self.version;
         finish[1] = code::FINISH;
         th.update(&finish[..4]);
-        let th_finish: [u8; H] = th.clone().finalize().into();
-        finish[4..].copy_from_slice(&hs.verify_data(true, &th_finish));
+        let th_finish = th.current();
+        finish[4..4 + h].copy_from_slice(&hs.verify_data(true, &th_finish));
+        let finish = &finish[..4 + h];
         th.update(&finish[4..]);
         self.session_id = u32::from(REQ_SESSION_ID) | u32::from(le16(msg, 4)) << 16;
         let mut request = hs.request.clone();
-        let n = secured::seal(&mut request, self.session_id, &finish, &mut self.out).map_err(SpdmError::Secured)?;
+        let n = secured::seal(&mut request, self.session_id, finish, &mut self.out).map_err(SpdmError::Secured)?;
         // ALL CHECKS PASSED: commit.
         self.th = th;
         let mut hs = hs;
@@ -321,7 +372,7 @@ impl KeyExchange {
         }
         let mut th = self.th.clone();
         th.update(msg);
-        let th2: [u8; H] = th.finalize().into();
+        let th2 = th.finalize();
         let app = hs.application(&th2);
         self.session = Some(Session {
             id: self.session_id,
@@ -345,6 +396,11 @@ impl KeyExchange {
             _ => None,
         }
     }
+}
+
+/// Equality of two MACs in time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The responder's opaque data must select version 1.1 or 1.2 (format 1, one DMTF element).
@@ -378,7 +434,10 @@ mod tests {
     use super::*;
     use crate::spdm::keys::ApplicationKeys;
     use p384::ecdsa::signature::Signer;
-    use p384::ecdsa::{Signature, SigningKey};
+    use p384::ecdsa::{Signature, SigningKey, VerifyingKey};
+    use p384::elliptic_curve::sec1::ToSec1Point;
+    use p384::{NonZeroScalar, PublicKey};
+    use sha2::{Digest, Sha384};
 
     extern crate std;
     use std::vec::Vec;
@@ -446,7 +505,7 @@ mod tests {
             let shared = p384::ecdh::diffie_hellman(self.eph, peer.as_affine());
             let mut secret = [0u8; 48];
             secret.copy_from_slice(shared.raw_secret_bytes());
-            let hs = HandshakeKeys::derive(0x12, &secret, &th1);
+            let hs = HandshakeKeys::derive(Schedule::p384(0x12), &secret, &th1);
             let rvd = hs.verify_data(false, &th1);
             m.extend_from_slice(&rvd);
             self.th.update(rvd);
@@ -461,15 +520,15 @@ mod tests {
             let msg = secured::open(&mut hs.request, self.id, finish, &mut buf).unwrap().to_vec();
             assert_eq!(msg.len(), 52);
             self.th.update(&msg[..4]);
-            let want = hs.verify_data(true, &self.th.clone().finalize().into());
-            assert_eq!(msg[4..], want, "RequesterVerifyData");
+            let want = hs.verify_data(true, &self.th.clone().finalize());
+            assert_eq!(msg[4..], want[..], "RequesterVerifyData");
             self.th.update(&msg[4..]);
             let rsp = [0x12, code::FINISH_RSP, 0, 0];
             self.th.update(rsp);
             let mut out = std::vec![0u8; 128];
             let n = secured::seal(&mut hs.response, self.id, &rsp, &mut out).unwrap();
             out.truncate(n);
-            self.app = Some(hs.application(&self.th.clone().finalize().into()));
+            self.app = Some(hs.application(&self.th.clone().finalize()));
             out
         }
     }
@@ -481,7 +540,7 @@ mod tests {
     ) -> (KeyExchange, Device) {
         let mut dev = Device::new();
         let signer = signer.unwrap_or_else(|| dev.sign.clone());
-        let vk = VerifyingKey::from(&dev.sign);
+        let vk = LeafKey::P384(VerifyingKey::from(&dev.sign));
         let mut kx = KeyExchange::new(&negotiated(), VCA, &CHAIN, vk, [0x55; 48], [0x66; 32]).unwrap();
         let request = match kx.start() {
             Action::Send(r) => r.to_vec(),
@@ -525,7 +584,7 @@ mod tests {
         s.update_keys();
         let n = s.seal(b"after update", &mut obj).unwrap();
         assert!(secured::open(&mut app.request, s.id, &obj[..n], &mut buf).is_err());
-        let mut upd = app.request.updated(0x12);
+        let mut upd = app.request.updated();
         assert_eq!(secured::open(&mut upd, s.id, &obj[..n], &mut buf).unwrap(), b"after update");
     }
 
@@ -554,7 +613,7 @@ mod tests {
     #[test]
     fn a_forged_finish_rsp_is_refused() {
         let dev = Device::new();
-        let vk = VerifyingKey::from(&dev.sign);
+        let vk = LeafKey::P384(VerifyingKey::from(&dev.sign));
         let mut dev = dev;
         let mut kx = KeyExchange::new(&negotiated(), VCA, &CHAIN, vk, [0x55; 48], [0x66; 32]).unwrap();
         let request = match kx.start() {
@@ -565,7 +624,7 @@ mod tests {
         let rsp = dev.key_exchange_rsp(&request, &|_| {}, &signer);
         assert!(matches!(kx.step(&wrap(&rsp)), Action::Send(_)));
         // A FINISH_RSP sealed with a key the device does not share with the TSM.
-        let mut wrong = DirectionKeys::from_secret(0x12, [1; 48]);
+        let mut wrong = DirectionKeys::from_secret(Schedule::p384(0x12), &[1; 48]);
         let mut out = [0u8; 64];
         let n = secured::seal(&mut wrong, 0xFFFE_FFFF, &[0x12, code::FINISH_RSP, 0, 0], &mut out).unwrap();
         assert!(matches!(kx.step(&out[..n]), Action::Failed(SpdmError::Secured(SecuredError::Authentication))));
@@ -576,9 +635,12 @@ mod tests {
     fn an_invalid_ephemeral_scalar_is_refused() {
         let vk = VerifyingKey::from(&SigningKey::from_slice(&[0x61; 48]).unwrap());
         assert_eq!(
-            KeyExchange::new(&negotiated(), VCA, &CHAIN, vk, [0; 48], [0; 32]).err(),
+            KeyExchange::new(&negotiated(), VCA, &CHAIN, vk.into(), [0; 48], [0; 32]).err(),
             Some(SpdmError::BadExchangeData)
         );
-        assert!(KeyExchange::new(&negotiated(), VCA, &CHAIN, vk, [0xFF; 48], [0; 32]).is_err(), "not below the order");
+        assert!(
+            KeyExchange::new(&negotiated(), VCA, &CHAIN, vk.into(), [0xFF; 48], [0; 32]).is_err(),
+            "not below the order"
+        );
     }
 }

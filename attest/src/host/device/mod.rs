@@ -32,18 +32,21 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ring::signature::{UnparsedPublicKey, ECDSA_P384_SHA384_FIXED};
-use sha2::{Digest, Sha384};
+use ring::signature::{
+    UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA384_ASN1, ECDSA_P384_SHA256_ASN1, ECDSA_P384_SHA384_ASN1,
+};
+use sha2::{Digest, Sha256, Sha384};
 
 mod parse;
 pub mod path;
 
 use parse::signing_prefix;
 pub use parse::{
-    parse_chain, parse_interface_report, parse_measurements, Block, Chain, InterfaceReport, Measurements, Range,
+    parse_chain, parse_chain_with, parse_interface_report, parse_measurements, parse_measurements_with, Block, Chain,
+    InterfaceReport, Measurements, Range,
 };
 
-use super::{hex, Row};
+use super::{hex, x509, Row};
 use crate::evidence::{Evidence, RecordType};
 use crate::report::{DeviceEntry, Report};
 use crate::verify::{MaskedValue, Status};
@@ -111,6 +114,7 @@ pub struct ChainCache {
 fn check_chain(
     rows: &mut Vec<Row>,
     n: usize,
+    base_hash: u32,
     bytes: Option<&[u8]>,
     want_root: Option<&[u8; 48]>,
     cache: &mut ChainCache,
@@ -134,7 +138,7 @@ fn check_chain(
             v.clone()
         }
         None => {
-            let chain = match parse_chain(bytes) {
+            let chain = match parse_chain_with(bytes, base_hash) {
                 Ok(c) => c,
                 Err(e) => {
                     rows.push(Row::new(&id("format"), Status::Fail, "an SPDM certificate chain", e, "malformed chain"));
@@ -150,7 +154,11 @@ fn check_chain(
             push_root(rows, &id("root"), want_root, &root);
             match path::validate(&chain.certs) {
                 Ok(path) => {
-                    rows.push(Row::new(&id("path"), Status::Pass, links, "valid", "ECDSA P-384 (ring)"));
+                    let curve = match path.leaf_curve {
+                        x509::Curve::P256 => "leaf ECDSA P-256 (ring)",
+                        x509::Curve::P384 => "leaf ECDSA P-384 (ring)",
+                    };
+                    rows.push(Row::new(&id("path"), Status::Pass, links, "valid", curve));
                     let v = Verified { key: path.leaf_key.clone(), root, path };
                     cache.verified.insert(digest, v.clone());
                     v
@@ -175,6 +183,31 @@ fn check_chain(
         "a certificate is not valid now",
     ));
     ok.then_some(verified.key)
+}
+
+/// An SPDM signature (`r ‖ s`, big-endian, each half the curve's size) as a DER
+/// ECDSA-Sig-Value.
+fn raw_signature_to_der(raw: &[u8]) -> Vec<u8> {
+    fn integer(v: &[u8]) -> Vec<u8> {
+        let v = &v[v.iter().position(|&b| b != 0).unwrap_or(v.len())..];
+        let mut out = vec![0x02];
+        let pad = v.first().is_some_and(|&b| b & 0x80 != 0) || v.is_empty();
+        out.push((v.len() + usize::from(pad)) as u8);
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(v);
+        out
+    }
+    let (r, s) = raw.split_at(raw.len() / 2);
+    let body = [integer(r), integer(s)].concat();
+    let mut out = vec![0x30];
+    if body.len() >= 0x80 {
+        out.push(0x81);
+    }
+    out.push(body.len() as u8);
+    out.extend_from_slice(&body);
+    out
 }
 
 fn push_root(rows: &mut Vec<Row>, id: &str, want: Option<&[u8; 48]>, got: &[u8; 48]) {
@@ -216,7 +249,8 @@ fn check_measurements(
         }
         return;
     };
-    let m = match parse_measurements(meas) {
+    let algorithms = entry.algorithms();
+    let m = match parse_measurements_with(meas, algorithms.base_asym) {
         Ok(m) if m.version == entry.spdm_version => m,
         Ok(m) => {
             let (want, got) = (entry.spdm_version, m.version);
@@ -273,17 +307,25 @@ fn check_measurements(
         )),
         Some(key) => {
             let response = &meas[m.request_len..];
-            let l1: [u8; 48] = Sha384::new()
-                .chain_update(vca)
-                .chain_update(&meas[..m.request_len])
-                .chain_update(&response[..m.signature_at])
-                .finalize()
-                .into();
+            let parts = [vca, &meas[..m.request_len], &response[..m.signature_at]];
+            let sha256 = algorithms.base_hash == 0x01;
+            let l1: Vec<u8> = if sha256 {
+                parts.iter().fold(Sha256::new(), |h, p| h.chain_update(p)).finalize().to_vec()
+            } else {
+                parts.iter().fold(Sha384::new(), |h, p| h.chain_update(p)).finalize().to_vec()
+            };
             let mut message = signing_prefix(m.version).to_vec();
             message.extend_from_slice(&l1);
-            let ok = UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, key)
-                .verify(&message, &response[m.signature_at..])
-                .is_ok();
+            // ECDSA over the negotiated hash of the message, as libspdm signs (the parse above
+            // took the signature's size from BaseAsymSel); ring takes DER for the mixed pairs.
+            let alg = match (algorithms.base_asym, sha256) {
+                (0x10, true) => &ECDSA_P256_SHA256_ASN1,
+                (0x10, false) => &ECDSA_P256_SHA384_ASN1,
+                (_, true) => &ECDSA_P384_SHA256_ASN1,
+                (_, false) => &ECDSA_P384_SHA384_ASN1,
+            };
+            let der = raw_signature_to_der(&response[m.signature_at..]);
+            let ok = UnparsedPublicKey::new(alg, key).verify(&message, &der).is_ok();
             rows.push(Row::compare(
                 &id("signature"),
                 ok,
@@ -466,7 +508,8 @@ pub fn check_at(
         let empty = DeviceReference::default();
         let r_or = r.unwrap_or(&empty);
         let root = r_or.vendor_root_sha384.as_ref();
-        let leaf_key = check_chain(&mut rows, n, get(RecordType::CertChain), root, cache, now);
+        let base_hash = entry.algorithms().base_hash;
+        let leaf_key = check_chain(&mut rows, n, base_hash, get(RecordType::CertChain), root, cache, now);
         check_measurements(
             &mut rows,
             n,
@@ -487,11 +530,11 @@ pub fn check_at(
 pub fn reference_from(evidence: &Evidence<'_>, n: usize) -> DeviceReference {
     let root = evidence
         .get(RecordType::CertChain, n)
-        .and_then(|c| parse_chain(c).ok())
+        .and_then(|c| parse_chain_with(c, 0x02).or_else(|_| parse_chain_with(c, 0x01)).ok())
         .and_then(|c| c.certs.first().map(|r| Sha384::digest(r).into()));
     let measurements = evidence
         .get(RecordType::Measurements, n)
-        .and_then(|m| parse_measurements(m).ok())
+        .and_then(|m| parse_measurements_with(m, 0x80).or_else(|_| parse_measurements_with(m, 0x10)).ok())
         .map(|m| {
             m.blocks
                 .into_iter()

@@ -2,7 +2,7 @@
 //! the TDISP interface report, and the SPDM signing prefix. Every length is checked against the
 //! bytes before it is used; errors are text for the user.
 
-use sha2::{Digest, Sha384};
+use sha2::{Digest, Sha256, Sha384};
 
 /// A parsed SPDM certificate chain.
 #[derive(Debug, Clone)]
@@ -32,13 +32,28 @@ fn der_len(b: &[u8]) -> Option<usize> {
     head.checked_add(len).filter(|&t| t <= b.len())
 }
 
-/// Parses an SPDM certificate chain.
+/// Parses an SPDM certificate chain whose RootHash is a SHA-384.
 ///
 /// # Errors
 /// What is wrong, as text.
 pub fn parse_chain(chain: &[u8]) -> Result<Chain, String> {
-    if chain.len() < 52 {
-        return Err(format!("{} bytes, shorter than the 52-byte header", chain.len()));
+    parse_chain_with(chain, 0x02)
+}
+
+/// Parses an SPDM certificate chain whose RootHash is in `base_hash` (BaseHashSel: 0x01
+/// SHA-256, 0x02 SHA-384).
+///
+/// # Errors
+/// What is wrong, as text.
+pub fn parse_chain_with(chain: &[u8], base_hash: u32) -> Result<Chain, String> {
+    let (h, name) = match base_hash {
+        0x01 => (32, "SHA-256"),
+        0x02 => (48, "SHA-384"),
+        other => return Err(format!("BaseHashSel {other:#x} is neither SHA-256 nor SHA-384")),
+    };
+    let header = 4 + h;
+    if chain.len() < header {
+        return Err(format!("{} bytes, shorter than the {header}-byte header", chain.len()));
     }
     let length = usize::from(u16::from_le_bytes([chain[0], chain[1]]));
     if length != chain.len() {
@@ -48,7 +63,7 @@ pub fn parse_chain(chain: &[u8]) -> Result<Chain, String> {
         return Err("reserved field is not zero".into());
     }
     let mut certs = Vec::new();
-    let mut rest = &chain[52..];
+    let mut rest = &chain[header..];
     while !rest.is_empty() {
         let n = der_len(rest).ok_or_else(|| format!("certificate {} is not one DER SEQUENCE", certs.len()))?;
         certs.push(rest[..n].to_vec());
@@ -57,8 +72,9 @@ pub fn parse_chain(chain: &[u8]) -> Result<Chain, String> {
     let Some(root) = certs.first() else {
         return Err("no certificate after the header".into());
     };
-    if Sha384::digest(root)[..] != chain[4..52] {
-        return Err("RootHash is not the SHA-384 of the root certificate".into());
+    let root_hash = if h == 32 { Sha256::digest(root).to_vec() } else { Sha384::digest(root).to_vec() };
+    if root_hash[..] != chain[4..header] {
+        return Err(format!("RootHash is not the {name} of the root certificate"));
     }
     Ok(Chain { certs })
 }
@@ -87,11 +103,25 @@ pub struct Measurements {
     pub signature_at: usize,
 }
 
-/// Parses a MEASUREMENTS record: GET_MEASUREMENTS (signature requested) ‖ MEASUREMENTS.
+/// Parses a MEASUREMENTS record signed with ECDSA P-384.
 ///
 /// # Errors
 /// What is wrong, as text.
 pub fn parse_measurements(rec: &[u8]) -> Result<Measurements, String> {
+    parse_measurements_with(rec, 0x80)
+}
+
+/// Parses a MEASUREMENTS record: GET_MEASUREMENTS (signature requested) ‖ MEASUREMENTS, signed
+/// with `base_asym` (BaseAsymSel: 0x10 ECDSA P-256, 0x80 ECDSA P-384).
+///
+/// # Errors
+/// What is wrong, as text.
+pub fn parse_measurements_with(rec: &[u8], base_asym: u32) -> Result<Measurements, String> {
+    let (sig_len, curve) = match base_asym {
+        0x10 => (64, "P-256"),
+        0x80 => (96, "P-384"),
+        other => return Err(format!("BaseAsymSel {other:#x} is neither ECDSA P-256 nor ECDSA P-384")),
+    };
     let (Some(&version), Some(&code), Some(&attrs)) = (rec.first(), rec.get(1), rec.get(2)) else {
         return Err("shorter than a GET_MEASUREMENTS header".into());
     };
@@ -118,11 +148,11 @@ pub fn parse_measurements(rec: &[u8]) -> Result<Measurements, String> {
     let opaque_len = opaque_len.ok_or("response cut short before its opaque data")?;
     let context = if version >= 0x13 { 8 } else { 0 };
     let signature_at = opaque_at + 2 + opaque_len + context;
-    if p.len() != signature_at + 96 {
+    if p.len() != signature_at + sig_len {
         return Err(format!(
-            "response is {} bytes; its fields and a P-384 signature make {}",
+            "response is {} bytes; its fields and a {curve} signature make {}",
             p.len(),
-            signature_at + 96
+            signature_at + sig_len
         ));
     }
     let mut blocks = Vec::new();

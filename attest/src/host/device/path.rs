@@ -9,8 +9,9 @@
 //! certificate but the last) is a CA with keyCertSign (a root without keyUsage passes: the trust
 //! anchor's extensions are inputs, RFC 5280 §6.1.1 d) whose pathLenConstraint allows the CAs
 //! below it, the leaf is no CA and has digitalSignature; its issuer name is its issuer's subject
-//! (the root's its own); it is signed by its issuer's P-384 key (the root by its own). Then the
-//! leaf's key is P-384, and at use, now lies inside every certificate's validity.
+//! (the root's its own); it is signed by its issuer's P-256 or P-384 key (the root by its own).
+//! Then the leaf's key is P-256 or P-384, and at use, now lies inside every certificate's
+//! validity.
 //!
 //! Why not `rustls-webpki`: it takes the root as a bare trust anchor (its own extensions and
 //! self-signature unexamined), ignores keyUsage, which DSP0274 asks of the leaf and RFC 5280 of
@@ -21,7 +22,9 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
-use ring::signature::{UnparsedPublicKey, ECDSA_P384_SHA256_ASN1, ECDSA_P384_SHA384_ASN1};
+use ring::signature::{
+    UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA384_ASN1, ECDSA_P384_SHA256_ASN1, ECDSA_P384_SHA384_ASN1,
+};
 use x509_cert::der::asn1::ObjectIdentifier;
 use x509_cert::der::{Decode, Encode};
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
@@ -62,11 +65,11 @@ pub enum PathFault {
     KeyUsage { index: usize },
     /// The issuer name is not the issuer's subject (the root's own).
     IssuerName { index: usize },
-    /// The issuer of `index + 1` (the root: of itself) has no P-384 key.
+    /// The issuer of `index + 1` (the root: of itself) has no P-256 or P-384 key.
     IssuerKey { index: usize },
     /// Not signed by its issuer's key.
     Signature { index: usize },
-    /// The leaf's key is not P-384.
+    /// The leaf's key is neither P-256 nor P-384.
     LeafKey,
 }
 
@@ -89,9 +92,9 @@ impl fmt::Display for PathFault {
                 write!(f, "certificate {index}'s keyUsage lacks keyCertSign (issuer) or digitalSignature (leaf)")
             }
             PathFault::IssuerName { index } => write!(f, "certificate {index}'s issuer is not its issuer's subject"),
-            PathFault::IssuerKey { index } => write!(f, "certificate {index} carries no P-384 issuer key"),
+            PathFault::IssuerKey { index } => write!(f, "certificate {index} carries no P-256 or P-384 issuer key"),
             PathFault::Signature { index } => write!(f, "certificate {index} is not signed by its issuer"),
-            PathFault::LeafKey => f.write_str("the leaf does not carry a P-384 key"),
+            PathFault::LeafKey => f.write_str("the leaf carries neither a P-256 nor a P-384 key"),
         }
     }
 }
@@ -99,8 +102,10 @@ impl fmt::Display for PathFault {
 /// A chain that passed every time-independent rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidPath {
-    /// The leaf's SEC1 P-384 key.
+    /// The leaf's SEC1 key.
     pub leaf_key: Vec<u8>,
+    /// Its curve.
+    pub leaf_curve: x509::Curve,
     /// Each certificate's validity period, Unix time.
     pub validity: Vec<(Duration, Duration)>,
 }
@@ -196,11 +201,14 @@ fn check_certificate(cert: &Certificate, index: usize, count: usize) -> Result<(
 }
 
 fn check_signature(issuer: &Certificate, cert: &Certificate, index: usize) -> Result<(), PathFault> {
-    let key = x509::p384_key_bytes(issuer).map_err(|_| PathFault::IssuerKey { index: index.saturating_sub(1) })?;
-    let alg = if cert.signature_algorithm().oid == ECDSA_WITH_SHA256 {
-        &ECDSA_P384_SHA256_ASN1
-    } else {
-        &ECDSA_P384_SHA384_ASN1
+    let (curve, key) =
+        x509::ec_key_bytes(issuer).map_err(|_| PathFault::IssuerKey { index: index.saturating_sub(1) })?;
+    let sha256 = cert.signature_algorithm().oid == ECDSA_WITH_SHA256;
+    let alg = match (curve, sha256) {
+        (x509::Curve::P256, true) => &ECDSA_P256_SHA256_ASN1,
+        (x509::Curve::P256, false) => &ECDSA_P256_SHA384_ASN1,
+        (x509::Curve::P384, true) => &ECDSA_P384_SHA256_ASN1,
+        (x509::Curve::P384, false) => &ECDSA_P384_SHA384_ASN1,
     };
     let tbs = cert.tbs_certificate().to_der().map_err(|_| PathFault::Malformed { index })?;
     let sig = cert.signature().as_bytes().ok_or(PathFault::SignatureAlgorithm { index })?;
@@ -238,7 +246,7 @@ pub fn validate(certs: &[Vec<u8>]) -> Result<ValidPath, Vec<PathFault>> {
             faults.push(f);
         }
     }
-    let leaf_key = match parsed.last().and_then(Option::as_ref).map(x509::p384_key_bytes) {
+    let leaf_key = match parsed.last().and_then(Option::as_ref).map(x509::ec_key_bytes) {
         Some(Ok(k)) => Some(k),
         _ => {
             faults.push(PathFault::LeafKey);
@@ -246,7 +254,7 @@ pub fn validate(certs: &[Vec<u8>]) -> Result<ValidPath, Vec<PathFault>> {
         }
     };
     match leaf_key {
-        Some(leaf_key) if faults.is_empty() => Ok(ValidPath { leaf_key, validity }),
+        Some((leaf_curve, leaf_key)) if faults.is_empty() => Ok(ValidPath { leaf_key, leaf_curve, validity }),
         _ => Err(faults),
     }
 }

@@ -6,8 +6,6 @@
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
 
-use p384::ecdsa::VerifyingKey;
-use sha2::Sha384;
 use tdisp_device::server::{self, command, TRANSPORT_PCI_DOE};
 use tdisp_device::{Config, Device};
 use tsm::doe::Discovery;
@@ -15,6 +13,8 @@ use tsm::spdm::cert::CertRetrieval;
 use tsm::spdm::challenge::Challenge;
 use tsm::spdm::meas::Measurements;
 use tsm::spdm::session::{KeyExchange, Session};
+use tsm::spdm::sig::LeafKey;
+use tsm::spdm::suite::Transcript;
 use tsm::spdm::{Negotiated, Negotiation, SpdmError};
 use tsm::tdisp::{self, InterfaceId, Request, Response, TdispError};
 
@@ -102,9 +102,10 @@ pub struct Connected {
     pub negotiated: Negotiated,
     pub vca: Vec<u8>,
     pub chain: Vec<u8>,
-    pub chain_digest: [u8; 48],
-    pub key: VerifyingKey,
-    pub transcript: Sha384,
+    /// The chain in the negotiated hash.
+    pub chain_digest: Vec<u8>,
+    pub key: LeafKey,
+    pub transcript: Transcript,
 }
 
 pub fn negotiate(t: &mut impl Transport) -> Result<(Negotiated, Vec<u8>), SpdmError> {
@@ -120,14 +121,14 @@ pub fn authenticate(t: &mut impl Transport) -> Connected {
     let r: Result<(), SpdmError> = drive!(t, c);
     r.unwrap();
     let chain = c.chain().unwrap();
-    let (chain_digest, key) = (*chain.digest(), *chain.leaf_key());
+    let (chain_digest, key) = (chain.hash().to_vec(), *chain.leaf_key());
     let bytes = chain.certs().concat();
     let transcript = c.transcript().clone();
     Connected { negotiated, vca, chain: bytes, chain_digest, key, transcript }
 }
 
 pub fn challenge(t: &mut impl Transport, c: &Connected) -> Result<(), SpdmError> {
-    let mut ch = Challenge::new(&c.negotiated, c.transcript.clone(), c.chain_digest, c.key, [0x11; 32], [0x22; 8]);
+    let mut ch = Challenge::new(&c.negotiated, c.transcript.clone(), &c.chain_digest, c.key, [0x11; 32], [0x22; 8]);
     drive!(t, ch)
 }
 
