@@ -229,10 +229,13 @@ ensure_defmt_print() {
 # The firmware's defmt level: without DEFMT_LOG only error! would be compiled in.
 export DEFMT_LOG=${DEFMT_LOG:-debug}
 FIRMWARE=${CARGO_TARGET_DIR:-target}/$BARE_TARGET/release/firmware
+# The TD's image: the guest's ELF, which `firmware guest-image` turns into the file the host
+# agent loads over fw_cfg (opt/seamless/guest) and `attest measure` measures.
+GUEST_ELF=${CARGO_TARGET_DIR:-target}/$BARE_TARGET/release/seamless-guest
 
 build_firmware() {
-    section "cargo build -p firmware --target $BARE_TARGET --release (DEFMT_LOG=$DEFMT_LOG)"
-    cargo build -p firmware --target "$BARE_TARGET" --release
+    section "cargo build -p firmware -p seamless-guest --target $BARE_TARGET --release (DEFMT_LOG=$DEFMT_LOG)"
+    cargo build -p firmware -p seamless-guest --target "$BARE_TARGET" --release
 }
 
 # Decodes the COM3 stream of the run in $1 (`firmware artifacts`: every frame checked) into
@@ -642,7 +645,7 @@ cmd_demo() {
     nonce=$(od -An -tx1 -N64 /dev/urandom | tr -d ' \n')
     bar_page=$(printf '%#x' $((DEMO_BAR0 >> 12)))
     printf 'mode=assign\nnvme_bar0=%s\nnonce=%s\nlog_calls=off\n' "$DEMO_BAR0" "$nonce" >"$out/config.txt"
-    "$bin/firmware" guest-image "$out/guest.img"
+    "$bin/firmware" guest-image "$GUEST_ELF" "$out/guest.img"
     demo_device_toml "$bar_page" >"$out/device.toml"
 
     local port=""
@@ -677,7 +680,7 @@ cmd_demo() {
         echo "responder: '$cmd' on 127.0.0.1:$port"
     fi
 
-    local launch=(--out "$out" --config "$out/config.txt" --secret "$plat/platform-secret.bin" --port "$port")
+    local launch=(--out "$out" --config "$out/config.txt" --secret "$plat/platform-secret.bin" --guest "$out/guest.img" --port "$port")
     ((keep)) && launch+=(--keep)
     section "QEMU (TCG): the firmware; NVMe 00:03.0 with its DOE mailbox at 127.0.0.1:$port"
     local status=0

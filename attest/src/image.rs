@@ -321,23 +321,29 @@ pub fn flat_mrtd(base: u64, bytes: &[u8]) -> Result<[u8; MRTD_BYTES], ImageError
     Ok(b.finalize())
 }
 
+/// Writes the image of regions `(gpa, pages, measured, content)` to `sink`, piece by piece,
+/// without the parser's checks (for tools and tests that write images; `no_std`, no heap).
+pub fn write(regions: &[(u64, u32, bool, &[u8])], sink: &mut dyn FnMut(&[u8])) {
+    sink(&MAGIC);
+    sink(&VERSION.to_le_bytes());
+    sink(&[0, 0]);
+    sink(&(regions.len() as u32).to_le_bytes());
+    for (gpa, pages, measured, content) in regions {
+        sink(&gpa.to_le_bytes());
+        sink(&pages.to_le_bytes());
+        sink(&u32::from(*measured).to_le_bytes());
+        sink(&(content.len() as u32).to_le_bytes());
+        sink(&[0; 4]);
+        sink(content);
+    }
+}
+
 /// Builds image bytes from regions `(gpa, pages, measured, content)`, without the parser's
-/// checks (for tools and tests that write images).
+/// checks (see [`write`]).
 #[cfg(any(feature = "std", test))]
 pub fn encode(regions: &[(u64, u32, bool, &[u8])]) -> std::vec::Vec<u8> {
     let mut out = std::vec::Vec::new();
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&(regions.len() as u32).to_le_bytes());
-    for (gpa, pages, measured, content) in regions {
-        out.extend_from_slice(&gpa.to_le_bytes());
-        out.extend_from_slice(&pages.to_le_bytes());
-        out.extend_from_slice(&u32::from(*measured).to_le_bytes());
-        out.extend_from_slice(&(content.len() as u32).to_le_bytes());
-        out.extend_from_slice(&[0; 4]);
-        out.extend_from_slice(content);
-    }
+    write(regions, &mut |b| out.extend_from_slice(b));
     out
 }
 

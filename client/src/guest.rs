@@ -257,6 +257,13 @@ pub struct GuestLayout {
     pub bar_gpa: u64,
 }
 
+/// The demo TD's layout, one copy for its two sides: the guest image (`guest/`, whose page
+/// tables map the device window at 1 GiB uncached and whose image stays clear of these pages)
+/// and the host agent that AUGs the work pages and maps the BAR. Twenty-four work pages from
+/// 1 MiB: digests, REPORTDATA, the native report, its SNP export; then the NVMe driver's five
+/// (admin and I/O queues, Identify) and fifteen of READ data. BAR0 at 1 GiB.
+pub const DEMO_LAYOUT: GuestLayout = GuestLayout { work: 0x10_0000, work_pages: 4 + 5 + 15, bar_gpa: 0x4000_0000 };
+
 /// What the guest found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Findings {

@@ -22,6 +22,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod console;
 pub mod doe;
 pub mod guest;
 pub mod host;

@@ -9,6 +9,9 @@ pub const CONFIG_FILE: &str = "opt/seamless/config";
 /// fw_cfg file of the platform secret: `attest::platform::SecretBlob`, 128 bytes, as `attest
 /// provision` writes it (the TSM derives its attestation keys from it).
 pub const SECRET_FILE: &str = "opt/seamless/platform-secret";
+/// fw_cfg file of the guest image the host agent loads into the TD (`attest::image`, made from
+/// the `seamless-guest` ELF by `firmware guest-image ELF FILE`).
+pub const GUEST_FILE: &str = "opt/seamless/guest";
 
 /// What the firmware does after boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,7 +205,7 @@ mod tests {
     #[test]
     fn fw_cfg_names_are_what_qemu_accepts() {
         // QEMU warns about names outside opt/ and refuses names past 55 characters.
-        for name in [CONFIG_FILE, SECRET_FILE] {
+        for name in [CONFIG_FILE, SECRET_FILE, GUEST_FILE] {
             assert!(name.starts_with("opt/") && name.len() <= 55, "{name}");
         }
     }

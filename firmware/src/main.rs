@@ -33,11 +33,6 @@ mod drivers {
 mod frame;
 #[cfg(target_os = "none")]
 mod guest;
-/// Host tests and the host build's tools: the guest image.
-#[cfg(not(target_os = "none"))]
-mod guest {
-    pub mod image;
-}
 #[cfg(target_os = "none")]
 mod host;
 #[cfg(not(target_os = "none"))]

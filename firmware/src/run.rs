@@ -8,7 +8,7 @@ use tsm::addr::{FrameRange, Pfn};
 use tsm::{Tsm, TsmIdentity};
 
 use crate::arch::{self, ExitCode, StartInfoAddr};
-use crate::config::{Mode, RunConfig, CONFIG_FILE, SECRET_FILE};
+use crate::config::{Mode, RunConfig, CONFIG_FILE, GUEST_FILE, SECRET_FILE};
 use crate::drivers::acpi::{self, Q35_DEFAULT_ECAM};
 use crate::drivers::doe::{self, Mailbox};
 use crate::drivers::fw_cfg::{FwCfg, FwCfgError};
@@ -48,13 +48,13 @@ mod host_nvme;
 mod td_world;
 mod worlds;
 
-/// The guest's accepted work pages: digests, REPORTDATA, the native report, its SNP export;
-/// then the NVMe driver's five (admin and I/O queues, Identify) and fifteen of READ data.
-pub const WORK_GPA: u64 = 0x10_0000;
+/// The guest's accepted work pages (`tsm_client::guest::DEMO_LAYOUT`, which the guest image
+/// uses too).
+pub const WORK_GPA: u64 = tsm_client::guest::DEMO_LAYOUT.work;
 /// How many.
-pub const WORK_PAGES: u64 = 4 + 5 + 15;
+pub const WORK_PAGES: u64 = tsm_client::guest::DEMO_LAYOUT.work_pages;
 /// Where BAR0 appears in the guest.
-pub const BAR_GPA: u64 = 0x4000_0000;
+pub const BAR_GPA: u64 = tsm_client::guest::DEMO_LAYOUT.bar_gpa;
 /// TDISP lock flags: NO_FW_UPDATE.
 pub const LOCK_FLAGS: u64 = 0x1;
 
@@ -230,11 +230,15 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     match config.mode {
         Mode::Assign | Mode::Revoke => {
             let nvme = open_nvme(&boot, &config, &tsc, (ecam, window));
-            assign::run(&config, &tsc, &mut tsm, (&mut host, &mut world), nvme, ready)
+            let mut buf = [0u8; GUEST_IMAGE_MAX];
+            let guest = read_guest_image(&mut buf);
+            assign::run(&config, &tsc, &mut tsm, (&mut host, &mut world), nvme, guest, ready)
         }
         Mode::Attack => {
             let nvme = open_nvme(&boot, &config, &tsc, (ecam, window));
-            attack::run(&tsc, &mut tsm, &mut host, nvme, image.0)
+            let mut buf = [0u8; GUEST_IMAGE_MAX];
+            let guest = read_guest_image(&mut buf);
+            attack::run(&tsc, &mut tsm, &mut host, nvme, guest, image.0)
         }
         _ => connect(&boot, &config, &tsc, &mut tsm, &mut host, (ecam, window)),
     }
@@ -389,6 +393,27 @@ fn low_ram_end(map: &MemoryMap) -> u64 {
     let ram_ends = map.ranges().iter().filter(|r| r.kind == RangeKind::Ram).map(|r| r.end());
     let end = ram_ends.filter(|&e| e <= 4 << 30).max().unwrap_or(4 << 30);
     end.next_multiple_of(2 << 20)
+}
+
+/// Bytes a guest image may have (the demo's is about 24 KiB; this bounds the host agent's
+/// buffer, on the boot stack).
+const GUEST_IMAGE_MAX: usize = 64 * 1024;
+
+/// The host agent reads the guest image from fw_cfg into `buf` (the TSM checks nothing here:
+/// `td::build` parses it, and MRTD measures what was added).
+fn read_guest_image(buf: &mut [u8]) -> &[u8] {
+    let fw = FwCfg::new().unwrap_or_else(|e| fail(GUEST_FILE, &e));
+    match fw.read_file(GUEST_FILE, buf) {
+        Ok(n) => {
+            say!("host: guest image {n} bytes from fw_cfg {GUEST_FILE}");
+            &buf[..n]
+        }
+        Err(FwCfgError::NotFound) => fail(
+            GUEST_FILE,
+            &"no guest image in fw_cfg: the launcher passes -fw_cfg name=opt/seamless/guest,file=guest.img (firmware guest-image ELF FILE makes it)",
+        ),
+        Err(e) => fail(GUEST_FILE, &e),
+    }
 }
 
 /// The run configuration (defaults when absent) and the platform secret (if provisioned).

@@ -247,10 +247,11 @@ pub mod vmcall {
     pub const GET_NONCE: u64 = 0x5EA1_0002;
     /// The signed report is in the shared page (R11: its length).
     pub const REPORT_READY: u64 = 0x5EA1_0003;
+    /// A piece of the TD's console output (`crate::console`: R11 count, R12..R13 the bytes).
+    pub const CONSOLE: u64 = 0x5EA1_0004;
 }
 
 /// What the host answers the guest's VMCALLs with, and where it keeps what the guest hands over.
-#[derive(Debug)]
 pub struct Vmcalls<'a> {
     /// The shared page (host address).
     pub shared: u64,
@@ -258,14 +259,24 @@ pub struct Vmcalls<'a> {
     pub nonce: &'a [u8; 64],
     /// Where REPORT_READY's data goes.
     pub reports: &'a mut [u8],
+    /// Where the TD's console bytes go (the host's log).
+    pub console: &'a mut dyn FnMut(&[u8]),
+}
+
+impl core::fmt::Debug for Vmcalls<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Vmcalls").field("shared", &self.shared).field("reports", &self.reports.len()).finish()
+    }
 }
 
 /// Serves the guest's VMCALL `args` (R10..R13), then resumes the vCPU with VP.ENTER:
 /// GET_REPORT puts the interface report from the message page in the shared page, GET_NONCE
-/// the challenge, REPORT_READY copies what the guest handed over to `v.reports`.
+/// the challenge, REPORT_READY copies what the guest handed over to `v.reports`, CONSOLE hands
+/// the bytes to `v.console`.
 ///
 /// # Errors
-/// [`HostError::UnknownVmcall`], [`HostError::SharedLength`], or VP.ENTER's error.
+/// [`HostError::UnknownVmcall`], [`HostError::SharedLength`], [`HostError::ConsoleLength`], or
+/// VP.ENTER's error.
 pub fn serve_vmcall<H: Seamcall + HostMemory + ?Sized>(
     h: &mut H,
     vcpu: u64,
@@ -286,6 +297,10 @@ pub fn serve_vmcall<H: Seamcall + HostMemory + ?Sized>(
             h.read(v.shared, &mut len);
             let n = shared::checked_len(u64::from_le_bytes(len), v.reports.len()).map_err(HostError::SharedLength)?;
             h.read(v.shared + 8, &mut v.reports[..n]);
+        }
+        vmcall::CONSOLE => {
+            let (bytes, n) = crate::console::unpack([args[1], args[2], args[3]]).map_err(HostError::ConsoleLength)?;
+            (v.console)(&bytes[..n]);
         }
         other => return Err(HostError::UnknownVmcall(other)),
     }

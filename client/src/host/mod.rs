@@ -82,6 +82,17 @@ pub enum HostError {
     },
     /// The host ran out of its own or of convertible pages.
     OutOfPages,
+    /// VP.ENTER returned a TD exit the host does not serve.
+    TdExit {
+        /// RAX: the exit reason.
+        reason: u64,
+        /// R10 of the exit.
+        r10: u64,
+        /// R11 of the exit.
+        r11: u64,
+        /// Why the host stops.
+        why: &'static str,
+    },
     /// The guest image did not parse.
     Image(attest::image::ImageError),
     /// The TDVF image's metadata was refused.
@@ -99,6 +110,8 @@ pub enum HostError {
     UnknownVmcall(u64),
     /// The TD left the shared page with a length that cannot be right.
     SharedLength(u64),
+    /// The TD's console call carried a byte count that cannot be right (R11).
+    ConsoleLength(u64),
     /// Pages still held by the TSM after teardown.
     Leaked {
         /// The first one.
@@ -137,6 +150,10 @@ impl fmt::Display for HostError {
             HostError::TdHobTooSmall { needed } => write!(f, "the TD HOB needs {needed} bytes, more than its section"),
             HostError::UnknownVmcall(r) => write!(f, "the TD made VMCALL {r:#x}, which the host does not serve"),
             HostError::SharedLength(n) => write!(f, "shared page: length {n} does not fit"),
+            HostError::TdExit { reason, r10, r11, why } => {
+                write!(f, "TD exit {reason} (R10 {r10:#x}, R11 {r11}): {why}")
+            }
+            HostError::ConsoleLength(n) => write!(f, "TD console: {n} bytes is not 1..=16"),
             HostError::Leaked { page, count } => write!(f, "{count} pages not reclaimed, the first at {page:#x}"),
         }
     }

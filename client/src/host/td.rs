@@ -9,9 +9,9 @@ use tsm::addr::PageSize;
 use tsm::pamt::PageType;
 use tsm::sept::SeptState;
 use tsm::td::TdParams;
-use tsm::{Regs, Status};
+use tsm::{Regs, Status, TdExit};
 
-use super::{call, donate, raw, scratch, HostError, HostMemory, Seamcall};
+use super::{call, check, donate, raw, scratch, HostError, HostMemory, Seamcall};
 use crate::PAGE;
 
 /// A TD the host built.
@@ -36,6 +36,8 @@ pub struct BuiltTd {
     pub added: u32,
     /// Of those, the pages measured with TDH.MR.EXTEND.
     pub measured: u32,
+    /// How the guest's first run ended.
+    pub ran: Ran,
 }
 
 /// Bytes covered by one S-EPT entry at `level`.
@@ -164,9 +166,101 @@ pub fn enter<H: Seamcall + ?Sized>(h: &mut H, vcpu: u64) -> Result<(), HostError
     call(h, "TDH.VP.ENTER", Regs::call(leaf::VP_ENTER, vcpu, 0, 0, 0)).map(|_| ())
 }
 
+/// GHCI's TDG.VP.VMCALL sub-functions (R10 = 0, R11 the VMX exit reason of the instruction
+/// the TD's #VE handler stands in for), as far as the host serves them.
+pub mod ghci {
+    /// CPUID (R12 leaf, R13 sub-leaf; results in R12..R15).
+    pub const CPUID: u64 = 10;
+    /// HLT (R12: 1 if interrupts are blocked).
+    pub const HLT: u64 = 12;
+    /// Port I/O (R12 size, R13 direction, R14 port, R15 value).
+    pub const IO: u64 = 30;
+    /// RDMSR (R12 the MSR; the value in R11).
+    pub const RDMSR: u64 = 31;
+    /// WRMSR (R12 the MSR, R13 the value).
+    pub const WRMSR: u64 = 32;
+    /// TDG.VP.VMCALL_INVALID_OPERAND, the answer in R10 to a request the host refuses.
+    pub const INVALID_OPERAND: u64 = 0x8000_0000_0000_0000;
+}
+
+/// How a TD's run ended in [`run`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ran {
+    /// VP.ENTER returned at once: the vCPU does not run in a TD world (its image has no
+    /// reset-vector page), and its code calls the guest ABI itself.
+    NoWorld,
+    /// The guest halted with interrupts blocked (GHCI TDVMCALL<HLT>, R12 = 1): it is done.
+    Halted,
+}
+
+/// What [`run`] counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// VP.ENTER calls.
+    pub entries: u32,
+    /// CONSOLE VMCALLs logged.
+    pub console: u32,
+    /// RDMSR/WRMSR requests refused.
+    pub msrs: u32,
+}
+
+/// Runs vCPU `vcpu` as a VMM does: VP.ENTER, then per exit: a CONSOLE VMCALL goes to
+/// `console` and the vCPU is entered again; RDMSR and WRMSR are answered with GHCI's
+/// INVALID_OPERAND (the host offers no MSR); TDVMCALL<HLT> with interrupts blocked ends the
+/// run. GHCI's CPUID and port I/O carry operands in R14/R15, which TDG.VP.VMCALL does not
+/// expose to the host here (RCX's mask 0x3C00: R10..R13), so they are refused rather than
+/// answered from registers the host never saw.
+///
+/// # Errors
+/// VP.ENTER's error ([`HostError::Call`]); [`HostError::TdExit`] for an exit the host cannot
+/// serve (an EPT violation, a triple fault, HLT with interrupts open, CPUID or I/O, an unknown
+/// VMCALL, or a status that is no TD exit); [`HostError::ConsoleLength`].
+pub fn run<H: Seamcall + ?Sized>(
+    h: &mut H,
+    vcpu: u64,
+    console: &mut dyn FnMut(&[u8]),
+    stats: &mut RunStats,
+) -> Result<Ran, HostError> {
+    let mut answer = [0u64; 4];
+    loop {
+        let [r10, r11, r12, r13] = answer;
+        stats.entries += 1;
+        let r = raw(h, Regs { r10, r11, r12, r13, ..Regs::call(leaf::VP_ENTER, vcpu, 0, 0, 0) });
+        if r.rax == Status::SUCCESS.0 {
+            return Ok(Ran::NoWorld);
+        }
+        let refuse = |why| HostError::TdExit { reason: r.rax, r10: r.r10, r11: r.r11, why };
+        let args = match TdExit::from_host_regs(&r) {
+            Some(TdExit::Vmcall { args }) => args,
+            Some(TdExit::EptViolation { .. }) => return Err(refuse("EPT violation the host does not fix")),
+            Some(TdExit::TripleFault) => return Err(refuse("triple fault")),
+            None if r.status().is_error() => return check("TDH.VP.ENTER", r).map(|_| Ran::NoWorld),
+            None => return Err(refuse("not a TD exit")),
+        };
+        answer = match args {
+            [super::device::vmcall::CONSOLE, a, b, c] => {
+                let (bytes, n) = crate::console::unpack([a, b, c]).map_err(HostError::ConsoleLength)?;
+                console(&bytes[..n]);
+                stats.console += 1;
+                [0; 4]
+            }
+            [0, ghci::HLT, 1, _] => return Ok(Ran::Halted),
+            [0, ghci::HLT, _, _] => return Err(refuse("HLT with interrupts open: nothing would wake it")),
+            [0, ghci::RDMSR | ghci::WRMSR, _, _] => {
+                stats.msrs += 1;
+                [ghci::INVALID_OPERAND, 0, 0, 0]
+            }
+            [0, ghci::CPUID | ghci::IO, _, _] => {
+                return Err(refuse("GHCI CPUID or I/O: operands in R14/R15, not exposed"))
+            }
+            _ => return Err(refuse("a VMCALL the host does not serve")),
+        };
+    }
+}
+
 /// The whole build of a one-vCPU TD from `image`: create, every page of the image added (and
 /// measured as its regions say), MR.FINALIZE, `work.1` pages from GPA `work.0` AUGed for the guest
-/// to accept, and VP.ENTER.
+/// to accept, and the guest [`run`] to its halt (its console to `console`).
 ///
 /// # Errors
 /// [`HostError`] of the first step that fails; [`HostError::Image`] if the image does not parse.
@@ -175,6 +269,7 @@ pub fn build<H: Seamcall + HostMemory + ?Sized>(
     image: &[u8],
     params: &TdParams,
     work: (u64, u64),
+    console: &mut dyn FnMut(&[u8]),
 ) -> Result<BuiltTd, HostError> {
     let image = Image::parse(image).map_err(HostError::Image)?;
     let td = create(h, params)?;
@@ -193,8 +288,9 @@ pub fn build<H: Seamcall + HostMemory + ?Sized>(
         let page = donate(h)?;
         aug(h, &td, work.0 + i * PAGE, 0, page)?;
     }
-    enter(h, vcpu)?;
-    Ok(BuiltTd { td, vcpu, added, measured })
+    let mut stats = RunStats::default();
+    let ran = run(h, vcpu, console, &mut stats)?;
+    Ok(BuiltTd { td, vcpu, added, measured, ran })
 }
 
 /// One donated page as TDH.PHYMEM.PAGE.RDMD reports it.

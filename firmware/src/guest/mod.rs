@@ -15,7 +15,6 @@
 //! Shared memory (the guest–host channel of a VMCALL) is host memory: the guest reads and
 //! writes it through one page the host named, and trusts nothing it finds there.
 
-pub mod image;
 pub mod nvme;
 
 use tsm::abi::host::leaf as h;

@@ -26,7 +26,7 @@ use crate::drivers::phys::{Frames, Mmio};
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
 use crate::frame;
-use crate::guest::{self, image, Guest, GuestLayout, GuestMemory, TdVcpu};
+use crate::guest::{self, Guest, GuestLayout, GuestMemory, TdVcpu};
 use crate::host::evidence::BundleWriter;
 use crate::host::{DoeLink, Host, HostCpu};
 use crate::platform::FirmwarePlatform;
@@ -232,7 +232,8 @@ impl<'m> Demo<'_, 'm> {
     /// The host serves the VMCALL the guest stopped on, and enters the vCPU again.
     fn serve(&mut self, step: Step) -> Result<(), Failed> {
         let Step::Vmcall(args) = step else { return Ok(()) };
-        let mut v = Vmcalls { shared: self.shared, nonce: &self.nonce, reports: &mut self.report };
+        let mut com1 = |b: &[u8]| Uart::com1().write_bytes(b);
+        let mut v = Vmcalls { shared: self.shared, nonce: &self.nonce, reports: &mut self.report, console: &mut com1 };
         device::serve_vmcall(&mut self.cpu, self.td.vcpu, args, &self.a, &mut v).step("host: VMCALL")
     }
 
@@ -816,6 +817,7 @@ pub fn run(
     tsm: &mut Tsm<FirmwarePlatform>,
     (host, world): (&mut Host, &mut HostWorld),
     nvme: Nvme,
+    image: &[u8],
     ready_us: u64,
 ) -> ! {
     let Nvme { bdf, bar0, regs, mut mailbox } = nvme;
@@ -836,18 +838,22 @@ pub fn run(
     device::iommu_setup(&mut cpu).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
     let host_kib_s = (config.mode == Mode::Assign)
         .then(|| host_read(&mut cpu, &regs, function).unwrap_or_else(|e| fail("host NVMe read", &e)));
-    let built = td::build(&mut cpu, &image::IMAGE, &td_params(), (WORK_GPA, WORK_PAGES))
+    let mut com1 = |b: &[u8]| Uart::com1().write_bytes(b);
+    let built = td::build(&mut cpu, image, &td_params(), (WORK_GPA, WORK_PAGES), &mut com1)
         .unwrap_or_else(|e| fail("TD build", &e));
+    if built.ran != td::Ran::Halted {
+        fail("TD build", &"the guest image did not run in the TD world");
+    }
+    // The guest binary ran in its TD world up to its halt; the stand-in plays the device part.
+    cpu.worlds = false;
+    td::enter(&mut cpu, built.vcpu).unwrap_or_else(|e| fail("VP.ENTER", &e));
     let shared = scratch(&mut cpu).unwrap_or_else(|e| fail("shared page", &e));
     let mem = GuestMemory::new(built.td.tdr, frames, Some((&regs, bar.0, bar.1)));
     let guest = Guest::new(function, GuestLayout { work: WORK_GPA, work_pages: WORK_PAGES, bar_gpa: BAR_GPA });
-    guest
-        .accept_memory(&mut TdVcpu::new(cpu.tsm, built.vcpu, &mem, shared))
-        .unwrap_or_else(|e| fail("guest: accept", &e));
     say!(
-        "td: TDR {:#x}; guest image ({} bytes): {} pages added, {} measured (MRTD: what attest measure computes); {} pages AUGed and accepted by the guest",
+        "td: TDR {:#x}; guest image ({} bytes, from fw_cfg): {} pages added, {} measured (MRTD: what attest measure computes); {} pages AUGed and accepted by the guest binary in its TD world",
         built.td.tdr,
-        image::IMAGE_BYTES,
+        image.len(),
         built.added,
         built.measured,
         WORK_PAGES

@@ -25,8 +25,9 @@ use tsm_client::GuestError;
 
 use super::{fail, spdm_connect, td_params, Nvme, BAR_GPA, LOCK_FLAGS, WORK_GPA, WORK_PAGES};
 use crate::arch::{self, ExitCode};
+use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
-use crate::guest::{image, Guest, GuestLayout, GuestMemory, TdVcpu};
+use crate::guest::{Guest, GuestLayout, GuestMemory, TdVcpu};
 use crate::host::{DoeLink, Host, HostCpu};
 use crate::platform::FirmwarePlatform;
 
@@ -462,7 +463,9 @@ impl<'m> Attack<'_, 'm> {
                 let step = guest.read_tdi(&mut self.vcpu(self.td.vcpu)).unwrap_or_else(|e| fail("guest: TDI read", &e));
                 if let tsm_client::guest::Step::Vmcall(args) = step {
                     let mut reports = [0u8; crate::guest::REPORTS_BYTES];
-                    let mut v = Vmcalls { shared: self.shared, nonce: &[0; 64], reports: &mut reports };
+                    let mut drop = |_: &[u8]| {};
+                    let mut v =
+                        Vmcalls { shared: self.shared, nonce: &[0; 64], reports: &mut reports, console: &mut drop };
                     device::serve_vmcall(&mut self.cpu, self.td.vcpu, args, &self.a, &mut v)
                         .unwrap_or_else(|e| fail("host: VMCALL", &e));
                 }
@@ -506,7 +509,14 @@ impl<'m> Attack<'_, 'm> {
 }
 
 /// The attack run; never returns.
-pub fn run(tsc: &Tsc, tsm: &mut Tsm<FirmwarePlatform>, host: &mut Host, nvme: Nvme, private_pa: u64) -> ! {
+pub fn run(
+    tsc: &Tsc,
+    tsm: &mut Tsm<FirmwarePlatform>,
+    host: &mut Host,
+    nvme: Nvme,
+    image: &[u8],
+    private_pa: u64,
+) -> ! {
     let Nvme { bdf, bar0, regs, mut mailbox } = nvme;
     let function = u32::from(bdf.rid());
     let frames = host.frames();
@@ -516,17 +526,23 @@ pub fn run(tsc: &Tsc, tsm: &mut Tsm<FirmwarePlatform>, host: &mut Host, nvme: Nv
     let pages = |e: tsm_client::HostError| -> ! { fail("pages", &e) };
 
     let work = (WORK_GPA, WORK_PAGES);
-    let td = td::build(&mut cpu, &image::IMAGE, &td_params(), work).unwrap_or_else(|e| fail("TD build", &e));
-    let other = td::build(&mut cpu, &image::IMAGE, &td_params(), work).unwrap_or_else(|e| fail("second TD build", &e));
+    let mut com1 = |b: &[u8]| Uart::com1().write_bytes(b);
+    let td = td::build(&mut cpu, image, &td_params(), work, &mut com1).unwrap_or_else(|e| fail("TD build", &e));
+    let other =
+        td::build(&mut cpu, image, &td_params(), work, &mut com1).unwrap_or_else(|e| fail("second TD build", &e));
+    if (td.ran, other.ran) != (td::Ran::Halted, td::Ran::Halted) {
+        fail("TD build", &"the guest image did not run in the TD world");
+    }
+    // Both guests accepted their pages in their TD worlds and halted; the stand-in plays the
+    // TDs' part in the cases below.
+    cpu.worlds = false;
+    for v in [td.vcpu, other.vcpu] {
+        td::enter(&mut cpu, v).unwrap_or_else(|e| fail("VP.ENTER", &e));
+    }
     let shared = scratch(&mut cpu).unwrap_or_else(|e| pages(e));
     let layout = GuestLayout { work: WORK_GPA, work_pages: WORK_PAGES, bar_gpa: BAR_GPA };
     let mem = GuestMemory::new(td.td.tdr, frames, Some((&regs, bar0.base, bar0.size)));
-    let other_mem = GuestMemory::new(other.td.tdr, frames, None);
     let guest = Guest::new(function, layout);
-    guest.accept_memory(&mut TdVcpu::new(cpu.tsm, td.vcpu, &mem, shared)).unwrap_or_else(|e| fail("guest: accept", &e));
-    guest
-        .accept_memory(&mut TdVcpu::new(cpu.tsm, other.vcpu, &other_mem, shared))
-        .unwrap_or_else(|e| fail("other guest: accept", &e));
     device::iommu_setup(&mut cpu).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
     let mut a = spdm_connect(&mut cpu, &mut doe, bdf);
     device::ide_setup(&mut cpu, &mut doe, &mut a, &mut stats).unwrap_or_else(|e| fail("IDE setup", &e));

@@ -56,6 +56,35 @@ pub fn firmware() -> PathBuf {
     image
 }
 
+/// The guest's ELF (`seamless-guest`, the TD's image) `./run.sh test` builds; built here with
+/// cargo if it is missing. `SEAMLESS_GUEST` overrides the path.
+pub fn guest_elf() -> PathBuf {
+    if let Some(p) = std::env::var_os("SEAMLESS_GUEST") {
+        return PathBuf::from(p);
+    }
+    let elf = target_dir().join("x86_64-unknown-none/release/seamless-guest");
+    if !elf.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "seamless-guest", "--target", "x86_64-unknown-none", "--release"])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo to build the guest");
+        assert!(status.success(), "building the guest failed");
+    }
+    elf
+}
+
+/// Writes the guest image file (`attest::image`, what the host agent loads over fw_cfg and
+/// `attest measure` measures) made from [`guest_elf`] by `firmware guest-image`, at `path`.
+///
+/// # Panics
+/// If the tool fails.
+pub fn write_guest_image(path: &Path) {
+    let elf = guest_elf();
+    let (status, _, err) = run_tool("firmware", &["guest-image".as_ref(), elf.as_os_str(), path.as_os_str()]);
+    assert_eq!(status, 0, "firmware guest-image: {err}");
+}
+
 /// A QEMU binary that can run the tests.
 #[derive(Clone, Debug)]
 pub struct Qemu(PathBuf);
@@ -145,6 +174,9 @@ pub struct Boot {
     pub secret: Option<Vec<u8>>,
     /// The NVMe device's `spdm_port` (none: no NVMe device).
     pub spdm_port: Option<u16>,
+    /// The guest image passed as `opt/seamless/guest` (none: with the NVMe device, the image
+    /// [`write_guest_image`] makes in the run's folder as `guest.img`; without it, none).
+    pub guest: Option<PathBuf>,
     /// Guest RAM, MiB (default 256).
     pub memory_mib: Option<u32>,
     /// `-cpu` model (default `max,phys-bits=48`: `max` has RDRAND and SVM; TCG's default of 40
@@ -209,7 +241,8 @@ impl Boot {
     /// QEMU's command line for this boot, the one place it is written: q35 under TCG, the
     /// firmware as a PVH kernel, COM1 (console), COM2 (defmt) and COM3 (framed artifacts) into
     /// files in `dir`, isa-debug-exit, the NVMe device with its DOE mailbox at `spdm_port`, the
-    /// run configuration and platform secret over fw_cfg (written into `dir`), then `extra`.
+    /// run configuration, platform secret and guest image over fw_cfg (written into `dir`), then
+    /// `extra`.
     ///
     /// # Panics
     /// If the fw_cfg files cannot be written.
@@ -239,6 +272,16 @@ impl Boot {
             let path = dir.join("config.txt");
             std::fs::write(&path, c).expect("config file");
             cmd.arg("-fw_cfg").arg(format!("name=opt/seamless/config,file={}", path.display()));
+        }
+        let guest = self.guest.clone().or_else(|| {
+            self.spdm_port.map(|_| {
+                let path = dir.join("guest.img");
+                write_guest_image(&path);
+                path
+            })
+        });
+        if let Some(g) = guest {
+            cmd.arg("-fw_cfg").arg(format!("name=opt/seamless/guest,file={}", g.display()));
         }
         if let Some(s) = &self.secret {
             let path = dir.join("platform-secret.bin");
@@ -517,9 +560,8 @@ pub fn verify(o: &Outcome, platform: &Path, vendor_root_der: &[u8], nonce: &[u8;
     let stream = o.dir.join("artifacts.bin");
     let (status, _, err) = run_tool("firmware", &["artifacts".as_ref(), stream.as_os_str(), o.dir.as_os_str()]);
     assert_eq!(status, 0, "firmware artifacts: {err}");
+    // The image the run loaded (Boot::command wrote it there), measured by the verifier's tool.
     let image = o.dir.join("guest.img");
-    let (status, _, err) = run_tool("firmware", &["guest-image".as_ref(), image.as_os_str()]);
-    assert_eq!(status, 0, "firmware guest-image: {err}");
     let (status, mrtd, err) = run_tool("attest", &["measure".as_ref(), image.as_os_str()]);
     assert_eq!(status, 0, "attest measure: {err}");
     let policy_path = o.dir.join("policy.toml");

@@ -150,7 +150,52 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
     let v = verify(&o, &platform, &device.identity().root_der, &[0x5A; 64]);
     assert_eq!(v.status, 1, "{}", v.json);
     assert_eq!(v.failed(), ["report.nonce"], "only the nonce is wrong");
+    // MRTD measured the guest's real code: the policy pins what `attest measure` computes from
+    // the image file the run loaded, so the same report against another guest (one byte of its
+    // code changed) is an unexpected TD image, and nothing else is wrong.
+    let path = o.dir.join("guest.img");
+    let genuine = std::fs::read(&path).unwrap();
+    let img = attest::image::Image::parse(&genuine).unwrap();
+    let code = img.regions().find(|r| r.measured && !r.content.is_empty()).expect("a measured region");
+    let at = code.content.as_ptr() as usize - genuine.as_ptr() as usize;
+    let mut other = genuine.clone();
+    other[at] ^= 0x01;
+    std::fs::write(&path, &other).unwrap();
+    let v = verify(&o, &platform, &device.identity().root_der, &nonce);
+    std::fs::write(&path, &genuine).unwrap();
+    assert_eq!(v.status, 1, "{}", v.json);
+    assert_eq!(v.failed(), ["td.mrtd"], "only the TD's measurement is wrong");
     let _ = std::fs::remove_dir_all(platform);
+}
+
+#[test]
+fn a_malformed_guest_image_is_refused_before_the_td_exists() {
+    let qemu = qemu_or_skip!();
+    let dir = std::env::temp_dir().join(format!("seamless-e2e-bad-guest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("guest.img");
+    seamless_e2e::write_guest_image(&path);
+    // The first region's GPA, one byte off its page: the host agent's parse refuses the file
+    // (attest::image, which treats it as hostile) before the first TDH.MNG.CREATE.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[16] |= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let device = DeviceServer::with_config(assign_device(false));
+    let boot = Boot {
+        spdm_port: Some(device.port),
+        config: Some(assign_config("assign", &[0x11; 64], 1000)),
+        secret: Some(seamless_e2e::throwaway_secret()),
+        guest: Some(path),
+        ..Boot::default()
+    };
+    let o = boot.run(&qemu, "malformed_guest_image");
+    let _ = device.finish();
+    o.expect_status(35);
+    assert!(o.console.contains("from fw_cfg opt/seamless/guest"), "{}", o.console);
+    assert!(o.console.contains("guest image: region at offset 16"), "{}", o.console);
+    assert!(o.console.contains("is not 4 KiB aligned"), "{}", o.console);
+    assert!(!o.console.contains("td: TDR"), "no TD was built:\n{}", o.console);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

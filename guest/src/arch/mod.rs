@@ -1,0 +1,202 @@
+//! Everything in the guest that touches the CPU: the reset vector and 32-bit start
+//! (`start.S`), the TDCALL instruction, the IDT and its exception entry, and loads and stores
+//! through the guest's identity map. The only `unsafe` of the guest lives here.
+
+use core::arch::asm;
+use core::cell::UnsafeCell;
+
+use x86::bits64::segmentation::Descriptor64;
+use x86::dtables::{lidt, DescriptorTablePointer};
+use x86::segmentation::{BuildDescriptor, DescriptorBuilder, GateDescriptorBuilder, SegmentSelector};
+use x86::Ring;
+
+use crate::tdcall::TdcallRegs;
+
+core::arch::global_asm!(include_str!("start.S"), options(att_syntax));
+
+/// The 64-bit code selector of the guest's GDT (`start.S`).
+const CODE64: SegmentSelector = SegmentSelector::new(1, Ring::Ring0);
+/// Where the page tables map the shared half: VA `SHARED_VA + x` is GPA `shared bit | x`.
+pub const SHARED_VA: u64 = 0xFFFF_8000_0000_0000;
+/// Bytes of the shared half that are mapped.
+pub const SHARED_MAPPED: u64 = 1 << 30;
+/// Bytes of GPA space the identity map covers (0..4 GiB).
+pub const IDENTITY_MAPPED: u64 = 1 << 32;
+
+/// Executes TDCALL (`66 0f 01 cc`) with `r`; `r` holds the outputs afterwards.
+pub fn tdcall(r: &mut TdcallRegs) {
+    // SAFETY: TDCALL enters the TSM, which reads and writes only the registers named here (the
+    // ABI's RAX..R15, docs/abi.md), may write guest memory named by a leaf's operand (so this
+    // is not `nomem`), and returns to the next instruction with RSP and the flags the guest had.
+    unsafe {
+        asm!(
+            ".byte 0x66, 0x0f, 0x01, 0xcc",
+            inout("rax") r.rax,
+            inout("rcx") r.rcx,
+            inout("rdx") r.rdx,
+            inout("r8") r.r8,
+            inout("r9") r.r9,
+            inout("r10") r.r10,
+            inout("r11") r.r11,
+            inout("r12") r.r12,
+            inout("r13") r.r13,
+            inout("r14") r.r14,
+            inout("r15") r.r15,
+            options(nostack),
+        );
+    }
+}
+
+unsafe extern "C" {
+    static guest_trap_stubs: [u64; 32];
+}
+
+struct Idt(UnsafeCell<[Descriptor64; 32]>);
+// SAFETY: one vCPU; `init_idt` is the only writer and runs once, before the IDT is loaded.
+unsafe impl Sync for Idt {}
+static IDT: Idt = Idt(UnsafeCell::new([Descriptor64::NULL; 32]));
+
+/// Fills and loads the IDT: the 32 exception vectors, each an interrupt gate to its stub in
+/// `start.S`, which calls [`guest_trap`]. Call once, first thing in `guest_main`.
+pub fn init_idt() {
+    // SAFETY: a static array of 32 addresses the assembler filled; nothing writes it.
+    let stubs: &[u64; 32] = unsafe { &*core::ptr::addr_of!(guest_trap_stubs) };
+    let idt = IDT.0.get();
+    for (vector, &stub) in stubs.iter().enumerate() {
+        let gate: Descriptor64 = <DescriptorBuilder as GateDescriptorBuilder<u64>>::interrupt_descriptor(CODE64, stub)
+            .present()
+            .dpl(Ring::Ring0)
+            .finish();
+        // SAFETY: the only writer, before the IDT is loaded (see `Idt`).
+        unsafe { (*idt)[vector] = gate };
+    }
+    // SAFETY: the table is a static that lives forever; every gate points at a stub that saves
+    // the registers and calls `guest_trap`.
+    unsafe {
+        let table: &[Descriptor64; 32] = &*idt;
+        lidt(&DescriptorTablePointer::new_from_slice(table));
+    }
+}
+
+/// The registers `start.S`'s `trap_common` saves, lowest address first.
+#[repr(C)]
+#[derive(Debug)]
+#[allow(missing_docs)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// The Rust entry `start.S` calls, in long mode on the guest's stack.
+#[unsafe(no_mangle)]
+extern "C" fn guest_main(gpaw: u32, vcpu: u32) -> ! {
+    crate::td::main(gpaw, vcpu)
+}
+
+/// Called by `trap_common` with the saved frame; returning resumes it (`iretq`).
+#[unsafe(no_mangle)]
+extern "C" fn guest_trap(frame: *mut TrapFrame) {
+    // SAFETY: `trap_common` passes its own stack frame, live and exclusively ours until we
+    // return.
+    let frame = unsafe { &mut *frame };
+    crate::td::trap(frame);
+}
+
+/// Whether `[gpa, gpa + len)` lies in one page of the identity map.
+fn in_identity_page(gpa: u64, len: usize) -> bool {
+    let off = gpa & 0xFFF;
+    gpa < IDENTITY_MAPPED && off + len as u64 <= 4096
+}
+
+/// Copies private memory at `gpa` (within one page, below 4 GiB) into `buf` with real loads
+/// through the identity map; `None` if the range is not in one mapped page. A page the guest
+/// has not accepted raises #VE (EPT violation), which is fatal.
+pub fn private_read(gpa: u64, buf: &mut [u8]) -> Option<()> {
+    if !in_identity_page(gpa, buf.len()) {
+        return None;
+    }
+    for (i, b) in buf.iter_mut().enumerate() {
+        // SAFETY: the identity map covers `gpa..gpa+len` (checked above); a volatile byte load
+        // forms no reference into memory the TSM or a device may also write.
+        *b = unsafe { core::ptr::read_volatile((gpa + i as u64) as *const u8) };
+    }
+    Some(())
+}
+
+/// Writes `data` to private memory at `gpa` with real stores; as for [`private_read`].
+pub fn private_write(gpa: u64, data: &[u8]) -> Option<()> {
+    if !in_identity_page(gpa, data.len()) {
+        return None;
+    }
+    for (i, &b) in data.iter().enumerate() {
+        // SAFETY: as in `private_read`; the guest's own code, data, tables and stack are
+        // outside the work pages this is called for (the caller names them).
+        unsafe { core::ptr::write_volatile((gpa + i as u64) as *mut u8, b) };
+    }
+    Some(())
+}
+
+/// A 32-bit load from the device window (GPA 1..2 GiB, mapped uncached); `None` if `gpa` is
+/// outside it or unaligned.
+pub fn mmio_read_u32(gpa: u64) -> Option<u32> {
+    if !(1 << 30..2 << 30).contains(&gpa) || !gpa.is_multiple_of(4) {
+        return None;
+    }
+    // SAFETY: inside the uncached device window of the identity map, aligned; a volatile load
+    // is one access the device sees, as a driver's register read must be.
+    Some(unsafe { core::ptr::read_volatile(gpa as *const u32) })
+}
+
+/// Copies from the shared half at offset `off` (below [`SHARED_MAPPED`]) into `buf`.
+pub fn shared_read(off: u64, buf: &mut [u8]) -> Option<()> {
+    let end = off.checked_add(buf.len() as u64)?;
+    if end > SHARED_MAPPED {
+        return None;
+    }
+    for (i, b) in buf.iter_mut().enumerate() {
+        // SAFETY: the shared alias maps `SHARED_VA..SHARED_VA + SHARED_MAPPED` (checked
+        // above); the host may change these bytes at any time, so they are read once each,
+        // volatile, and never through a reference.
+        *b = unsafe { core::ptr::read_volatile((SHARED_VA + off + i as u64) as *const u8) };
+    }
+    Some(())
+}
+
+/// Writes `data` into the shared half at offset `off`; as for [`shared_read`].
+pub fn shared_write(off: u64, data: &[u8]) -> Option<()> {
+    let end = off.checked_add(data.len() as u64)?;
+    if end > SHARED_MAPPED {
+        return None;
+    }
+    for (i, &b) in data.iter().enumerate() {
+        // SAFETY: as in `shared_read`.
+        unsafe { core::ptr::write_volatile((SHARED_VA + off + i as u64) as *mut u8, b) };
+    }
+    Some(())
+}
+
+/// HLT: in a TD a #VE that the handler turns into TDVMCALL<HLT>.
+pub fn hlt() {
+    // SAFETY: HLT changes no memory; in a TD it is a #VE the IDT serves.
+    unsafe { x86::halt() };
+}

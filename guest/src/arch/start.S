@@ -1,0 +1,249 @@
+/* The TD's first instructions. TDX enters vCPU 0 at 0xFFFFFFF0 in 32-bit flat protected mode,
+ * paging off, EFER.LME already 1, EBX[5:0] = GPAW, ESI = the vCPU index (TDX module spec,
+ * "Initial State of Guest TD vCPU"; TDVF's ResetVector relies on the same). The reset vector
+ * jumps to start32, which builds the guest's own page tables in TEMP_MEM (page tables are not
+ * measured: they are built here, from measured code), sets CR4.PAE and CR3, loads the guest's
+ * GDT, sets CR0.PG (long mode, since LME is already on: a TD cannot write EFER) and far-jumps to
+ * 64-bit code, which calls guest_main(gpaw, vcpu) on the guest's stack.
+ *
+ * Page tables, 2 MiB pages:
+ *   PML4[0]   -> PDPT -> 4 PDs: GPA 0..4 GiB identity; 1..2 GiB (the device window, where the
+ *                host maps the TDI's MMIO) uncached (PCD|PWT).
+ *   PML4[256] -> PDPT_SHARED -> one PD: VA 0xFFFF_8000_0000_0000 + x -> GPA (1 << (GPAW-1)) + x,
+ *                the first 1 GiB of the shared half.
+ * Anything but GPAW 48 or 52 or a vCPU index other than 0 stops at once (ud2: a #UD the TSM
+ * sees as the TD's failure, before any IDT exists). */
+
+    .set PTE_P_RW, 0x3
+    .set PTE_PS, 0x80
+    .set PTE_PCD_PWT, 0x18
+    .set CR4_PAE, 0x20
+    .set CR0_PG, 0x80000000
+    .set SHARED_SLOT, 256
+    .set TABLE_BYTES, 8 * 4096      /* PML4, PDPT, 4 PDs, PDPT_SHARED, PD_SHARED */
+    .set STACK_BYTES, 64 * 1024
+    .set CODE64, 0x08
+    .set DATA64, 0x10
+
+    .section .resetvector, "ax"
+    .code32
+    .global reset_vector
+reset_vector:
+    mov $start32, %eax              /* start32 is in the low image (linker.ld) */
+    jmp *%eax
+1:  hlt
+    jmp 1b
+    .balign 16, 0xf4
+
+    .section .text.start32, "ax"
+    .code32
+start32:
+    cli
+    cld
+    mov %ebx, %ebp
+    and $0x3f, %ebp                 /* GPAW */
+    cmp $48, %ebp
+    je 1f
+    cmp $52, %ebp
+    je 1f
+    ud2
+1:  test %esi, %esi                 /* one vCPU: the BSP */
+    jz 2f
+    ud2
+2:
+    /* Zero the tables (TEMP_MEM is added zero, but a table must never trust that). */
+    mov $guest_pml4, %edi
+    xor %eax, %eax
+    mov $(TABLE_BYTES / 4), %ecx
+    rep stosl
+
+    mov $guest_pdpt, %eax
+    or $PTE_P_RW, %eax
+    mov %eax, guest_pml4
+    mov $guest_pd, %eax
+    or $PTE_P_RW, %eax
+    mov %eax, guest_pdpt
+    add $0x1000, %eax
+    mov %eax, guest_pdpt + 8
+    add $0x1000, %eax
+    mov %eax, guest_pdpt + 16
+    add $0x1000, %eax
+    mov %eax, guest_pdpt + 24
+
+    /* 2048 PD entries: 2 MiB pages over 0..4 GiB, 1..2 GiB uncached. */
+    xor %ecx, %ecx
+3:  mov %ecx, %eax
+    shl $21, %eax
+    or $(PTE_P_RW | PTE_PS), %eax
+    cmp $512, %ecx
+    jb 4f
+    cmp $1024, %ecx
+    jae 4f
+    or $PTE_PCD_PWT, %eax
+4:  mov %eax, guest_pd(, %ecx, 8)
+    inc %ecx
+    cmp $2048, %ecx
+    jb 3b
+
+    /* The shared half: the high dword of every entry carries 1 << (GPAW - 1 - 32). */
+    mov %ebp, %ecx
+    sub $33, %ecx
+    mov $1, %ebx
+    shl %cl, %ebx
+    mov $guest_pdpt_shared, %eax
+    or $PTE_P_RW, %eax
+    mov %eax, guest_pml4 + SHARED_SLOT * 8
+    mov $guest_pd_shared, %eax
+    or $PTE_P_RW, %eax
+    mov %eax, guest_pdpt_shared
+    xor %ecx, %ecx
+5:  mov %ecx, %eax
+    shl $21, %eax
+    or $(PTE_P_RW | PTE_PS), %eax
+    mov %eax, guest_pd_shared(, %ecx, 8)
+    mov %ebx, guest_pd_shared + 4(, %ecx, 8)
+    inc %ecx
+    cmp $512, %ecx
+    jb 5b
+
+    mov %cr4, %eax
+    or $CR4_PAE, %eax
+    mov %eax, %cr4
+    mov $guest_pml4, %eax
+    mov %eax, %cr3
+    lgdt guest_gdt_ptr
+    mov %cr0, %eax
+    or $CR0_PG, %eax
+    mov %eax, %cr0
+    ljmp $CODE64, $start64
+
+    .code64
+start64:
+    mov $DATA64, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %eax, %ss
+    xor %eax, %eax
+    mov %eax, %fs
+    mov %eax, %gs
+    mov $guest_stack_top, %rsp
+    mov %ebp, %edi                  /* guest_main(gpaw, vcpu) */
+    xor %ebp, %ebp
+    call guest_main
+6:  hlt
+    jmp 6b
+
+/* Exception stubs: push a zero error code where the CPU pushes none, then the vector; save the
+ * GPRs (the frame is `arch::TrapFrame`) and call guest_trap(frame). The stack is 16-byte aligned
+ * at the call (the CPU aligns it before pushing the 40-byte frame; 16 + 120 bytes follow). */
+    .macro stub vector, has_error
+    .p2align 4
+trap_stub_\vector:
+    .if \has_error == 0
+    push $0
+    .endif
+    push $\vector
+    jmp trap_common
+    .endm
+
+    .text
+    stub 0, 0
+    stub 1, 0
+    stub 2, 0
+    stub 3, 0
+    stub 4, 0
+    stub 5, 0
+    stub 6, 0
+    stub 7, 0
+    stub 8, 1
+    stub 9, 0
+    stub 10, 1
+    stub 11, 1
+    stub 12, 1
+    stub 13, 1
+    stub 14, 1
+    stub 15, 0
+    stub 16, 0
+    stub 17, 1
+    stub 18, 0
+    stub 19, 0
+    stub 20, 0
+    stub 21, 1
+    stub 22, 0
+    stub 23, 0
+    stub 24, 0
+    stub 25, 0
+    stub 26, 0
+    stub 27, 0
+    stub 28, 0
+    stub 29, 1
+    stub 30, 1
+    stub 31, 0
+
+trap_common:
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %rsp, %rdi
+    cld
+    call guest_trap
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rbp
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rbx
+    pop %rax
+    add $16, %rsp                   /* vector, error code */
+    iretq
+
+    .section .rodata
+    .p2align 3
+    .global guest_trap_stubs
+guest_trap_stubs:
+    .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .quad trap_stub_\v
+    .endr
+
+    .p2align 3
+guest_gdt:
+    .quad 0
+    .quad 0x00af9a000000ffff        /* 0x08: 64-bit code, DPL 0 */
+    .quad 0x00cf92000000ffff        /* 0x10: data, DPL 0 */
+guest_gdt_end:
+guest_gdt_ptr:
+    .word guest_gdt_end - guest_gdt - 1
+    .quad guest_gdt
+
+    .section .temp.tables, "aw", @nobits
+    .p2align 12
+guest_pml4:         .skip 4096
+guest_pdpt:         .skip 4096
+guest_pd:           .skip 4 * 4096
+guest_pdpt_shared:  .skip 4096
+guest_pd_shared:    .skip 4096
+
+    .section .temp.stack, "aw", @nobits
+    .p2align 12
+    .skip STACK_BYTES
+guest_stack_top:

@@ -1,0 +1,162 @@
+//! The guest's run: [`guest_main`] after the 32-bit start, the #VE handler ([`trap`]), and
+//! [`Td`], the transport `tsm_client::guest` runs over inside a real TD: TDCALL the instruction,
+//! memory through real loads and stores of the guest's own identity map.
+
+use tsm::abi::guest::leaf;
+use tsm::{Regs, TdExit};
+use tsm_client::guest::{accept_pages, GuestError, DEMO_LAYOUT};
+
+use crate::arch::{self, TrapFrame};
+use crate::console::say;
+use crate::tdcall::{tdvmcall, TdInfo, TdcallRegs, VP_VEINFO_GET};
+use crate::ve::{self, Context, VeInfo};
+
+/// Where the guest's shared page sits in its shared half (offset from the shared bit): the page
+/// it names to the host in every VMCALL.
+pub const SHARED_OFFSET: u64 = 0x80_0000;
+
+/// The TD as `tsm_client::guest` sees it from inside.
+#[derive(Debug)]
+pub struct Td {
+    /// The shared bit (GPAW - 1), from TDG.VP.INFO.
+    shared_bit: u64,
+}
+
+impl tsm_client::Tdcall for Td {
+    /// A real TDCALL: it returns only once the vCPU runs again (a VMCALL the host served
+    /// included), so there is never an exit to hand back.
+    fn tdcall(&mut self, regs: &mut Regs) -> Option<TdExit> {
+        let mut r = TdcallRegs::from_regs(regs);
+        arch::tdcall(&mut r);
+        *regs = r.to_regs();
+        None
+    }
+}
+
+impl tsm_client::GuestMemory for Td {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestError> {
+        arch::private_read(gpa, buf).ok_or(GuestError::NotMapped { gpa, state: 0xFF })
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), GuestError> {
+        arch::private_write(gpa, data).ok_or(GuestError::NotMapped { gpa, state: 0xFF })
+    }
+    fn mmio_read_u32(&mut self, gpa: u64) -> Result<u32, GuestError> {
+        arch::mmio_read_u32(gpa).ok_or(GuestError::NotMapped { gpa, state: 0xFF })
+    }
+    fn shared_addr(&self) -> u64 {
+        self.shared_bit | SHARED_OFFSET
+    }
+    fn shared_read(&mut self, offset: u64, buf: &mut [u8]) {
+        if arch::shared_read(SHARED_OFFSET + offset, buf).is_none() {
+            buf.fill(0);
+        }
+    }
+    fn shared_write(&mut self, offset: u64, data: &[u8]) {
+        let _ = arch::shared_write(SHARED_OFFSET + offset, data);
+    }
+}
+
+/// TDG.VP.INFO.
+fn vp_info() -> Result<TdInfo, u64> {
+    let mut r = TdcallRegs::from_regs(&Regs::call(leaf::VP_INFO, 0, 0, 0, 0));
+    arch::tdcall(&mut r);
+    if r.rax != 0 {
+        return Err(r.rax);
+    }
+    Ok(TdInfo::decode(&r))
+}
+
+/// Stops the vCPU for good: TDVMCALL<HLT> with interrupts blocked, forever.
+fn stop() -> ! {
+    loop {
+        let mut r = tdvmcall(crate::tdcall::tdvmcall::HLT, [1, 0, 0, 0]);
+        arch::tdcall(&mut r);
+    }
+}
+
+/// Reports a fatal condition and stops.
+fn fatal(what: &str, why: &dyn core::fmt::Display) -> ! {
+    say!("FATAL: {what}: {why}");
+    stop()
+}
+
+/// The guest's run, from `start.S` in long mode on the guest's stack (through
+/// `arch::guest_main`): `gpaw` is EBX[5:0] of the first entry, `vcpu` ESI.
+pub fn main(gpaw: u32, vcpu: u32) -> ! {
+    arch::init_idt();
+    say!("seamless guest: long mode on its own page tables (entry GPAW {gpaw}, vCPU {vcpu})");
+    let info = vp_info().unwrap_or_else(|s| fatal("TDG.VP.INFO", &format_args!("status {s:#018x}")));
+    if u32::from(info.gpaw) != gpaw || info.vcpu_index != vcpu {
+        fatal("TDG.VP.INFO", &"GPAW or vCPU index differ from the entry registers");
+    }
+    say!(
+        "TDG.VP.INFO: GPAW {}, attributes {:#x}, vCPU {} of {} (max {}); shared bit {:#x}",
+        info.gpaw,
+        info.attributes,
+        info.vcpu_index,
+        info.vcpus,
+        info.max_vcpus,
+        info.shared_bit()
+    );
+    // Leaf 0: the TSM answers it as a TDX module presents it; a leaf it does not synthesise
+    // would come back through #VE and TDVMCALL<CPUID>.
+    let cpuid = x86::cpuid::CpuId::new();
+    if let Some(v) = cpuid.get_vendor_info() {
+        say!("CPUID vendor \"{}\"", v.as_str());
+    }
+    let mut td = Td { shared_bit: info.shared_bit() };
+    let l = DEMO_LAYOUT;
+    if let Err(e) = accept_pages(&mut td, l.work, l.work_pages) {
+        fatal("TDG.MEM.PAGE.ACCEPT", &e);
+    }
+    // Accepted pages are zero (TDX zeroes a page at ACCEPT): check it with real loads, and that
+    // a real store lands.
+    for i in 0..l.work_pages {
+        let gpa = l.work + i * 4096;
+        let mut word = [0xFFu8; 8];
+        let ok = tsm_client::GuestMemory::read(&mut td, gpa, &mut word).is_ok() && word == [0; 8];
+        let stored = tsm_client::GuestMemory::write(&mut td, gpa, &gpa.to_le_bytes()).is_ok();
+        if !ok || !stored {
+            fatal("accepted memory", &format_args!("page {gpa:#x} is not zero or not writable"));
+        }
+    }
+    say!("accepted {} private pages at {:#x} with TDG.MEM.PAGE.ACCEPT; all read zero", l.work_pages, l.work);
+    say!("done: halting with interrupts blocked (HLT, through #VE and TDVMCALL<HLT>)");
+    loop {
+        arch::hlt();
+    }
+}
+
+/// Exceptions: #VE is served and resumed; everything else is fatal.
+pub fn trap(frame: &mut TrapFrame) {
+    const VE: u64 = 20;
+    if frame.vector != VE {
+        say!("FATAL: exception {} (error {:#x}) at RIP {:#x}", frame.vector, frame.error, frame.rip);
+        stop();
+    }
+    // TDG.VP.VEINFO.GET first: until it runs, a second #VE would be a #DF.
+    let mut r = TdcallRegs::from_regs(&Regs::call(VP_VEINFO_GET, 0, 0, 0, 0));
+    arch::tdcall(&mut r);
+    if r.rax != 0 {
+        fatal("TDG.VP.VEINFO.GET", &format_args!("status {:#018x}", r.rax));
+    }
+    let info = VeInfo::decode(&r);
+    let ctx = Context { rax: frame.rax, rbx: frame.rbx, rcx: frame.rcx, rdx: frame.rdx, rflags: frame.rflags };
+    let action = ve::decode(&info, &ctx).unwrap_or_else(|f| fatal("#VE", &f));
+    let mut out = ve::request(&action, &ctx);
+    arch::tdcall(&mut out);
+    if let Err(e) = crate::tdcall::tdvmcall_result(&out) {
+        fatal("#VE: TDVMCALL", &e);
+    }
+    let c = ve::complete(&action, &ctx, &out);
+    (frame.rax, frame.rbx, frame.rcx, frame.rdx) = (c.rax, c.rbx, c.rcx, c.rdx);
+    // A HLT with interrupts blocked returns only if the host resumes a vCPU it was told can
+    // never wake: step over it all the same, as the instruction would on a wake-up.
+    frame.rip += u64::from(info.length);
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    say!("FATAL: panic: {}", info.message());
+    stop()
+}
