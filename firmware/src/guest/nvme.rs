@@ -16,24 +16,24 @@ use super::{GuestError, GuestMemory};
 use crate::platform::FirmwarePlatform;
 
 const PAGE: u64 = 4096;
-const CAP: u64 = 0x00;
-const CC: u64 = 0x14;
-const CSTS: u64 = 0x1C;
-const AQA: u64 = 0x24;
-const ASQ: u64 = 0x28;
-const ACQ: u64 = 0x30;
-const DOORBELLS: u64 = 0x1000;
+pub(crate) const CAP: u64 = 0x00;
+pub(crate) const CC: u64 = 0x14;
+pub(crate) const CSTS: u64 = 0x1C;
+pub(crate) const AQA: u64 = 0x24;
+pub(crate) const ASQ: u64 = 0x28;
+pub(crate) const ACQ: u64 = 0x30;
+pub(crate) const DOORBELLS: u64 = 0x1000;
 /// Entries per queue (admin and I/O).
-const ENTRIES: u16 = 16;
+pub(crate) const ENTRIES: u16 = 16;
 const SQE_BYTES: u64 = 64;
 const CQE_BYTES: u64 = 16;
 /// Polls of a status bit or a completion entry before the driver gives up.
 const POLLS: u32 = 2_000_000;
 
-const OP_CREATE_SQ: u8 = 0x01;
-const OP_CREATE_CQ: u8 = 0x05;
+pub(crate) const OP_CREATE_SQ: u8 = 0x01;
+pub(crate) const OP_CREATE_CQ: u8 = 0x05;
 const OP_IDENTIFY: u8 = 0x06;
-const OP_READ: u8 = 0x02;
+pub(crate) const OP_READ: u8 = 0x02;
 
 /// Where the driver keeps its queues and buffers (guest-physical, each a private page).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

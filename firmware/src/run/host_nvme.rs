@@ -9,22 +9,13 @@ use sha2::{Digest, Sha384};
 
 use crate::drivers::phys::{Frames, Mmio};
 use crate::drivers::tsc::Tsc;
+// The controller's registers and commands, as the TD's driver names them.
+use crate::guest::nvme::{ACQ, AQA, ASQ, CAP, CC, CSTS, DOORBELLS, ENTRIES, OP_CREATE_CQ, OP_CREATE_SQ, OP_READ};
 
 const PAGE: u64 = 4096;
-const CAP: u64 = 0x00;
-const CC: u64 = 0x14;
-const CSTS: u64 = 0x1C;
-const AQA: u64 = 0x24;
-const ASQ: u64 = 0x28;
-const ACQ: u64 = 0x30;
-const DOORBELLS: u64 = 0x1000;
-const ENTRIES: u16 = 16;
 /// How long the host waits for the controller or a completion: a deadline on the clock, not a
 /// count of polls, since a poll under TCG takes a time that depends on the machine's load.
 const TIMEOUT_S: u64 = 5;
-const OP_CREATE_SQ: u8 = 0x01;
-const OP_CREATE_CQ: u8 = 0x05;
-const OP_READ: u8 = 0x02;
 
 /// The host's pages for the read: admin SQ/CQ, I/O SQ/CQ, then the data pages.
 #[derive(Clone, Copy, Debug)]
