@@ -19,20 +19,18 @@ use tsm::pamt::PageType;
 use tsm::Tsm;
 
 use super::npt::{MemType, Npt};
-use super::{Exit, World, WorldError};
+use super::{Exit, World, WorldError, PAGE, VECTOR_UD};
 use crate::arch::svm::{self, vmcb, Segment};
 use crate::drivers::phys::Frames;
 use crate::drivers::tsc::Tsc;
 use crate::memmap::{Layout, MemoryMap, RangeKind};
 use crate::platform::FirmwarePlatform;
 
-const PAGE: u64 = 4096;
 /// The VT-d register page (DMAR/DRHD): whoever writes it owns DMA.
 const VTD_REGS: u64 = 0xFED9_0000;
 /// SEAMCALL's encoding.
 const SEAMCALL: [u8; 4] = [0x66, 0x0f, 0x01, 0xcf];
-/// #UD and #MC.
-const VECTOR_UD: u8 = 6;
+/// #MC.
 const VECTOR_MC: u8 = 18;
 /// Most targets the probe takes.
 pub const MAX_TARGETS: usize = 16;

@@ -11,6 +11,11 @@ pub mod td;
 
 use crate::arch::svm::{self, exit, vmcb, Gprs, Vmcb};
 
+/// Bytes of a page.
+const PAGE: u64 = 4096;
+/// #UD, which every world takes for an instruction that is not its own.
+const VECTOR_UD: u8 = 6;
+
 /// Why a world could not be built or stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorldError {

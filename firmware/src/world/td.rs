@@ -34,19 +34,17 @@ use tsm::{Regs, TdExit, Tsm};
 use x86::cpuid::native_cpuid::cpuid_count;
 
 use super::npt::{MemType, Npt};
-use super::{Exit, World, WorldError};
+use super::{Exit, World, WorldError, PAGE, VECTOR_UD};
 use crate::arch::svm::{self, vmcb, Segment, TD_NPT_SLOTS};
 use crate::drivers::phys::Frames;
 use crate::platform::FirmwarePlatform;
 
 /// TD vCPUs the TSM runs at once (each keeps a VMCB).
 pub const VCPU_SLOTS: usize = 5;
-const PAGE: u64 = 4096;
 /// The page that holds the reset vector (0xFFFFFFF0).
 const RESET_PAGE: u64 = 0xFFFF_F000;
 const RESET_VECTOR: u64 = 0xFFFF_FFF0;
 const TDCALL: [u8; 4] = [0x66, 0x0f, 0x01, 0xcc];
-const VECTOR_UD: u8 = 6;
 const VECTOR_DF: u8 = 8;
 /// Virtualization exception.
 pub const VECTOR_VE: u8 = 20;
