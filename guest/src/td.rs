@@ -4,7 +4,7 @@
 
 use tsm::abi::guest::leaf;
 use tsm::{Regs, TdExit};
-use tsm_client::guest::{accept_pages, GuestError, DEMO_LAYOUT};
+use tsm_client::guest::{served, Guest, GuestError, DEMO_LAYOUT};
 
 use crate::arch::{self, TrapFrame};
 use crate::console::say;
@@ -13,7 +13,7 @@ use crate::ve::{self, Context, VeInfo};
 
 /// Where the guest's shared page sits in its shared half (offset from the shared bit): the page
 /// it names to the host in every VMCALL.
-pub const SHARED_OFFSET: u64 = 0x80_0000;
+const SHARED_OFFSET: u64 = DEMO_LAYOUT.shared_offset;
 
 /// The TD as `tsm_client::guest` sees it from inside.
 #[derive(Debug)]
@@ -106,7 +106,8 @@ pub fn main(gpaw: u32, vcpu: u32) -> ! {
     }
     let mut td = Td { shared_bit: info.shared_bit() };
     let l = DEMO_LAYOUT;
-    if let Err(e) = accept_pages(&mut td, l.work, l.work_pages) {
+    let mut guest = Guest::new(l);
+    if let Err(e) = guest.accept_memory(&mut td) {
         fatal("TDG.MEM.PAGE.ACCEPT", &e);
     }
     // Accepted pages are zero (TDX zeroes a page at ACCEPT): check it with real loads, and that
@@ -121,10 +122,32 @@ pub fn main(gpaw: u32, vcpu: u32) -> ! {
         }
     }
     say!("accepted {} private pages at {:#x} with TDG.MEM.PAGE.ACCEPT; all read zero", l.work_pages, l.work);
+    device(&mut td, &mut guest).unwrap_or_else(|e| fatal("device", &e));
     say!("done: halting with interrupts blocked (HLT, through #VE and TDVMCALL<HLT>)");
     loop {
         arch::hlt();
     }
+}
+
+/// The device flow, `tsm_client::guest`'s steps over real TDCALLs: the TDI the host names,
+/// checked with TDG.TDI.RD and the report against the TSM's digest, MMIO and DMA accepted,
+/// START authorised, the registers read with real loads through the uncached device window;
+/// then the report over the verifier's challenge.
+fn device(td: &mut Td, g: &mut Guest) -> Result<(), GuestError> {
+    g.bring_up(td)?;
+    let f = g.findings;
+    say!(
+        "TDI {:#06x} CONFIG_LOCKED (generation {}): the host's report ({} bytes) matches the TSM's digest; {} MMIO pages and the DMA entry accepted, START authorised; RUN",
+        g.function,
+        f.generation,
+        f.report_len,
+        f.mmio_pages
+    );
+    say!("NVMe CAP {:#018x} VS {:#010x}, read with loads through its MMIO_MAPPED leaves", f.cap, f.vs);
+    served(g.request_nonce(td)?)?;
+    served(g.attest(td)?)?;
+    say!("report and its SNP-format export over the verifier's challenge handed to the host");
+    Ok(())
 }
 
 /// Exceptions: #VE is served and resumed; everything else is fatal.

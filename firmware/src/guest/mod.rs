@@ -1,6 +1,7 @@
-//! The guest: firmware code that plays the TD's part. Its sequence of calls is
-//! `tsm_client::guest` (the same code the harness drives); this module is its transport and its
-//! memory. [`TdVcpu`] is TDCALL as a direct call into `Tsm::guest_call` on behalf of the vCPU (a
+//! Transitional: firmware code that plays the parts of the TD the guest binary (`guest/`) does
+//! not do yet, its NVMe driver and mode `attack`'s guest calls, on the TD's vCPU while the
+//! binary waits in a request. Its sequence of calls is `tsm_client::guest` (the same code the
+//! binary runs); this module is its transport and its memory. [`TdVcpu`] is TDCALL as a direct call into `Tsm::guest_call` on behalf of the vCPU (a
 //! TD world will execute the instruction instead); its memory is [`GuestMemory`], which resolves
 //! a guest-physical address the way the CPU's second-stage walk does: through the TD's S-EPT,
 //! and only to a MAPPED leaf (private RAM) or an MMIO_MAPPED leaf (the assigned device's

@@ -116,9 +116,9 @@ pub struct HostCpu<'a> {
     /// TSC ticks inside the TSM's calls so far.
     pub tsm_ticks: u64,
     /// Whether VP.ENTER runs a TD's vCPU in its TD world. Transitional: the in-image host turns
-    /// it off once the guest binary halted, so the firmware's stand-in guest can play the
-    /// device part on the same vCPU by direct calls (VP.ENTER, with all its checks, then
-    /// returns at once); stage 3 of issue 11 moves that part into the binary and removes it.
+    /// it off while the guest binary waits in a request, so the firmware's stand-in can play the
+    /// NVMe driver (and mode `attack`'s guest calls) on the same vCPU by direct calls (VP.ENTER,
+    /// with all its checks, then returns at once); moving those into the binary removes it.
     pub worlds: bool,
 }
 

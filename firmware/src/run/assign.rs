@@ -10,12 +10,13 @@ use core::fmt;
 use sha2::{Digest, Sha384};
 
 use attest::evidence::RecordType;
-use tsm_client::guest::{tdi_state, Step};
-use tsm_client::host::device::{self, Assignment, Vmcalls};
+use tsm_client::guest::{tdi_state, DEMO_LAYOUT};
+use tsm_client::host::device::{self, Assignment};
 use tsm_client::host::td::{self, BuiltTd};
+use tsm_client::host::td_device::{Answer, DeviceTd, Next, Request};
 use tsm_client::host::unbind::{self, Holdings, Policy, Unbound};
 use tsm_client::host::{scratch, PumpStats};
-use tsm_client::{GuestError, HostError};
+use tsm_client::{vmcall, GuestError, HostError};
 
 use super::{
     fail, pump_summary, report_failure, spdm_connect_pdev, td_params, Ms, Nvme, BAR_GPA, WORK_GPA, WORK_PAGES,
@@ -26,7 +27,7 @@ use crate::drivers::phys::{Frames, Mmio};
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
 use crate::frame;
-use crate::guest::{self, Guest, GuestLayout, GuestMemory, TdVcpu};
+use crate::guest::{self, GuestMemory, TdVcpu};
 use crate::host::evidence::BundleWriter;
 use crate::host::{DoeLink, Host, HostCpu};
 use crate::platform::FirmwarePlatform;
@@ -200,9 +201,11 @@ struct Demo<'a, 'm> {
     cpu: HostCpu<'a>,
     doe: DoeLink<'a>,
     td: BuiltTd,
+    /// The TD as its host runs it: the vCPU, waiting in its latest request, and the shared page.
+    dtd: DeviceTd,
+    /// The request the TD waits in.
+    waiting: Request,
     mem: &'m GuestMemory<'m>,
-    shared: u64,
-    guest: Guest,
     a: Assignment,
     stats: PumpStats,
     report: [u8; guest::REPORTS_BYTES],
@@ -220,21 +223,39 @@ struct Demo<'a, 'm> {
 }
 
 impl<'m> Demo<'_, 'm> {
-    /// Runs the guest step `f` on the vCPU.
-    fn guest<T>(&mut self, f: impl FnOnce(&mut Guest, &mut TdVcpu<'_, 'm>) -> T) -> T {
-        let mut guest = self.guest;
-        let mut vcpu = TdVcpu::new(self.cpu.tsm, self.td.vcpu, self.mem, self.shared);
-        let r = f(&mut guest, &mut vcpu);
-        self.guest = guest;
-        r
+    /// Transitional, until the TD's NVMe driver moves into the guest binary: the firmware's
+    /// stand-in makes the guest calls `f` on the vCPU while the TD waits in its request (entered
+    /// without its world, then kicked out of guest mode again).
+    fn stand_in<T>(&mut self, f: impl FnOnce(&mut TdVcpu<'_, 'm>) -> T) -> Result<T, Failed> {
+        self.cpu.worlds = false;
+        let entered = td::enter(&mut self.cpu, self.td.vcpu);
+        self.cpu.worlds = true;
+        entered.step("VP.ENTER")?;
+        let r = f(&mut TdVcpu::new(self.cpu.tsm, self.td.vcpu, self.mem, self.dtd.shared.page));
+        let kick = self.cpu.raw(tsm::Regs::call(tsm::abi::host::leaf::VP_KICK, self.td.vcpu, 0, 0, 0));
+        tsm_client::host::check("SEAMLESS.VP.KICK", kick).step("VP.KICK")?;
+        Ok(r)
     }
 
-    /// The host serves the VMCALL the guest stopped on, and enters the vCPU again.
-    fn serve(&mut self, step: Step) -> Result<(), Failed> {
-        let Step::Vmcall(args) = step else { return Ok(()) };
+    /// Answers the request the TD waits in with `answer` and runs it to its next request, which
+    /// must be `want`.
+    fn answer(&mut self, answer: Answer, want: u64) -> Result<Request, Failed> {
         let mut com1 = |b: &[u8]| Uart::com1().write_bytes(b);
-        let mut v = Vmcalls { shared: self.shared, nonce: &self.nonce, reports: &mut self.report, console: &mut com1 };
-        device::serve_vmcall(&mut self.cpu, self.td.vcpu, args, &self.a, &mut v).step("host: VMCALL")
+        let r = self.dtd.expect(&mut self.cpu, answer, want, &mut com1).step("TD")?;
+        self.waiting = r;
+        Ok(r)
+    }
+
+    /// The function id a request names, which must be the assignment's.
+    fn assigned(&self, function: u64, of: u32) -> Result<(), Failed> {
+        if function == u64::from(of) {
+            return Ok(());
+        }
+        let request = self.waiting.number();
+        Err(Failed {
+            what: "TD",
+            why: Why::Host(HostError::Request { request, why: "names a function the host did not assign" }),
+        })
     }
 
     /// Takes the assignment apart in the one unbind order: strictly after a completed flow, as
@@ -261,51 +282,71 @@ impl<'m> Demo<'_, 'm> {
             self.a.generation,
             self.a.report_len
         );
-        let step = self.guest(|g, v| g.read_tdi(v)).step("guest: TDI read")?;
-        self.serve(step)?;
-        self.guest(|g, v| g.check_report(v)).step("guest: report check")?;
-        let f = self.guest.findings;
-        say!(
-            "guest: TDI CONFIG_LOCKED, generation {}; the host's report ({} bytes) matches the TSM's digest {}",
-            f.generation,
-            f.report_len,
-            hex48(&f.report_digest)
-        );
+        // The TD waits in GET_TDI: name the TDI; it reads it from the TSM and asks for the report.
+        self.dtd.give_tdi(&mut self.cpu, function);
+        let Request::GetReport { function: asked } = self.answer(Answer::Served, vmcall::GET_REPORT)? else {
+            return Err(Failed { what: "TD", why: Why::Said("GET_REPORT expected") });
+        };
+        self.assigned(asked, function)?;
+        self.dtd.give_report(&mut self.cpu, &self.a, asked, function).step("host: GET_REPORT")?;
+        // It checks the report against the TSM's digest and asks for its MMIO.
+        self.answer(Answer::Served, vmcall::MAP_MMIO)?;
         let lock_us = tl.end();
         super::figure("tdi_lock_report_qemu_ms", &Ms(lock_us), "ms");
         Ok(())
     }
 
-    /// Import and map BAR0, the guest's accepts, DMAR.ADD, the authorisation and START; the guest
-    /// reads the registers through its mapping. Returns the guest's step (GET_NONCE).
-    fn start(&mut self, bar: (u64, u64), tl: &mut Timeline) -> Result<Step, Failed> {
+    /// Import and map BAR0, the guest's accepts, DMAR.ADD, the authorisation and START, each
+    /// when the TD asks for it; the TD reads the registers through its mapping and hands them
+    /// over. Returns them.
+    fn start(&mut self, function: u32, bar: (u64, u64), tl: &mut Timeline) -> Result<(u64, u32), Failed> {
         let pages = bar.1 / 4096;
         let cc = super::worlds::bar_before_import(self.world, self.cpu.tsm, &self.cpu.tsc(), bar.0)
             .step("host world: BAR0")?;
         say!("world: host world reads BAR0 CC = {cc:#x} before the import: the BAR is still the host's");
         tl.begin("map_accept_start");
+        let Request::MapMmio { function: asked, pages: wanted } = self.waiting else {
+            return Err(Failed { what: "TD", why: Why::Said("MAP_MMIO expected") });
+        };
+        self.assigned(asked, function)?;
+        if wanted != pages {
+            let why = HostError::Request { request: vmcall::MAP_MMIO, why: "the TD expects another size of BAR0" };
+            return Err(Failed { what: "TD", why: Why::Host(why) });
+        }
         device::import(&mut self.cpu, &self.a, 0, bar.0, pages).step("import and map")?;
         device::map_mmio(&mut self.cpu, &self.td.td, &mut self.a, (bar.0, pages), BAR_GPA).step("import and map")?;
-        self.guest(|g, v| g.accept_mmio(v, pages)).step("guest: MMIO.ACCEPT")?;
+        // The TD accepts every page and asks for its DMA entry.
+        self.answer(Answer::Served, vmcall::ADD_DMA)?;
         say!("mmio: BAR0 {:#x} ({pages} pages) imported, mapped at GPA {BAR_GPA:#x}, accepted by the guest", bar.0);
         device::dmar_add(&mut self.cpu, &self.td.td, &mut self.a).step("DMAR.ADD")?;
-        self.guest(|g, v| g.accept_dma_and_authorise(v)).step("guest: DMAR.ACCEPT / authorise")?;
+        // It accepts the entry, authorises START and asks for it.
+        self.answer(Answer::Served, vmcall::START)?;
         say!("dma: entry added by the host, accepted by the guest; the guest authorised START");
         device::start(&mut self.cpu, &mut self.doe, &self.a, &mut self.stats).step("TDI.START")?;
-        let step = self.guest(|g, v| g.use_device(v)).step("guest: device")?;
+        let Request::Result { kind } = self.answer(Answer::Served, vmcall::RESULT)? else {
+            return Err(Failed { what: "TD", why: Why::Said("RESULT expected") });
+        };
+        let regs: tsm_client::guest::result::Registers =
+            self.dtd.take_result(&mut self.cpu, kind).step("TD: registers")?;
         let start_us = tl.end();
         say!("tdi: RUN");
         super::figure("map_accept_start_qemu_ms", &Ms(start_us), "ms");
-        Ok(step)
+        // The TD goes on and asks for the verifier's challenge.
+        self.answer(Answer::Served, vmcall::GET_NONCE)?;
+        Ok((regs.cap.get(), regs.vs.get()))
     }
 
     /// Mode `revoke`: the exporter revokes the BAR under the running TDI; the guest must see it.
-    fn revoke(&mut self, step: Step, function: u32) -> Result<(), Failed> {
-        // The guest waits in GET_NONCE: resume it, then the exporter revokes the BAR under it
-        // while the guest's device has READs outstanding.
-        self.serve(step)?;
+    fn revoke(&mut self, function: u32) -> Result<(), Failed> {
+        // The exporter revokes the BAR under the running TDI while the guest's device has READs
+        // outstanding (the TD waits in GET_NONCE meanwhile).
         self.revoke_under_dma(function)?;
-        let (state, read) = self.guest(|g, v| g.probe_revoked(v)).step("guest: TDI read after the revoke")?;
+        let (state, read) = self
+            .stand_in(|v| {
+                let state = tsm_client::guest::tdi_rd(v, u64::from(function), 0, 0);
+                state.map(|s| (s, tsm_client::GuestMemory::mmio_read_u32(v, BAR_GPA)))
+            })?
+            .step("guest: TDI read after the revoke")?;
         let unseen = match read {
             Err(e) if state == tdi_state::ERROR => {
                 say!("guest: TDI.RD says ERROR; its MMIO accessor refuses BAR0: {e}");
@@ -461,15 +502,26 @@ impl<'m> Demo<'_, 'm> {
     }
 
     /// The guest's reports over the verifier's nonce, and the evidence; all sent on COM3.
-    fn attest(&mut self, step: Step, tl: &mut Timeline) -> Result<(), Failed> {
+    fn attest(&mut self, tl: &mut Timeline) -> Result<(), Failed> {
         tl.begin("attestation");
-        self.serve(step)?;
         if let Some((function, before)) = self.strays {
-            let seen = self.guest(|_, v| guest_sees_strays(v, function, before)).step("guest: DMA faults")?;
+            let seen = self.stand_in(|v| guest_sees_strays(v, function, before))?.step("guest: DMA faults")?;
             say!("guest: SEAMLESS.TDG.IOMMU.FAULT.RD shows its device's {seen} fault records, naming each stray page");
         }
-        let step = self.guest(|g, v| g.attest(v)).step("guest: attest")?;
-        self.serve(step)?;
+        // The TD waits in GET_NONCE: hand it the challenge; it attests and hands the reports over.
+        self.dtd.put(&mut self.cpu, &self.nonce);
+        let Request::ReportReady { len } = self.answer(Answer::Served, vmcall::REPORT_READY)? else {
+            return Err(Failed { what: "TD", why: Why::Said("REPORT_READY expected") });
+        };
+        let n = self.dtd.take_reports(&mut self.cpu, len, &mut self.report).step("TD: reports")?;
+        if n != guest::REPORTS_BYTES {
+            return Err(Failed { what: "TD", why: Why::Host(HostError::SharedLength(len)) });
+        }
+        let mut com1 = |b: &[u8]| Uart::com1().write_bytes(b);
+        match self.dtd.next(&mut self.cpu, Answer::Served, &mut com1).step("TD")? {
+            Next::Halted => {}
+            _ => return Err(Failed { what: "TD", why: Why::Said("the TD did not halt after its report") }),
+        }
         let mut bundle = [0u8; 16 * 1024];
         let ev = self.cpu.tsm.tdi_evidence(tsm::addr::Pfn::new(self.a.tdi >> 12).unwrap_or(tsm::addr::Pfn::ZERO));
         let Some(ev) = ev else { fail("evidence", &"the TSM has no evidence for the TDI") };
@@ -504,7 +556,7 @@ impl<'m> Demo<'_, 'm> {
         tl.begin("nvme_dma");
         let mut statuses = [0u16; STRAY.len()];
         let before = fault_count(self.cpu.tsm);
-        let layout = GuestLayout { work: WORK_GPA, work_pages: WORK_PAGES, bar_gpa: BAR_GPA };
+        let layout = DEMO_LAYOUT;
         let stray = STRAY.map(|(gpa, _)| gpa);
         let f = guest::read_disk(self.cpu.tsm, self.mem, layout, attest::disk::DEMO_BLOCKS, &stray, &mut statuses)
             .step("guest: NVMe")?;
@@ -838,20 +890,16 @@ pub fn run(
     device::iommu_setup(&mut cpu).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
     let host_kib_s = (config.mode == Mode::Assign)
         .then(|| host_read(&mut cpu, &regs, function).unwrap_or_else(|e| fail("host NVMe read", &e)));
+    let params = td_params();
+    let built = td::build(&mut cpu, image, &params, (WORK_GPA, WORK_PAGES)).unwrap_or_else(|e| fail("TD build", &e));
+    let mut dtd = DeviceTd::new(&mut cpu, &built.td, built.vcpu, params.gpaw, &DEMO_LAYOUT)
+        .unwrap_or_else(|e| fail("shared page", &e));
+    // The TD runs in its world: TDG.VP.INFO, its pages accepted, then it asks for a TDI.
     let mut com1 = |b: &[u8]| Uart::com1().write_bytes(b);
-    let built = td::build(&mut cpu, image, &td_params(), (WORK_GPA, WORK_PAGES), &mut com1)
-        .unwrap_or_else(|e| fail("TD build", &e));
-    if built.ran != td::Ran::Halted {
-        fail("TD build", &"the guest image did not run in the TD world");
-    }
-    // The guest binary ran in its TD world up to its halt; the stand-in plays the device part.
-    cpu.worlds = false;
-    td::enter(&mut cpu, built.vcpu).unwrap_or_else(|e| fail("VP.ENTER", &e));
-    let shared = scratch(&mut cpu).unwrap_or_else(|e| fail("shared page", &e));
+    let waiting = dtd.expect(&mut cpu, Answer::Nothing, vmcall::GET_TDI, &mut com1).unwrap_or_else(|e| fail("TD", &e));
     let mem = GuestMemory::new(built.td.tdr, frames, Some((&regs, bar.0, bar.1)));
-    let guest = Guest::new(function, GuestLayout { work: WORK_GPA, work_pages: WORK_PAGES, bar_gpa: BAR_GPA });
     say!(
-        "td: TDR {:#x}; guest image ({} bytes, from fw_cfg): {} pages added, {} measured (MRTD: what attest measure computes); {} pages AUGed and accepted by the guest binary in its TD world",
+        "td: TDR {:#x}; guest image ({} bytes, from fw_cfg): {} pages added, {} measured (MRTD: what attest measure computes); {} pages AUGed and accepted by the guest binary in its TD world, which asks for a TDI",
         built.td.tdr,
         image.len(),
         built.added,
@@ -865,9 +913,9 @@ pub fn run(
         cpu,
         doe,
         td: built,
+        dtd,
+        waiting,
         mem: &mem,
-        shared,
-        guest,
         a: Assignment::default(),
         stats: PumpStats::default(),
         report: [0; guest::REPORTS_BYTES],
@@ -912,9 +960,7 @@ fn assign(
     let after_connect = (demo.doe.ticks, demo.cpu.tsm_ticks);
 
     demo.lock(u32::from(bdf.rid()), tl)?;
-    let step = demo.start(bar, tl)?;
-    let f = demo.guest.findings;
-    let (cap, vs) = (f.cap, f.vs);
+    let (cap, vs) = demo.start(u32::from(bdf.rid()), bar, tl)?;
     say!(
         "guest: NVMe CAP {cap:#018x} VS {vs:#010x} through its MMIO_MAPPED leaves: {}",
         if (cap, vs) == host_read { "equal to the host's read" } else { "DIFFERENT from the host's read" }
@@ -935,9 +981,9 @@ fn assign(
         2 * objects
     );
     if config.mode == Mode::Revoke {
-        return demo.revoke(step, u32::from(bdf.rid()));
+        return demo.revoke(u32::from(bdf.rid()));
     }
-    demo.attest(step, tl)?;
+    demo.attest(tl)?;
 
     tl.begin("teardown");
     demo.unbind(Policy::Strict).step("teardown")?;

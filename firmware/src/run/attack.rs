@@ -17,8 +17,9 @@ use tsm::addr::Pfn;
 use tsm::sept::SeptState;
 use tsm::{Operand, Regs, Status, Tsm};
 use tsm_client::guest::{GuestMemory as _, Tdcall as _};
-use tsm_client::host::device::{self, Assignment, Vmcalls};
+use tsm_client::host::device::{self, Assignment};
 use tsm_client::host::td::{self, BuiltTd};
+use tsm_client::host::td_device::{Answer, DeviceTd};
 use tsm_client::host::unbind::{self, Holdings};
 use tsm_client::host::{donate, scratch, HostMemory, PumpStats};
 use tsm_client::GuestError;
@@ -27,7 +28,7 @@ use super::{fail, spdm_connect, td_params, Nvme, BAR_GPA, LOCK_FLAGS, WORK_GPA, 
 use crate::arch::{self, ExitCode};
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
-use crate::guest::{Guest, GuestLayout, GuestMemory, TdVcpu};
+use crate::guest::{Guest, GuestMemory, TdVcpu};
 use crate::host::{DoeLink, Host, HostCpu};
 use crate::platform::FirmwarePlatform;
 
@@ -359,6 +360,8 @@ struct Attack<'a, 'm> {
     other: BuiltTd,
     mem: &'m GuestMemory<'m>,
     shared: u64,
+    /// The TD's side of its requests (its shared page).
+    dtd: DeviceTd,
     guest: Guest,
     a: Assignment,
     stats: PumpStats,
@@ -460,14 +463,14 @@ impl<'m> Attack<'_, 'm> {
                     .unwrap_or_else(|e| fail("TDI.LOCK", &e));
                 self.ctx.generation = self.a.generation;
                 let mut guest = self.guest;
+                let function = self.ctx.fn_id as u32;
+                self.dtd.give_tdi(&mut self.cpu, function);
                 let step = guest.read_tdi(&mut self.vcpu(self.td.vcpu)).unwrap_or_else(|e| fail("guest: TDI read", &e));
-                if let tsm_client::guest::Step::Vmcall(args) = step {
-                    let mut reports = [0u8; crate::guest::REPORTS_BYTES];
-                    let mut drop = |_: &[u8]| {};
-                    let mut v =
-                        Vmcalls { shared: self.shared, nonce: &[0; 64], reports: &mut reports, console: &mut drop };
-                    device::serve_vmcall(&mut self.cpu, self.td.vcpu, args, &self.a, &mut v)
-                        .unwrap_or_else(|e| fail("host: VMCALL", &e));
+                if let tsm_client::guest::Step::Vmcall([_, asked, ..]) = step {
+                    self.dtd
+                        .give_report(&mut self.cpu, &self.a, asked, function)
+                        .unwrap_or_else(|e| fail("host: GET_REPORT", &e));
+                    td::enter(&mut self.cpu, self.td.vcpu).unwrap_or_else(|e| fail("VP.ENTER", &e));
                 }
                 guest.check_report(&mut self.vcpu(self.td.vcpu)).unwrap_or_else(|e| fail("guest: report check", &e));
                 self.guest = guest;
@@ -486,9 +489,7 @@ impl<'m> Attack<'_, 'm> {
             }
             Advance::DmaAdded => {
                 let guest = self.guest;
-                guest
-                    .accept_mmio(&mut self.vcpu(self.td.vcpu), bar.1)
-                    .unwrap_or_else(|e| fail("guest: MMIO.ACCEPT", &e));
+                guest.accept_mmio(&mut self.vcpu(self.td.vcpu)).unwrap_or_else(|e| fail("guest: MMIO.ACCEPT", &e));
                 device::dmar_add(&mut self.cpu, &self.td.td, &mut self.a).unwrap_or_else(|e| fail("DMAR.ADD", &e));
             }
             Advance::Running => {
@@ -527,22 +528,24 @@ pub fn run(
 
     let work = (WORK_GPA, WORK_PAGES);
     let mut com1 = |b: &[u8]| Uart::com1().write_bytes(b);
-    let td = td::build(&mut cpu, image, &td_params(), work, &mut com1).unwrap_or_else(|e| fail("TD build", &e));
-    let other =
-        td::build(&mut cpu, image, &td_params(), work, &mut com1).unwrap_or_else(|e| fail("second TD build", &e));
-    if (td.ran, other.ran) != (td::Ran::Halted, td::Ran::Halted) {
-        fail("TD build", &"the guest image did not run in the TD world");
-    }
-    // Both guests accepted their pages in their TD worlds and halted; the stand-in plays the
-    // TDs' part in the cases below.
+    let params = td_params();
+    let td = td::build(&mut cpu, image, &params, work).unwrap_or_else(|e| fail("TD build", &e));
+    let other = td::build(&mut cpu, image, &params, work).unwrap_or_else(|e| fail("second TD build", &e));
+    // Both guests accept their pages in their TD worlds and ask for a TDI; the stand-in plays
+    // the TDs' part in the cases below.
+    let [dtd, _] = [&td, &other].map(|t| {
+        let mut d = DeviceTd::new(&mut cpu, &t.td, t.vcpu, params.gpaw, &tsm_client::guest::DEMO_LAYOUT)
+            .unwrap_or_else(|e| fail("shared page", &e));
+        d.expect(&mut cpu, Answer::Nothing, tsm_client::vmcall::GET_TDI, &mut com1).unwrap_or_else(|e| fail("TD", &e));
+        d
+    });
     cpu.worlds = false;
     for v in [td.vcpu, other.vcpu] {
         td::enter(&mut cpu, v).unwrap_or_else(|e| fail("VP.ENTER", &e));
     }
-    let shared = scratch(&mut cpu).unwrap_or_else(|e| pages(e));
-    let layout = GuestLayout { work: WORK_GPA, work_pages: WORK_PAGES, bar_gpa: BAR_GPA };
+    let shared = dtd.shared.page;
     let mem = GuestMemory::new(td.td.tdr, frames, Some((&regs, bar0.base, bar0.size)));
-    let guest = Guest::new(function, layout);
+    let guest = Guest::new(tsm_client::guest::DEMO_LAYOUT);
     device::iommu_setup(&mut cpu).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
     let mut a = spdm_connect(&mut cpu, &mut doe, bdf);
     device::ide_setup(&mut cpu, &mut doe, &mut a, &mut stats).unwrap_or_else(|e| fail("IDE setup", &e));
@@ -573,7 +576,7 @@ pub fn run(
         src,
         private: private_pa,
     };
-    let mut at = Attack { cpu, doe, td, other, mem: &mem, shared, guest, a, stats, ctx, total: 0, rejected: 0 };
+    let mut at = Attack { cpu, doe, td, other, mem: &mem, shared, dtd, guest, a, stats, ctx, total: 0, rejected: 0 };
     for stage in STAGES {
         at.advance(stage.advance);
         for case in stage.cases {

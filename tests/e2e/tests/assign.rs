@@ -61,7 +61,14 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
     for line in [
         "tsm: provisioned: attestation key derived from the platform secret",
         "pci: NVMe BAR0 0xc0000000 size 0x4000",
-        "matches the TSM's digest",
+        // The TD binary's own lines: it read its TDI with TDG.TDI.RD, checked the host's report
+        // against the TSM's digest, accepted MMIO and DMA, authorised START, read the registers
+        // with real loads, and attested, all with real TDCALLs in its TD world.
+        "td: TDI 0x0018 CONFIG_LOCKED (generation 1): the host's report (48 bytes) matches the TSM's digest; 4 MMIO pages and the DMA entry accepted, START authorised; RUN",
+        "td: NVMe CAP 0x",
+        ", read with loads through its MMIO_MAPPED leaves",
+        "td: report and its SNP-format export over the verifier's challenge handed to the host",
+        "td: done: halting with interrupts blocked",
         "accepted by the guest",
         "the guest authorised START",
         "tdi: RUN",
