@@ -29,6 +29,7 @@ pub mod console;
 pub mod doe;
 pub mod guest;
 pub mod host;
+pub mod nvme;
 pub mod shared;
 pub mod vmcall;
 

@@ -24,6 +24,7 @@ use crate::memmap::{Layout, MemoryMap, RangeKind};
 use crate::platform::FirmwarePlatform;
 use crate::world::host::HostWorld;
 use tsm::td::TdParams;
+use tsm_client::guest::Plan;
 use tsm_client::host::device::{self, Assignment};
 use tsm_client::host::{HostError, PumpStats};
 
@@ -58,14 +59,15 @@ pub const BAR_GPA: u64 = tsm_client::guest::DEMO_LAYOUT.bar_gpa;
 /// TDISP lock flags: NO_FW_UPDATE.
 pub const LOCK_FLAGS: u64 = 0x1;
 
-/// The demo's TD: GPAW 48, one vCPU, no attributes.
-pub(crate) fn td_params() -> TdParams {
+/// The demo's TD: GPAW 48, one vCPU, no attributes; `plan` in MRCONFIGID (the probe TD, which
+/// reads none, gets `Plan::Assign`: all zero).
+pub(crate) fn td_params(plan: Plan) -> TdParams {
     TdParams {
         attributes: 0,
         xfam: 3,
         max_vcpus: 1,
         gpaw: 48,
-        mr_config_id: [0; 48],
+        mr_config_id: plan.config_id(),
         mr_owner: [0; 48],
         mr_owner_config: [0; 48],
     }
@@ -221,7 +223,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         None => {}
     }
 
-    let mut world = host_world(&boot.memmap, &layout, mmio_start, &tsc, &mut tsm, &mut host);
+    let (mut world, host_exits) = host_world(&boot.memmap, &layout, mmio_start, &tsc, &mut tsm, &mut host);
 
     if config.mode == Mode::Boot {
         say!("seamless firmware: boot done");
@@ -232,7 +234,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             let nvme = open_nvme(&boot, &config, &tsc, (ecam, window));
             let mut buf = [0u8; GUEST_IMAGE_MAX];
             let guest = read_guest_image(&mut buf);
-            assign::run(&config, &tsc, &mut tsm, (&mut host, &mut world), nvme, guest, ready)
+            assign::run(&config, &tsc, &mut tsm, (&mut host, &mut world, host_exits), nvme, guest, ready)
         }
         Mode::Attack => {
             let nvme = open_nvme(&boot, &config, &tsc, (ecam, window));
@@ -266,7 +268,8 @@ const PROBE_LOOPS: (u64, u64) = (50, 10);
 
 /// Builds the host world (stopping at once if the CPU lacks SVM) and runs its probe: the bare
 /// exit floor, the SEAMCALL round trip, and reads and writes of TSM memory, the PAMT and the
-/// VT-d registers, each of which must fault without changing a byte.
+/// VT-d registers, each of which must fault without changing a byte. Returns the world and its
+/// #VMEXITs so far.
 fn host_world(
     map: &MemoryMap,
     layout: &Layout,
@@ -274,7 +277,7 @@ fn host_world(
     tsc: &Tsc,
     tsm: &mut Tsm<FirmwarePlatform>,
     host: &mut Host,
-) -> HostWorld {
+) -> (HostWorld, u64) {
     let frames = host.frames();
     let mut page = || tsm_client::HostMemory::scratch(host);
     let mut world =
@@ -343,7 +346,7 @@ fn host_world(
     let ratio = (td.tdcall_ns * 100).checked_div(r.floor_ns).unwrap_or(0);
     figure("tdcall_vs_floor", &format_args!("{}.{:02}", ratio / 100, ratio % 100), "x");
     figure("world_switches", &(r.exits + td.switches), "exits");
-    world
+    (world, r.exits)
 }
 
 /// The DMA remapping unit ACPI DMAR names, if any: the TSM takes it at IOMMU.SETUP.
@@ -395,9 +398,9 @@ fn low_ram_end(map: &MemoryMap) -> u64 {
     end.next_multiple_of(2 << 20)
 }
 
-/// Bytes a guest image may have (the demo's is about 24 KiB; this bounds the host agent's
-/// buffer, on the boot stack).
-const GUEST_IMAGE_MAX: usize = 64 * 1024;
+/// Bytes a guest image may have (the demo's is about 80 KiB, its NVMe driver and SHA-384
+/// included; this bounds the host agent's buffer, on the 512 KiB boot stack).
+const GUEST_IMAGE_MAX: usize = 128 * 1024;
 
 /// The host agent reads the guest image from fw_cfg into `buf` (the TSM checks nothing here:
 /// `td::build` parses it, and MRTD measures what was added).

@@ -4,7 +4,8 @@
 
 use tsm::abi::guest::leaf;
 use tsm::{Regs, TdExit};
-use tsm_client::guest::{served, Guest, GuestError, DEMO_LAYOUT};
+use tsm_client::guest::{served, Guest, GuestError, Plan, DEMO_LAYOUT};
+use tsm_client::nvme::{Access, Controller};
 
 use crate::arch::{self, TrapFrame};
 use crate::console::say;
@@ -53,6 +54,35 @@ impl tsm_client::GuestMemory for Td {
     }
     fn shared_write(&mut self, offset: u64, data: &[u8]) {
         let _ = arch::shared_write(SHARED_OFFSET + offset, data);
+    }
+}
+
+/// QEMU's NVMe controller as the TD reaches it (`tsm_client::nvme`'s transport): BAR0 with
+/// 32-bit loads and stores in its uncached device window, where the TSM maps only MMIO_MAPPED
+/// leaves; the controller's memory the TD's own private pages by GPA (the device's DMA goes
+/// through the IOMMU walking the S-EPT: IOVA = GPA); RDTSC for a clock.
+#[derive(Debug)]
+struct Nvme {
+    bar: u64,
+}
+
+impl Controller for Nvme {
+    fn read_reg(&mut self, off: u64) -> Result<u32, Access> {
+        let gpa = self.bar + off;
+        arch::mmio_read_u32(gpa).ok_or(Access(gpa))
+    }
+    fn write_reg(&mut self, off: u64, value: u32) -> Result<(), Access> {
+        let gpa = self.bar + off;
+        arch::mmio_write_u32(gpa, value).ok_or(Access(gpa))
+    }
+    fn read_mem(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Access> {
+        arch::private_read(addr, buf).ok_or(Access(addr))
+    }
+    fn write_mem(&mut self, addr: u64, data: &[u8]) -> Result<(), Access> {
+        arch::private_write(addr, data).ok_or(Access(addr))
+    }
+    fn now(&mut self) -> u64 {
+        arch::rdtsc()
     }
 }
 
@@ -132,8 +162,10 @@ pub fn main(gpaw: u32, vcpu: u32) -> ! {
 /// The device flow, `tsm_client::guest`'s steps over real TDCALLs: the TDI the host names,
 /// checked with TDG.TDI.RD and the report against the TSM's digest, MMIO and DMA accepted,
 /// START authorised, the registers read with real loads through the uncached device window;
-/// then the report over the verifier's challenge.
+/// then what the TD's plan (its MRCONFIGID) says.
 fn device(td: &mut Td, g: &mut Guest) -> Result<(), GuestError> {
+    let plan = g.plan(td)?;
+    say!("plan {plan:?} (MRCONFIGID, read from its own TDREPORT)");
     g.bring_up(td)?;
     let f = g.findings;
     say!(
@@ -144,9 +176,25 @@ fn device(td: &mut Td, g: &mut Guest) -> Result<(), GuestError> {
         f.mmio_pages
     );
     say!("NVMe CAP {:#018x} VS {:#010x}, read with loads through its MMIO_MAPPED leaves", f.cap, f.vs);
-    served(g.request_nonce(td)?)?;
-    served(g.attest(td)?)?;
-    say!("report and its SNP-format export over the verifier's challenge handed to the host");
+    let nvme = Nvme { bar: g.layout.bar_gpa };
+    match plan {
+        Plan::Assign => {
+            g.use_disk(td, nvme, td.shared_bit)?;
+            say!("drive read into private pages, stray DMA refused, differential cases done");
+            served(g.request_nonce(td)?)?;
+            served(g.attest(td)?)?;
+            say!("report and its SNP-format export over the verifier's challenge handed to the host");
+        }
+        Plan::Revoke => {
+            let r = g.revoke_under_dma(td, nvme)?;
+            say!("after the revoke: TDI state {}; touching BAR0, which the TSM must refuse", r.state.get());
+            // A real load of the revoked BAR: its leaves are blocked, so the TSM exits to the
+            // host (an EPT violation) and this vCPU never runs past it.
+            let _ = arch::mmio_read_u32(g.layout.bar_gpa);
+            say!("FATAL: BAR0 read after the revoke");
+        }
+        Plan::Probe => say!("plan Probe: nothing to do without the host's cases"),
+    }
     Ok(())
 }
 

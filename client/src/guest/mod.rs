@@ -15,6 +15,7 @@
 //! believed once TDG.TDI.RD answers for it, the interface report only once it hashes to the
 //! digest the TSM gives, and every length is bounded before use.
 
+pub mod disk;
 pub mod result;
 
 use core::fmt;
@@ -111,6 +112,16 @@ pub enum GuestError {
         /// What TDG.TDI.RD said.
         found: u64,
     },
+    /// The TD's MRCONFIGID names no plan it knows (its first byte; the rest must be zero).
+    UnknownPlan(u8),
+    /// The NVMe driver stopped.
+    Nvme(crate::nvme::NvmeError),
+}
+
+impl From<crate::nvme::NvmeError> for GuestError {
+    fn from(e: crate::nvme::NvmeError) -> GuestError {
+        GuestError::Nvme(e)
+    }
 }
 
 impl fmt::Display for GuestError {
@@ -134,6 +145,8 @@ impl fmt::Display for GuestError {
             GuestError::ReportRanges => f.write_str("the interface report has no usable MMIO range 0"),
             GuestError::BadSharedLength(n) => write!(f, "shared page: length {n} does not fit"),
             GuestError::TdiState { wanted, found } => write!(f, "TDI state {found}, wanted {wanted}"),
+            GuestError::UnknownPlan(b) => write!(f, "MRCONFIGID names no plan this TD knows (first byte {b:#x})"),
+            GuestError::Nvme(e) => write!(f, "NVMe: {e}"),
         }
     }
 }
@@ -327,6 +340,47 @@ pub struct GuestLayout {
 pub const DEMO_LAYOUT: GuestLayout =
     GuestLayout { work: 0x10_0000, work_pages: 4 + 5 + 15, bar_gpa: 0x4000_0000, shared_offset: 0x80_0000 };
 
+/// What the TD does once its device runs. The host chooses it when it creates the TD and the TSM
+/// measures it: the first byte of MRCONFIGID (TD_PARAMS at TDH.MNG.INIT; TDX's field for a
+/// configuration the TD's owner does not define), the rest zero. The TD reads it back from its own
+/// TDREPORT ([`Guest::plan`]) and the verifier sees it in the report, so a host cannot run the TD
+/// in another plan than the one the report shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// The demo: read the drive into private memory, the DMA fault cases, the differential test,
+    /// then attest (MRCONFIGID all zero).
+    Assign = 0,
+    /// A dma-buf revoke while READs are outstanding; no report.
+    Revoke = 1,
+    /// Mode `attack`: the guest's side of the malicious-host cases; no report.
+    Probe = 2,
+}
+
+impl Plan {
+    /// The MRCONFIGID that names the plan.
+    pub const fn config_id(self) -> [u8; 48] {
+        let mut id = [0u8; 48];
+        id[0] = self as u8;
+        id
+    }
+
+    /// The plan an MRCONFIGID names.
+    ///
+    /// # Errors
+    /// [`GuestError::UnknownPlan`] for an unknown first byte or any other byte set.
+    pub fn from_config_id(id: &[u8; 48]) -> Result<Plan, GuestError> {
+        if id[1..].iter().any(|&b| b != 0) {
+            return Err(GuestError::UnknownPlan(id[0]));
+        }
+        match id[0] {
+            0 => Ok(Plan::Assign),
+            1 => Ok(Plan::Revoke),
+            2 => Ok(Plan::Probe),
+            other => Err(GuestError::UnknownPlan(other)),
+        }
+    }
+}
+
 /// The most pages of report range 0 the guest maps: the device window of its page tables is
 /// 1 GiB, and a BAR the guest drives is far smaller.
 pub const MAX_MMIO_PAGES: u64 = 1024;
@@ -373,6 +427,21 @@ impl Guest {
     /// [`GuestError`] of the first page that fails.
     pub fn accept_memory<T: Tdcall + ?Sized>(&self, t: &mut T) -> Result<(), GuestError> {
         accept_pages(t, self.layout.work, self.layout.work_pages)
+    }
+
+    /// The TD's plan, from MRCONFIGID in its own TDREPORT (TDG.MR.REPORT into the native
+    /// report's page, REPORTDATA zero).
+    ///
+    /// # Errors
+    /// [`GuestError`]; [`GuestError::UnknownPlan`].
+    pub fn plan<T: Tdcall + GuestMemory + ?Sized>(&self, t: &mut T) -> Result<Plan, GuestError> {
+        let (out, reportdata) = (self.layout.work + 2 * PAGE, self.layout.work + PAGE);
+        t.write(reportdata, &[0; 64])?;
+        call(t, "TDG.MR.REPORT", Regs::call(g::MR_REPORT, out, reportdata, 0, 0))?;
+        let mut bytes = [0u8; attest::tdreport::TDREPORT_BYTES];
+        t.read(out, &mut bytes)?;
+        let report = attest::tdreport::TdReport::read_from(&bytes).map_err(|_| GuestError::UnknownPlan(0xFF))?;
+        Plan::from_config_id(&report.td_info.mr_config_id)
     }
 
     /// Asks the host for a TDI (GET_TDI): it binds and locks one to this TD first.

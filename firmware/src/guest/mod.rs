@@ -1,6 +1,6 @@
-//! Transitional: firmware code that plays the parts of the TD the guest binary (`guest/`) does
-//! not do yet, its NVMe driver and mode `attack`'s guest calls, on the TD's vCPU while the
-//! binary waits in a request. Its sequence of calls is `tsm_client::guest` (the same code the
+//! Transitional: firmware code that plays the part of the TD the guest binary (`guest/`) does
+//! not do yet, mode `attack`'s guest calls, on the TD's vCPU while the binary waits in a
+//! request. Its sequence of calls is `tsm_client::guest` (the same code the
 //! binary runs); this module is its transport and its memory. [`TdVcpu`] is TDCALL as a direct call into `Tsm::guest_call` on behalf of the vCPU (a
 //! TD world will execute the instruction instead); its memory is [`GuestMemory`], which resolves
 //! a guest-physical address the way the CPU's second-stage walk does: through the TD's S-EPT,
@@ -16,8 +16,6 @@
 //! Shared memory (the guest–host channel of a VMCALL) is host memory: the guest reads and
 //! writes it through one page the host named, and trusts nothing it finds there.
 
-pub mod nvme;
-
 use tsm::abi::host::leaf as h;
 use tsm::sept::SeptState;
 use tsm::{Regs, Status, TdExit, Tsm};
@@ -25,7 +23,7 @@ use tsm::{Regs, Status, TdExit, Tsm};
 use crate::drivers::phys::{Frames, Mmio};
 use crate::platform::FirmwarePlatform;
 
-pub use tsm_client::guest::{Guest, GuestError, GuestLayout, REPORTS_BYTES, REPORT_BYTES, SNP_BYTES};
+pub use tsm_client::guest::{Guest, GuestError};
 
 const PAGE: u64 = 4096;
 const HPA_MASK: u64 = 0x000F_FFFF_FFFF_F000;
@@ -117,26 +115,6 @@ impl<'a> GuestMemory<'a> {
     }
 }
 
-impl GuestMemory<'_> {
-    /// Writes the 32-bit device register at `gpa`.
-    ///
-    /// # Errors
-    /// As for [`GuestMemory::mmio_read_u32`].
-    pub fn mmio_write_u32(&self, tsm: &mut Tsm<FirmwarePlatform>, gpa: u64, value: u32) -> Result<(), GuestError> {
-        let hpa = match self.resolve(tsm, gpa)? {
-            Leaf::Mmio(hpa) => hpa + (gpa & 0xFFF),
-            Leaf::Ram(_) => return Err(GuestError::NotMapped { gpa, state: SeptState::Mapped as u8 }),
-        };
-        match self.device {
-            Some((regs, base, len)) if hpa >= base && hpa + 4 <= base + len && hpa.is_multiple_of(4) => {
-                regs.write_u32(hpa - base, value);
-                Ok(())
-            }
-            _ => Err(GuestError::MmioOutside { gpa, hpa }),
-        }
-    }
-}
-
 /// The TD's vCPU as the in-process guest runs on it: TDCALL as a direct call into the TSM, its
 /// memory through [`GuestMemory`], and the shared page.
 #[derive(Debug)]
@@ -181,45 +159,4 @@ impl tsm_client::GuestMemory for TdVcpu<'_, '_> {
     fn shared_write(&mut self, offset: u64, data: &[u8]) {
         self.mem.ram.write(self.shared + offset, data);
     }
-}
-
-/// Drives the NVMe controller from the TD: admin and I/O queues in the private pages after the
-/// first four work pages, Identify, then READs of `blocks` blocks from LBA 0, every byte through
-/// the IOMMU walking the S-EPT. Then one READ to each GPA of `stray` (pages the device must not
-/// reach), whose completion statuses go into `statuses`.
-///
-/// The driver runs in the firmware over [`GuestMemory`] rather than through `tsm_client`: it is
-/// QEMU's NVMe, not a step of the TDISP sequence, and needs the register write the client's
-/// transport does not carry.
-///
-/// # Errors
-/// [`nvme::NvmeError`].
-pub fn read_disk(
-    tsm: &mut Tsm<FirmwarePlatform>,
-    mem: &GuestMemory<'_>,
-    layout: GuestLayout,
-    blocks: u64,
-    stray: &[u64],
-    statuses: &mut [u16],
-) -> Result<nvme::NvmeFindings, nvme::NvmeError> {
-    let page = |i: u64| layout.work + (4 + i) * PAGE;
-    let nl = nvme::NvmeLayout {
-        bar: layout.bar_gpa,
-        asq: page(0),
-        acq: page(1),
-        identify: page(2),
-        iosq: page(3),
-        iocq: page(4),
-        data: page(5),
-        data_pages: layout.work_pages.saturating_sub(4 + 5),
-    };
-    let mut d = nvme::NvmeDriver::new(mem, nl);
-    d.enable(tsm)?;
-    let mut f = d.identify_and_create_queues(tsm)?;
-    f.digest = d.read_blocks(tsm, blocks)?;
-    f.read_blocks = blocks;
-    for (gpa, status) in stray.iter().zip(statuses.iter_mut()) {
-        *status = d.read_to(tsm, *gpa)?;
-    }
-    Ok(f)
 }

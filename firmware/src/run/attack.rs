@@ -528,7 +528,7 @@ pub fn run(
 
     let work = (WORK_GPA, WORK_PAGES);
     let mut com1 = |b: &[u8]| Uart::com1().write_bytes(b);
-    let params = td_params();
+    let params = td_params(tsm_client::guest::Plan::Assign);
     let td = td::build(&mut cpu, image, &params, work).unwrap_or_else(|e| fail("TD build", &e));
     let other = td::build(&mut cpu, image, &params, work).unwrap_or_else(|e| fail("second TD build", &e));
     // Both guests accept their pages in their TD worlds and ask for a TDI; the stand-in plays

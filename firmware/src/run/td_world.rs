@@ -92,7 +92,7 @@ pub fn run(
     tsc: Tsc,
 ) -> Result<TdProbeReport, TdProbeError> {
     let mut cpu = HostCpu::new(tsm, host, tsc);
-    let td = flow_td::create(&mut cpu, &td_params())?;
+    let td = flow_td::create(&mut cpu, &td_params(tsm_client::guest::Plan::Assign))?;
     let vcpu = flow_td::vp_create(&mut cpu, &td)?;
     let code = svm::td_probe();
     check(code.len() == 2 * PAGE as usize, "the probe TD is not 8 KiB")?;

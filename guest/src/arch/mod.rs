@@ -122,10 +122,14 @@ extern "C" fn guest_trap(frame: *mut TrapFrame) {
     crate::td::trap(frame);
 }
 
-/// Whether `[gpa, gpa + len)` lies in one page of the identity map.
+/// The device window of the identity map (GPA 1..2 GiB, uncached), where the host maps the
+/// TDI's MMIO: device registers, never memory.
+pub const DEVICE_WINDOW: core::ops::Range<u64> = 1 << 30..2 << 30;
+
+/// Whether `[gpa, gpa + len)` lies in one page of the identity map, outside the device window.
 fn in_identity_page(gpa: u64, len: usize) -> bool {
     let off = gpa & 0xFFF;
-    gpa < IDENTITY_MAPPED && off + len as u64 <= 4096
+    gpa < IDENTITY_MAPPED && off + len as u64 <= 4096 && !DEVICE_WINDOW.contains(&gpa)
 }
 
 /// Copies private memory at `gpa` (within one page, below 4 GiB) into `buf` with real loads
@@ -156,15 +160,32 @@ pub fn private_write(gpa: u64, data: &[u8]) -> Option<()> {
     Some(())
 }
 
-/// A 32-bit load from the device window (GPA 1..2 GiB, mapped uncached); `None` if `gpa` is
-/// outside it or unaligned.
+/// A 32-bit load from the device window ([`DEVICE_WINDOW`], mapped uncached); `None` if `gpa`
+/// is outside it or unaligned.
 pub fn mmio_read_u32(gpa: u64) -> Option<u32> {
-    if !(1 << 30..2 << 30).contains(&gpa) || !gpa.is_multiple_of(4) {
+    if !DEVICE_WINDOW.contains(&gpa) || !gpa.is_multiple_of(4) {
         return None;
     }
     // SAFETY: inside the uncached device window of the identity map, aligned; a volatile load
     // is one access the device sees, as a driver's register read must be.
     Some(unsafe { core::ptr::read_volatile(gpa as *const u32) })
+}
+
+/// A 32-bit store to the device window; as for [`mmio_read_u32`].
+pub fn mmio_write_u32(gpa: u64, value: u32) -> Option<()> {
+    if !DEVICE_WINDOW.contains(&gpa) || !gpa.is_multiple_of(4) {
+        return None;
+    }
+    // SAFETY: as in `mmio_read_u32`: one aligned volatile store the device sees.
+    unsafe { core::ptr::write_volatile(gpa as *mut u32, value) };
+    Some(())
+}
+
+/// The TSC: RDTSC executes in the TD without an exit (the TD world intercepts no RDTSC), so the
+/// TD times its own work.
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC reads a counter and changes nothing; CR4.TSD is clear in the TD.
+    unsafe { x86::time::rdtsc() }
 }
 
 /// Copies from the shared half at offset `off` (below [`SHARED_MAPPED`]) into `buf`.

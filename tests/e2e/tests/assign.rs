@@ -67,6 +67,8 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
         "td: TDI 0x0018 CONFIG_LOCKED (generation 1): the host's report (48 bytes) matches the TSM's digest; 4 MMIO pages and the DMA entry accepted, START authorised; RUN",
         "td: NVMe CAP 0x",
         ", read with loads through its MMIO_MAPPED leaves",
+        "td: plan Assign (MRCONFIGID, read from its own TDREPORT)",
+        "td: drive read into private pages, stray DMA refused, differential cases done",
         "td: report and its SNP-format export over the verifier's challenge handed to the host",
         "td: done: halting with interrupts blocked",
         "accepted by the guest",
@@ -144,6 +146,13 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
         "nvme_read_mib_s_host",
         "dma_private_vs_host",
         "iommu_inv_us",
+        "world_switches_demo",
+        // World switches per phase: the TD's requests and runs are switches of the TD world.
+        "switches_td_build",
+        "switches_tdi_lock_report",
+        "switches_map_accept_start",
+        "switches_nvme_dma",
+        "switches_attestation",
     ] {
         assert!(o.figure(f).is_some_and(|v| v > 0.0), "figure {f} in:\n{}", o.console);
     }
@@ -163,8 +172,14 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
     let path = o.dir.join("guest.img");
     let genuine = std::fs::read(&path).unwrap();
     let img = attest::image::Image::parse(&genuine).unwrap();
-    let code = img.regions().find(|r| r.measured && !r.content.is_empty()).expect("a measured region");
-    let at = code.content.as_ptr() as usize - genuine.as_ptr() as usize;
+    // Every region of the image that holds bytes (the reset vector, the code that ran the device
+    // flow and the NVMe driver, read-only data, .data) is measured; only zero-fill is not.
+    for r in img.regions() {
+        assert_eq!(r.measured, !r.content.is_empty(), "region at {:#x}: measured iff it holds bytes", r.gpa);
+    }
+    // The last byte of the code region: a byte of the code that ran, far from the entry.
+    let code = img.regions().filter(|r| r.measured && r.content.len() > 4096).last().expect("the code region");
+    let at = code.content.as_ptr() as usize - genuine.as_ptr() as usize + code.content.len() - 1;
     let mut other = genuine.clone();
     other[at] ^= 0x01;
     std::fs::write(&path, &other).unwrap();
