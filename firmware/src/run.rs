@@ -132,6 +132,9 @@ pub(crate) fn fail(what: &str, why: &dyn fmt::Display) -> ! {
 pub fn run(start_info: StartInfoAddr) -> ! {
     // MRSEAM first, before any Rust code wrote a static and long before the host world runs.
     let mrseam = measure_image();
+    // Every Rust object of the firmware lives in its image: the physical accessors refuse it.
+    let image = arch::image_range();
+    crate::drivers::phys::claim_own_memory(image.0, image.1);
     let _ = Uart::com1();
     say!("seamless firmware {}: PVH entry", crate::TSM_VERSION);
     arch::init_cpu();
@@ -162,7 +165,6 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         Mode::Connect | Mode::Assign | Mode::Revoke | Mode::Attack | Mode::Boot => {}
     }
 
-    let image = arch::image_range();
     let layout =
         Layout::carve(&boot.memmap, image, config.tdmr_max_mib << 20).unwrap_or_else(|e| fail("memory layout", &e));
     say!(
