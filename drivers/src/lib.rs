@@ -22,6 +22,7 @@
 pub mod acpi;
 pub mod bootinfo;
 pub mod config;
+pub mod console;
 pub mod doe;
 pub mod frame;
 pub mod fw_cfg;

@@ -25,7 +25,6 @@ mod arch;
 mod drivers;
 #[cfg(target_os = "none")]
 use seamless_drivers::config;
-use seamless_drivers::frame;
 #[cfg(target_os = "none")]
 mod guest;
 #[cfg(target_os = "none")]

@@ -6,7 +6,7 @@
 
 #![allow(unsafe_code)]
 
-pub use seamless_drivers::{acpi, doe, fw_cfg, pci, phys, serial, tsc};
+pub use seamless_drivers::{acpi, fw_cfg, pci, phys, serial, tsc};
 
 pub mod log;
 pub mod pvh;
