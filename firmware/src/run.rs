@@ -9,11 +9,9 @@ use tsm::{Tsm, TsmIdentity};
 
 use crate::arch::{self, ExitCode, StartInfoAddr};
 use crate::config::{Mode, RunConfig, CONFIG_FILE, GUEST_FILE, SECRET_FILE};
-use crate::drivers::acpi::{self, Q35_DEFAULT_ECAM};
-use crate::drivers::doe::{self, Mailbox};
+use crate::drivers::acpi;
 use crate::drivers::fw_cfg::{FwCfg, FwCfgError};
-use crate::drivers::pci::{Bar, Pcie};
-use crate::drivers::phys::{Frames, Mmio};
+use crate::drivers::phys::Frames;
 use crate::drivers::rng::Rdrand;
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
@@ -23,30 +21,21 @@ use crate::host::{DoeLink, Host, HostCpu};
 use crate::memmap::{Layout, MemoryMap, RangeKind};
 use crate::platform::FirmwarePlatform;
 use crate::world::host::HostWorld;
-use tsm::td::TdParams;
-use tsm_client::guest::Plan;
-use tsm_client::host::device::{self, Assignment};
-use tsm_client::host::{HostError, PumpStats};
+use tsm_client::host::device::Assignment;
+use tsm_client::host::HostError;
 
-/// NVMe: mass storage, non-volatile memory controller, NVM Express.
-const NVME_CLASS: (u8, u8, u8) = (0x01, 0x08, 0x02);
-/// Free MMIO space for BARs the BIOS left unassigned: q35's 32-bit PCI hole above the ECAM and
-/// below the IOAPIC.
-const BAR_WINDOW: (u64, u64) = (0xC000_0000, 0xFEC0_0000);
 /// The TSM's security version.
 const TSM_SVN: u16 = 1;
 
 macro_rules! say {
-    ($($arg:tt)*) => {{
-        use core::fmt::Write as _;
-        let _ = writeln!($crate::drivers::serial::Uart::com1_attached(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        seamless_drivers::say!($($arg)*)
+    };
 }
 
 mod assign;
 mod attack;
 mod host_nvme;
-mod td_world;
 mod worlds;
 
 /// The guest's accepted work pages (`tsm_client::guest::DEMO_LAYOUT`, which the guest image
@@ -59,65 +48,8 @@ pub const BAR_GPA: u64 = tsm_client::guest::DEMO_LAYOUT.bar_gpa;
 /// TDISP lock flags: NO_FW_UPDATE.
 pub const LOCK_FLAGS: u64 = 0x1;
 
-/// The demo's TD: GPAW 48, one vCPU, no attributes; `plan` in MRCONFIGID (the probe TD, which
-/// reads none, gets `Plan::Assign`: all zero).
-pub(crate) fn td_params(plan: Plan) -> TdParams {
-    TdParams {
-        attributes: 0,
-        xfam: 3,
-        max_vcpus: 1,
-        gpaw: 48,
-        mr_config_id: plan.config_id(),
-        mr_owner: [0; 48],
-        mr_owner_config: [0; 48],
-    }
-}
-
-/// Milliseconds with three decimals, from microseconds.
-pub(crate) struct Ms(pub u64);
-
-impl fmt::Display for Ms {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:03}", self.0 / 1000, self.0 % 1000)
-    }
-}
-
-/// Bytes into a fixed buffer (what does not fit is an error).
-struct BufWriter<'a> {
-    buf: &'a mut [u8],
-    len: usize,
-}
-
-impl fmt::Write for BufWriter<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        self.buf.get_mut(self.len..end).ok_or(fmt::Error)?.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
-/// One figure: a readable `figure NAME VALUE UNIT` line on COM1, and the same as a frame on COM3
-/// (file `figure.NAME` holding `VALUE UNIT`), which is what the host reads: results travel as
-/// framed data, not as console lines parsed back.
-pub(crate) fn figure(name: &str, value: &dyn fmt::Display, unit: &str) {
-    use fmt::Write as _;
-    say!("figure {name} {value} {unit}");
-    let (mut file, mut data) = ([0u8; crate::frame::MAX_NAME], [0u8; 64]);
-    let mut f = BufWriter { buf: &mut file, len: 0 };
-    let named = write!(f, "figure.{name}").map(|()| f.len);
-    let mut d = BufWriter { buf: &mut data, len: 0 };
-    let valued = write!(d, "{value} {unit}").map(|()| d.len);
-    let (Ok(n), Ok(v)) = (named, valued) else {
-        say!("figure {name}: does not fit a frame; not sent on COM3");
-        return;
-    };
-    let name = core::str::from_utf8(&file[..n]).unwrap_or("figure");
-    let mut com3 = Uart::com3();
-    if let Err(e) = crate::frame::encode(name, &data[..v], &mut |b| com3.write_bytes(b)) {
-        say!("figure {name}: cannot frame it: {e:?}");
-    }
-}
+pub(crate) use seamless_drivers::console::{figure, Hex, Ms};
+pub(crate) use seamless_host::td_params;
 
 /// Reports the failure of `what` on COM1 (and defmt) without stopping.
 pub(crate) fn report_failure(what: &str, why: &dyn fmt::Display) {
@@ -134,6 +66,9 @@ pub(crate) fn fail(what: &str, why: &dyn fmt::Display) -> ! {
 pub fn run(start_info: StartInfoAddr) -> ! {
     // MRSEAM first, before any Rust code wrote a static and long before the host world runs.
     let mrseam = measure_image();
+    // Every Rust object of the firmware lives in its image: the physical accessors refuse it.
+    let image = arch::image_range();
+    crate::drivers::phys::claim_own_memory(image.0, image.1);
     let _ = Uart::com1();
     say!("seamless firmware {}: PVH entry", crate::TSM_VERSION);
     arch::init_cpu();
@@ -164,7 +99,6 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         Mode::Connect | Mode::Assign | Mode::Revoke | Mode::Attack | Mode::Boot => {}
     }
 
-    let image = arch::image_range();
     let layout =
         Layout::carve(&boot.memmap, image, config.tdmr_max_mib << 20).unwrap_or_else(|e| fail("memory layout", &e));
     say!(
@@ -192,7 +126,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     let mut platform = FirmwarePlatform::new(frames, boot.memmap, rng, tsc, vtd);
     platform.log_calls = config.log_calls;
     let ecam = find_ecam(&boot);
-    let window = bar_window(&ecam, mmio_start);
+    let window = seamless_host::device::bar_window(&ecam, mmio_start);
     platform.set_mmio_window(window);
     defmt::info!("host bridge MMIO window {=u64:#x}..{=u64:#x}", window.0, window.1);
     let private = FrameRange { start: Pfn::new(image.0 >> 12).unwrap_or(Pfn::ZERO), count: (image.1 - image.0) >> 12 };
@@ -254,22 +188,12 @@ fn measure_image() -> [u8; 48] {
     h.finalize().into()
 }
 
-/// Bytes as lowercase hex.
-struct Hex<'a>(&'a [u8]);
-
-impl fmt::Display for Hex<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
 /// Iterations and rounds of the host world's measured loops.
 const PROBE_LOOPS: (u64, u64) = (50, 10);
 
 /// Builds the host world (stopping at once if the CPU lacks SVM) and runs its probe: the bare
 /// exit floor, the SEAMCALL round trip, and reads and writes of TSM memory, the PAMT and the
-/// VT-d registers, each of which must fault without changing a byte. Returns the world and its
-/// #VMEXITs so far.
+/// VT-d registers, each of which must fault without changing a byte.
 fn host_world(
     map: &MemoryMap,
     layout: &Layout,
@@ -335,17 +259,22 @@ fn host_world(
     figure("seamcall_roundtrip_ns", &r.seamcall_ns, "ns");
     let ratio = (r.seamcall_ns * 100).checked_div(r.floor_ns).unwrap_or(0);
     figure("seamcall_vs_floor", &format_args!("{}.{:02}", ratio / 100, ratio % 100), "x");
-    let td = td_world::run(tsm, host, *tsc).unwrap_or_else(|e| fail("probe TD", &e));
+    // The per-call defmt record would dominate the round trip being measured.
+    let log_calls = core::mem::replace(&mut tsm.platform_mut().log_calls, false);
+    let first = tsm.platform().td.as_ref().map_or(0, |w| w.switches);
+    let td = seamless_host::probe_td::run(&mut HostCpu::new(tsm, host, *tsc)).unwrap_or_else(|e| fail("probe TD", &e));
+    let switches = tsm.platform().td.as_ref().map_or(0, |w| w.switches) - first;
+    tsm.platform_mut().log_calls = log_calls;
     say!(
         "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; {} #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page); a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page; SEAMCALL in the TD #UD; no secret register reached the host; the host's memory exited as an EPT violation; {} VP.ENTERs, {} world switches",
         td.ves,
         td.entries,
-        td.switches
+        switches
     );
     figure("tdcall_roundtrip_ns", &td.tdcall_ns, "ns");
     let ratio = (td.tdcall_ns * 100).checked_div(r.floor_ns).unwrap_or(0);
     figure("tdcall_vs_floor", &format_args!("{}.{:02}", ratio / 100, ratio % 100), "x");
-    figure("world_switches", &(r.exits + td.switches), "exits");
+    figure("world_switches", &(r.exits + switches), "exits");
     (world, r.exits)
 }
 
@@ -460,125 +389,22 @@ fn read_fw_cfg() -> (RunConfig, Option<[u8; BLOB_BYTES]>) {
     (config, secret)
 }
 
-/// The NVMe function, as the host agent found and set it up.
-struct Nvme {
-    bdf: crate::drivers::pci::Bdf,
-    bar0: Bar,
-    regs: Mmio,
-    mailbox: Mailbox<Mmio>,
-}
+pub(crate) use seamless_host::device::{pump_summary, Nvme};
 
 /// The PCIe ECAM window, from ACPI's MCFG (q35's default if the table is missing).
 fn find_ecam(boot: &pvh::BootInfo) -> acpi::Ecam {
-    match acpi::find_ecam(boot.rsdp) {
-        Ok(e) => e,
-        Err(e) => {
-            say!("pci: {e}; using q35's default ECAM at {:#x}", Q35_DEFAULT_ECAM.base);
-            Q35_DEFAULT_ECAM
-        }
-    }
-}
-
-/// The host bridge's 32-bit MMIO aperture, where BARs live: q35's PCI hole, from past the ECAM
-/// window MCFG names and past low RAM, up to the IOAPIC. The TSM takes private MMIO only from
-/// here (and never where the memory map says RAM).
-fn bar_window(ecam: &acpi::Ecam, mmio_start: u64) -> (u64, u64) {
-    let ecam_end = ecam.base.saturating_add((u64::from(ecam.end_bus) + 1) << 20);
-    (BAR_WINDOW.0.max(ecam_end).max(mmio_start), BAR_WINDOW.1)
+    seamless_host::device::find_ecam(boot.rsdp)
 }
 
 /// Finds the NVMe function, places BAR0 where the run configuration says (inside `window`), and
 /// opens its DOE mailbox.
-fn open_nvme(boot: &pvh::BootInfo, config: &RunConfig, tsc: &Tsc, (ecam, window): (acpi::Ecam, (u64, u64))) -> Nvme {
-    let pcie = Pcie::open(ecam, &boot.memmap)
-        .unwrap_or_else(|e| fail("PCIe", &format_args!("ECAM at {:#x} overlaps RAM or passes 4 GiB", e.base)));
-    let mut found = None;
-    let mut count = 0;
-    pcie.for_each(ecam.start_bus, &mut |f| {
-        count += 1;
-        let (vendor, device) = f.ids();
-        let class = f.class();
-        defmt::info!(
-            "pci {=u8:02x}:{=u8:02x}.{=u8} {=u16:04x}:{=u16:04x} class {=u8:02x}{=u8:02x}{=u8:02x}",
-            f.bdf.bus,
-            f.bdf.device,
-            f.bdf.function,
-            vendor,
-            device,
-            class.0,
-            class.1,
-            class.2
-        );
-        if class == NVME_CLASS && found.is_none() {
-            found = Some(f.bdf);
-        }
-    });
-    let Some(bdf) = found else {
-        fail("PCIe", &format_args!("no NVMe function among {count} (QEMU: -device nvme,...)"))
-    };
-    let Some(nvme) = pcie.function(bdf) else { fail("PCIe", &"the NVMe function vanished") };
-    let (vendor, device) = nvme.ids();
-    let mut free = window;
-    let mut bars: [Option<Bar>; 6] = [None; 6];
-    if let Err(e) = nvme.setup_bars(&mut free, &mut bars) {
-        fail("NVMe BARs", &e);
-    }
-    let Some(mut bar0) = bars[0] else { fail("NVMe", &"no memory BAR0") };
-    if bar0.base != config.nvme_bar0 {
-        let from = bar0.base;
-        if let Err(e) = nvme.move_bar(&mut bar0, config.nvme_bar0, window) {
-            fail("NVMe BAR0", &e);
-        }
-        defmt::info!("NVMe BAR0 moved from {=u64:#x} to {=u64:#x}", from, bar0.base);
-    }
-    bars[0] = Some(bar0);
-    nvme.enable_bus_master();
-    let Some(doe_at) = nvme.find_ext_cap(crate::drivers::pci::EXT_CAP_DOE) else {
-        fail("NVMe", &"no DOE extended capability (QEMU: -device nvme,...,spdm_port=<port>)")
-    };
-    say!(
-        "pci: {count} functions; NVMe {vendor:04x}:{device:04x} at {bdf} (ECAM {:#x}), DOE capability at {doe_at:#x}",
-        ecam.base
-    );
-    for b in bars.iter().flatten() {
-        say!(
-            "pci: NVMe BAR{} {:#x} size {:#x}{}{}",
-            b.index,
-            b.base,
-            b.size,
-            if b.wide { " 64-bit" } else { "" },
-            if b.prefetchable { " prefetchable" } else { "" }
-        );
-    }
-    let Some(regs) = nvme.bar_registers(&bar0, window) else { fail("NVMe", &"BAR0 outside the MMIO hole") };
-    let Some(doe_regs) = nvme.registers(doe_at, doe::CAP_BYTES) else {
-        fail("NVMe", &"DOE capability past the configuration space")
-    };
-    let mut mailbox = Mailbox::new(doe_regs, config.doe_timeout_ms * 1000);
-    if let Err(e) = mailbox.abort(tsc) {
-        fail("DOE", &e);
-    }
-    defmt::info!("DOE capabilities {=u32:#x}", mailbox.capabilities());
-    Nvme { bdf, bar0, regs, mailbox }
-}
-
-/// The mailbox's summary: what `stats` moved, and the TSC ticks `(in the mailbox, in the TSM)`.
-fn pump_summary(tsc: &Tsc, s: &PumpStats, (doe_ticks, tsm_ticks): (u64, u64)) {
-    say!(
-        "spdm: {} DOE exchanges, {} bytes to the device, {} bytes back; {} ms in the mailbox, {} ms in the TSM",
-        s.exchanges,
-        s.bytes_out,
-        s.bytes_in,
-        Ms(tsc.ticks_to_us(doe_ticks)),
-        Ms(tsc.ticks_to_us(tsm_ticks))
-    );
+fn open_nvme(boot: &pvh::BootInfo, config: &RunConfig, tsc: &Tsc, pci: (acpi::Ecam, (u64, u64))) -> Nvme {
+    seamless_host::device::open_nvme(&boot.memmap, config, tsc, pci).unwrap_or_else(|f| fail(f.what, &f.why))
 }
 
 /// Creates the NVMe function's PDEV and runs SPDM.CONNECT; returns the assignment begun.
 fn spdm_connect(cpu: &mut HostCpu<'_>, doe: &mut DoeLink<'_>, bdf: crate::drivers::pci::Bdf) -> Assignment {
-    let a = device::pdev_create(cpu, u32::from(bdf.rid())).unwrap_or_else(|e| fail("PDEV", &e));
-    spdm_connect_pdev(cpu, doe, bdf, &a).unwrap_or_else(|e| fail("SPDM.CONNECT", &e));
-    a
+    seamless_host::device::spdm_connect(cpu, doe, bdf).unwrap_or_else(|f| fail(f.what, &f.why))
 }
 
 /// SPDM.CONNECT of the assignment's PDEV; returns its duration in µs.
@@ -591,24 +417,7 @@ fn spdm_connect_pdev(
     bdf: crate::drivers::pci::Bdf,
     a: &Assignment,
 ) -> Result<u64, HostError> {
-    let rid = bdf.rid();
-    let tsc = cpu.tsc();
-    say!("spdm: PDEV for {bdf} (function id {rid:#06x}) at {:#x}; SPDM.CONNECT over the DOE mailbox", a.pdev);
-    let mut stats = PumpStats::default();
-    let (start, doe0, tsm0) = (tsc.now(), doe.ticks, cpu.tsm_ticks);
-    let result = device::connect(cpu, doe, a, &mut stats);
-    let total = tsc.ticks_to_us(tsc.now().wrapping_sub(start));
-    pump_summary(&tsc, &stats, (doe.ticks - doe0, cpu.tsm_ticks - tsm0));
-    result?;
-    say!(
-        "spdm: connected: SPDM {}.{}, secure session up, in {} ms",
-        stats.spdm_version >> 4,
-        stats.spdm_version & 0xF,
-        Ms(total)
-    );
-    figure("spdm_connect_qemu_ms", &Ms(total), "ms");
-    defmt::info!("SPDM.CONNECT done in {=u64} us, {=u32} exchanges", total, stats.exchanges);
-    Ok(total)
+    seamless_host::device::spdm_connect_pdev(cpu, doe, bdf, a)
 }
 
 /// Runs SPDM.CONNECT and stops.

@@ -460,23 +460,6 @@ pub fn host_probe() -> (&'static [u8], usize, usize) {
     (bytes, mc, ud)
 }
 
-core::arch::global_asm!(include_str!("td_probe.S"));
-
-unsafe extern "C" {
-    static td_probe_start: u8;
-    static td_probe_end: u8;
-}
-
-/// The probe TD (`td_probe.S`): 8 KiB the host PAGE.ADDs at GPA 0xFFFFE000, so that its last 16
-/// bytes hold the reset vector. The TSM never runs it in host mode.
-pub fn td_probe() -> &'static [u8] {
-    let start = &raw const td_probe_start;
-    // SAFETY: the two labels bracket the probe's bytes in .rodata, which nothing writes.
-    let len = unsafe { (&raw const td_probe_end).offset_from(start) } as usize;
-    // SAFETY: as above: `len` bytes of read-only data from `start`.
-    unsafe { core::slice::from_raw_parts(start, len) }
-}
-
 struct Iopm(UnsafeCell<[u8; 12288]>);
 // SAFETY: written once by `iopm_intercept_all` before any TD runs; then only the CPU reads it.
 unsafe impl Sync for Iopm {}

@@ -33,7 +33,6 @@ use crate::config::{Mode, RunConfig};
 use crate::drivers::phys::{Frames, Mmio};
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
-use crate::frame;
 use crate::host::evidence::BundleWriter;
 use crate::host::{DoeLink, Host, HostCpu};
 use crate::platform::FirmwarePlatform;
@@ -75,9 +74,9 @@ impl Timeline {
         let n = switches.saturating_sub(from);
         say!("phase {name}: {} ms, {n} world switches", Ms(dur));
         let mut figure = [0u8; 32];
-        let mut w = super::BufWriter { buf: &mut figure, len: 0 };
+        let mut w = seamless_drivers::console::BufWriter::new(&mut figure);
         if fmt::Write::write_fmt(&mut w, format_args!("switches_{name}")).is_ok() {
-            let len = w.len;
+            let len = w.len();
             super::figure(core::str::from_utf8(&figure[..len]).unwrap_or("switches"), &n, "exits");
         }
         dur
@@ -91,15 +90,7 @@ impl Timeline {
     }
 }
 
-/// Sends one artifact on COM3.
-pub fn emit(name: &str, data: &[u8]) {
-    let mut com3 = Uart::com3();
-    if let Err(e) = frame::encode(name, data, &mut |b| com3.write_bytes(b)) {
-        say!("artifact {name}: cannot frame it: {e:?}");
-        return;
-    }
-    say!("artifact {name}: {} bytes on COM3", data.len());
-}
+pub use seamless_drivers::console::emit;
 
 /// Why a step failed.
 #[derive(Debug)]

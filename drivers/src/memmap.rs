@@ -40,6 +40,19 @@ impl RangeKind {
         }
     }
 
+    /// The E820 type number.
+    pub const fn raw(self) -> u32 {
+        match self {
+            RangeKind::Ram => 1,
+            RangeKind::Reserved => 2,
+            RangeKind::AcpiReclaimable => 3,
+            RangeKind::AcpiNvs => 4,
+            RangeKind::Unusable => 5,
+            RangeKind::Persistent => 7,
+            RangeKind::Other(other) => other,
+        }
+    }
+
     /// A short name.
     pub const fn name(self) -> &'static str {
         match self {

@@ -3,9 +3,11 @@
 //! interface is not worth its setup here). Files are found through the directory at selector
 //! 0x19: a big-endian count, then `{be32 size, be16 select, be16 reserved, char name[56]}`.
 
+#![allow(unsafe_code)]
+
 use core::fmt;
 
-use crate::arch::port::Port;
+use crate::port::Port;
 
 const SELECTOR: u16 = 0x510;
 const DATA: u16 = 0x511;
