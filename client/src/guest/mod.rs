@@ -624,3 +624,28 @@ impl Guest {
         vmcall(t, vmcall::REPORT_READY, REPORTS_BYTES as u64, 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_from_config_id_rejects_an_unknown_plan_and_any_other_byte() {
+        let mut id = [0u8; 48];
+        id[0] = 3;
+        assert_eq!(Plan::from_config_id(&id), Err(GuestError::UnknownPlan(3)));
+        for at in [1, 47] {
+            let mut id = Plan::Revoke.config_id();
+            id[at] = 1;
+            assert_eq!(Plan::from_config_id(&id), Err(GuestError::UnknownPlan(1)), "byte {at}");
+        }
+    }
+
+    #[test]
+    fn plan_round_trips_and_assign_is_all_zero() {
+        assert_eq!(Plan::Assign.config_id(), [0; 48]);
+        for p in [Plan::Assign, Plan::Revoke, Plan::Probe] {
+            assert_eq!(Plan::from_config_id(&p.config_id()), Ok(p));
+        }
+    }
+}
