@@ -153,7 +153,7 @@ impl Controller for Model {
             o if o == reg::ACQ + 4 => self.acq = self.acq & 0xFFFF_FFFF | u64::from(value) << 32,
             o if o >= reg::DOORBELLS => {
                 let n = (o - reg::DOORBELLS) / 4;
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     self.run((n / 2) as u16, value as u16);
                 }
             }
