@@ -35,6 +35,12 @@ pub const START: u64 = 0x5EA1_0008;
 /// A typed result of the guest is in the shared page (R11: its kind, `crate::guest::result`).
 pub const RESULT: u64 = 0x5EA1_0009;
 
+/// R11 of the host's answer (R10 = 0) when it asks a TD in the probe plan to run the probe in the
+/// shared page first (`crate::guest::probe`): the TD does, then makes the same request again with
+/// the probe's outcome in the shared page. The host sends it only in answer to a request whose
+/// data it has taken already.
+pub const PROBE: u64 = 0x5EA1_0B0E;
+
 /// One request, as docs/abi.md lists it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Row {

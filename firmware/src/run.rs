@@ -174,7 +174,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             let nvme = open_nvme(&boot, &config, &tsc, (ecam, window));
             let mut buf = [0u8; GUEST_IMAGE_MAX];
             let guest = read_guest_image(&mut buf);
-            attack::run(&tsc, &mut tsm, &mut host, nvme, guest, image.0)
+            attack::run(&tsc, &mut tsm, (&mut host, &mut world), nvme, guest, image.0)
         }
         _ => connect(&boot, &config, &tsc, &mut tsm, &mut host, (ecam, window)),
     }

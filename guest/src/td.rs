@@ -21,14 +21,34 @@ const SHARED_OFFSET: u64 = DEMO_LAYOUT.shared_offset;
 pub struct Td {
     /// The shared bit (GPAW - 1), from TDG.VP.INFO.
     shared_bit: u64,
+    /// The plan, once read from MRCONFIGID.
+    plan: Option<Plan>,
 }
 
 impl tsm_client::Tdcall for Td {
     /// A real TDCALL: it returns only once the vCPU runs again (a VMCALL the host served
-    /// included), so there is never an exit to hand back.
+    /// included), so there is never an exit to hand back. In the probe plan, a request the host
+    /// answers with R11 = PROBE is made again after the probe ran (`probe::run`), with the
+    /// secret in the unexposed registers after [`tsm_client::guest::probe::Probe::Secrets`].
     fn tdcall(&mut self, regs: &mut Regs) -> Option<TdExit> {
+        let request = *regs;
         let mut r = TdcallRegs::from_regs(regs);
-        arch::tdcall(&mut r);
+        loop {
+            arch::tdcall(&mut r);
+            let probe = self.plan == Some(Plan::Probe)
+                && request.rax == leaf::VP_VMCALL
+                && (r.rax, r.r10, r.r11) == (0, 0, tsm_client::vmcall::PROBE);
+            if !probe {
+                break;
+            }
+            let secret = crate::probe::run(self);
+            r = TdcallRegs::from_regs(&request);
+            if let Some(s) = secret {
+                // GHCI's mask for every GPR but RSP, RAX and RCX: the TSM must expose R10..R13
+                // only, whatever the TD asks.
+                (r.rcx, r.rdx, r.r8, r.r9, r.r14, r.r15) = (0xFFEC, s, s, s, s, s);
+            }
+        }
         *regs = r.to_regs();
         None
     }
@@ -134,7 +154,7 @@ pub fn main(gpaw: u32, vcpu: u32) -> ! {
     if let Some(v) = cpuid.get_vendor_info() {
         say!("CPUID vendor \"{}\"", v.as_str());
     }
-    let mut td = Td { shared_bit: info.shared_bit() };
+    let mut td = Td { shared_bit: info.shared_bit(), plan: None };
     let l = DEMO_LAYOUT;
     let mut guest = Guest::new(l);
     if let Err(e) = guest.accept_memory(&mut td) {
@@ -166,6 +186,11 @@ pub fn main(gpaw: u32, vcpu: u32) -> ! {
 fn device(td: &mut Td, g: &mut Guest) -> Result<(), GuestError> {
     let plan = g.plan(td)?;
     say!("plan {plan:?} (MRCONFIGID, read from its own TDREPORT)");
+    td.plan = Some(plan);
+    if plan == Plan::Probe {
+        // It leaves the last BAR page unaccepted: its host's last probe loads it.
+        g.hold_back = 1;
+    }
     g.bring_up(td)?;
     let f = g.findings;
     say!(
@@ -173,7 +198,7 @@ fn device(td: &mut Td, g: &mut Guest) -> Result<(), GuestError> {
         g.function,
         f.generation,
         f.report_len,
-        f.mmio_pages
+        f.mmio_pages.saturating_sub(g.hold_back)
     );
     say!("NVMe CAP {:#018x} VS {:#010x}, read with loads through its MMIO_MAPPED leaves", f.cap, f.vs);
     let nvme = Nvme { bar: g.layout.bar_gpa };
@@ -193,15 +218,24 @@ fn device(td: &mut Td, g: &mut Guest) -> Result<(), GuestError> {
             let _ = arch::mmio_read_u32(g.layout.bar_gpa);
             say!("FATAL: BAR0 read after the revoke");
         }
-        Plan::Probe => say!("plan Probe: nothing to do without the host's cases"),
+        Plan::Probe => {
+            // Its host's probes come with the answers to its requests; the last of them never
+            // returns. Until then it waits in one request more.
+            say!("probe plan: the flow is up; waiting for the host's last probes");
+            served(tsm_client::guest::vmcall(td, tsm_client::vmcall::GET_NONCE, 0, 0)?)?;
+        }
     }
     Ok(())
 }
 
-/// Exceptions: #VE is served and resumed; everything else is fatal.
+/// Exceptions: #VE is served and resumed; an exception at a probe instruction resumes after it
+/// (`arch::caught`); everything else is fatal.
 pub fn trap(frame: &mut TrapFrame) {
     const VE: u64 = 20;
     if frame.vector != VE {
+        if arch::caught(frame, arch::Caught::Exception(frame.vector)) {
+            return;
+        }
         say!("FATAL: exception {} (error {:#x}) at RIP {:#x}", frame.vector, frame.error, frame.rip);
         stop();
     }
@@ -212,6 +246,9 @@ pub fn trap(frame: &mut TrapFrame) {
         fatal("TDG.VP.VEINFO.GET", &format_args!("status {:#018x}", r.rax));
     }
     let info = VeInfo::decode(&r);
+    if arch::caught(frame, arch::Caught::Ve(info)) {
+        return;
+    }
     let ctx = Context { rax: frame.rax, rbx: frame.rbx, rcx: frame.rcx, rdx: frame.rdx, rflags: frame.rflags };
     let action = ve::decode(&info, &ctx).unwrap_or_else(|f| fatal("#VE", &f));
     let mut out = ve::request(&action, &ctx);

@@ -18,6 +18,7 @@ use tsm::{Regs, TdExit};
 use super::device::Assignment;
 use super::td::{ghci, resume, Ran, RunStats, TdPages};
 use super::{call, scratch, HostError, HostMemory, Seamcall};
+use crate::guest::probe::{Outcome, ProbeStep};
 use crate::guest::result::Record;
 use crate::guest::GuestLayout;
 use crate::{shared, vmcall};
@@ -136,6 +137,9 @@ pub enum Answer {
     Served,
     /// Refused: R10 = GHCI's INVALID_OPERAND.
     Refused,
+    /// Run this probe first (a TD in the probe plan), then make the request again: R10 = 0,
+    /// R11 = [`vmcall::PROBE`], the step in the shared page.
+    Probe(ProbeStep),
 }
 
 impl Answer {
@@ -143,7 +147,23 @@ impl Answer {
         match self {
             Answer::Nothing | Answer::Served => [0; 4],
             Answer::Refused => [ghci::INVALID_OPERAND, 0, 0, 0],
+            Answer::Probe(_) => [0, vmcall::PROBE, 0, 0],
         }
+    }
+}
+
+/// The host's transport with the registers of its last call kept: what VP.ENTER returned for the
+/// latest exit, every register of it, for the checks that nothing else of the TD reached the
+/// host.
+struct Recorder<'a, H: ?Sized> {
+    h: &'a mut H,
+    last: Regs,
+}
+
+impl<H: Seamcall + ?Sized> Seamcall for Recorder<'_, H> {
+    fn seamcall(&mut self, regs: &mut Regs) {
+        self.h.seamcall(regs);
+        self.last = *regs;
     }
 }
 
@@ -156,6 +176,8 @@ pub struct DeviceTd {
     pub shared: SharedPage,
     /// VP.ENTERs, console calls and refused MSRs of its runs.
     pub stats: RunStats,
+    /// Every register VP.ENTER returned at the latest exit.
+    pub last_exit: Regs,
 }
 
 impl DeviceTd {
@@ -184,7 +206,12 @@ impl DeviceTd {
             h.write(slot, &(next | LINK).to_le_bytes());
         }
         call(h, "SEAMLESS.SHARED.EPT.SET", Regs::call(leaf::SHARED_EPT_SET, td.tdr, tables[0], 0, 0))?;
-        Ok(DeviceTd { vcpu, shared: SharedPage { gpa, page, tables }, stats: RunStats::default() })
+        Ok(DeviceTd {
+            vcpu,
+            shared: SharedPage { gpa, page, tables },
+            stats: RunStats::default(),
+            last_exit: Regs::default(),
+        })
     }
 
     /// Enters the vCPU with `answer` to the request it waits in and runs it (its console to
@@ -192,13 +219,19 @@ impl DeviceTd {
     ///
     /// # Errors
     /// [`super::td::run`]'s errors; [`Request::decode`]'s for a request the host cannot take.
-    pub fn next<H: Seamcall + ?Sized>(
+    pub fn next<H: Seamcall + HostMemory + ?Sized>(
         &mut self,
         h: &mut H,
         answer: Answer,
         console: &mut dyn FnMut(&[u8]),
     ) -> Result<Next, HostError> {
-        match resume(h, self.vcpu, answer.regs(), console, &mut self.stats)? {
+        if let Answer::Probe(step) = answer {
+            self.put(h, zerocopy::IntoBytes::as_bytes(&step));
+        }
+        let mut rec = Recorder { h, last: Regs::default() };
+        let ran = resume(&mut rec, self.vcpu, answer.regs(), console, &mut self.stats);
+        self.last_exit = rec.last;
+        match ran? {
             Ran::Request(args) => Ok(Next::Request(Request::decode(args, self.shared.gpa)?)),
             Ran::Halted => Ok(Next::Halted),
             Ran::Violation(exit) => Ok(Next::Violation(exit)),
@@ -215,7 +248,7 @@ impl DeviceTd {
     ///
     /// # Errors
     /// [`HostError::Request`] for another request or a stop that is none; as [`DeviceTd::next`].
-    pub fn expect<H: Seamcall + ?Sized>(
+    pub fn expect<H: Seamcall + HostMemory + ?Sized>(
         &mut self,
         h: &mut H,
         answer: Answer,
@@ -297,6 +330,16 @@ impl DeviceTd {
             return Err(HostError::SharedLength(len));
         }
         Ok(n)
+    }
+
+    /// The outcome of the probe the TD ran, from the shared page of the request it made again.
+    ///
+    /// # Errors
+    /// [`HostError::SharedLength`] unless the TD left exactly one outcome's bytes.
+    pub fn take_outcome<H: HostMemory + ?Sized>(&self, h: &mut H) -> Result<Outcome, HostError> {
+        let mut buf = [0u8; core::mem::size_of::<Outcome>() + 1];
+        let n = self.take(h, &mut buf).map_err(|_| HostError::SharedLength(buf.len() as u64))?;
+        zerocopy::FromBytes::read_from_bytes(&buf[..n]).map_err(|_| HostError::SharedLength(n as u64))
     }
 
     /// RESULT of kind `R::KIND`: the record in the shared page.

@@ -12,12 +12,13 @@ use std::collections::VecDeque;
 use seamless_harness::driver::{default_params, Machine};
 use tsm::addr::GuestPhysAddr;
 use tsm::{Regs, TdExit};
+use tsm_client::guest::probe::{Probe, ProbeStep};
 use tsm_client::guest::result::{Record, Registers};
 use tsm_client::guest::DEMO_LAYOUT;
 use tsm_client::host::device::Assignment;
 use tsm_client::host::td::ghci;
 use tsm_client::host::td_device::{Answer, DeviceTd, Next, Request, SharedPage};
-use tsm_client::host::{HostError, Seamcall};
+use tsm_client::host::{HostError, HostMemory, Seamcall};
 use tsm_client::{shared, vmcall};
 use zerocopy::IntoBytes;
 
@@ -34,16 +35,46 @@ fn machine() -> (Machine, DeviceTd) {
     (m, d)
 }
 
-/// Plays back `exits` as VP.ENTER's returns; records the calls.
+/// Plays back `exits` as VP.ENTER's returns; records the calls; its memory is bytes by address.
 struct Script {
     exits: VecDeque<Regs>,
     calls: Vec<Regs>,
+    mem: std::collections::HashMap<u64, u8>,
+}
+
+impl Script {
+    fn new(exits: &[Regs]) -> Script {
+        Script { exits: exits.iter().copied().collect(), calls: Vec::new(), mem: Default::default() }
+    }
 }
 
 impl Seamcall for Script {
     fn seamcall(&mut self, regs: &mut Regs) {
         self.calls.push(*regs);
         *regs = self.exits.pop_front().expect("entered more often than the script has exits");
+    }
+}
+
+impl HostMemory for Script {
+    fn read(&mut self, pa: u64, buf: &mut [u8]) {
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = self.mem.get(&(pa + i as u64)).copied().unwrap_or(0);
+        }
+    }
+    fn write(&mut self, pa: u64, data: &[u8]) {
+        for (i, &b) in data.iter().enumerate() {
+            self.mem.insert(pa + i as u64, b);
+        }
+    }
+    fn donate(&mut self) -> Option<u64> {
+        None
+    }
+    fn scratch(&mut self) -> Option<u64> {
+        None
+    }
+    fn release(&mut self, _: u64) {}
+    fn donated(&self) -> (u64, u64) {
+        (0, 0)
     }
 }
 
@@ -188,7 +219,7 @@ fn next_returns_requests_halts_and_violations_and_expect_refuses_another_request
         request([vmcall::GET_REPORT, 0x18, 0x1000, 0]),
         Regs::default(),
     ];
-    let mut s = Script { exits: exits.into(), calls: Vec::new() };
+    let mut s = Script::new(&exits);
     let mut log = |_: &[u8]| {};
     assert_eq!(d.next(&mut s, Answer::Nothing, &mut log), Ok(Next::Request(Request::GetTdi)));
     assert_eq!(d.next(&mut s, Answer::Served, &mut log), Ok(Next::Request(Request::GetNonce)));
@@ -201,4 +232,30 @@ fn next_returns_requests_halts_and_violations_and_expect_refuses_another_request
     let r10: Vec<u64> = s.calls.iter().map(|c| c.r10).collect();
     assert_eq!(r10, [0, 0, ghci::INVALID_OPERAND, 0, 0, 0, 0]);
     assert_eq!(d.stats.entries, 7);
+}
+
+#[test]
+fn take_outcome_rejects_anything_but_one_outcome() {
+    let (mut m, d) = machine();
+    for n in [0usize, 47, 49] {
+        d.put(&mut m, &vec![0u8; n]);
+        assert!(matches!(d.take_outcome(&mut m), Err(HostError::SharedLength(_))), "{n} bytes");
+    }
+}
+
+#[test]
+fn a_probe_answer_carries_r11_probe_and_its_step_and_the_exit_registers_are_kept() {
+    let (_, mut d) = machine();
+    let again = request([vmcall::GET_TDI, 0, SHARED_GPA, 0]);
+    let mut s = Script::new(&[again]);
+    let step = ProbeStep::new(Probe::Seamcall, 0x18, 1, 0);
+    assert_eq!(d.next(&mut s, Answer::Probe(step), &mut |_| {}), Ok(Next::Request(Request::GetTdi)));
+    let c = s.calls[0];
+    assert_eq!([c.r10, c.r11, c.r12, c.r13], [0, vmcall::PROBE, 0, 0]);
+    // The step went into the shared page, framed as every answer is.
+    let mut bytes = [0u8; 64];
+    let n = d.take(&mut s, &mut bytes).unwrap();
+    assert_eq!(&bytes[..n], step.as_bytes());
+    // Every register of the exit is kept, for the checks that nothing else reached the host.
+    assert_eq!(d.last_exit, again);
 }
