@@ -23,6 +23,12 @@
 mod arch;
 #[cfg(target_os = "none")]
 mod drivers;
+#[cfg(any(target_os = "none", test))]
+#[cfg_attr(not(target_os = "none"), allow(dead_code))]
+mod elf;
+#[cfg(any(target_os = "none", test))]
+#[cfg_attr(not(target_os = "none"), allow(dead_code))]
+mod ioports;
 #[cfg(target_os = "none")]
 use seamless_drivers::config;
 #[cfg(target_os = "none")]

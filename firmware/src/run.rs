@@ -8,7 +8,7 @@ use tsm::addr::{FrameRange, Pfn};
 use tsm::{Tsm, TsmIdentity};
 
 use crate::arch::{self, ExitCode, StartInfoAddr};
-use crate::config::{Mode, RunConfig, CONFIG_FILE, GUEST_FILE, SECRET_FILE};
+use crate::config::{Mode, RunConfig, CONFIG_FILE, GUEST_FILE, HOST_FILE, SECRET_FILE};
 use crate::drivers::acpi;
 use crate::drivers::fw_cfg::{FwCfg, FwCfgError};
 use crate::drivers::phys::Frames;
@@ -18,9 +18,10 @@ use crate::drivers::tsc::Tsc;
 use crate::drivers::vtd::Vtd;
 use crate::drivers::{log, pvh};
 use crate::host::{DoeLink, Host, HostCpu};
-use crate::memmap::{Layout, MemoryMap, RangeKind};
+use crate::memmap::{Layout, MemoryMap};
 use crate::platform::FirmwarePlatform;
 use crate::world::host::HostWorld;
+use seamless_drivers::bootinfo::BootInfo;
 use tsm_client::host::device::Assignment;
 use tsm_client::host::HostError;
 
@@ -99,21 +100,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         Mode::Connect | Mode::Assign | Mode::Revoke | Mode::Attack | Mode::Boot => {}
     }
 
-    let layout =
-        Layout::carve(&boot.memmap, image, config.tdmr_max_mib << 20).unwrap_or_else(|e| fail("memory layout", &e));
-    say!(
-        "layout: image {:#x}..{:#x}, host pages {:#x}..{:#x}, TDMR {:#x}..{:#x} ({} MiB, PAMT {} KiB at {:#x})",
-        layout.image.0,
-        layout.image.1,
-        layout.host.0,
-        layout.host.1,
-        layout.tdmr.0,
-        layout.tdmr.1,
-        (layout.tdmr.1 - layout.tdmr.0) >> 20,
-        (layout.pamt.1 - layout.pamt.0) >> 10,
-        layout.pamt.0
-    );
-    let mmio_start = low_ram_end(&boot.memmap);
+    let mmio_start = boot.memmap.low_ram_end();
     arch::init_mmio_attributes(mmio_start);
     defmt::info!("uncached from {=u64:#x} to 4 GiB", mmio_start);
 
@@ -133,6 +120,37 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     say!("tsm: MRSEAM {} (SHA-384 of the image as loaded; firmware mrseam FILE recomputes it)", Hex(&mrseam));
     let identity = TsmIdentity { svn: TSM_SVN, mrseam, mrsigner: [0; 48] };
     let mut tsm = Tsm::new(platform, identity, &[private]);
+    figure("firmware_image_kib", &arch::loaded_bytes().div_ceil(1024), "KiB");
+    match secret {
+        Some(blob) => match tsm.provision(&blob) {
+            Ok(()) => say!("tsm: provisioned: attestation key derived from the platform secret"),
+            Err(e) => fail("TSM provisioning", &format_args!("{e:?}")),
+        },
+        None if matches!(config.mode, Mode::Assign | Mode::Revoke) => {
+            fail("assign", &"no platform secret in fw_cfg (attest provision writes platform-secret.bin)")
+        }
+        None => {}
+    }
+    if matches!(config.mode, Mode::Boot | Mode::Connect) {
+        host_agent(&mut tsm, &boot, image, mmio_start, &tsc)
+    }
+
+    // Transitional (issue 11, stage 2): modes assign, revoke and attack run the agent in the
+    // image, with SEAMCALL as a direct call, until their host side moves into the host binary.
+    let layout =
+        Layout::carve(&boot.memmap, image, config.tdmr_max_mib << 20).unwrap_or_else(|e| fail("memory layout", &e));
+    say!(
+        "layout: image {:#x}..{:#x}, host pages {:#x}..{:#x}, TDMR {:#x}..{:#x} ({} MiB, PAMT {} KiB at {:#x})",
+        layout.image.0,
+        layout.image.1,
+        layout.host.0,
+        layout.host.1,
+        layout.tdmr.0,
+        layout.tdmr.1,
+        (layout.tdmr.1 - layout.tdmr.0) >> 20,
+        (layout.pamt.1 - layout.pamt.0) >> 10,
+        layout.pamt.0
+    );
     let mut host = Host::new(frames, &layout);
     if let Err(e) = crate::host::sys_config(&mut HostCpu::new(&mut tsm, &mut host, tsc), &layout) {
         fail("TSM configuration", &e);
@@ -144,40 +162,51 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         Ms(ready)
     );
     figure("boot_to_tsm_ready_ms", &Ms(ready), "ms");
-    figure("firmware_image_kib", &arch::loaded_bytes().div_ceil(1024), "KiB");
-    defmt::info!("TSM ready {=u64} us after PVH entry", ready);
-    match secret {
-        Some(blob) => match tsm.provision(&blob) {
-            Ok(()) => say!("tsm: provisioned: attestation key derived from the platform secret"),
-            Err(e) => fail("TSM provisioning", &format_args!("{e:?}")),
-        },
-        None if matches!(config.mode, Mode::Assign | Mode::Revoke) => {
-            fail("assign", &"no platform secret in fw_cfg (attest provision writes platform-secret.bin)")
-        }
-        None => {}
-    }
 
     let (mut world, host_exits) = host_world(&boot.memmap, &layout, mmio_start, &tsc, &mut tsm, &mut host);
-
-    if config.mode == Mode::Boot {
-        say!("seamless firmware: boot done");
-        arch::exit_qemu(ExitCode::Success);
-    }
+    let nvme = open_nvme(&boot, &config, &tsc, (ecam, window));
+    let mut buf = [0u8; GUEST_IMAGE_MAX];
+    let guest = read_guest_image(&mut buf);
     match config.mode {
-        Mode::Assign | Mode::Revoke => {
-            let nvme = open_nvme(&boot, &config, &tsc, (ecam, window));
-            let mut buf = [0u8; GUEST_IMAGE_MAX];
-            let guest = read_guest_image(&mut buf);
-            assign::run(&config, &tsc, &mut tsm, (&mut host, &mut world, host_exits), nvme, guest, ready)
-        }
-        Mode::Attack => {
-            let nvme = open_nvme(&boot, &config, &tsc, (ecam, window));
-            let mut buf = [0u8; GUEST_IMAGE_MAX];
-            let guest = read_guest_image(&mut buf);
-            attack::run(&tsc, &mut tsm, (&mut host, &mut world), nvme, guest, image.0)
-        }
-        _ => connect(&boot, &config, &tsc, &mut tsm, &mut host, (ecam, window)),
+        Mode::Attack => attack::run(&tsc, &mut tsm, (&mut host, &mut world), nvme, guest, image.0),
+        _ => assign::run(&config, &tsc, &mut tsm, (&mut host, &mut world, host_exits), nvme, guest, ready),
     }
+}
+
+/// Loads the host agent's binary into the host world and serves it until it ends the run.
+fn host_agent(
+    tsm: &mut Tsm<FirmwarePlatform>,
+    boot: &pvh::BootInfo,
+    image: (u64, u64),
+    mmio_start: u64,
+    tsc: &Tsc,
+) -> ! {
+    let frames = tsm.platform().frames();
+    let mut world =
+        HostWorld::new(tsm, &boot.memmap, image, mmio_start, frames).unwrap_or_else(|e| fail("host world", &e));
+    let tables = tsm.platform().host_npt.as_ref().map_or(0, |n| n.tables_used());
+    say!(
+        "world: SVM revision {}, {} ASIDs, nRIP save {}: the TSM alone runs in host mode; the host world's nested map uses {tables} tables",
+        world.caps.revision,
+        world.caps.asids,
+        if world.caps.nrip { "yes" } else { "no (RIP advanced by the TSM)" }
+    );
+    let fw = FwCfg::new().unwrap_or_else(|e| fail(HOST_FILE, &e));
+    if let Ok(key) = fw.selector_of(SECRET_FILE) {
+        world.protect_fw_cfg_item(key);
+    }
+    let start = image.1.next_multiple_of(4096);
+    let info = |region| BootInfo::new(&boot.memmap, image, region, (tsc.hz(), arch::boot_tsc()), boot.rsdp);
+    let loaded = world.load_binary(tsm, &fw, start, &info).unwrap_or_else(|e| fail("host agent", &e));
+    say!(
+        "host: {HOST_FILE} ({} bytes, untrusted and unmeasured) loaded: {} segments at {:#x}..{:#x} with its page tables and boot information; entered at {:#x} in the host world",
+        loaded.file_bytes,
+        loaded.image.segments().len(),
+        loaded.region.0,
+        loaded.region.1,
+        loaded.image.entry
+    );
+    world.run(tsm)
 }
 
 /// MRSEAM: SHA-384 over the image as QEMU loaded it (`arch::loaded_image`).
@@ -204,8 +233,9 @@ fn host_world(
 ) -> (HostWorld, u64) {
     let frames = host.frames();
     let mut page = || tsm_client::HostMemory::scratch(host);
-    let mut world =
-        HostWorld::build(tsm, map, layout, mmio_start, frames, &mut page).unwrap_or_else(|e| fail("host world", &e));
+    let mut world = HostWorld::new(tsm, map, layout.image, mmio_start, frames)
+        .and_then(|mut w| w.load_probe(&mut page).map(|()| w))
+        .unwrap_or_else(|e| fail("host world", &e));
     let tables = tsm.platform().host_npt.as_ref().map_or(0, |n| n.tables_used());
     say!(
         "world: SVM revision {}, {} ASIDs, nRIP save {}: the TSM alone runs in host mode; the host world's nested map uses {tables} tables",
@@ -319,14 +349,6 @@ fn report_memmap(map: &MemoryMap) {
     }
 }
 
-/// The end of RAM below 4 GiB, rounded up to 2 MiB (the 2 MiB page holding RAM's last byte
-/// stays cacheable): where the MMIO hole starts.
-fn low_ram_end(map: &MemoryMap) -> u64 {
-    let ram_ends = map.ranges().iter().filter(|r| r.kind == RangeKind::Ram).map(|r| r.end());
-    let end = ram_ends.filter(|&e| e <= 4 << 30).max().unwrap_or(4 << 30);
-    end.next_multiple_of(2 << 20)
-}
-
 /// Bytes a guest image may have (the demo's is about 80 KiB, its NVMe driver and SHA-384
 /// included; this bounds the host agent's buffer, on the 512 KiB boot stack).
 const GUEST_IMAGE_MAX: usize = 128 * 1024;
@@ -418,20 +440,4 @@ fn spdm_connect_pdev(
     a: &Assignment,
 ) -> Result<u64, HostError> {
     seamless_host::device::spdm_connect_pdev(cpu, doe, bdf, a)
-}
-
-/// Runs SPDM.CONNECT and stops.
-fn connect(
-    boot: &pvh::BootInfo,
-    config: &RunConfig,
-    tsc: &Tsc,
-    tsm: &mut Tsm<FirmwarePlatform>,
-    host: &mut Host,
-    pci: (acpi::Ecam, (u64, u64)),
-) -> ! {
-    let mut nvme = open_nvme(boot, config, tsc, pci);
-    let mut cpu = HostCpu::new(tsm, host, *tsc);
-    spdm_connect(&mut cpu, &mut DoeLink::new(&mut nvme.mailbox, *tsc), nvme.bdf);
-    say!("seamless firmware: connect done");
-    arch::exit_qemu(ExitCode::Success)
 }
