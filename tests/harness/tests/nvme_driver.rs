@@ -32,6 +32,8 @@ struct Model {
     read_status: u16,
     no_read_completions: bool,
     refuse: Option<u64>,
+    /// The drive's content changes after this many READs.
+    drift_after: Option<usize>,
     /// Commands executed (opcodes), for the tests.
     done: Vec<u8>,
 }
@@ -108,8 +110,11 @@ impl Model {
                     let lba = u64::from(cdw(0)) | u64::from(cdw(1)) << 32;
                     let blocks = u64::from(cdw(2)) + 1;
                     let mut b = [0u8; 512];
+                    let reads = self.done.iter().filter(|&&o| o == op::READ).count();
+                    let drifted = self.drift_after.is_some_and(|n| reads > n);
                     for i in 0..blocks {
                         attest::disk::block(lba + i, &mut b);
+                        b[0] ^= u8::from(drifted);
                         self.put(prp1 + i * 512, &b);
                     }
                     if self.no_read_completions {
@@ -240,6 +245,23 @@ fn read_rejects_a_data_page_the_transport_refuses() {
     let pages = data();
     let mut d = up(Model { refuse: Some(pages[3]), ..Model::new() });
     assert_eq!(d.read(&pages, 64), Err(NvmeError::Access(pages[3])));
+}
+
+#[test]
+fn read_best_rejects_rounds_that_read_different_data() {
+    // The drive changes after the first round's 8 READs of 4 KiB.
+    let mut d = up(Model { drift_after: Some(8), ..Model::new() });
+    assert_eq!(d.read_best(&data(), 64, 3), Err(NvmeError::Differs));
+}
+
+#[test]
+fn read_best_happy_path_the_same_data_every_round_and_the_fewest_ticks() {
+    let mut d = up(Model::new());
+    let one = d.read(&data(), 64).unwrap();
+    let best = d.read_best(&data(), 64, 3).unwrap();
+    assert_eq!((best.blocks, best.digest), (one.blocks, one.digest));
+    assert_eq!(d.controller().done.iter().filter(|&&o| o == op::READ).count(), 4 * 8, "one round, then three");
+    assert!(best.ticks > 0 && best.ticks <= one.ticks + 1);
 }
 
 #[test]
