@@ -170,6 +170,8 @@ pub const REPORTS_BYTES: usize = REPORT_BYTES + SNP_BYTES;
 
 /// TDISP states as TDG.TDI.RD field 0 reports them.
 pub mod tdi_state {
+    /// CONFIG_UNLOCKED.
+    pub const CONFIG_UNLOCKED: u64 = 0;
     /// CONFIG_LOCKED.
     pub const CONFIG_LOCKED: u64 = 1;
     /// RUN.

@@ -166,7 +166,7 @@ fn read_tdi_rejects_a_tdi_that_is_not_locked() {
     s.m.ide_setup(&mut s.device, &mut a);
     s.m.bind(&s.td, &mut a);
     let got = s.read_tdi_of(FUNCTION);
-    assert_eq!(got, Err(GuestError::TdiState { wanted: tdi_state::CONFIG_LOCKED, found: 0 }));
+    assert_eq!(got, Err(GuestError::TdiState { wanted: tdi_state::CONFIG_LOCKED, found: tdi_state::CONFIG_UNLOCKED }));
 }
 
 #[test]
