@@ -72,6 +72,9 @@ impl GuestMemory for InProcessTd<'_> {
     fn mmio_read_u32(&mut self, gpa: u64) -> Result<u32, GuestError> {
         Err(GuestError::NotMapped { gpa, state: 0xFE })
     }
+    fn map_device(&mut self, _gpa: u64, _pages: u64) -> Result<(), GuestError> {
+        Ok(())
+    }
     fn shared_addr(&self) -> u64 {
         SHARED_GPA
     }
