@@ -14,14 +14,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use seamless_harness::assign::{device_config, Assignment, DeviceMailbox, BAR_GPA, FUNCTION};
-use seamless_harness::driver::{Machine, TdHandle};
+use seamless_harness::driver::{default_params, Machine, TdHandle};
 use seamless_harness::HostPlatform;
 use tdisp_device::Device;
 use tsm::addr::{PageSize, Pfn};
 use tsm::platform::PhysMem;
 use tsm::sept::SeptState;
+use tsm::td::TdParams;
 use tsm::{Regs, Status, TdExit, Tsm};
-use tsm_client::guest::{tdi_state, Guest, GuestError, GuestMemory, Step, Tdcall, DEMO_LAYOUT};
+use tsm_client::guest::{tdi_state, Guest, GuestError, GuestMemory, Plan, Step, Tdcall, DEMO_LAYOUT};
 use tsm_client::host::device as flow;
 use tsm_client::host::td_device::Request;
 use tsm_client::host::PumpStats;
@@ -99,8 +100,17 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with([0; 48])
+}
+
+/// [`setup`] with MRCONFIGID `config_id`.
+fn setup_with(config_id: [u8; 48]) -> Setup {
     let mut m = Machine::configured(64 * MIB);
-    let td = m.running_td();
+    let mut td = m.create_td(&TdParams { mr_config_id: config_id, ..default_params() });
+    let vcpu = m.add_vcpu(&mut td);
+    m.map_tables(&td, 0, 0);
+    m.finalize(&td);
+    m.enter(vcpu);
     for i in 0..4 {
         m.aug_accept(&td, DEMO_LAYOUT.work + i * 4096, PageSize::Size4K);
     }
@@ -147,6 +157,26 @@ impl Setup {
         assert_eq!(self.request(r), Request::GetTdi);
         self.answer(Some(&function.to_le_bytes()));
         self.guest(|g, t| g.read_tdi(t))
+    }
+}
+
+#[test]
+fn plan_rejects_an_mrconfigid_that_names_no_plan() {
+    let mut id = [0u8; 48];
+    id[0] = 7;
+    let mut s = setup_with(id);
+    assert_eq!(s.guest(|g, t| g.plan(t)), Err(GuestError::UnknownPlan(7)));
+    id[0] = 1;
+    id[47] = 1;
+    let mut s = setup_with(id);
+    assert_eq!(s.guest(|g, t| g.plan(t)), Err(GuestError::UnknownPlan(1)));
+}
+
+#[test]
+fn plan_happy_path_read_from_the_tds_own_tdreport() {
+    for plan in [Plan::Assign, Plan::Revoke, Plan::Probe] {
+        let mut s = setup_with(plan.config_id());
+        assert_eq!(s.guest(|g, t| g.plan(t)), Ok(plan));
     }
 }
 
