@@ -116,7 +116,7 @@ fn a_dmabuf_revoke_while_run_errors_the_tdi_the_guest_sees_it_and_teardown_recla
     // that, so how many land later depends on timing; the line reports it.
     assert!(
         o.console.contains(
-            "dmabuf: BAR0 revoked by the exporter while the TDI runs, 15 READs outstanding; 4 mapped pages blocked"
+            "dmabuf: BAR0 revoked by the exporter while the TDI runs, 14 READs outstanding; 4 mapped pages blocked"
         ),
         "{}",
         o.console
@@ -150,10 +150,10 @@ fn a_tdi_stop_while_the_tds_reads_are_outstanding_blocks_its_dma_and_mmio_and_re
     let qemu = qemu_or_skip!();
     let (o, device) = run(&qemu, "fault_stop", "stop", assign_device(false), 1000);
     assert!(o.console.contains("tdi: RUN"), "{}", o.console);
-    // TDI.STOP with the TD's 15 READs outstanding: it returned only once the TDI's MMIO leaves
+    // TDI.STOP with the TD's 14 long READs outstanding: it returned only once the TDI's MMIO leaves
     // and DMA entry were blocked and the IOTLB invalidated.
     assert!(
-        o.console.contains("tdi: stopped by the host while RUN, 15 READs outstanding; its MMIO and DMA entry blocked"),
+        o.console.contains("tdi: stopped by the host while RUN, 14 READs outstanding; its MMIO and DMA entry blocked"),
         "{}",
         o.console
     );
