@@ -29,7 +29,8 @@ commands:
                                 boot (stop at TSM ready),
                                 fault (show the exception report), overflow
                                 (overflow the boot stack into its guard page),
-                                revoke (assign, then a dma-buf revoke while RUN)
+                                revoke (assign, then a dma-buf revoke while RUN and the
+                                TD's READs are outstanding), stop (the same with TDI.STOP)
                    --fault SPEC a tdisp-device fault switch (repeatable; tdisp-device --help)
                    --doe-timeout MS  the firmware's DOE timeout (default 1000)
                    --keep       keep QEMU's command line in target/run/qemu.cmd
@@ -360,9 +361,9 @@ cmd_boot() {
         esac
     done
     case $mode in
-        connect | assign | revoke | attack | boot | fault | overflow) ;;
+        connect | assign | revoke | stop | attack | boot | fault | overflow) ;;
         *)
-            echo "error: --mode is connect, assign, revoke, attack, boot, fault or overflow (got '$mode')" >&2
+            echo "error: --mode is connect, assign, revoke, stop, attack, boot, fault or overflow (got '$mode')" >&2
             exit 2
             ;;
     esac
@@ -381,12 +382,12 @@ cmd_boot() {
     cargo build -q -p firmware
     provision_platform "$plat" "${CARGO_TARGET_DIR:-target}/debug"
     printf 'mode=%s\nnvme_bar0=%s\ndoe_timeout_ms=%s\n' "$mode" "$DEMO_BAR0" "$doe_timeout" >"$out/config.txt"
-    [[ $mode == assign || $mode == revoke ]] && printf 'nonce=%s\n' "$(od -An -tx1 -N64 /dev/urandom | tr -d ' \n')" >>"$out/config.txt"
+    [[ $mode == assign || $mode == revoke || $mode == stop ]] && printf 'nonce=%s\n' "$(od -An -tx1 -N64 /dev/urandom | tr -d ' \n')" >>"$out/config.txt"
 
     # QEMU's command line is written once, in tests/e2e (`Boot::command`); seamless-qemu runs it.
     local launch=(--out "$out" --config "$out/config.txt" --secret "$plat/platform-secret.bin")
     DEVICE_PID=""
-    if [[ $mode == connect || $mode == assign || $mode == revoke || $mode == attack ]]; then
+    if [[ $mode == connect || $mode == assign || $mode == revoke || $mode == stop || $mode == attack ]]; then
         section "cargo build -p tdisp-device"
         cargo build -q -p tdisp-device
         local device=${CARGO_TARGET_DIR:-target}/debug/tdisp-device

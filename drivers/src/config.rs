@@ -26,9 +26,12 @@ pub enum Mode {
     /// everything torn down again.
     Assign,
     /// The assignment up to RUN, then the exporter's revoke of the BAR (SEAMLESS.DMABUF.REVOKE)
-    /// while the TDI runs: the guest sees ERROR and its accessor refuses the BAR, the cleanup
-    /// reclaims everything, and the run fails naming the revoke.
+    /// while the TDI runs and the TD's READs are outstanding: the TD sees ERROR and its next load
+    /// of the BAR exits to the host, the cleanup reclaims everything, and the run fails naming
+    /// the revoke.
     Revoke,
+    /// The same with TDH.TDI.STOP in place of the revoke: the TD sees CONFIG_UNLOCKED.
+    Stop,
     /// The malicious host: every attack case against the real TSM, each expected refused with
     /// its exact status.
     Attack,
@@ -136,11 +139,12 @@ impl RunConfig {
                         "connect" => Mode::Connect,
                         "assign" => Mode::Assign,
                         "revoke" => Mode::Revoke,
+                        "stop" => Mode::Stop,
                         "attack" => Mode::Attack,
                         "boot" => Mode::Boot,
                         "fault" => Mode::Fault,
                         "overflow" => Mode::Overflow,
-                        _ => return Err(err("mode is connect, assign, revoke, attack, boot, fault or overflow")),
+                        _ => return Err(err("mode is connect, assign, revoke, stop, attack, boot, fault or overflow")),
                     }
                 }
                 "doe_timeout_ms" => {
@@ -192,7 +196,7 @@ mod tests {
 
     #[test]
     fn parse_rejects_out_of_range_values() {
-        assert_eq!(err("mode=fast").what, "mode is connect, assign, revoke, attack, boot, fault or overflow");
+        assert_eq!(err("mode=fast").what, "mode is connect, assign, revoke, stop, attack, boot, fault or overflow");
         assert_eq!(err("nvme_bar0=0xc0000800").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
         assert_eq!(err("nvme_bar0=3221225472").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
         assert_eq!(err("nvme_bar0=0xfec00000").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
@@ -237,6 +241,7 @@ mod tests {
         assert_eq!((c.nonce[0], c.nonce[62], c.nonce[63]), (0xab, 0xab, 0x01));
         assert_eq!(RunConfig::parse(b"mode=attack").unwrap().mode, Mode::Attack);
         assert_eq!(RunConfig::parse(b"mode=revoke").unwrap().mode, Mode::Revoke);
+        assert_eq!(RunConfig::parse(b"mode=stop").unwrap().mode, Mode::Stop);
         assert_eq!(RunConfig::parse(b"mode=fault").unwrap().mode, Mode::Fault);
         assert_eq!(RunConfig::parse(b"mode=overflow").unwrap().mode, Mode::Overflow);
         assert_eq!(RunConfig::parse(b"mode=connect\r\n").unwrap().mode, Mode::Connect);

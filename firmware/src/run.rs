@@ -97,7 +97,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             say!("mode overflow: pushing until the boot stack overflows");
             arch::provoke_stack_overflow()
         }
-        Mode::Connect | Mode::Assign | Mode::Revoke | Mode::Attack | Mode::Boot => {}
+        Mode::Connect | Mode::Assign | Mode::Revoke | Mode::Stop | Mode::Attack | Mode::Boot => {}
     }
 
     let mmio_start = boot.memmap.low_ram_end();
@@ -126,7 +126,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             Ok(()) => say!("tsm: provisioned: attestation key derived from the platform secret"),
             Err(e) => fail("TSM provisioning", &format_args!("{e:?}")),
         },
-        None if matches!(config.mode, Mode::Assign | Mode::Revoke) => {
+        None if matches!(config.mode, Mode::Assign | Mode::Revoke | Mode::Stop) => {
             fail("assign", &"no platform secret in fw_cfg (attest provision writes platform-secret.bin)")
         }
         None => {}

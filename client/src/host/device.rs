@@ -230,6 +230,21 @@ pub fn start<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
     device_call(h, doe, a.pdev, l, a.msg, stats).map(|_| ())
 }
 
+/// TDH.TDI.STOP: the device leaves RUN (STOP_INTERFACE, CONFIG_UNLOCKED read back); the TSM
+/// blocks the TDI's MMIO and DMA entry and invalidates before it returns.
+///
+/// # Errors
+/// [`HostError`].
+pub fn stop<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
+    h: &mut H,
+    doe: &mut D,
+    a: &Assignment,
+    stats: &mut PumpStats,
+) -> Result<(), HostError> {
+    let l = a.leaf("TDH.TDI.STOP", leaf::TDI_STOP, a.tdi, 0);
+    device_call(h, doe, a.pdev, l, a.msg, stats).map(|_| ())
+}
+
 /// SEAMLESS.DMABUF.REVOKE of report range 0 (the exporter's FLR or close); returns the pages it
 /// blocked.
 ///

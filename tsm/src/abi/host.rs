@@ -101,7 +101,7 @@ impl<P: Platform> Tsm<P> {
             spec: LeafSpec {
                 number: leaf::VP_ENTER,
                 name: "TDH.VP.ENTER",
-                summary: "Puts the vCPU in guest mode in the TD's current TLB epoch. Where the firmware runs the TD as an SVM guest (its TD world) the call returns only at the next TD exit, RAX the VMX exit reason in bits 31:0 under status class SUCCESS (77 TDG.VP.VMCALL, 48 EPT violation, 2 triple fault), the registers below and nothing else of the TD (`TdExit::host_regs`); for a TD whose guest still runs in the firmware's image it returns at once and the guest runs through the guest ABI until a guest call exits or the host kicks the vCPU.",
+                summary: "Puts the vCPU in guest mode in the TD's current TLB epoch. Where the firmware runs the TD as an SVM guest (its TD world) the call returns only at the next TD exit, RAX the VMX exit reason in bits 31:0 under status class SUCCESS (77 TDG.VP.VMCALL, 48 EPT violation, 2 triple fault), the registers below and nothing else of the TD (`TdExit::host_regs`); without a TD world (the in-process harness) it returns at once and the guest runs through the guest ABI as direct calls until a guest call exits or the host kicks the vCPU.",
                 inputs: &[(Reg::Rcx, "TDVPR page address")],
                 outputs: &[
                     (Reg::Rcx, "VMCALL: exposed-register mask 0x3C00; EPT violation: the S-EPT entry found"),
