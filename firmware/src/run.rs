@@ -45,6 +45,7 @@ macro_rules! say {
 mod assign;
 mod attack;
 mod host_nvme;
+mod interop;
 mod td_world;
 mod worlds;
 
@@ -573,8 +574,8 @@ fn pump_summary(tsc: &Tsc, s: &PumpStats, (doe_ticks, tsm_ticks): (u64, u64)) {
 
 /// Creates the NVMe function's PDEV and runs SPDM.CONNECT; returns the assignment begun.
 fn spdm_connect(cpu: &mut HostCpu<'_>, doe: &mut DoeLink<'_>, bdf: crate::drivers::pci::Bdf) -> Assignment {
-    let a = device::pdev_create(cpu, u32::from(bdf.rid())).unwrap_or_else(|e| fail("PDEV", &e));
-    spdm_connect_pdev(cpu, doe, bdf, &a).unwrap_or_else(|e| fail("SPDM.CONNECT", &e));
+    let mut a = device::pdev_create(cpu, u32::from(bdf.rid())).unwrap_or_else(|e| fail("PDEV", &e));
+    spdm_connect_pdev(cpu, doe, bdf, &mut a).unwrap_or_else(|e| fail("SPDM.CONNECT", &e));
     a
 }
 
@@ -586,7 +587,7 @@ fn spdm_connect_pdev(
     cpu: &mut HostCpu<'_>,
     doe: &mut DoeLink<'_>,
     bdf: crate::drivers::pci::Bdf,
-    a: &Assignment,
+    a: &mut Assignment,
 ) -> Result<u64, HostError> {
     let rid = bdf.rid();
     let tsc = cpu.tsc();
@@ -598,9 +599,14 @@ fn spdm_connect_pdev(
     pump_summary(&tsc, &stats, (doe.ticks - doe0, cpu.tsm_ticks - tsm0));
     result?;
     say!(
-        "spdm: connected: SPDM {}.{}, secure session up, in {} ms",
-        stats.spdm_version >> 4,
-        stats.spdm_version & 0xF,
+        "spdm: connected: SPDM {}.{}, secure session up, measured {}, in {} ms",
+        a.spdm.version >> 4,
+        a.spdm.version & 0xF,
+        if a.spdm.measured_in_session {
+            "inside the session"
+        } else {
+            "in the clear (the device refused in-session measurement)"
+        },
         Ms(total)
     );
     figure("spdm_connect_qemu_ms", &Ms(total), "ms");

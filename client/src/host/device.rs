@@ -36,6 +36,18 @@ pub struct Assignment {
     pub mapped: u64,
     /// Whether the DMA remapping entry was added.
     pub dma: bool,
+    /// What SPDM.CONNECT reported (zero until it succeeded).
+    pub spdm: Connected,
+}
+
+/// What SPDM.CONNECT reports when it succeeds (RCX).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Connected {
+    /// The SPDM version negotiated (0x12, 0x13).
+    pub version: u8,
+    /// The measurements were taken inside the session; else in the clear, outside it (a device
+    /// that refused them inside: the TSM's measurement policy, docs/protocols.md).
+    pub measured_in_session: bool,
 }
 
 impl Assignment {
@@ -83,18 +95,20 @@ pub fn pdev_create<H: Seamcall + HostMemory + ?Sized>(h: &mut H, function: u32) 
     Ok(a)
 }
 
-/// TDH.SPDM.CONNECT through the mailbox.
+/// TDH.SPDM.CONNECT through the mailbox; what it reports is kept in `a.spdm`.
 ///
 /// # Errors
 /// [`HostError`].
 pub fn connect<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
     h: &mut H,
     doe: &mut D,
-    a: &Assignment,
+    a: &mut Assignment,
     stats: &mut PumpStats,
 ) -> Result<(), HostError> {
     let l = a.leaf("TDH.SPDM.CONNECT", leaf::SPDM_CONNECT, a.pdev, 0);
-    device_call(h, doe, a.pdev, l, a.msg, stats).map(|_| ())
+    let r = device_call(h, doe, a.pdev, l, a.msg, stats)?;
+    a.spdm = Connected { version: r.rcx as u8, measured_in_session: r.rcx & 1 << 8 != 0 };
+    Ok(())
 }
 
 /// IDE.STREAM.CREATE and KM SETUP.

@@ -881,9 +881,13 @@ pub fn run(
     let result = assign(&mut demo, config, bdf, bar, (host_cap, host_vs), &mut tl);
     if let Err(f) = result {
         report_failure(f.what, &f.why);
-        match demo.unbind(Policy::Lenient) {
+        let cleanup = demo.unbind(Policy::Lenient);
+        match &cleanup {
             Ok(c) => say!("cleanup after the failure: {c}"),
             Err(e) => say!("cleanup after the failure: {e}"),
+        }
+        if let (Why::Host(e), Ok(c)) = (&f.why, &cleanup) {
+            super::interop::report_refused(e, &demo.a, c);
         }
         arch::exit_qemu(ExitCode::Failure)
     }
@@ -907,7 +911,7 @@ fn assign(
 ) -> Result<(), Failed> {
     let t = tl.now_us();
     demo.a = device::pdev_create(&mut demo.cpu, u32::from(bdf.rid())).step("PDEV")?;
-    let connect_us = spdm_connect_pdev(&mut demo.cpu, &mut demo.doe, bdf, &demo.a).step("SPDM.CONNECT")?;
+    let connect_us = spdm_connect_pdev(&mut demo.cpu, &mut demo.doe, bdf, &mut demo.a).step("SPDM.CONNECT")?;
     tl.record("spdm_connect", t, connect_us);
     let after_connect = (demo.doe.ticks, demo.cpu.tsm_ticks);
 

@@ -154,6 +154,9 @@ pub struct Faults {
     pub drop_response: Option<Reply>,
     /// Interface reports list their second MMIO range starting inside the first.
     pub overlapping_ranges: bool,
+    /// Interface reports list the MMIO ranges as configured, without the MMIO_REPORTING_OFFSET
+    /// LOCK_INTERFACE asked for (what DMTF's sample TDISP device in spdm-emu does).
+    pub ignore_reporting_offset: bool,
     /// A TDI goes to ERROR right after LOCK_INTERFACE succeeded (its nonce destroyed).
     pub error_after_lock: bool,
     /// START_INTERFACE is refused with TDISP_ERROR UNSPECIFIED; the TDI stays CONFIG_LOCKED.
@@ -181,8 +184,8 @@ pub const SPECS: &str = "\
   bad-signature=challenge-auth|measurements|key-exchange-rsp
   wrong-measurement=INDEX
   truncate=REPLY   overlong-length=REPLY   drop-response=REPLY
-  wrong-session-id   overlapping-ranges   error-after-lock   refuse-start   broken-chain
-  impostor-leaf   late=MS   corrupt=REPLY   end-session-on=REPLY";
+  wrong-session-id   overlapping-ranges   ignore-reporting-offset   error-after-lock
+  refuse-start   broken-chain   impostor-leaf   late=MS   corrupt=REPLY   end-session-on=REPLY";
 
 impl Faults {
     /// Switches one fault on from its command-line form, e.g. `truncate=measurements`,
@@ -221,6 +224,7 @@ impl Faults {
             "drop-response" => self.drop_response = Some(reply(arg)?),
             "wrong-session-id" => self.wrong_session_id = flag(arg)?,
             "overlapping-ranges" => self.overlapping_ranges = flag(arg)?,
+            "ignore-reporting-offset" => self.ignore_reporting_offset = flag(arg)?,
             "error-after-lock" => self.error_after_lock = flag(arg)?,
             "refuse-start" => self.refuse_start = flag(arg)?,
             "broken-chain" => self.broken_chain = flag(arg)?,
@@ -304,6 +308,7 @@ mod tests {
             "drop-response=key-update-ack",
             "wrong-session-id",
             "overlapping-ranges",
+            "ignore-reporting-offset",
             "error-after-lock",
             "refuse-start",
             "broken-chain",
@@ -324,6 +329,7 @@ mod tests {
                 wrong_session_id: true,
                 drop_response: Some(Reply::KeyUpdateAck),
                 overlapping_ranges: true,
+                ignore_reporting_offset: true,
                 error_after_lock: true,
                 refuse_start: true,
                 broken_chain: true,

@@ -29,6 +29,9 @@ what the device is:
                         decimal); default 0x18 (00:03.0)
   --seed HEX            64 hex digits seeding the device's random generator (nonces, ephemeral
                         keys, generated certificates); default: drawn from the OS
+  --clear-measurements-only
+                        answer GET_MEASUREMENTS inside a session with ERROR UnsupportedRequest
+                        (a device that measures only in the clear); default: in both places
 
 identity (default: a root, an intermediate CA and a leaf generated from the seed at each start):
   --state-dir DIR       keep the identity in DIR: generated at the first start and written as
@@ -50,8 +53,8 @@ fault switches, for tests (repeat --fault for several):
                           bad-signature=challenge-auth|measurements|key-exchange-rsp
                           wrong-measurement=INDEX
                           truncate=REPLY  overlong-length=REPLY  drop-response=REPLY
-                          wrong-session-id  overlapping-ranges  error-after-lock
-                          refuse-start  broken-chain  impostor-leaf  late=MS
+                          wrong-session-id  overlapping-ranges  ignore-reporting-offset
+                          error-after-lock  refuse-start  broken-chain  impostor-leaf  late=MS
                           corrupt=REPLY  end-session-on=REPLY
                         where REPLY is one of
                           version capabilities algorithms digests certificate
@@ -66,6 +69,8 @@ fault switches, for tests (repeat --fault for several):
                         drop-response answers nothing (an empty NORMAL frame);
                         wrong-session-id seals secured replies under another session id;
                         overlapping-ranges makes the interface report's 2nd range overlap the 1st;
+                        ignore-reporting-offset reports the ranges without the
+                        MMIO_REPORTING_OFFSET LOCK asked for (as spdm-emu's sample device does);
                         error-after-lock moves the TDI to ERROR right after LOCK_INTERFACE;
                         refuse-start answers START_INTERFACE with TDISP_ERROR UNSPECIFIED;
                         broken-chain signs the certificate after the root with a stray key;
@@ -162,6 +167,9 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--leaf" => o.files.leaf = Some(value("--leaf")?.into()),
             "--leaf-key" => o.files.key = Some(value("--leaf-key")?.into()),
             "--fault" => o.config.faults.apply_spec(&value("--fault")?)?,
+            "--clear-measurements-only" => {
+                o.config.session_measurements_error = Some(tdisp_device::spdm::error_code::UNSUPPORTED_REQUEST)
+            }
             "--seed" => {
                 o.config.seed = parse_seed(&value("--seed")?).ok_or("--seed takes 64 hex digits")?;
                 seeded = true;

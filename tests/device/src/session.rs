@@ -316,6 +316,11 @@ impl Device {
             }
             (VENDOR_DEFINED_REQUEST, false) => (self.vendor_defined(id, version, m), After::Stay),
             (code::KEY_UPDATE, false) => (self.key_update(id, version, m), After::Stay),
+            (code::GET_MEASUREMENTS, false) if self.config.session_measurements_error.is_some() => {
+                let code = self.config.session_measurements_error.unwrap_or(error_code::UNSUPPORTED_REQUEST);
+                let data = if code == error_code::UNSUPPORTED_REQUEST { code::GET_MEASUREMENTS } else { 0 };
+                (error(version, code, data), After::Stay)
+            }
             (code::GET_MEASUREMENTS, false) => match self.get_measurements(m, Some(id)) {
                 Ok(r) | Err(r) => (r, After::Stay),
             },

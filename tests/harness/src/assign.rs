@@ -114,8 +114,8 @@ impl Machine {
 
     /// SPDM.CREATE and a full SPDM.CONNECT; asserts success.
     pub fn connect(&mut self, device: &mut Device) -> Assignment {
-        let p = must(flow::pdev_create(self, FUNCTION));
-        must(flow::connect(self, &mut DeviceMailbox(device), &p, &mut PumpStats::default()));
+        let mut p = must(flow::pdev_create(self, FUNCTION));
+        must(flow::connect(self, &mut DeviceMailbox(device), &mut p, &mut PumpStats::default()));
         Assignment { pdev: p.pdev, msg: p.msg, stream: 0, tdi: 0, generation: 0, report: Vec::new() }
     }
 

@@ -129,6 +129,7 @@ fn an_interface_report_with_overlapping_ranges_puts_the_tdi_in_error() {
     let r = m.pump(&mut dev, h::TDI_LOCK, a.tdi, a.msg, LOCK_FLAGS | a.stream << 16);
     assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Tdi));
     assert_eq!(r.rcx, 0x320, "RCX: the report step");
+    assert_eq!(r.rdx, 4 | 1 << 8, "RDX: a malformed range, the second");
     let s = m.tsm.tdi_summary(pfn(a.tdi)).unwrap();
     assert_eq!(s.state, TdiState::Error);
     assert!(matches!(s.fault, Some(DeviceFault::Report(tsm::tdisp::ReportError::Range { index: 1 }))), "{:?}", s.fault);
@@ -141,6 +142,37 @@ fn an_interface_report_with_overlapping_ranges_puts_the_tdi_in_error() {
     );
     assert_eq!(m.guest(td.vcpus[0], g::TDI_RD, u64::from(FUNCTION), 0, 0).regs.r9, 3);
     // STOP, then the TDI can go; a re-lock of a fixed device would start over.
+    ok(m.pump(&mut dev, h::TDI_STOP, a.tdi, a.msg, 0), "STOP");
+    ok(m.host(h::TDI_REMOVE, a.tdi, 0, 0, 0), "REMOVE");
+    a.tdi = 0;
+}
+
+/// spdm-emu's sample TDISP device reports its ranges without the MMIO_REPORTING_OFFSET the TSM
+/// asked for: LOCK refuses the report naming the range and the page it reported, keeps none of
+/// it, and the TDI can only be stopped and removed.
+#[test]
+fn an_interface_report_without_the_reporting_offset_is_refused_naming_the_range() {
+    use tsm::tdisp::ReportError;
+    let (mut m, td) = machine();
+    let mut dev = device("ignore-reporting-offset");
+    let mut a = bound(&mut m, &td, &mut dev);
+    let r = m.pump(&mut dev, h::TDI_LOCK, a.tdi, a.msg, LOCK_FLAGS | a.stream << 16);
+    assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Tdi));
+    assert_eq!(r.rcx, 0x320, "RCX: the report step");
+    let bar_page = seamless_harness::assign::BAR_BASE >> 12;
+    let want = ReportError::OffsetNotApplied { index: 0, first_page: bar_page };
+    assert_eq!(ReportError::from_detail(r.rdx), Some(want), "RDX {:#x} names the range and its page", r.rdx);
+    let s = m.tsm.tdi_summary(pfn(a.tdi)).unwrap();
+    assert_eq!((s.state, s.fault), (TdiState::Error, Some(DeviceFault::Report(want))));
+    assert_eq!(s.range_count, 0, "no range of a refused report is kept");
+    // The BAR's frames are exactly what the device reported, yet nothing can be imported: the
+    // TDI is in ERROR.
+    assert_eq!(
+        m.host(h::DMABUF_IMPORT, a.tdi, bar_page << 12, 4, 0).status(),
+        Status::TDI_STATE_INCORRECT.with_operand(Operand::Tdi)
+    );
+    let pdev = m.tsm.pdev_summary(pfn(a.pdev)).unwrap();
+    assert_eq!(pdev.state, PdevState::Connected, "the session and the streams are not the report's fault");
     ok(m.pump(&mut dev, h::TDI_STOP, a.tdi, a.msg, 0), "STOP");
     ok(m.host(h::TDI_REMOVE, a.tdi, 0, 0, 0), "REMOVE");
     a.tdi = 0;
@@ -365,6 +397,122 @@ fn connect_measures_the_device_inside_the_session() {
     assert!(e.measurements_in_session, "the evidence says where the measurements were taken");
     // The signed exchange kept is the one the digest binds.
     seamless_harness::audit::assert_invariants(&m.tsm, &"CONNECT");
+}
+
+/// Drives SPDM.CONNECT by hand; returns the final registers and, in order, each request's
+/// channel (1 clear, 2 secured) and code (0 for a sealed one).
+fn connect_by_hand(m: &mut Machine, dev: &mut Device, pdev: u64, msg: u64) -> (tsm::Regs, Vec<(u8, u8)>) {
+    let (mut r, mut wire) = (m.host(h::SPDM_CONNECT, pdev, msg, 0, 0), Vec::new());
+    while r.status() == Status::DEVICE_REQUEST {
+        let request = m.read(msg, r.r8 as usize);
+        wire.push((doe_type(&request), if doe_type(&request) == 1 { request[9] } else { 0 }));
+        let answer = dev.handle(&request).unwrap();
+        m.write(msg, &answer);
+        r = m.host(h::SPDM_CONNECT, pdev, msg, answer.len() as u64, 0);
+    }
+    (r, wire)
+}
+
+#[test]
+fn connect_reports_the_version_and_where_the_device_was_measured() {
+    let (mut m, _td) = machine();
+    let mut dev = device("");
+    let pdev = m.page();
+    ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+    let msg = m.scratch();
+    let (r, _) = connect_by_hand(&mut m, &mut dev, pdev, msg);
+    ok(r, "SPDM.CONNECT");
+    assert_eq!(r.rcx, 0x13 | 1 << 8, "RCX: SPDM 1.3, measured inside the session");
+}
+
+/// The measurement policy: a device that refuses GET_MEASUREMENTS inside the session (ERROR
+/// UnsupportedRequest) is measured outside it, in the clear, in the same SPDM.CONNECT; the
+/// evidence, RCX and the summary say so, and RECOLLECT follows the connection into the clear.
+#[test]
+fn a_device_that_refuses_in_session_measurements_is_measured_in_the_clear() {
+    let (mut m, _td) = machine();
+    let mut c = device_config();
+    c.session_measurements_error = Some(0x07);
+    let mut dev = Device::new(c).unwrap();
+    let pdev = m.page();
+    ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+    let msg = m.scratch();
+    let (r, wire) = connect_by_hand(&mut m, &mut dev, pdev, msg);
+    ok(r, "SPDM.CONNECT");
+    assert_eq!(r.rcx, 0x13, "RCX: SPDM 1.3, bit 8 clear: measured in the clear");
+    const GET_MEASUREMENTS: u8 = 0xE0;
+    // ... KEY_EXCHANGE (clear), FINISH (sealed), GET_MEASUREMENTS (sealed, refused), then
+    // GET_MEASUREMENTS in the clear, last.
+    let tail: Vec<(u8, u8)> = wire[wire.len() - 4..].to_vec();
+    assert_eq!(tail, [(1, 0xE4), (2, 0), (2, 0), (1, GET_MEASUREMENTS)], "{wire:x?}");
+    let s = m.tsm.pdev_summary(pfn(pdev)).unwrap();
+    assert_eq!((s.state, s.pending, s.fault), (PdevState::Connected, Pending::None, None));
+    let e = s.evidence.unwrap();
+    assert!(!e.measurements_in_session, "the evidence says the measurements were taken in the clear");
+    seamless_harness::audit::assert_invariants(&m.tsm, &"CONNECT, measured in the clear");
+    // RECOLLECT goes where the connection's measurements went: the clear.
+    let mut n = 0;
+    let mut r = m.host(h::SPDM_MNG, pdev, msg, 0, mng::RECOLLECT);
+    while r.status() == Status::DEVICE_REQUEST {
+        let request = m.read(msg, r.r8 as usize);
+        assert_eq!((doe_type(&request), request[9]), (1, GET_MEASUREMENTS), "RECOLLECT in the clear");
+        let answer = dev.handle(&request).unwrap();
+        m.write(msg, &answer);
+        r = m.host(h::SPDM_MNG, pdev, msg, answer.len() as u64, mng::RECOLLECT);
+        n += 1;
+    }
+    ok(r, "RECOLLECT");
+    assert_eq!(n, 1);
+    let again = m.tsm.pdev_summary(pfn(pdev)).unwrap().evidence.unwrap();
+    assert!(!again.measurements_in_session);
+    assert_ne!(again.measurements_digest, e.measurements_digest, "a fresh nonce, a fresh transcript");
+}
+
+/// Only "not here" sends the TSM to the clear: UnsupportedRequest and UnexpectedRequest do,
+/// every other ERROR to the in-session request fails the connection at the measurement stage
+/// without a request in the clear, and so does a failure of the clear exchange.
+#[test]
+fn only_a_refusal_of_the_session_sends_the_measurements_to_the_clear() {
+    const GET_MEASUREMENTS: u8 = 0xE0;
+    let run = |code: u8, fault: &str| {
+        let (mut m, _) = machine();
+        let mut c = device_config();
+        c.session_measurements_error = Some(code);
+        if !fault.is_empty() {
+            c.faults.apply_spec(fault).unwrap();
+        }
+        let mut dev = Device::new(c).unwrap();
+        let pdev = m.page();
+        ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+        let msg = m.scratch();
+        let (r, wire) = connect_by_hand(&mut m, &mut dev, pdev, msg);
+        let clear = wire.iter().filter(|w| **w == (1, GET_MEASUREMENTS)).count();
+        (r, clear, m.tsm.pdev_summary(pfn(pdev)).unwrap())
+    };
+    for code in [0x04, 0x07] {
+        let (r, clear, s) = run(code, "");
+        ok(r, "SPDM.CONNECT");
+        assert_eq!((clear, s.evidence.unwrap().measurements_in_session), (1, false), "ERROR {code:#x}");
+    }
+    // InvalidRequest, Unspecified, SessionRequired, ResponseTooLarge: a device fault.
+    for code in [0x01, 0x05, 0x0B, 0x0D] {
+        let (r, clear, s) = run(code, "");
+        assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Pdev), "ERROR {code:#x}: {r:x?}");
+        assert_eq!(clear, 0, "ERROR {code:#x}: nothing sent in the clear");
+        let want = SpdmError::Responder { code, data: 0 };
+        assert_eq!(s.fault, Some(DeviceFault::Connect(ConnectError::Spdm(Stage::Measurements, want))));
+        assert_eq!(s.state, PdevState::Error);
+        assert!(s.session.is_none() && s.evidence.is_none(), "nothing of the connection is kept");
+    }
+    // Refused inside the session, then a bad signature in the clear: the connection fails.
+    let (r, clear, s) = run(0x07, "bad-signature=measurements");
+    assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Pdev), "{r:x?}");
+    assert_eq!((r.rcx, clear), (0x102 + Stage::Measurements as u64, 1));
+    assert!(matches!(
+        s.fault,
+        Some(DeviceFault::Connect(ConnectError::Spdm(Stage::Measurements, SpdmError::Signature(_))))
+    ));
+    assert!(s.session.is_none() && s.evidence.is_none(), "nothing of the connection is kept");
 }
 
 #[test]

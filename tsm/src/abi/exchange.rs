@@ -37,7 +37,7 @@ use crate::spdm::connect::{ConnectError, Stage};
 use crate::spdm::SpdmError;
 use crate::status::{Operand, Status};
 use crate::tdi::{MmioRange, Tdi, TdiDone, TdiOp, TdiState, REPORT_MAX};
-use crate::tdisp::{InterfaceReport, ReportError, MAX_RANGES};
+use crate::tdisp::{InterfaceReport, MAX_RANGES};
 use crate::Tsm;
 
 /// The message page of a resumable call, and the bytes of the answer in it.
@@ -154,8 +154,19 @@ fn step_measure(m: &mut Measure, input: Option<&[u8]>, out: &mut [u8; MSG_BYTES]
     }
 }
 
+/// ERROR codes with which a responder refuses a request it does not take where it was sent
+/// (DSP0274 1.2 Table 48).
+const ERROR_UNEXPECTED_REQUEST: u8 = 0x04;
+const ERROR_UNSUPPORTED_REQUEST: u8 = 0x07;
+
 fn connect_measure_fault(e: SpdmError) -> DeviceFault {
     DeviceFault::Connect(ConnectError::Spdm(Stage::Measurements, e))
+}
+
+/// SPDM.CONNECT's RCX on success: the SPDM version negotiated (bits 7:0) and whether the
+/// measurements were taken inside the session (bit 8).
+const fn connected_word(version: u8, in_session: bool) -> u64 {
+    version as u64 | (in_session as u64) << 8
 }
 
 impl<P: Platform> Tsm<P> {
@@ -220,8 +231,41 @@ impl<P: Platform> Tsm<P> {
                 Ok(Status::DEVICE_REQUEST)
             }
             Step::Done => self.complete(p, msg, out),
+            Step::Failed(f) if self.measure_in_clear_instead(p, f) => self.advance(p, None, msg, out),
             Step::Failed(f) => Err(self.device_fault(p, f)),
             Step::NotAuthentic(e) => Err(TsmError::AnswerNotAuthentic(e)),
+        }
+    }
+
+    /// SPDM.CONNECT's measurement policy (docs/protocols.md, "Where the device is measured"):
+    /// the TSM measures the device inside the session it just established, as TDISP wants; a
+    /// device that answers that GET_MEASUREMENTS with ERROR UnsupportedRequest or
+    /// UnexpectedRequest (it takes the request, but not in a session: DSP0274 lets a responder
+    /// support a request in one context only) is measured outside the session instead, in the
+    /// clear, on the same connection: the same nonce (the device signed nothing with it), the
+    /// same L1 = VCA ‖ GET_MEASUREMENTS ‖ MEASUREMENTS, signed by the leaf key that signed
+    /// KEY_EXCHANGE_RSP, and the evidence and the report's device entry say "in the clear". Any
+    /// other failure, and any failure of the clear exchange, fails the connection. Returns true
+    /// if the exchange is now that clear measurement, to be started.
+    fn measure_in_clear_instead(&mut self, p: usize, fault: DeviceFault) -> bool {
+        let DeviceFault::Connect(ConnectError::Spdm(Stage::Measurements, SpdmError::Responder { code, .. })) = fault
+        else {
+            return false;
+        };
+        if code != ERROR_UNSUPPORTED_REQUEST && code != ERROR_UNEXPECTED_REQUEST {
+            return false;
+        }
+        let Some(Some(pdev)) = self.pdevs.get_mut(p) else { return false };
+        let in_session = matches!(
+            pdev.exchange.as_ref().map(Exchange::flow),
+            Some(Flow::Measure(Measure { in_session: true, connecting: true, .. }))
+        );
+        match pdev.conn.session_measurements() {
+            Some(m) if in_session => {
+                pdev.exchange = Some(Exchange::connect_measurements_in_clear(m));
+                true
+            }
+            _ => false,
         }
     }
 
@@ -328,11 +372,13 @@ impl<P: Platform> Tsm<P> {
                 let meas = pdev.conn.measurements().ok_or(TsmError::Corrupt)?;
                 let digest = attest::evidence::transcript_digest(pdev.conn.vca(), meas);
                 pdev.connected(digest, false)?;
+                out.rcx = connected_word(pdev.version(), false);
             }
             (_, Flow::Measure(m)) if m.connecting => {
                 let meas = m.exchange.exchange().ok_or(TsmError::Corrupt)?;
                 let digest = attest::evidence::transcript_digest(pdev.conn.vca(), meas);
-                pdev.connected(digest, true)?;
+                pdev.connected(digest, m.in_session)?;
+                out.rcx = connected_word(pdev.version(), m.in_session);
                 pdev.measured = Some(m.exchange);
             }
             (_, Flow::EndSession(_)) => {
@@ -368,8 +414,7 @@ impl<P: Platform> Tsm<P> {
         let tdi = self.tdi(t).map_err(|_| DeviceFault::Aborted)?;
         let report = &tdi.report[..len.min(REPORT_MAX)];
         let parsed = InterfaceReport::parse(report).map_err(DeviceFault::Report)?;
-        Tdi::host_ranges(&parsed, tdi.reporting_offset)
-            .map_err(|_| DeviceFault::Report(ReportError::Range { index: 0 }))
+        Tdi::host_ranges(&parsed, tdi.reporting_offset).map_err(DeviceFault::Report)
     }
 
     /// TDI `t` is CONFIG_LOCKED with its checked report: the report goes to the message page

@@ -195,9 +195,12 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::SPDM_CONNECT,
             name: "TDH.SPDM.CONNECT",
-            summary: "Resumable SPDM connection: DOE discovery, VERSION / CAPABILITIES / ALGORITHMS, DIGESTS and CERTIFICATE (chain checked, leaf key kept), CHALLENGE, KEY_EXCHANGE / FINISH, then signed MEASUREMENTS of every index inside the session. On success the PDEV is CONNECTED and keeps the evidence (chain, measurement transcript and their SHA-384; reports record that the measurements were taken inside the session).",
+            summary: "Resumable SPDM connection: DOE discovery, VERSION / CAPABILITIES / ALGORITHMS, DIGESTS and CERTIFICATE (chain checked, leaf key kept), CHALLENGE, KEY_EXCHANGE / FINISH, then signed MEASUREMENTS of every index inside the session; a device that refuses them there (ERROR UnsupportedRequest or UnexpectedRequest) is measured outside the session, in the clear, in the same call (the measurement policy, docs/protocols.md). On success the PDEV is CONNECTED and keeps the evidence (chain, measurement transcript and their SHA-384; reports record where the measurements were taken).",
             inputs: &[(Reg::Rcx, "PDEV page"), MSG_IN[0], MSG_IN[1]],
-            outputs: &[MSG_OUT],
+            outputs: &[
+                MSG_OUT,
+                (Reg::Rcx, "SUCCESS: the SPDM version negotiated (bits 7:0); bit 8 set if the measurements were taken inside the session, clear if in the clear"),
+            ],
             requires: "PDEV NEW.",
             errors: &[
                 SYS,

@@ -109,6 +109,16 @@ impl Exchange {
         }
     }
 
+    /// The same measurements in the clear, outside the session SPDM.CONNECT established: the
+    /// fallback for a device that refused them inside it (`crate::abi::exchange`, the
+    /// measurement policy).
+    pub fn connect_measurements_in_clear(m: Measurements) -> Exchange {
+        Exchange {
+            owner: Owner::Pdev,
+            flow: Flow::Measure(Measure { exchange: m, in_session: false, connecting: true }),
+        }
+    }
+
     /// RECOLLECT of the PDEV's measurements, inside the session or in the clear.
     pub fn recollect(m: Measurements, in_session: bool) -> Exchange {
         Exchange { owner: Owner::Pdev, flow: Flow::Measure(Measure { exchange: m, in_session, connecting: false }) }
