@@ -56,6 +56,7 @@ fault switches, for tests (repeat --fault for several):
                           wrong-session-id  overlapping-ranges  ignore-reporting-offset
                           error-after-lock  refuse-start  broken-chain  impostor-leaf  late=MS
                           corrupt=REPLY  end-session-on=REPLY
+                          busy=REPLY[*N]  not-ready=REPLY[*N]
                         where REPLY is one of
                           version capabilities algorithms digests certificate
                           challenge-auth measurements key-exchange-rsp finish-rsp
@@ -79,7 +80,11 @@ fault switches, for tests (repeat --fault for several):
                         late waits MS milliseconds before sending each answer;
                         corrupt flips one bit of that reply after framing and sealing;
                         end-session-on forgets the session when the request of that reply
-                        arrives under it, and answers nothing
+                        arrives under it, and answers nothing;
+                        busy answers the next N requests of that reply with ERROR Busy
+                        without taking them; not-ready takes them and answers ERROR
+                        ResponseNotReady, and RESPOND_IF_READY gets the reply (or
+                        ResponseNotReady again while counts are left)
 
   -h, --help            this text
 

@@ -610,3 +610,90 @@ fn a_missed_heartbeat_leaves_the_request_outstanding_until_the_host_aborts() {
     let s = m.tsm.pdev_summary(pfn(a.pdev)).unwrap();
     assert_eq!((s.state, s.fault), (PdevState::Error, Some(DeviceFault::Aborted)));
 }
+
+/// ERROR Busy and ResponseNotReady in every place a device may answer them: in the clear during
+/// SPDM.CONNECT, FINISH_RSP under the handshake keys, the measurements inside the session, IDE_KM
+/// and TDISP inside it, and SPDM.MNG's HEARTBEAT. The TSM sends the request again after Busy and
+/// RESPOND_IF_READY after ResponseNotReady; the assignment completes, and since the flows never
+/// see the ERRORs, the evidence is byte for byte the same as with a device that never deferred
+/// (same seeds: a Busy request was not taken, a deferred one taken once).
+#[test]
+fn busy_and_response_not_ready_are_asked_again_wherever_they_come() {
+    let evidence = |spec: &str| {
+        let (mut m, td) = machine();
+        let mut dev = device(spec);
+        let a = m.assign(&mut dev, &td);
+        ok(m.pump(&mut dev, h::SPDM_MNG, a.pdev, a.msg, mng::HEARTBEAT), spec);
+        assert_eq!(m.tsm.tdi_summary(pfn(a.tdi)).unwrap().state, TdiState::Run, "{spec}");
+        let f = &dev.config().faults;
+        assert_eq!((f.busy, f.not_ready), (None, None), "{spec}: every deferral was asked again");
+        let s = m.tsm.pdev_summary(pfn(a.pdev)).unwrap();
+        (s.evidence.unwrap(), m.tsm.tdi_evidence(pfn(a.tdi)).unwrap().report_digest)
+    };
+    let good = evidence("");
+    for spec in [
+        "not-ready=version",
+        "busy=algorithms",
+        "not-ready=certificate*3",
+        "busy=challenge-auth*2",
+        "not-ready=key-exchange-rsp",
+        "busy=finish-rsp",
+        "not-ready=finish-rsp",
+        "busy=measurements*8",
+        "not-ready=measurements",
+        "not-ready=idekm*2",
+        "busy=idekm",
+        "busy=tdisp-lock",
+        "not-ready=tdisp-report*3",
+        "busy=tdisp-state*2",
+        "not-ready=tdisp-start",
+        "busy=heartbeat-ack",
+        "not-ready=heartbeat-ack",
+    ] {
+        assert_eq!(evidence(spec), good, "{spec}");
+    }
+    // In the clear, where the engine frames rather than seals: a device measured there (it
+    // refuses the session), deferring those measurements.
+    for spec in ["busy=measurements*2", "not-ready=measurements*2"] {
+        let (mut m, _) = machine();
+        let mut c = device_config();
+        c.session_measurements_error = Some(0x07);
+        c.faults.apply_spec(spec).unwrap();
+        let mut dev = Device::new(c).unwrap();
+        let a = m.connect(&mut dev);
+        let e = m.tsm.pdev_summary(pfn(a.pdev)).unwrap().evidence.unwrap();
+        assert!(!e.measurements_in_session, "{spec}");
+        assert_eq!(dev.config().faults.busy.or(dev.config().faults.not_ready), None, "{spec}");
+        c = device_config();
+        c.session_measurements_error = Some(0x07);
+        let mut plain = Device::new(c).unwrap();
+        let (mut m2, _) = machine();
+        let a2 = m2.connect(&mut plain);
+        assert_eq!(m2.tsm.pdev_summary(pfn(a2.pdev)).unwrap().evidence.unwrap(), e, "{spec}");
+    }
+}
+
+/// A device that is never ready: after [`tsm::spdm::connect::MAX_RETRIES`] come-back answers to
+/// one request the exchange fails with `NotReadyTooLong`, against its owner.
+#[test]
+fn a_device_that_is_never_ready_fails_the_exchange_it_holds_up() {
+    use tsm::spdm::later::{ERROR_BUSY, ERROR_RESPONSE_NOT_READY};
+    let too_long = |request: u8, error: u8| SpdmError::NotReadyTooLong { request, error };
+    for (spec, stage, want) in [
+        ("busy=certificate*9", Stage::Certificates, too_long(0x82, ERROR_BUSY)),
+        ("not-ready=finish-rsp*9", Stage::Session, too_long(0xE5, ERROR_RESPONSE_NOT_READY)),
+        ("busy=measurements*9", Stage::Measurements, too_long(0xE0, ERROR_BUSY)),
+    ] {
+        connect_fails(spec, stage, |e| *e == want);
+    }
+    // TDISP: the TDI goes to ERROR, the PDEV stays connected.
+    let (mut m, td) = machine();
+    let mut dev = device("not-ready=tdisp-lock*9");
+    let a = bound(&mut m, &td, &mut dev);
+    let r = m.pump(&mut dev, h::TDI_LOCK, a.tdi, a.msg, LOCK_FLAGS | a.stream << 16);
+    assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Tdi), "{r:x?}");
+    let s = m.tsm.tdi_summary(pfn(a.tdi)).unwrap();
+    assert_eq!(s.state, TdiState::Error);
+    assert_eq!(s.fault, Some(DeviceFault::Spdm(too_long(0xFE, ERROR_RESPONSE_NOT_READY))));
+    assert_eq!(m.tsm.pdev_summary(pfn(a.pdev)).unwrap().state, PdevState::Connected);
+}

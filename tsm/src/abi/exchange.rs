@@ -34,6 +34,8 @@ use crate::error::{DeviceFault, TsmError, TsmResult};
 use crate::pdev::{Exchange, Flow, Measure, Owner, PdevState, StreamState, MSG_BYTES};
 use crate::platform::Platform;
 use crate::spdm::connect::{ConnectError, Stage};
+use crate::spdm::later::{self, Later};
+use crate::spdm::session::Session;
 use crate::spdm::SpdmError;
 use crate::status::{Operand, Status};
 use crate::tdi::{MmioRange, Tdi, TdiDone, TdiOp, TdiState, REPORT_MAX};
@@ -159,6 +161,66 @@ fn step_measure(m: &mut Measure, input: Option<&[u8]>, out: &mut [u8; MSG_BYTES]
 const ERROR_UNEXPECTED_REQUEST: u8 = 0x04;
 const ERROR_UNSUPPORTED_REQUEST: u8 = 0x07;
 
+/// Reads `input` (the flow's answer: opened when `sealed`, else a clear DOE object) for ERROR
+/// Busy and ResponseNotReady to the flow's last request ([`crate::spdm::later`]): `None` when
+/// it is the flow's to step (its retries start over), else what to send instead, plain in
+/// `plain` (the same request after Busy, RESPOND_IF_READY after ResponseNotReady), or the fault
+/// of one retry too many or of a ResponseNotReady for another request.
+fn come_back(x: &mut Exchange, input: Option<&[u8]>, sealed: bool, plain: &mut [u8; MSG_BYTES]) -> Option<Step> {
+    if !x.retried_by_engine() {
+        return None;
+    }
+    let answer = match input {
+        Some(a) if sealed => a,
+        Some(a) => doe::decode_as(a, ObjectType::Spdm).ok()?,
+        None => return None,
+    };
+    let fault = x.spdm_fault();
+    let (_, last) = x.parts_mut();
+    let request = last.get()?;
+    let later = match later::read(request, answer) {
+        Ok(Later::Answer) => {
+            last.retries.reset();
+            return None;
+        }
+        Ok(l) => l,
+        Err(e) => return Some(Step::Failed(fault(e))),
+    };
+    let mut retries = last.retries;
+    if let Err(e) = retries.again(request, later) {
+        return Some(Step::Failed(fault(e)));
+    }
+    let n = match later {
+        Later::NotReady { token } => {
+            plain[..4].copy_from_slice(&later::respond_if_ready(request, token));
+            4
+        }
+        _ => {
+            plain[..request.len()].copy_from_slice(request);
+            request.len()
+        }
+    };
+    last.retries = retries;
+    Some(Step::Send(n))
+}
+
+/// `message` sealed under `session` into `out`.
+fn seal_with(session: Option<&mut Session>, message: &[u8], out: &mut [u8; MSG_BYTES]) -> Step {
+    let Some(session) = session else { return Step::Failed(DeviceFault::Aborted) };
+    match session.seal(message, out) {
+        Ok(n) => Step::Send(n),
+        Err(e) => Step::Failed(DeviceFault::Secured(e)),
+    }
+}
+
+/// `message` framed as a clear SPDM DOE object into `out`.
+fn frame(message: &[u8], out: &mut [u8; MSG_BYTES], fault: DeviceFault) -> Step {
+    match doe::encode(ObjectType::Spdm, message, out) {
+        Ok(n) => Step::Send(n),
+        Err(_) => Step::Failed(fault),
+    }
+}
+
 fn connect_measure_fault(e: SpdmError) -> DeviceFault {
     DeviceFault::Connect(ConnectError::Spdm(Stage::Measurements, e))
 }
@@ -277,8 +339,17 @@ impl<P: Platform> Tsm<P> {
         let x = pdev.exchange.as_mut().ok_or(TsmError::Corrupt)?;
         let (owner, sealed) = (x.owner(), x.sealed());
         let mut plain = [0u8; MSG_BYTES];
+        // Busy and ResponseNotReady are the engine's: the flow never sees them.
+        if let Some(step) = come_back(x, input, sealed, &mut plain) {
+            return Ok(match step {
+                Step::Send(n) if sealed => seal_with(pdev.session.as_mut(), &plain[..n], out),
+                Step::Send(n) => frame(&plain[..n], out, x.spdm_fault()(SpdmError::NotWaiting)),
+                step => step,
+            });
+        }
         let buf = if sealed { &mut plain } else { &mut *out };
-        let step = match (x.flow_mut(), owner) {
+        let (flow, last) = x.parts_mut();
+        let step = match (flow, owner) {
             (Flow::Connect, _) => {
                 let action = match input {
                     None => pdev.conn.start(),
@@ -328,13 +399,12 @@ impl<P: Platform> Tsm<P> {
         };
         let Step::Send(n) = step else { return Ok(step) };
         if !sealed {
+            // A clear measurement: its GET_MEASUREMENTS, unframed, is what a retry resends.
+            last.set(doe::decode_as(&out[..n], ObjectType::Spdm).unwrap_or(&[]));
             return Ok(step);
         }
-        let Some(session) = pdev.session.as_mut() else { return Ok(Step::Failed(DeviceFault::Aborted)) };
-        Ok(match session.seal(&plain[..n], out) {
-            Ok(n) => Step::Send(n),
-            Err(e) => Step::Failed(DeviceFault::Secured(e)),
-        })
+        last.set(&plain[..n]);
+        Ok(seal_with(pdev.session.as_mut(), &plain[..n], out))
     }
 
     /// The exchange finished: its result is committed to its owner and the exchange ends.

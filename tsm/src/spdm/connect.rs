@@ -8,6 +8,7 @@ use crate::doe::{self, Action, Discovery, DoeError, ObjectType};
 use crate::spdm::cert::CertRetrieval;
 use crate::spdm::chain::CertChain;
 use crate::spdm::challenge::Challenge;
+use crate::spdm::later::{self, Later, Retries};
 use crate::spdm::meas::Measurements;
 use crate::spdm::negotiate::{cap, Negotiated, Negotiation, SpdmError};
 use crate::spdm::session::{KeyExchange, Session};
@@ -57,15 +58,7 @@ pub enum ConnectError {
     Spdm(Stage, SpdmError),
 }
 
-/// ERROR codes a responder uses to say "later" (DSP0274 1.2 Table 48).
-const ERROR_BUSY: u8 = 0x03;
-const ERROR_RESPONSE_NOT_READY: u8 = 0x42;
-/// RESPOND_IF_READY.
-const RESPOND_IF_READY: u8 = 0xFF;
-/// Times one request may be answered Busy or ResponseNotReady before the TSM gives up. The TSM
-/// never waits itself: each retry is one more DOE exchange the host makes, and the host's DOE
-/// timeout bounds each of them; this bounds how many.
-pub const MAX_RETRIES: u8 = 8;
+pub use crate::spdm::later::MAX_RETRIES;
 
 /// The connection.
 #[derive(Clone, Debug)]
@@ -88,7 +81,7 @@ pub struct Connect {
     request: [u8; 256],
     request_len: usize,
     /// Busy / ResponseNotReady answers to the current request so far.
-    retries: u8,
+    retries: Retries,
     out: [u8; 256],
 }
 
@@ -128,7 +121,7 @@ impl Connect {
             failed: None,
             request: [0; 256],
             request_len: 0,
-            retries: 0,
+            retries: Retries::new(),
             out: [0; 256],
         }
     }
@@ -194,7 +187,7 @@ impl Connect {
             Ok(Some(n)) => return self.finish(Next::Send(n)),
             Err(e) => return self.finish(Next::Failed(spdm(e))),
         }
-        self.retries = 0;
+        self.retries.reset();
         let next = match self.stage {
             Stage::Discovery => copy_out(&mut self.out, self.discovery.step(response), ConnectError::Discovery),
             Stage::Negotiation => copy_out(&mut self.out, self.negotiation.step(response), spdm),
@@ -219,12 +212,12 @@ impl Connect {
         self.finish(next)
     }
 
-    /// Busy and ResponseNotReady, the answers that ask the requester to come back (DSP0274 1.2
-    /// §10.13 and §10.14): `Ok(Some(n))` = send `out[..n]` (the request again after Busy,
+    /// Busy and ResponseNotReady, the answers that ask the requester to come back
+    /// ([`crate::spdm::later`]): `Ok(Some(n))` = send `out[..n]` (the request again after Busy,
     /// RESPOND_IF_READY after ResponseNotReady); `Ok(None)` = the answer is for the stage. The
     /// stages never see these ERRORs, so their transcripts hold only the request and its final
-    /// response, as the spec has them. Answers in a secured session (FINISH_RSP) are not looked
-    /// at here: the session stage opens them.
+    /// response, as the spec has them. Answers in the secured session (FINISH_RSP) are the
+    /// session stage's to read (`KeyExchange` does the same under the handshake keys).
     ///
     /// # Errors
     /// ResponseNotReady for another request than the one outstanding, or more than
@@ -235,30 +228,18 @@ impl Connect {
         }
         let Ok(p) = doe::decode_as(response, ObjectType::Spdm) else { return Ok(None) };
         let Ok(request) = doe::decode_as(&self.request[..self.request_len], ObjectType::Spdm) else { return Ok(None) };
-        let (Some(&version), Some(&request_code)) = (request.first(), request.get(1)) else { return Ok(None) };
-        let (code, not_ready) = match p {
-            [v, 0x7F, ERROR_BUSY, ..] if *v == version => (ERROR_BUSY, None),
-            [v, 0x7F, ERROR_RESPONSE_NOT_READY, _, _, code, token, _, ..] if *v == version => {
-                (ERROR_RESPONSE_NOT_READY, Some((*code, *token)))
-            }
-            _ => return Ok(None),
-        };
-        if self.retries >= MAX_RETRIES {
-            return Err(SpdmError::NotReadyTooLong { request: request_code, error: code });
-        }
-        self.retries += 1;
-        match not_ready {
-            None => {
+        let l = later::read(request, p)?;
+        self.retries.again(request, l)?;
+        match l {
+            Later::Answer => Ok(None),
+            Later::Busy => {
                 let n = self.request_len;
                 self.out[..n].copy_from_slice(&self.request[..n]);
                 Ok(Some(n))
             }
-            Some((code, _)) if code != request_code => {
-                Err(SpdmError::NotReadyForAnother { request: request_code, got: code })
-            }
-            Some((code, token)) => {
-                let n = doe::encode(ObjectType::Spdm, &[version, RESPOND_IF_READY, code, token], &mut self.out)?;
-                Ok(Some(n))
+            Later::NotReady { token } => {
+                let again = later::respond_if_ready(request, token);
+                Ok(Some(doe::encode(ObjectType::Spdm, &again, &mut self.out)?))
             }
         }
     }
@@ -273,7 +254,7 @@ impl Connect {
         }
         if let Next::Send(n) = next {
             // A RESPOND_IF_READY is not the request to resend after Busy.
-            let respond_if_ready = self.out.get(9) == Some(&RESPOND_IF_READY) && self.out.get(2) == Some(&1);
+            let respond_if_ready = self.out.get(9) == Some(&later::RESPOND_IF_READY) && self.out.get(2) == Some(&1);
             if !respond_if_ready {
                 self.request[..n].copy_from_slice(&self.out[..n]);
                 self.request_len = n;

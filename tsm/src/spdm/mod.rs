@@ -8,6 +8,7 @@
 //!   and its leaf key; `x509` reads the certificate fields the rules need.
 //! - [`key_update`]: KEY_UPDATE / KEY_UPDATE_ACK inside a session, resumable like the others.
 //! - [`keys`]: the SPDM 1.2+ key schedule (handshake and data keys, finished keys, KEY_UPDATE).
+//! - [`later`]: ERROR Busy and ResponseNotReady, read before any flow sees an answer.
 //! - [`meas`]: signed GET_MEASUREMENTS of every index, kept as evidence.
 //! - [`secured`]: DSP0277 secured messages over DOE with AES-128-GCM or AES-256-GCM.
 //! - [`session`]: KEY_EXCHANGE and FINISH: an ECDHE (secp256r1 or secp384r1) session.
@@ -20,6 +21,7 @@ pub mod challenge;
 pub mod connect;
 pub mod key_update;
 pub mod keys;
+pub mod later;
 pub mod meas;
 pub mod negotiate;
 pub mod secured;

@@ -14,6 +14,7 @@
 
 use crate::doe::{self, Action, ObjectType};
 use crate::spdm::keys::{DirectionKeys, HandshakeKeys, Schedule};
+use crate::spdm::later::{self, Later, Retries};
 use crate::spdm::negotiate::{code, exact, le16, response_payload, Negotiated, SpdmError};
 use crate::spdm::secured::{self, SecuredError};
 use crate::spdm::sig::{self, Context, LeafKey};
@@ -199,6 +200,11 @@ pub struct KeyExchange {
     /// accepted.
     heartbeat: bool,
     heartbeat_period: u8,
+    /// FINISH as sealed (plaintext), to send again after ERROR Busy.
+    finish: [u8; 4 + MAX_HASH],
+    finish_len: usize,
+    /// Busy / ResponseNotReady answers to FINISH so far.
+    retries: Retries,
     out: [u8; 256],
 }
 
@@ -236,6 +242,9 @@ impl KeyExchange {
             session: None,
             heartbeat: false,
             heartbeat_period: 0,
+            finish: [0; 4 + MAX_HASH],
+            finish_len: 0,
+            retries: Retries::new(),
             out: [0; 256],
         })
     }
@@ -347,6 +356,8 @@ impl KeyExchange {
         let mut hs = hs;
         hs.request = request;
         self.handshake = Some(hs);
+        self.finish[..finish.len()].copy_from_slice(finish);
+        self.finish_len = finish.len();
         Ok(Some(n))
     }
 
@@ -355,6 +366,28 @@ impl KeyExchange {
         let mut keys = hs.response.clone();
         let mut buf = [0u8; 64];
         let msg = secured::open(&mut keys, self.session_id, response, &mut buf).map_err(SpdmError::Secured)?;
+        // ERROR Busy / ResponseNotReady, sealed under the handshake keys: FINISH again, or
+        // RESPOND_IF_READY, sealed with the next request sequence number. TH is left alone: it
+        // holds FINISH once, and the FINISH_RSP that finally comes.
+        let finish = &self.finish[..self.finish_len];
+        let l = later::read(finish, msg)?;
+        if l != Later::Answer {
+            let mut retries = self.retries;
+            retries.again(finish, l)?;
+            let again = match l {
+                Later::NotReady { token } => later::respond_if_ready(finish, token),
+                _ => [0; 4],
+            };
+            let plain = if matches!(l, Later::NotReady { .. }) { &again[..] } else { finish };
+            let mut request = hs.request.clone();
+            let n = secured::seal(&mut request, self.session_id, plain, &mut self.out).map_err(SpdmError::Secured)?;
+            // ALL CHECKS PASSED: both directions moved by one message.
+            let hs = self.handshake.as_mut().ok_or(SpdmError::NotWaiting)?;
+            hs.request = request;
+            hs.response = keys;
+            self.retries = retries;
+            return Ok(Some(n));
+        }
         if msg.len() < 4 {
             return Err(SpdmError::BadLength { code: code::FINISH_RSP, len: msg.len() });
         }
