@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 pub mod certs;
+mod chunk;
 pub mod config;
 pub mod corpus;
 pub mod faults;
@@ -43,6 +44,8 @@ pub struct Device {
     ide_keys: BTreeMap<KeySlot, IdeKey>,
     /// The response a ResponseNotReady promised (the `not-ready` switch).
     deferred: Option<later::Deferred>,
+    /// A large response being served in chunks.
+    large: Option<chunk::Large>,
     next_token: u8,
 }
 
@@ -86,6 +89,7 @@ impl Device {
             tdis,
             ide_keys: BTreeMap::new(),
             deferred: None,
+            large: None,
             next_token: 0x5A,
         })
     }
@@ -102,12 +106,16 @@ impl Device {
             0x01 => {
                 let reply = match self.respond_if_ready(None, o.payload) {
                     Some((reply, _)) => reply,
-                    None => {
-                        let before = self.later_armed().then(|| Box::new(self.clone()));
-                        let reply = self.spdm(o.payload);
-                        self.later(None, o.payload, (reply, None), before).0
-                    }
+                    None => match self.chunk_get(None, o.payload) {
+                        Some(chunk) => chunk,
+                        None => {
+                            let before = self.later_armed().then(|| Box::new(self.clone()));
+                            let reply = self.spdm(o.payload);
+                            self.later(None, o.payload, (reply, None), before).0
+                        }
+                    },
                 };
+                let reply = self.chunked(None, reply);
                 self.plain_reply(reply)
             }
             0x02 => self.secured(object, o.payload),

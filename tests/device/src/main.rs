@@ -47,6 +47,9 @@ identity (default: a root, an intermediate CA and a leaf generated from the seed
                         SHA-384, secp384r1, AES-256-GCM) or p256 (ECDSA P-256 with SHA-256,
                         secp256r1, AES-128-GCM); with certificate files, the leaf key's curve
                         decides
+  --long-chain          a generated P-384 identity with five intermediate CAs whose names are
+                        padded: a chain over 4 KiB, longer than a 4 KiB DataTransferSize, which
+                        a requester that takes chunks gets through CHUNK_GET
 
 fault switches, for tests (repeat --fault for several):
   --fault SPEC          misbehave on purpose; SPEC is one of
@@ -110,6 +113,7 @@ struct Options {
     files: Files,
     config: Config,
     p256: bool,
+    long_chain: bool,
 }
 
 fn parse_u32(s: &str) -> Option<u32> {
@@ -146,6 +150,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         files: Files::default(),
         config,
         p256: false,
+        long_chain: false,
     };
     let mut seeded = false;
     let mut it = args.iter();
@@ -172,6 +177,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--leaf" => o.files.leaf = Some(value("--leaf")?.into()),
             "--leaf-key" => o.files.key = Some(value("--leaf-key")?.into()),
             "--fault" => o.config.faults.apply_spec(&value("--fault")?)?,
+            "--long-chain" => o.long_chain = true,
             "--clear-measurements-only" => {
                 o.config.session_measurements_error = Some(tdisp_device::spdm::error_code::UNSUPPORTED_REQUEST)
             }
@@ -203,6 +209,9 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
     if any_file && o.state_dir.is_some() {
         return Err("--state-dir and certificate files exclude each other".into());
     }
+    if o.long_chain && (o.p256 || any_file || o.state_dir.is_some()) {
+        return Err("--long-chain generates a P-384 identity: no --suite p256, certificate files or --state-dir".into());
+    }
     if !seeded {
         getrandom::fill(&mut o.config.seed).map_err(|e| format!("no OS randomness: {e}"))?;
     }
@@ -219,6 +228,7 @@ fn identity(o: &Options, rng: &mut Rng) -> Result<Identity, String> {
         (_, _, _, Some(dir)) if o.p256 => Identity::from_state_dir_with(dir, rng, Identity::generate_p256),
         (_, _, _, Some(dir)) => Identity::from_state_dir(dir, rng),
         _ if o.p256 => Identity::generate_p256(rng),
+        _ if o.long_chain => Identity::generate_chain(rng, 5, 400),
         _ => Identity::generate(rng),
     };
     result.map_err(|e| e.to_string())
@@ -282,5 +292,9 @@ mod tests {
         assert!(parse(&args(&["--root", "r", "--leaf", "l", "--leaf-key", "k", "--state-dir", "d"])).is_err());
         assert!(parse(&args(&["--fault", "truncate=x"])).is_err());
         assert!(parse(&args(&["--config"])).is_err());
+        assert!(parse(&args(&["--long-chain"])).unwrap().unwrap().long_chain);
+        assert!(parse(&args(&["--long-chain", "--suite", "p256"])).is_err());
+        let o = parse(&args(&["--clear-measurements-only"])).unwrap().unwrap();
+        assert_eq!(o.config.session_measurements_error, Some(0x07));
     }
 }

@@ -245,15 +245,21 @@ impl Device {
             }
         }
         let (mut reply, after) = match opened {
-            Some((msg, Key::Current)) => match self.respond_if_ready(Some(id), &msg) {
-                Some((reply, after)) => (reply, after.unwrap_or(After::Stay)),
-                None => {
-                    let before = self.later_armed().then(|| Box::new(self.clone()));
-                    let (reply, after) = self.in_session(id, version, &msg);
-                    let (reply, after) = self.later(Some(id), &msg, (reply, Some(after)), before);
-                    (reply, after.unwrap_or(After::Stay))
-                }
-            },
+            Some((msg, Key::Current)) => {
+                let (reply, after) = match self.respond_if_ready(Some(id), &msg) {
+                    Some((reply, after)) => (reply, after.unwrap_or(After::Stay)),
+                    None => match self.chunk_get(Some(id), &msg) {
+                        Some(chunk) => (chunk, After::Stay),
+                        None => {
+                            let before = self.later_armed().then(|| Box::new(self.clone()));
+                            let (reply, after) = self.in_session(id, version, &msg);
+                            let (reply, after) = self.later(Some(id), &msg, (reply, Some(after)), before);
+                            (reply, after.unwrap_or(After::Stay))
+                        }
+                    },
+                };
+                (self.chunked(Some(id), reply), after)
+            }
             Some((msg, Key::Previous)) => self.key_update_retry(id, version, &msg),
             // DSP0277 / libspdm: ERROR(DecryptError) under the session's keys, then the session ends.
             None => (error(version, error_code::DECRYPT_ERROR, 0), After::End),

@@ -33,6 +33,7 @@ use crate::doe::{self, Action, DoeError, ObjectType};
 use crate::error::{DeviceFault, TsmError, TsmResult};
 use crate::pdev::{Exchange, Flow, Measure, Owner, PdevState, StreamState, MSG_BYTES};
 use crate::platform::Platform;
+use crate::spdm::chunk;
 use crate::spdm::connect::{ConnectError, Stage};
 use crate::spdm::later::{self, Later};
 use crate::spdm::session::Session;
@@ -178,6 +179,11 @@ fn come_back(x: &mut Exchange, input: Option<&[u8]>, sealed: bool, plain: &mut [
     let fault = x.spdm_fault();
     let (_, last) = x.parts_mut();
     let request = last.get()?;
+    // Every response the TSM asks for here fits its DataTransferSize, or is too large to keep:
+    // a device that wants to chunk one is refused by name (`spdm::chunk`).
+    if chunk::large_response(request[0], answer).is_some() {
+        return Some(Step::Failed(fault(SpdmError::UnexpectedLargeResponse)));
+    }
     let later = match later::read(request, answer) {
         Ok(Later::Answer) => {
             last.retries.reset();

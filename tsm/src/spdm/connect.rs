@@ -8,6 +8,7 @@ use crate::doe::{self, Action, Discovery, DoeError, ObjectType};
 use crate::spdm::cert::CertRetrieval;
 use crate::spdm::chain::CertChain;
 use crate::spdm::challenge::Challenge;
+use crate::spdm::chunk::{self, ChunkGet};
 use crate::spdm::later::{self, Later, Retries};
 use crate::spdm::meas::Measurements;
 use crate::spdm::negotiate::{cap, Negotiated, Negotiation, SpdmError};
@@ -82,7 +83,19 @@ pub struct Connect {
     request_len: usize,
     /// Busy / ResponseNotReady answers to the current request so far.
     retries: Retries,
+    /// A large response being taken in chunks (ERROR LargeResponse, then CHUNK_GET).
+    chunk: Option<ChunkGet>,
     out: [u8; 256],
+}
+
+/// What [`Connect::chunks`] made of an answer.
+enum Chunked {
+    /// Nothing to do with chunks: the answer is the stage's.
+    No,
+    /// The next CHUNK_GET is in `out`.
+    Send(usize),
+    /// The last chunk came: the whole response is in `Connect::chunk`.
+    Whole,
 }
 
 /// What one step produced: an object to send (its length in `out`), completion, or failure.
@@ -122,6 +135,7 @@ impl Connect {
             request: [0; 256],
             request_len: 0,
             retries: Retries::new(),
+            chunk: None,
             out: [0; 256],
         }
     }
@@ -188,6 +202,16 @@ impl Connect {
             Err(e) => return self.finish(Next::Failed(spdm(e))),
         }
         self.retries.reset();
+        let mut whole = match self.chunks(response) {
+            Ok(Chunked::No) => None,
+            Ok(Chunked::Send(n)) => return self.finish(Next::Send(n)),
+            Ok(Chunked::Whole) => self.chunk.take(),
+            Err(e) => return self.finish(Next::Failed(spdm(e))),
+        };
+        let response = match whole.as_mut() {
+            Some(c) => c.object().unwrap_or(&[]),
+            None => response,
+        };
         let next = match self.stage {
             Stage::Discovery => copy_out(&mut self.out, self.discovery.step(response), ConnectError::Discovery),
             Stage::Negotiation => copy_out(&mut self.out, self.negotiation.step(response), spdm),
@@ -242,6 +266,34 @@ impl Connect {
                 Ok(Some(doe::encode(ObjectType::Spdm, &again, &mut self.out)?))
             }
         }
+    }
+
+    /// Large responses (DSP0274 1.2 §10.22, [`crate::spdm::chunk`]): an ERROR LargeResponse to
+    /// the stage's request starts CHUNK_GET, and each CHUNK_RESPONSE asks for the next chunk
+    /// until the last, when the stage gets the whole response as one object. Busy and
+    /// ResponseNotReady to a CHUNK_GET were handled before, as for any request.
+    ///
+    /// # Errors
+    /// A LargeResponse without CHUNK_CAP on both sides (or before 1.2); any refusal of a
+    /// CHUNK_RESPONSE ([`ChunkGet::step`]).
+    fn chunks(&mut self, response: &[u8]) -> Result<Chunked, SpdmError> {
+        if let Some(c) = self.chunk.as_mut() {
+            let answer = doe::decode_as(response, ObjectType::Spdm)?;
+            if c.step(answer)? {
+                return Ok(Chunked::Whole);
+            }
+            let next = c.request();
+            return Ok(Chunked::Send(doe::encode(ObjectType::Spdm, &next, &mut self.out)?));
+        }
+        let Some(n) = self.negotiation.negotiated() else { return Ok(Chunked::No) };
+        let Ok(answer) = doe::decode_as(response, ObjectType::Spdm) else { return Ok(Chunked::No) };
+        let Some(handle) = chunk::large_response(n.version, answer) else { return Ok(Chunked::No) };
+        if !n.chunking() {
+            return Err(SpdmError::UnexpectedLargeResponse);
+        }
+        let c = self.chunk.insert(ChunkGet::new(n.version, handle));
+        let first = c.request();
+        Ok(Chunked::Send(doe::encode(ObjectType::Spdm, &first, &mut self.out)?))
     }
 
     /// Moves to the next stage when one finishes, starting it; turns the result into an action.

@@ -4,6 +4,7 @@
 //! - [`connect`]: the whole connection (discovery to session) as one state machine.
 //! - [`cert`]: GET_DIGESTS and chunked GET_CERTIFICATE for slot 0, with message B.
 //! - [`challenge`]: CHALLENGE / CHALLENGE_AUTH: the device proves its leaf key over M1.
+//! - [`chunk`]: large responses taken in pieces with CHUNK_GET after ERROR LargeResponse.
 //! - [`chain`]: the SPDM certificate-chain format, validated as a certification path (RFC 5280),
 //!   and its leaf key; `x509` reads the certificate fields the rules need.
 //! - [`key_update`]: KEY_UPDATE / KEY_UPDATE_ACK inside a session, resumable like the others.
@@ -18,6 +19,7 @@
 pub mod cert;
 pub mod chain;
 pub mod challenge;
+pub mod chunk;
 pub mod connect;
 pub mod key_update;
 pub mod keys;

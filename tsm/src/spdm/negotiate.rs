@@ -61,15 +61,23 @@ pub mod cap {
     pub const KEY_EX: u32 = 0x200;
     pub const HBEAT: u32 = 0x2000;
     pub const KEY_UPD: u32 = 0x4000;
+    pub const CHUNK: u32 = 0x2_0000;
 }
 
-/// What the TSM announces as requester: sessions with encryption and MAC, and KEY_UPDATE inside
-/// them (`0x42C0`); no mutual authentication, heartbeat or handshake in the clear.
-pub const REQUESTER_FLAGS: u32 = cap::ENCRYPT | cap::MAC | cap::KEY_EX | cap::KEY_UPD;
+/// What the TSM announces as requester: sessions with encryption and MAC, KEY_UPDATE inside
+/// them, and large responses in chunks (`0x2_42C0`); no mutual authentication, heartbeat or
+/// handshake in the clear.
+pub const REQUESTER_FLAGS: u32 = cap::ENCRYPT | cap::MAC | cap::KEY_EX | cap::KEY_UPD | cap::CHUNK;
 /// What a device must offer: certificates, CHALLENGE, signed measurements, sessions.
 pub const REQUIRED_RESPONDER_FLAGS: u32 = cap::CERT | cap::CHAL | cap::MEAS_SIG | cap::ENCRYPT | cap::MAC | cap::KEY_EX;
-/// The TSM's DataTransferSize and MaxSPDMmsgSize (fits QEMU's 0x1200-byte socket limit).
-pub const TRANSFER_SIZE: u32 = 0x1000;
+/// The TSM's DataTransferSize: the largest SPDM message it takes in one transfer. Every answer
+/// reaches it through the host's 4 KiB message page as one DOE object (8 bytes of header), a
+/// secured one with its session id, length fields and tag (24 bytes) around the message: 4064
+/// bytes of message always fit, clear or sealed (`pdev::MSG_BYTES` asserts it).
+pub const TRANSFER_SIZE: u32 = 4096 - 8 - 24;
+/// The TSM's MaxSPDMmsgSize: the largest response it reassembles from chunks
+/// ([`crate::spdm::chunk::MAX_MESSAGE`]).
+pub const MAX_MESSAGE_SIZE: u32 = crate::spdm::chunk::MAX_MESSAGE as u32;
 
 /// SPDM algorithm bit encodings (the suites themselves: [`crate::spdm::suite`]).
 #[allow(missing_docs)]
@@ -225,6 +233,46 @@ pub enum SpdmError {
         /// The RequestCode in the ERROR.
         got: u8,
     },
+    /// CHUNK_RESPONSE names another Handle than ERROR LargeResponse gave.
+    ChunkHandle {
+        /// The Handle received.
+        got: u8,
+        /// The Handle asked for.
+        want: u8,
+    },
+    /// CHUNK_RESPONSE carries another ChunkSeqNo than the CHUNK_GET asked for.
+    ChunkSequence {
+        /// ChunkSeqNo received.
+        got: u16,
+        /// ChunkSeqNo asked for.
+        want: u16,
+    },
+    /// The first chunk's LargeMessageSize is beyond the TSM's MaxSPDMmsgSize, or within its
+    /// DataTransferSize (such a response needs no chunks).
+    LargeMessageSize {
+        /// LargeMessageSize.
+        size: usize,
+    },
+    /// A chunk that is empty, shorter than a responder's minimum before the last, or longer than
+    /// what is left of the message.
+    ChunkSize {
+        /// ChunkSize.
+        size: usize,
+        /// Bytes of the message still to come.
+        left: usize,
+    },
+    /// The LastChunk bit disagrees with the bytes (set with bytes left, clear with none), or
+    /// undefined attribute bits are set.
+    ChunkLast {
+        /// The ChunkResponseAttributes.
+        attributes: u8,
+        /// Bytes of the message left after this chunk.
+        left: usize,
+    },
+    /// ERROR LargeResponse where the TSM takes none: without CHUNK_CAP on both sides, or for a
+    /// response inside the session (each fits the TSM's DataTransferSize, or is too large to
+    /// keep as evidence).
+    UnexpectedLargeResponse,
     /// KEY_UPDATE may only start with UpdateKey or UpdateAllKeys (VerifyNewKey follows them).
     BadKeyOperation(u8),
     /// KEY_UPDATE_ACK names another operation or tag than the request.
@@ -280,6 +328,17 @@ impl fmt::Display for SpdmError {
             SpdmError::NotReadyForAnother { request, got } => {
                 write!(f, "ResponseNotReady names request {got:#04x}, not the outstanding {request:#04x}")
             }
+            SpdmError::ChunkHandle { got, want } => write!(f, "CHUNK_RESPONSE for handle {got:#04x}, not {want:#04x}"),
+            SpdmError::ChunkSequence { got, want } => write!(f, "CHUNK_RESPONSE number {got}, expected {want}"),
+            SpdmError::LargeMessageSize { size } => write!(
+                f,
+                "LargeMessageSize {size} is not between the TSM's DataTransferSize ({TRANSFER_SIZE}) and MaxSPDMmsgSize ({MAX_MESSAGE_SIZE})"
+            ),
+            SpdmError::ChunkSize { size, left } => write!(f, "a {size}-byte chunk with {left} bytes of the message left"),
+            SpdmError::ChunkLast { attributes, left } => {
+                write!(f, "CHUNK_RESPONSE attributes {attributes:#04x} with {left} bytes of the message left")
+            }
+            SpdmError::UnexpectedLargeResponse => f.write_str("ERROR LargeResponse where the TSM takes no chunks"),
             SpdmError::BadKeyOperation(op) => write!(f, "KEY_UPDATE cannot start with operation {op}"),
             SpdmError::KeyUpdateAckMismatch { operation, tag } => {
                 write!(f, "KEY_UPDATE_ACK for operation {operation} tag {tag:#04x} answers another request")
@@ -371,6 +430,12 @@ impl Negotiated {
     pub const fn with_suite(mut self, suite: Suite) -> Negotiated {
         self.suite = suite;
         self
+    }
+
+    /// True if a large response may come in chunks: SPDM 1.2 or later and CHUNK_CAP on both
+    /// sides (the TSM always announces it).
+    pub const fn chunking(&self) -> bool {
+        self.version >= V12 && self.responder_flags & cap::CHUNK != 0
     }
 }
 
@@ -556,7 +621,7 @@ impl Negotiation {
                 m[1] = code::GET_CAPABILITIES;
                 m[8..12].copy_from_slice(&self.requester_flags.to_le_bytes());
                 m[12..16].copy_from_slice(&TRANSFER_SIZE.to_le_bytes());
-                m[16..20].copy_from_slice(&TRANSFER_SIZE.to_le_bytes());
+                m[16..20].copy_from_slice(&MAX_MESSAGE_SIZE.to_le_bytes());
                 self.state = State::Idle;
                 self.send(&m, State::WaitCapabilities)
             }
@@ -808,7 +873,8 @@ mod tests {
         let v = version(&[0x1000, 0x1100, 0x1200]);
         let caps_req = sent(n.step(&wrap(&v)));
         assert_eq!(caps_req[..2], [0x12, 0xE1]);
-        assert_eq!(le32(&caps_req, 8), 0x42C0);
+        assert_eq!(le32(&caps_req, 8), 0x2_42C0);
+        assert_eq!((le32(&caps_req, 12), le32(&caps_req, 16)), (4064, 8200), "DataTransferSize, MaxSPDMmsgSize");
         let caps = capabilities(0x12, FLAGS, 0x1000, 0x1000);
         let alg_req = sent(n.step(&wrap(&caps)));
         assert_eq!(alg_req.len(), 44);
