@@ -12,8 +12,8 @@ use tsm_client::host::device::{Assignment, Connected};
 use tsm_client::host::unbind::Unbound;
 use tsm_client::host::{report_refusal, HostError};
 
-use super::assign::emit;
-use super::BufWriter;
+use seamless_drivers::console::{emit, BufWriter};
+
 use crate::arch::{self, ExitCode};
 
 /// The outcome line.
@@ -55,10 +55,10 @@ pub(crate) fn report_refused(e: &HostError, a: &Assignment, cleanup: &Unbound) {
     let line = Refused { spdm: a.spdm, stream: a.stream, why, rcx, rdx, cleanup };
     say!("{line}");
     let mut text = [0u8; 1024];
-    let mut w = BufWriter { buf: &mut text, len: 0 };
+    let mut w = BufWriter::new(&mut text);
     match fmt::Write::write_fmt(&mut w, format_args!("{line}\n")) {
         Ok(()) => {
-            let n = w.len;
+            let n = w.len();
             emit("interop.txt", &text[..n]);
         }
         Err(_) => say!("interop: the outcome line does not fit its frame; not sent on COM3"),

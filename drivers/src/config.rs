@@ -12,6 +12,9 @@ pub const SECRET_FILE: &str = "opt/seamless/platform-secret";
 /// fw_cfg file of the guest image the host agent loads into the TD (`attest::image`, made from
 /// the `seamless-guest` ELF by `firmware guest-image ELF FILE`).
 pub const GUEST_FILE: &str = "opt/seamless/guest";
+/// fw_cfg file of the host agent's binary (the `seamless-host` ELF), which the TSM loads into
+/// the host world; untrusted and unmeasured (MRSEAM covers only the TSM's image).
+pub const HOST_FILE: &str = "opt/seamless/host";
 
 /// What the firmware does after boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,7 +208,7 @@ mod tests {
     #[test]
     fn fw_cfg_names_are_what_qemu_accepts() {
         // QEMU warns about names outside opt/ and refuses names past 55 characters.
-        for name in [CONFIG_FILE, SECRET_FILE, GUEST_FILE] {
+        for name in [CONFIG_FILE, SECRET_FILE, GUEST_FILE, HOST_FILE] {
             assert!(name.starts_with("opt/") && name.len() <= 55, "{name}");
         }
     }
