@@ -422,7 +422,7 @@ fn connect_reports_the_version_and_where_the_device_was_measured() {
     let msg = m.scratch();
     let (r, _) = connect_by_hand(&mut m, &mut dev, pdev, msg);
     ok(r, "SPDM.CONNECT");
-    assert_eq!(r.rcx, 0x13 | 1 << 8, "RCX: SPDM 1.3, measured inside the session");
+    assert_eq!(r.rcx, 0x13 | 1 << 8 | 60 << 16, "RCX: SPDM 1.3, measured inside the session, a 60 s heartbeat");
 }
 
 /// The measurement policy: a device that refuses GET_MEASUREMENTS inside the session (ERROR
@@ -439,7 +439,7 @@ fn a_device_that_refuses_in_session_measurements_is_measured_in_the_clear() {
     let msg = m.scratch();
     let (r, wire) = connect_by_hand(&mut m, &mut dev, pdev, msg);
     ok(r, "SPDM.CONNECT");
-    assert_eq!(r.rcx, 0x13, "RCX: SPDM 1.3, bit 8 clear: measured in the clear");
+    assert_eq!(r.rcx, 0x13 | 60 << 16, "RCX: SPDM 1.3, bit 8 clear: measured in the clear");
     const GET_MEASUREMENTS: u8 = 0xE0;
     // ... KEY_EXCHANGE (clear), FINISH (sealed), GET_MEASUREMENTS (sealed, refused), then
     // GET_MEASUREMENTS in the clear, last.

@@ -231,10 +231,12 @@ fn connect_measure_fault(e: SpdmError) -> DeviceFault {
     DeviceFault::Connect(ConnectError::Spdm(Stage::Measurements, e))
 }
 
-/// SPDM.CONNECT's RCX on success: the SPDM version negotiated (bits 7:0) and whether the
-/// measurements were taken inside the session (bit 8).
-const fn connected_word(version: u8, in_session: bool) -> u64 {
-    version as u64 | (in_session as u64) << 8
+/// SPDM.CONNECT's RCX on success: the SPDM version negotiated (bits 7:0), whether the
+/// measurements were taken inside the session (bit 8), and the HeartbeatPeriod the device asked
+/// for in seconds (bits 23:16; 0: none), which the host keeps (the TSM has no clock).
+fn connected_word(pdev: &crate::pdev::Pdev, in_session: bool) -> u64 {
+    let period = pdev.session.as_ref().map_or(0, crate::spdm::session::Session::heartbeat_period);
+    u64::from(pdev.version()) | u64::from(in_session) << 8 | u64::from(period) << 16
 }
 
 impl<P: Platform> Tsm<P> {
@@ -448,13 +450,13 @@ impl<P: Platform> Tsm<P> {
                 let meas = pdev.conn.measurements().ok_or(TsmError::Corrupt)?;
                 let digest = attest::evidence::transcript_digest(pdev.conn.vca(), meas);
                 pdev.connected(digest, false)?;
-                out.rcx = connected_word(pdev.version(), false);
+                out.rcx = connected_word(pdev, false);
             }
             (_, Flow::Measure(m)) if m.connecting => {
                 let meas = m.exchange.exchange().ok_or(TsmError::Corrupt)?;
                 let digest = attest::evidence::transcript_digest(pdev.conn.vca(), meas);
                 pdev.connected(digest, m.in_session)?;
-                out.rcx = connected_word(pdev.version(), m.in_session);
+                out.rcx = connected_word(pdev, m.in_session);
                 pdev.measured = Some(m.exchange);
             }
             (_, Flow::EndSession(_)) => {

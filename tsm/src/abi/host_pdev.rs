@@ -199,7 +199,7 @@ impl<P: Platform> Tsm<P> {
             inputs: &[(Reg::Rcx, "PDEV page"), MSG_IN[0], MSG_IN[1]],
             outputs: &[
                 MSG_OUT,
-                (Reg::Rcx, "SUCCESS: the SPDM version negotiated (bits 7:0); bit 8 set if the measurements were taken inside the session, clear if in the clear"),
+                (Reg::Rcx, "SUCCESS: the SPDM version negotiated (bits 7:0); bit 8 set if the measurements were taken inside the session, clear if in the clear; the HeartbeatPeriod the device asked for, in seconds (bits 23:16; 0: none): the host sends SPDM.MNG HEARTBEAT at least that often (tsm_client::host::device::keep_alive sends it every half period)"),
             ],
             requires: "PDEV NEW.",
             errors: &[
