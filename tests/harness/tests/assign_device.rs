@@ -697,3 +697,39 @@ fn a_device_that_is_never_ready_fails_the_exchange_it_holds_up() {
     assert_eq!(s.fault, Some(DeviceFault::Spdm(too_long(0xFE, ERROR_RESPONSE_NOT_READY))));
     assert_eq!(m.tsm.pdev_summary(pfn(a.pdev)).unwrap().state, PdevState::Connected);
 }
+
+/// SPDM.CONNECT through the ABI with a device whose chain is over 4 KiB: the engine pumps the
+/// CHUNK_GETs like any other request, the PDEV connects, and the evidence holds the whole chain.
+#[test]
+fn connect_takes_a_chain_over_4_kib_in_chunks() {
+    use sha2::{Digest, Sha384};
+    let (mut m, td) = machine();
+    let c = device_config();
+    let mut rng = tdisp_device::rng::Rng::new(c.seed);
+    let identity = tdisp_device::Identity::generate_chain(&mut rng, 5, 400).unwrap();
+    let chain = identity.chain.clone();
+    assert!(chain.len() > 4096);
+    let mut dev = Device::with_identity(c, identity, rng).unwrap();
+    let pdev = m.page();
+    ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+    let msg = m.scratch();
+    let (r, wire) = connect_by_hand(&mut m, &mut dev, pdev, msg);
+    ok(r, "SPDM.CONNECT");
+    assert!(wire.contains(&(1, 0x86)), "CHUNK_GET on the wire: {wire:x?}");
+    let e = m.tsm.pdev_summary(pfn(pdev)).unwrap().evidence.unwrap();
+    assert_eq!(e.chain_digest[..], Sha384::digest(&chain)[..], "the whole chain is the evidence");
+    // And the assignment goes on over it.
+    let mut a = seamless_harness::assign::Assignment {
+        pdev,
+        msg,
+        stream: 0,
+        tdi: 0,
+        generation: 0,
+        report: Vec::new(),
+        spdm: Default::default(),
+    };
+    m.ide_setup(&mut dev, &mut a);
+    m.bind(&td, &mut a);
+    m.lock(&mut dev, &mut a);
+    assert_eq!(tdi_state(&m, &a), TdiState::Locked);
+}
