@@ -227,6 +227,9 @@ pub struct PumpStats {
     pub bytes_in: u64,
     /// SPDM version byte of the last plain SPDM response seen (0 if none).
     pub spdm_version: u8,
+    /// Microseconds the TSM asked the host to wait before requests (RESPOND_IF_READY after a
+    /// device's ResponseNotReady), summed.
+    pub paused_us: u64,
 }
 
 /// A resumable call the mailbox could not complete: the TSM's last answer (a
@@ -277,6 +280,11 @@ pub fn pump<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
         }
         let n = usize::try_from(r.r8).unwrap_or(MSG_BYTES).min(MSG_BYTES);
         h.read(msg, &mut request[..n]);
+        // RESPOND_IF_READY after ResponseNotReady: the device said when its answer is ready.
+        if r.r9 != 0 {
+            doe.pause(r.r9);
+            stats.paused_us = stats.paused_us.saturating_add(r.r9);
+        }
         let got = doe.exchange(&request[..n], &mut answer).map_err(|error| Stalled { regs: r, error })?;
         let got = got.min(MSG_BYTES);
         stats.exchanges += 1;

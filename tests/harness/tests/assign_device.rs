@@ -733,3 +733,52 @@ fn connect_takes_a_chain_over_4_kib_in_chunks() {
     m.lock(&mut dev, &mut a);
     assert_eq!(tdi_state(&m, &a), TdiState::Locked);
 }
+
+/// The TSM cannot wait, so it tells the host how long: the DEVICE_REQUEST that carries
+/// RESPOND_IF_READY after the device's ResponseNotReady has R9 = 2^RDTExponent µs (tdisp-device
+/// says 2^10), every other one 0, and the host's pump waits that long in its mailbox before
+/// moving the request: in the clear (CERTIFICATE), under the handshake keys (FINISH_RSP) and in
+/// the session (TDISP).
+#[test]
+fn the_host_waits_the_device_response_time_before_respond_if_ready() {
+    use tsm_client::host::{pump, DeviceLeaf, PumpStats};
+    use tsm_client::{Doe, DoeError};
+    /// The device in-process, keeping every pause the pump makes.
+    struct Timed<'a> {
+        device: &'a mut Device,
+        paused: Vec<u64>,
+    }
+    impl Doe for Timed<'_> {
+        fn exchange(&mut self, request: &[u8], answer: &mut [u8]) -> Result<usize, DoeError> {
+            let got = self.device.handle(request).ok_or(DoeError::Timeout { waited_us: 0 })?;
+            answer[..got.len()].copy_from_slice(&got);
+            Ok(got.len())
+        }
+        fn pause(&mut self, us: u64) {
+            self.paused.push(us);
+        }
+    }
+    for spec in ["not-ready=certificate", "not-ready=finish-rsp*2", "not-ready=measurements"] {
+        let (mut m, _) = machine();
+        let mut dev = device(spec);
+        let pdev = m.page();
+        ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+        let msg = m.scratch();
+        let mut t = Timed { device: &mut dev, paused: Vec::new() };
+        let l = DeviceLeaf { name: "TDH.SPDM.CONNECT", leaf: h::SPDM_CONNECT, rcx: pdev, r9: 0 };
+        let mut stats = PumpStats::default();
+        let r = pump(&mut m, &mut t, l, msg, &mut stats).unwrap();
+        ok(r, spec);
+        let deferrals = if spec.ends_with("*2") { 2 } else { 1 };
+        assert_eq!(t.paused, vec![1024; deferrals], "{spec}");
+        assert_eq!(stats.paused_us, 1024 * deferrals as u64, "{spec}");
+    }
+    // TDISP inside the session.
+    let (mut m, td) = machine();
+    let mut dev = device("not-ready=tdisp-report");
+    let a = bound(&mut m, &td, &mut dev);
+    let mut t = Timed { device: &mut dev, paused: Vec::new() };
+    let l = DeviceLeaf { name: "SEAMLESS.TDI.LOCK", leaf: h::TDI_LOCK, rcx: a.tdi, r9: LOCK_FLAGS | a.stream << 16 };
+    ok(pump(&mut m, &mut t, l, a.msg, &mut PumpStats::default()).unwrap(), "TDI.LOCK");
+    assert_eq!(t.paused, [1024]);
+}

@@ -178,6 +178,7 @@ fn come_back(x: &mut Exchange, input: Option<&[u8]>, sealed: bool, plain: &mut [
     };
     let fault = x.spdm_fault();
     let (_, last) = x.parts_mut();
+    last.wait_us = 0;
     let request = last.get()?;
     // Every response the TSM asks for here fits its DataTransferSize, or is too large to keep:
     // a device that wants to chunk one is refused by name (`spdm::chunk`).
@@ -197,7 +198,7 @@ fn come_back(x: &mut Exchange, input: Option<&[u8]>, sealed: bool, plain: &mut [
         return Some(Step::Failed(fault(e)));
     }
     let n = match later {
-        Later::NotReady { token } => {
+        Later::NotReady { token, .. } => {
             plain[..4].copy_from_slice(&later::respond_if_ready(request, token));
             4
         }
@@ -207,6 +208,9 @@ fn come_back(x: &mut Exchange, input: Option<&[u8]>, sealed: bool, plain: &mut [
         }
     };
     last.retries = retries;
+    if let Later::NotReady { wait_us, .. } = later {
+        last.wait_us = wait_us;
+    }
     Some(Step::Send(n))
 }
 
@@ -298,6 +302,8 @@ impl<P: Platform> Tsm<P> {
             Step::Send(n) => {
                 self.platform.write_bytes(msg.page, 0, &request[..n]);
                 out.r8 = n as u64;
+                let pdev = self.pdev(p)?;
+                out.r9 = pdev.exchange.as_ref().map_or(0, |x| x.wait_us(&pdev.conn));
                 Ok(Status::DEVICE_REQUEST)
             }
             Step::Done => self.complete(p, msg, out),

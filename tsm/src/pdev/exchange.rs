@@ -93,11 +93,14 @@ pub struct LastRequest {
     len: usize,
     /// Busy / ResponseNotReady answers to it in a row.
     pub retries: Retries,
+    /// Microseconds the host waits before the request the engine just made in its stead
+    /// (RESPOND_IF_READY after ResponseNotReady), else 0.
+    pub wait_us: u64,
 }
 
 impl LastRequest {
     const fn none() -> LastRequest {
-        LastRequest { bytes: [0; PLAIN_BYTES], len: 0, retries: Retries::new() }
+        LastRequest { bytes: [0; PLAIN_BYTES], len: 0, retries: Retries::new(), wait_us: 0 }
     }
 
     /// Keeps `request` (a plain SPDM message; one longer than the TSM ever seals is not kept,
@@ -106,6 +109,7 @@ impl LastRequest {
         self.len = if request.len() <= PLAIN_BYTES { request.len() } else { 0 };
         self.bytes[..self.len].copy_from_slice(&request[..self.len]);
         self.retries = Retries::new();
+        self.wait_us = 0;
     }
 
     /// The request, if one is kept.
@@ -200,6 +204,16 @@ impl Exchange {
     /// The flow, to step it.
     pub fn flow_mut(&mut self) -> &mut Flow {
         &mut self.flow
+    }
+
+    /// Microseconds the host waits before moving the request just made (RESPOND_IF_READY after
+    /// ERROR ResponseNotReady: the device's response time), else 0. `conn` is the PDEV's
+    /// connection, which reads its own answers.
+    pub fn wait_us(&self, conn: &crate::spdm::connect::Connect) -> u64 {
+        match self.flow {
+            Flow::Connect => conn.wait_us(),
+            _ => self.last.wait_us,
+        }
     }
 
     /// The flow and its last request, to step the one and keep the other.

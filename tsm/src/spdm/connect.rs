@@ -85,6 +85,8 @@ pub struct Connect {
     retries: Retries,
     /// A large response being taken in chunks (ERROR LargeResponse, then CHUNK_GET).
     chunk: Option<ChunkGet>,
+    /// Microseconds to wait before the request just made (RESPOND_IF_READY), else 0.
+    wait_us: u64,
     out: [u8; 256],
 }
 
@@ -136,6 +138,7 @@ impl Connect {
             request_len: 0,
             retries: Retries::new(),
             chunk: None,
+            wait_us: 0,
             out: [0; 256],
         }
     }
@@ -196,6 +199,7 @@ impl Connect {
         }
         let stage = self.stage;
         let spdm = move |e| ConnectError::Spdm(stage, e);
+        self.wait_us = 0;
         match self.later(response) {
             Ok(None) => {}
             Ok(Some(n)) => return self.finish(Next::Send(n)),
@@ -261,9 +265,11 @@ impl Connect {
                 self.out[..n].copy_from_slice(&self.request[..n]);
                 Ok(Some(n))
             }
-            Later::NotReady { token } => {
+            Later::NotReady { token, wait_us } => {
                 let again = later::respond_if_ready(request, token);
-                Ok(Some(doe::encode(ObjectType::Spdm, &again, &mut self.out)?))
+                let n = doe::encode(ObjectType::Spdm, &again, &mut self.out)?;
+                self.wait_us = wait_us;
+                Ok(Some(n))
             }
         }
     }
@@ -402,6 +408,16 @@ impl Connect {
         copy_out(&mut self.out, kx.start(), |e| ConnectError::Spdm(Stage::Session, e))
     }
 
+    /// Microseconds the host should wait before moving the request just made: the device's
+    /// response time after ERROR ResponseNotReady (the request is RESPOND_IF_READY), else 0.
+    pub fn wait_us(&self) -> u64 {
+        let finish = match (self.stage, self.key_exchange.as_ref()) {
+            (Stage::Session, Some(k)) => k.wait_us(),
+            _ => 0,
+        };
+        self.wait_us.max(finish)
+    }
+
     /// The negotiated parameters.
     pub fn negotiated(&self) -> Option<Negotiated> {
         self.negotiation.negotiated()
@@ -532,7 +548,9 @@ mod tests {
         // ERROR ResponseNotReady: RDTExponent 3, RequestCode GET_VERSION, Token 0x5A, RDTM 2.
         let r = sent(c.step(&spdm(&[0x10, 0x7F, 0x42, 0, 3, 0x84, 0x5A, 2])));
         assert_eq!(r, [0x10, 0xFF, 0x84, 0x5A], "RESPOND_IF_READY with the request code and token");
+        assert_eq!(c.wait_us(), 8, "after 2^RDTExponent µs");
         let r = sent(c.step(&spdm(&VERSION_1_2)));
+        assert_eq!(c.wait_us(), 0, "the next request goes at once");
         assert_eq!(r[..2], [0x12, 0xE1], "the late VERSION is the answer: GET_CAPABILITIES follows");
         // The transcript holds GET_VERSION and VERSION, never the ERROR or RESPOND_IF_READY.
         assert_eq!(&c.negotiation.vca()[..12], &[&[0x10, 0x84, 0, 0][..], &VERSION_1_2].concat()[..]);

@@ -32,11 +32,21 @@ pub enum Later {
     Answer,
     /// ERROR Busy: send the same request again.
     Busy,
-    /// ERROR ResponseNotReady for the request: send RESPOND_IF_READY with this token.
+    /// ERROR ResponseNotReady for the request: send RESPOND_IF_READY with this token, after the
+    /// time the responder said its answer needs.
     NotReady {
         /// The responder's token.
         token: u8,
+        /// 2^RDTExponent microseconds (saturating): when the answer will be ready (DSP0274 1.2
+        /// Table 50); the host waits that long before moving RESPOND_IF_READY, since the TSM
+        /// cannot wait.
+        wait_us: u64,
     },
+}
+
+/// Microseconds of 2^`exponent` (RDTExponent), saturating.
+pub fn response_time_us(exponent: u8) -> u64 {
+    1u64.checked_shl(u32::from(exponent)).unwrap_or(u64::MAX)
 }
 
 /// Reads `answer` (a plain SPDM message) against the outstanding `request` (plain): at the
@@ -52,9 +62,9 @@ pub fn read(request: &[u8], answer: &[u8]) -> Result<Later, SpdmError> {
     match *answer {
         // Prefixes: a clear answer may carry DOE padding after it.
         [v, code::ERROR, ERROR_BUSY, _, ..] if v == version => Ok(Later::Busy),
-        [v, code::ERROR, ERROR_RESPONSE_NOT_READY, _, _, named, token, _, ..] if v == version => {
+        [v, code::ERROR, ERROR_RESPONSE_NOT_READY, _, exponent, named, token, _, ..] if v == version => {
             if named == request_code {
-                Ok(Later::NotReady { token })
+                Ok(Later::NotReady { token, wait_us: response_time_us(exponent) })
             } else {
                 Err(SpdmError::NotReadyForAnother { request: request_code, got: named })
             }
@@ -110,7 +120,17 @@ mod tests {
     #[test]
     fn busy_and_not_ready_are_told_from_answers() {
         assert_eq!(read(&GET_CERT, &[0x12, 0x7F, 0x03, 0]), Ok(Later::Busy));
-        assert_eq!(read(&GET_CERT, &[0x12, 0x7F, 0x42, 0, 3, 0x82, 0x5A, 2]), Ok(Later::NotReady { token: 0x5A }));
+        assert_eq!(
+            read(&GET_CERT, &[0x12, 0x7F, 0x42, 0, 3, 0x82, 0x5A, 2]),
+            Ok(Later::NotReady { token: 0x5A, wait_us: 8 })
+        );
+        assert_eq!(
+            read(&GET_CERT, &[0x12, 0x7F, 0x42, 0, 200, 0x82, 0x5A, 2]),
+            Ok(Later::NotReady { token: 0x5A, wait_us: u64::MAX }),
+            "saturates"
+        );
+        assert_eq!(response_time_us(0), 1);
+        assert_eq!(response_time_us(20), 1 << 20);
         assert_eq!(
             read(&GET_CERT, &[0x12, 0x7F, 0x42, 0, 3, 0x81, 0x5A, 2]),
             Err(SpdmError::NotReadyForAnother { request: 0x82, got: 0x81 })
@@ -138,7 +158,7 @@ mod tests {
             r.again(&GET_CERT, Later::Busy).unwrap();
         }
         assert_eq!(
-            r.again(&GET_CERT, Later::NotReady { token: 1 }),
+            r.again(&GET_CERT, Later::NotReady { token: 1, wait_us: 1 }),
             Err(SpdmError::NotReadyTooLong { request: 0x82, error: ERROR_RESPONSE_NOT_READY })
         );
         r.reset();

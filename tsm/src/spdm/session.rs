@@ -205,6 +205,8 @@ pub struct KeyExchange {
     finish_len: usize,
     /// Busy / ResponseNotReady answers to FINISH so far.
     retries: Retries,
+    /// Microseconds to wait before the request just made (RESPOND_IF_READY), else 0.
+    wait_us: u64,
     out: [u8; 256],
 }
 
@@ -245,6 +247,7 @@ impl KeyExchange {
             finish: [0; 4 + MAX_HASH],
             finish_len: 0,
             retries: Retries::new(),
+            wait_us: 0,
             out: [0; 256],
         })
     }
@@ -286,6 +289,7 @@ impl KeyExchange {
 
     /// Consumes KEY_EXCHANGE_RSP (then sends FINISH) or FINISH_RSP (then done).
     pub fn step(&mut self, response: &[u8]) -> Action<'_, SpdmError> {
+        self.wait_us = 0;
         let result = match self.state {
             State::WaitKeyExchangeRsp => self.on_key_exchange_rsp(response),
             State::WaitFinishRsp => self.on_finish_rsp(response),
@@ -374,9 +378,9 @@ impl KeyExchange {
         if l != Later::Answer {
             let mut retries = self.retries;
             retries.again(finish, l)?;
-            let again = match l {
-                Later::NotReady { token } => later::respond_if_ready(finish, token),
-                _ => [0; 4],
+            let (again, wait_us) = match l {
+                Later::NotReady { token, wait_us } => (later::respond_if_ready(finish, token), wait_us),
+                _ => ([0; 4], 0),
             };
             let plain = if matches!(l, Later::NotReady { .. }) { &again[..] } else { finish };
             let mut request = hs.request.clone();
@@ -386,6 +390,7 @@ impl KeyExchange {
             hs.request = request;
             hs.response = keys;
             self.retries = retries;
+            self.wait_us = wait_us;
             return Ok(Some(n));
         }
         if msg.len() < 4 {
@@ -415,6 +420,12 @@ impl KeyExchange {
             heartbeat_period: self.heartbeat_period,
         });
         Ok(None)
+    }
+
+    /// Microseconds the request just made should wait before it goes: the responder's time
+    /// after ERROR ResponseNotReady to FINISH (for RESPOND_IF_READY), else 0.
+    pub fn wait_us(&self) -> u64 {
+        self.wait_us
     }
 
     /// The session, once established.
