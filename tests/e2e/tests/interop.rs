@@ -167,3 +167,75 @@ fn a_device_that_ignores_the_reporting_offset_ends_the_run_with_status_37() {
     // The device saw its TDI stopped by the cleanup.
     assert!(device.tdis().iter().all(|t| format!("{:?}", t.state) == "ConfigUnlocked"), "{:?}", device.tdis());
 }
+
+/// A device that refuses GET_MEASUREMENTS inside the session (tdisp-device's
+/// `session_measurements_error`, ERROR UnsupportedRequest) is measured in the clear, the
+/// assignment completes, and the verifier sees where: `device0.measurements_in_session` says "in
+/// the clear", passes a policy that does not ask, and fails one with `measurements_in_session =
+/// true`, alone.
+#[test]
+fn a_device_measured_in_the_clear_is_reported_so_and_a_policy_can_refuse_it() {
+    let Some(qemu) = Qemu::find() else { return };
+    let nonce = [0x6C; 64];
+    let platform = std::env::temp_dir().join(format!("seamless-e2e-platform-interop-clear-{}", std::process::id()));
+    let secret = seamless_e2e::provision(&platform);
+    let mut c = seamless_e2e::assign_device(false);
+    c.session_measurements_error = Some(0x07);
+    let device = seamless_e2e::DeviceServer::with_config(c);
+    let boot = Boot {
+        spdm_port: Some(device.port),
+        config: Some(assign_config("assign", &nonce, 1000)),
+        secret: Some(secret),
+        ..Boot::default()
+    };
+    let o = boot.run(&qemu, "interop_clear_measurements");
+    let device = device.finish();
+    o.expect_status(33);
+    assert!(
+        o.console.contains("secure session up, measured in the clear (the device refused in-session measurement)"),
+        "{}",
+        o.console
+    );
+    let root = device.identity().root_der.clone();
+    let v = seamless_e2e::verify(&o, &platform, &root, &nonce);
+    assert_eq!((v.status, v.failed()), (0, Vec::<String>::new()), "{}", v.json);
+    let check = |json: &str| -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v["checks"].as_array().unwrap().iter().find(|c| c["id"] == "device0.measurements_in_session").unwrap().clone()
+    };
+    let c = check(&v.json);
+    assert_eq!((c["status"].as_str(), c["actual"].as_str()), (Some("skipped"), Some("in the clear")), "{c}");
+    // The same evidence against a policy that demands the session.
+    let policy = std::fs::read_to_string(o.dir.join("policy.toml")).unwrap();
+    let strict = policy.replacen("[[device]]\n", "[[device]]\nmeasurements_in_session = true\n", 1);
+    assert_ne!(strict, policy);
+    let strict_path = o.dir.join("policy-in-session.toml");
+    std::fs::write(&strict_path, strict).unwrap();
+    let nonce_hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let path = |f: &str| o.dir.join(f).into_os_string();
+    let (root_pem, ak) = (platform.join("root.pem").into_os_string(), platform.join("tsm-ak.pem").into_os_string());
+    let args: Vec<std::ffi::OsString> = vec![
+        "verify".into(),
+        "--report".into(),
+        path("report.bin"),
+        "--evidence".into(),
+        path("evidence.bin"),
+        "--policy".into(),
+        strict_path.into_os_string(),
+        "--root".into(),
+        root_pem,
+        "--ak-cert".into(),
+        ak,
+        "--nonce".into(),
+        nonce_hex.into(),
+        "--json".into(),
+    ];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsString::as_os_str).collect();
+    let (status, json, err) = run_tool("attest", &args);
+    assert_eq!(status, 1, "REJECTED: {err}\n{json}");
+    let c = check(&json);
+    assert_eq!((c["status"].as_str(), c["actual"].as_str()), (Some("fail"), Some("in the clear")), "{c}");
+    let failed = seamless_e2e::Verdict { status, json }.failed();
+    assert_eq!(failed, ["device0.measurements_in_session"], "only that check fails");
+    let _ = std::fs::remove_dir_all(platform);
+}
