@@ -224,10 +224,10 @@ fn seal_with(session: Option<&mut Session>, message: &[u8], out: &mut [u8; MSG_B
 }
 
 /// `message` framed as a clear SPDM DOE object into `out`.
-fn frame(message: &[u8], out: &mut [u8; MSG_BYTES], fault: DeviceFault) -> Step {
+fn frame(message: &[u8], out: &mut [u8; MSG_BYTES], fault: fn(SpdmError) -> DeviceFault) -> Step {
     match doe::encode(ObjectType::Spdm, message, out) {
         Ok(n) => Step::Send(n),
-        Err(_) => Step::Failed(fault),
+        Err(e) => Step::Failed(fault(SpdmError::Doe(e))),
     }
 }
 
@@ -357,7 +357,7 @@ impl<P: Platform> Tsm<P> {
         if let Some(step) = come_back(x, input, sealed, &mut plain) {
             return Ok(match step {
                 Step::Send(n) if sealed => seal_with(pdev.session.as_mut(), &plain[..n], out),
-                Step::Send(n) => frame(&plain[..n], out, x.spdm_fault()(SpdmError::NotWaiting)),
+                Step::Send(n) => frame(&plain[..n], out, x.spdm_fault()),
                 step => step,
             });
         }

@@ -2,6 +2,7 @@
 //!
 //! - [`negotiate`]: GET_VERSION, GET_CAPABILITIES, NEGOTIATE_ALGORITHMS and the VCA transcript.
 //! - [`connect`]: the whole connection (discovery to session) as one state machine.
+//! - [`error`]: why an exchange failed ([`SpdmError`]).
 //! - [`cert`]: GET_DIGESTS and chunked GET_CERTIFICATE for slot 0, with message B.
 //! - [`challenge`]: CHALLENGE / CHALLENGE_AUTH: the device proves its leaf key over M1.
 //! - [`chunk`]: large responses taken in pieces with CHUNK_GET after ERROR LargeResponse.
@@ -21,6 +22,7 @@ pub mod chain;
 pub mod challenge;
 pub mod chunk;
 pub mod connect;
+pub mod error;
 pub mod key_update;
 pub mod keys;
 pub mod later;
