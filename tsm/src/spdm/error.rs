@@ -168,6 +168,14 @@ pub enum SpdmError {
         /// Bytes of the message left after this chunk.
         left: usize,
     },
+    /// A request longer than the device's DataTransferSize (the TSM sends no CHUNK_SEND): a
+    /// device whose buffer cannot take KEY_EXCHANGE.
+    RequestTooLarge {
+        /// The request's bytes.
+        len: usize,
+        /// The device's DataTransferSize.
+        max: u32,
+    },
     /// ERROR LargeResponse where the TSM takes none: without CHUNK_CAP on both sides, or for a
     /// response inside the session (each fits the TSM's DataTransferSize, or is too large to
     /// keep as evidence).
@@ -236,6 +244,9 @@ impl fmt::Display for SpdmError {
             SpdmError::ChunkSize { size, left } => write!(f, "a {size}-byte chunk with {left} bytes of the message left"),
             SpdmError::ChunkLast { attributes, left } => {
                 write!(f, "CHUNK_RESPONSE attributes {attributes:#04x} with {left} bytes of the message left")
+            }
+            SpdmError::RequestTooLarge { len, max } => {
+                write!(f, "a {len}-byte request does not fit the device's DataTransferSize of {max}")
             }
             SpdmError::UnexpectedLargeResponse => f.write_str("ERROR LargeResponse where the TSM takes no chunks"),
             SpdmError::BadKeyOperation(op) => write!(f, "KEY_UPDATE cannot start with operation {op}"),

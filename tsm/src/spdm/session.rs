@@ -207,6 +207,8 @@ pub struct KeyExchange {
     retries: Retries,
     /// Microseconds to wait before the request just made (RESPOND_IF_READY), else 0.
     wait_us: u64,
+    /// The device's DataTransferSize: KEY_EXCHANGE must fit it (the TSM sends no CHUNK_SEND).
+    device_transfer_size: u32,
     out: [u8; 256],
 }
 
@@ -248,6 +250,7 @@ impl KeyExchange {
             finish_len: 0,
             retries: Retries::new(),
             wait_us: 0,
+            device_transfer_size: negotiated.data_transfer_size,
             out: [0; 256],
         })
     }
@@ -276,6 +279,11 @@ impl KeyExchange {
         m[40 + d..42 + d].copy_from_slice(&(OFFERED_OPAQUE.len() as u16).to_le_bytes());
         let end = 42 + d + OFFERED_OPAQUE.len();
         m[42 + d..end].copy_from_slice(&OFFERED_OPAQUE);
+        // The TSM's largest request: a device whose DataTransferSize cannot take it would need
+        // CHUNK_SEND, which the TSM does not send.
+        if end > self.device_transfer_size as usize {
+            return self.fail(SpdmError::RequestTooLarge { len: end, max: self.device_transfer_size });
+        }
         let m = &m[..end];
         self.th.update(m);
         match doe::encode(ObjectType::Spdm, m, &mut self.out) {
@@ -673,6 +681,17 @@ mod tests {
         let n = secured::seal(&mut wrong, 0xFFFE_FFFF, &[0x12, code::FINISH_RSP, 0, 0], &mut out).unwrap();
         assert!(matches!(kx.step(&out[..n]), Action::Failed(SpdmError::Secured(SecuredError::Authentication))));
         assert!(kx.session().is_none());
+    }
+
+    #[test]
+    fn a_device_too_small_for_key_exchange_is_refused_by_name() {
+        let vk = VerifyingKey::from(&SigningKey::from_slice(&[0x61; 48]).unwrap());
+        let mut n = negotiated();
+        n.data_transfer_size = 100;
+        let mut kx = KeyExchange::new(&n, VCA, &CHAIN, vk.into(), [4; 48], [5; 32]).unwrap();
+        let want = SpdmError::RequestTooLarge { len: 40 + 96 + 2 + OFFERED_OPAQUE.len(), max: 100 };
+        assert_eq!(kx.start(), Action::Failed(want));
+        assert_eq!(kx.error(), Some(want));
     }
 
     #[test]
