@@ -465,11 +465,21 @@ COM3 and are verified here with `attest verify` against a policy derived indepen
 
 options:
   --responder CMD   run CMD instead of tdisp-device (a shell command; {port} is replaced by the
-                    chosen 127.0.0.1 port; the demo waits until something listens there). The
-                    responder must report the NVMe BAR0 page (0xc0000, 4 pages) in its TDISP
-                    interface report, as target/run/device.toml describes.
+                    chosen 127.0.0.1 port; the demo waits until something listens there). To be
+                    assigned, the responder must report the NVMe BAR0 page (0xc0000, 4 pages)
+                    plus the MMIO_REPORTING_OFFSET of LOCK in its TDISP interface report, as
+                    target/run/device.toml describes; DMTF's spdm-emu does not (its sample
+                    device reports pages 0x0, 0x8000, 0x10000, 0x20000 as they are), so its run
+                    ends at TDI.LOCK with one line saying that every protocol interoperated
+                    and why the TSM refused the report (exit status 3), e.g.
+                    --responder 'cd SPDM_EMU/build/bin && exec ./spdm_responder_emu
+                      --trans PCI_DOE --ip 127.0.0.1 --port {port} --ver 1.3'
   --keep            keep QEMU's command line (target/run/qemu.cmd) and the raw serial streams
   --help            this text
+
+exit status: 0 verified; 1 the flow failed or the verifier rejected the report; 2 a usage or
+prerequisite error; 3 the device interoperated but the TSM refused its interface report at
+TDI.LOCK (nothing mapped, everything taken apart; target/run/interop.txt says why).
 
 artifacts (target/run/): report.bin evidence.bin policy.toml verify.json timeline.json
 firmware.log (decoded defmt) serial.log (COM1); report-snp.bin verify-snp.json (the SNP-format
@@ -700,6 +710,17 @@ cmd_demo() {
     # The report, the evidence, the timeline and the figures all leave as COM3 frames.
     if ! unframe_artifacts "$out"; then
         flow_ok=0
+    fi
+    # QEMU status 37: every protocol interoperated, the TSM refused the device's interface report
+    # at TDI.LOCK and the host took the assignment apart; the firmware's one line (the COM3 frame
+    # interop.txt) says why.
+    if ((status == 37)) && [[ -s $out/interop.txt ]]; then
+        section "figures"
+        print_figures "$out"
+        ((keep)) || rm -f "$out/defmt.bin" "$out/artifacts.bin"
+        section "verdict: INTEROPERATED, REPORT REFUSED (exit 3)"
+        cat "$out/interop.txt"
+        return 3
     fi
     if ((flow_ok)); then
         section "attest verify (the policy is derived independently: attest measure, the device's config)"

@@ -37,6 +37,7 @@ macro_rules! say {
 mod assign;
 mod attack;
 mod host_nvme;
+mod interop;
 mod worlds;
 
 /// The guest's accepted work pages (`tsm_client::guest::DEMO_LAYOUT`, which the guest image
@@ -437,7 +438,7 @@ fn spdm_connect_pdev(
     cpu: &mut HostCpu<'_>,
     doe: &mut DoeLink<'_>,
     bdf: crate::drivers::pci::Bdf,
-    a: &Assignment,
+    a: &mut Assignment,
 ) -> Result<u64, HostError> {
     seamless_host::device::spdm_connect_pdev(cpu, doe, bdf, a)
 }

@@ -131,6 +131,11 @@ pub enum ExitCode {
     Success = 0x10,
     /// QEMU exits with status 35.
     Failure = 0x11,
+    /// QEMU exits with status 37: every device protocol interoperated, but the TSM refused the
+    /// device's interface report at TDI.LOCK (a device that reports ranges of no real device,
+    /// such as spdm-emu's sample TDISP device); nothing was mapped and the assignment was taken
+    /// apart.
+    ReportRefused = 0x12,
 }
 
 /// The I/O port of QEMU's `isa-debug-exit` device (`iobase=0xf4`).

@@ -430,9 +430,13 @@ pub fn run(
     let result = assign(&mut demo, config, bdf, bar, (host_cap, host_vs), &mut tl);
     if let Err(f) = result {
         report_failure(f.what, &f.why);
-        match demo.unbind(Policy::Lenient) {
+        let cleanup = demo.unbind(Policy::Lenient);
+        match &cleanup {
             Ok(c) => say!("cleanup after the failure: {c}"),
             Err(e) => say!("cleanup after the failure: {e}"),
+        }
+        if let (Why::Host(e), Ok(c)) = (&f.why, &cleanup) {
+            super::interop::report_refused(e, &demo.a, c);
         }
         arch::exit_qemu(ExitCode::Failure)
     }
@@ -459,7 +463,7 @@ fn assign(
     let t = tl.now_us();
     let before = demo.switches();
     demo.a = device::pdev_create(&mut demo.cpu, function).step("PDEV")?;
-    let connect_us = spdm_connect_pdev(&mut demo.cpu, &mut demo.doe, bdf, &demo.a).step("SPDM.CONNECT")?;
+    let connect_us = spdm_connect_pdev(&mut demo.cpu, &mut demo.doe, bdf, &mut demo.a).step("SPDM.CONNECT")?;
     tl.record("spdm_connect", t, connect_us);
     say!("phase spdm_connect: {} ms, {} world switches", Ms(connect_us), demo.switches() - before);
     let after_connect = (demo.doe.ticks, demo.cpu.tsm_ticks);
