@@ -164,7 +164,7 @@ pub fn call<T: Tdcall + ?Sized>(t: &mut T, leaf: &'static str, regs: Regs) -> Re
 pub fn vmcall<T: Tdcall + GuestMemory + ?Sized>(t: &mut T, request: u64, arg: u64) -> Result<Step, GuestError> {
     let mut r = Regs { r10: request, r11: arg, r12: t.shared_addr(), ..Regs::call(g::VP_VMCALL, 0, 0, 0, 0) };
     match t.tdcall(&mut r) {
-        Some(TdExit::Vmcall { args }) => Ok(Step::Vmcall(args)),
+        Some(exit @ TdExit::Vmcall { .. }) => Ok(Step::Vmcall(exit.args())),
         None if r.status() == Status::SUCCESS => Ok(Step::Served),
         _ if r.status() != Status::SUCCESS => Err(GuestError::Call { leaf: "TDG.VP.VMCALL", status: r.status() }),
         _ => Err(GuestError::UnexpectedExit { leaf: "TDG.VP.VMCALL" }),

@@ -334,7 +334,7 @@ fn host_world(
     figure("seamcall_vs_floor", &format_args!("{}.{:02}", ratio / 100, ratio % 100), "x");
     let td = td_world::run(tsm, host, *tsc).unwrap_or_else(|e| fail("probe TD", &e));
     say!(
-        "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; {} #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page); a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page; SEAMCALL in the TD #UD; no secret register reached the host; the host's memory exited as an EPT violation; {} VP.ENTERs, {} world switches",
+        "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; {} #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page); a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page; SEAMCALL in the TD #UD; R14/R15 carried both ways when the VMCALL exposed them; no register it did not expose reached the host; the host's memory exited as an EPT violation; {} VP.ENTERs, {} world switches",
         td.ves,
         td.entries,
         td.switches

@@ -207,9 +207,8 @@ pub struct RunStats {
 /// Runs vCPU `vcpu` as a VMM does: VP.ENTER, then per exit: a CONSOLE VMCALL goes to
 /// `console` and the vCPU is entered again; RDMSR and WRMSR are answered with GHCI's
 /// INVALID_OPERAND (the host offers no MSR); TDVMCALL<HLT> with interrupts blocked ends the
-/// run. GHCI's CPUID and port I/O carry operands in R14/R15, which TDG.VP.VMCALL does not
-/// expose to the host here (RCX's mask 0x3C00: R10..R13), so they are refused rather than
-/// answered from registers the host never saw.
+/// run. GHCI's CPUID and port I/O need a machine to act on, which this loop has not (the
+/// guest binary needs neither), so they are refused by name.
 ///
 /// # Errors
 /// VP.ENTER's error ([`HostError::Call`]); [`HostError::TdExit`] for an exit the host cannot
@@ -231,7 +230,7 @@ pub fn run<H: Seamcall + ?Sized>(
         }
         let refuse = |why| HostError::TdExit { reason: r.rax, r10: r.r10, r11: r.r11, why };
         let args = match TdExit::from_host_regs(&r) {
-            Some(TdExit::Vmcall { args }) => args,
+            Some(exit @ TdExit::Vmcall { .. }) => exit.args(),
             Some(TdExit::EptViolation { .. }) => return Err(refuse("EPT violation the host does not fix")),
             Some(TdExit::TripleFault) => return Err(refuse("triple fault")),
             None if r.status().is_error() => return check("TDH.VP.ENTER", r).map(|_| Ran::NoWorld),
@@ -250,9 +249,7 @@ pub fn run<H: Seamcall + ?Sized>(
                 stats.msrs += 1;
                 [ghci::INVALID_OPERAND, 0, 0, 0]
             }
-            [0, ghci::CPUID | ghci::IO, _, _] => {
-                return Err(refuse("GHCI CPUID or I/O: operands in R14/R15, not exposed"))
-            }
+            [0, ghci::CPUID | ghci::IO, _, _] => return Err(refuse("GHCI CPUID or I/O: no machine to serve them")),
             _ => return Err(refuse("a VMCALL the host does not serve")),
         };
     }

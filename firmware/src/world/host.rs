@@ -307,8 +307,9 @@ impl HostWorld {
     }
 
     /// SEAMCALL: the ABI's input registers from the world, `Tsm::host_call`, and exactly the
-    /// ABI's output registers back (RAX status, RCX, RDX, R8..R13); the others keep the host's
-    /// values. RIP moves past the 4 bytes.
+    /// ABI's output registers back (RAX status, RCX, RDX, R8..R13, and R14/R15 for TDH.VP.ENTER,
+    /// the one leaf that returns them: GHCI's operands); the others keep the host's values. RIP
+    /// moves past the 4 bytes.
     fn seamcall(&mut self, tsm: &mut Tsm<FirmwarePlatform>) {
         let g = &self.world.gprs;
         let regs = Regs {
@@ -321,11 +322,16 @@ impl HostWorld {
             r11: g.r11,
             r12: g.r12,
             r13: g.r13,
+            r14: g.r14,
+            r15: g.r15,
         };
         let out = tsm.host_call(&regs);
         let g = &mut self.world.gprs;
         (g.rcx, g.rdx, g.r8, g.r9, g.r10, g.r11, g.r12, g.r13) =
             (out.rcx, out.rdx, out.r8, out.r9, out.r10, out.r11, out.r12, out.r13);
+        if regs.rax == tsm::abi::host::leaf::VP_ENTER {
+            (g.r14, g.r15) = (out.r14, out.r15);
+        }
         self.world.set_rax(out.rax);
         self.world.skip(4);
     }

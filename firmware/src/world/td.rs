@@ -81,8 +81,9 @@ struct TdVcpu {
     tdvpr: u64,
     tdr: Pfn,
     world: World,
-    /// The TD left by TDG.VP.VMCALL: the next entry hands it the host's R10..R13.
-    vmcall_pending: bool,
+    /// The TD left by TDG.VP.VMCALL exposing these registers (GHCI's mask): the next entry
+    /// hands it the host's values of exactly those.
+    vmcall_pending: Option<u64>,
     /// The shared bit (GPA bit GPAW-1).
     shared: u64,
     /// The root of the host's table for the shared half, as of this entry.
@@ -180,11 +181,10 @@ pub fn enter(tsm: &mut Tsm<FirmwarePlatform>, tdvpr: u64, host_in: &Regs) -> Opt
     }
     if vcpu.entries == 1 {
         initial_state(&mut v.world, vcpu.gpaw, vcpu.index);
-        v.vmcall_pending = false;
-    } else if core::mem::take(&mut v.vmcall_pending) {
-        let g = &mut v.world.gprs;
-        (g.r10, g.r11, g.r12, g.r13) = (host_in.r10, host_in.r11, host_in.r12, host_in.r13);
-        v.world.set_rax(0);
+        v.vmcall_pending = None;
+    } else if let Some(mask) = v.vmcall_pending.take() {
+        let answered = TdExit::vmcall_answered(mask, host_in, &guest_regs(&v.world));
+        set_guest_regs(&mut v.world, &answered);
     }
     let exit = run(tsm, &mut v);
     let regs = exit.host_regs();
@@ -226,7 +226,7 @@ fn new_vcpu(tsm: &mut Tsm<FirmwarePlatform>, tdvpr: u64, tdr: Pfn) -> Result<TdV
             world
         }
     };
-    Ok(TdVcpu { tdvpr, tdr, world, vmcall_pending: false, shared: 0, shared_root: None })
+    Ok(TdVcpu { tdvpr, tdr, world, vmcall_pending: None, shared: 0, shared_root: None })
 }
 
 /// TDX's initial vCPU state (TDVF's entry contract), and the intercepts of a TD.
@@ -512,35 +512,51 @@ fn cpuid(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) {
     }
 }
 
+/// The guest's registers as the ABI's register file (RAX from the VMCB).
+fn guest_regs(world: &World) -> Regs {
+    let g = &world.gprs;
+    Regs {
+        rax: world.rax(),
+        rcx: g.rcx,
+        rdx: g.rdx,
+        r8: g.r8,
+        r9: g.r9,
+        r10: g.r10,
+        r11: g.r11,
+        r12: g.r12,
+        r13: g.r13,
+        r14: g.r14,
+        r15: g.r15,
+    }
+}
+
+/// Writes the ABI's register file back into the guest.
+fn set_guest_regs(world: &mut World, r: &Regs) {
+    let g = &mut world.gprs;
+    (g.rcx, g.rdx, g.r8, g.r9, g.r10, g.r11, g.r12, g.r13, g.r14, g.r15) =
+        (r.rcx, r.rdx, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15);
+    world.set_rax(r.rax);
+}
+
 /// TDCALL: the leaf's registers into `Tsm::guest_call`, its results back. A VMCALL exit moves
-/// RIP past the TDCALL (the host's answer comes at the next entry); an EPT violation leaves it
-/// on the TDCALL, which runs again once the host fixed the mapping, as in TDX.
+/// RIP past the TDCALL (the host's answer comes at the next entry, into the registers it
+/// exposed); an EPT violation leaves it on the TDCALL, which runs again once the host fixed
+/// the mapping, as in TDX.
 fn tdcall(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) -> Option<TdExit> {
-    let gp = &v.world.gprs;
-    let regs = Regs {
-        rax: v.world.rax(),
-        rcx: gp.rcx,
-        rdx: gp.rdx,
-        r8: gp.r8,
-        r9: gp.r9,
-        r10: gp.r10,
-        r11: gp.r11,
-        r12: gp.r12,
-        r13: gp.r13,
-    };
+    let regs = guest_regs(&v.world);
     let back = tsm.guest_call(v.tdvpr, &regs);
     match back.exit {
         None => {
-            let (o, gp) = (back.regs, &mut v.world.gprs);
-            (gp.rcx, gp.rdx, gp.r8, gp.r9, gp.r10, gp.r11, gp.r12, gp.r13) =
-                (o.rcx, o.rdx, o.r8, o.r9, o.r10, o.r11, o.r12, o.r13);
-            v.world.set_rax(o.rax);
+            // The leaf's outputs (RAX..R13); R14 and R15 are no leaf's output and keep the
+            // guest's values.
+            let out = Regs { r14: regs.r14, r15: regs.r15, ..back.regs };
+            set_guest_regs(&mut v.world, &out);
             v.world.skip(4);
             None
         }
-        Some(exit @ TdExit::Vmcall { .. }) => {
+        Some(exit @ TdExit::Vmcall { mask, .. }) => {
             v.world.skip(4);
-            v.vmcall_pending = true;
+            v.vmcall_pending = Some(mask);
             Some(exit)
         }
         Some(exit) => Some(exit),

@@ -151,7 +151,7 @@ fn veinfo_get_happy_path_returns_and_clears_the_ve() {
 
 #[test]
 fn td_exit_registers_carry_the_exit_and_nothing_else() {
-    let vmcall = TdExit::Vmcall { args: [1, 2, 3, 4] };
+    let vmcall = TdExit::vmcall([1, 2, 3, 4]);
     let r = vmcall.host_regs();
     let expected = Regs { rax: 77, rcx: 0x3C00, r10: 1, r11: 2, r12: 3, r13: 4, ..Regs::default() };
     assert_eq!(r, expected);

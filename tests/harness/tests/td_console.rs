@@ -19,7 +19,7 @@ fn console_exit(m: &mut Machine, tdvpr: u64, args: [u64; 3]) -> [u64; 4] {
         Regs { r10: vmcall::CONSOLE, r11: args[0], r12: args[1], r13: args[2], ..Regs::call(g::VP_VMCALL, 0, 0, 0, 0) };
     let r = m.tsm.guest_call(tdvpr, &regs);
     match r.exit {
-        Some(TdExit::Vmcall { args }) => args,
+        Some(exit @ TdExit::Vmcall { .. }) => exit.args(),
         other => panic!("TDG.VP.VMCALL did not exit to the host: {other:?}"),
     }
 }

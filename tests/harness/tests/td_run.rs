@@ -1,8 +1,8 @@
 //! The host's loop over a TD's exits (`tsm_client::host::td::run`): VP.ENTER, then per exit
 //! CONSOLE to the log and enter again, RDMSR/WRMSR answered with GHCI's INVALID_OPERAND in the
 //! next VP.ENTER's R10, TDVMCALL<HLT> with interrupts blocked the end; everything the host cannot
-//! serve (HLT with interrupts open, GHCI CPUID and I/O whose operands sit in R14/R15, which the
-//! TD world does not expose, an EPT violation, a triple fault, an unknown VMCALL, a bad console
+//! serve (HLT with interrupts open, GHCI CPUID and I/O, which need a machine this loop has not,
+//! an EPT violation, a triple fault, an unknown VMCALL, a bad console
 //! count, a failed VP.ENTER) ends the run with an error that names it. The exits come from
 //! `TdExit::host_regs`, the encoder the TSM's VP.ENTER uses, through a transport that plays
 //! them back and records what the host entered with.
@@ -41,7 +41,7 @@ impl Seamcall for Script {
 }
 
 fn vmcall(args: [u64; 4]) -> Regs {
-    TdExit::Vmcall { args }.host_regs()
+    TdExit::vmcall(args).host_regs()
 }
 
 fn ghci(reason: u64, r12: u64, r13: u64) -> Regs {
@@ -90,10 +90,10 @@ fn run_rejects_hlt_with_interrupts_open() {
 }
 
 #[test]
-fn run_rejects_cpuid_and_io_whose_operands_are_not_exposed() {
+fn run_rejects_cpuid_and_io_without_a_machine() {
     for reason in [ghci::CPUID, ghci::IO] {
         let (r, s, _, _) = go(&[ghci(reason, 1, 0)]);
-        refused(r, TdExit::REASON_TDCALL, "R14/R15");
+        refused(r, TdExit::REASON_TDCALL, "no machine");
         assert_eq!(s.calls.len(), 1);
     }
 }
