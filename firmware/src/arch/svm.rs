@@ -114,6 +114,9 @@ pub mod vmcb {
     pub const GUEST_ASID: usize = 0x058;
     pub const TLB_CONTROL: usize = 0x05C;
     pub const INT_CTL: usize = 0x060;
+    pub const INT_VECTOR: usize = 0x064;
+    /// Bit 0: the guest is in an interrupt shadow (after STI or MOV SS).
+    pub const INT_STATE: usize = 0x068;
     pub const EXIT_CODE: usize = 0x070;
     pub const EXIT_INFO1: usize = 0x078;
     pub const EXIT_INFO2: usize = 0x080;
@@ -144,8 +147,23 @@ pub mod vmcb {
     pub const RIP: usize = 0x578;
     pub const RSP: usize = 0x5D8;
     pub const RAX: usize = 0x5F8;
+    pub const STAR: usize = 0x600;
+    pub const LSTAR: usize = 0x608;
+    pub const CSTAR: usize = 0x610;
+    pub const SFMASK: usize = 0x618;
+    pub const KERNEL_GS_BASE: usize = 0x620;
+    pub const SYSENTER_CS: usize = 0x628;
+    pub const SYSENTER_ESP: usize = 0x630;
+    pub const SYSENTER_EIP: usize = 0x638;
     pub const CR2: usize = 0x640;
     pub const G_PAT: usize = 0x668;
+
+    /// INT_CTL: V_IRQ (a virtual interrupt is pending), V_INTR_PRIO (19:16), V_IGN_TPR.
+    pub const V_IRQ: u64 = 1 << 8;
+    pub const V_INTR_PRIO_MAX: u64 = 0xF << 16;
+    pub const V_IGN_TPR: u64 = 1 << 20;
+    /// Intercept bit of word 3: a virtual interrupt became deliverable (the interrupt window).
+    pub const MISC1_VINTR: u32 = 1 << 4;
 
     /// Intercept bits of word 3 (`INTERCEPT_MISC1`).
     pub const MISC1_CPUID: u32 = 1 << 18;
@@ -167,6 +185,8 @@ pub mod vmcb {
     pub const TLB_FLUSH_ALL: u8 = 1;
     /// EVENTINJ: valid (bit 31), type exception (3 << 8).
     pub const EVENT_VALID_EXCEPTION: u64 = (1 << 31) | (3 << 8);
+    /// EVENTINJ: valid (bit 31), type external interrupt (0 << 8).
+    pub const EVENT_VALID_INTR: u64 = 1 << 31;
 }
 
 /// SVM exit codes (APM vol. 2 appendix C) the TSM handles.
@@ -174,6 +194,8 @@ pub mod vmcb {
 pub mod exit {
     /// 0x40 + vector: an intercepted exception.
     pub const EXCEPTION_BASE: u64 = 0x40;
+    /// The interrupt window opened (VINTR intercept).
+    pub const VINTR: u64 = 0x64;
     pub const CPUID: u64 = 0x72;
     pub const HLT: u64 = 0x78;
     pub const IOIO: u64 = 0x7B;

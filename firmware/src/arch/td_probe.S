@@ -88,7 +88,7 @@ long64:
         mov [r15 + 0x24], ebx
         mov [r15 + 0x28], edx
         mov [r15 + 0x2C], ecx
-        mov eax, 2
+        mov eax, 0x40000000              /* the hypervisor range: the TSM leaves it to #VE */
         cpuid                            /* #VE 10, length 2 */
         hlt                              /* #VE 12, length 1 */
         in al, 0x80                      /* #VE 30, length 2 */

@@ -15,11 +15,17 @@
 //! - **TDCALL** (`66 0f 01 cc`) is a #UD intercept: the 4 bytes at RIP are read through the TD's
 //!   own page tables and S-EPT (MAPPED leaves only), then `Tsm::guest_call` runs it. SEAMCALL,
 //!   VMMCALL and every SVM instruction in a TD are #UD, as SEAMCALL is in a TDX TD.
-//! - **#VE** (vector 20): CPUID leaves the TSM does not synthesise, HLT, port I/O, MSR accesses
-//!   and accesses to PENDING pages, with the information TDG.VP.VEINFO.GET returns.
-//!   CPUID leaves 0, 1, 0x21 and 0x8000_0000/1/8 are answered at once, as a TDX module
-//!   presents them (GenuineIntel, CPUID.1:ECX[31], leaf 0x21 "IntelTDX    "), because TDVF asks
-//!   them before it has an IDT.
+//! - **#VE** (vector 20): CPUID leaves the TSM does not answer, HLT, port I/O, MSRs that are the
+//!   host's and accesses to PENDING pages, with the information TDG.VP.VEINFO.GET returns.
+//!   CPUID to leaf 0x21 and 0x8000_0008 is answered at once, as a TDX module presents it
+//!   (`tsm::cpuid`), because TDVF asks before it has an IDT and on every timer tick.
+//! - **MSRs**: the virtual x2APIC (TPR, PPR, EOI, ISR, TMR, IRR, SELF_IPI), IA32_APIC_BASE and
+//!   the MTRRs are the TSM's (`Tsm::vcpu_msr`), EFER, PAT, the segment bases and the
+//!   SYSCALL/SYSENTER MSRs the VMCB's; no access reaches a real MSR.
+//! - **Interrupts**: vectors the host posted (SEAMLESS.VP.POST) are injected when the vCPU can
+//!   take them (RFLAGS.IF, no interrupt shadow), else SVM's interrupt window (V_IRQ with the
+//!   VINTR intercept) brings the vCPU back as soon as it can; an event whose delivery an exit
+//!   interrupted (EXITINTINFO) is delivered again.
 //!
 //! A TD runs in this world when its image covers the reset vector (a MAPPED page at GPA
 //! 0xFFFFF000 at its first entry). The demo's guest, still code in the firmware image, has no
@@ -29,7 +35,7 @@
 use tsm::addr::Pfn;
 use tsm::sept::SeptState;
 use tsm::td::VeInfo;
-use tsm::vcpu::NoLeaf;
+use tsm::vcpu::{MsrAccess, MsrResult, NoLeaf};
 use tsm::{Regs, TdExit, Tsm};
 use x86::cpuid::native_cpuid::cpuid_count;
 
@@ -90,6 +96,38 @@ struct TdVcpu {
     shared_root: Option<Pfn>,
 }
 
+/// What the TD worlds did, by kind: the figures of a run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TdCounts {
+    /// #VMEXITs by cause: nested page faults, TDCALLs (#UD), CPUID, MSR, I/O, HLT, interrupt
+    /// windows, anything else.
+    pub npf: u64,
+    /// TDCALLs (#UD intercepts that were TDCALL).
+    pub tdcall: u64,
+    /// CPUID exits (answered by the TSM or turned into #VE).
+    pub cpuid: u64,
+    /// RDMSR/WRMSR exits.
+    pub msr: u64,
+    /// Port I/O exits (each a #VE).
+    pub io: u64,
+    /// HLT exits (each a #VE).
+    pub hlt: u64,
+    /// Interrupt windows that opened (VINTR).
+    pub vintr: u64,
+    /// Other exits.
+    pub other: u64,
+    /// #VEs by exit reason: CPUID, HLT, I/O, RDMSR/WRMSR, EPT violation.
+    pub ve: [u64; 5],
+    /// Interrupts injected.
+    pub interrupts: u64,
+    /// Events re-delivered after an exit interrupted their delivery.
+    pub redelivered: u64,
+    /// MSR accesses the TSM answered (virtual APIC, APIC base, MTRRs, context).
+    pub msr_in_tsm: u64,
+    /// CPUID leaves the TSM answered.
+    pub cpuid_in_tsm: u64,
+}
+
 /// The TD worlds: the derived tables and the vCPU contexts. Lives in the platform, which
 /// forwards `sept_changed` to [`TdWorlds::sept_changed`].
 #[derive(Debug)]
@@ -102,6 +140,8 @@ pub struct TdWorlds {
     pub ves: u64,
     /// Times a derived table ran out of frames and was reset.
     pub resets: u64,
+    /// Exits, #VEs and interrupts by kind.
+    pub counts: TdCounts,
     /// VMCBs taken for TD vCPUs.
     created: u32,
 }
@@ -115,7 +155,15 @@ impl TdWorlds {
         let pool = svm::take_td_npt_pool().ok_or(WorldError::OutOfTsmMemory)?;
         let tables = pool.each_mut().map(|t| TdTable { tdr: None, npt: Npt::new(t), shared_used: false });
         svm::iopm_intercept_all();
-        Ok(TdWorlds { tables, vcpus: [const { None }; VCPU_SLOTS], switches: 0, ves: 0, resets: 0, created: 0 })
+        Ok(TdWorlds {
+            tables,
+            vcpus: [const { None }; VCPU_SLOTS],
+            switches: 0,
+            ves: 0,
+            resets: 0,
+            counts: TdCounts::default(),
+            created: 0,
+        })
     }
 
     /// The S-EPT of TD `tdr` lost the translations of `range` (`None`: all of them): drop them
@@ -294,24 +342,32 @@ fn run(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) -> TdExit {
         if flush {
             v.world.flush_tlb();
         }
-        match v.world.run() {
-            Exit::NestedPageFault { gpa, error } => {
-                if let Some(exit) = nested_fault(tsm, v, gpa, error) {
-                    return exit;
-                }
-            }
+        offer_interrupt(tsm, v);
+        let exit = v.world.run();
+        // An event whose delivery the exit interrupted (a nested page fault on the IDT or the
+        // stack) is delivered again once the exit is handled.
+        let lost = v.world.interrupted_event();
+        count(tsm, &exit);
+        let done = match exit {
+            Exit::NestedPageFault { gpa, error } => nested_fault(tsm, v, gpa, error),
             Exit::Exception { vector: VECTOR_UD, .. } => {
                 if fetch4(tsm, v) == Some(TDCALL) {
-                    if let Some(exit) = tdcall(tsm, v) {
-                        return exit;
-                    }
+                    count_tdcall(tsm);
+                    tdcall(tsm, v)
                 } else {
                     // SEAMCALL, VMMCALL or anything else undefined: #UD, as in a TDX TD.
                     v.world.inject_exception(VECTOR_UD);
+                    None
                 }
             }
-            Exit::Cpuid => cpuid(tsm, v),
-            Exit::Hlt => ve(tsm, v, VeInfo { exit_reason: reason::HLT, instruction_length: 1, ..VeInfo::default() }),
+            Exit::Cpuid => {
+                cpuid(tsm, v);
+                None
+            }
+            Exit::Hlt => {
+                ve(tsm, v, VeInfo { exit_reason: reason::HLT, instruction_length: 1, ..VeInfo::default() });
+                None
+            }
             Exit::Io { info1, next_rip } => {
                 let len = next_rip.wrapping_sub(v.world.rip()) as u32;
                 let info = VeInfo {
@@ -321,12 +377,21 @@ fn run(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) -> TdExit {
                     ..VeInfo::default()
                 };
                 ve(tsm, v, info);
+                None
             }
             Exit::Msr { write } => {
-                let exit_reason = if write { reason::WRMSR } else { reason::RDMSR };
-                ve(tsm, v, VeInfo { exit_reason, instruction_length: 2, ..VeInfo::default() });
+                msr(tsm, v, write);
+                None
             }
-            Exit::Vmmcall | Exit::SvmInstruction => v.world.inject_exception(VECTOR_UD),
+            Exit::Vintr => {
+                // The window opened: the next pass injects.
+                close_window(&mut v.world);
+                None
+            }
+            Exit::Vmmcall | Exit::SvmInstruction => {
+                v.world.inject_exception(VECTOR_UD);
+                None
+            }
             other @ (Exit::Shutdown | Exit::Invalid | Exit::Exception { .. } | Exit::Other(_)) => {
                 let code = match other {
                     Exit::Exception { vector, .. } => svm::exit::EXCEPTION_BASE + u64::from(vector),
@@ -335,8 +400,154 @@ fn run(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) -> TdExit {
                     _ => svm::exit::INVALID,
                 };
                 defmt::warn!("TD vCPU stopped: exit {=u64:#x} at RIP {=u64:#x}", code, v.world.rip());
-                return exit_now(tsm, tdvpr, TdExit::TripleFault);
+                Some(exit_now(tsm, tdvpr, TdExit::TripleFault))
             }
+        };
+        if let Some(event) = lost {
+            if !v.world.event_pending() {
+                v.world.reinject(event);
+                if let Some(w) = tsm.platform_mut().td.as_mut() {
+                    w.counts.redelivered += 1;
+                }
+            }
+        }
+        if let Some(exit) = done {
+            return exit;
+        }
+    }
+}
+
+fn count(tsm: &mut Tsm<FirmwarePlatform>, exit: &Exit) {
+    let Some(w) = tsm.platform_mut().td.as_mut() else { return };
+    let c = &mut w.counts;
+    match exit {
+        Exit::NestedPageFault { .. } => c.npf += 1,
+        Exit::Exception { vector: VECTOR_UD, .. } => {}
+        Exit::Cpuid => c.cpuid += 1,
+        Exit::Msr { .. } => c.msr += 1,
+        Exit::Io { .. } => c.io += 1,
+        Exit::Hlt => c.hlt += 1,
+        Exit::Vintr => c.vintr += 1,
+        _ => c.other += 1,
+    }
+}
+
+fn count_tdcall(tsm: &mut Tsm<FirmwarePlatform>) {
+    if let Some(w) = tsm.platform_mut().td.as_mut() {
+        w.counts.tdcall += 1;
+    }
+}
+
+/// Injects the interrupt the TSM's virtual APIC has for the vCPU if it can take it now
+/// (RFLAGS.IF set, no interrupt shadow, no other event to deliver); otherwise asks SVM for the
+/// interrupt window (V_IRQ with the VINTR intercept), whose exit brings the vCPU back here as
+/// soon as it can. The TD's TPR is the virtual APIC's, so V_IGN_TPR.
+fn offer_interrupt(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) {
+    let Some(vector) = tsm.pending_interrupt(v.tdvpr) else {
+        close_window(&mut v.world);
+        return;
+    };
+    let open = v.world.read(vmcb::RFLAGS) & (1 << 9) != 0 && v.world.read(vmcb::INT_STATE) & 1 == 0;
+    if open && !v.world.event_pending() {
+        close_window(&mut v.world);
+        v.world.inject_interrupt(vector);
+        tsm.interrupt_taken(v.tdvpr, vector);
+        if let Some(w) = tsm.platform_mut().td.as_mut() {
+            w.counts.interrupts += 1;
+        }
+    } else {
+        let ctl = v.world.read(vmcb::INT_CTL);
+        v.world.write(vmcb::INT_CTL, ctl | vmcb::V_IRQ | vmcb::V_IGN_TPR | vmcb::V_INTR_PRIO_MAX);
+        let misc1 = v.world.read(vmcb::INTERCEPT_MISC1) as u32;
+        v.world.vmcb().write_u32(vmcb::INTERCEPT_MISC1, misc1 | vmcb::MISC1_VINTR);
+    }
+}
+
+/// Withdraws the interrupt-window request.
+fn close_window(world: &mut World) {
+    let ctl = world.read(vmcb::INT_CTL);
+    if ctl & vmcb::V_IRQ != 0 {
+        world.write(vmcb::INT_CTL, ctl & !(vmcb::V_IRQ | vmcb::V_IGN_TPR | vmcb::V_INTR_PRIO_MAX));
+    }
+    let misc1 = world.read(vmcb::INTERCEPT_MISC1) as u32;
+    if misc1 & vmcb::MISC1_VINTR != 0 {
+        world.vmcb().write_u32(vmcb::INTERCEPT_MISC1, misc1 & !vmcb::MISC1_VINTR);
+    }
+}
+
+/// RDMSR/WRMSR (ECX the MSR, EDX:EAX the value): the TSM's virtual APIC, APIC base and MTRRs
+/// answer ([`Tsm::vcpu_msr`]); the vCPU's context registers are read and written in its VMCB
+/// ([`context_msr`]); everything else is a #VE, and the TD asks the host.
+fn msr(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu, write: bool) {
+    let index = v.world.gprs.rcx as u32;
+    let value = (v.world.gprs.rdx << 32) | (v.world.rax() & 0xFFFF_FFFF);
+    let access = if write { MsrAccess::Write(value) } else { MsrAccess::Read };
+    let done = match tsm.vcpu_msr(v.tdvpr, index, access) {
+        MsrResult::Done(read) => Some(read),
+        MsrResult::Context => context_msr(&mut v.world, index, access),
+        MsrResult::Ve => None,
+    };
+    match done {
+        Some(read) => {
+            if !write {
+                v.world.set_rax(read & 0xFFFF_FFFF);
+                v.world.gprs.rdx = read >> 32;
+            }
+            v.world.skip(2);
+            if let Some(w) = tsm.platform_mut().td.as_mut() {
+                w.counts.msr_in_tsm += 1;
+            }
+        }
+        None => {
+            let exit_reason = if write { reason::WRMSR } else { reason::RDMSR };
+            ve(tsm, v, VeInfo { exit_reason, instruction_length: 2, ..VeInfo::default() });
+        }
+    }
+}
+
+/// EFER bits a TD may change: SCE, LME, NXE. LMA follows the CPU; SVME stays set (VMRUN needs
+/// it) and reads as clear.
+const EFER_WRITABLE: u64 = 1 | 1 << 8 | 1 << 11;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_SVME: u64 = 1 << 12;
+
+/// A context MSR in the VMCB (`tsm::msr::CONTEXT`); `None` for a write the register refuses
+/// (reserved EFER bits, an invalid PAT type), which becomes a #VE.
+fn context_msr(world: &mut World, index: u32, access: MsrAccess) -> Option<u64> {
+    let field = match index {
+        0xC000_0080 => vmcb::EFER,
+        0x277 => vmcb::G_PAT,
+        0xC000_0100 => vmcb::FS + 8,
+        0xC000_0101 => vmcb::GS + 8,
+        0xC000_0102 => vmcb::KERNEL_GS_BASE,
+        0xC000_0081 => vmcb::STAR,
+        0xC000_0082 => vmcb::LSTAR,
+        0xC000_0083 => vmcb::CSTAR,
+        0xC000_0084 => vmcb::SFMASK,
+        0x174 => vmcb::SYSENTER_CS,
+        0x175 => vmcb::SYSENTER_ESP,
+        0x176 => vmcb::SYSENTER_EIP,
+        _ => return None,
+    };
+    let current = world.read(field);
+    match access {
+        MsrAccess::Read if field == vmcb::EFER => Some(current & !EFER_SVME),
+        MsrAccess::Read => Some(current),
+        MsrAccess::Write(value) if field == vmcb::EFER => {
+            if value & !(EFER_WRITABLE | EFER_LMA) != 0 {
+                return None;
+            }
+            world.write(field, (value & EFER_WRITABLE) | (current & EFER_LMA) | EFER_SVME);
+            Some(0)
+        }
+        MsrAccess::Write(value) if field == vmcb::G_PAT => {
+            // Each byte a memory type: UC, WC, WT, WP, WB, UC- (0, 1, 4, 5, 6, 7).
+            let valid = value.to_le_bytes().iter().all(|&t| matches!(t, 0 | 1 | 4..=7));
+            valid.then(|| world.write(field, value)).map(|()| 0)
+        }
+        MsrAccess::Write(value) => {
+            world.write(field, value);
+            Some(0)
         }
     }
 }
@@ -461,6 +672,14 @@ fn ve(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu, info: VeInfo) {
     if tsm.deliver_ve(v.tdvpr, info) {
         if let Some(w) = tsm.platform_mut().td.as_mut() {
             w.ves += 1;
+            let kind = match info.exit_reason {
+                reason::CPUID => 0,
+                reason::HLT => 1,
+                reason::IO => 2,
+                reason::RDMSR | reason::WRMSR => 3,
+                _ => 4,
+            };
+            w.counts.ve[kind] += 1;
         }
         v.world.inject_exception(VECTOR_VE);
     } else {
@@ -479,34 +698,26 @@ fn io_qualification(info1: u64) -> u64 {
     size | (info1 & 1) << 3 | ((info1 >> 2) & 1) << 4 | ((info1 >> 3) & 1) << 5 | (info1 & 0xFFFF_0000)
 }
 
-/// CPUID as a TDX module presents it for the leaves TDVF asks before it has an IDT; any other
-/// leaf is a #VE (the TD asks the host with TDG.VP.VMCALL<Instruction.CPUID> if it wants to).
+/// CPUID as a TDX module presents it (`tsm::cpuid::td_cpuid`, from this CPU's answers): the
+/// basic leaves to 0x21 and the extended ones to 0x8000_0008 answered at once; the rest is a
+/// #VE (the TD asks the host with TDG.VP.VMCALL<Instruction.CPUID> if it wants to).
 fn cpuid(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) {
     let leaf = v.world.rax() as u32;
     let sub = v.world.gprs.rcx as u32;
     let index = tsm.running_vcpu(v.tdvpr).map_or(0, |r| r.index as u32);
-    let host = || cpuid_count(leaf, sub);
-    let answer = match leaf {
-        // Max leaf 0x21, "GenuineIntel".
-        0 => Some([0x21, 0x756E_6547, 0x6C65_746E, 0x4965_6E69]),
-        1 => {
-            let h = host();
-            Some([h.eax, (h.ebx & 0x00FF_FFFF) | index << 24, h.ecx | 1 << 31, h.edx])
-        }
-        // "IntelTDX    ".
-        0x21 if sub == 0 => Some([0, 0x6574_6E49, 0x2020_2020, 0x5844_546C]),
-        0x8000_0000 => Some([0x8000_0008, 0, 0, 0]),
-        0x8000_0001 | 0x8000_0008 => {
-            let h = host();
-            Some([h.eax, h.ebx, h.ecx, h.edx])
-        }
-        _ => None,
+    let ctx = tsm::cpuid::CpuidContext { vcpu_index: index, cr4: v.world.read(vmcb::CR4) };
+    let host = |l: u32, s: u32| {
+        let r = cpuid_count(l, s);
+        [r.eax, r.ebx, r.ecx, r.edx]
     };
-    match answer {
+    match tsm::cpuid::td_cpuid(leaf, sub, ctx, &host) {
         Some([a, b, c, d]) => {
             v.world.set_rax(u64::from(a));
             (v.world.gprs.rbx, v.world.gprs.rcx, v.world.gprs.rdx) = (u64::from(b), u64::from(c), u64::from(d));
             v.world.skip(2);
+            if let Some(w) = tsm.platform_mut().td.as_mut() {
+                w.counts.cpuid_in_tsm += 1;
+            }
         }
         None => ve(tsm, v, VeInfo { exit_reason: reason::CPUID, instruction_length: 2, ..VeInfo::default() }),
     }

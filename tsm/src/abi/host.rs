@@ -76,6 +76,7 @@ pub mod leaf {
     pub const VP_KICK: u64 = 0x8000;
     pub const HOST_FAULT_RD: u64 = 0x8001;
     pub const SHARED_EPT_SET: u64 = 0x8002;
+    pub const VP_POST: u64 = 0x8003;
     pub const TDI_LOCK: u64 = 0x8010;
     pub const TDI_START: u64 = 0x8011;
     pub const TDI_STOP: u64 = 0x8012;
@@ -673,6 +674,7 @@ impl<P: Platform> Tsm<P> {
             },
             handler: Self::shared_ept_set,
         },
+        Self::VP_POST,
         Self::TDI_LOCK,
         Self::TDI_START,
         Self::TDI_STOP,

@@ -7,6 +7,7 @@ pub mod guest;
 mod guest_tdi;
 pub mod host;
 mod host_dmar;
+mod host_intr;
 mod host_mem;
 pub mod host_pdev;
 pub mod host_tdi;
