@@ -35,6 +35,10 @@ commands:
                    --keep       keep QEMU's command line in target/run/qemu.cmd
   e2e [args]     build the firmware and run tests/e2e (QEMU end-to-end tests; args go to
                  `cargo test`)
+  ovmf           boot Debian's OVMF.fd (OVMF_FD) unmodified as a TD on seamless: its console
+                 on yours to the UEFI shell, where the host types `reset -s`; prints MRTD
+                 against `attest measure`, RTMR0..3 and where the time went; files in
+                 target/run/ovmf/
   setup          only install missing prerequisites (target, clippy, rustfmt, QEMU >= 9.1,
                  Debian's ovmf (OVMF.fd, a TDVF), defmt-print)
   qemu           only check for (and install when missing) QEMU >= 9.1 with NVMe spdm_port
@@ -439,6 +443,45 @@ cmd_boot() {
     fi
 }
 
+# Debian's OVMF.fd as a TD (mode ovmf): the host builds the TD from the image's TDVF metadata,
+# runs it in the TD world serving its TDVMCALLs, and types `reset -s` at the UEFI shell.
+cmd_ovmf() {
+    prereqs
+    ensure_qemu
+    ensure_ovmf
+    ensure_defmt_print
+    build_firmware
+    local out=${CARGO_TARGET_DIR:-target}/run/ovmf
+    mkdir -p "$out"
+    rm -f "$out"/{serial.log,defmt.bin,artifacts.bin,firmware.log} "$out"/figure.* "$out"/ovmf-*.bin
+    printf 'mode=ovmf\ntdmr_max_mib=400\ntd_mib=256\nlog_calls=off\ntd_timeout_s=240\n' >"$out/config.txt"
+    section "seamless-qemu: $QEMU -M q35 -accel tcg -kernel $FIRMWARE, $OVMF_FD as a TD (mode ovmf)"
+    local status=0
+    launch_qemu --out "$out" --config "$out/config.txt" --ovmf "$OVMF_FD" --memory 640 --timeout 300 || status=$?
+    tr -d '\r' <"$out/serial.log"
+    defmt-print -e "$FIRMWARE" <"$out/defmt.bin" >"$out/firmware.log" 2>/dev/null || true
+    section "figures"
+    unframe_artifacts "$out" || echo "warning: the COM3 artifact stream did not decode" >&2
+    print_figures "$out"
+    if [[ -s $out/ovmf-mrtd.bin ]]; then
+        cargo build -q -p attest --features std --bin attest
+        local mrtd measured
+        mrtd=$(od -An -tx1 -v "$out/ovmf-mrtd.bin" | tr -d ' \n')
+        measured=$("${CARGO_TARGET_DIR:-target}/debug/attest" measure "$OVMF_FD")
+        if [[ $mrtd == "$measured" ]]; then
+            echo "MRTD $mrtd: the TD's, equal to attest measure $OVMF_FD"
+        else
+            echo "error: the TD's MRTD $mrtd differs from attest measure's $measured" >&2
+            status=1
+        fi
+    fi
+    echo "files: $out/{serial.log,defmt.bin,firmware.log,config.txt,ovmf-mrtd.bin,ovmf-rtmrs.bin}"
+    if ((status != 33)); then
+        echo "error: the OVMF TD run failed (QEMU status $status): $(firmware_cause "$out/serial.log")" >&2
+        exit 1
+    fi
+}
+
 cmd_e2e() {
     prereqs
     ensure_qemu
@@ -764,6 +807,7 @@ case "$command" in
     bench) cmd_bench "$@" ;;
     boot) cmd_boot "$@" ;;
     e2e) cmd_e2e "$@" ;;
+    ovmf) cmd_ovmf "$@" ;;
     fuzz) fuzz/run.sh "$@" ;;
     setup)
         prereqs

@@ -12,6 +12,9 @@ pub const SECRET_FILE: &str = "opt/seamless/platform-secret";
 /// fw_cfg file of the guest image the host agent loads into the TD (`attest::image`, made from
 /// the `seamless-guest` ELF by `firmware guest-image ELF FILE`).
 pub const GUEST_FILE: &str = "opt/seamless/guest";
+/// fw_cfg file of the TDVF (an OVMF image with TDX metadata, Debian's `/usr/share/ovmf/OVMF.fd`)
+/// the host boots as a TD in mode `ovmf`.
+pub const OVMF_FILE: &str = "opt/seamless/ovmf";
 
 /// What the firmware does after boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +38,9 @@ pub enum Mode {
     Fault,
     /// Overflow the boot stack, to show the guard page and the #DF stack at work.
     Overflow,
+    /// Boot the TDVF from fw_cfg (`opt/seamless/ovmf`) as a TD in the TD world, serve its GHCI
+    /// calls, type `reset -s` at the UEFI shell and tear it down.
+    Ovmf,
 }
 
 /// The run configuration.
@@ -53,6 +59,10 @@ pub struct RunConfig {
     pub nvme_bar0: u64,
     /// The verifier's challenge: the guest puts it in REPORTDATA.
     pub nonce: [u8; 64],
+    /// RAM of the OVMF TD, MiB (mode `ovmf`).
+    pub td_mib: u64,
+    /// How long the OVMF TD may run, seconds (mode `ovmf`).
+    pub td_timeout_s: u64,
 }
 
 /// Default BAR0 address: the first 16 KiB of q35's 32-bit PCI hole above the ECAM window, which
@@ -68,6 +78,8 @@ impl Default for RunConfig {
             log_calls: true,
             nvme_bar0: DEFAULT_NVME_BAR0,
             nonce: [0; 64],
+            td_mib: 256,
+            td_timeout_s: 120,
         }
     }
 }
@@ -137,7 +149,8 @@ impl RunConfig {
                         "boot" => Mode::Boot,
                         "fault" => Mode::Fault,
                         "overflow" => Mode::Overflow,
-                        _ => return Err(err("mode is connect, assign, revoke, attack, boot, fault or overflow")),
+                        "ovmf" => Mode::Ovmf,
+                        _ => return Err(err("mode is connect, assign, revoke, attack, boot, fault, overflow or ovmf")),
                     }
                 }
                 "doe_timeout_ms" => {
@@ -157,6 +170,9 @@ impl RunConfig {
                         .ok_or(err("nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000"))?
                 }
                 "nonce" => c.nonce = hex_bytes::<64>(value).ok_or(err("nonce is 128 hex digits"))?,
+                // Below q35's ECAM at 0xB0000000, which the TD's RAM must not reach.
+                "td_mib" => c.td_mib = number(value, 32, 2048).ok_or(err("td_mib is 32..2048"))?,
+                "td_timeout_s" => c.td_timeout_s = number(value, 1, 3600).ok_or(err("td_timeout_s is 1..3600"))?,
                 _ => return Err(err("unknown key")),
             }
         }
@@ -189,7 +205,10 @@ mod tests {
 
     #[test]
     fn parse_rejects_out_of_range_values() {
-        assert_eq!(err("mode=fast").what, "mode is connect, assign, revoke, attack, boot, fault or overflow");
+        assert_eq!(err("mode=fast").what, "mode is connect, assign, revoke, attack, boot, fault, overflow or ovmf");
+        assert_eq!(err("td_mib=16").what, "td_mib is 32..2048");
+        assert_eq!(err("td_mib=2049").what, "td_mib is 32..2048");
+        assert_eq!(err("td_timeout_s=0").what, "td_timeout_s is 1..3600");
         assert_eq!(err("nvme_bar0=0xc0000800").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
         assert_eq!(err("nvme_bar0=3221225472").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
         assert_eq!(err("nvme_bar0=0xfec00000").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
@@ -205,7 +224,7 @@ mod tests {
     #[test]
     fn fw_cfg_names_are_what_qemu_accepts() {
         // QEMU warns about names outside opt/ and refuses names past 55 characters.
-        for name in [CONFIG_FILE, SECRET_FILE, GUEST_FILE] {
+        for name in [CONFIG_FILE, SECRET_FILE, GUEST_FILE, OVMF_FILE] {
             assert!(name.starts_with("opt/") && name.len() <= 55, "{name}");
         }
     }
@@ -237,5 +256,7 @@ mod tests {
         assert_eq!(RunConfig::parse(b"mode=fault").unwrap().mode, Mode::Fault);
         assert_eq!(RunConfig::parse(b"mode=overflow").unwrap().mode, Mode::Overflow);
         assert_eq!(RunConfig::parse(b"mode=connect\r\n").unwrap().mode, Mode::Connect);
+        let c = RunConfig::parse(b"mode=ovmf\ntd_mib=512\ntd_timeout_s=300\n").unwrap();
+        assert_eq!((c.mode, c.td_mib, c.td_timeout_s), (Mode::Ovmf, 512, 300));
     }
 }

@@ -45,6 +45,7 @@ macro_rules! say {
 mod assign;
 mod attack;
 mod host_nvme;
+mod ovmf;
 mod td_world;
 mod worlds;
 
@@ -159,7 +160,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             say!("mode overflow: pushing until the boot stack overflows");
             arch::provoke_stack_overflow()
         }
-        Mode::Connect | Mode::Assign | Mode::Revoke | Mode::Attack | Mode::Boot => {}
+        Mode::Connect | Mode::Assign | Mode::Revoke | Mode::Attack | Mode::Boot | Mode::Ovmf => {}
     }
 
     let image = arch::image_range();
@@ -234,6 +235,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             let guest = read_guest_image(&mut buf);
             assign::run(&config, &tsc, &mut tsm, (&mut host, &mut world), nvme, guest, ready)
         }
+        Mode::Ovmf => ovmf::run(&config, &tsc, &mut tsm, &mut host, &boot.memmap, ecam),
         Mode::Attack => {
             let nvme = open_nvme(&boot, &config, &tsc, (ecam, window));
             let mut buf = [0u8; GUEST_IMAGE_MAX];

@@ -38,5 +38,5 @@ pub mod vcpu;
 mod state;
 
 pub use abi::{GuestReturn, Regs, TdExit};
-pub use state::{TdSummary, Tsm, TsmIdentity, MAX_MMIO_WINDOWS, MAX_PRIVATE_RANGES};
+pub use state::{TdMeasurements, TdSummary, Tsm, TsmIdentity, MAX_MMIO_WINDOWS, MAX_PRIVATE_RANGES};
 pub use status::{Operand, Status};

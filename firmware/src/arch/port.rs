@@ -40,6 +40,22 @@ impl Port {
         value
     }
 
+    /// `in ax, dx`.
+    pub fn read_u16(&self) -> u16 {
+        let value: u16;
+        // SAFETY: as for `write_u8`; IN touches no memory and no flags.
+        unsafe { asm!("in ax, dx", out("ax") value, in("dx") self.0, options(nomem, nostack, preserves_flags)) };
+        value
+    }
+
+    /// `in eax, dx`.
+    pub fn read_u32(&self) -> u32 {
+        let value: u32;
+        // SAFETY: as for `write_u8`; IN touches no memory and no flags.
+        unsafe { asm!("in eax, dx", out("eax") value, in("dx") self.0, options(nomem, nostack, preserves_flags)) };
+        value
+    }
+
     /// `out dx, ax`.
     pub fn write_u16(&self, value: u16) {
         // SAFETY: as for `write_u8`.

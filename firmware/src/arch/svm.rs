@@ -158,13 +158,6 @@ pub mod vmcb {
     pub const CR2: usize = 0x640;
     pub const G_PAT: usize = 0x668;
 
-    /// INT_CTL: V_IRQ (a virtual interrupt is pending), V_INTR_PRIO (19:16), V_IGN_TPR.
-    pub const V_IRQ: u64 = 1 << 8;
-    pub const V_INTR_PRIO_MAX: u64 = 0xF << 16;
-    pub const V_IGN_TPR: u64 = 1 << 20;
-    /// Intercept bit of word 3: a virtual interrupt became deliverable (the interrupt window).
-    pub const MISC1_VINTR: u32 = 1 << 4;
-
     /// Intercept bits of word 3 (`INTERCEPT_MISC1`).
     pub const MISC1_CPUID: u32 = 1 << 18;
     pub const MISC1_HLT: u32 = 1 << 24;
@@ -194,8 +187,6 @@ pub mod vmcb {
 pub mod exit {
     /// 0x40 + vector: an intercepted exception.
     pub const EXCEPTION_BASE: u64 = 0x40;
-    /// The interrupt window opened (VINTR intercept).
-    pub const VINTR: u64 = 0x64;
     pub const CPUID: u64 = 0x72;
     pub const HLT: u64 = 0x78;
     pub const IOIO: u64 = 0x7B;

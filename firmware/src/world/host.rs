@@ -105,13 +105,20 @@ impl HostWorld {
                 }
             }
         }
+        // Runs of free TDMR frames at once: 2 MiB leaves where a run covers them (a donation
+        // splits one later), so the table count does not grow with the TDMR.
+        let free = |at: u64| Pfn::new(at >> 12).and_then(|p| tsm.pamt_entry(p)).is_some_and(|e| e.ty == PageType::Free);
         let mut at = layout.tdmr.0;
         while at < layout.tdmr.1 {
-            let free = Pfn::new(at >> 12).and_then(|p| tsm.pamt_entry(p)).is_some_and(|e| e.ty == PageType::Free);
-            if free {
-                npt.map(at, at + PAGE, MemType::WriteBack).map_err(oom)?;
+            let start = at;
+            while at < layout.tdmr.1 && free(at) {
+                at += PAGE;
             }
-            at += PAGE;
+            if start < at {
+                npt.map(start, at, MemType::WriteBack).map_err(oom)?;
+            } else {
+                at += PAGE;
+            }
         }
         npt.map(mmio_start, VTD_REGS, MemType::Uncached).map_err(oom)?;
         npt.map(VTD_REGS + PAGE, 4 << 30, MemType::Uncached).map_err(oom)?;

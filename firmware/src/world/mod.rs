@@ -63,8 +63,6 @@ pub enum Exit {
         /// EXITINFO1.
         info1: u64,
     },
-    /// The guest became able to take the virtual interrupt the TSM asked a window for (VINTR).
-    Vintr,
     /// CPUID (2 bytes).
     Cpuid,
     /// HLT (1 byte).
@@ -112,7 +110,6 @@ impl Exit {
             c if (exit::EXCEPTION_BASE..exit::EXCEPTION_BASE + 32).contains(&c) => {
                 Exit::Exception { vector: (c - exit::EXCEPTION_BASE) as u8, info1 }
             }
-            exit::VINTR => Exit::Vintr,
             exit::CPUID => Exit::Cpuid,
             exit::HLT => Exit::Hlt,
             exit::IOIO => Exit::Io { info1, next_rip: info2 },

@@ -23,9 +23,9 @@
 //!   the MTRRs are the TSM's (`Tsm::vcpu_msr`), EFER, PAT, the segment bases and the
 //!   SYSCALL/SYSENTER MSRs the VMCB's; no access reaches a real MSR.
 //! - **Interrupts**: vectors the host posted (SEAMLESS.VP.POST) are injected when the vCPU can
-//!   take them (RFLAGS.IF, no interrupt shadow), else SVM's interrupt window (V_IRQ with the
-//!   VINTR intercept) brings the vCPU back as soon as it can; an event whose delivery an exit
-//!   interrupted (EXITINTINFO) is delivered again.
+//!   take them (RFLAGS.IF, no interrupt shadow), else at the first exit after which it can;
+//!   an event whose delivery an exit interrupted (EXITINTINFO) is delivered again. No physical
+//!   interrupt reaches a TD: the machine's 8259 is masked (INTR is not intercepted).
 //!
 //! A TD runs in this world when its image covers the reset vector (a MAPPED page at GPA
 //! 0xFFFFF000 at its first entry). The demo's guest, still code in the firmware image, has no
@@ -99,8 +99,8 @@ struct TdVcpu {
 /// What the TD worlds did, by kind: the figures of a run.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TdCounts {
-    /// #VMEXITs by cause: nested page faults, TDCALLs (#UD), CPUID, MSR, I/O, HLT, interrupt
-    /// windows, anything else.
+    /// #VMEXITs by cause: nested page faults here, then TDCALLs (#UD), CPUID, MSR, I/O, HLT,
+    /// anything else.
     pub npf: u64,
     /// TDCALLs (#UD intercepts that were TDCALL).
     pub tdcall: u64,
@@ -112,8 +112,9 @@ pub struct TdCounts {
     pub io: u64,
     /// HLT exits (each a #VE).
     pub hlt: u64,
-    /// Interrupt windows that opened (VINTR).
-    pub vintr: u64,
+    /// Times a pending interrupt waited for a later exit (the vCPU had interrupts off, was in
+    /// an interrupt shadow, or an event was being delivered).
+    pub deferred: u64,
     /// Other exits.
     pub other: u64,
     /// #VEs by exit reason: CPUID, HLT, I/O, RDMSR/WRMSR, EPT violation.
@@ -155,6 +156,9 @@ impl TdWorlds {
         let pool = svm::take_td_npt_pool().ok_or(WorldError::OutOfTsmMemory)?;
         let tables = pool.each_mut().map(|t| TdTable { tdr: None, npt: Npt::new(t), shared_used: false });
         svm::iopm_intercept_all();
+        // No physical interrupt may reach a TD: INTR is not intercepted (QEMU's TCG asserts in
+        // the V_INTR_MASKING path), so the machine's only source is silenced instead.
+        crate::drivers::legacy::mask_8259();
         Ok(TdWorlds {
             tables,
             vcpus: [const { None }; VCPU_SLOTS],
@@ -365,7 +369,15 @@ fn run(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) -> TdExit {
                 None
             }
             Exit::Hlt => {
-                ve(tsm, v, VeInfo { exit_reason: reason::HLT, instruction_length: 1, ..VeInfo::default() });
+                // HLT with interrupts open and an interrupt pending would not halt: the
+                // interrupt is taken at the HLT (it runs again after the handler's IRET). This
+                // is also where an interrupt posted while the vCPU was in its #VE handler
+                // (interrupts off) gets delivered, since nothing between that handler's IRET
+                // and the idle loop's next HLT exits.
+                let open = v.world.read(vmcb::RFLAGS) & (1 << 9) != 0;
+                if !(open && tsm.pending_interrupt(tdvpr).is_some()) {
+                    ve(tsm, v, VeInfo { exit_reason: reason::HLT, instruction_length: 1, ..VeInfo::default() });
+                }
                 None
             }
             Exit::Io { info1, next_rip } => {
@@ -381,11 +393,6 @@ fn run(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) -> TdExit {
             }
             Exit::Msr { write } => {
                 msr(tsm, v, write);
-                None
-            }
-            Exit::Vintr => {
-                // The window opened: the next pass injects.
-                close_window(&mut v.world);
                 None
             }
             Exit::Vmmcall | Exit::SvmInstruction => {
@@ -427,7 +434,6 @@ fn count(tsm: &mut Tsm<FirmwarePlatform>, exit: &Exit) {
         Exit::Msr { .. } => c.msr += 1,
         Exit::Io { .. } => c.io += 1,
         Exit::Hlt => c.hlt += 1,
-        Exit::Vintr => c.vintr += 1,
         _ => c.other += 1,
     }
 }
@@ -439,39 +445,27 @@ fn count_tdcall(tsm: &mut Tsm<FirmwarePlatform>) {
 }
 
 /// Injects the interrupt the TSM's virtual APIC has for the vCPU if it can take it now
-/// (RFLAGS.IF set, no interrupt shadow, no other event to deliver); otherwise asks SVM for the
-/// interrupt window (V_IRQ with the VINTR intercept), whose exit brings the vCPU back here as
-/// soon as it can. The TD's TPR is the virtual APIC's, so V_IGN_TPR.
+/// (RFLAGS.IF set, no interrupt shadow, no other event to deliver); otherwise it waits for the
+/// next exit, where this runs again. **Not** SVM's interrupt window (V_IRQ with the VINTR
+/// intercept): QEMU 10.0's TCG asserts (`tcg_handle_interrupt: bql_locked()`) when VMRUN finds
+/// V_IRQ set. A TD exits at every TDCALL, #VE, MSR and CPUID, and an idle TD halts (a HLT exit
+/// with interrupts open), so the wait is short; a TD spinning with interrupts off and no exit is
+/// what a physical timer exit would cover (not here yet).
 fn offer_interrupt(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) {
-    let Some(vector) = tsm.pending_interrupt(v.tdvpr) else {
-        close_window(&mut v.world);
-        return;
-    };
-    let open = v.world.read(vmcb::RFLAGS) & (1 << 9) != 0 && v.world.read(vmcb::INT_STATE) & 1 == 0;
+    let Some(vector) = tsm.pending_interrupt(v.tdvpr) else { return };
+    // The STI shadow holds an interrupt for one instruction; at a HLT exit that instruction is
+    // the HLT, which an interrupt wakes anyway (the HLT arm left RIP on it).
+    let at_hlt = v.world.read(vmcb::EXIT_CODE) == svm::exit::HLT;
+    let shadow = v.world.read(vmcb::INT_STATE) & 1 != 0 && !at_hlt;
+    let open = v.world.read(vmcb::RFLAGS) & (1 << 9) != 0 && !shadow;
     if open && !v.world.event_pending() {
-        close_window(&mut v.world);
         v.world.inject_interrupt(vector);
         tsm.interrupt_taken(v.tdvpr, vector);
         if let Some(w) = tsm.platform_mut().td.as_mut() {
             w.counts.interrupts += 1;
         }
-    } else {
-        let ctl = v.world.read(vmcb::INT_CTL);
-        v.world.write(vmcb::INT_CTL, ctl | vmcb::V_IRQ | vmcb::V_IGN_TPR | vmcb::V_INTR_PRIO_MAX);
-        let misc1 = v.world.read(vmcb::INTERCEPT_MISC1) as u32;
-        v.world.vmcb().write_u32(vmcb::INTERCEPT_MISC1, misc1 | vmcb::MISC1_VINTR);
-    }
-}
-
-/// Withdraws the interrupt-window request.
-fn close_window(world: &mut World) {
-    let ctl = world.read(vmcb::INT_CTL);
-    if ctl & vmcb::V_IRQ != 0 {
-        world.write(vmcb::INT_CTL, ctl & !(vmcb::V_IRQ | vmcb::V_IGN_TPR | vmcb::V_INTR_PRIO_MAX));
-    }
-    let misc1 = world.read(vmcb::INTERCEPT_MISC1) as u32;
-    if misc1 & vmcb::MISC1_VINTR != 0 {
-        world.vmcb().write_u32(vmcb::INTERCEPT_MISC1, misc1 & !vmcb::MISC1_VINTR);
+    } else if let Some(w) = tsm.platform_mut().td.as_mut() {
+        w.counts.deferred += 1;
     }
 }
 
