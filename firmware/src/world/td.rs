@@ -156,8 +156,8 @@ impl TdWorlds {
         let pool = svm::take_td_npt_pool().ok_or(WorldError::OutOfTsmMemory)?;
         let tables = pool.each_mut().map(|t| TdTable { tdr: None, npt: Npt::new(t), shared_used: false });
         svm::iopm_intercept_all();
-        // No physical interrupt may reach a TD: INTR is not intercepted (QEMU's TCG asserts in
-        // the V_INTR_MASKING path), so the machine's only source is silenced instead.
+        // No physical interrupt may reach a TD: INTR is not intercepted and V_INTR_MASKING is
+        // clear (the TSM takes none), so the machine's only source is silenced instead.
         crate::drivers::legacy::mask_8259();
         Ok(TdWorlds {
             tables,
