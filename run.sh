@@ -236,10 +236,12 @@ FIRMWARE=${CARGO_TARGET_DIR:-target}/$BARE_TARGET/release/firmware
 # The TD's image: the guest's ELF, which `firmware guest-image` turns into the file the host
 # agent loads over fw_cfg (opt/seamless/guest) and `attest measure` measures.
 GUEST_ELF=${CARGO_TARGET_DIR:-target}/$BARE_TARGET/release/seamless-guest
+# The host agent's binary, which the TSM loads into the host world (opt/seamless/host).
+HOST_ELF=${CARGO_TARGET_DIR:-target}/$BARE_TARGET/release/seamless-host
 
 build_firmware() {
-    section "cargo build -p firmware -p seamless-guest --target $BARE_TARGET --release (DEFMT_LOG=$DEFMT_LOG)"
-    cargo build -p firmware -p seamless-guest --target "$BARE_TARGET" --release
+    section "cargo build -p firmware -p seamless-guest -p seamless-host --target $BARE_TARGET --release (DEFMT_LOG=$DEFMT_LOG)"
+    cargo build -p firmware -p seamless-guest -p seamless-host --target "$BARE_TARGET" --release
 }
 
 # Decodes the COM3 stream of the run in $1 (`firmware artifacts`: every frame checked) into
@@ -261,7 +263,7 @@ print_figures() {
 # seamless-qemu launcher); returns QEMU's status (33 success, 35 failure).
 launch_qemu() {
     cargo build -q -p seamless-e2e --bin seamless-qemu
-    SEAMLESS_FIRMWARE=$FIRMWARE QEMU=$QEMU "${CARGO_TARGET_DIR:-target}/debug/seamless-qemu" "$@"
+    SEAMLESS_FIRMWARE=$FIRMWARE SEAMLESS_HOST=$HOST_ELF QEMU=$QEMU "${CARGO_TARGET_DIR:-target}/debug/seamless-qemu" "$@"
 }
 
 cmd_test() {

@@ -21,16 +21,16 @@
 
 #[cfg(target_os = "none")]
 mod arch;
-#[cfg(any(target_os = "none", test))]
-mod config;
 #[cfg(target_os = "none")]
 mod drivers;
-/// Host tests: the drivers whose logic runs against a model of the device.
-#[cfg(all(test, not(target_os = "none")))]
-mod drivers {
-    pub mod doe;
-}
-mod frame;
+#[cfg(any(target_os = "none", test))]
+#[cfg_attr(not(target_os = "none"), allow(dead_code))]
+mod elf;
+#[cfg(any(target_os = "none", test))]
+#[cfg_attr(not(target_os = "none"), allow(dead_code))]
+mod ioports;
+#[cfg(target_os = "none")]
+use seamless_drivers::config;
 #[cfg(target_os = "none")]
 mod guest;
 #[cfg(target_os = "none")]
@@ -42,8 +42,8 @@ mod tools;
 mod host {
     pub mod evidence;
 }
-#[cfg(any(target_os = "none", test))]
-mod memmap;
+#[cfg(target_os = "none")]
+use seamless_drivers::memmap;
 #[cfg(target_os = "none")]
 mod platform;
 #[cfg(target_os = "none")]

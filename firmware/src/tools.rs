@@ -7,7 +7,7 @@
 //!   the zero-fill pages after them (TEMP_MEM: tables, stack, .bss) added unmeasured;
 //! - `firmware disk-image FILE`: writes the demo's raw drive image (`attest::disk`: 1 MiB of
 //!   self-naming blocks), which QEMU's NVMe controller serves and the TD reads and checks;
-//! - `firmware artifacts STREAM DIR`: checks the COM3 stream frame by frame (`crate::frame`) and
+//! - `firmware artifacts STREAM DIR`: checks the COM3 stream frame by frame (`seamless_drivers::frame`) and
 //!   writes each file into DIR; any damage is an error and writes nothing;
 //! - `firmware mrseam ELF`: prints MRSEAM, the SHA-384 the firmware takes over its own image as
 //!   QEMU loaded it (`arch::loaded_image`), recomputed from the file: the PT_LOAD segments' file
@@ -188,7 +188,7 @@ pub fn disk_image() -> Vec<u8> {
 /// The decoding error (nothing written) or the first write that failed.
 pub fn unframe(stream: &[u8], dir: &Path) -> Result<Vec<(String, usize)>, String> {
     let mut files = Vec::new();
-    crate::frame::decode(stream, &mut |f| files.push((f.name.to_string(), f.data.to_vec())))
+    seamless_drivers::frame::decode(stream, &mut |f| files.push((f.name.to_string(), f.data.to_vec())))
         .map_err(|e| format!("artifact stream: {e}"))?;
     let mut out = Vec::new();
     for (name, data) in files {
@@ -317,8 +317,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("seamless-unframe-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut s = Vec::new();
-        crate::frame::encode("a.bin", b"one", &mut |b| s.extend_from_slice(b)).unwrap();
-        crate::frame::encode("b.bin", b"two", &mut |b| s.extend_from_slice(b)).unwrap();
+        seamless_drivers::frame::encode("a.bin", b"one", &mut |b| s.extend_from_slice(b)).unwrap();
+        seamless_drivers::frame::encode("b.bin", b"two", &mut |b| s.extend_from_slice(b)).unwrap();
         let last = s.len() - 1;
         s[last] ^= 0xFF;
         assert!(unframe(&s, &dir).unwrap_err().contains("CRC-32 mismatch"));

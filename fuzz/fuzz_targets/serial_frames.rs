@@ -1,4 +1,4 @@
-//! The framed serial channel (COM3, `firmware/src/frame.rs`): the host's decoder on any stream;
+//! The framed serial channel (COM3, `drivers/src/frame.rs`): the host's decoder on any stream;
 //! and files made from the input (messages taken as name, data pairs) encoded as the firmware
 //! does, which must decode back to exactly those files.
 #![no_main]

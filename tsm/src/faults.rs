@@ -3,6 +3,11 @@
 //! before it reads or writes anything; the firmware reports it here, and the host reads the log
 //! back with SEAMLESS.HOST.FAULT.RD. The log names what the address is, from the PAMT and the
 //! TSM's private ranges, so a VMM can tell a bug from an attack on a given object.
+//!
+//! The same log takes the host world's other refused accesses, which reach the TSM as
+//! intercepts rather than nested page faults: a write to an I/O port the TSM keeps (fw_cfg's
+//! selector naming the platform secret, fw_cfg's DMA interface, the ISA DMA controllers) and a
+//! WRMSR (no MSR is the host world's).
 
 use crate::addr::{FrameRange, HostPhysAddr, Pfn};
 use crate::pamt::PageType;
@@ -31,17 +36,41 @@ pub enum FaultTarget {
     },
     /// None of the above and still outside the host's map: the IOMMU's registers, holes.
     NotHostMemory,
+    /// A write to an I/O port the TSM keeps, with the value written (the access's address is
+    /// the port).
+    Port {
+        /// The value written.
+        value: u64,
+    },
+    /// A WRMSR, with the value written (the access's address is the MSR's index).
+    Msr {
+        /// EDX:EAX.
+        value: u64,
+    },
 }
 
 impl FaultTarget {
     /// The class number RDX bits 15:8 carry: the PAMT type, 0xF0 for the TSM, 0xF2 for imported
-    /// MMIO, 0xF1 otherwise.
+    /// MMIO, 0xF3 for a port, 0xF4 for an MSR, 0xF1 otherwise.
     pub const fn code(self) -> u8 {
         match self {
             FaultTarget::Tsm => 0xF0,
             FaultTarget::Page { ty, .. } => ty as u8,
             FaultTarget::ImportedMmio { .. } => 0xF2,
             FaultTarget::NotHostMemory => 0xF1,
+            FaultTarget::Port { .. } => 0xF3,
+            FaultTarget::Msr { .. } => 0xF4,
+        }
+    }
+
+    /// What SEAMLESS.HOST.FAULT.RD returns in R8: the owner's page for a page or imported MMIO,
+    /// the value written for a port or an MSR, else 0.
+    pub const fn detail(self) -> u64 {
+        match self {
+            FaultTarget::Page { owner, .. } => owner.addr().raw(),
+            FaultTarget::ImportedMmio { tdi } => tdi.addr().raw(),
+            FaultTarget::Port { value } | FaultTarget::Msr { value } => value,
+            FaultTarget::Tsm | FaultTarget::NotHostMemory => 0,
         }
     }
 }
@@ -49,8 +78,9 @@ impl FaultTarget {
 /// One refused access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostFault {
-    /// The physical address the host used.
-    pub addr: HostPhysAddr,
+    /// What the host accessed: a physical address, or for [`FaultTarget::Port`] the port and
+    /// for [`FaultTarget::Msr`] the MSR's index.
+    pub addr: u64,
     /// A write (else a read or fetch).
     pub write: bool,
     /// The host's RIP at the access.
@@ -66,6 +96,8 @@ impl HostFault {
             FaultTarget::Tsm => "TSM memory",
             FaultTarget::ImportedMmio { .. } => "MMIO a TDI imported",
             FaultTarget::NotHostMemory => "not host memory",
+            FaultTarget::Port { .. } => "an I/O port the TSM keeps",
+            FaultTarget::Msr { .. } => "an MSR",
             FaultTarget::Page { ty, .. } => match ty {
                 PageType::Free => "free page",
                 PageType::Reserved => "PAMT / reserved",
@@ -140,7 +172,23 @@ impl<P: Platform> Tsm<P> {
                 (None, None) => FaultTarget::NotHostMemory,
             }
         };
-        let f = HostFault { addr, write, rip, target };
+        let f = HostFault { addr: addr.raw(), write, rip, target };
+        self.host_faults.push(f);
+        f
+    }
+
+    /// Records a write of the host world to an I/O port the TSM keeps, which the TSM did not
+    /// pass on (the firmware calls this from the I/O intercept); returns the entry.
+    pub fn record_host_port(&mut self, port: u16, value: u64, rip: u64) -> HostFault {
+        let f = HostFault { addr: u64::from(port), write: true, rip, target: FaultTarget::Port { value } };
+        self.host_faults.push(f);
+        f
+    }
+
+    /// Records a WRMSR of the host world, which the TSM dropped (the firmware calls this from
+    /// the MSR intercept); returns the entry.
+    pub fn record_host_msr(&mut self, msr: u32, value: u64, rip: u64) -> HostFault {
+        let f = HostFault { addr: u64::from(msr), write: true, rip, target: FaultTarget::Msr { value } };
         self.host_faults.push(f);
         f
     }
@@ -156,7 +204,7 @@ mod tests {
     use super::*;
 
     fn fault(n: u64) -> HostFault {
-        HostFault { addr: Pfn::new(n).unwrap_or(Pfn::ZERO).addr(), write: false, rip: n, target: FaultTarget::Tsm }
+        HostFault { addr: n << 12, write: false, rip: n, target: FaultTarget::Tsm }
     }
 
     #[test]

@@ -8,14 +8,7 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
     __cpuid_count(leaf, subleaf)
 }
 
-/// The time-stamp counter.
-#[inline]
-pub fn rdtsc() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: RDTSC reads a counter into EDX:EAX; CR4.TSD is clear in ring 0 anyway.
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
-    (u64::from(hi) << 32) | u64::from(lo)
-}
+pub use seamless_drivers::tsc::rdtsc;
 
 /// One RDRAND attempt: `None` when the DRNG had no value ready (CF = 0).
 ///

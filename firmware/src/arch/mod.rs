@@ -8,8 +8,9 @@ pub mod cpu;
 pub mod gdt;
 pub mod idt;
 pub mod paging;
-pub mod port;
 pub mod svm;
+
+pub use seamless_drivers::port;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 

@@ -1,14 +1,11 @@
 //! The page tables `boot.S` built: the low 4 GiB mapped with 2 MiB pages twice, identity at 0
-//! and the direct map at [`DIRECT_MAP_BASE`], both through the same PDPT and page directories.
+//! and the direct map at [`seamless_drivers::phys::DIRECT_MAP_BASE`], both through the same PDPT and page directories.
 //! Rust only changes the cache attributes of the MMIO part.
 
 use core::arch::asm;
 use core::ptr::addr_of_mut;
 
-/// Virtual address of physical address 0 in the direct map (PML4 slot 256).
-pub const DIRECT_MAP_BASE: u64 = 0xFFFF_8000_0000_0000;
-/// Physical memory the direct map (and the identity map) covers.
-pub const MAPPED_BYTES: u64 = 4 << 30;
+use seamless_drivers::phys::MAPPED_BYTES;
 
 const TWO_MIB: u64 = 2 << 20;
 /// PWT | PCD: with the power-on PAT, PAT entry 3, uncacheable.

@@ -98,6 +98,14 @@ pub fn enable() -> Result<SvmCaps, SvmUnavailable> {
     Ok(SvmCaps { revision: svm.revision(), asids: svm.supported_asids(), nrip: svm.has_nrip() })
 }
 
+/// True if the MSRs the worlds rest on still hold what [`enable`] wrote: EFER.SVME and
+/// VM_HSAVE_PA (a world that could write either would take the TSM's next #VMEXIT with it).
+pub fn host_msrs_intact() -> bool {
+    // SAFETY: reading EFER and VM_HSAVE_PA (SVM is enabled) has no side effect.
+    let (efer, hsave) = unsafe { (rdmsr(IA32_EFER), rdmsr(MSR_VM_HSAVE_PA)) };
+    efer & EFER_SVME != 0 && hsave == HSAVE.0.get() as u64
+}
+
 /// VMCB offsets (APM vol. 2 appendix B). Control area first, then the state-save area at 0x400.
 /// The whole layout the worlds need, including fields only the TD world will use.
 #[allow(missing_docs, dead_code)]
@@ -473,23 +481,6 @@ pub fn host_probe() -> (&'static [u8], usize, usize) {
     (bytes, mc, ud)
 }
 
-core::arch::global_asm!(include_str!("td_probe.S"));
-
-unsafe extern "C" {
-    static td_probe_start: u8;
-    static td_probe_end: u8;
-}
-
-/// The probe TD (`td_probe.S`): 8 KiB the host PAGE.ADDs at GPA 0xFFFFE000, so that its last 16
-/// bytes hold the reset vector. The TSM never runs it in host mode.
-pub fn td_probe() -> &'static [u8] {
-    let start = &raw const td_probe_start;
-    // SAFETY: the two labels bracket the probe's bytes in .rodata, which nothing writes.
-    let len = unsafe { (&raw const td_probe_end).offset_from(start) } as usize;
-    // SAFETY: as above: `len` bytes of read-only data from `start`.
-    unsafe { core::slice::from_raw_parts(start, len) }
-}
-
 struct Iopm(UnsafeCell<[u8; 12288]>);
 // SAFETY: written once by `iopm_intercept_all` before any TD runs; then only the CPU reads it.
 unsafe impl Sync for Iopm {}
@@ -503,6 +494,25 @@ pub fn iopm_intercept_all() -> u64 {
     let map = IOPM.0 .0.get();
     // SAFETY: one CPU; no world runs while the map is filled (every caller builds a world).
     unsafe { (*map).fill(0xFF) };
+    map as u64
+}
+
+static HOST_IOPM: AlignedIopm = AlignedIopm(Iopm(UnsafeCell::new([0; 12288])));
+
+/// The host world's I/O permission map (APM vol. 2 §15.10.1), in the TSM's memory: a bit set
+/// for every port of `kept` (`(first, last, _)` ranges), clear for the rest, which the host
+/// drives itself.
+pub fn iopm_host<T>(kept: &[(u16, u16, T)]) -> u64 {
+    let map = HOST_IOPM.0 .0.get();
+    // SAFETY: one CPU; no world runs while the map is filled (the host world is being built),
+    // and this is the only reference formed to it.
+    let bits = unsafe { &mut *map };
+    bits.fill(0);
+    for &(first, last, _) in kept {
+        for port in first..=last {
+            bits[usize::from(port / 8)] |= 1 << (port % 8);
+        }
+    }
     map as u64
 }
 

@@ -2,7 +2,7 @@
 //! decides which the TD reaches): COM1's registers, the ACPI PM timer and the CMOS index and
 //! data registers. Nothing else: a port outside this set reads all ones and takes no write.
 
-use crate::arch::port::Port;
+use seamless_drivers::port::Port;
 
 /// COM1's eight registers.
 const COM1: core::ops::RangeInclusive<u16> = 0x3F8..=0x3FF;

@@ -1,18 +1,16 @@
-//! The platform's devices: UARTs and the defmt logger, PVH start info and ACPI, physical memory
-//! access, PCIe ECAM and the DOE mailbox, fw_cfg, the legacy ports a TD's host serves, RDRAND, the TSC, the VT-d remapping unit. With `arch`, the only code of
-//! the firmware allowed `unsafe`; each block says why it is sound.
+//! The platform's devices. The TSM's own: the defmt logger, the PVH start info, RDRAND, the
+//! VT-d remapping unit and the legacy ports a TD's host serves (`legacy`). The ones the host
+//! agent drives too (UARTs, ACPI, physical memory, PCIe ECAM and the DOE mailbox, fw_cfg, the
+//! TSC) live in the shared `seamless-drivers` crate, one copy for both binaries, and are
+//! re-exported here under the same names. With `arch`, the only code of the firmware allowed
+//! `unsafe`; each block says why it is sound.
 
 #![allow(unsafe_code)]
 
-pub mod acpi;
-pub mod doe;
-pub mod fw_cfg;
+pub use seamless_drivers::{acpi, fw_cfg, pci, phys, serial, tsc};
+
 pub mod legacy;
 pub mod log;
-pub mod pci;
-pub mod phys;
 pub mod pvh;
 pub mod rng;
-pub mod serial;
-pub mod tsc;
 pub mod vtd;

@@ -25,7 +25,6 @@ use crate::config::{Mode, RunConfig};
 use crate::drivers::phys::{Frames, Mmio};
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
-use crate::frame;
 use crate::guest::{self, Guest, GuestLayout, GuestMemory, TdVcpu};
 use crate::host::evidence::BundleWriter;
 use crate::host::{DoeLink, Host, HostCpu};
@@ -93,15 +92,7 @@ impl core::fmt::Display for RevokeUnseen {
     }
 }
 
-/// Sends one artifact on COM3.
-pub fn emit(name: &str, data: &[u8]) {
-    let mut com3 = Uart::com3();
-    if let Err(e) = frame::encode(name, data, &mut |b| com3.write_bytes(b)) {
-        say!("artifact {name}: cannot frame it: {e:?}");
-        return;
-    }
-    say!("artifact {name}: {} bytes on COM3", data.len());
-}
+pub use seamless_drivers::console::emit;
 
 /// Printable ASCII of an NVMe identify string, trailing spaces dropped.
 struct Ascii<'a>(&'a [u8]);

@@ -69,10 +69,12 @@ impl Machine for FirmwareMachine<'_> {
         self.pcie.config_write(bdf, reg, size, value);
     }
     fn fw_cfg_select(&mut self, key: u16) {
-        self.fw_cfg.select(key);
+        self.fw_cfg.select_item(key);
     }
     fn fw_cfg_read(&mut self, buf: &mut [u8]) {
-        self.fw_cfg.read(buf);
+        for b in buf {
+            *b = self.fw_cfg.read_byte();
+        }
     }
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         let r = x86::cpuid::native_cpuid::cpuid_count(leaf, subleaf);
@@ -213,7 +215,7 @@ pub fn run(
 /// A file on COM3 (`firmware artifacts` decodes it).
 fn artifact(name: &str, data: &[u8]) {
     let mut com3 = Uart::com3();
-    if let Err(e) = crate::frame::encode(name, data, &mut |b| com3.write_bytes(b)) {
+    if let Err(e) = seamless_drivers::frame::encode(name, data, &mut |b| com3.write_bytes(b)) {
         say!("host: {name}: cannot frame it: {e:?}");
     }
 }

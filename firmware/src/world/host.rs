@@ -10,21 +10,27 @@
 //! nested page fault: nothing is read or written, the TSM records it in its host fault log
 //! (TDH.SYS.FAULT.RD reads it back) and delivers #MC (vector 18) at the faulting instruction.
 //!
-//! Today the world runs the probe of `arch/host_probe.S` (exit floor, SEAMCALL round trip, the
-//! accesses the TSM must refuse); the host agent itself still runs in the image.
+//! What runs there is the host agent's binary (`seamless-host`, loaded by `loader` from fw_cfg),
+//! which [`HostWorld::run`] serves until it ends the run. **Transitional** (issue 11, stage 2):
+//! for the modes whose TD part the firmware's stand-in guest still plays, the agent runs in the
+//! image and this world runs only the probe of `arch/host_probe.S` ([`HostWorld::run_probe`]).
 
 use tsm::abi::Regs;
 use tsm::addr::{HostPhysAddr, Pfn};
 use tsm::pamt::PageType;
 use tsm::Tsm;
 
+use super::loader::{self, LoadError, Loaded};
 use super::npt::{MemType, Npt};
 use super::{Exit, World, WorldError, PAGE, VECTOR_UD};
 use crate::arch::svm::{self, vmcb, Segment};
+use crate::drivers::fw_cfg::FwCfg;
 use crate::drivers::phys::Frames;
 use crate::drivers::tsc::Tsc;
-use crate::memmap::{Layout, MemoryMap, RangeKind};
+use crate::memmap::{MemoryMap, RangeKind};
 use crate::platform::FirmwarePlatform;
+use seamless_drivers::bootinfo::BootInfo;
+use seamless_drivers::say;
 
 /// The VT-d register page (DMAR/DRHD): whoever writes it owns DMA.
 const VTD_REGS: u64 = 0xFED9_0000;
@@ -73,51 +79,92 @@ pub struct HostWorld {
     /// The probe's entry point and initial stack pointer: each run starts over.
     entry: (u64, u64),
     frames: Frames,
+    /// The platform secret's fw_cfg selector (if there is one): the host world may not select it.
+    secret_key: Option<u16>,
+    /// fw_cfg, through which the TSM passes on the host's selections it allows.
+    fw: Option<FwCfg>,
+    /// Writes of the host world the nested map refused: where, and the 16 bytes there at the
+    /// fault, compared at the world's next exit (only the host ran in between).
+    refused_writes: [(u64, [u8; 16]); 4],
+    refused_pending: usize,
+    /// Refused writes whose bytes the TSM found unchanged at the next exit.
+    pub writes_unchanged: u64,
+}
+
+/// How the host world's service loop goes on after an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Served {
+    /// Served; enter the world again.
+    Continue,
+    /// The host asked to end the run with this `isa-debug-exit` code.
+    End(u32),
 }
 
 impl HostWorld {
-    /// Enables SVM (stopping at once with the fix named if the CPU lacks it), builds the host's
-    /// nested map from the memory map and the PAMT, hands it to the platform so that it follows
-    /// every donation, and loads the probe into host pages taken with `page`.
+    /// The host world without code yet: enables SVM (stopping at once with the fix named if
+    /// the CPU lacks it), builds the host's nested map (everything below the MMIO hole but the
+    /// TSM's image, RAM above 4 GiB, the MMIO hole but the VT-d registers; a TDMR frame only
+    /// while the PAMT says it is free, once the TSM is configured), hands it to the platform so
+    /// that it follows every donation, and sets up the VMCB's intercepts.
     ///
     /// # Errors
     /// [`WorldError`].
-    pub fn build(
+    pub fn new(
         tsm: &mut Tsm<FirmwarePlatform>,
         map: &MemoryMap,
-        layout: &Layout,
+        image: (u64, u64),
         mmio_start: u64,
         frames: Frames,
-        page: &mut dyn FnMut() -> Option<u64>,
     ) -> Result<HostWorld, WorldError> {
         let caps = svm::enable().map_err(WorldError::Svm)?;
         let pool = svm::take_npt_pool().ok_or(WorldError::OutOfTsmMemory)?;
         let mut npt = Npt::new(pool);
         let oom = |_| WorldError::OutOfTsmMemory;
-        for r in map.ranges().iter().filter(|r| r.kind == RangeKind::Ram) {
-            let (s, e) = (r.base.next_multiple_of(PAGE), r.end() & !(PAGE - 1));
-            for (a, b) in [(s, e.min(layout.image.0)), (s.max(layout.image.1), e)] {
-                // Outside the TDMR only: its frames follow the PAMT below.
-                for (x, y) in [(a, b.min(layout.tdmr.0)), (a.max(layout.tdmr.1), b)] {
-                    if x < y {
-                        npt.map(x, y, MemType::WriteBack).map_err(oom)?;
-                    }
+        let tdmrs = tsm.tdmrs();
+        let tdmr_of = |t: &tsm::pamt::Tdmr| {
+            let start = t.frames.start.addr().raw();
+            (start, start + t.frames.count * PAGE)
+        };
+        // Everything below the MMIO hole is the host's but the TSM's image and the TDMRs: RAM,
+        // and the firmware's tables a VMM reads (ACPI, the BIOS area), as a kernel has them;
+        // above it, RAM past 4 GiB.
+        let high_ram = map.ranges().iter().filter(|r| r.kind == RangeKind::Ram && r.base >= mmio_start);
+        let ranges = core::iter::once((0, mmio_start)).chain(high_ram.map(|r| (r.base, r.end())));
+        for (s, e) in ranges {
+            let (s, e) = (s.next_multiple_of(PAGE), e & !(PAGE - 1));
+            for (a, b) in [(s, e.min(image.0)), (s.max(image.1), e)] {
+                // Outside the TDMRs only: their frames follow the PAMT below.
+                let mut at = a;
+                while at < b {
+                    let inside = tdmrs.iter().map(tdmr_of).find(|&(ts, te)| ts <= at && at < te);
+                    let next = match inside {
+                        Some((_, te)) => te.min(b),
+                        None => {
+                            let stop = tdmrs.iter().map(tdmr_of).map(|(ts, _)| ts).filter(|&ts| ts > at).min();
+                            let stop = stop.unwrap_or(b).min(b);
+                            npt.map(at, stop, MemType::WriteBack).map_err(oom)?;
+                            stop
+                        }
+                    };
+                    at = next;
                 }
             }
         }
         // Runs of free TDMR frames at once: 2 MiB leaves where a run covers them (a donation
         // splits one later), so the table count does not grow with the TDMR.
         let free = |at: u64| Pfn::new(at >> 12).and_then(|p| tsm.pamt_entry(p)).is_some_and(|e| e.ty == PageType::Free);
-        let mut at = layout.tdmr.0;
-        while at < layout.tdmr.1 {
-            let start = at;
-            while at < layout.tdmr.1 && free(at) {
-                at += PAGE;
-            }
-            if start < at {
-                npt.map(start, at, MemType::WriteBack).map_err(oom)?;
-            } else {
-                at += PAGE;
+        for (ts, te) in tdmrs.iter().map(tdmr_of) {
+            let mut at = ts;
+            while at < te {
+                let start = at;
+                while at < te && free(at) {
+                    at += PAGE;
+                }
+                if start < at {
+                    npt.map(start, at, MemType::WriteBack).map_err(oom)?;
+                } else {
+                    at += PAGE;
+                }
             }
         }
         npt.map(mmio_start, VTD_REGS, MemType::Uncached).map_err(oom)?;
@@ -126,6 +173,95 @@ impl HostWorld {
         tsm.platform_mut().host_npt = Some(npt);
         tsm.platform_mut().td = Some(super::td::TdWorlds::new()?);
 
+        let mut world = World::new()?;
+        let v = world.vmcb();
+        v.write_u32(vmcb::INTERCEPT_EXCEPTIONS, 1 << VECTOR_UD);
+        v.write_u32(
+            vmcb::INTERCEPT_MISC1,
+            vmcb::MISC1_HLT | vmcb::MISC1_MSR | vmcb::MISC1_IOIO | vmcb::MISC1_SHUTDOWN | vmcb::MISC1_INVLPGA,
+        );
+        // The guest's EFER.SVME must be 1 (a VMRUN consistency check), so every SVM instruction
+        // is intercepted and answered with #UD: the host world has no virtualization of its own.
+        v.write_u32(
+            vmcb::INTERCEPT_MISC2,
+            vmcb::MISC2_VMRUN
+                | vmcb::MISC2_VMMCALL
+                | vmcb::MISC2_VMLOAD
+                | vmcb::MISC2_VMSAVE
+                | vmcb::MISC2_STGI
+                | vmcb::MISC2_CLGI
+                | vmcb::MISC2_SKINIT,
+        );
+        v.write_u64(vmcb::MSRPM_BASE, svm::msrpm_intercept_all());
+        v.write_u64(vmcb::IOPM_BASE, svm::iopm_host(&crate::ioports::INTERCEPTED));
+        v.write_u32(vmcb::GUEST_ASID, 1);
+        v.write_u8(vmcb::TLB_CONTROL, vmcb::TLB_FLUSH_ALL);
+        v.write_u64(vmcb::NP_ENABLE, 1);
+        v.write_u64(vmcb::N_CR3, root);
+        let code64 = Segment { selector: 0x08, attrib: 0x0A9B, limit: 0xFFFF_FFFF, base: 0 };
+        let data = Segment { selector: 0x10, attrib: 0x0C93, limit: 0xFFFF_FFFF, base: 0 };
+        v.set_segment(vmcb::CS, code64);
+        for seg in [vmcb::ES, vmcb::SS, vmcb::DS, vmcb::FS, vmcb::GS] {
+            v.set_segment(seg, data);
+        }
+        v.set_segment(vmcb::TR, Segment { selector: 0, attrib: 0x008B, limit: 0x67, base: 0 });
+        v.write_u64(vmcb::EFER, (1 << 8) | (1 << 10) | (1 << 11) | (1 << 12)); // LME, LMA, NXE, SVME
+        v.write_u64(vmcb::CR0, 0x8005_0033); // PG, WP, NE, ET, MP, PE
+        v.write_u64(vmcb::CR4, 0x620); // PAE, OSFXSR, OSXMMEXCPT
+        v.write_u64(vmcb::DR6, 0xFFFF_0FF0);
+        v.write_u64(vmcb::DR7, 0x400);
+        v.write_u64(vmcb::G_PAT, 0x0007_0406_0007_0406);
+        v.write_u64(vmcb::RFLAGS, 0x2);
+        Ok(HostWorld {
+            caps,
+            world,
+            params: 0,
+            entry: (0, 0),
+            frames,
+            secret_key: None,
+            fw: FwCfg::new().ok(),
+            refused_writes: [(0, [0; 16]); 4],
+            refused_pending: 0,
+            writes_unchanged: 0,
+        })
+    }
+
+    /// Names the platform secret's fw_cfg selector, which the host world may not select.
+    pub fn protect_fw_cfg_item(&mut self, key: u16) {
+        self.secret_key = Some(key);
+    }
+
+    /// Loads the host agent's binary from fw_cfg (`loader`) into host RAM from `start`, with
+    /// its page tables and the boot information `info` makes, and sets the world to enter it.
+    ///
+    /// # Errors
+    /// [`LoadError`].
+    pub fn load_binary(
+        &mut self,
+        tsm: &Tsm<FirmwarePlatform>,
+        fw: &FwCfg,
+        start: u64,
+        info: &dyn Fn((u64, u64)) -> BootInfo,
+    ) -> Result<Loaded, LoadError> {
+        let npt = tsm.platform().host_npt.as_ref().ok_or(LoadError::NotHostRam { addr: start })?;
+        let loaded = loader::load(fw, &self.frames, npt, start, info)?;
+        let v = self.world.vmcb();
+        v.set_segment(vmcb::GDTR, Segment { selector: 0, attrib: 0, limit: 0, base: 0 });
+        v.set_segment(vmcb::IDTR, Segment { selector: 0, attrib: 0, limit: 0, base: 0 });
+        v.write_u64(vmcb::CR3, loaded.cr3);
+        v.write_u64(vmcb::RIP, loaded.image.entry);
+        v.write_u64(vmcb::RSP, 0);
+        self.world.gprs.rdi = loaded.boot_info;
+        Ok(loaded)
+    }
+
+    /// The legacy probe (`arch/host_probe.S`): copied into host pages taken with `page`, with
+    /// its own page tables, GDT and IDT.
+    ///
+    /// # Errors
+    /// [`WorldError::OutOfHostPages`].
+    pub fn load_probe(&mut self, page: &mut dyn FnMut() -> Option<u64>) -> Result<(), WorldError> {
+        let frames = self.frames;
         let mut take = || page().ok_or(WorldError::OutOfHostPages);
         let (code, mc_offset, ud_offset) = svm::host_probe();
         let code_page = take()?;
@@ -151,52 +287,200 @@ impl HostWorld {
                 .write_u64(gate, (handler & 0xFFFF) | (0x08 << 16) | (0x8E00 << 32) | ((handler >> 16) & 0xFFFF) << 48);
             frames.write_u64(gate + 8, handler >> 32);
         }
-
-        let mut world = World::new()?;
-        let v = world.vmcb();
-        v.write_u32(vmcb::INTERCEPT_EXCEPTIONS, 1 << VECTOR_UD);
-        v.write_u32(
-            vmcb::INTERCEPT_MISC1,
-            vmcb::MISC1_HLT | vmcb::MISC1_MSR | vmcb::MISC1_SHUTDOWN | vmcb::MISC1_INVLPGA,
-        );
-        // The guest's EFER.SVME must be 1 (a VMRUN consistency check), so every SVM instruction
-        // is intercepted and answered with #UD: the host world has no virtualization of its own.
-        v.write_u32(
-            vmcb::INTERCEPT_MISC2,
-            vmcb::MISC2_VMRUN
-                | vmcb::MISC2_VMMCALL
-                | vmcb::MISC2_VMLOAD
-                | vmcb::MISC2_VMSAVE
-                | vmcb::MISC2_STGI
-                | vmcb::MISC2_CLGI
-                | vmcb::MISC2_SKINIT,
-        );
-        v.write_u64(vmcb::MSRPM_BASE, svm::msrpm_intercept_all());
-        v.write_u32(vmcb::GUEST_ASID, 1);
-        v.write_u8(vmcb::TLB_CONTROL, vmcb::TLB_FLUSH_ALL);
-        v.write_u64(vmcb::NP_ENABLE, 1);
-        v.write_u64(vmcb::N_CR3, root);
-        let code64 = Segment { selector: 0x08, attrib: 0x0A9B, limit: 0xFFFF_FFFF, base: 0 };
-        let data = Segment { selector: 0x10, attrib: 0x0C93, limit: 0xFFFF_FFFF, base: 0 };
-        v.set_segment(vmcb::CS, code64);
-        for seg in [vmcb::ES, vmcb::SS, vmcb::DS, vmcb::FS, vmcb::GS] {
-            v.set_segment(seg, data);
-        }
+        let v = self.world.vmcb();
         v.set_segment(vmcb::GDTR, Segment { selector: 0, attrib: 0, limit: 23, base: tables });
         v.set_segment(vmcb::IDTR, Segment { selector: 0, attrib: 0, limit: 32 * 16 - 1, base: tables + 0x100 });
-        v.set_segment(vmcb::TR, Segment { selector: 0, attrib: 0x008B, limit: 0x67, base: 0 });
-        v.write_u64(vmcb::EFER, (1 << 8) | (1 << 10) | (1 << 11) | (1 << 12)); // LME, LMA, NXE, SVME
-        v.write_u64(vmcb::CR0, 0x8005_0033); // PG, WP, NE, ET, MP, PE
         v.write_u64(vmcb::CR3, pml4);
-        v.write_u64(vmcb::CR4, 0x620); // PAE, OSFXSR, OSXMMEXCPT
-        v.write_u64(vmcb::DR6, 0xFFFF_0FF0);
-        v.write_u64(vmcb::DR7, 0x400);
-        v.write_u64(vmcb::G_PAT, 0x0007_0406_0007_0406);
-        v.write_u64(vmcb::RFLAGS, 0x2);
         v.write_u64(vmcb::RIP, code_page);
         v.write_u64(vmcb::RSP, stack + PAGE);
-        world.gprs.rdi = params;
-        Ok(HostWorld { caps, world, params, entry: (code_page, stack + PAGE), frames })
+        self.world.gprs.rdi = params;
+        self.params = params;
+        self.entry = (code_page, stack + PAGE);
+        Ok(())
+    }
+
+    /// Enters the host agent and serves its exits until it ends the run: SEAMCALL (a TD's
+    /// VP.ENTER runs the TD world and returns its exit), accesses outside its map (#MC), MSRs
+    /// (none is the host's), the ports the TSM keeps (`ports`), VMMCALL (a bare exit: the
+    /// floor the agent measures). Never returns: the run ends through `isa-debug-exit` once
+    /// the TSM said its last word, or with a failure when the world dies.
+    pub fn run(mut self, tsm: &mut Tsm<FirmwarePlatform>) -> ! {
+        loop {
+            if tsm.platform().host_map_broken {
+                crate::run::fail("host world", &WorldError::OutOfTsmMemory);
+            }
+            if tsm.platform_mut().host_npt.as_mut().is_some_and(|n| core::mem::take(&mut n.flush)) {
+                self.world.flush_tlb();
+            }
+            let exit = self.world.run();
+            self.check_refused_writes();
+            let served = match exit {
+                Exit::Vmmcall => {
+                    self.world.skip(3);
+                    Ok(Served::Continue)
+                }
+                other => self.serve(tsm, other),
+            };
+            match served {
+                Ok(Served::Continue) => {}
+                Ok(Served::End(code)) => self.end(tsm, code),
+                Err(e) => crate::run::fail("host world", &e),
+            }
+        }
+    }
+
+    /// The TSM's last word when the host ends the run: the world switches, the refusals.
+    fn end(&self, tsm: &Tsm<FirmwarePlatform>, code: u32) -> ! {
+        let td = tsm.platform().td.as_ref().map_or(0, |w| w.switches);
+        say!(
+            "world: the host world ended the run: {} host-world exits, {td} TD-world exits; {} accesses refused, {} refused writes checked: bytes unchanged",
+            self.world.exits,
+            tsm.host_faults().total,
+            self.writes_unchanged
+        );
+        crate::run::figure("world_switches", &(self.world.exits + td), "exits");
+        let code = if code == crate::arch::ExitCode::Success as u32 {
+            crate::arch::ExitCode::Success
+        } else {
+            crate::arch::ExitCode::Failure
+        };
+        crate::arch::exit_qemu(code)
+    }
+
+    /// One exit of the host world, served: `Continue`, the end of the run, or why the world
+    /// cannot go on.
+    fn serve(&mut self, tsm: &mut Tsm<FirmwarePlatform>, exit: Exit) -> Result<Served, WorldError> {
+        match exit {
+            Exit::Exception { vector: VECTOR_UD, .. } => {
+                if self.fetch4(tsm) == Some(SEAMCALL) {
+                    self.seamcall(tsm);
+                } else {
+                    self.world.inject_exception(VECTOR_UD);
+                }
+            }
+            Exit::NestedPageFault { gpa, error } => self.refuse_access(tsm, gpa, error),
+            Exit::Msr { write } => self.msr(tsm, write),
+            Exit::Io { info1, next_rip } => {
+                let served = self.port(tsm, info1);
+                self.world.vmcb().write_u64(vmcb::RIP, next_rip);
+                return Ok(served);
+            }
+            Exit::SvmInstruction => self.world.inject_exception(VECTOR_UD),
+            Exit::Invalid => return Err(WorldError::InvalidVmcb),
+            other => {
+                let code = match other {
+                    Exit::Exception { vector, .. } => svm::exit::EXCEPTION_BASE + u64::from(vector),
+                    Exit::Shutdown => svm::exit::SHUTDOWN,
+                    Exit::Hlt => svm::exit::HLT,
+                    Exit::Other(c) => c,
+                    _ => 0,
+                };
+                return Err(WorldError::Died { code, info1: self.world.read(vmcb::EXIT_INFO1), rip: self.world.rip() });
+            }
+        }
+        Ok(Served::Continue)
+    }
+
+    /// RDMSR or WRMSR: no MSR is the host world's (its MSR permission map intercepts all):
+    /// reads see 0, writes are dropped and logged. The MSRs the TSM rests on are checked after
+    /// each write: a changed one would stop the run.
+    fn msr(&mut self, tsm: &mut Tsm<FirmwarePlatform>, write: bool) {
+        if write {
+            let msr = self.world.gprs.rcx as u32;
+            let value = (self.world.gprs.rdx << 32) | (self.world.rax() & 0xFFFF_FFFF);
+            let rip = self.world.rip();
+            tsm.record_host_msr(msr, value, rip);
+            defmt::info!("host world: WRMSR {=u32:#x} <- {=u64:#x} at RIP {=u64:#x} refused", msr, value, rip);
+            if !svm::host_msrs_intact() {
+                crate::run::fail("host world isolation", &format_args!("MSR {msr:#x} changed behind the TSM"));
+            }
+        } else {
+            self.world.set_rax(0);
+            self.world.gprs.rdx = 0;
+        }
+        self.world.skip(2);
+    }
+
+    /// An access outside the host's map: nothing was read or written. Recorded in the TSM's
+    /// fault log; #MC at the faulting instruction. A refused write's target bytes are kept to
+    /// be compared at the world's next exit.
+    fn refuse_access(&mut self, tsm: &mut Tsm<FirmwarePlatform>, gpa: u64, error: u64) {
+        let rip = self.world.rip();
+        let write = error & 2 != 0;
+        let fault = tsm.record_host_fault(HostPhysAddr::new(gpa).unwrap_or_default(), write, rip);
+        defmt::info!("host world: access to {=u64:#x} ({=str}) at RIP {=u64:#x} refused: #MC", gpa, fault.what(), rip);
+        if write && self.refused_pending < self.refused_writes.len() {
+            let at = gpa & !15;
+            self.refused_writes[self.refused_pending] = (at, self.protected_bytes(at));
+            self.refused_pending += 1;
+        }
+        self.world.inject_exception(VECTOR_MC);
+    }
+
+    /// 16 bytes at `addr` as the TSM sees them: RAM through the direct map, its own image
+    /// directly; anything else (device registers, which a read could disturb) as nothing.
+    fn protected_bytes(&self, addr: u64) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        if self.frames.contains(addr, 16) {
+            self.frames.read(addr, &mut b);
+        } else {
+            crate::arch::read_image(addr, &mut b);
+        }
+        b
+    }
+
+    /// Compares the bytes of the writes refused before this exit: only the host world ran
+    /// since, so they must be as they were. A difference stops the run.
+    fn check_refused_writes(&mut self) {
+        for i in 0..core::mem::take(&mut self.refused_pending) {
+            let (at, before) = self.refused_writes[i];
+            if self.protected_bytes(at) != before {
+                crate::run::fail("host world isolation", &format_args!("a refused write changed {at:#x}"));
+            }
+            self.writes_unchanged += 1;
+        }
+    }
+
+    /// An intercepted IN or OUT (`ioports::INTERCEPTED`), carried out as `ioports::decide`
+    /// says: fw_cfg selections passed on unless they name the secret, data reads passed on,
+    /// refusals logged, the end of the run.
+    fn port(&mut self, tsm: &mut Tsm<FirmwarePlatform>, info1: u64) -> Served {
+        use crate::ioports::{decide, Decision, Io, FW_CFG_INVALID};
+        let io = Io::decode(info1, self.world.rax());
+        let answer = match decide(&io, self.secret_key) {
+            Decision::Select(key) => {
+                if let Some(fw) = &self.fw {
+                    fw.select_item(key);
+                }
+                None
+            }
+            Decision::ReadData => Some(self.fw.as_ref().map_or(0xFF, |fw| u64::from(fw.read_byte()))),
+            Decision::AllOnes => Some(u64::MAX),
+            Decision::Refuse(why) => {
+                let rip = self.world.rip();
+                tsm.record_host_port(io.port, io.value, rip);
+                defmt::info!(
+                    "host world: OUT {=u64:#x} to port {=u16:#x} ({=str}) at RIP {=u64:#x} refused",
+                    io.value,
+                    io.port,
+                    why.name(),
+                    rip
+                );
+                if why == crate::ioports::Refusal::FwCfgSecret {
+                    if let Some(fw) = &self.fw {
+                        fw.select_item(FW_CFG_INVALID);
+                    }
+                }
+                None
+            }
+            Decision::End(code) => return Served::End(code),
+            Decision::Ignore => None,
+        };
+        if let Some(value) = answer.filter(|_| io.input) {
+            let rax = (self.world.rax() & !io.mask()) | (value & io.mask());
+            self.world.set_rax(rax);
+        }
+        Served::Continue
     }
 
     /// Runs the probe: `rounds` of `iterations` of each measured loop (none if `rounds` is 0),
@@ -313,10 +597,11 @@ impl HostWorld {
         Ok(report)
     }
 
-    /// SEAMCALL: the ABI's input registers from the world, `Tsm::host_call`, and exactly the
-    /// ABI's output registers back (RAX status, RCX, RDX, R8..R13, and R14/R15 for TDH.VP.ENTER,
-    /// the one leaf that returns them: GHCI's operands); the others keep the host's values. RIP
-    /// moves past the 4 bytes.
+    /// SEAMCALL: the ABI's input registers from the world, `Tsm::host_call` (and for a
+    /// successful TDH.VP.ENTER, the TD world until its exit), and exactly the ABI's output
+    /// registers back (RAX status, RCX, RDX, R8..R13, and R14/R15 for TDH.VP.ENTER, the one leaf
+    /// that returns them: GHCI's operands); the others keep the host's values. RIP moves past
+    /// the 4 bytes.
     fn seamcall(&mut self, tsm: &mut Tsm<FirmwarePlatform>) {
         let g = &self.world.gprs;
         let regs = Regs {
@@ -332,7 +617,14 @@ impl HostWorld {
             r14: g.r14,
             r15: g.r15,
         };
-        let out = tsm.host_call(&regs);
+        let mut out = tsm.host_call(&regs);
+        // TDH.VP.ENTER of a TD that runs in a TD world returns at its next exit to the host,
+        // with TDX's exit registers (`TdExit::host_regs`).
+        if regs.rax == tsm::abi::host::leaf::VP_ENTER && out.rax == 0 {
+            if let Some(exit) = super::td::enter(tsm, regs.rcx, &regs) {
+                out = exit;
+            }
+        }
         let g = &mut self.world.gprs;
         (g.rcx, g.rdx, g.r8, g.r9, g.r10, g.r11, g.r12, g.r13) =
             (out.rcx, out.rdx, out.r8, out.r9, out.r10, out.r11, out.r12, out.r13);

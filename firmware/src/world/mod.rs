@@ -6,6 +6,7 @@
 //! hold, and the exit it last took, decoded as [`Exit`]. `host` builds and drives the host world.
 
 pub mod host;
+pub mod loader;
 pub mod npt;
 pub mod td;
 

@@ -10,7 +10,7 @@
 //! - [`machine`]: the host and guest ABIs driven with arbitrary call sequences through the test
 //!   harness, device assignment included, with the machine's invariants checked after every call;
 //! - [`attacks`]: the malicious-host and malicious-device cases, run and counted;
-//! - [`frame`]: the firmware's serial artifact framing (`firmware/src/frame.rs`), for its target.
+//! - [`frame`]: the firmware's serial artifact framing (`drivers/src/frame.rs`), for its target.
 //!
 //! Panics here are findings: the fuzz targets rely on them to report a broken invariant.
 
@@ -20,7 +20,7 @@ pub mod attacks;
 pub mod evidence;
 /// The firmware's COM3 artifact framing, the very file the firmware builds (the firmware is a
 /// binary crate, so its module is included here by path rather than linked).
-#[path = "../../../firmware/src/frame.rs"]
+#[path = "../../../drivers/src/frame.rs"]
 pub mod frame;
 pub mod machine;
 pub mod record;

@@ -74,6 +74,25 @@ pub fn guest_elf() -> PathBuf {
     elf
 }
 
+/// The host agent's ELF (`seamless-host`, which the TSM loads into the host world from fw_cfg
+/// `opt/seamless/host`) `./run.sh test` builds; built here with cargo if it is missing.
+/// `SEAMLESS_HOST` overrides the path.
+pub fn host_elf() -> PathBuf {
+    if let Some(p) = std::env::var_os("SEAMLESS_HOST") {
+        return PathBuf::from(p);
+    }
+    let elf = target_dir().join("x86_64-unknown-none/release/seamless-host");
+    if !elf.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "seamless-host", "--target", "x86_64-unknown-none", "--release"])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo to build the host agent");
+        assert!(status.success(), "building the host agent failed");
+    }
+    elf
+}
+
 /// Writes the guest image file (`attest::image`, what the host agent loads over fw_cfg and
 /// `attest measure` measures) made from [`guest_elf`] by `firmware guest-image`, at `path`.
 ///
@@ -177,6 +196,8 @@ pub struct Boot {
     /// The guest image passed as `opt/seamless/guest` (none: with the NVMe device, the image
     /// [`write_guest_image`] makes in the run's folder as `guest.img`; without it, none).
     pub guest: Option<PathBuf>,
+    /// The host agent's ELF passed as `opt/seamless/host` (none: [`host_elf`]).
+    pub host: Option<PathBuf>,
     /// Guest RAM, MiB (default 256).
     pub memory_mib: Option<u32>,
     /// `-cpu` model (default `max,phys-bits=48`: `max` has RDRAND and SVM; TCG's default of 40
@@ -245,8 +266,8 @@ impl Boot {
     /// QEMU's command line for this boot, the one place it is written: q35 under TCG, the
     /// firmware as a PVH kernel, COM1 (console), COM2 (defmt) and COM3 (framed artifacts) into
     /// files in `dir`, isa-debug-exit, the NVMe device with its DOE mailbox at `spdm_port`, the
-    /// run configuration, platform secret and guest image over fw_cfg (written into `dir`), then
-    /// `extra`.
+    /// host agent's ELF, the run configuration, platform secret and guest image over fw_cfg
+    /// (written into `dir`), then `extra`.
     ///
     /// # Panics
     /// If the fw_cfg files cannot be written.
@@ -272,6 +293,8 @@ impl Boot {
             cmd.arg("-drive").arg(format!("file={},if=none,id=disk,format=raw", disk.display()));
             cmd.arg("-device").arg(format!("nvme,serial=seamless,addr={NVME_ADDR},spdm_port={port},drive=disk"));
         }
+        let host = self.host.clone().unwrap_or_else(host_elf);
+        cmd.arg("-fw_cfg").arg(format!("name=opt/seamless/host,file={}", host.display()));
         if let Some(c) = &self.config {
             let path = dir.join("config.txt");
             std::fs::write(&path, c).expect("config file");

@@ -1,7 +1,10 @@
-//! The worlds in QEMU (TCG, `-cpu max`): the TSM alone in SVM host mode, the host world behind
-//! its nested map. Its probe reads and writes TSM memory, the PAMT and the VT-d registers; each
-//! access must fault (#MC in the host world), change nothing, land in the fault log the host
-//! reads back with SEAMLESS.HOST.FAULT.RD, and leave the host running.
+//! The worlds in QEMU (TCG, `-cpu max`): the TSM alone in SVM host mode, the host agent its own
+//! binary in the host world behind its nested map, loaded by the TSM from fw_cfg and reaching it
+//! only by SEAMCALL. The agent reads and writes TSM memory, the PAMT and the VT-d registers, and
+//! goes after the platform secret, fw_cfg's DMA, the MSRs and the ISA DMA controllers; each
+//! access must be refused (#MC in the host world for memory, a dropped write for ports and
+//! MSRs), change nothing, land in the fault log the host reads back with
+//! SEAMLESS.HOST.FAULT.RD, and leave the host running.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -16,19 +19,54 @@ macro_rules! qemu_or_skip {
     };
 }
 
+/// One boot in mode `boot`, with a platform secret the host world will try to reach.
+fn boot_with_secret(qemu: &Qemu, name: &str) -> seamless_e2e::Outcome {
+    let boot =
+        Boot { config: Some("mode=boot\n".into()), secret: Some(seamless_e2e::throwaway_secret()), ..Boot::default() };
+    boot.run(qemu, name)
+}
+
+#[test]
+fn the_host_agent_is_its_own_binary_loaded_by_the_tsm_and_entered_in_the_host_world() {
+    let qemu = qemu_or_skip!();
+    let o = boot_with_secret(&qemu, "host_binary");
+    o.expect_status(33);
+    for what in [
+        "nRIP save no (RIP advanced by the TSM): the TSM alone runs in host mode",
+        "host: opt/seamless/host (",
+        "untrusted and unmeasured) loaded: ",
+        "entered at 0xffffffff80000000 in the host world",
+        "host: the agent runs in the host world: image 0xffffffff80000000..",
+        "from the TSM's boot information",
+        // The agent chose its TDMR from its own memory and configured the TSM by SEAMCALL.
+        "(reserved), host image ",
+        "tsm: configured over 1 TDMR of 64 MiB",
+        "seamless host: boot done",
+        // The TSM's last word, when the host ended the run through isa-debug-exit.
+        "world: the host world ended the run: ",
+    ] {
+        assert!(o.console.contains(what), "{what}:\n{}", o.console);
+    }
+    // The agent said everything between the TSM loading it and the TSM's last word.
+    let loaded = o.console.find("host: opt/seamless/host (").unwrap();
+    let done = o.console.find("seamless host: boot done").unwrap();
+    let ended = o.console.find("world: the host world ended the run").unwrap();
+    assert!(loaded < done && done < ended, "{}", o.console);
+    assert!(o.figure("world_switches").is_some_and(|n| n > 0.0), "{}", o.console);
+    if let Some(log) = decode_defmt(&o.defmt) {
+        // Configured by the host world's SEAMCALL: the TSM's call log has it.
+        assert!(log.contains("host TDH.SYS.CONFIG ok"), "{log}");
+    }
+}
+
 #[test]
 fn host_world_access_to_tsm_pamt_and_vtd_faults_and_changes_nothing() {
     let qemu = qemu_or_skip!();
-    let o = Boot { config: Some("mode=boot\n".into()), ..Boot::default() }.run(&qemu, "host_world");
+    let o = boot_with_secret(&qemu, "host_world");
     o.expect_status(33);
     assert!(
-        o.console.contains("nRIP save no (RIP advanced by the TSM): the TSM alone runs in host mode"),
-        "{}",
-        o.console
-    );
-    assert!(
         o.console.contains(
-            "6 refused (nested page fault -> #MC, handled), bytes unchanged; the host read 6 entries back from the fault log"
+            "6 refused (nested page fault -> #MC, handled), nothing read; the host read 6 entries back from the fault log"
         ),
         "{}",
         o.console
@@ -38,15 +76,97 @@ fn host_world_access_to_tsm_pamt_and_vtd_faults_and_changes_nothing() {
         "{}",
         o.console
     );
+    // The TSM compared the bytes of every refused write at the host world's next exit.
+    let ended =
+        o.console.lines().find(|l| l.starts_with("world: the host world ended the run")).expect("TSM's last word");
+    assert!(ended.contains("refused writes checked: bytes unchanged"), "{ended}");
     // The host carried on after the faults: it reached the end of its program.
-    assert!(o.console.contains("seamless firmware: boot done"), "{}", o.console);
-    let floor = o.figure("svm_vmexit_floor_ns").expect("svm_vmexit_floor_ns");
-    let seamcall = o.figure("seamcall_roundtrip_ns").expect("seamcall_roundtrip_ns");
-    assert!(floor > 0.0 && seamcall > 0.0, "floor {floor} ns, SEAMCALL {seamcall} ns");
+    assert!(o.console.contains("seamless host: boot done"), "{}", o.console);
     if let Some(log) = decode_defmt(&o.defmt) {
         for what in ["(TSM memory)", "(PAMT / reserved)", "(not host memory)"] {
             assert_eq!(log.matches(what).count(), 2, "a read and a write of {what}:\n{log}");
         }
+    }
+}
+
+/// The host world's ways around its nested map through the platform: fw_cfg's selector naming
+/// the platform secret, fw_cfg's DMA interface (which writes by physical address without the
+/// IOMMU), the MSRs the TSM depends on, the ISA DMA controllers. Each is refused by the TSM's
+/// intercepts, logged, and without effect: the data port gives nothing of the secret, the DMA
+/// descriptor is untouched, and the TSM is still running (a changed EFER.SVME or VM_HSAVE_PA
+/// would have ended it at the next exit, and the TSM checks both after every WRMSR).
+#[test]
+fn host_world_fw_cfg_secret_fw_cfg_dma_msrs_and_isa_dma_are_refused_and_logged() {
+    let qemu = qemu_or_skip!();
+    let o = boot_with_secret(&qemu, "host_platform");
+    o.expect_status(33);
+    let line = o
+        .console
+        .lines()
+        .find(|l| l.starts_with("world: host world attacked the platform: "))
+        .unwrap_or_else(|| panic!("no platform line:\n{}", o.console));
+    for what in [
+        "2 selections of fw_cfg's opt/seamless/platform-secret refused (the data port then read nothing of it)",
+        "fw_cfg DMA into TSM memory refused (2 writes, the descriptor untouched)",
+        "8 MSR writes refused (EFER, VM_HSAVE_PA, VM_CR, SYSCFG, APIC_BASE, PAT, MTRRdefType, TSC; RDMSR VM_HSAVE_PA read 0)",
+        "ISA DMA programming refused (9 port writes)",
+        "the host read 21 entries back from the fault log",
+    ] {
+        assert!(line.contains(what), "{what}:\n{line}");
+    }
+    assert!(o.console.contains("seamless host: boot done"), "{}", o.console);
+    if let Some(log) = decode_defmt(&o.defmt) {
+        assert_eq!(log.matches("(fw_cfg selector naming the platform secret)").count(), 2, "{log}");
+        assert_eq!(log.matches("(fw_cfg DMA interface)").count(), 2, "{log}");
+        assert_eq!(log.matches("(ISA DMA controller)").count(), 9, "{log}");
+        assert_eq!(log.matches("host world: WRMSR ").count(), 8, "{log}");
+    }
+}
+
+/// The figures the host agent measures in its own world: a bare VMMCALL round trip (the floor)
+/// and SEAMCALL of TDH.SYS.INFO, each the best round's mean; sent as COM3 frames.
+#[test]
+fn the_host_agent_measures_the_exit_floor_and_the_seamcall_round_trip() {
+    let qemu = qemu_or_skip!();
+    let o = Boot { config: Some("mode=boot\n".into()), ..Boot::default() }.run(&qemu, "host_figures");
+    o.expect_status(33);
+    let floor = o.figure("svm_vmexit_floor_ns").expect("svm_vmexit_floor_ns");
+    let seamcall = o.figure("seamcall_roundtrip_ns").expect("seamcall_roundtrip_ns");
+    let ratio = o.figure("seamcall_vs_floor").expect("seamcall_vs_floor");
+    assert!(floor > 0.0 && seamcall > 0.0 && ratio > 0.0, "floor {floor} ns, SEAMCALL {seamcall} ns, ratio {ratio}");
+    assert!(o.console.contains("world: host world: best of 10 rounds of 50: VMMCALL floor "), "{}", o.console);
+    // Without a provisioned secret there is nothing to select; everything else is refused.
+    assert!(
+        o.console.contains("fw_cfg's opt/seamless/platform-secret not present (nothing to select)"),
+        "{}",
+        o.console
+    );
+}
+
+/// The TSM loads only an ELF it can place: a file that is not one, and an executable linked
+/// outside the host image window (the guest's, at 2 MiB), are refused before anything runs,
+/// naming why.
+#[test]
+fn a_host_binary_the_tsm_cannot_place_is_refused_naming_why() {
+    let qemu = qemu_or_skip!();
+    let dir = seamless_e2e::workspace().join("target/e2e/host_refused");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("not-elf.bin");
+    std::fs::write(&text, "#!/bin/sh\necho this is not the host agent\n".repeat(8)).unwrap();
+    for (host, name, want) in [
+        (text, "host_not_elf", "error: host agent: opt/seamless/host: ELF header: no ELF magic"),
+        (
+            seamless_e2e::guest_elf(),
+            "host_elsewhere",
+            "error: host agent: opt/seamless/host: program header 0: outside the host image window (-2 GiB, 16 MiB)",
+        ),
+    ] {
+        let boot = Boot { config: Some("mode=boot\n".into()), host: Some(host), ..Boot::default() };
+        let o = boot.run(&qemu, name);
+        o.expect_status(35);
+        assert!(o.console.contains(want), "{want}:\n{}", o.console);
+        assert!(!o.console.contains("host: the agent runs"), "nothing ran:\n{}", o.console);
     }
 }
 

@@ -638,12 +638,12 @@ impl<P: Platform> Tsm<P> {
             spec: LeafSpec {
                 number: leaf::HOST_FAULT_RD,
                 name: "SEAMLESS.HOST.FAULT.RD",
-                summary: "seamless only: takes the oldest unread entry of the host fault log, an access of the host world that its nested page table refused (the host got #MC at that instruction, nothing was read or written). Allowed before TDH.SYS.CONFIG.",
+                summary: "seamless only: takes the oldest unread entry of the host fault log: an access of the host world that its nested page table refused (the host got #MC at that instruction, nothing was read or written), a write to an I/O port the TSM keeps (dropped), or a WRMSR (dropped). Allowed before TDH.SYS.CONFIG.",
                 inputs: &[],
                 outputs: &[
-                    (Reg::Rcx, "physical address accessed (0 if the log is empty)"),
-                    (Reg::Rdx, "bit 0: write; bits 15:8: what it is (a PAMT type, 0xF0 TSM memory, 0xF2 MMIO a TDI imported, 0xF1 anything else)"),
-                    (Reg::R8, "the owner's page address (the TDR for TD pages, the TDI for imported MMIO), 0 if none"),
+                    (Reg::Rcx, "physical address accessed, the port (class 0xF3) or the MSR (class 0xF4); 0 if the log is empty"),
+                    (Reg::Rdx, "bit 0: write; bits 15:8: what it is (a PAMT type, 0xF0 TSM memory, 0xF2 MMIO a TDI imported, 0xF3 an I/O port the TSM keeps, 0xF4 an MSR, 0xF1 anything else)"),
+                    (Reg::R8, "the owner's page address (the TDR for TD pages, the TDI for imported MMIO), the value written (ports, MSRs), 0 if none"),
                     (Reg::R9, "1 if an entry was returned"),
                     (Reg::R10, "the host's RIP at the access"),
                     (Reg::R11, "faults recorded since boot (the log keeps the latest 32)"),
@@ -692,13 +692,9 @@ impl<P: Platform> Tsm<P> {
         // ALL CHECKS PASSED
         out.r11 = self.host_faults.total;
         if let Some(f) = self.host_faults.pop() {
-            out.rcx = f.addr.raw();
+            out.rcx = f.addr;
             out.rdx = u64::from(f.write) | (u64::from(f.target.code()) << 8);
-            out.r8 = match f.target {
-                crate::faults::FaultTarget::Page { owner, .. } => owner.addr().raw(),
-                crate::faults::FaultTarget::ImportedMmio { tdi } => tdi.addr().raw(),
-                crate::faults::FaultTarget::Tsm | crate::faults::FaultTarget::NotHostMemory => 0,
-            };
+            out.r8 = f.target.detail();
             out.r9 = 1;
             out.r10 = f.rip;
         }

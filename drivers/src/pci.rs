@@ -1,12 +1,14 @@
 //! PCIe configuration space through ECAM: enumeration of the buses reached from bus 0 (through
 //! bridges), BAR sizing and assignment, and the extended-capability walk.
 
+#![allow(unsafe_code)]
+
 use core::fmt;
 
 use super::acpi::Ecam;
 use super::phys::Mmio;
-use crate::arch::paging::MAPPED_BYTES;
 use crate::memmap::{MemoryMap, RangeKind};
+use crate::phys::{own_memory, MAPPED_BYTES};
 
 /// Extended capability ID of DOE (PCIe r6 §7.9.24).
 pub const EXT_CAP_DOE: u16 = 0x002E;
@@ -83,7 +85,7 @@ impl Pcie {
         }
         let len = (u64::from(info.end_bus) + 1) << 20;
         let end = info.base.checked_add(len).ok_or(bad)?;
-        let (img_start, img_end) = crate::arch::image_range();
+        let (img_start, img_end) = own_memory();
         let hits_ram = map.ranges().iter().any(|r| r.kind == RangeKind::Ram && r.base < end && info.base < r.end());
         if end > MAPPED_BYTES || hits_ram || (info.base < img_end && img_start < end) {
             return Err(bad);

@@ -15,6 +15,9 @@ pub const GUEST_FILE: &str = "opt/seamless/guest";
 /// fw_cfg file of the TDVF (an OVMF image with TDX metadata, Debian's `/usr/share/ovmf/OVMF.fd`)
 /// the host boots as a TD in mode `ovmf`.
 pub const OVMF_FILE: &str = "opt/seamless/ovmf";
+/// fw_cfg file of the host agent's binary (the `seamless-host` ELF), which the TSM loads into
+/// the host world; untrusted and unmeasured (MRSEAM covers only the TSM's image).
+pub const HOST_FILE: &str = "opt/seamless/host";
 
 /// What the firmware does after boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,7 +227,7 @@ mod tests {
     #[test]
     fn fw_cfg_names_are_what_qemu_accepts() {
         // QEMU warns about names outside opt/ and refuses names past 55 characters.
-        for name in [CONFIG_FILE, SECRET_FILE, GUEST_FILE, OVMF_FILE] {
+        for name in [CONFIG_FILE, SECRET_FILE, GUEST_FILE, HOST_FILE, OVMF_FILE] {
             assert!(name.starts_with("opt/") && name.len() <= 55, "{name}");
         }
     }

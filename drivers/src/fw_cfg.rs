@@ -3,9 +3,11 @@
 //! interface is not worth its setup here). Files are found through the directory at selector
 //! 0x19: a big-endian count, then `{be32 size, be16 select, be16 reserved, char name[56]}`.
 
+#![allow(unsafe_code)]
+
 use core::fmt;
 
-use crate::arch::port::Port;
+use crate::port::Port;
 
 const SELECTOR: u16 = 0x510;
 const DATA: u16 = 0x511;
@@ -77,13 +79,11 @@ impl FwCfg {
         Ok(f)
     }
 
-    /// Selects item `key`.
-    pub fn select(&self, key: u16) {
+    fn select(&self, key: u16) {
         self.selector.write_u16(key);
     }
 
-    /// Reads the next bytes of the selected item.
-    pub fn read(&self, buf: &mut [u8]) {
+    fn read(&self, buf: &mut [u8]) {
         for b in buf {
             *b = self.data.read_u8();
         }
@@ -134,6 +134,41 @@ impl FwCfg {
         Ok(file)
     }
 
+    /// Opens the file `name` for reading front to back (items are read in order; skipping
+    /// forward is reading and dropping).
+    ///
+    /// # Errors
+    /// [`FwCfgError::NotFound`].
+    pub fn open(&self, name: &str) -> Result<FwCfgFile<'_>, FwCfgError> {
+        let (select, size) = self.find(name)?;
+        self.select(select);
+        Ok(FwCfgFile { fw: self, size, at: 0 })
+    }
+
+    /// The selector of the file `name` (to refuse it to someone else, or to leave it).
+    ///
+    /// # Errors
+    /// [`FwCfgError::NotFound`].
+    pub fn selector_of(&self, name: &str) -> Result<u16, FwCfgError> {
+        self.find(name).map(|(select, _)| select)
+    }
+
+    /// Selects the signature item: the data port then reads "QEMU", nothing of any file.
+    pub fn deselect(&self) {
+        self.select(SIGNATURE);
+    }
+
+    /// Selects item `key` as it is (the TSM passing on a selection the host world made, once
+    /// it checked the key).
+    pub fn select_item(&self, key: u16) {
+        self.select(key);
+    }
+
+    /// Reads the next data byte of the selected item.
+    pub fn read_byte(&self) -> u8 {
+        self.data.read_u8()
+    }
+
     /// Reads the file `name` into `buf`; returns its length.
     ///
     /// # Errors
@@ -147,5 +182,50 @@ impl FwCfg {
         self.select(select);
         self.read(&mut buf[..len]);
         Ok(len)
+    }
+}
+
+/// A file being read front to back (what [`FwCfg::open`] returns); reading past its end gives
+/// nothing.
+#[derive(Debug)]
+pub struct FwCfgFile<'a> {
+    fw: &'a FwCfg,
+    size: u32,
+    at: u32,
+}
+
+impl FwCfgFile<'_> {
+    /// The file's size.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Bytes read (or skipped) so far.
+    pub fn position(&self) -> u32 {
+        self.at
+    }
+
+    /// Reads the next bytes into `buf`; returns how many (fewer at the end of the file).
+    pub fn read(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min((self.size - self.at) as usize);
+        self.fw.read(&mut buf[..n]);
+        self.at += n as u32;
+        n
+    }
+
+    /// Moves forward to `offset` (reading and dropping what lies between); `false` if `offset`
+    /// is behind the position or past the end.
+    pub fn seek_forward(&mut self, offset: u64) -> bool {
+        if offset < u64::from(self.at) || offset > u64::from(self.size) {
+            return false;
+        }
+        let mut left = offset - u64::from(self.at);
+        let mut sink = [0u8; 64];
+        while left > 0 {
+            let n = (left as usize).min(sink.len());
+            self.read(&mut sink[..n]);
+            left -= n as u64;
+        }
+        true
     }
 }

@@ -10,10 +10,27 @@
 //! a vCPU descheduled by the host between the PIT's terminal count and the poll that sees it
 //! only ever adds TSC ticks, so the minimum is the estimate least disturbed by a loaded host.
 
+#![allow(unsafe_code)]
+
 use core::fmt;
 
-use crate::arch::cpu::{cpuid, rdtsc};
-use crate::arch::port::Port;
+use core::arch::x86_64::{__cpuid_count, CpuidResult};
+
+use crate::port::Port;
+
+/// `cpuid` with `leaf` in EAX and `subleaf` in ECX.
+fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
+    __cpuid_count(leaf, subleaf)
+}
+
+/// The time-stamp counter (the same counter in the TSM and in the host world: the host
+/// world's VMCB adds no TSC offset).
+#[inline]
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC reads a counter into EDX:EAX and touches no memory; CR4.TSD is clear in
+    // ring 0 in both binaries.
+    unsafe { x86::time::rdtsc() }
+}
 
 /// Length of one PIT countdown.
 pub const CALIBRATION_MS: u64 = 2;
@@ -35,6 +52,8 @@ pub enum TscSource {
     Pit,
     /// CPUID leaf 0x16's base frequency.
     Cpuid16,
+    /// Calibrated by the TSM and handed over in the host world's boot information.
+    BootInfo,
 }
 
 impl fmt::Display for TscSource {
@@ -43,6 +62,7 @@ impl fmt::Display for TscSource {
             TscSource::Cpuid15 => "CPUID leaf 0x15",
             TscSource::Pit => "PIT channel 2",
             TscSource::Cpuid16 => "CPUID leaf 0x16",
+            TscSource::BootInfo => "the TSM's boot information",
         })
     }
 }
@@ -84,6 +104,11 @@ impl Tsc {
             }
         }
         Err(NoTscFrequency)
+    }
+
+    /// The TSC at `hz` ticks per second, as another binary calibrated it (never 0).
+    pub fn with_hz(hz: u64) -> Tsc {
+        Tsc { hz: hz.max(1), source: TscSource::BootInfo }
     }
 
     /// Ticks per second.

@@ -1,6 +1,8 @@
-//! x86 port I/O.
+//! x86 port I/O, through the `x86` crate's IN and OUT.
 
-use core::arch::asm;
+#![allow(unsafe_code)]
+
+use x86::io::{inb, inl, inw, outb, outl, outw};
 
 /// One I/O port. Creating one is `unsafe`: the creator vouches that driving it cannot break
 /// memory safety; reads and writes are then safe.
@@ -25,46 +27,45 @@ impl Port {
         Port(self.0.wrapping_add(offset))
     }
 
+    /// The port number.
+    pub const fn number(&self) -> u16 {
+        self.0
+    }
+
     /// `out dx, al`.
     pub fn write_u8(&self, value: u8) {
         // SAFETY: the port is a device without memory effects (the constructor's contract);
-        // OUT touches no memory and no flags.
-        unsafe { asm!("out dx, al", in("dx") self.0, in("al") value, options(nomem, nostack, preserves_flags)) };
+        // OUT touches no memory.
+        unsafe { outb(self.0, value) };
     }
 
     /// `in al, dx`.
     pub fn read_u8(&self) -> u8 {
-        let value: u8;
-        // SAFETY: as for `write_u8`; IN touches no memory and no flags.
-        unsafe { asm!("in al, dx", out("al") value, in("dx") self.0, options(nomem, nostack, preserves_flags)) };
-        value
-    }
-
-    /// `in ax, dx`.
-    pub fn read_u16(&self) -> u16 {
-        let value: u16;
-        // SAFETY: as for `write_u8`; IN touches no memory and no flags.
-        unsafe { asm!("in ax, dx", out("ax") value, in("dx") self.0, options(nomem, nostack, preserves_flags)) };
-        value
-    }
-
-    /// `in eax, dx`.
-    pub fn read_u32(&self) -> u32 {
-        let value: u32;
-        // SAFETY: as for `write_u8`; IN touches no memory and no flags.
-        unsafe { asm!("in eax, dx", out("eax") value, in("dx") self.0, options(nomem, nostack, preserves_flags)) };
-        value
+        // SAFETY: as for `write_u8`; IN touches no memory.
+        unsafe { inb(self.0) }
     }
 
     /// `out dx, ax`.
     pub fn write_u16(&self, value: u16) {
         // SAFETY: as for `write_u8`.
-        unsafe { asm!("out dx, ax", in("dx") self.0, in("ax") value, options(nomem, nostack, preserves_flags)) };
+        unsafe { outw(self.0, value) };
+    }
+
+    /// `in ax, dx`.
+    pub fn read_u16(&self) -> u16 {
+        // SAFETY: as for `read_u8`.
+        unsafe { inw(self.0) }
     }
 
     /// `out dx, eax`.
     pub fn write_u32(&self, value: u32) {
         // SAFETY: as for `write_u8`.
-        unsafe { asm!("out dx, eax", in("dx") self.0, in("eax") value, options(nomem, nostack, preserves_flags)) };
+        unsafe { outl(self.0, value) };
+    }
+
+    /// `in eax, dx`.
+    pub fn read_u32(&self) -> u32 {
+        // SAFETY: as for `read_u8`.
+        unsafe { inl(self.0) }
     }
 }

@@ -1,4 +1,4 @@
-//! The probe TD (`arch/td_probe.S`) in a TD world: the in-image host builds it with the same
+//! The probe TD (`td_probe.S`) in a TD world: the host builds it with the same
 //! calls as any TD (create, PAGE.ADD of its 8 KiB at the top of 4 GiB and of its data pages,
 //! FINALIZE, one page AUGed and never accepted), then drives it with TDH.VP.ENTER, answering
 //! its TDG.VP.VMCALLs. What it checks: TDX's initial state, CPUID as a TDX module presents it,
@@ -8,16 +8,33 @@
 //! TD leaves in the registers a VMCALL does not expose (none reaches the host), and the host's
 //! own memory (an EPT-violation exit, never its bytes).
 
+#![allow(unsafe_code)]
+
 use tsm::abi::host::leaf;
 use tsm::{Regs, TdExit};
 use tsm_client::host::td as flow_td;
 use tsm_client::host::HostError;
-use tsm_client::HostMemory;
 
-use crate::arch::svm;
-use crate::drivers::tsc::Tsc;
-use crate::host::{Host, HostCpu};
-use crate::run::td_params;
+use seamless_drivers::say;
+
+use crate::{td_params, Cpu};
+
+core::arch::global_asm!(include_str!("td_probe.S"));
+
+unsafe extern "C" {
+    static td_probe_start: u8;
+    static td_probe_end: u8;
+}
+
+/// The probe TD's image (`td_probe.S`): 8 KiB the host PAGE.ADDs at GPA 0xFFFFE000, so that its
+/// last 16 bytes hold the reset vector. Data to the host: it only ever runs in its TD world.
+pub fn image() -> &'static [u8] {
+    let start = &raw const td_probe_start;
+    // SAFETY: the two labels bracket the probe's bytes in .rodata, which nothing writes.
+    let len = unsafe { (&raw const td_probe_end).offset_from(start) } as usize;
+    // SAFETY: as above: `len` bytes of read-only data from `start`.
+    unsafe { core::slice::from_raw_parts(start, len) }
+}
 
 const PAGE: u64 = 4096;
 /// Where the probe's 8 KiB go: its last 16 bytes are the reset vector.
@@ -47,8 +64,6 @@ pub struct TdProbeReport {
     pub tdcall_ns: u64,
     /// #VEs the TD took, each with the VE info it read back.
     pub ves: u64,
-    /// World switches (TD #VMEXITs) in the run.
-    pub switches: u64,
     /// TDH.VP.ENTERs the host made.
     pub entries: u64,
 }
@@ -89,27 +104,23 @@ fn check(ok: bool, what: &'static str) -> Result<(), TdProbeError> {
 ///
 /// # Errors
 /// [`TdProbeError`]: the first call or check that failed.
-pub fn run(
-    tsm: &mut tsm::Tsm<crate::platform::FirmwarePlatform>,
-    host: &mut Host,
-    tsc: Tsc,
-) -> Result<TdProbeReport, TdProbeError> {
-    let mut cpu = HostCpu::new(tsm, host, tsc);
-    let td = flow_td::create(&mut cpu, &td_params())?;
-    let vcpu = flow_td::vp_create(&mut cpu, &td)?;
-    let code = svm::td_probe();
+pub fn run<C: Cpu + ?Sized>(cpu: &mut C) -> Result<TdProbeReport, TdProbeError> {
+    let tsc = cpu.tsc();
+    let td = flow_td::create(cpu, &td_params())?;
+    let vcpu = flow_td::vp_create(cpu, &td)?;
+    let code = image();
     check(code.len() == 2 * PAGE as usize, "the probe TD is not 8 KiB")?;
     for (i, chunk) in code.chunks_exact(PAGE as usize).enumerate() {
         let mut page = [0u8; PAGE as usize];
         page.copy_from_slice(chunk);
-        flow_td::add_page(&mut cpu, &td, CODE_GPA + i as u64 * PAGE, &page, true)?;
+        flow_td::add_page(cpu, &td, CODE_GPA + i as u64 * PAGE, &page, true)?;
     }
     for i in 0..DATA_PAGES {
-        flow_td::add_page(&mut cpu, &td, DATA_GPA + i * PAGE, &[0; PAGE as usize], false)?;
+        flow_td::add_page(cpu, &td, DATA_GPA + i * PAGE, &[0; PAGE as usize], false)?;
     }
-    flow_td::finalize(&mut cpu, &td)?;
+    flow_td::finalize(cpu, &td)?;
     let pending = cpu.donate().ok_or(HostError::OutOfPages)?;
-    flow_td::aug(&mut cpu, &td, PENDING_GPA, 0, pending)?;
+    flow_td::aug(cpu, &td, PENDING_GPA, 0, pending)?;
     // The host's own page the TD will be told to read, with a value it must never see.
     let mut mine = cpu.scratch().ok_or(HostError::OutOfPages)?;
     while (DATA_GPA..PENDING_GPA + PAGE).contains(&mine) {
@@ -117,27 +128,21 @@ pub fn run(
     }
     cpu.write(mine, &0x4057_0000_0000_0001u64.to_le_bytes());
 
-    let first = cpu.tsm.platform().td.as_ref().map_or(0, |w| w.switches);
-    // The per-call defmt record would dominate the round trip being measured.
-    let log_calls = core::mem::replace(&mut cpu.tsm.platform_mut().log_calls, false);
-    let result = drive(&mut cpu, &td, vcpu, (mine, pending));
-    cpu.tsm.platform_mut().log_calls = log_calls;
-    let (words, entries) = result?;
+    let (words, entries) = drive(cpu, &td, vcpu, (mine, pending))?;
     // Torn down like any TD: the pages go back, the TD world's slots with them.
-    flow_td::destroy(&mut cpu, td.tdr, &[vcpu])?;
+    flow_td::destroy(cpu, td.tdr, &[vcpu])?;
     let mut back = [0u8; 8];
     cpu.read(mine, &mut back);
     check(u64::from_le_bytes(back) == 0x4057_0000_0000_0001, "the host's page changed")?;
     verify(&words)?;
-    let switches = cpu.tsm.platform().td.as_ref().map_or(0, |w| w.switches) - first;
     let (ticks, iterations) = (words[7], words[8].max(1));
-    Ok(TdProbeReport { tdcall_ns: tsc.ticks_to_ns(ticks) / iterations, ves: words[31], switches, entries })
+    Ok(TdProbeReport { tdcall_ns: tsc.ticks_to_ns(ticks) / iterations, ves: words[31], entries })
 }
 
 /// Enters the probe TD until its last exit, answering its VMCALLs; returns the words it
 /// reported and the number of entries.
-fn drive(
-    cpu: &mut HostCpu<'_>,
+fn drive<C: Cpu + ?Sized>(
+    cpu: &mut C,
     td: &flow_td::TdPages,
     vcpu: u64,
     (mine, private): (u64, u64),
@@ -235,7 +240,7 @@ struct SharedTable {
 
 /// A 4-level table for [`SHARED_GPA`]: the first page maps a host page holding
 /// `SHARED_WORDS[0]`, the second the TD private frame `private` (which the TSM must refuse).
-fn shared_table(cpu: &mut HostCpu<'_>, private: u64) -> Result<SharedTable, TdProbeError> {
+fn shared_table<C: Cpu + ?Sized>(cpu: &mut C, private: u64) -> Result<SharedTable, TdProbeError> {
     let mut page = || cpu.scratch().ok_or(TdProbeError::Host(HostError::OutOfPages));
     let (root, pdpt, pd, pt) = (page()?, page()?, page()?, page()?);
     let data = [page()?, page()?];
@@ -255,7 +260,7 @@ fn shared_table(cpu: &mut HostCpu<'_>, private: u64) -> Result<SharedTable, TdPr
 }
 
 /// One host call that must succeed.
-fn flow_td_call(cpu: &mut HostCpu<'_>, name: &'static str, regs: Regs) -> Result<(), TdProbeError> {
+fn flow_td_call<C: Cpu + ?Sized>(cpu: &mut C, name: &'static str, regs: Regs) -> Result<(), TdProbeError> {
     tsm_client::host::call(cpu, name, regs).map(|_| ()).map_err(TdProbeError::Host)
 }
 

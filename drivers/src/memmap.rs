@@ -40,6 +40,19 @@ impl RangeKind {
         }
     }
 
+    /// The E820 type number.
+    pub const fn raw(self) -> u32 {
+        match self {
+            RangeKind::Ram => 1,
+            RangeKind::Reserved => 2,
+            RangeKind::AcpiReclaimable => 3,
+            RangeKind::AcpiNvs => 4,
+            RangeKind::Unusable => 5,
+            RangeKind::Persistent => 7,
+            RangeKind::Other(other) => other,
+        }
+    }
+
     /// A short name.
     pub const fn name(self) -> &'static str {
         match self {
@@ -109,6 +122,14 @@ impl MemoryMap {
     /// The ranges, in the loader's order.
     pub fn ranges(&self) -> &[MemoryRange] {
         &self.ranges[..self.count]
+    }
+
+    /// The end of RAM below 4 GiB, rounded up to 2 MiB (the 2 MiB page holding RAM's last byte
+    /// stays cacheable): where the MMIO hole starts.
+    pub fn low_ram_end(&self) -> u64 {
+        let ram_ends = self.ranges().iter().filter(|r| r.kind == RangeKind::Ram).map(|r| r.end());
+        let end = ram_ends.filter(|&e| e <= 4 << 30).max().unwrap_or(4 << 30);
+        end.next_multiple_of(2 << 20)
     }
 
     /// Bytes of RAM in the map.
@@ -283,6 +304,14 @@ mod tests {
         assert_eq!(m.ranges().len(), MAX_RANGES);
         assert_eq!(m.dropped, 3);
         assert_eq!(m.ram_bytes(), MAX_RANGES as u64 * MIB);
+    }
+
+    #[test]
+    fn low_ram_end_rounds_the_last_ram_below_4g_up_to_2m() {
+        assert_eq!(q35_256m().low_ram_end(), 256 * MIB);
+        let m = map(&[(MIB, 0x7fe_0000 - MIB, 1), (0xB000_0000, 0x1000_0000, 2), (4 << 30, 1 << 30, 1)]);
+        assert_eq!(m.low_ram_end(), 128 * MIB);
+        assert_eq!(MemoryMap::default().low_ram_end(), 4 << 30);
     }
 
     #[test]

@@ -1,20 +1,50 @@
 //! Raw access to physical memory, in three shapes, each with the check that makes it sound:
 //!
 //! - [`read_firmware_bytes`]: reads tables the loader and QEMU left in RAM (hvm_start_info, its
-//!   memory map, ACPI) through the identity map, refusing the firmware's own image;
+//!   memory map, ACPI) through the identity map, refusing the binary's own memory;
 //! - [`Mmio`]: a device register window (ECAM, BARs), 32-bit volatile accesses, bounds-checked;
-//! - [`Frames`]: RAM frames outside the image, through the direct map, for `tsm::platform::PhysMem`
+//! - [`Frames`]: RAM frames outside the binary's own memory, through the direct map, for `tsm::platform::PhysMem`
 //!   and for the host agent's own pages.
 //!
-//! Why these accesses cannot break Rust's rules: the firmware has no heap, so every Rust object
-//! (statics, stacks, page tables) lies in the image `[__image_start, __image_end)`; memory outside
-//! it is never borrowed, and the firmware runs on one CPU, so raw reads and writes there race with
-//! nothing.
+//! Why these accesses cannot break Rust's rules: neither binary has a heap, so every Rust object
+//! (statics, stacks, page tables) lies in the binary's own memory, which it names once at boot
+//! ([`claim_own_memory`]: the TSM its image, the host agent what the TSM loaded it into);
+//! memory outside it is never borrowed, and both run on one CPU, so raw reads and writes there
+//! race with nothing.
+//!
+//! Both binaries see physical memory the same way: the low [`MAPPED_BYTES`] identity-mapped
+//! (device registers are reached there) and again at [`DIRECT_MAP_BASE`] (RAM is reached there).
 
-use crate::arch::paging::{DIRECT_MAP_BASE, MAPPED_BYTES};
+#![allow(unsafe_code)]
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use crate::memmap::{MemoryMap, RangeKind, MAX_RANGES};
 
-/// A physical range the accessor refuses: in the image, past the mapped 4 GiB, or wrapping.
+/// Virtual address of physical address 0 in the direct map (PML4 slot 256), in both binaries.
+pub const DIRECT_MAP_BASE: u64 = 0xFFFF_8000_0000_0000;
+/// Physical memory the direct map (and the identity map) covers.
+pub const MAPPED_BYTES: u64 = 4 << 30;
+
+static OWN_START: AtomicU64 = AtomicU64::new(0);
+static OWN_END: AtomicU64 = AtomicU64::new(0);
+
+/// Names the physical range `[start, end)` that holds this binary's Rust objects (image,
+/// statics, stacks): the accessors of this module refuse it from then on. Call it once, first
+/// thing at boot; a later call only narrows nothing (the first claim stays).
+pub fn claim_own_memory(start: u64, end: u64) {
+    if OWN_END.load(Ordering::SeqCst) == 0 {
+        OWN_START.store(start, Ordering::SeqCst);
+        OWN_END.store(end, Ordering::SeqCst);
+    }
+}
+
+/// The range [`claim_own_memory`] named (empty before the claim).
+pub fn own_memory() -> (u64, u64) {
+    (OWN_START.load(Ordering::SeqCst), OWN_END.load(Ordering::SeqCst))
+}
+
+/// A physical range the accessor refuses: in the binary's own memory, past the mapped 4 GiB, or wrapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutOfRange {
     /// First byte asked for.
@@ -26,17 +56,18 @@ pub struct OutOfRange {
 fn outside_image(addr: u64, len: u64) -> Result<u64, OutOfRange> {
     let err = OutOfRange { addr, len };
     let end = addr.checked_add(len).ok_or(err)?;
-    let (img_start, img_end) = crate::arch::image_range();
+    let (img_start, img_end) = own_memory();
     if end > MAPPED_BYTES || (addr < img_end && end > img_start) {
         return Err(err);
     }
     Ok(end)
 }
 
-/// Copies `buf.len()` bytes of physical memory at `addr` (below 4 GiB, outside the image).
+/// Copies `buf.len()` bytes of physical memory at `addr` (below 4 GiB, outside the binary's own
+/// memory).
 ///
 /// # Errors
-/// [`OutOfRange`] if the range touches the image, passes 4 GiB or wraps.
+/// [`OutOfRange`] if the range touches the binary's memory, passes 4 GiB or wraps.
 pub fn read_firmware_bytes(addr: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
     outside_image(addr, buf.len() as u64)?;
     for (i, b) in buf.iter_mut().enumerate() {
@@ -156,8 +187,8 @@ impl super::doe::Registers for Mmio {
     }
 }
 
-/// RAM frames the firmware does not itself use: the PVH map's RAM ranges at or above 1 MiB and
-/// below 4 GiB, minus the image. Reached through the direct map.
+/// RAM frames the binary does not itself use: the map's RAM ranges at or above 1 MiB and below
+/// 4 GiB, minus the binary's own memory. Reached through the direct map.
 #[derive(Clone, Copy, Debug)]
 pub struct Frames {
     ranges: [(u64, u64); MAX_RANGES],
@@ -170,7 +201,7 @@ const LOW_LIMIT: u64 = 1 << 20;
 impl Frames {
     /// The usable frames of `map`.
     pub fn new(map: &MemoryMap) -> Frames {
-        let (img_start, img_end) = crate::arch::image_range();
+        let (img_start, img_end) = own_memory();
         let mut ranges = [(0, 0); MAX_RANGES];
         let mut count = 0;
         let mut push = |s: u64, e: u64| {

@@ -1,9 +1,11 @@
 //! 16550 UARTs, polled, 115200 8N1: COM1 (0x3f8) carries the plain-text console, COM2 (0x2f8)
 //! the defmt log stream, COM3 (0x3e8) the framed artifacts (`crate::frame`).
 
+#![allow(unsafe_code)]
+
 use core::fmt;
 
-use crate::arch::port::Port;
+use crate::port::Port;
 
 const COM1: u16 = 0x3f8;
 const COM2: u16 = 0x2f8;

@@ -1,0 +1,279 @@
+//! Everything in the host agent that touches the CPU: the entry and the exception stubs
+//! (`entry.S`), the IDT, SEAMCALL and VMMCALL, the probe accesses the TSM must refuse, MSR
+//! writes, the boot information's page and the exit. The only `unsafe` of the binary lives here.
+
+use core::arch::asm;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use seamless_drivers::port::Port;
+use seamless_drivers::say;
+use tsm::Regs;
+use x86::bits64::segmentation::Descriptor64;
+use x86::dtables::{lidt, DescriptorTablePointer};
+use x86::segmentation::{BuildDescriptor, DescriptorBuilder, GateDescriptorBuilder, SegmentSelector};
+use x86::Ring;
+
+core::arch::global_asm!(include_str!("entry.S"));
+
+/// The 64-bit code selector of the agent's GDT (`entry.S`), the one the TSM enters it with.
+const CODE64: SegmentSelector = SegmentSelector::new(1, Ring::Ring0);
+/// #UD and #MC.
+const VECTOR_UD: u64 = 6;
+const VECTOR_MC: u64 = 18;
+/// QEMU's isa-debug-exit (the TSM intercepts it and ends the run after its last word).
+const DEBUG_EXIT: u16 = 0xF4;
+
+unsafe extern "C" {
+    static host_trap_stubs: [u64; 32];
+    static __host_image_start: u8;
+    static __host_image_end: u8;
+    static host_probe_read_at: u8;
+    static host_probe_read_fixup: u8;
+    static host_probe_write_at: u8;
+    static host_probe_write_fixup: u8;
+    static host_probe_tdcall_at: u8;
+    static host_probe_tdcall_fixup: u8;
+    fn host_probe_read(addr: u64) -> Probe;
+    fn host_probe_write(addr: u64, value: u64) -> Probe;
+    fn host_probe_tdcall() -> Probe;
+}
+
+/// What a probe access returned: the value read (0 when refused) and whether the TSM refused
+/// it (the handler saw its #MC or #UD). Returned in RAX:RDX.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    value: u64,
+    refused: u64,
+}
+
+/// #MCs the handler recovered from, and #UDs.
+static MC_TAKEN: AtomicU64 = AtomicU64::new(0);
+static UD_TAKEN: AtomicU64 = AtomicU64::new(0);
+
+struct Idt(UnsafeCell<[Descriptor64; 32]>);
+// SAFETY: one CPU; `init` is the only writer and runs once, before the IDT is loaded.
+unsafe impl Sync for Idt {}
+static IDT: Idt = Idt(UnsafeCell::new([Descriptor64::NULL; 32]));
+
+/// Fills and loads the IDT: the 32 exception vectors, each an interrupt gate to its stub in
+/// `entry.S`. Call once, first thing in `host_main`.
+pub fn init() {
+    // SAFETY: a static array of 32 addresses the assembler filled; nothing writes it.
+    let stubs: &[u64; 32] = unsafe { &*core::ptr::addr_of!(host_trap_stubs) };
+    let idt = IDT.0.get();
+    for (vector, &stub) in stubs.iter().enumerate() {
+        let gate: Descriptor64 = <DescriptorBuilder as GateDescriptorBuilder<u64>>::interrupt_descriptor(CODE64, stub)
+            .present()
+            .dpl(Ring::Ring0)
+            .finish();
+        // SAFETY: the only writer, before the IDT is loaded (see `Idt`).
+        unsafe { (*idt)[vector] = gate };
+    }
+    // SAFETY: the table is a static that lives forever; every gate points at a stub that saves
+    // the registers and calls `host_trap`.
+    unsafe {
+        let table: &[Descriptor64; 32] = &*idt;
+        lidt(&DescriptorTablePointer::new_from_slice(table));
+    }
+}
+
+/// The registers `entry.S`'s `host_trap_common` saves, lowest address first.
+#[repr(C)]
+#[derive(Debug)]
+#[allow(missing_docs)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// The Rust entry `entry.S` calls, on the agent's stack, with the boot information's address.
+#[unsafe(no_mangle)]
+extern "C" fn host_main(boot_info: u64) -> ! {
+    crate::run::main(boot_info)
+}
+
+/// Called by `host_trap_common` with the saved frame; returning resumes it. The probe accesses'
+/// #MC and TDCALL's #UD are recovered from (RIP to the fixup, RDX = 1); anything else stops the
+/// run, reported.
+#[unsafe(no_mangle)]
+extern "C" fn host_trap(frame: *mut TrapFrame) {
+    // SAFETY: `host_trap_common` passes its own stack frame, live and exclusively ours until we
+    // return.
+    let f = unsafe { &mut *frame };
+    let recovered = match f.vector {
+        VECTOR_MC if f.rip == &raw const host_probe_read_at as u64 => Some(&raw const host_probe_read_fixup as u64),
+        VECTOR_MC if f.rip == &raw const host_probe_write_at as u64 => Some(&raw const host_probe_write_fixup as u64),
+        VECTOR_UD if f.rip == &raw const host_probe_tdcall_at as u64 => Some(&raw const host_probe_tdcall_fixup as u64),
+        _ => None,
+    };
+    match recovered {
+        Some(fixup) => {
+            let counter = if f.vector == VECTOR_MC { &MC_TAKEN } else { &UD_TAKEN };
+            counter.fetch_add(1, Ordering::SeqCst);
+            f.rip = fixup;
+            f.rax = 0;
+            f.rdx = 1;
+        }
+        None => {
+            say!(
+                "seamless host: error: exception vector {} (error code {:#x}) at rip={:#018x} rsp={:#018x} cr2={:#018x}",
+                f.vector,
+                f.error,
+                f.rip,
+                f.rsp,
+                cr2()
+            );
+            exit(false)
+        }
+    }
+}
+
+/// #MCs and #UDs the handler recovered from so far.
+pub fn recovered() -> (u64, u64) {
+    (MC_TAKEN.load(Ordering::SeqCst), UD_TAKEN.load(Ordering::SeqCst))
+}
+
+fn cr2() -> u64 {
+    // SAFETY: reading CR2 has no side effect.
+    unsafe { x86::controlregs::cr2() as u64 }
+}
+
+/// SEAMCALL (`66 0f 01 cf`): the only way into the TSM. The TSM reads RAX and the ABI's input
+/// registers and writes back exactly RAX, RCX, RDX and R8..R13, and R14/R15 for TDH.VP.ENTER
+/// (GHCI's operands of a TD's VMCALL; every other leaf leaves them as they were).
+pub fn seamcall(r: &mut Regs) {
+    // SAFETY: the TSM writes only the registers named here and host memory a leaf's operand
+    // names (so this is not `nomem`), and returns to the next instruction with RSP and the
+    // flags as they were.
+    unsafe {
+        asm!(
+            ".byte 0x66, 0x0f, 0x01, 0xcf",
+            inout("rax") r.rax,
+            inout("rcx") r.rcx,
+            inout("rdx") r.rdx,
+            inout("r8") r.r8,
+            inout("r9") r.r9,
+            inout("r10") r.r10,
+            inout("r11") r.r11,
+            inout("r12") r.r12,
+            inout("r13") r.r13,
+            inout("r14") r.r14,
+            inout("r15") r.r15,
+            options(nostack),
+        );
+    }
+}
+
+/// VMMCALL: a bare exit to the TSM, which only moves RIP past it (the floor of a world switch).
+pub fn vmmcall() {
+    // SAFETY: the TSM serves VMMCALL from the host world by skipping it: no register or memory
+    // changes.
+    unsafe { asm!("vmmcall", options(nomem, nostack, preserves_flags)) };
+}
+
+/// The TSC.
+pub fn rdtsc() -> u64 {
+    seamless_drivers::tsc::rdtsc()
+}
+
+/// A load from `addr` (identity-mapped physical) that the TSM should refuse: `Some(value)` if it
+/// was not refused, `None` if the TSM refused it (#MC recovered).
+pub fn probe_read(addr: u64) -> Option<u64> {
+    // SAFETY: the routine loads 8 bytes at `addr` through the identity map; an address the
+    // host's nested map refuses raises #MC, which `host_trap` turns into the fixup. The
+    // addresses probed are not Rust objects of the agent (they are outside its memory).
+    let p = unsafe { host_probe_read(addr) };
+    (p.refused == 0).then_some(p.value)
+}
+
+/// A store of `value` at `addr` that the TSM should refuse; `true` if it was refused.
+pub fn probe_write(addr: u64, value: u64) -> bool {
+    // SAFETY: as for `probe_read`: the store targets memory outside the agent's own, which the
+    // nested map refuses (else the probe reports it landed).
+    unsafe { host_probe_write(addr, value) }.refused != 0
+}
+
+/// TDCALL from the host world; `true` if it raised #UD (the guest ABI is not the host's).
+pub fn probe_tdcall() -> bool {
+    // SAFETY: TDCALL in the host world is #UD (the TSM reflects it); were it served, the routine
+    // keeps the callee-saved registers it could write.
+    unsafe { host_probe_tdcall() }.refused != 0
+}
+
+/// WRMSR, which the TSM intercepts for every MSR and drops.
+pub fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: the host world's MSR permission map intercepts every MSR: the write exits to the
+    // TSM, which drops it, so no MSR of this CPU changes.
+    unsafe { x86::msr::wrmsr(msr, value) };
+}
+
+/// RDMSR, which the TSM answers with 0 for every MSR.
+pub fn rdmsr(msr: u32) -> u64 {
+    // SAFETY: intercepted as for `wrmsr`; reading has no effect.
+    unsafe { x86::msr::rdmsr(msr) }
+}
+
+/// An OUT of one byte to `port`, which the TSM intercepts (a port it keeps).
+pub fn out_kept(port: u16, value: u8) {
+    // SAFETY: the ports passed here are ones the host world's IOPM intercepts (the ISA DMA
+    // controllers): the TSM refuses the write, nothing reaches the device.
+    let p = unsafe { Port::new(port) };
+    p.write_u8(value);
+}
+
+/// An OUT of 32 bits to `port` (fw_cfg's DMA address registers, which the TSM keeps).
+pub fn out32_kept(port: u16, value: u32) {
+    // SAFETY: as for `out_kept`.
+    let p = unsafe { Port::new(port) };
+    p.write_u32(value);
+}
+
+/// The agent's own memory, virtual `[start, end)`: its image (the TSM placed it physically; the
+/// boot information says where).
+pub fn image_range() -> (u64, u64) {
+    (&raw const __host_image_start as u64, &raw const __host_image_end as u64)
+}
+
+/// Copies the boot information page at physical `pa` (identity-mapped, in the region the TSM
+/// loaded) into `buf`.
+pub fn read_boot_info(pa: u64, buf: &mut [u8; 4096]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        // SAFETY: the TSM wrote the page into host RAM inside the identity map and names it in
+        // RDI; it is read once, by volatile byte loads, before anything else uses that region.
+        *b = unsafe { core::ptr::read_volatile((pa + i as u64) as *const u8) };
+    }
+}
+
+/// Ends the run through `isa-debug-exit` (which the TSM intercepts, says its last word, and
+/// ends with the same code): QEMU exits 33 on success, 35 on failure.
+pub fn exit(success: bool) -> ! {
+    // SAFETY: 0xf4 is isa-debug-exit, which the TSM keeps: the write only ends the run.
+    let port = unsafe { Port::new(DEBUG_EXIT) };
+    port.write_u32(if success { 0x10 } else { 0x11 });
+    loop {
+        // SAFETY: HLT pauses until an interrupt; none is enabled.
+        unsafe { asm!("hlt", options(nomem, nostack, preserves_flags)) };
+    }
+}

@@ -1,0 +1,148 @@
+//! The untrusted host agent: the VMM's part of the machine (issue 11). Its binary
+//! (`src/main.rs`, built for `x86_64-unknown-none`) is loaded by the TSM into host RAM and runs
+//! in the host world, an SVM guest behind a nested map of what the host owns; it reaches the
+//! TSM only by executing SEAMCALL. This library is what it does, over two small seams so that
+//! the same code runs wherever the transport is: [`Cpu`] (SEAMCALL, the host's pages and the
+//! clock) and `tsm_client::Doe` (the device's mailbox).
+//!
+//! - [`mem`]: the host's pages, the DOE link, and the TDMR it configures the TSM over, chosen
+//!   from its own memory as a TDX host kernel does;
+//! - [`device`]: finding the NVMe function, its BARs and its DOE mailbox, and SPDM.CONNECT;
+//! - [`probe_td`]: the probe TD, which shows the TD world's isolation and measures TDCALL.
+//!
+//! The sequences of calls themselves are `tsm_client::host`'s, written once.
+//!
+//! **Transitional** (issue 11, stage 2): the firmware still links this library for the modes
+//! whose TD part is played by its in-image stand-in guest (`assign`, `revoke`, `attack`), with
+//! SEAMCALL as a direct call; those modes move into the binary once the TD's device flow lives
+//! in the guest binary.
+
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+
+use core::fmt;
+
+use seamless_drivers::pci::BarError;
+use seamless_drivers::tsc::Tsc;
+use tsm::td::TdParams;
+use tsm_client::host::HostError;
+use tsm_client::{DoeError, HostMemory, Seamcall};
+
+pub mod device;
+pub mod mem;
+pub mod probe_td;
+
+/// The host's CPU as the agent's flows use it: SEAMCALL, the host's pages, and the clock.
+pub trait Cpu: Seamcall + HostMemory {
+    /// The TSC (the TSM's: the host world runs without an offset).
+    fn tsc(&self) -> Tsc;
+    /// TSC ticks spent inside the TSM's calls so far.
+    fn tsm_ticks(&self) -> u64;
+}
+
+/// The demo's TD: GPAW 48, one vCPU, no attributes.
+pub fn td_params() -> TdParams {
+    TdParams {
+        attributes: 0,
+        xfam: 3,
+        max_vcpus: 1,
+        gpaw: 48,
+        mr_config_id: [0; 48],
+        mr_owner: [0; 48],
+        mr_owner_config: [0; 48],
+    }
+}
+
+/// Why a step of the agent failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// A reason in words.
+    Said(&'static str),
+    /// A host call or flow failed.
+    Host(HostError),
+    /// The DOE mailbox failed outside a call.
+    Doe(DoeError),
+    /// A BAR could not be sized, placed or moved.
+    Bar(BarError),
+    /// The ECAM window at this address overlaps RAM or passes 4 GiB.
+    Ecam(u64),
+    /// No NVMe function among this many.
+    NoNvme(u32),
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Why::Said(s) => f.write_str(s),
+            Why::Host(e) => e.fmt(f),
+            Why::Doe(e) => e.fmt(f),
+            Why::Bar(e) => e.fmt(f),
+            Why::Ecam(base) => write!(f, "ECAM at {base:#x} overlaps RAM or passes 4 GiB"),
+            Why::NoNvme(count) => write!(f, "no NVMe function among {count} (QEMU: -device nvme,...)"),
+        }
+    }
+}
+
+/// A step of the agent that failed: what it was, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failed {
+    /// The step.
+    pub what: &'static str,
+    /// Why.
+    pub why: Why,
+}
+
+impl Failed {
+    /// `what` failed because of `why`.
+    pub fn new(what: &'static str, why: impl Into<Why>) -> Failed {
+        Failed { what, why: why.into() }
+    }
+}
+
+impl From<&'static str> for Why {
+    fn from(s: &'static str) -> Why {
+        Why::Said(s)
+    }
+}
+
+impl From<HostError> for Why {
+    fn from(e: HostError) -> Why {
+        Why::Host(e)
+    }
+}
+
+impl From<DoeError> for Why {
+    fn from(e: DoeError) -> Why {
+        Why::Doe(e)
+    }
+}
+
+impl From<BarError> for Why {
+    fn from(e: BarError) -> Why {
+        Why::Bar(e)
+    }
+}
+
+impl fmt::Display for Failed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.what, self.why)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_says_its_step_and_reason() {
+        assert_eq!(
+            std::format!("{}", Failed::new("PCIe", Why::NoNvme(7))),
+            "PCIe: no NVMe function among 7 (QEMU: -device nvme,...)"
+        );
+        assert_eq!(std::format!("{}", Failed::new("NVMe", "no memory BAR0")), "NVMe: no memory BAR0");
+        assert_eq!(
+            std::format!("{}", Failed::new("PCIe", Why::Ecam(0xB000_0000))),
+            "PCIe: ECAM at 0xb0000000 overlaps RAM or passes 4 GiB"
+        );
+    }
+}

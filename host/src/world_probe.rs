@@ -1,0 +1,266 @@
+//! The host agent probes its own world, with its own instructions:
+//!
+//! - the floor of a world switch (VMMCALL, which the TSM only skips) and the SEAMCALL round trip
+//!   (TDH.SYS.INFO), in alternating rounds, the best round's mean of each;
+//! - a load and a store of TSM memory, the PAMT and the VT-d registers: each must be refused
+//!   (#MC, which the handler recovers from), return nothing, and be in the TSM's fault log;
+//! - TDCALL: #UD (the guest ABI is not the host's);
+//! - the platform: selecting the platform secret in fw_cfg, fw_cfg's DMA interface aimed at TSM
+//!   memory, writes to the MSRs the TSM depends on, programming the ISA DMA controller: each
+//!   refused, logged, and without effect.
+//!
+//! The fault log is read back with SEAMLESS.HOST.FAULT.RD after each group and every entry
+//! checked against what the agent did, in order.
+
+use seamless_drivers::bootinfo::BootInfo;
+use seamless_drivers::config::SECRET_FILE;
+use seamless_drivers::console::figure;
+use seamless_drivers::fw_cfg::FwCfg;
+use seamless_drivers::memmap::Layout;
+use seamless_drivers::say;
+use seamless_host::{Cpu, Failed, Why};
+use tsm::abi::host::leaf;
+use tsm::Regs;
+use tsm_client::HostMemory;
+
+use crate::arch;
+use crate::run::Agent;
+
+/// Iterations per round and rounds of the measured loops.
+const ITERATIONS: u64 = 50;
+const ROUNDS: u64 = 10;
+/// The VT-d register page: whoever writes it owns DMA.
+const VTD_REGS: u64 = 0xFED9_0000;
+/// What the probe stores: were a store to land, it would show.
+const PATTERN: u64 = 0x5EA3_C0DE_5EA3_C0DE;
+/// Fault-log classes (SEAMLESS.HOST.FAULT.RD, RDX bits 15:8).
+const CLASS_TSM: u8 = 0xF0;
+const CLASS_RESERVED: u8 = 0x01;
+const CLASS_NOT_HOST: u8 = 0xF1;
+const CLASS_PORT: u8 = 0xF3;
+const CLASS_MSR: u8 = 0xF4;
+/// The MSRs the TSM depends on, each written with a value that would hurt it.
+const MSRS: [(u32, &str, u64); 8] = [
+    (0xC000_0080, "EFER", 0),
+    (0xC001_0117, "VM_HSAVE_PA", 0x1000),
+    (0xC001_0114, "VM_CR", 0x18),
+    (0xC001_0010, "SYSCFG", 0),
+    (0x0000_001B, "APIC_BASE", 0xFEE0_0000),
+    (0x0000_0277, "PAT", 0),
+    (0x0000_02FF, "MTRRdefType", 0),
+    (0x0000_0010, "TSC", 0),
+];
+/// ISA DMA channel 1 set up to write 4 KiB to physical `page << 16 | addr`: mask, flip-flop,
+/// address, page, count, mode (single, write to memory), unmask.
+const ISA_DMA: [(u16, u8); 9] = [
+    (0x0A, 0x05),
+    (0x0C, 0),
+    (0x02, 0x00),
+    (0x02, 0x10),
+    (0x83, 0x00),
+    (0x03, 0xFF),
+    (0x03, 0x0F),
+    (0x0B, 0x45),
+    (0x0A, 0x01),
+];
+/// fw_cfg's DMA address registers (big-endian; the low half starts the transfer).
+const FW_CFG_DMA_HIGH: u16 = 0x514;
+const FW_CFG_DMA_LOW: u16 = 0x518;
+/// fw_cfg DMA control bits: select, read.
+const FW_CFG_DMA_SELECT: u32 = 0x08;
+const FW_CFG_DMA_READ: u32 = 0x02;
+
+/// One entry of the fault log as the host reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    addr: u64,
+    class: u8,
+    write: bool,
+    detail: u64,
+}
+
+fn check(ok: bool, what: &'static str) -> Result<(), Failed> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Failed::new("host world", what))
+    }
+}
+
+/// Reads the fault log until it is empty; the entries into `out`, their number returned.
+fn drain(cpu: &mut Agent, out: &mut [Entry; 32]) -> usize {
+    let mut n = 0;
+    loop {
+        let mut r = Regs::call(leaf::HOST_FAULT_RD, 0, 0, 0, 0);
+        tsm_client::Seamcall::seamcall(cpu, &mut r);
+        if r.rax != 0 || r.r9 != 1 {
+            return n;
+        }
+        if let Some(slot) = out.get_mut(n) {
+            *slot = Entry { addr: r.rcx, class: (r.rdx >> 8) as u8, write: r.rdx & 1 != 0, detail: r.r8 };
+        }
+        n += 1;
+    }
+}
+
+/// Probes the world; returns the VMMCALL floor in ns (the figures' denominator).
+///
+/// # Errors
+/// [`Failed`] naming the first check that failed.
+pub fn run(cpu: &mut Agent, info: &BootInfo, layout: &Layout) -> Result<u64, Failed> {
+    let (floor_ns, seamcall_ns) = round_trips(cpu);
+    say!(
+        "world: host world: best of {ROUNDS} rounds of {ITERATIONS}: VMMCALL floor {floor_ns} ns, SEAMCALL(TDH.SYS.INFO) {seamcall_ns} ns"
+    );
+    figure("svm_vmexit_floor_ns", &floor_ns, "ns");
+    figure("seamcall_roundtrip_ns", &seamcall_ns, "ns");
+    let ratio = (seamcall_ns * 100).checked_div(floor_ns).unwrap_or(0);
+    figure("seamcall_vs_floor", &format_args!("{}.{:02}", ratio / 100, ratio % 100), "x");
+
+    check(arch::probe_tdcall(), "TDCALL from the host world was not #UD")?;
+    say!("world: host world executed TDCALL: #UD, the guest ABI is not the host's");
+
+    let tsm = info.tsm[0] + 0x1000;
+    memory(cpu, [(tsm, CLASS_TSM), (layout.pamt.0, CLASS_RESERVED), (VTD_REGS, CLASS_NOT_HOST)])?;
+    say!(
+        "world: host world read and wrote TSM memory {tsm:#x}, the PAMT {:#x}, VT-d {VTD_REGS:#x}: 6 refused (nested page fault -> #MC, handled), nothing read; the host read 6 entries back from the fault log",
+        layout.pamt.0
+    );
+    platform(cpu, info)?;
+    Ok(floor_ns)
+}
+
+/// The best round's mean of each loop, in ns.
+fn round_trips(cpu: &Agent) -> (u64, u64) {
+    let (mut floor, mut seamcall) = (u64::MAX, u64::MAX);
+    for _ in 0..ROUNDS {
+        let t0 = arch::rdtsc();
+        for _ in 0..ITERATIONS {
+            arch::vmmcall();
+        }
+        let t1 = arch::rdtsc();
+        for _ in 0..ITERATIONS {
+            let mut r = Regs::call(leaf::SYS_INFO, 0, 0, 0, 0);
+            arch::seamcall(&mut r);
+        }
+        let t2 = arch::rdtsc();
+        floor = floor.min(t1.wrapping_sub(t0));
+        seamcall = seamcall.min(t2.wrapping_sub(t1));
+    }
+    let tsc = cpu.tsc();
+    (tsc.ticks_to_ns(floor) / ITERATIONS, tsc.ticks_to_ns(seamcall) / ITERATIONS)
+}
+
+/// A load and a store of each target: refused, nothing read, logged as `(target, class)` says.
+fn memory(cpu: &mut Agent, targets: [(u64, u8); 3]) -> Result<(), Failed> {
+    let (mc_before, _) = arch::recovered();
+    for (addr, _) in targets {
+        check(arch::probe_read(addr).is_none(), "a load outside the host's map was not refused")?;
+        check(arch::probe_write(addr, PATTERN), "a store outside the host's map was not refused")?;
+    }
+    let (mc_after, _) = arch::recovered();
+    check(mc_after - mc_before == 6, "not every refused access came back as #MC")?;
+    let mut log = [Entry { addr: 0, class: 0, write: false, detail: 0 }; 32];
+    check(drain(cpu, &mut log) == 6, "the fault log does not hold one entry per refused access")?;
+    for (i, (addr, class)) in targets.iter().enumerate() {
+        for (j, write) in [false, true].into_iter().enumerate() {
+            let e = log[2 * i + j];
+            check(e.addr == *addr && e.class == *class && e.write == write, "a fault-log entry names another access")?;
+        }
+    }
+    Ok(())
+}
+
+/// The platform's ways around the nested map: fw_cfg's secret and DMA, MSRs, ISA DMA.
+fn platform(cpu: &mut Agent, info: &BootInfo) -> Result<(), Failed> {
+    let mut want = [Entry { addr: 0, class: 0, write: true, detail: 0 }; 32];
+    let mut n = 0;
+    let mut expect = |addr: u64, class: u8, detail: u64| {
+        if let Some(slot) = want.get_mut(n) {
+            *slot = Entry { addr, class, write: true, detail };
+        }
+        n += 1;
+    };
+    let fw = FwCfg::new().map_err(|_| Failed::new("host world", "no fw_cfg device"))?;
+
+    // fw_cfg: select the platform secret (both spellings of its key); the data port must then
+    // give nothing of it.
+    let secret = fw.selector_of(SECRET_FILE).ok();
+    if let Some(key) = secret {
+        for k in [key, key | 0x4000] {
+            fw.select_item(k);
+            expect(0x510, CLASS_PORT, u64::from(k));
+            let mut leaked = false;
+            for _ in 0..attest::platform::BLOB_BYTES {
+                leaked |= fw.read_byte() != 0;
+            }
+            check(!leaked, "the platform secret's selection reached fw_cfg")?;
+        }
+    }
+
+    // fw_cfg DMA: a descriptor in the host's own page asking for 128 bytes of the secret (or
+    // the signature) into TSM memory. Refused at the address registers: the device never sees
+    // it, so the descriptor's control word stays as written.
+    let desc = cpu.scratch().ok_or(Failed::new("host world", Why::Host(tsm_client::HostError::OutOfPages)))?;
+    let control = (u32::from(secret.unwrap_or(0)) << 16) | FW_CFG_DMA_SELECT | FW_CFG_DMA_READ;
+    let mut d = [0u8; 16];
+    d[..4].copy_from_slice(&control.to_be_bytes());
+    d[4..8].copy_from_slice(&128u32.to_be_bytes());
+    d[8..].copy_from_slice(&(info.tsm[0] + 0x2000).to_be_bytes());
+    cpu.write(desc, &d);
+    let (high, low) = (((desc >> 32) as u32).swap_bytes(), (desc as u32).swap_bytes());
+    arch::out32_kept(FW_CFG_DMA_HIGH, high);
+    expect(u64::from(FW_CFG_DMA_HIGH), CLASS_PORT, u64::from(high));
+    arch::out32_kept(FW_CFG_DMA_LOW, low);
+    expect(u64::from(FW_CFG_DMA_LOW), CLASS_PORT, u64::from(low));
+    let mut back = [0u8; 16];
+    cpu.read(desc, &mut back);
+    check(back == d, "fw_cfg processed a DMA descriptor from the host world")?;
+
+    // MSRs: every write dropped (the TSM would not survive a changed EFER.SVME or VM_HSAVE_PA);
+    // no read shows the TSM's values.
+    for (msr, _, value) in MSRS {
+        arch::wrmsr(msr, value);
+        expect(u64::from(msr), CLASS_MSR, value);
+    }
+    check(arch::rdmsr(0xC001_0117) == 0, "RDMSR VM_HSAVE_PA showed the TSM's host save area")?;
+
+    // ISA DMA: channel 1 programmed to write into low memory; every write refused.
+    for (port, value) in ISA_DMA {
+        arch::out_kept(port, value);
+        expect(u64::from(port), CLASS_PORT, u64::from(value));
+    }
+
+    let mut log = [Entry { addr: 0, class: 0, write: false, detail: 0 }; 32];
+    let got = drain(cpu, &mut log);
+    check(got == n, "the fault log does not hold one entry per refused platform access")?;
+    check(log[..n.min(32)] == want[..n.min(32)], "a fault-log entry names another platform access")?;
+    let names = MSRS.map(|(_, name, _)| name);
+    say!(
+        "world: host world attacked the platform: {}, fw_cfg DMA into TSM memory refused (2 writes, the descriptor untouched), {} MSR writes refused ({}; RDMSR VM_HSAVE_PA read 0), ISA DMA programming refused ({} port writes); the host read {got} entries back from the fault log",
+        if secret.is_some() {
+            "2 selections of fw_cfg's opt/seamless/platform-secret refused (the data port then read nothing of it)"
+        } else {
+            "fw_cfg's opt/seamless/platform-secret not present (nothing to select)"
+        },
+        MSRS.len(),
+        Names(&names),
+        ISA_DMA.len()
+    );
+    Ok(())
+}
+
+/// Names joined with ", ".
+struct Names<'a>(&'a [&'a str]);
+
+impl core::fmt::Display for Names<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, n) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(n)?;
+        }
+        Ok(())
+    }
+}
