@@ -70,3 +70,29 @@ fn debians_ovmf_boots_as_a_td_to_the_uefi_shell_and_powers_off() {
     println!("bench ovmf_native_boot_s {native_s:.3} s (QEMU start to Shell>)");
     println!("bench ovmf_td_vs_native {:.2} x", shell / native_s);
 }
+
+/// A TD that runs away (here: past a deadline shorter than its boot) is torn down all the same,
+/// with the reason and its last exit's registers printed, every page back, and the run failed.
+#[test]
+fn an_ovmf_td_past_its_deadline_is_torn_down_with_its_last_state() {
+    let Some(qemu) = Qemu::find() else { return };
+    let Some(ovmf) = ovmf_fd() else { return };
+    let boot = Boot {
+        config: Some(format!("mode=ovmf\ntdmr_max_mib=400\ntd_mib={TD_MIB}\nlog_calls=off\ntd_timeout_s=2\n")),
+        memory_mib: Some(640),
+        ovmf: Some(ovmf),
+        timeout: Some(Duration::from_secs(120)),
+        ..Boot::default()
+    };
+    let o = boot.run(&qemu, "ovmf_timeout");
+    o.expect_status(35);
+    for what in [
+        "host: the OVMF TD ended after 2.0",
+        "the TD ran past its deadline",
+        "host: last TD exit after",
+        "donated pages are free again",
+        "seamless firmware: error: OVMF TD: it did not reach the shell and power off: the TD ran past its deadline",
+    ] {
+        assert!(o.console.contains(what), "{what:?} missing:\n{}", o.console);
+    }
+}

@@ -196,7 +196,7 @@ pub struct VmcallCounts {
     pub map_gpa: u64,
     /// Everything else (GetTdVmCallInfo, GetQuote, ReportFatalError, SetupEventNotifyInterrupt).
     pub other: u64,
-    /// Requests refused with INVALID_OPERAND.
+    /// Requests refused (INVALID_OPERAND, ALIGN_ERROR).
     pub refused: u64,
 }
 
@@ -336,6 +336,7 @@ impl Ghci {
                 };
                 let private = gpa & !view.shared_bit;
                 if !private.is_multiple_of(size) {
+                    self.counts.refused += 1;
                     return Ok(Served::Answer(Regs { r10: leaf::status::ALIGN_ERROR, ..Regs::default() }));
                 }
                 a.r11 = self.mmio.access(m, &view.pci, private, size as u8, (write == 1).then_some(value));
