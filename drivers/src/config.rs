@@ -66,6 +66,9 @@ pub struct RunConfig {
     pub td_mib: u64,
     /// How long the OVMF TD may run, seconds (mode `ovmf`).
     pub td_timeout_s: u64,
+    /// Offer the OVMF TD fw_cfg's DMA interface, served by the host (mode `ovmf`); off hides it
+    /// and the TD reads fw_cfg a byte per TDVMCALL.
+    pub fw_cfg_dma: bool,
 }
 
 /// Default BAR0 address: the first 16 KiB of q35's 32-bit PCI hole above the ECAM window, which
@@ -83,6 +86,7 @@ impl Default for RunConfig {
             nonce: [0; 64],
             td_mib: 256,
             td_timeout_s: 120,
+            fw_cfg_dma: true,
         }
     }
 }
@@ -176,6 +180,13 @@ impl RunConfig {
                 // Below q35's ECAM at 0xB0000000, which the TD's RAM must not reach.
                 "td_mib" => c.td_mib = number(value, 32, 2048).ok_or(err("td_mib is 32..2048"))?,
                 "td_timeout_s" => c.td_timeout_s = number(value, 1, 3600).ok_or(err("td_timeout_s is 1..3600"))?,
+                "fw_cfg_dma" => {
+                    c.fw_cfg_dma = match value {
+                        "on" | "1" | "true" => true,
+                        "off" | "0" | "false" => false,
+                        _ => return Err(err("fw_cfg_dma is on or off")),
+                    }
+                }
                 _ => return Err(err("unknown key")),
             }
         }
@@ -212,6 +223,7 @@ mod tests {
         assert_eq!(err("td_mib=16").what, "td_mib is 32..2048");
         assert_eq!(err("td_mib=2049").what, "td_mib is 32..2048");
         assert_eq!(err("td_timeout_s=0").what, "td_timeout_s is 1..3600");
+        assert_eq!(err("fw_cfg_dma=maybe").what, "fw_cfg_dma is on or off");
         assert_eq!(err("nvme_bar0=0xc0000800").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
         assert_eq!(err("nvme_bar0=3221225472").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
         assert_eq!(err("nvme_bar0=0xfec00000").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
@@ -259,7 +271,7 @@ mod tests {
         assert_eq!(RunConfig::parse(b"mode=fault").unwrap().mode, Mode::Fault);
         assert_eq!(RunConfig::parse(b"mode=overflow").unwrap().mode, Mode::Overflow);
         assert_eq!(RunConfig::parse(b"mode=connect\r\n").unwrap().mode, Mode::Connect);
-        let c = RunConfig::parse(b"mode=ovmf\ntd_mib=512\ntd_timeout_s=300\n").unwrap();
-        assert_eq!((c.mode, c.td_mib, c.td_timeout_s), (Mode::Ovmf, 512, 300));
+        let c = RunConfig::parse(b"mode=ovmf\ntd_mib=512\ntd_timeout_s=300\nfw_cfg_dma=off\n").unwrap();
+        assert_eq!((c.mode, c.td_mib, c.td_timeout_s, c.fw_cfg_dma), (Mode::Ovmf, 512, 300, false));
     }
 }

@@ -165,7 +165,7 @@ pub fn run(
         pci: PciFilter::Q35_PLATFORM,
     };
     let mut machine = FirmwareMachine { tsc: *tsc, ports: LegacyPorts::new(), pcie: &pcie, fw_cfg: &fw };
-    let mut ghci = Ghci::new(&mut machine, &view).unwrap_or_else(|e| fail("fw_cfg for the TD", &e));
+    let mut ghci = Ghci::new(&mut machine, &view, config.fw_cfg_dma).unwrap_or_else(|e| fail("fw_cfg for the TD", &e));
     say!("host: booting OVMF as a TD; its console follows");
     let start = machine.now_ns();
     let plan = RunPlan { deadline_ns: start + config.td_timeout_s * 1_000_000_000, shell_command: Some(SHELL_COMMAND) };
@@ -261,7 +261,7 @@ fn print_figures(cpu: &HostCpu<'_>, ghci: &Ghci, report: &RunReport, start: u64,
     );
     let p = &ghci.ports.counts;
     say!(
-        "host: I/O by device: {} UART, {} PCI, {} PM timer, {} fw_cfg, {} CMOS, {} power, {} legacy, {} absent (first {:#x}); fw_cfg bytes {} passed through, {} the host's",
+        "host: I/O by device: {} UART, {} PCI, {} PM timer, {} fw_cfg, {} CMOS, {} power, {} legacy, {} absent (first {:#x}); fw_cfg bytes {} passed through, {} the host's, {} DMA transfers ({})",
         p.uart,
         p.pci,
         p.pm_timer,
@@ -272,7 +272,9 @@ fn print_figures(cpu: &HostCpu<'_>, ghci: &Ghci, report: &RunReport, start: u64,
         p.absent,
         p.first_absent,
         ghci.fw_cfg.bytes_real,
-        ghci.fw_cfg.bytes_own
+        ghci.fw_cfg.bytes_own,
+        ghci.fw_cfg.dma_transfers,
+        if ghci.fw_cfg.dma_offered() { "DMA offered" } else { "DMA hidden" }
     );
     let m = &ghci.mmio.counts;
     let c = &ghci.conversions;

@@ -103,7 +103,7 @@ fn setup() -> (Machine, TdHandle, Ghci, Bench) {
     let mut m = Machine::configured(32 * MIB);
     let td = td_at_vmcall(&mut m);
     let mut bench = Bench::default();
-    let g = Ghci::new(&mut bench, &view(&td)).unwrap();
+    let g = Ghci::new(&mut bench, &view(&td), true).unwrap();
     bench.log.clear();
     (m, td, g, bench)
 }
@@ -233,4 +233,39 @@ fn map_gpa_of_mmio_maps_nothing_and_of_unbacked_ram_gives_fresh_host_frames() {
     assert_eq!(g.shared.mapped, 2);
     let f = g.shared.lookup(&mut m, &pages(&td), SHARED | (8 * MIB)).unwrap().unwrap();
     assert!(m.read(f, 4096).iter().all(|&x| x == 0));
+}
+
+#[test]
+fn fw_cfg_dma_happy_path_transfers_into_the_tds_shared_buffer() {
+    let (mut m, td, mut g, mut b) = setup();
+    m.enter(td.vcpus[0]);
+    let frame = m.aug_accept(&td, 0x3000, PageSize::Size4K);
+    vmcall(&mut m, &td);
+    // The TD shares a page (edk2's IoMmu bounce buffer) and puts the access structure in it:
+    // select item 0 (the signature) and read 4 bytes into the same page at offset 0x100.
+    ghci_call(&mut m, &mut g, &mut b, &td, leaf::MAP_GPA, [SHARED | 0x3000, 0x1000, 0, 0]);
+    // Item 0 in bits 31:16, SELECT, READ.
+    let control: u32 = 0x8 | 0x2;
+    let mut access = Vec::new();
+    access.extend_from_slice(&control.to_be_bytes());
+    access.extend_from_slice(&4u32.to_be_bytes());
+    access.extend_from_slice(&0x3100u64.to_be_bytes());
+    m.write(frame + 0x40, &access);
+    // The device address is the GPA without the shared bit, in two big-endian halves.
+    ghci_call(&mut m, &mut g, &mut b, &td, leaf::IO, [4, 1, 0x514, 0]);
+    let s = ghci_call(&mut m, &mut g, &mut b, &td, leaf::IO, [4, 1, 0x518, u64::from(0x3040u32.swap_bytes())]);
+    assert_eq!(status(s), leaf::status::SUCCESS);
+    assert_eq!(m.read(frame + 0x100, 4), b"QEMU");
+    assert_eq!(m.read(frame + 0x40, 4), [0, 0, 0, 0], "control 0: done");
+    assert_eq!(g.fw_cfg.dma_transfers, 1);
+}
+
+#[test]
+fn fw_cfg_dma_rejects_an_access_structure_the_host_never_mapped() {
+    let (mut m, td, mut g, mut b) = setup();
+    ghci_call(&mut m, &mut g, &mut b, &td, leaf::IO, [4, 1, 0x514, 0]);
+    let s = ghci_call(&mut m, &mut g, &mut b, &td, leaf::IO, [4, 1, 0x518, u64::from(0x5000u32.swap_bytes())]);
+    assert_eq!(status(s), leaf::status::SUCCESS, "the port write is taken");
+    assert_eq!(g.fw_cfg.dma_transfers, 0, "but nothing was transferred");
+    assert!(b.log.is_empty());
 }

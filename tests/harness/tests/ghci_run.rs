@@ -132,7 +132,7 @@ fn go(exits: &[Regs], deadline_ns: u64) -> (Result<Ended, HostError>, Script, Cl
     let mut s =
         Script { exits: exits.iter().copied().collect(), calls: Vec::new(), mem: HashMap::new(), next: 0x10_0000 };
     let mut c = Clock::default();
-    let mut g = Ghci::new(&mut c, &view()).unwrap();
+    let mut g = Ghci::new(&mut c, &view(), true).unwrap();
     let mut report = RunReport::default();
     let plan = RunPlan { deadline_ns, shell_command: Some(b"reset -s\r") };
     let r = run(&mut s, &mut c, TDVPR, &view(), &mut g, &plan, &mut report);

@@ -8,9 +8,15 @@
 //!   legacy RAM_SIZE item its size, so edk2's PEI (which sizes low memory from `etc/e820`)
 //!   agrees with the HOB;
 //! - **the CPUs**: NB_CPUS and MAX_CPUS are the TD's vCPUs;
-//! - **DMA**: the ID item hides the DMA interface (bit 1). QEMU's device would read and write
-//!   the addresses the TD gives as host physical addresses; hiding it makes edk2 read every item
-//!   a byte per TDVMCALL<IO> (the cost is measured: `etc/acpi/tables` alone is 128 KiB);
+//! - **DMA**: QEMU's device would read and write the addresses the TD gives as host physical
+//!   addresses, so the TD's DMA interface is the host's own ([`FwCfgView::dma`]): the TD writes
+//!   the GPA of an access structure to 0x514/0x518 (one TDVMCALL<IO> each), the structure and
+//!   the buffer it names are in memory the TD shared (edk2's IoMmu bounce buffers, MapGPA'd),
+//!   which the host reaches through its own shared table; the host does the transfer from the
+//!   machine's fw_cfg and writes the status back. A view made without it hides the DMA bit of
+//!   the ID item, and edk2 reads every item a byte per TDVMCALL<IO> instead (`etc/acpi/tables`
+//!   alone is 128 KiB): the cost is measured. Writes (DMA's only) are taken and dropped: the
+//!   machine's fw_cfg is not the TD's to change, and edk2 spins forever on an error status;
 //! - **the host's own items**: the kernel, initrd and command line (which are the seamless
 //!   firmware), QEMU's option ROMs for `-kernel` (`genroms/`), the legacy arch-local items, and
 //!   every `opt/seamless/` file (the run's configuration, the platform secret, the TD's own
@@ -24,6 +30,25 @@ pub const PORT_SELECTOR: u16 = 0x510;
 pub const PORT_DATA: u16 = 0x511;
 /// The DMA address ports (0x514, big-endian 64-bit, written in two halves up to 0x51B).
 pub const PORT_DMA: core::ops::RangeInclusive<u16> = 0x514..=0x51B;
+/// The DMA address register's high half (written first).
+pub const PORT_DMA_HIGH: u16 = 0x514;
+/// Its low half: writing it starts the transfer.
+pub const PORT_DMA_LOW: u16 = 0x518;
+/// Control bits of an access structure (QEMU `fw_cfg.rst`).
+pub mod dma {
+    /// Set by the device when the transfer failed.
+    pub const ERROR: u32 = 1 << 0;
+    /// Read `length` bytes of the selected item into `address`.
+    pub const READ: u32 = 1 << 1;
+    /// Skip `length` bytes of the selected item.
+    pub const SKIP: u32 = 1 << 2;
+    /// Select the item in bits 31:16 first.
+    pub const SELECT: u32 = 1 << 3;
+    /// Write `length` bytes from `address` to the selected item.
+    pub const WRITE: u32 = 1 << 4;
+    /// Bytes of an access structure: control (BE32), length (BE32), address (BE64).
+    pub const ACCESS_BYTES: usize = 16;
+}
 
 const SIGNATURE: u16 = 0x00;
 const ID: u16 = 0x01;
@@ -60,6 +85,8 @@ pub struct TdFacts<'a> {
     pub ram: &'a [(u64, u64)],
     /// vCPUs.
     pub vcpus: u16,
+    /// Offer the DMA interface (served by the host), or hide it.
+    pub dma: bool,
 }
 
 /// One file as the TD's directory lists it.
@@ -99,6 +126,12 @@ pub struct FwCfgView {
     pub bytes_real: u64,
     /// Bytes the view wrote itself (or zeros of hidden items).
     pub bytes_own: u64,
+    dma: bool,
+    dma_high: u32,
+    /// DMA transfers served.
+    pub dma_transfers: u64,
+    /// Bytes DMA writes asked to change, dropped.
+    pub dma_dropped: u64,
 }
 
 /// Why the view cannot be built.
@@ -150,6 +183,10 @@ impl FwCfgView {
             real_at: None,
             bytes_real: 0,
             bytes_own: 0,
+            dma: td.dma,
+            dma_high: 0,
+            dma_transfers: 0,
+            dma_dropped: 0,
         };
         v.write_e820(td.ram)?;
         machine.fw_cfg_select(SIGNATURE);
@@ -210,6 +247,62 @@ impl FwCfgView {
     /// again and skips to the TD's offset.
     pub fn forget_position(&mut self) {
         self.real_at = None;
+    }
+
+    /// True if the TD is offered the DMA interface.
+    pub fn dma_offered(&self) -> bool {
+        self.dma
+    }
+
+    /// The TD wrote `value` (as the port saw it, the bytes of a big-endian half) to DMA address
+    /// port `port`; returns the access structure's GPA once the low half is written.
+    pub fn dma_address(&mut self, port: u16, value: u32) -> Option<u64> {
+        match port {
+            PORT_DMA_HIGH => {
+                self.dma_high = value.swap_bytes();
+                None
+            }
+            PORT_DMA_LOW => Some(u64::from(self.dma_high) << 32 | u64::from(value.swap_bytes())),
+            _ => None,
+        }
+    }
+
+    /// Runs the transfer of an access structure (`control`, `length`); `out(offset, bytes)`
+    /// writes read bytes into the TD's buffer and says whether it could. Returns the control
+    /// word to write back: 0 when done, [`dma::ERROR`] when the buffer was not there.
+    pub fn dma<M: Machine + ?Sized>(
+        &mut self,
+        m: &mut M,
+        control: u32,
+        length: u32,
+        out: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> u32 {
+        self.dma_transfers += 1;
+        if control & dma::SELECT != 0 {
+            self.select((control >> 16) as u16);
+        }
+        let mut chunk = [0u8; 256];
+        let mut done = 0u64;
+        while done < u64::from(length) {
+            let n = (u64::from(length) - done).min(chunk.len() as u64) as usize;
+            if control & dma::READ != 0 {
+                for b in &mut chunk[..n] {
+                    *b = self.read_byte(m);
+                }
+                if !out(done, &chunk[..n]) {
+                    return dma::ERROR;
+                }
+            } else if control & dma::SKIP != 0 {
+                for _ in 0..n {
+                    self.read_byte(m);
+                }
+            } else if control & dma::WRITE != 0 {
+                self.dma_dropped += n as u64;
+                self.offset = self.offset.saturating_add(n as u32);
+            }
+            done += n as u64;
+        }
+        0
     }
 
     /// The files the TD's directory lists, by name.
@@ -273,8 +366,8 @@ impl FwCfgView {
         let at = at as usize;
         let le = |v: u64, width: usize| if at < width { v.to_le_bytes()[at] } else { 0 };
         match key {
-            // Traditional interface only: bit 0, no DMA (bit 1).
-            ID => le(1, 4),
+            // The traditional interface (bit 0), and DMA (bit 1) when the host serves it.
+            ID => le(if self.dma { 3 } else { 1 }, 4),
             RAM_SIZE => le(self.ram_bytes, 8),
             NB_CPUS | MAX_CPUS => le(u64::from(self.vcpus), 2),
             FILE_DIR => self.dir_byte(at),
@@ -308,7 +401,7 @@ mod tests {
     const RAM: [(u64, u64); 3] = [(0, 0x80_0000), (0x80_0000, 0x2_0000), (0x82_0000, 0xF7E_0000)];
 
     fn view(q: &mut Fake) -> FwCfgView {
-        FwCfgView::new(q, TdFacts { ram: &RAM, vcpus: 1 }).unwrap()
+        FwCfgView::new(q, TdFacts { ram: &RAM, vcpus: 1, dma: false }).unwrap()
     }
 
     fn read(v: &mut FwCfgView, q: &mut Fake, key: u16, n: usize) -> Vec<u8> {
@@ -320,9 +413,12 @@ mod tests {
     fn new_rejects_a_machine_without_fw_cfg_and_ram_it_cannot_describe() {
         let mut q = Fake::new();
         q.items.retain(|(k, _)| *k != SIGNATURE);
-        assert_eq!(FwCfgView::new(&mut q, TdFacts { ram: &RAM, vcpus: 1 }).unwrap_err(), FwCfgViewError::Absent);
+        assert_eq!(
+            FwCfgView::new(&mut q, TdFacts { ram: &RAM, vcpus: 1, dma: true }).unwrap_err(),
+            FwCfgViewError::Absent
+        );
         let scattered: Vec<(u64, u64)> = (0..9).map(|i| (i * 0x20_0000, 0x1000)).collect();
-        let err = FwCfgView::new(&mut Fake::new(), TdFacts { ram: &scattered, vcpus: 1 }).unwrap_err();
+        let err = FwCfgView::new(&mut Fake::new(), TdFacts { ram: &scattered, vcpus: 1, dma: true }).unwrap_err();
         assert_eq!(err, FwCfgViewError::TooMuchRam);
     }
 
@@ -367,5 +463,55 @@ mod tests {
         let before = q.reads;
         let _ = v.read_byte(&mut q);
         assert_eq!(q.reads - before, 1, "in sequence, one real read per byte");
+    }
+}
+
+#[cfg(test)]
+mod dma_tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::super::fake::Fake;
+    use super::*;
+
+    const RAM: [(u64, u64); 1] = [(0, 256 << 20)];
+
+    #[test]
+    fn dma_rejects_a_buffer_that_is_not_there_and_drops_writes() {
+        let mut q = Fake::new();
+        let mut v = FwCfgView::new(&mut q, TdFacts { ram: &RAM, vcpus: 1, dma: true }).unwrap();
+        let control = 0x21 << 16 | dma::SELECT | dma::READ;
+        assert_eq!(v.dma(&mut q, control, 300, &mut |_, _| false), dma::ERROR);
+        // A write is taken (edk2 spins forever on ERROR) and changes nothing.
+        assert_eq!(v.dma(&mut q, 0x21 << 16 | dma::SELECT | dma::WRITE, 16, &mut |_, _| true), 0);
+        assert_eq!(v.dma_dropped, 16);
+        v.select(0x21);
+        assert_eq!(v.read_byte(&mut q), 0, "the item is unchanged");
+    }
+
+    #[test]
+    fn dma_happy_path_reads_skips_and_offers_the_interface() {
+        let mut q = Fake::new();
+        let mut v = FwCfgView::new(&mut q, TdFacts { ram: &RAM, vcpus: 1, dma: true }).unwrap();
+        v.select(0x01);
+        let id: Vec<u8> = (0..4).map(|_| v.read_byte(&mut q)).collect();
+        assert_eq!(id, [3, 0, 0, 0], "DMA offered");
+        assert_eq!(
+            (v.dma_address(PORT_DMA_HIGH, 0), v.dma_address(PORT_DMA_LOW, 0x0010_7F00)),
+            (None, Some(0x7F_1000))
+        );
+        let mut got = Vec::new();
+        let control = 0x21 << 16 | dma::SELECT | dma::SKIP;
+        assert_eq!(v.dma(&mut q, control, 10, &mut |_, _| true), 0);
+        assert_eq!(
+            v.dma(&mut q, dma::READ, 290, &mut |at, b| {
+                assert_eq!(at as usize, got.len());
+                got.extend_from_slice(b);
+                true
+            }),
+            0
+        );
+        assert!(got.iter().enumerate().all(|(i, &b)| b == (i + 10) as u8), "skipped 10, then read on");
+        assert_eq!(v.dma_transfers, 2);
     }
 }

@@ -34,7 +34,8 @@ use crate::host::td::TdPages;
 use crate::host::{HostError, HostMemory, Seamcall};
 use apic::HostApic;
 use convert::{Conversions, SharedTable};
-use fw_cfg::{FwCfgView, FwCfgViewError, TdFacts};
+use fw_cfg::FwCfgView;
+use fw_cfg::{FwCfgViewError, TdFacts};
 use mmio::MmioSpace;
 use ports::{Io, Ports, PowerRequest};
 
@@ -237,12 +238,17 @@ fn sized(value: u64, size: u64) -> Option<u64> {
 }
 
 impl Ghci {
-    /// The server for the TD `view` describes, on `machine`.
+    /// The server for the TD `view` describes, on `machine`; `fw_cfg_dma`: offer the TD fw_cfg's
+    /// DMA interface (served by the host) or hide it.
     ///
     /// # Errors
     /// [`FwCfgViewError`] if the machine's fw_cfg cannot be presented to the TD.
-    pub fn new<M: Machine + ?Sized>(machine: &mut M, view: &TdView<'_>) -> Result<Ghci, FwCfgViewError> {
-        let fw_cfg = FwCfgView::new(machine, TdFacts { ram: view.ram, vcpus: 1 })?;
+    pub fn new<M: Machine + ?Sized>(
+        machine: &mut M,
+        view: &TdView<'_>,
+        fw_cfg_dma: bool,
+    ) -> Result<Ghci, FwCfgViewError> {
+        let fw_cfg = FwCfgView::new(machine, TdFacts { ram: view.ram, vcpus: 1, dma: fw_cfg_dma })?;
         let below_4g: u64 = view.ram.iter().map(|&(s, l)| s.saturating_add(l).min(1 << 32).saturating_sub(s)).sum();
         let above_4g: u64 = view.ram.iter().map(|&(s, l)| s.saturating_add(l).saturating_sub(s.max(1 << 32))).sum();
         Ok(Ghci {
@@ -256,6 +262,49 @@ impl Ghci {
             msrs: [(0, 0); MSR_FILE],
             notify_vector: None,
         })
+    }
+
+    /// The TD's write to fw_cfg's DMA address port: at the low half, the transfer of the access
+    /// structure at that GPA (shared memory: the TD passes it without the shared bit, as a
+    /// device address), its status written back. A structure or buffer the host did not map
+    /// gets no transfer (edk2 then waits on it forever: its bug, not the host's).
+    fn fw_cfg_dma<H: Seamcall + HostMemory + ?Sized, M: Machine + ?Sized>(
+        &mut self,
+        h: &mut H,
+        m: &mut M,
+        view: &TdView<'_>,
+        port: u16,
+        value: u32,
+    ) -> Result<(), HostError> {
+        let Some(access) = self.fw_cfg.dma_address(port, value) else { return Ok(()) };
+        let gpa = access & !view.shared_bit;
+        let offset = gpa & 0xFFF;
+        if !gpa.is_multiple_of(8) || offset > 0x1000 - fw_cfg::dma::ACCESS_BYTES as u64 {
+            return Ok(());
+        }
+        let Some(frame) = self.shared.lookup(h, &view.td, (gpa & !0xFFF) | view.shared_bit)? else { return Ok(()) };
+        let mut a = [0u8; fw_cfg::dma::ACCESS_BYTES];
+        h.read(frame + offset, &mut a);
+        let control = u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
+        let length = u32::from_be_bytes([a[4], a[5], a[6], a[7]]);
+        let mut addr = [0u8; 8];
+        addr.copy_from_slice(&a[8..]);
+        let buffer = u64::from_be_bytes(addr) & !view.shared_bit;
+        let (shared, td) = (&mut self.shared, &view.td);
+        let mut out = |at: u64, bytes: &[u8]| -> bool {
+            let mut done = 0usize;
+            while done < bytes.len() {
+                let Some(pa) = buffer.checked_add(at + done as u64) else { return false };
+                let Ok(Some(f)) = shared.lookup(h, td, (pa & !0xFFF) | view.shared_bit) else { return false };
+                let n = (bytes.len() - done).min((0x1000 - (pa & 0xFFF)) as usize);
+                h.write(f + (pa & 0xFFF), &bytes[done..done + n]);
+                done += n;
+            }
+            true
+        };
+        let status = self.fw_cfg.dma(m, control, length, &mut out);
+        h.write(frame + offset, &status.to_be_bytes());
+        Ok(())
     }
 
     /// Serves one GHCI TDG.VP.VMCALL (`r`: the exposed registers, R10 = 0, R11 the
@@ -296,6 +345,12 @@ impl Ghci {
                     return Ok(refuse(&mut self.counts));
                 }
                 let value = (write == 1).then_some(r.r15 as u32);
+                if let (Some(v), true) = (value, fw_cfg::PORT_DMA.contains(&port) && self.fw_cfg.dma_offered()) {
+                    self.ports.counts.fw_cfg += 1;
+                    self.fw_cfg_dma(h, m, view, port, v)?;
+                    a.r10 = leaf::status::SUCCESS;
+                    return Ok(Served::Answer(a));
+                }
                 match self.ports.access(m, &view.pci, &mut self.fw_cfg, port, size as u8, value) {
                     Io::Done(v) => a.r11 = u64::from(v),
                     Io::Power(p) => return Ok(Served::Stop(Stop::Power(p))),

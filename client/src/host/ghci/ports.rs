@@ -376,7 +376,7 @@ mod tests {
 
     fn setup() -> (Fake, Ports, FwCfgView) {
         let mut m = Fake::new();
-        let fw = FwCfgView::new(&mut m, TdFacts { ram: &RAM, vcpus: 1 }).unwrap();
+        let fw = FwCfgView::new(&mut m, TdFacts { ram: &RAM, vcpus: 1, dma: false }).unwrap();
         m.log.clear();
         (m, Ports::new(256 << 20, 0, 1), fw)
     }
