@@ -300,7 +300,7 @@ fn host_world(
     let switches = tsm.platform().td.as_ref().map_or(0, |w| w.switches) - first;
     tsm.platform_mut().log_calls = log_calls;
     say!(
-        "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; {} #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page); a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page; SEAMCALL in the TD #UD; R14/R15 carried both ways when the VMCALL exposed them; no register it did not expose reached the host; the host's memory exited as an EPT violation; {} VP.ENTERs, {} world switches",
+        "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; {} #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page); a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page; SEAMCALL in the TD #UD; R14/R15 carried both ways when the VMCALL exposed them; a spin with interrupts off preempted by the TSM's timer; no register it did not expose reached the host; the host's memory exited as an EPT violation; {} VP.ENTERs, {} world switches",
         td.ves,
         td.entries,
         switches

@@ -151,6 +151,7 @@ fn drive<C: Cpu + ?Sized>(
     let (mut answer, mut entries, mut blocked, mut block_exit, mut leak_checked) =
         (Regs::default(), 0, false, false, false);
     let (mut shared, mut alias_refused, mut carried) = (None, false, false);
+    let (mut preempted, mut spun) = (0u64, None);
     loop {
         let mut call = Regs {
             r10: answer.r10,
@@ -164,7 +165,7 @@ fn drive<C: Cpu + ?Sized>(
         answer = Regs::default();
         tsm_client::Seamcall::seamcall(cpu, &mut call);
         entries += 1;
-        check(entries < 200, "the probe TD does not end")?;
+        check(entries < 1000, "the probe TD does not end")?;
         let exit = TdExit::from_host_regs(&call).ok_or(TdProbeError::Check("VP.ENTER returned no TD exit"))?;
         let vmcall = matches!(exit, TdExit::Vmcall { .. });
         match (vmcall, exit.args(), exit) {
@@ -217,6 +218,9 @@ fn drive<C: Cpu + ?Sized>(
                 answer.r11 = mine;
             }
             (_, _, TdExit::EptViolation { gpa, .. }) if gpa.raw() == mine => break,
+            // The TSM's preemption timer ended a time slice: enter again.
+            (_, _, TdExit::ExternalInterrupt) => preempted += 1,
+            (true, [0x600, ..], _) => spun = Some(preempted),
             (_, _, other) => {
                 say!("world: probe TD: unexpected exit {:?} after {} entries", other, entries);
                 return Err(TdProbeError::Check("the probe TD exited in a way it should not"));
@@ -224,6 +228,7 @@ fn drive<C: Cpu + ?Sized>(
         }
     }
     check(leak_checked && block_exit && carried, "the probe TD skipped a step")?;
+    check(spun.is_some_and(|p| p > 0), "a spin with interrupts off was not preempted")?;
     check(alias_refused, "a shared GPA reached a TD private page")?;
     let read = words[11] == SHARED_WORDS[0] && words[12] == SHARED_WORDS[1];
     check(read, "the shared pages did not read as the host wrote them")?;

@@ -20,6 +20,8 @@
  *   4 GiB in the TD);
  *   0x500 exposes R14 and R15 (RCX = 0xFFEC, as edk2 passes it) holding 0x1414 and 0x1515,
  *   the host answers in R14 and R15, and the TD keeps the answers at 0x68 and 0x70;
+ *   0x600 follows a spin of 2^26 iterations with interrupts off, which the TSM's preemption
+ *   timer must have cut into time slices (external-interrupt exits) before it;
  *   0x300 exposes R10..R13 only (RCX = 0x3C00) and leaves a secret in every other register,
  *   and the host answers in R11 an address of its own memory, which the TD then reads. */
         .section .rodata.td_probe, "a"
@@ -164,6 +166,17 @@ long64:
         pop r15
         mov [r15 + 0x68], r14
         mov [r15 + 0x70], rax
+
+        /* A spin with interrupts off and no exit: only the TSM's preemption timer ends it
+         * early (external-interrupt exits), then VMCALL 0x600. */
+        cli
+        mov ecx, 0x4000000
+8:      dec rcx
+        jnz 8b
+        mov r10d, 0x600
+        xor ecx, ecx
+        xor eax, eax
+        .byte 0x66, 0x0f, 0x01, 0xcc     /* TDG.VP.VMCALL */
 
         /* Report the results page, three words per VMCALL. */
         xor ebx, ebx

@@ -233,6 +233,11 @@ pub fn run<H: Seamcall + ?Sized>(
             Some(exit @ TdExit::Vmcall { .. }) => exit.args(),
             Some(TdExit::EptViolation { .. }) => return Err(refuse("EPT violation the host does not fix")),
             Some(TdExit::TripleFault) => return Err(refuse("triple fault")),
+            Some(TdExit::ExternalInterrupt) => {
+                // The TSM's preemption timer ended the time slice: nothing to serve.
+                answer = [0; 4];
+                continue;
+            }
             None if r.status().is_error() => return check("TDH.VP.ENTER", r).map(|_| Ran::NoWorld),
             None => return Err(refuse("not a TD exit")),
         };

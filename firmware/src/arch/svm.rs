@@ -167,6 +167,8 @@ pub mod vmcb {
     pub const G_PAT: usize = 0x668;
 
     /// Intercept bits of word 3 (`INTERCEPT_MISC1`).
+    /// A physical interrupt (INTR) while the guest runs.
+    pub const MISC1_INTR: u32 = 1 << 0;
     pub const MISC1_CPUID: u32 = 1 << 18;
     pub const MISC1_HLT: u32 = 1 << 24;
     pub const MISC1_IOIO: u32 = 1 << 27;
@@ -186,6 +188,9 @@ pub mod vmcb {
     pub const TLB_FLUSH_ALL: u8 = 1;
     /// EVENTINJ: valid (bit 31), type exception (3 << 8).
     pub const EVENT_VALID_EXCEPTION: u64 = (1 << 31) | (3 << 8);
+    /// INT_CTL: the guest's RFLAGS.IF masks only virtual interrupts; physical ones follow the
+    /// host's IF as VMRUN saved it (set: `run` executes VMRUN with IF on and GIF off).
+    pub const V_INTR_MASKING: u64 = 1 << 24;
     /// EVENTINJ: valid (bit 31), type external interrupt (0 << 8).
     pub const EVENT_VALID_INTR: u64 = 1 << 31;
 }
@@ -195,6 +200,8 @@ pub mod vmcb {
 pub mod exit {
     /// 0x40 + vector: an intercepted exception.
     pub const EXCEPTION_BASE: u64 = 0x40;
+    /// A physical interrupt arrived while the guest ran (INTR intercept).
+    pub const INTR: u64 = 0x60;
     pub const CPUID: u64 = 0x72;
     pub const HLT: u64 = 0x78;
     pub const IOIO: u64 = 0x7B;
@@ -345,7 +352,12 @@ pub unsafe fn run(vmcb: &mut Vmcb, gprs: &mut Gprs) {
             "mov r14, [rdi + 0x60]",
             "mov r15, [rdi + 0x68]",
             "mov rdi, [rdi + 0x20]",
+            // RFLAGS.IF set for VMRUN to save as the host's (GIF is 0: nothing is taken here),
+            // so that with V_INTR_MASKING a physical interrupt in the guest is an INTR exit
+            // (the TD world's preemption timer); cleared again before STGI below.
+            "sti",
             "vmrun rax",
+            "cli",
             // QEMU's #VMEXIT loads the host's CR0 before its CR4: from a guest with paging off,
             // EFER.LME set and CR4.PAE clear (TDX's initial state, or anything a guest sets), the
             // CR0 load is dropped and the TSM would run on with paging off. Writing CR0 again,

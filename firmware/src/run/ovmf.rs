@@ -301,7 +301,7 @@ fn print_figures(cpu: &HostCpu<'_>, ghci: &Ghci, report: &RunReport, start: u64,
     if let Some(w) = cpu.tsm.platform().td.as_ref() {
         let k = &w.counts;
         say!(
-            "world: TD exits: {} nested page faults, {} TDCALLs, {} CPUID ({} answered by the TSM), {} MSR ({} in the TSM), {} I/O, {} HLT, {} other; #VEs: {} CPUID, {} HLT, {} I/O, {} MSR, {} EPT; {} interrupts injected ({} deferred to a later exit), {} events re-delivered, {} table resets",
+            "world: TD exits: {} nested page faults, {} TDCALLs, {} CPUID ({} answered by the TSM), {} MSR ({} in the TSM), {} I/O, {} HLT, {} other; #VEs: {} CPUID, {} HLT, {} I/O, {} MSR, {} EPT; {} interrupts injected ({} deferred to a later exit), {} events re-delivered, {} table resets, {} time slices ended by the preemption timer",
             k.npf,
             k.tdcall,
             k.cpuid,
@@ -319,7 +319,8 @@ fn print_figures(cpu: &HostCpu<'_>, ghci: &Ghci, report: &RunReport, start: u64,
             k.interrupts,
             k.deferred,
             k.redelivered,
-            w.resets
+            w.resets,
+            k.preempted
         );
         figure("ovmf_td_world_switches", &(w.switches - switches_before), "exits");
         figure("ovmf_td_ves", &k.ve.iter().sum::<u64>(), "ves");

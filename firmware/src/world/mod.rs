@@ -64,6 +64,8 @@ pub enum Exit {
         /// EXITINFO1.
         info1: u64,
     },
+    /// A physical interrupt arrived while the guest ran (the interrupt itself is still pending).
+    Interrupt,
     /// CPUID (2 bytes).
     Cpuid,
     /// HLT (1 byte).
@@ -111,6 +113,7 @@ impl Exit {
             c if (exit::EXCEPTION_BASE..exit::EXCEPTION_BASE + 32).contains(&c) => {
                 Exit::Exception { vector: (c - exit::EXCEPTION_BASE) as u8, info1 }
             }
+            exit::INTR => Exit::Interrupt,
             exit::CPUID => Exit::Cpuid,
             exit::HLT => Exit::Hlt,
             exit::IOIO => Exit::Io { info1, next_rip: info2 },

@@ -47,6 +47,9 @@ use crate::platform::FirmwarePlatform;
 
 /// TD vCPUs the TSM runs at once (each keeps a VMCB).
 pub const VCPU_SLOTS: usize = 5;
+/// The longest a TD vCPU runs in one TDH.VP.ENTER before the TSM's preemption timer gives the
+/// host its turn (TDX: the host's own timer interrupt exits the TD).
+pub const TIME_SLICE_NS: u64 = 10_000_000;
 /// The page that holds the reset vector (0xFFFFFFF0).
 const RESET_PAGE: u64 = 0xFFFF_F000;
 const RESET_VECTOR: u64 = 0xFFFF_FFF0;
@@ -76,10 +79,16 @@ pub mod reason {
 struct TdTable {
     tdr: Option<Pfn>,
     npt: Npt,
-    /// It holds translations of the shared half, taken from the host's table, which the host
-    /// may change between entries: dropped at the next TDH.VP.ENTER.
-    shared_used: bool,
+    /// The translations of the shared half it holds, taken from the host's table, which the
+    /// host may change between entries: dropped at the next TDH.VP.ENTER, page by page (the
+    /// whole table if there were more than the list holds).
+    shared: [u64; SHARED_SLOTS],
+    shared_count: usize,
 }
+
+/// Shared pages a derived table remembers by address between entries (edk2's bounce buffers:
+/// a DMA of 128 KiB is 32 pages); past that the whole table is dropped.
+const SHARED_SLOTS: usize = 64;
 
 /// One TD vCPU's world.
 #[derive(Debug)]
@@ -125,6 +134,8 @@ pub struct TdCounts {
     pub redelivered: u64,
     /// MSR accesses the TSM answered (virtual APIC, APIC base, MTRRs, context).
     pub msr_in_tsm: u64,
+    /// Time slices the preemption timer ended (external-interrupt exits to the host).
+    pub preempted: u64,
     /// CPUID leaves the TSM answered.
     pub cpuid_in_tsm: u64,
 }
@@ -143,6 +154,8 @@ pub struct TdWorlds {
     pub resets: u64,
     /// Exits, #VEs and interrupts by kind.
     pub counts: TdCounts,
+    /// The local APIC's timer, the preemption timer (measured at the first entry).
+    lapic: Option<Option<crate::drivers::lapic::Lapic>>,
     /// VMCBs taken for TD vCPUs.
     created: u32,
 }
@@ -154,10 +167,16 @@ impl TdWorlds {
     /// [`WorldError::OutOfTsmMemory`] on a second call.
     pub fn new() -> Result<TdWorlds, WorldError> {
         let pool = svm::take_td_npt_pool().ok_or(WorldError::OutOfTsmMemory)?;
-        let tables = pool.each_mut().map(|t| TdTable { tdr: None, npt: Npt::new(t), shared_used: false });
+        let tables = pool.each_mut().map(|t| TdTable {
+            tdr: None,
+            npt: Npt::new(t),
+            shared: [0; SHARED_SLOTS],
+            shared_count: 0,
+        });
         svm::iopm_intercept_all();
-        // No physical interrupt may reach a TD: INTR is not intercepted and V_INTR_MASKING is
-        // clear (the TSM takes none), so the machine's only source is silenced instead.
+        // The TSM takes no interrupt but its own preemption timer's (INTR exits a TD, and the
+        // TSM accepts the timer's at its gate): the machine's PIT, which SeaBIOS leaves unmasked
+        // on the 8259 at vector 8, must never fire.
         crate::drivers::legacy::mask_8259();
         Ok(TdWorlds {
             tables,
@@ -166,17 +185,23 @@ impl TdWorlds {
             ves: 0,
             resets: 0,
             counts: TdCounts::default(),
+            lapic: None,
             created: 0,
         })
     }
 
-    /// The S-EPT of TD `tdr` lost the translations of `range` (`None`: all of them): drop them
-    /// from its derived table.
+    /// The S-EPT of TD `tdr` lost the translations of `range`: drop them from its derived
+    /// table. `None` is TDH.MEM.TRACK: every change that takes access away (BLOCK, and REMOVE,
+    /// DEMOTE, PROMOTE only after one) already named its range, so the derived table holds
+    /// nothing the S-EPT stopped granting; TRACK's new epoch is a TLB flush at the next VMRUN.
+    /// **Changed** from dropping the whole table at TRACK: with fw_cfg's DMA every MapGPA
+    /// tracks, and each TRACK made the TD refault its working set (160,000 nested page faults
+    /// per OVMF boot against 4,000).
     pub fn sept_changed(&mut self, tdr: Pfn, range: Option<(u64, u64)>) {
         for t in self.tables.iter_mut().filter(|t| t.tdr == Some(tdr)) {
             match range {
                 Some((start, bytes)) => t.npt.zap(start, start.saturating_add(bytes)),
-                None => t.npt.reset(),
+                None => t.npt.flush = true,
             }
         }
     }
@@ -227,8 +252,13 @@ pub fn enter(tsm: &mut Tsm<FirmwarePlatform>, tdvpr: u64, host_in: &Regs) -> Opt
     (v.shared, v.shared_root) = (1 << (vcpu.gpaw - 1), vcpu.shared_root);
     if let Some(t) = tsm.platform_mut().td.as_mut().and_then(|w| w.tables.iter_mut().find(|t| t.tdr == Some(vcpu.tdr)))
     {
-        if core::mem::take(&mut t.shared_used) {
+        let n = core::mem::take(&mut t.shared_count);
+        if n > SHARED_SLOTS {
             t.npt.reset();
+        } else {
+            for &page in &t.shared[..n] {
+                t.npt.zap(page, page + PAGE);
+            }
         }
     }
     if vcpu.entries == 1 {
@@ -238,7 +268,9 @@ pub fn enter(tsm: &mut Tsm<FirmwarePlatform>, tdvpr: u64, host_in: &Regs) -> Opt
         let answered = TdExit::vmcall_answered(mask, host_in, &guest_regs(&v.world));
         set_guest_regs(&mut v.world, &answered);
     }
+    arm_preemption(tsm);
     let exit = run(tsm, &mut v);
+    disarm_preemption(tsm);
     let regs = exit.host_regs();
     if let Some(w) = tsm.platform_mut().td.as_mut() {
         if let Some(slot) = w.vcpus.iter_mut().find(|s| s.is_none()) {
@@ -246,6 +278,46 @@ pub fn enter(tsm: &mut Tsm<FirmwarePlatform>, tdvpr: u64, host_in: &Regs) -> Opt
         }
     }
     Some(regs)
+}
+
+/// Arms the preemption timer for one time slice (the timer is measured at the first entry; a
+/// machine without a local APIC timer runs TDs unpreempted, which the run says).
+fn arm_preemption(tsm: &mut Tsm<FirmwarePlatform>) {
+    use tsm::platform::Clock;
+    let measured = tsm.platform().td.as_ref().is_some_and(|w| w.lapic.is_some());
+    if !measured {
+        let lapic = {
+            let p = tsm.platform();
+            crate::drivers::lapic::Lapic::open(&|| p.now_ns())
+        };
+        match &lapic {
+            Some(l) => defmt::info!(
+                "TD world: preemption timer {=u64} ticks/ms, slice {=u64} us",
+                l.ticks_per_ms(),
+                TIME_SLICE_NS / 1000
+            ),
+            None => defmt::warn!("TD world: no local APIC timer: TDs run unpreempted"),
+        }
+        if let Some(w) = tsm.platform_mut().td.as_mut() {
+            w.lapic = Some(lapic);
+        }
+    }
+    if let Some(l) = preemption_timer(tsm) {
+        l.arm(TIME_SLICE_NS);
+    }
+}
+
+fn preemption_timer(tsm: &Tsm<FirmwarePlatform>) -> Option<&crate::drivers::lapic::Lapic> {
+    tsm.platform().td.as_ref()?.lapic.as_ref()?.as_ref()
+}
+
+/// Stops the preemption timer and takes its interrupt if it fired (an INTR exit leaves it
+/// pending at the APIC): nothing is pending when the host world runs again.
+fn disarm_preemption(tsm: &mut Tsm<FirmwarePlatform>) {
+    if let Some(l) = preemption_timer(tsm) {
+        l.disarm();
+    }
+    crate::arch::accept_pending_interrupts();
 }
 
 /// The vCPU's world out of its slot (put back by [`enter`]).
@@ -290,7 +362,8 @@ fn initial_state(world: &mut World, gpaw: u8, index: usize) {
     v.write_u32(vmcb::INTERCEPT_EXCEPTIONS, 1 << VECTOR_UD);
     v.write_u32(
         vmcb::INTERCEPT_MISC1,
-        vmcb::MISC1_CPUID
+        vmcb::MISC1_INTR
+            | vmcb::MISC1_CPUID
             | vmcb::MISC1_HLT
             | vmcb::MISC1_IOIO
             | vmcb::MISC1_MSR
@@ -312,6 +385,10 @@ fn initial_state(world: &mut World, gpaw: u8, index: usize) {
     v.write_u32(vmcb::GUEST_ASID, asid);
     v.write_u8(vmcb::TLB_CONTROL, vmcb::TLB_FLUSH_ALL);
     v.write_u64(vmcb::NP_ENABLE, 1);
+    // Physical interrupts follow the TSM's IF as VMRUN saved it (set), whatever the TD's IF:
+    // the preemption timer exits even a TD spinning with interrupts off. The TD's own IF only
+    // gates the virtual interrupts the TSM injects.
+    v.write_u64(vmcb::INT_CTL, vmcb::V_INTR_MASKING);
     let code32 = Segment { selector: 0x08, attrib: 0x0C9B, limit: 0xFFFF_FFFF, base: 0 };
     let data = Segment { selector: 0x10, attrib: 0x0C93, limit: 0xFFFF_FFFF, base: 0 };
     v.set_segment(vmcb::CS, code32);
@@ -363,6 +440,13 @@ fn run(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) -> TdExit {
                     v.world.inject_exception(VECTOR_UD);
                     None
                 }
+            }
+            Exit::Interrupt => {
+                // The preemption timer: the slice is over, the host's turn.
+                if let Some(w) = tsm.platform_mut().td.as_mut() {
+                    w.counts.preempted += 1;
+                }
+                Some(exit_now(tsm, tdvpr, TdExit::ExternalInterrupt))
             }
             Exit::Cpuid => {
                 cpuid(tsm, v);
@@ -434,6 +518,7 @@ fn count(tsm: &mut Tsm<FirmwarePlatform>, exit: &Exit) {
         Exit::Msr { .. } => c.msr += 1,
         Exit::Io { .. } => c.io += 1,
         Exit::Hlt => c.hlt += 1,
+        Exit::Interrupt => {}
         _ => c.other += 1,
     }
 }
@@ -649,7 +734,10 @@ fn shared_fault(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu, gpa: u64) -> Op
     };
     let w = tsm.platform_mut().td.as_mut()?;
     let t = w.tables.iter_mut().find(|t| t.tdr == Some(v.tdr))?;
-    t.shared_used = true;
+    if let Some(slot) = t.shared.get_mut(t.shared_count) {
+        *slot = page;
+    }
+    t.shared_count = t.shared_count.saturating_add(1).min(SHARED_SLOTS + 1);
     if t.npt.map_leaf(page, hpa, false, ty).is_err() {
         t.npt.reset();
         w.resets += 1;

@@ -210,7 +210,7 @@ fn the_probe_td_runs_in_its_td_world_and_every_td_attack_is_refused() {
     for what in [
         "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; 5 #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page)",
         "a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page",
-        "SEAMCALL in the TD #UD; R14/R15 carried both ways when the VMCALL exposed them; no register it did not expose reached the host; the host's memory exited as an EPT violation",
+        "SEAMCALL in the TD #UD; R14/R15 carried both ways when the VMCALL exposed them; a spin with interrupts off preempted by the TSM's timer; no register it did not expose reached the host; the host's memory exited as an EPT violation",
     ] {
         assert!(o.console.contains(what), "{what}:\n{}", o.console);
     }

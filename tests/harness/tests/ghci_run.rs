@@ -2,7 +2,8 @@
 //! ticks posted before each entry, each exit served. Every way a run ends, each with the reason
 //! named and the last exit kept, then the paths it serves and goes on: the x2APIC timer
 //! programmed by TDVMCALL<WRMSR> and a HLT waited out until the tick is posted, an ACCEPT of RAM
-//! the host had not AUGed, a non-GHCI VMCALL refused, the shell's prompt answered by typing.
+//! the host had not AUGed, a non-GHCI VMCALL refused, the TSM's preemption (an external-interrupt
+//! exit) only giving the host its turn, the shell's prompt answered by typing.
 //! The exits come from `TdExit::host_regs`, the encoder the TSM's VP.ENTER uses, through a
 //! transport that plays them back and records the host's calls; the clock only moves when the
 //! host waits.
@@ -209,11 +210,12 @@ fn run_serves_an_accept_of_ram_not_augmented_and_refuses_other_vmcalls() {
     let accept_2m =
         TdExit::EptViolation { gpa: GuestPhysAddr::new(0x20_0000).unwrap(), requested_level: 1, level: 2, entry: 0 };
     let not_ghci = TdExit::vmcall([0x1234, 0, 0, 0]).host_regs();
-    let (r, s, _, report) = go(&[accept_2m.host_regs(), not_ghci, fatal()], u64::MAX);
+    let preempted = TdExit::ExternalInterrupt.host_regs();
+    let (r, s, _, report) = go(&[accept_2m.host_regs(), not_ghci, preempted, fatal()], u64::MAX);
     assert_eq!(r.unwrap(), Ended::Stopped(Stop::FatalError(1)));
     let aug = s.calls.iter().find(|c| c.rax == h::MEM_PAGE_AUG).expect("an AUG");
     assert_eq!((aug.rcx, aug.rdx), (0x20_0000 | 1, TD.tdr), "2 MiB, as the ACCEPT asked");
-    assert_eq!(report.augs_on_demand, 1);
+    assert_eq!((report.augs_on_demand, report.preempted), (1, 1), "a preemption is only the host's turn");
     let enters: Vec<&Regs> = s.calls.iter().filter(|c| c.rax == h::VP_ENTER).collect();
     assert_eq!(enters[2].r10, leaf::status::INVALID_OPERAND, "a VMCALL that is not GHCI's is refused");
 }

@@ -165,3 +165,12 @@ fn run_happy_path_logs_the_console_answers_msrs_and_ends_at_the_blocked_hlt() {
         assert_eq!((c.rax, c.rcx), (leaf::VP_ENTER, TDVPR));
     }
 }
+
+#[test]
+fn run_enters_again_after_the_tsms_preemption_timer() {
+    let exits = [TdExit::ExternalInterrupt.host_regs(), ghci(ghci::HLT, 1, 0)];
+    let (r, s, _, stats) = go(&exits);
+    assert_eq!(r.unwrap(), Ran::Halted);
+    assert_eq!(stats.entries, 2);
+    assert_eq!([s.calls[1].r10, s.calls[1].r11], [0, 0], "nothing answered: no VMCALL was made");
+}

@@ -102,7 +102,7 @@ impl<P: Platform> Tsm<P> {
             spec: LeafSpec {
                 number: leaf::VP_ENTER,
                 name: "TDH.VP.ENTER",
-                summary: "Puts the vCPU in guest mode in the TD's current TLB epoch. Where the firmware runs the TD as an SVM guest (its TD world) the call returns only at the next TD exit, RAX the VMX exit reason in bits 31:0 under status class SUCCESS (77 TDG.VP.VMCALL, 48 EPT violation, 2 triple fault), the registers below and nothing else of the TD (`TdExit::host_regs`); for a TD whose guest still runs in the firmware's image it returns at once and the guest runs through the guest ABI until a guest call exits or the host kicks the vCPU.",
+                summary: "Puts the vCPU in guest mode in the TD's current TLB epoch. Where the firmware runs the TD as an SVM guest (its TD world) the call returns only at the next TD exit, RAX the VMX exit reason in bits 31:0 under status class SUCCESS (77 TDG.VP.VMCALL, 48 EPT violation, 2 triple fault, 1 external interrupt: the TSM's preemption timer ended the vCPU's time slice and the host may enter it again), the registers below and nothing else of the TD (`TdExit::host_regs`); for a TD whose guest still runs in the firmware's image it returns at once and the guest runs through the guest ABI until a guest call exits or the host kicks the vCPU.",
                 inputs: &[
                     (Reg::Rcx, "TDVPR page address"),
                     (Reg::R10, "after a VMCALL exit: the answer for each register it exposed (R10..R13 always; RDX, R8, R9, R14, R15 when exposed)"),

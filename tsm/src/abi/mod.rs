@@ -179,6 +179,9 @@ pub enum TdExit {
     },
     /// The vCPU shut down (triple fault): it cannot run again.
     TripleFault,
+    /// The TSM's preemption timer ended the vCPU's time slice (TDX: a physical interrupt exits
+    /// the TD). Nothing of the TD changes; the host enters it again when it wants.
+    ExternalInterrupt,
 }
 
 impl TdExit {
@@ -188,6 +191,8 @@ impl TdExit {
     pub const REASON_EPT_VIOLATION: u64 = 48;
     /// VMX basic exit reason of a triple fault.
     pub const REASON_TRIPLE_FAULT: u64 = 2;
+    /// VMX basic exit reason of an external interrupt.
+    pub const REASON_EXTERNAL_INTERRUPT: u64 = 1;
     /// The registers every TDG.VP.VMCALL exposes to the host (RCX's bit per GPR): R10..R13,
     /// the request and its first arguments, whatever the guest's RCX says (so a guest that
     /// passes RCX = 0 still reaches the host).
@@ -259,6 +264,7 @@ impl TdExit {
                 r.r8 = gpa.raw();
             }
             TdExit::TripleFault => r.rax = Self::REASON_TRIPLE_FAULT,
+            TdExit::ExternalInterrupt => r.rax = Self::REASON_EXTERNAL_INTERRUPT,
         }
         r
     }
@@ -274,6 +280,7 @@ impl TdExit {
                 entry: r.rcx,
             }),
             Self::REASON_TRIPLE_FAULT => Some(TdExit::TripleFault),
+            Self::REASON_EXTERNAL_INTERRUPT => Some(TdExit::ExternalInterrupt),
             _ => None,
         }
     }

@@ -1,5 +1,6 @@
 //! The host's loop for a TDVF TD's vCPU, as a TDX VMM runs one: before each TDH.VP.ENTER the
-//! timer's due ticks are posted (SEAMLESS.VP.POST), then the exit is served: GHCI's
+//! timer's due ticks are posted (SEAMLESS.VP.POST), then the exit is served (an external
+//! interrupt, the TSM's preemption timer, only gives the host its turn): GHCI's
 //! TDG.VP.VMCALLs by [`Ghci::serve`], TDVMCALL<HLT> by waiting in the host until the next
 //! interrupt is due (the TSM injects it when the vCPU can take it), an EPT violation on private
 //! RAM the host left unmapped by AUGing it (the TD's ACCEPT then retries). The run ends when
@@ -80,6 +81,8 @@ pub struct RunReport {
     pub halted_ns: u64,
     /// Pages AUGed on the TD's demand (EPT violations of its ACCEPT).
     pub augs_on_demand: u64,
+    /// Times the TSM's preemption timer ended the vCPU's time slice (external-interrupt exits).
+    pub preempted: u64,
     /// Machine time of the first byte the TD wrote to its console.
     pub first_output_ns: Option<u64>,
     /// Machine time the UEFI shell's prompt showed.
@@ -150,6 +153,10 @@ pub fn run<H: Seamcall + HostMemory + ?Sized, M: Machine + ?Sized>(
                 report.augs_on_demand += 1;
             }
             Some(TdExit::TripleFault) => return Ok(Ended::TripleFault),
+            Some(TdExit::ExternalInterrupt) => {
+                // The TSM's preemption timer: the host's turn (ticks to post, the deadline).
+                report.preempted += 1;
+            }
             None if r.status() != Status::SUCCESS => {
                 return Err(HostError::Call { leaf: "TDH.VP.ENTER", status: r.status(), rcx: r.rcx });
             }
