@@ -93,7 +93,15 @@ impl Machine for FirmwareMachine<'_> {
 /// The OVMF TD: GPAW 48 (the shared bit must be a page-table bit the TD can set: QEMU runs with
 /// `phys-bits=48`), one vCPU (edk2 2022.11 needs MAX_VCPUS 1, `tdvf::build`).
 fn params() -> TdParams {
-    TdParams { max_vcpus: 1, ..super::td_params() }
+    TdParams {
+        attributes: 0,
+        xfam: 3,
+        max_vcpus: 1,
+        gpaw: 48,
+        mr_config_id: [0; 48],
+        mr_owner: [0; 48],
+        mr_owner_config: [0; 48],
+    }
 }
 
 /// Seconds with three decimals, from nanoseconds.
