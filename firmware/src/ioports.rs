@@ -9,6 +9,10 @@
 //! | 0x514..0x51B | fw_cfg DMA address | a DMA request writes guest-physical memory by address, without the IOMMU: TSM memory | refused, logged | all ones |
 //! | 0x00..0x1F, 0xC0..0xDF, 0x80..0x8F, 0x480..0x48F | the 8237 ISA DMA controllers and their page registers | ISA DMA moves memory by physical address without the IOMMU | refused, logged | all ones |
 //! | 0xF4 | isa-debug-exit | the end of the run: the TSM says its last word first | the TSM ends the run with the host's code | all ones |
+//! | 0xCF8..0xCFF | PCI configuration mechanism #1 | a configuration write to the q35 host bridge (00:00.0: PCIEXBAR, PAM, SMRAM/TSEG) or the ICH9 LPC bridge (00:1f.0: RCBA, PMBASE) makes QEMU put device registers, or a hole, over RAM with priority over it: the TSM's own accesses would no longer reach its memory | a data write (0xCFC..0xCFF) addressing either function refused, logged; every other access passed on | passed on |
+//!
+//! The same two functions' ECAM pages are read-only in the host's nested map, so configuration
+//! space offers no way around: reads are the host's, writes to the chipset are refused.
 //!
 //! 0x511 (the data byte) is not kept: once selection is filtered, reading it is harmless, and
 //! intercepting it would make every byte of a guest image a world switch. String I/O
@@ -26,6 +30,12 @@ const FW_CFG_ARCH_LOCAL: u16 = 0x8000;
 const FW_CFG_ENTRY_MASK: u16 = 0x3FFF;
 /// QEMU's `isa-debug-exit` (`iobase=0xf4`).
 pub const DEBUG_EXIT: u16 = 0xF4;
+/// PCI configuration mechanism #1: the address register (32-bit at 0xCF8; 0xCF9 alone is the
+/// reset control register) and the data window.
+pub const PCI_CONFIG_ADDRESS: u16 = 0xCF8;
+const PCI_CONFIG_DATA: u16 = 0xCFC;
+/// The chipset functions whose configuration moves memory: (bus, device, function).
+pub const CHIPSET: [(u8, u8, u8); 2] = [(0, 0, 0), (0, 31, 0)];
 
 /// What a kept port is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,10 +48,12 @@ pub enum Kept {
     IsaDma,
     /// isa-debug-exit.
     DebugExit,
+    /// PCI configuration mechanism #1.
+    PciConfig,
 }
 
 /// The ports the host world's IOPM intercepts: `(first, last, what)`.
-pub const INTERCEPTED: [(u16, u16, Kept); 7] = [
+pub const INTERCEPTED: [(u16, u16, Kept); 8] = [
     (0x0000, 0x001F, Kept::IsaDma),
     (0x0080, 0x008F, Kept::IsaDma),
     (0x00C0, 0x00DF, Kept::IsaDma),
@@ -49,6 +61,7 @@ pub const INTERCEPTED: [(u16, u16, Kept); 7] = [
     (0x0480, 0x048F, Kept::IsaDma),
     (FW_CFG_SELECTOR, FW_CFG_SELECTOR, Kept::FwCfgSelector),
     (0x0514, 0x051B, Kept::FwCfgDma),
+    (PCI_CONFIG_ADDRESS, 0x0CFF, Kept::PciConfig),
 ];
 
 /// The kept port `port` is, if any.
@@ -111,6 +124,8 @@ pub enum Refusal {
     IsaDma,
     /// INS/OUTS on a kept port.
     StringIo,
+    /// A configuration write to the host bridge or the LPC bridge.
+    ChipsetConfig,
 }
 
 impl Refusal {
@@ -122,6 +137,7 @@ impl Refusal {
             Refusal::FwCfgDma => "fw_cfg DMA interface",
             Refusal::IsaDma => "ISA DMA controller",
             Refusal::StringIo => "string I/O on a port the TSM keeps",
+            Refusal::ChipsetConfig => "configuration write to the host or LPC bridge",
         }
     }
 }
@@ -140,6 +156,8 @@ pub enum Decision {
     Refuse(Refusal),
     /// The host ends the run with this code.
     End(u32),
+    /// Pass the access on to the device as it is (an IN's value goes back to the host).
+    PassOn,
     /// Not a kept port (the IOPM would not have intercepted it): nothing to do.
     Ignore,
 }
@@ -151,13 +169,33 @@ pub fn names_item(key: u16, item: u16) -> bool {
     key & FW_CFG_ARCH_LOCAL == item & FW_CFG_ARCH_LOCAL && key & FW_CFG_ENTRY_MASK == item & FW_CFG_ENTRY_MASK
 }
 
-/// What to do with `io`, given the platform secret's selector (if fw_cfg has one).
-pub fn decide(io: &Io, secret: Option<u16>) -> Decision {
+/// The function a configuration address (0xCF8's value) names, if its enable bit is set:
+/// (bus, device, function).
+pub fn config_function(address: u32) -> Option<(u8, u8, u8)> {
+    (address & (1 << 31) != 0).then_some((
+        (address >> 16) as u8,
+        ((address >> 11) & 31) as u8,
+        ((address >> 8) & 7) as u8,
+    ))
+}
+
+/// What to do with `io`, given the platform secret's selector (if fw_cfg has one) and the
+/// configuration address register's value (0xCF8, read by the caller for a data write).
+pub fn decide(io: &Io, secret: Option<u16>, config_address: u32) -> Decision {
     let Some(k) = kept(io.port) else { return Decision::Ignore };
     if io.string {
         return if io.input { Decision::AllOnes } else { Decision::Refuse(Refusal::StringIo) };
     }
     match (k, io.input) {
+        // Any write that reaches the data window, whatever port and width it starts at.
+        (Kept::PciConfig, false) if u32::from(io.port) + u32::from(io.size) > u32::from(PCI_CONFIG_DATA) => {
+            if config_function(config_address).is_some_and(|f| CHIPSET.contains(&f)) {
+                Decision::Refuse(Refusal::ChipsetConfig)
+            } else {
+                Decision::PassOn
+            }
+        }
+        (Kept::PciConfig, _) => Decision::PassOn,
         (Kept::FwCfgSelector, true) if io.size == 1 => Decision::ReadData,
         (_, true) => Decision::AllOnes,
         (Kept::FwCfgSelector, false) if io.size != 2 => Decision::Refuse(Refusal::FwCfgWidth),
@@ -203,37 +241,77 @@ mod tests {
     #[test]
     fn decide_refuses_selecting_the_secret_in_every_spelling() {
         for key in [SECRET, SECRET | 0x4000] {
-            assert_eq!(decide(&out(0x510, 2, u64::from(key)), Some(SECRET)), Decision::Refuse(Refusal::FwCfgSecret));
+            assert_eq!(decide(&out(0x510, 2, u64::from(key)), Some(SECRET), 0), Decision::Refuse(Refusal::FwCfgSecret));
         }
         // The architecture table's item with the same number is another item.
-        assert_eq!(decide(&out(0x510, 2, u64::from(SECRET | 0x8000)), Some(SECRET)), Decision::Select(SECRET | 0x8000));
-        assert_eq!(decide(&out(0x510, 2, 0x19), Some(SECRET)), Decision::Select(0x19));
-        assert_eq!(decide(&out(0x510, 2, u64::from(SECRET)), None), Decision::Select(SECRET));
+        assert_eq!(
+            decide(&out(0x510, 2, u64::from(SECRET | 0x8000)), Some(SECRET), 0),
+            Decision::Select(SECRET | 0x8000)
+        );
+        assert_eq!(decide(&out(0x510, 2, 0x19), Some(SECRET), 0), Decision::Select(0x19));
+        assert_eq!(decide(&out(0x510, 2, u64::from(SECRET)), None, 0), Decision::Select(SECRET));
     }
 
     #[test]
     fn decide_refuses_the_dma_interfaces_and_odd_selector_widths() {
         for port in 0x514..=0x51B {
-            assert_eq!(decide(&out(port, 4, 0x1000), Some(SECRET)), Decision::Refuse(Refusal::FwCfgDma), "{port:#x}");
-            assert_eq!(decide(&inp(port, 4), Some(SECRET)), Decision::AllOnes);
+            assert_eq!(
+                decide(&out(port, 4, 0x1000), Some(SECRET), 0),
+                Decision::Refuse(Refusal::FwCfgDma),
+                "{port:#x}"
+            );
+            assert_eq!(decide(&inp(port, 4), Some(SECRET), 0), Decision::AllOnes);
         }
         for port in [0x00, 0x0B, 0x1F, 0x81, 0x8F, 0xC0, 0xD6, 0xDF, 0x481] {
-            assert_eq!(decide(&out(port, 1, 0x44), None), Decision::Refuse(Refusal::IsaDma), "{port:#x}");
+            assert_eq!(decide(&out(port, 1, 0x44), None, 0), Decision::Refuse(Refusal::IsaDma), "{port:#x}");
         }
-        assert_eq!(decide(&out(0x510, 1, 0x21), Some(SECRET)), Decision::Refuse(Refusal::FwCfgWidth));
-        assert_eq!(decide(&out(0x510, 4, 0x19), Some(SECRET)), Decision::Refuse(Refusal::FwCfgWidth));
+        assert_eq!(decide(&out(0x510, 1, 0x21), Some(SECRET), 0), Decision::Refuse(Refusal::FwCfgWidth));
+        assert_eq!(decide(&out(0x510, 4, 0x19), Some(SECRET), 0), Decision::Refuse(Refusal::FwCfgWidth));
         let string = Io { string: true, ..out(0x510, 2, 0x19) };
-        assert_eq!(decide(&string, Some(SECRET)), Decision::Refuse(Refusal::StringIo));
+        assert_eq!(decide(&string, Some(SECRET), 0), Decision::Refuse(Refusal::StringIo));
+    }
+
+    #[test]
+    fn decide_refuses_configuration_writes_to_the_host_and_lpc_bridges() {
+        let enable = 1u32 << 31;
+        for (bus, dev, func) in CHIPSET {
+            let address = enable | u32::from(bus) << 16 | u32::from(dev) << 11 | u32::from(func) << 8 | 0x60;
+            assert_eq!(config_function(address), Some((bus, dev, func)));
+            for port in 0xCFC..=0xCFF {
+                assert_eq!(decide(&out(port, 1, 0xB1), None, address), Decision::Refuse(Refusal::ChipsetConfig));
+            }
+            assert_eq!(decide(&out(0xCFC, 4, 0xE000_0001), None, address), Decision::Refuse(Refusal::ChipsetConfig));
+            // Reading them is the host's.
+            assert_eq!(decide(&inp(0xCFC, 4), None, address), Decision::PassOn);
+        }
+    }
+
+    #[test]
+    fn decide_passes_on_every_other_configuration_access() {
+        let nvme = 1u32 << 31 | 3 << 11 | 0x10;
+        assert_eq!(decide(&out(0xCFC, 4, 0xC000_0000), None, nvme), Decision::PassOn);
+        // The enable bit clear: no configuration cycle, nothing to protect.
+        assert_eq!(decide(&out(0xCFC, 4, 0), None, 0x60), Decision::PassOn);
+        assert_eq!(config_function(0x60), None);
+        // The address register itself, and the reset control register at 0xCF9.
+        assert_eq!(decide(&out(0xCF8, 4, u64::from(nvme)), None, 0), Decision::PassOn);
+        assert_eq!(decide(&out(0xCF9, 1, 0x06), None, 0), Decision::PassOn);
+        assert_eq!(decide(&inp(0xCF8, 4), None, 0), Decision::PassOn);
+        // A write that starts in the address register but reaches the data window is a data
+        // write.
+        let mch = 1u32 << 31 | 0x60;
+        assert_eq!(decide(&out(0xCFB, 2, 0), None, mch), Decision::Refuse(Refusal::ChipsetConfig));
+        assert_eq!(decide(&out(0xCFA, 2, 0), None, mch), Decision::PassOn);
     }
 
     #[test]
     fn decide_happy_path_reads_data_ends_the_run_and_ignores_the_host_s_own_ports() {
-        assert_eq!(decide(&inp(0x510, 1), Some(SECRET)), Decision::ReadData);
-        assert_eq!(decide(&inp(0x510, 2), Some(SECRET)), Decision::AllOnes);
-        assert_eq!(decide(&out(0xF4, 4, 0x10), None), Decision::End(0x10));
-        for port in [0x3F8, 0x2F8, 0x3E8, 0x511, 0x40, 0x61, 0xCF8, 0xCFC] {
+        assert_eq!(decide(&inp(0x510, 1), Some(SECRET), 0), Decision::ReadData);
+        assert_eq!(decide(&inp(0x510, 2), Some(SECRET), 0), Decision::AllOnes);
+        assert_eq!(decide(&out(0xF4, 4, 0x10), None, 0), Decision::End(0x10));
+        for port in [0x3F8, 0x2F8, 0x3E8, 0x511, 0x40, 0x61, 0x70, 0x3F6] {
             assert_eq!(kept(port), None, "{port:#x}");
-            assert_eq!(decide(&out(port, 1, 0), None), Decision::Ignore);
+            assert_eq!(decide(&out(port, 1, 0), None, 0), Decision::Ignore);
         }
     }
 }

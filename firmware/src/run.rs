@@ -132,7 +132,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         None => {}
     }
     if matches!(config.mode, Mode::Boot | Mode::Connect) {
-        host_agent(&mut tsm, &boot, image, mmio_start, &tsc)
+        host_agent(&mut tsm, &boot, (image, mmio_start, ecam.base), &tsc)
     }
 
     // Transitional (issue 11, stage 2): the modes whose TD part the firmware's stand-in guest
@@ -177,13 +177,13 @@ pub fn run(start_info: StartInfoAddr) -> ! {
 fn host_agent(
     tsm: &mut Tsm<FirmwarePlatform>,
     boot: &pvh::BootInfo,
-    image: (u64, u64),
-    mmio_start: u64,
+    (image, mmio_start, ecam): ((u64, u64), u64, u64),
     tsc: &Tsc,
 ) -> ! {
     let frames = tsm.platform().frames();
-    let mut world =
-        HostWorld::new(tsm, &boot.memmap, image, mmio_start, frames).unwrap_or_else(|e| fail("host world", &e));
+    let mut world = HostWorld::new(tsm, &boot.memmap, image, mmio_start, frames)
+        .and_then(|mut w| w.protect_chipset_config(tsm, ecam).map(|()| w))
+        .unwrap_or_else(|e| fail("host world", &e));
     let tables = tsm.platform().host_npt.as_ref().map_or(0, |n| n.tables_used());
     say!(
         "world: SVM revision {}, {} ASIDs, nRIP save {}: the TSM alone runs in host mode; the host world's nested map uses {tables} tables",
@@ -321,7 +321,7 @@ fn open_vtd(boot: &pvh::BootInfo, mmio_start: u64, tsc: Tsc) -> Option<Vtd> {
         Ok(v) => {
             let c = v.capabilities();
             say!(
-                "vt-d: DRHD segment {} registers {:#x} (HAW {} bits{}): CAP {:#018x} ECAP {:#018x}, SAGAW {:#x}",
+                "vt-d: DRHD segment {} registers {:#x} (HAW {} bits{}): CAP {:#018x} ECAP {:#018x}, SAGAW {:#x}; all DMA blocked until IOMMU.SETUP",
                 drhd.segment,
                 drhd.registers,
                 drhd.host_address_width,
@@ -332,6 +332,8 @@ fn open_vtd(boot: &pvh::BootInfo, mmio_start: u64, tsc: Tsc) -> Option<Vtd> {
             );
             Some(v)
         }
+        // The unit is there but would let DMA through untranslated: no host world may run.
+        Err(e @ crate::drivers::vtd::VtdError::Block(_)) => fail("vt-d", &e),
         Err(e) => {
             say!("vt-d: {e}; no DMA remapping");
             None

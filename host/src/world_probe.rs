@@ -63,6 +63,17 @@ const ISA_DMA: [(u16, u8); 9] = [
     (0x0B, 0x45),
     (0x0A, 0x01),
 ];
+/// PCI configuration mechanism #1 (the address's enable bit) and its registers.
+const CONFIG_ENABLE: u32 = 1 << 31;
+const CONFIG_ADDRESS: u16 = 0xCF8;
+const CONFIG_DATA: u16 = 0xCFC;
+/// The host bridge's PCIEXBAR (00:00.0, 0x60), the LPC bridge's function in ECAM (00:1f.0) and
+/// its RCBA (0xF0).
+const PCIEXBAR: u64 = 0x60;
+const LPC_FUNCTION: u64 = 31 << 15;
+const RCBA: u64 = 0xF0;
+/// The LPC bridge in a configuration address (device 31 at bits 15:11).
+const LPC_CONFIG: u32 = 31 << 11;
 /// fw_cfg's DMA address registers (big-endian; the low half starts the transfer).
 const FW_CFG_DMA_HIGH: u16 = 0x514;
 const FW_CFG_DMA_LOW: u16 = 0x518;
@@ -209,9 +220,9 @@ fn platform(cpu: &mut Agent, info: &BootInfo) -> Result<(), Failed> {
     d[8..].copy_from_slice(&(info.tsm[0] + 0x2000).to_be_bytes());
     cpu.write(desc, &d);
     let (high, low) = (((desc >> 32) as u32).swap_bytes(), (desc as u32).swap_bytes());
-    arch::out32_kept(FW_CFG_DMA_HIGH, high);
+    arch::out32(FW_CFG_DMA_HIGH, high);
     expect(u64::from(FW_CFG_DMA_HIGH), CLASS_PORT, u64::from(high));
-    arch::out32_kept(FW_CFG_DMA_LOW, low);
+    arch::out32(FW_CFG_DMA_LOW, low);
     expect(u64::from(FW_CFG_DMA_LOW), CLASS_PORT, u64::from(low));
     let mut back = [0u8; 16];
     cpu.read(desc, &mut back);
@@ -231,13 +242,36 @@ fn platform(cpu: &mut Agent, info: &BootInfo) -> Result<(), Failed> {
         expect(u64::from(port), CLASS_PORT, u64::from(value));
     }
 
+    // The chipset: the host bridge's PCIEXBAR and the LPC bridge's RCBA would put the ECAM
+    // window or the RCRB over the TSM's memory. Their configuration space is the host's to read
+    // and nobody's to write, through ECAM (read-only pages) and ports 0xCF8/0xCFC alike.
+    let ecam = seamless_host::device::find_ecam(info.rsdp).base;
+    let (pciexbar, rcba) = (ecam + PCIEXBAR, ecam + LPC_FUNCTION + RCBA);
+    let before =
+        arch::probe_read(pciexbar).ok_or(Failed::new("host world", "the host bridge's configuration is unreadable"))?;
+    for at in [pciexbar, rcba] {
+        check(arch::probe_write(at, PATTERN), "a configuration write through ECAM was not refused")?;
+        expect(at, CLASS_NOT_HOST, 0);
+    }
+    for (address, value) in
+        [(CONFIG_ENABLE | PCIEXBAR as u32, 0xE000_0001u32), (CONFIG_ENABLE | LPC_CONFIG | RCBA as u32, 0x1000_0001)]
+    {
+        arch::out32(CONFIG_ADDRESS, address);
+        arch::out32(CONFIG_DATA, value);
+        expect(u64::from(CONFIG_DATA), CLASS_PORT, u64::from(value));
+    }
+    arch::out32(CONFIG_ADDRESS, CONFIG_ENABLE | PCIEXBAR as u32);
+    let through_ports = arch::in32(CONFIG_DATA);
+    let unchanged = arch::probe_read(pciexbar) == Some(before) && through_ports == before as u32;
+    check(unchanged, "the host bridge's PCIEXBAR changed")?;
+
     let mut log = [Entry { addr: 0, class: 0, write: false, detail: 0 }; 32];
     let got = drain(cpu, &mut log);
     check(got == n, "the fault log does not hold one entry per refused platform access")?;
     check(log[..n.min(32)] == want[..n.min(32)], "a fault-log entry names another platform access")?;
     let names = MSRS.map(|(_, name, _)| name);
     say!(
-        "world: host world attacked the platform: {}, fw_cfg DMA into TSM memory refused (2 writes, the descriptor untouched), {} MSR writes refused ({}; RDMSR VM_HSAVE_PA read 0), ISA DMA programming refused ({} port writes); the host read {got} entries back from the fault log",
+        "world: host world attacked the platform: {}, fw_cfg DMA into TSM memory refused (2 writes, the descriptor untouched), {} MSR writes refused ({}; RDMSR VM_HSAVE_PA read 0), ISA DMA programming refused ({} port writes), the chipset's PCIEXBAR and RCBA not written (2 writes through ECAM, 2 through ports 0xCF8/0xCFC, refused; PCIEXBAR reads {before:#x} as before); the host read {got} entries back from the fault log",
         if secret.is_some() {
             "2 selections of fw_cfg's opt/seamless/platform-secret refused (the data port then read nothing of it)"
         } else {

@@ -123,6 +123,41 @@ pub fn read_image(addr: u64, buf: &mut [u8]) {
     }
 }
 
+/// Carries out an I/O access of the host world that `ioports::decide` said to pass on
+/// (`Decision::PassOn`): the same port, width and direction; returns what an IN read (0 for an
+/// OUT).
+pub fn pass_on(io: &crate::ioports::Io) -> u64 {
+    // SAFETY: the only caller is the host world's I/O intercept, for an access `ioports::decide`
+    // checked: PCI configuration cycles to functions whose configuration cannot move memory
+    // over RAM (the host and LPC bridges are refused; QEMU maps PCI memory below RAM), and
+    // reads. Port I/O touches no memory of the TSM's.
+    let p = unsafe { Port::new(io.port) };
+    match (io.input, io.size) {
+        (true, 1) => u64::from(p.read_u8()),
+        (true, 2) => u64::from(p.read_u16()),
+        (true, _) => u64::from(p.read_u32()),
+        (false, 1) => {
+            p.write_u8(io.value as u8);
+            0
+        }
+        (false, 2) => {
+            p.write_u16(io.value as u16);
+            0
+        }
+        (false, _) => {
+            p.write_u32(io.value as u32);
+            0
+        }
+    }
+}
+
+/// PCI configuration mechanism #1's address register (0xCF8) as it is now.
+pub fn pci_config_address() -> u32 {
+    // SAFETY: reading the configuration address register has no effect.
+    let p = unsafe { Port::new(crate::ioports::PCI_CONFIG_ADDRESS) };
+    p.read_u32()
+}
+
 /// What QEMU's `isa-debug-exit` device reports: QEMU exits with status `(code << 1) | 1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]

@@ -224,6 +224,22 @@ impl HostWorld {
         self.secret_key = Some(key);
     }
 
+    /// Makes the configuration space of the chipset functions (`ioports::CHIPSET`: the host
+    /// bridge and the LPC bridge) read-only in the host's nested map, through the ECAM window
+    /// at `ecam`: their PCIEXBAR, RCBA and SMRAM registers would let the host put device
+    /// registers over the TSM's memory. (Ports 0xCF8/0xCFC are filtered the same way.)
+    ///
+    /// # Errors
+    /// [`WorldError::OutOfTsmMemory`] if the nested map could not take the change.
+    pub fn protect_chipset_config(&mut self, tsm: &mut Tsm<FirmwarePlatform>, ecam: u64) -> Result<(), WorldError> {
+        let npt = tsm.platform_mut().host_npt.as_mut().ok_or(WorldError::OutOfTsmMemory)?;
+        for (bus, device, function) in crate::ioports::CHIPSET {
+            let page = ecam + (u64::from(bus) << 20 | u64::from(device) << 15 | u64::from(function) << 12);
+            npt.map_read_only(page, page + PAGE, MemType::Uncached).map_err(|_| WorldError::OutOfTsmMemory)?;
+        }
+        Ok(())
+    }
+
     /// Loads the host agent's binary from fw_cfg (`loader`) into host RAM from `start`, with
     /// its page tables and the boot information `info` makes, and sets the world to enter it.
     ///
@@ -440,7 +456,13 @@ impl HostWorld {
     fn port(&mut self, tsm: &mut Tsm<FirmwarePlatform>, info1: u64) -> Served {
         use crate::ioports::{decide, Decision, Io, FW_CFG_INVALID};
         let io = Io::decode(info1, self.world.rax());
-        let answer = match decide(&io, self.secret_key) {
+        let config_address = if io.port >= crate::ioports::PCI_CONFIG_ADDRESS && !io.input {
+            crate::arch::pci_config_address()
+        } else {
+            0
+        };
+        let answer = match decide(&io, self.secret_key, config_address) {
+            Decision::PassOn => Some(crate::arch::pass_on(&io)),
             Decision::Select(key) => {
                 if let Some(fw) = &self.fw {
                     fw.select_item(key);

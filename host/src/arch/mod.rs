@@ -240,11 +240,21 @@ pub fn out_kept(port: u16, value: u8) {
     p.write_u8(value);
 }
 
-/// An OUT of 32 bits to `port` (fw_cfg's DMA address registers, which the TSM keeps).
-pub fn out32_kept(port: u16, value: u32) {
-    // SAFETY: as for `out_kept`.
+/// An OUT of 32 bits to `port`: fw_cfg's DMA address registers (which the TSM keeps), or PCI
+/// configuration mechanism #1 (0xCF8/0xCFC, whose writes to the chipset the TSM refuses).
+pub fn out32(port: u16, value: u32) {
+    // SAFETY: the ports passed here are intercepted by the TSM, which refuses what could reach
+    // memory (fw_cfg DMA, configuration writes to the host and LPC bridges) and passes the rest
+    // on: configuration cycles, which move no memory the agent uses.
     let p = unsafe { Port::new(port) };
     p.write_u32(value);
+}
+
+/// An IN of 32 bits from `port` (the PCI configuration data window).
+pub fn in32(port: u16) -> u32 {
+    // SAFETY: a configuration read has no effect on memory.
+    let p = unsafe { Port::new(port) };
+    p.read_u32()
 }
 
 /// The agent's own memory, virtual `[start, end)`: its image (the TSM placed it physically; the

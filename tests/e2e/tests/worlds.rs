@@ -83,7 +83,7 @@ fn host_world_access_to_tsm_pamt_and_vtd_faults_and_changes_nothing() {
     // The host carried on after the faults: it reached the end of its program.
     assert!(o.console.contains("seamless host: boot done"), "{}", o.console);
     if let Some(log) = decode_defmt(&o.defmt) {
-        for what in ["(TSM memory)", "(PAMT / reserved)", "(not host memory)"] {
+        for what in ["(TSM memory)", "(PAMT / reserved)", "to 0xfed90000 (not host memory)"] {
             assert_eq!(log.matches(what).count(), 2, "a read and a write of {what}:\n{log}");
         }
     }
@@ -91,12 +91,15 @@ fn host_world_access_to_tsm_pamt_and_vtd_faults_and_changes_nothing() {
 
 /// The host world's ways around its nested map through the platform: fw_cfg's selector naming
 /// the platform secret, fw_cfg's DMA interface (which writes by physical address without the
-/// IOMMU), the MSRs the TSM depends on, the ISA DMA controllers. Each is refused by the TSM's
-/// intercepts, logged, and without effect: the data port gives nothing of the secret, the DMA
-/// descriptor is untouched, and the TSM is still running (a changed EFER.SVME or VM_HSAVE_PA
-/// would have ended it at the next exit, and the TSM checks both after every WRMSR).
+/// IOMMU), the MSRs the TSM depends on, the ISA DMA controllers, and the chipset registers that
+/// put device registers over RAM (the host bridge's PCIEXBAR, the LPC bridge's RCBA; through
+/// ECAM and through ports 0xCF8/0xCFC). Each is refused by the TSM's intercepts or the nested
+/// map, logged, and without effect: the data port gives nothing of the secret, the DMA
+/// descriptor is untouched, PCIEXBAR reads as before, and the TSM is still running (a changed
+/// EFER.SVME or VM_HSAVE_PA would have ended it at the next exit, and the TSM checks both after
+/// every WRMSR).
 #[test]
-fn host_world_fw_cfg_secret_fw_cfg_dma_msrs_and_isa_dma_are_refused_and_logged() {
+fn host_world_fw_cfg_secret_fw_cfg_dma_msrs_isa_dma_and_chipset_are_refused_and_logged() {
     let qemu = qemu_or_skip!();
     let o = boot_with_secret(&qemu, "host_platform");
     o.expect_status(33);
@@ -110,7 +113,8 @@ fn host_world_fw_cfg_secret_fw_cfg_dma_msrs_and_isa_dma_are_refused_and_logged()
         "fw_cfg DMA into TSM memory refused (2 writes, the descriptor untouched)",
         "8 MSR writes refused (EFER, VM_HSAVE_PA, VM_CR, SYSCFG, APIC_BASE, PAT, MTRRdefType, TSC; RDMSR VM_HSAVE_PA read 0)",
         "ISA DMA programming refused (9 port writes)",
-        "the host read 21 entries back from the fault log",
+        "the chipset's PCIEXBAR and RCBA not written (2 writes through ECAM, 2 through ports 0xCF8/0xCFC, refused; PCIEXBAR reads 0xb0000001 as before)",
+        "the host read 25 entries back from the fault log",
     ] {
         assert!(line.contains(what), "{what}:\n{line}");
     }
@@ -120,6 +124,9 @@ fn host_world_fw_cfg_secret_fw_cfg_dma_msrs_and_isa_dma_are_refused_and_logged()
         assert_eq!(log.matches("(fw_cfg DMA interface)").count(), 2, "{log}");
         assert_eq!(log.matches("(ISA DMA controller)").count(), 9, "{log}");
         assert_eq!(log.matches("host world: WRMSR ").count(), 8, "{log}");
+        assert_eq!(log.matches("(configuration write to the host or LPC bridge)").count(), 2, "{log}");
+        assert!(log.contains("access to 0xb0000060 (not host memory)"), "{log}");
+        assert!(log.contains("access to 0xb00f80f0 (not host memory)"), "{log}");
     }
 }
 
