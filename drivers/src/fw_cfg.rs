@@ -12,6 +12,7 @@ use crate::port::Port;
 const SELECTOR: u16 = 0x510;
 const DATA: u16 = 0x511;
 const SIGNATURE: u16 = 0x0000;
+const FEATURES: u16 = 0x0001;
 const FILE_DIR: u16 = 0x0019;
 const NAME_BYTES: usize = 56;
 /// Directory entries looked at at most (QEMU lists a few dozen).
@@ -116,6 +117,14 @@ impl FwCfg {
     /// [`FwCfgError::NotFound`].
     pub fn selector_of(&self, name: &str) -> Result<u16, FwCfgError> {
         self.find(name).map(|(select, _)| select)
+    }
+
+    /// The feature bits of item FW_CFG_ID (bit 0: the port interface, bit 1: DMA).
+    pub fn features(&self) -> u32 {
+        self.select(FEATURES);
+        let mut id = [0u8; 4];
+        self.read(&mut id);
+        u32::from_le_bytes(id)
     }
 
     /// Selects the signature item: the data port then reads "QEMU", nothing of any file.

@@ -197,10 +197,13 @@ fn host_agent(
     }
     let start = image.1.next_multiple_of(4096);
     let info = |region| BootInfo::new(&boot.memmap, image, region, (tsc.hz(), arch::boot_tsc()), boot.rsdp);
+    let t0 = tsc.now();
     let loaded = world.load_binary(tsm, &fw, start, &info).unwrap_or_else(|e| fail("host agent", &e));
+    let load_us = tsc.ticks_to_us(tsc.now().wrapping_sub(t0));
     say!(
-        "host: {HOST_FILE} ({} bytes, untrusted and unmeasured) loaded: {} segments at {:#x}..{:#x} with its page tables and boot information; entered at {:#x} in the host world",
+        "host: {HOST_FILE} ({} bytes, untrusted and unmeasured) loaded in {} ms: {} segments at {:#x}..{:#x} with its page tables and boot information; entered at {:#x} in the host world",
         loaded.file_bytes,
+        Ms(load_us),
         loaded.image.segments().len(),
         loaded.region.0,
         loaded.region.1,

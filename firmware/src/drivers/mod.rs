@@ -8,6 +8,7 @@
 
 pub use seamless_drivers::{acpi, fw_cfg, pci, phys, serial, tsc};
 
+pub mod fw_cfg_dma;
 pub mod log;
 pub mod pvh;
 pub mod rng;

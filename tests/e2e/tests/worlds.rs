@@ -34,7 +34,7 @@ fn the_host_agent_is_its_own_binary_loaded_by_the_tsm_and_entered_in_the_host_wo
     for what in [
         "nRIP save no (RIP advanced by the TSM): the TSM alone runs in host mode",
         "host: opt/seamless/host (",
-        "untrusted and unmeasured) loaded: ",
+        "untrusted and unmeasured) loaded in ",
         "entered at 0xffffffff80000000 in the host world",
         "host: the agent runs in the host world: image 0xffffffff80000000..",
         "from the TSM's boot information",
