@@ -37,11 +37,6 @@ mod guest;
 mod host;
 #[cfg(not(target_os = "none"))]
 mod tools;
-/// Host tests: the evidence writer.
-#[cfg(all(test, not(target_os = "none")))]
-mod host {
-    pub mod evidence;
-}
 #[cfg(target_os = "none")]
 use seamless_drivers::memmap;
 #[cfg(target_os = "none")]

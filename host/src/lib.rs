@@ -8,6 +8,7 @@
 //! - [`mem`]: the host's pages, the DOE link, and the TDMR it configures the TSM over, chosen
 //!   from its own memory as a TDX host kernel does;
 //! - [`device`]: finding the NVMe function, its BARs and its DOE mailbox, and SPDM.CONNECT;
+//! - [`evidence`]: a TDI's evidence for the verifier, read from the TSM into a bundle;
 //! - [`probe_td`]: the probe TD, which shows the TD world's isolation and measures TDCALL.
 //!
 //! The sequences of calls themselves are `tsm_client::host`'s, written once.
@@ -29,6 +30,7 @@ use tsm_client::host::HostError;
 use tsm_client::{DoeError, HostMemory, Seamcall};
 
 pub mod device;
+pub mod evidence;
 pub mod mem;
 pub mod probe_td;
 

@@ -4,7 +4,7 @@
 //! its device link are the host binary's library (`seamless_host`), the same code the host
 //! world runs with the SEAMCALL instruction; the boot and connect modes run only there.
 
-pub mod evidence;
+pub use seamless_host::evidence;
 
 use tsm::{Regs, Tsm};
 use tsm_client::{HostMemory, Seamcall};

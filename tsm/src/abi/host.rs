@@ -81,6 +81,7 @@ pub mod leaf {
     pub const TDI_STOP: u64 = 0x8012;
     pub const DMABUF_IMPORT: u64 = 0x8013;
     pub const DMABUF_REVOKE: u64 = 0x8014;
+    pub const TDI_EVIDENCE_RD: u64 = 0x8015;
     pub const IOMMU_FAULT_RD: u64 = 0x8030;
     pub const IOMMU_HOST_ATTACH: u64 = 0x8031;
     pub const IOMMU_HOST_DETACH: u64 = 0x8032;
@@ -675,6 +676,7 @@ impl<P: Platform> Tsm<P> {
         Self::TDI_STOP,
         Self::DMABUF_IMPORT,
         Self::DMABUF_REVOKE,
+        Self::TDI_EVIDENCE_RD,
         Self::IOMMU_FAULT_RD,
         Self::IOMMU_HOST_ATTACH,
         Self::IOMMU_HOST_DETACH,
