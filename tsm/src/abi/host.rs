@@ -85,6 +85,7 @@ pub mod leaf {
     pub const IOMMU_FAULT_RD: u64 = 0x8030;
     pub const IOMMU_HOST_ATTACH: u64 = 0x8031;
     pub const IOMMU_HOST_DETACH: u64 = 0x8032;
+    pub const IOMMU_TRANSLATE: u64 = 0x8033;
 }
 
 /// Bytes of one TDMR_INFO entry: base, size, PAMT base, PAMT size (u64 each).
@@ -680,6 +681,7 @@ impl<P: Platform> Tsm<P> {
         Self::IOMMU_FAULT_RD,
         Self::IOMMU_HOST_ATTACH,
         Self::IOMMU_HOST_DETACH,
+        Self::IOMMU_TRANSLATE,
     ];
 
     // ---- TSM ---------------------------------------------------------------------------------
