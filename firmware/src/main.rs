@@ -43,8 +43,8 @@ use seamless_drivers::memmap;
 mod platform;
 #[cfg(target_os = "none")]
 mod run;
-#[cfg(any(target_os = "none", test))]
-mod timeline;
+#[cfg(target_os = "none")]
+use seamless_host::timeline;
 #[cfg(target_os = "none")]
 mod world;
 

@@ -9,7 +9,8 @@
 //!   from its own memory as a TDX host kernel does;
 //! - [`device`]: finding the NVMe function, its BARs and its DOE mailbox, and SPDM.CONNECT;
 //! - [`evidence`]: a TDI's evidence for the verifier, read from the TSM into a bundle;
-//! - [`probe_td`]: the probe TD, which shows the TD world's isolation and measures TDCALL.
+//! - [`probe_td`]: the probe TD, which shows the TD world's isolation and measures TDCALL;
+//! - [`timeline`]: the run's phases as `timeline.json`.
 //!
 //! The sequences of calls themselves are `tsm_client::host`'s, written once.
 //!
@@ -33,6 +34,7 @@ pub mod device;
 pub mod evidence;
 pub mod mem;
 pub mod probe_td;
+pub mod timeline;
 
 /// The host's CPU as the agent's flows use it: SEAMCALL, the host's pages, and the clock.
 pub trait Cpu: Seamcall + HostMemory {
