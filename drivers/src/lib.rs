@@ -28,6 +28,7 @@ pub mod frame;
 pub mod fw_cfg;
 pub mod memmap;
 pub mod pci;
+pub mod phases;
 pub mod phys;
 pub mod port;
 pub mod serial;

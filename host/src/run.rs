@@ -113,6 +113,7 @@ pub fn main(boot_info: u64) -> ! {
         layout.pamt.0
     );
     let mut cpu = Agent { host: Host::new(Frames::new(&map), &layout), tsc, tsm_ticks: 0 };
+    arch::phase_mark(Some("tsm_config"));
     sys_config(&mut cpu, &layout).unwrap_or_else(|e| fail("TSM configuration", &e));
     let ready = tsc.ticks_to_us(tsc.now().wrapping_sub(info.boot_tsc));
     say!(
@@ -122,8 +123,11 @@ pub fn main(boot_info: u64) -> ! {
     );
     figure("boot_to_tsm_ready_ms", &Ms(ready), "ms");
 
+    arch::phase_mark(Some("world_probe"));
     let floor_ns = world_probe::run(&mut cpu, &info, &layout).unwrap_or_else(|f| fail(f.what, &f.why));
+    arch::phase_mark(Some("probe_td"));
     probe_td(&mut cpu, floor_ns);
+    arch::phase_mark(None);
 
     match config.mode {
         Mode::Boot => {
@@ -166,8 +170,10 @@ fn connect(cpu: &mut Agent, info: &BootInfo, config: &RunConfig) -> ! {
     let window = device::bar_window(&ecam, map.low_ram_end());
     let mut nvme = device::open_nvme(&map, config, &cpu.tsc(), (ecam, window)).unwrap_or_else(|f| fail(f.what, &f.why));
     let tsc = cpu.tsc();
+    arch::phase_mark(Some("spdm_connect"));
     device::spdm_connect(cpu, &mut DoeLink::new(&mut nvme.mailbox, tsc), nvme.bdf)
         .unwrap_or_else(|f| fail(f.what, &f.why));
+    arch::phase_mark(None);
     say!("seamless host: connect done");
     arch::exit(true)
 }

@@ -30,7 +30,7 @@ use crate::drivers::tsc::Tsc;
 use crate::memmap::{MemoryMap, RangeKind};
 use crate::platform::FirmwarePlatform;
 use seamless_drivers::bootinfo::BootInfo;
-use seamless_drivers::say;
+use seamless_drivers::{phases, say};
 
 /// The VT-d register page (DMAR/DRHD): whoever writes it owns DMA.
 const VTD_REGS: u64 = 0xFED9_0000;
@@ -89,6 +89,8 @@ pub struct HostWorld {
     refused_pending: usize,
     /// Refused writes whose bytes the TSM found unchanged at the next exit.
     pub writes_unchanged: u64,
+    /// The agent's open phase (`phases`) and the world switches at its start.
+    phase: Option<(phases::Name, (u64, u64))>,
 }
 
 /// How the host world's service loop goes on after an exit.
@@ -216,6 +218,7 @@ impl HostWorld {
             refused_writes: [(0, [0; 16]); 4],
             refused_pending: 0,
             writes_unchanged: 0,
+            phase: None,
         })
     }
 
@@ -325,7 +328,7 @@ impl HostWorld {
             self.check_refused_writes();
             let served = match exit {
                 Exit::Vmmcall => {
-                    self.world.skip(3);
+                    self.vmmcall(tsm);
                     Ok(Served::Continue)
                 }
                 other => self.serve(tsm, other),
@@ -339,7 +342,8 @@ impl HostWorld {
     }
 
     /// The TSM's last word when the host ends the run: the world switches, the refusals.
-    fn end(&self, tsm: &Tsm<FirmwarePlatform>, code: u32) -> ! {
+    fn end(&mut self, tsm: &Tsm<FirmwarePlatform>, code: u32) -> ! {
+        self.close_phase(tsm);
         let td = tsm.platform().td.as_ref().map_or(0, |w| w.switches);
         say!(
             "world: the host world ended the run: {} host-world exits, {td} TD-world exits; {} accesses refused, {} refused writes checked: bytes unchanged",
@@ -354,6 +358,43 @@ impl HostWorld {
             crate::arch::ExitCode::Failure
         };
         crate::arch::exit_qemu(code)
+    }
+
+    /// VMMCALL, the host world's one call to the TSM that is not the ABI (`phases`): RAX 0 is a
+    /// bare exit, nothing done (the floor the agent measures); RAX [`phases::MARK`] marks the
+    /// start of the agent's phase named in RCX:RDX (or, all zero, the end of the last), for
+    /// which the TSM counts world switches. The registers stay as they are; RIP += 3.
+    fn vmmcall(&mut self, tsm: &Tsm<FirmwarePlatform>) {
+        if self.world.rax() == phases::MARK {
+            let name = phases::decode(self.world.gprs.rcx, self.world.gprs.rdx);
+            self.close_phase(tsm);
+            if let Some(name) = name {
+                self.phase = Some((name, self.switches(tsm)));
+            }
+        }
+        self.world.skip(3);
+    }
+
+    /// World switches so far: `(host world, TD worlds)`.
+    fn switches(&self, tsm: &Tsm<FirmwarePlatform>) -> (u64, u64) {
+        (self.world.exits, tsm.platform().td.as_ref().map_or(0, |w| w.switches))
+    }
+
+    /// Ends the open phase, if any: its world switches on COM1 and as the figure
+    /// `switches_NAME`. The TSM keeps the counts to itself until then: how often a TD exits to
+    /// the TSM is none of the host's business while it runs.
+    fn close_phase(&mut self, tsm: &Tsm<FirmwarePlatform>) {
+        let Some((name, (host0, td0))) = self.phase.take() else { return };
+        let (host, td) = self.switches(tsm);
+        let (host, td) = (host.saturating_sub(host0), td.saturating_sub(td0));
+        let name = name.as_str();
+        say!("world: phase {name}: {} world switches ({host} of the host world, {td} of TD worlds)", host + td);
+        let mut figure = [0u8; 32];
+        let mut w = seamless_drivers::console::BufWriter::new(&mut figure);
+        if core::fmt::Write::write_fmt(&mut w, format_args!("switches_{name}")).is_ok() {
+            let len = w.len();
+            crate::run::figure(core::str::from_utf8(&figure[..len]).unwrap_or("switches"), &(host + td), "exits");
+        }
     }
 
     /// One exit of the host world, served: `Continue`, the end of the run, or why the world

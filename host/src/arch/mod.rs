@@ -190,6 +190,24 @@ pub fn vmmcall() {
     unsafe { asm!("vmmcall", options(nomem, nostack, preserves_flags)) };
 }
 
+/// Marks the start of the run's phase `name` for the TSM (`seamless_drivers::phases`), or with
+/// `None` the end of the last: the TSM counts each phase's world switches and says them at its
+/// end. A name the format refuses marks only the end of the open phase.
+pub fn phase_mark(name: Option<&str>) {
+    let (rcx, rdx) = name.and_then(seamless_drivers::phases::encode).unwrap_or((0, 0));
+    // SAFETY: the TSM serves a phase mark by noting it and skipping the VMMCALL: no register
+    // or memory of the agent changes.
+    unsafe {
+        asm!(
+            "vmmcall",
+            in("rax") seamless_drivers::phases::MARK,
+            in("rcx") rcx,
+            in("rdx") rdx,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+}
+
 /// The TSC.
 pub fn rdtsc() -> u64 {
     seamless_drivers::tsc::rdtsc()

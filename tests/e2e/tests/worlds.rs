@@ -53,6 +53,15 @@ fn the_host_agent_is_its_own_binary_loaded_by_the_tsm_and_entered_in_the_host_wo
     let ended = o.console.find("world: the host world ended the run").unwrap();
     assert!(loaded < done && done < ended, "{}", o.console);
     assert!(o.figure("world_switches").is_some_and(|n| n > 0.0), "{}", o.console);
+    // The agent marked its phases; the TSM counted each one's world switches, the TD worlds'
+    // included, and said them itself.
+    for phase in ["tsm_config", "world_probe", "probe_td"] {
+        let line = format!("world: phase {phase}: ");
+        assert!(o.console.contains(&line), "{line}:\n{}", o.console);
+        assert!(o.figure(&format!("switches_{phase}")).is_some_and(|n| n > 0.0), "switches_{phase}");
+    }
+    let probe_td = o.console.lines().find(|l| l.starts_with("world: phase probe_td: ")).unwrap();
+    assert!(!probe_td.contains(" 0 of TD worlds"), "the probe TD ran in its TD world: {probe_td}");
     if let Some(log) = decode_defmt(&o.defmt) {
         // Configured by the host world's SEAMCALL: the TSM's call log has it.
         assert!(log.contains("host TDH.SYS.CONFIG ok"), "{log}");
