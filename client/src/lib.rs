@@ -15,6 +15,9 @@
 //!   each `DEVICE_REQUEST` through.
 //! - [`HostMemory`] and [`GuestMemory`]: the pages each side owns and what it reads and writes.
 //!
+//! Between the two, [`vmcall`] is the demo TD's protocol with its host: the requests it makes
+//! with TDG.VP.VMCALL, one table both sides use.
+//!
 //! The crate is `no_std`, without heap and without `unsafe`: it is the same code in a bare-metal
 //! host world, in the firmware and in host-side tests, so what the tests prove of a flow is what
 //! the firmware runs.
@@ -26,7 +29,9 @@ pub mod console;
 pub mod doe;
 pub mod guest;
 pub mod host;
+pub mod nvme;
 pub mod shared;
+pub mod vmcall;
 
 pub use doe::{Doe, DoeError};
 pub use guest::{GuestError, GuestMemory, Tdcall};

@@ -32,8 +32,6 @@ mod ioports;
 #[cfg(target_os = "none")]
 use seamless_drivers::config;
 #[cfg(target_os = "none")]
-mod guest;
-#[cfg(target_os = "none")]
 mod host;
 #[cfg(not(target_os = "none"))]
 mod tools;

@@ -135,8 +135,8 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         host_agent(&mut tsm, &boot, (image, mmio_start, ecam.base), &tsc)
     }
 
-    // Transitional (issue 11, stage 2): the modes whose TD part the firmware's stand-in guest
-    // plays run the agent in the image, with SEAMCALL as a direct call.
+    // Transitional (issue 11, stage 2): modes assign, revoke and attack run the agent in the
+    // image, with SEAMCALL as a direct call, until their host side moves into the host binary.
     let layout =
         Layout::carve(&boot.memmap, image, config.tdmr_max_mib << 20).unwrap_or_else(|e| fail("memory layout", &e));
     say!(
@@ -163,13 +163,13 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     );
     figure("boot_to_tsm_ready_ms", &Ms(ready), "ms");
 
-    let mut world = host_world(&boot.memmap, &layout, mmio_start, &tsc, &mut tsm, &mut host);
+    let (mut world, host_exits) = host_world(&boot.memmap, &layout, mmio_start, &tsc, &mut tsm, &mut host);
     let nvme = open_nvme(&boot, &config, &tsc, (ecam, window));
     let mut buf = [0u8; GUEST_IMAGE_MAX];
     let guest = read_guest_image(&mut buf);
     match config.mode {
-        Mode::Attack => attack::run(&tsc, &mut tsm, &mut host, nvme, guest, image.0),
-        _ => assign::run(&config, &tsc, &mut tsm, (&mut host, &mut world), nvme, guest, ready),
+        Mode::Attack => attack::run(&tsc, &mut tsm, (&mut host, &mut world), nvme, guest, image.0),
+        _ => assign::run(&config, &tsc, &mut tsm, (&mut host, &mut world, host_exits), nvme, guest, ready),
     }
 }
 
@@ -233,7 +233,7 @@ fn host_world(
     tsc: &Tsc,
     tsm: &mut Tsm<FirmwarePlatform>,
     host: &mut Host,
-) -> HostWorld {
+) -> (HostWorld, u64) {
     let frames = host.frames();
     let mut page = || tsm_client::HostMemory::scratch(host);
     let mut world = HostWorld::new(tsm, map, layout.image, mmio_start, frames)
@@ -308,7 +308,7 @@ fn host_world(
     let ratio = (td.tdcall_ns * 100).checked_div(r.floor_ns).unwrap_or(0);
     figure("tdcall_vs_floor", &format_args!("{}.{:02}", ratio / 100, ratio % 100), "x");
     figure("world_switches", &(r.exits + switches), "exits");
-    world
+    (world, r.exits)
 }
 
 /// The DMA remapping unit ACPI DMAR names, if any: the TSM takes it at IOMMU.SETUP.
@@ -354,9 +354,9 @@ fn report_memmap(map: &MemoryMap) {
     }
 }
 
-/// Bytes a guest image may have (the demo's is about 24 KiB; this bounds the host agent's
-/// buffer, on the boot stack).
-const GUEST_IMAGE_MAX: usize = 64 * 1024;
+/// Bytes a guest image may have (the demo's is about 80 KiB, its NVMe driver and SHA-384
+/// included; this bounds the host agent's buffer, on the 512 KiB boot stack).
+const GUEST_IMAGE_MAX: usize = 128 * 1024;
 
 /// The host agent reads the guest image from fw_cfg into `buf` (the TSM checks nothing here:
 /// `td::build` parses it, and MRTD measures what was added).

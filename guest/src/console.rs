@@ -8,7 +8,7 @@
 use core::fmt;
 
 use tsm::abi::guest::leaf;
-use tsm_client::host::device::vmcall;
+use tsm_client::vmcall;
 
 use crate::arch;
 use crate::tdcall::TdcallRegs;

@@ -24,6 +24,8 @@ mod arch;
 #[cfg(target_os = "none")]
 mod console;
 #[cfg(target_os = "none")]
+mod probe;
+#[cfg(target_os = "none")]
 mod td;
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 mod tdcall;

@@ -14,10 +14,10 @@
 //!
 //! The sequences of calls themselves are `tsm_client::host`'s, written once.
 //!
-//! **Transitional** (issue 11, stage 2): the firmware still links this library for the modes
-//! whose TD part is played by its in-image stand-in guest (`assign`, `revoke`, `attack`), with
-//! SEAMCALL as a direct call; those modes move into the binary once the TD's device flow lives
-//! in the guest binary.
+//! **Transitional** (issue 11, stage 2): the firmware still links this library for modes
+//! `assign`, `revoke` and `attack`, with SEAMCALL as a direct call, until their host side
+//! (`firmware/src/run/assign.rs`, `attack.rs`) moves into the binary; their TD part is already
+//! the guest binary's, in its TD world.
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -44,14 +44,15 @@ pub trait Cpu: Seamcall + HostMemory {
     fn tsm_ticks(&self) -> u64;
 }
 
-/// The demo's TD: GPAW 48, one vCPU, no attributes.
-pub fn td_params() -> TdParams {
+/// The demo's TD: GPAW 48, one vCPU, no attributes; `plan` in MRCONFIGID (the probe TD, which
+/// reads none, gets `Plan::Assign`: all zero).
+pub fn td_params(plan: tsm_client::guest::Plan) -> TdParams {
     TdParams {
         attributes: 0,
         xfam: 3,
         max_vcpus: 1,
         gpaw: 48,
-        mr_config_id: [0; 48],
+        mr_config_id: plan.config_id(),
         mr_owner: [0; 48],
         mr_owner_config: [0; 48],
     }

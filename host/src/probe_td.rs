@@ -103,7 +103,7 @@ fn check(ok: bool, what: &'static str) -> Result<(), TdProbeError> {
 /// [`TdProbeError`]: the first call or check that failed.
 pub fn run<C: Cpu + ?Sized>(cpu: &mut C) -> Result<TdProbeReport, TdProbeError> {
     let tsc = cpu.tsc();
-    let td = flow_td::create(cpu, &td_params())?;
+    let td = flow_td::create(cpu, &td_params(tsm_client::guest::Plan::Assign))?;
     let vcpu = flow_td::vp_create(cpu, &td)?;
     let code = image();
     check(code.len() == 2 * PAGE as usize, "the probe TD is not 8 KiB")?;

@@ -1,16 +1,16 @@
 //! Device assignment, the host's part: the PDEV created and connected over SPDM, an IDE stream
 //! with keys, the TDI created for a TD and locked (the interface report stays in the message
 //! page), its MMIO imported and mapped, the trusted IOMMU's entry added, the TDI started once the
-//! guest authorised it; and the host's side of the guest's VMCALLs.
+//! guest authorised it. The host's side of the guest's requests is [`super::td_device`].
 
 use tsm::abi::host::leaf;
 use tsm::pdev::MSG_BYTES;
 use tsm::{Regs, Status};
 
-use super::td::{enter, map_tables, TdPages};
+use super::td::{map_tables, TdPages};
 use super::{call, check, device_call, donate, raw, scratch, DeviceLeaf, HostError, HostMemory, PumpStats, Seamcall};
 use crate::doe::Doe;
-use crate::{shared, PAGE};
+use crate::PAGE;
 
 /// An assignment as far as it got: what exists, so that [`super::unbind`] takes apart exactly
 /// that. A zero page (or `false`) means the step did not happen.
@@ -237,78 +237,4 @@ pub fn start<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
 /// [`HostError`].
 pub fn dmabuf_revoke<H: Seamcall + ?Sized>(h: &mut H, a: &Assignment) -> Result<u64, HostError> {
     Ok(call(h, "SEAMLESS.DMABUF.REVOKE", Regs::call(leaf::DMABUF_REVOKE, a.tdi, 0, 0, 0))?.rcx)
-}
-
-/// VMCALL requests (R10) the demo's guest makes and the host serves.
-pub mod vmcall {
-    /// Put the interface report of the TDI in the shared page (R11: function id).
-    pub const GET_REPORT: u64 = 0x5EA1_0001;
-    /// Put the verifier's challenge (64 bytes) in the shared page.
-    pub const GET_NONCE: u64 = 0x5EA1_0002;
-    /// The signed report is in the shared page (R11: its length).
-    pub const REPORT_READY: u64 = 0x5EA1_0003;
-    /// A piece of the TD's console output (`crate::console`: R11 count, R12..R13 the bytes).
-    pub const CONSOLE: u64 = 0x5EA1_0004;
-}
-
-/// What the host answers the guest's VMCALLs with, and where it keeps what the guest hands over.
-pub struct Vmcalls<'a> {
-    /// The shared page (host address).
-    pub shared: u64,
-    /// The verifier's challenge.
-    pub nonce: &'a [u8; 64],
-    /// Where REPORT_READY's data goes.
-    pub reports: &'a mut [u8],
-    /// Where the TD's console bytes go (the host's log).
-    pub console: &'a mut dyn FnMut(&[u8]),
-}
-
-impl core::fmt::Debug for Vmcalls<'_> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Vmcalls").field("shared", &self.shared).field("reports", &self.reports.len()).finish()
-    }
-}
-
-/// Serves the guest's VMCALL `args` (R10..R13), then resumes the vCPU with VP.ENTER:
-/// GET_REPORT puts the interface report from the message page in the shared page, GET_NONCE
-/// the challenge, REPORT_READY copies what the guest handed over to `v.reports`, CONSOLE hands
-/// the bytes to `v.console`.
-///
-/// # Errors
-/// [`HostError::UnknownVmcall`], [`HostError::SharedLength`], [`HostError::ConsoleLength`], or
-/// VP.ENTER's error.
-pub fn serve_vmcall<H: Seamcall + HostMemory + ?Sized>(
-    h: &mut H,
-    vcpu: u64,
-    args: [u64; 4],
-    a: &Assignment,
-    v: &mut Vmcalls<'_>,
-) -> Result<(), HostError> {
-    match args[0] {
-        vmcall::GET_REPORT => {
-            let mut buf = [0u8; MSG_BYTES];
-            let n = a.report_len.min(shared::CAPACITY);
-            h.read(a.msg, &mut buf[..n]);
-            put_shared(h, v.shared, &buf[..n]);
-        }
-        vmcall::GET_NONCE => put_shared(h, v.shared, v.nonce),
-        vmcall::REPORT_READY => {
-            let mut len = [0u8; 8];
-            h.read(v.shared, &mut len);
-            let n = shared::checked_len(u64::from_le_bytes(len), v.reports.len()).map_err(HostError::SharedLength)?;
-            h.read(v.shared + 8, &mut v.reports[..n]);
-        }
-        vmcall::CONSOLE => {
-            let (bytes, n) = crate::console::unpack([args[1], args[2], args[3]]).map_err(HostError::ConsoleLength)?;
-            (v.console)(&bytes[..n]);
-        }
-        other => return Err(HostError::UnknownVmcall(other)),
-    }
-    enter(h, vcpu)
-}
-
-fn put_shared<H: HostMemory + ?Sized>(h: &mut H, page: u64, data: &[u8]) {
-    let (len, data) = shared::frame(data);
-    h.write(page, &len.to_le_bytes());
-    h.write(page + 8, data);
 }

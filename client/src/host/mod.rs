@@ -1,5 +1,6 @@
 //! The host's sequence of calls (the untrusted VMM's role): [`td`] builds, enters and destroys
-//! TDs; [`tdvf`] builds one whose firmware is an OVMF image (TDVF) and writes its TD HOB; [`device`] connects a device and assigns one of its interfaces to a TD; [`unbind`] is the
+//! TDs; [`tdvf`] builds one whose firmware is an OVMF image (TDVF) and writes its TD HOB; [`device`] connects a device and assigns one of its interfaces to a TD; [`td_device`]
+//! serves the demo TD's requests for it through the shared page; [`unbind`] is the
 //! one order in which an assignment comes apart, for the teardown and for the cleanup after a
 //! failure alike. Every step returns the TSM's refusal as a [`HostError`] naming the leaf.
 
@@ -7,6 +8,7 @@ use core::fmt;
 
 pub mod device;
 pub mod td;
+pub mod td_device;
 pub mod tdvf;
 pub mod unbind;
 
@@ -108,6 +110,13 @@ pub enum HostError {
     },
     /// The TD made a VMCALL the host does not serve (R10).
     UnknownVmcall(u64),
+    /// The TD made a request of the demo protocol (`crate::vmcall`) the host refuses.
+    Request {
+        /// R10 of the request.
+        request: u64,
+        /// Why.
+        why: &'static str,
+    },
     /// The TD left the shared page with a length that cannot be right.
     SharedLength(u64),
     /// The TD's console call carried a byte count that cannot be right (R11).
@@ -149,6 +158,10 @@ impl fmt::Display for HostError {
             }
             HostError::TdHobTooSmall { needed } => write!(f, "the TD HOB needs {needed} bytes, more than its section"),
             HostError::UnknownVmcall(r) => write!(f, "the TD made VMCALL {r:#x}, which the host does not serve"),
+            HostError::Request { request, why } => {
+                let name = crate::vmcall::row(*request).map_or("an unknown request", |r| r.name);
+                write!(f, "the TD's {name} ({request:#x}): {why}")
+            }
             HostError::SharedLength(n) => write!(f, "shared page: length {n} does not fit"),
             HostError::TdExit { reason, r10, r11, why } => {
                 write!(f, "TD exit {reason} (R10 {r10:#x}, R11 {r11}): {why}")

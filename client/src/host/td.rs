@@ -36,8 +36,6 @@ pub struct BuiltTd {
     pub added: u32,
     /// Of those, the pages measured with TDH.MR.EXTEND.
     pub measured: u32,
-    /// How the guest's first run ended.
-    pub ran: Ran,
 }
 
 /// Bytes covered by one S-EPT entry at `level`.
@@ -191,6 +189,12 @@ pub enum Ran {
     NoWorld,
     /// The guest halted with interrupts blocked (GHCI TDVMCALL<HLT>, R12 = 1): it is done.
     Halted,
+    /// The guest made a request of the demo TD's protocol (`crate::vmcall`, R10..R13): the
+    /// caller serves it (`super::td_device`) and goes on with [`resume`] and its answer.
+    Request([u64; 4]),
+    /// An EPT violation: the guest touched a GPA no leaf grants. The host cannot fix it here;
+    /// the caller decides (the vCPU stays at the access and retries it at the next entry).
+    Violation(TdExit),
 }
 
 /// What [`run`] counted.
@@ -207,21 +211,36 @@ pub struct RunStats {
 /// Runs vCPU `vcpu` as a VMM does: VP.ENTER, then per exit: a CONSOLE VMCALL goes to
 /// `console` and the vCPU is entered again; RDMSR and WRMSR are answered with GHCI's
 /// INVALID_OPERAND (the host offers no MSR); TDVMCALL<HLT> with interrupts blocked ends the
-/// run. GHCI's CPUID and port I/O carry operands in R14/R15, which TDG.VP.VMCALL does not
+/// run, as do a request of the demo TD's protocol and an EPT violation, which go to the caller.
+/// GHCI's CPUID and port I/O carry operands in R14/R15, which TDG.VP.VMCALL does not
 /// expose to the host here (RCX's mask 0x3C00: R10..R13), so they are refused rather than
 /// answered from registers the host never saw.
 ///
 /// # Errors
 /// VP.ENTER's error ([`HostError::Call`]); [`HostError::TdExit`] for an exit the host cannot
-/// serve (an EPT violation, a triple fault, HLT with interrupts open, CPUID or I/O, an unknown
-/// VMCALL, or a status that is no TD exit); [`HostError::ConsoleLength`].
+/// serve (a triple fault, HLT with interrupts open, CPUID or I/O, an unknown VMCALL, or a
+/// status that is no TD exit); [`HostError::ConsoleLength`].
 pub fn run<H: Seamcall + ?Sized>(
     h: &mut H,
     vcpu: u64,
     console: &mut dyn FnMut(&[u8]),
     stats: &mut RunStats,
 ) -> Result<Ran, HostError> {
-    let mut answer = [0u64; 4];
+    resume(h, vcpu, [0; 4], console, stats)
+}
+
+/// [`run`], entering the vCPU with `answer` in R10..R13: the host's answer to the request
+/// [`run`] or [`resume`] last returned ([`Ran::Request`]).
+///
+/// # Errors
+/// As for [`run`].
+pub fn resume<H: Seamcall + ?Sized>(
+    h: &mut H,
+    vcpu: u64,
+    mut answer: [u64; 4],
+    console: &mut dyn FnMut(&[u8]),
+    stats: &mut RunStats,
+) -> Result<Ran, HostError> {
     loop {
         let [r10, r11, r12, r13] = answer;
         stats.entries += 1;
@@ -232,13 +251,13 @@ pub fn run<H: Seamcall + ?Sized>(
         let refuse = |why| HostError::TdExit { reason: r.rax, r10: r.r10, r11: r.r11, why };
         let args = match TdExit::from_host_regs(&r) {
             Some(TdExit::Vmcall { args }) => args,
-            Some(TdExit::EptViolation { .. }) => return Err(refuse("EPT violation the host does not fix")),
+            Some(exit @ TdExit::EptViolation { .. }) => return Ok(Ran::Violation(exit)),
             Some(TdExit::TripleFault) => return Err(refuse("triple fault")),
             None if r.status().is_error() => return check("TDH.VP.ENTER", r).map(|_| Ran::NoWorld),
             None => return Err(refuse("not a TD exit")),
         };
         answer = match args {
-            [super::device::vmcall::CONSOLE, a, b, c] => {
+            [crate::vmcall::CONSOLE, a, b, c] => {
                 let (bytes, n) = crate::console::unpack([a, b, c]).map_err(HostError::ConsoleLength)?;
                 console(&bytes[..n]);
                 stats.console += 1;
@@ -253,6 +272,7 @@ pub fn run<H: Seamcall + ?Sized>(
             [0, ghci::CPUID | ghci::IO, _, _] => {
                 return Err(refuse("GHCI CPUID or I/O: operands in R14/R15, not exposed"))
             }
+            [request, ..] if crate::vmcall::row(request).is_some() => return Ok(Ran::Request(args)),
             _ => return Err(refuse("a VMCALL the host does not serve")),
         };
     }
@@ -260,7 +280,7 @@ pub fn run<H: Seamcall + ?Sized>(
 
 /// The whole build of a one-vCPU TD from `image`: create, every page of the image added (and
 /// measured as its regions say), MR.FINALIZE, `work.1` pages from GPA `work.0` AUGed for the guest
-/// to accept, and the guest [`run`] to its halt (its console to `console`).
+/// to accept. The vCPU has not run yet: [`run`] (or `super::td_device`) enters it.
 ///
 /// # Errors
 /// [`HostError`] of the first step that fails; [`HostError::Image`] if the image does not parse.
@@ -269,7 +289,6 @@ pub fn build<H: Seamcall + HostMemory + ?Sized>(
     image: &[u8],
     params: &TdParams,
     work: (u64, u64),
-    console: &mut dyn FnMut(&[u8]),
 ) -> Result<BuiltTd, HostError> {
     let image = Image::parse(image).map_err(HostError::Image)?;
     let td = create(h, params)?;
@@ -288,9 +307,7 @@ pub fn build<H: Seamcall + HostMemory + ?Sized>(
         let page = donate(h)?;
         aug(h, &td, work.0 + i * PAGE, 0, page)?;
     }
-    let mut stats = RunStats::default();
-    let ran = run(h, vcpu, console, &mut stats)?;
-    Ok(BuiltTd { td, vcpu, added, measured, ran })
+    Ok(BuiltTd { td, vcpu, added, measured })
 }
 
 /// One donated page as TDH.PHYMEM.PAGE.RDMD reports it.

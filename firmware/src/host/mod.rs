@@ -1,8 +1,9 @@
 //! The in-image host agent's transport (transitional, issue 11 stage 2): SEAMCALL as a direct
-//! call into `Tsm::host_call` with raw registers, for the modes whose TD part is still played by
-//! the firmware's stand-in guest (`assign`, `revoke`, `attack`). The agent itself, its pages and
-//! its device link are the host binary's library (`seamless_host`), the same code the host
-//! world runs with the SEAMCALL instruction; the boot and connect modes run only there.
+//! call into `Tsm::host_call` with raw registers, for the modes the host binary does not run
+//! yet (`assign`, `revoke`, `attack`); a TDH.VP.ENTER runs the TD in its TD world until its next
+//! exit, as the instruction would. The agent itself, its pages and its device link are the host
+//! binary's library (`seamless_host`), the same code the host world runs with the SEAMCALL
+//! instruction; the boot and connect modes run only there.
 
 pub use seamless_host::evidence;
 
@@ -25,17 +26,12 @@ pub struct HostCpu<'a> {
     tsc: Tsc,
     /// TSC ticks inside the TSM's calls so far.
     pub tsm_ticks: u64,
-    /// Whether VP.ENTER runs a TD's vCPU in its TD world. Transitional: the in-image host turns
-    /// it off once the guest binary halted, so the firmware's stand-in guest can play the
-    /// device part on the same vCPU by direct calls (VP.ENTER, with all its checks, then
-    /// returns at once); stage 3 of issue 11 moves that part into the binary and removes it.
-    pub worlds: bool,
 }
 
 impl<'a> HostCpu<'a> {
     /// The host agent over `tsm` and `host`.
     pub fn new(tsm: &'a mut Tsm<FirmwarePlatform>, host: &'a mut Host, tsc: Tsc) -> HostCpu<'a> {
-        HostCpu { tsm, host, tsc, tsm_ticks: 0, worlds: true }
+        HostCpu { tsm, host, tsc, tsm_ticks: 0 }
     }
 
     /// The clock it counts with.
@@ -55,7 +51,7 @@ impl Seamcall for HostCpu<'_> {
         let input = *regs;
         *regs = self.tsm.host_call(regs);
         // VP.ENTER of a TD that runs in a TD world returns at its next exit.
-        if self.worlds && input.rax == tsm::abi::host::leaf::VP_ENTER && regs.rax == 0 {
+        if input.rax == tsm::abi::host::leaf::VP_ENTER && regs.rax == 0 {
             if let Some(exit) = crate::world::td::enter(self.tsm, input.rcx, &input) {
                 *regs = exit;
             }

@@ -1,342 +1,49 @@
-//! Mode `attack`: the malicious host against the real firmware. The host agent walks the device
-//! assignment flow, and at each stage tries what a hostile VMM would (cases drawn from
-//! `tests/harness/tests/assign_attacks.rs` and the memory specs): each must be refused with its
-//! exact status and change nothing (a SHA-384 over the TSM's device and TD summaries and the
-//! PAMT entry of every page the host handed out, before and after). Then the flow completes and
-//! tears down with every page reclaimed, which shows the refused calls left nothing behind.
+//! Mode `attack`: the malicious host against the real firmware and real TDs. The host agent
+//! walks the device assignment flow, and at each stage tries what a hostile VMM would (cases
+//! drawn from `tests/harness/tests/assign_attacks.rs`, the memory specs and issue 11's TD world):
+//! each must be refused exactly as the row says and change nothing (a SHA-384 over the TSM's
+//! device and TD summaries and the PAMT entry of every page the host handed out, before and
+//! after). Then the flow completes and tears down with every page reclaimed, which shows the
+//! refused calls left nothing behind.
+//!
+//! The two TDs are the guest binary in plan probe (MRCONFIGID): each runs its flow in its TD
+//! world and waits in its requests, and a row the TD must make is a probe
+//! (`tsm_client::guest::probe`) the host sends in the answer to the request it waits in: a guest
+//! call the TSM must refuse with a status, an access its own accessors must refuse, or an access
+//! or instruction the TSM must stop in hardware (#VE, #UD, an EPT-violation exit).
 //!
 //! The cases are one table, [`STAGES`]: each stage names the step of the flow that brings the
-//! machine to it, then its cases as (name, who calls, the registers, the status expected).
+//! machine to it, then its cases as (name, who calls and what, the outcome expected).
 
 use core::fmt::Write;
 
 use sha2::{Digest, Sha384};
-use tsm::abi::guest::leaf as g;
 use tsm::abi::host::leaf as h;
 use tsm::addr::Pfn;
-use tsm::sept::SeptState;
-use tsm::{Operand, Regs, Status, Tsm};
-use tsm_client::guest::{GuestMemory as _, Tdcall as _};
-use tsm_client::host::device::{self, Assignment, Vmcalls};
+use tsm::sept::{SeptEntry, SeptState};
+use tsm::{Regs, Status, TdExit, Tsm};
+use tsm_client::guest::probe::{self, Kind, Outcome, Probe, ProbeStep};
+use tsm_client::guest::{Plan, DEMO_LAYOUT};
+use tsm_client::host::device::{self, Assignment};
 use tsm_client::host::td::{self, BuiltTd};
+use tsm_client::host::td_device::{Answer, DeviceTd, Next, Request};
 use tsm_client::host::unbind::{self, Holdings};
-use tsm_client::host::{donate, scratch, HostMemory, PumpStats};
-use tsm_client::GuestError;
+use tsm_client::host::{donate, scratch, HostError, HostMemory, PumpStats};
+use tsm_client::vmcall;
 
 use super::{fail, spdm_connect, td_params, Nvme, BAR_GPA, LOCK_FLAGS, WORK_GPA, WORK_PAGES};
 use crate::arch::{self, ExitCode};
 use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
-use crate::guest::{Guest, GuestLayout, GuestMemory, TdVcpu};
 use crate::host::{DoeLink, Host, HostCpu};
 use crate::platform::FirmwarePlatform;
+use crate::world::host::HostWorld;
 
-const PAGE: u64 = 4096;
+pub(super) const PAGE: u64 = 4096;
 
-/// What the cases' registers are made of: the objects of the flow, as far as it got.
-#[derive(Clone, Copy, Debug)]
-struct Ctx {
-    /// The TD the device is assigned to, and its vCPU.
-    td: (u64, u64),
-    /// A second TD, and its vCPU.
-    other: (u64, u64),
-    fn_id: u64,
-    bar: u64,
-    bar_pages: u64,
-    pdev: u64,
-    msg: u64,
-    tdi: u64,
-    stream: u64,
-    generation: u64,
-    /// Fresh TDMR pages the host never donated.
-    fresh: [u64; 2],
-    /// A host page holding a page of content.
-    src: u64,
-    /// An address in the TSM's own memory.
-    private: u64,
-}
+mod cases;
 
-/// Who makes a case's call, and what it is.
-#[derive(Clone, Copy)]
-enum Call {
-    /// A host call.
-    Host(fn(&Ctx) -> Regs),
-    /// A guest call from the TD's vCPU.
-    Guest(fn(&Ctx) -> Regs),
-    /// A guest call from the other TD's vCPU.
-    OtherGuest(fn(&Ctx) -> Regs),
-    /// An access through the guest's S-EPT accessor, which must find the leaf in the state.
-    Accessor(fn(&mut TdVcpu<'_, '_>) -> Result<(), GuestError>, SeptState),
-}
-
-/// One case: what it tries, and the status it must be refused with (a status without an
-/// operand names only the check, as the ABI doc does; one with an operand must match exactly).
-#[derive(Clone, Copy)]
-struct Case {
-    name: &'static str,
-    call: Call,
-    want: Status,
-}
-
-/// The step of the flow that brings the machine to a stage.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Advance {
-    /// The TDs are built and the device connected with a live IDE stream.
-    Connected,
-    /// TDI.CREATE bound to the TD.
-    Bound,
-    /// TDI.LOCK; the guest reads the TDI and checks the host's report.
-    Locked,
-    /// DMABUF.IMPORT of BAR0.
-    Imported,
-    /// MMIO.MAP of BAR0's first page.
-    FirstPageMapped,
-    /// MMIO.MAP of the rest.
-    Mapped,
-    /// The guest accepts the MMIO; the host adds the DMA entry.
-    DmaAdded,
-    /// The guest accepts the DMA entry and authorises; TDI.START.
-    Running,
-    /// VP.KICK: the vCPU out of guest mode.
-    Kicked,
-}
-
-/// A stage: how the flow gets there, then what the malicious host tries.
-struct Stage {
-    advance: Advance,
-    cases: &'static [Case],
-}
-
-const fn op(s: Status, o: Operand) -> Status {
-    s.with_operand(o)
-}
-
-const fn host(name: &'static str, want: Status, regs: fn(&Ctx) -> Regs) -> Case {
-    Case { name, call: Call::Host(regs), want }
-}
-
-const fn guest(name: &'static str, want: Status, regs: fn(&Ctx) -> Regs) -> Case {
-    Case { name, call: Call::Guest(regs), want }
-}
-
-/// TDG.MMIO.ACCEPT of report range `range`, page `offset`, at `gpa`.
-const fn accept(range: u64, function: u64, offset: u64, gpa: u64) -> Regs {
-    Regs { r9: offset, ..Regs::call(g::MMIO_ACCEPT, gpa, range, function, 0) }
-}
-
-/// The 50 cases, stage by stage.
-const STAGES: &[Stage] = &[
-    Stage {
-        advance: Advance::Connected,
-        cases: &[
-            host("SPDM.CREATE on a TD's page", op(Status::PAGE_NOT_FREE, Operand::Rcx), |c| {
-                Regs::call(h::SPDM_CREATE, c.td.0, 0x20, 0, 0)
-            }),
-            host("SPDM.CREATE for a function with a PDEV", op(Status::FUNCTION_IN_USE, Operand::Rdx), |c| {
-                Regs::call(h::SPDM_CREATE, c.tdi, c.fn_id, 0, 0)
-            }),
-            host("an answer with no request outstanding", op(Status::NO_REQUEST_OUTSTANDING, Operand::R8), |c| {
-                Regs::call(h::SPDM_DISCONNECT, c.pdev, c.msg, 64, 0)
-            }),
-            host("a message page inside a TD", op(Status::PAGE_METADATA_INCORRECT, Operand::Rdx), |c| {
-                Regs::call(h::SPDM_DISCONNECT, c.pdev, c.td.0, 0, 0)
-            }),
-            host("a message page in the TSM's memory", op(Status::OPERAND_ADDR_RANGE_ERROR, Operand::Rdx), |c| {
-                Regs::call(h::SPDM_DISCONNECT, c.pdev, c.private, 0, 0)
-            }),
-            host("an answer longer than the page", op(Status::OPERAND_INVALID, Operand::R8), |c| {
-                Regs::call(h::SPDM_DISCONNECT, c.pdev, c.msg, 4097, 0)
-            }),
-            host("SPDM.CONNECT of a connected PDEV", op(Status::PDEV_STATE_INCORRECT, Operand::Pdev), |c| {
-                Regs::call(h::SPDM_CONNECT, c.pdev, c.msg, 0, 0)
-            }),
-        ],
-    },
-    Stage {
-        advance: Advance::Bound,
-        cases: &[
-            host("TDI.CREATE of a bound function for another TD", op(Status::FUNCTION_IN_USE, Operand::R9), |c| {
-                Regs::call(h::TDI_CREATE, c.other.0, c.pdev, c.fresh[0], c.fn_id)
-            }),
-            host("TDI.LOCK with an unknown flag", op(Status::OPERAND_INVALID, Operand::R9), |c| {
-                Regs::call(h::TDI_LOCK, c.tdi, c.msg, 0, 0x8 | c.stream << 16)
-            }),
-            host("DMABUF.IMPORT before the lock", op(Status::TDI_STATE_INCORRECT, Operand::Tdi), |c| {
-                Regs::call(h::DMABUF_IMPORT, c.tdi, c.bar, c.bar_pages, 0)
-            }),
-            host("MMIO.MAP before the lock", op(Status::MMIO_NOT_IN_REPORT, Operand::R8), |c| {
-                Regs::call(h::MMIO_MAP, BAR_GPA, c.td.0, c.bar, 0)
-            }),
-        ],
-    },
-    Stage {
-        advance: Advance::Locked,
-        cases: &[
-            host("DMABUF.IMPORT of a frame outside the report", op(Status::MMIO_NOT_IN_REPORT, Operand::Rdx), |c| {
-                Regs::call(h::DMABUF_IMPORT, c.tdi, c.bar + PAGE, c.bar_pages, 0)
-            }),
-            host("DMABUF.IMPORT of too few pages", op(Status::MMIO_NOT_IN_REPORT, Operand::Rdx), |c| {
-                Regs::call(h::DMABUF_IMPORT, c.tdi, c.bar, c.bar_pages - 1, 0)
-            }),
-            host("DMABUF.IMPORT of another range index", op(Status::MMIO_NOT_IN_REPORT, Operand::R9), |c| {
-                Regs::call(h::DMABUF_IMPORT, c.tdi, c.bar, c.bar_pages, 3)
-            }),
-            host("DMABUF.IMPORT at an unaligned address", op(Status::OPERAND_INVALID, Operand::Rdx), |c| {
-                Regs::call(h::DMABUF_IMPORT, c.tdi, c.bar + 8, c.bar_pages, 0)
-            }),
-            host("TDI.START without the guest's authorisation", op(Status::TDI_NOT_AUTHORISED, Operand::Tdi), |c| {
-                Regs::call(h::TDI_START, c.tdi, c.msg, 0, 0)
-            }),
-            host("TDI.REMOVE of a locked TDI", op(Status::TDI_STATE_INCORRECT, Operand::Tdi), |c| {
-                Regs::call(h::TDI_REMOVE, c.tdi, 0, 0, 0)
-            }),
-        ],
-    },
-    Stage {
-        advance: Advance::Imported,
-        cases: &[
-            host("DMABUF.IMPORT of the same frames again", op(Status::PAGE_NOT_FREE, Operand::Rdx), |c| {
-                Regs::call(h::DMABUF_IMPORT, c.tdi, c.bar, c.bar_pages, 0)
-            }),
-            host("MMIO.MAP into a TD the TDI is not bound to", op(Status::MMIO_OWNER_MISMATCH, Operand::R8), |c| {
-                Regs::call(h::MMIO_MAP, BAR_GPA, c.other.0, c.bar, 0)
-            }),
-            host("MMIO.MAP of a frame past the range", op(Status::MMIO_NOT_IN_REPORT, Operand::R8), |c| {
-                Regs::call(h::MMIO_MAP, BAR_GPA, c.td.0, c.bar + c.bar_pages * PAGE, 0)
-            }),
-            host("MMIO.MAP of an unaligned frame", op(Status::OPERAND_INVALID, Operand::R8), |c| {
-                Regs::call(h::MMIO_MAP, BAR_GPA, c.td.0, c.bar + 1, 0)
-            }),
-            host("MMIO.MAP beyond the TD's address width", op(Status::OPERAND_INVALID, Operand::Rcx), |c| {
-                Regs::call(h::MMIO_MAP, 1 << 47, c.td.0, c.bar, 0)
-            }),
-        ],
-    },
-    Stage {
-        advance: Advance::FirstPageMapped,
-        cases: &[
-            host("MMIO.MAP of page 1 out of order", op(Status::MMIO_GPA_MISMATCH, Operand::Rcx), |c| {
-                Regs::call(h::MMIO_MAP, BAR_GPA + 2 * PAGE, c.td.0, c.bar + PAGE, 0)
-            }),
-            host("MMIO.MAP of page 0 again at another GPA", op(Status::MMIO_GPA_MISMATCH, Operand::Rcx), |c| {
-                Regs::call(h::MMIO_MAP, BAR_GPA + PAGE, c.td.0, c.bar, 0)
-            }),
-        ],
-    },
-    Stage {
-        advance: Advance::Mapped,
-        cases: &[
-            // The guest's accept, and memory leaves against MMIO entries.
-            guest(
-                "guest: MMIO.ACCEPT where the report puts another page",
-                op(Status::MMIO_INVALID_HPA_OFFSET, Operand::R9),
-                |c| accept(0, c.fn_id, PAGE, BAR_GPA),
-            ),
-            guest("guest: MMIO.ACCEPT of a range the report lacks", op(Status::MMIO_OUT_OF_RANGE, Operand::Rdx), |c| {
-                accept(3, c.fn_id, 0, BAR_GPA)
-            }),
-            guest(
-                "guest: MMIO.ACCEPT for a function it has no TDI of",
-                op(Status::TDI_NOT_PRESENT, Operand::R8),
-                |c| accept(0, c.fn_id + 1, 0, BAR_GPA),
-            ),
-            Case {
-                name: "the other TD: MMIO.ACCEPT of the TDI",
-                call: Call::OtherGuest(|c| accept(0, c.fn_id, 0, BAR_GPA)),
-                want: op(Status::TDI_NOT_PRESENT, Operand::R8),
-            },
-            guest("guest: MMIO.ACCEPT of private memory", op(Status::EPT_ENTRY_STATE_INCORRECT, Operand::Rcx), |c| {
-                accept(0, c.fn_id, 0, WORK_GPA)
-            }),
-            host("MEM.RANGE.BLOCK of an MMIO entry", op(Status::EPT_ENTRY_STATE_INCORRECT, Operand::Rcx), |c| {
-                Regs::call(h::MEM_RANGE_BLOCK, BAR_GPA, c.td.0, 0, 0)
-            }),
-            host("MEM.PAGE.REMOVE of an MMIO entry", op(Status::EPT_ENTRY_STATE_INCORRECT, Operand::Rcx), |c| {
-                Regs::call(h::MEM_PAGE_REMOVE, BAR_GPA, c.td.0, 0, 0)
-            }),
-            host("MMIO.BLOCK of private memory", op(Status::EPT_ENTRY_STATE_INCORRECT, Operand::Rcx), |c| {
-                Regs::call(h::MMIO_BLOCK, WORK_GPA, c.td.0, 0, 0)
-            }),
-            // Memory: the measured, finalized TD.
-            host("MEM.PAGE.ADD after MR.FINALIZE", Status::TD_FINALIZED, |c| {
-                Regs::call(h::MEM_PAGE_ADD, 0x5000, c.td.0, c.fresh[0], c.src)
-            }),
-            host("MR.EXTEND after MR.FINALIZE", Status::TD_FINALIZED, |c| Regs::call(h::MR_EXTEND, 0, c.td.0, 0, 0)),
-            host("MEM.PAGE.AUG of a page the TD owns", op(Status::PAGE_NOT_FREE, Operand::R8), |c| {
-                Regs::call(h::MEM_PAGE_AUG, 0x5000, c.td.0, c.td.1, 0)
-            }),
-            host("MEM.PAGE.AUG over a mapped page", op(Status::EPT_ENTRY_NOT_FREE, Operand::Rcx), |c| {
-                Regs::call(h::MEM_PAGE_AUG, WORK_GPA, c.td.0, c.fresh[1], 0)
-            }),
-            host("MEM.PAGE.REMOVE of a page not blocked", op(Status::GPA_RANGE_NOT_BLOCKED, Operand::Rcx), |c| {
-                Regs::call(h::MEM_PAGE_REMOVE, WORK_GPA, c.td.0, 0, 0)
-            }),
-            host("PHYMEM.PAGE.RECLAIM of a live TD's page", Status::LIFECYCLE_STATE_INCORRECT, |c| {
-                Regs::call(h::PHYMEM_PAGE_RECLAIM, c.td.1, 0, 0, 0)
-            }),
-            guest("guest: TDG.TDI.RD digest into MMIO", op(Status::EPT_ENTRY_STATE_INCORRECT, Operand::R8), |c| {
-                Regs::call(g::TDI_RD, c.fn_id, 2, BAR_GPA, 0)
-            }),
-            guest(
-                "guest: TDG.TDI.RD evidence digests across the end of a page",
-                op(Status::BUFFER_CROSSES_PAGE, Operand::R8),
-                |c| Regs::call(g::TDI_RD, c.fn_id, 3, WORK_GPA + 0xFC0, 0),
-            ),
-            guest("guest: MR.ATTEST output into MMIO", op(Status::EPT_ENTRY_STATE_INCORRECT, Operand::Rcx), |_| {
-                Regs::call(g::MR_ATTEST, BAR_GPA, WORK_GPA + PAGE, 0, 0)
-            }),
-            // The guest's own accessor: mapped by the host is not usable by the guest.
-            Case {
-                name: "guest: a register read before MMIO.ACCEPT",
-                call: Call::Accessor(|t| t.mmio_read_u32(BAR_GPA).map(|_| ()), SeptState::MmioPending),
-                want: Status::SUCCESS,
-            },
-            Case {
-                name: "guest: private memory read as a device register",
-                call: Call::Accessor(|t| t.mmio_read_u32(WORK_GPA).map(|_| ()), SeptState::Mapped),
-                want: Status::SUCCESS,
-            },
-            Case {
-                name: "guest: a device page read as private memory",
-                call: Call::Accessor(|t| t.read(BAR_GPA, &mut [0; 8]), SeptState::MmioPending),
-                want: Status::SUCCESS,
-            },
-        ],
-    },
-    Stage {
-        advance: Advance::DmaAdded,
-        cases: &[
-            host("DMAR.ADD a second entry", op(Status::DMAR_STATE_INCORRECT, Operand::Tdi), |c| {
-                Regs::call(h::DMAR_ADD, c.td.0, c.tdi, 0, 0)
-            }),
-            guest(
-                "guest: START authorisation for a stale lock",
-                op(Status::TDI_AUTHORISATION_STALE, Operand::Tdi),
-                |c| Regs::call(g::TDI_START, c.fn_id, c.generation + 1, 0, 0),
-            ),
-        ],
-    },
-    Stage {
-        advance: Advance::Running,
-        cases: &[
-            host("TDI.REMOVE of a running TDI", op(Status::TDI_STATE_INCORRECT, Operand::Tdi), |c| {
-                Regs::call(h::TDI_REMOVE, c.tdi, 0, 0, 0)
-            }),
-            host("PHYMEM.PAGE.RECLAIM of the TDI's page", op(Status::PAGE_METADATA_INCORRECT, Operand::Rcx), |c| {
-                Regs::call(h::PHYMEM_PAGE_RECLAIM, c.tdi, 0, 0, 0)
-            }),
-            host("MMIO.UNMAP of a running TDI's page", op(Status::GPA_RANGE_NOT_BLOCKED, Operand::Rcx), |c| {
-                Regs::call(h::MMIO_UNMAP, BAR_GPA, c.td.0, 0, 0)
-            }),
-        ],
-    },
-    Stage {
-        advance: Advance::Kicked,
-        cases: &[host("VPFLUSHDONE with a TDI bound", op(Status::TD_HAS_ATTACHED_DEVICES, Operand::Tdr), |c| {
-            Regs::call(h::MNG_VPFLUSHDONE, c.td.0, 0, 0, 0)
-        })],
-    },
-];
+use cases::{Advance, Call, Case, Ctx, Want, STAGES};
 
 struct HashWriter(Sha384);
 
@@ -351,15 +58,29 @@ fn pfn(pa: u64) -> Pfn {
     Pfn::new(pa >> 12).unwrap_or(Pfn::ZERO)
 }
 
+/// One of the two TDs as the host runs it, and the request it waits in.
+struct Td {
+    built: BuiltTd,
+    dtd: DeviceTd,
+    waiting: Request,
+}
+
+/// What a probe came to, as the host sees it.
+#[derive(Clone, Copy, Debug)]
+enum Ran {
+    /// The TD made its request again with the outcome; `regs`: every register of that exit.
+    Outcome(Outcome, Regs),
+    /// The access exited to the host (an EPT violation).
+    Exit(TdExit),
+}
+
 /// The malicious host's run: the flow's objects and the tally.
-struct Attack<'a, 'm> {
+struct Attack<'a, 'w> {
     cpu: HostCpu<'a>,
     doe: DoeLink<'a>,
-    td: BuiltTd,
-    other: BuiltTd,
-    mem: &'m GuestMemory<'m>,
-    shared: u64,
-    guest: Guest,
+    world: &'w mut HostWorld,
+    td: Td,
+    other: Td,
     a: Assignment,
     stats: PumpStats,
     ctx: Ctx,
@@ -367,12 +88,17 @@ struct Attack<'a, 'm> {
     rejected: u32,
 }
 
-impl<'m> Attack<'_, 'm> {
+/// Something in the run that is not an attack went wrong: stop.
+fn broke(what: &str, e: &HostError) -> ! {
+    fail(what, e)
+}
+
+impl Attack<'_, '_> {
     /// What a refused call must leave as it was.
     fn snapshot(&mut self) -> [u8; 48] {
         let mut w = HashWriter(Sha384::new());
         let _ = write!(w, "{:?}", self.cpu.tsm.device_summaries());
-        for tdr in [self.td.td.tdr, self.other.td.tdr] {
+        for tdr in [self.td.built.td.tdr, self.other.built.td.tdr] {
             let _ = write!(w, "{:?}", self.cpu.tsm.td_summary(pfn(tdr)));
         }
         let r = td::for_each_donated(&mut self.cpu, &mut |md| {
@@ -384,61 +110,163 @@ impl<'m> Attack<'_, 'm> {
         w.0.finalize().into()
     }
 
-    fn vcpu(&mut self, vcpu: u64) -> TdVcpu<'_, 'm> {
-        TdVcpu::new(self.cpu.tsm, vcpu, self.mem, self.shared)
+    /// Answers the request TD `other` waits in and runs it to its next request, `want`.
+    fn answer(&mut self, other: bool, answer: Answer, want: u64) -> Request {
+        let mut com1 = |b: &[u8]| Uart::com1().write_bytes(b);
+        let t = if other { &mut self.other } else { &mut self.td };
+        let r = t.dtd.expect(&mut self.cpu, answer, want, &mut com1).unwrap_or_else(|e| broke("TD", &e));
+        t.waiting = r;
+        r
     }
 
-    /// Runs one case and judges it.
+    /// Sends probe `p` to TD `other` in the answer to the request it waits in; returns what it
+    /// came to. The TD makes the same request again with the outcome, unless the access exited.
+    fn probe(&mut self, other: bool, p: Probe, gpa: u64) -> Result<Ran, HostError> {
+        let step = ProbeStep::new(p, self.ctx.fn_id, self.ctx.generation, gpa);
+        let mut com1 = |b: &[u8]| Uart::com1().write_bytes(b);
+        let t = if other { &mut self.other } else { &mut self.td };
+        let again = t.waiting.number();
+        match t.dtd.next(&mut self.cpu, Answer::Probe(step), &mut com1)? {
+            Next::Request(r) if r.number() == again => {
+                Ok(Ran::Outcome(t.dtd.take_outcome(&mut self.cpu)?, t.dtd.last_exit))
+            }
+            Next::Violation(exit) => Ok(Ran::Exit(exit)),
+            Next::Request(r) => Err(HostError::Request { request: r.number(), why: "made instead of the probed one" }),
+            Next::Halted => Err(HostError::Request { request: again, why: "never made again: the TD halted" }),
+        }
+    }
+
+    /// The GPA a load probe reads.
+    fn probe_gpa(&self, p: Probe) -> u64 {
+        match p {
+            Probe::LoadPending => probe::pending_page(&DEMO_LAYOUT),
+            Probe::LoadBlocked => probe::blocked_page(&DEMO_LAYOUT),
+            Probe::LoadUnacceptedMmio => BAR_GPA + (self.ctx.bar_pages - 1) * PAGE,
+            Probe::LoadHostMemory => self.ctx.host_page,
+            _ => 0,
+        }
+    }
+
+    /// Runs one case and judges it; prints one line.
     fn case(&mut self, case: &Case) {
         self.total += 1;
-        let n = self.total;
-        let name = case.name;
+        let (n, name) = (self.total, case.name);
+        let before = self.snapshot();
+        let verdict = self.judge(case);
+        // A refusal changes nothing; the blocked page's case blocks and unblocks on purpose.
+        let changed = !matches!(case.want, Want::ExitThenIntact) && self.snapshot() != before;
+        let ok = verdict.is_ok() && !changed;
+        self.rejected += u32::from(ok);
+        match (verdict, changed) {
+            (Ok(how), false) => say!("attack {n:2} {name}: {how}"),
+            (Ok(how), true) => say!("attack {n:2} {name}: NOT AS EXPECTED: {how}; the machine changed"),
+            (Err(why), _) => say!("attack {n:2} {name}: NOT AS EXPECTED: {why}"),
+        }
+        if !ok {
+            defmt::error!("attack {=str} not as expected", name);
+        }
+    }
+
+    /// Makes the case's call and says how it was refused, or why that is not as expected.
+    fn judge(&mut self, case: &Case) -> Result<Verdict, Verdict> {
         let c = self.ctx;
-        let (got, exited) = match case.call {
-            Call::Accessor(access, state) => {
-                let got = access(&mut self.vcpu(c.td.1));
-                let ok = matches!(got, Err(GuestError::NotMapped { state: found, .. }) if found == state as u8);
-                self.rejected += u32::from(ok);
-                match got {
-                    Err(e) if ok => say!("attack {n:2} {name}: refused by the guest's accessor: {e}"),
-                    Err(e) => say!("attack {n:2} {name}: NOT AS EXPECTED: {e}"),
-                    Ok(()) => say!("attack {n:2} {name}: NOT AS EXPECTED: the access went through"),
-                }
-                return;
-            }
+        let ran = match case.call {
             Call::Host(regs) => {
-                let before = self.snapshot();
-                let r = self.cpu.raw(regs(&c));
-                ((r.status(), before), false)
+                let got = self.cpu.raw(regs(&c)).status();
+                return status(got, case.want);
             }
-            Call::Guest(regs) | Call::OtherGuest(regs) => {
-                let vcpu = if matches!(case.call, Call::Guest(_)) { c.td.1 } else { c.other.1 };
-                let before = self.snapshot();
-                let mut r = regs(&c);
-                let exit = self.vcpu(vcpu).tdcall(&mut r);
-                ((r.status(), before), exit.is_some())
+            Call::HostWorldTdcall => {
+                let tsc = self.cpu.tsc();
+                let r = self.world.run_probe(self.cpu.tsm, &tsc, (1, 0), &[]);
+                return match r {
+                    Ok(r) if r.tdcall_ud == 1 => Ok(Verdict::HostWorldUd),
+                    Ok(r) => {
+                        Err(Verdict::Said(if r.tdcall_ud == 0 { "TDCALL did not fault" } else { "more than one #UD" }))
+                    }
+                    Err(_) => Err(Verdict::Said("the host world stopped")),
+                };
+            }
+            Call::Td(p) | Call::OtherTd(p) => {
+                let other = matches!(case.call, Call::OtherTd(_));
+                if matches!(case.want, Want::ExitThenIntact) {
+                    return self.blocked_then_intact(p);
+                }
+                self.probe(other, p, self.probe_gpa(p)).map_err(Verdict::Host)?
             }
         };
-        let ((got, before), want) = (got, case.want);
-        let changed = self.snapshot() != before;
-        let same = if want.operand_id() == 0 { got.code() == want } else { got == want };
-        let ok = same && !changed && !exited;
-        self.rejected += u32::from(ok);
-        say!(
-            "attack {n:2} {name}: {} {}{}{}",
-            if ok { "rejected with" } else { "NOT AS EXPECTED: got" },
-            got.name().unwrap_or("?"),
-            if same { "" } else { " (wanted another status)" },
-            if changed {
-                "; the machine changed"
-            } else if exited {
-                "; the TD exited"
-            } else {
-                ""
+        let gpa = match case.call {
+            Call::Td(p) | Call::OtherTd(p) => self.probe_gpa(p),
+            _ => 0,
+        };
+        match (ran, case.want) {
+            (Ran::Outcome(o, _), Want::Status(want)) if o.kind == Kind::Status as u8 => {
+                status(Status(o.status.get()), Want::Status(want))
             }
-        );
-        if !ok {
-            defmt::error!("attack {=str}: status {=u64:#x}, wanted {=u64:#x}", name, got.0, want.0);
+            (Ran::Outcome(o, _), Want::Refused) if o.kind == Kind::Refused as u8 => Ok(Verdict::Accessor),
+            (Ran::Outcome(o, _), Want::VeOnRead) if o.kind == Kind::Ve as u8 => {
+                let (reason, qual, at) = (o.reason.get(), o.qualification.get(), o.gpa.get());
+                if (reason, qual, at) == (48, 1, gpa) {
+                    Ok(Verdict::Ve(at))
+                } else {
+                    Err(Verdict::Said("a #VE with other VE info"))
+                }
+            }
+            (Ran::Outcome(o, _), Want::Ud) if o.kind == Kind::Ud as u8 => Ok(Verdict::TdUd),
+            (Ran::Outcome(o, regs), Want::NoLeak) if o.kind == Kind::Secrets as u8 => {
+                let secret = o.value.get();
+                let all = [regs.rax, regs.rcx, regs.rdx, regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13];
+                let shape = regs.rcx == TdExit::VMCALL_EXPOSED && (regs.rdx, regs.r8, regs.r9) == (0, 0, 0);
+                if shape && !all.contains(&secret) && secret != 0 {
+                    Ok(Verdict::NoLeak)
+                } else {
+                    Err(Verdict::Said("a register the VMCALL ABI does not expose reached the host"))
+                }
+            }
+            (Ran::Exit(TdExit::EptViolation { gpa: at, entry, .. }), Want::Exit(state)) => {
+                let found = SeptEntry::decode(entry).map(SeptEntry::state);
+                if at.raw() == gpa && found == Some(state) {
+                    Ok(Verdict::Exit(gpa, state))
+                } else {
+                    Err(Verdict::Said("an EPT violation at another GPA or entry"))
+                }
+            }
+            (Ran::Outcome(o, _), _) if o.kind == Kind::Value as u8 => Err(Verdict::Said("the access went through")),
+            _ => Err(Verdict::Said("another outcome")),
+        }
+    }
+
+    /// The blocked page's case: BLOCK, TRACK and the invalidation a TD with a DMA entry needs;
+    /// the TD's load must exit at the page; UNBLOCK; the load, retried, reads what the page held.
+    fn blocked_then_intact(&mut self, p: Probe) -> Result<Verdict, Verdict> {
+        let tdr = self.td.built.td.tdr;
+        let gpa = self.probe_gpa(p);
+        for (name, regs) in [
+            ("TDH.MEM.RANGE.BLOCK", Regs::call(h::MEM_RANGE_BLOCK, gpa, tdr, 0, 0)),
+            ("TDH.MEM.TRACK", Regs::call(h::MEM_TRACK, tdr, 0, 0, 0)),
+            ("TDH.IQ.INV.REQUEST", Regs::call(h::IQ_INV_REQUEST, tdr, 0, 0, 0)),
+        ] {
+            tsm_client::host::call(&mut self.cpu, name, regs).map_err(Verdict::Host)?;
+        }
+        let exit = self.probe(false, p, gpa).map_err(Verdict::Host)?;
+        let Ran::Exit(TdExit::EptViolation { gpa: at, entry, .. }) = exit else {
+            return Err(Verdict::Said("the load of the blocked page did not exit"));
+        };
+        if at.raw() != gpa || SeptEntry::decode(entry).map(SeptEntry::state) != Some(SeptState::Blocked) {
+            return Err(Verdict::Said("an EPT violation at another GPA or entry"));
+        }
+        let r = Regs::call(h::MEM_RANGE_UNBLOCK, gpa, tdr, 0, 0);
+        tsm_client::host::call(&mut self.cpu, "TDH.MEM.RANGE.UNBLOCK", r).map_err(Verdict::Host)?;
+        let mut com1 = |b: &[u8]| Uart::com1().write_bytes(b);
+        let again = self.td.waiting.number();
+        match self.td.dtd.next(&mut self.cpu, Answer::Nothing, &mut com1).map_err(Verdict::Host)? {
+            Next::Request(r) if r.number() == again => {}
+            _ => return Err(Verdict::Said("the TD did not go on after UNBLOCK")),
+        }
+        let o = self.td.dtd.take_outcome(&mut self.cpu).map_err(Verdict::Host)?;
+        if o.kind == Kind::Value as u8 && o.value.get() == gpa {
+            Ok(Verdict::Intact(gpa))
+        } else {
+            Err(Verdict::Said("the blocked page lost its contents"))
         }
     }
 
@@ -446,10 +274,15 @@ impl<'m> Attack<'_, 'm> {
     fn advance(&mut self, to: Advance) {
         let bar = (self.ctx.bar, self.ctx.bar_pages);
         match to {
-            Advance::Connected => {}
+            Advance::Connected | Advance::Ending => {}
             Advance::Bound => {
-                let r =
-                    self.cpu.raw(Regs::call(h::TDI_CREATE, self.td.td.tdr, self.a.pdev, self.ctx.tdi, self.ctx.fn_id));
+                let r = self.cpu.raw(Regs::call(
+                    h::TDI_CREATE,
+                    self.td.built.td.tdr,
+                    self.a.pdev,
+                    self.ctx.tdi,
+                    self.ctx.fn_id,
+                ));
                 if r.status() != Status::SUCCESS {
                     fail("TDI.CREATE", &format_args!("{:?}", r.status().name()));
                 }
@@ -457,50 +290,46 @@ impl<'m> Attack<'_, 'm> {
             }
             Advance::Locked => {
                 device::lock(&mut self.cpu, &mut self.doe, LOCK_FLAGS, &mut self.a, &mut self.stats)
-                    .unwrap_or_else(|e| fail("TDI.LOCK", &e));
+                    .unwrap_or_else(|e| broke("TDI.LOCK", &e));
                 self.ctx.generation = self.a.generation;
-                let mut guest = self.guest;
-                let step = guest.read_tdi(&mut self.vcpu(self.td.vcpu)).unwrap_or_else(|e| fail("guest: TDI read", &e));
-                if let tsm_client::guest::Step::Vmcall(args) = step {
-                    let mut reports = [0u8; crate::guest::REPORTS_BYTES];
-                    let mut drop = |_: &[u8]| {};
-                    let mut v =
-                        Vmcalls { shared: self.shared, nonce: &[0; 64], reports: &mut reports, console: &mut drop };
-                    device::serve_vmcall(&mut self.cpu, self.td.vcpu, args, &self.a, &mut v)
-                        .unwrap_or_else(|e| fail("host: VMCALL", &e));
-                }
-                guest.check_report(&mut self.vcpu(self.td.vcpu)).unwrap_or_else(|e| fail("guest: report check", &e));
-                self.guest = guest;
+                // The TD reads the TDI, checks the report and asks for its MMIO.
+                let function = self.ctx.fn_id as u32;
+                self.td.dtd.give_tdi(&mut self.cpu, function);
+                let Request::GetReport { function: asked } = self.answer(false, Answer::Served, vmcall::GET_REPORT)
+                else {
+                    fail("TD", &"GET_REPORT expected")
+                };
+                self.td.dtd.give_report(&mut self.cpu, &self.a, asked, function).unwrap_or_else(|e| broke("TD", &e));
+                self.answer(false, Answer::Served, vmcall::MAP_MMIO);
             }
             Advance::Imported => {
-                device::import(&mut self.cpu, &self.a, 0, bar.0, bar.1).unwrap_or_else(|e| fail("DMABUF.IMPORT", &e));
+                device::import(&mut self.cpu, &self.a, 0, bar.0, bar.1).unwrap_or_else(|e| broke("DMABUF.IMPORT", &e));
             }
             Advance::FirstPageMapped => {
-                device::map_mmio(&mut self.cpu, &self.td.td, &mut self.a, (bar.0, 1), BAR_GPA)
-                    .unwrap_or_else(|e| fail("MMIO.MAP", &e));
+                device::map_mmio(&mut self.cpu, &self.td.built.td, &mut self.a, (bar.0, 1), BAR_GPA)
+                    .unwrap_or_else(|e| broke("MMIO.MAP", &e));
             }
             Advance::Mapped => {
                 let rest = (bar.0 + PAGE, bar.1 - 1);
-                device::map_mmio(&mut self.cpu, &self.td.td, &mut self.a, rest, BAR_GPA + PAGE)
-                    .unwrap_or_else(|e| fail("MMIO.MAP", &e));
+                device::map_mmio(&mut self.cpu, &self.td.built.td, &mut self.a, rest, BAR_GPA + PAGE)
+                    .unwrap_or_else(|e| broke("MMIO.MAP", &e));
             }
             Advance::DmaAdded => {
-                let guest = self.guest;
-                guest
-                    .accept_mmio(&mut self.vcpu(self.td.vcpu), bar.1)
-                    .unwrap_or_else(|e| fail("guest: MMIO.ACCEPT", &e));
-                device::dmar_add(&mut self.cpu, &self.td.td, &mut self.a).unwrap_or_else(|e| fail("DMAR.ADD", &e));
+                // The TD accepts its MMIO (all but the last page) and asks for its DMA entry.
+                self.answer(false, Answer::Served, vmcall::ADD_DMA);
+                device::dmar_add(&mut self.cpu, &self.td.built.td, &mut self.a)
+                    .unwrap_or_else(|e| broke("DMAR.ADD", &e));
             }
             Advance::Running => {
-                let guest = self.guest;
-                guest
-                    .accept_dma_and_authorise(&mut self.vcpu(self.td.vcpu))
-                    .unwrap_or_else(|e| fail("guest: DMAR.ACCEPT / authorise", &e));
+                // It accepts the entry, authorises START and asks for it; it reads its registers.
+                self.answer(false, Answer::Served, vmcall::START);
                 device::start(&mut self.cpu, &mut self.doe, &self.a, &mut self.stats)
-                    .unwrap_or_else(|e| fail("TDI.START", &e));
+                    .unwrap_or_else(|e| broke("TDI.START", &e));
+                self.answer(false, Answer::Served, vmcall::RESULT);
+                self.answer(false, Answer::Served, vmcall::GET_NONCE);
             }
             Advance::Kicked => {
-                if self.cpu.raw(Regs::call(h::VP_KICK, self.td.vcpu, 0, 0, 0)).status() != Status::SUCCESS {
+                if self.cpu.raw(Regs::call(h::VP_KICK, self.td.built.vcpu, 0, 0, 0)).status() != Status::SUCCESS {
                     fail("VP.KICK", &"refused");
                 }
             }
@@ -508,59 +337,107 @@ impl<'m> Attack<'_, 'm> {
     }
 }
 
+/// How a case was refused, or why it is not as expected.
+#[derive(Clone, Copy, Debug)]
+enum Verdict {
+    Status(Status),
+    Accessor,
+    Ve(u64),
+    TdUd,
+    HostWorldUd,
+    Exit(u64, SeptState),
+    Intact(u64),
+    NoLeak,
+    WrongStatus(Status),
+    Host(HostError),
+    Said(&'static str),
+}
+
+impl core::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Verdict::Status(s) => write!(f, "rejected with {}", s.name().unwrap_or("?")),
+            Verdict::Accessor => f.write_str("refused: the TD's own accessor refused it before any access"),
+            Verdict::Ve(gpa) => write!(f, "refused: #VE in the TD (EPT violation, a read of GPA {gpa:#x})"),
+            Verdict::TdUd => f.write_str("refused: #UD in the TD"),
+            Verdict::HostWorldUd => f.write_str("refused: #UD in the host world, which carried on"),
+            Verdict::Exit(gpa, state) => {
+                write!(f, "refused: an EPT-violation exit at GPA {gpa:#x} (S-EPT entry {state:?}); the TD never read it")
+            }
+            Verdict::Intact(gpa) => write!(
+                f,
+                "refused: an EPT-violation exit at GPA {gpa:#x} (BLOCKED); after UNBLOCK the retried load read the page's own contents"
+            ),
+            Verdict::NoLeak => f.write_str("refused: the host saw R10..R13 and the mask 0x3c00, no other register"),
+            Verdict::WrongStatus(s) => write!(f, "got {} (wanted another status)", s.name().unwrap_or("?")),
+            Verdict::Host(e) => write!(f, "{e}"),
+            Verdict::Said(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The verdict on a call that returned `got` where `want` says a status.
+fn status(got: Status, want: Want) -> Result<Verdict, Verdict> {
+    let Want::Status(want) = want else { return Err(Verdict::Said("a status where another outcome was wanted")) };
+    let same = if want.operand_id() == 0 { got.code() == want } else { got == want };
+    if same {
+        Ok(Verdict::Status(got))
+    } else {
+        Err(Verdict::WrongStatus(got))
+    }
+}
+
 /// The attack run; never returns.
 pub fn run(
     tsc: &Tsc,
     tsm: &mut Tsm<FirmwarePlatform>,
-    host: &mut Host,
+    (host, world): (&mut Host, &mut HostWorld),
     nvme: Nvme,
     image: &[u8],
     private_pa: u64,
 ) -> ! {
-    let Nvme { bdf, bar0, regs, mut mailbox } = nvme;
+    let Nvme { bdf, bar0, mut mailbox, .. } = nvme;
     let function = u32::from(bdf.rid());
-    let frames = host.frames();
     let mut cpu = HostCpu::new(tsm, host, *tsc);
     let mut doe = DoeLink::new(&mut mailbox, *tsc);
     let mut stats = PumpStats::default();
-    let pages = |e: tsm_client::HostError| -> ! { fail("pages", &e) };
+    let pages = |e: HostError| -> ! { fail("pages", &e) };
 
-    let work = (WORK_GPA, WORK_PAGES);
+    // Two TDs of the guest binary in plan probe: each accepts its pages in its TD world, reads
+    // its plan and asks for a TDI.
+    let params = td_params(Plan::Probe);
     let mut com1 = |b: &[u8]| Uart::com1().write_bytes(b);
-    let td = td::build(&mut cpu, image, &td_params(), work, &mut com1).unwrap_or_else(|e| fail("TD build", &e));
-    let other =
-        td::build(&mut cpu, image, &td_params(), work, &mut com1).unwrap_or_else(|e| fail("second TD build", &e));
-    if (td.ran, other.ran) != (td::Ran::Halted, td::Ran::Halted) {
-        fail("TD build", &"the guest image did not run in the TD world");
-    }
-    // Both guests accepted their pages in their TD worlds and halted; the stand-in plays the
-    // TDs' part in the cases below.
-    cpu.worlds = false;
-    for v in [td.vcpu, other.vcpu] {
-        td::enter(&mut cpu, v).unwrap_or_else(|e| fail("VP.ENTER", &e));
-    }
-    let shared = scratch(&mut cpu).unwrap_or_else(|e| pages(e));
-    let layout = GuestLayout { work: WORK_GPA, work_pages: WORK_PAGES, bar_gpa: BAR_GPA };
-    let mem = GuestMemory::new(td.td.tdr, frames, Some((&regs, bar0.base, bar0.size)));
-    let guest = Guest::new(function, layout);
-    device::iommu_setup(&mut cpu).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
+    let mut start = |cpu: &mut HostCpu<'_>| {
+        let built = td::build(cpu, image, &params, (WORK_GPA, WORK_PAGES)).unwrap_or_else(|e| fail("TD build", &e));
+        let mut dtd = DeviceTd::new(cpu, &built.td, built.vcpu, params.gpaw, &DEMO_LAYOUT)
+            .unwrap_or_else(|e| fail("shared page", &e));
+        let waiting = dtd.expect(cpu, Answer::Nothing, vmcall::GET_TDI, &mut com1).unwrap_or_else(|e| broke("TD", &e));
+        Td { built, dtd, waiting }
+    };
+    let (td, other) = (start(&mut cpu), start(&mut cpu));
+    device::iommu_setup(&mut cpu).unwrap_or_else(|e| broke("IOMMU.SETUP", &e));
     let mut a = spdm_connect(&mut cpu, &mut doe, bdf);
-    device::ide_setup(&mut cpu, &mut doe, &mut a, &mut stats).unwrap_or_else(|e| fail("IDE setup", &e));
+    device::ide_setup(&mut cpu, &mut doe, &mut a, &mut stats).unwrap_or_else(|e| broke("IDE setup", &e));
     let tdi = donate(&mut cpu).unwrap_or_else(|e| pages(e));
     let src = scratch(&mut cpu).unwrap_or_else(|e| pages(e));
     cpu.write(src, &[0x90; 4096]);
-    say!("attack: two TDs, the device connected with a live IDE stream; the malicious host begins");
+    // A page the TD never accepts, for its #VE; a host page, for the other TD's last load.
+    let pending = donate(&mut cpu).unwrap_or_else(|e| pages(e));
+    td::aug(&mut cpu, &td.built.td, probe::pending_page(&DEMO_LAYOUT), 0, pending).unwrap_or_else(|e| broke("AUG", &e));
+    let host_page = scratch(&mut cpu).unwrap_or_else(|e| pages(e));
+    cpu.write(host_page, &0x4057_0000_0000_0001u64.to_le_bytes());
+    say!("attack: two TDs (plan probe) wait for a TDI; the device connected with a live IDE stream; the malicious host begins");
 
     let bar_pages = bar0.size / PAGE;
     for i in 0..bar_pages {
-        for t in [&td.td, &other.td] {
-            td::map_tables(&mut cpu, t, BAR_GPA + i * PAGE, 0).unwrap_or_else(|e| fail("S-EPT tables", &e));
+        for t in [&td.built.td, &other.built.td] {
+            td::map_tables(&mut cpu, t, BAR_GPA + i * PAGE, 0).unwrap_or_else(|e| broke("S-EPT tables", &e));
         }
     }
     let fresh = [donate(&mut cpu).unwrap_or_else(|e| pages(e)), donate(&mut cpu).unwrap_or_else(|e| pages(e))];
     let ctx = Ctx {
-        td: (td.td.tdr, td.vcpu),
-        other: (other.td.tdr, other.vcpu),
+        td: (td.built.td.tdr, td.built.vcpu),
+        other: (other.built.td.tdr, other.built.vcpu),
         fn_id: u64::from(function),
         bar: bar0.base,
         bar_pages,
@@ -572,8 +449,9 @@ pub fn run(
         fresh,
         src,
         private: private_pa,
+        host_page,
     };
-    let mut at = Attack { cpu, doe, td, other, mem: &mem, shared, guest, a, stats, ctx, total: 0, rejected: 0 };
+    let mut at = Attack { cpu, doe, world, td, other, a, stats, ctx, total: 0, rejected: 0 };
     for stage in STAGES {
         at.advance(stage.advance);
         for case in stage.cases {
@@ -583,11 +461,17 @@ pub fn run(
     let (total, rejected) = (at.total, at.rejected);
 
     // ---- Teardown: the refused calls left nothing behind.
-    let holdings = Holdings { td: Some((&at.td.td, core::slice::from_ref(&at.td.vcpu))), iommu: true };
-    unbind::teardown(&mut at.cpu, &mut at.doe, &at.a, holdings, &mut at.stats).unwrap_or_else(|e| fail("teardown", &e));
-    td::destroy(&mut at.cpu, at.other.td.tdr, &[at.other.vcpu])
-        .unwrap_or_else(|e| fail("teardown of the other TD", &e));
-    let pages = td::check_all_free(&mut at.cpu).unwrap_or_else(|e| fail("teardown", &e));
+    let holdings = Holdings { td: Some((&at.td.built.td, core::slice::from_ref(&at.td.built.vcpu))), iommu: true };
+    unbind::teardown(&mut at.cpu, &mut at.doe, &at.a, holdings, &mut at.stats)
+        .unwrap_or_else(|e| broke("teardown", &e));
+    td::destroy(&mut at.cpu, at.other.built.td.tdr, &[at.other.built.vcpu])
+        .unwrap_or_else(|e| broke("teardown of the other TD", &e));
+    let mut back = [0u8; 8];
+    at.cpu.read(host_page, &mut back);
+    if u64::from_le_bytes(back) != 0x4057_0000_0000_0001 {
+        fail("attack", &"the host page the other TD loaded changed");
+    }
+    let pages = td::check_all_free(&mut at.cpu).unwrap_or_else(|e| broke("teardown", &e));
     say!("attack: the flow still completed; teardown reclaimed all {pages} donated pages");
     super::figure("attack_cases_total", &total, "cases");
     super::figure("attack_cases_rejected", &rejected, "cases");

@@ -37,7 +37,7 @@ fn first_of(tsm: &Tsm<FirmwarePlatform>, ty: PageType, owner: Option<u64>) -> Op
 }
 
 /// Before the import: the host world reads BAR0 (its own device, in its map). Returns the value
-/// it read (CAP).
+/// it read (CC) and the host world's #VMEXITs in the run.
 ///
 /// # Errors
 /// A description of what went wrong.
@@ -46,17 +46,18 @@ pub fn bar_before_import(
     tsm: &mut Tsm<FirmwarePlatform>,
     tsc: &Tsc,
     bar: u64,
-) -> Result<u64, &'static str> {
+) -> Result<(u64, u64), &'static str> {
     // Bit 0: read only; the host's own registers are left as they are.
     let r = world.run_probe(tsm, tsc, (1, 0), &[bar + NVME_CC + 1]).map_err(|_| "the host world stopped")?;
     if r.faults != 0 {
         return Err("the host world could not reach its own BAR0 before the import");
     }
-    Ok(r.reads[0])
+    Ok((r.reads[0], r.exits))
 }
 
 /// After DMABUF.IMPORT, with the TDI running: every protected object, read and written by the
-/// host world. Returns how many accesses faulted and how many log entries the host read back.
+/// host world. Returns how many objects it attacked, how many log entries the host read back,
+/// and the host world's #VMEXITs in the run.
 ///
 /// # Errors
 /// A description of the first check that failed.
@@ -66,7 +67,7 @@ pub fn attacks(
     tsc: &Tsc,
     frames: Frames,
     (tdr, bar, regs): (u64, u64, &Mmio),
-) -> Result<(usize, u64), &'static str> {
+) -> Result<(usize, u64, u64), &'static str> {
     let pamt = tsm.tdmrs().first().map(|t| t.pamt.start.addr().raw()).ok_or("no TDMR")?;
     let found = |a: Option<u64>, what| a.ok_or(what);
     let targets = [
@@ -103,7 +104,7 @@ pub fn attacks(
     if r.faults != expected || r.handled != expected || r.log_entries != expected {
         return Err("not every access of the host world faulted, was handled and logged");
     }
-    Ok((targets.len(), r.log_entries))
+    Ok((targets.len(), r.log_entries, r.exits))
 }
 
 /// 16 bytes at `addr` as the TSM sees them: RAM through the direct map, the image directly, the

@@ -162,7 +162,11 @@ impl World {
         // from the TSM's pool, which maps only memory the world owns.
         unsafe { svm::run(self.vmcb, &mut self.gprs) };
         self.vmcb.write_u8(vmcb::TLB_CONTROL, 0);
-        self.vmcb.write_u64(vmcb::EVENT_INJ, 0);
+        // An event whose delivery the #VMEXIT interrupted (a nested page fault on the IDT or
+        // the stack while injecting #VE) comes back in EXITINTINFO: inject it again at the next
+        // VMRUN, or it is lost (AMD APM vol. 2, 15.7.2).
+        let pending = self.vmcb.read_u64(vmcb::EXIT_INT_INFO);
+        self.vmcb.write_u64(vmcb::EVENT_INJ, if pending & (1 << 31) != 0 { pending } else { 0 });
         self.exits += 1;
         Exit::decode(self.vmcb)
     }

@@ -122,10 +122,14 @@ extern "C" fn guest_trap(frame: *mut TrapFrame) {
     crate::td::trap(frame);
 }
 
-/// Whether `[gpa, gpa + len)` lies in one page of the identity map.
+/// The device window of the identity map (GPA 1..2 GiB, uncached), where the host maps the
+/// TDI's MMIO: device registers, never memory.
+pub const DEVICE_WINDOW: core::ops::Range<u64> = 1 << 30..2 << 30;
+
+/// Whether `[gpa, gpa + len)` lies in one page of the identity map, outside the device window.
 fn in_identity_page(gpa: u64, len: usize) -> bool {
     let off = gpa & 0xFFF;
-    gpa < IDENTITY_MAPPED && off + len as u64 <= 4096
+    gpa < IDENTITY_MAPPED && off + len as u64 <= 4096 && !DEVICE_WINDOW.contains(&gpa)
 }
 
 /// Copies private memory at `gpa` (within one page, below 4 GiB) into `buf` with real loads
@@ -156,15 +160,32 @@ pub fn private_write(gpa: u64, data: &[u8]) -> Option<()> {
     Some(())
 }
 
-/// A 32-bit load from the device window (GPA 1..2 GiB, mapped uncached); `None` if `gpa` is
-/// outside it or unaligned.
+/// A 32-bit load from the device window ([`DEVICE_WINDOW`], mapped uncached); `None` if `gpa`
+/// is outside it or unaligned.
 pub fn mmio_read_u32(gpa: u64) -> Option<u32> {
-    if !(1 << 30..2 << 30).contains(&gpa) || !gpa.is_multiple_of(4) {
+    if !DEVICE_WINDOW.contains(&gpa) || !gpa.is_multiple_of(4) {
         return None;
     }
     // SAFETY: inside the uncached device window of the identity map, aligned; a volatile load
     // is one access the device sees, as a driver's register read must be.
     Some(unsafe { core::ptr::read_volatile(gpa as *const u32) })
+}
+
+/// A 32-bit store to the device window; as for [`mmio_read_u32`].
+pub fn mmio_write_u32(gpa: u64, value: u32) -> Option<()> {
+    if !DEVICE_WINDOW.contains(&gpa) || !gpa.is_multiple_of(4) {
+        return None;
+    }
+    // SAFETY: as in `mmio_read_u32`: one aligned volatile store the device sees.
+    unsafe { core::ptr::write_volatile(gpa as *mut u32, value) };
+    Some(())
+}
+
+/// The TSC: RDTSC executes in the TD without an exit (the TD world intercepts no RDTSC), so the
+/// TD times its own work.
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC reads a counter and changes nothing; CR4.TSD is clear in the TD.
+    unsafe { x86::time::rdtsc() }
 }
 
 /// Copies from the shared half at offset `off` (below [`SHARED_MAPPED`]) into `buf`.
@@ -193,6 +214,78 @@ pub fn shared_write(off: u64, data: &[u8]) -> Option<()> {
         unsafe { core::ptr::write_volatile((SHARED_VA + off + i as u64) as *mut u8, b) };
     }
     Some(())
+}
+
+unsafe extern "C" {
+    fn guest_probe_load(addr: u64) -> u64;
+    fn guest_probe_seamcall();
+    static guest_probe_load_at: u8;
+    static guest_probe_load_done: u8;
+    static guest_probe_seamcall_at: u8;
+    static guest_probe_seamcall_done: u8;
+}
+
+/// What a probe instruction ran into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caught {
+    /// A #VE, with what TDG.VP.VEINFO.GET said of it.
+    Ve(crate::ve::VeInfo),
+    /// Another exception: its vector.
+    Exception(u64),
+}
+
+/// The exception the running probe caught (one vCPU: only the probe and the handler it traps
+/// into touch it, one after the other).
+struct ProbeCatch(UnsafeCell<Option<Caught>>);
+// SAFETY: one vCPU; the handler writes it only while a probe instruction is trapping, the probe
+// reads it only after the instruction, never at the same time.
+unsafe impl Sync for ProbeCatch {}
+static PROBE_CATCH: ProbeCatch = ProbeCatch(UnsafeCell::new(None));
+
+/// The probe instructions and where each resumes.
+fn probe_sites() -> [(u64, u64); 2] {
+    // Addresses of labels in `start.S`, never read or written through.
+    [
+        (core::ptr::addr_of!(guest_probe_load_at) as u64, core::ptr::addr_of!(guest_probe_load_done) as u64),
+        (core::ptr::addr_of!(guest_probe_seamcall_at) as u64, core::ptr::addr_of!(guest_probe_seamcall_done) as u64),
+    ]
+}
+
+/// Called by the exception handler: if `frame` trapped at a probe instruction, records `what`,
+/// moves RIP past the instruction (RAX 0) and returns true; else false.
+pub fn caught(frame: &mut TrapFrame, what: Caught) -> bool {
+    let Some(&(_, done)) = probe_sites().iter().find(|(at, _)| *at == frame.rip) else { return false };
+    // SAFETY: see `ProbeCatch`: the probe that trapped waits for the handler to return.
+    unsafe { *PROBE_CATCH.0.get() = Some(what) };
+    frame.rip = done;
+    frame.rax = 0;
+    true
+}
+
+/// Clears and returns what the last probe caught.
+fn take_caught() -> Option<Caught> {
+    // SAFETY: see `ProbeCatch`: no probe instruction runs while this does.
+    unsafe { (*PROBE_CATCH.0.get()).take() }
+}
+
+/// An 8-byte load of the identity-mapped `gpa`, whatever the TSM makes of it: the value, or the
+/// exception it raised (the TD's handler resumes after the load). An access the TSM answers
+/// with an exit to the host never returns here until the host let it complete.
+pub fn probe_load(gpa: u64) -> Result<u64, Caught> {
+    take_caught();
+    // SAFETY: the load is the probe: it may fault, and `caught` resumes after it with RAX 0;
+    // nothing is formed from the address but this one volatile load in assembly.
+    let v = unsafe { guest_probe_load(gpa) };
+    take_caught().map_or(Ok(v), Err)
+}
+
+/// SEAMCALL in the TD: `Err` with what it raised (a TD's SEAMCALL is #UD), `Ok` if it returned.
+pub fn probe_seamcall() -> Result<(), Caught> {
+    take_caught();
+    // SAFETY: SEAMCALL from a TD is refused by the TSM with #UD, which `caught` resumes after;
+    // were it not, the instruction would change only RAX, which the stub clobbers anyway.
+    unsafe { guest_probe_seamcall() };
+    take_caught().map_or(Ok(()), Err)
 }
 
 /// HLT: in a TD a #VE that the handler turns into TDVMCALL<HLT>.

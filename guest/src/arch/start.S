@@ -133,6 +133,30 @@ start64:
 6:  hlt
     jmp 6b
 
+/* Probes (mode attack, `probe.rs`): one instruction each that the TSM must refuse, at a known
+ * address, so the exception handler can resume after it (`arch::caught`). guest_probe_load(addr)
+ * returns the 8 bytes at addr, or 0 when the load raised an exception; guest_probe_seamcall()
+ * executes SEAMCALL. */
+    .text
+    .global guest_probe_load
+    .global guest_probe_load_at
+    .global guest_probe_load_done
+guest_probe_load:
+guest_probe_load_at:
+    mov (%rdi), %rax
+guest_probe_load_done:
+    ret
+
+    .global guest_probe_seamcall
+    .global guest_probe_seamcall_at
+    .global guest_probe_seamcall_done
+guest_probe_seamcall:
+    xor %eax, %eax
+guest_probe_seamcall_at:
+    .byte 0x66, 0x0f, 0x01, 0xcf
+guest_probe_seamcall_done:
+    ret
+
 /* Exception stubs: push a zero error code where the CPU pushes none, then the vector; save the
  * GPRs (the frame is `arch::TrapFrame`) and call guest_trap(frame). The stack is 16-byte aligned
  * at the call (the CPU aligns it before pushing the 40-byte frame; 16 + 120 bytes follow). */

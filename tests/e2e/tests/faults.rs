@@ -123,7 +123,18 @@ fn a_dmabuf_revoke_while_run_errors_the_tdi_the_guest_sees_it_and_teardown_recla
     );
     let line = o.console.lines().find(|l| l.starts_with("dma: after the revoke returned: "));
     assert!(line.is_some(), "{}", o.console);
-    assert!(o.console.contains("guest: TDI.RD says ERROR; its MMIO accessor refuses BAR0: "), "{}", o.console);
+    // The TD binary ran the READs itself, saw ERROR with TDG.TDI.RD, then loaded BAR0 once more
+    // with a real load: the TSM's derived table had dropped the blocked leaves, so the load
+    // exited to the host as an EPT violation and never reached the revoked BAR.
+    assert!(o.console.contains("td: after the revoke: TDI state 3; touching BAR0"), "{}", o.console);
+    assert!(
+        o.console.contains(
+            "guest: TDI.RD says ERROR; its load of BAR0 exited to the host as an EPT violation at GPA 0x40000000 (S-EPT entry Some(MmioBlocked))"
+        ),
+        "{}",
+        o.console
+    );
+    assert!(!o.console.contains("td: FATAL"), "{}", o.console);
     o.expect_status(35);
     assert!(o.console.contains("seamless firmware: error: TDI: BAR0 revoked while RUN"), "{}", o.console);
     let cleanup = o.console.lines().find(|l| l.starts_with("cleanup after the failure: ")).expect("cleanup line");

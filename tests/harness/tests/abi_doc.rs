@@ -57,7 +57,26 @@ fn render() -> String {
     for l in Tsm::<HostPlatform>::GUEST_LEAVES {
         render_leaf(&mut out, &l.spec);
     }
+    render_requests(&mut out);
     out
+}
+
+/// The demo TD's protocol with its host (`tsm_client::vmcall`), from the same table both sides
+/// use.
+fn render_requests(out: &mut String) {
+    out.push_str("## The demo TD's requests to its host (TDG.VP.VMCALL, `tsm_client::vmcall`)\n\n");
+    out.push_str(
+        "Vendor-specific TDVMCALLs (GHCI: R10 != 0): R10 the request, R11 and R13 its arguments, R12 the \
+         guest's shared page (a GPA with the shared bit set; the host refuses any other). The host \
+         serves it, writes what it hands over into the shared page (`[length: u64 LE][data]`) and \
+         resumes the vCPU with R10 = 0, or GHCI's INVALID_OPERAND (`0x8000000000000000`) if it \
+         refuses. Each side treats what it reads there as hostile.\n\n",
+    );
+    out.push_str("| R10 | Request | Guest passes | Host does | Shared page then holds |\n|---|---|---|---|---|\n");
+    for r in tsm_client::vmcall::REQUESTS {
+        let _ = writeln!(out, "| `{:#x}` | {} | {} | {} | {} |", r.number, r.name, r.guest, r.host, r.answer);
+    }
+    out.push('\n');
 }
 
 #[test]

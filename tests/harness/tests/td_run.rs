@@ -1,11 +1,12 @@
-//! The host's loop over a TD's exits (`tsm_client::host::td::run`): VP.ENTER, then per exit
-//! CONSOLE to the log and enter again, RDMSR/WRMSR answered with GHCI's INVALID_OPERAND in the
-//! next VP.ENTER's R10, TDVMCALL<HLT> with interrupts blocked the end; everything the host cannot
-//! serve (HLT with interrupts open, GHCI CPUID and I/O whose operands sit in R14/R15, which the
-//! TD world does not expose, an EPT violation, a triple fault, an unknown VMCALL, a bad console
-//! count, a failed VP.ENTER) ends the run with an error that names it. The exits come from
-//! `TdExit::host_regs`, the encoder the TSM's VP.ENTER uses, through a transport that plays
-//! them back and records what the host entered with.
+//! The host's loop over a TD's exits (`tsm_client::host::td::run` and `resume`): VP.ENTER, then
+//! per exit CONSOLE to the log and enter again, RDMSR/WRMSR answered with GHCI's INVALID_OPERAND
+//! in the next VP.ENTER's R10, TDVMCALL<HLT> with interrupts blocked the end; a request of the
+//! demo TD's protocol and an EPT violation go back to the caller, which resumes with its answer
+//! in R10..R13; everything the host cannot serve (HLT with interrupts open, GHCI CPUID and I/O
+//! whose operands sit in R14/R15, which the TD world does not expose, a triple fault, an unknown
+//! VMCALL, a bad console count, a failed VP.ENTER) ends the run with an error that names it. The
+//! exits come from `TdExit::host_regs`, the encoder the TSM's VP.ENTER uses, through a transport
+//! that plays them back and records what the host entered with.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -15,9 +16,9 @@ use tsm::abi::host::leaf;
 use tsm::addr::GuestPhysAddr;
 use tsm::{Regs, Status, TdExit};
 use tsm_client::console;
-use tsm_client::host::device::vmcall;
-use tsm_client::host::td::{ghci, run, Ran, RunStats};
+use tsm_client::host::td::{ghci, resume, run, Ran, RunStats};
 use tsm_client::host::{HostError, Seamcall};
+use tsm_client::vmcall;
 
 const TDVPR: u64 = 0x4_2000;
 
@@ -99,22 +100,46 @@ fn run_rejects_cpuid_and_io_whose_operands_are_not_exposed() {
 }
 
 #[test]
-fn run_rejects_an_ept_violation_and_a_triple_fault() {
-    let gpa = GuestPhysAddr::new(0x4000_0000).unwrap();
-    let ept = TdExit::EptViolation { gpa, requested_level: 0, level: 3, entry: 0 }.host_regs();
-    let (r, _, _, _) = go(&[ept]);
-    refused(r, TdExit::REASON_EPT_VIOLATION, "EPT violation");
-    let (r, _, _, _) = go(&[TdExit::TripleFault.host_regs()]);
+fn run_rejects_a_triple_fault() {
+    let (r, s, _, _) = go(&[TdExit::TripleFault.host_regs()]);
     refused(r, TdExit::REASON_TRIPLE_FAULT, "triple fault");
+    assert_eq!(s.calls.len(), 1);
 }
 
 #[test]
 fn run_rejects_a_vmcall_it_does_not_serve() {
-    for args in [[0x5EA1_00FF, 0, 0, 0], [0, 99, 0, 0], [vmcall::GET_REPORT, 0, 0, 0]] {
+    for args in [[0x5EA1_00FF, 0, 0, 0], [0, 99, 0, 0], [0x5EA1_0000, 0, 0, 0]] {
         let (r, s, _, _) = go(&[vmcall(args)]);
         refused(r, TdExit::REASON_TDCALL, "does not serve");
         assert_eq!(s.calls.len(), 1);
     }
+}
+
+#[test]
+fn run_returns_an_ept_violation_to_the_caller_without_entering_again() {
+    let gpa = GuestPhysAddr::new(0x4000_0000).unwrap();
+    let exit = TdExit::EptViolation { gpa, requested_level: 0, level: 3, entry: 0x1234 };
+    let (r, s, _, _) = go(&[console_exit(b"td: touch\n"), exit.host_regs()]);
+    assert_eq!(r.unwrap(), Ran::Violation(exit), "the GPA, level and entry as the TSM reported them");
+    assert_eq!(s.calls.len(), 2);
+}
+
+#[test]
+fn run_returns_every_request_of_the_protocol_and_resume_enters_with_the_answer() {
+    for row in vmcall::REQUESTS.iter().filter(|r| r.number != vmcall::CONSOLE) {
+        let args = [row.number, 0x18, 1 << 47 | 0x80_0000, 4];
+        let (r, s, _, _) = go(&[vmcall(args)]);
+        assert_eq!(r.unwrap(), Ran::Request(args), "{}: R10..R13 exactly as the TD set them", row.name);
+        assert_eq!(s.calls.len(), 1);
+    }
+    // The caller's answer goes into R10..R13 of the next VP.ENTER, the rest of the run as ever.
+    let mut s = Script::new(&[ghci(ghci::HLT, 1, 0)]);
+    let mut stats = RunStats::default();
+    let answer = [ghci::INVALID_OPERAND, 7, 8, 9];
+    let r = resume(&mut s, TDVPR, answer, &mut |_| {}, &mut stats);
+    assert_eq!(r.unwrap(), Ran::Halted);
+    let c = s.calls[0];
+    assert_eq!((c.rax, c.rcx, [c.r10, c.r11, c.r12, c.r13]), (leaf::VP_ENTER, TDVPR, answer));
 }
 
 #[test]
