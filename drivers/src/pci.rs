@@ -10,6 +10,18 @@ use super::phys::Mmio;
 use crate::memmap::{MemoryMap, RangeKind};
 use crate::phys::{own_memory, MAPPED_BYTES};
 
+/// Free MMIO space for BARs the BIOS left unassigned: q35's 32-bit PCI hole above the ECAM and
+/// below the IOAPIC.
+const BAR_WINDOW: (u64, u64) = (0xC000_0000, 0xFEC0_0000);
+
+/// The host bridge's 32-bit MMIO aperture, where BARs live: q35's PCI hole, from past the ECAM
+/// window MCFG names and past low RAM (`mmio_start`), up to the IOAPIC. The TSM takes private
+/// MMIO only from here (and never where the memory map says RAM); the host places BARs in it.
+pub fn host_bridge_window(ecam: &Ecam, mmio_start: u64) -> (u64, u64) {
+    let ecam_end = ecam.base.saturating_add((u64::from(ecam.end_bus) + 1) << 20);
+    (BAR_WINDOW.0.max(ecam_end).max(mmio_start), BAR_WINDOW.1)
+}
+
 /// Extended capability ID of DOE (PCIe r6 §7.9.24).
 pub const EXT_CAP_DOE: u16 = 0x002E;
 

@@ -21,6 +21,12 @@
 #[allow(unsafe_code)]
 mod arch;
 #[cfg(target_os = "none")]
+mod assign;
+#[cfg(target_os = "none")]
+mod attack;
+#[cfg(target_os = "none")]
+mod host_nvme;
+#[cfg(target_os = "none")]
 mod run;
 #[cfg(target_os = "none")]
 mod world_probe;

@@ -3,19 +3,21 @@
 //! its TDMR from its own memory and configures the TSM with TDH.SYS.CONFIG, probes its own
 //! world (the exit floor, the SEAMCALL round trip, and the accesses the TSM must refuse), runs
 //! the probe TD, then the mode: `boot` stops there, `connect` finds the NVMe function and runs
-//! SPDM.CONNECT over its DOE mailbox. Each phase prints one readable line on COM1; figures go
+//! SPDM.CONNECT over its DOE mailbox, `assign` and `revoke` the whole device assignment to a TD
+//! (`assign`), `attack` the malicious host's table of cases (`attack`). Each phase prints one readable line on COM1; figures go
 //! out as COM3 frames; the first failure is reported and the run ends with status 35.
 
 use core::fmt;
 
 use seamless_drivers::bootinfo::BootInfo;
-use seamless_drivers::config::{Mode, RunConfig, CONFIG_FILE};
+use seamless_drivers::config::{Mode, RunConfig, CONFIG_FILE, GUEST_FILE};
 use seamless_drivers::console::{figure, Ms};
 use seamless_drivers::fw_cfg::{FwCfg, FwCfgError};
 use seamless_drivers::memmap::Layout;
 use seamless_drivers::phys::{self, Frames};
 use seamless_drivers::say;
 use seamless_drivers::tsc::Tsc;
+use seamless_host::device::Nvme;
 use seamless_host::mem::{sys_config, DoeLink, Host};
 use seamless_host::{device, probe_td, Cpu};
 use tsm::Regs;
@@ -23,11 +25,16 @@ use tsm_client::{HostMemory, Seamcall};
 
 use crate::{arch, world_probe};
 
-/// The agent's CPU in the host world: SEAMCALL the instruction, its pages, the TSC.
+/// The agent's CPU in the host world: SEAMCALL the instruction, its pages, the TSC, and what it
+/// knows of its machine.
 #[derive(Debug)]
 pub struct Agent {
     /// The host's pages.
     pub host: Host,
+    /// What the TSM told it at entry.
+    pub boot: BootInfo,
+    /// Where its pages and its TDMR lie.
+    pub layout: Layout,
     tsc: Tsc,
     tsm_ticks: u64,
 }
@@ -112,7 +119,7 @@ pub fn main(boot_info: u64) -> ! {
         (layout.pamt.1 - layout.pamt.0) >> 10,
         layout.pamt.0
     );
-    let mut cpu = Agent { host: Host::new(Frames::new(&map), &layout), tsc, tsm_ticks: 0 };
+    let mut cpu = Agent { host: Host::new(Frames::new(&map), &layout), boot: info, layout, tsc, tsm_ticks: 0 };
     arch::phase_mark(Some("tsm_config"));
     sys_config(&mut cpu, &layout).unwrap_or_else(|e| fail("TSM configuration", &e));
     let ready = tsc.ticks_to_us(tsc.now().wrapping_sub(info.boot_tsc));
@@ -135,8 +142,47 @@ pub fn main(boot_info: u64) -> ! {
             arch::exit(true)
         }
         Mode::Connect => connect(&mut cpu, &info, &config),
-        other => fail("mode", &format_args!("{other:?} still runs in the firmware's image (transitional)")),
+        Mode::Assign | Mode::Revoke | Mode::Attack => {
+            let nvme = open_nvme(&cpu, &info, &config);
+            let mut buf = [0u8; GUEST_IMAGE_MAX];
+            let image = read_guest_image(&mut buf);
+            if config.mode == Mode::Attack {
+                crate::attack::run(&mut cpu, &info, nvme, image)
+            }
+            crate::assign::run(&mut cpu, &config, info.boot_tsc, nvme, image, ready)
+        }
+        // The TSM serves these itself, before any host world exists.
+        Mode::Fault | Mode::Overflow => fail("mode", &"fault and overflow are the TSM's own modes"),
     }
+}
+
+/// Bytes a guest image may have (the demo's is about 24 KiB; this bounds the agent's buffer, on
+/// its stack).
+const GUEST_IMAGE_MAX: usize = 128 * 1024;
+
+/// The guest image from fw_cfg (`opt/seamless/guest`) into `buf`: the agent checks nothing
+/// here, `td::build` parses it as hostile input and MRTD measures what was added.
+fn read_guest_image(buf: &mut [u8]) -> &[u8] {
+    let fw = FwCfg::new().unwrap_or_else(|e| fail(GUEST_FILE, &e));
+    match fw.read_file(GUEST_FILE, buf) {
+        Ok(n) => {
+            say!("host: guest image {n} bytes from fw_cfg {GUEST_FILE}");
+            &buf[..n]
+        }
+        Err(FwCfgError::NotFound) => fail(
+            GUEST_FILE,
+            &"no guest image in fw_cfg: the launcher passes -fw_cfg name=opt/seamless/guest,file=guest.img (firmware guest-image ELF FILE makes it)",
+        ),
+        Err(e) => fail(GUEST_FILE, &e),
+    }
+}
+
+/// The NVMe function, found and opened (`seamless_host::device::open_nvme`).
+fn open_nvme(cpu: &Agent, info: &BootInfo, config: &RunConfig) -> Nvme {
+    let map = info.memory_map();
+    let ecam = device::find_ecam(info.rsdp);
+    let window = device::bar_window(&ecam, map.low_ram_end());
+    device::open_nvme(&map, config, &cpu.tsc(), (ecam, window)).unwrap_or_else(|f| fail(f.what, &f.why))
 }
 
 /// The run configuration (`opt/seamless/config`; the defaults when absent).

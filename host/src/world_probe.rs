@@ -20,6 +20,7 @@ use seamless_drivers::memmap::Layout;
 use seamless_drivers::say;
 use seamless_host::{Cpu, Failed, Why};
 use tsm::abi::host::leaf;
+use tsm::pamt::PageType;
 use tsm::Regs;
 use tsm_client::HostMemory;
 
@@ -297,4 +298,100 @@ impl core::fmt::Display for Names<'_> {
         }
         Ok(())
     }
+}
+
+/// NVMe CC (controller configuration): a register a write would change.
+const NVME_CC: u64 = 0x14;
+/// Fault-log class of MMIO a TDI imported.
+const CLASS_IMPORTED: u8 = 0xF2;
+
+/// Before DMABUF.IMPORT: the host world reads BAR0's CC register, its own device, through its
+/// own mapping. Returns the value it read.
+///
+/// # Errors
+/// [`Failed`] if the read was refused (the BAR is still the host's).
+pub fn bar_before_import(bar: u64) -> Result<u64, Failed> {
+    arch::probe_read(bar + NVME_CC)
+        .ok_or(Failed::new("host world", "the host world could not reach its own BAR0 before the import"))
+}
+
+/// A protected object of the running assignment the host world attacks: its name, address and
+/// the fault-log class (and owner, if any) its refusal must carry.
+#[derive(Clone, Copy, Debug)]
+struct Target {
+    name: &'static str,
+    addr: u64,
+    class: u8,
+    owner: Option<u64>,
+}
+
+/// After DMABUF.IMPORT, with the TDI running: the host world reads and writes each protected
+/// object of the assignment with its own instructions: the imported BAR0, a TD private page, the
+/// TDR, a TDCS page, an S-EPT table, an IOMMU table, the PAMT, TSM memory and the VT-d
+/// registers, found as a hostile VMM finds them (its own layout, TDH.PHYMEM.PAGE.RDMD of the
+/// pages it handed out). Each access must be refused (#MC, nothing read) and be in the fault
+/// log with the object's class. Returns the objects attacked and the log entries read back.
+///
+/// # Errors
+/// [`Failed`] naming the first check that failed.
+pub fn attack_assignment(cpu: &mut Agent, tdr: u64, bar: u64) -> Result<(usize, u64), Failed> {
+    let (tsm, pamt) = (cpu.boot.tsm[0], cpu.layout.pamt.0);
+    let mut found: [Option<(u64, u64)>; 5] = [None; 5];
+    let kinds = [PageType::Regular, PageType::Tdr, PageType::Tdcs, PageType::Sept, PageType::IommuTable];
+    tsm_client::host::td::for_each_donated(cpu, &mut |md| {
+        for (slot, kind) in found.iter_mut().zip(kinds) {
+            let ours = kind == PageType::IommuTable || md.owner == tdr;
+            if slot.is_none() && md.ty == kind as u64 && ours {
+                *slot = Some((md.pa, md.owner));
+            }
+        }
+    })
+    .map_err(|e| Failed::new("host world", e))?;
+    let page = |i: usize, what: &'static str| found[i].ok_or(Failed::new("host world", what));
+    let (private, tdr_page, tdcs, sept, iommu) = (
+        page(0, "no TD private page")?,
+        page(1, "no TDR")?,
+        page(2, "no TDCS page")?,
+        page(3, "no S-EPT page")?,
+        page(4, "no IOMMU table")?,
+    );
+    let targets = [
+        Target { name: "imported BAR0 (CC)", addr: bar + NVME_CC, class: CLASS_IMPORTED, owner: None },
+        Target { name: "TD private page", addr: private.0, class: PageType::Regular as u8, owner: Some(tdr) },
+        Target { name: "TDR", addr: tdr_page.0, class: PageType::Tdr as u8, owner: None },
+        Target { name: "TDCS", addr: tdcs.0, class: PageType::Tdcs as u8, owner: Some(tdr) },
+        Target { name: "S-EPT table", addr: sept.0, class: PageType::Sept as u8, owner: Some(tdr) },
+        Target { name: "IOMMU table", addr: iommu.0, class: PageType::IommuTable as u8, owner: Some(iommu.1) },
+        Target { name: "PAMT", addr: pamt, class: CLASS_RESERVED, owner: None },
+        Target { name: "TSM memory", addr: tsm + 0x1000, class: CLASS_TSM, owner: None },
+        Target { name: "VT-d registers", addr: VTD_REGS, class: CLASS_NOT_HOST, owner: None },
+    ];
+    let (mc_before, _) = arch::recovered();
+    for t in &targets {
+        let read = arch::probe_read(t.addr);
+        let written = arch::probe_write(t.addr, PATTERN);
+        say!(
+            "world: host world -> {} at {:#x}: {}",
+            t.name,
+            t.addr,
+            if read.is_none() && written { "read and write refused (#MC), nothing read" } else { "REACHED" }
+        );
+        check(read.is_none() && written, "a protected object reached the host world")?;
+    }
+    let (mc_after, _) = arch::recovered();
+    check(mc_after - mc_before == 2 * targets.len() as u64, "not every refused access came back as #MC")?;
+    let mut log = [Entry { addr: 0, class: 0, write: false, detail: 0 }; 32];
+    let n = drain(cpu, &mut log);
+    check(n == 2 * targets.len(), "the fault log does not hold one entry per refused access")?;
+    for (i, t) in targets.iter().enumerate() {
+        for (j, write) in [false, true].into_iter().enumerate() {
+            let e = log[2 * i + j];
+            let owner_ok = t.owner.is_none_or(|o| e.detail == o);
+            check(
+                e.addr == t.addr && e.class == t.class && e.write == write && owner_ok,
+                "a fault-log entry names another object",
+            )?;
+        }
+    }
+    Ok((targets.len(), n as u64))
 }

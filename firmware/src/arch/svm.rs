@@ -444,30 +444,6 @@ pub fn take_vmcb() -> Option<&'static mut Vmcb> {
     Some(unsafe { &mut (*VMCB_POOL.0.get())[i] })
 }
 
-core::arch::global_asm!(include_str!("host_probe.S"));
-
-unsafe extern "C" {
-    static host_probe_start: u8;
-    static host_probe_end: u8;
-    static host_probe_mc: u8;
-    static host_probe_ud: u8;
-}
-
-/// The host world's probe program (`host_probe.S`): its bytes, and the offsets of its #MC and
-/// #UD handlers. The TSM copies it into a host page; it never runs in host mode.
-pub fn host_probe() -> (&'static [u8], usize, usize) {
-    let start = &raw const host_probe_start;
-    // SAFETY: the two labels bracket the probe's bytes in .rodata, which nothing writes.
-    let len = unsafe { (&raw const host_probe_end).offset_from(start) } as usize;
-    // SAFETY: as above: `len` bytes of read-only data from `start`.
-    let bytes = unsafe { core::slice::from_raw_parts(start, len) };
-    // SAFETY: both labels are in the same section.
-    let mc = unsafe { (&raw const host_probe_mc).offset_from(start) } as usize;
-    // SAFETY: both labels are in the same section.
-    let ud = unsafe { (&raw const host_probe_ud).offset_from(start) } as usize;
-    (bytes, mc, ud)
-}
-
 struct Iopm(UnsafeCell<[u8; 12288]>);
 // SAFETY: written once by `iopm_intercept_all` before any TD runs; then only the CPU reads it.
 unsafe impl Sync for Iopm {}

@@ -6,7 +6,7 @@
 
 #![allow(unsafe_code)]
 
-pub use seamless_drivers::{acpi, fw_cfg, pci, phys, serial, tsc};
+pub use seamless_drivers::{acpi, fw_cfg, phys, serial, tsc};
 
 pub mod fw_cfg_dma;
 pub mod log;

@@ -11,9 +11,7 @@
 //! (TDH.SYS.FAULT.RD reads it back) and delivers #MC (vector 18) at the faulting instruction.
 //!
 //! What runs there is the host agent's binary (`seamless-host`, loaded by `loader` from fw_cfg),
-//! which [`HostWorld::run`] serves until it ends the run. **Transitional** (issue 11, stage 2):
-//! for the modes whose TD part the firmware's stand-in guest still plays, the agent runs in the
-//! image and this world runs only the probe of `arch/host_probe.S` ([`HostWorld::run_probe`]).
+//! which [`HostWorld::run`] serves until it ends the run.
 
 use tsm::abi::Regs;
 use tsm::addr::{HostPhysAddr, Pfn};
@@ -26,7 +24,6 @@ use super::{Exit, World, WorldError, PAGE, VECTOR_UD};
 use crate::arch::svm::{self, vmcb, Segment};
 use crate::drivers::fw_cfg::FwCfg;
 use crate::drivers::phys::Frames;
-use crate::drivers::tsc::Tsc;
 use crate::memmap::{MemoryMap, RangeKind};
 use crate::platform::FirmwarePlatform;
 use seamless_drivers::bootinfo::BootInfo;
@@ -38,46 +35,12 @@ const VTD_REGS: u64 = 0xFED9_0000;
 const SEAMCALL: [u8; 4] = [0x66, 0x0f, 0x01, 0xcf];
 /// #MC.
 const VECTOR_MC: u8 = 18;
-/// Most targets the probe takes.
-pub const MAX_TARGETS: usize = 16;
-
-/// What the probe measured and saw.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProbeReport {
-    /// Mean bare VMMCALL round trip, ns.
-    pub floor_ns: u64,
-    /// Mean SEAMCALL(TDH.SYS.INFO) round trip, ns.
-    pub seamcall_ns: u64,
-    /// Iterations of each loop per round.
-    pub iterations: u64,
-    /// Rounds (each figure is the best round's mean: TCG on a shared machine is noisy).
-    pub rounds: u64,
-    /// Nested page faults the TSM turned into #MC.
-    pub faults: u64,
-    /// #MCs the probe's handler counted (R15 at the end).
-    pub handled: u64,
-    /// Entries the probe read back from the fault log with SEAMLESS.HOST.FAULT.RD.
-    pub log_entries: u64,
-    /// World switches (exits) in the run.
-    pub exits: u64,
-    /// SEAMCALLs served.
-    pub seamcalls: u64,
-    /// What the probe's read of each target returned (0 for a read that faulted).
-    pub reads: [u64; MAX_TARGETS],
-    /// #UDs the probe's handler counted for its one TDCALL (1: the host cannot call the guest
-    /// ABI).
-    pub tdcall_ud: u64,
-}
-
 /// The host world and the host pages its image and tables use.
 #[derive(Debug)]
 pub struct HostWorld {
     /// What CPUID said about SVM.
     pub caps: svm::SvmCaps,
     world: World,
-    params: u64,
-    /// The probe's entry point and initial stack pointer: each run starts over.
-    entry: (u64, u64),
     frames: Frames,
     /// The platform secret's fw_cfg selector (if there is one): the host world may not select it.
     secret_key: Option<u16>,
@@ -210,8 +173,6 @@ impl HostWorld {
         Ok(HostWorld {
             caps,
             world,
-            params: 0,
-            entry: (0, 0),
             frames,
             secret_key: None,
             fw: FwCfg::new().ok(),
@@ -267,56 +228,12 @@ impl HostWorld {
         Ok(loaded)
     }
 
-    /// The legacy probe (`arch/host_probe.S`): copied into host pages taken with `page`, with
-    /// its own page tables, GDT and IDT.
-    ///
-    /// # Errors
-    /// [`WorldError::OutOfHostPages`].
-    pub fn load_probe(&mut self, page: &mut dyn FnMut() -> Option<u64>) -> Result<(), WorldError> {
-        let frames = self.frames;
-        let mut take = || page().ok_or(WorldError::OutOfHostPages);
-        let (code, mc_offset, ud_offset) = svm::host_probe();
-        let code_page = take()?;
-        let stack = take()?;
-        let pml4 = take()?;
-        let pdpt = take()?;
-        let tables = take()?;
-        let params = take()?;
-        frames.write(code_page, code);
-        // Identity map of the low 4 GiB with 1 GiB pages (present, writable).
-        frames.write_u64(pml4, pdpt | 0x3);
-        for i in 0..4u64 {
-            frames.write_u64(pdpt + i * 8, (i << 30) | 0x83);
-        }
-        // GDT: null, 64-bit code (0x08), data (0x10); IDT at +0x100 with the #MC gate.
-        frames.write_u64(tables, 0);
-        frames.write_u64(tables + 8, 0x00AF_9A00_0000_FFFF);
-        frames.write_u64(tables + 16, 0x00CF_9200_0000_FFFF);
-        for (vector, offset) in [(VECTOR_MC, mc_offset), (VECTOR_UD, ud_offset)] {
-            let handler = code_page + offset as u64;
-            let gate = tables + 0x100 + u64::from(vector) * 16;
-            frames
-                .write_u64(gate, (handler & 0xFFFF) | (0x08 << 16) | (0x8E00 << 32) | ((handler >> 16) & 0xFFFF) << 48);
-            frames.write_u64(gate + 8, handler >> 32);
-        }
-        let v = self.world.vmcb();
-        v.set_segment(vmcb::GDTR, Segment { selector: 0, attrib: 0, limit: 23, base: tables });
-        v.set_segment(vmcb::IDTR, Segment { selector: 0, attrib: 0, limit: 32 * 16 - 1, base: tables + 0x100 });
-        v.write_u64(vmcb::CR3, pml4);
-        v.write_u64(vmcb::RIP, code_page);
-        v.write_u64(vmcb::RSP, stack + PAGE);
-        self.world.gprs.rdi = params;
-        self.params = params;
-        self.entry = (code_page, stack + PAGE);
-        Ok(())
-    }
-
     /// Enters the host agent and serves its exits until it ends the run: SEAMCALL (a TD's
     /// VP.ENTER runs the TD world and returns its exit), accesses outside its map (#MC), MSRs
     /// (none is the host's), the ports the TSM keeps (`ports`), VMMCALL (a bare exit: the
     /// floor the agent measures). Never returns: the run ends through `isa-debug-exit` once
     /// the TSM said its last word, or with a failure when the world dies.
-    pub fn run(mut self, tsm: &mut Tsm<FirmwarePlatform>) -> ! {
+    pub fn run(mut self, tsm: &mut Tsm<FirmwarePlatform>, demo: bool) -> ! {
         loop {
             if tsm.platform().host_map_broken {
                 crate::run::fail("host world", &WorldError::OutOfTsmMemory);
@@ -335,14 +252,15 @@ impl HostWorld {
             };
             match served {
                 Ok(Served::Continue) => {}
-                Ok(Served::End(code)) => self.end(tsm, code),
+                Ok(Served::End(code)) => self.end(tsm, code, demo),
                 Err(e) => crate::run::fail("host world", &e),
             }
         }
     }
 
-    /// The TSM's last word when the host ends the run: the world switches, the refusals.
-    fn end(&mut self, tsm: &Tsm<FirmwarePlatform>, code: u32) -> ! {
+    /// The TSM's last word when the host ends the run: the world switches (the figure
+    /// `world_switches`, or `world_switches_demo` for the demo's mode), the refusals.
+    fn end(&mut self, tsm: &Tsm<FirmwarePlatform>, code: u32, demo: bool) -> ! {
         self.close_phase(tsm);
         let td = tsm.platform().td.as_ref().map_or(0, |w| w.switches);
         say!(
@@ -351,7 +269,8 @@ impl HostWorld {
             tsm.host_faults().total,
             self.writes_unchanged
         );
-        crate::run::figure("world_switches", &(self.world.exits + td), "exits");
+        let name = if demo { "world_switches_demo" } else { "world_switches" };
+        crate::run::figure(name, &(self.world.exits + td), "exits");
         let code = if code == crate::arch::ExitCode::Success as u32 {
             crate::arch::ExitCode::Success
         } else {
@@ -537,120 +456,6 @@ impl HostWorld {
             self.world.set_rax(rax);
         }
         Served::Continue
-    }
-
-    /// Runs the probe: `rounds` of `iterations` of each measured loop (none if `rounds` is 0),
-    /// then a read and a write of each of `targets` (at most [`MAX_TARGETS`]), then it drains
-    /// the fault log.
-    ///
-    /// # Errors
-    /// [`WorldError`] if the world stops in a way the TSM does not serve.
-    pub fn run_probe(
-        &mut self,
-        tsm: &mut Tsm<FirmwarePlatform>,
-        tsc: &Tsc,
-        (iterations, rounds): (u64, u64),
-        targets: &[u64],
-    ) -> Result<ProbeReport, WorldError> {
-        let iterations = iterations.max(1);
-        let v = self.world.vmcb();
-        v.write_u64(vmcb::RIP, self.entry.0);
-        v.write_u64(vmcb::RSP, self.entry.1);
-        v.write_u64(vmcb::RFLAGS, 0x2);
-        self.world.gprs.rdi = self.params;
-        self.frames.write_u64(self.params, iterations);
-        self.frames.write_u64(self.params + 8, rounds);
-        for (i, &t) in targets.iter().take(MAX_TARGETS).enumerate() {
-            self.frames.write_u64(self.params + 16 + i as u64 * 8, t);
-        }
-        self.frames.write_u64(self.params + 16 + targets.len().min(MAX_TARGETS) as u64 * 8, 0);
-        self.frames.write_u64(self.params + 0x808, 0);
-        let mut report = ProbeReport { iterations, rounds, ..ProbeReport::default() };
-        let (mut mark, mut floor, mut seamcall) = (0u64, u64::MAX, u64::MAX);
-        let first = self.world.exits;
-        // The per-call defmt record would dominate the round trip being measured.
-        let log_calls = core::mem::replace(&mut tsm.platform_mut().log_calls, false);
-        loop {
-            // A frame the map could not follow would leave the host a page it gave away: stop.
-            if tsm.platform().host_map_broken {
-                return Err(WorldError::OutOfTsmMemory);
-            }
-            if tsm.platform_mut().host_npt.as_mut().is_some_and(|n| core::mem::take(&mut n.flush)) {
-                self.world.flush_tlb();
-            }
-            match self.world.run() {
-                Exit::Vmmcall => {
-                    let f = self.world.rax();
-                    self.world.skip(3);
-                    let now = tsc.now();
-                    match f {
-                        1 => mark = now,
-                        2 => {
-                            floor = floor.min(now.wrapping_sub(mark));
-                            mark = now;
-                        }
-                        3 => seamcall = seamcall.min(now.wrapping_sub(mark)),
-                        4 => {
-                            report.handled = self.world.gprs.r15;
-                            report.log_entries = self.world.gprs.rbp;
-                            break;
-                        }
-                        _ => {}
-                    }
-                }
-                Exit::Exception { vector: VECTOR_UD, .. } => {
-                    if self.fetch4(tsm) == Some(SEAMCALL) {
-                        self.seamcall(tsm);
-                        report.seamcalls += 1;
-                    } else {
-                        self.world.inject_exception(VECTOR_UD);
-                    }
-                }
-                Exit::NestedPageFault { gpa, error } => {
-                    let rip = self.world.rip();
-                    let fault = tsm.record_host_fault(HostPhysAddr::new(gpa).unwrap_or_default(), error & 2 != 0, rip);
-                    defmt::info!(
-                        "host world: access to {=u64:#x} ({=str}) at RIP {=u64:#x} refused: #MC",
-                        gpa,
-                        fault.what(),
-                        rip
-                    );
-                    self.world.inject_exception(VECTOR_MC);
-                    report.faults += 1;
-                }
-                Exit::Msr { write } => {
-                    // No MSR is the host world's: reads see 0, writes are dropped.
-                    if !write {
-                        self.world.set_rax(0);
-                        self.world.gprs.rdx = 0;
-                    }
-                    self.world.skip(2);
-                }
-                Exit::SvmInstruction => self.world.inject_exception(VECTOR_UD),
-                Exit::Hlt => break,
-                Exit::Invalid => return Err(WorldError::InvalidVmcb),
-                other => {
-                    let code = match other {
-                        Exit::Exception { vector, .. } => svm::exit::EXCEPTION_BASE + u64::from(vector),
-                        Exit::Shutdown => svm::exit::SHUTDOWN,
-                        Exit::Other(c) => c,
-                        _ => 0,
-                    };
-                    return Err(WorldError::Died { code, info1: 0, rip: self.world.rip() });
-                }
-            }
-        }
-        tsm.platform_mut().log_calls = log_calls;
-        for (i, r) in report.reads.iter_mut().enumerate().take(targets.len().min(MAX_TARGETS)) {
-            *r = self.frames.read_u64(self.params + 0x810 + i as u64 * 8);
-        }
-        report.tdcall_ud = self.frames.read_u64(self.params + 0x808);
-        if rounds > 0 {
-            report.floor_ns = tsc.ticks_to_ns(floor) / iterations;
-            report.seamcall_ns = tsc.ticks_to_ns(seamcall) / iterations;
-        }
-        report.exits = self.world.exits - first;
-        Ok(report)
     }
 
     /// SEAMCALL: the ABI's input registers from the world, `Tsm::host_call` (and for a

@@ -25,8 +25,6 @@ pub enum WorldError {
     /// The TSM's pool of VMCBs or nested-table frames is exhausted (also when the host's map
     /// could not follow an ownership change: the world is stopped rather than run on it).
     OutOfTsmMemory,
-    /// The host had no page left for the world's image or tables.
-    OutOfHostPages,
     /// VMRUN refused the VMCB (exit code -1): a TSM bug.
     InvalidVmcb,
     /// The world shut down (triple fault) or exited in a way the TSM does not serve.
@@ -45,7 +43,6 @@ impl core::fmt::Display for WorldError {
         match self {
             WorldError::Svm(e) => write!(f, "{e}"),
             WorldError::OutOfTsmMemory => write!(f, "the TSM's VMCB or nested-table pool is exhausted"),
-            WorldError::OutOfHostPages => write!(f, "no host page left for the host world"),
             WorldError::InvalidVmcb => write!(f, "VMRUN refused the VMCB (VMEXIT_INVALID)"),
             WorldError::Died { code, info1, rip } => {
                 write!(f, "the world stopped: exit code {code:#x}, EXITINFO1 {info1:#x}, RIP {rip:#x}")

@@ -90,7 +90,7 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
         "differential: QEMU's unit and tsm::iommu::translate agree on all 6 cases",
         "artifact report.bin: 1200 bytes on COM3",
         "artifact report-snp.bin: 1184 bytes on COM3",
-        "seamless firmware: assign done",
+        "seamless host: assign done",
         // The host world in hardware: its BAR before the import, every protected object after.
         "before the import: the BAR is still the host's",
         "world: the host world attacked 9 protected objects: 18 accesses refused in hardware, 18 fault-log entries read back, the host carried on",
@@ -110,8 +110,12 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
     ] {
         let line = format!("world: host world -> {object} at ");
         let found = o.console.lines().find(|l| l.starts_with(&line)).unwrap_or_else(|| panic!("no {line:?}"));
-        assert!(found.ends_with("read and write refused, bytes unchanged"), "{found}");
+        assert!(found.ends_with("read and write refused (#MC), nothing read"), "{found}");
     }
+    // The TSM compared the bytes at every refused write at the host world's next exit.
+    let ended =
+        o.console.lines().find(|l| l.starts_with("world: the host world ended the run")).expect("TSM's last word");
+    assert!(ended.contains("refused writes checked: bytes unchanged"), "{ended}");
     // DMA that must not land: each completes at the controller with status 0, and the unit's
     // fault record (read by the host through IOMMU.FAULT.RD) names the NVMe function (00:03.0),
     // the page and the reason: 0x05 for no S-EPT permission, 0x0C for the MMIO leaf's bit 62.

@@ -47,7 +47,7 @@ fn run(qemu: &Qemu, name: &str, mode: &str, config: Config, doe_timeout_ms: u32)
 /// mapped.
 fn assert_failed_and_cleaned(o: &Outcome, error: &str) {
     o.expect_status(35);
-    assert!(o.console.contains(&format!("seamless firmware: error: {error}")), "want {error:?} in:\n{}", o.console);
+    assert!(o.console.contains(&format!("seamless host: error: {error}")), "want {error:?} in:\n{}", o.console);
     let cleanup = o.console.lines().find(|l| l.starts_with("cleanup after the failure: ")).unwrap_or_else(|| {
         panic!("no cleanup line in:\n{}", o.console);
     });
@@ -136,7 +136,7 @@ fn a_dmabuf_revoke_while_run_errors_the_tdi_the_guest_sees_it_and_teardown_recla
     );
     assert!(!o.console.contains("td: FATAL"), "{}", o.console);
     o.expect_status(35);
-    assert!(o.console.contains("seamless firmware: error: TDI: BAR0 revoked while RUN"), "{}", o.console);
+    assert!(o.console.contains("seamless host: error: TDI: BAR0 revoked while RUN"), "{}", o.console);
     let cleanup = o.console.lines().find(|l| l.starts_with("cleanup after the failure: ")).expect("cleanup line");
     assert!(cleanup.contains("donated pages free again") && !cleanup.contains("still held"), "{cleanup}");
     // STOP still reached the device (the PDEV stayed CONNECTED), and the session was ended.

@@ -365,7 +365,7 @@ fn iommu_translate_happy_path_is_the_walker_s_verdict() {
                 assert_eq!((r.rcx, r.rdx), (0, u64::from(f.reason.code())), "{iova:#x}");
                 let state = match f.reason {
                     FaultReason::SeptNotPresent(s) | FaultReason::SeptNotPrivateMemory(s) => {
-                        s as u64 | u64::from(f.sept_level.unwrap_or(0)) << 8
+                        1 << 16 | s as u64 | u64::from(f.sept_level.unwrap_or(0)) << 8
                     }
                     _ => 0,
                 };

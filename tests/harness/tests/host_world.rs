@@ -14,7 +14,7 @@ use seamless_harness::driver::{default_params, ok, Machine, PRIVATE_BASE};
 use tsm::abi::host::leaf;
 use tsm::addr::{HostPhysAddr, Pfn};
 use tsm::pamt::PageType;
-use tsm::Status;
+use tsm::{Regs, Status};
 
 const MIB: u64 = 1 << 20;
 
@@ -161,4 +161,35 @@ fn dmabuf_import_takes_the_bar_frames_out_of_the_host_map_and_tdi_remove_gives_t
     let after = denied(&m);
     assert!(bar.iter().all(|p| !after.contains(p)), "TDI.REMOVE gave the frames back");
     assert!(!after.contains(&pfn(a.tdi)), "and the TDI page");
+}
+
+/// SEAMLESS.SYS.DIGEST's 48 bytes.
+fn digest(m: &mut Machine) -> [u64; 6] {
+    let r = m.host(leaf::SYS_DIGEST, 0, 0, 0, 0);
+    assert_eq!(r.status(), Status::SUCCESS);
+    [r.rcx, r.rdx, r.r8, r.r9, r.r10, r.r11]
+}
+
+#[test]
+fn sys_digest_stays_across_refused_calls_and_moves_with_every_change() {
+    let mut m = Machine::new(16 * MIB);
+    let before_config = digest(&mut m);
+    assert_eq!(digest(&mut m), before_config, "reading it changes nothing");
+    ok(m.sys_config(), "TDH.SYS.CONFIG");
+    let empty = digest(&mut m);
+    let td = m.create_td(&default_params());
+    let created = digest(&mut m);
+    assert_ne!(created, empty, "a TD is in the summaries");
+    // Refused calls: a second MNG.INIT, a TDR as the TDCS page, an unaligned VP.CREATE.
+    for regs in [
+        Regs::call(leaf::MNG_INIT, td.tdr, 0, 0, 0),
+        Regs::call(leaf::MNG_ADDCX, td.tdr, td.tdr, 0, 0),
+        Regs::call(leaf::VP_CREATE, td.tdr + 8, 0, 0, 0),
+    ] {
+        assert!(m.tsm.host_call(&regs).status().is_error());
+        assert_eq!(digest(&mut m), created, "a refused call changes no summary: {regs:x?}");
+    }
+    let tdvpr = m.page();
+    ok(m.host(leaf::VP_CREATE, tdvpr, td.tdr, 0, 0), "VP.CREATE");
+    assert_ne!(digest(&mut m), created, "a vCPU is in the TD's summary");
 }

@@ -76,6 +76,7 @@ pub mod leaf {
     pub const VP_KICK: u64 = 0x8000;
     pub const HOST_FAULT_RD: u64 = 0x8001;
     pub const SHARED_EPT_SET: u64 = 0x8002;
+    pub const SYS_DIGEST: u64 = 0x8003;
     pub const TDI_LOCK: u64 = 0x8010;
     pub const TDI_START: u64 = 0x8011;
     pub const TDI_STOP: u64 = 0x8012;
@@ -672,6 +673,25 @@ impl<P: Platform> Tsm<P> {
             },
             handler: Self::shared_ept_set,
         },
+        HostLeaf {
+            spec: LeafSpec {
+                number: leaf::SYS_DIGEST,
+                name: "SEAMLESS.SYS.DIGEST",
+                summary: "seamless only, read-only: a SHA-384 over the TSM's summaries of every PDEV, TDI and TD (states, owners, counts, digests: what `Tsm::device_summaries` and `Tsm::td_summary` show, never a key or a nonce), opaque and only to be compared within one run: a host that tests the TSM (mode `attack`) reads it before and after a call to show a refused call changed nothing. Allowed before TDH.SYS.CONFIG.",
+                inputs: &[],
+                outputs: &[
+                    (Reg::Rcx, "the digest's bytes 0..8 (little-endian)"),
+                    (Reg::Rdx, "bytes 8..16"),
+                    (Reg::R8, "bytes 16..24"),
+                    (Reg::R9, "bytes 24..32"),
+                    (Reg::R10, "bytes 32..40"),
+                    (Reg::R11, "bytes 40..48"),
+                ],
+                requires: "-",
+                errors: &[],
+            },
+            handler: Self::sys_digest,
+        },
         Self::TDI_LOCK,
         Self::TDI_START,
         Self::TDI_STOP,
@@ -685,6 +705,33 @@ impl<P: Platform> Tsm<P> {
     ];
 
     // ---- TSM ---------------------------------------------------------------------------------
+
+    fn sys_digest(&mut self, _in: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        use core::fmt::Write as _;
+        use sha2::{Digest, Sha384};
+        struct Hasher(Sha384);
+        impl core::fmt::Write for Hasher {
+            fn write_str(&mut self, s: &str) -> core::fmt::Result {
+                self.0.update(s.as_bytes());
+                Ok(())
+            }
+        }
+        // Nothing to check: it reads the TSM's own summaries.
+        // ALL CHECKS PASSED
+        let mut h = Hasher(Sha384::new());
+        let _ = write!(h, "{:?}", self.device_summaries());
+        for tdr in self.tds.iter().flatten().map(|t| t.tdr) {
+            let _ = write!(h, "{:?}", self.td_summary(tdr));
+        }
+        let d: [u8; 48] = h.0.finalize().into();
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&d[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        (out.rcx, out.rdx, out.r8, out.r9, out.r10, out.r11) = (word(0), word(1), word(2), word(3), word(4), word(5));
+        Ok(Status::SUCCESS)
+    }
 
     fn host_fault_rd(&mut self, _in: &Regs, out: &mut Regs) -> TsmResult<Status> {
         // Nothing to check: the log is the caller's own history.

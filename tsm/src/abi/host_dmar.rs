@@ -143,7 +143,7 @@ impl<P: Platform> Tsm<P> {
             outputs: &[
                 (Reg::Rcx, "1 if the request translates, else 0"),
                 (Reg::Rdx, "the fault reason if it does not (VT-d's codes; 0xF0 an MMIO leaf, 0xF1 a shared GPA), else 0"),
-                (Reg::R8, "for an S-EPT fault, the state of the entry found (`SeptState` code) and its level (15:8), else 0"),
+                (Reg::R8, "for an S-EPT entry that refused it: bit 16 set, its state (7:0, the S-EPT state code) and level (15:8); else 0"),
             ],
             requires: "IOMMU set up.",
             errors: &[
@@ -389,7 +389,7 @@ impl<P: Platform> Tsm<P> {
                     | crate::iommu::FaultReason::SeptNotPrivateMemory(s) => Some(s as u64),
                     _ => None,
                 };
-                out.r8 = state.map_or(0, |s| s | u64::from(f.sept_level.unwrap_or(0)) << 8);
+                out.r8 = state.map_or(0, |s| 1 << 16 | s | u64::from(f.sept_level.unwrap_or(0)) << 8);
             }
         }
         Ok(Status::SUCCESS)

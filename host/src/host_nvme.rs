@@ -8,8 +8,8 @@
 
 use tsm_client::nvme::{Access, Controller, Driver, NvmeError, Queues, Read};
 
-use crate::drivers::phys::{Frames, Mmio};
-use crate::drivers::tsc::Tsc;
+use seamless_drivers::phys::{Frames, Mmio};
+use seamless_drivers::tsc::Tsc;
 
 /// How long the host waits for the controller or a completion.
 const TIMEOUT_S: u64 = 5;
