@@ -351,6 +351,7 @@ pub fn run(cpu: &mut Agent, config: &RunConfig, boot_tsc: u64, nvme: Nvme, image
     // The TSM takes the remapping unit over from its blocking table before the TD has a private
     // page: from here on no device DMA lands anywhere without a DMAR entry the guest accepted
     // (or the host domain, for the functions the host keeps).
+    dma::before_setup(cpu, &regs).unwrap_or_else(|e| fail("DMA before IOMMU.SETUP", &e));
     device::iommu_setup(cpu).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
     let host_kib_s = (config.mode == Mode::Assign)
         .then(|| dma::host_read(cpu, &regs, function).unwrap_or_else(|e| fail("host NVMe read", &e)));

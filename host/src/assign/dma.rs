@@ -362,6 +362,35 @@ impl Demo<'_> {
     }
 }
 
+/// How long the host waits for a command the blocking table holds (QEMU's controller fetches a
+/// command within microseconds of the doorbell).
+const BLOCKED_WAIT_MS: u64 = 100;
+
+/// Before SEAMLESS.IOMMU.SETUP the host drives its controller (`host_nvme::dma_before_setup`):
+/// with the TSM's blocking root table in the unit no DMA lands, not even in the host's own
+/// pages; the host's read through the host domain after the setup is the control.
+pub(super) fn before_setup(cpu: &mut Agent, regs: &Mmio) -> Result<(), Why> {
+    let mut pages = crate::host_nvme::HostPages { queues: [0; 4], data: [0; disk::DATA_PAGES] };
+    for p in pages.queues.iter_mut().chain(pages.data.iter_mut().take(1)) {
+        *p = scratch(cpu)?;
+    }
+    let tsc = cpu.tsc();
+    let b =
+        crate::host_nvme::dma_before_setup(regs, cpu.host.frames(), &tsc, &pages, BLOCKED_WAIT_MS).map_err(|e| {
+            say!("host: NVMe before IOMMU.SETUP: {e}");
+            Why::Said("the host's NVMe check before IOMMU.SETUP failed")
+        })?;
+    if !b.held() {
+        say!("dma: before IOMMU.SETUP the host's IDENTIFY reached memory: {b:?}");
+        return Err(Why::Said("device DMA passed before IOMMU.SETUP"));
+    }
+    say!(
+        "dma: before IOMMU.SETUP the host's NVMe IDENTIFY (queues and data page in host RAM) went nowhere: no completion in {} us, the completion queue and the data page unchanged (the unit walks the TSM's blocking root table); controller disabled again",
+        b.waited_us
+    );
+    Ok(())
+}
+
 /// The host, still owning the NVMe controller, reads the same blocks as the TD will into its own
 /// pages through the host domain: HOST.ATTACH of the function (its second stage = the host map),
 /// the read, the digest check, then HOST.DETACH, whose invalidation completed before it returned

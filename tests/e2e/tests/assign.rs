@@ -80,6 +80,10 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
         "guest: NVMe 1b36 \"QEMU NVMe Ctrl\" serial \"seamless\", namespace 1: 2048 blocks of 512 bytes",
         "into private memory through QEMU's IOMMU walking the S-EPT; SHA-384",
         "= the drive's known content",
+        // Before IOMMU.SETUP the unit walks the TSM's blocking root table: the host's command is
+        // never even fetched, nothing lands in its pages.
+        "dma: before IOMMU.SETUP the host's NVMe IDENTIFY (queues and data page in host RAM) went nowhere: no completion in ",
+        "the completion queue and the data page unchanged (the unit walks the TSM's blocking root table); controller disabled again",
         // The host's own read of the same blocks, before assignment, through the host domain.
         "into its own pages through the host domain (QEMU's IOMMU walking the host map); SHA-384",
         "dma: the NVMe function left the host domain (entry zeroed, invalidation confirmed)",
