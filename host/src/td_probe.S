@@ -1,4 +1,4 @@
-/* The probe TD: 8 KiB that the in-image host PAGE.ADDs at GPA 0xFFFFE000..0xFFFFFFFF, so that
+/* The probe TD: 8 KiB that the host agent PAGE.ADDs at GPA 0xFFFFE000..0xFFFFFFFF, so that
  * its last 16 bytes are the reset vector, and runs with TDH.VP.ENTER in a TD world. It is data
  * to the TSM (never executed in host mode) and, like TDVF, starts in TDX's initial state:
  * 32-bit flat protected mode, paging off, EFER.LME = 1, EBX = GPAW, ESI = vCPU index.
