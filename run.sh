@@ -29,12 +29,18 @@ commands:
                                 boot (stop at TSM ready),
                                 fault (show the exception report), overflow
                                 (overflow the boot stack into its guard page),
-                                revoke (assign, then a dma-buf revoke while RUN)
+                                revoke (assign, then a dma-buf revoke while RUN and the
+                                TD's READs are outstanding), stop (the same with TDI.STOP)
                    --fault SPEC a tdisp-device fault switch (repeatable; tdisp-device --help)
                    --doe-timeout MS  the firmware's DOE timeout (default 1000)
                    --keep       keep QEMU's command line in target/run/qemu.cmd
   e2e [args]     build the firmware and run tests/e2e (QEMU end-to-end tests; args go to
                  `cargo test`)
+  ovmf [opts]    boot Debian's OVMF.fd (OVMF_FD) unmodified as a TD on seamless: its console
+                 on yours to the UEFI shell, where the host types `reset -s`; prints MRTD
+                 against `attest measure`, RTMR0..3 and where the time went; files in
+                 target/run/ovmf/ (--fw-cfg-dma on|off: serve fw_cfg's DMA interface or hide
+                 it; --baseline: then the same OVMF.fd natively to the same prompt)
   setup          only install missing prerequisites (target, clippy, rustfmt, QEMU >= 9.1,
                  Debian's ovmf (OVMF.fd, a TDVF), defmt-print)
   qemu           only check for (and install when missing) QEMU >= 9.1 with NVMe spdm_port
@@ -302,6 +308,24 @@ cmd_bench() {
     fi
     grep '^bench ' "$log"
     bench_merge "$results" <"$log"
+    # Debian's OVMF as a TD: to the shell with fw_cfg's DMA served and hidden, and natively.
+    section "OVMF as a TD (./run.sh ovmf; logs in target/run/ovmf-*.log)"
+    local ovmf_log=${CARGO_TARGET_DIR:-target}/run/ovmf-bench.log no_dma_log=${CARGO_TARGET_DIR:-target}/run/ovmf-no-dma.log
+    if [[ ! -r $OVMF_FD ]]; then
+        echo "note: $OVMF_FD missing; the OVMF figures are left out (./run.sh setup installs it)"
+    elif (cmd_ovmf --fw-cfg-dma off) >"$no_dma_log" 2>&1 && (cmd_ovmf --baseline) >"$ovmf_log" 2>&1; then
+        local hidden served
+        hidden=$(awk '$1 == "bench" && $2 == "ovmf_td_shell_s" { print $3 }' "$no_dma_log")
+        served=$(awk '$1 == "bench" && $2 == "ovmf_td_shell_s" { print $3 }' "$ovmf_log")
+        {
+            grep -E '^bench (ovmf_|tdcall)' "$ovmf_log"
+            echo "bench ovmf_td_shell_fw_cfg_dma_hidden_s $hidden s"
+            awk -v h="$hidden" -v s="$served" 'BEGIN { printf "bench ovmf_fw_cfg_dma_hidden_cost_s %.3f s\n", h - s }'
+        } | tee -a "$log" | bench_merge "$results"
+    else
+        echo "error: the OVMF run failed; see $ovmf_log and $no_dma_log" >&2
+        exit 1
+    fi
 }
 
 # Adds the `bench NAME VALUE UNIT` lines on stdin to the flat results.json ($1) that
@@ -361,9 +385,9 @@ cmd_boot() {
         esac
     done
     case $mode in
-        connect | assign | revoke | attack | boot | fault | overflow) ;;
+        connect | assign | revoke | stop | attack | boot | fault | overflow) ;;
         *)
-            echo "error: --mode is connect, assign, revoke, attack, boot, fault or overflow (got '$mode')" >&2
+            echo "error: --mode is connect, assign, revoke, stop, attack, boot, fault or overflow (got '$mode')" >&2
             exit 2
             ;;
     esac
@@ -382,12 +406,12 @@ cmd_boot() {
     cargo build -q -p firmware
     provision_platform "$plat" "${CARGO_TARGET_DIR:-target}/debug"
     printf 'mode=%s\nnvme_bar0=%s\ndoe_timeout_ms=%s\n' "$mode" "$DEMO_BAR0" "$doe_timeout" >"$out/config.txt"
-    [[ $mode == assign || $mode == revoke ]] && printf 'nonce=%s\n' "$(od -An -tx1 -N64 /dev/urandom | tr -d ' \n')" >>"$out/config.txt"
+    [[ $mode == assign || $mode == revoke || $mode == stop ]] && printf 'nonce=%s\n' "$(od -An -tx1 -N64 /dev/urandom | tr -d ' \n')" >>"$out/config.txt"
 
     # QEMU's command line is written once, in tests/e2e (`Boot::command`); seamless-qemu runs it.
     local launch=(--out "$out" --config "$out/config.txt" --secret "$plat/platform-secret.bin")
     DEVICE_PID=""
-    if [[ $mode == connect || $mode == assign || $mode == revoke || $mode == attack ]]; then
+    if [[ $mode == connect || $mode == assign || $mode == revoke || $mode == stop || $mode == attack ]]; then
         section "cargo build -p tdisp-device"
         cargo build -q -p tdisp-device
         local device=${CARGO_TARGET_DIR:-target}/debug/tdisp-device
@@ -442,6 +466,91 @@ cmd_boot() {
     fi
 }
 
+# Debian's OVMF.fd as a TD (mode ovmf): the host builds the TD from the image's TDVF metadata,
+# runs it in the TD world serving its TDVMCALLs, and types `reset -s` at the UEFI shell.
+# Options: --fw-cfg-dma on|off (the host serves fw_cfg's DMA interface, or hides it),
+# --baseline (then the same OVMF.fd natively, -bios, to the same prompt, and the ratio).
+cmd_ovmf() {
+    local dma=on baseline=0
+    while (($#)); do
+        case $1 in
+            --fw-cfg-dma)
+                dma=${2:-}
+                shift 2 || { echo "error: --fw-cfg-dma needs on or off" >&2; exit 2; }
+                ;;
+            --baseline) baseline=1; shift ;;
+            *)
+                echo "error: unknown ovmf option '$1' (see ./run.sh help)" >&2
+                exit 2
+                ;;
+        esac
+    done
+    [[ $dma == on || $dma == off ]] || { echo "error: --fw-cfg-dma is on or off" >&2; exit 2; }
+    prereqs
+    ensure_qemu
+    ensure_ovmf
+    ensure_defmt_print
+    build_firmware
+    local out=${CARGO_TARGET_DIR:-target}/run/ovmf
+    mkdir -p "$out"
+    rm -f "$out"/{serial.log,defmt.bin,artifacts.bin,firmware.log,native.log} "$out"/figure.* "$out"/ovmf-*.bin
+    printf 'mode=ovmf\ntdmr_max_mib=400\ntd_mib=256\nlog_calls=off\ntd_timeout_s=240\nfw_cfg_dma=%s\n' "$dma" >"$out/config.txt"
+    section "seamless-qemu: $QEMU -M q35 -accel tcg -kernel $FIRMWARE, $OVMF_FD as a TD (mode ovmf, fw_cfg DMA $dma)"
+    local status=0
+    launch_qemu --out "$out" --config "$out/config.txt" --ovmf "$OVMF_FD" --memory 640 --timeout 300 || status=$?
+    tr -d '\r' <"$out/serial.log"
+    defmt-print -e "$FIRMWARE" <"$out/defmt.bin" >"$out/firmware.log" 2>/dev/null || true
+    section "figures"
+    unframe_artifacts "$out" || echo "warning: the COM3 artifact stream did not decode" >&2
+    print_figures "$out"
+    if [[ -s $out/ovmf-mrtd.bin ]]; then
+        cargo build -q -p attest --features std --bin attest
+        local mrtd measured
+        mrtd=$(od -An -tx1 -v "$out/ovmf-mrtd.bin" | tr -d ' \n')
+        measured=$("${CARGO_TARGET_DIR:-target}/debug/attest" measure "$OVMF_FD")
+        if [[ $mrtd == "$measured" ]]; then
+            echo "MRTD $mrtd: the TD's, equal to attest measure $OVMF_FD"
+        else
+            echo "error: the TD's MRTD $mrtd differs from attest measure's $measured" >&2
+            status=1
+        fi
+    fi
+    if ((baseline && status == 33)); then
+        section "the same OVMF.fd natively: $QEMU -M q35 -accel tcg -bios $OVMF_FD -m 256M, to Shell>"
+        local native td
+        native=$(ovmf_native_s "$out") || status=1
+        td=$(cut -d' ' -f1 "$out/figure.ovmf_td_shell_s" 2>/dev/null)
+        echo "bench ovmf_native_boot_s $native s"
+        [[ -n $td && -n $native ]] && echo "bench ovmf_td_vs_native $(awk -v t="$td" -v n="$native" 'BEGIN { printf "%.2f", t / n }') x"
+    fi
+    echo "files: $out/{serial.log,defmt.bin,firmware.log,config.txt,ovmf-mrtd.bin,ovmf-rtmrs.bin}"
+    if ((status != 33)); then
+        echo "error: the OVMF TD run failed (QEMU status $status): $(firmware_cause "$out/serial.log")" >&2
+        exit 1
+    fi
+}
+
+# Seconds from QEMU's start to "Shell> " on the console of OVMF.fd booted natively (the same
+# q35, CPU and RAM the TD gets); QEMU is killed then. The baseline of `ovmf --baseline`.
+ovmf_native_s() {
+    local out=$1 start pid i
+    start=$(date +%s%N)
+    "$QEMU" -M q35 -accel tcg -nodefaults -display none -no-reboot -cpu max,phys-bits=48 -m 256M \
+        -bios "$OVMF_FD" -serial "file:$out/native.log" >/dev/null 2>&1 &
+    pid=$!
+    for ((i = 0; i < 6000; i++)); do
+        if grep -q 'Shell> ' "$out/native.log" 2>/dev/null; then
+            awk -v ns=$(($(date +%s%N) - start)) 'BEGIN { printf "%.3f", ns / 1e9 }'
+            stop_pid "$pid"
+            return 0
+        fi
+        sleep 0.02
+    done
+    stop_pid "$pid"
+    echo "error: native OVMF did not reach Shell> in 120 s" >&2
+    return 1
+}
+
 cmd_e2e() {
     prereqs
     ensure_qemu
@@ -465,11 +574,21 @@ COM3 and are verified here with `attest verify` against a policy derived indepen
 
 options:
   --responder CMD   run CMD instead of tdisp-device (a shell command; {port} is replaced by the
-                    chosen 127.0.0.1 port; the demo waits until something listens there). The
-                    responder must report the NVMe BAR0 page (0xc0000, 4 pages) in its TDISP
-                    interface report, as target/run/device.toml describes.
+                    chosen 127.0.0.1 port; the demo waits until something listens there). To be
+                    assigned, the responder must report the NVMe BAR0 page (0xc0000, 4 pages)
+                    plus the MMIO_REPORTING_OFFSET of LOCK in its TDISP interface report, as
+                    target/run/device.toml describes; DMTF's spdm-emu does not (its sample
+                    device reports pages 0x0, 0x8000, 0x10000, 0x20000 as they are), so its run
+                    ends at TDI.LOCK with one line saying that every protocol interoperated
+                    and why the TSM refused the report (exit status 3), e.g.
+                    --responder 'cd SPDM_EMU/build/bin && exec ./spdm_responder_emu
+                      --trans PCI_DOE --ip 127.0.0.1 --port {port} --ver 1.3'
   --keep            keep QEMU's command line (target/run/qemu.cmd) and the raw serial streams
   --help            this text
+
+exit status: 0 verified; 1 the flow failed or the verifier rejected the report; 2 a usage or
+prerequisite error; 3 the device interoperated but the TSM refused its interface report at
+TDI.LOCK (nothing mapped, everything taken apart; target/run/interop.txt says why).
 
 artifacts (target/run/): report.bin evidence.bin policy.toml verify.json timeline.json
 firmware.log (decoded defmt) serial.log (COM1); report-snp.bin verify-snp.json (the SNP-format
@@ -701,6 +820,17 @@ cmd_demo() {
     if ! unframe_artifacts "$out"; then
         flow_ok=0
     fi
+    # QEMU status 37: every protocol interoperated, the TSM refused the device's interface report
+    # at TDI.LOCK and the host took the assignment apart; the firmware's one line (the COM3 frame
+    # interop.txt) says why.
+    if ((status == 37)) && [[ -s $out/interop.txt ]]; then
+        section "figures"
+        print_figures "$out"
+        ((keep)) || rm -f "$out/defmt.bin" "$out/artifacts.bin"
+        section "verdict: INTEROPERATED, REPORT REFUSED (exit 3)"
+        cat "$out/interop.txt"
+        return 3
+    fi
     if ((flow_ok)); then
         section "attest verify (the policy is derived independently: attest measure, the device's config)"
         local mrtd root_sha vstatus=0
@@ -767,6 +897,7 @@ case "$command" in
     bench) cmd_bench "$@" ;;
     boot) cmd_boot "$@" ;;
     e2e) cmd_e2e "$@" ;;
+    ovmf) cmd_ovmf "$@" ;;
     fuzz) fuzz/run.sh "$@" ;;
     setup)
         prereqs

@@ -16,7 +16,9 @@
 //! - [`HostMemory`] and [`GuestMemory`]: the pages each side owns and what it reads and writes.
 //!
 //! Between the two, [`vmcall`] is the demo TD's protocol with its host: the requests it makes
-//! with TDG.VP.VMCALL, one table both sides use.
+//! with TDG.VP.VMCALL, one table both sides use. [`nvme`] is the one driver of the demo's device,
+//! QEMU's NVMe controller, which the TD and the host both run over a small transport of their
+//! own ([`nvme::Controller`]).
 //!
 //! The crate is `no_std`, without heap and without `unsafe`: it is the same code in a bare-metal
 //! host world, in the firmware and in host-side tests, so what the tests prove of a flow is what

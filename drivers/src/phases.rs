@@ -9,6 +9,11 @@
 pub const MARK: u64 = 0x0100_0045_5341_4850;
 /// Bytes of a name.
 pub const NAME_BYTES: usize = 16;
+/// The phase of mode `ovmf` in which the TDVF TD runs: at its end the TSM also breaks the TD
+/// worlds' exits down by kind (`world: TD exits: ...`, counted since boot, the probe TD's
+/// included) and gives the figures `ovmf_td_world_switches` (the phase's TD-world switches)
+/// and `ovmf_td_ves`.
+pub const OVMF_TD: &str = "ovmf_td";
 
 /// A phase's name, as the TSM keeps it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,10 +9,11 @@
 //! | 0x514..0x51B | fw_cfg DMA address | a DMA request writes guest-physical memory by address, without the IOMMU: TSM memory | refused, logged | all ones |
 //! | 0x00..0x1F, 0xC0..0xDF, 0x80..0x8F, 0x480..0x48F | the 8237 ISA DMA controllers and their page registers | ISA DMA moves memory by physical address without the IOMMU | refused, logged | all ones |
 //! | 0xF4 | isa-debug-exit | the end of the run: the TSM says its last word first | the TSM ends the run with the host's code | all ones |
-//! | 0xCF8..0xCFF | PCI configuration mechanism #1 | a configuration write to the q35 host bridge (00:00.0: PCIEXBAR, PAM, SMRAM/TSEG) or the ICH9 LPC bridge (00:1f.0: RCBA, PMBASE) makes QEMU put device registers, or a hole, over RAM with priority over it: the TSM's own accesses would no longer reach its memory | a data write (0xCFC..0xCFF) addressing either function refused, logged; every other access passed on | passed on |
+//! | 0xCF8..0xCFF | PCI configuration mechanism #1 | a write to the q35 host bridge's PCIEXBAR (00:00.0, 0x60..0x67) or SMRAM controls (0x9C..0x9F: SMRAM, ESMRAMC/TSEG, SMBASE), or to the ICH9 LPC bridge's RCBA (00:1f.0, 0xF0..0xF3), makes QEMU put device registers, or a hole, over RAM with priority over it: the TSM's own accesses would no longer reach its memory | a data write (0xCFC..0xCFF) that touches one of those registers refused, logged; every other access passed on (PAM, PMBASE and ACPI enable, which a TD's firmware programs through its host, included) | passed on |
 //!
-//! The same two functions' ECAM pages are read-only in the host's nested map, so configuration
-//! space offers no way around: reads are the host's, writes to the chipset are refused.
+//! The same two functions' ECAM pages are read-only in the host's nested map (a page is the
+//! finest grain the map has), so the host writes their other registers through 0xCF8/0xCFC,
+//! where the TSM sees the register. Reads are the host's either way.
 //!
 //! 0x511 (the data byte) is not kept: once selection is filtered, reading it is harmless, and
 //! intercepting it would make every byte of a guest image a world switch. String I/O
@@ -29,13 +30,32 @@ const FW_CFG_ARCH_LOCAL: u16 = 0x8000;
 /// fw_cfg's selector bits that name the item (QEMU's `FW_CFG_ENTRY_MASK`).
 const FW_CFG_ENTRY_MASK: u16 = 0x3FFF;
 /// QEMU's `isa-debug-exit` (`iobase=0xf4`).
-pub const DEBUG_EXIT: u16 = 0xF4;
+pub const DEBUG_EXIT: u16 = seamless_drivers::exit::DEBUG_EXIT_PORT;
 /// PCI configuration mechanism #1: the address register (32-bit at 0xCF8; 0xCF9 alone is the
 /// reset control register) and the data window.
 pub const PCI_CONFIG_ADDRESS: u16 = 0xCF8;
 const PCI_CONFIG_DATA: u16 = 0xCFC;
 /// The chipset functions whose configuration moves memory: (bus, device, function).
 pub const CHIPSET: [(u8, u8, u8); 2] = [(0, 0, 0), (0, 31, 0)];
+/// Their registers that do, `(function, first, end)`: q35's PCIEXBAR and SMRAM controls
+/// (SMRAM, ESMRAMC, SMBASE), ICH9's RCBA. What a TD's firmware writes through its host
+/// (`tsm_client::host::ghci::PciFilter::Q35_PLATFORM` keeps the first two from the TD too).
+pub const CHIPSET_LOCKED: [((u8, u8, u8), u16, u16); 3] =
+    [((0, 0, 0), 0x60, 0x68), ((0, 0, 0), 0x9C, 0xA0), ((0, 31, 0), 0xF0, 0xF4)];
+
+/// True if a `size`-byte configuration write at data port `port`, under configuration address
+/// `address`, touches a register of [`CHIPSET_LOCKED`]. A write that starts below the data
+/// window but reaches it names no register: refused for a chipset function whatever it is.
+fn touches_locked(address: u32, port: u16, size: u8) -> bool {
+    let Some(f) = config_function(address) else { return false };
+    if !CHIPSET.contains(&f) {
+        return false;
+    }
+    let Some(offset) = port.checked_sub(PCI_CONFIG_DATA) else { return true };
+    let start = (address & 0xFC) as u16 + offset;
+    let end = start + u16::from(size);
+    CHIPSET_LOCKED.iter().any(|&(g, s, e)| g == f && start < e && s < end)
+}
 
 /// What a kept port is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,7 +157,7 @@ impl Refusal {
             Refusal::FwCfgDma => "fw_cfg DMA interface",
             Refusal::IsaDma => "ISA DMA controller",
             Refusal::StringIo => "string I/O on a port the TSM keeps",
-            Refusal::ChipsetConfig => "configuration write to the host or LPC bridge",
+            Refusal::ChipsetConfig => "configuration write to a chipset register that moves memory",
         }
     }
 }
@@ -189,7 +209,7 @@ pub fn decide(io: &Io, secret: Option<u16>, config_address: u32) -> Decision {
     match (k, io.input) {
         // Any write that reaches the data window, whatever port and width it starts at.
         (Kept::PciConfig, false) if u32::from(io.port) + u32::from(io.size) > u32::from(PCI_CONFIG_DATA) => {
-            if config_function(config_address).is_some_and(|f| CHIPSET.contains(&f)) {
+            if touches_locked(config_address, io.port, io.size) {
                 Decision::Refuse(Refusal::ChipsetConfig)
             } else {
                 Decision::PassOn
@@ -271,19 +291,52 @@ mod tests {
         assert_eq!(decide(&string, Some(SECRET), 0), Decision::Refuse(Refusal::StringIo));
     }
 
+    fn config_address((bus, dev, func): (u8, u8, u8), reg: u16) -> u32 {
+        1u32 << 31 | u32::from(bus) << 16 | u32::from(dev) << 11 | u32::from(func) << 8 | u32::from(reg & 0xFC)
+    }
+
     #[test]
-    fn decide_refuses_configuration_writes_to_the_host_and_lpc_bridges() {
-        let enable = 1u32 << 31;
-        for (bus, dev, func) in CHIPSET {
-            let address = enable | u32::from(bus) << 16 | u32::from(dev) << 11 | u32::from(func) << 8 | 0x60;
-            assert_eq!(config_function(address), Some((bus, dev, func)));
-            for port in 0xCFC..=0xCFF {
+    fn decide_refuses_configuration_writes_to_the_chipset_registers_that_move_memory() {
+        for (f, first, end) in CHIPSET_LOCKED {
+            for reg in first..end {
+                let address = config_address(f, reg);
+                assert_eq!(config_function(address), Some(f));
+                let port = 0xCFC + (reg & 3);
                 assert_eq!(decide(&out(port, 1, 0xB1), None, address), Decision::Refuse(Refusal::ChipsetConfig));
+                // Reading them is the host's.
+                assert_eq!(decide(&inp(port, 1), None, address), Decision::PassOn);
             }
-            assert_eq!(decide(&out(0xCFC, 4, 0xE000_0001), None, address), Decision::Refuse(Refusal::ChipsetConfig));
-            // Reading them is the host's.
-            assert_eq!(decide(&inp(0xCFC, 4), None, address), Decision::PassOn);
+            let dword = config_address(f, first);
+            assert_eq!(decide(&out(0xCFC, 4, 0xE000_0001), None, dword), Decision::Refuse(Refusal::ChipsetConfig));
+            // A write just below that reaches into the register: refused too.
+            if first & 3 == 0 && first >= 4 {
+                let below = config_address(f, first - 4);
+                assert_eq!(decide(&out(0xCFF, 2, 0), None, below), Decision::Refuse(Refusal::ChipsetConfig));
+                assert_eq!(decide(&out(0xCFF, 1, 0), None, below), Decision::PassOn);
+            }
         }
+    }
+
+    #[test]
+    fn decide_passes_on_the_chipset_registers_a_td_s_firmware_programs() {
+        let (mch, lpc) = ((0, 0, 0), (0, 31, 0));
+        // PAM0..6, q35's extended TSEG query; ICH9's PMBASE, ACPI enable and PIRQ routing.
+        for (f, reg, size) in
+            [(mch, 0x90, 1), (mch, 0x96, 1), (mch, 0x50, 2), (lpc, 0x40, 4), (lpc, 0x44, 1), (lpc, 0x60, 4)]
+        {
+            let port = 0xCFC + (reg & 3);
+            assert_eq!(
+                decide(&out(port, size, 0x600), None, config_address(f, reg)),
+                Decision::PassOn,
+                "{f:?} {reg:#x}"
+            );
+        }
+        // The neighbours of the locked ranges.
+        assert_eq!(decide(&out(0xCFC, 4, 0), None, config_address(mch, 0x5C)), Decision::PassOn);
+        assert_eq!(decide(&out(0xCFC, 4, 0), None, config_address(mch, 0x68)), Decision::PassOn);
+        assert_eq!(decide(&out(0xCFC, 4, 0), None, config_address(lpc, 0xEC)), Decision::PassOn);
+        // RCBA's offset on the host bridge is nothing special there.
+        assert_eq!(decide(&out(0xCFC, 4, 0), None, config_address(mch, 0xF0)), Decision::PassOn);
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             say!("mode overflow: pushing until the boot stack overflows");
             arch::provoke_stack_overflow()
         }
-        Mode::Connect | Mode::Assign | Mode::Revoke | Mode::Attack | Mode::Boot => {}
+        Mode::Connect | Mode::Assign | Mode::Revoke | Mode::Stop | Mode::Attack | Mode::Boot | Mode::Ovmf => {}
     }
 
     let mmio_start = boot.memmap.low_ram_end();
@@ -92,7 +92,9 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     }
     let vtd = open_vtd(&boot, mmio_start, tsc);
     let mut platform = FirmwarePlatform::new(frames, boot.memmap, rng, tsc, vtd);
-    platform.log_calls = config.log_calls;
+    // Mode ovmf: the per-call defmt record would dominate the run (every TDCALL and TDVMCALL
+    // of the TDVF is a call).
+    platform.log_calls = config.log_calls && config.mode != Mode::Ovmf;
     let ecam = seamless_drivers::acpi::ecam_or_default(boot.rsdp);
     let window = seamless_drivers::pci::host_bridge_window(&ecam, mmio_start);
     platform.set_mmio_window(window);
@@ -107,7 +109,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             Ok(()) => say!("tsm: provisioned: attestation key derived from the platform secret"),
             Err(e) => fail("TSM provisioning", &format_args!("{e:?}")),
         },
-        None if matches!(config.mode, Mode::Assign | Mode::Revoke) => {
+        None if matches!(config.mode, Mode::Assign | Mode::Revoke | Mode::Stop) => {
             fail("assign", &"no platform secret in fw_cfg (attest provision writes platform-secret.bin)")
         }
         None => {}

@@ -277,12 +277,14 @@ impl Demo<'_> {
         Ok((regs.cap.get(), regs.vs.get()))
     }
 
-    /// Mode `revoke`: the exporter revokes the BAR under the running TDI while the TD's READs
-    /// are outstanding (`dma::revoke_under_dma`); then the TD, which read its TDI's state, loads
-    /// BAR0 once more, and the TSM must stop that load: an EPT-violation exit, never the
-    /// register.
-    fn revoke(&mut self) -> Result<(), Failed> {
-        let state = self.revoke_under_dma()?;
+    /// Modes `revoke` and `stop`: the exporter revokes the BAR (or, `stop`, the host stops the
+    /// TDI) under the running TDI while the TD's READs are outstanding (`dma::revoke_under_dma`);
+    /// then the TD, which read its TDI's state, loads BAR0 once more, and the TSM must stop that
+    /// load: an EPT-violation exit, never the register.
+    fn revoke(&mut self, stop: bool) -> Result<(), Failed> {
+        let state = self.revoke_under_dma(stop)?;
+        let (want, name) =
+            if stop { (tdi_state::CONFIG_UNLOCKED, "CONFIG_UNLOCKED") } else { (tdi_state::ERROR, "ERROR") };
         let mut com1 = |b: &[u8]| Uart::com1().write_bytes(b);
         let next = self.dtd.next(self.cpu, Answer::Served, &mut com1).step("TD")?;
         let Next::Violation(TdExit::EptViolation { gpa, entry, .. }) = next else {
@@ -290,12 +292,16 @@ impl Demo<'_> {
         };
         let found = SeptEntry::decode(entry).map(SeptEntry::state);
         say!(
-            "guest: TDI.RD says {}; its load of BAR0 exited to the host as an EPT violation at GPA {:#x} (S-EPT entry {found:?}): the revoked BAR never answered it",
-            if state == tdi_state::ERROR { "ERROR" } else { "not ERROR" },
-            gpa.raw()
+            "guest: TDI.RD says {}{name}; its load of BAR0 exited to the host as an EPT violation at GPA {:#x} (S-EPT entry {found:?}): the {} BAR never answered it",
+            if state == want { "" } else { "not " },
+            gpa.raw(),
+            if stop { "stopped TDI's" } else { "revoked" }
         );
-        if gpa.raw() != BAR_GPA || state != tdi_state::ERROR {
+        if gpa.raw() != BAR_GPA || state != want {
             return Err(Failed { what: "guest: after the revoke", why: Why::Said("the TD did not see the revoke") });
+        }
+        if stop {
+            return Err(Failed { what: "TDI", why: Why::Said("stopped while RUN; the TDI is CONFIG_UNLOCKED") });
         }
         Err(Failed { what: "TDI", why: Why::Said("BAR0 revoked while RUN; the TDI is in ERROR") })
     }
@@ -355,7 +361,7 @@ pub fn run(cpu: &mut Agent, config: &RunConfig, boot_tsc: u64, nvme: Nvme, image
     device::iommu_setup(cpu).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
     let host_kib_s = (config.mode == Mode::Assign)
         .then(|| dma::host_read(cpu, &regs, function).unwrap_or_else(|e| fail("host NVMe read", &e)));
-    let plan = if config.mode == Mode::Revoke { Plan::Revoke } else { Plan::Assign };
+    let plan = if matches!(config.mode, Mode::Revoke | Mode::Stop) { Plan::Revoke } else { Plan::Assign };
     let params = td_params(plan);
     let built = td::build(cpu, image, &params, (WORK_GPA, WORK_PAGES)).unwrap_or_else(|e| fail("TD build", &e));
     let mut dtd = DeviceTd::new(cpu, &built.td, built.vcpu, params.gpaw, &DEMO_LAYOUT)
@@ -390,11 +396,15 @@ pub fn run(cpu: &mut Agent, config: &RunConfig, boot_tsc: u64, nvme: Nvme, image
     let result = assign(&mut demo, config, bdf, bar, (host_cap, host_vs), &mut tl);
     if let Err(f) = result {
         say!("seamless host: error: {}: {}", f.what, f.why);
-        match demo.unbind(Policy::Lenient) {
+        let cleanup = demo.unbind(Policy::Lenient);
+        match &cleanup {
             Ok(c) => say!("cleanup after the failure: {c}"),
             Err(e) => say!("cleanup after the failure: {e}"),
         }
-        arch::exit(false)
+        if let (Why::Host(e), Ok(c)) = (&f.why, &cleanup) {
+            crate::interop::report_refused(e, &demo.a, c);
+        }
+        arch::exit(arch::ExitCode::Failure)
     }
     let mut json = [0u8; 2048];
     match tl.phases.json(&mut json, ready_us, "completed") {
@@ -402,7 +412,7 @@ pub fn run(cpu: &mut Agent, config: &RunConfig, boot_tsc: u64, nvme: Nvme, image
         Err(_) => say!("timeline: does not fit its buffer; not sent"),
     }
     say!("seamless host: assign done");
-    arch::exit(true)
+    arch::exit(arch::ExitCode::Success)
 }
 
 /// The assignment after the TD is built: connect, lock, start, (revoke,) attest, teardown.
@@ -418,7 +428,7 @@ fn assign(
     let t = tl.now_us();
     arch::phase_mark(Some("spdm_connect"));
     demo.a = device::pdev_create(demo.cpu, function).step("PDEV")?;
-    let connect_us = spdm_connect_pdev(demo.cpu, &mut demo.doe, bdf, &demo.a).step("SPDM.CONNECT")?;
+    let connect_us = spdm_connect_pdev(demo.cpu, &mut demo.doe, bdf, &mut demo.a).step("SPDM.CONNECT")?;
     arch::phase_mark(None);
     tl.record("spdm_connect", t, connect_us);
     say!("phase spdm_connect: {} ms", Ms(connect_us));
@@ -445,8 +455,8 @@ fn assign(
         "world: the host world attacked {objects} protected objects: {} accesses refused in hardware, {logged} fault-log entries read back, the host carried on",
         2 * objects
     );
-    if config.mode == Mode::Revoke {
-        return demo.revoke();
+    if matches!(config.mode, Mode::Revoke | Mode::Stop) {
+        return demo.revoke(config.mode == Mode::Stop);
     }
     demo.attest(tl)?;
 

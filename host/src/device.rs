@@ -114,8 +114,8 @@ pub fn pump_summary(tsc: &Tsc, s: &PumpStats, (doe_ticks, tsm_ticks): (u64, u64)
 /// # Errors
 /// [`Failed`]: PDEV or SPDM.CONNECT, with the call's error.
 pub fn spdm_connect<C: Cpu + ?Sized>(cpu: &mut C, doe: &mut DoeLink<'_>, bdf: Bdf) -> Result<Assignment, Failed> {
-    let a = device::pdev_create(cpu, u32::from(bdf.rid())).map_err(|e| Failed::new("PDEV", e))?;
-    spdm_connect_pdev(cpu, doe, bdf, &a).map_err(|e| Failed::new("SPDM.CONNECT", e))?;
+    let mut a = device::pdev_create(cpu, u32::from(bdf.rid())).map_err(|e| Failed::new("PDEV", e))?;
+    spdm_connect_pdev(cpu, doe, bdf, &mut a).map_err(|e| Failed::new("SPDM.CONNECT", e))?;
     Ok(a)
 }
 
@@ -127,7 +127,7 @@ pub fn spdm_connect_pdev<C: Cpu + ?Sized>(
     cpu: &mut C,
     doe: &mut DoeLink<'_>,
     bdf: Bdf,
-    a: &Assignment,
+    a: &mut Assignment,
 ) -> Result<u64, HostError> {
     let rid = bdf.rid();
     let tsc = cpu.tsc();
@@ -139,9 +139,14 @@ pub fn spdm_connect_pdev<C: Cpu + ?Sized>(
     pump_summary(&tsc, &stats, (doe.ticks - doe0, cpu.tsm_ticks() - tsm0));
     result?;
     say!(
-        "spdm: connected: SPDM {}.{}, secure session up, in {} ms",
-        stats.spdm_version >> 4,
-        stats.spdm_version & 0xF,
+        "spdm: connected: SPDM {}.{}, secure session up, measured {}, in {} ms",
+        a.spdm.version >> 4,
+        a.spdm.version & 0xF,
+        if a.spdm.measured_in_session {
+            "inside the session"
+        } else {
+            "in the clear (the device refused in-session measurement)"
+        },
         Ms(total)
     );
     figure("spdm_connect_qemu_ms", &Ms(total), "ms");

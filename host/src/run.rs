@@ -3,8 +3,9 @@
 //! its TDMR from its own memory and configures the TSM with TDH.SYS.CONFIG, probes its own
 //! world (the exit floor, the SEAMCALL round trip, and the accesses the TSM must refuse), runs
 //! the probe TD, then the mode: `boot` stops there, `connect` finds the NVMe function and runs
-//! SPDM.CONNECT over its DOE mailbox, `assign` and `revoke` the whole device assignment to a TD
-//! (`assign`), `attack` the malicious host's table of cases (`attack`). Each phase prints one readable line on COM1; figures go
+//! SPDM.CONNECT over its DOE mailbox, `assign`, `revoke` and `stop` the whole device assignment
+//! to a TD (`assign`), `attack` the malicious host's table of cases (`attack`), `ovmf` Debian's
+//! OVMF.fd as a TD (`ovmf`). Each phase prints one readable line on COM1; figures go
 //! out as COM3 frames; the first failure is reported and the run ends with status 35.
 
 use core::fmt;
@@ -63,6 +64,9 @@ impl HostMemory for Agent {
     fn release(&mut self, pa: u64) {
         self.host.release(pa);
     }
+    fn donate_2m(&mut self) -> Option<u64> {
+        self.host.donate_2m()
+    }
     fn donated(&self) -> (u64, u64) {
         self.host.donated()
     }
@@ -81,7 +85,7 @@ impl Cpu for Agent {
 /// Reports the failure of `what` and ends the run (status 35).
 pub fn fail(what: &str, why: &dyn fmt::Display) -> ! {
     say!("seamless host: error: {what}: {why}");
-    arch::exit(false)
+    arch::exit(arch::ExitCode::Failure)
 }
 
 /// The run; never returns.
@@ -139,10 +143,11 @@ pub fn main(boot_info: u64) -> ! {
     match config.mode {
         Mode::Boot => {
             say!("seamless host: boot done");
-            arch::exit(true)
+            arch::exit(arch::ExitCode::Success)
         }
         Mode::Connect => connect(&mut cpu, &info, &config),
-        Mode::Assign | Mode::Revoke | Mode::Attack => {
+        Mode::Ovmf => crate::ovmf::run(&mut cpu, &info, &config),
+        Mode::Assign | Mode::Revoke | Mode::Stop | Mode::Attack => {
             let nvme = open_nvme(&cpu, &info, &config);
             let mut buf = [0u8; GUEST_IMAGE_MAX];
             let image = read_guest_image(&mut buf);
@@ -200,7 +205,7 @@ fn read_config() -> RunConfig {
 fn probe_td(cpu: &mut Agent, floor_ns: u64) {
     let td = probe_td::run(cpu).unwrap_or_else(|e| fail("probe TD", &e));
     say!(
-        "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; {} #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page); a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page; SEAMCALL in the TD #UD; no secret register reached the host; the host's memory exited as an EPT violation; {} VP.ENTERs",
+        "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; {} #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page); a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page; SEAMCALL in the TD #UD; R14/R15 carried both ways when the VMCALL exposed them; a spin with interrupts off preempted by the TSM's timer; no register it did not expose reached the host; the host's memory exited as an EPT violation; {} VP.ENTERs",
         td.ves,
         td.entries
     );
@@ -221,5 +226,5 @@ fn connect(cpu: &mut Agent, info: &BootInfo, config: &RunConfig) -> ! {
         .unwrap_or_else(|f| fail(f.what, &f.why));
     arch::phase_mark(None);
     say!("seamless host: connect done");
-    arch::exit(true)
+    arch::exit(arch::ExitCode::Success)
 }

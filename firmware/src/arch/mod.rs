@@ -63,6 +63,15 @@ pub fn init_cpu() {
     }
 }
 
+/// Takes the physical interrupts pending, if any: interrupts on for one instruction. The only
+/// source is the TSM's preemption timer (`drivers::lapic`; the 8259 is masked), whose gate ends
+/// it at the local APIC and returns ([`idt::PREEMPT_VECTOR`]).
+pub fn accept_pending_interrupts() {
+    // SAFETY: the IDT is loaded; every gate a pending interrupt can reach (the preemption
+    // timer's) returns with IRETQ and touches only the APIC's EOI register.
+    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+}
+
 /// Makes the MMIO hole `[start, 4 GiB)` uncacheable (see [`paging::set_mmio_uncached`]). Later
 /// calls do nothing.
 pub fn init_mmio_attributes(start: u64) {
@@ -158,18 +167,8 @@ pub fn pci_config_address() -> u32 {
     p.read_u32()
 }
 
-/// What QEMU's `isa-debug-exit` device reports: QEMU exits with status `(code << 1) | 1`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum ExitCode {
-    /// QEMU exits with status 33.
-    Success = 0x10,
-    /// QEMU exits with status 35.
-    Failure = 0x11,
-}
-
-/// The I/O port of QEMU's `isa-debug-exit` device (`iobase=0xf4`).
-const DEBUG_EXIT_PORT: u16 = 0xf4;
+pub use seamless_drivers::exit::ExitCode;
+use seamless_drivers::exit::DEBUG_EXIT_PORT;
 
 /// Exits QEMU through `isa-debug-exit`; halts forever if the device is absent.
 pub fn exit_qemu(code: ExitCode) -> ! {

@@ -115,14 +115,21 @@ impl HostWorld {
                 }
             }
         }
+        // Runs of free TDMR frames at once: 2 MiB leaves where a run covers them (a donation
+        // splits one later), so the table count does not grow with the TDMR.
+        let free = |at: u64| Pfn::new(at >> 12).and_then(|p| tsm.pamt_entry(p)).is_some_and(|e| e.ty == PageType::Free);
         for (ts, te) in tdmrs.iter().map(tdmr_of) {
             let mut at = ts;
             while at < te {
-                let free = Pfn::new(at >> 12).and_then(|p| tsm.pamt_entry(p)).is_some_and(|e| e.ty == PageType::Free);
-                if free {
-                    npt.map(at, at + PAGE, MemType::WriteBack).map_err(oom)?;
+                let start = at;
+                while at < te && free(at) {
+                    at += PAGE;
                 }
-                at += PAGE;
+                if start < at {
+                    npt.map(start, at, MemType::WriteBack).map_err(oom)?;
+                } else {
+                    at += PAGE;
+                }
             }
         }
         npt.map(mmio_start, VTD_REGS, MemType::Uncached).map_err(oom)?;
@@ -191,7 +198,8 @@ impl HostWorld {
     /// Makes the configuration space of the chipset functions (`ioports::CHIPSET`: the host
     /// bridge and the LPC bridge) read-only in the host's nested map, through the ECAM window
     /// at `ecam`: their PCIEXBAR, RCBA and SMRAM registers would let the host put device
-    /// registers over the TSM's memory. (Ports 0xCF8/0xCFC are filtered the same way.)
+    /// registers over the TSM's memory. (Through ports 0xCF8/0xCFC the TSM sees the register
+    /// and refuses only those: `ioports::CHIPSET_LOCKED`.)
     ///
     /// # Errors
     /// [`WorldError::OutOfTsmMemory`] if the nested map could not take the change.
@@ -271,12 +279,7 @@ impl HostWorld {
         );
         let name = if demo { "world_switches_demo" } else { "world_switches" };
         crate::run::figure(name, &(self.world.exits + td), "exits");
-        let code = if code == crate::arch::ExitCode::Success as u32 {
-            crate::arch::ExitCode::Success
-        } else {
-            crate::arch::ExitCode::Failure
-        };
-        crate::arch::exit_qemu(code)
+        crate::arch::exit_qemu(crate::arch::ExitCode::from_raw(code))
     }
 
     /// VMMCALL, the host world's one call to the TSM that is not the ABI (`phases`): RAX 0 is a
@@ -308,12 +311,46 @@ impl HostWorld {
         let (host, td) = (host.saturating_sub(host0), td.saturating_sub(td0));
         let name = name.as_str();
         say!("world: phase {name}: {} world switches ({host} of the host world, {td} of TD worlds)", host + td);
+        if name == phases::OVMF_TD {
+            Self::td_exits_by_kind(tsm, td);
+        }
         let mut figure = [0u8; 32];
         let mut w = seamless_drivers::console::BufWriter::new(&mut figure);
         if core::fmt::Write::write_fmt(&mut w, format_args!("switches_{name}")).is_ok() {
             let len = w.len();
             crate::run::figure(core::str::from_utf8(&figure[..len]).unwrap_or("switches"), &(host + td), "exits");
         }
+    }
+
+    /// The TD worlds' exits by kind, since boot (mode `ovmf`, at the end of the TDVF TD's phase,
+    /// whose TD-world switches are `td`).
+    fn td_exits_by_kind(tsm: &Tsm<FirmwarePlatform>, td: u64) {
+        let Some(w) = tsm.platform().td.as_ref() else { return };
+        let k = &w.counts;
+        say!(
+            "world: TD exits: {} nested page faults, {} TDCALLs, {} CPUID ({} answered by the TSM), {} MSR ({} in the TSM), {} I/O, {} HLT, {} other; #VEs: {} CPUID, {} HLT, {} I/O, {} MSR, {} EPT; {} interrupts injected ({} deferred to a later exit), {} events re-delivered, {} table resets, {} time slices ended by the preemption timer",
+            k.npf,
+            k.tdcall,
+            k.cpuid,
+            k.cpuid_in_tsm,
+            k.msr,
+            k.msr_in_tsm,
+            k.io,
+            k.hlt,
+            k.other,
+            k.ve[0],
+            k.ve[1],
+            k.ve[2],
+            k.ve[3],
+            k.ve[4],
+            k.interrupts,
+            k.deferred,
+            k.redelivered,
+            w.resets,
+            k.preempted
+        );
+        crate::run::figure("ovmf_td_world_switches", &td, "exits");
+        crate::run::figure("ovmf_td_ves", &k.ve.iter().sum::<u64>(), "ves");
     }
 
     /// One exit of the host world, served: `Continue`, the end of the run, or why the world
@@ -460,8 +497,9 @@ impl HostWorld {
 
     /// SEAMCALL: the ABI's input registers from the world, `Tsm::host_call` (and for a
     /// successful TDH.VP.ENTER, the TD world until its exit), and exactly the ABI's output
-    /// registers back (RAX status, RCX, RDX, R8..R13); the others keep the host's
-    /// values. RIP moves past the 4 bytes.
+    /// registers back (RAX status, RCX, RDX, R8..R13, and R14/R15 for TDH.VP.ENTER, the one leaf
+    /// that returns them: GHCI's operands); the others keep the host's values. RIP moves past
+    /// the 4 bytes.
     fn seamcall(&mut self, tsm: &mut Tsm<FirmwarePlatform>) {
         let g = &self.world.gprs;
         let regs = Regs {
@@ -474,6 +512,8 @@ impl HostWorld {
             r11: g.r11,
             r12: g.r12,
             r13: g.r13,
+            r14: g.r14,
+            r15: g.r15,
         };
         let mut out = tsm.host_call(&regs);
         // TDH.VP.ENTER of a TD that runs in a TD world returns at its next exit to the host,
@@ -486,6 +526,9 @@ impl HostWorld {
         let g = &mut self.world.gprs;
         (g.rcx, g.rdx, g.r8, g.r9, g.r10, g.r11, g.r12, g.r13) =
             (out.rcx, out.rdx, out.r8, out.r9, out.r10, out.r11, out.r12, out.r13);
+        if regs.rax == tsm::abi::host::leaf::VP_ENTER {
+            (g.r14, g.r15) = (out.r14, out.r15);
+        }
         self.world.set_rax(out.rax);
         self.world.skip(4);
     }

@@ -21,8 +21,6 @@ const CODE64: SegmentSelector = SegmentSelector::new(1, Ring::Ring0);
 /// #UD and #MC.
 const VECTOR_UD: u64 = 6;
 const VECTOR_MC: u64 = 18;
-/// QEMU's isa-debug-exit (the TSM intercepts it and ends the run after its last word).
-const DEBUG_EXIT: u16 = 0xF4;
 
 unsafe extern "C" {
     static host_trap_stubs: [u64; 32];
@@ -145,7 +143,7 @@ extern "C" fn host_trap(frame: *mut TrapFrame) {
                 f.rsp,
                 cr2()
             );
-            exit(false)
+            exit(ExitCode::Failure)
         }
     }
 }
@@ -161,7 +159,8 @@ fn cr2() -> u64 {
 }
 
 /// SEAMCALL (`66 0f 01 cf`): the only way into the TSM. The TSM reads RAX and the ABI's input
-/// registers and writes back exactly RAX, RCX, RDX and R8..R13.
+/// registers and writes back exactly RAX, RCX, RDX and R8..R13, and R14/R15 for TDH.VP.ENTER
+/// (GHCI's operands of a TD's VMCALL; every other leaf leaves them as they were).
 pub fn seamcall(r: &mut Regs) {
     // SAFETY: the TSM writes only the registers named here and host memory a leaf's operand
     // names (so this is not `nomem`), and returns to the next instruction with RSP and the
@@ -178,6 +177,8 @@ pub fn seamcall(r: &mut Regs) {
             inout("r11") r.r11,
             inout("r12") r.r12,
             inout("r13") r.r13,
+            inout("r14") r.r14,
+            inout("r15") r.r15,
             options(nostack),
         );
     }
@@ -291,12 +292,15 @@ pub fn read_boot_info(pa: u64, buf: &mut [u8; 4096]) {
     }
 }
 
+pub use seamless_drivers::exit::ExitCode;
+
 /// Ends the run through `isa-debug-exit` (which the TSM intercepts, says its last word, and
-/// ends with the same code): QEMU exits 33 on success, 35 on failure.
-pub fn exit(success: bool) -> ! {
+/// ends with the same code): QEMU exits 33 on success, 35 on failure, 37 for a device whose
+/// protocols interoperated but whose interface report the TSM refused.
+pub fn exit(code: ExitCode) -> ! {
     // SAFETY: 0xf4 is isa-debug-exit, which the TSM keeps: the write only ends the run.
-    let port = unsafe { Port::new(DEBUG_EXIT) };
-    port.write_u32(if success { 0x10 } else { 0x11 });
+    let port = unsafe { Port::new(seamless_drivers::exit::DEBUG_EXIT_PORT) };
+    port.write_u32(code as u32);
     loop {
         // SAFETY: HLT pauses until an interrupt; none is enabled.
         unsafe { asm!("hlt", options(nomem, nostack, preserves_flags)) };

@@ -332,23 +332,31 @@ impl Demo<'_> {
         }
     }
 
-    /// Mode `revoke`: the TD brings its controller up, fills its data pages with a marker and
-    /// leaves one 4 KiB READ outstanding into each; the exporter revokes the BAR at once.
-    /// DMABUF.REVOKE blocks the DMA entry and invalidates the IOTLB before it returns, so what
-    /// the pages hold at its return (drive data that landed before, or the marker) must be
-    /// what they hold once the device is done, which the TD checks after its fault log stopped
-    /// growing. Returns the TDI's state the TD read afterwards.
-    pub(super) fn revoke_under_dma(&mut self) -> Result<u64, Failed> {
+    /// Modes `revoke` and `stop`: the TD brings its controller up, fills its data pages with a
+    /// marker and leaves one 4 KiB READ outstanding into each; the exporter revokes the BAR at
+    /// once (or, `stop`, the host stops the TDI). DMABUF.REVOKE and TDI.STOP block the DMA entry
+    /// and invalidate the IOTLB before they return, so what the pages hold at the return (drive
+    /// data that landed before, or the marker) must be what they hold once the device is done,
+    /// which the TD checks after its fault log stopped growing. Returns the TDI's state the TD
+    /// read afterwards.
+    pub(super) fn revoke_under_dma(&mut self, stop: bool) -> Result<u64, Failed> {
         let outstanding: ReadsOutstanding = self.result()?;
-        let blocked = tsm_client::host::device::dmabuf_revoke(self.cpu, &self.a).step("DMABUF.REVOKE")?;
-        say!(
-            "dmabuf: BAR0 revoked by the exporter while the TDI runs, {} READs outstanding; {blocked} mapped pages blocked",
-            outstanding.reads.get()
-        );
+        let reads = outstanding.reads.get();
+        if stop {
+            let device = tsm_client::host::device::stop(self.cpu, &mut self.doe, &self.a, &mut self.stats);
+            device.step("TDI.STOP")?;
+            say!("tdi: stopped by the host while RUN, {reads} READs outstanding; its MMIO and DMA entry blocked");
+        } else {
+            let blocked = tsm_client::host::device::dmabuf_revoke(self.cpu, &self.a).step("DMABUF.REVOKE")?;
+            say!(
+                "dmabuf: BAR0 revoked by the exporter while the TDI runs, {reads} READs outstanding; {blocked} mapped pages blocked"
+            );
+        }
         let r: Revoked = self.result()?;
         let (pages, landed, late, refused) = (r.pages.get(), r.landed.get(), r.late.get(), r.refused.get());
         say!(
-            "dma: after the revoke returned: {landed} of {pages} pages held data that landed before it; {refused} DMA requests of the device refused since (fault records); {late} READs landed later"
+            "dma: after the {} returned: {landed} of {pages} pages held data that landed before it; {refused} DMA requests of the device refused since (fault records); {late} READs landed later",
+            if stop { "stop" } else { "revoke" }
         );
         // QEMU translates a READ's data pages when the device maps them, before its backend
         // reads the drive, and models no drain of such in-flight DMA at an invalidation (VT-d's
@@ -356,7 +364,9 @@ impl Demo<'_> {
         // after it, so only the refusals since are QEMU's evidence; the ordering itself (block
         // and invalidation before the return) is tested in the harness (`assign_dma.rs`).
         if late != 0 {
-            say!("dma: {late} READs translated before the revoke returned completed after it (QEMU models no VT-d drain)");
+            say!(
+                "dma: {late} READs translated before the call returned completed after it (QEMU models no VT-d drain)"
+            );
         }
         Ok(r.state.get())
     }

@@ -116,7 +116,7 @@ fn a_dmabuf_revoke_while_run_errors_the_tdi_the_guest_sees_it_and_teardown_recla
     // that, so how many land later depends on timing; the line reports it.
     assert!(
         o.console.contains(
-            "dmabuf: BAR0 revoked by the exporter while the TDI runs, 15 READs outstanding; 4 mapped pages blocked"
+            "dmabuf: BAR0 revoked by the exporter while the TDI runs, 14 READs outstanding; 4 mapped pages blocked"
         ),
         "{}",
         o.console
@@ -142,6 +142,40 @@ fn a_dmabuf_revoke_while_run_errors_the_tdi_the_guest_sees_it_and_teardown_recla
     // STOP still reached the device (the PDEV stayed CONNECTED), and the session was ended.
     let states: Vec<String> = device.tdis().iter().map(|t| format!("{:?}", t.state)).collect();
     assert_eq!(states, ["ConfigUnlocked"]);
+    assert_eq!(device.session_count(), 0);
+}
+
+#[test]
+fn a_tdi_stop_while_the_tds_reads_are_outstanding_blocks_its_dma_and_mmio_and_reclaims_everything() {
+    let qemu = qemu_or_skip!();
+    let (o, device) = run(&qemu, "fault_stop", "stop", assign_device(false), 1000);
+    assert!(o.console.contains("tdi: RUN"), "{}", o.console);
+    // TDI.STOP with the TD's 14 long READs outstanding: it returned only once the TDI's MMIO leaves
+    // and DMA entry were blocked and the IOTLB invalidated.
+    assert!(
+        o.console.contains("tdi: stopped by the host while RUN, 14 READs outstanding; its MMIO and DMA entry blocked"),
+        "{}",
+        o.console
+    );
+    assert!(o.console.lines().any(|l| l.starts_with("dma: after the stop returned: ")), "{}", o.console);
+    // The TD read CONFIG_UNLOCKED with TDG.TDI.RD, then loaded BAR0 once more: the TSM stopped it.
+    assert!(o.console.contains("td: after the revoke: TDI state 0; touching BAR0"), "{}", o.console);
+    assert!(
+        o.console.contains(
+            "guest: TDI.RD says CONFIG_UNLOCKED; its load of BAR0 exited to the host as an EPT violation at GPA 0x40000000 (S-EPT entry Some(MmioBlocked))"
+        ),
+        "{}",
+        o.console
+    );
+    o.expect_status(35);
+    assert!(
+        o.console.contains("seamless host: error: TDI: stopped while RUN; the TDI is CONFIG_UNLOCKED"),
+        "{}",
+        o.console
+    );
+    let cleanup = o.console.lines().find(|l| l.starts_with("cleanup after the failure: ")).expect("cleanup line");
+    assert!(cleanup.contains("donated pages free again") && !cleanup.contains("still held"), "{cleanup}");
+    assert_eq!(device.tdis().iter().map(|t| format!("{:?}", t.state)).collect::<Vec<_>>(), ["ConfigUnlocked"]);
     assert_eq!(device.session_count(), 0);
 }
 

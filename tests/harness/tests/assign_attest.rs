@@ -254,3 +254,39 @@ fn the_host_agent_s_evidence_bundle_is_the_one_the_report_binds() {
     let e = seamless_host::evidence::tdi_bundle(&mut AgentCpu(&mut m), a.tdi, &mut small).unwrap_err();
     assert!(matches!(e, seamless_host::evidence::EvidenceError::Full(_)), "{e:?}");
 }
+
+/// Where the device was measured travels into the report: byte 27 bit 0 of its device entry is
+/// set for measurements inside the session (the default) and clear for a device the TSM measured
+/// in the clear because it refused them inside (the measurement policy), and the evidence binds
+/// either way.
+#[test]
+fn the_report_says_where_the_device_was_measured() {
+    for (session_measurements_error, in_session) in [(None, true), (Some(0x07), false)] {
+        let mut m = Machine::configured(64 * MIB);
+        let td = m.running_td();
+        m.aug_accept(&td, 0x1000, PageSize::Size4K);
+        m.aug_accept(&td, 0x2000, PageSize::Size4K);
+        m.tsm.provision(&blob().to_bytes()).unwrap();
+        let mut c = device_config();
+        c.session_measurements_error = session_measurements_error;
+        let mut dev = Device::new(c).unwrap();
+        let a = m.assign(&mut dev, &td);
+        let r = m.guest(td.vcpus[0], g::MR_ATTEST, 0x1000, 0x2000, 0);
+        assert_eq!(r.regs.status(), Status::SUCCESS);
+        let out_pa = guest_pa(&mut m, td.tdr, 0x1000);
+        let bytes = m.read(out_pa, 1200);
+        let report = Report::read_from(&bytes).unwrap();
+        let entry = report.devices()[0];
+        assert_eq!(entry.measured_in_session(), in_session);
+        // Byte 27 of the first device entry (at 400), as a verifier without this crate reads it.
+        assert_eq!(bytes[400 + 27] & 1, u8::from(in_session));
+        let ev = m.tsm.tdi_evidence(pfn(a.tdi)).unwrap();
+        let mut w = EvidenceWriter::new();
+        w.push(RecordType::CertChain, 0, ev.chain).unwrap();
+        w.push(RecordType::Vca, 0, ev.vca).unwrap();
+        w.push(RecordType::Measurements, 0, ev.measurements).unwrap();
+        w.push(RecordType::InterfaceReport, 0, ev.report).unwrap();
+        let bundle = w.finish();
+        assert_eq!(attest::evidence::binds(&report, &Evidence::parse(&bundle).unwrap()), Ok(()));
+    }
+}

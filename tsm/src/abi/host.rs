@@ -76,7 +76,9 @@ pub mod leaf {
     pub const VP_KICK: u64 = 0x8000;
     pub const HOST_FAULT_RD: u64 = 0x8001;
     pub const SHARED_EPT_SET: u64 = 0x8002;
-    pub const SYS_DIGEST: u64 = 0x8003;
+    pub const VP_POST: u64 = 0x8003;
+    pub const SYS_DIGEST: u64 = 0x8004;
+    pub const TD_MR_RD: u64 = 0x8005;
     pub const TDI_LOCK: u64 = 0x8010;
     pub const TDI_START: u64 = 0x8011;
     pub const TDI_STOP: u64 = 0x8012;
@@ -104,13 +106,16 @@ impl<P: Platform> Tsm<P> {
             spec: LeafSpec {
                 number: leaf::VP_ENTER,
                 name: "TDH.VP.ENTER",
-                summary: "Puts the vCPU in guest mode in the TD's current TLB epoch. Where the firmware runs the TD as an SVM guest (its TD world) the call returns only at the next TD exit, RAX the VMX exit reason in bits 31:0 under status class SUCCESS (77 TDG.VP.VMCALL, 48 EPT violation, 2 triple fault), the registers below and nothing else of the TD (`TdExit::host_regs`); for a TD whose guest still runs in the firmware's image it returns at once and the guest runs through the guest ABI until a guest call exits or the host kicks the vCPU.",
-                inputs: &[(Reg::Rcx, "TDVPR page address")],
+                summary: "Puts the vCPU in guest mode in the TD's current TLB epoch. Where the firmware runs the TD as an SVM guest (its TD world) the call returns only at the next TD exit, RAX the VMX exit reason in bits 31:0 under status class SUCCESS (77 TDG.VP.VMCALL, 48 EPT violation, 2 triple fault, 1 external interrupt: the TSM's preemption timer ended the vCPU's time slice and the host may enter it again), the registers below and nothing else of the TD (`TdExit::host_regs`); without a TD world (the in-process harness) it returns at once and the guest runs through the guest ABI as direct calls until a guest call exits or the host kicks the vCPU.",
+                inputs: &[
+                    (Reg::Rcx, "TDVPR page address"),
+                    (Reg::R10, "after a VMCALL exit: the answer for each register it exposed (R10..R13 always; RDX, R8, R9, R14, R15 when exposed)"),
+                ],
                 outputs: &[
-                    (Reg::Rcx, "VMCALL: exposed-register mask 0x3C00; EPT violation: the S-EPT entry found"),
-                    (Reg::Rdx, "EPT violation: level found (2:0), level asked (10:8)"),
-                    (Reg::R8, "EPT violation: the GPA"),
-                    (Reg::R10, "VMCALL: R10..R13 as the TD set them (R11..R13 likewise)"),
+                    (Reg::Rcx, "VMCALL: the exposed-register mask (0x3C00 at least); EPT violation: the S-EPT entry found"),
+                    (Reg::Rdx, "EPT violation: level found (2:0), level asked (10:8); VMCALL: RDX if exposed"),
+                    (Reg::R8, "EPT violation: the GPA; VMCALL: R8 if exposed"),
+                    (Reg::R10, "VMCALL: R10..R13 as the TD set them (R11..R13 likewise; R9, R14, R15 if exposed)"),
                 ],
                 requires: "TD finalized (RUNNABLE); vCPU not in guest mode.",
                 errors: &[
@@ -673,6 +678,7 @@ impl<P: Platform> Tsm<P> {
             },
             handler: Self::shared_ept_set,
         },
+        Self::VP_POST,
         HostLeaf {
             spec: LeafSpec {
                 number: leaf::SYS_DIGEST,
@@ -691,6 +697,33 @@ impl<P: Platform> Tsm<P> {
                 errors: &[],
             },
             handler: Self::sys_digest,
+        },
+        HostLeaf {
+            spec: LeafSpec {
+                number: leaf::TD_MR_RD,
+                name: "SEAMLESS.TD.MR.RD",
+                summary: "seamless only, read-only (TDX: the TDCS measurement fields a VMM reads with TDH.MNG.RD): one of the TD's measurement registers, MRTD or RTMR0..3, as it stands. None is secret (the TD's report carries them all); the host compares the MRTD with what it computes from the image it loaded (mode `ovmf`: `attest measure` of the same TDVF) and keeps the registers for the verifier.",
+                inputs: &[(Reg::Rcx, "TDR page address"), (Reg::Rdx, "which: 0 MRTD, 1..4 RTMR0..3")],
+                outputs: &[
+                    (Reg::Rcx, "the register's bytes 0..8 (little-endian)"),
+                    (Reg::Rdx, "bytes 8..16"),
+                    (Reg::R8, "bytes 16..24"),
+                    (Reg::R9, "bytes 24..32"),
+                    (Reg::R10, "bytes 32..40"),
+                    (Reg::R11, "bytes 40..48"),
+                ],
+                requires: "TD initialized, not torn down.",
+                errors: &[
+                    (Status::SYS_NOT_READY, "TDH.SYS.CONFIG not done"),
+                    (Status::OPERAND_INVALID, "RCX not a 4K-aligned address"),
+                    (Status::OPERAND_ADDR_RANGE_ERROR, "RCX outside the TDMRs"),
+                    (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDR page"),
+                    (Status::OPERAND_INVALID, "RDX above 4"),
+                    (Status::TD_NOT_INITIALIZED, "TDH.MNG.INIT not done"),
+                    (Status::LIFECYCLE_STATE_INCORRECT, "TD torn down"),
+                ],
+            },
+            handler: Self::td_mr_rd,
         },
         Self::TDI_LOCK,
         Self::TDI_START,
@@ -727,6 +760,27 @@ impl<P: Platform> Tsm<P> {
         let word = |i: usize| {
             let mut w = [0u8; 8];
             w.copy_from_slice(&d[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        (out.rcx, out.rdx, out.r8, out.r9, out.r10, out.r11) = (word(0), word(1), word(2), word(3), word(4), word(5));
+        Ok(Status::SUCCESS)
+    }
+
+    fn td_mr_rd(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        self.sys()?;
+        let idx = self.td_index(regs.rcx, Operand::Rcx)?;
+        let offset = match regs.rdx {
+            0 => crate::measure::MR_MRTD,
+            n @ 1..=4 => crate::measure::MR_RTMR0 + 48 * (n as usize - 1),
+            _ => return Err(TsmError::OperandInvalid(Operand::Rdx)),
+        };
+        let td = self.td(idx)?;
+        Self::require_built(td)?;
+        // ALL CHECKS PASSED: a read of the TD's measurement page.
+        let mr = crate::measure::read_mr(&self.platform, td.tdcs[crate::td::TDCS_MR], offset);
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&mr[i * 8..i * 8 + 8]);
             u64::from_le_bytes(w)
         };
         (out.rcx, out.rdx, out.r8, out.r9, out.r10, out.r11) = (word(0), word(1), word(2), word(3), word(4), word(5));

@@ -151,6 +151,7 @@ impl<P: Platform> Tsm<P> {
             inputs: &[(Reg::Rcx, "TDI page"), MSG_IN[0], MSG_IN[1], (Reg::R9, "first call: LOCK flags (15:0), IDE stream index (23:16)")],
             outputs: &[
                 (Reg::R8, "DEVICE_REQUEST: bytes of the request; SUCCESS: bytes of the interface report in the message page"),
+                WAIT_OUT,
                 (Reg::Rcx, "SUCCESS: the lock generation (the guest authorises START for it)"),
             ],
             requires: "TDI CONFIG_UNLOCKED with nothing mapped; PDEV CONNECTED; the stream SECURE.",
@@ -185,7 +186,7 @@ impl<P: Platform> Tsm<P> {
             name: "SEAMLESS.TDI.START",
             summary: "Resumable, inside the session: START_INTERFACE with the lock's nonce (the host never sees it), then GET_DEVICE_INTERFACE_STATE = RUN.",
             inputs: &[(Reg::Rcx, "TDI page"), MSG_IN[0], MSG_IN[1]],
-            outputs: &[(Reg::R8, "DEVICE_REQUEST: bytes of the request")],
+            outputs: &[(Reg::R8, "DEVICE_REQUEST: bytes of the request"), WAIT_OUT],
             requires: "TDI CONFIG_LOCKED; the guest authorised START for the current lock (TDG.TDI.START).",
             errors: &[
                 SYS,
@@ -216,7 +217,7 @@ impl<P: Platform> Tsm<P> {
             name: "SEAMLESS.TDI.STOP",
             summary: "Resumable, inside the session: STOP_INTERFACE, then GET_DEVICE_INTERFACE_STATE = CONFIG_UNLOCKED. The nonce and the guest's authorisation are dropped, and every MMIO leaf and the DMA entry of the TDI are blocked at once, and the TD's IOTLB domain invalidated with a checked wait before the call returns (no DMA of the TDI lands afterwards, not even through a cached translation): an unlocked device is the host's to reconfigure. When the PDEV has no session any more (ERROR, STOPPED) the TSM stops the TDI on its own side at once, without device traffic.",
             inputs: &[(Reg::Rcx, "TDI page"), MSG_IN[0], MSG_IN[1]],
-            outputs: &[(Reg::R8, "DEVICE_REQUEST: bytes of the request")],
+            outputs: &[(Reg::R8, "DEVICE_REQUEST: bytes of the request"), WAIT_OUT],
             requires: "TDI CONFIG_LOCKED, RUN or ERROR.",
             errors: &[
                 SYS,

@@ -1,0 +1,340 @@
+//! Mode `ovmf`: Debian's OVMF.fd, unmodified, booted as a TD in the TD world, the way a TDX VMM
+//! boots a TDVF.
+//!
+//! The host agent reads the image from fw_cfg (`opt/seamless/ovmf`), builds the TD from its TDX
+//! metadata (`tsm_client::host::tdvf::build`: PAGE.ADD and MR.EXTEND of the BFV, the CFV, the
+//! TD HOB describing `td_mib` MiB of RAM, TEMP_MEM; the rest of the RAM AUGed at the sizes edk2
+//! accepts), checks that the TSM's MRTD (SEAMLESS.TD.MR.RD) is the one `attest` computes from
+//! the same file, and runs the vCPU with `tsm_client::host::ghci::run`, serving every
+//! TDG.VP.VMCALL from the host world ([`HostMachine`]): COM1 is the real UART (OVMF's console
+//! is the run's console), PCI configuration reaches the real host bridge and LPC bridge (reads
+//! through ECAM, writes through ports 0xCF8/0xCFC, where the TSM sees the register), the PM
+//! timer is the real one, fw_cfg is the TD's view of QEMU's. When the UEFI shell's prompt
+//! shows, the host types `reset -s`; the shell powers the TD off (ACPI S5), the host tears it
+//! down, checks that every page came back, and prints the figures (COM3 frames). The TD run is
+//! the phase `ovmf_td`, at whose end the TSM breaks the TD worlds' exits down by kind.
+
+use core::fmt;
+
+use attest::tdvf::Tdvf;
+use tsm::abi::host::leaf;
+use tsm::td::TdParams;
+use tsm::Regs;
+use tsm_client::host::ghci::ports::PowerRequest;
+use tsm_client::host::ghci::run::{self as td_run, Ended, RunPlan, RunReport};
+use tsm_client::host::ghci::{Ghci, Machine, PciFilter, Stop, TdView};
+use tsm_client::host::td as flow_td;
+use tsm_client::host::tdvf::{self, Aug};
+use tsm_client::host::{call, HostError};
+
+use seamless_drivers::bootinfo::BootInfo;
+use seamless_drivers::config::{RunConfig, OVMF_FILE};
+use seamless_drivers::console::{figure, Hex, Ms};
+use seamless_drivers::fw_cfg::{FwCfg, FwCfgError};
+use seamless_drivers::legacy::LegacyPorts;
+use seamless_drivers::pci::Pcie;
+use seamless_drivers::say;
+use seamless_drivers::serial::Uart;
+use seamless_drivers::tsc::Tsc;
+use seamless_drivers::{phases, phys};
+use seamless_host::{device, Cpu};
+
+use crate::arch::{self, ExitCode};
+use crate::run::{fail, Agent};
+
+/// The largest TDVF the host takes (Debian's OVMF.fd is 2 MiB; the 4 MiB builds fit too, so
+/// the build can refuse them for what they are).
+const OVMF_MAX: u64 = 4 << 20;
+
+/// What the host types at the UEFI shell's prompt: power off (ACPI S5).
+const SHELL_COMMAND: &[u8] = b"reset -s\r";
+
+/// The machine a TDVF TD's requests are served on: the legacy ports, PCI configuration, fw_cfg,
+/// CPUID and the TSC of the QEMU machine, as the host world reaches them.
+struct HostMachine<'a> {
+    tsc: Tsc,
+    ports: LegacyPorts,
+    pcie: &'a Pcie,
+    fw_cfg: &'a FwCfg,
+}
+
+impl fmt::Debug for HostMachine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostMachine").finish_non_exhaustive()
+    }
+}
+
+impl Machine for HostMachine<'_> {
+    fn io_read(&mut self, port: u16, size: u8) -> u32 {
+        self.ports.read(port, size)
+    }
+    fn io_write(&mut self, port: u16, size: u8, value: u32) {
+        self.ports.write(port, size, value);
+    }
+    fn pci_config_read(&mut self, bdf: u16, reg: u16, size: u8) -> u32 {
+        self.pcie.config_read(bdf, reg, size).unwrap_or(u32::MAX)
+    }
+    fn pci_config_write(&mut self, bdf: u16, reg: u16, size: u8, value: u32) {
+        // Through the ports: the chipset's ECAM pages are read-only in the host world, and
+        // there the TSM sees the register (PciFilter passes only the chipset's functions, whose
+        // registers a TDVF writes all lie below 0x100). A write past 0x100 is dropped.
+        Pcie::config_write_legacy(bdf, reg, size, value);
+    }
+    fn fw_cfg_select(&mut self, key: u16) {
+        self.fw_cfg.select_item(key);
+    }
+    fn fw_cfg_read(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            *b = self.fw_cfg.read_byte();
+        }
+    }
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        let r = x86::cpuid::native_cpuid::cpuid_count(leaf, subleaf);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    }
+    fn now_ns(&self) -> u64 {
+        self.tsc.ticks_to_ns(self.tsc.now())
+    }
+    fn wait_until(&mut self, deadline_ns: u64) {
+        while self.now_ns() < deadline_ns {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// The OVMF TD: GPAW 48 (the shared bit must be a page-table bit the TD can set: QEMU runs with
+/// `phys-bits=48`), one vCPU (edk2 2022.11 needs MAX_VCPUS 1, `tdvf::build`).
+fn params() -> TdParams {
+    TdParams {
+        attributes: 0,
+        xfam: 3,
+        max_vcpus: 1,
+        gpaw: 48,
+        mr_config_id: [0; 48],
+        mr_owner: [0; 48],
+        mr_owner_config: [0; 48],
+    }
+}
+
+/// Seconds with three decimals, from nanoseconds.
+struct Secs(u64);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:03}", self.0 / 1_000_000_000, self.0 / 1_000_000 % 1000)
+    }
+}
+
+/// Mode `ovmf`; ends QEMU with success only if the TD reached the shell and powered off.
+pub fn run(cpu: &mut Agent, info: &BootInfo, config: &RunConfig) -> ! {
+    let fw = FwCfg::new().unwrap_or_else(|e| fail(OVMF_FILE, &e));
+    let size = match fw.find(OVMF_FILE) {
+        Ok((_, size)) => u64::from(size),
+        Err(FwCfgError::NotFound) => fail(
+            OVMF_FILE,
+            &"no OVMF image in fw_cfg: the launcher passes -fw_cfg name=opt/seamless/ovmf,file=/usr/share/ovmf/OVMF.fd",
+        ),
+        Err(e) => fail(OVMF_FILE, &e),
+    };
+    if size > OVMF_MAX {
+        fail(OVMF_FILE, &format_args!("{size} bytes: more than the {} MiB a TDVF may have here", OVMF_MAX >> 20));
+    }
+    // The host's copy, kept whole while the TD is built: its own RAM above the TDMR.
+    let frames = cpu.host.frames();
+    let room = frames.ranges().iter().find_map(|&(s, e)| {
+        let start = s.max(cpu.layout.tdmr.1);
+        (start + size <= e).then_some(start)
+    });
+    let buf = room.and_then(|at| phys::lend(&frames, at, size.next_multiple_of(4096))).unwrap_or_else(|| {
+        fail(OVMF_FILE, &"no host RAM above the TDMR to hold it (give QEMU more -m, or lower tdmr_max_mib)")
+    });
+    let n = fw.read_file(OVMF_FILE, buf).unwrap_or_else(|e| fail(OVMF_FILE, &e));
+    let ovmf: &[u8] = &buf[..n];
+    say!("host: OVMF image {} KiB from fw_cfg {OVMF_FILE}, in host RAM at {:#x}", ovmf.len() / 1024, room.unwrap_or(0));
+    let map = info.memory_map();
+    let ecam = device::find_ecam(info.rsdp);
+    let pcie = Pcie::open(ecam, &map).unwrap_or_else(|e| fail("PCIe", &format_args!("ECAM at {:#x} unusable", e.base)));
+    let tsc = cpu.tsc();
+    let ram_bytes = config.td_mib << 20;
+    let ram = [(0, ram_bytes)];
+    let t_build = tsc.now();
+    let built = tdvf::build(cpu, ovmf, &params(), &ram, Aug::UpFront).unwrap_or_else(|e| fail("TDVF build", &e));
+    let build_us = tsc.ticks_to_us(tsc.now().wrapping_sub(t_build));
+    let mrtd = measurement(cpu, built.td.tdr, 0).unwrap_or_else(|e| fail("TD measurements", &e));
+    let expected = Tdvf::parse(ovmf).map(|t| t.mrtd()).unwrap_or([0xFF; 48]);
+    say!(
+        "host: TDVF TD built in {} ms: {} pages added ({} measured), {} x 2 MiB + {} x 4 KiB AUGed, {} MiB of RAM in {} HOB ranges",
+        Ms(build_us),
+        built.added,
+        built.measured,
+        built.augs.0,
+        built.augs.1,
+        config.td_mib,
+        built.map.ranges().len()
+    );
+    say!(
+        "host: MRTD {} (the TSM's, SEAMLESS.TD.MR.RD; {})",
+        Hex(&mrtd),
+        if mrtd == expected { "equals attest measure's" } else { "DIFFERS from attest measure's" }
+    );
+    if mrtd != expected {
+        fail("TDVF build", &format_args!("the TSM's MRTD is not attest measure's {}", Hex(&expected)));
+    }
+    let mut ranges = [(0u64, 0u64); tdvf::MAX_RANGES];
+    for (slot, r) in ranges.iter_mut().zip(built.map.ranges()) {
+        *slot = (r.start, r.length);
+    }
+    let view = TdView {
+        td: built.td,
+        shared_bit: 1 << (params().gpaw - 1),
+        ram: &ranges[..built.map.ranges().len()],
+        pci: PciFilter::Q35_PLATFORM,
+    };
+    let mut machine = HostMachine { tsc, ports: LegacyPorts::new(), pcie: &pcie, fw_cfg: &fw };
+    let mut ghci = Ghci::new(&mut machine, &view, config.fw_cfg_dma).unwrap_or_else(|e| fail("fw_cfg for the TD", &e));
+    say!("host: booting OVMF as a TD; its console follows");
+    let start = machine.now_ns();
+    let plan = RunPlan { deadline_ns: start + config.td_timeout_s * 1_000_000_000, shell_command: Some(SHELL_COMMAND) };
+    let mut report = RunReport::default();
+    arch::phase_mark(Some(phases::OVMF_TD));
+    let ended = td_run::run(cpu, &mut machine, built.vcpu, &view, &mut ghci, &plan, &mut report);
+    let wall = machine.now_ns() - start;
+    say!("");
+    arch::phase_mark(None);
+    let ended = match ended {
+        Ok(e) => e,
+        Err(e) => {
+            last_state(&report);
+            fail("OVMF TD", &e)
+        }
+    };
+    say!("host: the OVMF TD ended after {} s: {ended}", Secs(wall));
+    // MRTD, then RTMR0..3, as the TSM has them (SEAMLESS.TD.MR.RD), framed for the tools.
+    let mut mrs = [[0u8; 48]; 5];
+    for (which, mr) in mrs.iter_mut().enumerate() {
+        *mr = measurement(cpu, built.td.tdr, which as u64).unwrap_or_else(|e| fail("TD measurements", &e));
+    }
+    for (i, r) in mrs[1..].iter().enumerate() {
+        say!("host: RTMR{i} {}", Hex(r));
+    }
+    let mut rtmrs = [0u8; 4 * 48];
+    for (chunk, r) in rtmrs.chunks_exact_mut(48).zip(&mrs[1..]) {
+        chunk.copy_from_slice(r);
+    }
+    artifact("ovmf-mrtd.bin", &mrs[0]);
+    artifact("ovmf-rtmrs.bin", &rtmrs);
+    print_figures(&ghci, &report, start);
+    let clean = matches!(ended, Ended::Stopped(Stop::Power(PowerRequest::Shutdown))) && report.shell_ns.is_some();
+    if !clean {
+        last_state(&report);
+    }
+    // Torn down like any TD, whatever the end: every donated page comes back.
+    flow_td::destroy(cpu, built.td.tdr, &[built.vcpu]).unwrap_or_else(|e| fail("OVMF TD teardown", &e));
+    match flow_td::check_all_free(cpu) {
+        Ok(n) => say!("host: OVMF TD torn down; all {n} donated pages are free again"),
+        Err(e) => fail("OVMF TD teardown", &e),
+    }
+    if !clean {
+        fail("OVMF TD", &format_args!("it did not reach the shell and power off: {ended}"));
+    }
+    say!("seamless host: ovmf done");
+    arch::exit(ExitCode::Success)
+}
+
+/// SEAMLESS.TD.MR.RD of the TD's register `which` (0 MRTD, 1..4 RTMR0..3).
+fn measurement(cpu: &mut Agent, tdr: u64, which: u64) -> Result<[u8; 48], HostError> {
+    let r = call(cpu, "SEAMLESS.TD.MR.RD", Regs::call(leaf::TD_MR_RD, tdr, which, 0, 0))?;
+    let mut mr = [0u8; 48];
+    for (chunk, w) in mr.chunks_exact_mut(8).zip([r.rcx, r.rdx, r.r8, r.r9, r.r10, r.r11]) {
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+    Ok(mr)
+}
+
+/// A file on COM3 (`firmware artifacts` decodes it).
+fn artifact(name: &str, data: &[u8]) {
+    let mut com3 = Uart::com3();
+    if let Err(e) = seamless_drivers::frame::encode(name, data, &mut |b| com3.write_bytes(b)) {
+        say!("host: {name}: cannot frame it: {e:?}");
+    }
+}
+
+/// The last exit's registers, for a run that ended badly.
+fn last_state(report: &RunReport) {
+    let r = &report.last_exit;
+    say!(
+        "host: last TD exit after {} entries: RAX {:#x} RCX {:#x} RDX {:#x} R8 {:#x} R10 {:#x} R11 {:#x} R12 {:#x} R13 {:#x} R14 {:#x} R15 {:#x}",
+        report.entries,
+        r.rax,
+        r.rcx,
+        r.rdx,
+        r.r8,
+        r.r10,
+        r.r11,
+        r.r12,
+        r.r13,
+        r.r14,
+        r.r15
+    );
+}
+
+fn print_figures(ghci: &Ghci, report: &RunReport, start: u64) {
+    let since = |t: Option<u64>| t.map(|t| t.saturating_sub(start));
+    if let Some(ns) = since(report.first_output_ns) {
+        figure("ovmf_td_first_output_s", &Secs(ns), "s");
+    }
+    if let Some(ns) = since(report.shell_ns) {
+        figure("ovmf_td_shell_s", &Secs(ns), "s");
+    }
+    let v = &ghci.counts;
+    say!(
+        "host: TDVMCALLs: {} I/O, {} MMIO, {} MSR, {} CPUID, {} HLT, {} MapGPA, {} other, {} refused",
+        v.io,
+        v.mmio,
+        v.msr,
+        v.cpuid,
+        v.hlt,
+        v.map_gpa,
+        v.other,
+        v.refused
+    );
+    let p = &ghci.ports.counts;
+    say!(
+        "host: I/O by device: {} UART, {} PCI, {} PM timer, {} fw_cfg, {} CMOS, {} power, {} legacy, {} absent (first {:#x}); fw_cfg bytes {} passed through, {} the host's, {} DMA transfers ({})",
+        p.uart,
+        p.pci,
+        p.pm_timer,
+        p.fw_cfg,
+        p.cmos,
+        p.power,
+        p.legacy,
+        p.absent,
+        p.first_absent,
+        ghci.fw_cfg.bytes_real,
+        ghci.fw_cfg.bytes_own,
+        ghci.fw_cfg.dma_transfers,
+        if ghci.fw_cfg.dma_offered() { "DMA offered" } else { "DMA hidden" }
+    );
+    let m = &ghci.mmio.counts;
+    let c = &ghci.conversions;
+    say!(
+        "host: MMIO: {} ECAM, {} I/O APIC, {} absent (first {:#x}); MapGPA: {} calls, {} pages to shared, {} to private, {} 2 MiB leaves split; {} timer interrupts posted ({} merged), {} halts ({} ms halted), {} VP.ENTERs",
+        m.ecam,
+        m.ioapic,
+        m.absent,
+        m.first_absent,
+        c.calls,
+        c.to_shared,
+        c.to_private,
+        c.demoted,
+        report.posted,
+        report.merged,
+        report.halts,
+        report.halted_ns / 1_000_000,
+        report.entries
+    );
+    figure("ovmf_td_vp_enters", &report.entries, "calls");
+    figure("ovmf_td_tdvmcalls", &(v.io + v.mmio + v.msr + v.cpuid + v.hlt + v.map_gpa + v.other), "calls");
+    figure("ovmf_td_tdvmcall_io", &v.io, "calls");
+    figure("ovmf_td_fw_cfg_bytes", &(ghci.fw_cfg.bytes_real + ghci.fw_cfg.bytes_own), "bytes");
+}
