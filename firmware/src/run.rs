@@ -115,20 +115,27 @@ pub fn run(start_info: StartInfoAddr) -> ! {
         None => {}
     }
     // The TSM is ready; everything else is the host's, in its own world.
-    host_agent(&mut tsm, &boot, (image, mmio_start, ecam.base), (&tsc, config.mode == Mode::Assign))
+    host_agent(&mut tsm, &boot, (image, mmio_start, ecam), (&tsc, config.mode == Mode::Assign))
 }
 
 /// Loads the host agent's binary into the host world and serves it until it ends the run.
 fn host_agent(
     tsm: &mut Tsm<FirmwarePlatform>,
     boot: &pvh::BootInfo,
-    (image, mmio_start, ecam): ((u64, u64), u64, u64),
+    (image, mmio_start, ecam): ((u64, u64), u64, acpi::Ecam),
     (tsc, demo): (&Tsc, bool),
 ) -> ! {
     let frames = tsm.platform().frames();
     let mut world = HostWorld::new(tsm, &boot.memmap, image, mmio_start, frames)
-        .and_then(|mut w| w.protect_chipset_config(tsm, ecam).map(|()| w))
+        .and_then(|mut w| w.protect_chipset_config(tsm, ecam.base).map(|()| w))
         .unwrap_or_else(|e| fail("host world", &e));
+    match acpi_pm_block(ecam, &boot.memmap) {
+        Some(base) => {
+            world.keep_acpi_pm(base);
+            defmt::info!("ACPI PM registers at port {=u16:#x}: writes kept from the host world", base);
+        }
+        None => say!("world: no ACPI PM block enabled at ICH9's PMBASE: no sleep state to keep from the host"),
+    }
     let tables = tsm.platform().host_npt.as_ref().map_or(0, |n| n.tables_used());
     say!(
         "world: SVM revision {}, {} ASIDs, nRIP save {}: the TSM alone runs in host mode; the host world's nested map uses {tables} tables",
@@ -163,6 +170,18 @@ fn measure_image() -> [u8; 48] {
     let mut h = Sha384::new();
     arch::loaded_image(&mut |chunk| h.update(chunk));
     h.finalize().into()
+}
+
+/// The ACPI PM I/O block of q35's ICH9 LPC bridge (00:1f.0), where the BIOS put it (PMBASE,
+/// 128-byte aligned) if ACPI is enabled there; `None` for another bridge or ACPI off.
+fn acpi_pm_block(ecam: acpi::Ecam, map: &MemoryMap) -> Option<u16> {
+    /// ICH9 LPC: vendor 0x8086, device 0x2918; PMBASE at 0x40, ACPI_CNTL at 0x44 (bit 7: enable).
+    const LPC: u16 = 31 << 3;
+    let pcie = seamless_drivers::pci::Pcie::open(ecam, map).ok()?;
+    let ids = pcie.config_read(LPC, 0, 4)?;
+    let base = pcie.config_read(LPC, 0x40, 4)? & 0xFF80;
+    let enabled = pcie.config_read(LPC, 0x44, 1)? & 0x80 != 0;
+    (ids == 0x2918_8086 && enabled && base != 0).then_some(base as u16)
 }
 
 /// The DMA remapping unit ACPI DMAR names, if any: the TSM takes it at IOMMU.SETUP.

@@ -7,7 +7,10 @@
 //! - TDCALL: #UD (the guest ABI is not the host's);
 //! - the platform: selecting the platform secret in fw_cfg, fw_cfg's DMA interface aimed at TSM
 //!   memory, writes to the MSRs the TSM depends on, programming the ISA DMA controller: each
-//!   refused, logged, and without effect.
+//!   refused, logged, and without effect;
+//! - the ways out of the world: an INIT to itself through the local APIC (and the I/O APIC and
+//!   HPET that could send one), A20 off, the i8042's output port, an SMI, the 8259, CMOS's
+//!   shutdown status, S3, the BIOS's shadowing: each refused, logged, and without effect.
 //!
 //! The fault log is read back with SEAMLESS.HOST.FAULT.RD after each group and every entry
 //! checked against what the agent did, in order.
@@ -139,6 +142,7 @@ pub fn run(cpu: &mut Agent, info: &BootInfo, layout: &Layout) -> Result<u64, Fai
         layout.pamt.0
     );
     platform(cpu, info)?;
+    escapes(cpu, info)?;
     Ok(floor_ns)
 }
 
@@ -283,6 +287,98 @@ fn platform(cpu: &mut Agent, info: &BootInfo) -> Result<(), Failed> {
         ISA_DMA.len()
     );
     Ok(())
+}
+
+/// The local APIC's interrupt command register, the I/O APIC's register select and the HPET's
+/// general configuration: what the host world would program to send its own CPU an INIT (which
+/// resets it into the BIOS, outside every world, memory as it is), an SMI or an NMI.
+const LAPIC_ICR: u64 = 0xFEE0_0300;
+const IOAPIC_SELECT: u64 = 0xFEC0_0000;
+const HPET_CONFIG: u64 = 0xFED0_0010;
+/// ICR: INIT, level assert, to itself.
+const INIT_SELF: u64 = 0x0004_4500;
+/// Port A: bit 1 is the A20 gate, bit 0 the fast reset; the i8042's command port and its
+/// "write the output port" command (A20 and the reset line); APM control (a write raises an
+/// SMI); the 8259s' mask registers; CMOS's index and data, and the BIOS's shutdown status byte
+/// (0x0A: after a reset, jump through 40:67 without a POST).
+const PORT_A: u16 = 0x92;
+const I8042_COMMAND: u16 = 0x64;
+const I8042_WRITE_OUTPUT: u8 = 0xD1;
+const APM_CONTROL: u16 = 0xB2;
+const PIC_MASK: u16 = 0x21;
+const CMOS_INDEX: u16 = 0x70;
+const CMOS_DATA: u16 = 0x71;
+const CMOS_SHUTDOWN: u8 = 0x0F;
+/// ICH9 PM1 control (PMBASE + 4): SLP_EN with SLP_TYP 1, QEMU's S3 (suspend to RAM, which
+/// resumes in the BIOS at the waking vector the OS left).
+const PM1_CONTROL: u16 = 4;
+const SLEEP_S3: u16 = 1 << 13 | 1 << 10;
+/// The host bridge's PAM0 (0x90): the shadowing of the BIOS's code at 0xF0000.
+const PAM0: u32 = 0x90;
+
+/// The ways out of the world: the interrupt controllers that can INIT the CPU, A20 and the
+/// reset and sleep controls, SMIs, and what the BIOS would run after an INIT (its shutdown
+/// status in CMOS, its code's shadowing). Each write refused, logged, without effect.
+fn escapes(cpu: &mut Agent, info: &BootInfo) -> Result<(), Failed> {
+    let mut want = [Entry { addr: 0, class: 0, write: true, detail: 0 }; 32];
+    let mut n = 0;
+    let mut expect = |addr: u64, class: u8, detail: u64| {
+        if let Some(slot) = want.get_mut(n) {
+            *slot = Entry { addr, class, write: true, detail };
+        }
+        n += 1;
+    };
+    for (at, value) in [(LAPIC_ICR, INIT_SELF), (IOAPIC_SELECT, 0x10), (HPET_CONFIG, 0x3)] {
+        check(arch::probe_write(at, value), "an interrupt controller took the host world's write")?;
+        expect(at, CLASS_NOT_HOST, 0);
+    }
+    let a20 = arch::in8(PORT_A);
+    let mask = arch::in8(PIC_MASK);
+    arch::out_kept(CMOS_INDEX, CMOS_SHUTDOWN);
+    let shutdown = arch::in8(CMOS_DATA);
+    for (port, value) in [(PORT_A, 0u8), (I8042_COMMAND, I8042_WRITE_OUTPUT), (APM_CONTROL, 0), (PIC_MASK, 0)] {
+        arch::out_kept(port, value);
+        expect(u64::from(port), CLASS_PORT, u64::from(value));
+    }
+    arch::out_kept(CMOS_INDEX, CMOS_SHUTDOWN);
+    arch::out_kept(CMOS_DATA, 0x0A);
+    expect(u64::from(CMOS_DATA), CLASS_PORT, 0x0A);
+    let pm = pm_block(info);
+    if let Some(base) = pm {
+        arch::out16_kept(base + PM1_CONTROL, SLEEP_S3);
+        expect(u64::from(base + PM1_CONTROL), CLASS_PORT, u64::from(SLEEP_S3));
+    }
+    arch::out32(CONFIG_ADDRESS, CONFIG_ENABLE | PAM0);
+    let pam = arch::in32(CONFIG_DATA);
+    arch::out32(CONFIG_DATA, 0x3333_3333);
+    expect(u64::from(CONFIG_DATA), CLASS_PORT, 0x3333_3333);
+    arch::out32(CONFIG_ADDRESS, CONFIG_ENABLE | PAM0);
+    check(arch::in32(CONFIG_DATA) == pam, "the host bridge's PAM changed")?;
+    check(arch::in8(PORT_A) & 2 != 0 && a20 & 2 != 0, "A20 is off")?;
+    check(arch::in8(PIC_MASK) == mask, "the 8259's mask changed")?;
+    arch::out_kept(CMOS_INDEX, CMOS_SHUTDOWN);
+    check(arch::in8(CMOS_DATA) == shutdown, "CMOS's shutdown status changed")?;
+
+    let mut log = [Entry { addr: 0, class: 0, write: false, detail: 0 }; 32];
+    let got = drain(cpu, &mut log);
+    check(got == n, "the fault log does not hold one entry per refused way out")?;
+    check(log[..n.min(32)] == want[..n.min(32)], "a fault-log entry names another way out")?;
+    say!(
+        "world: host world tried the ways out of its world: the local APIC's ICR (an INIT to itself), the I/O APIC and the HPET: 3 writes refused (#MC); A20 off through port A, the i8042's output port, an SMI through APM control, the 8259's mask, CMOS's shutdown status (0x0A: jump through 40:67 after an INIT){}, PAM0 through 0xCF8/0xCFC: {} port writes refused (A20 still on, the 8259 still masked, the shutdown status {shutdown:#x} and PAM0 {pam:#x} as before); the host read {got} entries back from the fault log",
+        if pm.is_some() { ", S3 through ACPI PM1 control" } else { "" },
+        n - 3
+    );
+    Ok(())
+}
+
+/// The ACPI PM block of q35's LPC bridge (ICH9 PMBASE), if ACPI is enabled there: read from its
+/// configuration space, which is the host's to read.
+fn pm_block(info: &BootInfo) -> Option<u16> {
+    let ecam = seamless_host::device::find_ecam(info.rsdp).base;
+    let lpc = ecam + LPC_FUNCTION;
+    let pmbase = arch::probe_read(lpc + 0x40)? as u32 & 0xFF80;
+    let enabled = arch::probe_read(lpc + 0x44)? & 0x80 != 0;
+    (enabled && pmbase != 0).then_some(pmbase as u16)
 }
 
 /// Names joined with ", ".

@@ -488,15 +488,15 @@ pub fn iopm_intercept_all() -> u64 {
 static HOST_IOPM: AlignedIopm = AlignedIopm(Iopm(UnsafeCell::new([0; 12288])));
 
 /// The host world's I/O permission map (APM vol. 2 §15.10.1), in the TSM's memory: a bit set
-/// for every port of `kept` (`(first, last, _)` ranges), clear for the rest, which the host
+/// for every port of `kept` (`(first, last)` ranges), clear for the rest, which the host
 /// drives itself.
-pub fn iopm_host<T>(kept: &[(u16, u16, T)]) -> u64 {
+pub fn iopm_host(kept: impl IntoIterator<Item = (u16, u16)>) -> u64 {
     let map = HOST_IOPM.0 .0.get();
     // SAFETY: one CPU; no world runs while the map is filled (the host world is being built),
     // and this is the only reference formed to it.
     let bits = unsafe { &mut *map };
     bits.fill(0);
-    for &(first, last, _) in kept {
+    for (first, last) in kept {
         for port in first..=last {
             bits[usize::from(port / 8)] |= 1 << (port % 8);
         }

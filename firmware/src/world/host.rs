@@ -31,6 +31,14 @@ use seamless_drivers::{phases, say};
 
 /// The VT-d register page (DMAR/DRHD): whoever writes it owns DMA.
 const VTD_REGS: u64 = 0xFED9_0000;
+/// The register pages of the MMIO hole the host world's map leaves out, ascending: what would
+/// let the host reach memory outside its map or run code outside its world. The I/O APIC and
+/// the HPET can send the CPU an INIT, SMI or NMI (an I/O APIC redirection entry's delivery
+/// mode, an HPET timer's FSB message), and so can the local APIC's ICR, whose timer is also
+/// the TSM's preemption timer; an INIT resets the CPU into the BIOS, outside every world, with
+/// memory as it is. The VT-d unit owns DMA. The host agent needs none of them (a TD's APIC
+/// and timer are the host's software).
+const KEPT_MMIO: [u64; 4] = [0xFEC0_0000, 0xFED0_0000, VTD_REGS, 0xFEE0_0000];
 /// SEAMCALL's encoding.
 const SEAMCALL: [u8; 4] = [0x66, 0x0f, 0x01, 0xcf];
 /// #MC.
@@ -42,8 +50,9 @@ pub struct HostWorld {
     pub caps: svm::SvmCaps,
     world: World,
     frames: Frames,
-    /// The platform secret's fw_cfg selector (if there is one): the host world may not select it.
-    secret_key: Option<u16>,
+    /// What the TSM keeps of the I/O ports beyond `ioports::INTERCEPTED`: the platform
+    /// secret's fw_cfg selector (the host world may not select it), the ACPI PM block.
+    ports: crate::ioports::Ports,
     /// fw_cfg, through which the TSM passes on the host's selections it allows.
     fw: Option<FwCfg>,
     /// Writes of the host world the nested map refused: where, and the 16 bytes there at the
@@ -132,8 +141,12 @@ impl HostWorld {
                 }
             }
         }
-        npt.map(mmio_start, VTD_REGS, MemType::Uncached).map_err(oom)?;
-        npt.map(VTD_REGS + PAGE, 4 << 30, MemType::Uncached).map_err(oom)?;
+        let mut at = mmio_start;
+        for page in KEPT_MMIO.into_iter().filter(|&p| p >= mmio_start) {
+            npt.map(at, page, MemType::Uncached).map_err(oom)?;
+            at = page + PAGE;
+        }
+        npt.map(at, 4 << 30, MemType::Uncached).map_err(oom)?;
         let root = npt.root();
         tsm.platform_mut().host_npt = Some(npt);
         tsm.platform_mut().td = Some(super::td::TdWorlds::new()?);
@@ -158,7 +171,7 @@ impl HostWorld {
                 | vmcb::MISC2_SKINIT,
         );
         v.write_u64(vmcb::MSRPM_BASE, svm::msrpm_intercept_all());
-        v.write_u64(vmcb::IOPM_BASE, svm::iopm_host(&crate::ioports::INTERCEPTED));
+        v.write_u64(vmcb::IOPM_BASE, svm::iopm_host(crate::ioports::Ports::default().ranges()));
         v.write_u32(vmcb::GUEST_ASID, 1);
         v.write_u8(vmcb::TLB_CONTROL, vmcb::TLB_FLUSH_ALL);
         v.write_u64(vmcb::NP_ENABLE, 1);
@@ -181,7 +194,7 @@ impl HostWorld {
             caps,
             world,
             frames,
-            secret_key: None,
+            ports: crate::ioports::Ports::default(),
             fw: FwCfg::new().ok(),
             refused_writes: [(0, [0; 16]); 4],
             refused_pending: 0,
@@ -192,7 +205,15 @@ impl HostWorld {
 
     /// Names the platform secret's fw_cfg selector, which the host world may not select.
     pub fn protect_fw_cfg_item(&mut self, key: u16) {
-        self.secret_key = Some(key);
+        self.ports.secret = Some(key);
+    }
+
+    /// Keeps the ACPI PM registers at `pm_block` (ICH9's PMBASE) from the host world's writes,
+    /// the PM timer excepted: their sleep states would suspend the machine with memory as it
+    /// is and resume it in the BIOS, their SMI enables raise SMIs.
+    pub fn keep_acpi_pm(&mut self, pm_block: u16) {
+        self.ports.pm_block = Some(pm_block);
+        self.world.vmcb().write_u64(vmcb::IOPM_BASE, svm::iopm_host(self.ports.ranges()));
     }
 
     /// Makes the configuration space of the chipset functions (`ioports::CHIPSET`: the host
@@ -458,7 +479,7 @@ impl HostWorld {
         } else {
             0
         };
-        let answer = match decide(&io, self.secret_key, config_address) {
+        let answer = match decide(&io, &self.ports, config_address) {
             Decision::PassOn => Some(crate::arch::pass_on(&io)),
             Decision::Select(key) => {
                 if let Some(fw) = &self.fw {

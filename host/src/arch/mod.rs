@@ -254,9 +254,28 @@ pub fn rdmsr(msr: u32) -> u64 {
 /// An OUT of one byte to `port`, which the TSM intercepts (a port it keeps).
 pub fn out_kept(port: u16, value: u8) {
     // SAFETY: the ports passed here are ones the host world's IOPM intercepts (the ISA DMA
-    // controllers): the TSM refuses the write, nothing reaches the device.
+    // controllers, port A, the i8042, APM control, the 8259s, CMOS data) or CMOS's index
+    // (which selects a byte and nothing else): the TSM refuses the kept ones' writes, nothing
+    // reaches the device. (The probe checks each refusal: a TSM that let A20 off through would
+    // have broken this world's memory as it would the TSM's.)
     let p = unsafe { Port::new(port) };
     p.write_u8(value);
+}
+
+/// An OUT of 16 bits to a port the TSM keeps (the ACPI PM registers).
+pub fn out16_kept(port: u16, value: u16) {
+    // SAFETY: as for `out_kept`: the TSM keeps the port and refuses the write (the probe
+    // checks that it did).
+    let p = unsafe { Port::new(port) };
+    p.write_u16(value);
+}
+
+/// An IN of 8 bits from `port`: a port whose reads have no effect on memory (port A, the
+/// 8259's mask, CMOS data).
+pub fn in8(port: u16) -> u8 {
+    // SAFETY: reading these registers changes no memory.
+    let p = unsafe { Port::new(port) };
+    p.read_u8()
 }
 
 /// An OUT of 32 bits to `port`: fw_cfg's DMA address registers (which the TSM keeps), or PCI

@@ -133,9 +133,56 @@ fn host_world_fw_cfg_secret_fw_cfg_dma_msrs_isa_dma_and_chipset_are_refused_and_
         assert_eq!(log.matches("(fw_cfg DMA interface)").count(), 2, "{log}");
         assert_eq!(log.matches("(ISA DMA controller)").count(), 9, "{log}");
         assert_eq!(log.matches("host world: WRMSR ").count(), 8, "{log}");
-        assert_eq!(log.matches("(configuration write to a chipset register that moves memory)").count(), 2, "{log}");
+        // The third is PAM0, one of the ways out (below).
+        assert_eq!(log.matches("(configuration write to a chipset register that moves memory)").count(), 3, "{log}");
         assert!(log.contains("access to 0xb0000060 (not host memory)"), "{log}");
         assert!(log.contains("access to 0xb00f80f0 (not host memory)"), "{log}");
+    }
+}
+
+/// The host world's ways out of its world, each of which would hand it the machine: an INIT to
+/// its own CPU through the local APIC's ICR (before the TSM kept it, the CPU reset into the
+/// BIOS, which honoured a CMOS shutdown status the host had written and jumped to the host's
+/// real-mode code at 40:67, outside every world, TSM memory readable: tried by hand), the I/O
+/// APIC and HPET (which can send an INIT too), A20 off through port A (the TSM's own accesses
+/// to odd megabytes would land in even ones: the host's), the i8042's output port (A20 and
+/// reset), an SMI, the 8259's mask, CMOS's shutdown status, S3 through the ACPI PM registers
+/// (a resume in the BIOS) and the BIOS's shadowing (PAM). Each refused, logged, and without
+/// effect: A20 still on, the mask, the shutdown status and PAM0 as before, the run goes on.
+#[test]
+fn host_world_ways_out_init_a20_smi_s3_cmos_and_pam_are_refused_and_logged() {
+    let qemu = qemu_or_skip!();
+    let o = boot_with_secret(&qemu, "host_escapes");
+    o.expect_status(33);
+    let line = o
+        .console
+        .lines()
+        .find(|l| l.starts_with("world: host world tried the ways out of its world: "))
+        .unwrap_or_else(|| panic!("no ways-out line:\n{}", o.console));
+    for what in [
+        "the local APIC's ICR (an INIT to itself), the I/O APIC and the HPET: 3 writes refused (#MC)",
+        "A20 off through port A, the i8042's output port, an SMI through APM control, the 8259's mask, CMOS's shutdown status (0x0A: jump through 40:67 after an INIT), S3 through ACPI PM1 control, PAM0 through 0xCF8/0xCFC: 7 port writes refused",
+        "(A20 still on, the 8259 still masked, the shutdown status 0x0 and PAM0",
+        "the host read 10 entries back from the fault log",
+    ] {
+        assert!(line.contains(what), "{what}:\n{line}");
+    }
+    assert!(o.console.contains("seamless host: boot done"), "{}", o.console);
+    if let Some(log) = decode_defmt(&o.defmt) {
+        for (what, count) in [
+            ("access to 0xfee00300 (not host memory)", 1),
+            ("access to 0xfec00000 (not host memory)", 1),
+            ("access to 0xfed00010 (not host memory)", 1),
+            ("(port A (A20 gate and fast reset))", 1),
+            ("(i8042 keyboard controller (its output port drives A20 and the reset line))", 1),
+            ("(APM control (an SMI))", 1),
+            ("(8259 interrupt controller (the TSM keeps every line masked))", 1),
+            ("(CMOS data (the BIOS's shutdown status and settings))", 1),
+            ("(ACPI PM registers (sleep states, SMI enables))", 1),
+            ("(configuration write to a chipset register that moves memory)", 3),
+        ] {
+            assert_eq!(log.matches(what).count(), count, "{what}:\n{log}");
+        }
     }
 }
 
