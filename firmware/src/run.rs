@@ -59,6 +59,10 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     if let Err(e) = arch::svm::enable() {
         fail("SVM", &e);
     }
+    // XCR0 = x87 | SSE for every world: the state each world's switch saves (`world::World`).
+    if !arch::enable_xsave() {
+        defmt::info!("no XSAVE: XCR0 is x87 alone and no world can change it");
+    }
 
     let boot = pvh::read(start_info).unwrap_or_else(|e| fail("PVH start info", &e));
     let tsc = Tsc::calibrate().unwrap_or_else(|_| fail("TSC", &"no frequency from CPUID 0x15, the PIT or CPUID 0x16"));

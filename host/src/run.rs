@@ -201,11 +201,29 @@ fn read_config() -> RunConfig {
     }
 }
 
-/// The probe TD in its TD world (`seamless_host::probe_td`), with its figures.
+/// What the host keeps in its vector registers while the probe TD runs.
+const HOST_XMM: u64 = 0x4057_0000_0000_0000;
+/// The secret the probe TD leaves in its vector registers (and every GPR) before a VMCALL.
+const TD_SECRET: u64 = 0x5EC2_E700_0000_0000;
+
+/// The probe TD in its TD world (`seamless_host::probe_td`), with its figures. Around it, the
+/// host's vector registers: the TD must not find them at entry (it checks), and after its exits
+/// the host must find its own again, none of the TD's.
 fn probe_td(cpu: &mut Agent, floor_ns: u64) {
+    arch::fpu_load(&arch::FpuArea::with_xmm(|i| HOST_XMM | i as u64));
     let td = probe_td::run(cpu).unwrap_or_else(|e| fail("probe TD", &e));
+    let after = arch::fpu_save();
+    for i in 0..16 {
+        let x = after.xmm(i);
+        if x & TD_SECRET == TD_SECRET {
+            fail("probe TD", &format_args!("the TD's XMM{i} ({x:#x}) reached the host"));
+        }
+        if x != HOST_XMM | i as u64 {
+            fail("probe TD", &format_args!("the host's XMM{i} changed while the TD ran ({x:#x})"));
+        }
+    }
     say!(
-        "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; {} #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page); a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page; SEAMCALL in the TD #UD; R14/R15 carried both ways when the VMCALL exposed them; a spin with interrupts off preempted by the TSM's timer; no register it did not expose reached the host; the host's memory exited as an EPT violation; {} VP.ENTERs",
+        "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; {} #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page); a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page; SEAMCALL in the TD #UD; the vector registers its own in both directions; R14/R15 carried both ways when the VMCALL exposed them; a spin with interrupts off preempted by the TSM's timer; no register it did not expose reached the host; the host's memory exited as an EPT violation; {} VP.ENTERs",
         td.ves,
         td.entries
     );

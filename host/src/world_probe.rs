@@ -43,6 +43,7 @@ const CLASS_RESERVED: u8 = 0x01;
 const CLASS_NOT_HOST: u8 = 0xF1;
 const CLASS_PORT: u8 = 0xF3;
 const CLASS_MSR: u8 = 0xF4;
+const CLASS_XCR: u8 = 0xF5;
 /// The MSRs the TSM depends on, each written with a value that would hurt it.
 const MSRS: [(u32, &str, u64); 8] = [
     (0xC000_0080, "EFER", 0),
@@ -358,15 +359,20 @@ fn escapes(cpu: &mut Agent, info: &BootInfo) -> Result<(), Failed> {
     check(arch::in8(PIC_MASK) == mask, "the 8259's mask changed")?;
     arch::out_kept(CMOS_INDEX, CMOS_SHUTDOWN);
     check(arch::in8(CMOS_DATA) == shutdown, "CMOS's shutdown status changed")?;
+    // XCR0 with AVX: the upper halves of the vector registers, which no world switch saves,
+    // would be shared with the TDs.
+    let xcr0 = arch::try_xcr0_with_avx();
+    expect(0, CLASS_XCR, 0x7);
+    check(xcr0 == 0x3, "XCR0 took AVX state")?;
 
     let mut log = [Entry { addr: 0, class: 0, write: false, detail: 0 }; 32];
     let got = drain(cpu, &mut log);
     check(got == n, "the fault log does not hold one entry per refused way out")?;
     check(log[..n.min(32)] == want[..n.min(32)], "a fault-log entry names another way out")?;
     say!(
-        "world: host world tried the ways out of its world: the local APIC's ICR (an INIT to itself), the I/O APIC and the HPET: 3 writes refused (#MC); A20 off through port A, the i8042's output port, an SMI through APM control, the 8259's mask, CMOS's shutdown status (0x0A: jump through 40:67 after an INIT){}, PAM0 through 0xCF8/0xCFC: {} port writes refused (A20 still on, the 8259 still masked, the shutdown status {shutdown:#x} and PAM0 {pam:#x} as before); the host read {got} entries back from the fault log",
+        "world: host world tried the ways out of its world: the local APIC's ICR (an INIT to itself), the I/O APIC and the HPET: 3 writes refused (#MC); A20 off through port A, the i8042's output port, an SMI through APM control, the 8259's mask, CMOS's shutdown status (0x0A: jump through 40:67 after an INIT){}, PAM0 through 0xCF8/0xCFC: {} port writes refused (A20 still on, the 8259 still masked, the shutdown status {shutdown:#x} and PAM0 {pam:#x} as before); XCR0 with AVX refused (still {xcr0:#x}: x87 and SSE, the state the TSM switches); the host read {got} entries back from the fault log",
         if pm.is_some() { ", S3 through ACPI PM1 control" } else { "" },
-        n - 3
+        n - 4
     );
     Ok(())
 }

@@ -167,6 +167,74 @@ pub fn pci_config_address() -> u32 {
     p.read_u32()
 }
 
+/// A world's x87 and SSE registers, as FXSAVE stores them (XMM0..15 at byte 160). The TSM is
+/// built soft-float: these registers hold only the worlds' values, and each world's are loaded
+/// before it runs and stored after (`world::World::run`), so none sees another's.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(16))]
+pub struct FpuState([u8; 512]);
+
+impl FpuState {
+    /// The state after INIT: FCW 0x037F, MXCSR 0x1F80, every register zero (a TDX TD's initial
+    /// state, and the host world's at entry).
+    pub const fn init() -> FpuState {
+        let mut a = [0u8; 512];
+        a[0] = 0x7F;
+        a[1] = 0x03;
+        a[24] = 0x80;
+        a[25] = 0x1F;
+        FpuState(a)
+    }
+
+    /// Loads the registers from this state (FXRSTOR).
+    pub fn load(&self) {
+        // SAFETY: 16-byte aligned and 512 bytes; the MXCSR in it came from `init` or from FXSAVE,
+        // so it has no reserved bit set. The TSM's own code never uses these registers.
+        unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) self.0.as_ptr(), options(nostack, readonly)) };
+    }
+
+    /// Stores the registers into this state (FXSAVE).
+    pub fn store(&mut self) {
+        // SAFETY: 16-byte aligned and 512 bytes, written by the instruction only.
+        unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) self.0.as_mut_ptr(), options(nostack)) };
+    }
+}
+
+/// XCR0's bits the worlds may have: x87 and SSE, the state [`FpuState`] switches. More (AVX's
+/// upper halves, AVX-512, AMX) would be registers FXSAVE leaves where they are, shared between
+/// worlds, so no world gets them: the TSM sets XCR0 to this at boot (`enable_xsave`) and takes
+/// a world's XSETBV only within it.
+pub const XCR0_WORLDS: u64 = 0b11;
+
+/// Turns CR4.OSXSAVE on and sets XCR0 to [`XCR0_WORLDS`], if the CPU has XSAVE; `false` if not
+/// (then no world can execute XSETBV at all: it is #UD).
+pub fn enable_xsave() -> bool {
+    if x86::cpuid::CpuId::new().get_feature_info().is_none_or(|f| !f.has_xsave()) {
+        return false;
+    }
+    // SAFETY: the CPU has XSAVE (checked), so CR4.OSXSAVE is a valid bit and XCR0 = x87 | SSE a
+    // valid value; neither changes memory, and the TSM's code does not depend on XCR0 (it uses
+    // no AVX: `cpufeatures` finds XCR0 without AVX state).
+    unsafe {
+        x86::controlregs::cr4_write(x86::controlregs::cr4() | x86::controlregs::Cr4::CR4_ENABLE_OS_XSAVE);
+        x86::controlregs::xcr0_write(x86::controlregs::Xcr0::from_bits_truncate(XCR0_WORLDS));
+    }
+    true
+}
+
+/// A world's XSETBV, carried out if it asks for XCR0 within [`XCR0_WORLDS`] (x87 set); `false`
+/// if refused (another XCR, AVX state or more, x87 clear), XCR0 then unchanged.
+pub fn world_xsetbv(xcr: u32, value: u64) -> bool {
+    if xcr != 0 || value & !XCR0_WORLDS != 0 || value & 1 == 0 {
+        return false;
+    }
+    // SAFETY: CR4.OSXSAVE is on (a world's XSETBV only exits to the TSM when its own CR4 has it,
+    // and the CPU has XSAVE: `enable_xsave` ran at boot); the value is x87 with or without SSE,
+    // valid on every CPU with XSAVE; XCR0 changes no memory.
+    unsafe { x86::controlregs::xcr0_write(x86::controlregs::Xcr0::from_bits_truncate(value)) };
+    true
+}
+
 pub use seamless_drivers::exit::ExitCode;
 use seamless_drivers::exit::DEBUG_EXIT_PORT;
 

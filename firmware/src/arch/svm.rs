@@ -182,6 +182,8 @@ pub mod vmcb {
     pub const MISC2_STGI: u32 = 1 << 4;
     pub const MISC2_CLGI: u32 = 1 << 5;
     pub const MISC2_SKINIT: u32 = 1 << 6;
+    /// XSETBV: XCR0 is one for every world (the TSM keeps it to x87 and SSE).
+    pub const MISC2_XSETBV: u32 = 1 << 13;
     pub const MISC1_INVLPGA: u32 = 1 << 26;
 
     /// TLB_CONTROL: flush the whole TLB on VMRUN (TCG has no flush-by-ASID).
@@ -211,6 +213,7 @@ pub mod exit {
     pub const VMRUN: u64 = 0x80;
     pub const VMMCALL: u64 = 0x81;
     pub const SKINIT: u64 = 0x86;
+    pub const XSETBV: u64 = 0x8D;
     pub const NPF: u64 = 0x400;
     /// VMRUN refused the VMCB (a consistency check failed).
     pub const INVALID: u64 = u64::MAX;

@@ -168,7 +168,8 @@ impl HostWorld {
                 | vmcb::MISC2_VMSAVE
                 | vmcb::MISC2_STGI
                 | vmcb::MISC2_CLGI
-                | vmcb::MISC2_SKINIT,
+                | vmcb::MISC2_SKINIT
+                | vmcb::MISC2_XSETBV,
         );
         v.write_u64(vmcb::MSRPM_BASE, svm::msrpm_intercept_all());
         v.write_u64(vmcb::IOPM_BASE, svm::iopm_host(crate::ioports::Ports::default().ranges()));
@@ -387,6 +388,7 @@ impl HostWorld {
             }
             Exit::NestedPageFault { gpa, error } => self.refuse_access(tsm, gpa, error),
             Exit::Msr { write } => self.msr(tsm, write),
+            Exit::Xsetbv => self.xsetbv(tsm),
             Exit::Io { info1, next_rip } => {
                 let served = self.port(tsm, info1);
                 self.world.vmcb().write_u64(vmcb::RIP, next_rip);
@@ -426,6 +428,20 @@ impl HostWorld {
             self.world.gprs.rdx = 0;
         }
         self.world.skip(2);
+    }
+
+    /// XSETBV: XCR0 within x87 and SSE is carried out (`arch::world_xsetbv`); anything more
+    /// (AVX's upper halves and beyond, which no world's switch saves) is dropped and logged
+    /// (fault class 0xF5), XCR0 unchanged. RIP moves past the 3 bytes either way.
+    fn xsetbv(&mut self, tsm: &mut Tsm<FirmwarePlatform>) {
+        let xcr = self.world.gprs.rcx as u32;
+        let value = (self.world.gprs.rdx << 32) | (self.world.rax() & 0xFFFF_FFFF);
+        if !crate::arch::world_xsetbv(xcr, value) {
+            let rip = self.world.rip();
+            tsm.record_host_xcr(xcr, value, rip);
+            defmt::info!("host world: XSETBV XCR{=u32} <- {=u64:#x} at RIP {=u64:#x} refused", xcr, value, rip);
+        }
+        self.world.skip(3);
     }
 
     /// An access outside the host's map: nothing was read or written. Recorded in the TSM's

@@ -325,3 +325,58 @@ pub fn exit(code: ExitCode) -> ! {
         unsafe { asm!("hlt", options(nomem, nostack, preserves_flags)) };
     }
 }
+
+/// An FXSAVE area: the x87 and SSE state (XMM0..15 at byte 160, 16 bytes each).
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(16))]
+pub struct FpuArea(pub [u8; 512]);
+
+impl FpuArea {
+    /// The x87/SSE state of a CPU after INIT (FCW 0x037F, MXCSR 0x1F80) with every XMM register
+    /// holding `xmm(i)` in its low 8 bytes.
+    pub fn with_xmm(xmm: impl Fn(usize) -> u64) -> FpuArea {
+        let mut a = [0u8; 512];
+        a[..2].copy_from_slice(&0x037Fu16.to_le_bytes());
+        a[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
+        for i in 0..16 {
+            a[160 + 16 * i..168 + 16 * i].copy_from_slice(&xmm(i).to_le_bytes());
+        }
+        FpuArea(a)
+    }
+
+    /// The low 8 bytes of XMM`i`.
+    pub fn xmm(&self, i: usize) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&self.0[160 + 16 * i..168 + 16 * i]);
+        u64::from_le_bytes(w)
+    }
+}
+
+/// FXRSTOR: loads the x87 and SSE registers from `area`. The agent is built soft-float: nothing
+/// of its own lives in these registers, so loading them only sets what the probe looks for.
+pub fn fpu_load(area: &FpuArea) {
+    // SAFETY: `area` is 16-byte aligned and 512 bytes; its MXCSR has no reserved bit set
+    // (`FpuArea::with_xmm`); the agent's code never uses the x87/SSE registers (soft-float).
+    unsafe { asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack, readonly)) };
+}
+
+/// FXSAVE: the x87 and SSE registers as they are now.
+pub fn fpu_save() -> FpuArea {
+    let mut area = FpuArea([0; 512]);
+    // SAFETY: `area` is 16-byte aligned and 512 bytes, written by the instruction only.
+    unsafe { asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack)) };
+    area
+}
+
+/// XSETBV of XCR0 with AVX state (x87 | SSE | AVX), after turning the world's CR4.OSXSAVE on;
+/// then XCR0 as XGETBV reads it. The TSM keeps XCR0 to x87 and SSE (the state it switches
+/// between worlds) and refuses this.
+pub fn try_xcr0_with_avx() -> u64 {
+    // SAFETY: CR4.OSXSAVE is the host world's own (its CR4 is in its VMCB); the XSETBV exits
+    // to the TSM, which refuses it, and XGETBV only reads. No memory changes.
+    unsafe {
+        x86::controlregs::cr4_write(x86::controlregs::cr4() | x86::controlregs::Cr4::CR4_ENABLE_OS_XSAVE);
+        asm!("xsetbv", in("ecx") 0u32, in("eax") 0x7u32, in("edx") 0u32, options(nomem, nostack));
+        x86::controlregs::xcr0().bits()
+    }
+}

@@ -147,8 +147,9 @@ fn host_world_fw_cfg_secret_fw_cfg_dma_msrs_isa_dma_and_chipset_are_refused_and_
 /// APIC and HPET (which can send an INIT too), A20 off through port A (the TSM's own accesses
 /// to odd megabytes would land in even ones: the host's), the i8042's output port (A20 and
 /// reset), an SMI, the 8259's mask, CMOS's shutdown status, S3 through the ACPI PM registers
-/// (a resume in the BIOS) and the BIOS's shadowing (PAM). Each refused, logged, and without
-/// effect: A20 still on, the mask, the shutdown status and PAM0 as before, the run goes on.
+/// (a resume in the BIOS) and the BIOS's shadowing (PAM); and XCR0 with AVX, whose registers'
+/// upper halves no world switch saves. Each refused, logged, and without effect: A20 still on,
+/// the mask, the shutdown status, PAM0 and XCR0 as before, the run goes on.
 #[test]
 fn host_world_ways_out_init_a20_smi_s3_cmos_and_pam_are_refused_and_logged() {
     let qemu = qemu_or_skip!();
@@ -163,7 +164,8 @@ fn host_world_ways_out_init_a20_smi_s3_cmos_and_pam_are_refused_and_logged() {
         "the local APIC's ICR (an INIT to itself), the I/O APIC and the HPET: 3 writes refused (#MC)",
         "A20 off through port A, the i8042's output port, an SMI through APM control, the 8259's mask, CMOS's shutdown status (0x0A: jump through 40:67 after an INIT), S3 through ACPI PM1 control, PAM0 through 0xCF8/0xCFC: 7 port writes refused",
         "(A20 still on, the 8259 still masked, the shutdown status 0x0 and PAM0",
-        "the host read 10 entries back from the fault log",
+        "XCR0 with AVX refused (still 0x3: x87 and SSE, the state the TSM switches)",
+        "the host read 11 entries back from the fault log",
     ] {
         assert!(line.contains(what), "{what}:\n{line}");
     }
@@ -180,6 +182,7 @@ fn host_world_ways_out_init_a20_smi_s3_cmos_and_pam_are_refused_and_logged() {
             ("(CMOS data (the BIOS's shutdown status and settings))", 1),
             ("(ACPI PM registers (sleep states, SMI enables))", 1),
             ("(configuration write to a chipset register that moves memory)", 3),
+            ("host world: XSETBV XCR0 <- 0x7", 1),
         ] {
             assert_eq!(log.matches(what).count(), count, "{what}:\n{log}");
         }
@@ -273,7 +276,7 @@ fn the_probe_td_runs_in_its_td_world_and_every_td_attack_is_refused() {
     for what in [
         "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; 5 #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page)",
         "a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page",
-        "SEAMCALL in the TD #UD; R14/R15 carried both ways when the VMCALL exposed them; a spin with interrupts off preempted by the TSM's timer; no register it did not expose reached the host; the host's memory exited as an EPT violation",
+        "SEAMCALL in the TD #UD; the vector registers its own in both directions; R14/R15 carried both ways when the VMCALL exposed them; a spin with interrupts off preempted by the TSM's timer; no register it did not expose reached the host; the host's memory exited as an EPT violation",
     ] {
         assert!(o.console.contains(what), "{what}:\n{}", o.console);
     }

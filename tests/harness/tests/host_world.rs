@@ -101,7 +101,7 @@ fn host_fault_rd_happy_path_names_each_target() {
 }
 
 #[test]
-fn host_fault_rd_names_refused_ports_and_msrs_with_the_value_written() {
+fn host_fault_rd_names_refused_ports_msrs_and_xcrs_with_the_value_written() {
     let mut m = Machine::new(16 * MIB);
     // fw_cfg's selector naming the secret (key 0x21), its DMA address, an MSR write.
     let port = m.tsm.record_host_port(0x510, 0x21, 0x3000);
@@ -109,15 +109,19 @@ fn host_fault_rd_names_refused_ports_and_msrs_with_the_value_written() {
     let msr = m.tsm.record_host_msr(0xC001_0117, 0xDEAD_0000, 0x3008);
     assert_eq!(msr.what(), "an MSR");
     m.tsm.record_host_port(0x518, 0x1234_5000, 0x3010);
+    // XSETBV of XCR0 with AVX, which the TSM refuses.
+    let xcr = m.tsm.record_host_xcr(0, 0x7, 0x3018);
+    assert_eq!(xcr.what(), "an XCR");
     let want = [
         (0x510, 0xF301, 0x21, 0x3000),
         (0xC001_0117, 0xF401, 0xDEAD_0000, 0x3008),
         (0x518, 0xF301, 0x1234_5000, 0x3010),
+        (0, 0xF501, 0x7, 0x3018),
     ];
     for (i, (at, rdx, value, rip)) in want.into_iter().enumerate() {
         let r = m.host(leaf::HOST_FAULT_RD, 0, 0, 0, 0);
         expect(&r, Status::SUCCESS);
-        assert_eq!((r.rcx, r.rdx, r.r8, r.r9, r.r10, r.r11), (at, rdx, value, 1, rip, 3), "entry {i}");
+        assert_eq!((r.rcx, r.rdx, r.r8, r.r9, r.r10, r.r11), (at, rdx, value, 1, rip, 4), "entry {i}");
     }
 }
 

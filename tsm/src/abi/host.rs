@@ -642,12 +642,12 @@ impl<P: Platform> Tsm<P> {
             spec: LeafSpec {
                 number: leaf::HOST_FAULT_RD,
                 name: "SEAMLESS.HOST.FAULT.RD",
-                summary: "seamless only: takes the oldest unread entry of the host fault log: an access of the host world that its nested page table refused (the host got #MC at that instruction, nothing was read or written), a write to an I/O port the TSM keeps (dropped), or a WRMSR (dropped). Allowed before TDH.SYS.CONFIG.",
+                summary: "seamless only: takes the oldest unread entry of the host fault log: an access of the host world that its nested page table refused (the host got #MC at that instruction, nothing was read or written), a write to an I/O port the TSM keeps (dropped), a WRMSR (dropped), or an XSETBV that would give XCR0 more than x87 and SSE (dropped). Allowed before TDH.SYS.CONFIG.",
                 inputs: &[],
                 outputs: &[
-                    (Reg::Rcx, "physical address accessed, the port (class 0xF3) or the MSR (class 0xF4); 0 if the log is empty"),
-                    (Reg::Rdx, "bit 0: write; bits 15:8: what it is (a PAMT type, 0xF0 TSM memory, 0xF2 MMIO a TDI imported, 0xF3 an I/O port the TSM keeps, 0xF4 an MSR, 0xF1 anything else)"),
-                    (Reg::R8, "the owner's page address (the TDR for TD pages, the TDI for imported MMIO), the value written (ports, MSRs), 0 if none"),
+                    (Reg::Rcx, "physical address accessed, the port (class 0xF3), the MSR (class 0xF4) or the XCR (class 0xF5); 0 if the log is empty"),
+                    (Reg::Rdx, "bit 0: write; bits 15:8: what it is (a PAMT type, 0xF0 TSM memory, 0xF2 MMIO a TDI imported, 0xF3 an I/O port the TSM keeps, 0xF4 an MSR, 0xF5 an XCR, 0xF1 anything else)"),
+                    (Reg::R8, "the owner's page address (the TDR for TD pages, the TDI for imported MMIO), the value written (ports, MSRs, XCRs), 0 if none"),
                     (Reg::R9, "1 if an entry was returned"),
                     (Reg::R10, "the host's RIP at the access"),
                     (Reg::R11, "faults recorded since boot (the log keeps the latest 32)"),
