@@ -36,6 +36,11 @@ commands:
                    --keep       keep QEMU's command line in target/run/qemu.cmd
   e2e [args]     build the firmware and run tests/e2e (QEMU end-to-end tests; args go to
                  `cargo test`)
+  ovmf [opts]    boot Debian's OVMF.fd (OVMF_FD) unmodified as a TD on seamless: its console
+                 on yours to the UEFI shell, where the host types `reset -s`; prints MRTD
+                 against `attest measure`, RTMR0..3 and where the time went; files in
+                 target/run/ovmf/ (--fw-cfg-dma on|off: serve fw_cfg's DMA interface or hide
+                 it; --baseline: then the same OVMF.fd natively to the same prompt)
   setup          only install missing prerequisites (target, clippy, rustfmt, QEMU >= 9.1,
                  Debian's ovmf (OVMF.fd, a TDVF), defmt-print)
   qemu           only check for (and install when missing) QEMU >= 9.1 with NVMe spdm_port
@@ -303,6 +308,24 @@ cmd_bench() {
     fi
     grep '^bench ' "$log"
     bench_merge "$results" <"$log"
+    # Debian's OVMF as a TD: to the shell with fw_cfg's DMA served and hidden, and natively.
+    section "OVMF as a TD (./run.sh ovmf; logs in target/run/ovmf-*.log)"
+    local ovmf_log=${CARGO_TARGET_DIR:-target}/run/ovmf-bench.log no_dma_log=${CARGO_TARGET_DIR:-target}/run/ovmf-no-dma.log
+    if [[ ! -r $OVMF_FD ]]; then
+        echo "note: $OVMF_FD missing; the OVMF figures are left out (./run.sh setup installs it)"
+    elif (cmd_ovmf --fw-cfg-dma off) >"$no_dma_log" 2>&1 && (cmd_ovmf --baseline) >"$ovmf_log" 2>&1; then
+        local hidden served
+        hidden=$(awk '$1 == "bench" && $2 == "ovmf_td_shell_s" { print $3 }' "$no_dma_log")
+        served=$(awk '$1 == "bench" && $2 == "ovmf_td_shell_s" { print $3 }' "$ovmf_log")
+        {
+            grep -E '^bench (ovmf_|tdcall)' "$ovmf_log"
+            echo "bench ovmf_td_shell_fw_cfg_dma_hidden_s $hidden s"
+            awk -v h="$hidden" -v s="$served" 'BEGIN { printf "bench ovmf_fw_cfg_dma_hidden_cost_s %.3f s\n", h - s }'
+        } | tee -a "$log" | bench_merge "$results"
+    else
+        echo "error: the OVMF run failed; see $ovmf_log and $no_dma_log" >&2
+        exit 1
+    fi
 }
 
 # Adds the `bench NAME VALUE UNIT` lines on stdin to the flat results.json ($1) that
@@ -440,6 +463,91 @@ cmd_boot() {
         echo "error: firmware exited with QEMU status $status (33 is success): $(firmware_cause "$out/serial.log")" >&2
         exit 1
     fi
+}
+
+# Debian's OVMF.fd as a TD (mode ovmf): the host builds the TD from the image's TDVF metadata,
+# runs it in the TD world serving its TDVMCALLs, and types `reset -s` at the UEFI shell.
+# Options: --fw-cfg-dma on|off (the host serves fw_cfg's DMA interface, or hides it),
+# --baseline (then the same OVMF.fd natively, -bios, to the same prompt, and the ratio).
+cmd_ovmf() {
+    local dma=on baseline=0
+    while (($#)); do
+        case $1 in
+            --fw-cfg-dma)
+                dma=${2:-}
+                shift 2 || { echo "error: --fw-cfg-dma needs on or off" >&2; exit 2; }
+                ;;
+            --baseline) baseline=1; shift ;;
+            *)
+                echo "error: unknown ovmf option '$1' (see ./run.sh help)" >&2
+                exit 2
+                ;;
+        esac
+    done
+    [[ $dma == on || $dma == off ]] || { echo "error: --fw-cfg-dma is on or off" >&2; exit 2; }
+    prereqs
+    ensure_qemu
+    ensure_ovmf
+    ensure_defmt_print
+    build_firmware
+    local out=${CARGO_TARGET_DIR:-target}/run/ovmf
+    mkdir -p "$out"
+    rm -f "$out"/{serial.log,defmt.bin,artifacts.bin,firmware.log,native.log} "$out"/figure.* "$out"/ovmf-*.bin
+    printf 'mode=ovmf\ntdmr_max_mib=400\ntd_mib=256\nlog_calls=off\ntd_timeout_s=240\nfw_cfg_dma=%s\n' "$dma" >"$out/config.txt"
+    section "seamless-qemu: $QEMU -M q35 -accel tcg -kernel $FIRMWARE, $OVMF_FD as a TD (mode ovmf, fw_cfg DMA $dma)"
+    local status=0
+    launch_qemu --out "$out" --config "$out/config.txt" --ovmf "$OVMF_FD" --memory 640 --timeout 300 || status=$?
+    tr -d '\r' <"$out/serial.log"
+    defmt-print -e "$FIRMWARE" <"$out/defmt.bin" >"$out/firmware.log" 2>/dev/null || true
+    section "figures"
+    unframe_artifacts "$out" || echo "warning: the COM3 artifact stream did not decode" >&2
+    print_figures "$out"
+    if [[ -s $out/ovmf-mrtd.bin ]]; then
+        cargo build -q -p attest --features std --bin attest
+        local mrtd measured
+        mrtd=$(od -An -tx1 -v "$out/ovmf-mrtd.bin" | tr -d ' \n')
+        measured=$("${CARGO_TARGET_DIR:-target}/debug/attest" measure "$OVMF_FD")
+        if [[ $mrtd == "$measured" ]]; then
+            echo "MRTD $mrtd: the TD's, equal to attest measure $OVMF_FD"
+        else
+            echo "error: the TD's MRTD $mrtd differs from attest measure's $measured" >&2
+            status=1
+        fi
+    fi
+    if ((baseline && status == 33)); then
+        section "the same OVMF.fd natively: $QEMU -M q35 -accel tcg -bios $OVMF_FD -m 256M, to Shell>"
+        local native td
+        native=$(ovmf_native_s "$out") || status=1
+        td=$(cut -d' ' -f1 "$out/figure.ovmf_td_shell_s" 2>/dev/null)
+        echo "bench ovmf_native_boot_s $native s"
+        [[ -n $td && -n $native ]] && echo "bench ovmf_td_vs_native $(awk -v t="$td" -v n="$native" 'BEGIN { printf "%.2f", t / n }') x"
+    fi
+    echo "files: $out/{serial.log,defmt.bin,firmware.log,config.txt,ovmf-mrtd.bin,ovmf-rtmrs.bin}"
+    if ((status != 33)); then
+        echo "error: the OVMF TD run failed (QEMU status $status): $(firmware_cause "$out/serial.log")" >&2
+        exit 1
+    fi
+}
+
+# Seconds from QEMU's start to "Shell> " on the console of OVMF.fd booted natively (the same
+# q35, CPU and RAM the TD gets); QEMU is killed then. The baseline of `ovmf --baseline`.
+ovmf_native_s() {
+    local out=$1 start pid i
+    start=$(date +%s%N)
+    "$QEMU" -M q35 -accel tcg -nodefaults -display none -no-reboot -cpu max,phys-bits=48 -m 256M \
+        -bios "$OVMF_FD" -serial "file:$out/native.log" >/dev/null 2>&1 &
+    pid=$!
+    for ((i = 0; i < 6000; i++)); do
+        if grep -q 'Shell> ' "$out/native.log" 2>/dev/null; then
+            awk -v ns=$(($(date +%s%N) - start)) 'BEGIN { printf "%.3f", ns / 1e9 }'
+            stop_pid "$pid"
+            return 0
+        fi
+        sleep 0.02
+    done
+    stop_pid "$pid"
+    echo "error: native OVMF did not reach Shell> in 120 s" >&2
+    return 1
 }
 
 cmd_e2e() {
@@ -788,6 +896,7 @@ case "$command" in
     bench) cmd_bench "$@" ;;
     boot) cmd_boot "$@" ;;
     e2e) cmd_e2e "$@" ;;
+    ovmf) cmd_ovmf "$@" ;;
     fuzz) fuzz/run.sh "$@" ;;
     setup)
         prereqs

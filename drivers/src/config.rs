@@ -12,6 +12,9 @@ pub const SECRET_FILE: &str = "opt/seamless/platform-secret";
 /// fw_cfg file of the guest image the host agent loads into the TD (`attest::image`, made from
 /// the `seamless-guest` ELF by `firmware guest-image ELF FILE`).
 pub const GUEST_FILE: &str = "opt/seamless/guest";
+/// fw_cfg file of the TDVF (an OVMF image with TDX metadata, Debian's `/usr/share/ovmf/OVMF.fd`)
+/// the host boots as a TD in mode `ovmf`.
+pub const OVMF_FILE: &str = "opt/seamless/ovmf";
 /// fw_cfg file of the host agent's binary (the `seamless-host` ELF), which the TSM loads into
 /// the host world; untrusted and unmeasured (MRSEAM covers only the TSM's image).
 pub const HOST_FILE: &str = "opt/seamless/host";
@@ -41,6 +44,9 @@ pub enum Mode {
     Fault,
     /// Overflow the boot stack, to show the guard page and the #DF stack at work.
     Overflow,
+    /// Boot the TDVF from fw_cfg (`opt/seamless/ovmf`) as a TD in the TD world, serve its GHCI
+    /// calls, type `reset -s` at the UEFI shell and tear it down.
+    Ovmf,
 }
 
 /// The run configuration.
@@ -59,6 +65,13 @@ pub struct RunConfig {
     pub nvme_bar0: u64,
     /// The verifier's challenge: the guest puts it in REPORTDATA.
     pub nonce: [u8; 64],
+    /// RAM of the OVMF TD, MiB (mode `ovmf`).
+    pub td_mib: u64,
+    /// How long the OVMF TD may run, seconds (mode `ovmf`).
+    pub td_timeout_s: u64,
+    /// Offer the OVMF TD fw_cfg's DMA interface, served by the host (mode `ovmf`); off hides it
+    /// and the TD reads fw_cfg a byte per TDVMCALL.
+    pub fw_cfg_dma: bool,
 }
 
 /// Default BAR0 address: the first 16 KiB of q35's 32-bit PCI hole above the ECAM window, which
@@ -74,6 +87,9 @@ impl Default for RunConfig {
             log_calls: true,
             nvme_bar0: DEFAULT_NVME_BAR0,
             nonce: [0; 64],
+            td_mib: 256,
+            td_timeout_s: 120,
+            fw_cfg_dma: true,
         }
     }
 }
@@ -144,7 +160,12 @@ impl RunConfig {
                         "boot" => Mode::Boot,
                         "fault" => Mode::Fault,
                         "overflow" => Mode::Overflow,
-                        _ => return Err(err("mode is connect, assign, revoke, stop, attack, boot, fault or overflow")),
+                        "ovmf" => Mode::Ovmf,
+                        _ => {
+                            return Err(err(
+                                "mode is connect, assign, revoke, stop, attack, boot, fault, overflow or ovmf",
+                            ))
+                        }
                     }
                 }
                 "doe_timeout_ms" => {
@@ -164,6 +185,16 @@ impl RunConfig {
                         .ok_or(err("nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000"))?
                 }
                 "nonce" => c.nonce = hex_bytes::<64>(value).ok_or(err("nonce is 128 hex digits"))?,
+                // Below q35's ECAM at 0xB0000000, which the TD's RAM must not reach.
+                "td_mib" => c.td_mib = number(value, 32, 2048).ok_or(err("td_mib is 32..2048"))?,
+                "td_timeout_s" => c.td_timeout_s = number(value, 1, 3600).ok_or(err("td_timeout_s is 1..3600"))?,
+                "fw_cfg_dma" => {
+                    c.fw_cfg_dma = match value {
+                        "on" | "1" | "true" => true,
+                        "off" | "0" | "false" => false,
+                        _ => return Err(err("fw_cfg_dma is on or off")),
+                    }
+                }
                 _ => return Err(err("unknown key")),
             }
         }
@@ -196,7 +227,14 @@ mod tests {
 
     #[test]
     fn parse_rejects_out_of_range_values() {
-        assert_eq!(err("mode=fast").what, "mode is connect, assign, revoke, stop, attack, boot, fault or overflow");
+        assert_eq!(
+            err("mode=fast").what,
+            "mode is connect, assign, revoke, stop, attack, boot, fault, overflow or ovmf"
+        );
+        assert_eq!(err("td_mib=16").what, "td_mib is 32..2048");
+        assert_eq!(err("td_mib=2049").what, "td_mib is 32..2048");
+        assert_eq!(err("td_timeout_s=0").what, "td_timeout_s is 1..3600");
+        assert_eq!(err("fw_cfg_dma=maybe").what, "fw_cfg_dma is on or off");
         assert_eq!(err("nvme_bar0=0xc0000800").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
         assert_eq!(err("nvme_bar0=3221225472").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
         assert_eq!(err("nvme_bar0=0xfec00000").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
@@ -212,7 +250,7 @@ mod tests {
     #[test]
     fn fw_cfg_names_are_what_qemu_accepts() {
         // QEMU warns about names outside opt/ and refuses names past 55 characters.
-        for name in [CONFIG_FILE, SECRET_FILE, GUEST_FILE, HOST_FILE] {
+        for name in [CONFIG_FILE, SECRET_FILE, GUEST_FILE, HOST_FILE, OVMF_FILE] {
             assert!(name.starts_with("opt/") && name.len() <= 55, "{name}");
         }
     }
@@ -245,5 +283,7 @@ mod tests {
         assert_eq!(RunConfig::parse(b"mode=fault").unwrap().mode, Mode::Fault);
         assert_eq!(RunConfig::parse(b"mode=overflow").unwrap().mode, Mode::Overflow);
         assert_eq!(RunConfig::parse(b"mode=connect\r\n").unwrap().mode, Mode::Connect);
+        let c = RunConfig::parse(b"mode=ovmf\ntd_mib=512\ntd_timeout_s=300\nfw_cfg_dma=off\n").unwrap();
+        assert_eq!((c.mode, c.td_mib, c.td_timeout_s, c.fw_cfg_dma), (Mode::Ovmf, 512, 300, false));
     }
 }

@@ -29,7 +29,19 @@ pub enum FwCfgError {
         /// Its size.
         size: u32,
     },
+    /// The large-file buffer was handed out already.
+    BufferTaken,
 }
+
+/// Bytes of the one large-file buffer: a TDVF image (Debian's OVMF.fd is 2 MiB; the 4 MiB
+/// builds fit too, so the loader can refuse them for what they are).
+pub const LARGE_FILE_BYTES: usize = 4 << 20;
+
+struct LargeBuffer(core::cell::UnsafeCell<[u8; LARGE_FILE_BYTES]>);
+// SAFETY: handed out at most once (`LARGE_TAKEN`), on one CPU.
+unsafe impl Sync for LargeBuffer {}
+static LARGE: LargeBuffer = LargeBuffer(core::cell::UnsafeCell::new([0; LARGE_FILE_BYTES]));
+static LARGE_TAKEN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 impl fmt::Display for FwCfgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -37,6 +49,7 @@ impl fmt::Display for FwCfgError {
             FwCfgError::Absent => write!(f, "no fw_cfg device"),
             FwCfgError::NotFound => write!(f, "no such fw_cfg file"),
             FwCfgError::TooLarge { size } => write!(f, "fw_cfg file of {size} bytes is larger than its buffer"),
+            FwCfgError::BufferTaken => write!(f, "the large-file buffer is in use"),
         }
     }
 }
@@ -97,6 +110,28 @@ impl FwCfg {
             }
         }
         Err(FwCfgError::NotFound)
+    }
+
+    /// Reads the file `name` into the image's one large buffer ([`LARGE_FILE_BYTES`], taken
+    /// once: a second call fails), for the host's copy of a TD's firmware.
+    ///
+    /// # Errors
+    /// [`FwCfgError::NotFound`], [`FwCfgError::TooLarge`], or [`FwCfgError::BufferTaken`].
+    pub fn read_large_file(&self, name: &str) -> Result<&'static [u8], FwCfgError> {
+        let (select, size) = self.find(name)?;
+        if size as usize > LARGE_FILE_BYTES {
+            return Err(FwCfgError::TooLarge { size });
+        }
+        if LARGE_TAKEN.swap(true, core::sync::atomic::Ordering::SeqCst) {
+            return Err(FwCfgError::BufferTaken);
+        }
+        // SAFETY: the flag above hands the buffer out once, so this is its only reference; it
+        // lives in the image's .bss for the whole run, and one CPU runs.
+        let buf: &'static mut [u8; LARGE_FILE_BYTES] = unsafe { &mut *LARGE.0.get() };
+        self.select(select);
+        let file = &mut buf[..size as usize];
+        self.read(file);
+        Ok(file)
     }
 
     /// Opens the file `name` for reading front to back (items are read in order; skipping

@@ -108,6 +108,26 @@ impl Pcie {
         (f.read(VENDOR_ID) & 0xFFFF != 0xFFFF).then_some(f)
     }
 
+    /// Reads `size` bytes of configuration register `reg` of the function with requester ID
+    /// `rid`, whether or not something answers there; `None` for a bus not decoded or an
+    /// access that is misaligned or outside the 4 KiB of a function.
+    pub fn config_read(&self, rid: u16, reg: u16, size: u8) -> Option<u32> {
+        let at = self.config_offset(rid, reg)?;
+        self.ecam.read_sized(at, size)
+    }
+
+    /// Writes `size` bytes of configuration register `reg` of function `rid`; false as
+    /// [`Pcie::config_read`] is `None`.
+    pub fn config_write(&self, rid: u16, reg: u16, size: u8, value: u32) -> bool {
+        self.config_offset(rid, reg).is_some_and(|at| self.ecam.write_sized(at, size, value))
+    }
+
+    fn config_offset(&self, rid: u16, reg: u16) -> Option<u64> {
+        let bus = (rid >> 8) as u8;
+        let ok = bus >= self.info.start_bus && bus <= self.info.end_bus && u64::from(reg) < CONFIG_BYTES;
+        ok.then(|| (u64::from(rid) << 12) | u64::from(reg))
+    }
+
     /// Calls `visit` for every function on `bus` and the buses behind its bridges.
     pub fn for_each(&self, bus: u8, visit: &mut dyn FnMut(&Function)) {
         self.scan(bus, visit, 0);

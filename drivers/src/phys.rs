@@ -136,6 +136,45 @@ impl Mmio {
         // SAFETY: as for `read_u32`.
         unsafe { core::ptr::write_volatile(addr as *mut u32, value) };
     }
+
+    /// The address of a `size`-byte access at `offset`, if it is 1, 2 or 4 bytes, naturally
+    /// aligned and inside the window.
+    fn sized(&self, offset: u64, size: u8) -> Option<u64> {
+        let ok = matches!(size, 1 | 2 | 4)
+            && offset.is_multiple_of(u64::from(size))
+            && offset.checked_add(u64::from(size)).is_some_and(|e| e <= self.len);
+        ok.then(|| self.base + offset)
+    }
+
+    /// Reads `size` (1, 2 or 4) bytes at `offset` as one access; `None` if misaligned or
+    /// outside the window (the caller's input, checked here).
+    pub fn read_sized(&self, offset: u64, size: u8) -> Option<u32> {
+        let addr = self.sized(offset, size)?;
+        // SAFETY: inside the device window (checked), naturally aligned; the constructor's
+        // contract makes the access harmless to memory safety.
+        Some(unsafe {
+            match size {
+                1 => u32::from(core::ptr::read_volatile(addr as *const u8)),
+                2 => u32::from(core::ptr::read_volatile(addr as *const u16)),
+                _ => core::ptr::read_volatile(addr as *const u32),
+            }
+        })
+    }
+
+    /// Writes `size` (1, 2 or 4) bytes at `offset` as one access; false if misaligned or outside
+    /// the window.
+    pub fn write_sized(&self, offset: u64, size: u8, value: u32) -> bool {
+        let Some(addr) = self.sized(offset, size) else { return false };
+        // SAFETY: as for `read_sized`.
+        unsafe {
+            match size {
+                1 => core::ptr::write_volatile(addr as *mut u8, value as u8),
+                2 => core::ptr::write_volatile(addr as *mut u16, value as u16),
+                _ => core::ptr::write_volatile(addr as *mut u32, value),
+            }
+        }
+        true
+    }
 }
 
 impl super::doe::Registers for Mmio {

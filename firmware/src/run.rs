@@ -38,6 +38,7 @@ mod assign;
 mod attack;
 mod host_nvme;
 mod interop;
+mod ovmf;
 mod worlds;
 
 /// The guest's accepted work pages (`tsm_client::guest::DEMO_LAYOUT`, which the guest image
@@ -98,7 +99,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             say!("mode overflow: pushing until the boot stack overflows");
             arch::provoke_stack_overflow()
         }
-        Mode::Connect | Mode::Assign | Mode::Revoke | Mode::Stop | Mode::Attack | Mode::Boot => {}
+        Mode::Connect | Mode::Assign | Mode::Revoke | Mode::Stop | Mode::Attack | Mode::Boot | Mode::Ovmf => {}
     }
 
     let mmio_start = boot.memmap.low_ram_end();
@@ -165,6 +166,9 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     figure("boot_to_tsm_ready_ms", &Ms(ready), "ms");
 
     let (mut world, host_exits) = host_world(&boot.memmap, &layout, mmio_start, &tsc, &mut tsm, &mut host);
+    if config.mode == Mode::Ovmf {
+        ovmf::run(&config, &tsc, &mut tsm, &mut host, &boot.memmap, ecam)
+    }
     let nvme = open_nvme(&boot, &config, &tsc, (ecam, window));
     let mut buf = [0u8; GUEST_IMAGE_MAX];
     let guest = read_guest_image(&mut buf);
@@ -297,7 +301,7 @@ fn host_world(
     let switches = tsm.platform().td.as_ref().map_or(0, |w| w.switches) - first;
     tsm.platform_mut().log_calls = log_calls;
     say!(
-        "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; {} #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page); a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page; SEAMCALL in the TD #UD; no secret register reached the host; the host's memory exited as an EPT violation; {} VP.ENTERs, {} world switches",
+        "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; {} #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page); a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page; SEAMCALL in the TD #UD; R14/R15 carried both ways when the VMCALL exposed them; a spin with interrupts off preempted by the TSM's timer; no register it did not expose reached the host; the host's memory exited as an EPT violation; {} VP.ENTERs, {} world switches",
         td.ves,
         td.entries,
         switches

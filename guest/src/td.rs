@@ -44,9 +44,11 @@ impl tsm_client::Tdcall for Td {
             let secret = crate::probe::run(self);
             r = TdcallRegs::from_regs(&request);
             if let Some(s) = secret {
-                // GHCI's mask for every GPR but RSP, RAX and RCX: the TSM must expose R10..R13
-                // only, whatever the TD asks.
-                (r.rcx, r.rdx, r.r8, r.r9, r.r14, r.r15) = (0xFFEC, s, s, s, s, s);
+                // RCX names R10..R13 and RBX, RBP, RSI, RDI (no GHCI call carries those, so the
+                // TSM drops them from the mask): the secret in RDX, R8, R9, R14 and R15, which
+                // GHCI's mask would carry, must not reach the host.
+                let mask = TdExit::VMCALL_EXPOSED | (TdExit::VMCALL_MASK_ALLOWED & !TdExit::VMCALL_CARRIED);
+                (r.rcx, r.rdx, r.r8, r.r9, r.r14, r.r15) = (mask, s, s, s, s, s);
             }
         }
         *regs = r.to_regs();

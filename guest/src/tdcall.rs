@@ -27,7 +27,7 @@ pub struct TdcallRegs {
 }
 
 impl TdcallRegs {
-    /// The block of the ABI's `Regs` (R14, R15 zero).
+    /// The block of the ABI's `Regs`.
     pub fn from_regs(r: &tsm::Regs) -> TdcallRegs {
         TdcallRegs {
             rax: r.rax,
@@ -39,8 +39,8 @@ impl TdcallRegs {
             r11: r.r11,
             r12: r.r12,
             r13: r.r13,
-            r14: 0,
-            r15: 0,
+            r14: r.r14,
+            r15: r.r15,
         }
     }
 
@@ -56,6 +56,8 @@ impl TdcallRegs {
             r11: self.r11,
             r12: self.r12,
             r13: self.r13,
+            r14: self.r14,
+            r15: self.r15,
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct Host {
     tdmr_next: u64,
     tdmr_end: u64,
     tdmr_start: u64,
+    /// 2 MiB blocks are taken from the top of the TDMR down to here.
+    tdmr_top: u64,
     free: [u64; FREE_SLOTS],
     free_count: usize,
 }
@@ -39,6 +41,7 @@ impl Host {
             tdmr_next: layout.tdmr.0,
             tdmr_end: layout.pamt.0,
             tdmr_start: layout.tdmr.0,
+            tdmr_top: layout.pamt.0 & !(TWO_MIB - 1),
             free: [0; FREE_SLOTS],
             free_count: 0,
         }
@@ -66,7 +69,7 @@ impl HostMemory for Host {
             return Some(self.free[self.free_count]);
         }
         let p = self.tdmr_next;
-        if p + PAGE > self.tdmr_end {
+        if p + PAGE > self.tdmr_top {
             return None;
         }
         self.tdmr_next += PAGE;
@@ -93,10 +96,24 @@ impl HostMemory for Host {
         }
     }
 
+    /// A 2 MiB block from the top of the TDMR (4 KiB pages come from the bottom), for the
+    /// 2 MiB PAGE.AUGs of a TD's RAM.
+    fn donate_2m(&mut self) -> Option<u64> {
+        let block = self.tdmr_top.checked_sub(TWO_MIB)?;
+        if block < self.tdmr_next {
+            return None;
+        }
+        self.tdmr_top = block;
+        Some(block)
+    }
+
     fn donated(&self) -> (u64, u64) {
-        (self.tdmr_start, self.tdmr_next)
+        let top_taken = self.tdmr_top < self.tdmr_end & !(TWO_MIB - 1);
+        (self.tdmr_start, if top_taken { self.tdmr_end } else { self.tdmr_next })
     }
 }
+
+const TWO_MIB: u64 = 2 << 20;
 
 /// The NVMe function's DOE mailbox as the host ferries requests through it; counts the
 /// exchanges and the TSC ticks inside the mailbox (QEMU, the socket and the responder).

@@ -4,8 +4,9 @@
 //! its TDG.VP.VMCALLs. What it checks: TDX's initial state, CPUID as a TDX module presents it,
 //! #VE with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page), the TDCALL round trip, a page
 //! blocked and tracked while the TD uses it (the next touch exits), SEAMCALL from the TD
-//! (#UD), secrets the TD leaves in registers before VMCALL (none reaches the host), and the
-//! host's own memory (an EPT-violation exit, never its bytes).
+//! (#UD), R14 and R15 carried to the host and back when the VMCALL exposes them, secrets the
+//! TD leaves in the registers a VMCALL does not expose (none reaches the host), and the host's
+//! own memory (an EPT-violation exit, never its bytes).
 
 #![allow(unsafe_code)]
 
@@ -51,6 +52,8 @@ const SHARED_GPA: u64 = 1 << 47 | 0x90_0000;
 const SHARED_WORDS: [u64; 2] = [0x5A4E_D000_0000_000A, 0x5A4E_D000_0000_000B];
 /// The secret the TD spreads over its registers before the last VMCALL.
 const SECRET: u64 = 0x5EC2_E700_0000_0000;
+/// What the host answers in R14 and R15 to the probe's VMCALL 0x500.
+const R14_R15_ANSWER: [u64; 2] = [0x1414_0A45, 0x1515_0A45];
 /// VMX exit reasons of the #VEs the probe causes, in order, with their instruction lengths.
 const EXPECTED_VES: [(u64, u64); 5] = [(10, 2), (12, 1), (30, 2), (31, 2), (48, 0)];
 
@@ -147,32 +150,36 @@ fn drive<C: Cpu + ?Sized>(
     let mut words = [0u64; WORDS];
     let (mut answer, mut entries, mut blocked, mut block_exit, mut leak_checked) =
         (Regs::default(), 0, false, false, false);
-    let (mut shared, mut alias_refused) = (None, false);
+    let (mut shared, mut alias_refused, mut carried) = (None, false, false);
+    let (mut preempted, mut spun) = (0u64, None);
     loop {
         let mut call = Regs {
             r10: answer.r10,
             r11: answer.r11,
             r12: answer.r12,
             r13: answer.r13,
+            r14: answer.r14,
+            r15: answer.r15,
             ..Regs::call(leaf::VP_ENTER, vcpu, 0, 0, 0)
         };
         answer = Regs::default();
         tsm_client::Seamcall::seamcall(cpu, &mut call);
         entries += 1;
-        check(entries < 200, "the probe TD does not end")?;
+        check(entries < 1000, "the probe TD does not end")?;
         let exit = TdExit::from_host_regs(&call).ok_or(TdProbeError::Check("VP.ENTER returned no TD exit"))?;
-        match exit {
-            TdExit::Vmcall { args: [k @ 0x100..0x116, a, b, c] } => {
+        let vmcall = matches!(exit, TdExit::Vmcall { .. });
+        match (vmcall, exit.args(), exit) {
+            (true, [k @ 0x100..0x116, a, b, c], _) => {
                 let i = (k as usize - 0x100) * 3;
                 words[i..i + 3].copy_from_slice(&[a, b, c]);
             }
-            TdExit::Vmcall { args: [0x200, gpa, ..] } => {
+            (true, [0x200, gpa, ..], _) => {
                 check(gpa == BLOCKED_GPA, "the TD asked to block another page")?;
                 flow_td_call(cpu, "TDH.MEM.RANGE.BLOCK", Regs::call(leaf::MEM_RANGE_BLOCK, gpa, td.tdr, 0, 0))?;
                 flow_td_call(cpu, "TDH.MEM.TRACK", Regs::call(leaf::MEM_TRACK, td.tdr, 0, 0, 0))?;
                 blocked = true;
             }
-            TdExit::EptViolation { gpa, .. } if blocked && gpa.raw() == BLOCKED_GPA => {
+            (_, _, TdExit::EptViolation { gpa, .. }) if blocked && gpa.raw() == BLOCKED_GPA => {
                 // The TD touched the blocked page: it exited instead. Give the page back.
                 block_exit = true;
                 blocked = false;
@@ -182,38 +189,46 @@ fn drive<C: Cpu + ?Sized>(
                     Regs::call(leaf::MEM_RANGE_UNBLOCK, gpa.raw(), td.tdr, 0, 0),
                 )?;
             }
-            TdExit::Vmcall { args: [0x400, ..] } => {
+            (true, [0x400, ..], _) => {
                 // The host's shared table: the first page its own, the second a TD private page.
                 let s = shared_table(cpu, private)?;
                 let set = Regs::call(leaf::SHARED_EPT_SET, td.tdr, s.root, 0, 0);
                 flow_td_call(cpu, "SEAMLESS.SHARED.EPT.SET", set)?;
                 shared = Some(s);
             }
-            TdExit::EptViolation { gpa, .. } if gpa.raw() == SHARED_GPA + PAGE => {
+            (_, _, TdExit::EptViolation { gpa, .. }) if gpa.raw() == SHARED_GPA + PAGE => {
                 // The shared walk reached a TD private page and refused it: point it at the host's.
                 let s: SharedTable = shared.ok_or(TdProbeError::Check("no shared table"))?;
                 cpu.write(s.pt + (((SHARED_GPA >> 12) & 511) + 1) * 8, &(s.data[1] | 7).to_le_bytes());
                 alias_refused = true;
             }
-            TdExit::Vmcall { args: [0x300, 0x1111, 0x2222, 0x3333] } => {
+            (true, [0x500, ..], _) => {
+                // RCX = 0xFFEC: R14 and R15 arrive, and the answer goes back in them.
+                check(call.rcx == 0xFF04 && (call.r14, call.r15) == (0x1414, 0x1515), "R14/R15 not exposed")?;
+                [answer.r14, answer.r15] = R14_R15_ANSWER;
+                carried = true;
+            }
+            (true, [0x300, 0x1111, 0x2222, 0x3333], _) => {
                 // Only the exit reason, the mask and R10..R13: none of the TD's secrets.
-                let leaked = [call.rdx, call.r8, call.r9].iter().any(|&r| r != 0) || call.rcx != TdExit::VMCALL_EXPOSED;
-                check(!leaked, "a TD register the ABI does not expose reached the host")?;
-                check(
-                    ![call.rcx, call.rdx, call.r8, call.r9].iter().any(|r| r & SECRET == SECRET),
-                    "a secret reached the host",
-                )?;
+                let others = [call.rdx, call.r8, call.r9, call.r14, call.r15];
+                let leaked = others.iter().any(|&r| r != 0) || call.rcx != TdExit::VMCALL_EXPOSED;
+                check(!leaked, "a TD register the VMCALL does not expose reached the host")?;
+                check(!others.iter().any(|r| r & SECRET == SECRET), "a secret reached the host")?;
                 leak_checked = true;
                 answer.r11 = mine;
             }
-            TdExit::EptViolation { gpa, .. } if gpa.raw() == mine => break,
-            other => {
+            (_, _, TdExit::EptViolation { gpa, .. }) if gpa.raw() == mine => break,
+            // The TSM's preemption timer ended a time slice: enter again.
+            (_, _, TdExit::ExternalInterrupt) => preempted += 1,
+            (true, [0x600, ..], _) => spun = Some(preempted),
+            (_, _, other) => {
                 say!("world: probe TD: unexpected exit {:?} after {} entries", other, entries);
                 return Err(TdProbeError::Check("the probe TD exited in a way it should not"));
             }
         }
     }
-    check(leak_checked && block_exit, "the probe TD skipped a step")?;
+    check(leak_checked && block_exit && carried, "the probe TD skipped a step")?;
+    check(spun.is_some_and(|p| p > 0), "a spin with interrupts off was not preempted")?;
     check(alias_refused, "a shared GPA reached a TD private page")?;
     let read = words[11] == SHARED_WORDS[0] && words[12] == SHARED_WORDS[1];
     check(read, "the shared pages did not read as the host wrote them")?;
@@ -269,6 +284,7 @@ fn verify(w: &[u64; WORDS]) -> Result<(), TdProbeError> {
     check(&tdx == b"IntelTDX    ", "CPUID.0x21 is not \"IntelTDX    \"")?;
     check(w[6] == 0, "the PENDING page did not read as zero once accepted")?;
     check(w[10] == 0x5A5A_C0DE_0000_0001, "the blocked page lost its contents")?;
+    check(w[13..15] == R14_R15_ANSWER, "the host's R14/R15 answer did not reach the TD")?;
     check(w[29] == 2, "SEAMCALL in the TD was not #UD")?;
     check(w[30] == 0, "the #VE handler's ACCEPT failed")?;
     check(w[31] == EXPECTED_VES.len() as u64, "not one #VE per event")?;

@@ -18,8 +18,12 @@
  *   R11..R13; 0x200 asks the host to BLOCK and TRACK the page in R11 (then the TD touches it);
  *   0x400 asks the host for its shared table (SEAMLESS.SHARED.EPT.SET; GPA 1 << 47 is linear
  *   4 GiB in the TD);
- *   0x300 leaves a secret in every register the ABI does not expose, and the host answers in
- *   R11 an address of its own memory, which the TD then reads. */
+ *   0x500 exposes R14 and R15 (RCX = 0xFFEC, as edk2 passes it) holding 0x1414 and 0x1515,
+ *   the host answers in R14 and R15, and the TD keeps the answers at 0x68 and 0x70;
+ *   0x600 follows a spin of 2^26 iterations with interrupts off, which the TSM's preemption
+ *   timer must have cut into time slices (external-interrupt exits) before it;
+ *   0x300 exposes R10..R13 only (RCX = 0x3C00) and leaves a secret in every other register,
+ *   and the host answers in R11 an address of its own memory, which the TD then reads. */
         .section .rodata.td_probe, "a"
         .balign 4096
         .globl td_probe_start, td_probe_end
@@ -86,7 +90,7 @@ long64:
         mov [r15 + 0x24], ebx
         mov [r15 + 0x28], edx
         mov [r15 + 0x2C], ecx
-        mov eax, 2
+        mov eax, 0x40000000              /* the hypervisor range: the TSM leaves it to #VE */
         cpuid                            /* #VE 10, length 2 */
         hlt                              /* #VE 12, length 1 */
         in al, 0x80                      /* #VE 30, length 2 */
@@ -127,6 +131,7 @@ long64:
         mov [0x805000], rax
         mov r10d, 0x200
         mov r11d, 0x805000
+        xor ecx, ecx                     /* expose R10..R13 only */
         xor eax, eax
         .byte 0x66, 0x0f, 0x01, 0xcc     /* TDG.VP.VMCALL */
         mov rax, [0x805000]
@@ -135,6 +140,7 @@ long64:
         /* The shared half: the host names its table, the TD reads two shared pages. The
          * second the host first points at a TD private page: refused (an exit), then fixed. */
         mov r10d, 0x400
+        xor ecx, ecx                     /* expose R10..R13 only */
         xor eax, eax
         .byte 0x66, 0x0f, 0x01, 0xcc     /* TDG.VP.VMCALL */
         mov rax, 0x100900000
@@ -148,6 +154,30 @@ long64:
         .byte 0x66, 0x0f, 0x01, 0xcf
         .byte 0x66, 0x0f, 0x01, 0xcf
 
+        /* GHCI's operands in R14/R15: exposed by the mask, carried both ways. */
+        push r15
+        mov ecx, 0xFFEC
+        mov r10d, 0x500
+        mov r14d, 0x1414
+        mov r15d, 0x1515
+        xor eax, eax
+        .byte 0x66, 0x0f, 0x01, 0xcc     /* TDG.VP.VMCALL */
+        mov rax, r15
+        pop r15
+        mov [r15 + 0x68], r14
+        mov [r15 + 0x70], rax
+
+        /* A spin with interrupts off and no exit: only the TSM's preemption timer ends it
+         * early (external-interrupt exits), then VMCALL 0x600. */
+        cli
+        mov ecx, 0x4000000
+8:      dec rcx
+        jnz 8b
+        mov r10d, 0x600
+        xor ecx, ecx
+        xor eax, eax
+        .byte 0x66, 0x0f, 0x01, 0xcc     /* TDG.VP.VMCALL */
+
         /* Report the results page, three words per VMCALL. */
         xor ebx, ebx
 4:      lea r10, [rbx + 0x100]
@@ -155,16 +185,17 @@ long64:
         mov r11, [r15 + rsi]
         mov r12, [r15 + rsi + 8]
         mov r13, [r15 + rsi + 16]
+        xor ecx, ecx                     /* expose R10..R13 only */
         xor eax, eax
         .byte 0x66, 0x0f, 0x01, 0xcc
         inc ebx
         cmp ebx, 22
         jb 4b
 
-        /* Secrets in every register the ABI does not expose, then VMCALL. */
+        /* Secrets in every register the VMCALL does not expose (RCX = 0x3C00: R10..R13). */
         mov rax, 0x5EC2E70000000000
         lea rbx, [rax + 0x03]
-        lea rcx, [rax + 0x01]
+        mov ecx, 0x3C00
         lea rdx, [rax + 0x02]
         lea rsi, [rax + 0x06]
         lea rdi, [rax + 0x07]
@@ -182,6 +213,7 @@ long64:
         /* The host's memory: an address the host named, which the S-EPT does not map. */
         mov rax, [r11]
         mov r10d, 0x3FF                  /* not reached: the load exits to the host */
+        xor ecx, ecx                     /* expose R10..R13 only */
         xor eax, eax
         .byte 0x66, 0x0f, 0x01, 0xcc
 5:      hlt

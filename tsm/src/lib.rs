@@ -13,6 +13,7 @@ pub mod abi;
 pub mod addr;
 pub mod attestation;
 pub mod audit;
+pub mod cpuid;
 pub mod devices;
 pub mod doe;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod ide;
 pub mod idekm;
 pub mod iommu;
 pub mod measure;
+pub mod msr;
 pub mod pamt;
 pub mod pdev;
 pub mod platform;
@@ -30,10 +32,11 @@ pub mod status;
 pub mod td;
 pub mod tdi;
 pub mod tdisp;
+pub mod vapic;
 pub mod vcpu;
 
 mod state;
 
 pub use abi::{GuestReturn, Regs, TdExit};
-pub use state::{TdSummary, Tsm, TsmIdentity, MAX_MMIO_WINDOWS, MAX_PRIVATE_RANGES};
+pub use state::{TdMeasurements, TdSummary, Tsm, TsmIdentity, MAX_MMIO_WINDOWS, MAX_PRIVATE_RANGES};
 pub use status::{Operand, Status};

@@ -58,6 +58,15 @@ impl Sys {
     }
 }
 
+/// A TD's measurement registers ([`Tsm::td_measurements`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TdMeasurements {
+    /// MRTD.
+    pub mrtd: [u8; 48],
+    /// RTMR0..3.
+    pub rtmr: [[u8; 48]; crate::measure::RTMRS],
+}
+
 /// A read-only view of a TD for tests and diagnostics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TdSummary {
@@ -161,6 +170,20 @@ impl<P: Platform> Tsm<P> {
             vcpus: td.vcpu_count(),
             vcpus_in_guest: td.vcpus.iter().flatten().filter(|v| v.in_guest.is_some()).count(),
         })
+    }
+
+    /// The measurement registers of the TD whose TDR is `tdr` (none of them secret: TDX hands
+    /// them to the VMM through TDH.MNG.RD): MRTD, final once the TD is finalized, and RTMR0..3.
+    /// `None` before TDH.MNG.INIT or after teardown.
+    pub fn td_measurements(&self, tdr: Pfn) -> Option<TdMeasurements> {
+        let td = self.tds.iter().flatten().find(|t| t.tdr == tdr)?;
+        Self::require_built(td).ok()?;
+        let page = td.tdcs[crate::td::TDCS_MR];
+        let mut rtmr = [[0u8; 48]; crate::measure::RTMRS];
+        for (i, r) in rtmr.iter_mut().enumerate() {
+            *r = crate::measure::read_mr(&self.platform, page, crate::measure::MR_RTMR0 + 48 * i);
+        }
+        Some(TdMeasurements { mrtd: crate::measure::read_mr(&self.platform, page, crate::measure::MR_MRTD), rtmr })
     }
 
     // ---- shared checks -------------------------------------------------------------------

@@ -1,19 +1,53 @@
 //! What a platform that runs a TD's vCPU as a real guest (the firmware's TD world) needs from
 //! the TSM, and nothing more: which TD a vCPU in guest mode belongs to, a read-only view of one
 //! private translation of its S-EPT (to derive the nested table from, entry by entry), the
-//! exits the platform itself decides (an access the S-EPT does not grant), and the #VE it
-//! delivers, which TDG.VP.VEINFO.GET then reads back.
+//! exits the platform itself decides (an access the S-EPT does not grant), the #VE it
+//! delivers, which TDG.VP.VEINFO.GET then reads back, the MSR accesses the TSM answers itself
+//! ([`crate::msr`]: the virtual APIC and the MTRRs), and the interrupts posted to the vCPU
+//! ([`crate::vapic`]) it injects.
 //!
 //! The S-EPT stays the one authority: the platform caches what [`Tsm::private_leaf`] returns and
 //! drops it when [`crate::platform::Platform::sept_changed`] says so.
+//!
+//! The vCPU's virtual APIC and MTRR bank live in its TDVPR page ([`TDVPR_APIC`], [`TDVPR_MTRR`]),
+//! zeroed at donation (the APIC's reset state, MTRRs disabled), as TDX keeps them in the TDVPS.
 
 use crate::abi::guest::Ctx;
 use crate::addr::{GuestPhysAddr, PageSize, Pfn};
+use crate::msr::{self, MsrClass};
 use crate::platform::Platform;
 use crate::sept::{self, SeptState, WalkResult};
 use crate::status::Operand;
 use crate::td::VeInfo;
+use crate::vapic::{self, VirtualApic};
 use crate::Tsm;
+
+/// Offset of the virtual APIC's state in the TDVPR page.
+pub const TDVPR_APIC: usize = 0;
+/// Offset of the MTRR bank (little-endian u64 per slot of [`msr::classify`]) in the TDVPR page.
+pub const TDVPR_MTRR: usize = 0x100;
+const _: () = assert!(TDVPR_APIC + VirtualApic::BYTES <= TDVPR_MTRR);
+
+/// An RDMSR or WRMSR of a TD vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsrAccess {
+    /// RDMSR.
+    Read,
+    /// WRMSR of this value (EDX:EAX).
+    Write(u64),
+}
+
+/// What the TSM made of an MSR access ([`Tsm::vcpu_msr`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsrResult {
+    /// Answered: the value an RDMSR reads, or 0 after a WRMSR done.
+    Done(u64),
+    /// A register of the vCPU's own context: the platform reads or writes its saved state.
+    Context,
+    /// Not the TSM's (or refused: a read-only register written, reserved bits): a #VE, and
+    /// the TD asks the host with TDG.VP.VMCALL.
+    Ve,
+}
 
 /// A vCPU in guest mode, as the platform running it sees its TD.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +130,80 @@ impl<P: Platform> Tsm<P> {
     pub fn vcpu_exit(&mut self, tdvpr: u64) {
         if let Ok(ctx) = self.guest_context(tdvpr) {
             self.leave_guest(ctx);
+        }
+    }
+
+    /// The TDVPR frame and index of a vCPU in guest mode.
+    fn running_frame(&self, tdvpr: u64) -> Option<(Pfn, usize)> {
+        let Ctx { td, vcpu } = self.guest_context(tdvpr).ok()?;
+        let v = self.td(td).ok()?.vcpus.get(vcpu).copied().flatten()?;
+        Some((v.tdvpr, vcpu))
+    }
+
+    /// The virtual APIC kept in TDVPR frame `frame`.
+    pub(crate) fn vapic(&self, frame: Pfn) -> VirtualApic {
+        let mut b = [0u8; VirtualApic::BYTES];
+        self.platform.read_bytes(frame, TDVPR_APIC, &mut b);
+        VirtualApic::decode(&b)
+    }
+
+    /// Stores the virtual APIC into TDVPR frame `frame`.
+    pub(crate) fn set_vapic(&mut self, frame: Pfn, apic: &VirtualApic) {
+        self.platform.write_bytes(frame, TDVPR_APIC, &apic.encode());
+    }
+
+    /// An RDMSR or WRMSR of the vCPU in guest mode whose TDVPR is `tdvpr`, where [`msr::classify`]
+    /// sends it: the virtual APIC, IA32_APIC_BASE and the MTRRs are answered here, context
+    /// registers are the platform's, everything else is a #VE. A vCPU not in guest mode gets
+    /// [`MsrResult::Ve`] (the platform never asks for one).
+    pub fn vcpu_msr(&mut self, tdvpr: u64, msr_index: u32, access: MsrAccess) -> MsrResult {
+        let Some((frame, index)) = self.running_frame(tdvpr) else { return MsrResult::Ve };
+        match (msr::classify(msr_index), access) {
+            (MsrClass::VirtualApic, MsrAccess::Read) => {
+                self.vapic(frame).read(msr_index).map_or(MsrResult::Ve, MsrResult::Done)
+            }
+            (MsrClass::VirtualApic, MsrAccess::Write(value)) => {
+                let mut apic = self.vapic(frame);
+                match apic.write(msr_index, value) {
+                    Ok(()) => {
+                        self.set_vapic(frame, &apic);
+                        MsrResult::Done(0)
+                    }
+                    Err(_) => MsrResult::Ve,
+                }
+            }
+            (MsrClass::ApicBase, MsrAccess::Read) => MsrResult::Done(vapic::apic_base(index)),
+            (MsrClass::ApicBase, MsrAccess::Write(v)) if v == vapic::apic_base(index) => MsrResult::Done(0),
+            (MsrClass::Mtrr(None), MsrAccess::Read) => MsrResult::Done(msr::MTRRCAP_VALUE),
+            (MsrClass::Mtrr(Some(slot)), MsrAccess::Read) => {
+                let mut b = [0u8; 8];
+                self.platform.read_bytes(frame, TDVPR_MTRR + slot * 8, &mut b);
+                MsrResult::Done(u64::from_le_bytes(b))
+            }
+            (MsrClass::Mtrr(Some(slot)), MsrAccess::Write(value)) => {
+                self.platform.write_bytes(frame, TDVPR_MTRR + slot * 8, &value.to_le_bytes());
+                MsrResult::Done(0)
+            }
+            (MsrClass::Context, _) => MsrResult::Context,
+            (MsrClass::ApicBase | MsrClass::Mtrr(None) | MsrClass::Host, _) => MsrResult::Ve,
+        }
+    }
+
+    /// The interrupt the vCPU in guest mode would take now, if any: the highest posted vector
+    /// whose priority class is above its PPR. The platform injects it when the vCPU can take it
+    /// (interrupts open, no interrupt shadow), then calls [`Tsm::interrupt_taken`].
+    pub fn pending_interrupt(&self, tdvpr: u64) -> Option<u8> {
+        let (frame, _) = self.running_frame(tdvpr)?;
+        self.vapic(frame).deliverable()
+    }
+
+    /// The platform injected `vector` into the vCPU: it moves from the IRR to the ISR, until
+    /// the TD's EOI.
+    pub fn interrupt_taken(&mut self, tdvpr: u64, vector: u8) {
+        if let Some((frame, _)) = self.running_frame(tdvpr) {
+            let mut apic = self.vapic(frame);
+            apic.accept(vector);
+            self.set_vapic(frame, &apic);
         }
     }
 

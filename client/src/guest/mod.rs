@@ -221,7 +221,7 @@ pub fn vmcall<T: Tdcall + GuestMemory + ?Sized>(
         ..Regs::call(g::VP_VMCALL, TdExit::VMCALL_EXPOSED, 0, 0, 0)
     };
     match t.tdcall(&mut r) {
-        Some(TdExit::Vmcall { args }) => Ok(Step::Vmcall(args)),
+        Some(exit @ TdExit::Vmcall { .. }) => Ok(Step::Vmcall(exit.args())),
         Some(_) => Err(GuestError::UnexpectedExit { leaf: "TDG.VP.VMCALL" }),
         None if r.status() != Status::SUCCESS => Err(GuestError::Call { leaf: "TDG.VP.VMCALL", status: r.status() }),
         None if r.r10 != 0 => Err(GuestError::HostRefused { request, status: r.r10 }),

@@ -50,8 +50,9 @@ pub enum Probe {
     LoadBlocked = 13,
     /// SEAMCALL (`66 0f 01 cf`) in the TD: #UD.
     Seamcall = 14,
-    /// The next request made again with a secret in every register the VMCALL ABI does not
-    /// expose, and RCX asking to expose them all: none reaches the host.
+    /// The next request made again with a secret in every register GHCI's mask could carry but
+    /// RCX does not name (RDX, R8, R9, R14, R15), and RCX naming R10..R13 and the registers no
+    /// GHCI call carries (RBX, RBP, RSI, RDI): none reaches the host, and its mask is R10..R13.
     Secrets = 15,
     /// A load of the last BAR page, which the TD left unaccepted: an EPT-violation exit, and the
     /// vCPU never runs past it (the last probe of a run).

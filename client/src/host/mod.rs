@@ -1,12 +1,15 @@
 //! The host's sequence of calls (the untrusted VMM's role): [`td`] builds, enters and destroys
-//! TDs; [`tdvf`] builds one whose firmware is an OVMF image (TDVF) and writes its TD HOB; [`device`] connects a device and assigns one of its interfaces to a TD; [`td_device`]
-//! serves the demo TD's requests for it through the shared page; [`unbind`] is the
+//! TDs; [`tdvf`] builds one whose firmware is an OVMF image (TDVF) and writes its TD HOB;
+//! [`ghci`] serves such a TD's TDG.VP.VMCALLs on a [`ghci::Machine`] and runs it; [`device`]
+//! connects a device and assigns one of its interfaces to a TD; [`td_device`] serves the demo
+//! TD's requests for it through the shared page; [`unbind`] is the
 //! one order in which an assignment comes apart, for the teardown and for the cleanup after a
 //! failure alike. Every step returns the TSM's refusal as a [`HostError`] naming the leaf.
 
 use core::fmt;
 
 pub mod device;
+pub mod ghci;
 pub mod td;
 pub mod td_device;
 pub mod tdvf;

@@ -212,9 +212,8 @@ pub struct RunStats {
 /// `console` and the vCPU is entered again; RDMSR and WRMSR are answered with GHCI's
 /// INVALID_OPERAND (the host offers no MSR); TDVMCALL<HLT> with interrupts blocked ends the
 /// run, as do a request of the demo TD's protocol and an EPT violation, which go to the caller.
-/// GHCI's CPUID and port I/O carry operands in R14/R15, which TDG.VP.VMCALL does not
-/// expose to the host here (RCX's mask 0x3C00: R10..R13), so they are refused rather than
-/// answered from registers the host never saw.
+/// GHCI's CPUID and port I/O need a machine to act on, which this loop has not (the guest
+/// binary needs neither), so they are refused by name.
 ///
 /// # Errors
 /// VP.ENTER's error ([`HostError::Call`]); [`HostError::TdExit`] for an exit the host cannot
@@ -250,9 +249,14 @@ pub fn resume<H: Seamcall + ?Sized>(
         }
         let refuse = |why| HostError::TdExit { reason: r.rax, r10: r.r10, r11: r.r11, why };
         let args = match TdExit::from_host_regs(&r) {
-            Some(TdExit::Vmcall { args }) => args,
+            Some(exit @ TdExit::Vmcall { .. }) => exit.args(),
             Some(exit @ TdExit::EptViolation { .. }) => return Ok(Ran::Violation(exit)),
             Some(TdExit::TripleFault) => return Err(refuse("triple fault")),
+            Some(TdExit::ExternalInterrupt) => {
+                // The TSM's preemption timer ended the time slice: nothing to serve.
+                answer = [0; 4];
+                continue;
+            }
             None if r.status().is_error() => return check("TDH.VP.ENTER", r).map(|_| Ran::NoWorld),
             None => return Err(refuse("not a TD exit")),
         };
@@ -269,9 +273,7 @@ pub fn resume<H: Seamcall + ?Sized>(
                 stats.msrs += 1;
                 [ghci::INVALID_OPERAND, 0, 0, 0]
             }
-            [0, ghci::CPUID | ghci::IO, _, _] => {
-                return Err(refuse("GHCI CPUID or I/O: operands in R14/R15, not exposed"))
-            }
+            [0, ghci::CPUID | ghci::IO, _, _] => return Err(refuse("GHCI CPUID or I/O: no machine to serve them")),
             [request, ..] if crate::vmcall::row(request).is_some() => return Ok(Ran::Request(args)),
             _ => return Err(refuse("a VMCALL the host does not serve")),
         };

@@ -1,7 +1,9 @@
 //! The IDT: every one of the 32 exception vectors goes to a stub in `traps.S` that saves the
 //! registers and calls [`exception`], which prints a readable report on COM1 (name, vector,
 //! error code decoded, RIP, CR2, the registers) and ends QEMU through isa-debug-exit with the
-//! failure code. Nothing is resumed: an exception in the firmware is a bug or an attack.
+//! failure code. Nothing is resumed: an exception in the firmware is a bug or an attack. Vector
+//! [`PREEMPT_VECTOR`] is the TSM's own timer (`drivers::lapic`), which preempts a TD's run: its
+//! stub only ends it at the local APIC.
 
 use core::arch::asm;
 use core::cell::UnsafeCell;
@@ -15,7 +17,14 @@ core::arch::global_asm!(include_str!("traps.S"), options(att_syntax));
 unsafe extern "C" {
     /// 32 stub addresses, one per vector (`traps.S`).
     static trap_stub_table: [u64; 32];
+    /// The preemption timer's stub (`traps.S`): EOI, IRETQ.
+    fn preempt_stub();
 }
+
+/// The vector of the TSM's preemption timer: the first after the exceptions.
+pub const PREEMPT_VECTOR: u8 = 32;
+/// Gates in the IDT: the exceptions and the preemption timer.
+const GATES: usize = 33;
 
 /// An interrupt gate (Intel SDM Vol. 3 §6.14.1).
 #[derive(Clone, Copy)]
@@ -34,10 +43,22 @@ const _: () = assert!(size_of::<Gate>() == 16);
 const EMPTY: Gate =
     Gate { offset_low: 0, selector: 0, ist: 0, attributes: 0, offset_mid: 0, offset_high: 0, reserved: 0 };
 
-struct Idt(UnsafeCell<[Gate; 32]>);
+struct Idt(UnsafeCell<[Gate; GATES]>);
 // SAFETY: one CPU; `init` is the only writer and runs once before the IDT is loaded.
 unsafe impl Sync for Idt {}
-static IDT: Idt = Idt(UnsafeCell::new([EMPTY; 32]));
+static IDT: Idt = Idt(UnsafeCell::new([EMPTY; GATES]));
+
+const fn interrupt_gate(handler: u64, ist: u8) -> Gate {
+    Gate {
+        offset_low: handler as u16,
+        selector: KERNEL_CS,
+        ist,
+        attributes: 0x8E, // present, DPL 0, 64-bit interrupt gate
+        offset_mid: (handler >> 16) as u16,
+        offset_high: (handler >> 32) as u32,
+        reserved: 0,
+    }
+}
 
 /// Fills and loads the IDT.
 ///
@@ -54,26 +75,19 @@ pub unsafe fn init() {
             2 | 18 => IST_NMI_MC,
             _ => 0,
         };
-        let gate = Gate {
-            offset_low: handler as u16,
-            selector: KERNEL_CS,
-            ist,
-            attributes: 0x8E, // present, DPL 0, 64-bit interrupt gate
-            offset_mid: (handler >> 16) as u16,
-            offset_high: (handler >> 32) as u32,
-            reserved: 0,
-        };
         // SAFETY: single writer before the IDT is loaded (the caller's contract).
-        unsafe { (*idt)[vector] = gate };
+        unsafe { (*idt)[vector] = interrupt_gate(handler, ist) };
     }
+    // SAFETY: as above; the stub is a function of `traps.S` that returns with IRETQ.
+    unsafe { (*idt)[usize::from(PREEMPT_VECTOR)] = interrupt_gate(preempt_stub as *const () as u64, 0) };
     #[repr(C, packed)]
     struct Pointer {
         limit: u16,
         base: u64,
     }
-    let ptr = Pointer { limit: (size_of::<[Gate; 32]>() - 1) as u16, base: idt as u64 };
-    // SAFETY: the IDT is a static that lives forever; every gate points at a stub that never
-    // returns to the faulting code.
+    let ptr = Pointer { limit: (size_of::<[Gate; GATES]>() - 1) as u16, base: idt as u64 };
+    // SAFETY: the IDT is a static that lives forever; every exception gate points at a stub
+    // that never returns to the faulting code, the timer's at one that returns unchanged.
     unsafe { asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags)) };
 }
 

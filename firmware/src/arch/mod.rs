@@ -63,6 +63,15 @@ pub fn init_cpu() {
     }
 }
 
+/// Takes the physical interrupts pending, if any: interrupts on for one instruction. The only
+/// source is the TSM's preemption timer (`drivers::lapic`; the 8259 is masked), whose gate ends
+/// it at the local APIC and returns ([`idt::PREEMPT_VECTOR`]).
+pub fn accept_pending_interrupts() {
+    // SAFETY: the IDT is loaded; every gate a pending interrupt can reach (the preemption
+    // timer's) returns with IRETQ and touches only the APIC's EOI register.
+    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+}
+
 /// Makes the MMIO hole `[start, 4 GiB)` uncacheable (see [`paging::set_mmio_uncached`]). Later
 /// calls do nothing.
 pub fn init_mmio_attributes(start: u64) {

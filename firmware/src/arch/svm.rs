@@ -122,6 +122,9 @@ pub mod vmcb {
     pub const GUEST_ASID: usize = 0x058;
     pub const TLB_CONTROL: usize = 0x05C;
     pub const INT_CTL: usize = 0x060;
+    pub const INT_VECTOR: usize = 0x064;
+    /// Bit 0: the guest is in an interrupt shadow (after STI or MOV SS).
+    pub const INT_STATE: usize = 0x068;
     pub const EXIT_CODE: usize = 0x070;
     pub const EXIT_INFO1: usize = 0x078;
     pub const EXIT_INFO2: usize = 0x080;
@@ -152,10 +155,20 @@ pub mod vmcb {
     pub const RIP: usize = 0x578;
     pub const RSP: usize = 0x5D8;
     pub const RAX: usize = 0x5F8;
+    pub const STAR: usize = 0x600;
+    pub const LSTAR: usize = 0x608;
+    pub const CSTAR: usize = 0x610;
+    pub const SFMASK: usize = 0x618;
+    pub const KERNEL_GS_BASE: usize = 0x620;
+    pub const SYSENTER_CS: usize = 0x628;
+    pub const SYSENTER_ESP: usize = 0x630;
+    pub const SYSENTER_EIP: usize = 0x638;
     pub const CR2: usize = 0x640;
     pub const G_PAT: usize = 0x668;
 
     /// Intercept bits of word 3 (`INTERCEPT_MISC1`).
+    /// A physical interrupt (INTR) while the guest runs.
+    pub const MISC1_INTR: u32 = 1 << 0;
     pub const MISC1_CPUID: u32 = 1 << 18;
     pub const MISC1_HLT: u32 = 1 << 24;
     pub const MISC1_IOIO: u32 = 1 << 27;
@@ -175,6 +188,11 @@ pub mod vmcb {
     pub const TLB_FLUSH_ALL: u8 = 1;
     /// EVENTINJ: valid (bit 31), type exception (3 << 8).
     pub const EVENT_VALID_EXCEPTION: u64 = (1 << 31) | (3 << 8);
+    /// INT_CTL: the guest's RFLAGS.IF masks only virtual interrupts; physical ones follow the
+    /// host's IF as VMRUN saved it (set: `run` executes VMRUN with IF on and GIF off).
+    pub const V_INTR_MASKING: u64 = 1 << 24;
+    /// EVENTINJ: valid (bit 31), type external interrupt (0 << 8).
+    pub const EVENT_VALID_INTR: u64 = 1 << 31;
 }
 
 /// SVM exit codes (APM vol. 2 appendix C) the TSM handles.
@@ -182,6 +200,8 @@ pub mod vmcb {
 pub mod exit {
     /// 0x40 + vector: an intercepted exception.
     pub const EXCEPTION_BASE: u64 = 0x40;
+    /// A physical interrupt arrived while the guest ran (INTR intercept).
+    pub const INTR: u64 = 0x60;
     pub const CPUID: u64 = 0x72;
     pub const HLT: u64 = 0x78;
     pub const IOIO: u64 = 0x7B;
@@ -332,7 +352,12 @@ pub unsafe fn run(vmcb: &mut Vmcb, gprs: &mut Gprs) {
             "mov r14, [rdi + 0x60]",
             "mov r15, [rdi + 0x68]",
             "mov rdi, [rdi + 0x20]",
+            // RFLAGS.IF set for VMRUN to save as the host's (GIF is 0: nothing is taken here),
+            // so that with V_INTR_MASKING a physical interrupt in the guest is an INTR exit
+            // (the TD world's preemption timer); cleared again before STGI below.
+            "sti",
             "vmrun rax",
+            "cli",
             // QEMU's #VMEXIT loads the host's CR0 before its CR4: from a guest with paging off,
             // EFER.LME set and CR4.PAE clear (TDX's initial state, or anything a guest sets), the
             // CR0 load is dropped and the TSM would run on with paging off. Writing CR0 again,

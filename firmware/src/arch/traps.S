@@ -47,6 +47,18 @@ trap_stub_\vector:
     STUB 30, 1
     STUB 31, 0
 
+/* The TSM's own timer interrupt (the preemption timer of a TD's run, vector 32): end it at the
+ * local APIC (xAPIC EOI register, identity-mapped uncached) and return. The TSM runs with
+ * interrupts off but for the moment it takes the ones pending (`arch::accept_pending_interrupts`). */
+    .p2align 4
+    .global preempt_stub
+preempt_stub:
+    push %rax
+    movabsq $0xFEE000B0, %rax
+    movl $0, (%rax)
+    pop %rax
+    iretq
+
 trap_common:
     cld
     push %rax

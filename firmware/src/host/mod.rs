@@ -76,6 +76,9 @@ impl HostMemory for HostCpu<'_> {
     fn release(&mut self, pa: u64) {
         self.host.release(pa);
     }
+    fn donate_2m(&mut self) -> Option<u64> {
+        self.host.donate_2m()
+    }
     fn donated(&self) -> (u64, u64) {
         self.host.donated()
     }

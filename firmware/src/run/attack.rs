@@ -214,8 +214,12 @@ impl Attack<'_, '_> {
             (Ran::Outcome(o, _), Want::Ud) if o.kind == Kind::Ud as u8 => Ok(Verdict::TdUd),
             (Ran::Outcome(o, regs), Want::NoLeak) if o.kind == Kind::Secrets as u8 => {
                 let secret = o.value.get();
-                let all = [regs.rax, regs.rcx, regs.rdx, regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13];
-                let shape = regs.rcx == TdExit::VMCALL_EXPOSED && (regs.rdx, regs.r8, regs.r9) == (0, 0, 0);
+                let all = [
+                    regs.rax, regs.rcx, regs.rdx, regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14,
+                    regs.r15,
+                ];
+                let unexposed = (regs.rdx, regs.r8, regs.r9, regs.r14, regs.r15);
+                let shape = regs.rcx == TdExit::VMCALL_EXPOSED && unexposed == (0, 0, 0, 0, 0);
                 if shape && !all.contains(&secret) && secret != 0 {
                     Ok(Verdict::NoLeak)
                 } else {

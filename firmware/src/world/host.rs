@@ -150,14 +150,21 @@ impl HostWorld {
                 }
             }
         }
+        // Runs of free TDMR frames at once: 2 MiB leaves where a run covers them (a donation
+        // splits one later), so the table count does not grow with the TDMR.
+        let free = |at: u64| Pfn::new(at >> 12).and_then(|p| tsm.pamt_entry(p)).is_some_and(|e| e.ty == PageType::Free);
         for (ts, te) in tdmrs.iter().map(tdmr_of) {
             let mut at = ts;
             while at < te {
-                let free = Pfn::new(at >> 12).and_then(|p| tsm.pamt_entry(p)).is_some_and(|e| e.ty == PageType::Free);
-                if free {
-                    npt.map(at, at + PAGE, MemType::WriteBack).map_err(oom)?;
+                let start = at;
+                while at < te && free(at) {
+                    at += PAGE;
                 }
-                at += PAGE;
+                if start < at {
+                    npt.map(start, at, MemType::WriteBack).map_err(oom)?;
+                } else {
+                    at += PAGE;
+                }
             }
         }
         npt.map(mmio_start, VTD_REGS, MemType::Uncached).map_err(oom)?;
@@ -592,8 +599,9 @@ impl HostWorld {
 
     /// SEAMCALL: the ABI's input registers from the world, `Tsm::host_call` (and for a
     /// successful TDH.VP.ENTER, the TD world until its exit), and exactly the ABI's output
-    /// registers back (RAX status, RCX, RDX, R8..R13); the others keep the host's
-    /// values. RIP moves past the 4 bytes.
+    /// registers back (RAX status, RCX, RDX, R8..R13, and R14/R15 for TDH.VP.ENTER, the one leaf
+    /// that returns them: GHCI's operands); the others keep the host's values. RIP moves past
+    /// the 4 bytes.
     fn seamcall(&mut self, tsm: &mut Tsm<FirmwarePlatform>) {
         let g = &self.world.gprs;
         let regs = Regs {
@@ -606,6 +614,8 @@ impl HostWorld {
             r11: g.r11,
             r12: g.r12,
             r13: g.r13,
+            r14: g.r14,
+            r15: g.r15,
         };
         let mut out = tsm.host_call(&regs);
         // TDH.VP.ENTER of a TD that runs in a TD world returns at its next exit to the host,
@@ -618,6 +628,9 @@ impl HostWorld {
         let g = &mut self.world.gprs;
         (g.rcx, g.rdx, g.r8, g.r9, g.r10, g.r11, g.r12, g.r13) =
             (out.rcx, out.rdx, out.r8, out.r9, out.r10, out.r11, out.r12, out.r13);
+        if regs.rax == tsm::abi::host::leaf::VP_ENTER {
+            (g.r14, g.r15) = (out.r14, out.r15);
+        }
         self.world.set_rax(out.rax);
         self.world.skip(4);
     }

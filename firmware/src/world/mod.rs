@@ -64,6 +64,8 @@ pub enum Exit {
         /// EXITINFO1.
         info1: u64,
     },
+    /// A physical interrupt arrived while the guest ran (the interrupt itself is still pending).
+    Interrupt,
     /// CPUID (2 bytes).
     Cpuid,
     /// HLT (1 byte).
@@ -111,6 +113,7 @@ impl Exit {
             c if (exit::EXCEPTION_BASE..exit::EXCEPTION_BASE + 32).contains(&c) => {
                 Exit::Exception { vector: (c - exit::EXCEPTION_BASE) as u8, info1 }
             }
+            exit::INTR => Exit::Interrupt,
             exit::CPUID => Exit::Cpuid,
             exit::HLT => Exit::Hlt,
             exit::IOIO => Exit::Io { info1, next_rip: info2 },
@@ -206,6 +209,35 @@ impl World {
     /// error codes) at the next VMRUN, with RIP at the faulting instruction.
     pub fn inject_exception(&mut self, vector: u8) {
         self.vmcb.write_u64(vmcb::EVENT_INJ, vmcb::EVENT_VALID_EXCEPTION | u64::from(vector));
+    }
+
+    /// Delivers external interrupt `vector` at the next VMRUN.
+    pub fn inject_interrupt(&mut self, vector: u8) {
+        self.vmcb.write_u64(vmcb::EVENT_INJ, vmcb::EVENT_VALID_INTR | u64::from(vector));
+    }
+
+    /// True if an event is to be delivered at the next VMRUN.
+    pub fn event_pending(&self) -> bool {
+        self.vmcb.read_u64(vmcb::EVENT_INJ) & (1 << 31) != 0
+    }
+
+    /// The event the last exit interrupted while the CPU delivered it (EXITINTINFO valid): it
+    /// was not delivered (a nested page fault on the IDT or the stack, say) and must be
+    /// delivered again. QEMU marks EVENTINJ valid while it delivers and clears it once done, and
+    /// copies it to EXITINTINFO at #VMEXIT, so a valid EXITINTINFO is exactly an event lost.
+    pub fn interrupted_event(&self) -> Option<u64> {
+        let info = self.vmcb.read_u64(vmcb::EXIT_INT_INFO) & 0xFFFF_FFFF;
+        (info & (1 << 31) != 0).then_some(info)
+    }
+
+    /// Delivers the raw EVENTINJ value `event` at the next VMRUN.
+    pub fn reinject(&mut self, event: u64) {
+        self.vmcb.write_u64(vmcb::EVENT_INJ, event);
+    }
+
+    /// Writes the 8 bytes at `offset` of the VMCB (a save-area field).
+    pub fn write(&mut self, offset: usize, value: u64) {
+        self.vmcb.write_u64(offset, value);
     }
 
     /// Asks the next VMRUN to flush the TLB (after the nested table lost a translation).

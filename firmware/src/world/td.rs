@@ -15,11 +15,17 @@
 //! - **TDCALL** (`66 0f 01 cc`) is a #UD intercept: the 4 bytes at RIP are read through the TD's
 //!   own page tables and S-EPT (MAPPED leaves only), then `Tsm::guest_call` runs it. SEAMCALL,
 //!   VMMCALL and every SVM instruction in a TD are #UD, as SEAMCALL is in a TDX TD.
-//! - **#VE** (vector 20): CPUID leaves the TSM does not synthesise, HLT, port I/O, MSR accesses
-//!   and accesses to PENDING pages, with the information TDG.VP.VEINFO.GET returns.
-//!   CPUID leaves 0, 1, 0x21 and 0x8000_0000/1/8 are answered at once, as a TDX module
-//!   presents them (GenuineIntel, CPUID.1:ECX[31], leaf 0x21 "IntelTDX    "), because TDVF asks
-//!   them before it has an IDT.
+//! - **#VE** (vector 20): CPUID leaves the TSM does not answer, HLT, port I/O, MSRs that are the
+//!   host's and accesses to PENDING pages, with the information TDG.VP.VEINFO.GET returns.
+//!   CPUID to leaf 0x21 and 0x8000_0008 is answered at once, as a TDX module presents it
+//!   (`tsm::cpuid`), because TDVF asks before it has an IDT and on every timer tick.
+//! - **MSRs**: the virtual x2APIC (TPR, PPR, EOI, ISR, TMR, IRR, SELF_IPI), IA32_APIC_BASE and
+//!   the MTRRs are the TSM's (`Tsm::vcpu_msr`), EFER, PAT, the segment bases and the
+//!   SYSCALL/SYSENTER MSRs the VMCB's; no access reaches a real MSR.
+//! - **Interrupts**: vectors the host posted (SEAMLESS.VP.POST) are injected when the vCPU can
+//!   take them (RFLAGS.IF, no interrupt shadow), else at the first exit after which it can;
+//!   an event whose delivery an exit interrupted (EXITINTINFO) is delivered again. No physical
+//!   interrupt reaches a TD: the machine's 8259 is masked (INTR is not intercepted).
 //!
 //! A TD runs in this world when its image covers the reset vector (a MAPPED page at GPA
 //! 0xFFFFF000 at its first entry). The demo's guest, still code in the firmware image, has no
@@ -29,7 +35,7 @@
 use tsm::addr::Pfn;
 use tsm::sept::SeptState;
 use tsm::td::VeInfo;
-use tsm::vcpu::NoLeaf;
+use tsm::vcpu::{MsrAccess, MsrResult, NoLeaf};
 use tsm::{Regs, TdExit, Tsm};
 use x86::cpuid::native_cpuid::cpuid_count;
 
@@ -41,6 +47,9 @@ use crate::platform::FirmwarePlatform;
 
 /// TD vCPUs the TSM runs at once (each keeps a VMCB).
 pub const VCPU_SLOTS: usize = 5;
+/// The longest a TD vCPU runs in one TDH.VP.ENTER before the TSM's preemption timer gives the
+/// host its turn (TDX: the host's own timer interrupt exits the TD).
+pub const TIME_SLICE_NS: u64 = 10_000_000;
 /// The page that holds the reset vector (0xFFFFFFF0).
 const RESET_PAGE: u64 = 0xFFFF_F000;
 const RESET_VECTOR: u64 = 0xFFFF_FFF0;
@@ -70,10 +79,16 @@ pub mod reason {
 struct TdTable {
     tdr: Option<Pfn>,
     npt: Npt,
-    /// It holds translations of the shared half, taken from the host's table, which the host
-    /// may change between entries: dropped at the next TDH.VP.ENTER.
-    shared_used: bool,
+    /// The translations of the shared half it holds, taken from the host's table, which the
+    /// host may change between entries: dropped at the next TDH.VP.ENTER, page by page (the
+    /// whole table if there were more than the list holds).
+    shared: [u64; SHARED_SLOTS],
+    shared_count: usize,
 }
+
+/// Shared pages a derived table remembers by address between entries (edk2's bounce buffers:
+/// a DMA of 128 KiB is 32 pages); past that the whole table is dropped.
+const SHARED_SLOTS: usize = 64;
 
 /// One TD vCPU's world.
 #[derive(Debug)]
@@ -81,12 +96,48 @@ struct TdVcpu {
     tdvpr: u64,
     tdr: Pfn,
     world: World,
-    /// The TD left by TDG.VP.VMCALL: the next entry hands it the host's R10..R13.
-    vmcall_pending: bool,
+    /// The TD left by TDG.VP.VMCALL exposing these registers (GHCI's mask): the next entry
+    /// hands it the host's values of exactly those.
+    vmcall_pending: Option<u64>,
     /// The shared bit (GPA bit GPAW-1).
     shared: u64,
     /// The root of the host's table for the shared half, as of this entry.
     shared_root: Option<Pfn>,
+}
+
+/// What the TD worlds did, by kind: the figures of a run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TdCounts {
+    /// #VMEXITs by cause: nested page faults here, then TDCALLs (#UD), CPUID, MSR, I/O, HLT,
+    /// anything else.
+    pub npf: u64,
+    /// TDCALLs (#UD intercepts that were TDCALL).
+    pub tdcall: u64,
+    /// CPUID exits (answered by the TSM or turned into #VE).
+    pub cpuid: u64,
+    /// RDMSR/WRMSR exits.
+    pub msr: u64,
+    /// Port I/O exits (each a #VE).
+    pub io: u64,
+    /// HLT exits (each a #VE).
+    pub hlt: u64,
+    /// Times a pending interrupt waited for a later exit (the vCPU had interrupts off, was in
+    /// an interrupt shadow, or an event was being delivered).
+    pub deferred: u64,
+    /// Other exits.
+    pub other: u64,
+    /// #VEs by exit reason: CPUID, HLT, I/O, RDMSR/WRMSR, EPT violation.
+    pub ve: [u64; 5],
+    /// Interrupts injected.
+    pub interrupts: u64,
+    /// Events re-delivered after an exit interrupted their delivery.
+    pub redelivered: u64,
+    /// MSR accesses the TSM answered (virtual APIC, APIC base, MTRRs, context).
+    pub msr_in_tsm: u64,
+    /// Time slices the preemption timer ended (external-interrupt exits to the host).
+    pub preempted: u64,
+    /// CPUID leaves the TSM answered.
+    pub cpuid_in_tsm: u64,
 }
 
 /// The TD worlds: the derived tables and the vCPU contexts. Lives in the platform, which
@@ -101,6 +152,10 @@ pub struct TdWorlds {
     pub ves: u64,
     /// Times a derived table ran out of frames and was reset.
     pub resets: u64,
+    /// Exits, #VEs and interrupts by kind.
+    pub counts: TdCounts,
+    /// The local APIC's timer, the preemption timer (measured at the first entry).
+    lapic: Option<Option<crate::drivers::lapic::Lapic>>,
     /// VMCBs taken for TD vCPUs.
     created: u32,
 }
@@ -112,18 +167,41 @@ impl TdWorlds {
     /// [`WorldError::OutOfTsmMemory`] on a second call.
     pub fn new() -> Result<TdWorlds, WorldError> {
         let pool = svm::take_td_npt_pool().ok_or(WorldError::OutOfTsmMemory)?;
-        let tables = pool.each_mut().map(|t| TdTable { tdr: None, npt: Npt::new(t), shared_used: false });
+        let tables = pool.each_mut().map(|t| TdTable {
+            tdr: None,
+            npt: Npt::new(t),
+            shared: [0; SHARED_SLOTS],
+            shared_count: 0,
+        });
         svm::iopm_intercept_all();
-        Ok(TdWorlds { tables, vcpus: [const { None }; VCPU_SLOTS], switches: 0, ves: 0, resets: 0, created: 0 })
+        // The TSM takes no interrupt but its own preemption timer's (INTR exits a TD, and the
+        // TSM accepts the timer's at its gate): the machine's PIT, which SeaBIOS leaves unmasked
+        // on the 8259 at vector 8, must never fire.
+        crate::drivers::legacy::mask_8259();
+        Ok(TdWorlds {
+            tables,
+            vcpus: [const { None }; VCPU_SLOTS],
+            switches: 0,
+            ves: 0,
+            resets: 0,
+            counts: TdCounts::default(),
+            lapic: None,
+            created: 0,
+        })
     }
 
-    /// The S-EPT of TD `tdr` lost the translations of `range` (`None`: all of them): drop them
-    /// from its derived table.
+    /// The S-EPT of TD `tdr` lost the translations of `range`: drop them from its derived
+    /// table. `None` is TDH.MEM.TRACK: every change that takes access away (BLOCK, and REMOVE,
+    /// DEMOTE, PROMOTE only after one) already named its range, so the derived table holds
+    /// nothing the S-EPT stopped granting; TRACK's new epoch is a TLB flush at the next VMRUN.
+    /// **Changed** from dropping the whole table at TRACK: with fw_cfg's DMA every MapGPA
+    /// tracks, and each TRACK made the TD refault its working set (160,000 nested page faults
+    /// per OVMF boot against 4,000).
     pub fn sept_changed(&mut self, tdr: Pfn, range: Option<(u64, u64)>) {
         for t in self.tables.iter_mut().filter(|t| t.tdr == Some(tdr)) {
             match range {
                 Some((start, bytes)) => t.npt.zap(start, start.saturating_add(bytes)),
-                None => t.npt.reset(),
+                None => t.npt.flush = true,
             }
         }
     }
@@ -174,19 +252,25 @@ pub fn enter(tsm: &mut Tsm<FirmwarePlatform>, tdvpr: u64, host_in: &Regs) -> Opt
     (v.shared, v.shared_root) = (1 << (vcpu.gpaw - 1), vcpu.shared_root);
     if let Some(t) = tsm.platform_mut().td.as_mut().and_then(|w| w.tables.iter_mut().find(|t| t.tdr == Some(vcpu.tdr)))
     {
-        if core::mem::take(&mut t.shared_used) {
+        let n = core::mem::take(&mut t.shared_count);
+        if n > SHARED_SLOTS {
             t.npt.reset();
+        } else {
+            for &page in &t.shared[..n] {
+                t.npt.zap(page, page + PAGE);
+            }
         }
     }
     if vcpu.entries == 1 {
         initial_state(&mut v.world, vcpu.gpaw, vcpu.index);
-        v.vmcall_pending = false;
-    } else if core::mem::take(&mut v.vmcall_pending) {
-        let g = &mut v.world.gprs;
-        (g.r10, g.r11, g.r12, g.r13) = (host_in.r10, host_in.r11, host_in.r12, host_in.r13);
-        v.world.set_rax(0);
+        v.vmcall_pending = None;
+    } else if let Some(mask) = v.vmcall_pending.take() {
+        let answered = TdExit::vmcall_answered(mask, host_in, &guest_regs(&v.world));
+        set_guest_regs(&mut v.world, &answered);
     }
+    arm_preemption(tsm);
     let exit = run(tsm, &mut v);
+    disarm_preemption(tsm);
     let regs = exit.host_regs();
     if let Some(w) = tsm.platform_mut().td.as_mut() {
         if let Some(slot) = w.vcpus.iter_mut().find(|s| s.is_none()) {
@@ -194,6 +278,46 @@ pub fn enter(tsm: &mut Tsm<FirmwarePlatform>, tdvpr: u64, host_in: &Regs) -> Opt
         }
     }
     Some(regs)
+}
+
+/// Arms the preemption timer for one time slice (the timer is measured at the first entry; a
+/// machine without a local APIC timer runs TDs unpreempted, which the run says).
+fn arm_preemption(tsm: &mut Tsm<FirmwarePlatform>) {
+    use tsm::platform::Clock;
+    let measured = tsm.platform().td.as_ref().is_some_and(|w| w.lapic.is_some());
+    if !measured {
+        let lapic = {
+            let p = tsm.platform();
+            crate::drivers::lapic::Lapic::open(&|| p.now_ns())
+        };
+        match &lapic {
+            Some(l) => defmt::info!(
+                "TD world: preemption timer {=u64} ticks/ms, slice {=u64} us",
+                l.ticks_per_ms(),
+                TIME_SLICE_NS / 1000
+            ),
+            None => defmt::warn!("TD world: no local APIC timer: TDs run unpreempted"),
+        }
+        if let Some(w) = tsm.platform_mut().td.as_mut() {
+            w.lapic = Some(lapic);
+        }
+    }
+    if let Some(l) = preemption_timer(tsm) {
+        l.arm(TIME_SLICE_NS);
+    }
+}
+
+fn preemption_timer(tsm: &Tsm<FirmwarePlatform>) -> Option<&crate::drivers::lapic::Lapic> {
+    tsm.platform().td.as_ref()?.lapic.as_ref()?.as_ref()
+}
+
+/// Stops the preemption timer and takes its interrupt if it fired (an INTR exit leaves it
+/// pending at the APIC): nothing is pending when the host world runs again.
+fn disarm_preemption(tsm: &mut Tsm<FirmwarePlatform>) {
+    if let Some(l) = preemption_timer(tsm) {
+        l.disarm();
+    }
+    crate::arch::accept_pending_interrupts();
 }
 
 /// The vCPU's world out of its slot (put back by [`enter`]).
@@ -226,7 +350,7 @@ fn new_vcpu(tsm: &mut Tsm<FirmwarePlatform>, tdvpr: u64, tdr: Pfn) -> Result<TdV
             world
         }
     };
-    Ok(TdVcpu { tdvpr, tdr, world, vmcall_pending: false, shared: 0, shared_root: None })
+    Ok(TdVcpu { tdvpr, tdr, world, vmcall_pending: None, shared: 0, shared_root: None })
 }
 
 /// TDX's initial vCPU state (TDVF's entry contract), and the intercepts of a TD.
@@ -238,7 +362,8 @@ fn initial_state(world: &mut World, gpaw: u8, index: usize) {
     v.write_u32(vmcb::INTERCEPT_EXCEPTIONS, 1 << VECTOR_UD);
     v.write_u32(
         vmcb::INTERCEPT_MISC1,
-        vmcb::MISC1_CPUID
+        vmcb::MISC1_INTR
+            | vmcb::MISC1_CPUID
             | vmcb::MISC1_HLT
             | vmcb::MISC1_IOIO
             | vmcb::MISC1_MSR
@@ -260,6 +385,10 @@ fn initial_state(world: &mut World, gpaw: u8, index: usize) {
     v.write_u32(vmcb::GUEST_ASID, asid);
     v.write_u8(vmcb::TLB_CONTROL, vmcb::TLB_FLUSH_ALL);
     v.write_u64(vmcb::NP_ENABLE, 1);
+    // Physical interrupts follow the TSM's IF as VMRUN saved it (set), whatever the TD's IF:
+    // the preemption timer exits even a TD spinning with interrupts off. The TD's own IF only
+    // gates the virtual interrupts the TSM injects.
+    v.write_u64(vmcb::INT_CTL, vmcb::V_INTR_MASKING);
     let code32 = Segment { selector: 0x08, attrib: 0x0C9B, limit: 0xFFFF_FFFF, base: 0 };
     let data = Segment { selector: 0x10, attrib: 0x0C93, limit: 0xFFFF_FFFF, base: 0 };
     v.set_segment(vmcb::CS, code32);
@@ -294,24 +423,47 @@ fn run(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) -> TdExit {
         if flush {
             v.world.flush_tlb();
         }
-        match v.world.run() {
-            Exit::NestedPageFault { gpa, error } => {
-                if let Some(exit) = nested_fault(tsm, v, gpa, error) {
-                    return exit;
-                }
-            }
+        offer_interrupt(tsm, v);
+        let exit = v.world.run();
+        // An event whose delivery the exit interrupted (a nested page fault on the IDT or the
+        // stack) is delivered again once the exit is handled.
+        let lost = v.world.interrupted_event();
+        count(tsm, &exit);
+        let done = match exit {
+            Exit::NestedPageFault { gpa, error } => nested_fault(tsm, v, gpa, error),
             Exit::Exception { vector: VECTOR_UD, .. } => {
                 if fetch4(tsm, v) == Some(TDCALL) {
-                    if let Some(exit) = tdcall(tsm, v) {
-                        return exit;
-                    }
+                    count_tdcall(tsm);
+                    tdcall(tsm, v)
                 } else {
                     // SEAMCALL, VMMCALL or anything else undefined: #UD, as in a TDX TD.
                     v.world.inject_exception(VECTOR_UD);
+                    None
                 }
             }
-            Exit::Cpuid => cpuid(tsm, v),
-            Exit::Hlt => ve(tsm, v, VeInfo { exit_reason: reason::HLT, instruction_length: 1, ..VeInfo::default() }),
+            Exit::Interrupt => {
+                // The preemption timer: the slice is over, the host's turn.
+                if let Some(w) = tsm.platform_mut().td.as_mut() {
+                    w.counts.preempted += 1;
+                }
+                Some(exit_now(tsm, tdvpr, TdExit::ExternalInterrupt))
+            }
+            Exit::Cpuid => {
+                cpuid(tsm, v);
+                None
+            }
+            Exit::Hlt => {
+                // HLT with interrupts open and an interrupt pending would not halt: the
+                // interrupt is taken at the HLT (it runs again after the handler's IRET). This
+                // is also where an interrupt posted while the vCPU was in its #VE handler
+                // (interrupts off) gets delivered, since nothing between that handler's IRET
+                // and the idle loop's next HLT exits.
+                let open = v.world.read(vmcb::RFLAGS) & (1 << 9) != 0;
+                if !(open && tsm.pending_interrupt(tdvpr).is_some()) {
+                    ve(tsm, v, VeInfo { exit_reason: reason::HLT, instruction_length: 1, ..VeInfo::default() });
+                }
+                None
+            }
             Exit::Io { info1, next_rip } => {
                 let len = next_rip.wrapping_sub(v.world.rip()) as u32;
                 let info = VeInfo {
@@ -321,12 +473,16 @@ fn run(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) -> TdExit {
                     ..VeInfo::default()
                 };
                 ve(tsm, v, info);
+                None
             }
             Exit::Msr { write } => {
-                let exit_reason = if write { reason::WRMSR } else { reason::RDMSR };
-                ve(tsm, v, VeInfo { exit_reason, instruction_length: 2, ..VeInfo::default() });
+                msr(tsm, v, write);
+                None
             }
-            Exit::Vmmcall | Exit::SvmInstruction => v.world.inject_exception(VECTOR_UD),
+            Exit::Vmmcall | Exit::SvmInstruction => {
+                v.world.inject_exception(VECTOR_UD);
+                None
+            }
             other @ (Exit::Shutdown | Exit::Invalid | Exit::Exception { .. } | Exit::Other(_)) => {
                 let code = match other {
                     Exit::Exception { vector, .. } => svm::exit::EXCEPTION_BASE + u64::from(vector),
@@ -335,8 +491,142 @@ fn run(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) -> TdExit {
                     _ => svm::exit::INVALID,
                 };
                 defmt::warn!("TD vCPU stopped: exit {=u64:#x} at RIP {=u64:#x}", code, v.world.rip());
-                return exit_now(tsm, tdvpr, TdExit::TripleFault);
+                Some(exit_now(tsm, tdvpr, TdExit::TripleFault))
             }
+        };
+        if let Some(event) = lost {
+            if !v.world.event_pending() {
+                v.world.reinject(event);
+                if let Some(w) = tsm.platform_mut().td.as_mut() {
+                    w.counts.redelivered += 1;
+                }
+            }
+        }
+        if let Some(exit) = done {
+            return exit;
+        }
+    }
+}
+
+fn count(tsm: &mut Tsm<FirmwarePlatform>, exit: &Exit) {
+    let Some(w) = tsm.platform_mut().td.as_mut() else { return };
+    let c = &mut w.counts;
+    match exit {
+        Exit::NestedPageFault { .. } => c.npf += 1,
+        Exit::Exception { vector: VECTOR_UD, .. } => {}
+        Exit::Cpuid => c.cpuid += 1,
+        Exit::Msr { .. } => c.msr += 1,
+        Exit::Io { .. } => c.io += 1,
+        Exit::Hlt => c.hlt += 1,
+        Exit::Interrupt => {}
+        _ => c.other += 1,
+    }
+}
+
+fn count_tdcall(tsm: &mut Tsm<FirmwarePlatform>) {
+    if let Some(w) = tsm.platform_mut().td.as_mut() {
+        w.counts.tdcall += 1;
+    }
+}
+
+/// Injects the interrupt the TSM's virtual APIC has for the vCPU if it can take it now
+/// (RFLAGS.IF set, no interrupt shadow, no other event to deliver); otherwise it waits for the
+/// next exit, where this runs again. **Not** SVM's interrupt window (V_IRQ with the VINTR
+/// intercept): QEMU 10.0's TCG asserts (`tcg_handle_interrupt: bql_locked()`) when VMRUN finds
+/// V_IRQ set. A TD exits at every TDCALL, #VE, MSR and CPUID, and an idle TD halts (a HLT exit
+/// with interrupts open), so the wait is short; a TD spinning with interrupts off and no exit is
+/// what a physical timer exit would cover (not here yet).
+fn offer_interrupt(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) {
+    let Some(vector) = tsm.pending_interrupt(v.tdvpr) else { return };
+    // The STI shadow holds an interrupt for one instruction; at a HLT exit that instruction is
+    // the HLT, which an interrupt wakes anyway (the HLT arm left RIP on it).
+    let at_hlt = v.world.read(vmcb::EXIT_CODE) == svm::exit::HLT;
+    let shadow = v.world.read(vmcb::INT_STATE) & 1 != 0 && !at_hlt;
+    let open = v.world.read(vmcb::RFLAGS) & (1 << 9) != 0 && !shadow;
+    if open && !v.world.event_pending() {
+        v.world.inject_interrupt(vector);
+        tsm.interrupt_taken(v.tdvpr, vector);
+        if let Some(w) = tsm.platform_mut().td.as_mut() {
+            w.counts.interrupts += 1;
+        }
+    } else if let Some(w) = tsm.platform_mut().td.as_mut() {
+        w.counts.deferred += 1;
+    }
+}
+
+/// RDMSR/WRMSR (ECX the MSR, EDX:EAX the value): the TSM's virtual APIC, APIC base and MTRRs
+/// answer ([`Tsm::vcpu_msr`]); the vCPU's context registers are read and written in its VMCB
+/// ([`context_msr`]); everything else is a #VE, and the TD asks the host.
+fn msr(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu, write: bool) {
+    let index = v.world.gprs.rcx as u32;
+    let value = (v.world.gprs.rdx << 32) | (v.world.rax() & 0xFFFF_FFFF);
+    let access = if write { MsrAccess::Write(value) } else { MsrAccess::Read };
+    let done = match tsm.vcpu_msr(v.tdvpr, index, access) {
+        MsrResult::Done(read) => Some(read),
+        MsrResult::Context => context_msr(&mut v.world, index, access),
+        MsrResult::Ve => None,
+    };
+    match done {
+        Some(read) => {
+            if !write {
+                v.world.set_rax(read & 0xFFFF_FFFF);
+                v.world.gprs.rdx = read >> 32;
+            }
+            v.world.skip(2);
+            if let Some(w) = tsm.platform_mut().td.as_mut() {
+                w.counts.msr_in_tsm += 1;
+            }
+        }
+        None => {
+            let exit_reason = if write { reason::WRMSR } else { reason::RDMSR };
+            ve(tsm, v, VeInfo { exit_reason, instruction_length: 2, ..VeInfo::default() });
+        }
+    }
+}
+
+/// EFER bits a TD may change: SCE, LME, NXE. LMA follows the CPU; SVME stays set (VMRUN needs
+/// it) and reads as clear.
+const EFER_WRITABLE: u64 = 1 | 1 << 8 | 1 << 11;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_SVME: u64 = 1 << 12;
+
+/// A context MSR in the VMCB (`tsm::msr::CONTEXT`); `None` for a write the register refuses
+/// (reserved EFER bits, an invalid PAT type), which becomes a #VE.
+fn context_msr(world: &mut World, index: u32, access: MsrAccess) -> Option<u64> {
+    let field = match index {
+        0xC000_0080 => vmcb::EFER,
+        0x277 => vmcb::G_PAT,
+        0xC000_0100 => vmcb::FS + 8,
+        0xC000_0101 => vmcb::GS + 8,
+        0xC000_0102 => vmcb::KERNEL_GS_BASE,
+        0xC000_0081 => vmcb::STAR,
+        0xC000_0082 => vmcb::LSTAR,
+        0xC000_0083 => vmcb::CSTAR,
+        0xC000_0084 => vmcb::SFMASK,
+        0x174 => vmcb::SYSENTER_CS,
+        0x175 => vmcb::SYSENTER_ESP,
+        0x176 => vmcb::SYSENTER_EIP,
+        _ => return None,
+    };
+    let current = world.read(field);
+    match access {
+        MsrAccess::Read if field == vmcb::EFER => Some(current & !EFER_SVME),
+        MsrAccess::Read => Some(current),
+        MsrAccess::Write(value) if field == vmcb::EFER => {
+            if value & !(EFER_WRITABLE | EFER_LMA) != 0 {
+                return None;
+            }
+            world.write(field, (value & EFER_WRITABLE) | (current & EFER_LMA) | EFER_SVME);
+            Some(0)
+        }
+        MsrAccess::Write(value) if field == vmcb::G_PAT => {
+            // Each byte a memory type: UC, WC, WT, WP, WB, UC- (0, 1, 4, 5, 6, 7).
+            let valid = value.to_le_bytes().iter().all(|&t| matches!(t, 0 | 1 | 4..=7));
+            valid.then(|| world.write(field, value)).map(|()| 0)
+        }
+        MsrAccess::Write(value) => {
+            world.write(field, value);
+            Some(0)
         }
     }
 }
@@ -444,7 +734,10 @@ fn shared_fault(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu, gpa: u64) -> Op
     };
     let w = tsm.platform_mut().td.as_mut()?;
     let t = w.tables.iter_mut().find(|t| t.tdr == Some(v.tdr))?;
-    t.shared_used = true;
+    if let Some(slot) = t.shared.get_mut(t.shared_count) {
+        *slot = page;
+    }
+    t.shared_count = t.shared_count.saturating_add(1).min(SHARED_SLOTS + 1);
     if t.npt.map_leaf(page, hpa, false, ty).is_err() {
         t.npt.reset();
         w.resets += 1;
@@ -461,6 +754,14 @@ fn ve(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu, info: VeInfo) {
     if tsm.deliver_ve(v.tdvpr, info) {
         if let Some(w) = tsm.platform_mut().td.as_mut() {
             w.ves += 1;
+            let kind = match info.exit_reason {
+                reason::CPUID => 0,
+                reason::HLT => 1,
+                reason::IO => 2,
+                reason::RDMSR | reason::WRMSR => 3,
+                _ => 4,
+            };
+            w.counts.ve[kind] += 1;
         }
         v.world.inject_exception(VECTOR_VE);
     } else {
@@ -479,68 +780,76 @@ fn io_qualification(info1: u64) -> u64 {
     size | (info1 & 1) << 3 | ((info1 >> 2) & 1) << 4 | ((info1 >> 3) & 1) << 5 | (info1 & 0xFFFF_0000)
 }
 
-/// CPUID as a TDX module presents it for the leaves TDVF asks before it has an IDT; any other
-/// leaf is a #VE (the TD asks the host with TDG.VP.VMCALL<Instruction.CPUID> if it wants to).
+/// CPUID as a TDX module presents it (`tsm::cpuid::td_cpuid`, from this CPU's answers): the
+/// basic leaves to 0x21 and the extended ones to 0x8000_0008 answered at once; the rest is a
+/// #VE (the TD asks the host with TDG.VP.VMCALL<Instruction.CPUID> if it wants to).
 fn cpuid(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) {
     let leaf = v.world.rax() as u32;
     let sub = v.world.gprs.rcx as u32;
     let index = tsm.running_vcpu(v.tdvpr).map_or(0, |r| r.index as u32);
-    let host = || cpuid_count(leaf, sub);
-    let answer = match leaf {
-        // Max leaf 0x21, "GenuineIntel".
-        0 => Some([0x21, 0x756E_6547, 0x6C65_746E, 0x4965_6E69]),
-        1 => {
-            let h = host();
-            Some([h.eax, (h.ebx & 0x00FF_FFFF) | index << 24, h.ecx | 1 << 31, h.edx])
-        }
-        // "IntelTDX    ".
-        0x21 if sub == 0 => Some([0, 0x6574_6E49, 0x2020_2020, 0x5844_546C]),
-        0x8000_0000 => Some([0x8000_0008, 0, 0, 0]),
-        0x8000_0001 | 0x8000_0008 => {
-            let h = host();
-            Some([h.eax, h.ebx, h.ecx, h.edx])
-        }
-        _ => None,
+    let ctx = tsm::cpuid::CpuidContext { vcpu_index: index, cr4: v.world.read(vmcb::CR4) };
+    let host = |l: u32, s: u32| {
+        let r = cpuid_count(l, s);
+        [r.eax, r.ebx, r.ecx, r.edx]
     };
-    match answer {
+    match tsm::cpuid::td_cpuid(leaf, sub, ctx, &host) {
         Some([a, b, c, d]) => {
             v.world.set_rax(u64::from(a));
             (v.world.gprs.rbx, v.world.gprs.rcx, v.world.gprs.rdx) = (u64::from(b), u64::from(c), u64::from(d));
             v.world.skip(2);
+            if let Some(w) = tsm.platform_mut().td.as_mut() {
+                w.counts.cpuid_in_tsm += 1;
+            }
         }
         None => ve(tsm, v, VeInfo { exit_reason: reason::CPUID, instruction_length: 2, ..VeInfo::default() }),
     }
 }
 
+/// The guest's registers as the ABI's register file (RAX from the VMCB).
+fn guest_regs(world: &World) -> Regs {
+    let g = &world.gprs;
+    Regs {
+        rax: world.rax(),
+        rcx: g.rcx,
+        rdx: g.rdx,
+        r8: g.r8,
+        r9: g.r9,
+        r10: g.r10,
+        r11: g.r11,
+        r12: g.r12,
+        r13: g.r13,
+        r14: g.r14,
+        r15: g.r15,
+    }
+}
+
+/// Writes the ABI's register file back into the guest.
+fn set_guest_regs(world: &mut World, r: &Regs) {
+    let g = &mut world.gprs;
+    (g.rcx, g.rdx, g.r8, g.r9, g.r10, g.r11, g.r12, g.r13, g.r14, g.r15) =
+        (r.rcx, r.rdx, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15);
+    world.set_rax(r.rax);
+}
+
 /// TDCALL: the leaf's registers into `Tsm::guest_call`, its results back. A VMCALL exit moves
-/// RIP past the TDCALL (the host's answer comes at the next entry); an EPT violation leaves it
-/// on the TDCALL, which runs again once the host fixed the mapping, as in TDX.
+/// RIP past the TDCALL (the host's answer comes at the next entry, into the registers it
+/// exposed); an EPT violation leaves it on the TDCALL, which runs again once the host fixed
+/// the mapping, as in TDX.
 fn tdcall(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) -> Option<TdExit> {
-    let gp = &v.world.gprs;
-    let regs = Regs {
-        rax: v.world.rax(),
-        rcx: gp.rcx,
-        rdx: gp.rdx,
-        r8: gp.r8,
-        r9: gp.r9,
-        r10: gp.r10,
-        r11: gp.r11,
-        r12: gp.r12,
-        r13: gp.r13,
-    };
+    let regs = guest_regs(&v.world);
     let back = tsm.guest_call(v.tdvpr, &regs);
     match back.exit {
         None => {
-            let (o, gp) = (back.regs, &mut v.world.gprs);
-            (gp.rcx, gp.rdx, gp.r8, gp.r9, gp.r10, gp.r11, gp.r12, gp.r13) =
-                (o.rcx, o.rdx, o.r8, o.r9, o.r10, o.r11, o.r12, o.r13);
-            v.world.set_rax(o.rax);
+            // The leaf's outputs (RAX..R13); R14 and R15 are no leaf's output and keep the
+            // guest's values.
+            let out = Regs { r14: regs.r14, r15: regs.r15, ..back.regs };
+            set_guest_regs(&mut v.world, &out);
             v.world.skip(4);
             None
         }
-        Some(exit @ TdExit::Vmcall { .. }) => {
+        Some(exit @ TdExit::Vmcall { mask, .. }) => {
             v.world.skip(4);
-            v.vmcall_pending = true;
+            v.vmcall_pending = Some(mask);
             Some(exit)
         }
         Some(exit) => Some(exit),

@@ -161,7 +161,8 @@ fn cr2() -> u64 {
 }
 
 /// SEAMCALL (`66 0f 01 cf`): the only way into the TSM. The TSM reads RAX and the ABI's input
-/// registers and writes back exactly RAX, RCX, RDX and R8..R13.
+/// registers and writes back exactly RAX, RCX, RDX and R8..R13, and R14/R15 for TDH.VP.ENTER
+/// (GHCI's operands of a TD's VMCALL; every other leaf leaves them as they were).
 pub fn seamcall(r: &mut Regs) {
     // SAFETY: the TSM writes only the registers named here and host memory a leaf's operand
     // names (so this is not `nomem`), and returns to the next instruction with RSP and the
@@ -178,6 +179,8 @@ pub fn seamcall(r: &mut Regs) {
             inout("r11") r.r11,
             inout("r12") r.r12,
             inout("r13") r.r13,
+            inout("r14") r.r14,
+            inout("r15") r.r15,
             options(nostack),
         );
     }

@@ -212,6 +212,10 @@ pub struct Boot {
     /// More QEMU arguments, appended as they are (the remapping unit and the NVMe drive image
     /// are already on the command line).
     pub extra: Vec<String>,
+    /// The TDVF image passed as `opt/seamless/ovmf` (mode `ovmf`), if any.
+    pub ovmf: Option<PathBuf>,
+    /// How long the boot may take before it is called hung (default [`BOOT_TIMEOUT`]).
+    pub timeout: Option<Duration>,
 }
 
 /// A valid platform secret blob (`attest::platform::SecretBlob`) that no verifier trusts: for
@@ -306,6 +310,9 @@ impl Boot {
         if let Some(g) = guest {
             cmd.arg("-fw_cfg").arg(format!("name=opt/seamless/guest,file={}", g.display()));
         }
+        if let Some(o) = &self.ovmf {
+            cmd.arg("-fw_cfg").arg(format!("name=opt/seamless/ovmf,file={}", o.display()));
+        }
         if let Some(s) = &self.secret {
             let path = dir.join("platform-secret.bin");
             std::fs::write(&path, s).expect("secret file");
@@ -346,11 +353,12 @@ impl Boot {
                 child.kill().expect("SIGKILL QEMU");
                 break child.wait().expect("wait for the killed QEMU");
             }
-            if start.elapsed() > BOOT_TIMEOUT {
+            let timeout = self.timeout.unwrap_or(BOOT_TIMEOUT);
+            if start.elapsed() > timeout {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "QEMU ran past {BOOT_TIMEOUT:?}; console so far:\n{}",
+                    "QEMU ran past {timeout:?}; console so far:\n{}",
                     std::fs::read_to_string(&com1).unwrap_or_default()
                 );
             }
@@ -370,6 +378,62 @@ impl Boot {
             dir,
             wall,
         }
+    }
+}
+
+/// Debian's OVMF.fd (a TDVF), from `OVMF_FD` or `/usr/share/ovmf/OVMF.fd`, or `None` (after
+/// saying why) when it is missing outside CI.
+///
+/// # Panics
+/// Under CI when the file is missing (`./run.sh setup` installs Debian's `ovmf`).
+pub fn ovmf_fd() -> Option<PathBuf> {
+    let path = std::env::var_os("OVMF_FD").map_or_else(|| PathBuf::from("/usr/share/ovmf/OVMF.fd"), PathBuf::from);
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{} is missing; `./run.sh setup` installs Debian's ovmf", path.display());
+    }
+    eprintln!("skipping: {} is missing; `./run.sh setup` installs Debian's ovmf", path.display());
+    None
+}
+
+/// Boots `ovmf` natively (QEMU's `-bios`, the same q35 under TCG, `-cpu` and `memory_mib`
+/// as the TD gets) and returns the time from QEMU's start until its console shows `marker`,
+/// then kills it. The baseline a TD boot of the same image is compared with.
+///
+/// # Panics
+/// If QEMU cannot start or the marker does not show within `timeout`.
+pub fn native_boot_until(qemu: &Qemu, ovmf: &Path, memory_mib: u32, marker: &str, timeout: Duration) -> Duration {
+    let dir = target_dir().join("e2e").join("ovmf-native");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("run folder");
+    let console = dir.join("serial.log");
+    let mut cmd = Command::new(&qemu.0);
+    cmd.args(["-M", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot"])
+        .args(["-cpu", "max,phys-bits=48"])
+        .arg("-m")
+        .arg(format!("{memory_mib}M"))
+        .arg("-bios")
+        .arg(ovmf)
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()));
+    let start = Instant::now();
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start QEMU");
+    loop {
+        let seen = std::fs::read(&console).is_ok_and(|c| c.windows(marker.len()).any(|w| w == marker.as_bytes()));
+        if seen {
+            let took = start.elapsed();
+            let _ = child.kill();
+            let _ = child.wait();
+            return took;
+        }
+        if start.elapsed() > timeout || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("native OVMF did not show {marker:?} within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -198,8 +198,8 @@ fn mrseam_the_firmware_measures_is_the_one_recomputed_from_the_file() {
 /// I/O, MSR and a PENDING page (a GPA never accepted), TDCALL by #UD, a page blocked and tracked
 /// while the TD uses it (its next touch exits to the host), the shared half through the host's
 /// table (SEAMLESS.SHARED.EPT.SET), whose entry naming a TD private page is refused, SEAMCALL
-/// from the TD (#UD), secrets
-/// in every register before VMCALL (none reaches the host), and the host's memory (an EPT
+/// from the TD (#UD), R14/R15 carried to the host and back when the VMCALL's mask exposes them,
+/// secrets in every register the VMCALL does not expose (none reaches the host), and the host's memory (an EPT
 /// violation, never its bytes). The firmware checks each and stops with status 35 on the
 /// first that fails; the figures travel as COM3 frames.
 #[test]
@@ -210,7 +210,7 @@ fn the_probe_td_runs_in_its_td_world_and_every_td_attack_is_refused() {
     for what in [
         "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; 5 #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page)",
         "a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page",
-        "SEAMCALL in the TD #UD; no secret register reached the host; the host's memory exited as an EPT violation",
+        "SEAMCALL in the TD #UD; R14/R15 carried both ways when the VMCALL exposed them; a spin with interrupts off preempted by the TSM's timer; no register it did not expose reached the host; the host's memory exited as an EPT violation",
     ] {
         assert!(o.console.contains(what), "{what}:\n{}", o.console);
     }

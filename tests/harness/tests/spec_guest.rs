@@ -145,8 +145,84 @@ fn vmcall_exits_with_the_request() {
     regs.r10 = 0x10001;
     regs.r11 = 7;
     let r = m.tsm.guest_call(td.vcpus[0], &regs);
-    assert_eq!(r.exit, Some(TdExit::Vmcall { args: [0x10001, 7, 0, 0] }));
+    assert_eq!(r.exit, Some(TdExit::vmcall([0x10001, 7, 0, 0])));
     assert_eq!(m.tsm.td_summary(tsm::addr::Pfn::new(td.tdr >> 12).unwrap()).unwrap().vcpus_in_guest, 0);
+}
+
+/// A VMCALL with a secret in every register the ABI carries, RCX the mask.
+fn secret_vmcall(mask: u64) -> tsm::Regs {
+    let s = 0x5EC2_E700_0000_0000;
+    tsm::Regs {
+        rax: g::VP_VMCALL,
+        rcx: mask,
+        rdx: s | 2,
+        r8: s | 8,
+        r9: s | 9,
+        r10: s | 10,
+        r11: s | 11,
+        r12: s | 12,
+        r13: s | 13,
+        r14: s | 14,
+        r15: s | 15,
+    }
+}
+
+#[test]
+fn vmcall_rejects_a_mask_naming_rax_rcx_rsp_or_bits_above_15() {
+    let mut m = machine();
+    let td = m.running_td();
+    for mask in [1, 2, 0x10, 0x1_0000, 1 << 63, 0xFFFF] {
+        let r = m.tsm.guest_call(td.vcpus[0], &secret_vmcall(mask));
+        expect_op(&r.regs, Status::OPERAND_INVALID, Operand::Rcx);
+        assert_eq!(r.exit, None, "mask {mask:#x}: no exit");
+        assert_eq!(m.tsm.running_vcpu(td.vcpus[0]).map(|v| v.entries), Some(1), "still in guest mode");
+    }
+}
+
+#[test]
+fn vmcall_happy_path_exposes_exactly_the_masked_registers() {
+    let s = 0x5EC2_E700_0000_0000;
+    // RCX = 0: R10..R13 only. edk2's 0xFFEC: RDX, R8..R15 too (RBX, RBP, RSI, RDI are not in
+    // the register file and stay in the TD). 0xC000: R14 and R15 beside R10..R13.
+    for (mask, want) in [(0, 0x3C00), (0xFFEC, 0xFF04), (0xC000, 0xFC00), (0x00E8, 0x3C00)] {
+        let mut m = machine();
+        let td = m.running_td();
+        let r = m.tsm.guest_call(td.vcpus[0], &secret_vmcall(mask));
+        assert_eq!(r.regs.rax, 0);
+        let Some(exit @ TdExit::Vmcall { mask: got, regs }) = r.exit else { panic!("no VMCALL exit: {:?}", r.exit) };
+        assert_eq!(got, want, "mask {mask:#x}");
+        let host = exit.host_regs();
+        assert_eq!((host.rax, host.rcx), (77, want));
+        for (bit, value) in [(2, host.rdx), (8, host.r8), (9, host.r9), (14, host.r14), (15, host.r15)] {
+            let expected = if want & (1 << bit) != 0 { s | bit } else { 0 };
+            assert_eq!(value, expected, "mask {mask:#x}: register {bit}");
+        }
+        assert_eq!([host.r10, host.r11, host.r12, host.r13], [s | 10, s | 11, s | 12, s | 13]);
+        assert_eq!(TdExit::from_host_regs(&host), Some(TdExit::Vmcall { mask: want, regs }));
+    }
+}
+
+#[test]
+fn vmcall_answer_reaches_exactly_the_exposed_registers() {
+    let guest = secret_vmcall(0xC000);
+    let host = tsm::Regs {
+        rax: 0xAA,
+        rcx: 0xBB,
+        rdx: 0xD,
+        r8: 8,
+        r9: 9,
+        r10: 0,
+        r11: 0x11,
+        r12: 0x12,
+        r13: 0x13,
+        r14: 0x14,
+        r15: 0x15,
+    };
+    let back = TdExit::vmcall_answered(0xFC00, &host, &guest);
+    let expected = tsm::Regs { rax: 0, r10: 0, r11: 0x11, r12: 0x12, r13: 0x13, r14: 0x14, r15: 0x15, ..guest };
+    assert_eq!(back, expected, "RCX, RDX, R8, R9 keep the guest's values");
+    let back = TdExit::vmcall_answered(0x3C00, &host, &guest);
+    assert_eq!((back.r14, back.r15), (guest.r14, guest.r15), "not exposed: the host's R14/R15 do not reach the TD");
 }
 
 #[test]

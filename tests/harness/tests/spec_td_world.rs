@@ -151,7 +151,7 @@ fn veinfo_get_happy_path_returns_and_clears_the_ve() {
 
 #[test]
 fn td_exit_registers_carry_the_exit_and_nothing_else() {
-    let vmcall = TdExit::Vmcall { args: [1, 2, 3, 4] };
+    let vmcall = TdExit::vmcall([1, 2, 3, 4]);
     let r = vmcall.host_regs();
     let expected = Regs { rax: 77, rcx: 0x3C00, r10: 1, r11: 2, r12: 3, r13: 4, ..Regs::default() };
     assert_eq!(r, expected);
@@ -161,6 +161,9 @@ fn td_exit_registers_carry_the_exit_and_nothing_else() {
     assert_eq!(r, Regs { rax: 48, rcx: 0xabc, rdx: 1, r8: 0x5000, ..Regs::default() });
     assert_eq!(TdExit::from_host_regs(&r), Some(ept));
     assert_eq!(TdExit::from_host_regs(&TdExit::TripleFault.host_regs()), Some(TdExit::TripleFault));
+    let preempted = TdExit::ExternalInterrupt.host_regs();
+    assert_eq!(preempted, Regs { rax: 1, ..Regs::default() }, "VMX exit reason 1, nothing else");
+    assert_eq!(TdExit::from_host_regs(&preempted), Some(TdExit::ExternalInterrupt));
     assert_eq!(TdExit::from_host_regs(&Regs::default()), None, "SUCCESS alone is no TD exit");
 }
 

@@ -79,7 +79,7 @@ impl HostMemory for Script {
 }
 
 fn request(args: [u64; 4]) -> Regs {
-    TdExit::Vmcall { args }.host_regs()
+    TdExit::vmcall(args).host_regs()
 }
 
 fn refused(r: Result<Request, HostError>, request: u64, why: &str) {

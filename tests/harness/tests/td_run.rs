@@ -2,8 +2,8 @@
 //! per exit CONSOLE to the log and enter again, RDMSR/WRMSR answered with GHCI's INVALID_OPERAND
 //! in the next VP.ENTER's R10, TDVMCALL<HLT> with interrupts blocked the end; a request of the
 //! demo TD's protocol and an EPT violation go back to the caller, which resumes with its answer
-//! in R10..R13; everything the host cannot serve (HLT with interrupts open, GHCI CPUID and I/O
-//! whose operands sit in R14/R15, which the TD world does not expose, a triple fault, an unknown
+//! in R10..R13; everything the host cannot serve (HLT with interrupts open, GHCI CPUID and I/O,
+//! which need a machine this loop has not, a triple fault, an unknown
 //! VMCALL, a bad console count, a failed VP.ENTER) ends the run with an error that names it. The
 //! exits come from `TdExit::host_regs`, the encoder the TSM's VP.ENTER uses, through a transport
 //! that plays them back and records what the host entered with.
@@ -42,7 +42,7 @@ impl Seamcall for Script {
 }
 
 fn vmcall(args: [u64; 4]) -> Regs {
-    TdExit::Vmcall { args }.host_regs()
+    TdExit::vmcall(args).host_regs()
 }
 
 fn ghci(reason: u64, r12: u64, r13: u64) -> Regs {
@@ -91,10 +91,10 @@ fn run_rejects_hlt_with_interrupts_open() {
 }
 
 #[test]
-fn run_rejects_cpuid_and_io_whose_operands_are_not_exposed() {
+fn run_rejects_cpuid_and_io_without_a_machine() {
     for reason in [ghci::CPUID, ghci::IO] {
         let (r, s, _, _) = go(&[ghci(reason, 1, 0)]);
-        refused(r, TdExit::REASON_TDCALL, "R14/R15");
+        refused(r, TdExit::REASON_TDCALL, "no machine");
         assert_eq!(s.calls.len(), 1);
     }
 }
@@ -189,4 +189,13 @@ fn run_happy_path_logs_the_console_answers_msrs_and_ends_at_the_blocked_hlt() {
     for c in &s.calls {
         assert_eq!((c.rax, c.rcx), (leaf::VP_ENTER, TDVPR));
     }
+}
+
+#[test]
+fn run_enters_again_after_the_tsms_preemption_timer() {
+    let exits = [TdExit::ExternalInterrupt.host_regs(), ghci(ghci::HLT, 1, 0)];
+    let (r, s, _, stats) = go(&exits);
+    assert_eq!(r.unwrap(), Ran::Halted);
+    assert_eq!(stats.entries, 2);
+    assert_eq!([s.calls[1].r10, s.calls[1].r11], [0, 0], "nothing answered: no VMCALL was made");
 }

@@ -77,11 +77,23 @@ impl<P: Platform> Tsm<P> {
             spec: LeafSpec {
                 number: leaf::VP_VMCALL,
                 name: "TDG.VP.VMCALL",
-                summary: "Exits to the host with R10..R13 as the request (GHCI shape); the host sees it as VP.ENTER's return.",
-                inputs: &[(Reg::R10, "request"), (Reg::R11, "argument"), (Reg::R12, "argument"), (Reg::R13, "argument")],
-                outputs: &[],
+                summary: "Exits to the host with the registers the guest exposes (GHCI shape: R10 = 0 and R11 the TDVMCALL sub-function, or R10 a seamless request); the host sees them as VP.ENTER's return, and its registers at the next VP.ENTER become the exposed registers' values when the call returns (RAX 0). R10..R13 are always exposed; RCX adds RDX, R8, R9, R14 and R15 by GHCI's bit per GPR. RBX, RBP, RSI and RDI may be named (edk2 passes 0xFFEC) but are never carried: no GHCI call uses them and they stay in the TD. Every register not exposed keeps the guest's value and never reaches the host.",
+                inputs: &[
+                    (Reg::Rcx, "GPRs to expose, bit n = GPR n, within 0xFFEC (R10..R13 always)"),
+                    (Reg::R10, "request (0: GHCI)"),
+                    (Reg::R11, "GHCI sub-function, or argument"),
+                    (Reg::R12, "argument"),
+                    (Reg::R13, "argument"),
+                    (Reg::R14, "argument, if exposed"),
+                    (Reg::R15, "argument, if exposed"),
+                ],
+                outputs: &[
+                    (Reg::R10, "the host's answer (GHCI: TDVMCALL status)"),
+                    (Reg::R11, "the host's answer (GHCI: the value read)"),
+                    (Reg::R12, "the host's answer (R13..R15, RDX, R8, R9 likewise when exposed)"),
+                ],
                 requires: "-",
-                errors: &[CALLER],
+                errors: &[CALLER, (Status::OPERAND_INVALID, "RCX names RAX, RCX, RSP or a bit above 15")],
             },
             handler: Self::vp_vmcall,
         },
@@ -284,7 +296,10 @@ impl<P: Platform> Tsm<P> {
     }
 
     fn vp_vmcall(&mut self, _ctx: Ctx, regs: &Regs, _out: &mut Regs) -> TsmResult<Step> {
-        Ok(Step::Exit(TdExit::Vmcall { args: [regs.r10, regs.r11, regs.r12, regs.r13] }))
+        if regs.rcx & !TdExit::VMCALL_MASK_ALLOWED != 0 {
+            return Err(TsmError::OperandInvalid(Operand::Rcx));
+        }
+        Ok(Step::Exit(TdExit::vmcall_from(regs)))
     }
 
     fn vp_info(&mut self, ctx: Ctx, _regs: &Regs, out: &mut Regs) -> TsmResult<Step> {

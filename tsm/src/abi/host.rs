@@ -76,6 +76,7 @@ pub mod leaf {
     pub const VP_KICK: u64 = 0x8000;
     pub const HOST_FAULT_RD: u64 = 0x8001;
     pub const SHARED_EPT_SET: u64 = 0x8002;
+    pub const VP_POST: u64 = 0x8003;
     pub const TDI_LOCK: u64 = 0x8010;
     pub const TDI_START: u64 = 0x8011;
     pub const TDI_STOP: u64 = 0x8012;
@@ -101,13 +102,16 @@ impl<P: Platform> Tsm<P> {
             spec: LeafSpec {
                 number: leaf::VP_ENTER,
                 name: "TDH.VP.ENTER",
-                summary: "Puts the vCPU in guest mode in the TD's current TLB epoch. Where the firmware runs the TD as an SVM guest (its TD world) the call returns only at the next TD exit, RAX the VMX exit reason in bits 31:0 under status class SUCCESS (77 TDG.VP.VMCALL, 48 EPT violation, 2 triple fault), the registers below and nothing else of the TD (`TdExit::host_regs`); without a TD world (the in-process harness) it returns at once and the guest runs through the guest ABI as direct calls until a guest call exits or the host kicks the vCPU.",
-                inputs: &[(Reg::Rcx, "TDVPR page address")],
+                summary: "Puts the vCPU in guest mode in the TD's current TLB epoch. Where the firmware runs the TD as an SVM guest (its TD world) the call returns only at the next TD exit, RAX the VMX exit reason in bits 31:0 under status class SUCCESS (77 TDG.VP.VMCALL, 48 EPT violation, 2 triple fault, 1 external interrupt: the TSM's preemption timer ended the vCPU's time slice and the host may enter it again), the registers below and nothing else of the TD (`TdExit::host_regs`); without a TD world (the in-process harness) it returns at once and the guest runs through the guest ABI as direct calls until a guest call exits or the host kicks the vCPU.",
+                inputs: &[
+                    (Reg::Rcx, "TDVPR page address"),
+                    (Reg::R10, "after a VMCALL exit: the answer for each register it exposed (R10..R13 always; RDX, R8, R9, R14, R15 when exposed)"),
+                ],
                 outputs: &[
-                    (Reg::Rcx, "VMCALL: exposed-register mask 0x3C00; EPT violation: the S-EPT entry found"),
-                    (Reg::Rdx, "EPT violation: level found (2:0), level asked (10:8)"),
-                    (Reg::R8, "EPT violation: the GPA"),
-                    (Reg::R10, "VMCALL: R10..R13 as the TD set them (R11..R13 likewise)"),
+                    (Reg::Rcx, "VMCALL: the exposed-register mask (0x3C00 at least); EPT violation: the S-EPT entry found"),
+                    (Reg::Rdx, "EPT violation: level found (2:0), level asked (10:8); VMCALL: RDX if exposed"),
+                    (Reg::R8, "EPT violation: the GPA; VMCALL: R8 if exposed"),
+                    (Reg::R10, "VMCALL: R10..R13 as the TD set them (R11..R13 likewise; R9, R14, R15 if exposed)"),
                 ],
                 requires: "TD finalized (RUNNABLE); vCPU not in guest mode.",
                 errors: &[
@@ -670,6 +674,7 @@ impl<P: Platform> Tsm<P> {
             },
             handler: Self::shared_ept_set,
         },
+        Self::VP_POST,
         Self::TDI_LOCK,
         Self::TDI_START,
         Self::TDI_STOP,

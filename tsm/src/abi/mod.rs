@@ -7,6 +7,7 @@ pub mod guest;
 mod guest_tdi;
 pub mod host;
 mod host_dmar;
+mod host_intr;
 mod host_mem;
 pub mod host_pdev;
 pub mod host_tdi;
@@ -43,7 +44,9 @@ pub(crate) mod rows {
 }
 
 /// The registers of one call. In: RAX = leaf, the others inputs. Out: RAX = status, the others
-/// outputs; registers a leaf does not name as outputs come back zero.
+/// outputs; registers a leaf does not name as outputs come back zero. R14 and R15 are inputs and
+/// outputs of TDG.VP.VMCALL and TDH.VP.ENTER only (GHCI's operands, as TDX carries them); every
+/// other leaf ignores them and leaves them zero.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub struct Regs {
@@ -56,12 +59,45 @@ pub struct Regs {
     pub r11: u64,
     pub r12: u64,
     pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
 }
 
 impl Regs {
     /// A call of `leaf` with RCX, RDX, R8, R9 set.
     pub const fn call(leaf: u64, rcx: u64, rdx: u64, r8: u64, r9: u64) -> Regs {
-        Regs { rax: leaf, rcx, rdx, r8, r9, r10: 0, r11: 0, r12: 0, r13: 0 }
+        Regs { rax: leaf, rcx, rdx, r8, r9, r10: 0, r11: 0, r12: 0, r13: 0, r14: 0, r15: 0 }
+    }
+
+    /// The register GHCI's mask bit `bit` names (bit n = GPR n: 2 RDX, 8..15 R8..R15), if
+    /// this register file holds it.
+    fn gpr_mut(&mut self, bit: u32) -> Option<&mut u64> {
+        Some(match bit {
+            2 => &mut self.rdx,
+            8 => &mut self.r8,
+            9 => &mut self.r9,
+            10 => &mut self.r10,
+            11 => &mut self.r11,
+            12 => &mut self.r12,
+            13 => &mut self.r13,
+            14 => &mut self.r14,
+            15 => &mut self.r15,
+            _ => return None,
+        })
+    }
+
+    /// Only the registers `mask` names (GHCI's bit per GPR) kept; RAX, RCX and all others zero.
+    pub fn exposed(&self, mask: u64) -> Regs {
+        let mut src = *self;
+        let mut out = Regs::default();
+        for bit in 0..16 {
+            if mask & (1 << bit) != 0 {
+                if let (Some(to), Some(from)) = (out.gpr_mut(bit), src.gpr_mut(bit)) {
+                    *to = *from;
+                }
+            }
+        }
+        out
     }
 
     /// The status in RAX.
@@ -82,6 +118,8 @@ pub enum Reg {
     R11,
     R12,
     R13,
+    R14,
+    R15,
 }
 
 impl Reg {
@@ -96,6 +134,8 @@ impl Reg {
             Reg::R11 => "R11",
             Reg::R12 => "R12",
             Reg::R13 => "R13",
+            Reg::R14 => "R14",
+            Reg::R15 => "R15",
         }
     }
 }
@@ -122,10 +162,14 @@ pub struct LeafSpec {
 /// What a guest call ended in when it made the vCPU leave guest mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TdExit {
-    /// TDG.VP.VMCALL: a request to the host; R10..R13 as the guest set them.
+    /// TDG.VP.VMCALL: a request to the host, with the registers the guest exposed.
     Vmcall {
-        /// R10 to R13 of the guest.
-        args: [u64; 4],
+        /// The registers exposed (GHCI's bit per GPR, what VP.ENTER returns in RCX): always
+        /// R10..R13, and of the guest's RCX whatever this register file carries
+        /// ([`TdExit::VMCALL_CARRIED`]).
+        mask: u64,
+        /// The exposed registers as the guest set them; RAX, RCX and every other register zero.
+        regs: Regs,
     },
     /// An access or ACCEPT hit an entry the host must fix (TDX: EPT-violation TD exit).
     EptViolation {
@@ -140,6 +184,9 @@ pub enum TdExit {
     },
     /// The vCPU shut down (triple fault): it cannot run again.
     TripleFault,
+    /// The TSM's preemption timer ended the vCPU's time slice (TDX: a physical interrupt exits
+    /// the TD). Nothing of the TD changes; the host enters it again when it wants.
+    ExternalInterrupt,
 }
 
 impl TdExit {
@@ -149,23 +196,71 @@ impl TdExit {
     pub const REASON_EPT_VIOLATION: u64 = 48;
     /// VMX basic exit reason of a triple fault.
     pub const REASON_TRIPLE_FAULT: u64 = 2;
-    /// The registers GHCI's TDG.VP.VMCALL exposes to the host (RCX's bit per GPR): R10..R13,
-    /// the ones the request carries. The guest's own mask is not honoured: no other register
-    /// of the TD ever reaches the host.
+    /// VMX basic exit reason of an external interrupt.
+    pub const REASON_EXTERNAL_INTERRUPT: u64 = 1;
+    /// The registers every TDG.VP.VMCALL exposes to the host (RCX's bit per GPR): R10..R13,
+    /// the request and its first arguments, whatever the guest's RCX says (so a guest that
+    /// passes RCX = 0 still reaches the host).
     pub const VMCALL_EXPOSED: u64 = 0x3C00;
+    /// The mask bits a guest may set in TDG.VP.VMCALL's RCX: GHCI's 0xFFEC (RDX, RBX, RBP, RSI,
+    /// RDI, R8..R15; never RAX, RCX or RSP), what edk2 passes. Others are OPERAND_INVALID.
+    pub const VMCALL_MASK_ALLOWED: u64 = 0xFFEC;
+    /// Of those, the registers carried to the host and back: RDX, R8..R15. RBX, RBP, RSI and
+    /// RDI are named by GHCI's mask but used by no GHCI call, and this ABI's register file does
+    /// not hold them: they stay in the TD (the host sees none, the TD keeps its values).
+    pub const VMCALL_CARRIED: u64 = 0xFF04;
+
+    /// A TDG.VP.VMCALL exposing only R10..R13 (`args`), as a guest passing RCX = 0 makes.
+    pub fn vmcall(args: [u64; 4]) -> TdExit {
+        let [r10, r11, r12, r13] = args;
+        TdExit::Vmcall { mask: Self::VMCALL_EXPOSED, regs: Regs { r10, r11, r12, r13, ..Regs::default() } }
+    }
+
+    /// The exit of a TDG.VP.VMCALL with the guest's registers `guest` (RCX its mask, already
+    /// checked against [`TdExit::VMCALL_MASK_ALLOWED`]): exactly the exposed ones.
+    pub fn vmcall_from(guest: &Regs) -> TdExit {
+        let mask = (guest.rcx & Self::VMCALL_CARRIED) | Self::VMCALL_EXPOSED;
+        TdExit::Vmcall { mask, regs: guest.exposed(mask) }
+    }
+
+    /// R10..R13 of a VMCALL (the request and its first three arguments); zeros for other exits.
+    pub fn args(&self) -> [u64; 4] {
+        match self {
+            TdExit::Vmcall { regs, .. } => [regs.r10, regs.r11, regs.r12, regs.r13],
+            _ => [0; 4],
+        }
+    }
+
+    /// The guest's registers after the host answered its TDG.VP.VMCALL at the next VP.ENTER
+    /// with `host` (that call's registers): every register the VMCALL exposed (`mask`) takes
+    /// the host's value, RAX is 0 (the TDCALL succeeded), every other register keeps the
+    /// guest's, as TDX resumes the TD.
+    pub fn vmcall_answered(mask: u64, host: &Regs, guest: &Regs) -> Regs {
+        let mut out = *guest;
+        let mut from = *host;
+        for bit in 0..16 {
+            if mask & Self::VMCALL_CARRIED & (1 << bit) != 0 {
+                if let (Some(to), Some(v)) = (out.gpr_mut(bit), from.gpr_mut(bit)) {
+                    *to = *v;
+                }
+            }
+        }
+        out.rax = 0;
+        out
+    }
 
     /// The registers TDH.VP.ENTER returns to the host for this exit, and nothing else of the
     /// TD: RAX the VMX exit reason (status class SUCCESS), then for TDG.VP.VMCALL RCX the
-    /// exposed-register mask and R10..R13 the request; for an EPT violation R8 the GPA, RCX
+    /// exposed-register mask and the exposed registers; for an EPT violation R8 the GPA, RCX
     /// the S-EPT entry found and RDX its level (2:0) and the level asked for (10:8). Every
     /// other register is zero.
     pub fn host_regs(&self) -> Regs {
         let mut r = Regs::default();
         match *self {
-            TdExit::Vmcall { args } => {
+            TdExit::Vmcall { mask, regs } => {
+                r = regs.exposed(mask);
                 r.rax = Self::REASON_TDCALL;
-                r.rcx = Self::VMCALL_EXPOSED;
-                [r.r10, r.r11, r.r12, r.r13] = args;
+                r.rcx = mask;
             }
             TdExit::EptViolation { gpa, requested_level, level, entry } => {
                 r.rax = Self::REASON_EPT_VIOLATION;
@@ -174,6 +269,7 @@ impl TdExit {
                 r.r8 = gpa.raw();
             }
             TdExit::TripleFault => r.rax = Self::REASON_TRIPLE_FAULT,
+            TdExit::ExternalInterrupt => r.rax = Self::REASON_EXTERNAL_INTERRUPT,
         }
         r
     }
@@ -181,7 +277,7 @@ impl TdExit {
     /// The exit that [`TdExit::host_regs`] encoded, or `None` if `r` is not a TD exit.
     pub fn from_host_regs(r: &Regs) -> Option<TdExit> {
         match r.rax {
-            Self::REASON_TDCALL => Some(TdExit::Vmcall { args: [r.r10, r.r11, r.r12, r.r13] }),
+            Self::REASON_TDCALL => Some(TdExit::Vmcall { mask: r.rcx, regs: r.exposed(r.rcx) }),
             Self::REASON_EPT_VIOLATION => Some(TdExit::EptViolation {
                 gpa: GuestPhysAddr::new(r.r8)?,
                 requested_level: ((r.rdx >> 8) & 7) as u8,
@@ -189,6 +285,7 @@ impl TdExit {
                 entry: r.rcx,
             }),
             Self::REASON_TRIPLE_FAULT => Some(TdExit::TripleFault),
+            Self::REASON_EXTERNAL_INTERRUPT => Some(TdExit::ExternalInterrupt),
             _ => None,
         }
     }

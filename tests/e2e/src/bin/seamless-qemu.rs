@@ -3,14 +3,17 @@
 //! QEMU command line, written once.
 //!
 //! ```text
-//! seamless-qemu --out DIR [--config FILE] [--secret FILE] [--guest FILE] [--host ELF] [--port N] [--keep] [--arg ARG]...
+//! seamless-qemu --out DIR [--config FILE] [--secret FILE] [--guest FILE] [--host ELF] [--ovmf FILE]
+//!               [--port N] [--memory MIB] [--timeout S] [--keep] [--arg ARG]...
 //! ```
 //!
 //! `--out`: where COM1 (`serial.log`), COM2 (`defmt.bin`) and COM3 (`artifacts.bin`) go;
 //! `--config` / `--secret` / `--guest`: `opt/seamless/config`, `opt/seamless/platform-secret`
 //! and `opt/seamless/guest` (the TD's image; with `--port` and without `--guest`, the launcher
 //! makes `DIR/guest.img` from the guest's ELF) over fw_cfg; `--host`: the host agent's ELF,
-//! `opt/seamless/host` (default `SEAMLESS_HOST` or the release build);
+//! `opt/seamless/host` (default `SEAMLESS_HOST` or the release build); `--ovmf`: the TDVF mode
+//! `ovmf` boots as a TD (`opt/seamless/ovmf`); `--memory`: the machine's RAM, MiB; `--timeout`:
+//! how long the run may take, seconds;
 //! `--port`: the NVMe device's DOE mailbox reaches the SPDM responder listening on
 //! 127.0.0.1:N; `--keep`: QEMU's command line also goes to `DIR/qemu.cmd`; `--arg`: one more
 //! QEMU argument (repeatable). The firmware image is `SEAMLESS_FIRMWARE` or the release build;
@@ -25,7 +28,7 @@ use seamless_e2e::{Boot, Qemu};
 fn usage(why: &str) -> ExitCode {
     eprintln!("seamless-qemu: {why}");
     eprintln!(
-        "usage: seamless-qemu --out DIR [--config FILE] [--secret FILE] [--guest FILE] [--host ELF] [--port N] [--keep] [--arg ARG]..."
+        "usage: seamless-qemu --out DIR [--config FILE] [--secret FILE] [--guest FILE] [--host ELF] [--ovmf FILE] [--port N] [--memory MIB] [--timeout S] [--keep] [--arg ARG]..."
     );
     ExitCode::from(2)
 }
@@ -45,6 +48,15 @@ fn main() -> ExitCode {
                 .and_then(|v| std::fs::read(&v).map(|s| boot.secret = Some(s)).map_err(|e| format!("{v}: {e}"))),
             "--guest" => value("--guest").map(|v| boot.guest = Some(PathBuf::from(v))),
             "--host" => value("--host").map(|v| boot.host = Some(PathBuf::from(v))),
+            "--ovmf" => value("--ovmf").map(|v| boot.ovmf = Some(PathBuf::from(v))),
+            "--memory" => value("--memory").and_then(|v| {
+                v.parse().map(|m| boot.memory_mib = Some(m)).map_err(|_| format!("--memory {v}: not MiB"))
+            }),
+            "--timeout" => value("--timeout").and_then(|v| {
+                v.parse()
+                    .map(|s| boot.timeout = Some(std::time::Duration::from_secs(s)))
+                    .map_err(|_| format!("--timeout {v}: not seconds"))
+            }),
             "--port" => value("--port").and_then(|v| {
                 v.parse().map(|p| boot.spdm_port = Some(p)).map_err(|_| format!("--port {v}: not a port"))
             }),

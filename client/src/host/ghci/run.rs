@@ -1,0 +1,199 @@
+//! The host's loop for a TDVF TD's vCPU, as a TDX VMM runs one: before each TDH.VP.ENTER the
+//! timer's due ticks are posted (SEAMLESS.VP.POST), then the exit is served (an external
+//! interrupt, the TSM's preemption timer, only gives the host its turn): GHCI's
+//! TDG.VP.VMCALLs by [`Ghci::serve`], TDVMCALL<HLT> by waiting in the host until the next
+//! interrupt is due (the TSM injects it when the vCPU can take it), an EPT violation on private
+//! RAM the host left unmapped by AUGing it (the TD's ACCEPT then retries). The run ends when
+//! the TD asks for its end (ACPI S5, reset, ReportFatalError), halts with interrupts blocked,
+//! triple-faults, touches what it must not, or runs past the deadline; the caller tears the TD
+//! down either way, and the report keeps the last exit's registers.
+//!
+//! The console milestones are read off the bytes the TD writes to COM1 as they pass through
+//! the host ([`super::ports::Console`]): the first byte, and the UEFI shell's prompt, at which
+//! the host can type a command in (`reset -s` ends the run by ACPI S5).
+
+use tsm::abi::host::leaf;
+use tsm::{Regs, Status, TdExit};
+
+use super::{Ghci, Machine, Served, Stop, TdView};
+use crate::host::td::aug;
+use crate::host::{call, donate, raw, HostError, HostMemory, Seamcall};
+
+/// The UEFI shell's prompt, as edk2's shell prints it.
+pub const SHELL_PROMPT: &[u8] = b"Shell> ";
+
+/// How the run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The TD asked for its end.
+    Stopped(Stop),
+    /// TDVMCALL<HLT> with interrupts blocked: nothing will ever wake it.
+    Halted,
+    /// TDVMCALL<HLT> with interrupts open and no interrupt armed to wake it.
+    Idle,
+    /// The vCPU shut down.
+    TripleFault,
+    /// An access the host does not serve: a shared GPA with nothing behind it, or a private
+    /// GPA outside the TD's RAM.
+    EptViolation {
+        /// The GPA.
+        gpa: u64,
+    },
+    /// The deadline passed.
+    Timeout,
+}
+
+impl core::fmt::Display for Ended {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Ended::Stopped(Stop::Power(p)) => write!(f, "the TD asked for its end ({p:?})"),
+            Ended::Stopped(Stop::FatalError(code)) => write!(f, "the TD reported a fatal error, code {code:#x}"),
+            Ended::Halted => f.write_str("the TD halted with interrupts blocked"),
+            Ended::Idle => f.write_str("the TD halted with no interrupt armed to wake it"),
+            Ended::TripleFault => f.write_str("the TD's vCPU triple-faulted"),
+            Ended::EptViolation { gpa } => write!(f, "the TD touched GPA {gpa:#x}, which the host does not serve"),
+            Ended::Timeout => f.write_str("the TD ran past its deadline"),
+        }
+    }
+}
+
+/// What the host does besides serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunPlan {
+    /// The run ends at this time of the machine's clock.
+    pub deadline_ns: u64,
+    /// Typed into the console once the UEFI shell's prompt shows (at most 32 bytes).
+    pub shell_command: Option<&'static [u8]>,
+}
+
+/// What the run did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// TDH.VP.ENTER calls.
+    pub entries: u64,
+    /// Timer interrupts posted (SEAMLESS.VP.POST), and those that merged with one pending.
+    pub posted: u64,
+    /// Posts that merged with a vector still requested.
+    pub merged: u64,
+    /// TDVMCALL<HLT>s the host waited out, and the time it waited.
+    pub halts: u64,
+    /// Nanoseconds the vCPU spent halted in the host.
+    pub halted_ns: u64,
+    /// Pages AUGed on the TD's demand (EPT violations of its ACCEPT).
+    pub augs_on_demand: u64,
+    /// Times the TSM's preemption timer ended the vCPU's time slice (external-interrupt exits).
+    pub preempted: u64,
+    /// Machine time of the first byte the TD wrote to its console.
+    pub first_output_ns: Option<u64>,
+    /// Machine time the UEFI shell's prompt showed.
+    pub shell_ns: Option<u64>,
+    /// VP.ENTER's registers of the last exit.
+    pub last_exit: Regs,
+}
+
+/// Runs vCPU `vcpu` of the TD `view` describes until it ends; see the module doc.
+///
+/// # Errors
+/// [`HostError`] of a host call that failed (VP.ENTER, POST, AUG, MapGPA's), or
+/// [`HostError::TdExit`] for a status VP.ENTER returned that is no TD exit.
+pub fn run<H: Seamcall + HostMemory + ?Sized, M: Machine + ?Sized>(
+    h: &mut H,
+    m: &mut M,
+    vcpu: u64,
+    view: &TdView<'_>,
+    ghci: &mut Ghci,
+    plan: &RunPlan,
+    report: &mut RunReport,
+) -> Result<Ended, HostError> {
+    let mut answer = Regs::default();
+    loop {
+        let now = m.now_ns();
+        if now >= plan.deadline_ns {
+            return Ok(Ended::Timeout);
+        }
+        post_due(h, vcpu, ghci, now, report)?;
+        milestones(ghci, plan, now, report);
+        let r = raw(h, Regs { rax: leaf::VP_ENTER, rcx: vcpu, ..answer });
+        report.entries += 1;
+        report.last_exit = r;
+        answer = Regs::default();
+        match TdExit::from_host_regs(&r) {
+            Some(TdExit::Vmcall { regs, .. }) if regs.r10 == 0 => match ghci.serve(h, m, view, &regs)? {
+                Served::Answer(a) => answer = a,
+                Served::Halt { blocked: true } => return Ok(Ended::Halted),
+                Served::Halt { blocked: false } => {
+                    let Some(due) = ghci.apic.next_deadline() else { return Ok(Ended::Idle) };
+                    let start = m.now_ns();
+                    m.wait_until(due.min(plan.deadline_ns));
+                    report.halts += 1;
+                    report.halted_ns += m.now_ns().saturating_sub(start);
+                }
+                Served::Stop(s) => return Ok(Ended::Stopped(s)),
+            },
+            Some(TdExit::Vmcall { .. }) => {
+                // R10 != 0: not a GHCI call, and this TD has no other protocol with the host.
+                answer.r10 = super::leaf::status::INVALID_OPERAND;
+            }
+            Some(TdExit::EptViolation { gpa, requested_level, .. }) => {
+                let gpa = gpa.raw();
+                let in_ram = view.ram.iter().any(|&(s, l)| (s..s.saturating_add(l)).contains(&gpa));
+                if gpa & view.shared_bit != 0 || !in_ram {
+                    return Ok(Ended::EptViolation { gpa });
+                }
+                // Unaccepted RAM the host had not AUGed: AUG it at the size the TD's ACCEPT
+                // asked for, which then retries.
+                let block = if requested_level == 1 { h.donate_2m() } else { None };
+                match block {
+                    Some(b) => aug(h, &view.td, gpa & !((2 << 20) - 1), 1, b)?,
+                    None => {
+                        let page = donate(h)?;
+                        aug(h, &view.td, gpa & !0xFFF, 0, page)?;
+                    }
+                }
+                report.augs_on_demand += 1;
+            }
+            Some(TdExit::TripleFault) => return Ok(Ended::TripleFault),
+            Some(TdExit::ExternalInterrupt) => {
+                // The TSM's preemption timer: the host's turn (ticks to post, the deadline).
+                report.preempted += 1;
+            }
+            None if r.status() != Status::SUCCESS => {
+                return Err(HostError::Call { leaf: "TDH.VP.ENTER", status: r.status(), rcx: r.rcx, rdx: r.rdx });
+            }
+            None => {
+                let why = "VP.ENTER returned without a TD exit: the vCPU does not run in a TD world";
+                return Err(HostError::TdExit { reason: r.rax, r10: r.r10, r11: r.r11, why });
+            }
+        }
+    }
+}
+
+/// Posts the timer's vector if a period passed.
+fn post_due<H: Seamcall + ?Sized>(
+    h: &mut H,
+    vcpu: u64,
+    ghci: &mut Ghci,
+    now: u64,
+    report: &mut RunReport,
+) -> Result<(), HostError> {
+    while let Some(vector) = ghci.apic.due(now) {
+        let r = call(h, "SEAMLESS.VP.POST", Regs::call(leaf::VP_POST, vcpu, u64::from(vector), 0, 0))?;
+        report.posted += 1;
+        report.merged += r.rcx & 1;
+    }
+    Ok(())
+}
+
+/// Records the console milestones and types the shell command in once the prompt shows.
+fn milestones(ghci: &mut Ghci, plan: &RunPlan, now: u64, report: &mut RunReport) {
+    let console = &mut ghci.ports.console;
+    if report.first_output_ns.is_none() && console.written > 0 {
+        report.first_output_ns = Some(now);
+    }
+    if report.shell_ns.is_none() && console.ends_with(SHELL_PROMPT) {
+        report.shell_ns = Some(now);
+        if let Some(cmd) = plan.shell_command {
+            console.type_in(cmd);
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Debian's OVMF.fd, unmodified, as a TD (mode `ovmf`): the host builds the TD from its TDVF
+//! metadata, runs it in the TD world and serves its TDG.VP.VMCALLs; OVMF's console is the run's
+//! console. The test checks the milestones of that console (the boot manager starting the
+//! shell, the shell's banner and prompt, the host's `reset -s` powering the TD off), the
+//! teardown (every donated page free again), and that the MRTD the TSM computed (a COM3 frame)
+//! is what `attest measure` computes from the same file. It then boots the same OVMF.fd
+//! natively (`-bios`, same q35, CPU and RAM) to the same prompt and prints both times and the
+//! ratio, with where the TD's time goes (world switches, TDVMCALLs, #VEs by kind).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use seamless_e2e::{native_boot_until, ovmf_fd, run_tool, Boot, Qemu};
+
+/// The TD's RAM, and the native baseline's.
+const TD_MIB: u32 = 256;
+
+#[test]
+fn debians_ovmf_boots_as_a_td_to_the_uefi_shell_and_powers_off() {
+    let Some(qemu) = Qemu::find() else { return };
+    let Some(ovmf) = ovmf_fd() else { return };
+    let boot = Boot {
+        config: Some(format!("mode=ovmf\ntdmr_max_mib=400\ntd_mib={TD_MIB}\nlog_calls=off\ntd_timeout_s=150\n")),
+        memory_mib: Some(640),
+        ovmf: Some(ovmf.clone()),
+        timeout: Some(Duration::from_secs(240)),
+        ..Boot::default()
+    };
+    let o = boot.run(&qemu, "ovmf");
+    o.expect_status(33);
+    for milestone in [
+        "host: TDVF TD built",
+        "BdsDxe: starting Boot0001 \"EFI Internal Shell\"",
+        "UEFI Interactive Shell v2.2",
+        "Shell> ",
+        "host: the OVMF TD ended after",
+        "the TD asked for its end (Shutdown)",
+        "donated pages are free again",
+        "seamless firmware: ovmf done",
+    ] {
+        assert!(o.console.contains(milestone), "{milestone:?} missing:\n{}", o.console);
+    }
+
+    // MRTD from the TSM (a COM3 frame) against the verifier's tool on the same file.
+    let stream = o.dir.join("artifacts.bin");
+    let (status, _, err) = run_tool("firmware", &["artifacts".as_ref(), stream.as_os_str(), o.dir.as_os_str()]);
+    assert_eq!(status, 0, "firmware artifacts: {err}");
+    let mrtd: String = std::fs::read(o.dir.join("ovmf-mrtd.bin")).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    let (status, measured, err) = run_tool("attest", &["measure".as_ref(), ovmf.as_os_str()]);
+    assert_eq!(status, 0, "attest measure: {err}");
+    assert_eq!(mrtd, measured.trim(), "the TD's MRTD is attest measure's");
+    assert_eq!(std::fs::read(o.dir.join("ovmf-rtmrs.bin")).unwrap().len(), 4 * 48);
+
+    let shell = o.figure("ovmf_td_shell_s").expect("ovmf_td_shell_s");
+    assert!(shell > 0.0);
+    let wanted =
+        |l: &&str| l.starts_with("figure ") || l.starts_with("host: TDVMCALLs") || l.starts_with("world: TD exits");
+    for l in o.console.lines().filter(wanted) {
+        println!("{l}");
+    }
+    // The same image natively, to the same prompt.
+    let native = native_boot_until(&qemu, &ovmf, TD_MIB, "Shell> ", Duration::from_secs(120));
+    let native_s = native.as_secs_f64();
+    println!("bench ovmf_td_boot_s {shell:.3} s (first VP.ENTER to Shell>)");
+    println!(
+        "bench ovmf_td_qemu_wall_s {:.3} s (QEMU start to exit: TSM boot, TD build, boot, teardown)",
+        o.wall.as_secs_f64()
+    );
+    println!("bench ovmf_native_boot_s {native_s:.3} s (QEMU start to Shell>)");
+    println!("bench ovmf_td_vs_native {:.2} x", shell / native_s);
+}
+
+/// A TD that runs away (here: past a deadline shorter than its boot) is torn down all the same,
+/// with the reason and its last exit's registers printed, every page back, and the run failed.
+#[test]
+fn an_ovmf_td_past_its_deadline_is_torn_down_with_its_last_state() {
+    let Some(qemu) = Qemu::find() else { return };
+    let Some(ovmf) = ovmf_fd() else { return };
+    let boot = Boot {
+        config: Some(format!("mode=ovmf\ntdmr_max_mib=400\ntd_mib={TD_MIB}\nlog_calls=off\ntd_timeout_s=2\n")),
+        memory_mib: Some(640),
+        ovmf: Some(ovmf),
+        timeout: Some(Duration::from_secs(120)),
+        ..Boot::default()
+    };
+    let o = boot.run(&qemu, "ovmf_timeout");
+    o.expect_status(35);
+    for what in [
+        "host: the OVMF TD ended after 2.0",
+        "the TD ran past its deadline",
+        "host: last TD exit after",
+        "donated pages are free again",
+        "seamless firmware: error: OVMF TD: it did not reach the shell and power off: the TD ran past its deadline",
+    ] {
+        assert!(o.console.contains(what), "{what:?} missing:\n{}", o.console);
+    }
+}
