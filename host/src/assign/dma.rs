@@ -16,7 +16,7 @@ use seamless_host::Cpu;
 use tsm::abi::host::leaf;
 use tsm::{Regs, Status};
 use tsm_client::guest::disk::{self, Prepare, CASES};
-use tsm_client::guest::result::{self, DiffCase, DiskRead, FaultsSeen, ReadsOutstanding, Revoked, Strays};
+use tsm_client::guest::result::{self, DiffCase, DiskRead, FaultsSeen, ReadsOutstanding, Record, Revoked, Strays};
 use tsm_client::guest::DEMO_LAYOUT;
 use tsm_client::host::{donate, raw, scratch, HostMemory};
 
@@ -194,6 +194,8 @@ impl Demo<'_> {
     /// drive's and that the read faulted nowhere (`before`: the log before it), and the figure
     /// (returned, in KiB/s).
     fn report_disk(&mut self, r: &DiskRead, before: u64) -> Result<u64, Failed> {
+        // The TD's own record goes to the launcher as it came, typed and framed.
+        super::emit("td-disk.bin", r.bytes());
         say!(
             "guest: NVMe {:04x} \"{}\" serial \"{}\", namespace 1: {} blocks of {} bytes (Identify DMA'd into private pages)",
             r.vid.get(),
@@ -353,6 +355,7 @@ impl Demo<'_> {
             );
         }
         let r: Revoked = self.result()?;
+        super::emit("td-revoked.bin", r.bytes());
         let (pages, landed, late, refused) = (r.pages.get(), r.landed.get(), r.late.get(), r.refused.get());
         say!(
             "dma: after the {} returned: {landed} of {pages} pages held data that landed before it; {refused} DMA requests of the device refused since (fault records); {late} READs landed later",

@@ -10,6 +10,8 @@
 
 use seamless_e2e::{assign_config, assign_device, provision, verify, verify_snp, Boot, DeviceServer, Outcome, Qemu};
 use tdisp_device::{Config, Device, Reply, Signed};
+use tsm_client::guest::result::DiskRead;
+use zerocopy::FromBytes;
 
 macro_rules! qemu_or_skip {
     () => {
@@ -167,6 +169,15 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
     let v = verify(&o, &platform, &device.identity().root_der, &nonce);
     assert_eq!(v.status, 0, "attest verify rejected:\n{}", v.json);
     assert_eq!(v.failed(), Vec::<String>::new());
+    // The TD's own result of its read, typed and framed as it came through the shared page: the
+    // drive's known content, the namespace QEMU serves, the time its READs took in the TD.
+    let bytes = seamless_e2e::artifact(&o, "td-disk.bin").expect("td-disk.bin on COM3");
+    let disk = DiskRead::read_from_bytes(&bytes).expect("a DiskRead record");
+    assert_eq!((disk.vid.get(), disk.ns_blocks.get(), disk.block_bytes.get()), (0x1b36, 2048, 512));
+    assert_eq!(disk.read_blocks.get(), attest::disk::DEMO_BLOCKS);
+    assert_eq!(disk.matches, 1, "the TD found the drive's content");
+    assert_eq!(disk.digest, attest::disk::digest(0, attest::disk::DEMO_BLOCKS));
+    assert!(disk.ticks.get() > 0, "timed with RDTSC in the TD");
     // The SNP-format export of the same report verifies against the emulated AMD chain.
     let v = verify_snp(&o, &platform, &nonce);
     assert_eq!(v.status, 0, "attest verify --snp rejected:\n{}", v.json);
