@@ -353,11 +353,12 @@ stop_pid() {
     fi
 }
 
-# The cause the firmware reported on COM1 (its first `seamless firmware: error:` line), or what
+# The cause the run reported on COM1 (its first `seamless firmware: error:` or `seamless host:
+# error:` line: the TSM's or the host agent's), or what
 # its absence means.
 firmware_cause() {
     local cause
-    cause=$(sed -n 's/\r$//; s/^seamless firmware: error: //p' "$1" 2>/dev/null | head -n 1)
+    cause=$(sed -n 's/\r$//; s/^seamless \(firmware\|host\): error: //p' "$1" 2>/dev/null | head -n 1)
     echo "${cause:-no error reported on COM1 (QEMU killed, crashed or timed out)}"
 }
 

@@ -7,9 +7,9 @@
 //! the host's report against the TSM's digest, accept MMIO and DMA, authorise START, use the
 //! device, attest) in [`guest`]. Both reach the TSM only through a transport:
 //!
-//! - [`Seamcall`]: one host call, the ABI's registers in and out. The firmware's host agent and
-//!   the test harness implement it with a direct call into `Tsm::host_call`; a host world
-//!   implements it with the SEAMCALL instruction.
+//! - [`Seamcall`]: one host call, the ABI's registers in and out. The host agent in its host
+//!   world (`seamless-host`) implements it with the SEAMCALL instruction; the test harness and
+//!   the fuzz machine with a direct call into `Tsm::host_call`.
 //! - [`Tdcall`]: one guest call, likewise over `Tsm::guest_call` or TDCALL.
 //! - [`Doe`]: one exchange with the device's DOE mailbox (PCIe 6.x §6.30), which the host ferries
 //!   each `DEVICE_REQUEST` through.

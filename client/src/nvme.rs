@@ -488,6 +488,23 @@ impl<C: Controller> Driver<C> {
         r
     }
 
+    /// One Identify Controller into `page` on the admin queue, waited for at most `timeout`
+    /// ticks; returns the completion status. The host's check that no DMA passes before the
+    /// remapping unit is set up uses it: there the command fetch itself is refused and nothing
+    /// completes.
+    ///
+    /// # Errors
+    /// [`NvmeError`] (a non-zero status is returned, not an error).
+    pub fn identify_to(&mut self, page: u64, timeout: u64) -> Result<u16, NvmeError> {
+        let mut q = self.admin;
+        let e = sqe(op::IDENTIFY, q.cid(), 0, page, [1, 0, 0]);
+        self.push(&mut q, &e)?;
+        self.ring(&q)?;
+        let r = self.complete(&mut q, op::IDENTIFY, timeout);
+        self.admin = q;
+        r
+    }
+
     /// Queues one 4 KiB READ (LBA 8 * i) into each of `dsts` and rings the doorbell without
     /// waiting: the commands are outstanding when it returns (the revocation case). At most
     /// `ENTRIES - 1` at a time; returns how many it queued.

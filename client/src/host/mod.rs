@@ -23,8 +23,8 @@ use tsm::{Regs, Status};
 use crate::doe::{Doe, DoeError};
 
 /// One host call: the ABI's registers in (RAX = leaf), the ABI's registers out (RAX = status).
-/// A host world implements it with SEAMCALL; the firmware's agent and the harness with a direct
-/// call into `Tsm::host_call`.
+/// The host agent in its host world implements it with SEAMCALL; the harness and the fuzz machine
+/// with a direct call into `Tsm::host_call`.
 pub trait Seamcall {
     /// Makes the call; `regs` holds the outputs afterwards.
     fn seamcall(&mut self, regs: &mut Regs);

@@ -13,6 +13,7 @@ use tsm_client::host::unbind::Unbound;
 use tsm_client::host::{report_refusal, HostError};
 
 use seamless_drivers::console::{emit, BufWriter};
+use seamless_drivers::say;
 
 use crate::arch::{self, ExitCode};
 
@@ -63,5 +64,5 @@ pub(crate) fn report_refused(e: &HostError, a: &Assignment, cleanup: &Unbound) {
         }
         Err(_) => say!("interop: the outcome line does not fit its frame; not sent on COM3"),
     }
-    arch::exit_qemu(ExitCode::ReportRefused)
+    arch::exit(ExitCode::ReportRefused)
 }
