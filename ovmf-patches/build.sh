@@ -130,7 +130,7 @@ prepare_tree() {
         "${git[@]}" reset -q --hard debian-base
         local p
         for p in "${PATCHES[@]}"; do
-            "${git[@]}" am -q --keep-cr "$HERE/$p" >&2 || {
+            "${git[@]}" -c core.whitespace=cr-at-eol am -q --keep-cr "$HERE/$p" >&2 || {
                 "${git[@]}" am --abort >/dev/null 2>&1 || true
                 die "$p does not apply to Debian's edk2 $EDK2_VERSION"
             }
@@ -140,27 +140,30 @@ prepare_tree() {
     echo "$tree"
 }
 
+# Runs in a subshell whose every step is checked by hand: the caller's `|| status=$?` turns
+# `set -e` off inside it.
 build_ovmf() {
     local tree=$1 jobs=${EDK2_JOBS:-$(nproc)}
     # edk2's scripts want the system python (its BaseTools import distutils-era modules).
     local python=/usr/bin/python3
     [[ -x $python ]] || python=$(command -v python3)
     (
-        cd "$tree"
+        cd "$tree" || exit 2
         export PYTHON_COMMAND=$python WORKSPACE=$tree
         unset EDK_TOOLS_PATH CONF_PATH ECP_SOURCE EDK_SOURCE EFI_SOURCE
         set +u
+        set -- # edksetup.sh reads its arguments from ours
         # shellcheck disable=SC1091
-        set --  # edksetup.sh reads its arguments from ours
-        . ./edksetup.sh >/dev/null
+        . ./edksetup.sh >/dev/null || exit 2
         set -u
+        [[ $(type -t build) == file ]] || { log "edksetup.sh did not put edk2's build on PATH"; exit 2; }
         if [[ ! -f .seamless-basetools ]]; then
             log "building BaseTools"
-            make -C BaseTools ARCH=X64 >&2
+            make -C BaseTools ARCH=X64 >&2 || exit 2
             touch .seamless-basetools
         fi
         log "build -p OvmfPkg/OvmfPkgX64.dsc -b RELEASE -t GCC5 ${DEBIAN_FLAGS[*]} (-n $jobs)"
-        build -a X64 -t GCC5 -p OvmfPkg/OvmfPkgX64.dsc "${DEBIAN_FLAGS[@]}" -b RELEASE -n "$jobs" >&2
+        command build -a X64 -t GCC5 -p OvmfPkg/OvmfPkgX64.dsc "${DEBIAN_FLAGS[@]}" -b RELEASE -n "$jobs" >&2
     )
 }
 
