@@ -21,14 +21,14 @@ use tsm::abi::host::leaf;
 use tsm::td::TdParams;
 use tsm::Regs;
 use tsm_client::host::ghci::ports::PowerRequest;
-use tsm_client::host::ghci::run::{self as td_run, Ended, RunPlan, RunReport};
+use tsm_client::host::ghci::run::{self as td_run, DeviceRequests, Ended, RunPlan, RunReport};
 use tsm_client::host::ghci::{Ghci, Machine, PciFilter, Stop, TdView};
 use tsm_client::host::td as flow_td;
 use tsm_client::host::tdvf::{self, Aug};
 use tsm_client::host::{call, HostError};
 
 use seamless_drivers::bootinfo::BootInfo;
-use seamless_drivers::config::{RunConfig, OVMF_FILE};
+use seamless_drivers::config::{OvmfDevice, RunConfig, OVMF_FILE, PHANTOM_FUNCTION};
 use seamless_drivers::console::{figure, Hex, Ms};
 use seamless_drivers::fw_cfg::{FwCfg, FwCfgError};
 use seamless_drivers::legacy::LegacyPorts;
@@ -194,7 +194,15 @@ pub fn run(cpu: &mut Agent, info: &BootInfo, config: &RunConfig) -> ! {
     let mut ghci = Ghci::new(&mut machine, &view, config.fw_cfg_dma).unwrap_or_else(|e| fail("fw_cfg for the TD", &e));
     say!("host: booting OVMF as a TD; its console follows");
     let start = machine.now_ns();
-    let plan = RunPlan { deadline_ns: start + config.td_timeout_s * 1_000_000_000, shell_command: Some(SHELL_COMMAND) };
+    let device = match config.ovmf_device {
+        OvmfDevice::None => DeviceRequests::Refuse,
+        OvmfDevice::Phantom => DeviceRequests::Phantom(PHANTOM_FUNCTION),
+    };
+    let plan = RunPlan {
+        deadline_ns: start + config.td_timeout_s * 1_000_000_000,
+        shell_command: Some(SHELL_COMMAND),
+        device,
+    };
     let mut report = RunReport::default();
     arch::phase_mark(Some(phases::OVMF_TD));
     let ended = td_run::run(cpu, &mut machine, built.vcpu, &view, &mut ghci, &plan, &mut report);

@@ -37,18 +37,25 @@ fn patched_ovmf() -> Option<PathBuf> {
     }
 }
 
+/// Mode `ovmf` with the patched image; `device` is the host's `ovmf_device` answer.
+fn boot(qemu: &Qemu, ovmf: &std::path::Path, device: &str, name: &str) -> seamless_e2e::Outcome {
+    let boot = Boot {
+        config: Some(format!(
+            "mode=ovmf\ntdmr_max_mib=400\ntd_mib={TD_MIB}\nlog_calls=off\ntd_timeout_s=200\novmf_device={device}\n"
+        )),
+        memory_mib: Some(640),
+        ovmf: Some(ovmf.to_path_buf()),
+        timeout: Some(Duration::from_secs(300)),
+        ..Boot::default()
+    };
+    boot.run(qemu, name)
+}
+
 #[test]
 fn patched_ovmf_without_a_device_says_why_and_boots_to_the_shell() {
     let Some(qemu) = Qemu::find() else { return };
     let Some(ovmf) = patched_ovmf() else { return };
-    let boot = Boot {
-        config: Some(format!("mode=ovmf\ntdmr_max_mib=400\ntd_mib={TD_MIB}\nlog_calls=off\ntd_timeout_s=200\n")),
-        memory_mib: Some(640),
-        ovmf: Some(ovmf.clone()),
-        timeout: Some(Duration::from_secs(300)),
-        ..Boot::default()
-    };
-    let o = boot.run(&qemu, "ovmf_device_none");
+    let o = boot(&qemu, &ovmf, "none", "ovmf_device_none");
     o.expect_status(33);
     for milestone in [
         "host: TDVF TD built",
@@ -78,6 +85,28 @@ fn patched_ovmf_without_a_device_says_why_and_boots_to_the_shell() {
     assert!(rtmrs[48..96].iter().any(|&b| b != 0), "RTMR[1] is still zero: no CC measurement in the TD");
     if let Some(s) = o.figure("ovmf_td_shell_s") {
         println!("bench ovmf_patched_td_shell_s {s:.3} s (first VP.ENTER to Shell>, no device)");
+    }
+}
+
+/// A lying host names a TDI it never bound to the TD (GET_TDI answers function 0x0100): the
+/// driver believes no function id until the TSM answers for it, TDG.TDI.RD finds no such TDI of
+/// this TD (TDI_NOT_PRESENT, naming operand 1, RCX), nothing is accepted, and OVMF boots on to the shell.
+#[test]
+fn patched_ovmf_refuses_a_tdi_the_tsm_never_bound_and_boots_on() {
+    let Some(qemu) = Qemu::find() else { return };
+    let Some(ovmf) = patched_ovmf() else { return };
+    let o = boot(&qemu, &ovmf, "phantom", "ovmf_device_phantom");
+    o.expect_status(33);
+    for milestone in [
+        "TdxConnectDxe: TDG.TDI.RD state of TDI 0x100: status 0xC000F11300000001",
+        "TdxConnectDxe: no TDISP device accepted (Access Denied): booting on without it",
+        "Shell> ",
+        "donated pages are free again",
+    ] {
+        assert!(o.console.contains(milestone), "{milestone:?} missing:\n{}", o.console);
+    }
+    for never in ["GET_REPORT", "MAP_MMIO", "TdxConnectDxe: TDI 0x100 ("] {
+        assert!(!o.console.contains(never), "{never:?}: the flow went past TDG.TDI.RD:\n{}", o.console);
     }
 }
 
