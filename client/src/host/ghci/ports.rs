@@ -4,8 +4,8 @@
 //!
 //! | ports | what the TD gets |
 //! |---|---|
-//! | 0x3F8..0x3FF (COM1) | the real UART: the TD's console is the run's console; the host watches the bytes written (milestones) and can type into it ([`Console`]) |
-//! | 0xCF8, 0xCFC..0xCFF | PCI configuration through the machine, for the functions the TD may see ([`super::PciFilter`]); the others read as absent |
+//! | 0x3F8..0x3FF (COM1) | the real UART, byte accesses (wider ones are absent): the TD's console is the run's console; the host watches the bytes written (milestones) and can type into it ([`Console`]) |
+//! | 0xCF8, 0xCFC..0xCFF | PCI configuration through the machine (accesses within the data dword), for the functions the TD may see ([`super::PciFilter`]); the others read as absent |
 //! | 0x600..0x67F (ACPI PM, PMBASE 0x600) | the real PM timer at 0x608 (every edk2 delay reads it); PM1 control with SLP_EN ends the TD (S5); the rest a register file |
 //! | 0xCF9 | reset control: RST_CPU ends the TD (a TD cannot be reset) |
 //! | 0x70, 0x71 (CMOS) | the real RTC (0x00..0x0D, read-only); the memory size bytes from the TD's own RAM; the rest zero |
@@ -197,7 +197,9 @@ impl Ports {
     ) -> Io {
         let done = Io::Done;
         match (port, value) {
-            (COM1..=0x3FF, _) => {
+            // The 16550's registers are bytes: a wider access is absent (it would reach ports
+            // past the UART's on the real bus).
+            (COM1..=0x3FF, _) if size == 1 => {
                 self.counts.uart += 1;
                 done(self.uart(m, port, size, value))
             }
@@ -217,7 +219,8 @@ impl Ports {
                 }
                 done(0)
             }
-            (PCI_DATA..=0xCFF, _) => {
+            // Within the data dword only: the rest of a wider access would be other ports.
+            (PCI_DATA..=0xCFF, _) if port - PCI_DATA + u16::from(size) <= 4 => {
                 self.counts.pci += 1;
                 done(self.pci_data(m, pci, port, size, value))
             }
@@ -404,6 +407,19 @@ mod tests {
         }
         assert!(m.log.is_empty(), "none reached the machine: {:?}", m.log);
         assert_eq!((p.counts.absent, p.counts.first_absent), (30, 0x2F8));
+    }
+
+    #[test]
+    fn access_rejects_accesses_wider_than_the_uart_register_or_the_pci_data_dword() {
+        let (mut m, mut p, mut fw) = setup();
+        write(&mut m, &mut p, &mut fw, 0xCF8, 4, 0x8000_F840);
+        m.log.clear();
+        for (port, size) in [(0x3F8, 2), (0x3F8, 4), (0x3FF, 4), (0xCFF, 2), (0xCFE, 4), (0xCFD, 4)] {
+            assert_eq!(read(&mut m, &mut p, &mut fw, port, size), ones(size), "{port:#x}/{size}");
+            assert_eq!(write(&mut m, &mut p, &mut fw, port, size, 0x41), Io::Done(0));
+        }
+        assert!(m.log.is_empty(), "none reached the machine: {:?}", m.log);
+        assert_eq!((p.console.written, p.counts.absent), (0, 12));
     }
 
     #[test]
