@@ -29,7 +29,8 @@ commands:
                                 boot (stop at TSM ready),
                                 fault (show the exception report), overflow
                                 (overflow the boot stack into its guard page),
-                                revoke (assign, then a dma-buf revoke while RUN)
+                                revoke (assign, then a dma-buf revoke while RUN and the
+                                TD's READs are outstanding), stop (the same with TDI.STOP)
                    --fault SPEC a tdisp-device fault switch (repeatable; tdisp-device --help)
                    --doe-timeout MS  the firmware's DOE timeout (default 1000)
                    --keep       keep QEMU's command line in target/run/qemu.cmd
@@ -351,11 +352,12 @@ stop_pid() {
     fi
 }
 
-# The cause the firmware reported on COM1 (its first `seamless firmware: error:` line), or what
+# The cause the run reported on COM1 (its first `seamless firmware: error:` or `seamless host:
+# error:` line: the TSM's or the host agent's), or what
 # its absence means.
 firmware_cause() {
     local cause
-    cause=$(sed -n 's/\r$//; s/^seamless firmware: error: //p' "$1" 2>/dev/null | head -n 1)
+    cause=$(sed -n 's/\r$//; s/^seamless \(firmware\|host\): error: //p' "$1" 2>/dev/null | head -n 1)
     echo "${cause:-no error reported on COM1 (QEMU killed, crashed or timed out)}"
 }
 
@@ -383,9 +385,9 @@ cmd_boot() {
         esac
     done
     case $mode in
-        connect | assign | revoke | attack | boot | fault | overflow) ;;
+        connect | assign | revoke | stop | attack | boot | fault | overflow) ;;
         *)
-            echo "error: --mode is connect, assign, revoke, attack, boot, fault or overflow (got '$mode')" >&2
+            echo "error: --mode is connect, assign, revoke, stop, attack, boot, fault or overflow (got '$mode')" >&2
             exit 2
             ;;
     esac
@@ -404,12 +406,12 @@ cmd_boot() {
     cargo build -q -p firmware
     provision_platform "$plat" "${CARGO_TARGET_DIR:-target}/debug"
     printf 'mode=%s\nnvme_bar0=%s\ndoe_timeout_ms=%s\n' "$mode" "$DEMO_BAR0" "$doe_timeout" >"$out/config.txt"
-    [[ $mode == assign || $mode == revoke ]] && printf 'nonce=%s\n' "$(od -An -tx1 -N64 /dev/urandom | tr -d ' \n')" >>"$out/config.txt"
+    [[ $mode == assign || $mode == revoke || $mode == stop ]] && printf 'nonce=%s\n' "$(od -An -tx1 -N64 /dev/urandom | tr -d ' \n')" >>"$out/config.txt"
 
     # QEMU's command line is written once, in tests/e2e (`Boot::command`); seamless-qemu runs it.
     local launch=(--out "$out" --config "$out/config.txt" --secret "$plat/platform-secret.bin")
     DEVICE_PID=""
-    if [[ $mode == connect || $mode == assign || $mode == revoke || $mode == attack ]]; then
+    if [[ $mode == connect || $mode == assign || $mode == revoke || $mode == stop || $mode == attack ]]; then
         section "cargo build -p tdisp-device"
         cargo build -q -p tdisp-device
         local device=${CARGO_TARGET_DIR:-target}/debug/tdisp-device
@@ -572,11 +574,21 @@ COM3 and are verified here with `attest verify` against a policy derived indepen
 
 options:
   --responder CMD   run CMD instead of tdisp-device (a shell command; {port} is replaced by the
-                    chosen 127.0.0.1 port; the demo waits until something listens there). The
-                    responder must report the NVMe BAR0 page (0xc0000, 4 pages) in its TDISP
-                    interface report, as target/run/device.toml describes.
+                    chosen 127.0.0.1 port; the demo waits until something listens there). To be
+                    assigned, the responder must report the NVMe BAR0 page (0xc0000, 4 pages)
+                    plus the MMIO_REPORTING_OFFSET of LOCK in its TDISP interface report, as
+                    target/run/device.toml describes; DMTF's spdm-emu does not (its sample
+                    device reports pages 0x0, 0x8000, 0x10000, 0x20000 as they are), so its run
+                    ends at TDI.LOCK with one line saying that every protocol interoperated
+                    and why the TSM refused the report (exit status 3), e.g.
+                    --responder 'cd SPDM_EMU/build/bin && exec ./spdm_responder_emu
+                      --trans PCI_DOE --ip 127.0.0.1 --port {port} --ver 1.3'
   --keep            keep QEMU's command line (target/run/qemu.cmd) and the raw serial streams
   --help            this text
+
+exit status: 0 verified; 1 the flow failed or the verifier rejected the report; 2 a usage or
+prerequisite error; 3 the device interoperated but the TSM refused its interface report at
+TDI.LOCK (nothing mapped, everything taken apart; target/run/interop.txt says why).
 
 artifacts (target/run/): report.bin evidence.bin policy.toml verify.json timeline.json
 firmware.log (decoded defmt) serial.log (COM1); report-snp.bin verify-snp.json (the SNP-format
@@ -807,6 +819,17 @@ cmd_demo() {
     # The report, the evidence, the timeline and the figures all leave as COM3 frames.
     if ! unframe_artifacts "$out"; then
         flow_ok=0
+    fi
+    # QEMU status 37: every protocol interoperated, the TSM refused the device's interface report
+    # at TDI.LOCK and the host took the assignment apart; the firmware's one line (the COM3 frame
+    # interop.txt) says why.
+    if ((status == 37)) && [[ -s $out/interop.txt ]]; then
+        section "figures"
+        print_figures "$out"
+        ((keep)) || rm -f "$out/defmt.bin" "$out/artifacts.bin"
+        section "verdict: INTEROPERATED, REPORT REFUSED (exit 3)"
+        cat "$out/interop.txt"
+        return 3
     fi
     if ((flow_ok)); then
         section "attest verify (the policy is derived independently: attest measure, the device's config)"

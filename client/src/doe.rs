@@ -51,4 +51,14 @@ pub trait Doe {
     /// # Errors
     /// [`DoeError`].
     fn exchange(&mut self, request: &[u8], answer: &mut [u8]) -> Result<usize, DoeError>;
+
+    /// Waits `us` microseconds before the next request: the device's response time after ERROR
+    /// ResponseNotReady, which the TSM reports in R9 of DEVICE_REQUEST because it cannot wait
+    /// itself. A mailbox waits at most its own response timeout (an answer later than that is
+    /// lost anyway, and the TSM bounds how many times a device may say "not ready"). The default
+    /// returns at once: a mailbox without a clock, such as a device in the same process, which
+    /// has its answer before it is asked again.
+    fn pause(&mut self, us: u64) {
+        let _ = us;
+    }
 }

@@ -124,6 +124,8 @@ pub enum NvmeError {
     BlockSize(u32),
     /// Two rounds of the same READs hashed to different digests.
     Differs,
+    /// A transfer of this many pages does not fit one PRP list (3 to 513 pages).
+    Transfer(u64),
 }
 
 impl From<Access> for NvmeError {
@@ -145,6 +147,7 @@ impl core::fmt::Display for NvmeError {
             NvmeError::Failed { opcode, status } => write!(f, "opcode {opcode:#04x} completed with status {status:#x}"),
             NvmeError::BlockSize(b) => write!(f, "block size {b} bytes ({BLOCK_BYTES} expected)"),
             NvmeError::Differs => f.write_str("two rounds of the same READs read different data"),
+            NvmeError::Transfer(p) => write!(f, "a transfer of {p} pages does not fit one PRP list"),
         }
     }
 }
@@ -223,6 +226,13 @@ pub fn sqe(opcode: u8, cid: u16, nsid: u32, prp1: u64, cdw: [u32; 3]) -> [u8; 64
     for (i, d) in cdw.iter().enumerate() {
         e[40 + i * 4..44 + i * 4].copy_from_slice(&d.to_le_bytes());
     }
+    e
+}
+
+/// [`sqe`] with PRP2 (the second page, or a PRP list).
+fn sqe_prp2(opcode: u8, cid: u16, prp: (u64, u64), cdw: [u32; 3]) -> [u8; 64] {
+    let mut e = sqe(opcode, cid, 1, prp.0, cdw);
+    e[32..40].copy_from_slice(&prp.1.to_le_bytes());
     e
 }
 
@@ -478,6 +488,23 @@ impl<C: Controller> Driver<C> {
         r
     }
 
+    /// One Identify Controller into `page` on the admin queue, waited for at most `timeout`
+    /// ticks; returns the completion status. The host's check that no DMA passes before the
+    /// remapping unit is set up uses it: there the command fetch itself is refused and nothing
+    /// completes.
+    ///
+    /// # Errors
+    /// [`NvmeError`] (a non-zero status is returned, not an error).
+    pub fn identify_to(&mut self, page: u64, timeout: u64) -> Result<u16, NvmeError> {
+        let mut q = self.admin;
+        let e = sqe(op::IDENTIFY, q.cid(), 0, page, [1, 0, 0]);
+        self.push(&mut q, &e)?;
+        self.ring(&q)?;
+        let r = self.complete(&mut q, op::IDENTIFY, timeout);
+        self.admin = q;
+        r
+    }
+
     /// Queues one 4 KiB READ (LBA 8 * i) into each of `dsts` and rings the doorbell without
     /// waiting: the commands are outstanding when it returns (the revocation case). At most
     /// `ENTRIES - 1` at a time; returns how many it queued.
@@ -489,6 +516,41 @@ impl<C: Controller> Driver<C> {
         let n = dsts.len().min(usize::from(ENTRIES - 1));
         for (i, &dst) in dsts.iter().take(n).enumerate() {
             let e = sqe(op::READ, q.cid(), 1, dst, read_cdw(i as u64 * PAGE_BLOCKS));
+            self.push(&mut q, &e)?;
+        }
+        self.ring(&q)?;
+        self.io = q;
+        Ok(n)
+    }
+
+    /// Queues one READ of `pages` 4 KiB pages from LBA 0 into each of `dsts` and rings the
+    /// doorbell without waiting: each command's first page goes to its destination, the rest to
+    /// `sink`, through one PRP list at `list` (written here, its entries all `sink`). Long
+    /// commands keep the device's DMA going for a while after the doorbell: the revocation case
+    /// wants its READs in flight, not done, when the host's call comes. At most `ENTRIES - 1`
+    /// commands; returns how many it queued.
+    ///
+    /// # Errors
+    /// [`NvmeError::Transfer`] for fewer than 3 or more than 513 pages; [`NvmeError`].
+    pub fn submit_long_reads(
+        &mut self,
+        dsts: &[u64],
+        (list, sink): (u64, u64),
+        pages: u64,
+    ) -> Result<usize, NvmeError> {
+        if !(3..=513).contains(&pages) {
+            return Err(NvmeError::Transfer(pages));
+        }
+        let mut entries = [0u8; PAGE as usize];
+        for e in entries.chunks_exact_mut(8).take((pages - 1) as usize) {
+            e.copy_from_slice(&sink.to_le_bytes());
+        }
+        self.c.write_mem(list, &entries)?;
+        let mut q = self.io;
+        let n = dsts.len().min(usize::from(ENTRIES - 1));
+        let cdw = [0, 0, (pages * PAGE_BLOCKS - 1) as u32];
+        for &dst in dsts.iter().take(n) {
+            let e = sqe_prp2(op::READ, q.cid(), (dst, list), cdw);
             self.push(&mut q, &e)?;
         }
         self.ring(&q)?;

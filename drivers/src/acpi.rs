@@ -173,3 +173,15 @@ pub fn find_drhd(rsdp: u64) -> Result<Drhd, AcpiError> {
     }
     Err(AcpiError::NoDmar)
 }
+
+/// The PCIe ECAM window from ACPI's MCFG, or q35's default when the table is missing (said on
+/// the console).
+pub fn ecam_or_default(rsdp: u64) -> Ecam {
+    match find_ecam(rsdp) {
+        Ok(e) => e,
+        Err(e) => {
+            crate::say!("pci: {e}; using q35's default ECAM at {:#x}", Q35_DEFAULT_ECAM.base);
+            Q35_DEFAULT_ECAM
+        }
+    }
+}

@@ -29,9 +29,12 @@ pub enum Mode {
     /// everything torn down again.
     Assign,
     /// The assignment up to RUN, then the exporter's revoke of the BAR (SEAMLESS.DMABUF.REVOKE)
-    /// while the TDI runs: the guest sees ERROR and its accessor refuses the BAR, the cleanup
-    /// reclaims everything, and the run fails naming the revoke.
+    /// while the TDI runs and the TD's READs are outstanding: the TD sees ERROR and its next load
+    /// of the BAR exits to the host, the cleanup reclaims everything, and the run fails naming
+    /// the revoke.
     Revoke,
+    /// The same with TDH.TDI.STOP in place of the revoke: the TD sees CONFIG_UNLOCKED.
+    Stop,
     /// The malicious host: every attack case against the real TSM, each expected refused with
     /// its exact status.
     Attack,
@@ -152,12 +155,17 @@ impl RunConfig {
                         "connect" => Mode::Connect,
                         "assign" => Mode::Assign,
                         "revoke" => Mode::Revoke,
+                        "stop" => Mode::Stop,
                         "attack" => Mode::Attack,
                         "boot" => Mode::Boot,
                         "fault" => Mode::Fault,
                         "overflow" => Mode::Overflow,
                         "ovmf" => Mode::Ovmf,
-                        _ => return Err(err("mode is connect, assign, revoke, attack, boot, fault, overflow or ovmf")),
+                        _ => {
+                            return Err(err(
+                                "mode is connect, assign, revoke, stop, attack, boot, fault, overflow or ovmf",
+                            ))
+                        }
                     }
                 }
                 "doe_timeout_ms" => {
@@ -219,7 +227,10 @@ mod tests {
 
     #[test]
     fn parse_rejects_out_of_range_values() {
-        assert_eq!(err("mode=fast").what, "mode is connect, assign, revoke, attack, boot, fault, overflow or ovmf");
+        assert_eq!(
+            err("mode=fast").what,
+            "mode is connect, assign, revoke, stop, attack, boot, fault, overflow or ovmf"
+        );
         assert_eq!(err("td_mib=16").what, "td_mib is 32..2048");
         assert_eq!(err("td_mib=2049").what, "td_mib is 32..2048");
         assert_eq!(err("td_timeout_s=0").what, "td_timeout_s is 1..3600");
@@ -268,6 +279,7 @@ mod tests {
         assert_eq!((c.nonce[0], c.nonce[62], c.nonce[63]), (0xab, 0xab, 0x01));
         assert_eq!(RunConfig::parse(b"mode=attack").unwrap().mode, Mode::Attack);
         assert_eq!(RunConfig::parse(b"mode=revoke").unwrap().mode, Mode::Revoke);
+        assert_eq!(RunConfig::parse(b"mode=stop").unwrap().mode, Mode::Stop);
         assert_eq!(RunConfig::parse(b"mode=fault").unwrap().mode, Mode::Fault);
         assert_eq!(RunConfig::parse(b"mode=overflow").unwrap().mode, Mode::Overflow);
         assert_eq!(RunConfig::parse(b"mode=connect\r\n").unwrap().mode, Mode::Connect);

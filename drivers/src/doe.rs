@@ -71,6 +71,11 @@ impl<R: Registers> Mailbox<R> {
         Mailbox { regs, timeout_us }
     }
 
+    /// The response timeout (µs): the longest the mailbox waits for an answer.
+    pub fn timeout_us(&self) -> u64 {
+        self.timeout_us
+    }
+
     /// The DOE Capabilities register (interrupt support and message number).
     pub fn capabilities(&self) -> u32 {
         self.regs.read(CAPABILITIES)

@@ -12,6 +12,7 @@ use crate::port::Port;
 const SELECTOR: u16 = 0x510;
 const DATA: u16 = 0x511;
 const SIGNATURE: u16 = 0x0000;
+const FEATURES: u16 = 0x0001;
 const FILE_DIR: u16 = 0x0019;
 const NAME_BYTES: usize = 56;
 /// Directory entries looked at at most (QEMU lists a few dozen).
@@ -29,19 +30,7 @@ pub enum FwCfgError {
         /// Its size.
         size: u32,
     },
-    /// The large-file buffer was handed out already.
-    BufferTaken,
 }
-
-/// Bytes of the one large-file buffer: a TDVF image (Debian's OVMF.fd is 2 MiB; the 4 MiB
-/// builds fit too, so the loader can refuse them for what they are).
-pub const LARGE_FILE_BYTES: usize = 4 << 20;
-
-struct LargeBuffer(core::cell::UnsafeCell<[u8; LARGE_FILE_BYTES]>);
-// SAFETY: handed out at most once (`LARGE_TAKEN`), on one CPU.
-unsafe impl Sync for LargeBuffer {}
-static LARGE: LargeBuffer = LargeBuffer(core::cell::UnsafeCell::new([0; LARGE_FILE_BYTES]));
-static LARGE_TAKEN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 impl fmt::Display for FwCfgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -49,7 +38,6 @@ impl fmt::Display for FwCfgError {
             FwCfgError::Absent => write!(f, "no fw_cfg device"),
             FwCfgError::NotFound => write!(f, "no such fw_cfg file"),
             FwCfgError::TooLarge { size } => write!(f, "fw_cfg file of {size} bytes is larger than its buffer"),
-            FwCfgError::BufferTaken => write!(f, "the large-file buffer is in use"),
         }
     }
 }
@@ -112,28 +100,6 @@ impl FwCfg {
         Err(FwCfgError::NotFound)
     }
 
-    /// Reads the file `name` into the image's one large buffer ([`LARGE_FILE_BYTES`], taken
-    /// once: a second call fails), for the host's copy of a TD's firmware.
-    ///
-    /// # Errors
-    /// [`FwCfgError::NotFound`], [`FwCfgError::TooLarge`], or [`FwCfgError::BufferTaken`].
-    pub fn read_large_file(&self, name: &str) -> Result<&'static [u8], FwCfgError> {
-        let (select, size) = self.find(name)?;
-        if size as usize > LARGE_FILE_BYTES {
-            return Err(FwCfgError::TooLarge { size });
-        }
-        if LARGE_TAKEN.swap(true, core::sync::atomic::Ordering::SeqCst) {
-            return Err(FwCfgError::BufferTaken);
-        }
-        // SAFETY: the flag above hands the buffer out once, so this is its only reference; it
-        // lives in the image's .bss for the whole run, and one CPU runs.
-        let buf: &'static mut [u8; LARGE_FILE_BYTES] = unsafe { &mut *LARGE.0.get() };
-        self.select(select);
-        let file = &mut buf[..size as usize];
-        self.read(file);
-        Ok(file)
-    }
-
     /// Opens the file `name` for reading front to back (items are read in order; skipping
     /// forward is reading and dropping).
     ///
@@ -151,6 +117,14 @@ impl FwCfg {
     /// [`FwCfgError::NotFound`].
     pub fn selector_of(&self, name: &str) -> Result<u16, FwCfgError> {
         self.find(name).map(|(select, _)| select)
+    }
+
+    /// The feature bits of item FW_CFG_ID (bit 0: the port interface, bit 1: DMA).
+    pub fn features(&self) -> u32 {
+        self.select(FEATURES);
+        let mut id = [0u8; 4];
+        self.read(&mut id);
+        u32::from_le_bytes(id)
     }
 
     /// Selects the signature item: the data port then reads "QEMU", nothing of any file.

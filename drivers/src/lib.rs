@@ -1,9 +1,9 @@
 //! The drivers and formats both binaries of the machine link: the TSM firmware (`firmware`, in
 //! SVM host mode) and the untrusted host agent (`seamless-host`, in the host world). One copy
 //! of each: the UARTs ([`serial`]) and the COM3 frame format ([`frame`]), QEMU's fw_cfg
-//! ([`fw_cfg`]), PCIe configuration space through ECAM ([`pci`]), the DOE mailbox ([`doe`]),
+//! ([`fw_cfg`]), the codes that end a run ([`exit`]), PCIe configuration space through ECAM ([`pci`]), the DOE mailbox ([`doe`]),
 //! the TSC ([`tsc`]), the ACPI tables ([`acpi`]), physical memory ([`phys`]), port I/O
-//! ([`port`]), the run configuration ([`config`]), the memory map and the layout carved from it
+//! ([`port`]), the legacy ports a TD's host serves ([`legacy`]), the run configuration ([`config`]), the memory map and the layout carved from it
 //! ([`memmap`]), and the boot information the TSM hands the host world ([`bootinfo`]).
 //!
 //! Both binaries run on one CPU with identity-mapped low memory and the direct map at
@@ -13,7 +13,7 @@
 //! nested map, the ports its I/O permission map passes and no MSR at all.
 //!
 //! `unsafe` lives in the modules that touch hardware (`port`, `phys`, `serial`, `fw_cfg`, `tsc`,
-//! `pci`), each block with the reason it is sound. Built for the host (tests, clippy), the pure
+//! `pci`, `legacy`), each block with the reason it is sound. Built for the host (tests, clippy), the pure
 //! modules' tests run; nothing executes an I/O instruction there.
 
 #![cfg_attr(not(test), no_std)]
@@ -24,10 +24,13 @@ pub mod bootinfo;
 pub mod config;
 pub mod console;
 pub mod doe;
+pub mod exit;
 pub mod frame;
 pub mod fw_cfg;
+pub mod legacy;
 pub mod memmap;
 pub mod pci;
+pub mod phases;
 pub mod phys;
 pub mod port;
 pub mod serial;

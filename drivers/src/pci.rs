@@ -10,6 +10,22 @@ use super::phys::Mmio;
 use crate::memmap::{MemoryMap, RangeKind};
 use crate::phys::{own_memory, MAPPED_BYTES};
 
+/// Configuration mechanism #1: the address register and the data window.
+const LEGACY_CONFIG_ADDRESS: u16 = 0xCF8;
+const LEGACY_CONFIG_DATA: u16 = 0xCFC;
+
+/// Free MMIO space for BARs the BIOS left unassigned: q35's 32-bit PCI hole above the ECAM and
+/// below the IOAPIC.
+const BAR_WINDOW: (u64, u64) = (0xC000_0000, 0xFEC0_0000);
+
+/// The host bridge's 32-bit MMIO aperture, where BARs live: q35's PCI hole, from past the ECAM
+/// window MCFG names and past low RAM (`mmio_start`), up to the IOAPIC. The TSM takes private
+/// MMIO only from here (and never where the memory map says RAM); the host places BARs in it.
+pub fn host_bridge_window(ecam: &Ecam, mmio_start: u64) -> (u64, u64) {
+    let ecam_end = ecam.base.saturating_add((u64::from(ecam.end_bus) + 1) << 20);
+    (BAR_WINDOW.0.max(ecam_end).max(mmio_start), BAR_WINDOW.1)
+}
+
 /// Extended capability ID of DOE (PCIe r6 §7.9.24).
 pub const EXT_CAP_DOE: u16 = 0x002E;
 
@@ -120,6 +136,33 @@ impl Pcie {
     /// [`Pcie::config_read`] is `None`.
     pub fn config_write(&self, rid: u16, reg: u16, size: u8, value: u32) -> bool {
         self.config_offset(rid, reg).is_some_and(|at| self.ecam.write_sized(at, size, value))
+    }
+
+    /// Writes `size` bytes of configuration register `reg` (below 0x100) of function `rid`
+    /// through configuration mechanism #1 (ports 0xCF8/0xCFC) instead of ECAM: in the host world
+    /// the chipset functions' ECAM pages are read-only, and through the ports the TSM sees which
+    /// register is written (it refuses only those that move memory). False for an access that is
+    /// misaligned, not 1, 2 or 4 bytes, or past the 256 bytes the mechanism reaches.
+    pub fn config_write_legacy(rid: u16, reg: u16, size: u8, value: u32) -> bool {
+        let ok = matches!(size, 1 | 2 | 4) && reg.is_multiple_of(u16::from(size)) && reg + u16::from(size) <= 0x100;
+        if !ok {
+            return false;
+        }
+        let address = 1u32 << 31 | u32::from(rid) << 8 | u32::from(reg & 0xFC);
+        let data = LEGACY_CONFIG_DATA + (reg & 3);
+        // SAFETY: configuration mechanism #1: the address register selects a configuration
+        // register and the data window reaches it; neither touches memory. (One CPU: nothing
+        // else uses the pair between the two accesses.)
+        unsafe {
+            crate::port::Port::new(LEGACY_CONFIG_ADDRESS).write_u32(address);
+            let port = crate::port::Port::new(data);
+            match size {
+                1 => port.write_u8(value as u8),
+                2 => port.write_u16(value as u16),
+                _ => port.write_u32(value),
+            }
+        }
+        true
     }
 
     fn config_offset(&self, rid: u16, reg: u16) -> Option<u64> {

@@ -53,11 +53,39 @@ pub struct OutOfRange {
     pub len: u64,
 }
 
+static LENT_START: AtomicU64 = AtomicU64::new(0);
+static LENT_END: AtomicU64 = AtomicU64::new(0);
+
+/// The range [`lend`] handed out (empty before).
+fn lent() -> (u64, u64) {
+    (LENT_START.load(Ordering::SeqCst), LENT_END.load(Ordering::SeqCst))
+}
+
+/// Takes `[start, start + len)`, inside one usable range of `frames`, out of every accessor's
+/// reach for the rest of the run and hands it out once as a byte slice (through the direct
+/// map): room for a large file the binary keeps whole, such as the host agent's copy of a TD's
+/// firmware. `None` if the range is empty, not inside one usable range, or a range was lent
+/// before.
+pub fn lend(frames: &Frames, start: u64, len: u64) -> Option<&'static mut [u8]> {
+    if len == 0 || !frames.contains(start, len) {
+        return None;
+    }
+    let end = start + len;
+    LENT_END.compare_exchange(0, end, Ordering::SeqCst, Ordering::SeqCst).ok()?;
+    LENT_START.store(start, Ordering::SeqCst);
+    // SAFETY: usable RAM in the direct map (checked), outside the binary's own memory (`Frames`
+    // leaves it out) and no longer reachable through any accessor here (`lent`, checked by
+    // `outside_image` and `Frames::ptr`), handed out once (the exchange above): this slice is
+    // its only reference. One CPU.
+    Some(unsafe { core::slice::from_raw_parts_mut((DIRECT_MAP_BASE + start) as *mut u8, len as usize) })
+}
+
 fn outside_image(addr: u64, len: u64) -> Result<u64, OutOfRange> {
     let err = OutOfRange { addr, len };
     let end = addr.checked_add(len).ok_or(err)?;
     let (img_start, img_end) = own_memory();
-    if end > MAPPED_BYTES || (addr < img_end && end > img_start) {
+    let (lent_start, lent_end) = lent();
+    if end > MAPPED_BYTES || (addr < img_end && end > img_start) || (addr < lent_end && end > lent_start) {
         return Err(err);
     }
     Ok(end)
@@ -238,6 +266,11 @@ impl Frames {
         // the host agent only uses pages it carved from these ranges): stop rather than touch
         // memory a Rust object may live in.
         assert!(self.contains(addr, len as u64), "physical access {addr:#x}+{len:#x} outside usable RAM");
+        let (lent_start, lent_end) = lent();
+        assert!(
+            addr >= lent_end || addr + len as u64 <= lent_start,
+            "physical access {addr:#x}+{len:#x} to lent memory"
+        );
         (DIRECT_MAP_BASE + addr) as *mut u8
     }
 
@@ -303,5 +336,25 @@ impl Frames {
         let (d, s) = (self.ptr(dst, len), self.ptr(src, len));
         // SAFETY: both ranges usable RAM (checked) and disjoint (checked).
         unsafe { core::ptr::copy_nonoverlapping(s, d, len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memmap::{MemoryMap, MemoryRange, RangeKind};
+
+    #[test]
+    fn lend_refuses_what_is_not_one_usable_range_and_lends_nothing() {
+        let mut map = MemoryMap::default();
+        map.push(MemoryRange { base: 1 << 20, size: 15 << 20, kind: RangeKind::Ram });
+        map.push(MemoryRange { base: 32 << 20, size: 16 << 20, kind: RangeKind::Ram });
+        let frames = Frames::new(&map);
+        // Empty, below the usable RAM, across the hole between the two ranges, past the end.
+        for (start, len) in [(2 << 20, 0), (0x8000, 0x1000), (15 << 20, 2 << 20), (47 << 20, 2 << 20)] {
+            assert!(lend(&frames, start, len).is_none(), "{start:#x}+{len:#x}");
+        }
+        assert_eq!(lent(), (0, 0), "a refused lend takes nothing");
+        assert!(outside_image(15 << 20, 2 << 20).is_ok());
     }
 }

@@ -1,12 +1,12 @@
 //! The seamless firmware: a PVH image that QEMU boots directly (`-kernel`), hosting the TSM.
 //!
 //! Boot: `arch` takes the CPU from the PVH entry to long mode with SSE, its own GDT/TSS and an
-//! IDT that reports every exception. `drivers` read the PVH memory map, calibrate the TSC, read
-//! the run configuration and platform secret from fw_cfg, and find QEMU's NVMe function, its
-//! BARs and its DOE mailbox through ECAM. `platform` implements the TSM's traits; `host` is the
-//! untrusted host agent, which configures the TSM over a TDMR carved from the memory map and
-//! runs SPDM.CONNECT by ferrying each DEVICE_REQUEST through the DOE mailbox to the responder
-//! behind QEMU's `spdm_port`.
+//! IDT that reports every exception, and enables SVM. `drivers` read the PVH memory map,
+//! calibrate the TSC, read the run configuration and platform secret from fw_cfg and take the
+//! VT-d unit (all DMA blocked until IOMMU.SETUP). `platform` implements the TSM's traits. Then
+//! `world` builds the host world, loads the untrusted host agent's binary (`seamless-host`, from
+//! fw_cfg) into it and serves it: the agent configures the TSM, connects and assigns the device
+//! and builds the TDs, reaching the TSM only by SEAMCALL; a TD's VP.ENTER runs its TD world.
 //!
 //! COM1 carries the plain-text console (with `figure <name> <value> <unit>` lines), COM2 the
 //! defmt log (decode with `defmt-print -e <this ELF>`). QEMU exits through `isa-debug-exit`
@@ -31,23 +31,14 @@ mod elf;
 mod ioports;
 #[cfg(target_os = "none")]
 use seamless_drivers::config;
-#[cfg(target_os = "none")]
-mod host;
 #[cfg(not(target_os = "none"))]
 mod tools;
-/// Host tests: the evidence writer.
-#[cfg(all(test, not(target_os = "none")))]
-mod host {
-    pub mod evidence;
-}
 #[cfg(target_os = "none")]
 use seamless_drivers::memmap;
 #[cfg(target_os = "none")]
 mod platform;
 #[cfg(target_os = "none")]
 mod run;
-#[cfg(any(target_os = "none", test))]
-mod timeline;
 #[cfg(target_os = "none")]
 mod world;
 

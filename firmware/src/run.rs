@@ -8,7 +8,7 @@ use tsm::addr::{FrameRange, Pfn};
 use tsm::{Tsm, TsmIdentity};
 
 use crate::arch::{self, ExitCode, StartInfoAddr};
-use crate::config::{Mode, RunConfig, CONFIG_FILE, GUEST_FILE, HOST_FILE, SECRET_FILE};
+use crate::config::{Mode, RunConfig, CONFIG_FILE, HOST_FILE, SECRET_FILE};
 use crate::drivers::acpi;
 use crate::drivers::fw_cfg::{FwCfg, FwCfgError};
 use crate::drivers::phys::Frames;
@@ -17,13 +17,10 @@ use crate::drivers::serial::Uart;
 use crate::drivers::tsc::Tsc;
 use crate::drivers::vtd::Vtd;
 use crate::drivers::{log, pvh};
-use crate::host::{DoeLink, Host, HostCpu};
-use crate::memmap::{Layout, MemoryMap};
+use crate::memmap::MemoryMap;
 use crate::platform::FirmwarePlatform;
 use crate::world::host::HostWorld;
 use seamless_drivers::bootinfo::BootInfo;
-use tsm_client::host::device::Assignment;
-use tsm_client::host::HostError;
 
 /// The TSM's security version.
 const TSM_SVN: u16 = 1;
@@ -34,24 +31,7 @@ macro_rules! say {
     };
 }
 
-mod assign;
-mod attack;
-mod host_nvme;
-mod ovmf;
-mod worlds;
-
-/// The guest's accepted work pages (`tsm_client::guest::DEMO_LAYOUT`, which the guest image
-/// uses too).
-pub const WORK_GPA: u64 = tsm_client::guest::DEMO_LAYOUT.work;
-/// How many.
-pub const WORK_PAGES: u64 = tsm_client::guest::DEMO_LAYOUT.work_pages;
-/// Where BAR0 appears in the guest.
-pub const BAR_GPA: u64 = tsm_client::guest::DEMO_LAYOUT.bar_gpa;
-/// TDISP lock flags: NO_FW_UPDATE.
-pub const LOCK_FLAGS: u64 = 0x1;
-
 pub(crate) use seamless_drivers::console::{figure, Hex, Ms};
-pub(crate) use seamless_host::td_params;
 
 /// Reports the failure of `what` on COM1 (and defmt) without stopping.
 pub(crate) fn report_failure(what: &str, why: &dyn fmt::Display) {
@@ -79,6 +59,10 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     if let Err(e) = arch::svm::enable() {
         fail("SVM", &e);
     }
+    // XCR0 = x87 | SSE for every world: the state each world's switch saves (`world::World`).
+    if !arch::enable_xsave() {
+        defmt::info!("no XSAVE: XCR0 is x87 alone and no world can change it");
+    }
 
     let boot = pvh::read(start_info).unwrap_or_else(|e| fail("PVH start info", &e));
     let tsc = Tsc::calibrate().unwrap_or_else(|_| fail("TSC", &"no frequency from CPUID 0x15, the PIT or CPUID 0x16"));
@@ -98,7 +82,7 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             say!("mode overflow: pushing until the boot stack overflows");
             arch::provoke_stack_overflow()
         }
-        Mode::Connect | Mode::Assign | Mode::Revoke | Mode::Attack | Mode::Boot | Mode::Ovmf => {}
+        Mode::Connect | Mode::Assign | Mode::Revoke | Mode::Stop | Mode::Attack | Mode::Boot | Mode::Ovmf => {}
     }
 
     let mmio_start = boot.memmap.low_ram_end();
@@ -112,9 +96,11 @@ pub fn run(start_info: StartInfoAddr) -> ! {
     }
     let vtd = open_vtd(&boot, mmio_start, tsc);
     let mut platform = FirmwarePlatform::new(frames, boot.memmap, rng, tsc, vtd);
-    platform.log_calls = config.log_calls;
-    let ecam = find_ecam(&boot);
-    let window = seamless_host::device::bar_window(&ecam, mmio_start);
+    // Mode ovmf: the per-call defmt record would dominate the run (every TDCALL and TDVMCALL
+    // of the TDVF is a call).
+    platform.log_calls = config.log_calls && config.mode != Mode::Ovmf;
+    let ecam = seamless_drivers::acpi::ecam_or_default(boot.rsdp);
+    let window = seamless_drivers::pci::host_bridge_window(&ecam, mmio_start);
     platform.set_mmio_window(window);
     defmt::info!("host bridge MMIO window {=u64:#x}..{=u64:#x}", window.0, window.1);
     let private = FrameRange { start: Pfn::new(image.0 >> 12).unwrap_or(Pfn::ZERO), count: (image.1 - image.0) >> 12 };
@@ -127,67 +113,33 @@ pub fn run(start_info: StartInfoAddr) -> ! {
             Ok(()) => say!("tsm: provisioned: attestation key derived from the platform secret"),
             Err(e) => fail("TSM provisioning", &format_args!("{e:?}")),
         },
-        None if matches!(config.mode, Mode::Assign | Mode::Revoke) => {
+        None if matches!(config.mode, Mode::Assign | Mode::Revoke | Mode::Stop) => {
             fail("assign", &"no platform secret in fw_cfg (attest provision writes platform-secret.bin)")
         }
         None => {}
     }
-    if matches!(config.mode, Mode::Boot | Mode::Connect) {
-        host_agent(&mut tsm, &boot, image, mmio_start, &tsc)
-    }
-
-    // Transitional (issue 11, stage 2): modes assign, revoke and attack run the agent in the
-    // image, with SEAMCALL as a direct call, until their host side moves into the host binary.
-    let layout =
-        Layout::carve(&boot.memmap, image, config.tdmr_max_mib << 20).unwrap_or_else(|e| fail("memory layout", &e));
-    say!(
-        "layout: image {:#x}..{:#x}, host pages {:#x}..{:#x}, TDMR {:#x}..{:#x} ({} MiB, PAMT {} KiB at {:#x})",
-        layout.image.0,
-        layout.image.1,
-        layout.host.0,
-        layout.host.1,
-        layout.tdmr.0,
-        layout.tdmr.1,
-        (layout.tdmr.1 - layout.tdmr.0) >> 20,
-        (layout.pamt.1 - layout.pamt.0) >> 10,
-        layout.pamt.0
-    );
-    let mut host = Host::new(frames, &layout);
-    if let Err(e) = crate::host::sys_config(&mut HostCpu::new(&mut tsm, &mut host, tsc), &layout) {
-        fail("TSM configuration", &e);
-    }
-    let ready = tsc.ticks_to_us(tsc.now().wrapping_sub(arch::boot_tsc()));
-    say!(
-        "tsm: configured over 1 TDMR of {} MiB; ready {} ms after PVH entry",
-        (layout.tdmr.1 - layout.tdmr.0) >> 20,
-        Ms(ready)
-    );
-    figure("boot_to_tsm_ready_ms", &Ms(ready), "ms");
-
-    let (mut world, host_exits) = host_world(&boot.memmap, &layout, mmio_start, &tsc, &mut tsm, &mut host);
-    if config.mode == Mode::Ovmf {
-        ovmf::run(&config, &tsc, &mut tsm, &mut host, &boot.memmap, ecam)
-    }
-    let nvme = open_nvme(&boot, &config, &tsc, (ecam, window));
-    let mut buf = [0u8; GUEST_IMAGE_MAX];
-    let guest = read_guest_image(&mut buf);
-    match config.mode {
-        Mode::Attack => attack::run(&tsc, &mut tsm, (&mut host, &mut world), nvme, guest, image.0),
-        _ => assign::run(&config, &tsc, &mut tsm, (&mut host, &mut world, host_exits), nvme, guest, ready),
-    }
+    // The TSM is ready; everything else is the host's, in its own world.
+    host_agent(&mut tsm, &boot, (image, mmio_start, ecam), (&tsc, config.mode == Mode::Assign))
 }
 
 /// Loads the host agent's binary into the host world and serves it until it ends the run.
 fn host_agent(
     tsm: &mut Tsm<FirmwarePlatform>,
     boot: &pvh::BootInfo,
-    image: (u64, u64),
-    mmio_start: u64,
-    tsc: &Tsc,
+    (image, mmio_start, ecam): ((u64, u64), u64, acpi::Ecam),
+    (tsc, demo): (&Tsc, bool),
 ) -> ! {
     let frames = tsm.platform().frames();
-    let mut world =
-        HostWorld::new(tsm, &boot.memmap, image, mmio_start, frames).unwrap_or_else(|e| fail("host world", &e));
+    let mut world = HostWorld::new(tsm, &boot.memmap, image, mmio_start, frames)
+        .and_then(|mut w| w.protect_chipset_config(tsm, ecam.base).map(|()| w))
+        .unwrap_or_else(|e| fail("host world", &e));
+    match acpi_pm_block(ecam, &boot.memmap) {
+        Some(base) => {
+            world.keep_acpi_pm(base);
+            defmt::info!("ACPI PM registers at port {=u16:#x}: writes kept from the host world", base);
+        }
+        None => say!("world: no ACPI PM block enabled at ICH9's PMBASE: no sleep state to keep from the host"),
+    }
     let tables = tsm.platform().host_npt.as_ref().map_or(0, |n| n.tables_used());
     say!(
         "world: SVM revision {}, {} ASIDs, nRIP save {}: the TSM alone runs in host mode; the host world's nested map uses {tables} tables",
@@ -201,16 +153,19 @@ fn host_agent(
     }
     let start = image.1.next_multiple_of(4096);
     let info = |region| BootInfo::new(&boot.memmap, image, region, (tsc.hz(), arch::boot_tsc()), boot.rsdp);
+    let t0 = tsc.now();
     let loaded = world.load_binary(tsm, &fw, start, &info).unwrap_or_else(|e| fail("host agent", &e));
+    let load_us = tsc.ticks_to_us(tsc.now().wrapping_sub(t0));
     say!(
-        "host: {HOST_FILE} ({} bytes, untrusted and unmeasured) loaded: {} segments at {:#x}..{:#x} with its page tables and boot information; entered at {:#x} in the host world",
+        "host: {HOST_FILE} ({} bytes, untrusted and unmeasured) loaded in {} ms: {} segments at {:#x}..{:#x} with its page tables and boot information; entered at {:#x} in the host world",
         loaded.file_bytes,
+        Ms(load_us),
         loaded.image.segments().len(),
         loaded.region.0,
         loaded.region.1,
         loaded.image.entry
     );
-    world.run(tsm)
+    world.run(tsm, demo)
 }
 
 /// MRSEAM: SHA-384 over the image as QEMU loaded it (`arch::loaded_image`).
@@ -221,95 +176,16 @@ fn measure_image() -> [u8; 48] {
     h.finalize().into()
 }
 
-/// Iterations and rounds of the host world's measured loops.
-const PROBE_LOOPS: (u64, u64) = (50, 10);
-
-/// Builds the host world (stopping at once if the CPU lacks SVM) and runs its probe: the bare
-/// exit floor, the SEAMCALL round trip, and reads and writes of TSM memory, the PAMT and the
-/// VT-d registers, each of which must fault without changing a byte.
-fn host_world(
-    map: &MemoryMap,
-    layout: &Layout,
-    mmio_start: u64,
-    tsc: &Tsc,
-    tsm: &mut Tsm<FirmwarePlatform>,
-    host: &mut Host,
-) -> (HostWorld, u64) {
-    let frames = host.frames();
-    let mut page = || tsm_client::HostMemory::scratch(host);
-    let mut world = HostWorld::new(tsm, map, layout.image, mmio_start, frames)
-        .and_then(|mut w| w.load_probe(&mut page).map(|()| w))
-        .unwrap_or_else(|e| fail("host world", &e));
-    let tables = tsm.platform().host_npt.as_ref().map_or(0, |n| n.tables_used());
-    say!(
-        "world: SVM revision {}, {} ASIDs, nRIP save {}: the TSM alone runs in host mode; the host world's nested map uses {tables} tables",
-        world.caps.revision,
-        world.caps.asids,
-        if world.caps.nrip { "yes" } else { "no (RIP advanced by the TSM)" }
-    );
-    let tsm_target = layout.image.0 + 0x1000;
-    let targets = [tsm_target, layout.pamt.0, 0xFED9_0000];
-    let mut before = [[0u8; 16]; 2];
-    arch::read_image(tsm_target, &mut before[0]);
-    frames.read(layout.pamt.0, &mut before[1]);
-    let r = world.run_probe(tsm, tsc, PROBE_LOOPS, &targets).unwrap_or_else(|e| fail("host world", &e));
-    let mut after = [[0u8; 16]; 2];
-    arch::read_image(tsm_target, &mut after[0]);
-    frames.read(layout.pamt.0, &mut after[1]);
-    say!(
-        "world: host world: {} SEAMCALLs, {} exits; best of {} rounds of {}: VMMCALL floor {} ns, SEAMCALL(TDH.SYS.INFO) {} ns",
-        r.seamcalls,
-        r.exits,
-        r.rounds,
-        r.iterations,
-        r.floor_ns,
-        r.seamcall_ns
-    );
-    let expected = 2 * targets.len() as u64;
-    if r.tdcall_ud != 1 {
-        fail("host world", &format_args!("TDCALL from the host world: {} #UD, want 1", r.tdcall_ud));
-    }
-    if r.faults != expected || r.handled != expected || r.log_entries != expected || before != after {
-        fail(
-            "host world isolation",
-            &format_args!(
-                "{} of {expected} accesses faulted, {} #MC handled, {} fault-log entries read, bytes {}",
-                r.faults,
-                r.handled,
-                r.log_entries,
-                if before == after { "unchanged" } else { "CHANGED" }
-            ),
-        );
-    }
-    say!("world: host world executed TDCALL: #UD, the guest ABI is not the host's");
-    say!(
-        "world: host world read and wrote TSM memory {tsm_target:#x}, the PAMT {:#x}, VT-d {:#x}: {} refused (nested page fault -> #MC, handled), bytes unchanged; the host read {} entries back from the fault log",
-        layout.pamt.0,
-        targets[2],
-        r.faults,
-        r.log_entries
-    );
-    figure("svm_vmexit_floor_ns", &r.floor_ns, "ns");
-    figure("seamcall_roundtrip_ns", &r.seamcall_ns, "ns");
-    let ratio = (r.seamcall_ns * 100).checked_div(r.floor_ns).unwrap_or(0);
-    figure("seamcall_vs_floor", &format_args!("{}.{:02}", ratio / 100, ratio % 100), "x");
-    // The per-call defmt record would dominate the round trip being measured.
-    let log_calls = core::mem::replace(&mut tsm.platform_mut().log_calls, false);
-    let first = tsm.platform().td.as_ref().map_or(0, |w| w.switches);
-    let td = seamless_host::probe_td::run(&mut HostCpu::new(tsm, host, *tsc)).unwrap_or_else(|e| fail("probe TD", &e));
-    let switches = tsm.platform().td.as_ref().map_or(0, |w| w.switches) - first;
-    tsm.platform_mut().log_calls = log_calls;
-    say!(
-        "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; {} #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page); a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page; SEAMCALL in the TD #UD; R14/R15 carried both ways when the VMCALL exposed them; a spin with interrupts off preempted by the TSM's timer; no register it did not expose reached the host; the host's memory exited as an EPT violation; {} VP.ENTERs, {} world switches",
-        td.ves,
-        td.entries,
-        switches
-    );
-    figure("tdcall_roundtrip_ns", &td.tdcall_ns, "ns");
-    let ratio = (td.tdcall_ns * 100).checked_div(r.floor_ns).unwrap_or(0);
-    figure("tdcall_vs_floor", &format_args!("{}.{:02}", ratio / 100, ratio % 100), "x");
-    figure("world_switches", &(r.exits + switches), "exits");
-    (world, r.exits)
+/// The ACPI PM I/O block of q35's ICH9 LPC bridge (00:1f.0), where the BIOS put it (PMBASE,
+/// 128-byte aligned) if ACPI is enabled there; `None` for another bridge or ACPI off.
+fn acpi_pm_block(ecam: acpi::Ecam, map: &MemoryMap) -> Option<u16> {
+    /// ICH9 LPC: vendor 0x8086, device 0x2918; PMBASE at 0x40, ACPI_CNTL at 0x44 (bit 7: enable).
+    const LPC: u16 = 31 << 3;
+    let pcie = seamless_drivers::pci::Pcie::open(ecam, map).ok()?;
+    let ids = pcie.config_read(LPC, 0, 4)?;
+    let base = pcie.config_read(LPC, 0x40, 4)? & 0xFF80;
+    let enabled = pcie.config_read(LPC, 0x44, 1)? & 0x80 != 0;
+    (ids == 0x2918_8086 && enabled && base != 0).then_some(base as u16)
 }
 
 /// The DMA remapping unit ACPI DMAR names, if any: the TSM takes it at IOMMU.SETUP.
@@ -325,7 +201,7 @@ fn open_vtd(boot: &pvh::BootInfo, mmio_start: u64, tsc: Tsc) -> Option<Vtd> {
         Ok(v) => {
             let c = v.capabilities();
             say!(
-                "vt-d: DRHD segment {} registers {:#x} (HAW {} bits{}): CAP {:#018x} ECAP {:#018x}, SAGAW {:#x}",
+                "vt-d: DRHD segment {} registers {:#x} (HAW {} bits{}): CAP {:#018x} ECAP {:#018x}, SAGAW {:#x}; all DMA blocked until IOMMU.SETUP",
                 drhd.segment,
                 drhd.registers,
                 drhd.host_address_width,
@@ -336,6 +212,8 @@ fn open_vtd(boot: &pvh::BootInfo, mmio_start: u64, tsc: Tsc) -> Option<Vtd> {
             );
             Some(v)
         }
+        // The unit is there but would let DMA through untranslated: no host world may run.
+        Err(e @ crate::drivers::vtd::VtdError::Block(_)) => fail("vt-d", &e),
         Err(e) => {
             say!("vt-d: {e}; no DMA remapping");
             None
@@ -350,27 +228,6 @@ fn report_memmap(map: &MemoryMap) {
     }
     if map.dropped != 0 {
         say!("memory map: {} entries past the first {} ignored", map.dropped, crate::memmap::MAX_RANGES);
-    }
-}
-
-/// Bytes a guest image may have (the demo's is about 80 KiB, its NVMe driver and SHA-384
-/// included; this bounds the host agent's buffer, on the 512 KiB boot stack).
-const GUEST_IMAGE_MAX: usize = 128 * 1024;
-
-/// The host agent reads the guest image from fw_cfg into `buf` (the TSM checks nothing here:
-/// `td::build` parses it, and MRTD measures what was added).
-fn read_guest_image(buf: &mut [u8]) -> &[u8] {
-    let fw = FwCfg::new().unwrap_or_else(|e| fail(GUEST_FILE, &e));
-    match fw.read_file(GUEST_FILE, buf) {
-        Ok(n) => {
-            say!("host: guest image {n} bytes from fw_cfg {GUEST_FILE}");
-            &buf[..n]
-        }
-        Err(FwCfgError::NotFound) => fail(
-            GUEST_FILE,
-            &"no guest image in fw_cfg: the launcher passes -fw_cfg name=opt/seamless/guest,file=guest.img (firmware guest-image ELF FILE makes it)",
-        ),
-        Err(e) => fail(GUEST_FILE, &e),
     }
 }
 
@@ -413,35 +270,4 @@ fn read_fw_cfg() -> (RunConfig, Option<[u8; BLOB_BYTES]>) {
         if secret.is_some() { "provisioned (128-byte blob)" } else { "not provisioned" }
     );
     (config, secret)
-}
-
-pub(crate) use seamless_host::device::{pump_summary, Nvme};
-
-/// The PCIe ECAM window, from ACPI's MCFG (q35's default if the table is missing).
-fn find_ecam(boot: &pvh::BootInfo) -> acpi::Ecam {
-    seamless_host::device::find_ecam(boot.rsdp)
-}
-
-/// Finds the NVMe function, places BAR0 where the run configuration says (inside `window`), and
-/// opens its DOE mailbox.
-fn open_nvme(boot: &pvh::BootInfo, config: &RunConfig, tsc: &Tsc, pci: (acpi::Ecam, (u64, u64))) -> Nvme {
-    seamless_host::device::open_nvme(&boot.memmap, config, tsc, pci).unwrap_or_else(|f| fail(f.what, &f.why))
-}
-
-/// Creates the NVMe function's PDEV and runs SPDM.CONNECT; returns the assignment begun.
-fn spdm_connect(cpu: &mut HostCpu<'_>, doe: &mut DoeLink<'_>, bdf: crate::drivers::pci::Bdf) -> Assignment {
-    seamless_host::device::spdm_connect(cpu, doe, bdf).unwrap_or_else(|f| fail(f.what, &f.why))
-}
-
-/// SPDM.CONNECT of the assignment's PDEV; returns its duration in µs.
-///
-/// # Errors
-/// [`HostError`] of the call (a mailbox failure was aborted).
-fn spdm_connect_pdev(
-    cpu: &mut HostCpu<'_>,
-    doe: &mut DoeLink<'_>,
-    bdf: crate::drivers::pci::Bdf,
-    a: &Assignment,
-) -> Result<u64, HostError> {
-    seamless_host::device::spdm_connect_pdev(cpu, doe, bdf, a)
 }

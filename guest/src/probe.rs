@@ -86,7 +86,17 @@ fn outcome(p: Probe, step: &ProbeStep) -> (Outcome, Option<u64>) {
             o.value = U64::new(SECRET);
             return (o, Some(SECRET));
         }
-        // The four loads: the TSM decides what the access comes to.
+        Probe::LoadUnacceptedMmio => {
+            // Mapped in its own tables as a driver that forgot to accept the page would map it:
+            // the TSM, not the TD's page tables, must stop the load.
+            let gpa = step.gpa.get();
+            let pages = gpa.saturating_sub(l.bar_gpa) / 4096 + 1;
+            match arch::map_device(l.bar_gpa, pages) {
+                Some(()) => arch::probe_load(gpa).map_or_else(caught, value),
+                None => Outcome::new(n, Kind::Refused),
+            }
+        }
+        // The other loads: the TSM decides what the access comes to.
         _ => arch::probe_load(step.gpa.get()).map_or_else(caught, value),
     };
     (o, None)

@@ -66,6 +66,9 @@ impl tsm_client::GuestMemory for Td {
     fn mmio_read_u32(&mut self, gpa: u64) -> Result<u32, GuestError> {
         arch::mmio_read_u32(gpa).ok_or(GuestError::NotMapped { gpa, state: 0xFF })
     }
+    fn map_device(&mut self, gpa: u64, pages: u64) -> Result<(), GuestError> {
+        arch::map_device(gpa, pages).ok_or(GuestError::MmioOutside { gpa, hpa: 0 })
+    }
     fn shared_addr(&self) -> u64 {
         self.shared_bit | SHARED_OFFSET
     }
@@ -80,8 +83,8 @@ impl tsm_client::GuestMemory for Td {
 }
 
 /// QEMU's NVMe controller as the TD reaches it (`tsm_client::nvme`'s transport): BAR0 with
-/// 32-bit loads and stores in its uncached device window, where the TSM maps only MMIO_MAPPED
-/// leaves; the controller's memory the TD's own private pages by GPA (the device's DMA goes
+/// 32-bit loads and stores through the uncached pages it mapped after accepting them, which the
+/// TSM backs only with MMIO_MAPPED leaves; the controller's memory the TD's own private pages by GPA (the device's DMA goes
 /// through the IOMMU walking the S-EPT: IOVA = GPA); RDTSC for a clock.
 #[derive(Debug)]
 struct Nvme {
@@ -183,7 +186,7 @@ pub fn main(gpaw: u32, vcpu: u32) -> ! {
 
 /// The device flow, `tsm_client::guest`'s steps over real TDCALLs: the TDI the host names,
 /// checked with TDG.TDI.RD and the report against the TSM's digest, MMIO and DMA accepted,
-/// START authorised, the registers read with real loads through the uncached device window;
+/// START authorised, the accepted MMIO mapped uncached, the registers read with real loads;
 /// then what the TD's plan (its MRCONFIGID) says.
 fn device(td: &mut Td, g: &mut Guest) -> Result<(), GuestError> {
     let plan = g.plan(td)?;

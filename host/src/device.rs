@@ -4,7 +4,7 @@
 //! that page), bus mastering on, its DOE mailbox opened; then SPDM.CONNECT of the function's
 //! PDEV, each DEVICE_REQUEST ferried through the mailbox.
 
-use seamless_drivers::acpi::{self, Ecam, Q35_DEFAULT_ECAM};
+use seamless_drivers::acpi::Ecam;
 use seamless_drivers::config::RunConfig;
 use seamless_drivers::console::{figure, Ms};
 use seamless_drivers::doe::{self, Mailbox};
@@ -21,10 +21,6 @@ use crate::{Cpu, Failed, Why};
 
 /// NVMe: mass storage, non-volatile memory controller, NVM Express.
 const NVME_CLASS: (u8, u8, u8) = (0x01, 0x08, 0x02);
-/// Free MMIO space for BARs the BIOS left unassigned: q35's 32-bit PCI hole above the ECAM and
-/// below the IOAPIC.
-const BAR_WINDOW: (u64, u64) = (0xC000_0000, 0xFEC0_0000);
-
 /// The NVMe function, as the host agent found and set it up.
 #[derive(Debug)]
 pub struct Nvme {
@@ -38,24 +34,8 @@ pub struct Nvme {
     pub mailbox: Mailbox<Mmio>,
 }
 
-/// The PCIe ECAM window, from ACPI's MCFG (q35's default if the table is missing).
-pub fn find_ecam(rsdp: u64) -> Ecam {
-    match acpi::find_ecam(rsdp) {
-        Ok(e) => e,
-        Err(e) => {
-            say!("pci: {e}; using q35's default ECAM at {:#x}", Q35_DEFAULT_ECAM.base);
-            Q35_DEFAULT_ECAM
-        }
-    }
-}
-
-/// The host bridge's 32-bit MMIO aperture, where BARs live: q35's PCI hole, from past the ECAM
-/// window MCFG names and past low RAM, up to the IOAPIC. The TSM takes private MMIO only from
-/// here (and never where the memory map says RAM).
-pub fn bar_window(ecam: &Ecam, mmio_start: u64) -> (u64, u64) {
-    let ecam_end = ecam.base.saturating_add((u64::from(ecam.end_bus) + 1) << 20);
-    (BAR_WINDOW.0.max(ecam_end).max(mmio_start), BAR_WINDOW.1)
-}
+pub use seamless_drivers::acpi::ecam_or_default as find_ecam;
+pub use seamless_drivers::pci::host_bridge_window as bar_window;
 
 /// Finds the NVMe function, places BAR0 where the run configuration says (inside `window`), and
 /// opens its DOE mailbox.
@@ -134,8 +114,8 @@ pub fn pump_summary(tsc: &Tsc, s: &PumpStats, (doe_ticks, tsm_ticks): (u64, u64)
 /// # Errors
 /// [`Failed`]: PDEV or SPDM.CONNECT, with the call's error.
 pub fn spdm_connect<C: Cpu + ?Sized>(cpu: &mut C, doe: &mut DoeLink<'_>, bdf: Bdf) -> Result<Assignment, Failed> {
-    let a = device::pdev_create(cpu, u32::from(bdf.rid())).map_err(|e| Failed::new("PDEV", e))?;
-    spdm_connect_pdev(cpu, doe, bdf, &a).map_err(|e| Failed::new("SPDM.CONNECT", e))?;
+    let mut a = device::pdev_create(cpu, u32::from(bdf.rid())).map_err(|e| Failed::new("PDEV", e))?;
+    spdm_connect_pdev(cpu, doe, bdf, &mut a).map_err(|e| Failed::new("SPDM.CONNECT", e))?;
     Ok(a)
 }
 
@@ -147,7 +127,7 @@ pub fn spdm_connect_pdev<C: Cpu + ?Sized>(
     cpu: &mut C,
     doe: &mut DoeLink<'_>,
     bdf: Bdf,
-    a: &Assignment,
+    a: &mut Assignment,
 ) -> Result<u64, HostError> {
     let rid = bdf.rid();
     let tsc = cpu.tsc();
@@ -159,9 +139,14 @@ pub fn spdm_connect_pdev<C: Cpu + ?Sized>(
     pump_summary(&tsc, &stats, (doe.ticks - doe0, cpu.tsm_ticks() - tsm0));
     result?;
     say!(
-        "spdm: connected: SPDM {}.{}, secure session up, in {} ms",
-        stats.spdm_version >> 4,
-        stats.spdm_version & 0xF,
+        "spdm: connected: SPDM {}.{}, secure session up, measured {}, in {} ms",
+        a.spdm.version >> 4,
+        a.spdm.version & 0xF,
+        if a.spdm.measured_in_session {
+            "inside the session"
+        } else {
+            "in the clear (the device refused in-session measurement)"
+        },
         Ms(total)
     );
     figure("spdm_connect_qemu_ms", &Ms(total), "ms");

@@ -8,14 +8,16 @@
 //! - [`mem`]: the host's pages, the DOE link, and the TDMR it configures the TSM over, chosen
 //!   from its own memory as a TDX host kernel does;
 //! - [`device`]: finding the NVMe function, its BARs and its DOE mailbox, and SPDM.CONNECT;
-//! - [`probe_td`]: the probe TD, which shows the TD world's isolation and measures TDCALL.
+//! - [`evidence`]: a TDI's evidence for the verifier, read from the TSM into a bundle;
+//! - [`probe_td`]: the probe TD, which shows the TD world's isolation and measures TDCALL;
+//! - [`timeline`]: the run's phases as `timeline.json`.
 //!
-//! The sequences of calls themselves are `tsm_client::host`'s, written once.
-//!
-//! **Transitional** (issue 11, stage 2): the firmware still links this library for modes
-//! `assign`, `revoke` and `attack`, with SEAMCALL as a direct call, until their host side
-//! (`firmware/src/run/assign.rs`, `attack.rs`) moves into the binary; their TD part is already
-//! the guest binary's, in its TD world.
+//! The sequences of calls themselves are `tsm_client::host`'s, written once. The binary adds
+//! its CPU (`arch/`: the entry, SEAMCALL, the probe accesses with their #MC fixups), its probe of
+//! its own world, and the modes (`run.rs`; `assign.rs` with the TD's DMA checks in
+//! `assign/dma.rs`; `attack.rs` with its table of cases in `attack/cases.rs`). The library is
+//! also what the harness drives with a direct call (`tests/harness/tests/assign_attest.rs` runs
+//! [`evidence::tdi_bundle`] against the real dispatcher).
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -29,8 +31,10 @@ use tsm_client::host::HostError;
 use tsm_client::{DoeError, HostMemory, Seamcall};
 
 pub mod device;
+pub mod evidence;
 pub mod mem;
 pub mod probe_td;
+pub mod timeline;
 
 /// The host's CPU as the agent's flows use it: SEAMCALL, the host's pages, and the clock.
 pub trait Cpu: Seamcall + HostMemory {
@@ -39,6 +43,16 @@ pub trait Cpu: Seamcall + HostMemory {
     /// TSC ticks spent inside the TSM's calls so far.
     fn tsm_ticks(&self) -> u64;
 }
+
+/// The TD's accepted work pages (`tsm_client::guest::DEMO_LAYOUT`, which the guest image uses
+/// too).
+pub const WORK_GPA: u64 = tsm_client::guest::DEMO_LAYOUT.work;
+/// How many.
+pub const WORK_PAGES: u64 = tsm_client::guest::DEMO_LAYOUT.work_pages;
+/// Where BAR0 appears in the TD.
+pub const BAR_GPA: u64 = tsm_client::guest::DEMO_LAYOUT.bar_gpa;
+/// TDISP lock flags: NO_FW_UPDATE.
+pub const LOCK_FLAGS: u64 = 0x1;
 
 /// The demo's TD: GPAW 48, one vCPU, no attributes; `plan` in MRCONFIGID (the probe TD, which
 /// reads none, gets `Plan::Assign`: all zero).

@@ -21,6 +21,16 @@
 #[allow(unsafe_code)]
 mod arch;
 #[cfg(target_os = "none")]
+mod assign;
+#[cfg(target_os = "none")]
+mod attack;
+#[cfg(target_os = "none")]
+mod host_nvme;
+#[cfg(target_os = "none")]
+mod interop;
+#[cfg(target_os = "none")]
+mod ovmf;
+#[cfg(target_os = "none")]
 mod run;
 #[cfg(target_os = "none")]
 mod world_probe;
@@ -29,7 +39,7 @@ mod world_probe;
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     seamless_drivers::say!("\nseamless host: panic: {info}");
-    arch::exit(false)
+    arch::exit(arch::ExitCode::Failure)
 }
 
 #[cfg(not(target_os = "none"))]

@@ -3,7 +3,7 @@
 //! device's DOE mailbox as the host ferries requests through it, [`sys_config`] the TDMR it
 //! configures the TSM over, chosen from its own memory as a TDX host kernel does.
 
-use seamless_drivers::doe::Mailbox;
+use seamless_drivers::doe::{Mailbox, Micros};
 use seamless_drivers::memmap::Layout;
 use seamless_drivers::phys::{Frames, Mmio};
 use seamless_drivers::tsc::Tsc;
@@ -142,6 +142,16 @@ impl Doe for DoeLink<'_> {
         self.ticks += ticks;
         self.exchanges += 1;
         got
+    }
+
+    /// Spins on the TSC for the device's response time, at most the mailbox's timeout.
+    fn pause(&mut self, us: u64) {
+        let t = self.tsc.now();
+        let until = self.tsc.now_us().saturating_add(us.min(self.mailbox.timeout_us()));
+        while self.tsc.now_us() < until {
+            core::hint::spin_loop();
+        }
+        self.ticks += self.tsc.now().wrapping_sub(t);
     }
 }
 

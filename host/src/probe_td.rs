@@ -285,6 +285,7 @@ fn verify(w: &[u64; WORDS]) -> Result<(), TdProbeError> {
     check(w[6] == 0, "the PENDING page did not read as zero once accepted")?;
     check(w[10] == 0x5A5A_C0DE_0000_0001, "the blocked page lost its contents")?;
     check(w[13..15] == R14_R15_ANSWER, "the host's R14/R15 answer did not reach the TD")?;
+    check(w[15] == 0, "the TD found another world's vector registers at entry (XMM0 not zero)")?;
     check(w[29] == 2, "SEAMCALL in the TD was not #UD")?;
     check(w[30] == 0, "the #VE handler's ACCEPT failed")?;
     check(w[31] == EXPECTED_VES.len() as u64, "not one #VE per event")?;

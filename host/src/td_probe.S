@@ -1,4 +1,4 @@
-/* The probe TD: 8 KiB that the in-image host PAGE.ADDs at GPA 0xFFFFE000..0xFFFFFFFF, so that
+/* The probe TD: 8 KiB that the host agent PAGE.ADDs at GPA 0xFFFFE000..0xFFFFFFFF, so that
  * its last 16 bytes are the reset vector, and runs with TDH.VP.ENTER in a TD world. It is data
  * to the TSM (never executed in host mode) and, like TDVF, starts in TDX's initial state:
  * 32-bit flat protected mode, paging off, EFER.LME = 1, EBX = GPAW, ESI = vCPU index.
@@ -11,7 +11,7 @@
  *   0x20 CPUID.1 ECX, 0x24 CPUID.0x21 (EBX EDX ECX), 0x30 the PENDING page's word after the
  *   #VE handler accepted it, 0x38 best round of TDG.VP.INFO (TSC ticks), 0x40 iterations,
  *   0x48 rounds, 0x50 the blocked page's word once it came back, 0x58 and 0x60 the two shared
- *   pages' words, 0xE8 #UDs (SEAMCALL),
+ *   pages' words, 0x78 XMM0 as the TD found it at entry, 0xE8 #UDs (SEAMCALL),
  *   0xF0 ACCEPT status in the #VE handler, 0xF8 #VEs, 0x100.. one 0x30-byte record per #VE:
  *   VEINFO.GET's RAX, RCX, RDX, R8, R9, R10.
  * Host protocol, TDG.VP.VMCALL R10: 0x100 + k reports words 3k..3k+2 of the results page in
@@ -22,7 +22,8 @@
  *   the host answers in R14 and R15, and the TD keeps the answers at 0x68 and 0x70;
  *   0x600 follows a spin of 2^26 iterations with interrupts off, which the TSM's preemption
  *   timer must have cut into time slices (external-interrupt exits) before it;
- *   0x300 exposes R10..R13 only (RCX = 0x3C00) and leaves a secret in every other register,
+ *   0x300 exposes R10..R13 only (RCX = 0x3C00) and leaves a secret in every other register
+ *   (XMM0..15 included),
  *   and the host answers in R11 an address of its own memory, which the TD then reads. */
         .section .rodata.td_probe, "a"
         .balign 4096
@@ -64,6 +65,8 @@ long64:
         mov r15, 0x804000
         mov [r15 + 0x00], rbx
         mov [r15 + 0x08], rsi
+        movq rax, xmm0                   /* TDX's initial state: XMM0 = 0, never the host's */
+        mov [r15 + 0x78], rax
         lea rax, [rip + ve_handler]
         mov edi, 20
         call set_gate
@@ -192,8 +195,40 @@ long64:
         cmp ebx, 22
         jb 4b
 
-        /* Secrets in every register the VMCALL does not expose (RCX = 0x3C00: R10..R13). */
+        /* Secrets in every register the VMCALL does not expose (RCX = 0x3C00: R10..R13), the
+         * vector registers included. */
         mov rax, 0x5EC2E70000000000
+        movq xmm0, rax
+        lea rdx, [rax + 0x11]
+        movq xmm1, rdx
+        lea rdx, [rax + 0x12]
+        movq xmm2, rdx
+        lea rdx, [rax + 0x13]
+        movq xmm3, rdx
+        lea rdx, [rax + 0x14]
+        movq xmm4, rdx
+        lea rdx, [rax + 0x15]
+        movq xmm5, rdx
+        lea rdx, [rax + 0x16]
+        movq xmm6, rdx
+        lea rdx, [rax + 0x17]
+        movq xmm7, rdx
+        lea rdx, [rax + 0x18]
+        movq xmm8, rdx
+        lea rdx, [rax + 0x19]
+        movq xmm9, rdx
+        lea rdx, [rax + 0x1A]
+        movq xmm10, rdx
+        lea rdx, [rax + 0x1B]
+        movq xmm11, rdx
+        lea rdx, [rax + 0x1C]
+        movq xmm12, rdx
+        lea rdx, [rax + 0x1D]
+        movq xmm13, rdx
+        lea rdx, [rax + 0x1E]
+        movq xmm14, rdx
+        lea rdx, [rax + 0x1F]
+        movq xmm15, rdx
         lea rbx, [rax + 0x03]
         mov ecx, 0x3C00
         lea rdx, [rax + 0x02]

@@ -7,7 +7,10 @@
 //! - TDCALL: #UD (the guest ABI is not the host's);
 //! - the platform: selecting the platform secret in fw_cfg, fw_cfg's DMA interface aimed at TSM
 //!   memory, writes to the MSRs the TSM depends on, programming the ISA DMA controller: each
-//!   refused, logged, and without effect.
+//!   refused, logged, and without effect;
+//! - the ways out of the world: an INIT to itself through the local APIC (and the I/O APIC and
+//!   HPET that could send one), A20 off, the i8042's output port, an SMI, the 8259, CMOS's
+//!   shutdown status, S3, the BIOS's shadowing: each refused, logged, and without effect.
 //!
 //! The fault log is read back with SEAMLESS.HOST.FAULT.RD after each group and every entry
 //! checked against what the agent did, in order.
@@ -20,6 +23,7 @@ use seamless_drivers::memmap::Layout;
 use seamless_drivers::say;
 use seamless_host::{Cpu, Failed, Why};
 use tsm::abi::host::leaf;
+use tsm::pamt::PageType;
 use tsm::Regs;
 use tsm_client::HostMemory;
 
@@ -39,6 +43,7 @@ const CLASS_RESERVED: u8 = 0x01;
 const CLASS_NOT_HOST: u8 = 0xF1;
 const CLASS_PORT: u8 = 0xF3;
 const CLASS_MSR: u8 = 0xF4;
+const CLASS_XCR: u8 = 0xF5;
 /// The MSRs the TSM depends on, each written with a value that would hurt it.
 const MSRS: [(u32, &str, u64); 8] = [
     (0xC000_0080, "EFER", 0),
@@ -63,6 +68,17 @@ const ISA_DMA: [(u16, u8); 9] = [
     (0x0B, 0x45),
     (0x0A, 0x01),
 ];
+/// PCI configuration mechanism #1 (the address's enable bit) and its registers.
+const CONFIG_ENABLE: u32 = 1 << 31;
+const CONFIG_ADDRESS: u16 = 0xCF8;
+const CONFIG_DATA: u16 = 0xCFC;
+/// The host bridge's PCIEXBAR (00:00.0, 0x60), the LPC bridge's function in ECAM (00:1f.0) and
+/// its RCBA (0xF0).
+const PCIEXBAR: u64 = 0x60;
+const LPC_FUNCTION: u64 = 31 << 15;
+const RCBA: u64 = 0xF0;
+/// The LPC bridge in a configuration address (device 31 at bits 15:11).
+const LPC_CONFIG: u32 = 31 << 11;
 /// fw_cfg's DMA address registers (big-endian; the low half starts the transfer).
 const FW_CFG_DMA_HIGH: u16 = 0x514;
 const FW_CFG_DMA_LOW: u16 = 0x518;
@@ -127,6 +143,7 @@ pub fn run(cpu: &mut Agent, info: &BootInfo, layout: &Layout) -> Result<u64, Fai
         layout.pamt.0
     );
     platform(cpu, info)?;
+    escapes(cpu, info)?;
     Ok(floor_ns)
 }
 
@@ -209,9 +226,9 @@ fn platform(cpu: &mut Agent, info: &BootInfo) -> Result<(), Failed> {
     d[8..].copy_from_slice(&(info.tsm[0] + 0x2000).to_be_bytes());
     cpu.write(desc, &d);
     let (high, low) = (((desc >> 32) as u32).swap_bytes(), (desc as u32).swap_bytes());
-    arch::out32_kept(FW_CFG_DMA_HIGH, high);
+    arch::out32(FW_CFG_DMA_HIGH, high);
     expect(u64::from(FW_CFG_DMA_HIGH), CLASS_PORT, u64::from(high));
-    arch::out32_kept(FW_CFG_DMA_LOW, low);
+    arch::out32(FW_CFG_DMA_LOW, low);
     expect(u64::from(FW_CFG_DMA_LOW), CLASS_PORT, u64::from(low));
     let mut back = [0u8; 16];
     cpu.read(desc, &mut back);
@@ -231,13 +248,36 @@ fn platform(cpu: &mut Agent, info: &BootInfo) -> Result<(), Failed> {
         expect(u64::from(port), CLASS_PORT, u64::from(value));
     }
 
+    // The chipset: the host bridge's PCIEXBAR and the LPC bridge's RCBA would put the ECAM
+    // window or the RCRB over the TSM's memory. Their configuration space is the host's to read
+    // and nobody's to write, through ECAM (read-only pages) and ports 0xCF8/0xCFC alike.
+    let ecam = seamless_host::device::find_ecam(info.rsdp).base;
+    let (pciexbar, rcba) = (ecam + PCIEXBAR, ecam + LPC_FUNCTION + RCBA);
+    let before =
+        arch::probe_read(pciexbar).ok_or(Failed::new("host world", "the host bridge's configuration is unreadable"))?;
+    for at in [pciexbar, rcba] {
+        check(arch::probe_write(at, PATTERN), "a configuration write through ECAM was not refused")?;
+        expect(at, CLASS_NOT_HOST, 0);
+    }
+    for (address, value) in
+        [(CONFIG_ENABLE | PCIEXBAR as u32, 0xE000_0001u32), (CONFIG_ENABLE | LPC_CONFIG | RCBA as u32, 0x1000_0001)]
+    {
+        arch::out32(CONFIG_ADDRESS, address);
+        arch::out32(CONFIG_DATA, value);
+        expect(u64::from(CONFIG_DATA), CLASS_PORT, u64::from(value));
+    }
+    arch::out32(CONFIG_ADDRESS, CONFIG_ENABLE | PCIEXBAR as u32);
+    let through_ports = arch::in32(CONFIG_DATA);
+    let unchanged = arch::probe_read(pciexbar) == Some(before) && through_ports == before as u32;
+    check(unchanged, "the host bridge's PCIEXBAR changed")?;
+
     let mut log = [Entry { addr: 0, class: 0, write: false, detail: 0 }; 32];
     let got = drain(cpu, &mut log);
     check(got == n, "the fault log does not hold one entry per refused platform access")?;
     check(log[..n.min(32)] == want[..n.min(32)], "a fault-log entry names another platform access")?;
     let names = MSRS.map(|(_, name, _)| name);
     say!(
-        "world: host world attacked the platform: {}, fw_cfg DMA into TSM memory refused (2 writes, the descriptor untouched), {} MSR writes refused ({}; RDMSR VM_HSAVE_PA read 0), ISA DMA programming refused ({} port writes); the host read {got} entries back from the fault log",
+        "world: host world attacked the platform: {}, fw_cfg DMA into TSM memory refused (2 writes, the descriptor untouched), {} MSR writes refused ({}; RDMSR VM_HSAVE_PA read 0), ISA DMA programming refused ({} port writes), the chipset's PCIEXBAR and RCBA not written (2 writes through ECAM, 2 through ports 0xCF8/0xCFC, refused; PCIEXBAR reads {before:#x} as before); the host read {got} entries back from the fault log",
         if secret.is_some() {
             "2 selections of fw_cfg's opt/seamless/platform-secret refused (the data port then read nothing of it)"
         } else {
@@ -248,6 +288,103 @@ fn platform(cpu: &mut Agent, info: &BootInfo) -> Result<(), Failed> {
         ISA_DMA.len()
     );
     Ok(())
+}
+
+/// The local APIC's interrupt command register, the I/O APIC's register select and the HPET's
+/// general configuration: what the host world would program to send its own CPU an INIT (which
+/// resets it into the BIOS, outside every world, memory as it is), an SMI or an NMI.
+const LAPIC_ICR: u64 = 0xFEE0_0300;
+const IOAPIC_SELECT: u64 = 0xFEC0_0000;
+const HPET_CONFIG: u64 = 0xFED0_0010;
+/// ICR: INIT, level assert, to itself.
+const INIT_SELF: u64 = 0x0004_4500;
+/// Port A: bit 1 is the A20 gate, bit 0 the fast reset; the i8042's command port and its
+/// "write the output port" command (A20 and the reset line); APM control (a write raises an
+/// SMI); the 8259s' mask registers; CMOS's index and data, and the BIOS's shutdown status byte
+/// (0x0A: after a reset, jump through 40:67 without a POST).
+const PORT_A: u16 = 0x92;
+const I8042_COMMAND: u16 = 0x64;
+const I8042_WRITE_OUTPUT: u8 = 0xD1;
+const APM_CONTROL: u16 = 0xB2;
+const PIC_MASK: u16 = 0x21;
+const CMOS_INDEX: u16 = 0x70;
+const CMOS_DATA: u16 = 0x71;
+const CMOS_SHUTDOWN: u8 = 0x0F;
+/// ICH9 PM1 control (PMBASE + 4): SLP_EN with SLP_TYP 1, QEMU's S3 (suspend to RAM, which
+/// resumes in the BIOS at the waking vector the OS left).
+const PM1_CONTROL: u16 = 4;
+const SLEEP_S3: u16 = 1 << 13 | 1 << 10;
+/// The host bridge's PAM0 (0x90): the shadowing of the BIOS's code at 0xF0000.
+const PAM0: u32 = 0x90;
+
+/// The ways out of the world: the interrupt controllers that can INIT the CPU, A20 and the
+/// reset and sleep controls, SMIs, and what the BIOS would run after an INIT (its shutdown
+/// status in CMOS, its code's shadowing). Each write refused, logged, without effect.
+fn escapes(cpu: &mut Agent, info: &BootInfo) -> Result<(), Failed> {
+    let mut want = [Entry { addr: 0, class: 0, write: true, detail: 0 }; 32];
+    let mut n = 0;
+    let mut expect = |addr: u64, class: u8, detail: u64| {
+        if let Some(slot) = want.get_mut(n) {
+            *slot = Entry { addr, class, write: true, detail };
+        }
+        n += 1;
+    };
+    for (at, value) in [(LAPIC_ICR, INIT_SELF), (IOAPIC_SELECT, 0x10), (HPET_CONFIG, 0x3)] {
+        check(arch::probe_write(at, value), "an interrupt controller took the host world's write")?;
+        expect(at, CLASS_NOT_HOST, 0);
+    }
+    let a20 = arch::in8(PORT_A);
+    let mask = arch::in8(PIC_MASK);
+    arch::out_kept(CMOS_INDEX, CMOS_SHUTDOWN);
+    let shutdown = arch::in8(CMOS_DATA);
+    for (port, value) in [(PORT_A, 0u8), (I8042_COMMAND, I8042_WRITE_OUTPUT), (APM_CONTROL, 0), (PIC_MASK, 0)] {
+        arch::out_kept(port, value);
+        expect(u64::from(port), CLASS_PORT, u64::from(value));
+    }
+    arch::out_kept(CMOS_INDEX, CMOS_SHUTDOWN);
+    arch::out_kept(CMOS_DATA, 0x0A);
+    expect(u64::from(CMOS_DATA), CLASS_PORT, 0x0A);
+    let pm = pm_block(info);
+    if let Some(base) = pm {
+        arch::out16_kept(base + PM1_CONTROL, SLEEP_S3);
+        expect(u64::from(base + PM1_CONTROL), CLASS_PORT, u64::from(SLEEP_S3));
+    }
+    arch::out32(CONFIG_ADDRESS, CONFIG_ENABLE | PAM0);
+    let pam = arch::in32(CONFIG_DATA);
+    arch::out32(CONFIG_DATA, 0x3333_3333);
+    expect(u64::from(CONFIG_DATA), CLASS_PORT, 0x3333_3333);
+    arch::out32(CONFIG_ADDRESS, CONFIG_ENABLE | PAM0);
+    check(arch::in32(CONFIG_DATA) == pam, "the host bridge's PAM changed")?;
+    check(arch::in8(PORT_A) & 2 != 0 && a20 & 2 != 0, "A20 is off")?;
+    check(arch::in8(PIC_MASK) == mask, "the 8259's mask changed")?;
+    arch::out_kept(CMOS_INDEX, CMOS_SHUTDOWN);
+    check(arch::in8(CMOS_DATA) == shutdown, "CMOS's shutdown status changed")?;
+    // XCR0 with AVX: the upper halves of the vector registers, which no world switch saves,
+    // would be shared with the TDs.
+    let xcr0 = arch::try_xcr0_with_avx();
+    expect(0, CLASS_XCR, 0x7);
+    check(xcr0 == 0x3, "XCR0 took AVX state")?;
+
+    let mut log = [Entry { addr: 0, class: 0, write: false, detail: 0 }; 32];
+    let got = drain(cpu, &mut log);
+    check(got == n, "the fault log does not hold one entry per refused way out")?;
+    check(log[..n.min(32)] == want[..n.min(32)], "a fault-log entry names another way out")?;
+    say!(
+        "world: host world tried the ways out of its world: the local APIC's ICR (an INIT to itself), the I/O APIC and the HPET: 3 writes refused (#MC); A20 off through port A, the i8042's output port, an SMI through APM control, the 8259's mask, CMOS's shutdown status (0x0A: jump through 40:67 after an INIT){}, PAM0 through 0xCF8/0xCFC: {} port writes refused (A20 still on, the 8259 still masked, the shutdown status {shutdown:#x} and PAM0 {pam:#x} as before); XCR0 with AVX refused (still {xcr0:#x}: x87 and SSE, the state the TSM switches); the host read {got} entries back from the fault log",
+        if pm.is_some() { ", S3 through ACPI PM1 control" } else { "" },
+        n - 4
+    );
+    Ok(())
+}
+
+/// The ACPI PM block of q35's LPC bridge (ICH9 PMBASE), if ACPI is enabled there: read from its
+/// configuration space, which is the host's to read.
+fn pm_block(info: &BootInfo) -> Option<u16> {
+    let ecam = seamless_host::device::find_ecam(info.rsdp).base;
+    let lpc = ecam + LPC_FUNCTION;
+    let pmbase = arch::probe_read(lpc + 0x40)? as u32 & 0xFF80;
+    let enabled = arch::probe_read(lpc + 0x44)? & 0x80 != 0;
+    (enabled && pmbase != 0).then_some(pmbase as u16)
 }
 
 /// Names joined with ", ".
@@ -263,4 +400,100 @@ impl core::fmt::Display for Names<'_> {
         }
         Ok(())
     }
+}
+
+/// NVMe CC (controller configuration): a register a write would change.
+const NVME_CC: u64 = 0x14;
+/// Fault-log class of MMIO a TDI imported.
+const CLASS_IMPORTED: u8 = 0xF2;
+
+/// Before DMABUF.IMPORT: the host world reads BAR0's CC register, its own device, through its
+/// own mapping. Returns the value it read.
+///
+/// # Errors
+/// [`Failed`] if the read was refused (the BAR is still the host's).
+pub fn bar_before_import(bar: u64) -> Result<u64, Failed> {
+    arch::probe_read(bar + NVME_CC)
+        .ok_or(Failed::new("host world", "the host world could not reach its own BAR0 before the import"))
+}
+
+/// A protected object of the running assignment the host world attacks: its name, address and
+/// the fault-log class (and owner, if any) its refusal must carry.
+#[derive(Clone, Copy, Debug)]
+struct Target {
+    name: &'static str,
+    addr: u64,
+    class: u8,
+    owner: Option<u64>,
+}
+
+/// After DMABUF.IMPORT, with the TDI running: the host world reads and writes each protected
+/// object of the assignment with its own instructions: the imported BAR0, a TD private page, the
+/// TDR, a TDCS page, an S-EPT table, an IOMMU table, the PAMT, TSM memory and the VT-d
+/// registers, found as a hostile VMM finds them (its own layout, TDH.PHYMEM.PAGE.RDMD of the
+/// pages it handed out). Each access must be refused (#MC, nothing read) and be in the fault
+/// log with the object's class. Returns the objects attacked and the log entries read back.
+///
+/// # Errors
+/// [`Failed`] naming the first check that failed.
+pub fn attack_assignment(cpu: &mut Agent, tdr: u64, bar: u64) -> Result<(usize, u64), Failed> {
+    let (tsm, pamt) = (cpu.boot.tsm[0], cpu.layout.pamt.0);
+    let mut found: [Option<(u64, u64)>; 5] = [None; 5];
+    let kinds = [PageType::Regular, PageType::Tdr, PageType::Tdcs, PageType::Sept, PageType::IommuTable];
+    tsm_client::host::td::for_each_donated(cpu, &mut |md| {
+        for (slot, kind) in found.iter_mut().zip(kinds) {
+            let ours = kind == PageType::IommuTable || md.owner == tdr;
+            if slot.is_none() && md.ty == kind as u64 && ours {
+                *slot = Some((md.pa, md.owner));
+            }
+        }
+    })
+    .map_err(|e| Failed::new("host world", e))?;
+    let page = |i: usize, what: &'static str| found[i].ok_or(Failed::new("host world", what));
+    let (private, tdr_page, tdcs, sept, iommu) = (
+        page(0, "no TD private page")?,
+        page(1, "no TDR")?,
+        page(2, "no TDCS page")?,
+        page(3, "no S-EPT page")?,
+        page(4, "no IOMMU table")?,
+    );
+    let targets = [
+        Target { name: "imported BAR0 (CC)", addr: bar + NVME_CC, class: CLASS_IMPORTED, owner: None },
+        Target { name: "TD private page", addr: private.0, class: PageType::Regular as u8, owner: Some(tdr) },
+        Target { name: "TDR", addr: tdr_page.0, class: PageType::Tdr as u8, owner: None },
+        Target { name: "TDCS", addr: tdcs.0, class: PageType::Tdcs as u8, owner: Some(tdr) },
+        Target { name: "S-EPT table", addr: sept.0, class: PageType::Sept as u8, owner: Some(tdr) },
+        Target { name: "IOMMU table", addr: iommu.0, class: PageType::IommuTable as u8, owner: Some(iommu.1) },
+        Target { name: "PAMT", addr: pamt, class: CLASS_RESERVED, owner: None },
+        Target { name: "TSM memory", addr: tsm + 0x1000, class: CLASS_TSM, owner: None },
+        Target { name: "VT-d registers", addr: VTD_REGS, class: CLASS_NOT_HOST, owner: None },
+    ];
+    let (mc_before, _) = arch::recovered();
+    for t in &targets {
+        let read = arch::probe_read(t.addr);
+        let written = arch::probe_write(t.addr, PATTERN);
+        say!(
+            "world: host world -> {} at {:#x}: {}",
+            t.name,
+            t.addr,
+            if read.is_none() && written { "read and write refused (#MC), nothing read" } else { "REACHED" }
+        );
+        check(read.is_none() && written, "a protected object reached the host world")?;
+    }
+    let (mc_after, _) = arch::recovered();
+    check(mc_after - mc_before == 2 * targets.len() as u64, "not every refused access came back as #MC")?;
+    let mut log = [Entry { addr: 0, class: 0, write: false, detail: 0 }; 32];
+    let n = drain(cpu, &mut log);
+    check(n == 2 * targets.len(), "the fault log does not hold one entry per refused access")?;
+    for (i, t) in targets.iter().enumerate() {
+        for (j, write) in [false, true].into_iter().enumerate() {
+            let e = log[2 * i + j];
+            let owner_ok = t.owner.is_none_or(|o| e.detail == o);
+            check(
+                e.addr == t.addr && e.class == t.class && e.write == write && owner_ok,
+                "a fault-log entry names another object",
+            )?;
+        }
+    }
+    Ok((targets.len(), n as u64))
 }

@@ -257,7 +257,7 @@ impl DeviceFault {
             DeviceFault::Spdm(_) => 0x201,
             DeviceFault::Tdisp(_) => 0x300,
             DeviceFault::TdiState(s) => 0x310 | *s as u64,
-            DeviceFault::Report(_) => 0x320,
+            DeviceFault::Report(_) => REPORT_STEP,
             DeviceFault::LockFlags(_) => 0x330,
             DeviceFault::IdeKm(_) => 0x400,
             DeviceFault::RootPort(_) => 0x410,
@@ -265,6 +265,21 @@ impl DeviceFault {
             DeviceFault::Revoked => 0x600,
             DeviceFault::StreamBlocked => 0x610,
             DeviceFault::StreamStopped => 0x620,
+        }
+    }
+}
+
+/// RCX of `DEVICE_ERROR` when the interface report was refused; RDX then says why
+/// ([`crate::tdisp::ReportError::detail`]).
+pub const REPORT_STEP: u64 = 0x320;
+
+impl DeviceFault {
+    /// The detail returned in RDX beside [`DeviceFault::code`]: for the interface report, why
+    /// it was refused ([`crate::tdisp::ReportError::detail`]); 0 for every other step.
+    pub const fn detail(&self) -> u64 {
+        match self {
+            DeviceFault::Report(e) => e.detail(),
+            _ => 0,
         }
     }
 }
@@ -349,11 +364,13 @@ impl TsmError {
         }
     }
 
-    /// The S-EPT details the dispatcher returns in RCX (entry) and RDX (level/state).
+    /// The details the dispatcher returns in RCX and RDX: for S-EPT errors the entry and its
+    /// level/state, for `DEVICE_ERROR` the step and its detail ([`DeviceFault::code`],
+    /// [`DeviceFault::detail`]).
     pub const fn sept_details(&self) -> Option<(u64, u64)> {
         match self {
             TsmError::Sept(_, fault) => Some((fault.entry, fault.level_state())),
-            TsmError::Device(_, fault) => Some((fault.code(), 0)),
+            TsmError::Device(_, fault) => Some((fault.code(), fault.detail())),
             _ => None,
         }
     }

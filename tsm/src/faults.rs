@@ -47,11 +47,16 @@ pub enum FaultTarget {
         /// EDX:EAX.
         value: u64,
     },
+    /// An XSETBV, with the value written (the access's address is the XCR's index).
+    Xcr {
+        /// EDX:EAX.
+        value: u64,
+    },
 }
 
 impl FaultTarget {
     /// The class number RDX bits 15:8 carry: the PAMT type, 0xF0 for the TSM, 0xF2 for imported
-    /// MMIO, 0xF3 for a port, 0xF4 for an MSR, 0xF1 otherwise.
+    /// MMIO, 0xF3 for a port, 0xF4 for an MSR, 0xF5 for an XCR, 0xF1 otherwise.
     pub const fn code(self) -> u8 {
         match self {
             FaultTarget::Tsm => 0xF0,
@@ -60,16 +65,17 @@ impl FaultTarget {
             FaultTarget::NotHostMemory => 0xF1,
             FaultTarget::Port { .. } => 0xF3,
             FaultTarget::Msr { .. } => 0xF4,
+            FaultTarget::Xcr { .. } => 0xF5,
         }
     }
 
     /// What SEAMLESS.HOST.FAULT.RD returns in R8: the owner's page for a page or imported MMIO,
-    /// the value written for a port or an MSR, else 0.
+    /// the value written for a port, an MSR or an XCR, else 0.
     pub const fn detail(self) -> u64 {
         match self {
             FaultTarget::Page { owner, .. } => owner.addr().raw(),
             FaultTarget::ImportedMmio { tdi } => tdi.addr().raw(),
-            FaultTarget::Port { value } | FaultTarget::Msr { value } => value,
+            FaultTarget::Port { value } | FaultTarget::Msr { value } | FaultTarget::Xcr { value } => value,
             FaultTarget::Tsm | FaultTarget::NotHostMemory => 0,
         }
     }
@@ -79,7 +85,7 @@ impl FaultTarget {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostFault {
     /// What the host accessed: a physical address, or for [`FaultTarget::Port`] the port and
-    /// for [`FaultTarget::Msr`] the MSR's index.
+    /// for [`FaultTarget::Msr`] the MSR's index, for [`FaultTarget::Xcr`] the XCR's.
     pub addr: u64,
     /// A write (else a read or fetch).
     pub write: bool,
@@ -98,6 +104,7 @@ impl HostFault {
             FaultTarget::NotHostMemory => "not host memory",
             FaultTarget::Port { .. } => "an I/O port the TSM keeps",
             FaultTarget::Msr { .. } => "an MSR",
+            FaultTarget::Xcr { .. } => "an XCR",
             FaultTarget::Page { ty, .. } => match ty {
                 PageType::Free => "free page",
                 PageType::Reserved => "PAMT / reserved",
@@ -189,6 +196,14 @@ impl<P: Platform> Tsm<P> {
     /// the MSR intercept); returns the entry.
     pub fn record_host_msr(&mut self, msr: u32, value: u64, rip: u64) -> HostFault {
         let f = HostFault { addr: u64::from(msr), write: true, rip, target: FaultTarget::Msr { value } };
+        self.host_faults.push(f);
+        f
+    }
+
+    /// Records an XSETBV of the host world, which the TSM refused (the firmware calls this from
+    /// the XSETBV intercept); returns the entry.
+    pub fn record_host_xcr(&mut self, xcr: u32, value: u64, rip: u64) -> HostFault {
+        let f = HostFault { addr: u64::from(xcr), write: true, rip, target: FaultTarget::Xcr { value } };
         self.host_faults.push(f);
         f
     }

@@ -118,7 +118,10 @@ pub trait DmaRemapping {
     /// [`UnitError::Absent`].
     fn submit(&mut self, descriptors: &[crate::iommu::hw::InvDescriptor]) -> Result<(), UnitError>;
 
-    /// Sets or clears GCMD.TE; returns once GSTS.TES follows.
+    /// Translation through the TSM's root table on (GCMD.TE set; returns once GSTS.TES follows)
+    /// or off. Off means the unit no longer reads the TSM's tables: a platform may clear
+    /// GCMD.TE, or (the firmware) point the unit at a root table of its own that maps nothing,
+    /// so that DMA is blocked rather than untranslated.
     ///
     /// # Errors
     /// [`UnitError::Timeout`], [`UnitError::Absent`].

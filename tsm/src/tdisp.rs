@@ -384,6 +384,64 @@ pub enum ReportError {
         /// Position in the report.
         index: usize,
     },
+    /// Range `index` lies below the MMIO_REPORTING_OFFSET the TSM asked for at LOCK: the device
+    /// did not add the offset to it (checked once the report is whole, against the TDI's offset).
+    OffsetNotApplied {
+        /// Position in the report.
+        index: usize,
+        /// Its FIRST_PAGE as the device reported it.
+        first_page: u64,
+    },
+}
+
+impl ReportError {
+    /// The detail returned in RDX with `DEVICE_ERROR` / RCX 0x320: the reason in bits 7:0
+    /// (1 length, 2 reserved bits, 3 too many ranges, 4 a malformed or unordered range, 5 a range
+    /// below the reporting offset), the range in bits 15:8, and in bits 63:16 the range count
+    /// (too many ranges) or the FIRST_PAGE reported (offset not applied; pages of a 52-bit
+    /// address space fit).
+    pub const fn detail(&self) -> u64 {
+        match *self {
+            ReportError::Length => 1,
+            ReportError::Reserved => 2,
+            ReportError::TooManyRanges(n) => 3 | (n as u64) << 16,
+            ReportError::Range { index } => 4 | ((index & 0xFF) as u64) << 8,
+            ReportError::OffsetNotApplied { index, first_page } => {
+                5 | ((index & 0xFF) as u64) << 8 | (first_page & 0xFFFF_FFFF_FFFF) << 16
+            }
+        }
+    }
+
+    /// The host's reading of [`ReportError::detail`]: the reason back from RDX, or `None` for a
+    /// word no report error makes.
+    pub const fn from_detail(rdx: u64) -> Option<ReportError> {
+        let index = ((rdx >> 8) & 0xFF) as usize;
+        match rdx & 0xFF {
+            1 if rdx == 1 => Some(ReportError::Length),
+            2 if rdx == 2 => Some(ReportError::Reserved),
+            3 if rdx >> 48 == 0 && (rdx >> 8) & 0xFF == 0 => Some(ReportError::TooManyRanges((rdx >> 16) as u32)),
+            4 if rdx >> 16 == 0 => Some(ReportError::Range { index }),
+            5 => Some(ReportError::OffsetNotApplied { index, first_page: rdx >> 16 }),
+            _ => None,
+        }
+    }
+}
+
+impl core::fmt::Display for ReportError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            ReportError::Length => f.write_str("its lengths do not add up to the bytes"),
+            ReportError::Reserved => f.write_str("it sets reserved or undefined bits"),
+            ReportError::TooManyRanges(n) => write!(f, "it lists {n} MMIO ranges, more than {MAX_RANGES}"),
+            ReportError::Range { index } => {
+                write!(f, "MMIO range {index} is empty, overflows, has undefined attributes or overlaps the one before")
+            }
+            ReportError::OffsetNotApplied { index, first_page } => write!(
+                f,
+                "MMIO range {index} begins at page {first_page:#x}, below the MMIO_REPORTING_OFFSET the TSM asked for at LOCK: the device did not apply the offset"
+            ),
+        }
+    }
 }
 
 /// A checked DEVICE_INTERFACE_REPORT.
@@ -639,5 +697,53 @@ mod tests {
         for n in 0..good.len() {
             assert!(InterfaceReport::parse(&good[..n]).is_err());
         }
+    }
+
+    #[test]
+    fn every_report_error_reads_back_from_its_detail_word() {
+        let all = [
+            ReportError::Length,
+            ReportError::Reserved,
+            ReportError::TooManyRanges(33),
+            ReportError::TooManyRanges(u32::MAX),
+            ReportError::Range { index: 0 },
+            ReportError::Range { index: 31 },
+            ReportError::OffsetNotApplied { index: 0, first_page: 0 },
+            ReportError::OffsetNotApplied { index: 3, first_page: 0x20000 },
+            ReportError::OffsetNotApplied { index: 31, first_page: (1 << 40) - 1 },
+        ];
+        for e in all {
+            assert_eq!(ReportError::from_detail(e.detail()), Some(e), "{e:?} as {:#x}", e.detail());
+        }
+        assert_eq!(ReportError::OffsetNotApplied { index: 1, first_page: 0x8000 }.detail(), 0x8000_0105);
+        // Words no report error makes: no reason, unknown reasons, stray bits.
+        for w in [0, 6, 0xFF, 1 | 1 << 8, 2 | 1 << 16, 4 | 1 << 16, 3 | 1 << 8, 3 | 1 << 48] {
+            assert_eq!(ReportError::from_detail(w), None, "{w:#x}");
+        }
+    }
+
+    #[test]
+    fn a_range_below_the_reporting_offset_is_one_the_device_did_not_offset() {
+        use crate::tdi::Tdi;
+        // An offset as TDI.LOCK draws it: bits 47:36.
+        let offset = 0x5A1u64 << 36;
+        let pages = offset >> 12;
+        // spdm-emu's sample device: its ranges as they are.
+        let r = report(&[(0, 8, 0, 0), (0x8000, 8, 0, 1)], b"");
+        let p = InterfaceReport::parse(&r).unwrap();
+        assert_eq!(Tdi::host_ranges(&p, offset).err(), Some(ReportError::OffsetNotApplied { index: 0, first_page: 0 }));
+        // The first range offset, the second not: sorted, it comes first and is named.
+        let r = report(&[(0xC0010, 1, 0, 1), (pages + 0xC0000, 4, 0, 0)], b"");
+        let p = InterfaceReport::parse(&r).unwrap();
+        assert_eq!(
+            Tdi::host_ranges(&p, offset).err(),
+            Some(ReportError::OffsetNotApplied { index: 0, first_page: 0xC0010 })
+        );
+        // Offset as asked: the host frames come back.
+        let r = report(&[(pages + 0xC0000, 4, 0, 0), (pages + 0xC0010, 1, 0, 1)], b"");
+        let p = InterfaceReport::parse(&r).unwrap();
+        let (ranges, n) = Tdi::host_ranges(&p, offset).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!((ranges[0].first, ranges[0].pages, ranges[1].first), (0xC0000, 4, 0xC0010));
     }
 }

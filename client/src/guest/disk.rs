@@ -30,6 +30,9 @@ pub const SHORT: u64 = 1 << 29;
 pub const QUIET: u64 = 1 << 28;
 /// Rounds of the timed read (the best counts): the TD's and the host's alike.
 pub const ROUNDS: u32 = 3;
+/// Pages each READ of the revocation case moves (256 KiB: QEMU's NVMe takes up to 512 KiB a
+/// command), so the device's DMA is still going when the host's call comes.
+pub const LONG_READ_PAGES: u64 = 64;
 
 /// The page `i` after the guest's four (digests, REPORTDATA, the native report, its export).
 const fn page(l: &GuestLayout, i: u64) -> u64 {
@@ -251,11 +254,12 @@ impl Guest {
         Ok(())
     }
 
-    /// Mode `revoke`: the controller brought up, the data pages filled with a marker, one 4 KiB
-    /// READ outstanding into each (RESULT [`ReadsOutstanding`]: the host revokes the BAR before
-    /// it answers); then what the pages held when the revoke returned, once the fault log stayed
-    /// unchanged for [`QUIET`] ticks, what they hold now, and the TDI's state (RESULT
-    /// [`Revoked`]).
+    /// Modes `revoke` and `stop`: the controller brought up, the data pages filled with a marker,
+    /// one READ of [`LONG_READ_PAGES`] outstanding into each but the last (its first page there,
+    /// the rest into the last page, a sink; RESULT [`ReadsOutstanding`]: the host revokes the
+    /// BAR, or stops the TDI, before it answers); then what the destination pages held when the
+    /// call returned, once the fault log stayed unchanged for [`QUIET`] ticks, what they hold
+    /// now, and the TDI's state (RESULT [`Revoked`]).
     ///
     /// # Errors
     /// [`GuestError`] of the first step that fails.
@@ -266,17 +270,19 @@ impl Guest {
     {
         const MARK: [u8; PAGE as usize] = [0xA5; PAGE as usize];
         let l = self.layout;
-        let data = data_pages(&l);
+        let pages = data_pages(&l);
+        let (data, sink) = pages.split_at(DATA_PAGES - 1);
         let mut d = Driver::enable(c, queues(&l), TIMEOUT)?;
         d.create_io_queues()?;
-        for &dst in &data {
+        for &dst in &pages {
             t.write(dst, &MARK)?;
         }
         let before = fault_count(t, self.function)?;
-        let reads = d.submit_reads(&data)?;
+        // The PRP list goes in the Identify page, which this case does not use.
+        let reads = d.submit_long_reads(data, (identify_page(&l), sink[0]), LONG_READ_PAGES)?;
         served(report_result(t, &ReadsOutstanding { reads: (reads as u32).into() })?)?;
-        let mut at_return = [[0u8; 48]; DATA_PAGES];
-        for (h, &dst) in at_return.iter_mut().zip(&data) {
+        let mut at_return = [[0u8; 48]; DATA_PAGES - 1];
+        for (h, &dst) in at_return.iter_mut().zip(data) {
             *h = page_digest(t, dst)?;
         }
         // The device finishes on its own time: wait until the fault log stops growing.
@@ -294,7 +300,7 @@ impl Guest {
         }
         let mark: [u8; 48] = Sha384::digest(MARK).into();
         let (mut landed, mut late) = (0u32, 0u32);
-        for (h, &dst) in at_return.iter().zip(&data) {
+        for (h, &dst) in at_return.iter().zip(data) {
             landed += u32::from(*h != mark);
             late += u32::from(*h != page_digest(t, dst)?);
         }

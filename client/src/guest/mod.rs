@@ -55,6 +55,12 @@ pub trait GuestMemory {
     /// [`GuestError::NotMapped`] unless an MMIO_MAPPED 4K leaf backs the page;
     /// [`GuestError::MmioOutside`] if it points outside the device's registers.
     fn mmio_read_u32(&mut self, gpa: u64) -> Result<u32, GuestError>;
+    /// Maps `pages` device pages from `gpa`, which the guest accepted, into its own page tables
+    /// (uncached), as a driver maps registers before it uses them.
+    ///
+    /// # Errors
+    /// [`GuestError::MmioOutside`] if the range is not one the guest can map.
+    fn map_device(&mut self, gpa: u64, pages: u64) -> Result<(), GuestError>;
     /// The shared page's address as the guest names it to the host.
     fn shared_addr(&self) -> u64;
     /// Reads the shared page at `offset`.
@@ -170,6 +176,8 @@ pub const REPORTS_BYTES: usize = REPORT_BYTES + SNP_BYTES;
 
 /// TDISP states as TDG.TDI.RD field 0 reports them.
 pub mod tdi_state {
+    /// CONFIG_UNLOCKED.
+    pub const CONFIG_UNLOCKED: u64 = 0;
     /// CONFIG_LOCKED.
     pub const CONFIG_LOCKED: u64 = 1;
     /// RUN.
@@ -333,7 +341,8 @@ pub struct GuestLayout {
 }
 
 /// The demo TD's layout, one copy for its two sides: the guest image (`guest/`, whose page
-/// tables map the device window at 1 GiB uncached and whose image stays clear of these pages)
+/// tables leave the device window at 1 GiB for the accepted MMIO, and whose image stays clear of
+/// these pages)
 /// and the host agent that AUGs the work pages and maps the BAR. Twenty-four work pages from
 /// 1 MiB: digests, REPORTDATA, the native report, its SNP export; then the NVMe driver's five
 /// (admin and I/O queues, Identify) and fifteen of READ data. BAR0 at 1 GiB. The shared page at
@@ -382,9 +391,9 @@ impl Plan {
     }
 }
 
-/// The most pages of report range 0 the guest maps: the device window of its page tables is
-/// 1 GiB, and a BAR the guest drives is far smaller.
-pub const MAX_MMIO_PAGES: u64 = 1024;
+/// The most pages of report range 0 the guest maps: one page table of the TD's device window
+/// (2 MiB); a BAR the guest drives is far smaller.
+pub const MAX_MMIO_PAGES: u64 = 512;
 
 /// What the guest found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -516,13 +525,14 @@ impl Guest {
     }
 
     /// TDG.MMIO.ACCEPT of the pages of report range 0 mapped at the BAR's GPA (all of them, but
-    /// the last [`Guest::hold_back`]).
+    /// the last [`Guest::hold_back`]), then maps the accepted pages into its own page tables.
     ///
     /// # Errors
     /// [`GuestError`] of the first page that fails.
-    pub fn accept_mmio<T: Tdcall + ?Sized>(&self, t: &mut T) -> Result<(), GuestError> {
+    pub fn accept_mmio<T: Tdcall + GuestMemory + ?Sized>(&self, t: &mut T) -> Result<(), GuestError> {
         let pages = self.findings.mmio_pages.saturating_sub(self.hold_back);
-        accept_mmio(t, self.function, 0, self.layout.bar_gpa, pages)
+        accept_mmio(t, self.function, 0, self.layout.bar_gpa, pages)?;
+        t.map_device(self.layout.bar_gpa, pages)
     }
 
     /// Asks the host to add the trusted IOMMU's entry for the TDI (ADD_DMA).

@@ -1,6 +1,6 @@
 //! The TD's side of mode `attack` (plan [`super::Plan::Probe`]): the calls and accesses a TD
 //! makes that the TSM must refuse, one table both sides use. The host's attack table
-//! (`firmware/src/run/attack.rs`) names a probe and the outcome it expects; the TD runs it.
+//! (`host/src/attack.rs`) names a probe and the outcome it expects; the TD runs it.
 //!
 //! How a probe reaches the TD: while the TD waits in a request that carries no data of its own,
 //! the host answers it with R11 = [`crate::vmcall::PROBE`] and a [`ProbeStep`] in the shared page;

@@ -11,6 +11,11 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 pub trait Record: IntoBytes + FromBytes + Immutable + KnownLayout {
     /// R11 of the RESULT request.
     const KIND: u64;
+
+    /// The record's bytes, as they travel (the host also frames them on COM3 for the launcher).
+    fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
 }
 
 /// The device's registers as the guest read them through its MMIO_MAPPED leaves.

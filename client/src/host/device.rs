@@ -4,6 +4,7 @@
 //! guest authorised it. The host's side of the guest's requests is [`super::td_device`].
 
 use tsm::abi::host::leaf;
+use tsm::abi::host_pdev::mng;
 use tsm::pdev::MSG_BYTES;
 use tsm::{Regs, Status};
 
@@ -36,6 +37,21 @@ pub struct Assignment {
     pub mapped: u64,
     /// Whether the DMA remapping entry was added.
     pub dma: bool,
+    /// What SPDM.CONNECT reported (zero until it succeeded).
+    pub spdm: Connected,
+}
+
+/// What SPDM.CONNECT reports when it succeeds (RCX).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Connected {
+    /// The SPDM version negotiated (0x12, 0x13).
+    pub version: u8,
+    /// The measurements were taken inside the session; else in the clear, outside it (a device
+    /// that refused them inside: the TSM's measurement policy, docs/protocols.md).
+    pub measured_in_session: bool,
+    /// The HeartbeatPeriod the device asked for, in seconds (0: none): the host keeps it
+    /// ([`keep_alive`]), since the TSM has no clock.
+    pub heartbeat_period_s: u8,
 }
 
 impl Assignment {
@@ -83,18 +99,24 @@ pub fn pdev_create<H: Seamcall + HostMemory + ?Sized>(h: &mut H, function: u32) 
     Ok(a)
 }
 
-/// TDH.SPDM.CONNECT through the mailbox.
+/// TDH.SPDM.CONNECT through the mailbox; what it reports is kept in `a.spdm`.
 ///
 /// # Errors
 /// [`HostError`].
 pub fn connect<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
     h: &mut H,
     doe: &mut D,
-    a: &Assignment,
+    a: &mut Assignment,
     stats: &mut PumpStats,
 ) -> Result<(), HostError> {
     let l = a.leaf("TDH.SPDM.CONNECT", leaf::SPDM_CONNECT, a.pdev, 0);
-    device_call(h, doe, a.pdev, l, a.msg, stats).map(|_| ())
+    let r = device_call(h, doe, a.pdev, l, a.msg, stats)?;
+    a.spdm = Connected {
+        version: r.rcx as u8,
+        measured_in_session: r.rcx & 1 << 8 != 0,
+        heartbeat_period_s: (r.rcx >> 16) as u8,
+    };
+    Ok(())
 }
 
 /// IDE.STREAM.CREATE and KM SETUP.
@@ -230,6 +252,21 @@ pub fn start<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
     device_call(h, doe, a.pdev, l, a.msg, stats).map(|_| ())
 }
 
+/// TDH.TDI.STOP: the device leaves RUN (STOP_INTERFACE, CONFIG_UNLOCKED read back); the TSM
+/// blocks the TDI's MMIO and DMA entry and invalidates before it returns.
+///
+/// # Errors
+/// [`HostError`].
+pub fn stop<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
+    h: &mut H,
+    doe: &mut D,
+    a: &Assignment,
+    stats: &mut PumpStats,
+) -> Result<(), HostError> {
+    let l = a.leaf("TDH.TDI.STOP", leaf::TDI_STOP, a.tdi, 0);
+    device_call(h, doe, a.pdev, l, a.msg, stats).map(|_| ())
+}
+
 /// SEAMLESS.DMABUF.REVOKE of report range 0 (the exporter's FLR or close); returns the pages it
 /// blocked.
 ///
@@ -237,4 +274,109 @@ pub fn start<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
 /// [`HostError`].
 pub fn dmabuf_revoke<H: Seamcall + ?Sized>(h: &mut H, a: &Assignment) -> Result<u64, HostError> {
     Ok(call(h, "SEAMLESS.DMABUF.REVOKE", Regs::call(leaf::DMABUF_REVOKE, a.tdi, 0, 0, 0))?.rcx)
+}
+
+/// The host's clock: milliseconds from any origin. The TSM has none, so keeping a device's
+/// heartbeat is the host's part (a VMM reads CLOCK_MONOTONIC; the harness a fake one).
+pub trait Clock {
+    /// Milliseconds now; never goes back.
+    fn now_ms(&mut self) -> u64;
+}
+
+/// What the VMM's own work between heartbeats reports ([`keep_alive`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Running {
+    /// The TDI still runs: keep its session alive.
+    Yes,
+    /// The TDI stopped (the TD halted, the VMM tears the assignment down): the loop ends.
+    Stopped,
+}
+
+/// When the next HEARTBEAT is due for a session whose device asked for a HeartbeatPeriod: every
+/// half period. The responder may end a session that carries nothing for twice the period
+/// (DSP0274 1.2 §10.19), and every message inside it counts, so other session traffic the host
+/// moved ([`Heartbeat::traffic`]) pushes the next one back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    half_period_ms: u64,
+    next_ms: Option<u64>,
+}
+
+impl Heartbeat {
+    /// The schedule for what SPDM.CONNECT reported, from `now_ms`: none if the device asked for
+    /// no heartbeat.
+    pub fn new(connected: &Connected, now_ms: u64) -> Heartbeat {
+        let half_period_ms = u64::from(connected.heartbeat_period_s) * 500;
+        Heartbeat { half_period_ms, next_ms: (half_period_ms != 0).then(|| now_ms.saturating_add(half_period_ms)) }
+    }
+
+    /// True if a HEARTBEAT is due at `now_ms`.
+    pub fn due(&self, now_ms: u64) -> bool {
+        self.next_ms.is_some_and(|next| now_ms >= next)
+    }
+
+    /// The session carried a message at `now_ms` (a HEARTBEAT or any other): the next one is half
+    /// a period later.
+    pub fn traffic(&mut self, now_ms: u64) {
+        if self.next_ms.is_some() {
+            self.next_ms = Some(now_ms.saturating_add(self.half_period_ms));
+        }
+    }
+
+    /// When the next HEARTBEAT is due, if ever.
+    pub fn next_ms(&self) -> Option<u64> {
+        self.next_ms
+    }
+}
+
+/// TDH.SPDM.MNG HEARTBEAT: HEARTBEAT / HEARTBEAT_ACK inside the session.
+///
+/// # Errors
+/// [`HostError`] (a wrong or missing HEARTBEAT_ACK is the device's fault: the PDEV, its streams
+/// and its TDIs are in ERROR).
+pub fn heartbeat<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
+    h: &mut H,
+    doe: &mut D,
+    a: &Assignment,
+    stats: &mut PumpStats,
+) -> Result<(), HostError> {
+    let l = a.leaf("TDH.SPDM.MNG HEARTBEAT", leaf::SPDM_MNG, a.pdev, mng::HEARTBEAT);
+    device_call(h, doe, a.pdev, l, a.msg, stats).map(|_| ())
+}
+
+/// The host's heartbeat loop while a TDI runs. Between units of the VMM's own work (`work`: run
+/// the vCPUs until an exit, serve it; it says whether the TDI still runs), it sends HEARTBEAT
+/// whenever half the HeartbeatPeriod the device asked for has passed since the session last
+/// carried a message, on `clock`, so a responder that ends silent sessions after twice the
+/// period never does. `work` must leave no device call outstanding when it returns (one exchange
+/// per PDEV). A device that asked for no period gets none. Returns how many HEARTBEATs went.
+///
+/// # Errors
+/// The first HEARTBEAT that failed ([`heartbeat`]: the PDEV is then in ERROR and its TDIs with
+/// it), or `work`'s error.
+pub fn keep_alive<H, D, C, W>(
+    h: &mut H,
+    doe: &mut D,
+    a: &Assignment,
+    clock: &mut C,
+    stats: &mut PumpStats,
+    mut work: W,
+) -> Result<u32, HostError>
+where
+    H: Seamcall + HostMemory + ?Sized,
+    D: Doe + ?Sized,
+    C: Clock + ?Sized,
+    W: FnMut(&mut H, &mut D) -> Result<Running, HostError>,
+{
+    let mut beat = Heartbeat::new(&a.spdm, clock.now_ms());
+    let mut sent = 0;
+    while work(h, doe)? == Running::Yes {
+        let now = clock.now_ms();
+        if beat.due(now) {
+            heartbeat(h, doe, a, stats)?;
+            beat.traffic(clock.now_ms());
+            sent += 1;
+        }
+    }
+    Ok(sent)
 }

@@ -23,8 +23,8 @@ use tsm::{Regs, Status};
 use crate::doe::{Doe, DoeError};
 
 /// One host call: the ABI's registers in (RAX = leaf), the ABI's registers out (RAX = status).
-/// A host world implements it with SEAMCALL; the firmware's agent and the harness with a direct
-/// call into `Tsm::host_call`.
+/// The host agent in its host world implements it with SEAMCALL; the harness and the fuzz machine
+/// with a direct call into `Tsm::host_call`.
 pub trait Seamcall {
     /// Makes the call; `regs` holds the outputs afterwards.
     fn seamcall(&mut self, regs: &mut Regs);
@@ -64,6 +64,9 @@ pub enum HostError {
         status: Status,
         /// RCX as returned (details of some errors).
         rcx: u64,
+        /// RDX as returned (details of some errors: why DEVICE_ERROR refused an interface
+        /// report).
+        rdx: u64,
     },
     /// The DOE mailbox failed during a resumable call (the request was then aborted with
     /// SPDM.MNG ABORT).
@@ -136,13 +139,17 @@ pub enum HostError {
 impl fmt::Display for HostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HostError::Call { leaf, status, rcx } => {
+            HostError::Call { leaf, status, rcx, rdx } => {
                 write!(
                     f,
                     "{leaf} returned {} ({:#018x}), rcx {rcx:#x}",
                     status.name().unwrap_or("unknown status"),
                     status.0
-                )
+                )?;
+                match report_refusal(*status, *rcx, *rdx) {
+                    Some(why) => write!(f, ", rdx {rdx:#x}: the device's interface report was refused: {why}"),
+                    None => Ok(()),
+                }
             }
             HostError::Doe { leaf, error, exchanges } => {
                 write!(f, "{leaf}: DOE mailbox: {error} after {exchanges} exchanges")
@@ -183,8 +190,15 @@ pub fn check(leaf: &'static str, r: Regs) -> Result<Regs, HostError> {
     if r.status() == Status::SUCCESS {
         Ok(r)
     } else {
-        Err(HostError::Call { leaf, status: r.status(), rcx: r.rcx })
+        Err(HostError::Call { leaf, status: r.status(), rcx: r.rcx, rdx: r.rdx })
     }
+}
+
+/// Why the TSM refused a device's interface report, read from a call's status, RCX and RDX:
+/// `DEVICE_ERROR` with RCX 0x320 (the report step) and RDX the reason (docs/abi.md).
+pub fn report_refusal(status: Status, rcx: u64, rdx: u64) -> Option<tsm::tdisp::ReportError> {
+    let step = status.code() == Status::DEVICE_ERROR && rcx == tsm::error::REPORT_STEP;
+    step.then(|| tsm::tdisp::ReportError::from_detail(rdx))?
 }
 
 /// One host call, its registers returned as they came back.
@@ -229,6 +243,9 @@ pub struct PumpStats {
     pub bytes_in: u64,
     /// SPDM version byte of the last plain SPDM response seen (0 if none).
     pub spdm_version: u8,
+    /// Microseconds the TSM asked the host to wait before requests (RESPOND_IF_READY after a
+    /// device's ResponseNotReady), summed.
+    pub paused_us: u64,
 }
 
 /// A resumable call the mailbox could not complete: the TSM's last answer (a
@@ -279,6 +296,11 @@ pub fn pump<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
         }
         let n = usize::try_from(r.r8).unwrap_or(MSG_BYTES).min(MSG_BYTES);
         h.read(msg, &mut request[..n]);
+        // RESPOND_IF_READY after ResponseNotReady: the device said when its answer is ready.
+        if r.r9 != 0 {
+            doe.pause(r.r9);
+            stats.paused_us = stats.paused_us.saturating_add(r.r9);
+        }
         let got = doe.exchange(&request[..n], &mut answer).map_err(|error| Stalled { regs: r, error })?;
         let got = got.min(MSG_BYTES);
         stats.exchanges += 1;
@@ -331,7 +353,7 @@ pub fn device_call<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
 pub fn sys_config<H: Seamcall + HostMemory + ?Sized>(h: &mut H, tdmrs: &[[u64; 4]]) -> Result<Regs, HostError> {
     let page = scratch(h)?;
     if tdmrs.len() * 32 > PAGE_BYTES {
-        return Err(HostError::Call { leaf: "TDH.SYS.CONFIG", status: Status::OPERAND_INVALID, rcx: 0 });
+        return Err(HostError::Call { leaf: "TDH.SYS.CONFIG", status: Status::OPERAND_INVALID, rcx: 0, rdx: 0 });
     }
     for (i, tdmr) in tdmrs.iter().enumerate() {
         let mut bytes = [0u8; 32];

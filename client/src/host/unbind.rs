@@ -126,7 +126,7 @@ pub fn unbind<H: Seamcall + HostMemory + ?Sized, D: Doe + ?Sized>(
     let mut w = Walk { policy, out: Unbound::default() };
     let dev = |name, leaf, rcx, r9| DeviceLeaf { name, leaf, rcx, r9 };
     if a.tdi != 0 {
-        w.step(device_call(h, doe, a.pdev, dev("TDH.TDI.STOP", leaf::TDI_STOP, a.tdi, 0), a.msg, stats))?;
+        w.step(super::device::stop(h, doe, a, stats))?;
         if let Some((td, vcpus)) = holdings.td {
             // STOP blocked the TDI's MMIO and DMA already; a VMM that blocks them anyway (as this
             // one does, to not depend on it) gets the GPA_RANGE_ALREADY_BLOCKED warning.

@@ -132,18 +132,111 @@ pub fn read_image(addr: u64, buf: &mut [u8]) {
     }
 }
 
-/// What QEMU's `isa-debug-exit` device reports: QEMU exits with status `(code << 1) | 1`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum ExitCode {
-    /// QEMU exits with status 33.
-    Success = 0x10,
-    /// QEMU exits with status 35.
-    Failure = 0x11,
+/// Carries out an I/O access of the host world that `ioports::decide` said to pass on
+/// (`Decision::PassOn`): the same port, width and direction; returns what an IN read (0 for an
+/// OUT).
+pub fn pass_on(io: &crate::ioports::Io) -> u64 {
+    // SAFETY: the only caller is the host world's I/O intercept, for an access `ioports::decide`
+    // checked: PCI configuration cycles to functions whose configuration cannot move memory
+    // over RAM (the host and LPC bridges are refused; QEMU maps PCI memory below RAM), and
+    // reads. Port I/O touches no memory of the TSM's.
+    let p = unsafe { Port::new(io.port) };
+    match (io.input, io.size) {
+        (true, 1) => u64::from(p.read_u8()),
+        (true, 2) => u64::from(p.read_u16()),
+        (true, _) => u64::from(p.read_u32()),
+        (false, 1) => {
+            p.write_u8(io.value as u8);
+            0
+        }
+        (false, 2) => {
+            p.write_u16(io.value as u16);
+            0
+        }
+        (false, _) => {
+            p.write_u32(io.value as u32);
+            0
+        }
+    }
 }
 
-/// The I/O port of QEMU's `isa-debug-exit` device (`iobase=0xf4`).
-const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// PCI configuration mechanism #1's address register (0xCF8) as it is now.
+pub fn pci_config_address() -> u32 {
+    // SAFETY: reading the configuration address register has no effect.
+    let p = unsafe { Port::new(crate::ioports::PCI_CONFIG_ADDRESS) };
+    p.read_u32()
+}
+
+/// A world's x87 and SSE registers, as FXSAVE stores them (XMM0..15 at byte 160). The TSM is
+/// built soft-float: these registers hold only the worlds' values, and each world's are loaded
+/// before it runs and stored after (`world::World::run`), so none sees another's.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(16))]
+pub struct FpuState([u8; 512]);
+
+impl FpuState {
+    /// The state after INIT: FCW 0x037F, MXCSR 0x1F80, every register zero (a TDX TD's initial
+    /// state, and the host world's at entry).
+    pub const fn init() -> FpuState {
+        let mut a = [0u8; 512];
+        a[0] = 0x7F;
+        a[1] = 0x03;
+        a[24] = 0x80;
+        a[25] = 0x1F;
+        FpuState(a)
+    }
+
+    /// Loads the registers from this state (FXRSTOR).
+    pub fn load(&self) {
+        // SAFETY: 16-byte aligned and 512 bytes; the MXCSR in it came from `init` or from FXSAVE,
+        // so it has no reserved bit set. The TSM's own code never uses these registers.
+        unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) self.0.as_ptr(), options(nostack, readonly)) };
+    }
+
+    /// Stores the registers into this state (FXSAVE).
+    pub fn store(&mut self) {
+        // SAFETY: 16-byte aligned and 512 bytes, written by the instruction only.
+        unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) self.0.as_mut_ptr(), options(nostack)) };
+    }
+}
+
+/// XCR0's bits the worlds may have: x87 and SSE, the state [`FpuState`] switches. More (AVX's
+/// upper halves, AVX-512, AMX) would be registers FXSAVE leaves where they are, shared between
+/// worlds, so no world gets them: the TSM sets XCR0 to this at boot (`enable_xsave`) and takes
+/// a world's XSETBV only within it.
+pub const XCR0_WORLDS: u64 = 0b11;
+
+/// Turns CR4.OSXSAVE on and sets XCR0 to [`XCR0_WORLDS`], if the CPU has XSAVE; `false` if not
+/// (then no world can execute XSETBV at all: it is #UD).
+pub fn enable_xsave() -> bool {
+    if x86::cpuid::CpuId::new().get_feature_info().is_none_or(|f| !f.has_xsave()) {
+        return false;
+    }
+    // SAFETY: the CPU has XSAVE (checked), so CR4.OSXSAVE is a valid bit and XCR0 = x87 | SSE a
+    // valid value; neither changes memory, and the TSM's code does not depend on XCR0 (it uses
+    // no AVX: `cpufeatures` finds XCR0 without AVX state).
+    unsafe {
+        x86::controlregs::cr4_write(x86::controlregs::cr4() | x86::controlregs::Cr4::CR4_ENABLE_OS_XSAVE);
+        x86::controlregs::xcr0_write(x86::controlregs::Xcr0::from_bits_truncate(XCR0_WORLDS));
+    }
+    true
+}
+
+/// A world's XSETBV, carried out if it asks for XCR0 within [`XCR0_WORLDS`] (x87 set); `false`
+/// if refused (another XCR, AVX state or more, x87 clear), XCR0 then unchanged.
+pub fn world_xsetbv(xcr: u32, value: u64) -> bool {
+    if xcr != 0 || value & !XCR0_WORLDS != 0 || value & 1 == 0 {
+        return false;
+    }
+    // SAFETY: CR4.OSXSAVE is on (a world's XSETBV only exits to the TSM when its own CR4 has it,
+    // and the CPU has XSAVE: `enable_xsave` ran at boot); the value is x87 with or without SSE,
+    // valid on every CPU with XSAVE; XCR0 changes no memory.
+    unsafe { x86::controlregs::xcr0_write(x86::controlregs::Xcr0::from_bits_truncate(value)) };
+    true
+}
+
+pub use seamless_drivers::exit::ExitCode;
+use seamless_drivers::exit::DEBUG_EXIT_PORT;
 
 /// Exits QEMU through `isa-debug-exit`; halts forever if the device is absent.
 pub fn exit_qemu(code: ExitCode) -> ! {

@@ -182,6 +182,8 @@ pub mod vmcb {
     pub const MISC2_STGI: u32 = 1 << 4;
     pub const MISC2_CLGI: u32 = 1 << 5;
     pub const MISC2_SKINIT: u32 = 1 << 6;
+    /// XSETBV: XCR0 is one for every world (the TSM keeps it to x87 and SSE).
+    pub const MISC2_XSETBV: u32 = 1 << 13;
     pub const MISC1_INVLPGA: u32 = 1 << 26;
 
     /// TLB_CONTROL: flush the whole TLB on VMRUN (TCG has no flush-by-ASID).
@@ -211,6 +213,7 @@ pub mod exit {
     pub const VMRUN: u64 = 0x80;
     pub const VMMCALL: u64 = 0x81;
     pub const SKINIT: u64 = 0x86;
+    pub const XSETBV: u64 = 0x8D;
     pub const NPF: u64 = 0x400;
     /// VMRUN refused the VMCB (a consistency check failed).
     pub const INVALID: u64 = u64::MAX;
@@ -469,30 +472,6 @@ pub fn take_vmcb() -> Option<&'static mut Vmcb> {
     Some(unsafe { &mut (*VMCB_POOL.0.get())[i] })
 }
 
-core::arch::global_asm!(include_str!("host_probe.S"));
-
-unsafe extern "C" {
-    static host_probe_start: u8;
-    static host_probe_end: u8;
-    static host_probe_mc: u8;
-    static host_probe_ud: u8;
-}
-
-/// The host world's probe program (`host_probe.S`): its bytes, and the offsets of its #MC and
-/// #UD handlers. The TSM copies it into a host page; it never runs in host mode.
-pub fn host_probe() -> (&'static [u8], usize, usize) {
-    let start = &raw const host_probe_start;
-    // SAFETY: the two labels bracket the probe's bytes in .rodata, which nothing writes.
-    let len = unsafe { (&raw const host_probe_end).offset_from(start) } as usize;
-    // SAFETY: as above: `len` bytes of read-only data from `start`.
-    let bytes = unsafe { core::slice::from_raw_parts(start, len) };
-    // SAFETY: both labels are in the same section.
-    let mc = unsafe { (&raw const host_probe_mc).offset_from(start) } as usize;
-    // SAFETY: both labels are in the same section.
-    let ud = unsafe { (&raw const host_probe_ud).offset_from(start) } as usize;
-    (bytes, mc, ud)
-}
-
 struct Iopm(UnsafeCell<[u8; 12288]>);
 // SAFETY: written once by `iopm_intercept_all` before any TD runs; then only the CPU reads it.
 unsafe impl Sync for Iopm {}
@@ -512,15 +491,15 @@ pub fn iopm_intercept_all() -> u64 {
 static HOST_IOPM: AlignedIopm = AlignedIopm(Iopm(UnsafeCell::new([0; 12288])));
 
 /// The host world's I/O permission map (APM vol. 2 §15.10.1), in the TSM's memory: a bit set
-/// for every port of `kept` (`(first, last, _)` ranges), clear for the rest, which the host
+/// for every port of `kept` (`(first, last)` ranges), clear for the rest, which the host
 /// drives itself.
-pub fn iopm_host<T>(kept: &[(u16, u16, T)]) -> u64 {
+pub fn iopm_host(kept: impl IntoIterator<Item = (u16, u16)>) -> u64 {
     let map = HOST_IOPM.0 .0.get();
     // SAFETY: one CPU; no world runs while the map is filled (the host world is being built),
     // and this is the only reference formed to it.
     let bits = unsafe { &mut *map };
     bits.fill(0);
-    for &(first, last, _) in kept {
+    for (first, last) in kept {
         for port in first..=last {
             bits[usize::from(port / 8)] |= 1 << (port % 8);
         }

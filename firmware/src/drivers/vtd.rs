@@ -7,6 +7,13 @@
 //! The queue page and the status word are statics of the image: memory the host agent never
 //! gets (the TSM's own), and the only memory besides the tables the unit reads or writes on the
 //! TSM's behalf. Register offsets and bits: VT-d rev 3.x/4.x chapter 11.
+//!
+//! **DMA is never untranslated.** A unit with translation off lets every DMA through to the
+//! physical address the device names: TSM memory included, for any device the host world can
+//! drive. So [`Vtd::open`] turns translation on at once over a root table of the image that
+//! maps nothing (every request faults, nothing lands), before the host world exists;
+//! IOMMU.SETUP swaps in the TSM's tables, and "translation off" (IOMMU.CLEAR, a failed setup)
+//! swaps the blocking table back rather than clearing GCMD.TE.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{compiler_fence, Ordering};
@@ -68,6 +75,12 @@ static QUEUE: QueueMemory = QueueMemory {
 };
 static TAKEN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
+/// A root table with no entry present: the unit translates nothing through it, so every DMA
+/// request faults. In the image (the TSM's memory); nothing ever writes it.
+#[repr(C, align(4096))]
+struct BlockingRoot([u64; 512]);
+static BLOCKING_ROOT: BlockingRoot = BlockingRoot([0; 512]);
+
 /// The unit's register set and the driver's queue position.
 #[derive(Debug)]
 pub struct Vtd {
@@ -78,6 +91,9 @@ pub struct Vtd {
     tail: u64,
     /// The status value of the platform's latest host-map wait descriptor.
     host_map_sequence: u32,
+    /// The unit translates through [`BLOCKING_ROOT`]: no DMA lands (before IOMMU.SETUP, after
+    /// IOMMU.CLEAR).
+    blocking: bool,
 }
 
 /// Why no unit was opened.
@@ -87,6 +103,8 @@ pub enum VtdError {
     RegistersOutside(u64),
     /// A second `Vtd` was asked for.
     AlreadyOpen,
+    /// The unit did not take the blocking root table or translation.
+    Block(UnitError),
 }
 
 impl core::fmt::Display for VtdError {
@@ -94,12 +112,14 @@ impl core::fmt::Display for VtdError {
         match self {
             VtdError::RegistersOutside(a) => write!(f, "DRHD registers at {a:#x} outside the MMIO hole"),
             VtdError::AlreadyOpen => write!(f, "the remapping unit is already open"),
+            VtdError::Block(e) => write!(f, "the unit did not take the root table that blocks all DMA: {e:?}"),
         }
     }
 }
 
 impl Vtd {
-    /// Opens the unit `drhd` describes. `mmio_start` is where the MMIO hole below 4 GiB starts.
+    /// Opens the unit `drhd` describes and blocks all DMA (translation on over a root table that
+    /// maps nothing). `mmio_start` is where the MMIO hole below 4 GiB starts.
     ///
     /// # Errors
     /// [`VtdError`].
@@ -121,7 +141,20 @@ impl Vtd {
         let regs = unsafe { Mmio::new(base, REGISTER_BYTES) };
         let read64 = |off: u64| u64::from(regs.read_u32(off)) | u64::from(regs.read_u32(off + 4)) << 32;
         let caps = Capabilities { cap: read64(CAP), ecap: read64(ECAP) };
-        Ok(Vtd { regs, caps, tsc, tail: 0, host_map_sequence: 0 })
+        let mut v = Vtd { regs, caps, tsc, tail: 0, host_map_sequence: 0, blocking: false };
+        v.block_all().map_err(VtdError::Block)?;
+        Ok(v)
+    }
+
+    /// Points the unit at [`BLOCKING_ROOT`] and turns translation on: from its return no DMA
+    /// request lands anywhere. The caches are the TSM's to invalidate (IOMMU.CLEAR does, after
+    /// "translation off"); at boot nothing is cached yet.
+    fn block_all(&mut self) -> Result<(), UnitError> {
+        self.set_root_table(&raw const BLOCKING_ROOT as u64)?;
+        self.command(TE, 0);
+        self.wait_for(|v| v.regs.read_u32(GSTS) & TE != 0)?;
+        self.blocking = true;
+        Ok(())
     }
 
     /// CAP and ECAP.
@@ -156,11 +189,13 @@ impl Vtd {
         self.regs.write_u32(GCMD, (status | set) & !clear);
     }
 
-    /// See `DmaRemapping::set_root_table`.
+    /// See `DmaRemapping::set_root_table`. The TSM's table replaces the blocking one.
     pub fn set_root_table(&mut self, rtaddr: u64) -> Result<(), UnitError> {
         self.write64(RTADDR, rtaddr);
         self.command(SRTP, 0);
-        self.wait_for(|v| v.regs.read_u32(GSTS) & SRTP != 0)
+        self.wait_for(|v| v.regs.read_u32(GSTS) & SRTP != 0)?;
+        self.blocking = rtaddr == &raw const BLOCKING_ROOT as u64;
+        Ok(())
     }
 
     /// See `DmaRemapping::enable_queue`.
@@ -223,13 +258,13 @@ impl Vtd {
 
     /// Invalidates the host domain's cached translation of the 4 KiB page at `addr` and waits
     /// for the wait descriptor's status write: what `DmaRemapping::host_map` asks of the
-    /// platform when a frame leaves the host. Nothing to do while the unit does not translate
-    /// (before IOMMU.SETUP and after IOMMU.CLEAR it caches nothing).
+    /// platform when a frame leaves the host. Nothing to do while the unit blocks all DMA
+    /// (before IOMMU.SETUP and after IOMMU.CLEAR there is no host domain to cache).
     ///
     /// # Errors
     /// [`UnitError`] if the queue refused it or the status write never came.
     pub fn invalidate_host_page(&mut self, addr: u64) -> Result<(), UnitError> {
-        if self.regs.read_u32(GSTS) & (TE | QIE) != TE | QIE {
+        if self.blocking || self.regs.read_u32(GSTS) & (TE | QIE) != TE | QIE {
             return Ok(());
         }
         self.host_map_sequence = self.host_map_sequence.wrapping_add(1).max(1);
@@ -242,14 +277,15 @@ impl Vtd {
         self.wait_for(|_| unsafe { core::ptr::read_volatile(status) } == seq)
     }
 
-    /// See `DmaRemapping::set_translation`.
+    /// See `DmaRemapping::set_translation`. Off is the blocking root table with translation
+    /// still on: the unit stops translating through the TSM's tables, and no DMA goes through
+    /// untranslated.
     pub fn set_translation(&mut self, enabled: bool) -> Result<(), UnitError> {
         if enabled {
             self.command(TE, 0);
             self.wait_for(|v| v.regs.read_u32(GSTS) & TE != 0)
         } else {
-            self.command(0, TE);
-            self.wait_for(|v| v.regs.read_u32(GSTS) & TE == 0)
+            self.block_all()
         }
     }
 

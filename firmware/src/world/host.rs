@@ -11,9 +11,7 @@
 //! (TDH.SYS.FAULT.RD reads it back) and delivers #MC (vector 18) at the faulting instruction.
 //!
 //! What runs there is the host agent's binary (`seamless-host`, loaded by `loader` from fw_cfg),
-//! which [`HostWorld::run`] serves until it ends the run. **Transitional** (issue 11, stage 2):
-//! for the modes whose TD part the firmware's stand-in guest still plays, the agent runs in the
-//! image and this world runs only the probe of `arch/host_probe.S` ([`HostWorld::run_probe`]).
+//! which [`HostWorld::run`] serves until it ends the run.
 
 use tsm::abi::Regs;
 use tsm::addr::{HostPhysAddr, Pfn};
@@ -26,61 +24,35 @@ use super::{Exit, World, WorldError, PAGE, VECTOR_UD};
 use crate::arch::svm::{self, vmcb, Segment};
 use crate::drivers::fw_cfg::FwCfg;
 use crate::drivers::phys::Frames;
-use crate::drivers::tsc::Tsc;
 use crate::memmap::{MemoryMap, RangeKind};
 use crate::platform::FirmwarePlatform;
 use seamless_drivers::bootinfo::BootInfo;
-use seamless_drivers::say;
+use seamless_drivers::{phases, say};
 
 /// The VT-d register page (DMAR/DRHD): whoever writes it owns DMA.
 const VTD_REGS: u64 = 0xFED9_0000;
+/// The register pages of the MMIO hole the host world's map leaves out, ascending: what would
+/// let the host reach memory outside its map or run code outside its world. The I/O APIC and
+/// the HPET can send the CPU an INIT, SMI or NMI (an I/O APIC redirection entry's delivery
+/// mode, an HPET timer's FSB message), and so can the local APIC's ICR, whose timer is also
+/// the TSM's preemption timer; an INIT resets the CPU into the BIOS, outside every world, with
+/// memory as it is. The VT-d unit owns DMA. The host agent needs none of them (a TD's APIC
+/// and timer are the host's software).
+const KEPT_MMIO: [u64; 4] = [0xFEC0_0000, 0xFED0_0000, VTD_REGS, 0xFEE0_0000];
 /// SEAMCALL's encoding.
 const SEAMCALL: [u8; 4] = [0x66, 0x0f, 0x01, 0xcf];
 /// #MC.
 const VECTOR_MC: u8 = 18;
-/// Most targets the probe takes.
-pub const MAX_TARGETS: usize = 16;
-
-/// What the probe measured and saw.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProbeReport {
-    /// Mean bare VMMCALL round trip, ns.
-    pub floor_ns: u64,
-    /// Mean SEAMCALL(TDH.SYS.INFO) round trip, ns.
-    pub seamcall_ns: u64,
-    /// Iterations of each loop per round.
-    pub iterations: u64,
-    /// Rounds (each figure is the best round's mean: TCG on a shared machine is noisy).
-    pub rounds: u64,
-    /// Nested page faults the TSM turned into #MC.
-    pub faults: u64,
-    /// #MCs the probe's handler counted (R15 at the end).
-    pub handled: u64,
-    /// Entries the probe read back from the fault log with SEAMLESS.HOST.FAULT.RD.
-    pub log_entries: u64,
-    /// World switches (exits) in the run.
-    pub exits: u64,
-    /// SEAMCALLs served.
-    pub seamcalls: u64,
-    /// What the probe's read of each target returned (0 for a read that faulted).
-    pub reads: [u64; MAX_TARGETS],
-    /// #UDs the probe's handler counted for its one TDCALL (1: the host cannot call the guest
-    /// ABI).
-    pub tdcall_ud: u64,
-}
-
 /// The host world and the host pages its image and tables use.
 #[derive(Debug)]
 pub struct HostWorld {
     /// What CPUID said about SVM.
     pub caps: svm::SvmCaps,
     world: World,
-    params: u64,
-    /// The probe's entry point and initial stack pointer: each run starts over.
-    entry: (u64, u64),
     frames: Frames,
-    /// The platform secret's fw_cfg selector (if there is one): the host world may not select it.
-    secret_key: Option<u16>,
+    /// What the TSM keeps of the I/O ports beyond `ioports::INTERCEPTED`: the platform
+    /// secret's fw_cfg selector (the host world may not select it), the ACPI PM block.
+    ports: crate::ioports::Ports,
     /// fw_cfg, through which the TSM passes on the host's selections it allows.
     fw: Option<FwCfg>,
     /// Writes of the host world the nested map refused: where, and the 16 bytes there at the
@@ -89,6 +61,8 @@ pub struct HostWorld {
     refused_pending: usize,
     /// Refused writes whose bytes the TSM found unchanged at the next exit.
     pub writes_unchanged: u64,
+    /// The agent's open phase (`phases`) and the world switches at its start.
+    phase: Option<(phases::Name, (u64, u64))>,
 }
 
 /// How the host world's service loop goes on after an exit.
@@ -167,8 +141,12 @@ impl HostWorld {
                 }
             }
         }
-        npt.map(mmio_start, VTD_REGS, MemType::Uncached).map_err(oom)?;
-        npt.map(VTD_REGS + PAGE, 4 << 30, MemType::Uncached).map_err(oom)?;
+        let mut at = mmio_start;
+        for page in KEPT_MMIO.into_iter().filter(|&p| p >= mmio_start) {
+            npt.map(at, page, MemType::Uncached).map_err(oom)?;
+            at = page + PAGE;
+        }
+        npt.map(at, 4 << 30, MemType::Uncached).map_err(oom)?;
         let root = npt.root();
         tsm.platform_mut().host_npt = Some(npt);
         tsm.platform_mut().td = Some(super::td::TdWorlds::new()?);
@@ -190,10 +168,11 @@ impl HostWorld {
                 | vmcb::MISC2_VMSAVE
                 | vmcb::MISC2_STGI
                 | vmcb::MISC2_CLGI
-                | vmcb::MISC2_SKINIT,
+                | vmcb::MISC2_SKINIT
+                | vmcb::MISC2_XSETBV,
         );
         v.write_u64(vmcb::MSRPM_BASE, svm::msrpm_intercept_all());
-        v.write_u64(vmcb::IOPM_BASE, svm::iopm_host(&crate::ioports::INTERCEPTED));
+        v.write_u64(vmcb::IOPM_BASE, svm::iopm_host(crate::ioports::Ports::default().ranges()));
         v.write_u32(vmcb::GUEST_ASID, 1);
         v.write_u8(vmcb::TLB_CONTROL, vmcb::TLB_FLUSH_ALL);
         v.write_u64(vmcb::NP_ENABLE, 1);
@@ -215,20 +194,44 @@ impl HostWorld {
         Ok(HostWorld {
             caps,
             world,
-            params: 0,
-            entry: (0, 0),
             frames,
-            secret_key: None,
+            ports: crate::ioports::Ports::default(),
             fw: FwCfg::new().ok(),
             refused_writes: [(0, [0; 16]); 4],
             refused_pending: 0,
             writes_unchanged: 0,
+            phase: None,
         })
     }
 
     /// Names the platform secret's fw_cfg selector, which the host world may not select.
     pub fn protect_fw_cfg_item(&mut self, key: u16) {
-        self.secret_key = Some(key);
+        self.ports.secret = Some(key);
+    }
+
+    /// Keeps the ACPI PM registers at `pm_block` (ICH9's PMBASE) from the host world's writes,
+    /// the PM timer excepted: their sleep states would suspend the machine with memory as it
+    /// is and resume it in the BIOS, their SMI enables raise SMIs.
+    pub fn keep_acpi_pm(&mut self, pm_block: u16) {
+        self.ports.pm_block = Some(pm_block);
+        self.world.vmcb().write_u64(vmcb::IOPM_BASE, svm::iopm_host(self.ports.ranges()));
+    }
+
+    /// Makes the configuration space of the chipset functions (`ioports::CHIPSET`: the host
+    /// bridge and the LPC bridge) read-only in the host's nested map, through the ECAM window
+    /// at `ecam`: their PCIEXBAR, RCBA and SMRAM registers would let the host put device
+    /// registers over the TSM's memory. (Through ports 0xCF8/0xCFC the TSM sees the register
+    /// and refuses only those: `ioports::CHIPSET_LOCKED`.)
+    ///
+    /// # Errors
+    /// [`WorldError::OutOfTsmMemory`] if the nested map could not take the change.
+    pub fn protect_chipset_config(&mut self, tsm: &mut Tsm<FirmwarePlatform>, ecam: u64) -> Result<(), WorldError> {
+        let npt = tsm.platform_mut().host_npt.as_mut().ok_or(WorldError::OutOfTsmMemory)?;
+        for (bus, device, function) in crate::ioports::CHIPSET {
+            let page = ecam + (u64::from(bus) << 20 | u64::from(device) << 15 | u64::from(function) << 12);
+            npt.map_read_only(page, page + PAGE, MemType::Uncached).map_err(|_| WorldError::OutOfTsmMemory)?;
+        }
+        Ok(())
     }
 
     /// Loads the host agent's binary from fw_cfg (`loader`) into host RAM from `start`, with
@@ -255,56 +258,12 @@ impl HostWorld {
         Ok(loaded)
     }
 
-    /// The legacy probe (`arch/host_probe.S`): copied into host pages taken with `page`, with
-    /// its own page tables, GDT and IDT.
-    ///
-    /// # Errors
-    /// [`WorldError::OutOfHostPages`].
-    pub fn load_probe(&mut self, page: &mut dyn FnMut() -> Option<u64>) -> Result<(), WorldError> {
-        let frames = self.frames;
-        let mut take = || page().ok_or(WorldError::OutOfHostPages);
-        let (code, mc_offset, ud_offset) = svm::host_probe();
-        let code_page = take()?;
-        let stack = take()?;
-        let pml4 = take()?;
-        let pdpt = take()?;
-        let tables = take()?;
-        let params = take()?;
-        frames.write(code_page, code);
-        // Identity map of the low 4 GiB with 1 GiB pages (present, writable).
-        frames.write_u64(pml4, pdpt | 0x3);
-        for i in 0..4u64 {
-            frames.write_u64(pdpt + i * 8, (i << 30) | 0x83);
-        }
-        // GDT: null, 64-bit code (0x08), data (0x10); IDT at +0x100 with the #MC gate.
-        frames.write_u64(tables, 0);
-        frames.write_u64(tables + 8, 0x00AF_9A00_0000_FFFF);
-        frames.write_u64(tables + 16, 0x00CF_9200_0000_FFFF);
-        for (vector, offset) in [(VECTOR_MC, mc_offset), (VECTOR_UD, ud_offset)] {
-            let handler = code_page + offset as u64;
-            let gate = tables + 0x100 + u64::from(vector) * 16;
-            frames
-                .write_u64(gate, (handler & 0xFFFF) | (0x08 << 16) | (0x8E00 << 32) | ((handler >> 16) & 0xFFFF) << 48);
-            frames.write_u64(gate + 8, handler >> 32);
-        }
-        let v = self.world.vmcb();
-        v.set_segment(vmcb::GDTR, Segment { selector: 0, attrib: 0, limit: 23, base: tables });
-        v.set_segment(vmcb::IDTR, Segment { selector: 0, attrib: 0, limit: 32 * 16 - 1, base: tables + 0x100 });
-        v.write_u64(vmcb::CR3, pml4);
-        v.write_u64(vmcb::RIP, code_page);
-        v.write_u64(vmcb::RSP, stack + PAGE);
-        self.world.gprs.rdi = params;
-        self.params = params;
-        self.entry = (code_page, stack + PAGE);
-        Ok(())
-    }
-
     /// Enters the host agent and serves its exits until it ends the run: SEAMCALL (a TD's
     /// VP.ENTER runs the TD world and returns its exit), accesses outside its map (#MC), MSRs
     /// (none is the host's), the ports the TSM keeps (`ports`), VMMCALL (a bare exit: the
     /// floor the agent measures). Never returns: the run ends through `isa-debug-exit` once
     /// the TSM said its last word, or with a failure when the world dies.
-    pub fn run(mut self, tsm: &mut Tsm<FirmwarePlatform>) -> ! {
+    pub fn run(mut self, tsm: &mut Tsm<FirmwarePlatform>, demo: bool) -> ! {
         loop {
             if tsm.platform().host_map_broken {
                 crate::run::fail("host world", &WorldError::OutOfTsmMemory);
@@ -316,21 +275,23 @@ impl HostWorld {
             self.check_refused_writes();
             let served = match exit {
                 Exit::Vmmcall => {
-                    self.world.skip(3);
+                    self.vmmcall(tsm);
                     Ok(Served::Continue)
                 }
                 other => self.serve(tsm, other),
             };
             match served {
                 Ok(Served::Continue) => {}
-                Ok(Served::End(code)) => self.end(tsm, code),
+                Ok(Served::End(code)) => self.end(tsm, code, demo),
                 Err(e) => crate::run::fail("host world", &e),
             }
         }
     }
 
-    /// The TSM's last word when the host ends the run: the world switches, the refusals.
-    fn end(&self, tsm: &Tsm<FirmwarePlatform>, code: u32) -> ! {
+    /// The TSM's last word when the host ends the run: the world switches (the figure
+    /// `world_switches`, or `world_switches_demo` for the demo's mode), the refusals.
+    fn end(&mut self, tsm: &Tsm<FirmwarePlatform>, code: u32, demo: bool) -> ! {
+        self.close_phase(tsm);
         let td = tsm.platform().td.as_ref().map_or(0, |w| w.switches);
         say!(
             "world: the host world ended the run: {} host-world exits, {td} TD-world exits; {} accesses refused, {} refused writes checked: bytes unchanged",
@@ -338,13 +299,80 @@ impl HostWorld {
             tsm.host_faults().total,
             self.writes_unchanged
         );
-        crate::run::figure("world_switches", &(self.world.exits + td), "exits");
-        let code = if code == crate::arch::ExitCode::Success as u32 {
-            crate::arch::ExitCode::Success
-        } else {
-            crate::arch::ExitCode::Failure
-        };
-        crate::arch::exit_qemu(code)
+        let name = if demo { "world_switches_demo" } else { "world_switches" };
+        crate::run::figure(name, &(self.world.exits + td), "exits");
+        crate::arch::exit_qemu(crate::arch::ExitCode::from_raw(code))
+    }
+
+    /// VMMCALL, the host world's one call to the TSM that is not the ABI (`phases`): RAX 0 is a
+    /// bare exit, nothing done (the floor the agent measures); RAX [`phases::MARK`] marks the
+    /// start of the agent's phase named in RCX:RDX (or, all zero, the end of the last), for
+    /// which the TSM counts world switches. The registers stay as they are; RIP += 3.
+    fn vmmcall(&mut self, tsm: &Tsm<FirmwarePlatform>) {
+        if self.world.rax() == phases::MARK {
+            let name = phases::decode(self.world.gprs.rcx, self.world.gprs.rdx);
+            self.close_phase(tsm);
+            if let Some(name) = name {
+                self.phase = Some((name, self.switches(tsm)));
+            }
+        }
+        self.world.skip(3);
+    }
+
+    /// World switches so far: `(host world, TD worlds)`.
+    fn switches(&self, tsm: &Tsm<FirmwarePlatform>) -> (u64, u64) {
+        (self.world.exits, tsm.platform().td.as_ref().map_or(0, |w| w.switches))
+    }
+
+    /// Ends the open phase, if any: its world switches on COM1 and as the figure
+    /// `switches_NAME`. The TSM keeps the counts to itself until then: how often a TD exits to
+    /// the TSM is none of the host's business while it runs.
+    fn close_phase(&mut self, tsm: &Tsm<FirmwarePlatform>) {
+        let Some((name, (host0, td0))) = self.phase.take() else { return };
+        let (host, td) = self.switches(tsm);
+        let (host, td) = (host.saturating_sub(host0), td.saturating_sub(td0));
+        let name = name.as_str();
+        say!("world: phase {name}: {} world switches ({host} of the host world, {td} of TD worlds)", host + td);
+        if name == phases::OVMF_TD {
+            Self::td_exits_by_kind(tsm, td);
+        }
+        let mut figure = [0u8; 32];
+        let mut w = seamless_drivers::console::BufWriter::new(&mut figure);
+        if core::fmt::Write::write_fmt(&mut w, format_args!("switches_{name}")).is_ok() {
+            let len = w.len();
+            crate::run::figure(core::str::from_utf8(&figure[..len]).unwrap_or("switches"), &(host + td), "exits");
+        }
+    }
+
+    /// The TD worlds' exits by kind, since boot (mode `ovmf`, at the end of the TDVF TD's phase,
+    /// whose TD-world switches are `td`).
+    fn td_exits_by_kind(tsm: &Tsm<FirmwarePlatform>, td: u64) {
+        let Some(w) = tsm.platform().td.as_ref() else { return };
+        let k = &w.counts;
+        say!(
+            "world: TD exits: {} nested page faults, {} TDCALLs, {} CPUID ({} answered by the TSM), {} MSR ({} in the TSM), {} I/O, {} HLT, {} other; #VEs: {} CPUID, {} HLT, {} I/O, {} MSR, {} EPT; {} interrupts injected ({} deferred to a later exit), {} events re-delivered, {} table resets, {} time slices ended by the preemption timer",
+            k.npf,
+            k.tdcall,
+            k.cpuid,
+            k.cpuid_in_tsm,
+            k.msr,
+            k.msr_in_tsm,
+            k.io,
+            k.hlt,
+            k.other,
+            k.ve[0],
+            k.ve[1],
+            k.ve[2],
+            k.ve[3],
+            k.ve[4],
+            k.interrupts,
+            k.deferred,
+            k.redelivered,
+            w.resets,
+            k.preempted
+        );
+        crate::run::figure("ovmf_td_world_switches", &td, "exits");
+        crate::run::figure("ovmf_td_ves", &k.ve.iter().sum::<u64>(), "ves");
     }
 
     /// One exit of the host world, served: `Continue`, the end of the run, or why the world
@@ -360,6 +388,7 @@ impl HostWorld {
             }
             Exit::NestedPageFault { gpa, error } => self.refuse_access(tsm, gpa, error),
             Exit::Msr { write } => self.msr(tsm, write),
+            Exit::Xsetbv => self.xsetbv(tsm),
             Exit::Io { info1, next_rip } => {
                 let served = self.port(tsm, info1);
                 self.world.vmcb().write_u64(vmcb::RIP, next_rip);
@@ -399,6 +428,20 @@ impl HostWorld {
             self.world.gprs.rdx = 0;
         }
         self.world.skip(2);
+    }
+
+    /// XSETBV: XCR0 within x87 and SSE is carried out (`arch::world_xsetbv`); anything more
+    /// (AVX's upper halves and beyond, which no world's switch saves) is dropped and logged
+    /// (fault class 0xF5), XCR0 unchanged. RIP moves past the 3 bytes either way.
+    fn xsetbv(&mut self, tsm: &mut Tsm<FirmwarePlatform>) {
+        let xcr = self.world.gprs.rcx as u32;
+        let value = (self.world.gprs.rdx << 32) | (self.world.rax() & 0xFFFF_FFFF);
+        if !crate::arch::world_xsetbv(xcr, value) {
+            let rip = self.world.rip();
+            tsm.record_host_xcr(xcr, value, rip);
+            defmt::info!("host world: XSETBV XCR{=u32} <- {=u64:#x} at RIP {=u64:#x} refused", xcr, value, rip);
+        }
+        self.world.skip(3);
     }
 
     /// An access outside the host's map: nothing was read or written. Recorded in the TSM's
@@ -447,7 +490,13 @@ impl HostWorld {
     fn port(&mut self, tsm: &mut Tsm<FirmwarePlatform>, info1: u64) -> Served {
         use crate::ioports::{decide, Decision, Io, FW_CFG_INVALID};
         let io = Io::decode(info1, self.world.rax());
-        let answer = match decide(&io, self.secret_key) {
+        let config_address = if io.port >= crate::ioports::PCI_CONFIG_ADDRESS && !io.input {
+            crate::arch::pci_config_address()
+        } else {
+            0
+        };
+        let answer = match decide(&io, &self.ports, config_address) {
+            Decision::PassOn => Some(crate::arch::pass_on(&io)),
             Decision::Select(key) => {
                 if let Some(fw) = &self.fw {
                     fw.select_item(key);
@@ -481,120 +530,6 @@ impl HostWorld {
             self.world.set_rax(rax);
         }
         Served::Continue
-    }
-
-    /// Runs the probe: `rounds` of `iterations` of each measured loop (none if `rounds` is 0),
-    /// then a read and a write of each of `targets` (at most [`MAX_TARGETS`]), then it drains
-    /// the fault log.
-    ///
-    /// # Errors
-    /// [`WorldError`] if the world stops in a way the TSM does not serve.
-    pub fn run_probe(
-        &mut self,
-        tsm: &mut Tsm<FirmwarePlatform>,
-        tsc: &Tsc,
-        (iterations, rounds): (u64, u64),
-        targets: &[u64],
-    ) -> Result<ProbeReport, WorldError> {
-        let iterations = iterations.max(1);
-        let v = self.world.vmcb();
-        v.write_u64(vmcb::RIP, self.entry.0);
-        v.write_u64(vmcb::RSP, self.entry.1);
-        v.write_u64(vmcb::RFLAGS, 0x2);
-        self.world.gprs.rdi = self.params;
-        self.frames.write_u64(self.params, iterations);
-        self.frames.write_u64(self.params + 8, rounds);
-        for (i, &t) in targets.iter().take(MAX_TARGETS).enumerate() {
-            self.frames.write_u64(self.params + 16 + i as u64 * 8, t);
-        }
-        self.frames.write_u64(self.params + 16 + targets.len().min(MAX_TARGETS) as u64 * 8, 0);
-        self.frames.write_u64(self.params + 0x808, 0);
-        let mut report = ProbeReport { iterations, rounds, ..ProbeReport::default() };
-        let (mut mark, mut floor, mut seamcall) = (0u64, u64::MAX, u64::MAX);
-        let first = self.world.exits;
-        // The per-call defmt record would dominate the round trip being measured.
-        let log_calls = core::mem::replace(&mut tsm.platform_mut().log_calls, false);
-        loop {
-            // A frame the map could not follow would leave the host a page it gave away: stop.
-            if tsm.platform().host_map_broken {
-                return Err(WorldError::OutOfTsmMemory);
-            }
-            if tsm.platform_mut().host_npt.as_mut().is_some_and(|n| core::mem::take(&mut n.flush)) {
-                self.world.flush_tlb();
-            }
-            match self.world.run() {
-                Exit::Vmmcall => {
-                    let f = self.world.rax();
-                    self.world.skip(3);
-                    let now = tsc.now();
-                    match f {
-                        1 => mark = now,
-                        2 => {
-                            floor = floor.min(now.wrapping_sub(mark));
-                            mark = now;
-                        }
-                        3 => seamcall = seamcall.min(now.wrapping_sub(mark)),
-                        4 => {
-                            report.handled = self.world.gprs.r15;
-                            report.log_entries = self.world.gprs.rbp;
-                            break;
-                        }
-                        _ => {}
-                    }
-                }
-                Exit::Exception { vector: VECTOR_UD, .. } => {
-                    if self.fetch4(tsm) == Some(SEAMCALL) {
-                        self.seamcall(tsm);
-                        report.seamcalls += 1;
-                    } else {
-                        self.world.inject_exception(VECTOR_UD);
-                    }
-                }
-                Exit::NestedPageFault { gpa, error } => {
-                    let rip = self.world.rip();
-                    let fault = tsm.record_host_fault(HostPhysAddr::new(gpa).unwrap_or_default(), error & 2 != 0, rip);
-                    defmt::info!(
-                        "host world: access to {=u64:#x} ({=str}) at RIP {=u64:#x} refused: #MC",
-                        gpa,
-                        fault.what(),
-                        rip
-                    );
-                    self.world.inject_exception(VECTOR_MC);
-                    report.faults += 1;
-                }
-                Exit::Msr { write } => {
-                    // No MSR is the host world's: reads see 0, writes are dropped.
-                    if !write {
-                        self.world.set_rax(0);
-                        self.world.gprs.rdx = 0;
-                    }
-                    self.world.skip(2);
-                }
-                Exit::SvmInstruction => self.world.inject_exception(VECTOR_UD),
-                Exit::Hlt => break,
-                Exit::Invalid => return Err(WorldError::InvalidVmcb),
-                other => {
-                    let code = match other {
-                        Exit::Exception { vector, .. } => svm::exit::EXCEPTION_BASE + u64::from(vector),
-                        Exit::Shutdown => svm::exit::SHUTDOWN,
-                        Exit::Other(c) => c,
-                        _ => 0,
-                    };
-                    return Err(WorldError::Died { code, info1: 0, rip: self.world.rip() });
-                }
-            }
-        }
-        tsm.platform_mut().log_calls = log_calls;
-        for (i, r) in report.reads.iter_mut().enumerate().take(targets.len().min(MAX_TARGETS)) {
-            *r = self.frames.read_u64(self.params + 0x810 + i as u64 * 8);
-        }
-        report.tdcall_ud = self.frames.read_u64(self.params + 0x808);
-        if rounds > 0 {
-            report.floor_ns = tsc.ticks_to_ns(floor) / iterations;
-            report.seamcall_ns = tsc.ticks_to_ns(seamcall) / iterations;
-        }
-        report.exits = self.world.exits - first;
-        Ok(report)
     }
 
     /// SEAMCALL: the ABI's input registers from the world, `Tsm::host_call` (and for a

@@ -1,6 +1,7 @@
 //! Loads the host agent's binary into the host world: the ELF from fw_cfg (`opt/seamless/host`,
-//! read front to back, never trusted: `crate::elf` checks every field before a byte is
-//! placed), its segments copied into host RAM right after the TSM's image, page tables written
+//! its headers read front to back, never trusted: `crate::elf` checks every field before a byte
+//! is placed), its segments copied into host RAM right after the TSM's image (one fw_cfg DMA
+//! transfer each, the TSM's privilege: the host world may not use that interface), page tables written
 //! into host pages after them, and the boot information page last. Every destination frame
 //! must be one the host world's nested map grants (host RAM); anything else is refused with
 //! [`LoadError`] before the TSM writes it. The image is unmeasured: MRSEAM covers only the TSM.
@@ -13,10 +14,11 @@
 
 use seamless_drivers::bootinfo::BootInfo;
 use seamless_drivers::config::HOST_FILE;
-use seamless_drivers::fw_cfg::{FwCfg, FwCfgError};
+use seamless_drivers::fw_cfg::{FwCfg, FwCfgError, FwCfgFile};
 use seamless_drivers::phys::{Frames, MAPPED_BYTES};
 
 use super::npt::Npt;
+use crate::drivers::fw_cfg_dma::FwCfgDma;
 use crate::elf::{self, ElfError, HostImage, HEADER_BYTES, MAX_PHDRS, PF_W, PF_X, PHDR_BYTES};
 
 const PAGE: u64 = 4096;
@@ -49,6 +51,8 @@ pub enum LoadError {
         /// The frame.
         addr: u64,
     },
+    /// fw_cfg's DMA interface refused a transfer.
+    Dma,
 }
 
 impl core::fmt::Display for LoadError {
@@ -69,6 +73,7 @@ impl core::fmt::Display for LoadError {
             LoadError::NotHostRam { addr } => {
                 write!(f, "frame {addr:#x} is not host RAM: the host image goes nowhere else")
             }
+            LoadError::Dma => write!(f, "{HOST_FILE}: fw_cfg's DMA interface refused a transfer"),
         }
     }
 }
@@ -155,27 +160,18 @@ pub fn load(
         frames.zero(at, PAGE as usize);
         at += PAGE;
     }
-    let mut chunk = [0u8; 512];
-    for s in image.segments() {
-        if !file.seek_forward(s.offset) {
-            return Err(LoadError::Truncated);
+    if let Some(mut dma) = FwCfgDma::new(fw) {
+        // One transfer per segment, straight into host RAM (checked above, and again by the
+        // driver against `frames`).
+        let key = fw.selector_of(HOST_FILE)?;
+        for s in image.segments().iter().filter(|s| s.filesz != 0) {
+            let dst = start + (s.vaddr - image.base);
+            let (offset, len) = (u32::try_from(s.offset), u32::try_from(s.filesz));
+            let (Ok(offset), Ok(len)) = (offset, len) else { return Err(LoadError::Truncated) };
+            dma.select_at(key, offset).and_then(|()| dma.read_into(frames, dst, len)).map_err(|_| LoadError::Dma)?;
         }
-        let mut done = 0;
-        while done < s.filesz {
-            let n = ((s.filesz - done) as usize).min(chunk.len());
-            if file.read(&mut chunk[..n]) != n {
-                return Err(LoadError::Truncated);
-            }
-            let dst = start + (s.vaddr - image.base) + done;
-            // A chunk may cross a page of the destination: write it in the pieces `Frames`
-            // checks.
-            let split = ((PAGE - (dst & (PAGE - 1))) as usize).min(n);
-            frames.write(dst, &chunk[..split]);
-            if split < n {
-                frames.write(dst + split as u64, &chunk[split..n]);
-            }
-            done += n as u64;
-        }
+    } else {
+        copy_by_ports(&mut file, &image, frames, start)?;
     }
     fw.deselect();
 
@@ -212,4 +208,32 @@ pub fn load(
     let info = boot_info((start, end));
     frames.write(info_page, info.to_bytes());
     Ok(Loaded { image, region: (start, end), cr3: pml4, boot_info: info_page, file_bytes: file.size() })
+}
+
+/// Copies each segment's file bytes into host RAM through fw_cfg's data port, byte by byte:
+/// the way without the DMA interface.
+fn copy_by_ports(file: &mut FwCfgFile<'_>, image: &HostImage, frames: &Frames, start: u64) -> Result<(), LoadError> {
+    let mut chunk = [0u8; 512];
+    for s in image.segments() {
+        if !file.seek_forward(s.offset) {
+            return Err(LoadError::Truncated);
+        }
+        let mut done = 0;
+        while done < s.filesz {
+            let n = ((s.filesz - done) as usize).min(chunk.len());
+            if file.read(&mut chunk[..n]) != n {
+                return Err(LoadError::Truncated);
+            }
+            let dst = start + (s.vaddr - image.base) + done;
+            // A chunk may cross a page of the destination: write it in the pieces `Frames`
+            // checks.
+            let split = ((PAGE - (dst & (PAGE - 1))) as usize).min(n);
+            frames.write(dst, &chunk[..split]);
+            if split < n {
+                frames.write(dst + split as u64, &chunk[split..n]);
+            }
+            done += n as u64;
+        }
+    }
+    Ok(())
 }

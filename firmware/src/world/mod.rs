@@ -25,8 +25,6 @@ pub enum WorldError {
     /// The TSM's pool of VMCBs or nested-table frames is exhausted (also when the host's map
     /// could not follow an ownership change: the world is stopped rather than run on it).
     OutOfTsmMemory,
-    /// The host had no page left for the world's image or tables.
-    OutOfHostPages,
     /// VMRUN refused the VMCB (exit code -1): a TSM bug.
     InvalidVmcb,
     /// The world shut down (triple fault) or exited in a way the TSM does not serve.
@@ -45,7 +43,6 @@ impl core::fmt::Display for WorldError {
         match self {
             WorldError::Svm(e) => write!(f, "{e}"),
             WorldError::OutOfTsmMemory => write!(f, "the TSM's VMCB or nested-table pool is exhausted"),
-            WorldError::OutOfHostPages => write!(f, "no host page left for the host world"),
             WorldError::InvalidVmcb => write!(f, "VMRUN refused the VMCB (VMEXIT_INVALID)"),
             WorldError::Died { code, info1, rip } => {
                 write!(f, "the world stopped: exit code {code:#x}, EXITINFO1 {info1:#x}, RIP {rip:#x}")
@@ -85,6 +82,8 @@ pub enum Exit {
     },
     /// VMMCALL (3 bytes).
     Vmmcall,
+    /// XSETBV (3 bytes): XCR ECX, the value EDX:EAX.
+    Xsetbv,
     /// Nested page fault: `gpa` is absent from the world's nested table (or was refused);
     /// `error` is the #PF-style code, bit 32 a fault on the final GPA, bit 33 on a guest
     /// page-table access.
@@ -119,6 +118,7 @@ impl Exit {
             exit::IOIO => Exit::Io { info1, next_rip: info2 },
             exit::MSR => Exit::Msr { write: info1 & 1 != 0 },
             exit::VMMCALL => Exit::Vmmcall,
+            exit::XSETBV => Exit::Xsetbv,
             exit::NPF => Exit::NestedPageFault { gpa: info2, error: info1 },
             exit::SHUTDOWN => Exit::Shutdown,
             exit::INVLPGA | exit::VMRUN..=exit::SKINIT => Exit::SvmInstruction,
@@ -137,6 +137,8 @@ pub struct World {
     pub gprs: Gprs,
     /// #VMEXITs taken so far.
     pub exits: u64,
+    /// Its x87 and SSE registers while it does not run (neither the VMCB nor VMRUN holds them).
+    fpu: crate::arch::FpuState,
 }
 
 impl World {
@@ -147,7 +149,7 @@ impl World {
     pub fn new() -> Result<World, WorldError> {
         let vmcb = svm::take_vmcb().ok_or(WorldError::OutOfTsmMemory)?;
         vmcb.clear();
-        Ok(World { vmcb, gprs: Gprs::default(), exits: 0 })
+        Ok(World { vmcb, gprs: Gprs::default(), exits: 0, fpu: crate::arch::FpuState::init() })
     }
 
     /// The VMCB, to set up or read the guest state between runs.
@@ -160,10 +162,14 @@ impl World {
     /// only this module can vouch for.
     #[allow(unsafe_code)]
     pub fn run(&mut self) -> Exit {
+        // Its own x87 and SSE registers in, and out again at the exit: another world's (a TD's
+        // secrets left in XMM, the host's values) never reach it.
+        self.fpu.load();
         // SAFETY: SVM was enabled before any world exists (`host::HostWorld::build` does it
         // first); every world's VMCB intercepts VMRUN and names a nested table built by `npt`
         // from the TSM's pool, which maps only memory the world owns.
         unsafe { svm::run(self.vmcb, &mut self.gprs) };
+        self.fpu.store();
         self.vmcb.write_u8(vmcb::TLB_CONTROL, 0);
         // An event whose delivery the #VMEXIT interrupted (a nested page fault on the IDT or
         // the stack while injecting #VE) comes back in EXITINTINFO: inject it again at the next

@@ -118,7 +118,16 @@ impl Npt {
     /// # Errors
     /// [`OutOfTables`]: the pool is exhausted (what was mapped so far stays).
     pub fn map(&mut self, start: u64, end: u64, ty: MemType) -> Result<(), OutOfTables> {
-        self.set(start, end, Some(ty))
+        self.set(start, end, Some((ty, WRITE)))
+    }
+
+    /// Maps `[start, end)` to itself for reads only: a write is a nested page fault.
+    ///
+    /// # Errors
+    /// [`OutOfTables`]: the pool is exhausted.
+    pub fn map_read_only(&mut self, start: u64, end: u64, ty: MemType) -> Result<(), OutOfTables> {
+        self.flush = true;
+        self.set(start, end, Some((ty, 0)))
     }
 
     /// Removes `[start, end)` from the map, splitting 2 MiB leaves that only partly go.
@@ -130,7 +139,7 @@ impl Npt {
         self.set(start, end, None)
     }
 
-    fn set(&mut self, start: u64, end: u64, ty: Option<MemType>) -> Result<(), OutOfTables> {
+    fn set(&mut self, start: u64, end: u64, ty: Option<(MemType, u64)>) -> Result<(), OutOfTables> {
         let end = end.min(LIMIT);
         let mut at = start & !(PAGE - 1);
         while at < end {
@@ -141,7 +150,7 @@ impl Npt {
                 && self.tables[pd].0[slot] & (PRESENT | LARGE) != PRESENT
             {
                 self.tables[pd].0[slot] = match ty {
-                    Some(t) => at | PRESENT | WRITE | USER | LARGE | t.bits(),
+                    Some((t, write)) => at | PRESENT | write | USER | LARGE | t.bits(),
                     None => 0,
                 };
                 at += TWO_MIB;
@@ -151,7 +160,7 @@ impl Npt {
             let stop = end.min((at | (TWO_MIB - 1)) + 1);
             while at < stop {
                 self.tables[pt].0[((at >> 12) & 511) as usize] = match ty {
-                    Some(t) => at | PRESENT | WRITE | USER | t.bits(),
+                    Some((t, write)) => at | PRESENT | write | USER | t.bits(),
                     None => 0,
                 };
                 at += PAGE;
@@ -231,8 +240,8 @@ impl Npt {
         Some(t)
     }
 
-    /// True if the world may write the 4K page holding `gpa` (the map is an identity map, so the
-    /// answer also says that host physical address `gpa` is the world's).
+    /// True if the world may read the 4K page holding `gpa` (the map is an identity map, so the
+    /// answer also says that host physical address `gpa` is the world's, for reading at least).
     pub fn maps(&self, gpa: u64) -> bool {
         if gpa >= LIMIT {
             return false;

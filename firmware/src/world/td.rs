@@ -378,7 +378,8 @@ fn initial_state(world: &mut World, gpaw: u8, index: usize) {
             | vmcb::MISC2_VMSAVE
             | vmcb::MISC2_STGI
             | vmcb::MISC2_CLGI
-            | vmcb::MISC2_SKINIT,
+            | vmcb::MISC2_SKINIT
+            | vmcb::MISC2_XSETBV,
     );
     v.write_u64(vmcb::IOPM_BASE, svm::iopm_intercept_all());
     v.write_u64(vmcb::MSRPM_BASE, svm::msrpm_intercept_all());
@@ -481,6 +482,16 @@ fn run(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) -> TdExit {
             }
             Exit::Vmmcall | Exit::SvmInstruction => {
                 v.world.inject_exception(VECTOR_UD);
+                None
+            }
+            Exit::Xsetbv => {
+                // XCR0 within x87 and SSE (every TD's XFAM here) is carried out; more is
+                // dropped, XCR0 unchanged: its state would be registers no world switch saves.
+                let value = (v.world.gprs.rdx << 32) | (v.world.rax() & 0xFFFF_FFFF);
+                if !crate::arch::world_xsetbv(v.world.gprs.rcx as u32, value) {
+                    defmt::info!("TD XSETBV <- {=u64:#x} at RIP {=u64:#x} dropped", value, v.world.rip());
+                }
+                v.world.skip(3);
                 None
             }
             other @ (Exit::Shutdown | Exit::Invalid | Exit::Exception { .. } | Exit::Other(_)) => {

@@ -563,7 +563,7 @@ fn host_binds_a_function_on_another_segment() -> Result<(), String> {
     let (pdev, msg, tdi) = (m.page(), m.scratch(), m.page());
     must(m.host(h::SPDM_CREATE, pdev, function, 0, 0), "SPDM.CREATE")?;
     must(m.pump(&mut dev, h::SPDM_CONNECT, pdev, msg, 0), "SPDM.CONNECT")?;
-    let mut a = Assignment { pdev, msg, stream: 0, tdi, generation: 0, report: Vec::new() };
+    let mut a = Assignment { pdev, msg, stream: 0, tdi, generation: 0, report: Vec::new(), spdm: Default::default() };
     m.ide_setup(&mut dev, &mut a);
     must(m.host(h::TDI_CREATE, td.tdr, pdev, tdi, function), "TDI.CREATE")?;
     m.lock(&mut dev, &mut a);

@@ -122,9 +122,55 @@ extern "C" fn guest_trap(frame: *mut TrapFrame) {
     crate::td::trap(frame);
 }
 
-/// The device window of the identity map (GPA 1..2 GiB, uncached), where the host maps the
-/// TDI's MMIO: device registers, never memory.
+/// The device window (GPA 1..2 GiB), where the host maps the TDI's MMIO: device registers, never
+/// memory. Not present in the guest's page tables until [`map_device`] maps the pages it
+/// accepted.
 pub const DEVICE_WINDOW: core::ops::Range<u64> = 1 << 30..2 << 30;
+
+/// Bytes of the device window one table of the guest maps (its first 2 MiB).
+const DEVICE_TABLE_SPAN: u64 = 2 << 20;
+
+unsafe extern "C" {
+    static mut guest_pd: [u64; 2048];
+    static mut guest_pt_device: [u64; 512];
+}
+
+/// Pages of the device window mapped so far, from its start.
+static DEVICE_MAPPED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Maps `pages` pages of the device window from `gpa` (which must be its start: the TDI's BAR
+/// is the one device the guest drives) into its page tables: 4 KiB leaves, present, writable,
+/// uncached (PCD|PWT), as a driver maps registers (not NX: EFER.NXE is off, and a TD cannot
+/// write EFER). `None` if the range is not the window's start or passes the one table.
+pub fn map_device(gpa: u64, pages: u64) -> Option<()> {
+    if gpa != DEVICE_WINDOW.start || pages.checked_mul(4096)? > DEVICE_TABLE_SPAN {
+        return None;
+    }
+    const P_RW_PWT_PCD: u64 = 0x1B;
+    for i in 0..pages {
+        let page = gpa + i * 4096;
+        // SAFETY: the device table is a TEMP_MEM page of the guest's own tables (`start.S`),
+        // written only here, on the one vCPU; the entry maps a page of the device window, which
+        // holds no guest data, code or tables.
+        unsafe { (*core::ptr::addr_of_mut!(guest_pt_device))[i as usize] = page | P_RW_PWT_PCD };
+    }
+    let pt = core::ptr::addr_of!(guest_pt_device) as u64;
+    // SAFETY: PD entry 512 covers the device window's first 2 MiB and was not present
+    // (`start.S`); linking it to the device table changes the mapping of nothing else.
+    unsafe { (*core::ptr::addr_of_mut!(guest_pd))[512] = pt | 0x3 };
+    for i in 0..pages {
+        // SAFETY: INVLPG drops a stale translation of one page of the window; nothing else.
+        unsafe { x86::tlb::flush((gpa + i * 4096) as usize) };
+    }
+    DEVICE_MAPPED.store(pages, core::sync::atomic::Ordering::Relaxed);
+    Some(())
+}
+
+/// Whether `[gpa, gpa + 4)` lies in the device pages [`map_device`] mapped.
+fn device_mapped(gpa: u64) -> bool {
+    let mapped = DEVICE_MAPPED.load(core::sync::atomic::Ordering::Relaxed) * 4096;
+    gpa >= DEVICE_WINDOW.start && gpa + 4 <= DEVICE_WINDOW.start + mapped
+}
 
 /// Whether `[gpa, gpa + len)` lies in one page of the identity map, outside the device window.
 fn in_identity_page(gpa: u64, len: usize) -> bool {
@@ -160,10 +206,10 @@ pub fn private_write(gpa: u64, data: &[u8]) -> Option<()> {
     Some(())
 }
 
-/// A 32-bit load from the device window ([`DEVICE_WINDOW`], mapped uncached); `None` if `gpa`
-/// is outside it or unaligned.
+/// A 32-bit load from the device pages the guest mapped ([`map_device`]: uncached); `None` if
+/// `gpa` is outside them or unaligned.
 pub fn mmio_read_u32(gpa: u64) -> Option<u32> {
-    if !DEVICE_WINDOW.contains(&gpa) || !gpa.is_multiple_of(4) {
+    if !device_mapped(gpa) || !gpa.is_multiple_of(4) {
         return None;
     }
     // SAFETY: inside the uncached device window of the identity map, aligned; a volatile load
@@ -173,7 +219,7 @@ pub fn mmio_read_u32(gpa: u64) -> Option<u32> {
 
 /// A 32-bit store to the device window; as for [`mmio_read_u32`].
 pub fn mmio_write_u32(gpa: u64, value: u32) -> Option<()> {
-    if !DEVICE_WINDOW.contains(&gpa) || !gpa.is_multiple_of(4) {
+    if !device_mapped(gpa) || !gpa.is_multiple_of(4) {
         return None;
     }
     // SAFETY: as in `mmio_read_u32`: one aligned volatile store the device sees.

@@ -7,8 +7,9 @@
  * 64-bit code, which calls guest_main(gpaw, vcpu) on the guest's stack.
  *
  * Page tables, 2 MiB pages:
- *   PML4[0]   -> PDPT -> 4 PDs: GPA 0..4 GiB identity; 1..2 GiB (the device window, where the
- *                host maps the TDI's MMIO) uncached (PCD|PWT).
+ *   PML4[0]   -> PDPT -> 4 PDs: GPA 0..4 GiB identity, but 1..2 GiB (the device window, where the
+ *                host maps the TDI's MMIO) not present: the TD maps the MMIO pages it accepted,
+ *                uncached, in a table of its own (`arch::map_device`), and nothing else there.
  *   PML4[256] -> PDPT_SHARED -> one PD: VA 0xFFFF_8000_0000_0000 + x -> GPA (1 << (GPAW-1)) + x,
  *                the first 1 GiB of the shared half.
  * Anything but GPAW 48 or 52 or a vCPU index other than 0 stops at once (ud2: a #UD the TSM
@@ -20,7 +21,7 @@
     .set CR4_PAE, 0x20
     .set CR0_PG, 0x80000000
     .set SHARED_SLOT, 256
-    .set TABLE_BYTES, 8 * 4096      /* PML4, PDPT, 4 PDs, PDPT_SHARED, PD_SHARED */
+    .set TABLE_BYTES, 9 * 4096      /* PML4, PDPT, 4 PDs, PDPT_SHARED, PD_SHARED, PT_DEVICE */
     .set STACK_BYTES, 64 * 1024
     .set CODE64, 0x08
     .set DATA64, 0x10
@@ -70,18 +71,17 @@ start32:
     add $0x1000, %eax
     mov %eax, guest_pdpt + 24
 
-    /* 2048 PD entries: 2 MiB pages over 0..4 GiB, 1..2 GiB uncached. */
+    /* 2048 PD entries: 2 MiB pages over 0..4 GiB; 1..2 GiB (entries 512..1023) left zero. */
     xor %ecx, %ecx
-3:  mov %ecx, %eax
-    shl $21, %eax
-    or $(PTE_P_RW | PTE_PS), %eax
-    cmp $512, %ecx
+3:  cmp $512, %ecx
     jb 4f
     cmp $1024, %ecx
-    jae 4f
-    or $PTE_PCD_PWT, %eax
-4:  mov %eax, guest_pd(, %ecx, 8)
-    inc %ecx
+    jb 5f
+4:  mov %ecx, %eax
+    shl $21, %eax
+    or $(PTE_P_RW | PTE_PS), %eax
+    mov %eax, guest_pd(, %ecx, 8)
+5:  inc %ecx
     cmp $2048, %ecx
     jb 3b
 
@@ -263,9 +263,12 @@ guest_gdt_ptr:
     .p2align 12
 guest_pml4:         .skip 4096
 guest_pdpt:         .skip 4096
+    .global guest_pd
 guest_pd:           .skip 4 * 4096
 guest_pdpt_shared:  .skip 4096
 guest_pd_shared:    .skip 4096
+    .global guest_pt_device
+guest_pt_device:    .skip 4096
 
     .section .temp.stack, "aw", @nobits
     .p2align 12

@@ -182,5 +182,5 @@ host_gdtr:
     .section .bss
     .balign 4096
 host_stack:
-    .skip 64 * 1024
+    .skip 512 * 1024
 host_stack_top:

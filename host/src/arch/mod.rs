@@ -21,8 +21,6 @@ const CODE64: SegmentSelector = SegmentSelector::new(1, Ring::Ring0);
 /// #UD and #MC.
 const VECTOR_UD: u64 = 6;
 const VECTOR_MC: u64 = 18;
-/// QEMU's isa-debug-exit (the TSM intercepts it and ends the run after its last word).
-const DEBUG_EXIT: u16 = 0xF4;
 
 unsafe extern "C" {
     static host_trap_stubs: [u64; 32];
@@ -145,7 +143,7 @@ extern "C" fn host_trap(frame: *mut TrapFrame) {
                 f.rsp,
                 cr2()
             );
-            exit(false)
+            exit(ExitCode::Failure)
         }
     }
 }
@@ -193,6 +191,24 @@ pub fn vmmcall() {
     unsafe { asm!("vmmcall", options(nomem, nostack, preserves_flags)) };
 }
 
+/// Marks the start of the run's phase `name` for the TSM (`seamless_drivers::phases`), or with
+/// `None` the end of the last: the TSM counts each phase's world switches and says them at its
+/// end. A name the format refuses marks only the end of the open phase.
+pub fn phase_mark(name: Option<&str>) {
+    let (rcx, rdx) = name.and_then(seamless_drivers::phases::encode).unwrap_or((0, 0));
+    // SAFETY: the TSM serves a phase mark by noting it and skipping the VMMCALL: no register
+    // or memory of the agent changes.
+    unsafe {
+        asm!(
+            "vmmcall",
+            in("rax") seamless_drivers::phases::MARK,
+            in("rcx") rcx,
+            in("rdx") rdx,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+}
+
 /// The TSC.
 pub fn rdtsc() -> u64 {
     seamless_drivers::tsc::rdtsc()
@@ -238,16 +254,45 @@ pub fn rdmsr(msr: u32) -> u64 {
 /// An OUT of one byte to `port`, which the TSM intercepts (a port it keeps).
 pub fn out_kept(port: u16, value: u8) {
     // SAFETY: the ports passed here are ones the host world's IOPM intercepts (the ISA DMA
-    // controllers): the TSM refuses the write, nothing reaches the device.
+    // controllers, port A, the i8042, APM control, the 8259s, CMOS data) or CMOS's index
+    // (which selects a byte and nothing else): the TSM refuses the kept ones' writes, nothing
+    // reaches the device. (The probe checks each refusal: a TSM that let A20 off through would
+    // have broken this world's memory as it would the TSM's.)
     let p = unsafe { Port::new(port) };
     p.write_u8(value);
 }
 
-/// An OUT of 32 bits to `port` (fw_cfg's DMA address registers, which the TSM keeps).
-pub fn out32_kept(port: u16, value: u32) {
-    // SAFETY: as for `out_kept`.
+/// An OUT of 16 bits to a port the TSM keeps (the ACPI PM registers).
+pub fn out16_kept(port: u16, value: u16) {
+    // SAFETY: as for `out_kept`: the TSM keeps the port and refuses the write (the probe
+    // checks that it did).
+    let p = unsafe { Port::new(port) };
+    p.write_u16(value);
+}
+
+/// An IN of 8 bits from `port`: a port whose reads have no effect on memory (port A, the
+/// 8259's mask, CMOS data).
+pub fn in8(port: u16) -> u8 {
+    // SAFETY: reading these registers changes no memory.
+    let p = unsafe { Port::new(port) };
+    p.read_u8()
+}
+
+/// An OUT of 32 bits to `port`: fw_cfg's DMA address registers (which the TSM keeps), or PCI
+/// configuration mechanism #1 (0xCF8/0xCFC, whose writes to the chipset the TSM refuses).
+pub fn out32(port: u16, value: u32) {
+    // SAFETY: the ports passed here are intercepted by the TSM, which refuses what could reach
+    // memory (fw_cfg DMA, configuration writes to the host and LPC bridges) and passes the rest
+    // on: configuration cycles, which move no memory the agent uses.
     let p = unsafe { Port::new(port) };
     p.write_u32(value);
+}
+
+/// An IN of 32 bits from `port` (the PCI configuration data window).
+pub fn in32(port: u16) -> u32 {
+    // SAFETY: a configuration read has no effect on memory.
+    let p = unsafe { Port::new(port) };
+    p.read_u32()
 }
 
 /// The agent's own memory, virtual `[start, end)`: its image (the TSM placed it physically; the
@@ -266,14 +311,72 @@ pub fn read_boot_info(pa: u64, buf: &mut [u8; 4096]) {
     }
 }
 
+pub use seamless_drivers::exit::ExitCode;
+
 /// Ends the run through `isa-debug-exit` (which the TSM intercepts, says its last word, and
-/// ends with the same code): QEMU exits 33 on success, 35 on failure.
-pub fn exit(success: bool) -> ! {
+/// ends with the same code): QEMU exits 33 on success, 35 on failure, 37 for a device whose
+/// protocols interoperated but whose interface report the TSM refused.
+pub fn exit(code: ExitCode) -> ! {
     // SAFETY: 0xf4 is isa-debug-exit, which the TSM keeps: the write only ends the run.
-    let port = unsafe { Port::new(DEBUG_EXIT) };
-    port.write_u32(if success { 0x10 } else { 0x11 });
+    let port = unsafe { Port::new(seamless_drivers::exit::DEBUG_EXIT_PORT) };
+    port.write_u32(code as u32);
     loop {
         // SAFETY: HLT pauses until an interrupt; none is enabled.
         unsafe { asm!("hlt", options(nomem, nostack, preserves_flags)) };
+    }
+}
+
+/// An FXSAVE area: the x87 and SSE state (XMM0..15 at byte 160, 16 bytes each).
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(16))]
+pub struct FpuArea(pub [u8; 512]);
+
+impl FpuArea {
+    /// The x87/SSE state of a CPU after INIT (FCW 0x037F, MXCSR 0x1F80) with every XMM register
+    /// holding `xmm(i)` in its low 8 bytes.
+    pub fn with_xmm(xmm: impl Fn(usize) -> u64) -> FpuArea {
+        let mut a = [0u8; 512];
+        a[..2].copy_from_slice(&0x037Fu16.to_le_bytes());
+        a[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
+        for i in 0..16 {
+            a[160 + 16 * i..168 + 16 * i].copy_from_slice(&xmm(i).to_le_bytes());
+        }
+        FpuArea(a)
+    }
+
+    /// The low 8 bytes of XMM`i`.
+    pub fn xmm(&self, i: usize) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&self.0[160 + 16 * i..168 + 16 * i]);
+        u64::from_le_bytes(w)
+    }
+}
+
+/// FXRSTOR: loads the x87 and SSE registers from `area`. The agent is built soft-float: nothing
+/// of its own lives in these registers, so loading them only sets what the probe looks for.
+pub fn fpu_load(area: &FpuArea) {
+    // SAFETY: `area` is 16-byte aligned and 512 bytes; its MXCSR has no reserved bit set
+    // (`FpuArea::with_xmm`); the agent's code never uses the x87/SSE registers (soft-float).
+    unsafe { asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack, readonly)) };
+}
+
+/// FXSAVE: the x87 and SSE registers as they are now.
+pub fn fpu_save() -> FpuArea {
+    let mut area = FpuArea([0; 512]);
+    // SAFETY: `area` is 16-byte aligned and 512 bytes, written by the instruction only.
+    unsafe { asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack)) };
+    area
+}
+
+/// XSETBV of XCR0 with AVX state (x87 | SSE | AVX), after turning the world's CR4.OSXSAVE on;
+/// then XCR0 as XGETBV reads it. The TSM keeps XCR0 to x87 and SSE (the state it switches
+/// between worlds) and refuses this.
+pub fn try_xcr0_with_avx() -> u64 {
+    // SAFETY: CR4.OSXSAVE is the host world's own (its CR4 is in its VMCB); the XSETBV exits
+    // to the TSM, which refuses it, and XGETBV only reads. No memory changes.
+    unsafe {
+        x86::controlregs::cr4_write(x86::controlregs::cr4() | x86::controlregs::Cr4::CR4_ENABLE_OS_XSAVE);
+        asm!("xsetbv", in("ecx") 0u32, in("eax") 0x7u32, in("edx") 0u32, options(nomem, nostack));
+        x86::controlregs::xcr0().bits()
     }
 }

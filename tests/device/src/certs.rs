@@ -225,6 +225,32 @@ impl Identity {
         let root_key = SigningKey::from(rng.scalar());
         let ca_keys: Vec<SigningKey> = (0..intermediates).map(|_| SigningKey::from(rng.scalar())).collect();
         let leaf_key = SigningKey::from(rng.scalar());
+        Identity::chain_over(root_key, ca_keys, padding, leaf_key)
+    }
+
+    /// [`Identity::generate_chain`] for a leaf key the caller has: a fresh root and
+    /// `intermediates` CAs from `rng` certify it (a peer's sample key given a chain over 4 KiB).
+    ///
+    /// # Errors
+    /// [`CertError`] if a certificate cannot be encoded or the chain exceeds 64 KiB.
+    pub fn generate_chain_for(
+        rng: &mut Rng,
+        intermediates: usize,
+        padding: usize,
+        leaf_key: SigningKey,
+    ) -> Result<Identity, CertError> {
+        let root_key = SigningKey::from(rng.scalar());
+        let ca_keys: Vec<SigningKey> = (0..intermediates.max(1)).map(|_| SigningKey::from(rng.scalar())).collect();
+        Identity::chain_over(root_key, ca_keys, padding, leaf_key)
+    }
+
+    fn chain_over(
+        root_key: SigningKey,
+        ca_keys: Vec<SigningKey>,
+        padding: usize,
+        leaf_key: SigningKey,
+    ) -> Result<Identity, CertError> {
+        let intermediates = ca_keys.len();
         let root_name = Name::from_str("CN=seamless tdisp-device root,O=seamless,C=XX").map_err(err)?;
         let ou = if padding > 0 { format!(",OU={}", "p".repeat(padding)) } else { String::new() };
         let ca_name = |i: usize| {

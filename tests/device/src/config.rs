@@ -73,6 +73,12 @@ pub struct Config {
     /// Seed of the device's deterministic random generator (nonces, ephemeral keys, certificate
     /// keys). The binary draws it from the OS unless `--seed` is given.
     pub seed: [u8; 32],
+    /// `None` (the default): answers GET_MEASUREMENTS inside a session. `Some(code)`: answers it
+    /// there with ERROR `code`, as a device that measures only in the clear does with
+    /// UnsupportedRequest (0x07; DSP0274 lets a responder support a request in one context and
+    /// not the other); the TSM then measures outside the session (docs/protocols.md, "Where the
+    /// device is measured").
+    pub session_measurements_error: Option<u8>,
     /// Fault switches (all off by default).
     pub faults: Faults,
 }
@@ -103,6 +109,7 @@ impl Default for Config {
             }],
             report_portion: 64,
             seed: [0x5E; 32],
+            session_measurements_error: None,
             faults: Faults::default(),
         }
     }

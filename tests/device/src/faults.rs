@@ -154,6 +154,9 @@ pub struct Faults {
     pub drop_response: Option<Reply>,
     /// Interface reports list their second MMIO range starting inside the first.
     pub overlapping_ranges: bool,
+    /// Interface reports list the MMIO ranges as configured, without the MMIO_REPORTING_OFFSET
+    /// LOCK_INTERFACE asked for (what DMTF's sample TDISP device in spdm-emu does).
+    pub ignore_reporting_offset: bool,
     /// A TDI goes to ERROR right after LOCK_INTERFACE succeeded (its nonce destroyed).
     pub error_after_lock: bool,
     /// START_INTERFACE is refused with TDISP_ERROR UNSPECIFIED; the TDI stays CONFIG_LOCKED.
@@ -174,6 +177,13 @@ pub struct Faults {
     /// When the request this response would answer arrives under a session, forget the session
     /// (its TDIs go to ERROR, its IDE keys die) and answer nothing.
     pub end_session_on: Option<Reply>,
+    /// Answer the next N requests whose response would be this one with ERROR Busy, without
+    /// taking them (DSP0274 §10.13): the requester must send each again. Counts down.
+    pub busy: Option<(Reply, u8)>,
+    /// Take the next N requests whose response would be this one, and answer each with ERROR
+    /// ResponseNotReady (DSP0274 §10.14); the response waits for RESPOND_IF_READY with the
+    /// request code and the token. Counts down.
+    pub not_ready: Option<(Reply, u8)>,
 }
 
 /// The `--fault` specifications, for `--help`.
@@ -181,8 +191,9 @@ pub const SPECS: &str = "\
   bad-signature=challenge-auth|measurements|key-exchange-rsp
   wrong-measurement=INDEX
   truncate=REPLY   overlong-length=REPLY   drop-response=REPLY
-  wrong-session-id   overlapping-ranges   error-after-lock   refuse-start   broken-chain
-  impostor-leaf   late=MS   corrupt=REPLY   end-session-on=REPLY";
+  wrong-session-id   overlapping-ranges   ignore-reporting-offset   error-after-lock
+  refuse-start   broken-chain   impostor-leaf   late=MS   corrupt=REPLY   end-session-on=REPLY
+  busy=REPLY[*N]   not-ready=REPLY[*N]";
 
 impl Faults {
     /// Switches one fault on from its command-line form, e.g. `truncate=measurements`,
@@ -221,6 +232,7 @@ impl Faults {
             "drop-response" => self.drop_response = Some(reply(arg)?),
             "wrong-session-id" => self.wrong_session_id = flag(arg)?,
             "overlapping-ranges" => self.overlapping_ranges = flag(arg)?,
+            "ignore-reporting-offset" => self.ignore_reporting_offset = flag(arg)?,
             "error-after-lock" => self.error_after_lock = flag(arg)?,
             "refuse-start" => self.refuse_start = flag(arg)?,
             "broken-chain" => self.broken_chain = flag(arg)?,
@@ -231,6 +243,18 @@ impl Faults {
             }
             "corrupt" => self.corrupt = Some(reply(arg)?),
             "end-session-on" => self.end_session_on = Some(reply(arg)?),
+            "busy" | "not-ready" => {
+                let (r, n) = match arg.and_then(|a| a.split_once('*')) {
+                    Some((r, n)) => (Some(r), n.parse::<u8>().ok().filter(|&n| n != 0)),
+                    None => (arg, Some(1)),
+                };
+                let later = (reply(r)?, n.ok_or(format!("--fault {name}=REPLY*N with N in 1..=255"))?);
+                if name == "busy" {
+                    self.busy = Some(later);
+                } else {
+                    self.not_ready = Some(later);
+                }
+            }
             other => return Err(format!("unknown fault {other} (see --help)")),
         }
         Ok(())
@@ -238,6 +262,20 @@ impl Faults {
 
     pub(crate) fn hits(slot: Option<Reply>, msg: &[u8]) -> bool {
         slot.is_some() && slot == Reply::of(msg)
+    }
+
+    /// Whether a come-back switch (`busy`, `not-ready`) takes the response `msg`; counts it.
+    pub(crate) fn take(slot: &mut Option<(Reply, u8)>, msg: &[u8]) -> bool {
+        match slot {
+            Some((reply, n)) if Some(*reply) == Reply::of(msg) => {
+                *n -= 1;
+                if *n == 0 {
+                    *slot = None;
+                }
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -304,6 +342,7 @@ mod tests {
             "drop-response=key-update-ack",
             "wrong-session-id",
             "overlapping-ranges",
+            "ignore-reporting-offset",
             "error-after-lock",
             "refuse-start",
             "broken-chain",
@@ -311,6 +350,8 @@ mod tests {
             "late=300",
             "corrupt=tdisp-lock",
             "end-session-on=tdisp-lock",
+            "busy=finish-rsp*3",
+            "not-ready=measurements",
         ] {
             f.apply_spec(spec).unwrap();
         }
@@ -324,6 +365,7 @@ mod tests {
                 wrong_session_id: true,
                 drop_response: Some(Reply::KeyUpdateAck),
                 overlapping_ranges: true,
+                ignore_reporting_offset: true,
                 error_after_lock: true,
                 refuse_start: true,
                 broken_chain: true,
@@ -331,6 +373,8 @@ mod tests {
                 late_ms: Some(300),
                 corrupt: Some(Reply::Tdisp(0x83)),
                 end_session_on: Some(Reply::Tdisp(0x83)),
+                busy: Some((Reply::FinishRsp, 3)),
+                not_ready: Some((Reply::Measurements, 1)),
             }
         );
         for bad in [
@@ -345,6 +389,10 @@ mod tests {
             "late=soon",
             "corrupt",
             "end-session-on=nothing",
+            "busy",
+            "busy=finish-rsp*0",
+            "not-ready=finish-rsp*x",
+            "not-ready=nothing*2",
         ] {
             assert!(Faults::default().apply_spec(bad).is_err(), "{bad}");
         }

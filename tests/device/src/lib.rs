@@ -12,10 +12,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 pub mod certs;
+mod chunk;
 pub mod config;
 pub mod corpus;
 pub mod faults;
 pub mod idekm;
+mod later;
 pub mod rng;
 pub mod server;
 mod session;
@@ -40,6 +42,11 @@ pub struct Device {
     sessions: HashMap<u32, session::Session>,
     tdis: Vec<Tdi>,
     ide_keys: BTreeMap<KeySlot, IdeKey>,
+    /// The response a ResponseNotReady promised (the `not-ready` switch).
+    deferred: Option<later::Deferred>,
+    /// A large response being served in chunks.
+    large: Option<chunk::Large>,
+    next_token: u8,
 }
 
 /// The DOE discovery table, as QEMU's NVMe device and spdm-emu have it: (vendor, type).
@@ -81,6 +88,9 @@ impl Device {
             sessions: HashMap::new(),
             tdis,
             ide_keys: BTreeMap::new(),
+            deferred: None,
+            large: None,
+            next_token: 0x5A,
         })
     }
 
@@ -94,7 +104,18 @@ impl Device {
         match o.ty {
             0x00 => discovery(o.payload),
             0x01 => {
-                let reply = self.spdm(o.payload);
+                let reply = match self.respond_if_ready(None, o.payload) {
+                    Some((reply, _)) => reply,
+                    None => match self.chunk_get(None, o.payload) {
+                        Some(chunk) => chunk,
+                        None => {
+                            let before = self.later_armed().then(|| Box::new(self.clone()));
+                            let reply = self.spdm(o.payload);
+                            self.later(None, o.payload, (reply, None), before).0
+                        }
+                    },
+                };
+                let reply = self.chunked(None, reply);
                 self.plain_reply(reply)
             }
             0x02 => self.secured(object, o.payload),

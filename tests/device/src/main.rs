@@ -29,6 +29,9 @@ what the device is:
                         decimal); default 0x18 (00:03.0)
   --seed HEX            64 hex digits seeding the device's random generator (nonces, ephemeral
                         keys, generated certificates); default: drawn from the OS
+  --clear-measurements-only
+                        answer GET_MEASUREMENTS inside a session with ERROR UnsupportedRequest
+                        (a device that measures only in the clear); default: in both places
 
 identity (default: a root, an intermediate CA and a leaf generated from the seed at each start):
   --state-dir DIR       keep the identity in DIR: generated at the first start and written as
@@ -44,15 +47,19 @@ identity (default: a root, an intermediate CA and a leaf generated from the seed
                         SHA-384, secp384r1, AES-256-GCM) or p256 (ECDSA P-256 with SHA-256,
                         secp256r1, AES-128-GCM); with certificate files, the leaf key's curve
                         decides
+  --long-chain          a generated P-384 identity with five intermediate CAs whose names are
+                        padded: a chain over 4 KiB, longer than a 4 KiB DataTransferSize, which
+                        a requester that takes chunks gets through CHUNK_GET
 
 fault switches, for tests (repeat --fault for several):
   --fault SPEC          misbehave on purpose; SPEC is one of
                           bad-signature=challenge-auth|measurements|key-exchange-rsp
                           wrong-measurement=INDEX
                           truncate=REPLY  overlong-length=REPLY  drop-response=REPLY
-                          wrong-session-id  overlapping-ranges  error-after-lock
-                          refuse-start  broken-chain  impostor-leaf  late=MS
+                          wrong-session-id  overlapping-ranges  ignore-reporting-offset
+                          error-after-lock  refuse-start  broken-chain  impostor-leaf  late=MS
                           corrupt=REPLY  end-session-on=REPLY
+                          busy=REPLY[*N]  not-ready=REPLY[*N]
                         where REPLY is one of
                           version capabilities algorithms digests certificate
                           challenge-auth measurements key-exchange-rsp finish-rsp
@@ -66,6 +73,8 @@ fault switches, for tests (repeat --fault for several):
                         drop-response answers nothing (an empty NORMAL frame);
                         wrong-session-id seals secured replies under another session id;
                         overlapping-ranges makes the interface report's 2nd range overlap the 1st;
+                        ignore-reporting-offset reports the ranges without the
+                        MMIO_REPORTING_OFFSET LOCK asked for (as spdm-emu's sample device does);
                         error-after-lock moves the TDI to ERROR right after LOCK_INTERFACE;
                         refuse-start answers START_INTERFACE with TDISP_ERROR UNSPECIFIED;
                         broken-chain signs the certificate after the root with a stray key;
@@ -74,7 +83,11 @@ fault switches, for tests (repeat --fault for several):
                         late waits MS milliseconds before sending each answer;
                         corrupt flips one bit of that reply after framing and sealing;
                         end-session-on forgets the session when the request of that reply
-                        arrives under it, and answers nothing
+                        arrives under it, and answers nothing;
+                        busy answers the next N requests of that reply with ERROR Busy
+                        without taking them; not-ready takes them and answers ERROR
+                        ResponseNotReady, and RESPOND_IF_READY gets the reply (or
+                        ResponseNotReady again while counts are left)
 
   -h, --help            this text
 
@@ -100,6 +113,7 @@ struct Options {
     files: Files,
     config: Config,
     p256: bool,
+    long_chain: bool,
 }
 
 fn parse_u32(s: &str) -> Option<u32> {
@@ -136,6 +150,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         files: Files::default(),
         config,
         p256: false,
+        long_chain: false,
     };
     let mut seeded = false;
     let mut it = args.iter();
@@ -162,6 +177,10 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--leaf" => o.files.leaf = Some(value("--leaf")?.into()),
             "--leaf-key" => o.files.key = Some(value("--leaf-key")?.into()),
             "--fault" => o.config.faults.apply_spec(&value("--fault")?)?,
+            "--long-chain" => o.long_chain = true,
+            "--clear-measurements-only" => {
+                o.config.session_measurements_error = Some(tdisp_device::spdm::error_code::UNSUPPORTED_REQUEST)
+            }
             "--seed" => {
                 o.config.seed = parse_seed(&value("--seed")?).ok_or("--seed takes 64 hex digits")?;
                 seeded = true;
@@ -190,6 +209,9 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
     if any_file && o.state_dir.is_some() {
         return Err("--state-dir and certificate files exclude each other".into());
     }
+    if o.long_chain && (o.p256 || any_file || o.state_dir.is_some()) {
+        return Err("--long-chain generates a P-384 identity: no --suite p256, certificate files or --state-dir".into());
+    }
     if !seeded {
         getrandom::fill(&mut o.config.seed).map_err(|e| format!("no OS randomness: {e}"))?;
     }
@@ -206,6 +228,7 @@ fn identity(o: &Options, rng: &mut Rng) -> Result<Identity, String> {
         (_, _, _, Some(dir)) if o.p256 => Identity::from_state_dir_with(dir, rng, Identity::generate_p256),
         (_, _, _, Some(dir)) => Identity::from_state_dir(dir, rng),
         _ if o.p256 => Identity::generate_p256(rng),
+        _ if o.long_chain => Identity::generate_chain(rng, 5, 400),
         _ => Identity::generate(rng),
     };
     result.map_err(|e| e.to_string())
@@ -269,5 +292,9 @@ mod tests {
         assert!(parse(&args(&["--root", "r", "--leaf", "l", "--leaf-key", "k", "--state-dir", "d"])).is_err());
         assert!(parse(&args(&["--fault", "truncate=x"])).is_err());
         assert!(parse(&args(&["--config"])).is_err());
+        assert!(parse(&args(&["--long-chain"])).unwrap().unwrap().long_chain);
+        assert!(parse(&args(&["--long-chain", "--suite", "p256"])).is_err());
+        let o = parse(&args(&["--clear-measurements-only"])).unwrap().unwrap();
+        assert_eq!(o.config.session_measurements_error, Some(0x07));
     }
 }

@@ -64,7 +64,8 @@ impl Session {
 }
 
 /// What happens to the session once its response is sealed.
-enum After {
+#[derive(Clone, Debug)]
+pub(crate) enum After {
     Stay,
     /// FINISH succeeded: switch to these keys.
     Application(Box<(DirectionKeys, DirectionKeys)>),
@@ -244,7 +245,21 @@ impl Device {
             }
         }
         let (mut reply, after) = match opened {
-            Some((msg, Key::Current)) => self.in_session(id, version, &msg),
+            Some((msg, Key::Current)) => {
+                let (reply, after) = match self.respond_if_ready(Some(id), &msg) {
+                    Some((reply, after)) => (reply, after.unwrap_or(After::Stay)),
+                    None => match self.chunk_get(Some(id), &msg) {
+                        Some(chunk) => (chunk, After::Stay),
+                        None => {
+                            let before = self.later_armed().then(|| Box::new(self.clone()));
+                            let (reply, after) = self.in_session(id, version, &msg);
+                            let (reply, after) = self.later(Some(id), &msg, (reply, Some(after)), before);
+                            (reply, after.unwrap_or(After::Stay))
+                        }
+                    },
+                };
+                (self.chunked(Some(id), reply), after)
+            }
             Some((msg, Key::Previous)) => self.key_update_retry(id, version, &msg),
             // DSP0277 / libspdm: ERROR(DecryptError) under the session's keys, then the session ends.
             None => (error(version, error_code::DECRYPT_ERROR, 0), After::End),
@@ -316,6 +331,11 @@ impl Device {
             }
             (VENDOR_DEFINED_REQUEST, false) => (self.vendor_defined(id, version, m), After::Stay),
             (code::KEY_UPDATE, false) => (self.key_update(id, version, m), After::Stay),
+            (code::GET_MEASUREMENTS, false) if self.config.session_measurements_error.is_some() => {
+                let code = self.config.session_measurements_error.unwrap_or(error_code::UNSUPPORTED_REQUEST);
+                let data = if code == error_code::UNSUPPORTED_REQUEST { code::GET_MEASUREMENTS } else { 0 };
+                (error(version, code, data), After::Stay)
+            }
             (code::GET_MEASUREMENTS, false) => match self.get_measurements(m, Some(id)) {
                 Ok(r) | Err(r) => (r, After::Stay),
             },

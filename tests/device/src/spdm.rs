@@ -25,8 +25,8 @@ pub mod error_code {
 }
 
 /// The responder's capability flags: CERT | CHAL | MEAS_SIG | MEAS_FRESH | ENCRYPT | MAC | KEY_EX |
-/// HBEAT | KEY_UPD.
-pub const RESPONDER_FLAGS: u32 = 0x62F6;
+/// HBEAT | KEY_UPD | CHUNK.
+pub const RESPONDER_FLAGS: u32 = 0x2_62F6;
 /// DataTransferSize and MaxSPDMmsgSize: below QEMU's 0x1200-byte socket limit with room for the
 /// DOE header and the secured-message overhead.
 pub const TRANSFER_SIZE: u32 = 0x1000;
@@ -62,6 +62,9 @@ pub(crate) struct Connection {
     /// 0x10 until GET_CAPABILITIES picks the version.
     pub(crate) version: u8,
     pub(crate) requester_flags: u32,
+    /// The requester's DataTransferSize and MaxSPDMmsgSize (0 before GET_CAPABILITIES).
+    pub(crate) requester_dts: u32,
+    pub(crate) requester_max: u32,
     /// Message A: the six exact VCA messages.
     pub(crate) vca: Vec<u8>,
     /// Message B since the VCA or the last CHALLENGE.
@@ -76,6 +79,8 @@ impl Connection {
             phase: Phase::NotStarted,
             version: 0x10,
             requester_flags: 0,
+            requester_dts: 0,
+            requester_max: 0,
             vca: Vec::new(),
             b: Vec::new(),
             l1: Vec::new(),
@@ -216,6 +221,8 @@ impl Device {
         // ALL CHECKS PASSED
         self.conn.version = ver;
         self.conn.requester_flags = flags;
+        self.conn.requester_dts = data_transfer;
+        self.conn.requester_max = max_message;
         self.conn.vca.extend_from_slice(msg);
         self.conn.vca.extend_from_slice(&r);
         self.conn.phase = Phase::AfterCapabilities;
@@ -313,7 +320,18 @@ impl Device {
         if slot != 0 || offset >= chain.len() || length == 0 {
             return Err(error(ver, error_code::INVALID_REQUEST, 0));
         }
-        let portion = length.min(CERT_PORTION_MAX).min(chain.len() - offset);
+        // A requester that takes chunks gets what it asked for, in chunks if it is larger than
+        // its DataTransferSize (`chunk.rs`), up to what it can hold whole; one that does not,
+        // a portion that fits a transfer.
+        let room = if self.conn.requester_flags & REQ_FLAG_CHUNK != 0 && ver >= 0x12 {
+            (self.conn.requester_max as usize).saturating_sub(8)
+        } else {
+            CERT_PORTION_MAX.min((self.conn.requester_dts as usize).saturating_sub(8))
+        };
+        let portion = length.min(room).min(chain.len() - offset);
+        if portion == 0 {
+            return Err(error(ver, error_code::INVALID_REQUEST, 0));
+        }
         let remainder = chain.len() - offset - portion;
         let mut r = vec![ver, code::CERTIFICATE, 0, 0];
         r.extend_from_slice(&(portion as u16).to_le_bytes());

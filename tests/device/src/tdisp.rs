@@ -179,8 +179,9 @@ impl Device {
                 }
                 let mut offset = [0u8; 8];
                 offset.copy_from_slice(&body[4..12]);
-                let report =
-                    build_report(&tdi.config, flags, u64::from_le_bytes(offset), self.config.faults.overlapping_ranges);
+                // spdm-emu's sample device reports its ranges as they are, offset or not.
+                let offset = if self.config.faults.ignore_reporting_offset { 0 } else { u64::from_le_bytes(offset) };
+                let report = build_report(&tdi.config, flags, offset, self.config.faults.overlapping_ranges);
                 let mut nonce = [0u8; 32];
                 self.rng.fill(&mut nonce);
                 // ALL CHECKS PASSED

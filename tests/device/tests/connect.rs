@@ -91,11 +91,35 @@ fn a_device_that_stops_answering_fails_at_its_stage() {
     assert!(c.session().is_none());
 }
 
-/// A certificate chain over 4 KiB (root, five CAs with long names, leaf) is read in 1 KiB
-/// GET_CERTIFICATE portions, checked link by link, and kept whole as evidence.
+/// A transport that keeps every SPDM request code and response code (secured ones as 0).
+struct Codes<'a> {
+    device: &'a mut Device,
+    wire: Vec<(u8, u8)>,
+}
+
+impl Transport for Codes<'_> {
+    fn exchange(&mut self, object: &[u8]) -> Vec<u8> {
+        let reply = self.device.exchange(object);
+        let code = |o: &[u8]| match tsm::doe::decode_as(o, tsm::doe::ObjectType::Spdm) {
+            Ok(m) if m.len() > 1 => m[1],
+            _ => 0,
+        };
+        self.wire.push((code(object), code(&reply)));
+        reply
+    }
+}
+
+/// A certificate chain over 4 KiB (root, five CAs with long names, leaf), longer than the TSM's
+/// DataTransferSize: the TSM asks for as much as the device can build in one response (its
+/// MaxSPDMmsgSize, 4 KiB: 4088 bytes of chain), the device answers ERROR LargeResponse, CHUNK_GET
+/// takes that CERTIFICATE in two chunks, and one more GET_CERTIFICATE the rest. The chain is
+/// checked link by link and kept whole as evidence, and the transcripts hold the
+/// GET_CERTIFICATEs and the whole CERTIFICATEs only (CHALLENGE_AUTH's signature over M1 proves
+/// it).
 #[test]
-fn a_certificate_chain_over_4_kib_connects() {
+fn a_certificate_chain_over_4_kib_comes_in_chunks() {
     use tdisp_device::{rng::Rng, Identity};
+    use tsm::spdm::chunk::{CHUNK_GET, CHUNK_RESPONSE};
     for version in [0x12, 0x13] {
         let config = Config { spdm_versions: vec![version], ..Config::default() };
         let mut rng = Rng::new(config.seed);
@@ -103,14 +127,33 @@ fn a_certificate_chain_over_4_kib_connects() {
         let chain = identity.chain.clone();
         assert!(chain.len() > 4096 && chain.len() <= tsm::spdm::cert::CHAIN_MAX, "{} bytes", chain.len());
         let mut device = Device::with_identity(config, identity, rng).unwrap();
-        let (c, exchanges) = run(&mut device);
+        let mut t = Codes { device: &mut device, wire: Vec::new() };
+        let (c, _) = run(&mut t);
         assert_eq!(c.error(), None, "SPDM {version:#x}");
         assert_eq!(c.stage(), Stage::Connected);
         assert_eq!(c.chain_bytes(), Some(&chain[..]));
         assert_eq!(c.chain().unwrap().certs().len(), 7);
-        // Discovery 3, VCA 3, GET_DIGESTS, five portions, CHALLENGE, MEASUREMENTS, KEY_EXCHANGE, FINISH.
-        assert_eq!(exchanges, 3 + 3 + 1 + chain.len().div_ceil(1024) + 4);
+        let at = t.wire.iter().position(|w| w.0 == 0x82).unwrap();
+        assert_eq!(
+            t.wire[at..at + 4],
+            [(0x82, 0x7F), (CHUNK_GET, CHUNK_RESPONSE), (CHUNK_GET, CHUNK_RESPONSE), (0x82, 0x02)],
+            "GET_CERTIFICATE, ERROR LargeResponse, two chunks, then the rest in one CERTIFICATE"
+        );
+        assert_eq!(t.wire[at + 4], (0x83, 0x03), "CHALLENGE_AUTH verifies over M1");
     }
+}
+
+/// A chain that fits one transfer comes whole in one GET_CERTIFICATE (the TSM asks for all of it
+/// when both sides take chunks), where a requester reading 1 KiB blocks needs two.
+#[test]
+fn a_chain_that_fits_a_transfer_comes_in_one_certificate() {
+    let mut device = Device::new(Config::default()).unwrap();
+    let mut t = Codes { device: &mut device, wire: Vec::new() };
+    let (c, _) = run(&mut t);
+    assert_eq!(c.error(), None);
+    assert!(c.chain_bytes().unwrap().len() > 1024);
+    let certificates: Vec<_> = t.wire.iter().filter(|w| w.0 == 0x82).collect();
+    assert_eq!(certificates, [&(0x82, 0x02)]);
 }
 
 /// A device with a P-256 identity: the TSM takes its pick of the offered suites (ECDSA P-256,

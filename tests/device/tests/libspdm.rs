@@ -16,7 +16,7 @@ mod libspdm_flow;
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -45,9 +45,14 @@ fn free_port() -> u16 {
 struct Responder(Child);
 
 impl Responder {
-    fn start(bin: &PathBuf, port: u16, args: &[&str]) -> (Responder, Client) {
+    fn start(bin: &Path, port: u16, args: &[&str]) -> (Responder, Client) {
+        Responder::start_in(bin, bin, port, args)
+    }
+
+    /// The responder run from `cwd`, where it reads its sample keys and chains.
+    fn start_in(bin: &Path, cwd: &Path, port: u16, args: &[&str]) -> (Responder, Client) {
         let child = Command::new(bin.join("spdm_responder_emu"))
-            .current_dir(bin)
+            .current_dir(cwd)
             .args(["--trans", "PCI_DOE", "--ip", "127.0.0.1", "--port", &port.to_string()])
             .args(args)
             .stdout(Stdio::null())
@@ -95,13 +100,27 @@ impl Transport for Recorder<'_> {
 /// written in the replay format when `SPDM_RECORD_DIR` is set.
 fn connect_to_libspdm(name: &str, args: &[&str]) -> libspdm_flow::Outcome {
     let Some(bin) = peer(name) else { return libspdm_flow::Outcome::default() };
-    let (_responder, mut client) = Responder::start(&bin, free_port(), args);
+    converse_with_libspdm(name, &bin, &bin, args, "its sample keys and chains").0
+}
+
+/// The conversation with spdm_responder_emu run from `cwd`; written to `SPDM_RECORD_DIR` when
+/// set, with `keys` saying what the responder read there. Returns the outcome and the number of
+/// CHUNK_GETs sent.
+fn converse_with_libspdm(
+    name: &str,
+    bin: &Path,
+    cwd: &Path,
+    args: &[&str],
+    keys: &str,
+) -> (libspdm_flow::Outcome, usize) {
+    let (_responder, mut client) = Responder::start_in(bin, cwd, free_port(), args);
     let mut rec = Recorder { inner: &mut client, log: Vec::new() };
     let outcome = libspdm_flow::converse(&mut rec);
     if let Some(dir) = std::env::var_os("SPDM_RECORD_DIR") {
         let header = format!(
             "{name}: the TSM against libspdm's responder (spdm-emu 85436d53, libspdm 1e16c60f, mbedtls v3.6.5)\n\
-             spdm_responder_emu --trans PCI_DOE --ip 127.0.0.1 {}\n\
+             spdm_responder_emu --trans PCI_DOE --ip 127.0.0.1 {} ({keys})\n\
+             SPDM.CONNECT with the measurements inside the session, then IDE_KM and TDISP\n\
              requester randomness and keys: tests/device/tests/libspdm_flow/mod.rs\n\
              outcome: {outcome:?}",
             args.join(" ")
@@ -110,7 +129,71 @@ fn connect_to_libspdm(name: &str, args: &[&str]) -> libspdm_flow::Outcome {
         std::fs::write(PathBuf::from(dir).join(format!("{name}.txt")), text).unwrap();
     }
     assert_eq!(outcome.connect, Some(Ok(())), "{name}: SPDM.CONNECT against libspdm failed");
-    outcome
+    assert_eq!(outcome.measurements, Some(Ok(())), "{name}: measurements inside the session");
+    let chunk_gets = rec.log.iter().filter(|(q, _)| q.len() > 9 && q[2] == 1 && q[9] == 0x86).count();
+    (outcome, chunk_gets)
+}
+
+/// spdm-emu's `build/bin` seen from a scratch directory whose `ecp384/` holds a copy of the sample
+/// keys with the responder's chain replaced by one over 4 KiB: a fresh root and five CAs with
+/// padded names certify the sample leaf key (`end_responder.key.der`, which the responder signs
+/// with). The scratch directory goes when the returned guard is dropped.
+struct LongChain {
+    dir: PathBuf,
+}
+
+impl LongChain {
+    fn new(bin: &Path, name: &str) -> LongChain {
+        let dir = std::env::temp_dir().join(format!("seamless-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("ecp384")).unwrap();
+        for entry in std::fs::read_dir(bin).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name() != "ecp384" {
+                std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name())).unwrap();
+            }
+        }
+        for entry in std::fs::read_dir(bin.join("ecp384")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join("ecp384").join(entry.file_name())).unwrap();
+        }
+        let key_der = std::fs::read(bin.join("ecp384/end_responder.key.der")).unwrap();
+        let key = p384::ecdsa::SigningKey::from(p384::SecretKey::from_sec1_der(&key_der).unwrap());
+        let mut rng = tdisp_device::rng::Rng::new([0x4C; 32]);
+        let identity = tdisp_device::Identity::generate_chain_for(&mut rng, 5, 400, key).unwrap();
+        let mut bundle = identity.root_der.clone();
+        for ca in &identity.intermediates_der {
+            bundle.extend_from_slice(ca);
+        }
+        bundle.extend_from_slice(&identity.leaf_der);
+        assert!(bundle.len() > 4096, "{} bytes", bundle.len());
+        std::fs::write(dir.join("ecp384/bundle_responder.certchain.der"), bundle).unwrap();
+        LongChain { dir }
+    }
+}
+
+impl Drop for LongChain {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A certificate chain over 4 KiB from libspdm: spdm-emu takes chunks (CHUNK_CAP by default), so
+/// the GET_CERTIFICATE the TSM sends for as much as the responder can build (its MaxSPDMmsgSize,
+/// 0x1200) is answered ERROR LargeResponse and taken with CHUNK_GET; the conversation then goes
+/// on as with the sample chain.
+#[test]
+fn tsm_takes_a_long_chain_from_libspdm_in_chunks() {
+    for version in ["1.2", "1.3"] {
+        let name = format!("libspdm-{version}-chunked-p384");
+        let Some(bin) = peer(&name) else { return };
+        let long = LongChain::new(&bin, &name);
+        let keys = "ecp384/bundle_responder.certchain.der replaced by a 5-CA chain over 4 KiB for the sample leaf key";
+        let (o, chunk_gets) = converse_with_libspdm(&name, &bin, &long.dir, &["--ver", version], keys);
+        assert_eq!(o.connect, Some(Ok(())), "{name}");
+        assert!(chunk_gets >= 2, "{name}: {chunk_gets} CHUNK_GETs");
+        assert_spdm_emu_device(&name, &o);
+    }
 }
 
 /// What spdm-emu's sample TDISP device reports: four MMIO ranges whose first pages (0x0,

@@ -393,3 +393,83 @@ fn end_session_ends_the_session_and_get_version_ends_them_all() {
     negotiate(&mut d).unwrap();
     assert_eq!(d.session_count(), 0);
 }
+
+/// VERSION, then CAPABILITIES with `flags`, DataTransferSize `dts` and MaxSPDMmsgSize `max`,
+/// then the P-384 algorithms (what the TSM's NEGOTIATE_ALGORITHMS offers); the version.
+fn negotiate_as(d: &mut Device, flags: u32, dts: u32, max: u32) {
+    ask(d, &[0x10, 0x84, 0, 0]);
+    let mut caps = [0u8; 20];
+    caps[..2].copy_from_slice(&[0x12, 0xE1]);
+    caps[8..12].copy_from_slice(&flags.to_le_bytes());
+    caps[12..16].copy_from_slice(&dts.to_le_bytes());
+    caps[16..20].copy_from_slice(&max.to_le_bytes());
+    assert_eq!(ask(d, &caps)[1], 0x61, "CAPABILITIES");
+    // The TSM's own NEGOTIATE_ALGORITHMS, taken from its requester.
+    let mut n = tsm::spdm::Negotiation::new();
+    let tsm::doe::Action::Send(_) = n.start() else { panic!() };
+    let version = spdm_object(&[0x10, 0x04, 0, 0, 0, 1, 0, 0x12]);
+    let tsm::doe::Action::Send(_) = n.step(&version) else { panic!() };
+    let mut caps_rsp = [0u8; 20];
+    caps_rsp[..2].copy_from_slice(&[0x12, 0x61]);
+    caps_rsp[8..12].copy_from_slice(&0x2_62F6u32.to_le_bytes());
+    caps_rsp[12..16].copy_from_slice(&0x1000u32.to_le_bytes());
+    caps_rsp[16..20].copy_from_slice(&0x1000u32.to_le_bytes());
+    let tsm::doe::Action::Send(algorithms) = n.step(&spdm_object(&caps_rsp)) else { panic!() };
+    let algorithms = spdm_payload(algorithms);
+    assert_eq!(ask(d, &algorithms)[1], 0x63, "ALGORITHMS");
+}
+
+/// A requester with a small DataTransferSize that takes chunks gets a CERTIFICATE longer than it
+/// in pieces: ERROR LargeResponse with a handle, then CHUNK_RESPONSEs of its DataTransferSize,
+/// the first with the LargeMessageSize, the last flagged; they make up exactly the CERTIFICATE a
+/// large requester gets. A wrong handle or sequence number is an invalid request.
+#[test]
+fn a_response_longer_than_the_requesters_transfer_size_comes_in_chunks() {
+    const CHUNK: u32 = 0x2_0000;
+    let mut big = device();
+    negotiate_as(&mut big, 0x2C0 | CHUNK, 0x1000, 0x2000);
+    let whole = ask(&mut big, &[0x12, 0x82, 0, 0, 0, 0, 0x00, 0x04]);
+    assert_eq!((whole[1], whole.len()), (0x02, 8 + 1024), "1 KiB of chain in one CERTIFICATE");
+
+    let mut d = device();
+    negotiate_as(&mut d, 0x2C0 | CHUNK, 200, 0x2000);
+    let large = ask(&mut d, &[0x12, 0x82, 0, 0, 0, 0, 0x00, 0x04]);
+    assert_eq!(large[..4], [0x12, 0x7F, 0x0F, 0], "ERROR LargeResponse");
+    let handle = large[4];
+    assert_eq!(ask(&mut d, &[0x12, 0x86, 0, handle ^ 1, 0, 0]), [0x12, 0x7F, 0x01, 0], "another handle");
+    assert_eq!(ask(&mut d, &[0x12, 0x86, 0, handle, 1, 0]), [0x12, 0x7F, 0x01, 0], "out of sequence");
+    let mut got = Vec::new();
+    for seq in 0u16.. {
+        let s = seq.to_le_bytes();
+        let r = ask(&mut d, &[0x12, 0x86, 0, handle, s[0], s[1]]);
+        assert_eq!((r[1], r[3], u16::from_le_bytes([r[4], r[5]])), (0x06, handle, seq));
+        let size = u32::from_le_bytes([r[8], r[9], r[10], r[11]]) as usize;
+        let at = if seq == 0 {
+            assert_eq!(u32::from_le_bytes([r[12], r[13], r[14], r[15]]), 8 + 1024, "LargeMessageSize");
+            16
+        } else {
+            12
+        };
+        assert!(at + size <= 200, "each chunk fits the requester's DataTransferSize");
+        got.extend_from_slice(&r[at..at + size]);
+        if r[2] & 1 != 0 {
+            break;
+        }
+    }
+    assert_eq!(got, whole, "the chunks make up the CERTIFICATE");
+    assert_eq!(ask(&mut d, &[0x12, 0x86, 0, handle, 0, 0]), [0x12, 0x7F, 0x01, 0], "served and forgotten");
+    assert_eq!(ask(&mut d, &[0x12, 0x85, 0, 0, 0, 0, 0, 0]), [0x12, 0x7F, 0x01, 0], "no CHUNK_SEND: no large request");
+}
+
+/// A requester that takes no chunks never gets a response longer than its DataTransferSize: the
+/// certificate comes in portions that fit it, and what cannot be cut (here MEASUREMENTS of every
+/// block with a 64-byte DataTransferSize) is ERROR ResponseTooLarge.
+#[test]
+fn a_requester_without_chunks_gets_what_fits_or_response_too_large() {
+    let mut d = device();
+    negotiate_as(&mut d, 0x2C0, 64, 64);
+    let r = ask(&mut d, &[0x12, 0x82, 0, 0, 0, 0, 0x00, 0x04]);
+    assert_eq!((r[1], u16::from_le_bytes([r[4], r[5]])), (0x02, 64 - 8), "a portion that fits");
+    let r = ask(&mut d, &[0x12, 0xE0, 0, 0xFF]);
+    assert_eq!(r, [0x12, 0x7F, 0x0D, 0], "ERROR ResponseTooLarge");
+}

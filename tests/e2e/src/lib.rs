@@ -638,6 +638,18 @@ impl Verdict {
     }
 }
 
+/// Decodes the run's COM3 artifacts (`firmware artifacts`) into its folder and returns the bytes
+/// of the one named `name`, if the run sent it.
+///
+/// # Panics
+/// If the stream does not decode or the tool cannot run.
+pub fn artifact(o: &Outcome, name: &str) -> Option<Vec<u8>> {
+    let stream = o.dir.join("artifacts.bin");
+    let (status, _, err) = run_tool("firmware", &["artifacts".as_ref(), stream.as_os_str(), o.dir.as_os_str()]);
+    assert_eq!(status, 0, "firmware artifacts: {err}");
+    std::fs::read(o.dir.join(name)).ok()
+}
+
 /// Decodes the run's COM3 artifacts (`firmware artifacts`) into its folder, writes the policy,
 /// and runs `attest verify` on them.
 ///

@@ -10,6 +10,8 @@
 
 use seamless_e2e::{assign_config, assign_device, provision, verify, verify_snp, Boot, DeviceServer, Outcome, Qemu};
 use tdisp_device::{Config, Device, Reply, Signed};
+use tsm_client::guest::result::DiskRead;
+use zerocopy::FromBytes;
 
 macro_rules! qemu_or_skip {
     () => {
@@ -80,6 +82,10 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
         "guest: NVMe 1b36 \"QEMU NVMe Ctrl\" serial \"seamless\", namespace 1: 2048 blocks of 512 bytes",
         "into private memory through QEMU's IOMMU walking the S-EPT; SHA-384",
         "= the drive's known content",
+        // Before IOMMU.SETUP the unit walks the TSM's blocking root table: the host's command is
+        // never even fetched, nothing lands in its pages.
+        "dma: before IOMMU.SETUP the host's NVMe IDENTIFY (queues and data page in host RAM) went nowhere: no completion in ",
+        "the completion queue and the data page unchanged (the unit walks the TSM's blocking root table); controller disabled again",
         // The host's own read of the same blocks, before assignment, through the host domain.
         "into its own pages through the host domain (QEMU's IOMMU walking the host map); SHA-384",
         "dma: the NVMe function left the host domain (entry zeroed, invalidation confirmed)",
@@ -90,7 +96,7 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
         "differential: QEMU's unit and tsm::iommu::translate agree on all 6 cases",
         "artifact report.bin: 1200 bytes on COM3",
         "artifact report-snp.bin: 1184 bytes on COM3",
-        "seamless firmware: assign done",
+        "seamless host: assign done",
         // The host world in hardware: its BAR before the import, every protected object after.
         "before the import: the BAR is still the host's",
         "world: the host world attacked 9 protected objects: 18 accesses refused in hardware, 18 fault-log entries read back, the host carried on",
@@ -110,8 +116,12 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
     ] {
         let line = format!("world: host world -> {object} at ");
         let found = o.console.lines().find(|l| l.starts_with(&line)).unwrap_or_else(|| panic!("no {line:?}"));
-        assert!(found.ends_with("read and write refused, bytes unchanged"), "{found}");
+        assert!(found.ends_with("read and write refused (#MC), nothing read"), "{found}");
     }
+    // The TSM compared the bytes at every refused write at the host world's next exit.
+    let ended =
+        o.console.lines().find(|l| l.starts_with("world: the host world ended the run")).expect("TSM's last word");
+    assert!(ended.contains("refused writes checked: bytes unchanged"), "{ended}");
     // DMA that must not land: each completes at the controller with status 0, and the unit's
     // fault record (read by the host through IOMMU.FAULT.RD) names the NVMe function (00:03.0),
     // the page and the reason: 0x05 for no S-EPT permission, 0x0C for the MMIO leaf's bit 62.
@@ -159,6 +169,15 @@ fn assign_happy_path_flow_completes_report_verifies_pages_reclaimed() {
     let v = verify(&o, &platform, &device.identity().root_der, &nonce);
     assert_eq!(v.status, 0, "attest verify rejected:\n{}", v.json);
     assert_eq!(v.failed(), Vec::<String>::new());
+    // The TD's own result of its read, typed and framed as it came through the shared page: the
+    // drive's known content, the namespace QEMU serves, the time its READs took in the TD.
+    let bytes = seamless_e2e::artifact(&o, "td-disk.bin").expect("td-disk.bin on COM3");
+    let disk = DiskRead::read_from_bytes(&bytes).expect("a DiskRead record");
+    assert_eq!((disk.vid.get(), disk.ns_blocks.get(), disk.block_bytes.get()), (0x1b36, 2048, 512));
+    assert_eq!(disk.read_blocks.get(), attest::disk::DEMO_BLOCKS);
+    assert_eq!(disk.matches, 1, "the TD found the drive's content");
+    assert_eq!(disk.digest, attest::disk::digest(0, attest::disk::DEMO_BLOCKS));
+    assert!(disk.ticks.get() > 0, "timed with RDTSC in the TD");
     // The SNP-format export of the same report verifies against the emulated AMD chain.
     let v = verify_snp(&o, &platform, &nonce);
     assert_eq!(v.status, 0, "attest verify --snp rejected:\n{}", v.json);
@@ -263,8 +282,14 @@ fn a_report_with_overlapping_ranges_is_refused_at_lock() {
     let mut c = assign_device(true);
     c.faults.overlapping_ranges = true;
     let (o, device, _) = run(&qemu, "fault_overlapping", "assign", c, &[4; 64]);
-    o.expect_status(35);
+    // A refused report ends the run with its own status and line (host/src/interop.rs).
+    o.expect_status(37);
     assert!(o.console.contains("error: TDI lock: TDH.TDI.LOCK returned DEVICE_ERROR"), "{}", o.console);
+    assert!(
+        o.console.contains("(DEVICE_ERROR, RCX 0x320, RDX 0x104): MMIO range 1 is empty, overflows, has undefined attributes or overlaps the one before"),
+        "{}",
+        o.console
+    );
     assert!(!o.console.contains("mmio: BAR0"), "nothing mapped:\n{}", o.console);
     assert!(!tdi_ran(&o, &device));
 }

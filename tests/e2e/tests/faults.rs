@@ -17,6 +17,8 @@ use std::sync::Arc;
 use seamless_e2e::{assign_config, assign_device, provision, Boot, DeviceServer, Outcome, Qemu};
 use tdisp_device::server::{command, read_frame, serve_connection, write_frame, TRANSPORT_PCI_DOE};
 use tdisp_device::{Config, Device, Reply};
+use tsm_client::guest::result::Revoked;
+use zerocopy::FromBytes;
 
 macro_rules! qemu_or_skip {
     () => {
@@ -47,7 +49,7 @@ fn run(qemu: &Qemu, name: &str, mode: &str, config: Config, doe_timeout_ms: u32)
 /// mapped.
 fn assert_failed_and_cleaned(o: &Outcome, error: &str) {
     o.expect_status(35);
-    assert!(o.console.contains(&format!("seamless firmware: error: {error}")), "want {error:?} in:\n{}", o.console);
+    assert!(o.console.contains(&format!("seamless host: error: {error}")), "want {error:?} in:\n{}", o.console);
     let cleanup = o.console.lines().find(|l| l.starts_with("cleanup after the failure: ")).unwrap_or_else(|| {
         panic!("no cleanup line in:\n{}", o.console);
     });
@@ -116,13 +118,14 @@ fn a_dmabuf_revoke_while_run_errors_the_tdi_the_guest_sees_it_and_teardown_recla
     // that, so how many land later depends on timing; the line reports it.
     assert!(
         o.console.contains(
-            "dmabuf: BAR0 revoked by the exporter while the TDI runs, 15 READs outstanding; 4 mapped pages blocked"
+            "dmabuf: BAR0 revoked by the exporter while the TDI runs, 14 READs outstanding; 4 mapped pages blocked"
         ),
         "{}",
         o.console
     );
     let line = o.console.lines().find(|l| l.starts_with("dma: after the revoke returned: "));
     assert!(line.is_some(), "{}", o.console);
+    revoked_record(&o, 3);
     // The TD binary ran the READs itself, saw ERROR with TDG.TDI.RD, then loaded BAR0 once more
     // with a real load: the TSM's derived table had dropped the blocked leaves, so the load
     // exited to the host as an EPT violation and never reached the revoked BAR.
@@ -136,12 +139,57 @@ fn a_dmabuf_revoke_while_run_errors_the_tdi_the_guest_sees_it_and_teardown_recla
     );
     assert!(!o.console.contains("td: FATAL"), "{}", o.console);
     o.expect_status(35);
-    assert!(o.console.contains("seamless firmware: error: TDI: BAR0 revoked while RUN"), "{}", o.console);
+    assert!(o.console.contains("seamless host: error: TDI: BAR0 revoked while RUN"), "{}", o.console);
     let cleanup = o.console.lines().find(|l| l.starts_with("cleanup after the failure: ")).expect("cleanup line");
     assert!(cleanup.contains("donated pages free again") && !cleanup.contains("still held"), "{cleanup}");
     // STOP still reached the device (the PDEV stayed CONNECTED), and the session was ended.
     let states: Vec<String> = device.tdis().iter().map(|t| format!("{:?}", t.state)).collect();
     assert_eq!(states, ["ConfigUnlocked"]);
+    assert_eq!(device.session_count(), 0);
+}
+
+/// The TD's own record of the revocation case, typed and framed as it came: 14 pages, what landed
+/// before the call returned and what after never more than them, and the TDI's `state`.
+fn revoked_record(o: &Outcome, state: u64) {
+    let bytes = seamless_e2e::artifact(o, "td-revoked.bin").expect("td-revoked.bin on COM3");
+    let r = Revoked::read_from_bytes(&bytes).expect("a Revoked record");
+    assert_eq!(r.pages.get(), 14);
+    assert!(r.landed.get() <= 14 && r.late.get() <= 14, "{r:?}");
+    assert_eq!(r.state.get(), state, "TDG.TDI.RD after the call");
+}
+
+#[test]
+fn a_tdi_stop_while_the_tds_reads_are_outstanding_blocks_its_dma_and_mmio_and_reclaims_everything() {
+    let qemu = qemu_or_skip!();
+    let (o, device) = run(&qemu, "fault_stop", "stop", assign_device(false), 1000);
+    assert!(o.console.contains("tdi: RUN"), "{}", o.console);
+    // TDI.STOP with the TD's 14 long READs outstanding: it returned only once the TDI's MMIO leaves
+    // and DMA entry were blocked and the IOTLB invalidated.
+    assert!(
+        o.console.contains("tdi: stopped by the host while RUN, 14 READs outstanding; its MMIO and DMA entry blocked"),
+        "{}",
+        o.console
+    );
+    assert!(o.console.lines().any(|l| l.starts_with("dma: after the stop returned: ")), "{}", o.console);
+    revoked_record(&o, 0);
+    // The TD read CONFIG_UNLOCKED with TDG.TDI.RD, then loaded BAR0 once more: the TSM stopped it.
+    assert!(o.console.contains("td: after the revoke: TDI state 0; touching BAR0"), "{}", o.console);
+    assert!(
+        o.console.contains(
+            "guest: TDI.RD says CONFIG_UNLOCKED; its load of BAR0 exited to the host as an EPT violation at GPA 0x40000000 (S-EPT entry Some(MmioBlocked))"
+        ),
+        "{}",
+        o.console
+    );
+    o.expect_status(35);
+    assert!(
+        o.console.contains("seamless host: error: TDI: stopped while RUN; the TDI is CONFIG_UNLOCKED"),
+        "{}",
+        o.console
+    );
+    let cleanup = o.console.lines().find(|l| l.starts_with("cleanup after the failure: ")).expect("cleanup line");
+    assert!(cleanup.contains("donated pages free again") && !cleanup.contains("still held"), "{cleanup}");
+    assert_eq!(device.tdis().iter().map(|t| format!("{:?}", t.state)).collect::<Vec<_>>(), ["ConfigUnlocked"]);
     assert_eq!(device.session_count(), 0);
 }
 

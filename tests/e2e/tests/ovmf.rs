@@ -37,7 +37,7 @@ fn debians_ovmf_boots_as_a_td_to_the_uefi_shell_and_powers_off() {
         "host: the OVMF TD ended after",
         "the TD asked for its end (Shutdown)",
         "donated pages are free again",
-        "seamless firmware: ovmf done",
+        "seamless host: ovmf done",
     ] {
         assert!(o.console.contains(milestone), "{milestone:?} missing:\n{}", o.console);
     }
@@ -91,7 +91,7 @@ fn an_ovmf_td_past_its_deadline_is_torn_down_with_its_last_state() {
         "the TD ran past its deadline",
         "host: last TD exit after",
         "donated pages are free again",
-        "seamless firmware: error: OVMF TD: it did not reach the shell and power off: the TD ran past its deadline",
+        "seamless host: error: OVMF TD: it did not reach the shell and power off: the TD ran past its deadline",
     ] {
         assert!(o.console.contains(what), "{what:?} missing:\n{}", o.console);
     }

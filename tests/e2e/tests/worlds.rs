@@ -34,7 +34,7 @@ fn the_host_agent_is_its_own_binary_loaded_by_the_tsm_and_entered_in_the_host_wo
     for what in [
         "nRIP save no (RIP advanced by the TSM): the TSM alone runs in host mode",
         "host: opt/seamless/host (",
-        "untrusted and unmeasured) loaded: ",
+        "untrusted and unmeasured) loaded in ",
         "entered at 0xffffffff80000000 in the host world",
         "host: the agent runs in the host world: image 0xffffffff80000000..",
         "from the TSM's boot information",
@@ -53,6 +53,15 @@ fn the_host_agent_is_its_own_binary_loaded_by_the_tsm_and_entered_in_the_host_wo
     let ended = o.console.find("world: the host world ended the run").unwrap();
     assert!(loaded < done && done < ended, "{}", o.console);
     assert!(o.figure("world_switches").is_some_and(|n| n > 0.0), "{}", o.console);
+    // The agent marked its phases; the TSM counted each one's world switches, the TD worlds'
+    // included, and said them itself.
+    for phase in ["tsm_config", "world_probe", "probe_td"] {
+        let line = format!("world: phase {phase}: ");
+        assert!(o.console.contains(&line), "{line}:\n{}", o.console);
+        assert!(o.figure(&format!("switches_{phase}")).is_some_and(|n| n > 0.0), "switches_{phase}");
+    }
+    let probe_td = o.console.lines().find(|l| l.starts_with("world: phase probe_td: ")).unwrap();
+    assert!(!probe_td.contains(" 0 of TD worlds"), "the probe TD ran in its TD world: {probe_td}");
     if let Some(log) = decode_defmt(&o.defmt) {
         // Configured by the host world's SEAMCALL: the TSM's call log has it.
         assert!(log.contains("host TDH.SYS.CONFIG ok"), "{log}");
@@ -83,7 +92,7 @@ fn host_world_access_to_tsm_pamt_and_vtd_faults_and_changes_nothing() {
     // The host carried on after the faults: it reached the end of its program.
     assert!(o.console.contains("seamless host: boot done"), "{}", o.console);
     if let Some(log) = decode_defmt(&o.defmt) {
-        for what in ["(TSM memory)", "(PAMT / reserved)", "(not host memory)"] {
+        for what in ["(TSM memory)", "(PAMT / reserved)", "to 0xfed90000 (not host memory)"] {
             assert_eq!(log.matches(what).count(), 2, "a read and a write of {what}:\n{log}");
         }
     }
@@ -91,12 +100,15 @@ fn host_world_access_to_tsm_pamt_and_vtd_faults_and_changes_nothing() {
 
 /// The host world's ways around its nested map through the platform: fw_cfg's selector naming
 /// the platform secret, fw_cfg's DMA interface (which writes by physical address without the
-/// IOMMU), the MSRs the TSM depends on, the ISA DMA controllers. Each is refused by the TSM's
-/// intercepts, logged, and without effect: the data port gives nothing of the secret, the DMA
-/// descriptor is untouched, and the TSM is still running (a changed EFER.SVME or VM_HSAVE_PA
-/// would have ended it at the next exit, and the TSM checks both after every WRMSR).
+/// IOMMU), the MSRs the TSM depends on, the ISA DMA controllers, and the chipset registers that
+/// put device registers over RAM (the host bridge's PCIEXBAR, the LPC bridge's RCBA; through
+/// ECAM and through ports 0xCF8/0xCFC). Each is refused by the TSM's intercepts or the nested
+/// map, logged, and without effect: the data port gives nothing of the secret, the DMA
+/// descriptor is untouched, PCIEXBAR reads as before, and the TSM is still running (a changed
+/// EFER.SVME or VM_HSAVE_PA would have ended it at the next exit, and the TSM checks both after
+/// every WRMSR).
 #[test]
-fn host_world_fw_cfg_secret_fw_cfg_dma_msrs_and_isa_dma_are_refused_and_logged() {
+fn host_world_fw_cfg_secret_fw_cfg_dma_msrs_isa_dma_and_chipset_are_refused_and_logged() {
     let qemu = qemu_or_skip!();
     let o = boot_with_secret(&qemu, "host_platform");
     o.expect_status(33);
@@ -110,7 +122,8 @@ fn host_world_fw_cfg_secret_fw_cfg_dma_msrs_and_isa_dma_are_refused_and_logged()
         "fw_cfg DMA into TSM memory refused (2 writes, the descriptor untouched)",
         "8 MSR writes refused (EFER, VM_HSAVE_PA, VM_CR, SYSCFG, APIC_BASE, PAT, MTRRdefType, TSC; RDMSR VM_HSAVE_PA read 0)",
         "ISA DMA programming refused (9 port writes)",
-        "the host read 21 entries back from the fault log",
+        "the chipset's PCIEXBAR and RCBA not written (2 writes through ECAM, 2 through ports 0xCF8/0xCFC, refused; PCIEXBAR reads 0xb0000001 as before)",
+        "the host read 25 entries back from the fault log",
     ] {
         assert!(line.contains(what), "{what}:\n{line}");
     }
@@ -120,6 +133,59 @@ fn host_world_fw_cfg_secret_fw_cfg_dma_msrs_and_isa_dma_are_refused_and_logged()
         assert_eq!(log.matches("(fw_cfg DMA interface)").count(), 2, "{log}");
         assert_eq!(log.matches("(ISA DMA controller)").count(), 9, "{log}");
         assert_eq!(log.matches("host world: WRMSR ").count(), 8, "{log}");
+        // The third is PAM0, one of the ways out (below).
+        assert_eq!(log.matches("(configuration write to a chipset register that moves memory)").count(), 3, "{log}");
+        assert!(log.contains("access to 0xb0000060 (not host memory)"), "{log}");
+        assert!(log.contains("access to 0xb00f80f0 (not host memory)"), "{log}");
+    }
+}
+
+/// The host world's ways out of its world, each of which would hand it the machine: an INIT to
+/// its own CPU through the local APIC's ICR (before the TSM kept it, the CPU reset into the
+/// BIOS, which honoured a CMOS shutdown status the host had written and jumped to the host's
+/// real-mode code at 40:67, outside every world, TSM memory readable: tried by hand), the I/O
+/// APIC and HPET (which can send an INIT too), A20 off through port A (the TSM's own accesses
+/// to odd megabytes would land in even ones: the host's), the i8042's output port (A20 and
+/// reset), an SMI, the 8259's mask, CMOS's shutdown status, S3 through the ACPI PM registers
+/// (a resume in the BIOS) and the BIOS's shadowing (PAM); and XCR0 with AVX, whose registers'
+/// upper halves no world switch saves. Each refused, logged, and without effect: A20 still on,
+/// the mask, the shutdown status, PAM0 and XCR0 as before, the run goes on.
+#[test]
+fn host_world_ways_out_init_a20_smi_s3_cmos_and_pam_are_refused_and_logged() {
+    let qemu = qemu_or_skip!();
+    let o = boot_with_secret(&qemu, "host_escapes");
+    o.expect_status(33);
+    let line = o
+        .console
+        .lines()
+        .find(|l| l.starts_with("world: host world tried the ways out of its world: "))
+        .unwrap_or_else(|| panic!("no ways-out line:\n{}", o.console));
+    for what in [
+        "the local APIC's ICR (an INIT to itself), the I/O APIC and the HPET: 3 writes refused (#MC)",
+        "A20 off through port A, the i8042's output port, an SMI through APM control, the 8259's mask, CMOS's shutdown status (0x0A: jump through 40:67 after an INIT), S3 through ACPI PM1 control, PAM0 through 0xCF8/0xCFC: 7 port writes refused",
+        "(A20 still on, the 8259 still masked, the shutdown status 0x0 and PAM0",
+        "XCR0 with AVX refused (still 0x3: x87 and SSE, the state the TSM switches)",
+        "the host read 11 entries back from the fault log",
+    ] {
+        assert!(line.contains(what), "{what}:\n{line}");
+    }
+    assert!(o.console.contains("seamless host: boot done"), "{}", o.console);
+    if let Some(log) = decode_defmt(&o.defmt) {
+        for (what, count) in [
+            ("access to 0xfee00300 (not host memory)", 1),
+            ("access to 0xfec00000 (not host memory)", 1),
+            ("access to 0xfed00010 (not host memory)", 1),
+            ("(port A (A20 gate and fast reset))", 1),
+            ("(i8042 keyboard controller (its output port drives A20 and the reset line))", 1),
+            ("(APM control (an SMI))", 1),
+            ("(8259 interrupt controller (the TSM keeps every line masked))", 1),
+            ("(CMOS data (the BIOS's shutdown status and settings))", 1),
+            ("(ACPI PM registers (sleep states, SMI enables))", 1),
+            ("(configuration write to a chipset register that moves memory)", 3),
+            ("host world: XSETBV XCR0 <- 0x7", 1),
+        ] {
+            assert_eq!(log.matches(what).count(), count, "{what}:\n{log}");
+        }
     }
 }
 
@@ -210,7 +276,7 @@ fn the_probe_td_runs_in_its_td_world_and_every_td_attack_is_refused() {
     for what in [
         "world: probe TD: entered at the reset vector in TDX's initial state; CPUID GenuineIntel/IntelTDX; 5 #VEs with exact VE info (CPUID, HLT, I/O, MSR, a PENDING page)",
         "a page blocked and tracked while in use exited on its next touch; the shared half read through the host's table, which could not reach a private page",
-        "SEAMCALL in the TD #UD; R14/R15 carried both ways when the VMCALL exposed them; a spin with interrupts off preempted by the TSM's timer; no register it did not expose reached the host; the host's memory exited as an EPT violation",
+        "SEAMCALL in the TD #UD; the vector registers its own in both directions; R14/R15 carried both ways when the VMCALL exposed them; a spin with interrupts off preempted by the TSM's timer; no register it did not expose reached the host; the host's memory exited as an EPT violation",
     ] {
         assert!(o.console.contains(what), "{what}:\n{}", o.console);
     }

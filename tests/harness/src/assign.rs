@@ -64,6 +64,8 @@ pub struct Assignment {
     pub generation: u64,
     /// The interface report TDI.LOCK returned.
     pub report: Vec<u8>,
+    /// What SPDM.CONNECT reported (version, where the device was measured, heartbeat period).
+    pub spdm: tsm_client::host::device::Connected,
 }
 
 impl Assignment {
@@ -77,6 +79,7 @@ impl Assignment {
             tdi: self.tdi,
             generation: self.generation,
             report_len: self.report.len(),
+            spdm: self.spdm,
             ..Progress::default()
         }
     }
@@ -114,9 +117,9 @@ impl Machine {
 
     /// SPDM.CREATE and a full SPDM.CONNECT; asserts success.
     pub fn connect(&mut self, device: &mut Device) -> Assignment {
-        let p = must(flow::pdev_create(self, FUNCTION));
-        must(flow::connect(self, &mut DeviceMailbox(device), &p, &mut PumpStats::default()));
-        Assignment { pdev: p.pdev, msg: p.msg, stream: 0, tdi: 0, generation: 0, report: Vec::new() }
+        let mut p = must(flow::pdev_create(self, FUNCTION));
+        must(flow::connect(self, &mut DeviceMailbox(device), &mut p, &mut PumpStats::default()));
+        Assignment { pdev: p.pdev, msg: p.msg, stream: 0, tdi: 0, generation: 0, report: Vec::new(), spdm: p.spdm }
     }
 
     /// IDE.STREAM.CREATE and KM SETUP; asserts success.

@@ -310,7 +310,8 @@ fn a_tdi_on_another_segment_gets_no_dma_entry_aliased_onto_segment_0() {
     ok(m.host(h::SPDM_CREATE, pdev, function, 0, 0), "SPDM.CREATE on segment 1");
     let msg = m.scratch();
     ok(m.pump(&mut dev, h::SPDM_CONNECT, pdev, msg, 0), "SPDM.CONNECT");
-    let mut a = Assignment { pdev, msg, stream: 0, tdi: 0, generation: 0, report: Vec::new() };
+    let mut a =
+        Assignment { pdev, msg, stream: 0, tdi: 0, generation: 0, report: Vec::new(), spdm: Default::default() };
     m.ide_setup(&mut dev, &mut a);
     a.tdi = m.page();
     ok(m.host(h::TDI_CREATE, td.tdr, pdev, a.tdi, function), "TDI.CREATE on segment 1");

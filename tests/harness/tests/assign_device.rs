@@ -129,6 +129,7 @@ fn an_interface_report_with_overlapping_ranges_puts_the_tdi_in_error() {
     let r = m.pump(&mut dev, h::TDI_LOCK, a.tdi, a.msg, LOCK_FLAGS | a.stream << 16);
     assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Tdi));
     assert_eq!(r.rcx, 0x320, "RCX: the report step");
+    assert_eq!(r.rdx, 4 | 1 << 8, "RDX: a malformed range, the second");
     let s = m.tsm.tdi_summary(pfn(a.tdi)).unwrap();
     assert_eq!(s.state, TdiState::Error);
     assert!(matches!(s.fault, Some(DeviceFault::Report(tsm::tdisp::ReportError::Range { index: 1 }))), "{:?}", s.fault);
@@ -141,6 +142,37 @@ fn an_interface_report_with_overlapping_ranges_puts_the_tdi_in_error() {
     );
     assert_eq!(m.guest(td.vcpus[0], g::TDI_RD, u64::from(FUNCTION), 0, 0).regs.r9, 3);
     // STOP, then the TDI can go; a re-lock of a fixed device would start over.
+    ok(m.pump(&mut dev, h::TDI_STOP, a.tdi, a.msg, 0), "STOP");
+    ok(m.host(h::TDI_REMOVE, a.tdi, 0, 0, 0), "REMOVE");
+    a.tdi = 0;
+}
+
+/// spdm-emu's sample TDISP device reports its ranges without the MMIO_REPORTING_OFFSET the TSM
+/// asked for: LOCK refuses the report naming the range and the page it reported, keeps none of
+/// it, and the TDI can only be stopped and removed.
+#[test]
+fn an_interface_report_without_the_reporting_offset_is_refused_naming_the_range() {
+    use tsm::tdisp::ReportError;
+    let (mut m, td) = machine();
+    let mut dev = device("ignore-reporting-offset");
+    let mut a = bound(&mut m, &td, &mut dev);
+    let r = m.pump(&mut dev, h::TDI_LOCK, a.tdi, a.msg, LOCK_FLAGS | a.stream << 16);
+    assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Tdi));
+    assert_eq!(r.rcx, 0x320, "RCX: the report step");
+    let bar_page = seamless_harness::assign::BAR_BASE >> 12;
+    let want = ReportError::OffsetNotApplied { index: 0, first_page: bar_page };
+    assert_eq!(ReportError::from_detail(r.rdx), Some(want), "RDX {:#x} names the range and its page", r.rdx);
+    let s = m.tsm.tdi_summary(pfn(a.tdi)).unwrap();
+    assert_eq!((s.state, s.fault), (TdiState::Error, Some(DeviceFault::Report(want))));
+    assert_eq!(s.range_count, 0, "no range of a refused report is kept");
+    // The BAR's frames are exactly what the device reported, yet nothing can be imported: the
+    // TDI is in ERROR.
+    assert_eq!(
+        m.host(h::DMABUF_IMPORT, a.tdi, bar_page << 12, 4, 0).status(),
+        Status::TDI_STATE_INCORRECT.with_operand(Operand::Tdi)
+    );
+    let pdev = m.tsm.pdev_summary(pfn(a.pdev)).unwrap();
+    assert_eq!(pdev.state, PdevState::Connected, "the session and the streams are not the report's fault");
     ok(m.pump(&mut dev, h::TDI_STOP, a.tdi, a.msg, 0), "STOP");
     ok(m.host(h::TDI_REMOVE, a.tdi, 0, 0, 0), "REMOVE");
     a.tdi = 0;
@@ -367,6 +399,122 @@ fn connect_measures_the_device_inside_the_session() {
     seamless_harness::audit::assert_invariants(&m.tsm, &"CONNECT");
 }
 
+/// Drives SPDM.CONNECT by hand; returns the final registers and, in order, each request's
+/// channel (1 clear, 2 secured) and code (0 for a sealed one).
+fn connect_by_hand(m: &mut Machine, dev: &mut Device, pdev: u64, msg: u64) -> (tsm::Regs, Vec<(u8, u8)>) {
+    let (mut r, mut wire) = (m.host(h::SPDM_CONNECT, pdev, msg, 0, 0), Vec::new());
+    while r.status() == Status::DEVICE_REQUEST {
+        let request = m.read(msg, r.r8 as usize);
+        wire.push((doe_type(&request), if doe_type(&request) == 1 { request[9] } else { 0 }));
+        let answer = dev.handle(&request).unwrap();
+        m.write(msg, &answer);
+        r = m.host(h::SPDM_CONNECT, pdev, msg, answer.len() as u64, 0);
+    }
+    (r, wire)
+}
+
+#[test]
+fn connect_reports_the_version_and_where_the_device_was_measured() {
+    let (mut m, _td) = machine();
+    let mut dev = device("");
+    let pdev = m.page();
+    ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+    let msg = m.scratch();
+    let (r, _) = connect_by_hand(&mut m, &mut dev, pdev, msg);
+    ok(r, "SPDM.CONNECT");
+    assert_eq!(r.rcx, 0x13 | 1 << 8 | 60 << 16, "RCX: SPDM 1.3, measured inside the session, a 60 s heartbeat");
+}
+
+/// The measurement policy: a device that refuses GET_MEASUREMENTS inside the session (ERROR
+/// UnsupportedRequest) is measured outside it, in the clear, in the same SPDM.CONNECT; the
+/// evidence, RCX and the summary say so, and RECOLLECT follows the connection into the clear.
+#[test]
+fn a_device_that_refuses_in_session_measurements_is_measured_in_the_clear() {
+    let (mut m, _td) = machine();
+    let mut c = device_config();
+    c.session_measurements_error = Some(0x07);
+    let mut dev = Device::new(c).unwrap();
+    let pdev = m.page();
+    ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+    let msg = m.scratch();
+    let (r, wire) = connect_by_hand(&mut m, &mut dev, pdev, msg);
+    ok(r, "SPDM.CONNECT");
+    assert_eq!(r.rcx, 0x13 | 60 << 16, "RCX: SPDM 1.3, bit 8 clear: measured in the clear");
+    const GET_MEASUREMENTS: u8 = 0xE0;
+    // ... KEY_EXCHANGE (clear), FINISH (sealed), GET_MEASUREMENTS (sealed, refused), then
+    // GET_MEASUREMENTS in the clear, last.
+    let tail: Vec<(u8, u8)> = wire[wire.len() - 4..].to_vec();
+    assert_eq!(tail, [(1, 0xE4), (2, 0), (2, 0), (1, GET_MEASUREMENTS)], "{wire:x?}");
+    let s = m.tsm.pdev_summary(pfn(pdev)).unwrap();
+    assert_eq!((s.state, s.pending, s.fault), (PdevState::Connected, Pending::None, None));
+    let e = s.evidence.unwrap();
+    assert!(!e.measurements_in_session, "the evidence says the measurements were taken in the clear");
+    seamless_harness::audit::assert_invariants(&m.tsm, &"CONNECT, measured in the clear");
+    // RECOLLECT goes where the connection's measurements went: the clear.
+    let mut n = 0;
+    let mut r = m.host(h::SPDM_MNG, pdev, msg, 0, mng::RECOLLECT);
+    while r.status() == Status::DEVICE_REQUEST {
+        let request = m.read(msg, r.r8 as usize);
+        assert_eq!((doe_type(&request), request[9]), (1, GET_MEASUREMENTS), "RECOLLECT in the clear");
+        let answer = dev.handle(&request).unwrap();
+        m.write(msg, &answer);
+        r = m.host(h::SPDM_MNG, pdev, msg, answer.len() as u64, mng::RECOLLECT);
+        n += 1;
+    }
+    ok(r, "RECOLLECT");
+    assert_eq!(n, 1);
+    let again = m.tsm.pdev_summary(pfn(pdev)).unwrap().evidence.unwrap();
+    assert!(!again.measurements_in_session);
+    assert_ne!(again.measurements_digest, e.measurements_digest, "a fresh nonce, a fresh transcript");
+}
+
+/// Only "not here" sends the TSM to the clear: UnsupportedRequest and UnexpectedRequest do,
+/// every other ERROR to the in-session request fails the connection at the measurement stage
+/// without a request in the clear, and so does a failure of the clear exchange.
+#[test]
+fn only_a_refusal_of_the_session_sends_the_measurements_to_the_clear() {
+    const GET_MEASUREMENTS: u8 = 0xE0;
+    let run = |code: u8, fault: &str| {
+        let (mut m, _) = machine();
+        let mut c = device_config();
+        c.session_measurements_error = Some(code);
+        if !fault.is_empty() {
+            c.faults.apply_spec(fault).unwrap();
+        }
+        let mut dev = Device::new(c).unwrap();
+        let pdev = m.page();
+        ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+        let msg = m.scratch();
+        let (r, wire) = connect_by_hand(&mut m, &mut dev, pdev, msg);
+        let clear = wire.iter().filter(|w| **w == (1, GET_MEASUREMENTS)).count();
+        (r, clear, m.tsm.pdev_summary(pfn(pdev)).unwrap())
+    };
+    for code in [0x04, 0x07] {
+        let (r, clear, s) = run(code, "");
+        ok(r, "SPDM.CONNECT");
+        assert_eq!((clear, s.evidence.unwrap().measurements_in_session), (1, false), "ERROR {code:#x}");
+    }
+    // InvalidRequest, Unspecified, SessionRequired, ResponseTooLarge: a device fault.
+    for code in [0x01, 0x05, 0x0B, 0x0D] {
+        let (r, clear, s) = run(code, "");
+        assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Pdev), "ERROR {code:#x}: {r:x?}");
+        assert_eq!(clear, 0, "ERROR {code:#x}: nothing sent in the clear");
+        let want = SpdmError::Responder { code, data: 0 };
+        assert_eq!(s.fault, Some(DeviceFault::Connect(ConnectError::Spdm(Stage::Measurements, want))));
+        assert_eq!(s.state, PdevState::Error);
+        assert!(s.session.is_none() && s.evidence.is_none(), "nothing of the connection is kept");
+    }
+    // Refused inside the session, then a bad signature in the clear: the connection fails.
+    let (r, clear, s) = run(0x07, "bad-signature=measurements");
+    assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Pdev), "{r:x?}");
+    assert_eq!((r.rcx, clear), (0x102 + Stage::Measurements as u64, 1));
+    assert!(matches!(
+        s.fault,
+        Some(DeviceFault::Connect(ConnectError::Spdm(Stage::Measurements, SpdmError::Signature(_))))
+    ));
+    assert!(s.session.is_none() && s.evidence.is_none(), "nothing of the connection is kept");
+}
+
 #[test]
 fn an_in_session_measurement_answer_that_does_not_open_changes_nothing() {
     let (mut m, _td) = machine();
@@ -461,4 +609,176 @@ fn a_missed_heartbeat_leaves_the_request_outstanding_until_the_host_aborts() {
     ok(m.host(h::SPDM_MNG, a.pdev, 0, 0, mng::ABORT), "ABORT");
     let s = m.tsm.pdev_summary(pfn(a.pdev)).unwrap();
     assert_eq!((s.state, s.fault), (PdevState::Error, Some(DeviceFault::Aborted)));
+}
+
+/// ERROR Busy and ResponseNotReady in every place a device may answer them: in the clear during
+/// SPDM.CONNECT, FINISH_RSP under the handshake keys, the measurements inside the session, IDE_KM
+/// and TDISP inside it, and SPDM.MNG's HEARTBEAT. The TSM sends the request again after Busy and
+/// RESPOND_IF_READY after ResponseNotReady; the assignment completes, and since the flows never
+/// see the ERRORs, the evidence is byte for byte the same as with a device that never deferred
+/// (same seeds: a Busy request was not taken, a deferred one taken once).
+#[test]
+fn busy_and_response_not_ready_are_asked_again_wherever_they_come() {
+    let evidence = |spec: &str| {
+        let (mut m, td) = machine();
+        let mut dev = device(spec);
+        let a = m.assign(&mut dev, &td);
+        ok(m.pump(&mut dev, h::SPDM_MNG, a.pdev, a.msg, mng::HEARTBEAT), spec);
+        assert_eq!(m.tsm.tdi_summary(pfn(a.tdi)).unwrap().state, TdiState::Run, "{spec}");
+        let f = &dev.config().faults;
+        assert_eq!((f.busy, f.not_ready), (None, None), "{spec}: every deferral was asked again");
+        let s = m.tsm.pdev_summary(pfn(a.pdev)).unwrap();
+        (s.evidence.unwrap(), m.tsm.tdi_evidence(pfn(a.tdi)).unwrap().report_digest)
+    };
+    let good = evidence("");
+    for spec in [
+        "not-ready=version",
+        "busy=algorithms",
+        "not-ready=certificate*3",
+        "busy=challenge-auth*2",
+        "not-ready=key-exchange-rsp",
+        "busy=finish-rsp",
+        "not-ready=finish-rsp",
+        "busy=measurements*8",
+        "not-ready=measurements",
+        "not-ready=idekm*2",
+        "busy=idekm",
+        "busy=tdisp-lock",
+        "not-ready=tdisp-report*3",
+        "busy=tdisp-state*2",
+        "not-ready=tdisp-start",
+        "busy=heartbeat-ack",
+        "not-ready=heartbeat-ack",
+    ] {
+        assert_eq!(evidence(spec), good, "{spec}");
+    }
+    // In the clear, where the engine frames rather than seals: a device measured there (it
+    // refuses the session), deferring those measurements.
+    for spec in ["busy=measurements*2", "not-ready=measurements*2"] {
+        let (mut m, _) = machine();
+        let mut c = device_config();
+        c.session_measurements_error = Some(0x07);
+        c.faults.apply_spec(spec).unwrap();
+        let mut dev = Device::new(c).unwrap();
+        let a = m.connect(&mut dev);
+        let e = m.tsm.pdev_summary(pfn(a.pdev)).unwrap().evidence.unwrap();
+        assert!(!e.measurements_in_session, "{spec}");
+        assert_eq!(dev.config().faults.busy.or(dev.config().faults.not_ready), None, "{spec}");
+        c = device_config();
+        c.session_measurements_error = Some(0x07);
+        let mut plain = Device::new(c).unwrap();
+        let (mut m2, _) = machine();
+        let a2 = m2.connect(&mut plain);
+        assert_eq!(m2.tsm.pdev_summary(pfn(a2.pdev)).unwrap().evidence.unwrap(), e, "{spec}");
+    }
+}
+
+/// A device that is never ready: after [`tsm::spdm::connect::MAX_RETRIES`] come-back answers to
+/// one request the exchange fails with `NotReadyTooLong`, against its owner.
+#[test]
+fn a_device_that_is_never_ready_fails_the_exchange_it_holds_up() {
+    use tsm::spdm::later::{ERROR_BUSY, ERROR_RESPONSE_NOT_READY};
+    let too_long = |request: u8, error: u8| SpdmError::NotReadyTooLong { request, error };
+    for (spec, stage, want) in [
+        ("busy=certificate*9", Stage::Certificates, too_long(0x82, ERROR_BUSY)),
+        ("not-ready=finish-rsp*9", Stage::Session, too_long(0xE5, ERROR_RESPONSE_NOT_READY)),
+        ("busy=measurements*9", Stage::Measurements, too_long(0xE0, ERROR_BUSY)),
+    ] {
+        connect_fails(spec, stage, |e| *e == want);
+    }
+    // TDISP: the TDI goes to ERROR, the PDEV stays connected.
+    let (mut m, td) = machine();
+    let mut dev = device("not-ready=tdisp-lock*9");
+    let a = bound(&mut m, &td, &mut dev);
+    let r = m.pump(&mut dev, h::TDI_LOCK, a.tdi, a.msg, LOCK_FLAGS | a.stream << 16);
+    assert_eq!(r.status(), Status::DEVICE_ERROR.with_operand(Operand::Tdi), "{r:x?}");
+    let s = m.tsm.tdi_summary(pfn(a.tdi)).unwrap();
+    assert_eq!(s.state, TdiState::Error);
+    assert_eq!(s.fault, Some(DeviceFault::Spdm(too_long(0xFE, ERROR_RESPONSE_NOT_READY))));
+    assert_eq!(m.tsm.pdev_summary(pfn(a.pdev)).unwrap().state, PdevState::Connected);
+}
+
+/// SPDM.CONNECT through the ABI with a device whose chain is over 4 KiB: the engine pumps the
+/// CHUNK_GETs like any other request, the PDEV connects, and the evidence holds the whole chain.
+#[test]
+fn connect_takes_a_chain_over_4_kib_in_chunks() {
+    use sha2::{Digest, Sha384};
+    let (mut m, td) = machine();
+    let c = device_config();
+    let mut rng = tdisp_device::rng::Rng::new(c.seed);
+    let identity = tdisp_device::Identity::generate_chain(&mut rng, 5, 400).unwrap();
+    let chain = identity.chain.clone();
+    assert!(chain.len() > 4096);
+    let mut dev = Device::with_identity(c, identity, rng).unwrap();
+    let pdev = m.page();
+    ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+    let msg = m.scratch();
+    let (r, wire) = connect_by_hand(&mut m, &mut dev, pdev, msg);
+    ok(r, "SPDM.CONNECT");
+    assert!(wire.contains(&(1, 0x86)), "CHUNK_GET on the wire: {wire:x?}");
+    let e = m.tsm.pdev_summary(pfn(pdev)).unwrap().evidence.unwrap();
+    assert_eq!(e.chain_digest[..], Sha384::digest(&chain)[..], "the whole chain is the evidence");
+    // And the assignment goes on over it.
+    let mut a = seamless_harness::assign::Assignment {
+        pdev,
+        msg,
+        stream: 0,
+        tdi: 0,
+        generation: 0,
+        report: Vec::new(),
+        spdm: Default::default(),
+    };
+    m.ide_setup(&mut dev, &mut a);
+    m.bind(&td, &mut a);
+    m.lock(&mut dev, &mut a);
+    assert_eq!(tdi_state(&m, &a), TdiState::Locked);
+}
+
+/// The TSM cannot wait, so it tells the host how long: the DEVICE_REQUEST that carries
+/// RESPOND_IF_READY after the device's ResponseNotReady has R9 = 2^RDTExponent µs (tdisp-device
+/// says 2^10), every other one 0, and the host's pump waits that long in its mailbox before
+/// moving the request: in the clear (CERTIFICATE), under the handshake keys (FINISH_RSP) and in
+/// the session (TDISP).
+#[test]
+fn the_host_waits_the_device_response_time_before_respond_if_ready() {
+    use tsm_client::host::{pump, DeviceLeaf, PumpStats};
+    use tsm_client::{Doe, DoeError};
+    /// The device in-process, keeping every pause the pump makes.
+    struct Timed<'a> {
+        device: &'a mut Device,
+        paused: Vec<u64>,
+    }
+    impl Doe for Timed<'_> {
+        fn exchange(&mut self, request: &[u8], answer: &mut [u8]) -> Result<usize, DoeError> {
+            let got = self.device.handle(request).ok_or(DoeError::Timeout { waited_us: 0 })?;
+            answer[..got.len()].copy_from_slice(&got);
+            Ok(got.len())
+        }
+        fn pause(&mut self, us: u64) {
+            self.paused.push(us);
+        }
+    }
+    for spec in ["not-ready=certificate", "not-ready=finish-rsp*2", "not-ready=measurements"] {
+        let (mut m, _) = machine();
+        let mut dev = device(spec);
+        let pdev = m.page();
+        ok(m.host(h::SPDM_CREATE, pdev, u64::from(FUNCTION), 0, 0), "SPDM.CREATE");
+        let msg = m.scratch();
+        let mut t = Timed { device: &mut dev, paused: Vec::new() };
+        let l = DeviceLeaf { name: "TDH.SPDM.CONNECT", leaf: h::SPDM_CONNECT, rcx: pdev, r9: 0 };
+        let mut stats = PumpStats::default();
+        let r = pump(&mut m, &mut t, l, msg, &mut stats).unwrap();
+        ok(r, spec);
+        let deferrals = if spec.ends_with("*2") { 2 } else { 1 };
+        assert_eq!(t.paused, vec![1024; deferrals], "{spec}");
+        assert_eq!(stats.paused_us, 1024 * deferrals as u64, "{spec}");
+    }
+    // TDISP inside the session.
+    let (mut m, td) = machine();
+    let mut dev = device("not-ready=tdisp-report");
+    let a = bound(&mut m, &td, &mut dev);
+    let mut t = Timed { device: &mut dev, paused: Vec::new() };
+    let l = DeviceLeaf { name: "SEAMLESS.TDI.LOCK", leaf: h::TDI_LOCK, rcx: a.tdi, r9: LOCK_FLAGS | a.stream << 16 };
+    ok(pump(&mut m, &mut t, l, a.msg, &mut PumpStats::default()).unwrap(), "TDI.LOCK");
+    assert_eq!(t.paused, [1024]);
 }

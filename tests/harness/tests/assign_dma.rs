@@ -316,3 +316,65 @@ fn the_guest_reads_the_faults_of_its_own_device_and_no_one_elses() {
     // The host sees both.
     assert_eq!(m.host(h::IOMMU_FAULT_RD, 1, 0, 0, 0).r9, 1);
 }
+
+/// SEAMLESS.IOMMU.TRANSLATE for the same request as `dma`: (translates, reason, S-EPT state).
+fn translate_leaf(m: &mut Machine, iova: u64) -> Regs {
+    m.tsm.host_call(&Regs { r9: 1, ..Regs::call(h::IOMMU_TRANSLATE, FN, 0, iova, 0) })
+}
+
+#[test]
+fn iommu_translate_rejects_each_bad_operand_in_check_order_and_writes_nothing() {
+    let mut m = Machine::new(64 * MIB);
+    assert_eq!(translate_leaf(&mut m, 0x1000).status(), Status::SYS_NOT_READY);
+    let mut m = Machine::configured(64 * MIB);
+    let before = m.tsm.platform().mem.writes();
+    let cases = [
+        (Regs { r9: 1, ..Regs::call(h::IOMMU_TRANSLATE, 1 << 16 | FN, 0, 0, 0) }, Operand::Rcx),
+        (Regs { r9: 1, ..Regs::call(h::IOMMU_TRANSLATE, FN, 5, 0, 0) }, Operand::Rdx),
+        (Regs { r9: 1, ..Regs::call(h::IOMMU_TRANSLATE, FN, 1 << 63 | 1 << 20, 0, 0) }, Operand::Rdx),
+        (Regs { r9: 2, ..Regs::call(h::IOMMU_TRANSLATE, FN, 0, 0, 0) }, Operand::R9),
+    ];
+    for (regs, op) in cases {
+        let r = m.tsm.host_call(&regs);
+        assert_eq!(r.status(), Status::OPERAND_INVALID.with_operand(op), "{regs:x?}");
+        assert_eq!((r.rcx, r.rdx, r.r8), (0, 0, 0));
+    }
+    let r = translate_leaf(&mut m, 0x1000);
+    assert_eq!(r.status(), tsm::error::TsmError::Iommu(tsm::iommu::IommuError::NotSetUp).status());
+    assert_eq!(m.tsm.platform().mem.writes(), before, "refused calls write nothing");
+}
+
+/// The leaf says what the walker says, state by state, and writes nothing.
+#[test]
+fn iommu_translate_happy_path_is_the_walker_s_verdict() {
+    let (mut m, td, _other, _dev, a, _) = world();
+    ok(m.dmar_add(&td, &a), "DMAR.ADD");
+    assert_eq!(m.guest(td.vcpus[0], g::DMAR_ACCEPT, FN, 0, 0).regs.status(), Status::SUCCESS);
+    m.map_tables(&td, 0x5000, 0);
+    let pending = m.page();
+    ok(m.host(h::MEM_PAGE_AUG, gpa_level(0x5000, 0), td.tdr, pending, 0), "AUG");
+    for iova in [0x1234, 0x5000, 0x9000, BAR_GPA, 1 << 47] {
+        let walker = dma(&m, iova);
+        let before = m.tsm.platform().mem.writes();
+        let r = translate_leaf(&mut m, iova);
+        assert_eq!(m.tsm.platform().mem.writes(), before, "read-only");
+        ok(r, "IOMMU.TRANSLATE");
+        match walker {
+            Ok(_) => assert_eq!((r.rcx, r.rdx, r.r8), (1, 0, 0), "{iova:#x}"),
+            Err(f) => {
+                assert_eq!((r.rcx, r.rdx), (0, u64::from(f.reason.code())), "{iova:#x}");
+                let state = match f.reason {
+                    FaultReason::SeptNotPresent(s) | FaultReason::SeptNotPrivateMemory(s) => {
+                        1 << 16 | s as u64 | u64::from(f.sept_level.unwrap_or(0)) << 8
+                    }
+                    _ => 0,
+                };
+                assert_eq!(r.r8, state, "{iova:#x}");
+            }
+        }
+    }
+    // The pending page names its state; the MMIO page is no private memory; shared is shared.
+    assert_eq!(translate_leaf(&mut m, 0x5000).r8 & 0xFF, tsm::sept::SeptState::Pending as u64);
+    assert_eq!(translate_leaf(&mut m, BAR_GPA).rdx, 0xF0);
+    assert_eq!(translate_leaf(&mut m, 1 << 47).rdx, 0xF1);
+}

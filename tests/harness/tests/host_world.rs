@@ -14,7 +14,7 @@ use seamless_harness::driver::{default_params, ok, Machine, PRIVATE_BASE};
 use tsm::abi::host::leaf;
 use tsm::addr::{HostPhysAddr, Pfn};
 use tsm::pamt::PageType;
-use tsm::Status;
+use tsm::{Regs, Status};
 
 const MIB: u64 = 1 << 20;
 
@@ -101,7 +101,7 @@ fn host_fault_rd_happy_path_names_each_target() {
 }
 
 #[test]
-fn host_fault_rd_names_refused_ports_and_msrs_with_the_value_written() {
+fn host_fault_rd_names_refused_ports_msrs_and_xcrs_with_the_value_written() {
     let mut m = Machine::new(16 * MIB);
     // fw_cfg's selector naming the secret (key 0x21), its DMA address, an MSR write.
     let port = m.tsm.record_host_port(0x510, 0x21, 0x3000);
@@ -109,15 +109,19 @@ fn host_fault_rd_names_refused_ports_and_msrs_with_the_value_written() {
     let msr = m.tsm.record_host_msr(0xC001_0117, 0xDEAD_0000, 0x3008);
     assert_eq!(msr.what(), "an MSR");
     m.tsm.record_host_port(0x518, 0x1234_5000, 0x3010);
+    // XSETBV of XCR0 with AVX, which the TSM refuses.
+    let xcr = m.tsm.record_host_xcr(0, 0x7, 0x3018);
+    assert_eq!(xcr.what(), "an XCR");
     let want = [
         (0x510, 0xF301, 0x21, 0x3000),
         (0xC001_0117, 0xF401, 0xDEAD_0000, 0x3008),
         (0x518, 0xF301, 0x1234_5000, 0x3010),
+        (0, 0xF501, 0x7, 0x3018),
     ];
     for (i, (at, rdx, value, rip)) in want.into_iter().enumerate() {
         let r = m.host(leaf::HOST_FAULT_RD, 0, 0, 0, 0);
         expect(&r, Status::SUCCESS);
-        assert_eq!((r.rcx, r.rdx, r.r8, r.r9, r.r10, r.r11), (at, rdx, value, 1, rip, 3), "entry {i}");
+        assert_eq!((r.rcx, r.rdx, r.r8, r.r9, r.r10, r.r11), (at, rdx, value, 1, rip, 4), "entry {i}");
     }
 }
 
@@ -161,4 +165,35 @@ fn dmabuf_import_takes_the_bar_frames_out_of_the_host_map_and_tdi_remove_gives_t
     let after = denied(&m);
     assert!(bar.iter().all(|p| !after.contains(p)), "TDI.REMOVE gave the frames back");
     assert!(!after.contains(&pfn(a.tdi)), "and the TDI page");
+}
+
+/// SEAMLESS.SYS.DIGEST's 48 bytes.
+fn digest(m: &mut Machine) -> [u64; 6] {
+    let r = m.host(leaf::SYS_DIGEST, 0, 0, 0, 0);
+    assert_eq!(r.status(), Status::SUCCESS);
+    [r.rcx, r.rdx, r.r8, r.r9, r.r10, r.r11]
+}
+
+#[test]
+fn sys_digest_stays_across_refused_calls_and_moves_with_every_change() {
+    let mut m = Machine::new(16 * MIB);
+    let before_config = digest(&mut m);
+    assert_eq!(digest(&mut m), before_config, "reading it changes nothing");
+    ok(m.sys_config(), "TDH.SYS.CONFIG");
+    let empty = digest(&mut m);
+    let td = m.create_td(&default_params());
+    let created = digest(&mut m);
+    assert_ne!(created, empty, "a TD is in the summaries");
+    // Refused calls: a second MNG.INIT, a TDR as the TDCS page, an unaligned VP.CREATE.
+    for regs in [
+        Regs::call(leaf::MNG_INIT, td.tdr, 0, 0, 0),
+        Regs::call(leaf::MNG_ADDCX, td.tdr, td.tdr, 0, 0),
+        Regs::call(leaf::VP_CREATE, td.tdr + 8, 0, 0, 0),
+    ] {
+        assert!(m.tsm.host_call(&regs).status().is_error());
+        assert_eq!(digest(&mut m), created, "a refused call changes no summary: {regs:x?}");
+    }
+    let tdvpr = m.page();
+    ok(m.host(leaf::VP_CREATE, tdvpr, td.tdr, 0, 0), "VP.CREATE");
+    assert_ne!(digest(&mut m), created, "a vCPU is in the TD's summary");
 }

@@ -286,3 +286,36 @@ fn driver_happy_path_identify_queues_and_a_mib_read_that_hashes_to_the_drive() {
     d.disable().unwrap();
     assert_eq!(d.controller().cc & 1, 0);
 }
+
+#[test]
+fn submit_long_reads_rejects_a_transfer_no_prp_list_holds() {
+    let mut d = up(Model::new());
+    for pages in [0, 2, 514] {
+        assert_eq!(d.submit_long_reads(&data(), (0x30_0000, 0x31_0000), pages), Err(NvmeError::Transfer(pages)));
+    }
+}
+
+#[test]
+fn submit_long_reads_happy_path_first_page_to_each_destination_the_rest_to_the_sink() {
+    let mut d = up(Model::new());
+    let (list, sink) = (0x30_0000, 0x31_0000);
+    let dsts = &data()[..14];
+    assert_eq!(d.submit_long_reads(dsts, (list, sink), 64), Ok(14));
+    // The list holds 63 entries, every one the sink.
+    let mut entries = [0u8; 4096];
+    d.controller().read_mem(list, &mut entries).unwrap();
+    for (i, e) in entries.chunks_exact(8).enumerate() {
+        let want = if i < 63 { sink } else { 0 };
+        assert_eq!(u64::from_le_bytes(e.try_into().unwrap()), want, "entry {i}");
+    }
+    // Each command names its destination in PRP1, the list in PRP2 and 512 blocks.
+    let m = d.controller();
+    let (sq, _, _, _) = m.sqs[&1];
+    for (i, &dst) in dsts.iter().enumerate() {
+        let e = m.get(sq + i as u64 * 64, 64);
+        assert_eq!(e[0], op::READ);
+        assert_eq!(u64::from_le_bytes(e[24..32].try_into().unwrap()), dst);
+        assert_eq!(u64::from_le_bytes(e[32..40].try_into().unwrap()), list);
+        assert_eq!(u32::from_le_bytes(e[48..52].try_into().unwrap()), 64 * 8 - 1);
+    }
+}

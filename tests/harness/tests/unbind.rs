@@ -42,7 +42,7 @@ fn flow(m: &mut Machine, dev: &mut Device, td: &TdHandle, steps: usize) -> Assig
     for (step, name) in STEPS.iter().enumerate().take(steps) {
         let r = match step {
             0 => device::pdev_create(m, FUNCTION).map(|p| a = p),
-            1 => device::connect(m, doe, &a, &mut s),
+            1 => device::connect(m, doe, &mut a, &mut s),
             2 => device::ide_setup(m, doe, &mut a, &mut s),
             3 => device::bind(m, td.tdr, FUNCTION, &mut a),
             4 => device::lock(m, doe, LOCK_FLAGS, &mut a, &mut s),

@@ -33,11 +33,14 @@ use crate::doe::{self, Action, DoeError, ObjectType};
 use crate::error::{DeviceFault, TsmError, TsmResult};
 use crate::pdev::{Exchange, Flow, Measure, Owner, PdevState, StreamState, MSG_BYTES};
 use crate::platform::Platform;
+use crate::spdm::chunk;
 use crate::spdm::connect::{ConnectError, Stage};
+use crate::spdm::later::{self, Later};
+use crate::spdm::session::Session;
 use crate::spdm::SpdmError;
 use crate::status::{Operand, Status};
 use crate::tdi::{MmioRange, Tdi, TdiDone, TdiOp, TdiState, REPORT_MAX};
-use crate::tdisp::{InterfaceReport, ReportError, MAX_RANGES};
+use crate::tdisp::{InterfaceReport, MAX_RANGES};
 use crate::Tsm;
 
 /// The message page of a resumable call, and the bytes of the answer in it.
@@ -154,8 +157,90 @@ fn step_measure(m: &mut Measure, input: Option<&[u8]>, out: &mut [u8; MSG_BYTES]
     }
 }
 
+/// ERROR codes with which a responder refuses a request it does not take where it was sent
+/// (DSP0274 1.2 Table 48).
+const ERROR_UNEXPECTED_REQUEST: u8 = 0x04;
+const ERROR_UNSUPPORTED_REQUEST: u8 = 0x07;
+
+/// Reads `input` (the flow's answer: opened when `sealed`, else a clear DOE object) for ERROR
+/// Busy and ResponseNotReady to the flow's last request ([`crate::spdm::later`]): `None` when
+/// it is the flow's to step (its retries start over), else what to send instead, plain in
+/// `plain` (the same request after Busy, RESPOND_IF_READY after ResponseNotReady), or the fault
+/// of one retry too many or of a ResponseNotReady for another request.
+fn come_back(x: &mut Exchange, input: Option<&[u8]>, sealed: bool, plain: &mut [u8; MSG_BYTES]) -> Option<Step> {
+    if !x.retried_by_engine() {
+        return None;
+    }
+    let answer = match input {
+        Some(a) if sealed => a,
+        Some(a) => doe::decode_as(a, ObjectType::Spdm).ok()?,
+        None => return None,
+    };
+    let fault = x.spdm_fault();
+    let (_, last) = x.parts_mut();
+    last.wait_us = 0;
+    let request = last.get()?;
+    // Every response the TSM asks for here fits its DataTransferSize, or is too large to keep:
+    // a device that wants to chunk one is refused by name (`spdm::chunk`).
+    if chunk::large_response(request[0], answer).is_some() {
+        return Some(Step::Failed(fault(SpdmError::UnexpectedLargeResponse)));
+    }
+    let later = match later::read(request, answer) {
+        Ok(Later::Answer) => {
+            last.retries.reset();
+            return None;
+        }
+        Ok(l) => l,
+        Err(e) => return Some(Step::Failed(fault(e))),
+    };
+    let mut retries = last.retries;
+    if let Err(e) = retries.again(request, later) {
+        return Some(Step::Failed(fault(e)));
+    }
+    let n = match later {
+        Later::NotReady { token, .. } => {
+            plain[..4].copy_from_slice(&later::respond_if_ready(request, token));
+            4
+        }
+        _ => {
+            plain[..request.len()].copy_from_slice(request);
+            request.len()
+        }
+    };
+    last.retries = retries;
+    if let Later::NotReady { wait_us, .. } = later {
+        last.wait_us = wait_us;
+    }
+    Some(Step::Send(n))
+}
+
+/// `message` sealed under `session` into `out`.
+fn seal_with(session: Option<&mut Session>, message: &[u8], out: &mut [u8; MSG_BYTES]) -> Step {
+    let Some(session) = session else { return Step::Failed(DeviceFault::Aborted) };
+    match session.seal(message, out) {
+        Ok(n) => Step::Send(n),
+        Err(e) => Step::Failed(DeviceFault::Secured(e)),
+    }
+}
+
+/// `message` framed as a clear SPDM DOE object into `out`.
+fn frame(message: &[u8], out: &mut [u8; MSG_BYTES], fault: fn(SpdmError) -> DeviceFault) -> Step {
+    match doe::encode(ObjectType::Spdm, message, out) {
+        Ok(n) => Step::Send(n),
+        Err(e) => Step::Failed(fault(SpdmError::Doe(e))),
+    }
+}
+
 fn connect_measure_fault(e: SpdmError) -> DeviceFault {
     DeviceFault::Connect(ConnectError::Spdm(Stage::Measurements, e))
+}
+
+/// SPDM.CONNECT's RCX on success: the SPDM version negotiated (bits 7:0), whether the
+/// measurements were taken inside the session (bit 8), and the HeartbeatPeriod the device asked
+/// for in seconds (bits 23:16; 0: none), which the host keeps (the TSM has no clock).
+fn connected_word(pdev: &crate::pdev::Pdev, in_session: bool) -> u64 {
+    let period = pdev.session.as_ref().map_or(0, crate::spdm::session::Session::heartbeat_period);
+    u64::from(pdev.version()) | u64::from(in_session) << 8 | u64::from(period) << 16
 }
 
 impl<P: Platform> Tsm<P> {
@@ -217,11 +302,46 @@ impl<P: Platform> Tsm<P> {
             Step::Send(n) => {
                 self.platform.write_bytes(msg.page, 0, &request[..n]);
                 out.r8 = n as u64;
+                let pdev = self.pdev(p)?;
+                out.r9 = pdev.exchange.as_ref().map_or(0, |x| x.wait_us(&pdev.conn));
                 Ok(Status::DEVICE_REQUEST)
             }
             Step::Done => self.complete(p, msg, out),
+            Step::Failed(f) if self.measure_in_clear_instead(p, f) => self.advance(p, None, msg, out),
             Step::Failed(f) => Err(self.device_fault(p, f)),
             Step::NotAuthentic(e) => Err(TsmError::AnswerNotAuthentic(e)),
+        }
+    }
+
+    /// SPDM.CONNECT's measurement policy (docs/protocols.md, "Where the device is measured"):
+    /// the TSM measures the device inside the session it just established, as TDISP wants; a
+    /// device that answers that GET_MEASUREMENTS with ERROR UnsupportedRequest or
+    /// UnexpectedRequest (it takes the request, but not in a session: DSP0274 lets a responder
+    /// support a request in one context only) is measured outside the session instead, in the
+    /// clear, on the same connection: the same nonce (the device signed nothing with it), the
+    /// same L1 = VCA ‖ GET_MEASUREMENTS ‖ MEASUREMENTS, signed by the leaf key that signed
+    /// KEY_EXCHANGE_RSP, and the evidence and the report's device entry say "in the clear". Any
+    /// other failure, and any failure of the clear exchange, fails the connection. Returns true
+    /// if the exchange is now that clear measurement, to be started.
+    fn measure_in_clear_instead(&mut self, p: usize, fault: DeviceFault) -> bool {
+        let DeviceFault::Connect(ConnectError::Spdm(Stage::Measurements, SpdmError::Responder { code, .. })) = fault
+        else {
+            return false;
+        };
+        if code != ERROR_UNSUPPORTED_REQUEST && code != ERROR_UNEXPECTED_REQUEST {
+            return false;
+        }
+        let Some(Some(pdev)) = self.pdevs.get_mut(p) else { return false };
+        let in_session = matches!(
+            pdev.exchange.as_ref().map(Exchange::flow),
+            Some(Flow::Measure(Measure { in_session: true, connecting: true, .. }))
+        );
+        match pdev.conn.session_measurements() {
+            Some(m) if in_session => {
+                pdev.exchange = Some(Exchange::connect_measurements_in_clear(m));
+                true
+            }
+            _ => false,
         }
     }
 
@@ -233,8 +353,17 @@ impl<P: Platform> Tsm<P> {
         let x = pdev.exchange.as_mut().ok_or(TsmError::Corrupt)?;
         let (owner, sealed) = (x.owner(), x.sealed());
         let mut plain = [0u8; MSG_BYTES];
+        // Busy and ResponseNotReady are the engine's: the flow never sees them.
+        if let Some(step) = come_back(x, input, sealed, &mut plain) {
+            return Ok(match step {
+                Step::Send(n) if sealed => seal_with(pdev.session.as_mut(), &plain[..n], out),
+                Step::Send(n) => frame(&plain[..n], out, x.spdm_fault()),
+                step => step,
+            });
+        }
         let buf = if sealed { &mut plain } else { &mut *out };
-        let step = match (x.flow_mut(), owner) {
+        let (flow, last) = x.parts_mut();
+        let step = match (flow, owner) {
             (Flow::Connect, _) => {
                 let action = match input {
                     None => pdev.conn.start(),
@@ -284,13 +413,12 @@ impl<P: Platform> Tsm<P> {
         };
         let Step::Send(n) = step else { return Ok(step) };
         if !sealed {
+            // A clear measurement: its GET_MEASUREMENTS, unframed, is what a retry resends.
+            last.set(doe::decode_as(&out[..n], ObjectType::Spdm).unwrap_or(&[]));
             return Ok(step);
         }
-        let Some(session) = pdev.session.as_mut() else { return Ok(Step::Failed(DeviceFault::Aborted)) };
-        Ok(match session.seal(&plain[..n], out) {
-            Ok(n) => Step::Send(n),
-            Err(e) => Step::Failed(DeviceFault::Secured(e)),
-        })
+        last.set(&plain[..n]);
+        Ok(seal_with(pdev.session.as_mut(), &plain[..n], out))
     }
 
     /// The exchange finished: its result is committed to its owner and the exchange ends.
@@ -328,11 +456,13 @@ impl<P: Platform> Tsm<P> {
                 let meas = pdev.conn.measurements().ok_or(TsmError::Corrupt)?;
                 let digest = attest::evidence::transcript_digest(pdev.conn.vca(), meas);
                 pdev.connected(digest, false)?;
+                out.rcx = connected_word(pdev, false);
             }
             (_, Flow::Measure(m)) if m.connecting => {
                 let meas = m.exchange.exchange().ok_or(TsmError::Corrupt)?;
                 let digest = attest::evidence::transcript_digest(pdev.conn.vca(), meas);
-                pdev.connected(digest, true)?;
+                pdev.connected(digest, m.in_session)?;
+                out.rcx = connected_word(pdev, m.in_session);
                 pdev.measured = Some(m.exchange);
             }
             (_, Flow::EndSession(_)) => {
@@ -368,8 +498,7 @@ impl<P: Platform> Tsm<P> {
         let tdi = self.tdi(t).map_err(|_| DeviceFault::Aborted)?;
         let report = &tdi.report[..len.min(REPORT_MAX)];
         let parsed = InterfaceReport::parse(report).map_err(DeviceFault::Report)?;
-        Tdi::host_ranges(&parsed, tdi.reporting_offset)
-            .map_err(|_| DeviceFault::Report(ReportError::Range { index: 0 }))
+        Tdi::host_ranges(&parsed, tdi.reporting_offset).map_err(DeviceFault::Report)
     }
 
     /// TDI `t` is CONFIG_LOCKED with its checked report: the report goes to the message page

@@ -77,14 +77,18 @@ pub mod leaf {
     pub const HOST_FAULT_RD: u64 = 0x8001;
     pub const SHARED_EPT_SET: u64 = 0x8002;
     pub const VP_POST: u64 = 0x8003;
+    pub const SYS_DIGEST: u64 = 0x8004;
+    pub const TD_MR_RD: u64 = 0x8005;
     pub const TDI_LOCK: u64 = 0x8010;
     pub const TDI_START: u64 = 0x8011;
     pub const TDI_STOP: u64 = 0x8012;
     pub const DMABUF_IMPORT: u64 = 0x8013;
     pub const DMABUF_REVOKE: u64 = 0x8014;
+    pub const TDI_EVIDENCE_RD: u64 = 0x8015;
     pub const IOMMU_FAULT_RD: u64 = 0x8030;
     pub const IOMMU_HOST_ATTACH: u64 = 0x8031;
     pub const IOMMU_HOST_DETACH: u64 = 0x8032;
+    pub const IOMMU_TRANSLATE: u64 = 0x8033;
 }
 
 /// Bytes of one TDMR_INFO entry: base, size, PAMT base, PAMT size (u64 each).
@@ -102,7 +106,7 @@ impl<P: Platform> Tsm<P> {
             spec: LeafSpec {
                 number: leaf::VP_ENTER,
                 name: "TDH.VP.ENTER",
-                summary: "Puts the vCPU in guest mode in the TD's current TLB epoch. Where the firmware runs the TD as an SVM guest (its TD world) the call returns only at the next TD exit, RAX the VMX exit reason in bits 31:0 under status class SUCCESS (77 TDG.VP.VMCALL, 48 EPT violation, 2 triple fault, 1 external interrupt: the TSM's preemption timer ended the vCPU's time slice and the host may enter it again), the registers below and nothing else of the TD (`TdExit::host_regs`); for a TD whose guest still runs in the firmware's image it returns at once and the guest runs through the guest ABI until a guest call exits or the host kicks the vCPU.",
+                summary: "Puts the vCPU in guest mode in the TD's current TLB epoch. Where the firmware runs the TD as an SVM guest (its TD world) the call returns only at the next TD exit, RAX the VMX exit reason in bits 31:0 under status class SUCCESS (77 TDG.VP.VMCALL, 48 EPT violation, 2 triple fault, 1 external interrupt: the TSM's preemption timer ended the vCPU's time slice and the host may enter it again), the registers below and nothing else of the TD (`TdExit::host_regs`); without a TD world (the in-process harness) it returns at once and the guest runs through the guest ABI as direct calls until a guest call exits or the host kicks the vCPU.",
                 inputs: &[
                     (Reg::Rcx, "TDVPR page address"),
                     (Reg::R10, "after a VMCALL exit: the answer for each register it exposed (R10..R13 always; RDX, R8, R9, R14, R15 when exposed)"),
@@ -638,12 +642,12 @@ impl<P: Platform> Tsm<P> {
             spec: LeafSpec {
                 number: leaf::HOST_FAULT_RD,
                 name: "SEAMLESS.HOST.FAULT.RD",
-                summary: "seamless only: takes the oldest unread entry of the host fault log: an access of the host world that its nested page table refused (the host got #MC at that instruction, nothing was read or written), a write to an I/O port the TSM keeps (dropped), or a WRMSR (dropped). Allowed before TDH.SYS.CONFIG.",
+                summary: "seamless only: takes the oldest unread entry of the host fault log: an access of the host world that its nested page table refused (the host got #MC at that instruction, nothing was read or written), a write to an I/O port the TSM keeps (dropped), a WRMSR (dropped), or an XSETBV that would give XCR0 more than x87 and SSE (dropped). Allowed before TDH.SYS.CONFIG.",
                 inputs: &[],
                 outputs: &[
-                    (Reg::Rcx, "physical address accessed, the port (class 0xF3) or the MSR (class 0xF4); 0 if the log is empty"),
-                    (Reg::Rdx, "bit 0: write; bits 15:8: what it is (a PAMT type, 0xF0 TSM memory, 0xF2 MMIO a TDI imported, 0xF3 an I/O port the TSM keeps, 0xF4 an MSR, 0xF1 anything else)"),
-                    (Reg::R8, "the owner's page address (the TDR for TD pages, the TDI for imported MMIO), the value written (ports, MSRs), 0 if none"),
+                    (Reg::Rcx, "physical address accessed, the port (class 0xF3), the MSR (class 0xF4) or the XCR (class 0xF5); 0 if the log is empty"),
+                    (Reg::Rdx, "bit 0: write; bits 15:8: what it is (a PAMT type, 0xF0 TSM memory, 0xF2 MMIO a TDI imported, 0xF3 an I/O port the TSM keeps, 0xF4 an MSR, 0xF5 an XCR, 0xF1 anything else)"),
+                    (Reg::R8, "the owner's page address (the TDR for TD pages, the TDI for imported MMIO), the value written (ports, MSRs, XCRs), 0 if none"),
                     (Reg::R9, "1 if an entry was returned"),
                     (Reg::R10, "the host's RIP at the access"),
                     (Reg::R11, "faults recorded since boot (the log keeps the latest 32)"),
@@ -675,17 +679,113 @@ impl<P: Platform> Tsm<P> {
             handler: Self::shared_ept_set,
         },
         Self::VP_POST,
+        HostLeaf {
+            spec: LeafSpec {
+                number: leaf::SYS_DIGEST,
+                name: "SEAMLESS.SYS.DIGEST",
+                summary: "seamless only, read-only: a SHA-384 over the TSM's summaries of every PDEV, TDI and TD (states, owners, counts, digests: what `Tsm::device_summaries` and `Tsm::td_summary` show, never a key or a nonce), opaque and only to be compared within one run: a host that tests the TSM (mode `attack`) reads it before and after a call to show a refused call changed nothing. Allowed before TDH.SYS.CONFIG.",
+                inputs: &[],
+                outputs: &[
+                    (Reg::Rcx, "the digest's bytes 0..8 (little-endian)"),
+                    (Reg::Rdx, "bytes 8..16"),
+                    (Reg::R8, "bytes 16..24"),
+                    (Reg::R9, "bytes 24..32"),
+                    (Reg::R10, "bytes 32..40"),
+                    (Reg::R11, "bytes 40..48"),
+                ],
+                requires: "-",
+                errors: &[],
+            },
+            handler: Self::sys_digest,
+        },
+        HostLeaf {
+            spec: LeafSpec {
+                number: leaf::TD_MR_RD,
+                name: "SEAMLESS.TD.MR.RD",
+                summary: "seamless only, read-only (TDX: the TDCS measurement fields a VMM reads with TDH.MNG.RD): one of the TD's measurement registers, MRTD or RTMR0..3, as it stands. None is secret (the TD's report carries them all); the host compares the MRTD with what it computes from the image it loaded (mode `ovmf`: `attest measure` of the same TDVF) and keeps the registers for the verifier.",
+                inputs: &[(Reg::Rcx, "TDR page address"), (Reg::Rdx, "which: 0 MRTD, 1..4 RTMR0..3")],
+                outputs: &[
+                    (Reg::Rcx, "the register's bytes 0..8 (little-endian)"),
+                    (Reg::Rdx, "bytes 8..16"),
+                    (Reg::R8, "bytes 16..24"),
+                    (Reg::R9, "bytes 24..32"),
+                    (Reg::R10, "bytes 32..40"),
+                    (Reg::R11, "bytes 40..48"),
+                ],
+                requires: "TD initialized, not torn down.",
+                errors: &[
+                    (Status::SYS_NOT_READY, "TDH.SYS.CONFIG not done"),
+                    (Status::OPERAND_INVALID, "RCX not a 4K-aligned address"),
+                    (Status::OPERAND_ADDR_RANGE_ERROR, "RCX outside the TDMRs"),
+                    (Status::PAGE_METADATA_INCORRECT, "RCX is not a TDR page"),
+                    (Status::OPERAND_INVALID, "RDX above 4"),
+                    (Status::TD_NOT_INITIALIZED, "TDH.MNG.INIT not done"),
+                    (Status::LIFECYCLE_STATE_INCORRECT, "TD torn down"),
+                ],
+            },
+            handler: Self::td_mr_rd,
+        },
         Self::TDI_LOCK,
         Self::TDI_START,
         Self::TDI_STOP,
         Self::DMABUF_IMPORT,
         Self::DMABUF_REVOKE,
+        Self::TDI_EVIDENCE_RD,
         Self::IOMMU_FAULT_RD,
         Self::IOMMU_HOST_ATTACH,
         Self::IOMMU_HOST_DETACH,
+        Self::IOMMU_TRANSLATE,
     ];
 
     // ---- TSM ---------------------------------------------------------------------------------
+
+    fn sys_digest(&mut self, _in: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        use core::fmt::Write as _;
+        use sha2::{Digest, Sha384};
+        struct Hasher(Sha384);
+        impl core::fmt::Write for Hasher {
+            fn write_str(&mut self, s: &str) -> core::fmt::Result {
+                self.0.update(s.as_bytes());
+                Ok(())
+            }
+        }
+        // Nothing to check: it reads the TSM's own summaries.
+        // ALL CHECKS PASSED
+        let mut h = Hasher(Sha384::new());
+        let _ = write!(h, "{:?}", self.device_summaries());
+        for tdr in self.tds.iter().flatten().map(|t| t.tdr) {
+            let _ = write!(h, "{:?}", self.td_summary(tdr));
+        }
+        let d: [u8; 48] = h.0.finalize().into();
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&d[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        (out.rcx, out.rdx, out.r8, out.r9, out.r10, out.r11) = (word(0), word(1), word(2), word(3), word(4), word(5));
+        Ok(Status::SUCCESS)
+    }
+
+    fn td_mr_rd(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        self.sys()?;
+        let idx = self.td_index(regs.rcx, Operand::Rcx)?;
+        let offset = match regs.rdx {
+            0 => crate::measure::MR_MRTD,
+            n @ 1..=4 => crate::measure::MR_RTMR0 + 48 * (n as usize - 1),
+            _ => return Err(TsmError::OperandInvalid(Operand::Rdx)),
+        };
+        let td = self.td(idx)?;
+        Self::require_built(td)?;
+        // ALL CHECKS PASSED: a read of the TD's measurement page.
+        let mr = crate::measure::read_mr(&self.platform, td.tdcs[crate::td::TDCS_MR], offset);
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&mr[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        (out.rcx, out.rdx, out.r8, out.r9, out.r10, out.r11) = (word(0), word(1), word(2), word(3), word(4), word(5));
+        Ok(Status::SUCCESS)
+    }
 
     fn host_fault_rd(&mut self, _in: &Regs, out: &mut Regs) -> TsmResult<Status> {
         // Nothing to check: the log is the caller's own history.

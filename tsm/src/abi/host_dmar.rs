@@ -129,6 +129,32 @@ impl<P: Platform> Tsm<P> {
         handler: Self::iommu_fault_rd,
     };
 
+    pub(crate) const IOMMU_TRANSLATE: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::IOMMU_TRANSLATE,
+            name: "SEAMLESS.IOMMU.TRANSLATE",
+            summary: "seamless only, read-only: what the TSM's own walk of the tables it programs (`iommu::translate`, its model of the remapping unit) decides for one DMA request. Nothing is read or written beyond the tables; what it says of a TD's memory (translated, or which S-EPT state refused it) the host can already read with TDH.MEM.SEPT.RD. The host compares it with what the unit did (a differential test of the model against the hardware).",
+            inputs: &[
+                (Reg::Rcx, "the requester: requester id (15:0), segment (23:16) = 0"),
+                (Reg::Rdx, "PASID (19:0) with bit 63 set, or 0 for a request without PASID"),
+                (Reg::R8, "the IOVA"),
+                (Reg::R9, "bit 0: a write (else a read)"),
+            ],
+            outputs: &[
+                (Reg::Rcx, "1 if the request translates, else 0"),
+                (Reg::Rdx, "the fault reason if it does not (VT-d's codes; 0xF0 an MMIO leaf, 0xF1 a shared GPA), else 0"),
+                (Reg::R8, "for an S-EPT entry that refused it: bit 16 set, its state (7:0, the S-EPT state code) and level (15:8); else 0"),
+            ],
+            requires: "IOMMU set up.",
+            errors: &[
+                SYS,
+                (Status::OPERAND_INVALID, "RCX has bits above the requester id (operand RCX), RDX a PASID past 20 bits or bits besides 63 (RDX), R9 bits besides 0 (R9)"),
+                NO_IOMMU,
+            ],
+        },
+        handler: Self::iommu_translate,
+    };
+
     pub(crate) const IOMMU_HOST_ATTACH: HostLeaf<P> = HostLeaf {
         spec: LeafSpec {
             number: leaf::IOMMU_HOST_ATTACH,
@@ -335,6 +361,36 @@ impl<P: Platform> Tsm<P> {
                 | u64::from(f.pasid.unwrap_or(0)) << 32;
             out.r8 = f.address;
             out.r9 = 1;
+        }
+        Ok(Status::SUCCESS)
+    }
+
+    fn iommu_translate(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        self.sys()?;
+        let rid = Self::host_function(regs.rcx)?;
+        let pasid = match regs.rdx {
+            0 => None,
+            raw if raw >> 63 == 1 && raw & !(1 << 63) <= u64::from(crate::iommu::Pasid::MAX) => {
+                crate::iommu::Pasid::new((raw & 0xF_FFFF) as u32)
+            }
+            _ => return Err(TsmError::OperandInvalid(Operand::Rdx)),
+        };
+        if regs.r9 > 1 {
+            return Err(TsmError::OperandInvalid(Operand::R9));
+        }
+        let iommu = self.iommu.as_ref().ok_or(TsmError::Iommu(crate::iommu::IommuError::NotSetUp))?;
+        // ALL CHECKS PASSED: nothing below can fail (and nothing is written).
+        match iommu.translate(&self.platform, rid, pasid, regs.r8, regs.r9 == 1) {
+            Ok(_) => out.rcx = 1,
+            Err(f) => {
+                out.rdx = u64::from(f.reason.code());
+                let state = match f.reason {
+                    crate::iommu::FaultReason::SeptNotPresent(s)
+                    | crate::iommu::FaultReason::SeptNotPrivateMemory(s) => Some(s as u64),
+                    _ => None,
+                };
+                out.r8 = state.map_or(0, |s| 1 << 16 | s | u64::from(f.sept_level.unwrap_or(0)) << 8);
+            }
         }
         Ok(Status::SUCCESS)
     }

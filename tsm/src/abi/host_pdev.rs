@@ -167,7 +167,7 @@ impl<P: Platform> Tsm<P> {
             name: "TDH.IDE.STREAM.KM",
             summary: "Resumable IDE_KM over the PDEV's session. SETUP: QUERY, KEY_PROG of a fresh key per slot (six: RX/TX × PR/NPR/CPL), K_SET_GO of each; REFRESH: the other key set, GO, then STOP of the old; STOP: K_SET_STOP of each slot. The root port's slot is programmed as the device acknowledges it. A stream without live keys carries no TDI: STOP first moves every TDI locked or running over the stream to ERROR (its MMIO and DMA blocked; TDISP does the same when a bound stream goes insecure), and a failed exchange puts the stream and those TDIs in ERROR.",
             inputs: &[(Reg::Rcx, "PDEV page"), MSG_IN[0], MSG_IN[1], (Reg::R9, "stream index (7:0), operation (15:8): 0 SETUP, 1 REFRESH, 2 STOP")],
-            outputs: &[MSG_OUT],
+            outputs: &[MSG_OUT, WAIT_OUT],
             requires: "PDEV CONNECTED. SETUP: stream CREATED or STOPPED; REFRESH, STOP: stream SECURE.",
             errors: &[
                 SYS,
@@ -195,9 +195,13 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::SPDM_CONNECT,
             name: "TDH.SPDM.CONNECT",
-            summary: "Resumable SPDM connection: DOE discovery, VERSION / CAPABILITIES / ALGORITHMS, DIGESTS and CERTIFICATE (chain checked, leaf key kept), CHALLENGE, KEY_EXCHANGE / FINISH, then signed MEASUREMENTS of every index inside the session. On success the PDEV is CONNECTED and keeps the evidence (chain, measurement transcript and their SHA-384; reports record that the measurements were taken inside the session).",
+            summary: "Resumable SPDM connection: DOE discovery, VERSION / CAPABILITIES / ALGORITHMS, DIGESTS and CERTIFICATE (chain checked, leaf key kept), CHALLENGE, KEY_EXCHANGE / FINISH, then signed MEASUREMENTS of every index inside the session; a device that refuses them there (ERROR UnsupportedRequest or UnexpectedRequest) is measured outside the session, in the clear, in the same call (the measurement policy, docs/protocols.md). On success the PDEV is CONNECTED and keeps the evidence (chain, measurement transcript and their SHA-384; reports record where the measurements were taken).",
             inputs: &[(Reg::Rcx, "PDEV page"), MSG_IN[0], MSG_IN[1]],
-            outputs: &[MSG_OUT],
+            outputs: &[
+                MSG_OUT,
+                WAIT_OUT,
+                (Reg::Rcx, "SUCCESS: the SPDM version negotiated (bits 7:0); bit 8 set if the measurements were taken inside the session, clear if in the clear; the HeartbeatPeriod the device asked for, in seconds (bits 23:16; 0: none): the host sends SPDM.MNG HEARTBEAT at least that often (tsm_client::host::device::keep_alive sends it every half period)"),
+            ],
             requires: "PDEV NEW.",
             errors: &[
                 SYS,
@@ -224,7 +228,7 @@ impl<P: Platform> Tsm<P> {
             name: "TDH.SPDM.DISCONNECT",
             summary: "Resumable END_SESSION: the session's keys are dropped once the device acknowledges; the PDEV is STOPPED.",
             inputs: &[(Reg::Rcx, "PDEV page"), MSG_IN[0], MSG_IN[1]],
-            outputs: &[MSG_OUT],
+            outputs: &[MSG_OUT, WAIT_OUT],
             requires: "PDEV CONNECTED; no TDI LOCKED or RUN; no stream SECURE.",
             errors: &[
                 SYS,
@@ -251,9 +255,9 @@ impl<P: Platform> Tsm<P> {
         spec: LeafSpec {
             number: leaf::SPDM_MNG,
             name: "TDH.SPDM.MNG",
-            summary: "Session management, resumable. 0 HEARTBEAT: HEARTBEAT / HEARTBEAT_ACK inside the session, for a device that asked for a HeartbeatPeriod in KEY_EXCHANGE_RSP (the TSM announces HBEAT_CAP); the host calls it at least once per period (the session's period is in the PDEV summary), or the device may end the session. A missed or wrong HEARTBEAT_ACK is the device's fault: the PDEV, its live streams and its locked or running TDIs go to ERROR (a lost answer: the host ABORTs). 1 KEY_UPDATE: KEY_UPDATE(UpdateAllKeys) then VerifyNewKey: both directions move to the next keys (an answer under keys it should not use is refused and changes nothing; an authentic answer that fails ends the session: the PDEV, its live streams and its locked or running TDIs go to ERROR). 2 RECOLLECT: fresh signed GET_MEASUREMENTS of every index with a new nonce, inside the session when the connection's were; on success the evidence binds the new transcript, on failure the old evidence stays. 3 ABORT: abandons the outstanding exchange (a lost or late answer); what the device did is unknown, so the PDEV goes to ERROR (and the TDI or stream whose exchange it was); no device traffic.",
+            summary: "Session management, resumable. 0 HEARTBEAT: HEARTBEAT / HEARTBEAT_ACK inside the session, for a device that asked for a HeartbeatPeriod in KEY_EXCHANGE_RSP (the TSM announces HBEAT_CAP); the host calls it at least once per period (SPDM.CONNECT returned the period in RCX bits 23:16), or the device may end the session. A missed or wrong HEARTBEAT_ACK is the device's fault: the PDEV, its live streams and its locked or running TDIs go to ERROR (a lost answer: the host ABORTs). 1 KEY_UPDATE: KEY_UPDATE(UpdateAllKeys) then VerifyNewKey: both directions move to the next keys (an answer under keys it should not use is refused and changes nothing; an authentic answer that fails ends the session: the PDEV, its live streams and its locked or running TDIs go to ERROR). 2 RECOLLECT: fresh signed GET_MEASUREMENTS of every index with a new nonce, inside the session when the connection's were; on success the evidence binds the new transcript, on failure the old evidence stays. 3 ABORT: abandons the outstanding exchange (a lost or late answer); what the device did is unknown, so the PDEV goes to ERROR (and the TDI or stream whose exchange it was); no device traffic.",
             inputs: &[(Reg::Rcx, "PDEV page"), MSG_IN[0], MSG_IN[1], (Reg::R9, "operation: 0 HEARTBEAT, 1 KEY_UPDATE, 2 RECOLLECT, 3 ABORT")],
-            outputs: &[MSG_OUT],
+            outputs: &[MSG_OUT, WAIT_OUT],
             requires: "HEARTBEAT, KEY_UPDATE, RECOLLECT: PDEV CONNECTED. ABORT: a request outstanding.",
             errors: &[
                 SYS,

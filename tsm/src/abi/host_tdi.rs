@@ -22,6 +22,9 @@ use crate::Tsm;
 
 use super::rows::*;
 
+/// Bytes SEAMLESS.TDI.EVIDENCE.RD copies at most: one page.
+const EVIDENCE_CHUNK: usize = 4096;
+
 use super::exchange::{Call, TdiCall};
 use super::host::{leaf, HostLeaf};
 
@@ -109,6 +112,37 @@ impl<P: Platform> Tsm<P> {
         handler: Self::tdi_remove,
     };
 
+    pub(crate) const TDI_EVIDENCE_RD: HostLeaf<P> = HostLeaf {
+        spec: LeafSpec {
+            number: leaf::TDI_EVIDENCE_RD,
+            name: "SEAMLESS.TDI.EVIDENCE.RD",
+            summary: "seamless only: copies up to a page of one evidence record of a TDI into a host page, from a byte offset: the device's certificate chain (1), the VCA transcript (2) and the signed measurement exchange (3) its PDEV's connection kept, the TDI's interface report (4, empty until LOCK). The host forwards them to the verifier in `attest::evidence`'s bundle; they are the device's signed words, not secrets, and the TD's report binds their SHA-384, so a host that changes them is caught. The record types are the bundle's.",
+            inputs: &[
+                (Reg::Rcx, "TDI page"),
+                (Reg::Rdx, "record type: 1 certificate chain, 2 VCA, 3 measurements, 4 interface report"),
+                (Reg::R8, "byte offset into the record"),
+                (Reg::R9, "host page to copy into (4K aligned)"),
+            ],
+            outputs: &[
+                (Reg::Rcx, "the record's length in bytes"),
+                (Reg::Rdx, "bytes copied: the record's bytes from the offset, at most 4096"),
+            ],
+            requires: "A TDI (its PDEV was CONNECTED when it was created, and keeps the evidence of its last good connection).",
+            errors: &[
+                SYS,
+                TDI_RCX[0],
+                TDI_RCX[1],
+                TDI_RCX[2],
+                (Status::OPERAND_INVALID, "RDX not a record type"),
+                (Status::OPERAND_INVALID, "R9 not a 4K-aligned address"),
+                (Status::OPERAND_ADDR_RANGE_ERROR, "R9 outside the memory the TSM reaches, or TSM memory"),
+                (Status::PAGE_METADATA_INCORRECT, "R9 a page the host gave away"),
+                (Status::OPERAND_INVALID, "R8 past the record's end"),
+            ],
+        },
+        handler: Self::tdi_evidence_rd,
+    };
+
     pub(crate) const TDI_LOCK: HostLeaf<P> = HostLeaf {
         spec: LeafSpec {
             number: leaf::TDI_LOCK,
@@ -117,6 +151,7 @@ impl<P: Platform> Tsm<P> {
             inputs: &[(Reg::Rcx, "TDI page"), MSG_IN[0], MSG_IN[1], (Reg::R9, "first call: LOCK flags (15:0), IDE stream index (23:16)")],
             outputs: &[
                 (Reg::R8, "DEVICE_REQUEST: bytes of the request; SUCCESS: bytes of the interface report in the message page"),
+                WAIT_OUT,
                 (Reg::Rcx, "SUCCESS: the lock generation (the guest authorises START for it)"),
             ],
             requires: "TDI CONFIG_UNLOCKED with nothing mapped; PDEV CONNECTED; the stream SECURE.",
@@ -151,7 +186,7 @@ impl<P: Platform> Tsm<P> {
             name: "SEAMLESS.TDI.START",
             summary: "Resumable, inside the session: START_INTERFACE with the lock's nonce (the host never sees it), then GET_DEVICE_INTERFACE_STATE = RUN.",
             inputs: &[(Reg::Rcx, "TDI page"), MSG_IN[0], MSG_IN[1]],
-            outputs: &[(Reg::R8, "DEVICE_REQUEST: bytes of the request")],
+            outputs: &[(Reg::R8, "DEVICE_REQUEST: bytes of the request"), WAIT_OUT],
             requires: "TDI CONFIG_LOCKED; the guest authorised START for the current lock (TDG.TDI.START).",
             errors: &[
                 SYS,
@@ -182,7 +217,7 @@ impl<P: Platform> Tsm<P> {
             name: "SEAMLESS.TDI.STOP",
             summary: "Resumable, inside the session: STOP_INTERFACE, then GET_DEVICE_INTERFACE_STATE = CONFIG_UNLOCKED. The nonce and the guest's authorisation are dropped, and every MMIO leaf and the DMA entry of the TDI are blocked at once, and the TD's IOTLB domain invalidated with a checked wait before the call returns (no DMA of the TDI lands afterwards, not even through a cached translation): an unlocked device is the host's to reconfigure. When the PDEV has no session any more (ERROR, STOPPED) the TSM stops the TDI on its own side at once, without device traffic.",
             inputs: &[(Reg::Rcx, "TDI page"), MSG_IN[0], MSG_IN[1]],
-            outputs: &[(Reg::R8, "DEVICE_REQUEST: bytes of the request")],
+            outputs: &[(Reg::R8, "DEVICE_REQUEST: bytes of the request"), WAIT_OUT],
             requires: "TDI CONFIG_LOCKED, RUN or ERROR.",
             errors: &[
                 SYS,
@@ -507,6 +542,38 @@ impl<P: Platform> Tsm<P> {
         pdev.tdis = pdev.tdis.saturating_sub(1);
         self.tdis[t] = None;
         out.rcx = page.addr().raw();
+        Ok(Status::SUCCESS)
+    }
+
+    fn tdi_evidence_rd(&mut self, regs: &Regs, out: &mut Regs) -> TsmResult<Status> {
+        self.sys()?;
+        let t = self.tdi_index(regs.rcx, Operand::Rcx)?;
+        let kind = u16::try_from(regs.rdx)
+            .ok()
+            .and_then(attest::evidence::RecordType::from_u16)
+            .ok_or(TsmError::OperandInvalid(Operand::Rdx))?;
+        let page = Self::page_operand(regs.r9, Operand::R9)?;
+        self.host_page(page, Operand::R9)?;
+        // A TDI exists only over a PDEV that connected, which keeps its last good evidence.
+        let ev = self.tdi_evidence(self.tdi(t)?.page).ok_or(TsmError::Corrupt)?;
+        let record = match kind {
+            attest::evidence::RecordType::CertChain => ev.chain,
+            attest::evidence::RecordType::Vca => ev.vca,
+            attest::evidence::RecordType::Measurements => ev.measurements,
+            attest::evidence::RecordType::InterfaceReport => ev.report,
+        };
+        let from = usize::try_from(regs.r8)
+            .ok()
+            .filter(|&o| o <= record.len())
+            .ok_or(TsmError::OperandInvalid(Operand::R8))?;
+        let n = (record.len() - from).min(EVIDENCE_CHUNK);
+        let mut chunk = [0u8; EVIDENCE_CHUNK];
+        chunk[..n].copy_from_slice(&record[from..from + n]);
+        let len = record.len() as u64;
+        // ALL CHECKS PASSED: nothing below can fail.
+        self.platform.write_bytes(page, 0, &chunk[..n]);
+        out.rcx = len;
+        out.rdx = n as u64;
         Ok(Status::SUCCESS)
     }
 

@@ -36,6 +36,11 @@ pub(crate) mod rows {
         (Reg::Rdx, "message page (host memory, 4K aligned)"),
         (Reg::R8, "bytes of the device's answer in it; 0 on the first call"),
     ];
+    /// How long the host waits before moving a request (the TSM has no clock).
+    pub(crate) const WAIT_OUT: (Reg, &str) = (
+        Reg::R9,
+        "DEVICE_REQUEST: microseconds the host waits before moving the request: after ERROR ResponseNotReady the request is RESPOND_IF_READY and this is the device's response time (2^RDTExponent); 0 otherwise",
+    );
 }
 
 /// The registers of one call. In: RAX = leaf, the others inputs. Out: RAX = status, the others

@@ -11,12 +11,15 @@
 
 use crate::doe::Action;
 use crate::error::DeviceFault;
+use crate::spdm::connect::{ConnectError, Stage};
 use crate::spdm::key_update::KeyUpdate;
+use crate::spdm::later::Retries;
 use crate::spdm::meas::Measurements;
 use crate::spdm::SpdmError;
 use crate::tdi::{TdiFlow, TdiOp};
 
 use super::km::KmFlow;
+use super::PLAIN_BYTES;
 
 /// What the device's one outstanding request belongs to, as the host sees it in a PDEV summary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,27 +81,70 @@ pub enum Flow {
 pub struct Exchange {
     owner: Owner,
     flow: Flow,
+    /// The flow's last request as a plain SPDM message, for the engine to send again after ERROR
+    /// Busy or to name in RESPOND_IF_READY (`crate::spdm::later`), and the retries so far.
+    last: LastRequest,
+}
+
+/// The last request of a flow whose messages the engine frames or seals.
+#[derive(Clone, Copy, Debug)]
+pub struct LastRequest {
+    bytes: [u8; PLAIN_BYTES],
+    len: usize,
+    /// Busy / ResponseNotReady answers to it in a row.
+    pub retries: Retries,
+    /// Microseconds the host waits before the request the engine just made in its stead
+    /// (RESPOND_IF_READY after ResponseNotReady), else 0.
+    pub wait_us: u64,
+}
+
+impl LastRequest {
+    const fn none() -> LastRequest {
+        LastRequest { bytes: [0; PLAIN_BYTES], len: 0, retries: Retries::new(), wait_us: 0 }
+    }
+
+    /// Keeps `request` (a plain SPDM message; one longer than the TSM ever seals is not kept,
+    /// and is then never retried) with no retries yet.
+    pub fn set(&mut self, request: &[u8]) {
+        self.len = if request.len() <= PLAIN_BYTES { request.len() } else { 0 };
+        self.bytes[..self.len].copy_from_slice(&request[..self.len]);
+        self.retries = Retries::new();
+        self.wait_us = 0;
+    }
+
+    /// The request, if one is kept.
+    pub fn get(&self) -> Option<&[u8]> {
+        (self.len != 0).then_some(&self.bytes[..self.len])
+    }
 }
 
 impl Exchange {
     /// SPDM.CONNECT of the PDEV.
     pub const fn connect() -> Exchange {
-        Exchange { owner: Owner::Pdev, flow: Flow::Connect }
+        Exchange { owner: Owner::Pdev, flow: Flow::Connect, last: LastRequest::none() }
     }
 
     /// END_SESSION of the PDEV's session at SPDM `version`.
     pub const fn end_session(version: u8) -> Exchange {
-        Exchange { owner: Owner::Pdev, flow: Flow::EndSession(SessionMessage::end_session(version)) }
+        Exchange {
+            owner: Owner::Pdev,
+            flow: Flow::EndSession(SessionMessage::end_session(version)),
+            last: LastRequest::none(),
+        }
     }
 
     /// HEARTBEAT of the PDEV's session at SPDM `version`.
     pub const fn heartbeat(version: u8) -> Exchange {
-        Exchange { owner: Owner::Pdev, flow: Flow::Heartbeat(SessionMessage::heartbeat(version)) }
+        Exchange {
+            owner: Owner::Pdev,
+            flow: Flow::Heartbeat(SessionMessage::heartbeat(version)),
+            last: LastRequest::none(),
+        }
     }
 
     /// KEY_UPDATE of the PDEV's session.
     pub fn key_update(ku: KeyUpdate) -> Exchange {
-        Exchange { owner: Owner::Pdev, flow: Flow::KeyUpdate(ku) }
+        Exchange { owner: Owner::Pdev, flow: Flow::KeyUpdate(ku), last: LastRequest::none() }
     }
 
     /// The signed measurements SPDM.CONNECT takes inside the session it just established.
@@ -106,22 +152,38 @@ impl Exchange {
         Exchange {
             owner: Owner::Pdev,
             flow: Flow::Measure(Measure { exchange: m, in_session: true, connecting: true }),
+            last: LastRequest::none(),
+        }
+    }
+
+    /// The same measurements in the clear, outside the session SPDM.CONNECT established: the
+    /// fallback for a device that refused them inside it (`crate::abi::exchange`, the
+    /// measurement policy).
+    pub fn connect_measurements_in_clear(m: Measurements) -> Exchange {
+        Exchange {
+            owner: Owner::Pdev,
+            flow: Flow::Measure(Measure { exchange: m, in_session: false, connecting: true }),
+            last: LastRequest::none(),
         }
     }
 
     /// RECOLLECT of the PDEV's measurements, inside the session or in the clear.
     pub fn recollect(m: Measurements, in_session: bool) -> Exchange {
-        Exchange { owner: Owner::Pdev, flow: Flow::Measure(Measure { exchange: m, in_session, connecting: false }) }
+        Exchange {
+            owner: Owner::Pdev,
+            flow: Flow::Measure(Measure { exchange: m, in_session, connecting: false }),
+            last: LastRequest::none(),
+        }
     }
 
     /// IDE_KM on the stream in slot `stream`.
     pub fn ide_km(stream: usize, flow: KmFlow) -> Exchange {
-        Exchange { owner: Owner::Stream(stream), flow: Flow::IdeKm(flow) }
+        Exchange { owner: Owner::Stream(stream), flow: Flow::IdeKm(flow), last: LastRequest::none() }
     }
 
     /// TDISP for the TDI in slot `tdi`.
     pub fn tdisp(tdi: usize, flow: TdiFlow) -> Exchange {
-        Exchange { owner: Owner::Tdi(tdi), flow: Flow::Tdisp(flow) }
+        Exchange { owner: Owner::Tdi(tdi), flow: Flow::Tdisp(flow), last: LastRequest::none() }
     }
 
     /// Whom a fault of this exchange is recorded against.
@@ -142,6 +204,38 @@ impl Exchange {
     /// The flow, to step it.
     pub fn flow_mut(&mut self) -> &mut Flow {
         &mut self.flow
+    }
+
+    /// Microseconds the host waits before moving the request just made (RESPOND_IF_READY after
+    /// ERROR ResponseNotReady: the device's response time), else 0. `conn` is the PDEV's
+    /// connection, which reads its own answers.
+    pub fn wait_us(&self, conn: &crate::spdm::connect::Connect) -> u64 {
+        match self.flow {
+            Flow::Connect => conn.wait_us(),
+            _ => self.last.wait_us,
+        }
+    }
+
+    /// The flow and its last request, to step the one and keep the other.
+    pub fn parts_mut(&mut self) -> (&mut Flow, &mut LastRequest) {
+        (&mut self.flow, &mut self.last)
+    }
+
+    /// True if the engine reads this flow's answers for Busy and ResponseNotReady: every flow
+    /// whose messages it seals or frames. SPDM.CONNECT reads its own clear answers (and
+    /// `KeyExchange` its FINISH_RSP); KEY_UPDATE is refused on any ERROR (a KEY_UPDATE that
+    /// fails leaves no session, docs/protocols.md).
+    pub const fn retried_by_engine(&self) -> bool {
+        !matches!(self.flow, Flow::Connect | Flow::KeyUpdate(_))
+    }
+
+    /// How an SPDM-level failure of this exchange (a come-back answer too many, or for another
+    /// request) becomes a device fault: SPDM.CONNECT's measurements name the connection's stage.
+    pub fn spdm_fault(&self) -> fn(SpdmError) -> DeviceFault {
+        match &self.flow {
+            Flow::Measure(m) if m.connecting => |e| DeviceFault::Connect(ConnectError::Spdm(Stage::Measurements, e)),
+            _ => DeviceFault::Spdm,
+        }
     }
 
     /// True if the engine seals the flow's requests and opens its answers under the PDEV's

@@ -32,6 +32,17 @@ pub const MSG_BYTES: usize = 4096;
 /// Largest plaintext SPDM message the TSM sends inside the session.
 pub const PLAIN_BYTES: usize = 128;
 
+// The TSM's DataTransferSize is what the message page carries as one DOE object, clear or
+// sealed (session id, length, application-data length, tag).
+const _: () = assert!(
+    crate::doe::HEADER_BYTES
+        + crate::spdm::secured::HEADER_BYTES
+        + 2
+        + crate::spdm::secured::TAG_BYTES
+        + crate::spdm::TRANSFER_SIZE as usize
+        <= MSG_BYTES
+);
+
 /// Where a PDEV stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PdevState {

@@ -5,13 +5,18 @@
 
 use crate::doe::{self, Action, ObjectType};
 use crate::spdm::chain::CertChain;
+use crate::spdm::chunk::MAX_MESSAGE;
+
+// A CERTIFICATE carrying the longest chain the TSM keeps is a message it can reassemble.
+const _: () = assert!(8 + CHAIN_MAX <= MAX_MESSAGE);
 use crate::spdm::negotiate::{code, exact, le16, response_payload, Negotiated, SpdmError, TRANSFER_SIZE};
 use crate::spdm::suite::{Asym, BaseHash, Transcript, MAX_HASH};
 
 /// Bytes of certificate chain the TSM keeps for a device.
 pub const CHAIN_MAX: usize = 8192;
 /// Bytes asked for per GET_CERTIFICATE (libspdm's block size), less if the device's
-/// DataTransferSize is smaller.
+/// DataTransferSize is smaller, when large responses cannot come in chunks; with CHUNK_CAP on
+/// both sides the TSM asks for the whole chain at once.
 pub const CHUNK: usize = 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,10 +49,18 @@ pub struct CertRetrieval {
 impl CertRetrieval {
     /// An exchange over a negotiated connection whose VCA transcript is `vca`.
     pub fn new(negotiated: &Negotiated, vca: &[u8]) -> CertRetrieval {
-        let device = usize::try_from(negotiated.data_transfer_size).unwrap_or(usize::MAX);
-        let ours = TRANSFER_SIZE as usize;
-        // CERTIFICATE's 8-byte header must fit the smaller DataTransferSize too.
-        let chunk = CHUNK.min(device.saturating_sub(8)).min(ours - 8).max(1);
+        let chunk = if negotiated.chunking() {
+            // Large responses come in chunks (`spdm::chunk`): the whole chain in one portion,
+            // as far as the device can build the response (its MaxSPDMmsgSize; the TSM
+            // reassembles any CERTIFICATE of a chain it keeps), in one round trip when it fits a
+            // transfer.
+            let device = usize::try_from(negotiated.max_message_size).unwrap_or(usize::MAX);
+            CHAIN_MAX.min(device.saturating_sub(8)).max(1)
+        } else {
+            // CERTIFICATE's 8-byte header must fit the smaller DataTransferSize too.
+            let device = usize::try_from(negotiated.data_transfer_size).unwrap_or(usize::MAX);
+            CHUNK.min(device.saturating_sub(8)).min(TRANSFER_SIZE as usize - 8).max(1)
+        };
         CertRetrieval {
             version: negotiated.version,
             chunk,

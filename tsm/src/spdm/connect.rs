@@ -8,6 +8,8 @@ use crate::doe::{self, Action, Discovery, DoeError, ObjectType};
 use crate::spdm::cert::CertRetrieval;
 use crate::spdm::chain::CertChain;
 use crate::spdm::challenge::Challenge;
+use crate::spdm::chunk::{self, ChunkGet};
+use crate::spdm::later::{self, Later, Retries};
 use crate::spdm::meas::Measurements;
 use crate::spdm::negotiate::{cap, Negotiated, Negotiation, SpdmError};
 use crate::spdm::session::{KeyExchange, Session};
@@ -57,15 +59,7 @@ pub enum ConnectError {
     Spdm(Stage, SpdmError),
 }
 
-/// ERROR codes a responder uses to say "later" (DSP0274 1.2 Table 48).
-const ERROR_BUSY: u8 = 0x03;
-const ERROR_RESPONSE_NOT_READY: u8 = 0x42;
-/// RESPOND_IF_READY.
-const RESPOND_IF_READY: u8 = 0xFF;
-/// Times one request may be answered Busy or ResponseNotReady before the TSM gives up. The TSM
-/// never waits itself: each retry is one more DOE exchange the host makes, and the host's DOE
-/// timeout bounds each of them; this bounds how many.
-pub const MAX_RETRIES: u8 = 8;
+pub use crate::spdm::later::MAX_RETRIES;
 
 /// The connection.
 #[derive(Clone, Debug)]
@@ -88,8 +82,22 @@ pub struct Connect {
     request: [u8; 256],
     request_len: usize,
     /// Busy / ResponseNotReady answers to the current request so far.
-    retries: u8,
+    retries: Retries,
+    /// A large response being taken in chunks (ERROR LargeResponse, then CHUNK_GET).
+    chunk: Option<ChunkGet>,
+    /// Microseconds to wait before the request just made (RESPOND_IF_READY), else 0.
+    wait_us: u64,
     out: [u8; 256],
+}
+
+/// What [`Connect::chunks`] made of an answer.
+enum Chunked {
+    /// Nothing to do with chunks: the answer is the stage's.
+    No,
+    /// The next CHUNK_GET is in `out`.
+    Send(usize),
+    /// The last chunk came: the whole response is in `Connect::chunk`.
+    Whole,
 }
 
 /// What one step produced: an object to send (its length in `out`), completion, or failure.
@@ -128,7 +136,9 @@ impl Connect {
             failed: None,
             request: [0; 256],
             request_len: 0,
-            retries: 0,
+            retries: Retries::new(),
+            chunk: None,
+            wait_us: 0,
             out: [0; 256],
         }
     }
@@ -189,12 +199,23 @@ impl Connect {
         }
         let stage = self.stage;
         let spdm = move |e| ConnectError::Spdm(stage, e);
+        self.wait_us = 0;
         match self.later(response) {
             Ok(None) => {}
             Ok(Some(n)) => return self.finish(Next::Send(n)),
             Err(e) => return self.finish(Next::Failed(spdm(e))),
         }
-        self.retries = 0;
+        self.retries.reset();
+        let mut whole = match self.chunks(response) {
+            Ok(Chunked::No) => None,
+            Ok(Chunked::Send(n)) => return self.finish(Next::Send(n)),
+            Ok(Chunked::Whole) => self.chunk.take(),
+            Err(e) => return self.finish(Next::Failed(spdm(e))),
+        };
+        let response = match whole.as_mut() {
+            Some(c) => c.object().unwrap_or(&[]),
+            None => response,
+        };
         let next = match self.stage {
             Stage::Discovery => copy_out(&mut self.out, self.discovery.step(response), ConnectError::Discovery),
             Stage::Negotiation => copy_out(&mut self.out, self.negotiation.step(response), spdm),
@@ -219,12 +240,12 @@ impl Connect {
         self.finish(next)
     }
 
-    /// Busy and ResponseNotReady, the answers that ask the requester to come back (DSP0274 1.2
-    /// §10.13 and §10.14): `Ok(Some(n))` = send `out[..n]` (the request again after Busy,
+    /// Busy and ResponseNotReady, the answers that ask the requester to come back
+    /// ([`crate::spdm::later`]): `Ok(Some(n))` = send `out[..n]` (the request again after Busy,
     /// RESPOND_IF_READY after ResponseNotReady); `Ok(None)` = the answer is for the stage. The
     /// stages never see these ERRORs, so their transcripts hold only the request and its final
-    /// response, as the spec has them. Answers in a secured session (FINISH_RSP) are not looked
-    /// at here: the session stage opens them.
+    /// response, as the spec has them. Answers in the secured session (FINISH_RSP) are the
+    /// session stage's to read (`KeyExchange` does the same under the handshake keys).
     ///
     /// # Errors
     /// ResponseNotReady for another request than the one outstanding, or more than
@@ -235,32 +256,50 @@ impl Connect {
         }
         let Ok(p) = doe::decode_as(response, ObjectType::Spdm) else { return Ok(None) };
         let Ok(request) = doe::decode_as(&self.request[..self.request_len], ObjectType::Spdm) else { return Ok(None) };
-        let (Some(&version), Some(&request_code)) = (request.first(), request.get(1)) else { return Ok(None) };
-        let (code, not_ready) = match p {
-            [v, 0x7F, ERROR_BUSY, ..] if *v == version => (ERROR_BUSY, None),
-            [v, 0x7F, ERROR_RESPONSE_NOT_READY, _, _, code, token, _, ..] if *v == version => {
-                (ERROR_RESPONSE_NOT_READY, Some((*code, *token)))
-            }
-            _ => return Ok(None),
-        };
-        if self.retries >= MAX_RETRIES {
-            return Err(SpdmError::NotReadyTooLong { request: request_code, error: code });
-        }
-        self.retries += 1;
-        match not_ready {
-            None => {
+        let l = later::read(request, p)?;
+        self.retries.again(request, l)?;
+        match l {
+            Later::Answer => Ok(None),
+            Later::Busy => {
                 let n = self.request_len;
                 self.out[..n].copy_from_slice(&self.request[..n]);
                 Ok(Some(n))
             }
-            Some((code, _)) if code != request_code => {
-                Err(SpdmError::NotReadyForAnother { request: request_code, got: code })
-            }
-            Some((code, token)) => {
-                let n = doe::encode(ObjectType::Spdm, &[version, RESPOND_IF_READY, code, token], &mut self.out)?;
+            Later::NotReady { token, wait_us } => {
+                let again = later::respond_if_ready(request, token);
+                let n = doe::encode(ObjectType::Spdm, &again, &mut self.out)?;
+                self.wait_us = wait_us;
                 Ok(Some(n))
             }
         }
+    }
+
+    /// Large responses (DSP0274 1.2 §10.22, [`crate::spdm::chunk`]): an ERROR LargeResponse to
+    /// the stage's request starts CHUNK_GET, and each CHUNK_RESPONSE asks for the next chunk
+    /// until the last, when the stage gets the whole response as one object. Busy and
+    /// ResponseNotReady to a CHUNK_GET were handled before, as for any request.
+    ///
+    /// # Errors
+    /// A LargeResponse without CHUNK_CAP on both sides (or before 1.2); any refusal of a
+    /// CHUNK_RESPONSE ([`ChunkGet::step`]).
+    fn chunks(&mut self, response: &[u8]) -> Result<Chunked, SpdmError> {
+        if let Some(c) = self.chunk.as_mut() {
+            let answer = doe::decode_as(response, ObjectType::Spdm)?;
+            if c.step(answer)? {
+                return Ok(Chunked::Whole);
+            }
+            let next = c.request();
+            return Ok(Chunked::Send(doe::encode(ObjectType::Spdm, &next, &mut self.out)?));
+        }
+        let Some(n) = self.negotiation.negotiated() else { return Ok(Chunked::No) };
+        let Ok(answer) = doe::decode_as(response, ObjectType::Spdm) else { return Ok(Chunked::No) };
+        let Some(handle) = chunk::large_response(n.version, answer) else { return Ok(Chunked::No) };
+        if !n.chunking() {
+            return Err(SpdmError::UnexpectedLargeResponse);
+        }
+        let c = self.chunk.insert(ChunkGet::new(n.version, handle));
+        let first = c.request();
+        Ok(Chunked::Send(doe::encode(ObjectType::Spdm, &first, &mut self.out)?))
     }
 
     /// Moves to the next stage when one finishes, starting it; turns the result into an action.
@@ -273,7 +312,7 @@ impl Connect {
         }
         if let Next::Send(n) = next {
             // A RESPOND_IF_READY is not the request to resend after Busy.
-            let respond_if_ready = self.out.get(9) == Some(&RESPOND_IF_READY) && self.out.get(2) == Some(&1);
+            let respond_if_ready = self.out.get(9) == Some(&later::RESPOND_IF_READY) && self.out.get(2) == Some(&1);
             if !respond_if_ready {
                 self.request[..n].copy_from_slice(&self.out[..n]);
                 self.request_len = n;
@@ -367,6 +406,16 @@ impl Connect {
         self.stage = Stage::Session;
         let kx = self.key_exchange.insert(kx);
         copy_out(&mut self.out, kx.start(), |e| ConnectError::Spdm(Stage::Session, e))
+    }
+
+    /// Microseconds the host should wait before moving the request just made: the device's
+    /// response time after ERROR ResponseNotReady (the request is RESPOND_IF_READY), else 0.
+    pub fn wait_us(&self) -> u64 {
+        let finish = match (self.stage, self.key_exchange.as_ref()) {
+            (Stage::Session, Some(k)) => k.wait_us(),
+            _ => 0,
+        };
+        self.wait_us.max(finish)
     }
 
     /// The negotiated parameters.
@@ -499,7 +548,9 @@ mod tests {
         // ERROR ResponseNotReady: RDTExponent 3, RequestCode GET_VERSION, Token 0x5A, RDTM 2.
         let r = sent(c.step(&spdm(&[0x10, 0x7F, 0x42, 0, 3, 0x84, 0x5A, 2])));
         assert_eq!(r, [0x10, 0xFF, 0x84, 0x5A], "RESPOND_IF_READY with the request code and token");
+        assert_eq!(c.wait_us(), 8, "after 2^RDTExponent µs");
         let r = sent(c.step(&spdm(&VERSION_1_2)));
+        assert_eq!(c.wait_us(), 0, "the next request goes at once");
         assert_eq!(r[..2], [0x12, 0xE1], "the late VERSION is the answer: GET_CAPABILITIES follows");
         // The transcript holds GET_VERSION and VERSION, never the ERROR or RESPOND_IF_READY.
         assert_eq!(&c.negotiation.vca()[..12], &[&[0x10, 0x84, 0, 0][..], &VERSION_1_2].concat()[..]);

@@ -2,12 +2,15 @@
 //!
 //! - [`negotiate`]: GET_VERSION, GET_CAPABILITIES, NEGOTIATE_ALGORITHMS and the VCA transcript.
 //! - [`connect`]: the whole connection (discovery to session) as one state machine.
+//! - [`error`]: why an exchange failed ([`SpdmError`]).
 //! - [`cert`]: GET_DIGESTS and chunked GET_CERTIFICATE for slot 0, with message B.
 //! - [`challenge`]: CHALLENGE / CHALLENGE_AUTH: the device proves its leaf key over M1.
+//! - [`chunk`]: large responses taken in pieces with CHUNK_GET after ERROR LargeResponse.
 //! - [`chain`]: the SPDM certificate-chain format, validated as a certification path (RFC 5280),
 //!   and its leaf key; `x509` reads the certificate fields the rules need.
 //! - [`key_update`]: KEY_UPDATE / KEY_UPDATE_ACK inside a session, resumable like the others.
 //! - [`keys`]: the SPDM 1.2+ key schedule (handshake and data keys, finished keys, KEY_UPDATE).
+//! - [`later`]: ERROR Busy and ResponseNotReady, read before any flow sees an answer.
 //! - [`meas`]: signed GET_MEASUREMENTS of every index, kept as evidence.
 //! - [`secured`]: DSP0277 secured messages over DOE with AES-128-GCM or AES-256-GCM.
 //! - [`session`]: KEY_EXCHANGE and FINISH: an ECDHE (secp256r1 or secp384r1) session.
@@ -17,9 +20,12 @@
 pub mod cert;
 pub mod chain;
 pub mod challenge;
+pub mod chunk;
 pub mod connect;
+pub mod error;
 pub mod key_update;
 pub mod keys;
+pub mod later;
 pub mod meas;
 pub mod negotiate;
 pub mod secured;

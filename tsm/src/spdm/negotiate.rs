@@ -7,10 +7,10 @@
 //! schedule and opaque data format 1 (what TDISP devices are required to support), and takes the
 //! responder's pick of each; the measurement hash is the responder's own choice.
 
-use core::fmt;
-
-use crate::doe::{self, Action, DoeError, ObjectType};
+use crate::doe::{self, Action, ObjectType};
 use crate::spdm::suite::{Aead, Asym, BaseHash, Dhe, Suite};
+
+pub use crate::spdm::error::SpdmError;
 
 /// SPDM 1.0, the version GET_VERSION and VERSION always carry.
 pub const V10: u8 = 0x10;
@@ -61,15 +61,23 @@ pub mod cap {
     pub const KEY_EX: u32 = 0x200;
     pub const HBEAT: u32 = 0x2000;
     pub const KEY_UPD: u32 = 0x4000;
+    pub const CHUNK: u32 = 0x2_0000;
 }
 
-/// What the TSM announces as requester: sessions with encryption and MAC, and KEY_UPDATE inside
-/// them (`0x42C0`); no mutual authentication, heartbeat or handshake in the clear.
-pub const REQUESTER_FLAGS: u32 = cap::ENCRYPT | cap::MAC | cap::KEY_EX | cap::KEY_UPD;
+/// What the TSM announces as requester: sessions with encryption and MAC, KEY_UPDATE inside
+/// them, and large responses in chunks (`0x2_42C0`); no mutual authentication, heartbeat or
+/// handshake in the clear.
+pub const REQUESTER_FLAGS: u32 = cap::ENCRYPT | cap::MAC | cap::KEY_EX | cap::KEY_UPD | cap::CHUNK;
 /// What a device must offer: certificates, CHALLENGE, signed measurements, sessions.
 pub const REQUIRED_RESPONDER_FLAGS: u32 = cap::CERT | cap::CHAL | cap::MEAS_SIG | cap::ENCRYPT | cap::MAC | cap::KEY_EX;
-/// The TSM's DataTransferSize and MaxSPDMmsgSize (fits QEMU's 0x1200-byte socket limit).
-pub const TRANSFER_SIZE: u32 = 0x1000;
+/// The TSM's DataTransferSize: the largest SPDM message it takes in one transfer. Every answer
+/// reaches it through the host's 4 KiB message page as one DOE object (8 bytes of header), a
+/// secured one with its session id, length fields and tag (24 bytes) around the message: 4064
+/// bytes of message always fit, clear or sealed (`pdev::MSG_BYTES` asserts it).
+pub const TRANSFER_SIZE: u32 = 4096 - 8 - 24;
+/// The TSM's MaxSPDMmsgSize: the largest response it reassembles from chunks
+/// ([`crate::spdm::chunk::MAX_MESSAGE`]).
+pub const MAX_MESSAGE_SIZE: u32 = crate::spdm::chunk::MAX_MESSAGE as u32;
 
 /// SPDM algorithm bit encodings (the suites themselves: [`crate::spdm::suite`]).
 #[allow(missing_docs)]
@@ -99,200 +107,6 @@ pub mod alg {
 
 /// Bytes the VCA transcript may take (VERSION with up to 16 entries, ALGORITHMS up to 128).
 pub const VCA_MAX: usize = 4 + 38 + 20 + 20 + 44 + 128;
-
-/// Why a negotiation failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SpdmError {
-    /// The DOE object around the message was malformed.
-    Doe(DoeError),
-    /// The message is shorter than its fields, or longer than its fields plus DOE padding.
-    BadLength {
-        /// Response code.
-        code: u8,
-        /// Bytes received (padding included).
-        len: usize,
-    },
-    /// The response carries another SPDM version than the one negotiated.
-    WrongVersion {
-        /// Version byte received.
-        got: u8,
-        /// Version expected.
-        want: u8,
-    },
-    /// The response code is not the answer to the request.
-    UnexpectedResponse {
-        /// Code received.
-        got: u8,
-        /// Code expected.
-        want: u8,
-    },
-    /// The device answered ERROR.
-    Responder {
-        /// ErrorCode.
-        code: u8,
-        /// ErrorData.
-        data: u8,
-    },
-    /// The device offers neither SPDM 1.2 nor 1.3.
-    NoCommonVersion,
-    /// The device lacks capabilities the TSM needs.
-    MissingCapabilities {
-        /// The missing flags.
-        missing: u32,
-    },
-    /// DataTransferSize below 42 or above MaxSPDMmsgSize.
-    BadTransferSize {
-        /// DataTransferSize.
-        data_transfer: u32,
-        /// MaxSPDMmsgSize.
-        max_message: u32,
-    },
-    /// The device selected something the TSM did not offer (or did not select what it must).
-    BadSelection {
-        /// Which field.
-        field: &'static str,
-        /// The value selected.
-        got: u32,
-    },
-    /// Nonzero padding after a message.
-    DirtyPadding,
-    /// `step` was called in a state that expects no answer.
-    NotWaiting,
-    /// DIGESTS does not list slot 0.
-    NoSlot0,
-    /// A CERTIFICATE portion that is empty, longer than asked, for another slot, or whose
-    /// remainder contradicts the earlier ones.
-    BadPortion,
-    /// The chain is larger than the TSM keeps.
-    ChainTooLarge {
-        /// Bytes the device announced.
-        total: usize,
-    },
-    /// The chain read does not hash to the slot's digest from DIGESTS.
-    DigestMismatch,
-    /// The chain's leaf key is not of the signing algorithm ALGORITHMS selected.
-    LeafKeyAlgorithm {
-        /// The BaseAsymAlgo bit of the leaf's key.
-        got: u32,
-    },
-    /// The chain is malformed.
-    Chain(crate::spdm::chain::ChainError),
-    /// A measurement block is malformed (index given), or the blocks do not fill the record.
-    BadMeasurementBlock {
-        /// Position of the block in the record.
-        block: usize,
-    },
-    /// A digest block whose size is not the negotiated measurement hash's (or a digest when
-    /// only raw bit streams were negotiated).
-    BadMeasurementDigest {
-        /// The block's index.
-        index: u8,
-        /// Its value's size.
-        len: usize,
-    },
-    /// Two blocks carry the same index.
-    DuplicateMeasurementIndex(u8),
-    /// The device echoed another RequesterContext (SPDM 1.3).
-    ContextMismatch,
-    /// The signature is refused.
-    Signature(crate::spdm::sig::SigError),
-    /// The transcript exceeds what the TSM keeps as evidence.
-    TranscriptTooLarge,
-    /// CHALLENGE_AUTH names another chain than the one read from the device.
-    CertChainHashMismatch,
-    /// The device's ECDH public key is not a point of the negotiated group.
-    BadExchangeData,
-    /// The opaque data does not select a secured-message version the TSM offered.
-    BadOpaqueData,
-    /// ResponderVerifyData does not match: the device does not hold the session's keys.
-    VerifyDataMismatch,
-    /// The device asked for what the TSM did not offer (mutual authentication, heartbeat).
-    UnrequestedFeature,
-    /// A secured message was refused.
-    Secured(crate::spdm::secured::SecuredError),
-    /// The device answered Busy or ResponseNotReady to one request more than
-    /// [`crate::spdm::connect::MAX_RETRIES`] times in a row.
-    NotReadyTooLong {
-        /// The request.
-        request: u8,
-        /// The last ERROR code (0x03 Busy, 0x42 ResponseNotReady).
-        error: u8,
-    },
-    /// ResponseNotReady names another request than the one outstanding.
-    NotReadyForAnother {
-        /// The request outstanding.
-        request: u8,
-        /// The RequestCode in the ERROR.
-        got: u8,
-    },
-    /// KEY_UPDATE may only start with UpdateKey or UpdateAllKeys (VerifyNewKey follows them).
-    BadKeyOperation(u8),
-    /// KEY_UPDATE_ACK names another operation or tag than the request.
-    KeyUpdateAckMismatch {
-        /// KeyOperation received.
-        operation: u8,
-        /// Tag received.
-        tag: u8,
-    },
-}
-
-impl fmt::Display for SpdmError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SpdmError::Doe(e) => write!(f, "DOE: {e}"),
-            SpdmError::BadLength { code, len } => write!(f, "SPDM response {code:#04x} has a bad length ({len} bytes)"),
-            SpdmError::WrongVersion { got, want } => write!(f, "SPDM version {got:#04x}, expected {want:#04x}"),
-            SpdmError::UnexpectedResponse { got, want } => write!(f, "SPDM response {got:#04x}, expected {want:#04x}"),
-            SpdmError::Responder { code, data } => write!(f, "device answered ERROR {code:#04x} (data {data:#04x})"),
-            SpdmError::NoCommonVersion => f.write_str("device offers neither SPDM 1.2 nor 1.3"),
-            SpdmError::MissingCapabilities { missing } => write!(f, "device lacks capabilities {missing:#x}"),
-            SpdmError::BadTransferSize { data_transfer, max_message } => {
-                write!(f, "DataTransferSize {data_transfer} with MaxSPDMmsgSize {max_message}")
-            }
-            SpdmError::BadSelection { field, got } => write!(f, "device selected {field} = {got:#x}"),
-            SpdmError::DirtyPadding => f.write_str("nonzero bytes after the SPDM message"),
-            SpdmError::NotWaiting => f.write_str("no request is outstanding"),
-            SpdmError::NoSlot0 => f.write_str("device has no certificate chain in slot 0"),
-            SpdmError::BadPortion => f.write_str("CERTIFICATE portion is inconsistent"),
-            SpdmError::ChainTooLarge { total } => write!(f, "certificate chain of {total} bytes is too large"),
-            SpdmError::DigestMismatch => f.write_str("certificate chain does not match its DIGESTS entry"),
-            SpdmError::LeafKeyAlgorithm { got } => {
-                write!(f, "leaf key is of BaseAsymAlgo {got:#x}, not the one ALGORITHMS selected")
-            }
-            SpdmError::Chain(e) => write!(f, "certificate chain: {e}"),
-            SpdmError::BadMeasurementBlock { block } => write!(f, "measurement block {block} is malformed"),
-            SpdmError::BadMeasurementDigest { index, len } => {
-                write!(f, "measurement block {index} holds a {len}-byte digest, not of the negotiated hash")
-            }
-            SpdmError::DuplicateMeasurementIndex(i) => write!(f, "measurement index {i} appears twice"),
-            SpdmError::ContextMismatch => f.write_str("device echoed another RequesterContext"),
-            SpdmError::Signature(e) => write!(f, "device signature: {e:?}"),
-            SpdmError::TranscriptTooLarge => f.write_str("measurement transcript too large to keep"),
-            SpdmError::CertChainHashMismatch => f.write_str("CHALLENGE_AUTH names another certificate chain"),
-            SpdmError::BadExchangeData => f.write_str("device's ECDH key is not a point of the negotiated group"),
-            SpdmError::BadOpaqueData => f.write_str("device selected no secured-message version the TSM offered"),
-            SpdmError::VerifyDataMismatch => f.write_str("ResponderVerifyData does not match"),
-            SpdmError::UnrequestedFeature => f.write_str("device asked for a feature the TSM did not offer"),
-            SpdmError::Secured(e) => write!(f, "secured message: {e:?}"),
-            SpdmError::NotReadyTooLong { request, error } => {
-                write!(f, "device answered ERROR {error:#04x} to request {request:#04x} too many times")
-            }
-            SpdmError::NotReadyForAnother { request, got } => {
-                write!(f, "ResponseNotReady names request {got:#04x}, not the outstanding {request:#04x}")
-            }
-            SpdmError::BadKeyOperation(op) => write!(f, "KEY_UPDATE cannot start with operation {op}"),
-            SpdmError::KeyUpdateAckMismatch { operation, tag } => {
-                write!(f, "KEY_UPDATE_ACK for operation {operation} tag {tag:#04x} answers another request")
-            }
-        }
-    }
-}
-
-impl From<DoeError> for SpdmError {
-    fn from(e: DoeError) -> Self {
-        SpdmError::Doe(e)
-    }
-}
 
 /// How the device hashes its measurements: the responder's pick (DSP0274 1.2 §10.4, the
 /// MeasurementHashAlgo field of ALGORITHMS); the requester offers nothing for it.
@@ -371,6 +185,12 @@ impl Negotiated {
     pub const fn with_suite(mut self, suite: Suite) -> Negotiated {
         self.suite = suite;
         self
+    }
+
+    /// True if a large response may come in chunks: SPDM 1.2 or later and CHUNK_CAP on both
+    /// sides (the TSM always announces it).
+    pub const fn chunking(&self) -> bool {
+        self.version >= V12 && self.responder_flags & cap::CHUNK != 0
     }
 }
 
@@ -556,7 +376,7 @@ impl Negotiation {
                 m[1] = code::GET_CAPABILITIES;
                 m[8..12].copy_from_slice(&self.requester_flags.to_le_bytes());
                 m[12..16].copy_from_slice(&TRANSFER_SIZE.to_le_bytes());
-                m[16..20].copy_from_slice(&TRANSFER_SIZE.to_le_bytes());
+                m[16..20].copy_from_slice(&MAX_MESSAGE_SIZE.to_le_bytes());
                 self.state = State::Idle;
                 self.send(&m, State::WaitCapabilities)
             }
@@ -808,7 +628,8 @@ mod tests {
         let v = version(&[0x1000, 0x1100, 0x1200]);
         let caps_req = sent(n.step(&wrap(&v)));
         assert_eq!(caps_req[..2], [0x12, 0xE1]);
-        assert_eq!(le32(&caps_req, 8), 0x42C0);
+        assert_eq!(le32(&caps_req, 8), 0x2_42C0);
+        assert_eq!((le32(&caps_req, 12), le32(&caps_req, 16)), (4064, 8200), "DataTransferSize, MaxSPDMmsgSize");
         let caps = capabilities(0x12, FLAGS, 0x1000, 0x1000);
         let alg_req = sent(n.step(&wrap(&caps)));
         assert_eq!(alg_req.len(), 44);

@@ -14,6 +14,7 @@
 
 use crate::doe::{self, Action, ObjectType};
 use crate::spdm::keys::{DirectionKeys, HandshakeKeys, Schedule};
+use crate::spdm::later::{self, Later, Retries};
 use crate::spdm::negotiate::{code, exact, le16, response_payload, Negotiated, SpdmError};
 use crate::spdm::secured::{self, SecuredError};
 use crate::spdm::sig::{self, Context, LeafKey};
@@ -199,6 +200,15 @@ pub struct KeyExchange {
     /// accepted.
     heartbeat: bool,
     heartbeat_period: u8,
+    /// FINISH as sealed (plaintext), to send again after ERROR Busy.
+    finish: [u8; 4 + MAX_HASH],
+    finish_len: usize,
+    /// Busy / ResponseNotReady answers to FINISH so far.
+    retries: Retries,
+    /// Microseconds to wait before the request just made (RESPOND_IF_READY), else 0.
+    wait_us: u64,
+    /// The device's DataTransferSize: KEY_EXCHANGE must fit it (the TSM sends no CHUNK_SEND).
+    device_transfer_size: u32,
     out: [u8; 256],
 }
 
@@ -236,6 +246,11 @@ impl KeyExchange {
             session: None,
             heartbeat: false,
             heartbeat_period: 0,
+            finish: [0; 4 + MAX_HASH],
+            finish_len: 0,
+            retries: Retries::new(),
+            wait_us: 0,
+            device_transfer_size: negotiated.data_transfer_size,
             out: [0; 256],
         })
     }
@@ -264,6 +279,11 @@ impl KeyExchange {
         m[40 + d..42 + d].copy_from_slice(&(OFFERED_OPAQUE.len() as u16).to_le_bytes());
         let end = 42 + d + OFFERED_OPAQUE.len();
         m[42 + d..end].copy_from_slice(&OFFERED_OPAQUE);
+        // The TSM's largest request: a device whose DataTransferSize cannot take it would need
+        // CHUNK_SEND, which the TSM does not send.
+        if end > self.device_transfer_size as usize {
+            return self.fail(SpdmError::RequestTooLarge { len: end, max: self.device_transfer_size });
+        }
         let m = &m[..end];
         self.th.update(m);
         match doe::encode(ObjectType::Spdm, m, &mut self.out) {
@@ -277,6 +297,7 @@ impl KeyExchange {
 
     /// Consumes KEY_EXCHANGE_RSP (then sends FINISH) or FINISH_RSP (then done).
     pub fn step(&mut self, response: &[u8]) -> Action<'_, SpdmError> {
+        self.wait_us = 0;
         let result = match self.state {
             State::WaitKeyExchangeRsp => self.on_key_exchange_rsp(response),
             State::WaitFinishRsp => self.on_finish_rsp(response),
@@ -347,6 +368,8 @@ impl KeyExchange {
         let mut hs = hs;
         hs.request = request;
         self.handshake = Some(hs);
+        self.finish[..finish.len()].copy_from_slice(finish);
+        self.finish_len = finish.len();
         Ok(Some(n))
     }
 
@@ -355,6 +378,29 @@ impl KeyExchange {
         let mut keys = hs.response.clone();
         let mut buf = [0u8; 64];
         let msg = secured::open(&mut keys, self.session_id, response, &mut buf).map_err(SpdmError::Secured)?;
+        // ERROR Busy / ResponseNotReady, sealed under the handshake keys: FINISH again, or
+        // RESPOND_IF_READY, sealed with the next request sequence number. TH is left alone: it
+        // holds FINISH once, and the FINISH_RSP that finally comes.
+        let finish = &self.finish[..self.finish_len];
+        let l = later::read(finish, msg)?;
+        if l != Later::Answer {
+            let mut retries = self.retries;
+            retries.again(finish, l)?;
+            let (again, wait_us) = match l {
+                Later::NotReady { token, wait_us } => (later::respond_if_ready(finish, token), wait_us),
+                _ => ([0; 4], 0),
+            };
+            let plain = if matches!(l, Later::NotReady { .. }) { &again[..] } else { finish };
+            let mut request = hs.request.clone();
+            let n = secured::seal(&mut request, self.session_id, plain, &mut self.out).map_err(SpdmError::Secured)?;
+            // ALL CHECKS PASSED: both directions moved by one message.
+            let hs = self.handshake.as_mut().ok_or(SpdmError::NotWaiting)?;
+            hs.request = request;
+            hs.response = keys;
+            self.retries = retries;
+            self.wait_us = wait_us;
+            return Ok(Some(n));
+        }
         if msg.len() < 4 {
             return Err(SpdmError::BadLength { code: code::FINISH_RSP, len: msg.len() });
         }
@@ -382,6 +428,12 @@ impl KeyExchange {
             heartbeat_period: self.heartbeat_period,
         });
         Ok(None)
+    }
+
+    /// Microseconds the request just made should wait before it goes: the responder's time
+    /// after ERROR ResponseNotReady to FINISH (for RESPOND_IF_READY), else 0.
+    pub fn wait_us(&self) -> u64 {
+        self.wait_us
     }
 
     /// The session, once established.
@@ -629,6 +681,17 @@ mod tests {
         let n = secured::seal(&mut wrong, 0xFFFE_FFFF, &[0x12, code::FINISH_RSP, 0, 0], &mut out).unwrap();
         assert!(matches!(kx.step(&out[..n]), Action::Failed(SpdmError::Secured(SecuredError::Authentication))));
         assert!(kx.session().is_none());
+    }
+
+    #[test]
+    fn a_device_too_small_for_key_exchange_is_refused_by_name() {
+        let vk = VerifyingKey::from(&SigningKey::from_slice(&[0x61; 48]).unwrap());
+        let mut n = negotiated();
+        n.data_transfer_size = 100;
+        let mut kx = KeyExchange::new(&n, VCA, &CHAIN, vk.into(), [4; 48], [5; 32]).unwrap();
+        let want = SpdmError::RequestTooLarge { len: 40 + 96 + 2 + OFFERED_OPAQUE.len(), max: 100 };
+        assert_eq!(kx.start(), Action::Failed(want));
+        assert_eq!(kx.error(), Some(want));
     }
 
     #[test]

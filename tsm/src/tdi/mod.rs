@@ -19,7 +19,7 @@ pub mod flow;
 use crate::addr::Pfn;
 use crate::error::DeviceFault;
 use crate::iommu::IommuError;
-use crate::tdisp::{InterfaceReport, MAX_RANGES};
+use crate::tdisp::{InterfaceReport, ReportError, MAX_RANGES};
 
 pub use flow::{TdiDone, TdiFlow, TdiOp, REPORT_MAX};
 
@@ -129,10 +129,6 @@ pub struct Tdi {
     pub fault: Option<DeviceFault>,
 }
 
-/// Why a report's ranges cannot be turned into host frames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BadRange;
-
 impl Tdi {
     /// A TDI in `Unlocked`.
     pub fn new(page: Pfn, td: usize, tdr: Pfn, pdev: usize, function: u32, pasid: Option<u32>) -> Tdi {
@@ -205,18 +201,24 @@ impl Tdi {
     }
 
     /// Turns a checked report into host-frame ranges: each reported page number minus the
-    /// reporting offset.
+    /// reporting offset. A device must add the MMIO_REPORTING_OFFSET of LOCK_INTERFACE_REQUEST to
+    /// every range it reports (TDISP, PCIe 6.x §11.3.7), so a range below it is one the device
+    /// did not offset: its FIRST_PAGE cannot be told apart from an offset address of another
+    /// range, and no frame of it can be trusted.
     ///
     /// # Errors
-    /// [`BadRange`] if a range lies below the offset (the device did not add it).
+    /// [`ReportError::OffsetNotApplied`] naming the first such range and the page it reported.
     pub fn host_ranges(
         report: &InterfaceReport<'_>,
         reporting_offset: u64,
-    ) -> Result<([MmioRange; MAX_RANGES], usize), BadRange> {
+    ) -> Result<([MmioRange; MAX_RANGES], usize), ReportError> {
         let mut out = [MmioRange::default(); MAX_RANGES];
         let offset_pages = reporting_offset >> 12;
-        for (dst, r) in out.iter_mut().zip(report.ranges()) {
-            let first = r.first_page.checked_sub(offset_pages).ok_or(BadRange)?;
+        for (index, (dst, r)) in out.iter_mut().zip(report.ranges()).enumerate() {
+            let first = r
+                .first_page
+                .checked_sub(offset_pages)
+                .ok_or(ReportError::OffsetNotApplied { index, first_page: r.first_page })?;
             *dst = MmioRange {
                 first,
                 pages: u64::from(r.pages),

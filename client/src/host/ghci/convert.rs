@@ -147,7 +147,7 @@ struct Slot {
 fn private_slot<H: Seamcall + ?Sized>(h: &mut H, td: &TdPages, gpa: u64) -> Result<Slot, HostError> {
     let r = raw(h, Regs::call(leaf::MEM_SEPT_RD, gpa & !(PAGE - 1), td.tdr, 0, 0));
     if r.status() != Status::SUCCESS && r.status().code() != Status::EPT_WALK_FAILED.code() {
-        return Err(HostError::Call { leaf: "TDH.MEM.SEPT.RD", status: r.status(), rcx: r.rcx });
+        return Err(HostError::Call { leaf: "TDH.MEM.SEPT.RD", status: r.status(), rcx: r.rcx, rdx: r.rdx });
     }
     Ok(Slot { level: (r.rdx & 7) as u8, state: SeptState::from_code((r.rdx >> 8) & 0xFF) })
 }

@@ -16,8 +16,8 @@
 //! | 0x10003 | ReportFatalError | the TD is torn down with its error code |
 //! | 0x10004 | SetupEventNotifyInterrupt | the vector is recorded |
 //!
-//! No heap, no `unsafe`: the same code serves the TD from the firmware's in-image host today and
-//! from the host-world binary, each with its own [`Machine`].
+//! No heap, no `unsafe`: the same code serves the TD from the host agent in its host world and
+//! from the harness, each with its own [`Machine`].
 
 pub mod apic;
 pub mod convert;

@@ -158,7 +158,7 @@ pub fn run<H: Seamcall + HostMemory + ?Sized, M: Machine + ?Sized>(
                 report.preempted += 1;
             }
             None if r.status() != Status::SUCCESS => {
-                return Err(HostError::Call { leaf: "TDH.VP.ENTER", status: r.status(), rcx: r.rcx });
+                return Err(HostError::Call { leaf: "TDH.VP.ENTER", status: r.status(), rcx: r.rcx, rdx: r.rdx });
             }
             None => {
                 let why = "VP.ENTER returned without a TD exit: the vCPU does not run in a TD world";

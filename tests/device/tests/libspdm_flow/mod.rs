@@ -1,8 +1,9 @@
 //! The conversation the TSM holds with DMTF's libspdm responder (spdm-emu's
 //! `spdm_responder_emu`, which also answers IDE_KM and TDISP with DMTF's sample device
 //! libraries), written once and driven both live (`libspdm.rs`) and from a recording
-//! (`libspdm_replay.rs`): SPDM.CONNECT, then in the session IDE_KM key programming and TDISP up to
-//! the interface report. The requester's randomness and keys are fixed, so a replay sends the
+//! (`libspdm_replay.rs`): SPDM.CONNECT as the TSM's leaf runs it (the signed measurements inside
+//! the session, after FINISH), then in the session IDE_KM key programming and TDISP up to the
+//! interface report. The requester's randomness and keys are fixed, so a replay sends the
 //! recorded bytes again.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -38,8 +39,10 @@ pub const IDE_IFV: [u8; 8] = [0, 0, 0, 0, 0, 0, 0, 1];
 /// How far the conversation got.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// SPDM.CONNECT's result.
+    /// SPDM.CONNECT's result, up to the session.
     pub connect: Option<Result<(), ConnectError>>,
+    /// The signed measurements inside the session (what SPDM.CONNECT takes after FINISH).
+    pub measurements: Option<Result<(), String>>,
     /// IDE_KM: QUERY, then KEY_PROG and K_SET_GO for the six slots of key set 0.
     pub idekm: Option<Result<(), String>>,
     /// TDISP: version, capabilities, LOCK, the report's ranges, the state after LOCK.
@@ -50,6 +53,7 @@ pub struct Outcome {
 pub fn converse(t: &mut impl Transport) -> Outcome {
     let mut out = Outcome::default();
     let mut c = Connect::new(RANDOM);
+    c.measure_in_session();
     let r: Result<(), ConnectError> = crate::drive!(t, c);
     out.connect = Some(r);
     if r.is_err() {
@@ -57,6 +61,11 @@ pub fn converse(t: &mut impl Transport) -> Outcome {
     }
     let version = c.negotiated().unwrap().version;
     let mut s = c.session().unwrap().clone();
+    let m = measure_in_session(t, &mut s, c.session_measurements().unwrap());
+    out.measurements = Some(m.map(|_| ()));
+    if out.measurements != Some(Ok(())) {
+        return out;
+    }
     out.idekm = Some(program_keys(t, &mut s, version));
     out.tdisp = Some(lock_and_report(t, &mut s, version));
     out
@@ -68,6 +77,31 @@ fn secured(t: &mut impl Transport, s: &mut Session, m: &[u8]) -> Result<Vec<u8>,
     let reply = t.exchange(&obj[..n]);
     let mut buf = vec![0u8; 8192];
     s.open(&reply, &mut buf).map(<[u8]>::to_vec).map_err(|e| format!("open: {e:?}"))
+}
+
+/// The signed GET_MEASUREMENTS inside the session, as the TSM's engine runs it: `Measurements`
+/// speaks clear DOE objects, so its request is unwrapped and sealed and the opened answer
+/// wrapped again. Returns the signed exchange kept as evidence.
+fn measure_in_session(
+    t: &mut impl Transport,
+    s: &mut Session,
+    mut m: tsm::spdm::meas::Measurements,
+) -> Result<Vec<u8>, String> {
+    use tsm::doe::{self, Action, ObjectType};
+    let mut request = match m.start() {
+        Action::Send(b) => doe::decode_as(b, ObjectType::Spdm).map_err(|e| format!("{e:?}"))?.to_vec(),
+        other => return Err(format!("start: {other:?}")),
+    };
+    loop {
+        let answer = secured(t, s, &request)?;
+        let mut object = vec![0u8; doe::object_len(answer.len())];
+        doe::encode(ObjectType::Spdm, &answer, &mut object).map_err(|e| format!("{e:?}"))?;
+        match m.step(&object) {
+            Action::Send(b) => request = doe::decode_as(b, ObjectType::Spdm).map_err(|e| format!("{e:?}"))?.to_vec(),
+            Action::Done => return Ok(m.exchange().unwrap_or_default().to_vec()),
+            Action::Failed(e) => return Err(format!("MEASUREMENTS: {e:?}")),
+        }
+    }
 }
 
 fn program_keys(t: &mut impl Transport, s: &mut Session, v: u8) -> Result<(), String> {

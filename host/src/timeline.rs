@@ -1,5 +1,5 @@
-//! The firmware's timeline of a run: each phase's start and duration (microseconds since PVH
-//! entry, from the TSC), written as `timeline.json` for the host (`./run.sh` prints it):
+//! The timeline of a run: each phase's start and duration (microseconds since PVH entry, from
+//! the TSC), written as `timeline.json` for the launcher (`./run.sh` prints it):
 //!
 //! ```json
 //! {"schema":"seamless-timeline/1","clock":"firmware TSC, ms since PVH entry",

@@ -8,8 +8,8 @@
 
 use tsm_client::nvme::{Access, Controller, Driver, NvmeError, Queues, Read};
 
-use crate::drivers::phys::{Frames, Mmio};
-use crate::drivers::tsc::Tsc;
+use seamless_drivers::phys::{Frames, Mmio};
+use seamless_drivers::tsc::Tsc;
 
 /// How long the host waits for the controller or a completion.
 const TIMEOUT_S: u64 = 5;
@@ -72,4 +72,67 @@ pub fn read(regs: &Mmio, mem: Frames, tsc: &Tsc, pages: &HostPages, blocks: u64)
     let read = d.read_best(&pages.data, blocks, tsm_client::guest::disk::ROUNDS)?;
     d.disable()?;
     Ok(read)
+}
+
+/// What [`dma_before_setup`] saw.
+#[derive(Clone, Copy, Debug)]
+pub struct Blocked {
+    /// How long the host waited for the completion, in microseconds.
+    pub waited_us: u64,
+    /// The IDENTIFY's completion status, had it completed.
+    pub completed: Option<u16>,
+    /// The admin completion queue's page is still all zero (nothing was posted).
+    pub no_completion: bool,
+    /// The data page still holds the host's pattern (nothing was written).
+    pub data_unchanged: bool,
+}
+
+/// The pattern the data page holds before the command.
+const PATTERN: u8 = 0xA5;
+
+/// The host drives the controller before SEAMLESS.IOMMU.SETUP, while the remapping unit still
+/// walks the TSM's blocking root table: admin queues and an IDENTIFY's data page in host pages,
+/// the doorbell rung, `wait_ms` waited. The controller cannot fetch the command (its read of the
+/// submission queue is a DMA), so nothing completes and no page changes; without the blocking
+/// table QEMU's unit would pass the DMA through untranslated (to any physical address the host
+/// names, TSM memory included). Leaves the controller disabled (its retries stopped).
+///
+/// # Errors
+/// [`NvmeError`] of the enable, the queueing or the disable; a completion is no error but
+/// [`Blocked::completed`].
+pub fn dma_before_setup(
+    regs: &Mmio,
+    mem: Frames,
+    tsc: &Tsc,
+    pages: &HostPages,
+    wait_ms: u64,
+) -> Result<Blocked, NvmeError> {
+    let [asq, acq, iosq, iocq] = pages.queues;
+    let data = pages.data[0];
+    let c = HostNvme { regs, mem, tsc };
+    let wait = tsc.hz() / 1000 * wait_ms;
+    let mut d = Driver::enable(c, Queues { asq, acq, iosq, iocq }, tsc.hz().saturating_mul(TIMEOUT_S))?;
+    d.controller().write_mem(data, &[PATTERN; 4096])?;
+    let t = tsc.now();
+    let outcome = d.identify_to(data, wait);
+    let waited_us = tsc.ticks_to_us(tsc.now().wrapping_sub(t));
+    d.disable()?;
+    let completed = match outcome {
+        Err(NvmeError::NoCompletion { .. }) => None,
+        Err(e) => return Err(e),
+        Ok(status) => Some(status),
+    };
+    let mut page = [0u8; 4096];
+    mem.read(acq, &mut page);
+    let no_completion = page.iter().all(|&b| b == 0);
+    mem.read(data, &mut page);
+    let data_unchanged = page.iter().all(|&b| b == PATTERN);
+    Ok(Blocked { waited_us, completed, no_completion, data_unchanged })
+}
+
+impl Blocked {
+    /// Nothing of the command reached memory.
+    pub fn held(&self) -> bool {
+        self.completed.is_none() && self.no_completion && self.data_unchanged
+    }
 }

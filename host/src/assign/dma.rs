@@ -2,23 +2,26 @@
 //! before the assignment (`nvme_read_mib_s_host`), and, once the TDI runs, what the TD reports
 //! of its own driver (`tsm_client::guest::disk`) checked against what only the host can see:
 //! the unit's fault records (SEAMLESS.IOMMU.FAULT.RD) and the TSM's walker
-//! (`tsm::iommu::translate`, the reference model of the differential test). The host also does
+//! (`tsm::iommu::translate` through SEAMLESS.IOMMU.TRANSLATE, the reference model of the
+//! differential test). The host also does
 //! its part in between: the timed invalidation, the S-EPT and DMAR states of the differential
 //! cases, and the revoke while the TD's READs are outstanding.
 
 use core::fmt;
 
+use seamless_drivers::console::figure;
+use seamless_drivers::phys::Mmio;
+use seamless_drivers::say;
+use seamless_host::Cpu;
 use tsm::abi::host::leaf;
-use tsm::{Regs, Status, Tsm};
+use tsm::{Regs, Status};
 use tsm_client::guest::disk::{self, Prepare, CASES};
-use tsm_client::guest::result::{self, DiffCase, DiskRead, FaultsSeen, ReadsOutstanding, Revoked, Strays};
+use tsm_client::guest::result::{self, DiffCase, DiskRead, FaultsSeen, ReadsOutstanding, Record, Revoked, Strays};
 use tsm_client::guest::DEMO_LAYOUT;
-use tsm_client::host::{donate, scratch, HostMemory};
+use tsm_client::host::{donate, raw, scratch, HostMemory};
 
 use super::{Demo, Failed, StepResult, Why};
-use crate::drivers::phys::Mmio;
-use crate::host::HostCpu;
-use crate::platform::FirmwarePlatform;
+use crate::run::Agent;
 
 /// The TD's shared bit (GPAW 48).
 const SHARED_BIT: u64 = 1 << 47;
@@ -66,15 +69,23 @@ impl fmt::Display for MibS {
 
 /// Faults the TSM's log counted since IOMMU.SETUP, read by the host through its leaf (which
 /// first drains the unit's fault recording registers).
-fn fault_count(tsm: &mut Tsm<FirmwarePlatform>) -> u64 {
-    tsm.host_call(&Regs::call(leaf::IOMMU_FAULT_RD, 0, 0, 0, 0)).rcx
+fn fault_count(cpu: &mut Agent) -> u64 {
+    raw(cpu, Regs::call(leaf::IOMMU_FAULT_RD, 0, 0, 0, 0)).rcx
 }
 
 /// The fault record `n` of the TSM's log: (source id, reason, page), if there is one.
-fn fault_record(tsm: &mut Tsm<FirmwarePlatform>, n: u64) -> Option<(u64, u64, u64)> {
-    let r = tsm.host_call(&Regs::call(leaf::IOMMU_FAULT_RD, n, 0, 0, 0));
+fn fault_record(cpu: &mut Agent, n: u64) -> Option<(u64, u64, u64)> {
+    let r = raw(cpu, Regs::call(leaf::IOMMU_FAULT_RD, n, 0, 0, 0));
     (r.r9 == 1).then_some((r.rdx & 0xFFFF, r.rdx >> 16 & 0xFF, r.r8))
 }
+
+/// The walker's fault reasons (SEAMLESS.IOMMU.TRANSLATE's RDX) the unit reports with another
+/// code.
+const WALKER_NOT_PRESENT: u64 = 0x79;
+const WALKER_RESERVED: u64 = 0x7A;
+const WALKER_MMIO: u64 = 0xF0;
+const WALKER_SHARED: u64 = 0xF1;
+const WALKER_PASID_NOT_PRESENT: u64 = 0x59;
 
 /// True if the unit's fault `code` is the walker's `reason` as QEMU reports it
 /// (`../shared/reference/prototypes/vtd/run1.log`): QEMU gives a second-stage entry without the
@@ -82,16 +93,23 @@ fn fault_record(tsm: &mut Tsm<FirmwarePlatform>, n: u64) -> Option<(u64, u64, u6
 /// (the MMIO leaf's DMA_BLOCK bit 62) 0x0C, where the walker says the scalable-mode 0x79 and
 /// 0x7A or names the TSM's own rule (0xF0 MMIO leaf, 0xF1 shared GPA); other PASID-level and
 /// table-level reasons are the same code on both sides.
-fn same_class(reason: tsm::iommu::FaultReason, code: u64) -> bool {
-    use tsm::iommu::FaultReason as F;
+fn same_class(reason: u64, code: u64) -> bool {
     match reason {
-        F::SeptNotPresent(_) | F::SeptPermission | F::SharedGpa | F::HostMapNotPresent => code == 0x05,
-        F::SeptNotPrivateMemory(_) | F::SeptReserved => code == 0x0C,
+        WALKER_NOT_PRESENT | WALKER_SHARED => code == 0x05,
+        WALKER_MMIO | WALKER_RESERVED => code == 0x0C,
         // A not-present PASID entry is all zero in word 0 (`PasidEntry::word0`): QEMU checks its
         // PGTT (0, invalid: 0x5B) and never its P bit.
-        F::PasidEntryNotPresent => code == 0x5B,
-        other => u64::from(other.code()) == code,
+        WALKER_PASID_NOT_PRESENT => code == 0x5B,
+        other => other == code,
     }
+}
+
+/// The TSM's walker on one request of `function` (SEAMLESS.IOMMU.TRANSLATE): `Ok(())` if it
+/// translates, else the fault reason, with the S-EPT state found.
+fn walk(cpu: &mut Agent, function: u32, gpa: u64, write: bool) -> Result<Result<(), (u64, u64)>, Why> {
+    let regs = Regs { r9: u64::from(write), ..Regs::call(leaf::IOMMU_TRANSLATE, u64::from(function), 0, gpa, 0) };
+    let r = tsm_client::host::call(cpu, "SEAMLESS.IOMMU.TRANSLATE", regs)?;
+    Ok(if r.rcx == 1 { Ok(()) } else { Err((r.rdx, r.r8)) })
 }
 
 /// What QEMU's unit did with one write.
@@ -113,48 +131,50 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// The walker's verdict, for the log line.
-struct Walked(Result<(), tsm::iommu::FaultReason>);
+/// The walker's verdict, for the log line: the reason and, for an S-EPT entry, its state.
+struct Walked(Result<(), (u64, u64)>);
 
 impl fmt::Display for Walked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             Ok(()) => f.write_str("translates"),
-            Err(r) => write!(f, "{r:?} ({:#04x})", r.code()),
+            Err((reason, detail)) => {
+                let state = (detail & 1 << 16 != 0).then(|| tsm::sept::SeptState::from_code(detail & 0xFF)).flatten();
+                match state {
+                    Some(s) => write!(f, "{s:?} entry ({reason:#04x})"),
+                    None => write!(f, "{reason:#04x}"),
+                }
+            }
         }
     }
 }
 
-impl Demo<'_, '_> {
+impl Demo<'_> {
     /// Mode `assign`: the TD's read of the drive into private pages (its own figure, timed in
     /// the TD), its stray READs the unit must refuse and log, one timed domain-selective
     /// invalidation, the TD's own look at its fault log, then the differential test.
     pub(super) fn read_disk(&mut self, function: u32, tl: &mut super::Timeline) -> Result<(), Failed> {
-        tl.begin("nvme_dma", self.switches());
-        let before = fault_count(self.cpu.tsm);
+        tl.begin("nvme_dma");
+        let before = fault_count(self.cpu);
         let r: DiskRead = self.result()?;
         let private_kib_s = self.report_disk(&r, before)?;
         if let Some(host) = self.host_kib_s {
             // The TD's DMA through its S-EPT against the host's through the host map, same READs,
             // both timed over the commands only.
             let permille = (private_kib_s * 1000).checked_div(host).unwrap_or(0);
-            super::super::figure(
-                "dma_private_vs_host",
-                &format_args!("{}.{:03}", permille / 1000, permille % 1000),
-                "ratio",
-            );
+            figure("dma_private_vs_host", &format_args!("{}.{:03}", permille / 1000, permille % 1000), "ratio");
         }
-        let before = fault_count(self.cpu.tsm);
+        let before = fault_count(self.cpu);
         let s: Strays = self.result()?;
         self.report_stray_dma(function, before, &s.statuses.map(|v| v.get()))?;
         let tsc = self.cpu.tsc();
         let t0 = tsc.now();
-        let r = self.cpu.tsm.host_call(&Regs::call(leaf::IQ_INV_REQUEST, self.td.td.tdr, 0, 0, 0));
+        let r = raw(self.cpu, Regs::call(leaf::IQ_INV_REQUEST, self.td.td.tdr, 0, 0, 0));
         let inv_ns = tsc.ticks_to_ns(tsc.now().wrapping_sub(t0));
         if r.status() != Status::SUCCESS {
             return Err(Failed { what: "IQ.INV", why: Why::Said("TDH.IQ.INV.REQUEST failed") });
         }
-        super::super::figure("iommu_inv_us", &format_args!("{}.{:03}", inv_ns / 1000, inv_ns % 1000), "us");
+        figure("iommu_inv_us", &format_args!("{}.{:03}", inv_ns / 1000, inv_ns % 1000), "us");
         let seen: FaultsSeen = self.result()?;
         if seen.named != 0b111 {
             return Err(Failed {
@@ -166,7 +186,7 @@ impl Demo<'_, '_> {
             "guest: SEAMLESS.TDG.IOMMU.FAULT.RD shows its device's {} fault records, naming each stray page",
             seen.seen.get()
         );
-        tl.end(self.switches());
+        tl.end();
         self.differential(function)
     }
 
@@ -174,6 +194,8 @@ impl Demo<'_, '_> {
     /// drive's and that the read faulted nowhere (`before`: the log before it), and the figure
     /// (returned, in KiB/s).
     fn report_disk(&mut self, r: &DiskRead, before: u64) -> Result<u64, Failed> {
+        // The TD's own record goes to the launcher as it came, typed and framed.
+        super::emit("td-disk.bin", r.bytes());
         say!(
             "guest: NVMe {:04x} \"{}\" serial \"{}\", namespace 1: {} blocks of {} bytes (Identify DMA'd into private pages)",
             r.vid.get(),
@@ -197,11 +219,11 @@ impl Demo<'_, '_> {
                 why: Why::Said("the data read is not the drive's content"),
             });
         }
-        if fault_count(self.cpu.tsm) != before {
+        if fault_count(self.cpu) != before {
             return Err(Failed { what: "guest: NVMe read", why: Why::Said("the read left IOMMU faults") });
         }
         let rate = kib_per_s(blocks, r.ticks.get(), self.cpu.tsc().hz());
-        super::super::figure("nvme_read_mib_s_private", &MibS(rate), "MiB/s");
+        figure("nvme_read_mib_s_private", &MibS(rate), "MiB/s");
         Ok(rate)
     }
 
@@ -210,11 +232,10 @@ impl Demo<'_, '_> {
     /// refused DMA more than once (a second record for the same page when the unit's fault
     /// register was drained in between, else compressed): the host takes each page's first.
     fn report_stray_dma(&mut self, function: u32, before: u64, statuses: &[u16; 3]) -> Result<(), Failed> {
-        let tsm = &mut *self.cpu.tsm;
-        let count = fault_count(tsm);
+        let count = fault_count(self.cpu);
         for ((gpa, what), status) in disk::stray(&DEMO_LAYOUT, SHARED_BIT).iter().zip(statuses) {
             let page = gpa & !0xFFF;
-            let found = (before..count).find_map(|n| fault_record(tsm, n).filter(|r| r.2 == page));
+            let found = (before..count).find_map(|n| fault_record(self.cpu, n).filter(|r| r.2 == page));
             let Some((sid, reason, _)) = found else {
                 return Err(Failed { what: "DMA fault cases", why: Why::Said("a stray DMA left no fault record") });
             };
@@ -234,9 +255,9 @@ impl Demo<'_, '_> {
         match c.prepare {
             Prepare::Nothing => {}
             Prepare::AugPending => {
-                let page = donate(&mut self.cpu).step("differential: AUG")?;
+                let page = donate(self.cpu).step("differential: AUG")?;
                 let gpa = disk::pending_page(&DEMO_LAYOUT);
-                let r = self.cpu.tsm.host_call(&Regs::call(leaf::MEM_PAGE_AUG, gpa, tdr, page, 0));
+                let r = raw(self.cpu, Regs::call(leaf::MEM_PAGE_AUG, gpa, tdr, page, 0));
                 if r.status() != Status::SUCCESS {
                     return Err(Failed {
                         what: "differential",
@@ -246,8 +267,8 @@ impl Demo<'_, '_> {
             }
             Prepare::BlockDma => {
                 // After DMAR.BLOCK, and the invalidation the host owes before a remove.
-                let r = self.cpu.tsm.host_call(&Regs::call(leaf::DMAR_BLOCK, self.a.tdi, 0, 0, 0));
-                let inv = self.cpu.tsm.host_call(&Regs::call(leaf::IQ_INV_REQUEST, tdr, 0, 0, 0));
+                let r = raw(self.cpu, Regs::call(leaf::DMAR_BLOCK, self.a.tdi, 0, 0, 0));
+                let inv = raw(self.cpu, Regs::call(leaf::IQ_INV_REQUEST, tdr, 0, 0, 0));
                 if r.status() != Status::SUCCESS || inv.status() != Status::SUCCESS {
                     return Err(Failed { what: "differential", why: Why::Said("TDH.DMAR.BLOCK or IQ.INV failed") });
                 }
@@ -266,7 +287,7 @@ impl Demo<'_, '_> {
         let mut agreed = 0;
         for (i, c) in cases.iter().enumerate() {
             self.prepare(c)?;
-            let before = fault_count(self.cpu.tsm);
+            let before = fault_count(self.cpu);
             let seen: DiffCase = self.result()?;
             if usize::from(seen.case) != i {
                 return Err(Failed { what: "differential", why: Why::Said("the TD reported another case") });
@@ -275,22 +296,18 @@ impl Demo<'_, '_> {
             // fetch, a read of the I/O submission queue page.
             let (gpa, write) =
                 if seen.completed == 1 { (c.gpa, true) } else { (disk::queues(&DEMO_LAYOUT).iosq, false) };
-            let rid = tsm::iommu::Rid::from_raw(function as u16);
-            let walker = {
-                let iommu = self.cpu.tsm.iommu().ok_or(Why::Said("no IOMMU")).step("differential")?;
-                iommu.translate(self.cpu.tsm.platform(), rid, None, gpa, write)
-            };
+            let walker = walk(self.cpu, function, gpa, write).step("differential")?;
             let unit = self.unit_verdict(function, before, gpa, seen.landed)?;
             let same = match (walker, unit) {
-                (Ok(_), Verdict::Landed) => true,
-                (Err(f), Verdict::Fault(code)) => same_class(f.reason, code),
+                (Ok(()), Verdict::Landed) => true,
+                (Err((reason, _)), Verdict::Fault(code)) => same_class(reason, code),
                 _ => false,
             };
             let access = if write { "write" } else { "command fetch" };
             say!(
                 "differential: {}: {access} at GPA {gpa:#x}: unit {unit}, walker {}: {}",
                 c.what,
-                Walked(walker.map(|_| ()).map_err(|f| f.reason)),
+                Walked(walker),
                 if same { "same verdict" } else { "DIFFERENT" }
             );
             if !same {
@@ -307,10 +324,9 @@ impl Demo<'_, '_> {
     /// page, else the data the TD read back.
     fn unit_verdict(&mut self, function: u32, before: u64, gpa: u64, landed: u8) -> Result<Verdict, Failed> {
         let page = gpa & !0xFFF;
-        let tsm = &mut *self.cpu.tsm;
-        let count = fault_count(tsm);
+        let count = fault_count(self.cpu);
         let fault = (before..count)
-            .find_map(|n| fault_record(tsm, n).filter(|&(sid, _, p)| sid == u64::from(function) && p == page));
+            .find_map(|n| fault_record(self.cpu, n).filter(|&(sid, _, p)| sid == u64::from(function) && p == page));
         match (fault, landed) {
             (Some((_, reason, _)), _) => Ok(Verdict::Fault(reason)),
             (None, result::LANDED) => Ok(Verdict::Landed),
@@ -318,23 +334,32 @@ impl Demo<'_, '_> {
         }
     }
 
-    /// Mode `revoke`: the TD brings its controller up, fills its data pages with a marker and
-    /// leaves one 4 KiB READ outstanding into each; the exporter revokes the BAR at once.
-    /// DMABUF.REVOKE blocks the DMA entry and invalidates the IOTLB before it returns, so what
-    /// the pages hold at its return (drive data that landed before, or the marker) must be
-    /// what they hold once the device is done, which the TD checks after its fault log stopped
-    /// growing. Returns the TDI's state the TD read afterwards.
-    pub(super) fn revoke_under_dma(&mut self) -> Result<u64, Failed> {
+    /// Modes `revoke` and `stop`: the TD brings its controller up, fills its data pages with a
+    /// marker and leaves one 4 KiB READ outstanding into each; the exporter revokes the BAR at
+    /// once (or, `stop`, the host stops the TDI). DMABUF.REVOKE and TDI.STOP block the DMA entry
+    /// and invalidate the IOTLB before they return, so what the pages hold at the return (drive
+    /// data that landed before, or the marker) must be what they hold once the device is done,
+    /// which the TD checks after its fault log stopped growing. Returns the TDI's state the TD
+    /// read afterwards.
+    pub(super) fn revoke_under_dma(&mut self, stop: bool) -> Result<u64, Failed> {
         let outstanding: ReadsOutstanding = self.result()?;
-        let blocked = tsm_client::host::device::dmabuf_revoke(&mut self.cpu, &self.a).step("DMABUF.REVOKE")?;
-        say!(
-            "dmabuf: BAR0 revoked by the exporter while the TDI runs, {} READs outstanding; {blocked} mapped pages blocked",
-            outstanding.reads.get()
-        );
+        let reads = outstanding.reads.get();
+        if stop {
+            let device = tsm_client::host::device::stop(self.cpu, &mut self.doe, &self.a, &mut self.stats);
+            device.step("TDI.STOP")?;
+            say!("tdi: stopped by the host while RUN, {reads} READs outstanding; its MMIO and DMA entry blocked");
+        } else {
+            let blocked = tsm_client::host::device::dmabuf_revoke(self.cpu, &self.a).step("DMABUF.REVOKE")?;
+            say!(
+                "dmabuf: BAR0 revoked by the exporter while the TDI runs, {reads} READs outstanding; {blocked} mapped pages blocked"
+            );
+        }
         let r: Revoked = self.result()?;
+        super::emit("td-revoked.bin", r.bytes());
         let (pages, landed, late, refused) = (r.pages.get(), r.landed.get(), r.late.get(), r.refused.get());
         say!(
-            "dma: after the revoke returned: {landed} of {pages} pages held data that landed before it; {refused} DMA requests of the device refused since (fault records); {late} READs landed later"
+            "dma: after the {} returned: {landed} of {pages} pages held data that landed before it; {refused} DMA requests of the device refused since (fault records); {late} READs landed later",
+            if stop { "stop" } else { "revoke" }
         );
         // QEMU translates a READ's data pages when the device maps them, before its backend
         // reads the drive, and models no drain of such in-flight DMA at an invalidation (VT-d's
@@ -342,21 +367,50 @@ impl Demo<'_, '_> {
         // after it, so only the refusals since are QEMU's evidence; the ordering itself (block
         // and invalidation before the return) is tested in the harness (`assign_dma.rs`).
         if late != 0 {
-            say!("dma: {late} READs translated before the revoke returned completed after it (QEMU models no VT-d drain)");
+            say!(
+                "dma: {late} READs translated before the call returned completed after it (QEMU models no VT-d drain)"
+            );
         }
         Ok(r.state.get())
     }
+}
+
+/// How long the host waits for a command the blocking table holds (QEMU's controller fetches a
+/// command within microseconds of the doorbell).
+const BLOCKED_WAIT_MS: u64 = 100;
+
+/// Before SEAMLESS.IOMMU.SETUP the host drives its controller (`host_nvme::dma_before_setup`):
+/// with the TSM's blocking root table in the unit no DMA lands, not even in the host's own
+/// pages; the host's read through the host domain after the setup is the control.
+pub(super) fn before_setup(cpu: &mut Agent, regs: &Mmio) -> Result<(), Why> {
+    let mut pages = crate::host_nvme::HostPages { queues: [0; 4], data: [0; disk::DATA_PAGES] };
+    for p in pages.queues.iter_mut().chain(pages.data.iter_mut().take(1)) {
+        *p = scratch(cpu)?;
+    }
+    let tsc = cpu.tsc();
+    let b =
+        crate::host_nvme::dma_before_setup(regs, cpu.host.frames(), &tsc, &pages, BLOCKED_WAIT_MS).map_err(|e| {
+            say!("host: NVMe before IOMMU.SETUP: {e}");
+            Why::Said("the host's NVMe check before IOMMU.SETUP failed")
+        })?;
+    if !b.held() {
+        say!("dma: before IOMMU.SETUP the host's IDENTIFY reached memory: {b:?}");
+        return Err(Why::Said("device DMA passed before IOMMU.SETUP"));
+    }
+    say!(
+        "dma: before IOMMU.SETUP the host's NVMe IDENTIFY (queues and data page in host RAM) went nowhere: no completion in {} us, the completion queue and the data page unchanged (the unit walks the TSM's blocking root table); controller disabled again",
+        b.waited_us
+    );
+    Ok(())
 }
 
 /// The host, still owning the NVMe controller, reads the same blocks as the TD will into its own
 /// pages through the host domain: HOST.ATTACH of the function (its second stage = the host map),
 /// the read, the digest check, then HOST.DETACH, whose invalidation completed before it returned
 /// (the controller is the TD's from DMAR.ADD on). Returns the rate in KiB/s.
-pub(super) fn host_read(cpu: &mut HostCpu<'_>, regs: &Mmio, function: u32) -> Result<u64, Why> {
+pub(super) fn host_read(cpu: &mut Agent, regs: &Mmio, function: u32) -> Result<u64, Why> {
     let f = [donate(cpu)?, donate(cpu)?, donate(cpu)?];
-    let r = cpu
-        .tsm
-        .host_call(&Regs { r10: f[2], ..Regs::call(leaf::IOMMU_HOST_ATTACH, u64::from(function), 0, f[0], f[1]) });
+    let r = raw(cpu, Regs { r10: f[2], ..Regs::call(leaf::IOMMU_HOST_ATTACH, u64::from(function), 0, f[0], f[1]) });
     if r.status() != Status::SUCCESS {
         say!("host: SEAMLESS.IOMMU.HOST.ATTACH returned {:#x}", r.rax);
         return Err(Why::Said("SEAMLESS.IOMMU.HOST.ATTACH failed"));
@@ -366,14 +420,14 @@ pub(super) fn host_read(cpu: &mut HostCpu<'_>, regs: &Mmio, function: u32) -> Re
             HostMemory::release(cpu, frame);
         }
     }
-    let mut pages = crate::run::host_nvme::HostPages { queues: [0; 4], data: [0; disk::DATA_PAGES] };
+    let mut pages = crate::host_nvme::HostPages { queues: [0; 4], data: [0; disk::DATA_PAGES] };
     for p in pages.queues.iter_mut().chain(pages.data.iter_mut()) {
         *p = scratch(cpu)?;
     }
     let blocks = attest::disk::DEMO_BLOCKS;
     let tsc = cpu.tsc();
-    let read = crate::run::host_nvme::read(regs, cpu.host.frames(), &tsc, &pages, blocks);
-    let r = cpu.tsm.host_call(&Regs::call(leaf::IOMMU_HOST_DETACH, u64::from(function), 0, 0, 0));
+    let read = crate::host_nvme::read(regs, cpu.host.frames(), &tsc, &pages, blocks);
+    let r = raw(cpu, Regs::call(leaf::IOMMU_HOST_DETACH, u64::from(function), 0, 0, 0));
     let read = read.map_err(|e| {
         say!("host: NVMe read through the host domain: {e}");
         Why::Said("the host's own NVMe read failed")
@@ -394,6 +448,6 @@ pub(super) fn host_read(cpu: &mut HostCpu<'_>, regs: &Mmio, function: u32) -> Re
     }
     say!("dma: the NVMe function left the host domain (entry zeroed, invalidation confirmed)");
     let rate = kib_per_s(blocks, read.ticks, tsc.hz());
-    super::super::figure("nvme_read_mib_s_host", &MibS(rate), "MiB/s");
+    figure("nvme_read_mib_s_host", &MibS(rate), "MiB/s");
     Ok(rate)
 }

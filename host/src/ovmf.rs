@@ -4,58 +4,67 @@
 //! The host agent reads the image from fw_cfg (`opt/seamless/ovmf`), builds the TD from its TDX
 //! metadata (`tsm_client::host::tdvf::build`: PAGE.ADD and MR.EXTEND of the BFV, the CFV, the
 //! TD HOB describing `td_mib` MiB of RAM, TEMP_MEM; the rest of the RAM AUGed at the sizes edk2
-//! accepts), checks that the TSM's MRTD is the one `attest` computes from the same file, and
-//! runs the vCPU with `tsm_client::host::ghci::run`, serving every TDG.VP.VMCALL on this
-//! machine ([`FirmwareMachine`]): COM1 is the real UART (OVMF's console is the run's console),
-//! PCI configuration reaches the real host bridge and LPC bridge, the PM timer is the real one,
-//! fw_cfg is the TD's view of QEMU's. When the UEFI shell's prompt shows, the host types
-//! `reset -s`; the shell powers the TD off (ACPI S5), the host tears it down, checks that every
-//! page came back, and prints the figures (COM3 frames).
+//! accepts), checks that the TSM's MRTD (SEAMLESS.TD.MR.RD) is the one `attest` computes from
+//! the same file, and runs the vCPU with `tsm_client::host::ghci::run`, serving every
+//! TDG.VP.VMCALL from the host world ([`HostMachine`]): COM1 is the real UART (OVMF's console
+//! is the run's console), PCI configuration reaches the real host bridge and LPC bridge (reads
+//! through ECAM, writes through ports 0xCF8/0xCFC, where the TSM sees the register), the PM
+//! timer is the real one, fw_cfg is the TD's view of QEMU's. When the UEFI shell's prompt
+//! shows, the host types `reset -s`; the shell powers the TD off (ACPI S5), the host tears it
+//! down, checks that every page came back, and prints the figures (COM3 frames). The TD run is
+//! the phase `ovmf_td`, at whose end the TSM breaks the TD worlds' exits down by kind.
 
 use core::fmt;
 
 use attest::tdvf::Tdvf;
-use tsm::addr::Pfn;
+use tsm::abi::host::leaf;
 use tsm::td::TdParams;
-use tsm::Tsm;
+use tsm::Regs;
 use tsm_client::host::ghci::ports::PowerRequest;
 use tsm_client::host::ghci::run::{self as td_run, Ended, RunPlan, RunReport};
 use tsm_client::host::ghci::{Ghci, Machine, PciFilter, Stop, TdView};
 use tsm_client::host::td as flow_td;
 use tsm_client::host::tdvf::{self, Aug};
+use tsm_client::host::{call, HostError};
 
-use super::{fail, figure, Hex, Ms};
+use seamless_drivers::bootinfo::BootInfo;
+use seamless_drivers::config::{RunConfig, OVMF_FILE};
+use seamless_drivers::console::{figure, Hex, Ms};
+use seamless_drivers::fw_cfg::{FwCfg, FwCfgError};
+use seamless_drivers::legacy::LegacyPorts;
+use seamless_drivers::pci::Pcie;
+use seamless_drivers::say;
+use seamless_drivers::serial::Uart;
+use seamless_drivers::tsc::Tsc;
+use seamless_drivers::{phases, phys};
+use seamless_host::{device, Cpu};
+
 use crate::arch::{self, ExitCode};
-use crate::config::{RunConfig, OVMF_FILE};
-use crate::drivers::acpi;
-use crate::drivers::fw_cfg::{FwCfg, FwCfgError};
-use crate::drivers::legacy::LegacyPorts;
-use crate::drivers::pci::Pcie;
-use crate::drivers::serial::Uart;
-use crate::drivers::tsc::Tsc;
-use crate::host::{Host, HostCpu};
-use crate::memmap::MemoryMap;
-use crate::platform::FirmwarePlatform;
+use crate::run::{fail, Agent};
+
+/// The largest TDVF the host takes (Debian's OVMF.fd is 2 MiB; the 4 MiB builds fit too, so
+/// the build can refuse them for what they are).
+const OVMF_MAX: u64 = 4 << 20;
 
 /// What the host types at the UEFI shell's prompt: power off (ACPI S5).
 const SHELL_COMMAND: &[u8] = b"reset -s\r";
 
-/// The machine a TDVF TD's requests are served on: the legacy ports, ECAM, fw_cfg, CPUID and the
-/// TSC of the QEMU machine the firmware runs on.
-struct FirmwareMachine<'a> {
+/// The machine a TDVF TD's requests are served on: the legacy ports, PCI configuration, fw_cfg,
+/// CPUID and the TSC of the QEMU machine, as the host world reaches them.
+struct HostMachine<'a> {
     tsc: Tsc,
     ports: LegacyPorts,
     pcie: &'a Pcie,
     fw_cfg: &'a FwCfg,
 }
 
-impl fmt::Debug for FirmwareMachine<'_> {
+impl fmt::Debug for HostMachine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FirmwareMachine").finish_non_exhaustive()
+        f.debug_struct("HostMachine").finish_non_exhaustive()
     }
 }
 
-impl Machine for FirmwareMachine<'_> {
+impl Machine for HostMachine<'_> {
     fn io_read(&mut self, port: u16, size: u8) -> u32 {
         self.ports.read(port, size)
     }
@@ -66,7 +75,10 @@ impl Machine for FirmwareMachine<'_> {
         self.pcie.config_read(bdf, reg, size).unwrap_or(u32::MAX)
     }
     fn pci_config_write(&mut self, bdf: u16, reg: u16, size: u8, value: u32) {
-        self.pcie.config_write(bdf, reg, size, value);
+        // Through the ports: the chipset's ECAM pages are read-only in the host world, and
+        // there the TSM sees the register (PciFilter passes only the chipset's functions, whose
+        // registers a TDVF writes all lie below 0x100). A write past 0x100 is dropped.
+        Pcie::config_write_legacy(bdf, reg, size, value);
     }
     fn fw_cfg_select(&mut self, key: u16) {
         self.fw_cfg.select_item(key);
@@ -114,35 +126,41 @@ impl fmt::Display for Secs {
 }
 
 /// Mode `ovmf`; ends QEMU with success only if the TD reached the shell and powered off.
-pub fn run(
-    config: &RunConfig,
-    tsc: &Tsc,
-    tsm: &mut Tsm<FirmwarePlatform>,
-    host: &mut Host,
-    map: &MemoryMap,
-    ecam: acpi::Ecam,
-) -> ! {
+pub fn run(cpu: &mut Agent, info: &BootInfo, config: &RunConfig) -> ! {
     let fw = FwCfg::new().unwrap_or_else(|e| fail(OVMF_FILE, &e));
-    let ovmf = match fw.read_large_file(OVMF_FILE) {
-        Ok(f) => f,
+    let size = match fw.find(OVMF_FILE) {
+        Ok((_, size)) => u64::from(size),
         Err(FwCfgError::NotFound) => fail(
             OVMF_FILE,
             &"no OVMF image in fw_cfg: the launcher passes -fw_cfg name=opt/seamless/ovmf,file=/usr/share/ovmf/OVMF.fd",
         ),
         Err(e) => fail(OVMF_FILE, &e),
     };
-    say!("host: OVMF image {} KiB from fw_cfg {OVMF_FILE}", ovmf.len() / 1024);
-    let pcie = Pcie::open(ecam, map).unwrap_or_else(|e| fail("PCIe", &format_args!("ECAM at {:#x} unusable", e.base)));
+    if size > OVMF_MAX {
+        fail(OVMF_FILE, &format_args!("{size} bytes: more than the {} MiB a TDVF may have here", OVMF_MAX >> 20));
+    }
+    // The host's copy, kept whole while the TD is built: its own RAM above the TDMR.
+    let frames = cpu.host.frames();
+    let room = frames.ranges().iter().find_map(|&(s, e)| {
+        let start = s.max(cpu.layout.tdmr.1);
+        (start + size <= e).then_some(start)
+    });
+    let buf = room.and_then(|at| phys::lend(&frames, at, size.next_multiple_of(4096))).unwrap_or_else(|| {
+        fail(OVMF_FILE, &"no host RAM above the TDMR to hold it (give QEMU more -m, or lower tdmr_max_mib)")
+    });
+    let n = fw.read_file(OVMF_FILE, buf).unwrap_or_else(|e| fail(OVMF_FILE, &e));
+    let ovmf: &[u8] = &buf[..n];
+    say!("host: OVMF image {} KiB from fw_cfg {OVMF_FILE}, in host RAM at {:#x}", ovmf.len() / 1024, room.unwrap_or(0));
+    let map = info.memory_map();
+    let ecam = device::find_ecam(info.rsdp);
+    let pcie = Pcie::open(ecam, &map).unwrap_or_else(|e| fail("PCIe", &format_args!("ECAM at {:#x} unusable", e.base)));
+    let tsc = cpu.tsc();
     let ram_bytes = config.td_mib << 20;
     let ram = [(0, ram_bytes)];
-    let mut cpu = HostCpu::new(tsm, host, *tsc);
-    // The per-call defmt record would dominate the run (every TDCALL and TDVMCALL is a call).
-    cpu.tsm.platform_mut().log_calls = false;
     let t_build = tsc.now();
-    let built = tdvf::build(&mut cpu, ovmf, &params(), &ram, Aug::UpFront).unwrap_or_else(|e| fail("TDVF build", &e));
+    let built = tdvf::build(cpu, ovmf, &params(), &ram, Aug::UpFront).unwrap_or_else(|e| fail("TDVF build", &e));
     let build_us = tsc.ticks_to_us(tsc.now().wrapping_sub(t_build));
-    let tdr = Pfn::new(built.td.tdr >> 12).unwrap_or(Pfn::ZERO);
-    let mrtd = cpu.tsm.td_measurements(tdr).map(|m| m.mrtd).unwrap_or([0; 48]);
+    let mrtd = measurement(cpu, built.td.tdr, 0).unwrap_or_else(|e| fail("TD measurements", &e));
     let expected = Tdvf::parse(ovmf).map(|t| t.mrtd()).unwrap_or([0xFF; 48]);
     say!(
         "host: TDVF TD built in {} ms: {} pages added ({} measured), {} x 2 MiB + {} x 4 KiB AUGed, {} MiB of RAM in {} HOB ranges",
@@ -155,7 +173,7 @@ pub fn run(
         built.map.ranges().len()
     );
     say!(
-        "host: MRTD {} ({})",
+        "host: MRTD {} (the TSM's, SEAMLESS.TD.MR.RD; {})",
         Hex(&mrtd),
         if mrtd == expected { "equals attest measure's" } else { "DIFFERS from attest measure's" }
     );
@@ -172,16 +190,17 @@ pub fn run(
         ram: &ranges[..built.map.ranges().len()],
         pci: PciFilter::Q35_PLATFORM,
     };
-    let mut machine = FirmwareMachine { tsc: *tsc, ports: LegacyPorts::new(), pcie: &pcie, fw_cfg: &fw };
+    let mut machine = HostMachine { tsc, ports: LegacyPorts::new(), pcie: &pcie, fw_cfg: &fw };
     let mut ghci = Ghci::new(&mut machine, &view, config.fw_cfg_dma).unwrap_or_else(|e| fail("fw_cfg for the TD", &e));
     say!("host: booting OVMF as a TD; its console follows");
     let start = machine.now_ns();
     let plan = RunPlan { deadline_ns: start + config.td_timeout_s * 1_000_000_000, shell_command: Some(SHELL_COMMAND) };
     let mut report = RunReport::default();
-    let switches_before = cpu.tsm.platform().td.as_ref().map_or(0, |w| w.switches);
-    let ended = td_run::run(&mut cpu, &mut machine, built.vcpu, &view, &mut ghci, &plan, &mut report);
+    arch::phase_mark(Some(phases::OVMF_TD));
+    let ended = td_run::run(cpu, &mut machine, built.vcpu, &view, &mut ghci, &plan, &mut report);
     let wall = machine.now_ns() - start;
     say!("");
+    arch::phase_mark(None);
     let ended = match ended {
         Ok(e) => e,
         Err(e) => {
@@ -190,34 +209,46 @@ pub fn run(
         }
     };
     say!("host: the OVMF TD ended after {} s: {ended}", Secs(wall));
-    if let Some(m) = cpu.tsm.td_measurements(tdr) {
-        for (i, r) in m.rtmr.iter().enumerate() {
-            say!("host: RTMR{i} {}", Hex(r));
-        }
-        // As framed data for the tools: MRTD, then RTMR0..3.
-        let mut rtmrs = [0u8; 4 * 48];
-        for (chunk, r) in rtmrs.chunks_exact_mut(48).zip(&m.rtmr) {
-            chunk.copy_from_slice(r);
-        }
-        artifact("ovmf-mrtd.bin", &m.mrtd);
-        artifact("ovmf-rtmrs.bin", &rtmrs);
+    // MRTD, then RTMR0..3, as the TSM has them (SEAMLESS.TD.MR.RD), framed for the tools.
+    let mut mrs = [[0u8; 48]; 5];
+    for (which, mr) in mrs.iter_mut().enumerate() {
+        *mr = measurement(cpu, built.td.tdr, which as u64).unwrap_or_else(|e| fail("TD measurements", &e));
     }
-    print_figures(&cpu, &ghci, &report, start, switches_before);
+    for (i, r) in mrs[1..].iter().enumerate() {
+        say!("host: RTMR{i} {}", Hex(r));
+    }
+    let mut rtmrs = [0u8; 4 * 48];
+    for (chunk, r) in rtmrs.chunks_exact_mut(48).zip(&mrs[1..]) {
+        chunk.copy_from_slice(r);
+    }
+    artifact("ovmf-mrtd.bin", &mrs[0]);
+    artifact("ovmf-rtmrs.bin", &rtmrs);
+    print_figures(&ghci, &report, start);
     let clean = matches!(ended, Ended::Stopped(Stop::Power(PowerRequest::Shutdown))) && report.shell_ns.is_some();
     if !clean {
         last_state(&report);
     }
     // Torn down like any TD, whatever the end: every donated page comes back.
-    flow_td::destroy(&mut cpu, built.td.tdr, &[built.vcpu]).unwrap_or_else(|e| fail("OVMF TD teardown", &e));
-    match flow_td::check_all_free(&mut cpu) {
+    flow_td::destroy(cpu, built.td.tdr, &[built.vcpu]).unwrap_or_else(|e| fail("OVMF TD teardown", &e));
+    match flow_td::check_all_free(cpu) {
         Ok(n) => say!("host: OVMF TD torn down; all {n} donated pages are free again"),
         Err(e) => fail("OVMF TD teardown", &e),
     }
     if !clean {
         fail("OVMF TD", &format_args!("it did not reach the shell and power off: {ended}"));
     }
-    say!("seamless firmware: ovmf done");
-    arch::exit_qemu(ExitCode::Success)
+    say!("seamless host: ovmf done");
+    arch::exit(ExitCode::Success)
+}
+
+/// SEAMLESS.TD.MR.RD of the TD's register `which` (0 MRTD, 1..4 RTMR0..3).
+fn measurement(cpu: &mut Agent, tdr: u64, which: u64) -> Result<[u8; 48], HostError> {
+    let r = call(cpu, "SEAMLESS.TD.MR.RD", Regs::call(leaf::TD_MR_RD, tdr, which, 0, 0))?;
+    let mut mr = [0u8; 48];
+    for (chunk, w) in mr.chunks_exact_mut(8).zip([r.rcx, r.rdx, r.r8, r.r9, r.r10, r.r11]) {
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+    Ok(mr)
 }
 
 /// A file on COM3 (`firmware artifacts` decodes it).
@@ -247,7 +278,7 @@ fn last_state(report: &RunReport) {
     );
 }
 
-fn print_figures(cpu: &HostCpu<'_>, ghci: &Ghci, report: &RunReport, start: u64, switches_before: u64) {
+fn print_figures(ghci: &Ghci, report: &RunReport, start: u64) {
     let since = |t: Option<u64>| t.map(|t| t.saturating_sub(start));
     if let Some(ns) = since(report.first_output_ns) {
         figure("ovmf_td_first_output_s", &Secs(ns), "s");
@@ -306,31 +337,4 @@ fn print_figures(cpu: &HostCpu<'_>, ghci: &Ghci, report: &RunReport, start: u64,
     figure("ovmf_td_tdvmcalls", &(v.io + v.mmio + v.msr + v.cpuid + v.hlt + v.map_gpa + v.other), "calls");
     figure("ovmf_td_tdvmcall_io", &v.io, "calls");
     figure("ovmf_td_fw_cfg_bytes", &(ghci.fw_cfg.bytes_real + ghci.fw_cfg.bytes_own), "bytes");
-    if let Some(w) = cpu.tsm.platform().td.as_ref() {
-        let k = &w.counts;
-        say!(
-            "world: TD exits: {} nested page faults, {} TDCALLs, {} CPUID ({} answered by the TSM), {} MSR ({} in the TSM), {} I/O, {} HLT, {} other; #VEs: {} CPUID, {} HLT, {} I/O, {} MSR, {} EPT; {} interrupts injected ({} deferred to a later exit), {} events re-delivered, {} table resets, {} time slices ended by the preemption timer",
-            k.npf,
-            k.tdcall,
-            k.cpuid,
-            k.cpuid_in_tsm,
-            k.msr,
-            k.msr_in_tsm,
-            k.io,
-            k.hlt,
-            k.other,
-            k.ve[0],
-            k.ve[1],
-            k.ve[2],
-            k.ve[3],
-            k.ve[4],
-            k.interrupts,
-            k.deferred,
-            k.redelivered,
-            w.resets,
-            k.preempted
-        );
-        figure("ovmf_td_world_switches", &(w.switches - switches_before), "exits");
-        figure("ovmf_td_ves", &k.ve.iter().sum::<u64>(), "ves");
-    }
 }
