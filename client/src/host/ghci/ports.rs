@@ -107,6 +107,13 @@ impl Console {
         self.written += 1;
     }
 
+    /// The last bytes the TD wrote (up to 32): what it said last, for the report of a run
+    /// that ended badly.
+    pub fn tail(&self) -> &[u8] {
+        let n = usize::try_from(self.written).unwrap_or(usize::MAX).min(self.tail.len());
+        &self.tail[self.tail.len() - n..]
+    }
+
     /// True if the last bytes the TD wrote are `s`.
     pub fn ends_with(&self, s: &[u8]) -> bool {
         s.len() <= self.tail.len() && self.tail.ends_with(s)
@@ -461,6 +468,7 @@ mod tests {
             write(&mut m, &mut p, &mut fw, 0x3F8, 1, u32::from(*b));
         }
         assert!(p.console.ends_with(b"Shell> "));
+        assert_eq!(p.console.tail(), b"Shell> ", "the tail holds what was written, no more");
         assert_eq!(m.log.len(), 7, "every byte on the real UART");
         p.console.type_in(b"x\r");
         assert_eq!(read(&mut m, &mut p, &mut fw, 0x3FD, 1), 0x5B, "data ready while typed input waits");
