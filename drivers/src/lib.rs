@@ -4,7 +4,8 @@
 //! ([`fw_cfg`]), the codes that end a run ([`exit`]), PCIe configuration space through ECAM ([`pci`]), the DOE mailbox ([`doe`]),
 //! the TSC ([`tsc`]), the ACPI tables ([`acpi`]), physical memory ([`phys`]), port I/O
 //! ([`port`]), the legacy ports a TD's host serves ([`legacy`]), the run configuration ([`config`]), the memory map and the layout carved from it
-//! ([`memmap`]), and the boot information the TSM hands the host world ([`bootinfo`]).
+//! ([`memmap`]), the boot information the TSM hands the host world ([`bootinfo`]), and the exception entry of the
+//! two world binaries ([`trap`]).
 //!
 //! Both binaries run on one CPU with identity-mapped low memory and the direct map at
 //! [`phys::DIRECT_MAP_BASE`]; each names its own memory once at boot
@@ -13,7 +14,7 @@
 //! nested map, the ports its I/O permission map passes and no MSR at all.
 //!
 //! `unsafe` lives in the modules that touch hardware (`port`, `phys`, `serial`, `fw_cfg`, `tsc`,
-//! `pci`, `legacy`), each block with the reason it is sound. Built for the host (tests, clippy), the pure
+//! `pci`, `legacy`, `trap`), each block with the reason it is sound. Built for the host (tests, clippy), the pure
 //! modules' tests run; nothing executes an I/O instruction there.
 
 #![cfg_attr(not(test), no_std)]
@@ -34,4 +35,5 @@ pub mod phases;
 pub mod phys;
 pub mod port;
 pub mod serial;
+pub mod trap;
 pub mod tsc;

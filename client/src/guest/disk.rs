@@ -29,7 +29,7 @@ pub const SHORT: u64 = 1 << 29;
 /// Ticks the fault log must stay unchanged before the revocation case looks at its pages.
 pub const QUIET: u64 = 1 << 28;
 /// Rounds of the timed read (the best counts): the TD's and the host's alike.
-pub const ROUNDS: u32 = 3;
+pub const ROUNDS: u32 = 9;
 /// Pages each READ of the revocation case moves (256 KiB: QEMU's NVMe takes up to 512 KiB a
 /// command), so the device's DMA is still going when the host's call comes.
 pub const LONG_READ_PAGES: u64 = 64;

@@ -5,9 +5,9 @@
 use core::arch::asm;
 use core::cell::UnsafeCell;
 
-use x86::bits64::segmentation::Descriptor64;
-use x86::dtables::{lidt, DescriptorTablePointer};
-use x86::segmentation::{BuildDescriptor, DescriptorBuilder, GateDescriptorBuilder, SegmentSelector};
+use seamless_drivers::trap::Idt;
+pub use seamless_drivers::trap::TrapFrame;
+use x86::segmentation::SegmentSelector;
 use x86::Ring;
 
 use crate::tdcall::TdcallRegs;
@@ -47,64 +47,20 @@ pub fn tdcall(r: &mut TdcallRegs) {
     }
 }
 
+seamless_drivers::exception_stubs!("guest_trap_stubs", "guest_trap");
+
 unsafe extern "C" {
     static guest_trap_stubs: [u64; 32];
 }
 
-struct Idt(UnsafeCell<[Descriptor64; 32]>);
-// SAFETY: one vCPU; `init_idt` is the only writer and runs once, before the IDT is loaded.
-unsafe impl Sync for Idt {}
-static IDT: Idt = Idt(UnsafeCell::new([Descriptor64::NULL; 32]));
+static IDT: Idt = Idt::new();
 
-/// Fills and loads the IDT: the 32 exception vectors, each an interrupt gate to its stub in
-/// `start.S`, which calls [`guest_trap`]. Call once, first thing in `guest_main`.
+/// Fills and loads the IDT: the 32 exception vectors, each an interrupt gate to its stub, which
+/// calls [`guest_trap`]. Call once, first thing in `guest_main`.
 pub fn init_idt() {
-    // SAFETY: a static array of 32 addresses the assembler filled; nothing writes it.
-    let stubs: &[u64; 32] = unsafe { &*core::ptr::addr_of!(guest_trap_stubs) };
-    let idt = IDT.0.get();
-    for (vector, &stub) in stubs.iter().enumerate() {
-        let gate: Descriptor64 = <DescriptorBuilder as GateDescriptorBuilder<u64>>::interrupt_descriptor(CODE64, stub)
-            .present()
-            .dpl(Ring::Ring0)
-            .finish();
-        // SAFETY: the only writer, before the IDT is loaded (see `Idt`).
-        unsafe { (*idt)[vector] = gate };
-    }
-    // SAFETY: the table is a static that lives forever; every gate points at a stub that saves
-    // the registers and calls `guest_trap`.
-    unsafe {
-        let table: &[Descriptor64; 32] = &*idt;
-        lidt(&DescriptorTablePointer::new_from_slice(table));
-    }
-}
-
-/// The registers `start.S`'s `trap_common` saves, lowest address first.
-#[repr(C)]
-#[derive(Debug)]
-#[allow(missing_docs)]
-pub struct TrapFrame {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub rbp: u64,
-    pub rdi: u64,
-    pub rsi: u64,
-    pub rdx: u64,
-    pub rcx: u64,
-    pub rbx: u64,
-    pub rax: u64,
-    pub vector: u64,
-    pub error: u64,
-    pub rip: u64,
-    pub cs: u64,
-    pub rflags: u64,
-    pub rsp: u64,
-    pub ss: u64,
+    // SAFETY: `guest_trap_stubs` is the table `exception_stubs!` built above, whose stubs call
+    // `guest_trap` (sound for any frame); CODE64 is the selector `start.S`'s GDT runs with.
+    unsafe { IDT.load(&*core::ptr::addr_of!(guest_trap_stubs), CODE64) };
 }
 
 /// The Rust entry `start.S` calls, in long mode on the guest's stack.

@@ -36,86 +36,6 @@ host_entry:
     jmp 2b
 
     .section .text
-    .macro stub vector, pushes_error
-    .balign 16
-host_trap_\vector:
-    .if \pushes_error == 0
-    push 0
-    .endif
-    push \vector
-    jmp host_trap_common
-    .endm
-
-    stub 0, 0
-    stub 1, 0
-    stub 2, 0
-    stub 3, 0
-    stub 4, 0
-    stub 5, 0
-    stub 6, 0
-    stub 7, 0
-    stub 8, 1
-    stub 9, 0
-    stub 10, 1
-    stub 11, 1
-    stub 12, 1
-    stub 13, 1
-    stub 14, 1
-    stub 15, 0
-    stub 16, 0
-    stub 17, 1
-    stub 18, 0
-    stub 19, 0
-    stub 20, 0
-    stub 21, 1
-    stub 22, 0
-    stub 23, 0
-    stub 24, 0
-    stub 25, 0
-    stub 26, 0
-    stub 27, 0
-    stub 28, 0
-    stub 29, 1
-    stub 30, 1
-    stub 31, 0
-
-host_trap_common:
-    push rax
-    push rbx
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push rbp
-    push r8
-    push r9
-    push r10
-    push r11
-    push r12
-    push r13
-    push r14
-    push r15
-    mov rdi, rsp
-    cld
-    call host_trap
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rbp
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rbx
-    pop rax
-    add rsp, 16
-    iretq
-
 /* u64 value, u64 faulted = host_probe_read(addr) */
     .global host_probe_read, host_probe_read_at, host_probe_read_fixup
 host_probe_read:
@@ -155,19 +75,6 @@ host_probe_tdcall_fixup:
     pop r12
     xor eax, eax
     ret
-
-    .section .rodata
-    .balign 8
-    .global host_trap_stubs
-host_trap_stubs:
-    .quad host_trap_0, host_trap_1, host_trap_2, host_trap_3
-    .quad host_trap_4, host_trap_5, host_trap_6, host_trap_7
-    .quad host_trap_8, host_trap_9, host_trap_10, host_trap_11
-    .quad host_trap_12, host_trap_13, host_trap_14, host_trap_15
-    .quad host_trap_16, host_trap_17, host_trap_18, host_trap_19
-    .quad host_trap_20, host_trap_21, host_trap_22, host_trap_23
-    .quad host_trap_24, host_trap_25, host_trap_26, host_trap_27
-    .quad host_trap_28, host_trap_29, host_trap_30, host_trap_31
 
     .section .data
     .balign 16

@@ -3,18 +3,18 @@
 //! writes, the boot information's page and the exit. The only `unsafe` of the binary lives here.
 
 use core::arch::asm;
-use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use seamless_drivers::port::Port;
 use seamless_drivers::say;
+use seamless_drivers::trap::Idt;
+pub use seamless_drivers::trap::TrapFrame;
 use tsm::Regs;
-use x86::bits64::segmentation::Descriptor64;
-use x86::dtables::{lidt, DescriptorTablePointer};
-use x86::segmentation::{BuildDescriptor, DescriptorBuilder, GateDescriptorBuilder, SegmentSelector};
+use x86::segmentation::SegmentSelector;
 use x86::Ring;
 
 core::arch::global_asm!(include_str!("entry.S"));
+seamless_drivers::exception_stubs!("host_trap_stubs", "host_trap");
 
 /// The 64-bit code selector of the agent's GDT (`entry.S`), the one the TSM enters it with.
 const CODE64: SegmentSelector = SegmentSelector::new(1, Ring::Ring0);
@@ -50,60 +50,14 @@ struct Probe {
 static MC_TAKEN: AtomicU64 = AtomicU64::new(0);
 static UD_TAKEN: AtomicU64 = AtomicU64::new(0);
 
-struct Idt(UnsafeCell<[Descriptor64; 32]>);
-// SAFETY: one CPU; `init` is the only writer and runs once, before the IDT is loaded.
-unsafe impl Sync for Idt {}
-static IDT: Idt = Idt(UnsafeCell::new([Descriptor64::NULL; 32]));
+static IDT: Idt = Idt::new();
 
-/// Fills and loads the IDT: the 32 exception vectors, each an interrupt gate to its stub in
-/// `entry.S`. Call once, first thing in `host_main`.
+/// Fills and loads the IDT: the 32 exception vectors, each an interrupt gate to its stub, which
+/// calls [`host_trap`]. Call once, first thing in `host_main`.
 pub fn init() {
-    // SAFETY: a static array of 32 addresses the assembler filled; nothing writes it.
-    let stubs: &[u64; 32] = unsafe { &*core::ptr::addr_of!(host_trap_stubs) };
-    let idt = IDT.0.get();
-    for (vector, &stub) in stubs.iter().enumerate() {
-        let gate: Descriptor64 = <DescriptorBuilder as GateDescriptorBuilder<u64>>::interrupt_descriptor(CODE64, stub)
-            .present()
-            .dpl(Ring::Ring0)
-            .finish();
-        // SAFETY: the only writer, before the IDT is loaded (see `Idt`).
-        unsafe { (*idt)[vector] = gate };
-    }
-    // SAFETY: the table is a static that lives forever; every gate points at a stub that saves
-    // the registers and calls `host_trap`.
-    unsafe {
-        let table: &[Descriptor64; 32] = &*idt;
-        lidt(&DescriptorTablePointer::new_from_slice(table));
-    }
-}
-
-/// The registers `entry.S`'s `host_trap_common` saves, lowest address first.
-#[repr(C)]
-#[derive(Debug)]
-#[allow(missing_docs)]
-pub struct TrapFrame {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub rbp: u64,
-    pub rdi: u64,
-    pub rsi: u64,
-    pub rdx: u64,
-    pub rcx: u64,
-    pub rbx: u64,
-    pub rax: u64,
-    pub vector: u64,
-    pub error: u64,
-    pub rip: u64,
-    pub cs: u64,
-    pub rflags: u64,
-    pub rsp: u64,
-    pub ss: u64,
+    // SAFETY: `host_trap_stubs` is the table `exception_stubs!` built above, whose stubs call
+    // `host_trap` (sound for any frame); CODE64 is the selector `entry.S`'s GDT runs with.
+    unsafe { IDT.load(&*core::ptr::addr_of!(host_trap_stubs), CODE64) };
 }
 
 /// The Rust entry `entry.S` calls, on the agent's stack, with the boot information's address.
