@@ -57,6 +57,8 @@ for t in $targets; do
     extra=()
     # A call sequence needs room: let libFuzzer grow abi_calls' inputs past its seeds at once.
     [[ $t == abi_calls ]] && extra=(-max_len=600 -len_control=0)
+    # GHCI's records are 33 bytes each, up to 64 of them.
+    [[ $t == ghci ]] && extra=(-max_len=2112 -len_control=0)
     # New inputs go to the work directory; the committed seeds (corpus/$t) are only read.
     cargo fuzz run -s none -a "$t" "$work/$t" "corpus/$t" -- \
         -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="$artifacts/$t/" \

@@ -148,8 +148,10 @@ pub struct Frame<'a> {
     pub data: &'a [u8],
 }
 
-/// Frames one stream may hold: the demo's four artifacts and its figures, with room to spare.
-pub const MAX_FRAMES: usize = 32;
+/// Frames one stream may hold: the demo's four artifacts and its figures, or mode `ovmf`'s
+/// two artifacts and about 40 figures (the TD's exits by cause and TDCALLs by leaf among them),
+/// with room to spare.
+pub const MAX_FRAMES: usize = 64;
 
 /// Decodes a whole stream; calls `each` for every frame once the stream checked out entirely.
 ///

@@ -16,14 +16,13 @@
 
 use core::fmt;
 
-use attest::tdvf::Tdvf;
+use attest::tdvf::{SectionType, Tdvf};
 use tsm::abi::host::leaf;
 use tsm::td::TdParams;
-use tsm::Regs;
+use tsm::{Regs, TdExit};
 use tsm_client::host::ghci::ports::PowerRequest;
-use tsm_client::host::ghci::run::{self as td_run, DeviceRequests, Ended, RunPlan, RunReport};
+use tsm_client::host::ghci::run::{self as td_run, DeviceRequests, Ended, LastState, RunPlan, RunReport};
 use tsm_client::host::ghci::{Ghci, Machine, PciFilter, Stop, TdView};
-use tsm_client::host::td as flow_td;
 use tsm_client::host::tdvf::{self, Aug};
 use tsm_client::host::{call, HostError};
 
@@ -41,10 +40,16 @@ use seamless_host::{device, Cpu};
 
 use crate::arch::{self, ExitCode};
 use crate::run::{fail, Agent};
+use crate::world_probe;
 
 /// The largest TDVF the host takes (Debian's OVMF.fd is 2 MiB; the 4 MiB builds fit too, so
 /// the build can refuse them for what they are).
 const OVMF_MAX: u64 = 4 << 20;
+
+/// The entry after whose exit the host attacks the running TD: mid-boot (a boot to the shell is
+/// 70,000 to 140,000 entries, most of them the PM timer reads of the shell's countdown), once
+/// OVMF has accepted its RAM below 4 GiB (SEC) and is in DXE.
+const ATTACK_AFTER_ENTRIES: u64 = 15_000;
 
 /// What the host types at the UEFI shell's prompt: power off (ACPI S5).
 const SHELL_COMMAND: &[u8] = b"reset -s\r";
@@ -202,17 +207,28 @@ pub fn run(cpu: &mut Agent, info: &BootInfo, config: &RunConfig) -> ! {
         deadline_ns: start + config.td_timeout_s * 1_000_000_000,
         shell_command: Some(SHELL_COMMAND),
         device,
+        pause_after_entries: Some(ATTACK_AFTER_ENTRIES),
     };
     let mut report = RunReport::default();
+    let private = private_pages(ovmf);
     arch::phase_mark(Some(phases::OVMF_TD));
-    let ended = td_run::run(cpu, &mut machine, built.vcpu, &view, &mut ghci, &plan, &mut report);
+    let ended = loop {
+        match td_run::run(cpu, &mut machine, built.vcpu, &view, &mut ghci, &plan, &mut report) {
+            Ok(Ended::Paused) => attack(cpu, &built, &report, &ghci, &private),
+            other => break other,
+        }
+    };
     let wall = machine.now_ns() - start;
     say!("");
     arch::phase_mark(None);
     let ended = match ended {
         Ok(e) => e,
         Err(e) => {
-            last_state(&report);
+            last_state(&report, &ghci);
+            match td_run::tear_down(cpu, &built.td, &[built.vcpu]) {
+                Ok(n) => say!("host: OVMF TD torn down; all {n} donated pages are free again"),
+                Err(e) => say!("host: OVMF TD teardown failed too: {e}"),
+            }
             fail("OVMF TD", &e)
         }
     };
@@ -234,11 +250,10 @@ pub fn run(cpu: &mut Agent, info: &BootInfo, config: &RunConfig) -> ! {
     print_figures(&ghci, &report, start);
     let clean = matches!(ended, Ended::Stopped(Stop::Power(PowerRequest::Shutdown))) && report.shell_ns.is_some();
     if !clean {
-        last_state(&report);
+        last_state(&report, &ghci);
     }
     // Torn down like any TD, whatever the end: every donated page comes back.
-    flow_td::destroy(cpu, built.td.tdr, &[built.vcpu]).unwrap_or_else(|e| fail("OVMF TD teardown", &e));
-    match flow_td::check_all_free(cpu) {
+    match td_run::tear_down(cpu, &built.td, &[built.vcpu]) {
         Ok(n) => say!("host: OVMF TD torn down; all {n} donated pages are free again"),
         Err(e) => fail("OVMF TD teardown", &e),
     }
@@ -267,23 +282,47 @@ fn artifact(name: &str, data: &[u8]) {
     }
 }
 
-/// The last exit's registers, for a run that ended badly.
-fn last_state(report: &RunReport) {
-    let r = &report.last_exit;
+/// The private pages of a TDVF TD the host attacks while it runs: its measured firmware (the
+/// BFV's first page), the TD HOB it was handed, and RAM it accepted (1 MiB: SEC accepts all RAM
+/// below 4 GiB before PEI).
+fn private_pages(ovmf: &[u8]) -> [world_probe::PrivatePage; 3] {
+    let tdvf = Tdvf::parse(ovmf).unwrap_or_else(|e| fail("TDVF metadata", &e));
+    let bfv = tdvf.sections().find(|s| s.ty == SectionType::Bfv).map_or(0, |s| s.gpa);
+    let hob = tdvf.td_hob().map_or(0, |s| s.gpa);
+    [("BFV (OVMF's measured code)", bfv), ("TD HOB", hob), ("RAM OVMF accepted", 1 << 20)]
+}
+
+/// The host world attacks the TD it is running, at an exit mid-boot (its vCPU out of guest mode
+/// between two VP.ENTERs): its private pages, TDR, TDCS, TDVPR, an S-EPT table and the TSM's
+/// memory, each read and written with the host's own instructions and each refused
+/// (`world_probe::attack_td`); and the exit it stopped at carries only the registers the TD
+/// exposed. The run then goes on, and the TD must reach the shell as if nothing happened.
+fn attack(
+    cpu: &mut Agent,
+    built: &tdvf::BuiltTdvf,
+    report: &RunReport,
+    ghci: &Ghci,
+    private: &[world_probe::PrivatePage],
+) {
+    let last = report.last_exit;
+    if TdExit::from_host_regs(&last).map(|e| e.host_regs()) != Some(last) {
+        fail("OVMF TD", &format_args!("its exit carries registers it did not expose: {last:x?}"));
+    }
+    let (objects, logged) =
+        world_probe::attack_td(cpu, &built.td, built.vcpu, private).unwrap_or_else(|e| fail("host world attacks", &e));
     say!(
-        "host: last TD exit after {} entries: RAX {:#x} RCX {:#x} RDX {:#x} R8 {:#x} R10 {:#x} R11 {:#x} R12 {:#x} R13 {:#x} R14 {:#x} R15 {:#x}",
+        "world: the host world attacked the running OVMF TD after {} entries ({} MapGPA calls served, {} console bytes written; exit reason {}, only its exposed registers): {objects} protected objects, {} accesses refused in hardware, {logged} fault-log entries read back; the TD runs on",
         report.entries,
-        r.rax,
-        r.rcx,
-        r.rdx,
-        r.r8,
-        r.r10,
-        r.r11,
-        r.r12,
-        r.r13,
-        r.r14,
-        r.r15
+        ghci.conversions.calls,
+        ghci.ports.console.written,
+        last.rax,
+        2 * objects
     );
+}
+
+/// What the host knows of the vCPU's last moment, for a run that ended badly.
+fn last_state(report: &RunReport, ghci: &Ghci) {
+    say!("host: {}", LastState { report, console: ghci.ports.console.tail() });
 }
 
 fn print_figures(ghci: &Ghci, report: &RunReport, start: u64) {

@@ -24,7 +24,9 @@ use seamless_drivers::say;
 use seamless_host::{Cpu, Failed, Why};
 use tsm::abi::host::leaf;
 use tsm::pamt::PageType;
-use tsm::Regs;
+use tsm::sept::SeptState;
+use tsm::{Regs, Status};
+use tsm_client::host::td::TdPages;
 use tsm_client::HostMemory;
 
 use crate::arch;
@@ -468,8 +470,16 @@ pub fn attack_assignment(cpu: &mut Agent, tdr: u64, bar: u64) -> Result<(usize, 
         Target { name: "TSM memory", addr: tsm + 0x1000, class: CLASS_TSM, owner: None },
         Target { name: "VT-d registers", addr: VTD_REGS, class: CLASS_NOT_HOST, owner: None },
     ];
+    let logged = attack(cpu, &targets)?;
+    Ok((targets.len(), logged))
+}
+
+/// The host world reads and writes each target with its own instructions: each access must be
+/// refused (#MC, nothing read) and be in the fault log, in order, with the target's class and
+/// owner. Returns the log entries read back.
+fn attack(cpu: &mut Agent, targets: &[Target]) -> Result<u64, Failed> {
     let (mc_before, _) = arch::recovered();
-    for t in &targets {
+    for t in targets {
         let read = arch::probe_read(t.addr);
         let written = arch::probe_write(t.addr, PATTERN);
         say!(
@@ -495,5 +505,77 @@ pub fn attack_assignment(cpu: &mut Agent, tdr: u64, bar: u64) -> Result<(usize, 
             )?;
         }
     }
-    Ok((targets.len(), n as u64))
+    Ok(n as u64)
+}
+
+/// A TD's private page the host world attacks: what it is, and its GPA.
+pub type PrivatePage = (&'static str, u64);
+
+/// While a TD runs (its vCPU out of guest mode at an exit, between two VP.ENTERs): the host
+/// world reads and writes the TD's private pages named (their frames found as a hostile VMM
+/// finds them: TDH.MEM.SEPT.RD's entry), its TDR, a TDCS page, its vCPU's TDVPR, an S-EPT
+/// table, and the TSM's memory where the vCPU's VMCB and saved registers live. Each access
+/// must be refused (#MC, nothing read) and in the fault log with the object's class and owner.
+/// Returns the objects attacked and the log entries read back.
+///
+/// # Errors
+/// [`Failed`] naming the first check that failed.
+pub fn attack_td(cpu: &mut Agent, td: &TdPages, vcpu: u64, private: &[PrivatePage]) -> Result<(usize, u64), Failed> {
+    const MAX: usize = 8;
+    let tdr = td.tdr;
+    let sept = first_sept(cpu, tdr)?;
+    let mut targets = [Target { name: "", addr: 0, class: 0, owner: None }; MAX + 5];
+    let fixed = [
+        Target { name: "TDR", addr: tdr, class: PageType::Tdr as u8, owner: None },
+        Target { name: "TDCS", addr: td.tdcs[0], class: PageType::Tdcs as u8, owner: Some(tdr) },
+        Target { name: "TDVPR (the vCPU's state)", addr: vcpu, class: PageType::Tdvpr as u8, owner: Some(tdr) },
+        Target { name: "S-EPT table", addr: sept, class: PageType::Sept as u8, owner: Some(tdr) },
+        // The TSM's image, whose pools hold the vCPUs' VMCBs and saved registers.
+        Target { name: "TSM memory", addr: cpu.boot.tsm[0] + 0x1000, class: CLASS_TSM, owner: None },
+    ];
+    if private.len() > MAX {
+        return Err(Failed::new("host world", "more private pages than the fault log holds"));
+    }
+    for (slot, &(name, gpa)) in targets.iter_mut().zip(private) {
+        let addr = private_frame(cpu, tdr, gpa)?;
+        *slot = Target { name, addr, class: PageType::Regular as u8, owner: Some(tdr) };
+    }
+    let n = private.len();
+    targets[n..n + fixed.len()].copy_from_slice(&fixed);
+    let targets = &targets[..n + fixed.len()];
+    // What the log holds already (the refusals of the TD's own run, such as a TDVF's write to
+    // RCBA the host passed through) is read first, so the entries checked are the attack's.
+    drain(cpu, &mut [Entry { addr: 0, class: 0, write: false, detail: 0 }; 32]);
+    let logged = attack(cpu, targets)?;
+    Ok((targets.len(), logged))
+}
+
+/// The first S-EPT table of TD `tdr` among the pages the host donated, by TDH.PHYMEM.PAGE.RDMD
+/// from the first on: a TD's tables are donated with it, so the scan stops within a few pages
+/// rather than reading the metadata of every page (a whole scan is 100,000 SEAMCALLs, seconds
+/// of a running TD's time under TCG).
+fn first_sept(cpu: &mut Agent, tdr: u64) -> Result<u64, Failed> {
+    let (start, end) = cpu.donated();
+    let mut pa = start;
+    while pa < end {
+        let md = tsm_client::host::call(cpu, "TDH.PHYMEM.PAGE.RDMD", Regs::call(leaf::PHYMEM_PAGE_RDMD, pa, 0, 0, 0))
+            .map_err(|e| Failed::new("host world", e))?;
+        if md.rcx == PageType::Sept as u64 && md.rdx == tdr {
+            return Ok(pa);
+        }
+        pa += 0x1000;
+    }
+    Err(Failed::new("host world", "no S-EPT page"))
+}
+
+/// The frame behind a MAPPED private GPA of TD `tdr`, read from its S-EPT leaf (4K or 2M).
+fn private_frame(cpu: &mut Agent, tdr: u64, gpa: u64) -> Result<u64, Failed> {
+    let r = tsm_client::host::raw(cpu, Regs::call(leaf::MEM_SEPT_RD, gpa & !0xFFF, tdr, 0, 0));
+    let walked = r.status() == Status::SUCCESS || r.status().code() == Status::EPT_WALK_FAILED.code();
+    let level = r.rdx & 7;
+    if !walked || SeptState::from_code((r.rdx >> 8) & 0xFF) != Some(SeptState::Mapped) || level > 1 {
+        return Err(Failed::new("host world", "a private page to attack is not a mapped 4K or 2M leaf"));
+    }
+    let size = 0x1000u64 << (9 * level);
+    Ok((r.rcx & 0x000F_FFFF_FFFF_F000 & !(size - 1)) + (gpa & (size - 1) & !0xFFF))
 }

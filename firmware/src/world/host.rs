@@ -20,6 +20,7 @@ use tsm::Tsm;
 
 use super::loader::{self, LoadError, Loaded};
 use super::npt::{MemType, Npt};
+use super::td::{TdCounts, TDCALL_LEAVES};
 use super::{Exit, World, WorldError, PAGE, VECTOR_UD};
 use crate::arch::svm::{self, vmcb, Segment};
 use crate::drivers::fw_cfg::FwCfg;
@@ -61,8 +62,9 @@ pub struct HostWorld {
     refused_pending: usize,
     /// Refused writes whose bytes the TSM found unchanged at the next exit.
     pub writes_unchanged: u64,
-    /// The agent's open phase (`phases`) and the world switches at its start.
-    phase: Option<(phases::Name, (u64, u64))>,
+    /// The agent's open phase (`phases`), the world switches at its start and the TD worlds'
+    /// exit counts then.
+    phase: Option<(phases::Name, (u64, u64), TdCounts)>,
 }
 
 /// How the host world's service loop goes on after an exit.
@@ -313,7 +315,8 @@ impl HostWorld {
             let name = phases::decode(self.world.gprs.rcx, self.world.gprs.rdx);
             self.close_phase(tsm);
             if let Some(name) = name {
-                self.phase = Some((name, self.switches(tsm)));
+                let counts = tsm.platform().td.as_ref().map(|w| w.counts).unwrap_or_default();
+                self.phase = Some((name, self.switches(tsm), counts));
             }
         }
         self.world.skip(3);
@@ -328,13 +331,13 @@ impl HostWorld {
     /// `switches_NAME`. The TSM keeps the counts to itself until then: how often a TD exits to
     /// the TSM is none of the host's business while it runs.
     fn close_phase(&mut self, tsm: &Tsm<FirmwarePlatform>) {
-        let Some((name, (host0, td0))) = self.phase.take() else { return };
+        let Some((name, (host0, td0), counts0)) = self.phase.take() else { return };
         let (host, td) = self.switches(tsm);
         let (host, td) = (host.saturating_sub(host0), td.saturating_sub(td0));
         let name = name.as_str();
         say!("world: phase {name}: {} world switches ({host} of the host world, {td} of TD worlds)", host + td);
         if name == phases::OVMF_TD {
-            Self::td_exits_by_kind(tsm, td);
+            Self::td_exits_by_kind(tsm, td, &counts0);
         }
         let mut figure = [0u8; 32];
         let mut w = seamless_drivers::console::BufWriter::new(&mut figure);
@@ -344,21 +347,32 @@ impl HostWorld {
         }
     }
 
-    /// The TD worlds' exits by kind, since boot (mode `ovmf`, at the end of the TDVF TD's phase,
-    /// whose TD-world switches are `td`).
-    fn td_exits_by_kind(tsm: &Tsm<FirmwarePlatform>, td: u64) {
+    /// The TD worlds' exits by kind over the TDVF TD's phase (mode `ovmf`; `td` its TD-world
+    /// switches, `before` the counts at its start), on COM1 and as figures: each kind of exit
+    /// (`ovmf_td_exit_*`, which add up to `ovmf_td_world_switches`), the TDCALLs by leaf
+    /// (`ovmf_td_tdcall_*`), and the #VEs.
+    fn td_exits_by_kind(tsm: &Tsm<FirmwarePlatform>, td: u64, before: &TdCounts) {
         let Some(w) = tsm.platform().td.as_ref() else { return };
-        let k = &w.counts;
+        let k = w.counts.since(before);
+        let l = &k.tdcall_leaf;
         say!(
-            "world: TD exits: {} nested page faults, {} TDCALLs, {} CPUID ({} answered by the TSM), {} MSR ({} in the TSM), {} I/O, {} HLT, {} other; #VEs: {} CPUID, {} HLT, {} I/O, {} MSR, {} EPT; {} interrupts injected ({} deferred to a later exit), {} events re-delivered, {} table resets, {} time slices ended by the preemption timer",
+            "world: TD exits: {} by cause: {} nested page faults, {} TDCALLs ({} VP.VMCALL, {} VP.INFO, {} VP.VEINFO.GET, {} MEM.PAGE.ACCEPT, {} MR.RTMR.EXTEND, {} other), {} CPUID ({} answered by the TSM), {} MSR ({} in the TSM), {} I/O, {} HLT, {} preemption timer, {} other; #VEs: {} CPUID, {} HLT, {} I/O, {} MSR, {} EPT; {} interrupts injected ({} deferred to a later exit), {} events re-delivered, {} table resets (since boot)",
+            k.exits(),
             k.npf,
             k.tdcall,
+            l[0],
+            l[1],
+            l[2],
+            l[3],
+            l[4],
+            l[5],
             k.cpuid,
             k.cpuid_in_tsm,
             k.msr,
             k.msr_in_tsm,
             k.io,
             k.hlt,
+            k.preempted,
             k.other,
             k.ve[0],
             k.ve[1],
@@ -368,11 +382,37 @@ impl HostWorld {
             k.interrupts,
             k.deferred,
             k.redelivered,
-            w.resets,
-            k.preempted
+            w.resets
         );
         crate::run::figure("ovmf_td_world_switches", &td, "exits");
+        let exits = [
+            ("npf", k.npf),
+            ("tdcall", k.tdcall),
+            ("cpuid", k.cpuid),
+            ("msr", k.msr),
+            ("io", k.io),
+            ("hlt", k.hlt),
+            ("preempted", k.preempted),
+            ("other", k.other),
+        ];
+        for (kind, n) in exits {
+            Self::figure_named(format_args!("ovmf_td_exit_{kind}"), n, "exits");
+        }
+        let leaves = TDCALL_LEAVES.iter().map(|&(_, name)| name).chain(core::iter::once("other"));
+        for (name, n) in leaves.zip(l) {
+            Self::figure_named(format_args!("ovmf_td_tdcall_{name}"), *n, "calls");
+        }
         crate::run::figure("ovmf_td_ves", &k.ve.iter().sum::<u64>(), "ves");
+    }
+
+    /// A figure whose name is formatted (at most 32 bytes).
+    fn figure_named(name: core::fmt::Arguments<'_>, value: u64, unit: &str) {
+        let mut buf = [0u8; 32];
+        let mut w = seamless_drivers::console::BufWriter::new(&mut buf);
+        if core::fmt::Write::write_fmt(&mut w, name).is_ok() {
+            let len = w.len();
+            crate::run::figure(core::str::from_utf8(&buf[..len]).unwrap_or("figure"), &value, unit);
+        }
     }
 
     /// One exit of the host world, served: `Continue`, the end of the run, or why the world

@@ -138,6 +138,49 @@ pub struct TdCounts {
     pub preempted: u64,
     /// CPUID leaves the TSM answered.
     pub cpuid_in_tsm: u64,
+    /// TDCALLs by leaf: [`TDCALL_LEAVES`], then any other.
+    pub tdcall_leaf: [u64; TDCALL_LEAVES.len() + 1],
+}
+
+/// The TDCALL leaves counted apart (`TdCounts::tdcall_leaf`): what a TDVF calls, and the RTMR
+/// extension a measuring build would.
+pub const TDCALL_LEAVES: [(u64, &str); 5] = [
+    (tsm::abi::guest::leaf::VP_VMCALL, "vmcall"),
+    (tsm::abi::guest::leaf::VP_INFO, "vp_info"),
+    (tsm::abi::guest::leaf::VP_VEINFO_GET, "veinfo_get"),
+    (tsm::abi::guest::leaf::MEM_PAGE_ACCEPT, "accept"),
+    (tsm::abi::guest::leaf::MR_RTMR_EXTEND, "rtmr"),
+];
+
+impl TdCounts {
+    /// What happened since `before` (a snapshot of the same counts): each count's difference.
+    pub fn since(&self, before: &TdCounts) -> TdCounts {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        TdCounts {
+            npf: d(self.npf, before.npf),
+            tdcall: d(self.tdcall, before.tdcall),
+            cpuid: d(self.cpuid, before.cpuid),
+            msr: d(self.msr, before.msr),
+            io: d(self.io, before.io),
+            hlt: d(self.hlt, before.hlt),
+            deferred: d(self.deferred, before.deferred),
+            other: d(self.other, before.other),
+            ve: core::array::from_fn(|i| d(self.ve[i], before.ve[i])),
+            interrupts: d(self.interrupts, before.interrupts),
+            redelivered: d(self.redelivered, before.redelivered),
+            msr_in_tsm: d(self.msr_in_tsm, before.msr_in_tsm),
+            preempted: d(self.preempted, before.preempted),
+            cpuid_in_tsm: d(self.cpuid_in_tsm, before.cpuid_in_tsm),
+            tdcall_leaf: core::array::from_fn(|i| d(self.tdcall_leaf[i], before.tdcall_leaf[i])),
+        }
+    }
+
+    /// The #VMEXITs counted by cause; equal to the world switches over the same span (every
+    /// switch is one exit, counted once: nested page fault, TDCALL, CPUID, MSR, I/O, HLT, the
+    /// preemption timer, or other, a #UD that was no TDCALL among them).
+    pub fn exits(&self) -> u64 {
+        self.npf + self.tdcall + self.cpuid + self.msr + self.io + self.hlt + self.preempted + self.other
+    }
 }
 
 /// The TD worlds: the derived tables and the vCPU contexts. Lives in the platform, which
@@ -434,9 +477,12 @@ fn run(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) -> TdExit {
             Exit::NestedPageFault { gpa, error } => nested_fault(tsm, v, gpa, error),
             Exit::Exception { vector: VECTOR_UD, .. } => {
                 if fetch4(tsm, v) == Some(TDCALL) {
-                    count_tdcall(tsm);
+                    count_tdcall(tsm, v.world.rax());
                     tdcall(tsm, v)
                 } else {
+                    if let Some(w) = tsm.platform_mut().td.as_mut() {
+                        w.counts.other += 1;
+                    }
                     // SEAMCALL, VMMCALL or anything else undefined: #UD, as in a TDX TD.
                     v.world.inject_exception(VECTOR_UD);
                     None
@@ -534,9 +580,13 @@ fn count(tsm: &mut Tsm<FirmwarePlatform>, exit: &Exit) {
     }
 }
 
-fn count_tdcall(tsm: &mut Tsm<FirmwarePlatform>) {
+fn count_tdcall(tsm: &mut Tsm<FirmwarePlatform>, leaf: u64) {
     if let Some(w) = tsm.platform_mut().td.as_mut() {
         w.counts.tdcall += 1;
+        let i = TDCALL_LEAVES.iter().position(|&(l, _)| l == leaf).unwrap_or(TDCALL_LEAVES.len());
+        if let Some(n) = w.counts.tdcall_leaf.get_mut(i) {
+            *n += 1;
+        }
     }
 }
 

@@ -9,6 +9,8 @@
 //!   through the guest ABI, against the committed platform in `fuzz/fixtures/platform/`;
 //! - [`machine`]: the host and guest ABIs driven with arbitrary call sequences through the test
 //!   harness, device assignment included, with the machine's invariants checked after every call;
+//! - [`ghci`]: the host's GHCI server (what serves OVMF as a TD) with the TD as the attacker:
+//!   arbitrary TDG.VP.VMCALLs, with what the host may touch on the TD's behalf checked after each;
 //! - [`attacks`]: the malicious-host and malicious-device cases, run and counted;
 //! - [`frame`]: the firmware's serial artifact framing (`drivers/src/frame.rs`), for its target.
 //!
@@ -22,6 +24,7 @@ pub mod evidence;
 /// binary crate, so its module is included here by path rather than linked).
 #[path = "../../../drivers/src/frame.rs"]
 pub mod frame;
+pub mod ghci;
 pub mod machine;
 pub mod record;
 pub mod wire;

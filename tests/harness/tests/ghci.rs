@@ -135,13 +135,19 @@ fn serve_rejects_bad_operands_with_ghci_statuses_and_does_nothing() {
     for (sub, args, want) in cases {
         assert_eq!(status(ghci_call(&mut m, &mut g, &mut b, &td, sub, args)), want, "{sub:#x} {args:x?}");
     }
-    // GetQuote: a private buffer, a shared one the host never mapped, a size below the header.
-    for args in [[0x1000, 0x1000, 0, 0], [SHARED | 0x1000, 0x1000, 0, 0], [SHARED | 0x1000, 8, 0, 0]] {
+    // GetQuote: a private buffer, a shared one the host never mapped, a size below the header,
+    // a size no range has.
+    for args in [
+        [0x1000, 0x1000, 0, 0],
+        [SHARED | 0x1000, 0x1000, 0, 0],
+        [SHARED | 0x1000, 8, 0, 0],
+        [SHARED | 0x1000, u64::MAX, 0, 0],
+    ] {
         assert_eq!(status(ghci_call(&mut m, &mut g, &mut b, &td, leaf::GET_QUOTE, args)), inval, "{args:x?}");
     }
     assert!(b.log.is_empty(), "nothing reached the machine: {:?}", b.log);
     assert_eq!(g.conversions.calls, 0, "no MapGPA ran");
-    assert_eq!(g.counts.refused, 15);
+    assert_eq!(g.counts.refused, 16);
     assert_eq!(state_at(&mut m, &td, 0x1000), (0, Some(SeptState::Free)), "the S-EPT unchanged");
 }
 
@@ -222,6 +228,30 @@ fn map_gpa_back_to_private_happy_path_augs_for_the_td_to_accept() {
     vmcall(&mut m, &td);
     ghci_call(&mut m, &mut g, &mut b, &td, leaf::MAP_GPA, [0x3000, 0x1000, 0, 0]);
     assert_eq!(state_at(&mut m, &td, 0x3000).1, Some(SeptState::Mapped));
+}
+
+#[test]
+fn map_gpa_to_private_beyond_the_tds_ram_is_refused_and_costs_the_host_nothing() {
+    let (mut m, td, mut g, mut b) = setup();
+    let donated = m.donated_pages();
+    // A gigabyte of GPAs where the TD has no memory; a range running past its RAM's end; the
+    // PCI window it made shared.
+    for args in [[1 << 32, 1 << 30, 0, 0], [15 * MIB, 2 * MIB, 0, 0], [0xC000_0000, 0x20_0000, 0, 0]] {
+        let s = ghci_call(&mut m, &mut g, &mut b, &td, leaf::MAP_GPA, args);
+        assert_eq!(status(s), leaf::status::INVALID_OPERAND, "{args:x?}");
+    }
+    assert_eq!(m.donated_pages(), donated, "no frame given for GPAs the TD has no memory at");
+    assert_eq!(g.conversions.to_private, 0);
+    assert_eq!(state_at(&mut m, &td, 15 * MIB).1, Some(SeptState::Free), "the part in RAM unchanged");
+    // A page the TD made shared outside its RAM (a private page it had there) comes back.
+    m.enter(td.vcpus[0]);
+    m.map_tables(&td, 32 * MIB, 0);
+    m.aug_accept(&td, 32 * MIB, PageSize::Size4K);
+    vmcall(&mut m, &td);
+    ghci_call(&mut m, &mut g, &mut b, &td, leaf::MAP_GPA, [SHARED | (32 * MIB), 0x1000, 0, 0]);
+    let s = ghci_call(&mut m, &mut g, &mut b, &td, leaf::MAP_GPA, [32 * MIB, 0x1000, 0, 0]);
+    assert_eq!(status(s), leaf::status::SUCCESS);
+    assert_eq!(state_at(&mut m, &td, 32 * MIB), (0, Some(SeptState::Pending)));
 }
 
 #[test]

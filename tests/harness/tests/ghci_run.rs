@@ -130,13 +130,32 @@ fn view() -> TdView<'static> {
 }
 
 fn go(exits: &[Regs], deadline_ns: u64) -> (Result<Ended, HostError>, Script, Clock, RunReport) {
+    go_pausing(exits, deadline_ns, None)
+}
+
+/// [`go`], pausing after `pause` entries (and resuming once, with the same server and report).
+fn go_pausing(
+    exits: &[Regs],
+    deadline_ns: u64,
+    pause: Option<u64>,
+) -> (Result<Ended, HostError>, Script, Clock, RunReport) {
     let mut s =
         Script { exits: exits.iter().copied().collect(), calls: Vec::new(), mem: HashMap::new(), next: 0x10_0000 };
     let mut c = Clock::default();
     let mut g = Ghci::new(&mut c, &view(), true).unwrap();
     let mut report = RunReport::default();
-    let plan = RunPlan { deadline_ns, shell_command: Some(b"reset -s\r"), device: DeviceRequests::Refuse };
-    let r = run(&mut s, &mut c, TDVPR, &view(), &mut g, &plan, &mut report);
+    let plan = RunPlan {
+        deadline_ns,
+        shell_command: Some(b"reset -s\r"),
+        pause_after_entries: pause,
+        device: DeviceRequests::Refuse,
+    };
+    let mut r = run(&mut s, &mut c, TDVPR, &view(), &mut g, &plan, &mut report);
+    if pause.is_some() {
+        assert_eq!(r.as_ref().ok(), Some(&Ended::Paused), "paused");
+        assert_eq!(Some(report.entries), pause, "after the entries asked");
+        r = run(&mut s, &mut c, TDVPR, &view(), &mut g, &plan, &mut report);
+    }
     (r, s, c, report)
 }
 
@@ -237,4 +256,17 @@ fn run_types_the_command_at_the_shell_prompt() {
     // Answers to LSR (data ready) then RBR: 'r', 'e', 's'.
     let answers: Vec<u64> = (0..6).map(|i| enters[8 + i].r11).collect();
     assert_eq!(answers, [0x61, u64::from(b'r'), 0x61, u64::from(b'e'), 0x61, u64::from(b's')]);
+}
+
+#[test]
+fn run_pauses_after_the_entries_asked_and_resumes_with_the_answer_kept() {
+    // The x2APIC's version register (the host's answer in R11), then a fatal error.
+    let exits = [ghci_exit(leaf::RDMSR, [0x803, 0, 0, 0]), ghci_exit(leaf::RDMSR, [0x803, 0, 0, 0]), fatal()];
+    let (straight, s1, _, _) = go(&exits, u64::MAX);
+    let (paused, s2, _, report) = go_pausing(&exits, u64::MAX, Some(1));
+    assert_eq!(straight.unwrap(), Ended::Stopped(Stop::FatalError(1)));
+    assert_eq!(paused.unwrap(), Ended::Stopped(Stop::FatalError(1)));
+    assert_eq!(s2.calls, s1.calls, "a pause changes no call: the answer crossed it");
+    assert_ne!(s2.calls[1].r11, 0, "the second entry carries the first RDMSR's answer");
+    assert_eq!((report.entries, report.answer), (3, Regs::default()), "nothing left to carry");
 }

@@ -12,7 +12,10 @@
 //!   the TD reaches it through TDG.VP.VMCALL<MMIO>.
 //! - **shared → private**: each 4 KiB page of the range leaves the shared table, and its frame
 //!   (or a fresh one) is TDH.MEM.PAGE.AUGed at the private GPA; the TD accepts it
-//!   (edk2 follows MapGPA with TDG.MEM.PAGE.ACCEPT, which zeroes it).
+//!   (edk2 follows MapGPA with TDG.MEM.PAGE.ACCEPT, which zeroes it). A range reaching GPAs
+//!   the TD has no memory at (neither RAM nor a page it made shared) is refused before
+//!   anything changes ([`backed`]): the host gives frames for the TD's memory, not for any
+//!   address the TD names.
 
 use tsm::abi::host::leaf;
 use tsm::sept::SeptState;
@@ -246,9 +249,47 @@ pub fn to_shared<H: Seamcall + HostMemory + ?Sized>(
     Ok(())
 }
 
+/// The RAM range holding `gpa`, as `(start, end)`.
+fn ram_at(ram: &[(u64, u64)], gpa: u64) -> Option<(u64, u64)> {
+    ram.iter().map(|&(s, l)| (s, s.saturating_add(l))).find(|&(s, e)| s <= gpa && gpa < e)
+}
+
+/// True if every page of `[start, start + bytes)` (private GPAs, 4 KiB aligned) is memory of
+/// the TD's: in its RAM, private already, or a page it made shared (whose frame the host
+/// holds). Changes nothing; its cost is the pages outside RAM it finds backed, so a range of
+/// any size is answered at once.
+///
+/// # Errors
+/// [`HostError`] of a TDH.MEM.SEPT.RD that fails.
+pub fn backed<H: Seamcall + HostMemory + ?Sized>(
+    h: &mut H,
+    td: &TdPages,
+    shared: &mut SharedTable,
+    shared_bit: u64,
+    (start, bytes): (u64, u64),
+    ram: &[(u64, u64)],
+) -> Result<bool, HostError> {
+    let end = start.saturating_add(bytes);
+    let mut gpa = start;
+    while gpa < end {
+        if let Some((_, ram_end)) = ram_at(ram, gpa) {
+            gpa = ram_end;
+            continue;
+        }
+        let s = private_slot(h, td, gpa)?;
+        gpa = match s.state {
+            Some(SeptState::Free) | None if shared.lookup(h, td, gpa | shared_bit)?.is_none() => return Ok(false),
+            Some(SeptState::Free) | None => gpa + PAGE,
+            Some(_) => leaf_end(gpa, s.level, end),
+        };
+    }
+    Ok(true)
+}
+
 /// Converts `[start, start + bytes)` (private GPAs, 4 KiB aligned) back to private: each page
-/// leaves the shared table and its frame, or a fresh one, is AUGed for the TD to accept. Pages
-/// already private are left as they are.
+/// leaves the shared table and its frame, or (in RAM) a fresh one, is AUGed for the TD to
+/// accept. Pages already private are left as they are, and so are GPAs outside `ram` with no
+/// frame (a range [`backed`] accepts has none).
 ///
 /// # Errors
 /// [`HostError`] of the first call that fails.
@@ -258,6 +299,7 @@ pub fn to_private<H: Seamcall + HostMemory + ?Sized>(
     shared: &mut SharedTable,
     shared_bit: u64,
     (start, bytes): (u64, u64),
+    ram: &[(u64, u64)],
     counts: &mut Conversions,
 ) -> Result<(), HostError> {
     let end = start.saturating_add(bytes);
@@ -269,7 +311,11 @@ pub fn to_private<H: Seamcall + HostMemory + ?Sized>(
             Some(SeptState::Free) | None => {
                 let page = match frame {
                     Some(f) => f,
-                    None => donate(h)?,
+                    None if ram_at(ram, gpa).is_some() => donate(h)?,
+                    None => {
+                        gpa += PAGE;
+                        continue;
+                    }
                 };
                 aug(h, td, gpa, 0, page)?;
                 counts.to_private += 1;

@@ -56,6 +56,10 @@ const RAM_SIZE: u16 = 0x03;
 const NB_CPUS: u16 = 0x05;
 const MAX_CPUS: u16 = 0x0F;
 const FILE_DIR: u16 = 0x19;
+/// The legacy items passed through, with their sizes (QEMU's `fw_cfg.c`): the signature, the
+/// UUID, NOGRAPHIC, the machine ID, BOOT_MENU. Every other legacy item is the host's or
+/// unknown (NUMA, which describes the machine, among them).
+const LEGACY_REAL: [(u16, u32); 5] = [(SIGNATURE, 4), (0x02, 16), (0x04, 2), (0x06, 4), (0x0E, 2)];
 /// The first file key.
 const FILE_FIRST: u16 = 0x20;
 /// Kernel, initrd, command line and setup items (the seamless firmware's, loaded by `-kernel`).
@@ -100,8 +104,9 @@ struct File {
 /// What the selected item is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Item {
-    /// Passed through from the real device.
-    Real(u16),
+    /// Passed through from the real device: its key and size (bytes past it read as zeros
+    /// without reaching the device, as the device answers them).
+    Real(u16, u32),
     /// Written by the view: ID, RAM_SIZE, NB_CPUS, MAX_CPUS, the directory, `etc/e820`.
     Own(u16),
     /// The host's, or unknown: reads as zeros.
@@ -281,26 +286,26 @@ impl FwCfgView {
         if control & dma::SELECT != 0 {
             self.select((control >> 16) as u16);
         }
-        let mut chunk = [0u8; 256];
-        let mut done = 0u64;
-        while done < u64::from(length) {
-            let n = (u64::from(length) - done).min(chunk.len() as u64) as usize;
-            if control & dma::READ != 0 {
+        if control & dma::READ != 0 {
+            let mut chunk = [0u8; 256];
+            let mut done = 0u64;
+            while done < u64::from(length) {
+                let n = (u64::from(length) - done).min(chunk.len() as u64) as usize;
                 for b in &mut chunk[..n] {
                     *b = self.read_byte(m);
                 }
                 if !out(done, &chunk[..n]) {
                     return dma::ERROR;
                 }
-            } else if control & dma::SKIP != 0 {
-                for _ in 0..n {
-                    self.read_byte(m);
-                }
-            } else if control & dma::WRITE != 0 {
-                self.dma_dropped += n as u64;
-                self.offset = self.offset.saturating_add(n as u32);
+                done += n as u64;
             }
-            done += n as u64;
+        } else if control & (dma::SKIP | dma::WRITE) != 0 {
+            // The pointer moves; the real device catches up at the next byte read from it
+            // (at most the item's size), so no length costs the host more than that.
+            if control & dma::SKIP == 0 {
+                self.dma_dropped += u64::from(length);
+            }
+            self.offset = self.offset.saturating_add(length);
         }
         0
     }
@@ -317,14 +322,11 @@ impl FwCfgView {
             ID | RAM_SIZE | NB_CPUS | MAX_CPUS | FILE_DIR => Item::Own(key),
             k if Some(k) == self.e820_key => Item::Own(k),
             k if KERNEL_ITEMS.contains(&k) || k >= ARCH_LOCAL => Item::Hidden,
-            k if k >= FILE_FIRST => {
-                if self.files[..self.count].iter().any(|f| f.select == k) {
-                    Item::Real(k)
-                } else {
-                    Item::Hidden
-                }
-            }
-            k => Item::Real(k),
+            k if k >= FILE_FIRST => match self.files[..self.count].iter().find(|f| f.select == k) {
+                Some(f) => Item::Real(k, f.size),
+                None => Item::Hidden,
+            },
+            k => LEGACY_REAL.iter().find(|l| l.0 == k).map_or(Item::Hidden, |&(k, size)| Item::Real(k, size)),
         };
     }
 
@@ -333,7 +335,7 @@ impl FwCfgView {
         let at = self.offset;
         self.offset = self.offset.saturating_add(1);
         match self.selected {
-            Item::Real(key) => {
+            Item::Real(key, size) if at < size => {
                 self.bytes_real += 1;
                 if self.real_at != Some((key, at)) {
                     // Put the real device's pointer where the TD's is.
@@ -355,7 +357,7 @@ impl FwCfgView {
                 self.bytes_own += 1;
                 self.own_byte(key, at)
             }
-            Item::Hidden => {
+            Item::Real(..) | Item::Hidden => {
                 self.bytes_own += 1;
                 0
             }
@@ -437,6 +439,24 @@ mod tests {
     }
 
     #[test]
+    fn bytes_past_an_items_end_and_unknown_legacy_items_never_reach_the_device() {
+        let mut q = Fake::new();
+        let mut v = view(&mut q);
+        let before = q.reads;
+        let acpi = read(&mut v, &mut q, 0x21, 310);
+        assert!(acpi[300..].iter().all(|&b| b == 0), "zeros past the 300 bytes the directory lists");
+        assert_eq!(q.reads - before, 300, "the device read for the item's bytes only");
+        let before = q.reads;
+        assert_eq!(read(&mut v, &mut q, 0x04, 4), [1, 0, 0, 0], "NOGRAPHIC");
+        assert_eq!(q.reads - before, 2, "its two bytes passed through");
+        let before = q.reads;
+        for key in [0x0D, 0x1A, 0x1F] {
+            assert_eq!(read(&mut v, &mut q, key, 8), [0; 8], "{key:#x}");
+        }
+        assert_eq!(q.reads, before, "NUMA and unknown legacy keys are not passed through");
+    }
+
+    #[test]
     fn view_happy_path_describes_the_td_and_passes_the_rest_through() {
         let mut q = Fake::new();
         let mut v = view(&mut q);
@@ -487,6 +507,22 @@ mod dma_tests {
         assert_eq!(v.dma_dropped, 16);
         v.select(0x21);
         assert_eq!(v.read_byte(&mut q), 0, "the item is unchanged");
+    }
+
+    #[test]
+    fn dma_skips_and_writes_of_any_length_cost_the_host_at_most_the_item() {
+        let mut q = Fake::new();
+        let mut v = FwCfgView::new(&mut q, TdFacts { ram: &RAM, vcpus: 1, dma: true }).unwrap();
+        let before = q.reads;
+        assert_eq!(v.dma(&mut q, 0x21 << 16 | dma::SELECT | dma::SKIP, u32::MAX, &mut |_, _| true), 0);
+        assert_eq!(v.dma(&mut q, dma::WRITE, u32::MAX, &mut |_, _| true), 0);
+        assert_eq!(v.dma_dropped, u64::from(u32::MAX));
+        assert_eq!(v.read_byte(&mut q), 0, "past the end");
+        assert_eq!(q.reads, before, "the device was not read");
+        // A skip inside the item: the device catches up at the next byte, reading up to it.
+        assert_eq!(v.dma(&mut q, 0x21 << 16 | dma::SELECT | dma::SKIP, 100, &mut |_, _| true), 0);
+        assert_eq!(v.read_byte(&mut q), 100);
+        assert_eq!(q.reads - before, 101);
     }
 
     #[test]

@@ -442,14 +442,19 @@ impl Ghci {
                 if !convert::valid_range(start, bytes, view.shared_bit) {
                     return Ok(refuse(&mut self.counts));
                 }
-                self.conversions.calls += 1;
                 let gpa = start & !view.shared_bit;
-                if start & view.shared_bit != 0 {
-                    let c = &mut self.conversions;
-                    convert::to_shared(h, &view.td, &mut self.shared, view.shared_bit, (gpa, bytes), view.ram, c)?;
+                let to_shared = start & view.shared_bit != 0;
+                if !to_shared
+                    && !convert::backed(h, &view.td, &mut self.shared, view.shared_bit, (gpa, bytes), view.ram)?
+                {
+                    return Ok(refuse(&mut self.counts));
+                }
+                self.conversions.calls += 1;
+                let (c, shared, sb) = (&mut self.conversions, &mut self.shared, view.shared_bit);
+                if to_shared {
+                    convert::to_shared(h, &view.td, shared, sb, (gpa, bytes), view.ram, c)?;
                 } else {
-                    let c = &mut self.conversions;
-                    convert::to_private(h, &view.td, &mut self.shared, view.shared_bit, (gpa, bytes), c)?;
+                    convert::to_private(h, &view.td, shared, sb, (gpa, bytes), view.ram, c)?;
                 }
             }
             leaf::GET_QUOTE => {
@@ -457,7 +462,9 @@ impl Ghci {
                 let (gpa, bytes) = (r.r12, r.r13);
                 let ok = gpa & view.shared_bit != 0
                     && bytes >= 16
-                    && convert::valid_range(gpa, bytes.next_multiple_of(4096), view.shared_bit);
+                    && bytes
+                        .checked_next_multiple_of(4096)
+                        .is_some_and(|b| convert::valid_range(gpa, b, view.shared_bit));
                 let frame = if ok { self.shared.lookup(h, &view.td, gpa)? } else { None };
                 let Some(frame) = frame else { return Ok(refuse(&mut self.counts)) };
                 // The buffer's header: version (u64), status (u64), ... No quoting service

@@ -4,8 +4,8 @@
 //!
 //! | ports | what the TD gets |
 //! |---|---|
-//! | 0x3F8..0x3FF (COM1) | the real UART: the TD's console is the run's console; the host watches the bytes written (milestones) and can type into it ([`Console`]) |
-//! | 0xCF8, 0xCFC..0xCFF | PCI configuration through the machine, for the functions the TD may see ([`super::PciFilter`]); the others read as absent |
+//! | 0x3F8..0x3FF (COM1) | the real UART, byte accesses (wider ones are absent): the TD's console is the run's console; the host watches the bytes written (milestones) and can type into it ([`Console`]) |
+//! | 0xCF8, 0xCFC..0xCFF | PCI configuration through the machine (accesses within the data dword), for the functions the TD may see ([`super::PciFilter`]); the others read as absent |
 //! | 0x600..0x67F (ACPI PM, PMBASE 0x600) | the real PM timer at 0x608 (every edk2 delay reads it); PM1 control with SLP_EN ends the TD (S5); the rest a register file |
 //! | 0xCF9 | reset control: RST_CPU ends the TD (a TD cannot be reset) |
 //! | 0x70, 0x71 (CMOS) | the real RTC (0x00..0x0D, read-only); the memory size bytes from the TD's own RAM; the rest zero |
@@ -107,6 +107,13 @@ impl Console {
         self.written += 1;
     }
 
+    /// The last bytes the TD wrote (up to 32): what it said last, for the report of a run
+    /// that ended badly.
+    pub fn tail(&self) -> &[u8] {
+        let n = usize::try_from(self.written).unwrap_or(usize::MAX).min(self.tail.len());
+        &self.tail[self.tail.len() - n..]
+    }
+
     /// True if the last bytes the TD wrote are `s`.
     pub fn ends_with(&self, s: &[u8]) -> bool {
         s.len() <= self.tail.len() && self.tail.ends_with(s)
@@ -197,7 +204,9 @@ impl Ports {
     ) -> Io {
         let done = Io::Done;
         match (port, value) {
-            (COM1..=0x3FF, _) => {
+            // The 16550's registers are bytes: a wider access is absent (it would reach ports
+            // past the UART's on the real bus).
+            (COM1..=0x3FF, _) if size == 1 => {
                 self.counts.uart += 1;
                 done(self.uart(m, port, size, value))
             }
@@ -217,7 +226,8 @@ impl Ports {
                 }
                 done(0)
             }
-            (PCI_DATA..=0xCFF, _) => {
+            // Within the data dword only: the rest of a wider access would be other ports.
+            (PCI_DATA..=0xCFF, _) if port - PCI_DATA + u16::from(size) <= 4 => {
                 self.counts.pci += 1;
                 done(self.pci_data(m, pci, port, size, value))
             }
@@ -407,6 +417,19 @@ mod tests {
     }
 
     #[test]
+    fn access_rejects_accesses_wider_than_the_uart_register_or_the_pci_data_dword() {
+        let (mut m, mut p, mut fw) = setup();
+        write(&mut m, &mut p, &mut fw, 0xCF8, 4, 0x8000_F840);
+        m.log.clear();
+        for (port, size) in [(0x3F8, 2), (0x3F8, 4), (0x3FF, 4), (0xCFF, 2), (0xCFE, 4), (0xCFD, 4)] {
+            assert_eq!(read(&mut m, &mut p, &mut fw, port, size), ones(size), "{port:#x}/{size}");
+            assert_eq!(write(&mut m, &mut p, &mut fw, port, size, 0x41), Io::Done(0));
+        }
+        assert!(m.log.is_empty(), "none reached the machine: {:?}", m.log);
+        assert_eq!((p.console.written, p.counts.absent), (0, 12));
+    }
+
+    #[test]
     fn access_rejects_pci_functions_the_td_may_not_see_and_writes_to_pciexbar() {
         let (mut m, mut p, mut fw) = setup();
         // 00:1f.2 (AHCI, which does DMA), then the enable bit clear.
@@ -445,6 +468,7 @@ mod tests {
             write(&mut m, &mut p, &mut fw, 0x3F8, 1, u32::from(*b));
         }
         assert!(p.console.ends_with(b"Shell> "));
+        assert_eq!(p.console.tail(), b"Shell> ", "the tail holds what was written, no more");
         assert_eq!(m.log.len(), 7, "every byte on the real UART");
         p.console.type_in(b"x\r");
         assert_eq!(read(&mut m, &mut p, &mut fw, 0x3FD, 1), 0x5B, "data ready while typed input waits");

@@ -8,6 +8,9 @@
 //! triple-faults, touches what it must not, or runs past the deadline; the caller tears the TD
 //! down either way, and the report keeps the last exit's registers.
 //!
+//! Whatever the end, [`tear_down`] destroys the TD and checks that every page the host donated
+//! is free again, and [`LastState`] says what the host knows of the vCPU's last moment.
+//!
 //! The console milestones are read off the bytes the TD writes to COM1 as they pass through
 //! the host ([`super::ports::Console`]): the first byte, and the UEFI shell's prompt, at which
 //! the host can type a command in (`reset -s` ends the run by ACPI S5).
@@ -16,7 +19,7 @@ use tsm::abi::host::leaf;
 use tsm::{Regs, Status, TdExit};
 
 use super::{Ghci, Machine, Served, Stop, TdView};
-use crate::host::td::aug;
+use crate::host::td::{self as flow_td, aug, TdPages};
 use crate::host::{call, donate, raw, HostError, HostMemory, Seamcall};
 
 /// The UEFI shell's prompt, as edk2's shell prints it.
@@ -41,6 +44,10 @@ pub enum Ended {
     },
     /// The deadline passed.
     Timeout,
+    /// The host asked for a pause ([`RunPlan::pause_after_entries`]): the vCPU is out of guest
+    /// mode with its last exit served; [`run`] again resumes it with the answer kept in the
+    /// report.
+    Paused,
 }
 
 impl core::fmt::Display for Ended {
@@ -53,6 +60,7 @@ impl core::fmt::Display for Ended {
             Ended::TripleFault => f.write_str("the TD's vCPU triple-faulted"),
             Ended::EptViolation { gpa } => write!(f, "the TD touched GPA {gpa:#x}, which the host does not serve"),
             Ended::Timeout => f.write_str("the TD ran past its deadline"),
+            Ended::Paused => f.write_str("the host paused the run"),
         }
     }
 }
@@ -78,6 +86,9 @@ pub struct RunPlan {
     pub shell_command: Option<&'static [u8]>,
     /// How the TD's device requests are answered.
     pub device: DeviceRequests,
+    /// Return [`Ended::Paused`] once this many entries' exits are served (the host's turn to
+    /// do something between two of them, such as attack the running TD).
+    pub pause_after_entries: Option<u64>,
 }
 
 /// What the run did.
@@ -103,6 +114,8 @@ pub struct RunReport {
     pub shell_ns: Option<u64>,
     /// VP.ENTER's registers of the last exit.
     pub last_exit: Regs,
+    /// The answer the next VP.ENTER carries (kept across a pause).
+    pub answer: Regs,
 }
 
 /// Runs vCPU `vcpu` of the TD `view` describes until it ends; see the module doc.
@@ -119,7 +132,7 @@ pub fn run<H: Seamcall + HostMemory + ?Sized, M: Machine + ?Sized>(
     plan: &RunPlan,
     report: &mut RunReport,
 ) -> Result<Ended, HostError> {
-    let mut answer = Regs::default();
+    let mut answer = core::mem::take(&mut report.answer);
     loop {
         let now = m.now_ns();
         if now >= plan.deadline_ns {
@@ -179,6 +192,10 @@ pub fn run<H: Seamcall + HostMemory + ?Sized, M: Machine + ?Sized>(
                 return Err(HostError::TdExit { reason: r.rax, r10: r.r10, r11: r.r11, why });
             }
         }
+        if plan.pause_after_entries == Some(report.entries) {
+            report.answer = answer;
+            return Ok(Ended::Paused);
+        }
     }
 }
 
@@ -210,4 +227,61 @@ fn milestones(ghci: &mut Ghci, plan: &RunPlan, now: u64, report: &mut RunReport)
             console.type_in(cmd);
         }
     }
+}
+
+/// The vCPU's last moment as the host knows it, for a run that ended badly: its last exit
+/// (decoded), how many entries led there, and the last bytes the TD wrote on its console. The
+/// TD's own registers are not the host's to read (TDX gives them to the host of a debug TD
+/// only, through TDH.VP.RD): the exit's registers are all of the vCPU the host prints.
+#[derive(Clone, Copy, Debug)]
+pub struct LastState<'a> {
+    /// The run's report (its last exit and entry count).
+    pub report: &'a RunReport,
+    /// The last bytes the TD wrote to its console ([`super::ports::Console::tail`]).
+    pub console: &'a [u8],
+}
+
+impl core::fmt::Display for LastState<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let r = &self.report.last_exit;
+        write!(f, "last TD exit after {} entries: ", self.report.entries)?;
+        match TdExit::from_host_regs(r) {
+            Some(TdExit::Vmcall { mask, regs }) => write!(
+                f,
+                "TDG.VP.VMCALL (mask {mask:#x}) R10 {:#x} R11 {:#x} R12 {:#x} R13 {:#x} R14 {:#x} R15 {:#x}",
+                regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15
+            )?,
+            Some(TdExit::EptViolation { gpa, requested_level, level, entry }) => write!(
+                f,
+                "EPT violation at GPA {:#x} (S-EPT entry {entry:#x} at level {level}, level {requested_level} asked)",
+                gpa.raw()
+            )?,
+            Some(TdExit::TripleFault) => f.write_str("triple fault (the vCPU shut down)")?,
+            Some(TdExit::ExternalInterrupt) => f.write_str("external interrupt (the TSM's preemption timer)")?,
+            None => write!(f, "no TD exit (RAX {:#x})", r.rax)?,
+        }
+        f.write_str("; its console's last bytes \"")?;
+        for &b in self.console {
+            match b {
+                b'\r' => f.write_str("\\r")?,
+                b'\n' => f.write_str("\\n")?,
+                b'"' | b'\\' => write!(f, "\\{}", char::from(b))?,
+                0x20..=0x7E => write!(f, "{}", char::from(b))?,
+                _ => write!(f, "\\x{b:02x}")?,
+            }
+        }
+        f.write_str("\"")
+    }
+}
+
+/// Tears the TD down whatever ended its run (the vCPUs kicked, every page it owns reclaimed,
+/// the TDR last), then checks that every page the host ever donated reads free again; returns
+/// how many that is.
+///
+/// # Errors
+/// [`HostError`] of the first teardown call that fails, or [`HostError::Leaked`] naming the
+/// first page the TSM still holds.
+pub fn tear_down<H: Seamcall + HostMemory + ?Sized>(h: &mut H, td: &TdPages, vcpus: &[u64]) -> Result<u64, HostError> {
+    flow_td::destroy(h, td.tdr, vcpus)?;
+    flow_td::check_all_free(h)
 }

@@ -59,6 +59,10 @@ fn main() {
     attack.extend([5, 19, 0, 0, 0, 3, 0, 4, 0, 0]);
     write("abi_calls", "attest-and-calls", &attack);
     write("abi_calls", "corrupt-connect", &[5, 0, 0, 5, 1, 1, 5, 8, 0, 0x40]);
+    // The GHCI target: what OVMF asks of its host.
+    for (name, records) in seamless_fuzz_tools::ghci::seeds() {
+        write("ghci", name, &records);
+    }
 
     let a = attestation();
     write("attest_report", "report", &a.report);
