@@ -38,7 +38,12 @@ const MAX_POLLS: u32 = 1 << 20;
 pub struct Uart {
     data: Port,
     lsr: Port,
+    lcr: Port,
+    mcr: Port,
 }
+
+/// MCR's loopback bit: what is sent comes back to the receiver instead of leaving.
+const MCR_LOOP: u8 = 0x10;
 
 impl Uart {
     /// COM1, programmed for polled 115200 8N1. Calling it again (the panic and exception
@@ -53,9 +58,10 @@ impl Uart {
     pub fn com1_attached() -> Uart {
         // SAFETY: as for `com1`.
         let base = unsafe { Port::new(COM1) };
-        // SAFETY: the data and line status registers of the same UART.
-        let (data, lsr) = unsafe { (base.offset(DATA), base.offset(LSR)) };
-        Uart { data, lsr }
+        // SAFETY: registers of the same UART.
+        let (data, lsr, lcr, mcr) =
+            unsafe { (base.offset(DATA), base.offset(LSR), base.offset(LCR), base.offset(MCR)) };
+        Uart { data, lsr, lcr, mcr }
     }
 
     /// COM2, programmed the same way.
@@ -93,7 +99,25 @@ impl Uart {
         lcr.write_u8(LCR_8N1);
         fcr.write_u8(FCR_ENABLE_CLEAR);
         mcr.write_u8(MCR_DTR_RTS);
-        Uart { data, lsr }
+        Uart { data, lsr, lcr, mcr }
+    }
+
+    /// Runs `send` with the UART able to send: another program sharing it (a TD whose console
+    /// the host passes through to COM1) may have left the divisor latch selected, where a byte
+    /// would set the baud rate, or loopback on, where it would never leave. Both are turned off
+    /// around `send` and restored after, so neither side's settings change.
+    fn sending(&mut self, send: impl FnOnce(&mut Uart)) {
+        let (lcr, mcr) = (self.lcr.read_u8(), self.mcr.read_u8());
+        let shared = lcr & LCR_DLAB != 0 || mcr & MCR_LOOP != 0;
+        if shared {
+            self.lcr.write_u8(lcr & !LCR_DLAB);
+            self.mcr.write_u8(mcr & !MCR_LOOP);
+        }
+        send(self);
+        if shared {
+            self.mcr.write_u8(mcr);
+            self.lcr.write_u8(lcr);
+        }
     }
 
     /// Sends one byte, waiting (boundedly) for room.
@@ -108,20 +132,24 @@ impl Uart {
 
     /// Sends bytes as they are.
     pub fn write_bytes(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_byte(b);
-        }
+        self.sending(|u| {
+            for &b in bytes {
+                u.write_byte(b);
+            }
+        });
     }
 }
 
 impl fmt::Write for Uart {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        for b in s.bytes() {
-            if b == b'\n' {
-                self.write_byte(b'\r');
+        self.sending(|u| {
+            for b in s.bytes() {
+                if b == b'\n' {
+                    u.write_byte(b'\r');
+                }
+                u.write_byte(b);
             }
-            self.write_byte(b);
-        }
+        });
         Ok(())
     }
 }

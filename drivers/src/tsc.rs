@@ -6,9 +6,13 @@
 //! present, is the model's nominal value, not the host's). CPUID 0x16 is only the fallback when
 //! no PIT answers.
 //!
-//! The measurement is the shortest of [`CALIBRATION_ROUNDS`] countdowns of [`CALIBRATION_MS`]:
-//! a vCPU descheduled by the host between the PIT's terminal count and the poll that sees it
-//! only ever adds TSC ticks, so the minimum is the estimate least disturbed by a loaded host.
+//! The measurement is the shortest of [`CALIBRATION_ROUNDS`] countdowns of [`CALIBRATION_MS`].
+//! Each counts TSC ticks from just before the write that starts the PIT's count to the poll that
+//! sees its terminal count, so a vCPU the host deschedules anywhere in between (the PIT runs on
+//! the host's clock while no instruction of the vCPU does) only ever adds ticks, and the
+//! minimum is the estimate least disturbed by a loaded host. **Changed:** the first RDTSC used
+//! to follow that write; descheduled between the two, the vCPU saw a countdown already mostly
+//! run, and a loaded host once made a 2.6 GHz TSC read as 61 MHz (every timeout 42 times short).
 
 #![allow(unsafe_code)]
 
@@ -145,8 +149,9 @@ fn pit_measure() -> Option<u64> {
     gate.write_u8((saved & !0x02) | 0x01);
     mode.write_u8(0xB0); // channel 2, lobyte/hibyte, mode 0 (OUT2 low until terminal count)
     ch2.write_u8(count as u8);
-    ch2.write_u8((count >> 8) as u8);
+    // Before the high byte, whose write starts the count: never after it (module notes).
     let start = rdtsc();
+    ch2.write_u8((count >> 8) as u8);
     let mut polls = 0;
     while gate.read_u8() & 0x20 == 0 {
         polls += 1;

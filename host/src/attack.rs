@@ -92,16 +92,7 @@ fn broke(what: &str, e: &HostError) -> ! {
 impl Attack<'_> {
     /// What a refused call must leave as it was.
     fn snapshot(&mut self) -> [u8; 48] {
-        let mut w = HashWriter(Sha384::new());
-        let d = raw(self.cpu, Regs::call(h::SYS_DIGEST, 0, 0, 0, 0));
-        let _ = write!(w, "{:x?}", [d.rax, d.rcx, d.rdx, d.r8, d.r9, d.r10, d.r11]);
-        let r = td::for_each_donated(self.cpu, &mut |md| {
-            let _ = write!(w, "{:x}{:x}{:x}{:x}", md.ty, md.owner, md.pa, md.level);
-        });
-        if r.is_err() {
-            let _ = w.write_str("RDMD refused");
-        }
-        w.0.finalize().into()
+        snapshot(self.cpu)
     }
 
     /// Answers the request TD `other` waits in and runs it to its next request, `want`.
@@ -361,11 +352,35 @@ impl core::fmt::Display for Verdict {
     }
 }
 
+/// What a refused call must leave as it was: the TSM's digest of its summaries
+/// (SEAMLESS.SYS.DIGEST) and the metadata of every page the host donated (RDMD), hashed.
+pub(crate) fn snapshot(cpu: &mut Agent) -> [u8; 48] {
+    let mut w = HashWriter(Sha384::new());
+    let d = raw(cpu, Regs::call(h::SYS_DIGEST, 0, 0, 0, 0));
+    let _ = write!(w, "{:x?}", [d.rax, d.rcx, d.rdx, d.r8, d.r9, d.r10, d.r11]);
+    let r = td::for_each_donated(cpu, &mut |md| {
+        let _ = write!(w, "{:x}{:x}{:x}{:x}", md.ty, md.owner, md.pa, md.level);
+    });
+    if r.is_err() {
+        let _ = w.write_str("RDMD refused");
+    }
+    w.0.finalize().into()
+}
+
+/// Whether `got` is the refusal `want` names: a status without an operand names only the check
+/// (as the ABI doc does), one with an operand must match exactly.
+pub(crate) fn refused_as(got: Status, want: Status) -> bool {
+    if want.operand_id() == 0 {
+        got.code() == want
+    } else {
+        got == want
+    }
+}
+
 /// The verdict on a call that returned `got` where `want` says a status.
 fn status(got: Status, want: Want) -> Result<Verdict, Verdict> {
     let Want::Status(want) = want else { return Err(Verdict::Said("a status where another outcome was wanted")) };
-    let same = if want.operand_id() == 0 { got.code() == want } else { got == want };
-    if same {
+    if refused_as(got, want) {
         Ok(Verdict::Status(got))
     } else {
         Err(Verdict::WrongStatus(got))

@@ -24,7 +24,7 @@ use tsm_client::host::ghci::ports::PowerRequest;
 use tsm_client::host::ghci::run::{self as td_run, DeviceRequests, Ended, LastState, RunPlan, RunReport};
 use tsm_client::host::ghci::{Ghci, Machine, PciFilter, Stop, TdView};
 use tsm_client::host::tdvf::{self, Aug};
-use tsm_client::host::{call, HostError};
+use tsm_client::host::{call, HostError, HostMemory};
 
 use seamless_drivers::bootinfo::BootInfo;
 use seamless_drivers::config::{OvmfDevice, RunConfig, OVMF_FILE, PHANTOM_FUNCTION};
@@ -36,7 +36,7 @@ use seamless_drivers::say;
 use seamless_drivers::serial::Uart;
 use seamless_drivers::tsc::Tsc;
 use seamless_drivers::{phases, phys};
-use seamless_host::{device, Cpu};
+use seamless_host::{device, Cpu, Failed};
 
 use crate::arch::{self, ExitCode};
 use crate::run::{fail, Agent};
@@ -310,14 +310,65 @@ fn attack(
     }
     let (objects, logged) =
         world_probe::attack_td(cpu, &built.td, built.vcpu, private).unwrap_or_else(|e| fail("host world attacks", &e));
+    let hob = private.iter().find(|p| p.0 == "TD HOB").map_or(0, |p| p.1);
+    let calls = refused_calls(cpu, built, hob).unwrap_or_else(|e| fail("host calls against the OVMF TD", &e));
     say!(
-        "world: the host world attacked the running OVMF TD after {} entries ({} MapGPA calls served, {} console bytes written; exit reason {}, only its exposed registers): {objects} protected objects, {} accesses refused in hardware, {logged} fault-log entries read back; the TD runs on",
+        "world: the host world attacked the running OVMF TD after {} entries ({} MapGPA calls served, {} console bytes written; exit reason {}, only its exposed registers): {objects} protected objects, {} accesses refused in hardware, {logged} fault-log entries read back; {calls} host calls on its memory refused with their statuses, the TSM's state unchanged; the TD runs on",
         report.entries,
         ghci.conversions.calls,
         ghci.ports.console.written,
         last.rax,
         2 * objects
     );
+}
+
+/// The attack table's host calls on a finalized TD's memory (`attack::cases`), made against the
+/// running OVMF TD at `hob`, its TD HOB (a 4K page the host added, mapped and private): each
+/// refused with the status the table names, and the TSM's state (`attack::snapshot`) the same
+/// after all of them. Returns how many.
+fn refused_calls(cpu: &mut Agent, built: &tdvf::BuiltTdvf, hob: u64) -> Result<usize, Failed> {
+    use tsm::{Operand, Status};
+    let (tdr, vcpu) = (built.td.tdr, built.vcpu);
+    let fresh = tsm_client::host::donate(cpu).map_err(|e| Failed::new("a page for the calls", e))?;
+    let src = tsm_client::host::scratch(cpu).map_err(|e| Failed::new("a page for the calls", e))?;
+    let cases: [(&'static str, Status, Regs); 6] = [
+        ("MEM.PAGE.ADD after MR.FINALIZE", Status::TD_FINALIZED, Regs::call(leaf::MEM_PAGE_ADD, hob, tdr, fresh, src)),
+        ("MR.EXTEND after MR.FINALIZE", Status::TD_FINALIZED, Regs::call(leaf::MR_EXTEND, hob, tdr, 0, 0)),
+        (
+            "MEM.PAGE.AUG of a page the TD owns",
+            Status::PAGE_NOT_FREE.with_operand(Operand::R8),
+            Regs::call(leaf::MEM_PAGE_AUG, hob, tdr, vcpu, 0),
+        ),
+        (
+            "MEM.PAGE.AUG over a mapped page",
+            Status::EPT_ENTRY_NOT_FREE.with_operand(Operand::Rcx),
+            Regs::call(leaf::MEM_PAGE_AUG, hob, tdr, fresh, 0),
+        ),
+        (
+            "MEM.PAGE.REMOVE of a page not blocked",
+            Status::GPA_RANGE_NOT_BLOCKED.with_operand(Operand::Rcx),
+            Regs::call(leaf::MEM_PAGE_REMOVE, hob, tdr, 0, 0),
+        ),
+        (
+            "PHYMEM.PAGE.RECLAIM of a live TD's page",
+            Status::LIFECYCLE_STATE_INCORRECT,
+            Regs::call(leaf::PHYMEM_PAGE_RECLAIM, vcpu, 0, 0, 0),
+        ),
+    ];
+    let before = crate::attack::snapshot(cpu);
+    for (name, want, regs) in cases {
+        let got = tsm_client::host::raw(cpu, regs).status();
+        if !crate::attack::refused_as(got, want) {
+            say!("host: {name} against the OVMF TD returned {:#x}, not {:#x}", got.0, want.0);
+            return Err(Failed::new(name, "not refused with the attack table's status"));
+        }
+    }
+    if crate::attack::snapshot(cpu) != before {
+        return Err(Failed::new("host calls against the OVMF TD", "a refused call changed the TSM's state"));
+    }
+    HostMemory::release(cpu, fresh);
+    HostMemory::release(cpu, src);
+    Ok(cases.len())
 }
 
 /// What the host knows of the vCPU's last moment, for a run that ended badly.

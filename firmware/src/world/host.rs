@@ -13,7 +13,6 @@
 //! What runs there is the host agent's binary (`seamless-host`, loaded by `loader` from fw_cfg),
 //! which [`HostWorld::run`] serves until it ends the run.
 
-use tsm::abi::Regs;
 use tsm::addr::{HostPhysAddr, Pfn};
 use tsm::pamt::PageType;
 use tsm::Tsm;
@@ -578,20 +577,7 @@ impl HostWorld {
     /// that returns them: GHCI's operands); the others keep the host's values. RIP moves past
     /// the 4 bytes.
     fn seamcall(&mut self, tsm: &mut Tsm<FirmwarePlatform>) {
-        let g = &self.world.gprs;
-        let regs = Regs {
-            rax: self.world.rax(),
-            rcx: g.rcx,
-            rdx: g.rdx,
-            r8: g.r8,
-            r9: g.r9,
-            r10: g.r10,
-            r11: g.r11,
-            r12: g.r12,
-            r13: g.r13,
-            r14: g.r14,
-            r15: g.r15,
-        };
+        let regs = self.world.abi_regs();
         let mut out = tsm.host_call(&regs);
         // TDH.VP.ENTER of a TD that runs in a TD world returns at its next exit to the host,
         // with TDX's exit registers (`TdExit::host_regs`).

@@ -11,6 +11,7 @@ pub mod npt;
 pub mod td;
 
 use crate::arch::svm::{self, exit, vmcb, Gprs, Vmcb};
+use tsm::abi::Regs;
 
 /// Bytes of a page.
 const PAGE: u64 = 4096;
@@ -150,6 +151,33 @@ impl World {
         let vmcb = svm::take_vmcb().ok_or(WorldError::OutOfTsmMemory)?;
         vmcb.clear();
         Ok(World { vmcb, gprs: Gprs::default(), exits: 0, fpu: crate::arch::FpuState::init() })
+    }
+
+    /// The world's registers as the ABI's register file (RAX from the VMCB): what a SEAMCALL
+    /// or TDCALL it executed passes.
+    pub fn abi_regs(&self) -> Regs {
+        let g = &self.gprs;
+        Regs {
+            rax: self.rax(),
+            rcx: g.rcx,
+            rdx: g.rdx,
+            r8: g.r8,
+            r9: g.r9,
+            r10: g.r10,
+            r11: g.r11,
+            r12: g.r12,
+            r13: g.r13,
+            r14: g.r14,
+            r15: g.r15,
+        }
+    }
+
+    /// Writes every register of the ABI's register file back into the world.
+    pub fn set_abi_regs(&mut self, r: &Regs) {
+        let g = &mut self.gprs;
+        (g.rcx, g.rdx, g.r8, g.r9, g.r10, g.r11, g.r12, g.r13, g.r14, g.r15) =
+            (r.rcx, r.rdx, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15);
+        self.set_rax(r.rax);
     }
 
     /// The VMCB, to set up or read the guest state between runs.

@@ -308,8 +308,8 @@ pub fn enter(tsm: &mut Tsm<FirmwarePlatform>, tdvpr: u64, host_in: &Regs) -> Opt
         initial_state(&mut v.world, vcpu.gpaw, vcpu.index);
         v.vmcall_pending = None;
     } else if let Some(mask) = v.vmcall_pending.take() {
-        let answered = TdExit::vmcall_answered(mask, host_in, &guest_regs(&v.world));
-        set_guest_regs(&mut v.world, &answered);
+        let answered = TdExit::vmcall_answered(mask, host_in, &v.world.abi_regs());
+        v.world.set_abi_regs(&answered);
     }
     arm_preemption(tsm);
     let exit = run(tsm, &mut v);
@@ -866,45 +866,19 @@ fn cpuid(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) {
     }
 }
 
-/// The guest's registers as the ABI's register file (RAX from the VMCB).
-fn guest_regs(world: &World) -> Regs {
-    let g = &world.gprs;
-    Regs {
-        rax: world.rax(),
-        rcx: g.rcx,
-        rdx: g.rdx,
-        r8: g.r8,
-        r9: g.r9,
-        r10: g.r10,
-        r11: g.r11,
-        r12: g.r12,
-        r13: g.r13,
-        r14: g.r14,
-        r15: g.r15,
-    }
-}
-
-/// Writes the ABI's register file back into the guest.
-fn set_guest_regs(world: &mut World, r: &Regs) {
-    let g = &mut world.gprs;
-    (g.rcx, g.rdx, g.r8, g.r9, g.r10, g.r11, g.r12, g.r13, g.r14, g.r15) =
-        (r.rcx, r.rdx, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15);
-    world.set_rax(r.rax);
-}
-
 /// TDCALL: the leaf's registers into `Tsm::guest_call`, its results back. A VMCALL exit moves
 /// RIP past the TDCALL (the host's answer comes at the next entry, into the registers it
 /// exposed); an EPT violation leaves it on the TDCALL, which runs again once the host fixed
 /// the mapping, as in TDX.
 fn tdcall(tsm: &mut Tsm<FirmwarePlatform>, v: &mut TdVcpu) -> Option<TdExit> {
-    let regs = guest_regs(&v.world);
+    let regs = v.world.abi_regs();
     let back = tsm.guest_call(v.tdvpr, &regs);
     match back.exit {
         None => {
             // The leaf's outputs (RAX..R13); R14 and R15 are no leaf's output and keep the
             // guest's values.
             let out = Regs { r14: regs.r14, r15: regs.r15, ..back.regs };
-            set_guest_regs(&mut v.world, &out);
+            v.world.set_abi_regs(&out);
             v.world.skip(4);
             None
         }

@@ -34,6 +34,8 @@ fn debians_ovmf_boots_as_a_td_to_the_uefi_shell_and_powers_off() {
         // Mid-boot, between two entries, the host world attacks the running TD and is refused
         // (the host checks every refusal and its fault-log entry; a miss fails the run).
         "world: the host world attacked the running OVMF TD after 15000 entries",
+        // The attack table's host calls on a finalized TD's memory, each with its status.
+        "6 host calls on its memory refused with their statuses, the TSM's state unchanged; the TD runs on",
         "BdsDxe: starting Boot0001 \"EFI Internal Shell\"",
         "UEFI Interactive Shell v2.2",
         "Shell> ",
