@@ -40,7 +40,8 @@ commands:
                  on yours to the UEFI shell, where the host types `reset -s`; prints MRTD
                  against `attest measure`, RTMR0..3 and where the time went; files in
                  target/run/ovmf/ (--fw-cfg-dma on|off: serve fw_cfg's DMA interface or hide
-                 it; --baseline: then the same OVMF.fd natively to the same prompt)
+                 it; --baseline: then the same OVMF.fd natively to the same prompt;
+                 --patched: OVMF.fd built from Debian's edk2 with ovmf-patches/, cached)
   setup          only install missing prerequisites (target, clippy, rustfmt, QEMU >= 9.1,
                  Debian's ovmf (OVMF.fd, a TDVF), defmt-print)
   qemu           only check for (and install when missing) QEMU >= 9.1 with NVMe spdm_port
@@ -466,14 +467,26 @@ cmd_boot() {
     fi
 }
 
+# Points OVMF_FD at OVMF.fd built from Debian's edk2 source with the series in ovmf-patches/:
+# built once per series (a long job on 2 cores) and cached outside the clone.
+ovmf_patched() {
+    if ! OVMF_FD=$(ovmf-patches/build.sh --cached 2>/dev/null | tail -1); then
+        section "ovmf-patches/build.sh: Debian's edk2 with ovmf-patches/series (cold: tens of minutes)"
+        OVMF_FD=$(ovmf-patches/build.sh | tail -1)
+    fi
+    export OVMF_FD
+}
+
 # Debian's OVMF.fd as a TD (mode ovmf): the host builds the TD from the image's TDVF metadata,
 # runs it in the TD world serving its TDVMCALLs, and types `reset -s` at the UEFI shell.
 # Options: --fw-cfg-dma on|off (the host serves fw_cfg's DMA interface, or hides it),
-# --baseline (then the same OVMF.fd natively, -bios, to the same prompt, and the ratio).
+# --baseline (then the same OVMF.fd natively, -bios, to the same prompt, and the ratio),
+# --patched (OVMF.fd built from Debian's edk2 with ovmf-patches/, cached: ovmf_patched).
 cmd_ovmf() {
     local dma=on baseline=0
     while (($#)); do
         case $1 in
+            --patched) ovmf_patched; shift ;;
             --fw-cfg-dma)
                 dma=${2:-}
                 shift 2 || { echo "error: --fw-cfg-dma needs on or off" >&2; exit 2; }

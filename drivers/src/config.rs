@@ -72,7 +72,23 @@ pub struct RunConfig {
     /// Offer the OVMF TD fw_cfg's DMA interface, served by the host (mode `ovmf`); off hides it
     /// and the TD reads fw_cfg a byte per TDVMCALL.
     pub fw_cfg_dma: bool,
+    /// What the host answers the OVMF TD's device requests (mode `ovmf`).
+    pub ovmf_device: OvmfDevice,
 }
+
+/// How the host of mode `ovmf` answers the TD's device requests (GET_TDI and the rest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OvmfDevice {
+    /// `none`: the host has no device for the TD and refuses every request.
+    None,
+    /// `phantom`: a lying host whose GET_TDI names function 0x0100, a TDI it never bound to the
+    /// TD; the TD's check with the TSM (TDG.TDI.RD) must find it absent.
+    Phantom,
+}
+
+/// The function id a `phantom` host names: 01:00.0, where q35 puts the first device behind a
+/// root port.
+pub const PHANTOM_FUNCTION: u32 = 0x0100;
 
 /// Default BAR0 address: the first 16 KiB of q35's 32-bit PCI hole above the ECAM window, which
 /// nothing else uses when the firmware boots (SeaBIOS allocates from the top of the hole).
@@ -90,6 +106,7 @@ impl Default for RunConfig {
             td_mib: 256,
             td_timeout_s: 120,
             fw_cfg_dma: true,
+            ovmf_device: OvmfDevice::None,
         }
     }
 }
@@ -195,6 +212,13 @@ impl RunConfig {
                         _ => return Err(err("fw_cfg_dma is on or off")),
                     }
                 }
+                "ovmf_device" => {
+                    c.ovmf_device = match value {
+                        "none" => OvmfDevice::None,
+                        "phantom" => OvmfDevice::Phantom,
+                        _ => return Err(err("ovmf_device is none or phantom")),
+                    }
+                }
                 _ => return Err(err("unknown key")),
             }
         }
@@ -235,6 +259,7 @@ mod tests {
         assert_eq!(err("td_mib=2049").what, "td_mib is 32..2048");
         assert_eq!(err("td_timeout_s=0").what, "td_timeout_s is 1..3600");
         assert_eq!(err("fw_cfg_dma=maybe").what, "fw_cfg_dma is on or off");
+        assert_eq!(err("ovmf_device=real").what, "ovmf_device is none or phantom");
         assert_eq!(err("nvme_bar0=0xc0000800").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
         assert_eq!(err("nvme_bar0=3221225472").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
         assert_eq!(err("nvme_bar0=0xfec00000").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
@@ -285,5 +310,8 @@ mod tests {
         assert_eq!(RunConfig::parse(b"mode=connect\r\n").unwrap().mode, Mode::Connect);
         let c = RunConfig::parse(b"mode=ovmf\ntd_mib=512\ntd_timeout_s=300\nfw_cfg_dma=off\n").unwrap();
         assert_eq!((c.mode, c.td_mib, c.td_timeout_s, c.fw_cfg_dma), (Mode::Ovmf, 512, 300, false));
+        assert_eq!(c.ovmf_device, OvmfDevice::None);
+        let c = RunConfig::parse(b"mode=ovmf\novmf_device=phantom\n").unwrap();
+        assert_eq!(c.ovmf_device, OvmfDevice::Phantom);
     }
 }

@@ -21,13 +21,13 @@ use tsm::abi::host::leaf;
 use tsm::td::TdParams;
 use tsm::{Regs, TdExit};
 use tsm_client::host::ghci::ports::PowerRequest;
-use tsm_client::host::ghci::run::{self as td_run, Ended, LastState, RunPlan, RunReport};
+use tsm_client::host::ghci::run::{self as td_run, DeviceRequests, Ended, LastState, RunPlan, RunReport};
 use tsm_client::host::ghci::{Ghci, Machine, PciFilter, Stop, TdView};
 use tsm_client::host::tdvf::{self, Aug};
 use tsm_client::host::{call, HostError, HostMemory};
 
 use seamless_drivers::bootinfo::BootInfo;
-use seamless_drivers::config::{RunConfig, OVMF_FILE};
+use seamless_drivers::config::{OvmfDevice, RunConfig, OVMF_FILE, PHANTOM_FUNCTION};
 use seamless_drivers::console::{figure, Hex, Ms};
 use seamless_drivers::fw_cfg::{FwCfg, FwCfgError};
 use seamless_drivers::legacy::LegacyPorts;
@@ -199,9 +199,14 @@ pub fn run(cpu: &mut Agent, info: &BootInfo, config: &RunConfig) -> ! {
     let mut ghci = Ghci::new(&mut machine, &view, config.fw_cfg_dma).unwrap_or_else(|e| fail("fw_cfg for the TD", &e));
     say!("host: booting OVMF as a TD; its console follows");
     let start = machine.now_ns();
+    let device = match config.ovmf_device {
+        OvmfDevice::None => DeviceRequests::Refuse,
+        OvmfDevice::Phantom => DeviceRequests::Phantom(PHANTOM_FUNCTION),
+    };
     let plan = RunPlan {
         deadline_ns: start + config.td_timeout_s * 1_000_000_000,
         shell_command: Some(SHELL_COMMAND),
+        device,
         pause_after_entries: Some(ATTACK_AFTER_ENTRIES),
     };
     let mut report = RunReport::default();

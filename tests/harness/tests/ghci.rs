@@ -13,8 +13,10 @@ use tsm::addr::PageSize;
 use tsm::sept::SeptState;
 use tsm::{Regs, TdExit};
 use tsm_client::host::ghci::ports::PowerRequest;
+use tsm_client::host::ghci::run::DeviceRequests;
 use tsm_client::host::ghci::{self, leaf, Ghci, PciFilter, Served, Stop, TdView};
 use tsm_client::host::td::TdPages;
+use tsm_client::vmcall;
 
 const MIB: u64 = 1 << 20;
 const SHARED: u64 = 1 << 47;
@@ -298,4 +300,46 @@ fn fw_cfg_dma_rejects_an_access_structure_the_host_never_mapped() {
     assert_eq!(status(s), leaf::status::SUCCESS, "the port write is taken");
     assert_eq!(g.fw_cfg.dma_transfers, 0, "but nothing was transferred");
     assert!(b.log.is_empty());
+}
+
+/// A device request (R10 != 0) with R12 = `page`.
+fn device_call(m: &mut Machine, g: &mut Ghci, td: &TdHandle, request: u64, page: u64, policy: DeviceRequests) -> u64 {
+    let regs = Regs { r10: request, r11: 0, r12: page, ..Regs::default() };
+    g.device_request(m, &view(td), &regs, policy).unwrap_or_else(|e| panic!("{e}")).r10
+}
+
+#[test]
+fn device_request_rejects_what_this_host_does_not_serve_and_writes_nothing() {
+    let (mut m, td, mut g, _) = setup();
+    m.enter(td.vcpus[0]);
+    m.aug_accept(&td, 0x3000, PageSize::Size4K);
+    vmcall(&mut m, &td);
+    let phantom = DeviceRequests::Phantom(0x0100);
+    let inval = leaf::status::INVALID_OPERAND;
+    // A host with no device refuses GET_TDI, though the page is shared.
+    let mut b = Bench::default();
+    ghci_call(&mut m, &mut g, &mut b, &td, leaf::MAP_GPA, [SHARED | 0x3000, 0x1000, 0, 0]);
+    let shared_frame = g.shared.lookup(&mut m, &pages(&td), SHARED | 0x3000).unwrap().unwrap();
+    assert_eq!(device_call(&mut m, &mut g, &td, vmcall::GET_TDI, SHARED | 0x3000, DeviceRequests::Refuse), inval);
+    // The phantom host refuses every other request, a private page, a misaligned one, and a
+    // shared one the TD never converted.
+    assert_eq!(device_call(&mut m, &mut g, &td, vmcall::GET_REPORT, SHARED | 0x3000, phantom), inval);
+    assert_eq!(device_call(&mut m, &mut g, &td, vmcall::GET_TDI, 0x3000, phantom), inval);
+    assert_eq!(device_call(&mut m, &mut g, &td, vmcall::GET_TDI, SHARED | 0x3008, phantom), inval);
+    assert_eq!(device_call(&mut m, &mut g, &td, vmcall::GET_TDI, SHARED | 0x5000, phantom), inval);
+    assert!(m.read(shared_frame, 16).iter().all(|&x| x == 0), "nothing written");
+    assert_eq!(g.counts.refused, 5);
+}
+
+#[test]
+fn device_request_phantom_names_its_function_in_the_shared_page() {
+    let (mut m, td, mut g, mut b) = setup();
+    m.enter(td.vcpus[0]);
+    m.aug_accept(&td, 0x3000, PageSize::Size4K);
+    vmcall(&mut m, &td);
+    ghci_call(&mut m, &mut g, &mut b, &td, leaf::MAP_GPA, [SHARED | 0x3000, 0x1000, 0, 0]);
+    let status = device_call(&mut m, &mut g, &td, vmcall::GET_TDI, SHARED | 0x3000, DeviceRequests::Phantom(0x0100));
+    assert_eq!(status, leaf::status::SUCCESS);
+    let frame = g.shared.lookup(&mut m, &pages(&td), SHARED | 0x3000).unwrap().unwrap();
+    assert_eq!(m.read(frame, 12), [4, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x01, 0, 0], "[len 4][0x0100]");
 }

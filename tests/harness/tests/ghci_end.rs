@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use seamless_harness::driver::{Machine, TdHandle};
 use tsm::abi::{guest::leaf as g, host::leaf as h};
 use tsm::{Regs, TdExit};
-use tsm_client::host::ghci::run::{self, Ended, LastState, RunPlan, RunReport};
+use tsm_client::host::ghci::run::{self, DeviceRequests, Ended, LastState, RunPlan, RunReport};
 use tsm_client::host::ghci::{self, leaf, Ghci, PciFilter, Stop, TdView};
 use tsm_client::host::{HostMemory, Seamcall};
 
@@ -185,7 +185,12 @@ fn boot_then(end: Act) -> Outcome {
     let view = TdView { td: td.pages(), shared_bit: SHARED, ram: &RAM, pci: PciFilter::Q35_PLATFORM };
     let mut bench = Bench::default();
     let mut ghci = Ghci::new(&mut bench, &view, true).unwrap();
-    let plan = RunPlan { deadline_ns: 2_000 * MS, shell_command: None, pause_after_entries: None };
+    let plan = RunPlan {
+        deadline_ns: 2_000 * MS,
+        shell_command: None,
+        pause_after_entries: None,
+        device: DeviceRequests::Refuse,
+    };
     let mut report = RunReport::default();
     let ended = run::run(&mut w, &mut bench, tdvpr, &view, &mut ghci, &plan, &mut report).unwrap();
     let last = LastState { report: &report, console: ghci.ports.console.tail() }.to_string();

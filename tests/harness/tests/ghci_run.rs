@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use tsm::abi::host::leaf as h;
 use tsm::addr::GuestPhysAddr;
 use tsm::{Regs, Status, TdExit};
-use tsm_client::host::ghci::run::{run, Ended, RunPlan, RunReport};
+use tsm_client::host::ghci::run::{run, DeviceRequests, Ended, RunPlan, RunReport};
 use tsm_client::host::ghci::{self, leaf, Ghci, PciFilter, Stop, TdView};
 use tsm_client::host::td::TdPages;
 use tsm_client::host::{HostError, HostMemory, Seamcall};
@@ -144,7 +144,12 @@ fn go_pausing(
     let mut c = Clock::default();
     let mut g = Ghci::new(&mut c, &view(), true).unwrap();
     let mut report = RunReport::default();
-    let plan = RunPlan { deadline_ns, shell_command: Some(b"reset -s\r"), pause_after_entries: pause };
+    let plan = RunPlan {
+        deadline_ns,
+        shell_command: Some(b"reset -s\r"),
+        pause_after_entries: pause,
+        device: DeviceRequests::Refuse,
+    };
     let mut r = run(&mut s, &mut c, TDVPR, &view(), &mut g, &plan, &mut report);
     if pause.is_some() {
         assert_eq!(r.as_ref().ok(), Some(&Ended::Paused), "paused");

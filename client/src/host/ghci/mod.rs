@@ -307,6 +307,40 @@ impl Ghci {
         Ok(())
     }
 
+    /// Answers one device request (`r`: R10 the request, R12 the TD's shared page) as `policy`
+    /// says. Phantom's GET_TDI leaves `[4: u64][function: u32]` in the shared page; a shared
+    /// page the TD never converted, or any other request, is refused (INVALID_OPERAND).
+    ///
+    /// # Errors
+    /// [`HostError`] of the shared table's walk.
+    pub fn device_request<H: Seamcall + HostMemory + ?Sized>(
+        &mut self,
+        h: &mut H,
+        view: &TdView<'_>,
+        r: &Regs,
+        policy: run::DeviceRequests,
+    ) -> Result<Regs, HostError> {
+        let refuse = Regs { r10: leaf::status::INVALID_OPERAND, ..Regs::default() };
+        let run::DeviceRequests::Phantom(function) = policy else {
+            self.counts.refused += 1;
+            return Ok(refuse);
+        };
+        let page = r.r12;
+        if r.r10 != crate::vmcall::GET_TDI || page & view.shared_bit == 0 || page & 0xFFF != 0 {
+            self.counts.refused += 1;
+            return Ok(refuse);
+        }
+        let Some(frame) = self.shared.lookup(h, &view.td, page)? else {
+            self.counts.refused += 1;
+            return Ok(refuse);
+        };
+        let id = function.to_le_bytes();
+        let (len, data) = crate::shared::frame(&id);
+        h.write(frame, &len.to_le_bytes());
+        h.write(frame + 8, data);
+        Ok(Regs::default())
+    }
+
     /// Serves one GHCI TDG.VP.VMCALL (`r`: the exposed registers, R10 = 0, R11 the
     /// sub-function). The answer's R10 is the status, R11..R15 the values.
     ///

@@ -65,6 +65,18 @@ impl core::fmt::Display for Ended {
     }
 }
 
+/// How the host answers the TD's device requests (TDG.VP.VMCALL with R10 != 0, the requests of
+/// [`crate::vmcall`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceRequests {
+    /// This host has no device for the TD: every request is refused (INVALID_OPERAND).
+    #[default]
+    Refuse,
+    /// A lying host: GET_TDI names this function id, a TDI it never bound to the TD (the TSM
+    /// answers TDG.TDI.RD for it with TDI_NOT_PRESENT); every other request is refused.
+    Phantom(u32),
+}
+
 /// What the host does besides serving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunPlan {
@@ -72,6 +84,8 @@ pub struct RunPlan {
     pub deadline_ns: u64,
     /// Typed into the console once the UEFI shell's prompt shows (at most 32 bytes).
     pub shell_command: Option<&'static [u8]>,
+    /// How the TD's device requests are answered.
+    pub device: DeviceRequests,
     /// Return [`Ended::Paused`] once this many entries' exits are served (the host's turn to
     /// do something between two of them, such as attack the running TD).
     pub pause_after_entries: Option<u64>,
@@ -143,9 +157,9 @@ pub fn run<H: Seamcall + HostMemory + ?Sized, M: Machine + ?Sized>(
                 }
                 Served::Stop(s) => return Ok(Ended::Stopped(s)),
             },
-            Some(TdExit::Vmcall { .. }) => {
-                // R10 != 0: not a GHCI call, and this TD has no other protocol with the host.
-                answer.r10 = super::leaf::status::INVALID_OPERAND;
+            Some(TdExit::Vmcall { regs, .. }) => {
+                // R10 != 0: not a GHCI call but one of the device requests.
+                answer = ghci.device_request(h, view, &regs, plan.device)?;
             }
             Some(TdExit::EptViolation { gpa, requested_level, .. }) => {
                 let gpa = gpa.raw();
