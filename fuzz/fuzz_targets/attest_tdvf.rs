@@ -4,21 +4,9 @@
 //! keeps every section's data inside the file and every section's memory apart from the others.
 #![no_main]
 
-use attest::tdvf::{Tdvf, METADATA_OFFSET_GUID, TABLE_FOOTER_GUID};
+use attest::tdvf::Tdvf;
 use libfuzzer_sys::fuzz_target;
-
-/// `descriptor` at offset 0 of an image that ends with OVMF's table pointing at it.
-fn framed(descriptor: &[u8]) -> Vec<u8> {
-    let mut b = descriptor.to_vec();
-    let total = b.len() + 22 + 2 + 16 + 32;
-    b.extend_from_slice(&(total as u32).to_le_bytes());
-    b.extend_from_slice(&22u16.to_le_bytes());
-    b.extend_from_slice(&METADATA_OFFSET_GUID);
-    b.extend_from_slice(&40u16.to_le_bytes());
-    b.extend_from_slice(&TABLE_FOOTER_GUID);
-    b.extend_from_slice(&[0u8; 32]);
-    b
-}
+use seamless_fuzz_tools::tdvf::framed;
 
 fn check(bytes: &[u8]) {
     let Ok(t) = Tdvf::parse(bytes) else { return };

@@ -5,22 +5,10 @@
 //! accepted; the HOB fits exactly `hob_bytes` and refuses a buffer one byte short.
 #![no_main]
 
-use attest::tdvf::{SectionType, Tdvf, METADATA_OFFSET_GUID, TABLE_FOOTER_GUID};
+use attest::tdvf::{SectionType, Tdvf};
 use libfuzzer_sys::fuzz_target;
+use seamless_fuzz_tools::tdvf::framed;
 use tsm_client::host::tdvf::{write_hob, MemoryMap};
-
-/// `descriptor` at offset 0 of an image that ends with OVMF's table pointing at it.
-fn framed(descriptor: &[u8]) -> Vec<u8> {
-    let mut b = descriptor.to_vec();
-    let total = b.len() + 22 + 2 + 16 + 32;
-    b.extend_from_slice(&(total as u32).to_le_bytes());
-    b.extend_from_slice(&22u16.to_le_bytes());
-    b.extend_from_slice(&METADATA_OFFSET_GUID);
-    b.extend_from_slice(&40u16.to_le_bytes());
-    b.extend_from_slice(&TABLE_FOOTER_GUID);
-    b.extend_from_slice(&[0u8; 32]);
-    b
-}
 
 /// Up to four `(start, length)` pairs from 8-byte words, the list ending at a zero length; low
 /// bits mostly cleared so that many are page-aligned (the rest test the refusals), lengths kept

@@ -12,7 +12,8 @@
 //! - [`ghci`]: the host's GHCI server (what serves OVMF as a TD) with the TD as the attacker:
 //!   arbitrary TDG.VP.VMCALLs, with what the host may touch on the TD's behalf checked after each;
 //! - [`attacks`]: the malicious-host and malicious-device cases, run and counted;
-//! - [`frame`]: the firmware's serial artifact framing (`drivers/src/frame.rs`), for its target.
+//! - [`frame`]: the firmware's serial artifact framing (`drivers/src/frame.rs`), for its target;
+//! - [`tdvf`]: OVMF images around a fuzzed TDVF descriptor.
 //!
 //! Panics here are findings: the fuzz targets rely on them to report a broken invariant.
 
@@ -27,6 +28,7 @@ pub mod frame;
 pub mod ghci;
 pub mod machine;
 pub mod record;
+pub mod tdvf;
 pub mod wire;
 
 /// `fuzz/` in the source tree (fixtures and corpora live there).
