@@ -34,6 +34,10 @@ pub const ADD_DMA: u64 = 0x5EA1_0007;
 pub const START: u64 = 0x5EA1_0008;
 /// A typed result of the guest is in the shared page (R11: its kind, `crate::guest::result`).
 pub const RESULT: u64 = 0x5EA1_0009;
+/// A piece of the TD's CC event log is in the shared page (R11: its offset in the log, R13: the
+/// log's whole length). A TDVF hands its log over this way before REPORT_READY, so the verifier
+/// can replay the RTMRs the report holds (`attest verify --event-log`).
+pub const EVENT_LOG: u64 = 0x5EA1_000A;
 
 /// R11 of the host's answer (R10 = 0) when it asks a TD in the probe plan to run the probe in the
 /// shared page first (`crate::guest::probe`): the TD does, then makes the same request again with
@@ -119,6 +123,13 @@ pub const REQUESTS: &[Row] = &[
         name: "RESULT",
         guest: "R11 the result's kind",
         host: "takes the typed result from the shared page and acts on it",
+        answer: "unchanged",
+    },
+    Row {
+        number: EVENT_LOG,
+        name: "EVENT_LOG",
+        guest: "R11 the piece's offset in the log, R13 the log's length",
+        host: "copies the piece of the TD's CC event log into its buffer (pieces in order, without gaps)",
         answer: "unchanged",
     },
 ];

@@ -73,6 +73,13 @@ pub enum Request {
         /// R11.
         kind: u64,
     },
+    /// EVENT_LOG: a piece of the TD's CC event log is in the shared page.
+    EventLog {
+        /// R11: the piece's offset in the log.
+        offset: u64,
+        /// R13: the log's whole length.
+        total: u64,
+    },
 }
 
 impl Request {
@@ -98,6 +105,7 @@ impl Request {
             vmcall::ADD_DMA => Request::AddDma { function: r11 },
             vmcall::START => Request::Start { function: r11 },
             vmcall::RESULT => Request::Result { kind: r11 },
+            vmcall::EVENT_LOG => Request::EventLog { offset: r11, total: r13 },
             other => return Err(HostError::UnknownVmcall(other)),
         })
     }
@@ -113,6 +121,7 @@ impl Request {
             Request::AddDma { .. } => vmcall::ADD_DMA,
             Request::Start { .. } => vmcall::START,
             Request::Result { .. } => vmcall::RESULT,
+            Request::EventLog { .. } => vmcall::EVENT_LOG,
         }
     }
 }

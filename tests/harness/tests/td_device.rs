@@ -114,6 +114,7 @@ fn decode_happy_path_every_request_with_its_arguments() {
         ([vmcall::ADD_DMA, 0x18, SHARED_GPA, 0], Request::AddDma { function: 0x18 }),
         ([vmcall::START, 0x18, SHARED_GPA, 0], Request::Start { function: 0x18 }),
         ([vmcall::RESULT, 1, SHARED_GPA, 0], Request::Result { kind: 1 }),
+        ([vmcall::EVENT_LOG, 4088, SHARED_GPA, 9000], Request::EventLog { offset: 4088, total: 9000 }),
     ];
     assert_eq!(cases.len(), vmcall::REQUESTS.len() - 1, "every request but CONSOLE");
     for (args, want) in cases {
