@@ -193,30 +193,29 @@ fn against_bundle(
         Payload::CertChain { digest, .. } => {
             let chain = e.get(RecordType::CertChain, device).ok_or_else(|| missing(RecordType::CertChain))?;
             let got = sha384(chain);
-            match got == *digest {
-                true => Ok(()),
-                false => {
-                    Err(("the bundle's certificate chain does not hash to the event's digest", Value::bytes(&got)))
-                }
+            if got != *digest {
+                return Err(("the bundle's certificate chain does not hash to the event's digest", Value::bytes(&got)));
             }
+            Ok(())
         }
         Payload::Measurements { digest } => {
             let vca = e.get(RecordType::Vca, device).ok_or_else(|| missing(RecordType::Vca))?;
             let meas = e.get(RecordType::Measurements, device).ok_or_else(|| missing(RecordType::Measurements))?;
             let got = transcript_digest(vca, meas);
-            match got == *digest {
-                true => Ok(()),
-                false => {
-                    Err(("the bundle's VCA and measurements do not hash to the event's digest", Value::bytes(&got)))
-                }
+            if got != *digest {
+                return Err((
+                    "the bundle's VCA and measurements do not hash to the event's digest",
+                    Value::bytes(&got),
+                ));
             }
+            Ok(())
         }
         Payload::InterfaceReport(bytes) => {
             let ir = e.get(RecordType::InterfaceReport, device).ok_or_else(|| missing(RecordType::InterfaceReport))?;
-            match ir == *bytes {
-                true => Ok(()),
-                false => Err(("the event's interface report is not the bundle's", Value::bytes(&sha384(ir)))),
+            if ir != *bytes {
+                return Err(("the event's interface report is not the bundle's", Value::bytes(&sha384(ir))));
             }
+            Ok(())
         }
     }
 }
