@@ -160,6 +160,9 @@ fn verify_event_log_rejects_a_log_that_does_not_replay_rtmr1_naming_both_values(
     let c = v["checks"].as_array().unwrap().iter().find(|c| c["id"] == "eventlog.rtmr1").unwrap();
     assert_eq!(c["expected"], hex(&fixture().rtmr[1]));
     assert_eq!(c["status"], "fail");
+    assert_eq!(v["event_log"]["events"], 6);
+    assert_eq!(v["event_log"]["fill_bytes"], 0);
+    assert_eq!(v["event_log"]["signed"], false);
 }
 
 #[test]

@@ -112,8 +112,10 @@ pub fn cmd_verify(mut a: Args) -> Result<Outcome, Unusable> {
         OFFLINE.to_owned(),
     ];
     let mut header = header.to_vec();
+    let mut log_json = None;
     if let (Some(path), Some(bytes)) = (&event_log_path, &event_log) {
         header.push(event_log_line(path, bytes));
+        log_json = event_log_json(path, bytes);
     }
     let trust = serde_json::json!({
         "path": root_path,
@@ -123,7 +125,19 @@ pub fn cmd_verify(mut a: Args) -> Result<Outcome, Unusable> {
         "pinned": false,
     });
     let not_checked: Vec<String> = nonce.is_none().then(|| NOT_FRESH.to_owned()).into_iter().collect();
-    Ok(output(&header, trust, &rows, json, &not_checked))
+    Ok(output(&header, trust, &rows, json, &not_checked, log_json))
+}
+
+/// The event log's summary in `--json`: where it came from, its events, its used bytes and fill.
+fn event_log_json(path: &str, bytes: &[u8]) -> Option<serde_json::Value> {
+    let log = attest::eventlog::EventLog::parse(bytes).ok()?;
+    Some(serde_json::json!({
+        "path": path,
+        "events": log.events().count(),
+        "used_bytes": log.used_len(),
+        "fill_bytes": log.fill_len(),
+        "signed": false,
+    }))
 }
 
 /// What the verdict says of the event log it read: its size, what is fill, how many events.
@@ -236,12 +250,20 @@ fn verify_snp(mut a: Args, snp_path: &str) -> Result<Outcome, Unusable> {
     if nonce.is_none() {
         not_checked.push(NOT_FRESH.to_owned());
     }
-    Ok(output(&header, trust, &rows, json, &not_checked))
+    Ok(output(&header, trust, &rows, json, &not_checked, None))
 }
 
 /// Prints the verdict; `not_checked` names what this verification left out by design or by the
 /// user's choice, in the verdict line and in JSON.
-fn output(header: &[String], trust: serde_json::Value, rows: &[Row], json: bool, not_checked: &[String]) -> Outcome {
+/// `event_log` is the CC event log's summary for the JSON, when one was given.
+fn output(
+    header: &[String],
+    trust: serde_json::Value,
+    rows: &[Row],
+    json: bool,
+    not_checked: &[String],
+    event_log: Option<serde_json::Value>,
+) -> Outcome {
     let failed = rows.iter().filter(|r| r.status == Status::Fail).count();
     let verified = failed == 0;
     if json {
@@ -254,7 +276,7 @@ fn output(header: &[String], trust: serde_json::Value, rows: &[Row], json: bool,
                 })
             })
             .collect();
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "schema": SCHEMA,
             "verified": verified,
             "trust_root": trust,
@@ -264,6 +286,9 @@ fn output(header: &[String], trust: serde_json::Value, rows: &[Row], json: bool,
             "not_checked": not_checked,
             "checks": checks,
         });
+        if let (Some(log), serde_json::Value::Object(m)) = (event_log, &mut v) {
+            m.insert("event_log".into(), log);
+        }
         outln!("{v:#}");
     } else {
         for h in header {
