@@ -84,7 +84,18 @@ pub enum OvmfDevice {
     /// `phantom`: a lying host whose GET_TDI names function 0x0100, a TDI it never bound to the
     /// TD; the TD's check with the TSM (TDG.TDI.RD) must find it absent.
     Phantom,
+    /// `nvme`: the host binds the NVMe function's TDI to the TD and serves its requests (GET_TDI
+    /// .. START, then the report over the run's `nonce` and the CC event log).
+    Nvme,
+    /// `nvme-lying-report`: as `nvme`, but GET_REPORT hands over an interface report with one
+    /// byte changed; the TD's check against the TSM's digest must refuse the device.
+    NvmeLyingReport,
 }
+
+/// What the boot disk the launcher makes for mode `ovmf` with a device prints when OVMF's shell
+/// runs its `startup.nsh` (the text of `MARKER.TXT`, which the script types): the host times the
+/// boot from the assigned disk to it. At most 32 bytes (the host matches the console's tail).
+pub const OVMF_DISK_MARKER: &str = "seamless: read from the TDI disk";
 
 /// The function id a `phantom` host names: 01:00.0, where q35 puts the first device behind a
 /// root port.
@@ -216,7 +227,9 @@ impl RunConfig {
                     c.ovmf_device = match value {
                         "none" => OvmfDevice::None,
                         "phantom" => OvmfDevice::Phantom,
-                        _ => return Err(err("ovmf_device is none or phantom")),
+                        "nvme" => OvmfDevice::Nvme,
+                        "nvme-lying-report" => OvmfDevice::NvmeLyingReport,
+                        _ => return Err(err("ovmf_device is none, phantom, nvme or nvme-lying-report")),
                     }
                 }
                 _ => return Err(err("unknown key")),
@@ -259,7 +272,7 @@ mod tests {
         assert_eq!(err("td_mib=2049").what, "td_mib is 32..2048");
         assert_eq!(err("td_timeout_s=0").what, "td_timeout_s is 1..3600");
         assert_eq!(err("fw_cfg_dma=maybe").what, "fw_cfg_dma is on or off");
-        assert_eq!(err("ovmf_device=real").what, "ovmf_device is none or phantom");
+        assert_eq!(err("ovmf_device=real").what, "ovmf_device is none, phantom, nvme or nvme-lying-report");
         assert_eq!(err("nvme_bar0=0xc0000800").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
         assert_eq!(err("nvme_bar0=3221225472").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
         assert_eq!(err("nvme_bar0=0xfec00000").what, "nvme_bar0 is 0x..., 4K aligned, in 0x80000000..0xfec00000");
@@ -313,5 +326,9 @@ mod tests {
         assert_eq!(c.ovmf_device, OvmfDevice::None);
         let c = RunConfig::parse(b"mode=ovmf\novmf_device=phantom\n").unwrap();
         assert_eq!(c.ovmf_device, OvmfDevice::Phantom);
+        let c = RunConfig::parse(b"mode=ovmf\novmf_device=nvme\n").unwrap();
+        assert_eq!(c.ovmf_device, OvmfDevice::Nvme);
+        let c = RunConfig::parse(b"mode=ovmf\novmf_device=nvme-lying-report\n").unwrap();
+        assert_eq!(c.ovmf_device, OvmfDevice::NvmeLyingReport);
     }
 }

@@ -31,6 +31,8 @@ mod interop;
 #[cfg(target_os = "none")]
 mod ovmf;
 #[cfg(target_os = "none")]
+mod ovmf_device;
+#[cfg(target_os = "none")]
 mod run;
 #[cfg(target_os = "none")]
 mod world_probe;

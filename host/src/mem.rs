@@ -88,9 +88,11 @@ impl HostMemory for Host {
     }
 
     /// Kept for reuse while there is room; a page that does not fit stays free in the TSM and
-    /// is simply not reused.
+    /// is simply not reused. Only TDMR pages are kept: one of the host's own pages handed here
+    /// would come back from `donate`, and the TSM refuses any page outside its TDMRs.
     fn release(&mut self, page: u64) {
-        if self.free_count < FREE_SLOTS {
+        let in_tdmr = (self.tdmr_start..self.tdmr_end).contains(&page);
+        if in_tdmr && self.free_count < FREE_SLOTS {
             self.free[self.free_count] = page;
             self.free_count += 1;
         }

@@ -22,12 +22,14 @@ use tsm::td::TdParams;
 use tsm::{Regs, TdExit};
 use tsm_client::host::ghci::ports::PowerRequest;
 use tsm_client::host::ghci::run::{self as td_run, DeviceRequests, Ended, LastState, RunPlan, RunReport};
+use tsm_client::host::ghci::vfn::VirtualFunction;
 use tsm_client::host::ghci::{Ghci, Machine, PciFilter, Stop, TdView};
 use tsm_client::host::tdvf::{self, Aug};
+use tsm_client::host::unbind::{self, Holdings};
 use tsm_client::host::{call, HostError, HostMemory};
 
 use seamless_drivers::bootinfo::BootInfo;
-use seamless_drivers::config::{OvmfDevice, RunConfig, OVMF_FILE, PHANTOM_FUNCTION};
+use seamless_drivers::config::{OvmfDevice, RunConfig, OVMF_DISK_MARKER, OVMF_FILE, PHANTOM_FUNCTION};
 use seamless_drivers::console::{figure, Hex, Ms};
 use seamless_drivers::fw_cfg::{FwCfg, FwCfgError};
 use seamless_drivers::legacy::LegacyPorts;
@@ -36,9 +38,12 @@ use seamless_drivers::say;
 use seamless_drivers::serial::Uart;
 use seamless_drivers::tsc::Tsc;
 use seamless_drivers::{phases, phys};
+use seamless_host::device::Nvme;
+use seamless_host::mem::DoeLink;
 use seamless_host::{device, Cpu, Failed};
 
 use crate::arch::{self, ExitCode};
+use crate::ovmf_device::{DeviceHost, PassThrough, LOG_MAX};
 use crate::run::{fail, Agent};
 use crate::world_probe;
 
@@ -51,6 +56,9 @@ const OVMF_MAX: u64 = 4 << 20;
 /// OVMF has accepted its RAM below 4 GiB (SEC) and is in DXE.
 const ATTACK_AFTER_ENTRIES: u64 = 15_000;
 
+/// The boot disk's marker, as the console shows it.
+const DISK_MARKER: &[u8] = OVMF_DISK_MARKER.as_bytes();
+
 /// What the host types at the UEFI shell's prompt: power off (ACPI S5).
 const SHELL_COMMAND: &[u8] = b"reset -s\r";
 
@@ -61,6 +69,8 @@ struct HostMachine<'a> {
     ports: LegacyPorts,
     pcie: &'a Pcie,
     fw_cfg: &'a FwCfg,
+    /// The device function passed to the TD (`ovmf_device=nvme`).
+    device: Option<PassThrough>,
 }
 
 impl fmt::Debug for HostMachine<'_> {
@@ -77,9 +87,18 @@ impl Machine for HostMachine<'_> {
         self.ports.write(port, size, value);
     }
     fn pci_config_read(&mut self, bdf: u16, reg: u16, size: u8) -> u32 {
+        if let Some(d) = self.device.as_ref().filter(|d| d.vfn.bdf == bdf) {
+            let pcie = self.pcie;
+            return d.vfn.read(reg, size, |offset| pcie.config_read(bdf, offset, 4).unwrap_or(u32::MAX));
+        }
         self.pcie.config_read(bdf, reg, size).unwrap_or(u32::MAX)
     }
     fn pci_config_write(&mut self, bdf: u16, reg: u16, size: u8, value: u32) {
+        if let Some(d) = self.device.as_mut().filter(|d| d.vfn.bdf == bdf) {
+            // The TD's view only: the real function stays as the host set it.
+            d.vfn.write(reg, size, value);
+            return;
+        }
         // Through the ports: the chipset's ECAM pages are read-only in the host world, and
         // there the TSM sees the register (PciFilter passes only the chipset's functions, whose
         // registers a TDVF writes all lie below 0x100). A write past 0x100 is dropped.
@@ -104,6 +123,9 @@ impl Machine for HostMachine<'_> {
         while self.now_ns() < deadline_ns {
             core::hint::spin_loop();
         }
+    }
+    fn device_mmio(&mut self, gpa: u64, size: u8, value: Option<u64>) -> Option<u64> {
+        self.device.as_mut()?.mmio(gpa, size, value)
     }
 }
 
@@ -145,14 +167,17 @@ pub fn run(cpu: &mut Agent, info: &BootInfo, config: &RunConfig) -> ! {
         fail(OVMF_FILE, &format_args!("{size} bytes: more than the {} MiB a TDVF may have here", OVMF_MAX >> 20));
     }
     // The host's copy, kept whole while the TD is built: its own RAM above the TDMR.
+    // After it, the buffer for the TD's CC event log (`ovmf_device=nvme`).
     let frames = cpu.host.frames();
+    let whole = size.next_multiple_of(4096) + LOG_MAX;
     let room = frames.ranges().iter().find_map(|&(s, e)| {
         let start = s.max(cpu.layout.tdmr.1);
-        (start + size <= e).then_some(start)
+        (start + whole <= e).then_some(start)
     });
-    let buf = room.and_then(|at| phys::lend(&frames, at, size.next_multiple_of(4096))).unwrap_or_else(|| {
+    let lent = room.and_then(|at| phys::lend(&frames, at, whole)).unwrap_or_else(|| {
         fail(OVMF_FILE, &"no host RAM above the TDMR to hold it (give QEMU more -m, or lower tdmr_max_mib)")
     });
+    let (buf, log) = lent.split_at_mut(size.next_multiple_of(4096) as usize);
     let n = fw.read_file(OVMF_FILE, buf).unwrap_or_else(|e| fail(OVMF_FILE, &e));
     let ovmf: &[u8] = &buf[..n];
     say!("host: OVMF image {} KiB from fw_cfg {OVMF_FILE}, in host RAM at {:#x}", ovmf.len() / 1024, room.unwrap_or(0));
@@ -160,6 +185,22 @@ pub fn run(cpu: &mut Agent, info: &BootInfo, config: &RunConfig) -> ! {
     let ecam = device::find_ecam(info.rsdp);
     let pcie = Pcie::open(ecam, &map).unwrap_or_else(|e| fail("PCIe", &format_args!("ECAM at {:#x} unusable", e.base)));
     let tsc = cpu.tsc();
+    let with_device = matches!(config.ovmf_device, OvmfDevice::Nvme | OvmfDevice::NvmeLyingReport);
+    // The NVMe function, BAR0 where its interface report names it; the TSM takes the remapping
+    // unit over before the TD has a private page (as in mode assign).
+    let nvme = with_device.then(|| {
+        let nvme = crate::run::open_nvme(cpu, info, config);
+        tsm_client::host::device::iommu_setup(cpu).unwrap_or_else(|e| fail("IOMMU.SETUP", &e));
+        nvme
+    });
+    let (function, mut mailbox, passed) = match nvme {
+        Some(Nvme { bdf, bar0, regs, mailbox }) => {
+            let vfn =
+                VirtualFunction::new(bdf.rid(), bar0.size).unwrap_or_else(|| fail("NVMe BAR0", &"not a BAR's size"));
+            (Some((bdf, bar0)), Some(mailbox), Some(PassThrough { vfn, regs, imported: false, accesses: 0 }))
+        }
+        None => (None, None, None),
+    };
     let ram_bytes = config.td_mib << 20;
     let ram = [(0, ram_bytes)];
     let t_build = tsc.now();
@@ -193,20 +234,29 @@ pub fn run(cpu: &mut Agent, info: &BootInfo, config: &RunConfig) -> ! {
         td: built.td,
         shared_bit: 1 << (params().gpaw - 1),
         ram: &ranges[..built.map.ranges().len()],
-        pci: PciFilter::Q35_PLATFORM,
+        pci: match function {
+            Some((bdf, _)) => PciFilter::Q35_PLATFORM.with_function(bdf.rid()),
+            None => PciFilter::Q35_PLATFORM,
+        },
     };
-    let mut machine = HostMachine { tsc, ports: LegacyPorts::new(), pcie: &pcie, fw_cfg: &fw };
+    let mut dev = mailbox.as_mut().zip(function).map(|(mb, (bdf, bar0))| {
+        let lie = config.ovmf_device == OvmfDevice::NvmeLyingReport;
+        DeviceHost::new(DoeLink::new(mb, tsc), bdf, (bar0.base, bar0.size), config.nonce, lie, log)
+    });
+    let mut machine = HostMachine { tsc, ports: LegacyPorts::new(), pcie: &pcie, fw_cfg: &fw, device: passed };
     let mut ghci = Ghci::new(&mut machine, &view, config.fw_cfg_dma).unwrap_or_else(|e| fail("fw_cfg for the TD", &e));
     say!("host: booting OVMF as a TD; its console follows");
     let start = machine.now_ns();
     let device = match config.ovmf_device {
         OvmfDevice::None => DeviceRequests::Refuse,
         OvmfDevice::Phantom => DeviceRequests::Phantom(PHANTOM_FUNCTION),
+        OvmfDevice::Nvme | OvmfDevice::NvmeLyingReport => DeviceRequests::Caller,
     };
     let plan = RunPlan {
         deadline_ns: start + config.td_timeout_s * 1_000_000_000,
         shell_command: Some(SHELL_COMMAND),
         device,
+        marker: Some(DISK_MARKER),
         pause_after_entries: Some(ATTACK_AFTER_ENTRIES),
     };
     let mut report = RunReport::default();
@@ -215,6 +265,26 @@ pub fn run(cpu: &mut Agent, info: &BootInfo, config: &RunConfig) -> ! {
     let ended = loop {
         match td_run::run(cpu, &mut machine, built.vcpu, &view, &mut ghci, &plan, &mut report) {
             Ok(Ended::Paused) => attack(cpu, &built, &report, &ghci, &private),
+            Ok(Ended::DeviceRequest(regs)) => {
+                let (Some(d), Some(pass)) = (dev.as_mut(), machine.device.as_mut()) else {
+                    fail("OVMF TD", &"a device request with no device to serve it")
+                };
+                match d.serve(cpu, &mut ghci, &view, pass, &regs) {
+                    Ok(answer) => report.answer = answer,
+                    Err(f) => {
+                        last_state(&report, &ghci);
+                        let vcpus = [built.vcpu];
+                        let holdings = Holdings { td: Some((&built.td, &vcpus)), iommu: true };
+                        let c = unbind::cleanup(cpu, &mut d.doe, &d.a, holdings, &mut d.stats);
+                        say!("cleanup after the failure: {c}");
+                        fail(f.what, &f.why)
+                    }
+                }
+                // The exit the run returned at still counts for the attack's entry.
+                if plan.pause_after_entries == Some(report.entries) {
+                    attack(cpu, &built, &report, &ghci, &private);
+                }
+            }
             other => break other,
         }
     };
@@ -225,7 +295,7 @@ pub fn run(cpu: &mut Agent, info: &BootInfo, config: &RunConfig) -> ! {
         Ok(e) => e,
         Err(e) => {
             last_state(&report, &ghci);
-            match td_run::tear_down(cpu, &built.td, &[built.vcpu]) {
+            match tear_down(cpu, &built, dev.as_mut()) {
                 Ok(n) => say!("host: OVMF TD torn down; all {n} donated pages are free again"),
                 Err(e) => say!("host: OVMF TD teardown failed too: {e}"),
             }
@@ -248,20 +318,78 @@ pub fn run(cpu: &mut Agent, info: &BootInfo, config: &RunConfig) -> ! {
     artifact("ovmf-mrtd.bin", &mrs[0]);
     artifact("ovmf-rtmrs.bin", &rtmrs);
     print_figures(&ghci, &report, start);
-    let clean = matches!(ended, Ended::Stopped(Stop::Power(PowerRequest::Shutdown))) && report.shell_ns.is_some();
+    let shut_down = matches!(ended, Ended::Stopped(Stop::Power(PowerRequest::Shutdown)));
+    let clean = shut_down && (report.shell_ns.is_some() || report.marker_ns.is_some());
     if !clean {
         last_state(&report, &ghci);
     }
-    // Torn down like any TD, whatever the end: every donated page comes back.
-    match td_run::tear_down(cpu, &built.td, &[built.vcpu]) {
+    let device = dev.as_ref().map(|d| device_outcome(config.ovmf_device, d, &machine, &report, start));
+    // Torn down like any TD, whatever the end: every donated page comes back (with the
+    // assignment, in the one unbind order).
+    match tear_down(cpu, &built, dev.as_mut()) {
         Ok(n) => say!("host: OVMF TD torn down; all {n} donated pages are free again"),
         Err(e) => fail("OVMF TD teardown", &e),
     }
     if !clean {
         fail("OVMF TD", &format_args!("it did not reach the shell and power off: {ended}"));
     }
+    if let Some(Err(why)) = device {
+        fail("OVMF TD with a device", &why);
+    }
     say!("seamless host: ovmf done");
     arch::exit(ExitCode::Success)
+}
+
+/// Tears the TD down, with its assignment if it has one (the one unbind order, which ends in
+/// the TD's teardown and IOMMU.CLEAR); returns how many donated pages are free again.
+fn tear_down(cpu: &mut Agent, built: &tdvf::BuiltTdvf, dev: Option<&mut DeviceHost<'_>>) -> Result<u64, HostError> {
+    let vcpus = [built.vcpu];
+    match dev {
+        None => td_run::tear_down(cpu, &built.td, &vcpus),
+        Some(d) => {
+            let holdings = Holdings { td: Some((&built.td, &vcpus)), iommu: true };
+            unbind::teardown(cpu, &mut d.doe, &d.a, holdings, &mut d.stats)?;
+            tsm_client::host::td::check_all_free(cpu)
+        }
+    }
+}
+
+/// What the TD did with the device it was offered, against what the mode expects: under `nvme`
+/// it accepted it, started it, attested and read the boot disk by DMA; under
+/// `nvme-lying-report` it refused it (no MAP_MMIO) and booted on.
+fn device_outcome(
+    mode: OvmfDevice,
+    d: &DeviceHost<'_>,
+    machine: &HostMachine<'_>,
+    report: &RunReport,
+    start: u64,
+) -> Result<(), &'static str> {
+    let p = d.progress;
+    let shared = machine.device.as_ref().map_or(0, |x| x.accesses);
+    say!(
+        "host: the TD's device flow: locked {}, MMIO mapped at {}, started {}, attested {}; {} requests refused; {} shared MMIO accesses passed through to the device",
+        p.locked,
+        p.mapped.map_or(0, |g| g),
+        p.started,
+        p.attested,
+        p.refused,
+        shared
+    );
+    match mode {
+        OvmfDevice::Nvme => {
+            let Some(at) = report.marker_ns else {
+                return Err("the TD never printed the boot disk's marker: it did not read its startup.nsh");
+            };
+            figure("ovmf_device_boot_s", &Secs(at.saturating_sub(start)), "s");
+            if !(p.started && p.attested) {
+                return Err("the TD did not accept, start and attest the device");
+            }
+            Ok(())
+        }
+        _ if p.mapped.is_some() => Err("the TD accepted a device whose report the host changed"),
+        _ if !p.locked => Err("the TD never asked for its TDI"),
+        _ => Ok(()),
+    }
 }
 
 /// SEAMLESS.TD.MR.RD of the TD's register `which` (0 MRTD, 1..4 RTMR0..3).
@@ -366,8 +494,8 @@ fn refused_calls(cpu: &mut Agent, built: &tdvf::BuiltTdvf, hob: u64) -> Result<u
     if crate::attack::snapshot(cpu) != before {
         return Err(Failed::new("host calls against the OVMF TD", "a refused call changed the TSM's state"));
     }
+    // The donated page goes back for reuse; the scratch page stays the host's own.
     HostMemory::release(cpu, fresh);
-    HostMemory::release(cpu, src);
     Ok(cases.len())
 }
 

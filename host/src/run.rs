@@ -183,7 +183,7 @@ fn read_guest_image(buf: &mut [u8]) -> &[u8] {
 }
 
 /// The NVMe function, found and opened (`seamless_host::device::open_nvme`).
-fn open_nvme(cpu: &Agent, info: &BootInfo, config: &RunConfig) -> Nvme {
+pub fn open_nvme(cpu: &Agent, info: &BootInfo, config: &RunConfig) -> Nvme {
     let map = info.memory_map();
     let ecam = device::find_ecam(info.rsdp);
     let window = device::bar_window(&ecam, map.low_ram_end());

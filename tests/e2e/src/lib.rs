@@ -14,6 +14,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod fat;
+
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -214,6 +216,9 @@ pub struct Boot {
     pub extra: Vec<String>,
     /// The TDVF image passed as `opt/seamless/ovmf` (mode `ovmf`), if any.
     pub ovmf: Option<PathBuf>,
+    /// The NVMe drive holds the TDVF's boot disk ([`fat::boot_disk`]) instead of the demo's
+    /// known content.
+    pub boot_disk: bool,
     /// How long the boot may take before it is called hung (default [`BOOT_TIMEOUT`]).
     pub timeout: Option<Duration>,
 }
@@ -287,9 +292,11 @@ impl Boot {
         // The remapping unit the TSM takes at IOMMU.SETUP (48-bit, scalable mode).
         cmd.args(["-device", "intel-iommu,x-scalable-mode=on,intremap=off"]);
         if let Some(port) = self.spdm_port {
-            // The drive the TD reads through the IOMMU: known content (attest::disk).
+            // The drive the TD reads through the IOMMU: known content (attest::disk), or the
+            // TDVF's boot disk.
             let disk = dir.join("disk.img");
-            std::fs::write(&disk, disk_image()).expect("disk image");
+            let bytes = if self.boot_disk { fat::boot_disk() } else { disk_image() };
+            std::fs::write(&disk, bytes).expect("disk image");
             cmd.arg("-drive").arg(format!("file={},if=none,id=disk,format=raw", disk.display()));
             cmd.arg("-device").arg(format!("nvme,serial=seamless,addr={NVME_ADDR},spdm_port={port},drive=disk"));
         }
@@ -656,11 +663,26 @@ pub fn artifact(o: &Outcome, name: &str) -> Option<Vec<u8>> {
 /// # Panics
 /// If the artifacts do not decode or the tools cannot run.
 pub fn verify(o: &Outcome, platform: &Path, vendor_root_der: &[u8], nonce: &[u8; 64]) -> Verdict {
+    // The image the run loaded (Boot::command wrote it there), measured by the verifier's tool.
+    verify_image(o, &o.dir.join("guest.img"), platform, vendor_root_der, nonce, &[])
+}
+
+/// [`verify`] of a run whose TD was built from `image` (the guest image, or a TDVF), with
+/// `extra` arguments for `attest verify`.
+///
+/// # Panics
+/// As [`verify`].
+pub fn verify_image(
+    o: &Outcome,
+    image: &Path,
+    platform: &Path,
+    vendor_root_der: &[u8],
+    nonce: &[u8; 64],
+    extra: &[&std::ffi::OsStr],
+) -> Verdict {
     let stream = o.dir.join("artifacts.bin");
     let (status, _, err) = run_tool("firmware", &["artifacts".as_ref(), stream.as_os_str(), o.dir.as_os_str()]);
     assert_eq!(status, 0, "firmware artifacts: {err}");
-    // The image the run loaded (Boot::command wrote it there), measured by the verifier's tool.
-    let image = o.dir.join("guest.img");
     let (status, mrtd, err) = run_tool("attest", &["measure".as_ref(), image.as_os_str()]);
     assert_eq!(status, 0, "attest measure: {err}");
     let policy_path = o.dir.join("policy.toml");
@@ -684,6 +706,7 @@ pub fn verify(o: &Outcome, platform: &Path, vendor_root_der: &[u8], nonce: &[u8;
         nonce.as_ref(),
         "--json".as_ref(),
     ];
+    let args: Vec<&std::ffi::OsStr> = args.into_iter().chain(extra.iter().copied()).collect();
     let (status, json, err) = run_tool("attest", &args);
     assert!(status == 0 || status == 1, "attest verify: exit {status}: {err}");
     Verdict { status, json }

@@ -14,7 +14,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use seamless_e2e::{run_tool, workspace, Boot, Qemu};
+use seamless_e2e::{
+    assign_device, provision, run_tool, verify_image, workspace, Boot, DeviceServer, Outcome, Qemu, BAR0,
+};
+use tdisp_device::Device;
 
 /// The TD's RAM.
 const TD_MIB: u32 = 256;
@@ -50,6 +53,93 @@ fn boot(qemu: &Qemu, ovmf: &std::path::Path, device: &str, name: &str) -> seamle
         ..Boot::default()
     };
     boot.run(qemu, name)
+}
+
+/// Mode `ovmf` with the NVMe function's TDI offered to the TD (`ovmf_device` `nvme` or
+/// `nvme-lying-report`), the device behind its DOE mailbox, the boot disk on its drive, a
+/// provisioned platform; returns the run, the device's end state and the platform's folder.
+fn boot_with_device(
+    qemu: &Qemu,
+    ovmf: &std::path::Path,
+    device: &str,
+    name: &str,
+    nonce: &[u8; 64],
+) -> (Outcome, Device, PathBuf) {
+    let platform = std::env::temp_dir().join(format!("seamless-e2e-platform-{name}-{}", std::process::id()));
+    let secret = provision(&platform);
+    let server = DeviceServer::with_config(assign_device(false));
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let boot = Boot {
+        config: Some(format!(
+            "mode=ovmf\ntdmr_max_mib=400\ntd_mib={TD_MIB}\nlog_calls=off\ntd_timeout_s=200\novmf_device={device}\nnvme_bar0={BAR0:#x}\nnonce={nonce}\ndoe_timeout_ms=1000\n"
+        )),
+        memory_mib: Some(640),
+        ovmf: Some(ovmf.to_path_buf()),
+        spdm_port: Some(server.port),
+        boot_disk: true,
+        secret: Some(secret),
+        timeout: Some(Duration::from_secs(300)),
+        ..Boot::default()
+    };
+    let o = boot.run(qemu, name);
+    (o, server.finish(), platform)
+}
+
+/// The happy path: OVMF accepts the NVMe TDI the host bound to it (the report checked
+/// against the TSM's digest, MMIO and DMA accepted, START authorised, RUN), records its evidence
+/// in RTMR[1], hands the report over the verifier's nonce and its CC event log out, and its own
+/// NvmExpressDxe reads the boot disk (startup.nsh, then the marker file) by DMA into private
+/// memory through the IOMMU walking the TD's S-EPT. The verifier checks the report, the evidence
+/// and RTMR[1] replayed from the event log.
+#[test]
+fn patched_ovmf_accepts_the_nvme_tdi_and_boots_from_its_disk() {
+    let Some(qemu) = Qemu::find() else { return };
+    let Some(ovmf) = patched_ovmf() else { return };
+    let nonce = [0x5D; 64];
+    let (o, device, platform) = boot_with_device(&qemu, &ovmf, "nvme", "ovmf_device_nvme", &nonce);
+    o.expect_status(33);
+    for milestone in [
+        "CONFIG_LOCKED (generation 1)",
+        "TdxConnectDxe: TDI 0x18 accepted",
+        "tdi: RUN (the TD authorised START)",
+        "attestation: the OVMF TD's report over the verifier's nonce, the TDI's evidence",
+        "its CC event log",
+        seamless_drivers::config::OVMF_DISK_MARKER,
+        "donated pages are free again",
+    ] {
+        assert!(o.console.contains(milestone), "{milestone:?} missing:\n{}", o.console);
+    }
+    assert!(device.tdis().iter().all(|t| format!("{:?}", t.state) != "Run"), "the TDI was stopped at teardown");
+    let boot_s = o.figure("ovmf_device_boot_s").expect("figure ovmf_device_boot_s");
+    println!("bench ovmf_device_boot_s {boot_s:.3} s (first VP.ENTER to the boot disk's marker)");
+
+    let event_log = o.dir.join("ovmf-ccel.bin");
+    let extra: [&std::ffi::OsStr; 2] = ["--event-log".as_ref(), event_log.as_os_str()];
+    let v = verify_image(&o, &ovmf, &platform, &device.identity().root_der, &nonce, &extra);
+    assert_eq!(v.status, 0, "attest verify rejected the OVMF TD's evidence: {:?}\n{}", v.failed(), v.json);
+}
+
+/// A host that hands OVMF an interface report other than the one the TSM took at LOCK: the
+/// driver's SHA-384 of it differs from TDG.TDI.RD's digest, the device is refused (no MMIO, no
+/// DMA, no START), and OVMF boots on without it to the shell.
+#[test]
+fn patched_ovmf_refuses_a_report_that_does_not_match_the_tsms_digest() {
+    let Some(qemu) = Qemu::find() else { return };
+    let Some(ovmf) = patched_ovmf() else { return };
+    let (o, _device, _platform) = boot_with_device(&qemu, &ovmf, "nvme-lying-report", "ovmf_device_lying", &[7; 64]);
+    o.expect_status(33);
+    for milestone in [
+        "host: handing the TD an interface report with its last byte changed",
+        "does not match the TSM's digest",
+        "TdxConnectDxe: no TDISP device accepted",
+        "Shell> ",
+        "donated pages are free again",
+    ] {
+        assert!(o.console.contains(milestone), "{milestone:?} missing:\n{}", o.console);
+    }
+    for never in ["mmio: BAR0", "tdi: RUN", seamless_drivers::config::OVMF_DISK_MARKER] {
+        assert!(!o.console.contains(never), "{never:?}: the refused device was used:\n{}", o.console);
+    }
 }
 
 #[test]

@@ -190,6 +190,7 @@ fn boot_then(end: Act) -> Outcome {
         shell_command: None,
         pause_after_entries: None,
         device: DeviceRequests::Refuse,
+        marker: None,
     };
     let mut report = RunReport::default();
     let ended = run::run(&mut w, &mut bench, tdvpr, &view, &mut ghci, &plan, &mut report).unwrap();

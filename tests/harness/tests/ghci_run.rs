@@ -149,6 +149,7 @@ fn go_pausing(
         shell_command: Some(b"reset -s\r"),
         pause_after_entries: pause,
         device: DeviceRequests::Refuse,
+        marker: None,
     };
     let mut r = run(&mut s, &mut c, TDVPR, &view(), &mut g, &plan, &mut report);
     if pause.is_some() {

@@ -163,6 +163,20 @@ pub struct Conversions {
     pub to_private: u64,
     /// 2 MiB leaves split to convert part of them.
     pub demoted: u64,
+    /// The TD has a DMA remapping entry (the host set this after TDH.DMAR.ADD): a blocked page
+    /// may still sit in the IOMMU's IOTLB, so every TRACK is followed by TDH.IQ.INV.REQUEST
+    /// before the TSM lets the page go.
+    pub iotlb: bool,
+}
+
+/// TDH.MEM.TRACK, and for a TD with a DMA entry TDH.IQ.INV.REQUEST: the blocks retire for the
+/// CPU and the IOTLB.
+fn track<H: Seamcall + ?Sized>(h: &mut H, td: &TdPages, iotlb: bool) -> Result<(), HostError> {
+    call(h, "TDH.MEM.TRACK", Regs::call(leaf::MEM_TRACK, td.tdr, 0, 0, 0))?;
+    if iotlb {
+        call(h, "TDH.IQ.INV.REQUEST", Regs::call(leaf::IQ_INV_REQUEST, td.tdr, 0, 0, 0))?;
+    }
+    Ok(())
 }
 
 /// The end of the leaf at `gpa` of `level`, clipped to `end`.
@@ -197,7 +211,7 @@ pub fn to_shared<H: Seamcall + HostMemory + ?Sized>(
             let at = base | u64::from(s.level);
             call(h, "TDH.MEM.RANGE.BLOCK", Regs::call(leaf::MEM_RANGE_BLOCK, at, td.tdr, 0, 0))?;
             if !whole {
-                call(h, "TDH.MEM.TRACK", Regs::call(leaf::MEM_TRACK, td.tdr, 0, 0, 0))?;
+                track(h, td, counts.iotlb)?;
                 let table = donate(h)?;
                 call(h, "TDH.MEM.PAGE.DEMOTE", Regs::call(leaf::MEM_PAGE_DEMOTE, at, td.tdr, table, 0))?;
                 counts.demoted += 1;
@@ -207,7 +221,7 @@ pub fn to_shared<H: Seamcall + HostMemory + ?Sized>(
         }
         gpa = next;
     }
-    call(h, "TDH.MEM.TRACK", Regs::call(leaf::MEM_TRACK, td.tdr, 0, 0, 0))?;
+    track(h, td, counts.iotlb)?;
     // 2. Remove them: the frames come back zeroed and back the shared GPAs.
     let mut gpa = start;
     while gpa < end {

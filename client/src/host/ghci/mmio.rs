@@ -6,6 +6,7 @@
 //! |---|---|
 //! | the ECAM window (q35: 0xB0000000, 256 MiB) | PCI configuration through the machine, for the functions the TD may see; the others read as absent |
 //! | 0xFEC00000 (I/O APIC) | a register file: ID, version (24 pins), redirection entries (masked at reset). edk2 routes nothing through it in a TD |
+//! | a passed-through device's BAR, where the TD placed it | the device, through the machine (`Machine::device_mmio`): a TDI the TD has not accepted, reached as shared MMIO |
 //! | everything else (HPET, the xAPIC page, the PCI window with no device in it) | absent: reads all ones, writes dropped, counted |
 
 use super::{Machine, PciFilter};
@@ -26,6 +27,8 @@ pub struct MmioCounts {
     pub ecam: u64,
     /// I/O APIC.
     pub ioapic: u64,
+    /// A device the machine passes through (its BAR, where the TD placed it).
+    pub device: u64,
     /// GPAs nothing answers.
     pub absent: u64,
     /// The first absent GPA the TD touched (0: none).
@@ -92,6 +95,10 @@ impl MmioSpace {
                 self.ioapic(g - IOAPIC_BASE, value.map(|v| v as u32)).map_or(absent, u64::from)
             }
             g => {
+                if let Some(v) = m.device_mmio(g, size, value) {
+                    self.counts.device += 1;
+                    return if value.is_some() { 0 } else { v & ones(size) };
+                }
                 self.counts.absent += 1;
                 if self.counts.first_absent == 0 {
                     self.counts.first_absent = g;

@@ -27,6 +27,7 @@ pub mod fw_cfg;
 pub mod mmio;
 pub mod ports;
 pub mod run;
+pub mod vfn;
 
 use tsm::Regs;
 
@@ -101,6 +102,14 @@ pub trait Machine {
     fn now_ns(&self) -> u64;
     /// Waits until the clock reads `deadline_ns` (the host idles while its vCPU halts).
     fn wait_until(&mut self, deadline_ns: u64);
+    /// An MMIO access of `size` bytes at private-side `gpa` that none of the host's emulated
+    /// devices decodes: a device the machine passes through to the TD (its BAR where the TD
+    /// placed it, [`vfn::VirtualFunction`]) answers, or `None` if nothing is there (the access
+    /// then reads as absent). `value`: `None` for a read. The default passes nothing through.
+    fn device_mmio(&mut self, gpa: u64, size: u8, value: Option<u64>) -> Option<u64> {
+        let _ = (gpa, size, value);
+        None
+    }
 }
 
 /// The PCI functions the TD may see: configuration accesses to any other read as absent
@@ -114,6 +123,9 @@ pub struct PciFilter {
     visible: &'static [u16],
     /// `(function, first register, end)`: writes overlapping these are dropped.
     read_only: &'static [(u16, u16, u16)],
+    /// A device function the host passes to the TD (its configuration space is the machine's
+    /// to present, [`vfn::VirtualFunction`]).
+    assigned: Option<u16>,
 }
 
 /// Bus/device/function as the filter names it.
@@ -129,11 +141,18 @@ impl PciFilter {
     pub const Q35_PLATFORM: PciFilter = PciFilter {
         visible: &[bdf(0, 0, 0), bdf(0, 0x1F, 0)],
         read_only: &[(bdf(0, 0, 0), 0x60, 0x68), (bdf(0, 0, 0), 0x9C, 0xA0)],
+        assigned: None,
     };
+
+    /// This filter with device function `bdf` visible too: the function the host passes to the
+    /// TD (a TDI it binds to it), whose configuration space the machine virtualises.
+    pub const fn with_function(self, bdf: u16) -> PciFilter {
+        PciFilter { assigned: Some(bdf), ..self }
+    }
 
     /// True if the TD may reach function `bdf`.
     pub fn visible(&self, bdf: u16) -> bool {
-        self.visible.contains(&bdf)
+        self.visible.contains(&bdf) || self.assigned == Some(bdf)
     }
 
     /// True if the TD may write `size` bytes at register `reg` of function `bdf`.

@@ -48,6 +48,10 @@ pub enum Ended {
     /// mode with its last exit served; [`run`] again resumes it with the answer kept in the
     /// report.
     Paused,
+    /// The TD made a device request (TDG.VP.VMCALL, R10 != 0; these are its exposed registers)
+    /// and the plan leaves those to the caller ([`DeviceRequests::Caller`]): it serves it, puts
+    /// the answer in [`RunReport::answer`] and calls [`run`] again.
+    DeviceRequest(Regs),
 }
 
 impl core::fmt::Display for Ended {
@@ -61,6 +65,7 @@ impl core::fmt::Display for Ended {
             Ended::EptViolation { gpa } => write!(f, "the TD touched GPA {gpa:#x}, which the host does not serve"),
             Ended::Timeout => f.write_str("the TD ran past its deadline"),
             Ended::Paused => f.write_str("the host paused the run"),
+            Ended::DeviceRequest(r) => write!(f, "the TD made device request {:#x}", r.r10),
         }
     }
 }
@@ -75,6 +80,8 @@ pub enum DeviceRequests {
     /// A lying host: GET_TDI names this function id, a TDI it never bound to the TD (the TSM
     /// answers TDG.TDI.RD for it with TDI_NOT_PRESENT); every other request is refused.
     Phantom(u32),
+    /// The caller serves them: the run returns [`Ended::DeviceRequest`] at each.
+    Caller,
 }
 
 /// What the host does besides serving.
@@ -86,6 +93,9 @@ pub struct RunPlan {
     pub shell_command: Option<&'static [u8]>,
     /// How the TD's device requests are answered.
     pub device: DeviceRequests,
+    /// A console line whose showing the run times ([`RunReport::marker_ns`]; at most 32 bytes):
+    /// what a boot script on a disk prints, say.
+    pub marker: Option<&'static [u8]>,
     /// Return [`Ended::Paused`] once this many entries' exits are served (the host's turn to
     /// do something between two of them, such as attack the running TD).
     pub pause_after_entries: Option<u64>,
@@ -112,6 +122,8 @@ pub struct RunReport {
     pub first_output_ns: Option<u64>,
     /// Machine time the UEFI shell's prompt showed.
     pub shell_ns: Option<u64>,
+    /// Machine time the plan's marker showed.
+    pub marker_ns: Option<u64>,
     /// VP.ENTER's registers of the last exit.
     pub last_exit: Regs,
     /// The answer the next VP.ENTER carries (kept across a pause).
@@ -157,6 +169,10 @@ pub fn run<H: Seamcall + HostMemory + ?Sized, M: Machine + ?Sized>(
                 }
                 Served::Stop(s) => return Ok(Ended::Stopped(s)),
             },
+            Some(TdExit::Vmcall { regs, .. }) if plan.device == DeviceRequests::Caller => {
+                // R10 != 0, a device request: the caller's.
+                return Ok(Ended::DeviceRequest(regs));
+            }
             Some(TdExit::Vmcall { regs, .. }) => {
                 // R10 != 0: not a GHCI call but one of the device requests.
                 answer = ghci.device_request(h, view, &regs, plan.device)?;
@@ -220,6 +236,9 @@ fn milestones(ghci: &mut Ghci, plan: &RunPlan, now: u64, report: &mut RunReport)
     let console = &mut ghci.ports.console;
     if report.first_output_ns.is_none() && console.written > 0 {
         report.first_output_ns = Some(now);
+    }
+    if report.marker_ns.is_none() && plan.marker.is_some_and(|m| console.ends_with(m)) {
+        report.marker_ns = Some(now);
     }
     if report.shell_ns.is_none() && console.ends_with(SHELL_PROMPT) {
         report.shell_ns = Some(now);

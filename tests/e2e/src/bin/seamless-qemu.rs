@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! seamless-qemu --out DIR [--config FILE] [--secret FILE] [--guest FILE] [--host ELF] [--ovmf FILE]
-//!               [--port N] [--memory MIB] [--timeout S] [--keep] [--arg ARG]...
+//!               [--port N] [--boot-disk] [--memory MIB] [--timeout S] [--keep] [--arg ARG]...
 //! ```
 //!
 //! `--out`: where COM1 (`serial.log`), COM2 (`defmt.bin`) and COM3 (`artifacts.bin`) go;
@@ -15,7 +15,8 @@
 //! `ovmf` boots as a TD (`opt/seamless/ovmf`); `--memory`: the machine's RAM, MiB; `--timeout`:
 //! how long the run may take, seconds;
 //! `--port`: the NVMe device's DOE mailbox reaches the SPDM responder listening on
-//! 127.0.0.1:N; `--keep`: QEMU's command line also goes to `DIR/qemu.cmd`; `--arg`: one more
+//! 127.0.0.1:N, and its drive holds the demo's known content, or with `--boot-disk` a FAT volume
+//! whose `startup.nsh` OVMF's shell runs (`seamless_e2e::fat`); `--keep`: QEMU's command line also goes to `DIR/qemu.cmd`; `--arg`: one more
 //! QEMU argument (repeatable). The firmware image is `SEAMLESS_FIRMWARE` or the release build;
 //! QEMU is `$QEMU` or `qemu-system-x86_64`. Exits with QEMU's status (33: the firmware
 //! succeeded, 35: it failed), 2 on a usage error, 1 when QEMU cannot run.
@@ -28,7 +29,7 @@ use seamless_e2e::{Boot, Qemu};
 fn usage(why: &str) -> ExitCode {
     eprintln!("seamless-qemu: {why}");
     eprintln!(
-        "usage: seamless-qemu --out DIR [--config FILE] [--secret FILE] [--guest FILE] [--host ELF] [--ovmf FILE] [--port N] [--memory MIB] [--timeout S] [--keep] [--arg ARG]..."
+        "usage: seamless-qemu --out DIR [--config FILE] [--secret FILE] [--guest FILE] [--host ELF] [--ovmf FILE] [--port N] [--boot-disk] [--memory MIB] [--timeout S] [--keep] [--arg ARG]..."
     );
     ExitCode::from(2)
 }
@@ -61,6 +62,10 @@ fn main() -> ExitCode {
                 v.parse().map(|p| boot.spdm_port = Some(p)).map_err(|_| format!("--port {v}: not a port"))
             }),
             "--arg" => value("--arg").map(|v| boot.extra.push(v)),
+            "--boot-disk" => {
+                boot.boot_disk = true;
+                Ok(())
+            }
             "--keep" => {
                 keep = true;
                 Ok(())
