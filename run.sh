@@ -41,7 +41,11 @@ commands:
                  against `attest measure`, RTMR0..3 and where the time went; files in
                  target/run/ovmf/ (--fw-cfg-dma on|off: serve fw_cfg's DMA interface or hide
                  it; --baseline: then the same OVMF.fd natively to the same prompt;
-                 --patched: OVMF.fd built from Debian's edk2 with ovmf-patches/, cached)
+                 --patched: OVMF.fd built from Debian's edk2 with ovmf-patches/, cached;
+                 --device nvme: the patched OVMF accepts the NVMe function's TDI, boots from
+                 its disk by private DMA, and hands out its report and CC event log, which
+                 attest verify checks (RTMR[1] replayed); --device nvme-lying-report: the host
+                 hands it a changed interface report, which it refuses)
   setup          only install missing prerequisites (target, clippy, rustfmt, QEMU >= 9.1,
                  Debian's ovmf (OVMF.fd, a TDVF), defmt-print)
   qemu           only check for (and install when missing) QEMU >= 9.1 with NVMe spdm_port
@@ -194,6 +198,7 @@ ensure_qemu() {
 
 # Debian's OVMF.fd (package ovmf, edk2 2022.11) is a TDVF: the host-side TD build tests load it
 # (tests/harness/tests/tdvf_build.rs) and `attest measure` reads it. OVMF_FD names another copy.
+OVMF_FD_GIVEN=${OVMF_FD:-}
 OVMF_FD=${OVMF_FD:-/usr/share/ovmf/OVMF.fd}
 export OVMF_FD
 
@@ -483,10 +488,16 @@ ovmf_patched() {
 # --baseline (then the same OVMF.fd natively, -bios, to the same prompt, and the ratio),
 # --patched (OVMF.fd built from Debian's edk2 with ovmf-patches/, cached: ovmf_patched).
 cmd_ovmf() {
-    local dma=on baseline=0
+    local dma=on baseline=0 device=none patched=0
     while (($#)); do
         case $1 in
-            --patched) ovmf_patched; shift ;;
+            --patched) patched=1; shift ;;
+            --device)
+                device=${2:-}
+                shift 2 || { echo "error: --device needs nvme or nvme-lying-report" >&2; exit 2; }
+                [[ $device == nvme || $device == nvme-lying-report ]] ||
+                    { echo "error: --device is nvme or nvme-lying-report (got '$device')" >&2; exit 2; }
+                ;;
             --fw-cfg-dma)
                 dma=${2:-}
                 shift 2 || { echo "error: --fw-cfg-dma needs on or off" >&2; exit 2; }
@@ -499,18 +510,42 @@ cmd_ovmf() {
         esac
     done
     [[ $dma == on || $dma == off ]] || { echo "error: --fw-cfg-dma is on or off" >&2; exit 2; }
+    # A device needs the patched firmware's TdxConnectDxe (unless OVMF_FD names such an image).
+    [[ $device != none && -z ${OVMF_FD_GIVEN:-} ]] && patched=1
+    ((patched)) && ovmf_patched
     prereqs
     ensure_qemu
     ensure_ovmf
     ensure_defmt_print
     build_firmware
     local out=${CARGO_TARGET_DIR:-target}/run/ovmf
+    local bin=${CARGO_TARGET_DIR:-target}/debug plat=${CARGO_TARGET_DIR:-target}/platform
     mkdir -p "$out"
-    rm -f "$out"/{serial.log,defmt.bin,artifacts.bin,firmware.log,native.log} "$out"/figure.* "$out"/ovmf-*.bin
-    printf 'mode=ovmf\ntdmr_max_mib=400\ntd_mib=256\nlog_calls=off\ntd_timeout_s=240\nfw_cfg_dma=%s\n' "$dma" >"$out/config.txt"
-    section "seamless-qemu: $QEMU -M q35 -accel tcg -kernel $FIRMWARE, $OVMF_FD as a TD (mode ovmf, fw_cfg DMA $dma)"
+    rm -f "$out"/{serial.log,defmt.bin,artifacts.bin,firmware.log,native.log,device.log,device.toml,disk.img} \
+        "$out"/{report.bin,report-snp.bin,evidence.bin,policy.toml,verify.json} "$out"/figure.* "$out"/ovmf-*.bin
+    printf 'mode=ovmf\ntdmr_max_mib=400\ntd_mib=256\nlog_calls=off\ntd_timeout_s=240\nfw_cfg_dma=%s\novmf_device=%s\n' "$dma" "$device" >"$out/config.txt"
+    local launch=(--out "$out" --config "$out/config.txt" --ovmf "$OVMF_FD" --memory 640 --timeout 300)
+    local nonce="" bar_page
+    bar_page=$(printf '%#x' $((DEMO_BAR0 >> 12)))
+    DEVICE_PID=""
+    if [[ $device != none ]]; then
+        # The NVMe function's TDI for the TD: the demo's device behind the DOE mailbox, the
+        # boot disk (FAT, startup.nsh) on its drive, a provisioned platform, the verifier's nonce.
+        cargo build -q -p tdisp-device
+        cargo build -q -p firmware
+        cargo build -q -p attest --features std --bin attest
+        provision_platform "$plat" "$bin"
+        nonce=$(od -An -tx1 -N64 /dev/urandom | tr -d ' \n')
+        printf 'nvme_bar0=%s\nnonce=%s\ndoe_timeout_ms=1000\n' "$DEMO_BAR0" "$nonce" >>"$out/config.txt"
+        demo_device_toml "$bar_page" >"$out/device.toml"
+        trap 'stop_pid "$DEVICE_PID"' EXIT
+        start_demo_device "$out" "$plat" "$bin"
+        launch+=(--port "$DEVICE_PORT" --boot-disk --secret "$plat/platform-secret.bin")
+    fi
+    section "seamless-qemu: $QEMU -M q35 -accel tcg -kernel $FIRMWARE, $OVMF_FD as a TD (mode ovmf, fw_cfg DMA $dma, device $device)"
     local status=0
-    launch_qemu --out "$out" --config "$out/config.txt" --ovmf "$OVMF_FD" --memory 640 --timeout 300 || status=$?
+    launch_qemu "${launch[@]}" || status=$?
+    stop_pid "$DEVICE_PID"
     tr -d '\r' <"$out/serial.log"
     defmt-print -e "$FIRMWARE" <"$out/defmt.bin" >"$out/firmware.log" 2>/dev/null || true
     section "figures"
@@ -527,6 +562,35 @@ cmd_ovmf() {
             echo "error: the TD's MRTD $mrtd differs from attest measure's $measured" >&2
             status=1
         fi
+    fi
+    if [[ $device == nvme && $status == 33 ]]; then
+        # The report over the nonce, the TDI's evidence and the CC event log the firmware handed
+        # out: the policy from attest measure of the image and the device's config, RTMR[1]
+        # replayed from the log and each SPDM event checked against the evidence.
+        section "attest verify --event-log (the OVMF TD's report, the device's evidence, RTMR[1] from the CC event log)"
+        local mrtd root_sha vstatus=0
+        mrtd=$("$bin/attest" measure "$OVMF_FD")
+        root_sha=$(sha384sum "$plat/device/root.der" | cut -d' ' -f1)
+        demo_policy_toml "$mrtd" "$root_sha" "$bar_page" "$("$bin/firmware" mrseam "$FIRMWARE")" >"$out/policy.toml"
+        local verify=("$bin/attest" verify --report "$out/report.bin" --evidence "$out/evidence.bin"
+            --policy "$out/policy.toml" --root "$plat/root.pem" --ak-cert "$plat/tsm-ak.pem" --nonce "$nonce"
+            --event-log "$out/ovmf-ccel.bin")
+        "${verify[@]}" --json >"$out/verify.json" || vstatus=$?
+        "${verify[@]}" | grep -E '^[a-z0-9_.]+ +(fail|skipped) |^VERIFIED|^REJECTED|^trust root|rtmr|event' | cut -c1-150 || true
+        if ((vstatus != 0)); then
+            echo "error: attest verify rejected the OVMF TD's evidence ($out/verify.json)" >&2
+            status=1
+        fi
+    fi
+    if ((baseline && status == 33)) && [[ $device == nvme ]]; then
+        section "the same OVMF.fd and disk natively: $QEMU -M q35 -accel tcg -bios $OVMF_FD -m 256M, NVMe, to the marker"
+        local native td marker
+        marker=$(sed -n 's/^pub const OVMF_DISK_MARKER: &str = "\(.*\)";$/\1/p' drivers/src/config.rs)
+        native=$(ovmf_native_s "$out" "$out/disk.img" "$marker") || status=1
+        td=$(cut -d' ' -f1 "$out/figure.ovmf_device_boot_s" 2>/dev/null)
+        echo "bench ovmf_device_native_boot_s $native s"
+        [[ -n $td && -n $native ]] && echo "bench ovmf_device_vs_native $(awk -v t="$td" -v n="$native" 'BEGIN { printf "%.2f", t / n }') x"
+        baseline=0
     fi
     if ((baseline && status == 33)); then
         section "the same OVMF.fd natively: $QEMU -M q35 -accel tcg -bios $OVMF_FD -m 256M, to Shell>"
@@ -545,14 +609,19 @@ cmd_ovmf() {
 
 # Seconds from QEMU's start to "Shell> " on the console of OVMF.fd booted natively (the same
 # q35, CPU and RAM the TD gets); QEMU is killed then. The baseline of `ovmf --baseline`.
+# With $2 (a disk image) and $3 (a marker): the disk on an NVMe controller at the TD's address,
+# timed to the marker instead.
 ovmf_native_s() {
-    local out=$1 start pid i
+    local out=$1 disk=${2:-} marker=${3:-Shell> } start pid i
+    local drive=()
+    [[ -n $disk ]] && drive=(-drive "file=$disk,if=none,id=disk,format=raw" -device nvme,serial=seamless,addr=3,drive=disk)
+    rm -f "$out/native.log"
     start=$(date +%s%N)
     "$QEMU" -M q35 -accel tcg -nodefaults -display none -no-reboot -cpu max,phys-bits=48 -m 256M \
-        -bios "$OVMF_FD" -serial "file:$out/native.log" >/dev/null 2>&1 &
+        -bios "$OVMF_FD" -serial "file:$out/native.log" "${drive[@]}" >/dev/null 2>&1 &
     pid=$!
     for ((i = 0; i < 6000; i++)); do
-        if grep -q 'Shell> ' "$out/native.log" 2>/dev/null; then
+        if grep -qF "$marker" "$out/native.log" 2>/dev/null; then
             awk -v ns=$(($(date +%s%N) - start)) 'BEGIN { printf "%.3f", ns / 1e9 }'
             stop_pid "$pid"
             return 0
@@ -560,7 +629,7 @@ ovmf_native_s() {
         sleep 0.02
     done
     stop_pid "$pid"
-    echo "error: native OVMF did not reach Shell> in 120 s" >&2
+    echo "error: native OVMF did not show '$marker' in 120 s" >&2
     return 1
 }
 
@@ -738,6 +807,27 @@ range_id = 0
 TOML
 }
 
+# Starts tdisp-device with $1/device.toml (its identity kept in $2/device, the tools in $3) on
+# a free 127.0.0.1 port; sets DEVICE_PID and DEVICE_PORT. The caller stops it (stop_pid).
+start_demo_device() {
+    local out=$1 plat=$2 bin=$3 i
+    mkdir -p "$plat/device"
+    # The log exists before the background job opens it: the port poll below reads it.
+    : >"$out/device.log"
+    "$bin/tdisp-device" --port 0 --once --config "$out/device.toml" --state-dir "$plat/device" \
+        >"$out/device.log" 2>&1 &
+    DEVICE_PID=$!
+    DEVICE_PORT=""
+    for ((i = 0; i < 200; i++)); do
+        DEVICE_PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$out/device.log")
+        [[ -n $DEVICE_PORT ]] && break
+        kill -0 "$DEVICE_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    [[ -n $DEVICE_PORT ]] || { echo "error: tdisp-device did not start:" >&2; cat "$out/device.log" >&2; exit 1; }
+    echo "responder: tdisp-device on 127.0.0.1:$DEVICE_PORT ($out/device.toml, identity in $plat/device)"
+}
+
 cmd_demo() {
     local responder="" keep=0
     while (($#)); do
@@ -787,21 +877,8 @@ cmd_demo() {
     DEVICE_PID=""
     trap 'stop_pid "$DEVICE_PID"' EXIT
     if [[ -z $responder ]]; then
-        mkdir -p "$plat/device"
-        # The log exists before the background job opens it: the port poll below reads it.
-        : >"$out/device.log"
-        "$bin/tdisp-device" --port 0 --once --config "$out/device.toml" --state-dir "$plat/device" \
-            >"$out/device.log" 2>&1 &
-        DEVICE_PID=$!
-        local i
-        for ((i = 0; i < 200; i++)); do
-            port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$out/device.log")
-            [[ -n $port ]] && break
-            kill -0 "$DEVICE_PID" 2>/dev/null || break
-            sleep 0.05
-        done
-        [[ -n $port ]] || { echo "error: tdisp-device did not start:" >&2; cat "$out/device.log" >&2; exit 1; }
-        echo "responder: tdisp-device on 127.0.0.1:$port ($out/device.toml, identity in $plat/device)"
+        start_demo_device "$out" "$plat" "$bin"
+        port=$DEVICE_PORT
     else
         port=$(free_port)
         local cmd=${responder//\{port\}/$port}

@@ -412,6 +412,23 @@ pub fn ovmf_fd() -> Option<PathBuf> {
 /// # Panics
 /// If QEMU cannot start or the marker does not show within `timeout`.
 pub fn native_boot_until(qemu: &Qemu, ovmf: &Path, memory_mib: u32, marker: &str, timeout: Duration) -> Duration {
+    native_boot_with(qemu, ovmf, memory_mib, None, marker, timeout)
+}
+
+/// [`native_boot_until`] with `disk` (if any) as the drive of an NVMe controller at the same
+/// address the TD's is (no DOE: nothing to assign natively): the TDVF's boot disk, read by
+/// OVMF's NvmExpressDxe with no TD around it.
+///
+/// # Panics
+/// As [`native_boot_until`], and if the disk image cannot be written.
+pub fn native_boot_with(
+    qemu: &Qemu,
+    ovmf: &Path,
+    memory_mib: u32,
+    disk: Option<&[u8]>,
+    marker: &str,
+    timeout: Duration,
+) -> Duration {
     let dir = target_dir().join("e2e").join("ovmf-native");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("run folder");
@@ -425,6 +442,12 @@ pub fn native_boot_until(qemu: &Qemu, ovmf: &Path, memory_mib: u32, marker: &str
         .arg(ovmf)
         .arg("-serial")
         .arg(format!("file:{}", console.display()));
+    if let Some(bytes) = disk {
+        let path = dir.join("disk.img");
+        std::fs::write(&path, bytes).expect("disk image");
+        cmd.arg("-drive").arg(format!("file={},if=none,id=disk,format=raw", path.display()));
+        cmd.arg("-device").arg(format!("nvme,serial=seamless,addr={NVME_ADDR},drive=disk"));
+    }
     let start = Instant::now();
     let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start QEMU");
     loop {

@@ -112,6 +112,14 @@ fn patched_ovmf_accepts_the_nvme_tdi_and_boots_from_its_disk() {
     assert!(device.tdis().iter().all(|t| format!("{:?}", t.state) != "Run"), "the TDI was stopped at teardown");
     let boot_s = o.figure("ovmf_device_boot_s").expect("figure ovmf_device_boot_s");
     println!("bench ovmf_device_boot_s {boot_s:.3} s (first VP.ENTER to the boot disk's marker)");
+    // The same image and disk natively (QEMU's -bios, an NVMe controller with the same drive),
+    // to the same marker: what running as a TD with an accepted device costs.
+    let marker = seamless_drivers::config::OVMF_DISK_MARKER;
+    let disk = seamless_e2e::fat::boot_disk();
+    let native =
+        seamless_e2e::native_boot_with(&qemu, &ovmf, TD_MIB, Some(&disk), marker, Duration::from_secs(300)).as_secs_f64();
+    println!("bench ovmf_device_native_boot_s {native:.3} s (QEMU start to the marker, -bios, same disk)");
+    println!("bench ovmf_device_vs_native {:.2} x", boot_s / native);
 
     let event_log = o.dir.join("ovmf-ccel.bin");
     let extra: [&std::ffi::OsStr; 2] = ["--event-log".as_ref(), event_log.as_os_str()];
