@@ -11,6 +11,8 @@
 //!   nonce, and per assigned device its TDISP state, SPDM algorithms and evidence digests.
 //! * [`sign`] signs and verifies it (ECDSA P-384 over SHA-384) and derives the TSM's attestation
 //!   key from the platform secret (HKDF-SHA-384).
+//! * [`eventlog`] reads the TD's CC event log (TCG2 crypto-agile, as TDVF's TdTcg2Dxe writes
+//!   it) as hostile bytes, replays its RTMRs and reads the firmware's SPDM device events.
 //! * [`evidence`] is the bundle of device evidence that travels beside the report, bound to it by
 //!   those digests.
 //! * [`verify`] checks a report and its bundle against a policy, in layers, recording every check.
@@ -33,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 pub mod disk;
+pub mod eventlog;
 pub mod evidence;
 #[cfg(feature = "std")]
 pub mod host;

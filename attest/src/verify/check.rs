@@ -2,6 +2,8 @@
 
 use core::fmt;
 
+use crate::eventlog::spdm::SpdmEventError;
+use crate::eventlog::EventLogError;
 use crate::evidence::{Blob, EvidenceError};
 use crate::report::{FunctionId, REPORT_DATA_BYTES};
 use crate::sign::SignatureError;
@@ -15,6 +17,8 @@ pub enum Layer {
     Identity,
     /// One assigned device.
     Device,
+    /// The CC event log against the report and the bundle.
+    EventLog,
 }
 
 /// One SPDM algorithm field.
@@ -129,6 +133,15 @@ pub enum CheckId {
     TdXfam,
     /// `deviceN.<check>`.
     Device(u8, DeviceCheck),
+    /// `eventlog.format`.
+    EventLogFormat,
+    /// `eventlog.rtmrN`: the log replays to the report's RTMR[N].
+    EventLogRtmr(u8),
+    /// `eventlog.spdm_events`: every SPDM event is well-formed, in RTMR[1], hashes to its
+    /// logged digest and names a device of the report.
+    EventLogSpdmEvents,
+    /// `deviceN.event.<blob>`: the device's SPDM event agrees with the report and the bundle.
+    DeviceEvent(u8, Blob),
 }
 
 impl CheckId {
@@ -147,6 +160,10 @@ impl CheckId {
             | CheckId::TdAttributes
             | CheckId::TdXfam => Layer::Identity,
             CheckId::Device(..) => Layer::Device,
+            CheckId::EventLogFormat
+            | CheckId::EventLogRtmr(_)
+            | CheckId::EventLogSpdmEvents
+            | CheckId::DeviceEvent(..) => Layer::EventLog,
         }
     }
 }
@@ -177,6 +194,10 @@ impl fmt::Display for CheckId {
                     DeviceCheck::Binding(b) => write!(f, "binding.{}", b.name()),
                 }
             }
+            CheckId::EventLogFormat => f.write_str("eventlog.format"),
+            CheckId::EventLogRtmr(i) => write!(f, "eventlog.rtmr{i}"),
+            CheckId::EventLogSpdmEvents => f.write_str("eventlog.spdm_events"),
+            CheckId::DeviceEvent(i, b) => write!(f, "device{i}.event.{}", b.name()),
         }
     }
 }
@@ -242,6 +263,60 @@ pub enum Value {
     Signature(SignatureError),
     /// The bundle format error found.
     Evidence(EvidenceError),
+    /// The event log format error found.
+    EventLog(EventLogError),
+    /// What is wrong with an SPDM event of the log.
+    SpdmEvent(SpdmEventFault),
+}
+
+/// Why an EV_EFI_SPDM_* event of the log is refused (`eventlog.spdm_events`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpdmEventFault {
+    /// Its data is not a device event this verifier reads.
+    Malformed {
+        /// Offset of the event in the log.
+        offset: usize,
+        /// Why.
+        error: SpdmEventError,
+    },
+    /// It was logged to another register than RTMR[1] (CC MR index 2, PCR 2).
+    NotRtmr1 {
+        /// Offset of the event in the log.
+        offset: usize,
+        /// Its CC MR index.
+        mr_index: u32,
+    },
+    /// Its logged digest, the one extended, is not the SHA-384 of its data.
+    DigestMismatch {
+        /// Offset of the event in the log.
+        offset: usize,
+    },
+    /// Its SubHeaderUID names no device entry of the report.
+    UnknownFunction {
+        /// Offset of the event in the log.
+        offset: usize,
+        /// SubHeaderUID.
+        function_id: u64,
+    },
+}
+
+impl fmt::Display for SpdmEventFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            SpdmEventFault::Malformed { offset, error } => write!(f, "event at offset {offset}: {error}"),
+            SpdmEventFault::NotRtmr1 { offset, mr_index } => write!(
+                f,
+                "event at offset {offset} logged to MR index {mr_index} ({}), not 2 (RTMR[1])",
+                crate::eventlog::mr_name(mr_index)
+            ),
+            SpdmEventFault::DigestMismatch { offset } => {
+                write!(f, "event at offset {offset}: its logged digest is not the SHA-384 of its data")
+            }
+            SpdmEventFault::UnknownFunction { offset, function_id } => {
+                write!(f, "event at offset {offset} names function {function_id:#x}, which the report does not list")
+            }
+        }
+    }
 }
 
 impl Value {
@@ -276,6 +351,8 @@ impl fmt::Display for Value {
             Value::Text(t) => f.write_str(t),
             Value::Signature(e) => write!(f, "{e}"),
             Value::Evidence(e) => write!(f, "{e}"),
+            Value::EventLog(e) => write!(f, "{e}"),
+            Value::SpdmEvent(e) => write!(f, "{e}"),
         }
     }
 }

@@ -14,6 +14,10 @@
 //!    `deviceN.lock_flags`, `deviceN.spdm_version`, `deviceN.algorithms.{base_asym, base_hash,
 //!    measurement_hash, dhe, aead, key_schedule, measurement_spec}`,
 //!    `deviceN.binding.{cert_chain, measurements, interface_report}`.
+//! 4. With a CC event log ([`verify_event_log`], a verdict of its own): `eventlog.format`,
+//!    `eventlog.rtmr0` .. `eventlog.rtmr3` (the log replayed against the report's registers),
+//!    `eventlog.spdm_events`, and per device entry N `deviceN.event.{cert_chain, measurements,
+//!    interface_report}` (the firmware's SPDM events against the report and the bundle).
 //!
 //! Not checked here: the device certificate chain to the device vendor's root, the device's SPDM
 //! signature over its measurement transcript, each measurement index against reference values,
@@ -24,11 +28,17 @@
 //! verdict of this engine alone means: the TSM vouches for these devices and these exact blobs.
 
 mod check;
+mod eventlog;
+#[cfg(test)]
+mod eventlog_tests;
 mod policy;
 #[cfg(test)]
 mod tests;
 
-pub use check::{Algorithm, Check, CheckId, DeviceCheck, Layer, Status, Value, ALGORITHMS, DEVICE_CHECKS};
+pub use check::{
+    Algorithm, Check, CheckId, DeviceCheck, Layer, SpdmEventFault, Status, Value, ALGORITHMS, DEVICE_CHECKS,
+};
+pub use eventlog::{verify_event_log, EVENT_LOG_CHECKS};
 pub use policy::{AllowedAlgorithms, DevicePolicy, MaskedValue, Policy};
 
 use sha2::{Digest, Sha384};
@@ -57,20 +67,21 @@ pub const REPORT_CHECKS: usize = 5 + 2 + 3 + RTMRS;
 /// Checks in the largest possible verdict.
 pub const MAX_CHECKS: usize = REPORT_CHECKS + MAX_DEVICES * DEVICE_CHECKS.len();
 
-/// Every check of one verification, in layer order.
+/// Every check of one verification, in layer order, in a list of fixed capacity `N` (the
+/// report's layers: [`MAX_CHECKS`]; the event log's: [`EVENT_LOG_CHECKS`]).
 #[derive(Clone, Debug)]
-pub struct Verdict {
-    checks: [Check; MAX_CHECKS],
+pub struct Verdict<const N: usize = MAX_CHECKS> {
+    checks: [Check; N],
     len: usize,
 }
 
-impl Verdict {
-    fn new() -> Verdict {
-        Verdict { checks: [Check::EMPTY; MAX_CHECKS], len: 0 }
+impl<const N: usize> Verdict<N> {
+    fn new() -> Verdict<N> {
+        Verdict { checks: [Check::EMPTY; N], len: 0 }
     }
 
     fn push(&mut self, id: CheckId, status: Status, expected: Value, actual: Value, reason: &'static str) {
-        // MAX_CHECKS counts every check verify() can emit (a test holds it to that), so the
+        // N counts every check its verification can emit (a test holds each to that), so the
         // list never fills; if it did, the last slot turns into a failure rather than a panic or
         // a silently dropped check.
         let check = Check { id, status, expected, actual, reason };

@@ -58,6 +58,52 @@ pub struct Attestation {
     pub snp_certs: SnpCerts,
 }
 
+/// A CC event log as the patched TDVF writes it when it accepts the attestation's device
+/// (`attest::eventlog::writer`: the platform id, an RTMR[0] event, the three SPDM events of
+/// device 0 in RTMR[1], then 64 bytes of 0xFF fill), and the attestation's report with its RTMRs
+/// set to what the log replays to. That report is unsigned, which `verify_event_log` does not
+/// look at: it binds a log to whatever report it is given.
+#[derive(Debug)]
+pub struct EventLogFixture {
+    /// The log.
+    pub log: Vec<u8>,
+    /// The report it replays to.
+    pub report: Report,
+}
+
+/// The event log fixture, made once per process.
+pub fn event_log() -> &'static EventLogFixture {
+    static L: OnceLock<EventLogFixture> = OnceLock::new();
+    L.get_or_init(|| {
+        use attest::eventlog::spdm::PciContext;
+        use attest::eventlog::writer::{DeviceMeasurement, LogWriter};
+        let a = attestation();
+        let mut report = Report::read_from(&a.report).expect("the recorded report");
+        let evidence = attest::evidence::Evidence::parse(&a.evidence).expect("the recorded bundle");
+        let entry = report.devices()[0];
+        let device = DeviceMeasurement {
+            function_id: u64::from(entry.function_id().0),
+            spdm_version: u16::from(entry.spdm_version),
+            cert_chain_sha384: entry.cert_chain_sha384,
+            transcript_sha384: entry.measurements_transcript_sha384,
+            interface_report: evidence.get(RecordType::InterfaceReport, 0).expect("an interface report").to_vec(),
+            pci: PciContext {
+                vendor_id: 0x1b36,
+                device_id: 0x0010,
+                revision_id: 2,
+                class_code: [2, 8, 1],
+                subsystem_vendor_id: 0x1af4,
+                subsystem_id: 0x1100,
+            },
+        };
+        let mut w = LogWriter::new();
+        w.no_action(b"SP800-155 Event2").measure(1, 0x8000_0001, b"SecureBoot").device(&device);
+        let log = w.finish_in_area(w.finish().len() + 64);
+        report.td.rtmr = attest::eventlog::EventLog::parse(&log).expect("the writer's log").replay().rtmr;
+        EventLogFixture { log, report }
+    })
+}
+
 /// The attestation, made once per process (it needs the committed platform).
 pub fn attestation() -> &'static Attestation {
     static A: OnceLock<Attestation> = OnceLock::new();
@@ -131,5 +177,13 @@ mod tests {
         let rows = attest::host::snp::verify(&a.snp, &a.snp_certs, Some(&report), Some(&a.nonce)).unwrap();
         let failed: Vec<_> = rows.iter().filter(|r| r.status == verify::Status::Fail).collect();
         assert!(failed.is_empty(), "{failed:?}");
+    }
+
+    #[test]
+    fn the_event_log_fixture_verifies_against_its_report_and_the_bundle() {
+        let f = event_log();
+        let v = verify::verify_event_log(&f.report, Some(&attestation().evidence), &f.log);
+        assert!(v.verified(), "{:?}", v.failures().collect::<Vec<_>>());
+        assert!(v.checks().iter().all(|c| c.status == verify::Status::Pass), "{:?}", v.checks());
     }
 }

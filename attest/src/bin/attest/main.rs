@@ -23,6 +23,7 @@ mod verify;
 
 use std::process::ExitCode;
 
+use attest::eventlog::EventLog;
 use attest::evidence::{self, Evidence};
 use attest::host::{hex, policy, provision};
 use attest::image;
@@ -39,15 +40,18 @@ commands:
       create the emulated platform: vendor root, TSM attestation-key certificate, ARK, ASK,
       VCEK, and the platform secret blob the firmware receives at boot
   verify --report R --evidence E --policy P --root CERT [--ak-cert CERT] (--nonce HEX | --no-nonce)
-         [--json]
+         [--event-log L] [--json]
       check a native report and its evidence bundle in layers; every check is listed. The nonce
-      is the 64 bytes the TD was given; --no-nonce skips freshness, and the verdict says so
+      is the 64 bytes the TD was given; --no-nonce skips freshness, and the verdict says so.
+      --event-log: the TD's CC event log (TCG2, SHA-384), replayed against the report's RTMRs,
+      its SPDM device events checked against the report and the bundle
   verify --snp S --certs DIR (--report R --nonce HEX | [--report R] --no-nonce) [--json]
       check an SNP-format export against an ARK/ASK/VCEK directory: chain, signature, TCB, chip
       id, and with --report its binding to that native report, whose nonce is compared whole.
       No policy is applied; the verdict names what was not checked
-  show [--report R] [--evidence E] [--snp S] [--json]
-      dump a report, a bundle and/or an SNP export
+  show [--report R] [--evidence E] [--snp S] [--event-log L] [--json]
+      dump a report, a bundle, an SNP export and/or a CC event log (its events, the SPDM
+      device events read, the registers it replays to)
   policy init --report R [--evidence E] [--out FILE]
       write a reference policy (TOML) from a known-good report and bundle, for review
   measure IMAGE [--flat GPA | --tdvf] [--json]
@@ -86,6 +90,13 @@ pub fn read_report(path: &str) -> Result<Report, Unusable> {
 pub fn read_evidence(path: &str) -> Result<Vec<u8>, Unusable> {
     let bytes = read(path, "evidence")?;
     Evidence::parse(&bytes).map_err(|e| format!("evidence {path}: {e}"))?;
+    Ok(bytes)
+}
+
+/// Reads and checks a CC event log.
+pub fn read_event_log(path: &str) -> Result<Vec<u8>, Unusable> {
+    let bytes = read(path, "event log")?;
+    EventLog::parse(&bytes).map_err(|e| format!("event log {path}: {e}"))?;
     Ok(bytes)
 }
 

@@ -1,9 +1,11 @@
 //! `attest show`: a report, a bundle and/or an SNP export, for people or as JSON. A bundle that
 //! does not parse is shown up to its first error, and the error is the exit status 2.
 
+use attest::eventlog::spdm::{Payload, SpdmEvent};
+use attest::eventlog::{self, Event, EventLog, EventLogError, SpecId};
 use attest::evidence::{self, Evidence};
 use attest::host::hex;
-use attest::report::Report;
+use attest::report::{FunctionId, Report};
 use attest::snp::SnpReport;
 use serde_json::{json, Value};
 
@@ -67,6 +69,97 @@ fn snp_json(s: &SnpReport) -> Value {
     })
 }
 
+/// An SPDM device event as the firmware logged it: what it carries and for which function.
+fn spdm_json(e: &Event<'_>) -> Value {
+    let event = match SpdmEvent::parse(e.event_type, e.data) {
+        Ok(event) => event,
+        Err(err) => return json!({ "error": err.to_string() }),
+    };
+    let function = match u32::try_from(event.function_id) {
+        Ok(id) => format!("{} ({:#010x})", FunctionId(id), id),
+        Err(_) => format!("{:#x}", event.function_id),
+    };
+    let p = &event.pci;
+    let mut v = json!({
+        "function_id": function,
+        "carries": event.payload.name(),
+        "pci": {
+            "vendor_id": format!("{:#06x}", p.vendor_id), "device_id": format!("{:#06x}", p.device_id),
+            "revision_id": format!("{:#04x}", p.revision_id), "class_code": hex::encode(&p.class_code),
+            "subsystem_vendor_id": format!("{:#06x}", p.subsystem_vendor_id),
+            "subsystem_id": format!("{:#06x}", p.subsystem_id),
+        },
+    });
+    let extra = match event.payload {
+        Payload::CertChain { slot, digest } => json!({
+            "spdm_version": format!("{}.{}", event.spdm_version >> 4, event.spdm_version & 0xf),
+            "slot": slot, "cert_chain_sha384": hex::encode(&digest),
+        }),
+        Payload::Measurements { digest } => json!({
+            "spdm_version": format!("{}.{}", event.spdm_version >> 4, event.spdm_version & 0xf),
+            "measurements_transcript_sha384": hex::encode(&digest),
+        }),
+        Payload::InterfaceReport(bytes) => json!({
+            "interface_report_bytes": bytes.len(), "interface_report_sha384": hex::encode(&evidence::sha384(bytes)),
+        }),
+    };
+    if let (Value::Object(m), Value::Object(x)) = (&mut v, extra) {
+        m.extend(x);
+    }
+    v
+}
+
+fn event_json(e: &Event<'_>) -> Value {
+    let kind = eventlog::event_type_name(e.event_type).map_or_else(|| format!("{:#010x}", e.event_type), str::to_owned);
+    let mut v = json!({
+        "offset": e.offset,
+        "mr_index": e.mr_index,
+        "register": if e.rtmr().is_some() { eventlog::mr_name(e.mr_index) } else { "none (not extended)" },
+        "type": kind,
+        "digest": hex::encode(&e.digest),
+        "data_bytes": e.data.len(),
+    });
+    if let Value::Object(m) = &mut v {
+        if e.is_spdm() {
+            m.insert("spdm".into(), spdm_json(e));
+        } else if e.data.len() <= 64 {
+            m.insert("data".into(), Value::String(hex::encode(e.data)));
+        }
+    }
+    v
+}
+
+/// The log's events up to the first error, and that error.
+fn event_log_json(bytes: &[u8]) -> Result<(Value, Option<EventLogError>), EventLogError> {
+    let (spec, walk): (SpecId<'_>, _) = EventLog::raw_events(bytes)?;
+    let mut events = Vec::new();
+    let mut error = None;
+    for e in walk {
+        match e {
+            Ok(e) => events.push(event_json(&e)),
+            Err(err) => {
+                error = Some(err);
+                break;
+            }
+        }
+    }
+    let mut v = json!({
+        "spec_id": {
+            "pcr_index": spec.pcr_index, "platform_class": spec.platform_class, "spec_errata": spec.spec_errata,
+            "uintn_size": spec.uintn_size, "vendor_info": hex::encode(spec.vendor_info),
+        },
+        "events": events,
+    });
+    if let (Ok(log), Value::Object(m)) = (EventLog::parse(bytes), &mut v) {
+        m.insert("used_bytes".into(), json!(log.used_len()));
+        m.insert("fill_bytes".into(), json!(log.fill_len()));
+        let replay = log.replay();
+        let rtmrs: Vec<Value> = replay.rtmr.iter().map(|r| Value::String(hex::encode(r))).collect();
+        m.insert("replayed_rtmr".into(), Value::Array(rtmrs));
+    }
+    Ok((v, error))
+}
+
 fn print_tree(v: &Value, indent: usize) {
     let pad = " ".repeat(indent);
     match v {
@@ -107,10 +200,11 @@ pub fn cmd_show(mut a: Args) -> Result<Outcome, Unusable> {
     let report_path = a.value("--report")?;
     let evidence_path = a.value("--evidence")?;
     let snp_path = a.value("--snp")?;
+    let event_log_path = a.value("--event-log")?;
     let json_out = a.flag("--json");
     a.finish()?;
-    if report_path.is_none() && evidence_path.is_none() && snp_path.is_none() {
-        return Err("show: give --report, --evidence and/or --snp".into());
+    if report_path.is_none() && evidence_path.is_none() && snp_path.is_none() && event_log_path.is_none() {
+        return Err("show: give --report, --evidence, --snp and/or --event-log".into());
     }
     let mut out = serde_json::Map::new();
     let mut error = None;
@@ -139,6 +233,14 @@ pub fn cmd_show(mut a: Args) -> Result<Outcome, Unusable> {
             }
         }
         out.insert("evidence".into(), json!({ "records": records }));
+    }
+    if let Some(p) = &event_log_path {
+        let bytes = read(p, "event log")?;
+        let (v, err) = event_log_json(&bytes).map_err(|e| format!("event log {p}: {e}"))?;
+        out.insert("event_log".into(), v);
+        if let Some(e) = err {
+            error = error.or(Some(format!("event log {p}: {e} (events before it shown)")));
+        }
     }
     let v = Value::Object(out);
     if json_out {

@@ -9,7 +9,7 @@ use attest::host::{hex, policy, provision, x509, Row};
 use attest::verify::{self, Inputs, Status};
 
 use crate::args::Args;
-use crate::{parse_nonce, read, read_evidence, read_report, Outcome, Unusable};
+use crate::{parse_nonce, read, read_event_log, read_evidence, read_report, Outcome, Unusable};
 
 /// The JSON schema id of `verify --json`.
 pub const SCHEMA: &str = "seamless-attest-verify/1";
@@ -41,6 +41,7 @@ pub fn cmd_verify(mut a: Args) -> Result<Outcome, Unusable> {
     let policy_path = a.required("--policy")?;
     let root_path = a.required("--root")?;
     let ak_path = a.value("--ak-cert")?;
+    let event_log_path = a.value("--event-log")?;
     let nonce = nonce_option(&mut a)?;
     let json = a.flag("--json");
     a.finish()?;
@@ -48,6 +49,7 @@ pub fn cmd_verify(mut a: Args) -> Result<Outcome, Unusable> {
     // Unusable input first, before any check runs.
     let report = read_report(&report_path)?;
     let evidence = evidence_path.as_deref().map(read_evidence).transpose()?;
+    let event_log = event_log_path.as_deref().map(read_event_log).transpose()?;
     let policy_text = read(&policy_path, "policy")?;
     let policy_text = String::from_utf8(policy_text).map_err(|_| format!("policy {policy_path}: not UTF-8 text"))?;
     let base = Path::new(&policy_path).parent();
@@ -89,6 +91,10 @@ pub fn cmd_verify(mut a: Args) -> Result<Outcome, Unusable> {
         });
         (rows, device_rows)
     });
+    if let Some(log) = &event_log {
+        let verdict = verify::verify_event_log(&report, evidence.as_deref(), log);
+        rows.extend(verdict.checks().iter().map(Row::from));
+    }
     rows.extend(device_rows);
 
     let root_fp = x509::fingerprint(&root).map_err(|e| e.0)?;
@@ -105,6 +111,12 @@ pub fn cmd_verify(mut a: Args) -> Result<Outcome, Unusable> {
         ),
         OFFLINE.to_owned(),
     ];
+    let mut header = header.to_vec();
+    let mut log_json = None;
+    if let (Some(path), Some(bytes)) = (&event_log_path, &event_log) {
+        header.push(event_log_line(path, bytes));
+        log_json = event_log_json(path, bytes);
+    }
     let trust = serde_json::json!({
         "path": root_path,
         "subject": x509::subject(&root),
@@ -113,7 +125,34 @@ pub fn cmd_verify(mut a: Args) -> Result<Outcome, Unusable> {
         "pinned": false,
     });
     let not_checked: Vec<String> = nonce.is_none().then(|| NOT_FRESH.to_owned()).into_iter().collect();
-    Ok(output(&header, trust, &rows, json, &not_checked))
+    Ok(output(&header, trust, &rows, json, &not_checked, log_json))
+}
+
+/// The event log's summary in `--json`: where it came from, its events, its used bytes and fill.
+fn event_log_json(path: &str, bytes: &[u8]) -> Option<serde_json::Value> {
+    let log = attest::eventlog::EventLog::parse(bytes).ok()?;
+    Some(serde_json::json!({
+        "path": path,
+        "events": log.events().count(),
+        "used_bytes": log.used_len(),
+        "fill_bytes": log.fill_len(),
+        "signed": false,
+    }))
+}
+
+/// What the verdict says of the event log it read: its size, what is fill, how many events.
+fn event_log_line(path: &str, bytes: &[u8]) -> String {
+    match attest::eventlog::EventLog::parse(bytes) {
+        Ok(log) => format!(
+            "event log: {path} ({} events in {} bytes, {} bytes of 0xFF fill after them; unsigned: believed as far as \
+             it replays to the report's RTMRs)",
+            log.events().count(),
+            log.used_len(),
+            log.fill_len()
+        ),
+        // read_event_log parsed it already; the checks say the rest.
+        Err(e) => format!("event log: {path} ({e})"),
+    }
 }
 
 /// Layer 1's chain to the root, then the engine's checks.
@@ -211,12 +250,20 @@ fn verify_snp(mut a: Args, snp_path: &str) -> Result<Outcome, Unusable> {
     if nonce.is_none() {
         not_checked.push(NOT_FRESH.to_owned());
     }
-    Ok(output(&header, trust, &rows, json, &not_checked))
+    Ok(output(&header, trust, &rows, json, &not_checked, None))
 }
 
 /// Prints the verdict; `not_checked` names what this verification left out by design or by the
 /// user's choice, in the verdict line and in JSON.
-fn output(header: &[String], trust: serde_json::Value, rows: &[Row], json: bool, not_checked: &[String]) -> Outcome {
+/// `event_log` is the CC event log's summary for the JSON, when one was given.
+fn output(
+    header: &[String],
+    trust: serde_json::Value,
+    rows: &[Row],
+    json: bool,
+    not_checked: &[String],
+    event_log: Option<serde_json::Value>,
+) -> Outcome {
     let failed = rows.iter().filter(|r| r.status == Status::Fail).count();
     let verified = failed == 0;
     if json {
@@ -229,7 +276,7 @@ fn output(header: &[String], trust: serde_json::Value, rows: &[Row], json: bool,
                 })
             })
             .collect();
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "schema": SCHEMA,
             "verified": verified,
             "trust_root": trust,
@@ -239,6 +286,9 @@ fn output(header: &[String], trust: serde_json::Value, rows: &[Row], json: bool,
             "not_checked": not_checked,
             "checks": checks,
         });
+        if let (Some(log), serde_json::Value::Object(m)) = (event_log, &mut v) {
+            m.insert("event_log".into(), log);
+        }
         outln!("{v:#}");
     } else {
         for h in header {

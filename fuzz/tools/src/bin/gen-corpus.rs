@@ -70,6 +70,7 @@ fn main() {
     write("attest_policy", "reference", a.policy.as_bytes());
     write("attest_verify", "genuine", &join(&[&a.report[..], &a.evidence[..], a.policy.as_bytes(), &a.nonce[..]]));
     write("attest_snp", "export", &join(&[&a.snp[..], &a.report[..], &a.nonce[..]]));
+    write("attest_eventlog", "tdvf-log", &seamless_fuzz_tools::evidence::event_log().log);
     // The artifacts as the firmware frames them on COM3, and as name/data pairs.
     let files: [(&str, &[u8]); 3] =
         [("report.bin", &a.report), ("evidence.bin", &a.evidence), ("snp-report.bin", &a.snp)];
