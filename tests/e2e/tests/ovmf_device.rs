@@ -116,8 +116,8 @@ fn patched_ovmf_accepts_the_nvme_tdi_and_boots_from_its_disk() {
     // to the same marker: what running as a TD with an accepted device costs.
     let marker = seamless_drivers::config::OVMF_DISK_MARKER;
     let disk = seamless_e2e::fat::boot_disk();
-    let native =
-        seamless_e2e::native_boot_with(&qemu, &ovmf, TD_MIB, Some(&disk), marker, Duration::from_secs(300)).as_secs_f64();
+    let native = seamless_e2e::native_boot_with(&qemu, &ovmf, TD_MIB, Some(&disk), marker, Duration::from_secs(300))
+        .as_secs_f64();
     println!("bench ovmf_device_native_boot_s {native:.3} s (QEMU start to the marker, -bios, same disk)");
     println!("bench ovmf_device_vs_native {:.2} x", boot_s / native);
 
