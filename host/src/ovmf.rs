@@ -367,7 +367,7 @@ fn device_outcome(
     let p = d.progress;
     let shared = machine.device.as_ref().map_or(0, |x| x.accesses);
     say!(
-        "host: the TD's device flow: locked {}, MMIO mapped at {}, started {}, attested {}; {} requests refused; {} shared MMIO accesses passed through to the device",
+        "host: the TD's device flow: locked {}, MMIO mapped at {:#x}, started {}, attested {}; {} requests refused; {} shared MMIO accesses passed through to the device",
         p.locked,
         p.mapped.map_or(0, |g| g),
         p.started,

@@ -343,3 +343,45 @@ fn device_request_phantom_names_its_function_in_the_shared_page() {
     let frame = g.shared.lookup(&mut m, &pages(&td), SHARED | 0x3000).unwrap().unwrap();
     assert_eq!(m.read(frame, 12), [4, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x01, 0, 0], "[len 4][0x0100]");
 }
+
+/// A TD whose device has a DMA entry: the IOMMU walks the TD's S-EPT, so a page the TD makes
+/// shared may still sit in the IOTLB. Without TDH.IQ.INV.REQUEST after the TRACK the TSM refuses
+/// the REMOVE and the host's MapGPA fails naming it; with `conversions.iotlb` (which the host
+/// sets after TDH.DMAR.ADD) the conversion completes and the device no longer reaches the page.
+#[test]
+fn map_gpa_to_shared_of_a_td_with_a_dma_entry_invalidates_the_iotlb_after_the_track() {
+    use seamless_harness::assign::{device_config, FUNCTION};
+    let mut m = Machine::configured(64 * MIB);
+    let td = m.running_td();
+    m.aug_accept(&td, 0x3000, PageSize::Size4K);
+    m.aug_accept(&td, 0x4000, PageSize::Size4K);
+    m.iommu_setup();
+    let mut dev = tdisp_device::Device::new(device_config()).unwrap();
+    let mut a = m.connect(&mut dev);
+    m.ide_setup(&mut dev, &mut a);
+    m.bind(&td, &mut a);
+    m.lock(&mut dev, &mut a);
+    ok(m.dmar_add(&td, &a), "DMAR.ADD");
+    let accepted = m.guest(td.vcpus[0], g::DMAR_ACCEPT, u64::from(FUNCTION), 0, 0);
+    assert_eq!(accepted.regs.status(), tsm::Status::SUCCESS);
+    let reaches = |m: &Machine, iova: u64| {
+        let iommu = m.tsm.iommu().expect("IOMMU set up");
+        let rid = tsm::iommu::Rid::from_raw(FUNCTION as u16);
+        iommu.translate(m.tsm.platform(), rid, None, iova, true).is_ok()
+    };
+    assert!(reaches(&m, 0x3000) && reaches(&m, 0x4000), "the device reaches both accepted pages");
+    vmcall(&mut m, &td);
+    let mut bench = Bench::default();
+    let mut gh = Ghci::new(&mut bench, &view(&td), true).unwrap();
+    let map = |gpa: u64| Regs { r11: leaf::MAP_GPA, r12: SHARED | gpa, r13: 0x1000, ..Regs::default() };
+
+    let e = gh.serve(&mut m, &mut bench, &view(&td), &map(0x3000)).unwrap_err();
+    assert!(e.to_string().contains("TDH.MEM.PAGE.REMOVE"), "{e}");
+    assert_eq!(state_at(&mut m, &td, 0x3000).1, Some(SeptState::Blocked), "blocked, not removed");
+
+    gh.conversions.iotlb = true;
+    let s = gh.serve(&mut m, &mut bench, &view(&td), &map(0x4000)).unwrap();
+    assert_eq!(status(s), leaf::status::SUCCESS);
+    assert_eq!(state_at(&mut m, &td, 0x4000).1, Some(SeptState::Free), "removed from the S-EPT");
+    assert!(!reaches(&m, 0x4000), "the device no longer reaches the page made shared");
+}

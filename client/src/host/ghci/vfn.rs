@@ -91,11 +91,6 @@ impl VirtualFunction {
         }
     }
 
-    /// BAR0's size in bytes.
-    pub fn bar0_size(&self) -> u64 {
-        self.bar0_size
-    }
-
     /// Where the TD placed BAR0 (a private-side GPA), once it did.
     pub fn bar0_gpa(&self) -> Option<u64> {
         (self.bar0 != 0).then_some(self.bar0)
