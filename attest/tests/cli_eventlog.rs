@@ -66,22 +66,7 @@ fn fixture() -> &'static LogFixture {
         report.td.rtmr = rtmr;
         let ak = attest::sign::derive_attestation_key(&platform().blob.secret, &MRSEAM);
         attest::sign::sign(&mut report, &ak).unwrap();
-        let report_path = dir.join("report.bin");
-        std::fs::write(&report_path, report.to_bytes()).unwrap();
-        let evidence = dir.join("evidence.bin");
-        std::fs::write(&evidence, bundle_for(real_evidence())).unwrap();
-        let policy = dir.join("policy.toml");
-        let r = run(&[
-            s("policy"),
-            s("init"),
-            s("--report"),
-            path(&report_path),
-            s("--evidence"),
-            path(&evidence),
-            s("--out"),
-            path(&policy),
-        ]);
-        assert_eq!(r.code, 0, "policy init: {}", r.stderr);
+        let (report_path, evidence, policy) = write_report_bundle_policy(&dir, &report, real_evidence());
         LogFixture { dir, log, rtmr, report: report_path, evidence, policy }
     })
 }

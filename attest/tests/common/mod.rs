@@ -279,6 +279,28 @@ impl Fixture {
     }
 }
 
+/// Writes `report`, the bundle of `evidence` and the policy `attest policy init` derives from
+/// both into `dir`; returns their paths (report, bundle, policy).
+pub fn write_report_bundle_policy(dir: &Path, report: &Report, evidence: &RealEvidence) -> (PathBuf, PathBuf, PathBuf) {
+    let report_path = dir.join("report.bin");
+    std::fs::write(&report_path, report.to_bytes()).unwrap();
+    let bundle = dir.join("evidence.bin");
+    std::fs::write(&bundle, bundle_for(evidence)).unwrap();
+    let policy = dir.join("policy.toml");
+    let r = run(&[
+        s("policy"),
+        s("init"),
+        s("--report"),
+        path(&report_path),
+        s("--evidence"),
+        path(&bundle),
+        s("--out"),
+        path(&policy),
+    ]);
+    assert_eq!(r.code, 0, "policy init: {}", r.stderr);
+    (report_path, bundle, policy)
+}
+
 pub fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
@@ -286,22 +308,7 @@ pub fn fixture() -> &'static Fixture {
         let dir = scratch("fixture");
         let real = real_evidence();
         let report = signed_report(platform, entry_for(real));
-        let report_path = dir.join("report.bin");
-        std::fs::write(&report_path, report.to_bytes()).unwrap();
-        let evidence = dir.join("evidence.bin");
-        std::fs::write(&evidence, bundle_for(real)).unwrap();
-        let policy = dir.join("policy.toml");
-        let r = run(&[
-            s("policy"),
-            s("init"),
-            s("--report"),
-            path(&report_path),
-            s("--evidence"),
-            path(&evidence),
-            s("--out"),
-            path(&policy),
-        ]);
-        assert_eq!(r.code, 0, "policy init: {}", r.stderr);
+        let (report_path, evidence, policy) = write_report_bundle_policy(&dir, &report, real);
         let snp = attest::snp::export(&report, &platform.blob, &MRSEAM).unwrap();
         std::fs::write(dir.join("snp.bin"), snp.to_bytes()).unwrap();
         Fixture { platform, dir, report, report_path, evidence, policy, devices: 1 }
