@@ -9,7 +9,6 @@ mod common;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use attest::eventlog::spdm::PciContext;
 use attest::eventlog::writer::{DeviceMeasurement, LogWriter, MR_INDEX_RTMR1};
 use attest::evidence::{sha384, transcript_digest};
 use attest::report::FUNCTION_ID_VALID;
@@ -38,14 +37,7 @@ fn device() -> DeviceMeasurement {
         cert_chain_sha384: sha384(&e.chain),
         transcript_sha384: transcript_digest(&e.vca, &e.measurements),
         interface_report: e.interface_report.clone(),
-        pci: PciContext {
-            vendor_id: 0x1b36,
-            device_id: 0x0010,
-            revision_id: 2,
-            class_code: [2, 8, 1],
-            subsystem_vendor_id: 0x1af4,
-            subsystem_id: 0x1100,
-        },
+        pci: attest::eventlog::writer::QEMU_NVME_PCI,
     }
 }
 

@@ -265,14 +265,7 @@ fn device() -> DeviceMeasurement {
         cert_chain_sha384: [0xc0; 48],
         transcript_sha384: [0xc1; 48],
         interface_report: vec![0x40; 24],
-        pci: PciContext {
-            vendor_id: 0x1b36,
-            device_id: 0x0010,
-            revision_id: 2,
-            class_code: [2, 8, 1],
-            subsystem_vendor_id: 0x1af4,
-            subsystem_id: 0x1100,
-        },
+        pci: super::writer::QEMU_NVME_PCI,
     }
 }
 

@@ -17,6 +17,17 @@ use crate::report::DIGEST_BYTES;
 /// The CC MR index TdTcg2Dxe logs PCR 2's events under: RTMR[1] (its RTMR index 1, plus one).
 pub const MR_INDEX_RTMR1: u32 = 2;
 
+/// The PCI context OVMF logs for QEMU's NVMe controller (`-device nvme`: 1b36:0010, revision 2,
+/// class 01:08:02, subsystem 1af4:1100): what the tests, seeds and fixtures write.
+pub const QEMU_NVME_PCI: PciContext = PciContext {
+    vendor_id: 0x1b36,
+    device_id: 0x0010,
+    revision_id: 2,
+    class_code: [2, 8, 1],
+    subsystem_vendor_id: 0x1af4,
+    subsystem_id: 0x1100,
+};
+
 /// What TdxConnectDxe knows of a TDI when it measures it (`TDX_CONNECT_TDI`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceMeasurement {

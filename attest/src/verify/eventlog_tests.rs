@@ -4,7 +4,7 @@
 use sha2::{Digest, Sha384};
 
 use super::*;
-use crate::eventlog::spdm::{PciContext, SpdmEventError};
+use crate::eventlog::spdm::SpdmEventError;
 use crate::eventlog::writer::{device_events, DeviceMeasurement, LogWriter, MR_INDEX_RTMR1};
 use crate::eventlog::{EventLogError, EV_EFI_SPDM_FIRMWARE_BLOB, EV_NO_ACTION};
 use crate::evidence::tests::{blobs, bound_pair, bundle};
@@ -62,14 +62,7 @@ fn measured(d: u8, function_id: u64) -> DeviceMeasurement {
         cert_chain_sha384: sha384(&b[0].1),
         transcript_sha384: transcript_digest(&b[1].1, &b[2].1),
         interface_report: b[3].1.clone(),
-        pci: PciContext {
-            vendor_id: 0x1b36,
-            device_id: 0x0010,
-            revision_id: 2,
-            class_code: [2, 8, 1],
-            subsystem_vendor_id: 0x1af4,
-            subsystem_id: 0x1100,
-        },
+        pci: crate::eventlog::writer::QEMU_NVME_PCI,
     }
 }
 

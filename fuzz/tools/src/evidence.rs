@@ -75,7 +75,6 @@ pub struct EventLogFixture {
 pub fn event_log() -> &'static EventLogFixture {
     static L: OnceLock<EventLogFixture> = OnceLock::new();
     L.get_or_init(|| {
-        use attest::eventlog::spdm::PciContext;
         use attest::eventlog::writer::{DeviceMeasurement, LogWriter};
         let a = attestation();
         let mut report = Report::read_from(&a.report).expect("the recorded report");
@@ -87,14 +86,7 @@ pub fn event_log() -> &'static EventLogFixture {
             cert_chain_sha384: entry.cert_chain_sha384,
             transcript_sha384: entry.measurements_transcript_sha384,
             interface_report: evidence.get(RecordType::InterfaceReport, 0).expect("an interface report").to_vec(),
-            pci: PciContext {
-                vendor_id: 0x1b36,
-                device_id: 0x0010,
-                revision_id: 2,
-                class_code: [2, 8, 1],
-                subsystem_vendor_id: 0x1af4,
-                subsystem_id: 0x1100,
-            },
+            pci: attest::eventlog::writer::QEMU_NVME_PCI,
         };
         let mut w = LogWriter::new();
         w.no_action(b"SP800-155 Event2").measure(1, 0x8000_0001, b"SecureBoot").device(&device);
